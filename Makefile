@@ -1,0 +1,74 @@
+# coredb build. `make` builds the release binary build/coredb; `make san` the
+# ASan+UBSan one (build-san/coredb). Quiet unless V=1.
+CC      ?= cc
+PKGS    := libpq libevent_pthreads libevent hiredis jansson libsodium libjwt libcrypt
+PKG_CFLAGS := $(shell pkg-config --cflags $(PKGS) 2>/dev/null)
+PKG_LIBS   := $(shell pkg-config --libs $(PKGS) 2>/dev/null)
+PG_BINDIR  := $(shell pg_config --bindir 2>/dev/null || echo /usr/lib/postgresql/15/bin)
+
+WARN    := -Wall -Wextra -Werror -Wno-unused-parameter -Wshadow -Wformat=2
+CFLAGS  ?= -O2 -g
+ALL_CFLAGS = -std=c11 -D_GNU_SOURCE $(WARN) $(CFLAGS) $(EXTRA_CFLAGS) -Iinclude -Isrc $(PKG_CFLAGS) \
+             -DCDB_SOURCE_DIR='"$(CURDIR)"' -DCDB_PG_BINDIR='"$(PG_BINDIR)"' -MMD -MP
+LDLIBS  := $(PKG_LIBS) -lpthread -lm
+
+BUILD   ?= build
+LIB_SRC := $(wildcard src/core/*.c src/store/*.c src/security/*.c src/management/*.c src/api/*.c src/http/*.c)
+CLI_SRC := $(wildcard src/cli/*.c)
+LIB_OBJ := $(LIB_SRC:%.c=$(BUILD)/%.o)
+CLI_OBJ := $(CLI_SRC:%.c=$(BUILD)/%.o)
+UNIT_SRC := $(wildcard tests/unit/test_*.c)
+UNIT_BIN := $(UNIT_SRC:tests/unit/%.c=$(BUILD)/tests/%)
+
+ifeq ($(V),1)
+Q :=
+else
+Q := @
+endif
+
+.PHONY: all run test unit e2e san bench clean deps
+all: $(BUILD)/coredb
+
+deps:
+	$(Q)bash scripts/install-deps.sh
+
+$(BUILD)/%.o: %.c
+	@mkdir -p $(dir $@)
+	@[ "$(V)" = 1 ] || echo "  CC  $<"
+	$(Q)$(CC) $(ALL_CFLAGS) -c $< -o $@
+
+$(BUILD)/libcoredb.a: $(LIB_OBJ)
+	@[ "$(V)" = 1 ] || echo "  AR  $@"
+	$(Q)ar rcs $@ $^
+
+$(BUILD)/coredb: $(CLI_OBJ) $(BUILD)/libcoredb.a
+	@[ "$(V)" = 1 ] || echo "  LD  $@"
+	$(Q)$(CC) $(CFLAGS) $(EXTRA_CFLAGS) $(EXTRA_LDFLAGS) -o $@ $(CLI_OBJ) $(BUILD)/libcoredb.a $(LDLIBS)
+
+$(BUILD)/tests/%: tests/unit/%.c $(BUILD)/libcoredb.a
+	@mkdir -p $(dir $@)
+	@[ "$(V)" = 1 ] || echo "  CC  $<"
+	$(Q)$(CC) $(ALL_CFLAGS) $(EXTRA_LDFLAGS) -o $@ $< $(BUILD)/libcoredb.a $(LDLIBS) -lcmocka
+
+unit-bins: $(UNIT_BIN)
+
+# The two commands of the README.
+run: deps
+	$(Q)$(MAKE) --no-print-directory all
+	$(Q)exec ./$(BUILD)/coredb serve
+
+test: deps
+	$(Q)bash scripts/run-tests.sh
+
+san:
+	$(Q)$(MAKE) --no-print-directory BUILD=build-san CFLAGS="-O1 -g -fno-omit-frame-pointer" \
+	  EXTRA_CFLAGS="-fsanitize=address,undefined -fno-sanitize-recover=undefined" \
+	  EXTRA_LDFLAGS="-fsanitize=address,undefined" all unit-bins
+
+bench: deps all
+	$(Q)bash bench/run.sh
+
+clean:
+	rm -rf build build-san
+
+-include $(LIB_OBJ:.o=.d) $(CLI_OBJ:.o=.d)

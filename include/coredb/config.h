@@ -1,0 +1,117 @@
+/*
+ * config.h - the effective configuration, read from the environment.
+ *
+ * Every variable of API.md's configuration table is honoured with its
+ * default. Secrets may come from NAME_FILE instead of NAME. Loading never
+ * exits: it returns CDB_ERR_CONFIG_INVALID with a message naming the
+ * variable, and the CLI turns that into exit code 2.
+ *
+ * Ownership: every char * in cdb_config is owned by it and freed by
+ * cdb_config_destroy(). A loaded config is read-only and may be shared by
+ * every thread.
+ */
+#ifndef COREDB_CONFIG_H
+#define COREDB_CONFIG_H
+
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "coredb/error.h"
+#include "coredb/log.h"
+
+typedef struct cdb_config {
+    /* HTTP */
+    char *host;                    /* HOST, default 0.0.0.0 */
+    int   port;                    /* PORT, 8095 */
+    int   http_threads;            /* HTTP_THREADS, default: online cores */
+    int   http_idle_timeout_s;     /* HTTP_IDLE_TIMEOUT, 60 (also header/read timeout) */
+    int   shutdown_grace_ms;       /* SHUTDOWN_GRACE_MS, 10000 */
+
+    /* PostgreSQL */
+    char *database_url;            /* normalized libpq URI; NULL => embedded */
+    char *database_read_urls;      /* normalized, comma-separated; may be NULL */
+    char *postgres_schema;         /* POSTGRES_SCHEMA, public */
+    bool  embedded;                /* true when no database was configured */
+    int   db_pool_min;             /* 5 */
+    int   db_pool_max;             /* 20 */
+    int   db_pool_idle_timeout_ms; /* 30000 */
+    int   db_pool_acquire_timeout_ms; /* 5000 */
+    int   db_statement_timeout_ms; /* 30000 */
+    char *db_sslmode;              /* prefer */
+    int   db_connect_retries;      /* 5 */
+
+    /* Redis */
+    char *redis_url;               /* NULL => in-process cache */
+    int   redis_pool_size;         /* 10 */
+
+    /* Secrets (may be NULL until the embedded mode generates them) */
+    char *jwt_secret;
+    char *db_encryption_key;       /* as given: base64 or hex */
+    char *admin_email;             /* COREDB_ADMIN_EMAIL */
+    char *admin_password;          /* COREDB_ADMIN_PASSWORD */
+
+    /* Identity */
+    int   access_token_ttl_s;      /* 900 */
+    int   refresh_token_ttl_s;     /* 2592000 */
+    int   session_timeout_s;       /* 1800 */
+    int   session_max_lifetime_s;  /* 2592000 */
+    int   session_max_per_user;    /* 5 */
+    int   password_min_length;     /* 10 */
+    int   login_max_failures;      /* 10 */
+
+    /* Data */
+    int   lease_ttl_s;             /* 300 */
+    int   cache_ttl_s;             /* 300 */
+    int   rate_limit_anon;         /* 20 req/s */
+    int   rate_limit_user;         /* 50 */
+    int   rate_limit_premium;      /* 200 */
+    int   rate_limit_admin;        /* 0 = off */
+
+    /* Management */
+    char *backup_dir;              /* ./var/backups */
+    int   backup_retention_count;  /* 7 */
+    int   backup_retention_days;   /* 30 */
+    int   backup_interval_s;       /* BACKUP_INTERVAL, 0 = off */
+    int   prometheus_port;         /* 9090, 0 = off */
+    char *prometheus_host;         /* PROMETHEUS_HOST, 127.0.0.1 */
+    bool  migrate_on_start;        /* true */
+    char *migrations_dir;          /* MIGRATIONS_DIR, default <source>/migrations */
+    char *var_dir;                 /* COREDB_VAR_DIR, ./var */
+    char *pg_bindir;               /* PG_BINDIR, the installed PostgreSQL 15 binaries */
+
+    /* Logging */
+    cdb_log_level log_level;       /* LOG_LEVEL, info (debug when DEBUG=true) */
+    bool  debug;                   /* DEBUG, false */
+} cdb_config;
+
+/* Returns the value of an environment variable or NULL; ud is opaque. */
+typedef const char *(*cdb_env_lookup)(const char *name, void *ud);
+
+/* A lookup over the process environment (getenv). */
+const char *cdb_env_process(const char *name, void *ud);
+
+/*
+ * Loads the configuration from lookup (cdb_env_process for the real
+ * environment). On failure cfg is left destroyed and err names the variable.
+ */
+int  cdb_config_load(cdb_config *cfg, cdb_env_lookup lookup, void *ud, cdb_error *err);
+void cdb_config_destroy(cdb_config *cfg);
+
+/*
+ * Normalizes a database URL: accepts postgresql://, postgres:// and
+ * postgresql+asyncpg:// (and other "+driver" suffixes), returns a malloc'd
+ * postgresql:// URI or NULL (err filled) when it cannot be parsed.
+ */
+char *cdb_config_normalize_database_url(const char *url, cdb_error *err);
+
+/*
+ * The effective configuration as a JSON object, variable name -> value, with
+ * every secret (and the password inside any URL) replaced by "[redacted]".
+ * Caller owns the result.
+ */
+json_t *cdb_config_to_json(const cdb_config *cfg);
+
+/* A copy of url with its password replaced by "[redacted]"; caller frees. */
+char *cdb_config_redact_url(const char *url);
+
+#endif

@@ -1,0 +1,74 @@
+/*
+ * pool.h - the PostgreSQL connection pool.
+ *
+ * Connections are blocking libpq connections used by worker threads (see
+ * docs/architecture.md for why). The pool keeps between min and max
+ * connections, closes connections idle for longer than idle_timeout_ms (down
+ * to min), validates a connection before handing it out when it has been
+ * idle for a while, and reconnects with exponential backoff while the server
+ * is down. Every function is thread-safe.
+ */
+#ifndef COREDB_POOL_H
+#define COREDB_POOL_H
+
+#include <libpq-fe.h>
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "coredb/error.h"
+
+typedef struct cdb_pool cdb_pool;
+typedef struct cdb_pool_conn cdb_pool_conn;
+
+typedef struct cdb_pool_options {
+    const char *conninfo;          /* copied */
+    const char *sslmode;           /* copied; NULL = libpq default */
+    const char *application_name;  /* copied; NULL = "coredb" */
+    int min_size;
+    int max_size;
+    int idle_timeout_ms;
+    int acquire_timeout_ms;
+    int statement_timeout_ms;
+} cdb_pool_options;
+
+typedef struct cdb_pool_stats {
+    int active;                    /* handed out */
+    int idle;                      /* open and free */
+    int waiting;                   /* threads blocked in acquire */
+    int total;                     /* active + idle */
+    int max;
+    bool server_up;                /* false after a failed connect, until one succeeds */
+    uint64_t acquired_total;
+    uint64_t acquire_timeouts_total;
+    uint64_t connects_total;
+    uint64_t connect_failures_total;
+} cdb_pool_stats;
+
+/*
+ * Creates the pool and starts its maintenance thread, which opens min_size
+ * connections in the background. Does not fail when the server is down.
+ * Returns NULL only on invalid options or out of memory.
+ */
+cdb_pool *cdb_pool_new(const cdb_pool_options *opt, cdb_error *err);
+/* Closes every connection; no connection may be in use. */
+void cdb_pool_free(cdb_pool *pool);
+
+/*
+ * Hands out a connection, waiting until deadline_ms (cdb_mono_ms() clock;
+ * 0 = now + acquire_timeout_ms). Errors: POOL_EXHAUSTED (details.retry_after,
+ * details.pool_status "exhausted") when none freed up in time,
+ * DATABASE_UNAVAILABLE when no connection can be opened.
+ */
+cdb_pool_conn *cdb_pool_acquire(cdb_pool *pool, int64_t deadline_ms, cdb_error *err);
+/* The libpq connection of a handed-out pool connection. */
+PGconn *cdb_pool_conn_pg(cdb_pool_conn *conn);
+/*
+ * Gives a connection back. A connection that is broken or inside a
+ * transaction is closed instead of being reused.
+ */
+void cdb_pool_release(cdb_pool *pool, cdb_pool_conn *conn);
+
+void cdb_pool_get_stats(cdb_pool *pool, cdb_pool_stats *out);
+const char *cdb_pool_conninfo(const cdb_pool *pool);
+
+#endif

@@ -1,0 +1,52 @@
+/*
+ * redis.h - a small pool of hiredis connections with timeouts and reconnect.
+ *
+ * Redis is a cache and a broadcast channel, never the only copy of anything:
+ * every caller must keep working (more slowly) when a command fails with
+ * CACHE_UNAVAILABLE. A connection that fails is dropped; the next command
+ * reconnects, but not more often than a backoff allows, so a dead Redis
+ * costs callers a fast failure, not a connect timeout each.
+ * Every function is thread-safe.
+ */
+#ifndef COREDB_REDIS_H
+#define COREDB_REDIS_H
+
+#include <hiredis/hiredis.h>
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "coredb/error.h"
+
+typedef struct cdb_redis cdb_redis;
+
+typedef struct cdb_redis_options {
+    const char *url;               /* redis://[:password@]host:port[/db]; copied */
+    int pool_size;                 /* connections kept, >= 1 */
+    int connect_timeout_ms;        /* 0: 1000 */
+    int command_timeout_ms;        /* 0: 1000 */
+} cdb_redis_options;
+
+/* Parses the URL and creates the pool; connects lazily. NULL + err on a bad URL. */
+cdb_redis *cdb_redis_new(const cdb_redis_options *opt, cdb_error *err);
+void cdb_redis_free(cdb_redis *r);
+
+/*
+ * Runs one command (hiredis argv form, binary safe). Returns the reply (the
+ * caller frees it with freeReplyObject) or NULL with err CACHE_UNAVAILABLE.
+ * A REDIS_REPLY_ERROR reply is returned as a reply, not as a failure.
+ */
+redisReply *cdb_redis_command_argv(cdb_redis *r, int argc, const char **argv,
+                                   const size_t *argvlen, cdb_error *err);
+/* printf-style convenience (hiredis format: %s %b %d ...). */
+redisReply *cdb_redis_command(cdb_redis *r, cdb_error *err, const char *fmt, ...);
+
+/*
+ * PING with its round-trip time in microseconds and used_memory_human from
+ * INFO memory (memory may be NULL). 0 or CACHE_UNAVAILABLE.
+ */
+int cdb_redis_ping(cdb_redis *r, int64_t *rtt_us, char *memory, size_t memory_len, cdb_error *err);
+
+/* The URL with the password redacted (owned by r). */
+const char *cdb_redis_display_url(const cdb_redis *r);
+
+#endif

@@ -1,0 +1,57 @@
+#!/usr/bin/env bash
+# Install every Debian package coredb needs to build, run, test and benchmark.
+# Idempotent: when every package is already installed it returns at once
+# without touching apt (dpkg-query only), so `make run` / `make test` can call
+# it every time.
+set -euo pipefail
+
+PACKAGES=(
+  # build
+  build-essential pkg-config
+  libpq-dev libevent-dev libhiredis-dev libjansson-dev libsodium-dev
+  libjwt-dev libcrypt-dev libcmocka-dev
+  # runtime: embedded PostgreSQL and tools (pg_dump, pg_restore)
+  postgresql-15 postgresql-contrib postgresql-client-15 redis-server
+  # end-to-end tests (Debian's python3, not a pyenv one)
+  python3 python3-pytest python3-requests python3-psycopg2 python3-redis python3-jwt
+  python3-bcrypt
+  # benchmarks and process tools
+  wrk procps curl util-linux
+)
+
+missing=()
+for pkg in "${PACKAGES[@]}"; do
+  status=$(dpkg-query -W -f='${db:Status-Status}' "$pkg" 2>/dev/null || true)
+  [ "$status" = "installed" ] || missing+=("$pkg")
+done
+
+if [ ${#missing[@]} -eq 0 ]; then
+  exit 0
+fi
+
+if [ "$(id -u)" -ne 0 ]; then
+  SUDO=sudo
+else
+  SUDO=
+fi
+
+echo "install-deps: installing ${missing[*]}" >&2
+export DEBIAN_FRONTEND=noninteractive
+# Debian's postgresql package would create and start a system cluster; we run
+# our own clusters, so keep its service from starting (policy-rc.d) and leave
+# the package's cluster creation off.
+if [ ! -e /usr/sbin/policy-rc.d ] || ! grep -q coredb /usr/sbin/policy-rc.d 2>/dev/null; then
+  if [ ! -e /usr/sbin/policy-rc.d ]; then
+    printf '#!/bin/sh\n# coredb install-deps: do not start services on install\nexit 101\n' | $SUDO tee /usr/sbin/policy-rc.d >/dev/null
+    $SUDO chmod 755 /usr/sbin/policy-rc.d
+    remove_policy=1
+  fi
+fi
+$SUDO mkdir -p /etc/postgresql-common/createcluster.d
+echo "create_main_cluster = false" | $SUDO tee /etc/postgresql-common/createcluster.d/coredb.conf >/dev/null
+$SUDO apt-get update -qq || true
+$SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+if [ "${remove_policy:-0}" = 1 ]; then
+  $SUDO rm -f /usr/sbin/policy-rc.d
+fi
+echo "install-deps: done" >&2

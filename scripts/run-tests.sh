@@ -1,0 +1,69 @@
+#!/usr/bin/env bash
+# The README's test command (`make test`) and what CI runs.
+#
+# Installs what is missing, builds, runs the cmocka unit tests, then the
+# pytest end-to-end suite against the real coredb binary. The suite starts
+# its own PostgreSQL 15 and Redis on free loopback ports under a temp dir
+# (tests/e2e/servers.py) and stops them; the trap below is the backstop that
+# kills anything still running under that dir, also when tests fail.
+# In CI (CI=true) or with COREDB_TEST_SAN=1 the end-to-end suite runs a
+# second time on the ASan+UBSan binary.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+
+bash scripts/install-deps.sh || exit 1
+make -s all unit-bins || exit 1
+
+export COREDB_TEST_TMP
+COREDB_TEST_TMP=$(mktemp -d /tmp/coredb-test.XXXXXX)
+chmod 755 "$COREDB_TEST_TMP"
+cleanup() {
+  pkill -KILL -f "$COREDB_TEST_TMP" 2>/dev/null
+  sleep 0.2
+  rm -rf "$COREDB_TEST_TMP"
+}
+trap cleanup EXIT
+
+passed=0
+failed=0
+count() { # $1 = passed, $2 = failed
+  passed=$((passed + $1)); failed=$((failed + $2))
+}
+
+echo "== unit tests"
+for t in build/tests/test_*; do
+  [ -x "$t" ] || continue
+  out=$("$t" 2>&1); rc=$?
+  echo "$out" | grep -E "^\[  (PASSED|FAILED) |^\[==========\]" | sed "s|^|$(basename "$t"): |"
+  p=$(echo "$out" | sed -n 's/^\[  PASSED  \] \([0-9]*\) test.*/\1/p' | tail -1)
+  f=$(echo "$out" | sed -n 's/^\[  FAILED  \] \([0-9]*\) test.*/\1/p' | tail -1)
+  [ $rc -ne 0 ] && [ -z "$f" ] && f=1
+  count "${p:-0}" "${f:-0}"
+done
+
+PYTEST=(/usr/bin/python3 -m pytest -q -p no:cacheprovider tests/e2e)
+run_e2e() { # $1 = label, $2 = binary
+  echo "== end-to-end ($1: $2)"
+  local log="$COREDB_TEST_TMP/pytest-$1.log"
+  COREDB_BIN="$PWD/$2" "${PYTEST[@]}" -o junit_family=xunit2 --junitxml="$COREDB_TEST_TMP/$1.xml" 2>&1 | tee "$log"
+  local line
+  line=$(grep -E "[0-9]+ (passed|failed)" "$log" | tail -1)
+  local p f e
+  p=$(echo "$line" | grep -oE "[0-9]+ passed" | grep -oE "[0-9]+")
+  f=$(echo "$line" | grep -oE "[0-9]+ failed" | grep -oE "[0-9]+")
+  e=$(echo "$line" | grep -oE "[0-9]+ error" | grep -oE "[0-9]+")
+  [ -z "$line" ] && f=1
+  count "${p:-0}" "$(( ${f:-0} + ${e:-0} ))"
+}
+
+run_e2e release build/coredb
+if [ "${CI:-}" = "true" ] || [ "${COREDB_TEST_SAN:-}" = "1" ]; then
+  make -s san || exit 1
+  ASAN_OPTIONS=detect_leaks=1:abort_on_error=0:exitcode=66 \
+  UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
+    run_e2e sanitizer build-san/coredb
+fi
+
+echo
+echo "total: $passed passed, $failed failed"
+[ "$failed" -eq 0 ] && [ "$passed" -gt 0 ]

@@ -1,0 +1,108 @@
+/*
+ * cmd_migrate.c - `coredb migrate status | up [--target V] [--dry-run] |
+ * down [--steps N] | new NAME`, over the library's migration engine.
+ */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "cli.h"
+#include "coredb/service.h"
+
+typedef struct migrate_args {
+    const char *action;
+    const char *target;
+    const char *name;
+    int steps;
+    bool dry_run;
+    bool as_json;
+} migrate_args;
+
+static int parse_args(int argc, char **argv, migrate_args *a)
+{
+    *a = (migrate_args){.steps = 1};
+    if (argc < 2)
+        return -1;
+    a->action = argv[1];
+    for (int i = 2; i < argc; i++) {
+        if (strcmp(argv[i], "--json") == 0) {
+            a->as_json = true;
+        } else if (strcmp(argv[i], "--dry-run") == 0) {
+            a->dry_run = true;
+        } else if (strcmp(argv[i], "--target") == 0 && i + 1 < argc) {
+            a->target = argv[++i];
+        } else if (strcmp(argv[i], "--steps") == 0 && i + 1 < argc) {
+            char *end;
+            long n = strtol(argv[++i], &end, 10);
+            if (*end || n < 1 || n > 1000)
+                return -1;
+            a->steps = (int)n;
+        } else if (!a->name && argv[i][0] != '-') {
+            a->name = argv[i];
+        } else {
+            return -1;
+        }
+    }
+    return 0;
+}
+
+int cmd_migrate(int argc, char **argv)
+{
+    migrate_args a;
+    if (parse_args(argc, argv, &a) < 0) {
+        fprintf(stderr, "usage: coredb migrate status | up [--target V] [--dry-run] | "
+                        "down [--steps N] | new NAME   [--json]\n");
+        return CLI_EXIT_USAGE;
+    }
+    cdb_config cfg;
+    int rc = cli_load_config(&cfg);
+    if (rc != CLI_EXIT_OK)
+        return rc;
+
+    cdb_error err;
+    cdb_error_init(&err);
+    cdb_service *svc = NULL;
+    PGconn *conn = NULL;
+    json_t *result = NULL;
+
+    if (strcmp(a.action, "new") == 0) {
+        char *path = NULL;
+        if (!a.name)
+            cdb_error_set(&err, CDB_ERR_VALIDATION_FAILED, "migrate new needs a NAME");
+        else if (cdb_migrate_new_file(cfg.migrations_dir, a.name, &path, &err) == 0)
+            result = json_pack("{s:s}", "created", path);
+        free(path);
+        goto out;
+    }
+    if (strcmp(a.action, "status") && strcmp(a.action, "up") && strcmp(a.action, "down")) {
+        cdb_error_set(&err, CDB_ERR_CONFIG_INVALID, "unknown migrate action '%s'", a.action);
+        goto out;
+    }
+    if (cfg.embedded && cdb_devdb_load_secrets(&cfg, cfg.var_dir, &err) < 0)
+        goto out;
+    cdb_service_options opt = {.with_pool = false};
+    if (cdb_service_open(&svc, &cfg, &opt, &err) < 0)
+        goto out;
+    conn = cdb_service_connect(svc, &err);
+    if (!conn)
+        goto out;
+    cdb_migrate_options mo = {.target_version = a.target, .dry_run = a.dry_run,
+                              .applied_by = "coredb migrate"};
+    if (strcmp(a.action, "status") == 0) {
+        if (cdb_migrate_ensure_history(conn, &err) == 0)
+            cdb_migrate_status(conn, &svc->migrations, &result, &err);
+    } else if (strcmp(a.action, "up") == 0) {
+        cdb_migrate_up(conn, &svc->migrations, &mo, &result, &err);
+    } else {
+        cdb_migrate_down(conn, &svc->migrations, a.steps, &mo, &result, &err);
+    }
+
+out:
+    rc = cli_print_result(result, &err, a.as_json);
+    if (conn)
+        PQfinish(conn);
+    cdb_service_close(svc);
+    cdb_error_destroy(&err);
+    cdb_config_destroy(&cfg);
+    return rc;
+}

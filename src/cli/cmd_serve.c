@@ -1,0 +1,56 @@
+/*
+ * cmd_serve.c - `coredb serve`: configuration, embedded PostgreSQL and
+ * secrets when nothing is configured, migrations on start, then the HTTP
+ * server until SIGTERM/SIGINT.
+ */
+#include <stdio.h>
+
+#include "cli.h"
+#include "coredb/http.h"
+#include "coredb/log.h"
+#include "coredb/service.h"
+
+int cmd_serve(int argc, char **argv)
+{
+    cdb_config cfg;
+    int rc = cli_load_config(&cfg);
+    if (rc != CLI_EXIT_OK)
+        return rc;
+
+    cdb_error err;
+    cdb_error_init(&err);
+    cdb_service *svc = NULL;
+    cdb_http_server *srv = NULL;
+    rc = CLI_EXIT_FAILED;
+
+    if (cfg.embedded && cdb_devdb_load_secrets(&cfg, cfg.var_dir, &err) < 0)
+        goto out;
+    cdb_service_options opt = {.with_pool = true};
+    if (cdb_service_open(&svc, &cfg, &opt, &err) < 0)
+        goto out;
+    if (cfg.migrate_on_start) {
+        json_t *result = NULL;
+        cdb_migrate_options mo = {.applied_by = "coredb serve"};
+        if (cdb_service_migrate(svc, &mo, &result, &err) < 0)
+            goto out;
+        json_decref(result);
+    }
+    srv = cdb_http_server_new(svc, &err);
+    if (!srv)
+        goto out;
+    rc = cdb_http_server_run(srv) == 0 ? CLI_EXIT_OK : CLI_EXIT_FAILED;
+    cdb_log_info("serve.stopped", "coredb stopped");
+
+out:
+    if (err.code != CDB_OK) {
+        cdb_log_error("serve.failed", "%s: %s", cdb_err_name(err.code), err.message);
+        fprintf(stderr, "coredb: %s: %s\n", cdb_err_name(err.code), err.message);
+        if (err.code == CDB_ERR_CONFIG_INVALID)
+            rc = CLI_EXIT_USAGE;
+    }
+    cdb_http_server_free(srv);
+    cdb_service_close(svc);
+    cdb_error_destroy(&err);
+    cdb_config_destroy(&cfg);
+    return rc;
+}

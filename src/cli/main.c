@@ -1,0 +1,108 @@
+/*
+ * main.c - the coredb command line: a thin front end that parses arguments,
+ * calls the library and renders its result.
+ */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "cli.h"
+#include "coredb/log.h"
+#include "coredb/service.h"
+#include "coredb/timeutil.h"
+
+static void usage(FILE *to)
+{
+    fputs("usage: coredb <command> [options]\n"
+          "\n"
+          "commands:\n"
+          "  serve                      run the HTTP service (embedded PostgreSQL when no DATABASE_URL)\n"
+          "  config [--json]            print the effective configuration, secrets redacted\n"
+          "  migrate status [--json]    applied and pending migrations\n"
+          "  migrate up [--target V] [--dry-run] [--json]\n"
+          "  migrate down [--steps N] [--json]\n"
+          "  migrate new NAME           create migrations/<date>_<n>_NAME.sql\n"
+          "  version                    print the version\n"
+          "\n"
+          "Configuration comes from the environment; see docs/configuration.md.\n",
+          to);
+}
+
+int cli_load_config(cdb_config *cfg)
+{
+    cdb_error err;
+    cdb_error_init(&err);
+    if (cdb_config_load(cfg, cdb_env_process, NULL, &err) < 0) {
+        fprintf(stderr, "coredb: invalid configuration: %s\n", err.message);
+        cdb_error_destroy(&err);
+        return CLI_EXIT_USAGE;
+    }
+    cdb_log_set_level(cfg->log_level);
+    return CLI_EXIT_OK;
+}
+
+int cli_print_result(json_t *data, const cdb_error *err, bool as_json)
+{
+    bool ok = !err || err->code == CDB_OK;
+    if (as_json) {
+        char ts[32];
+        cdb_iso_now(ts, sizeof ts);
+        json_t *out = json_object();
+        json_object_set_new(out, "status", json_string(ok ? "success" : "error"));
+        json_object_set_new(out, "timestamp", json_string(ts));
+        if (ok) {
+            json_object_set_new(out, "error", json_null());
+        } else {
+            json_t *e = json_pack("{s:s,s:s}", "code", cdb_err_name(err->code), "message", err->message);
+            if (err->details)
+                json_object_set(e, "details", err->details);
+            json_object_set_new(out, "error", e);
+        }
+        if (json_is_object(data))
+            json_object_update(out, data);
+        json_dumpf(out, stdout, JSON_INDENT(2) | JSON_PRESERVE_ORDER);
+        fputc('\n', stdout);
+        json_decref(out);
+    } else if (ok) {
+        if (data) {
+            json_dumpf(data, stdout, JSON_INDENT(2) | JSON_PRESERVE_ORDER);
+            fputc('\n', stdout);
+        }
+    } else {
+        fprintf(stderr, "coredb: %s: %s\n", cdb_err_name(err->code), err->message);
+        if (err->details) {
+            char *d = json_dumps(err->details, JSON_COMPACT);
+            if (d)
+                fprintf(stderr, "  details: %s\n", d);
+            free(d);
+        }
+    }
+    json_decref(data);
+    return ok ? CLI_EXIT_OK : (err->code == CDB_ERR_CONFIG_INVALID ? CLI_EXIT_USAGE : CLI_EXIT_FAILED);
+}
+
+int main(int argc, char **argv)
+{
+    if (argc < 2) {
+        usage(stderr);
+        return CLI_EXIT_USAGE;
+    }
+    const char *cmd = argv[1];
+    if (strcmp(cmd, "serve") == 0)
+        return cmd_serve(argc - 1, argv + 1);
+    if (strcmp(cmd, "config") == 0)
+        return cmd_config(argc - 1, argv + 1);
+    if (strcmp(cmd, "migrate") == 0)
+        return cmd_migrate(argc - 1, argv + 1);
+    if (strcmp(cmd, "version") == 0 || strcmp(cmd, "--version") == 0) {
+        printf("coredb %s\n", CDB_VERSION);
+        return CLI_EXIT_OK;
+    }
+    if (strcmp(cmd, "help") == 0 || strcmp(cmd, "--help") == 0 || strcmp(cmd, "-h") == 0) {
+        usage(stdout);
+        return CLI_EXIT_OK;
+    }
+    fprintf(stderr, "coredb: unknown command '%s'\n", cmd);
+    usage(stderr);
+    return CLI_EXIT_USAGE;
+}

@@ -1,0 +1,895 @@
+/*
+ * config.c - the effective configuration, read once from the environment.
+ *
+ * One static table (vars[]) describes every variable: its name, kind, the
+ * field of cdb_config it fills, its default (as text, parsed exactly like a
+ * value from the environment so defaults obey the same rules), its range and
+ * an optional check that validates or rewrites a string. Loading, validation
+ * and cdb_config_to_json all walk that table, so a variable cannot be loaded
+ * but missing from `coredb config`, or printed without its redaction.
+ *
+ * What the table cannot express lives in derive(): defaults computed from
+ * other values (BACKUP_DIR, HTTP_THREADS), the POSTGRES_* fallback for
+ * DATABASE_URL, and checks across variables (DB_POOL_MIN <= DB_POOL_MAX,
+ * JWT_SECRET required outside the embedded mode).
+ *
+ * Secrets never reach an error message, and their buffers are wiped before
+ * being freed.
+ */
+#include "coredb/config.h"
+
+#include <ctype.h>
+#include <errno.h>
+#include <limits.h>
+#include <stddef.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <unistd.h>
+
+#include <sodium.h>
+
+#ifndef CDB_SOURCE_DIR
+#define CDB_SOURCE_DIR "."
+#endif
+#ifndef CDB_PG_BINDIR
+#define CDB_PG_BINDIR "/usr/lib/postgresql/15/bin"
+#endif
+
+#define REDACTED        "[redacted]"
+#define SECRET_FILE_MAX (64 * 1024)
+#define HTTP_THREADS_MAX 1024
+
+enum kind {
+    K_INT,     /* int; unit says which suffixes it takes */
+    K_BOOL,    /* bool */
+    K_STR,     /* char *, printed as is */
+    K_URL,     /* char *, printed through cdb_config_redact_url */
+    K_SECRET,  /* char *, printed as "[redacted]" */
+    K_LEVEL,   /* cdb_log_level */
+};
+
+enum unit { U_COUNT, U_SEC, U_MS };
+
+#define F_FILE 1u /* may come from NAME_FILE */
+
+struct var;
+/* Validates *val and may replace it (freeing the old string); on failure
+ * *val is left for the caller to free. */
+typedef int (*check_fn)(const struct var *v, char **val, cdb_error *err);
+
+struct var {
+    const char *name;
+    enum kind   kind;
+    size_t      off;       /* field in cdb_config */
+    const char *def;       /* textual default; NULL = unset or derived */
+    long        min, max;  /* K_INT, in the field's unit */
+    enum unit   unit;
+    unsigned    flags;
+    check_fn    check;     /* string kinds only */
+};
+
+static int check_path(const struct var *v, char **val, cdb_error *err);
+static int check_sslmode(const struct var *v, char **val, cdb_error *err);
+static int check_schema(const struct var *v, char **val, cdb_error *err);
+static int check_database_url(const struct var *v, char **val, cdb_error *err);
+static int check_read_urls(const struct var *v, char **val, cdb_error *err);
+static int check_redis_url(const struct var *v, char **val, cdb_error *err);
+static int check_jwt_secret(const struct var *v, char **val, cdb_error *err);
+static int check_key(const struct var *v, char **val, cdb_error *err);
+static int check_email(const struct var *v, char **val, cdb_error *err);
+
+#define OFF(f) offsetof(cdb_config, f)
+#define INT(n, f, d, lo, hi)  {n, K_INT, OFF(f), d, lo, hi, U_COUNT, 0, NULL}
+#define SECS(n, f, d, lo, hi) {n, K_INT, OFF(f), d, lo, hi, U_SEC, 0, NULL}
+#define MSEC(n, f, d, lo, hi) {n, K_INT, OFF(f), d, lo, hi, U_MS, 0, NULL}
+#define BOOL(n, f, d)         {n, K_BOOL, OFF(f), d, 0, 0, U_COUNT, 0, NULL}
+#define STR(n, f, d, chk)     {n, K_STR, OFF(f), d, 0, 0, U_COUNT, 0, chk}
+#define URL(n, f, fl, chk)    {n, K_URL, OFF(f), NULL, 0, 0, U_COUNT, fl, chk}
+#define SECRET(n, f, chk)     {n, K_SECRET, OFF(f), NULL, 0, 0, U_COUNT, F_FILE, chk}
+
+/* The order here is the order of `coredb config`. Rules that involve more
+ * than one variable live in derive(), after the whole table is loaded. */
+static const struct var vars[] = {
+    STR("HOST", host, "0.0.0.0", NULL),
+    INT("PORT", port, "8095", 1, 65535),
+    INT("HTTP_THREADS", http_threads, NULL, 1, HTTP_THREADS_MAX),
+    SECS("HTTP_IDLE_TIMEOUT", http_idle_timeout_s, "60", 1, 86400),
+    MSEC("SHUTDOWN_GRACE_MS", shutdown_grace_ms, "10000", 0, 3600000),
+
+    URL("DATABASE_URL", database_url, F_FILE, check_database_url),
+    URL("DATABASE_READ_URLS", database_read_urls, 0, check_read_urls),
+    STR("POSTGRES_SCHEMA", postgres_schema, "public", check_schema),
+    INT("DB_POOL_MIN", db_pool_min, "5", 0, 10000),
+    INT("DB_POOL_MAX", db_pool_max, "20", 1, 10000),
+    MSEC("DB_POOL_IDLE_TIMEOUT", db_pool_idle_timeout_ms, "30000", 1, INT_MAX),
+    MSEC("DB_POOL_ACQUIRE_TIMEOUT", db_pool_acquire_timeout_ms, "5000", 1, INT_MAX),
+    MSEC("DB_STATEMENT_TIMEOUT", db_statement_timeout_ms, "30000", 0, INT_MAX),
+    STR("DB_SSLMODE", db_sslmode, "prefer", check_sslmode),
+    INT("DB_CONNECT_RETRIES", db_connect_retries, "5", 0, 1000),
+
+    URL("REDIS_URL", redis_url, F_FILE, check_redis_url),
+    INT("REDIS_POOL_SIZE", redis_pool_size, "10", 1, 1000),
+
+    SECRET("JWT_SECRET", jwt_secret, check_jwt_secret),
+    SECRET("DB_ENCRYPTION_KEY", db_encryption_key, check_key),
+    STR("COREDB_ADMIN_EMAIL", admin_email, NULL, check_email),
+    SECRET("COREDB_ADMIN_PASSWORD", admin_password, NULL),
+
+    SECS("ACCESS_TOKEN_TTL", access_token_ttl_s, "900", 1, INT_MAX),
+    SECS("REFRESH_TOKEN_TTL", refresh_token_ttl_s, "2592000", 1, INT_MAX),
+    SECS("SESSION_TIMEOUT", session_timeout_s, "1800", 1, INT_MAX),
+    SECS("SESSION_MAX_LIFETIME", session_max_lifetime_s, "2592000", 1, INT_MAX),
+    INT("SESSION_MAX_PER_USER", session_max_per_user, "5", 1, 100000),
+    INT("PASSWORD_MIN_LENGTH", password_min_length, "10", 1, 1024),
+    INT("LOGIN_MAX_FAILURES", login_max_failures, "10", 1, 100000),
+
+    SECS("LEASE_TTL", lease_ttl_s, "300", 1, INT_MAX),
+    SECS("CACHE_TTL", cache_ttl_s, "300", 1, INT_MAX),
+    INT("RATE_LIMIT_ANON", rate_limit_anon, "20", 0, 1000000),
+    INT("RATE_LIMIT_USER", rate_limit_user, "50", 0, 1000000),
+    INT("RATE_LIMIT_PREMIUM", rate_limit_premium, "200", 0, 1000000),
+    INT("RATE_LIMIT_ADMIN", rate_limit_admin, "0", 0, 1000000),
+
+    STR("BACKUP_DIR", backup_dir, NULL, check_path),
+    INT("BACKUP_RETENTION_COUNT", backup_retention_count, "7", 1, 100000),
+    INT("BACKUP_RETENTION_DAYS", backup_retention_days, "30", 1, 100000),
+    SECS("BACKUP_INTERVAL", backup_interval_s, "0", 0, INT_MAX),
+    INT("PROMETHEUS_PORT", prometheus_port, "9090", 0, 65535),
+    STR("PROMETHEUS_HOST", prometheus_host, "127.0.0.1", NULL),
+    BOOL("MIGRATE_ON_START", migrate_on_start, "true"),
+    STR("MIGRATIONS_DIR", migrations_dir, CDB_SOURCE_DIR "/migrations", check_path),
+    STR("COREDB_VAR_DIR", var_dir, "./var", check_path),
+    STR("PG_BINDIR", pg_bindir, CDB_PG_BINDIR, check_path),
+
+    {"LOG_LEVEL", K_LEVEL, OFF(log_level), "info", 0, 0, U_COUNT, 0, NULL},
+    BOOL("DEBUG", debug, "false"),
+};
+#define NVARS (sizeof vars / sizeof vars[0])
+
+/* POSTGRES_* have no field: they are folded into DATABASE_URL when it is
+ * absent. This descriptor only lends POSTGRES_PORT its range (its offset is
+ * never used). */
+static const struct var postgres_port = INT("POSTGRES_PORT", port, "5432", 1, 65535);
+
+/* ---- small helpers ---- */
+
+static int oom(cdb_error *err)
+{
+    return cdb_error_set(err, CDB_ERR_INTERNAL_ERROR, "out of memory reading the configuration");
+}
+
+static void free_secret(char *s)
+{
+    if (s) {
+        sodium_memzero(s, strlen(s));
+        free(s);
+    }
+}
+
+/* An empty variable counts as unset, as `FOO=` in a compose file means. */
+static const char *nonempty(const char *s)
+{
+    return (s && *s) ? s : NULL;
+}
+
+/* Reads NAME_FILE's content: one trailing newline stripped, no NUL inside. */
+static int read_secret_file(const char *fname, const char *path, char **out, cdb_error *err)
+{
+    int rc = 0;
+    char *buf = NULL;
+    FILE *f = fopen(path, "rb");
+    if (!f)
+        return cdb_error_set(err, CDB_ERR_CONFIG_INVALID, "%s: cannot read %s: %s", fname, path,
+                             strerror(errno));
+    if (!(buf = malloc(SECRET_FILE_MAX + 1))) {
+        rc = oom(err);
+        goto out_close;
+    }
+    size_t n = fread(buf, 1, SECRET_FILE_MAX + 1, f);
+    if (ferror(f)) {
+        rc = cdb_error_set(err, CDB_ERR_CONFIG_INVALID, "%s: cannot read %s", fname, path);
+        goto out_close;
+    }
+    if (n > SECRET_FILE_MAX) {
+        rc = cdb_error_set(err, CDB_ERR_CONFIG_INVALID, "%s: %s is larger than %d bytes", fname,
+                           path, SECRET_FILE_MAX);
+        goto out_close;
+    }
+    if (n > 0 && buf[n - 1] == '\n')
+        n--;
+    if (n > 0 && buf[n - 1] == '\r')
+        n--;
+    buf[n] = '\0';
+    if (n == 0 || memchr(buf, '\0', n)) {
+        rc = cdb_error_set(err, CDB_ERR_CONFIG_INVALID, "%s: %s is empty or contains a NUL byte",
+                           fname, path);
+        goto out_close;
+    }
+    *out = buf;
+    buf = NULL;
+out_close:
+    if (buf) {
+        sodium_memzero(buf, SECRET_FILE_MAX + 1);
+        free(buf);
+    }
+    fclose(f);
+    return rc;
+}
+
+/* *out = malloc'd value of name (or of name_FILE's content) or NULL. */
+static int read_env(const char *name, bool allow_file, cdb_env_lookup lookup, void *ud,
+                    char **out, cdb_error *err)
+{
+    char fname[96];
+    const char *plain = nonempty(lookup(name, ud));
+    const char *path = NULL;
+
+    *out = NULL;
+    if (allow_file) {
+        snprintf(fname, sizeof fname, "%s_FILE", name);
+        path = nonempty(lookup(fname, ud));
+    }
+    if (plain && path)
+        return cdb_error_set(err, CDB_ERR_CONFIG_INVALID, "%s: set either %s or %s, not both",
+                             name, name, fname);
+    if (path)
+        return read_secret_file(fname, path, out, err);
+    if (plain && !(*out = strdup(plain)))
+        return oom(err);
+    return 0;
+}
+
+static bool port_ok(const char *p, size_t n)
+{
+    long v = 0;
+    if (n == 0 || n > 5)
+        return false;
+    for (size_t i = 0; i < n; i++) {
+        if (!isdigit((unsigned char)p[i]))
+            return false;
+        v = v * 10 + (p[i] - '0');
+    }
+    return v >= 1 && v <= 65535;
+}
+
+/* host[:port] or [ipv6][:port]; the host may not be empty. */
+static bool hostport_ok(const char *h, size_t n)
+{
+    size_t hl;
+    if (n > 0 && h[0] == '[') {
+        const char *rb = memchr(h, ']', n);
+        if (!rb || rb == h + 1)
+            return false;
+        hl = (size_t)(rb - h) + 1;
+    } else {
+        const char *c = memchr(h, ':', n);
+        hl = c ? (size_t)(c - h) : n;
+    }
+    if (hl == 0)
+        return false;
+    if (hl == n)
+        return true;
+    return h[hl] == ':' && port_ok(h + hl + 1, n - hl - 1);
+}
+
+/* No blanks or control characters, and every '%' starts a valid escape. */
+static bool url_chars_ok(const char *s)
+{
+    for (; *s; s++) {
+        unsigned char c = (unsigned char)*s;
+        if (c <= 0x20 || c == 0x7f)
+            return false;
+        if (c == '%' && !(isxdigit((unsigned char)s[1]) && isxdigit((unsigned char)s[2])))
+            return false;
+    }
+    return true;
+}
+
+static bool starts_with_scheme(const char *s)
+{
+    if (!isalpha((unsigned char)*s))
+        return false;
+    while (isalnum((unsigned char)*s) || *s == '+' || *s == '.' || *s == '-')
+        s++;
+    return strncmp(s, "://", 3) == 0;
+}
+
+/*
+ * End of the URL starting at s inside a comma-separated list. libpq allows
+ * "h1,h2" host lists, so a comma inside the authority belongs to the URL
+ * unless a scheme follows it; any comma after the authority ends the URL
+ * (a comma in a path or query must be written %2C).
+ */
+static const char *url_end(const char *s)
+{
+    const char *sep = strstr(s, "://");
+    const char *after_auth = sep ? sep + 3 + strcspn(sep + 3, "/?#") : s;
+    for (const char *c = strchr(s, ','); c; c = strchr(c + 1, ','))
+        if (c > after_auth || starts_with_scheme(c + 1))
+            return c;
+    return s + strlen(s);
+}
+
+/* RFC 3986 unreserved characters stay, everything else becomes %XX. */
+static char *pct_encode(const char *s)
+{
+    static const char hex[] = "0123456789ABCDEF";
+    char *out = malloc(strlen(s) * 3 + 1), *o = out;
+    if (!out)
+        return NULL;
+    for (; *s; s++) {
+        unsigned char c = (unsigned char)*s;
+        if (isalnum(c) || c == '-' || c == '.' || c == '_' || c == '~') {
+            *o++ = (char)c;
+        } else {
+            *o++ = '%';
+            *o++ = hex[c >> 4];
+            *o++ = hex[c & 15];
+        }
+    }
+    *o = '\0';
+    return out;
+}
+
+/* ---- scalar parsers ---- */
+
+static int parse_int(const struct var *v, const char *s, int *out, cdb_error *err)
+{
+    static const char *const what[] = {"an integer", "a duration in seconds (or 30s, 5m, 2h, 30d)",
+                                       "a duration in ms (or 500ms, 30s, 5m, 2h, 1d)"};
+    static const char *const unit_name[] = {"", " seconds", " ms"};
+    const char *p = s;
+    bool neg = false;
+    long long n = 0, mult = 1;
+
+    if (*p == '-' || *p == '+')
+        neg = *p++ == '-';
+    if (!isdigit((unsigned char)*p))
+        goto fail_syntax;
+    for (; isdigit((unsigned char)*p); p++)
+        if ((n = n * 10 + (*p - '0')) > 10000000000LL)
+            n = 10000000000LL; /* beyond every max; keeps n * mult from overflowing */
+    if (*p && v->unit == U_COUNT)
+        goto fail_syntax;
+    if (v->unit == U_SEC) {
+        if (!*p || !strcmp(p, "s")) mult = 1;
+        else if (!strcmp(p, "m")) mult = 60;
+        else if (!strcmp(p, "h")) mult = 3600;
+        else if (!strcmp(p, "d")) mult = 86400;
+        else goto fail_syntax;
+    } else if (v->unit == U_MS) {
+        if (!*p || !strcmp(p, "ms")) mult = 1;
+        else if (!strcmp(p, "s")) mult = 1000;
+        else if (!strcmp(p, "m")) mult = 60000;
+        else if (!strcmp(p, "h")) mult = 3600000;
+        else if (!strcmp(p, "d")) mult = 86400000;
+        else goto fail_syntax;
+    }
+    n *= mult;
+    if (neg)
+        n = -n;
+    if (n < v->min || n > v->max)
+        return cdb_error_set(err, CDB_ERR_CONFIG_INVALID, "%s: must be between %ld and %ld%s (got %.40s)",
+                             v->name, v->min, v->max, unit_name[v->unit], s);
+    *out = (int)n;
+    return 0;
+fail_syntax:
+    return cdb_error_set(err, CDB_ERR_CONFIG_INVALID, "%s: must be %s (got \"%.40s\")", v->name,
+                         what[v->unit], s);
+}
+
+static int parse_bool(const struct var *v, const char *s, bool *out, cdb_error *err)
+{
+    static const char *const yes[] = {"true", "1", "yes", "on"};
+    static const char *const no[] = {"false", "0", "no", "off"};
+    for (size_t i = 0; i < 4; i++) {
+        if (!strcasecmp(s, yes[i]) || !strcasecmp(s, no[i])) {
+            *out = !strcasecmp(s, yes[i]);
+            return 0;
+        }
+    }
+    return cdb_error_set(err, CDB_ERR_CONFIG_INVALID,
+                         "%s: must be true/false, 1/0, yes/no or on/off (got \"%.40s\")", v->name, s);
+}
+
+/* ---- string checks ---- */
+
+/* Relative paths are resolved now: the embedded PostgreSQL and the backup
+ * tools run with other working directories. */
+static int check_path(const struct var *v, char **val, cdb_error *err)
+{
+    const char *rel = *val;
+    char *cwd, *abs;
+    if (rel[0] == '/')
+        return 0;
+    if (!(cwd = realpath(".", NULL)))
+        return cdb_error_set(err, CDB_ERR_CONFIG_INVALID, "%s: cannot resolve the current directory: %s",
+                             v->name, strerror(errno));
+    while (rel[0] == '.' && rel[1] == '/')
+        rel += 2;
+    int n = (!strcmp(rel, ".") || !*rel) ? asprintf(&abs, "%s", cwd) : asprintf(&abs, "%s/%s", cwd, rel);
+    free(cwd);
+    if (n < 0)
+        return oom(err);
+    free(*val);
+    *val = abs;
+    return 0;
+}
+
+static int check_sslmode(const struct var *v, char **val, cdb_error *err)
+{
+    static const char *const modes[] = {"disable", "allow", "prefer", "require", "verify-ca", "verify-full"};
+    for (size_t i = 0; i < sizeof modes / sizeof modes[0]; i++)
+        if (!strcmp(*val, modes[i]))
+            return 0;
+    return cdb_error_set(err, CDB_ERR_CONFIG_INVALID,
+                         "%s: must be disable, allow, prefer, require, verify-ca or verify-full (got \"%.40s\")",
+                         v->name, *val);
+}
+
+/* The schema ends up in SQL (search_path), so only plain identifiers. */
+static int check_schema(const struct var *v, char **val, cdb_error *err)
+{
+    const char *s = *val;
+    bool ok = strlen(s) <= 63 && (isalpha((unsigned char)*s) || *s == '_');
+    for (; ok && *s; s++)
+        ok = isalnum((unsigned char)*s) || *s == '_';
+    return ok ? 0 : cdb_error_set(err, CDB_ERR_CONFIG_INVALID,
+                                  "%s: must be an identifier of letters, digits and _ (at most 63)", v->name);
+}
+
+/* The public normalizer knows no variable name; prefix it. */
+static int normalize_as(const char *name, const char *url, char **out, cdb_error *err)
+{
+    cdb_error inner;
+    cdb_error_init(&inner);
+    *out = cdb_config_normalize_database_url(url, &inner);
+    if (!*out)
+        cdb_error_set(err, inner.code, "%s: %s", name, inner.message);
+    cdb_error_destroy(&inner);
+    return *out ? 0 : (err ? err->code : CDB_ERR_CONFIG_INVALID);
+}
+
+static int check_database_url(const struct var *v, char **val, cdb_error *err)
+{
+    char *norm;
+    int rc = normalize_as(v->name, *val, &norm, err);
+    if (rc < 0)
+        return rc;
+    free_secret(*val);
+    *val = norm;
+    return 0;
+}
+
+static int check_read_urls(const struct var *v, char **val, cdb_error *err)
+{
+    int rc = 0, i = 1;
+    char *norm = NULL, *item = NULL, *list = NULL;
+    size_t len = 0;
+    FILE *f = open_memstream(&list, &len);
+    if (!f)
+        return oom(err);
+    for (const char *p = *val;; i++) {
+        const char *end = url_end(p);
+        if (!(item = strndup(p, (size_t)(end - p)))) {
+            rc = oom(err);
+            goto out_close;
+        }
+        cdb_error inner;
+        cdb_error_init(&inner);
+        if (!(norm = cdb_config_normalize_database_url(item, &inner))) {
+            rc = cdb_error_set(err, inner.code, "%s: URL %d: %s", v->name, i, inner.message);
+            cdb_error_destroy(&inner);
+            goto out_close;
+        }
+        fprintf(f, "%s%s", i > 1 ? "," : "", norm);
+        free_secret(norm);
+        free_secret(item);
+        norm = item = NULL;
+        if (!*end)
+            break;
+        p = end + 1;
+    }
+out_close:
+    free_secret(item);
+    bool bad = ferror(f) != 0;
+    if ((fclose(f) != 0 || bad) && rc == 0)
+        rc = oom(err);
+    if (rc < 0) {
+        free_secret(list);
+        return rc;
+    }
+    free_secret(*val);
+    *val = list;
+    return 0;
+}
+
+static int check_redis_url(const struct var *v, char **val, cdb_error *err)
+{
+    const char *u = *val, *rest = u + 8;
+    if (!strncasecmp(u, "rediss://", 9))
+        return cdb_error_set(err, CDB_ERR_CONFIG_INVALID, "%s: TLS to Redis is not supported", v->name);
+    if (strncasecmp(u, "redis://", 8) || !url_chars_ok(rest))
+        goto fail_syntax;
+    size_t alen = strcspn(rest, "/?#");
+    if (rest[alen] == '?' || rest[alen] == '#')
+        goto fail_syntax;
+    const char *at = memrchr(rest, '@', alen);
+    if (at && !memchr(rest, ':', (size_t)(at - rest)))
+        return cdb_error_set(err, CDB_ERR_CONFIG_INVALID,
+                             "%s: credentials must be written user:password@ or :password@", v->name);
+    const char *host = at ? at + 1 : rest;
+    if (!hostport_ok(host, (size_t)(rest + alen - host)))
+        goto fail_syntax;
+    if (rest[alen] == '/') {
+        const char *db = rest + alen + 1;
+        size_t n = strlen(db);
+        if (n > 5 || strspn(db, "0123456789") != n)
+            goto fail_syntax;
+    }
+    return 0;
+fail_syntax:
+    return cdb_error_set(err, CDB_ERR_CONFIG_INVALID,
+                         "%s: must be redis://[[user]:password@]host[:port][/db]", v->name);
+}
+
+static int check_jwt_secret(const struct var *v, char **val, cdb_error *err)
+{
+    if (strlen(*val) >= 32)
+        return 0;
+    return cdb_error_set(err, CDB_ERR_CONFIG_INVALID, "%s: must be at least 32 bytes", v->name);
+}
+
+/* 32 bytes as 64 hex digits or as base64 (standard or url-safe, padded or not). */
+static int check_key(const struct var *v, char **val, cdb_error *err)
+{
+    static const int variants[] = {sodium_base64_VARIANT_ORIGINAL, sodium_base64_VARIANT_ORIGINAL_NO_PADDING,
+                                   sodium_base64_VARIANT_URLSAFE, sodium_base64_VARIANT_URLSAFE_NO_PADDING};
+    unsigned char bin[64];
+    const char *s = *val, *end = NULL;
+    size_t n = strlen(s), len = 0;
+    bool ok = n == 64 && sodium_hex2bin(bin, sizeof bin, s, n, NULL, &len, &end) == 0 &&
+              end == s + n && len == 32;
+    for (size_t i = 0; !ok && i < sizeof variants / sizeof variants[0]; i++)
+        ok = sodium_base642bin(bin, sizeof bin, s, n, NULL, &len, &end, variants[i]) == 0 &&
+             end == s + n && len == 32;
+    sodium_memzero(bin, sizeof bin);
+    return ok ? 0 : cdb_error_set(err, CDB_ERR_CONFIG_INVALID,
+                                  "%s: must be 32 bytes encoded as base64 or as 64 hex digits", v->name);
+}
+
+static int check_email(const struct var *v, char **val, cdb_error *err)
+{
+    const char *at = strchr(*val, '@');
+    if (at && at != *val && at[1] && !strchr(*val, ' '))
+        return 0;
+    return cdb_error_set(err, CDB_ERR_CONFIG_INVALID, "%s: not an email address", v->name);
+}
+
+/* ---- public URL helpers ---- */
+
+char *cdb_config_normalize_database_url(const char *url, cdb_error *err)
+{
+    const char *sep = url ? strstr(url, "://") : NULL;
+    const char *rest, *scheme_end;
+    char *out;
+    bool has_host_param = false;
+
+    if (!sep) {
+        cdb_error_set(err, CDB_ERR_CONFIG_INVALID, "not a URL (expected postgresql://...)");
+        return NULL;
+    }
+    /* "postgresql+asyncpg" and friends name a Python driver; libpq wants none. */
+    scheme_end = memchr(url, '+', (size_t)(sep - url));
+    if (!scheme_end)
+        scheme_end = sep;
+    bool driver_ok = scheme_end == sep || (scheme_end + 1 < sep &&
+                     strspn(scheme_end + 1, "abcdefghijklmnopqrstuvwxyz0123456789_") == (size_t)(sep - scheme_end - 1));
+    size_t slen = (size_t)(scheme_end - url);
+    bool scheme_ok = (slen == 10 && !strncasecmp(url, "postgresql", 10)) ||
+                     (slen == 8 && !strncasecmp(url, "postgres", 8) && scheme_end == sep);
+    if (!scheme_ok || !driver_ok) {
+        cdb_error_set(err, CDB_ERR_CONFIG_INVALID,
+                      "unsupported scheme (use postgresql://, postgres:// or postgresql+<driver>://)");
+        return NULL;
+    }
+    rest = sep + 3;
+    if (!url_chars_ok(rest) || strchr(rest, '#')) {
+        cdb_error_set(err, CDB_ERR_CONFIG_INVALID, "contains blanks, control characters, a fragment or a bad %%-escape");
+        return NULL;
+    }
+    size_t alen = strcspn(rest, "/?");
+    const char *at = memrchr(rest, '@', alen);
+    const char *hosts = at ? at + 1 : rest, *hosts_end = rest + alen;
+    for (const char *h = hosts; h < hosts_end;) {
+        const char *c = memchr(h, ',', (size_t)(hosts_end - h));
+        if (!c)
+            c = hosts_end;
+        if (!hostport_ok(h, (size_t)(c - h))) {
+            cdb_error_set(err, CDB_ERR_CONFIG_INVALID, "bad host or port");
+            return NULL;
+        }
+        h = c + 1;
+    }
+    const char *q = strchr(rest, '?');
+    for (const char *p = q ? q + 1 : NULL; p && *p;) {
+        size_t plen = strcspn(p, "&");
+        const char *eq = memchr(p, '=', plen);
+        if (!eq || eq == p) {
+            cdb_error_set(err, CDB_ERR_CONFIG_INVALID, "query parameters must be key=value");
+            return NULL;
+        }
+        if (eq - p == 4 && !strncmp(p, "host", 4) && (size_t)(eq - p) + 1 < plen)
+            has_host_param = true;
+        p += plen + (p[plen] == '&');
+    }
+    if (hosts == hosts_end && !has_host_param) {
+        cdb_error_set(err, CDB_ERR_CONFIG_INVALID, "no host (give one, or ?host=/socket/directory)");
+        return NULL;
+    }
+    if (asprintf(&out, "postgresql://%s", rest) < 0) {
+        cdb_error_set(err, CDB_ERR_INTERNAL_ERROR, "out of memory");
+        return NULL;
+    }
+    return out;
+}
+
+/* Writes one URL with its userinfo password and any password= parameter hidden. */
+static void redact_one(FILE *f, const char *s, size_t n)
+{
+    const char *end = s + n, *sep = memmem(s, n, "://", 3);
+    if (!sep) {
+        fwrite(s, 1, n, f);
+        return;
+    }
+    const char *auth = sep + 3, *p = s;
+    size_t alen = 0;
+    while (auth + alen < end && !strchr("/?#", auth[alen]))
+        alen++;
+    const char *at = memrchr(auth, '@', alen);
+    const char *colon = at ? memchr(auth, ':', (size_t)(at - auth)) : NULL;
+    if (colon) {
+        fwrite(s, 1, (size_t)(colon + 1 - s), f);
+        fputs(REDACTED, f);
+        p = at;
+    }
+    const char *q = memchr(auth + alen, '?', (size_t)(end - (auth + alen)));
+    if (!q) {
+        fwrite(p, 1, (size_t)(end - p), f);
+        return;
+    }
+    fwrite(p, 1, (size_t)(q + 1 - p), f);
+    for (p = q + 1; p < end;) {
+        size_t plen = 0;
+        while (p + plen < end && p[plen] != '&')
+            plen++;
+        if (plen >= 9 && !strncmp(p, "password=", 9))
+            fputs("password=" REDACTED, f);
+        else
+            fwrite(p, 1, plen, f);
+        p += plen;
+        if (p < end)
+            fputc(*p++, f);
+    }
+}
+
+char *cdb_config_redact_url(const char *url)
+{
+    char *out = NULL;
+    size_t len = 0;
+    FILE *f;
+    if (!url || !(f = open_memstream(&out, &len)))
+        return NULL;
+    for (const char *p = url;;) {
+        const char *end = url_end(p);
+        redact_one(f, p, (size_t)(end - p));
+        if (!*end)
+            break;
+        fputc(',', f);
+        p = end + 1;
+    }
+    bool bad = ferror(f) != 0;
+    if (fclose(f) != 0 || bad) {
+        free(out);
+        return NULL;
+    }
+    return out;
+}
+
+/* ---- loading ---- */
+
+static int load_var(cdb_config *cfg, const struct var *v, cdb_env_lookup lookup, void *ud, cdb_error *err)
+{
+    void *field = (char *)cfg + v->off;
+    char *val;
+    int rc = read_env(v->name, v->flags & F_FILE, lookup, ud, &val, err);
+    if (rc < 0)
+        return rc;
+    if (!val && v->def && !(val = strdup(v->def)))
+        return oom(err);
+    if (!val)
+        return 0;
+    switch (v->kind) {
+    case K_INT:
+        rc = parse_int(v, val, field, err);
+        break;
+    case K_BOOL:
+        rc = parse_bool(v, val, field, err);
+        break;
+    case K_LEVEL: {
+        int level = cdb_log_level_parse(val);
+        if (level < 0)
+            rc = cdb_error_set(err, CDB_ERR_CONFIG_INVALID,
+                               "%s: must be debug, info, warn or error (got \"%.40s\")", v->name, val);
+        else
+            *(cdb_log_level *)field = (cdb_log_level)level;
+        break;
+    }
+    case K_STR:
+    case K_URL:
+    case K_SECRET: {
+        /* Non-secret strings are printed by `coredb config`, which needs UTF-8. */
+        json_t *probe = v->kind == K_SECRET ? NULL : json_string(val);
+        if (v->kind != K_SECRET && !probe) {
+            rc = cdb_error_set(err, CDB_ERR_CONFIG_INVALID, "%s: not valid UTF-8", v->name);
+            break;
+        }
+        json_decref(probe);
+        if (v->check && (rc = v->check(v, &val, err)) < 0)
+            break;
+        *(char **)field = val;
+        val = NULL;
+        break;
+    }
+    }
+    free_secret(val);
+    return rc;
+}
+
+/* DATABASE_URL from POSTGRES_*; leaves it NULL (embedded) when none is set. */
+static int assemble_database_url(cdb_config *cfg, cdb_env_lookup lookup, void *ud, cdb_error *err)
+{
+    const char *user = nonempty(lookup("POSTGRES_USER", ud));
+    const char *host = nonempty(lookup("POSTGRES_HOST", ud));
+    const char *port_s = nonempty(lookup("POSTGRES_PORT", ud));
+    const char *db = nonempty(lookup("POSTGRES_DB", ud));
+    char *pw = NULL, *euser = NULL, *epw = NULL, *ehost = NULL, *edb = NULL, *url = NULL;
+    int port = 5432, rc = read_env("POSTGRES_PASSWORD", true, lookup, ud, &pw, err);
+
+    if (rc < 0 || (!user && !pw && !host && !port_s && !db))
+        return rc;
+    if (port_s && (rc = parse_int(&postgres_port, port_s, &port, err)) < 0)
+        goto out;
+    if (!host)
+        host = "localhost";
+    bool socket = host[0] == '/', ipv6 = strchr(host, ':') != NULL;
+    if ((user && !(euser = pct_encode(user))) || (pw && !(epw = pct_encode(pw))) ||
+        !(ehost = ipv6 ? strdup(host) : pct_encode(host)) || !(edb = pct_encode(db ? db : ""))) {
+        rc = oom(err);
+        goto out;
+    }
+    int n = socket ? asprintf(&url, "postgresql://%s%s%s%s/%s?host=%s&port=%d", euser ? euser : "",
+                              epw ? ":" : "", epw ? epw : "", (user || pw) ? "@" : "", edb, ehost, port)
+                   : asprintf(&url, "postgresql://%s%s%s%s%s%s%s:%d/%s", euser ? euser : "",
+                              epw ? ":" : "", epw ? epw : "", (user || pw) ? "@" : "", ipv6 ? "[" : "",
+                              ehost, ipv6 ? "]" : "", port, edb);
+    if (n < 0) {
+        url = NULL;
+        rc = oom(err);
+        goto out;
+    }
+    rc = normalize_as("POSTGRES_HOST", url, &cfg->database_url, err);
+out:
+    free_secret(pw);
+    free_secret(epw);
+    free_secret(url);
+    free(euser);
+    free(ehost);
+    free(edb);
+    return rc;
+}
+
+/* Defaults computed from other values, and rules across variables. */
+static int derive(cdb_config *cfg, cdb_env_lookup lookup, void *ud, cdb_error *err)
+{
+    int rc;
+    if (!cfg->database_url && (rc = assemble_database_url(cfg, lookup, ud, err)) < 0)
+        return rc;
+    cfg->embedded = cfg->database_url == NULL;
+
+    if (cfg->http_threads == 0) {
+        long cores = sysconf(_SC_NPROCESSORS_ONLN);
+        cfg->http_threads = cores < 1 ? 1 : cores > HTTP_THREADS_MAX ? HTTP_THREADS_MAX : (int)cores;
+    }
+    if (!cfg->backup_dir && asprintf(&cfg->backup_dir, "%s/backups", cfg->var_dir) < 0) {
+        cfg->backup_dir = NULL;
+        return oom(err);
+    }
+    if (cfg->db_pool_min > cfg->db_pool_max)
+        return cdb_error_set(err, CDB_ERR_CONFIG_INVALID, "DB_POOL_MIN: must be <= DB_POOL_MAX (%d)",
+                             cfg->db_pool_max);
+    if (!cfg->embedded && !cfg->jwt_secret)
+        return cdb_error_set(err, CDB_ERR_CONFIG_INVALID,
+                             "JWT_SECRET: required (at least 32 bytes) when a database is configured");
+    if (cfg->admin_email && !cfg->admin_password)
+        return cdb_error_set(err, CDB_ERR_CONFIG_INVALID,
+                             "COREDB_ADMIN_PASSWORD: required when COREDB_ADMIN_EMAIL is set");
+    if (cfg->admin_password && !cfg->admin_email)
+        return cdb_error_set(err, CDB_ERR_CONFIG_INVALID,
+                             "COREDB_ADMIN_EMAIL: required when COREDB_ADMIN_PASSWORD is set");
+    if (cfg->debug && !nonempty(lookup("LOG_LEVEL", ud)))
+        cfg->log_level = CDB_LOG_DEBUG;
+    return 0;
+}
+
+const char *cdb_env_process(const char *name, void *ud)
+{
+    (void)ud;
+    return getenv(name);
+}
+
+int cdb_config_load(cdb_config *cfg, cdb_env_lookup lookup, void *ud, cdb_error *err)
+{
+    int rc = 0;
+    memset(cfg, 0, sizeof *cfg);
+    for (size_t i = 0; i < NVARS && rc == 0; i++)
+        rc = load_var(cfg, &vars[i], lookup, ud, err);
+    if (rc == 0)
+        rc = derive(cfg, lookup, ud, err);
+    if (rc < 0)
+        cdb_config_destroy(cfg);
+    return rc;
+}
+
+void cdb_config_destroy(cdb_config *cfg)
+{
+    if (!cfg)
+        return;
+    for (size_t i = 0; i < NVARS; i++) {
+        const struct var *v = &vars[i];
+        if (v->kind == K_STR || v->kind == K_URL || v->kind == K_SECRET)
+            free_secret(*(char **)((char *)cfg + v->off));
+    }
+    memset(cfg, 0, sizeof *cfg);
+}
+
+json_t *cdb_config_to_json(const cdb_config *cfg)
+{
+    json_t *o = json_object();
+    if (!o)
+        return NULL;
+    for (size_t i = 0; i < NVARS; i++) {
+        const struct var *v = &vars[i];
+        const void *field = (const char *)cfg + v->off;
+        const char *s = NULL;
+        json_t *j = NULL;
+        if (v->kind == K_STR || v->kind == K_URL || v->kind == K_SECRET)
+            s = *(char *const *)field;
+        switch (v->kind) {
+        case K_INT:    j = json_integer(*(const int *)field); break;
+        case K_BOOL:   j = json_boolean(*(const bool *)field); break;
+        case K_LEVEL:  j = json_string(cdb_log_level_name(*(const cdb_log_level *)field)); break;
+        case K_STR:    j = s ? json_string(s) : json_null(); break;
+        case K_SECRET: j = s ? json_string(REDACTED) : json_null(); break;
+        case K_URL:
+            if (s) {
+                char *r = cdb_config_redact_url(s);
+                j = r ? json_string(r) : NULL;
+                free(r);
+            } else {
+                j = json_null();
+            }
+            break;
+        }
+        if (!j || json_object_set_new(o, v->name, j) < 0)
+            goto fail_free_object;
+    }
+    if (json_object_set_new(o, "embedded", json_boolean(cfg->embedded)) < 0)
+        goto fail_free_object;
+    return o;
+fail_free_object:
+    json_decref(o);
+    return NULL;
+}

@@ -1,0 +1,104 @@
+/*
+ * http_internal.h - what the files of src/http share: the request object a
+ * route handler fills, the route table, and the response helpers.
+ *
+ * Threading: a cdb_request is created and answered on its loop thread. A
+ * route marked CDB_RUN_WORKER runs its handler on a worker thread; the
+ * handler may block and must touch only the request's own fields (never
+ * r->ev), then the loop sends what it filled in.
+ */
+#ifndef COREDB_HTTP_INTERNAL_H
+#define COREDB_HTTP_INTERNAL_H
+
+#include <event2/http.h>
+#include <jansson.h>
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "coredb/error.h"
+#include "coredb/service.h"
+
+#define CDB_HTTP_BODY_LIMIT     (1024 * 1024)     /* API.md: bodies over 1 MiB -> 413 */
+#define CDB_HTTP_BODY_HARD_LIMIT (4 * 1024 * 1024) /* evhttp drops beyond this, see docs */
+#define CDB_HTTP_MAX_PARAMS     4
+#define CDB_HTTP_MAX_HEADERS    4
+#define CDB_REQUEST_ID_MAX      128
+
+typedef struct cdb_http_server cdb_http_server;
+typedef struct cdb_loop cdb_loop;
+typedef struct cdb_request cdb_request;
+
+typedef void (*cdb_route_fn)(cdb_request *r);
+
+typedef enum cdb_run_mode {
+    CDB_RUN_INLINE,   /* cheap, never blocks: runs on the loop */
+    CDB_RUN_WORKER,   /* may block: runs on a worker thread */
+} cdb_run_mode;
+
+typedef struct cdb_route {
+    unsigned methods;        /* EVHTTP_REQ_* mask */
+    const char *pattern;     /* "/api/v1/users/{id}": {..} matches one segment */
+    cdb_route_fn handler;
+    cdb_run_mode mode;
+} cdb_route;
+
+struct cdb_request {
+    cdb_http_server *server;
+    cdb_loop *loop;
+    cdb_service *svc;
+    struct evhttp_request *ev;     /* NULL once the client has gone */
+    enum evhttp_cmd_type method;
+    char *path;                    /* decoded path, owned */
+    char *query;                   /* raw query string or NULL, owned */
+    char *params[CDB_HTTP_MAX_PARAMS]; /* decoded {..} segments, owned */
+    int nparams;
+    json_t *body;                  /* parsed JSON body or NULL */
+    const cdb_route *route;
+    char request_id[CDB_REQUEST_ID_MAX + 1];
+    const char *media_type;        /* response Content-Type */
+    int64_t start_us;
+
+    /* outcome, filled by the handler */
+    int status;                    /* 0 until answered */
+    json_t *response;              /* body (owned) or NULL for none */
+    cdb_error err;                 /* err.code != OK: the error envelope */
+    struct { const char *name; char value[64]; } headers[CDB_HTTP_MAX_HEADERS];
+    int nheaders;
+
+    cdb_request *next;             /* on the loop's completion list */
+};
+
+/* Request lifecycle (request.c), all on the loop thread. */
+cdb_request *cdb_request_new(struct evhttp_request *ev, cdb_http_server *srv, cdb_loop *loop,
+                             cdb_service *svc);
+/* Negotiates, routes and reads the body; false when an error answer is set. */
+bool cdb_request_prepare(cdb_request *r, const cdb_route *const *tables);
+/* Sends the answer (unless the client is gone) and writes the access log line. */
+void cdb_request_send(cdb_request *r, bool closing);
+void cdb_request_free(cdb_request *r);
+
+/* Answers with a JSON body (reference stolen). */
+void cdb_request_reply(cdb_request *r, int status, json_t *body);
+/* Answers with the error envelope built from err (which is moved). */
+void cdb_request_fail(cdb_request *r, cdb_error *err);
+/* Shorthand: code + message. */
+void cdb_request_failf(cdb_request *r, cdb_err code, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+/* Adds a response header (name must be a string literal). */
+void cdb_request_header(cdb_request *r, const char *name, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+/* A query-string parameter (malloc'd, decoded) or NULL. */
+char *cdb_request_query_param(const cdb_request *r, const char *name);
+
+/* Route tables (one per routes_*.c file), each terminated by {0}. */
+extern const cdb_route cdb_routes_health[];
+extern const cdb_route cdb_routes_test[];
+
+/*
+ * Matches r->method and r->path against the NULL-terminated list of route
+ * tables; fills r->route and r->params, or answers 404 / 405 (with Allow)
+ * and returns false.
+ */
+bool cdb_router_match(cdb_request *r, const cdb_route *const *tables);
+
+#endif

@@ -1,0 +1,33 @@
+/*
+ * routes_health.c - GET /health, /health/live, /health/ready (no auth).
+ * /health/live is answered on the loop: it proves the process serves, and
+ * must stay cheap (it is the HTTP floor of bench/).
+ */
+#include "coredb/health.h"
+#include "http_internal.h"
+
+static void health_live(cdb_request *r)
+{
+    cdb_request_reply(r, 200, json_pack("{s:s}", "status", "UP"));
+}
+
+static void health_full(cdb_request *r)
+{
+    json_t *body = NULL;
+    int status = cdb_health_report(r->svc, &body);
+    cdb_request_reply(r, status, body);
+}
+
+static void health_ready(cdb_request *r)
+{
+    json_t *body = NULL;
+    int status = cdb_health_ready(r->svc, &body);
+    cdb_request_reply(r, status, body);
+}
+
+const cdb_route cdb_routes_health[] = {
+    {EVHTTP_REQ_GET | EVHTTP_REQ_HEAD, "/health", health_full, CDB_RUN_WORKER},
+    {EVHTTP_REQ_GET | EVHTTP_REQ_HEAD, "/health/live", health_live, CDB_RUN_INLINE},
+    {EVHTTP_REQ_GET | EVHTTP_REQ_HEAD, "/health/ready", health_ready, CDB_RUN_WORKER},
+    {0},
+};

@@ -1,0 +1,303 @@
+/*
+ * server.c - event loops, the listening socket, the hand-off to workers and
+ * graceful shutdown.
+ *
+ * Model: HTTP_THREADS loops (libevent, one evhttp each) accept on one shared
+ * listening socket. A route that may block is handed to the worker queue;
+ * the worker runs the handler with blocking libpq, then appends the request
+ * to its loop's completion list and activates the loop's completion event
+ * (event_active is thread-safe once evthread_use_pthreads() ran). The loop
+ * sends the answer. docs/architecture.md says why we chose workers with
+ * blocking libpq over asynchronous libpq on the loops.
+ *
+ * A client may go away while its request is on a worker: the connection's
+ * close callback clears r->ev so the completion only logs and frees.
+ */
+#include "coredb/http.h"
+#include "http_internal.h"
+
+#include <arpa/inet.h>
+#include <errno.h>
+#include <event2/event.h>
+#include <event2/thread.h>
+#include <netdb.h>
+#include <netinet/in.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include "coredb/log.h"
+#include "coredb/timeutil.h"
+#include "coredb/workq.h"
+
+struct cdb_loop {
+    cdb_http_server *server;
+    struct event_base *base;
+    struct evhttp *http;
+    struct evhttp_bound_socket *bound;
+    struct event *done_ev;         /* activated by workers */
+    pthread_mutex_t done_lock;
+    cdb_request *done_head;        /* answered by a worker, not yet sent */
+    pthread_t thread;
+};
+
+struct cdb_http_server {
+    cdb_service *svc;
+    int listen_fd;
+    int nloops;
+    cdb_loop *loops;
+    cdb_workq *workers;
+    const cdb_route *tables[4];    /* NULL-terminated */
+    atomic_int inflight;           /* requests accepted and not yet answered */
+    atomic_bool stopping;
+};
+
+static void finish(cdb_request *r)
+{
+    cdb_http_server *srv = r->server;
+    cdb_request_send(r, atomic_load(&srv->stopping));
+    cdb_request_free(r);
+    atomic_fetch_sub(&srv->inflight, 1);
+}
+
+/* Loop side of the worker hand-off: send every completed request. */
+static void on_done(evutil_socket_t fd, short what, void *arg)
+{
+    cdb_loop *loop = arg;
+    pthread_mutex_lock(&loop->done_lock);
+    cdb_request *list = loop->done_head;
+    loop->done_head = NULL;
+    pthread_mutex_unlock(&loop->done_lock);
+    while (list) {
+        cdb_request *next = list->next;
+        finish(list);
+        list = next;
+    }
+}
+
+static void run_on_worker(void *arg)
+{
+    cdb_request *r = arg;
+    r->route->handler(r);
+    cdb_loop *loop = r->loop;
+    pthread_mutex_lock(&loop->done_lock);
+    r->next = loop->done_head;
+    loop->done_head = r;
+    pthread_mutex_unlock(&loop->done_lock);
+    event_active(loop->done_ev, EV_READ, 0);
+}
+
+static void on_connection_closed(struct evhttp_connection *evcon, void *arg)
+{
+    cdb_request *r = arg;
+    r->ev = NULL; /* evhttp frees it; the worker's completion must not touch it */
+}
+
+static void on_request(struct evhttp_request *ev, void *arg)
+{
+    cdb_loop *loop = arg;
+    cdb_http_server *srv = loop->server;
+    cdb_request *r = cdb_request_new(ev, srv, loop, srv->svc);
+    if (!r) {
+        evhttp_send_error(ev, 500, NULL);
+        return;
+    }
+    atomic_fetch_add(&srv->inflight, 1);
+    if (!cdb_request_prepare(r, srv->tables) || r->route->mode == CDB_RUN_INLINE) {
+        if (r->status == 0)
+            r->route->handler(r);
+        finish(r);
+        return;
+    }
+    evhttp_connection_set_closecb(evhttp_request_get_connection(ev), on_connection_closed, r);
+    if (cdb_workq_submit(srv->workers, run_on_worker, r) != 0) {
+        cdb_request_failf(r, CDB_ERR_DATABASE_UNAVAILABLE, "Service is shutting down");
+        finish(r);
+    }
+}
+
+static void *loop_main(void *arg)
+{
+    cdb_loop *loop = arg;
+    event_base_loop(loop->base, EVLOOP_NO_EXIT_ON_EMPTY);
+    return NULL;
+}
+
+static int open_listener(const char *host, int port, cdb_error *err)
+{
+    struct addrinfo hints = {.ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM, .ai_flags = AI_PASSIVE};
+    struct addrinfo *res = NULL;
+    char portstr[16];
+    snprintf(portstr, sizeof portstr, "%d", port);
+    int fd = -1;
+    int rc = getaddrinfo(host, portstr, &hints, &res);
+    if (rc != 0) {
+        cdb_error_set(err, CDB_ERR_CONFIG_INVALID, "HOST: cannot resolve %s: %s", host, gai_strerror(rc));
+        goto out;
+    }
+    fd = socket(res->ai_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    int one = 1;
+    if (fd < 0 || setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one) < 0 ||
+        bind(fd, res->ai_addr, res->ai_addrlen) < 0 || listen(fd, 1024) < 0) {
+        cdb_error_set(err, CDB_ERR_CONFIG_INVALID, "PORT: cannot listen on %s:%d: %s", host, port,
+                      strerror(errno));
+        if (fd >= 0)
+            close(fd);
+        fd = -1;
+    }
+out:
+    if (res)
+        freeaddrinfo(res);
+    return fd;
+}
+
+static int loop_init(cdb_loop *loop, cdb_http_server *srv, cdb_error *err)
+{
+    const cdb_config *cfg = srv->svc->cfg;
+    loop->server = srv;
+    pthread_mutex_init(&loop->done_lock, NULL);
+    loop->base = event_base_new();
+    loop->http = loop->base ? evhttp_new(loop->base) : NULL;
+    loop->done_ev = loop->base ? event_new(loop->base, -1, 0, on_done, loop) : NULL;
+    if (!loop->http || !loop->done_ev)
+        return cdb_error_set(err, CDB_ERR_INTERNAL_ERROR, "cannot create event loop");
+    evhttp_set_allowed_methods(loop->http, EVHTTP_REQ_GET | EVHTTP_REQ_POST | EVHTTP_REQ_PUT |
+                                               EVHTTP_REQ_DELETE | EVHTTP_REQ_PATCH | EVHTTP_REQ_HEAD |
+                                               EVHTTP_REQ_OPTIONS);
+    evhttp_set_max_body_size(loop->http, CDB_HTTP_BODY_HARD_LIMIT);
+    evhttp_set_max_headers_size(loop->http, 64 * 1024);
+    evhttp_set_timeout(loop->http, cfg->http_idle_timeout_s);
+    evhttp_set_default_content_type(loop->http, "application/json");
+    evhttp_set_gencb(loop->http, on_request, loop);
+    loop->bound = evhttp_accept_socket_with_handle(loop->http, srv->listen_fd);
+    if (!loop->bound)
+        return cdb_error_set(err, CDB_ERR_INTERNAL_ERROR, "cannot accept on the listening socket");
+    return 0;
+}
+
+static void loop_destroy(cdb_loop *loop)
+{
+    if (loop->http)
+        evhttp_free(loop->http); /* closes connections; close callbacks clear r->ev */
+    /* requests completed after the loops stopped: never sent */
+    cdb_request *r = loop->done_head;
+    while (r) {
+        cdb_request *next = r->next;
+        r->ev = NULL;
+        cdb_request_send(r, true); /* logs it as client_gone */
+        cdb_request_free(r);
+        r = next;
+    }
+    if (loop->done_ev)
+        event_free(loop->done_ev);
+    if (loop->base)
+        event_base_free(loop->base);
+    pthread_mutex_destroy(&loop->done_lock);
+}
+
+cdb_http_server *cdb_http_server_new(cdb_service *svc, cdb_error *err)
+{
+    const cdb_config *cfg = svc->cfg;
+    cdb_http_server *srv = calloc(1, sizeof *srv);
+    if (!srv) {
+        cdb_error_set(err, CDB_ERR_INTERNAL_ERROR, "out of memory");
+        return NULL;
+    }
+    srv->svc = svc;
+    srv->listen_fd = -1;
+    int t = 0;
+    srv->tables[t++] = cdb_routes_health;
+    if (getenv("COREDB_TEST_ROUTES") && strcmp(getenv("COREDB_TEST_ROUTES"), "1") == 0)
+        srv->tables[t++] = cdb_routes_test;
+    srv->tables[t] = NULL;
+
+    evthread_use_pthreads();
+    srv->listen_fd = open_listener(cfg->host, cfg->port, err);
+    if (srv->listen_fd < 0)
+        goto fail;
+    /* One worker per pooled connection plus headroom, so a request waiting
+     * for a connection never keeps another from reaching the pool. */
+    srv->workers = cdb_workq_new(cfg->db_pool_max + 4);
+    srv->nloops = cfg->http_threads;
+    srv->loops = calloc((size_t)srv->nloops, sizeof *srv->loops);
+    if (!srv->workers || !srv->loops) {
+        cdb_error_set(err, CDB_ERR_INTERNAL_ERROR, "out of memory");
+        goto fail;
+    }
+    for (int i = 0; i < srv->nloops; i++)
+        if (loop_init(&srv->loops[i], srv, err) < 0)
+            goto fail;
+    return srv;
+
+fail:
+    cdb_http_server_free(srv);
+    return NULL;
+}
+
+static void stop_accepting(evutil_socket_t fd, short what, void *arg)
+{
+    cdb_loop *loop = arg;
+    if (loop->bound)
+        evhttp_del_accept_socket(loop->http, loop->bound);
+    loop->bound = NULL;
+}
+
+int cdb_http_server_run(cdb_http_server *srv)
+{
+    const cdb_config *cfg = srv->svc->cfg;
+    sigset_t stop_signals;
+    sigemptyset(&stop_signals);
+    sigaddset(&stop_signals, SIGTERM);
+    sigaddset(&stop_signals, SIGINT);
+    pthread_sigmask(SIG_BLOCK, &stop_signals, NULL);
+    signal(SIGPIPE, SIG_IGN);
+
+    int started = 0;
+    for (; started < srv->nloops; started++)
+        if (pthread_create(&srv->loops[started].thread, NULL, loop_main, &srv->loops[started]) != 0)
+            break;
+    cdb_log_info("http.listening", "serving on %s:%d with %d loops", cfg->host, cfg->port, started);
+
+    int sig = 0;
+    if (started == srv->nloops)
+        sigwait(&stop_signals, &sig);
+    cdb_log_info("http.stopping", "signal %d: stop accepting, finishing in-flight requests", sig);
+    atomic_store(&srv->stopping, true);
+    struct timeval now = {0, 0};
+    for (int i = 0; i < started; i++)
+        event_base_once(srv->loops[i].base, -1, EV_TIMEOUT, stop_accepting, &srv->loops[i], &now);
+
+    int64_t deadline = cdb_mono_ms() + cfg->shutdown_grace_ms;
+    while (atomic_load(&srv->inflight) > 0 && cdb_mono_ms() < deadline)
+        usleep(10000);
+    int left = atomic_load(&srv->inflight);
+    if (left > 0)
+        cdb_log_warn("http.stopping", "%d requests still running at the deadline", left);
+
+    for (int i = 0; i < started; i++)
+        event_base_loopexit(srv->loops[i].base, NULL);
+    for (int i = 0; i < started; i++)
+        pthread_join(srv->loops[i].thread, NULL);
+    /* Let jobs still on workers finish before their loops are freed. */
+    cdb_workq_free(srv->workers);
+    srv->workers = NULL;
+    return started == srv->nloops ? 0 : -1;
+}
+
+void cdb_http_server_free(cdb_http_server *srv)
+{
+    if (!srv)
+        return;
+    cdb_workq_free(srv->workers);
+    for (int i = 0; srv->loops && i < srv->nloops; i++)
+        loop_destroy(&srv->loops[i]);
+    free(srv->loops);
+    if (srv->listen_fd >= 0)
+        close(srv->listen_fd);
+    free(srv);
+}

@@ -1,0 +1,119 @@
+/*
+ * health.c - the checks behind /health and /health/ready.
+ *
+ * The PostgreSQL check borrows a pooled connection with a short deadline and
+ * runs SELECT 1, so it measures what a request would see (pool wait
+ * included). Redis is optional: a configured Redis that is down makes the
+ * service DEGRADED, not DOWN (API.md).
+ */
+#include "coredb/health.h"
+#include "coredb/pg.h"
+#include "coredb/timeutil.h"
+
+#include <stdio.h>
+
+#define HEALTH_ACQUIRE_BUDGET_MS 2000
+
+static json_t *duration_ms_string(int64_t us)
+{
+    char buf[32];
+    snprintf(buf, sizeof buf, "%lldms", (long long)((us + 500) / 1000));
+    return json_string(buf);
+}
+
+/* Runs SELECT 1 on a pooled connection; *pending gets the pending count when asked. */
+static bool check_postgresql(cdb_service *svc, json_t *checks, int *pending)
+{
+    cdb_error err;
+    cdb_error_init(&err);
+    json_t *pg = json_object();
+    int64_t start = cdb_mono_us();
+    int64_t budget = svc->cfg->db_pool_acquire_timeout_ms < HEALTH_ACQUIRE_BUDGET_MS
+                         ? svc->cfg->db_pool_acquire_timeout_ms : HEALTH_ACQUIRE_BUDGET_MS;
+    bool up = false;
+    cdb_pool_conn *conn = cdb_pool_acquire(svc->pool, cdb_mono_ms() + budget, &err);
+    if (conn) {
+        PGconn *pgc = cdb_pool_conn_pg(conn);
+        up = cdb_pg_exec(pgc, "SELECT 1", 0, NULL, NULL, &err) == 0;
+        if (up && pending) {
+            *pending = cdb_migrate_pending_count(pgc, &svc->migrations, &err);
+            if (*pending < 0)
+                up = false;
+        }
+        cdb_pool_release(svc->pool, conn);
+    }
+    int64_t elapsed = cdb_mono_us() - start;
+
+    cdb_pool_stats st;
+    cdb_pool_get_stats(svc->pool, &st);
+    json_object_set_new(pg, "status", json_string(up ? "UP" : "DOWN"));
+    json_object_set_new(pg, "responseTime", duration_ms_string(elapsed));
+    json_t *conns = json_object();
+    json_object_set_new(conns, "active", json_integer(st.active));
+    json_object_set_new(conns, "idle", json_integer(st.idle));
+    json_object_set_new(conns, "waiting", json_integer(st.waiting));
+    json_object_set_new(conns, "total", json_integer(st.total));
+    json_object_set_new(conns, "max", json_integer(st.max));
+    json_object_set_new(pg, "connections", conns);
+    if (!up)
+        json_object_set_new(pg, "error", json_string(cdb_err_name(err.code)));
+    json_object_set_new(checks, "postgresql", pg);
+    cdb_error_destroy(&err);
+    return up;
+}
+
+static bool check_redis(cdb_service *svc, json_t *checks)
+{
+    cdb_error err;
+    cdb_error_init(&err);
+    json_t *rd = json_object();
+    int64_t rtt_us = 0;
+    char memory[32] = "";
+    bool up = cdb_redis_ping(svc->redis, &rtt_us, memory, sizeof memory, &err) == 0;
+    json_object_set_new(rd, "status", json_string(up ? "UP" : "DOWN"));
+    if (up) {
+        json_object_set_new(rd, "responseTime", duration_ms_string(rtt_us));
+        json_object_set_new(rd, "memory", json_string(memory));
+    } else {
+        json_object_set_new(rd, "error", json_string(cdb_err_name(err.code)));
+    }
+    json_object_set_new(checks, "redis", rd);
+    cdb_error_destroy(&err);
+    return up;
+}
+
+static json_t *report_skeleton(const char *status, json_t *checks)
+{
+    char ts[32];
+    cdb_iso_now(ts, sizeof ts);
+    json_t *r = json_object();
+    json_object_set_new(r, "status", json_string(status));
+    json_object_set_new(r, "timestamp", json_string(ts));
+    json_object_set_new(r, "service", json_string(CDB_SERVICE_NAME));
+    json_object_set_new(r, "version", json_string(CDB_VERSION));
+    json_object_set_new(r, "checks", checks);
+    return r;
+}
+
+int cdb_health_report(cdb_service *svc, json_t **out)
+{
+    json_t *checks = json_object();
+    bool pg_up = check_postgresql(svc, checks, NULL);
+    bool redis_up = svc->redis ? check_redis(svc, checks) : true;
+    const char *status = !pg_up ? "DOWN" : redis_up ? "UP" : "DEGRADED";
+    *out = report_skeleton(status, checks);
+    return pg_up ? 200 : 503;
+}
+
+int cdb_health_ready(cdb_service *svc, json_t **out)
+{
+    json_t *checks = json_object();
+    int pending = -1;
+    bool pg_up = check_postgresql(svc, checks, &pending);
+    json_t *mig = json_object();
+    json_object_set_new(mig, "pending", pending >= 0 ? json_integer(pending) : json_null());
+    json_object_set_new(checks, "migrations", mig);
+    bool ready = pg_up && pending == 0;
+    *out = report_skeleton(ready ? "UP" : "DOWN", checks);
+    return ready ? 200 : 503;
+}

@@ -1,0 +1,26 @@
+/*
+ * migrate_internal.h - pieces of the migration engine (migrate.c) that are
+ * not part of the public contract but are worth unit-testing on their own.
+ */
+#ifndef COREDB_MIGRATE_INTERNAL_H
+#define COREDB_MIGRATE_INTERNAL_H
+
+#include <stdbool.h>
+#include <stddef.h>
+
+/*
+ * Splits a migration section into statements on ';' outside quotes ('...',
+ * E'...', "..."), dollar-quoted bodies ($$...$$, $tag$...$tag$), -- line
+ * comments and (nested) block comments. Each statement starts at its first
+ * token (leading comments and blanks dropped) and is trimmed at the end;
+ * statements holding nothing but comments and blanks are dropped.
+ * Returns 0 or CDB_ERR_INTERNAL_ERROR (out of memory). *stmts is malloc'd,
+ * free it with cdb_migration_split_free (also fine when *n is 0).
+ */
+int  cdb_migration_split(const char *sql, char ***stmts, size_t *n);
+void cdb_migration_split_free(char **stmts, size_t n);
+
+/* true when name follows ^[0-9]{8}_[0-9]{3}_[a-z0-9_]+\.sql$ */
+bool cdb_migration_name_valid(const char *name);
+
+#endif

@@ -1,0 +1,724 @@
+/*
+ * devdb.c - the embedded PostgreSQL of the zero-configuration mode, and the
+ * development secrets that go with it.
+ *
+ * Layout under var_dir: pgdata/ (the cluster), run/ (its unix socket),
+ * log/postgresql.log (server and pg_ctl output), log/initdb.log, secrets.env.
+ *
+ * PostgreSQL refuses to run as root, and CI runs as root: then initdb and
+ * pg_ctl run as Debian's `postgres` account, which owns pgdata, run and log.
+ * The user switch happens in a forked child followed by execve, never through
+ * a shell. The child runs only async-signal-safe calls (the process may have
+ * threads), so the account and its groups are looked up before the fork.
+ * Started by an ordinary user, the cluster simply runs as that user.
+ *
+ * Security: the server listens on no TCP address, only on a socket inside
+ * run/ (mode 0700). Only the account running the cluster and root can reach
+ * that socket, and those can read pgdata anyway, which is why local "trust"
+ * authentication is acceptable. Port 5432 only names the socket file
+ * (run/.s.PGSQL.5432), so it never clashes with another cluster.
+ *
+ * pg_ctl hands the -o options to /bin/sh, so the socket path is quoted there
+ * and a var_dir containing quotes, backslashes or control characters is
+ * refused rather than escaped.
+ */
+#include "coredb/devdb.h"
+#include "coredb/log.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <grp.h>
+#include <libpq-fe.h>
+#include <pwd.h>
+#include <signal.h>
+#include <sodium.h>
+#include <stdarg.h>
+#include <stdbool.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <sys/types.h>
+#include <sys/un.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+extern char **environ;
+
+#define DEVDB_PORT  "5432"
+#define DEVDB_DB    "coredb"
+#define MAX_GROUPS  64
+
+/* Who the PostgreSQL programs run as: ourselves, or `postgres` when root. */
+typedef struct runas {
+    bool  switch_user;
+    uid_t uid;
+    gid_t gid;
+    gid_t groups[MAX_GROUPS];
+    int   ngroups;
+} runas;
+
+struct cdb_devdb {
+    char *pg_ctl;
+    char *pgdata;
+    char *run_dir;
+    char *log_path;
+    runas as;
+    bool  running;             /* started by this process: stop it on close */
+};
+
+static char *xasprintf(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+static char *xasprintf(const char *fmt, ...)
+{
+    va_list ap;
+    char *s = NULL;
+    va_start(ap, fmt);
+    int n = vasprintf(&s, fmt, ap);
+    va_end(ap);
+    return n < 0 ? NULL : s;
+}
+
+/* var_dir made absolute: the config's default is the relative ./var. */
+static char *absolute_dir(const char *dir)
+{
+    if (dir[0] == '/')
+        return strdup(dir);
+    char cwd[4096];
+    if (!getcwd(cwd, sizeof cwd))
+        return NULL;
+    if (strncmp(dir, "./", 2) == 0)
+        dir += 2;
+    return xasprintf("%s/%s", cwd, dir);
+}
+
+/* Creates path and missing parents; the ones it creates get exactly mode. */
+static int mkdir_p(const char *path, mode_t mode)
+{
+    char buf[4096];
+    size_t len = strlen(path);
+    if (len >= sizeof buf) {
+        errno = ENAMETOOLONG;
+        return -1;
+    }
+    memcpy(buf, path, len + 1);
+    for (char *p = buf + 1;; p++) {
+        if (*p != '/' && *p != '\0')
+            continue;
+        char saved = *p;
+        *p = '\0';
+        if (mkdir(buf, mode) == 0) {
+            if (chmod(buf, mode) < 0)      /* undo the umask */
+                return -1;
+        } else if (errno != EEXIST) {
+            return -1;
+        }
+        *p = saved;
+        if (saved == '\0')
+            return 0;
+    }
+}
+
+/* A private directory of the cluster's account with exactly mode. */
+static int private_dir(const char *path, const runas *as, mode_t mode, cdb_error *err)
+{
+    if (mkdir(path, mode) < 0 && errno != EEXIST)
+        goto fail;
+    if (as->switch_user && chown(path, as->uid, as->gid) < 0)
+        goto fail;
+    if (chmod(path, mode) < 0)
+        goto fail;
+    return 0;
+fail:
+    return cdb_error_set(err, CDB_ERR_DATABASE_UNAVAILABLE,
+                         "embedded PostgreSQL: cannot prepare %s: %s", path, strerror(errno));
+}
+
+static int lookup_postgres(runas *as, cdb_error *err)
+{
+    struct passwd pw, *found = NULL;
+    char buf[4096];
+    int rc = getpwnam_r("postgres", &pw, buf, sizeof buf, &found);
+    if (rc != 0 || !found)
+        return cdb_error_set(err, CDB_ERR_DATABASE_UNAVAILABLE,
+                             "embedded PostgreSQL: running as root needs the 'postgres' account "
+                             "(PostgreSQL refuses root); install postgresql or set DATABASE_URL");
+    as->switch_user = true;
+    as->uid = pw.pw_uid;
+    as->gid = pw.pw_gid;
+    as->ngroups = MAX_GROUPS;
+    if (getgrouplist(pw.pw_name, pw.pw_gid, as->groups, &as->ngroups) < 0) {
+        as->groups[0] = pw.pw_gid;  /* more groups than we keep: the primary one suffices */
+        as->ngroups = 1;
+    }
+    return 0;
+}
+
+/* The environment for PostgreSQL programs: ours without PG* variables,
+ * which would otherwise override the cluster we mean (PGDATA, PGPORT...). */
+static char **child_env(void)
+{
+    size_t n = 0;
+    while (environ && environ[n])
+        n++;
+    char **env = calloc(n + 1, sizeof *env);
+    if (!env)
+        return NULL;
+    size_t k = 0;
+    for (size_t i = 0; i < n; i++)
+        if (strncmp(environ[i], "PG", 2) != 0)
+            env[k++] = environ[i];
+    return env;
+}
+
+/*
+ * Forks a child with stdout/stderr on out_fd (or /dev/null when -1), no
+ * other inherited descriptors, default signals, running as `as`, in cwd.
+ * Returns the pid in the parent, 0 in the child, -1 if fork failed.
+ */
+static pid_t fork_as(const runas *as, int out_fd, const char *cwd)
+{
+    pid_t pid = fork();
+    if (pid != 0)
+        return pid;
+
+    int null_fd = open("/dev/null", O_RDWR);
+    if (null_fd < 0 || dup2(null_fd, 0) < 0)
+        _exit(126);
+    if (out_fd < 0)
+        out_fd = null_fd;
+    if (dup2(out_fd, 1) < 0 || dup2(out_fd, 2) < 0)
+        _exit(126);
+    /* Our listening sockets must not outlive us inside the postmaster. */
+    if (close_range(3, ~0U, 0) < 0)
+        for (int fd = 3; fd < 65536; fd++)
+            close(fd);
+
+    sigset_t none;
+    sigemptyset(&none);
+    sigprocmask(SIG_SETMASK, &none, NULL);
+    int sigs[] = {SIGPIPE, SIGINT, SIGTERM, SIGQUIT, SIGHUP, SIGCHLD};
+    for (size_t i = 0; i < sizeof sigs / sizeof sigs[0]; i++)
+        signal(sigs[i], SIG_DFL);
+
+    if (as->switch_user &&
+        (setgroups((size_t)as->ngroups, as->groups) < 0 || setgid(as->gid) < 0 ||
+         setuid(as->uid) < 0))
+        _exit(126);
+    if (cwd && chdir(cwd) < 0)
+        _exit(126);
+    return 0;
+}
+
+/* The child's exit status, or -1 if it died of a signal or wait failed. */
+static int wait_child(pid_t pid)
+{
+    int status;
+    while (waitpid(pid, &status, 0) < 0)
+        if (errno != EINTR)
+            return -1;
+    return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+}
+
+/* Runs argv[0] (an absolute path) as `as`; returns its exit status or -1. */
+static int run(const runas *as, int out_fd, const char *cwd, char *const argv[])
+{
+    char **env = child_env();
+    if (!env)
+        return -1;
+    pid_t pid = fork_as(as, out_fd, cwd);
+    if (pid == 0) {
+        execve(argv[0], argv, env);
+        _exit(127);
+    }
+    free(env);
+    return pid < 0 ? -1 : wait_child(pid);
+}
+
+/* Whether `as` can search every directory down to and including dir. */
+static bool can_reach(const runas *as, const char *dir)
+{
+    pid_t pid = fork_as(as, -1, NULL);
+    if (pid == 0)
+        _exit(access(dir, X_OK) == 0 ? 0 : 1);
+    return pid > 0 && wait_child(pid) == 0;
+}
+
+/* Opens a log file for appending, owned by the cluster's account so that
+ * the server (which reopens it through pg_ctl -l) can write it too. */
+static int open_log(const char *path, const runas *as, cdb_error *err)
+{
+    int fd = open(path, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0600);
+    if (fd < 0 || (as->switch_user && fchown(fd, as->uid, as->gid) < 0)) {
+        cdb_error_set(err, CDB_ERR_DATABASE_UNAVAILABLE,
+                      "embedded PostgreSQL: cannot open %s: %s", path, strerror(errno));
+        if (fd >= 0)
+            close(fd);
+        return -1;
+    }
+    return fd;
+}
+
+static bool file_exists(const char *dir, const char *name)
+{
+    char path[4200];
+    snprintf(path, sizeof path, "%s/%s", dir, name);
+    return access(path, F_OK) == 0;
+}
+
+static int pg_ctl_stop(const cdb_devdb *db)
+{
+    int fd = open_log(db->log_path, &db->as, NULL);
+    char *argv[] = {db->pg_ctl, "stop", "-D", db->pgdata, "-m", "fast", "-w", "-t", "60", NULL};
+    int rc = run(&db->as, fd, db->pgdata, argv);
+    if (fd >= 0)
+        close(fd);
+    return rc;
+}
+
+static int initdb(const cdb_devdb *db, const char *bindir, const char *var_dir, cdb_error *err)
+{
+    int rc = -1;
+    char *path = xasprintf("%s/log/initdb.log", var_dir);
+    char *prog = xasprintf("%s/initdb", bindir);
+    if (!path || !prog) {
+        cdb_error_set(err, CDB_ERR_INTERNAL_ERROR, "out of memory");
+        goto out_free;
+    }
+    int fd = open_log(path, &db->as, err);
+    if (fd < 0)
+        goto out_free;
+    cdb_log_info("devdb.initdb", "creating the embedded PostgreSQL cluster in %s", db->pgdata);
+    char *argv[] = {prog, "-D", db->pgdata, "-U", "postgres", "--auth-local=trust",
+                    "--auth-host=scram-sha-256", "-E", "UTF8", "--locale=C.UTF-8",
+                    "--no-instructions", NULL};
+    int status = run(&db->as, fd, var_dir, argv);
+    close(fd);
+    if (status != 0) {
+        cdb_error_set(err, CDB_ERR_DATABASE_UNAVAILABLE,
+                      "embedded PostgreSQL: initdb failed (exit %d); see %s", status, path);
+        goto out_free;
+    }
+    rc = 0;
+out_free:
+    free(path);
+    free(prog);
+    return rc;
+}
+
+static int pg_ctl_start(cdb_devdb *db, cdb_error *err)
+{
+    int rc = -1;
+    char *status_argv[] = {db->pg_ctl, "status", "-D", db->pgdata, NULL};
+    if (run(&db->as, -1, db->pgdata, status_argv) == 0) {
+        /* Another coredb (say `serve` while we are `migrate status`) runs it:
+         * use it, and leave stopping it to that process. */
+        cdb_log_info("devdb.reuse", "embedded PostgreSQL already running in %s", db->pgdata);
+        return 0;
+    }
+    char *opts = xasprintf("-c listen_addresses='' -k '\"%s\"' -c port=" DEVDB_PORT, db->run_dir);
+    if (!opts)
+        return cdb_error_set(err, CDB_ERR_INTERNAL_ERROR, "out of memory");
+    int fd = open_log(db->log_path, &db->as, err);
+    if (fd < 0)
+        goto out_opts;
+    char *argv[] = {db->pg_ctl, "start", "-D", db->pgdata, "-l", db->log_path,
+                    "-w", "-t", "60", "-o", opts, NULL};
+    int status = run(&db->as, fd, db->pgdata, argv);
+    close(fd);
+    if (status != 0) {
+        cdb_error_set(err, CDB_ERR_DATABASE_UNAVAILABLE,
+                      "embedded PostgreSQL failed to start (pg_ctl exit %d); see %s",
+                      status, db->log_path);
+        goto out_opts;
+    }
+    db->running = true;
+    cdb_log_info("devdb.start", "embedded PostgreSQL started, socket in %s, log %s",
+                 db->run_dir, db->log_path);
+    rc = 0;
+out_opts:
+    free(opts);
+    return rc;
+}
+
+static int ensure_database(const cdb_devdb *db, cdb_error *err)
+{
+    const char *keys[] = {"host", "port", "user", "dbname", "connect_timeout", "sslmode",
+                          "application_name", NULL};
+    const char *vals[] = {db->run_dir, DEVDB_PORT, "postgres", "postgres", "10", "disable",
+                          "coredb-devdb", NULL};
+    int rc = -1;
+    PGresult *res = NULL;
+    PGconn *conn = PQconnectdbParams(keys, vals, 0);
+    if (!conn || PQstatus(conn) != CONNECTION_OK) {
+        cdb_log_error("devdb.connect", "%s", conn ? PQerrorMessage(conn) : "out of memory");
+        cdb_error_set(err, CDB_ERR_DATABASE_UNAVAILABLE,
+                      "embedded PostgreSQL: cannot connect through %s; see %s",
+                      db->run_dir, db->log_path);
+        goto out_conn;
+    }
+    res = PQexec(conn, "SELECT 1 FROM pg_database WHERE datname = '" DEVDB_DB "'");
+    if (PQresultStatus(res) == PGRES_TUPLES_OK && PQntuples(res) == 0) {
+        PQclear(res);
+        res = PQexec(conn, "CREATE DATABASE " DEVDB_DB);
+        const char *state = PQresultErrorField(res, PG_DIAG_SQLSTATE);
+        if (state && strcmp(state, "42P04") == 0) {   /* created meanwhile: fine */
+            rc = 0;
+            goto out_conn;
+        }
+        if (PQresultStatus(res) == PGRES_COMMAND_OK)
+            cdb_log_info("devdb.createdb", "created database %s", DEVDB_DB);
+    }
+    if (PQresultStatus(res) != PGRES_COMMAND_OK && PQresultStatus(res) != PGRES_TUPLES_OK) {
+        cdb_log_error("devdb.createdb", "%s", PQerrorMessage(conn));
+        cdb_error_set(err, CDB_ERR_DATABASE_UNAVAILABLE,
+                      "embedded PostgreSQL: cannot create database %s; see %s",
+                      DEVDB_DB, db->log_path);
+        goto out_conn;
+    }
+    rc = 0;
+out_conn:
+    PQclear(res);
+    PQfinish(conn);
+    return rc;
+}
+
+/* postgresql://postgres@/coredb?host=<run dir, percent-encoded>&port=5432 */
+static char *make_uri(const char *run_dir)
+{
+    size_t len = strlen(run_dir);
+    char *enc = malloc(3 * len + 1), *p = enc;
+    if (!enc)
+        return NULL;
+    for (const unsigned char *s = (const unsigned char *)run_dir; *s; s++) {
+        if ((*s >= 'A' && *s <= 'Z') || (*s >= 'a' && *s <= 'z') || (*s >= '0' && *s <= '9') ||
+            strchr("-._~", *s))
+            *p++ = (char)*s;
+        else
+            p += sprintf(p, "%%%02X", *s);
+    }
+    *p = '\0';
+    char *uri = xasprintf("postgresql://postgres@/" DEVDB_DB "?host=%s&port=" DEVDB_PORT, enc);
+    free(enc);
+    return uri;
+}
+
+static void devdb_free(cdb_devdb *db)
+{
+    free(db->pg_ctl);
+    free(db->pgdata);
+    free(db->run_dir);
+    free(db->log_path);
+    free(db);
+}
+
+/* Refuses what pg_ctl's shell quoting or the socket path limit cannot carry. */
+static int check_var_dir(const char *dir, cdb_error *err)
+{
+    for (const unsigned char *s = (const unsigned char *)dir; *s; s++)
+        if (*s < 0x20 || *s == 0x7f || *s == '\'' || *s == '"' || *s == '\\')
+            return cdb_error_set(err, CDB_ERR_DATABASE_UNAVAILABLE,
+                                 "embedded PostgreSQL: COREDB_VAR_DIR must not contain quotes, "
+                                 "backslashes or control characters");
+    if (strlen(dir) + strlen("/run/.s.PGSQL." DEVDB_PORT) >= sizeof(((struct sockaddr_un *)0)->sun_path))
+        return cdb_error_set(err, CDB_ERR_DATABASE_UNAVAILABLE,
+                             "embedded PostgreSQL: the socket path under %s is too long for a "
+                             "unix socket; set a shorter COREDB_VAR_DIR", dir);
+    return 0;
+}
+
+cdb_devdb *cdb_devdb_start(const char *var_dir, const char *pg_bindir,
+                           char **conninfo, cdb_error *err)
+{
+    *conninfo = NULL;
+    char *dir = absolute_dir(var_dir);
+    cdb_devdb *db = calloc(1, sizeof *db);
+    char *log_dir = dir ? xasprintf("%s/log", dir) : NULL;
+    if (!dir || !db || !log_dir) {
+        cdb_error_set(err, CDB_ERR_INTERNAL_ERROR, "out of memory");
+        goto fail;
+    }
+    db->pg_ctl = xasprintf("%s/pg_ctl", pg_bindir);
+    db->pgdata = xasprintf("%s/pgdata", dir);
+    db->run_dir = xasprintf("%s/run", dir);
+    db->log_path = xasprintf("%s/postgresql.log", log_dir);
+    if (!db->pg_ctl || !db->pgdata || !db->run_dir || !db->log_path) {
+        cdb_error_set(err, CDB_ERR_INTERNAL_ERROR, "out of memory");
+        goto fail;
+    }
+    if (check_var_dir(dir, err) < 0)
+        goto fail;
+    if (access(db->pg_ctl, X_OK) < 0) {
+        cdb_error_set(err, CDB_ERR_DATABASE_UNAVAILABLE,
+                      "embedded PostgreSQL: no pg_ctl in %s; install postgresql-15, "
+                      "set PG_BINDIR, or set DATABASE_URL", pg_bindir);
+        goto fail;
+    }
+    if (geteuid() == 0 && lookup_postgres(&db->as, err) < 0)
+        goto fail;
+    if (mkdir_p(dir, 0755) < 0) {
+        cdb_error_set(err, CDB_ERR_DATABASE_UNAVAILABLE,
+                      "embedded PostgreSQL: cannot create %s: %s", dir, strerror(errno));
+        goto fail;
+    }
+    if (db->as.switch_user && !can_reach(&db->as, dir)) {
+        cdb_error_set(err, CDB_ERR_DATABASE_UNAVAILABLE,
+                      "embedded PostgreSQL: the postgres account cannot reach %s; set "
+                      "COREDB_VAR_DIR to a directory it can reach (e.g. under /var/lib or "
+                      "/tmp) or set DATABASE_URL", dir);
+        goto fail;
+    }
+    struct stat st;
+    if (db->as.switch_user && stat(db->pgdata, &st) == 0 && st.st_uid != db->as.uid &&
+        file_exists(db->pgdata, "PG_VERSION")) {
+        cdb_error_set(err, CDB_ERR_DATABASE_UNAVAILABLE,
+                      "embedded PostgreSQL: %s belongs to uid %u, not to postgres; run coredb "
+                      "as that user or remove the directory", db->pgdata, (unsigned)st.st_uid);
+        goto fail;
+    }
+    if (private_dir(db->pgdata, &db->as, 0700, err) < 0 ||
+        private_dir(db->run_dir, &db->as, 0700, err) < 0 ||
+        private_dir(log_dir, &db->as, 0700, err) < 0)
+        goto fail;
+
+    if (!file_exists(db->pgdata, "PG_VERSION") && initdb(db, pg_bindir, dir, err) < 0)
+        goto fail;
+    if (pg_ctl_start(db, err) < 0 || ensure_database(db, err) < 0)
+        goto fail;
+    *conninfo = make_uri(db->run_dir);
+    if (!*conninfo) {
+        cdb_error_set(err, CDB_ERR_INTERNAL_ERROR, "out of memory");
+        goto fail;
+    }
+    free(log_dir);
+    free(dir);
+    return db;
+fail:
+    if (db && db->running)
+        pg_ctl_stop(db);
+    if (db)
+        devdb_free(db);
+    free(log_dir);
+    free(dir);
+    return NULL;
+}
+
+void cdb_devdb_stop(cdb_devdb *db)
+{
+    if (!db)
+        return;
+    if (!db->running) {
+        devdb_free(db); /* reused a cluster another process runs: not ours to stop */
+        return;
+    }
+    int status = pg_ctl_stop(db);
+    if (status != 0)
+        cdb_log_warn("devdb.stop", "pg_ctl stop exited with %d; see %s", status, db->log_path);
+    else
+        cdb_log_info("devdb.stop", "embedded PostgreSQL stopped");
+    devdb_free(db);
+}
+
+/* ---- development secrets ---- */
+
+enum { SECRET_JWT, SECRET_KEY, SECRET_ADMIN_EMAIL, SECRET_ADMIN_PASSWORD, SECRET_COUNT };
+
+static const struct secret_spec {
+    const char *name;
+    size_t      nbytes;    /* random bytes; 0 for a fixed value */
+    int         variant;   /* sodium base64 variant */
+    const char *fixed;
+} secret_specs[SECRET_COUNT] = {
+    [SECRET_JWT] = {"JWT_SECRET", 64, sodium_base64_VARIANT_URLSAFE_NO_PADDING, NULL},
+    [SECRET_KEY] = {"DB_ENCRYPTION_KEY", 32, sodium_base64_VARIANT_ORIGINAL, NULL},
+    [SECRET_ADMIN_EMAIL] = {"COREDB_ADMIN_EMAIL", 0, 0, "admin@coredb.local"},
+    [SECRET_ADMIN_PASSWORD] = {"COREDB_ADMIN_PASSWORD", 24,
+                               sodium_base64_VARIANT_URLSAFE_NO_PADDING, NULL},
+};
+
+static void free_secret(char **s)
+{
+    if (*s) {
+        sodium_memzero(*s, strlen(*s));
+        free(*s);
+        *s = NULL;
+    }
+}
+
+static char *generate_secret(const struct secret_spec *spec)
+{
+    if (spec->fixed)
+        return strdup(spec->fixed);
+    unsigned char bin[64];
+    size_t len = sodium_base64_ENCODED_LEN(spec->nbytes, spec->variant);
+    char *out = malloc(len);
+    if (!out)
+        return NULL;
+    randombytes_buf(bin, spec->nbytes);
+    sodium_bin2base64(out, len, bin, spec->nbytes, spec->variant);
+    sodium_memzero(bin, sizeof bin);
+    return out;
+}
+
+/* Reads NAME=value lines we know into vals; a missing file is empty. */
+static int read_secrets(const char *path, char *vals[SECRET_COUNT], cdb_error *err)
+{
+    FILE *f = fopen(path, "re");
+    if (!f) {
+        if (errno == ENOENT)
+            return 0;
+        return cdb_error_set(err, CDB_ERR_INTERNAL_ERROR, "cannot read %s: %s",
+                             path, strerror(errno));
+    }
+    int rc = 0;
+    struct stat st;
+    if (fstat(fileno(f), &st) == 0 && (st.st_mode & 077)) {
+        cdb_log_warn("devdb.secrets", "%s was readable by others; mode set to 0600", path);
+        if (fchmod(fileno(f), 0600) < 0) {
+            rc = cdb_error_set(err, CDB_ERR_INTERNAL_ERROR, "cannot chmod %s: %s",
+                               path, strerror(errno));
+            goto out_file;
+        }
+    }
+    char *line = NULL;
+    size_t cap = 0;
+    ssize_t n;
+    while ((n = getline(&line, &cap, f)) > 0) {
+        while (n > 0 && (line[n - 1] == '\n' || line[n - 1] == '\r'))
+            line[--n] = '\0';
+        char *eq = strchr(line, '=');
+        if (line[0] == '#' || !eq)
+            continue;
+        *eq = '\0';
+        for (int i = 0; i < SECRET_COUNT; i++) {
+            if (strcmp(line, secret_specs[i].name) != 0 || eq[1] == '\0')
+                continue;
+            free_secret(&vals[i]);
+            vals[i] = strdup(eq + 1);
+            if (!vals[i]) {
+                rc = cdb_error_set(err, CDB_ERR_INTERNAL_ERROR, "out of memory");
+                goto out_line;
+            }
+        }
+    }
+out_line:
+    if (line) {
+        sodium_memzero(line, cap);
+        free(line);
+    }
+out_file:
+    fclose(f);
+    return rc;
+}
+
+static int write_all(int fd, const char *s)
+{
+    size_t len = strlen(s);
+    while (len > 0) {
+        ssize_t n = write(fd, s, len);
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n <= 0)
+            return -1;
+        s += n;
+        len -= (size_t)n;
+    }
+    return 0;
+}
+
+/* Replaces path atomically: a crash leaves the old file or the new one. */
+static int write_secrets(const char *dir, const char *path, char *const vals[SECRET_COUNT],
+                         cdb_error *err)
+{
+    int rc = -1;
+    char *tmp = xasprintf("%s.tmp.%ld", path, (long)getpid());
+    if (!tmp)
+        return cdb_error_set(err, CDB_ERR_INTERNAL_ERROR, "out of memory");
+    int fd = open(tmp, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
+    if (fd < 0)
+        goto out_tmp;
+    bool ok = fchmod(fd, 0600) == 0 &&
+              write_all(fd, "# coredb development secrets: generated once, keep private\n") == 0;
+    for (int i = 0; ok && i < SECRET_COUNT; i++)
+        if (vals[i])
+            ok = write_all(fd, secret_specs[i].name) == 0 && write_all(fd, "=") == 0 &&
+                 write_all(fd, vals[i]) == 0 && write_all(fd, "\n") == 0;
+    ok = ok && fsync(fd) == 0;
+    if (close(fd) < 0 || !ok || rename(tmp, path) < 0) {
+        int saved = errno;
+        unlink(tmp);
+        errno = saved;
+        goto out_tmp;
+    }
+    int dfd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (dfd >= 0) {             /* make the rename itself durable */
+        fsync(dfd);
+        close(dfd);
+    }
+    rc = 0;
+out_tmp:
+    if (rc < 0)
+        cdb_error_set(err, CDB_ERR_INTERNAL_ERROR, "cannot write %s: %s", path, strerror(errno));
+    free(tmp);
+    return rc;
+}
+
+int cdb_devdb_load_secrets(cdb_config *cfg, const char *var_dir, cdb_error *err)
+{
+    char *vals[SECRET_COUNT] = {0};
+    char **fields[SECRET_COUNT] = {
+        [SECRET_JWT] = &cfg->jwt_secret,
+        [SECRET_KEY] = &cfg->db_encryption_key,
+        [SECRET_ADMIN_EMAIL] = &cfg->admin_email,
+        [SECRET_ADMIN_PASSWORD] = &cfg->admin_password,
+    };
+    bool need[SECRET_COUNT];
+    bool admin = !cfg->admin_email && !cfg->admin_password;
+    for (int i = 0; i < SECRET_COUNT; i++)
+        need[i] = (i == SECRET_ADMIN_EMAIL || i == SECRET_ADMIN_PASSWORD) ? admin : !*fields[i];
+
+    int rc = 0;
+    char *dir = absolute_dir(var_dir);
+    char *path = dir ? xasprintf("%s/secrets.env", dir) : NULL;
+    if (!path) {
+        rc = cdb_error_set(err, CDB_ERR_INTERNAL_ERROR, "out of memory");
+        goto out_free;
+    }
+    if (sodium_init() < 0) {
+        rc = cdb_error_set(err, CDB_ERR_INTERNAL_ERROR, "libsodium failed to initialize");
+        goto out_free;
+    }
+    if (mkdir_p(dir, 0755) < 0) {
+        rc = cdb_error_set(err, CDB_ERR_INTERNAL_ERROR, "cannot create %s: %s",
+                           dir, strerror(errno));
+        goto out_free;
+    }
+    if ((rc = read_secrets(path, vals, err)) < 0)
+        goto out_free;
+
+    bool generated = false;
+    for (int i = 0; i < SECRET_COUNT; i++) {
+        if (!need[i] || vals[i])
+            continue;
+        if (!(vals[i] = generate_secret(&secret_specs[i]))) {
+            rc = cdb_error_set(err, CDB_ERR_INTERNAL_ERROR, "out of memory");
+            goto out_free;
+        }
+        generated = true;
+    }
+    if (generated && (rc = write_secrets(dir, path, vals, err)) < 0)
+        goto out_free;
+
+    for (int i = 0; i < SECRET_COUNT; i++) {
+        if (need[i]) {
+            *fields[i] = vals[i];   /* ownership moves to cfg */
+            vals[i] = NULL;
+        }
+    }
+    cdb_log_info("devdb.secrets", "development secrets in %s (mode 0600)", path);
+out_free:
+    for (int i = 0; i < SECRET_COUNT; i++)
+        free_secret(&vals[i]);
+    free(path);
+    free(dir);
+    return rc;
+}

@@ -1,0 +1,519 @@
+/*
+ * pool.c - the PostgreSQL connection pool behind every data request.
+ *
+ * Design. Each open connection sits on exactly one list, and the list is its
+ * state (as in PgBouncer): `idle` (open, unused, owned by the pool) or
+ * `active` (handed out, or being validated just before hand-out). A thread
+ * opening a connection outside the lock holds a reserved slot (`opening`) so
+ * concurrent acquirers never overshoot max_size. All counts derive from the
+ * lists; a move between lists that does not match a connection's recorded
+ * list is a bug and aborts.
+ *
+ * Connections are blocking libpq connections used from worker threads: it is
+ * simple, every statement of a request runs on the one connection it
+ * acquired, and a slow query only holds its own worker. Whether asynchronous
+ * libpq on the event loops would beat it is measured by the data-path
+ * benchmark (docs/architecture.md), not assumed.
+ *
+ * Failure handling. libpq only notices a dead server on I/O, so:
+ *  - a connection that comes back broken is closed, and the pool `generation`
+ *    is bumped: idle connections older than it are checked before reuse (a
+ *    PostgreSQL restart kills all of them at once);
+ *  - an idle connection is checked with a non-blocking read (PQconsumeInput,
+ *    which sees the server's close) when stale, plus "SELECT 1" when it has
+ *    been idle over 5 s; the maintenance thread does the non-blocking read on
+ *    every idle connection each tick, so dead ones leave the pool quickly;
+ *  - after a failed connect the server is marked down and connects back off
+ *    exponentially (100 ms doubling to 5 s); while down, an acquire with
+ *    nothing idle fails at once with DATABASE_UNAVAILABLE unless the backoff
+ *    lets it make the next attempt itself, so the service recovers on the
+ *    first request after PostgreSQL is back without anyone waiting out a
+ *    timeout meanwhile.
+ * The maintenance thread keeps min_size open, closes connections idle past
+ * idle_timeout_ms down to min_size, and ticks every 200 ms.
+ */
+#include "coredb/pool.h"
+
+#include <pthread.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "coredb/log.h"
+#include "coredb/pg.h"
+#include "coredb/timeutil.h"
+
+enum {
+    VALIDATE_AFTER_IDLE_MS = 5000,
+    BACKOFF_MIN_MS = 100,
+    BACKOFF_MAX_MS = 5000,
+    TICK_MS = 200,
+};
+
+typedef struct conn_list {
+    cdb_pool_conn *head;           /* most recently added first */
+    int count;
+    const char *name;
+} conn_list;
+
+struct cdb_pool_conn {
+    PGconn *pg;
+    conn_list *on;                 /* the list holding it, i.e. its state; NULL in transit */
+    cdb_pool_conn *prev, *next;
+    int64_t last_used_ms;          /* when it last went idle */
+    uint64_t generation;           /* pool generation when it last went idle */
+};
+
+struct cdb_pool {
+    cdb_pool_options opt;          /* string fields point at the owned copies below */
+    char *conninfo, *sslmode, *application_name;
+    cdb_pg_settings pg;
+
+    pthread_mutex_t mu;            /* guards everything below */
+    pthread_cond_t freed;          /* a connection went idle or a slot opened */
+    pthread_cond_t tick;           /* wakes the maintenance thread */
+    pthread_t thread;
+
+    conn_list idle;                /* open and free; head is the most recently used (LIFO) */
+    conn_list active;              /* handed out to callers */
+    int opening;                   /* slots reserved by threads connecting without the lock */
+    int waiting;                   /* acquirers blocked on `freed` */
+
+    bool server_up;                /* false after a failed connect, until one succeeds */
+    int backoff_ms;                /* delay after the last failed connect; 0 while up */
+    int64_t next_connect_ms;       /* while down: no connect attempt before this */
+    uint64_t generation;           /* bumped whenever a connection is found broken */
+    bool stopping;
+
+    uint64_t acquired_total, acquire_timeouts_total, connects_total, connect_failures_total;
+};
+
+static void list_add(conn_list *l, cdb_pool_conn *c)
+{
+    if (c->on) {
+        cdb_log_error("pool.bad_transition", "connection added to %s while on %s", l->name, c->on->name);
+        abort();
+    }
+    c->prev = NULL;
+    c->next = l->head;
+    if (l->head)
+        l->head->prev = c;
+    l->head = c;
+    c->on = l;
+    l->count++;
+}
+
+static void list_remove(conn_list *l, cdb_pool_conn *c)
+{
+    if (c->on != l) {
+        cdb_log_error("pool.bad_transition", "connection removed from %s while on %s", l->name,
+                      c->on ? c->on->name : "no list");
+        abort();
+    }
+    if (c->prev)
+        c->prev->next = c->next;
+    else
+        l->head = c->next;
+    if (c->next)
+        c->next->prev = c->prev;
+    c->prev = c->next = NULL;
+    c->on = NULL;
+    l->count--;
+}
+
+static void conn_close(cdb_pool_conn *c)
+{
+    PQfinish(c->pg);
+    free(c);
+}
+
+static int total_locked(const cdb_pool *p)
+{
+    return p->idle.count + p->active.count + p->opening;
+}
+
+static void wait_until(pthread_cond_t *cv, pthread_mutex_t *mu, int64_t deadline_ms)
+{
+    struct timespec ts = { .tv_sec = deadline_ms / 1000, .tv_nsec = (deadline_ms % 1000) * 1000000L };
+    pthread_cond_timedwait(cv, mu, &ts);
+}
+
+/*
+ * Whether a connect may be attempted now. While the server is down this
+ * claims the attempt (pushing next_connect_ms out) so that only one thread
+ * probes per backoff step.
+ */
+static bool connect_allowed_locked(cdb_pool *p, int64_t now)
+{
+    if (p->server_up)
+        return true;
+    if (now < p->next_connect_ms)
+        return false;
+    p->next_connect_ms = now + p->backoff_ms;
+    return true;
+}
+
+static void connect_result_locked(cdb_pool *p, bool ok)
+{
+    if (ok) {
+        p->connects_total++;
+        if (!p->server_up)
+            cdb_log_info("pool.server_up", "PostgreSQL reachable again");
+        p->server_up = true;
+        p->backoff_ms = 0;
+        return;
+    }
+    p->connect_failures_total++;
+    if (p->server_up)
+        cdb_log_warn("pool.server_down", "PostgreSQL unreachable; reconnecting with backoff");
+    p->server_up = false;
+    p->backoff_ms = p->backoff_ms ? p->backoff_ms * 2 : BACKOFF_MIN_MS;
+    if (p->backoff_ms > BACKOFF_MAX_MS)
+        p->backoff_ms = BACKOFF_MAX_MS;
+    p->next_connect_ms = cdb_mono_ms() + p->backoff_ms;
+    /* A server we cannot reach has probably dropped the open connections too. */
+    p->generation++;
+}
+
+/* Opens a connection without the lock held; NULL when it fails (logged by cdb_pg_connect). */
+static cdb_pool_conn *conn_open(cdb_pool *p)
+{
+    cdb_error err;
+    cdb_error_init(&err);
+    cdb_pool_conn *c = NULL;
+    PGconn *pg = cdb_pg_connect(&p->pg, &err);
+    cdb_error_destroy(&err);
+    if (!pg)
+        return NULL;
+    if (!(c = calloc(1, sizeof *c))) {
+        cdb_log_error("pool.oom", "out of memory for a pool connection");
+        PQfinish(pg);
+        return NULL;
+    }
+    c->pg = pg;
+    return c;
+}
+
+/* Sees a server-side close without blocking: libpq sockets are non-blocking underneath. */
+static bool conn_alive(PGconn *pg)
+{
+    return PQconsumeInput(pg) && cdb_pg_conn_ok(pg);
+}
+
+static bool conn_validate(PGconn *pg, bool query)
+{
+    if (!conn_alive(pg))
+        return false;
+    if (!query)
+        return true;
+    PGresult *res = PQexec(pg, "SELECT 1");
+    bool ok = PQresultStatus(res) == PGRES_TUPLES_OK;
+    PQclear(res);
+    return ok && cdb_pg_conn_ok(pg);
+}
+
+/* Brings a returned connection back to an idle session; false when it must be closed. */
+static bool conn_reset(PGconn *pg)
+{
+    if (PQstatus(pg) != CONNECTION_OK)
+        return false;
+    switch (PQtransactionStatus(pg)) {
+    case PQTRANS_IDLE:
+        return true;
+    case PQTRANS_INTRANS:
+    case PQTRANS_INERROR: {
+        PGresult *res = PQexec(pg, "ROLLBACK");
+        bool ok = PQresultStatus(res) == PGRES_COMMAND_OK;
+        PQclear(res);
+        return ok && cdb_pg_conn_ok(pg);
+    }
+    default:
+        /* A command still in flight or an unknown state cannot be trusted. */
+        return false;
+    }
+}
+
+/*
+ * Takes expired and dead connections off the idle list into *doomed
+ * (chained through next) for closing outside the lock.
+ */
+static void sweep_idle_locked(cdb_pool *p, int64_t now, cdb_pool_conn **doomed)
+{
+    int excess = total_locked(p) - p->opt.min_size;
+    cdb_pool_conn *next;
+    for (cdb_pool_conn *c = p->idle.head; c; c = next) {
+        next = c->next;
+        bool expired = p->opt.idle_timeout_ms > 0 && excess > 0 &&
+                       now - c->last_used_ms > p->opt.idle_timeout_ms;
+        bool dead = !expired && !conn_alive(c->pg);
+        if (!expired && !dead)
+            continue;
+        list_remove(&p->idle, c);
+        c->next = *doomed;
+        *doomed = c;
+        if (expired)
+            excess--;
+        else
+            p->generation++;
+    }
+}
+
+static void *maintain(void *arg)
+{
+    cdb_pool *p = arg;
+    pthread_mutex_lock(&p->mu);
+    while (!p->stopping) {
+        int64_t now = cdb_mono_ms();
+        cdb_pool_conn *doomed = NULL, *opened = NULL;
+        sweep_idle_locked(p, now, &doomed);
+        bool want = total_locked(p) < p->opt.min_size && connect_allowed_locked(p, now);
+        if (doomed || want) {
+            if (want)
+                p->opening++;
+            pthread_mutex_unlock(&p->mu);
+            for (cdb_pool_conn *next; doomed; doomed = next) {
+                next = doomed->next;
+                conn_close(doomed);
+            }
+            if (want)
+                opened = conn_open(p);
+            pthread_mutex_lock(&p->mu);
+            if (want) {
+                p->opening--;
+                connect_result_locked(p, opened != NULL);
+            }
+            if (opened) {
+                opened->last_used_ms = cdb_mono_ms();
+                opened->generation = p->generation;
+                list_add(&p->idle, opened);
+                pthread_cond_signal(&p->freed);
+                continue; /* keep filling up to min_size without waiting a tick */
+            }
+        }
+        if (p->stopping)
+            break;
+        int64_t wake = cdb_mono_ms() + TICK_MS;
+        if (!p->server_up && p->next_connect_ms > now && p->next_connect_ms < wake)
+            wake = p->next_connect_ms;
+        wait_until(&p->tick, &p->mu, wake);
+    }
+    pthread_mutex_unlock(&p->mu);
+    return NULL;
+}
+
+cdb_pool *cdb_pool_new(const cdb_pool_options *opt, cdb_error *err)
+{
+    if (!opt || opt->max_size < 1 || opt->min_size < 0 || opt->min_size > opt->max_size ||
+        opt->idle_timeout_ms < 0 || opt->acquire_timeout_ms < 0 || opt->statement_timeout_ms < 0) {
+        cdb_error_set(err, CDB_ERR_CONFIG_INVALID, "Invalid pool options");
+        return NULL;
+    }
+    cdb_pool *p = calloc(1, sizeof *p);
+    if (!p) {
+        cdb_error_set(err, CDB_ERR_INTERNAL_ERROR, "Out of memory");
+        return NULL;
+    }
+    pthread_condattr_t ca;
+    pthread_condattr_init(&ca);
+    pthread_condattr_setclock(&ca, CLOCK_MONOTONIC); /* deadlines are cdb_mono_ms() */
+    pthread_mutex_init(&p->mu, NULL);
+    pthread_cond_init(&p->freed, &ca);
+    pthread_cond_init(&p->tick, &ca);
+    pthread_condattr_destroy(&ca);
+
+    p->opt = *opt;
+    p->conninfo = strdup(opt->conninfo ? opt->conninfo : "");
+    p->sslmode = opt->sslmode ? strdup(opt->sslmode) : NULL;
+    p->application_name = strdup(opt->application_name ? opt->application_name : "coredb");
+    if (!p->conninfo || (opt->sslmode && !p->sslmode) || !p->application_name) {
+        cdb_error_set(err, CDB_ERR_INTERNAL_ERROR, "Out of memory");
+        goto fail_free_pool;
+    }
+    p->opt.conninfo = p->conninfo;
+    p->opt.sslmode = p->sslmode;
+    p->opt.application_name = p->application_name;
+    p->pg = (cdb_pg_settings){
+        .conninfo = p->conninfo,
+        .sslmode = p->sslmode,
+        .application_name = p->application_name,
+        .statement_timeout_ms = opt->statement_timeout_ms,
+    };
+    p->idle.name = "idle";
+    p->active.name = "active";
+    p->server_up = true; /* optimistic until a connect says otherwise */
+
+    if (pthread_create(&p->thread, NULL, maintain, p) != 0) {
+        cdb_error_set(err, CDB_ERR_INTERNAL_ERROR, "Unable to start the pool thread");
+        goto fail_free_pool;
+    }
+    return p;
+
+fail_free_pool:
+    pthread_cond_destroy(&p->tick);
+    pthread_cond_destroy(&p->freed);
+    pthread_mutex_destroy(&p->mu);
+    free(p->conninfo);
+    free(p->sslmode);
+    free(p->application_name);
+    free(p);
+    return NULL;
+}
+
+void cdb_pool_free(cdb_pool *p)
+{
+    if (!p)
+        return;
+    pthread_mutex_lock(&p->mu);
+    p->stopping = true;
+    pthread_cond_signal(&p->tick);
+    pthread_mutex_unlock(&p->mu);
+    pthread_join(p->thread, NULL);
+
+    if (p->active.count)
+        cdb_log_error("pool.free_in_use", "%d connections still handed out at pool free", p->active.count);
+    conn_list *lists[] = { &p->idle, &p->active };
+    for (size_t i = 0; i < 2; i++) {
+        while (lists[i]->head) {
+            cdb_pool_conn *c = lists[i]->head;
+            list_remove(lists[i], c);
+            conn_close(c);
+        }
+    }
+    pthread_cond_destroy(&p->tick);
+    pthread_cond_destroy(&p->freed);
+    pthread_mutex_destroy(&p->mu);
+    free(p->conninfo);
+    free(p->sslmode);
+    free(p->application_name);
+    free(p);
+}
+
+cdb_pool_conn *cdb_pool_acquire(cdb_pool *p, int64_t deadline_ms, cdb_error *err)
+{
+    cdb_pool_conn *c = NULL;
+    cdb_err code = CDB_OK;
+    if (deadline_ms == 0)
+        deadline_ms = cdb_mono_ms() + p->opt.acquire_timeout_ms;
+
+    pthread_mutex_lock(&p->mu);
+    for (;;) {
+        int64_t now = cdb_mono_ms();
+        if ((c = p->idle.head)) {
+            /* On `active` while being checked, so its slot stays counted. */
+            list_remove(&p->idle, c);
+            list_add(&p->active, c);
+            bool long_idle = now - c->last_used_ms > VALIDATE_AFTER_IDLE_MS;
+            if (!long_idle && c->generation == p->generation)
+                break;
+            pthread_mutex_unlock(&p->mu);
+            bool ok = conn_validate(c->pg, long_idle);
+            pthread_mutex_lock(&p->mu);
+            if (ok)
+                break;
+            list_remove(&p->active, c);
+            p->generation++;
+            pthread_mutex_unlock(&p->mu);
+            conn_close(c);
+            c = NULL;
+            pthread_mutex_lock(&p->mu);
+            continue;
+        }
+        if (total_locked(p) < p->opt.max_size) {
+            if (!connect_allowed_locked(p, now)) {
+                code = CDB_ERR_DATABASE_UNAVAILABLE;
+                break;
+            }
+            p->opening++;
+            pthread_mutex_unlock(&p->mu);
+            c = conn_open(p);
+            pthread_mutex_lock(&p->mu);
+            p->opening--;
+            connect_result_locked(p, c != NULL);
+            if (c) {
+                list_add(&p->active, c);
+                break;
+            }
+            pthread_cond_signal(&p->freed); /* our reserved slot is free again */
+            if (p->idle.head)
+                continue; /* released while we were connecting: use it */
+            code = CDB_ERR_DATABASE_UNAVAILABLE;
+            break;
+        }
+        if (now >= deadline_ms) {
+            p->acquire_timeouts_total++;
+            code = CDB_ERR_POOL_EXHAUSTED;
+            break;
+        }
+        p->waiting++;
+        wait_until(&p->freed, &p->mu, deadline_ms);
+        p->waiting--;
+    }
+    if (code == CDB_OK)
+        p->acquired_total++;
+    pthread_mutex_unlock(&p->mu);
+
+    if (code == CDB_ERR_POOL_EXHAUSTED) {
+        int retry_after = (p->opt.acquire_timeout_ms + 999) / 1000;
+        cdb_error_set(err, code, "Unable to acquire database connection");
+        cdb_error_detail(err, "database", json_string("postgresql"));
+        cdb_error_detail(err, "pool_status", json_string("exhausted"));
+        cdb_error_detail(err, "retry_after", json_integer(retry_after > 0 ? retry_after : 1));
+    } else if (code == CDB_ERR_DATABASE_UNAVAILABLE) {
+        cdb_error_set(err, code, "Unable to connect to PostgreSQL");
+        cdb_error_detail(err, "database", json_string("postgresql"));
+    }
+    return code == CDB_OK ? c : NULL;
+}
+
+PGconn *cdb_pool_conn_pg(cdb_pool_conn *conn)
+{
+    return conn->pg;
+}
+
+void cdb_pool_release(cdb_pool *p, cdb_pool_conn *c)
+{
+    if (!c)
+        return;
+    bool keep = conn_reset(c->pg);
+    bool broken = PQstatus(c->pg) != CONNECTION_OK;
+
+    pthread_mutex_lock(&p->mu);
+    list_remove(&p->active, c);
+    if (keep) {
+        c->last_used_ms = cdb_mono_ms();
+        c->generation = p->generation;
+        list_add(&p->idle, c);
+    } else {
+        if (broken)
+            p->generation++;
+        pthread_cond_signal(&p->tick); /* refill towards min_size */
+    }
+    pthread_cond_signal(&p->freed);
+    pthread_mutex_unlock(&p->mu);
+
+    if (!keep)
+        conn_close(c);
+}
+
+void cdb_pool_get_stats(cdb_pool *p, cdb_pool_stats *out)
+{
+    pthread_mutex_lock(&p->mu);
+    *out = (cdb_pool_stats){
+        .active = p->active.count,
+        .idle = p->idle.count,
+        .waiting = p->waiting,
+        .total = p->active.count + p->idle.count,
+        .max = p->opt.max_size,
+        .server_up = p->server_up,
+        .acquired_total = p->acquired_total,
+        .acquire_timeouts_total = p->acquire_timeouts_total,
+        .connects_total = p->connects_total,
+        .connect_failures_total = p->connect_failures_total,
+    };
+    pthread_mutex_unlock(&p->mu);
+}
+
+const char *cdb_pool_conninfo(const cdb_pool *pool)
+{
+    return pool->conninfo;
+}

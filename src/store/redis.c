@@ -1,0 +1,494 @@
+/*
+ * redis.c - a bounded pool of blocking hiredis connections (see redis.h).
+ *
+ * Connections are made lazily, one per concurrent caller, up to pool_size;
+ * an idle one is reused last-in first-out so the warmest socket serves next
+ * and surplus ones simply stay idle. A command runs outside the pool lock.
+ *
+ * Failure policy: any I/O failure (NULL reply, c->err, failed connect, AUTH
+ * or SELECT refused) drops the failing connection and every idle one (they
+ * point at the same server, which probably restarted or died) and marks the
+ * pool down for a backoff interval, 100 ms doubling to 2 s. While down no
+ * connect is attempted, so callers get CACHE_UNAVAILABLE at once instead of a
+ * connect timeout each; when the interval is over one caller probes with a
+ * real connect and the others keep failing fast until it answers. A
+ * successful command resets the backoff. Only transitions are logged.
+ */
+#include "coredb/redis.h"
+
+#include <ctype.h>
+#include <limits.h>
+#include <pthread.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "coredb/log.h"
+#include "coredb/timeutil.h"
+
+#define BACKOFF_MIN_MS 100
+#define BACKOFF_MAX_MS 2000
+
+struct cdb_redis {
+    char *host;
+    int port;
+    int db;
+    char *user;                  /* NULL: AUTH with the password alone */
+    char *password;              /* NULL: no AUTH */
+    char *display_url;           /* password redacted; safe to log */
+    int pool_size;
+    int connect_timeout_ms;
+    int command_timeout_ms;
+
+    pthread_mutex_t mu;          /* guards everything below */
+    pthread_cond_t cv;           /* signalled when a slot or idle conn frees */
+    redisContext **idle;         /* stack of healthy unused connections */
+    int nidle;
+    int total;                   /* connections existing or being made */
+    bool down;                   /* last outcome was a failure */
+    bool probing;                /* a caller is trying to reconnect */
+    int backoff_ms;              /* next down interval */
+    int64_t retry_at_ms;         /* while down, no connect before this */
+};
+
+/* ---- URL parsing --------------------------------------------------------- */
+
+static int hexval(int ch)
+{
+    if (ch >= '0' && ch <= '9')
+        return ch - '0';
+    ch = tolower(ch);
+    return ch >= 'a' && ch <= 'f' ? ch - 'a' + 10 : -1;
+}
+
+/* *out = s[0..n) with %XX escapes decoded. */
+static int pct_decode(const char *s, size_t n, char **out, cdb_error *err)
+{
+    char *d = malloc(n + 1);
+    size_t o = 0;
+    if (!d)
+        return cdb_error_set(err, CDB_ERR_INTERNAL_ERROR, "out of memory");
+    for (size_t i = 0; i < n; i++) {
+        int hi, lo;
+        if (s[i] != '%') {
+            d[o++] = s[i];
+            continue;
+        }
+        hi = i + 2 < n ? hexval((unsigned char)s[i + 1]) : -1;
+        lo = i + 2 < n ? hexval((unsigned char)s[i + 2]) : -1;
+        if (hi < 0 || lo < 0) {
+            free(d);
+            return cdb_error_set(err, CDB_ERR_CONFIG_INVALID,
+                                 "invalid Redis URL: bad %%-escape in the credentials");
+        }
+        d[o++] = (char)(hi * 16 + lo);
+        i += 2;
+    }
+    d[o] = '\0';
+    *out = d;
+    return 0;
+}
+
+/* Parses a decimal in [lo, hi] from s[0..n); -1 if it is not one. */
+static long parse_num(const char *s, size_t n, long lo, long hi)
+{
+    long v = 0;
+    if (n == 0 || n > 9)
+        return -1;
+    for (size_t i = 0; i < n; i++) {
+        if (!isdigit((unsigned char)s[i]))
+            return -1;
+        v = v * 10 + (s[i] - '0');
+    }
+    return v >= lo && v <= hi ? v : -1;
+}
+
+/*
+ * redis://[[user]:password@]host[:port][/db]. The userinfo ends at the last
+ * '@' so an unencoded '@' or '/' in a password still parses. Messages never
+ * quote the URL: it may hold the password.
+ */
+static int parse_url(cdb_redis *r, const char *url, cdb_error *err)
+{
+    static const char scheme[] = "redis://";
+    const char *p, *at, *host, *end;
+    size_t hostlen;
+
+    if (!url || strncmp(url, scheme, sizeof scheme - 1) != 0)
+        return cdb_error_set(err, CDB_ERR_CONFIG_INVALID,
+                             "invalid Redis URL: expected redis://[[user]:password@]host[:port][/db]");
+    p = url + sizeof scheme - 1;
+    at = strrchr(p, '@');
+    if (at) {
+        const char *colon = memchr(p, ':', (size_t)(at - p));
+        if (!colon)
+            return cdb_error_set(err, CDB_ERR_CONFIG_INVALID,
+                                 "invalid Redis URL: credentials must be [user]:password@");
+        int rc = 0;
+        if (colon > p)
+            rc = pct_decode(p, (size_t)(colon - p), &r->user, err);
+        if (rc == 0 && at > colon + 1)
+            rc = pct_decode(colon + 1, (size_t)(at - colon - 1), &r->password, err);
+        if (rc < 0)
+            return rc;
+        p = at + 1;
+    }
+
+    host = p;
+    while (*p && (isalnum((unsigned char)*p) || *p == '.' || *p == '-' || *p == '_'))
+        p++;
+    hostlen = (size_t)(p - host);
+    if (hostlen == 0 || hostlen > 253)
+        return cdb_error_set(err, CDB_ERR_CONFIG_INVALID,
+                             "invalid Redis URL: missing or malformed host");
+    if (!(r->host = strndup(host, hostlen)))
+        return cdb_error_set(err, CDB_ERR_INTERNAL_ERROR, "out of memory");
+
+    r->port = 6379;
+    if (*p == ':') {
+        end = p + 1 + strcspn(p + 1, "/");
+        long port = parse_num(p + 1, (size_t)(end - p - 1), 1, 65535);
+        if (port < 0)
+            return cdb_error_set(err, CDB_ERR_CONFIG_INVALID, "invalid Redis URL: bad port");
+        r->port = (int)port;
+        p = end;
+    }
+
+    r->db = 0;
+    if (*p == '/' && p[1] != '\0') {
+        long db = parse_num(p + 1, strlen(p + 1), 0, INT_MAX);
+        if (db < 0)
+            return cdb_error_set(err, CDB_ERR_CONFIG_INVALID,
+                                 "invalid Redis URL: database must be a number");
+        r->db = (int)db;
+    } else if (*p != '\0' && strcmp(p, "/") != 0) {
+        return cdb_error_set(err, CDB_ERR_CONFIG_INVALID,
+                             "invalid Redis URL: unexpected text after the host");
+    }
+
+    if (asprintf(&r->display_url, "redis://%s%s%s:%d/%d",
+                 r->user ? r->user : "", r->user || r->password ? ":[redacted]@" : "",
+                 r->host, r->port, r->db) < 0) {
+        r->display_url = NULL;
+        return cdb_error_set(err, CDB_ERR_INTERNAL_ERROR, "out of memory");
+    }
+    return 0;
+}
+
+/* ---- the pool ------------------------------------------------------------ */
+
+static struct timeval ms_tv(int ms)
+{
+    struct timeval tv = { .tv_sec = ms / 1000, .tv_usec = (ms % 1000) * 1000 };
+    return tv;
+}
+
+/*
+ * A new connection, authenticated and on the right database, or NULL with a
+ * log-safe reason in why. AUTH's error text is not copied: the reason is
+ * logged and must never be able to echo a credential.
+ */
+static redisContext *connect_one(cdb_redis *r, char *why, size_t whylen)
+{
+    redisContext *c = redisConnectWithTimeout(r->host, r->port, ms_tv(r->connect_timeout_ms));
+    redisReply *reply = NULL;
+
+    if (!c) {
+        snprintf(why, whylen, "out of memory");
+        return NULL;
+    }
+    if (c->err || redisSetTimeout(c, ms_tv(r->command_timeout_ms)) != REDIS_OK) {
+        snprintf(why, whylen, "connect: %s", c->errstr);
+        goto fail_free_ctx;
+    }
+    if (r->password) {
+        if (r->user)
+            reply = redisCommand(c, "AUTH %s %s", r->user, r->password);
+        else
+            reply = redisCommand(c, "AUTH %s", r->password);
+        if (!reply || c->err || reply->type == REDIS_REPLY_ERROR) {
+            snprintf(why, whylen, "AUTH: %s", c->err ? c->errstr : "authentication failed");
+            goto fail_free_ctx;
+        }
+        freeReplyObject(reply);
+        reply = NULL;
+    }
+    if (r->db != 0) {
+        reply = redisCommand(c, "SELECT %d", r->db);
+        if (!reply || c->err || reply->type == REDIS_REPLY_ERROR) {
+            snprintf(why, whylen, "SELECT %d: %s", r->db,
+                     c->err ? c->errstr : reply ? reply->str : "no reply");
+            goto fail_free_ctx;
+        }
+        freeReplyObject(reply);
+    }
+    return c;
+
+fail_free_ctx:
+    freeReplyObject(reply);
+    redisFree(c);
+    return NULL;
+}
+
+/* Caller holds r->mu. */
+static void mark_down_locked(cdb_redis *r, const char *why)
+{
+    while (r->nidle > 0) {
+        redisFree(r->idle[--r->nidle]);
+        r->total--;
+    }
+    if (!r->down)
+        cdb_log_warn("redis_unavailable", "Redis %s unavailable (%s); retrying in %d ms",
+                     r->display_url, why, r->backoff_ms);
+    else
+        cdb_log_debug("redis_unavailable", "Redis %s still unavailable (%s); retrying in %d ms",
+                      r->display_url, why, r->backoff_ms);
+    r->down = true;
+    r->retry_at_ms = cdb_mono_ms() + r->backoff_ms;
+    r->backoff_ms = r->backoff_ms * 2 > BACKOFF_MAX_MS ? BACKOFF_MAX_MS : r->backoff_ms * 2;
+    pthread_cond_broadcast(&r->cv);
+}
+
+/* Caller holds r->mu. */
+static void mark_up_locked(cdb_redis *r)
+{
+    if (r->down)
+        cdb_log_info("redis_recovered", "Redis %s available again", r->display_url);
+    r->down = false;
+    r->backoff_ms = BACKOFF_MIN_MS;
+}
+
+/*
+ * A connection for one command: an idle one, else a new one if the pool has
+ * room and is not backing off, else wait up to command_timeout for one.
+ */
+static redisContext *acquire(cdb_redis *r, cdb_error *err)
+{
+    int64_t deadline = cdb_mono_ms() + r->command_timeout_ms;
+    struct timespec ts = { .tv_sec = deadline / 1000, .tv_nsec = (deadline % 1000) * 1000000 };
+    redisContext *c = NULL;
+
+    pthread_mutex_lock(&r->mu);
+    for (;;) {
+        if (r->nidle > 0) {
+            c = r->idle[--r->nidle];
+            break;
+        }
+        if (r->total < r->pool_size) {
+            char why[160];
+            bool probe = r->down;
+            if (r->down && (r->probing || cdb_mono_ms() < r->retry_at_ms))
+                break;
+            r->total++;
+            r->probing = probe;
+            pthread_mutex_unlock(&r->mu);
+            c = connect_one(r, why, sizeof why);
+            pthread_mutex_lock(&r->mu);
+            if (probe)
+                r->probing = false;
+            if (!c) {
+                r->total--;
+                mark_down_locked(r, why);
+            }
+            break;
+        }
+        if (pthread_cond_timedwait(&r->cv, &r->mu, &ts) != 0 && r->nidle == 0 &&
+            r->total >= r->pool_size) {
+            pthread_mutex_unlock(&r->mu);
+            cdb_error_set(err, CDB_ERR_CACHE_UNAVAILABLE, "Redis pool exhausted");
+            return NULL;
+        }
+    }
+    pthread_mutex_unlock(&r->mu);
+    if (!c)
+        cdb_error_set(err, CDB_ERR_CACHE_UNAVAILABLE, "Redis unavailable");
+    return c;
+}
+
+/* Returns c to the pool; broken (a reason) drops it and backs off. */
+static void release(cdb_redis *r, redisContext *c, const char *broken)
+{
+    pthread_mutex_lock(&r->mu);
+    if (broken) {
+        mark_down_locked(r, broken);
+        redisFree(c);
+        r->total--;
+    } else {
+        r->idle[r->nidle++] = c;
+        mark_up_locked(r);
+    }
+    pthread_cond_signal(&r->cv);
+    pthread_mutex_unlock(&r->mu);
+}
+
+/* A connection is broken when a command got no reply or left c->err set. */
+static const char *broken_reason(const redisContext *c, const redisReply *reply)
+{
+    if (reply && !c->err)
+        return NULL;
+    return c->errstr[0] ? c->errstr : "no reply";
+}
+
+/* Releases c after a command and turns an I/O failure into CACHE_UNAVAILABLE. */
+static redisReply *finish(cdb_redis *r, redisContext *c, redisReply *reply, cdb_error *err)
+{
+    const char *broken = broken_reason(c, reply);
+    if (broken) {
+        freeReplyObject(reply);
+        reply = NULL;
+        cdb_error_set(err, CDB_ERR_CACHE_UNAVAILABLE, "Redis unavailable");
+    }
+    release(r, c, broken);
+    return reply;
+}
+
+/* ---- public API ---------------------------------------------------------- */
+
+cdb_redis *cdb_redis_new(const cdb_redis_options *opt, cdb_error *err)
+{
+    cdb_redis *r;
+    pthread_condattr_t ca;
+
+    if (opt->pool_size < 1 || opt->connect_timeout_ms < 0 || opt->command_timeout_ms < 0) {
+        cdb_error_set(err, CDB_ERR_CONFIG_INVALID,
+                      "Redis pool size must be >= 1 and timeouts >= 0");
+        return NULL;
+    }
+    r = calloc(1, sizeof *r);
+    if (!r) {
+        cdb_error_set(err, CDB_ERR_INTERNAL_ERROR, "out of memory");
+        return NULL;
+    }
+    r->pool_size = opt->pool_size;
+    r->connect_timeout_ms = opt->connect_timeout_ms ? opt->connect_timeout_ms : 1000;
+    r->command_timeout_ms = opt->command_timeout_ms ? opt->command_timeout_ms : 1000;
+    r->backoff_ms = BACKOFF_MIN_MS;
+    if (parse_url(r, opt->url, err) < 0)
+        goto fail_free_fields;
+    r->idle = calloc((size_t)r->pool_size, sizeof *r->idle);
+    if (!r->idle) {
+        cdb_error_set(err, CDB_ERR_INTERNAL_ERROR, "out of memory");
+        goto fail_free_fields;
+    }
+    /* Waits are measured on the monotonic clock, like every deadline here. */
+    pthread_condattr_init(&ca);
+    pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
+    pthread_cond_init(&r->cv, &ca);
+    pthread_condattr_destroy(&ca);
+    pthread_mutex_init(&r->mu, NULL);
+    return r;
+
+fail_free_fields:
+    if (r->password)
+        explicit_bzero(r->password, strlen(r->password));
+    free(r->password);
+    free(r->user);
+    free(r->host);
+    free(r->display_url);
+    free(r->idle);
+    free(r);
+    return NULL;
+}
+
+/* Every connection must have been released: the pool cannot free a borrowed one. */
+void cdb_redis_free(cdb_redis *r)
+{
+    if (!r)
+        return;
+    while (r->nidle > 0)
+        redisFree(r->idle[--r->nidle]);
+    pthread_mutex_destroy(&r->mu);
+    pthread_cond_destroy(&r->cv);
+    if (r->password)
+        explicit_bzero(r->password, strlen(r->password));
+    free(r->password);
+    free(r->user);
+    free(r->host);
+    free(r->display_url);
+    free(r->idle);
+    free(r);
+}
+
+redisReply *cdb_redis_command_argv(cdb_redis *r, int argc, const char **argv,
+                                   const size_t *argvlen, cdb_error *err)
+{
+    redisContext *c = acquire(r, err);
+    if (!c)
+        return NULL;
+    return finish(r, c, redisCommandArgv(c, argc, argv, argvlen), err);
+}
+
+redisReply *cdb_redis_command(cdb_redis *r, cdb_error *err, const char *fmt, ...)
+{
+    redisContext *c = acquire(r, err);
+    redisReply *reply;
+    va_list ap;
+
+    if (!c)
+        return NULL;
+    va_start(ap, fmt);
+    reply = redisvCommand(c, fmt, ap);
+    va_end(ap);
+    return finish(r, c, reply, err);
+}
+
+/* Copies the used_memory_human field of an INFO reply into out. */
+static void copy_used_memory(const redisReply *info, char *out, size_t len)
+{
+    static const char field[] = "used_memory_human:";
+    const char *p = info->type == REDIS_REPLY_STRING ? strstr(info->str, field) : NULL;
+    size_t n;
+
+    out[0] = '\0';
+    if (!p)
+        return;
+    p += sizeof field - 1;
+    n = strcspn(p, "\r\n");
+    snprintf(out, len, "%.*s", (int)n, p);
+}
+
+int cdb_redis_ping(cdb_redis *r, int64_t *rtt_us, char *memory, size_t memory_len, cdb_error *err)
+{
+    redisContext *c = acquire(r, err);
+    redisReply *reply;
+    const char *broken;
+    int64_t t0;
+    int rc = 0;
+
+    if (memory && memory_len > 0)
+        memory[0] = '\0';
+    if (!c)
+        return CDB_ERR_CACHE_UNAVAILABLE;
+    t0 = cdb_mono_us();
+    reply = redisCommand(c, "PING");
+    if (rtt_us)
+        *rtt_us = cdb_mono_us() - t0;
+    broken = broken_reason(c, reply);
+    if (broken)
+        goto out_release;
+    if (reply->type == REDIS_REPLY_ERROR) {
+        rc = cdb_error_set(err, CDB_ERR_CACHE_UNAVAILABLE, "Redis refused PING");
+        goto out_release;
+    }
+    if (memory && memory_len > 0) {
+        freeReplyObject(reply);
+        reply = redisCommand(c, "INFO memory");
+        broken = broken_reason(c, reply);
+        if (!broken)
+            copy_used_memory(reply, memory, memory_len);
+    }
+
+out_release:
+    if (broken)
+        rc = cdb_error_set(err, CDB_ERR_CACHE_UNAVAILABLE, "Redis unavailable");
+    freeReplyObject(reply);
+    release(r, c, broken);
+    return rc;
+}
+
+const char *cdb_redis_display_url(const cdb_redis *r)
+{
+    return r->display_url;
+}

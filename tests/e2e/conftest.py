@@ -1,0 +1,72 @@
+"""Fixtures: one shared PostgreSQL and Redis for the session, a fresh
+database per coredb instance, and private servers for tests that stop them."""
+import pytest
+
+from servers import Coredb, PgServer, RedisServer, TEST_JWT_SECRET
+
+
+@pytest.fixture(scope="session")
+def pg():
+    server = PgServer("pg-shared")
+    yield server
+    server.destroy()
+
+
+@pytest.fixture(scope="session")
+def redis_server():
+    server = RedisServer()
+    yield server
+    server.destroy()
+
+
+def base_env(pg_server, db, redis=None, **extra):
+    env = {"DATABASE_URL": pg_server.url(db), "JWT_SECRET": TEST_JWT_SECRET,
+           "DB_POOL_MIN": "1", "DB_POOL_MAX": "5", "LOG_LEVEL": "info"}
+    if redis is not None:
+        env["REDIS_URL"] = redis.url
+    env.update({k: str(v) for k, v in extra.items()})
+    return env
+
+
+@pytest.fixture
+def start_coredb(pg, redis_server):
+    """Factory: start_coredb(redis=True, db=None, **env) -> Coredb on a fresh database."""
+    started = []
+
+    def start(redis=True, db=None, pg_server=None, wait=True, **extra):
+        server = pg_server or pg
+        name = db or server.create_database()
+        inst = Coredb(base_env(server, name, redis_server if redis else None, **extra), wait=wait)
+        inst.db = name
+        inst.pg = server
+        started.append(inst)
+        return inst
+
+    yield start
+    for inst in started:
+        inst.stop_clean()
+
+
+@pytest.fixture(scope="session")
+def coredb_shared(pg, redis_server):
+    """One instance for read-only tests (faster than one per test)."""
+    name = pg.create_database()
+    inst = Coredb(base_env(pg, name, redis_server))
+    inst.db = name
+    inst.pg = pg
+    yield inst
+    inst.stop_clean()
+
+
+@pytest.fixture
+def private_pg():
+    server = PgServer("pg-private")
+    yield server
+    server.destroy()
+
+
+@pytest.fixture
+def private_redis():
+    server = RedisServer()
+    yield server
+    server.destroy()

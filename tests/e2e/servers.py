@@ -1,0 +1,246 @@
+"""Real PostgreSQL 15, Redis and coredb processes for the end-to-end suite.
+
+Everything lives under $COREDB_TEST_TMP (made by scripts/run-tests.sh, or a
+fresh temp dir) on free loopback ports. We run as root in CI and PostgreSQL
+refuses root, so initdb and postgres run as Debian's `postgres` account.
+initdb runs once into a template that each server copies, so a private
+server for a destructive test costs a copy, not an initdb.
+"""
+import os
+import pwd
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+import uuid
+
+import psycopg2
+import requests
+
+PG_BIN = os.environ.get("PG_BINDIR", "/usr/lib/postgresql/15/bin")
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def scratch_dir():
+    base = os.environ.get("COREDB_TEST_TMP")
+    if not base:
+        base = tempfile.mkdtemp(prefix="coredb-test.")
+        os.environ["COREDB_TEST_TMP"] = base
+    os.chmod(base, 0o755)
+    return base
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _as_pg_user():
+    """preexec_fn and chown target: the postgres account when we are root."""
+    if os.geteuid() != 0:
+        return None, None
+    pw = pwd.getpwnam("postgres")
+    return pw.pw_uid, pw.pw_gid
+
+
+def _run_pg(args, **kw):
+    uid, gid = _as_pg_user()
+    if uid is None:
+        return subprocess.run(args, check=True, capture_output=True, **kw)
+    return subprocess.run(["runuser", "-u", "postgres", "--"] + args, check=True,
+                          capture_output=True, **kw)
+
+
+_TEMPLATE = None
+
+
+def _template_cluster():
+    global _TEMPLATE
+    if _TEMPLATE is None:
+        path = os.path.join(scratch_dir(), "pg-template")
+        if not os.path.exists(os.path.join(path, "PG_VERSION")):
+            os.makedirs(path, exist_ok=True)
+            uid, gid = _as_pg_user()
+            if uid is not None:
+                os.chown(path, uid, gid)
+            os.chmod(path, 0o700)
+            _run_pg([f"{PG_BIN}/initdb", "-D", path, "-U", "postgres", "-A", "trust",
+                     "-E", "UTF8", "--locale=C.UTF-8", "--no-instructions"])
+        _TEMPLATE = path
+    return _TEMPLATE
+
+
+class PgServer:
+    """A throw-away PostgreSQL cluster on 127.0.0.1:<free port>."""
+
+    def __init__(self, name="pg"):
+        self.dir = os.path.join(scratch_dir(), f"{name}-{uuid.uuid4().hex[:8]}")
+        self.data = os.path.join(self.dir, "data")
+        self.port = free_port()
+        os.makedirs(self.dir)
+        shutil.copytree(_template_cluster(), self.data, symlinks=True)
+        uid, gid = _as_pg_user()
+        if uid is not None:
+            for root, dirs, files in os.walk(self.dir):
+                os.chown(root, uid, gid)
+                for f in files:
+                    os.chown(os.path.join(root, f), uid, gid)
+        os.chmod(self.data, 0o700)
+        self.start()
+
+    def start(self):
+        opts = f"-p {self.port} -k {self.dir} -c listen_addresses=127.0.0.1 -c fsync=off " \
+               f"-c max_connections=200 -c synchronous_commit=off"
+        _run_pg([f"{PG_BIN}/pg_ctl", "-D", self.data, "-l", os.path.join(self.dir, "log"),
+                 "-w", "-o", opts, "start"])
+
+    def stop(self, mode="fast"):
+        _run_pg([f"{PG_BIN}/pg_ctl", "-D", self.data, "-m", mode, "-w", "stop"])
+
+    def destroy(self):
+        try:
+            self.stop("immediate")
+        except subprocess.CalledProcessError:
+            pass
+
+    def url(self, db="postgres", user="postgres"):
+        return f"postgresql://{user}@127.0.0.1:{self.port}/{db}"
+
+    def connect(self, db="postgres"):
+        conn = psycopg2.connect(host="127.0.0.1", port=self.port, user="postgres", dbname=db)
+        conn.autocommit = True
+        return conn
+
+    def create_database(self, prefix="t"):
+        name = f"{prefix}_{uuid.uuid4().hex[:10]}"
+        self.query("postgres", f'CREATE DATABASE "{name}"')
+        return name
+
+    def query(self, db, sql, params=None):
+        conn = self.connect(db)
+        try:
+            with conn.cursor() as cur:
+                cur.execute(sql, params)
+                return cur.fetchall() if cur.description else None
+        finally:
+            conn.close()
+
+
+class RedisServer:
+    def __init__(self):
+        self.dir = os.path.join(scratch_dir(), f"redis-{uuid.uuid4().hex[:8]}")
+        os.makedirs(self.dir)
+        self.port = free_port()
+        self.proc = None
+        self.start()
+
+    def start(self):
+        self.proc = subprocess.Popen(
+            ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1",
+             "--save", "", "--appendonly", "no", "--dir", self.dir],
+            stdout=open(os.path.join(self.dir, "log"), "ab"), stderr=subprocess.STDOUT)
+        deadline = time.time() + 10
+        while time.time() < deadline:
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=0.2) as s:
+                    s.sendall(b"PING\r\n")
+                    if s.recv(16).startswith(b"+PONG"):
+                        return
+            except OSError:
+                time.sleep(0.05)
+        raise RuntimeError("redis did not start")
+
+    def stop(self):
+        if self.proc and self.proc.poll() is None:
+            self.proc.terminate()
+            self.proc.wait(10)
+
+    destroy = stop
+
+    @property
+    def url(self):
+        return f"redis://127.0.0.1:{self.port}/0"
+
+
+COREDB_BIN = os.environ.get("COREDB_BIN", os.path.join(ROOT, "build", "coredb"))
+TEST_JWT_SECRET = "test-secret-0123456789abcdef0123456789abcdef"
+
+
+class Coredb:
+    """The real coredb binary serving HTTP on a free port."""
+
+    def __init__(self, env, cwd=None, wait=True, args=("serve",)):
+        self.port = int(env.get("PORT") or free_port())
+        self.dir = cwd or os.path.join(scratch_dir(), f"coredb-{uuid.uuid4().hex[:8]}")
+        os.makedirs(self.dir, exist_ok=True)
+        self.log_path = os.path.join(self.dir, f"coredb-{self.port}.log")
+        full_env = {k: v for k, v in os.environ.items()
+                    if not k.startswith(("DATABASE_", "POSTGRES_", "REDIS_", "DB_", "PG"))}
+        full_env.update({"PORT": str(self.port), "PROMETHEUS_PORT": "0", "HOST": "127.0.0.1",
+                         "HTTP_THREADS": "2", "COREDB_TEST_ROUTES": "1"})
+        full_env.update({k: str(v) for k, v in env.items()})
+        self.env = full_env
+        self.base = f"http://127.0.0.1:{self.port}"
+        self.proc = subprocess.Popen([COREDB_BIN] + list(args), env=full_env, cwd=self.dir,
+                                     stdout=open(self.log_path, "ab"), stderr=subprocess.STDOUT)
+        if wait:
+            self.wait_live()
+
+    def wait_live(self, timeout=60):
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"coredb exited {self.proc.returncode}:\n{self.log()}")
+            try:
+                if requests.get(self.base + "/health/live", timeout=1).status_code == 200:
+                    return
+            except requests.RequestException:
+                pass
+            time.sleep(0.05)
+        raise RuntimeError(f"coredb did not come up:\n{self.log()}")
+
+    def log(self):
+        with open(self.log_path, errors="replace") as f:
+            return f.read()
+
+    def get(self, path, **kw):
+        kw.setdefault("timeout", 30)
+        return requests.get(self.base + path, **kw)
+
+    def post(self, path, **kw):
+        kw.setdefault("timeout", 30)
+        return requests.post(self.base + path, **kw)
+
+    def request(self, method, path, **kw):
+        kw.setdefault("timeout", 30)
+        return requests.request(method, self.base + path, **kw)
+
+    def stop(self, sig=signal.SIGTERM, timeout=30):
+        """Stops the process; returns its exit code."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        return self.proc.returncode
+
+    def stop_clean(self):
+        """Stops it and asserts a clean exit: code 0, no sanitizer report."""
+        code = self.stop()
+        log = self.log()
+        assert "AddressSanitizer" not in log and "LeakSanitizer" not in log, log[-4000:]
+        assert "runtime error:" not in log, log[-4000:]
+        assert code == 0, f"coredb exited {code}:\n{log[-4000:]}"
+
+
+def run_cli(args, env, cwd=None, timeout=120):
+    full_env = {k: v for k, v in os.environ.items()
+                if not k.startswith(("DATABASE_", "POSTGRES_", "REDIS_", "DB_", "PG"))}
+    full_env.update({k: str(v) for k, v in env.items()})
+    return subprocess.run([COREDB_BIN] + list(args), env=full_env, cwd=cwd or scratch_dir(),
+                          capture_output=True, text=True, timeout=timeout)

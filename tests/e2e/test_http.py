@@ -1,0 +1,119 @@
+"""HTTP behaviour every route shares: envelopes, request ids, negotiation, limits."""
+import re
+import socket
+
+import requests
+
+ENVELOPE_KEYS = {"code", "message", "details", "timestamp", "request_id"}
+
+
+def assert_envelope(resp, status, code):
+    assert resp.status_code == status, resp.text
+    body = resp.json()
+    assert set(body) == {"error"}
+    assert set(body["error"]) == ENVELOPE_KEYS
+    assert body["error"]["code"] == code
+    assert body["error"]["request_id"] == resp.headers["X-Request-ID"]
+    assert re.match(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ$", body["error"]["timestamp"])
+    return body["error"]
+
+
+def test_unknown_route_is_404_envelope(coredb_shared):
+    assert_envelope(coredb_shared.get("/nope/nothing"), 404, "NOT_FOUND")
+
+
+def test_wrong_method_is_405_with_allow(coredb_shared):
+    resp = coredb_shared.request("DELETE", "/health")
+    assert_envelope(resp, 405, "METHOD_NOT_ALLOWED")
+    assert "GET" in resp.headers["Allow"]
+
+
+def test_request_id_echoed_and_generated(coredb_shared):
+    resp = coredb_shared.get("/health/live", headers={"X-Request-ID": "abc-123_XYZ"})
+    assert resp.headers["X-Request-ID"] == "abc-123_XYZ"
+    generated = coredb_shared.get("/health/live").headers["X-Request-ID"]
+    assert re.match(r"^req_[0-9a-f]{24}$", generated)
+    # too long or unprintable: replaced
+    long_id = "x" * 129
+    assert coredb_shared.get("/health/live", headers={"X-Request-ID": long_id}).headers["X-Request-ID"] != long_id
+    err = assert_envelope(coredb_shared.get("/missing", headers={"X-Request-ID": "trace-7"}), 404, "NOT_FOUND")
+    assert err["request_id"] == "trace-7"
+
+
+def test_accept_negotiation(coredb_shared):
+    v1 = "application/vnd.visiobook.v1+json"
+    resp = coredb_shared.get("/health/live", headers={"Accept": v1})
+    assert resp.status_code == 200 and resp.headers["Content-Type"] == v1
+    resp = coredb_shared.get("/health/live", headers={"Accept": "application/json"})
+    assert resp.headers["Content-Type"] == "application/json"
+    assert coredb_shared.get("/health/live", headers={"Accept": "*/*"}).status_code == 200
+    assert_envelope(coredb_shared.get("/health/live", headers={"Accept": "application/vnd.visiobook.v2+json"}),
+                    406, "NOT_ACCEPTABLE")
+    assert_envelope(coredb_shared.get("/health/live", headers={"Accept": "text/html"}), 406, "NOT_ACCEPTABLE")
+
+
+def test_invalid_json_is_400(coredb_shared):
+    headers = {"Content-Type": "application/json"}
+    for bad in [b"{", b"{\"a\": }", b"\xff\xfe", b"[1,2", b"{\"a\":1,\"a\":2}", b"nul"]:
+        err = assert_envelope(coredb_shared.post("/test/echo", data=bad, headers=headers), 400, "INVALID_JSON")
+        assert "line" in err["details"]
+
+
+def test_valid_json_roundtrip(coredb_shared):
+    resp = coredb_shared.post("/test/echo", json={"a": [1, "é", None]})
+    assert resp.status_code == 200
+    assert resp.json() == {"body": {"a": [1, "é", None]}}
+
+
+def test_non_json_body_is_415(coredb_shared):
+    resp = coredb_shared.post("/test/echo", data="a=b", headers={"Content-Type": "application/x-www-form-urlencoded"})
+    assert_envelope(resp, 415, "UNSUPPORTED_MEDIA_TYPE")
+
+
+def test_body_over_1mib_is_413(coredb_shared):
+    body = b'{"a":"' + b"x" * (1024 * 1024) + b'"}'
+    resp = coredb_shared.post("/test/echo", data=body, headers={"Content-Type": "application/json"})
+    assert_envelope(resp, 413, "PAYLOAD_TOO_LARGE")
+    # exactly at the limit is accepted
+    body = b'{"a":"' + b"x" * (1024 * 1024 - 8) + b'"}'
+    assert len(body) == 1024 * 1024 - 0
+    assert coredb_shared.post("/test/echo", data=body, headers={"Content-Type": "application/json"}).status_code == 200
+
+
+def test_huge_body_is_refused_not_buffered(coredb_shared):
+    # Beyond the hard limit evhttp refuses before reading it all (docs/http.md).
+    body = b"x" * (5 * 1024 * 1024)
+    try:
+        resp = coredb_shared.post("/test/echo", data=body, headers={"Content-Type": "application/json"})
+        assert resp.status_code == 413
+    except requests.ConnectionError:
+        pass  # connection closed while we were still sending: also a refusal
+    assert coredb_shared.get("/health/live").status_code == 200
+
+
+def test_garbage_request_line_does_not_hurt(coredb_shared):
+    with socket.create_connection(("127.0.0.1", coredb_shared.port), timeout=5) as s:
+        s.sendall(b"\x00\x01GARBAGE / HTTP/9.9\r\n\r\n")
+        s.recv(1024)
+    assert coredb_shared.get("/health/live").status_code == 200
+
+
+def test_keep_alive_reuses_connection(coredb_shared):
+    with requests.Session() as s:
+        for _ in range(20):
+            assert s.get(coredb_shared.base + "/health/live", timeout=5).status_code == 200
+
+
+def test_access_log_line_per_request(coredb_shared):
+    coredb_shared.get("/health/live", headers={"X-Request-ID": "log-check-42"})
+    import time, json
+    for _ in range(50):
+        lines = [json.loads(l) for l in coredb_shared.log().splitlines() if "log-check-42" in l]
+        if lines:
+            break
+        time.sleep(0.05)
+    assert lines, "no access log line"
+    line = lines[0]
+    assert line["event"] == "http.request" and line["status"] == 200
+    assert line["method"] == "GET" and line["path"] == "/health/live"
+    assert "duration_ms" in line

@@ -1,0 +1,74 @@
+"""Pool exhaustion, statement timeout and graceful shutdown with real PostgreSQL."""
+import threading
+import time
+
+from servers import Coredb
+from conftest import base_env
+
+
+def test_pool_exhausted_is_503_with_retry_after(start_coredb):
+    inst = start_coredb(DB_POOL_MIN=1, DB_POOL_MAX=1, DB_POOL_ACQUIRE_TIMEOUT=500)
+    holder = threading.Thread(target=lambda: inst.post("/test/sleep", json={"seconds": 3}))
+    holder.start()
+    time.sleep(0.5)  # let it take the only connection
+    t0 = time.time()
+    resp = inst.post("/test/sleep", json={"seconds": 0})
+    waited = time.time() - t0
+    holder.join()
+    assert resp.status_code == 503, resp.text
+    err = resp.json()["error"]
+    assert err["code"] == "POOL_EXHAUSTED"
+    assert err["details"]["retry_after"] >= 1
+    assert err["details"]["pool_status"] == "exhausted"
+    assert 0.4 <= waited < 2.5
+    # and the pool works again afterwards
+    assert inst.post("/test/sleep", json={"seconds": 0}).status_code == 200
+
+
+def test_statement_timeout_is_504(start_coredb):
+    inst = start_coredb(DB_STATEMENT_TIMEOUT=300)
+    t0 = time.time()
+    resp = inst.post("/test/sleep", json={"seconds": 5})
+    assert resp.status_code == 504, resp.text
+    assert resp.json()["error"]["code"] == "DATABASE_TIMEOUT"
+    assert "pg_sleep" not in resp.text and "SELECT" not in resp.text
+    assert time.time() - t0 < 3
+    assert inst.post("/test/sleep", json={"seconds": 0}).status_code == 200
+
+
+def test_graceful_shutdown_finishes_in_flight(pg, redis_server):
+    name = pg.create_database()
+    inst = Coredb(base_env(pg, name, redis_server, SHUTDOWN_GRACE_MS=10000))
+    result = {}
+
+    def slow():
+        result["resp"] = inst.post("/test/sleep", json={"seconds": 1.5})
+
+    t = threading.Thread(target=slow)
+    t.start()
+    time.sleep(0.4)
+    t0 = time.time()
+    code = inst.stop(timeout=30)
+    t.join()
+    assert code == 0, inst.log()
+    assert result["resp"].status_code == 200
+    assert time.time() - t0 >= 0.8  # it waited for the request
+    assert "http.stopping" in inst.log()
+
+
+def test_many_concurrent_requests(start_coredb):
+    inst = start_coredb(DB_POOL_MAX=4)
+    statuses = []
+
+    def worker():
+        for _ in range(10):
+            statuses.append(inst.get("/health").status_code)
+
+    threads = [threading.Thread(target=worker) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert statuses.count(200) == 80
+    stats = inst.get("/health").json()["checks"]["postgresql"]["connections"]
+    assert stats["total"] <= 4
