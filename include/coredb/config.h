@@ -57,7 +57,14 @@ typedef struct cdb_config {
     int   session_max_lifetime_s;  /* 2592000 */
     int   session_max_per_user;    /* 5 */
     int   password_min_length;     /* 10 */
-    int   login_max_failures;      /* 10 */
+    int   login_max_failures;      /* 10 per LOGIN_FAILURE_WINDOW, per account */
+    int   login_max_failures_per_address; /* 50 per window, per client address */
+    int   login_failure_window_s;  /* 900 */
+    int   password_hash_opslimit;  /* argon2id passes, 2 (libsodium INTERACTIVE) */
+    int   password_hash_memlimit_kib; /* argon2id memory, 65536 KiB */
+    int   auth_threads;            /* AUTH_THREADS: workers for password hashing, cores/2 */
+    char *jwt_issuer;              /* JWT_ISSUER, "coredb" */
+    char *jwt_audience;            /* JWT_AUDIENCE, "coredb-api" */
 
     /* Data */
     int   lease_ttl_s;             /* 300 */

@@ -12,11 +12,16 @@
 #include <stdbool.h>
 
 #include "coredb/cache.h"
+#include "coredb/catalog.h"
 #include "coredb/config.h"
 #include "coredb/devdb.h"
 #include "coredb/error.h"
 #include "coredb/migrate.h"
+#include "coredb/jwt.h"
+#include "coredb/password.h"
 #include "coredb/pool.h"
+#include "coredb/qcache.h"
+#include "coredb/ratelimit.h"
 #include "coredb/redis.h"
 
 #define CDB_SERVICE_NAME "core-database-service"
@@ -30,6 +35,11 @@ typedef struct cdb_service {
     cdb_redis *redis;              /* NULL without REDIS_URL */
     cdb_cache *cache;              /* Redis-backed or in-process */
     cdb_migration_set migrations;  /* the files of cfg->migrations_dir */
+    cdb_ratelimit *ratelimit;      /* quotas and login-failure counters */
+    cdb_catalog_cache *catalog;    /* tables and columns per role (NULL without a pool) */
+    cdb_qcache *qcache;            /* data API result cache */
+    cdb_jwt_config jwt;            /* from JWT_SECRET / JWT_ISSUER / JWT_AUDIENCE */
+    cdb_password_params password;  /* argon2id parameters */
 } cdb_service;
 
 typedef struct cdb_service_options {

@@ -22,6 +22,17 @@ int cdb_service_open(cdb_service **out, const cdb_config *cfg,
     if (!svc)
         return cdb_error_set(err, CDB_ERR_INTERNAL_ERROR, "out of memory");
     svc->cfg = cfg;
+    svc->jwt = (cdb_jwt_config){
+        .secret = (const unsigned char *)cfg->jwt_secret,
+        .secret_len = cfg->jwt_secret ? strlen(cfg->jwt_secret) : 0,
+        .issuer = cfg->jwt_issuer,
+        .audience = cfg->jwt_audience,
+        .leeway_s = 30,
+    };
+    svc->password = (cdb_password_params){
+        .opslimit = (unsigned long long)cfg->password_hash_opslimit,
+        .memlimit = (size_t)cfg->password_hash_memlimit_kib * 1024,
+    };
 
     if (cfg->embedded) {
         svc->devdb = cdb_devdb_start(cfg->var_dir, cfg->pg_bindir, &svc->conninfo, err);
@@ -61,7 +72,8 @@ int cdb_service_open(cdb_service **out, const cdb_config *cfg,
             goto fail;
     }
     svc->cache = cdb_cache_new(svc->redis, CACHE_MAX_ENTRIES);
-    if (!svc->cache) {
+    svc->ratelimit = cdb_ratelimit_new(svc->redis);
+    if (!svc->cache || !svc->ratelimit) {
         cdb_error_set(err, CDB_ERR_INTERNAL_ERROR, "out of memory");
         goto fail;
     }
@@ -77,6 +89,7 @@ void cdb_service_close(cdb_service *svc)
 {
     if (!svc)
         return;
+    cdb_ratelimit_free(svc->ratelimit);
     cdb_cache_free(svc->cache);
     cdb_redis_free(svc->redis);
     cdb_pool_free(svc->pool);
@@ -115,7 +128,12 @@ int cdb_service_migrate(cdb_service *svc, const cdb_migrate_options *opt,
     }
     if (!conn)
         return err->code;
-    int rc = cdb_migrate_up(conn, &svc->migrations, opt, out, err);
+    json_t *result = NULL;
+    int rc = cdb_migrate_up(conn, &svc->migrations, opt, &result, err);
     PQfinish(conn);
+    if (out)
+        *out = result;
+    else
+        json_decref(result);
     return rc;
 }

@@ -28,5 +28,6 @@ int cli_print_result(json_t *data, const cdb_error *err, bool as_json);
 int cmd_serve(int argc, char **argv);
 int cmd_config(int argc, char **argv);
 int cmd_migrate(int argc, char **argv);
+int cmd_user(int argc, char **argv);
 
 #endif

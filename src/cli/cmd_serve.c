@@ -6,7 +6,9 @@
 #include <stdio.h>
 
 #include "cli.h"
+#include "coredb/auth.h"
 #include "coredb/http.h"
+#include "coredb/jobs.h"
 #include "coredb/log.h"
 #include "coredb/service.h"
 
@@ -21,6 +23,7 @@ int cmd_serve(int argc, char **argv)
     cdb_error_init(&err);
     cdb_service *svc = NULL;
     cdb_http_server *srv = NULL;
+    cdb_jobs *jobs = NULL;
     rc = CLI_EXIT_FAILED;
 
     if (cfg.embedded && cdb_devdb_load_secrets(&cfg, cfg.var_dir, &err) < 0)
@@ -35,9 +38,21 @@ int cmd_serve(int argc, char **argv)
             goto out;
         json_decref(result);
     }
+    if (cfg.admin_email && cfg.admin_password) {
+        bool created = false;
+        if (cdb_users_ensure_admin(svc, cfg.admin_email, NULL, cfg.admin_password, &created, &err) < 0)
+            goto out;
+        if (created)
+            cdb_log_info("serve.admin_created", "created the first admin %s%s", cfg.admin_email,
+                         cfg.embedded ? "; its password is in the development secrets file" : "");
+    }
+    /* Builds the dummy hash unknown emails are checked against, so the first
+     * such login costs what every later one does. */
+    cdb_password_burn(&svc->password, "", 0);
     srv = cdb_http_server_new(svc, &err);
     if (!srv)
         goto out;
+    jobs = cdb_jobs_start(svc);
     rc = cdb_http_server_run(srv) == 0 ? CLI_EXIT_OK : CLI_EXIT_FAILED;
     cdb_log_info("serve.stopped", "coredb stopped");
 
@@ -48,6 +63,7 @@ out:
         if (err.code == CDB_ERR_CONFIG_INVALID)
             rc = CLI_EXIT_USAGE;
     }
+    cdb_jobs_stop(jobs);
     cdb_http_server_free(srv);
     cdb_service_close(svc);
     cdb_error_destroy(&err);

@@ -22,6 +22,8 @@ static void usage(FILE *to)
           "  migrate up [--target V] [--dry-run] [--json]\n"
           "  migrate down [--steps N] [--json]\n"
           "  migrate new NAME           create migrations/<date>_<n>_NAME.sql\n"
+          "  user create --email E --username U [--role admin|user|premium]\n"
+          "                             create a user; the password is read from stdin\n"
           "  version                    print the version\n"
           "\n"
           "Configuration comes from the environment; see docs/configuration.md.\n",
@@ -94,6 +96,8 @@ int main(int argc, char **argv)
         return cmd_config(argc - 1, argv + 1);
     if (strcmp(cmd, "migrate") == 0)
         return cmd_migrate(argc - 1, argv + 1);
+    if (strcmp(cmd, "user") == 0)
+        return cmd_user(argc - 1, argv + 1);
     if (strcmp(cmd, "version") == 0 || strcmp(cmd, "--version") == 0) {
         printf("coredb %s\n", CDB_VERSION);
         return CLI_EXIT_OK;

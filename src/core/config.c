@@ -124,6 +124,13 @@ static const struct var vars[] = {
     INT("SESSION_MAX_PER_USER", session_max_per_user, "5", 1, 100000),
     INT("PASSWORD_MIN_LENGTH", password_min_length, "10", 1, 1024),
     INT("LOGIN_MAX_FAILURES", login_max_failures, "10", 1, 100000),
+    INT("LOGIN_MAX_FAILURES_PER_ADDRESS", login_max_failures_per_address, "50", 1, 1000000),
+    SECS("LOGIN_FAILURE_WINDOW", login_failure_window_s, "900", 1, 86400),
+    INT("PASSWORD_HASH_OPSLIMIT", password_hash_opslimit, "2", 1, 100),
+    INT("PASSWORD_HASH_MEMLIMIT_KIB", password_hash_memlimit_kib, "65536", 8, 4194304),
+    INT("AUTH_THREADS", auth_threads, NULL, 1, 1024),
+    STR("JWT_ISSUER", jwt_issuer, "coredb", NULL),
+    STR("JWT_AUDIENCE", jwt_audience, "coredb-api", NULL),
 
     SECS("LEASE_TTL", lease_ttl_s, "300", 1, INT_MAX),
     SECS("CACHE_TTL", cache_ttl_s, "300", 1, INT_MAX),
@@ -802,6 +809,11 @@ static int derive(cdb_config *cfg, cdb_env_lookup lookup, void *ud, cdb_error *e
     if (cfg->http_threads == 0) {
         long cores = sysconf(_SC_NPROCESSORS_ONLN);
         cfg->http_threads = cores < 1 ? 1 : cores > HTTP_THREADS_MAX ? HTTP_THREADS_MAX : (int)cores;
+    }
+    if (cfg->auth_threads == 0) {
+        /* argon2id is CPU-bound: leave at least half the cores to other traffic */
+        long cores = sysconf(_SC_NPROCESSORS_ONLN);
+        cfg->auth_threads = cores < 2 ? 1 : (int)(cores / 2);
     }
     if (!cfg->backup_dir && asprintf(&cfg->backup_dir, "%s/backups", cfg->var_dir) < 0) {
         cfg->backup_dir = NULL;

@@ -15,13 +15,14 @@
 #include <stdbool.h>
 #include <stdint.h>
 
+#include "coredb/auth.h"
 #include "coredb/error.h"
 #include "coredb/service.h"
 
 #define CDB_HTTP_BODY_LIMIT     (1024 * 1024)     /* API.md: bodies over 1 MiB -> 413 */
 #define CDB_HTTP_BODY_HARD_LIMIT (4 * 1024 * 1024) /* evhttp drops beyond this, see docs */
 #define CDB_HTTP_MAX_PARAMS     4
-#define CDB_HTTP_MAX_HEADERS    4
+#define CDB_HTTP_MAX_HEADERS    8
 #define CDB_REQUEST_ID_MAX      128
 
 typedef struct cdb_http_server cdb_http_server;
@@ -31,15 +32,27 @@ typedef struct cdb_request cdb_request;
 typedef void (*cdb_route_fn)(cdb_request *r);
 
 typedef enum cdb_run_mode {
-    CDB_RUN_INLINE,   /* cheap, never blocks: runs on the loop */
+    CDB_RUN_INLINE,   /* cheap, never blocks: runs on the loop (public routes only) */
     CDB_RUN_WORKER,   /* may block: runs on a worker thread */
+    CDB_RUN_SLOW,     /* password hashing: runs on the AUTH_THREADS queue, so a
+                         login storm cannot occupy the workers everyone else needs */
 } cdb_run_mode;
+
+/* Who may call a route, and whether it counts against a quota. */
+typedef enum cdb_auth_mode {
+    CDB_AUTH_PUBLIC,  /* health, docs: no token looked at, no quota */
+    CDB_AUTH_ANON,    /* login, refresh: no token needed; quota by client address */
+    CDB_AUTH_OPTIONAL,/* registration: a valid token makes the caller known */
+    CDB_AUTH_USER,    /* a valid token of a live session is required */
+    CDB_AUTH_ADMIN,   /* ... and the admin role */
+} cdb_auth_mode;
 
 typedef struct cdb_route {
     unsigned methods;        /* EVHTTP_REQ_* mask */
     const char *pattern;     /* "/api/v1/users/{id}": {..} matches one segment */
     cdb_route_fn handler;
     cdb_run_mode mode;
+    cdb_auth_mode auth;
 } cdb_route;
 
 struct cdb_request {
@@ -52,8 +65,14 @@ struct cdb_request {
     char *query;                   /* raw query string or NULL, owned */
     char *params[CDB_HTTP_MAX_PARAMS]; /* decoded {..} segments, owned */
     int nparams;
+    char *raw_body;                /* copy of the body, parsed after authentication */
+    size_t raw_body_len;
     json_t *body;                  /* parsed JSON body or NULL */
     const cdb_route *route;
+    char *bearer;                  /* token from Authorization, owned, or NULL */
+    char client_addr[64];          /* peer address */
+    char *user_agent;              /* owned or NULL */
+    cdb_principal principal;       /* who is calling (CDB_ROLE_ANON until authenticated) */
     char request_id[CDB_REQUEST_ID_MAX + 1];
     const char *media_type;        /* response Content-Type */
     int64_t start_us;
@@ -61,6 +80,7 @@ struct cdb_request {
     /* outcome, filled by the handler */
     int status;                    /* 0 until answered */
     json_t *response;              /* body (owned) or NULL for none */
+    char *response_text;           /* or an already serialized JSON body (owned) */
     cdb_error err;                 /* err.code != OK: the error envelope */
     struct { const char *name; char value[64]; } headers[CDB_HTTP_MAX_HEADERS];
     int nheaders;
@@ -71,14 +91,26 @@ struct cdb_request {
 /* Request lifecycle (request.c), all on the loop thread. */
 cdb_request *cdb_request_new(struct evhttp_request *ev, cdb_http_server *srv, cdb_loop *loop,
                              cdb_service *svc);
-/* Negotiates, routes and reads the body; false when an error answer is set. */
+/*
+ * On the loop: negotiates, routes, checks the token's signature (cheap, so
+ * forged tokens never cost a worker), checks body size and type and copies
+ * it. False when an error answer is set.
+ */
 bool cdb_request_prepare(cdb_request *r, const cdb_route *const *tables);
+/*
+ * Before the handler (on the thread that runs it): session liveness, role,
+ * quota, then JSON parsing of the body, in that order (API.md: authentication
+ * is checked before the body is validated). False when an error answer is set.
+ */
+bool cdb_request_admit(cdb_request *r);
 /* Sends the answer (unless the client is gone) and writes the access log line. */
 void cdb_request_send(cdb_request *r, bool closing);
 void cdb_request_free(cdb_request *r);
 
 /* Answers with a JSON body (reference stolen). */
 void cdb_request_reply(cdb_request *r, int status, json_t *body);
+/* Answers with an already serialized JSON body (ownership taken). */
+void cdb_request_reply_text(cdb_request *r, int status, char *text);
 /* Answers with the error envelope built from err (which is moved). */
 void cdb_request_fail(cdb_request *r, cdb_error *err);
 /* Shorthand: code + message. */
@@ -93,6 +125,15 @@ char *cdb_request_query_param(const cdb_request *r, const char *name);
 /* Route tables (one per routes_*.c file), each terminated by {0}. */
 extern const cdb_route cdb_routes_health[];
 extern const cdb_route cdb_routes_test[];
+extern const cdb_route cdb_routes_users[];
+extern const cdb_route cdb_routes_auth[];
+extern const cdb_route cdb_routes_data[];
+
+/* admit.c: session liveness, role and quota of the caller (worker thread). */
+bool cdb_admit_caller(cdb_request *r);
+
+/* Fails the request with err when rc < 0, else answers status with body. */
+void cdb_request_finish(cdb_request *r, int rc, int status, json_t *body, cdb_error *err);
 
 /*
  * Matches r->method and r->path against the NULL-terminated list of route

@@ -31,6 +31,24 @@ void cdb_request_reply(cdb_request *r, int status, json_t *body)
     r->response = body;
 }
 
+void cdb_request_reply_text(cdb_request *r, int status, char *text)
+{
+    free(r->response_text);
+    r->status = status;
+    r->response_text = text;
+}
+
+void cdb_request_finish(cdb_request *r, int rc, int status, json_t *body, cdb_error *err)
+{
+    if (rc < 0) {
+        json_decref(body);
+        cdb_request_fail(r, err);
+    } else {
+        cdb_request_reply(r, status, body);
+    }
+    cdb_error_destroy(err);
+}
+
 void cdb_request_fail(cdb_request *r, cdb_error *err)
 {
     cdb_error_move(&r->err, err);
@@ -141,8 +159,8 @@ static bool negotiate(cdb_request *r)
     return false;
 }
 
-/* Reads and parses a JSON body, if there is one. */
-static bool read_body(cdb_request *r)
+/* Checks size and media type of the body and copies it for later parsing. */
+static bool take_body(cdb_request *r)
 {
     struct evbuffer *in = evhttp_request_get_input_buffer(r->ev);
     size_t len = evbuffer_get_length(in);
@@ -163,15 +181,80 @@ static bool read_body(cdb_request *r)
         cdb_request_failf(r, CDB_ERR_UNSUPPORTED_MEDIA_TYPE, "Request body must be application/json");
         return false;
     }
-    const char *data = (const char *)evbuffer_pullup(in, -1);
+    r->raw_body = malloc(len);
+    if (!r->raw_body) {
+        cdb_request_failf(r, CDB_ERR_INTERNAL_ERROR, "Internal error");
+        return false;
+    }
+    evbuffer_copyout(in, r->raw_body, len);
+    r->raw_body_len = len;
+    return true;
+}
+
+/* Parses the copied body (after authentication, see cdb_request_admit). */
+static bool parse_body(cdb_request *r)
+{
+    if (!r->raw_body)
+        return true;
     json_error_t jerr;
-    r->body = json_loadb(data, len, JSON_REJECT_DUPLICATES, &jerr);
+    r->body = json_loadb(r->raw_body, r->raw_body_len, JSON_REJECT_DUPLICATES, &jerr);
     if (!r->body) {
         cdb_error e;
         cdb_error_init(&e);
         cdb_error_set(&e, CDB_ERR_INVALID_JSON, "Request body is not valid JSON");
         cdb_error_detail(&e, "line", json_integer(jerr.line));
         cdb_error_detail(&e, "column", json_integer(jerr.column));
+        cdb_request_fail(r, &e);
+        return false;
+    }
+    return true;
+}
+
+/* "Bearer <token>" (case-insensitive scheme); anything else is no token. */
+static bool take_bearer(cdb_request *r)
+{
+    const char *h = evhttp_find_header(evhttp_request_get_input_headers(r->ev), "Authorization");
+    if (!h)
+        return true;
+    if (strncasecmp(h, "Bearer ", 7) != 0) {
+        cdb_request_header(r, "WWW-Authenticate", "Bearer");
+        cdb_request_failf(r, CDB_ERR_UNAUTHORIZED, "Authorization must be a Bearer token");
+        return false;
+    }
+    const char *tok = h + 7;
+    while (*tok == ' ')
+        tok++;
+    r->bearer = strdup(tok);
+    if (!r->bearer) {
+        cdb_request_failf(r, CDB_ERR_INTERNAL_ERROR, "Internal error");
+        return false;
+    }
+    return true;
+}
+
+/*
+ * The signature check is pure CPU (an HMAC) and runs here on the loop, so a
+ * flood of forged tokens never reaches a worker; liveness of the session
+ * needs Redis or PostgreSQL and waits for cdb_request_admit.
+ */
+static bool check_token(cdb_request *r)
+{
+    cdb_auth_mode mode = r->route->auth;
+    if (mode == CDB_AUTH_PUBLIC || mode == CDB_AUTH_ANON)
+        return true;
+    if (!take_bearer(r))
+        return false;
+    if (!r->bearer) {
+        if (mode == CDB_AUTH_OPTIONAL)
+            return true;
+        cdb_request_header(r, "WWW-Authenticate", "Bearer");
+        cdb_request_failf(r, CDB_ERR_UNAUTHORIZED, "Authentication required");
+        return false;
+    }
+    cdb_error e;
+    cdb_error_init(&e);
+    if (cdb_auth_verify_token(r->svc, r->bearer, &r->principal, &e) < 0) {
+        cdb_request_header(r, "WWW-Authenticate", "Bearer");
         cdb_request_fail(r, &e);
         return false;
     }
@@ -194,6 +277,14 @@ cdb_request *cdb_request_new(struct evhttp_request *ev, cdb_http_server *srv, cd
     cdb_error_init(&r->err);
     assign_request_id(r);
 
+    char *peer = NULL;
+    ev_uint16_t peer_port = 0;
+    evhttp_connection_get_peer(evhttp_request_get_connection(ev), &peer, &peer_port);
+    snprintf(r->client_addr, sizeof r->client_addr, "%s", peer ? peer : "unknown");
+    const char *ua = evhttp_find_header(evhttp_request_get_input_headers(ev), "User-Agent");
+    if (ua)
+        r->user_agent = strndup(ua, 256);
+
     const struct evhttp_uri *uri = evhttp_request_get_evhttp_uri(ev);
     const char *path = uri ? evhttp_uri_get_path(uri) : NULL;
     const char *query = uri ? evhttp_uri_get_query(uri) : NULL;
@@ -208,7 +299,12 @@ cdb_request *cdb_request_new(struct evhttp_request *ev, cdb_http_server *srv, cd
 
 bool cdb_request_prepare(cdb_request *r, const cdb_route *const *tables)
 {
-    return negotiate(r) && cdb_router_match(r, tables) && read_body(r);
+    return negotiate(r) && cdb_router_match(r, tables) && check_token(r) && take_body(r);
+}
+
+bool cdb_request_admit(cdb_request *r)
+{
+    return cdb_admit_caller(r) && parse_body(r);
 }
 
 void cdb_request_free(cdb_request *r)
@@ -219,8 +315,12 @@ void cdb_request_free(cdb_request *r)
     free(r->query);
     for (int i = 0; i < r->nparams; i++)
         free(r->params[i]);
+    free(r->raw_body);
+    free(r->bearer);
+    free(r->user_agent);
     json_decref(r->body);
     json_decref(r->response);
+    free(r->response_text);
     cdb_error_destroy(&r->err);
     free(r);
 }
@@ -275,18 +375,20 @@ void cdb_request_send(cdb_request *r, bool closing)
             evhttp_add_header(out, r->headers[i].name, r->headers[i].value);
         if (closing)
             evhttp_add_header(out, "Connection", "close");
-        json_t *body = r->err.code != CDB_OK ? error_envelope(r) : json_incref(r->response);
-        struct evbuffer *buf = NULL;
-        if (body && r->status != 204 && r->method != EVHTTP_REQ_HEAD) {
-            char *text = json_dumps(body, JSON_COMPACT);
-            buf = text ? evbuffer_new() : NULL;
-            if (buf) {
-                evhttp_add_header(out, "Content-Type", r->media_type);
-                evbuffer_add(buf, text, strlen(text));
-            }
-            free(text);
-        }
+        bool failed = r->err.code != CDB_OK;
+        json_t *body = failed ? error_envelope(r) : json_incref(r->response);
+        char *text = NULL;
+        if (body)
+            text = json_dumps(body, JSON_COMPACT);
+        else if (!failed && r->response_text)
+            text = r->response_text, r->response_text = NULL;
         json_decref(body);
+        struct evbuffer *buf = NULL;
+        if (text && r->status != 204 && r->method != EVHTTP_REQ_HEAD && (buf = evbuffer_new())) {
+            evhttp_add_header(out, "Content-Type", r->media_type);
+            evbuffer_add(buf, text, strlen(text));
+        }
+        free(text);
         evhttp_connection_set_closecb(evhttp_request_get_connection(r->ev), NULL, NULL);
         evhttp_send_reply(r->ev, r->status, NULL, buf);
         if (buf)

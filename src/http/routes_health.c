@@ -26,8 +26,8 @@ static void health_ready(cdb_request *r)
 }
 
 const cdb_route cdb_routes_health[] = {
-    {EVHTTP_REQ_GET | EVHTTP_REQ_HEAD, "/health", health_full, CDB_RUN_WORKER},
-    {EVHTTP_REQ_GET | EVHTTP_REQ_HEAD, "/health/live", health_live, CDB_RUN_INLINE},
-    {EVHTTP_REQ_GET | EVHTTP_REQ_HEAD, "/health/ready", health_ready, CDB_RUN_WORKER},
+    {EVHTTP_REQ_GET | EVHTTP_REQ_HEAD, "/health", health_full, CDB_RUN_WORKER, CDB_AUTH_PUBLIC},
+    {EVHTTP_REQ_GET | EVHTTP_REQ_HEAD, "/health/live", health_live, CDB_RUN_INLINE, CDB_AUTH_PUBLIC},
+    {EVHTTP_REQ_GET | EVHTTP_REQ_HEAD, "/health/ready", health_ready, CDB_RUN_WORKER, CDB_AUTH_PUBLIC},
     {0},
 };

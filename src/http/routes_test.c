@@ -52,7 +52,7 @@ static void test_echo(cdb_request *r)
 }
 
 const cdb_route cdb_routes_test[] = {
-    {EVHTTP_REQ_POST, "/test/sleep", test_sleep, CDB_RUN_WORKER},
-    {EVHTTP_REQ_POST, "/test/echo", test_echo, CDB_RUN_INLINE},
+    {EVHTTP_REQ_POST, "/test/sleep", test_sleep, CDB_RUN_WORKER, CDB_AUTH_PUBLIC},
+    {EVHTTP_REQ_POST, "/test/echo", test_echo, CDB_RUN_INLINE, CDB_AUTH_PUBLIC},
     {0},
 };

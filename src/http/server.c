@@ -51,8 +51,9 @@ struct cdb_http_server {
     int listen_fd;
     int nloops;
     cdb_loop *loops;
-    cdb_workq *workers;
-    const cdb_route *tables[4];    /* NULL-terminated */
+    cdb_workq *workers;            /* blocking work: PostgreSQL, Redis, disk */
+    cdb_workq *slow_workers;       /* password hashing (AUTH_THREADS) */
+    const cdb_route *tables[6];    /* NULL-terminated */
     atomic_int inflight;           /* requests accepted and not yet answered */
     atomic_bool stopping;
 };
@@ -83,7 +84,8 @@ static void on_done(evutil_socket_t fd, short what, void *arg)
 static void run_on_worker(void *arg)
 {
     cdb_request *r = arg;
-    r->route->handler(r);
+    if (cdb_request_admit(r))
+        r->route->handler(r);
     cdb_loop *loop = r->loop;
     pthread_mutex_lock(&loop->done_lock);
     r->next = loop->done_head;
@@ -109,13 +111,15 @@ static void on_request(struct evhttp_request *ev, void *arg)
     }
     atomic_fetch_add(&srv->inflight, 1);
     if (!cdb_request_prepare(r, srv->tables) || r->route->mode == CDB_RUN_INLINE) {
-        if (r->status == 0)
+        /* inline routes are public: admission only parses the body */
+        if (r->status == 0 && cdb_request_admit(r))
             r->route->handler(r);
         finish(r);
         return;
     }
     evhttp_connection_set_closecb(evhttp_request_get_connection(ev), on_connection_closed, r);
-    if (cdb_workq_submit(srv->workers, run_on_worker, r) != 0) {
+    cdb_workq *queue = r->route->mode == CDB_RUN_SLOW ? srv->slow_workers : srv->workers;
+    if (cdb_workq_submit(queue, run_on_worker, r) != 0) {
         cdb_request_failf(r, CDB_ERR_DATABASE_UNAVAILABLE, "Service is shutting down");
         finish(r);
     }
@@ -212,6 +216,8 @@ cdb_http_server *cdb_http_server_new(cdb_service *svc, cdb_error *err)
     srv->listen_fd = -1;
     int t = 0;
     srv->tables[t++] = cdb_routes_health;
+    srv->tables[t++] = cdb_routes_users;
+    srv->tables[t++] = cdb_routes_auth;
     if (getenv("COREDB_TEST_ROUTES") && strcmp(getenv("COREDB_TEST_ROUTES"), "1") == 0)
         srv->tables[t++] = cdb_routes_test;
     srv->tables[t] = NULL;
@@ -223,9 +229,10 @@ cdb_http_server *cdb_http_server_new(cdb_service *svc, cdb_error *err)
     /* One worker per pooled connection plus headroom, so a request waiting
      * for a connection never keeps another from reaching the pool. */
     srv->workers = cdb_workq_new(cfg->db_pool_max + 4);
+    srv->slow_workers = cdb_workq_new(cfg->auth_threads);
     srv->nloops = cfg->http_threads;
     srv->loops = calloc((size_t)srv->nloops, sizeof *srv->loops);
-    if (!srv->workers || !srv->loops) {
+    if (!srv->workers || !srv->slow_workers || !srv->loops) {
         cdb_error_set(err, CDB_ERR_INTERNAL_ERROR, "out of memory");
         goto fail;
     }
@@ -284,8 +291,9 @@ int cdb_http_server_run(cdb_http_server *srv)
     for (int i = 0; i < started; i++)
         pthread_join(srv->loops[i].thread, NULL);
     /* Let jobs still on workers finish before their loops are freed. */
+    cdb_workq_free(srv->slow_workers);
     cdb_workq_free(srv->workers);
-    srv->workers = NULL;
+    srv->slow_workers = srv->workers = NULL;
     return started == srv->nloops ? 0 : -1;
 }
 
@@ -293,6 +301,7 @@ void cdb_http_server_free(cdb_http_server *srv)
 {
     if (!srv)
         return;
+    cdb_workq_free(srv->slow_workers);
     cdb_workq_free(srv->workers);
     for (int i = 0; srv->loops && i < srv->nloops; i++)
         loop_destroy(&srv->loops[i]);

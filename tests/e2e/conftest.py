@@ -20,8 +20,12 @@ def redis_server():
 
 
 def base_env(pg_server, db, redis=None, **extra):
+    # Cheap argon2id and generous quotas keep the suite fast; the tests of
+    # hashing cost and rate limits set their own values.
     env = {"DATABASE_URL": pg_server.url(db), "JWT_SECRET": TEST_JWT_SECRET,
-           "DB_POOL_MIN": "1", "DB_POOL_MAX": "5", "LOG_LEVEL": "info"}
+           "DB_POOL_MIN": "1", "DB_POOL_MAX": "5", "LOG_LEVEL": "info",
+           "PASSWORD_HASH_OPSLIMIT": "1", "PASSWORD_HASH_MEMLIMIT_KIB": "8192",
+           "RATE_LIMIT_ANON": "10000", "RATE_LIMIT_USER": "10000", "RATE_LIMIT_PREMIUM": "10000"}
     if redis is not None:
         env["REDIS_URL"] = redis.url
     env.update({k: str(v) for k, v in extra.items()})

@@ -1,0 +1,52 @@
+/*
+ * data.h - the data API (API.md "Data"): structured reads and
+ * multi-database transactions on behalf of a caller.
+ *
+ * Every PostgreSQL statement runs inside a transaction that first switches
+ * to the caller's database role (SET LOCAL ROLE coredb_user|coredb_premium|
+ * coredb_admin) and sets app.current_user_id / app.current_role as
+ * transaction-local settings, so the row-level-security policies of the
+ * migrations decide what is visible. Identifiers come from the catalog
+ * (catalog.h) and are quoted; values are always bound parameters; the
+ * statements of one request are pipelined in one round trip.
+ *
+ * Blocking: call from worker threads.
+ */
+#ifndef COREDB_DATA_H
+#define COREDB_DATA_H
+
+#include <jansson.h>
+
+#include "coredb/auth.h"
+#include "coredb/error.h"
+#include "coredb/service.h"
+
+/*
+ * POST /data/query. *body_out receives the serialized response body
+ * (malloc'd; rows are JSON built by PostgreSQL and never re-parsed):
+ *   {"data": [...], "pagination": {"page","limit","total","pages"},
+ *    "execution_time_ms": n, "cached": bool}
+ * or for database "redis": {"data": {"key": "...", "value": "..."|null}}.
+ * Errors: VALIDATION_FAILED (details.field), UNKNOWN_TABLE, UNKNOWN_COLUMN,
+ * INVALID_FILTER, FORBIDDEN, DATABASE_* .
+ */
+int cdb_data_query(cdb_service *svc, const cdb_principal *caller, json_t *request,
+                   char **body_out, cdb_error *err);
+
+/*
+ * POST /data/transaction. *out (caller owns):
+ *   {"transaction_id", "status": "committed", "results": [{"operation": i,
+ *    "status": "success"|"pending", "data": ...}], "execution_time_ms"}
+ * On failure nothing is written and err->details.operation is the 1-based
+ * index of the failing operation.
+ */
+int cdb_data_transaction(cdb_service *svc, const cdb_principal *caller, json_t *request,
+                         json_t **out, cdb_error *err);
+
+/*
+ * Background: applies pending Redis operations of committed transactions
+ * (the outbox). *applied / *pending (may be NULL) report counts.
+ */
+int cdb_data_outbox_flush(cdb_service *svc, int *applied, int *pending, cdb_error *err);
+
+#endif

@@ -1,0 +1,642 @@
+/*
+ * users.c - the users of public.users: validation, create, get, update,
+ * delete, and the first admin.
+ *
+ * Who may do what is decided here, before any query, from the caller's
+ * principal (the HTTP layer only authenticates): self or admin, and only an
+ * admin sets roles. A non-admin looking someone up by email or username can
+ * only ever find their own row, so lookups never reveal who exists.
+ * Passwords are hashed (argon2id) before a transaction starts, so no row
+ * lock is held during the slow part. Changing a password ends the user's
+ * other sessions; changing a role or deleting the user ends all of them
+ * (tokens carry the role), in the same transaction, and their Redis
+ * liveness keys are dropped after commit.
+ */
+#include <ctype.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <string.h>
+#include <strings.h>
+
+#include <sodium.h>
+
+#include "api/auth_internal.h"
+#include "coredb/log.h"
+#include "coredb/pg.h"
+
+#define EMAIL_MAX 255
+#define USERNAME_MIN 3
+#define USERNAME_MAX 50
+#define PASSWORD_MAX_BYTES 1024
+#define DISPLAY_NAME_MAX 100
+#define PICTURE_URL_MAX 500
+
+/* A validated body; strings point into the JSON it came from. */
+typedef struct user_input {
+    char email[EMAIL_MAX + 1];     /* lowercased; valid when has_email */
+    const char *username;
+    const char *password;
+    size_t password_len;
+    const char *role;
+    const char *display_name;      /* NULL with has_display_name: set to null */
+    const char *picture_url;
+    bool has_email, has_display_name, has_picture_url;
+} user_input;
+
+static const char *const role_names[] = {
+    [CDB_ROLE_ANON] = "anonymous",
+    [CDB_ROLE_USER] = "user",
+    [CDB_ROLE_PREMIUM] = "premium",
+    [CDB_ROLE_ADMIN] = "admin",
+};
+
+const char *cdb_role_name(cdb_role role)
+{
+    return (unsigned)role < sizeof role_names / sizeof *role_names ? role_names[role] : "anonymous";
+}
+
+int cdb_role_parse(const char *name)
+{
+    for (int r = CDB_ROLE_USER; name && r <= CDB_ROLE_ADMIN; r++)
+        if (strcmp(name, role_names[r]) == 0)
+            return r;
+    return -1;
+}
+
+/* ---- shared helpers (auth_internal.h) ---- */
+
+int cdb__fail(cdb_error *err, cdb_err code, const char *field, const char *fmt, ...)
+{
+    va_list ap;
+    cdb_error_destroy(err);
+    va_start(ap, fmt);
+    cdb_error_vset(err, code, fmt, ap);
+    va_end(ap);
+    if (field)
+        cdb_error_detail(err, "field", json_string(field));
+    return code;
+}
+
+bool cdb__uuid_norm(const char *s, char out[37])
+{
+    if (!s || strlen(s) != 36)
+        return false;
+    for (int i = 0; i < 36; i++) {
+        bool dash = i == 8 || i == 13 || i == 18 || i == 23;
+        if (dash ? s[i] != '-' : !isxdigit((unsigned char)s[i]))
+            return false;
+        out[i] = (char)tolower((unsigned char)s[i]);
+    }
+    out[36] = '\0';
+    return true;
+}
+
+int cdb__json_parse(const char *text, json_t **out, cdb_error *err)
+{
+    *out = json_loads(text, JSON_DECODE_ANY, NULL);
+    return *out ? 0 : cdb__fail(err, CDB_ERR_INTERNAL_ERROR, NULL, "Malformed database result");
+}
+
+/* ---- validation ---- */
+
+static size_t utf8_chars(const char *s)
+{
+    size_t n = 0;
+    for (; *s; s++)
+        n += ((unsigned char)*s & 0xC0) != 0x80;
+    return n;
+}
+
+/* No control characters (C0, DEL): a display name is shown to people. */
+static bool no_controls(const char *s)
+{
+    for (; *s; s++)
+        if ((unsigned char)*s < 0x20 || *s == 0x7f)
+            return false;
+    return true;
+}
+
+/* No spaces or control characters (C0, DEL). */
+static bool printable_nospace(const char *s)
+{
+    for (; *s; s++)
+        if ((unsigned char)*s <= 0x20 || *s == 0x7f)
+            return false;
+    return true;
+}
+
+/*
+ * The addresses people type: an RFC 5322 dot-atom local part (atext, single
+ * dots not at either end, <= 64 bytes; no quoted forms, no comments) and a
+ * domain of >= 2 dot-separated labels of letters, digits and inner hyphens
+ * (<= 63 each). Bytes >= 0x80 are accepted as letters for internationalized
+ * addresses.
+ */
+static bool email_local_ok(const char *s, size_t len)
+{
+    static const char atext_extra[] = "!#$%&'*+-/=?^_`{|}~";
+    if (len == 0 || len > 64 || s[0] == '.' || s[len - 1] == '.')
+        return false;
+    for (size_t i = 0; i < len; i++) {
+        unsigned char c = (unsigned char)s[i];
+        if (c == '.') {
+            if (s[i + 1] == '.')
+                return false;
+        } else if (!(isalnum(c) || c >= 0x80 || (c && strchr(atext_extra, c)))) {
+            return false;
+        }
+    }
+    return true;
+}
+
+static bool email_domain_ok(const char *s)
+{
+    size_t labels = 0;
+    while (*s) {
+        size_t n = strcspn(s, ".");
+        if (n == 0 || n > 63 || s[0] == '-' || s[n - 1] == '-')
+            return false;
+        for (size_t i = 0; i < n; i++) {
+            unsigned char c = (unsigned char)s[i];
+            if (!(isalnum(c) || c == '-' || c >= 0x80))
+                return false;
+        }
+        labels++;
+        s += n;
+        if (*s == '.' && *++s == '\0')
+            return false; /* trailing dot */
+    }
+    return labels >= 2;
+}
+
+static int check_email(const char *s, char out[EMAIL_MAX + 1], cdb_error *err)
+{
+    size_t len = strlen(s);
+    if (len == 0 || len > EMAIL_MAX)
+        return cdb__fail(err, CDB_ERR_VALIDATION_FAILED, "email",
+                         "email must be 1 to %d characters", EMAIL_MAX);
+    const char *at = strrchr(s, '@');
+    if (!at || !email_local_ok(s, (size_t)(at - s)) || !email_domain_ok(at + 1))
+        return cdb__fail(err, CDB_ERR_VALIDATION_FAILED, "email", "email is not a valid address");
+    for (size_t i = 0; i <= len; i++)
+        out[i] = (char)tolower((unsigned char)s[i]);
+    return 0;
+}
+
+static int check_username(const char *s, cdb_error *err)
+{
+    size_t len = strlen(s);
+    bool ok = len >= USERNAME_MIN && len <= USERNAME_MAX &&
+              strspn(s, "abcdefghijklmnopqrstuvwxyz0123456789_.-") == len;
+    return ok ? 0 : cdb__fail(err, CDB_ERR_VALIDATION_FAILED, "username",
+                              "username must be %d to %d characters of a-z, 0-9, '_', '.', '-'",
+                              USERNAME_MIN, USERNAME_MAX);
+}
+
+/* email (may be NULL) is the address the password must differ from. */
+static int check_password(const cdb_config *cfg, const char *pw, size_t len, const char *email,
+                          cdb_error *err)
+{
+    if (len > PASSWORD_MAX_BYTES || strlen(pw) != len)
+        return cdb__fail(err, CDB_ERR_VALIDATION_FAILED, "password",
+                         "password must be at most %d bytes, without NUL characters",
+                         PASSWORD_MAX_BYTES);
+    if (utf8_chars(pw) < (size_t)cfg->password_min_length)
+        return cdb__fail(err, CDB_ERR_VALIDATION_FAILED, "password",
+                         "password must be at least %d characters", cfg->password_min_length);
+    if (email && strcasecmp(pw, email) == 0)
+        return cdb__fail(err, CDB_ERR_VALIDATION_FAILED, "password",
+                         "password must not be the email address");
+    return 0;
+}
+
+static int check_picture_url(const char *s, cdb_error *err)
+{
+    size_t scheme = strncasecmp(s, "https://", 8) == 0 ? 8 : strncasecmp(s, "http://", 7) == 0 ? 7 : 0;
+    if (!scheme || !s[scheme] || utf8_chars(s) > PICTURE_URL_MAX || !printable_nospace(s))
+        return cdb__fail(err, CDB_ERR_VALIDATION_FAILED, "profile_picture_url",
+                         "profile_picture_url must be an http(s) URL of at most %d characters",
+                         PICTURE_URL_MAX);
+    return 0;
+}
+
+static int check_string(json_t *v, const char *field, bool nullable, cdb_error *err)
+{
+    if (json_is_string(v) || (nullable && json_is_null(v)))
+        return 0;
+    return cdb__fail(err, CDB_ERR_VALIDATION_FAILED, field, "%s must be a string%s", field,
+                     nullable ? " or null" : "");
+}
+
+/*
+ * Checks every field of a create (required: email, username, password) or
+ * update (all optional) body. The password-equals-email rule is checked here
+ * when the body carries both; an update without a new email checks it later
+ * against the stored one.
+ */
+static int parse_body(const cdb_config *cfg, json_t *body, bool create, user_input *in,
+                      cdb_error *err)
+{
+    const char *key;
+    json_t *v;
+
+    memset(in, 0, sizeof *in);
+    if (!json_is_object(body))
+        return cdb__fail(err, CDB_ERR_VALIDATION_FAILED, "body", "The body must be a JSON object");
+    json_object_foreach(body, key, v) {
+        bool nullable = strcmp(key, "display_name") == 0 || strcmp(key, "profile_picture_url") == 0;
+        bool known = nullable || strcmp(key, "email") == 0 || strcmp(key, "username") == 0 ||
+                     strcmp(key, "password") == 0 || strcmp(key, "role") == 0;
+        if (!known)
+            return cdb__fail(err, CDB_ERR_VALIDATION_FAILED, key, "Unknown field '%.64s'", key);
+        if (check_string(v, key, nullable, err) < 0)
+            return err->code;
+        const char *s = json_string_value(v);     /* NULL for JSON null */
+        if (s && strlen(s) != json_string_length(v))
+            return cdb__fail(err, CDB_ERR_VALIDATION_FAILED, key, "%s must not contain NUL", key);
+        if (strcmp(key, "email") == 0) {
+            if (check_email(s, in->email, err) < 0)
+                return err->code;
+            in->has_email = true;
+        } else if (strcmp(key, "username") == 0) {
+            if (check_username(s, err) < 0)
+                return err->code;
+            in->username = s;
+        } else if (strcmp(key, "password") == 0) {
+            in->password = s;
+            in->password_len = json_string_length(v);
+        } else if (strcmp(key, "role") == 0) {
+            if (cdb_role_parse(s) < 0)
+                return cdb__fail(err, CDB_ERR_VALIDATION_FAILED, "role",
+                                 "role must be one of admin, user, premium");
+            in->role = s;
+        } else if (strcmp(key, "display_name") == 0) {
+            if (s && (utf8_chars(s) > DISPLAY_NAME_MAX || !no_controls(s)))
+                return cdb__fail(err, CDB_ERR_VALIDATION_FAILED, key,
+                                 "display_name must be at most %d characters, without control "
+                                 "characters", DISPLAY_NAME_MAX);
+            in->display_name = s;
+            in->has_display_name = true;
+        } else {
+            if (s && check_picture_url(s, err) < 0)
+                return err->code;
+            in->picture_url = s;
+            in->has_picture_url = true;
+        }
+    }
+    if (create && !in->has_email)
+        return cdb__fail(err, CDB_ERR_VALIDATION_FAILED, "email", "email is required");
+    if (create && !in->username)
+        return cdb__fail(err, CDB_ERR_VALIDATION_FAILED, "username", "username is required");
+    if (create && !in->password)
+        return cdb__fail(err, CDB_ERR_VALIDATION_FAILED, "password", "password is required");
+    if (in->password)
+        return check_password(cfg, in->password, in->password_len,
+                              in->has_email ? in->email : NULL, err);
+    return 0;
+}
+
+/* Names the field of a unique violation on public.users. */
+static int conflict_field(cdb_error *err)
+{
+    if (err->code != CDB_ERR_CONFLICT)
+        return err->code;
+    const char *c = json_string_value(json_object_get(err->details, "constraint"));
+    const char *field = c && strcmp(c, "users_username_key") == 0 ? "username" : "email";
+    return cdb__fail(err, CDB_ERR_CONFLICT, field, "A user with this %s already exists", field);
+}
+
+static bool is_admin(const cdb_principal *p)
+{
+    return p && p->role == CDB_ROLE_ADMIN;
+}
+
+int cdb__authorize_target(const cdb_principal *caller, const char *user_id, char id[37],
+                            cdb_error *err)
+{
+    if (!caller || caller->role == CDB_ROLE_ANON)
+        return cdb__fail(err, CDB_ERR_UNAUTHORIZED, NULL, "Authentication required");
+    if (!cdb__uuid_norm(user_id, id))
+        return cdb__fail(err, CDB_ERR_NOT_FOUND, NULL, "User not found");
+    if (!is_admin(caller) && strcmp(id, caller->user_id) != 0)
+        return cdb__fail(err, CDB_ERR_FORBIDDEN, NULL, "You may only act on your own account");
+    return 0;
+}
+
+/* ---- CRUD ---- */
+
+int cdb_users_create(cdb_service *svc, const cdb_principal *caller, json_t *body,
+                     json_t **out, cdb_error *err)
+{
+    user_input in;
+    char hash[CDB_PASSWORD_HASH_MAX];
+    cdb_pool_conn *pc = NULL;
+    PGresult *res = NULL;
+    int rc;
+
+    *out = NULL;
+    json_t *role = json_object_get(body, "role");
+    if (role && !is_admin(caller) &&
+        !(json_is_string(role) && strcmp(json_string_value(role), "user") == 0))
+        return cdb__fail(err, CDB_ERR_FORBIDDEN, "role", "Only an admin may set a role");
+    if ((rc = parse_body(svc->cfg, body, true, &in, err)) < 0)
+        return rc;
+    if ((rc = cdb_password_hash(&svc->password, in.password, in.password_len, hash, err)) < 0)
+        return rc;
+
+    PGconn *conn = cdb__acquire(svc, &pc, err);
+    if (!conn)
+        return err->code;
+    const char *params[] = {in.email, in.username, hash, in.display_name, in.picture_url,
+                            in.role ? in.role : "user"};
+    rc = cdb_pg_exec(conn,
+                     "INSERT INTO public.users AS u (email, username, password_hash, display_name,"
+                     " profile_picture_url, role) VALUES ($1, $2, $3, $4, $5, $6)"
+                     " RETURNING " CDB__USER_JSON,
+                     6, params, &res, err);
+    if (rc < 0) {
+        rc = conflict_field(err);
+        goto out_release;
+    }
+    rc = cdb__json_parse(PQgetvalue(res, 0, 0), out, err);
+    if (rc == 0)
+        cdb_log_info("users.created", "user %s created with role %s", in.username, params[5]);
+
+out_release:
+    PQclear(res);
+    cdb__release(svc, pc);
+    return rc;
+}
+
+int cdb_users_get(cdb_service *svc, const cdb_principal *caller, const char *by,
+                  const char *value, json_t **out, cdb_error *err)
+{
+    static const char *const by_id =
+        "SELECT " CDB__USER_JSON " FROM public.users u WHERE u.user_id = $1";
+    static const char *const by_email =
+        "SELECT " CDB__USER_JSON " FROM public.users u"
+        " WHERE lower(u.email) = lower($1) AND ($2::uuid IS NULL OR u.user_id = $2::uuid)";
+    static const char *const by_username =
+        "SELECT " CDB__USER_JSON " FROM public.users u"
+        " WHERE u.username = $1 AND ($2::uuid IS NULL OR u.user_id = $2::uuid)";
+    char id[37];
+    cdb_pool_conn *pc = NULL;
+    PGresult *res = NULL;
+    const char *sql;
+    int rc;
+
+    *out = NULL;
+    if (!caller || caller->role == CDB_ROLE_ANON)
+        return cdb__fail(err, CDB_ERR_UNAUTHORIZED, NULL, "Authentication required");
+    if (!by || !value)
+        return cdb__fail(err, CDB_ERR_NOT_FOUND, NULL, "User not found");
+    if (strcmp(by, "id") == 0) {
+        if ((rc = cdb__authorize_target(caller, value, id, err)) < 0)
+            return rc;
+        value = id;
+        sql = by_id;
+    } else if (strcmp(by, "email") == 0) {
+        sql = by_email;
+    } else if (strcmp(by, "username") == 0) {
+        sql = by_username;
+    } else {
+        return cdb__fail(err, CDB_ERR_VALIDATION_FAILED, "by", "Users are found by id, email or username");
+    }
+
+    PGconn *conn = cdb__acquire(svc, &pc, err);
+    if (!conn)
+        return err->code;
+    /* a non-admin can only ever find their own row: nothing leaks about others */
+    const char *params[] = {value, is_admin(caller) ? NULL : caller->user_id};
+    if ((rc = cdb_pg_exec(conn, sql, sql == by_id ? 1 : 2, params, &res, err)) < 0)
+        goto out_release;
+    if (PQntuples(res) == 0)
+        rc = cdb__fail(err, CDB_ERR_NOT_FOUND, NULL, "User not found");
+    else
+        rc = cdb__json_parse(PQgetvalue(res, 0, 0), out, err);
+
+out_release:
+    PQclear(res);
+    cdb__release(svc, pc);
+    return rc;
+}
+
+int cdb_users_update(cdb_service *svc, const cdb_principal *caller, const char *user_id,
+                     json_t *body, json_t **out, cdb_error *err)
+{
+    user_input in;
+    char id[37], hash[CDB_PASSWORD_HASH_MAX];
+    cdb_pool_conn *pc = NULL;
+    PGresult *res = NULL, *ended = NULL;
+    int rc;
+
+    *out = NULL;
+    if ((rc = cdb__authorize_target(caller, user_id, id, err)) < 0)
+        return rc;
+    if (json_object_get(body, "role") && !is_admin(caller))
+        return cdb__fail(err, CDB_ERR_FORBIDDEN, "role", "Only an admin may change a role");
+    if ((rc = parse_body(svc->cfg, body, false, &in, err)) < 0)
+        return rc;
+
+    PGconn *conn = cdb__acquire(svc, &pc, err);
+    if (!conn)
+        return err->code;
+    if (in.password) {
+        if (!in.has_email) {
+            /* the new password must differ from the address that stays */
+            const char *p[] = {id};
+            rc = cdb_pg_exec(conn, "SELECT email FROM public.users WHERE user_id = $1", 1, p, &res, err);
+            if (rc < 0)
+                goto out_release;
+            if (PQntuples(res) == 0) {
+                rc = cdb__fail(err, CDB_ERR_NOT_FOUND, NULL, "User not found");
+                goto out_release;
+            }
+            if ((rc = check_password(svc->cfg, in.password, in.password_len, PQgetvalue(res, 0, 0), err)) < 0)
+                goto out_release;
+            PQclear(res);
+            res = NULL;
+        }
+        if ((rc = cdb_password_hash(&svc->password, in.password, in.password_len, hash, err)) < 0)
+            goto out_release;
+    }
+
+    if ((rc = cdb__begin(conn, err)) < 0)
+        goto out_release;
+    const char *params[] = {
+        id, in.has_email ? in.email : NULL, in.username, in.password ? hash : NULL,
+        in.has_display_name ? "true" : "false", in.display_name,
+        in.has_picture_url ? "true" : "false", in.picture_url, in.role,
+    };
+    rc = cdb_pg_exec(conn,
+                     "WITH old AS (SELECT user_id, role FROM public.users WHERE user_id = $1 FOR UPDATE)"
+                     " UPDATE public.users u SET email = COALESCE($2, u.email),"
+                     " username = COALESCE($3, u.username),"
+                     " password_hash = COALESCE($4, u.password_hash),"
+                     " display_name = CASE WHEN $5::boolean THEN $6 ELSE u.display_name END,"
+                     " profile_picture_url = CASE WHEN $7::boolean THEN $8 ELSE u.profile_picture_url END,"
+                     " role = COALESCE($9, u.role), updated_at = now()"
+                     " FROM old WHERE u.user_id = old.user_id"
+                     " RETURNING " CDB__USER_JSON ", u.role <> old.role",
+                     9, params, &res, err);
+    if (rc < 0) {
+        rc = conflict_field(err);
+        goto out_release;
+    }
+    if (PQntuples(res) == 0) {
+        rc = cdb__fail(err, CDB_ERR_NOT_FOUND, NULL, "User not found");
+        goto out_release;
+    }
+    bool role_changed = PQgetvalue(res, 0, 1)[0] == 't';
+    if (role_changed || in.password) {
+        /* tokens carry the role: all go; a new password keeps only the caller's session */
+        const char *keep = !role_changed && strcmp(caller->user_id, id) == 0 ? caller->session_id : NULL;
+        rc = cdb__end_user_sessions(conn, id, keep && *keep ? keep : NULL,
+                                    role_changed ? "role_changed" : "password_changed", &ended, err);
+        if (rc < 0)
+            goto out_release;
+    }
+    if ((rc = cdb__commit(conn, err)) < 0)
+        goto out_release;
+    cdb__sessions_forget(svc, ended, 0);
+    rc = cdb__json_parse(PQgetvalue(res, 0, 0), out, err);
+
+out_release:
+    PQclear(res);
+    PQclear(ended);
+    cdb__release(svc, pc);
+    return rc;
+}
+
+int cdb_users_delete(cdb_service *svc, const cdb_principal *caller, const char *user_id,
+                     cdb_error *err)
+{
+    char id[37];
+    cdb_pool_conn *pc = NULL;
+    PGresult *sessions = NULL, *res = NULL;
+    int rc;
+
+    if ((rc = cdb__authorize_target(caller, user_id, id, err)) < 0)
+        return rc;
+    PGconn *conn = cdb__acquire(svc, &pc, err);
+    if (!conn)
+        return err->code;
+    const char *params[] = {id};
+    /* the lock logins take: no session can appear between the list and the delete */
+    if ((rc = cdb__begin(conn, err)) < 0 ||
+        (rc = cdb_pg_exec(conn, "SELECT pg_advisory_xact_lock(20261122, hashtext($1))", 1, params,
+                          NULL, err)) < 0 ||
+        (rc = cdb_pg_exec(conn, "SELECT session_id::text FROM coredb.sessions"
+                                " WHERE user_id = $1 AND revoked_at IS NULL", 1, params,
+                          &sessions, err)) < 0 ||
+        (rc = cdb_pg_exec(conn, "DELETE FROM public.users WHERE user_id = $1 RETURNING 1", 1, params,
+                          &res, err)) < 0)
+        goto out_release;
+    if (PQntuples(res) == 0) {
+        rc = cdb__fail(err, CDB_ERR_NOT_FOUND, NULL, "User not found");
+        goto out_release;
+    }
+    if ((rc = cdb__commit(conn, err)) < 0)
+        goto out_release;
+    cdb__sessions_forget(svc, sessions, 0);
+    cdb_log_info("users.deleted", "user %s deleted, %d sessions ended", id, PQntuples(sessions));
+
+out_release:
+    PQclear(sessions);
+    PQclear(res);
+    cdb__release(svc, pc);
+    return rc;
+}
+
+/* ---- the first admin ---- */
+
+/* A username from the email's local part: [a-z0-9_.-] only, 3 to 50 long. */
+static void derive_username(const char *email, char out[USERNAME_MAX + 1])
+{
+    size_t n = 0;
+    for (const char *p = email; *p && *p != '@' && n < USERNAME_MAX; p++) {
+        char c = (char)tolower((unsigned char)*p);
+        out[n++] = strchr("abcdefghijklmnopqrstuvwxyz0123456789_.-", c) ? c : '_';
+    }
+    out[n] = '\0';
+    if (n < USERNAME_MIN)
+        strcpy(out, "admin");
+}
+
+int cdb_users_ensure_admin(cdb_service *svc, const char *email, const char *username,
+                           const char *password, bool *created, cdb_error *err)
+{
+    static const char *const admin_exists =
+        "SELECT EXISTS (SELECT 1 FROM public.users WHERE role = 'admin')";
+    char mail[EMAIL_MAX + 1], name[USERNAME_MAX + 1], hash[CDB_PASSWORD_HASH_MAX];
+    cdb_pool_conn *pc = NULL;
+    PGresult *res = NULL;
+    int rc;
+
+    *created = false;
+    if (!email || !password)
+        return cdb__fail(err, CDB_ERR_VALIDATION_FAILED, email ? "password" : "email",
+                         "The admin needs an email and a password");
+    if ((rc = check_email(email, mail, err)) < 0 ||
+        (rc = check_password(svc->cfg, password, strlen(password), mail, err)) < 0 ||
+        (username && (rc = check_username(username, err)) < 0))
+        return rc;
+    if (username)
+        snprintf(name, sizeof name, "%s", username);
+    else
+        derive_username(mail, name);
+
+    PGconn *conn = cdb__acquire(svc, &pc, err);
+    if (!conn)
+        return err->code;
+    /* cheap check first: most starts find an admin and need no hashing */
+    if ((rc = cdb_pg_exec(conn, admin_exists, 0, NULL, &res, err)) < 0 ||
+        PQgetvalue(res, 0, 0)[0] == 't')
+        goto out_release;
+    PQclear(res);
+    res = NULL;
+    if ((rc = cdb_password_hash(&svc->password, password, strlen(password), hash, err)) < 0)
+        goto out_release;
+
+    /* serializes instances starting together: exactly one creates the admin */
+    if ((rc = cdb__begin(conn, err)) < 0 ||
+        (rc = cdb_pg_exec(conn, "SELECT pg_advisory_xact_lock(20261123, 0)", 0, NULL, NULL, err)) < 0 ||
+        (rc = cdb_pg_exec(conn, admin_exists, 0, NULL, &res, err)) < 0 ||
+        PQgetvalue(res, 0, 0)[0] == 't')
+        goto out_release;
+    PQclear(res);
+    res = NULL;
+    if (!username) {
+        const char *p[] = {name};
+        if ((rc = cdb_pg_exec(conn, "SELECT 1 FROM public.users WHERE username = $1", 1, p, &res, err)) < 0)
+            goto out_release;
+        if (PQntuples(res) > 0) {
+            /* a derived name that is taken gets a random suffix */
+            unsigned char rnd[3];
+            char hex[7];
+            randombytes_buf(rnd, sizeof rnd);
+            sodium_bin2hex(hex, sizeof hex, rnd, sizeof rnd);
+            name[USERNAME_MAX - 7] = '\0';
+            strcat(name, "_");
+            strcat(name, hex);
+        }
+        PQclear(res);
+        res = NULL;
+    }
+    const char *params[] = {mail, name, hash};
+    rc = cdb_pg_exec(conn, "INSERT INTO public.users (email, username, password_hash, role)"
+                           " VALUES ($1, $2, $3, 'admin')", 3, params, NULL, err);
+    if (rc < 0) {
+        rc = conflict_field(err);
+        goto out_release;
+    }
+    if ((rc = cdb__commit(conn, err)) < 0)
+        goto out_release;
+    *created = true;
+    cdb_log_info("users.admin_created", "first admin '%s' created", name);
+
+out_release:
+    PQclear(res);
+    cdb__release(svc, pc);
+    return rc;
+}

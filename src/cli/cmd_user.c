@@ -1,0 +1,131 @@
+/*
+ * cmd_user.c - `coredb user create --email E --username U [--role R]
+ * [--display-name N] [--json]`, the password read from stdin (one line).
+ *
+ * Whoever runs the CLI can already reach the database, so it acts as an
+ * admin: any role may be given, which is how a first admin is made by hand.
+ * Pending migrations are applied first (as `serve` does, when
+ * MIGRATE_ON_START), so the command works on a fresh installation.
+ */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <termios.h>
+#include <unistd.h>
+
+#include <sodium.h>
+
+#include "cli.h"
+#include "coredb/auth.h"
+#include "coredb/service.h"
+
+#define PASSWORD_LINE_MAX 2048
+
+typedef struct user_args {
+    const char *email, *username, *role, *display_name;
+    bool as_json;
+} user_args;
+
+static int parse_args(int argc, char **argv, user_args *a)
+{
+    *a = (user_args){0};
+    if (argc < 2 || strcmp(argv[1], "create") != 0)
+        return -1;
+    for (int i = 2; i < argc; i++) {
+        const char **slot = NULL;
+        if (strcmp(argv[i], "--json") == 0) {
+            a->as_json = true;
+            continue;
+        }
+        if (strcmp(argv[i], "--email") == 0)
+            slot = &a->email;
+        else if (strcmp(argv[i], "--username") == 0)
+            slot = &a->username;
+        else if (strcmp(argv[i], "--role") == 0)
+            slot = &a->role;
+        else if (strcmp(argv[i], "--display-name") == 0)
+            slot = &a->display_name;
+        if (!slot || i + 1 >= argc)
+            return -1;
+        *slot = argv[++i];
+    }
+    return a->email && a->username ? 0 : -1;
+}
+
+/* One line from stdin without its newline; echo is off when it is a terminal. */
+static int read_password(char *buf, size_t len)
+{
+    struct termios saved, quiet;
+    bool tty = isatty(STDIN_FILENO) && tcgetattr(STDIN_FILENO, &saved) == 0;
+    if (tty) {
+        fputs("Password: ", stderr);
+        quiet = saved;
+        quiet.c_lflag &= ~(tcflag_t)ECHO;
+        tcsetattr(STDIN_FILENO, TCSAFLUSH, &quiet);
+    }
+    char *line = fgets(buf, (int)len, stdin);
+    if (tty) {
+        tcsetattr(STDIN_FILENO, TCSAFLUSH, &saved);
+        fputc('\n', stderr);
+    }
+    if (!line)
+        return -1;
+    buf[strcspn(buf, "\r\n")] = '\0';
+    return 0;
+}
+
+int cmd_user(int argc, char **argv)
+{
+    user_args a;
+    if (parse_args(argc, argv, &a) < 0) {
+        fprintf(stderr, "usage: coredb user create --email E --username U [--role admin|user|premium]\n"
+                        "                          [--display-name N] [--json]   (password on stdin)\n");
+        return CLI_EXIT_USAGE;
+    }
+    char password[PASSWORD_LINE_MAX];
+    if (read_password(password, sizeof password) < 0) {
+        fprintf(stderr, "coredb: no password on stdin\n");
+        return CLI_EXIT_USAGE;
+    }
+    cdb_config cfg;
+    int rc = cli_load_config(&cfg);
+    if (rc != CLI_EXIT_OK) {
+        sodium_memzero(password, sizeof password);
+        return rc;
+    }
+
+    cdb_error err;
+    cdb_error_init(&err);
+    cdb_service *svc = NULL;
+    json_t *body = NULL, *result = NULL, *migrated = NULL;
+    cdb_principal operator = {.role = CDB_ROLE_ADMIN};
+
+    if (cfg.embedded && cdb_devdb_load_secrets(&cfg, cfg.var_dir, &err) < 0)
+        goto out;
+    cdb_service_options opt = {.with_pool = true};
+    if (cdb_service_open(&svc, &cfg, &opt, &err) < 0)
+        goto out;
+    cdb_migrate_options mo = {.applied_by = "coredb user"};
+    if (cfg.migrate_on_start && cdb_service_migrate(svc, &mo, &migrated, &err) < 0)
+        goto out;
+    body = json_pack("{s:s, s:s, s:s}", "email", a.email, "username", a.username, "password", password);
+    if (!body) {
+        cdb_error_set(&err, CDB_ERR_VALIDATION_FAILED, "arguments and password must be UTF-8");
+        goto out;
+    }
+    if (a.role)
+        json_object_set_new(body, "role", json_string(a.role));
+    if (a.display_name)
+        json_object_set_new(body, "display_name", json_string(a.display_name));
+    cdb_users_create(svc, &operator, body, &result, &err);
+
+out:
+    rc = cli_print_result(result, &err, a.as_json);
+    sodium_memzero(password, sizeof password);
+    json_decref(body);
+    json_decref(migrated);
+    cdb_service_close(svc);
+    cdb_error_destroy(&err);
+    cdb_config_destroy(&cfg);
+    return rc;
+}

@@ -1,0 +1,76 @@
+/*
+ * admit.c - the admission of a caller, run just before its handler on the
+ * thread that runs it: is the session behind the token still alive, does
+ * the role fit the route, and is the caller within its quota.
+ *
+ * Quotas (API.md, RATE_LIMIT_*) are per caller: anonymous callers by client
+ * address, others by user id, at the rate of their role (0 = unlimited),
+ * with a burst of one second's worth. Every answer of a limited route carries
+ * X-RateLimit-Limit/-Remaining/-Reset; a refusal is 429 with Retry-After.
+ */
+#include "http_internal.h"
+
+#include <math.h>
+#include <stdio.h>
+
+static int quota_for(const cdb_config *cfg, cdb_role role)
+{
+    switch (role) {
+    case CDB_ROLE_ADMIN: return cfg->rate_limit_admin;
+    case CDB_ROLE_PREMIUM: return cfg->rate_limit_premium;
+    case CDB_ROLE_USER: return cfg->rate_limit_user;
+    case CDB_ROLE_ANON: break;
+    }
+    return cfg->rate_limit_anon;
+}
+
+static bool within_quota(cdb_request *r)
+{
+    int rate = quota_for(r->svc->cfg, r->principal.role);
+    if (rate <= 0)
+        return true;
+    char key[128];
+    if (r->principal.role == CDB_ROLE_ANON)
+        snprintf(key, sizeof key, "coredb:rl:anon:%s", r->client_addr);
+    else
+        snprintf(key, sizeof key, "coredb:rl:user:%s", r->principal.user_id);
+    cdb_rl_result rl;
+    cdb_ratelimit_check(r->svc->ratelimit, key, rate, rate, &rl);
+    cdb_request_header(r, "X-RateLimit-Limit", "%d", rl.limit);
+    cdb_request_header(r, "X-RateLimit-Remaining", "%d", rl.remaining);
+    cdb_request_header(r, "X-RateLimit-Reset", "%d", (int)ceil(rl.reset_after_s));
+    if (rl.allowed)
+        return true;
+    int retry = (int)ceil(rl.retry_after_s);
+    if (retry < 1)
+        retry = 1;
+    cdb_request_header(r, "Retry-After", "%d", retry);
+    cdb_error e;
+    cdb_error_init(&e);
+    cdb_error_set(&e, CDB_ERR_RATE_LIMITED, "Rate limit exceeded; retry in %d s", retry);
+    cdb_error_detail(&e, "retry_after", json_integer(retry));
+    cdb_error_detail(&e, "limit", json_integer(rl.limit));
+    cdb_request_fail(r, &e);
+    return false;
+}
+
+bool cdb_admit_caller(cdb_request *r)
+{
+    cdb_auth_mode mode = r->route->auth;
+    if (mode == CDB_AUTH_PUBLIC)
+        return true;
+    if (r->bearer && mode >= CDB_AUTH_OPTIONAL) {
+        cdb_error e;
+        cdb_error_init(&e);
+        if (cdb_auth_authenticate(r->svc, r->bearer, &r->principal, &e) < 0) {
+            cdb_request_header(r, "WWW-Authenticate", "Bearer");
+            cdb_request_fail(r, &e);
+            return false;
+        }
+    }
+    if (mode == CDB_AUTH_ADMIN && r->principal.role != CDB_ROLE_ADMIN) {
+        cdb_request_failf(r, CDB_ERR_FORBIDDEN, "This route requires the admin role");
+        return false;
+    }
+    return within_quota(r);
+}
