@@ -58,3 +58,95 @@ bench_cleanup() {
   [ -d "$BENCH_TMP/pg/data" ] && as_pg "$PG_BIN/pg_ctl" -D "$BENCH_TMP/pg/data" -m immediate stop >/dev/null 2>&1
   rm -rf "$BENCH_TMP"
 }
+
+# A throw-away Redis on a free port (no persistence); sets REDIS_URL.
+bench_start_redis() {
+  REDIS_PORT=$(free_port)
+  mkdir -p "$BENCH_TMP/redis"
+  redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --dir "$BENCH_TMP/redis" \
+    --save "" --appendonly no --logfile "$BENCH_TMP/redis/log" &
+  REDIS_PID=$!
+  for _ in $(seq 1 100); do
+    if [ "$(redis-cli -p "$REDIS_PORT" ping 2>/dev/null)" = PONG ]; then
+      REDIS_URL="redis://127.0.0.1:$REDIS_PORT/0"
+      return 0
+    fi
+    sleep 0.05
+  done
+  echo "redis did not start:"; cat "$BENCH_TMP/redis/log"; return 1
+}
+
+bench_stop_redis() {
+  [ -n "${REDIS_PID:-}" ] && kill "$REDIS_PID" 2>/dev/null && wait "$REDIS_PID" 2>/dev/null
+  REDIS_PID=
+  return 0
+}
+
+# Stops the coredb of bench_start_coredb, so another can start with other settings.
+bench_stop_coredb() {
+  [ -n "${CDB_PID:-}" ] && kill "$CDB_PID" 2>/dev/null && wait "$CDB_PID" 2>/dev/null
+  CDB_PID=
+  return 0
+}
+
+# One latency percentile of wrk's --latency distribution in ms, e.g. wrk_pct 90.
+wrk_pct() {
+  awk -v p="$1%" '
+    function ms(v) { if (v ~ /us$/) return v/1000; if (v ~ /ms$/) return v+0; if (v ~ /s$/) return v*1000; return v }
+    $1==p { printf "%.2f\n", ms($2) }'
+}
+
+# --- CPU and memory accounting of a run (data.sh) ---
+
+# utime+stime of the given pids, in clock ticks.
+cpu_ticks() {
+  local p t=0
+  for p in "$@"; do
+    [ -r "/proc/$p/stat" ] || continue
+    t=$((t + $(sed 's/.*) //' "/proc/$p/stat" | awk '{print $12 + $13}')))
+  done
+  echo "$t"
+}
+
+postmaster_pid() { head -1 "$BENCH_TMP/pg/data/postmaster.pid"; }
+
+# Client backends of the throw-away PostgreSQL (not its auxiliary processes).
+pg_backend_pids() {
+  local pm p
+  pm=$(postmaster_pid)
+  for p in $(pgrep -P "$pm"); do
+    tr '\0' ' ' <"/proc/$p/cmdline" 2>/dev/null | grep -q '127\.0\.0\.1(\|\[local\]' && echo "$p"
+  done
+  return 0
+}
+
+# All CPU PostgreSQL used so far, in ticks: the postmaster with its reaped
+# children (cutime+cstime, so backends that exited count) plus live children.
+pg_cpu_ticks() {
+  local pm t
+  pm=$(postmaster_pid)
+  t=$(sed 's/.*) //' "/proc/$pm/stat" | awk '{print $12 + $13 + $14 + $15}')
+  echo $((t + $(cpu_ticks $(pgrep -P "$pm"))))
+}
+
+# Busy and total ticks of the whole machine (every process, other sessions too).
+machine_ticks() { awk '/^cpu / { print $2+$3+$4+$7+$8+$9, $2+$3+$4+$5+$6+$7+$8+$9 }' /proc/stat; }
+
+# "<max VmHWM MiB of a client backend> <sum of their RssAnon MiB> <count>".
+pg_backends_mem() {
+  local p hwm=0 anon=0 n=0 h a
+  for p in $(pg_backend_pids); do
+    read -r h a < <(awk '/VmHWM/ {h=$2} /RssAnon/ {a=$2} END {print h+0, a+0}' "/proc/$p/status" 2>/dev/null)
+    [ "$h" -gt "$hwm" ] && hwm=$h
+    anon=$((anon + a)) n=$((n + 1))
+  done
+  awk -v h="$hwm" -v a="$anon" -v n="$n" 'BEGIN { printf "%.1f %.1f %d\n", h/1024, a/1024, n }'
+}
+
+# p50 and p99 in ms from pgbench per-transaction logs (-l --log-prefix=PREFIX).
+pgbench_pcts() {
+  cat "$1".* | awk '{print $3}' | sort -n |
+    awk '{ v[NR]=$1 } END { if (NR == 0) { print "0 0"; exit }
+      i50=int(NR*0.50); if (i50 < 1) i50=1; i99=int(NR*0.99); if (i99 < 1) i99=1
+      printf "%.2f %.2f\n", v[i50]/1000, v[i99]/1000 }'
+}

@@ -55,6 +55,11 @@ int cdb_auth_authenticate(cdb_service *svc, const char *token, cdb_principal *ou
 
 /* Only the JWT part (no I/O), for the event loop to refuse bad tokens early. */
 int cdb_auth_verify_token(cdb_service *svc, const char *token, cdb_principal *out, cdb_error *err);
+/*
+ * Only the liveness part, for a principal cdb_auth_verify_token filled:
+ * TOKEN_REVOKED (and *p reset to anonymous) when its session has ended.
+ */
+int cdb_auth_check_session(cdb_service *svc, cdb_principal *p, cdb_error *err);
 
 /* ---- users ---- */
 

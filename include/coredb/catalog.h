@@ -73,6 +73,14 @@ const cdb_table *cdb_catalog_table(const cdb_catalog *cat, cdb_role role, const 
 const cdb_column *cdb_catalog_column(const cdb_table *t, const char *name);
 const char *cdb_catalog_schema(const cdb_catalog *cat);
 
+/*
+ * The other tables of the schema a write to table can change through
+ * cascading foreign keys (ON DELETE/UPDATE CASCADE, SET NULL, SET DEFAULT,
+ * transitively): up to max names into out (valid while cat is). Returns the
+ * count.
+ */
+size_t cdb_catalog_cascades(const cdb_catalog *cat, const char *table, const char **out, size_t max);
+
 /* ---- the service's current snapshot ---- */
 
 typedef struct cdb_catalog_cache cdb_catalog_cache;

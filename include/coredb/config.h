@@ -68,7 +68,7 @@ typedef struct cdb_config {
 
     /* Data */
     int   lease_ttl_s;             /* 300 */
-    int   cache_ttl_s;             /* 300 */
+    int   cache_ttl_s;             /* 300; 0 turns the data API cache off */
     int   rate_limit_anon;         /* 20 req/s */
     int   rate_limit_user;         /* 50 */
     int   rate_limit_premium;      /* 200 */

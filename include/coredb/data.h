@@ -49,4 +49,13 @@ int cdb_data_transaction(cdb_service *svc, const cdb_principal *caller, json_t *
  */
 int cdb_data_outbox_flush(cdb_service *svc, int *applied, int *pending, cdb_error *err);
 
+/*
+ * Tells the query cache that table changed outside /data/transaction (the
+ * users API writes public.users): bumps its generation and those of the
+ * tables its foreign keys cascade into, before the writer answers. A bump
+ * Redis does not take is queued in the outbox and applied later. Never
+ * fails the caller's write; problems are logged.
+ */
+void cdb_data_note_write(cdb_service *svc, const char *table);
+
 #endif

@@ -67,7 +67,8 @@ void cdb_error_init(cdb_error *err);
 void cdb_error_destroy(cdb_error *err);
 
 /*
- * Sets code and printf-style message, replacing what was there; returns code
+ * Sets code and printf-style message, replacing what was there (details
+ * included: add details after setting); returns code
  * so callers can `return cdb_error_set(err, ...)`. err may be NULL.
  */
 cdb_err cdb_error_set(cdb_error *err, cdb_err code, const char *fmt, ...)

@@ -1,7 +1,7 @@
 /*
  * jobs.h - the service's background work: one thread that runs periodic
- * jobs (session reaping now; the Redis outbox, lease expiry and scheduled
- * backups as they land). Each job logs what it did and never takes the
+ * jobs: session reaping (every 60 s) and the Redis outbox (every second);
+ * lease expiry and scheduled backups as they land. Each job logs what it did and never takes the
  * service down when it fails.
  */
 #ifndef COREDB_JOBS_H

@@ -9,6 +9,9 @@
  * writer has its answer, no reader anywhere is served a result computed
  * before that write. A failure of the cache is a miss, never an error.
  *
+ * After a Redis outage, hits are trusted again only once the generation
+ * bumps written meanwhile have been applied (cdb_qcache_set_resync).
+ *
  * Single flight: concurrent identical misses in one process run one query;
  * the others wait for its result (bounded wait, then they query themselves).
  * Thread-safe.
@@ -24,7 +27,7 @@
 
 typedef struct cdb_qcache cdb_qcache;
 
-/* Does not own cache. ttl_s: CACHE_TTL. */
+/* Does not own cache. ttl_s: CACHE_TTL; 0 turns caching off (every get misses, nothing stored). */
 cdb_qcache *cdb_qcache_new(cdb_cache *cache, int ttl_s);
 void cdb_qcache_free(cdb_qcache *qc);
 
@@ -50,8 +53,26 @@ void cdb_qcache_store(cdb_qcache *qc, const char *table, const char *key, int64_
 /* The leader failed: wakes followers, who then run their own query. */
 void cdb_qcache_abandon(cdb_qcache *qc, const char *key);
 
-/* Redis key of a table's generation counter ("coredb:gen:<table>"); buf >= 200. */
-void cdb_qcache_generation_key(const char *table, char *buf, size_t len);
+/*
+ * Every key lives under "coredb:<ns>:", ns being the deployment's id (the
+ * coredb.deployment row of its database), so deployments sharing one Redis
+ * never read each other's results. Set once, before any key is used (the
+ * data API loads it on first use: cdb_data_ensure_namespace).
+ */
+void cdb_qcache_set_namespace(cdb_qcache *qc, const char *ns);
+bool cdb_qcache_has_namespace(cdb_qcache *qc);
+
+/*
+ * Returns 0 once no generation bump is left unapplied (the outbox is
+ * flushed), else nonzero. Called before the first lookup after Redis came
+ * back from an outage (cdb_redis_recoveries changed); until it succeeds,
+ * lookups miss without being stored.
+ */
+typedef int (*cdb_qcache_resync_fn)(void *arg);
+void cdb_qcache_set_resync(cdb_qcache *qc, cdb_redis *redis, cdb_qcache_resync_fn fn, void *arg);
+
+/* Redis key of a table's generation counter ("coredb:<ns>:gen:<table>"); buf >= 200. */
+void cdb_qcache_generation_key(const cdb_qcache *qc, const char *table, char *buf, size_t len);
 /* Bumps a table's generation now (returns -1 when the cache is unavailable). */
 int cdb_qcache_bump(cdb_qcache *qc, const char *table);
 

@@ -46,6 +46,14 @@ redisReply *cdb_redis_command(cdb_redis *r, cdb_error *err, const char *fmt, ...
  */
 int cdb_redis_ping(cdb_redis *r, int64_t *rtt_us, char *memory, size_t memory_len, cdb_error *err);
 
+/*
+ * How many times Redis came back after this process saw it down. A change
+ * tells a caller that writes it could not make meanwhile may be missing
+ * (the query cache flushes pending generation bumps before trusting hits).
+ * NULL gives 0.
+ */
+uint64_t cdb_redis_recoveries(cdb_redis *r);
+
 /* The URL with the password redacted (owned by r). */
 const char *cdb_redis_display_url(const cdb_redis *r);
 

@@ -260,13 +260,17 @@ static int liveness_from_redis(cdb_service *svc, const cdb_principal *p)
 
 int cdb_auth_authenticate(cdb_service *svc, const char *token, cdb_principal *out, cdb_error *err)
 {
+    int rc = cdb_auth_verify_token(svc, token, out, err);
+    return rc < 0 ? rc : cdb_auth_check_session(svc, out, err);
+}
+
+int cdb_auth_check_session(cdb_service *svc, cdb_principal *out, cdb_error *err)
+{
     cdb_pool_conn *pc = NULL;
     PGresult *res = NULL;
     char timeout[16];
+    int rc = 0;
 
-    int rc = cdb_auth_verify_token(svc, token, out, err);
-    if (rc < 0)
-        return rc;
     int state = liveness_from_redis(svc, out);
     if (state == 1)
         return 0;

@@ -61,6 +61,7 @@ struct cdb_catalog {
     atomic_int refs;
     char *schema;
     PGresult *res;                 /* owns every name and type_name string */
+    PGresult *cascades;            /* (table, table it cascades into), sorted by the first */
     cdb_column *columns;           /* all roles' columns; tables point into it */
     role_tables roles[NROLES];
 };
@@ -93,6 +94,26 @@ static const char LOAD_SQL[] =
     " JOIN pg_type bt ON bt.oid = CASE WHEN t.typtype = 'd' THEN t.typbasetype ELSE t.oid END"
     " WHERE n.nspname = $1 AND c.relkind IN ('r', 'p', 'v', 'm')"
     " ORDER BY r.idx, c.relname COLLATE \"C\", a.attnum";
+
+/*
+ * $1 schema. Every pair (t, u) of tables of the schema where a write to t
+ * can change u through foreign keys with ON DELETE / ON UPDATE CASCADE, SET
+ * NULL or SET DEFAULT, followed transitively. The query cache invalidates u
+ * along with t.
+ */
+static const char CASCADES_SQL[] =
+    "WITH RECURSIVE fk(parent, child) AS ("
+    "  SELECT confrelid, conrelid FROM pg_constraint"
+    "  WHERE contype = 'f' AND (confdeltype IN ('c', 'n', 'd') OR confupdtype IN ('c', 'n', 'd'))),"
+    " reach(root, rel) AS ("
+    "  SELECT c.oid, c.oid FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace"
+    "  WHERE n.nspname = $1 AND c.relkind IN ('r', 'p')"
+    "  UNION SELECT r.root, fk.child FROM reach r JOIN fk ON fk.parent = r.rel)"
+    " SELECT pc.relname, cc.relname FROM reach r"
+    " JOIN pg_class pc ON pc.oid = r.root"
+    " JOIN pg_class cc ON cc.oid = r.rel JOIN pg_namespace cn ON cn.oid = cc.relnamespace"
+    " WHERE r.root <> r.rel AND cn.nspname = $1"
+    " ORDER BY pc.relname COLLATE \"C\", cc.relname COLLATE \"C\"";
 
 const char *cdb_catalog_db_role(cdb_role role)
 {
@@ -142,6 +163,7 @@ static void catalog_free(cdb_catalog *cat)
         free(cat->roles[i].tables);
     free(cat->columns);
     PQclear(cat->res);
+    PQclear(cat->cascades);
     free(cat->schema);
     free(cat);
 }
@@ -218,7 +240,8 @@ cdb_catalog *cdb_catalog_load(PGconn *conn, const char *schema, cdb_error *err)
         schema, cdb_catalog_db_role(CDB_ROLE_USER), cdb_catalog_db_role(CDB_ROLE_PREMIUM),
         cdb_catalog_db_role(CDB_ROLE_ADMIN),
     };
-    if (cdb_pg_exec(conn, LOAD_SQL, 4, params, &cat->res, err) < 0 || build(cat, err) < 0)
+    if (cdb_pg_exec(conn, LOAD_SQL, 4, params, &cat->res, err) < 0 || build(cat, err) < 0 ||
+        cdb_pg_exec(conn, CASCADES_SQL, 1, params, &cat->cascades, err) < 0)
         goto fail_free_catalog;
     return cat;
 
@@ -518,4 +541,14 @@ fail_undo_setup:
     free(cc->conninfo);
     cc->conninfo = NULL;
     return rc;
+}
+
+size_t cdb_catalog_cascades(const cdb_catalog *cat, const char *table, const char **out, size_t max)
+{
+    size_t n = 0;
+    int rows = cat && cat->cascades ? PQntuples(cat->cascades) : 0;
+    for (int row = 0; row < rows && n < max; row++)
+        if (strcmp(PQgetvalue(cat->cascades, row, 0), table) == 0)
+            out[n++] = PQgetvalue(cat->cascades, row, 1);
+    return n;
 }

@@ -6,6 +6,7 @@
  * reverse. Nothing here talks HTTP.
  */
 #include "coredb/service.h"
+#include "coredb/data.h"
 #include "coredb/log.h"
 #include "coredb/pg.h"
 
@@ -14,6 +15,21 @@
 #include <unistd.h>
 
 #define CACHE_MAX_ENTRIES 100000
+
+/*
+ * The query cache's resync after a Redis outage: apply what the outbox
+ * holds (generation bumps included). 0 once nothing is pending.
+ */
+static int resync_outbox(void *arg)
+{
+    cdb_service *svc = arg;
+    int applied = 0, pending = 0;
+    cdb_error err;
+    cdb_error_init(&err);
+    int rc = cdb_data_outbox_flush(svc, &applied, &pending, &err);
+    cdb_error_destroy(&err);
+    return rc == 0 && pending == 0 ? 0 : -1;
+}
 
 int cdb_service_open(cdb_service **out, const cdb_config *cfg,
                      const cdb_service_options *opt, cdb_error *err)
@@ -63,6 +79,11 @@ int cdb_service_open(cdb_service **out, const cdb_config *cfg,
         svc->pool = cdb_pool_new(&po, err);
         if (!svc->pool)
             goto fail;
+        svc->catalog = cdb_catalog_cache_new(svc->pool, cfg->postgres_schema);
+        if (!svc->catalog) {
+            cdb_error_set(err, CDB_ERR_INTERNAL_ERROR, "out of memory");
+            goto fail;
+        }
     }
 
     if (cfg->redis_url) {
@@ -73,10 +94,13 @@ int cdb_service_open(cdb_service **out, const cdb_config *cfg,
     }
     svc->cache = cdb_cache_new(svc->redis, CACHE_MAX_ENTRIES);
     svc->ratelimit = cdb_ratelimit_new(svc->redis);
-    if (!svc->cache || !svc->ratelimit) {
+    svc->qcache = svc->cache ? cdb_qcache_new(svc->cache, cfg->cache_ttl_s) : NULL;
+    if (!svc->cache || !svc->ratelimit || !svc->qcache) {
         cdb_error_set(err, CDB_ERR_INTERNAL_ERROR, "out of memory");
         goto fail;
     }
+    if (svc->pool)
+        cdb_qcache_set_resync(svc->qcache, svc->redis, resync_outbox, svc);
     *out = svc;
     return 0;
 
@@ -89,7 +113,9 @@ void cdb_service_close(cdb_service *svc)
 {
     if (!svc)
         return;
+    cdb_qcache_free(svc->qcache);
     cdb_ratelimit_free(svc->ratelimit);
+    cdb_catalog_cache_free(svc->catalog);
     cdb_cache_free(svc->cache);
     cdb_redis_free(svc->redis);
     cdb_pool_free(svc->pool);

@@ -21,6 +21,7 @@
 #include <sodium.h>
 
 #include "api/auth_internal.h"
+#include "coredb/data.h"
 #include "coredb/log.h"
 #include "coredb/pg.h"
 
@@ -68,7 +69,6 @@ int cdb_role_parse(const char *name)
 int cdb__fail(cdb_error *err, cdb_err code, const char *field, const char *fmt, ...)
 {
     va_list ap;
-    cdb_error_destroy(err);
     va_start(ap, fmt);
     cdb_error_vset(err, code, fmt, ap);
     va_end(ap);
@@ -365,6 +365,8 @@ int cdb_users_create(cdb_service *svc, const cdb_principal *caller, json_t *body
 out_release:
     PQclear(res);
     cdb__release(svc, pc);
+    if (rc == 0)
+        cdb_data_note_write(svc, "users");
     return rc;
 }
 
@@ -505,6 +507,8 @@ out_release:
     PQclear(res);
     PQclear(ended);
     cdb__release(svc, pc);
+    if (rc == 0)
+        cdb_data_note_write(svc, "users");
     return rc;
 }
 
@@ -545,6 +549,8 @@ out_release:
     PQclear(sessions);
     PQclear(res);
     cdb__release(svc, pc);
+    if (rc == 0)
+        cdb_data_note_write(svc, "users"); /* and the tables the delete cascaded into */
     return rc;
 }
 
@@ -638,5 +644,7 @@ int cdb_users_ensure_admin(cdb_service *svc, const char *email, const char *user
 out_release:
     PQclear(res);
     cdb__release(svc, pc);
+    if (rc == 0 && *created)
+        cdb_data_note_write(svc, "users");
     return rc;
 }

@@ -46,6 +46,15 @@ int cmd_serve(int argc, char **argv)
             cdb_log_info("serve.admin_created", "created the first admin %s%s", cfg.admin_email,
                          cfg.embedded ? "; its password is in the development secrets file" : "");
     }
+    /* The catalog follows DDL and grants through NOTIFY from here on; load it
+     * now so the first data request does not pay for it. */
+    if (cdb_catalog_cache_refresh(svc->catalog, &err) < 0) {
+        cdb_log_warn("serve.catalog", "catalog not loaded yet (%s); retried on first use",
+                     err.message);
+        cdb_error_destroy(&err);
+    }
+    if (cdb_catalog_cache_listen(svc->catalog, svc->conninfo, &err) < 0)
+        goto out;
     /* Builds the dummy hash unknown emails are checked against, so the first
      * such login costs what every later one does. */
     cdb_password_burn(&svc->password, "", 0);

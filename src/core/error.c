@@ -49,6 +49,9 @@ cdb_err cdb_error_vset(cdb_error *err, cdb_err code, const char *fmt, va_list ap
 {
     if (!err)
         return code;
+    /* a new failure replaces an earlier one whole: its details too */
+    json_decref(err->details);
+    err->details = NULL;
     err->code = code;
     vsnprintf(err->message, sizeof err->message, fmt, ap);
     return code;

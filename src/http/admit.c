@@ -60,9 +60,10 @@ bool cdb_admit_caller(cdb_request *r)
     if (mode == CDB_AUTH_PUBLIC)
         return true;
     if (r->bearer && mode >= CDB_AUTH_OPTIONAL) {
+        /* the signature was checked on the loop (request.c); now the session */
         cdb_error e;
         cdb_error_init(&e);
-        if (cdb_auth_authenticate(r->svc, r->bearer, &r->principal, &e) < 0) {
+        if (cdb_auth_check_session(r->svc, &r->principal, &e) < 0) {
             cdb_request_header(r, "WWW-Authenticate", "Bearer");
             cdb_request_fail(r, &e);
             return false;

@@ -11,6 +11,7 @@
 #include "coredb/timeutil.h"
 
 #include <stdio.h>
+#include <stdlib.h>
 
 #define HEALTH_ACQUIRE_BUDGET_MS 2000
 
@@ -21,8 +22,35 @@ static json_t *duration_ms_string(int64_t us)
     return json_string(buf);
 }
 
-/* Runs SELECT 1 on a pooled connection; *pending gets the pending count when asked. */
-static bool check_postgresql(cdb_service *svc, json_t *checks, int *pending)
+/*
+ * The Redis outbox backlog (data.h): operations of committed transactions
+ * that Redis has not taken yet. Informational: a backlog never makes the
+ * service DOWN, but a growing one says Redis is missing writes.
+ */
+static void check_outbox(PGconn *conn, json_t *checks)
+{
+    PGresult *res = NULL;
+    cdb_error err;
+    cdb_error_init(&err);
+    if (cdb_pg_exec(conn,
+                    "SELECT count(*), coalesce(floor(extract(epoch FROM now() - min(created_at))), 0)::bigint"
+                    " FROM coredb.redis_outbox",
+                    0, NULL, &res, &err) == 0) {
+        json_object_set_new(checks, "outbox",
+                            json_pack("{s:I,s:I}", "pending",
+                                      (json_int_t)strtoll(PQgetvalue(res, 0, 0), NULL, 10),
+                                      "oldest_seconds",
+                                      (json_int_t)strtoll(PQgetvalue(res, 0, 1), NULL, 10)));
+    }
+    PQclear(res);
+    cdb_error_destroy(&err);
+}
+
+/*
+ * Runs SELECT 1 on a pooled connection; *pending gets the pending count when
+ * asked, and checks gets the outbox backlog when outbox is set.
+ */
+static bool check_postgresql(cdb_service *svc, json_t *checks, int *pending, bool outbox)
 {
     cdb_error err;
     cdb_error_init(&err);
@@ -40,6 +68,8 @@ static bool check_postgresql(cdb_service *svc, json_t *checks, int *pending)
             if (*pending < 0)
                 up = false;
         }
+        if (up && outbox)
+            check_outbox(pgc, checks);
         cdb_pool_release(svc->pool, conn);
     }
     int64_t elapsed = cdb_mono_us() - start;
@@ -98,7 +128,7 @@ static json_t *report_skeleton(const char *status, json_t *checks)
 int cdb_health_report(cdb_service *svc, json_t **out)
 {
     json_t *checks = json_object();
-    bool pg_up = check_postgresql(svc, checks, NULL);
+    bool pg_up = check_postgresql(svc, checks, NULL, true);
     bool redis_up = svc->redis ? check_redis(svc, checks) : true;
     const char *status = !pg_up ? "DOWN" : redis_up ? "UP" : "DEGRADED";
     *out = report_skeleton(status, checks);
@@ -109,7 +139,7 @@ int cdb_health_ready(cdb_service *svc, json_t **out)
 {
     json_t *checks = json_object();
     int pending = -1;
-    bool pg_up = check_postgresql(svc, checks, &pending);
+    bool pg_up = check_postgresql(svc, checks, &pending, false);
     json_t *mig = json_object();
     json_object_set_new(mig, "pending", pending >= 0 ? json_integer(pending) : json_null());
     json_object_set_new(checks, "migrations", mig);

@@ -5,6 +5,7 @@
  */
 #include "coredb/jobs.h"
 #include "coredb/auth.h"
+#include "coredb/data.h"
 #include "coredb/log.h"
 #include "coredb/timeutil.h"
 
@@ -24,12 +25,24 @@ static int reap_sessions(cdb_service *svc, cdb_error *err)
     return rc;
 }
 
+/* Redis operations of committed transactions that Redis did not take yet. */
+static int flush_outbox(cdb_service *svc, cdb_error *err)
+{
+    int applied = 0, pending = 0;
+    int rc = cdb_data_outbox_flush(svc, &applied, &pending, err);
+    if (rc == 0 && applied > 0)
+        cdb_log_info("jobs.outbox_flushed", "applied %d pending Redis operations, %d left",
+                     applied, pending);
+    return rc;
+}
+
 static const struct {
     const char *name;
     int interval_s;
     job_fn run;
 } job_table[] = {
     {"reap_sessions", 60, reap_sessions},
+    {"flush_outbox", 1, flush_outbox},
 };
 #define NJOBS (sizeof job_table / sizeof job_table[0])
 

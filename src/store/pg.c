@@ -18,15 +18,6 @@
 
 #include "coredb/log.h"
 
-/* A fresh error replaces details left by an earlier failure. */
-static cdb_err set_error(cdb_error *err, cdb_err code, const char *msg)
-{
-    if (err) {
-        json_decref(err->details);
-        err->details = NULL;
-    }
-    return cdb_error_set(err, code, "%s", msg);
-}
 
 /*
  * Copies libpq's message into buf, lines joined by "; ", cut after the word
@@ -82,7 +73,7 @@ static int merged_options(const char *conninfo, int statement_timeout_ms, char *
         parsed = PQconninfoParse(conninfo, &perr);
         PQfreemem(perr);
         if (!parsed) {
-            rc = set_error(err, CDB_ERR_DATABASE_UNAVAILABLE,
+            rc = cdb_error_set(err, CDB_ERR_DATABASE_UNAVAILABLE, "%s",
                            "Unable to connect to PostgreSQL: invalid connection string");
             goto out_free_parsed;
         }
@@ -99,7 +90,7 @@ static int merged_options(const char *conninfo, int statement_timeout_ms, char *
         *out = strdup(existing);
     }
     if ((statement_timeout_ms > 0 || existing) && !*out)
-        rc = set_error(err, CDB_ERR_INTERNAL_ERROR, "Out of memory");
+        rc = cdb_error_set(err, CDB_ERR_INTERNAL_ERROR, "%s", "Out of memory");
 out_free_parsed:
     PQconninfoFree(parsed);
     return rc;
@@ -144,14 +135,14 @@ PGconn *cdb_pg_connect(const cdb_pg_settings *s, cdb_error *err)
     };
     conn = PQconnectdbParams(keys, vals, 1);
     if (!conn) {
-        set_error(err, CDB_ERR_INTERNAL_ERROR, "Out of memory");
+        cdb_error_set(err, CDB_ERR_INTERNAL_ERROR, "%s", "Out of memory");
         goto fail;
     }
     if (PQstatus(conn) != CONNECTION_OK) {
         sanitize_pq_message(PQerrorMessage(conn), false, detail, sizeof detail);
         sanitize_pq_message(PQerrorMessage(conn), true, first, sizeof first);
         cdb_log_warn("pg.connect_failed", "%s", detail);
-        set_error(err, CDB_ERR_DATABASE_UNAVAILABLE, "Unable to connect to PostgreSQL");
+        cdb_error_set(err, CDB_ERR_DATABASE_UNAVAILABLE, "%s", "Unable to connect to PostgreSQL");
         if (err && *first)
             snprintf(err->message, sizeof err->message, "Unable to connect to PostgreSQL: %.200s", first);
         cdb_error_detail(err, "database", json_string("postgresql"));
@@ -215,39 +206,39 @@ cdb_err cdb_pg_error_from_result(PGconn *conn, const PGresult *res, cdb_error *e
     if (!state)
         state = "";
     if (strcmp(state, "57014") == 0) {
-        code = set_error(err, CDB_ERR_DATABASE_TIMEOUT, "Database statement timed out");
+        code = cdb_error_set(err, CDB_ERR_DATABASE_TIMEOUT, "%s", "Database statement timed out");
         cdb_error_detail(err, "database", json_string("postgresql"));
     } else if (!res || !conn || PQstatus(conn) == CONNECTION_BAD || strncmp(state, "08", 2) == 0 ||
                strcmp(state, "57P01") == 0 || strcmp(state, "57P02") == 0 ||
                strcmp(state, "57P03") == 0) {
-        code = set_error(err, CDB_ERR_DATABASE_UNAVAILABLE, "Database unavailable");
+        code = cdb_error_set(err, CDB_ERR_DATABASE_UNAVAILABLE, "%s", "Database unavailable");
         cdb_error_detail(err, "database", json_string("postgresql"));
     } else if (strcmp(state, "23505") == 0) {
-        code = set_error(err, CDB_ERR_CONFLICT, "A record with the same unique value already exists");
+        code = cdb_error_set(err, CDB_ERR_CONFLICT, "%s", "A record with the same unique value already exists");
         if ((field = PQresultErrorField(res, PG_DIAG_CONSTRAINT_NAME)))
             cdb_error_detail(err, "constraint", json_string(field));
         json_t *cols = unique_key_columns(res);
         if (cols)
             cdb_error_detail(err, "field", cols);
     } else if (strcmp(state, "23502") == 0) {
-        code = set_error(err, CDB_ERR_VALIDATION_FAILED, "A required value is missing");
+        code = cdb_error_set(err, CDB_ERR_VALIDATION_FAILED, "%s", "A required value is missing");
         if ((field = PQresultErrorField(res, PG_DIAG_COLUMN_NAME)))
             cdb_error_detail(err, "field", json_string(field));
     } else if (strcmp(state, "23514") == 0) {
-        code = set_error(err, CDB_ERR_VALIDATION_FAILED, "A value violates a check constraint");
+        code = cdb_error_set(err, CDB_ERR_VALIDATION_FAILED, "%s", "A value violates a check constraint");
         if ((field = PQresultErrorField(res, PG_DIAG_CONSTRAINT_NAME)))
             cdb_error_detail(err, "constraint", json_string(field));
     } else if (strcmp(state, "23503") == 0) {
-        code = set_error(err, CDB_ERR_VALIDATION_FAILED,
+        code = cdb_error_set(err, CDB_ERR_VALIDATION_FAILED, "%s",
                          "A referenced record does not exist or is still referenced");
         if ((field = PQresultErrorField(res, PG_DIAG_CONSTRAINT_NAME)))
             cdb_error_detail(err, "constraint", json_string(field));
     } else if (strncmp(state, "22", 2) == 0) {
-        code = set_error(err, CDB_ERR_VALIDATION_FAILED, "Invalid value");
+        code = cdb_error_set(err, CDB_ERR_VALIDATION_FAILED, "%s", "Invalid value");
     } else if (strcmp(state, "42501") == 0) {
-        code = set_error(err, CDB_ERR_FORBIDDEN, "Permission denied");
+        code = cdb_error_set(err, CDB_ERR_FORBIDDEN, "%s", "Permission denied");
     } else {
-        code = set_error(err, CDB_ERR_INTERNAL_ERROR, "Internal database error");
+        code = cdb_error_set(err, CDB_ERR_INTERNAL_ERROR, "%s", "Internal database error");
     }
     if (*state)
         cdb_error_detail(err, "sqlstate", json_string(state));

@@ -19,6 +19,7 @@
 #include <ctype.h>
 #include <limits.h>
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -50,6 +51,7 @@ struct cdb_redis {
     bool down;                   /* last outcome was a failure */
     bool probing;                /* a caller is trying to reconnect */
     int backoff_ms;              /* next down interval */
+    _Atomic uint64_t recoveries; /* times Redis came back after being down */
     int64_t retry_at_ms;         /* while down, no connect before this */
 };
 
@@ -254,8 +256,10 @@ static void mark_down_locked(cdb_redis *r, const char *why)
 /* Caller holds r->mu. */
 static void mark_up_locked(cdb_redis *r)
 {
-    if (r->down)
+    if (r->down) {
         cdb_log_info("redis_recovered", "Redis %s available again", r->display_url);
+        atomic_fetch_add(&r->recoveries, 1);
+    }
     r->down = false;
     r->backoff_ms = BACKOFF_MIN_MS;
 }
@@ -491,4 +495,9 @@ out_release:
 const char *cdb_redis_display_url(const cdb_redis *r)
 {
     return r->display_url;
+}
+
+uint64_t cdb_redis_recoveries(cdb_redis *r)
+{
+    return r ? atomic_load(&r->recoveries) : 0;
 }

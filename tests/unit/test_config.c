@@ -209,7 +209,7 @@ static void test_invalid_values(void **state)
         {"ACCESS_TOKEN_TTL", "10ms", "ACCESS_TOKEN_TTL:"},
         {"REFRESH_TOKEN_TTL", "", NULL}, /* empty = unset: valid */
         {"SESSION_TIMEOUT", "1.5h", "SESSION_TIMEOUT:"},
-        {"CACHE_TTL", "0", "CACHE_TTL:"},
+        {"CACHE_TTL", "-1", "CACHE_TTL:"},
         {"LOG_LEVEL", "loud", "LOG_LEVEL:"},
         {"DB_SSLMODE", "maybe", "DB_SSLMODE:"},
         {"DEBUG", "maybe", "DEBUG:"},

@@ -1,0 +1,318 @@
+/*
+ * data_common.c - the pieces the query and transaction paths of the data API
+ * share (data_internal.h): the transaction prelude that puts a request under
+ * its caller's database role and row-level security, pipelined result
+ * reading, PostgreSQL error mapping, and caller Redis namespaces.
+ */
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "api/data_internal.h"
+#include "coredb/catalog.h"
+#include "coredb/log.h"
+#include "coredb/pg.h"
+
+int cdb_data_fail(cdb_error *err, cdb_err code, const char *key, const char *value,
+                  const char *fmt, ...)
+{
+    va_list ap;
+    if (!err)
+        return code;
+    va_start(ap, fmt);
+    cdb_error_vset(err, code, fmt, ap);
+    va_end(ap);
+    if (key)
+        cdb_error_detail(err, key, json_string(value ? value : ""));
+    return code;
+}
+
+PGconn *cdb_data_acquire(cdb_service *svc, cdb_pool_conn **pc, cdb_error *err)
+{
+    *pc = NULL;
+    if (!svc->pool) {
+        cdb_data_fail(err, CDB_ERR_DATABASE_UNAVAILABLE, NULL, NULL, "Database unavailable");
+        return NULL;
+    }
+    *pc = cdb_pool_acquire(svc->pool, 0, err);
+    return *pc ? cdb_pool_conn_pg(*pc) : NULL;
+}
+
+int cdb_data_ensure_namespace(cdb_service *svc, cdb_error *err)
+{
+    if (cdb_qcache_has_namespace(svc->qcache))
+        return 0;
+    cdb_pool_conn *pc = NULL;
+    PGresult *res = NULL;
+    int rc;
+    PGconn *conn = cdb_data_acquire(svc, &pc, err);
+    if (!conn)
+        return err->code;
+    rc = cdb_pg_exec(conn, "SELECT id::text FROM coredb.deployment", 0, NULL, &res, err);
+    if (rc == 0 && PQntuples(res) == 1)
+        cdb_qcache_set_namespace(svc->qcache, PQgetvalue(res, 0, 0));
+    else if (rc == 0)
+        rc = cdb_data_fail(err, CDB_ERR_DATABASE_UNAVAILABLE, NULL, NULL,
+                           "Database not ready: migrations pending");
+    PQclear(res);
+    cdb_data_release(svc, pc);
+    return rc;
+}
+
+void cdb_data_release(cdb_service *svc, cdb_pool_conn *pc)
+{
+    if (!pc)
+        return;
+    PGconn *conn = cdb_pool_conn_pg(pc);
+    /* Every pipeline is read through its sync, so leaving it only fails on a
+     * connection in an unknown state; the pool closes such a one (not idle). */
+    if (PQpipelineStatus(conn) != PQ_PIPELINE_OFF && !PQexitPipelineMode(conn))
+        cdb_log_warn("data.pipeline", "connection left in pipeline mode; closing it");
+    PGTransactionStatusType ts = PQtransactionStatus(conn);
+    if (ts == PQTRANS_INTRANS || ts == PQTRANS_INERROR)
+        PQclear(PQexec(conn, "ROLLBACK"));
+    cdb_pool_release(svc->pool, pc);
+}
+
+int cdb_data_send_prelude(PGconn *conn, const cdb_principal *p, cdb_error *err)
+{
+    static const char settings[] =
+        "SELECT set_config('app.current_user_id', $1, true), set_config('app.current_role', $2, true)";
+    const char *db_role = p ? cdb_catalog_db_role(p->role) : NULL;
+    char set_role[64];
+
+    if (!db_role)
+        return cdb_data_fail(err, CDB_ERR_FORBIDDEN, NULL, NULL, "Authentication required");
+    /* db_role is one of the fixed role names of the migrations, never user text */
+    snprintf(set_role, sizeof set_role, "SET LOCAL ROLE \"%s\"", db_role);
+    const char *params[2] = {p->user_id, cdb_role_name(p->role)};
+    if (!PQsendQueryParams(conn, "BEGIN", 0, NULL, NULL, NULL, NULL, 0) ||
+        !PQsendQueryParams(conn, set_role, 0, NULL, NULL, NULL, NULL, 0) ||
+        !PQsendQueryParams(conn, settings, 2, NULL, params, NULL, NULL, 0))
+        return cdb_data_pg_error(conn, NULL, NULL, err);
+    return 0;
+}
+
+int cdb_data_pipeline_read(PGconn *conn, PGresult **out, int n, int *failed,
+                           const char *context_field, cdb_error *err)
+{
+    PGresult *bad = NULL;
+    int bad_index = -1, rc = 0;
+    bool lost = false;
+
+    for (int i = 0; i < n; i++) {
+        if (out)
+            out[i] = NULL;
+    }
+    for (int i = 0; i < n && !lost; i++) {
+        PGresult *res = PQgetResult(conn);
+        if (!res) {
+            lost = true;
+            break;
+        }
+        /* each statement's results end with a NULL */
+        for (PGresult *extra; (extra = PQgetResult(conn));)
+            PQclear(extra);
+        ExecStatusType st = PQresultStatus(res);
+        if (st == PGRES_FATAL_ERROR && !bad) {
+            bad = res;
+            bad_index = i;
+            lost = PQstatus(conn) == CONNECTION_BAD;
+            continue;
+        }
+        if (out && (st == PGRES_TUPLES_OK || st == PGRES_COMMAND_OK))
+            out[i] = res;
+        else
+            PQclear(res);
+    }
+    if (!lost) {
+        PGresult *sync = PQgetResult(conn);
+        if (!sync || PQresultStatus(sync) != PGRES_PIPELINE_SYNC)
+            lost = true;
+        PQclear(sync);
+    }
+    if (bad || lost) {
+        /* out of pipeline mode, so cdb_data_pg_error may look a constraint up */
+        if (!lost)
+            PQexitPipelineMode(conn);
+        rc = cdb_data_pg_error(conn, bad, context_field, err);
+        for (int i = 0; out && i < n; i++) {
+            PQclear(out[i]);
+            out[i] = NULL;
+        }
+    }
+    PQclear(bad);
+    if (failed)
+        *failed = rc < 0 ? bad_index : -1;
+    return rc;
+}
+
+int cdb_data_begin(PGconn *conn, const cdb_principal *p, cdb_error *err)
+{
+    int rc;
+    if (!PQenterPipelineMode(conn))
+        return cdb_data_pg_error(conn, NULL, NULL, err);
+    if ((rc = cdb_data_send_prelude(conn, p, err)) < 0)
+        goto out_exit;
+    if (!PQpipelineSync(conn)) {
+        rc = cdb_data_pg_error(conn, NULL, NULL, err);
+        goto out_exit;
+    }
+    rc = cdb_data_pipeline_read(conn, NULL, CDB_DATA_PRELUDE_COUNT, NULL, NULL, err);
+
+out_exit:
+    if (PQpipelineStatus(conn) != PQ_PIPELINE_OFF && !PQexitPipelineMode(conn) && rc == 0)
+        rc = cdb_data_pg_error(conn, NULL, NULL, err);
+    return rc;
+}
+
+/* The columns of "Key (a, b)=(...)" in a violation's detail, as a JSON array. */
+static json_t *key_detail_columns(const PGresult *res)
+{
+    const char *d = PQresultErrorField(res, PG_DIAG_MESSAGE_DETAIL);
+    if (!d || strncmp(d, "Key (", 5) != 0)
+        return NULL;
+    d += 5;
+    size_t n = strcspn(d, ")");
+    if (n == 0 || strncmp(d + n, ")=(", 3) != 0 ||
+        strspn(d, "abcdefghijklmnopqrstuvwxyz0123456789_, ") != n)
+        return NULL;
+    json_t *cols = json_array();
+    for (const char *s = d, *end = d + n; cols && s < end;) {
+        size_t m = strcspn(s, ",");
+        if (s + m > end)
+            m = (size_t)(end - s);
+        json_array_append_new(cols, json_stringn(s, m));
+        s += m;
+        s += strspn(s, ", ");
+    }
+    return cols;
+}
+
+/*
+ * The columns of the constraint (or unique index) named in res, from the
+ * catalog. PostgreSQL leaves them out of the message under row-level
+ * security, so this needs a query: only on a plain connection, after rolling
+ * back the failed transaction.
+ */
+static json_t *constraint_columns(PGconn *conn, const PGresult *res)
+{
+    static const char sql[] =
+        "SELECT coalesce("
+        " (SELECT json_agg(a.attname ORDER BY k.ord) FROM pg_constraint c"
+        "   JOIN pg_class t ON t.oid = c.conrelid"
+        "   JOIN pg_namespace n ON n.oid = t.relnamespace"
+        "   CROSS JOIN LATERAL unnest(c.conkey) WITH ORDINALITY AS k(attnum, ord)"
+        "   JOIN pg_attribute a ON a.attrelid = c.conrelid AND a.attnum = k.attnum"
+        "  WHERE c.conname = $1 AND n.nspname = $2 AND t.relname = $3),"
+        " (SELECT json_agg(a.attname ORDER BY a.attnum) FROM pg_class i"
+        "   JOIN pg_namespace n ON n.oid = i.relnamespace"
+        "   JOIN pg_depend d ON d.classid = 'pg_class'::regclass AND d.objid = i.oid"
+        "    AND d.refclassid = 'pg_class'::regclass AND d.refobjsubid > 0"
+        "   JOIN pg_attribute a ON a.attrelid = d.refobjid AND a.attnum = d.refobjsubid"
+        "  WHERE i.relname = $1 AND n.nspname = $2 AND i.relkind = 'i'))::text";
+    const char *params[3] = {PQresultErrorField(res, PG_DIAG_CONSTRAINT_NAME),
+                             PQresultErrorField(res, PG_DIAG_SCHEMA_NAME),
+                             PQresultErrorField(res, PG_DIAG_TABLE_NAME)};
+    json_t *cols = NULL;
+
+    if (!conn || !params[0] || !params[1] || !params[2] ||
+        PQpipelineStatus(conn) != PQ_PIPELINE_OFF || PQstatus(conn) != CONNECTION_OK)
+        return NULL;
+    PGTransactionStatusType ts = PQtransactionStatus(conn);
+    if (ts == PQTRANS_INERROR)
+        PQclear(PQexec(conn, "ROLLBACK"));
+    else if (ts != PQTRANS_IDLE)
+        return NULL;
+    PGresult *r = PQexecParams(conn, sql, 3, NULL, params, NULL, NULL, 0);
+    if (PQresultStatus(r) == PGRES_TUPLES_OK && PQntuples(r) == 1 && !PQgetisnull(r, 0, 0))
+        cols = json_loads(PQgetvalue(r, 0, 0), 0, NULL);
+    PQclear(r);
+    if (cols && (!json_is_array(cols) || json_array_size(cols) == 0)) {
+        json_decref(cols);
+        cols = NULL;
+    }
+    return cols;
+}
+
+cdb_err cdb_data_pg_error(PGconn *conn, const PGresult *res, const char *context_field,
+                          cdb_error *err)
+{
+    cdb_err code = cdb_pg_error_from_result(conn, res, err);
+    const char *state = res ? PQresultErrorField(res, PG_DIAG_SQLSTATE) : NULL;
+    const char *msg = res ? PQresultErrorField(res, PG_DIAG_MESSAGE_PRIMARY) : NULL;
+    const char *column = res ? PQresultErrorField(res, PG_DIAG_COLUMN_NAME) : NULL;
+
+    if (!state || !err)
+        return code;
+    if (strcmp(state, "42501") == 0) {
+        if (msg && strstr(msg, "row-level security"))
+            cdb_error_set(err, CDB_ERR_FORBIDDEN, "The row is not allowed by the access policy");
+    } else if (strcmp(state, "23505") == 0) {
+        json_t *cols = key_detail_columns(res);
+        if (!cols)
+            cols = constraint_columns(conn, res);
+        if (cols) {
+            cdb_error_detail(err, "field", json_incref(json_array_get(cols, 0)));
+            cdb_error_detail(err, "fields", cols);
+        }
+    } else if (strcmp(state, "23503") == 0 || strcmp(state, "23514") == 0) {
+        json_t *cols = column ? NULL : key_detail_columns(res);
+        if (!column && !cols)
+            cols = constraint_columns(conn, res);
+        if (column)
+            cdb_error_detail(err, "field", json_string(column));
+        else if (cols)
+            cdb_error_detail(err, "field", json_incref(json_array_get(cols, 0)));
+        json_decref(cols);
+    } else if (strncmp(state, "22", 2) == 0 && context_field) {
+        cdb_error_detail(err, "field", json_string(context_field));
+    }
+    return code;
+}
+
+const char *cdb_data_redis_prefix(const cdb_principal *p, char *buf, size_t len)
+{
+    int n;
+    if (!p)
+        return NULL;
+    switch (p->role) {
+    case CDB_ROLE_ADMIN:
+        n = snprintf(buf, len, "app:");
+        break;
+    case CDB_ROLE_USER:
+    case CDB_ROLE_PREMIUM:
+        if (!p->user_id[0])
+            return NULL;
+        n = snprintf(buf, len, "app:user:%s:", p->user_id);
+        break;
+    default:
+        return NULL;
+    }
+    return n > 0 && (size_t)n < len ? buf : NULL;
+}
+
+int cdb_data_redis_key(const cdb_principal *p, const json_t *key, char **out, cdb_error *err)
+{
+    char prefix[64];
+    *out = NULL;
+    if (!cdb_data_redis_prefix(p, prefix, sizeof prefix))
+        return cdb_data_fail(err, CDB_ERR_FORBIDDEN, NULL, NULL, "Authentication required");
+    if (!json_is_string(key))
+        return cdb_data_fail(err, CDB_ERR_VALIDATION_FAILED, "field", "key",
+                             "key must be a string");
+    size_t n = json_string_length(key);
+    const char *s = json_string_value(key);
+    if (n == 0 || n > CDB_DATA_REDIS_KEY_MAX || memchr(s, '\0', n))
+        return cdb_data_fail(err, CDB_ERR_VALIDATION_FAILED, "field", "key",
+                             "key must be 1 to %d bytes without NUL", CDB_DATA_REDIS_KEY_MAX);
+    size_t plen = strlen(prefix);
+    char *k = malloc(plen + n + 1);
+    if (!k)
+        return cdb_data_fail(err, CDB_ERR_INTERNAL_ERROR, NULL, NULL, "Out of memory");
+    memcpy(k, prefix, plen);
+    memcpy(k + plen, s, n + 1);
+    *out = k;
+    return 0;
+}

@@ -1,0 +1,110 @@
+/*
+ * data_internal.h - what the query path (data_query.c) and the transaction
+ * path (data_tx.c) share: the prelude that opens every data request's
+ * transaction under the caller's database role, reading pipelined results,
+ * mapping PostgreSQL failures to the data API's errors, and the caller's
+ * Redis namespace. Implemented in data_common.c.
+ *
+ * Every request runs on ONE pooled connection in ONE transaction:
+ *   BEGIN; SET LOCAL ROLE <db role>;
+ *   SELECT set_config('app.current_user_id', $1, true), set_config('app.current_role', $2, true);
+ *   ...statements...; COMMIT
+ * and the SQL of that prelude lives only in data_common.c.
+ */
+#ifndef COREDB_DATA_INTERNAL_H
+#define COREDB_DATA_INTERNAL_H
+
+#include <jansson.h>
+#include <libpq-fe.h>
+#include <stddef.h>
+
+#include "coredb/auth.h"
+#include "coredb/error.h"
+#include "coredb/service.h"
+
+/* Longest Redis key a caller may name (bytes, before the namespace prefix). */
+#define CDB_DATA_REDIS_KEY_MAX 512
+
+/* How many results cdb_data_send_prelude queues (BEGIN, SET LOCAL ROLE, settings). */
+#define CDB_DATA_PRELUDE_COUNT 3
+
+/*
+ * Replaces err entirely (old details dropped) with code and message, plus
+ * details[key] = value when key is not NULL. Returns code.
+ */
+int cdb_data_fail(cdb_error *err, cdb_err code, const char *key, const char *value,
+                  const char *fmt, ...) __attribute__((format(printf, 5, 6)));
+
+/*
+ * Loads the deployment id that namespaces the cache keys (qcache.h) the
+ * first time it is needed; every data request calls it before touching a
+ * key. DATABASE_UNAVAILABLE while the database cannot tell (down, or
+ * migrations pending).
+ */
+int cdb_data_ensure_namespace(cdb_service *svc, cdb_error *err);
+
+/* A pooled connection (NULL + err when none). */
+PGconn *cdb_data_acquire(cdb_service *svc, cdb_pool_conn **pc, cdb_error *err);
+/*
+ * Gives a connection back clean: leaves pipeline mode (draining what is
+ * pending), rolls back an open transaction; anything doubtful is left to
+ * cdb_pool_release, which closes the connection. pc may be NULL.
+ */
+void cdb_data_release(cdb_service *svc, cdb_pool_conn *pc);
+
+/*
+ * Queues the prelude on conn, which must be in pipeline mode:
+ * CDB_DATA_PRELUDE_COUNT results follow. FORBIDDEN for an anonymous caller.
+ */
+int cdb_data_send_prelude(PGconn *conn, const cdb_principal *p, cdb_error *err);
+
+/*
+ * After PQpipelineSync: reads the results of n queued statements and the
+ * sync that ends them. out (may be NULL) receives each statement's result
+ * (caller PQclears them; NULL where none). Returns 0 when every statement
+ * succeeded; otherwise the first failure mapped by cdb_data_pg_error (with
+ * context_field), *failed (may be NULL) = its 0-based index, the
+ * transaction is aborted and the connection has left pipeline mode.
+ * *failed = -1 when no statement failed (or the connection was lost).
+ */
+int cdb_data_pipeline_read(PGconn *conn, PGresult **out, int n, int *failed,
+                           const char *context_field, cdb_error *err);
+
+/*
+ * BEGIN + SET LOCAL ROLE + settings in one round trip (pipelined). On
+ * failure the connection may be in a failed transaction: release it with
+ * cdb_data_release.
+ */
+int cdb_data_begin(PGconn *conn, const cdb_principal *p, cdb_error *err);
+
+/*
+ * cdb_pg_error_from_result with the data API's refinements:
+ *  42501 (privilege, or "new row violates row-level security") -> FORBIDDEN;
+ *  23505 -> CONFLICT with details.fields (the constraint's columns, array) and
+ *           details.field (the first of them) — when PostgreSQL hides the key
+ *           (it does under RLS) and conn is a plain (not pipelined) connection
+ *           in a failed transaction, this ROLLS BACK and looks the columns up;
+ *  23502 -> VALIDATION_FAILED, details.field = the column;
+ *  23503 / 23514 -> VALIDATION_FAILED, details.field = the column when known;
+ *  22xxx (a value that does not fit its type) -> VALIDATION_FAILED with
+ *           details.field = context_field when given.
+ * The query path maps 22P02/22007/22008/22003/42883 to INVALID_FILTER itself.
+ */
+cdb_err cdb_data_pg_error(PGconn *conn, const PGresult *res, const char *context_field,
+                          cdb_error *err);
+
+/*
+ * The caller's Redis namespace into buf: "app:user:<user_id>:" for user and
+ * premium, "app:" for admin. Returns buf, or NULL for an anonymous caller or
+ * a too small buf (64 bytes are enough).
+ */
+const char *cdb_data_redis_prefix(const cdb_principal *p, char *buf, size_t len);
+
+/*
+ * Validates a key named by the caller (a non-empty JSON string of at most
+ * CDB_DATA_REDIS_KEY_MAX bytes, no NUL) and gives *out = prefix + key
+ * (malloc'd). VALIDATION_FAILED with details.field "key" otherwise.
+ */
+int cdb_data_redis_key(const cdb_principal *p, const json_t *key, char **out, cdb_error *err);
+
+#endif

@@ -1,0 +1,1132 @@
+/*
+ * data_tx.c - POST /data/transaction and the Redis outbox (data.h).
+ *
+ * A request is validated whole and turned into its statements before a
+ * connection is taken, so a bad operation costs no database work. Then one
+ * pipeline, one round trip, runs on one pooled connection:
+ *   BEGIN; SET LOCAL ROLE; settings (data_common.c) ; op 1 ; ... ; op n ;
+ *   RESET ROLE ; INSERT INTO coredb.redis_outbox ... ; COMMIT
+ * The first failing statement aborts the rest and the transaction, and its
+ * error names the operation. RESET ROLE is needed because the outbox belongs
+ * to the service's login role, which the app roles have no rights on.
+ *
+ * The outbox rows are the request's Redis operations and one "incr" of the
+ * cache generation key (qcache.h) per table written: that incr IS the cache
+ * invalidation, so it survives a Redis outage like the caller's own ops.
+ * Generation bumps come first, so a partial apply still invalidates.
+ * Right after the commit the rows are applied in seq order and deleted. They
+ * are locked (FOR UPDATE SKIP LOCKED) while being applied, as the background
+ * flush does, so a row is never applied by both at once; what could not be
+ * applied stays for cdb_data_outbox_flush and is reported "pending". Delivery
+ * is at least once: a crash between applying a row and deleting it applies
+ * it again. A Redis error reply that retrying cannot fix (WRONGTYPE, INCR of
+ * a non-integer) consumes the row and is reported "failed", so one bad row
+ * never blocks the queue.
+ *
+ * Without Redis the rows are applied to the in-process cache; EXPIRE there
+ * is a read and a re-set with the new TTL (not atomic against a concurrent
+ * writer of the same key, which only an in-process cache can have).
+ */
+#include <limits.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <sodium.h>
+
+#include "api/data_internal.h"
+#include "api/sqlbuild.h"
+#include "coredb/data.h"
+#include "coredb/log.h"
+#include "coredb/pg.h"
+#include "coredb/qcache.h"
+#include "coredb/timeutil.h"
+
+#define TX_MAX_OPS 100
+#define TX_MAX_GEN 200             /* tables one transaction may change, cascades included */
+#define OUTBOX_BATCH "500"        /* rows per flush, spelled for the SQL */
+#define GEN_KEY_LEN 200
+
+typedef enum op_kind { OP_INSERT, OP_UPDATE, OP_DELETE, OP_UPSERT, OP_SET, OP_DEL, OP_EXPIRE, OP_INCR } op_kind;
+
+static const char *const op_names[] = {
+    [OP_INSERT] = "insert", [OP_UPDATE] = "update", [OP_DELETE] = "delete", [OP_UPSERT] = "upsert",
+    [OP_SET] = "set", [OP_DEL] = "del", [OP_EXPIRE] = "expire", [OP_INCR] = "incr",
+};
+
+/* One operation of the request, validated. Strings not owned point into the request. */
+typedef struct tx_op {
+    op_kind kind;
+    const cdb_table *table;        /* PostgreSQL: the catalog's table */
+    json_t *values;                /* PostgreSQL: the request's "data" (borrowed) */
+    char *sql;                     /* PostgreSQL: the statement, owned */
+    char **params;                 /* PostgreSQL: owned, nparams of them (NULL = SQL NULL) */
+    int nparams;
+    bool rows;                     /* PostgreSQL: RETURNING row JSON, else the count only */
+    const char *key;               /* Redis: as the caller named it */
+    char *full_key;                /* Redis: in the caller's namespace, owned */
+    const char *value;             /* set */
+    int ttl;                       /* set (0: none), expire */
+    json_t *data;                  /* the result's data, owned */
+    const char *status;            /* "success" | "pending" | "failed" */
+    char *refusal;                 /* "failed": what Redis said, owned */
+} tx_op;
+
+/* One coredb.redis_outbox row of this transaction; seq = index + 1. */
+typedef struct outbox_row {
+    const char *op;
+    const char *key;
+    const char *value;
+    int ttl;
+    tx_op *from;                   /* NULL for a generation bump */
+} outbox_row;
+
+typedef struct tx {
+    cdb_service *svc;
+    const cdb_principal *caller;
+    cdb_catalog *cat;              /* ref'd on the first PostgreSQL op */
+    char id[37];
+    tx_op ops[TX_MAX_OPS];
+    int nops;
+    int pg_ops[TX_MAX_OPS];        /* indexes into ops of the PostgreSQL ops, in order */
+    int npg;
+    outbox_row rows[TX_MAX_OPS + TX_MAX_GEN]; /* the Redis ops and one bump per table changed */
+    int nrows;
+    char gen_keys[TX_MAX_GEN][GEN_KEY_LEN];
+    int ngen;
+} tx;
+
+/* How applying one outbox row went. */
+typedef enum apply_rc { APPLY_DONE, APPLY_REFUSED, APPLY_DOWN } apply_rc;
+
+/* Fails operation i (0-based) with details.operation and details.field. */
+static int op_fail(cdb_error *err, int i, cdb_err code, const char *field, const char *fmt, ...)
+    __attribute__((format(printf, 5, 6)));
+static int op_fail(cdb_error *err, int i, cdb_err code, const char *field, const char *fmt, ...)
+{
+    va_list ap;
+    cdb_error_destroy(err);
+    va_start(ap, fmt);
+    cdb_error_vset(err, code, fmt, ap);
+    va_end(ap);
+    cdb_error_detail(err, "operation", json_integer(i + 1));
+    if (field)
+        cdb_error_detail(err, "field", json_string(field));
+    return code;
+}
+
+/* Adds details.operation to an error another module filled. */
+static int op_tag(cdb_error *err, int i, int rc)
+{
+    cdb_error_detail(err, "operation", json_integer(i + 1));
+    return rc;
+}
+
+static int oom(cdb_error *err)
+{
+    return cdb_error_set(err, CDB_ERR_INTERNAL_ERROR, "out of memory");
+}
+
+/* A random (version 4) UUID. */
+static void new_uuid(char out[37])
+{
+    unsigned char b[16];
+    if (sodium_init() < 0)
+        cdb_log_error("data.sodium_init_failed", "libsodium failed to initialize");
+    randombytes_buf(b, sizeof b);
+    b[6] = (unsigned char)((b[6] & 0x0f) | 0x40);
+    b[8] = (unsigned char)((b[8] & 0x3f) | 0x80);
+    snprintf(out, 37, "%02x%02x%02x%02x-%02x%02x-%02x%02x-%02x%02x-%02x%02x%02x%02x%02x%02x",
+             b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7], b[8], b[9], b[10], b[11], b[12],
+             b[13], b[14], b[15]);
+}
+
+/* ---- building PostgreSQL operations ---- */
+
+/* Column name of t with privileges priv, or NULL after failing op i with UNKNOWN_COLUMN. */
+static const cdb_column *op_column(const cdb_table *t, const char *name, unsigned priv, int i,
+                                   cdb_error *err)
+{
+    const cdb_column *c = cdb_catalog_column(t, name);
+    if (c && (c->privs & priv) == priv)
+        return c;
+    cdb_data_fail(err, CDB_ERR_UNKNOWN_COLUMN, "column", name,
+                  "Unknown column for this operation: %.100s", name);
+    op_tag(err, i, 0);
+    return NULL;
+}
+
+/* Moves the statement out of q into op (q is reset). */
+static int take_sql(cdb_sql *q, tx_op *op, cdb_error *err)
+{
+    if (q->oom)
+        return oom(err);
+    op->sql = strdup(q->text);
+    op->params = calloc((size_t)q->nparams + 1, sizeof *op->params);
+    if (!op->sql || !op->params)
+        return oom(err);
+    for (op->nparams = 0; op->nparams < q->nparams; op->nparams++) {
+        const char *p = q->params[op->nparams];
+        if (p && !(op->params[op->nparams] = strdup(p)))
+            return oom(err);
+    }
+    cdb_sql_reset(q);
+    return 0;
+}
+
+/*
+ * Appends data (column -> value) as ' ("a", "b") VALUES ($1, $2)' or, for
+ * set_list, '"a" = $1, "b" = $2'; each column needs priv and each value must
+ * fit its column.
+ */
+static int append_values(cdb_sql *q, const cdb_table *t, json_t *data, unsigned priv, bool set_list,
+                         int i, cdb_error *err)
+{
+    const char *name;
+    json_t *v;
+    bool first = true;
+
+    if (!json_is_object(data) || json_object_size(data) == 0)
+        return op_fail(err, i, CDB_ERR_VALIDATION_FAILED, "data",
+                       "data must be a non-empty object of column values");
+    if (!set_list) {
+        cdb_sql_append(q, " (");
+        json_object_foreach(data, name, v) {
+            const cdb_column *c = op_column(t, name, priv, i, err);
+            if (!c)
+                return CDB_ERR_UNKNOWN_COLUMN;
+            cdb_sql_append(q, first ? "" : ", ");
+            cdb_sql_ident(q, c->name);
+            first = false;
+        }
+        cdb_sql_append(q, ") VALUES (");
+        first = true;
+    }
+    json_object_foreach(data, name, v) {
+        const cdb_column *c = op_column(t, name, priv, i, err);
+        char *text = NULL;
+        int rc;
+        if (!c)
+            return CDB_ERR_UNKNOWN_COLUMN;
+        if ((rc = cdb_sql_value_text(v, c, name, &text, err)) < 0)
+            return op_tag(err, i, rc);
+        cdb_sql_append(q, first ? "" : ", ");
+        if (set_list) {
+            cdb_sql_ident(q, c->name);
+            cdb_sql_append(q, " = ");
+        }
+        rc = cdb_sql_param(q, text);
+        free(text);
+        if (rc < 0)
+            return op_fail(err, i, CDB_ERR_VALIDATION_FAILED, "data", "Too many values");
+        first = false;
+    }
+    if (!set_list)
+        cdb_sql_append(q, ")");
+    return 0;
+}
+
+/* " ON CONFLICT (...) DO UPDATE SET c = EXCLUDED.c, ..." or " DO NOTHING". */
+static int append_conflict(cdb_sql *q, const cdb_table *t, json_t *cols, json_t *data, int i,
+                           cdb_error *err)
+{
+    size_t k;
+    json_t *v;
+    const char *name;
+    bool first = true;
+
+    if (!json_is_array(cols) || json_array_size(cols) == 0)
+        return op_fail(err, i, CDB_ERR_VALIDATION_FAILED, "conflict_columns",
+                       "upsert needs conflict_columns, a non-empty array of column names");
+    cdb_sql_append(q, " ON CONFLICT (");
+    json_array_foreach(cols, k, v) {
+        const cdb_column *c;
+        if (!json_is_string(v))
+            return op_fail(err, i, CDB_ERR_VALIDATION_FAILED, "conflict_columns",
+                           "conflict_columns must hold column names");
+        if (!(c = op_column(t, json_string_value(v), 0, i, err)))
+            return CDB_ERR_UNKNOWN_COLUMN;
+        cdb_sql_append(q, k ? ", " : "");
+        cdb_sql_ident(q, c->name);
+    }
+    cdb_sql_append(q, ")");
+    json_object_foreach(data, name, v) {
+        bool conflict = false;
+        json_t *cv;
+        json_array_foreach(cols, k, cv)
+            conflict = conflict || strcmp(json_string_value(cv), name) == 0;
+        if (conflict)
+            continue;
+        const cdb_column *c = op_column(t, name, CDB_PRIV_UPDATE, i, err);
+        if (!c)
+            return CDB_ERR_UNKNOWN_COLUMN;
+        cdb_sql_append(q, first ? " DO UPDATE SET " : ", ");
+        cdb_sql_ident(q, c->name);
+        cdb_sql_append(q, " = EXCLUDED.");
+        cdb_sql_ident(q, c->name);
+        first = false;
+    }
+    if (first)
+        cdb_sql_append(q, " DO NOTHING");
+    return 0;
+}
+
+/*
+ * " RETURNING (SELECT row_to_json(x.*) FROM (SELECT t."a", ...) x)::text" over
+ * the columns asked for (returning: absent/true = every readable column,
+ * false = none, or an array of names); op->rows tells whether any.
+ */
+static int append_returning(cdb_sql *q, const cdb_table *t, json_t *returning, tx_op *op, int i,
+                            cdb_error *err)
+{
+    bool first = true;
+
+    if (returning && !json_is_boolean(returning) && !json_is_array(returning))
+        return op_fail(err, i, CDB_ERR_VALIDATION_FAILED, "returning",
+                       "returning must be a boolean or an array of column names");
+    if (json_is_array(returning)) {
+        size_t k;
+        json_t *v;
+        json_array_foreach(returning, k, v) {
+            const cdb_column *c;
+            if (!json_is_string(v))
+                return op_fail(err, i, CDB_ERR_VALIDATION_FAILED, "returning",
+                               "returning must hold column names");
+            if (!(c = op_column(t, json_string_value(v), CDB_PRIV_SELECT, i, err)))
+                return CDB_ERR_UNKNOWN_COLUMN;
+            cdb_sql_append(q, first ? " RETURNING (SELECT row_to_json(x.*) FROM (SELECT t." : ", t.");
+            cdb_sql_ident(q, c->name);
+            first = false;
+        }
+    } else if (!json_is_false(returning)) {
+        for (size_t k = 0; k < t->ncolumns; k++) {
+            if (!(t->columns[k].privs & CDB_PRIV_SELECT))
+                continue;
+            cdb_sql_append(q, first ? " RETURNING (SELECT row_to_json(x.*) FROM (SELECT t." : ", t.");
+            cdb_sql_ident(q, t->columns[k].name);
+            first = false;
+        }
+    }
+    if (!first)
+        cdb_sql_append(q, ") x)::text");
+    op->rows = !first;
+    return 0;
+}
+
+static int parse_pg_op(tx *t, int i, json_t *o, op_kind kind, cdb_sql *q, cdb_error *err)
+{
+    static const unsigned need[] = {
+        [OP_INSERT] = CDB_PRIV_INSERT, [OP_UPDATE] = CDB_PRIV_UPDATE,
+        [OP_DELETE] = CDB_PRIV_DELETE, [OP_UPSERT] = CDB_PRIV_INSERT | CDB_PRIV_UPDATE,
+    };
+    tx_op *op = &t->ops[i];
+    json_t *name = json_object_get(o, "table"), *data = json_object_get(o, "data");
+    json_t *filters = json_object_get(o, "filters");
+    int rc;
+
+    op->values = data;
+    if (!json_is_string(name) || json_string_length(name) == 0)
+        return op_fail(err, i, CDB_ERR_VALIDATION_FAILED, "table", "table must be a non-empty string");
+    if (!t->svc->catalog)
+        return cdb_error_set(err, CDB_ERR_DATABASE_UNAVAILABLE, "Database unavailable");
+    if (!t->cat && !(t->cat = cdb_catalog_cache_get(t->svc->catalog, err)))
+        return err->code ? err->code : cdb_error_set(err, CDB_ERR_DATABASE_UNAVAILABLE, "Database unavailable");
+    op->table = cdb_catalog_table(t->cat, t->caller->role, json_string_value(name));
+    if (!op->table) {
+        cdb_data_fail(err, CDB_ERR_UNKNOWN_TABLE, "table", json_string_value(name),
+                      "Unknown table: %.100s", json_string_value(name));
+        return op_tag(err, i, CDB_ERR_UNKNOWN_TABLE);
+    }
+    if ((op->table->privs & need[kind]) != need[kind]) {
+        cdb_data_fail(err, CDB_ERR_FORBIDDEN, "table", op->table->name,
+                      "%s on %.100s is not allowed for this role", op_names[kind], op->table->name);
+        return op_tag(err, i, CDB_ERR_FORBIDDEN);
+    }
+    if ((kind == OP_UPDATE || kind == OP_DELETE) &&
+        (!json_is_object(filters) || json_object_size(filters) == 0))
+        return op_fail(err, i, CDB_ERR_VALIDATION_FAILED, "filters",
+                       "%s needs non-empty filters: whole-table writes are refused", op_names[kind]);
+
+    const char *schema = cdb_catalog_schema(t->cat);
+    if (kind == OP_INSERT || kind == OP_UPSERT) {
+        cdb_sql_append(q, "INSERT INTO ");
+        cdb_sql_table(q, schema, op->table->name);
+        cdb_sql_append(q, " AS t");
+        if ((rc = append_values(q, op->table, data, CDB_PRIV_INSERT, false, i, err)) < 0)
+            return rc;
+        if (kind == OP_UPSERT &&
+            (rc = append_conflict(q, op->table, json_object_get(o, "conflict_columns"), data, i, err)) < 0)
+            return rc;
+    } else if (kind == OP_UPDATE) {
+        cdb_sql_append(q, "UPDATE ");
+        cdb_sql_table(q, schema, op->table->name);
+        cdb_sql_append(q, " AS t SET ");
+        if ((rc = append_values(q, op->table, data, CDB_PRIV_UPDATE, true, i, err)) < 0)
+            return rc;
+    } else {
+        cdb_sql_append(q, "DELETE FROM ");
+        cdb_sql_table(q, schema, op->table->name);
+        cdb_sql_append(q, " AS t");
+    }
+    if ((kind == OP_UPDATE || kind == OP_DELETE) && (rc = cdb_sql_where(q, op->table, filters, err)) < 0)
+        return op_tag(err, i, rc);
+    if ((rc = append_returning(q, op->table, json_object_get(o, "returning"), op, i, err)) < 0)
+        return rc;
+    return take_sql(q, op, err);
+}
+
+/* ---- Redis operations ---- */
+
+static int parse_redis_op(tx *t, int i, json_t *o, op_kind kind, cdb_error *err)
+{
+    tx_op *op = &t->ops[i];
+    json_t *key = json_object_get(o, "key"), *value = json_object_get(o, "value");
+    json_t *ttl = json_object_get(o, "ttl");
+    int rc;
+
+    if ((rc = cdb_data_redis_key(t->caller, key, &op->full_key, err)) < 0)
+        return op_tag(err, i, rc);
+    op->key = json_string_value(key);
+    if (kind == OP_SET) {
+        if (!json_is_string(value) || strlen(json_string_value(value)) != json_string_length(value))
+            return op_fail(err, i, CDB_ERR_VALIDATION_FAILED, "value",
+                           "set needs value, a string without NUL characters");
+        op->value = json_string_value(value);
+    }
+    if (ttl || kind == OP_EXPIRE) {
+        if (!json_is_integer(ttl) || json_integer_value(ttl) < 1 || json_integer_value(ttl) > INT_MAX)
+            return op_fail(err, i, CDB_ERR_VALIDATION_FAILED, "ttl",
+                           "ttl must be a positive integer of seconds");
+        op->ttl = (int)json_integer_value(ttl);
+    }
+    switch (kind) {
+    case OP_SET:
+        op->data = json_pack("{s:s, s:s}", "key", op->key, "value", op->value);
+        break;
+    case OP_DEL:
+        op->data = json_pack("{s:s, s:n}", "key", op->key, "deleted");
+        break;
+    case OP_INCR:
+        op->data = json_pack("{s:s, s:n}", "key", op->key, "value");
+        break;
+    default:
+        op->data = json_pack("{s:s, s:n}", "key", op->key, "applied");
+        break;
+    }
+    return op->data ? 0 : oom(err);
+}
+
+/* ---- validation of the whole request ---- */
+
+/* The fields each kind of operation accepts, besides database and operation. */
+static bool field_allowed(op_kind kind, const char *f)
+{
+    switch (kind) {
+    case OP_INSERT: return !strcmp(f, "table") || !strcmp(f, "data") || !strcmp(f, "returning");
+    case OP_UPDATE: return !strcmp(f, "table") || !strcmp(f, "data") || !strcmp(f, "filters") ||
+                           !strcmp(f, "returning");
+    case OP_DELETE: return !strcmp(f, "table") || !strcmp(f, "filters") || !strcmp(f, "returning");
+    case OP_UPSERT: return !strcmp(f, "table") || !strcmp(f, "data") || !strcmp(f, "conflict_columns") ||
+                           !strcmp(f, "returning");
+    case OP_SET:    return !strcmp(f, "key") || !strcmp(f, "value") || !strcmp(f, "ttl");
+    case OP_EXPIRE: return !strcmp(f, "key") || !strcmp(f, "ttl");
+    default:        return !strcmp(f, "key");
+    }
+}
+
+static int parse_op(tx *t, int i, json_t *o, cdb_sql *q, cdb_error *err)
+{
+    json_t *db = json_object_get(o, "database"), *opname = json_object_get(o, "operation");
+    bool redis;
+    int kind = -1;
+    const char *f;
+    json_t *v;
+
+    if (!json_is_object(o))
+        return op_fail(err, i, CDB_ERR_VALIDATION_FAILED, "operations", "Each operation must be an object");
+    if (db && !(json_is_string(db) && (!strcmp(json_string_value(db), "postgresql") ||
+                                       !strcmp(json_string_value(db), "redis"))))
+        return op_fail(err, i, CDB_ERR_VALIDATION_FAILED, "database",
+                       "database must be \"postgresql\" or \"redis\"");
+    redis = db && !strcmp(json_string_value(db), "redis");
+    for (int k = redis ? OP_SET : OP_INSERT; json_is_string(opname) && k <= (redis ? OP_INCR : OP_UPSERT); k++)
+        if (!strcmp(json_string_value(opname), op_names[k]))
+            kind = k;
+    if (kind < 0)
+        return op_fail(err, i, CDB_ERR_VALIDATION_FAILED, "operation",
+                       redis ? "operation must be one of set, del, expire, incr"
+                             : "operation must be one of insert, update, delete, upsert");
+    json_object_foreach(o, f, v) {
+        if (strcmp(f, "database") && strcmp(f, "operation") && !field_allowed(kind, f))
+            return op_fail(err, i, CDB_ERR_VALIDATION_FAILED, f, "%.64s is not a field of %s",
+                           f, op_names[kind]);
+    }
+    t->ops[i].kind = kind;
+    t->ops[i].status = "success";
+    if (redis)
+        return parse_redis_op(t, i, o, kind, err);
+    t->pg_ops[t->npg++] = i;
+    return parse_pg_op(t, i, o, kind, q, err);
+}
+
+/* Plans a generation bump of table, once. */
+static int plan_bump(tx *t, const char *table, cdb_error *err)
+{
+    char key[GEN_KEY_LEN];
+    cdb_qcache_generation_key(t->svc->qcache, table, key, sizeof key);
+    for (int j = 0; j < t->ngen; j++)
+        if (strcmp(t->gen_keys[j], key) == 0)
+            return 0;
+    if (t->ngen == TX_MAX_GEN)
+        return cdb_data_fail(err, CDB_ERR_VALIDATION_FAILED, "field", "operations",
+                             "The transaction would change more than %d tables", TX_MAX_GEN);
+    memcpy(t->gen_keys[t->ngen], key, sizeof key);
+    t->rows[t->nrows++] = (outbox_row){.op = "incr", .key = t->gen_keys[t->ngen++]};
+    return 0;
+}
+
+/*
+ * The outbox rows: one generation bump per table the transaction can change
+ * (those it writes and those their foreign keys cascade into), then the
+ * Redis ops in order.
+ */
+static int plan_outbox(tx *t, cdb_error *err)
+{
+    const char *cascades[TX_MAX_GEN];
+    for (int k = 0; k < t->npg; k++) {
+        const char *name = t->ops[t->pg_ops[k]].table->name;
+        size_t n = cdb_catalog_cascades(t->cat, name, cascades, TX_MAX_GEN);
+        int rc = plan_bump(t, name, err);
+        for (size_t c = 0; c < n && rc == 0; c++)
+            rc = plan_bump(t, cascades[c], err);
+        if (rc < 0)
+            return rc;
+    }
+    for (int i = 0; i < t->nops; i++) {
+        tx_op *op = &t->ops[i];
+        if (op->kind >= OP_SET)
+            t->rows[t->nrows++] = (outbox_row){.op = op_names[op->kind], .key = op->full_key,
+                                               .value = op->value, .ttl = op->ttl, .from = op};
+    }
+    return 0;
+}
+
+static int parse_request(tx *t, json_t *request, cdb_error *err)
+{
+    json_t *ops = json_object_get(request, "operations"), *v;
+    const char *f;
+    cdb_sql q;
+    int rc = 0;
+
+    if (!json_is_object(request))
+        return cdb_data_fail(err, CDB_ERR_VALIDATION_FAILED, "field", "body", "The body must be a JSON object");
+    json_object_foreach(request, f, v) {
+        if (strcmp(f, "operations"))
+            return cdb_data_fail(err, CDB_ERR_VALIDATION_FAILED, "field", f,
+                                 "Unknown field: %.64s", f);
+    }
+    if (!json_is_array(ops) || json_array_size(ops) < 1 || json_array_size(ops) > TX_MAX_OPS)
+        return cdb_data_fail(err, CDB_ERR_VALIDATION_FAILED, "field", "operations",
+                             "operations must be an array of 1 to %d operations", TX_MAX_OPS);
+    cdb_sql_init(&q);
+    for (size_t i = 0; i < json_array_size(ops) && rc == 0; i++) {
+        t->nops = (int)i + 1;      /* so the cleanup frees a partly built op */
+        rc = parse_op(t, (int)i, json_array_get(ops, i), &q, err);
+        cdb_sql_reset(&q);
+    }
+    cdb_sql_destroy(&q);
+    if (rc == 0)
+        rc = plan_outbox(t, err);
+    return rc;
+}
+
+/* ---- running the transaction ---- */
+
+/* One multi-row INSERT of the outbox rows: 6 parameters a row. */
+_Static_assert(6 * (TX_MAX_OPS + TX_MAX_GEN) <= CDB_SQL_MAX_PARAMS, "outbox insert fits one statement");
+static int build_outbox_insert(tx *t, cdb_sql *q)
+{
+    char seq[16], ttl[16];
+    int bad = 0;
+
+    cdb_sql_append(q, "INSERT INTO coredb.redis_outbox (transaction_id, seq, op, key, value, ttl) VALUES ");
+    for (int r = 0; r < t->nrows && !bad; r++) {
+        const outbox_row *row = &t->rows[r];
+        snprintf(seq, sizeof seq, "%d", r + 1);
+        snprintf(ttl, sizeof ttl, "%d", row->ttl);
+        cdb_sql_append(q, r ? ", (" : "(");
+        bad |= cdb_sql_param(q, t->id) < 0;
+        cdb_sql_append(q, "::uuid, ");
+        bad |= cdb_sql_param(q, seq) < 0;
+        cdb_sql_append(q, "::int, ");
+        bad |= cdb_sql_param(q, row->op) < 0;
+        cdb_sql_append(q, ", ");
+        bad |= cdb_sql_param(q, row->key) < 0;
+        cdb_sql_append(q, ", ");
+        bad |= cdb_sql_param(q, row->value) < 0;
+        cdb_sql_append(q, ", ");
+        bad |= cdb_sql_param(q, row->ttl ? ttl : NULL) < 0;
+        cdb_sql_append(q, "::int)");
+    }
+    return bad || q->oom ? -1 : 0;
+}
+
+/* The JSON rows of a RETURNING result, or the count of a command without one. */
+static int collect_result(tx_op *op, PGresult *res, int i, cdb_error *err)
+{
+    json_t *rows = NULL;
+    long count = op->rows ? PQntuples(res) : strtol(PQcmdTuples(res), NULL, 10);
+
+    if (op->rows) {
+        if (!(rows = json_array()))
+            return oom(err);
+        for (int r = 0; r < PQntuples(res); r++) {
+            json_t *row = json_loads(PQgetvalue(res, r, 0), JSON_DECODE_ANY, NULL);
+            if (!row || json_array_append_new(rows, row) < 0) {
+                json_decref(rows);
+                return op_fail(err, i, CDB_ERR_INTERNAL_ERROR, NULL, "Malformed database result");
+            }
+        }
+        op->data = json_pack("{s:o, s:I}", "rows", rows, "count", (json_int_t)count);
+    } else {
+        op->data = json_pack("{s:I}", "count", (json_int_t)count);
+    }
+    return op->data ? 0 : oom(err);
+}
+
+/*
+ * PostgreSQL names no column when a value does not fit its type (SQLSTATE
+ * class 22): after the rollback, cast each value of the failed operation
+ * alone to its column's type, and name the first that PostgreSQL refuses.
+ * Only on this error path, so its extra round trips cost nothing normally.
+ */
+/*
+ * An explicit cast to character(n) / character varying(n) truncates instead
+ * of failing, so the length limit is checked here: n from format_type's
+ * "(n)", counted in characters (UTF-8 code points) as PostgreSQL does.
+ */
+static bool too_long_for(const cdb_column *c, const char *text)
+{
+    const char *paren = strchr(c->type_name, '(');
+    if (strncmp(c->type_name, "character", 9) != 0 || !paren)
+        return false;
+    long limit = strtol(paren + 1, NULL, 10);
+    long chars = 0;
+    for (const char *p = text; *p; p++)
+        chars += ((unsigned char)*p & 0xC0) != 0x80;
+    return limit > 0 && chars > limit;
+}
+
+static void name_bad_value(PGconn *conn, const tx_op *op, cdb_error *err)
+{
+    const char *state = json_string_value(json_object_get(err->details, "sqlstate"));
+    if (!state || strncmp(state, "22", 2) != 0 || !json_is_object(op->values))
+        return;
+    PQclear(PQexec(conn, "ROLLBACK"));
+    const char *name;
+    json_t *v;
+    json_object_foreach(op->values, name, v) {
+        const cdb_column *c = cdb_catalog_column(op->table, name);
+        char *text = NULL;
+        cdb_error ignored;
+        cdb_error_init(&ignored);
+        if (!c || cdb_sql_value_text(v, c, name, &text, &ignored) < 0 || !text) {
+            cdb_error_destroy(&ignored);
+            free(text);
+            continue;
+        }
+        bool refused = too_long_for(c, text);
+        /* type_name comes from the catalog (format_type), never from the request */
+        size_t len = strlen(c->type_name) + 16;
+        char *sql = refused ? NULL : malloc(len);
+        if (sql) {
+            snprintf(sql, len, "SELECT $1::%s", c->type_name);
+            const char *params[1] = {text};
+            PGresult *res = PQexecParams(conn, sql, 1, NULL, params, NULL, NULL, 0);
+            refused = res && PQresultStatus(res) == PGRES_FATAL_ERROR;
+            PQclear(res);
+        }
+        free(sql);
+        free(text);
+        if (refused) {
+            cdb_error_detail(err, "field", json_string(name));
+            return;
+        }
+    }
+}
+
+/*
+ * The pipeline: prelude, the PostgreSQL ops, RESET ROLE and the outbox rows,
+ * COMMIT. On success the connection is out of pipeline mode again.
+ */
+static int run_pipeline(tx *t, PGconn *conn, cdb_error *err)
+{
+    PGresult *res[CDB_DATA_PRELUDE_COUNT + TX_MAX_OPS + 3] = { 0 };
+    int n = CDB_DATA_PRELUDE_COUNT, failed = -1, rc;
+    int first_after_ops = CDB_DATA_PRELUDE_COUNT + t->npg;
+    cdb_sql q;
+    bool sent = true;
+
+    cdb_sql_init(&q);
+    if (t->nrows && build_outbox_insert(t, &q) < 0) {
+        rc = oom(err);
+        goto out_clear;
+    }
+    if (PQenterPipelineMode(conn) != 1) {
+        rc = cdb_pg_error_from_result(conn, NULL, err);
+        goto out_clear;
+    }
+    if ((rc = cdb_data_send_prelude(conn, t->caller, err)) < 0)
+        goto out_clear;
+    for (int k = 0; k < t->npg; k++, n++) {
+        tx_op *op = &t->ops[t->pg_ops[k]];
+        sent = sent && PQsendQueryParams(conn, op->sql, op->nparams, NULL,
+                                         (const char *const *)op->params, NULL, NULL, 0);
+    }
+    if (t->nrows) {
+        sent = sent && PQsendQueryParams(conn, "RESET ROLE", 0, NULL, NULL, NULL, NULL, 0);
+        sent = sent && PQsendQueryParams(conn, q.text, q.nparams, NULL,
+                                         (const char *const *)q.params, NULL, NULL, 0);
+        n += 2;
+    }
+    sent = sent && PQsendQueryParams(conn, "COMMIT", 0, NULL, NULL, NULL, NULL, 0);
+    n++;
+    if (!sent || PQpipelineSync(conn) != 1) {
+        rc = cdb_pg_error_from_result(conn, NULL, err);
+        goto out_clear;
+    }
+    rc = cdb_data_pipeline_read(conn, res, n, &failed, "data", err);
+    if (rc < 0) {
+        if (failed >= CDB_DATA_PRELUDE_COUNT && failed < first_after_ops) {
+            int i = t->pg_ops[failed - CDB_DATA_PRELUDE_COUNT];
+            const char *state = json_string_value(json_object_get(err->details, "sqlstate"));
+            if (state && strcmp(state, "42P10") == 0) { /* no unique index matches */
+                rc = op_fail(err, i, CDB_ERR_VALIDATION_FAILED, "conflict_columns",
+                             "conflict_columns must match a unique constraint of the table");
+            } else {
+                op_tag(err, i, rc);
+                if (PQstatus(conn) == CONNECTION_OK && !PQpipelineStatus(conn))
+                    name_bad_value(conn, &t->ops[i], err);
+            }
+        }
+        goto out_clear;
+    }
+    for (int k = 0; k < t->npg && rc == 0; k++)
+        rc = collect_result(&t->ops[t->pg_ops[k]], res[CDB_DATA_PRELUDE_COUNT + k], t->pg_ops[k], err);
+    if (rc < 0) {
+        /* Already committed: only a result we cannot read remains. */
+        cdb_log_error("data.tx_result_unreadable", "transaction %s committed but its result could not be read", t->id);
+        goto out_clear;
+    }
+    if (PQexitPipelineMode(conn) != 1)
+        cdb_log_warn("data.pipeline_exit_failed", "connection left in pipeline mode");
+
+out_clear:
+    for (int k = 0; k < n; k++)
+        PQclear(res[k]);
+    cdb_sql_destroy(&q);
+    return rc;
+}
+
+/* ---- applying outbox rows ---- */
+
+/* Redis error replies that a retry may cure (the server is busy, loading, failing over). */
+static bool transient_reply(const char *s)
+{
+    static const char *const prefixes[] = {
+        "LOADING", "BUSY", "MASTERDOWN", "READONLY", "OOM", "TRYAGAIN", "CLUSTERDOWN",
+        "NOREPLICAS", "NOAUTH", "NOPERM",
+    };
+    for (size_t k = 0; k < sizeof prefixes / sizeof *prefixes; k++)
+        if (strncmp(s, prefixes[k], strlen(prefixes[k])) == 0)
+            return true;
+    return false;
+}
+
+static apply_rc apply_redis(cdb_redis *redis, const char *op, const char *key, const char *value,
+                            int ttl, json_t **result, char *why, size_t whylen)
+{
+    char ttl_s[16];
+    const char *argv[5] = { NULL, key, NULL, NULL, NULL };
+    size_t lens[5];
+    int argc = 2;
+    bool is_set = strcmp(op, "set") == 0, is_expire = strcmp(op, "expire") == 0;
+    cdb_error e;
+    apply_rc rc = APPLY_DONE;
+
+    snprintf(ttl_s, sizeof ttl_s, "%d", ttl);
+    argv[0] = is_set ? "SET" : is_expire ? "EXPIRE" : strcmp(op, "del") == 0 ? "DEL" : "INCR";
+    if (is_set) {
+        argv[argc++] = value ? value : "";
+        if (ttl > 0) {
+            argv[argc++] = "EX";
+            argv[argc++] = ttl_s;
+        }
+    } else if (is_expire) {
+        argv[argc++] = ttl_s;
+    }
+    for (int k = 0; k < argc; k++)
+        lens[k] = strlen(argv[k]);
+
+    cdb_error_init(&e);
+    redisReply *reply = cdb_redis_command_argv(redis, argc, argv, lens, &e);
+    if (!reply) {
+        snprintf(why, whylen, "%s", e.message);
+        cdb_error_destroy(&e);
+        return APPLY_DOWN;
+    }
+    cdb_error_destroy(&e);
+    if (reply->type == REDIS_REPLY_ERROR) {
+        snprintf(why, whylen, "%s", reply->str ? reply->str : "error");
+        rc = transient_reply(why) ? APPLY_DOWN : APPLY_REFUSED;
+    } else if (reply->type != (is_set ? REDIS_REPLY_STATUS : REDIS_REPLY_INTEGER)) {
+        snprintf(why, whylen, "unexpected reply to %s", argv[0]);
+        rc = APPLY_REFUSED;
+    } else if (result && !is_set) {
+        *result = is_expire ? json_boolean(reply->integer == 1) : json_integer(reply->integer);
+    }
+    freeReplyObject(reply);
+    return rc;
+}
+
+/* The in-process cache (no REDIS_URL). */
+static apply_rc apply_cache(cdb_cache *cache, const char *op, const char *key, const char *value,
+                            int ttl, json_t **result, char *why, size_t whylen)
+{
+    cdb_error e;
+    char *old = NULL;
+    size_t len = 0;
+    int64_t n = 0;
+    int rc;
+
+    cdb_error_init(&e);
+    if (strcmp(op, "set") == 0) {
+        rc = cdb_cache_set(cache, key, value ? value : "", value ? strlen(value) : 0, ttl, &e);
+    } else if (strcmp(op, "incr") == 0) {
+        if ((rc = cdb_cache_incr(cache, key, &n, &e)) == 0 && result)
+            *result = json_integer(n);
+    } else {
+        /* del and expire need to know whether the key exists: only this process writes it */
+        if ((rc = cdb_cache_get(cache, key, &old, &len, &e)) >= 0) {
+            bool hit = rc == 1;
+            rc = !hit ? 0 : strcmp(op, "del") == 0 ? cdb_cache_del(cache, key, &e)
+                                                   : cdb_cache_set(cache, key, old, len, ttl, &e);
+            if (rc == 0 && result)
+                *result = strcmp(op, "del") == 0 ? json_integer(hit) : json_boolean(hit);
+        }
+    }
+    free(old);
+    if (rc < 0)
+        snprintf(why, whylen, "%s", e.message);
+    cdb_error_destroy(&e);
+    return rc == 0 ? APPLY_DONE : rc == CDB_ERR_VALIDATION_FAILED ? APPLY_REFUSED : APPLY_DOWN;
+}
+
+static apply_rc apply_row(cdb_service *svc, const char *op, const char *key, const char *value,
+                          int ttl, json_t **result, char *why, size_t whylen)
+{
+    if (svc->redis)
+        return apply_redis(svc->redis, op, key, value, ttl, result, why, whylen);
+    if (svc->cache)
+        return apply_cache(svc->cache, op, key, value, ttl, result, why, whylen);
+    snprintf(why, whylen, "no cache");
+    return APPLY_DOWN;
+}
+
+/* Appends n to the array literal "{1,2,...}" being built in buf. */
+static void array_add(char *buf, size_t len, long long n)
+{
+    size_t used = strlen(buf);
+    snprintf(buf + used - 1, len - used + 1, "%s%lld}", used > 2 ? "," : "", n);
+}
+
+/*
+ * Applies this transaction's outbox rows right after its commit (see the top
+ * of the file); results of rows left behind say "pending".
+ */
+static void apply_outbox(tx *t, PGconn *conn)
+{
+    PGresult *res = NULL;
+    bool locked[TX_MAX_OPS + 1] = { false };
+    char done[TX_MAX_OPS * 5 + 3] = "{}", seq[16], why[256] = "";
+    int stop = t->nrows, failed_seq = 0;
+    cdb_error e;
+    const char *params[3] = { t->id, done, why };
+
+    cdb_error_init(&e);
+    for (int r = 0; r < t->nrows; r++)
+        if (t->rows[r].from)
+            t->rows[r].from->status = "pending";
+    if (cdb_pg_exec(conn, "BEGIN", 0, NULL, NULL, &e) < 0 ||
+        cdb_pg_exec(conn, "SELECT seq FROM coredb.redis_outbox WHERE transaction_id = $1 "
+                          "ORDER BY seq FOR UPDATE SKIP LOCKED", 1, params, &res, &e) < 0)
+        goto out_log;
+    for (int k = 0; k < PQntuples(res); k++) {
+        int s = atoi(PQgetvalue(res, k, 0));
+        if (s >= 1 && s <= t->nrows)
+            locked[s] = true;
+    }
+    for (int r = 0; r < t->nrows; r++) {
+        outbox_row *row = &t->rows[r];
+        json_t *value = NULL;
+        if (!locked[r + 1]) {      /* the flush has it: it keeps the order from here */
+            stop = r;
+            break;
+        }
+        apply_rc ar = apply_row(t->svc, row->op, row->key, row->value, row->ttl,
+                                row->from ? &value : NULL, why, sizeof why);
+        if (ar == APPLY_DOWN) {
+            stop = r;
+            failed_seq = r + 1;
+            break;
+        }
+        array_add(done, sizeof done, r + 1);
+        if (!row->from)
+            continue;
+        if (ar == APPLY_REFUSED) {
+            row->from->status = "failed";
+            row->from->refusal = strdup(why);
+            cdb_log_warn("data.outbox_refused", "Redis refused %s of transaction %s: %s", row->op, t->id, why);
+        } else {
+            row->from->status = "success";
+        }
+        if (value && row->from->kind != OP_SET)
+            json_object_set(row->from->data, row->from->kind == OP_DEL ? "deleted"
+                                             : row->from->kind == OP_EXPIRE ? "applied" : "value", value);
+        json_decref(value);
+    }
+    if (strcmp(done, "{}") != 0 &&
+        cdb_pg_exec(conn, "DELETE FROM coredb.redis_outbox WHERE transaction_id = $1 AND seq = ANY($2::int[])",
+                    2, params, NULL, &e) < 0)
+        goto out_log;
+    if (failed_seq) {
+        snprintf(seq, sizeof seq, "%d", failed_seq);
+        params[1] = seq;
+        if (cdb_pg_exec(conn, "UPDATE coredb.redis_outbox SET attempts = attempts + 1, last_error = $3 "
+                              "WHERE transaction_id = $1 AND seq = $2::int", 3, params, NULL, &e) < 0)
+            goto out_log;
+    }
+    if (cdb_pg_exec(conn, "COMMIT", 0, NULL, NULL, &e) < 0)
+        goto out_log;
+    if (failed_seq)
+        cdb_log_warn("data.outbox_pending", "transaction %s: %d Redis operation(s) left for the retry job: %s",
+                     t->id, t->nrows - stop, why);
+    goto out;
+
+out_log:
+    /* Rows applied here but not deleted are applied again by the flush: at least once. */
+    cdb_log_warn("data.outbox_bookkeeping_failed", "transaction %s: outbox update failed: %s", t->id, e.message);
+out:
+    PQclear(res);
+    cdb_error_destroy(&e);
+}
+
+static json_t *build_response(tx *t, int64_t started_ms)
+{
+    json_t *results = json_array();
+    json_t *out = json_pack("{s:s, s:s, s:o, s:I}", "transaction_id", t->id, "status", "committed",
+                            "results", results, "execution_time_ms",
+                            (json_int_t)(cdb_mono_ms() - started_ms));
+    for (int i = 0; out && results && i < t->nops; i++) {
+        tx_op *op = &t->ops[i];
+        json_t *r = json_pack("{s:i, s:s, s:O}", "operation", i + 1, "status", op->status, "data", op->data);
+        if (r && op->refusal)
+            json_object_set_new(r, "error", json_pack("{s:s, s:s}", "code", "VALIDATION_FAILED",
+                                                      "message", op->refusal));
+        if (!r || json_array_append_new(results, r) < 0) {
+            json_decref(out);
+            return NULL;
+        }
+    }
+    return out;
+}
+
+static void tx_free(tx *t)
+{
+    if (!t)
+        return;
+    for (int i = 0; i < t->nops; i++) {
+        tx_op *op = &t->ops[i];
+        for (int k = 0; op->params && k < op->nparams; k++)
+            free(op->params[k]);
+        free(op->params);
+        free(op->sql);
+        free(op->full_key);
+        free(op->refusal);
+        json_decref(op->data);
+    }
+    if (t->cat)
+        cdb_catalog_unref(t->cat);
+    free(t);
+}
+
+int cdb_data_transaction(cdb_service *svc, const cdb_principal *caller, json_t *request,
+                         json_t **out, cdb_error *err)
+{
+    int64_t started = cdb_mono_ms();
+    cdb_pool_conn *pc = NULL;
+    PGconn *conn;
+    tx *t = calloc(1, sizeof *t);
+    int rc;
+
+    *out = NULL;
+    if (!t)
+        return oom(err);
+    t->svc = svc;
+    t->caller = caller;
+    new_uuid(t->id);
+    if (!caller || caller->role == CDB_ROLE_ANON) {
+        rc = cdb_data_fail(err, CDB_ERR_FORBIDDEN, NULL, NULL, "The data API needs an authenticated caller");
+        goto out_free;
+    }
+    /* generation keys are named while parsing: they need the namespace */
+    if ((rc = cdb_data_ensure_namespace(svc, err)) < 0 || (rc = parse_request(t, request, err)) < 0)
+        goto out_free;
+    if (!(conn = cdb_data_acquire(svc, &pc, err))) {
+        rc = err->code ? err->code : CDB_ERR_DATABASE_UNAVAILABLE;
+        goto out_free;
+    }
+    if ((rc = run_pipeline(t, conn, err)) < 0)
+        goto out_release;
+    if (t->nrows)
+        apply_outbox(t, conn);
+    if (!(*out = build_response(t, started)))
+        rc = oom(err);
+
+out_release:
+    cdb_data_release(svc, pc);
+out_free:
+    tx_free(t);
+    return rc;
+}
+
+/* ---- the background flush ---- */
+
+int cdb_data_outbox_flush(cdb_service *svc, int *applied, int *pending, cdb_error *err)
+{
+    cdb_pool_conn *pc = NULL;
+    PGconn *conn;
+    PGresult *res = NULL, *count = NULL;
+    char *done = NULL, why[256] = "", id[24];
+    const char *params[2];
+    int napplied = 0, rc;
+
+    if (applied)
+        *applied = 0;
+    if (pending)
+        *pending = 0;
+    if (!(conn = cdb_data_acquire(svc, &pc, err)))
+        return err->code ? err->code : CDB_ERR_DATABASE_UNAVAILABLE;
+    if ((rc = cdb_pg_exec(conn, "BEGIN", 0, NULL, NULL, err)) < 0 ||
+        (rc = cdb_pg_exec(conn, "SELECT id, op, key, value, ttl FROM coredb.redis_outbox "
+                                "ORDER BY id LIMIT " OUTBOX_BATCH " FOR UPDATE SKIP LOCKED",
+                          0, NULL, &res, err)) < 0)
+        goto out_release;
+    /* "{id,id,...}": ids are at most 20 digits */
+    if (!(done = malloc((size_t)PQntuples(res) * 21 + 3))) {
+        rc = oom(err);
+        goto out_release;
+    }
+    strcpy(done, "{}");
+    for (int r = 0; r < PQntuples(res); r++) {
+        const char *op = PQgetvalue(res, r, 1), *key = PQgetvalue(res, r, 2);
+        const char *value = PQgetisnull(res, r, 3) ? NULL : PQgetvalue(res, r, 3);
+        int ttl = PQgetisnull(res, r, 4) ? 0 : atoi(PQgetvalue(res, r, 4));
+        apply_rc ar = apply_row(svc, op, key, value, ttl, NULL, why, sizeof why);
+        if (ar == APPLY_DOWN) {
+            /* keep the order: nothing after a row that did not apply */
+            params[0] = PQgetvalue(res, r, 0);
+            params[1] = why;
+            if ((rc = cdb_pg_exec(conn, "UPDATE coredb.redis_outbox SET attempts = attempts + 1, "
+                                        "last_error = $2 WHERE id = $1::bigint", 2, params, NULL, err)) < 0)
+                goto out_release;
+            break;
+        }
+        if (ar == APPLY_REFUSED)
+            cdb_log_warn("data.outbox_refused", "Redis refused outbox row %s (%s): %s",
+                         PQgetvalue(res, r, 0), op, why);
+        else
+            napplied++;
+        snprintf(id, sizeof id, "%s", PQgetvalue(res, r, 0));
+        array_add(done, (size_t)PQntuples(res) * 21 + 3, strtoll(id, NULL, 10));
+    }
+    params[0] = done;
+    if ((strcmp(done, "{}") != 0 &&
+         (rc = cdb_pg_exec(conn, "DELETE FROM coredb.redis_outbox WHERE id = ANY($1::bigint[])",
+                           1, params, NULL, err)) < 0) ||
+        (rc = cdb_pg_exec(conn, "COMMIT", 0, NULL, NULL, err)) < 0 ||
+        (rc = cdb_pg_exec(conn, "SELECT count(*) FROM coredb.redis_outbox", 0, NULL, &count, err)) < 0)
+        goto out_release;
+    if (applied)
+        *applied = napplied;
+    if (pending)
+        *pending = atoi(PQgetvalue(count, 0, 0));
+    if (napplied || *why)
+        cdb_log_info("data.outbox_flushed", "applied %d outbox row(s)%s%s", napplied,
+                     *why ? "; stopped: " : "", why);
+
+out_release:
+    PQclear(res);
+    PQclear(count);
+    free(done);
+    cdb_data_release(svc, pc);
+    return rc;
+}
+
+/* ---- writes made outside /data/transaction ---- */
+
+void cdb_data_note_write(cdb_service *svc, const char *table)
+{
+    const char *names[1 + TX_MAX_GEN];
+    char keys[1 + TX_MAX_GEN][GEN_KEY_LEN];
+    size_t n = 1, queued = 0;
+    cdb_catalog *cat = NULL;
+    cdb_pool_conn *pc = NULL;
+    cdb_sql q;
+    cdb_error err;
+
+    cdb_sql_init(&q);
+    cdb_error_init(&err);
+    names[0] = table;
+    if (cdb_data_ensure_namespace(svc, &err) < 0)
+        goto out_log; /* the database is unreachable: no reader can be served anything either */
+    if ((cat = cdb_catalog_cache_get(svc->catalog, &err)))
+        n += cdb_catalog_cascades(cat, table, names + 1, TX_MAX_GEN);
+    cdb_error_destroy(&err);
+
+    /* bumps Redis did not take go to the outbox, like a transaction's */
+    cdb_sql_append(&q, "INSERT INTO coredb.redis_outbox (transaction_id, seq, op, key) VALUES ");
+    char id[37], seq[16];
+    new_uuid(id);
+    for (size_t i = 0; i < n; i++) {
+        if (cdb_qcache_bump(svc->qcache, names[i]) == 0)
+            continue;
+        cdb_qcache_generation_key(svc->qcache, names[i], keys[queued], GEN_KEY_LEN);
+        snprintf(seq, sizeof seq, "%zu", queued + 1);
+        cdb_sql_append(&q, queued ? ", (" : "(");
+        cdb_sql_param(&q, id);
+        cdb_sql_append(&q, "::uuid, ");
+        cdb_sql_param(&q, seq);
+        cdb_sql_append(&q, "::int, 'incr', ");
+        cdb_sql_param(&q, keys[queued]);
+        cdb_sql_append(&q, ")");
+        queued++;
+    }
+    if (queued == 0)
+        goto out;
+    PGconn *conn = cdb_data_acquire(svc, &pc, &err);
+    if (!conn || q.oom ||
+        cdb_pg_exec(conn, q.text, q.nparams, (const char *const *)q.params, NULL, &err) < 0)
+        goto out_log;
+    cdb_log_info("data.bump_queued", "Redis down: %zu cache generation bumps for %s queued", queued, table);
+    goto out;
+
+out_log:
+    cdb_log_warn("data.bump_lost", "could not invalidate cached reads of %s: %s", table, err.message);
+out:
+    cdb_data_release(svc, pc);
+    cdb_catalog_unref(cat);
+    cdb_sql_destroy(&q);
+    cdb_error_destroy(&err);
+}

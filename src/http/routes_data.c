@@ -1,0 +1,35 @@
+/*
+ * routes_data.c - /api/v1/data (API.md "Data"): structured queries and
+ * transactions, over cdb_data_query / cdb_data_transaction. Any
+ * authenticated caller; what it may see is decided by PostgreSQL (its
+ * database role and row-level security).
+ */
+#include "coredb/data.h"
+#include "http_internal.h"
+
+static void data_query(cdb_request *r)
+{
+    cdb_error err;
+    cdb_error_init(&err);
+    char *body = NULL;
+    if (cdb_data_query(r->svc, &r->principal, r->body, &body, &err) < 0)
+        cdb_request_fail(r, &err);
+    else
+        cdb_request_reply_text(r, 200, body);
+    cdb_error_destroy(&err);
+}
+
+static void data_transaction(cdb_request *r)
+{
+    cdb_error err;
+    cdb_error_init(&err);
+    json_t *out = NULL;
+    int rc = cdb_data_transaction(r->svc, &r->principal, r->body, &out, &err);
+    cdb_request_finish(r, rc, 200, out, &err);
+}
+
+const cdb_route cdb_routes_data[] = {
+    {EVHTTP_REQ_POST, "/api/v1/data/query", data_query, CDB_RUN_WORKER, CDB_AUTH_USER},
+    {EVHTTP_REQ_POST, "/api/v1/data/transaction", data_transaction, CDB_RUN_WORKER, CDB_AUTH_USER},
+    {0},
+};
