@@ -129,18 +129,21 @@ pg_cpu_ticks() {
   echo $((t + $(cpu_ticks $(pgrep -P "$pm"))))
 }
 
-# Busy and total ticks of the whole machine (every process, other sessions too).
-machine_ticks() { awk '/^cpu / { print $2+$3+$4+$7+$8+$9, $2+$3+$4+$5+$6+$7+$8+$9 }' /proc/stat; }
+# Busy, total and steal ticks of the whole machine (every process, other
+# sessions too; steal = time the hypervisor gave our vCPUs to someone else).
+machine_ticks() { awk '/^cpu / { print $2+$3+$4+$7+$8, $2+$3+$4+$5+$6+$7+$8+$9, $9 }' /proc/stat; }
 
-# "<max VmHWM MiB of a client backend> <sum of their RssAnon MiB> <count>".
+# "<max VmHWM MiB of a client backend> <sum of their RssAnon MiB> <count>
+# <sum of their context switches>".
 pg_backends_mem() {
-  local p hwm=0 anon=0 n=0 h a
+  local p hwm=0 anon=0 n=0 cs=0 h a c
   for p in $(pg_backend_pids); do
-    read -r h a < <(awk '/VmHWM/ {h=$2} /RssAnon/ {a=$2} END {print h+0, a+0}' "/proc/$p/status" 2>/dev/null)
-    [ "$h" -gt "$hwm" ] && hwm=$h
-    anon=$((anon + a)) n=$((n + 1))
+    read -r h a c < <(awk '/VmHWM/ {h=$2} /RssAnon/ {a=$2} /ctxt_switches/ {c+=$2}
+      END {print h+0, a+0, c+0}' "/proc/$p/status" 2>/dev/null)
+    [ "${h:-0}" -gt "$hwm" ] && hwm=$h
+    anon=$((anon + ${a:-0})) n=$((n + 1)) cs=$((cs + ${c:-0}))
   done
-  awk -v h="$hwm" -v a="$anon" -v n="$n" 'BEGIN { printf "%.1f %.1f %d\n", h/1024, a/1024, n }'
+  awk -v h="$hwm" -v a="$anon" -v n="$n" -v c="$cs" 'BEGIN { printf "%.1f %.1f %d %d\n", h/1024, a/1024, n, c }'
 }
 
 # p50 and p99 in ms from pgbench per-transaction logs (-l --log-prefix=PREFIX).

@@ -29,6 +29,15 @@ bool cdb_cache_is_redis(const cdb_cache *c);
  * CACHE_UNAVAILABLE when Redis failed.
  */
 int cdb_cache_get(cdb_cache *c, const char *key, char **value, size_t *len, cdb_error *err);
+#define CDB_CACHE_GET_MANY_MAX 8
+
+/*
+ * Several keys in one round trip (Redis MGET): values[i] (malloc'd, caller
+ * frees) and lens[i] for each hit, NULL for each miss. 0, or
+ * CACHE_UNAVAILABLE (no values) when Redis failed.
+ */
+int cdb_cache_get_many(cdb_cache *c, int n, const char *const *keys, char **values, size_t *lens,
+                       cdb_error *err);
 /* ttl_s <= 0: no expiry. */
 int cdb_cache_set(cdb_cache *c, const char *key, const char *value, size_t len, int ttl_s, cdb_error *err);
 int cdb_cache_del(cdb_cache *c, const char *key, cdb_error *err);

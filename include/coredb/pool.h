@@ -62,6 +62,20 @@ void cdb_pool_free(cdb_pool *pool);
 cdb_pool_conn *cdb_pool_acquire(cdb_pool *pool, int64_t deadline_ms, cdb_error *err);
 /* The libpq connection of a handed-out pool connection. */
 PGconn *cdb_pool_conn_pg(cdb_pool_conn *conn);
+
+#define CDB_POOL_MAX_STATEMENTS 64
+
+/*
+ * Server-side prepared statements, kept per connection for its lifetime, so
+ * PostgreSQL parses and plans a statement shape once per connection instead
+ * of on every request. *name gets the statement's name for sql, preparing
+ * it first (one blocking round trip, outside pipeline mode) when this
+ * connection has not seen sql yet; NULL when the connection already holds
+ * CDB_POOL_MAX_STATEMENTS (run sql unprepared then). Only the holder of the
+ * connection may call it. Errors are those of the PREPARE.
+ */
+int cdb_pool_conn_prepare(cdb_pool_conn *conn, const char *sql, int nparams, const char **name,
+                          cdb_error *err);
 /*
  * Gives a connection back. A connection that is broken or inside a
  * transaction is closed instead of being reused.

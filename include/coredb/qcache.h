@@ -30,6 +30,8 @@ typedef struct cdb_qcache cdb_qcache;
 /* Does not own cache. ttl_s: CACHE_TTL; 0 turns caching off (every get misses, nothing stored). */
 cdb_qcache *cdb_qcache_new(cdb_cache *cache, int ttl_s);
 void cdb_qcache_free(cdb_qcache *qc);
+/* False when CACHE_TTL is 0: callers may skip building keys. */
+bool cdb_qcache_enabled(const cdb_qcache *qc);
 
 /* What a lookup found, and what the caller must do next. */
 typedef struct cdb_qcache_lookup {

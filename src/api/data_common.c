@@ -75,21 +75,36 @@ void cdb_data_release(cdb_service *svc, cdb_pool_conn *pc)
     cdb_pool_release(svc->pool, pc);
 }
 
-int cdb_data_send_prelude(PGconn *conn, const cdb_principal *p, cdb_error *err)
+/*
+ * The caller's database role and the settings row-level security reads, as
+ * one statement: set_config('role', ..., true) is SET LOCAL ROLE, and as a
+ * parameter the role needs no quoting.
+ */
+static const char PRELUDE_SQL[] =
+    "SELECT set_config('role', $1, true), set_config('app.current_user_id', $2, true),"
+    " set_config('app.current_role', $3, true)";
+
+bool cdb_data_send(PGconn *conn, const char *name, const char *sql, int nparams,
+                   const char *const *params)
 {
-    static const char settings[] =
-        "SELECT set_config('app.current_user_id', $1, true), set_config('app.current_role', $2, true)";
+    return name ? PQsendQueryPrepared(conn, name, nparams, params, NULL, NULL, 0) == 1
+                : PQsendQueryParams(conn, sql, nparams, NULL, params, NULL, NULL, 0) == 1;
+}
+
+int cdb_data_start_pipeline(cdb_pool_conn *pc, const cdb_principal *p, cdb_error *err)
+{
+    PGconn *conn = cdb_pool_conn_pg(pc);
     const char *db_role = p ? cdb_catalog_db_role(p->role) : NULL;
-    char set_role[64];
+    const char *prelude = NULL;
+    int rc;
 
     if (!db_role)
         return cdb_data_fail(err, CDB_ERR_FORBIDDEN, NULL, NULL, "Authentication required");
-    /* db_role is one of the fixed role names of the migrations, never user text */
-    snprintf(set_role, sizeof set_role, "SET LOCAL ROLE \"%s\"", db_role);
-    const char *params[2] = {p->user_id, cdb_role_name(p->role)};
-    if (!PQsendQueryParams(conn, "BEGIN", 0, NULL, NULL, NULL, NULL, 0) ||
-        !PQsendQueryParams(conn, set_role, 0, NULL, NULL, NULL, NULL, 0) ||
-        !PQsendQueryParams(conn, settings, 2, NULL, params, NULL, NULL, 0))
+    if ((rc = cdb_pool_conn_prepare(pc, PRELUDE_SQL, 3, &prelude, err)) < 0)
+        return rc;
+    const char *params[3] = {db_role, p->user_id, cdb_role_name(p->role)};
+    if (!PQenterPipelineMode(conn) || !cdb_data_send(conn, NULL, "BEGIN", 0, NULL) ||
+        !cdb_data_send(conn, prelude, PRELUDE_SQL, 3, params))
         return cdb_data_pg_error(conn, NULL, NULL, err);
     return 0;
 }
@@ -145,25 +160,6 @@ int cdb_data_pipeline_read(PGconn *conn, PGresult **out, int n, int *failed,
     PQclear(bad);
     if (failed)
         *failed = rc < 0 ? bad_index : -1;
-    return rc;
-}
-
-int cdb_data_begin(PGconn *conn, const cdb_principal *p, cdb_error *err)
-{
-    int rc;
-    if (!PQenterPipelineMode(conn))
-        return cdb_data_pg_error(conn, NULL, NULL, err);
-    if ((rc = cdb_data_send_prelude(conn, p, err)) < 0)
-        goto out_exit;
-    if (!PQpipelineSync(conn)) {
-        rc = cdb_data_pg_error(conn, NULL, NULL, err);
-        goto out_exit;
-    }
-    rc = cdb_data_pipeline_read(conn, NULL, CDB_DATA_PRELUDE_COUNT, NULL, NULL, err);
-
-out_exit:
-    if (PQpipelineStatus(conn) != PQ_PIPELINE_OFF && !PQexitPipelineMode(conn) && rc == 0)
-        rc = cdb_data_pg_error(conn, NULL, NULL, err);
     return rc;
 }
 

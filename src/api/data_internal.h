@@ -25,8 +25,8 @@
 /* Longest Redis key a caller may name (bytes, before the namespace prefix). */
 #define CDB_DATA_REDIS_KEY_MAX 512
 
-/* How many results cdb_data_send_prelude queues (BEGIN, SET LOCAL ROLE, settings). */
-#define CDB_DATA_PRELUDE_COUNT 3
+/* How many results cdb_data_start_pipeline queues (BEGIN, role + settings). */
+#define CDB_DATA_PRELUDE_COUNT 2
 
 /*
  * Replaces err entirely (old details dropped) with code and message, plus
@@ -53,10 +53,19 @@ PGconn *cdb_data_acquire(cdb_service *svc, cdb_pool_conn **pc, cdb_error *err);
 void cdb_data_release(cdb_service *svc, cdb_pool_conn *pc);
 
 /*
- * Queues the prelude on conn, which must be in pipeline mode:
- * CDB_DATA_PRELUDE_COUNT results follow. FORBIDDEN for an anonymous caller.
+ * Enters pipeline mode on pc and queues the prelude: BEGIN, then one
+ * statement that switches to the caller's database role (SET LOCAL) and
+ * sets app.current_user_id / app.current_role for row-level security;
+ * CDB_DATA_PRELUDE_COUNT results follow. The prelude is a prepared
+ * statement of the connection (cdb_pool_conn_prepare): prepare the
+ * request's own statements BEFORE calling this, pipeline mode forbids it.
+ * FORBIDDEN for an anonymous caller.
  */
-int cdb_data_send_prelude(PGconn *conn, const cdb_principal *p, cdb_error *err);
+int cdb_data_start_pipeline(cdb_pool_conn *pc, const cdb_principal *p, cdb_error *err);
+
+/* Queues sql, as the prepared statement name when not NULL. False when sending failed. */
+bool cdb_data_send(PGconn *conn, const char *name, const char *sql, int nparams,
+                   const char *const *params);
 
 /*
  * After PQpipelineSync: reads the results of n queued statements and the
@@ -70,12 +79,6 @@ int cdb_data_send_prelude(PGconn *conn, const cdb_principal *p, cdb_error *err);
 int cdb_data_pipeline_read(PGconn *conn, PGresult **out, int n, int *failed,
                            const char *context_field, cdb_error *err);
 
-/*
- * BEGIN + SET LOCAL ROLE + settings in one round trip (pipelined). On
- * failure the connection may be in a failed transaction: release it with
- * cdb_data_release.
- */
-int cdb_data_begin(PGconn *conn, const cdb_principal *p, cdb_error *err);
 
 /*
  * cdb_pg_error_from_result with the data API's refinements:

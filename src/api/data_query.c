@@ -362,19 +362,22 @@ static int run_query(cdb_service *svc, const cdb_principal *p, const cdb_sql *q,
     cdb_pool_conn *pc = NULL;
     int failed = -1, rc;
 
+    const char *rows_stmt = NULL, *count_stmt = NULL;
     PGconn *conn = cdb_data_acquire(svc, &pc, err);
     if (!conn)
         return err->code;
-    if (!PQenterPipelineMode(conn)) {
-        rc = cdb_data_pg_error(conn, NULL, NULL, err);
+    /* Each query shape is parsed and planned once per connection. */
+    if ((rc = cdb_pool_conn_prepare(pc, q->text, q->nparams, &rows_stmt, err)) < 0 ||
+        (rc = cdb_pool_conn_prepare(pc, count_sql, q->nparams - 2, &count_stmt, err)) < 0) {
+        rc = query_error(STMT_ROWS, err); /* a type problem of a filter shows at PREPARE */
         goto out_release;
     }
-    if ((rc = cdb_data_send_prelude(conn, p, err)) < 0)
+    if ((rc = cdb_data_start_pipeline(pc, p, err)) < 0)
         goto out_release;
     const char *const *params = (const char *const *)q->params;
-    if (!PQsendQueryParams(conn, q->text, q->nparams, NULL, params, NULL, NULL, 0) ||
-        !PQsendQueryParams(conn, count_sql, q->nparams - 2, NULL, params, NULL, NULL, 0) ||
-        !PQsendQueryParams(conn, "COMMIT", 0, NULL, NULL, NULL, NULL, 0) || !PQpipelineSync(conn)) {
+    if (!cdb_data_send(conn, rows_stmt, q->text, q->nparams, params) ||
+        !cdb_data_send(conn, count_stmt, count_sql, q->nparams - 2, params) ||
+        !cdb_data_send(conn, NULL, "COMMIT", 0, NULL) || !PQpipelineSync(conn)) {
         rc = cdb_data_pg_error(conn, NULL, NULL, err);
         goto out_release;
     }
@@ -426,7 +429,7 @@ static int query_postgresql(cdb_service *svc, const cdb_principal *p, json_t *r,
         (rc = cdb_data_ensure_namespace(svc, err)) < 0)
         goto out;
 
-    if (svc->qcache) {
+    if (cdb_qcache_enabled(svc->qcache)) {
         if (!(key = cache_key(p, t, &req, cols)))
             goto fail_oom;
         cdb_qcache_get(svc->qcache, t->name, key, &lk);

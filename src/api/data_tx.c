@@ -660,8 +660,9 @@ static void name_bad_value(PGconn *conn, const tx_op *op, cdb_error *err)
  * The pipeline: prelude, the PostgreSQL ops, RESET ROLE and the outbox rows,
  * COMMIT. On success the connection is out of pipeline mode again.
  */
-static int run_pipeline(tx *t, PGconn *conn, cdb_error *err)
+static int run_pipeline(tx *t, cdb_pool_conn *pc, cdb_error *err)
 {
+    PGconn *conn = cdb_pool_conn_pg(pc);
     PGresult *res[CDB_DATA_PRELUDE_COUNT + TX_MAX_OPS + 3] = { 0 };
     int n = CDB_DATA_PRELUDE_COUNT, failed = -1, rc;
     int first_after_ops = CDB_DATA_PRELUDE_COUNT + t->npg;
@@ -673,11 +674,7 @@ static int run_pipeline(tx *t, PGconn *conn, cdb_error *err)
         rc = oom(err);
         goto out_clear;
     }
-    if (PQenterPipelineMode(conn) != 1) {
-        rc = cdb_pg_error_from_result(conn, NULL, err);
-        goto out_clear;
-    }
-    if ((rc = cdb_data_send_prelude(conn, t->caller, err)) < 0)
+    if ((rc = cdb_data_start_pipeline(pc, t->caller, err)) < 0)
         goto out_clear;
     for (int k = 0; k < t->npg; k++, n++) {
         tx_op *op = &t->ops[t->pg_ops[k]];
@@ -987,7 +984,7 @@ int cdb_data_transaction(cdb_service *svc, const cdb_principal *caller, json_t *
         rc = err->code ? err->code : CDB_ERR_DATABASE_UNAVAILABLE;
         goto out_free;
     }
-    if ((rc = run_pipeline(t, conn, err)) < 0)
+    if ((rc = run_pipeline(t, pc, err)) < 0)
         goto out_release;
     if (t->nrows)
         apply_outbox(t, conn);

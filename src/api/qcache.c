@@ -110,6 +110,11 @@ void cdb_qcache_set_namespace(cdb_qcache *qc, const char *ns)
     atomic_store(&qc->ns_set, true);
 }
 
+bool cdb_qcache_enabled(const cdb_qcache *qc)
+{
+    return qc && qc->ttl_s > 0;
+}
+
 bool cdb_qcache_has_namespace(cdb_qcache *qc)
 {
     return atomic_load(&qc->ns_set);
@@ -160,56 +165,51 @@ static char *entry_key(const cdb_qcache *qc, const char *table, const char id[HA
     return k;
 }
 
-/* The table's generation (0 when unset); false when the cache failed. */
-static bool read_generation(cdb_qcache *qc, const char *table, int64_t *gen)
+/*
+ * The table's generation and the entry of ekey in one round trip (MGET: the
+ * entry's key does not depend on the generation). out->generation gets the
+ * generation (0 when unset); a hit when the entry was computed at that
+ * generation. False when the cache failed.
+ */
+static bool read_cached(cdb_qcache *qc, const char *table, const char *ekey, cdb_qcache_lookup *out)
 {
-    char key[256], *v = NULL;
-    size_t len = 0;
+    char gkey[256];
+    char *v[2];
+    size_t len[2];
     cdb_error err;
 
     cdb_error_init(&err);
-    cdb_qcache_generation_key(qc, table, key, sizeof key);
-    int rc = cdb_cache_get(qc->cache, key, &v, &len, &err);
+    cdb_qcache_generation_key(qc, table, gkey, sizeof gkey);
+    const char *keys[2] = {gkey, ekey};
+    int rc = cdb_cache_get_many(qc->cache, 2, keys, v, len, &err);
     cdb_error_destroy(&err);
-    *gen = 0;
+    out->generation = 0;
     if (rc < 0)
         return false;
-    if (rc == 1) {
-        char *end;
+    char *end;
+    if (v[0]) {
         errno = 0;
-        *gen = strtoll(v, &end, 10);
-        if (errno || end == v)
-            *gen = 0;
-        free(v);
+        out->generation = strtoll(v[0], &end, 10);
+        if (errno || end == v[0])
+            out->generation = 0;
+        free(v[0]);
     }
-    return true;
-}
-
-/* The cached value of ekey when it was computed at generation gen. */
-static bool read_entry(cdb_qcache *qc, const char *ekey, int64_t gen, cdb_qcache_lookup *out)
-{
-    char *v = NULL;
-    size_t len = 0;
-    cdb_error err;
-
-    cdb_error_init(&err);
-    int rc = cdb_cache_get(qc->cache, ekey, &v, &len, &err);
-    cdb_error_destroy(&err);
-    if (rc != 1)
-        return false;
-    char *nl = memchr(v, '\n', len), *end;
+    if (!v[1])
+        return true;
+    /* an entry is "<generation>\n<bytes>" */
+    char *nl = memchr(v[1], '\n', len[1]);
     errno = 0;
-    int64_t at = nl ? strtoll(v, &end, 10) : -1;
-    if (!nl || errno || end != nl || at != gen) {
-        free(v);
-        return false;
+    int64_t at = nl ? strtoll(v[1], &end, 10) : -1;
+    if (!nl || errno || end != nl || at != out->generation) {
+        free(v[1]);
+        return true;
     }
     /* hand the bytes after the tag over in place of a copy */
-    size_t skip = (size_t)(nl + 1 - v);
-    memmove(v, nl + 1, len - skip + 1);
+    size_t skip = (size_t)(nl + 1 - v[1]);
+    memmove(v[1], nl + 1, len[1] - skip + 1);
     out->hit = true;
-    out->value = v;
-    out->len = len - skip;
+    out->value = v[1];
+    out->len = len[1] - skip;
     return true;
 }
 
@@ -289,7 +289,6 @@ static void follow_locked(cdb_qcache *qc, flight *f, cdb_qcache_lookup *out)
 void cdb_qcache_get(cdb_qcache *qc, const char *table, const char *key, cdb_qcache_lookup *out)
 {
     char id[HASH_HEX];
-    char *ekey = NULL;
 
     *out = (cdb_qcache_lookup){0};
     if (!qc || !table || !key || qc->ttl_s <= 0) /* CACHE_TTL=0: caching is off */
@@ -298,15 +297,13 @@ void cdb_qcache_get(cdb_qcache *qc, const char *table, const char *key, cdb_qcac
         return;
     uint64_t epoch = atomic_load(&qc->epoch);
     key_id(key, id);
-    bool cache_ok = read_generation(qc, table, &out->generation);
-    if (cache_ok) {
-        if (!(ekey = entry_key(qc, table, id)))
-            return;
-        bool hit = read_entry(qc, ekey, out->generation, out);
-        free(ekey);
-        if (hit)
-            return;
-    }
+    char *ekey = entry_key(qc, table, id);
+    if (!ekey)
+        return;
+    bool cache_ok = read_cached(qc, table, ekey, out);
+    free(ekey);
+    if (out->hit)
+        return;
 
     int64_t now = cdb_mono_ms();
     pthread_mutex_lock(&qc->mu);

@@ -365,6 +365,60 @@ out_unlock:
     return rc;
 }
 
+/* MGET: one round trip for several keys. */
+static int redis_get_many(cdb_cache *c, int n, const char *const *keys, char **values, size_t *lens,
+                          cdb_error *err)
+{
+    const char *argv[1 + CDB_CACHE_GET_MANY_MAX] = {"MGET"};
+    size_t argvlen[1 + CDB_CACHE_GET_MANY_MAX] = {4};
+    for (int i = 0; i < n; i++) {
+        argv[i + 1] = keys[i];
+        argvlen[i + 1] = strlen(keys[i]);
+    }
+    redisReply *reply = cdb_redis_command_argv(c->redis, n + 1, argv, argvlen, err);
+    if (!reply)
+        return CDB_ERR_CACHE_UNAVAILABLE;
+    if (reply->type != REDIS_REPLY_ARRAY || reply->elements != (size_t)n)
+        return unexpected_reply(reply, "MGET", err);
+    for (int i = 0; i < n; i++) {
+        const redisReply *e = reply->element[i];
+        if (e->type != REDIS_REPLY_STRING)
+            continue; /* nil: a miss */
+        if (!(values[i] = malloc(e->len + 1))) {
+            freeReplyObject(reply);
+            return cdb_error_set(err, CDB_ERR_INTERNAL_ERROR, "out of memory");
+        }
+        memcpy(values[i], e->str, e->len);
+        values[i][e->len] = '\0';
+        lens[i] = e->len;
+    }
+    freeReplyObject(reply);
+    return 0;
+}
+
+int cdb_cache_get_many(cdb_cache *c, int n, const char *const *keys, char **values, size_t *lens,
+                       cdb_error *err)
+{
+    int rc = 0;
+    for (int i = 0; i < n; i++)
+        values[i] = NULL, lens[i] = 0;
+    if (n < 1 || n > CDB_CACHE_GET_MANY_MAX)
+        return cdb_error_set(err, CDB_ERR_INTERNAL_ERROR, "bad key count");
+    if (c->redis)
+        rc = redis_get_many(c, n, keys, values, lens, err);
+    else
+        for (int i = 0; i < n && rc >= 0; i++)
+            rc = cdb_cache_get(c, keys[i], &values[i], &lens[i], err);
+    if (rc < 0) {
+        for (int i = 0; i < n; i++) {
+            free(values[i]);
+            values[i] = NULL;
+        }
+        return rc;
+    }
+    return 0;
+}
+
 int cdb_cache_set(cdb_cache *c, const char *key, const char *value, size_t len, int ttl_s,
                   cdb_error *err)
 {

@@ -56,12 +56,22 @@ typedef struct conn_list {
     const char *name;
 } conn_list;
 
+/* A server-side prepared statement of one connection. */
+typedef struct prepared_stmt {
+    uint64_t hash;                 /* of sql, to skip most strcmp */
+    char *sql;
+    char name[16];                 /* "cdb_s<n>" */
+} prepared_stmt;
+
 struct cdb_pool_conn {
     PGconn *pg;
     conn_list *on;                 /* the list holding it, i.e. its state; NULL in transit */
     cdb_pool_conn *prev, *next;
     int64_t last_used_ms;          /* when it last went idle */
     uint64_t generation;           /* pool generation when it last went idle */
+    /* Statements prepared on this connection; touched only by its holder. */
+    prepared_stmt stmts[CDB_POOL_MAX_STATEMENTS];
+    int nstmts;
 };
 
 struct cdb_pool {
@@ -124,7 +134,50 @@ static void list_remove(conn_list *l, cdb_pool_conn *c)
 static void conn_close(cdb_pool_conn *c)
 {
     PQfinish(c->pg);
+    for (int i = 0; i < c->nstmts; i++)
+        free(c->stmts[i].sql);
     free(c);
+}
+
+/* FNV-1a: statements are compared by hash first, then by text. */
+static uint64_t sql_hash(const char *s)
+{
+    uint64_t h = 1469598103934665603ULL;
+    for (; *s; s++)
+        h = (h ^ (unsigned char)*s) * 1099511628211ULL;
+    return h;
+}
+
+int cdb_pool_conn_prepare(cdb_pool_conn *c, const char *sql, int nparams, const char **name,
+                          cdb_error *err)
+{
+    uint64_t h = sql_hash(sql);
+    *name = NULL;
+    for (int i = 0; i < c->nstmts; i++) {
+        if (c->stmts[i].hash == h && strcmp(c->stmts[i].sql, sql) == 0) {
+            *name = c->stmts[i].name;
+            return 0;
+        }
+    }
+    if (c->nstmts == CDB_POOL_MAX_STATEMENTS)
+        return 0; /* full: this shape runs unprepared */
+    prepared_stmt *st = &c->stmts[c->nstmts];
+    snprintf(st->name, sizeof st->name, "cdb_s%d", c->nstmts);
+    if (!(st->sql = strdup(sql)))
+        return cdb_error_set(err, CDB_ERR_INTERNAL_ERROR, "out of memory");
+    PGresult *res = PQprepare(c->pg, st->name, sql, nparams, NULL);
+    if (!res || PQresultStatus(res) != PGRES_COMMAND_OK) {
+        int rc = cdb_pg_error_from_result(c->pg, res, err);
+        PQclear(res);
+        free(st->sql);
+        st->sql = NULL;
+        return rc;
+    }
+    PQclear(res);
+    st->hash = h;
+    c->nstmts++;
+    *name = st->name;
+    return 0;
 }
 
 static int total_locked(const cdb_pool *p)

@@ -66,6 +66,33 @@ static void test_set_get_overwrite(void **state)
     assert_miss(c, "other");
 }
 
+static void test_get_many(void **state)
+{
+    cdb_cache *c = *state;
+    cdb_error err;
+    cdb_error_init(&err);
+    assert_int_equal(cdb_cache_set(c, "a", "1", 1, 0, &err), 0);
+    assert_int_equal(cdb_cache_set(c, "c", "33", 2, 0, &err), 0);
+    const char *keys[3] = {"a", "b", "c"};
+    char *values[3];
+    size_t lens[3];
+    assert_int_equal(cdb_cache_get_many(c, 3, keys, values, lens, &err), 0);
+    assert_string_equal(values[0], "1");
+    assert_int_equal(lens[0], 1);
+    assert_null(values[1]);             /* a miss */
+    assert_memory_equal(values[2], "33", 2);
+    assert_int_equal(lens[2], 2);
+    free(values[0]);
+    free(values[2]);
+    /* more keys than one call takes is refused, with every value NULL */
+    const char *many[CDB_CACHE_GET_MANY_MAX + 1] = {0};
+    char *vals[CDB_CACHE_GET_MANY_MAX + 1];
+    size_t ls[CDB_CACHE_GET_MANY_MAX + 1];
+    assert_true(cdb_cache_get_many(c, CDB_CACHE_GET_MANY_MAX + 1, many, vals, ls, &err) < 0);
+    assert_null(vals[0]);
+    cdb_error_destroy(&err);
+}
+
 static void test_binary_values(void **state)
 {
     cdb_cache *c = *state;
@@ -209,6 +236,7 @@ int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_setup_teardown(test_set_get_overwrite, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_get_many, setup, teardown),
         cmocka_unit_test_setup_teardown(test_binary_values, setup, teardown),
         cmocka_unit_test_setup_teardown(test_del, setup, teardown),
         cmocka_unit_test_setup_teardown(test_incr, setup, teardown),
