@@ -1,6 +1,6 @@
 /*
- * users.c - the users of public.users: validation, create, get, update,
- * delete, and the first admin.
+ * users.c - the users of public.users: create, get, update, delete, and the
+ * first admin. The body rules live in user_input.c.
  *
  * Who may do what is decided here, before any query, from the caller's
  * principal (the HTTP layer only authenticates): self or admin, and only an
@@ -21,28 +21,11 @@
 #include <sodium.h>
 
 #include "api/auth_internal.h"
+#include "api/user_input.h"
 #include "coredb/data.h"
 #include "coredb/log.h"
 #include "coredb/pg.h"
 
-#define EMAIL_MAX 255
-#define USERNAME_MIN 3
-#define USERNAME_MAX 50
-#define PASSWORD_MAX_BYTES 1024
-#define DISPLAY_NAME_MAX 100
-#define PICTURE_URL_MAX 500
-
-/* A validated body; strings point into the JSON it came from. */
-typedef struct user_input {
-    char email[EMAIL_MAX + 1];     /* lowercased; valid when has_email */
-    const char *username;
-    const char *password;
-    size_t password_len;
-    const char *role;
-    const char *display_name;      /* NULL with has_display_name: set to null */
-    const char *picture_url;
-    bool has_email, has_display_name, has_picture_url;
-} user_input;
 
 static const char *const role_names[] = {
     [CDB_ROLE_ANON] = "anonymous",
@@ -97,205 +80,6 @@ int cdb__json_parse(const char *text, json_t **out, cdb_error *err)
     return *out ? 0 : cdb__fail(err, CDB_ERR_INTERNAL_ERROR, NULL, "Malformed database result");
 }
 
-/* ---- validation ---- */
-
-static size_t utf8_chars(const char *s)
-{
-    size_t n = 0;
-    for (; *s; s++)
-        n += ((unsigned char)*s & 0xC0) != 0x80;
-    return n;
-}
-
-/* No control characters (C0, DEL): a display name is shown to people. */
-static bool no_controls(const char *s)
-{
-    for (; *s; s++)
-        if ((unsigned char)*s < 0x20 || *s == 0x7f)
-            return false;
-    return true;
-}
-
-/* No spaces or control characters (C0, DEL). */
-static bool printable_nospace(const char *s)
-{
-    for (; *s; s++)
-        if ((unsigned char)*s <= 0x20 || *s == 0x7f)
-            return false;
-    return true;
-}
-
-/*
- * The addresses people type: an RFC 5322 dot-atom local part (atext, single
- * dots not at either end, <= 64 bytes; no quoted forms, no comments) and a
- * domain of >= 2 dot-separated labels of letters, digits and inner hyphens
- * (<= 63 each). Bytes >= 0x80 are accepted as letters for internationalized
- * addresses.
- */
-static bool email_local_ok(const char *s, size_t len)
-{
-    static const char atext_extra[] = "!#$%&'*+-/=?^_`{|}~";
-    if (len == 0 || len > 64 || s[0] == '.' || s[len - 1] == '.')
-        return false;
-    for (size_t i = 0; i < len; i++) {
-        unsigned char c = (unsigned char)s[i];
-        if (c == '.') {
-            if (s[i + 1] == '.')
-                return false;
-        } else if (!(isalnum(c) || c >= 0x80 || (c && strchr(atext_extra, c)))) {
-            return false;
-        }
-    }
-    return true;
-}
-
-static bool email_domain_ok(const char *s)
-{
-    size_t labels = 0;
-    while (*s) {
-        size_t n = strcspn(s, ".");
-        if (n == 0 || n > 63 || s[0] == '-' || s[n - 1] == '-')
-            return false;
-        for (size_t i = 0; i < n; i++) {
-            unsigned char c = (unsigned char)s[i];
-            if (!(isalnum(c) || c == '-' || c >= 0x80))
-                return false;
-        }
-        labels++;
-        s += n;
-        if (*s == '.' && *++s == '\0')
-            return false; /* trailing dot */
-    }
-    return labels >= 2;
-}
-
-static int check_email(const char *s, char out[EMAIL_MAX + 1], cdb_error *err)
-{
-    size_t len = strlen(s);
-    if (len == 0 || len > EMAIL_MAX)
-        return cdb__fail(err, CDB_ERR_VALIDATION_FAILED, "email",
-                         "email must be 1 to %d characters", EMAIL_MAX);
-    const char *at = strrchr(s, '@');
-    if (!at || !email_local_ok(s, (size_t)(at - s)) || !email_domain_ok(at + 1))
-        return cdb__fail(err, CDB_ERR_VALIDATION_FAILED, "email", "email is not a valid address");
-    for (size_t i = 0; i <= len; i++)
-        out[i] = (char)tolower((unsigned char)s[i]);
-    return 0;
-}
-
-static int check_username(const char *s, cdb_error *err)
-{
-    size_t len = strlen(s);
-    bool ok = len >= USERNAME_MIN && len <= USERNAME_MAX &&
-              strspn(s, "abcdefghijklmnopqrstuvwxyz0123456789_.-") == len;
-    return ok ? 0 : cdb__fail(err, CDB_ERR_VALIDATION_FAILED, "username",
-                              "username must be %d to %d characters of a-z, 0-9, '_', '.', '-'",
-                              USERNAME_MIN, USERNAME_MAX);
-}
-
-/* email (may be NULL) is the address the password must differ from. */
-static int check_password(const cdb_config *cfg, const char *pw, size_t len, const char *email,
-                          cdb_error *err)
-{
-    if (len > PASSWORD_MAX_BYTES || strlen(pw) != len)
-        return cdb__fail(err, CDB_ERR_VALIDATION_FAILED, "password",
-                         "password must be at most %d bytes, without NUL characters",
-                         PASSWORD_MAX_BYTES);
-    if (utf8_chars(pw) < (size_t)cfg->password_min_length)
-        return cdb__fail(err, CDB_ERR_VALIDATION_FAILED, "password",
-                         "password must be at least %d characters", cfg->password_min_length);
-    if (email && strcasecmp(pw, email) == 0)
-        return cdb__fail(err, CDB_ERR_VALIDATION_FAILED, "password",
-                         "password must not be the email address");
-    return 0;
-}
-
-static int check_picture_url(const char *s, cdb_error *err)
-{
-    size_t scheme = strncasecmp(s, "https://", 8) == 0 ? 8 : strncasecmp(s, "http://", 7) == 0 ? 7 : 0;
-    if (!scheme || !s[scheme] || utf8_chars(s) > PICTURE_URL_MAX || !printable_nospace(s))
-        return cdb__fail(err, CDB_ERR_VALIDATION_FAILED, "profile_picture_url",
-                         "profile_picture_url must be an http(s) URL of at most %d characters",
-                         PICTURE_URL_MAX);
-    return 0;
-}
-
-static int check_string(json_t *v, const char *field, bool nullable, cdb_error *err)
-{
-    if (json_is_string(v) || (nullable && json_is_null(v)))
-        return 0;
-    return cdb__fail(err, CDB_ERR_VALIDATION_FAILED, field, "%s must be a string%s", field,
-                     nullable ? " or null" : "");
-}
-
-/*
- * Checks every field of a create (required: email, username, password) or
- * update (all optional) body. The password-equals-email rule is checked here
- * when the body carries both; an update without a new email checks it later
- * against the stored one.
- */
-static int parse_body(const cdb_config *cfg, json_t *body, bool create, user_input *in,
-                      cdb_error *err)
-{
-    const char *key;
-    json_t *v;
-
-    memset(in, 0, sizeof *in);
-    if (!json_is_object(body))
-        return cdb__fail(err, CDB_ERR_VALIDATION_FAILED, "body", "The body must be a JSON object");
-    json_object_foreach(body, key, v) {
-        bool nullable = strcmp(key, "display_name") == 0 || strcmp(key, "profile_picture_url") == 0;
-        bool known = nullable || strcmp(key, "email") == 0 || strcmp(key, "username") == 0 ||
-                     strcmp(key, "password") == 0 || strcmp(key, "role") == 0;
-        if (!known)
-            return cdb__fail(err, CDB_ERR_VALIDATION_FAILED, key, "Unknown field '%.64s'", key);
-        if (check_string(v, key, nullable, err) < 0)
-            return err->code;
-        const char *s = json_string_value(v);     /* NULL for JSON null */
-        if (s && strlen(s) != json_string_length(v))
-            return cdb__fail(err, CDB_ERR_VALIDATION_FAILED, key, "%s must not contain NUL", key);
-        if (strcmp(key, "email") == 0) {
-            if (check_email(s, in->email, err) < 0)
-                return err->code;
-            in->has_email = true;
-        } else if (strcmp(key, "username") == 0) {
-            if (check_username(s, err) < 0)
-                return err->code;
-            in->username = s;
-        } else if (strcmp(key, "password") == 0) {
-            in->password = s;
-            in->password_len = json_string_length(v);
-        } else if (strcmp(key, "role") == 0) {
-            if (cdb_role_parse(s) < 0)
-                return cdb__fail(err, CDB_ERR_VALIDATION_FAILED, "role",
-                                 "role must be one of admin, user, premium");
-            in->role = s;
-        } else if (strcmp(key, "display_name") == 0) {
-            if (s && (utf8_chars(s) > DISPLAY_NAME_MAX || !no_controls(s)))
-                return cdb__fail(err, CDB_ERR_VALIDATION_FAILED, key,
-                                 "display_name must be at most %d characters, without control "
-                                 "characters", DISPLAY_NAME_MAX);
-            in->display_name = s;
-            in->has_display_name = true;
-        } else {
-            if (s && check_picture_url(s, err) < 0)
-                return err->code;
-            in->picture_url = s;
-            in->has_picture_url = true;
-        }
-    }
-    if (create && !in->has_email)
-        return cdb__fail(err, CDB_ERR_VALIDATION_FAILED, "email", "email is required");
-    if (create && !in->username)
-        return cdb__fail(err, CDB_ERR_VALIDATION_FAILED, "username", "username is required");
-    if (create && !in->password)
-        return cdb__fail(err, CDB_ERR_VALIDATION_FAILED, "password", "password is required");
-    if (in->password)
-        return check_password(cfg, in->password, in->password_len,
-                              in->has_email ? in->email : NULL, err);
-    return 0;
-}
-
 /* Names the field of a unique violation on public.users. */
 static int conflict_field(cdb_error *err)
 {
@@ -328,7 +112,7 @@ int cdb__authorize_target(const cdb_principal *caller, const char *user_id, char
 int cdb_users_create(cdb_service *svc, const cdb_principal *caller, json_t *body,
                      json_t **out, cdb_error *err)
 {
-    user_input in;
+    cdb_user_input in;
     char hash[CDB_PASSWORD_HASH_MAX];
     cdb_pool_conn *pc = NULL;
     PGresult *res = NULL;
@@ -339,7 +123,7 @@ int cdb_users_create(cdb_service *svc, const cdb_principal *caller, json_t *body
     if (role && !is_admin(caller) &&
         !(json_is_string(role) && strcmp(json_string_value(role), "user") == 0))
         return cdb__fail(err, CDB_ERR_FORBIDDEN, "role", "Only an admin may set a role");
-    if ((rc = parse_body(svc->cfg, body, true, &in, err)) < 0)
+    if ((rc = cdb_user_input_parse(svc->cfg, body, true, &in, err)) < 0)
         return rc;
     if ((rc = cdb_password_hash(&svc->password, in.password, in.password_len, hash, err)) < 0)
         return rc;
@@ -426,7 +210,7 @@ out_release:
 int cdb_users_update(cdb_service *svc, const cdb_principal *caller, const char *user_id,
                      json_t *body, json_t **out, cdb_error *err)
 {
-    user_input in;
+    cdb_user_input in;
     char id[37], hash[CDB_PASSWORD_HASH_MAX];
     cdb_pool_conn *pc = NULL;
     PGresult *res = NULL, *ended = NULL;
@@ -437,7 +221,7 @@ int cdb_users_update(cdb_service *svc, const cdb_principal *caller, const char *
         return rc;
     if (json_object_get(body, "role") && !is_admin(caller))
         return cdb__fail(err, CDB_ERR_FORBIDDEN, "role", "Only an admin may change a role");
-    if ((rc = parse_body(svc->cfg, body, false, &in, err)) < 0)
+    if ((rc = cdb_user_input_parse(svc->cfg, body, false, &in, err)) < 0)
         return rc;
 
     PGconn *conn = cdb__acquire(svc, &pc, err);
@@ -454,7 +238,7 @@ int cdb_users_update(cdb_service *svc, const cdb_principal *caller, const char *
                 rc = cdb__fail(err, CDB_ERR_NOT_FOUND, NULL, "User not found");
                 goto out_release;
             }
-            if ((rc = check_password(svc->cfg, in.password, in.password_len, PQgetvalue(res, 0, 0), err)) < 0)
+            if ((rc = cdb_user_check_password(svc->cfg, in.password, in.password_len, PQgetvalue(res, 0, 0), err)) < 0)
                 goto out_release;
             PQclear(res);
             res = NULL;
@@ -583,9 +367,9 @@ int cdb_users_ensure_admin(cdb_service *svc, const char *email, const char *user
     if (!email || !password)
         return cdb__fail(err, CDB_ERR_VALIDATION_FAILED, email ? "password" : "email",
                          "The admin needs an email and a password");
-    if ((rc = check_email(email, mail, err)) < 0 ||
-        (rc = check_password(svc->cfg, password, strlen(password), mail, err)) < 0 ||
-        (username && (rc = check_username(username, err)) < 0))
+    if ((rc = cdb_user_check_email(email, mail, err)) < 0 ||
+        (rc = cdb_user_check_password(svc->cfg, password, strlen(password), mail, err)) < 0 ||
+        (username && (rc = cdb_user_check_username(username, err)) < 0))
         return rc;
     if (username)
         snprintf(name, sizeof name, "%s", username);
