@@ -74,3 +74,26 @@ def private_redis():
     server = RedisServer()
     yield server
     server.destroy()
+
+
+# ---- data API modules: one instance per module, on the module's own Redis
+# database (REDIS_DB), so cached entries of one module never reach another ----
+
+@pytest.fixture(scope="module")
+def inst(request, pg, redis_server):
+    from datahelp import start_instance
+    server = start_instance(pg, redis_server, request.module.REDIS_DB)
+    yield server
+    server.stop_clean()
+
+
+@pytest.fixture(scope="module")
+def admin(inst):
+    from datahelp import admin_of
+    return admin_of(inst)
+
+
+@pytest.fixture(scope="module")
+def rds(request, redis_server):
+    from datahelp import redis_client
+    return redis_client(redis_server, request.module.REDIS_DB)

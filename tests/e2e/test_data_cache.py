@@ -8,21 +8,14 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
-import pytest
-
 from datahelp import (add_project, add_projects, admin_of, pg_delete, pg_insert, pg_update,
                       query_ok, redis_client, start_instance, tx_ok, user, wait_for)
 from identity import Account
 
+# the module fixtures inst, admin, rds (conftest.py) use this Redis database
+# the module fixtures inst, admin, rds (conftest.py) use this Redis database
 REDIS_DB = 13
 SHARED_DB = 14
-
-
-@pytest.fixture(scope="module")
-def inst(pg, redis_server):
-    server = start_instance(pg, redis_server, REDIS_DB)
-    yield server
-    server.stop_clean()
 
 
 def body_for(pid):

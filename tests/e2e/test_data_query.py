@@ -10,27 +10,11 @@ import uuid
 import pytest
 
 from datahelp import (ISO_RE, PROJECT_COLS, UUID_RE, add_analysis, add_media, add_project,
-                      add_projects, admin_of, assert_error, counts, premium, query, query_ok,
-                      redis_client, start_instance, user, wait_for)
+                      add_projects, assert_error, counts, premium, query, query_ok,
+                      start_instance, user, wait_for)
 
+# the module fixtures inst, admin, rds (conftest.py) use this Redis database
 REDIS_DB = 11
-
-
-@pytest.fixture(scope="module")
-def inst(pg, redis_server):
-    server = start_instance(pg, redis_server, REDIS_DB)
-    yield server
-    server.stop_clean()
-
-
-@pytest.fixture(scope="module")
-def admin(inst):
-    return admin_of(inst)
-
-
-@pytest.fixture(scope="module")
-def rds(redis_server):
-    return redis_client(redis_server, REDIS_DB)
 
 
 # ---- authentication and request shape ----

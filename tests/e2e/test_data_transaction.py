@@ -17,24 +17,8 @@ from datahelp import (UUID_RE, add_analysis, add_project, admin_of, assert_error
                       rop, rset, scalar, start_instance, tx, tx_fail, tx_ok, user, wait_for)
 from identity import unique
 
+# the module fixtures inst, admin, rds (conftest.py) use this Redis database
 REDIS_DB = 12
-
-
-@pytest.fixture(scope="module")
-def inst(pg, redis_server):
-    server = start_instance(pg, redis_server, REDIS_DB)
-    yield server
-    server.stop_clean()
-
-
-@pytest.fixture(scope="module")
-def admin(inst):
-    return admin_of(inst)
-
-
-@pytest.fixture(scope="module")
-def rds(redis_server):
-    return redis_client(redis_server, REDIS_DB)
 
 
 def project_row(inst, pid):
