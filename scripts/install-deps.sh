@@ -37,21 +37,21 @@ fi
 
 echo "install-deps: installing ${missing[*]}" >&2
 export DEBIAN_FRONTEND=noninteractive
-# Debian's postgresql package would create and start a system cluster; we run
-# our own clusters, so keep its service from starting (policy-rc.d) and leave
-# the package's cluster creation off.
-if [ ! -e /usr/sbin/policy-rc.d ] || ! grep -q coredb /usr/sbin/policy-rc.d 2>/dev/null; then
-  if [ ! -e /usr/sbin/policy-rc.d ]; then
-    printf '#!/bin/sh\n# coredb install-deps: do not start services on install\nexit 101\n' | $SUDO tee /usr/sbin/policy-rc.d >/dev/null
-    $SUDO chmod 755 /usr/sbin/policy-rc.d
-    remove_policy=1
-  fi
+# Debian's packages would start a system PostgreSQL cluster and a Redis on
+# their default ports; we run our own servers, so keep services from
+# starting during the install (policy-rc.d) and skip the default cluster.
+remove_policy=0
+if [ ! -e /usr/sbin/policy-rc.d ]; then
+  printf '#!/bin/sh\n# coredb install-deps: no service starts during the install\nexit 101\n' |
+    $SUDO tee /usr/sbin/policy-rc.d >/dev/null
+  $SUDO chmod 755 /usr/sbin/policy-rc.d
+  remove_policy=1
 fi
 $SUDO mkdir -p /etc/postgresql-common/createcluster.d
 echo "create_main_cluster = false" | $SUDO tee /etc/postgresql-common/createcluster.d/coredb.conf >/dev/null
 $SUDO apt-get update -qq || true
 $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
-if [ "${remove_policy:-0}" = 1 ]; then
+if [ "$remove_policy" = 1 ]; then
   $SUDO rm -f /usr/sbin/policy-rc.d
 fi
 echo "install-deps: done" >&2

@@ -18,6 +18,12 @@ export COREDB_TEST_TMP
 COREDB_TEST_TMP=$(mktemp -d /tmp/coredb-test.XXXXXX)
 chmod 755 "$COREDB_TEST_TMP"
 cleanup() {
+  # Redis rewrites its command line, so servers are found by their pid files
+  # (redis.pid, postmaster.pid), the rest by the temp dir in their arguments.
+  local pidfile
+  while IFS= read -r pidfile; do
+    kill -KILL "$(head -n 1 "$pidfile")" 2>/dev/null
+  done < <(find "$COREDB_TEST_TMP" \( -name redis.pid -o -name postmaster.pid \) 2>/dev/null)
   pkill -KILL -f "$COREDB_TEST_TMP" 2>/dev/null
   sleep 0.2
   rm -rf "$COREDB_TEST_TMP"

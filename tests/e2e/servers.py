@@ -140,7 +140,8 @@ class RedisServer:
     def start(self):
         self.proc = subprocess.Popen(
             ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1",
-             "--save", "", "--appendonly", "no", "--dir", self.dir],
+             "--save", "", "--appendonly", "no", "--dir", self.dir,
+             "--pidfile", os.path.join(self.dir, "redis.pid")],
             stdout=open(os.path.join(self.dir, "log"), "ab"), stderr=subprocess.STDOUT)
         deadline = time.time() + 10
         while time.time() < deadline:
