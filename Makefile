@@ -26,7 +26,7 @@ else
 Q := @
 endif
 
-.PHONY: all run test unit e2e san bench clean deps
+.PHONY: all run test san bench clean deps unit-bins
 all: $(BUILD)/coredb
 
 deps:

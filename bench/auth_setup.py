@@ -13,24 +13,14 @@ Standard library only.
 import concurrent.futures as cf
 import json
 import sys
-import urllib.error
-import urllib.request
+
+import bench_http
 
 BASE, N, OUT = sys.argv[1], int(sys.argv[2]), sys.argv[3]
 
 
 def call(method, path, body=None, token=None):
-    req = urllib.request.Request(BASE + path, method=method,
-                                 data=None if body is None else json.dumps(body).encode())
-    req.add_header("Content-Type", "application/json")
-    if token:
-        req.add_header("Authorization", "Bearer " + token)
-    try:
-        with urllib.request.urlopen(req, timeout=120) as r:
-            raw = r.read()
-            return r.status, (json.loads(raw) if raw else None)
-    except urllib.error.HTTPError as e:
-        return e.code, None
+    return bench_http.call(BASE, method, path, body, token)
 
 
 def must(status, body, want, what):

@@ -2,10 +2,10 @@
 # The data API against PostgreSQL itself (issue 4's benchmark): one page
 # (limit 20) of the caller's projects, newest first, plus the total, as
 #  - pgbench with the exact statements coredb sends for a cache miss,
-#    pipelined the same way (pgbench_coredb.sql, -M extended), and with
-#    faster shapes of the same work (the same SQL prepared, plain rows with
-#    and without the role switch, one statement building the JSON); the
-#    fastest row is the physical limit;
+#    pipelined and prepared the same way (pgbench_coredb.sql, -M prepared),
+#    and with faster shapes of the same work (plain rows with and without the
+#    role switch, one statement building the JSON); the fastest row is the
+#    physical limit;
 #  - coredb POST /api/v1/data/query with CACHE_TTL=0 (every request a miss);
 #  - coredb with CACHE_TTL=300 after a warm-up pass (every request a hit).
 # wrk (data_query.lua) and pgbench use the same connection and thread
@@ -136,7 +136,7 @@ read -r http_threads pool_max redis_pool <<<"$threads"
 # --- the exact SQL in PostgreSQL alone, then the same work through coredb ---
 # (no coredb runs while pgbench does: its pool's backends would count as pgbench's)
 bench_stop_coredb
-pgbench_run exact extended pgbench_coredb.sql "pgbench -M extended" "the exact SQL of a miss: BEGIN, SET LOCAL ROLE, set_config, row_to_json page, count, COMMIT (pipelined)"
+pgbench_run exact prepared pgbench_coredb.sql "pgbench -M prepared" "the exact SQL of a miss: BEGIN, role + settings, row_to_json page, count, COMMIT (pipelined, prepared as coredb does)"
 bench_start_coredb REDIS_URL="$REDIS_URL" CACHE_TTL=0 "${CDB_ENV[@]}"
 # shellcheck disable=SC2046
 $(wrk_cmd 2s) >/dev/null   # untimed: fills the pools, warms PostgreSQL's caches
@@ -153,13 +153,12 @@ stores=$(( $(redis_sets) - sets0 ))
 bench_stop_coredb
 
 # --- faster shapes of the same work in PostgreSQL ---
-pgbench_run exact_prep prepared pgbench_coredb.sql "pgbench -M prepared" "the same statements, prepared once per connection"
 pgbench_run role prepared pgbench_fast_role.sql "pgbench -M prepared" "the same with plain rows (no row_to_json)"
 pgbench_run json prepared pgbench_fast_json.sql "pgbench -M prepared" "one statement building page + total as JSON, owner, no role switch"
 pgbench_run plain prepared pgbench_fast_plain.sql "pgbench -M prepared" "two plain statements (pipelined), owner, no transaction or role switch"
 
 limit_key=exact
-for k in exact_prep role json plain; do
+for k in role json plain; do
   awk -v a="${RPS[$k]}" -v b="${RPS[$limit_key]}" 'BEGIN { exit !(a > b) }' && limit_key=$k
 done
 other_max=0

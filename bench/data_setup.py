@@ -10,24 +10,15 @@ of BODY_FILE answers one page of the caller's own projects with the total
 import concurrent.futures as cf
 import json
 import sys
-import urllib.error
-import urllib.request
+
+import bench_http
 
 BASE, N, OUT, BODY = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4]
 PASSWORD = "bench-data-password"
 
 
 def call(method, path, body=None, token=None):
-    req = urllib.request.Request(BASE + path, method=method,
-                                 data=None if body is None else json.dumps(body).encode())
-    req.add_header("Content-Type", "application/json")
-    if token:
-        req.add_header("Authorization", "Bearer " + token)
-    try:
-        with urllib.request.urlopen(req, timeout=120) as r:
-            return r.status, json.loads(r.read() or b"null")
-    except urllib.error.HTTPError as e:
-        return e.code, e.read()[:300]
+    return bench_http.call(BASE, method, path, body, token)
 
 
 def login(i):

@@ -115,7 +115,7 @@ pg_backend_pids() {
   local pm p
   pm=$(postmaster_pid)
   for p in $(pgrep -P "$pm"); do
-    tr '\0' ' ' <"/proc/$p/cmdline" 2>/dev/null | grep -q '127\.0\.0\.1(\|\[local\]' && echo "$p"
+    tr '\0' ' ' 2>/dev/null <"/proc/$p/cmdline" | grep -q '127\.0\.0\.1(\|\[local\]' && echo "$p"
   done
   return 0
 }

@@ -6,8 +6,7 @@
 \set n random(1, :nusers)
 \startpipeline
 BEGIN;
-SET LOCAL ROLE "coredb_user";
-SELECT set_config('app.current_user_id', (SELECT id::text FROM bench.users WHERE n = :n), true), set_config('app.current_role', :role, true);
+SELECT set_config('role', 'coredb_user', true), set_config('app.current_user_id', (SELECT id::text FROM bench.users WHERE n = :n), true), set_config('app.current_role', :role, true);
 SELECT "id", "title", "description", "status", "settings", "created_at" FROM "public"."projects" ORDER BY "created_at" DESC LIMIT 20 OFFSET 0;
 SELECT count(*) FROM "public"."projects";
 COMMIT;

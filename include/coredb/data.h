@@ -3,8 +3,8 @@
  * multi-database transactions on behalf of a caller.
  *
  * Every PostgreSQL statement runs inside a transaction that first switches
- * to the caller's database role (SET LOCAL ROLE coredb_user|coredb_premium|
- * coredb_admin) and sets app.current_user_id / app.current_role as
+ * to the caller's database role (coredb_user|coredb_premium|coredb_admin, as
+ * SET LOCAL ROLE does) and sets app.current_user_id / app.current_role as
  * transaction-local settings, so the row-level-security policies of the
  * migrations decide what is visible. Identifiers come from the catalog
  * (catalog.h) and are quoted; values are always bound parameters; the

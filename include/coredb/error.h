@@ -75,6 +75,13 @@ cdb_err cdb_error_set(cdb_error *err, cdb_err code, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
 cdb_err cdb_error_vset(cdb_error *err, cdb_err code, const char *fmt, va_list ap);
 
+/*
+ * cdb_error_set plus details[key] = value (a string) when both are given:
+ * the common "what failed, and which field" of validation errors.
+ */
+cdb_err cdb_error_set_detail(cdb_error *err, cdb_err code, const char *key, const char *value,
+                             const char *fmt, ...) __attribute__((format(printf, 5, 6)));
+
 /* Adds details[key] = value (value reference is stolen). err may be NULL. */
 void cdb_error_detail(cdb_error *err, const char *key, json_t *value);
 

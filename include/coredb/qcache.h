@@ -2,7 +2,7 @@
  * qcache.h - the query-result cache of the data API, over cdb_cache (Redis
  * or in-process).
  *
- * Staleness rule: every table has a generation counter (coredb:gen:<table>)
+ * Staleness rule: every table has a generation counter (coredb:<ns>:gen:<table>)
  * that every write through coredb bumps after it commits. A cached entry is
  * stored together with the generation read BEFORE its query ran, and is
  * served only while the table's generation still equals it. So once a

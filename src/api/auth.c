@@ -47,7 +47,7 @@ PGconn *cdb__acquire(cdb_service *svc, cdb_pool_conn **pc, cdb_error *err)
 {
     *pc = NULL;
     if (!svc->pool) {
-        cdb__fail(err, CDB_ERR_INTERNAL_ERROR, NULL, "The service was opened without a pool");
+        cdb_error_set(err, CDB_ERR_INTERNAL_ERROR, "The service was opened without a pool");
         return NULL;
     }
     *pc = cdb_pool_acquire(svc->pool, 0, err);
@@ -209,7 +209,7 @@ static int token_pair(cdb_service *svc, const char *user_id, const char *role, c
                          "session_id", sid, "user", user);
         user = NULL;   /* json_pack steals it even when it fails */
         if (!*out)
-            rc = cdb__fail(err, CDB_ERR_INTERNAL_ERROR, NULL, "Out of memory");
+            rc = cdb_error_set(err, CDB_ERR_INTERNAL_ERROR, "Out of memory");
     }
     json_decref(user);
     if (access)
@@ -227,14 +227,14 @@ int cdb_auth_verify_token(cdb_service *svc, const char *token, cdb_principal *ou
     memset(out, 0, sizeof *out);
     out->role = CDB_ROLE_ANON;
     if (!token || !*token)
-        return cdb__fail(err, CDB_ERR_UNAUTHORIZED, NULL, "Missing bearer token");
+        return cdb_error_set(err, CDB_ERR_UNAUTHORIZED, "Missing bearer token");
     int rc = cdb_jwt_verify(&svc->jwt, token, cdb_wall_s(), &c, err);
     if (rc < 0)
         return rc;
     int role = cdb_role_parse(c.role);
     if (role < 0 || !cdb__uuid_norm(c.sub, out->user_id) || !cdb__uuid_norm(c.sid, out->session_id)) {
         memset(out, 0, sizeof *out);
-        return cdb__fail(err, CDB_ERR_UNAUTHORIZED, NULL, "Invalid token");
+        return cdb_error_set(err, CDB_ERR_UNAUTHORIZED, "Invalid token");
     }
     out->role = (cdb_role)role;
     out->token_exp = c.exp;
@@ -275,7 +275,7 @@ int cdb_auth_check_session(cdb_service *svc, cdb_principal *out, cdb_error *err)
     if (state == 1)
         return 0;
     if (state == 0) {
-        rc = cdb__fail(err, CDB_ERR_TOKEN_REVOKED, NULL, "Session has ended");
+        rc = cdb_error_set(err, CDB_ERR_TOKEN_REVOKED, "Session has ended");
         goto out_release;
     }
 
@@ -294,7 +294,7 @@ int cdb_auth_check_session(cdb_service *svc, cdb_principal *out, cdb_error *err)
     if (rc < 0)
         goto out_release;
     if (PQntuples(res) == 0) {
-        rc = cdb__fail(err, CDB_ERR_TOKEN_REVOKED, NULL, "Session has ended");
+        rc = cdb_error_set(err, CDB_ERR_TOKEN_REVOKED, "Session has ended");
         goto out_release;
     }
     session_remember(svc, out->session_id, out->user_id, strtoll(PQgetvalue(res, 0, 0), NULL, 10));
@@ -322,7 +322,7 @@ static int login_allowed(cdb_service *svc, const char *addr_key, const char *acc
         wait = acct_reset;
     if (wait < 0)
         return 0;
-    cdb__fail(err, CDB_ERR_RATE_LIMITED, NULL, "Too many failed logins; try again later");
+    cdb_error_set(err, CDB_ERR_RATE_LIMITED, "Too many failed logins; try again later");
     cdb_error_detail(err, "retry_after", json_integer(wait < 1 ? 1 : (json_int_t)ceil(wait)));
     return CDB_ERR_RATE_LIMITED;
 }
@@ -368,8 +368,8 @@ int cdb_auth_login(cdb_service *svc, const char *email, const char *password,
 
     *out = NULL;
     if (!email || !*email || !password)
-        return cdb__fail(err, CDB_ERR_VALIDATION_FAILED, email && *email ? "password" : "email",
-                         "email and password are required");
+        return cdb_error_set_detail(err, CDB_ERR_VALIDATION_FAILED, "field", email && *email ? "password" : "email",
+                                    "email and password are required");
     const char *address = client && client->address ? client->address : "unknown";
     snprintf(addr_key, sizeof addr_key, "coredb:login:addr:%.64s", address);
     int n = snprintf(acct_key, sizeof acct_key, "coredb:login:acct:%.255s", email);
@@ -400,7 +400,7 @@ int cdb_auth_login(cdb_service *svc, const char *email, const char *password,
     if (!ok) {
         cdb_ratelimit_window_hit(svc->ratelimit, addr_key, cfg->login_failure_window_s);
         cdb_ratelimit_window_hit(svc->ratelimit, acct_key, cfg->login_failure_window_s);
-        rc = cdb__fail(err, CDB_ERR_INVALID_CREDENTIALS, NULL, "Invalid email or password");
+        rc = cdb_error_set(err, CDB_ERR_INVALID_CREDENTIALS, "Invalid email or password");
         goto out_release;
     }
     cdb_ratelimit_window_clear(svc->ratelimit, acct_key);
@@ -435,7 +435,7 @@ int cdb_auth_login(cdb_service *svc, const char *email, const char *password,
                           4, ins, &sess, err)) < 0)
         goto out_release;
     if (PQntuples(sess) == 0) {   /* deleted or deactivated since the lookup */
-        rc = cdb__fail(err, CDB_ERR_INVALID_CREDENTIALS, NULL, "Invalid email or password");
+        rc = cdb_error_set(err, CDB_ERR_INVALID_CREDENTIALS, "Invalid email or password");
         goto out_release;
     }
     const char *sid = PQgetvalue(sess, 0, 0);
@@ -483,7 +483,7 @@ int cdb_auth_refresh(cdb_service *svc, const char *refresh_token, json_t **out, 
 
     *out = NULL;
     if (!refresh_token || !*refresh_token || strlen(refresh_token) > REFRESH_TEXT_MAX)
-        return cdb__fail(err, CDB_ERR_UNAUTHORIZED, NULL, "Invalid refresh token");
+        return cdb_error_set(err, CDB_ERR_UNAUTHORIZED, "Invalid refresh token");
     sha256_hex(refresh_token, hash);
     snprintf(timeout, sizeof timeout, "%d", svc->cfg->session_timeout_s);
 
@@ -504,7 +504,7 @@ int cdb_auth_refresh(cdb_service *svc, const char *refresh_token, json_t **out, 
                           2, find, &row, err)) < 0)
         goto out_release;
     if (PQntuples(row) == 0) {
-        rc = cdb__fail(err, CDB_ERR_UNAUTHORIZED, NULL, "Invalid refresh token");
+        rc = cdb_error_set(err, CDB_ERR_UNAUTHORIZED, "Invalid refresh token");
         goto out_release;
     }
     const char *sid = PQgetvalue(row, 0, 0), *user_id = PQgetvalue(row, 0, 4);
@@ -519,11 +519,11 @@ int cdb_auth_refresh(cdb_service *svc, const char *refresh_token, json_t **out, 
             goto out_release;
         cdb__session_forget(svc, sid);
         cdb_log_warn("auth.refresh_reuse", "reused refresh token: session %s of user %s ended", sid, user_id);
-        rc = cdb__fail(err, CDB_ERR_TOKEN_REVOKED, NULL, "Refresh token reuse detected; the session has ended");
+        rc = cdb_error_set(err, CDB_ERR_TOKEN_REVOKED, "Refresh token reuse detected; the session has ended");
         goto out_release;
     }
     if (PQgetvalue(row, 0, 2)[0] != 't' || PQgetvalue(row, 0, 3)[0] != 't') {
-        rc = cdb__fail(err, CDB_ERR_TOKEN_REVOKED, NULL, "Session has ended");
+        rc = cdb_error_set(err, CDB_ERR_TOKEN_REVOKED, "Session has ended");
         goto out_release;
     }
     if ((rc = cdb__json_parse(PQgetvalue(row, 0, 6), &user_json, err)) < 0)
@@ -559,7 +559,7 @@ int cdb_auth_logout(cdb_service *svc, const cdb_principal *caller, json_t **out,
 
     *out = NULL;
     if (!caller || caller->role == CDB_ROLE_ANON || !*caller->session_id)
-        return cdb__fail(err, CDB_ERR_UNAUTHORIZED, NULL, "Authentication required");
+        return cdb_error_set(err, CDB_ERR_UNAUTHORIZED, "Authentication required");
     PGconn *conn = cdb__acquire(svc, &pc, err);
     if (!conn)
         return err->code;
@@ -572,7 +572,7 @@ int cdb_auth_logout(cdb_service *svc, const cdb_principal *caller, json_t **out,
     cdb__session_forget(svc, caller->session_id);
     *out = json_pack("{s:s, s:s}", "status", "logged_out", "session_id", caller->session_id);
     if (!*out)
-        rc = cdb__fail(err, CDB_ERR_INTERNAL_ERROR, NULL, "Out of memory");
+        rc = cdb_error_set(err, CDB_ERR_INTERNAL_ERROR, "Out of memory");
 
 out_release:
     cdb__release(svc, pc);
@@ -602,13 +602,13 @@ int cdb_auth_revoke_user(cdb_service *svc, const cdb_principal *caller, const ch
                               &exists, err)) < 0)
             goto out_release;
         if (PQntuples(exists) == 0) {
-            rc = cdb__fail(err, CDB_ERR_NOT_FOUND, NULL, "User not found");
+            rc = cdb_error_set(err, CDB_ERR_NOT_FOUND, "User not found");
             goto out_release;
         }
     }
     *out = json_pack("{s:s, s:i}", "user_id", id, "revoked_sessions", (json_int_t)PQntuples(ended));
     if (!*out)
-        rc = cdb__fail(err, CDB_ERR_INTERNAL_ERROR, NULL, "Out of memory");
+        rc = cdb_error_set(err, CDB_ERR_INTERNAL_ERROR, "Out of memory");
     else
         cdb_log_info("auth.revoked", "%d sessions of user %s revoked by %s", PQntuples(ended), id,
                      caller->user_id);
@@ -631,7 +631,7 @@ int cdb_auth_sessions_list(cdb_service *svc, const cdb_principal *caller, json_t
 
     *out = NULL;
     if (!caller || caller->role == CDB_ROLE_ANON)
-        return cdb__fail(err, CDB_ERR_UNAUTHORIZED, NULL, "Authentication required");
+        return cdb_error_set(err, CDB_ERR_UNAUTHORIZED, "Authentication required");
     PGconn *conn = cdb__acquire(svc, &pc, err);
     if (!conn)
         return err->code;
@@ -651,7 +651,7 @@ int cdb_auth_sessions_list(cdb_service *svc, const cdb_principal *caller, json_t
         goto out_release;
     *out = json_pack("{s:o}", "sessions", list);
     if (!*out)
-        rc = cdb__fail(err, CDB_ERR_INTERNAL_ERROR, NULL, "Out of memory");
+        rc = cdb_error_set(err, CDB_ERR_INTERNAL_ERROR, "Out of memory");
 
 out_release:
     PQclear(res);
@@ -668,9 +668,9 @@ int cdb_auth_session_delete(cdb_service *svc, const cdb_principal *caller,
     int rc;
 
     if (!caller || caller->role == CDB_ROLE_ANON)
-        return cdb__fail(err, CDB_ERR_UNAUTHORIZED, NULL, "Authentication required");
+        return cdb_error_set(err, CDB_ERR_UNAUTHORIZED, "Authentication required");
     if (!cdb__uuid_norm(session_id, sid))
-        return cdb__fail(err, CDB_ERR_NOT_FOUND, NULL, "Session not found");
+        return cdb_error_set(err, CDB_ERR_NOT_FOUND, "Session not found");
     PGconn *conn = cdb__acquire(svc, &pc, err);
     if (!conn)
         return err->code;
@@ -686,7 +686,7 @@ int cdb_auth_session_delete(cdb_service *svc, const cdb_principal *caller,
     if (rc < 0)
         goto out_release;
     if (PQntuples(res) == 0) {
-        rc = cdb__fail(err, CDB_ERR_NOT_FOUND, NULL, "Session not found");
+        rc = cdb_error_set(err, CDB_ERR_NOT_FOUND, "Session not found");
         goto out_release;
     }
     cdb__session_forget(svc, sid);

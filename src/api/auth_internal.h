@@ -26,9 +26,6 @@
     s ".revoked_at IS NULL AND " s ".expires_at > now() AND " s ".last_seen_at > " \
     "now() - make_interval(secs => " n ")"
 
-/* Replaces err (details included) with code, message and details.field. */
-int cdb__fail(cdb_error *err, cdb_err code, const char *field, const char *fmt, ...)
-    __attribute__((format(printf, 4, 5)));
 
 /* Copies a UUID in canonical lowercase form into out; false when s is not one. */
 bool cdb__uuid_norm(const char *s, char out[37]);

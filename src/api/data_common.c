@@ -14,25 +14,11 @@
 #include "coredb/log.h"
 #include "coredb/pg.h"
 
-int cdb_data_fail(cdb_error *err, cdb_err code, const char *key, const char *value,
-                  const char *fmt, ...)
-{
-    va_list ap;
-    if (!err)
-        return code;
-    va_start(ap, fmt);
-    cdb_error_vset(err, code, fmt, ap);
-    va_end(ap);
-    if (key)
-        cdb_error_detail(err, key, json_string(value ? value : ""));
-    return code;
-}
-
 PGconn *cdb_data_acquire(cdb_service *svc, cdb_pool_conn **pc, cdb_error *err)
 {
     *pc = NULL;
     if (!svc->pool) {
-        cdb_data_fail(err, CDB_ERR_DATABASE_UNAVAILABLE, NULL, NULL, "Database unavailable");
+        cdb_error_set(err, CDB_ERR_DATABASE_UNAVAILABLE, "Database unavailable");
         return NULL;
     }
     *pc = cdb_pool_acquire(svc->pool, 0, err);
@@ -53,8 +39,8 @@ int cdb_data_ensure_namespace(cdb_service *svc, cdb_error *err)
     if (rc == 0 && PQntuples(res) == 1)
         cdb_qcache_set_namespace(svc->qcache, PQgetvalue(res, 0, 0));
     else if (rc == 0)
-        rc = cdb_data_fail(err, CDB_ERR_DATABASE_UNAVAILABLE, NULL, NULL,
-                           "Database not ready: migrations pending");
+        rc = cdb_error_set_detail(err, CDB_ERR_DATABASE_UNAVAILABLE, NULL, NULL,
+                                  "Database not ready: migrations pending");
     PQclear(res);
     cdb_data_release(svc, pc);
     return rc;
@@ -99,7 +85,7 @@ int cdb_data_start_pipeline(cdb_pool_conn *pc, const cdb_principal *p, cdb_error
     int rc;
 
     if (!db_role)
-        return cdb_data_fail(err, CDB_ERR_FORBIDDEN, NULL, NULL, "Authentication required");
+        return cdb_error_set(err, CDB_ERR_FORBIDDEN, "Authentication required");
     if ((rc = cdb_pool_conn_prepare(pc, PRELUDE_SQL, 3, &prelude, err)) < 0)
         return rc;
     const char *params[3] = {db_role, p->user_id, cdb_role_name(p->role)};
@@ -294,19 +280,19 @@ int cdb_data_redis_key(const cdb_principal *p, const json_t *key, char **out, cd
     char prefix[64];
     *out = NULL;
     if (!cdb_data_redis_prefix(p, prefix, sizeof prefix))
-        return cdb_data_fail(err, CDB_ERR_FORBIDDEN, NULL, NULL, "Authentication required");
+        return cdb_error_set(err, CDB_ERR_FORBIDDEN, "Authentication required");
     if (!json_is_string(key))
-        return cdb_data_fail(err, CDB_ERR_VALIDATION_FAILED, "field", "key",
-                             "key must be a string");
+        return cdb_error_set_detail(err, CDB_ERR_VALIDATION_FAILED, "field", "key",
+                                    "key must be a string");
     size_t n = json_string_length(key);
     const char *s = json_string_value(key);
     if (n == 0 || n > CDB_DATA_REDIS_KEY_MAX || memchr(s, '\0', n))
-        return cdb_data_fail(err, CDB_ERR_VALIDATION_FAILED, "field", "key",
-                             "key must be 1 to %d bytes without NUL", CDB_DATA_REDIS_KEY_MAX);
+        return cdb_error_set_detail(err, CDB_ERR_VALIDATION_FAILED, "field", "key",
+                                    "key must be 1 to %d bytes without NUL", CDB_DATA_REDIS_KEY_MAX);
     size_t plen = strlen(prefix);
     char *k = malloc(plen + n + 1);
     if (!k)
-        return cdb_data_fail(err, CDB_ERR_INTERNAL_ERROR, NULL, NULL, "Out of memory");
+        return cdb_error_set(err, CDB_ERR_INTERNAL_ERROR, "Out of memory");
     memcpy(k, prefix, plen);
     memcpy(k + plen, s, n + 1);
     *out = k;

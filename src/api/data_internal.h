@@ -6,8 +6,9 @@
  * Redis namespace. Implemented in data_common.c.
  *
  * Every request runs on ONE pooled connection in ONE transaction:
- *   BEGIN; SET LOCAL ROLE <db role>;
- *   SELECT set_config('app.current_user_id', $1, true), set_config('app.current_role', $2, true);
+ *   BEGIN;
+ *   SELECT set_config('role', <db role>, true), set_config('app.current_user_id', ...),
+ *          set_config('app.current_role', ...);   -- prepared, = SET LOCAL ROLE + settings
  *   ...statements...; COMMIT
  * and the SQL of that prelude lives only in data_common.c.
  */
@@ -27,13 +28,6 @@
 
 /* How many results cdb_data_start_pipeline queues (BEGIN, role + settings). */
 #define CDB_DATA_PRELUDE_COUNT 2
-
-/*
- * Replaces err entirely (old details dropped) with code and message, plus
- * details[key] = value when key is not NULL. Returns code.
- */
-int cdb_data_fail(cdb_error *err, cdb_err code, const char *key, const char *value,
-                  const char *fmt, ...) __attribute__((format(printf, 5, 6)));
 
 /*
  * Loads the deployment id that namespaces the cache keys (qcache.h) the

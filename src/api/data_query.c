@@ -6,9 +6,10 @@
  * the caller role's catalog snapshot (only catalog names reach SQL); the
  * result cache is asked (qcache.h, keyed by caller identity + the canonical
  * request); and only then PostgreSQL runs it. The whole database part is
- * ONE round trip: BEGIN, SET LOCAL ROLE, the settings RLS reads, the page
- * of rows as JSON built by PostgreSQL, the total count and COMMIT are
- * pipelined and read back together. Rows are spliced into the response as
+ * ONE round trip: BEGIN, the caller's role with the settings RLS reads, the
+ * page of rows as JSON built by PostgreSQL, the total count and COMMIT are
+ * pipelined and read back together; all but BEGIN and COMMIT are prepared
+ * statements of the pooled connection, parsed and planned once per shape. Rows are spliced into the response as
  * PostgreSQL wrote them; the cached bytes are the response minus
  * execution_time_ms and cached.
  *
@@ -65,7 +66,7 @@ static const char *unknown_member(const json_t *obj, const char *const *allowed)
 
 static int invalid(cdb_error *err, const char *field, const char *msg)
 {
-    return cdb_data_fail(err, CDB_ERR_VALIDATION_FAILED, "field", field, "%s", msg);
+    return cdb_error_set_detail(err, CDB_ERR_VALIDATION_FAILED, "field", field, "%s", msg);
 }
 
 /* order_by: one {column, direction} or an array of them, into req->order. */
@@ -84,7 +85,7 @@ static int parse_order(const json_t *v, query_req *req, cdb_error *err)
         return invalid(err, "order_by", "order_by must be an array of {column, direction}");
     if (!(req->order = json_array())) {
         json_decref(single);
-        return cdb_data_fail(err, CDB_ERR_INTERNAL_ERROR, NULL, NULL, "Out of memory");
+        return cdb_error_set(err, CDB_ERR_INTERNAL_ERROR, "Out of memory");
     }
     int rc = 0;
     json_array_foreach(v, i, o) {
@@ -119,15 +120,15 @@ static int parse_pagination(const json_t *v, cdb_role role, query_req *req, cdb_
         return invalid(err, "pagination", "pagination must be an object {page, limit}");
     const char *bad = unknown_member(v, members);
     if (bad)
-        return cdb_data_fail(err, CDB_ERR_VALIDATION_FAILED, "field", "pagination",
-                             "Unknown pagination field");
+        return cdb_error_set_detail(err, CDB_ERR_VALIDATION_FAILED, "field", "pagination",
+                                    "Unknown pagination field");
     json_t *page = json_object_get(v, "page"), *limit = json_object_get(v, "limit");
     if (limit) {
         if (!json_is_integer(limit) || json_integer_value(limit) < 1)
             return invalid(err, "pagination.limit", "limit must be an integer >= 1");
         if (json_integer_value(limit) > max) {
-            cdb_data_fail(err, CDB_ERR_VALIDATION_FAILED, "field", "pagination.limit",
-                          "limit must be at most %" JSON_INTEGER_FORMAT " for this role", max);
+            cdb_error_set_detail(err, CDB_ERR_VALIDATION_FAILED, "field", "pagination.limit",
+                                 "limit must be at most %" JSON_INTEGER_FORMAT " for this role", max);
             cdb_error_detail(err, "max", json_integer(max));
             return CDB_ERR_VALIDATION_FAILED;
         }
@@ -153,7 +154,7 @@ static int validate_select(const json_t *r, cdb_role role, query_req *req, cdb_e
     size_t i;
 
     if (bad)
-        return cdb_data_fail(err, CDB_ERR_VALIDATION_FAILED, "field", bad, "Unknown field");
+        return cdb_error_set_detail(err, CDB_ERR_VALIDATION_FAILED, "field", bad, "Unknown field");
     v = json_object_get(r, "query_type");
     if (v && !(json_is_string(v) && strcmp(json_string_value(v), "select") == 0))
         return invalid(err, "query_type", "query_type must be \"select\" for postgresql");
@@ -175,8 +176,8 @@ static int validate_select(const json_t *r, cdb_role role, query_req *req, cdb_e
     v = json_object_get(r, "filters");
     if (v && !json_is_null(v)) {
         if (!json_is_object(v))
-            return cdb_data_fail(err, CDB_ERR_INVALID_FILTER, NULL, NULL,
-                                 "filters must be an object of column names");
+            return cdb_error_set_detail(err, CDB_ERR_INVALID_FILTER, NULL, NULL,
+                                        "filters must be an object of column names");
         req->filters = v;
     }
     int rc = parse_order(json_object_get(r, "order_by"), req, err);
@@ -190,7 +191,7 @@ static const cdb_column *readable_column(const cdb_table *t, const char *name, c
     const cdb_column *c = cdb_catalog_column(t, name);
     if (c && (c->privs & CDB_PRIV_SELECT))
         return c;
-    cdb_data_fail(err, CDB_ERR_UNKNOWN_COLUMN, "column", name, "Unknown column");
+    cdb_error_set_detail(err, CDB_ERR_UNKNOWN_COLUMN, "column", name, "Unknown column");
     return NULL;
 }
 
@@ -265,15 +266,15 @@ static int build_sql(const cdb_catalog *cat, const cdb_table *t, const query_req
     if (q->oom || asprintf(count_sql, "SELECT count(*)%.*s", (int)(where_end - from),
                            q->text + from) < 0) {
         *count_sql = NULL;
-        return cdb_data_fail(err, CDB_ERR_INTERNAL_ERROR, NULL, NULL, "Out of memory");
+        return cdb_error_set(err, CDB_ERR_INTERNAL_ERROR, "Out of memory");
     }
     return 0;
 
 fail_params:
     if (q->oom)
-        return cdb_data_fail(err, CDB_ERR_INTERNAL_ERROR, NULL, NULL, "Out of memory");
-    return cdb_data_fail(err, CDB_ERR_INVALID_FILTER, NULL, NULL,
-                         "Too many filter values (at most %d)", CDB_SQL_MAX_PARAMS - 2);
+        return cdb_error_set(err, CDB_ERR_INTERNAL_ERROR, "Out of memory");
+    return cdb_error_set_detail(err, CDB_ERR_INVALID_FILTER, NULL, NULL,
+                                "Too many filter values (at most %d)", CDB_SQL_MAX_PARAMS - 2);
 }
 
 /* identity + canonical request: what a cached answer may be reused for. */
@@ -302,8 +303,8 @@ static int query_error(int failed, cdb_error *err)
     if (state && (failed == STMT_ROWS || failed == STMT_COUNT)) {
         for (const char *const *s = value_states; *s; s++)
             if (strcmp(state, *s) == 0)
-                return cdb_data_fail(err, CDB_ERR_INVALID_FILTER, NULL, NULL,
-                                     "A filter value does not fit its column");
+                return cdb_error_set_detail(err, CDB_ERR_INVALID_FILTER, NULL, NULL,
+                                            "A filter value does not fit its column");
     }
     return err->code;
 }
@@ -386,7 +387,7 @@ static int run_query(cdb_service *svc, const cdb_principal *p, const cdb_sql *q,
         goto out_release;
     }
     if (!(*part = page_body(res[STMT_ROWS], res[STMT_COUNT], req, len)))
-        rc = cdb_data_fail(err, CDB_ERR_INTERNAL_ERROR, NULL, NULL, "Out of memory");
+        rc = cdb_error_set(err, CDB_ERR_INTERNAL_ERROR, "Out of memory");
 
 out_release:
     for (int i = 0; i < NSTMTS; i++)
@@ -413,7 +414,7 @@ static int query_postgresql(cdb_service *svc, const cdb_principal *p, json_t *r,
     if ((rc = validate_select(r, p->role, &req, err)) < 0)
         goto out;
     if (!svc->catalog) {
-        rc = cdb_data_fail(err, CDB_ERR_DATABASE_UNAVAILABLE, NULL, NULL, "Database unavailable");
+        rc = cdb_error_set(err, CDB_ERR_DATABASE_UNAVAILABLE, "Database unavailable");
         goto out;
     }
     if (!(cat = cdb_catalog_cache_get(svc->catalog, err))) {
@@ -422,7 +423,7 @@ static int query_postgresql(cdb_service *svc, const cdb_principal *p, json_t *r,
     }
     const cdb_table *t = cdb_catalog_table(cat, p->role, req.table);
     if (!t || !(t->privs & CDB_PRIV_SELECT)) {
-        rc = cdb_data_fail(err, CDB_ERR_UNKNOWN_TABLE, "table", req.table, "Unknown table");
+        rc = cdb_error_set_detail(err, CDB_ERR_UNKNOWN_TABLE, "table", req.table, "Unknown table");
         goto out;
     }
     if ((rc = build_sql(cat, t, &req, &q, &count_sql, cols, err)) < 0 ||
@@ -451,7 +452,7 @@ static int query_postgresql(cdb_service *svc, const cdb_principal *p, json_t *r,
     goto out;
 
 fail_oom:
-    rc = cdb_data_fail(err, CDB_ERR_INTERNAL_ERROR, NULL, NULL, "Out of memory");
+    rc = cdb_error_set(err, CDB_ERR_INTERNAL_ERROR, "Out of memory");
 out:
     free(lk.value);
     free(part);
@@ -478,7 +479,7 @@ static int query_redis(cdb_service *svc, const cdb_principal *p, json_t *r, char
     int rc;
 
     if (bad)
-        return cdb_data_fail(err, CDB_ERR_VALIDATION_FAILED, "field", bad, "Unknown field");
+        return cdb_error_set_detail(err, CDB_ERR_VALIDATION_FAILED, "field", bad, "Unknown field");
     if (qt && !(json_is_string(qt) && strcmp(json_string_value(qt), "get") == 0))
         return invalid(err, "query_type", "query_type must be \"get\" for redis");
     if ((rc = cdb_data_redis_key(p, jkey, &key, err)) < 0)
@@ -502,7 +503,7 @@ static int query_redis(cdb_service *svc, const cdb_principal *p, json_t *r, char
             rc = invalid(err, "key", "The value of the key is not UTF-8 text");
         freeReplyObject(reply);
     } else if (!svc->cache) {
-        rc = cdb_data_fail(err, CDB_ERR_CACHE_UNAVAILABLE, NULL, NULL, "Cache unavailable");
+        rc = cdb_error_set(err, CDB_ERR_CACHE_UNAVAILABLE, "Cache unavailable");
     } else {
         rc = cdb_cache_get(svc->cache, key, &v, &len, err);
         if (rc == 1)
@@ -518,7 +519,7 @@ static int query_redis(cdb_service *svc, const cdb_principal *p, json_t *r, char
         goto out;
     body = json_pack("{s:{s:O, s:O}}", "data", "key", jkey, "value", value);
     if (!body || !(*body_out = json_dumps(body, JSON_COMPACT)))
-        rc = cdb_data_fail(err, CDB_ERR_INTERNAL_ERROR, NULL, NULL, "Out of memory");
+        rc = cdb_error_set(err, CDB_ERR_INTERNAL_ERROR, "Out of memory");
 
 out:
     json_decref(body);
@@ -535,7 +536,7 @@ int cdb_data_query(cdb_service *svc, const cdb_principal *caller, json_t *reques
 
     *body_out = NULL;
     if (!caller || caller->role == CDB_ROLE_ANON)
-        return cdb_data_fail(err, CDB_ERR_UNAUTHORIZED, NULL, NULL, "Authentication required");
+        return cdb_error_set(err, CDB_ERR_UNAUTHORIZED, "Authentication required");
     if (!json_is_object(request))
         return invalid(err, "body", "The request must be a JSON object");
     json_t *db = json_object_get(request, "database");

@@ -4,7 +4,7 @@
  * A request is validated whole and turned into its statements before a
  * connection is taken, so a bad operation costs no database work. Then one
  * pipeline, one round trip, runs on one pooled connection:
- *   BEGIN; SET LOCAL ROLE; settings (data_common.c) ; op 1 ; ... ; op n ;
+ *   BEGIN; role + settings (data_common.c) ; op 1 ; ... ; op n ;
  *   RESET ROLE ; INSERT INTO coredb.redis_outbox ... ; COMMIT
  * The first failing statement aborts the rest and the transaction, and its
  * error names the operation. RESET ROLE is needed because the outbox belongs
@@ -106,7 +106,6 @@ static int op_fail(cdb_error *err, int i, cdb_err code, const char *field, const
 static int op_fail(cdb_error *err, int i, cdb_err code, const char *field, const char *fmt, ...)
 {
     va_list ap;
-    cdb_error_destroy(err);
     va_start(ap, fmt);
     cdb_error_vset(err, code, fmt, ap);
     va_end(ap);
@@ -151,8 +150,8 @@ static const cdb_column *op_column(const cdb_table *t, const char *name, unsigne
     const cdb_column *c = cdb_catalog_column(t, name);
     if (c && (c->privs & priv) == priv)
         return c;
-    cdb_data_fail(err, CDB_ERR_UNKNOWN_COLUMN, "column", name,
-                  "Unknown column for this operation: %.100s", name);
+    cdb_error_set_detail(err, CDB_ERR_UNKNOWN_COLUMN, "column", name,
+                         "Unknown column for this operation: %.100s", name);
     op_tag(err, i, 0);
     return NULL;
 }
@@ -334,13 +333,13 @@ static int parse_pg_op(tx *t, int i, json_t *o, op_kind kind, cdb_sql *q, cdb_er
         return err->code ? err->code : cdb_error_set(err, CDB_ERR_DATABASE_UNAVAILABLE, "Database unavailable");
     op->table = cdb_catalog_table(t->cat, t->caller->role, json_string_value(name));
     if (!op->table) {
-        cdb_data_fail(err, CDB_ERR_UNKNOWN_TABLE, "table", json_string_value(name),
-                      "Unknown table: %.100s", json_string_value(name));
+        cdb_error_set_detail(err, CDB_ERR_UNKNOWN_TABLE, "table", json_string_value(name),
+                             "Unknown table: %.100s", json_string_value(name));
         return op_tag(err, i, CDB_ERR_UNKNOWN_TABLE);
     }
     if ((op->table->privs & need[kind]) != need[kind]) {
-        cdb_data_fail(err, CDB_ERR_FORBIDDEN, "table", op->table->name,
-                      "%s on %.100s is not allowed for this role", op_names[kind], op->table->name);
+        cdb_error_set_detail(err, CDB_ERR_FORBIDDEN, "table", op->table->name,
+                             "%s on %.100s is not allowed for this role", op_names[kind], op->table->name);
         return op_tag(err, i, CDB_ERR_FORBIDDEN);
     }
     if ((kind == OP_UPDATE || kind == OP_DELETE) &&
@@ -479,8 +478,8 @@ static int plan_bump(tx *t, const char *table, cdb_error *err)
         if (strcmp(t->gen_keys[j], key) == 0)
             return 0;
     if (t->ngen == TX_MAX_GEN)
-        return cdb_data_fail(err, CDB_ERR_VALIDATION_FAILED, "field", "operations",
-                             "The transaction would change more than %d tables", TX_MAX_GEN);
+        return cdb_error_set_detail(err, CDB_ERR_VALIDATION_FAILED, "field", "operations",
+                                    "The transaction would change more than %d tables", TX_MAX_GEN);
     memcpy(t->gen_keys[t->ngen], key, sizeof key);
     t->rows[t->nrows++] = (outbox_row){.op = "incr", .key = t->gen_keys[t->ngen++]};
     return 0;
@@ -520,15 +519,15 @@ static int parse_request(tx *t, json_t *request, cdb_error *err)
     int rc = 0;
 
     if (!json_is_object(request))
-        return cdb_data_fail(err, CDB_ERR_VALIDATION_FAILED, "field", "body", "The body must be a JSON object");
+        return cdb_error_set_detail(err, CDB_ERR_VALIDATION_FAILED, "field", "body", "The body must be a JSON object");
     json_object_foreach(request, f, v) {
         if (strcmp(f, "operations"))
-            return cdb_data_fail(err, CDB_ERR_VALIDATION_FAILED, "field", f,
-                                 "Unknown field: %.64s", f);
+            return cdb_error_set_detail(err, CDB_ERR_VALIDATION_FAILED, "field", f,
+                                        "Unknown field: %.64s", f);
     }
     if (!json_is_array(ops) || json_array_size(ops) < 1 || json_array_size(ops) > TX_MAX_OPS)
-        return cdb_data_fail(err, CDB_ERR_VALIDATION_FAILED, "field", "operations",
-                             "operations must be an array of 1 to %d operations", TX_MAX_OPS);
+        return cdb_error_set_detail(err, CDB_ERR_VALIDATION_FAILED, "field", "operations",
+                                    "operations must be an array of 1 to %d operations", TX_MAX_OPS);
     cdb_sql_init(&q);
     for (size_t i = 0; i < json_array_size(ops) && rc == 0; i++) {
         t->nops = (int)i + 1;      /* so the cleanup frees a partly built op */
@@ -974,7 +973,7 @@ int cdb_data_transaction(cdb_service *svc, const cdb_principal *caller, json_t *
     t->caller = caller;
     new_uuid(t->id);
     if (!caller || caller->role == CDB_ROLE_ANON) {
-        rc = cdb_data_fail(err, CDB_ERR_FORBIDDEN, NULL, NULL, "The data API needs an authenticated caller");
+        rc = cdb_error_set(err, CDB_ERR_FORBIDDEN, "The data API needs an authenticated caller");
         goto out_free;
     }
     /* generation keys are named while parsing: they need the namespace */

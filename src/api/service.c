@@ -94,7 +94,7 @@ int cdb_service_open(cdb_service **out, const cdb_config *cfg,
     }
     svc->cache = cdb_cache_new(svc->redis, CACHE_MAX_ENTRIES);
     svc->ratelimit = cdb_ratelimit_new(svc->redis);
-    svc->qcache = svc->cache ? cdb_qcache_new(svc->cache, cfg->cache_ttl_s) : NULL;
+    svc->qcache = cdb_qcache_new(svc->cache, cfg->cache_ttl_s);
     if (!svc->cache || !svc->ratelimit || !svc->qcache) {
         cdb_error_set(err, CDB_ERR_INTERNAL_ERROR, "out of memory");
         goto fail;

@@ -84,11 +84,11 @@ int cdb_user_check_email(const char *s, char out[EMAIL_MAX + 1], cdb_error *err)
 {
     size_t len = strlen(s);
     if (len == 0 || len > EMAIL_MAX)
-        return cdb__fail(err, CDB_ERR_VALIDATION_FAILED, "email",
-                         "email must be 1 to %d characters", EMAIL_MAX);
+        return cdb_error_set_detail(err, CDB_ERR_VALIDATION_FAILED, "field", "email",
+                                    "email must be 1 to %d characters", EMAIL_MAX);
     const char *at = strrchr(s, '@');
     if (!at || !email_local_ok(s, (size_t)(at - s)) || !email_domain_ok(at + 1))
-        return cdb__fail(err, CDB_ERR_VALIDATION_FAILED, "email", "email is not a valid address");
+        return cdb_error_set_detail(err, CDB_ERR_VALIDATION_FAILED, "field", "email", "email is not a valid address");
     for (size_t i = 0; i <= len; i++)
         out[i] = (char)tolower((unsigned char)s[i]);
     return 0;
@@ -99,9 +99,9 @@ int cdb_user_check_username(const char *s, cdb_error *err)
     size_t len = strlen(s);
     bool ok = len >= USERNAME_MIN && len <= USERNAME_MAX &&
               strspn(s, "abcdefghijklmnopqrstuvwxyz0123456789_.-") == len;
-    return ok ? 0 : cdb__fail(err, CDB_ERR_VALIDATION_FAILED, "username",
-                              "username must be %d to %d characters of a-z, 0-9, '_', '.', '-'",
-                              USERNAME_MIN, USERNAME_MAX);
+    return ok ? 0 : cdb_error_set_detail(err, CDB_ERR_VALIDATION_FAILED, "field", "username",
+                                         "username must be %d to %d characters of a-z, 0-9, '_', '.', '-'",
+                                         USERNAME_MIN, USERNAME_MAX);
 }
 
 /* email (may be NULL) is the address the password must differ from. */
@@ -109,15 +109,15 @@ int cdb_user_check_password(const cdb_config *cfg, const char *pw, size_t len, c
                             cdb_error *err)
 {
     if (len > PASSWORD_MAX_BYTES || strlen(pw) != len)
-        return cdb__fail(err, CDB_ERR_VALIDATION_FAILED, "password",
-                         "password must be at most %d bytes, without NUL characters",
-                         PASSWORD_MAX_BYTES);
+        return cdb_error_set_detail(err, CDB_ERR_VALIDATION_FAILED, "field", "password",
+                                    "password must be at most %d bytes, without NUL characters",
+                                    PASSWORD_MAX_BYTES);
     if (utf8_chars(pw) < (size_t)cfg->password_min_length)
-        return cdb__fail(err, CDB_ERR_VALIDATION_FAILED, "password",
-                         "password must be at least %d characters", cfg->password_min_length);
+        return cdb_error_set_detail(err, CDB_ERR_VALIDATION_FAILED, "field", "password",
+                                    "password must be at least %d characters", cfg->password_min_length);
     if (email && strcasecmp(pw, email) == 0)
-        return cdb__fail(err, CDB_ERR_VALIDATION_FAILED, "password",
-                         "password must not be the email address");
+        return cdb_error_set_detail(err, CDB_ERR_VALIDATION_FAILED, "field", "password",
+                                    "password must not be the email address");
     return 0;
 }
 
@@ -125,9 +125,9 @@ static int check_picture_url(const char *s, cdb_error *err)
 {
     size_t scheme = strncasecmp(s, "https://", 8) == 0 ? 8 : strncasecmp(s, "http://", 7) == 0 ? 7 : 0;
     if (!scheme || !s[scheme] || utf8_chars(s) > PICTURE_URL_MAX || !printable_nospace(s))
-        return cdb__fail(err, CDB_ERR_VALIDATION_FAILED, "profile_picture_url",
-                         "profile_picture_url must be an http(s) URL of at most %d characters",
-                         PICTURE_URL_MAX);
+        return cdb_error_set_detail(err, CDB_ERR_VALIDATION_FAILED, "field", "profile_picture_url",
+                                    "profile_picture_url must be an http(s) URL of at most %d characters",
+                                    PICTURE_URL_MAX);
     return 0;
 }
 
@@ -135,8 +135,8 @@ static int check_string(json_t *v, const char *field, bool nullable, cdb_error *
 {
     if (json_is_string(v) || (nullable && json_is_null(v)))
         return 0;
-    return cdb__fail(err, CDB_ERR_VALIDATION_FAILED, field, "%s must be a string%s", field,
-                     nullable ? " or null" : "");
+    return cdb_error_set_detail(err, CDB_ERR_VALIDATION_FAILED, "field", field, "%s must be a string%s", field,
+                                nullable ? " or null" : "");
 }
 
 /*
@@ -153,18 +153,18 @@ int cdb_user_input_parse(const cdb_config *cfg, json_t *body, bool create, cdb_u
 
     memset(in, 0, sizeof *in);
     if (!json_is_object(body))
-        return cdb__fail(err, CDB_ERR_VALIDATION_FAILED, "body", "The body must be a JSON object");
+        return cdb_error_set_detail(err, CDB_ERR_VALIDATION_FAILED, "field", "body", "The body must be a JSON object");
     json_object_foreach(body, key, v) {
         bool nullable = strcmp(key, "display_name") == 0 || strcmp(key, "profile_picture_url") == 0;
         bool known = nullable || strcmp(key, "email") == 0 || strcmp(key, "username") == 0 ||
                      strcmp(key, "password") == 0 || strcmp(key, "role") == 0;
         if (!known)
-            return cdb__fail(err, CDB_ERR_VALIDATION_FAILED, key, "Unknown field '%.64s'", key);
+            return cdb_error_set_detail(err, CDB_ERR_VALIDATION_FAILED, "field", key, "Unknown field '%.64s'", key);
         if (check_string(v, key, nullable, err) < 0)
             return err->code;
         const char *s = json_string_value(v);     /* NULL for JSON null */
         if (s && strlen(s) != json_string_length(v))
-            return cdb__fail(err, CDB_ERR_VALIDATION_FAILED, key, "%s must not contain NUL", key);
+            return cdb_error_set_detail(err, CDB_ERR_VALIDATION_FAILED, "field", key, "%s must not contain NUL", key);
         if (strcmp(key, "email") == 0) {
             if (cdb_user_check_email(s, in->email, err) < 0)
                 return err->code;
@@ -178,14 +178,14 @@ int cdb_user_input_parse(const cdb_config *cfg, json_t *body, bool create, cdb_u
             in->password_len = json_string_length(v);
         } else if (strcmp(key, "role") == 0) {
             if (cdb_role_parse(s) < 0)
-                return cdb__fail(err, CDB_ERR_VALIDATION_FAILED, "role",
-                                 "role must be one of admin, user, premium");
+                return cdb_error_set_detail(err, CDB_ERR_VALIDATION_FAILED, "field", "role",
+                                            "role must be one of admin, user, premium");
             in->role = s;
         } else if (strcmp(key, "display_name") == 0) {
             if (s && (utf8_chars(s) > DISPLAY_NAME_MAX || !no_controls(s)))
-                return cdb__fail(err, CDB_ERR_VALIDATION_FAILED, key,
-                                 "display_name must be at most %d characters, without control "
-                                 "characters", DISPLAY_NAME_MAX);
+                return cdb_error_set_detail(err, CDB_ERR_VALIDATION_FAILED, "field", key,
+                                            "display_name must be at most %d characters, without control "
+                                            "characters", DISPLAY_NAME_MAX);
             in->display_name = s;
             in->has_display_name = true;
         } else {
@@ -196,11 +196,11 @@ int cdb_user_input_parse(const cdb_config *cfg, json_t *body, bool create, cdb_u
         }
     }
     if (create && !in->has_email)
-        return cdb__fail(err, CDB_ERR_VALIDATION_FAILED, "email", "email is required");
+        return cdb_error_set_detail(err, CDB_ERR_VALIDATION_FAILED, "field", "email", "email is required");
     if (create && !in->username)
-        return cdb__fail(err, CDB_ERR_VALIDATION_FAILED, "username", "username is required");
+        return cdb_error_set_detail(err, CDB_ERR_VALIDATION_FAILED, "field", "username", "username is required");
     if (create && !in->password)
-        return cdb__fail(err, CDB_ERR_VALIDATION_FAILED, "password", "password is required");
+        return cdb_error_set_detail(err, CDB_ERR_VALIDATION_FAILED, "field", "password", "password is required");
     if (in->password)
         return cdb_user_check_password(cfg, in->password, in->password_len,
                               in->has_email ? in->email : NULL, err);

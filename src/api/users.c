@@ -49,17 +49,6 @@ int cdb_role_parse(const char *name)
 
 /* ---- shared helpers (auth_internal.h) ---- */
 
-int cdb__fail(cdb_error *err, cdb_err code, const char *field, const char *fmt, ...)
-{
-    va_list ap;
-    va_start(ap, fmt);
-    cdb_error_vset(err, code, fmt, ap);
-    va_end(ap);
-    if (field)
-        cdb_error_detail(err, "field", json_string(field));
-    return code;
-}
-
 bool cdb__uuid_norm(const char *s, char out[37])
 {
     if (!s || strlen(s) != 36)
@@ -77,7 +66,7 @@ bool cdb__uuid_norm(const char *s, char out[37])
 int cdb__json_parse(const char *text, json_t **out, cdb_error *err)
 {
     *out = json_loads(text, JSON_DECODE_ANY, NULL);
-    return *out ? 0 : cdb__fail(err, CDB_ERR_INTERNAL_ERROR, NULL, "Malformed database result");
+    return *out ? 0 : cdb_error_set(err, CDB_ERR_INTERNAL_ERROR, "Malformed database result");
 }
 
 /* Names the field of a unique violation on public.users. */
@@ -87,7 +76,7 @@ static int conflict_field(cdb_error *err)
         return err->code;
     const char *c = json_string_value(json_object_get(err->details, "constraint"));
     const char *field = c && strcmp(c, "users_username_key") == 0 ? "username" : "email";
-    return cdb__fail(err, CDB_ERR_CONFLICT, field, "A user with this %s already exists", field);
+    return cdb_error_set_detail(err, CDB_ERR_CONFLICT, "field", field, "A user with this %s already exists", field);
 }
 
 static bool is_admin(const cdb_principal *p)
@@ -99,11 +88,11 @@ int cdb__authorize_target(const cdb_principal *caller, const char *user_id, char
                             cdb_error *err)
 {
     if (!caller || caller->role == CDB_ROLE_ANON)
-        return cdb__fail(err, CDB_ERR_UNAUTHORIZED, NULL, "Authentication required");
+        return cdb_error_set(err, CDB_ERR_UNAUTHORIZED, "Authentication required");
     if (!cdb__uuid_norm(user_id, id))
-        return cdb__fail(err, CDB_ERR_NOT_FOUND, NULL, "User not found");
+        return cdb_error_set(err, CDB_ERR_NOT_FOUND, "User not found");
     if (!is_admin(caller) && strcmp(id, caller->user_id) != 0)
-        return cdb__fail(err, CDB_ERR_FORBIDDEN, NULL, "You may only act on your own account");
+        return cdb_error_set(err, CDB_ERR_FORBIDDEN, "You may only act on your own account");
     return 0;
 }
 
@@ -122,7 +111,7 @@ int cdb_users_create(cdb_service *svc, const cdb_principal *caller, json_t *body
     json_t *role = json_object_get(body, "role");
     if (role && !is_admin(caller) &&
         !(json_is_string(role) && strcmp(json_string_value(role), "user") == 0))
-        return cdb__fail(err, CDB_ERR_FORBIDDEN, "role", "Only an admin may set a role");
+        return cdb_error_set_detail(err, CDB_ERR_FORBIDDEN, "field", "role", "Only an admin may set a role");
     if ((rc = cdb_user_input_parse(svc->cfg, body, true, &in, err)) < 0)
         return rc;
     if ((rc = cdb_password_hash(&svc->password, in.password, in.password_len, hash, err)) < 0)
@@ -173,9 +162,9 @@ int cdb_users_get(cdb_service *svc, const cdb_principal *caller, const char *by,
 
     *out = NULL;
     if (!caller || caller->role == CDB_ROLE_ANON)
-        return cdb__fail(err, CDB_ERR_UNAUTHORIZED, NULL, "Authentication required");
+        return cdb_error_set(err, CDB_ERR_UNAUTHORIZED, "Authentication required");
     if (!by || !value)
-        return cdb__fail(err, CDB_ERR_NOT_FOUND, NULL, "User not found");
+        return cdb_error_set(err, CDB_ERR_NOT_FOUND, "User not found");
     if (strcmp(by, "id") == 0) {
         if ((rc = cdb__authorize_target(caller, value, id, err)) < 0)
             return rc;
@@ -186,7 +175,7 @@ int cdb_users_get(cdb_service *svc, const cdb_principal *caller, const char *by,
     } else if (strcmp(by, "username") == 0) {
         sql = by_username;
     } else {
-        return cdb__fail(err, CDB_ERR_VALIDATION_FAILED, "by", "Users are found by id, email or username");
+        return cdb_error_set_detail(err, CDB_ERR_VALIDATION_FAILED, "field", "by", "Users are found by id, email or username");
     }
 
     PGconn *conn = cdb__acquire(svc, &pc, err);
@@ -197,7 +186,7 @@ int cdb_users_get(cdb_service *svc, const cdb_principal *caller, const char *by,
     if ((rc = cdb_pg_exec(conn, sql, sql == by_id ? 1 : 2, params, &res, err)) < 0)
         goto out_release;
     if (PQntuples(res) == 0)
-        rc = cdb__fail(err, CDB_ERR_NOT_FOUND, NULL, "User not found");
+        rc = cdb_error_set(err, CDB_ERR_NOT_FOUND, "User not found");
     else
         rc = cdb__json_parse(PQgetvalue(res, 0, 0), out, err);
 
@@ -220,7 +209,7 @@ int cdb_users_update(cdb_service *svc, const cdb_principal *caller, const char *
     if ((rc = cdb__authorize_target(caller, user_id, id, err)) < 0)
         return rc;
     if (json_object_get(body, "role") && !is_admin(caller))
-        return cdb__fail(err, CDB_ERR_FORBIDDEN, "role", "Only an admin may change a role");
+        return cdb_error_set_detail(err, CDB_ERR_FORBIDDEN, "field", "role", "Only an admin may change a role");
     if ((rc = cdb_user_input_parse(svc->cfg, body, false, &in, err)) < 0)
         return rc;
 
@@ -235,7 +224,7 @@ int cdb_users_update(cdb_service *svc, const cdb_principal *caller, const char *
             if (rc < 0)
                 goto out_release;
             if (PQntuples(res) == 0) {
-                rc = cdb__fail(err, CDB_ERR_NOT_FOUND, NULL, "User not found");
+                rc = cdb_error_set(err, CDB_ERR_NOT_FOUND, "User not found");
                 goto out_release;
             }
             if ((rc = cdb_user_check_password(svc->cfg, in.password, in.password_len, PQgetvalue(res, 0, 0), err)) < 0)
@@ -270,7 +259,7 @@ int cdb_users_update(cdb_service *svc, const cdb_principal *caller, const char *
         goto out_release;
     }
     if (PQntuples(res) == 0) {
-        rc = cdb__fail(err, CDB_ERR_NOT_FOUND, NULL, "User not found");
+        rc = cdb_error_set(err, CDB_ERR_NOT_FOUND, "User not found");
         goto out_release;
     }
     bool role_changed = PQgetvalue(res, 0, 1)[0] == 't';
@@ -321,7 +310,7 @@ int cdb_users_delete(cdb_service *svc, const cdb_principal *caller, const char *
                           &res, err)) < 0)
         goto out_release;
     if (PQntuples(res) == 0) {
-        rc = cdb__fail(err, CDB_ERR_NOT_FOUND, NULL, "User not found");
+        rc = cdb_error_set(err, CDB_ERR_NOT_FOUND, "User not found");
         goto out_release;
     }
     if ((rc = cdb__commit(conn, err)) < 0)
@@ -365,8 +354,8 @@ int cdb_users_ensure_admin(cdb_service *svc, const char *email, const char *user
 
     *created = false;
     if (!email || !password)
-        return cdb__fail(err, CDB_ERR_VALIDATION_FAILED, email ? "password" : "email",
-                         "The admin needs an email and a password");
+        return cdb_error_set_detail(err, CDB_ERR_VALIDATION_FAILED, "field", email ? "password" : "email",
+                                    "The admin needs an email and a password");
     if ((rc = cdb_user_check_email(email, mail, err)) < 0 ||
         (rc = cdb_user_check_password(svc->cfg, password, strlen(password), mail, err)) < 0 ||
         (username && (rc = cdb_user_check_username(username, err)) < 0))

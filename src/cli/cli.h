@@ -10,6 +10,7 @@
 
 #include "coredb/config.h"
 #include "coredb/error.h"
+#include "coredb/service.h"
 
 #define CLI_EXIT_OK     0
 #define CLI_EXIT_FAILED 1
@@ -17,6 +18,12 @@
 
 /* Loads the configuration from the environment; prints and returns 2 on error. */
 int cli_load_config(cdb_config *cfg);
+
+/*
+ * Opens the service for a command: in embedded mode first loads (or makes)
+ * the development secrets of ./var into cfg, which the service needs.
+ */
+int cli_open_service(cdb_config *cfg, bool with_pool, cdb_service **svc, cdb_error *err);
 
 /*
  * Prints the library's result form {status, error, timestamp, ...data}:

@@ -78,10 +78,7 @@ int cmd_migrate(int argc, char **argv)
         cdb_error_set(&err, CDB_ERR_CONFIG_INVALID, "unknown migrate action '%s'", a.action);
         goto out;
     }
-    if (cfg.embedded && cdb_devdb_load_secrets(&cfg, cfg.var_dir, &err) < 0)
-        goto out;
-    cdb_service_options opt = {.with_pool = false};
-    if (cdb_service_open(&svc, &cfg, &opt, &err) < 0)
+    if (cli_open_service(&cfg, false, &svc, &err) < 0)
         goto out;
     conn = cdb_service_connect(svc, &err);
     if (!conn)

@@ -26,10 +26,7 @@ int cmd_serve(int argc, char **argv)
     cdb_jobs *jobs = NULL;
     rc = CLI_EXIT_FAILED;
 
-    if (cfg.embedded && cdb_devdb_load_secrets(&cfg, cfg.var_dir, &err) < 0)
-        goto out;
-    cdb_service_options opt = {.with_pool = true};
-    if (cdb_service_open(&svc, &cfg, &opt, &err) < 0)
+    if (cli_open_service(&cfg, true, &svc, &err) < 0)
         goto out;
     if (cfg.migrate_on_start) {
         json_t *result = NULL;

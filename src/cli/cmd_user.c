@@ -100,10 +100,7 @@ int cmd_user(int argc, char **argv)
     json_t *body = NULL, *result = NULL, *migrated = NULL;
     cdb_principal operator = {.role = CDB_ROLE_ADMIN};
 
-    if (cfg.embedded && cdb_devdb_load_secrets(&cfg, cfg.var_dir, &err) < 0)
-        goto out;
-    cdb_service_options opt = {.with_pool = true};
-    if (cdb_service_open(&svc, &cfg, &opt, &err) < 0)
+    if (cli_open_service(&cfg, true, &svc, &err) < 0)
         goto out;
     cdb_migrate_options mo = {.applied_by = "coredb user"};
     if (cfg.migrate_on_start && cdb_service_migrate(svc, &mo, &migrated, &err) < 0)

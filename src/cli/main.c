@@ -43,6 +43,14 @@ int cli_load_config(cdb_config *cfg)
     return CLI_EXIT_OK;
 }
 
+int cli_open_service(cdb_config *cfg, bool with_pool, cdb_service **svc, cdb_error *err)
+{
+    if (cfg->embedded && cdb_devdb_load_secrets(cfg, cfg->var_dir, err) < 0)
+        return err->code;
+    cdb_service_options opt = {.with_pool = with_pool};
+    return cdb_service_open(svc, cfg, &opt, err);
+}
+
 int cli_print_result(json_t *data, const cdb_error *err, bool as_json)
 {
     bool ok = !err || err->code == CDB_OK;

@@ -66,6 +66,18 @@ cdb_err cdb_error_set(cdb_error *err, cdb_err code, const char *fmt, ...)
     return code;
 }
 
+cdb_err cdb_error_set_detail(cdb_error *err, cdb_err code, const char *key, const char *value,
+                             const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    cdb_error_vset(err, code, fmt, ap);
+    va_end(ap);
+    if (key && value)
+        cdb_error_detail(err, key, json_string(value));
+    return code;
+}
+
 void cdb_error_detail(cdb_error *err, const char *key, json_t *value)
 {
     if (!err) {
