@@ -42,7 +42,11 @@
     X(DATABASE_TIMEOUT,            -24, 504)       \
     X(CONFIG_INVALID,              -25, 500)       \
     X(MIGRATION_FAILED,            -26, 500)       \
-    X(MIGRATION_LOCKED,            -27, 409)
+    X(MIGRATION_LOCKED,            -27, 409)       \
+    X(TRANSACTION_OUTCOME_UNKNOWN, -28, 503)       \
+    X(NOT_IMPLEMENTED,             -29, 501)       \
+    X(IDEMPOTENCY_KEY_REUSED,      -30, 422)       \
+    X(IDEMPOTENCY_KEY_IN_PROGRESS, -31, 409)
 
 typedef enum cdb_err {
     CDB_OK = 0,
