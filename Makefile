@@ -10,7 +10,7 @@ WARN    := -Wall -Wextra -Werror -Wno-unused-parameter -Wshadow -Wformat=2
 CFLAGS  ?= -O2 -g
 ALL_CFLAGS = -std=c11 -D_GNU_SOURCE $(WARN) $(CFLAGS) $(EXTRA_CFLAGS) -Iinclude -Isrc $(PKG_CFLAGS) \
              -DCDB_SOURCE_DIR='"$(CURDIR)"' -DCDB_PG_BINDIR='"$(PG_BINDIR)"' -MMD -MP
-LDLIBS  := $(PKG_LIBS) -lpthread -lm
+LDLIBS  := $(PKG_LIBS) -lh2o -lpthread -lm  # libh2o: picohttpparser only (no .pc without libuv-dev)
 
 BUILD   ?= build
 LIB_SRC := $(wildcard src/core/*.c src/store/*.c src/security/*.c src/management/*.c src/api/*.c src/http/*.c)

@@ -10,6 +10,7 @@ PACKAGES=(
   build-essential pkg-config
   libpq-dev libevent-dev libhiredis-dev libjansson-dev libsodium-dev
   libjwt-dev libcrypt-dev libcmocka-dev
+  libh2o-dev   # picohttpparser (src/http/conn.c)
   # runtime: embedded PostgreSQL and tools (pg_dump, pg_restore)
   postgresql-15 postgresql-contrib postgresql-client-15 redis-server
   # end-to-end tests (Debian's python3, not a pyenv one)

@@ -24,7 +24,10 @@ typedef struct cdb_config {
     char *host;                    /* HOST, default 0.0.0.0 */
     int   port;                    /* PORT, 8095 */
     int   http_threads;            /* HTTP_THREADS, default: online cores */
-    int   http_idle_timeout_s;     /* HTTP_IDLE_TIMEOUT, 60 (also header/read timeout) */
+    int   http_idle_timeout_s;     /* HTTP_IDLE_TIMEOUT, 60: idle keep-alive, stalled writes */
+    int   http_header_timeout_s;   /* HTTP_HEADER_TIMEOUT, 10: whole request head, absolute */
+    int   http_body_timeout_s;     /* HTTP_BODY_TIMEOUT, 30: whole request body, absolute */
+    int   http_max_connections_per_ip; /* HTTP_MAX_CONNECTIONS_PER_IP, 256 (0 = no cap) */
     int   shutdown_grace_ms;       /* SHUTDOWN_GRACE_MS, 10000 */
 
     /* PostgreSQL */

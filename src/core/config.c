@@ -96,6 +96,9 @@ static const struct var vars[] = {
     INT("PORT", port, "8095", 1, 65535),
     INT("HTTP_THREADS", http_threads, NULL, 1, HTTP_THREADS_MAX),
     SECS("HTTP_IDLE_TIMEOUT", http_idle_timeout_s, "60", 1, 86400),
+    SECS("HTTP_HEADER_TIMEOUT", http_header_timeout_s, "10", 1, 3600),
+    SECS("HTTP_BODY_TIMEOUT", http_body_timeout_s, "30", 1, 3600),
+    INT("HTTP_MAX_CONNECTIONS_PER_IP", http_max_connections_per_ip, "256", 0, 1000000),
     MSEC("SHUTDOWN_GRACE_MS", shutdown_grace_ms, "10000", 0, 3600000),
 
     URL("DATABASE_URL", database_url, F_FILE, check_database_url),

@@ -10,24 +10,59 @@
 #ifndef COREDB_HTTP_INTERNAL_H
 #define COREDB_HTTP_INTERNAL_H
 
+#include <event2/event.h>
 #include <event2/http.h>
+#include <sys/socket.h>
 #include <jansson.h>
+#include <pthread.h>
+#include <time.h>
 #include <stdbool.h>
 #include <stdint.h>
 
 #include "coredb/auth.h"
+#include "coredb/config.h"
 #include "coredb/error.h"
 #include "coredb/service.h"
 
 #define CDB_HTTP_BODY_LIMIT     (1024 * 1024)     /* API.md: bodies over 1 MiB -> 413 */
-#define CDB_HTTP_BODY_HARD_LIMIT (4 * 1024 * 1024) /* evhttp drops beyond this, see docs */
+#define CDB_HTTP_HEAD_LIMIT     (64 * 1024)       /* request line + header fields */
+#define CDB_HTTP_MAX_FIELDS     64                /* header fields of one request */
 #define CDB_HTTP_MAX_PARAMS     4
 #define CDB_HTTP_MAX_HEADERS    8
 #define CDB_REQUEST_ID_MAX      128
 
+/*
+ * Methods are bits so a route can take several. libevent's EVHTTP_REQ_*
+ * values are used as the bits (the parser is ours, see conn.c); a method we
+ * do not serve at all (TRACE, FOO, get) is 0.
+ */
+#define CDB_HTTP_METHODS_SERVED (EVHTTP_REQ_GET | EVHTTP_REQ_POST | EVHTTP_REQ_PUT | \
+                                 EVHTTP_REQ_DELETE | EVHTTP_REQ_PATCH | EVHTTP_REQ_HEAD)
+
 typedef struct cdb_http_server cdb_http_server;
 typedef struct cdb_loop cdb_loop;
+typedef struct cdb_conn cdb_conn;
 typedef struct cdb_request cdb_request;
+
+/* One header field of a request; both strings point into the head's bytes. */
+typedef struct cdb_http_field {
+    const char *name;
+    const char *value;             /* NUL-terminated, surrounding spaces removed */
+} cdb_http_field;
+
+/*
+ * A request head that conn.c parsed and checked (framing, Host, method
+ * token). The bytes are one owned copy; the strings below point into it.
+ */
+typedef struct cdb_http_head {
+    char *bytes;                   /* owned */
+    const char *method;            /* the token as sent */
+    unsigned method_bit;           /* EVHTTP_REQ_* or 0 for a method we do not serve */
+    const char *target;            /* request-target as sent */
+    int minor_version;             /* HTTP/1.<minor> */
+    cdb_http_field fields[CDB_HTTP_MAX_FIELDS];
+    int nfields;
+} cdb_http_head;
 
 typedef void (*cdb_route_fn)(cdb_request *r);
 
@@ -59,13 +94,14 @@ struct cdb_request {
     cdb_http_server *server;
     cdb_loop *loop;
     cdb_service *svc;
-    struct evhttp_request *ev;     /* NULL once the client has gone */
-    enum evhttp_cmd_type method;
+    cdb_conn *conn;                /* loop thread only; the answer goes there */
+    cdb_http_head head;            /* empty when the head could not be parsed */
+    unsigned method;               /* head.method_bit */
     char *path;                    /* decoded path, owned */
     char *query;                   /* raw query string or NULL, owned */
     char *params[CDB_HTTP_MAX_PARAMS]; /* decoded {..} segments, owned */
     int nparams;
-    char *raw_body;                /* copy of the body, parsed after authentication */
+    char *raw_body;                /* the body (owned), parsed after authentication */
     size_t raw_body_len;
     json_t *body;                  /* parsed JSON body or NULL */
     const cdb_route *route;
@@ -88,9 +124,11 @@ struct cdb_request {
     cdb_request *next;             /* on the loop's completion list */
 };
 
-/* Request lifecycle (request.c), all on the loop thread. */
-cdb_request *cdb_request_new(struct evhttp_request *ev, cdb_http_server *srv, cdb_loop *loop,
-                             cdb_service *svc);
+/*
+ * Request lifecycle (request.c), all on the loop thread. head (may be NULL
+ * when the head was refused) and body are moved into the request.
+ */
+cdb_request *cdb_request_new(cdb_conn *conn, cdb_http_head *head, char *body, size_t body_len);
 /*
  * On the loop: negotiates, routes, checks the token's signature (cheap, so
  * forged tokens never cost a worker), checks body size and type and copies
@@ -103,9 +141,16 @@ bool cdb_request_prepare(cdb_request *r, const cdb_route *const *tables);
  * is checked before the body is validated). False when an error answer is set.
  */
 bool cdb_request_admit(cdb_request *r);
-/* Sends the answer (unless the client is gone) and writes the access log line. */
+/*
+ * Sends the answer on the request's connection (unless the client is gone),
+ * closing it after the answer when `closing`, and writes the access log line.
+ */
 void cdb_request_send(cdb_request *r, bool closing);
 void cdb_request_free(cdb_request *r);
+/* The first header field named `name` (case-insensitive) or NULL; any thread. */
+const char *cdb_request_field(const cdb_request *r, const char *name);
+/* True when the client asked to close the connection after this request. */
+bool cdb_request_wants_close(const cdb_request *r);
 
 /* Answers with a JSON body (reference stolen). */
 void cdb_request_reply(cdb_request *r, int status, json_t *body);
@@ -121,6 +166,57 @@ void cdb_request_header(cdb_request *r, const char *name, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
 /* A query-string parameter (malloc'd, decoded) or NULL. */
 char *cdb_request_query_param(const cdb_request *r, const char *name);
+
+/* Caps open connections per client address (client_limit.c); thread-safe. */
+typedef struct cdb_client_limit cdb_client_limit;
+/* max_per_address 0: no cap (take always succeeds). NULL on out of memory. */
+cdb_client_limit *cdb_client_limit_new(int max_per_address);
+void cdb_client_limit_free(cdb_client_limit *limit);
+/* Counts one more connection of sa's address; false (nothing counted) when at the cap. */
+bool cdb_client_limit_take(cdb_client_limit *limit, const struct sockaddr *sa);
+/* Uncounts a connection that cdb_client_limit_take counted. */
+void cdb_client_limit_release(cdb_client_limit *limit, const struct sockaddr *sa);
+
+/* One event-loop thread: its listener, its connections, its completions. */
+struct cdb_loop {
+    cdb_http_server *server;
+    const cdb_config *cfg;
+    cdb_service *svc;
+    cdb_client_limit *limit;       /* shared by every loop */
+    struct event_base *base;
+    struct evconnlistener *listener;
+    struct event *done_ev;         /* activated by workers */
+    pthread_mutex_t done_lock;
+    cdb_request *done_head;        /* answered by a worker, not yet sent */
+    cdb_conn *conns;               /* every open connection of this loop */
+    time_t date_at;                /* second of the cached Date header */
+    char date[40];
+    pthread_t thread;
+};
+
+/*
+ * Connections (conn.c), loop thread only. A connection reads one request at
+ * a time: it parses and checks the head, reads the body within deadlines,
+ * then hands the request to cdb_server_dispatch and reads nothing more
+ * until the answer is sent.
+ */
+/* Takes an accepted socket; answers 429 and closes when its address is over the cap. */
+void cdb_conn_accept(cdb_loop *loop, evutil_socket_t fd, const struct sockaddr *sa, int salen);
+/* Queues an answer (ownership of out taken); conn may be one whose client has gone. */
+void cdb_conn_send(cdb_conn *conn, struct evbuffer *out, bool closing);
+/* True when the client went away while its request was handled. */
+bool cdb_conn_gone(const cdb_conn *conn);
+/* The loop that owns the connection. */
+cdb_loop *cdb_conn_loop(const cdb_conn *conn);
+/* The client's address as text. */
+const char *cdb_conn_peer(const cdb_conn *conn);
+/* Closes every connection of the loop that waits for a request (shutdown). */
+void cdb_conn_close_idle(cdb_loop *loop);
+/* Frees every connection of the loop (the loop has stopped). */
+void cdb_conn_free_all(cdb_loop *loop);
+
+/* server.c: runs a complete request (inline on the loop, or on a worker). */
+void cdb_server_dispatch(cdb_request *r);
 
 /* Route tables (one per routes_*.c file), each terminated by {0}. */
 extern const cdb_route cdb_routes_health[];

@@ -17,6 +17,7 @@
 #include <string.h>
 #include <strings.h>
 #include <sys/queue.h>
+#include <time.h>
 
 #include "coredb/log.h"
 #include "coredb/timeutil.h"
@@ -99,7 +100,7 @@ char *cdb_request_query_param(const cdb_request *r, const char *name)
 /* X-Request-ID is echoed when it is 1..128 printable ASCII characters. */
 static void assign_request_id(cdb_request *r)
 {
-    const char *given = evhttp_find_header(evhttp_request_get_input_headers(r->ev), "X-Request-ID");
+    const char *given = cdb_request_field(r, "X-Request-ID");
     if (given) {
         size_t n = strlen(given);
         bool ok = n > 0 && n <= CDB_REQUEST_ID_MAX;
@@ -123,7 +124,7 @@ static void assign_request_id(cdb_request *r)
  */
 static bool negotiate(cdb_request *r)
 {
-    const char *accept = evhttp_find_header(evhttp_request_get_input_headers(r->ev), "Accept");
+    const char *accept = cdb_request_field(r, "Accept");
     r->media_type = MEDIA_JSON;
     if (!accept || !*accept)
         return true;
@@ -159,20 +160,12 @@ static bool negotiate(cdb_request *r)
     return false;
 }
 
-/* Checks size and media type of the body and copies it for later parsing. */
-static bool take_body(cdb_request *r)
+/* Checks the media type of the body (conn.c has checked its size). */
+static bool check_body_type(cdb_request *r)
 {
-    struct evbuffer *in = evhttp_request_get_input_buffer(r->ev);
-    size_t len = evbuffer_get_length(in);
-    if (len == 0)
+    if (r->raw_body_len == 0)
         return true;
-    if (len > CDB_HTTP_BODY_LIMIT) {
-        cdb_request_header(r, "Connection", "close");
-        cdb_request_failf(r, CDB_ERR_PAYLOAD_TOO_LARGE, "Request body exceeds %d bytes",
-                          CDB_HTTP_BODY_LIMIT);
-        return false;
-    }
-    const char *ctype = evhttp_find_header(evhttp_request_get_input_headers(r->ev), "Content-Type");
+    const char *ctype = cdb_request_field(r, "Content-Type");
     size_t base_len = ctype ? strcspn(ctype, ";") : 0;
     while (base_len && ctype[base_len - 1] == ' ')
         base_len--;
@@ -181,20 +174,13 @@ static bool take_body(cdb_request *r)
         cdb_request_failf(r, CDB_ERR_UNSUPPORTED_MEDIA_TYPE, "Request body must be application/json");
         return false;
     }
-    r->raw_body = malloc(len);
-    if (!r->raw_body) {
-        cdb_request_failf(r, CDB_ERR_INTERNAL_ERROR, "Internal error");
-        return false;
-    }
-    evbuffer_copyout(in, r->raw_body, len);
-    r->raw_body_len = len;
     return true;
 }
 
 /* Parses the copied body (after authentication, see cdb_request_admit). */
 static bool parse_body(cdb_request *r)
 {
-    if (!r->raw_body)
+    if (r->raw_body_len == 0)
         return true;
     json_error_t jerr;
     r->body = json_loadb(r->raw_body, r->raw_body_len, JSON_REJECT_DUPLICATES, &jerr);
@@ -213,7 +199,7 @@ static bool parse_body(cdb_request *r)
 /* "Bearer <token>" (case-insensitive scheme); anything else is no token. */
 static bool take_bearer(cdb_request *r)
 {
-    const char *h = evhttp_find_header(evhttp_request_get_input_headers(r->ev), "Authorization");
+    const char *h = cdb_request_field(r, "Authorization");
     if (!h)
         return true;
     if (strncasecmp(h, "Bearer ", 7) != 0) {
@@ -261,36 +247,82 @@ static bool check_token(cdb_request *r)
     return true;
 }
 
-cdb_request *cdb_request_new(struct evhttp_request *ev, cdb_http_server *srv, cdb_loop *loop,
-                             cdb_service *svc)
+const char *cdb_request_field(const cdb_request *r, const char *name)
+{
+    for (int i = 0; i < r->head.nfields; i++)
+        if (strcasecmp(r->head.fields[i].name, name) == 0)
+            return r->head.fields[i].value;
+    return NULL;
+}
+
+/* True when the comma-separated list has the token `want` (case-insensitive). */
+static bool has_token(const char *list, const char *want)
+{
+    size_t n = strlen(want);
+    for (const char *p = list; *p;) {
+        while (*p == ' ' || *p == '\t' || *p == ',')
+            p++;
+        const char *end = p;
+        while (*end && *end != ',' && *end != ' ' && *end != '\t')
+            end++;
+        if ((size_t)(end - p) == n && strncasecmp(p, want, n) == 0)
+            return true;
+        p = end;
+    }
+    return false;
+}
+
+bool cdb_request_wants_close(const cdb_request *r)
+{
+    const char *conn = cdb_request_field(r, "Connection");
+    if (!r->head.bytes)
+        return true;
+    if (r->head.minor_version == 0)
+        return !conn || !has_token(conn, "keep-alive");
+    return conn && has_token(conn, "close");
+}
+
+/* Path and query from an origin-form ("/a?b") or absolute-form ("http://h/a?b") target. */
+static bool split_target(cdb_request *r)
+{
+    const char *t = r->head.target ? r->head.target : "/";
+    if (strncasecmp(t, "http://", 7) == 0 || strncasecmp(t, "https://", 8) == 0) {
+        t = strstr(t, "//") + 2;
+        t += strcspn(t, "/?");
+    }
+    size_t path_len = strcspn(t, "?");
+    r->path = path_len ? strndup(t, path_len) : strdup("/");
+    r->query = t[path_len] == '?' ? strdup(t + path_len + 1) : NULL;
+    return r->path && (t[path_len] != '?' || r->query);
+}
+
+cdb_request *cdb_request_new(cdb_conn *conn, cdb_http_head *head, char *body, size_t body_len)
 {
     cdb_request *r = calloc(1, sizeof *r);
-    if (!r)
+    if (!r) {
+        free(body);
         return NULL;
-    r->ev = ev;
-    r->server = srv;
-    r->loop = loop;
-    r->svc = svc;
+    }
+    r->conn = conn;
+    r->loop = cdb_conn_loop(conn);
+    r->server = r->loop->server;
+    r->svc = r->loop->svc;
     r->start_us = cdb_mono_us();
-    r->method = evhttp_request_get_command(ev);
     r->media_type = MEDIA_JSON;
+    r->raw_body = body;
+    r->raw_body_len = body_len;
+    if (head) {
+        r->head = *head;
+        memset(head, 0, sizeof *head);
+    }
+    r->method = r->head.method_bit;
     cdb_error_init(&r->err);
     assign_request_id(r);
-
-    char *peer = NULL;
-    ev_uint16_t peer_port = 0;
-    evhttp_connection_get_peer(evhttp_request_get_connection(ev), &peer, &peer_port);
-    snprintf(r->client_addr, sizeof r->client_addr, "%s", peer ? peer : "unknown");
-    const char *ua = evhttp_find_header(evhttp_request_get_input_headers(ev), "User-Agent");
+    snprintf(r->client_addr, sizeof r->client_addr, "%s", cdb_conn_peer(conn));
+    const char *ua = cdb_request_field(r, "User-Agent");
     if (ua)
         r->user_agent = strndup(ua, 256);
-
-    const struct evhttp_uri *uri = evhttp_request_get_evhttp_uri(ev);
-    const char *path = uri ? evhttp_uri_get_path(uri) : NULL;
-    const char *query = uri ? evhttp_uri_get_query(uri) : NULL;
-    r->path = strdup(path && *path ? path : "/");
-    r->query = query ? strdup(query) : NULL;
-    if (!r->path || (query && !r->query)) {
+    if (!split_target(r)) {
         cdb_request_free(r);
         return NULL;
     }
@@ -299,7 +331,7 @@ cdb_request *cdb_request_new(struct evhttp_request *ev, cdb_http_server *srv, cd
 
 bool cdb_request_prepare(cdb_request *r, const cdb_route *const *tables)
 {
-    return negotiate(r) && cdb_router_match(r, tables) && check_token(r) && take_body(r);
+    return negotiate(r) && cdb_router_match(r, tables) && check_token(r) && check_body_type(r);
 }
 
 bool cdb_request_admit(cdb_request *r)
@@ -321,6 +353,7 @@ void cdb_request_free(cdb_request *r)
     json_decref(r->body);
     json_decref(r->response);
     free(r->response_text);
+    free(r->head.bytes);
     cdb_error_destroy(&r->err);
     free(r);
 }
@@ -338,61 +371,114 @@ static json_t *error_envelope(cdb_request *r)
     return json_pack("{s:o}", "error", e);
 }
 
-static void access_log(cdb_request *r, int64_t elapsed_us)
+static void access_log(cdb_request *r, int64_t elapsed_us, bool client_gone)
 {
     cdb_log_level level = r->status >= 500 ? CDB_LOG_WARN : CDB_LOG_INFO;
     if (!cdb_log_enabled(level))
         return;
     json_t *f = json_object();
-    static const struct { enum evhttp_cmd_type m; const char *n; } names[] = {
-        {EVHTTP_REQ_GET, "GET"}, {EVHTTP_REQ_POST, "POST"}, {EVHTTP_REQ_PUT, "PUT"},
-        {EVHTTP_REQ_DELETE, "DELETE"}, {EVHTTP_REQ_PATCH, "PATCH"}, {EVHTTP_REQ_HEAD, "HEAD"},
-        {EVHTTP_REQ_OPTIONS, "OPTIONS"}, {EVHTTP_REQ_TRACE, "TRACE"}, {EVHTTP_REQ_CONNECT, "CONNECT"},
-    };
-    for (size_t i = 0; i < sizeof names / sizeof *names; i++)
-        if (names[i].m == r->method)
-            json_object_set_new(f, "method", json_string(names[i].n));
-    json_object_set_new(f, "path", json_string(r->path));
+    if (r->head.method)
+        json_object_set_new(f, "method", json_stringn(r->head.method, strnlen(r->head.method, 16)));
+    json_object_set_new(f, "path", json_string(r->path ? r->path : "-"));
     json_object_set_new(f, "route", json_string(r->route ? r->route->pattern : "-"));
     json_object_set_new(f, "status", json_integer(r->status));
     json_object_set_new(f, "duration_ms", json_real((double)elapsed_us / 1000.0));
     json_object_set_new(f, "request_id", json_string(r->request_id));
     if (r->err.code != CDB_OK)
         json_object_set_new(f, "error", json_string(cdb_err_name(r->err.code)));
-    if (!r->ev)
+    if (client_gone)
         json_object_set_new(f, "client_gone", json_true());
     cdb_log_fields(level, "http.request", f);
+}
+
+static const char *reason_phrase(int status)
+{
+    switch (status) {
+    case 200: return "OK";
+    case 201: return "Created";
+    case 204: return "No Content";
+    case 400: return "Bad Request";
+    case 401: return "Unauthorized";
+    case 403: return "Forbidden";
+    case 404: return "Not Found";
+    case 405: return "Method Not Allowed";
+    case 406: return "Not Acceptable";
+    case 409: return "Conflict";
+    case 413: return "Content Too Large";
+    case 415: return "Unsupported Media Type";
+    case 422: return "Unprocessable Content";
+    case 429: return "Too Many Requests";
+    case 500: return "Internal Server Error";
+    case 501: return "Not Implemented";
+    case 503: return "Service Unavailable";
+    case 504: return "Gateway Timeout";
+    }
+    return status < 300 ? "OK" : "Error";
+}
+
+/* The Date header, formatted once a second per loop (loop thread only). */
+static const char *date_header(cdb_loop *loop)
+{
+    time_t now = time(NULL);
+    if (now != loop->date_at) {
+        struct tm tm;
+        gmtime_r(&now, &tm);
+        strftime(loop->date, sizeof loop->date, "%a, %d %b %Y %H:%M:%S GMT", &tm);
+        loop->date_at = now;
+    }
+    return loop->date;
+}
+
+/* The whole answer (status line, headers, body) or NULL on out of memory. */
+static struct evbuffer *render(cdb_request *r, bool closing)
+{
+    bool failed = r->err.code != CDB_OK;
+    json_t *body = failed ? error_envelope(r) : json_incref(r->response);
+    char *text = NULL;
+    if (body)
+        text = json_dumps(body, JSON_COMPACT);
+    else if (!failed && r->response_text)
+        text = r->response_text, r->response_text = NULL;
+    json_decref(body);
+    if (r->status == 204) {
+        free(text);
+        text = NULL;
+    }
+    struct evbuffer *out = evbuffer_new();
+    if (!out) {
+        free(text);
+        return NULL;
+    }
+    size_t len = text ? strlen(text) : 0;
+    evbuffer_add_printf(out, "HTTP/1.1 %d %s\r\nDate: %s\r\nX-Request-ID: %s\r\n", r->status,
+                        reason_phrase(r->status), date_header(r->loop), r->request_id);
+    for (int i = 0; i < r->nheaders; i++)
+        evbuffer_add_printf(out, "%s: %s\r\n", r->headers[i].name, r->headers[i].value);
+    if (text)
+        evbuffer_add_printf(out, "Content-Type: %s\r\n", r->media_type);
+    if (r->status != 204)
+        evbuffer_add_printf(out, "Content-Length: %zu\r\n", len);
+    if (closing)
+        evbuffer_add(out, "Connection: close\r\n", 19);
+    else if (r->head.minor_version == 0)
+        evbuffer_add(out, "Connection: keep-alive\r\n", 24);
+    evbuffer_add(out, "\r\n", 2);
+    if (text && r->method != EVHTTP_REQ_HEAD)
+        evbuffer_add(out, text, len);
+    free(text);
+    return out;
 }
 
 void cdb_request_send(cdb_request *r, bool closing)
 {
     if (r->status == 0)
         cdb_request_failf(r, CDB_ERR_INTERNAL_ERROR, "Internal error");
-    if (r->ev) {
-        struct evkeyvalq *out = evhttp_request_get_output_headers(r->ev);
-        evhttp_add_header(out, "X-Request-ID", r->request_id);
-        for (int i = 0; i < r->nheaders; i++)
-            evhttp_add_header(out, r->headers[i].name, r->headers[i].value);
-        if (closing)
-            evhttp_add_header(out, "Connection", "close");
-        bool failed = r->err.code != CDB_OK;
-        json_t *body = failed ? error_envelope(r) : json_incref(r->response);
-        char *text = NULL;
-        if (body)
-            text = json_dumps(body, JSON_COMPACT);
-        else if (!failed && r->response_text)
-            text = r->response_text, r->response_text = NULL;
-        json_decref(body);
-        struct evbuffer *buf = NULL;
-        if (text && r->status != 204 && r->method != EVHTTP_REQ_HEAD && (buf = evbuffer_new())) {
-            evhttp_add_header(out, "Content-Type", r->media_type);
-            evbuffer_add(buf, text, strlen(text));
-        }
-        free(text);
-        evhttp_connection_set_closecb(evhttp_request_get_connection(r->ev), NULL, NULL);
-        evhttp_send_reply(r->ev, r->status, NULL, buf);
-        if (buf)
-            evbuffer_free(buf);
+    bool gone = true;
+    if (r->conn) {
+        gone = cdb_conn_gone(r->conn);
+        closing = closing || cdb_request_wants_close(r);
+        cdb_conn_send(r->conn, gone ? NULL : render(r, closing), closing);
+        r->conn = NULL;
     }
-    access_log(r, cdb_mono_us() - r->start_us);
+    access_log(r, cdb_mono_us() - r->start_us, gone);
 }

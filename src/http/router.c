@@ -3,7 +3,8 @@
  *
  * Routes are few (tens), so a linear scan over segment patterns is simpler
  * than a trie and costs well under a microsecond. A path that matches some
- * pattern with another method is a 405 with Allow, not a 404.
+ * pattern with another method is a 405 with Allow, not a 404; a method no
+ * route serves (TRACE, FOO) on an unknown path is a 501.
  */
 #include "http_internal.h"
 
@@ -72,6 +73,10 @@ bool cdb_router_match(cdb_request *r, const cdb_route *const *tables)
                 free(params[i]);
             allowed |= route->methods;
         }
+    }
+    if (!allowed && !(r->method & CDB_HTTP_METHODS_SERVED)) {
+        cdb_request_failf(r, CDB_ERR_NOT_IMPLEMENTED, "Method not implemented");
+        return false;
     }
     if (!allowed) {
         cdb_request_failf(r, CDB_ERR_NOT_FOUND, "Not found");

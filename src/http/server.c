@@ -2,16 +2,17 @@
  * server.c - event loops, the listening socket, the hand-off to workers and
  * graceful shutdown.
  *
- * Model: HTTP_THREADS loops (libevent, one evhttp each) accept on one shared
- * listening socket. A route that may block is handed to the worker queue;
+ * Model: HTTP_THREADS loops (libevent) accept on one shared listening
+ * socket; each connection stays on the loop that accepted it (conn.c reads
+ * and writes it). A route that may block is handed to the worker queue;
  * the worker runs the handler with blocking libpq, then appends the request
  * to its loop's completion list and activates the loop's completion event
  * (event_active is thread-safe once evthread_use_pthreads() ran). The loop
  * sends the answer. docs/architecture.md says why we chose workers with
  * blocking libpq over asynchronous libpq on the loops.
  *
- * A client may go away while its request is on a worker: the connection's
- * close callback clears r->ev so the completion only logs and frees.
+ * A client may go away while its request is on a worker: its connection
+ * drops the socket and stays until the completion, which only logs.
  */
 #include "coredb/http.h"
 #include "http_internal.h"
@@ -19,6 +20,7 @@
 #include <arpa/inet.h>
 #include <errno.h>
 #include <event2/event.h>
+#include <event2/listener.h>
 #include <event2/thread.h>
 #include <netdb.h>
 #include <netinet/in.h>
@@ -35,17 +37,6 @@
 #include "coredb/timeutil.h"
 #include "coredb/workq.h"
 
-struct cdb_loop {
-    cdb_http_server *server;
-    struct event_base *base;
-    struct evhttp *http;
-    struct evhttp_bound_socket *bound;
-    struct event *done_ev;         /* activated by workers */
-    pthread_mutex_t done_lock;
-    cdb_request *done_head;        /* answered by a worker, not yet sent */
-    pthread_t thread;
-};
-
 struct cdb_http_server {
     cdb_service *svc;
     int listen_fd;
@@ -53,6 +44,7 @@ struct cdb_http_server {
     cdb_loop *loops;
     cdb_workq *workers;            /* blocking work: PostgreSQL, Redis, disk */
     cdb_workq *slow_workers;       /* password hashing (AUTH_THREADS) */
+    cdb_client_limit *limit;       /* HTTP_MAX_CONNECTIONS_PER_IP */
     const cdb_route *tables[7];    /* NULL-terminated */
     atomic_int inflight;           /* requests accepted and not yet answered */
     atomic_bool stopping;
@@ -94,21 +86,9 @@ static void run_on_worker(void *arg)
     event_active(loop->done_ev, EV_READ, 0);
 }
 
-static void on_connection_closed(struct evhttp_connection *evcon, void *arg)
+void cdb_server_dispatch(cdb_request *r)
 {
-    cdb_request *r = arg;
-    r->ev = NULL; /* evhttp frees it; the worker's completion must not touch it */
-}
-
-static void on_request(struct evhttp_request *ev, void *arg)
-{
-    cdb_loop *loop = arg;
-    cdb_http_server *srv = loop->server;
-    cdb_request *r = cdb_request_new(ev, srv, loop, srv->svc);
-    if (!r) {
-        evhttp_send_error(ev, 500, NULL);
-        return;
-    }
+    cdb_http_server *srv = r->server;
     atomic_fetch_add(&srv->inflight, 1);
     if (!cdb_request_prepare(r, srv->tables) || r->route->mode == CDB_RUN_INLINE) {
         /* inline routes are public: admission only parses the body */
@@ -117,12 +97,17 @@ static void on_request(struct evhttp_request *ev, void *arg)
         finish(r);
         return;
     }
-    evhttp_connection_set_closecb(evhttp_request_get_connection(ev), on_connection_closed, r);
     cdb_workq *queue = r->route->mode == CDB_RUN_SLOW ? srv->slow_workers : srv->workers;
     if (cdb_workq_submit(queue, run_on_worker, r) != 0) {
         cdb_request_failf(r, CDB_ERR_DATABASE_UNAVAILABLE, "Service is shutting down");
         finish(r);
     }
+}
+
+static void on_accept(struct evconnlistener *listener, evutil_socket_t fd, struct sockaddr *sa, int salen,
+                      void *arg)
+{
+    cdb_conn_accept(arg, fd, sa, salen);
 }
 
 static void *loop_main(void *arg)
@@ -162,41 +147,35 @@ out:
 
 static int loop_init(cdb_loop *loop, cdb_http_server *srv, cdb_error *err)
 {
-    const cdb_config *cfg = srv->svc->cfg;
     loop->server = srv;
+    loop->svc = srv->svc;
+    loop->cfg = srv->svc->cfg;
+    loop->limit = srv->limit;
     pthread_mutex_init(&loop->done_lock, NULL);
     loop->base = event_base_new();
-    loop->http = loop->base ? evhttp_new(loop->base) : NULL;
     loop->done_ev = loop->base ? event_new(loop->base, -1, 0, on_done, loop) : NULL;
-    if (!loop->http || !loop->done_ev)
+    if (!loop->done_ev)
         return cdb_error_set(err, CDB_ERR_INTERNAL_ERROR, "cannot create event loop");
-    evhttp_set_allowed_methods(loop->http, EVHTTP_REQ_GET | EVHTTP_REQ_POST | EVHTTP_REQ_PUT |
-                                               EVHTTP_REQ_DELETE | EVHTTP_REQ_PATCH | EVHTTP_REQ_HEAD |
-                                               EVHTTP_REQ_OPTIONS);
-    evhttp_set_max_body_size(loop->http, CDB_HTTP_BODY_HARD_LIMIT);
-    evhttp_set_max_headers_size(loop->http, 64 * 1024);
-    evhttp_set_timeout(loop->http, cfg->http_idle_timeout_s);
-    evhttp_set_default_content_type(loop->http, "application/json");
-    evhttp_set_gencb(loop->http, on_request, loop);
-    loop->bound = evhttp_accept_socket_with_handle(loop->http, srv->listen_fd);
-    if (!loop->bound)
+    /* every loop accepts on the one socket; the kernel hands each connection to one */
+    loop->listener = evconnlistener_new(loop->base, on_accept, loop, LEV_OPT_CLOSE_ON_EXEC, -1, srv->listen_fd);
+    if (!loop->listener)
         return cdb_error_set(err, CDB_ERR_INTERNAL_ERROR, "cannot accept on the listening socket");
     return 0;
 }
 
 static void loop_destroy(cdb_loop *loop)
 {
-    if (loop->http)
-        evhttp_free(loop->http); /* closes connections; close callbacks clear r->ev */
-    /* requests completed after the loops stopped: never sent */
+    if (loop->listener)
+        evconnlistener_free(loop->listener);
+    /* requests completed after the loops stopped: their answers are never flushed */
     cdb_request *r = loop->done_head;
     while (r) {
         cdb_request *next = r->next;
-        r->ev = NULL;
-        cdb_request_send(r, true); /* logs it as client_gone */
+        cdb_request_send(r, true);
         cdb_request_free(r);
         r = next;
     }
+    cdb_conn_free_all(loop);
     if (loop->done_ev)
         event_free(loop->done_ev);
     if (loop->base)
@@ -231,9 +210,10 @@ cdb_http_server *cdb_http_server_new(cdb_service *svc, cdb_error *err)
      * for a connection never keeps another from reaching the pool. */
     srv->workers = cdb_workq_new(cfg->db_pool_max + 4);
     srv->slow_workers = cdb_workq_new(cfg->auth_threads);
+    srv->limit = cdb_client_limit_new(cfg->http_max_connections_per_ip);
     srv->nloops = cfg->http_threads;
     srv->loops = calloc((size_t)srv->nloops, sizeof *srv->loops);
-    if (!srv->workers || !srv->slow_workers || !srv->loops) {
+    if (!srv->workers || !srv->slow_workers || !srv->limit || !srv->loops) {
         cdb_error_set(err, CDB_ERR_INTERNAL_ERROR, "out of memory");
         goto fail;
     }
@@ -250,9 +230,8 @@ fail:
 static void stop_accepting(evutil_socket_t fd, short what, void *arg)
 {
     cdb_loop *loop = arg;
-    if (loop->bound)
-        evhttp_del_accept_socket(loop->http, loop->bound);
-    loop->bound = NULL;
+    evconnlistener_disable(loop->listener);
+    cdb_conn_close_idle(loop);
 }
 
 int cdb_http_server_run(cdb_http_server *srv)
@@ -307,6 +286,7 @@ void cdb_http_server_free(cdb_http_server *srv)
     for (int i = 0; srv->loops && i < srv->nloops; i++)
         loop_destroy(&srv->loops[i]);
     free(srv->loops);
+    cdb_client_limit_free(srv->limit);
     if (srv->listen_fd >= 0)
         close(srv->listen_fd);
     free(srv);
