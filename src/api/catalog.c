@@ -10,7 +10,7 @@
  * through role membership and column grants count as PostgreSQL counts them.
  * A table is in a role's list when the role holds any privilege on it or on
  * one of its columns; a column is listed when the role holds any privilege
- * on it (users.password_hash is listed for coredb_user with UPDATE only).
+ * on it (one granted for UPDATE only is listed: writable, not readable).
  *
  * Snapshot memory. The snapshot keeps the query's PGresult and points its
  * names and type names into it, so the strings are one allocation freed

@@ -13,8 +13,9 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 
 from datahelp import (UUID_RE, add_analysis, add_project, admin_of, assert_error, counts,
-                      pg_delete, pg_insert, pg_update, pg_upsert, premium, query_ok, redis_client,
-                      rop, rset, scalar, start_instance, tx, tx_fail, tx_ok, user, wait_for)
+                      pg_delete, pg_insert, pg_update, pg_upsert, premium, query, query_ok,
+                      redis_client, rop, rset, scalar, start_instance, tx, tx_fail, tx_ok, user,
+                      wait_for)
 from identity import unique
 
 # the module fixtures inst, admin, rds (conftest.py) use this Redis database
@@ -29,6 +30,20 @@ def project_row(inst, pid):
 
 def n_projects(inst, user_id):
     return scalar(inst, "SELECT count(*) FROM projects WHERE user_id = %s", (user_id,))
+
+
+@pytest.fixture(scope="module")
+def labels(inst, admin):
+    """A table of the module's own with a unique and a check constraint,
+    writable by admin, for the constraint-violation tests."""
+    name = "labels_" + uuid.uuid4().hex[:8]
+    inst.pg.query(inst.db, f"CREATE TABLE public.{name} (id uuid PRIMARY KEY DEFAULT "
+                           f"gen_random_uuid(), name varchar(50) NOT NULL UNIQUE, "
+                           f"kind text NOT NULL CHECK (kind IN ('a', 'b')))")
+    inst.pg.query(inst.db, f"GRANT SELECT, INSERT, UPDATE, DELETE ON public.{name} TO coredb_admin")
+    assert wait_for(lambda: query(inst, admin, {"table": name}).status_code == 200, timeout=8), \
+        "the granted table did not appear in the catalog"
+    return name
 
 
 # ---- the four PostgreSQL operations ----
@@ -205,7 +220,7 @@ def test_rollback_names_failing_operation_and_writes_nothing(inst, rds):
                   (f"%{key}",)) == 0
 
 
-def test_unique_violation_is_conflict(inst, admin):
+def test_unique_violation_is_conflict(inst, admin, labels):
     a = user(inst)
     pid = add_project(inst, a.id)
     err = tx_fail(inst, a, [pg_insert("projects", {"title": "new", "user_id": a.id}),
@@ -214,23 +229,21 @@ def test_unique_violation_is_conflict(inst, admin):
     details = err["details"]
     assert details.get("field") == "id" or "id" in (details.get("fields") or []), err
     assert n_projects(inst, a.id) == 1
-    # admin on users: a taken username names the column
-    taken = a.user["username"]
-    err = tx_fail(inst, admin, [pg_insert("users", {"email": f"{unique()}@example.com",
-                                                    "username": taken,
-                                                    "password_hash": "x"})],
+    # a taken value of a unique column names the column (admin on a table of
+    # the test's own: public.users takes no writes through the data API)
+    taken = unique()
+    tx_ok(inst, admin, [pg_insert(labels, {"name": taken, "kind": "a"})])
+    err = tx_fail(inst, admin, [pg_insert(labels, {"name": taken, "kind": "b"})],
                   409, "CONFLICT", operation=1)
-    assert err["details"].get("field") == "username" or \
-        "username" in (err["details"].get("fields") or []), err
+    assert err["details"].get("field") == "name" or \
+        "name" in (err["details"].get("fields") or []), err
     assert "INSERT" not in err["message"] and "Key (" not in err["message"], err
 
 
-def test_check_and_foreign_key_violations(inst, admin):
-    err = tx_fail(inst, admin, [pg_insert("users", {"email": f"{unique()}@example.com",
-                                                    "username": unique(), "password_hash": "x",
-                                                    "role": "superuser"})],
+def test_check_and_foreign_key_violations(inst, admin, labels):
+    err = tx_fail(inst, admin, [pg_insert(labels, {"name": unique(), "kind": "superuser"})],
                   400, "VALIDATION_FAILED", operation=1)
-    assert err["details"].get("field") in (None, "role"), err
+    assert err["details"].get("field") in (None, "kind"), err
     err = tx_fail(inst, admin, [pg_insert("content_analysis",
                                           {"project_id": str(uuid.uuid4()),
                                            "analysis_type": "tone"})],
@@ -315,24 +328,31 @@ def test_upsert_onto_foreign_row_is_refused(inst):
     assert project_row(inst, pb) == (b.id, "b-row", "draft")
 
 
-def test_users_table_privileges(inst):
+def test_users_table_privileges(inst, admin):
+    """public.users is written only through the users API (migration 009):
+    user and premium hold no write privilege on it at all, not even on
+    display_name or profile_picture_url, whose rules only the users API
+    checks."""
     a = user(inst)
-    out = tx_ok(inst, a, [pg_update("users", {"user_id": a.id}, {"display_name": "Me"})])
-    assert out["results"][0]["data"]["count"] == 1
-    assert "password_hash" not in out["results"][0]["data"]["rows"][0]
-    assert "argon2" not in str(out)
-    # role, is_active and user_id are not the user's to change
-    for data in ({"role": "admin"}, {"is_active": False}, {"user_id": str(uuid.uuid4())}):
-        resp = tx(inst, a, [pg_update("users", {"user_id": a.id}, data)])
-        assert resp.status_code in (400, 403), (data, resp.text)
-        assert resp.json()["error"]["code"] in ("FORBIDDEN", "UNKNOWN_COLUMN"), resp.text
-    assert scalar(inst, "SELECT role || ':' || is_active::text FROM users WHERE user_id = %s",
-                  (a.id,)) == "user:true"
-    # no inserting users through the data API as a user
-    resp = tx(inst, a, [pg_insert("users", {"email": "x@example.com", "username": unique(),
-                                            "password_hash": "x", "role": "admin"})])
-    assert resp.status_code in (403, 404), resp.text
+    before = scalar(inst, "SELECT row_to_json(u)::text FROM users u WHERE user_id = %s", (a.id,))
+    for data in ({"display_name": "Me"}, {"profile_picture_url": "javascript:alert(1)"},
+                 {"role": "admin"}, {"is_active": False}, {"user_id": str(uuid.uuid4())},
+                 {"email": "NOT AN EMAIL AT ALL"}, {"username": "X Y <script>"},
+                 {"password_hash": "x"}, {"updated_at": "2000-01-01T00:00:00Z"}):
+        err = tx_fail(inst, a, [pg_update("users", {"user_id": a.id}, data)], 403, "FORBIDDEN", 1)
+        assert err["details"].get("table") == "users", err
+    assert scalar(inst, "SELECT row_to_json(u)::text FROM users u WHERE user_id = %s",
+                  (a.id,)) == before
+    # no inserting users through the data API, as a user or as an admin
+    for acct in (a, admin):
+        resp = tx(inst, acct, [pg_insert("users", {"email": "x@example.com", "username": unique(),
+                                                   "password_hash": "x", "role": "admin"})])
+        assert_error(resp, 403, "FORBIDDEN")
     assert scalar(inst, "SELECT count(*) FROM users WHERE email = 'x@example.com'") == 0
+    # deleting the own row stays allowed (and is tested with the users API)
+    assert "DELETE" in scalar(inst, "SELECT string_agg(privilege_type, ',') FROM "
+                                    "information_schema.table_privileges WHERE grantee = "
+                                    "'coredb_user' AND table_name = 'users'")
 
 
 def test_admin_writes_anyones_rows(inst, admin):
