@@ -401,7 +401,7 @@ def test_expect_continue_gets_100_then_the_answer(strict):
 def test_client_gone_mid_request_is_logged_and_harmless(strict):
     with connect(strict) as s:
         s.sendall(b"POST /test/sleep HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-                  b"Content-Length: 13\r\nX-Request-ID: gone-client-1\r\n\r\n{\"ms\": 500}  ")
+                  b"Content-Length: 16\r\nX-Request-ID: gone-client-1\r\n\r\n{\"seconds\": 0.5}")
         s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
     deadline = time.time() + 5
     while time.time() < deadline:
@@ -409,5 +409,5 @@ def test_client_gone_mid_request_is_logged_and_harmless(strict):
         if lines:
             break
         time.sleep(0.1)
-    assert lines and lines[0].get("client_gone") is True, lines
+    assert lines and lines[0].get("client_gone") is True and lines[0]["status"] == 200, lines
     assert strict.get("/health/live").status_code == 200
