@@ -26,7 +26,7 @@ bench_start_coredb() { # extra env as NAME=value arguments
   CDB_PORT=$(free_port)
   env DATABASE_URL="$PG_URL" JWT_SECRET=bench-secret-0123456789abcdef0123456789abcdef \
       PORT=$CDB_PORT HOST=127.0.0.1 PROMETHEUS_PORT=0 LOG_LEVEL=warn "$@" \
-      "$ROOT/build/coredb" serve >"$BENCH_TMP/coredb.log" 2>&1 &
+      "${CDB_BIN:-$ROOT/build/coredb}" serve >"$BENCH_TMP/coredb.log" 2>&1 &
   CDB_PID=$!
   for _ in $(seq 1 200); do
     curl -sf "http://127.0.0.1:$CDB_PORT/health/live" >/dev/null && return 0

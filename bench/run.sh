@@ -2,7 +2,7 @@
 # `make bench`: every benchmark, each appending to bench/RESULTS.md.
 set -euo pipefail
 cd "$(dirname "$0")"
-for b in http_floor.sh auth.sh data.sh; do
+for b in http_floor.sh http_hostile.sh auth.sh data.sh; do
   echo "== $b"
   bash "$b"
 done
