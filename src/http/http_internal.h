@@ -72,6 +72,7 @@ struct cdb_request {
     char *bearer;                  /* token from Authorization, owned, or NULL */
     char client_addr[64];          /* peer address */
     char *user_agent;              /* owned or NULL */
+    char *idempotency_key;         /* Idempotency-Key as sent, owned, or NULL (checked by the library) */
     cdb_principal principal;       /* who is calling (CDB_ROLE_ANON until authenticated) */
     char request_id[CDB_REQUEST_ID_MAX + 1];
     const char *media_type;        /* response Content-Type */
@@ -134,6 +135,11 @@ bool cdb_admit_caller(cdb_request *r);
 
 /* Fails the request with err when rc < 0, else answers status with body. */
 void cdb_request_finish(cdb_request *r, int rc, int status, json_t *body, cdb_error *err);
+/*
+ * The same for a call that answers through a cdb_idempotency (its body is
+ * taken): a replayed answer gets the header Idempotent-Replayed: true.
+ */
+void cdb_request_finish_idem(cdb_request *r, int rc, cdb_idempotency *idem, cdb_error *err);
 
 /*
  * Matches r->method and r->path against the NULL-terminated list of route

@@ -49,6 +49,20 @@ void cdb_request_finish(cdb_request *r, int rc, int status, json_t *body, cdb_er
     cdb_error_destroy(err);
 }
 
+void cdb_request_finish_idem(cdb_request *r, int rc, cdb_idempotency *idem, cdb_error *err)
+{
+    if (rc < 0) {
+        cdb_request_fail(r, err);
+    } else {
+        if (idem->replayed)
+            cdb_request_header(r, "Idempotent-Replayed", "true");
+        cdb_request_reply_text(r, idem->status, idem->body);
+        idem->body = NULL;
+    }
+    cdb_idempotency_destroy(idem);
+    cdb_error_destroy(err);
+}
+
 void cdb_request_fail(cdb_request *r, cdb_error *err)
 {
     cdb_error_move(&r->err, err);
@@ -284,6 +298,12 @@ cdb_request *cdb_request_new(struct evhttp_request *ev, cdb_http_server *srv, cd
     const char *ua = evhttp_find_header(evhttp_request_get_input_headers(ev), "User-Agent");
     if (ua)
         r->user_agent = strndup(ua, 256);
+    /* copied here: handlers run on workers and must not touch ev */
+    const char *ik = evhttp_find_header(evhttp_request_get_input_headers(ev), "Idempotency-Key");
+    if (ik && !(r->idempotency_key = strdup(ik))) {
+        cdb_request_free(r);
+        return NULL;
+    }
 
     const struct evhttp_uri *uri = evhttp_request_get_evhttp_uri(ev);
     const char *path = uri ? evhttp_uri_get_path(uri) : NULL;
@@ -318,6 +338,7 @@ void cdb_request_free(cdb_request *r)
     free(r->raw_body);
     free(r->bearer);
     free(r->user_agent);
+    free(r->idempotency_key);
     json_decref(r->body);
     json_decref(r->response);
     free(r->response_text);
