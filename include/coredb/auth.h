@@ -26,6 +26,7 @@
 #include <stdint.h>
 
 #include "coredb/error.h"
+#include "coredb/idempotency.h"
 #include "coredb/role.h"
 #include "coredb/service.h"
 
@@ -66,6 +67,16 @@ int cdb_auth_check_session(cdb_service *svc, cdb_principal *p, cdb_error *err);
 /* POST /users: anyone; only an admin caller may set a role other than "user". -> user */
 int cdb_users_create(cdb_service *svc, const cdb_principal *caller, json_t *body,
                      json_t **out, cdb_error *err);
+/*
+ * POST /users with an optional Idempotency-Key (idem->key, NULL for none):
+ * the answer in idem->status (201) and idem->body (serialized; free with
+ * cdb_idempotency_destroy). With a key, the user row and the key with the
+ * answer commit in one transaction (idempotency.h); keys are scoped to the
+ * caller's user id, or shared by all anonymous callers. A lost connection
+ * after COMMIT was sent -> TRANSACTION_OUTCOME_UNKNOWN (details.transaction_id).
+ */
+int cdb_users_create_idem(cdb_service *svc, const cdb_principal *caller, json_t *body,
+                          cdb_idempotency *idem, cdb_error *err);
 /* by is "id", "email" or "username"; self or admin. -> user */
 int cdb_users_get(cdb_service *svc, const cdb_principal *caller, const char *by,
                   const char *value, json_t **out, cdb_error *err);

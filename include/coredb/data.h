@@ -19,6 +19,7 @@
 
 #include "coredb/auth.h"
 #include "coredb/error.h"
+#include "coredb/idempotency.h"
 #include "coredb/service.h"
 
 /*
@@ -42,6 +43,37 @@ int cdb_data_query(cdb_service *svc, const cdb_principal *caller, json_t *reques
  */
 int cdb_data_transaction(cdb_service *svc, const cdb_principal *caller, json_t *request,
                          json_t **out, cdb_error *err);
+
+/*
+ * POST /data/transaction as the HTTP route runs it: idem->key is the
+ * Idempotency-Key (NULL for none); on success idem->status and idem->body
+ * (serialized, the caller frees with cdb_idempotency_destroy) are the
+ * answer, idem->replayed when it is the stored answer of an earlier request
+ * with that key. Every committed transaction records its transaction_id in
+ * coredb.tx_ledger, inside the transaction. Besides the errors above:
+ *   TRANSACTION_OUTCOME_UNKNOWN (details.transaction_id): the connection was
+ *     lost after COMMIT was sent; the Redis operations are then left to the
+ *     outbox job, which applies them iff it committed;
+ *   VALIDATION_FAILED (details.field "Idempotency-Key"), IDEMPOTENCY_KEY_REUSED,
+ *   IDEMPOTENCY_KEY_IN_PROGRESS (idempotency.h).
+ */
+int cdb_data_transaction_idem(cdb_service *svc, const cdb_principal *caller, json_t *request,
+                              cdb_idempotency *idem, cdb_error *err);
+
+/*
+ * GET /data/transactions/{id}: {"transaction_id", "status": "committed",
+ * "committed_at"} (caller owns) for a committed transaction of the caller
+ * (any, for an admin) recorded in the last 24 h; NOT_FOUND otherwise, and
+ * for an id that is not a UUID or is someone else's.
+ */
+int cdb_data_transaction_status(cdb_service *svc, const cdb_principal *caller, const char *id,
+                                json_t **out, cdb_error *err);
+
+/*
+ * Background: deletes ledger rows older than 24 h, in batches of 1000 (at
+ * most 20 batches a call); *deleted (may be NULL) reports how many.
+ */
+int cdb_data_ledger_expire(cdb_service *svc, int *deleted, cdb_error *err);
 
 /*
  * Background: applies pending Redis operations of committed transactions

@@ -79,6 +79,12 @@ bool cdb_data_send(PGconn *conn, const char *name, const char *sql, int nparams,
 
 int cdb_data_start_pipeline(cdb_pool_conn *pc, const cdb_principal *p, cdb_error *err)
 {
+    return cdb_data_start_pipeline_after(pc, p, NULL, 0, NULL, err);
+}
+
+int cdb_data_start_pipeline_after(cdb_pool_conn *pc, const cdb_principal *p, const char *first,
+                                  int nparams, const char *const *params, cdb_error *err)
+{
     PGconn *conn = cdb_pool_conn_pg(pc);
     const char *db_role = p ? cdb_catalog_db_role(p->role) : NULL;
     const char *prelude = NULL;
@@ -88,9 +94,10 @@ int cdb_data_start_pipeline(cdb_pool_conn *pc, const cdb_principal *p, cdb_error
         return cdb_error_set(err, CDB_ERR_FORBIDDEN, "Authentication required");
     if ((rc = cdb_pool_conn_prepare(pc, PRELUDE_SQL, 3, &prelude, err)) < 0)
         return rc;
-    const char *params[3] = {db_role, p->user_id, cdb_role_name(p->role)};
+    const char *settings[3] = {db_role, p->user_id, cdb_role_name(p->role)};
     if (!PQenterPipelineMode(conn) || !cdb_data_send(conn, NULL, "BEGIN", 0, NULL) ||
-        !cdb_data_send(conn, prelude, PRELUDE_SQL, 3, params))
+        (first && !cdb_data_send(conn, NULL, first, nparams, params)) ||
+        !cdb_data_send(conn, prelude, PRELUDE_SQL, 3, settings))
         return cdb_data_pg_error(conn, NULL, NULL, err);
     return 0;
 }
@@ -129,8 +136,13 @@ int cdb_data_pipeline_read(PGconn *conn, PGresult **out, int n, int *failed,
     }
     if (!lost) {
         PGresult *sync = PQgetResult(conn);
-        if (!sync || PQresultStatus(sync) != PGRES_PIPELINE_SYNC)
-            lost = true;
+        if (!sync || PQresultStatus(sync) != PGRES_PIPELINE_SYNC) {
+            /* Every statement answered, COMMIT included: what they did stands
+             * though the sync was lost; the pool drops the dead connection. */
+            lost = bad != NULL;
+            if (!bad)
+                cdb_log_warn("data.sync_lost", "connection lost after the last result of a pipeline");
+        }
         PQclear(sync);
     }
     if (bad || lost) {

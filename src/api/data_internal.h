@@ -56,6 +56,14 @@ void cdb_data_release(cdb_service *svc, cdb_pool_conn *pc);
  * FORBIDDEN for an anonymous caller.
  */
 int cdb_data_start_pipeline(cdb_pool_conn *pc, const cdb_principal *p, cdb_error *err);
+/*
+ * The same with one more statement between BEGIN and the prelude (first,
+ * unnamed, its params): it runs as the service's login role, before the
+ * caller's role is set (the idempotency claim of ledger_internal.h).
+ * CDB_DATA_PRELUDE_COUNT + 1 results follow.
+ */
+int cdb_data_start_pipeline_after(cdb_pool_conn *pc, const cdb_principal *p, const char *first,
+                                  int nparams, const char *const *params, cdb_error *err);
 
 /* Queues sql, as the prepared statement name when not NULL. False when sending failed. */
 bool cdb_data_send(PGconn *conn, const char *name, const char *sql, int nparams,
@@ -65,7 +73,9 @@ bool cdb_data_send(PGconn *conn, const char *name, const char *sql, int nparams,
  * After PQpipelineSync: reads the results of n queued statements and the
  * sync that ends them. out (may be NULL) receives each statement's result
  * (caller PQclears them; NULL where none). Returns 0 when every statement
- * succeeded; otherwise the first failure mapped by cdb_data_pg_error (with
+ * succeeded (even when the connection died before the sync: the results,
+ * a COMMIT's included, stand; the connection is then left in pipeline mode
+ * for cdb_data_release to drop); otherwise the first failure mapped by cdb_data_pg_error (with
  * context_field), *failed (may be NULL) = its 0-based index, the
  * transaction is aborted and the connection has left pipeline mode.
  * *failed = -1 when no statement failed (or the connection was lost).

@@ -5,10 +5,32 @@
  * connection is taken, so a bad operation costs no database work. Then one
  * pipeline, one round trip, runs on one pooled connection:
  *   BEGIN; role + settings (data_common.c) ; op 1 ; ... ; op n ;
- *   RESET ROLE ; INSERT INTO coredb.redis_outbox ... ; COMMIT
+ *   RESET ROLE ; INSERT INTO coredb.redis_outbox ... ;
+ *   INSERT INTO coredb.tx_ledger (transaction_id, user_id) ; COMMIT
  * The first failing statement aborts the rest and the transaction, and its
- * error names the operation. RESET ROLE is needed because the outbox belongs
- * to the service's login role, which the app roles have no rights on.
+ * error names the operation. RESET ROLE is needed because the outbox and
+ * the ledger belong to the service's login role, which the app roles have
+ * no rights on.
+ *
+ * The ledger row (ledger.c) commits iff the transaction does, which is how
+ * a lost answer is recovered: when the connection dies after COMMIT was
+ * sent and before any server error for an earlier statement was read, the
+ * outcome is unknown -> 503 TRANSACTION_OUTCOME_UNKNOWN with the
+ * transaction_id (decided before anything runs), which
+ * GET /data/transactions/{id} later resolves. This request then applies no
+ * outbox row: if it committed, the rows did too and the flush job applies
+ * them. A server error (constraint, statement timeout 57014, a FATAL
+ * before COMMIT) is a known rollback and keeps its own code.
+ *
+ * With an Idempotency-Key, the key's claim runs right after BEGIN (as the
+ * login role: it may refuse, 409/422, or find the answer to replay, and
+ * never waits), the first round trip stops before COMMIT, and a second one
+ * sends the ledger row with the key, the request hash and the answer built
+ * from the results, with COMMIT (commit_keyed: the answer needs the
+ * results, and one pipelined statement cannot read another's). Redis
+ * results are only known after the commit, so the stored answer says
+ * "pending" for them until the outbox bookkeeping transaction replaces it
+ * with the final one; whichever is stored last is the one sent.
  *
  * The outbox rows are the request's Redis operations and one "incr" of the
  * cache generation key (qcache.h) per table written: that incr IS the cache
@@ -33,9 +55,8 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include <sodium.h>
-
 #include "api/data_internal.h"
+#include "api/ledger_internal.h"
 #include "api/sqlbuild.h"
 #include "coredb/data.h"
 #include "coredb/log.h"
@@ -95,6 +116,12 @@ typedef struct tx {
     int nrows;
     char gen_keys[TX_MAX_GEN][GEN_KEY_LEN];
     int ngen;
+    int64_t started_ms;
+    const char *key;               /* Idempotency-Key or NULL (borrowed from the caller) */
+    char scope[37];                /* its scope: the caller's user id */
+    char hash[CDB__LEDGER_HASH_LEN]; /* the request's keyed hash (ledger_internal.h) */
+    char *stored;                  /* keyed: the answer committed with the ledger row, owned */
+    char *final;                   /* keyed: the answer with Redis results, once stored too, owned */
 } tx;
 
 /* How applying one outbox row went. */
@@ -125,20 +152,6 @@ static int op_tag(cdb_error *err, int i, int rc)
 static int oom(cdb_error *err)
 {
     return cdb_error_set(err, CDB_ERR_INTERNAL_ERROR, "out of memory");
-}
-
-/* A random (version 4) UUID. */
-static void new_uuid(char out[37])
-{
-    unsigned char b[16];
-    if (sodium_init() < 0)
-        cdb_log_error("data.sodium_init_failed", "libsodium failed to initialize");
-    randombytes_buf(b, sizeof b);
-    b[6] = (unsigned char)((b[6] & 0x0f) | 0x40);
-    b[8] = (unsigned char)((b[8] & 0x3f) | 0x80);
-    snprintf(out, 37, "%02x%02x%02x%02x-%02x%02x-%02x%02x-%02x%02x-%02x%02x%02x%02x%02x%02x",
-             b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7], b[8], b[9], b[10], b[11], b[12],
-             b[13], b[14], b[15]);
 }
 
 /* ---- building PostgreSQL operations ---- */
@@ -655,16 +668,84 @@ static void name_bad_value(PGconn *conn, const tx_op *op, cdb_error *err)
     }
 }
 
+static char *response_text(tx *t);
+
+/* The ledger row of an unkeyed transaction: its id and owner, nothing to replay. */
+static const char LEDGER_SQL[] =
+    "INSERT INTO coredb.tx_ledger (transaction_id, user_id) VALUES ($1::uuid, $2::uuid)";
+/* ... of a keyed one: with the key, the request hash and the answer. */
+static const char LEDGER_KEYED_SQL[] =
+    "INSERT INTO coredb.tx_ledger (transaction_id, user_id, scope, idempotency_key, request_hash,"
+    " status_code, response) VALUES ($1::uuid, $2::uuid, $3, $4, $5::bytea, 200, $6)";
+
 /*
- * The pipeline: prelude, the PostgreSQL ops, RESET ROLE and the outbox rows,
- * COMMIT. On success the connection is out of pipeline mode again.
+ * After a failed read of the pipeline whose statement commit_at is its
+ * COMMIT: TRANSACTION_OUTCOME_UNKNOWN when the COMMIT may have run (the
+ * connection died and no server error for an earlier statement was read).
+ * The outbox is then left alone: the flush job applies its rows iff the
+ * transaction committed, since they commit with it.
  */
-static int run_pipeline(tx *t, cdb_pool_conn *pc, cdb_error *err)
+static int check_outcome(tx *t, PGconn *conn, int rc, int failed, int commit_at, cdb_error *err)
+{
+    if (commit_at >= 0 && cdb__ledger_outcome_unknown(conn, failed >= 0 && failed < commit_at, err))
+        return cdb__ledger_fail_unknown(err, t->id);
+    return rc;
+}
+
+/*
+ * Keyed: the answer depends on the operations' results, and PostgreSQL
+ * cannot hand one pipelined statement's results to the next, so the first
+ * round trip stops before COMMIT; the answer is built here (Redis
+ * operations "pending": they are only applied after the commit) and a
+ * second round trip sends the ledger row holding it together with COMMIT.
+ * One extra round trip, for keyed requests only.
+ */
+static int commit_keyed(tx *t, PGconn *conn, cdb_error *err)
+{
+    PGresult *res[2] = { NULL, NULL };
+    int failed = -1, rc;
+
+    for (int i = 0; i < t->nops; i++)
+        if (t->ops[i].kind >= OP_SET)
+            t->ops[i].status = "pending";
+    if (!(t->stored = response_text(t)))
+        return oom(err);
+    const char *params[6] = {t->id, t->caller->user_id, t->scope, t->key, t->hash, t->stored};
+    bool sent = PQsendQueryParams(conn, LEDGER_KEYED_SQL, 6, NULL, params, NULL, NULL, 0) == 1;
+    bool commit_tried = sent;
+    sent = sent && PQsendQueryParams(conn, "COMMIT", 0, NULL, NULL, NULL, NULL, 0) == 1;
+    if (!sent || PQpipelineSync(conn) != 1) {
+        rc = cdb_pg_error_from_result(conn, NULL, err);
+        return commit_tried ? check_outcome(t, conn, rc, -1, 1, err) : rc;
+    }
+    rc = cdb_data_pipeline_read(conn, res, 2, &failed, NULL, err);
+    PQclear(res[0]);
+    PQclear(res[1]);
+    if (rc < 0 && (rc = check_outcome(t, conn, rc, failed, 1, err)) == CDB_ERR_CONFLICT)
+        /* the unique index behind the claim's lock: the same key, concurrently */
+        rc = cdb_error_set_detail(err, CDB_ERR_IDEMPOTENCY_KEY_IN_PROGRESS, "field", "Idempotency-Key",
+                                  "A request with this Idempotency-Key is still running; retry later");
+    return rc;
+}
+
+/*
+ * The pipeline: BEGIN, [the key's claim], the caller's role, the PostgreSQL
+ * ops, RESET ROLE, the outbox rows, and (unkeyed) the ledger row and COMMIT
+ * in the same round trip, or (keyed) commit_keyed's round trip. A claim
+ * that finds the request already committed fills idem with the stored
+ * answer and returns 0 without running anything. On success the
+ * connection is out of pipeline mode again.
+ */
+static int run_pipeline(tx *t, cdb_pool_conn *pc, cdb_idempotency *idem, cdb_error *err)
 {
     PGconn *conn = cdb_pool_conn_pg(pc);
-    PGresult *res[CDB_DATA_PRELUDE_COUNT + TX_MAX_OPS + 3] = { 0 };
-    int n = CDB_DATA_PRELUDE_COUNT, failed = -1, rc;
-    int first_after_ops = CDB_DATA_PRELUDE_COUNT + t->npg;
+    PGresult *res[CDB_DATA_PRELUDE_COUNT + 1 + TX_MAX_OPS + 4] = { 0 };
+    const int claim_at = 1;                              /* right after BEGIN */
+    const int first_op = CDB_DATA_PRELUDE_COUNT + (t->key ? 1 : 0);
+    const int first_after_ops = first_op + t->npg;
+    int n = first_op, failed = -1, commit_at = -1, rc;
+    const char *claim[3] = {t->scope, t->key, t->hash};
+    const char *ledger[2] = {t->id, t->caller->user_id};
     cdb_sql q;
     bool sent = true;
 
@@ -673,29 +754,43 @@ static int run_pipeline(tx *t, cdb_pool_conn *pc, cdb_error *err)
         rc = oom(err);
         goto out_clear;
     }
-    if ((rc = cdb_data_start_pipeline(pc, t->caller, err)) < 0)
+    rc = t->key ? cdb_data_start_pipeline_after(pc, t->caller, CDB__LEDGER_CLAIM_SQL, 3, claim, err)
+                : cdb_data_start_pipeline(pc, t->caller, err);
+    if (rc < 0)
         goto out_clear;
     for (int k = 0; k < t->npg; k++, n++) {
         tx_op *op = &t->ops[t->pg_ops[k]];
         sent = sent && PQsendQueryParams(conn, op->sql, op->nparams, NULL,
                                          (const char *const *)op->params, NULL, NULL, 0);
     }
+    /* the service's own tables belong to the login role */
+    sent = sent && PQsendQueryParams(conn, "RESET ROLE", 0, NULL, NULL, NULL, NULL, 0);
+    n++;
     if (t->nrows) {
-        sent = sent && PQsendQueryParams(conn, "RESET ROLE", 0, NULL, NULL, NULL, NULL, 0);
         sent = sent && PQsendQueryParams(conn, q.text, q.nparams, NULL,
                                          (const char *const *)q.params, NULL, NULL, 0);
-        n += 2;
+        n++;
     }
-    sent = sent && PQsendQueryParams(conn, "COMMIT", 0, NULL, NULL, NULL, NULL, 0);
-    n++;
+    if (!t->key) {
+        sent = sent && PQsendQueryParams(conn, LEDGER_SQL, 2, NULL, ledger, NULL, NULL, 0);
+        n++;
+        if (sent)
+            commit_at = n;         /* from here the COMMIT may reach the server */
+        sent = sent && PQsendQueryParams(conn, "COMMIT", 0, NULL, NULL, NULL, NULL, 0);
+        n++;
+    }
     if (!sent || PQpipelineSync(conn) != 1) {
-        rc = cdb_pg_error_from_result(conn, NULL, err);
+        rc = check_outcome(t, conn, cdb_pg_error_from_result(conn, NULL, err), -1, commit_at, err);
         goto out_clear;
     }
     rc = cdb_data_pipeline_read(conn, res, n, &failed, "data", err);
     if (rc < 0) {
-        if (failed >= CDB_DATA_PRELUDE_COUNT && failed < first_after_ops) {
-            int i = t->pg_ops[failed - CDB_DATA_PRELUDE_COUNT];
+        if ((rc = check_outcome(t, conn, rc, failed, commit_at, err)) == CDB_ERR_TRANSACTION_OUTCOME_UNKNOWN)
+            goto out_clear;
+        if (t->key && failed == claim_at && cdb__ledger_claim_error(err)) {
+            rc = cdb__ledger_claim_refused(conn, t->scope, t->key, idem, err);
+        } else if (failed >= first_op && failed < first_after_ops) {
+            int i = t->pg_ops[failed - first_op];
             const char *state = json_string_value(json_object_get(err->details, "sqlstate"));
             if (state && strcmp(state, "42P10") == 0) { /* no unique index matches */
                 rc = op_fail(err, i, CDB_ERR_VALIDATION_FAILED, "conflict_columns",
@@ -709,12 +804,16 @@ static int run_pipeline(tx *t, cdb_pool_conn *pc, cdb_error *err)
         goto out_clear;
     }
     for (int k = 0; k < t->npg && rc == 0; k++)
-        rc = collect_result(&t->ops[t->pg_ops[k]], res[CDB_DATA_PRELUDE_COUNT + k], t->pg_ops[k], err);
+        rc = collect_result(&t->ops[t->pg_ops[k]], res[first_op + k], t->pg_ops[k], err);
     if (rc < 0) {
-        /* Already committed: only a result we cannot read remains. */
-        cdb_log_error("data.tx_result_unreadable", "transaction %s committed but its result could not be read", t->id);
+        /* Unkeyed, it has committed: only a result we cannot read remains.
+         * Keyed, nothing is committed yet and the release rolls it back. */
+        if (!t->key)
+            cdb_log_error("data.tx_result_unreadable", "transaction %s committed but its result could not be read", t->id);
         goto out_clear;
     }
+    if (t->key && (rc = commit_keyed(t, conn, err)) < 0)
+        goto out_clear;
     if (PQexitPipelineMode(conn) != 1)
         cdb_log_warn("data.pipeline_exit_failed", "connection left in pipeline mode");
 
@@ -839,10 +938,14 @@ static void array_add(char *buf, size_t len, long long n)
 
 /*
  * Applies this transaction's outbox rows right after its commit (see the top
- * of the file); results of rows left behind say "pending".
+ * of the file); results of rows left behind say "pending". Keyed, the
+ * answer with the Redis results replaces the stored one in the same
+ * bookkeeping transaction, and t->final is set once that has committed: the
+ * answer sent is always the one a retry would replay.
  */
 static void apply_outbox(tx *t, PGconn *conn)
 {
+    char *final = NULL;
     PGresult *res = NULL;
     bool locked[TX_MAX_OPS + 1] = { false };
     char done[TX_MAX_OPS * 5 + 3] = "{}", seq[16], why[256] = "";
@@ -903,8 +1006,18 @@ static void apply_outbox(tx *t, PGconn *conn)
                               "WHERE transaction_id = $1 AND seq = $2::int", 3, params, NULL, &e) < 0)
             goto out_log;
     }
+    if (t->key) {
+        if (!(final = response_text(t)))
+            goto out_log;
+        const char *answer[2] = {t->id, final};
+        if (cdb_pg_exec(conn, "UPDATE coredb.tx_ledger SET response = $2 WHERE transaction_id = $1::uuid",
+                        2, answer, NULL, &e) < 0)
+            goto out_log;
+    }
     if (cdb_pg_exec(conn, "COMMIT", 0, NULL, NULL, &e) < 0)
         goto out_log;
+    t->final = final;
+    final = NULL;
     if (failed_seq)
         cdb_log_warn("data.outbox_pending", "transaction %s: %d Redis operation(s) left for the retry job: %s",
                      t->id, t->nrows - stop, why);
@@ -914,18 +1027,19 @@ out_log:
     /* Rows applied here but not deleted are applied again by the flush: at least once. */
     cdb_log_warn("data.outbox_bookkeeping_failed", "transaction %s: outbox update failed: %s", t->id, e.message);
 out:
+    free(final);
     PQclear(res);
     cdb_error_destroy(&e);
 }
 
-static json_t *build_response(tx *t, int64_t started_ms)
+static json_t *build_response(const tx *t, int64_t started_ms)
 {
     json_t *results = json_array();
     json_t *out = json_pack("{s:s, s:s, s:o, s:I}", "transaction_id", t->id, "status", "committed",
                             "results", results, "execution_time_ms",
                             (json_int_t)(cdb_mono_ms() - started_ms));
     for (int i = 0; out && results && i < t->nops; i++) {
-        tx_op *op = &t->ops[i];
+        const tx_op *op = &t->ops[i];
         json_t *r = json_pack("{s:i, s:s, s:O}", "operation", i + 1, "status", op->status, "data", op->data);
         if (r && op->refusal)
             json_object_set_new(r, "error", json_pack("{s:s, s:s}", "code", "VALIDATION_FAILED",
@@ -936,6 +1050,15 @@ static json_t *build_response(tx *t, int64_t started_ms)
         }
     }
     return out;
+}
+
+/* The answer, serialized as it is sent (and stored, keyed); malloc'd, NULL when out of memory. */
+static char *response_text(tx *t)
+{
+    json_t *body = build_response(t, t->started_ms);
+    char *text = body ? json_dumps(body, JSON_COMPACT) : NULL;
+    json_decref(body);
+    return text;
 }
 
 static void tx_free(tx *t)
@@ -954,27 +1077,38 @@ static void tx_free(tx *t)
     }
     if (t->cat)
         cdb_catalog_unref(t->cat);
+    free(t->stored);
+    free(t->final);
     free(t);
 }
 
-int cdb_data_transaction(cdb_service *svc, const cdb_principal *caller, json_t *request,
-                         json_t **out, cdb_error *err)
+int cdb_data_transaction_idem(cdb_service *svc, const cdb_principal *caller, json_t *request,
+                              cdb_idempotency *idem, cdb_error *err)
 {
-    int64_t started = cdb_mono_ms();
     cdb_pool_conn *pc = NULL;
     PGconn *conn;
     tx *t = calloc(1, sizeof *t);
     int rc;
 
-    *out = NULL;
+    idem->status = 0;
+    idem->body = NULL;
+    idem->replayed = false;
     if (!t)
         return oom(err);
+    t->started_ms = cdb_mono_ms();
     t->svc = svc;
     t->caller = caller;
-    new_uuid(t->id);
+    cdb__ledger_new_id(t->id);
     if (!caller || caller->role == CDB_ROLE_ANON) {
         rc = cdb_error_set(err, CDB_ERR_FORBIDDEN, "The data API needs an authenticated caller");
         goto out_free;
+    }
+    if (idem->key) {
+        if ((rc = cdb__ledger_check_key(idem->key, err)) < 0 ||
+            (rc = cdb__ledger_request_hash(svc, "data.transaction", request, t->hash, err)) < 0)
+            goto out_free;
+        t->key = idem->key;
+        snprintf(t->scope, sizeof t->scope, "%s", caller->user_id);
     }
     /* generation keys are named while parsing: they need the namespace */
     if ((rc = cdb_data_ensure_namespace(svc, err)) < 0 || (rc = parse_request(t, request, err)) < 0)
@@ -983,17 +1117,41 @@ int cdb_data_transaction(cdb_service *svc, const cdb_principal *caller, json_t *
         rc = err->code ? err->code : CDB_ERR_DATABASE_UNAVAILABLE;
         goto out_free;
     }
-    if ((rc = run_pipeline(t, pc, err)) < 0)
+    if ((rc = run_pipeline(t, pc, idem, err)) < 0 || idem->replayed)
         goto out_release;
     if (t->nrows)
         apply_outbox(t, conn);
-    if (!(*out = build_response(t, started)))
+    /* keyed: the stored answer, or the one that replaced it after the outbox ran */
+    if (!t->key) {
+        idem->body = response_text(t);
+    } else if (t->final) {
+        idem->body = t->final;
+        t->final = NULL;
+    } else {
+        idem->body = t->stored;
+        t->stored = NULL;
+    }
+    idem->status = 200;
+    if (!idem->body)
         rc = oom(err);
 
 out_release:
     cdb_data_release(svc, pc);
 out_free:
     tx_free(t);
+    return rc;
+}
+
+int cdb_data_transaction(cdb_service *svc, const cdb_principal *caller, json_t *request,
+                         json_t **out, cdb_error *err)
+{
+    cdb_idempotency idem = { .key = NULL };
+    int rc = cdb_data_transaction_idem(svc, caller, request, &idem, err);
+
+    *out = NULL;
+    if (rc == 0 && !(*out = json_loads(idem.body, 0, NULL)))
+        rc = oom(err);
+    cdb_idempotency_destroy(&idem);
     return rc;
 }
 
@@ -1094,7 +1252,7 @@ void cdb_data_note_write(cdb_service *svc, const char *table)
     /* bumps Redis did not take go to the outbox, like a transaction's */
     cdb_sql_append(&q, "INSERT INTO coredb.redis_outbox (transaction_id, seq, op, key) VALUES ");
     char id[37], seq[16];
-    new_uuid(id);
+    cdb__ledger_new_id(id);
     for (size_t i = 0; i < n; i++) {
         if (cdb_qcache_bump(svc->qcache, names[i]) == 0)
             continue;

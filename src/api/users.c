@@ -10,7 +10,9 @@
  * lock is held during the slow part. Changing a password ends the user's
  * other sessions; changing a role or deleting the user ends all of them
  * (tokens carry the role), in the same transaction, and their Redis
- * liveness keys are dropped after commit.
+ * liveness keys are dropped after commit. A creation with an
+ * Idempotency-Key (create_keyed) commits the user and the key with its
+ * answer in one transaction (coredb.tx_ledger, ledger_internal.h).
  */
 #include <ctype.h>
 #include <stdarg.h>
@@ -21,6 +23,7 @@
 #include <sodium.h>
 
 #include "api/auth_internal.h"
+#include "api/ledger_internal.h"
 #include "api/user_input.h"
 #include "coredb/data.h"
 #include "coredb/log.h"
@@ -98,6 +101,21 @@ int cdb__authorize_target(const cdb_principal *caller, const char *user_id, char
 
 /* ---- CRUD ---- */
 
+/* What every creation does before the database: who may set a role, the body's rules, the slow hash. */
+static int create_prepare(cdb_service *svc, const cdb_principal *caller, json_t *body,
+                          cdb_user_input *in, char hash[CDB_PASSWORD_HASH_MAX], cdb_error *err)
+{
+    json_t *role = json_object_get(body, "role");
+    int rc;
+
+    if (role && !is_admin(caller) &&
+        !(json_is_string(role) && strcmp(json_string_value(role), "user") == 0))
+        return cdb_error_set_detail(err, CDB_ERR_FORBIDDEN, "field", "role", "Only an admin may set a role");
+    if ((rc = cdb_user_input_parse(svc->cfg, body, true, in, err)) < 0)
+        return rc;
+    return cdb_password_hash(&svc->password, in->password, in->password_len, hash, err);
+}
+
 int cdb_users_create(cdb_service *svc, const cdb_principal *caller, json_t *body,
                      json_t **out, cdb_error *err)
 {
@@ -108,13 +126,7 @@ int cdb_users_create(cdb_service *svc, const cdb_principal *caller, json_t *body
     int rc;
 
     *out = NULL;
-    json_t *role = json_object_get(body, "role");
-    if (role && !is_admin(caller) &&
-        !(json_is_string(role) && strcmp(json_string_value(role), "user") == 0))
-        return cdb_error_set_detail(err, CDB_ERR_FORBIDDEN, "field", "role", "Only an admin may set a role");
-    if ((rc = cdb_user_input_parse(svc->cfg, body, true, &in, err)) < 0)
-        return rc;
-    if ((rc = cdb_password_hash(&svc->password, in.password, in.password_len, hash, err)) < 0)
+    if ((rc = create_prepare(svc, caller, body, &in, hash, err)) < 0)
         return rc;
 
     PGconn *conn = cdb__acquire(svc, &pc, err);
@@ -140,6 +152,92 @@ out_release:
     cdb__release(svc, pc);
     if (rc == 0)
         cdb_data_note_write(svc, "users");
+    return rc;
+}
+
+/*
+ * With an Idempotency-Key: BEGIN; the key's claim (ledger_internal.h); one
+ * statement that inserts the user and the ledger row holding the answer,
+ * PostgreSQL's JSON text of the user, which is sent as it is stored; COMMIT.
+ * Round trips are not counted here: the argon2id hash dominates. The hash
+ * runs before the claim, so no lock waits on it; a replay pays it too.
+ */
+static int create_keyed(cdb_service *svc, const cdb_principal *caller, json_t *body,
+                        cdb_idempotency *idem, cdb_error *err)
+{
+    static const char insert_sql[] =
+        "WITH created AS (INSERT INTO public.users AS u (email, username, password_hash, display_name,"
+        " profile_picture_url, role) VALUES ($1, $2, $3, $4, $5, $6) RETURNING " CDB__USER_JSON " AS j)"
+        " INSERT INTO coredb.tx_ledger (transaction_id, user_id, scope, idempotency_key, request_hash,"
+        " status_code, response) SELECT $7::uuid, $8::uuid, $9, $10, $11::bytea, 201, j FROM created"
+        " RETURNING response";
+    bool anon = !caller || caller->role == CDB_ROLE_ANON;
+    const char *scope = anon ? CDB__LEDGER_ANON_SCOPE : caller->user_id;
+    cdb_user_input in;
+    char hash[CDB_PASSWORD_HASH_MAX], rhash[CDB__LEDGER_HASH_LEN], tx_id[37];
+    cdb_pool_conn *pc = NULL;
+    PGresult *res = NULL;
+    PGconn *conn;
+    int rc;
+
+    if ((rc = cdb__ledger_check_key(idem->key, err)) < 0 ||
+        (rc = cdb__ledger_request_hash(svc, "users.create", body, rhash, err)) < 0 ||
+        (rc = create_prepare(svc, caller, body, &in, hash, err)) < 0)
+        return rc;
+    cdb__ledger_new_id(tx_id);
+    if (!(conn = cdb__acquire(svc, &pc, err)))
+        return err->code;
+    const char *claim[3] = {scope, idem->key, rhash};
+    const char *params[] = {in.email, in.username, hash, in.display_name, in.picture_url,
+                            in.role ? in.role : "user", tx_id, anon ? NULL : caller->user_id,
+                            scope, idem->key, rhash};
+    if ((rc = cdb__begin(conn, err)) < 0)
+        goto out_release;
+    if ((rc = cdb_pg_exec(conn, CDB__LEDGER_CLAIM_SQL, 3, claim, NULL, err)) < 0) {
+        if (cdb__ledger_claim_error(err))
+            rc = cdb__ledger_claim_refused(conn, scope, idem->key, idem, err);
+        goto out_release;
+    }
+    if ((rc = cdb_pg_exec(conn, insert_sql, 11, params, &res, err)) < 0) {
+        rc = conflict_field(err);
+        goto out_release;
+    }
+    if ((rc = cdb__commit(conn, err)) < 0) {
+        if (cdb__ledger_outcome_unknown(conn, false, err))
+            rc = cdb__ledger_fail_unknown(err, tx_id);
+        goto out_release;
+    }
+    idem->status = 201;
+    if (!(idem->body = strdup(PQgetvalue(res, 0, 0))))
+        rc = cdb_error_set(err, CDB_ERR_INTERNAL_ERROR, "Out of memory");
+    else
+        cdb_log_info("users.created", "user %s created with role %s", in.username, params[5]);
+
+out_release:
+    PQclear(res);
+    cdb__release(svc, pc);
+    if (rc == 0 && !idem->replayed)
+        cdb_data_note_write(svc, "users");
+    return rc;
+}
+
+int cdb_users_create_idem(cdb_service *svc, const cdb_principal *caller, json_t *body,
+                          cdb_idempotency *idem, cdb_error *err)
+{
+    json_t *user = NULL;
+    int rc;
+
+    idem->status = 0;
+    idem->body = NULL;
+    idem->replayed = false;
+    if (idem->key)
+        return create_keyed(svc, caller, body, idem, err);
+    if ((rc = cdb_users_create(svc, caller, body, &user, err)) < 0)
+        return rc;
+    idem->status = 201;
+    if (!(idem->body = json_dumps(user, JSON_COMPACT)))
+        rc = cdb_error_set(err, CDB_ERR_INTERNAL_ERROR, "Out of memory");
+    json_decref(user);
     return rc;
 }
 

@@ -230,6 +230,11 @@ bool cdb_admit_caller(cdb_request *r);
 
 /* Fails the request with err when rc < 0, else answers status with body. */
 void cdb_request_finish(cdb_request *r, int rc, int status, json_t *body, cdb_error *err);
+/*
+ * The same for a call that answers through a cdb_idempotency (its body is
+ * taken): a replayed answer gets the header Idempotent-Replayed: true.
+ */
+void cdb_request_finish_idem(cdb_request *r, int rc, cdb_idempotency *idem, cdb_error *err);
 
 /*
  * Matches r->method and r->path against the NULL-terminated list of route

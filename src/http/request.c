@@ -50,6 +50,20 @@ void cdb_request_finish(cdb_request *r, int rc, int status, json_t *body, cdb_er
     cdb_error_destroy(err);
 }
 
+void cdb_request_finish_idem(cdb_request *r, int rc, cdb_idempotency *idem, cdb_error *err)
+{
+    if (rc < 0) {
+        cdb_request_fail(r, err);
+    } else {
+        if (idem->replayed)
+            cdb_request_header(r, "Idempotent-Replayed", "true");
+        cdb_request_reply_text(r, idem->status, idem->body);
+        idem->body = NULL;
+    }
+    cdb_idempotency_destroy(idem);
+    cdb_error_destroy(err);
+}
+
 void cdb_request_fail(cdb_request *r, cdb_error *err)
 {
     cdb_error_move(&r->err, err);

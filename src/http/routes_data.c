@@ -1,6 +1,7 @@
 /*
  * routes_data.c - /api/v1/data (API.md "Data"): structured queries and
- * transactions, over cdb_data_query / cdb_data_transaction. Any
+ * transactions (with Idempotency-Key) and their outcome, over cdb_data_query,
+ * cdb_data_transaction_idem and cdb_data_transaction_status. Any
  * authenticated caller; what it may see is decided by PostgreSQL (its
  * database role and row-level security).
  */
@@ -23,13 +24,24 @@ static void data_transaction(cdb_request *r)
 {
     cdb_error err;
     cdb_error_init(&err);
+    cdb_idempotency idem = {.key = cdb_request_field(r, "Idempotency-Key")};
+    int rc = cdb_data_transaction_idem(r->svc, &r->principal, r->body, &idem, &err);
+    cdb_request_finish_idem(r, rc, &idem, &err);
+}
+
+static void data_transaction_status(cdb_request *r)
+{
+    cdb_error err;
+    cdb_error_init(&err);
     json_t *out = NULL;
-    int rc = cdb_data_transaction(r->svc, &r->principal, r->body, &out, &err);
+    int rc = cdb_data_transaction_status(r->svc, &r->principal, r->params[0], &out, &err);
     cdb_request_finish(r, rc, 200, out, &err);
 }
 
 const cdb_route cdb_routes_data[] = {
     {EVHTTP_REQ_POST, "/api/v1/data/query", data_query, CDB_RUN_WORKER, CDB_AUTH_USER},
     {EVHTTP_REQ_POST, "/api/v1/data/transaction", data_transaction, CDB_RUN_WORKER, CDB_AUTH_USER},
+    {EVHTTP_REQ_GET, "/api/v1/data/transactions/{transaction_id}", data_transaction_status,
+     CDB_RUN_WORKER, CDB_AUTH_USER},
     {0},
 };

@@ -9,9 +9,9 @@ static void users_create(cdb_request *r)
 {
     cdb_error err;
     cdb_error_init(&err);
-    json_t *user = NULL;
-    int rc = cdb_users_create(r->svc, &r->principal, r->body, &user, &err);
-    cdb_request_finish(r, rc, 201, user, &err);
+    cdb_idempotency idem = {.key = cdb_request_field(r, "Idempotency-Key")};
+    int rc = cdb_users_create_idem(r->svc, &r->principal, r->body, &idem, &err);
+    cdb_request_finish_idem(r, rc, &idem, &err);
 }
 
 static void users_get(cdb_request *r, const char *by)

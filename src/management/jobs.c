@@ -1,5 +1,6 @@
 /*
- * jobs.c - the background thread. Jobs are a static table of (name,
+ * jobs.c - the background thread (session reaping, the Redis outbox, expiry
+ * of the transaction ledger). Jobs are a static table of (name,
  * interval, function); the thread sleeps on a condvar so cdb_jobs_stop()
  * wakes it at once instead of waiting out an interval.
  */
@@ -36,6 +37,16 @@ static int flush_outbox(cdb_service *svc, cdb_error *err)
     return rc;
 }
 
+/* Ledger rows past 24 h: their keys have expired, their outcomes are no longer answered. */
+static int expire_ledger(cdb_service *svc, cdb_error *err)
+{
+    int deleted = 0;
+    int rc = cdb_data_ledger_expire(svc, &deleted, err);
+    if (rc == 0 && deleted > 0)
+        cdb_log_info("jobs.ledger_expired", "deleted %d transaction ledger rows older than 24 h", deleted);
+    return rc;
+}
+
 static const struct {
     const char *name;
     int interval_s;
@@ -43,6 +54,7 @@ static const struct {
 } job_table[] = {
     {"reap_sessions", 60, reap_sessions},
     {"flush_outbox", 1, flush_outbox},
+    {"expire_ledger", 60, expire_ledger},
 };
 #define NJOBS (sizeof job_table / sizeof job_table[0])
 

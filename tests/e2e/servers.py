@@ -76,7 +76,8 @@ def _template_cluster():
 class PgServer:
     """A throw-away PostgreSQL cluster on 127.0.0.1:<free port>."""
 
-    def __init__(self, name="pg"):
+    def __init__(self, name="pg", extra_opts=""):
+        self.extra_opts = extra_opts   # later -c settings override the defaults below
         self.dir = os.path.join(scratch_dir(), f"{name}-{uuid.uuid4().hex[:8]}")
         self.data = os.path.join(self.dir, "data")
         self.port = free_port()
@@ -91,11 +92,18 @@ class PgServer:
         os.chmod(self.data, 0o700)
         self.start()
 
+    def _opts(self):
+        return f"-p {self.port} -k {self.dir} -c listen_addresses=127.0.0.1 -c fsync=off " \
+               f"-c max_connections=200 -c synchronous_commit=off {self.extra_opts}"
+
     def start(self):
-        opts = f"-p {self.port} -k {self.dir} -c listen_addresses=127.0.0.1 -c fsync=off " \
-               f"-c max_connections=200 -c synchronous_commit=off"
         _run_pg([f"{PG_BIN}/pg_ctl", "-D", self.data, "-l", os.path.join(self.dir, "log"),
-                 "-w", "-o", opts, "start"])
+                 "-w", "-o", self._opts(), "start"])
+
+    def restart(self, mode="immediate"):
+        """pg_ctl restart: with "immediate", every backend dies mid-statement (a crash)."""
+        _run_pg([f"{PG_BIN}/pg_ctl", "-D", self.data, "-l", os.path.join(self.dir, "log"),
+                 "-m", mode, "-w", "-o", self._opts(), "restart"])
 
     def stop(self, mode="fast"):
         _run_pg([f"{PG_BIN}/pg_ctl", "-D", self.data, "-m", mode, "-w", "stop"])
