@@ -121,13 +121,16 @@ def test_invalid_keys_are_400(inst, bad):
     resp = inst.post(TX, json={"operations": [pg_insert("projects", {"title": title,
                                                                      "user_id": a.id})]},
                      headers=headers)
+    # A control character makes the whole header field invalid (RFC 9110 §5.5):
+    # the HTTP layer refuses the request before any route reads the key.
+    field = None if any(ord(c) < 0x20 or ord(c) == 0x7f for c in bad) else "Idempotency-Key"
     err = assert_error(resp, 400, "VALIDATION_FAILED")
-    assert err["details"]["field"] == "Idempotency-Key", err
+    assert err["details"].get("field") == field, err
     assert titles(inst, title) == 0
     body = user_body()
     err = assert_error(inst.post("/users/", json=body, headers={"Idempotency-Key": bad.encode("latin-1")}),
                        400, "VALIDATION_FAILED")
-    assert err["details"]["field"] == "Idempotency-Key", err
+    assert err["details"].get("field") == field, err
     assert scalar(inst, "SELECT count(*) FROM users WHERE email = %s", (body["email"],)) == 0
 
 
