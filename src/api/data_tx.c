@@ -622,7 +622,7 @@ static void name_bad_value(PGconn *conn, const tx_op *op, cdb_error *err)
     const char *state = json_string_value(json_object_get(err->details, "sqlstate"));
     if (!state || strncmp(state, "22", 2) != 0 || !json_is_object(op->values))
         return;
-    PQclear(PQexec(conn, "ROLLBACK"));
+    PQclear(cdb_pg_query(conn, "ROLLBACK"));
     const char *name;
     json_t *v;
     json_object_foreach(op->values, name, v) {
@@ -642,7 +642,7 @@ static void name_bad_value(PGconn *conn, const tx_op *op, cdb_error *err)
         if (sql) {
             snprintf(sql, len, "SELECT $1::%s", c->type_name);
             const char *params[1] = {text};
-            PGresult *res = PQexecParams(conn, sql, 1, NULL, params, NULL, NULL, 0);
+            PGresult *res = cdb_pg_query_params(conn, sql, 1, params);
             refused = res && PQresultStatus(res) == PGRES_FATAL_ERROR;
             PQclear(res);
         }
@@ -693,6 +693,16 @@ static int run_pipeline(tx *t, cdb_pool_conn *pc, cdb_error *err)
         goto out_clear;
     }
     rc = cdb_data_pipeline_read(conn, res, n, &failed, "data", err);
+    if (rc < 0 && cdb_pg_timed_out(conn)) {
+        /*
+         * The whole pipeline, COMMIT included, was sent before the first
+         * result was read, and the server stopped answering: it may have
+         * committed (it runs what it received once it wakes up). Say so,
+         * so the caller does not take the 504 for a rollback.
+         */
+        cdb_error_detail(err, "commit_sent", json_true());
+        goto out_clear;
+    }
     if (rc < 0) {
         if (failed >= CDB_DATA_PRELUDE_COUNT && failed < first_after_ops) {
             int i = t->pg_ops[failed - CDB_DATA_PRELUDE_COUNT];
