@@ -30,9 +30,12 @@
  *    buffer is full. A live server drains it; for a black-holed peer
  *    tcp_user_timeout aborts the connection once sent data stays
  *    unacknowledged that long (Linux's persist timer honours it too, for a
- *    peer that keeps advertising a zero window). Requests are at most 1 MiB,
- *    so a stopped-but-reachable server's receive buffer takes them without
- *    blocking in practice.
+ *    stopped peer that keeps advertising a zero window). Request bodies are
+ *    at most 1 MiB, which the socket buffers (ours autotune up to 4 MB)
+ *    normally take whole: a 900 kB transaction sent to a stopped server
+ *    still got its 504 at the read deadline. Switching the connections to
+ *    non-blocking mode would put sends under the same deadline, at the cost
+ *    of a flush loop around every send; not needed at these sizes.
  *  - Connecting: PQconnectStartParams + PQconnectPoll under one deadline in
  *    milliseconds, instead of libpq's connect_timeout, which counts whole
  *    seconds and restarts for every address a host name resolves to. A
