@@ -55,9 +55,12 @@ void cdb_pool_free(cdb_pool *pool);
 
 /*
  * Hands out a connection, waiting until deadline_ms (cdb_mono_ms() clock;
- * 0 = now + acquire_timeout_ms). Errors: POOL_EXHAUSTED (details.retry_after,
- * details.pool_status "exhausted") when none freed up in time,
- * DATABASE_UNAVAILABLE when no connection can be opened.
+ * 0 = now + acquire_timeout_ms); a connect or validation it runs ends by
+ * then too, though it gets at least one second. Errors: POOL_EXHAUSTED
+ * (details.retry_after, details.pool_status "exhausted") when none freed
+ * up in time, DATABASE_UNAVAILABLE when no connection can be opened,
+ * DATABASE_TIMEOUT when the server did not answer the validation of an
+ * idle connection in time.
  */
 cdb_pool_conn *cdb_pool_acquire(cdb_pool *pool, int64_t deadline_ms, cdb_error *err);
 /* The libpq connection of a handed-out pool connection. */
@@ -78,11 +81,15 @@ int cdb_pool_conn_prepare(cdb_pool_conn *conn, const char *sql, int nparams, con
                           cdb_error *err);
 /*
  * Gives a connection back. A connection that is broken or inside a
- * transaction is closed instead of being reused.
+ * transaction is closed instead of being reused; one whose client-side
+ * deadline expired (cdb_pg_timed_out) also marks the server down, as a
+ * failed connect does. Clears any cdb_pg_set_deadline cap.
  */
 void cdb_pool_release(cdb_pool *pool, cdb_pool_conn *conn);
 
 void cdb_pool_get_stats(cdb_pool *pool, cdb_pool_stats *out);
 const char *cdb_pool_conninfo(const cdb_pool *pool);
+/* The statement timeout its connections run with (0: none). */
+int cdb_pool_statement_timeout_ms(const cdb_pool *pool);
 
 #endif

@@ -62,7 +62,7 @@ void cdb__release(cdb_service *svc, cdb_pool_conn *pc)
     PGconn *conn = cdb_pool_conn_pg(pc);
     PGTransactionStatusType ts = PQtransactionStatus(conn);
     if (ts == PQTRANS_INTRANS || ts == PQTRANS_INERROR)
-        PQclear(PQexec(conn, "ROLLBACK"));
+        PQclear(cdb_pg_query(conn, "ROLLBACK"));
     cdb_pool_release(svc->pool, pc);
 }
 

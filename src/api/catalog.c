@@ -435,7 +435,13 @@ static int wait_for(cdb_catalog_cache *cc, PGconn *conn, int timeout_ms)
 
 static PGconn *listen_connect(cdb_catalog_cache *cc, cdb_error *err)
 {
-    cdb_pg_settings s = {.conninfo = cc->conninfo, .application_name = "coredb-catalog"};
+    /* The pool's statement timeout, and so its client deadline (pg.h; 5 min
+     * without one, as the pool's): a load on a silent server must not hold
+     * load_mu, which refreshes wait for. */
+    int statement_ms = cc->pool ? cdb_pool_statement_timeout_ms(cc->pool) : 0;
+    cdb_pg_settings s = {.conninfo = cc->conninfo, .application_name = "coredb-catalog",
+                         .statement_timeout_ms = statement_ms,
+                         .round_trip_timeout_ms = statement_ms > 0 ? 0 : 300000};
     PGconn *conn = cdb_pg_connect(&s, err);
     if (conn && cdb_pg_exec(conn, "LISTEN coredb_catalog", 0, NULL, NULL, err) < 0) {
         PQfinish(conn);

@@ -52,12 +52,14 @@ void cdb_data_release(cdb_service *svc, cdb_pool_conn *pc)
         return;
     PGconn *conn = cdb_pool_conn_pg(pc);
     /* Every pipeline is read through its sync, so leaving it only fails on a
-     * connection in an unknown state; the pool closes such a one (not idle). */
-    if (PQpipelineStatus(conn) != PQ_PIPELINE_OFF && !PQexitPipelineMode(conn))
+     * connection in an unknown state; the pool closes such a one (not idle).
+     * A connection lost or closed on a deadline is closed by the pool too. */
+    if (PQstatus(conn) == CONNECTION_OK && PQpipelineStatus(conn) != PQ_PIPELINE_OFF &&
+        !PQexitPipelineMode(conn))
         cdb_log_warn("data.pipeline", "connection left in pipeline mode; closing it");
     PGTransactionStatusType ts = PQtransactionStatus(conn);
     if (ts == PQTRANS_INTRANS || ts == PQTRANS_INERROR)
-        PQclear(PQexec(conn, "ROLLBACK"));
+        PQclear(cdb_pg_query(conn, "ROLLBACK"));
     cdb_pool_release(svc->pool, pc);
 }
 
@@ -102,6 +104,20 @@ int cdb_data_start_pipeline_after(cdb_pool_conn *pc, const cdb_principal *p, con
     return 0;
 }
 
+/*
+ * The next result within the connection's deadline (pg.h), counted afresh
+ * for each: a long pipeline whose statements each answer in time is not cut
+ * short, and a silent server is given up one deadline after it went quiet.
+ * NULL and *lost once the deadline expired.
+ */
+static PGresult *next_result(PGconn *conn, bool *lost)
+{
+    PGresult *res = NULL;
+    if (cdb_pg_get_result(conn, &res, NULL) < 0)
+        *lost = true;
+    return res;
+}
+
 int cdb_data_pipeline_read(PGconn *conn, PGresult **out, int n, int *failed,
                            const char *context_field, cdb_error *err)
 {
@@ -114,14 +130,18 @@ int cdb_data_pipeline_read(PGconn *conn, PGresult **out, int n, int *failed,
             out[i] = NULL;
     }
     for (int i = 0; i < n && !lost; i++) {
-        PGresult *res = PQgetResult(conn);
+        PGresult *res = next_result(conn, &lost);
         if (!res) {
             lost = true;
             break;
         }
         /* each statement's results end with a NULL */
-        for (PGresult *extra; (extra = PQgetResult(conn));)
+        for (PGresult *extra; (extra = next_result(conn, &lost));)
             PQclear(extra);
+        if (lost) {
+            PQclear(res);
+            break;
+        }
         ExecStatusType st = PQresultStatus(res);
         if (st == PGRES_FATAL_ERROR && !bad) {
             bad = res;
@@ -135,7 +155,8 @@ int cdb_data_pipeline_read(PGconn *conn, PGresult **out, int n, int *failed,
             PQclear(res);
     }
     if (!lost) {
-        PGresult *sync = PQgetResult(conn);
+        bool sync_lost = false;
+        PGresult *sync = next_result(conn, &sync_lost);
         if (!sync || PQresultStatus(sync) != PGRES_PIPELINE_SYNC) {
             /* Every statement answered, COMMIT included: what they did stands
              * though the sync was lost; the pool drops the dead connection. */
@@ -216,10 +237,10 @@ static json_t *constraint_columns(PGconn *conn, const PGresult *res)
         return NULL;
     PGTransactionStatusType ts = PQtransactionStatus(conn);
     if (ts == PQTRANS_INERROR)
-        PQclear(PQexec(conn, "ROLLBACK"));
+        PQclear(cdb_pg_query(conn, "ROLLBACK"));
     else if (ts != PQTRANS_IDLE)
         return NULL;
-    PGresult *r = PQexecParams(conn, sql, 3, NULL, params, NULL, NULL, 0);
+    PGresult *r = cdb_pg_query_params(conn, sql, 3, params);
     if (PQresultStatus(r) == PGRES_TUPLES_OK && PQntuples(r) == 1 && !PQgetisnull(r, 0, 0))
         cols = json_loads(PQgetvalue(r, 0, 0), 0, NULL);
     PQclear(r);

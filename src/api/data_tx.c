@@ -635,7 +635,7 @@ static void name_bad_value(PGconn *conn, const tx_op *op, cdb_error *err)
     const char *state = json_string_value(json_object_get(err->details, "sqlstate"));
     if (!state || strncmp(state, "22", 2) != 0 || !json_is_object(op->values))
         return;
-    PQclear(PQexec(conn, "ROLLBACK"));
+    PQclear(cdb_pg_query(conn, "ROLLBACK"));
     const char *name;
     json_t *v;
     json_object_foreach(op->values, name, v) {
@@ -655,7 +655,7 @@ static void name_bad_value(PGconn *conn, const tx_op *op, cdb_error *err)
         if (sql) {
             snprintf(sql, len, "SELECT $1::%s", c->type_name);
             const char *params[1] = {text};
-            PGresult *res = PQexecParams(conn, sql, 1, NULL, params, NULL, NULL, 0);
+            PGresult *res = cdb_pg_query_params(conn, sql, 1, params);
             refused = res && PQresultStatus(res) == PGRES_FATAL_ERROR;
             PQclear(res);
         }

@@ -141,8 +141,8 @@ out:
 bool cdb__ledger_outcome_unknown(PGconn *conn, bool before_commit, const cdb_error *err)
 {
     const char *s = sqlstate_of(err);
-    if (err && json_is_true(json_object_get(err->details, "commit_sent")))
-        return true;
+    if (conn && cdb_pg_timed_out(conn))
+        return true;               /* silent past the deadline: it may have run the COMMIT */
     if (conn && PQstatus(conn) == CONNECTION_OK)
         return false;              /* the server answered through the sync: it said no */
     return !(before_commit && s && *s);

@@ -65,8 +65,8 @@ int cdb__ledger_claim_refused(PGconn *conn, const char *scope, const char *key,
  * to a statement queued before the COMMIT. Known rollbacks are the server's
  * own errors (any result with a SQLSTATE for a statement before COMMIT,
  * anything at all while the connection still stands); unknown is a lost
- * connection (libpq's own error, no SQLSTATE) or a client-side deadline that
- * says details.commit_sent.
+ * connection (libpq's own error, no SQLSTATE) or a server silent past the
+ * client-side deadline (cdb_pg_timed_out).
  */
 bool cdb__ledger_outcome_unknown(PGconn *conn, bool before_commit, const cdb_error *err);
 

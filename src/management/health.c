@@ -5,6 +5,18 @@
  * runs SELECT 1, so it measures what a request would see (pool wait
  * included). Redis is optional: a configured Redis that is down makes the
  * service DEGRADED, not DOWN (API.md).
+ *
+ * Its own deadline. A health check is asked by a load balancer or an
+ * orchestrator that gives up after a few seconds and then draws its own
+ * conclusion, so /health must answer DOWN in time rather than hang with
+ * PostgreSQL: the check gets HEALTH_ACQUIRE_BUDGET_MS for the pool (a
+ * connect or validation inside the acquire included) and then
+ * HEALTH_QUERY_BUDGET_MS for its queries (cdb_pg_set_deadline; a
+ * connection's own statement deadline still applies when shorter). SELECT 1
+ * and the bookkeeping queries take milliseconds on a server that works, so
+ * a server that cannot answer them within a second is reported DOWN, and
+ * the whole answer comes within about 3 s plus the Redis command timeout
+ * (1 s). /health/live touches neither and stays instant.
  */
 #include "coredb/health.h"
 #include "coredb/pg.h"
@@ -14,6 +26,7 @@
 #include <stdlib.h>
 
 #define HEALTH_ACQUIRE_BUDGET_MS 2000
+#define HEALTH_QUERY_BUDGET_MS 1000
 
 static json_t *duration_ms_string(int64_t us)
 {
@@ -62,6 +75,7 @@ static bool check_postgresql(cdb_service *svc, json_t *checks, int *pending, boo
     cdb_pool_conn *conn = cdb_pool_acquire(svc->pool, cdb_mono_ms() + budget, &err);
     if (conn) {
         PGconn *pgc = cdb_pool_conn_pg(conn);
+        cdb_pg_set_deadline(pgc, cdb_mono_ms() + HEALTH_QUERY_BUDGET_MS); /* cleared by the release */
         up = cdb_pg_exec(pgc, "SELECT 1", 0, NULL, NULL, &err) == 0;
         if (up && pending) {
             *pending = cdb_migrate_pending_count(pgc, &svc->migrations, &err);

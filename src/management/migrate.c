@@ -29,6 +29,7 @@
 #include <unistd.h>
 
 #include "coredb/log.h"
+#include "coredb/pg.h"
 #include "coredb/timeutil.h"
 #include "management/migrate_internal.h"
 
@@ -465,6 +466,8 @@ static void server_message(PGconn *conn, const PGresult *res, char *buf, size_t 
 /* Error for an engine query (not a migration statement) that failed. */
 static int db_fail(PGconn *conn, const PGresult *res, const char *what, cdb_error *err)
 {
+    if (cdb_pg_timed_out(conn))
+        return cdb_error_set(err, CDB_ERR_DATABASE_TIMEOUT, "the database did not answer in time during %s", what);
     if (PQstatus(conn) != CONNECTION_OK)
         return cdb_error_set(err, CDB_ERR_DATABASE_UNAVAILABLE, "database connection lost during %s", what);
     char msg[200];
@@ -480,7 +483,7 @@ static bool result_ok(const PGresult *res)
 
 static int exec_cmd(PGconn *conn, const char *sql, const char *what, cdb_error *err)
 {
-    PGresult *res = PQexec(conn, sql);
+    PGresult *res = cdb_pg_query(conn, sql);
     int rc = result_ok(res) ? 0 : db_fail(conn, res, what, err);
     PQclear(res);
     return rc;
@@ -489,7 +492,7 @@ static int exec_cmd(PGconn *conn, const char *sql, const char *what, cdb_error *
 static void rollback_if_open(PGconn *conn)
 {
     if (PQtransactionStatus(conn) != PQTRANS_IDLE)
-        PQclear(PQexec(conn, "ROLLBACK"));
+        PQclear(cdb_pg_query(conn, "ROLLBACK"));
 }
 
 static int conn_ready(PGconn *conn, cdb_error *err)
@@ -503,7 +506,7 @@ static int conn_ready(PGconn *conn, cdb_error *err)
 
 static int history_exists(PGconn *conn, bool *exists, cdb_error *err)
 {
-    PGresult *res = PQexec(conn, "SELECT to_regclass('coredb.schema_migrations') IS NOT NULL");
+    PGresult *res = cdb_pg_query(conn, "SELECT to_regclass('coredb.schema_migrations') IS NOT NULL");
     int rc = 0;
     if (PQresultStatus(res) != PGRES_TUPLES_OK || PQntuples(res) != 1)
         rc = db_fail(conn, res, "reading migration history", err);
@@ -552,7 +555,7 @@ static int history_read(PGconn *conn, PGresult **hist, cdb_error *err)
     int rc = history_exists(conn, &exists, err);
     if (rc != 0 || !exists)
         return rc;
-    PGresult *res = PQexec(conn, HISTORY_SQL);
+    PGresult *res = cdb_pg_query(conn, HISTORY_SQL);
     if (PQresultStatus(res) != PGRES_TUPLES_OK) {
         rc = db_fail(conn, res, "reading migration history", err);
         PQclear(res);
@@ -594,7 +597,7 @@ static int lock_acquire(PGconn *conn, int timeout_ms, cdb_error *err)
 {
     int64_t deadline = cdb_mono_ms() + (timeout_ms > 0 ? timeout_ms : 30000);
     for (;;) {
-        PGresult *res = PQexec(conn, "SELECT pg_try_advisory_lock(" LOCK_KEY ")");
+        PGresult *res = cdb_pg_query(conn, "SELECT pg_try_advisory_lock(" LOCK_KEY ")");
         if (PQresultStatus(res) != PGRES_TUPLES_OK || PQntuples(res) != 1) {
             int rc = db_fail(conn, res, "taking the migration lock", err);
             PQclear(res);
@@ -615,7 +618,7 @@ static int lock_acquire(PGconn *conn, int timeout_ms, cdb_error *err)
 static void lock_release(PGconn *conn)
 {
     rollback_if_open(conn);
-    PQclear(PQexec(conn, "SELECT pg_advisory_unlock(" LOCK_KEY ")"));
+    PQclear(cdb_pg_query(conn, "SELECT pg_advisory_unlock(" LOCK_KEY ")"));
 }
 
 /* Appends item to arr; both NULL-safe so callers can pass json_pack results. */
@@ -639,7 +642,7 @@ static void abort_copy(PGconn *conn, ExecStatusType st)
         PQputCopyEnd(conn, "COPY FROM STDIN is not supported in migrations");
     }
     PGresult *r;
-    while ((r = PQgetResult(conn)))
+    while (cdb_pg_get_result(conn, &r, NULL) == 0 && r)
         PQclear(r);
 }
 
@@ -652,7 +655,7 @@ static int run_section(PGconn *conn, const cdb_migration *m, const char *sql, cd
     if (cdb_migration_split(sql, &stmts, &n) != 0)
         return cdb_error_set(err, CDB_ERR_INTERNAL_ERROR, "out of memory splitting migration %s", m->filename);
     for (size_t i = 0; i < n && rc == 0; i++) {
-        PGresult *res = PQexec(conn, stmts[i]);
+        PGresult *res = cdb_pg_query(conn, stmts[i]);
         ExecStatusType st = PQresultStatus(res);
         if (result_ok(res)) {
             PQclear(res);
@@ -702,13 +705,13 @@ static int run_migration(PGconn *conn, const cdb_migration *m, bool up, const ch
     char dur[16];
     snprintf(dur, sizeof dur, "%d", *duration_ms);
     const char *params[5] = { m->version, m->description, m->checksum, dur, applied_by };
-    PGresult *res = up ? PQexecParams(conn,
-                                      "INSERT INTO coredb.schema_migrations"
-                                      " (version, description, checksum, duration_ms, applied_by)"
-                                      " VALUES ($1, $2, $3, $4::integer, $5)",
-                                      5, NULL, params, NULL, NULL, 0)
-                       : PQexecParams(conn, "DELETE FROM coredb.schema_migrations WHERE version = $1",
-                                      1, NULL, params, NULL, NULL, 0);
+    PGresult *res = up ? cdb_pg_query_params(conn,
+                                             "INSERT INTO coredb.schema_migrations"
+                                             " (version, description, checksum, duration_ms, applied_by)"
+                                             " VALUES ($1, $2, $3, $4::integer, $5)",
+                                             5, params)
+                       : cdb_pg_query_params(conn, "DELETE FROM coredb.schema_migrations WHERE version = $1",
+                                             1, params);
     if (PQresultStatus(res) != PGRES_COMMAND_OK)
         rc = db_fail(conn, res, "recording migration history", err);
     PQclear(res);
@@ -759,7 +762,7 @@ static int execute_plan(PGconn *conn, const cdb_migration **plan, size_t n, bool
             if ((rc = run_migration(conn, m, up, by, &ms, err)) != 0)
                 goto out_free;
             if (tx) {
-                PGresult *res = PQexec(conn, "COMMIT");
+                PGresult *res = cdb_pg_query(conn, "COMMIT");
                 if (PQresultStatus(res) != PGRES_COMMAND_OK) {
                     char msg[200];
                     server_message(conn, res, msg, sizeof msg);
@@ -806,7 +809,7 @@ static int set_current_version(PGconn *conn, json_t *result, cdb_error *err)
         return json_object_set_new(result, "current_version", json_null()) == 0
                    ? 0
                    : cdb_error_set(err, CDB_ERR_INTERNAL_ERROR, "out of memory building the migration result");
-    PGresult *res = PQexec(conn, "SELECT max(version COLLATE \"C\") FROM coredb.schema_migrations");
+    PGresult *res = cdb_pg_query(conn, "SELECT max(version COLLATE \"C\") FROM coredb.schema_migrations");
     if (PQresultStatus(res) != PGRES_TUPLES_OK || PQntuples(res) != 1)
         rc = db_fail(conn, res, "reading migration history", err);
     else if (json_object_set_new(result, "current_version",

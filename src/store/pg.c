@@ -7,16 +7,229 @@
  * Server error text can quote row values and SQL, so it never reaches a
  * client message: clients get a fixed sentence per class of failure and the
  * SQLSTATE in details; the server's text goes to the debug log only.
+ *
+ * Deadlines (pg.h says what; here is how and why).
+ *  - Waiting: libpq's socket is non-blocking underneath even in blocking
+ *    mode, so a wait is poll() on PQsocket for the time left, PQconsumeInput,
+ *    and PQgetResult only once PQisBusy says it will not block. Each
+ *    connection carries its round-trip timeout and an optional cap as libpq
+ *    instance data (PQregisterEventProc), so cdb_pg_exec keeps its signature
+ *    and every caller of it got a deadline without changing.
+ *  - Expiry: the server is not answering, so a cancel request, which needs a
+ *    new connection to that same server and in PostgreSQL 15 has no timeout
+ *    of its own (PQcancel blocks in connect and recv), would hang the worker
+ *    just the same. We send none: the socket is shut down, which makes libpq
+ *    see the connection as broken (the pool then closes it and checks the
+ *    others) and ends the backend as soon as it runs again, and the server's
+ *    own statement_timeout (the same T) bounds what it may still execute.
+ *    The one thing this gives up is stopping, from here, a statement the
+ *    server would run to the end after waking up: the same holds for any
+ *    lost connection, and a transaction whose COMMIT was sent is reported
+ *    as such (data_tx.c).
+ *  - Sending: in blocking mode libpq can block in send() when the socket
+ *    buffer is full. A live server drains it; for a black-holed peer
+ *    tcp_user_timeout aborts the connection once sent data stays
+ *    unacknowledged that long (Linux's persist timer honours it too, for a
+ *    stopped peer that keeps advertising a zero window). Request bodies are
+ *    at most 1 MiB, which the socket buffers (ours autotune up to 4 MB)
+ *    normally take whole: a 900 kB transaction sent to a stopped server
+ *    still got its 504 at the read deadline. Switching the connections to
+ *    non-blocking mode would put sends under the same deadline, at the cost
+ *    of a flush loop around every send; not needed at these sizes.
+ *  - Connecting: PQconnectStartParams + PQconnectPoll under one deadline in
+ *    milliseconds, instead of libpq's connect_timeout, which counts whole
+ *    seconds and restarts for every address a host name resolves to. A
+ *    stopped server accepts the TCP connection from its listen backlog and
+ *    then never answers the startup packet: the deadline covers that too.
  */
 #include "coredb/pg.h"
 
 #include <ctype.h>
+#include <errno.h>
+#include <libpq-events.h>
+#include <poll.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <sys/socket.h>
 
 #include "coredb/log.h"
+#include "coredb/timeutil.h"
+
+/*
+ * tcp_user_timeout: how long sent data may stay unacknowledged before the
+ * kernel drops the connection. The statement deadline already bounds reads;
+ * this bounds a send stuck on a black-holed peer the same way, but never
+ * below 10 s, so a few lost segments on a short timeout do not kill
+ * connections that TCP would recover. Without a statement timeout (CLI
+ * migrations can run for hours, but the server still acknowledges data
+ * while it works) it matches what the keepalives below detect: 60 s.
+ */
+enum {
+    USER_TIMEOUT_MIN_MS = 10000,
+    USER_TIMEOUT_DEFAULT_MS = 60000,
+};
+
+/* Per-connection deadline state, kept as libpq instance data of conn_event. */
+typedef struct conn_deadline {
+    int round_trip_ms;             /* 0: no client deadline */
+    int64_t cap_ms;                /* cdb_pg_set_deadline; 0: none */
+    bool timed_out;
+} conn_deadline;
+
+static int conn_event(PGEventId id, void *info, void *pass_through)
+{
+    (void)pass_through;
+    if (id == PGEVT_CONNDESTROY) {
+        PGEventConnDestroy *e = info;
+        free(PQinstanceData(e->conn, conn_event));
+    }
+    return 1;
+}
+
+static conn_deadline *deadline_of(const PGconn *conn)
+{
+    return conn ? PQinstanceData(conn, conn_event) : NULL;
+}
+
+/* The deadline of a round trip starting now; 0 = none. */
+static int64_t round_trip_deadline(const PGconn *conn)
+{
+    const conn_deadline *d = deadline_of(conn);
+    if (!d)
+        return 0;
+    int64_t at = d->round_trip_ms > 0 ? cdb_mono_ms() + d->round_trip_ms : 0;
+    if (d->cap_ms > 0 && (at == 0 || d->cap_ms < at))
+        at = d->cap_ms;
+    return at;
+}
+
+/*
+ * The deadline expired: mark the connection and close it for libpq without
+ * freeing it (the holder still does, through the pool). shutdown() rather
+ * than close(): the descriptor stays libpq's, and PQconsumeInput then reads
+ * end-of-file and sets CONNECTION_BAD, so every later call fails at once.
+ */
+static void expire(PGconn *conn)
+{
+    conn_deadline *d = deadline_of(conn);
+    if (d)
+        d->timed_out = true;
+    int fd = PQsocket(conn);
+    if (fd >= 0)
+        shutdown(fd, SHUT_RDWR);
+    PQconsumeInput(conn);
+    cdb_log_warn("pg.deadline_expired", "PostgreSQL did not answer in time; connection closed");
+}
+
+/*
+ * Waits until PQgetResult will not block or the deadline (0 = none)
+ * passes. Returns 0, or -1 after expiring the connection. A failing socket
+ * is left for PQgetResult to report: with the connection broken it returns
+ * an error result without waiting.
+ */
+static int wait_ready(PGconn *conn, int64_t deadline)
+{
+    if (PQflush(conn) < 0)
+        return 0;
+    while (PQisBusy(conn)) {
+        int timeout = -1;
+        if (deadline > 0) {
+            int64_t left = deadline - cdb_mono_ms();
+            if (left <= 0) {
+                expire(conn);
+                return -1;
+            }
+            timeout = left > 60000 ? 60000 : (int)left;
+        }
+        struct pollfd pfd = {.fd = PQsocket(conn), .events = POLLIN};
+        if (pfd.fd < 0)
+            return 0;
+        int n = poll(&pfd, 1, timeout);
+        if (n < 0 && errno != EINTR)
+            return 0;
+        if (n > 0 && !PQconsumeInput(conn))
+            return 0;
+    }
+    return 0;
+}
+
+static cdb_err timeout_error(cdb_error *err)
+{
+    cdb_err code = cdb_error_set(err, CDB_ERR_DATABASE_TIMEOUT, "%s", "Database did not answer in time");
+    cdb_error_detail(err, "database", json_string("postgresql"));
+    return code;
+}
+
+void cdb_pg_set_deadline(PGconn *conn, int64_t deadline_ms)
+{
+    conn_deadline *d = deadline_of(conn);
+    if (d)
+        d->cap_ms = deadline_ms;
+}
+
+bool cdb_pg_timed_out(PGconn *conn)
+{
+    const conn_deadline *d = deadline_of(conn);
+    return d && d->timed_out;
+}
+
+int cdb_pg_get_result(PGconn *conn, PGresult **out, cdb_error *err)
+{
+    *out = NULL;
+    if (wait_ready(conn, round_trip_deadline(conn)) < 0)
+        return timeout_error(err);
+    *out = PQgetResult(conn);
+    return 0;
+}
+
+/*
+ * Collects the results of what was just sent, as PQexec does: the last
+ * result, or the first error; NULL when the deadline expired.
+ */
+static PGresult *collect(PGconn *conn, int64_t deadline)
+{
+    PGresult *last = NULL, *res;
+    for (;;) {
+        if (wait_ready(conn, deadline) < 0) {
+            PQclear(last);
+            return NULL;
+        }
+        if (!(res = PQgetResult(conn)))
+            break;
+        if (last && PQresultStatus(last) == PGRES_FATAL_ERROR) {
+            PQclear(res);
+        } else {
+            PQclear(last);
+            last = res;
+        }
+        ExecStatusType st = PQresultStatus(last);
+        if (st == PGRES_COPY_IN || st == PGRES_COPY_OUT || st == PGRES_COPY_BOTH ||
+            PQstatus(conn) == CONNECTION_BAD)
+            break;
+    }
+    return last;
+}
+
+PGresult *cdb_pg_query(PGconn *conn, const char *sql)
+{
+    int64_t deadline = round_trip_deadline(conn);
+    return PQsendQuery(conn, sql) == 1 ? collect(conn, deadline) : NULL;
+}
+
+PGresult *cdb_pg_query_params(PGconn *conn, const char *sql, int nparams, const char *const *params)
+{
+    int64_t deadline = round_trip_deadline(conn);
+    return PQsendQueryParams(conn, sql, nparams, NULL, params, NULL, NULL, 0) == 1
+               ? collect(conn, deadline) : NULL;
+}
+
+PGresult *cdb_pg_prepare(PGconn *conn, const char *name, const char *sql, int nparams)
+{
+    int64_t deadline = round_trip_deadline(conn);
+    return PQsendPrepare(conn, name, sql, nparams, NULL) == 1 ? collect(conn, deadline) : NULL;
+}
 
 
 /*
@@ -105,57 +318,119 @@ static void log_notice(void *arg, const char *message)
     cdb_log_debug("pg.notice", "%s", line);
 }
 
-PGconn *cdb_pg_connect(const cdb_pg_settings *s, cdb_error *err)
+/*
+ * Drives PQconnectPoll until the connection is made, fails, or deadline
+ * passes. Returns true when it is made; *timed_out says why not.
+ */
+static bool connect_poll(PGconn *conn, int64_t deadline, bool *timed_out)
 {
-    char timeout[16], detail[512], first[256];
+    PostgresPollingStatusType st = PGRES_POLLING_WRITING; /* what libpq's docs start from */
+    *timed_out = false;
+    while (st != PGRES_POLLING_OK) {
+        if (st == PGRES_POLLING_FAILED || PQstatus(conn) == CONNECTION_BAD)
+            return false;
+        int64_t left = deadline - cdb_mono_ms();
+        if (left <= 0) {
+            *timed_out = true;
+            return false;
+        }
+        struct pollfd pfd = {.fd = PQsocket(conn),
+                             .events = st == PGRES_POLLING_READING ? POLLIN : POLLOUT};
+        int n = pfd.fd < 0 ? 1 : poll(&pfd, 1, (int)(left > 60000 ? 60000 : left));
+        if (n < 0 && errno != EINTR)
+            return false;
+        if (n > 0)
+            st = PQconnectPoll(conn);
+    }
+    return true;
+}
+
+PGconn *cdb_pg_connect_until(const cdb_pg_settings *s, int64_t deadline_ms, cdb_error *err)
+{
+    char timeout[16], user_timeout[16], detail[512], first[256];
     PGconn *conn = NULL;
     char *options = NULL;
+    conn_deadline *dl = NULL;
+    bool timed_out = false;
 
     if (merged_options(s->conninfo, s->statement_timeout_ms, &options, err) < 0) {
         cdb_log_warn("pg.connect_failed", "%s", err ? err->message : "invalid connection string");
         goto fail;
     }
-    snprintf(timeout, sizeof timeout, "%d", s->connect_timeout_s > 0 ? s->connect_timeout_s : 5);
+    int connect_ms = (s->connect_timeout_s > 0 ? s->connect_timeout_s : 5) * 1000;
+    int64_t started = cdb_mono_ms(), deadline = started + connect_ms;
+    if (deadline_ms > 0 && deadline_ms < deadline)
+        deadline = deadline_ms;
+    int round_trip_ms = s->round_trip_timeout_ms > 0 ? s->round_trip_timeout_ms
+                        : s->statement_timeout_ms > 0 ? s->statement_timeout_ms + CDB_PG_DEADLINE_MARGIN_MS
+                        : 0;
+    int user_ms = round_trip_ms == 0 ? USER_TIMEOUT_DEFAULT_MS
+                  : round_trip_ms < USER_TIMEOUT_MIN_MS ? USER_TIMEOUT_MIN_MS : round_trip_ms;
+    /* Unused by PQconnectPoll (connect_poll keeps the time); kept for what libpq reports. */
+    snprintf(timeout, sizeof timeout, "%d", connect_ms / 1000);
+    snprintf(user_timeout, sizeof user_timeout, "%d", user_ms);
 
     /*
      * With expand_dbname the conninfo is expanded in place of "dbname"; a
      * keyword after it wins, one before it is a default the conninfo may
-     * override. Keepalives are defaults; the settings coredb was configured
-     * with come after. libpq skips NULL or empty values.
+     * override. Keepalives and tcp_user_timeout are defaults; the settings
+     * coredb was configured with come after. libpq skips NULL or empty values.
      */
     const char *keys[] = {
         "keepalives", "keepalives_idle", "keepalives_interval", "keepalives_count",
+        "tcp_user_timeout",
         "dbname", "connect_timeout", "application_name", "sslmode", "options", NULL,
     };
     const char *vals[] = {
-        "1", "30", "10", "3",
+        "1", "30", "10", "3", user_timeout,
         s->conninfo ? s->conninfo : "", timeout,
         s->application_name ? s->application_name : "coredb",
         s->sslmode ? s->sslmode : "", options ? options : "", NULL,
     };
-    conn = PQconnectdbParams(keys, vals, 1);
+    conn = PQconnectStartParams(keys, vals, 1);
     if (!conn) {
         cdb_error_set(err, CDB_ERR_INTERNAL_ERROR, "%s", "Out of memory");
         goto fail;
     }
-    if (PQstatus(conn) != CONNECTION_OK) {
-        sanitize_pq_message(PQerrorMessage(conn), false, detail, sizeof detail);
-        sanitize_pq_message(PQerrorMessage(conn), true, first, sizeof first);
+    if (!connect_poll(conn, deadline, &timed_out)) {
+        if (timed_out) {
+            snprintf(detail, sizeof detail, "no answer within %lld ms",
+                     (long long)(cdb_mono_ms() - started));
+            snprintf(first, sizeof first, "timeout expired");
+        } else {
+            sanitize_pq_message(PQerrorMessage(conn), false, detail, sizeof detail);
+            sanitize_pq_message(PQerrorMessage(conn), true, first, sizeof first);
+        }
         cdb_log_warn("pg.connect_failed", "%s", detail);
         cdb_error_set(err, CDB_ERR_DATABASE_UNAVAILABLE, "%s", "Unable to connect to PostgreSQL");
         if (err && *first)
             snprintf(err->message, sizeof err->message, "Unable to connect to PostgreSQL: %.200s", first);
         cdb_error_detail(err, "database", json_string("postgresql"));
+        if (timed_out)
+            cdb_error_detail(err, "reason", json_string("timeout"));
         goto fail;
     }
+    if (!(dl = calloc(1, sizeof *dl)) || !PQregisterEventProc(conn, conn_event, "coredb-deadline", NULL) ||
+        !PQsetInstanceData(conn, conn_event, dl)) {
+        cdb_error_set(err, CDB_ERR_INTERNAL_ERROR, "%s", "Out of memory");
+        goto fail;
+    }
+    dl->round_trip_ms = round_trip_ms;
+    dl = NULL; /* the connection owns it now: conn_event frees it */
     PQsetNoticeProcessor(conn, log_notice, NULL);
     free(options);
     return conn;
 
 fail:
+    free(dl);
     PQfinish(conn);
     free(options);
     return NULL;
+}
+
+PGconn *cdb_pg_connect(const cdb_pg_settings *s, cdb_error *err)
+{
+    return cdb_pg_connect_until(s, 0, err);
 }
 
 int cdb_pg_exec(PGconn *conn, const char *sql, int nparams,
@@ -163,7 +438,7 @@ int cdb_pg_exec(PGconn *conn, const char *sql, int nparams,
 {
     if (out)
         *out = NULL;
-    PGresult *res = PQexecParams(conn, sql, nparams, NULL, params, NULL, NULL, 0);
+    PGresult *res = cdb_pg_query_params(conn, sql, nparams, params);
     ExecStatusType st = res ? PQresultStatus(res) : PGRES_FATAL_ERROR;
     if (st != PGRES_COMMAND_OK && st != PGRES_TUPLES_OK && st != PGRES_EMPTY_QUERY) {
         int rc = cdb_pg_error_from_result(conn, res, err);
@@ -205,7 +480,9 @@ cdb_err cdb_pg_error_from_result(PGconn *conn, const PGresult *res, cdb_error *e
 
     if (!state)
         state = "";
-    if (strcmp(state, "57014") == 0) {
+    if (cdb_pg_timed_out(conn)) {
+        code = timeout_error(err);
+    } else if (strcmp(state, "57014") == 0) {
         code = cdb_error_set(err, CDB_ERR_DATABASE_TIMEOUT, "%s", "Database statement timed out");
         cdb_error_detail(err, "database", json_string("postgresql"));
     } else if (!res || !conn || PQstatus(conn) == CONNECTION_BAD || strncmp(state, "08", 2) == 0 ||
@@ -247,5 +524,6 @@ cdb_err cdb_pg_error_from_result(PGconn *conn, const PGresult *res, cdb_error *e
 
 bool cdb_pg_conn_ok(PGconn *conn)
 {
-    return conn && PQstatus(conn) == CONNECTION_OK && PQtransactionStatus(conn) == PQTRANS_IDLE;
+    return conn && PQstatus(conn) == CONNECTION_OK && PQtransactionStatus(conn) == PQTRANS_IDLE &&
+           !cdb_pg_timed_out(conn);
 }

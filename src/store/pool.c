@@ -29,6 +29,23 @@
  *    lets it make the next attempt itself, so the service recovers on the
  *    first request after PostgreSQL is back without anyone waiting out a
  *    timeout meanwhile.
+ *
+ * Deadlines (pg.h). Every round trip on a pooled connection has the
+ * client-side deadline of its statement timeout (5 minutes when
+ * DB_STATEMENT_TIMEOUT is 0: never none), validation and the
+ * ROLLBACK of a returned connection included, and connects and validation
+ * inside an acquire also end by the acquire's deadline (but get at least
+ * CONNECT_MIN_MS, so a caller woken just before its deadline does not
+ * mistake its own impatience for a dead server). A connection whose
+ * deadline expired comes back closed; the pool then treats the server as
+ * down exactly as after a failed connect (backoff, generation bump), so the
+ * requests queued behind it fail fast instead of each spending a deadline
+ * on a connect or a validation, and an acquire whose validation expires
+ * answers DATABASE_TIMEOUT at once rather than trying the next idle
+ * connection. Connects are bounded by pg.c (5 s by default), which also
+ * covers a stopped server that accepts TCP connections from its backlog but
+ * never answers the startup packet.
+ *
  * The maintenance thread keeps min_size open, closes connections idle past
  * idle_timeout_ms down to min_size, and ticks every 200 ms.
  */
@@ -45,6 +62,10 @@
 
 enum {
     VALIDATE_AFTER_IDLE_MS = 5000,
+    CONNECT_MIN_MS = 1000,
+    /* DB_STATEMENT_TIMEOUT=0 lifts the server's limit, but a silent server
+     * must still be given up: no HTTP client waits longer than this. */
+    NO_STATEMENT_TIMEOUT_DEADLINE_MS = 300000,
     BACKOFF_MIN_MS = 100,
     BACKOFF_MAX_MS = 5000,
     TICK_MS = 200,
@@ -165,7 +186,7 @@ int cdb_pool_conn_prepare(cdb_pool_conn *c, const char *sql, int nparams, const 
     snprintf(st->name, sizeof st->name, "cdb_s%d", c->nstmts);
     if (!(st->sql = strdup(sql)))
         return cdb_error_set(err, CDB_ERR_INTERNAL_ERROR, "out of memory");
-    PGresult *res = PQprepare(c->pg, st->name, sql, nparams, NULL);
+    PGresult *res = cdb_pg_prepare(c->pg, st->name, sql, nparams);
     if (!res || PQresultStatus(res) != PGRES_COMMAND_OK) {
         int rc = cdb_pg_error_from_result(c->pg, res, err);
         PQclear(res);
@@ -206,6 +227,22 @@ static bool connect_allowed_locked(cdb_pool *p, int64_t now)
     return true;
 }
 
+/*
+ * A round trip outlived its deadline: the server is not answering, so treat
+ * it as down (as after a failed connect, without counting a connect) and
+ * have the idle connections checked before reuse.
+ */
+static void server_silent_locked(cdb_pool *p)
+{
+    if (p->server_up)
+        cdb_log_warn("pool.server_silent", "PostgreSQL did not answer in time; reconnecting with backoff");
+    p->server_up = false;
+    if (!p->backoff_ms)
+        p->backoff_ms = BACKOFF_MIN_MS;
+    p->next_connect_ms = cdb_mono_ms() + p->backoff_ms;
+    p->generation++;
+}
+
 static void connect_result_locked(cdb_pool *p, bool ok)
 {
     if (ok) {
@@ -228,13 +265,16 @@ static void connect_result_locked(cdb_pool *p, bool ok)
     p->generation++;
 }
 
-/* Opens a connection without the lock held; NULL when it fails (logged by cdb_pg_connect). */
-static cdb_pool_conn *conn_open(cdb_pool *p)
+/*
+ * Opens a connection without the lock held, giving up at deadline_ms (0:
+ * the connect timeout alone); NULL when it fails (logged by cdb_pg_connect).
+ */
+static cdb_pool_conn *conn_open(cdb_pool *p, int64_t deadline_ms)
 {
     cdb_error err;
     cdb_error_init(&err);
     cdb_pool_conn *c = NULL;
-    PGconn *pg = cdb_pg_connect(&p->pg, &err);
+    PGconn *pg = cdb_pg_connect_until(&p->pg, deadline_ms, &err);
     cdb_error_destroy(&err);
     if (!pg)
         return NULL;
@@ -253,13 +293,14 @@ static bool conn_alive(PGconn *pg)
     return PQconsumeInput(pg) && cdb_pg_conn_ok(pg);
 }
 
+/* With query, a round trip bounded by the connection's deadline and the cap the caller set. */
 static bool conn_validate(PGconn *pg, bool query)
 {
     if (!conn_alive(pg))
         return false;
     if (!query)
         return true;
-    PGresult *res = PQexec(pg, "SELECT 1");
+    PGresult *res = cdb_pg_query(pg, "SELECT 1");
     bool ok = PQresultStatus(res) == PGRES_TUPLES_OK;
     PQclear(res);
     return ok && cdb_pg_conn_ok(pg);
@@ -275,7 +316,7 @@ static bool conn_reset(PGconn *pg)
         return true;
     case PQTRANS_INTRANS:
     case PQTRANS_INERROR: {
-        PGresult *res = PQexec(pg, "ROLLBACK");
+        PGresult *res = cdb_pg_query(pg, "ROLLBACK");
         bool ok = PQresultStatus(res) == PGRES_COMMAND_OK;
         PQclear(res);
         return ok && cdb_pg_conn_ok(pg);
@@ -329,7 +370,7 @@ static void *maintain(void *arg)
                 conn_close(doomed);
             }
             if (want)
-                opened = conn_open(p);
+                opened = conn_open(p, 0);
             pthread_mutex_lock(&p->mu);
             if (want) {
                 p->opening--;
@@ -390,6 +431,7 @@ cdb_pool *cdb_pool_new(const cdb_pool_options *opt, cdb_error *err)
         .sslmode = p->sslmode,
         .application_name = p->application_name,
         .statement_timeout_ms = opt->statement_timeout_ms,
+        .round_trip_timeout_ms = opt->statement_timeout_ms > 0 ? 0 : NO_STATEMENT_TIMEOUT_DEADLINE_MS,
     };
     p->idle.name = "idle";
     p->active.name = "active";
@@ -441,6 +483,13 @@ void cdb_pool_free(cdb_pool *p)
     free(p);
 }
 
+/* When a connect or validation inside an acquire with this deadline must end. */
+static int64_t budget_end(int64_t deadline_ms)
+{
+    int64_t floor = cdb_mono_ms() + CONNECT_MIN_MS;
+    return deadline_ms > floor ? deadline_ms : floor;
+}
+
 cdb_pool_conn *cdb_pool_acquire(cdb_pool *p, int64_t deadline_ms, cdb_error *err)
 {
     cdb_pool_conn *c = NULL;
@@ -459,16 +508,27 @@ cdb_pool_conn *cdb_pool_acquire(cdb_pool *p, int64_t deadline_ms, cdb_error *err
             if (!long_idle && c->generation == p->generation)
                 break;
             pthread_mutex_unlock(&p->mu);
+            cdb_pg_set_deadline(c->pg, budget_end(deadline_ms));
             bool ok = conn_validate(c->pg, long_idle);
+            bool silent = !ok && cdb_pg_timed_out(c->pg);
+            cdb_pg_set_deadline(c->pg, 0);
             pthread_mutex_lock(&p->mu);
             if (ok)
                 break;
             list_remove(&p->active, c);
-            p->generation++;
+            if (silent)
+                server_silent_locked(p);
+            else
+                p->generation++;
             pthread_mutex_unlock(&p->mu);
             conn_close(c);
             c = NULL;
             pthread_mutex_lock(&p->mu);
+            if (silent) {
+                /* the deadline is spent: trying the next one would spend another */
+                code = CDB_ERR_DATABASE_TIMEOUT;
+                break;
+            }
             continue;
         }
         if (total_locked(p) < p->opt.max_size) {
@@ -478,7 +538,7 @@ cdb_pool_conn *cdb_pool_acquire(cdb_pool *p, int64_t deadline_ms, cdb_error *err
             }
             p->opening++;
             pthread_mutex_unlock(&p->mu);
-            c = conn_open(p);
+            c = conn_open(p, budget_end(deadline_ms));
             pthread_mutex_lock(&p->mu);
             p->opening--;
             connect_result_locked(p, c != NULL);
@@ -514,6 +574,9 @@ cdb_pool_conn *cdb_pool_acquire(cdb_pool *p, int64_t deadline_ms, cdb_error *err
     } else if (code == CDB_ERR_DATABASE_UNAVAILABLE) {
         cdb_error_set(err, code, "Unable to connect to PostgreSQL");
         cdb_error_detail(err, "database", json_string("postgresql"));
+    } else if (code == CDB_ERR_DATABASE_TIMEOUT) {
+        cdb_error_set(err, code, "Database did not answer in time");
+        cdb_error_detail(err, "database", json_string("postgresql"));
     }
     return code == CDB_OK ? c : NULL;
 }
@@ -527,12 +590,18 @@ void cdb_pool_release(cdb_pool *p, cdb_pool_conn *c)
 {
     if (!c)
         return;
-    bool keep = conn_reset(c->pg);
+    cdb_pg_set_deadline(c->pg, 0);
+    /* after an expired deadline the connection is closed already: nothing to reset */
+    bool silent = cdb_pg_timed_out(c->pg);
+    bool keep = !silent && conn_reset(c->pg);
     bool broken = PQstatus(c->pg) != CONNECTION_OK;
 
     pthread_mutex_lock(&p->mu);
     list_remove(&p->active, c);
-    if (keep) {
+    if (silent) {
+        server_silent_locked(p);
+        pthread_cond_signal(&p->tick);
+    } else if (keep) {
         c->last_used_ms = cdb_mono_ms();
         c->generation = p->generation;
         list_add(&p->idle, c);
@@ -569,4 +638,9 @@ void cdb_pool_get_stats(cdb_pool *p, cdb_pool_stats *out)
 const char *cdb_pool_conninfo(const cdb_pool *pool)
 {
     return pool->conninfo;
+}
+
+int cdb_pool_statement_timeout_ms(const cdb_pool *pool)
+{
+    return pool->opt.statement_timeout_ms;
 }
