@@ -161,22 +161,6 @@ def test_unknown_column(inst, where):
     assert err["details"].get("column") == "nope", err
 
 
-def test_password_hash_is_never_readable_by_user_or_premium(inst, admin):
-    a = user(inst)
-    p = premium(inst, admin)
-    for acct in (a, p):
-        for body in ({"table": "users", "select": ["user_id", "password_hash"]},
-                     {"table": "users", "filters": {"password_hash": {"like": "$argon2%"}}},
-                     {"table": "users", "filters": {"password_hash": {"is_null": False}}},
-                     {"table": "users", "order_by": [{"column": "password_hash",
-                                                       "direction": "asc"}]}):
-            err = assert_error(query(inst, acct, body), 400, "UNKNOWN_COLUMN")
-            assert err["details"].get("column") == "password_hash", err
-        out = query_ok(inst, acct, {"table": "users"})
-        assert "password_hash" not in out["data"][0]
-        assert "argon2" not in json.dumps(out)
-
-
 # ---- row-level security ----
 
 def test_users_table_shows_own_row_only(inst, admin):
