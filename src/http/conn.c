@@ -111,7 +111,7 @@ static void conn_free(cdb_conn *c)
 static void set_state(cdb_conn *c, conn_state next)
 {
     static const unsigned allowed[] = {
-        [CONN_IDLE] = 1u << CONN_HEAD | 1u << CONN_WRITING,
+        [CONN_IDLE] = 1u << CONN_HEAD,
         [CONN_HEAD] = 1u << CONN_BODY | 1u << CONN_BUSY | 1u << CONN_WRITING,
         [CONN_BODY] = 1u << CONN_BUSY | 1u << CONN_WRITING,
         [CONN_BUSY] = 1u << CONN_WRITING,
