@@ -22,6 +22,7 @@ restart_with() { # $1 = binary
   CDB_BIN="$1" bench_start_coredb HTTP_HEADER_TIMEOUT=10
 }
 
+load_at_start=$(cut -d' ' -f1-3 /proc/loadavg)
 bench_start_pg
 rows=""
 bins=("$ROOT/build/coredb")
@@ -30,7 +31,7 @@ for round in 1 2; do
   for bin in "${bins[@]}"; do
     restart_with "$bin"
     read -r rps p50 p99 <<<"$(floor)"
-    label=$([ "$bin" = "$ROOT/build/coredb" ] && echo "this build" || echo "baseline ($(basename "$(dirname "$(dirname "$bin")")"))")
+    label=$([ "$bin" = "$ROOT/build/coredb" ] && echo "this build" || echo "baseline ${BASELINE_LABEL:-$bin}")
     row="| $label, round $round | none | $rps | $p50 | $p99 |"
     echo "$row"; rows+="$row"$'\n'
   done
@@ -53,7 +54,7 @@ echo "req/s with $HELD held ÷ without: $ratio"
 {
   echo
   echo "### HTTP layer under hostile clients (issue 19) — $(date -u +%Y-%m-%d) — $(machine_line)"
-  echo "wrk -t2 -c64 -d$DURATION on GET /health/live; HTTP_THREADS=$(nproc); wrk and the slow clients share the 2 cores. Load average at start: $(cut -d' ' -f1-3 /proc/loadavg)."
+  echo "wrk -t2 -c64 -d$DURATION on GET /health/live; HTTP_THREADS=$(nproc); wrk and the slow clients share the 2 cores. Load average at start: $load_at_start."
   echo
   echo "| build | slow connections | req/s | p50 ms | p99 ms |"
   echo "|---|---|---|---|---|"
