@@ -185,6 +185,7 @@ struct cdb_loop {
     cdb_client_limit *limit;       /* shared by every loop */
     struct event_base *base;
     struct evconnlistener *listener;
+    struct event *accept_pause;    /* re-enables the listener after running out of descriptors */
     struct event *done_ev;         /* activated by workers */
     pthread_mutex_t done_lock;
     cdb_request *done_head;        /* answered by a worker, not yet sent */

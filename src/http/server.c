@@ -30,6 +30,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -110,6 +111,49 @@ static void on_accept(struct evconnlistener *listener, evutil_socket_t fd, struc
     cdb_conn_accept(arg, fd, sa, salen);
 }
 
+enum { ACCEPT_PAUSE_MS = 100 };
+
+/*
+ * accept() failed. Out of descriptors (or memory) the pending connection
+ * stays in the backlog and the socket stays readable, so accepting again
+ * at once would spin the loop: pause this loop's listener for a moment
+ * instead (nginx does the same). Other errors concern one connection only.
+ */
+static void on_accept_error(struct evconnlistener *listener, void *arg)
+{
+    cdb_loop *loop = arg;
+    int e = EVUTIL_SOCKET_ERROR();
+    if (e != EMFILE && e != ENFILE && e != ENOBUFS && e != ENOMEM)
+        return;
+    cdb_log_warn("http.accept_paused", "accept failed (%s): pausing for %d ms", strerror(e), ACCEPT_PAUSE_MS);
+    evconnlistener_disable(listener);
+    struct timeval tv = {0, ACCEPT_PAUSE_MS * 1000};
+    evtimer_add(loop->accept_pause, &tv);
+}
+
+static void resume_accepting(evutil_socket_t fd, short what, void *arg)
+{
+    cdb_loop *loop = arg;
+    if (!atomic_load(&loop->server->stopping))
+        evconnlistener_enable(loop->listener);
+}
+
+/*
+ * Every connection is a descriptor: take the hard limit the system allows
+ * rather than a soft default (often 1,024) that a few idle clients exhaust.
+ */
+static void raise_descriptor_limit(void)
+{
+    struct rlimit rl;
+    if (getrlimit(RLIMIT_NOFILE, &rl) != 0 || rl.rlim_cur >= rl.rlim_max)
+        return;
+    rlim_t was = rl.rlim_cur;
+    rl.rlim_cur = rl.rlim_max;
+    if (setrlimit(RLIMIT_NOFILE, &rl) == 0)
+        cdb_log_info("http.descriptors", "open file limit raised from %llu to %llu",
+                     (unsigned long long)was, (unsigned long long)rl.rlim_max);
+}
+
 static void *loop_main(void *arg)
 {
     cdb_loop *loop = arg;
@@ -158,8 +202,10 @@ static int loop_init(cdb_loop *loop, cdb_http_server *srv, cdb_error *err)
         return cdb_error_set(err, CDB_ERR_INTERNAL_ERROR, "cannot create event loop");
     /* every loop accepts on the one socket; the kernel hands each connection to one */
     loop->listener = evconnlistener_new(loop->base, on_accept, loop, LEV_OPT_CLOSE_ON_EXEC, -1, srv->listen_fd);
-    if (!loop->listener)
+    loop->accept_pause = evtimer_new(loop->base, resume_accepting, loop);
+    if (!loop->listener || !loop->accept_pause)
         return cdb_error_set(err, CDB_ERR_INTERNAL_ERROR, "cannot accept on the listening socket");
+    evconnlistener_set_error_cb(loop->listener, on_accept_error);
     return 0;
 }
 
@@ -167,6 +213,8 @@ static void loop_destroy(cdb_loop *loop)
 {
     if (loop->listener)
         evconnlistener_free(loop->listener);
+    if (loop->accept_pause)
+        event_free(loop->accept_pause);
     /* requests completed after the loops stopped: their answers are never flushed */
     cdb_request *r = loop->done_head;
     while (r) {
@@ -203,6 +251,7 @@ cdb_http_server *cdb_http_server_new(cdb_service *svc, cdb_error *err)
     srv->tables[t] = NULL;
 
     evthread_use_pthreads();
+    raise_descriptor_limit();
     srv->listen_fd = open_listener(cfg->host, cfg->port, err);
     if (srv->listen_fd < 0)
         goto fail;
@@ -231,6 +280,7 @@ static void stop_accepting(evutil_socket_t fd, short what, void *arg)
 {
     cdb_loop *loop = arg;
     evconnlistener_disable(loop->listener);
+    evtimer_del(loop->accept_pause);
     cdb_conn_close_idle(loop);
 }
 

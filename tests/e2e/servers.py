@@ -181,7 +181,7 @@ TEST_JWT_SECRET = "test-secret-0123456789abcdef0123456789abcdef"
 class Coredb:
     """The real coredb binary serving HTTP on a free port."""
 
-    def __init__(self, env, cwd=None, wait=True, args=("serve",)):
+    def __init__(self, env, cwd=None, wait=True, args=("serve",), max_files=None):
         self.port = int(env.get("PORT") or free_port())
         self.dir = cwd or os.path.join(scratch_dir(), f"coredb-{uuid.uuid4().hex[:8]}")
         os.makedirs(self.dir, exist_ok=True)
@@ -193,8 +193,12 @@ class Coredb:
         full_env.update({k: str(v) for k, v in env.items()})
         self.env = full_env
         self.base = f"http://127.0.0.1:{self.port}"
+        def limit_files():  # max_files: the open-file limit, soft and hard
+            import resource
+            resource.setrlimit(resource.RLIMIT_NOFILE, (max_files, max_files))
         self.proc = subprocess.Popen([COREDB_BIN] + list(args), env=full_env, cwd=self.dir,
-                                     stdout=open(self.log_path, "ab"), stderr=subprocess.STDOUT)
+                                     stdout=open(self.log_path, "ab"), stderr=subprocess.STDOUT,
+                                     preexec_fn=limit_files if max_files else None)
         if wait:
             self.wait_live()
 

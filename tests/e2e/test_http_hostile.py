@@ -4,6 +4,7 @@ smuggling shapes refused with 400, and no answer that is not our JSON
 envelope. Raw sockets, because a well-behaved client library cannot send
 these requests."""
 import json
+import os
 import socket
 import threading
 import time
@@ -223,6 +224,48 @@ def test_connections_per_address_are_capped(strict):
         time.sleep(0.1)
     else:
         pytest.fail("address still over its cap after its connections closed")
+
+
+def cpu_seconds(pid):
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def test_out_of_descriptors_pauses_accept_instead_of_spinning(pg, redis_server):
+    """More clients than descriptors: accept() fails with EMFILE while the
+    backlog stays readable. The loop must pause, not spin, and serve again
+    once descriptors are free."""
+    from conftest import base_env
+    from servers import Coredb
+    inst = Coredb(base_env(pg, pg.create_database(), redis_server, HTTP_MAX_CONNECTIONS_PER_IP=0),
+                  max_files=64)
+    held = []
+    try:
+        for _ in range(100):
+            s = socket.socket()
+            s.settimeout(5)
+            s.connect(("127.0.0.1", inst.port))  # completes in the kernel's backlog
+            held.append(s)
+        time.sleep(0.5)
+        before = cpu_seconds(inst.proc.pid)
+        time.sleep(2)
+        used = cpu_seconds(inst.proc.pid) - before
+        assert used < 0.5, f"{used:.2f} s of CPU in 2 s: the accept loop spins"
+        assert "http.accept_paused" in inst.log()
+    finally:
+        for s in held:
+            s.close()
+    deadline = time.time() + 10
+    while time.time() < deadline:
+        try:
+            if requests.get(inst.base + "/health/live", timeout=1).status_code == 200:
+                break
+        except requests.RequestException:
+            time.sleep(0.1)
+    else:
+        pytest.fail("not serving again after the descriptors were freed")
+    inst.stop_clean()
 
 
 # ---- 3. request smuggling ----
