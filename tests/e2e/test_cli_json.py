@@ -21,6 +21,7 @@ ISO_UTC = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ$")
 
 def one_result(proc):
     """The whole of stdout parsed as one JSON object, checked for the form."""
+    assert "Sanitizer" not in proc.stderr and "runtime error:" not in proc.stderr, proc.stderr
     try:
         res = json.loads(proc.stdout)
     except json.JSONDecodeError:
