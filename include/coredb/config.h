@@ -68,6 +68,7 @@ typedef struct cdb_config {
     int   auth_threads;            /* AUTH_THREADS: workers for password hashing, cores/2 */
     char *jwt_issuer;              /* JWT_ISSUER, "coredb" */
     char *jwt_audience;            /* JWT_AUDIENCE, "coredb-api" */
+    int   jwt_clock_skew_s;        /* JWT_CLOCK_SKEW, 5 (0-60): leeway on exp, nbf, iat */
 
     /* Data */
     int   lease_ttl_s;             /* 300 */

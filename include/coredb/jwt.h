@@ -3,8 +3,9 @@
  *
  * The algorithm is pinned: a token whose header is anything but HS256
  * (none, RS*, ES*, HS384, ...) is refused before its signature is looked at.
- * Verification checks signature, iss, aud, exp and nbf (with leeway), and
- * that sub, role, sid and jti are present. Thread-safe, no I/O.
+ * Verification checks signature, iss, aud, exp, nbf and iat (each with
+ * leeway_s of clock skew), and that sub, role, sid and jti are present.
+ * Thread-safe, no I/O.
  */
 #ifndef COREDB_JWT_H
 #define COREDB_JWT_H
@@ -19,7 +20,8 @@ typedef struct cdb_jwt_config {
     size_t secret_len;
     const char *issuer;            /* "iss", e.g. "coredb" */
     const char *audience;          /* "aud", e.g. "coredb-api" */
-    int leeway_s;                  /* clock skew tolerated on exp/nbf/iat */
+    int leeway_s;                  /* clock skew tolerated on exp/nbf/iat, >= 0
+                                    * (the service passes JWT_CLOCK_SKEW) */
 } cdb_jwt_config;
 
 typedef struct cdb_token_claims {
@@ -38,7 +40,9 @@ int cdb_jwt_issue(const cdb_jwt_config *cfg, const cdb_token_claims *claims,
                   char **token, cdb_error *err);
 
 /*
- * Verifies token at time now (epoch seconds) and fills *out.
+ * Verifies token at time now (epoch seconds) and fills *out. With leeway L
+ * a token is refused from now >= exp + L (RFC 7519: "on or after"), and
+ * while now < nbf - L or now < iat - L.
  * Errors: UNAUTHORIZED (malformed, bad signature, wrong alg/iss/aud, not yet
  * valid, missing claims) or TOKEN_EXPIRED. Messages never echo the token.
  */

@@ -43,7 +43,7 @@ int cdb_service_open(cdb_service **out, const cdb_config *cfg,
         .secret_len = cfg->jwt_secret ? strlen(cfg->jwt_secret) : 0,
         .issuer = cfg->jwt_issuer,
         .audience = cfg->jwt_audience,
-        .leeway_s = 30,
+        .leeway_s = cfg->jwt_clock_skew_s,
     };
     svc->password = (cdb_password_params){
         .opslimit = (unsigned long long)cfg->password_hash_opslimit,

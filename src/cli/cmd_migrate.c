@@ -9,6 +9,19 @@
 #include "cli.h"
 #include "coredb/service.h"
 
+static const char help[] =
+    "usage: coredb migrate status [--json]\n"
+    "       coredb migrate up [--target VERSION] [--dry-run] [--json]\n"
+    "       coredb migrate down [--steps N] [--json]\n"
+    "       coredb migrate new NAME [--json]\n"
+    "\n"
+    "  status      current version, pending files, last migration, history\n"
+    "  up          apply pending migrations, up to --target; --dry-run rolls back\n"
+    "  down        roll back the last N applied migrations (default 1)\n"
+    "  new         create migrations/<today>_<NNN>_<name>.sql from a template\n"
+    "\n"
+    CLI_JSON_HELP;
+
 typedef struct migrate_args {
     const char *action;
     const char *target;
@@ -49,13 +62,14 @@ static int parse_args(int argc, char **argv, migrate_args *a)
 int cmd_migrate(int argc, char **argv)
 {
     migrate_args a;
-    if (parse_args(argc, argv, &a) < 0) {
-        fprintf(stderr, "usage: coredb migrate status | up [--target V] [--dry-run] | "
-                        "down [--steps N] | new NAME   [--json]\n");
-        return CLI_EXIT_USAGE;
+    if (cli_wants_help(argc, argv)) {
+        fputs(help, stdout);
+        return CLI_EXIT_OK;
     }
+    if (parse_args(argc, argv, &a) < 0)
+        return cli_usage_error("migrate", help, cli_flag(argc, argv, "--json"));
     cdb_config cfg;
-    int rc = cli_load_config(&cfg);
+    int rc = cli_load_config(&cfg, a.as_json);
     if (rc != CLI_EXIT_OK)
         return rc;
 

@@ -15,7 +15,7 @@
 int cmd_serve(int argc, char **argv)
 {
     cdb_config cfg;
-    int rc = cli_load_config(&cfg);
+    int rc = cli_load_config(&cfg, false);
     if (rc != CLI_EXIT_OK)
         return rc;
 

@@ -21,6 +21,16 @@
 
 #define PASSWORD_LINE_MAX 2048
 
+static const char help[] =
+    "usage: coredb user create --email E --username U [--role admin|user|premium]\n"
+    "                          [--display-name N] [--json]\n"
+    "\n"
+    "Creates a user as an admin would (any role may be given); the password is read\n"
+    "from stdin, one line. Pending migrations are applied first when MIGRATE_ON_START.\n"
+    "\n"
+    CLI_JSON_HELP
+    "           (data: the user object)\n";
+
 typedef struct user_args {
     const char *email, *username, *role, *display_name;
     bool as_json;
@@ -77,18 +87,24 @@ static int read_password(char *buf, size_t len)
 int cmd_user(int argc, char **argv)
 {
     user_args a;
-    if (parse_args(argc, argv, &a) < 0) {
-        fprintf(stderr, "usage: coredb user create --email E --username U [--role admin|user|premium]\n"
-                        "                          [--display-name N] [--json]   (password on stdin)\n");
-        return CLI_EXIT_USAGE;
+    if (cli_wants_help(argc, argv)) {
+        fputs(help, stdout);
+        return CLI_EXIT_OK;
     }
+    if (parse_args(argc, argv, &a) < 0)
+        return cli_usage_error("user create", help, cli_flag(argc, argv, "--json"));
     char password[PASSWORD_LINE_MAX];
     if (read_password(password, sizeof password) < 0) {
-        fprintf(stderr, "coredb: no password on stdin\n");
+        /* a usage error (exit 2), reported like any other failure */
+        cdb_error err;
+        cdb_error_init(&err);
+        cdb_error_set(&err, CDB_ERR_VALIDATION_FAILED, "no password on stdin");
+        cli_print_result(NULL, &err, a.as_json);
+        cdb_error_destroy(&err);
         return CLI_EXIT_USAGE;
     }
     cdb_config cfg;
-    int rc = cli_load_config(&cfg);
+    int rc = cli_load_config(&cfg, a.as_json);
     if (rc != CLI_EXIT_OK) {
         sodium_memzero(password, sizeof password);
         return rc;

@@ -8,8 +8,8 @@
 
 #include "cli.h"
 #include "coredb/log.h"
+#include "coredb/result.h"
 #include "coredb/service.h"
-#include "coredb/timeutil.h"
 
 static void usage(FILE *to)
 {
@@ -21,21 +21,69 @@ static void usage(FILE *to)
           "  migrate status [--json]    applied and pending migrations\n"
           "  migrate up [--target V] [--dry-run] [--json]\n"
           "  migrate down [--steps N] [--json]\n"
-          "  migrate new NAME           create migrations/<date>_<n>_NAME.sql\n"
-          "  user create --email E --username U [--role admin|user|premium]\n"
+          "  migrate new NAME [--json]  create migrations/<date>_<n>_NAME.sql\n"
+          "  user create --email E --username U [--role admin|user|premium] [--json]\n"
           "                             create a user; the password is read from stdin\n"
           "  version                    print the version\n"
           "\n"
+          "--json prints exactly one result object on stdout, on success and on failure:\n"
+          "  {\"status\": \"success\"|\"error\", \"error\": null|{code, message, details},\n"
+          "   \"timestamp\": ISO-8601 UTC, ...data}; the exit code is the same as without it.\n"
+          "`coredb <command> --help` describes one command.\n"
           "Configuration comes from the environment; see docs/configuration.md.\n",
           to);
 }
 
-int cli_load_config(cdb_config *cfg)
+bool cli_flag(int argc, char **argv, const char *flag)
+{
+    for (int i = 1; i < argc; i++)
+        if (strcmp(argv[i], flag) == 0)
+            return true;
+    return false;
+}
+
+bool cli_wants_help(int argc, char **argv)
+{
+    return cli_flag(argc, argv, "--help") || cli_flag(argc, argv, "-h");
+}
+
+/* Prints the result form on stdout; false when it could not be built. */
+static bool print_json_result(json_t *data, const cdb_error *err)
+{
+    json_t *out = cdb_result_object(err, data);
+    if (!out)
+        return false;
+    json_dumpf(out, stdout, JSON_INDENT(2));
+    fputc('\n', stdout);
+    fflush(stdout);
+    json_decref(out);
+    return true;
+}
+
+int cli_usage_error(const char *command, const char *usage, bool as_json)
+{
+    fputs(usage, stderr);
+    if (as_json) {
+        /* still one result object on stdout, so a script reading it sees why */
+        cdb_error err;
+        cdb_error_init(&err);
+        cdb_error_set(&err, CDB_ERR_VALIDATION_FAILED, "invalid arguments; see `coredb %s --help`",
+                      command);
+        print_json_result(NULL, &err);
+        cdb_error_destroy(&err);
+    }
+    return CLI_EXIT_USAGE;
+}
+
+int cli_load_config(cdb_config *cfg, bool as_json)
 {
     cdb_error err;
     cdb_error_init(&err);
     if (cdb_config_load(cfg, cdb_env_process, NULL, &err) < 0) {
-        fprintf(stderr, "coredb: invalid configuration: %s\n", err.message);
+        if (as_json)
+            cli_print_result(NULL, &err, true);
+        else
+            fprintf(stderr, "coredb: invalid configuration: %s\n", err.message);
         cdb_error_destroy(&err);
         return CLI_EXIT_USAGE;
     }
@@ -54,28 +102,16 @@ int cli_open_service(cdb_config *cfg, bool with_pool, cdb_service **svc, cdb_err
 int cli_print_result(json_t *data, const cdb_error *err, bool as_json)
 {
     bool ok = !err || err->code == CDB_OK;
+    int rc = ok ? CLI_EXIT_OK
+                : err->code == CDB_ERR_CONFIG_INVALID ? CLI_EXIT_USAGE : CLI_EXIT_FAILED;
     if (as_json) {
-        char ts[32];
-        cdb_iso_now(ts, sizeof ts);
-        json_t *out = json_object();
-        json_object_set_new(out, "status", json_string(ok ? "success" : "error"));
-        json_object_set_new(out, "timestamp", json_string(ts));
-        if (ok) {
-            json_object_set_new(out, "error", json_null());
-        } else {
-            json_t *e = json_pack("{s:s,s:s}", "code", cdb_err_name(err->code), "message", err->message);
-            if (err->details)
-                json_object_set(e, "details", err->details);
-            json_object_set_new(out, "error", e);
+        if (!print_json_result(data, err)) {
+            fprintf(stderr, "coredb: out of memory printing the result\n");
+            rc = CLI_EXIT_FAILED;
         }
-        if (json_is_object(data))
-            json_object_update(out, data);
-        json_dumpf(out, stdout, JSON_INDENT(2) | JSON_PRESERVE_ORDER);
-        fputc('\n', stdout);
-        json_decref(out);
     } else if (ok) {
         if (data) {
-            json_dumpf(data, stdout, JSON_INDENT(2) | JSON_PRESERVE_ORDER);
+            json_dumpf(data, stdout, JSON_INDENT(2));
             fputc('\n', stdout);
         }
     } else {
@@ -88,7 +124,7 @@ int cli_print_result(json_t *data, const cdb_error *err, bool as_json)
         }
     }
     json_decref(data);
-    return ok ? CLI_EXIT_OK : (err->code == CDB_ERR_CONFIG_INVALID ? CLI_EXIT_USAGE : CLI_EXIT_FAILED);
+    return rc;
 }
 
 int main(int argc, char **argv)

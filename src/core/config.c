@@ -134,6 +134,9 @@ static const struct var vars[] = {
     INT("AUTH_THREADS", auth_threads, NULL, 1, 1024),
     STR("JWT_ISSUER", jwt_issuer, "coredb", NULL),
     STR("JWT_AUDIENCE", jwt_audience, "coredb-api", NULL),
+    /* Clocks of coredb instances agree to well under a second with NTP; a
+     * minute caps how long a token may outlive ACCESS_TOKEN_TTL. */
+    SECS("JWT_CLOCK_SKEW", jwt_clock_skew_s, "5", 0, 60),
 
     SECS("LEASE_TTL", lease_ttl_s, "300", 1, INT_MAX),
     SECS("CACHE_TTL", cache_ttl_s, "300", 0, INT_MAX),

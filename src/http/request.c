@@ -20,6 +20,7 @@
 #include <time.h>
 
 #include "coredb/log.h"
+#include "coredb/result.h"
 #include "coredb/timeutil.h"
 
 #define MEDIA_JSON "application/json"
@@ -372,14 +373,15 @@ void cdb_request_free(cdb_request *r)
     free(r);
 }
 
+/* The error object of the library's result form (core/result.c), so the CLI
+ * and HTTP show one error alike, plus what only HTTP has: the request id. */
 static json_t *error_envelope(cdb_request *r)
 {
     char ts[32];
     cdb_iso_now(ts, sizeof ts);
-    json_t *e = json_object();
-    json_object_set_new(e, "code", json_string(cdb_err_name(r->err.code)));
-    json_object_set_new(e, "message", json_string(r->err.message));
-    json_object_set_new(e, "details", r->err.details ? json_incref(r->err.details) : json_object());
+    json_t *e = cdb_result_error_object(&r->err);
+    if (!e)
+        return NULL;
     json_object_set_new(e, "timestamp", json_string(ts));
     json_object_set_new(e, "request_id", json_string(r->request_id));
     return json_pack("{s:o}", "error", e);

@@ -30,6 +30,7 @@
 
 #include "coredb/log.h"
 #include "coredb/pg.h"
+#include "coredb/result.h"
 #include "coredb/timeutil.h"
 #include "management/migrate_internal.h"
 
@@ -720,7 +721,9 @@ static int run_migration(PGconn *conn, const cdb_migration *m, bool up, const ch
 
 /*
  * Runs plan[0..n) (up or down) and fills result's "applied"/"rolled_back",
- * "dry_run", and for a dry run "would_succeed", "skipped" and "error".
+ * "dry_run", and for a dry run "would_succeed", "skipped" and "dry_run_error"
+ * (the error the real run would meet, as the result form shows errors; not
+ * "error", which the result form reserves for this call's own outcome).
  */
 static int execute_plan(PGconn *conn, const cdb_migration **plan, size_t n, bool up,
                         const cdb_migrate_options *opt, json_t *result, cdb_error *err)
@@ -787,7 +790,7 @@ static int execute_plan(PGconn *conn, const cdb_migration **plan, size_t n, bool
         rollback_if_open(conn);
         bool ok = dry_err.code == CDB_OK;
         if (json_object_set_new(result, "would_succeed", json_boolean(ok)) != 0 ||
-            (!ok && json_object_set_new(result, "error", json_string(dry_err.message)) != 0))
+            (!ok && json_object_set_new(result, "dry_run_error", cdb_result_error_object(&dry_err)) != 0))
             rc = cdb_error_set(err, CDB_ERR_INTERNAL_ERROR, "out of memory building the migration result");
     }
 out_free:

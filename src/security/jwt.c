@@ -182,8 +182,9 @@ int cdb_jwt_verify(const cdb_jwt_config *cfg, const char *token, int64_t now,
         rc = cdb_error_set(err, CDB_ERR_UNAUTHORIZED, "Token missing required claims");
         goto out_free;
     }
-    /* Written as now - leeway so that a huge signed exp cannot overflow. */
-    if (now - cfg->leeway_s > c.exp) {
+    /* RFC 7519 4.1.4: not accepted "on or after" exp, so >=. Written as
+     * now - leeway so that a huge signed exp cannot overflow. */
+    if (now - cfg->leeway_s >= c.exp) {
         rc = cdb_error_set(err, CDB_ERR_TOKEN_EXPIRED, "Access token expired");
         goto out_free;
     }

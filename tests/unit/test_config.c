@@ -139,6 +139,7 @@ static void test_defaults(void **state)
     assert_true(cfg.migrate_on_start);
     assert_int_equal(cfg.log_level, CDB_LOG_INFO);
     assert_false(cfg.debug);
+    assert_int_equal(cfg.jwt_clock_skew_s, 5);
 
     char *cwd = realpath(".", NULL), *expect;
     assert_non_null(cwd);
@@ -171,7 +172,9 @@ static void test_overrides(void **state)
     set("COREDB_ADMIN_EMAIL", "root@example.com");
     set("COREDB_ADMIN_PASSWORD", "correct horse battery");
     set("POSTGRES_SCHEMA", "app_1");
+    set("JWT_CLOCK_SKEW", "0");
     assert_loads(&cfg);
+    assert_int_equal(cfg.jwt_clock_skew_s, 0);
     assert_int_equal(cfg.port, 9000);
     assert_string_equal(cfg.host, "127.0.0.1");
     assert_int_equal(cfg.http_threads, 3);
@@ -184,6 +187,13 @@ static void test_overrides(void **state)
     assert_string_equal(cfg.admin_email, "root@example.com");
     assert_string_equal(cfg.admin_password, "correct horse battery");
     assert_string_equal(cfg.postgres_schema, "app_1");
+    cdb_config_destroy(&cfg);
+
+    /* the top of JWT_CLOCK_SKEW's range, also written as a duration */
+    nenv = 0;
+    set("JWT_CLOCK_SKEW", "1m");
+    assert_loads(&cfg);
+    assert_int_equal(cfg.jwt_clock_skew_s, 60);
     cdb_config_destroy(&cfg);
 }
 
@@ -210,6 +220,10 @@ static void test_invalid_values(void **state)
         {"REFRESH_TOKEN_TTL", "", NULL}, /* empty = unset: valid */
         {"SESSION_TIMEOUT", "1.5h", "SESSION_TIMEOUT:"},
         {"CACHE_TTL", "-1", "CACHE_TTL:"},
+        {"JWT_CLOCK_SKEW", "61", "JWT_CLOCK_SKEW: must be between 0 and 60 seconds"},
+        {"JWT_CLOCK_SKEW", "-1", "JWT_CLOCK_SKEW:"},
+        {"JWT_CLOCK_SKEW", "2m", "JWT_CLOCK_SKEW:"},
+        {"JWT_CLOCK_SKEW", "5ms", "JWT_CLOCK_SKEW:"},
         {"LOG_LEVEL", "loud", "LOG_LEVEL:"},
         {"DB_SSLMODE", "maybe", "DB_SSLMODE:"},
         {"DEBUG", "maybe", "DEBUG:"},
@@ -552,6 +566,7 @@ static void test_to_json_redacts(void **state)
     assert_string_equal(json_string_value(json_object_get(j, "COREDB_ADMIN_PASSWORD")), "[redacted]");
     assert_string_equal(json_string_value(json_object_get(j, "COREDB_ADMIN_EMAIL")), "admin@example.com");
     assert_int_equal(json_integer_value(json_object_get(j, "PORT")), 8095);
+    assert_int_equal(json_integer_value(json_object_get(j, "JWT_CLOCK_SKEW")), 5);
     assert_true(json_is_true(json_object_get(j, "DEBUG")));
     assert_true(json_is_true(json_object_get(j, "MIGRATE_ON_START")));
     assert_string_equal(json_string_value(json_object_get(j, "LOG_LEVEL")), "debug");

@@ -1,5 +1,6 @@
 /*
- * test_jwt.c - access tokens of jwt.h: round trip, clock checks with leeway,
+ * test_jwt.c - access tokens of jwt.h: round trip, clock checks with leeway
+ * (JWT_CLOCK_SKEW: 0, 5 and 60 s at the exact edges of exp, nbf and iat),
  * the pinned algorithm (none, HS384, RS256 refused), forged and tampered
  * tokens, claim checks, garbage input, and a token written by PyJWT.
  *
@@ -141,6 +142,79 @@ static void test_expiry_and_leeway(void **state)
     c.exp = NOW - 10;
     t = issue(&c);
     assert_int_equal(verify(t, NOW, NULL), 0);
+    free(t);
+}
+
+/* The code of verifying t at now with a leeway of skew seconds. */
+static int verify_skew(const char *t, int64_t now, int skew, char *msg, size_t msg_len)
+{
+    cdb_jwt_config c = cfg;
+    cdb_token_claims out;
+    cdb_error err;
+    int rc;
+
+    c.leeway_s = skew;
+    cdb_error_init(&err);
+    rc = cdb_jwt_verify(&c, t, now, &out, &err);
+    assert_int_equal(rc, err.code);
+    if (msg)
+        snprintf(msg, msg_len, "%s", err.message);
+    cdb_error_destroy(&err);
+    return rc;
+}
+
+/* JWT_CLOCK_SKEW reaches exp, nbf and iat alike, with RFC 7519's bounds:
+ * refused on or after exp + skew, before nbf - skew and iat - skew. */
+static void test_clock_skew(void **state)
+{
+    cdb_token_claims c = sample_claims();
+    char msg[256], *t;
+
+    /* 1 s past exp: refused with no skew, accepted with 5 s (iat and nbf
+     * well in the past, so only exp decides) */
+    c.iat = c.nbf = NOW - 100;
+    c.exp = NOW - 1;
+    t = issue(&c);
+    assert_int_equal(verify_skew(t, NOW, 0, msg, sizeof msg), CDB_ERR_TOKEN_EXPIRED);
+    assert_string_equal(msg, "Access token expired");
+    assert_int_equal(verify_skew(t, NOW, 5, NULL, 0), 0);
+    /* the edges: exactly at exp + skew is already expired */
+    assert_int_equal(verify_skew(t, NOW - 1, 0, NULL, 0), CDB_ERR_TOKEN_EXPIRED);
+    assert_int_equal(verify_skew(t, NOW - 2, 0, NULL, 0), 0);
+    assert_int_equal(verify_skew(t, NOW + 3, 5, NULL, 0), 0);
+    assert_int_equal(verify_skew(t, NOW + 4, 5, NULL, 0), CDB_ERR_TOKEN_EXPIRED);
+    free(t);
+
+    /* nbf 1 s ahead: refused with no skew, accepted with 5 s, up to nbf - 5 */
+    c = sample_claims();
+    c.iat = NOW - 100;
+    c.nbf = NOW + 1;
+    t = issue(&c);
+    assert_int_equal(verify_skew(t, NOW, 0, msg, sizeof msg), CDB_ERR_UNAUTHORIZED);
+    assert_string_equal(msg, "Token not yet valid");
+    assert_int_equal(verify_skew(t, NOW + 1, 0, NULL, 0), 0);
+    assert_int_equal(verify_skew(t, NOW, 5, NULL, 0), 0);
+    assert_int_equal(verify_skew(t, NOW - 4, 5, NULL, 0), 0);
+    assert_int_equal(verify_skew(t, NOW - 5, 5, NULL, 0), CDB_ERR_UNAUTHORIZED);
+    free(t);
+
+    /* iat 1 s ahead (nbf now): the same rule */
+    c = sample_claims();
+    c.iat = NOW + 1;
+    t = issue(&c);
+    assert_int_equal(verify_skew(t, NOW, 0, msg, sizeof msg), CDB_ERR_UNAUTHORIZED);
+    assert_string_equal(msg, "Token issued in the future");
+    assert_int_equal(verify_skew(t, NOW, 5, NULL, 0), 0);
+    free(t);
+
+    /* the 60 s maximum: refused from exp + 60 on, accepted a second before */
+    c = sample_claims();
+    c.iat = c.nbf = NOW - 100;
+    c.exp = NOW - 61;
+    t = issue(&c);
+    assert_int_equal(verify_skew(t, NOW, 60, NULL, 0), CDB_ERR_TOKEN_EXPIRED);
+    assert_int_equal(verify_skew(t, NOW - 1, 60, NULL, 0), CDB_ERR_TOKEN_EXPIRED);
+    assert_int_equal(verify_skew(t, NOW - 2, 60, NULL, 0), 0);
     free(t);
 }
 
@@ -354,6 +428,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_roundtrip),
         cmocka_unit_test(test_expiry_and_leeway),
+        cmocka_unit_test(test_clock_skew),
         cmocka_unit_test(test_not_yet_valid),
         cmocka_unit_test(test_wrong_secret),
         cmocka_unit_test(test_alg_none),
