@@ -62,7 +62,8 @@ void cdb_log_fields(cdb_log_level level, const char *event, json_t *fields)
     if (fields)
         json_object_update(line, fields);
     json_decref(fields);
-    char *text = json_dumps(line, JSON_COMPACT | JSON_PRESERVE_ORDER);
+    /* 15 significant digits: a value rounded to 0.564 prints as 0.564, not 0.56399999999999995 */
+    char *text = json_dumps(line, JSON_COMPACT | JSON_PRESERVE_ORDER | JSON_REAL_PRECISION(15));
     json_decref(line);
     if (!text)
         return;

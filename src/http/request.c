@@ -398,7 +398,7 @@ static void access_log(cdb_request *r, int64_t elapsed_us, bool client_gone)
     json_object_set_new(f, "path", json_string(r->path ? r->path : "-"));
     json_object_set_new(f, "route", json_string(r->route ? r->route->pattern : "-"));
     json_object_set_new(f, "status", json_integer(r->status));
-    json_object_set_new(f, "duration_ms", json_real((double)elapsed_us / 1000.0));
+    json_object_set_new(f, "duration_ms", json_real((double)elapsed_us / 1000.0)); /* µs: 3 decimals */
     json_object_set_new(f, "request_id", json_string(r->request_id));
     if (r->err.code != CDB_OK)
         json_object_set_new(f, "error", json_string(cdb_err_name(r->err.code)));
