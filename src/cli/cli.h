@@ -19,10 +19,7 @@
 /* Loads the configuration from the environment; prints and returns 2 on error. */
 int cli_load_config(cdb_config *cfg);
 
-/*
- * Opens the service for a command: in embedded mode first loads (or makes)
- * the development secrets of ./var into cfg, which the service needs.
- */
+/* Opens the service for a command (with or without the pool). */
 int cli_open_service(cdb_config *cfg, bool with_pool, cdb_service **svc, cdb_error *err);
 
 /*

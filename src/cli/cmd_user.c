@@ -16,7 +16,7 @@
 #include <sodium.h>
 
 #include "cli.h"
-#include "coredb/auth.h"
+#include "coredb/users.h"
 #include "coredb/service.h"
 
 #define PASSWORD_LINE_MAX 2048

@@ -20,7 +20,7 @@
 #include <time.h>
 
 #include "coredb/log.h"
-#include "coredb/timeutil.h"
+#include "core/timeutil.h"
 
 #define MEDIA_JSON "application/json"
 #define MEDIA_V1   "application/vnd.visiobook.v1+json"
@@ -239,7 +239,7 @@ static bool take_bearer(cdb_request *r)
  */
 static bool check_token(cdb_request *r)
 {
-    cdb_auth_mode mode = r->route->auth;
+    cdb_route_auth mode = r->route->auth;
     if (mode == CDB_AUTH_PUBLIC || mode == CDB_AUTH_ANON)
         return true;
     if (!take_bearer(r))
@@ -253,7 +253,7 @@ static bool check_token(cdb_request *r)
     }
     cdb_error e;
     cdb_error_init(&e);
-    if (cdb_auth_verify_token(r->svc, r->bearer, &r->principal, &e) < 0) {
+    if (cdb_session_verify_token(r->svc, r->bearer, &r->principal, &e) < 0) {
         cdb_request_header(r, "WWW-Authenticate", "Bearer");
         cdb_request_fail(r, &e);
         return false;

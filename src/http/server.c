@@ -34,8 +34,8 @@
 #include <unistd.h>
 
 #include "coredb/log.h"
-#include "coredb/timeutil.h"
-#include "coredb/workq.h"
+#include "core/timeutil.h"
+#include "core/workq.h"
 
 struct cdb_http_server {
     cdb_service *svc;
@@ -149,7 +149,7 @@ static int loop_init(cdb_loop *loop, cdb_http_server *srv, cdb_error *err)
 {
     loop->server = srv;
     loop->svc = srv->svc;
-    loop->cfg = srv->svc->cfg;
+    loop->cfg = cdb_service_config(srv->svc);
     loop->limit = srv->limit;
     pthread_mutex_init(&loop->done_lock, NULL);
     loop->base = event_base_new();
@@ -185,7 +185,7 @@ static void loop_destroy(cdb_loop *loop)
 
 cdb_http_server *cdb_http_server_new(cdb_service *svc, cdb_error *err)
 {
-    const cdb_config *cfg = svc->cfg;
+    const cdb_config *cfg = cdb_service_config(svc);
     cdb_http_server *srv = calloc(1, sizeof *srv);
     if (!srv) {
         cdb_error_set(err, CDB_ERR_INTERNAL_ERROR, "out of memory");
@@ -236,7 +236,7 @@ static void stop_accepting(evutil_socket_t fd, short what, void *arg)
 
 int cdb_http_server_run(cdb_http_server *srv)
 {
-    const cdb_config *cfg = srv->svc->cfg;
+    const cdb_config *cfg = cdb_service_config(srv->svc);
     sigset_t stop_signals;
     sigemptyset(&stop_signals);
     sigaddset(&stop_signals, SIGTERM);

@@ -29,8 +29,8 @@
 #include <unistd.h>
 
 #include "coredb/log.h"
-#include "coredb/pg.h"
-#include "coredb/timeutil.h"
+#include "store/pg.h"
+#include "core/timeutil.h"
 #include "management/migrate_internal.h"
 
 /* FNV-1a 64 of "coredb.migrate": the migrators' session lock. The next

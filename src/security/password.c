@@ -12,7 +12,7 @@
  * computed on first use and again whenever the parameters change, so the work
  * always matches what a real hash with those parameters costs.
  */
-#include "coredb/password.h"
+#include "security/password.h"
 
 #include <crypt.h>
 #include <pthread.h>

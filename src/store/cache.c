@@ -20,7 +20,7 @@
  * else the oldest entry: bounded memory and O(1) work per write, at the price
  * of sometimes evicting a live entry while an expired one sits further on.
  */
-#include "coredb/cache.h"
+#include "store/cache.h"
 
 #include <errno.h>
 #include <inttypes.h>
@@ -29,7 +29,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "coredb/timeutil.h"
+#include "core/timeutil.h"
 
 #define DEFAULT_MAX_ENTRIES 65536
 #define MAX_BUCKETS (1u << 20)

@@ -42,7 +42,7 @@
  *    stopped server accepts the TCP connection from its listen backlog and
  *    then never answers the startup packet: the deadline covers that too.
  */
-#include "coredb/pg.h"
+#include "store/pg.h"
 
 #include <ctype.h>
 #include <errno.h>
@@ -55,7 +55,7 @@
 #include <sys/socket.h>
 
 #include "coredb/log.h"
-#include "coredb/timeutil.h"
+#include "core/timeutil.h"
 
 /*
  * tcp_user_timeout: how long sent data may stay unacknowledged before the
@@ -526,4 +526,10 @@ bool cdb_pg_conn_ok(PGconn *conn)
 {
     return conn && PQstatus(conn) == CONNECTION_OK && PQtransactionStatus(conn) == PQTRANS_IDLE &&
            !cdb_pg_timed_out(conn);
+}
+
+int cdb_pg_json_parse(const char *text, json_t **out, cdb_error *err)
+{
+    *out = json_loads(text, JSON_DECODE_ANY, NULL);
+    return *out ? 0 : cdb_error_set(err, CDB_ERR_INTERNAL_ERROR, "Malformed database result");
 }

@@ -49,7 +49,7 @@
  * The maintenance thread keeps min_size open, closes connections idle past
  * idle_timeout_ms down to min_size, and ticks every 200 ms.
  */
-#include "coredb/pool.h"
+#include "store/pool.h"
 
 #include <pthread.h>
 #include <stdlib.h>
@@ -57,8 +57,8 @@
 #include <time.h>
 
 #include "coredb/log.h"
-#include "coredb/pg.h"
-#include "coredb/timeutil.h"
+#include "store/pg.h"
+#include "core/timeutil.h"
 
 enum {
     VALIDATE_AFTER_IDLE_MS = 5000,

@@ -14,7 +14,7 @@
  * real connect and the others keep failing fast until it answers. A
  * successful command resets the backoff. Only transitions are logged.
  */
-#include "coredb/redis.h"
+#include "store/redis.h"
 
 #include <ctype.h>
 #include <limits.h>
@@ -27,7 +27,7 @@
 #include <time.h>
 
 #include "coredb/log.h"
-#include "coredb/timeutil.h"
+#include "core/timeutil.h"
 
 #define BACKOFF_MIN_MS 100
 #define BACKOFF_MAX_MS 2000

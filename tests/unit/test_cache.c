@@ -14,7 +14,7 @@
 #include <time.h>
 #include <cmocka.h>
 
-#include "coredb/cache.h"
+#include "store/cache.h"
 
 static int setup(void **state)
 {

@@ -16,7 +16,7 @@
 #include <cmocka.h>
 #include <sodium.h>
 
-#include "coredb/jwt.h"
+#include "security/jwt.h"
 
 #define SECRET "unit-test-secret-0123456789abcdef!!"
 #define NOW    INT64_C(1700000000)

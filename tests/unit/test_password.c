@@ -13,7 +13,7 @@
 #include <string.h>
 #include <cmocka.h>
 
-#include "coredb/password.h"
+#include "security/password.h"
 
 static const cdb_password_params fast = { .opslimit = 1, .memlimit = 8192 * 1024 };
 static const cdb_password_params slower = { .opslimit = 2, .memlimit = 8192 * 1024 };

@@ -21,8 +21,8 @@
 #include <unistd.h>
 #include <cmocka.h>
 
-#include "coredb/pg.h"
-#include "coredb/timeutil.h"
+#include "store/pg.h"
+#include "core/timeutil.h"
 
 /* A listening socket on 127.0.0.1; *port gets its port. */
 static int listen_loopback(int *port)

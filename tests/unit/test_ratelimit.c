@@ -14,7 +14,7 @@
 #include <time.h>
 #include <cmocka.h>
 
-#include "coredb/ratelimit.h"
+#include "security/ratelimit.h"
 
 #define MS 1000
 #define SEC 1000000

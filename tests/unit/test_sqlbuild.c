@@ -12,7 +12,7 @@
 #include <string.h>
 #include <cmocka.h>
 
-#include "api/sqlbuild.h"
+#include "data/sqlbuild.h"
 
 static cdb_column columns[] = {
     {.name = "id", .type_name = "uuid", .kind = CDB_COL_TEXT, .privs = CDB_PRIV_SELECT},

@@ -10,7 +10,7 @@
 #include <cmocka.h>
 #include <string.h>
 
-#include "api/user_input.h"
+#include "identity/user_input.h"
 
 static cdb_config cfg = {.password_min_length = 10};
 
