@@ -19,7 +19,7 @@ CLI_SRC := $(wildcard src/cli/*.c)
 LIB_OBJ := $(LIB_SRC:%.c=$(BUILD)/%.o)
 CLI_OBJ := $(CLI_SRC:%.c=$(BUILD)/%.o)
 EXAMPLES := $(BUILD)/examples/embed
-UNIT_SRC := $(wildcard tests/unit/test_*.c)
+UNIT_SRC := $(wildcard tests/unit/*/*.c)
 UNIT_BIN := $(UNIT_SRC:tests/unit/%.c=$(BUILD)/tests/%)
 
 ifeq ($(V),1)
@@ -28,7 +28,7 @@ else
 Q := @
 endif
 
-.PHONY: all run test san bench clean deps unit-bins
+.PHONY: all run test san bench clean deps unit-bins lint
 all: $(BUILD)/coredb $(EXAMPLES)
 
 deps:
@@ -60,6 +60,11 @@ $(BUILD)/tests/%: tests/unit/%.c $(BUILD)/libcoredb.a
 	$(Q)$(CC) $(ALL_CFLAGS) $(EXTRA_LDFLAGS) -o $@ $< $(BUILD)/libcoredb.a $(LDLIBS) -lcmocka
 
 unit-bins: $(UNIT_BIN)
+
+# Layer check (scripts/check-layers.py): #include lines, and the calls the
+# built objects make; fails on an upward or sideways edge or a circle.
+lint: all
+	$(Q)python3 scripts/check-layers.py --objects $(BUILD)
 
 # The two commands of the README.
 run: deps

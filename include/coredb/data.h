@@ -30,7 +30,8 @@ typedef struct cdb_service cdb_service;
  *    "execution_time_ms": n, "cached": bool}
  * or for database "redis": {"data": {"key": "...", "value": "..."|null}}.
  * Errors: VALIDATION_FAILED (details.field), UNKNOWN_TABLE, UNKNOWN_COLUMN,
- * INVALID_FILTER, FORBIDDEN, DATABASE_* .
+ * INVALID_FILTER, FORBIDDEN, DATABASE_* ; UNAUTHORIZED for an anonymous caller
+ * (here and in every function below).
  */
 int cdb_data_query(cdb_service *svc, const cdb_principal *caller, json_t *request,
                    char **body_out, cdb_error *err);

@@ -25,6 +25,12 @@ typedef struct cdb_principal {
 bool cdb_principal_is_admin(const cdb_principal *p);
 /* Whether p is a caller with a token (not NULL, not anonymous). */
 bool cdb_principal_known(const cdb_principal *p);
+/*
+ * 0 for a caller with a token; UNAUTHORIZED ("Authentication required")
+ * for NULL or anonymous: the one answer every module gives an anonymous
+ * caller of an operation that needs one (HTTP: 401).
+ */
+int cdb_principal_require(const cdb_principal *p, cdb_error *err);
 /* The database role p's requests run as (role.h), NULL for anonymous or NULL p. */
 const char *cdb_principal_db_role(const cdb_principal *p);
 

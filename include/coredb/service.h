@@ -52,6 +52,13 @@ int  cdb_service_open(cdb_service **out, cdb_config *cfg,
  */
 int  cdb_service_start(cdb_service *svc, cdb_error *err);
 
+/*
+ * The migrations part of cdb_service_start alone, for a one-shot command
+ * that needs the schema (`coredb user create`): applies pending migrations
+ * when MIGRATE_ON_START (recorded as applied_by), else does nothing.
+ */
+int  cdb_service_migrate_on_start(cdb_service *svc, const char *applied_by, cdb_error *err);
+
 /* Stops the background jobs, closes the pool and Redis and stops the embedded PostgreSQL. NULL is a no-op. */
 void cdb_service_close(cdb_service *svc);
 

@@ -1,5 +1,5 @@
 /*
- * data_common.c - the pieces the query and transaction paths of the data API
+ * common.c - the pieces the query and transaction paths of the data API
  * share (data_internal.h): the transaction prelude that puts a request under
  * its caller's database role and row-level security, pipelined result
  * reading, PostgreSQL error mapping, and caller Redis namespaces.
@@ -26,7 +26,7 @@ int cdb_data_start_pipeline_after(cdb_pool_conn *pc, const cdb_principal *p, con
     const char *db_role = cdb_principal_db_role(p);
 
     if (!db_role)
-        return cdb_error_set(err, CDB_ERR_FORBIDDEN, "Authentication required");
+        return cdb_principal_require(NULL, err);
     return cdb_txn_pipeline_begin_as(pc, db_role, p->user_id, cdb_role_name(p->role), first,
                                      nparams, params, err);
 }
@@ -240,7 +240,7 @@ int cdb_data_redis_key(const cdb_principal *p, const json_t *key, char **out, cd
     char prefix[64];
     *out = NULL;
     if (!cdb_data_redis_prefix(p, prefix, sizeof prefix))
-        return cdb_error_set(err, CDB_ERR_FORBIDDEN, "Authentication required");
+        return cdb_principal_require(NULL, err);
     if (!json_is_string(key))
         return cdb_error_set_detail(err, CDB_ERR_VALIDATION_FAILED, "field", "key",
                                     "key must be a string");
@@ -252,7 +252,7 @@ int cdb_data_redis_key(const cdb_principal *p, const json_t *key, char **out, cd
     size_t plen = strlen(prefix);
     char *k = malloc(plen + n + 1);
     if (!k)
-        return cdb_error_set(err, CDB_ERR_INTERNAL_ERROR, "Out of memory");
+        return cdb_error_oom(err);
     memcpy(k, prefix, plen);
     memcpy(k + plen, s, n + 1);
     *out = k;

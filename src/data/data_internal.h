@@ -1,16 +1,16 @@
 /*
- * data_internal.h - what the query path (data_query.c) and the transaction
- * path (data_tx.c) share: the prelude that opens every data request's
- * transaction under the caller's database role, reading pipelined results,
- * mapping PostgreSQL failures to the data API's errors, and the caller's
- * Redis namespace. Implemented in data_common.c.
+ * data_internal.h - what the query path (query.c) and the transaction path
+ * (tx.c, tx_parse.c) share: the prelude that opens every data request's
+ * transaction under the caller's database role (store/txn.h), reading
+ * pipelined results, mapping PostgreSQL failures to the data API's errors,
+ * and the caller's Redis namespace. Implemented in common.c.
  *
  * Every request runs on ONE pooled connection in ONE transaction:
  *   BEGIN;
  *   SELECT set_config('role', <db role>, true), set_config('app.current_user_id', ...),
  *          set_config('app.current_role', ...);   -- prepared, = SET LOCAL ROLE + settings
  *   ...statements...; COMMIT
- * and the SQL of that prelude lives only in data_common.c.
+ * and the SQL of that prelude lives only in store/txn.c.
  */
 #ifndef COREDB_DATA_INTERNAL_H
 #define COREDB_DATA_INTERNAL_H
@@ -37,13 +37,13 @@
  * CDB_DATA_PRELUDE_COUNT results follow. The prelude is a prepared
  * statement of the connection (cdb_pool_conn_prepare): prepare the
  * request's own statements BEFORE calling this, pipeline mode forbids it.
- * FORBIDDEN for an anonymous caller.
+ * UNAUTHORIZED for an anonymous caller (cdb_principal_require).
  */
 int cdb_data_start_pipeline(cdb_pool_conn *pc, const cdb_principal *p, cdb_error *err);
 /*
  * The same with one more statement between BEGIN and the prelude (first,
  * unnamed, its params): it runs as the service's login role, before the
- * caller's role is set (the idempotency claim of ledger_internal.h).
+ * caller's role is set (the idempotency claim of store/ledger.h).
  * CDB_DATA_PRELUDE_COUNT + 1 results follow.
  */
 int cdb_data_start_pipeline_after(cdb_pool_conn *pc, const cdb_principal *p, const char *first,

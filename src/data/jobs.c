@@ -14,7 +14,7 @@ static int flush_outbox(void *arg, cdb_error *err)
 {
     cdb_service *svc = arg;
     int applied = 0, pending = 0;
-    int rc = cdb_outbox_flush(svc->pool, svc->redis, svc->cache, &applied, &pending, err);
+    int rc = cdb_outbox_flush(svc->pool, svc->cache, &applied, &pending, err);
     if (rc == 0 && applied > 0)
         cdb_log_info("jobs.outbox_flushed", "applied %d pending Redis operations, %d left",
                      applied, pending);

@@ -1,5 +1,5 @@
 /*
- * data_query.c - POST /data/query (cdb_data_query of data.h).
+ * query.c - POST /data/query (cdb_data_query of data.h).
  *
  * A request goes through four gates in order: its shape is validated
  * without touching anything; its table and columns are resolved against
@@ -85,7 +85,7 @@ static int parse_order(const json_t *v, query_req *req, cdb_error *err)
         return invalid(err, "order_by", "order_by must be an array of {column, direction}");
     if (!(req->order = json_array())) {
         json_decref(single);
-        return cdb_error_set(err, CDB_ERR_INTERNAL_ERROR, "Out of memory");
+        return cdb_error_oom(err);
     }
     int rc = 0;
     json_array_foreach(v, i, o) {
@@ -266,13 +266,13 @@ static int build_sql(const cdb_catalog *cat, const cdb_table *t, const query_req
     if (q->oom || asprintf(count_sql, "SELECT count(*)%.*s", (int)(where_end - from),
                            q->text + from) < 0) {
         *count_sql = NULL;
-        return cdb_error_set(err, CDB_ERR_INTERNAL_ERROR, "Out of memory");
+        return cdb_error_oom(err);
     }
     return 0;
 
 fail_params:
     if (q->oom)
-        return cdb_error_set(err, CDB_ERR_INTERNAL_ERROR, "Out of memory");
+        return cdb_error_oom(err);
     return cdb_error_set_detail(err, CDB_ERR_INVALID_FILTER, NULL, NULL,
                                 "Too many filter values (at most %d)", CDB_SQL_MAX_PARAMS - 2);
 }
@@ -387,7 +387,7 @@ static int run_query(cdb_service *svc, const cdb_principal *p, const cdb_sql *q,
         goto out_release;
     }
     if (!(*part = page_body(res[STMT_ROWS], res[STMT_COUNT], req, len)))
-        rc = cdb_error_set(err, CDB_ERR_INTERNAL_ERROR, "Out of memory");
+        rc = cdb_error_oom(err);
 
 out_release:
     for (int i = 0; i < NSTMTS; i++)
@@ -452,7 +452,7 @@ static int query_postgresql(cdb_service *svc, const cdb_principal *p, json_t *r,
     goto out;
 
 fail_oom:
-    rc = cdb_error_set(err, CDB_ERR_INTERNAL_ERROR, "Out of memory");
+    rc = cdb_error_oom(err);
 out:
     free(lk.value);
     free(part);
@@ -519,7 +519,7 @@ static int query_redis(cdb_service *svc, const cdb_principal *p, json_t *r, char
         goto out;
     body = json_pack("{s:{s:O, s:O}}", "data", "key", jkey, "value", value);
     if (!body || !(*body_out = json_dumps(body, JSON_COMPACT)))
-        rc = cdb_error_set(err, CDB_ERR_INTERNAL_ERROR, "Out of memory");
+        rc = cdb_error_oom(err);
 
 out:
     json_decref(body);
@@ -535,8 +535,8 @@ int cdb_data_query(cdb_service *svc, const cdb_principal *caller, json_t *reques
     int64_t start_us = cdb_mono_us();
 
     *body_out = NULL;
-    if (!caller || caller->role == CDB_ROLE_ANON)
-        return cdb_error_set(err, CDB_ERR_UNAUTHORIZED, "Authentication required");
+    if (cdb_principal_require(caller, err) < 0)
+        return err->code;
     if (!json_is_object(request))
         return invalid(err, "body", "The request must be a JSON object");
     json_t *db = json_object_get(request, "database");

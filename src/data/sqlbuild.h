@@ -1,6 +1,6 @@
 /*
  * sqlbuild.h - building one SQL statement with bound parameters from a
- * structured request (internal to src/api).
+ * structured request (internal to src/data).
  *
  * The only text that reaches SQL comes from the catalog (identifiers, quoted
  * with double quotes doubled) or from this file's fixed fragments; every

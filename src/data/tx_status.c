@@ -21,8 +21,8 @@ int cdb_data_transaction_status(cdb_service *svc, const cdb_principal *caller, c
     int rc;
 
     *out = NULL;
-    if (!caller || caller->role == CDB_ROLE_ANON)
-        return cdb_error_set(err, CDB_ERR_UNAUTHORIZED, "Authentication required");
+    if ((rc = cdb_principal_require(caller, err)) < 0)
+        return rc;
     if (!cdb_uuid_norm(id, norm))
         return cdb_error_set(err, CDB_ERR_NOT_FOUND, "Transaction not found");
     if (!(conn = cdb_txn_acquire(svc->pool, &pc, err)))
@@ -43,7 +43,7 @@ int cdb_data_transaction_status(cdb_service *svc, const cdb_principal *caller, c
     }
     if (!(*out = json_pack("{s:s, s:s, s:s}", "transaction_id", norm, "status", "committed",
                            "committed_at", PQgetvalue(res, 0, 0))))
-        rc = cdb_error_set(err, CDB_ERR_INTERNAL_ERROR, "Out of memory");
+        rc = cdb_error_oom(err);
 
 out_release:
     PQclear(res);

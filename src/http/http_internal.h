@@ -51,6 +51,14 @@ typedef struct cdb_http_field {
     const char *value;             /* NUL-terminated, surrounding spaces removed */
 } cdb_http_field;
 
+/* The methods coredb serves: one table for parsing (conn.c) and for Allow (router.c). */
+typedef struct cdb_http_method {
+    unsigned bit;                  /* EVHTTP_REQ_* */
+    const char *name;
+} cdb_http_method;
+#define CDB_HTTP_NMETHODS 6
+extern const cdb_http_method cdb_http_methods[CDB_HTTP_NMETHODS];
+
 /*
  * A request head that conn.c parsed and checked (framing, Host, method
  * token). The bytes are one owned copy; the strings below point into it.

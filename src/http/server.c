@@ -188,7 +188,7 @@ cdb_http_server *cdb_http_server_new(cdb_service *svc, cdb_error *err)
     const cdb_config *cfg = cdb_service_config(svc);
     cdb_http_server *srv = calloc(1, sizeof *srv);
     if (!srv) {
-        cdb_error_set(err, CDB_ERR_INTERNAL_ERROR, "out of memory");
+        cdb_error_oom(err);
         return NULL;
     }
     srv->svc = svc;
@@ -214,7 +214,7 @@ cdb_http_server *cdb_http_server_new(cdb_service *svc, cdb_error *err)
     srv->nloops = cfg->http_threads;
     srv->loops = calloc((size_t)srv->nloops, sizeof *srv->loops);
     if (!srv->workers || !srv->slow_workers || !srv->limit || !srv->loops) {
-        cdb_error_set(err, CDB_ERR_INTERNAL_ERROR, "out of memory");
+        cdb_error_oom(err);
         goto fail;
     }
     for (int i = 0; i < srv->nloops; i++)

@@ -22,6 +22,15 @@
     " 'role', u.role, 'created_at', " CDB_SQL_TS("u.created_at") ","                        \
     " 'updated_at', " CDB_SQL_TS("u.updated_at") ")::text"
 
+/*
+ * The per-user transaction lock (advisory key 20261122, hashtext(user id)
+ * as $1) that logins and user deletion share, so the SESSION_MAX_PER_USER
+ * eviction sees every concurrent login and a deleted user gets no new
+ * session. Key 20261123 is users.c's first-admin lock; 6155020977930761511
+ * and ...512 are the migrator's (management/migrate.c).
+ */
+#define CDB__USER_LOCK_SQL "SELECT pg_advisory_xact_lock(20261122, hashtext($1))"
+
 /* The condition "session s is alive"; $N is SESSION_TIMEOUT in seconds. */
 #define CDB__SESSION_LIVE(s, n)                                                  \
     s ".revoked_at IS NULL AND " s ".expires_at > now() AND " s ".last_seen_at > " \

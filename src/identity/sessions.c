@@ -1,5 +1,5 @@
 /*
- * auth.c - login, sessions, access and refresh tokens, and the check every
+ * sessions.c - login, sessions, access and refresh tokens, and the check every
  * authenticated request makes.
  *
  * PostgreSQL (coredb.sessions, coredb.refresh_tokens) is the authority on
@@ -36,7 +36,6 @@
 
 #define REFRESH_BYTES 32
 #define REFRESH_TEXT_MAX 256          /* longer input cannot be one of ours */
-#define PASSWORD_MAX_BYTES 1024
 #define USER_AGENT_MAX 256
 #define SESSION_ROW_RETENTION "7 days"
 
@@ -112,7 +111,7 @@ static int token_pair(cdb_service *svc, const char *user_id, const char *role, c
                          "session_id", sid, "user", user);
         user = NULL;   /* json_pack steals it even when it fails */
         if (!*out)
-            rc = cdb_error_set(err, CDB_ERR_INTERNAL_ERROR, "Out of memory");
+            rc = cdb_error_oom(err);
     }
     json_decref(user);
     if (access)
@@ -279,9 +278,9 @@ int cdb_session_login(cdb_service *svc, const char *email, const char *password,
     if (rc < 0)
         goto out_release;
     bool found = PQntuples(user) == 1, ok = false;
-    if (found && len <= PASSWORD_MAX_BYTES)
+    if (found && len <= CDB_PASSWORD_MAX_BYTES)
         ok = cdb_password_verify(&svc->password, PQgetvalue(user, 0, 1), password, len, &needs_rehash);
-    else if (len <= PASSWORD_MAX_BYTES)
+    else if (len <= CDB_PASSWORD_MAX_BYTES)
         cdb_password_burn(&svc->password, password, len);
     if (!ok) {
         cdb_ratelimit_window_hit(svc->ratelimit, addr_key, cfg->login_failure_window_s);
@@ -311,7 +310,7 @@ int cdb_session_login(cdb_service *svc, const char *email, const char *password,
     const char *lock[] = {user_id};
     /* serialized per user, so concurrent logins cannot both skip the eviction */
     if ((rc = cdb_txn_begin(conn, err)) < 0 ||
-        (rc = cdb_pg_exec(conn, "SELECT pg_advisory_xact_lock(20261122, hashtext($1))", 1, lock,
+        (rc = cdb_pg_exec(conn, CDB__USER_LOCK_SQL, 1, lock,
                           NULL, err)) < 0 ||
         (rc = cdb_pg_exec(conn,
                           "INSERT INTO coredb.sessions (user_id, expires_at, ip_address, user_agent)"
@@ -458,7 +457,7 @@ int cdb_session_logout(cdb_service *svc, const cdb_principal *caller, json_t **o
     cdb__session_forget(svc, caller->session_id);
     *out = json_pack("{s:s, s:s}", "status", "logged_out", "session_id", caller->session_id);
     if (!*out)
-        rc = cdb_error_set(err, CDB_ERR_INTERNAL_ERROR, "Out of memory");
+        rc = cdb_error_oom(err);
 
 out_release:
     cdb_txn_release(svc->pool, pc);
@@ -494,7 +493,7 @@ int cdb_session_revoke_user(cdb_service *svc, const cdb_principal *caller, const
     }
     *out = json_pack("{s:s, s:i}", "user_id", id, "revoked_sessions", (json_int_t)PQntuples(ended));
     if (!*out)
-        rc = cdb_error_set(err, CDB_ERR_INTERNAL_ERROR, "Out of memory");
+        rc = cdb_error_oom(err);
     else
         cdb_log_info("auth.revoked", "%d sessions of user %s revoked by %s", PQntuples(ended), id,
                      caller->user_id);
@@ -537,7 +536,7 @@ int cdb_session_list(cdb_service *svc, const cdb_principal *caller, json_t **out
         goto out_release;
     *out = json_pack("{s:o}", "sessions", list);
     if (!*out)
-        rc = cdb_error_set(err, CDB_ERR_INTERNAL_ERROR, "Out of memory");
+        rc = cdb_error_oom(err);
 
 out_release:
     PQclear(res);

@@ -1,7 +1,7 @@
 /*
  * user_input.h - validation of the JSON bodies of the users API (internal to
- * src/api). Pure: no I/O, so the rules are unit tested on their own
- * (tests/unit/test_user_input.c). Every failure is VALIDATION_FAILED with
+ * src/identity). Pure: no I/O, so the rules are unit tested on their own
+ * (tests/unit/identity/user_input.c). Every failure is VALIDATION_FAILED with
  * details.field naming the field.
  */
 #ifndef COREDB_USER_INPUT_H
@@ -13,11 +13,11 @@
 
 #include "coredb/config.h"
 #include "coredb/error.h"
+#include "security/password.h"
 
 #define EMAIL_MAX 255
 #define USERNAME_MIN 3
 #define USERNAME_MAX 50
-#define PASSWORD_MAX_BYTES 1024
 #define DISPLAY_NAME_MAX 100
 #define PICTURE_URL_MAX 500
 

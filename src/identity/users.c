@@ -12,7 +12,7 @@
  * (tokens carry the role), in the same transaction, and their Redis
  * liveness keys are dropped after commit. A creation with an
  * Idempotency-Key (create_keyed) commits the user and the key with its
- * answer in one transaction (coredb.tx_ledger, ledger_internal.h).
+ * answer in one transaction (coredb.tx_ledger, store/ledger.h).
  */
 #include <ctype.h>
 #include <stdarg.h>
@@ -97,7 +97,7 @@ out_release:
 }
 
 /*
- * With an Idempotency-Key: BEGIN; the key's claim (ledger_internal.h); one
+ * With an Idempotency-Key: BEGIN; the key's claim (store/ledger.h); one
  * statement that inserts the user and the ledger row holding the answer,
  * PostgreSQL's JSON text of the user, which is sent as it is stored; COMMIT.
  * Round trips are not counted here: the argon2id hash dominates. The hash
@@ -150,7 +150,7 @@ static int create_keyed(cdb_service *svc, const cdb_principal *caller, json_t *b
     }
     idem->status = 201;
     if (!(idem->body = strdup(PQgetvalue(res, 0, 0))))
-        rc = cdb_error_set(err, CDB_ERR_INTERNAL_ERROR, "Out of memory");
+        rc = cdb_error_oom(err);
     else
         cdb_log_info("users.created", "user %s created with role %s", in.username, params[5]);
 
@@ -177,7 +177,7 @@ int cdb_users_create_idem(cdb_service *svc, const cdb_principal *caller, json_t 
         return rc;
     idem->status = 201;
     if (!(idem->body = json_dumps(user, JSON_COMPACT)))
-        rc = cdb_error_set(err, CDB_ERR_INTERNAL_ERROR, "Out of memory");
+        rc = cdb_error_oom(err);
     json_decref(user);
     return rc;
 }
@@ -340,7 +340,7 @@ int cdb_users_delete(cdb_service *svc, const cdb_principal *caller, const char *
     const char *params[] = {id};
     /* the lock logins take: no session can appear between the list and the delete */
     if ((rc = cdb_txn_begin(conn, err)) < 0 ||
-        (rc = cdb_pg_exec(conn, "SELECT pg_advisory_xact_lock(20261122, hashtext($1))", 1, params,
+        (rc = cdb_pg_exec(conn, CDB__USER_LOCK_SQL, 1, params,
                           NULL, err)) < 0 ||
         (rc = cdb_pg_exec(conn, "SELECT session_id::text FROM coredb.sessions"
                                 " WHERE user_id = $1 AND revoked_at IS NULL", 1, params,

@@ -15,6 +15,9 @@
 #include "coredb/error.h"
 
 #define CDB_PASSWORD_HASH_MAX 128   /* >= crypto_pwhash_STRBYTES */
+/* The longest password accepted, in bytes: registration refuses longer
+ * ones, login does not hash them (bounds the work one request can ask). */
+#define CDB_PASSWORD_MAX_BYTES 1024
 
 typedef struct cdb_password_params {
     unsigned long long opslimit;    /* argon2id passes (PASSWORD_HASH_OPSLIMIT) */

@@ -18,6 +18,11 @@ bool cdb_principal_known(const cdb_principal *p)
     return p && p->role != CDB_ROLE_ANON;
 }
 
+int cdb_principal_require(const cdb_principal *p, cdb_error *err)
+{
+    return cdb_principal_known(p) ? 0 : cdb_error_set(err, CDB_ERR_UNAUTHORIZED, "Authentication required");
+}
+
 const char *cdb_principal_db_role(const cdb_principal *p)
 {
     return p ? cdb_role_db_name(p->role) : NULL;
@@ -40,8 +45,9 @@ bool cdb_uuid_norm(const char *s, char out[37])
 int cdb_principal_authorize_target(const cdb_principal *caller, const char *user_id, char id[37],
                                    cdb_error *err)
 {
-    if (!cdb_principal_known(caller))
-        return cdb_error_set(err, CDB_ERR_UNAUTHORIZED, "Authentication required");
+    int rc = cdb_principal_require(caller, err);
+    if (rc < 0)
+        return rc;
     if (!cdb_uuid_norm(user_id, id))
         return cdb_error_set(err, CDB_ERR_NOT_FOUND, "User not found");
     if (!cdb_principal_is_admin(caller) && strcmp(id, caller->user_id) != 0)

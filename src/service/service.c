@@ -33,7 +33,7 @@ static int resync_outbox(void *arg)
     int applied = 0, pending = 0;
     cdb_error err;
     cdb_error_init(&err);
-    int rc = cdb_outbox_flush(svc->pool, svc->redis, svc->cache, &applied, &pending, &err);
+    int rc = cdb_outbox_flush(svc->pool, svc->cache, &applied, &pending, &err);
     cdb_error_destroy(&err);
     return rc == 0 && pending == 0 ? 0 : -1;
 }
@@ -50,7 +50,7 @@ int cdb_service_open(cdb_service **out, cdb_config *cfg,
         return err->code;
     cdb_service *svc = calloc(1, sizeof *svc);
     if (!svc)
-        return cdb_error_set(err, CDB_ERR_INTERNAL_ERROR, "out of memory");
+        return cdb_error_oom(err);
     svc->cfg = cfg;
     svc->jwt = (cdb_jwt_config){
         .secret = (const unsigned char *)cfg->jwt_secret,
@@ -71,13 +71,13 @@ int cdb_service_open(cdb_service **out, cdb_config *cfg,
     } else {
         svc->conninfo = strdup(cfg->database_url);
         if (!svc->conninfo) {
-            cdb_error_set(err, CDB_ERR_INTERNAL_ERROR, "out of memory");
+            cdb_error_oom(err);
             goto fail;
         }
     }
 
     if (!(svc->migrations = calloc(1, sizeof *svc->migrations))) {
-        cdb_error_set(err, CDB_ERR_INTERNAL_ERROR, "out of memory");
+        cdb_error_oom(err);
         goto fail;
     }
     if (cdb_migrations_load(cfg->migrations_dir, svc->migrations, err) < 0)
@@ -99,7 +99,7 @@ int cdb_service_open(cdb_service **out, cdb_config *cfg,
             goto fail;
         svc->catalog = cdb_catalog_cache_new(svc->pool, cfg->postgres_schema);
         if (!svc->catalog) {
-            cdb_error_set(err, CDB_ERR_INTERNAL_ERROR, "out of memory");
+            cdb_error_oom(err);
             goto fail;
         }
     }
@@ -114,7 +114,7 @@ int cdb_service_open(cdb_service **out, cdb_config *cfg,
     svc->ratelimit = cdb_ratelimit_new(svc->redis);
     svc->qcache = cdb_qcache_new(svc->cache, cfg->cache_ttl_s);
     if (!svc->cache || !svc->ratelimit || !svc->qcache) {
-        cdb_error_set(err, CDB_ERR_INTERNAL_ERROR, "out of memory");
+        cdb_error_oom(err);
         goto fail;
     }
     if (svc->pool)

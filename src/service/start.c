@@ -15,6 +15,17 @@
 #include "identity/jobs.h"
 #include "security/service_state.h"
 
+int cdb_service_migrate_on_start(cdb_service *svc, const char *applied_by, cdb_error *err)
+{
+    if (!svc->cfg->migrate_on_start)
+        return 0;
+    json_t *result = NULL;
+    cdb_migrate_options mo = {.applied_by = applied_by};
+    int rc = cdb_service_migrate(svc, &mo, &result, err);
+    json_decref(result);
+    return rc;
+}
+
 int cdb_service_start(cdb_service *svc, cdb_error *err)
 {
     const cdb_config *cfg = svc->cfg;
@@ -23,13 +34,8 @@ int cdb_service_start(cdb_service *svc, cdb_error *err)
         return cdb_error_set(err, CDB_ERR_INTERNAL_ERROR, "cdb_service_start needs a service opened with a pool");
     if (svc->jobs)
         return cdb_error_set(err, CDB_ERR_INTERNAL_ERROR, "The service is already started");
-    if (cfg->migrate_on_start) {
-        json_t *result = NULL;
-        cdb_migrate_options mo = {.applied_by = "coredb serve"};
-        if (cdb_service_migrate(svc, &mo, &result, err) < 0)
-            return err->code;
-        json_decref(result);
-    }
+    if (cdb_service_migrate_on_start(svc, "coredb serve", err) < 0)
+        return err->code;
     if (cfg->admin_email && cfg->admin_password) {
         bool created = false;
         if (cdb_users_ensure_admin(svc, cfg->admin_email, NULL, cfg->admin_password, &created, err) < 0)

@@ -179,10 +179,10 @@ static int build(cdb_catalog *cat, cdb_error *err)
     }
     cat->columns = calloc(nrows > 0 ? (size_t)nrows : 1, sizeof *cat->columns);
     if (!cat->columns)
-        return cdb_error_set(err, CDB_ERR_INTERNAL_ERROR, "Out of memory");
+        return cdb_error_oom(err);
     for (int i = 0; i < NROLES; i++)
         if (counts[i] && !(cat->roles[i].tables = calloc(counts[i], sizeof(cdb_table))))
-            return cdb_error_set(err, CDB_ERR_INTERNAL_ERROR, "Out of memory");
+            return cdb_error_oom(err);
 
     cdb_table *t = NULL;
     for (int row = 0; row < nrows; row++) {
@@ -222,7 +222,7 @@ cdb_catalog *cdb_catalog_load(PGconn *conn, const char *schema, cdb_error *err)
 {
     cdb_catalog *cat = calloc(1, sizeof *cat);
     if (!cat || !(cat->schema = strdup(schema))) {
-        cdb_error_set(err, CDB_ERR_INTERNAL_ERROR, "Out of memory");
+        cdb_error_oom(err);
         goto fail_free_catalog;
     }
     atomic_init(&cat->refs, 1);
@@ -514,7 +514,7 @@ int cdb_catalog_cache_listen(cdb_catalog_cache *cc, const char *conninfo, cdb_er
     if (cc->listening)
         return cdb_error_set(err, CDB_ERR_INTERNAL_ERROR, "Catalog listener already started");
     if (!(cc->conninfo = strdup(conninfo))) {
-        rc = cdb_error_set(err, CDB_ERR_INTERNAL_ERROR, "Out of memory");
+        rc = cdb_error_oom(err);
         goto fail_undo_setup;
     }
     if (pipe2(cc->wake, O_CLOEXEC | O_NONBLOCK) != 0) {

@@ -231,7 +231,7 @@ static int initdb(const cdb_devdb *db, const char *bindir, const char *var_dir, 
     char *path = cdb_xasprintf("%s/log/initdb.log", var_dir);
     char *prog = cdb_xasprintf("%s/initdb", bindir);
     if (!path || !prog) {
-        cdb_error_set(err, CDB_ERR_INTERNAL_ERROR, "out of memory");
+        cdb_error_oom(err);
         goto out_free;
     }
     int fd = open_log(path, &db->as, err);
@@ -267,7 +267,7 @@ static int pg_ctl_start(cdb_devdb *db, cdb_error *err)
     }
     char *opts = cdb_xasprintf("-c listen_addresses='' -k '\"%s\"' -c port=" DEVDB_PORT, db->run_dir);
     if (!opts)
-        return cdb_error_set(err, CDB_ERR_INTERNAL_ERROR, "out of memory");
+        return cdb_error_oom(err);
     int fd = open_log(db->log_path, &db->as, err);
     if (fd < 0)
         goto out_opts;
@@ -384,7 +384,7 @@ cdb_devdb *cdb_devdb_start(const char *var_dir, const char *pg_bindir,
     cdb_devdb *db = calloc(1, sizeof *db);
     char *log_dir = dir ? cdb_xasprintf("%s/log", dir) : NULL;
     if (!dir || !db || !log_dir) {
-        cdb_error_set(err, CDB_ERR_INTERNAL_ERROR, "out of memory");
+        cdb_error_oom(err);
         goto fail;
     }
     db->pg_ctl = cdb_xasprintf("%s/pg_ctl", pg_bindir);
@@ -392,7 +392,7 @@ cdb_devdb *cdb_devdb_start(const char *var_dir, const char *pg_bindir,
     db->run_dir = cdb_xasprintf("%s/run", dir);
     db->log_path = cdb_xasprintf("%s/postgresql.log", log_dir);
     if (!db->pg_ctl || !db->pgdata || !db->run_dir || !db->log_path) {
-        cdb_error_set(err, CDB_ERR_INTERNAL_ERROR, "out of memory");
+        cdb_error_oom(err);
         goto fail;
     }
     if (check_var_dir(dir, err) < 0)
@@ -436,7 +436,7 @@ cdb_devdb *cdb_devdb_start(const char *var_dir, const char *pg_bindir,
         goto fail;
     *conninfo = make_uri(db->run_dir);
     if (!*conninfo) {
-        cdb_error_set(err, CDB_ERR_INTERNAL_ERROR, "out of memory");
+        cdb_error_oom(err);
         goto fail;
     }
     free(log_dir);

@@ -95,7 +95,7 @@ static int read_secrets(const char *path, char *vals[SECRET_COUNT], cdb_error *e
             free_secret(&vals[i]);
             vals[i] = strdup(eq + 1);
             if (!vals[i]) {
-                rc = cdb_error_set(err, CDB_ERR_INTERNAL_ERROR, "out of memory");
+                rc = cdb_error_oom(err);
                 goto out_line;
             }
         }
@@ -132,7 +132,7 @@ static int write_secrets(const char *dir, const char *path, char *const vals[SEC
     int rc = -1;
     char *tmp = cdb_xasprintf("%s.tmp.%ld", path, (long)getpid());
     if (!tmp)
-        return cdb_error_set(err, CDB_ERR_INTERNAL_ERROR, "out of memory");
+        return cdb_error_oom(err);
     int fd = open(tmp, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
     if (fd < 0)
         goto out_tmp;
@@ -180,11 +180,7 @@ int cdb_devsecrets_load(cdb_config *cfg, const char *var_dir, cdb_error *err)
     char *dir = cdb_absolute_dir(var_dir);
     char *path = dir ? cdb_xasprintf("%s/secrets.env", dir) : NULL;
     if (!path) {
-        rc = cdb_error_set(err, CDB_ERR_INTERNAL_ERROR, "out of memory");
-        goto out_free;
-    }
-    if (sodium_init() < 0) {
-        rc = cdb_error_set(err, CDB_ERR_INTERNAL_ERROR, "libsodium failed to initialize");
+        rc = cdb_error_oom(err);
         goto out_free;
     }
     if (cdb_mkdir_p(dir, 0755) < 0) {
@@ -200,7 +196,7 @@ int cdb_devsecrets_load(cdb_config *cfg, const char *var_dir, cdb_error *err)
         if (!need[i] || vals[i])
             continue;
         if (!(vals[i] = generate_secret(&secret_specs[i]))) {
-            rc = cdb_error_set(err, CDB_ERR_INTERNAL_ERROR, "out of memory");
+            rc = cdb_error_oom(err);
             goto out_free;
         }
         generated = true;

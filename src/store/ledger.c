@@ -44,8 +44,6 @@ void cdb_idempotency_destroy(cdb_idempotency *idem)
 void cdb_ledger_new_id(char out[37])
 {
     unsigned char b[16];
-    if (sodium_init() < 0)
-        cdb_log_error("data.sodium_init_failed", "libsodium failed to initialize");
     randombytes_buf(b, sizeof b);
     b[6] = (unsigned char)((b[6] & 0x0f) | 0x40);
     b[8] = (unsigned char)((b[8] & 0x3f) | 0x80);
@@ -77,7 +75,7 @@ int cdb_ledger_request_hash(const unsigned char *secret, size_t secret_len, cons
     char *canon = json_dumps(body, JSON_COMPACT | JSON_SORT_KEYS | JSON_ENCODE_ANY);
 
     if (!canon)
-        return cdb_error_set(err, CDB_ERR_INTERNAL_ERROR, "Out of memory");
+        return cdb_error_oom(err);
     crypto_auth_hmacsha256_init(&st, secret, secret_len);
     /* NUL separators: no (what, body) pair can spell another */
     crypto_auth_hmacsha256_update(&st, (const unsigned char *)domain, sizeof domain);
@@ -131,7 +129,7 @@ int cdb_ledger_claim_refused(PGconn *conn, const char *scope, const char *key,
     idem->status = atoi(PQgetvalue(res, 0, 0));
     idem->replayed = true;
     if (!(idem->body = strdup(PQgetvalue(res, 0, 1))))
-        rc = cdb_error_set(err, CDB_ERR_INTERNAL_ERROR, "Out of memory");
+        rc = cdb_error_oom(err);
 out:
     PQclear(res);
     return rc;

@@ -8,9 +8,9 @@
  * so one bad row never blocks the queue; a transient one (LOADING, BUSY,
  * ...) or a lost connection stops the batch there, keeping the order.
  *
- * Without Redis the rows are applied to the in-process cache; EXPIRE there
- * is a read and a re-set with the new TTL (not atomic against a concurrent
- * writer of the same key, which only an in-process cache can have).
+ * Rows are applied through cdb_cache (cache.h): to Redis, or to the
+ * in-process table without REDIS_URL, with the same results and the same
+ * retry rule either way.
  */
 #include <stdio.h>
 #include <stdlib.h>
@@ -26,107 +26,41 @@
 
 /* ---- applying one row ---- */
 
-/* Redis error replies that a retry may cure (the server is busy, loading, failing over). */
-static bool transient_reply(const char *s)
+/*
+ * Through cdb_cache, so Redis and the in-process table (no REDIS_URL) are
+ * one path: the cache says whether a failure is worth retrying
+ * (CACHE_UNAVAILABLE: Redis down, LOADING, BUSY, ...) or final
+ * (VALIDATION_FAILED: WRONGTYPE, not an integer).
+ */
+cdb_outbox_rc cdb_outbox_apply(cdb_cache *cache, const char *op, const char *key, const char *value,
+                               int ttl, json_t **result, char *why, size_t whylen)
 {
-    static const char *const prefixes[] = {
-        "LOADING", "BUSY", "MASTERDOWN", "READONLY", "OOM", "TRYAGAIN", "CLUSTERDOWN",
-        "NOREPLICAS", "NOAUTH", "NOPERM",
-    };
-    for (size_t k = 0; k < sizeof prefixes / sizeof *prefixes; k++)
-        if (strncmp(s, prefixes[k], strlen(prefixes[k])) == 0)
-            return true;
-    return false;
-}
-
-static cdb_outbox_rc apply_redis(cdb_redis *redis, const char *op, const char *key, const char *value,
-                            int ttl, json_t **result, char *why, size_t whylen)
-{
-    char ttl_s[16];
-    const char *argv[5] = { NULL, key, NULL, NULL, NULL };
-    size_t lens[5];
-    int argc = 2;
-    bool is_set = strcmp(op, "set") == 0, is_expire = strcmp(op, "expire") == 0;
     cdb_error e;
-    cdb_outbox_rc rc = CDB_OUTBOX_DONE;
+    int64_t n = 0;
+    int deleted = 0, rc;
+    bool applied = false;
 
-    snprintf(ttl_s, sizeof ttl_s, "%d", ttl);
-    argv[0] = is_set ? "SET" : is_expire ? "EXPIRE" : strcmp(op, "del") == 0 ? "DEL" : "INCR";
-    if (is_set) {
-        argv[argc++] = value ? value : "";
-        if (ttl > 0) {
-            argv[argc++] = "EX";
-            argv[argc++] = ttl_s;
-        }
-    } else if (is_expire) {
-        argv[argc++] = ttl_s;
-    }
-    for (int k = 0; k < argc; k++)
-        lens[k] = strlen(argv[k]);
-
-    cdb_error_init(&e);
-    redisReply *reply = cdb_redis_command_argv(redis, argc, argv, lens, &e);
-    if (!reply) {
-        snprintf(why, whylen, "%s", e.message);
-        cdb_error_destroy(&e);
+    if (!cache) {
+        snprintf(why, whylen, "no cache");
         return CDB_OUTBOX_DOWN;
     }
-    cdb_error_destroy(&e);
-    if (reply->type == REDIS_REPLY_ERROR) {
-        snprintf(why, whylen, "%s", reply->str ? reply->str : "error");
-        rc = transient_reply(why) ? CDB_OUTBOX_DOWN : CDB_OUTBOX_REFUSED;
-    } else if (reply->type != (is_set ? REDIS_REPLY_STATUS : REDIS_REPLY_INTEGER)) {
-        snprintf(why, whylen, "unexpected reply to %s", argv[0]);
-        rc = CDB_OUTBOX_REFUSED;
-    } else if (result && !is_set) {
-        *result = is_expire ? json_boolean(reply->integer == 1) : json_integer(reply->integer);
-    }
-    freeReplyObject(reply);
-    return rc;
-}
-
-/* The in-process cache (no REDIS_URL). */
-static cdb_outbox_rc apply_cache(cdb_cache *cache, const char *op, const char *key, const char *value,
-                            int ttl, json_t **result, char *why, size_t whylen)
-{
-    cdb_error e;
-    char *old = NULL;
-    size_t len = 0;
-    int64_t n = 0;
-    int rc;
-
     cdb_error_init(&e);
     if (strcmp(op, "set") == 0) {
         rc = cdb_cache_set(cache, key, value ? value : "", value ? strlen(value) : 0, ttl, &e);
     } else if (strcmp(op, "incr") == 0) {
         if ((rc = cdb_cache_incr(cache, key, &n, &e)) == 0 && result)
             *result = json_integer(n);
+    } else if (strcmp(op, "del") == 0) {
+        if ((rc = cdb_cache_del(cache, key, &deleted, &e)) == 0 && result)
+            *result = json_integer(deleted);
     } else {
-        /* del and expire need to know whether the key exists: only this process writes it */
-        if ((rc = cdb_cache_get(cache, key, &old, &len, &e)) >= 0) {
-            bool hit = rc == 1;
-            rc = !hit ? 0 : strcmp(op, "del") == 0 ? cdb_cache_del(cache, key, &e)
-                                                   : cdb_cache_set(cache, key, old, len, ttl, &e);
-            if (rc == 0 && result)
-                *result = strcmp(op, "del") == 0 ? json_integer(hit) : json_boolean(hit);
-        }
+        if ((rc = cdb_cache_expire(cache, key, ttl, &applied, &e)) == 0 && result)
+            *result = json_boolean(applied);
     }
-    free(old);
     if (rc < 0)
         snprintf(why, whylen, "%s", e.message);
     cdb_error_destroy(&e);
     return rc == 0 ? CDB_OUTBOX_DONE : rc == CDB_ERR_VALIDATION_FAILED ? CDB_OUTBOX_REFUSED : CDB_OUTBOX_DOWN;
-}
-
-cdb_outbox_rc cdb_outbox_apply(cdb_redis *redis, cdb_cache *cache, const char *op, const char *key, const char *value,
-                          int ttl, json_t **result, char *why, size_t whylen)
-{
-    if (redis)
-        return apply_redis(redis, op, key, value, ttl, result, why, whylen);
-    if (cache)
-        return apply_cache(cache, op, key, value, ttl, result, why, whylen);
-    snprintf(why, whylen, "no cache");
-    return CDB_OUTBOX_DOWN;
 }
 
 /* Appends n to the array literal "{1,2,...}" being built in buf. */
@@ -138,7 +72,7 @@ void cdb_outbox_array_add(char *buf, size_t len, long long n)
 
 /* ---- the background flush ---- */
 
-int cdb_outbox_flush(cdb_pool *pool, cdb_redis *redis, cdb_cache *cache, int *applied, int *pending, cdb_error *err)
+int cdb_outbox_flush(cdb_pool *pool, cdb_cache *cache, int *applied, int *pending, cdb_error *err)
 {
     cdb_pool_conn *pc = NULL;
     PGconn *conn;
@@ -160,7 +94,7 @@ int cdb_outbox_flush(cdb_pool *pool, cdb_redis *redis, cdb_cache *cache, int *ap
         goto out_release;
     /* "{id,id,...}": ids are at most 20 digits */
     if (!(done = malloc((size_t)PQntuples(res) * 21 + 3))) {
-        rc = cdb_error_set(err, CDB_ERR_INTERNAL_ERROR, "Out of memory");
+        rc = cdb_error_oom(err);
         goto out_release;
     }
     strcpy(done, "{}");
@@ -168,7 +102,7 @@ int cdb_outbox_flush(cdb_pool *pool, cdb_redis *redis, cdb_cache *cache, int *ap
         const char *op = PQgetvalue(res, r, 1), *key = PQgetvalue(res, r, 2);
         const char *value = PQgetisnull(res, r, 3) ? NULL : PQgetvalue(res, r, 3);
         int ttl = PQgetisnull(res, r, 4) ? 0 : atoi(PQgetvalue(res, r, 4));
-        cdb_outbox_rc ar = cdb_outbox_apply(redis, cache, op, key, value, ttl, NULL, why, sizeof why);
+        cdb_outbox_rc ar = cdb_outbox_apply(cache, op, key, value, ttl, NULL, why, sizeof why);
         if (ar == CDB_OUTBOX_DOWN) {
             /* keep the order: nothing after a row that did not apply */
             params[0] = PQgetvalue(res, r, 0);
@@ -236,7 +170,7 @@ void cdb_outbox_note_write(cdb_pool *pool, cdb_qcache *qcache, cdb_catalog_cache
     /* bumps Redis did not take go to the outbox, like a transaction's */
     size_t cap = 96 + n * 40;
     if (!(sql = malloc(cap))) {
-        cdb_error_set(&err, CDB_ERR_INTERNAL_ERROR, "Out of memory");
+        cdb_error_oom(&err);
         goto out_log;
     }
     used = (size_t)snprintf(sql, cap, "INSERT INTO coredb.redis_outbox (transaction_id, seq, op, key) VALUES ");

@@ -31,13 +31,13 @@ typedef enum cdb_outbox_rc {
 } cdb_outbox_rc;
 
 /*
- * Applies one row (op "set" | "del" | "expire" | "incr") to Redis, or to the
- * in-process cache when redis is NULL. *result (may be NULL) gets what the
+ * Applies one row (op "set" | "del" | "expire" | "incr") to the cache (Redis,
+ * or the in-process table without REDIS_URL). *result (may be NULL) gets what the
  * command returned (del: count, expire: applied, incr: value); why gets the
  * reason when it is not DONE.
  */
-cdb_outbox_rc cdb_outbox_apply(cdb_redis *redis, cdb_cache *cache, const char *op, const char *key,
-                               const char *value, int ttl, json_t **result, char *why, size_t whylen);
+cdb_outbox_rc cdb_outbox_apply(cdb_cache *cache, const char *op, const char *key, const char *value,
+                               int ttl, json_t **result, char *why, size_t whylen);
 
 /* Appends n to the PostgreSQL array literal "{1,2,...}" being built in buf. */
 void cdb_outbox_array_add(char *buf, size_t len, long long n);
@@ -47,8 +47,7 @@ void cdb_outbox_array_add(char *buf, size_t len, long long n);
  * UPDATE SKIP LOCKED so a transaction applying its own rows never races
  * it). *applied / *pending (may be NULL) report counts.
  */
-int cdb_outbox_flush(cdb_pool *pool, cdb_redis *redis, cdb_cache *cache, int *applied, int *pending,
-                     cdb_error *err);
+int cdb_outbox_flush(cdb_pool *pool, cdb_cache *cache, int *applied, int *pending, cdb_error *err);
 
 /*
  * Tells the query cache that table changed outside /data/transaction: bumps

@@ -77,8 +77,6 @@ struct cdb_qcache {
 
 cdb_qcache *cdb_qcache_new(cdb_cache *cache, int ttl_s)
 {
-    if (sodium_init() < 0)
-        return NULL;
     cdb_qcache *qc = calloc(1, sizeof *qc);
     if (!qc)
         return NULL;

@@ -60,7 +60,7 @@ void cdb_qcache_abandon(cdb_qcache *qc, const char *key);
  * Every key lives under "coredb:<ns>:", ns being the deployment's id (the
  * coredb.deployment row of its database), so deployments sharing one Redis
  * never read each other's results. Set once, before any key is used (the
- * data API loads it on first use: cdb_data_ensure_namespace).
+ * data API loads it on first use: cdb_qcache_ensure_namespace).
  */
 void cdb_qcache_set_namespace(cdb_qcache *qc, const char *ns);
 /*

@@ -1,5 +1,5 @@
 /*
- * test_password.c - password.h: argon2id round trip and re-hash detection,
+ * security/password.c - password.h: argon2id round trip and re-hash detection,
  * seed-era bcrypt hashes written by Python's bcrypt ($2b$, and the same hash
  * as $2a$ and $2y$), unknown formats, and the burn used for unknown emails.
  * Parameters are libsodium's minimum so the suite stays fast.
@@ -12,6 +12,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <cmocka.h>
+#include <sodium.h>
 
 #include "security/password.h"
 
@@ -128,6 +129,9 @@ static void test_burn(void **state)
 
 int main(void)
 {
+    /* the library's one sodium_init() is in cdb_service_open, which these tests do not call */
+    if (sodium_init() < 0)
+        return 1;
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_argon2id_roundtrip),
         cmocka_unit_test(test_argon2id_binary_password),

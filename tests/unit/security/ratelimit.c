@@ -1,5 +1,5 @@
 /*
- * test_ratelimit.c - the GCRA arithmetic of cdb_gcra_step on synthetic
+ * security/ratelimit.c - the GCRA arithmetic of cdb_gcra_step on synthetic
  * clocks, and the in-process limiter and window counters (no Redis). The
  * Redis path needs a server and is covered by the end-to-end suite.
  */

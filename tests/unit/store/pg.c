@@ -1,5 +1,5 @@
 /*
- * test_pg.c - the client-side deadlines of pg.c (pg.h) against peers that
+ * store/pg.c - the client-side deadlines of pg.c (pg.h) against peers that
  * behave as a stopped PostgreSQL does at the TCP level: a listening socket
  * nobody accepts from (the kernel completes the handshake from the backlog
  * and acknowledges the startup packet; no answer ever comes), and a peer

@@ -1,6 +1,6 @@
 /*
- * test_user_input.c - the validation rules of the users API
- * (src/api/user_input.c): every rule accepts its boundary and refuses just
+ * identity/user_input.c - the validation rules of the users API
+ * (src/identity/user_input.c): every rule accepts its boundary and refuses just
  * past it, naming the field.
  */
 #include <setjmp.h>

@@ -1,5 +1,5 @@
 /*
- * test_sqlbuild.c - the statement builder of the data API (sqlbuild.h),
+ * data/sqlbuild.c - the statement builder of the data API (sqlbuild.h),
  * without a database: a table built by hand, and for each filter the exact
  * SQL text and parameters produced, or the error refusing it.
  */

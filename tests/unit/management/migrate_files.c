@@ -1,5 +1,5 @@
 /*
- * test_migrate.c - unit tests of the migration engine's pure parts
+ * management/migrate_files.c - unit tests of the migration engine's pure parts
  * (src/management/migrate.c): file names, sections, checksums, the
  * statement splitter, and loading/creating files in a temp directory.
  * Running migrations needs PostgreSQL and is covered end to end.
@@ -13,6 +13,7 @@
 #include <unistd.h>
 
 #include <cmocka.h>
+#include <sodium.h>
 
 #include "coredb/migrate.h"
 #include "management/migrate_internal.h"
@@ -215,6 +216,9 @@ static void test_load_and_new(void **state)
 
 int main(void)
 {
+    /* the library's one sodium_init() is in cdb_service_open, which these tests do not call */
+    if (sodium_init() < 0)
+        return 1;
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_file_names),
         cmocka_unit_test(test_sections),

@@ -1,5 +1,5 @@
 /*
- * test_cache.c - the in-process backend of cache.h: values, TTLs, INCR,
+ * store/cache.c - the in-process backend of cache.h: values, TTLs, INCR,
  * eviction and thread safety. The Redis backend needs a running server and
  * is covered by the end-to-end suite.
  */
@@ -107,9 +107,33 @@ static void test_del(void **state)
     cdb_cache *c = *state;
 
     assert_int_equal(cdb_cache_set(c, "gone", "x", 1, 0, NULL), 0);
-    assert_int_equal(cdb_cache_del(c, "gone", NULL), 0);
+    assert_int_equal(cdb_cache_del(c, "gone", NULL, NULL), 0);
     assert_miss(c, "gone");
-    assert_int_equal(cdb_cache_del(c, "never-there", NULL), 0);
+    assert_int_equal(cdb_cache_del(c, "never-there", NULL, NULL), 0);
+}
+
+/* DEL and EXPIRE say whether the key existed, as Redis's replies do. */
+static void test_del_and_expire_counts(void **state)
+{
+    cdb_cache *c = *state;
+    int deleted = -1;
+    bool applied = true;
+
+    assert_int_equal(cdb_cache_expire(c, "absent", 10, &applied, NULL), 0);
+    assert_false(applied);
+    assert_int_equal(cdb_cache_set(c, "k", "v", 1, 0, NULL), 0);
+    assert_int_equal(cdb_cache_expire(c, "k", 10, &applied, NULL), 0);
+    assert_true(applied);
+    assert_value(c, "k", "v", 1);
+    assert_int_equal(cdb_cache_del(c, "k", &deleted, NULL), 0);
+    assert_int_equal(deleted, 1);
+    assert_int_equal(cdb_cache_del(c, "k", &deleted, NULL), 0);
+    assert_int_equal(deleted, 0);
+    /* a TTL of 0 deletes, as EXPIRE k 0 does */
+    assert_int_equal(cdb_cache_set(c, "z", "v", 1, 0, NULL), 0);
+    assert_int_equal(cdb_cache_expire(c, "z", 0, &applied, NULL), 0);
+    assert_true(applied);
+    assert_miss(c, "z");
 }
 
 static void test_incr(void **state)
@@ -239,6 +263,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_get_many, setup, teardown),
         cmocka_unit_test_setup_teardown(test_binary_values, setup, teardown),
         cmocka_unit_test_setup_teardown(test_del, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_del_and_expire_counts, setup, teardown),
         cmocka_unit_test_setup_teardown(test_incr, setup, teardown),
         cmocka_unit_test(test_ttl_expiry_and_expired_first_eviction),
         cmocka_unit_test(test_eviction_keeps_table_bounded),
