@@ -485,36 +485,20 @@ static int query_redis(cdb_service *svc, const cdb_principal *p, json_t *r, char
     if ((rc = cdb_data_redis_key(p, jkey, &key, err)) < 0)
         return rc;
 
-    if (svc->redis) {
-        const char *argv[2] = {"GET", key};
-        size_t argvlen[2] = {3, strlen(key)};
-        redisReply *reply = cdb_redis_command_argv(svc->redis, 2, argv, argvlen, err);
-        if (!reply) {
-            rc = err->code;
-            goto out;
-        }
-        if (reply->type == REDIS_REPLY_STRING)
-            value = json_stringn(reply->str, reply->len);
-        else if (reply->type == REDIS_REPLY_NIL)
-            value = json_null();
-        else
-            rc = invalid(err, "key", "The key does not hold a string value");
-        if (reply->type == REDIS_REPLY_STRING && !value)
-            rc = invalid(err, "key", "The value of the key is not UTF-8 text");
-        freeReplyObject(reply);
-    } else if (!svc->cache) {
+    /* one path for Redis and the in-process cache (cache.h) */
+    if (!svc->cache) {
         rc = cdb_error_set(err, CDB_ERR_CACHE_UNAVAILABLE, "Cache unavailable");
-    } else {
-        rc = cdb_cache_get(svc->cache, key, &v, &len, err);
-        if (rc == 1)
-            value = json_stringn(v, len);
-        else if (rc == 0)
-            value = json_null();
-        if (rc == 1 && !value)
-            rc = invalid(err, "key", "The value of the key is not UTF-8 text");
-        else if (rc > 0)
-            rc = 0;
+        goto out;
     }
+    rc = cdb_cache_get(svc->cache, key, &v, &len, err);
+    if (rc == CDB_ERR_VALIDATION_FAILED)           /* WRONGTYPE: a list, a hash, ... */
+        rc = invalid(err, "key", "The key does not hold a string value");
+    else if (rc == 0)
+        value = json_null();
+    else if (rc == 1 && !(value = json_stringn(v, len)))
+        rc = invalid(err, "key", "The value of the key is not UTF-8 text");
+    else if (rc == 1)
+        rc = 0;
     if (rc < 0)
         goto out;
     body = json_pack("{s:{s:O, s:O}}", "data", "key", jkey, "value", value);
