@@ -13,11 +13,13 @@ ALL_CFLAGS = -std=c11 -D_GNU_SOURCE $(WARN) $(CFLAGS) $(EXTRA_CFLAGS) -Iinclude 
 LDLIBS  := $(PKG_LIBS) -lh2o -lpthread -lm  # libh2o: picohttpparser only (no .pc without libuv-dev)
 
 BUILD   ?= build
-LIB_SRC := $(wildcard src/core/*.c src/store/*.c src/security/*.c src/management/*.c src/api/*.c src/http/*.c)
+LIB_SRC := $(wildcard src/core/*.c src/store/*.c src/security/*.c src/identity/*.c src/data/*.c \
+                     src/management/*.c src/service/*.c src/http/*.c)
 CLI_SRC := $(wildcard src/cli/*.c)
 LIB_OBJ := $(LIB_SRC:%.c=$(BUILD)/%.o)
 CLI_OBJ := $(CLI_SRC:%.c=$(BUILD)/%.o)
-UNIT_SRC := $(wildcard tests/unit/test_*.c)
+EXAMPLES := $(BUILD)/examples/embed
+UNIT_SRC := $(wildcard tests/unit/*/*.c)
 UNIT_BIN := $(UNIT_SRC:tests/unit/%.c=$(BUILD)/tests/%)
 
 ifeq ($(V),1)
@@ -26,8 +28,8 @@ else
 Q := @
 endif
 
-.PHONY: all run test san bench clean deps unit-bins
-all: $(BUILD)/coredb
+.PHONY: all run test san bench clean deps unit-bins lint
+all: $(BUILD)/coredb $(EXAMPLES)
 
 deps:
 	$(Q)bash scripts/install-deps.sh
@@ -39,11 +41,18 @@ $(BUILD)/%.o: %.c
 
 $(BUILD)/libcoredb.a: $(LIB_OBJ)
 	@[ "$(V)" = 1 ] || echo "  AR  $@"
-	$(Q)ar rcs $@ $^
+	$(Q)rm -f $@ && ar rcs $@ $^
 
 $(BUILD)/coredb: $(CLI_OBJ) $(BUILD)/libcoredb.a
 	@[ "$(V)" = 1 ] || echo "  LD  $@"
 	$(Q)$(CC) $(CFLAGS) $(EXTRA_CFLAGS) $(EXTRA_LDFLAGS) -o $@ $(CLI_OBJ) $(BUILD)/libcoredb.a $(LDLIBS)
+
+# Examples see only the public headers (include/), as an embedder would.
+$(BUILD)/examples/%: examples/%.c $(BUILD)/libcoredb.a
+	@mkdir -p $(dir $@)
+	@[ "$(V)" = 1 ] || echo "  CC  $<"
+	$(Q)$(CC) -std=c11 -D_GNU_SOURCE $(WARN) $(CFLAGS) $(EXTRA_CFLAGS) -Iinclude $(PKG_CFLAGS) \
+	  $(EXTRA_LDFLAGS) -o $@ $< $(BUILD)/libcoredb.a $(LDLIBS)
 
 $(BUILD)/tests/%: tests/unit/%.c $(BUILD)/libcoredb.a
 	@mkdir -p $(dir $@)
@@ -51,6 +60,11 @@ $(BUILD)/tests/%: tests/unit/%.c $(BUILD)/libcoredb.a
 	$(Q)$(CC) $(ALL_CFLAGS) $(EXTRA_LDFLAGS) -o $@ $< $(BUILD)/libcoredb.a $(LDLIBS) -lcmocka
 
 unit-bins: $(UNIT_BIN)
+
+# Layer check (scripts/check-layers.py): #include lines, and the calls the
+# built objects make; fails on an upward or sideways edge or a circle.
+lint: all
+	$(Q)python3 scripts/check-layers.py --objects $(BUILD)
 
 # The two commands of the README.
 run: deps

@@ -1,6 +1,6 @@
 -- bench/pgbench_coredb.sql - data.sh: the statements coredb sends for one
--- POST /api/v1/data/query cache miss (src/api/data_query.c run_query,
--- data_common.c cdb_data_start_pipeline), pipelined the same way (one sync,
+-- POST /api/v1/data/query cache miss (src/data/query.c run_query,
+-- data/common.c cdb_data_start_pipeline), pipelined the same way (one sync,
 -- one round trip). Run with -M prepared: coredb prepares the role+settings
 -- statement, the page and the count once per pooled connection (pgbench
 -- also prepares BEGIN and COMMIT, which cost next to nothing to parse).

@@ -13,6 +13,8 @@ cd "$(dirname "$0")/.."
 
 bash scripts/install-deps.sh || exit 1
 make -s all unit-bins || exit 1
+# a new upward or circular dependency between layers fails the run here
+make -s lint || exit 1
 
 export COREDB_TEST_TMP
 COREDB_TEST_TMP=$(mktemp -d /tmp/coredb-test.XXXXXX)
@@ -37,10 +39,10 @@ count() { # $1 = passed, $2 = failed
 }
 
 echo "== unit tests"
-for t in build/tests/test_*; do
-  [ -x "$t" ] || continue
+# tests/unit/<layer>/<file>.c -> build/tests/<layer>/<file>
+for t in $(find build/tests -type f -perm -u+x | sort); do
   out=$("$t" 2>&1); rc=$?
-  echo "$out" | grep -E "^\[  (PASSED|FAILED) |^\[==========\]" | sed "s|^|$(basename "$t"): |"
+  echo "$out" | grep -E "^\[  (PASSED|FAILED) |^\[==========\]" | sed "s|^|${t#build/tests/}: |"
   p=$(echo "$out" | sed -n 's/^\[  PASSED  \] \([0-9]*\) test.*/\1/p' | tail -1)
   f=$(echo "$out" | sed -n 's/^\[  FAILED  \] \([0-9]*\) test.*/\1/p' | tail -1)
   [ $rc -ne 0 ] && [ -z "$f" ] && f=1

@@ -17,10 +17,11 @@
 
 #include <jansson.h>
 
-#include "coredb/auth.h"
 #include "coredb/error.h"
 #include "coredb/idempotency.h"
-#include "coredb/service.h"
+#include "coredb/principal.h"
+
+typedef struct cdb_service cdb_service;
 
 /*
  * POST /data/query. *body_out receives the serialized response body
@@ -29,7 +30,8 @@
  *    "execution_time_ms": n, "cached": bool}
  * or for database "redis": {"data": {"key": "...", "value": "..."|null}}.
  * Errors: VALIDATION_FAILED (details.field), UNKNOWN_TABLE, UNKNOWN_COLUMN,
- * INVALID_FILTER, FORBIDDEN, DATABASE_* .
+ * INVALID_FILTER, FORBIDDEN, DATABASE_* ; UNAUTHORIZED for an anonymous caller
+ * (here and in every function below).
  */
 int cdb_data_query(cdb_service *svc, const cdb_principal *caller, json_t *request,
                    char **body_out, cdb_error *err);
@@ -68,26 +70,5 @@ int cdb_data_transaction_idem(cdb_service *svc, const cdb_principal *caller, jso
  */
 int cdb_data_transaction_status(cdb_service *svc, const cdb_principal *caller, const char *id,
                                 json_t **out, cdb_error *err);
-
-/*
- * Background: deletes ledger rows older than 24 h, in batches of 1000 (at
- * most 20 batches a call); *deleted (may be NULL) reports how many.
- */
-int cdb_data_ledger_expire(cdb_service *svc, int *deleted, cdb_error *err);
-
-/*
- * Background: applies pending Redis operations of committed transactions
- * (the outbox). *applied / *pending (may be NULL) report counts.
- */
-int cdb_data_outbox_flush(cdb_service *svc, int *applied, int *pending, cdb_error *err);
-
-/*
- * Tells the query cache that table changed outside /data/transaction (the
- * users API writes public.users): bumps its generation and those of the
- * tables its foreign keys cascade into, before the writer answers. A bump
- * Redis does not take is queued in the outbox and applied later. Never
- * fails the caller's write; problems are logged.
- */
-void cdb_data_note_write(cdb_service *svc, const char *table);
 
 #endif

@@ -80,6 +80,12 @@ cdb_err cdb_error_set(cdb_error *err, cdb_err code, const char *fmt, ...)
 cdb_err cdb_error_vset(cdb_error *err, cdb_err code, const char *fmt, va_list ap);
 
 /*
+ * An allocation failed: INTERNAL_ERROR "Out of memory" (docs/architecture.md,
+ * "Out of memory"). Returns the code; err may be NULL. Allocates nothing.
+ */
+cdb_err cdb_error_oom(cdb_error *err);
+
+/*
  * cdb_error_set plus details[key] = value (a string) when both are given:
  * the common "what failed, and which field" of validation errors.
  */

@@ -1,25 +1,20 @@
 /*
- * health.h - health checks behind GET /health, /health/live, /health/ready.
- * They block (they talk to PostgreSQL and Redis): run them on a worker.
+ * health.h - the service's health as the library reports it: UP, DEGRADED
+ * (only an optional backend, Redis, is down) or DOWN (PostgreSQL is). How a
+ * front end shows it is the front end's business (HTTP: 200 for UP and
+ * DEGRADED, 503 for DOWN). The reports themselves are cdb_service_health()
+ * and cdb_service_ready() (service.h).
  */
 #ifndef COREDB_HEALTH_H
 #define COREDB_HEALTH_H
 
-#include <jansson.h>
+typedef enum cdb_health_status {
+    CDB_HEALTH_UP = 0,
+    CDB_HEALTH_DEGRADED,
+    CDB_HEALTH_DOWN,
+} cdb_health_status;
 
-#include "coredb/service.h"
-
-/*
- * The full report of API.md ("UP", "DEGRADED" when only an optional backend
- * is down, "DOWN" when PostgreSQL is). Returns the HTTP status (200 or 503);
- * *out is owned by the caller.
- */
-int cdb_health_report(cdb_service *svc, json_t **out);
-
-/*
- * Readiness: 200 when PostgreSQL answers and no migration is pending, else
- * 503. {"status", "checks": {"postgresql": {...}, "migrations": {"pending": n}}}.
- */
-int cdb_health_ready(cdb_service *svc, json_t **out);
+/* "UP" | "DEGRADED" | "DOWN" */
+const char *cdb_health_status_name(cdb_health_status s);
 
 #endif

@@ -1,46 +1,30 @@
 /*
  * service.h - the library's top object: one running coredb with its
- * configuration, PostgreSQL (embedded or external), pool, Redis, cache and
- * migrations. The HTTP server and the CLI both work through it, so a C
- * program can embed coredb the way they do.
+ * configuration, PostgreSQL (embedded or external), pool, Redis, cache,
+ * migrations and background jobs. The HTTP server and the CLI both work
+ * through it, and so can any C program (examples/embed.c):
+ *
+ *     cdb_config cfg;                     cdb_config_load(&cfg, cdb_env_process, NULL, &err);
+ *     cdb_service *svc;                   cdb_service_open(&svc, &cfg, &(cdb_service_options){.with_pool = true}, &err);
+ *     cdb_service_start(svc, &err);       ... cdb_users_create(svc, ...), cdb_data_query(svc, ...) ...
+ *     cdb_service_close(svc);             cdb_config_destroy(&cfg);
+ *
+ * The struct is opaque: what a program needs of it has a function here.
  */
 #ifndef COREDB_SERVICE_H
 #define COREDB_SERVICE_H
 
+#include <jansson.h>
 #include <libpq-fe.h>
-#include <stdatomic.h>
 #include <stdbool.h>
 
-#include "coredb/cache.h"
-#include "coredb/catalog.h"
 #include "coredb/config.h"
-#include "coredb/devdb.h"
 #include "coredb/error.h"
+#include "coredb/health.h"
 #include "coredb/migrate.h"
-#include "coredb/jwt.h"
-#include "coredb/password.h"
-#include "coredb/pool.h"
-#include "coredb/qcache.h"
-#include "coredb/ratelimit.h"
-#include "coredb/redis.h"
+#include "coredb/version.h"
 
-#define CDB_SERVICE_NAME "core-database-service"
-#define CDB_VERSION      "1.0.0"
-
-typedef struct cdb_service {
-    const cdb_config *cfg;         /* not owned; outlives the service */
-    char *conninfo;                /* primary PostgreSQL, owned */
-    cdb_devdb *devdb;              /* embedded cluster or NULL */
-    cdb_pool *pool;                /* NULL when opened without a pool */
-    cdb_redis *redis;              /* NULL without REDIS_URL */
-    cdb_cache *cache;              /* Redis-backed or in-process */
-    cdb_migration_set migrations;  /* the files of cfg->migrations_dir */
-    cdb_ratelimit *ratelimit;      /* quotas and login-failure counters */
-    cdb_catalog_cache *catalog;    /* tables and columns per role (NULL without a pool) */
-    cdb_qcache *qcache;            /* data API result cache */
-    cdb_jwt_config jwt;            /* from JWT_SECRET / JWT_ISSUER / JWT_AUDIENCE */
-    cdb_password_params password;  /* argon2id parameters */
-} cdb_service;
+typedef struct cdb_service cdb_service;
 
 typedef struct cdb_service_options {
     bool with_pool;                /* false for one-shot CLI commands */
@@ -48,14 +32,40 @@ typedef struct cdb_service_options {
 
 /*
  * Starts what the configuration asks for: the embedded PostgreSQL when no
- * database is configured, the pool (opened in the background: a server that
- * is down does not fail this call), Redis and the cache, and loads the
- * migration files. *out is owned by the caller (cdb_service_close).
+ * database is configured (then cfg's missing secrets are filled from the
+ * development secrets file, <var_dir>/secrets.env, generated on first use),
+ * the pool (opened in the background: a server that is down does not fail
+ * this call), Redis and the cache, and loads the migration files. Also
+ * initializes libsodium, once per process. cfg is not copied: it must
+ * outlive the service. *out is owned by the caller (cdb_service_close).
  */
-int  cdb_service_open(cdb_service **out, const cdb_config *cfg,
+int  cdb_service_open(cdb_service **out, cdb_config *cfg,
                       const cdb_service_options *opt, cdb_error *err);
-/* Closes the pool and Redis and stops the embedded PostgreSQL. */
+
+/*
+ * Everything `coredb serve` does before it listens, on a service opened
+ * with a pool: pending migrations (when MIGRATE_ON_START), the first admin
+ * (COREDB_ADMIN_EMAIL / COREDB_ADMIN_PASSWORD, or the development secrets),
+ * the catalog loaded and its LISTEN started, the password hash warmed up,
+ * and the background jobs started (session reaping, the Redis outbox,
+ * ledger expiry). Blocking. Call once, before serving requests.
+ */
+int  cdb_service_start(cdb_service *svc, cdb_error *err);
+
+/*
+ * The migrations part of cdb_service_start alone, for a one-shot command
+ * that needs the schema (`coredb user create`): applies pending migrations
+ * when MIGRATE_ON_START (recorded as applied_by), else does nothing.
+ */
+int  cdb_service_migrate_on_start(cdb_service *svc, const char *applied_by, cdb_error *err);
+
+/* Stops the background jobs, closes the pool and Redis and stops the embedded PostgreSQL. NULL is a no-op. */
 void cdb_service_close(cdb_service *svc);
+
+/* The configuration the service was opened with (not owned). */
+const cdb_config *cdb_service_config(const cdb_service *svc);
+/* The migration files loaded at open (not owned), for cdb_migrate_* on cdb_service_connect(). */
+const cdb_migration_set *cdb_service_migrations(const cdb_service *svc);
 
 /* A dedicated connection (migrations, maintenance); caller PQfinish()es it. */
 PGconn *cdb_service_connect(cdb_service *svc, cdb_error *err);
@@ -66,5 +76,10 @@ PGconn *cdb_service_connect(cdb_service *svc, cdb_error *err);
  */
 int cdb_service_migrate(cdb_service *svc, const cdb_migrate_options *opt,
                         json_t **out, cdb_error *err);
+
+/* The full health report of API.md into *out (caller owns). Blocking. */
+cdb_health_status cdb_service_health(cdb_service *svc, json_t **out);
+/* Readiness: UP when PostgreSQL answers and no migration is pending, else DOWN. Blocking. */
+cdb_health_status cdb_service_ready(cdb_service *svc, json_t **out);
 
 #endif

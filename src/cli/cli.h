@@ -44,10 +44,7 @@ int cli_usage_error(const char *command, const char *usage, bool as_json);
  */
 int cli_load_config(cdb_config *cfg, bool as_json);
 
-/*
- * Opens the service for a command: in embedded mode first loads (or makes)
- * the development secrets of ./var into cfg, which the service needs.
- */
+/* Opens the service for a command (with or without the pool). */
 int cli_open_service(cdb_config *cfg, bool with_pool, cdb_service **svc, cdb_error *err);
 
 /*

@@ -101,11 +101,11 @@ int cmd_migrate(int argc, char **argv)
                               .applied_by = "coredb migrate"};
     if (strcmp(a.action, "status") == 0) {
         if (cdb_migrate_ensure_history(conn, &err) == 0)
-            cdb_migrate_status(conn, &svc->migrations, &result, &err);
+            cdb_migrate_status(conn, cdb_service_migrations(svc), &result, &err);
     } else if (strcmp(a.action, "up") == 0) {
-        cdb_migrate_up(conn, &svc->migrations, &mo, &result, &err);
+        cdb_migrate_up(conn, cdb_service_migrations(svc), &mo, &result, &err);
     } else {
-        cdb_migrate_down(conn, &svc->migrations, a.steps, &mo, &result, &err);
+        cdb_migrate_down(conn, cdb_service_migrations(svc), a.steps, &mo, &result, &err);
     }
 
 out:

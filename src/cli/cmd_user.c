@@ -4,8 +4,8 @@
  *
  * Whoever runs the CLI can already reach the database, so it acts as an
  * admin: any role may be given, which is how a first admin is made by hand.
- * Pending migrations are applied first (as `serve` does, when
- * MIGRATE_ON_START), so the command works on a fresh installation.
+ * Pending migrations are applied first (cdb_service_migrate_on_start, as
+ * `serve` does), so the command works on a fresh installation.
  */
 #include <stdio.h>
 #include <stdlib.h>
@@ -16,7 +16,7 @@
 #include <sodium.h>
 
 #include "cli.h"
-#include "coredb/auth.h"
+#include "coredb/users.h"
 #include "coredb/service.h"
 
 #define PASSWORD_LINE_MAX 2048
@@ -113,13 +113,12 @@ int cmd_user(int argc, char **argv)
     cdb_error err;
     cdb_error_init(&err);
     cdb_service *svc = NULL;
-    json_t *body = NULL, *result = NULL, *migrated = NULL;
+    json_t *body = NULL, *result = NULL;
     cdb_principal operator = {.role = CDB_ROLE_ADMIN};
 
     if (cli_open_service(&cfg, true, &svc, &err) < 0)
         goto out;
-    cdb_migrate_options mo = {.applied_by = "coredb user"};
-    if (cfg.migrate_on_start && cdb_service_migrate(svc, &mo, &migrated, &err) < 0)
+    if (cdb_service_migrate_on_start(svc, "coredb user", &err) < 0)
         goto out;
     body = json_pack("{s:s, s:s, s:s}", "email", a.email, "username", a.username, "password", password);
     if (!body) {
@@ -136,7 +135,6 @@ out:
     rc = cli_print_result(result, &err, a.as_json);
     sodium_memzero(password, sizeof password);
     json_decref(body);
-    json_decref(migrated);
     cdb_service_close(svc);
     cdb_error_destroy(&err);
     cdb_config_destroy(&cfg);

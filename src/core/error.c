@@ -66,6 +66,13 @@ cdb_err cdb_error_set(cdb_error *err, cdb_err code, const char *fmt, ...)
     return code;
 }
 
+cdb_err cdb_error_oom(cdb_error *err)
+{
+    /* a literal message, so the error itself needs no allocation beyond the
+     * copy cdb_error_set makes (and a failed copy still leaves the code) */
+    return cdb_error_set(err, CDB_ERR_INTERNAL_ERROR, "Out of memory");
+}
+
 cdb_err cdb_error_set_detail(cdb_error *err, cdb_err code, const char *key, const char *value,
                              const char *fmt, ...)
 {

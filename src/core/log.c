@@ -6,7 +6,7 @@
  * write(2), which keeps lines whole across threads without a lock.
  */
 #include "coredb/log.h"
-#include "coredb/timeutil.h"
+#include "core/timeutil.h"
 
 #include <stdarg.h>
 #include <stdatomic.h>

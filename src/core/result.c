@@ -12,7 +12,7 @@
 #include <stdbool.h>
 #include <string.h>
 
-#include "coredb/timeutil.h"
+#include "core/timeutil.h"
 
 /*
  * The message as a JSON string. cdb_error_set truncates at 255 bytes, which

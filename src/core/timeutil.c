@@ -1,7 +1,7 @@
 /*
  * timeutil.c - monotonic and wall clocks, ISO 8601 formatting.
  */
-#include "coredb/timeutil.h"
+#include "core/timeutil.h"
 
 #include <time.h>
 

@@ -6,7 +6,7 @@
  * everybody, and workers exit once the list is empty, so every job that
  * was accepted runs (callers rely on that to answer every request).
  */
-#include "coredb/workq.h"
+#include "core/workq.h"
 
 #include <pthread.h>
 #include <stdbool.h>

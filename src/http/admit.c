@@ -9,6 +9,7 @@
  * X-RateLimit-Limit/-Remaining/-Reset; a refusal is 429 with Retry-After.
  */
 #include "http_internal.h"
+#include "service/service_internal.h"
 
 #include <math.h>
 #include <stdio.h>
@@ -26,7 +27,7 @@ static int quota_for(const cdb_config *cfg, cdb_role role)
 
 static bool within_quota(cdb_request *r)
 {
-    int rate = quota_for(r->svc->cfg, r->principal.role);
+    int rate = quota_for(cdb_service_config(r->svc), r->principal.role);
     if (rate <= 0)
         return true;
     char key[128];
@@ -35,7 +36,7 @@ static bool within_quota(cdb_request *r)
     else
         snprintf(key, sizeof key, "coredb:rl:user:%s", r->principal.user_id);
     cdb_rl_result rl;
-    cdb_ratelimit_check(r->svc->ratelimit, key, rate, rate, &rl);
+    cdb_ratelimit_check(cdb_service_ratelimit(r->svc), key, rate, rate, &rl);
     cdb_request_header(r, "X-RateLimit-Limit", "%d", rl.limit);
     cdb_request_header(r, "X-RateLimit-Remaining", "%d", rl.remaining);
     cdb_request_header(r, "X-RateLimit-Reset", "%d", (int)ceil(rl.reset_after_s));
@@ -56,14 +57,14 @@ static bool within_quota(cdb_request *r)
 
 bool cdb_admit_caller(cdb_request *r)
 {
-    cdb_auth_mode mode = r->route->auth;
+    cdb_route_auth mode = r->route->auth;
     if (mode == CDB_AUTH_PUBLIC)
         return true;
     if (r->bearer && mode >= CDB_AUTH_OPTIONAL) {
         /* the signature was checked on the loop (request.c); now the session */
         cdb_error e;
         cdb_error_init(&e);
-        if (cdb_auth_check_session(r->svc, &r->principal, &e) < 0) {
+        if (cdb_session_check(r->svc, &r->principal, &e) < 0) {
             cdb_request_header(r, "WWW-Authenticate", "Bearer");
             cdb_request_fail(r, &e);
             return false;

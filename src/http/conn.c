@@ -184,13 +184,9 @@ static bool is_token_char(unsigned char ch)
 
 static unsigned method_bit(const char *m)
 {
-    static const struct { const char *name; unsigned bit; } served[] = {
-        {"GET", EVHTTP_REQ_GET},       {"POST", EVHTTP_REQ_POST},   {"PUT", EVHTTP_REQ_PUT},
-        {"DELETE", EVHTTP_REQ_DELETE}, {"PATCH", EVHTTP_REQ_PATCH}, {"HEAD", EVHTTP_REQ_HEAD},
-    };
-    for (size_t i = 0; i < sizeof served / sizeof *served; i++)
-        if (strcmp(m, served[i].name) == 0) /* methods are case-sensitive (RFC 9110 §9.1) */
-            return served[i].bit;
+    for (size_t i = 0; i < CDB_HTTP_NMETHODS; i++)
+        if (strcmp(m, cdb_http_methods[i].name) == 0) /* methods are case-sensitive (RFC 9110 §9.1) */
+            return cdb_http_methods[i].bit;
     return 0;
 }
 

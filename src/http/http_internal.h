@@ -19,7 +19,8 @@
 #include <stdbool.h>
 #include <stdint.h>
 
-#include "coredb/auth.h"
+#include "coredb/sessions.h"
+#include "coredb/users.h"
 #include "coredb/config.h"
 #include "coredb/error.h"
 #include "coredb/service.h"
@@ -50,6 +51,14 @@ typedef struct cdb_http_field {
     const char *value;             /* NUL-terminated, surrounding spaces removed */
 } cdb_http_field;
 
+/* The methods coredb serves: one table for parsing (conn.c) and for Allow (router.c). */
+typedef struct cdb_http_method {
+    unsigned bit;                  /* EVHTTP_REQ_* */
+    const char *name;
+} cdb_http_method;
+#define CDB_HTTP_NMETHODS 6
+extern const cdb_http_method cdb_http_methods[CDB_HTTP_NMETHODS];
+
 /*
  * A request head that conn.c parsed and checked (framing, Host, method
  * token). The bytes are one owned copy; the strings below point into it.
@@ -74,20 +83,20 @@ typedef enum cdb_run_mode {
 } cdb_run_mode;
 
 /* Who may call a route, and whether it counts against a quota. */
-typedef enum cdb_auth_mode {
+typedef enum cdb_route_auth {
     CDB_AUTH_PUBLIC,  /* health, docs: no token looked at, no quota */
     CDB_AUTH_ANON,    /* login, refresh: no token needed; quota by client address */
     CDB_AUTH_OPTIONAL,/* registration: a valid token makes the caller known */
     CDB_AUTH_USER,    /* a valid token of a live session is required */
     CDB_AUTH_ADMIN,   /* ... and the admin role */
-} cdb_auth_mode;
+} cdb_route_auth;
 
 typedef struct cdb_route {
     unsigned methods;        /* EVHTTP_REQ_* mask */
     const char *pattern;     /* "/api/v1/users/{id}": {..} matches one segment */
     cdb_route_fn handler;
     cdb_run_mode mode;
-    cdb_auth_mode auth;
+    cdb_route_auth auth;
 } cdb_route;
 
 struct cdb_request {

@@ -21,14 +21,35 @@
 
 #include "coredb/log.h"
 #include "coredb/result.h"
-#include "coredb/timeutil.h"
+#include "core/timeutil.h"
 
 #define MEDIA_JSON "application/json"
 #define MEDIA_V1   "application/vnd.visiobook.v1+json"
 
+/*
+ * Handlers pass what they built straight in: a NULL body where one was
+ * due means an allocation failed on the way (json_pack, json_dumps), which
+ * answers 500 INTERNAL_ERROR like every other out-of-memory failure
+ * (docs/architecture.md, "Out of memory") rather than an empty 200.
+ */
+static bool reply_missing(cdb_request *r, int status, const void *body)
+{
+    if (body || status == 204)
+        return false;
+    cdb_error e;
+    cdb_error_init(&e);
+    cdb_error_oom(&e);
+    cdb_request_fail(r, &e);
+    cdb_error_destroy(&e);
+    return true;
+}
+
 void cdb_request_reply(cdb_request *r, int status, json_t *body)
 {
     json_decref(r->response);
+    r->response = NULL;
+    if (reply_missing(r, status, body))
+        return;
     r->status = status;
     r->response = body;
 }
@@ -36,6 +57,9 @@ void cdb_request_reply(cdb_request *r, int status, json_t *body)
 void cdb_request_reply_text(cdb_request *r, int status, char *text)
 {
     free(r->response_text);
+    r->response_text = NULL;
+    if (reply_missing(r, status, text))
+        return;
     r->status = status;
     r->response_text = text;
 }
@@ -240,7 +264,7 @@ static bool take_bearer(cdb_request *r)
  */
 static bool check_token(cdb_request *r)
 {
-    cdb_auth_mode mode = r->route->auth;
+    cdb_route_auth mode = r->route->auth;
     if (mode == CDB_AUTH_PUBLIC || mode == CDB_AUTH_ANON)
         return true;
     if (!take_bearer(r))
@@ -254,7 +278,7 @@ static bool check_token(cdb_request *r)
     }
     cdb_error e;
     cdb_error_init(&e);
-    if (cdb_auth_verify_token(r->svc, r->bearer, &r->principal, &e) < 0) {
+    if (cdb_session_verify_token(r->svc, r->bearer, &r->principal, &e) < 0) {
         cdb_request_header(r, "WWW-Authenticate", "Bearer");
         cdb_request_fail(r, &e);
         return false;

@@ -11,7 +11,8 @@
 #include <stdlib.h>
 #include <string.h>
 
-static const struct { unsigned bit; const char *name; } method_names[] = {
+/* In the order Allow lists them. */
+const cdb_http_method cdb_http_methods[CDB_HTTP_NMETHODS] = {
     {EVHTTP_REQ_GET, "GET"},   {EVHTTP_REQ_POST, "POST"},     {EVHTTP_REQ_PUT, "PUT"},
     {EVHTTP_REQ_PATCH, "PATCH"}, {EVHTTP_REQ_DELETE, "DELETE"}, {EVHTTP_REQ_HEAD, "HEAD"},
 };
@@ -83,11 +84,11 @@ bool cdb_router_match(cdb_request *r, const cdb_route *const *tables)
         return false;
     }
     char allow[64] = "";
-    for (size_t i = 0; i < sizeof method_names / sizeof *method_names; i++) {
-        if (allowed & method_names[i].bit) {
+    for (size_t i = 0; i < CDB_HTTP_NMETHODS; i++) {
+        if (allowed & cdb_http_methods[i].bit) {
             if (allow[0])
                 strcat(allow, ", ");
-            strcat(allow, method_names[i].name);
+            strcat(allow, cdb_http_methods[i].name);
         }
     }
     cdb_request_header(r, "Allow", "%s", allow);

@@ -1,6 +1,6 @@
 /*
  * routes_auth.c - /api/v1/auth (API.md "Authentication and sessions"):
- * login, refresh, logout, revoke and sessions, over the library's cdb_auth_*.
+ * login, refresh, logout, revoke and sessions, over the library's cdb_session_*.
  * Login runs on the hashing queue (CDB_RUN_SLOW): argon2id must not stall
  * other traffic.
  */
@@ -33,7 +33,7 @@ static void auth_login(cdb_request *r)
     cdb_error err;
     cdb_error_init(&err);
     json_t *out = NULL;
-    int rc = cdb_auth_login(r->svc, email, password, &client, &out, &err);
+    int rc = cdb_session_login(r->svc, email, password, &client, &out, &err);
     if (rc < 0 && err.code == CDB_ERR_RATE_LIMITED) {
         json_t *ra = err.details ? json_object_get(err.details, "retry_after") : NULL;
         cdb_request_header(r, "Retry-After", "%lld", json_is_integer(ra) ? (long long)json_integer_value(ra) : 60);
@@ -49,7 +49,7 @@ static void auth_refresh(cdb_request *r)
     cdb_error err;
     cdb_error_init(&err);
     json_t *out = NULL;
-    int rc = cdb_auth_refresh(r->svc, token, &out, &err);
+    int rc = cdb_session_refresh(r->svc, token, &out, &err);
     cdb_request_finish(r, rc, 200, out, &err);
 }
 
@@ -58,7 +58,7 @@ static void auth_logout(cdb_request *r)
     cdb_error err;
     cdb_error_init(&err);
     json_t *out = NULL;
-    int rc = cdb_auth_logout(r->svc, &r->principal, &out, &err);
+    int rc = cdb_session_logout(r->svc, &r->principal, &out, &err);
     cdb_request_finish(r, rc, 200, out, &err);
 }
 
@@ -70,7 +70,7 @@ static void auth_revoke(cdb_request *r)
     cdb_error err;
     cdb_error_init(&err);
     json_t *out = NULL;
-    int rc = cdb_auth_revoke_user(r->svc, &r->principal, user_id, &out, &err);
+    int rc = cdb_session_revoke_user(r->svc, &r->principal, user_id, &out, &err);
     cdb_request_finish(r, rc, 200, out, &err);
 }
 
@@ -79,7 +79,7 @@ static void auth_sessions(cdb_request *r)
     cdb_error err;
     cdb_error_init(&err);
     json_t *out = NULL;
-    int rc = cdb_auth_sessions_list(r->svc, &r->principal, &out, &err);
+    int rc = cdb_session_list(r->svc, &r->principal, &out, &err);
     cdb_request_finish(r, rc, 200, out, &err);
 }
 
@@ -87,7 +87,7 @@ static void auth_session_delete(cdb_request *r)
 {
     cdb_error err;
     cdb_error_init(&err);
-    int rc = cdb_auth_session_delete(r->svc, &r->principal, r->params[0], &err);
+    int rc = cdb_session_delete(r->svc, &r->principal, r->params[0], &err);
     cdb_request_finish(r, rc, 204, NULL, &err);
 }
 

@@ -14,15 +14,15 @@ static void health_live(cdb_request *r)
 static void health_full(cdb_request *r)
 {
     json_t *body = NULL;
-    int status = cdb_health_report(r->svc, &body);
-    cdb_request_reply(r, status, body);
+    cdb_health_status s = cdb_service_health(r->svc, &body);
+    cdb_request_reply(r, s == CDB_HEALTH_DOWN ? 503 : 200, body);
 }
 
 static void health_ready(cdb_request *r)
 {
     json_t *body = NULL;
-    int status = cdb_health_ready(r->svc, &body);
-    cdb_request_reply(r, status, body);
+    cdb_health_status s = cdb_service_ready(r->svc, &body);
+    cdb_request_reply(r, s == CDB_HEALTH_UP ? 200 : 503, body);
 }
 
 const cdb_route cdb_routes_health[] = {

@@ -8,11 +8,10 @@
  *   POST /test/sleep {"seconds": 0.5}  -> SELECT pg_sleep($1) on a pooled connection
  *   POST /test/echo  {...}             -> the body back (body parsing, limits)
  */
-#include "coredb/pg.h"
-#include "coredb/timeutil.h"
+#include "core/timeutil.h"
 #include "http_internal.h"
+#include "service/service_internal.h"
 
-#include <stdio.h>
 
 static void test_sleep(cdb_request *r)
 {
@@ -25,20 +24,10 @@ static void test_sleep(cdb_request *r)
         cdb_request_fail(r, &e);
         return;
     }
-    char arg[32];
-    snprintf(arg, sizeof arg, "%.3f", json_number_value(secs));
-    const char *params[1] = {arg};
     cdb_error err;
     cdb_error_init(&err);
     int64_t start = cdb_mono_ms();
-    cdb_pool_conn *conn = cdb_pool_acquire(r->svc->pool, 0, &err);
-    if (!conn) {
-        cdb_request_fail(r, &err);
-        return;
-    }
-    int rc = cdb_pg_exec(cdb_pool_conn_pg(conn), "SELECT pg_sleep($1::float8)", 1, params, NULL, &err);
-    cdb_pool_release(r->svc->pool, conn);
-    if (rc < 0) {
+    if (cdb_service_test_sleep(r->svc, json_number_value(secs), &err) < 0) {
         cdb_request_fail(r, &err);
         return;
     }

@@ -35,8 +35,8 @@
 #include <unistd.h>
 
 #include "coredb/log.h"
-#include "coredb/timeutil.h"
-#include "coredb/workq.h"
+#include "core/timeutil.h"
+#include "core/workq.h"
 
 struct cdb_http_server {
     cdb_service *svc;
@@ -193,7 +193,7 @@ static int loop_init(cdb_loop *loop, cdb_http_server *srv, cdb_error *err)
 {
     loop->server = srv;
     loop->svc = srv->svc;
-    loop->cfg = srv->svc->cfg;
+    loop->cfg = cdb_service_config(srv->svc);
     loop->limit = srv->limit;
     pthread_mutex_init(&loop->done_lock, NULL);
     loop->base = event_base_new();
@@ -233,10 +233,10 @@ static void loop_destroy(cdb_loop *loop)
 
 cdb_http_server *cdb_http_server_new(cdb_service *svc, cdb_error *err)
 {
-    const cdb_config *cfg = svc->cfg;
+    const cdb_config *cfg = cdb_service_config(svc);
     cdb_http_server *srv = calloc(1, sizeof *srv);
     if (!srv) {
-        cdb_error_set(err, CDB_ERR_INTERNAL_ERROR, "out of memory");
+        cdb_error_oom(err);
         return NULL;
     }
     srv->svc = svc;
@@ -263,7 +263,7 @@ cdb_http_server *cdb_http_server_new(cdb_service *svc, cdb_error *err)
     srv->nloops = cfg->http_threads;
     srv->loops = calloc((size_t)srv->nloops, sizeof *srv->loops);
     if (!srv->workers || !srv->slow_workers || !srv->limit || !srv->loops) {
-        cdb_error_set(err, CDB_ERR_INTERNAL_ERROR, "out of memory");
+        cdb_error_oom(err);
         goto fail;
     }
     for (int i = 0; i < srv->nloops; i++)
@@ -286,7 +286,7 @@ static void stop_accepting(evutil_socket_t fd, short what, void *arg)
 
 int cdb_http_server_run(cdb_http_server *srv)
 {
-    const cdb_config *cfg = srv->svc->cfg;
+    const cdb_config *cfg = cdb_service_config(srv->svc);
     sigset_t stop_signals;
     sigemptyset(&stop_signals);
     sigaddset(&stop_signals, SIGTERM);

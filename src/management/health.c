@@ -18,9 +18,10 @@
  * the whole answer comes within about 3 s plus the Redis command timeout
  * (1 s). /health/live touches neither and stays instant.
  */
-#include "coredb/health.h"
-#include "coredb/pg.h"
-#include "coredb/timeutil.h"
+#include "coredb/version.h"
+#include "management/health.h"
+#include "store/pg.h"
+#include "core/timeutil.h"
 
 #include <stdio.h>
 #include <stdlib.h>
@@ -63,33 +64,38 @@ static void check_outbox(PGconn *conn, json_t *checks)
  * Runs SELECT 1 on a pooled connection; *pending gets the pending count when
  * asked, and checks gets the outbox backlog when outbox is set.
  */
-static bool check_postgresql(cdb_service *svc, json_t *checks, int *pending, bool outbox)
+static bool check_postgresql(const cdb_health_deps *d, json_t *checks, int *pending, bool outbox)
 {
     cdb_error err;
     cdb_error_init(&err);
     json_t *pg = json_object();
     int64_t start = cdb_mono_us();
-    int64_t budget = svc->cfg->db_pool_acquire_timeout_ms < HEALTH_ACQUIRE_BUDGET_MS
-                         ? svc->cfg->db_pool_acquire_timeout_ms : HEALTH_ACQUIRE_BUDGET_MS;
+    int64_t budget = d->acquire_timeout_ms < HEALTH_ACQUIRE_BUDGET_MS
+                         ? d->acquire_timeout_ms : HEALTH_ACQUIRE_BUDGET_MS;
     bool up = false;
-    cdb_pool_conn *conn = cdb_pool_acquire(svc->pool, cdb_mono_ms() + budget, &err);
+    cdb_pool_conn *conn = NULL;
+    if (d->pool)
+        conn = cdb_pool_acquire(d->pool, cdb_mono_ms() + budget, &err);
+    else
+        cdb_error_set(&err, CDB_ERR_DATABASE_UNAVAILABLE, "Database unavailable");
     if (conn) {
         PGconn *pgc = cdb_pool_conn_pg(conn);
         cdb_pg_set_deadline(pgc, cdb_mono_ms() + HEALTH_QUERY_BUDGET_MS); /* cleared by the release */
         up = cdb_pg_exec(pgc, "SELECT 1", 0, NULL, NULL, &err) == 0;
         if (up && pending) {
-            *pending = cdb_migrate_pending_count(pgc, &svc->migrations, &err);
+            *pending = cdb_migrate_pending_count(pgc, d->migrations, &err);
             if (*pending < 0)
                 up = false;
         }
         if (up && outbox)
             check_outbox(pgc, checks);
-        cdb_pool_release(svc->pool, conn);
+        cdb_pool_release(d->pool, conn);
     }
     int64_t elapsed = cdb_mono_us() - start;
 
-    cdb_pool_stats st;
-    cdb_pool_get_stats(svc->pool, &st);
+    cdb_pool_stats st = {0};
+    if (d->pool)
+        cdb_pool_get_stats(d->pool, &st);
     json_object_set_new(pg, "status", json_string(up ? "UP" : "DOWN"));
     json_object_set_new(pg, "responseTime", duration_ms_string(elapsed));
     json_t *conns = json_object();
@@ -106,14 +112,14 @@ static bool check_postgresql(cdb_service *svc, json_t *checks, int *pending, boo
     return up;
 }
 
-static bool check_redis(cdb_service *svc, json_t *checks)
+static bool check_redis(cdb_redis *redis, json_t *checks)
 {
     cdb_error err;
     cdb_error_init(&err);
     json_t *rd = json_object();
     int64_t rtt_us = 0;
     char memory[32] = "";
-    bool up = cdb_redis_ping(svc->redis, &rtt_us, memory, sizeof memory, &err) == 0;
+    bool up = cdb_redis_ping(redis, &rtt_us, memory, sizeof memory, &err) == 0;
     json_object_set_new(rd, "status", json_string(up ? "UP" : "DOWN"));
     if (up) {
         json_object_set_new(rd, "responseTime", duration_ms_string(rtt_us));
@@ -139,25 +145,30 @@ static json_t *report_skeleton(const char *status, json_t *checks)
     return r;
 }
 
-int cdb_health_report(cdb_service *svc, json_t **out)
+const char *cdb_health_status_name(cdb_health_status s)
 {
-    json_t *checks = json_object();
-    bool pg_up = check_postgresql(svc, checks, NULL, true);
-    bool redis_up = svc->redis ? check_redis(svc, checks) : true;
-    const char *status = !pg_up ? "DOWN" : redis_up ? "UP" : "DEGRADED";
-    *out = report_skeleton(status, checks);
-    return pg_up ? 200 : 503;
+    return s == CDB_HEALTH_UP ? "UP" : s == CDB_HEALTH_DEGRADED ? "DEGRADED" : "DOWN";
 }
 
-int cdb_health_ready(cdb_service *svc, json_t **out)
+cdb_health_status cdb_health_check(const cdb_health_deps *d, json_t **out)
+{
+    json_t *checks = json_object();
+    bool pg_up = check_postgresql(d, checks, NULL, true);
+    bool redis_up = d->redis ? check_redis(d->redis, checks) : true;
+    cdb_health_status s = !pg_up ? CDB_HEALTH_DOWN : redis_up ? CDB_HEALTH_UP : CDB_HEALTH_DEGRADED;
+    *out = report_skeleton(cdb_health_status_name(s), checks);
+    return s;
+}
+
+cdb_health_status cdb_health_check_ready(const cdb_health_deps *d, json_t **out)
 {
     json_t *checks = json_object();
     int pending = -1;
-    bool pg_up = check_postgresql(svc, checks, &pending, false);
+    bool pg_up = check_postgresql(d, checks, &pending, false);
     json_t *mig = json_object();
     json_object_set_new(mig, "pending", pending >= 0 ? json_integer(pending) : json_null());
     json_object_set_new(checks, "migrations", mig);
-    bool ready = pg_up && pending == 0;
-    *out = report_skeleton(ready ? "UP" : "DOWN", checks);
-    return ready ? 200 : 503;
+    cdb_health_status s = pg_up && pending == 0 ? CDB_HEALTH_UP : CDB_HEALTH_DOWN;
+    *out = report_skeleton(cdb_health_status_name(s), checks);
+    return s;
 }

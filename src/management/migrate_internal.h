@@ -1,12 +1,15 @@
 /*
- * migrate_internal.h - pieces of the migration engine (migrate.c) that are
- * not part of the public contract but are worth unit-testing on their own.
+ * migrate_internal.h - what the two halves of the migration engine share
+ * (files: migrate_files.c, runner: migrate.c) beyond the public contract,
+ * and pieces worth unit-testing on their own.
  */
 #ifndef COREDB_MIGRATE_INTERNAL_H
 #define COREDB_MIGRATE_INTERNAL_H
 
 #include <stdbool.h>
 #include <stddef.h>
+
+#include "coredb/migrate.h"
 
 /*
  * Splits a migration section into statements on ';' outside quotes ('...',
@@ -22,5 +25,8 @@ void cdb_migration_split_free(char **stmts, size_t n);
 
 /* true when name follows ^[0-9]{8}_[0-9]{3}_[a-z0-9_]+\.sql$ */
 bool cdb_migration_name_valid(const char *name);
+
+/* The migration of set with this version (binary search; items are sorted), or NULL. */
+const cdb_migration *cdb__migration_find(const cdb_migration_set *set, const char *version);
 
 #endif

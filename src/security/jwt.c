@@ -10,7 +10,7 @@
  * and the clock. Every failure but expiry reads "Invalid token" or a short
  * claim-level reason; nothing from the token is ever echoed.
  */
-#include "coredb/jwt.h"
+#include "security/jwt.h"
 
 #include <jansson.h>
 #include <jwt.h>

@@ -12,7 +12,7 @@
  * computed on first use and again whenever the parameters change, so the work
  * always matches what a real hash with those parameters costs.
  */
-#include "coredb/password.h"
+#include "security/password.h"
 
 #include <crypt.h>
 #include <pthread.h>
@@ -22,28 +22,12 @@
 
 #define ARGON2ID_PREFIX "$argon2id$"
 
-static pthread_once_t sodium_once = PTHREAD_ONCE_INIT;
-static int sodium_status = -1;
-
-static void sodium_init_once(void)
-{
-    sodium_status = sodium_init() < 0 ? -1 : 0;
-}
-
-static int ensure_sodium(void)
-{
-    pthread_once(&sodium_once, sodium_init_once);
-    return sodium_status;
-}
-
 int cdb_password_hash(const cdb_password_params *p, const char *password, size_t len,
                       char out[CDB_PASSWORD_HASH_MAX], cdb_error *err)
 {
     _Static_assert(CDB_PASSWORD_HASH_MAX >= crypto_pwhash_STRBYTES,
                    "CDB_PASSWORD_HASH_MAX too small for libsodium");
 
-    if (ensure_sodium() < 0)
-        return cdb_error_set(err, CDB_ERR_INTERNAL_ERROR, "Crypto library unavailable");
     if (p->opslimit < crypto_pwhash_OPSLIMIT_MIN || p->opslimit > crypto_pwhash_OPSLIMIT_MAX ||
         p->memlimit < crypto_pwhash_MEMLIMIT_MIN || p->memlimit > crypto_pwhash_MEMLIMIT_MAX)
         return cdb_error_set(err, CDB_ERR_CONFIG_INVALID,
@@ -99,7 +83,7 @@ bool cdb_password_verify(const cdb_password_params *p, const char *stored,
     size_t stored_len = stored ? strnlen(stored, CDB_PASSWORD_HASH_MAX) : 0;
     bool rehash = true, ok = false;
 
-    if (stored_len == 0 || stored_len == CDB_PASSWORD_HASH_MAX || ensure_sodium() < 0)
+    if (stored_len == 0 || stored_len == CDB_PASSWORD_HASH_MAX)
         goto out;
     if (strncmp(stored, ARGON2ID_PREFIX, strlen(ARGON2ID_PREFIX)) == 0) {
         ok = len <= crypto_pwhash_PASSWD_MAX &&
@@ -132,8 +116,6 @@ void cdb_password_burn(const cdb_password_params *p, const char *password, size_
     /* Hashing outside the lock: racing first callers each pay one hash,
      * which is the cost they are meant to pay anyway. */
     if (hash[0] == '\0') {
-        if (ensure_sodium() < 0)
-            return;
         randombytes_buf(secret, sizeof(secret));
         if (cdb_password_hash(p, (const char *)secret, sizeof(secret), hash, NULL) < 0)
             return;

@@ -46,7 +46,7 @@
  * and the EXPIRE of a first hit run in one script so a crash between them
  * cannot leave a counter that never expires.
  */
-#include "coredb/ratelimit.h"
+#include "security/ratelimit.h"
 
 #include <pthread.h>
 #include <stdatomic.h>
@@ -55,7 +55,7 @@
 #include <string.h>
 
 #include "coredb/log.h"
-#include "coredb/timeutil.h"
+#include "core/timeutil.h"
 
 #define TABLE_MAX_ENTRIES 100000
 #define TABLE_BUCKETS 16384          /* a power of two */

@@ -20,7 +20,7 @@
  * else the oldest entry: bounded memory and O(1) work per write, at the price
  * of sometimes evicting a live entry while an expired one sits further on.
  */
-#include "coredb/cache.h"
+#include "store/cache.h"
 
 #include <errno.h>
 #include <inttypes.h>
@@ -29,7 +29,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "coredb/timeutil.h"
+#include "core/timeutil.h"
 
 #define DEFAULT_MAX_ENTRIES 65536
 #define MAX_BUCKETS (1u << 20)
@@ -153,7 +153,7 @@ static int put_locked(cdb_cache *c, const char *key, const char *value, size_t l
     char *copy = malloc(len + 1);
 
     if (!copy)
-        return cdb_error_set(err, CDB_ERR_INTERNAL_ERROR, "out of memory");
+        return cdb_error_oom(err);
     if (len > 0)
         memcpy(copy, value, len);
     copy[len] = '\0';
@@ -168,7 +168,7 @@ static int put_locked(cdb_cache *c, const char *key, const char *value, size_t l
         e = malloc(sizeof *e + klen + 1);
         if (!e) {
             free(copy);
-            return cdb_error_set(err, CDB_ERR_INTERNAL_ERROR, "out of memory");
+            return cdb_error_oom(err);
         }
         memcpy(e->key, key, klen + 1);
         e->hash = h;
@@ -207,11 +207,35 @@ static bool parse_i64(const char *s, size_t len, int64_t *out)
 
 /* ---- Redis backend ------------------------------------------------------- */
 
-/* Maps a reply that is not the expected type to a failure. */
+/* Redis error replies that a retry may cure (the server is busy, loading, failing over). */
+static bool transient_reply(const char *s)
+{
+    static const char *const prefixes[] = {
+        "LOADING", "BUSY", "MASTERDOWN", "READONLY", "OOM", "TRYAGAIN", "CLUSTERDOWN",
+        "NOREPLICAS", "NOAUTH", "NOPERM",
+    };
+    for (size_t k = 0; k < sizeof prefixes / sizeof *prefixes; k++)
+        if (strncmp(s, prefixes[k], strlen(prefixes[k])) == 0)
+            return true;
+    return false;
+}
+
+/*
+ * Maps a reply that is not the expected type to a failure: an error reply
+ * retrying cannot cure (WRONGTYPE, not an integer) is VALIDATION_FAILED
+ * with Redis's own words, anything else CACHE_UNAVAILABLE.
+ */
 static int unexpected_reply(redisReply *reply, const char *cmd, cdb_error *err)
 {
+    int rc;
+    if (reply->type == REDIS_REPLY_ERROR && reply->str && !transient_reply(reply->str))
+        rc = cdb_error_set(err, CDB_ERR_VALIDATION_FAILED, "%s", reply->str);
+    else if (reply->type == REDIS_REPLY_ERROR && reply->str)
+        rc = cdb_error_set(err, CDB_ERR_CACHE_UNAVAILABLE, "%s", reply->str);
+    else
+        rc = cdb_error_set(err, CDB_ERR_CACHE_UNAVAILABLE, "Redis %s failed", cmd);
     freeReplyObject(reply);
-    return cdb_error_set(err, CDB_ERR_CACHE_UNAVAILABLE, "Redis %s failed", cmd);
+    return rc;
 }
 
 static int redis_get(cdb_cache *c, const char *key, char **value, size_t *len, cdb_error *err)
@@ -232,7 +256,7 @@ static int redis_get(cdb_cache *c, const char *key, char **value, size_t *len, c
     copy = malloc(reply->len + 1);
     if (!copy) {
         freeReplyObject(reply);
-        return cdb_error_set(err, CDB_ERR_INTERNAL_ERROR, "out of memory");
+        return cdb_error_oom(err);
     }
     memcpy(copy, reply->str, reply->len);
     copy[reply->len] = '\0';
@@ -260,7 +284,7 @@ static int redis_set(cdb_cache *c, const char *key, const char *value, size_t le
     return 0;
 }
 
-static int redis_del(cdb_cache *c, const char *key, cdb_error *err)
+static int redis_del(cdb_cache *c, const char *key, int *deleted, cdb_error *err)
 {
     const char *argv[] = { "DEL", key };
     size_t argvlen[] = { 3, strlen(key) };
@@ -270,6 +294,26 @@ static int redis_del(cdb_cache *c, const char *key, cdb_error *err)
         return CDB_ERR_CACHE_UNAVAILABLE;
     if (reply->type != REDIS_REPLY_INTEGER)
         return unexpected_reply(reply, "DEL", err);
+    if (deleted)
+        *deleted = (int)reply->integer;
+    freeReplyObject(reply);
+    return 0;
+}
+
+static int redis_expire(cdb_cache *c, const char *key, int ttl_s, bool *applied, cdb_error *err)
+{
+    char ttl[16];
+    const char *argv[] = { "EXPIRE", key, ttl };
+    size_t argvlen[] = { 6, strlen(key), 0 };
+    argvlen[2] = (size_t)snprintf(ttl, sizeof ttl, "%d", ttl_s);
+    redisReply *reply = cdb_redis_command_argv(c->redis, 3, argv, argvlen, err);
+
+    if (!reply)
+        return CDB_ERR_CACHE_UNAVAILABLE;
+    if (reply->type != REDIS_REPLY_INTEGER)
+        return unexpected_reply(reply, "EXPIRE", err);
+    if (applied)
+        *applied = reply->integer == 1;
     freeReplyObject(reply);
     return 0;
 }
@@ -282,12 +326,7 @@ static int redis_incr(cdb_cache *c, const char *key, int64_t *out, cdb_error *er
 
     if (!reply)
         return CDB_ERR_CACHE_UNAVAILABLE;
-    if (reply->type == REDIS_REPLY_ERROR) {
-        /* "not an integer or out of range", as in the in-process table. */
-        freeReplyObject(reply);
-        return cdb_error_set(err, CDB_ERR_VALIDATION_FAILED,
-                             "cached value is not an integer or would overflow");
-    }
+    /* "ERR value is not an integer or out of range": VALIDATION_FAILED, as in the in-process table */
     if (reply->type != REDIS_REPLY_INTEGER)
         return unexpected_reply(reply, "INCR", err);
     *out = reply->integer;
@@ -352,7 +391,7 @@ int cdb_cache_get(cdb_cache *c, const char *key, char **value, size_t *len, cdb_
         goto out_unlock;
     copy = malloc(e->len + 1);
     if (!copy) {
-        rc = cdb_error_set(err, CDB_ERR_INTERNAL_ERROR, "out of memory");
+        rc = cdb_error_oom(err);
         goto out_unlock;
     }
     memcpy(copy, e->value, e->len + 1);
@@ -386,7 +425,7 @@ static int redis_get_many(cdb_cache *c, int n, const char *const *keys, char **v
             continue; /* nil: a miss */
         if (!(values[i] = malloc(e->len + 1))) {
             freeReplyObject(reply);
-            return cdb_error_set(err, CDB_ERR_INTERNAL_ERROR, "out of memory");
+            return cdb_error_oom(err);
         }
         memcpy(values[i], e->str, e->len);
         values[i][e->len] = '\0';
@@ -434,17 +473,39 @@ int cdb_cache_set(cdb_cache *c, const char *key, const char *value, size_t len, 
     return rc;
 }
 
-int cdb_cache_del(cdb_cache *c, const char *key, cdb_error *err)
+int cdb_cache_del(cdb_cache *c, const char *key, int *deleted, cdb_error *err)
 {
     entry **pp;
     entry *e;
 
     if (c->redis)
-        return redis_del(c, key, err);
+        return redis_del(c, key, deleted, err);
     pthread_mutex_lock(&c->mu);
     e = find(c, key, hash_key(key), &pp);
+    if (deleted)
+        *deleted = e && !expired(e, cdb_mono_ms());
     if (e)
         remove_entry(c, e);
+    pthread_mutex_unlock(&c->mu);
+    return 0;
+}
+
+int cdb_cache_expire(cdb_cache *c, const char *key, int ttl_s, bool *applied, cdb_error *err)
+{
+    int64_t now;
+    entry *e;
+
+    if (c->redis)
+        return redis_expire(c, key, ttl_s, applied, err);
+    pthread_mutex_lock(&c->mu);
+    now = cdb_mono_ms();
+    e = lookup_live(c, key, hash_key(key), now);
+    if (e && ttl_s <= 0)
+        remove_entry(c, e);        /* as Redis: a TTL in the past deletes */
+    else if (e)
+        e->expires_ms = now + (int64_t)ttl_s * 1000;
+    if (applied)
+        *applied = e != NULL;
     pthread_mutex_unlock(&c->mu);
     return 0;
 }

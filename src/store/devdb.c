@@ -22,7 +22,8 @@
  * and a var_dir containing quotes, backslashes or control characters is
  * refused rather than escaped.
  */
-#include "coredb/devdb.h"
+#include "core/fsutil.h"
+#include "store/devdb.h"
 #include "coredb/log.h"
 
 #include <errno.h>
@@ -66,57 +67,6 @@ struct cdb_devdb {
     runas as;
     bool  running;             /* started by this process: stop it on close */
 };
-
-static char *xasprintf(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
-static char *xasprintf(const char *fmt, ...)
-{
-    va_list ap;
-    char *s = NULL;
-    va_start(ap, fmt);
-    int n = vasprintf(&s, fmt, ap);
-    va_end(ap);
-    return n < 0 ? NULL : s;
-}
-
-/* var_dir made absolute: the config's default is the relative ./var. */
-static char *absolute_dir(const char *dir)
-{
-    if (dir[0] == '/')
-        return strdup(dir);
-    char cwd[4096];
-    if (!getcwd(cwd, sizeof cwd))
-        return NULL;
-    if (strncmp(dir, "./", 2) == 0)
-        dir += 2;
-    return xasprintf("%s/%s", cwd, dir);
-}
-
-/* Creates path and missing parents; the ones it creates get exactly mode. */
-static int mkdir_p(const char *path, mode_t mode)
-{
-    char buf[4096];
-    size_t len = strlen(path);
-    if (len >= sizeof buf) {
-        errno = ENAMETOOLONG;
-        return -1;
-    }
-    memcpy(buf, path, len + 1);
-    for (char *p = buf + 1;; p++) {
-        if (*p != '/' && *p != '\0')
-            continue;
-        char saved = *p;
-        *p = '\0';
-        if (mkdir(buf, mode) == 0) {
-            if (chmod(buf, mode) < 0)      /* undo the umask */
-                return -1;
-        } else if (errno != EEXIST) {
-            return -1;
-        }
-        *p = saved;
-        if (saved == '\0')
-            return 0;
-    }
-}
 
 /* A private directory of the cluster's account with exactly mode. */
 static int private_dir(const char *path, const runas *as, mode_t mode, cdb_error *err)
@@ -278,10 +228,10 @@ static int pg_ctl_stop(const cdb_devdb *db)
 static int initdb(const cdb_devdb *db, const char *bindir, const char *var_dir, cdb_error *err)
 {
     int rc = -1;
-    char *path = xasprintf("%s/log/initdb.log", var_dir);
-    char *prog = xasprintf("%s/initdb", bindir);
+    char *path = cdb_xasprintf("%s/log/initdb.log", var_dir);
+    char *prog = cdb_xasprintf("%s/initdb", bindir);
     if (!path || !prog) {
-        cdb_error_set(err, CDB_ERR_INTERNAL_ERROR, "out of memory");
+        cdb_error_oom(err);
         goto out_free;
     }
     int fd = open_log(path, &db->as, err);
@@ -315,9 +265,9 @@ static int pg_ctl_start(cdb_devdb *db, cdb_error *err)
         cdb_log_info("devdb.reuse", "embedded PostgreSQL already running in %s", db->pgdata);
         return 0;
     }
-    char *opts = xasprintf("-c listen_addresses='' -k '\"%s\"' -c port=" DEVDB_PORT, db->run_dir);
+    char *opts = cdb_xasprintf("-c listen_addresses='' -k '\"%s\"' -c port=" DEVDB_PORT, db->run_dir);
     if (!opts)
-        return cdb_error_set(err, CDB_ERR_INTERNAL_ERROR, "out of memory");
+        return cdb_error_oom(err);
     int fd = open_log(db->log_path, &db->as, err);
     if (fd < 0)
         goto out_opts;
@@ -397,7 +347,7 @@ static char *make_uri(const char *run_dir)
             p += sprintf(p, "%%%02X", *s);
     }
     *p = '\0';
-    char *uri = xasprintf("postgresql://postgres@/" DEVDB_DB "?host=%s&port=" DEVDB_PORT, enc);
+    char *uri = cdb_xasprintf("postgresql://postgres@/" DEVDB_DB "?host=%s&port=" DEVDB_PORT, enc);
     free(enc);
     return uri;
 }
@@ -430,19 +380,19 @@ cdb_devdb *cdb_devdb_start(const char *var_dir, const char *pg_bindir,
                            char **conninfo, cdb_error *err)
 {
     *conninfo = NULL;
-    char *dir = absolute_dir(var_dir);
+    char *dir = cdb_absolute_dir(var_dir);
     cdb_devdb *db = calloc(1, sizeof *db);
-    char *log_dir = dir ? xasprintf("%s/log", dir) : NULL;
+    char *log_dir = dir ? cdb_xasprintf("%s/log", dir) : NULL;
     if (!dir || !db || !log_dir) {
-        cdb_error_set(err, CDB_ERR_INTERNAL_ERROR, "out of memory");
+        cdb_error_oom(err);
         goto fail;
     }
-    db->pg_ctl = xasprintf("%s/pg_ctl", pg_bindir);
-    db->pgdata = xasprintf("%s/pgdata", dir);
-    db->run_dir = xasprintf("%s/run", dir);
-    db->log_path = xasprintf("%s/postgresql.log", log_dir);
+    db->pg_ctl = cdb_xasprintf("%s/pg_ctl", pg_bindir);
+    db->pgdata = cdb_xasprintf("%s/pgdata", dir);
+    db->run_dir = cdb_xasprintf("%s/run", dir);
+    db->log_path = cdb_xasprintf("%s/postgresql.log", log_dir);
     if (!db->pg_ctl || !db->pgdata || !db->run_dir || !db->log_path) {
-        cdb_error_set(err, CDB_ERR_INTERNAL_ERROR, "out of memory");
+        cdb_error_oom(err);
         goto fail;
     }
     if (check_var_dir(dir, err) < 0)
@@ -455,7 +405,7 @@ cdb_devdb *cdb_devdb_start(const char *var_dir, const char *pg_bindir,
     }
     if (geteuid() == 0 && lookup_postgres(&db->as, err) < 0)
         goto fail;
-    if (mkdir_p(dir, 0755) < 0) {
+    if (cdb_mkdir_p(dir, 0755) < 0) {
         cdb_error_set(err, CDB_ERR_DATABASE_UNAVAILABLE,
                       "embedded PostgreSQL: cannot create %s: %s", dir, strerror(errno));
         goto fail;
@@ -486,7 +436,7 @@ cdb_devdb *cdb_devdb_start(const char *var_dir, const char *pg_bindir,
         goto fail;
     *conninfo = make_uri(db->run_dir);
     if (!*conninfo) {
-        cdb_error_set(err, CDB_ERR_INTERNAL_ERROR, "out of memory");
+        cdb_error_oom(err);
         goto fail;
     }
     free(log_dir);
@@ -516,209 +466,4 @@ void cdb_devdb_stop(cdb_devdb *db)
     else
         cdb_log_info("devdb.stop", "embedded PostgreSQL stopped");
     devdb_free(db);
-}
-
-/* ---- development secrets ---- */
-
-enum { SECRET_JWT, SECRET_KEY, SECRET_ADMIN_EMAIL, SECRET_ADMIN_PASSWORD, SECRET_COUNT };
-
-static const struct secret_spec {
-    const char *name;
-    size_t      nbytes;    /* random bytes; 0 for a fixed value */
-    int         variant;   /* sodium base64 variant */
-    const char *fixed;
-} secret_specs[SECRET_COUNT] = {
-    [SECRET_JWT] = {"JWT_SECRET", 64, sodium_base64_VARIANT_URLSAFE_NO_PADDING, NULL},
-    [SECRET_KEY] = {"DB_ENCRYPTION_KEY", 32, sodium_base64_VARIANT_ORIGINAL, NULL},
-    [SECRET_ADMIN_EMAIL] = {"COREDB_ADMIN_EMAIL", 0, 0, "admin@coredb.local"},
-    [SECRET_ADMIN_PASSWORD] = {"COREDB_ADMIN_PASSWORD", 24,
-                               sodium_base64_VARIANT_URLSAFE_NO_PADDING, NULL},
-};
-
-static void free_secret(char **s)
-{
-    if (*s) {
-        sodium_memzero(*s, strlen(*s));
-        free(*s);
-        *s = NULL;
-    }
-}
-
-static char *generate_secret(const struct secret_spec *spec)
-{
-    if (spec->fixed)
-        return strdup(spec->fixed);
-    unsigned char bin[64];
-    size_t len = sodium_base64_ENCODED_LEN(spec->nbytes, spec->variant);
-    char *out = malloc(len);
-    if (!out)
-        return NULL;
-    randombytes_buf(bin, spec->nbytes);
-    sodium_bin2base64(out, len, bin, spec->nbytes, spec->variant);
-    sodium_memzero(bin, sizeof bin);
-    return out;
-}
-
-/* Reads NAME=value lines we know into vals; a missing file is empty. */
-static int read_secrets(const char *path, char *vals[SECRET_COUNT], cdb_error *err)
-{
-    FILE *f = fopen(path, "re");
-    if (!f) {
-        if (errno == ENOENT)
-            return 0;
-        return cdb_error_set(err, CDB_ERR_INTERNAL_ERROR, "cannot read %s: %s",
-                             path, strerror(errno));
-    }
-    int rc = 0;
-    struct stat st;
-    if (fstat(fileno(f), &st) == 0 && (st.st_mode & 077)) {
-        cdb_log_warn("devdb.secrets", "%s was readable by others; mode set to 0600", path);
-        if (fchmod(fileno(f), 0600) < 0) {
-            rc = cdb_error_set(err, CDB_ERR_INTERNAL_ERROR, "cannot chmod %s: %s",
-                               path, strerror(errno));
-            goto out_file;
-        }
-    }
-    char *line = NULL;
-    size_t cap = 0;
-    ssize_t n;
-    while ((n = getline(&line, &cap, f)) > 0) {
-        while (n > 0 && (line[n - 1] == '\n' || line[n - 1] == '\r'))
-            line[--n] = '\0';
-        char *eq = strchr(line, '=');
-        if (line[0] == '#' || !eq)
-            continue;
-        *eq = '\0';
-        for (int i = 0; i < SECRET_COUNT; i++) {
-            if (strcmp(line, secret_specs[i].name) != 0 || eq[1] == '\0')
-                continue;
-            free_secret(&vals[i]);
-            vals[i] = strdup(eq + 1);
-            if (!vals[i]) {
-                rc = cdb_error_set(err, CDB_ERR_INTERNAL_ERROR, "out of memory");
-                goto out_line;
-            }
-        }
-    }
-out_line:
-    if (line) {
-        sodium_memzero(line, cap);
-        free(line);
-    }
-out_file:
-    fclose(f);
-    return rc;
-}
-
-static int write_all(int fd, const char *s)
-{
-    size_t len = strlen(s);
-    while (len > 0) {
-        ssize_t n = write(fd, s, len);
-        if (n < 0 && errno == EINTR)
-            continue;
-        if (n <= 0)
-            return -1;
-        s += n;
-        len -= (size_t)n;
-    }
-    return 0;
-}
-
-/* Replaces path atomically: a crash leaves the old file or the new one. */
-static int write_secrets(const char *dir, const char *path, char *const vals[SECRET_COUNT],
-                         cdb_error *err)
-{
-    int rc = -1;
-    char *tmp = xasprintf("%s.tmp.%ld", path, (long)getpid());
-    if (!tmp)
-        return cdb_error_set(err, CDB_ERR_INTERNAL_ERROR, "out of memory");
-    int fd = open(tmp, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
-    if (fd < 0)
-        goto out_tmp;
-    bool ok = fchmod(fd, 0600) == 0 &&
-              write_all(fd, "# coredb development secrets: generated once, keep private\n") == 0;
-    for (int i = 0; ok && i < SECRET_COUNT; i++)
-        if (vals[i])
-            ok = write_all(fd, secret_specs[i].name) == 0 && write_all(fd, "=") == 0 &&
-                 write_all(fd, vals[i]) == 0 && write_all(fd, "\n") == 0;
-    ok = ok && fsync(fd) == 0;
-    if (close(fd) < 0 || !ok || rename(tmp, path) < 0) {
-        int saved = errno;
-        unlink(tmp);
-        errno = saved;
-        goto out_tmp;
-    }
-    int dfd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-    if (dfd >= 0) {             /* make the rename itself durable */
-        fsync(dfd);
-        close(dfd);
-    }
-    rc = 0;
-out_tmp:
-    if (rc < 0)
-        cdb_error_set(err, CDB_ERR_INTERNAL_ERROR, "cannot write %s: %s", path, strerror(errno));
-    free(tmp);
-    return rc;
-}
-
-int cdb_devdb_load_secrets(cdb_config *cfg, const char *var_dir, cdb_error *err)
-{
-    char *vals[SECRET_COUNT] = {0};
-    char **fields[SECRET_COUNT] = {
-        [SECRET_JWT] = &cfg->jwt_secret,
-        [SECRET_KEY] = &cfg->db_encryption_key,
-        [SECRET_ADMIN_EMAIL] = &cfg->admin_email,
-        [SECRET_ADMIN_PASSWORD] = &cfg->admin_password,
-    };
-    bool need[SECRET_COUNT];
-    bool admin = !cfg->admin_email && !cfg->admin_password;
-    for (int i = 0; i < SECRET_COUNT; i++)
-        need[i] = (i == SECRET_ADMIN_EMAIL || i == SECRET_ADMIN_PASSWORD) ? admin : !*fields[i];
-
-    int rc = 0;
-    char *dir = absolute_dir(var_dir);
-    char *path = dir ? xasprintf("%s/secrets.env", dir) : NULL;
-    if (!path) {
-        rc = cdb_error_set(err, CDB_ERR_INTERNAL_ERROR, "out of memory");
-        goto out_free;
-    }
-    if (sodium_init() < 0) {
-        rc = cdb_error_set(err, CDB_ERR_INTERNAL_ERROR, "libsodium failed to initialize");
-        goto out_free;
-    }
-    if (mkdir_p(dir, 0755) < 0) {
-        rc = cdb_error_set(err, CDB_ERR_INTERNAL_ERROR, "cannot create %s: %s",
-                           dir, strerror(errno));
-        goto out_free;
-    }
-    if ((rc = read_secrets(path, vals, err)) < 0)
-        goto out_free;
-
-    bool generated = false;
-    for (int i = 0; i < SECRET_COUNT; i++) {
-        if (!need[i] || vals[i])
-            continue;
-        if (!(vals[i] = generate_secret(&secret_specs[i]))) {
-            rc = cdb_error_set(err, CDB_ERR_INTERNAL_ERROR, "out of memory");
-            goto out_free;
-        }
-        generated = true;
-    }
-    if (generated && (rc = write_secrets(dir, path, vals, err)) < 0)
-        goto out_free;
-
-    for (int i = 0; i < SECRET_COUNT; i++) {
-        if (need[i]) {
-            *fields[i] = vals[i];   /* ownership moves to cfg */
-            vals[i] = NULL;
-        }
-    }
-    cdb_log_info("devdb.secrets", "development secrets in %s (mode 0600)", path);
-out_free:
-    for (int i = 0; i < SECRET_COUNT; i++)
-        free_secret(&vals[i]);
-    free(path);
-    free(dir);
-    return rc;
 }

@@ -25,7 +25,7 @@
  *    The one thing this gives up is stopping, from here, a statement the
  *    server would run to the end after waking up: the same holds for any
  *    lost connection, and a transaction whose COMMIT was sent is reported
- *    as such (data_tx.c).
+ *    as such (data/tx.c).
  *  - Sending: in blocking mode libpq can block in send() when the socket
  *    buffer is full. A live server drains it; for a black-holed peer
  *    tcp_user_timeout aborts the connection once sent data stays
@@ -42,7 +42,7 @@
  *    stopped server accepts the TCP connection from its listen backlog and
  *    then never answers the startup packet: the deadline covers that too.
  */
-#include "coredb/pg.h"
+#include "store/pg.h"
 
 #include <ctype.h>
 #include <errno.h>
@@ -55,7 +55,7 @@
 #include <sys/socket.h>
 
 #include "coredb/log.h"
-#include "coredb/timeutil.h"
+#include "core/timeutil.h"
 
 /*
  * tcp_user_timeout: how long sent data may stay unacknowledged before the
@@ -303,7 +303,7 @@ static int merged_options(const char *conninfo, int statement_timeout_ms, char *
         *out = strdup(existing);
     }
     if ((statement_timeout_ms > 0 || existing) && !*out)
-        rc = cdb_error_set(err, CDB_ERR_INTERNAL_ERROR, "%s", "Out of memory");
+        rc = cdb_error_oom(err);
 out_free_parsed:
     PQconninfoFree(parsed);
     return rc;
@@ -389,7 +389,7 @@ PGconn *cdb_pg_connect_until(const cdb_pg_settings *s, int64_t deadline_ms, cdb_
     };
     conn = PQconnectStartParams(keys, vals, 1);
     if (!conn) {
-        cdb_error_set(err, CDB_ERR_INTERNAL_ERROR, "%s", "Out of memory");
+        cdb_error_oom(err);
         goto fail;
     }
     if (!connect_poll(conn, deadline, &timed_out)) {
@@ -412,7 +412,7 @@ PGconn *cdb_pg_connect_until(const cdb_pg_settings *s, int64_t deadline_ms, cdb_
     }
     if (!(dl = calloc(1, sizeof *dl)) || !PQregisterEventProc(conn, conn_event, "coredb-deadline", NULL) ||
         !PQsetInstanceData(conn, conn_event, dl)) {
-        cdb_error_set(err, CDB_ERR_INTERNAL_ERROR, "%s", "Out of memory");
+        cdb_error_oom(err);
         goto fail;
     }
     dl->round_trip_ms = round_trip_ms;
@@ -526,4 +526,10 @@ bool cdb_pg_conn_ok(PGconn *conn)
 {
     return conn && PQstatus(conn) == CONNECTION_OK && PQtransactionStatus(conn) == PQTRANS_IDLE &&
            !cdb_pg_timed_out(conn);
+}
+
+int cdb_pg_json_parse(const char *text, json_t **out, cdb_error *err)
+{
+    *out = json_loads(text, JSON_DECODE_ANY, NULL);
+    return *out ? 0 : cdb_error_set(err, CDB_ERR_INTERNAL_ERROR, "Malformed database result");
 }

@@ -49,7 +49,7 @@
  * The maintenance thread keeps min_size open, closes connections idle past
  * idle_timeout_ms down to min_size, and ticks every 200 ms.
  */
-#include "coredb/pool.h"
+#include "store/pool.h"
 
 #include <pthread.h>
 #include <stdlib.h>
@@ -57,8 +57,8 @@
 #include <time.h>
 
 #include "coredb/log.h"
-#include "coredb/pg.h"
-#include "coredb/timeutil.h"
+#include "store/pg.h"
+#include "core/timeutil.h"
 
 enum {
     VALIDATE_AFTER_IDLE_MS = 5000,
@@ -185,7 +185,7 @@ int cdb_pool_conn_prepare(cdb_pool_conn *c, const char *sql, int nparams, const 
     prepared_stmt *st = &c->stmts[c->nstmts];
     snprintf(st->name, sizeof st->name, "cdb_s%d", c->nstmts);
     if (!(st->sql = strdup(sql)))
-        return cdb_error_set(err, CDB_ERR_INTERNAL_ERROR, "out of memory");
+        return cdb_error_oom(err);
     PGresult *res = cdb_pg_prepare(c->pg, st->name, sql, nparams);
     if (!res || PQresultStatus(res) != PGRES_COMMAND_OK) {
         int rc = cdb_pg_error_from_result(c->pg, res, err);
@@ -404,7 +404,7 @@ cdb_pool *cdb_pool_new(const cdb_pool_options *opt, cdb_error *err)
     }
     cdb_pool *p = calloc(1, sizeof *p);
     if (!p) {
-        cdb_error_set(err, CDB_ERR_INTERNAL_ERROR, "Out of memory");
+        cdb_error_oom(err);
         return NULL;
     }
     pthread_condattr_t ca;
@@ -420,7 +420,7 @@ cdb_pool *cdb_pool_new(const cdb_pool_options *opt, cdb_error *err)
     p->sslmode = opt->sslmode ? strdup(opt->sslmode) : NULL;
     p->application_name = strdup(opt->application_name ? opt->application_name : "coredb");
     if (!p->conninfo || (opt->sslmode && !p->sslmode) || !p->application_name) {
-        cdb_error_set(err, CDB_ERR_INTERNAL_ERROR, "Out of memory");
+        cdb_error_oom(err);
         goto fail_free_pool;
     }
     p->opt.conninfo = p->conninfo;

@@ -14,7 +14,7 @@
  * real connect and the others keep failing fast until it answers. A
  * successful command resets the backoff. Only transitions are logged.
  */
-#include "coredb/redis.h"
+#include "store/redis.h"
 
 #include <ctype.h>
 #include <limits.h>
@@ -27,7 +27,7 @@
 #include <time.h>
 
 #include "coredb/log.h"
-#include "coredb/timeutil.h"
+#include "core/timeutil.h"
 
 #define BACKOFF_MIN_MS 100
 #define BACKOFF_MAX_MS 2000
@@ -71,7 +71,7 @@ static int pct_decode(const char *s, size_t n, char **out, cdb_error *err)
     char *d = malloc(n + 1);
     size_t o = 0;
     if (!d)
-        return cdb_error_set(err, CDB_ERR_INTERNAL_ERROR, "out of memory");
+        return cdb_error_oom(err);
     for (size_t i = 0; i < n; i++) {
         int hi, lo;
         if (s[i] != '%') {
@@ -146,7 +146,7 @@ static int parse_url(cdb_redis *r, const char *url, cdb_error *err)
         return cdb_error_set(err, CDB_ERR_CONFIG_INVALID,
                              "invalid Redis URL: missing or malformed host");
     if (!(r->host = strndup(host, hostlen)))
-        return cdb_error_set(err, CDB_ERR_INTERNAL_ERROR, "out of memory");
+        return cdb_error_oom(err);
 
     r->port = 6379;
     if (*p == ':') {
@@ -174,7 +174,7 @@ static int parse_url(cdb_redis *r, const char *url, cdb_error *err)
                  r->user ? r->user : "", r->user || r->password ? ":[redacted]@" : "",
                  r->host, r->port, r->db) < 0) {
         r->display_url = NULL;
-        return cdb_error_set(err, CDB_ERR_INTERNAL_ERROR, "out of memory");
+        return cdb_error_oom(err);
     }
     return 0;
 }
@@ -362,7 +362,7 @@ cdb_redis *cdb_redis_new(const cdb_redis_options *opt, cdb_error *err)
     }
     r = calloc(1, sizeof *r);
     if (!r) {
-        cdb_error_set(err, CDB_ERR_INTERNAL_ERROR, "out of memory");
+        cdb_error_oom(err);
         return NULL;
     }
     r->pool_size = opt->pool_size;
@@ -373,7 +373,7 @@ cdb_redis *cdb_redis_new(const cdb_redis_options *opt, cdb_error *err)
         goto fail_free_fields;
     r->idle = calloc((size_t)r->pool_size, sizeof *r->idle);
     if (!r->idle) {
-        cdb_error_set(err, CDB_ERR_INTERNAL_ERROR, "out of memory");
+        cdb_error_oom(err);
         goto fail_free_fields;
     }
     /* Waits are measured on the monotonic clock, like every deadline here. */

@@ -457,6 +457,19 @@ def test_redis_get_in_own_namespace(inst, admin, rds):
                            "key": "shared"}).json()["data"]["value"] is None
 
 
+def test_redis_get_refuses_values_that_are_not_text(inst, rds):
+    # Redis's WRONGTYPE and bytes that are not UTF-8 both name the key (cdb_cache says which)
+    a = user(inst)
+    rds.rpush(f"app:user:{a.id}:a-list", "x")
+    rds.set(f"app:user:{a.id}:bytes", b"\xff\xfe")
+    err = assert_error(query(inst, a, {"database": "redis", "query_type": "get", "key": "a-list"}),
+                       400, "VALIDATION_FAILED")
+    assert err["details"]["field"] == "key" and "string" in err["message"]
+    err = assert_error(query(inst, a, {"database": "redis", "query_type": "get", "key": "bytes"}),
+                       400, "VALIDATION_FAILED")
+    assert err["details"]["field"] == "key" and "UTF-8" in err["message"]
+
+
 def test_redis_get_cannot_escape_namespace(inst, rds):
     a, b = user(inst), user(inst)
     # the service's own keys, and another user's, with recognisable values

@@ -1,0 +1,40 @@
+/*
+ * jobs.c - the data module's background jobs: the Redis outbox of committed
+ * transactions (store/outbox.h) and expiry of the transaction ledger
+ * (store/ledger.h).
+ */
+#include "data/jobs.h"
+#include "coredb/log.h"
+#include "security/service_state.h"
+#include "store/ledger.h"
+#include "store/outbox.h"
+
+/* Redis operations of committed transactions that Redis did not take yet. */
+static int flush_outbox(void *arg, cdb_error *err)
+{
+    cdb_service *svc = arg;
+    int applied = 0, pending = 0;
+    int rc = cdb_outbox_flush(svc->pool, svc->cache, &applied, &pending, err);
+    if (rc == 0 && applied > 0)
+        cdb_log_info("jobs.outbox_flushed", "applied %d pending Redis operations, %d left",
+                     applied, pending);
+    return rc;
+}
+
+/* Ledger rows past 24 h: their keys have expired, their outcomes are no longer answered. */
+static int expire_ledger(void *arg, cdb_error *err)
+{
+    cdb_service *svc = arg;
+    int deleted = 0;
+    int rc = cdb_ledger_expire(svc->pool, &deleted, err);
+    if (rc == 0 && deleted > 0)
+        cdb_log_info("jobs.ledger_expired", "deleted %d transaction ledger rows older than 24 h", deleted);
+    return rc;
+}
+
+int cdb_data_register_jobs(cdb_service *svc, cdb_jobs *jobs)
+{
+    if (cdb_jobs_add(jobs, "flush_outbox", 1, flush_outbox, svc) < 0)
+        return -1;
+    return cdb_jobs_add(jobs, "expire_ledger", 60, expire_ledger, svc);
+}

@@ -1,0 +1,533 @@
+/*
+ * query.c - POST /data/query (cdb_data_query of data.h).
+ *
+ * A request goes through four gates in order: its shape is validated
+ * without touching anything; its table and columns are resolved against
+ * the caller role's catalog snapshot (only catalog names reach SQL); the
+ * result cache is asked (qcache.h, keyed by caller identity + the canonical
+ * request); and only then PostgreSQL runs it. The whole database part is
+ * ONE round trip: BEGIN, the caller's role with the settings RLS reads, the
+ * page of rows as JSON built by PostgreSQL, the total count and COMMIT are
+ * pipelined and read back together; all but BEGIN and COMMIT are prepared
+ * statements of the pooled connection, parsed and planned once per shape. Rows are spliced into the response as
+ * PostgreSQL wrote them; the cached bytes are the response minus
+ * execution_time_ms and cached.
+ *
+ * database "redis" reads one key of the caller's namespace (data_internal.h).
+ */
+#include <inttypes.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+
+#include "data/data_internal.h"
+#include "data/sqlbuild.h"
+#include "coredb/data.h"
+#include "coredb/log.h"
+#include "core/timeutil.h"
+
+#define DEFAULT_LIMIT 20
+#define USER_MAX_LIMIT 100
+#define PRIVILEGED_MAX_LIMIT 1000
+
+/* Statements of the pipeline after the prelude: rows, count, COMMIT. */
+enum { STMT_ROWS = CDB_DATA_PRELUDE_COUNT, STMT_COUNT, STMT_COMMIT, NSTMTS };
+
+/* A validated request, pointing into the request JSON. */
+typedef struct query_req {
+    const char *table;
+    const json_t *select;     /* array of strings or NULL (every readable column) */
+    const json_t *filters;    /* object or NULL */
+    json_t *order;            /* normalized [{column, direction}], owned */
+    json_int_t page, limit;
+} query_req;
+
+static bool plain_string(const json_t *v)
+{
+    return json_is_string(v) && json_string_length(v) > 0 &&
+           strlen(json_string_value(v)) == json_string_length(v);
+}
+
+/* The first member of obj not in allowed (NULL-terminated), or NULL. */
+static const char *unknown_member(const json_t *obj, const char *const *allowed)
+{
+    const char *k;
+    json_t *v;
+    json_object_foreach((json_t *)obj, k, v) {
+        const char *const *a = allowed;
+        while (*a && strcmp(*a, k) != 0)
+            a++;
+        if (!*a)
+            return k;
+    }
+    return NULL;
+}
+
+static int invalid(cdb_error *err, const char *field, const char *msg)
+{
+    return cdb_error_set_detail(err, CDB_ERR_VALIDATION_FAILED, "field", field, "%s", msg);
+}
+
+/* order_by: one {column, direction} or an array of them, into req->order. */
+static int parse_order(const json_t *v, query_req *req, cdb_error *err)
+{
+    static const char *const members[] = {"column", "direction", NULL};
+    json_t *single = NULL;
+    size_t i;
+    json_t *o;
+
+    if (!v || json_is_null(v))
+        return 0;
+    if (json_is_object(v))
+        v = single = json_pack("[O]", v);
+    if (!json_is_array(v))
+        return invalid(err, "order_by", "order_by must be an array of {column, direction}");
+    if (!(req->order = json_array())) {
+        json_decref(single);
+        return cdb_error_oom(err);
+    }
+    int rc = 0;
+    json_array_foreach(v, i, o) {
+        json_t *col = json_object_get(o, "column"), *dir = json_object_get(o, "direction");
+        const char *d = dir ? json_string_value(dir) : "asc";
+        if (!json_is_object(o) || unknown_member(o, members) || !plain_string(col) ||
+            (dir && !json_is_string(dir))) {
+            rc = invalid(err, "order_by", "order_by must be an array of {column, direction}");
+            break;
+        }
+        if (!d || (strcasecmp(d, "asc") != 0 && strcasecmp(d, "desc") != 0)) {
+            rc = invalid(err, "order_by", "direction must be asc or desc");
+            break;
+        }
+        json_array_append_new(req->order, json_pack("{s:O, s:s}", "column", col, "direction",
+                                                    strcasecmp(d, "asc") == 0 ? "asc" : "desc"));
+    }
+    json_decref(single);
+    return rc;
+}
+
+static int parse_pagination(const json_t *v, cdb_role role, query_req *req, cdb_error *err)
+{
+    static const char *const members[] = {"page", "limit", NULL};
+    json_int_t max = role == CDB_ROLE_USER ? USER_MAX_LIMIT : PRIVILEGED_MAX_LIMIT;
+
+    req->page = 1;
+    req->limit = DEFAULT_LIMIT;
+    if (!v || json_is_null(v))
+        return 0;
+    if (!json_is_object(v))
+        return invalid(err, "pagination", "pagination must be an object {page, limit}");
+    const char *bad = unknown_member(v, members);
+    if (bad)
+        return cdb_error_set_detail(err, CDB_ERR_VALIDATION_FAILED, "field", "pagination",
+                                    "Unknown pagination field");
+    json_t *page = json_object_get(v, "page"), *limit = json_object_get(v, "limit");
+    if (limit) {
+        if (!json_is_integer(limit) || json_integer_value(limit) < 1)
+            return invalid(err, "pagination.limit", "limit must be an integer >= 1");
+        if (json_integer_value(limit) > max) {
+            cdb_error_set_detail(err, CDB_ERR_VALIDATION_FAILED, "field", "pagination.limit",
+                                 "limit must be at most %" JSON_INTEGER_FORMAT " for this role", max);
+            cdb_error_detail(err, "max", json_integer(max));
+            return CDB_ERR_VALIDATION_FAILED;
+        }
+        req->limit = json_integer_value(limit);
+    }
+    if (page) {
+        /* the offset (page - 1) * limit must fit a bigint */
+        if (!json_is_integer(page) || json_integer_value(page) < 1 ||
+            json_integer_value(page) > INT64_MAX / req->limit)
+            return invalid(err, "pagination.page", "page must be an integer >= 1");
+        req->page = json_integer_value(page);
+    }
+    return 0;
+}
+
+/* Everything that can be checked without the catalog. */
+static int validate_select(const json_t *r, cdb_role role, query_req *req, cdb_error *err)
+{
+    static const char *const members[] = {"database", "query_type", "table", "select",
+                                          "filters", "order_by", "pagination", NULL};
+    const char *bad = unknown_member(r, members);
+    json_t *v;
+    size_t i;
+
+    if (bad)
+        return cdb_error_set_detail(err, CDB_ERR_VALIDATION_FAILED, "field", bad, "Unknown field");
+    v = json_object_get(r, "query_type");
+    if (v && !(json_is_string(v) && strcmp(json_string_value(v), "select") == 0))
+        return invalid(err, "query_type", "query_type must be \"select\" for postgresql");
+    v = json_object_get(r, "table");
+    if (!plain_string(v))
+        return invalid(err, "table", "table must be a non-empty string");
+    req->table = json_string_value(v);
+    v = json_object_get(r, "select");
+    if (v && !json_is_null(v)) {
+        json_t *c;
+        if (!json_is_array(v) || json_array_size(v) == 0)
+            return invalid(err, "select", "select must be a non-empty array of column names");
+        json_array_foreach(v, i, c) {
+            if (!plain_string(c))
+                return invalid(err, "select", "select must be a non-empty array of column names");
+        }
+        req->select = v;
+    }
+    v = json_object_get(r, "filters");
+    if (v && !json_is_null(v)) {
+        if (!json_is_object(v))
+            return cdb_error_set_detail(err, CDB_ERR_INVALID_FILTER, NULL, NULL,
+                                        "filters must be an object of column names");
+        req->filters = v;
+    }
+    int rc = parse_order(json_object_get(r, "order_by"), req, err);
+    if (rc == 0)
+        rc = parse_pagination(json_object_get(r, "pagination"), role, req, err);
+    return rc;
+}
+
+static const cdb_column *readable_column(const cdb_table *t, const char *name, cdb_error *err)
+{
+    const cdb_column *c = cdb_catalog_column(t, name);
+    if (c && (c->privs & CDB_PRIV_SELECT))
+        return c;
+    cdb_error_set_detail(err, CDB_ERR_UNKNOWN_COLUMN, "column", name, "Unknown column");
+    return NULL;
+}
+
+static bool has_string(const json_t *array, const char *s)
+{
+    size_t i;
+    json_t *v;
+    json_array_foreach(array, i, v) {
+        if (strcmp(json_string_value(v), s) == 0)
+            return true;
+    }
+    return false;
+}
+
+/*
+ * Builds the rows statement into q (its text and params) and the count
+ * statement's text into *count_sql (same params minus the last two), and
+ * the resolved select list into cols (for the cache key).
+ */
+static int build_sql(const cdb_catalog *cat, const cdb_table *t, const query_req *req, cdb_sql *q,
+                     char **count_sql, json_t *cols, cdb_error *err)
+{
+    const char *schema = cdb_catalog_schema(cat);
+    size_t i, from, where_end;
+    json_t *v;
+    int rc;
+
+    cdb_sql_append(q, "SELECT row_to_json(t)::text FROM (SELECT ");
+    if (req->select) {
+        json_array_foreach(req->select, i, v) {
+            const cdb_column *c = readable_column(t, json_string_value(v), err);
+            if (!c)
+                return err->code;
+            if (!has_string(cols, c->name)) /* a repeated name would repeat a JSON key */
+                json_array_append_new(cols, json_string(c->name));
+        }
+    } else {
+        for (i = 0; i < t->ncolumns; i++)
+            if (t->columns[i].privs & CDB_PRIV_SELECT)
+                json_array_append_new(cols, json_string(t->columns[i].name));
+    }
+    json_array_foreach(cols, i, v) {
+        if (i)
+            cdb_sql_append(q, ", ");
+        cdb_sql_ident(q, json_string_value(v));
+    }
+    from = q->len;
+    cdb_sql_append(q, " FROM ");
+    cdb_sql_table(q, schema, t->name);
+    if ((rc = cdb_sql_where(q, t, req->filters, err)) < 0)
+        return rc;
+    where_end = q->len;
+    json_array_foreach(req->order, i, v) {
+        const cdb_column *c = readable_column(t, json_string_value(json_object_get(v, "column")), err);
+        if (!c)
+            return err->code;
+        cdb_sql_append(q, i ? ", " : " ORDER BY ");
+        cdb_sql_ident(q, c->name);
+        cdb_sql_append(q, strcmp(json_string_value(json_object_get(v, "direction")), "asc") == 0
+                              ? " ASC" : " DESC");
+    }
+    char num[24];
+    cdb_sql_append(q, " LIMIT ");
+    snprintf(num, sizeof num, "%" JSON_INTEGER_FORMAT, req->limit);
+    if (cdb_sql_param(q, num) < 0)
+        goto fail_params;
+    cdb_sql_append(q, "::bigint OFFSET ");
+    snprintf(num, sizeof num, "%" JSON_INTEGER_FORMAT, (req->page - 1) * req->limit);
+    if (cdb_sql_param(q, num) < 0)
+        goto fail_params;
+    cdb_sql_append(q, "::bigint) t");
+    if (q->oom || asprintf(count_sql, "SELECT count(*)%.*s", (int)(where_end - from),
+                           q->text + from) < 0) {
+        *count_sql = NULL;
+        return cdb_error_oom(err);
+    }
+    return 0;
+
+fail_params:
+    if (q->oom)
+        return cdb_error_oom(err);
+    return cdb_error_set_detail(err, CDB_ERR_INVALID_FILTER, NULL, NULL,
+                                "Too many filter values (at most %d)", CDB_SQL_MAX_PARAMS - 2);
+}
+
+/* identity + canonical request: what a cached answer may be reused for. */
+static char *cache_key(const cdb_principal *p, const cdb_table *t, const query_req *req,
+                       json_t *cols)
+{
+    json_t *canon = json_pack("{s:s, s:s, s:s, s:O, s:O?, s:O?, s:{s:I, s:I}}",
+                              "database", "postgresql", "query_type", "select", "table", t->name,
+                              "select", cols, "filters", req->filters, "order_by", req->order,
+                              "pagination", "page", (json_int_t)req->page, "limit",
+                              (json_int_t)req->limit);
+    char *text = canon ? json_dumps(canon, JSON_SORT_KEYS | JSON_COMPACT) : NULL, *key = NULL;
+    json_decref(canon);
+    if (text && asprintf(&key, "%s:%s\n%s", p->role == CDB_ROLE_ADMIN ? "admin" : cdb_role_name(p->role),
+                         p->role == CDB_ROLE_ADMIN ? "" : p->user_id, text) < 0)
+        key = NULL;
+    free(text);
+    return key;
+}
+
+/* The error of a failed pipeline, with bad filter values made INVALID_FILTER. */
+static int query_error(int failed, cdb_error *err)
+{
+    static const char *const value_states[] = {"22P02", "22007", "22008", "22003", "22025", "42883", NULL};
+    const char *state = json_string_value(json_object_get(err->details, "sqlstate"));
+    if (state && (failed == STMT_ROWS || failed == STMT_COUNT)) {
+        for (const char *const *s = value_states; *s; s++)
+            if (strcmp(state, *s) == 0)
+                return cdb_error_set_detail(err, CDB_ERR_INVALID_FILTER, NULL, NULL,
+                                            "A filter value does not fit its column");
+    }
+    return err->code;
+}
+
+/*
+ * The cacheable part of the answer, `"data":[...],"pagination":{...}`,
+ * from the rows and the count.
+ */
+static char *page_body(const PGresult *rows, const PGresult *count, const query_req *req,
+                       size_t *len_out)
+{
+    int n = PQntuples(rows);
+    long long total = PQntuples(count) == 1 ? strtoll(PQgetvalue(count, 0, 0), NULL, 10) : 0;
+    long long pages = (total + req->limit - 1) / req->limit;
+    char tail[160];
+    int tail_len = snprintf(tail, sizeof tail,
+                            "],\"pagination\":{\"page\":%" JSON_INTEGER_FORMAT ",\"limit\":%"
+                            JSON_INTEGER_FORMAT ",\"total\":%lld,\"pages\":%lld}",
+                            req->page, req->limit, total, pages);
+    size_t size = sizeof "\"data\":[" + (size_t)tail_len + (size_t)n;
+    for (int i = 0; i < n; i++)
+        size += (size_t)PQgetlength(rows, i, 0);
+    char *buf = malloc(size), *p = buf;
+    if (!buf)
+        return NULL;
+    p += sprintf(p, "\"data\":[");
+    for (int i = 0; i < n; i++) {
+        if (i)
+            *p++ = ',';
+        size_t l = (size_t)PQgetlength(rows, i, 0);
+        memcpy(p, PQgetvalue(rows, i, 0), l);
+        p += l;
+    }
+    memcpy(p, tail, (size_t)tail_len + 1);
+    *len_out = (size_t)(p - buf) + (size_t)tail_len;
+    return buf;
+}
+
+/* {<part>,"execution_time_ms":..,"cached":..} */
+static char *wrap(const char *part, size_t len, int64_t start_us, bool cached)
+{
+    char *out = NULL;
+    double ms = (double)(cdb_mono_us() - start_us) / 1000.0;
+    if (asprintf(&out, "{%.*s,\"execution_time_ms\":%.2f,\"cached\":%s}", (int)len, part, ms,
+                 cached ? "true" : "false") < 0)
+        return NULL;
+    return out;
+}
+
+/* Runs the pipeline; *part gets the cacheable body. */
+static int run_query(cdb_service *svc, const cdb_principal *p, const cdb_sql *q,
+                     const char *count_sql, const query_req *req, char **part, size_t *len,
+                     cdb_error *err)
+{
+    PGresult *res[NSTMTS] = {0};
+    cdb_pool_conn *pc = NULL;
+    int failed = -1, rc;
+
+    const char *rows_stmt = NULL, *count_stmt = NULL;
+    PGconn *conn = cdb_txn_acquire(svc->pool, &pc, err);
+    if (!conn)
+        return err->code;
+    /* Each query shape is parsed and planned once per connection. */
+    if ((rc = cdb_pool_conn_prepare(pc, q->text, q->nparams, &rows_stmt, err)) < 0 ||
+        (rc = cdb_pool_conn_prepare(pc, count_sql, q->nparams - 2, &count_stmt, err)) < 0) {
+        rc = query_error(STMT_ROWS, err); /* a type problem of a filter shows at PREPARE */
+        goto out_release;
+    }
+    if ((rc = cdb_data_start_pipeline(pc, p, err)) < 0)
+        goto out_release;
+    const char *const *params = (const char *const *)q->params;
+    if (!cdb_txn_send(conn, rows_stmt, q->text, q->nparams, params) ||
+        !cdb_txn_send(conn, count_stmt, count_sql, q->nparams - 2, params) ||
+        !cdb_txn_send(conn, NULL, "COMMIT", 0, NULL) || !PQpipelineSync(conn)) {
+        rc = cdb_data_pg_error(conn, NULL, NULL, err);
+        goto out_release;
+    }
+    if ((rc = cdb_data_pipeline_read(conn, res, NSTMTS, &failed, NULL, err)) < 0) {
+        rc = query_error(failed, err);
+        goto out_release;
+    }
+    if (!(*part = page_body(res[STMT_ROWS], res[STMT_COUNT], req, len)))
+        rc = cdb_error_oom(err);
+
+out_release:
+    for (int i = 0; i < NSTMTS; i++)
+        PQclear(res[i]);
+    cdb_txn_release(svc->pool, pc);
+    return rc;
+}
+
+static int query_postgresql(cdb_service *svc, const cdb_principal *p, json_t *r, int64_t start_us,
+                            char **body_out, cdb_error *err)
+{
+    query_req req = {0};
+    cdb_catalog *cat = NULL;
+    cdb_sql q;
+    char *count_sql = NULL, *key = NULL, *part = NULL;
+    size_t len = 0;
+    cdb_qcache_lookup lk = {0};
+    json_t *cols = json_array();
+    int rc;
+
+    cdb_sql_init(&q);
+    if (!cols)
+        goto fail_oom;
+    if ((rc = validate_select(r, p->role, &req, err)) < 0)
+        goto out;
+    if (!svc->catalog) {
+        rc = cdb_error_set(err, CDB_ERR_DATABASE_UNAVAILABLE, "Database unavailable");
+        goto out;
+    }
+    if (!(cat = cdb_catalog_cache_get(svc->catalog, err))) {
+        rc = err->code;
+        goto out;
+    }
+    const cdb_table *t = cdb_catalog_table(cat, p->role, req.table);
+    if (!t || !(t->privs & CDB_PRIV_SELECT)) {
+        rc = cdb_error_set_detail(err, CDB_ERR_UNKNOWN_TABLE, "table", req.table, "Unknown table");
+        goto out;
+    }
+    if ((rc = build_sql(cat, t, &req, &q, &count_sql, cols, err)) < 0 ||
+        (rc = cdb_qcache_ensure_namespace(svc->qcache, svc->pool, err)) < 0)
+        goto out;
+
+    if (cdb_qcache_enabled(svc->qcache)) {
+        if (!(key = cache_key(p, t, &req, cols)))
+            goto fail_oom;
+        cdb_qcache_get(svc->qcache, t->name, key, &lk);
+        if (lk.hit) {
+            if (!(*body_out = wrap(lk.value, lk.len, start_us, true)))
+                goto fail_oom;
+            goto out;
+        }
+    }
+    rc = run_query(svc, p, &q, count_sql, &req, &part, &len, err);
+    if (lk.leader) {
+        if (rc == 0)
+            cdb_qcache_store(svc->qcache, t->name, key, lk.generation, part, len);
+        else
+            cdb_qcache_abandon(svc->qcache, key);
+    }
+    if (rc == 0 && !(*body_out = wrap(part, len, start_us, false)))
+        goto fail_oom;
+    goto out;
+
+fail_oom:
+    rc = cdb_error_oom(err);
+out:
+    free(lk.value);
+    free(part);
+    free(key);
+    free(count_sql);
+    cdb_sql_destroy(&q);
+    json_decref(cols);
+    json_decref(req.order);
+    if (cat)
+        cdb_catalog_unref(cat);
+    return rc;
+}
+
+/* database "redis", query_type "get": one key of the caller's namespace. */
+static int query_redis(cdb_service *svc, const cdb_principal *p, json_t *r, char **body_out,
+                       cdb_error *err)
+{
+    static const char *const members[] = {"database", "query_type", "key", NULL};
+    const char *bad = unknown_member(r, members);
+    json_t *qt = json_object_get(r, "query_type"), *jkey = json_object_get(r, "key");
+    json_t *value = NULL, *body = NULL;
+    char *key = NULL, *v = NULL;
+    size_t len = 0;
+    int rc;
+
+    if (bad)
+        return cdb_error_set_detail(err, CDB_ERR_VALIDATION_FAILED, "field", bad, "Unknown field");
+    if (qt && !(json_is_string(qt) && strcmp(json_string_value(qt), "get") == 0))
+        return invalid(err, "query_type", "query_type must be \"get\" for redis");
+    if ((rc = cdb_data_redis_key(p, jkey, &key, err)) < 0)
+        return rc;
+
+    /* one path for Redis and the in-process cache (cache.h) */
+    if (!svc->cache) {
+        rc = cdb_error_set(err, CDB_ERR_CACHE_UNAVAILABLE, "Cache unavailable");
+        goto out;
+    }
+    rc = cdb_cache_get(svc->cache, key, &v, &len, err);
+    if (rc == CDB_ERR_VALIDATION_FAILED)           /* WRONGTYPE: a list, a hash, ... */
+        rc = invalid(err, "key", "The key does not hold a string value");
+    else if (rc == 0)
+        value = json_null();
+    else if (rc == 1 && !(value = json_stringn(v, len)))
+        rc = invalid(err, "key", "The value of the key is not UTF-8 text");
+    else if (rc == 1)
+        rc = 0;
+    if (rc < 0)
+        goto out;
+    body = json_pack("{s:{s:O, s:O}}", "data", "key", jkey, "value", value);
+    if (!body || !(*body_out = json_dumps(body, JSON_COMPACT)))
+        rc = cdb_error_oom(err);
+
+out:
+    json_decref(body);
+    json_decref(value);
+    free(v);
+    free(key);
+    return rc;
+}
+
+int cdb_data_query(cdb_service *svc, const cdb_principal *caller, json_t *request,
+                   char **body_out, cdb_error *err)
+{
+    int64_t start_us = cdb_mono_us();
+
+    *body_out = NULL;
+    if (cdb_principal_require(caller, err) < 0)
+        return err->code;
+    if (!json_is_object(request))
+        return invalid(err, "body", "The request must be a JSON object");
+    json_t *db = json_object_get(request, "database");
+    const char *name = db ? json_string_value(db) : "postgresql";
+    if (name && strcmp(name, "postgresql") == 0)
+        return query_postgresql(svc, caller, request, start_us, body_out, err);
+    if (name && strcmp(name, "redis") == 0)
+        return query_redis(svc, caller, request, body_out, err);
+    return invalid(err, "database", "database must be \"postgresql\" or \"redis\"");
+}

@@ -1,0 +1,110 @@
+/*
+ * tx_internal.h - what the two halves of POST /data/transaction share:
+ * validating and building a request (tx_parse.c) and running it (tx.c).
+ * See the top of tx.c for the design.
+ */
+#ifndef COREDB_DATA_TX_INTERNAL_H
+#define COREDB_DATA_TX_INTERNAL_H
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "data/data_internal.h"
+#include "store/ledger.h"
+#include "data/sqlbuild.h"
+#include "coredb/data.h"
+#include "coredb/log.h"
+#include "store/pg.h"
+#include "store/outbox.h"
+#include "store/qcache.h"
+#include "core/timeutil.h"
+
+#define TX_MAX_OPS 100
+#define TX_MAX_GEN CDB_OUTBOX_MAX_GEN /* tables one transaction may change, cascades included */
+#define GEN_KEY_LEN CDB_OUTBOX_GEN_KEY_LEN
+
+typedef enum op_kind { OP_INSERT, OP_UPDATE, OP_DELETE, OP_UPSERT, OP_SET, OP_DEL, OP_EXPIRE, OP_INCR } op_kind;
+
+/* The operations' names as requests spell them, by op_kind. */
+extern const char *const cdb__tx_op_names[];
+
+/* One operation of the request, validated. Strings not owned point into the request. */
+typedef struct tx_op {
+    op_kind kind;
+    const cdb_table *table;        /* PostgreSQL: the catalog's table */
+    json_t *values;                /* PostgreSQL: the request's "data" (borrowed) */
+    char *sql;                     /* PostgreSQL: the statement, owned */
+    char **params;                 /* PostgreSQL: owned, nparams of them (NULL = SQL NULL) */
+    int nparams;
+    bool rows;                     /* PostgreSQL: RETURNING row JSON, else the count only */
+    const char *key;               /* Redis: as the caller named it */
+    char *full_key;                /* Redis: in the caller's namespace, owned */
+    const char *value;             /* set */
+    int ttl;                       /* set (0: none), expire */
+    json_t *data;                  /* the result's data, owned */
+    const char *status;            /* "success" | "pending" | "failed" */
+    char *refusal;                 /* "failed": what Redis said, owned */
+} tx_op;
+
+/* One coredb.redis_outbox row of this transaction; seq = index + 1. */
+typedef struct outbox_row {
+    const char *op;
+    const char *key;
+    const char *value;
+    int ttl;
+    tx_op *from;                   /* NULL for a generation bump */
+} outbox_row;
+
+typedef struct tx {
+    cdb_service *svc;
+    const cdb_principal *caller;
+    cdb_catalog *cat;              /* ref'd on the first PostgreSQL op */
+    char id[37];
+    tx_op ops[TX_MAX_OPS];
+    int nops;
+    int pg_ops[TX_MAX_OPS];        /* indexes into ops of the PostgreSQL ops, in order */
+    int npg;
+    outbox_row rows[TX_MAX_OPS + TX_MAX_GEN]; /* the Redis ops and one bump per table changed */
+    int nrows;
+    char gen_keys[TX_MAX_GEN][GEN_KEY_LEN];
+    int ngen;
+    int64_t started_ms;
+    const char *key;               /* Idempotency-Key or NULL (borrowed from the caller) */
+    char scope[37];                /* its scope: the caller's user id */
+    char hash[CDB_LEDGER_HASH_LEN]; /* the request's keyed hash (store/ledger.h) */
+    char *stored;                  /* keyed: the answer committed with the ledger row, owned */
+    char *final;                   /* keyed: the answer with Redis results, once stored too, owned */
+} tx;
+
+/* Fails operation i (0-based) with details.operation and details.field. */
+static inline int op_fail(cdb_error *err, int i, cdb_err code, const char *field, const char *fmt, ...)
+    __attribute__((format(printf, 5, 6)));
+static inline int op_fail(cdb_error *err, int i, cdb_err code, const char *field, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    cdb_error_vset(err, code, fmt, ap);
+    va_end(ap);
+    cdb_error_detail(err, "operation", json_integer(i + 1));
+    if (field)
+        cdb_error_detail(err, "field", json_string(field));
+    return code;
+}
+
+/* Adds details.operation to an error another module filled. */
+static inline int op_tag(cdb_error *err, int i, int rc)
+{
+    cdb_error_detail(err, "operation", json_integer(i + 1));
+    return rc;
+}
+
+/*
+ * Validates the whole request into t (its operations' statements built,
+ * the outbox rows planned) before any connection is taken, so a bad
+ * operation costs no database work. Needs t->svc, t->caller and the cache
+ * namespace (the generation keys are named here).
+ */
+int cdb__tx_parse_request(tx *t, json_t *request, cdb_error *err);
+
+#endif

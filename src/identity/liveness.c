@@ -1,0 +1,92 @@
+/*
+ * liveness.c - the Redis copy of "this session is alive" (sessions.h) and
+ * ending sessions in PostgreSQL, shared by sessions.c (login, refresh,
+ * logout, the per-request check) and users.c (a password or role change,
+ * a deletion).
+ *
+ * Per session, coredb:session:<sid> = user id, for at most
+ * min(60 s, SESSION_TIMEOUT / 2, the session's remaining lifetime). Ending a
+ * session overwrites it with a "revoked" tombstone rather than deleting it:
+ * a request that read "alive" from PostgreSQL just before the revocation
+ * commits stores its copy with SET NX, which cannot overwrite the
+ * tombstone, so no stale "alive" survives a revocation.
+ */
+#include <string.h>
+
+#include "coredb/log.h"
+#include "identity/identity_internal.h"
+#include "store/pg.h"
+
+#define REVOKED_MARK "revoked"
+
+void cdb__session_forget(cdb_service *svc, const char *session_id)
+{
+    if (!svc->redis)
+        return;
+    cdb_error e;
+    cdb_error_init(&e);
+    redisReply *r = cdb_redis_command(svc->redis, &e, "SET coredb:session:%s %s EX %d", session_id,
+                                      REVOKED_MARK, CDB_SESSION_CACHE_TTL_S);
+    if (!r || r->type == REDIS_REPLY_ERROR)
+        cdb_log_warn("auth.session_forget_failed",
+                     "could not mark session %s ended in Redis; PostgreSQL still refuses it", session_id);
+    if (r)
+        freeReplyObject(r);
+    cdb_error_destroy(&e);
+}
+
+void cdb__sessions_forget(cdb_service *svc, const PGresult *res, int col)
+{
+    for (int i = 0; res && i < PQntuples(res); i++)
+        cdb__session_forget(svc, PQgetvalue(res, i, col));
+}
+
+void cdb__session_remember(cdb_service *svc, const char *session_id, const char *user_id,
+                             long long remaining_s)
+{
+    if (!svc->redis)
+        return;
+    long long ttl = CDB_SESSION_CACHE_TTL_S;
+    if (svc->cfg->session_timeout_s / 2 < ttl)
+        ttl = svc->cfg->session_timeout_s / 2;
+    if (remaining_s < ttl)
+        ttl = remaining_s;
+    if (ttl < 1)
+        ttl = 1;
+    cdb_error e;
+    cdb_error_init(&e);
+    /* NX: never overwrites the tombstone of a revocation that raced with us */
+    redisReply *r = cdb_redis_command(svc->redis, &e, "SET coredb:session:%s %s EX %lld NX",
+                                      session_id, user_id, ttl);
+    if (r)
+        freeReplyObject(r);
+    cdb_error_destroy(&e);
+}
+
+int cdb__end_user_sessions(PGconn *conn, const char *user_id, const char *except_sid,
+                           const char *reason, PGresult **ended, cdb_error *err)
+{
+    const char *params[] = {user_id, except_sid, reason};
+    return cdb_pg_exec(conn,
+                       "UPDATE coredb.sessions SET revoked_at = now(), revoked_reason = $3"
+                       " WHERE user_id = $1 AND revoked_at IS NULL"
+                       " AND ($2::uuid IS NULL OR session_id <> $2::uuid)"
+                       " RETURNING session_id::text",
+                       3, params, ended, err);
+}
+
+int cdb__session_liveness(cdb_service *svc, const cdb_principal *p)
+{
+    if (!svc->redis)
+        return -1;
+    cdb_error e;
+    cdb_error_init(&e);
+    int state = -1;
+    redisReply *r = cdb_redis_command(svc->redis, &e, "GET coredb:session:%s", p->session_id);
+    if (r && r->type == REDIS_REPLY_STRING)
+        state = strcmp(r->str, p->user_id) == 0 ? 1 : strcmp(r->str, REVOKED_MARK) == 0 ? 0 : -1;
+    if (r)
+        freeReplyObject(r);
+    cdb_error_destroy(&e);
+    return state;
+}

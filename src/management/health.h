@@ -1,0 +1,35 @@
+/*
+ * health.h - the checks behind /health and /health/ready, given what they
+ * check (the service passes its pool, Redis and migration files). They
+ * block (they talk to PostgreSQL and Redis): run them on a worker.
+ */
+#ifndef COREDB_MANAGEMENT_HEALTH_H
+#define COREDB_MANAGEMENT_HEALTH_H
+
+#include <jansson.h>
+
+#include "coredb/health.h"
+#include "coredb/migrate.h"
+#include "store/pool.h"
+#include "store/redis.h"
+
+typedef struct cdb_health_deps {
+    cdb_pool *pool;                          /* may be NULL: DOWN */
+    cdb_redis *redis;                        /* NULL without REDIS_URL: not checked */
+    int acquire_timeout_ms;                  /* DB_POOL_ACQUIRE_TIMEOUT */
+    const cdb_migration_set *migrations;     /* for readiness */
+} cdb_health_deps;
+
+/*
+ * The full report of API.md: UP, DEGRADED when only an optional backend is
+ * down, DOWN when PostgreSQL is. *out (caller owns) is the report object.
+ */
+cdb_health_status cdb_health_check(const cdb_health_deps *d, json_t **out);
+
+/*
+ * Readiness: UP when PostgreSQL answers and no migration is pending, else
+ * DOWN. {"status", "checks": {"postgresql": {...}, "migrations": {"pending": n}}}.
+ */
+cdb_health_status cdb_health_check_ready(const cdb_health_deps *d, json_t **out);
+
+#endif

@@ -1,0 +1,237 @@
+/*
+ * service.c - assembles a running coredb from its configuration.
+ *
+ * Order matters: the embedded PostgreSQL (if any) must run before the pool
+ * and the migrator can connect; the cache needs Redis. Closing undoes it in
+ * reverse. Nothing here talks HTTP.
+ */
+#include <sodium.h>
+
+#include "coredb/log.h"
+#include "core/jobs.h"
+#include "management/health.h"
+#include "security/service_state.h"
+#include "service/service_internal.h"
+#include "store/devsecrets.h"
+#include "store/outbox.h"
+#include "store/pg.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#define CACHE_MAX_ENTRIES 100000
+
+/*
+ * The query cache's resync after a Redis outage: apply what the outbox
+ * holds (generation bumps included). 0 once nothing is pending.
+ */
+static int resync_outbox(void *arg)
+{
+    cdb_service *svc = arg;
+    int applied = 0, pending = 0;
+    cdb_error err;
+    cdb_error_init(&err);
+    int rc = cdb_outbox_flush(svc->pool, svc->cache, &applied, &pending, &err);
+    cdb_error_destroy(&err);
+    return rc == 0 && pending == 0 ? 0 : -1;
+}
+
+int cdb_service_open(cdb_service **out, cdb_config *cfg,
+                     const cdb_service_options *opt, cdb_error *err)
+{
+    /* The one call of the library: idempotent and thread-safe, so a second
+     * service in the same process costs nothing. Everything that draws
+     * random bytes or hashes runs after an open. */
+    if (sodium_init() < 0)
+        return cdb_error_set(err, CDB_ERR_INTERNAL_ERROR, "libsodium failed to initialize");
+    if (cfg->embedded && cdb_devsecrets_load(cfg, cfg->var_dir, err) < 0)
+        return err->code;
+    cdb_service *svc = calloc(1, sizeof *svc);
+    if (!svc)
+        return cdb_error_oom(err);
+    svc->cfg = cfg;
+    svc->jwt = (cdb_jwt_config){
+        .secret = (const unsigned char *)cfg->jwt_secret,
+        .secret_len = cfg->jwt_secret ? strlen(cfg->jwt_secret) : 0,
+        .issuer = cfg->jwt_issuer,
+        .audience = cfg->jwt_audience,
+        .leeway_s = cfg->jwt_clock_skew_s,
+    };
+    svc->password = (cdb_password_params){
+        .opslimit = (unsigned long long)cfg->password_hash_opslimit,
+        .memlimit = (size_t)cfg->password_hash_memlimit_kib * 1024,
+    };
+
+    if (cfg->embedded) {
+        svc->devdb = cdb_devdb_start(cfg->var_dir, cfg->pg_bindir, &svc->conninfo, err);
+        if (!svc->devdb)
+            goto fail;
+    } else {
+        svc->conninfo = strdup(cfg->database_url);
+        if (!svc->conninfo) {
+            cdb_error_oom(err);
+            goto fail;
+        }
+    }
+
+    if (!(svc->migrations = calloc(1, sizeof *svc->migrations))) {
+        cdb_error_oom(err);
+        goto fail;
+    }
+    if (cdb_migrations_load(cfg->migrations_dir, svc->migrations, err) < 0)
+        goto fail;
+
+    if (opt && opt->with_pool) {
+        cdb_pool_options po = {
+            .conninfo = svc->conninfo,
+            .sslmode = cfg->embedded ? NULL : cfg->db_sslmode,
+            .application_name = "coredb",
+            .min_size = cfg->db_pool_min,
+            .max_size = cfg->db_pool_max,
+            .idle_timeout_ms = cfg->db_pool_idle_timeout_ms,
+            .acquire_timeout_ms = cfg->db_pool_acquire_timeout_ms,
+            .statement_timeout_ms = cfg->db_statement_timeout_ms,
+        };
+        svc->pool = cdb_pool_new(&po, err);
+        if (!svc->pool)
+            goto fail;
+        svc->catalog = cdb_catalog_cache_new(svc->pool, cfg->postgres_schema);
+        if (!svc->catalog) {
+            cdb_error_oom(err);
+            goto fail;
+        }
+    }
+
+    if (cfg->redis_url) {
+        cdb_redis_options ro = {.url = cfg->redis_url, .pool_size = cfg->redis_pool_size};
+        svc->redis = cdb_redis_new(&ro, err);
+        if (!svc->redis)
+            goto fail;
+    }
+    svc->cache = cdb_cache_new(svc->redis, CACHE_MAX_ENTRIES);
+    svc->ratelimit = cdb_ratelimit_new(svc->redis);
+    svc->qcache = cdb_qcache_new(svc->cache, cfg->cache_ttl_s);
+    if (!svc->cache || !svc->ratelimit || !svc->qcache) {
+        cdb_error_oom(err);
+        goto fail;
+    }
+    if (svc->pool)
+        cdb_qcache_set_resync(svc->qcache, svc->redis, resync_outbox, svc);
+    *out = svc;
+    return 0;
+
+fail:
+    cdb_service_close(svc);
+    return err && err->code ? err->code : CDB_ERR_INTERNAL_ERROR;
+}
+
+void cdb_service_close(cdb_service *svc)
+{
+    if (!svc)
+        return;
+    cdb_jobs_free(svc->jobs);      /* first: the jobs use everything below */
+    cdb_qcache_free(svc->qcache);
+    cdb_ratelimit_free(svc->ratelimit);
+    cdb_catalog_cache_free(svc->catalog);
+    cdb_cache_free(svc->cache);
+    cdb_redis_free(svc->redis);
+    cdb_pool_free(svc->pool);
+    if (svc->migrations)
+        cdb_migrations_free(svc->migrations);
+    free(svc->migrations);
+    cdb_devdb_stop(svc->devdb);
+    free(svc->conninfo);
+    free(svc);
+}
+
+PGconn *cdb_service_connect(cdb_service *svc, cdb_error *err)
+{
+    cdb_pg_settings s = {
+        .conninfo = svc->conninfo,
+        .sslmode = svc->cfg->embedded ? NULL : svc->cfg->db_sslmode,
+        .application_name = "coredb-maintenance",
+    };
+    return cdb_pg_connect(&s, err);
+}
+
+int cdb_service_migrate(cdb_service *svc, const cdb_migrate_options *opt,
+                        json_t **out, cdb_error *err)
+{
+    PGconn *conn = NULL;
+    int retries = svc->cfg->db_connect_retries;
+    useconds_t backoff_us = 250000;
+    for (int attempt = 0;; attempt++) {
+        cdb_error_destroy(err);
+        conn = cdb_service_connect(svc, err);
+        if (conn || attempt >= retries)
+            break;
+        cdb_log_warn("migrate.connect_retry", "PostgreSQL not reachable, retry %d of %d",
+                     attempt + 1, retries);
+        usleep(backoff_us);
+        if (backoff_us < 4000000)
+            backoff_us *= 2;
+    }
+    if (!conn)
+        return err->code;
+    json_t *result = NULL;
+    int rc = cdb_migrate_up(conn, svc->migrations, opt, &result, err);
+    PQfinish(conn);
+    if (out)
+        *out = result;
+    else
+        json_decref(result);
+    return rc;
+}
+
+const cdb_config *cdb_service_config(const cdb_service *svc)
+{
+    return svc->cfg;
+}
+
+const cdb_migration_set *cdb_service_migrations(const cdb_service *svc)
+{
+    return svc->migrations;
+}
+
+cdb_ratelimit *cdb_service_ratelimit(cdb_service *svc)
+{
+    return svc->ratelimit;
+}
+
+static cdb_health_deps health_deps(const cdb_service *svc)
+{
+    return (cdb_health_deps){
+        .pool = svc->pool,
+        .redis = svc->redis,
+        .acquire_timeout_ms = svc->cfg->db_pool_acquire_timeout_ms,
+        .migrations = svc->migrations,
+    };
+}
+
+cdb_health_status cdb_service_health(cdb_service *svc, json_t **out)
+{
+    cdb_health_deps d = health_deps(svc);
+    return cdb_health_check(&d, out);
+}
+
+cdb_health_status cdb_service_ready(cdb_service *svc, json_t **out)
+{
+    cdb_health_deps d = health_deps(svc);
+    return cdb_health_check_ready(&d, out);
+}
+
+int cdb_service_test_sleep(cdb_service *svc, double seconds, cdb_error *err)
+{
+    char arg[32];
+    snprintf(arg, sizeof arg, "%.3f", seconds);
+    const char *params[1] = {arg};
+    cdb_pool_conn *conn = svc->pool ? cdb_pool_acquire(svc->pool, 0, err) : NULL;
+    if (!conn)
+        return svc->pool ? err->code
+                         : cdb_error_set(err, CDB_ERR_DATABASE_UNAVAILABLE, "Database unavailable");
+    int rc = cdb_pg_exec(cdb_pool_conn_pg(conn), "SELECT pg_sleep($1::float8)", 1, params, NULL, err);
+    cdb_pool_release(svc->pool, conn);
+    return rc;
+}

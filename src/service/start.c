@@ -1,0 +1,70 @@
+/*
+ * start.c - cdb_service_start(): everything `coredb serve` does before it
+ * listens, so an embedder starts the service the way the CLI does. The
+ * order is the one serving needs: the schema first (migrations), then what
+ * reads it (the first admin, the catalog), then what runs beside requests
+ * (the background jobs, each registered by the module that owns it).
+ */
+#include <stdbool.h>
+
+#include "coredb/users.h"
+#include "coredb/log.h"
+#include "coredb/service.h"
+#include "core/jobs.h"
+#include "data/jobs.h"
+#include "identity/jobs.h"
+#include "security/service_state.h"
+
+int cdb_service_migrate_on_start(cdb_service *svc, const char *applied_by, cdb_error *err)
+{
+    if (!svc->cfg->migrate_on_start)
+        return 0;
+    json_t *result = NULL;
+    cdb_migrate_options mo = {.applied_by = applied_by};
+    int rc = cdb_service_migrate(svc, &mo, &result, err);
+    json_decref(result);
+    return rc;
+}
+
+int cdb_service_start(cdb_service *svc, cdb_error *err)
+{
+    const cdb_config *cfg = svc->cfg;
+
+    if (!svc->pool)
+        return cdb_error_set(err, CDB_ERR_INTERNAL_ERROR, "cdb_service_start needs a service opened with a pool");
+    if (svc->jobs)
+        return cdb_error_set(err, CDB_ERR_INTERNAL_ERROR, "The service is already started");
+    if (cdb_service_migrate_on_start(svc, "coredb serve", err) < 0)
+        return err->code;
+    if (cfg->admin_email && cfg->admin_password) {
+        bool created = false;
+        if (cdb_users_ensure_admin(svc, cfg->admin_email, NULL, cfg->admin_password, &created, err) < 0)
+            return err->code;
+        if (created)
+            cdb_log_info("serve.admin_created", "created the first admin %s%s", cfg->admin_email,
+                         cfg->embedded ? "; its password is in the development secrets file" : "");
+    }
+    /* The catalog follows DDL and grants through NOTIFY from here on; load it
+     * now so the first data request does not pay for it. */
+    if (cdb_catalog_cache_refresh(svc->catalog, err) < 0) {
+        cdb_log_warn("serve.catalog", "catalog not loaded yet (%s); retried on first use",
+                     err->message);
+        cdb_error_destroy(err);
+    }
+    if (cdb_catalog_cache_listen(svc->catalog, svc->conninfo, err) < 0)
+        return err->code;
+    /* Builds the dummy hash unknown emails are checked against, so the first
+     * such login costs what every later one does. */
+    cdb_password_burn(&svc->password, "", 0);
+
+    cdb_jobs *jobs = cdb_jobs_new();
+    if (!jobs || cdb_identity_register_jobs(svc, jobs) < 0 || cdb_data_register_jobs(svc, jobs) < 0 ||
+        cdb_jobs_start(jobs) < 0) {
+        /* as before: the service runs without its jobs rather than not at all */
+        cdb_log_warn("serve.jobs", "background jobs not started");
+        cdb_jobs_free(jobs);
+        return 0;
+    }
+    svc->jobs = jobs;
+    return 0;
+}

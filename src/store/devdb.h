@@ -1,0 +1,34 @@
+/*
+ * devdb.h - the embedded PostgreSQL of the zero-configuration mode.
+ *
+ * With no database configured, `coredb serve` runs a private cluster from
+ * the installed PostgreSQL binaries under <var_dir>/pgdata (initdb on first
+ * start), listening only on a unix socket in <var_dir>/run. When coredb runs
+ * as root, initdb and postgres run as the unprivileged `postgres` account
+ * (PostgreSQL refuses root) and the data directory is owned by it.
+ *
+ * The development secrets are devsecrets.h.
+ */
+#ifndef COREDB_DEVDB_H
+#define COREDB_DEVDB_H
+
+#include "coredb/config.h"
+#include "coredb/error.h"
+
+typedef struct cdb_devdb cdb_devdb;
+
+/*
+ * Initializes (first time) and starts the cluster, waits until it accepts
+ * connections and the database "coredb" exists. *conninfo receives a
+ * malloc'd libpq URI to reach it (caller frees). Returns NULL + err
+ * (DATABASE_UNAVAILABLE with a clear message) on failure.
+ */
+cdb_devdb *cdb_devdb_start(const char *var_dir, const char *pg_bindir,
+                           char **conninfo, cdb_error *err);
+/*
+ * Stops the cluster (fast shutdown) if this process started it (one already
+ * running is left to its owner) and frees the handle. NULL is a no-op.
+ */
+void cdb_devdb_stop(cdb_devdb *db);
+
+#endif

@@ -1,0 +1,206 @@
+/*
+ * outbox.c - coredb.redis_outbox: Redis operations (and cache generation
+ * bumps) committed in PostgreSQL that Redis has not taken yet (outbox.h).
+ *
+ * Rows are applied in order with at-least-once delivery: a crash between
+ * applying a row and deleting it applies it again. A Redis error reply that
+ * retrying cannot fix (WRONGTYPE, INCR of a non-integer) consumes the row,
+ * so one bad row never blocks the queue; a transient one (LOADING, BUSY,
+ * ...) or a lost connection stops the batch there, keeping the order.
+ *
+ * Rows are applied through cdb_cache (cache.h): to Redis, or to the
+ * in-process table without REDIS_URL, with the same results and the same
+ * retry rule either way.
+ */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "coredb/log.h"
+#include "store/ledger.h"
+#include "store/outbox.h"
+#include "store/pg.h"
+#include "store/txn.h"
+
+#define OUTBOX_BATCH "500"        /* rows per flush, spelled for the SQL */
+
+/* ---- applying one row ---- */
+
+/*
+ * Through cdb_cache, so Redis and the in-process table (no REDIS_URL) are
+ * one path: the cache says whether a failure is worth retrying
+ * (CACHE_UNAVAILABLE: Redis down, LOADING, BUSY, ...) or final
+ * (VALIDATION_FAILED: WRONGTYPE, not an integer).
+ */
+cdb_outbox_rc cdb_outbox_apply(cdb_cache *cache, const char *op, const char *key, const char *value,
+                               int ttl, json_t **result, char *why, size_t whylen)
+{
+    cdb_error e;
+    int64_t n = 0;
+    int deleted = 0, rc;
+    bool applied = false;
+
+    if (!cache) {
+        snprintf(why, whylen, "no cache");
+        return CDB_OUTBOX_DOWN;
+    }
+    cdb_error_init(&e);
+    if (strcmp(op, "set") == 0) {
+        rc = cdb_cache_set(cache, key, value ? value : "", value ? strlen(value) : 0, ttl, &e);
+    } else if (strcmp(op, "incr") == 0) {
+        if ((rc = cdb_cache_incr(cache, key, &n, &e)) == 0 && result)
+            *result = json_integer(n);
+    } else if (strcmp(op, "del") == 0) {
+        if ((rc = cdb_cache_del(cache, key, &deleted, &e)) == 0 && result)
+            *result = json_integer(deleted);
+    } else {
+        if ((rc = cdb_cache_expire(cache, key, ttl, &applied, &e)) == 0 && result)
+            *result = json_boolean(applied);
+    }
+    if (rc < 0)
+        snprintf(why, whylen, "%s", e.message);
+    cdb_error_destroy(&e);
+    return rc == 0 ? CDB_OUTBOX_DONE : rc == CDB_ERR_VALIDATION_FAILED ? CDB_OUTBOX_REFUSED : CDB_OUTBOX_DOWN;
+}
+
+/* Appends n to the array literal "{1,2,...}" being built in buf. */
+void cdb_outbox_array_add(char *buf, size_t len, long long n)
+{
+    size_t used = strlen(buf);
+    snprintf(buf + used - 1, len - used + 1, "%s%lld}", used > 2 ? "," : "", n);
+}
+
+/* ---- the background flush ---- */
+
+int cdb_outbox_flush(cdb_pool *pool, cdb_cache *cache, int *applied, int *pending, cdb_error *err)
+{
+    cdb_pool_conn *pc = NULL;
+    PGconn *conn;
+    PGresult *res = NULL, *count = NULL;
+    char *done = NULL, why[256] = "", id[24];
+    const char *params[2];
+    int napplied = 0, rc;
+
+    if (applied)
+        *applied = 0;
+    if (pending)
+        *pending = 0;
+    if (!(conn = cdb_txn_acquire(pool, &pc, err)))
+        return err->code ? err->code : CDB_ERR_DATABASE_UNAVAILABLE;
+    if ((rc = cdb_pg_exec(conn, "BEGIN", 0, NULL, NULL, err)) < 0 ||
+        (rc = cdb_pg_exec(conn, "SELECT id, op, key, value, ttl FROM coredb.redis_outbox "
+                                "ORDER BY id LIMIT " OUTBOX_BATCH " FOR UPDATE SKIP LOCKED",
+                          0, NULL, &res, err)) < 0)
+        goto out_release;
+    /* "{id,id,...}": ids are at most 20 digits */
+    if (!(done = malloc((size_t)PQntuples(res) * 21 + 3))) {
+        rc = cdb_error_oom(err);
+        goto out_release;
+    }
+    strcpy(done, "{}");
+    for (int r = 0; r < PQntuples(res); r++) {
+        const char *op = PQgetvalue(res, r, 1), *key = PQgetvalue(res, r, 2);
+        const char *value = PQgetisnull(res, r, 3) ? NULL : PQgetvalue(res, r, 3);
+        int ttl = PQgetisnull(res, r, 4) ? 0 : atoi(PQgetvalue(res, r, 4));
+        cdb_outbox_rc ar = cdb_outbox_apply(cache, op, key, value, ttl, NULL, why, sizeof why);
+        if (ar == CDB_OUTBOX_DOWN) {
+            /* keep the order: nothing after a row that did not apply */
+            params[0] = PQgetvalue(res, r, 0);
+            params[1] = why;
+            if ((rc = cdb_pg_exec(conn, "UPDATE coredb.redis_outbox SET attempts = attempts + 1, "
+                                        "last_error = $2 WHERE id = $1::bigint", 2, params, NULL, err)) < 0)
+                goto out_release;
+            break;
+        }
+        if (ar == CDB_OUTBOX_REFUSED)
+            cdb_log_warn("data.outbox_refused", "Redis refused outbox row %s (%s): %s",
+                         PQgetvalue(res, r, 0), op, why);
+        else
+            napplied++;
+        snprintf(id, sizeof id, "%s", PQgetvalue(res, r, 0));
+        cdb_outbox_array_add(done, (size_t)PQntuples(res) * 21 + 3, strtoll(id, NULL, 10));
+    }
+    params[0] = done;
+    if ((strcmp(done, "{}") != 0 &&
+         (rc = cdb_pg_exec(conn, "DELETE FROM coredb.redis_outbox WHERE id = ANY($1::bigint[])",
+                           1, params, NULL, err)) < 0) ||
+        (rc = cdb_pg_exec(conn, "COMMIT", 0, NULL, NULL, err)) < 0 ||
+        (rc = cdb_pg_exec(conn, "SELECT count(*) FROM coredb.redis_outbox", 0, NULL, &count, err)) < 0)
+        goto out_release;
+    if (applied)
+        *applied = napplied;
+    if (pending)
+        *pending = atoi(PQgetvalue(count, 0, 0));
+    if (napplied || *why)
+        cdb_log_info("data.outbox_flushed", "applied %d outbox row(s)%s%s", napplied,
+                     *why ? "; stopped: " : "", why);
+
+out_release:
+    PQclear(res);
+    PQclear(count);
+    free(done);
+    cdb_txn_release(pool, pc);
+    return rc;
+}
+
+/* ---- writes made outside /data/transaction ---- */
+
+void cdb_outbox_note_write(cdb_pool *pool, cdb_qcache *qcache, cdb_catalog_cache *catalog,
+                           const char *table)
+{
+    const char *names[1 + CDB_OUTBOX_MAX_GEN];
+    char keys[1 + CDB_OUTBOX_MAX_GEN][CDB_OUTBOX_GEN_KEY_LEN];
+    char seqs[1 + CDB_OUTBOX_MAX_GEN][12];
+    const char *params[1 + 2 * (1 + CDB_OUTBOX_MAX_GEN)];
+    size_t n = 1, queued = 0, used = 0;
+    /* "($1::uuid, $NNN::int, 'incr', $NNN)" is at most 40 bytes a row */
+    char *sql = NULL;
+    cdb_catalog *cat = NULL;
+    cdb_pool_conn *pc = NULL;
+    cdb_error err;
+
+    cdb_error_init(&err);
+    names[0] = table;
+    if (cdb_qcache_ensure_namespace(qcache, pool, &err) < 0)
+        goto out_log; /* the database is unreachable: no reader can be served anything either */
+    if ((cat = cdb_catalog_cache_get(catalog, &err)))
+        n += cdb_catalog_cascades(cat, table, names + 1, CDB_OUTBOX_MAX_GEN);
+    cdb_error_destroy(&err);
+
+    /* bumps Redis did not take go to the outbox, like a transaction's */
+    size_t cap = 96 + n * 40;
+    if (!(sql = malloc(cap))) {
+        cdb_error_oom(&err);
+        goto out_log;
+    }
+    used = (size_t)snprintf(sql, cap, "INSERT INTO coredb.redis_outbox (transaction_id, seq, op, key) VALUES ");
+    char id[37];
+    cdb_ledger_new_id(id);
+    params[0] = id;
+    for (size_t i = 0; i < n; i++) {
+        if (cdb_qcache_bump(qcache, names[i]) == 0)
+            continue;
+        cdb_qcache_generation_key(qcache, names[i], keys[queued], CDB_OUTBOX_GEN_KEY_LEN);
+        snprintf(seqs[queued], sizeof seqs[queued], "%zu", queued + 1);
+        params[1 + 2 * queued] = seqs[queued];
+        params[2 + 2 * queued] = keys[queued];
+        used += (size_t)snprintf(sql + used, cap - used, "%s($1::uuid, $%zu::int, 'incr', $%zu)",
+                                 queued ? ", " : "", 2 + 2 * queued, 3 + 2 * queued);
+        queued++;
+    }
+    if (queued == 0)
+        goto out;
+    PGconn *conn = cdb_txn_acquire(pool, &pc, &err);
+    if (!conn || cdb_pg_exec(conn, sql, (int)(1 + 2 * queued), params, NULL, &err) < 0)
+        goto out_log;
+    cdb_log_info("data.bump_queued", "Redis down: %zu cache generation bumps for %s queued", queued, table);
+    goto out;
+
+out_log:
+    cdb_log_warn("data.bump_lost", "could not invalidate cached reads of %s: %s", table, err.message);
+out:
+    cdb_txn_release(pool, pc);
+    cdb_catalog_unref(cat);
+    free(sql);
+    cdb_error_destroy(&err);
+}

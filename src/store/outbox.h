@@ -1,0 +1,62 @@
+/*
+ * outbox.h - the Redis outbox (coredb.redis_outbox, migration 007): Redis
+ * operations of committed transactions, and cache generation bumps, that
+ * are applied after the commit and retried until Redis takes them. The data
+ * API writes the rows inside its transactions and applies its own right
+ * after; cdb_outbox_flush (a background job, and the query cache's resync)
+ * applies what is left; cdb_outbox_note_write invalidates cached reads of a
+ * table written outside the data API (the users module writes public.users).
+ */
+#ifndef COREDB_STORE_OUTBOX_H
+#define COREDB_STORE_OUTBOX_H
+
+#include <jansson.h>
+#include <stddef.h>
+
+#include "coredb/error.h"
+#include "store/cache.h"
+#include "store/catalog.h"
+#include "store/pool.h"
+#include "store/qcache.h"
+#include "store/redis.h"
+
+#define CDB_OUTBOX_MAX_GEN 200      /* tables one write may change, cascades included */
+#define CDB_OUTBOX_GEN_KEY_LEN 200  /* a generation key (qcache.h) */
+
+/* How applying one outbox row went. */
+typedef enum cdb_outbox_rc {
+    CDB_OUTBOX_DONE,               /* applied */
+    CDB_OUTBOX_REFUSED,            /* Redis refused it for good: consume it */
+    CDB_OUTBOX_DOWN,               /* not applied, retry later */
+} cdb_outbox_rc;
+
+/*
+ * Applies one row (op "set" | "del" | "expire" | "incr") to the cache (Redis,
+ * or the in-process table without REDIS_URL). *result (may be NULL) gets what the
+ * command returned (del: count, expire: applied, incr: value); why gets the
+ * reason when it is not DONE.
+ */
+cdb_outbox_rc cdb_outbox_apply(cdb_cache *cache, const char *op, const char *key, const char *value,
+                               int ttl, json_t **result, char *why, size_t whylen);
+
+/* Appends n to the PostgreSQL array literal "{1,2,...}" being built in buf. */
+void cdb_outbox_array_add(char *buf, size_t len, long long n);
+
+/*
+ * Applies pending rows (oldest first, up to 500 a call, each locked FOR
+ * UPDATE SKIP LOCKED so a transaction applying its own rows never races
+ * it). *applied / *pending (may be NULL) report counts.
+ */
+int cdb_outbox_flush(cdb_pool *pool, cdb_cache *cache, int *applied, int *pending, cdb_error *err);
+
+/*
+ * Tells the query cache that table changed outside /data/transaction: bumps
+ * its generation and those of the tables its foreign keys cascade into,
+ * before the writer answers. A bump Redis does not take is queued in the
+ * outbox and applied later. Never fails the caller's write; problems are
+ * logged.
+ */
+void cdb_outbox_note_write(cdb_pool *pool, cdb_qcache *qcache, cdb_catalog_cache *catalog,
+                           const char *table);
+
+#endif

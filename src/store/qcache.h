@@ -1,0 +1,89 @@
+/*
+ * qcache.h - the query-result cache of the data API, over cdb_cache (Redis
+ * or in-process).
+ *
+ * Staleness rule: every table has a generation counter (coredb:<ns>:gen:<table>)
+ * that every write through coredb bumps after it commits. A cached entry is
+ * stored together with the generation read BEFORE its query ran, and is
+ * served only while the table's generation still equals it. So once a
+ * writer has its answer, no reader anywhere is served a result computed
+ * before that write. A failure of the cache is a miss, never an error.
+ *
+ * After a Redis outage, hits are trusted again only once the generation
+ * bumps written meanwhile have been applied (cdb_qcache_set_resync).
+ *
+ * Single flight: concurrent identical misses in one process run one query;
+ * the others wait for its result (bounded wait, then they query themselves).
+ * Thread-safe.
+ */
+#ifndef COREDB_QCACHE_H
+#define COREDB_QCACHE_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "store/cache.h"
+#include "store/pool.h"
+
+typedef struct cdb_qcache cdb_qcache;
+
+/* Does not own cache. ttl_s: CACHE_TTL; 0 turns caching off (every get misses, nothing stored). */
+cdb_qcache *cdb_qcache_new(cdb_cache *cache, int ttl_s);
+void cdb_qcache_free(cdb_qcache *qc);
+/* False when CACHE_TTL is 0: callers may skip building keys. */
+bool cdb_qcache_enabled(const cdb_qcache *qc);
+
+/* What a lookup found, and what the caller must do next. */
+typedef struct cdb_qcache_lookup {
+    bool hit;              /* value/len hold the cached bytes (caller frees value) */
+    char *value;
+    size_t len;
+    int64_t generation;    /* on a miss: pass to cdb_qcache_store */
+    bool leader;           /* on a miss: true = run the query and call cdb_qcache_store
+                              or cdb_qcache_abandon; false = the cache is unusable, just query */
+} cdb_qcache_lookup;
+
+/*
+ * Looks up key (the caller's identity + canonical query) for table. On a miss
+ * where another thread is already computing the same key, waits for it (up
+ * to a few seconds) and returns its result as a hit.
+ */
+void cdb_qcache_get(cdb_qcache *qc, const char *table, const char *key, cdb_qcache_lookup *out);
+/* The leader's result: stores it (tagged with generation) and wakes followers. */
+void cdb_qcache_store(cdb_qcache *qc, const char *table, const char *key, int64_t generation,
+                      const char *value, size_t len);
+/* The leader failed: wakes followers, who then run their own query. */
+void cdb_qcache_abandon(cdb_qcache *qc, const char *key);
+
+/*
+ * Every key lives under "coredb:<ns>:", ns being the deployment's id (the
+ * coredb.deployment row of its database), so deployments sharing one Redis
+ * never read each other's results. Set once, before any key is used (the
+ * data API loads it on first use: cdb_qcache_ensure_namespace).
+ */
+void cdb_qcache_set_namespace(cdb_qcache *qc, const char *ns);
+/*
+ * Loads the deployment id (coredb.deployment) that namespaces the keys the
+ * first time it is needed; every data request and write note calls it
+ * before touching a key. DATABASE_UNAVAILABLE while the database cannot
+ * tell (down, or migrations pending).
+ */
+int cdb_qcache_ensure_namespace(cdb_qcache *qc, cdb_pool *pool, cdb_error *err);
+bool cdb_qcache_has_namespace(cdb_qcache *qc);
+
+/*
+ * Returns 0 once no generation bump is left unapplied (the outbox is
+ * flushed), else nonzero. Called before the first lookup after Redis came
+ * back from an outage (cdb_redis_recoveries changed); until it succeeds,
+ * lookups miss without being stored.
+ */
+typedef int (*cdb_qcache_resync_fn)(void *arg);
+void cdb_qcache_set_resync(cdb_qcache *qc, cdb_redis *redis, cdb_qcache_resync_fn fn, void *arg);
+
+/* Redis key of a table's generation counter ("coredb:<ns>:gen:<table>"); buf >= 200. */
+void cdb_qcache_generation_key(const cdb_qcache *qc, const char *table, char *buf, size_t len);
+/* Bumps a table's generation now (returns -1 when the cache is unavailable). */
+int cdb_qcache_bump(cdb_qcache *qc, const char *table);
+
+#endif
