@@ -17,6 +17,7 @@
  * being freed.
  */
 #include "coredb/config.h"
+#include "core/config_internal.h"
 
 #include <ctype.h>
 #include <errno.h>
@@ -37,7 +38,6 @@
 #define CDB_PG_BINDIR "/usr/lib/postgresql/15/bin"
 #endif
 
-#define REDACTED        "[redacted]"
 #define SECRET_FILE_MAX (64 * 1024)
 #define HTTP_THREADS_MAX 1024
 
@@ -168,11 +168,6 @@ static const struct var postgres_port = INT("POSTGRES_PORT", port, "5432", 1, 65
 
 /* ---- small helpers ---- */
 
-static int oom(cdb_error *err)
-{
-    return cdb_error_set(err, CDB_ERR_INTERNAL_ERROR, "out of memory reading the configuration");
-}
-
 static void free_secret(char *s)
 {
     if (s) {
@@ -197,7 +192,7 @@ static int read_secret_file(const char *fname, const char *path, char **out, cdb
         return cdb_error_set(err, CDB_ERR_CONFIG_INVALID, "%s: cannot read %s: %s", fname, path,
                              strerror(errno));
     if (!(buf = malloc(SECRET_FILE_MAX + 1))) {
-        rc = oom(err);
+        rc = cdb_error_oom(err);
         goto out_close;
     }
     size_t n = fread(buf, 1, SECRET_FILE_MAX + 1, f);
@@ -250,100 +245,8 @@ static int read_env(const char *name, bool allow_file, cdb_env_lookup lookup, vo
     if (path)
         return read_secret_file(fname, path, out, err);
     if (plain && !(*out = strdup(plain)))
-        return oom(err);
+        return cdb_error_oom(err);
     return 0;
-}
-
-static bool port_ok(const char *p, size_t n)
-{
-    long v = 0;
-    if (n == 0 || n > 5)
-        return false;
-    for (size_t i = 0; i < n; i++) {
-        if (!isdigit((unsigned char)p[i]))
-            return false;
-        v = v * 10 + (p[i] - '0');
-    }
-    return v >= 1 && v <= 65535;
-}
-
-/* host[:port] or [ipv6][:port]; the host may not be empty. */
-static bool hostport_ok(const char *h, size_t n)
-{
-    size_t hl;
-    if (n > 0 && h[0] == '[') {
-        const char *rb = memchr(h, ']', n);
-        if (!rb || rb == h + 1)
-            return false;
-        hl = (size_t)(rb - h) + 1;
-    } else {
-        const char *c = memchr(h, ':', n);
-        hl = c ? (size_t)(c - h) : n;
-    }
-    if (hl == 0)
-        return false;
-    if (hl == n)
-        return true;
-    return h[hl] == ':' && port_ok(h + hl + 1, n - hl - 1);
-}
-
-/* No blanks or control characters, and every '%' starts a valid escape. */
-static bool url_chars_ok(const char *s)
-{
-    for (; *s; s++) {
-        unsigned char c = (unsigned char)*s;
-        if (c <= 0x20 || c == 0x7f)
-            return false;
-        if (c == '%' && !(isxdigit((unsigned char)s[1]) && isxdigit((unsigned char)s[2])))
-            return false;
-    }
-    return true;
-}
-
-static bool starts_with_scheme(const char *s)
-{
-    if (!isalpha((unsigned char)*s))
-        return false;
-    while (isalnum((unsigned char)*s) || *s == '+' || *s == '.' || *s == '-')
-        s++;
-    return strncmp(s, "://", 3) == 0;
-}
-
-/*
- * End of the URL starting at s inside a comma-separated list. libpq allows
- * "h1,h2" host lists, so a comma inside the authority belongs to the URL
- * unless a scheme follows it; any comma after the authority ends the URL
- * (a comma in a path or query must be written %2C).
- */
-static const char *url_end(const char *s)
-{
-    const char *sep = strstr(s, "://");
-    const char *after_auth = sep ? sep + 3 + strcspn(sep + 3, "/?#") : s;
-    for (const char *c = strchr(s, ','); c; c = strchr(c + 1, ','))
-        if (c > after_auth || starts_with_scheme(c + 1))
-            return c;
-    return s + strlen(s);
-}
-
-/* RFC 3986 unreserved characters stay, everything else becomes %XX. */
-static char *pct_encode(const char *s)
-{
-    static const char hex[] = "0123456789ABCDEF";
-    char *out = malloc(strlen(s) * 3 + 1), *o = out;
-    if (!out)
-        return NULL;
-    for (; *s; s++) {
-        unsigned char c = (unsigned char)*s;
-        if (isalnum(c) || c == '-' || c == '.' || c == '_' || c == '~') {
-            *o++ = (char)c;
-        } else {
-            *o++ = '%';
-            *o++ = hex[c >> 4];
-            *o++ = hex[c & 15];
-        }
-    }
-    *o = '\0';
-    return out;
 }
 
 /* ---- scalar parsers ---- */
@@ -425,7 +328,7 @@ static int check_path(const struct var *v, char **val, cdb_error *err)
     int n = (!strcmp(rel, ".") || !*rel) ? asprintf(&abs, "%s", cwd) : asprintf(&abs, "%s/%s", cwd, rel);
     free(cwd);
     if (n < 0)
-        return oom(err);
+        return cdb_error_oom(err);
     free(*val);
     *val = abs;
     return 0;
@@ -483,11 +386,11 @@ static int check_read_urls(const struct var *v, char **val, cdb_error *err)
     size_t len = 0;
     FILE *f = open_memstream(&list, &len);
     if (!f)
-        return oom(err);
+        return cdb_error_oom(err);
     for (const char *p = *val;; i++) {
-        const char *end = url_end(p);
+        const char *end = cdb__config_url_end(p);
         if (!(item = strndup(p, (size_t)(end - p)))) {
-            rc = oom(err);
+            rc = cdb_error_oom(err);
             goto out_close;
         }
         cdb_error inner;
@@ -509,7 +412,7 @@ out_close:
     free_secret(item);
     bool bad = ferror(f) != 0;
     if ((fclose(f) != 0 || bad) && rc == 0)
-        rc = oom(err);
+        rc = cdb_error_oom(err);
     if (rc < 0) {
         free_secret(list);
         return rc;
@@ -521,31 +424,7 @@ out_close:
 
 static int check_redis_url(const struct var *v, char **val, cdb_error *err)
 {
-    const char *u = *val, *rest = u + 8;
-    if (!strncasecmp(u, "rediss://", 9))
-        return cdb_error_set(err, CDB_ERR_CONFIG_INVALID, "%s: TLS to Redis is not supported", v->name);
-    if (strncasecmp(u, "redis://", 8) || !url_chars_ok(rest))
-        goto fail_syntax;
-    size_t alen = strcspn(rest, "/?#");
-    if (rest[alen] == '?' || rest[alen] == '#')
-        goto fail_syntax;
-    const char *at = memrchr(rest, '@', alen);
-    if (at && !memchr(rest, ':', (size_t)(at - rest)))
-        return cdb_error_set(err, CDB_ERR_CONFIG_INVALID,
-                             "%s: credentials must be written user:password@ or :password@", v->name);
-    const char *host = at ? at + 1 : rest;
-    if (!hostport_ok(host, (size_t)(rest + alen - host)))
-        goto fail_syntax;
-    if (rest[alen] == '/') {
-        const char *db = rest + alen + 1;
-        size_t n = strlen(db);
-        if (n > 5 || strspn(db, "0123456789") != n)
-            goto fail_syntax;
-    }
-    return 0;
-fail_syntax:
-    return cdb_error_set(err, CDB_ERR_CONFIG_INVALID,
-                         "%s: must be redis://[[user]:password@]host[:port][/db]", v->name);
+    return cdb__config_check_redis_url(v->name, *val, err);
 }
 
 static int check_jwt_secret(const struct var *v, char **val, cdb_error *err)
@@ -581,136 +460,6 @@ static int check_email(const struct var *v, char **val, cdb_error *err)
     return cdb_error_set(err, CDB_ERR_CONFIG_INVALID, "%s: not an email address", v->name);
 }
 
-/* ---- public URL helpers ---- */
-
-char *cdb_config_normalize_database_url(const char *url, cdb_error *err)
-{
-    const char *sep = url ? strstr(url, "://") : NULL;
-    const char *rest, *scheme_end;
-    char *out;
-    bool has_host_param = false;
-
-    if (!sep) {
-        cdb_error_set(err, CDB_ERR_CONFIG_INVALID, "not a URL (expected postgresql://...)");
-        return NULL;
-    }
-    /* "postgresql+asyncpg" and friends name a Python driver; libpq wants none. */
-    scheme_end = memchr(url, '+', (size_t)(sep - url));
-    if (!scheme_end)
-        scheme_end = sep;
-    bool driver_ok = scheme_end == sep || (scheme_end + 1 < sep &&
-                     strspn(scheme_end + 1, "abcdefghijklmnopqrstuvwxyz0123456789_") == (size_t)(sep - scheme_end - 1));
-    size_t slen = (size_t)(scheme_end - url);
-    bool scheme_ok = (slen == 10 && !strncasecmp(url, "postgresql", 10)) ||
-                     (slen == 8 && !strncasecmp(url, "postgres", 8) && scheme_end == sep);
-    if (!scheme_ok || !driver_ok) {
-        cdb_error_set(err, CDB_ERR_CONFIG_INVALID,
-                      "unsupported scheme (use postgresql://, postgres:// or postgresql+<driver>://)");
-        return NULL;
-    }
-    rest = sep + 3;
-    if (!url_chars_ok(rest) || strchr(rest, '#')) {
-        cdb_error_set(err, CDB_ERR_CONFIG_INVALID, "contains blanks, control characters, a fragment or a bad %%-escape");
-        return NULL;
-    }
-    size_t alen = strcspn(rest, "/?");
-    const char *at = memrchr(rest, '@', alen);
-    const char *hosts = at ? at + 1 : rest, *hosts_end = rest + alen;
-    for (const char *h = hosts; h < hosts_end;) {
-        const char *c = memchr(h, ',', (size_t)(hosts_end - h));
-        if (!c)
-            c = hosts_end;
-        if (!hostport_ok(h, (size_t)(c - h))) {
-            cdb_error_set(err, CDB_ERR_CONFIG_INVALID, "bad host or port");
-            return NULL;
-        }
-        h = c + 1;
-    }
-    const char *q = strchr(rest, '?');
-    for (const char *p = q ? q + 1 : NULL; p && *p;) {
-        size_t plen = strcspn(p, "&");
-        const char *eq = memchr(p, '=', plen);
-        if (!eq || eq == p) {
-            cdb_error_set(err, CDB_ERR_CONFIG_INVALID, "query parameters must be key=value");
-            return NULL;
-        }
-        if (eq - p == 4 && !strncmp(p, "host", 4) && (size_t)(eq - p) + 1 < plen)
-            has_host_param = true;
-        p += plen + (p[plen] == '&');
-    }
-    if (hosts == hosts_end && !has_host_param) {
-        cdb_error_set(err, CDB_ERR_CONFIG_INVALID, "no host (give one, or ?host=/socket/directory)");
-        return NULL;
-    }
-    if (asprintf(&out, "postgresql://%s", rest) < 0) {
-        cdb_error_set(err, CDB_ERR_INTERNAL_ERROR, "out of memory");
-        return NULL;
-    }
-    return out;
-}
-
-/* Writes one URL with its userinfo password and any password= parameter hidden. */
-static void redact_one(FILE *f, const char *s, size_t n)
-{
-    const char *end = s + n, *sep = memmem(s, n, "://", 3);
-    if (!sep) {
-        fwrite(s, 1, n, f);
-        return;
-    }
-    const char *auth = sep + 3, *p = s;
-    size_t alen = 0;
-    while (auth + alen < end && !strchr("/?#", auth[alen]))
-        alen++;
-    const char *at = memrchr(auth, '@', alen);
-    const char *colon = at ? memchr(auth, ':', (size_t)(at - auth)) : NULL;
-    if (colon) {
-        fwrite(s, 1, (size_t)(colon + 1 - s), f);
-        fputs(REDACTED, f);
-        p = at;
-    }
-    const char *q = memchr(auth + alen, '?', (size_t)(end - (auth + alen)));
-    if (!q) {
-        fwrite(p, 1, (size_t)(end - p), f);
-        return;
-    }
-    fwrite(p, 1, (size_t)(q + 1 - p), f);
-    for (p = q + 1; p < end;) {
-        size_t plen = 0;
-        while (p + plen < end && p[plen] != '&')
-            plen++;
-        if (plen >= 9 && !strncmp(p, "password=", 9))
-            fputs("password=" REDACTED, f);
-        else
-            fwrite(p, 1, plen, f);
-        p += plen;
-        if (p < end)
-            fputc(*p++, f);
-    }
-}
-
-char *cdb_config_redact_url(const char *url)
-{
-    char *out = NULL;
-    size_t len = 0;
-    FILE *f;
-    if (!url || !(f = open_memstream(&out, &len)))
-        return NULL;
-    for (const char *p = url;;) {
-        const char *end = url_end(p);
-        redact_one(f, p, (size_t)(end - p));
-        if (!*end)
-            break;
-        fputc(',', f);
-        p = end + 1;
-    }
-    bool bad = ferror(f) != 0;
-    if (fclose(f) != 0 || bad) {
-        free(out);
-        return NULL;
-    }
-    return out;
-}
-
 /* ---- loading ---- */
 
 static int load_var(cdb_config *cfg, const struct var *v, cdb_env_lookup lookup, void *ud, cdb_error *err)
@@ -721,7 +470,7 @@ static int load_var(cdb_config *cfg, const struct var *v, cdb_env_lookup lookup,
     if (rc < 0)
         return rc;
     if (!val && v->def && !(val = strdup(v->def)))
-        return oom(err);
+        return cdb_error_oom(err);
     if (!val)
         return 0;
     switch (v->kind) {
@@ -778,9 +527,9 @@ static int assemble_database_url(cdb_config *cfg, cdb_env_lookup lookup, void *u
     if (!host)
         host = "localhost";
     bool socket = host[0] == '/', ipv6 = strchr(host, ':') != NULL;
-    if ((user && !(euser = pct_encode(user))) || (pw && !(epw = pct_encode(pw))) ||
-        !(ehost = ipv6 ? strdup(host) : pct_encode(host)) || !(edb = pct_encode(db ? db : ""))) {
-        rc = oom(err);
+    if ((user && !(euser = cdb__config_pct_encode(user))) || (pw && !(epw = cdb__config_pct_encode(pw))) ||
+        !(ehost = ipv6 ? strdup(host) : cdb__config_pct_encode(host)) || !(edb = cdb__config_pct_encode(db ? db : ""))) {
+        rc = cdb_error_oom(err);
         goto out;
     }
     int n = socket ? asprintf(&url, "postgresql://%s%s%s%s/%s?host=%s&port=%d", euser ? euser : "",
@@ -790,7 +539,7 @@ static int assemble_database_url(cdb_config *cfg, cdb_env_lookup lookup, void *u
                               ehost, ipv6 ? "]" : "", port, edb);
     if (n < 0) {
         url = NULL;
-        rc = oom(err);
+        rc = cdb_error_oom(err);
         goto out;
     }
     rc = normalize_as("POSTGRES_HOST", url, &cfg->database_url, err);
@@ -823,7 +572,7 @@ static int derive(cdb_config *cfg, cdb_env_lookup lookup, void *ud, cdb_error *e
     }
     if (!cfg->backup_dir && asprintf(&cfg->backup_dir, "%s/backups", cfg->var_dir) < 0) {
         cfg->backup_dir = NULL;
-        return oom(err);
+        return cdb_error_oom(err);
     }
     if (cfg->db_pool_min > cfg->db_pool_max)
         return cdb_error_set(err, CDB_ERR_CONFIG_INVALID, "DB_POOL_MIN: must be <= DB_POOL_MAX (%d)",
