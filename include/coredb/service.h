@@ -77,6 +77,20 @@ PGconn *cdb_service_connect(cdb_service *svc, cdb_error *err);
 int cdb_service_migrate(cdb_service *svc, const cdb_migrate_options *opt,
                         json_t **out, cdb_error *err);
 
+/* What `coredb migrate` asks of the service (the CLI holds no connection). */
+typedef enum cdb_migration_command {
+    CDB_MIGRATION_STATUS,          /* history, pending files, current version */
+    CDB_MIGRATION_UP,              /* opt: target, dry run, applied_by */
+    CDB_MIGRATION_DOWN,            /* the last `steps` applied migrations */
+} cdb_migration_command;
+
+/*
+ * Runs one migration command on a dedicated connection (no retry: a
+ * command line answers at once). *out as cdb_migrate_status/up/down.
+ */
+int cdb_service_migration(cdb_service *svc, cdb_migration_command command,
+                          const cdb_migrate_options *opt, int steps, json_t **out, cdb_error *err);
+
 /* The full health report of API.md into *out (caller owns). Blocking. */
 cdb_health_status cdb_service_health(cdb_service *svc, json_t **out);
 /* Readiness: UP when PostgreSQL answers and no migration is pending, else DOWN. Blocking. */

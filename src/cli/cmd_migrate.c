@@ -76,7 +76,6 @@ int cmd_migrate(int argc, char **argv)
     cdb_error err;
     cdb_error_init(&err);
     cdb_service *svc = NULL;
-    PGconn *conn = NULL;
     json_t *result = NULL;
 
     if (strcmp(a.action, "new") == 0) {
@@ -88,30 +87,25 @@ int cmd_migrate(int argc, char **argv)
         free(path);
         goto out;
     }
-    if (strcmp(a.action, "status") && strcmp(a.action, "up") && strcmp(a.action, "down")) {
+    cdb_migration_command command;
+    if (strcmp(a.action, "status") == 0) {
+        command = CDB_MIGRATION_STATUS;
+    } else if (strcmp(a.action, "up") == 0) {
+        command = CDB_MIGRATION_UP;
+    } else if (strcmp(a.action, "down") == 0) {
+        command = CDB_MIGRATION_DOWN;
+    } else {
         cdb_error_set(&err, CDB_ERR_CONFIG_INVALID, "unknown migrate action '%s'", a.action);
         goto out;
     }
     if (cli_open_service(&cfg, false, &svc, &err) < 0)
         goto out;
-    conn = cdb_service_connect(svc, &err);
-    if (!conn)
-        goto out;
     cdb_migrate_options mo = {.target_version = a.target, .dry_run = a.dry_run,
                               .applied_by = "coredb migrate"};
-    if (strcmp(a.action, "status") == 0) {
-        if (cdb_migrate_ensure_history(conn, &err) == 0)
-            cdb_migrate_status(conn, cdb_service_migrations(svc), &result, &err);
-    } else if (strcmp(a.action, "up") == 0) {
-        cdb_migrate_up(conn, cdb_service_migrations(svc), &mo, &result, &err);
-    } else {
-        cdb_migrate_down(conn, cdb_service_migrations(svc), a.steps, &mo, &result, &err);
-    }
+    cdb_service_migration(svc, command, &mo, a.steps, &result, &err);
 
 out:
     rc = cli_print_result(result, &err, a.as_json);
-    if (conn)
-        PQfinish(conn);
     cdb_service_close(svc);
     cdb_error_destroy(&err);
     cdb_config_destroy(&cfg);

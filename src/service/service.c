@@ -185,6 +185,31 @@ int cdb_service_migrate(cdb_service *svc, const cdb_migrate_options *opt,
     return rc;
 }
 
+int cdb_service_migration(cdb_service *svc, cdb_migration_command command,
+                          const cdb_migrate_options *opt, int steps, json_t **out, cdb_error *err)
+{
+    int rc;
+    PGconn *conn = cdb_service_connect(svc, err);
+    if (!conn)
+        return err->code;
+    switch (command) {
+    case CDB_MIGRATION_STATUS:
+        rc = cdb_migrate_ensure_history(conn, err);
+        if (rc == 0)
+            rc = cdb_migrate_status(conn, svc->migrations, out, err);
+        break;
+    case CDB_MIGRATION_UP:
+        rc = cdb_migrate_up(conn, svc->migrations, opt, out, err);
+        break;
+    case CDB_MIGRATION_DOWN:
+    default:
+        rc = cdb_migrate_down(conn, svc->migrations, steps, opt, out, err);
+        break;
+    }
+    PQfinish(conn);
+    return rc;
+}
+
 const cdb_config *cdb_service_config(const cdb_service *svc)
 {
     return svc->cfg;
