@@ -413,7 +413,8 @@ static json_t *error_envelope(cdb_request *r)
 
 static void access_log(cdb_request *r, int64_t elapsed_us, bool client_gone)
 {
-    cdb_log_level level = r->status >= 500 ? CDB_LOG_WARN : CDB_LOG_INFO;
+    /* 501 is the client's unknown method, not a fault of ours */
+    cdb_log_level level = r->status >= 500 && r->status != 501 ? CDB_LOG_WARN : CDB_LOG_INFO;
     if (!cdb_log_enabled(level))
         return;
     json_t *f = json_object();
