@@ -320,3 +320,29 @@ def table_commands(path, heading):
                                          ("docs/operations.md", "## Command line")])
 def test_cli_tables_list_every_command(doc, heading):
     assert table_commands(os.path.join(ROOT, doc), heading) == set(commands())
+
+
+# ---- one timestamp format: UTC, whatever the database's zone ----
+
+ISO_S = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ$")
+
+
+def test_timestamps_are_utc_even_when_the_database_zone_is_not(pg, start_coredb):
+    from datahelp import query_ok, tx_ok
+    from identity import make_admin
+    db = pg.create_database()
+    pg.query("postgres", f"ALTER DATABASE \"{db}\" SET timezone TO 'Asia/Kolkata'")
+    inst = start_coredb(db=db)
+    admin = make_admin(inst)
+    assert ISO_S.match(admin.user["created_at"]), admin.user
+    tx_ok(inst, admin, [{"operation": "insert", "table": "projects",
+                         "data": {"title": "tz", "user_id": admin.id}}])
+    rows = query_ok(inst, admin, {"table": "projects", "select": ["created_at"]})["data"]
+    assert rows and rows[0]["created_at"].endswith("+00:00"), rows
+    health = inst.get("/health").json()
+    assert ISO_S.match(health["timestamp"]), health
+    err = inst.get("/no/such/route").json()["error"]
+    assert ISO_S.match(err["timestamp"]), err
+    for line in inst.log().splitlines():
+        if line.startswith("{"):
+            assert ISO_S.match(json.loads(line)["ts"]), line
