@@ -11,6 +11,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "cli.h"
 #include "store/devsecrets.h"
@@ -28,6 +29,14 @@ const char cli_help_config[] =
     "           (data: one key per variable, \"embedded\", \"sources\" (variable ->\n"
     "           source) and, in embedded mode, \"secrets_file\")\n";
 
+/* A value as the table shows it: strings bare, unset as "-". */
+static char *value_text(json_t *val)
+{
+    if (json_is_string(val))
+        return strdup(json_string_value(val));
+    return json_is_null(val) ? strdup("-") : json_dumps(val, JSON_ENCODE_ANY);
+}
+
 /* NAME  VALUE  SOURCE, one line per variable, in the table's order. */
 static void print_table(json_t *data)
 {
@@ -35,9 +44,7 @@ static void print_table(json_t *data)
     const char *key;
     int wname = 8, wval = 5;
     json_object_foreach(sources, key, v) {
-        char *t = json_is_string(json_object_get(data, key))
-                      ? strdup(json_string_value(json_object_get(data, key)))
-                      : json_dumps(json_object_get(data, key), JSON_ENCODE_ANY);
+        char *t = value_text(json_object_get(data, key));
         if ((int)strlen(key) > wname)
             wname = (int)strlen(key);
         if (t && (int)strlen(t) > wval)
@@ -46,15 +53,15 @@ static void print_table(json_t *data)
     }
     printf("%-*s  %-*s  %s\n", wname, "VARIABLE", wval, "VALUE", "SOURCE");
     json_object_foreach(sources, key, v) {
-        json_t *val = json_object_get(data, key);
-        char *t = json_is_string(val) ? strdup(json_string_value(val))
-                                      : json_dumps(val, JSON_ENCODE_ANY);
+        char *t = value_text(json_object_get(data, key));
         printf("%-*s  %-*s  %s\n", wname, key, wval, t ? t : "?", json_string_value(v));
         free(t);
     }
     printf("\nembedded: %s\n", json_is_true(json_object_get(data, "embedded")) ? "yes" : "no");
-    if (json_object_get(data, "secrets_file"))
-        printf("secrets file: %s\n", json_string_value(json_object_get(data, "secrets_file")));
+    const char *secrets = json_string_value(json_object_get(data, "secrets_file"));
+    if (secrets)
+        printf("secrets file: %s%s\n", secrets,
+               access(secrets, F_OK) == 0 ? "" : " (not there yet: `coredb serve` generates it)");
 }
 
 int cmd_config(int argc, char **argv)

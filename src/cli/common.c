@@ -174,8 +174,19 @@ void cli_print_human(FILE *to, json_t *data)
             print_table(to, v, "  ");
         } else if (json_is_array(v) && json_array_size(v) == 0) {
             fprintf(to, "%-*s  (none)\n", width, key);
-        } else if (json_is_object(v) || json_is_array(v)) {
-            char *d = json_dumps(v, JSON_COMPACT | JSON_ENCODE_ANY);
+        } else if (json_is_object(v)) {
+            /* a small record (last_migration): its scalars as k=v on one line */
+            const char *k;
+            json_t *f;
+            fprintf(to, "%-*s ", width, key);
+            json_object_foreach(v, k, f) {
+                char *t = scalar_text(f);
+                fprintf(to, " %s=%s", k, t ? t : "...");
+                free(t);
+            }
+            fputc('\n', to);
+        } else if (json_is_array(v)) {
+            char *d = json_dumps(v, JSON_COMPACT);
             fprintf(to, "%-*s  %s\n", width, key, d ? d : "?");
             free(d);
         }
