@@ -28,7 +28,7 @@ else
 Q := @
 endif
 
-.PHONY: all run test san bench clean deps unit-bins lint
+.PHONY: all run test san bench clean deps unit-bins lint man install
 all: $(BUILD)/coredb $(EXAMPLES)
 
 deps:
@@ -60,6 +60,29 @@ $(BUILD)/tests/%: tests/unit/%.c $(BUILD)/libcoredb.a
 	$(Q)$(CC) $(ALL_CFLAGS) $(EXTRA_LDFLAGS) -o $@ $< $(BUILD)/libcoredb.a $(LDLIBS) -lcmocka
 
 unit-bins: $(UNIT_BIN)
+
+# The man page and the bash completion are printed by the program from its
+# own help text (src/cli/help.c), so they cannot drift from what it accepts.
+man: $(BUILD)/coredb.1
+
+$(BUILD)/coredb.1: $(BUILD)/coredb
+	@[ "$(V)" = 1 ] || echo "  MAN $@"
+	$(Q)./$(BUILD)/coredb help --man > $@.tmp && mv $@.tmp $@
+
+$(BUILD)/coredb.bash: $(BUILD)/coredb
+	$(Q)./$(BUILD)/coredb completion bash > $@.tmp && mv $@.tmp $@
+
+# make install [PREFIX=/usr/local] [DESTDIR=/staging]: the program, its man
+# page and bash completion, the public headers and libcoredb.a.
+PREFIX  ?= /usr/local
+install: $(BUILD)/coredb $(BUILD)/libcoredb.a $(BUILD)/coredb.1 $(BUILD)/coredb.bash
+	install -d $(DESTDIR)$(PREFIX)/bin $(DESTDIR)$(PREFIX)/lib $(DESTDIR)$(PREFIX)/include/coredb \
+	  $(DESTDIR)$(PREFIX)/share/man/man1 $(DESTDIR)$(PREFIX)/share/bash-completion/completions
+	install -m 755 $(BUILD)/coredb $(DESTDIR)$(PREFIX)/bin/coredb
+	install -m 644 $(BUILD)/libcoredb.a $(DESTDIR)$(PREFIX)/lib/libcoredb.a
+	install -m 644 include/coredb/*.h $(DESTDIR)$(PREFIX)/include/coredb/
+	install -m 644 $(BUILD)/coredb.1 $(DESTDIR)$(PREFIX)/share/man/man1/coredb.1
+	install -m 644 $(BUILD)/coredb.bash $(DESTDIR)$(PREFIX)/share/bash-completion/completions/coredb
 
 # Layer check (scripts/check-layers.py): #include lines, and the calls the
 # built objects make; fails on an upward or sideways edge or a circle.

@@ -19,6 +19,17 @@
 #include "coredb/error.h"
 #include "coredb/log.h"
 
+/* Where a variable's value came from (`coredb config` shows it). */
+typedef enum cdb_config_source {
+    CDB_CONFIG_DEFAULT = 0,   /* "default": the built-in or derived default */
+    CDB_CONFIG_ENV,           /* "env": NAME in the environment (or POSTGRES_* for DATABASE_URL) */
+    CDB_CONFIG_FILE,          /* "file": the file NAME_FILE names */
+    CDB_CONFIG_SECRETS_FILE,  /* "var/secrets.env": the embedded mode's development secrets */
+} cdb_config_source;
+
+/* At least the number of variables of the table in config.c (checked there). */
+#define CDB_CONFIG_MAX_VARS 96
+
 typedef struct cdb_config {
     /* HTTP */
     char *host;                    /* HOST, default 0.0.0.0 */
@@ -93,6 +104,10 @@ typedef struct cdb_config {
     /* Logging */
     cdb_log_level log_level;       /* LOG_LEVEL, info (debug when DEBUG=true) */
     bool  debug;                   /* DEBUG, false */
+
+    /* cdb_config_source of each variable, in config.c's table order; read
+     * and set through cdb_config_source_of / cdb_config_set_source */
+    unsigned char sources[CDB_CONFIG_MAX_VARS];
 } cdb_config;
 
 /* Returns the value of an environment variable or NULL; ud is opaque. */
@@ -117,10 +132,18 @@ char *cdb_config_normalize_database_url(const char *url, cdb_error *err);
 
 /*
  * The effective configuration as a JSON object, variable name -> value, with
- * every secret (and the password inside any URL) replaced by "[redacted]".
+ * every secret (and the password inside any URL) replaced by "[redacted]",
+ * then "embedded" and "sources" (variable name -> cdb_config_source_name).
  * Caller owns the result.
  */
 json_t *cdb_config_to_json(const cdb_config *cfg);
+
+/* Where variable name's value came from; CDB_CONFIG_DEFAULT for an unknown name. */
+cdb_config_source cdb_config_source_of(const cdb_config *cfg, const char *name);
+/* Records where name's value came from (the embedded mode's secrets file fills some). */
+void cdb_config_set_source(cdb_config *cfg, const char *name, cdb_config_source src);
+/* "default", "env", "file" or "var/secrets.env". */
+const char *cdb_config_source_name(cdb_config_source src);
 
 /* A copy of url with its password replaced by "[redacted]"; caller frees. */
 char *cdb_config_redact_url(const char *url);

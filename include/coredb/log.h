@@ -16,6 +16,7 @@ typedef enum cdb_log_level {
     CDB_LOG_INFO,
     CDB_LOG_WARN,
     CDB_LOG_ERROR,
+    CDB_LOG_OFF,     /* for cdb_log_set_level only: nothing is logged */
 } cdb_log_level;
 
 /* Parses "debug|info|warn|warning|error" (case-insensitive); -1 if unknown. */

@@ -7,6 +7,7 @@
 
 #include <jansson.h>
 #include <stdbool.h>
+#include <stdio.h>
 
 #include "coredb/config.h"
 #include "coredb/error.h"
@@ -24,7 +25,42 @@
     "  --json   print exactly one result object on stdout, on success and on failure:\n"   \
     "           {\"status\": \"success\"|\"error\", \"error\": null|{\"code\", \"message\",\n"   \
     "           \"details\"}, \"timestamp\": ISO-8601 UTC, ...data} (see docs/operations.md);\n" \
-    "           the exit code is the same as without it\n"
+    "           the exit code is the same as without it\n"   \
+    "  --verbose  log lines on stderr (one-shot commands are quiet by default)\n"
+
+/*
+ * One command of `coredb`: what `coredb help`, `coredb help --man` and
+ * `coredb completion bash` print all come from the table cli_commands[]
+ * (main.c), so the usage, the man page and the completion cannot drift.
+ */
+typedef struct cli_command {
+    const char *name;
+    const char *summary;      /* one line for `coredb help` */
+    const char *subcommands;  /* space-separated words completed after name; NULL if none */
+    const char *options;      /* space-separated options completed; NULL if none */
+    const char *help;         /* the whole usage text, "usage: coredb NAME ..." first */
+    int (*run)(int argc, char **argv);
+} cli_command;
+
+/* The table, set by main() (kept in common.c so help.c needs no edge to main.c). */
+extern const cli_command *cli_commands;
+extern size_t cli_command_count;
+
+/* The command named name, or NULL. */
+const cli_command *cli_command_find(const char *name);
+
+/* True when --verbose was given: one-shot commands then log on stderr. */
+extern bool cli_verbose;
+
+/* `coredb help [COMMAND | --man]` and `coredb completion bash`. */
+int cmd_help(int argc, char **argv);
+int cmd_completion(int argc, char **argv);
+/* The general usage (the command list) on to. */
+void cli_usage(FILE *to);
+
+/* Help texts, one per command (each in its cmd_*.c, help and completion in help.c). */
+extern const char cli_help_serve[], cli_help_config[], cli_help_migrate[], cli_help_user[],
+    cli_help_help[], cli_help_completion[], cli_help_version[];
 
 /* True when flag (e.g. "--json") is one of argv[1..argc). */
 bool cli_flag(int argc, char **argv, const char *flag);
@@ -44,16 +80,29 @@ int cli_usage_error(const char *command, const char *usage, bool as_json);
  */
 int cli_load_config(cdb_config *cfg, bool as_json);
 
+/*
+ * One-shot commands print only their result: logging is off unless
+ * --verbose or the configured level is debug (LOG_LEVEL=debug, DEBUG=true).
+ */
+void cli_quiet_logs(const cdb_config *cfg);
+
 /* Opens the service for a command (with or without the pool). */
 int cli_open_service(cdb_config *cfg, bool with_pool, cdb_service **svc, cdb_error *err);
 
 /*
  * Prints the library's result form (coredb/result.h) {status, error,
- * timestamp, ...data}: as JSON on stdout with --json, else data
- * pretty-printed on stdout or the error on stderr. Returns the exit code
+ * timestamp, ...data}: as JSON on stdout with --json, else data as
+ * human-readable text (cli_print_human) on stdout or the error on stderr. Returns the exit code
  * (2 for CONFIG_INVALID, 1 for any other error). Steals data.
  */
 int cli_print_result(json_t *data, const cdb_error *err, bool as_json);
+
+/*
+ * data as text for a person: an object's scalars as aligned "key  value"
+ * lines, an array of objects as a table whose columns are the first
+ * element's scalar keys. Borrows data.
+ */
+void cli_print_human(FILE *to, json_t *data);
 
 int cmd_serve(int argc, char **argv);
 int cmd_config(int argc, char **argv);

@@ -9,7 +9,7 @@
 #include "cli.h"
 #include "coredb/service.h"
 
-static const char help[] =
+const char cli_help_migrate[] =
     "usage: coredb migrate status [--json]\n"
     "       coredb migrate up [--target VERSION] [--dry-run] [--json]\n"
     "       coredb migrate down [--steps N] [--json]\n"
@@ -37,6 +37,11 @@ static int parse_args(int argc, char **argv, migrate_args *a)
     if (argc < 2)
         return -1;
     a->action = argv[1];
+    if (strcmp(a->action, "status") != 0 && strcmp(a->action, "up") != 0 &&
+        strcmp(a->action, "down") != 0 && strcmp(a->action, "new") != 0) {
+        fprintf(stderr, "coredb: unknown migrate action '%s'\n", a->action);
+        return -1;
+    }
     for (int i = 2; i < argc; i++) {
         if (strcmp(argv[i], "--json") == 0) {
             a->as_json = true;
@@ -50,24 +55,22 @@ static int parse_args(int argc, char **argv, migrate_args *a)
             if (*end || n < 1 || n > 1000)
                 return -1;
             a->steps = (int)n;
-        } else if (!a->name && argv[i][0] != '-') {
+        } else if (!a->name && argv[i][0] != '-' && strcmp(a->action, "new") == 0) {
             a->name = argv[i];
         } else {
             return -1;
         }
     }
+    if (strcmp(a->action, "new") == 0 && !a->name)
+        return -1;
     return 0;
 }
 
 int cmd_migrate(int argc, char **argv)
 {
     migrate_args a;
-    if (cli_wants_help(argc, argv)) {
-        fputs(help, stdout);
-        return CLI_EXIT_OK;
-    }
     if (parse_args(argc, argv, &a) < 0)
-        return cli_usage_error("migrate", help, cli_flag(argc, argv, "--json"));
+        return cli_usage_error("migrate", cli_help_migrate, cli_flag(argc, argv, "--json"));
     cdb_config cfg;
     int rc = cli_load_config(&cfg, a.as_json);
     if (rc != CLI_EXIT_OK)

@@ -12,10 +12,13 @@
 
 int cmd_serve(int argc, char **argv)
 {
+    if (argc > 1)
+        return cli_usage_error("serve", cli_help_serve, false);
     cdb_config cfg;
     int rc = cli_load_config(&cfg, false);
     if (rc != CLI_EXIT_OK)
         return rc;
+    cdb_log_set_level(cfg.log_level); /* serve logs; one-shot commands are quiet */
 
     cdb_error err;
     cdb_error_init(&err);

@@ -21,7 +21,7 @@
 
 #define PASSWORD_LINE_MAX 2048
 
-static const char help[] =
+const char cli_help_user[] =
     "usage: coredb user create --email E --username U [--role admin|user|premium]\n"
     "                          [--display-name N] [--json]\n"
     "\n"
@@ -87,12 +87,8 @@ static int read_password(char *buf, size_t len)
 int cmd_user(int argc, char **argv)
 {
     user_args a;
-    if (cli_wants_help(argc, argv)) {
-        fputs(help, stdout);
-        return CLI_EXIT_OK;
-    }
     if (parse_args(argc, argv, &a) < 0)
-        return cli_usage_error("user create", help, cli_flag(argc, argv, "--json"));
+        return cli_usage_error("user create", cli_help_user, cli_flag(argc, argv, "--json"));
     char password[PASSWORD_LINE_MAX];
     if (read_password(password, sizeof password) < 0) {
         /* a usage error (exit 2), reported like any other failure */

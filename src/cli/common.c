@@ -10,6 +10,18 @@
 #include "coredb/log.h"
 #include "coredb/result.h"
 
+const cli_command *cli_commands;
+size_t cli_command_count;
+bool cli_verbose;
+
+const cli_command *cli_command_find(const char *name)
+{
+    for (size_t i = 0; i < cli_command_count; i++)
+        if (strcmp(cli_commands[i].name, name) == 0)
+            return &cli_commands[i];
+    return NULL;
+}
+
 bool cli_flag(int argc, char **argv, const char *flag)
 {
     for (int i = 1; i < argc; i++)
@@ -63,8 +75,122 @@ int cli_load_config(cdb_config *cfg, bool as_json)
         cdb_error_destroy(&err);
         return CLI_EXIT_USAGE;
     }
-    cdb_log_set_level(cfg->log_level);
+    cli_quiet_logs(cfg);
     return CLI_EXIT_OK;
+}
+
+void cli_quiet_logs(const cdb_config *cfg)
+{
+    bool show = cli_verbose || cfg->log_level == CDB_LOG_DEBUG;
+    cdb_log_set_level(show ? cfg->log_level : CDB_LOG_OFF);
+}
+
+/* A scalar as text: strings bare, null as "-", others as JSON. NULL for containers. */
+static char *scalar_text(json_t *v)
+{
+    if (json_is_string(v))
+        return strdup(json_string_value(v));
+    if (json_is_null(v))
+        return strdup("-");
+    if (json_is_object(v) || json_is_array(v))
+        return NULL;
+    return json_dumps(v, JSON_ENCODE_ANY | JSON_REAL_PRECISION(15));
+}
+
+static bool is_table(json_t *v)
+{
+    return json_is_array(v) && json_array_size(v) > 0 && json_is_object(json_array_get(v, 0));
+}
+
+/* An array of objects: one column per scalar key of the first element. */
+static void print_table(FILE *to, json_t *rows, const char *indent)
+{
+    json_t *first = json_array_get(rows, 0), *v;
+    const char *key;
+    size_t ncols = 0, i;
+    int width[32];
+    const char *cols[32];
+    json_object_foreach(first, key, v) {
+        if (ncols < 32 && !json_is_object(v) && !json_is_array(v)) {
+            cols[ncols] = key;
+            width[ncols++] = (int)strlen(key);
+        }
+    }
+    json_array_foreach(rows, i, v) {
+        for (size_t c = 0; c < ncols; c++) {
+            char *t = scalar_text(json_object_get(v, cols[c]));
+            if (t && (int)strlen(t) > width[c])
+                width[c] = (int)strlen(t);
+            free(t);
+        }
+    }
+    fputs(indent, to);
+    for (size_t c = 0; c < ncols; c++)
+        if (c + 1 < ncols)
+            fprintf(to, "%-*s  ", width[c], cols[c]);
+        else
+            fprintf(to, "%s\n", cols[c]);
+    if (ncols == 0)
+        fputc('\n', to);
+    json_array_foreach(rows, i, v) {
+        fputs(indent, to);
+        for (size_t c = 0; c < ncols; c++) {
+            char *t = scalar_text(json_object_get(v, cols[c]));
+            const char *s = t ? t : "-";
+            if (c + 1 < ncols)
+                fprintf(to, "%-*s  ", width[c], s);
+            else
+                fprintf(to, "%s\n", s);
+            free(t);
+        }
+    }
+}
+
+void cli_print_human(FILE *to, json_t *data)
+{
+    const char *key;
+    json_t *v;
+    int width = 0;
+    if (!json_is_object(data)) {
+        if (is_table(data))
+            print_table(to, data, "");
+        else
+            json_dumpf(data, to, JSON_INDENT(2) | JSON_ENCODE_ANY);
+        return;
+    }
+    json_object_foreach(data, key, v)
+        if ((int)strlen(key) > width)
+            width = (int)strlen(key);
+    /* scalars first, aligned; then nested values under their name */
+    json_object_foreach(data, key, v) {
+        char *t = scalar_text(v);
+        if (t)
+            fprintf(to, "%-*s  %s\n", width, key, t);
+        free(t);
+    }
+    json_object_foreach(data, key, v) {
+        if (is_table(v)) {
+            fprintf(to, "\n%s:\n", key);
+            print_table(to, v, "  ");
+        } else if (json_is_array(v) && json_array_size(v) == 0) {
+            fprintf(to, "%-*s  (none)\n", width, key);
+        } else if (json_is_object(v)) {
+            /* a small record (last_migration): its scalars as k=v on one line */
+            const char *k;
+            json_t *f;
+            fprintf(to, "%-*s ", width, key);
+            json_object_foreach(v, k, f) {
+                char *t = scalar_text(f);
+                fprintf(to, " %s=%s", k, t ? t : "...");
+                free(t);
+            }
+            fputc('\n', to);
+        } else if (json_is_array(v)) {
+            char *d = json_dumps(v, JSON_COMPACT);
+            fprintf(to, "%-*s  %s\n", width, key, d ? d : "?");
+            free(d);
+        }
+    }
 }
 
 int cli_open_service(cdb_config *cfg, bool with_pool, cdb_service **svc, cdb_error *err)
@@ -84,10 +210,9 @@ int cli_print_result(json_t *data, const cdb_error *err, bool as_json)
             rc = CLI_EXIT_FAILED;
         }
     } else if (ok) {
-        if (data) {
-            json_dumpf(data, stdout, JSON_INDENT(2));
-            fputc('\n', stdout);
-        }
+        if (data)
+            cli_print_human(stdout, data);
+        fflush(stdout);
     } else {
         fprintf(stderr, "coredb: %s: %s\n", cdb_err_name(err->code), err->message);
         if (err->details) {

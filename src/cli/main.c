@@ -1,6 +1,12 @@
 /*
  * main.c - the coredb command line: a thin front end that parses arguments,
  * calls the library and renders its result.
+ *
+ * Every command is a row of cli_commands[]; `coredb help`, the man page
+ * (`coredb help --man`) and the bash completion are printed from that table
+ * and the commands' own usage texts (help.c). --help / -h anywhere after a
+ * command prints its usage and exits 0 before anything is loaded, started or
+ * connected; --verbose anywhere turns the one-shot commands' logs on.
  */
 #include <stdio.h>
 #include <stdlib.h>
@@ -11,53 +17,67 @@
 #include "coredb/result.h"
 #include "coredb/service.h"
 
-static void usage(FILE *to)
+static int cmd_version(int argc, char **argv)
 {
-    fputs("usage: coredb <command> [options]\n"
-          "\n"
-          "commands:\n"
-          "  serve                      run the HTTP service (embedded PostgreSQL when no DATABASE_URL)\n"
-          "  config [--json]            print the effective configuration, secrets redacted\n"
-          "  migrate status [--json]    applied and pending migrations\n"
-          "  migrate up [--target V] [--dry-run] [--json]\n"
-          "  migrate down [--steps N] [--json]\n"
-          "  migrate new NAME [--json]  create migrations/<date>_<n>_NAME.sql\n"
-          "  user create --email E --username U [--role admin|user|premium] [--json]\n"
-          "                             create a user; the password is read from stdin\n"
-          "  version                    print the version\n"
-          "\n"
-          "--json prints exactly one result object on stdout, on success and on failure:\n"
-          "  {\"status\": \"success\"|\"error\", \"error\": null|{code, message, details},\n"
-          "   \"timestamp\": ISO-8601 UTC, ...data}; the exit code is the same as without it.\n"
-          "`coredb <command> --help` describes one command.\n"
-          "Configuration comes from the environment; see docs/configuration.md.\n",
-          to);
+    if (argc > 1)
+        return cli_usage_error("version", cli_help_version, false);
+    printf("coredb %s\n", CDB_VERSION);
+    return CLI_EXIT_OK;
+}
+
+static const cli_command commands[] = {
+    {"serve", "run the HTTP service (embedded PostgreSQL when no DATABASE_URL)", NULL, NULL,
+     cli_help_serve, cmd_serve},
+    {"config", "print the effective configuration, secrets redacted, with sources", NULL,
+     "--json", cli_help_config, cmd_config},
+    {"migrate", "migration status, apply, roll back, new file", "status up down new",
+     "--json --target --dry-run --steps", cli_help_migrate, cmd_migrate},
+    {"user", "create a user; the password is read from stdin", "create",
+     "--email --username --role --display-name --json", cli_help_user, cmd_user},
+    {"completion", "print a shell completion script (bash)", "bash", NULL, cli_help_completion,
+     cmd_completion},
+    {"help", "describe a command, or print the man page (--man)", NULL, "--man", cli_help_help,
+     cmd_help},
+    {"version", "print the version", NULL, NULL, cli_help_version, cmd_version},
+};
+
+/* Removes --verbose from argv (any position); returns the new argc. */
+static int take_verbose(int argc, char **argv)
+{
+    int out = 1;
+    for (int i = 1; i < argc; i++) {
+        if (strcmp(argv[i], "--verbose") == 0)
+            cli_verbose = true;
+        else
+            argv[out++] = argv[i];
+    }
+    argv[out] = NULL;
+    return out;
 }
 
 int main(int argc, char **argv)
 {
+    cli_commands = commands;
+    cli_command_count = sizeof commands / sizeof commands[0];
+    argc = take_verbose(argc, argv);
     if (argc < 2) {
-        usage(stderr);
+        cli_usage(stderr);
         return CLI_EXIT_USAGE;
     }
-    const char *cmd = argv[1];
-    if (strcmp(cmd, "serve") == 0)
-        return cmd_serve(argc - 1, argv + 1);
-    if (strcmp(cmd, "config") == 0)
-        return cmd_config(argc - 1, argv + 1);
-    if (strcmp(cmd, "migrate") == 0)
-        return cmd_migrate(argc - 1, argv + 1);
-    if (strcmp(cmd, "user") == 0)
-        return cmd_user(argc - 1, argv + 1);
-    if (strcmp(cmd, "version") == 0 || strcmp(cmd, "--version") == 0) {
-        printf("coredb %s\n", CDB_VERSION);
+    const char *name = argv[1];
+    if (strcmp(name, "--help") == 0 || strcmp(name, "-h") == 0)
+        return cmd_help(argc - 1, argv + 1);
+    if (strcmp(name, "--version") == 0)
+        name = "version";
+    const cli_command *cmd = cli_command_find(name);
+    if (!cmd) {
+        fprintf(stderr, "coredb: unknown command '%s'\n", name);
+        cli_usage(stderr);
+        return CLI_EXIT_USAGE;
+    }
+    if (cmd->run != cmd_help && cli_wants_help(argc - 1, argv + 1)) {
+        fputs(cmd->help, stdout);
         return CLI_EXIT_OK;
     }
-    if (strcmp(cmd, "help") == 0 || strcmp(cmd, "--help") == 0 || strcmp(cmd, "-h") == 0) {
-        usage(stdout);
-        return CLI_EXIT_OK;
-    }
-    fprintf(stderr, "coredb: unknown command '%s'\n", cmd);
-    usage(stderr);
-    return CLI_EXIT_USAGE;
+    return cmd->run(argc - 1, argv + 1);
 }

@@ -160,6 +160,7 @@ static const struct var vars[] = {
     BOOL("DEBUG", debug, "false"),
 };
 #define NVARS (sizeof vars / sizeof vars[0])
+_Static_assert(NVARS <= CDB_CONFIG_MAX_VARS, "raise CDB_CONFIG_MAX_VARS in coredb/config.h");
 
 /* POSTGRES_* have no field: they are folded into DATABASE_URL when it is
  * absent. This descriptor only lends POSTGRES_PORT its range (its offset is
@@ -226,9 +227,10 @@ out_close:
     return rc;
 }
 
-/* *out = malloc'd value of name (or of name_FILE's content) or NULL. */
+/* *out = malloc'd value of name (or of name_FILE's content) or NULL; *src
+ * (when not NULL) says which of the two it was. */
 static int read_env(const char *name, bool allow_file, cdb_env_lookup lookup, void *ud,
-                    char **out, cdb_error *err)
+                    char **out, cdb_config_source *src, cdb_error *err)
 {
     char fname[96];
     const char *plain = nonempty(lookup(name, ud));
@@ -242,6 +244,8 @@ static int read_env(const char *name, bool allow_file, cdb_env_lookup lookup, vo
     if (plain && path)
         return cdb_error_set(err, CDB_ERR_CONFIG_INVALID, "%s: set either %s or %s, not both",
                              name, name, fname);
+    if (src)
+        *src = path ? CDB_CONFIG_FILE : plain ? CDB_CONFIG_ENV : CDB_CONFIG_DEFAULT;
     if (path)
         return read_secret_file(fname, path, out, err);
     if (plain && !(*out = strdup(plain)))
@@ -466,9 +470,11 @@ static int load_var(cdb_config *cfg, const struct var *v, cdb_env_lookup lookup,
 {
     void *field = (char *)cfg + v->off;
     char *val;
-    int rc = read_env(v->name, v->flags & F_FILE, lookup, ud, &val, err);
+    cdb_config_source src;
+    int rc = read_env(v->name, v->flags & F_FILE, lookup, ud, &val, &src, err);
     if (rc < 0)
         return rc;
+    cfg->sources[v - vars] = (unsigned char)src;
     if (!val && v->def && !(val = strdup(v->def)))
         return cdb_error_oom(err);
     if (!val)
@@ -518,7 +524,7 @@ static int assemble_database_url(cdb_config *cfg, cdb_env_lookup lookup, void *u
     const char *port_s = nonempty(lookup("POSTGRES_PORT", ud));
     const char *db = nonempty(lookup("POSTGRES_DB", ud));
     char *pw = NULL, *euser = NULL, *epw = NULL, *ehost = NULL, *edb = NULL, *url = NULL;
-    int port = 5432, rc = read_env("POSTGRES_PASSWORD", true, lookup, ud, &pw, err);
+    int port = 5432, rc = read_env("POSTGRES_PASSWORD", true, lookup, ud, &pw, NULL, err);
 
     if (rc < 0 || (!user && !pw && !host && !port_s && !db))
         return rc;
@@ -543,6 +549,8 @@ static int assemble_database_url(cdb_config *cfg, cdb_env_lookup lookup, void *u
         goto out;
     }
     rc = normalize_as("POSTGRES_HOST", url, &cfg->database_url, err);
+    if (rc == 0)
+        cdb_config_set_source(cfg, "DATABASE_URL", CDB_CONFIG_ENV);
 out:
     free_secret(pw);
     free_secret(epw);
@@ -622,6 +630,38 @@ void cdb_config_destroy(cdb_config *cfg)
     memset(cfg, 0, sizeof *cfg);
 }
 
+static const struct var *find_var(const char *name)
+{
+    for (size_t i = 0; i < NVARS; i++)
+        if (strcmp(vars[i].name, name) == 0)
+            return &vars[i];
+    return NULL;
+}
+
+cdb_config_source cdb_config_source_of(const cdb_config *cfg, const char *name)
+{
+    const struct var *v = find_var(name);
+    return v ? (cdb_config_source)cfg->sources[v - vars] : CDB_CONFIG_DEFAULT;
+}
+
+void cdb_config_set_source(cdb_config *cfg, const char *name, cdb_config_source src)
+{
+    const struct var *v = find_var(name);
+    if (v)
+        cfg->sources[v - vars] = (unsigned char)src;
+}
+
+const char *cdb_config_source_name(cdb_config_source src)
+{
+    switch (src) {
+    case CDB_CONFIG_ENV:          return "env";
+    case CDB_CONFIG_FILE:         return "file";
+    case CDB_CONFIG_SECRETS_FILE: return "var/secrets.env";
+    case CDB_CONFIG_DEFAULT:      break;
+    }
+    return "default";
+}
+
 json_t *cdb_config_to_json(const cdb_config *cfg)
 {
     json_t *o = json_object();
@@ -655,6 +695,14 @@ json_t *cdb_config_to_json(const cdb_config *cfg)
     }
     if (json_object_set_new(o, "embedded", json_boolean(cfg->embedded)) < 0)
         goto fail_free_object;
+    json_t *sources = json_object();
+    if (!sources || json_object_set_new(o, "sources", sources) < 0)
+        goto fail_free_object;
+    for (size_t i = 0; i < NVARS; i++) {
+        const char *name = cdb_config_source_name((cdb_config_source)cfg->sources[i]);
+        if (json_object_set_new(sources, vars[i].name, json_string(name)) < 0)
+            goto fail_free_object;
+    }
     return o;
 fail_free_object:
     json_decref(o);

@@ -40,9 +40,12 @@ int cdb_service_start(cdb_service *svc, cdb_error *err)
         bool created = false;
         if (cdb_users_ensure_admin(svc, cfg->admin_email, NULL, cfg->admin_password, &created, err) < 0)
             return err->code;
-        if (created)
-            cdb_log_info("serve.admin_created", "created the first admin %s%s", cfg->admin_email,
-                         cfg->embedded ? "; its password is in the development secrets file" : "");
+        if (created && cfg->embedded)
+            cdb_log_info("serve.admin_created",
+                         "created the first admin %s; its password is COREDB_ADMIN_PASSWORD in %s/secrets.env",
+                         cfg->admin_email, cfg->var_dir);
+        else if (created)
+            cdb_log_info("serve.admin_created", "created the first admin %s", cfg->admin_email);
     }
     /* The catalog follows DDL and grants through NOTIFY from here on; load it
      * now so the first data request does not pay for it. */

@@ -59,8 +59,9 @@ static char *generate_secret(const struct secret_spec *spec)
     return out;
 }
 
-/* Reads NAME=value lines we know into vals; a missing file is empty. */
-static int read_secrets(const char *path, char *vals[SECRET_COUNT], cdb_error *err)
+/* Reads NAME=value lines we know into vals; a missing file is empty. With
+ * fix_mode a file readable by others is made 0600. */
+static int read_secrets(const char *path, char *vals[SECRET_COUNT], bool fix_mode, cdb_error *err)
 {
     FILE *f = fopen(path, "re");
     if (!f) {
@@ -71,7 +72,7 @@ static int read_secrets(const char *path, char *vals[SECRET_COUNT], cdb_error *e
     }
     int rc = 0;
     struct stat st;
-    if (fstat(fileno(f), &st) == 0 && (st.st_mode & 077)) {
+    if (fix_mode && fstat(fileno(f), &st) == 0 && (st.st_mode & 077)) {
         cdb_log_warn("devdb.secrets", "%s was readable by others; mode set to 0600", path);
         if (fchmod(fileno(f), 0600) < 0) {
             rc = cdb_error_set(err, CDB_ERR_INTERNAL_ERROR, "cannot chmod %s: %s",
@@ -162,7 +163,9 @@ out_tmp:
     return rc;
 }
 
-int cdb_devsecrets_load(cdb_config *cfg, const char *var_dir, cdb_error *err)
+/* Fills the NULL secret fields of cfg from <var_dir>/secrets.env and marks
+ * their source; with generate, creates and saves those the file lacks. */
+static int fill_secrets(cdb_config *cfg, const char *var_dir, bool generate, cdb_error *err)
 {
     char *vals[SECRET_COUNT] = {0};
     char **fields[SECRET_COUNT] = {
@@ -183,17 +186,17 @@ int cdb_devsecrets_load(cdb_config *cfg, const char *var_dir, cdb_error *err)
         rc = cdb_error_oom(err);
         goto out_free;
     }
-    if (cdb_mkdir_p(dir, 0755) < 0) {
+    if (generate && cdb_mkdir_p(dir, 0755) < 0) {
         rc = cdb_error_set(err, CDB_ERR_INTERNAL_ERROR, "cannot create %s: %s",
                            dir, strerror(errno));
         goto out_free;
     }
-    if ((rc = read_secrets(path, vals, err)) < 0)
+    if ((rc = read_secrets(path, vals, generate, err)) < 0)
         goto out_free;
 
     bool generated = false;
     for (int i = 0; i < SECRET_COUNT; i++) {
-        if (!need[i] || vals[i])
+        if (!need[i] || vals[i] || !generate)
             continue;
         if (!(vals[i] = generate_secret(&secret_specs[i]))) {
             rc = cdb_error_oom(err);
@@ -205,16 +208,36 @@ int cdb_devsecrets_load(cdb_config *cfg, const char *var_dir, cdb_error *err)
         goto out_free;
 
     for (int i = 0; i < SECRET_COUNT; i++) {
-        if (need[i]) {
+        if (need[i] && vals[i]) {
             *fields[i] = vals[i];   /* ownership moves to cfg */
             vals[i] = NULL;
+            cdb_config_set_source(cfg, secret_specs[i].name, CDB_CONFIG_SECRETS_FILE);
         }
     }
-    cdb_log_info("devdb.secrets", "development secrets in %s (mode 0600)", path);
+    if (generate)
+        cdb_log_info("devdb.secrets", "development secrets in %s (mode 0600)", path);
 out_free:
     for (int i = 0; i < SECRET_COUNT; i++)
         free_secret(&vals[i]);
     free(path);
     free(dir);
     return rc;
+}
+
+int cdb_devsecrets_load(cdb_config *cfg, const char *var_dir, cdb_error *err)
+{
+    return fill_secrets(cfg, var_dir, true, err);
+}
+
+int cdb_devsecrets_peek(cdb_config *cfg, const char *var_dir, cdb_error *err)
+{
+    return fill_secrets(cfg, var_dir, false, err);
+}
+
+char *cdb_devsecrets_path(const char *var_dir)
+{
+    char *dir = cdb_absolute_dir(var_dir);
+    char *path = dir ? cdb_xasprintf("%s/secrets.env", dir) : NULL;
+    free(dir);
+    return path;
 }

@@ -17,4 +17,15 @@
  */
 int cdb_devsecrets_load(cdb_config *cfg, const char *var_dir, cdb_error *err);
 
+/*
+ * What cdb_devsecrets_load would fill, read from the file as it is: never
+ * creates, writes or changes the mode of anything (`coredb config`). A
+ * missing file fills nothing. Filled fields are marked
+ * CDB_CONFIG_SECRETS_FILE (cdb_config_set_source); load marks them too.
+ */
+int cdb_devsecrets_peek(cdb_config *cfg, const char *var_dir, cdb_error *err);
+
+/* <var_dir made absolute>/secrets.env, malloc'd (caller frees), or NULL on OOM. */
+char *cdb_devsecrets_path(const char *var_dir);
+
 #endif

@@ -267,9 +267,9 @@ static void sanitize_pq_message(const char *msg, bool first_line_only, char *buf
 }
 
 /*
- * Returns "-c statement_timeout=N" merged with any options the conninfo
- * already carries (e.g. a search_path), so neither overrides the other.
- * *out is NULL when there is nothing to set; caller frees it. Fails with
+ * Returns "-c TimeZone=UTC" and "-c statement_timeout=N" merged with any
+ * options the conninfo already carries (e.g. a search_path), so neither
+ * overrides the other; caller frees *out. Fails with
  * VALIDATION_FAILED when the conninfo does not parse: libpq's parse errors
  * quote pieces of the string, which may hold the password, so they are
  * never shown.
@@ -295,15 +295,17 @@ static int merged_options(const char *conninfo, int statement_timeout_ms, char *
         if (strcmp(o->keyword, "options") == 0 && o->val && *o->val)
             existing = o->val;
 
-    if (statement_timeout_ms > 0) {
-        if (asprintf(out, "%s%s-c statement_timeout=%d", existing ? existing : "",
-                     existing ? " " : "", statement_timeout_ms) < 0)
-            *out = NULL;
-    } else if (existing) {
-        *out = strdup(existing);
-    }
-    if ((statement_timeout_ms > 0 || existing) && !*out)
+    /* TimeZone=UTC: timestamps PostgreSQL renders (data API rows through
+     * row_to_json) are UTC whatever the server's zone, like every other
+     * timestamp coredb prints (docs/http.md, "Timestamps"). */
+    char timeout_opt[48] = "";
+    if (statement_timeout_ms > 0)
+        snprintf(timeout_opt, sizeof timeout_opt, " -c statement_timeout=%d", statement_timeout_ms);
+    if (asprintf(out, "%s%s-c TimeZone=UTC%s", existing ? existing : "", existing ? " " : "",
+                 timeout_opt) < 0) {
+        *out = NULL;
         rc = cdb_error_oom(err);
+    }
 out_free_parsed:
     PQconninfoFree(parsed);
     return rc;

@@ -1,5 +1,6 @@
 """Zero configuration: `coredb serve` with no database runs its own PostgreSQL
 under ./var and answers /health UP; stopping it stops that PostgreSQL."""
+import json
 import os
 import stat
 import subprocess
@@ -44,6 +45,15 @@ def test_embedded_mode_serves_health_with_no_configuration():
         assert len(values) == 3
         for value in values:
             assert value not in inst.log()
+        # the admin-created line names the file that holds the admin's password
+        created = [l for l in inst.log().splitlines() if '"serve.admin_created"' in l]
+        assert len(created) == 1 and secrets in json.loads(created[0])["msg"], created
+        # `coredb config` shows those secrets as in force, from that file (issue 18, item 6)
+        cfg = json.loads(subprocess.run([inst.proc.args[0], "config", "--json"], cwd=cwd, env=inst.env,
+                                        capture_output=True, text=True, timeout=30).stdout)
+        for name in secret_names + ("COREDB_ADMIN_EMAIL",):
+            assert cfg["sources"][name] == "var/secrets.env", (name, cfg["sources"])
+        assert cfg["JWT_SECRET"] == "[redacted]" and cfg["COREDB_ADMIN_EMAIL"] == "admin@coredb.local"
         pgdata = os.path.join(var, "pgdata")
         assert postmaster_running(pgdata)
         # a second command while serve runs shares the cluster and leaves it running

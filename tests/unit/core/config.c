@@ -571,6 +571,15 @@ static void test_to_json_redacts(void **state)
     assert_true(json_is_true(json_object_get(j, "MIGRATE_ON_START")));
     assert_string_equal(json_string_value(json_object_get(j, "LOG_LEVEL")), "debug");
     assert_true(json_is_false(json_object_get(j, "embedded")));
+    /* where each value came from */
+    json_t *src = json_object_get(j, "sources");
+    assert_string_equal(json_string_value(json_object_get(src, "JWT_SECRET")), "env");
+    assert_string_equal(json_string_value(json_object_get(src, "PORT")), "default");
+    assert_int_equal(json_object_size(src), json_object_size(j) - 2);
+    assert_int_equal(cdb_config_source_of(&cfg, "DATABASE_URL"), CDB_CONFIG_ENV);
+    cdb_config_set_source(&cfg, "JWT_SECRET", CDB_CONFIG_SECRETS_FILE);
+    assert_string_equal(cdb_config_source_name(cdb_config_source_of(&cfg, "JWT_SECRET")),
+                        "var/secrets.env");
     free(dump);
     json_decref(j);
     cdb_config_destroy(&cfg);
