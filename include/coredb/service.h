@@ -49,6 +49,18 @@ int  cdb_service_open(cdb_service **out, cdb_config *cfg,
  * the catalog loaded and its LISTEN started, the password hash warmed up,
  * and the background jobs started (session reaping, the Redis outbox,
  * ledger expiry). Blocking. Call once, before serving requests.
+ *
+ * Signals: cdb_service_open (the pool) and this call start threads, which
+ * inherit the signal mask of the thread that calls them. A process-directed
+ * signal goes to any thread that does not block it, and with its default
+ * action (SIGTERM, SIGINT, SIGHUP) it ends the process without
+ * cdb_service_close: an embedded PostgreSQL is then left running until the
+ * next coredb on the same var_dir adopts and stops it. A program that wants
+ * to stop cleanly on a signal blocks it in main() before cdb_service_open
+ * (cdb_http_block_stop_signals does it for the signals cdb_http_server_run
+ * waits for) and waits for it in one thread (sigwait), then calls
+ * cdb_service_close. The service changes no signal's disposition and no
+ * mask of the caller's threads.
  */
 int  cdb_service_start(cdb_service *svc, cdb_error *err);
 

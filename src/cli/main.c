@@ -7,6 +7,7 @@
 #include <string.h>
 
 #include "cli.h"
+#include "coredb/http.h"
 #include "coredb/log.h"
 #include "coredb/result.h"
 #include "coredb/service.h"
@@ -41,8 +42,18 @@ int main(int argc, char **argv)
         return CLI_EXIT_USAGE;
     }
     const char *cmd = argv[1];
-    if (strcmp(cmd, "serve") == 0)
+    if (strcmp(cmd, "serve") == 0) {
+        /* Before any thread exists, so every thread inherits the mask and a
+         * stop signal (a second one included) reaches the server's sigwait
+         * instead of killing the process past its cleanup. One-shot
+         * commands keep the default: Ctrl-C ends them at once (an embedded
+         * cluster one of them started is adopted by the next coredb). */
+        if (cdb_http_block_stop_signals() < 0) {
+            fprintf(stderr, "coredb: cannot block the stop signals\n");
+            return CLI_EXIT_FAILED;
+        }
         return cmd_serve(argc - 1, argv + 1);
+    }
     if (strcmp(cmd, "config") == 0)
         return cmd_config(argc - 1, argv + 1);
     if (strcmp(cmd, "migrate") == 0)

@@ -21,8 +21,19 @@
  * pg_ctl hands the -o options to /bin/sh, so the socket path is quoted there
  * and a var_dir containing quotes, backslashes or control characters is
  * refused rather than escaped.
+ *
+ * Ownership: the coredb that starts the cluster stops it when it closes.
+ * It holds an exclusive flock on run/devdb.owner for as long as it lives
+ * and writes its pid there (for the log only). Another coredb on the same
+ * var_dir (`migrate status` while `serve` runs) finds the lock taken, uses
+ * the cluster and leaves it running. The kernel drops the lock when its
+ * holder dies, however it dies (SIGKILL, a crash), so a running cluster
+ * whose lock is free has nobody left to stop it: the next coredb adopts it
+ * (takes the lock) and stops it at exit. A lock, unlike a recorded pid,
+ * cannot be fooled by the system reusing the dead owner's pid.
  */
 #include "core/fsutil.h"
+#include "core/timeutil.h"
 #include "store/devdb.h"
 #include "coredb/log.h"
 
@@ -38,6 +49,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/file.h>
 #include <sys/stat.h>
 #include <sys/types.h>
 #include <sys/un.h>
@@ -49,6 +61,7 @@ extern char **environ;
 #define DEVDB_PORT  "5432"
 #define DEVDB_DB    "coredb"
 #define MAX_GROUPS  64
+#define OWNER_WAIT_MS 60000    /* as pg_ctl -t 60: another coredb starting or stopping it */
 
 /* Who the PostgreSQL programs run as: ourselves, or `postgres` when root. */
 typedef struct runas {
@@ -64,8 +77,10 @@ struct cdb_devdb {
     char *pgdata;
     char *run_dir;
     char *log_path;
+    char *owner_path;          /* run/devdb.owner: the lock of the coredb that stops it */
+    int   owner_fd;            /* holds that lock, or -1: another coredb owns the cluster */
     runas as;
-    bool  running;             /* started by this process: stop it on close */
+    bool  running;             /* started or adopted by this process: stop it on close */
 };
 
 /* A private directory of the cluster's account with exactly mode. */
@@ -255,16 +270,69 @@ out_free:
     return rc;
 }
 
+static bool cluster_running(const cdb_devdb *db)
+{
+    char *argv[] = {db->pg_ctl, "status", "-D", db->pgdata, NULL};
+    return run(&db->as, -1, db->pgdata, argv) == 0;
+}
+
+/* The pid the owner file records (for the log), or 0. */
+static long recorded_owner(int fd)
+{
+    char buf[32];
+    ssize_t n = pread(fd, buf, sizeof buf - 1, 0);
+    if (n <= 0)
+        return 0;
+    buf[n] = '\0';
+    return strtol(buf, NULL, 10);
+}
+
+/*
+ * Tries to take the owner lock without waiting. 1: taken (db->owner_fd),
+ * our pid recorded, *prev the pid the last owner recorded (0: none);
+ * 0: a live coredb holds it, *prev its pid; -1 + err.
+ */
+static int claim_owner(cdb_devdb *db, long *prev, cdb_error *err)
+{
+    int fd = open(db->owner_path, O_RDWR | O_CREAT | O_CLOEXEC, 0600);
+    if (fd < 0)
+        goto fail;
+    if (flock(fd, LOCK_EX | LOCK_NB) < 0) {
+        if (errno != EWOULDBLOCK)
+            goto fail;
+        *prev = recorded_owner(fd);
+        close(fd);
+        return 0;
+    }
+    *prev = recorded_owner(fd);
+    char pid[24];
+    int len = snprintf(pid, sizeof pid, "%ld\n", (long)getpid());
+    if (ftruncate(fd, 0) < 0 || pwrite(fd, pid, (size_t)len, 0) != len)
+        goto fail;
+    db->owner_fd = fd;
+    return 1;
+fail:
+    cdb_error_set(err, CDB_ERR_DATABASE_UNAVAILABLE, "embedded PostgreSQL: cannot lock %s: %s",
+                  db->owner_path, strerror(errno));
+    if (fd >= 0)
+        close(fd);
+    return -1;
+}
+
+/* Drops the owner lock (closing the descriptor drops it); the pid goes too. */
+static void release_owner(cdb_devdb *db)
+{
+    if (db->owner_fd < 0)
+        return;
+    if (ftruncate(db->owner_fd, 0) < 0)
+        cdb_log_warn("devdb.owner", "cannot clear %s: %s", db->owner_path, strerror(errno));
+    close(db->owner_fd);
+    db->owner_fd = -1;
+}
+
 static int pg_ctl_start(cdb_devdb *db, cdb_error *err)
 {
     int rc = -1;
-    char *status_argv[] = {db->pg_ctl, "status", "-D", db->pgdata, NULL};
-    if (run(&db->as, -1, db->pgdata, status_argv) == 0) {
-        /* Another coredb (say `serve` while we are `migrate status`) runs it:
-         * use it, and leave stopping it to that process. */
-        cdb_log_info("devdb.reuse", "embedded PostgreSQL already running in %s", db->pgdata);
-        return 0;
-    }
     char *opts = cdb_xasprintf("-c listen_addresses='' -k '\"%s\"' -c port=" DEVDB_PORT, db->run_dir);
     if (!opts)
         return cdb_error_oom(err);
@@ -288,6 +356,52 @@ static int pg_ctl_start(cdb_devdb *db, cdb_error *err)
 out_opts:
     free(opts);
     return rc;
+}
+
+/*
+ * Decides who runs the cluster, then makes sure it runs. Owner lock free
+ * and the cluster up: nobody alive will stop it, adopt it. Lock free and
+ * the cluster down: initdb if needed and start it. Lock held by a live
+ * coredb: use its cluster once it answers (that process may be starting
+ * it, or stopping it at exit, after which the lock frees up).
+ */
+static int take_cluster(cdb_devdb *db, const char *bindir, const char *var_dir, cdb_error *err)
+{
+    int64_t deadline = cdb_mono_ms() + OWNER_WAIT_MS;
+    for (;;) {
+        long prev = 0;
+        int owner = claim_owner(db, &prev, err);
+        if (owner < 0)
+            return -1;
+        bool up = cluster_running(db);
+        if (owner && up) {
+            db->running = true;
+            if (prev > 0)
+                cdb_log_warn("devdb.adopt", "embedded PostgreSQL in %s was left running by coredb "
+                             "pid %ld, which is gone: adopting it; it stops when this process exits",
+                             db->pgdata, prev);
+            else
+                cdb_log_warn("devdb.adopt", "embedded PostgreSQL in %s was running with no coredb "
+                             "owning it: adopting it; it stops when this process exits", db->pgdata);
+            return 0;
+        }
+        if (owner)
+            break;
+        if (up) {
+            cdb_log_info("devdb.reuse", "embedded PostgreSQL in %s is run by coredb pid %ld: "
+                         "using it and leaving it running", db->pgdata, prev);
+            return 0;
+        }
+        if (cdb_mono_ms() >= deadline)
+            return cdb_error_set(err, CDB_ERR_DATABASE_UNAVAILABLE,
+                                 "embedded PostgreSQL in %s: coredb pid %ld owns it but it did "
+                                 "not come up within %d s; see %s", db->pgdata, prev,
+                                 OWNER_WAIT_MS / 1000, db->log_path);
+        usleep(100 * 1000);
+    }
+    if (!file_exists(db->pgdata, "PG_VERSION") && initdb(db, bindir, var_dir, err) < 0)
+        return -1;
+    return pg_ctl_start(db, err);
 }
 
 static int ensure_database(const cdb_devdb *db, cdb_error *err)
@@ -352,8 +466,11 @@ static char *make_uri(const char *run_dir)
     return uri;
 }
 
+/* Frees the handle; drops the owner lock, so call it after stopping the cluster. */
 static void devdb_free(cdb_devdb *db)
 {
+    release_owner(db);
+    free(db->owner_path);
     free(db->pg_ctl);
     free(db->pgdata);
     free(db->run_dir);
@@ -383,6 +500,8 @@ cdb_devdb *cdb_devdb_start(const char *var_dir, const char *pg_bindir,
     char *dir = cdb_absolute_dir(var_dir);
     cdb_devdb *db = calloc(1, sizeof *db);
     char *log_dir = dir ? cdb_xasprintf("%s/log", dir) : NULL;
+    if (db)
+        db->owner_fd = -1;
     if (!dir || !db || !log_dir) {
         cdb_error_oom(err);
         goto fail;
@@ -391,7 +510,8 @@ cdb_devdb *cdb_devdb_start(const char *var_dir, const char *pg_bindir,
     db->pgdata = cdb_xasprintf("%s/pgdata", dir);
     db->run_dir = cdb_xasprintf("%s/run", dir);
     db->log_path = cdb_xasprintf("%s/postgresql.log", log_dir);
-    if (!db->pg_ctl || !db->pgdata || !db->run_dir || !db->log_path) {
+    db->owner_path = cdb_xasprintf("%s/run/devdb.owner", dir);
+    if (!db->pg_ctl || !db->pgdata || !db->run_dir || !db->log_path || !db->owner_path) {
         cdb_error_oom(err);
         goto fail;
     }
@@ -430,9 +550,7 @@ cdb_devdb *cdb_devdb_start(const char *var_dir, const char *pg_bindir,
         private_dir(log_dir, &db->as, 0700, err) < 0)
         goto fail;
 
-    if (!file_exists(db->pgdata, "PG_VERSION") && initdb(db, pg_bindir, dir, err) < 0)
-        goto fail;
-    if (pg_ctl_start(db, err) < 0 || ensure_database(db, err) < 0)
+    if (take_cluster(db, pg_bindir, dir, err) < 0 || ensure_database(db, err) < 0)
         goto fail;
     *conninfo = make_uri(db->run_dir);
     if (!*conninfo) {
@@ -457,7 +575,7 @@ void cdb_devdb_stop(cdb_devdb *db)
     if (!db)
         return;
     if (!db->running) {
-        devdb_free(db); /* reused a cluster another process runs: not ours to stop */
+        devdb_free(db); /* another live coredb runs it: not ours to stop */
         return;
     }
     int status = pg_ctl_stop(db);

@@ -26,8 +26,10 @@ typedef struct cdb_devdb cdb_devdb;
 cdb_devdb *cdb_devdb_start(const char *var_dir, const char *pg_bindir,
                            char **conninfo, cdb_error *err);
 /*
- * Stops the cluster (fast shutdown) if this process started it (one already
- * running is left to its owner) and frees the handle. NULL is a no-op.
+ * Stops the cluster (fast shutdown) if this process owns it, i.e. started it
+ * or adopted it (found it running with no live coredb owning it: see
+ * devdb.c), and frees the handle. A cluster another live coredb owns is left
+ * to that process. NULL is a no-op.
  */
 void cdb_devdb_stop(cdb_devdb *db);
 
