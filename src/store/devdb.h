@@ -26,10 +26,11 @@ typedef struct cdb_devdb cdb_devdb;
 cdb_devdb *cdb_devdb_start(const char *var_dir, const char *pg_bindir,
                            char **conninfo, cdb_error *err);
 /*
- * Stops the cluster (fast shutdown) if this process owns it, i.e. started it
- * or adopted it (found it running with no live coredb owning it: see
- * devdb.c), and frees the handle. A cluster another live coredb owns is left
- * to that process. NULL is a no-op.
+ * Leaves the cluster and frees the handle: stops it (fast shutdown) when no
+ * other live coredb uses it, whichever process started it, else leaves it
+ * running for them (see devdb.c). A start that finds the cluster running
+ * with no live coredb using it (one was SIGKILLed) adopts it, so the last
+ * coredb out stops it. NULL is a no-op.
  */
 void cdb_devdb_stop(cdb_devdb *db);
 

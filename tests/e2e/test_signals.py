@@ -11,6 +11,7 @@ test_embedded.py does) and, whatever happens, kills what is left of its
 PostgreSQL by postmaster.pid in a finally.
 """
 import os
+import shutil
 import signal
 import subprocess
 import threading
@@ -20,7 +21,7 @@ import uuid
 import psycopg2
 import requests
 
-from servers import Coredb, scratch_dir
+from servers import COREDB_BIN, ROOT, Coredb, scratch_dir
 
 
 def embedded_cwd(name):
@@ -98,9 +99,12 @@ def wait_for(predicate, timeout, what):
 
 
 def sleeping_queries(cwd):
-    """pg_sleep statements running in the embedded cluster (our in-flight request)."""
-    conn = psycopg2.connect(host=os.path.join(cwd, "var", "run"), port=5432, user="postgres",
-                            dbname="coredb", connect_timeout=5)
+    """pg_sleep statements running in the embedded cluster (0 while it is not up yet)."""
+    try:
+        conn = psycopg2.connect(host=os.path.join(cwd, "var", "run"), port=5432,
+                                user="postgres", dbname="coredb", connect_timeout=5)
+    except psycopg2.OperationalError:
+        return 0
     try:
         with conn.cursor() as cur:
             cur.execute("SELECT count(*) FROM pg_stat_activity "
@@ -314,4 +318,44 @@ def test_one_shot_command_adopts_an_orphan_and_leaves_nothing():
         assert_no_postgres(pgdata)
     finally:
         kill_coredb(inst)
+        kill_postgres(pgdata)
+
+
+def test_the_last_coredb_out_stops_the_cluster_whoever_started_it():
+    """`migrate up` starts the cluster, `serve` joins it, migrate exits first:
+    the cluster stays up for serve, and serve's exit stops it."""
+    cwd = embedded_cwd("last-out")
+    pgdata = pgdata_of(cwd)
+    migrations = os.path.join(cwd, "migrations")
+    shutil.copytree(os.path.join(ROOT, "migrations"), migrations)
+    with open(os.path.join(migrations, "29991231_999_slow.sql"), "w") as f:
+        f.write("-- migrate:up\nSELECT pg_sleep(4);\n-- migrate:down\nSELECT 1;\n")
+    env = {"MIGRATIONS_DIR": migrations, "LOG_LEVEL": "debug"}
+    migrate = serve = None
+    try:
+        migrate = subprocess.Popen([COREDB_BIN, "migrate", "up"], cwd=cwd,
+                                   env=dict(os.environ, **env), stdout=subprocess.DEVNULL,
+                                   stderr=open(os.path.join(cwd, "migrate.log"), "wb"))
+        wait_for(lambda: sleeping_queries(cwd) > 0 or migrate.poll() is not None, 120,
+                 "migrate up to run the slow migration")
+        assert migrate.poll() is None, open(os.path.join(cwd, "migrate.log")).read()
+        serve = Coredb(env, cwd=cwd, wait=False)
+        wait_for(lambda: log_has(serve, "devdb.reuse") or serve.proc.poll() is not None, 60,
+                 "serve to join the cluster")
+        assert migrate.wait(60) == 0, open(os.path.join(cwd, "migrate.log")).read()
+        migrate_log = open(os.path.join(cwd, "migrate.log")).read()
+        assert '"event":"devdb.leave"' in migrate_log, migrate_log
+        assert '"event":"devdb.stop"' not in migrate_log, migrate_log
+        serve.wait_live(60)
+        assert postgres_processes(pgdata)
+        assert serve.get("/health").json()["status"] == "UP"
+        serve.proc.send_signal(signal.SIGTERM)
+        assert wait_exit(serve) == 0, serve.log()[-4000:]
+        assert log_has(serve, "devdb.stop"), serve.log()[-4000:]
+        assert_no_postgres(pgdata)
+    finally:
+        if migrate is not None and migrate.poll() is None:
+            migrate.kill()
+            migrate.wait(10)
+        kill_coredb(serve)
         kill_postgres(pgdata)
