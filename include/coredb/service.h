@@ -49,6 +49,18 @@ int  cdb_service_open(cdb_service **out, cdb_config *cfg,
  * the catalog loaded and its LISTEN started, the password hash warmed up,
  * and the background jobs started (session reaping, the Redis outbox,
  * ledger expiry). Blocking. Call once, before serving requests.
+ *
+ * Signals: cdb_service_open (the pool) and this call start threads, which
+ * inherit the signal mask of the thread that calls them. A process-directed
+ * signal goes to any thread that does not block it, and with its default
+ * action (SIGTERM, SIGINT, SIGHUP) it ends the process without
+ * cdb_service_close: an embedded PostgreSQL is then left running until the
+ * next coredb on the same var_dir adopts it (and stops it at its exit). A
+ * program that wants to stop cleanly on a signal blocks it in main() before
+ * cdb_service_open (cdb_http_block_stop_signals does it for the signals
+ * cdb_http_server_run waits for) and waits for it in one thread (sigwait),
+ * then calls cdb_service_close. The service changes no signal's
+ * disposition and no mask of the caller's threads.
  */
 int  cdb_service_start(cdb_service *svc, cdb_error *err);
 
@@ -59,7 +71,11 @@ int  cdb_service_start(cdb_service *svc, cdb_error *err);
  */
 int  cdb_service_migrate_on_start(cdb_service *svc, const char *applied_by, cdb_error *err);
 
-/* Stops the background jobs, closes the pool and Redis and stops the embedded PostgreSQL. NULL is a no-op. */
+/*
+ * Stops the background jobs, closes the pool and Redis and leaves the
+ * embedded PostgreSQL, stopping it unless another live coredb on the same
+ * var_dir still uses it (the last one out stops it). NULL is a no-op.
+ */
 void cdb_service_close(cdb_service *svc);
 
 /* The configuration the service was opened with (not owned). */

@@ -13,6 +13,7 @@
 #include <string.h>
 
 #include "cli.h"
+#include "coredb/http.h"
 #include "coredb/log.h"
 #include "coredb/result.h"
 #include "coredb/service.h"
@@ -78,6 +79,15 @@ int main(int argc, char **argv)
     if (cmd->run != cmd_help && cli_wants_help(argc - 1, argv + 1)) {
         fputs(cmd->help, stdout);
         return CLI_EXIT_OK;
+    }
+    if (cmd->run == cmd_serve && cdb_http_block_stop_signals() < 0) {
+        /* Before any thread exists, so every thread inherits the mask and a
+         * stop signal (a second one included) reaches the server's sigwait
+         * instead of killing the process past its cleanup. One-shot
+         * commands keep the default: Ctrl-C ends them at once (an embedded
+         * cluster one of them started is adopted by the next coredb). */
+        fprintf(stderr, "coredb: cannot block the stop signals\n");
+        return CLI_EXIT_FAILED;
     }
     return cmd->run(argc - 1, argv + 1);
 }

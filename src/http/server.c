@@ -32,6 +32,7 @@
 #include <string.h>
 #include <sys/resource.h>
 #include <sys/socket.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "coredb/log.h"
@@ -284,13 +285,59 @@ static void stop_accepting(evutil_socket_t fd, short what, void *arg)
     cdb_conn_close_idle(loop);
 }
 
+/*
+ * The signals that stop the server: SIGTERM, SIGINT, and SIGHUP (a closed
+ * terminal) unless the process was started with it ignored (nohup), when
+ * it must stay ignored.
+ */
+static void stop_signal_set(sigset_t *set)
+{
+    struct sigaction hup;
+    sigemptyset(set);
+    sigaddset(set, SIGTERM);
+    sigaddset(set, SIGINT);
+    if (sigaction(SIGHUP, NULL, &hup) == 0 && hup.sa_handler != SIG_IGN)
+        sigaddset(set, SIGHUP);
+}
+
+int cdb_http_block_stop_signals(void)
+{
+    sigset_t set;
+    stop_signal_set(&set);
+    return pthread_sigmask(SIG_BLOCK, &set, NULL) == 0 ? 0 : -1;
+}
+
+/*
+ * The grace period: until no request is in flight or the deadline. Another
+ * stop signal now (GNU make forwards SIGTERM to a child that got its own,
+ * an impatient second Ctrl-C) ends the wait at once; the cleanup after it
+ * (loops, workers, pool, the embedded PostgreSQL) still runs. sigtimedwait
+ * doubles as the 10 ms sleep.
+ */
+static void wait_for_inflight(cdb_http_server *srv, const sigset_t *stop_signals, int64_t grace_ms)
+{
+    int64_t deadline = cdb_mono_ms() + grace_ms;
+    const struct timespec tick = {0, 10 * 1000 * 1000};
+    while (atomic_load(&srv->inflight) > 0 && cdb_mono_ms() < deadline) {
+        int sig = sigtimedwait(stop_signals, NULL, &tick);
+        if (sig > 0) {
+            cdb_log_warn("http.stopping", "signal %d again: ending the grace period with %d "
+                         "requests in flight; cleaning up", sig, atomic_load(&srv->inflight));
+            return;
+        }
+    }
+    int left = atomic_load(&srv->inflight);
+    if (left > 0)
+        cdb_log_warn("http.stopping", "%d requests still running at the deadline", left);
+}
+
 int cdb_http_server_run(cdb_http_server *srv)
 {
     const cdb_config *cfg = cdb_service_config(srv->svc);
     sigset_t stop_signals;
-    sigemptyset(&stop_signals);
-    sigaddset(&stop_signals, SIGTERM);
-    sigaddset(&stop_signals, SIGINT);
+    stop_signal_set(&stop_signals);
+    /* Already blocked when the caller followed http.h; if not, at least the
+     * loops started below inherit the mask. */
     pthread_sigmask(SIG_BLOCK, &stop_signals, NULL);
     signal(SIGPIPE, SIG_IGN);
 
@@ -309,12 +356,7 @@ int cdb_http_server_run(cdb_http_server *srv)
     for (int i = 0; i < started; i++)
         event_base_once(srv->loops[i].base, -1, EV_TIMEOUT, stop_accepting, &srv->loops[i], &now);
 
-    int64_t deadline = cdb_mono_ms() + cfg->shutdown_grace_ms;
-    while (atomic_load(&srv->inflight) > 0 && cdb_mono_ms() < deadline)
-        usleep(10000);
-    int left = atomic_load(&srv->inflight);
-    if (left > 0)
-        cdb_log_warn("http.stopping", "%d requests still running at the deadline", left);
+    wait_for_inflight(srv, &stop_signals, cfg->shutdown_grace_ms);
 
     for (int i = 0; i < started; i++)
         event_base_loopexit(srv->loops[i].base, NULL);

@@ -21,8 +21,23 @@
  * pg_ctl hands the -o options to /bin/sh, so the socket path is quoted there
  * and a var_dir containing quotes, backslashes or control characters is
  * refused rather than escaped.
+ *
+ * Who stops the cluster: the last coredb using it. Every coredb using it
+ * (`serve`, `migrate status` while serve runs, whichever started it) holds
+ * a shared flock on run/devdb.users for as long as it lives. At exit it
+ * tries to turn that into an exclusive lock: if it can, nobody else uses
+ * the cluster and it stops it; if not, it leaves it running for the
+ * others. The kernel drops a lock when its holder dies, however it dies
+ * (SIGKILL, a crash), so a cluster found running with no lock held on
+ * devdb.users has nobody left to stop it: the coredb that finds it adopts
+ * it, simply by being its last user. Locks, unlike recorded pids, cannot
+ * be fooled by the system reusing a dead process's pid. run/devdb.lock
+ * serializes these decisions (join: start or adopt or share; leave: stop
+ * or not) and records the pid of the coredb that last started or adopted
+ * the cluster, for the log only.
  */
 #include "core/fsutil.h"
+#include "core/timeutil.h"
 #include "store/devdb.h"
 #include "coredb/log.h"
 
@@ -38,6 +53,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/file.h>
 #include <sys/stat.h>
 #include <sys/types.h>
 #include <sys/un.h>
@@ -49,6 +65,7 @@ extern char **environ;
 #define DEVDB_PORT  "5432"
 #define DEVDB_DB    "coredb"
 #define MAX_GROUPS  64
+#define LOCK_WAIT_MS 180000    /* another coredb's initdb + pg_ctl start (-t 60), or its stop */
 
 /* Who the PostgreSQL programs run as: ourselves, or `postgres` when root. */
 typedef struct runas {
@@ -64,8 +81,10 @@ struct cdb_devdb {
     char *pgdata;
     char *run_dir;
     char *log_path;
+    char *lock_path;           /* run/devdb.lock: held while joining or leaving; last starter's pid */
+    char *users_path;          /* run/devdb.users: a shared lock per coredb using the cluster */
+    int   users_fd;            /* our shared lock on it, or -1 before we joined */
     runas as;
-    bool  running;             /* started by this process: stop it on close */
 };
 
 /* A private directory of the cluster's account with exactly mode. */
@@ -255,16 +274,67 @@ out_free:
     return rc;
 }
 
+static bool cluster_running(const cdb_devdb *db)
+{
+    char *argv[] = {db->pg_ctl, "status", "-D", db->pgdata, NULL};
+    return run(&db->as, -1, db->pgdata, argv) == 0;
+}
+
+static int open_lock_file(const char *path, cdb_error *err)
+{
+    int fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0600);
+    if (fd < 0)
+        cdb_error_set(err, CDB_ERR_DATABASE_UNAVAILABLE, "embedded PostgreSQL: cannot open %s: %s",
+                      path, strerror(errno));
+    return fd;
+}
+
+/*
+ * Takes run/devdb.lock (exclusive), waiting for another coredb that is
+ * starting or stopping the cluster. Returns its descriptor (closing it
+ * releases the lock) or -1 + err.
+ */
+static int lock_decisions(const cdb_devdb *db, cdb_error *err)
+{
+    int fd = open_lock_file(db->lock_path, err);
+    if (fd < 0)
+        return -1;
+    int64_t deadline = cdb_mono_ms() + LOCK_WAIT_MS;
+    while (flock(fd, LOCK_EX | LOCK_NB) < 0) {
+        if (errno != EWOULDBLOCK || cdb_mono_ms() >= deadline) {
+            cdb_error_set(err, CDB_ERR_DATABASE_UNAVAILABLE,
+                          "embedded PostgreSQL: cannot lock %s: %s", db->lock_path,
+                          errno == EWOULDBLOCK ? "another coredb holds it too long" : strerror(errno));
+            close(fd);
+            return -1;
+        }
+        usleep(50 * 1000);
+    }
+    return fd;
+}
+
+/* The pid run/devdb.lock records (0: none), or ours written into it. */
+static long recorded_starter(int lock_fd)
+{
+    char buf[32];
+    ssize_t n = pread(lock_fd, buf, sizeof buf - 1, 0);
+    if (n <= 0)
+        return 0;
+    buf[n] = '\0';
+    return strtol(buf, NULL, 10);
+}
+
+static void record_starter(const cdb_devdb *db, int lock_fd, bool starting)
+{
+    char pid[24];
+    int len = starting ? snprintf(pid, sizeof pid, "%ld\n", (long)getpid()) : 0;
+    if (ftruncate(lock_fd, 0) < 0 || (len > 0 && pwrite(lock_fd, pid, (size_t)len, 0) != len))
+        cdb_log_warn("devdb.lock", "cannot record the pid in %s: %s", db->lock_path, strerror(errno));
+}
+
 static int pg_ctl_start(cdb_devdb *db, cdb_error *err)
 {
     int rc = -1;
-    char *status_argv[] = {db->pg_ctl, "status", "-D", db->pgdata, NULL};
-    if (run(&db->as, -1, db->pgdata, status_argv) == 0) {
-        /* Another coredb (say `serve` while we are `migrate status`) runs it:
-         * use it, and leave stopping it to that process. */
-        cdb_log_info("devdb.reuse", "embedded PostgreSQL already running in %s", db->pgdata);
-        return 0;
-    }
     char *opts = cdb_xasprintf("-c listen_addresses='' -k '\"%s\"' -c port=" DEVDB_PORT, db->run_dir);
     if (!opts)
         return cdb_error_oom(err);
@@ -281,13 +351,102 @@ static int pg_ctl_start(cdb_devdb *db, cdb_error *err)
                       status, db->log_path);
         goto out_opts;
     }
-    db->running = true;
     cdb_log_info("devdb.start", "embedded PostgreSQL started, socket in %s, log %s",
                  db->run_dir, db->log_path);
     rc = 0;
 out_opts:
     free(opts);
     return rc;
+}
+
+/*
+ * Joins the cluster's users, starting or adopting it as needed, under
+ * run/devdb.lock. Nobody else using it (our exclusive lock on devdb.users
+ * succeeds) and it runs: it was left by a coredb that is gone, adopt it.
+ * It does not run: initdb if needed and start it. Others use it: share it.
+ * Ends holding a shared lock on devdb.users (db->users_fd).
+ */
+static int join_cluster(cdb_devdb *db, const char *bindir, const char *var_dir, cdb_error *err)
+{
+    int rc = -1;
+    int lock_fd = lock_decisions(db, err);
+    if (lock_fd < 0)
+        return -1;
+    db->users_fd = open_lock_file(db->users_path, err);
+    if (db->users_fd < 0)
+        goto out_unlock;
+    /* only under devdb.lock does anyone hold devdb.users exclusively */
+    bool alone = flock(db->users_fd, LOCK_EX | LOCK_NB) == 0;
+    if (!alone && errno != EWOULDBLOCK) {
+        cdb_error_set(err, CDB_ERR_DATABASE_UNAVAILABLE, "embedded PostgreSQL: cannot lock %s: %s",
+                      db->users_path, strerror(errno));
+        goto out_unlock;
+    }
+    long starter = recorded_starter(lock_fd);
+    if (!cluster_running(db)) {
+        if (!file_exists(db->pgdata, "PG_VERSION") && initdb(db, bindir, var_dir, err) < 0)
+            goto out_unlock;
+        if (pg_ctl_start(db, err) < 0)
+            goto out_unlock;
+        record_starter(db, lock_fd, true);
+    } else if (alone) {
+        if (starter > 0)
+            cdb_log_warn("devdb.adopt", "embedded PostgreSQL in %s was left running by coredb pid "
+                         "%ld, which is gone: adopting it; it stops when the last coredb using it "
+                         "exits", db->pgdata, starter);
+        else
+            cdb_log_warn("devdb.adopt", "embedded PostgreSQL in %s was running with no coredb "
+                         "using it: adopting it; it stops when the last coredb using it exits",
+                         db->pgdata);
+        record_starter(db, lock_fd, true);
+    } else {
+        cdb_log_info("devdb.reuse", "embedded PostgreSQL in %s is in use by another coredb "
+                     "(started by pid %ld): sharing it; the last one to exit stops it",
+                     db->pgdata, starter);
+    }
+    /* from exclusive to shared: not atomic, but nobody else takes it while we hold devdb.lock */
+    if (flock(db->users_fd, LOCK_SH) < 0) {
+        cdb_error_set(err, CDB_ERR_DATABASE_UNAVAILABLE, "embedded PostgreSQL: cannot lock %s: %s",
+                      db->users_path, strerror(errno));
+        goto out_unlock;
+    }
+    rc = 0;
+out_unlock:
+    close(lock_fd);
+    return rc;
+}
+
+/*
+ * Leaves the cluster's users: the last one out stops it. Without devdb.lock
+ * (another coredb hung in a start) it leaves the cluster running, to be
+ * adopted by the next coredb. Also the undo of a failed join.
+ */
+static void leave_cluster(cdb_devdb *db)
+{
+    if (db->users_fd < 0)
+        return;
+    cdb_error err;
+    cdb_error_init(&err);
+    int lock_fd = lock_decisions(db, &err);
+    if (lock_fd < 0) {
+        cdb_log_warn("devdb.stop", "%s; leaving the embedded PostgreSQL running", err.message);
+        goto out_close;
+    }
+    if (flock(db->users_fd, LOCK_EX | LOCK_NB) < 0) {
+        cdb_log_info("devdb.leave", "embedded PostgreSQL left running: another coredb uses it");
+    } else if (cluster_running(db)) {
+        int status = pg_ctl_stop(db);
+        if (status != 0)
+            cdb_log_warn("devdb.stop", "pg_ctl stop exited with %d; see %s", status, db->log_path);
+        else
+            cdb_log_info("devdb.stop", "embedded PostgreSQL stopped");
+        record_starter(db, lock_fd, false);
+    }
+    close(lock_fd);
+out_close:
+    close(db->users_fd);
+    db->users_fd = -1;
+    cdb_error_destroy(&err);
 }
 
 static int ensure_database(const cdb_devdb *db, cdb_error *err)
@@ -354,6 +513,8 @@ static char *make_uri(const char *run_dir)
 
 static void devdb_free(cdb_devdb *db)
 {
+    free(db->lock_path);
+    free(db->users_path);
     free(db->pg_ctl);
     free(db->pgdata);
     free(db->run_dir);
@@ -383,6 +544,8 @@ cdb_devdb *cdb_devdb_start(const char *var_dir, const char *pg_bindir,
     char *dir = cdb_absolute_dir(var_dir);
     cdb_devdb *db = calloc(1, sizeof *db);
     char *log_dir = dir ? cdb_xasprintf("%s/log", dir) : NULL;
+    if (db)
+        db->users_fd = -1;
     if (!dir || !db || !log_dir) {
         cdb_error_oom(err);
         goto fail;
@@ -391,7 +554,10 @@ cdb_devdb *cdb_devdb_start(const char *var_dir, const char *pg_bindir,
     db->pgdata = cdb_xasprintf("%s/pgdata", dir);
     db->run_dir = cdb_xasprintf("%s/run", dir);
     db->log_path = cdb_xasprintf("%s/postgresql.log", log_dir);
-    if (!db->pg_ctl || !db->pgdata || !db->run_dir || !db->log_path) {
+    db->lock_path = cdb_xasprintf("%s/run/devdb.lock", dir);
+    db->users_path = cdb_xasprintf("%s/run/devdb.users", dir);
+    if (!db->pg_ctl || !db->pgdata || !db->run_dir || !db->log_path || !db->lock_path ||
+        !db->users_path) {
         cdb_error_oom(err);
         goto fail;
     }
@@ -430,9 +596,7 @@ cdb_devdb *cdb_devdb_start(const char *var_dir, const char *pg_bindir,
         private_dir(log_dir, &db->as, 0700, err) < 0)
         goto fail;
 
-    if (!file_exists(db->pgdata, "PG_VERSION") && initdb(db, pg_bindir, dir, err) < 0)
-        goto fail;
-    if (pg_ctl_start(db, err) < 0 || ensure_database(db, err) < 0)
+    if (join_cluster(db, pg_bindir, dir, err) < 0 || ensure_database(db, err) < 0)
         goto fail;
     *conninfo = make_uri(db->run_dir);
     if (!*conninfo) {
@@ -443,10 +607,10 @@ cdb_devdb *cdb_devdb_start(const char *var_dir, const char *pg_bindir,
     free(dir);
     return db;
 fail:
-    if (db && db->running)
-        pg_ctl_stop(db);
-    if (db)
+    if (db) {
+        leave_cluster(db);
         devdb_free(db);
+    }
     free(log_dir);
     free(dir);
     return NULL;
@@ -456,14 +620,6 @@ void cdb_devdb_stop(cdb_devdb *db)
 {
     if (!db)
         return;
-    if (!db->running) {
-        devdb_free(db); /* reused a cluster another process runs: not ours to stop */
-        return;
-    }
-    int status = pg_ctl_stop(db);
-    if (status != 0)
-        cdb_log_warn("devdb.stop", "pg_ctl stop exited with %d; see %s", status, db->log_path);
-    else
-        cdb_log_info("devdb.stop", "embedded PostgreSQL stopped");
+    leave_cluster(db);
     devdb_free(db);
 }

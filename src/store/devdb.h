@@ -26,8 +26,11 @@ typedef struct cdb_devdb cdb_devdb;
 cdb_devdb *cdb_devdb_start(const char *var_dir, const char *pg_bindir,
                            char **conninfo, cdb_error *err);
 /*
- * Stops the cluster (fast shutdown) if this process started it (one already
- * running is left to its owner) and frees the handle. NULL is a no-op.
+ * Leaves the cluster and frees the handle: stops it (fast shutdown) when no
+ * other live coredb uses it, whichever process started it, else leaves it
+ * running for them (see devdb.c). A start that finds the cluster running
+ * with no live coredb using it (one was SIGKILLed) adopts it, so the last
+ * coredb out stops it. NULL is a no-op.
  */
 void cdb_devdb_stop(cdb_devdb *db);
 
