@@ -24,6 +24,9 @@ static void usage(FILE *to)
           "  migrate new NAME [--json]  create migrations/<date>_<n>_NAME.sql\n"
           "  user create --email E --username U [--role admin|user|premium] [--json]\n"
           "                             create a user; the password is read from stdin\n"
+          "  table expose NAME [--owner-column C] [--read-only-for user,premium] [--json]\n"
+          "  table unexpose NAME [--json] | table list [--json]\n"
+          "                             make a table usable through the data API, or undo it\n"
           "  version                    print the version\n"
           "\n"
           "--json prints exactly one result object on stdout, on success and on failure:\n"
@@ -49,6 +52,8 @@ int main(int argc, char **argv)
         return cmd_migrate(argc - 1, argv + 1);
     if (strcmp(cmd, "user") == 0)
         return cmd_user(argc - 1, argv + 1);
+    if (strcmp(cmd, "table") == 0)
+        return cmd_table(argc - 1, argv + 1);
     if (strcmp(cmd, "version") == 0 || strcmp(cmd, "--version") == 0) {
         printf("coredb %s\n", CDB_VERSION);
         return CLI_EXIT_OK;
