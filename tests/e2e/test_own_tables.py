@@ -18,8 +18,8 @@ import urllib.parse
 
 import pytest
 
-from datahelp import (QUERY, assert_error, pg_insert, pg_update, premium, query, query_ok,
-                      scalar, tx, tx_fail, tx_ok, user, wait_for)
+from datahelp import (admin_of, assert_error, pg_insert, pg_update, premium, query, query_ok,
+                      scalar, start_instance, tx_fail, tx_ok, user, wait_for)
 from identity import cli_env, unique
 from servers import COREDB_BIN, run_cli, scratch_dir
 
@@ -213,6 +213,25 @@ def test_owner_default_of_its_own_is_kept(inst, admin):
     unexpose(inst, admin, name)
     assert scalar(inst, "SELECT column_default FROM information_schema.columns "
                         "WHERE table_name = %s AND column_name = 'owner'", (name,)) is not None
+
+
+def test_seen_at_once_without_the_event_trigger(pg):
+    """Without the event trigger (a database role that is not a superuser)
+    no NOTIFY comes, and the periodic reload is 30 s away: the instance that
+    exposed the table reloads its catalog itself."""
+    own = start_instance(pg)
+    try:
+        own.pg.query(own.db, "DROP EVENT TRIGGER coredb_catalog_change")
+        adm = admin_of(own)
+        name = create_notes(own)
+        u = user(own)
+        expose(own, adm, name)
+        tx_ok(own, u, [pg_insert(name, {"body": "at once"})])
+        assert [r["body"] for r in query_ok(own, u, select(name))["data"]] == ["at once"]
+        unexpose(own, adm, name)
+        assert_error(query(own, u, select(name)), 404, "UNKNOWN_TABLE")
+    finally:
+        own.stop_clean()
 
 
 # ---- who may ----
