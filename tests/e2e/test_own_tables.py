@@ -234,6 +234,20 @@ def test_seen_at_once_without_the_event_trigger(pg):
         own.stop_clean()
 
 
+def test_a_name_that_needs_quoting_works(inst, admin):
+    """Identifiers are quoted, not refused for looking odd: a table and an
+    owner column whose names need quotes are exposed and used."""
+    name, owner = 'Odd "Notes" ' + unique("t"), "Owner Id"
+    inst.pg.query(inst.db, 'CREATE TABLE "%s" (id serial PRIMARY KEY, "%s" uuid, body text)'
+                  % (name.replace('"', '""'), owner))
+    out = expose(inst, admin, name, {"owner_column": owner})
+    assert out["table"] == name and ("coredb_own_" + owner) in out["policies"], out
+    u = user(inst)
+    tx_ok(inst, u, [pg_insert(name, {"body": "quoted"})])
+    assert query_ok(inst, u, select(name))["data"][0][owner] == u.id
+    unexpose(inst, admin, name)
+
+
 # ---- who may ----
 
 def test_only_admin_may_expose(inst, admin):
