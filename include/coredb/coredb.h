@@ -21,6 +21,7 @@
 #include "coredb/users.h"        /* UserService */
 #include "coredb/sessions.h"     /* login, refresh, logout, sessions */
 #include "coredb/data.h"         /* structured queries and transactions (ConnectionAPI data part) */
+#include "coredb/tables.h"       /* exposing an application's own tables to the data API */
 #include "coredb/http.h"         /* the HTTP/JSON front end, for a program that serves it itself */
 
 #endif

@@ -71,4 +71,13 @@ int cdb_data_transaction_idem(cdb_service *svc, const cdb_principal *caller, jso
 int cdb_data_transaction_status(cdb_service *svc, const cdb_principal *caller, const char *id,
                                 json_t **out, cdb_error *err);
 
+/*
+ * GET /data/tables: the tables and columns the caller may use, from the
+ * catalog snapshot of its database role. *out (caller owns):
+ *   {"schema", "role", "tables": [{"name", "read", "insert", "update", "delete",
+ *    "columns": [{"name", "type", "read", "insert", "update", "required"}]}]}
+ * A table appears once it is granted (e.g. `coredb table expose`, tables.h).
+ */
+int cdb_data_tables(cdb_service *svc, const cdb_principal *caller, json_t **out, cdb_error *err);
+
 #endif

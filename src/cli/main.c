@@ -35,6 +35,8 @@ static const cli_command commands[] = {
      "--json --target --dry-run --steps", cli_help_migrate, cmd_migrate},
     {"user", "create a user; the password is read from stdin", "create",
      "--email --username --role --display-name --json", cli_help_user, cmd_user},
+    {"table", "make a table usable through the data API (grants, RLS, own rows), or undo it",
+     "expose unexpose list", "--owner-column --read-only-for --json", cli_help_table, cmd_table},
     {"completion", "print a shell completion script (bash)", "bash", NULL, cli_help_completion,
      cmd_completion},
     {"help", "describe a command, or print the man page (--man)", NULL, "--man", cli_help_help,

@@ -189,8 +189,21 @@ cdb_err cdb_data_pg_error(PGconn *conn, const PGresult *res, const char *context
     if (!state || !err)
         return code;
     if (strcmp(state, "42501") == 0) {
-        if (msg && strstr(msg, "row-level security"))
+        /* A restrictive policy is named in the message (permissive ones are
+         * not): `coredb table expose` makes the own-rows rule one, named
+         * coredb_own_<owner column>, so the refusal can say which rule. */
+        const char *own = msg ? strstr(msg, "policy \"coredb_own_") : NULL;
+        if (own) {
+            own += strlen("policy \"coredb_own_");
+            const char *end = strchr(own, '"');
+            int len = end ? (int)(end - own) : 0;
+            cdb_error_set(err, CDB_ERR_FORBIDDEN, "%.*s must be your own: the row is not allowed by "
+                          "the access policy", len, own);
+            cdb_error_detail(err, "field", json_stringn(own, (size_t)len));
+            cdb_error_detail(err, "policy", json_sprintf("coredb_own_%.*s", len, own));
+        } else if (msg && strstr(msg, "row-level security")) {
             cdb_error_set(err, CDB_ERR_FORBIDDEN, "The row is not allowed by the access policy");
+        }
     } else if (strcmp(state, "23505") == 0) {
         json_t *cols = key_detail_columns(res);
         if (!cols)

@@ -234,6 +234,7 @@ extern const cdb_route cdb_routes_test[];
 extern const cdb_route cdb_routes_users[];
 extern const cdb_route cdb_routes_auth[];
 extern const cdb_route cdb_routes_data[];
+extern const cdb_route cdb_routes_admin[];
 
 /* admit.c: session liveness, role and quota of the caller (worker thread). */
 bool cdb_admit_caller(cdb_request *r);

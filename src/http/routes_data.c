@@ -38,7 +38,17 @@ static void data_transaction_status(cdb_request *r)
     cdb_request_finish(r, rc, 200, out, &err);
 }
 
+static void data_tables(cdb_request *r)
+{
+    cdb_error err;
+    cdb_error_init(&err);
+    json_t *out = NULL;
+    int rc = cdb_data_tables(r->svc, &r->principal, &out, &err);
+    cdb_request_finish(r, rc, 200, out, &err);
+}
+
 const cdb_route cdb_routes_data[] = {
+    {EVHTTP_REQ_GET, "/api/v1/data/tables", data_tables, CDB_RUN_WORKER, CDB_AUTH_USER},
     {EVHTTP_REQ_POST, "/api/v1/data/query", data_query, CDB_RUN_WORKER, CDB_AUTH_USER},
     {EVHTTP_REQ_POST, "/api/v1/data/transaction", data_transaction, CDB_RUN_WORKER, CDB_AUTH_USER},
     {EVHTTP_REQ_GET, "/api/v1/data/transactions/{transaction_id}", data_transaction_status,

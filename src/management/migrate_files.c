@@ -432,8 +432,50 @@ const cdb_migration *cdb__migration_find(const cdb_migration_set *set, const cha
 
 /* ---------- new file ---------- */
 
+/*
+ * What `migrate new` writes: empty up and down sections, and commented the
+ * statements a new table needs before the data API may use it, which are
+ * those `coredb table expose` runs (management/tables.c; README "Your own
+ * tables"). Without them a new table answers 404 UNKNOWN_TABLE even to an
+ * admin. %1$s: the example table's name.
+ */
+#define TEMPLATE                                                                                  \
+    "-- Describe here what this migration changes and why.\n"                                    \
+    "--\n"                                                                                        \
+    "-- A new table is invisible to the data API (404 UNKNOWN_TABLE, even for an\n"              \
+    "-- admin) until the application roles are granted it and row-level security\n"              \
+    "-- says whose rows are whose. Either run, once `coredb migrate up` created it,\n"            \
+    "--     coredb table expose %1$s      (or POST /api/v1/admin/tables/%1$s/expose)\n"               \
+    "-- or uncomment the statements below: they are what `table expose` does for\n"              \
+    "-- a table whose uuid column user_id names each row's owner.\n"                             \
+    "\n"                                                                                          \
+    MARK_UP "\n"                                                                                  \
+    "-- CREATE TABLE %1$s (\n"                                                                      \
+    "--     id bigserial PRIMARY KEY,\n"                                                          \
+    "--     user_id uuid NOT NULL DEFAULT coredb.current_user_id(),  -- the caller, when omitted\n" \
+    "--     body text NOT NULL,\n"                                                                \
+    "--     created_at timestamptz NOT NULL DEFAULT now()\n"                                      \
+    "-- );\n"                                                                                     \
+    "--\n"                                                                                        \
+    "-- -- the three application roles the data API runs as (read-only: GRANT SELECT only)\n"   \
+    "-- GRANT SELECT, INSERT, UPDATE, DELETE ON %1$s TO coredb_admin, coredb_user, coredb_premium;\n" \
+    "-- GRANT USAGE, SELECT ON SEQUENCE %1$s_id_seq TO coredb_admin, coredb_user, coredb_premium;\n" \
+    "-- ALTER TABLE %1$s ENABLE ROW LEVEL SECURITY;\n"                                              \
+    "-- -- admin: every row\n"                                                                    \
+    "-- CREATE POLICY coredb_admin ON %1$s TO coredb_admin USING (true) WITH CHECK (true);\n"       \
+    "-- -- user and premium: their own rows only; restrictive, so a refused write\n"             \
+    "-- -- answers 403 \"user_id must be your own\"\n"                                             \
+    "-- CREATE POLICY coredb_rows ON %1$s TO coredb_user, coredb_premium USING (true) WITH CHECK (true);\n" \
+    "-- CREATE POLICY coredb_own_user_id ON %1$s AS RESTRICTIVE TO coredb_user, coredb_premium\n"   \
+    "--     USING (user_id = coredb.current_user_id())\n"                                         \
+    "--     WITH CHECK (user_id = coredb.current_user_id());\n"                                   \
+    "\n"                                                                                          \
+    MARK_DOWN "\n"                                                                                \
+    "-- DROP TABLE IF EXISTS %1$s;\n"
+
 int cdb_migrate_new_file(const char *dir, const char *name, char **path_out, cdb_error *err)
 {
+    char *text = NULL;
     char slug[101], date[9];
     size_t sl = 0;
     int rc = 0, next = 1, fd = -1;
@@ -478,13 +520,23 @@ int cdb_migrate_new_file(const char *dir, const char *name, char **path_out, cdb
         rc = cdb_error_oom(err);
         goto out_free;
     }
-    static const char template[] = MARK_UP "\n\n" MARK_DOWN "\n";
+    /* the example table: "add_notes" / "create_notes" -> notes */
+    const char *table = strncmp(slug, "add_", 4) == 0 && slug[4] ? slug + 4
+                        : strncmp(slug, "create_", 7) == 0 && slug[7] ? slug + 7
+                        : "my_table";
+    int tlen = asprintf(&text, TEMPLATE, table);
+    if (tlen < 0) {
+        text = NULL;
+        rc = cdb_error_oom(err);
+        goto out_free;
+    }
     fd = open(path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
-    if (fd < 0 || write(fd, template, sizeof template - 1) != (ssize_t)(sizeof template - 1)) {
+    if (fd < 0 || write(fd, text, (size_t)tlen) != (ssize_t)tlen) {
         rc = cdb_error_set(err, CDB_ERR_VALIDATION_FAILED, "cannot write %s: %s", path, strerror(errno));
         goto out_free;
     }
 out_free:
+    free(text);
     if (fd >= 0 && close(fd) != 0 && rc == 0)
         rc = cdb_error_set(err, CDB_ERR_VALIDATION_FAILED, "cannot write %s: %s", path, strerror(errno));
     if (rc == 0) {

@@ -267,6 +267,18 @@ const cdb_table *cdb_catalog_table(const cdb_catalog *cat, cdb_role role, const 
     return rt->ntables ? bsearch(name, rt->tables, rt->ntables, sizeof *rt->tables, table_cmp) : NULL;
 }
 
+size_t cdb_catalog_table_count(const cdb_catalog *cat, cdb_role role)
+{
+    if (!cat || role < CDB_ROLE_USER || role > CDB_ROLE_ADMIN)
+        return 0;
+    return cat->roles[role - 1].ntables;
+}
+
+const cdb_table *cdb_catalog_table_at(const cdb_catalog *cat, cdb_role role, size_t i)
+{
+    return i < cdb_catalog_table_count(cat, role) ? &cat->roles[role - 1].tables[i] : NULL;
+}
+
 const cdb_column *cdb_catalog_column(const cdb_table *t, const char *name)
 {
     for (size_t i = 0; t && name && i < t->ncolumns; i++)

@@ -66,6 +66,9 @@ void cdb_catalog_unref(cdb_catalog *cat);
 
 /* A table as seen by role, or NULL when the role may not use it at all. */
 const cdb_table *cdb_catalog_table(const cdb_catalog *cat, cdb_role role, const char *name);
+/* How many tables role may use, and the i-th of them (by name, strcmp order; NULL past the end). */
+size_t cdb_catalog_table_count(const cdb_catalog *cat, cdb_role role);
+const cdb_table *cdb_catalog_table_at(const cdb_catalog *cat, cdb_role role, size_t i);
 /* A column of t, or NULL. */
 const cdb_column *cdb_catalog_column(const cdb_table *t, const char *name);
 const char *cdb_catalog_schema(const cdb_catalog *cat);

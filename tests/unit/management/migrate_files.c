@@ -191,7 +191,12 @@ static void test_load_and_new(void **state)
     assert_int_equal(set.count, 2);
     assert_string_equal(set.items[0].description, "add users table");
     assert_string_equal(set.items[1].description, "second");
-    assert_string_equal(set.items[0].up_sql, "");
+    /* the template's up section only shows, commented, what a new table
+     * needs before the data API may use it (README "Your own tables") */
+    assert_non_null(strstr(set.items[0].up_sql, "-- CREATE POLICY coredb_own_user_id ON users_table AS RESTRICTIVE"));
+    assert_non_null(strstr(set.items[0].up_sql, "-- GRANT SELECT, INSERT, UPDATE, DELETE ON users_table TO"));
+    for (const char *line = set.items[0].up_sql; *line; line = strchr(line, '\n') ? strchr(line, '\n') + 1 : "")
+        assert_true(*line == '\n' || strncmp(line, "--", 2) == 0);
     cdb_migrations_free(&set);
 
     /* two files with one version */

@@ -1,0 +1,57 @@
+/*
+ * routes_admin.c - /api/v1/admin (API.md "Administration"): the routes
+ * served so far, thin adapters over the library's management calls:
+ *   POST /api/v1/admin/tables/{name}/expose    {owner_column?, read_only_for?}
+ *   POST /api/v1/admin/tables/{name}/unexpose
+ *   GET  /api/v1/admin/tables
+ * Admin only (the route says so, and the library checks again). Success
+ * bodies are the library's result form, as API.md asks for this section.
+ */
+#include "coredb/result.h"
+#include "coredb/tables.h"
+#include "http_internal.h"
+
+/* Answers 200 with {status, error: null, timestamp, ...data} or the error envelope; data is taken. */
+static void finish_result(cdb_request *r, int rc, json_t *data, cdb_error *err)
+{
+    json_t *body = NULL;
+    if (rc == 0 && !(body = cdb_result_object(NULL, data)))
+        rc = cdb_error_oom(err);
+    json_decref(data);
+    cdb_request_finish(r, rc, 200, body, err);
+}
+
+static void tables_expose(cdb_request *r)
+{
+    cdb_error err;
+    cdb_error_init(&err);
+    json_t *out = NULL;
+    int rc = cdb_tables_expose(r->svc, &r->principal, r->params[0], r->body, &out, &err);
+    finish_result(r, rc, out, &err);
+}
+
+static void tables_unexpose(cdb_request *r)
+{
+    cdb_error err;
+    cdb_error_init(&err);
+    json_t *out = NULL;
+    int rc = cdb_tables_unexpose(r->svc, &r->principal, r->params[0], &out, &err);
+    finish_result(r, rc, out, &err);
+}
+
+static void tables_list(cdb_request *r)
+{
+    cdb_error err;
+    cdb_error_init(&err);
+    json_t *out = NULL;
+    int rc = cdb_tables_list(r->svc, &r->principal, &out, &err);
+    finish_result(r, rc, out, &err);
+}
+
+const cdb_route cdb_routes_admin[] = {
+    {EVHTTP_REQ_GET, "/api/v1/admin/tables", tables_list, CDB_RUN_WORKER, CDB_AUTH_ADMIN},
+    {EVHTTP_REQ_POST, "/api/v1/admin/tables/{name}/expose", tables_expose, CDB_RUN_WORKER, CDB_AUTH_ADMIN},
+    {EVHTTP_REQ_POST, "/api/v1/admin/tables/{name}/unexpose", tables_unexpose, CDB_RUN_WORKER,
+     CDB_AUTH_ADMIN},
+    {0},
+};
