@@ -59,5 +59,6 @@ int cmd_serve(int argc, char **argv);
 int cmd_config(int argc, char **argv);
 int cmd_migrate(int argc, char **argv);
 int cmd_user(int argc, char **argv);
+int cmd_user_list(int argc, char **argv);
 
 #endif

@@ -24,6 +24,8 @@ static void usage(FILE *to)
           "  migrate new NAME [--json]  create migrations/<date>_<n>_NAME.sql\n"
           "  user create --email E --username U [--role admin|user|premium] [--json]\n"
           "                             create a user; the password is read from stdin\n"
+          "  user list [--limit N] [--cursor C] [--email E] [--json]\n"
+          "                             list users, a page at a time\n"
           "  version                    print the version\n"
           "\n"
           "--json prints exactly one result object on stdout, on success and on failure:\n"
