@@ -26,6 +26,8 @@ static void usage(FILE *to)
           "                             create a user; the password is read from stdin\n"
           "  user list [--limit N] [--cursor C] [--email E] [--json]\n"
           "                             list users, a page at a time\n"
+          "  setup-sql [--role NAME] [--database NAME] [--password-from-stdin] [--json]\n"
+          "                             SQL a superuser runs once to prepare a production role\n"
           "  version                    print the version\n"
           "\n"
           "--json prints exactly one result object on stdout, on success and on failure:\n"
@@ -51,6 +53,8 @@ int main(int argc, char **argv)
         return cmd_migrate(argc - 1, argv + 1);
     if (strcmp(cmd, "user") == 0)
         return cmd_user(argc - 1, argv + 1);
+    if (strcmp(cmd, "setup-sql") == 0)
+        return cmd_setup_sql(argc - 1, argv + 1);
     if (strcmp(cmd, "version") == 0 || strcmp(cmd, "--version") == 0) {
         printf("coredb %s\n", CDB_VERSION);
         return CLI_EXIT_OK;
