@@ -39,7 +39,8 @@ static const char *const app_roles[] = {"coredb_admin", "coredb_user", "coredb_p
     " (SELECT has_schema_privilege(n.oid, 'CREATE') FROM pg_namespace n WHERE n.nspname = 'public'),"   \
     " (SELECT has_schema_privilege(n.oid, 'CREATE') FROM pg_namespace n WHERE n.nspname = 'coredb')," \
     " EXISTS (SELECT 1 FROM pg_event_trigger WHERE evtname = 'coredb_catalog_change'),"         \
-    " to_regclass('coredb.schema_migrations') IS NOT NULL,"                                    \
+    " EXISTS (SELECT 1 FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace"            \
+    "  WHERE n.nspname = 'coredb' AND c.relname = 'schema_migrations'),"                       \
     " current_database()"                                                                      \
     " FROM pg_roles r WHERE r.rolname = current_user"
 enum { F_USER, F_SUPER, F_CREATEROLE, F_DB_CREATE, F_PUBLIC_CREATE, F_COREDB_CREATE, F_TRIGGER,
@@ -85,10 +86,19 @@ static void lacks_add(lacks *l, const char *brief, const char *fmt, ...)
     snprintf(l->brief + used, sizeof l->brief - used, "%s%s", used ? ", " : "", brief);
 }
 
-static int query_fail(PGconn *conn, const char *what, cdb_error *err)
+/* A catalog or history read that failed: a role that may not even read the
+ * history (a database migrated by another role) is a configuration error. */
+static int query_fail(PGconn *conn, const PGresult *res, const char *what, cdb_error *err)
 {
-    return cdb_error_set(err, CDB_ERR_DATABASE_UNAVAILABLE, "preflight: %s failed: %s", what,
-                         PQerrorMessage(conn));
+    const char *state = res ? PQresultErrorField(res, PG_DIAG_SQLSTATE) : NULL;
+    if (state && strcmp(state, "42501") == 0)
+        return cdb_error_set(err, CDB_ERR_CONFIG_INVALID,
+                             "DATABASE_URL: the role may not read %s (was the database migrated by another "
+                             "role? it must own coredb's objects); see docs/production.md", what);
+    if (PQstatus(conn) != CONNECTION_OK)
+        return cdb_error_set(err, CDB_ERR_DATABASE_UNAVAILABLE, "database connection lost during %s", what);
+    return cdb_error_set(err, CDB_ERR_INTERNAL_ERROR, "reading %s failed: %.120s", what,
+                         res ? PQresultErrorMessage(res) : PQerrorMessage(conn));
 }
 
 int cdb_migrate_preflight(PGconn *conn, const cdb_migration_set *set, const char *target, cdb_error *err)
@@ -99,7 +109,7 @@ int cdb_migrate_preflight(PGconn *conn, const cdb_migration_set *set, const char
 
     facts = cdb_pg_query(conn, FACTS_SQL);
     if (PQresultStatus(facts) != PGRES_TUPLES_OK || PQntuples(facts) != 1) {
-        rc = query_fail(conn, "reading the role's attributes", err);
+        rc = query_fail(conn, facts, "the role's attributes", err);
         goto out;
     }
     if (yes(facts, 0, F_SUPER))
@@ -107,7 +117,7 @@ int cdb_migrate_preflight(PGconn *conn, const cdb_migration_set *set, const char
     if (yes(facts, 0, F_HISTORY)) {
         hist = cdb_pg_query(conn, "SELECT version FROM coredb.schema_migrations");
         if (PQresultStatus(hist) != PGRES_TUPLES_OK) {
-            rc = query_fail(conn, "reading the migration history", err);
+            rc = query_fail(conn, hist, "the migration history", err);
             goto out;
         }
     }
@@ -130,7 +140,7 @@ int cdb_migrate_preflight(PGconn *conn, const cdb_migration_set *set, const char
 
     roles = cdb_pg_query(conn, ROLES_SQL);
     if (PQresultStatus(roles) != PGRES_TUPLES_OK || PQntuples(roles) != 3) {
-        rc = query_fail(conn, "reading the application roles", err);
+        rc = query_fail(conn, roles, "the application roles", err);
         goto out;
     }
     lacks l = {.full = missing = json_array()};

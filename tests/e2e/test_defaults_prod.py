@@ -261,3 +261,19 @@ def test_systemd_unit_verifies_and_keeps_its_hardening(tmp_path):
     unit.write_text(text.replace("/usr/local/bin/coredb", COREDB_BIN))
     proc = subprocess.run([tool, "verify", str(unit)], capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0 and proc.stdout == "" and proc.stderr == "", proc.stdout + proc.stderr
+
+
+def test_a_database_migrated_by_another_role_is_a_configuration_error(start_coredb, pg):
+    # migrated by the superuser, then started as a plain role: nothing may run
+    first = start_coredb(redis=False)
+    first.stop_clean()
+    role = f"late_{uuid.uuid4().hex[:8]}"
+    pg.query("postgres", f'CREATE ROLE "{role}" LOGIN')
+    env = base_env(pg, first.db)
+    env["DATABASE_URL"] = pg.url(first.db, user=role)
+    inst = Coredb(env, wait=False)
+    code = inst.proc.wait(30)
+    log = inst.log()
+    assert code == 2, log[-3000:]
+    assert ("CONFIG_INVALID: DATABASE_URL: the role may not read the migration history (was the database "
+            "migrated by another role?") in log, log[-3000:]
