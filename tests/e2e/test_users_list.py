@@ -166,6 +166,17 @@ def test_sql_in_email_matches_nothing_and_runs_nothing(inst, admin, batch):
         err = assert_error(inst.get("/users", params={"email": email}, headers=admin.headers),
                            400, "VALIDATION_FAILED")
         assert err["details"]["field"] == "email", (email, err)
+    # bytes that are not UTF-8 never reach PostgreSQL (which would refuse them with a 500)
+    for raw in ("%ff*", "a%c3%28@example.com"):
+        err = assert_error(inst.get("/users?email=" + raw, headers=admin.headers), 400, "VALIDATION_FAILED")
+        assert err["details"]["field"] == "email", (raw, err)
+    resp = inst.get("/users?email=" + tag_of(batch) + "%00*", headers=admin.headers)
+    # a NUL ends the value (the filter becomes the exact, unknown email "<tag>"): no match
+    assert resp.status_code == 200 and resp.json() == {"users": [], "next_cursor": None}, resp.text
+
+
+def tag_of(batch):
+    return batch[0]
 
 
 def cli(inst, *args):
