@@ -32,7 +32,7 @@ typedef enum cdb_config_source {
 
 typedef struct cdb_config {
     /* HTTP */
-    char *host;                    /* HOST, default 0.0.0.0 */
+    char *host;                    /* HOST, default 0.0.0.0; 127.0.0.1 when embedded */
     int   port;                    /* PORT, 8095 */
     int   http_threads;            /* HTTP_THREADS, default: online cores */
     int   http_idle_timeout_s;     /* HTTP_IDLE_TIMEOUT, 60: idle keep-alive, stalled writes */

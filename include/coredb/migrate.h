@@ -81,6 +81,34 @@ int cdb_migrate_status(PGconn *conn, const cdb_migration_set *set, json_t **out,
 int cdb_migrate_pending_count(PGconn *conn, const cdb_migration_set *set, cdb_error *err);
 
 /*
+ * Reads what the connection's role may do (superuser, CREATEROLE, CREATE on
+ * the database and schemas, membership and admin option on the application
+ * roles) and fails with CONFIG_INVALID listing everything the pending
+ * migrations up to target (NULL: all) need and the role lacks
+ * (details.missing, details.role) and pointing at `coredb setup-sql`. Logs
+ * a warning when the catalog event trigger cannot exist (no superuser).
+ * cdb_migrate_up calls it first; it changes nothing.
+ */
+int cdb_migrate_preflight(PGconn *conn, const cdb_migration_set *set, const char *target,
+                          cdb_error *err);
+
+typedef struct cdb_setup_sql_options {
+    const char *role;       /* login role to create; NULL: "coredb" */
+    const char *database;   /* database to create, owned by it; NULL: "coredb" */
+    const char *password;   /* one line, set on the role; NULL: a \password hint */
+    bool no_event_trigger;  /* leave out the superuser-only catalog event trigger */
+} cdb_setup_sql_options;
+
+/*
+ * The SQL a superuser runs once (psql -f) to prepare a database and a login
+ * role that may run coredb and its migrations without SUPERUSER or
+ * CREATEROLE: what cdb_migrate_preflight checks. Pure: nothing connects.
+ * *out is malloc'd text the caller frees. Names that are not lower-case
+ * identifiers -> VALIDATION_FAILED (details.field "role" or "database").
+ */
+int cdb_setup_sql(const cdb_setup_sql_options *opt, char **out, cdb_error *err);
+
+/*
  * Applies pending migrations up to target. *out (caller owns):
  * {"applied": [{"version","description","duration_ms"}], "dry_run": bool,
  *  "would_succeed": bool (dry run only), "current_version"}.

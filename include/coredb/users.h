@@ -43,6 +43,28 @@ int cdb_users_update(cdb_service *svc, const cdb_principal *caller, const char *
 /* Self or admin; cascades to the user's data and ends its sessions. */
 int cdb_users_delete(cdb_service *svc, const cdb_principal *caller, const char *user_id,
                      cdb_error *err);
+/* Defaults and bounds of cdb_users_list's page size. */
+#define CDB_USERS_LIST_DEFAULT_LIMIT 20
+#define CDB_USERS_LIST_MAX_LIMIT     100
+
+typedef struct cdb_users_list_options {
+    int limit;          /* 1..100; 0 = 20; anything else -> VALIDATION_FAILED (field limit) */
+    const char *cursor; /* a previous page's next_cursor, or NULL for the first page */
+    /* NULL = every user. "a@example.com" matches that email case-insensitively;
+     * a trailing '*' ("ali*") matches emails starting with the rest,
+     * case-insensitively. No other character is special. */
+    const char *email;
+} cdb_users_list_options;
+
+/*
+ * GET /users: admin only (no caller -> UNAUTHORIZED, others -> FORBIDDEN).
+ * -> {"users": [user...], "next_cursor": string|null}, oldest first (keyset
+ * on created_at, user_id, so pages never skip or repeat a user while others
+ * are created). The cursor is opaque; one that was not made here ->
+ * VALIDATION_FAILED (field cursor). opt may be NULL (first page of 20).
+ */
+int cdb_users_list(cdb_service *svc, const cdb_principal *caller, const cdb_users_list_options *opt,
+                   json_t **out, cdb_error *err);
 /*
  * Creates an admin with this email and password when no admin exists yet
  * (start-up with COREDB_ADMIN_EMAIL/PASSWORD, and the CLI). *created tells.

@@ -24,6 +24,8 @@
 const char cli_help_user[] =
     "usage: coredb user create --email E --username U [--role admin|user|premium]\n"
     "                          [--display-name N] [--json]\n"
+    "       coredb user list [--limit N] [--cursor C] [--email E] [--json]\n"
+    "                          (see `coredb user list --help`)\n"
     "\n"
     "Creates a user as an admin would (any role may be given); the password is read\n"
     "from stdin, one line. Pending migrations are applied first when MIGRATE_ON_START.\n"
@@ -87,6 +89,8 @@ static int read_password(char *buf, size_t len)
 int cmd_user(int argc, char **argv)
 {
     user_args a;
+    if (argc >= 2 && strcmp(argv[1], "list") == 0)
+        return cmd_user_list(argc - 1, argv + 1);
     if (parse_args(argc, argv, &a) < 0)
         return cli_usage_error("user create", cli_help_user, cli_flag(argc, argv, "--json"));
     char password[PASSWORD_LINE_MAX];

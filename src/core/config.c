@@ -92,7 +92,7 @@ static int check_email(const struct var *v, char **val, cdb_error *err);
 /* The order here is the order of `coredb config`. Rules that involve more
  * than one variable live in derive(), after the whole table is loaded. */
 static const struct var vars[] = {
-    STR("HOST", host, "0.0.0.0", NULL),
+    STR("HOST", host, NULL, NULL), /* derived: loopback when embedded */
     INT("PORT", port, "8095", 1, 65535),
     INT("HTTP_THREADS", http_threads, NULL, 1, HTTP_THREADS_MAX),
     SECS("HTTP_IDLE_TIMEOUT", http_idle_timeout_s, "60", 1, 86400),
@@ -568,6 +568,11 @@ static int derive(cdb_config *cfg, cdb_env_lookup lookup, void *ud, cdb_error *e
     if (!cfg->database_url && (rc = assemble_database_url(cfg, lookup, ud, err)) < 0)
         return rc;
     cfg->embedded = cfg->database_url == NULL;
+    /* The embedded cluster trusts local connections and its admin is
+     * generated: a development start stays on loopback unless HOST says
+     * otherwise. */
+    if (!cfg->host && !(cfg->host = strdup(cfg->embedded ? "127.0.0.1" : "0.0.0.0")))
+        return cdb_error_oom(err);
 
     if (cfg->http_threads == 0) {
         long cores = sysconf(_SC_NPROCESSORS_ONLN);

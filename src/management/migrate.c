@@ -451,7 +451,12 @@ int cdb_migrate_up(PGconn *conn, const cdb_migration_set *set,
     *out = NULL;
     if (target && !cdb__migration_find(set, target))
         return cdb_error_set(err, CDB_ERR_VALIDATION_FAILED, "unknown target version %s", target);
-    int rc = begin_run(conn, set, opt, &hist, err);
+    /* what the role lacks, said before anything runs */
+    int rc = conn_ready(conn, err);
+    if (rc == 0)
+        rc = cdb_migrate_preflight(conn, set, target, err);
+    if (rc == 0)
+        rc = begin_run(conn, set, opt, &hist, err);
     if (rc != 0)
         return rc;
     if (!(result = json_object()) || (set->count && !(plan = calloc(set->count, sizeof *plan)))) {

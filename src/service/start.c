@@ -6,6 +6,7 @@
  * (the background jobs, each registered by the module that owns it).
  */
 #include <stdbool.h>
+#include <string.h>
 
 #include "coredb/users.h"
 #include "coredb/log.h"
@@ -59,6 +60,11 @@ int cdb_service_start(cdb_service *svc, cdb_error *err)
     /* Builds the dummy hash unknown emails are checked against, so the first
      * such login costs what every later one does. */
     cdb_password_burn(&svc->password, "", 0);
+
+    if (cfg->embedded && cfg->host && strcmp(cfg->host, "127.0.0.1") == 0)
+        cdb_log_info("serve.loopback_only",
+                     "listening on 127.0.0.1 only (development database: trust auth, generated admin); "
+                     "set HOST=0.0.0.0 to accept other machines");
 
     cdb_jobs *jobs = cdb_jobs_new();
     if (!jobs || cdb_identity_register_jobs(svc, jobs) < 0 || cdb_data_register_jobs(svc, jobs) < 0 ||

@@ -90,12 +90,38 @@ static char *write_temp(const char *content)
     return path;
 }
 
+/* HOST: loopback by default for the embedded (trust-auth) cluster, every
+ * address with a configured database, and an explicit value always wins. */
+static void test_host_default(void **state)
+{
+    (void)state;
+    cdb_config cfg;
+    set("HOST", "0.0.0.0");
+    assert_loads(&cfg);
+    assert_true(cfg.embedded);
+    assert_string_equal(cfg.host, "0.0.0.0");
+    cdb_config_destroy(&cfg);
+
+    nenv = 0;
+    set("DATABASE_URL", "postgresql://app@db/main");
+    set("JWT_SECRET", JWT);
+    assert_loads(&cfg);
+    assert_false(cfg.embedded);
+    assert_string_equal(cfg.host, "0.0.0.0");
+    cdb_config_destroy(&cfg);
+
+    set("HOST", "127.0.0.2");
+    assert_loads(&cfg);
+    assert_string_equal(cfg.host, "127.0.0.2");
+    cdb_config_destroy(&cfg);
+}
+
 static void test_defaults(void **state)
 {
     (void)state;
     cdb_config cfg;
     assert_loads(&cfg);
-    assert_string_equal(cfg.host, "0.0.0.0");
+    assert_string_equal(cfg.host, "127.0.0.1"); /* embedded: loopback */
     assert_int_equal(cfg.port, 8095);
     long cores = sysconf(_SC_NPROCESSORS_ONLN);
     assert_int_equal(cfg.http_threads, cores < 1 ? 1 : cores);
@@ -695,6 +721,7 @@ int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_setup(test_defaults, reset),
+        cmocka_unit_test_setup(test_host_default, reset),
         cmocka_unit_test_setup(test_overrides, reset),
         cmocka_unit_test_setup(test_invalid_values, reset),
         cmocka_unit_test_setup(test_pool_min_above_max, reset),
