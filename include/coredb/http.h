@@ -1,7 +1,7 @@
 /*
  * http.h - the HTTP/JSON front end (API.md) over a cdb_service.
  *
- * N event-loop threads (libevent evhttp) share one listening socket. Loops
+ * N event-loop threads (libevent, src/http/conn.c) share one listening socket. Loops
  * parse, negotiate and route; anything that blocks runs on the worker queue
  * and its response is handed back to the loop that owns the connection.
  */

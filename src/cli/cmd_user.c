@@ -24,14 +24,19 @@
 const char cli_help_user[] =
     "usage: coredb user create --email E --username U [--role admin|user|premium]\n"
     "                          [--display-name N] [--json]\n"
-    "       coredb user list [--limit N] [--cursor C] [--email E] [--json]\n"
-    "                          (see `coredb user list --help`)\n"
+    "usage: coredb user list [--limit N] [--cursor C] [--email E] [--json]\n"
     "\n"
-    "Creates a user as an admin would (any role may be given); the password is read\n"
-    "from stdin, one line. Pending migrations are applied first when MIGRATE_ON_START.\n"
+    "  create       creates a user as an admin would (any role may be given); the\n"
+    "               password is read from stdin, one line. Pending migrations are\n"
+    "               applied first when MIGRATE_ON_START. Data: the user object.\n"
+    "  list         lists users oldest first, one page at a time, as GET /users does\n"
+    "               for an admin. Data: users, the page, and next_cursor (null on the\n"
+    "               last page).\n"
+    "    --limit N    page size, 1 to 100 (default 20)\n"
+    "    --cursor C   the next_cursor of the previous page\n"
+    "    --email E    exact email, case-insensitive; 'prefix*' for emails starting with prefix\n"
     "\n"
-    CLI_JSON_HELP
-    "           (data: the user object)\n";
+    CLI_JSON_HELP;
 
 typedef struct user_args {
     const char *email, *username, *role, *display_name;

@@ -13,17 +13,6 @@
 #include "coredb/users.h"
 #include "coredb/service.h"
 
-static const char help[] =
-    "usage: coredb user list [--limit N] [--cursor C] [--email E] [--json]\n"
-    "\n"
-    "Lists users oldest first, one page at a time, as GET /users does for an admin.\n"
-    "  --limit N    page size, 1 to 100 (default 20)\n"
-    "  --cursor C   the next_cursor of the previous page\n"
-    "  --email E    exact email, case-insensitive; 'prefix*' for emails starting with prefix\n"
-    "\n"
-    CLI_JSON_HELP
-    "           (data: users, the page, and next_cursor, null on the last page)\n";
-
 typedef struct list_args {
     const char *limit, *cursor, *email;
     bool as_json;
@@ -66,7 +55,7 @@ int cmd_user_list(int argc, char **argv)
 {
     list_args a;
     if (parse_args(argc, argv, &a) < 0 || (a.limit && parse_limit(a.limit) < 0))
-        return cli_usage_error("user list", help, cli_flag(argc, argv, "--json"));
+        return cli_usage_error("user list", cli_help_user, cli_flag(argc, argv, "--json"));
     cdb_config cfg;
     int rc = cli_load_config(&cfg, a.as_json);
     if (rc != CLI_EXIT_OK)
