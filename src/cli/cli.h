@@ -110,7 +110,6 @@ int cmd_config(int argc, char **argv);
 int cmd_migrate(int argc, char **argv);
 int cmd_user(int argc, char **argv);
 int cmd_table(int argc, char **argv);
-int cmd_user_list(int argc, char **argv);
 int cmd_setup_sql(int argc, char **argv);
 
 #endif
