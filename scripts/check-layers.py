@@ -37,7 +37,7 @@ PUBLIC = {
     "principal.h": "security",
     "users.h": "identity", "sessions.h": "identity",
     "data.h": "data",
-    "migrate.h": "management", "health.h": "management", "tables.h": "management",
+    "migrate.h": "management", "backup.h": "management", "health.h": "management", "tables.h": "management",
     "service.h": "service",
     "http.h": "http",
     "coredb.h": "embedder",   # the umbrella: for programs using the library, never for its own files

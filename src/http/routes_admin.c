@@ -4,21 +4,31 @@
  *   POST /api/v1/admin/tables/{name}/expose    {owner_column?, read_only_for?}
  *   POST /api/v1/admin/tables/{name}/unexpose
  *   GET  /api/v1/admin/tables
+ *   POST /api/v1/admin/backups                 (201)
+ *   GET  /api/v1/admin/backups
+ *   POST /api/v1/admin/backups/{name}/verify
+ *   POST /api/v1/admin/backups/cleanup
  * Admin only (the route says so, and the library checks again). Success
  * bodies are the library's result form, as API.md asks for this section.
  */
+#include "coredb/backup.h"
 #include "coredb/result.h"
 #include "coredb/tables.h"
 #include "http_internal.h"
 
-/* Answers 200 with {status, error: null, timestamp, ...data} or the error envelope; data is taken. */
-static void finish_result(cdb_request *r, int rc, json_t *data, cdb_error *err)
+/* Answers status with {status, error: null, timestamp, ...data} or the error envelope; data is taken. */
+static void finish_status(cdb_request *r, int rc, int status, json_t *data, cdb_error *err)
 {
     json_t *body = NULL;
     if (rc == 0 && !(body = cdb_result_object(NULL, data)))
         rc = cdb_error_oom(err);
     json_decref(data);
-    cdb_request_finish(r, rc, 200, body, err);
+    cdb_request_finish(r, rc, status, body, err);
+}
+
+static void finish_result(cdb_request *r, int rc, json_t *data, cdb_error *err)
+{
+    finish_status(r, rc, 200, data, err);
 }
 
 static void tables_expose(cdb_request *r)
@@ -48,10 +58,53 @@ static void tables_list(cdb_request *r)
     finish_result(r, rc, out, &err);
 }
 
+/* ---- backups (issue 13): blocking calls, on a worker ---- */
+
+static void backups_create(cdb_request *r)
+{
+    cdb_error err;
+    cdb_error_init(&err);
+    json_t *out = NULL;
+    int rc = cdb_backup_create(r->svc, &out, &err);
+    finish_status(r, rc, 201, out, &err);
+}
+
+static void backups_list(cdb_request *r)
+{
+    cdb_error err;
+    cdb_error_init(&err);
+    json_t *out = NULL;
+    int rc = cdb_backup_list(r->svc, &out, &err);
+    finish_result(r, rc, out, &err);
+}
+
+static void backups_verify(cdb_request *r)
+{
+    cdb_error err;
+    cdb_error_init(&err);
+    json_t *out = NULL;
+    int rc = cdb_backup_verify(r->svc, r->params[0], &out, &err);
+    finish_result(r, rc, out, &err);
+}
+
+static void backups_cleanup(cdb_request *r)
+{
+    cdb_error err;
+    cdb_error_init(&err);
+    json_t *out = NULL;
+    int rc = cdb_backup_cleanup(r->svc, &out, &err);
+    finish_result(r, rc, out, &err);
+}
+
 const cdb_route cdb_routes_admin[] = {
     {EVHTTP_REQ_GET, "/api/v1/admin/tables", tables_list, CDB_RUN_WORKER, CDB_AUTH_ADMIN},
     {EVHTTP_REQ_POST, "/api/v1/admin/tables/{name}/expose", tables_expose, CDB_RUN_WORKER, CDB_AUTH_ADMIN},
     {EVHTTP_REQ_POST, "/api/v1/admin/tables/{name}/unexpose", tables_unexpose, CDB_RUN_WORKER,
      CDB_AUTH_ADMIN},
+    /* backups */
+    {EVHTTP_REQ_POST, "/api/v1/admin/backups", backups_create, CDB_RUN_WORKER, CDB_AUTH_ADMIN},
+    {EVHTTP_REQ_GET, "/api/v1/admin/backups", backups_list, CDB_RUN_WORKER, CDB_AUTH_ADMIN},
+    {EVHTTP_REQ_POST, "/api/v1/admin/backups/cleanup", backups_cleanup, CDB_RUN_WORKER, CDB_AUTH_ADMIN},
+    {EVHTTP_REQ_POST, "/api/v1/admin/backups/{name}/verify", backups_verify, CDB_RUN_WORKER, CDB_AUTH_ADMIN},
     {0},
 };
