@@ -14,6 +14,7 @@
 #include "core/jobs.h"
 #include "data/jobs.h"
 #include "identity/jobs.h"
+#include "management/jobs.h"
 #include "security/service_state.h"
 
 int cdb_service_migrate_on_start(cdb_service *svc, const char *applied_by, cdb_error *err)
@@ -68,6 +69,7 @@ int cdb_service_start(cdb_service *svc, cdb_error *err)
 
     cdb_jobs *jobs = cdb_jobs_new();
     if (!jobs || cdb_identity_register_jobs(svc, jobs) < 0 || cdb_data_register_jobs(svc, jobs) < 0 ||
+        cdb_management_register_jobs(svc, jobs) < 0 ||
         cdb_jobs_start(jobs) < 0) {
         /* as before: the service runs without its jobs rather than not at all */
         cdb_log_warn("serve.jobs", "background jobs not started");

@@ -270,3 +270,56 @@ def test_retention(pg):
         assert fresh in r["kept"]
     finally:
         inst.stop_clean()
+
+
+def test_cli_create_list_verify_cleanup(bk, root):
+    env = cli_env(bk, BACKUP_DIR=bk.bdir)
+    r = run_cli(["backup", "create", "--json"], env)
+    assert r.returncode == 0, (r.stdout, r.stderr)
+    made = json.loads(r.stdout)
+    assert made["status"] == "success" and made["name"].startswith("coredb-")
+    assert os.path.exists(os.path.join(bk.bdir, made["name"] + ".dump"))
+    r = run_cli(["backup", "list", "--json"], env)
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["backups"][0]["name"] == made["name"]
+    r = run_cli(["backup", "verify", made["name"], "--json"], env, timeout=300)
+    assert r.returncode == 0, (r.stdout, r.stderr)
+    assert json.loads(r.stdout)["checks"]["restore"] == "passed"
+    r = run_cli(["backup", "verify", "../../etc/passwd", "--json"], env)
+    assert r.returncode == 1 and json.loads(r.stdout)["error"]["code"] == "VALIDATION_FAILED"
+    r = run_cli(["backup", "cleanup", "--json"], env)
+    assert r.returncode == 0, r.stderr
+    out = json.loads(r.stdout)
+    assert out["removed"] == [] and made["name"] in out["kept"]
+    r = run_cli(["backup", "verify", "--json"], env)
+    assert r.returncode == 2
+    r = run_cli(["backup", "--help"], env)
+    assert r.returncode == 0 and "coredb backup verify NAME" in r.stdout
+    assert SECRET_PW not in r.stdout + r.stderr
+
+
+def test_schedule_runs_once_across_two_instances(pg):
+    d = backup_dir()
+    db = pg.create_database()
+    first = start_instance(pg, db=db, BACKUP_DIR=d, BACKUP_INTERVAL="3s")
+    second = start_instance(pg, db=db, BACKUP_DIR=d, BACKUP_INTERVAL="3s")
+    try:
+        deadline = time.time() + 60
+        while time.time() < deadline and len(glob.glob(os.path.join(d, "*.json"))) < 3:
+            time.sleep(0.2)
+        time.sleep(1.0)
+        manifests = sorted(glob.glob(os.path.join(d, "*.json")))
+        assert len(manifests) >= 3, manifests
+        stamps = []
+        for m in manifests:
+            created = json.load(open(m))["created_at"]
+            stamps.append(time.mktime(time.strptime(created[:19], "%Y-%m-%dT%H:%M:%S"))
+                          + int(created[20:23]) / 1000)
+        gaps = [b - a for a, b in zip(stamps, stamps[1:])]
+        # one backup per interval across both instances, never two
+        assert all(g >= 2.0 for g in gaps), gaps
+        logs = first.log() + second.log()
+        assert logs.count("created and verified") >= 3
+    finally:
+        first.stop_clean()
+        second.stop_clean()
