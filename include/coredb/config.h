@@ -94,6 +94,7 @@ typedef struct cdb_config {
     int   backup_retention_count;  /* 7 */
     int   backup_retention_days;   /* 30 */
     int   backup_interval_s;       /* BACKUP_INTERVAL, 0 = off */
+    bool  backup_encrypt;          /* BACKUP_ENCRYPT: secretstream with a key from DB_ENCRYPTION_KEY */
     int   prometheus_port;         /* 9090, 0 = off */
     char *prometheus_host;         /* PROMETHEUS_HOST, 127.0.0.1 */
     bool  migrate_on_start;        /* true */

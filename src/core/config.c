@@ -149,6 +149,7 @@ static const struct var vars[] = {
     INT("BACKUP_RETENTION_COUNT", backup_retention_count, "7", 1, 100000),
     INT("BACKUP_RETENTION_DAYS", backup_retention_days, "30", 1, 100000),
     SECS("BACKUP_INTERVAL", backup_interval_s, "0", 0, INT_MAX),
+    BOOL("BACKUP_ENCRYPT", backup_encrypt, "false"),
     INT("PROMETHEUS_PORT", prometheus_port, "9090", 0, 65535),
     STR("PROMETHEUS_HOST", prometheus_host, "127.0.0.1", NULL),
     BOOL("MIGRATE_ON_START", migrate_on_start, "true"),

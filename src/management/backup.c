@@ -91,7 +91,7 @@ static int dump(cdb_service *svc, PGconn *conn, json_t **out, cdb_error *err)
 {
     int64_t started = cdb_mono_ms();
     PGresult *res = NULL;
-    char *name = NULL, *tmp = NULL, *final = NULL, *mtmp = NULL, *mfinal = NULL, *snapshot = NULL;
+    char *name = NULL, *tmp = NULL, *plain = NULL, *final = NULL, *mtmp = NULL, *mfinal = NULL, *snapshot = NULL;
     json_t *tables = json_object(), *manifest = NULL;
     char iso[32];
     int rc;
@@ -129,10 +129,18 @@ static int dump(cdb_service *svc, PGconn *conn, json_t **out, cdb_error *err)
         rc = cdb_error_oom(err);
         goto out;
     }
-    const char *args[] = {"--format=custom", "--no-password", snapshot, "-f", tmp, NULL};
+    bool encrypt = svc->cfg->backup_encrypt;
+    if (encrypt && !(plain = cdb_xasprintf("%s/.%s.plain.tmp", svc->cfg->backup_dir, name))) {
+        rc = cdb_error_oom(err);
+        goto out;
+    }
+    const char *args[] = {"--format=custom", "--no-password", snapshot, "-f", encrypt ? plain : tmp, NULL};
     if ((rc = cdb__backup_run(svc, "pg_dump", args, NULL, DUMP_TIMEOUT_S, err)) < 0)
         goto out;
     exec(conn, "COMMIT", NULL, NULL);
+    /* the checksum is of the file as stored: the encrypted one when encrypting */
+    if (encrypt && (rc = cdb__backup_encrypt(svc, plain, tmp, err)) < 0)
+        goto out;
 
     char hex[65];
     long long size = 0;
@@ -147,7 +155,7 @@ static int dump(cdb_service *svc, PGconn *conn, json_t **out, cdb_error *err)
     json_object_set_new(manifest, "created_at", json_string(iso));
     json_object_set_new(manifest, "duration_ms", json_integer(cdb_mono_ms() - started));
     json_object_set_new(manifest, "format", json_string(CDB_BACKUP_FORMAT));
-    json_object_set_new(manifest, "encrypted", json_false());
+    json_object_set_new(manifest, "encrypted", json_boolean(encrypt));
     json_object_set(manifest, "tables", tables);
     if (json_object_size(manifest) != 11) {
         rc = cdb_error_oom(err);
@@ -165,6 +173,9 @@ static int dump(cdb_service *svc, PGconn *conn, json_t **out, cdb_error *err)
     manifest = NULL;
 
 out:
+    if (plain)
+        unlink(plain);
+    free(plain);
     if (rc < 0) {
         exec(conn, "ROLLBACK", NULL, NULL);
         if (tmp)

@@ -44,6 +44,12 @@ bool cdb__backup_intact(const cdb_service *svc, json_t *manifest);
  * database (system schemas aside), in the snapshot of its transaction.
  */
 int cdb__backup_count_rows(PGconn *conn, json_t *tables, cdb_error *err);
+/*
+ * Encrypts the archive src into dst (0600) with the backup key derived from
+ * DB_ENCRYPTION_KEY (backup_crypt.c describes the format). CONFIG_INVALID
+ * without a usable key.
+ */
+int cdb__backup_encrypt(const cdb_service *svc, const char *src, const char *dst, cdb_error *err);
 /* BACKUP_DIR, created (0700) when missing. */
 int cdb__backup_dir(const cdb_service *svc, cdb_error *err);
 
