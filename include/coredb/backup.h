@@ -6,10 +6,13 @@
  * the PG_BINDIR binaries, and BACKUP_DIR/NAME.json, its manifest:
  *   {name, file, size_bytes, sha256 (of the file as stored), created_at,
  *    duration_ms, format: "pg_dump-custom", server_version,
- *    migration_version, encrypted: false, tables: {"schema.table": rows}}
+ *    migration_version, encrypted, tables: {"schema.table": rows}}
  * The row counts are taken in the dump's own snapshot (a REPEATABLE READ
  * transaction exports it and pg_dump runs with --snapshot), so they are
  * exactly what the archive holds. NAME is "coredb-YYYYMMDDTHHMMSSmmmZ".
+ * With BACKUP_ENCRYPT the stored file is the archive encrypted with
+ * libsodium secretstream (key derived from DB_ENCRYPTION_KEY); sha256 is of
+ * the stored file. Restore reads it through cdb_backup_decrypt_to_path.
  *
  * Creates are serialized (a process mutex and a PostgreSQL advisory lock,
  * for several instances on one BACKUP_DIR); the archive is written under a
@@ -65,9 +68,12 @@ int cdb_backup_archive_path(cdb_service *svc, const char *name, char **path, jso
                             cdb_error *err);
 
 /*
- * Writes the plain pg_dump archive of the stored file src to dst (0600).
- * Unencrypted archives are copied as they are; encrypted ones (when
- * encryption at rest lands) are decrypted, failing with BACKUP_INVALID.
+ * Writes the plain pg_dump archive of the stored file src (e.g. from
+ * cdb_backup_archive_path) to dst (created 0600; removed on failure).
+ * Unencrypted archives are copied as they are; encrypted ones are
+ * decrypted, a damaged, truncated or wrongly keyed one failing with
+ * BACKUP_INVALID (CONFIG_INVALID without a usable DB_ENCRYPTION_KEY). Check
+ * the checksum first (cdb_backup_verify does all three levels).
  */
 int cdb_backup_decrypt_to_path(cdb_service *svc, const char *src, const char *dst, cdb_error *err);
 
