@@ -146,7 +146,8 @@ int cdb__backup_manifests(const cdb_service *svc, json_t **out, cdb_error *err)
         names[n++] = name;
     }
     closedir(d);
-    qsort(names, n, sizeof *names, by_name_desc);
+    if (n > 1)
+        qsort(names, n, sizeof *names, by_name_desc);
     for (size_t i = 0; i < n; i++) {
         json_t *m = NULL;
         cdb_error ignore;

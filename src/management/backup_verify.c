@@ -150,9 +150,11 @@ int cdb_backup_verify(cdb_service *svc, const char *name, json_t **out, cdb_erro
     }
     json_object_set_new(checks, "checksum", json_string("passed"));
 
-    plain = cdb_xasprintf("%s/.%s.verify.dump", svc->cfg->backup_dir, name);
-    toc = cdb_xasprintf("%s/.%s.verify.toc", svc->cfg->backup_dir, name);
-    list = cdb_xasprintf("%s/.%s.verify.list", svc->cfg->backup_dir, name);
+    /* own names per run: two verifies of one backup must not share files */
+    unsigned run = randombytes_random();
+    plain = cdb_xasprintf("%s/.%s.verify-%08x.dump", svc->cfg->backup_dir, name, run);
+    toc = cdb_xasprintf("%s/.%s.verify-%08x.toc", svc->cfg->backup_dir, name, run);
+    list = cdb_xasprintf("%s/.%s.verify-%08x.list", svc->cfg->backup_dir, name, run);
     if (!plain || !toc || !list) {
         rc = cdb_error_oom(err);
         goto out;
