@@ -177,7 +177,14 @@ def test_hostile(bk, root):
     assert bk.pg.query(bk.db, "SELECT count(*) FROM public.users")[0][0] > 0
 
 
+def stamp(created):
+    return time.mktime(time.strptime(created[:19], "%Y-%m-%dT%H:%M:%S")) + int(created[20:23]) / 1000
+
+
 def test_concurrent_creates_serialize(bk, root):
+    # big enough that a dump takes a moment, so overlapping runs would show
+    bk.pg.query(bk.db, "CREATE TABLE bk_mid AS SELECT g AS id, repeat('z', 200) AS pad"
+                       " FROM generate_series(1, 200000) g")
     out = []
 
     def one():
@@ -190,6 +197,11 @@ def test_concurrent_creates_serialize(bk, root):
     assert [r.status_code for r in out] == [201, 201], [r.text for r in out]
     names = {r.json()["name"] for r in out}
     assert len(names) == 2
+    first, second = sorted((r.json() for r in out), key=lambda b: b["name"])
+    # one after the other: the second began only once the first had finished
+    assert stamp(second["created_at"]) - stamp(first["created_at"]) >= first["duration_ms"] / 1000 * 0.5, \
+        (first, second)
+    bk.pg.query(bk.db, "DROP TABLE bk_mid")
     for name in names:
         r = verify(bk, root, name)
         assert r.status_code == 200, r.text
