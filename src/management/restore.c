@@ -184,10 +184,10 @@ static int restore_live(restore_ctx *c, cdb_error *err)
     char *prog = cdb_xasprintf("%s/pg_restore", c->svc->cfg->pg_bindir);
     if (!prog)
         return cdb_error_oom(err);
+    /* the name of the database our own session is on; host, user, password come from the environment */
     char *argv[] = {prog, "--single-transaction", "--clean", "--if-exists", "--exit-on-error",
-                    "--no-password", c->path, NULL};
+                    "--no-password", "-d", PQdb(c->conn), c->path, NULL};
     cdb__tool_run run = tool_run(c->svc, RESTORE_TIMEOUT_S, true);
-    /* no -d: the database is PGDATABASE, from the service's own conninfo */
     int rc = cdb__restore_run_tool(&run, argv);
     free(prog);
     if (rc == 0)
