@@ -16,7 +16,8 @@
  *   4. ends every other session to the database (pg_terminate_backend);
  *   5. restores into the live database in ONE transaction (pg_restore
  *      --single-transaction --clean --if-exists --exit-on-error): it
- *      applies entirely or not at all;
+ *      applies entirely or not at all. A failure here is CONFLICT
+ *      (details.check "restore"): rolled back, the database unchanged;
  *   6. bumps the cache generation of every table of POSTGRES_SCHEMA (through
  *      the outbox when Redis does not take it), so no instance serves a
  *      result read before the restore;

@@ -194,8 +194,12 @@ static int restore_live(restore_ctx *c, cdb_error *err)
         return 0;
     cdb_log_error("backup.restore_failed", "restore into the live database failed (exit %d), "
                   "rolled back: %s", rc, run.diag);
-    cdb_error_set(err, CDB_ERR_INTERNAL_ERROR,
-                  "The restore failed and was rolled back; the database is unchanged");
+    /* most often the live database holds something the archive cannot replace
+     * (an object made since, depending on a table it drops): a conflict with its state */
+    cdb_error_set(err, CDB_ERR_CONFLICT,
+                  "The restore into the live database failed and was rolled back; the database is "
+                  "unchanged (see the server log)");
+    cdb_error_detail(err, "check", json_string("restore"));
     return err->code;
 }
 

@@ -220,3 +220,32 @@ def test_hostile_callers_and_names(pair, admin, backup_dir):
     assert_error(restore(first, admin, good, body={"confirm": {"yes": True}}), 400, "VALIDATION_FAILED")
     # nothing was restored: the row written after the dump is still there
     assert scalar(first, "SELECT title FROM projects WHERE id = %s", (pid,)) == "untouched"
+
+
+def test_live_restore_failure_rolls_back_entirely(pair, admin, backup_dir):
+    """The archive passes the scratch run, but the live database holds an
+    object made after the dump that depends on a table the restore must drop
+    (a view): pg_restore fails midway, and the one transaction leaves every
+    table, row and constraint as it was."""
+    first, second = pair
+    a = user(first)
+    a2 = Account(second, a.user, a.password, a.session)
+    name = dump(first, backup_dir)
+    pid = add_project(first, a.id, title="after-the-dump-live")
+    first.pg.query(first.db, "CREATE VIEW restore_blocker AS SELECT id FROM projects")
+    try:
+        before = {t: scalar(first, f"SELECT count(*) FROM {t}")
+                  for t in ("users", "projects", "content_analysis", "media_assets", "coredb.sessions")}
+        fks = scalar(first, "SELECT count(*) FROM pg_constraint WHERE contype = 'f'")
+        resp = restore(first, admin, name)
+        err = assert_error(resp, 409, "CONFLICT")
+        assert err["details"]["check"] == "restore", err
+        assert "rolled back" in err["message"]
+        after = {t: scalar(first, f"SELECT count(*) FROM {t}") for t in before}
+        assert after == before
+        assert scalar(first, "SELECT count(*) FROM pg_constraint WHERE contype = 'f'") == fks
+        assert scalar(first, "SELECT title FROM projects WHERE id = %s", (pid,)) == "after-the-dump-live"
+        assert maintenance(first)["status"] == "OFF" and maintenance(second)["status"] == "OFF"
+        assert query_ok(second, a2, body_for(pid))["data"][0]["title"] == "after-the-dump-live"
+    finally:
+        first.pg.query(first.db, "DROP VIEW IF EXISTS restore_blocker")
