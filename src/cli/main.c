@@ -37,6 +37,8 @@ static const cli_command commands[] = {
      "--email --username --role --display-name --limit --cursor --json", cli_help_user, cmd_user},
     {"table", "make a table usable through the data API (grants, RLS, own rows), or undo it",
      "expose unexpose list", "--owner-column --read-only-for --json", cli_help_table, cmd_table},
+    {"restore", "replace the database with a backup archive of BACKUP_DIR (safe, all or nothing)",
+     NULL, "--yes --json", cli_help_restore, cmd_restore},
     {"setup-sql", "print the SQL a superuser runs once to prepare a production role", NULL,
      "--role --database --password-from-stdin --no-event-trigger --json", cli_help_setup_sql,
      cmd_setup_sql},

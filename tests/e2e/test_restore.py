@@ -249,3 +249,30 @@ def test_live_restore_failure_rolls_back_entirely(pair, admin, backup_dir):
         assert query_ok(second, a2, body_for(pid))["data"][0]["title"] == "after-the-dump-live"
     finally:
         first.pg.query(first.db, "DROP VIEW IF EXISTS restore_blocker")
+
+
+def test_cli_restore_needs_yes_and_invalidates(pair, backup_dir, redis_server):
+    import json
+    from datahelp import redis_url
+    from identity import cli_env
+    from servers import run_cli
+    first, second = pair
+    a = user(first)
+    a2 = Account(second, a.user, a.password, a.session)
+    pid = add_project(first, a.id, title="cli-kept")
+    name = dump(first, backup_dir)
+    tx_ok(first, a, [pg_delete("projects", {"id": pid})])
+    assert query_ok(second, a2, body_for(pid))["data"] == []
+    assert query_ok(second, a2, body_for(pid))["cached"] is True
+    env = cli_env(first, BACKUP_DIR=backup_dir, REDIS_URL=redis_url(redis_server, REDIS_DB))
+    no = run_cli(["restore", name, "--json"], env)
+    assert no.returncode == 1, no
+    assert json.loads(no.stdout)["error"]["code"] == "VALIDATION_FAILED"
+    assert scalar(first, "SELECT count(*) FROM projects WHERE id = %s", (pid,)) == 0
+    yes = run_cli(["restore", name, "--yes", "--json"], env, timeout=600)
+    assert yes.returncode == 0, (yes.stdout, yes.stderr)
+    out = json.loads(yes.stdout)
+    assert out["status"] == "success" and out["restored"] is True, out
+    assert scalar(first, "SELECT title FROM projects WHERE id = %s", (pid,)) == "cli-kept"
+    after = query_ok(second, a2, body_for(pid))
+    assert after["data"] == [{"id": pid, "title": "cli-kept"}] and after["cached"] is False, after
