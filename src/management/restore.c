@@ -40,6 +40,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "coredb/log.h"
@@ -52,6 +53,7 @@
 #include "store/pg.h"
 
 #define LIST_TIMEOUT_S 300
+#define END_SESSIONS_WAIT_MS 3000
 #define RESTORE_TIMEOUT_S (6 * 3600)
 /* One restore per deployment: a session advisory lock on this key ("cdbrestr"). */
 #define RESTORE_LOCK_KEY "7233374928633656434"
@@ -169,13 +171,37 @@ static int end_sessions(restore_ctx *c, cdb_error *err)
 {
     PGresult *res = NULL;
     if (cdb_pg_exec(c->conn,
-                    "SELECT count(*) FILTER (WHERE pg_terminate_backend(pid)) FROM pg_stat_activity"
-                    " WHERE datname = current_database() AND pid <> pg_backend_pid()",
+                    /* materialized: our own session is never a candidate */
+                    "WITH victims AS MATERIALIZED (SELECT pid FROM pg_stat_activity"
+                    " WHERE datname = current_database() AND pid <> pg_backend_pid())"
+                    " SELECT count(*) FILTER (WHERE pg_terminate_backend(pid)),"
+                    " coalesce(array_agg(pid)::text, '{}') FROM victims",
                     0, NULL, &res, err) < 0)
         return err->code;
     c->sessions_ended = atoi(PQgetvalue(res, 0, 0));
+    char *pids = strdup(PQgetvalue(res, 0, 1));
     PQclear(res);
-    return 0;
+    if (!pids)
+        return cdb_error_oom(err);
+    /* pg_terminate_backend only signals: wait (bounded) until those are gone,
+     * so their clients' sockets are closed before anything else happens
+     * (pools reconnect meanwhile: new sessions are not waited for) */
+    const char *params[1] = {pids};
+    int rc = 0;
+    for (int i = 0; c->sessions_ended && i < END_SESSIONS_WAIT_MS / 20; i++) {
+        res = NULL;
+        if ((rc = cdb_pg_exec(c->conn, "SELECT count(*) FROM pg_stat_activity WHERE pid = ANY($1::int[])",
+                              1, params, &res, err)) < 0)
+            break;
+        bool gone = atoi(PQgetvalue(res, 0, 0)) == 0;
+        PQclear(res);
+        if (gone)
+            break;
+        struct timespec ts = {0, 20 * 1000 * 1000};
+        nanosleep(&ts, NULL);
+    }
+    free(pids);
+    return rc;
 }
 
 /* The swap: the live database in one transaction (see the top of the file). */

@@ -290,7 +290,9 @@ static cdb_pool_conn *conn_open(cdb_pool *p, int64_t deadline_ms)
 /* Sees a server-side close without blocking: libpq sockets are non-blocking underneath. */
 static bool conn_alive(PGconn *pg)
 {
-    return PQconsumeInput(pg) && cdb_pg_conn_ok(pg);
+    /* Twice: a session the server ended sends its FATAL message and then
+     * closes; one read may take the message and only the next sees the close. */
+    return PQconsumeInput(pg) && PQconsumeInput(pg) && cdb_pg_conn_ok(pg);
 }
 
 /* With query, a round trip bounded by the connection's deadline and the cap the caller set. */
