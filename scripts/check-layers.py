@@ -38,6 +38,7 @@ PUBLIC = {
     "users.h": "identity", "sessions.h": "identity",
     "data.h": "data",
     "migrate.h": "management", "backup.h": "management", "health.h": "management", "tables.h": "management",
+    "restore.h": "management",
     "service.h": "service",
     "http.h": "http",
     "coredb.h": "embedder",   # the umbrella: for programs using the library, never for its own files

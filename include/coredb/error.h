@@ -46,7 +46,8 @@
     X(TRANSACTION_OUTCOME_UNKNOWN, -28, 503)       \
     X(NOT_IMPLEMENTED,             -29, 501)       \
     X(IDEMPOTENCY_KEY_REUSED,      -30, 422)       \
-    X(IDEMPOTENCY_KEY_IN_PROGRESS, -31, 409)
+    X(IDEMPOTENCY_KEY_IN_PROGRESS, -31, 409)       \
+    X(MAINTENANCE,                 -32, 503)
 
 typedef enum cdb_err {
     CDB_OK = 0,

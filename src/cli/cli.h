@@ -60,8 +60,8 @@ void cli_usage(FILE *to);
 
 /* Help texts, one per command (each in its cmd_*.c, help and completion in help.c). */
 extern const char cli_help_serve[], cli_help_config[], cli_help_migrate[], cli_help_user[],
-    cli_help_table[], cli_help_setup_sql[], cli_help_help[], cli_help_completion[],
-    cli_help_version[], cli_help_backup[];
+    cli_help_table[], cli_help_restore[], cli_help_setup_sql[], cli_help_help[],
+    cli_help_completion[], cli_help_version[], cli_help_backup[];
 
 /* True when flag (e.g. "--json") is one of argv[1..argc). */
 bool cli_flag(int argc, char **argv, const char *flag);
@@ -111,6 +111,7 @@ int cmd_migrate(int argc, char **argv);
 int cmd_user(int argc, char **argv);
 int cmd_table(int argc, char **argv);
 int cmd_backup(int argc, char **argv);
+int cmd_restore(int argc, char **argv);
 int cmd_setup_sql(int argc, char **argv);
 
 #endif

@@ -16,6 +16,7 @@ const char cli_help_backup[] =
     "       coredb backup list [--json]\n"
     "       coredb backup verify NAME [--json]\n"
     "       coredb backup cleanup [--json]\n"
+    "       coredb backup restore NAME --yes [--json]   (the same as coredb restore)\n"
     "\n"
     "  create    pg_dump (custom format, PG_BINDIR) into BACKUP_DIR as NAME.dump, with\n"
     "            its manifest NAME.json: SHA-256, size, server and migration version,\n"
@@ -33,6 +34,8 @@ int cmd_backup(int argc, char **argv)
 {
     bool as_json = cli_flag(argc, argv, "--json");
     const char *action = argc >= 2 ? argv[1] : "";
+    if (strcmp(action, "restore") == 0)
+        return cmd_restore(argc - 1, argv + 1);
     const char *name = NULL;
     for (int i = 2; i < argc; i++) {
         if (strcmp(argv[i], "--json") == 0)

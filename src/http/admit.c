@@ -11,6 +11,8 @@
 #include "http_internal.h"
 #include "service/service_internal.h"
 
+#include <string.h>
+
 #include <math.h>
 #include <stdio.h>
 
@@ -55,9 +57,33 @@ static bool within_quota(cdb_request *r)
     return false;
 }
 
+/*
+ * A restore (coredb/restore.h) is running here or on another instance: the
+ * data API answers 503 MAINTENANCE with Retry-After instead of reading a
+ * database that is being replaced. Checked before the session, which may
+ * itself be in the database being restored.
+ */
+static bool in_maintenance(cdb_request *r)
+{
+    if (strncmp(r->route->pattern, "/api/v1/data/", 13) != 0)
+        return false;
+    if (!cdb_service_maintenance_since(r->svc))
+        return false;
+    cdb_request_header(r, "Retry-After", "%d", CDB_SERVICE_RETRY_AFTER_S);
+    cdb_error e;
+    cdb_error_init(&e);
+    cdb_error_set(&e, CDB_ERR_MAINTENANCE, "A restore is running; retry in %d s",
+                  CDB_SERVICE_RETRY_AFTER_S);
+    cdb_error_detail(&e, "retry_after", json_integer(CDB_SERVICE_RETRY_AFTER_S));
+    cdb_request_fail(r, &e);
+    return true;
+}
+
 bool cdb_admit_caller(cdb_request *r)
 {
     cdb_route_auth mode = r->route->auth;
+    if (in_maintenance(r))
+        return false;
     if (mode == CDB_AUTH_PUBLIC)
         return true;
     if (r->bearer && mode >= CDB_AUTH_OPTIONAL) {

@@ -8,10 +8,12 @@
  *   GET  /api/v1/admin/backups
  *   POST /api/v1/admin/backups/{name}/verify
  *   POST /api/v1/admin/backups/cleanup
+ *   POST /api/v1/admin/backups/{name}/restore  {confirm: true}
  * Admin only (the route says so, and the library checks again). Success
  * bodies are the library's result form, as API.md asks for this section.
  */
 #include "coredb/backup.h"
+#include "coredb/restore.h"
 #include "coredb/result.h"
 #include "coredb/tables.h"
 #include "http_internal.h"
@@ -96,6 +98,24 @@ static void backups_cleanup(cdb_request *r)
     finish_result(r, rc, out, &err);
 }
 
+/* {confirm: true} exactly: anything else (absent, false, "yes") is refused by the library. */
+static void backup_restore(cdb_request *r)
+{
+    cdb_error err;
+    cdb_error_init(&err);
+    json_t *out = NULL;
+    int rc;
+    json_t *confirm = json_is_object(r->body) ? json_object_get(r->body, "confirm") : NULL;
+    if (r->body && !json_is_object(r->body))
+        rc = cdb_error_set(&err, CDB_ERR_VALIDATION_FAILED, "The body must be a JSON object");
+    else if (confirm && !json_is_boolean(confirm))
+        rc = cdb_error_set_detail(&err, CDB_ERR_VALIDATION_FAILED, "field", "confirm",
+                                  "confirm must be a boolean");
+    else
+        rc = cdb_backup_restore(r->svc, &r->principal, r->params[0], json_is_true(confirm), &out, &err);
+    finish_result(r, rc, out, &err);
+}
+
 const cdb_route cdb_routes_admin[] = {
     {EVHTTP_REQ_GET, "/api/v1/admin/tables", tables_list, CDB_RUN_WORKER, CDB_AUTH_ADMIN},
     {EVHTTP_REQ_POST, "/api/v1/admin/tables/{name}/expose", tables_expose, CDB_RUN_WORKER, CDB_AUTH_ADMIN},
@@ -106,5 +126,7 @@ const cdb_route cdb_routes_admin[] = {
     {EVHTTP_REQ_GET, "/api/v1/admin/backups", backups_list, CDB_RUN_WORKER, CDB_AUTH_ADMIN},
     {EVHTTP_REQ_POST, "/api/v1/admin/backups/cleanup", backups_cleanup, CDB_RUN_WORKER, CDB_AUTH_ADMIN},
     {EVHTTP_REQ_POST, "/api/v1/admin/backups/{name}/verify", backups_verify, CDB_RUN_WORKER, CDB_AUTH_ADMIN},
+    {EVHTTP_REQ_POST, "/api/v1/admin/backups/{name}/restore", backup_restore, CDB_RUN_WORKER,
+     CDB_AUTH_ADMIN},
     {0},
 };

@@ -7,13 +7,15 @@
  * its name). It is defined here, at the top of the shared layers, so that
  * identity/, data/ and management/ can read their handles without an
  * upward include into service/; only service/service.c creates, fills and
- * frees it, and nothing below service/ writes its fields.
+ * frees it, and nothing below service/ writes its fields (except the
+ * atomic maintenance flag, which a restore sets: security/maintenance.h).
  */
 #ifndef COREDB_SECURITY_SERVICE_STATE_H
 #define COREDB_SECURITY_SERVICE_STATE_H
 
 #include "coredb/config.h"
 #include "security/jwt.h"
+#include "security/maintenance.h"
 #include "security/password.h"
 #include "security/ratelimit.h"
 #include "store/cache.h"
@@ -42,6 +44,7 @@ struct cdb_service {
     cdb_jwt_config jwt;            /* from JWT_SECRET / JWT_ISSUER / JWT_AUDIENCE */
     cdb_password_params password;  /* argon2id parameters */
     struct cdb_jobs *jobs;         /* background jobs once started, else NULL */
+    cdb_maintenance maintenance;   /* set by a restore (management/restore.c), atomic */
 };
 
 #endif

@@ -19,6 +19,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <unistd.h>
 
 #define CACHE_MAX_ENTRIES 100000
@@ -235,10 +236,36 @@ static cdb_health_deps health_deps(const cdb_service *svc)
     };
 }
 
+int64_t cdb_service_maintenance_since(cdb_service *svc)
+{
+    return cdb__maintenance_since(&svc->maintenance, svc->redis, svc->qcache);
+}
+
+/* checks.maintenance: {status: "ACTIVE", since} while a restore runs, else {status: "OFF"}. */
+static void add_maintenance(cdb_service *svc, json_t *report)
+{
+    json_t *checks = json_object_get(report, "checks");
+    int64_t since = cdb_service_maintenance_since(svc);
+    json_t *m = json_object();
+    json_object_set_new(m, "status", json_string(since ? "ACTIVE" : "OFF"));
+    if (since) {
+        char ts[32];
+        time_t t = (time_t)since;
+        struct tm tm;
+        gmtime_r(&t, &tm);
+        strftime(ts, sizeof ts, "%Y-%m-%dT%H:%M:%SZ", &tm);
+        json_object_set_new(m, "since", json_string(ts));
+    }
+    json_object_set_new(checks, "maintenance", m);
+}
+
 cdb_health_status cdb_service_health(cdb_service *svc, json_t **out)
 {
     cdb_health_deps d = health_deps(svc);
-    return cdb_health_check(&d, out);
+    cdb_health_status s = cdb_health_check(&d, out);
+    if (*out)
+        add_maintenance(svc, *out);
+    return s;
 }
 
 cdb_health_status cdb_service_ready(cdb_service *svc, json_t **out)

@@ -9,6 +9,8 @@
 #include "coredb/service.h"
 #include "security/ratelimit.h"
 
+#include <stdint.h>
+
 /* The rate limiter of per-caller quotas (not owned). */
 cdb_ratelimit *cdb_service_ratelimit(cdb_service *svc);
 
@@ -16,6 +18,10 @@ cdb_ratelimit *cdb_service_ratelimit(cdb_service *svc);
  * POST /test/sleep (test builds of the HTTP API): holds a pooled connection
  * in pg_sleep(seconds). Blocking.
  */
+/* Retry-After of a 503 MAINTENANCE (security/maintenance.h). */
+#define CDB_SERVICE_RETRY_AFTER_S 5
+/* Since when (Unix seconds) a restore holds this deployment in maintenance; 0 = not. */
+int64_t cdb_service_maintenance_since(cdb_service *svc);
 int cdb_service_test_sleep(cdb_service *svc, double seconds, cdb_error *err);
 
 #endif

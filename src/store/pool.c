@@ -20,7 +20,7 @@
  *    is bumped: idle connections older than it are checked before reuse (a
  *    PostgreSQL restart kills all of them at once);
  *  - an idle connection is checked with a non-blocking read (PQconsumeInput,
- *    which sees the server's close) when stale, plus "SELECT 1" when it has
+ *    which sees the server's close) on every hand-out, plus "SELECT 1" when it has
  *    been idle over 5 s; the maintenance thread does the non-blocking read on
  *    every idle connection each tick, so dead ones leave the pool quickly;
  *  - after a failed connect the server is marked down and connects back off
@@ -290,7 +290,9 @@ static cdb_pool_conn *conn_open(cdb_pool *p, int64_t deadline_ms)
 /* Sees a server-side close without blocking: libpq sockets are non-blocking underneath. */
 static bool conn_alive(PGconn *pg)
 {
-    return PQconsumeInput(pg) && cdb_pg_conn_ok(pg);
+    /* Twice: a session the server ended sends its FATAL message and then
+     * closes; one read may take the message and only the next sees the close. */
+    return PQconsumeInput(pg) && PQconsumeInput(pg) && cdb_pg_conn_ok(pg);
 }
 
 /* With query, a round trip bounded by the connection's deadline and the cap the caller set. */
@@ -505,7 +507,10 @@ cdb_pool_conn *cdb_pool_acquire(cdb_pool *p, int64_t deadline_ms, cdb_error *err
             list_remove(&p->idle, c);
             list_add(&p->active, c);
             bool long_idle = now - c->last_used_ms > VALIDATE_AFTER_IDLE_MS;
-            if (!long_idle && c->generation == p->generation)
+            /* conn_alive is one non-blocking read: it sees a session the
+             * server ended (pg_terminate_backend, as a restore does) before
+             * a request is handed a connection that can only fail */
+            if (!long_idle && c->generation == p->generation && conn_alive(c->pg))
                 break;
             pthread_mutex_unlock(&p->mu);
             cdb_pg_set_deadline(c->pg, budget_end(deadline_ms));

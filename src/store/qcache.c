@@ -133,6 +133,11 @@ void cdb_qcache_generation_key(const cdb_qcache *qc, const char *table, char *bu
     snprintf(buf, len, "coredb:%s:gen:%s", qc->ns, table);
 }
 
+void cdb_qcache_key(const cdb_qcache *qc, const char *suffix, char *buf, size_t len)
+{
+    snprintf(buf, len, "coredb:%s:%s", qc->ns, suffix);
+}
+
 /*
  * Redis came back after an outage this process saw: generation bumps of
  * writes committed meanwhile may still wait in the outbox, and Redis may

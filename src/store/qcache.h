@@ -83,6 +83,9 @@ void cdb_qcache_set_resync(cdb_qcache *qc, cdb_redis *redis, cdb_qcache_resync_f
 
 /* Redis key of a table's generation counter ("coredb:<ns>:gen:<table>"); buf >= 200. */
 void cdb_qcache_generation_key(const cdb_qcache *qc, const char *table, char *buf, size_t len);
+/* Any other key of this deployment: "coredb:<ns>:<suffix>" (the maintenance flag). */
+void cdb_qcache_key(const cdb_qcache *qc, const char *suffix, char *buf, size_t len);
+
 /* Bumps a table's generation now (returns -1 when the cache is unavailable). */
 int cdb_qcache_bump(cdb_qcache *qc, const char *table);
 

@@ -381,3 +381,19 @@ def test_encrypted_backups(pg):
         assert r.json()["error"]["details"]["check"] == "toc"
     finally:
         inst.stop_clean()
+
+
+def test_a_created_backup_restores_by_its_name(bk, root):
+    """The round trip of issue 13: `backup create` names what `restore` takes
+    (NAME, its archive NAME.dump), and the restore brings a deleted row back."""
+    bk.pg.query(bk.db, "CREATE TABLE bk_round (id int primary key, v text)")
+    bk.pg.query(bk.db, "INSERT INTO bk_round VALUES (1, 'kept'), (2, 'kept too')")
+    b = create(bk, root)
+    bk.pg.query(bk.db, "DELETE FROM bk_round WHERE id = 2")
+    r = bk.post(f"{BK}/{b['name']}/restore", json={"confirm": True}, headers=root.headers, timeout=120)
+    assert r.status_code == 200, r.text
+    assert r.json()["restored"] is True
+    assert bk.pg.query(bk.db, "SELECT v FROM bk_round ORDER BY id") == [("kept",), ("kept too",)]
+    proc = run_cli(["backup", "restore", b["name"], "--json"], cli_env(bk))  # no --yes: refused
+    assert proc.returncode != 0
+    assert json.loads(proc.stdout)["error"]["code"] == "VALIDATION_FAILED"
