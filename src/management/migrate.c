@@ -36,7 +36,7 @@
 
 /* FNV-1a 64 of "coredb.migrate": the migrators' session lock. The next
  * number guards the creation of the history table (transaction lock). */
-#define LOCK_KEY     "6155020977930761511"
+#define LOCK_KEY     CDB__MIGRATE_LOCK_KEY
 #define DDL_LOCK_KEY "6155020977930761512"
 #define LOCK_POLL_MS 100
 

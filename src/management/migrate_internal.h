@@ -11,6 +11,9 @@
 
 #include "coredb/migrate.h"
 
+/* The session advisory lock that serializes migrators (migrate.c, migrate_runs.c). */
+#define CDB__MIGRATE_LOCK_KEY "6155020977930761511"
+
 /*
  * Splits a migration section into statements on ';' outside quotes ('...',
  * E'...', "..."), dollar-quoted bodies ($$...$$, $tag$...$tag$), -- line
