@@ -241,3 +241,47 @@ def test_malformed_json_is_400(env, adm):
     for path in ("/api/v1/migrations/run", "/api/v1/migrations/rollback"):
         resp = env.post(path, data="{not json", headers={**adm.headers, "Content-Type": "application/json"})
         assert_error(resp, 400)
+
+
+def run_cli_stderr_tty(args, env):
+    """Runs the CLI with stderr on a pseudo-terminal; returns (rc, stdout, what the terminal got)."""
+    import pty
+    import subprocess
+    from servers import COREDB_BIN
+    master, slave = pty.openpty()
+    full = {k: v for k, v in os.environ.items() if not k.startswith(("DATABASE_", "POSTGRES_", "REDIS_", "DB_", "PG"))}
+    full.update(env)
+    proc = subprocess.Popen([COREDB_BIN, *args], env=full, cwd=scratch_dir(), stdout=subprocess.PIPE,
+                            stderr=slave, stdin=subprocess.DEVNULL)
+    os.close(slave)
+    chunks = []
+    while True:
+        try:
+            data = os.read(master, 4096)
+        except OSError:
+            break
+        if not data:
+            break
+        chunks.append(data)
+    out = proc.stdout.read().decode()
+    rc = proc.wait(timeout=60)
+    os.close(master)
+    return rc, out, b"".join(chunks).decode(errors="replace")
+
+
+def test_cli_up_shows_a_progress_line_per_file_on_a_terminal(pg):
+    db = pg.create_database()
+    env = {"DATABASE_URL": pg.url(db), "JWT_SECRET": TEST_JWT_SECRET, "MIGRATIONS_DIR": MIGRATIONS}
+    files = sorted(f for f in os.listdir(MIGRATIONS) if f.endswith(".sql"))
+    rc, out, tty = run_cli_stderr_tty(["migrate", "up", "--json"], env)
+    assert rc == 0, (out, tty)
+    assert len(json.loads(out)["applied"]) == len(files)     # stdout is still the JSON result alone
+    n = len(files)
+    for i, f in enumerate(files, 1):
+        assert f"[{i}/{n}] applying {f[:12]}" in tty, tty
+    # not a terminal: no progress lines
+    down = run_cli(["migrate", "down", "--steps", "1", "--json"], env)
+    assert down.returncode == 0 and "rolling back" not in down.stderr, down.stderr
+    proc = run_cli(["migrate", "up", "--json"], env)
+    assert proc.returncode == 0 and "applying" not in proc.stderr, proc.stderr
+    assert [a["version"] for a in json.loads(proc.stdout)["applied"]] == [files[-1][:12]]
