@@ -32,4 +32,12 @@ bool cdb_migration_name_valid(const char *name);
 /* The migration of set with this version (binary search; items are sorted), or NULL. */
 const cdb_migration *cdb__migration_find(const cdb_migration_set *set, const char *version);
 
+/*
+ * Closing a service (cdb_service_close, first): cancels the statement each
+ * of its background runs is executing and waits until they have ended, so
+ * no run thread outlives what it uses. Idle when none is active.
+ */
+struct cdb_service;
+void cdb__migration_runs_stop(struct cdb_service *svc);
+
 #endif

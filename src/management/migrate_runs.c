@@ -36,8 +36,11 @@
     " 'result', result, 'migration_error', error)::text FROM coredb.migration_runs WHERE id = $1::uuid"
 
 typedef struct run_ctx {
+    struct run_ctx *next;         /* in the list of active runs */
     cdb_service *svc;
     PGconn *conn;                 /* holds the advisory lock */
+    PGcancel *cancel;             /* for conn, made before the thread starts */
+    bool stop;                    /* the service is closing (under active_mu) */
     char id[37];
     bool dry_run;
     char *target;                 /* NULL: latest */
@@ -46,10 +49,70 @@ typedef struct run_ctx {
     size_t n;
 } run_ctx;
 
+/* Runs in progress in this process, so closing a service can stop and wait for its own. */
+static pthread_mutex_t active_mu = PTHREAD_MUTEX_INITIALIZER;
+static pthread_cond_t active_cv = PTHREAD_COND_INITIALIZER;
+static run_ctx *active;
+
+static void active_add(run_ctx *c)
+{
+    pthread_mutex_lock(&active_mu);
+    c->next = active;
+    active = c;
+    pthread_mutex_unlock(&active_mu);
+}
+
+static void active_remove(run_ctx *c)
+{
+    pthread_mutex_lock(&active_mu);
+    for (run_ctx **p = &active; *p; p = &(*p)->next)
+        if (*p == c) {
+            *p = c->next;
+            break;
+        }
+    pthread_cond_broadcast(&active_cv);
+    pthread_mutex_unlock(&active_mu);
+}
+
+static bool has_run_of(const cdb_service *svc)
+{
+    for (run_ctx *c = active; c; c = c->next)
+        if (c->svc == svc)
+            return true;
+    return false;
+}
+
+void cdb__migration_runs_stop(cdb_service *svc)
+{
+    pthread_mutex_lock(&active_mu);
+    /* cancel the statement in progress: the file's transaction rolls back and the run ends failed */
+    for (run_ctx *c = active; c; c = c->next) {
+        if (c->svc != svc)
+            continue;
+        char buf[256];
+        c->stop = true;
+        if (c->cancel)
+            PQcancel(c->cancel, buf, sizeof buf);
+    }
+    while (has_run_of(svc))
+        pthread_cond_wait(&active_cv, &active_mu);
+    pthread_mutex_unlock(&active_mu);
+}
+
+static bool stopping(run_ctx *c)
+{
+    pthread_mutex_lock(&active_mu);
+    bool stop = c->stop;
+    pthread_mutex_unlock(&active_mu);
+    return stop;
+}
+
 static void ctx_free(run_ctx *c)
 {
     if (!c)
         return;
+    if (c->cancel)
+        PQfreeCancel(c->cancel);
     for (size_t i = 0; i < c->n; i++)
         free(c->versions[i]);
     free(c->versions);
@@ -191,6 +254,10 @@ static void *run_thread(void *arg)
         json_t *applied = json_array();
         rc = applied ? 0 : cdb_error_oom(&e);
         for (size_t i = 0; i < c->n && rc == 0; i++) {
+            if (stopping(c)) {
+                rc = cdb_error_set(&e, CDB_ERR_DATABASE_UNAVAILABLE, "the instance running the migration stopped");
+                break;
+            }
             record_progress(c, i);
             json_t *one = NULL;
             opt.target_version = c->versions[i];
@@ -209,7 +276,10 @@ static void *run_thread(void *arg)
     cdb_log_info("migrate.run", "run %s %s", c->id, rc < 0 ? "failed" : "completed");
     json_decref(result);
     cdb_error_destroy(&e);
-    ctx_free(c);   /* PQfinish releases the lock */
+    PQfinish(c->conn);   /* releases the lock */
+    c->conn = NULL;
+    active_remove(c);    /* after this the service may be closed */
+    ctx_free(c);
     return NULL;
 }
 
@@ -342,8 +412,12 @@ int cdb_migration_run_start(cdb_service *svc, const cdb_principal *caller, const
     if (rc == 0) {
         pthread_attr_init(&attr);
         pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
-        if (pthread_create(&t, &attr, run_thread, c) != 0)
+        c->cancel = PQgetCancel(c->conn);
+        active_add(c);
+        if (pthread_create(&t, &attr, run_thread, c) != 0) {
+            active_remove(c);
             rc = cdb_error_set(err, CDB_ERR_INTERNAL_ERROR, "could not start the migration thread");
+        }
         pthread_attr_destroy(&attr);
     }
     if (rc < 0) {

@@ -285,3 +285,26 @@ def test_cli_up_shows_a_progress_line_per_file_on_a_terminal(pg):
     proc = run_cli(["migrate", "up", "--json"], env)
     assert proc.returncode == 0 and "applying" not in proc.stderr, proc.stderr
     assert [a["version"] for a in json.loads(proc.stdout)["applied"]] == [files[-1][:12]]
+
+
+def test_stopping_the_instance_ends_its_run_failed_and_unapplied(pg, redis_server):
+    db = pg.create_database()
+    d = os.path.join(scratch_dir(), f"mig-stop-{db}")
+    shutil.copytree(MIGRATIONS, d)
+    rc, out = cli(pg, db, d, "up")
+    assert rc == 0, out
+    with open(os.path.join(d, "29990101_001_very_slow.sql"), "w") as f:
+        f.write("-- migrate:up\nCREATE TABLE public.very_slow (id int);\nSELECT pg_sleep(30);\n"
+                "-- migrate:down\nDROP TABLE public.very_slow;\n")
+    inst = start_instance(pg, redis_server, REDIS_DB, db=db, MIGRATIONS_DIR=d, MIGRATE_ON_START="false")
+    a = admin_of(inst)
+    run = start_run(inst, a, {})
+    time.sleep(0.5)
+    t0 = time.time()
+    inst.stop_clean()                    # a clean exit, no sanitizer report, without waiting out pg_sleep
+    assert time.time() - t0 < 15
+    row = pg.query(db, "SELECT status, error->>'file' FROM coredb.migration_runs WHERE id = %s",
+                   (run["migration_id"],))[0]
+    assert row == ("failed", "29990101_001_very_slow.sql"), row
+    assert not pg.query(db, "SELECT to_regclass('public.very_slow') IS NOT NULL")[0][0]
+    assert "29990101_001" not in [r[0] for r in pg.query(db, "SELECT version FROM coredb.schema_migrations")]
