@@ -363,6 +363,32 @@ static int plan(run_ctx *c, cdb_error *err)
     return rc;
 }
 
+/*
+ * A run still "running" whose lock nobody holds lost its instance (killed
+ * before it could record the end): run_start takes the lock before the row
+ * exists and the thread records the end before releasing it. Marks such
+ * runs failed; their file in progress was rolled back with the connection.
+ */
+static void mark_orphans_failed(PGconn *conn)
+{
+    PQclear(cdb_pg_query(conn,
+        "UPDATE coredb.migration_runs SET status = 'failed', finished_at = now(), estimated_remaining_s = 0,"
+        " error = json_build_object('code', 'MIGRATION_FAILED', 'message',"
+        "   'the instance running this migration stopped before it ended')"
+        " WHERE status = 'running'"));
+}
+
+static void reap_orphans(PGconn *conn)
+{
+    PGresult *res = cdb_pg_query(conn, "SELECT pg_try_advisory_lock(" CDB__MIGRATE_LOCK_KEY ")");
+    bool got = PQresultStatus(res) == PGRES_TUPLES_OK && PQntuples(res) == 1 && PQgetvalue(res, 0, 0)[0] == 't';
+    PQclear(res);
+    if (!got)
+        return;
+    mark_orphans_failed(conn);
+    PQclear(cdb_pg_query(conn, "SELECT pg_advisory_unlock(" CDB__MIGRATE_LOCK_KEY ")"));
+}
+
 int cdb_migration_run_start(cdb_service *svc, const cdb_principal *caller, const json_t *request,
                             json_t **out, cdb_error *err)
 {
@@ -385,8 +411,10 @@ int cdb_migration_run_start(cdb_service *svc, const cdb_principal *caller, const
         rc = cdb_migrate_ensure_history(c->conn, err);
     if (rc == 0)
         rc = take_lock(c->conn, err);
-    if (rc == 0)
+    if (rc == 0) {
+        mark_orphans_failed(c->conn);
         rc = plan(c, err);
+    }
     if (rc == 0) {
         int remaining = 0;
         for (size_t i = 0; i < c->n; i++)
@@ -447,6 +475,13 @@ int cdb_migration_run_get(cdb_service *svc, const cdb_principal *caller, const c
     int rc = cdb_migrate_ensure_history(conn, err);
     if (rc == 0)
         rc = read_run(conn, norm, out, err);
+    const char *st = rc == 0 ? json_string_value(json_object_get(*out, "status")) : NULL;
+    if (st && strcmp(st, "running") == 0) {
+        reap_orphans(conn);
+        json_decref(*out);
+        *out = NULL;
+        rc = read_run(conn, norm, out, err);
+    }
     PQfinish(conn);
     return rc;
 }

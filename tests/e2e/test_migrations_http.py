@@ -308,3 +308,34 @@ def test_stopping_the_instance_ends_its_run_failed_and_unapplied(pg, redis_serve
     assert row == ("failed", "29990101_001_very_slow.sql"), row
     assert not pg.query(db, "SELECT to_regclass('public.very_slow') IS NOT NULL")[0][0]
     assert "29990101_001" not in [r[0] for r in pg.query(db, "SELECT version FROM coredb.schema_migrations")]
+
+
+def test_killed_instance_run_is_answered_failed_by_another_instance(pg, redis_server):
+    import signal
+    db = pg.create_database()
+    d = os.path.join(scratch_dir(), f"mig-kill-{db}")
+    shutil.copytree(MIGRATIONS, d)
+    rc, out = cli(pg, db, d, "up")
+    assert rc == 0, out
+    with open(os.path.join(d, "29990101_001_very_slow.sql"), "w") as f:
+        f.write("-- migrate:up\nCREATE TABLE public.very_slow (id int);\nSELECT pg_sleep(4);\n"
+                "-- migrate:down\nDROP TABLE public.very_slow;\n")
+    first = start_instance(pg, redis_server, REDIS_DB, db=db, MIGRATIONS_DIR=d, MIGRATE_ON_START="false")
+    second = start_instance(pg, redis_server, REDIS_DB, db=db, MIGRATIONS_DIR=d, MIGRATE_ON_START="false")
+    second.admin_email = first.admin_email   # the database has one bootstrap admin
+    try:
+        a1, a2 = admin_of(first), admin_of(second)
+        run = start_run(first, a1, {})
+        # the other instance sees the run, and is refused a second one while it is active
+        seen = second.get(f"/api/v1/migrations/runs/{run['migration_id']}", headers=a2.headers).json()
+        assert seen["status"] == "running", seen
+        assert_error(second.post("/api/v1/migrations/run", json={}, headers=a2.headers), 409, "MIGRATION_LOCKED")
+        first.stop(sig=signal.SIGKILL)
+        # its backend ends when pg_sleep returns and it finds the client gone; then the lock is free
+        done = wait_run(second, a2, run["migration_id"], timeout=20)
+        assert done["status"] == "failed", done
+        assert "stopped" in done["migration_error"]["message"], done
+        assert not pg.query(db, "SELECT to_regclass('public.very_slow') IS NOT NULL")[0][0]
+    finally:
+        first.stop()
+        second.stop_clean()
