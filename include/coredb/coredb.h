@@ -18,6 +18,7 @@
 #include "coredb/service.h"      /* open, start, close; health; migrations */
 #include "coredb/health.h"       /* UP / DEGRADED / DOWN (DatabaseHealth) */
 #include "coredb/migrate.h"      /* the migration engine */
+#include "coredb/migrate_runs.h" /* migration runs in the background (HTTP) */
 #include "coredb/users.h"        /* UserService */
 #include "coredb/sessions.h"     /* login, refresh, logout, sessions */
 #include "coredb/data.h"         /* structured queries and transactions (ConnectionAPI data part) */

@@ -60,6 +60,9 @@ typedef struct cdb_migrate_options {
     bool dry_run;                 /* run inside a transaction, then roll back */
     const char *applied_by;       /* recorded in history; NULL: "coredb" */
     int lock_timeout_ms;          /* advisory lock wait; 0: 30000 */
+    /* NULL, or called before each file of up/down runs (index from 1 of total), on the caller's thread */
+    void (*on_file)(void *arg, size_t index, size_t total, const cdb_migration *m, bool up);
+    void *on_file_arg;
 } cdb_migrate_options;
 
 /*

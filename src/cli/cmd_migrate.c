@@ -5,6 +5,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "cli.h"
 #include "coredb/service.h"
@@ -66,6 +67,15 @@ static int parse_args(int argc, char **argv, migrate_args *a)
     return 0;
 }
 
+/* One line on stderr per file when a person watches (stderr is a terminal): stdout stays the result. */
+static void progress_line(void *arg, size_t index, size_t total, const cdb_migration *m, bool up)
+{
+    (void)arg;
+    fprintf(stderr, "[%zu/%zu] %s %s (%s)\n", index, total, up ? "applying" : "rolling back",
+            m->version, m->description);
+    fflush(stderr);
+}
+
 int cmd_migrate(int argc, char **argv)
 {
     migrate_args a;
@@ -105,6 +115,8 @@ int cmd_migrate(int argc, char **argv)
         goto out;
     cdb_migrate_options mo = {.target_version = a.target, .dry_run = a.dry_run,
                               .applied_by = "coredb migrate"};
+    if (command != CDB_MIGRATION_STATUS && isatty(STDERR_FILENO))
+        mo.on_file = progress_line;
     cdb_service_migration(svc, command, &mo, a.steps, &result, &err);
 
 out:

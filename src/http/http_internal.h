@@ -235,6 +235,7 @@ extern const cdb_route cdb_routes_users[];
 extern const cdb_route cdb_routes_auth[];
 extern const cdb_route cdb_routes_data[];
 extern const cdb_route cdb_routes_admin[];
+extern const cdb_route cdb_routes_migrations[];
 
 /* admit.c: session liveness, role and quota of the caller (worker thread). */
 bool cdb_admit_caller(cdb_request *r);

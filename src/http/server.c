@@ -47,7 +47,7 @@ struct cdb_http_server {
     cdb_workq *workers;            /* blocking work: PostgreSQL, Redis, disk */
     cdb_workq *slow_workers;       /* password hashing (AUTH_THREADS) */
     cdb_client_limit *limit;       /* HTTP_MAX_CONNECTIONS_PER_IP */
-    const cdb_route *tables[8];    /* NULL-terminated */
+    const cdb_route *tables[10];   /* NULL-terminated */
     atomic_int inflight;           /* requests accepted and not yet answered */
     atomic_bool stopping;
 };
@@ -248,6 +248,7 @@ cdb_http_server *cdb_http_server_new(cdb_service *svc, cdb_error *err)
     srv->tables[t++] = cdb_routes_auth;
     srv->tables[t++] = cdb_routes_data;
     srv->tables[t++] = cdb_routes_admin;
+    srv->tables[t++] = cdb_routes_migrations;
     if (getenv("COREDB_TEST_ROUTES") && strcmp(getenv("COREDB_TEST_ROUTES"), "1") == 0)
         srv->tables[t++] = cdb_routes_test;
     srv->tables[t] = NULL;

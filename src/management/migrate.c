@@ -36,7 +36,7 @@
 
 /* FNV-1a 64 of "coredb.migrate": the migrators' session lock. The next
  * number guards the creation of the history table (transaction lock). */
-#define LOCK_KEY     "6155020977930761511"
+#define LOCK_KEY     CDB__MIGRATE_LOCK_KEY
 #define DDL_LOCK_KEY "6155020977930761512"
 #define LOCK_POLL_MS 100
 
@@ -342,6 +342,8 @@ static int execute_plan(PGconn *conn, const cdb_migration **plan, size_t n, bool
     for (size_t i = 0; i < n; i++) {
         const cdb_migration *m = plan[i];
         int ms = 0;
+        if (opt && opt->on_file)
+            opt->on_file(opt->on_file_arg, i + 1, n, m, up);
         if (dry) {
             if (m->no_transaction) {
                 rc = push(skipped, json_pack("{s:s, s:s}", "version", m->version, "reason",

@@ -11,6 +11,9 @@
 
 #include "coredb/migrate.h"
 
+/* The session advisory lock that serializes migrators (migrate.c, migrate_runs.c). */
+#define CDB__MIGRATE_LOCK_KEY "6155020977930761511"
+
 /*
  * Splits a migration section into statements on ';' outside quotes ('...',
  * E'...', "..."), dollar-quoted bodies ($$...$$, $tag$...$tag$), -- line
@@ -28,5 +31,13 @@ bool cdb_migration_name_valid(const char *name);
 
 /* The migration of set with this version (binary search; items are sorted), or NULL. */
 const cdb_migration *cdb__migration_find(const cdb_migration_set *set, const char *version);
+
+/*
+ * Closing a service (cdb_service_close, first): cancels the statement each
+ * of its background runs is executing and waits until they have ended, so
+ * no run thread outlives what it uses. Idle when none is active.
+ */
+struct cdb_service;
+void cdb__migration_runs_stop(struct cdb_service *svc);
 
 #endif

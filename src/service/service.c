@@ -10,6 +10,7 @@
 #include "coredb/log.h"
 #include "core/jobs.h"
 #include "management/health.h"
+#include "management/migrate_internal.h"
 #include "security/service_state.h"
 #include "service/service_internal.h"
 #include "store/devsecrets.h"
@@ -132,6 +133,7 @@ void cdb_service_close(cdb_service *svc)
 {
     if (!svc)
         return;
+    cdb__migration_runs_stop(svc);   /* a run thread uses the catalog, cache and files */
     cdb_jobs_free(svc->jobs);      /* first: the jobs use everything below */
     cdb_qcache_free(svc->qcache);
     cdb_ratelimit_free(svc->ratelimit);
