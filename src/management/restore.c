@@ -33,6 +33,7 @@
  * The verify step is verify_archive(): one call site, so the merge can put
  * the backup engineer's cdb_backup_verify there.
  */
+#include "coredb/backup.h"
 #include "coredb/restore.h"
 
 #include <errno.h>
@@ -61,7 +62,8 @@
 typedef struct restore_ctx {
     cdb_service *svc;
     const char *name;
-    char *path;                   /* BACKUP_DIR/name */
+    char *path;                   /* BACKUP_DIR/name, or the decrypted copy of it */
+    char *decrypted;              /* the decrypted copy (removed at the end), or NULL */
     PGconn *conn;                 /* our own session: locks, scratch database, termination */
     char scratch[64];             /* the scratch database, "" when none exists */
     int sessions_ended;
@@ -107,6 +109,32 @@ static int check_name(restore_ctx *c, cdb_error *err)
             return 0;
     }
     return cdb_error_set(err, CDB_ERR_NOT_FOUND, "No backup named '%s'", n);
+}
+
+/*
+ * An archive stored encrypted (BACKUP_ENCRYPT, magic "CDBENC1") is
+ * decrypted to a 0600 file beside it first; everything after works on the
+ * plain copy, which is removed when the restore ends.
+ */
+static int plain_archive(restore_ctx *c, cdb_error *err)
+{
+    char magic[7] = {0};
+    FILE *f = fopen(c->path, "rb");
+    size_t n = f ? fread(magic, 1, sizeof magic, f) : 0;
+    if (f)
+        fclose(f);
+    if (n != sizeof magic || memcmp(magic, "CDBENC1", sizeof magic) != 0)
+        return 0;
+    if (!(c->decrypted = cdb_xasprintf("%s/.restore-%d.dump", c->svc->cfg->backup_dir, (int)getpid())))
+        return cdb_error_oom(err);
+    if (cdb_backup_decrypt_to_path(c->svc, c->path, c->decrypted, err) < 0) {
+        free(c->decrypted);
+        c->decrypted = NULL;
+        return err->code;
+    }
+    free(c->path);
+    c->path = strdup(c->decrypted);
+    return c->path ? 0 : cdb_error_oom(err);
 }
 
 static int invalid(cdb_error *err, const char *check, const char *what, const cdb__tool_run *run, int rc)
@@ -311,6 +339,8 @@ static int restore_checked(cdb_service *svc, const cdb_principal *caller, const 
     restore_ctx c = {.svc = svc, .name = name};
     int64_t start = cdb_mono_ms();
     int rc = check_name(&c, err);
+    if (rc == 0)
+        rc = plain_archive(&c, err);
     if (rc == 0 && (rc = verify_archive(&c, err)) == 0) {
         cdb_pg_settings s = {
             .conninfo = svc->conninfo,
@@ -334,6 +364,9 @@ static int restore_checked(cdb_service *svc, const cdb_principal *caller, const 
     }
     if (c.conn)
         PQfinish(c.conn); /* ends the advisory lock with the session */
+    if (c.decrypted)
+        unlink(c.decrypted);
+    free(c.decrypted);
     free(c.path);
     return rc;
 }
