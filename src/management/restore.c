@@ -47,7 +47,7 @@
 #include "coredb/log.h"
 #include "core/fsutil.h"
 #include "core/timeutil.h"
-#include "management/restore_internal.h"
+#include "management/tool_run.h"
 #include "security/maintenance.h"
 #include "security/service_state.h"
 #include "store/outbox.h"
@@ -81,6 +81,7 @@ static cdb__tool_run tool_run(cdb_service *svc, int timeout_s, bool tick)
     return (cdb__tool_run){
         .conninfo = svc->conninfo,
         .sslmode = svc->cfg->embedded ? NULL : svc->cfg->db_sslmode,
+        .app_name = "coredb-restore",
         .timeout_s = timeout_s,
         .tick = tick ? keep_maintenance : NULL,
         .tick_arg = svc,
@@ -153,7 +154,7 @@ static int verify_archive(restore_ctx *c, cdb_error *err)
         return cdb_error_oom(err);
     char *argv[] = {prog, "--list", c->path, NULL};
     cdb__tool_run run = tool_run(c->svc, LIST_TIMEOUT_S, false);
-    int rc = cdb__restore_run_tool(&run, argv);
+    int rc = cdb__tool_run_spawn(&run, argv);
     free(prog);
     return rc == 0 ? 0 : invalid(err, "toc", "pg_restore --list", &run, rc);
 }
@@ -194,7 +195,7 @@ static int test_restore(restore_ctx *c, cdb_error *err)
         return cdb_error_oom(err);
     char *argv[] = {prog, "--exit-on-error", "--no-password", "-d", c->scratch, c->path, NULL};
     cdb__tool_run run = tool_run(c->svc, RESTORE_TIMEOUT_S, false);
-    int rc = cdb__restore_run_tool(&run, argv);
+    int rc = cdb__tool_run_spawn(&run, argv);
     free(prog);
     drop_scratch(c);
     return rc == 0 ? 0 : invalid(err, "test_restore", "test restore", &run, rc);
@@ -247,7 +248,7 @@ static int restore_live(restore_ctx *c, cdb_error *err)
     char *argv[] = {prog, "--single-transaction", "--clean", "--if-exists", "--exit-on-error",
                     "--no-password", "-d", PQdb(c->conn), c->path, NULL};
     cdb__tool_run run = tool_run(c->svc, RESTORE_TIMEOUT_S, true);
-    int rc = cdb__restore_run_tool(&run, argv);
+    int rc = cdb__tool_run_spawn(&run, argv);
     free(prog);
     if (rc == 0)
         return 0;

@@ -1,13 +1,13 @@
 /*
- * restore_run.c - runs pg_restore for a restore (restore.c) as a child
- * process: posix_spawn with an argv (never a shell), the connection
+ * tool_run.c - runs a PostgreSQL client tool (pg_dump for backups,
+ * pg_restore for verify and restore) as a child process: posix_spawn with an argv (never a shell), the connection
  * settings and the password only in the child's environment (libpq's own
  * PG* variables, taken from the service's conninfo with
  * PQconninfoParse), a bounded wait that calls a tick now and then, and the
  * tool's stderr kept in an anonymous file so its last line can be logged
  * (pg_restore's messages name objects, never the password).
  */
-#include "management/restore_internal.h"
+#include "management/tool_run.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -30,7 +30,7 @@
 extern char **environ;
 
 /* PATH/LANG/LC_* of this process, then every setting of conninfo as its PG* variable. */
-static char **child_env(const char *conninfo, const char *sslmode)
+static char **child_env(const char *conninfo, const char *sslmode, const char *app_name)
 {
     char **env = calloc(MAX_ENV + 1, sizeof *env);
     if (!env)
@@ -59,7 +59,7 @@ static char **child_env(const char *conninfo, const char *sslmode)
     PQconninfoFree(opts);
     if (sslmode && (!(env[n++] = cdb_xasprintf("PGSSLMODE=%s", sslmode))))
         goto fail;
-    if (!(env[n++] = strdup("PGAPPNAME=coredb-restore")))
+    if (!(env[n++] = cdb_xasprintf("PGAPPNAME=%s", app_name ? app_name : "coredb")))
         goto fail;
     return env;
 fail:
@@ -119,7 +119,7 @@ static int wait_bounded(cdb__tool_run *run, pid_t pid)
                 ;
             return -2;
         }
-        if (run->tick && now - last_tick >= CDB__RESTORE_TICK_MS) {
+        if (run->tick && now - last_tick >= CDB__TOOL_TICK_MS) {
             last_tick = now;
             run->tick(run->tick_arg);
         }
@@ -128,12 +128,12 @@ static int wait_bounded(cdb__tool_run *run, pid_t pid)
     }
 }
 
-int cdb__restore_run_tool(cdb__tool_run *run, char *const argv[])
+int cdb__tool_run_spawn(cdb__tool_run *run, char *const argv[])
 {
     int rc = -1;
     run->diag[0] = '\0';
-    char **env = child_env(run->conninfo, run->sslmode);
-    char errpath[] = "/tmp/coredb-restore-XXXXXX";
+    char **env = child_env(run->conninfo, run->sslmode, run->app_name);
+    char errpath[] = "/tmp/coredb-tool-XXXXXX";
     int errfd = mkostemp(errpath, O_CLOEXEC);
     if (errfd >= 0)
         unlink(errpath); /* anonymous from now on */
@@ -142,7 +142,8 @@ int cdb__restore_run_tool(cdb__tool_run *run, char *const argv[])
     if (!env || errfd < 0 || !fa_ok)
         goto out;
     if (posix_spawn_file_actions_addopen(&fa, 0, "/dev/null", O_RDONLY, 0) != 0
-        || posix_spawn_file_actions_addopen(&fa, 1, "/dev/null", O_WRONLY, 0) != 0
+        || posix_spawn_file_actions_addopen(&fa, 1, run->out_path ? run->out_path : "/dev/null",
+                                            run->out_path ? O_WRONLY | O_CREAT | O_TRUNC : O_WRONLY, 0600) != 0
         || posix_spawn_file_actions_adddup2(&fa, errfd, 2) != 0)
         goto out;
     pid_t pid;
