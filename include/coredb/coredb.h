@@ -14,6 +14,7 @@
 #include "coredb/config.h"       /* cdb_config_load: every variable of API.md */
 #include "coredb/role.h"         /* application roles */
 #include "coredb/principal.h"    /* who is calling; self or admin */
+#include "coredb/audit.h"        /* the tamper-evident log of administrative actions */
 #include "coredb/idempotency.h"  /* Idempotency-Key answers */
 #include "coredb/service.h"      /* open, start, close; health; migrations */
 #include "coredb/health.h"       /* UP / DEGRADED / DOWN (DatabaseHealth) */

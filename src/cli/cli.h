@@ -11,6 +11,7 @@
 
 #include "coredb/config.h"
 #include "coredb/error.h"
+#include "coredb/principal.h"
 #include "coredb/service.h"
 
 #define CLI_EXIT_OK     0
@@ -61,7 +62,7 @@ void cli_usage(FILE *to);
 /* Help texts, one per command (each in its cmd_*.c, help and completion in help.c). */
 extern const char cli_help_serve[], cli_help_config[], cli_help_migrate[], cli_help_user[],
     cli_help_table[], cli_help_restore[], cli_help_setup_sql[], cli_help_help[],
-    cli_help_completion[], cli_help_version[], cli_help_backup[];
+    cli_help_completion[], cli_help_version[], cli_help_backup[], cli_help_admin[];
 
 /* True when flag (e.g. "--json") is one of argv[1..argc). */
 bool cli_flag(int argc, char **argv, const char *flag);
@@ -113,5 +114,20 @@ int cmd_table(int argc, char **argv);
 int cmd_backup(int argc, char **argv);
 int cmd_restore(int argc, char **argv);
 int cmd_setup_sql(int argc, char **argv);
+int cmd_admin(int argc, char **argv);
+
+/*
+ * One verb of `coredb admin` (cmd_admin.c's table; each verb in its own
+ * cmd_admin_*.c). parse gets argv from the verb on (argv[0] is the verb,
+ * --json may appear anywhere and is to be ignored) and returns the request
+ * as the JSON body of the matching HTTP route, or NULL for a usage error.
+ * run calls the library as the operator; < 0 with err set on failure.
+ */
+typedef struct cli_admin_verb {
+    const char *name;
+    json_t *(*parse)(int argc, char **argv);
+    int (*run)(cdb_service *svc, const cdb_principal *operator, json_t *request, json_t **out,
+               cdb_error *err);
+} cli_admin_verb;
 
 #endif

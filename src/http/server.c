@@ -47,7 +47,7 @@ struct cdb_http_server {
     cdb_workq *workers;            /* blocking work: PostgreSQL, Redis, disk */
     cdb_workq *slow_workers;       /* password hashing (AUTH_THREADS) */
     cdb_client_limit *limit;       /* HTTP_MAX_CONNECTIONS_PER_IP */
-    const cdb_route *tables[10];   /* NULL-terminated */
+    const cdb_route *tables[16];   /* NULL-terminated */
     atomic_int inflight;           /* requests accepted and not yet answered */
     atomic_bool stopping;
 };

@@ -1,0 +1,72 @@
+/*
+ * cmd_admin.c - `coredb admin VERB ...`: the operator's administration
+ * commands (database roles and users, row-level security, schema grants,
+ * ownership, the audit log), acting as the operator through the same
+ * library calls as the /api/v1/admin routes.
+ *
+ * Each verb lives in its own cmd_admin_*.c as a row of admin_verbs[]: a
+ * parse function that turns the arguments into the JSON body the matching
+ * HTTP route takes (NULL: a usage error, reported before anything is
+ * loaded or connected), and a run function that calls the library with it.
+ * This file owns what they share: configuration, the service, the audit
+ * origin ("cli") and printing the result.
+ */
+#include <stdio.h>
+#include <string.h>
+
+#include "cli.h"
+#include "coredb/audit.h"
+#include "coredb/principal.h"
+
+const char cli_help_admin[] =
+    "usage: coredb admin VERB ... [--json]\n"
+    "\n"
+    "Administration as the operator (the admin role); every action is written to\n"
+    "the audit log with the actor \"cli\".\n"
+    "\n"
+    CLI_JSON_HELP;
+
+static const cli_admin_verb admin_verbs[] = {
+    {NULL, NULL, NULL},
+};
+
+static const cli_admin_verb *find_verb(const char *name)
+{
+    for (const cli_admin_verb *v = admin_verbs; v->name; v++)
+        if (strcmp(v->name, name) == 0)
+            return v;
+    return NULL;
+}
+
+int cmd_admin(int argc, char **argv)
+{
+    bool as_json = cli_flag(argc, argv, "--json");
+    const cli_admin_verb *verb = argc >= 2 ? find_verb(argv[1]) : NULL;
+    json_t *request = verb ? verb->parse(argc - 1, argv + 1) : NULL;
+    if (!request)
+        return cli_usage_error("admin", cli_help_admin, as_json);
+
+    cdb_config cfg;
+    int rc = cli_load_config(&cfg, as_json);
+    if (rc != CLI_EXIT_OK) {
+        json_decref(request);
+        return rc;
+    }
+    cdb_error err;
+    cdb_error_init(&err);
+    cdb_service *svc = NULL;
+    json_t *result = NULL;
+    cdb_principal operator = {.role = CDB_ROLE_ADMIN};
+
+    cdb_audit_origin_set(NULL, NULL, "cli");
+    if (cli_open_service(&cfg, true, &svc, &err) == 0 &&
+        cdb_service_migrate_on_start(svc, "coredb admin", &err) == 0)
+        verb->run(svc, &operator, request, &result, &err);
+    rc = cli_print_result(result, &err, as_json);
+    cdb_audit_origin_clear();
+    json_decref(request);
+    cdb_service_close(svc);
+    cdb_error_destroy(&err);
+    cdb_config_destroy(&cfg);
+    return rc;
+}
