@@ -21,7 +21,6 @@
  */
 #include "coredb/tables.h"
 
-#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -29,12 +28,16 @@
 #include "coredb/log.h"
 #include "coredb/role.h"
 #include "security/service_state.h"
+#include "management/admin_sql.h"
 #include "store/pg.h"
 #include "store/txn.h"
 
+/* One DDL statement (admin_sql.h), failures logged as tables.statement_failed. */
+#define run(conn, err, ...) cdb__admin_run((conn), "tables.statement_failed", (err), __VA_ARGS__)
+
 #define OWN_PREFIX "coredb_own_"
 /* NAMEDATALEN - 1: a policy name must hold OWN_PREFIX and the column */
-#define IDENT_MAX 63
+#define IDENT_MAX CDB_ADMIN_IDENT_MAX
 #define OWNER_MAX (IDENT_MAX - (int)(sizeof OWN_PREFIX - 1))
 #define OWNER_DEFAULT_EXPR "coredb.current_user_id()"
 
@@ -116,38 +119,6 @@ static void table_ref_destroy(table_ref *t)
     free(t->name);
 }
 
-/* Runs one DDL statement built from fmt (identifiers already quoted). */
-static int run(PGconn *conn, cdb_error *err, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
-static int run(PGconn *conn, cdb_error *err, const char *fmt, ...)
-{
-    char *sql = NULL;
-    va_list ap;
-    va_start(ap, fmt);
-    int n = vasprintf(&sql, fmt, ap);
-    va_end(ap);
-    if (n < 0)
-        return cdb_error_oom(err);
-    int rc = cdb_pg_exec(conn, sql, 0, NULL, NULL, err);
-    if (rc < 0)
-        cdb_log_warn("tables.statement_failed", "%s", err ? err->message : "failed");
-    free(sql);
-    return rc;
-}
-
-static char *quote(PGconn *conn, const char *ident)
-{
-    return PQescapeIdentifier(conn, ident, strlen(ident));
-}
-
-static int require_admin(const cdb_principal *caller, cdb_error *err)
-{
-    if (cdb_principal_require(caller, err) < 0)
-        return err ? err->code : CDB_ERR_UNAUTHORIZED;
-    if (!cdb_principal_is_admin(caller))
-        return cdb_error_set(err, CDB_ERR_FORBIDDEN, "Only an admin may change which tables are exposed");
-    return 0;
-}
-
 /*
  * A name that could be a table: valid UTF-8 (json_string checks it) and no
  * longer than PostgreSQL keeps. Anything else cannot name one.
@@ -182,10 +153,10 @@ static int find_table(PGconn *conn, const char *schema, const char *name, table_
     }
     snprintf(t->oid, sizeof t->oid, "%s", PQgetvalue(res, 0, 0));
     t->name = strdup(PQgetvalue(res, 0, 1));
-    t->qschema = quote(conn, schema);
-    t->qtable = quote(conn, PQgetvalue(res, 0, 1));
+    t->qschema = cdb__admin_quote(conn, schema);
+    t->qtable = cdb__admin_quote(conn, PQgetvalue(res, 0, 1));
     for (int i = 0; i < NROLES; i++)
-        t->qroles[i] = quote(conn, cdb_role_db_name(ROLES[i]));
+        t->qroles[i] = cdb__admin_quote(conn, cdb_role_db_name(ROLES[i]));
     if (!t->name || !t->qschema || !t->qtable || !t->qroles[0] || !t->qroles[1] || !t->qroles[2]) {
         rc = cdb_error_oom(err);
         goto out;
@@ -216,7 +187,7 @@ static int drop_policies(PGconn *conn, const table_ref *t, cdb_error *err)
         (rc = cdb_pg_exec(conn, OWN_POLICIES_SQL, 1, params, &res, err)) < 0)
         goto out;
     for (int i = 0; i < PQntuples(res) && rc == 0; i++) {
-        char *qp = quote(conn, PQgetvalue(res, i, 0));
+        char *qp = cdb__admin_quote(conn, PQgetvalue(res, i, 0));
         rc = qp ? run(conn, err, "DROP POLICY %s ON %s.%s", qp, t->qschema, t->qtable) : cdb_error_oom(err);
         PQfreemem(qp);
     }
@@ -232,7 +203,7 @@ static int sequences(PGconn *conn, const table_ref *t, bool grant, cdb_error *er
     const char *params[] = {t->oid};
     int rc = cdb_pg_exec(conn, SEQUENCES_SQL, 1, params, &res, err);
     for (int i = 0; rc == 0 && i < PQntuples(res); i++) {
-        char *qs = quote(conn, PQgetvalue(res, i, 0)), *qn = quote(conn, PQgetvalue(res, i, 1));
+        char *qs = cdb__admin_quote(conn, PQgetvalue(res, i, 0)), *qn = cdb__admin_quote(conn, PQgetvalue(res, i, 1));
         if (!qs || !qn)
             rc = cdb_error_oom(err);
         else if (grant)
@@ -317,7 +288,7 @@ static int owner_column(PGconn *conn, const table_ref *t, const char *column, ch
         cdb_error_detail(err, "column", json_string(column));
         goto out;
     }
-    if (!(*quoted = quote(conn, PQgetvalue(res, 0, 0)))) {
+    if (!(*quoted = cdb__admin_quote(conn, PQgetvalue(res, 0, 0)))) {
         rc = cdb_error_oom(err);
         goto out;
     }
@@ -368,7 +339,7 @@ static int expose_in_tx(PGconn *conn, const table_ref *t, const expose_opts *o, 
     int rc;
     char policy[IDENT_MAX + 1];
     snprintf(policy, sizeof policy, OWN_PREFIX "%s", o->owner_column);
-    char *qpolicy = quote(conn, policy);
+    char *qpolicy = cdb__admin_quote(conn, policy);
     if (!qpolicy)
         return cdb_error_oom(err);
 
@@ -413,7 +384,7 @@ int cdb_tables_expose(cdb_service *svc, const cdb_principal *caller, const char 
     int rc;
 
     *out = NULL;
-    if ((rc = require_admin(caller, err)) < 0 || (rc = check_name(name, err)) < 0 ||
+    if ((rc = cdb__admin_require(caller, "change which tables are exposed", err)) < 0 || (rc = check_name(name, err)) < 0 ||
         (rc = parse_opts(request, &o, err)) < 0)
         goto out;
     if (!(conn = cdb_txn_acquire(svc->pool, &pc, err))) {
@@ -468,7 +439,7 @@ static int unexpose_in_tx(PGconn *conn, const table_ref *t, cdb_error *err)
         (rc = cdb_pg_exec(conn, OWNER_DEFAULTS_SQL, 1, params, &res, err)) < 0)
         goto out;
     for (int i = 0; i < PQntuples(res) && rc == 0; i++) {
-        char *qc = quote(conn, PQgetvalue(res, i, 0));
+        char *qc = cdb__admin_quote(conn, PQgetvalue(res, i, 0));
         rc = qc ? run(conn, err, "ALTER TABLE %s.%s ALTER COLUMN %s DROP DEFAULT", t->qschema, t->qtable, qc)
                 : cdb_error_oom(err);
         PQfreemem(qc);
@@ -487,7 +458,7 @@ int cdb_tables_unexpose(cdb_service *svc, const cdb_principal *caller, const cha
     int rc;
 
     *out = NULL;
-    if ((rc = require_admin(caller, err)) < 0 || (rc = check_name(name, err)) < 0)
+    if ((rc = cdb__admin_require(caller, "change which tables are exposed", err)) < 0 || (rc = check_name(name, err)) < 0)
         goto out;
     if (!(conn = cdb_txn_acquire(svc->pool, &pc, err))) {
         rc = err ? err->code : CDB_ERR_DATABASE_UNAVAILABLE;
@@ -519,7 +490,7 @@ int cdb_tables_list(cdb_service *svc, const cdb_principal *caller, json_t **out,
     int rc;
 
     *out = NULL;
-    if ((rc = require_admin(caller, err)) < 0)
+    if ((rc = cdb__admin_require(caller, "change which tables are exposed", err)) < 0)
         goto out;
     if (!(conn = cdb_txn_acquire(svc->pool, &pc, err))) {
         rc = err ? err->code : CDB_ERR_DATABASE_UNAVAILABLE;
