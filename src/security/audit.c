@@ -20,6 +20,7 @@
 
 #include "coredb/log.h"
 #include "coredb/role.h"
+#include "security/audit_internal.h"
 #include "security/service_state.h"
 #include "store/pg.h"
 #include "store/txn.h"
@@ -34,11 +35,7 @@
 #define FILTER_MAX 200
 
 /* Where this thread's calls come from (cdb_audit_origin_set); empty = unknown. */
-static __thread struct {
-    char request_id[129];
-    char client_addr[80];
-    char via[16];
-} origin;
+static __thread cdb__audit_origin origin;
 
 void cdb_audit_origin_set(const char *request_id, const char *client_addr, const char *via)
 {
@@ -50,6 +47,16 @@ void cdb_audit_origin_set(const char *request_id, const char *client_addr, const
 void cdb_audit_origin_clear(void)
 {
     cdb_audit_origin_set(NULL, NULL, NULL);
+}
+
+void cdb__audit_origin_save(cdb__audit_origin *o)
+{
+    *o = origin;
+}
+
+void cdb__audit_origin_restore(const cdb__audit_origin *o)
+{
+    origin = *o;
 }
 
 /* Whether a member name says its value is a secret. */
@@ -194,7 +201,12 @@ int cdb_audit_record(cdb_service *svc, const cdb_principal *who, const char *act
     }
     rc = append(conn, who, action, target, params, result, &e);
 out:
-    if (rc < 0)
+    /* no audit table (yet, or any more): a database before migration 012 or after its down */
+    const char *state = json_string_value(json_object_get(e.details, "sqlstate"));
+    if (rc < 0 && state && (strcmp(state, "42P01") == 0 || strcmp(state, "42883") == 0))
+        cdb_log_info("audit.no_table", "%s not recorded: this database has no audit log (migration 012)",
+                     action);
+    else if (rc < 0)
         cdb_log_error("audit.record_failed", "the audit entry of %s (%s) was not written: %s: %s",
                       action ? action : "?", result, cdb_err_name(e.code), e.message);
     own_conn_release(svc, pc, conn);
