@@ -24,9 +24,16 @@ const char cli_help_admin[] =
     "Administration as the operator (the admin role); every action is written to\n"
     "the audit log with the actor \"cli\".\n"
     "\n"
+    "  coredb admin audit [--actor A] [--action X] [--since T] [--until T] [--limit N] [--cursor C]\n"
+    "      the audit log, newest first (--action db_user. matches a prefix; T is ISO-8601;\n"
+    "      --cursor takes the next_cursor of the previous page)\n"
+    "  coredb admin audit verify\n"
+    "      recompute the hash chain: valid, rows_checked, the first broken row, the head hash\n"
+    "\n"
     CLI_JSON_HELP;
 
 static const cli_admin_verb admin_verbs[] = {
+    {"audit", cli_admin_audit_parse, cli_admin_audit_run},
     {NULL, NULL, NULL},
 };
 
