@@ -155,7 +155,6 @@ def test_secrets_in_params_are_never_stored_or_logged(inst, admin):
 
 def test_user_role_change_and_session_revocation(inst, admin):
     acct = user(inst)
-    other_session = login(inst, acct.email, PASSWORD)["session_id"]
     r1 = rid()
     resp = inst.request("PUT", f"/users/{acct.id}", headers=hdrs(admin, r1), json={"role": "premium"})
     assert resp.status_code == 200, resp.text
@@ -192,7 +191,6 @@ def test_user_role_change_and_session_revocation(inst, admin):
                         headers={**bearer(own["access_token"]), "X-Request-ID": r5})
     assert resp.status_code == 204, resp.text
     assert by_rid(inst, r5) == []
-    assert other_session  # (logged in before the role change: that session ended with it)
 
 
 def test_refused_attempts_are_recorded_anonymous_ones_not(inst, admin):
@@ -418,7 +416,7 @@ def test_deleted_row_is_detected(lone):
     assert v["valid"] is False
     assert v["first_broken"]["id"] == ids[3], v
     assert v["first_broken"]["reason"] == "chain_broken" and v["first_broken"]["previous_id"] == ids[1]
-    # a rewritten hash is caught by the next row's link
+    # a superuser emptying the table: what is left is a valid (empty) chain
     conn = lone.pg.connect(lone.db)
     with conn, conn.cursor() as cur:
         cur.execute("SET session_replication_role = replica")
