@@ -21,7 +21,7 @@ import uuid
 import pytest
 
 from datahelp import admin_of, premium, start_instance, user
-from identity import (PASSWORD, assert_error, bearer, cli_env, craft, live_claims, login, register,
+from identity import (PASSWORD, assert_error, bearer, cli_env, cli_user_create, craft, live_claims, login,
                       unique)
 from servers import ROOT, TEST_JWT_SECRET, Coredb, run_cli, scratch_dir
 from conftest import base_env
@@ -146,8 +146,19 @@ def test_secrets_in_params_are_never_stored_or_logged(inst, admin):
     e = one(inst, r3)
     assert e["action"] == "backup.restore" and e["outcome"] in ("NOT_FOUND", "VALIDATION_FAILED")
 
+    # the operator's `coredb user create --role`: actor "cli", the password (stdin) nowhere
+    cli_pw = f"S3cret-cli-{uuid.uuid4().hex}"
+    name = unique("clirole")
+    proc = cli_user_create(inst, f"{name}@example.com", name, cli_pw, role="admin")
+    assert proc.returncode == 0, proc.stderr
+    created = json.loads(proc.stdout)["user_id"]
+    e = rows(inst, "action = 'user.role' AND target = %s", (created,))
+    assert len(e) == 1 and e[0]["actor"] == "cli" and e[0]["actor_role"] == "admin"
+    assert e[0]["params"]["new_role"] == "admin" and e[0]["request_id"] is None
+
     text = all_text(inst)
     log = inst.log()
+    assert cli_pw not in text
     for s in list(secrets.values()) + [PASSWORD, admin.token]:
         assert s not in text
         assert s not in log
@@ -552,6 +563,16 @@ def test_migrations_are_recorded(pg, redis_server):
         e = one(inst, r2)
         assert (e["action"], e["outcome"], e["params"]) == ("migration.down", "success",
                                                             {"steps": 1, "versions": [v]})
+        # refused requests of an admin are recorded with their code
+        r3 = rid()
+        resp = inst.post("/api/v1/migrations/run", headers=hdrs(adm, r3), json={"target_version": "nope"})
+        assert_error(resp, 400, "VALIDATION_FAILED")
+        e = one(inst, r3)
+        assert (e["action"], e["outcome"]) == ("migration.up", "VALIDATION_FAILED")
+        r4 = rid()
+        resp = inst.post("/api/v1/migrations/rollback", headers=hdrs(adm, r4), json={"steps": 0})
+        assert_error(resp, 400, "VALIDATION_FAILED")
+        assert (one(inst, r4)["action"], one(inst, r4)["outcome"]) == ("migration.down", "VALIDATION_FAILED")
         assert verify(inst, adm)["valid"] is True
     finally:
         inst.stop_clean()
