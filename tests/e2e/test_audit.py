@@ -528,6 +528,25 @@ def test_backups_and_restore_are_recorded(pg):
         inst.stop_clean()
 
 
+def test_scheduled_backups_are_recorded_as_the_schedule(pg):
+    d = os.path.join(scratch_dir(), f"audit-sched-{uuid.uuid4().hex[:8]}")
+    os.makedirs(d)
+    inst = start_instance(pg, BACKUP_DIR=d, BACKUP_INTERVAL="3s")
+    try:
+        deadline = time.time() + 60
+        got = []
+        while time.time() < deadline:
+            got = rows(inst, "actor = 'schedule'")
+            if {"backup.create", "backup.verify", "backup.cleanup"} <= {e["action"] for e in got}:
+                break
+            time.sleep(0.3)
+        assert {"backup.create", "backup.verify", "backup.cleanup"} <= {e["action"] for e in got}, got
+        assert all(e["outcome"] == "success" and e["actor_role"] == "admin" and e["request_id"] is None
+                   for e in got)
+    finally:
+        inst.stop_clean()
+
+
 def test_migrations_are_recorded(pg, redis_server):
     db = pg.create_database()
     d = os.path.join(scratch_dir(), f"audit-mig-{db}")
