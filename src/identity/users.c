@@ -58,6 +58,15 @@ static int create_prepare(cdb_service *svc, const cdb_principal *caller, json_t 
     return cdb_password_hash(&svc->password, in->password, in->password_len, hash, err);
 }
 
+/* An admin giving a new user a role: recorded with the request (coredb/audit.h removes its password). */
+static void record_role_given(cdb_service *svc, const cdb_principal *caller, const char *role, json_t *body,
+                              const json_t *user)
+{
+    json_t *given = json_pack("{s:n, s:s, s:O}", "old_role", "new_role", role, "request", body);
+    cdb_audit_record(svc, caller, "user.role", json_string_value(json_object_get(user, "user_id")), given, NULL);
+    json_decref(given);
+}
+
 int cdb_users_create(cdb_service *svc, const cdb_principal *caller, json_t *body,
                      json_t **out, cdb_error *err)
 {
@@ -94,13 +103,8 @@ out_release:
     cdb_txn_release(svc->pool, pc);
     if (rc == 0)
         cdb_outbox_note_write(svc->pool, svc->qcache, svc->catalog, "users");
-    if (rc == 0 && in.role && cdb_principal_is_admin(caller)) {
-        /* an admin giving a new user a role: recorded with the request, its password removed */
-        json_t *given = json_pack("{s:n, s:s, s:O}", "old_role", "new_role", in.role, "request", body);
-        cdb_audit_record(svc, caller, "user.role", json_string_value(json_object_get(*out, "user_id")), given,
-                         NULL);
-        json_decref(given);
-    }
+    if (rc == 0 && in.role && cdb_principal_is_admin(caller))
+        record_role_given(svc, caller, in.role, body, *out);
     return rc;
 }
 
@@ -167,6 +171,11 @@ out_release:
     cdb_txn_release(svc->pool, pc);
     if (rc == 0 && !idem->replayed)
         cdb_outbox_note_write(svc->pool, svc->qcache, svc->catalog, "users");
+    if (rc == 0 && !idem->replayed && in.role && cdb_principal_is_admin(caller)) {
+        json_t *user = json_loads(idem->body, 0, NULL);
+        record_role_given(svc, caller, in.role, body, user);
+        json_decref(user);
+    }
     return rc;
 }
 

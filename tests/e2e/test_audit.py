@@ -204,6 +204,19 @@ def test_user_role_change_and_session_revocation(inst, admin):
     assert by_rid(inst, r5) == []
 
 
+def test_role_given_with_an_idempotency_key_is_recorded_once(inst, admin):
+    name = unique("idem")
+    body = {"email": f"{name}@example.com", "username": name, "password": PASSWORD, "role": "premium"}
+    key = uuid.uuid4().hex
+    first = inst.post("/users/", headers={**admin.headers, "Idempotency-Key": key}, json=body)
+    assert first.status_code == 201, first.text
+    again = inst.post("/users/", headers={**admin.headers, "Idempotency-Key": key}, json=body)
+    assert again.status_code == 201 and again.headers.get("Idempotent-Replayed") == "true", again.text
+    got = rows(inst, "action = 'user.role' AND target = %s", (first.json()["user_id"],))
+    assert len(got) == 1 and got[0]["params"]["new_role"] == "premium"
+    assert "password" not in got[0]["params"]["request"]
+
+
 def test_refused_attempts_are_recorded_anonymous_ones_not(inst, admin):
     u, p = user(inst), premium(inst, admin)
     for acct, role in ((u, "user"), (p, "premium")):
