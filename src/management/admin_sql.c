@@ -58,12 +58,21 @@ int cdb__admin_name_check(const char *field, const json_t *value, const char **o
     return 0;
 }
 
-/* $1 role: whether it exists, and whether coredb depends on it (see admin_sql.h). */
+/*
+ * $1 role: whether it exists, and whether coredb depends on it (see
+ * admin_sql.h). "A role coredb's login is a member of" is read from
+ * pg_auth_members (recursively) rather than pg_has_role: for a superuser
+ * login (the embedded cluster, most test servers) pg_has_role says "member"
+ * of every role, which would protect them all.
+ */
 static const char ROLE_SQL[] =
+    "WITH RECURSIVE mine(oid) AS ("
+    "  SELECT oid FROM pg_roles WHERE rolname IN (current_user, session_user)"
+    "  UNION SELECT m.roleid FROM pg_auth_members m JOIN mine ON m.member = mine.oid)"
     "SELECT r.oid IS NOT NULL,"
     " $1 LIKE 'coredb%' OR $1 LIKE 'pg\\_%' OR $1 = current_user OR $1 = session_user"
     " OR COALESCE(r.rolsuper OR r.rolreplication OR r.rolbypassrls"
-    "    OR pg_has_role(current_user, r.oid, 'MEMBER'), false)"
+    "    OR r.oid IN (SELECT oid FROM mine), false)"
     " FROM (SELECT $1::text AS name) w LEFT JOIN pg_roles r ON r.rolname = w.name";
 
 int cdb__admin_role_check(PGconn *conn, const char *field, const char *role, bool must_exist,

@@ -1,0 +1,550 @@
+/*
+ * dbauth_users.c - database logins (coredb/dbauth.h): create one, change
+ * its password, revoke its access.
+ *
+ * Passwords travel to PostgreSQL only as the SCRAM-SHA-256 verifier libpq
+ * computes on this side (dbauth_internal.h), so neither the server's
+ * statement log nor pg_stat_activity ever holds one in clear; they are not
+ * logged or audited here either (the audit library also drops members
+ * named *password*).
+ *
+ * Revoking everything reads what to revoke from the catalogs of this
+ * database (the ACLs of relations and their columns, sequences, routines,
+ * types, languages, schemas, the database, default privileges) and issues
+ * one REVOKE per object, with the catalog's names quoted. Grants made by
+ * another grantor than coredb's login survive a non-superuser's REVOKE;
+ * they are read back and reported as remaining_privileges rather than
+ * hidden. Its sessions are ended inside the transaction (so a login that
+ * may not signal them fails before anything commits) and once more after
+ * the commit, for a session opened in between.
+ */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "coredb/audit.h"
+#include "coredb/log.h"
+#include "management/dbauth_internal.h"
+#include "security/service_state.h"
+#include "store/pg.h"
+#include "store/txn.h"
+
+#define ROLES_MAX 64
+#define CONN_LIMIT_MAX 10000
+#define CONN_LIMIT_DEFAULT 5
+
+static const char OID_SQL[] = "SELECT oid::text FROM pg_roles WHERE rolname = $1";
+
+/* $1 member oid, $2 role: whether it holds that membership. */
+static const char MEMBER_SQL[] =
+    "SELECT 1 FROM pg_auth_members m JOIN pg_roles r ON r.oid = m.roleid"
+    " WHERE m.member = $1::oid AND r.rolname = $2";
+
+/* $1 oid: the roles it is a member of. */
+static const char MEMBERSHIPS_SQL[] =
+    "SELECT r.rolname FROM pg_auth_members m JOIN pg_roles r ON r.oid = m.roleid"
+    " WHERE m.member = $1::oid ORDER BY r.rolname";
+
+/*
+ * $1 oid: every object of this database (and the database) on which it was
+ * granted something: kind, schema (or NULL), name; for routines the name
+ * is regprocedure's own quoted signature; for DEFAULT the owner role,
+ * schema or NULL, and the object type letter.
+ */
+static const char GRANTS_SQL[] =
+    "SELECT 'TABLE', n.nspname, c.relname, NULL FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace"
+    " WHERE c.relkind IN ('r', 'p', 'v', 'm', 'f') AND (EXISTS (SELECT 1 FROM aclexplode(c.relacl) a"
+    "  WHERE a.grantee = $1::oid) OR EXISTS (SELECT 1 FROM pg_attribute t, aclexplode(t.attacl) a"
+    "  WHERE t.attrelid = c.oid AND a.grantee = $1::oid))"
+    " UNION ALL SELECT 'SEQUENCE', n.nspname, c.relname, NULL FROM pg_class c"
+    "  JOIN pg_namespace n ON n.oid = c.relnamespace WHERE c.relkind = 'S'"
+    "  AND EXISTS (SELECT 1 FROM aclexplode(c.relacl) a WHERE a.grantee = $1::oid)"
+    " UNION ALL SELECT CASE p.prokind WHEN 'p' THEN 'PROCEDURE' ELSE 'FUNCTION' END, NULL,"
+    "  p.oid::regprocedure::text, NULL FROM pg_proc p"
+    "  WHERE EXISTS (SELECT 1 FROM aclexplode(p.proacl) a WHERE a.grantee = $1::oid)"
+    " UNION ALL SELECT 'TYPE', n.nspname, t.typname, NULL FROM pg_type t"
+    "  JOIN pg_namespace n ON n.oid = t.typnamespace"
+    "  WHERE EXISTS (SELECT 1 FROM aclexplode(t.typacl) a WHERE a.grantee = $1::oid)"
+    " UNION ALL SELECT 'LANGUAGE', NULL, l.lanname, NULL FROM pg_language l"
+    "  WHERE EXISTS (SELECT 1 FROM aclexplode(l.lanacl) a WHERE a.grantee = $1::oid)"
+    " UNION ALL SELECT 'SCHEMA', NULL, n.nspname, NULL FROM pg_namespace n"
+    "  WHERE EXISTS (SELECT 1 FROM aclexplode(n.nspacl) a WHERE a.grantee = $1::oid)"
+    " UNION ALL SELECT 'DATABASE', NULL, d.datname, NULL FROM pg_database d"
+    "  WHERE d.datname = current_database()"
+    "  AND EXISTS (SELECT 1 FROM aclexplode(d.datacl) a WHERE a.grantee = $1::oid)"
+    " UNION ALL SELECT 'DEFAULT', n.nspname, o.rolname, d.defaclobjtype::text FROM pg_default_acl d"
+    "  JOIN pg_roles o ON o.oid = d.defaclrole LEFT JOIN pg_namespace n ON n.oid = d.defaclnamespace"
+    "  WHERE EXISTS (SELECT 1 FROM aclexplode(d.defaclacl) a WHERE a.grantee = $1::oid)"
+    " ORDER BY 1, 2, 3";
+
+/* $1 oid: ends its sessions (every database), how many. */
+static const char TERMINATE_SQL[] =
+    "SELECT count(*) FILTER (WHERE pg_terminate_backend(pid)) FROM pg_stat_activity"
+    " WHERE usesysid = $1::oid AND pid <> pg_backend_pid()";
+
+/* The username of a path as a name: valid UTF-8 and the strict pattern. */
+static int path_name(const char *username, json_t **holder, const char **out, cdb_error *err)
+{
+    *holder = username ? json_string(username) : NULL;
+    if (!*holder)
+        return cdb_error_set_detail(err, CDB_ERR_VALIDATION_FAILED, "field", "username",
+                                    "username must be UTF-8 text");
+    return cdb__admin_name_check("username", *holder, out, err);
+}
+
+/* request[field] as a list of 1..ROLES_MAX role names (or absent/empty when optional). */
+static int role_list(const json_t *request, bool optional, json_t **roles, cdb_error *err)
+{
+    json_t *v = json_object_get(request, "roles");
+    *roles = NULL;
+    if (optional && (!v || json_is_null(v)))
+        return 0;
+    if (!optional && !v)
+        v = NULL;
+    if (v && (!json_is_array(v) || json_array_size(v) > ROLES_MAX || (optional && json_array_size(v) == 0)))
+        return cdb_error_set_detail(err, CDB_ERR_VALIDATION_FAILED, "field", "roles",
+                                    optional ? "roles must be a list of 1 to %d role names (omit it to "
+                                               "revoke everything)"
+                                             : "roles must be a list of at most %d role names",
+                                    ROLES_MAX);
+    size_t i;
+    json_t *r;
+    const char *name;
+    json_array_foreach(v, i, r) {
+        int rc = cdb__admin_name_check("roles", r, &name, err);
+        if (rc < 0)
+            return rc;
+    }
+    *roles = v;
+    return 0;
+}
+
+/* ---- create_user ---- */
+
+static int create_user_in_tx(PGconn *conn, const char *user, const char *password, const json_t *roles,
+                             int limit, cdb_error *err)
+{
+    char *quser = cdb__admin_quote(conn, user), *verifier = NULL, *qrole = NULL;
+    int rc = 0;
+    if (!quser) {
+        rc = cdb_error_oom(err);
+        goto out;
+    }
+    if ((rc = cdb__admin_role_check(conn, "username", user, false, err)) < 0 ||
+        (rc = cdb__dbauth_absent(conn, "username", user, err)) < 0)
+        goto out;
+    size_t i;
+    json_t *r;
+    json_array_foreach(roles, i, r) {
+        if ((rc = cdb__admin_role_check(conn, "roles", json_string_value(r), true, err)) < 0)
+            goto out;
+    }
+    if ((rc = cdb__dbauth_verifier(conn, user, password, &verifier, err)) < 0 ||
+        (rc = cdb__dbauth_run(conn, "create roles (CREATE ROLE)", err,
+                              "CREATE ROLE %s LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE CONNECTION LIMIT %d "
+                              "PASSWORD %s",
+                              quser, limit, verifier)) < 0)
+        goto out;
+    json_array_foreach(roles, i, r) {
+        PQfreemem(qrole);
+        if (!(qrole = cdb__admin_quote(conn, json_string_value(r)))) {
+            rc = cdb_error_oom(err);
+            goto out;
+        }
+        if ((rc = cdb__dbauth_run(conn, "grant role memberships", err, "GRANT %s TO %s", qrole, quser)) < 0)
+            goto out;
+    }
+out:
+    PQfreemem(quser);
+    PQfreemem(verifier);
+    PQfreemem(qrole);
+    return rc;
+}
+
+int cdb_dbauth_create_user(cdb_service *svc, const cdb_principal *caller, const json_t *request,
+                           json_t **out, cdb_error *err)
+{
+    static const char *const fields[] = {"username", "password", "roles", "connection_limit", NULL};
+    cdb_pool_conn *pc = NULL;
+    PGconn *conn = NULL;
+    json_t *name = json_is_object(request) ? json_object_get(request, "username") : NULL;
+    const char *target = json_is_string(name) ? json_string_value(name) : NULL;
+    const char *user = NULL, *password = NULL;
+    json_t *roles = NULL, *empty = json_array();
+    int rc;
+
+    *out = NULL;
+    if (!empty) {
+        rc = cdb_error_oom(err);
+        goto out;
+    }
+    if ((rc = cdb__admin_require(caller, "create database users", err)) < 0 ||
+        (rc = cdb__dbauth_body(request, false, fields, err)) < 0 ||
+        (rc = cdb__admin_name_check("username", name, &user, err)) < 0 ||
+        (rc = cdb__dbauth_password(request, "password", svc->cfg->password_min_length, &password, err)) < 0 ||
+        (rc = role_list(request, false, &roles, err)) < 0)
+        goto out;
+    if (!roles)
+        roles = empty;
+    json_t *lv = json_object_get(request, "connection_limit");
+    json_int_t limit = CONN_LIMIT_DEFAULT;
+    if (lv && !json_is_null(lv)) {
+        if (!json_is_integer(lv) || json_integer_value(lv) < -1 || json_integer_value(lv) > CONN_LIMIT_MAX) {
+            rc = cdb_error_set_detail(err, CDB_ERR_VALIDATION_FAILED, "field", "connection_limit",
+                                      "connection_limit must be an integer from -1 (no limit) to %d",
+                                      CONN_LIMIT_MAX);
+            goto out;
+        }
+        limit = json_integer_value(lv);
+    }
+    if (!(conn = cdb_txn_acquire(svc->pool, &pc, err))) {
+        rc = err ? err->code : CDB_ERR_DATABASE_UNAVAILABLE;
+        goto out;
+    }
+    if ((rc = cdb_txn_begin(conn, err)) < 0 ||
+        (rc = create_user_in_tx(conn, user, password, roles, (int)limit, err)) < 0)
+        goto out;
+    if (!(*out = json_pack("{s:{s:s, s:b, s:O, s:I}}", "db_user", "username", user, "login", 1, "roles", roles,
+                           "connection_limit", limit))) {
+        rc = cdb_error_oom(err);
+        goto out;
+    }
+    if ((rc = cdb_audit_record_in(conn, caller, "db_user.create", user, json_object_get(*out, "db_user"),
+                                  err)) < 0 ||
+        (rc = cdb_txn_commit(conn, err)) < 0)
+        goto out;
+    cdb_log_info("dbauth.user_created", "database user %s created (%zu roles, connection limit %d)", user,
+                 json_array_size(roles), (int)limit);
+
+out:
+    if (rc < 0) {
+        json_decref(*out);
+        *out = NULL;
+    }
+    cdb_txn_release(svc->pool, pc);
+    if (rc < 0)
+        cdb__dbauth_audit_failure(svc, caller, "db_user.create", target, request, err);
+    json_decref(empty);
+    return rc;
+}
+
+/* ---- update_user_password ---- */
+
+int cdb_dbauth_update_user_password(cdb_service *svc, const cdb_principal *caller,
+                                    const char *username, const json_t *request, json_t **out,
+                                    cdb_error *err)
+{
+    static const char *const fields[] = {"new_password", NULL};
+    cdb_pool_conn *pc = NULL;
+    PGconn *conn = NULL;
+    json_t *holder = NULL;
+    const char *user = NULL, *password = NULL;
+    char *quser = NULL, *verifier = NULL;
+    int rc;
+
+    *out = NULL;
+    if ((rc = cdb__admin_require(caller, "change database users' passwords", err)) < 0 ||
+        (rc = path_name(username, &holder, &user, err)) < 0 ||
+        (rc = cdb__dbauth_body(request, false, fields, err)) < 0 ||
+        (rc = cdb__dbauth_password(request, "new_password", svc->cfg->password_min_length, &password, err)) < 0)
+        goto out;
+    if (!(conn = cdb_txn_acquire(svc->pool, &pc, err))) {
+        rc = err ? err->code : CDB_ERR_DATABASE_UNAVAILABLE;
+        goto out;
+    }
+    if (!(quser = cdb__admin_quote(conn, user))) {
+        rc = cdb_error_oom(err);
+        goto out;
+    }
+    if ((rc = cdb_txn_begin(conn, err)) < 0 ||
+        (rc = cdb__admin_role_check(conn, "username", user, true, err)) < 0 ||
+        (rc = cdb__dbauth_verifier(conn, user, password, &verifier, err)) < 0 ||
+        (rc = cdb__dbauth_run(conn, "change passwords (ALTER ROLE)", err, "ALTER ROLE %s PASSWORD %s", quser,
+                              verifier)) < 0)
+        goto out;
+    if (!(*out = json_pack("{s:{s:s, s:b}}", "db_user", "username", user, "password_changed", 1))) {
+        rc = cdb_error_oom(err);
+        goto out;
+    }
+    if ((rc = cdb_audit_record_in(conn, caller, "db_user.password", user, NULL, err)) < 0 ||
+        (rc = cdb_txn_commit(conn, err)) < 0)
+        goto out;
+    cdb_log_info("dbauth.password_changed", "database user %s: password changed", user);
+
+out:
+    if (rc < 0) {
+        json_decref(*out);
+        *out = NULL;
+    }
+    cdb_txn_release(svc->pool, pc);
+    if (rc < 0)
+        cdb__dbauth_audit_failure(svc, caller, "db_user.password", username && holder ? username : NULL,
+                                  NULL, err);
+    PQfreemem(quser);
+    PQfreemem(verifier);
+    json_decref(holder);
+    return rc;
+}
+
+/* ---- revoke_user_access ---- */
+
+/* What a revoke did, for the answer. */
+typedef struct revoked {
+    json_t *roles;                 /* names */
+    int privileges;                /* REVOKE statements on objects */
+    json_t *remaining;             /* "KIND name" of grants still there */
+    long long sessions;
+} revoked;
+
+/* Revokes the listed memberships (each must be held). */
+static int revoke_roles(PGconn *conn, const char *oid, const char *quser, const json_t *roles, revoked *rv,
+                        cdb_error *err)
+{
+    PGresult *res = NULL;
+    char *qrole = NULL;
+    int rc = 0;
+    size_t i;
+    json_t *r;
+    json_array_foreach(roles, i, r) {
+        const char *role = json_string_value(r);
+        const char *params[] = {oid, role};
+        PQclear(res);
+        PQfreemem(qrole);
+        qrole = NULL;
+        if ((rc = cdb_pg_exec(conn, MEMBER_SQL, 2, params, &res, err)) < 0)
+            goto out;
+        if (PQntuples(res) == 0) {
+            rc = cdb_error_set_detail(err, CDB_ERR_VALIDATION_FAILED, "field", "roles",
+                                      "roles: the user is not a member of role %s", role);
+            cdb_error_detail(err, "role", json_string(role));
+            goto out;
+        }
+        if (!(qrole = cdb__admin_quote(conn, role))) {
+            rc = cdb_error_oom(err);
+            goto out;
+        }
+        if ((rc = cdb__dbauth_run(conn, "revoke role memberships", err, "REVOKE %s FROM %s", qrole, quser)) < 0)
+            goto out;
+        if (json_array_append_new(rv->roles, json_string(role)) < 0) {
+            rc = cdb_error_oom(err);
+            goto out;
+        }
+    }
+out:
+    PQclear(res);
+    PQfreemem(qrole);
+    return rc;
+}
+
+/* The object-type keyword of ALTER DEFAULT PRIVILEGES for pg_default_acl.defaclobjtype. */
+static const char *default_kind(char t)
+{
+    switch (t) {
+    case 'r': return "TABLES";
+    case 'S': return "SEQUENCES";
+    case 'f': return "FUNCTIONS";
+    case 'T': return "TYPES";
+    case 'n': return "SCHEMAS";
+    default: return NULL;
+    }
+}
+
+/* One REVOKE ALL for a row of GRANTS_SQL. */
+static int revoke_object(PGconn *conn, PGresult *g, int row, const char *quser, cdb_error *err)
+{
+    const char *kind = PQgetvalue(g, row, 0);
+    char *qschema = PQgetisnull(g, row, 1) ? NULL : cdb__admin_quote(conn, PQgetvalue(g, row, 1));
+    char *qname = NULL;
+    int rc;
+    if ((!PQgetisnull(g, row, 1) && !qschema)) {
+        rc = cdb_error_oom(err);
+        goto out;
+    }
+    if (strcmp(kind, "FUNCTION") == 0 || strcmp(kind, "PROCEDURE") == 0) {
+        /* regprocedure's text is the catalog's own, already quoted, signature */
+        rc = cdb__dbauth_run(conn, "revoke privileges on routines", err, "REVOKE ALL ON %s %s FROM %s", kind,
+                             PQgetvalue(g, row, 2), quser);
+        goto out;
+    }
+    if (!(qname = cdb__admin_quote(conn, PQgetvalue(g, row, 2)))) {
+        rc = cdb_error_oom(err);
+        goto out;
+    }
+    if (strcmp(kind, "DEFAULT") == 0) {
+        const char *what = default_kind(PQgetvalue(g, row, 3)[0]);
+        if (!what) {
+            rc = 0;    /* a kind this PostgreSQL has and we do not know: reported as remaining */
+            goto out;
+        }
+        rc = cdb__dbauth_run(conn, "change default privileges of other roles", err,
+                             "ALTER DEFAULT PRIVILEGES FOR ROLE %s%s%s REVOKE ALL ON %s FROM %s", qname,
+                             qschema ? " IN SCHEMA " : "", qschema ? qschema : "", what, quser);
+    } else if (qschema) {
+        rc = cdb__dbauth_run(conn, "revoke privileges", err, "REVOKE ALL ON %s %s.%s FROM %s", kind, qschema,
+                             qname, quser);
+    } else {
+        rc = cdb__dbauth_run(conn, "revoke privileges", err, "REVOKE ALL ON %s %s FROM %s", kind, qname, quser);
+    }
+out:
+    PQfreemem(qschema);
+    PQfreemem(qname);
+    return rc;
+}
+
+/* Everything: memberships, privileges, LOGIN, sessions (see the header comment). */
+static int revoke_all(PGconn *conn, const char *oid, const char *quser, revoked *rv, cdb_error *err)
+{
+    PGresult *res = NULL;
+    const char *params[] = {oid};
+    json_t *held = NULL;
+    int rc;
+    if ((rc = cdb_pg_exec(conn, MEMBERSHIPS_SQL, 1, params, &res, err)) < 0)
+        goto out;
+    if (!(held = json_array())) {
+        rc = cdb_error_oom(err);
+        goto out;
+    }
+    for (int i = 0; i < PQntuples(res); i++)
+        if (json_array_append_new(held, json_string(PQgetvalue(res, i, 0))) < 0) {
+            rc = cdb_error_oom(err);
+            goto out;
+        }
+    if ((rc = revoke_roles(conn, oid, quser, held, rv, err)) < 0)
+        goto out;
+    PQclear(res);
+    if ((rc = cdb_pg_exec(conn, GRANTS_SQL, 1, params, &res, err)) < 0)
+        goto out;
+    for (int i = 0; i < PQntuples(res); i++, rv->privileges++)
+        if ((rc = revoke_object(conn, res, i, quser, err)) < 0)
+            goto out;
+    PQclear(res);
+    /* read back: what another grantor gave survives a non-superuser's REVOKE */
+    if ((rc = cdb_pg_exec(conn, GRANTS_SQL, 1, params, &res, err)) < 0)
+        goto out;
+    for (int i = 0; i < PQntuples(res); i++) {
+        json_t *s = json_sprintf("%s %s%s%s", PQgetvalue(res, i, 0), PQgetvalue(res, i, 1),
+                                 PQgetisnull(res, i, 1) ? "" : ".", PQgetvalue(res, i, 2));
+        if (json_array_append_new(rv->remaining, s) < 0) {
+            rc = cdb_error_oom(err);
+            goto out;
+        }
+    }
+    PQclear(res);
+    res = NULL;
+    if ((rc = cdb__dbauth_run(conn, "change roles (ALTER ROLE)", err, "ALTER ROLE %s NOLOGIN", quser)) < 0)
+        goto out;
+    rc = cdb__dbauth_privilege_error(cdb_pg_exec(conn, TERMINATE_SQL, 1, params, &res, err),
+                                     "end the user's sessions (pg_signal_backend)", err);
+    if (rc == 0)
+        rv->sessions = strtoll(PQgetvalue(res, 0, 0), NULL, 10);
+out:
+    PQclear(res);
+    json_decref(held);
+    return rc;
+}
+
+/* After the commit: sessions opened between the in-transaction end and NOLOGIN taking effect. */
+static long long terminate_again(cdb_service *svc, const char *oid)
+{
+    cdb_error e;
+    cdb_error_init(&e);
+    cdb_pool_conn *pc = NULL;
+    PGresult *res = NULL;
+    long long n = 0;
+    const char *params[] = {oid};
+    PGconn *conn = cdb_txn_acquire(svc->pool, &pc, &e);
+    if (conn && cdb_pg_exec(conn, TERMINATE_SQL, 1, params, &res, &e) == 0)
+        n = strtoll(PQgetvalue(res, 0, 0), NULL, 10);
+    else
+        cdb_log_warn("dbauth.terminate_failed", "%s", e.message);
+    PQclear(res);
+    cdb_txn_release(svc->pool, pc);
+    cdb_error_destroy(&e);
+    return n;
+}
+
+int cdb_dbauth_revoke_user_access(cdb_service *svc, const cdb_principal *caller,
+                                  const char *username, const json_t *request, json_t **out,
+                                  cdb_error *err)
+{
+    static const char *const fields[] = {"roles", NULL};
+    cdb_pool_conn *pc = NULL;
+    PGconn *conn = NULL;
+    PGresult *res = NULL;
+    json_t *holder = NULL, *roles = NULL, *params = NULL;
+    const char *user = NULL;
+    char *quser = NULL;
+    char oid[16] = "";
+    revoked rv = {.roles = json_array(), .remaining = json_array()};
+    int rc;
+
+    *out = NULL;
+    if (!rv.roles || !rv.remaining) {
+        rc = cdb_error_oom(err);
+        goto out;
+    }
+    if ((rc = cdb__admin_require(caller, "revoke database users' access", err)) < 0 ||
+        (rc = path_name(username, &holder, &user, err)) < 0 ||
+        (rc = cdb__dbauth_body(request, true, fields, err)) < 0 ||
+        (rc = role_list(request, true, &roles, err)) < 0)
+        goto out;
+    params = roles ? json_pack("{s:O}", "roles", roles) : json_pack("{s:b}", "all", 1);
+    if (!params) {
+        rc = cdb_error_oom(err);
+        goto out;
+    }
+    if (!(conn = cdb_txn_acquire(svc->pool, &pc, err))) {
+        rc = err ? err->code : CDB_ERR_DATABASE_UNAVAILABLE;
+        goto out;
+    }
+    if (!(quser = cdb__admin_quote(conn, user))) {
+        rc = cdb_error_oom(err);
+        goto out;
+    }
+    const char *p[] = {user};
+    if ((rc = cdb_txn_begin(conn, err)) < 0 ||
+        (rc = cdb__admin_role_check(conn, "username", user, true, err)) < 0 ||
+        (rc = cdb_pg_exec(conn, OID_SQL, 1, p, &res, err)) < 0)
+        goto out;
+    snprintf(oid, sizeof oid, "%s", PQgetvalue(res, 0, 0));
+    if ((rc = roles ? revoke_roles(conn, oid, quser, roles, &rv, err) : revoke_all(conn, oid, quser, &rv, err)) < 0)
+        goto out;
+    if (!(*out = json_pack("{s:{s:s, s:{s:O, s:i}, s:O, s:I}}", "db_user", "username", user, "revoked", "roles",
+                           rv.roles, "privileges", rv.privileges, "remaining_privileges", rv.remaining,
+                           "sessions_ended", (json_int_t)rv.sessions))) {
+        rc = cdb_error_oom(err);
+        goto out;
+    }
+    if (!roles && json_object_set_new(json_object_get(*out, "db_user"), "login", json_false()) < 0) {
+        rc = cdb_error_oom(err);
+        goto out;
+    }
+    if ((rc = cdb_audit_record_in(conn, caller, "db_user.revoke", user, params, err)) < 0 ||
+        (rc = cdb_txn_commit(conn, err)) < 0)
+        goto out;
+    if (!roles) {
+        long long more = terminate_again(svc, oid);
+        if (more > 0)
+            json_object_set_new(json_object_get(*out, "db_user"), "sessions_ended",
+                                json_integer((json_int_t)(rv.sessions + more)));
+    }
+    cdb_log_info("dbauth.access_revoked", "database user %s: %s revoked", user,
+                 roles ? "role memberships" : "all access");
+
+out:
+    if (rc < 0) {
+        json_decref(*out);
+        *out = NULL;
+    }
+    PQclear(res);
+    cdb_txn_release(svc->pool, pc);
+    if (rc < 0)
+        cdb__dbauth_audit_failure(svc, caller, "db_user.revoke", holder ? username : NULL,
+                                  params ? params : request, err);
+    PQfreemem(quser);
+    json_decref(holder);
+    json_decref(params);
+    json_decref(rv.roles);
+    json_decref(rv.remaining);
+    return rc;
+}
