@@ -24,22 +24,27 @@ const char cli_help_admin[] =
     "Administration as the operator (the admin role); every action is written to\n"
     "the audit log with the actor \"cli\".\n"
     "\n"
-    "  role create NAME --permission P [--permission P ...] [--description D]\n"
-    "               a NOLOGIN role; P is a privilege (SELECT INSERT UPDATE DELETE\n"
-    "               TRUNCATE REFERENCES TRIGGER) on every table of POSTGRES_SCHEMA,\n"
-    "               or \"PRIVILEGE ON table\" for one table\n"
-    "  db-user create NAME [--role R ...] [--connection-limit N]\n"
-    "               a LOGIN role, member of each R (connection limit 5 unless\n"
-    "               given); the password is read from stdin, one line\n"
-    "  db-user password NAME\n"
-    "               a new password, read from stdin, one line\n"
-    "  db-user revoke NAME [--role R ...]\n"
-    "               revokes those memberships; without --role: every membership\n"
-    "               and privilege, LOGIN, and its open sessions\n"
+    "  coredb admin audit [--actor A] [--action X] [--since T] [--until T] [--limit N] [--cursor C]\n"
+    "      the audit log, newest first (--action db_user. matches a prefix; T is ISO-8601;\n"
+    "      --cursor takes the next_cursor of the previous page)\n"
+    "  coredb admin audit verify\n"
+    "      recompute the hash chain: valid, rows_checked, the first broken row, the head hash\n"
+    "  coredb admin role create NAME --permission P [--permission P ...] [--description D]\n"
+    "      a NOLOGIN role; P is a privilege (SELECT INSERT UPDATE DELETE TRUNCATE REFERENCES\n"
+    "      TRIGGER) on every table of POSTGRES_SCHEMA, or \"PRIVILEGE ON table\" for one table\n"
+    "  coredb admin db-user create NAME [--role R ...] [--connection-limit N]\n"
+    "      a LOGIN role, member of each R (connection limit 5 unless given); the password\n"
+    "      is read from stdin, one line\n"
+    "  coredb admin db-user password NAME\n"
+    "      a new password, read from stdin, one line\n"
+    "  coredb admin db-user revoke NAME [--role R ...]\n"
+    "      revokes those memberships; without --role: every membership and privilege,\n"
+    "      LOGIN, and its open sessions\n"
     "\n"
     CLI_JSON_HELP;
 
 static const cli_admin_verb admin_verbs[] = {
+    {"audit", cli_admin_audit_parse, cli_admin_audit_run},
     {"role", cli_admin_role_parse, cli_admin_role_run},
     {"db-user", cli_admin_db_user_parse, cli_admin_db_user_run},
     {NULL, NULL, NULL},

@@ -45,8 +45,10 @@ static const cli_command commands[] = {
      "--role --database --password-from-stdin --no-event-trigger --administration --json", cli_help_setup_sql,
      cmd_setup_sql},
     {"admin", "administration: database roles and users, RLS, grants, ownership, audit log",
-     "role db-user", "--permission --description --role --connection-limit --json", cli_help_admin,
-     cmd_admin},
+     "audit role db-user",
+     "--json --actor --action --since --until --limit --cursor --permission --description --role "
+     "--connection-limit",
+     cli_help_admin, cmd_admin},
     {"completion", "print a shell completion script (bash)", "bash", NULL, cli_help_completion,
      cmd_completion},
     {"help", "describe a command, or print the man page (--man)", NULL, "--man", cli_help_help,
