@@ -77,7 +77,9 @@ int cdb_dbauth_update_user_password(cdb_service *svc, const cdb_principal *calle
  * sessions (pg_terminate_backend). *out: {"db_user": {"username",
  * "revoked": {"roles": [...], "privileges": N}, "login", "sessions_ended",
  * "remaining_privileges": [...] (grants made by other roles, which coredb's
- * login cannot revoke; normally empty)}}.
+ * login cannot revoke; normally empty), "owned_objects": N (relations,
+ * schemas and routines it owns, which keep their owner's rights: not
+ * reassigned here)}}; login and owned_objects only when revoking everything.
  */
 int cdb_dbauth_revoke_user_access(cdb_service *svc, const cdb_principal *caller,
                                   const char *username, const json_t *request, json_t **out,

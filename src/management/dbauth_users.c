@@ -77,6 +77,16 @@ static const char GRANTS_SQL[] =
     "  WHERE EXISTS (SELECT 1 FROM aclexplode(d.defaclacl) a WHERE a.grantee = $1::oid)"
     " ORDER BY 1, 2, 3";
 
+/*
+ * $1 oid: objects of this database it owns (relations, schemas, routines),
+ * which keep their owner's rights whatever is revoked: reported, not
+ * reassigned (REASSIGN OWNED is the DBA's decision).
+ */
+static const char OWNED_SQL[] =
+    "SELECT (SELECT count(*) FROM pg_class WHERE relowner = $1::oid AND relkind IN ('r', 'p', 'v', 'm', 'f', 'S'))"
+    " + (SELECT count(*) FROM pg_namespace WHERE nspowner = $1::oid)"
+    " + (SELECT count(*) FROM pg_proc WHERE proowner = $1::oid)";
+
 /* $1 oid: ends its sessions (every database), how many. */
 static const char TERMINATE_SQL[] =
     "SELECT count(*) FILTER (WHERE pg_terminate_backend(pid)) FROM pg_stat_activity"
@@ -294,6 +304,7 @@ typedef struct revoked {
     int privileges;                /* REVOKE statements on objects */
     json_t *remaining;             /* "KIND name" of grants still there */
     long long sessions;
+    long long owned;               /* objects it owns (see OWNED_SQL) */
 } revoked;
 
 /* Revokes the listed memberships (each must be held). */
@@ -430,6 +441,10 @@ static int revoke_all(PGconn *conn, const char *oid, const char *quser, revoked 
         }
     }
     PQclear(res);
+    if ((rc = cdb_pg_exec(conn, OWNED_SQL, 1, params, &res, err)) < 0)
+        goto out;
+    rv->owned = strtoll(PQgetvalue(res, 0, 0), NULL, 10);
+    PQclear(res);
     res = NULL;
     if ((rc = cdb__dbauth_run(conn, "change roles (ALTER ROLE)", err, "ALTER ROLE %s NOLOGIN", quser)) < 0)
         goto out;
@@ -515,7 +530,9 @@ int cdb_dbauth_revoke_user_access(cdb_service *svc, const cdb_principal *caller,
         rc = cdb_error_oom(err);
         goto out;
     }
-    if (!roles && json_object_set_new(json_object_get(*out, "db_user"), "login", json_false()) < 0) {
+    if (!roles && (json_object_set_new(json_object_get(*out, "db_user"), "login", json_false()) < 0 ||
+                   json_object_set_new(json_object_get(*out, "db_user"), "owned_objects",
+                                       json_integer((json_int_t)rv.owned)) < 0)) {
         rc = cdb_error_oom(err);
         goto out;
     }

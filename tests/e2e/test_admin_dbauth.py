@@ -335,6 +335,7 @@ def test_revoke_everything_ends_its_session_and_its_access(inst, admin):
     with session.cursor() as cur:
         cur.execute(f"SELECT count(*) FROM {t}")
         assert cur.fetchone() == (1,)
+        cur.execute(f"CREATE TABLE dbauth_s.{name}_own (id int)")     # an object it owns
 
     resp = revoke(inst, admin, name)
     assert resp.status_code == 200, resp.text
@@ -344,6 +345,7 @@ def test_revoke_everything_ends_its_session_and_its_access(inst, admin):
     assert out["revoked"]["privileges"] >= 7
     assert out["remaining_privileges"] == []
     assert out["sessions_ended"] >= 1
+    assert out["owned_objects"] == 1          # reported, not reassigned
 
     # the open session is gone
     with pytest.raises(psycopg2.Error):
