@@ -578,6 +578,15 @@ def test_audit_records_successes_and_failures_without_passwords(inst, admin):
     for secret in (PW, PW2):
         assert secret not in dump
         assert secret not in log
+    assert "audit.record_failed" not in log
+
+
+def test_zz_log_has_no_errors_and_no_sql(inst):
+    """Last in the module: after every hostile request above, the log holds no error
+    (a refusal is a warning at most) and no SQL text of ours."""
+    log = inst.log()
+    assert '"level":"error"' not in log, [l for l in log.splitlines() if '"level":"error"' in l][:5]
+    assert "CREATE ROLE" not in log and "PASSWORD '" not in log and "SCRAM-SHA-256$" not in log
 
 
 # ---- CLI ----
