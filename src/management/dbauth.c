@@ -47,7 +47,7 @@ static const char EXISTS_SQL[] = "SELECT 1 FROM pg_roles WHERE rolname = $1";
 
 /* ---- shared helpers (dbauth_internal.h) ---- */
 
-static const char *sqlstate_of(const cdb_error *err)
+const char *cdb__dbauth_sqlstate(const cdb_error *err)
 {
     json_t *s = err && err->details ? json_object_get(err->details, "sqlstate") : NULL;
     return json_is_string(s) ? json_string_value(s) : "";
@@ -55,13 +55,13 @@ static const char *sqlstate_of(const cdb_error *err)
 
 int cdb__dbauth_privilege_error(int rc, const char *what, cdb_error *err)
 {
-    if (rc < 0 && strcmp(sqlstate_of(err), "42501") == 0)
+    if (rc < 0 && strcmp(cdb__dbauth_sqlstate(err), "42501") == 0)
         rc = cdb_error_set_detail(err, CDB_ERR_DATABASE_PRIVILEGE_MISSING, "statement", what,
                                   "coredb's database login may not %s: it needs CREATEROLE and "
                                   "pg_signal_backend; run the SQL of `coredb setup-sql --administration` "
                                   "as a superuser (docs/production.md)",
                                   what);
-    else if (rc < 0 && strcmp(sqlstate_of(err), "42710") == 0)
+    else if (rc < 0 && strcmp(cdb__dbauth_sqlstate(err), "42710") == 0)
         rc = cdb_error_set(err, CDB_ERR_CONFLICT, "A role of that name exists already");
     return rc;
 }

@@ -20,6 +20,8 @@
  * cdb__dbauth_privilege_error does that mapping for a failed rc of any call.
  */
 int cdb__dbauth_privilege_error(int rc, const char *what, cdb_error *err);
+/* details.sqlstate of a failed call's error, "" without one. */
+const char *cdb__dbauth_sqlstate(const cdb_error *err);
 int cdb__dbauth_run(PGconn *conn, const char *what, cdb_error *err, const char *fmt, ...)
     __attribute__((format(printf, 4, 5)));
 

@@ -11,10 +11,11 @@
  * Revoking everything reads what to revoke from the catalogs of this
  * database (the ACLs of relations and their columns, sequences, routines,
  * types, languages, schemas, the database, default privileges) and issues
- * one REVOKE per object, with the catalog's names quoted. Grants made by
- * another grantor than coredb's login survive a non-superuser's REVOKE;
- * they are read back and reported as remaining_privileges rather than
- * hidden. Its sessions are ended inside the transaction (so a login that
+ * one REVOKE per object, with the catalog's names quoted, each inside a
+ * savepoint. Grants made by another grantor than coredb's login survive a
+ * non-superuser's REVOKE (or make it fail with 42501, which is rolled back
+ * to the savepoint alone); they are read back and reported as
+ * remaining_privileges rather than hidden or failing the whole revoke. Its sessions are ended inside the transaction (so a login that
  * may not signal them fails before anything commits) and once more after
  * the commit, for a session opened in between.
  */
@@ -360,43 +361,66 @@ static const char *default_kind(char t)
     }
 }
 
-/* One REVOKE ALL for a row of GRANTS_SQL. */
+/*
+ * One REVOKE inside a savepoint: one coredb's login may not make (42501: a
+ * non-superuser login revoking on an object it neither owns nor granted,
+ * or another role's default privileges) is undone alone, and the grant is
+ * then reported by the read-back as remaining instead of failing the whole
+ * revoke. Any other failure fails it.
+ */
+static int revoke_guarded(PGconn *conn, const char *sql, cdb_error *err)
+{
+    cdb_error e;
+    cdb_error_init(&e);
+    int rc = cdb_pg_exec(conn, "SAVEPOINT dbauth_revoke", 0, NULL, NULL, &e);
+    if (rc == 0 && (rc = cdb_pg_exec(conn, sql, 0, NULL, NULL, &e)) < 0 &&
+        strcmp(cdb__dbauth_sqlstate(&e), "42501") == 0) {
+        cdb_log_warn("dbauth.revoke_not_permitted",
+                     "a privilege coredb's login may not revoke is left in place (reported as remaining)");
+        cdb_error_destroy(&e);
+        rc = cdb_pg_exec(conn, "ROLLBACK TO SAVEPOINT dbauth_revoke", 0, NULL, NULL, &e);
+    } else if (rc == 0) {
+        rc = cdb_pg_exec(conn, "RELEASE SAVEPOINT dbauth_revoke", 0, NULL, NULL, &e);
+    }
+    if (rc < 0 && err)
+        cdb_error_move(err, &e);
+    cdb_error_destroy(&e);
+    return rc;
+}
+
+/* One REVOKE ALL for a row of GRANTS_SQL; 0 without a statement for a kind it does not know. */
 static int revoke_object(PGconn *conn, PGresult *g, int row, const char *quser, cdb_error *err)
 {
     const char *kind = PQgetvalue(g, row, 0);
     char *qschema = PQgetisnull(g, row, 1) ? NULL : cdb__admin_quote(conn, PQgetvalue(g, row, 1));
-    char *qname = NULL;
-    int rc;
-    if ((!PQgetisnull(g, row, 1) && !qschema)) {
+    char *qname = NULL, *sql = NULL;
+    int n = 0, rc = 0;
+    if (!PQgetisnull(g, row, 1) && !qschema) {
         rc = cdb_error_oom(err);
         goto out;
     }
     if (strcmp(kind, "FUNCTION") == 0 || strcmp(kind, "PROCEDURE") == 0) {
         /* regprocedure's text is the catalog's own, already quoted, signature */
-        rc = cdb__dbauth_run(conn, "revoke privileges on routines", err, "REVOKE ALL ON %s %s FROM %s", kind,
-                             PQgetvalue(g, row, 2), quser);
-        goto out;
-    }
-    if (!(qname = cdb__admin_quote(conn, PQgetvalue(g, row, 2)))) {
+        n = asprintf(&sql, "REVOKE ALL ON %s %s FROM %s", kind, PQgetvalue(g, row, 2), quser);
+    } else if (!(qname = cdb__admin_quote(conn, PQgetvalue(g, row, 2)))) {
         rc = cdb_error_oom(err);
         goto out;
-    }
-    if (strcmp(kind, "DEFAULT") == 0) {
+    } else if (strcmp(kind, "DEFAULT") == 0) {
         const char *what = default_kind(PQgetvalue(g, row, 3)[0]);
-        if (!what) {
-            rc = 0;    /* a kind this PostgreSQL has and we do not know: reported as remaining */
-            goto out;
-        }
-        rc = cdb__dbauth_run(conn, "change default privileges of other roles", err,
-                             "ALTER DEFAULT PRIVILEGES FOR ROLE %s%s%s REVOKE ALL ON %s FROM %s", qname,
-                             qschema ? " IN SCHEMA " : "", qschema ? qschema : "", what, quser);
+        if (!what)
+            goto out;    /* a kind this PostgreSQL has and we do not know: reported as remaining */
+        n = asprintf(&sql, "ALTER DEFAULT PRIVILEGES FOR ROLE %s%s%s REVOKE ALL ON %s FROM %s", qname,
+                     qschema ? " IN SCHEMA " : "", qschema ? qschema : "", what, quser);
     } else if (qschema) {
-        rc = cdb__dbauth_run(conn, "revoke privileges", err, "REVOKE ALL ON %s %s.%s FROM %s", kind, qschema,
-                             qname, quser);
+        n = asprintf(&sql, "REVOKE ALL ON %s %s.%s FROM %s", kind, qschema, qname, quser);
     } else {
-        rc = cdb__dbauth_run(conn, "revoke privileges", err, "REVOKE ALL ON %s %s FROM %s", kind, qname, quser);
+        n = asprintf(&sql, "REVOKE ALL ON %s %s FROM %s", kind, qname, quser);
     }
+    rc = n < 0 ? cdb_error_oom(err) : revoke_guarded(conn, sql, err);
+    if (n < 0)
+        sql = NULL;
 out:
+    free(sql);
     PQfreemem(qschema);
     PQfreemem(qname);
     return rc;
@@ -425,7 +449,8 @@ static int revoke_all(PGconn *conn, const char *oid, const char *quser, revoked 
     PQclear(res);
     if ((rc = cdb_pg_exec(conn, GRANTS_SQL, 1, params, &res, err)) < 0)
         goto out;
-    for (int i = 0; i < PQntuples(res); i++, rv->privileges++)
+    int objects = PQntuples(res);
+    for (int i = 0; i < objects; i++)
         if ((rc = revoke_object(conn, res, i, quser, err)) < 0)
             goto out;
     PQclear(res);
@@ -440,6 +465,7 @@ static int revoke_all(PGconn *conn, const char *oid, const char *quser, revoked 
             goto out;
         }
     }
+    rv->privileges = objects - PQntuples(res) > 0 ? objects - PQntuples(res) : 0;
     PQclear(res);
     if ((rc = cdb_pg_exec(conn, OWNED_SQL, 1, params, &res, err)) < 0)
         goto out;

@@ -682,8 +682,18 @@ def test_login_without_createrole_gets_an_error_naming_the_fix(pg):
         assert pg.query(db, "SELECT has_table_privilege(%s, 'public.users', 'SELECT')", (name,)) == [(True,)]
         uname = unique("u_")
         create_user(server, adm, {"username": uname, "password": PW, "roles": [name]})
+        # a grant on a table of coredb's login (revocable by it) and one on a superuser's table
+        # (which a non-superuser may not revoke: left, and reported, instead of failing it all)
+        pg.query(db, f"GRANT UPDATE ON public.users TO {uname}")
+        pg.query(db, "CREATE TABLE su_owned (id int)")
+        pg.query(db, f"GRANT SELECT ON su_owned TO {uname}")
         resp = server.post(user_path(uname, "revoke"), headers=adm.headers)
         assert resp.status_code == 200, resp.text
-        assert resp.json()["db_user"]["remaining_privileges"] == []
+        out = resp.json()["db_user"]
+        assert out["remaining_privileges"] == ["TABLE public.su_owned"], out
+        assert out["revoked"] == {"roles": [name], "privileges": 1} and out["login"] is False
+        assert pg.query(db, "SELECT has_table_privilege(%s, 'public.users', 'UPDATE'), "
+                            "has_table_privilege(%s, 'public.users', 'SELECT'), rolcanlogin "
+                            "FROM pg_roles WHERE rolname = %s", (uname, uname, uname)) == [(False, False, False)]
     finally:
         server.stop_clean()
