@@ -187,6 +187,16 @@ static const char *privilege_of(const char *s, size_t len)
     return NULL;
 }
 
+/* How many bytes of s (len bytes) to show, at most max, never ending inside a UTF-8 sequence. */
+static int shown(const char *s, size_t len, size_t max)
+{
+    if (len <= max)
+        return (int)len;
+    while (max > 0 && ((unsigned char)s[max] & 0xC0) == 0x80)
+        max--;
+    return (int)max;
+}
+
 static int bad_permission(cdb_error *err)
 {
     return cdb_error_set_detail(err, CDB_ERR_VALIDATION_FAILED, "field", "permissions",
@@ -206,8 +216,8 @@ static int parse_permission(PGconn *conn, const char *schema, const json_t *v, p
         int rc = cdb_error_set_detail(err, CDB_ERR_VALIDATION_FAILED, "field", "permissions",
                                       "Unknown privilege %.*s in permissions (expected one of "
                                       CDB_DBAUTH_PRIVILEGES ")",
-                                      (int)(wlen > 40 ? 40 : wlen), s);
-        cdb_error_detail(err, "privilege", json_stringn(s, wlen > 63 ? 63 : wlen));
+                                      shown(s, wlen, 40), s);
+        cdb_error_detail(err, "privilege", json_stringn(s, (size_t)shown(s, wlen, 63)));
         return rc;
     }
     s += wlen;
@@ -237,8 +247,8 @@ static int parse_permission(PGconn *conn, const char *schema, const json_t *v, p
     if (!res || PQntuples(res) != 1) {
         rc = cdb_error_set_detail(err, CDB_ERR_VALIDATION_FAILED, "field", "permissions",
                                   "Unknown table %.*s in permissions: no table of that name in schema %s",
-                                  (int)(tlen > 63 ? 63 : tlen), name, schema);
-        cdb_error_detail(err, "table", json_stringn(name, tlen > 63 ? 63 : tlen));
+                                  shown(name, tlen, 63), name, schema);
+        cdb_error_detail(err, "table", json_stringn(name, (size_t)shown(name, tlen, 63)));
         goto out;
     }
     snprintf(p->oid, sizeof p->oid, "%s", PQgetvalue(res, 0, 0));

@@ -217,6 +217,17 @@ def test_unknown_privilege_or_table_is_400_naming_it(inst, admin, perm, named):
     intact(inst, before)
 
 
+@pytest.mark.parametrize("perm", ["\u00e9" * 50, "SELECT ON " + "\u00e9" * 50, "\U0001F600" * 30,
+                                  "SELECT ON " + "a\u00e9" * 40, "SELECT ON " + "x" * 5000])
+def test_long_multibyte_names_in_permissions_are_400(inst, admin, perm):
+    before = role_count(inst)
+    err = assert_error(inst.post("/api/v1/admin/roles", headers=admin.headers,
+                                 json={"role_name": unique("r_"), "permissions": [perm]}),
+                       400, "VALIDATION_FAILED")
+    assert err["details"]["field"] == "permissions"
+    intact(inst, before)
+
+
 # ---- db users ----
 
 def test_db_user_logs_in_within_its_connection_limit_with_a_scram_verifier(inst, admin):

@@ -27,6 +27,19 @@ static void test_privilege_words(void **state)
     assert_null(privilege_of("CREATE", 6));
 }
 
+/* Shown prefixes of names in messages never end inside a UTF-8 sequence. */
+static void test_shown_prefix(void **state)
+{
+    (void)state;
+    assert_int_equal(shown("abc", 3, 40), 3);
+    assert_int_equal(shown("abcdef", 6, 4), 4);
+    /* "a" then e-acute (2 bytes) repeated: byte 4 is the second byte of a sequence */
+    const char *s = "a\xc3\xa9a\xc3\xa9a\xc3\xa9";
+    assert_int_equal(shown(s, 9, 4), 3);
+    assert_int_equal(shown(s, 9, 3), 3);
+    assert_int_equal(shown(s, 9, 2), 1);
+}
+
 static json_t *body(const char *text)
 {
     json_t *v = json_loads(text, JSON_DECODE_ANY, NULL);
@@ -87,6 +100,7 @@ int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_privilege_words),
+        cmocka_unit_test(test_shown_prefix),
         cmocka_unit_test(test_role_request),
         cmocka_unit_test(test_body_fields),
     };
