@@ -34,7 +34,7 @@ static void test_shown_prefix(void **state)
     assert_int_equal(shown("abc", 3, 40), 3);
     assert_int_equal(shown("abcdef", 6, 4), 4);
     /* "a" then e-acute (2 bytes) repeated: byte 4 is the second byte of a sequence */
-    const char *s = "a\xc3\xa9a\xc3\xa9a\xc3\xa9";
+    const char *s = "a\xc3\xa9" "a\xc3\xa9" "a\xc3\xa9";
     assert_int_equal(shown(s, 9, 4), 3);
     assert_int_equal(shown(s, 9, 3), 3);
     assert_int_equal(shown(s, 9, 2), 1);
