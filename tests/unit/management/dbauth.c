@@ -33,9 +33,10 @@ static void test_shown_prefix(void **state)
     (void)state;
     assert_int_equal(shown("abc", 3, 40), 3);
     assert_int_equal(shown("abcdef", 6, 4), 4);
-    /* "a" then e-acute (2 bytes) repeated: byte 4 is the second byte of a sequence */
+    /* "a" then e-acute (2 bytes) repeated: bytes 2, 5 and 8 continue a sequence */
     const char *s = "a\xc3\xa9" "a\xc3\xa9" "a\xc3\xa9";
-    assert_int_equal(shown(s, 9, 4), 3);
+    assert_int_equal(shown(s, 9, 5), 4);
+    assert_int_equal(shown(s, 9, 4), 4);
     assert_int_equal(shown(s, 9, 3), 3);
     assert_int_equal(shown(s, 9, 2), 1);
 }
