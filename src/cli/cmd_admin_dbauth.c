@@ -100,8 +100,9 @@ json_t *cli_admin_db_user_parse(int argc, char **argv)
     if (o.bad || (o.limit && (!*o.limit || *end)))
         goto out;
     if (strcmp(verb, "create") == 0) {
-        body = json_pack("{s:s, s:O, s:i}", "username", o.words[1], "roles", o.repeated, "connection_limit",
-                         (int)(limit < -2 || limit > 100000 ? -2 : limit));
+        /* the range is the library's to check, with its message */
+        body = json_pack("{s:s, s:O, s:I}", "username", o.words[1], "roles", o.repeated, "connection_limit",
+                         (json_int_t)limit);
         if (body && !add_password(body, "password")) {
             json_decref(body);
             body = NULL;
