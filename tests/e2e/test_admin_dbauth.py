@@ -687,8 +687,7 @@ def test_login_without_createrole_gets_an_error_naming_the_fix(pg):
         text = setup_sql("--role", role, "--database", db, "--administration")
         fix = [line for line in text.splitlines() if line.startswith(("ALTER ROLE", "GRANT pg_signal_backend"))]
         assert fix == [f'ALTER ROLE "{role}" CREATEROLE;', f'GRANT pg_signal_backend TO "{role}";']
-        for stmt in fix:
-            pg.query("postgres", stmt)
+        pg.query("postgres", fix[0])            # CREATEROLE first, pg_signal_backend later
         create_role(server, adm, {"role_name": name, "permissions": ["SELECT"]})
         assert pg.query(db, "SELECT has_table_privilege(%s, 'public.users', 'SELECT')", (name,)) == [(True,)]
         uname = unique("u_")
@@ -698,13 +697,31 @@ def test_login_without_createrole_gets_an_error_naming_the_fix(pg):
         pg.query(db, f"GRANT UPDATE ON public.users TO {uname}")
         pg.query(db, "CREATE TABLE su_owned (id int)")
         pg.query(db, f"GRANT SELECT ON su_owned TO {uname}")
+        session = connect_as(server, uname, PW)
+
+        # without pg_signal_backend its open session cannot be ended: the whole revoke is undone
+        err = assert_error(server.post(user_path(uname, "revoke"), headers=adm.headers),
+                           503, "DATABASE_PRIVILEGE_MISSING")
+        assert "pg_signal_backend" in err["message"], err
+        assert members_of(server, uname) == [name]
+        assert pg.query(db, "SELECT has_table_privilege(%s, 'public.users', 'UPDATE'), rolcanlogin "
+                            "FROM pg_roles WHERE rolname = %s", (uname, uname)) == [(True, True)]
+        with session.cursor() as cur:
+            cur.execute("SELECT 1")
+
+        pg.query("postgres", fix[1])
         resp = server.post(user_path(uname, "revoke"), headers=adm.headers)
         assert resp.status_code == 200, resp.text
         out = resp.json()["db_user"]
         assert out["remaining_privileges"] == ["TABLE public.su_owned"], out
         assert out["revoked"] == {"roles": [name], "privileges": 1} and out["login"] is False
+        assert out["sessions_ended"] == 1
         assert pg.query(db, "SELECT has_table_privilege(%s, 'public.users', 'UPDATE'), "
                             "has_table_privilege(%s, 'public.users', 'SELECT'), rolcanlogin "
                             "FROM pg_roles WHERE rolname = %s", (uname, uname, uname)) == [(False, False, False)]
+        with pytest.raises(psycopg2.Error):
+            with session.cursor() as cur:
+                cur.execute("SELECT 1")
+        session.close()
     finally:
         server.stop_clean()
