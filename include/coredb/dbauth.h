@@ -41,7 +41,9 @@ typedef struct cdb_service cdb_service;
  * "description"?}: a NOLOGIN role holding each permission, a privilege of
  * CDB_DBAUTH_PRIVILEGES on every table of POSTGRES_SCHEMA or, as
  * "<PRIVILEGE> ON <table>", on one table of it (plus USAGE on the schema);
- * description becomes the role's comment. CONFLICT for an existing role,
+ * description becomes the role's comment. TRUNCATE and TRIGGER are
+ * FORBIDDEN on a table with row-level security (they would get around it),
+ * also within "every table". CONFLICT for an existing role,
  * VALIDATION_FAILED naming an unknown privilege or table (details.field
  * "permissions", details.privilege / details.table). *out: {"role":
  * {"name", "login": false, "permissions": [...], "description"}}.

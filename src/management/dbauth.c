@@ -43,6 +43,16 @@ static const char MISSED_SQL[] =
     " AND ($4::oid IS NULL OR c.oid = $4::oid) AND NOT has_table_privilege($1, c.oid, $2)"
     " ORDER BY c.relname LIMIT 1";
 
+/*
+ * $1 schema, $2 table oid or NULL (every table): a table with row-level
+ * security enabled, which TRUNCATE and TRIGGER would get around (see
+ * check_rls_bypass).
+ */
+static const char RLS_SQL[] =
+    "SELECT c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace"
+    " WHERE n.nspname = $1 AND c.relkind IN ('r', 'p') AND c.relrowsecurity"
+    " AND ($2::oid IS NULL OR c.oid = $2::oid) ORDER BY c.relname LIMIT 1";
+
 static const char EXISTS_SQL[] = "SELECT 1 FROM pg_roles WHERE rolname = $1";
 
 /* ---- shared helpers (dbauth_internal.h) ---- */
@@ -260,6 +270,32 @@ out:
     return rc;
 }
 
+/*
+ * TRUNCATE empties a table whatever its row-level security says, and
+ * TRIGGER lets the role attach code that sees every row coredb writes (the
+ * users table's password hashes among them): on a table that relies on
+ * row-level security (coredb's own, or an exposed one) either would undo
+ * it, so they are refused there (FORBIDDEN naming the table), also as part
+ * of "every table". Granted per table, they stay possible elsewhere.
+ */
+static int check_rls_bypass(PGconn *conn, const char *schema, const perm *p, cdb_error *err)
+{
+    if (strcmp(p->privilege, "TRUNCATE") != 0 && strcmp(p->privilege, "TRIGGER") != 0)
+        return 0;
+    PGresult *res = NULL;
+    const char *params[] = {schema, p->table ? p->oid : NULL};
+    int rc = cdb_pg_exec(conn, RLS_SQL, 2, params, &res, err);
+    if (rc == 0 && PQntuples(res) > 0) {
+        rc = cdb_error_set_detail(err, CDB_ERR_FORBIDDEN, "table", PQgetvalue(res, 0, 0),
+                                  "%s is not limited by row-level security, which table %s relies on: "
+                                  "grant it per table, on tables without row-level security",
+                                  p->privilege, PQgetvalue(res, 0, 0));
+        cdb_error_detail(err, "privilege", json_string(p->privilege));
+    }
+    PQclear(res);
+    return rc;
+}
+
 /* Checks the request's shape and its names (those that need no catalog). */
 static int parse_role_request(const json_t *request, role_req *r, cdb_error *err)
 {
@@ -305,6 +341,8 @@ static int create_role_in_tx(PGconn *conn, const char *schema, const json_t *per
         if ((rc = parse_permission(conn, schema, v, &r->perms[i], err)) < 0)
             goto out;
         r->nperms = i + 1;
+        if ((rc = check_rls_bypass(conn, schema, &r->perms[i], err)) < 0)
+            goto out;
     }
     r->nperms = json_array_size(perms);
     if ((rc = cdb__dbauth_run(conn, "create roles (CREATE ROLE)", err, "CREATE ROLE %s NOLOGIN", qrole)) < 0)

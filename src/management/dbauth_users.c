@@ -103,15 +103,17 @@ static int path_name(const char *username, json_t **holder, const char **out, cd
     return cdb__admin_name_check("username", *holder, out, err);
 }
 
-/* request[field] as a list of 1..ROLES_MAX role names (or absent/empty when optional). */
+/*
+ * request's "roles": absent (none) or a list of at most ROLES_MAX names;
+ * optional (revoke): absent or null means "everything", so an empty list
+ * is refused rather than read as either.
+ */
 static int role_list(const json_t *request, bool optional, json_t **roles, cdb_error *err)
 {
     json_t *v = json_object_get(request, "roles");
     *roles = NULL;
     if (optional && (!v || json_is_null(v)))
         return 0;
-    if (!optional && !v)
-        v = NULL;
     if (v && (!json_is_array(v) || json_array_size(v) > ROLES_MAX || (optional && json_array_size(v) == 0)))
         return cdb_error_set_detail(err, CDB_ERR_VALIDATION_FAILED, "field", "roles",
                                     optional ? "roles must be a list of 1 to %d role names (omit it to "
@@ -302,7 +304,7 @@ out:
 /* What a revoke did, for the answer. */
 typedef struct revoked {
     json_t *roles;                 /* names */
-    int privileges;                /* REVOKE statements on objects */
+    int privileges;                /* objects whose grants were revoked */
     json_t *remaining;             /* "KIND name" of grants still there */
     long long sessions;
     long long owned;               /* objects it owns (see OWNED_SQL) */

@@ -189,6 +189,35 @@ def test_every_privilege_and_no_description(inst, admin):
     assert role_row(inst, name) == (False, -1, None)
 
 
+@pytest.mark.parametrize("perm", ["TRUNCATE", "TRIGGER", "TRUNCATE ON users", "trigger on users",
+                                  "TRIGGER ON {rls}"])
+def test_truncate_and_trigger_are_refused_where_row_level_security_applies(inst, admin, perm):
+    """TRUNCATE ignores row-level security and a trigger sees every row written (users'
+    password hashes): refused on tables that rely on it, allowed elsewhere."""
+    rls = new_table(inst)
+    q(inst, f"ALTER TABLE {rls} ENABLE ROW LEVEL SECURITY")
+    before = role_count(inst)
+    name = unique("r_")
+    err = assert_error(inst.post("/api/v1/admin/roles", headers=admin.headers,
+                                 json={"role_name": name, "permissions": ["SELECT", perm.format(rls=rls)]}),
+                       403, "FORBIDDEN")
+    table = err["details"]["table"]
+    assert "row-level security" in err["message"] and table in err["message"], err
+    if " ON " in perm.upper():
+        assert table == perm.split()[-1].format(rls=rls)
+    assert scalar(inst, "SELECT relrowsecurity FROM pg_class WHERE oid = %s::regclass", (f"public.{table}",))
+    assert err["details"]["privilege"] == perm.split()[0].upper()
+    assert role_row(inst, name) is None
+    intact(inst, before)
+
+
+def test_truncate_and_trigger_on_a_table_without_row_level_security(inst, admin):
+    t = new_table(inst)
+    name = new_role(inst, admin, f"TRUNCATE ON {t}", f"TRIGGER ON {t}")
+    assert has_table(inst, name, t, "TRUNCATE") and has_table(inst, name, t, "TRIGGER")
+    assert not has_table(inst, name, "users", "TRUNCATE") and not has_table(inst, name, "users", "TRIGGER")
+
+
 def test_existing_role_is_a_conflict(inst, admin):
     name = new_role(inst, admin, "SELECT")
     before = role_count(inst)
