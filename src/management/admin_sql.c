@@ -71,7 +71,7 @@ static const char ROLE_SQL[] =
     "  UNION SELECT m.roleid FROM pg_auth_members m JOIN mine ON m.member = mine.oid)"
     "SELECT r.oid IS NOT NULL,"
     " $1 LIKE 'coredb%' OR $1 LIKE 'pg\\_%' OR $1 = current_user OR $1 = session_user"
-    " OR COALESCE(r.rolsuper OR r.rolreplication OR r.rolbypassrls"
+    " OR COALESCE(r.rolsuper OR r.rolcreaterole OR r.rolreplication OR r.rolbypassrls"
     "    OR r.oid IN (SELECT oid FROM mine), false)"
     " FROM (SELECT $1::text AS name) w LEFT JOIN pg_roles r ON r.rolname = w.name";
 

@@ -560,6 +560,24 @@ def test_service_roles_are_protected(inst, admin, role):
     assert members_of(inst, role) == members_before
 
 
+def test_powerful_roles_are_not_granted(inst, admin):
+    """A role with CREATEROLE, REPLICATION or BYPASSRLS (made by a DBA) would pass its power on
+    through SET ROLE: not grantable, not changeable here."""
+    before_users = role_count(inst)
+    for attr in ("CREATEROLE", "REPLICATION", "BYPASSRLS", "SUPERUSER"):
+        strong = unique("r_")
+        q(inst, f"CREATE ROLE {strong} NOLOGIN {attr}")
+        name = unique("u_")
+        err = assert_error(inst.post("/api/v1/admin/db-users", headers=admin.headers,
+                                     json={"username": name, "password": PW, "roles": [strong]}),
+                           403, "FORBIDDEN")
+        assert strong in err["message"]
+        assert role_row(inst, name) is None
+        assert_error(change_password(inst, admin, strong, {"new_password": PW}), 403, "FORBIDDEN")
+        assert_error(revoke(inst, admin, strong), 403, "FORBIDDEN")
+    assert role_count(inst) == before_users + 4
+
+
 # ---- who may call ----
 
 ROUTES = [("POST", "/api/v1/admin/roles", {"role_name": "r_auth", "permissions": ["SELECT"]}),
