@@ -1,7 +1,7 @@
 /*
  * dbauth.c - database roles (coredb/dbauth.h: cdb_dbauth_create_role) and
- * the helpers both halves share (dbauth_internal.h); logins live in
- * dbauth_users.c.
+ * the helpers every part shares (dbauth_internal.h); logins live in
+ * dbauth_users.c, revoking their access in dbauth_revoke.c.
  *
  * A permission names a privilege from a fixed list (compared as words, so
  * nothing but a list entry ever reaches SQL) and optionally a table, which
@@ -27,6 +27,7 @@
 
 #define PERMISSIONS_MAX 64
 #define DESCRIPTION_MAX 1024
+#define ROLES_MAX 64
 
 static const char *const PRIVILEGES[] = {"SELECT",     "INSERT",  "UPDATE", "DELETE", "TRUNCATE",
                                          "REFERENCES", "TRIGGER", NULL};
@@ -158,6 +159,45 @@ void cdb__dbauth_audit_failure(cdb_service *svc, const cdb_principal *who, const
     if (!err || err->code == CDB_OK)
         return;
     cdb_audit_record(svc, who, action, target, json_is_object(params) ? params : NULL, err);
+}
+
+/* The username of a path as a name: valid UTF-8 and the strict pattern. */
+int cdb__dbauth_path_name(const char *username, json_t **holder, const char **out, cdb_error *err)
+{
+    *holder = username ? json_string(username) : NULL;
+    if (!*holder)
+        return cdb_error_set_detail(err, CDB_ERR_VALIDATION_FAILED, "field", "username",
+                                    "username must be UTF-8 text");
+    return cdb__admin_name_check("username", *holder, out, err);
+}
+
+/*
+ * request's "roles": absent (none) or a list of at most ROLES_MAX names;
+ * optional (revoke): absent or null means "everything", so an empty list
+ * is refused rather than read as either.
+ */
+int cdb__dbauth_role_list(const json_t *request, bool optional, json_t **roles, cdb_error *err)
+{
+    json_t *v = json_object_get(request, "roles");
+    *roles = NULL;
+    if (optional && (!v || json_is_null(v)))
+        return 0;
+    if (v && (!json_is_array(v) || json_array_size(v) > ROLES_MAX || (optional && json_array_size(v) == 0)))
+        return cdb_error_set_detail(err, CDB_ERR_VALIDATION_FAILED, "field", "roles",
+                                    optional ? "roles must be a list of 1 to %d role names (omit it to "
+                                               "revoke everything)"
+                                             : "roles must be a list of at most %d role names",
+                                    ROLES_MAX);
+    size_t i;
+    json_t *r;
+    const char *name;
+    json_array_foreach(v, i, r) {
+        int rc = cdb__admin_name_check("roles", r, &name, err);
+        if (rc < 0)
+            return rc;
+    }
+    *roles = v;
+    return 0;
 }
 
 /* ---- create_role ---- */

@@ -1,6 +1,7 @@
 /*
- * dbauth_internal.h - what the two halves of coredb/dbauth.h share:
- * dbauth.c (roles, and these helpers) and dbauth_users.c (logins).
+ * dbauth_internal.h - what the parts of coredb/dbauth.h share: dbauth.c
+ * (roles, and these helpers), dbauth_users.c (logins) and dbauth_revoke.c
+ * (taking access away).
  */
 #ifndef COREDB_MANAGEMENT_DBAUTH_INTERNAL_H
 #define COREDB_MANAGEMENT_DBAUTH_INTERNAL_H
@@ -48,6 +49,19 @@ int cdb__dbauth_verifier(PGconn *conn, const char *user, const char *password, c
 
 /* CONFLICT naming field when a role `name` exists already. */
 int cdb__dbauth_absent(PGconn *conn, const char *field, const char *name, cdb_error *err);
+
+/*
+ * The username of a route's path: valid UTF-8 (*holder, json_decref) and
+ * the strict name pattern; *out points into *holder.
+ */
+int cdb__dbauth_path_name(const char *username, json_t **holder, const char **out, cdb_error *err);
+
+/*
+ * request's "roles": absent (*roles NULL) or a list of at most 64 names
+ * (cdb__admin_name_check each); with optional (revoke) an empty list is
+ * refused, since absent means "everything". *roles is borrowed.
+ */
+int cdb__dbauth_role_list(const json_t *request, bool optional, json_t **roles, cdb_error *err);
 
 /*
  * After a failure or refusal (and the rollback): the audit entry with the
