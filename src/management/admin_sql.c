@@ -58,21 +58,14 @@ int cdb__admin_name_check(const char *field, const json_t *value, const char **o
     return 0;
 }
 
-/*
- * $1 role: whether it exists, and whether coredb depends on it (see
- * admin_sql.h). "A role coredb's login is a member of" is read from
- * pg_auth_members (recursively) rather than pg_has_role: for a superuser
- * login (the embedded cluster, most test servers) pg_has_role says "member"
- * of every role, which would protect them all.
- */
+/* $1 role: whether it exists, and whether coredb depends on it (see admin_sql.h). */
 static const char ROLE_SQL[] =
-    "WITH RECURSIVE mine(oid) AS ("
-    "  SELECT oid FROM pg_roles WHERE rolname IN (current_user, session_user)"
-    "  UNION SELECT m.roleid FROM pg_auth_members m JOIN mine ON m.member = mine.oid)"
     "SELECT r.oid IS NOT NULL,"
     " $1 LIKE 'coredb%' OR $1 LIKE 'pg\\_%' OR $1 = current_user OR $1 = session_user"
-    " OR COALESCE(r.rolsuper OR r.rolcreaterole OR r.rolreplication OR r.rolbypassrls"
-    "    OR r.oid IN (SELECT oid FROM mine), false)"
+    " OR COALESCE(r.rolsuper OR r.rolcreaterole OR r.rolreplication OR r.rolbypassrls, false)"
+    /* the login's memberships from pg_auth_members: pg_has_role is true for every role when the login is a superuser */
+    " OR r.oid IN (WITH RECURSIVE m(oid) AS (SELECT oid FROM pg_roles WHERE rolname IN (current_user, session_user)"
+    "   UNION SELECT a.roleid FROM pg_auth_members a JOIN m ON a.member = m.oid) SELECT oid FROM m)"
     " FROM (SELECT $1::text AS name) w LEFT JOIN pg_roles r ON r.rolname = w.name";
 
 int cdb__admin_role_check(PGconn *conn, const char *field, const char *role, bool must_exist,
