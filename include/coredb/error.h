@@ -47,7 +47,8 @@
     X(NOT_IMPLEMENTED,             -29, 501)       \
     X(IDEMPOTENCY_KEY_REUSED,      -30, 422)       \
     X(IDEMPOTENCY_KEY_IN_PROGRESS, -31, 409)       \
-    X(MAINTENANCE,                 -32, 503)
+    X(MAINTENANCE,                 -32, 503)       \
+    X(DATABASE_PRIVILEGE_MISSING,  -33, 503)
 
 typedef enum cdb_err {
     CDB_OK = 0,

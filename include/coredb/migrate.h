@@ -100,6 +100,7 @@ typedef struct cdb_setup_sql_options {
     const char *database;   /* database to create, owned by it; NULL: "coredb" */
     const char *password;   /* one line, set on the role; NULL: a \password hint */
     bool no_event_trigger;  /* leave out the superuser-only catalog event trigger */
+    bool administration;    /* also CREATEROLE and pg_signal_backend, for coredb/dbauth.h */
 } cdb_setup_sql_options;
 
 /*

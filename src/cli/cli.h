@@ -100,6 +100,12 @@ int cli_open_service(cdb_config *cfg, bool with_pool, cdb_service **svc, cdb_err
 int cli_print_result(json_t *data, const cdb_error *err, bool as_json);
 
 /*
+ * A password: one line from stdin without its newline, echo off (and a
+ * prompt on stderr) when stdin is a terminal. -1 when there is none.
+ */
+int cli_read_password(char *buf, size_t len);
+
+/*
  * data as text for a person: an object's scalars as aligned "key  value"
  * lines, an array of objects as a table whose columns are the first
  * element's scalar keys. Borrows data.
@@ -134,5 +140,11 @@ typedef struct cli_admin_verb {
 json_t *cli_admin_audit_parse(int argc, char **argv);
 int cli_admin_audit_run(cdb_service *svc, const cdb_principal *operator, json_t *request, json_t **out,
                         cdb_error *err);
+json_t *cli_admin_role_parse(int argc, char **argv);
+int cli_admin_role_run(cdb_service *svc, const cdb_principal *operator, json_t *request, json_t **out,
+                       cdb_error *err);
+json_t *cli_admin_db_user_parse(int argc, char **argv);
+int cli_admin_db_user_run(cdb_service *svc, const cdb_principal *operator, json_t *request,
+                          json_t **out, cdb_error *err);
 
 #endif

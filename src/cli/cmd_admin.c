@@ -29,11 +29,24 @@ const char cli_help_admin[] =
     "      --cursor takes the next_cursor of the previous page)\n"
     "  coredb admin audit verify\n"
     "      recompute the hash chain: valid, rows_checked, the first broken row, the head hash\n"
+    "  coredb admin role create NAME --permission P [--permission P ...] [--description D]\n"
+    "      a NOLOGIN role; P is a privilege (SELECT INSERT UPDATE DELETE TRUNCATE REFERENCES\n"
+    "      TRIGGER) on every table of POSTGRES_SCHEMA, or \"PRIVILEGE ON table\" for one table\n"
+    "  coredb admin db-user create NAME [--role R ...] [--connection-limit N]\n"
+    "      a LOGIN role, member of each R (connection limit 5 unless given); the password\n"
+    "      is read from stdin, one line\n"
+    "  coredb admin db-user password NAME\n"
+    "      a new password, read from stdin, one line\n"
+    "  coredb admin db-user revoke NAME [--role R ...]\n"
+    "      revokes those memberships; without --role: every membership and privilege,\n"
+    "      LOGIN, and its open sessions\n"
     "\n"
     CLI_JSON_HELP;
 
 static const cli_admin_verb admin_verbs[] = {
     {"audit", cli_admin_audit_parse, cli_admin_audit_run},
+    {"role", cli_admin_role_parse, cli_admin_role_run},
+    {"db-user", cli_admin_db_user_parse, cli_admin_db_user_run},
     {NULL, NULL, NULL},
 };
 

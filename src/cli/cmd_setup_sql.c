@@ -17,7 +17,7 @@
 
 const char cli_help_setup_sql[] =
     "usage: coredb setup-sql [--role NAME] [--database NAME] [--password-from-stdin]\n"
-    "                        [--no-event-trigger] [--json]\n"
+    "                        [--no-event-trigger] [--administration] [--json]\n"
     "\n"
     "Prints the SQL a superuser runs once (psql -v ON_ERROR_STOP=1 -f FILE) to prepare\n"
     "a database and a login role (both default to coredb) that may run coredb and its\n"
@@ -26,6 +26,9 @@ const char cli_help_setup_sql[] =
     "the role, the coredb schema, and the catalog event trigger (leave it out with\n"
     "--no-event-trigger: new tables then appear within 30 s). Connects nowhere.\n"
     "  --password-from-stdin   set the role's password from one line of stdin\n"
+    "  --administration        also CREATEROLE and pg_signal_backend, which `coredb admin\n"
+    "                          role|db-user` and /api/v1/admin/roles, /db-users need\n"
+    "                          (a deliberate departure from NOCREATEROLE)\n"
     "See docs/production.md.\n"
     "\n"
     CLI_JSON_HELP
@@ -42,6 +45,8 @@ int cmd_setup_sql(int argc, char **argv)
             from_stdin = true;
         else if (strcmp(argv[i], "--no-event-trigger") == 0)
             opt.no_event_trigger = true;
+        else if (strcmp(argv[i], "--administration") == 0)
+            opt.administration = true;
         else if (strcmp(argv[i], "--role") == 0 && i + 1 < argc)
             opt.role = argv[++i];
         else if (strcmp(argv[i], "--database") == 0 && i + 1 < argc)

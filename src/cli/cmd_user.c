@@ -12,8 +12,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <termios.h>
-#include <unistd.h>
 
 #include <sodium.h>
 
@@ -72,28 +70,6 @@ static int parse_args(int argc, char **argv, user_args *a)
     return a->email && a->username ? 0 : -1;
 }
 
-/* One line from stdin without its newline; echo is off when it is a terminal. */
-static int read_password(char *buf, size_t len)
-{
-    struct termios saved, quiet;
-    bool tty = isatty(STDIN_FILENO) && tcgetattr(STDIN_FILENO, &saved) == 0;
-    if (tty) {
-        fputs("Password: ", stderr);
-        quiet = saved;
-        quiet.c_lflag &= ~(tcflag_t)ECHO;
-        tcsetattr(STDIN_FILENO, TCSAFLUSH, &quiet);
-    }
-    char *line = fgets(buf, (int)len, stdin);
-    if (tty) {
-        tcsetattr(STDIN_FILENO, TCSAFLUSH, &saved);
-        fputc('\n', stderr);
-    }
-    if (!line)
-        return -1;
-    buf[strcspn(buf, "\r\n")] = '\0';
-    return 0;
-}
-
 static int cmd_user_list(int argc, char **argv);
 
 int cmd_user(int argc, char **argv)
@@ -104,7 +80,7 @@ int cmd_user(int argc, char **argv)
     if (parse_args(argc, argv, &a) < 0)
         return cli_usage_error("user create", cli_help_user, cli_flag(argc, argv, "--json"));
     char password[PASSWORD_LINE_MAX];
-    if (read_password(password, sizeof password) < 0) {
+    if (cli_read_password(password, sizeof password) < 0) {
         /* a usage error (exit 2), reported like any other failure */
         cdb_error err;
         cdb_error_init(&err);

@@ -5,6 +5,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <termios.h>
+#include <unistd.h>
 
 #include "cli.h"
 #include "coredb/log.h"
@@ -224,4 +226,26 @@ int cli_print_result(json_t *data, const cdb_error *err, bool as_json)
     }
     json_decref(data);
     return rc;
+}
+
+/* One line from stdin without its newline; echo is off when it is a terminal. */
+int cli_read_password(char *buf, size_t len)
+{
+    struct termios saved, quiet;
+    bool tty = isatty(STDIN_FILENO) && tcgetattr(STDIN_FILENO, &saved) == 0;
+    if (tty) {
+        fputs("Password: ", stderr);
+        quiet = saved;
+        quiet.c_lflag &= ~(tcflag_t)ECHO;
+        tcsetattr(STDIN_FILENO, TCSAFLUSH, &quiet);
+    }
+    char *line = fgets(buf, (int)len, stdin);
+    if (tty) {
+        tcsetattr(STDIN_FILENO, TCSAFLUSH, &saved);
+        fputc('\n', stderr);
+    }
+    if (!line)
+        return -1;
+    buf[strcspn(buf, "\r\n")] = '\0';
+    return 0;
 }

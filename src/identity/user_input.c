@@ -108,13 +108,9 @@ int cdb_user_check_username(const char *s, cdb_error *err)
 int cdb_user_check_password(const cdb_config *cfg, const char *pw, size_t len, const char *email,
                             cdb_error *err)
 {
-    if (len > CDB_PASSWORD_MAX_BYTES || strlen(pw) != len)
-        return cdb_error_set_detail(err, CDB_ERR_VALIDATION_FAILED, "field", "password",
-                                    "password must be at most %d bytes, without NUL characters",
-                                    CDB_PASSWORD_MAX_BYTES);
-    if (utf8_chars(pw) < (size_t)cfg->password_min_length)
-        return cdb_error_set_detail(err, CDB_ERR_VALIDATION_FAILED, "field", "password",
-                                    "password must be at least %d characters", cfg->password_min_length);
+    int rc = cdb_password_check_length(pw, len, cfg->password_min_length, "password", err);
+    if (rc < 0)
+        return rc;
     if (email && strcasecmp(pw, email) == 0)
         return cdb_error_set_detail(err, CDB_ERR_VALIDATION_FAILED, "field", "password",
                                     "password must not be the email address");

@@ -50,7 +50,8 @@ int cdb__admin_name_check(const char *field, const json_t *value, const char **o
  * the application roles (coredb_admin, coredb_user, coredb_premium),
  * coredb's own login (current_user) and every role it is a member of,
  * any role whose name starts with "coredb" (lease roles among them),
- * superusers, roles with REPLICATION or BYPASSRLS, and pg_* roles.
+ * superusers, roles with CREATEROLE (in PostgreSQL 15 nearly a superuser:
+ * a member could SET ROLE to it), REPLICATION or BYPASSRLS, and pg_* roles.
  * With must_exist, NOT_FOUND (details: field) for a role that does not
  * exist. Runs on conn (inside the caller's transaction).
  */

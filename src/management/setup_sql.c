@@ -16,6 +16,12 @@
  *     superuser may create: without it, new tables reach running services
  *     through the 30 s periodic reload instead of at once. Its function is
  *     handed to the role so that migration 006 may replace it.
+ *   - with administration (`--administration`), CREATEROLE and membership
+ *     in pg_signal_backend: a deliberate departure from "no CREATEROLE",
+ *     needed only by the database roles and users of coredb/dbauth.h
+ *     (CREATE ROLE, ALTER ROLE ... PASSWORD, ending a revoked user's
+ *     sessions). Without it those operations answer
+ *     DATABASE_PRIVILEGE_MISSING and everything else works as before.
  * Names are checked (lower-case identifiers), so they are safe both as
  * quoted identifiers and inside the literals of the DO blocks; a password
  * is a literal with its quotes doubled.
@@ -58,6 +64,7 @@ int cdb_setup_sql(const cdb_setup_sql_options *opt, char **out, cdb_error *err)
     const char *db = opt && opt->database ? opt->database : "coredb";
     const char *password = opt ? opt->password : NULL;
     bool trigger = !opt || !opt->no_event_trigger;
+    bool administration = opt && opt->administration;
     int rc;
     *out = NULL;
     if ((rc = check_name("role", role, err)) < 0 || (rc = check_name("database", db, err)) < 0)
@@ -110,13 +117,25 @@ int cdb_setup_sql(const cdb_setup_sql_options *opt, char **out, cdb_error *err)
             "    END LOOP;\n"
             "END\n"
             "$$;\n"
-            "GRANT coredb_admin, coredb_user, coredb_premium TO \"%s\" WITH ADMIN OPTION;\n\n"
+            "GRANT coredb_admin, coredb_user, coredb_premium TO \"%s\" WITH ADMIN OPTION;\n",
+            role);
+    if (administration)
+        fprintf(f,
+                "-- --administration: database roles and users through coredb (coredb admin role,\n"
+                "-- coredb admin db-user, /api/v1/admin/roles and /db-users). A deliberate\n"
+                "-- departure from NOCREATEROLE, needed to create roles, set their passwords and\n"
+                "-- end a revoked user's sessions; leave it out if coredb should not do that.\n"
+                "ALTER ROLE \"%s\" CREATEROLE;\n"
+                "GRANT pg_signal_backend TO \"%s\";\n",
+                role, role);
+    fprintf(f,
+            "\n"
             "-- 2. the database, owned by the role (CREATE on it and on its public schema)\n"
             "CREATE DATABASE \"%s\" OWNER \"%s\" ENCODING 'UTF8' TEMPLATE template0;\n\n"
             "-- 3. in the new database\n"
             "\\connect %s\n"
             "CREATE SCHEMA IF NOT EXISTS coredb AUTHORIZATION \"%s\";\n",
-            role, db, role, db, role);
+            db, role, db, role);
     if (trigger)
         fprintf(f,
                 "-- The catalog event trigger of migration 006 needs a superuser: with it, new\n"

@@ -126,3 +126,25 @@ void cdb_password_burn(const cdb_password_params *p, const char *password, size_
     }
     (void)cdb_password_verify(p, hash, password, len, NULL);
 }
+
+/* Code points, not bytes: "at least 10 characters" should mean what a person counts. */
+static size_t utf8_chars(const char *s)
+{
+    size_t n = 0;
+    for (; *s; s++)
+        n += ((unsigned char)*s & 0xC0) != 0x80;
+    return n;
+}
+
+int cdb_password_check_length(const char *pw, size_t len, int min_chars, const char *field,
+                              cdb_error *err)
+{
+    if (len > CDB_PASSWORD_MAX_BYTES || strlen(pw) != len)
+        return cdb_error_set_detail(err, CDB_ERR_VALIDATION_FAILED, "field", field,
+                                    "%s must be at most %d bytes, without NUL characters", field,
+                                    CDB_PASSWORD_MAX_BYTES);
+    if (utf8_chars(pw) < (size_t)min_chars)
+        return cdb_error_set_detail(err, CDB_ERR_VALIDATION_FAILED, "field", field,
+                                    "%s must be at least %d characters", field, min_chars);
+    return 0;
+}

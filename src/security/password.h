@@ -29,6 +29,17 @@ int cdb_password_hash(const cdb_password_params *p, const char *password, size_t
                       char out[CDB_PASSWORD_HASH_MAX], cdb_error *err);
 
 /*
+ * The length rule of the password policy, shared by coredb's users
+ * (identity) and database logins (management): at most
+ * CDB_PASSWORD_MAX_BYTES bytes, no NUL (len is the JSON length, so an
+ * embedded NUL shows as strlen(pw) != len), at least min_chars characters
+ * (PASSWORD_MIN_LENGTH, counted in UTF-8 code points). VALIDATION_FAILED
+ * with details.field = field otherwise.
+ */
+int cdb_password_check_length(const char *pw, size_t len, int min_chars, const char *field,
+                              cdb_error *err);
+
+/*
  * Checks password against stored (argon2id or bcrypt). Returns true on a
  * match; *needs_rehash (may be NULL) is set when the hash is bcrypt or
  * argon2id with other parameters than p. Unknown formats never match.

@@ -58,6 +58,24 @@ static void test_password_literal(void **state)
     }
 }
 
+/* --administration: CREATEROLE and pg_signal_backend, only when asked for. */
+static void test_administration(void **state)
+{
+    (void)state;
+    cdb_error err;
+    char *sql = gen((cdb_setup_sql_options){0}, &err);
+    assert_null(strstr(sql, "\" CREATEROLE;"));
+    assert_null(strstr(sql, "pg_signal_backend"));
+    free(sql);
+    sql = gen((cdb_setup_sql_options){.role = "app", .administration = true}, &err);
+    assert_non_null(strstr(sql, "ALTER ROLE \"app\" CREATEROLE;\n"));
+    assert_non_null(strstr(sql, "GRANT pg_signal_backend TO \"app\";\n"));
+    /* after the login role exists, before the database */
+    assert_true(strstr(sql, "\" CREATEROLE;\n") < strstr(sql, "CREATE DATABASE"));
+    assert_true(strstr(sql, "CREATE ROLE \"app\" LOGIN") < strstr(sql, "\" CREATEROLE;\n"));
+    free(sql);
+}
+
 static void test_names_refused(void **state)
 {
     (void)state;
@@ -86,6 +104,7 @@ int main(void)
         cmocka_unit_test(test_defaults_and_grants),
         cmocka_unit_test(test_password_literal),
         cmocka_unit_test(test_names_refused),
+        cmocka_unit_test(test_administration),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

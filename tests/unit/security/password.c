@@ -127,6 +127,34 @@ static void test_burn(void **state)
     cdb_password_burn(&slower, PW, strlen(PW));
 }
 
+/* The length rule both coredb's users and database users follow. */
+static void test_check_length(void **state)
+{
+    (void)state;
+    cdb_error err;
+    cdb_error_init(&err);
+    assert_int_equal(cdb_password_check_length("0123456789", 10, 10, "password", &err), 0);
+    assert_int_equal(cdb_password_check_length("012345678", 9, 10, "new_password", &err),
+                     CDB_ERR_VALIDATION_FAILED);
+    assert_string_equal(json_string_value(json_object_get(err.details, "field")), "new_password");
+    assert_non_null(strstr(err.message, "at least 10 characters"));
+    /* characters, not bytes: ten two-byte letters pass, nine do not */
+    const char *ten = "\xc3\xa9\xc3\xa9\xc3\xa9\xc3\xa9\xc3\xa9\xc3\xa9\xc3\xa9\xc3\xa9\xc3\xa9\xc3\xa9";
+    assert_int_equal(cdb_password_check_length(ten, 20, 10, "password", &err), 0);
+    assert_int_equal(cdb_password_check_length(ten + 2, 18, 10, "password", &err), CDB_ERR_VALIDATION_FAILED);
+    /* an embedded NUL (JSON length longer than strlen) and an over-long one */
+    assert_int_equal(cdb_password_check_length("0123456789\0x", 12, 1, "password", &err),
+                     CDB_ERR_VALIDATION_FAILED);
+    char *big = malloc(CDB_PASSWORD_MAX_BYTES + 2);
+    memset(big, 'a', CDB_PASSWORD_MAX_BYTES + 1);
+    big[CDB_PASSWORD_MAX_BYTES + 1] = '\0';
+    assert_int_equal(cdb_password_check_length(big, CDB_PASSWORD_MAX_BYTES + 1, 1, "password", &err),
+                     CDB_ERR_VALIDATION_FAILED);
+    assert_int_equal(cdb_password_check_length(big + 1, CDB_PASSWORD_MAX_BYTES, 1, "password", &err), 0);
+    free(big);
+    cdb_error_destroy(&err);
+}
+
 int main(void)
 {
     /* the library's one sodium_init() is in cdb_service_open, which these tests do not call */
@@ -140,6 +168,7 @@ int main(void)
         cmocka_unit_test(test_bcrypt_long_password),
         cmocka_unit_test(test_unknown_formats),
         cmocka_unit_test(test_burn),
+        cmocka_unit_test(test_check_length),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
