@@ -62,8 +62,10 @@ int cdb__admin_name_check(const char *field, const json_t *value, const char **o
 static const char ROLE_SQL[] =
     "SELECT r.oid IS NOT NULL,"
     " $1 LIKE 'coredb%' OR $1 LIKE 'pg\\_%' OR $1 = current_user OR $1 = session_user"
-    " OR COALESCE(r.rolsuper OR r.rolreplication OR r.rolbypassrls"
-    "    OR pg_has_role(current_user, r.oid, 'MEMBER'), false)"
+    " OR COALESCE(r.rolsuper OR r.rolreplication OR r.rolbypassrls, false)"
+    /* the login's memberships from pg_auth_members: pg_has_role is true for every role when the login is a superuser */
+    " OR r.oid IN (WITH RECURSIVE m(oid) AS (SELECT oid FROM pg_roles WHERE rolname = current_user"
+    "   UNION SELECT a.roleid FROM pg_auth_members a JOIN m ON a.member = m.oid) SELECT oid FROM m)"
     " FROM (SELECT $1::text AS name) w LEFT JOIN pg_roles r ON r.rolname = w.name";
 
 int cdb__admin_role_check(PGconn *conn, const char *field, const char *role, bool must_exist,
