@@ -15,7 +15,7 @@
 /* argv[*i] is opt and has a value after it: *value = that value, *i moves past it. */
 static bool option(int argc, char **argv, int *i, const char *opt, const char **value)
 {
-    if (strcmp(argv[*i], opt) != 0 || *i + 1 >= argc)
+    if (strcmp(argv[*i], opt) != 0 || *i + 1 >= argc || strcmp(argv[*i + 1], "--json") == 0)
         return false;
     *value = argv[++*i];
     return true;

@@ -66,16 +66,17 @@ int cdb__access_rel_find(PGconn *conn, const char *field, const json_t *value,
     const char *params[] = {schema, name};
     if ((rc = cdb_pg_exec(conn, REL_SQL, 2, params, &res, err)) < 0)
         goto out;
-    if (PQntuples(res) != 1 || !strchr(kinds, PQgetvalue(res, 0, 1)[0])) {
-        rc = cdb_error_set_detail(err, CDB_ERR_NOT_FOUND, "field", field, "%s: no %s named %s.%s", field,
-                                  kind_word, schema, name);
-        goto out;
-    }
-    if (PQgetvalue(res, 0, 5)[0] == 't') {
+    /* coredb's own first: refused whatever kind the request took it for */
+    if (PQntuples(res) == 1 && PQgetvalue(res, 0, 5)[0] == 't') {
         rc = cdb_error_set_detail(err, CDB_ERR_FORBIDDEN, "field", field,
                                   "%s: %s.%s belongs to coredb itself (or the system) and cannot be "
                                   "changed through the administration API",
                                   field, schema, name);
+        goto out;
+    }
+    if (PQntuples(res) != 1 || !strchr(kinds, PQgetvalue(res, 0, 1)[0])) {
+        rc = cdb_error_set_detail(err, CDB_ERR_NOT_FOUND, "field", field, "%s: no %s named %s.%s", field,
+                                  kind_word, schema, name);
         goto out;
     }
     snprintf(rel->oid, sizeof rel->oid, "%s", PQgetvalue(res, 0, 0));
