@@ -30,11 +30,18 @@
 #include <stddef.h>
 
 #include "coredb/error.h"
+#include "coredb/principal.h"
 
 typedef struct cdb_service cdb_service;
 
+/*
+ * create, verify and cleanup are written to the audit log (backup.create,
+ * backup.verify, backup.cleanup; coredb/audit.h) as done by caller, with
+ * their outcome. caller may be NULL (the service's own schedule).
+ */
+
 /* Makes a backup; *out (caller owns) is its manifest. */
-int cdb_backup_create(cdb_service *svc, json_t **out, cdb_error *err);
+int cdb_backup_create(cdb_service *svc, const cdb_principal *caller, json_t **out, cdb_error *err);
 
 /* {"backups": [manifest + {"size_on_disk"}...]} newest first. */
 int cdb_backup_list(cdb_service *svc, json_t **out, cdb_error *err);
@@ -49,7 +56,8 @@ int cdb_backup_list(cdb_service *svc, json_t **out, cdb_error *err);
  * check is BACKUP_INVALID with details.check naming it and details.checks.
  * Unknown NAME -> NOT_FOUND, malformed NAME -> VALIDATION_FAILED.
  */
-int cdb_backup_verify(cdb_service *svc, const char *name, json_t **out, cdb_error *err);
+int cdb_backup_verify(cdb_service *svc, const cdb_principal *caller, const char *name, json_t **out,
+                      cdb_error *err);
 
 /*
  * Retention: keeps the BACKUP_RETENTION_COUNT newest and every backup
@@ -57,7 +65,7 @@ int cdb_backup_verify(cdb_service *svc, const char *name, json_t **out, cdb_erro
  * newest backup whose checksum holds is never removed (so the only valid
  * backup stays). *out = {removed: [names], kept: [names]}.
  */
-int cdb_backup_cleanup(cdb_service *svc, json_t **out, cdb_error *err);
+int cdb_backup_cleanup(cdb_service *svc, const cdb_principal *caller, json_t **out, cdb_error *err);
 
 /*
  * For restore: the archive of NAME (validated as above) as a malloc'd

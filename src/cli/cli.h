@@ -130,4 +130,9 @@ typedef struct cli_admin_verb {
                cdb_error *err);
 } cli_admin_verb;
 
+/* The verbs (each in its cmd_admin_*.c). */
+json_t *cli_admin_audit_parse(int argc, char **argv);
+int cli_admin_audit_run(cdb_service *svc, const cdb_principal *operator, json_t *request, json_t **out,
+                        cdb_error *err);
+
 #endif

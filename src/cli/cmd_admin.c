@@ -25,21 +25,27 @@ const char cli_help_admin[] =
     "Administration as the operator (the admin role); every action is written to\n"
     "the audit log with the actor \"cli\".\n"
     "\n"
-    "  rls TABLE POLICY --using EXPR [--role R ...] [--command ALL|SELECT|INSERT|UPDATE|DELETE]\n"
+    "  coredb admin audit [--actor A] [--action X] [--since T] [--until T] [--limit N] [--cursor C]\n"
+    "      the audit log, newest first (--action db_user. matches a prefix; T is ISO-8601;\n"
+    "      --cursor takes the next_cursor of the previous page)\n"
+    "  coredb admin audit verify\n"
+    "      recompute the hash chain: valid, rows_checked, the first broken row, the head hash\n"
+    "  coredb admin rls TABLE POLICY --using EXPR [--role R ...] [--command ALL|SELECT|INSERT|UPDATE|DELETE]\n"
     "      [--restrictive] [--force] [--replace]\n"
-    "           enable row-level security on TABLE (name or schema.name) and create\n"
-    "           policy POLICY: USING (EXPR) for the roles (default PUBLIC)\n"
-    "  schema-permissions SCHEMA --role R [--permission P ...]\n"
-    "           set exactly R's privileges on SCHEMA (USAGE, CREATE) and its tables\n"
-    "           (SELECT INSERT UPDATE DELETE TRUNCATE REFERENCES TRIGGER), future tables too;\n"
-    "           no --permission revokes them all\n"
-    "  ownership TYPE NAME --to ROLE\n"
-    "           give a table, view, sequence, function (NAME is its signature,\n"
-    "           'f(integer)'), schema or database to ROLE\n"
+    "      enable row-level security on TABLE (name or schema.name) and create\n"
+    "      policy POLICY: USING (EXPR) for the roles (default PUBLIC)\n"
+    "  coredb admin schema-permissions SCHEMA --role R [--permission P ...]\n"
+    "      set exactly R's privileges on SCHEMA (USAGE, CREATE) and its tables\n"
+    "      (SELECT INSERT UPDATE DELETE TRUNCATE REFERENCES TRIGGER), future tables too;\n"
+    "      no --permission revokes them all\n"
+    "  coredb admin ownership TYPE NAME --to ROLE\n"
+    "      give a table, view, sequence, function (NAME is its signature,\n"
+    "      'f(integer)'), schema or database to ROLE\n"
     "\n"
     CLI_JSON_HELP;
 
 static const cli_admin_verb admin_verbs[] = {
+    {"audit", cli_admin_audit_parse, cli_admin_audit_run},
     {"rls", cli_admin_rls_parse, cli_admin_rls_run},
     {"schema-permissions", cli_admin_schema_permissions_parse, cli_admin_schema_permissions_run},
     {"ownership", cli_admin_ownership_parse, cli_admin_ownership_run},

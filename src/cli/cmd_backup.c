@@ -9,6 +9,7 @@
 #include <unistd.h>
 
 #include "cli.h"
+#include "coredb/audit.h"
 #include "coredb/backup.h"
 
 const char cli_help_backup[] =
@@ -58,26 +59,29 @@ int cmd_backup(int argc, char **argv)
     cdb_error_init(&err);
     cdb_service *svc = NULL;
     json_t *result = NULL;
+    cdb_principal operator = {.role = CDB_ROLE_ADMIN};
     bool progress = isatty(STDERR_FILENO) && (is_verify || strcmp(action, "create") == 0);
 
+    cdb_audit_origin_set(NULL, NULL, "cli");   /* the audit log's actor */
     if (cli_open_service(&cfg, false, &svc, &err) < 0)
         goto out;
     if (progress)
         fprintf(stderr, "coredb backup %s%s%s: running (pg_%s)...", action, name ? " " : "", name ? name : "",
                 is_verify ? "restore" : "dump");
     if (strcmp(action, "create") == 0)
-        cdb_backup_create(svc, &result, &err);
+        cdb_backup_create(svc, &operator, &result, &err);
     else if (strcmp(action, "list") == 0)
         cdb_backup_list(svc, &result, &err);
     else if (is_verify)
-        cdb_backup_verify(svc, name, &result, &err);
+        cdb_backup_verify(svc, &operator, name, &result, &err);
     else
-        cdb_backup_cleanup(svc, &result, &err);
+        cdb_backup_cleanup(svc, &operator, &result, &err);
     if (progress)
         fputs(" done\n", stderr);
 
 out:
     rc = cli_print_result(result, &err, as_json);
+    cdb_audit_origin_clear();
     cdb_service_close(svc);
     cdb_error_destroy(&err);
     cdb_config_destroy(&cfg);

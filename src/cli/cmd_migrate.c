@@ -8,6 +8,7 @@
 #include <unistd.h>
 
 #include "cli.h"
+#include "coredb/audit.h"
 #include "coredb/service.h"
 
 const char cli_help_migrate[] =
@@ -117,7 +118,9 @@ int cmd_migrate(int argc, char **argv)
                               .applied_by = "coredb migrate"};
     if (command != CDB_MIGRATION_STATUS && isatty(STDERR_FILENO))
         mo.on_file = progress_line;
+    cdb_audit_origin_set(NULL, NULL, "cli");   /* up and down are recorded with the actor "cli" */
     cdb_service_migration(svc, command, &mo, a.steps, &result, &err);
+    cdb_audit_origin_clear();
 
 out:
     rc = cli_print_result(result, &err, a.as_json);

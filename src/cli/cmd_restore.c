@@ -10,6 +10,7 @@
 #include <string.h>
 
 #include "cli.h"
+#include "coredb/audit.h"
 #include "coredb/principal.h"
 #include "coredb/restore.h"
 
@@ -51,8 +52,10 @@ int cmd_restore(int argc, char **argv)
     cdb_service *svc = NULL;
     json_t *result = NULL;
     cdb_principal operator = {.role = CDB_ROLE_ADMIN};
+    cdb_audit_origin_set(NULL, NULL, "cli");   /* the audit log's actor */
     if (cli_open_service(&cfg, true, &svc, &err) == 0)
         cdb_backup_restore(svc, &operator, name, yes, &result, &err);
+    cdb_audit_origin_clear();
     rc = cli_print_result(result, &err, as_json);
     cdb_service_close(svc);
     cdb_error_destroy(&err);

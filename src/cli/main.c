@@ -45,8 +45,8 @@ static const cli_command commands[] = {
      "--role --database --password-from-stdin --no-event-trigger --json", cli_help_setup_sql,
      cmd_setup_sql},
     {"admin", "administration: database roles and users, RLS, grants, ownership, audit log",
-     "rls schema-permissions ownership", "--json --using --role --command --restrictive --force"
-     " --replace --permission --to", cli_help_admin, cmd_admin},
+     "audit rls schema-permissions ownership", "--json --actor --action --since --until --limit --cursor"
+     " --using --role --command --restrictive --force --replace --permission --to", cli_help_admin, cmd_admin},
     {"completion", "print a shell completion script (bash)", "bash", NULL, cli_help_completion,
      cmd_completion},
     {"help", "describe a command, or print the man page (--man)", NULL, "--man", cli_help_help,

@@ -8,6 +8,7 @@
  * with a burst of one second's worth. Every answer of a limited route carries
  * X-RateLimit-Limit/-Remaining/-Reset; a refusal is 429 with Retry-After.
  */
+#include "coredb/audit.h"
 #include "http_internal.h"
 #include "service/service_internal.h"
 
@@ -79,6 +80,22 @@ static bool in_maintenance(cdb_request *r)
     return true;
 }
 
+/*
+ * An authenticated caller without the admin role tried an admin route: the
+ * attempt goes to the audit log (admin.refused, the route as its target).
+ * Callers without a valid token are not recorded: anyone could fill the
+ * table with those (docs/http.md, "Audit log").
+ */
+static void record_refusal(cdb_request *r)
+{
+    if (!cdb_principal_known(&r->principal))
+        return;
+    char target[256];
+    snprintf(target, sizeof target, "%s %s", r->head.method ? r->head.method : "?", r->route->pattern);
+    cdb_error refused = {.code = CDB_ERR_FORBIDDEN};
+    cdb_audit_record(r->svc, &r->principal, "admin.refused", target, NULL, &refused);
+}
+
 bool cdb_admit_caller(cdb_request *r)
 {
     cdb_route_auth mode = r->route->auth;
@@ -97,7 +114,11 @@ bool cdb_admit_caller(cdb_request *r)
         }
     }
     if (mode == CDB_AUTH_ADMIN && r->principal.role != CDB_ROLE_ADMIN) {
+        /* refusals count against the caller's quota, so they cannot flood the audit log */
+        if (!within_quota(r))
+            return false;
         cdb_request_failf(r, CDB_ERR_FORBIDDEN, "This route requires the admin role");
+        record_refusal(r);
         return false;
     }
     return within_quota(r);

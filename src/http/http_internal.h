@@ -236,6 +236,7 @@ extern const cdb_route cdb_routes_auth[];
 extern const cdb_route cdb_routes_data[];
 extern const cdb_route cdb_routes_admin[];
 extern const cdb_route cdb_routes_migrations[];
+extern const cdb_route cdb_routes_audit[];
 extern const cdb_route cdb_routes_access[];
 
 /* admit.c: session liveness, role and quota of the caller (worker thread). */

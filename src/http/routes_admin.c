@@ -67,7 +67,7 @@ static void backups_create(cdb_request *r)
     cdb_error err;
     cdb_error_init(&err);
     json_t *out = NULL;
-    int rc = cdb_backup_create(r->svc, &out, &err);
+    int rc = cdb_backup_create(r->svc, &r->principal, &out, &err);
     finish_status(r, rc, 201, out, &err);
 }
 
@@ -85,7 +85,7 @@ static void backups_verify(cdb_request *r)
     cdb_error err;
     cdb_error_init(&err);
     json_t *out = NULL;
-    int rc = cdb_backup_verify(r->svc, r->params[0], &out, &err);
+    int rc = cdb_backup_verify(r->svc, &r->principal, r->params[0], &out, &err);
     finish_result(r, rc, out, &err);
 }
 
@@ -94,7 +94,7 @@ static void backups_cleanup(cdb_request *r)
     cdb_error err;
     cdb_error_init(&err);
     json_t *out = NULL;
-    int rc = cdb_backup_cleanup(r->svc, &out, &err);
+    int rc = cdb_backup_cleanup(r->svc, &r->principal, &out, &err);
     finish_result(r, rc, out, &err);
 }
 

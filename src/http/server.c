@@ -35,6 +35,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "coredb/audit.h"
 #include "coredb/log.h"
 #include "core/timeutil.h"
 #include "core/workq.h"
@@ -75,11 +76,23 @@ static void on_done(evutil_socket_t fd, short what, void *arg)
     }
 }
 
+/*
+ * Admission and the handler, with the audit origin of this thread set to
+ * the request (its id, the client's address) for whatever they record
+ * (admit.c records refused admin calls), and cleared after.
+ */
+static void admit_and_run(cdb_request *r)
+{
+    cdb_audit_origin_set(r->request_id, r->client_addr, "http");
+    if (cdb_request_admit(r))
+        r->route->handler(r);
+    cdb_audit_origin_clear();
+}
+
 static void run_on_worker(void *arg)
 {
     cdb_request *r = arg;
-    if (cdb_request_admit(r))
-        r->route->handler(r);
+    admit_and_run(r);
     cdb_loop *loop = r->loop;
     pthread_mutex_lock(&loop->done_lock);
     r->next = loop->done_head;
@@ -94,8 +107,8 @@ void cdb_server_dispatch(cdb_request *r)
     atomic_fetch_add(&srv->inflight, 1);
     if (!cdb_request_prepare(r, srv->tables) || r->route->mode == CDB_RUN_INLINE) {
         /* inline routes are public: admission only parses the body */
-        if (r->status == 0 && cdb_request_admit(r))
-            r->route->handler(r);
+        if (r->status == 0)
+            admit_and_run(r);
         finish(r);
         return;
     }
@@ -249,6 +262,7 @@ cdb_http_server *cdb_http_server_new(cdb_service *svc, cdb_error *err)
     srv->tables[t++] = cdb_routes_data;
     srv->tables[t++] = cdb_routes_admin;
     srv->tables[t++] = cdb_routes_migrations;
+    srv->tables[t++] = cdb_routes_audit;
     srv->tables[t++] = cdb_routes_access;
     if (getenv("COREDB_TEST_ROUTES") && strcmp(getenv("COREDB_TEST_ROUTES"), "1") == 0)
         srv->tables[t++] = cdb_routes_test;

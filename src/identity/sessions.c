@@ -30,6 +30,7 @@
 #include <sodium.h>
 
 #include "identity/identity_internal.h"
+#include "coredb/audit.h"
 #include "coredb/log.h"
 #include "store/pg.h"
 #include "core/timeutil.h"
@@ -499,9 +500,16 @@ int cdb_session_revoke_user(cdb_service *svc, const cdb_principal *caller, const
                      caller->user_id);
 
 out_release:
+    cdb_txn_release(svc->pool, pc);
+    /* an admin ending someone else's sessions is recorded (coredb/audit.h), failures too */
+    if (strcmp(caller->user_id, id) != 0) {
+        cdb_error outcome = {.code = (cdb_err)rc};
+        json_t *params = rc == 0 ? json_pack("{s:i}", "revoked_sessions", (json_int_t)PQntuples(ended)) : NULL;
+        cdb_audit_record(svc, caller, "session.revoke", id, params, &outcome);
+        json_decref(params);
+    }
     PQclear(ended);
     PQclear(exists);
-    cdb_txn_release(svc->pool, pc);
     return rc;
 }
 
@@ -566,7 +574,7 @@ int cdb_session_delete(cdb_service *svc, const cdb_principal *caller,
     rc = cdb_pg_exec(conn,
                      "UPDATE coredb.sessions s SET revoked_at = now(), revoked_reason = 'deleted'"
                      " WHERE s.session_id = $1 AND (s.user_id = $2::uuid OR $3::boolean)"
-                     " AND " CDB__SESSION_LIVE("s", "$4") " RETURNING 1",
+                     " AND " CDB__SESSION_LIVE("s", "$4") " RETURNING s.user_id::text",
                      4, params, &res, err);
     if (rc < 0)
         goto out_release;
@@ -575,6 +583,12 @@ int cdb_session_delete(cdb_service *svc, const cdb_principal *caller,
         goto out_release;
     }
     cdb__session_forget(svc, sid);
+    if (strcmp(PQgetvalue(res, 0, 0), caller->user_id) != 0) {
+        /* an admin ending someone else's session is recorded (coredb/audit.h) */
+        json_t *owner = json_pack("{s:s}", "user_id", PQgetvalue(res, 0, 0));
+        cdb_audit_record(svc, caller, "session.revoke", sid, owner, NULL);
+        json_decref(owner);
+    }
 
 out_release:
     PQclear(res);

@@ -26,6 +26,7 @@
 #include "store/ledger.h"
 #include "identity/user_input.h"
 #include "store/outbox.h"
+#include "coredb/audit.h"
 #include "coredb/log.h"
 #include "store/pg.h"
 
@@ -93,6 +94,13 @@ out_release:
     cdb_txn_release(svc->pool, pc);
     if (rc == 0)
         cdb_outbox_note_write(svc->pool, svc->qcache, svc->catalog, "users");
+    if (rc == 0 && in.role && cdb_principal_is_admin(caller)) {
+        /* an admin giving a new user a role: recorded with the request, its password removed */
+        json_t *given = json_pack("{s:n, s:s, s:O}", "old_role", "new_role", in.role, "request", body);
+        cdb_audit_record(svc, caller, "user.role", json_string_value(json_object_get(*out, "user_id")), given,
+                         NULL);
+        json_decref(given);
+    }
     return rc;
 }
 
@@ -291,7 +299,7 @@ int cdb_users_update(cdb_service *svc, const cdb_principal *caller, const char *
                      " profile_picture_url = CASE WHEN $7::boolean THEN $8 ELSE u.profile_picture_url END,"
                      " role = COALESCE($9, u.role), updated_at = now()"
                      " FROM old WHERE u.user_id = old.user_id"
-                     " RETURNING " CDB__USER_JSON ", u.role <> old.role",
+                     " RETURNING " CDB__USER_JSON ", u.role <> old.role, old.role::text, u.role::text",
                      9, params, &res, err);
     if (rc < 0) {
         rc = conflict_field(err);
@@ -307,6 +315,14 @@ int cdb_users_update(cdb_service *svc, const cdb_principal *caller, const char *
         const char *keep = !role_changed && strcmp(caller->user_id, id) == 0 ? caller->session_id : NULL;
         rc = cdb__end_user_sessions(conn, id, keep && *keep ? keep : NULL,
                                     role_changed ? "role_changed" : "password_changed", &ended, err);
+        if (rc < 0)
+            goto out_release;
+    }
+    if (role_changed) {
+        /* an admin's role change is recorded with the change itself (coredb/audit.h) */
+        json_t *change = json_pack("{s:s, s:s}", "old_role", PQgetvalue(res, 0, 2), "new_role", PQgetvalue(res, 0, 3));
+        rc = change ? cdb_audit_record_in(conn, caller, "user.role", id, change, err) : cdb_error_oom(err);
+        json_decref(change);
         if (rc < 0)
             goto out_release;
     }

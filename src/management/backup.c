@@ -26,6 +26,7 @@
 
 #include "core/fsutil.h"
 #include "core/timeutil.h"
+#include "coredb/audit.h"
 #include "coredb/log.h"
 #include "store/pg.h"
 
@@ -195,7 +196,7 @@ out:
     return rc;
 }
 
-int cdb_backup_create(cdb_service *svc, json_t **out, cdb_error *err)
+static int create_backup(cdb_service *svc, json_t **out, cdb_error *err)
 {
     *out = NULL;
     int rc = cdb__backup_dir(svc, err);
@@ -235,7 +236,7 @@ static time_t created_of(json_t *manifest)
     return timegm(&tm);
 }
 
-int cdb_backup_cleanup(cdb_service *svc, json_t **out, cdb_error *err)
+static int cleanup(cdb_service *svc, json_t **out, cdb_error *err)
 {
     json_t *list = NULL, *removed = json_array(), *kept = json_array();
     *out = NULL;
@@ -308,4 +309,23 @@ int cdb_backup_archive_path(cdb_service *svc, const char *name, char **path, jso
     else
         json_decref(m);
     return 0;
+}
+
+int cdb_backup_create(cdb_service *svc, const cdb_principal *caller, json_t **out, cdb_error *err)
+{
+    int rc = create_backup(svc, out, err);
+    cdb_error outcome = {.code = (cdb_err)rc};
+    cdb_audit_record(svc, caller, "backup.create", rc == 0 ? json_string_value(json_object_get(*out, "name")) : NULL,
+                     NULL, &outcome);
+    return rc;
+}
+
+int cdb_backup_cleanup(cdb_service *svc, const cdb_principal *caller, json_t **out, cdb_error *err)
+{
+    int rc = cleanup(svc, out, err);
+    cdb_error outcome = {.code = (cdb_err)rc};
+    json_t *params = rc == 0 ? json_pack("{s:O}", "removed", json_object_get(*out, "removed")) : NULL;
+    cdb_audit_record(svc, caller, "backup.cleanup", NULL, params, &outcome);
+    json_decref(params);
+    return rc;
 }

@@ -16,6 +16,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "coredb/audit.h"
 #include "coredb/log.h"
 #include "management/backup_internal.h"
 
@@ -50,6 +51,9 @@ static int run_scheduled(void *arg, cdb_error *err)
     cdb_service *svc = arg;
     json_t *made = NULL, *checked = NULL, *cleaned = NULL;
     int rc = 0;
+    /* recorded in the audit log with the actor "schedule" */
+    cdb_principal schedule = {.role = CDB_ROLE_ADMIN};
+    cdb_audit_origin_set(NULL, NULL, "schedule");
     PGconn *conn = PQconnectdb(svc->conninfo);
     PGresult *res = PQstatus(conn) == CONNECTION_OK ? PQexec(conn, TRY_LOCK_SQL) : NULL;
     if (PQresultStatus(res) != PGRES_TUPLES_OK) {
@@ -61,12 +65,12 @@ static int run_scheduled(void *arg, cdb_error *err)
     long long age = newest_age_ms(svc);
     if (age >= 0 && age < (long long)svc->cfg->backup_interval_s * 750)
         goto out;   /* this interval's backup exists */
-    if ((rc = cdb_backup_create(svc, &made, err)) < 0)
+    if ((rc = cdb_backup_create(svc, &schedule, &made, err)) < 0)
         goto out;
     const char *name = json_string_value(json_object_get(made, "name"));
-    if ((rc = cdb_backup_verify(svc, name, &checked, err)) < 0)
+    if ((rc = cdb_backup_verify(svc, &schedule, name, &checked, err)) < 0)
         goto out;
-    if ((rc = cdb_backup_cleanup(svc, &cleaned, err)) < 0)
+    if ((rc = cdb_backup_cleanup(svc, &schedule, &cleaned, err)) < 0)
         goto out;
     cdb_log_info("backup.scheduled", "%s created and verified; %zu removed by retention", name,
                  json_array_size(json_object_get(cleaned, "removed")));
@@ -77,6 +81,7 @@ out:
     json_decref(made);
     json_decref(checked);
     json_decref(cleaned);
+    cdb_audit_origin_clear();
     return rc;
 }
 

@@ -18,6 +18,7 @@
 #include <unistd.h>
 
 #include "core/fsutil.h"
+#include "coredb/audit.h"
 #include "coredb/log.h"
 #include "store/pg.h"
 
@@ -131,7 +132,7 @@ static int fail(cdb_error *err, json_t *checks, const char *level, const char *n
     return CDB_ERR_BACKUP_INVALID;
 }
 
-int cdb_backup_verify(cdb_service *svc, const char *name, json_t **out, cdb_error *err)
+static int verify(cdb_service *svc, const char *name, json_t **out, cdb_error *err)
 {
     json_t *manifest = NULL, *checks = json_object();
     char *archive = NULL, *plain = NULL, *toc = NULL, *list = NULL;
@@ -203,5 +204,14 @@ out:
     free(archive);
     json_decref(manifest);
     json_decref(checks);
+    return rc;
+}
+
+int cdb_backup_verify(cdb_service *svc, const cdb_principal *caller, const char *name, json_t **out,
+                      cdb_error *err)
+{
+    int rc = verify(svc, name, out, err);
+    cdb_error outcome = {.code = (cdb_err)rc};
+    cdb_audit_record(svc, caller, "backup.verify", name, NULL, &outcome);
     return rc;
 }

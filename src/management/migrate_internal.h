@@ -9,6 +9,8 @@
 #include <stdbool.h>
 #include <stddef.h>
 
+#include <jansson.h>
+
 #include "coredb/migrate.h"
 
 /* The session advisory lock that serializes migrators (migrate.c, migrate_runs.c). */
@@ -39,5 +41,15 @@ const cdb_migration *cdb__migration_find(const cdb_migration_set *set, const cha
  */
 struct cdb_service;
 void cdb__migration_runs_stop(struct cdb_service *svc);
+
+/*
+ * Writes a migration up or down to the audit log (migration.up,
+ * migration.down) as done by who, with params (taken; may be NULL) plus the
+ * versions result applied or rolled back, and rc as the outcome. For the
+ * HTTP runs (migrate_runs.c) and `coredb migrate` (service.c).
+ */
+struct cdb_principal;
+void cdb__migrate_audit(struct cdb_service *svc, const struct cdb_principal *who, bool up, json_t *params,
+                        const json_t *result, int rc);
 
 #endif

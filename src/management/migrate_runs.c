@@ -17,10 +17,12 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "coredb/audit.h"
 #include "coredb/log.h"
 #include "coredb/migrate.h"
 #include "coredb/role.h"
 #include "management/migrate_internal.h"
+#include "security/audit_internal.h"
 #include "security/service_state.h"
 #include "store/catalog.h"
 #include "store/pg.h"
@@ -45,6 +47,8 @@ typedef struct run_ctx {
     bool dry_run;
     char *target;                 /* NULL: latest */
     char **versions;              /* the pending files to apply, in order */
+    cdb_principal caller;         /* who started it, for the audit log */
+    cdb__audit_origin origin;     /* the request that started it */
     int *estimates;               /* seconds each */
     size_t n;
 } run_ctx;
@@ -274,6 +278,11 @@ static void *run_thread(void *arg)
         refresh_everywhere(c->svc, c->conn);
     finish(c, rc, result, &e);
     cdb_log_info("migrate.run", "run %s %s", c->id, rc < 0 ? "failed" : "completed");
+    cdb__audit_origin_restore(&c->origin);
+    cdb__migrate_audit(c->svc, &c->caller, true,
+                       json_pack("{s:s, s:s?, s:b}", "run_id", c->id, "target_version", c->target, "dry_run", c->dry_run),
+                       result, rc);
+    cdb_audit_origin_clear();
     json_decref(result);
     cdb_error_destroy(&e);
     PQfinish(c->conn);   /* releases the lock */
@@ -406,6 +415,8 @@ int cdb_migration_run_start(cdb_service *svc, const cdb_principal *caller, const
     }
     c->svc = svc;
     c->dry_run = dry;
+    c->caller = *caller;
+    cdb__audit_origin_save(&c->origin);
     int rc = (c->conn = run_connect(svc, err)) ? 0 : err->code;
     if (rc == 0)
         rc = cdb_migrate_ensure_history(c->conn, err);
@@ -449,6 +460,8 @@ int cdb_migration_run_start(cdb_service *svc, const cdb_principal *caller, const
         pthread_attr_destroy(&attr);
     }
     if (rc < 0) {
+        cdb__migrate_audit(svc, caller, true, json_pack("{s:s?, s:b}", "target_version", target, "dry_run", dry),
+                           NULL, rc);
         if (c->id[0]) {
             const char *p[1] = {c->id};
             PQclear(cdb_pg_query_params(c->conn, "DELETE FROM coredb.migration_runs WHERE id = $1::uuid", 1, p));
@@ -506,6 +519,24 @@ int cdb_migration_rollback(cdb_service *svc, const cdb_principal *caller, const 
     int rc = cdb_migrate_down(conn, svc->migrations, (int)json_integer_value(steps), &opt, out, err);
     if (rc == 0)
         refresh_everywhere(svc, conn);
+    cdb__migrate_audit(svc, caller, false, json_pack("{s:I}", "steps", json_integer_value(steps)), *out, rc);
     PQfinish(conn);
     return rc;
+}
+
+void cdb__migrate_audit(cdb_service *svc, const cdb_principal *who, bool up, json_t *params,
+                        const json_t *result, int rc)
+{
+    json_t *versions = json_array();
+    size_t i;
+    json_t *m;
+    json_array_foreach(json_object_get(result, up ? "applied" : "rolled_back"), i, m)
+        json_array_append(versions, json_object_get(m, "version"));
+    if (params && versions)
+        json_object_set_new(params, "versions", versions);
+    else
+        json_decref(versions);
+    cdb_error outcome = {.code = (cdb_err)rc};
+    cdb_audit_record(svc, who, up ? "migration.up" : "migration.down", NULL, params, &outcome);
+    json_decref(params);
 }

@@ -44,6 +44,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "coredb/audit.h"
 #include "coredb/log.h"
 #include "core/fsutil.h"
 #include "core/timeutil.h"
@@ -381,6 +382,14 @@ int cdb_backup_restore(cdb_service *svc, const cdb_principal *caller, const char
     if (!err) /* the steps read err->code */
         err = &local;
     int rc = restore_checked(svc, caller, name, confirm, out, err);
+    /* a non-admin's attempt is refused before anything happens (and over
+       HTTP recorded as admin.refused); an admin's is recorded either way,
+       in the database as it is after the restore */
+    if (cdb_principal_is_admin(caller)) {
+        json_t *params = json_pack("{s:b}", "confirm", confirm);
+        cdb_audit_record(svc, caller, "backup.restore", name, params, err);
+        json_decref(params);
+    }
     cdb_error_destroy(&local);
     return rc;
 }

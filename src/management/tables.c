@@ -25,6 +25,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "coredb/audit.h"
 #include "coredb/log.h"
 #include "coredb/role.h"
 #include "security/service_state.h"
@@ -394,6 +395,7 @@ int cdb_tables_expose(cdb_service *svc, const cdb_principal *caller, const char 
     const char *schema = svc->cfg->postgres_schema;
     if ((rc = cdb_txn_begin(conn, err)) < 0 || (rc = find_table(conn, schema, name, &t, err)) < 0 ||
         (rc = expose_in_tx(conn, &t, &o, &qowner, &default_state, err)) < 0 ||
+        (rc = cdb_audit_record_in(conn, caller, "table.expose", t.name, request, err)) < 0 ||
         (rc = cdb_txn_commit(conn, err)) < 0)
         goto out;
     announce(svc, t.name);
@@ -421,6 +423,10 @@ int cdb_tables_expose(cdb_service *svc, const cdb_principal *caller, const char 
 
 out:
     cdb_txn_release(svc->pool, pc);
+    if (rc < 0 && cdb_principal_is_admin(caller)) {
+        cdb_error failed = {.code = rc};
+        cdb_audit_record(svc, caller, "table.expose", name, request, &failed);
+    }
     PQfreemem(qowner);
     table_ref_destroy(&t);
     return rc;
@@ -466,7 +472,9 @@ int cdb_tables_unexpose(cdb_service *svc, const cdb_principal *caller, const cha
     }
     const char *schema = svc->cfg->postgres_schema;
     if ((rc = cdb_txn_begin(conn, err)) < 0 || (rc = find_table(conn, schema, name, &t, err)) < 0 ||
-        (rc = unexpose_in_tx(conn, &t, err)) < 0 || (rc = cdb_txn_commit(conn, err)) < 0)
+        (rc = unexpose_in_tx(conn, &t, err)) < 0 ||
+        (rc = cdb_audit_record_in(conn, caller, "table.unexpose", t.name, NULL, err)) < 0 ||
+        (rc = cdb_txn_commit(conn, err)) < 0)
         goto out;
     announce(svc, t.name);
     if (!(*out = json_pack("{s:s, s:s, s:b}", "table", t.name, "schema", schema, "exposed", 0))) {
@@ -477,6 +485,10 @@ int cdb_tables_unexpose(cdb_service *svc, const cdb_principal *caller, const cha
 
 out:
     cdb_txn_release(svc->pool, pc);
+    if (rc < 0 && cdb_principal_is_admin(caller)) {
+        cdb_error failed = {.code = rc};
+        cdb_audit_record(svc, caller, "table.unexpose", name, NULL, &failed);
+    }
     table_ref_destroy(&t);
     return rc;
 }

@@ -8,6 +8,7 @@
 #include <sodium.h>
 
 #include "coredb/log.h"
+#include "coredb/principal.h"
 #include "core/jobs.h"
 #include "management/health.h"
 #include "management/migrate_internal.h"
@@ -192,6 +193,8 @@ int cdb_service_migration(cdb_service *svc, cdb_migration_command command,
                           const cdb_migrate_options *opt, int steps, json_t **out, cdb_error *err)
 {
     int rc;
+    /* the operator's command (`coredb migrate`), recorded in the audit log */
+    const cdb_principal operator = {.role = CDB_ROLE_ADMIN};
     PGconn *conn = cdb_service_connect(svc, err);
     if (!conn)
         return err->code;
@@ -203,10 +206,16 @@ int cdb_service_migration(cdb_service *svc, cdb_migration_command command,
         break;
     case CDB_MIGRATION_UP:
         rc = cdb_migrate_up(conn, svc->migrations, opt, out, err);
+        cdb__migrate_audit(svc, &operator, true,
+                           json_pack("{s:s?, s:b}", "target_version", opt ? opt->target_version : NULL,
+                                     "dry_run", opt && opt->dry_run),
+                           rc == 0 ? *out : NULL, rc);
         break;
     case CDB_MIGRATION_DOWN:
     default:
         rc = cdb_migrate_down(conn, svc->migrations, steps, opt, out, err);
+        cdb__migrate_audit(svc, &operator, false, json_pack("{s:i, s:b}", "steps", steps, "dry_run", opt && opt->dry_run),
+                           rc == 0 ? *out : NULL, rc);
         break;
     }
     PQfinish(conn);
