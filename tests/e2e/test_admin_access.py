@@ -657,3 +657,47 @@ def test_cli_help_names_the_verbs():
     for verb in ("coredb admin VERB", "rls TABLE POLICY --using EXPR", "schema-permissions SCHEMA --role R",
                  "ownership TYPE NAME --to ROLE"):
         assert verb in proc.stdout, proc.stdout
+
+
+# ---- audit ----
+
+def audit_rows(inst, action, after_id):
+    return sql(inst, "SELECT id, actor, actor_role, target, params, outcome, request_id FROM coredb.audit_log"
+                     " WHERE action = %s AND id > %s ORDER BY id", (action, after_id))
+
+
+def test_audit_entries_for_successes_and_failures(inst, admin, canary):
+    start = scalar(inst, "SELECT coalesce(max(id), 0) FROM coredb.audit_log")
+    t = make_table(inst)
+    role = make_role(inst, "audited")
+    rls(inst, admin, {"table_name": t, "policy_name": "aud", "policy": "true"})
+    assert_error(inst.post(RLS, json={"table_name": "canary", "policy_name": "aud", "policy": "true) OR (true"},
+                           headers=admin.headers), 400, "VALIDATION_FAILED")
+    put_perms(inst, admin, "public", {"role": role, "permissions": ["USAGE"]})
+    assert_error(inst.request("PUT", perms_path("coredb"), json={"role": role, "permissions": ["USAGE"]},
+                              headers=admin.headers), 403, "FORBIDDEN")
+    transfer(inst, admin, {"object_type": "table", "object_name": t, "new_owner": role})
+    assert_error(inst.post(OWNERSHIP, json={"object_type": "table", "object_name": "users", "new_owner": role},
+                           headers=admin.headers), 403, "FORBIDDEN")
+
+    rows = audit_rows(inst, "rls.create", start)
+    assert [(r[3], r[5]) for r in rows] == [(t, "success"), ("canary", "VALIDATION_FAILED")], rows
+    assert rows[0][1] == admin.id and rows[0][2] == "admin" and rows[0][6], rows
+    assert rows[0][4]["policy"] == "true" and rows[1][4]["policy"] == "true) OR (true", rows
+    rows = audit_rows(inst, "schema.permissions", start)
+    assert [(r[3], r[5]) for r in rows] == [("public", "success"), ("coredb", "FORBIDDEN")], rows
+    assert rows[0][4] == {"role": role, "permissions": ["USAGE"]}, rows
+    rows = audit_rows(inst, "ownership.transfer", start)
+    assert [(r[3], r[5]) for r in rows] == [(f"public.{t}", "success"), ("users", "FORBIDDEN")], rows
+    # the chain still verifies with the entries written inside the operations' transactions
+    resp = inst.get("/api/v1/admin/audit/verify", headers=admin.headers)
+    assert resp.status_code == 200 and resp.json()["valid"] is True, resp.text
+
+
+def test_audit_entry_of_the_cli_names_cli(inst):
+    start = scalar(inst, "SELECT coalesce(max(id), 0) FROM coredb.audit_log")
+    t = make_table(inst)
+    proc = run_cli(["admin", "rls", t, "by_cli", "--using", "true", "--json"], cli_env(inst))
+    assert proc.returncode == 0, proc
+    rows = audit_rows(inst, "rls.create", start)
+    assert [(r[1], r[3], r[5]) for r in rows] == [("cli", t, "success")], rows
