@@ -701,3 +701,56 @@ def test_audit_entry_of_the_cli_names_cli(inst):
     assert proc.returncode == 0, proc
     rows = audit_rows(inst, "rls.create", start)
     assert [(r[1], r[3], r[5]) for r in rows] == [("cli", t, "success")], rows
+
+
+# ---- ownership under a production login (not a superuser) ----
+
+def test_ownership_with_a_non_superuser_login_borrows_membership_in_one_transaction(pg, redis_server):
+    """PostgreSQL 15: ALTER ... OWNER TO needs membership in the new owner. coredb's
+    login (made by `coredb setup-sql`: NOCREATEROLE) cannot take it: 403 and nothing
+    changes. Given CREATEROLE, the membership is granted for the statement and
+    revoked in the same transaction: the login is not left a member."""
+    import test_defaults_prod as prod
+    from conftest import base_env
+    from datahelp import admin_env, admin_of
+    from servers import Coredb
+
+    tag = time.strftime("%H%M%S") + str(int(time.time() * 1000) % 1000)
+    login, db, password = f"cdbown_{tag}", f"cdbowndb_{tag}", f"pw_{tag}"
+    prod.run_setup_sql(pg, prod.setup_sql("--role", login, "--database", db, password=password))
+    env = base_env(pg, db, None, **admin_env())
+    env["DATABASE_URL"] = prod.role_url(pg, login, password, db)
+    inst = Coredb(env)
+    inst.db, inst.pg = db, pg
+    inst.admin_email = env["COREDB_ADMIN_EMAIL"]
+    try:
+        adm = admin_of(inst)
+        owner = f"newowner_{tag}"
+        pg.query(db, f"CREATE ROLE {owner} NOLOGIN")
+        conn = psycopg2.connect(host="127.0.0.1", port=pg.port, user=login, password=password, dbname=db)
+        conn.autocommit = True
+        with conn.cursor() as cur:
+            cur.execute("CREATE TABLE handed (id int)")
+        conn.close()
+        # the new owner may create in public (PostgreSQL asks it of a non-superuser's ALTER ... OWNER)
+        put_perms(inst, adm, "public", {"role": owner, "permissions": ["USAGE", "CREATE"]})
+        members = "SELECT count(*) FROM pg_auth_members WHERE roleid = %s::regrole AND member = %s::regrole"
+
+        body = {"object_type": "table", "object_name": "handed", "new_owner": owner}
+        err = assert_error(inst.post(OWNERSHIP, json=body, headers=adm.headers), 403, "FORBIDDEN")
+        assert "member" in err["message"] and "CREATEROLE" in err["message"], err
+        assert pg.query(db, "SELECT tableowner FROM pg_tables WHERE tablename = 'handed'") == [(login,)]
+        assert pg.query(db, members, (owner, login)) == [(0,)]
+
+        pg.query(db, f"ALTER ROLE {login} CREATEROLE")
+        out = transfer(inst, adm, body)
+        assert out["previous_owner"] == login and out["new_owner"] == owner, out
+        assert pg.query(db, "SELECT tableowner FROM pg_tables WHERE tablename = 'handed'") == [(owner,)]
+        assert pg.query(db, members, (owner, login)) == [(0,)]
+        # the login's own objects stay protected under this login too
+        assert_error(inst.post(OWNERSHIP, json={"object_type": "table", "object_name": "users",
+                                                "new_owner": owner}, headers=adm.headers), 403, "FORBIDDEN")
+        assert_error(inst.post(OWNERSHIP, json={"object_type": "table", "object_name": "handed",
+                                                "new_owner": login}, headers=adm.headers), 403, "FORBIDDEN")
+    finally:
+        inst.stop_clean()
