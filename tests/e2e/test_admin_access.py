@@ -751,8 +751,6 @@ def test_ownership_with_a_non_superuser_login_borrows_membership_in_one_transact
         with conn.cursor() as cur:
             cur.execute("CREATE TABLE handed (id int)")
         conn.close()
-        # the new owner may create in public (PostgreSQL asks it of a non-superuser's ALTER ... OWNER)
-        put_perms(inst, adm, "public", {"role": owner, "permissions": ["USAGE", "CREATE"]})
         members = "SELECT count(*) FROM pg_auth_members WHERE roleid = %s::regrole AND member = %s::regrole"
 
         body = {"object_type": "table", "object_name": "handed", "new_owner": owner}
@@ -762,6 +760,14 @@ def test_ownership_with_a_non_superuser_login_borrows_membership_in_one_transact
         assert pg.query(db, members, (owner, login)) == [(0,)]
 
         pg.query(db, f"ALTER ROLE {login} CREATEROLE")
+        # the membership is granted, then ALTER fails (a non-superuser's new owner needs CREATE on
+        # the schema): the whole transaction rolls back, grant included
+        err = assert_error(inst.post(OWNERSHIP, json=body, headers=adm.headers), 403, "FORBIDDEN")
+        assert "cannot become a member" not in err["message"] and err["details"].get("sqlstate") == "42501", err
+        assert pg.query(db, "SELECT tableowner FROM pg_tables WHERE tablename = 'handed'") == [(login,)]
+        assert pg.query(db, members, (owner, login)) == [(0,)]
+
+        put_perms(inst, adm, "public", {"role": owner, "permissions": ["USAGE", "CREATE"]})
         out = transfer(inst, adm, body)
         assert out["previous_owner"] == login and out["new_owner"] == owner, out
         assert pg.query(db, "SELECT tableowner FROM pg_tables WHERE tablename = 'handed'") == [(owner,)]
