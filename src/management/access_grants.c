@@ -38,6 +38,9 @@ static const char *const TABLE_PRIVS[] = {"SELECT", "INSERT",     "UPDATE",  "DE
 static const char SCHEMA_SQL[] =
     "SELECT n.oid::text, " CDB__ACCESS_SYSTEM_NS("n") " FROM pg_namespace n WHERE n.nspname = $1";
 
+/* $1 schema oid: two calls on one schema run one after the other (no "tuple concurrently updated"). */
+static const char LOCK_SQL[] = "SELECT pg_advisory_xact_lock(hashtextextended('coredb.access.schema:' || $1, 0))";
+
 /* $1 schema oid: its tables and views that are not coredb's own. */
 static const char TABLES_SQL[] =
     "SELECT c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace"
@@ -136,7 +139,8 @@ static int grants_in_tx(PGconn *conn, const cdb_principal *caller, const json_t 
         rc = cdb_error_oom(err);
         goto out;
     }
-    if ((rc = run(conn, err, "REVOKE ALL ON SCHEMA %s FROM %s", qs, qr)) < 0 ||
+    if ((rc = cdb_pg_exec(conn, LOCK_SQL, 1, oparams, NULL, err)) < 0 ||
+        (rc = run(conn, err, "REVOKE ALL ON SCHEMA %s FROM %s", qs, qr)) < 0 ||
         (q->schema_bits && (rc = run(conn, err, "GRANT %s ON SCHEMA %s TO %s", q->slist, qs, qr)) < 0) ||
         (rc = cdb_pg_exec(conn, TABLES_SQL, 1, oparams, &res, err)) < 0)
         goto out;

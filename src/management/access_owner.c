@@ -53,6 +53,14 @@ static const char DATABASE_SQL[] =
     "SELECT d.datname, pg_get_userbyid(d.datdba), d.datname = current_database() OR d.datistemplate"
     " FROM pg_database d WHERE d.datname = $1";
 
+/*
+ * Transfers run one after the other, across instances: two ALTER ... OWNER
+ * of one schema, function or database (or two borrowed memberships of one
+ * role) at once would otherwise fail with "tuple concurrently updated".
+ * They are rare; a single key is enough.
+ */
+static const char LOCK_SQL[] = "SELECT pg_advisory_xact_lock(hashtextextended('coredb.access.ownership', 0))";
+
 /* Whether coredb's login may already run ALTER ... OWNER TO $1 without a temporary membership. */
 static const char MEMBER_SQL[] =
     "SELECT r.rolsuper OR pg_has_role(current_user, $1, 'MEMBER') FROM pg_roles r WHERE r.rolname = current_user";
@@ -182,7 +190,8 @@ static int owner_in_tx(cdb_service *svc, PGconn *conn, const cdb_principal *call
     char *qo = NULL;
     const char *params[] = {new_owner};
     int rc;
-    if ((rc = cdb__admin_role_check(conn, "new_owner", new_owner, true, err)) < 0 ||
+    if ((rc = cdb_pg_exec(conn, LOCK_SQL, 0, NULL, NULL, err)) < 0 ||
+        (rc = cdb__admin_role_check(conn, "new_owner", new_owner, true, err)) < 0 ||
         (rc = resolve(svc, conn, t, json_object_get(request, "object_name"), o, err)) < 0 ||
         (rc = cdb_pg_exec(conn, MEMBER_SQL, 1, params, &res, err)) < 0)
         goto out;

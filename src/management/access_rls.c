@@ -253,8 +253,9 @@ static int parse_check(PGconn *conn, const cdb__access_rel *t, const char *expr,
     const char *state = res ? PQresultErrorField(res, PG_DIAG_SQLSTATE) : NULL;
     if (res && PQresultStatus(res) == PGRES_COMMAND_OK) {
         rc = 0;
-    } else if (state && (state[0] == '4' || state[0] == '2')) {
-        /* syntax, undefined column or function, wrong type: the expression's fault */
+    } else if (state && (strncmp(state, "42", 2) == 0 || strncmp(state, "22", 2) == 0 ||
+                         strncmp(state, "0A", 2) == 0 || strncmp(state, "54", 2) == 0)) {
+        /* syntax, undefined column or function, wrong type, unsupported, too deep: the expression's fault */
         const char *primary = PQresultErrorField(res, PG_DIAG_MESSAGE_PRIMARY);
         rc = cdb_error_set_detail(err, CDB_ERR_VALIDATION_FAILED, "field", "policy",
                                   "policy is not a boolean expression over %s.%s", t->schema, t->name);
@@ -303,11 +304,14 @@ static int rls_in_tx(cdb_service *svc, PGconn *conn, const cdb_principal *caller
     if ((rc = run(conn, err, "SET LOCAL standard_conforming_strings = on")) < 0 ||
         (rc = cdb__access_rel_find(conn, "table_name", q->table, svc->cfg->postgres_schema, "rp", "table", t,
                                    err)) < 0 ||
+        /*
+         * two calls on one table run one after the other (the mode conflicts with
+         * itself, as tables.c's expose takes it): taken before anything else
+         * touches the table, so no call holds a weaker lock it must upgrade
+         */
+        (rc = run(conn, err, "LOCK TABLE %s.%s IN SHARE ROW EXCLUSIVE MODE", t->qschema, t->qname)) < 0 ||
         (rc = roles_sql(conn, q, roles, sizeof roles, &names, err)) < 0 ||
         (rc = parse_check(conn, t, q->expr, err)) < 0)
-        goto out;
-    /* two calls on one table run one after the other (conflicts with itself) */
-    if ((rc = run(conn, err, "LOCK TABLE %s.%s IN SHARE ROW EXCLUSIVE MODE", t->qschema, t->qname)) < 0)
         goto out;
     const char *params[] = {t->oid, q->policy_name};
     if ((rc = cdb_pg_exec(conn, EXISTS_SQL, 2, params, &res, err)) < 0)

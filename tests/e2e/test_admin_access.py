@@ -779,3 +779,49 @@ def test_ownership_with_a_non_superuser_login_borrows_membership_in_one_transact
                                                 "new_owner": login}, headers=adm.headers), 403, "FORBIDDEN")
     finally:
         inst.stop_clean()
+
+
+def test_concurrent_schema_permissions_serialize(inst, admin):
+    """Parallel PUTs on one schema each take effect whole: the last one's list is the state."""
+    from concurrent.futures import ThreadPoolExecutor
+    schema = unique("par").lower()
+    sql(inst, f"CREATE SCHEMA {schema}")
+    tables = [make_table(inst, schema=schema) for _ in range(3)]
+    roles = [make_role(inst, "par") for _ in range(3)]
+    lists = [["USAGE", "SELECT"], ["USAGE", "INSERT"], ["CREATE", "DELETE"]]
+
+    def put(i):
+        return inst.request("PUT", perms_path(schema), json={"role": roles[i % 3], "permissions": lists[i % 3]},
+                            headers=admin.headers)
+
+    with ThreadPoolExecutor(3) as pool:   # within DB_POOL_MAX=5 (the pool answers 503 beyond it)
+        answers = list(pool.map(put, range(12)))
+    assert [r.status_code for r in answers] == [200] * 12, [r.text for r in answers if r.status_code != 200]
+    for role, wanted in zip(roles, lists):
+        for t in tables:
+            assert table_privs(inst, role, f"{schema}.{t}") == [p for p in TABLE_PRIVS if p in wanted]
+
+
+def test_concurrent_transfers_and_policies_all_succeed(inst, admin):
+    """Parallel transfers of one schema to alternating owners and parallel replaces of one
+    policy: every call answers 200 (no "tuple concurrently updated" 500) and the end state is
+    one of the requested ones."""
+    from concurrent.futures import ThreadPoolExecutor
+    schema = unique("cc").lower()
+    sql(inst, f"CREATE SCHEMA {schema}")
+    owners = [make_role(inst, "cc"), make_role(inst, "cc")]
+    t = make_table(inst)
+
+    def call(i):
+        if i % 2:
+            return inst.post(OWNERSHIP, json={"object_type": "schema", "object_name": schema,
+                                              "new_owner": owners[i % 4 // 2]}, headers=admin.headers)
+        return inst.post(RLS, json={"table_name": t, "policy_name": "cc", "policy": f"id <> {i}",
+                                    "replace": True}, headers=admin.headers)
+
+    with ThreadPoolExecutor(3) as pool:   # within DB_POOL_MAX=5
+        answers = list(pool.map(call, range(12)))
+    assert [r.status_code for r in answers] == [200] * 12, [r.text for r in answers if r.status_code != 200]
+    assert owner_of(inst, "schema", schema) in owners
+    rows = policy_rows(inst, t)
+    assert len(rows) == 1 and rows[0][0] == "cc", rows
