@@ -60,6 +60,9 @@ int cdb_audit_record(cdb_service *svc, const cdb_principal *who, const char *act
  * Records a success inside the caller's open transaction on conn, so the
  * action and its record commit together or not at all (the operations of
  * dbauth.h and access.h). < 0 with err set: the caller rolls back.
+ * Appends are serialized by a transaction advisory lock held until the
+ * caller's transaction ends: call it last, just before COMMIT, so the lock
+ * is held briefly and no other lock is taken after it.
  */
 int cdb_audit_record_in(PGconn *conn, const cdb_principal *who, const char *action,
                         const char *target, const json_t *params, cdb_error *err);

@@ -18,13 +18,22 @@ static const char *const FILTERS[][2] = {
 };
 enum { NFILTERS = sizeof FILTERS / sizeof FILTERS[0] };
 
+/* How many arguments follow the verb, --json aside. */
+static int args(int argc, char **argv)
+{
+    int n = 0;
+    for (int i = 1; i < argc; i++)
+        n += strcmp(argv[i], "--json") != 0;
+    return n;
+}
+
 json_t *cli_admin_audit_parse(int argc, char **argv)
 {
     json_t *q = json_object();
     for (int i = 1; q && i < argc; i++) {
         if (strcmp(argv[i], "--json") == 0)
             continue;
-        if (i == 1 && strcmp(argv[i], "verify") == 0 && argc - (cli_flag(argc, argv, "--json") ? 1 : 0) == 2) {
+        if (strcmp(argv[i], "verify") == 0 && args(argc, argv) == 1) {
             json_object_set_new(q, "verify", json_true());
             continue;
         }

@@ -18,6 +18,7 @@
 #include <sodium.h>
 
 #include "cli.h"
+#include "coredb/audit.h"
 #include "coredb/users.h"
 #include "coredb/service.h"
 
@@ -138,7 +139,9 @@ int cmd_user(int argc, char **argv)
         json_object_set_new(body, "role", json_string(a.role));
     if (a.display_name)
         json_object_set_new(body, "display_name", json_string(a.display_name));
+    cdb_audit_origin_set(NULL, NULL, "cli");   /* a role given here is recorded with the actor "cli" */
     cdb_users_create(svc, &operator, body, &result, &err);
+    cdb_audit_origin_clear();
 
 out:
     rc = cli_print_result(result, &err, a.as_json);

@@ -211,6 +211,9 @@ int cdb_access_set_schema_permissions(cdb_service *svc, const cdb_principal *cal
     if ((rc = cdb_txn_begin(conn, err)) < 0 || (rc = grants_in_tx(conn, caller, request, &q, out, err)) < 0 ||
         (rc = cdb_txn_commit(conn, err)) < 0)
         goto out;
+    /* the connection goes back first: the catalog reload takes one of its own */
+    cdb_txn_release(svc->pool, pc);
+    pc = NULL;
     cdb__access_announce(svc, NULL);
     cdb_log_info("access.schema_permissions", "role %s on schema %s: %s; tables: %s", q.role, q.schema,
                  q.slist[0] ? q.slist : "-", q.tlist[0] ? q.tlist : "-");

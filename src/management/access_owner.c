@@ -256,6 +256,9 @@ int cdb_access_transfer_ownership(cdb_service *svc, const cdb_principal *caller,
         (rc = owner_in_tx(svc, conn, caller, request, (obj_type)t, new_owner, &o, out, err)) < 0 ||
         (rc = cdb_txn_commit(conn, err)) < 0)
         goto out;
+    /* the connection goes back first: the catalog reload takes one of its own */
+    cdb_txn_release(svc->pool, pc);
+    pc = NULL;
     cdb__access_announce(svc, o.table);
     cdb_log_info("access.ownership_transferred", "%s %s: owner %s -> %s", TYPES[t], o.name, o.owner, new_owner);
 

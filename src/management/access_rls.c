@@ -370,6 +370,9 @@ int cdb_access_enable_row_level_security(cdb_service *svc, const cdb_principal *
     if ((rc = cdb_txn_begin(conn, err)) < 0 || (rc = rls_in_tx(svc, conn, caller, request, &q, &t, out, err)) < 0 ||
         (rc = cdb_txn_commit(conn, err)) < 0)
         goto out;
+    /* the connection goes back first: the catalog reload takes one of its own */
+    cdb_txn_release(svc->pool, pc);
+    pc = NULL;
     cdb__access_announce(svc, t.name);
     cdb_log_info("access.rls_created", "policy %s on %s.%s", q.policy_name, t.schema, t.name);
 

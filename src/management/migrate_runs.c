@@ -404,10 +404,14 @@ int cdb_migration_run_start(cdb_service *svc, const cdb_principal *caller, const
     const char *target;
     bool dry;
     *out = NULL;
-    if (require_admin(caller, err) < 0 || parse_request(request, &target, &dry, err) < 0)
+    if (require_admin(caller, err) < 0)
         return err->code;
-    if (target && !cdb__migration_find(svc->migrations, target))
-        return cdb_error_set(err, CDB_ERR_VALIDATION_FAILED, "No migration file has version %s", target);
+    if (parse_request(request, &target, &dry, err) < 0 ||
+        (target && !cdb__migration_find(svc->migrations, target) &&
+         cdb_error_set(err, CDB_ERR_VALIDATION_FAILED, "No migration file has version %s", target) < 0)) {
+        cdb__migrate_audit(svc, caller, true, NULL, NULL, err->code);
+        return err->code;
+    }
     run_ctx *c = calloc(1, sizeof *c);
     if (!c || (target && !(c->target = strdup(target)))) {
         free(c);
@@ -510,11 +514,14 @@ int cdb_migration_rollback(cdb_service *svc, const cdb_principal *caller, const 
         || json_integer_value(steps) < 1 || json_integer_value(steps) > 100) {
         cdb_error_set(err, CDB_ERR_VALIDATION_FAILED, "The body must be {\"steps\": 1..100}");
         cdb_error_detail(err, "field", json_string("steps"));
+        cdb__migrate_audit(svc, caller, false, NULL, NULL, err->code);
         return err->code;
     }
     PGconn *conn = run_connect(svc, err);
-    if (!conn)
+    if (!conn) {
+        cdb__migrate_audit(svc, caller, false, NULL, NULL, err->code);
         return err->code;
+    }
     cdb_migrate_options opt = {.applied_by = "coredb http", .lock_timeout_ms = 1};
     int rc = cdb_migrate_down(conn, svc->migrations, (int)json_integer_value(steps), &opt, out, err);
     if (rc == 0)

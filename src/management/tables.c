@@ -398,6 +398,10 @@ int cdb_tables_expose(cdb_service *svc, const cdb_principal *caller, const char 
         (rc = cdb_audit_record_in(conn, caller, "table.expose", t.name, request, err)) < 0 ||
         (rc = cdb_txn_commit(conn, err)) < 0)
         goto out;
+    /* given back before the catalog reload, which takes a connection of its own: holding
+       both, a few concurrent calls starved the pool (each waited for the acquire timeout) */
+    cdb_txn_release(svc->pool, pc);
+    pc = NULL;
     announce(svc, t.name);
 
     json_t *ro = json_array(), *grants = grants_json(&o);
@@ -476,6 +480,10 @@ int cdb_tables_unexpose(cdb_service *svc, const cdb_principal *caller, const cha
         (rc = cdb_audit_record_in(conn, caller, "table.unexpose", t.name, NULL, err)) < 0 ||
         (rc = cdb_txn_commit(conn, err)) < 0)
         goto out;
+    /* given back before the catalog reload, which takes a connection of its own: holding
+       both, a few concurrent calls starved the pool (each waited for the acquire timeout) */
+    cdb_txn_release(svc->pool, pc);
+    pc = NULL;
     announce(svc, t.name);
     if (!(*out = json_pack("{s:s, s:s, s:b}", "table", t.name, "schema", schema, "exposed", 0))) {
         rc = cdb_error_oom(err);

@@ -50,5 +50,6 @@ def test_readme_examples_run_in_order():
         assert '"status":"committed"' in out                 # the transaction and the retried one
         assert '"title":"First project"' in out              # the query found the insert
         assert '"value":"created"' in out                    # the Redis read-back
+        assert '"action":"table.expose"' in out and '"valid":true' in out  # the audit log
     finally:
         inst.stop_clean()
