@@ -41,6 +41,7 @@ PUBLIC = {
     "restore.h": "management",
     "migrate_runs.h": "management",
     "dbauth.h": "management",
+    "access.h": "management",
     "service.h": "service",
     "http.h": "http",
     "coredb.h": "embedder",   # the umbrella: for programs using the library, never for its own files

@@ -24,6 +24,7 @@
 #include "coredb/sessions.h"     /* login, refresh, logout, sessions */
 #include "coredb/data.h"         /* structured queries and transactions (ConnectionAPI data part) */
 #include "coredb/tables.h"       /* exposing an application's own tables to the data API */
+#include "coredb/access.h"       /* row-level security policies, schema grants, ownership */
 #include "coredb/backup.h"       /* backups: create, list, verify, cleanup */
 #include "coredb/dbauth.h"       /* database roles and users (DatabaseAuth) */
 #include "coredb/restore.h"      /* restoring a backup archive (maintenance mode) */

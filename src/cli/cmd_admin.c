@@ -15,6 +15,7 @@
 #include <string.h>
 
 #include "cli.h"
+#include "cmd_admin_access.h"
 #include "coredb/audit.h"
 #include "coredb/principal.h"
 
@@ -40,6 +41,17 @@ const char cli_help_admin[] =
     "  coredb admin db-user revoke NAME [--role R ...]\n"
     "      revokes those memberships; without --role: every membership and privilege,\n"
     "      LOGIN, and its open sessions\n"
+    "  coredb admin rls TABLE POLICY --using EXPR [--role R ...] [--command ALL|SELECT|INSERT|UPDATE|DELETE]\n"
+    "      [--restrictive] [--force] [--replace]\n"
+    "      enable row-level security on TABLE (name or schema.name) and create\n"
+    "      policy POLICY: USING (EXPR) for the roles (default PUBLIC)\n"
+    "  coredb admin schema-permissions SCHEMA --role R [--permission P ...]\n"
+    "      set exactly R's privileges on SCHEMA (USAGE, CREATE) and its tables\n"
+    "      (SELECT INSERT UPDATE DELETE TRUNCATE REFERENCES TRIGGER), future tables too;\n"
+    "      no --permission revokes them all\n"
+    "  coredb admin ownership TYPE NAME --to ROLE\n"
+    "      give a table, view, sequence, function (NAME is its signature,\n"
+    "      'f(integer)'), schema or database to ROLE\n"
     "\n"
     CLI_JSON_HELP;
 
@@ -47,6 +59,9 @@ static const cli_admin_verb admin_verbs[] = {
     {"audit", cli_admin_audit_parse, cli_admin_audit_run},
     {"role", cli_admin_role_parse, cli_admin_role_run},
     {"db-user", cli_admin_db_user_parse, cli_admin_db_user_run},
+    {"rls", cli_admin_rls_parse, cli_admin_rls_run},
+    {"schema-permissions", cli_admin_schema_permissions_parse, cli_admin_schema_permissions_run},
+    {"ownership", cli_admin_ownership_parse, cli_admin_ownership_run},
     {NULL, NULL, NULL},
 };
 

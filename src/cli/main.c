@@ -45,9 +45,9 @@ static const cli_command commands[] = {
      "--role --database --password-from-stdin --no-event-trigger --administration --json", cli_help_setup_sql,
      cmd_setup_sql},
     {"admin", "administration: database roles and users, RLS, grants, ownership, audit log",
-     "audit role db-user",
+     "audit role db-user rls schema-permissions ownership",
      "--json --actor --action --since --until --limit --cursor --permission --description --role "
-     "--connection-limit",
+     "--connection-limit --using --command --restrictive --force --replace --to",
      cli_help_admin, cmd_admin},
     {"completion", "print a shell completion script (bash)", "bash", NULL, cli_help_completion,
      cmd_completion},

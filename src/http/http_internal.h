@@ -238,6 +238,7 @@ extern const cdb_route cdb_routes_admin[];
 extern const cdb_route cdb_routes_migrations[];
 extern const cdb_route cdb_routes_audit[];
 extern const cdb_route cdb_routes_dbauth[];
+extern const cdb_route cdb_routes_access[];
 
 /* admit.c: session liveness, role and quota of the caller (worker thread). */
 bool cdb_admit_caller(cdb_request *r);
