@@ -86,6 +86,7 @@ static const struct {
     [CDB_M_LOGIN_SUCCESS] = {"coredb_session_logins_total", "Login attempts by outcome.", "outcome=\"success\""},
     [CDB_M_LOGIN_FAILURE] = {"coredb_session_logins_total", NULL, "outcome=\"failure\""},
     [CDB_M_LOGIN_LOCKED] = {"coredb_session_logins_total", NULL, "outcome=\"locked\""},
+    [CDB_M_LOGIN_ERROR] = {"coredb_session_logins_total", NULL, "outcome=\"error\""},
     [CDB_M_SESSION_REFRESHES] = {"coredb_session_refreshes_total", "Refresh tokens rotated.", ""},
     [CDB_M_SESSION_REUSE_DETECTIONS] = {"coredb_session_reuse_detections_total",
                                         "Refresh tokens presented again after rotation (the session is revoked).", ""},

@@ -41,6 +41,7 @@ typedef enum cdb__metric {
     CDB_M_LOGIN_SUCCESS,
     CDB_M_LOGIN_FAILURE,
     CDB_M_LOGIN_LOCKED,
+    CDB_M_LOGIN_ERROR,             /* validation, database unavailable ... */
     CDB_M_SESSION_REFRESHES,
     CDB_M_SESSION_REUSE_DETECTIONS,
     CDB_M_SESSION_REVOCATIONS,
