@@ -159,10 +159,11 @@ static inline shard *my(void)
     return my_shard;
 }
 
+/* (unused helpers are the recording side's, compiled out with CDB_NO_METRICS) */
 #define ADD(x, n) atomic_fetch_add_explicit(&(x), (n), memory_order_relaxed)
 #define LOAD(x) atomic_load_explicit(&(x), memory_order_relaxed)
 
-static int method_index(const char *m)
+__attribute__((unused)) static int method_index(const char *m)
 {
     for (int i = 0; m && i < NMETHODS - 1; i++)
         if (strcmp(m, method_names[i]) == 0)
@@ -170,7 +171,7 @@ static int method_index(const char *m)
     return NMETHODS - 1;
 }
 
-static int status_index(int status)
+__attribute__((unused)) static int status_index(int status)
 {
     for (int i = 0; i < NSTATUS_CODES; i++)
         if (status_codes[i] == status)
@@ -179,7 +180,7 @@ static int status_index(int status)
     return NSTATUS_CODES + (cls >= 1 && cls <= 5 ? cls - 1 : 4);
 }
 
-static void hist_observe(hist *h, int64_t us)
+__attribute__((unused)) static void hist_observe(hist *h, int64_t us)
 {
     pthread_once(&once, init_once);
     if (us < 0)
@@ -191,7 +192,7 @@ static void hist_observe(hist *h, int64_t us)
     ADD(h->sum_us, (uint64_t)us);
 }
 
-static int clamp_route(int route)
+__attribute__((unused)) static int clamp_route(int route)
 {
     return route >= 0 && route < CDB_METRICS_MAX_ROUTES ? route : 0;
 }
