@@ -27,5 +27,6 @@
 #include "coredb/backup.h"       /* backups: create, list, verify, cleanup */
 #include "coredb/restore.h"      /* restoring a backup archive (maintenance mode) */
 #include "coredb/http.h"         /* the HTTP/JSON front end, for a program that serves it itself */
+#include "coredb/metrics.h"      /* the Prometheus text of the process's metrics */
 
 #endif

@@ -14,6 +14,7 @@
  * read atomically, so a scrape may be a few requests behind, never torn.
  */
 #include "core/metrics.h"
+#include "coredb/metrics.h"
 
 #include <dirent.h>
 #include <pthread.h>
@@ -728,6 +729,11 @@ char *cdb__metrics_render(void)
         return NULL;
     }
     return o.buf;
+}
+
+char *cdb_metrics_render(void)
+{
+    return cdb__metrics_render();
 }
 
 /* ---- JSON for the monitoring routes ---- */

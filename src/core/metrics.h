@@ -131,7 +131,7 @@ void cdb__metrics_remove_collector(cdb__metrics_collector_fn fn, void *arg);
  * then the process's own (/proc/self), then each collector's. malloc'd
  * text, NULL on out of memory. Media type: CDB_METRICS_MEDIA_TYPE.
  */
-#define CDB_METRICS_MEDIA_TYPE "text/plain; version=0.0.4; charset=utf-8"
+#define CDB_METRICS_MEDIA_TYPE "text/plain; version=0.0.4; charset=utf-8"  /* = CDB_METRICS_CONTENT_TYPE */
 char *cdb__metrics_render(void);
 
 /* ---- for GET /api/v1/admin/metrics/performance and /errors ---- */
