@@ -41,7 +41,11 @@ static const double bucket_s[] = {0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.0
 static const char *const bucket_le[] = {"0.0005", "0.001", "0.0025", "0.005", "0.01", "0.025", "0.05",
                                         "0.1",    "0.25",  "0.5",    "1",     "2.5",  "5",    "10"};
 #define NBUCKETS ((int)(sizeof bucket_s / sizeof bucket_s[0]))
-static int64_t bucket_us[NBUCKETS];  /* same bounds in µs, filled once */
+/* the same bounds in µs, what the hot path compares */
+static const int64_t bucket_us[] = {500,    1000,   2500,    5000,    10000,   25000,   50000,
+                                    100000, 250000, 500000, 1000000, 2500000, 5000000, 10000000};
+_Static_assert(sizeof bucket_us / sizeof bucket_us[0] == sizeof bucket_s / sizeof bucket_s[0],
+               "one bound per bucket");
 
 static const char *const method_names[] = {"GET", "POST", "PUT", "DELETE", "PATCH", "HEAD", "other"};
 #define NMETHODS ((int)(sizeof method_names / sizeof method_names[0]))
@@ -145,13 +149,6 @@ static struct {
 } collectors[MAX_COLLECTORS];
 
 static char commit_text[48] = CDB_COMMIT;
-static pthread_once_t once = PTHREAD_ONCE_INIT;
-
-static void init_once(void)
-{
-    for (int i = 0; i < NBUCKETS; i++)
-        bucket_us[i] = (int64_t)(bucket_s[i] * 1e6 + 0.5);
-}
 
 static inline shard *my(void)
 {
@@ -183,7 +180,6 @@ __attribute__((unused)) static int status_index(int status)
 
 __attribute__((unused)) static void hist_observe(hist *h, int64_t us)
 {
-    pthread_once(&once, init_once);
     if (us < 0)
         us = 0;
     int b = 0;
@@ -222,9 +218,13 @@ void cdb__metrics_http_error(int route, const char *method, int status, cdb_err 
     route = clamp_route(route);
     int c = code < 0 && -code < NCODES ? -code : 0;
     ADD(my()->errors[route][c], 1);
+    /* The ring is a sample of the last errors for a human; the counts above
+     * are exact. When another thread holds the lock this one is left out
+     * rather than wait: an error flood must not serialize the loops. */
     struct timespec ts;
     clock_gettime(CLOCK_REALTIME, &ts);
-    pthread_mutex_lock(&lock);
+    if (pthread_mutex_trylock(&lock) != 0)
+        return;
     recent_error *e = &recent[recent_next];
     e->at_ms = (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
     snprintf(e->request_id, sizeof e->request_id, "%s", request_id ? request_id : "");

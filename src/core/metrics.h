@@ -13,8 +13,9 @@
  *    PostgreSQL statistics) are not kept here at all: their owners register
  *    a collector that reads them at scrape time (cdb__metrics_add_collector).
  *
- * Rare events (background job runs, backups, migrations, the last error
- * answers) take a mutex: they are not on the hot path.
+ * Rare events (background job runs, backups, migrations) take a mutex:
+ * they are not on the hot path. The ring of the last error answers only
+ * tries it, and skips an entry rather than wait.
  *
  * Build with -DCDB_NO_METRICS to compile every recording call out (the
  * benchmark's baseline); the scrape then shows zeros.
@@ -72,7 +73,8 @@ void cdb__metrics_add(cdb__metric m, uint64_t n);
 /* One HTTP answer: route index from cdb__metrics_route_index (0 = unmatched),
  * method as sent (NULL or unknown -> "other"), status, time taken. */
 void cdb__metrics_http(int route, const char *method, int status, int64_t elapsed_us);
-/* One error answer (status >= 400): by code and route, and into the ring of recent ones. */
+/* One error answer (status >= 400): by code and route, and into the ring of recent ones
+ * (unless another thread is writing it at that moment: the ring is a sample, the counts exact). */
 void cdb__metrics_http_error(int route, const char *method, int status, cdb_err code, const char *request_id);
 /* The X-Client-Version of a request (at most 100 distinct values, the rest "other"). */
 void cdb__metrics_client_version(const char *value);

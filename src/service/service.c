@@ -9,6 +9,8 @@
 
 #include "coredb/log.h"
 #include "core/jobs.h"
+#include "core/metrics.h"
+#include "core/timeutil.h"
 #include "management/health.h"
 #include "management/migrate_internal.h"
 #include "security/service_state.h"
@@ -180,7 +182,10 @@ int cdb_service_migrate(cdb_service *svc, const cdb_migrate_options *opt,
     if (!conn)
         return err->code;
     json_t *result = NULL;
+    int64_t started_us = cdb_mono_us();
     int rc = cdb_migrate_up(conn, svc->migrations, opt, &result, err);
+    if (!opt || !opt->dry_run)
+        cdb__metrics_op(CDB_MOP_MIGRATION, NULL, rc == 0, cdb_mono_us() - started_us);
     PQfinish(conn);
     if (out)
         *out = result;
@@ -196,6 +201,7 @@ int cdb_service_migration(cdb_service *svc, cdb_migration_command command,
     PGconn *conn = cdb_service_connect(svc, err);
     if (!conn)
         return err->code;
+    int64_t started_us = cdb_mono_us();
     switch (command) {
     case CDB_MIGRATION_STATUS:
         rc = cdb_migrate_ensure_history(conn, err);
@@ -210,6 +216,8 @@ int cdb_service_migration(cdb_service *svc, cdb_migration_command command,
         rc = cdb_migrate_down(conn, svc->migrations, steps, opt, out, err);
         break;
     }
+    if (command != CDB_MIGRATION_STATUS && (!opt || !opt->dry_run))
+        cdb__metrics_op(CDB_MOP_MIGRATION, NULL, rc == 0, cdb_mono_us() - started_us);
     PQfinish(conn);
     return rc;
 }

@@ -53,7 +53,9 @@ def total(samples, name, **labels):
 
 @pytest.fixture(scope="module")
 def minst(pg, redis_server):
-    server = start_instance(pg, redis_server, REDIS_DB, PROMETHEUS_PORT=str(free_port()))
+    backups = os.path.join(scratch_dir(), f"backups-{uuid.uuid4().hex[:8]}")
+    os.makedirs(backups)
+    server = start_instance(pg, redis_server, REDIS_DB, PROMETHEUS_PORT=str(free_port()), BACKUP_DIR=backups)
     server.prom_port = int(server.env["PROMETHEUS_PORT"])
     yield server
     server.stop_clean()
@@ -141,6 +143,15 @@ def test_a_404_counts_once_as_unmatched_and_never_as_its_path(minst):
     assert value(after, "coredb_http_requests_total", **key) == value(before, "coredb_http_requests_total", **key) + 1
     assert path not in text and path[1:] not in text
     assert value(after, "coredb_http_request_duration_seconds_count", route="unmatched") >= 1
+    # buckets 0.5 ms .. 10 s, cumulative, +Inf = count
+    les = [dict(ls)["le"] for (n, ls) in after
+           if n == "coredb_http_request_duration_seconds_bucket" and ("route", "unmatched") in ls]
+    assert sorted(les, key=lambda x: float(x)) == ["0.0005", "0.001", "0.0025", "0.005", "0.01", "0.025", "0.05",
+                                                   "0.1", "0.25", "0.5", "1", "2.5", "5", "10", "+Inf"]
+    counts = [value(after, "coredb_http_request_duration_seconds_bucket", route="unmatched", le=le)
+              for le in sorted(les, key=lambda x: float(x))]
+    assert counts == sorted(counts)
+    assert counts[-1] == value(after, "coredb_http_request_duration_seconds_count", route="unmatched")
 
 
 def test_a_cache_hit_moves_hits_and_the_first_read_a_miss(minst):
@@ -168,6 +179,60 @@ def test_login_outcomes_and_sessions(minst, madmin):
         assert (value(after, "coredb_session_logins_total", outcome=outcome)
                 == value(before, "coredb_session_logins_total", outcome=outcome) + 1), outcome
     assert value(after, "coredb_sessions_active") >= 2
+
+
+def test_refresh_reuse_and_logout_are_counted(minst):
+    a = user(minst)
+    before = scrape(minst)
+    first = a.session["refresh_token"]
+    fresh = minst.post("/api/v1/auth/refresh", json={"refresh_token": first})
+    assert fresh.status_code == 200, fresh.text
+    reused = minst.post("/api/v1/auth/refresh", json={"refresh_token": first})
+    assert reused.status_code == 401 and reused.json()["error"]["code"] == "TOKEN_REVOKED"
+    b = user(minst)
+    assert minst.post("/api/v1/auth/logout", headers=b.headers).status_code == 200
+    after = scrape(minst)
+    for name in ("coredb_session_refreshes_total", "coredb_session_reuse_detections_total"):
+        assert value(after, name) == value(before, name) + 1, name
+    # the reused session and the logged-out one
+    assert value(after, "coredb_session_revocations_total") == value(before, "coredb_session_revocations_total") + 2
+
+
+def test_backups_and_migrations_are_counted(minst, madmin):
+    s = scrape(minst)
+    # the migrations applied at start: one run, successful
+    assert value(s, "coredb_migration_runs_total") >= 1
+    assert value(s, "coredb_migration_failures_total") == 0
+    assert value(s, "coredb_migration_last_success_timestamp_seconds") > time.time() - 3600
+    assert value(s, "coredb_backup_runs_total") == 0
+    assert value(s, "coredb_backup_last_success_timestamp_seconds") == 0
+    created = minst.post("/api/v1/admin/backups", headers=madmin.headers, timeout=120)
+    assert created.status_code == 201, created.text
+    after = scrape(minst)
+    assert value(after, "coredb_backup_runs_total") == 1
+    assert value(after, "coredb_backup_failures_total") == 0
+    assert value(after, "coredb_backup_duration_seconds_count") == 1
+    assert value(after, "coredb_backup_duration_seconds_sum") > 0
+    assert abs(value(after, "coredb_backup_last_success_timestamp_seconds") - time.time()) < 120
+
+
+def test_redis_down_shows_up_zero_and_command_errors(pg, private_redis):
+    inst = start_instance(pg, private_redis, 0, PROMETHEUS_PORT=str(free_port()))
+    inst.prom_port = int(inst.env["PROMETHEUS_PORT"])
+    try:
+        a = user(inst)
+        pid = add_project(inst, a.id, title="redis")
+        body = {"table": "projects", "select": ["id"], "filters": {"id": pid}}
+        query_ok(inst, a, body)
+        before = scrape(inst)
+        assert value(before, "coredb_redis_up") == 1
+        private_redis.stop()
+        query_ok(inst, a, body)  # still answered, from PostgreSQL
+        after = scrape(inst)
+        assert value(after, "coredb_redis_up") == 0
+        assert value(after, "coredb_redis_command_errors_total") > value(before, "coredb_redis_command_errors_total")
+    finally:
+        inst.stop_clean()
 
 
 def test_a_429_counts_as_a_refusal_of_its_role(pg, redis_server):
