@@ -58,10 +58,15 @@ cdb_outbox_rc cdb_outbox_apply(cdb_cache *cache, const char *op, const char *key
         if ((rc = cdb_cache_expire(cache, key, ttl, &applied, &e)) == 0 && result)
             *result = json_boolean(applied);
     }
-    if (rc < 0)
+    if (rc < 0) {
         snprintf(why, whylen, "%s", e.message);
-    else
+    } else {
         cdb__metrics_inc(CDB_M_OUTBOX_APPLIED);
+        /* a query cache generation ("coredb:<ns>:gen:<table>", qcache.c): cached reads invalidated;
+         * applications' keys live under "app:" and cannot look like one */
+        if (strcmp(op, "incr") == 0 && strncmp(key, "coredb:", 7) == 0 && strstr(key, ":gen:"))
+            cdb__metrics_inc(CDB_M_CACHE_INVALIDATIONS);
+    }
     cdb_error_destroy(&e);
     return rc == 0 ? CDB_OUTBOX_DONE : rc == CDB_ERR_VALIDATION_FAILED ? CDB_OUTBOX_REFUSED : CDB_OUTBOX_DOWN;
 }

@@ -428,11 +428,12 @@ int cdb_qcache_bump(cdb_qcache *qc, const char *table)
         return -1;
     /* first locally: flights of this process begun before now are not joined */
     atomic_fetch_add(&qc->epoch, 1);
-    cdb__metrics_inc(CDB_M_CACHE_INVALIDATIONS);
     cdb_error_init(&err);
     cdb_qcache_generation_key(qc, table, key, sizeof key);
     int rc = cdb_cache_incr(qc->cache, key, &v, &err);
     cdb_error_destroy(&err);
+    if (rc == 0)  /* one that failed is queued in the outbox and counted when applied there */
+        cdb__metrics_inc(CDB_M_CACHE_INVALIDATIONS);
     return rc < 0 ? -1 : 0;
 }
 

@@ -15,7 +15,7 @@ import uuid
 import pytest
 import requests
 
-from datahelp import add_project, admin_of, query_ok, start_instance, user
+from datahelp import add_project, admin_of, pg_update, query_ok, rset, start_instance, tx_ok, user
 from identity import b64url, bearer, login_resp
 from servers import Coredb, free_port, scratch_dir
 from conftest import base_env
@@ -168,6 +168,15 @@ def test_a_cache_hit_moves_hits_and_the_first_read_a_miss(minst):
     route = dict(method="POST", route="/api/v1/data/query", status=200)
     assert (value(after, "coredb_http_requests_total", **route)
             == value(before, "coredb_http_requests_total", **route) + 2)
+    # a write through the data API invalidates (bumps the table's generation)
+    # and its Redis operation is applied through the outbox
+    out = tx_ok(minst, a, [pg_update("projects", {"id": pid}, {"title": "changed"}), rset("k", "v")])
+    assert out["results"][1]["status"] == "success", out
+    written = scrape(minst)
+    assert value(written, "coredb_cache_invalidations_total") >= value(after, "coredb_cache_invalidations_total") + 1
+    assert value(written, "coredb_outbox_applied_total") >= value(after, "coredb_outbox_applied_total") + 1
+    assert value(written, "coredb_outbox_backlog") == 0
+    assert query_ok(minst, a, body)["cached"] is False
 
 
 def test_login_outcomes_and_sessions(minst, madmin):
