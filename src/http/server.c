@@ -330,8 +330,8 @@ cdb_http_server *cdb_http_server_new(cdb_service *svc, cdb_error *err)
     for (int i = 0; i < cfg->http_threads; i++)
         if (loop_init(&srv->loops[i], srv, srv->listen_fd, srv->tables, err) < 0)
             goto fail;
-    /* the metrics listener has a loop of its own, so a scrape is answered
-     * however busy the API's loops are */
+    /* the metrics listener has a loop of its own, so the API's connections
+     * cannot crowd out a scrape's (the rendering runs on the workers) */
     if (srv->prom_fd >= 0 &&
         loop_init(&srv->loops[srv->nloops - 1], srv, srv->prom_fd, srv->prom_tables, err) < 0)
         goto fail;
