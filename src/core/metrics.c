@@ -240,15 +240,15 @@ void cdb__metrics_http_error(int route, const char *method, int status, cdb_err 
 
 /*
  * A version label must not carry an id, an email or a token: only short
- * values of [0-9A-Za-z._+-] are kept (no '@', and 32 characters are too
- * few for a token); the rest is "other".
+ * values of [0-9A-Za-z._+-] are kept (no '@'; under 24 characters, too
+ * few for a token or a UUID, even without its dashes); the rest is "other".
  */
 static bool version_ok(const char *v)
 {
     size_t n = 0;
     for (; v[n]; n++) {
         char c = v[n];
-        if (n >= 32 || !((c >= '0' && c <= '9') || (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') ||
+        if (n >= 24 || !((c >= '0' && c <= '9') || (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') ||
                          c == '.' || c == '_' || c == '+' || c == '-'))
             return false;
     }

@@ -265,7 +265,7 @@ def test_a_429_counts_as_a_refusal_of_its_role(pg, redis_server):
 def test_client_versions_are_bounded_and_never_carry_emails_or_tokens(minst, madmin):
     for i in range(105):
         assert minst.get("/health/live", headers={"X-Client-Version": f"sdk-{i}.0"}).status_code == 200
-    secret_like = [madmin.email, madmin.token, "x" * 40, "a b", 'q"uote']
+    secret_like = [madmin.email, madmin.token, madmin.id, madmin.id.replace("-", ""), "x" * 40, "a b", 'q"uote']
     for v in secret_like:
         minst.get("/health/live", headers={"X-Client-Version": v})
     s = scrape(minst)
