@@ -148,7 +148,6 @@ static struct {
     void *arg;
 } collectors[MAX_COLLECTORS];
 
-static char commit_text[48] = CDB_COMMIT;
 
 static inline shard *my(void)
 {
@@ -337,13 +336,6 @@ void cdb__metrics_inflight_add(int delta)
     atomic_fetch_add_explicit(&inflight, delta, memory_order_relaxed);
 }
 
-void cdb__metrics_set_commit(const char *commit)
-{
-    pthread_mutex_lock(&lock);
-    snprintf(commit_text, sizeof commit_text, "%s", commit ? commit : "unknown");
-    pthread_mutex_unlock(&lock);
-}
-
 int cdb__metrics_add_collector(cdb__metrics_collector_fn fn, void *arg)
 {
     int rc = -1;
@@ -449,30 +441,19 @@ static uint64_t sum_counter(cdb__metric m)
     return n;
 }
 
-/* A histogram summed over the shards; get(s) picks the histogram of a shard. */
+/* A histogram summed over the shards. */
 typedef struct hist_sum {
     uint64_t bucket[NBUCKETS + 1];
     uint64_t count, sum_us;
 } hist_sum;
 
-static void sum_route_hist(int route, hist_sum *h)
+/* of: the histogram in shards[0]; the same one of every shard is at the same offset */
+static void sum_hist(hist *of, hist_sum *h)
 {
+    size_t off = (size_t)((char *)of - (char *)&shards[0]);
     memset(h, 0, sizeof *h);
     for (int s = 0; s < NSHARDS; s++) {
-        hist *x = &shards[s].duration[route];
-        for (int b = 0; b <= NBUCKETS; b++)
-            h->bucket[b] += LOAD(x->bucket[b]);
-        h->sum_us += LOAD(x->sum_us);
-    }
-    for (int b = 0; b <= NBUCKETS; b++)
-        h->count += h->bucket[b];
-}
-
-static void sum_pool_hist(hist_sum *h)
-{
-    memset(h, 0, sizeof *h);
-    for (int s = 0; s < NSHARDS; s++) {
-        hist *x = &shards[s].pool_wait;
+        hist *x = (hist *)((char *)&shards[s] + off);
         for (int b = 0; b <= NBUCKETS; b++)
             h->bucket[b] += LOAD(x->bucket[b]);
         h->sum_us += LOAD(x->sum_us);
@@ -540,7 +521,7 @@ static void render_http(cdb__metrics_out *o)
                         "Time from reading a request to queueing its answer, by route template.");
     for (int r = 0; r < n; r++) {
         hist_sum h;
-        sum_route_hist(r, &h);
+        sum_hist(&shards[0].duration[r], &h);
         if (!h.count)
             continue;
         cdb__metrics_escape(names[r], route, sizeof route);
@@ -572,7 +553,7 @@ static void render_counters(cdb__metrics_out *o)
         cdb__metrics_sample(o, counter_defs[m].family, counter_defs[m].labels, (double)sum_counter(m));
     }
     hist_sum h;
-    sum_pool_hist(&h);
+    sum_hist(&shards[0].pool_wait, &h);
     cdb__metrics_family(o, "coredb_pool_acquire_wait_seconds", "histogram",
                         "Time threads waited for a pooled PostgreSQL connection.");
     write_hist(o, "coredb_pool_acquire_wait_seconds", NULL, &h);
@@ -638,9 +619,7 @@ static void render_ops(cdb__metrics_out *o)
 static void render_process(cdb__metrics_out *o)
 {
     char commit[96];
-    pthread_mutex_lock(&lock);
-    cdb__metrics_escape(commit_text, commit, sizeof commit);
-    pthread_mutex_unlock(&lock);
+    cdb__metrics_escape(CDB_COMMIT, commit, sizeof commit);  /* the Makefile's git rev-parse --short HEAD */
     cdb__metrics_family(o, "coredb_build_info", "gauge", "Always 1; the labels name the build.");
     outf(o, "coredb_build_info{version=\"%s\",commit=\"%s\"} 1\n", CDB_VERSION, commit);
 
@@ -766,7 +745,7 @@ json_t *cdb__metrics_latency_json(void)
     json_t *out = json_object();
     for (int r = 0; out && r < n; r++) {
         hist_sum h;
-        sum_route_hist(r, &h);
+        sum_hist(&shards[0].duration[r], &h);
         if (!h.count)
             continue;
         json_t *e = json_pack("{s:I,s:f,s:f,s:f}", "count", (json_int_t)h.count, "p50_ms", quantile_ms(&h, 0.5),

@@ -145,7 +145,4 @@ json_t *cdb__metrics_latency_json(void);
  * (recent: the last 50 error answers, newest first). New reference; NULL on out of memory. */
 json_t *cdb__metrics_errors_json(void);
 
-/* Sets the build's commit for coredb_build_info (default "unknown"); before serving. */
-void cdb__metrics_set_commit(const char *commit);
-
 #endif
