@@ -16,6 +16,7 @@
 
 #include "core/metrics.h"
 #include "core/timeutil.h"
+#include "identity/identity_internal.h"  /* CDB__SESSION_LIVE: what a live session is, said once */
 #include "store/pg.h"
 #include "store/pool.h"
 #include "store/redis.h"
@@ -23,10 +24,11 @@
 enum { SCRAPE_DEADLINE_MS = 2000 };
 
 /* One round trip: the numbers, then pg_stat_activity by state (nulls: other roles' sessions). */
+/* $1: SESSION_TIMEOUT in seconds */
 static const char *const PG_STATS_SQL =
     "SELECT current_setting('server_version'), current_setting('server_version_num')::bigint,"
     " pg_database_size(current_database()),"
-    " (SELECT count(*) FROM coredb.sessions WHERE revoked_at IS NULL AND expires_at > now()),"
+    " (SELECT count(*) FROM coredb.sessions s WHERE " CDB__SESSION_LIVE("s", "$1") "),"
     " (SELECT count(*) FROM coredb.redis_outbox)";
 static const char *const PG_ACTIVITY_SQL =
     "SELECT coalesce(state, 'unknown'), count(*) FROM pg_stat_activity"
@@ -76,7 +78,10 @@ static void collect_postgres(cdb__metrics_out *out, cdb_service *svc)
     if (pc) {
         PGconn *conn = cdb_pool_conn_pg(pc);
         cdb_pg_set_deadline(conn, deadline);
-        up = cdb_pg_exec(conn, PG_STATS_SQL, 0, NULL, &stats, &err) == 0 && PQntuples(stats) == 1 &&
+        char timeout[16];
+        snprintf(timeout, sizeof timeout, "%d", svc->cfg->session_timeout_s);
+        const char *params[] = {timeout};
+        up = cdb_pg_exec(conn, PG_STATS_SQL, 1, params, &stats, &err) == 0 && PQntuples(stats) == 1 &&
              cdb_pg_exec(conn, PG_ACTIVITY_SQL, 0, NULL, &activity, &err) == 0;
         cdb_pool_release(svc->pool, pc);
     }
@@ -100,7 +105,7 @@ static void collect_postgres(cdb__metrics_out *out, cdb_service *svc)
             snprintf(labels, sizeof labels, "state=\"%s\"", state);
             cdb__metrics_sample(out, "coredb_postgres_connections", labels, strtod(PQgetvalue(activity, i, 1), NULL));
         }
-        cdb__metrics_family(out, "coredb_sessions_active", "gauge", "Sessions neither ended nor expired.");
+        cdb__metrics_family(out, "coredb_sessions_active", "gauge", "Live sessions: not ended, not expired, used within SESSION_TIMEOUT.");
         cdb__metrics_sample(out, "coredb_sessions_active", NULL, strtod(PQgetvalue(stats, 0, 3), NULL));
         cdb__metrics_family(out, "coredb_outbox_backlog", "gauge", "Redis outbox rows waiting to be applied.");
         cdb__metrics_sample(out, "coredb_outbox_backlog", NULL, strtod(PQgetvalue(stats, 0, 4), NULL));

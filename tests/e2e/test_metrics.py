@@ -180,10 +180,12 @@ def test_a_cache_hit_moves_hits_and_the_first_read_a_miss(minst):
 
 
 def test_login_outcomes_and_sessions(minst, madmin):
+    a = user(minst)  # one session of its own, far from SESSION_MAX_PER_USER
     before = scrape(minst)
-    assert login_resp(minst, madmin.email, "wrong-password-123").status_code == 401
-    assert login_resp(minst, madmin.email, madmin.password).status_code == 200
+    assert login_resp(minst, a.email, "wrong-password-123").status_code == 401
+    assert login_resp(minst, a.email, a.password).status_code == 200
     after = scrape(minst)
+    assert value(after, "coredb_sessions_active") == value(before, "coredb_sessions_active") + 1
     for outcome in ("success", "failure"):
         assert (value(after, "coredb_session_logins_total", outcome=outcome)
                 == value(before, "coredb_session_logins_total", outcome=outcome) + 1), outcome
