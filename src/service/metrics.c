@@ -5,7 +5,9 @@
  * size, connections by state, active sessions, the outbox backlog) from
  * one pooled connection with a short deadline. Nothing here is kept on
  * the hot path. A scrape that cannot reach PostgreSQL says
- * coredb_postgres_up 0 and leaves the PostgreSQL families out.
+ * coredb_postgres_up 0 and leaves the PostgreSQL families out; one that
+ * finds every connection busy leaves them out too, and says up as the pool
+ * sees it.
  */
 #include "service/service_internal.h"
 #include "security/service_state.h"
@@ -85,9 +87,18 @@ static void collect_postgres(cdb__metrics_out *out, cdb_service *svc)
              cdb_pg_exec(conn, PG_ACTIVITY_SQL, 0, NULL, &activity, &err) == 0;
         cdb_pool_release(svc->pool, pc);
     }
-    cdb__metrics_family(out, "coredb_postgres_up", "gauge", "1 when a scrape's statistics query succeeded.");
+    bool queried = up;
+    if (!pc && err.code == CDB_ERR_POOL_EXHAUSTED) {
+        /* every connection is busy: PostgreSQL is not down for that, the pool knows */
+        cdb_pool_stats st;
+        cdb_pool_get_stats(svc->pool, &st);
+        up = st.server_up;
+    }
+    cdb__metrics_family(out, "coredb_postgres_up", "gauge",
+                        "1 when the scrape's statistics query succeeded (or, every pooled connection busy, "
+                        "while the pool reaches PostgreSQL).");
     cdb__metrics_sample(out, "coredb_postgres_up", NULL, up);
-    if (up) {
+    if (queried) {
         char version[96], labels[128];
         cdb__metrics_escape(PQgetvalue(stats, 0, 0), version, sizeof version);
         snprintf(labels, sizeof labels, "server_version=\"%s\"", version);

@@ -9,6 +9,7 @@ import re
 import shutil
 import socket
 import subprocess
+import threading
 import time
 import uuid
 
@@ -321,6 +322,31 @@ def test_scrape_time_gauges(minst):
         s = scrape(minst)
     assert total(s, "coredb_job_runs_total") >= 1
     assert max(v for (n, ls), v in s.items() if n == "coredb_job_last_success_timestamp_seconds") > 0
+
+
+def test_pool_exhaustion_is_seen(start_coredb):
+    port = free_port()
+    inst = start_coredb(DB_POOL_MIN=1, DB_POOL_MAX=1, DB_POOL_ACQUIRE_TIMEOUT=500, PROMETHEUS_PORT=port)
+    inst.prom_port = port
+    before = scrape(inst)
+    holder = threading.Thread(target=lambda: inst.post("/test/sleep", json={"seconds": 4}))
+    holder.start()
+    try:
+        time.sleep(0.5)  # let it take the only connection
+        assert inst.post("/test/sleep", json={"seconds": 0}).status_code == 503
+        during = scrape(inst)
+    finally:
+        holder.join()
+    assert value(during, "coredb_pool_connections", state="active") == 1
+    assert value(during, "coredb_pool_connections", state="idle") == 0
+    # the 503 (and the scrape's own wait for a connection)
+    assert value(during, "coredb_pool_acquire_timeouts_total") >= value(before, "coredb_pool_acquire_timeouts_total") + 1
+    assert total(during, "coredb_pool_acquire_wait_seconds_bucket", le="0.25") < \
+        value(during, "coredb_pool_acquire_wait_seconds_count")  # at least one wait of 0.5 s
+    assert value(during, "coredb_postgres_up") == 1  # busy is not down
+    assert value(during, "coredb_http_requests_total", method="POST", route="/test/sleep", status=503) == 1
+    after = scrape(inst)
+    assert value(after, "coredb_postgres_database_size_bytes") > 0
 
 
 def test_postgres_down_is_up_zero_not_an_error(private_pg, redis_server):
