@@ -380,6 +380,7 @@ def test_promtool_accepts_a_scrape_after_mixed_traffic(minst, madmin):
     assert promtool, "promtool is installed by scripts/install-deps.sh (Debian's prometheus)"
     out = subprocess.run([promtool, "check", "metrics"], input=text, capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stdout + out.stderr
+    assert out.stdout.strip() == "" and out.stderr.strip() == "", out.stdout + out.stderr  # no lint remarks
 
 
 def test_a_real_prometheus_scrapes_the_metrics_port(minst):
