@@ -18,7 +18,7 @@ import requests
 
 from datahelp import add_project, admin_of, pg_update, query_ok, rset, start_instance, tx_ok, user
 from identity import b64url, bearer, login_resp
-from servers import Coredb, free_port, scratch_dir
+from servers import ROOT, TEST_JWT_SECRET, Coredb, free_port, run_cli, scratch_dir
 from conftest import base_env
 
 REDIS_DB = 6
@@ -226,6 +226,44 @@ def test_backups_and_migrations_are_counted(minst, madmin):
     assert value(after, "coredb_backup_duration_seconds_count") == 1
     assert value(after, "coredb_backup_duration_seconds_sum") > 0
     assert abs(value(after, "coredb_backup_last_success_timestamp_seconds") - time.time()) < 120
+
+
+def test_an_http_migration_run_counts_once_however_many_files(pg):
+    db = pg.create_database()
+    d = os.path.join(scratch_dir(), f"mig-metrics-{db}")
+    shutil.copytree(os.path.join(ROOT, "migrations"), d)
+    rc = run_cli(["migrate", "up", "--json"], {"DATABASE_URL": pg.url(db), "JWT_SECRET": TEST_JWT_SECRET,
+                                               "MIGRATIONS_DIR": d})
+    assert rc.returncode == 0, rc.stderr
+    for i in (1, 2, 3):
+        with open(os.path.join(d, f"29990202_00{i}_m{i}.sql"), "w") as f:
+            f.write(f"-- migrate:up\nCREATE TABLE public.metrics_m{i} (id int);\n"
+                    f"-- migrate:down\nDROP TABLE public.metrics_m{i};\n")
+    inst = start_instance(pg, db=db, MIGRATIONS_DIR=d, MIGRATE_ON_START="false", PROMETHEUS_PORT=str(free_port()))
+    inst.prom_port = int(inst.env["PROMETHEUS_PORT"])
+    try:
+        adm = admin_of(inst)
+        assert value(scrape(inst), "coredb_migration_runs_total") == 0  # the CLI's run was another process
+        dry = inst.post("/api/v1/migrations/run", json={"dry_run": True}, headers=adm.headers)
+        assert dry.status_code == 202, dry.text
+        run = inst.post("/api/v1/migrations/run", json={}, headers=adm.headers)
+        assert run.status_code in (202, 409), run.text
+        if run.status_code == 409:  # the dry run still holds the lock
+            time.sleep(1)
+            run = inst.post("/api/v1/migrations/run", json={}, headers=adm.headers)
+            assert run.status_code == 202, run.text
+        run_id = run.json()["migration_id"]
+        deadline = time.time() + 30
+        while inst.get(f"/api/v1/migrations/runs/{run_id}", headers=adm.headers).json()["status"] == "running":
+            assert time.time() < deadline
+            time.sleep(0.1)
+        s = scrape(inst)
+        assert value(s, "coredb_migration_runs_total") == 1  # three files, one run; the dry run not counted
+        assert value(s, "coredb_migration_failures_total") == 0
+        assert value(s, "coredb_migration_duration_seconds_count") == 1
+        assert abs(value(s, "coredb_migration_last_success_timestamp_seconds") - time.time()) < 60
+    finally:
+        inst.stop_clean()
 
 
 def test_redis_down_shows_up_zero_and_command_errors(pg, private_redis):
