@@ -53,7 +53,7 @@ struct cdb_http_server {
     const cdb_route *prom_tables[2]; /* the PROMETHEUS_PORT listener: GET /metrics only */
     int route_base[16];            /* index into route_ix of tables[t][0] */
     int route_len[16];             /* rows of tables[t] */
-    int route_ix[256];
+    int route_ix[256];             /* metrics index of every row of tables (more rows: "unmatched") */
     atomic_int inflight;           /* requests accepted and not yet answered */
     atomic_bool stopping;
 };
