@@ -39,6 +39,16 @@ $(BUILD)/%.o: %.c
 	@[ "$(V)" = 1 ] || echo "  CC  $<"
 	$(Q)$(CC) $(ALL_CFLAGS) -c $< -o $@
 
+# coredb_build_info's commit label (src/core/metrics.c): metrics.o is rebuilt
+# when the commit changes, through a stamp rewritten only then.
+COMMIT := $(shell git rev-parse --short HEAD 2>/dev/null || echo unknown)
+$(BUILD)/commit.txt: FORCE
+	@mkdir -p $(dir $@)
+	@echo '$(COMMIT)' | cmp -s - $@ || echo '$(COMMIT)' > $@
+$(BUILD)/src/core/metrics.o: $(BUILD)/commit.txt
+$(BUILD)/src/core/metrics.o: ALL_CFLAGS += -DCDB_COMMIT='"$(COMMIT)"'
+FORCE:
+
 $(BUILD)/libcoredb.a: $(LIB_OBJ)
 	@[ "$(V)" = 1 ] || echo "  AR  $@"
 	$(Q)rm -f $@ && ar rcs $@ $^

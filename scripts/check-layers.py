@@ -34,6 +34,7 @@ RANK = {"core": 0, "store": 1, "security": 2, "identity": 3, "data": 3, "managem
 PUBLIC = {
     "error.h": "core", "log.h": "core", "config.h": "core", "role.h": "core",
     "version.h": "core", "idempotency.h": "core", "result.h": "core",
+    "metrics.h": "core",
     "principal.h": "security", "audit.h": "security",
     "users.h": "identity", "sessions.h": "identity",
     "data.h": "data",

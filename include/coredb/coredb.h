@@ -29,5 +29,6 @@
 #include "coredb/dbauth.h"       /* database roles and users (DatabaseAuth) */
 #include "coredb/restore.h"      /* restoring a backup archive (maintenance mode) */
 #include "coredb/http.h"         /* the HTTP/JSON front end, for a program that serves it itself */
+#include "coredb/metrics.h"      /* the Prometheus text of the process's metrics */
 
 #endif

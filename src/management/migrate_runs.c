@@ -21,6 +21,8 @@
 #include "coredb/log.h"
 #include "coredb/migrate.h"
 #include "coredb/role.h"
+#include "core/metrics.h"
+#include "core/timeutil.h"
 #include "management/migrate_internal.h"
 #include "security/audit_internal.h"
 #include "security/service_state.h"
@@ -251,6 +253,7 @@ static void *run_thread(void *arg)
     int rc = 0;
     bool changed = false;
     cdb_migrate_options opt = {.target_version = c->target, .applied_by = "coredb http", .lock_timeout_ms = 1};
+    int64_t started_us = cdb_mono_us();
     if (c->dry_run) {
         opt.dry_run = true;
         rc = cdb_migrate_up(c->conn, c->svc->migrations, &opt, &result, &e);
@@ -276,6 +279,8 @@ static void *run_thread(void *arg)
     }
     if (changed)
         refresh_everywhere(c->svc, c->conn);
+    if (!c->dry_run)  /* one run, however many files it applied one by one */
+        cdb__metrics_op(CDB_MOP_MIGRATION, NULL, rc == 0, cdb_mono_us() - started_us);
     finish(c, rc, result, &e);
     cdb_log_info("migrate.run", "run %s %s", c->id, rc < 0 ? "failed" : "completed");
     cdb__audit_origin_restore(&c->origin);
@@ -523,7 +528,9 @@ int cdb_migration_rollback(cdb_service *svc, const cdb_principal *caller, const 
         return err->code;
     }
     cdb_migrate_options opt = {.applied_by = "coredb http", .lock_timeout_ms = 1};
+    int64_t started_us = cdb_mono_us();
     int rc = cdb_migrate_down(conn, svc->migrations, (int)json_integer_value(steps), &opt, out, err);
+    cdb__metrics_op(CDB_MOP_MIGRATION, NULL, rc == 0, cdb_mono_us() - started_us);
     if (rc == 0)
         refresh_everywhere(svc, conn);
     cdb__migrate_audit(svc, caller, false, json_pack("{s:I}", "steps", json_integer_value(steps)), *out, rc);

@@ -10,6 +10,8 @@
 #include "coredb/log.h"
 #include "coredb/principal.h"
 #include "core/jobs.h"
+#include "core/metrics.h"
+#include "core/timeutil.h"
 #include "management/health.h"
 #include "management/migrate_internal.h"
 #include "security/service_state.h"
@@ -134,6 +136,7 @@ void cdb_service_close(cdb_service *svc)
 {
     if (!svc)
         return;
+    cdb__service_metrics_stop(svc);  /* scrapes read the pool and Redis */
     cdb__migration_runs_stop(svc);   /* a run thread uses the catalog, cache and files */
     cdb_jobs_free(svc->jobs);      /* first: the jobs use everything below */
     cdb_qcache_free(svc->qcache);
@@ -180,7 +183,10 @@ int cdb_service_migrate(cdb_service *svc, const cdb_migrate_options *opt,
     if (!conn)
         return err->code;
     json_t *result = NULL;
+    int64_t started_us = cdb_mono_us();
     int rc = cdb_migrate_up(conn, svc->migrations, opt, &result, err);
+    if (!opt || !opt->dry_run)
+        cdb__metrics_op(CDB_MOP_MIGRATION, NULL, rc == 0, cdb_mono_us() - started_us);
     PQfinish(conn);
     if (out)
         *out = result;
@@ -198,6 +204,7 @@ int cdb_service_migration(cdb_service *svc, cdb_migration_command command,
     PGconn *conn = cdb_service_connect(svc, err);
     if (!conn)
         return err->code;
+    int64_t started_us = cdb_mono_us();
     switch (command) {
     case CDB_MIGRATION_STATUS:
         rc = cdb_migrate_ensure_history(conn, err);
@@ -218,6 +225,8 @@ int cdb_service_migration(cdb_service *svc, cdb_migration_command command,
                            rc == 0 ? *out : NULL, rc);
         break;
     }
+    if (command != CDB_MIGRATION_STATUS && (!opt || !opt->dry_run))
+        cdb__metrics_op(CDB_MOP_MIGRATION, NULL, rc == 0, cdb_mono_us() - started_us);
     PQfinish(conn);
     return rc;
 }

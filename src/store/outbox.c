@@ -17,6 +17,7 @@
 #include <string.h>
 
 #include "coredb/log.h"
+#include "core/metrics.h"
 #include "store/ledger.h"
 #include "store/outbox.h"
 #include "store/pg.h"
@@ -57,8 +58,15 @@ cdb_outbox_rc cdb_outbox_apply(cdb_cache *cache, const char *op, const char *key
         if ((rc = cdb_cache_expire(cache, key, ttl, &applied, &e)) == 0 && result)
             *result = json_boolean(applied);
     }
-    if (rc < 0)
+    if (rc < 0) {
         snprintf(why, whylen, "%s", e.message);
+    } else {
+        cdb__metrics_inc(CDB_M_OUTBOX_APPLIED);
+        /* a query cache generation ("coredb:<ns>:gen:<table>", qcache.c): cached reads invalidated;
+         * applications' keys live under "app:" and cannot look like one */
+        if (strcmp(op, "incr") == 0 && strncmp(key, "coredb:", 7) == 0 && strstr(key, ":gen:"))
+            cdb__metrics_inc(CDB_M_CACHE_INVALIDATIONS);
+    }
     cdb_error_destroy(&e);
     return rc == 0 ? CDB_OUTBOX_DONE : rc == CDB_ERR_VALIDATION_FAILED ? CDB_OUTBOX_REFUSED : CDB_OUTBOX_DOWN;
 }
@@ -105,6 +113,7 @@ int cdb_outbox_flush(cdb_pool *pool, cdb_cache *cache, int *applied, int *pendin
         cdb_outbox_rc ar = cdb_outbox_apply(cache, op, key, value, ttl, NULL, why, sizeof why);
         if (ar == CDB_OUTBOX_DOWN) {
             /* keep the order: nothing after a row that did not apply */
+            cdb__metrics_inc(CDB_M_OUTBOX_RETRIES);
             params[0] = PQgetvalue(res, r, 0);
             params[1] = why;
             if ((rc = cdb_pg_exec(conn, "UPDATE coredb.redis_outbox SET attempts = attempts + 1, "
