@@ -40,6 +40,7 @@ PUBLIC = {
     "migrate.h": "management", "backup.h": "management", "health.h": "management", "tables.h": "management",
     "restore.h": "management",
     "migrate_runs.h": "management",
+    "monitor.h": "management",
     "service.h": "service",
     "http.h": "http",
     "coredb.h": "embedder",   # the umbrella: for programs using the library, never for its own files

@@ -236,6 +236,7 @@ extern const cdb_route cdb_routes_auth[];
 extern const cdb_route cdb_routes_data[];
 extern const cdb_route cdb_routes_admin[];
 extern const cdb_route cdb_routes_migrations[];
+extern const cdb_route cdb_routes_monitor[];
 
 /* admit.c: session liveness, role and quota of the caller (worker thread). */
 bool cdb_admit_caller(cdb_request *r);
