@@ -340,9 +340,10 @@ static void record_starter(const cdb_devdb *db, int lock_fd, bool starting)
  */
 static bool has_stat_statements(const char *bindir)
 {
-    char lib[4200];
-    snprintf(lib, sizeof lib, "%s/../lib", bindir);
-    return file_exists(lib, "pg_stat_statements.so");
+    char *lib = cdb_xasprintf("%s/../lib/pg_stat_statements.so", bindir);
+    bool found = lib && access(lib, R_OK) == 0;
+    free(lib);
+    return found;
 }
 
 static int pg_ctl_start(cdb_devdb *db, const char *bindir, cdb_error *err)
