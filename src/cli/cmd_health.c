@@ -37,6 +37,15 @@ static void print_report(const char *title, json_t *r)
     json_object_del(rest, "health");
     json_object_del(rest, "reason");
     json_object_del(rest, "reasons");
+    if (!title[0]) {
+        /* the overall verdict: its reasons; the parts follow on their own */
+        size_t i;
+        json_t *why;
+        json_array_foreach(json_object_get(r, "reasons"), i, why)
+            printf("  - %s\n", json_string_value(why));
+        json_decref(rest);
+        return;
+    }
     cli_print_human(stdout, rest);
     json_decref(rest);
 }

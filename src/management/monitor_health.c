@@ -323,7 +323,8 @@ static json_t *disk_json(verdict *v, const char *name, const char *path)
 {
     struct statvfs sv;
     if (!path || statvfs(path, &sv) < 0 || sv.f_blocks == 0)
-        return json_pack("{s:s,s:s?,s:b}", "name", name, "path", path, "exists", 0);
+        return json_pack("{s:s,s:s?,s:b,s:n,s:n,s:n}", "name", name, "path", path, "exists", 0,
+                         "free_bytes", "total_bytes", "free_ratio");
     unsigned long long unit = sv.f_frsize ? sv.f_frsize : sv.f_bsize;
     unsigned long long total = (unsigned long long)sv.f_blocks * unit;
     unsigned long long avail = (unsigned long long)sv.f_bavail * unit;

@@ -16,7 +16,8 @@
 
 /*
  * Statement text as the reports show it (column expression over `col`):
- * cut to CDB_MONITOR_QUERY_TEXT_MAX characters, and replaced as a whole
+ * runs of white space made one space (one line per statement), cut to
+ * CDB_MONITOR_QUERY_TEXT_MAX characters, and replaced as a whole
  * when it mentions a password, since the text of a statement can hold
  * literals (ALTER ROLE ... PASSWORD '...').
  */
@@ -24,7 +25,8 @@
 #define CDB__MONITOR_STR(x) CDB__MONITOR_STR_(x)
 #define CDB__MONITOR_QUERY_TEXT(col)                                               \
     "CASE WHEN " col " ~* 'passw(or)?d' THEN '<redacted: mentions a password>'" \
-    " ELSE left(" col ", " CDB__MONITOR_STR(CDB_MONITOR_QUERY_TEXT_MAX) ") END"
+    " ELSE left(regexp_replace(" col ", '\\s+', ' ', 'g'), "                    \
+    CDB__MONITOR_STR(CDB_MONITOR_QUERY_TEXT_MAX) ") END"
 
 /* 0 for an admin; UNAUTHORIZED / FORBIDDEN ("read monitoring data") otherwise. */
 int cdb__monitor_require_admin(const cdb_principal *caller, cdb_error *err);
