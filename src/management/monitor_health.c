@@ -18,6 +18,7 @@
 #include "coredb/health.h"
 
 #include <dirent.h>
+#include <errno.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -303,9 +304,11 @@ static long count_fds(void)
 static json_t *process_json(verdict *v)
 {
     struct rlimit rl;
-    long fds = count_fds();
     long long limit = getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur != RLIM_INFINITY
                           ? (long long)rl.rlim_cur : -1;
+    long fds = count_fds();
+    if (fds < 0 && errno == EMFILE && limit > 0)
+        fds = (long)limit;   /* not even one more descriptor to count them with: all in use */
     double ratio = fds >= 0 && limit > 0 ? (double)fds / (double)limit : 0.0;
     if (limit > 0 && ratio >= CDB_HEALTH_FDS_UNHEALTHY)
         verdict_add(v, CDB_HEALTH_DOWN, "fds: %ld of %lld open", fds, limit);
