@@ -314,9 +314,11 @@ static json_t *process_json(verdict *v)
         verdict_add(v, CDB_HEALTH_DOWN, "fds: %ld of %lld open", fds, limit);
     else if (limit > 0 && ratio >= CDB_HEALTH_FDS_DEGRADED)
         verdict_add(v, CDB_HEALTH_DEGRADED, "fds: %ld of %lld open", fds, limit);
+    /* in this order: the peak, read after the current size, is never below it */
+    long long rss = proc_status_value("VmRSS");
+    long long peak = proc_status_value("VmHWM");
     return json_pack("{s:i,s:I,s:I,s:I,s:I,s:o,s:f}", "pid", (int)getpid(), "rss_bytes",
-                     (json_int_t)proc_status_value("VmRSS"), "rss_peak_bytes",
-                     (json_int_t)proc_status_value("VmHWM"), "threads",
+                     (json_int_t)rss, "rss_peak_bytes", (json_int_t)peak, "threads",
                      (json_int_t)proc_status_value("Threads"), "fds_open", (json_int_t)fds,
                      "fds_limit", limit > 0 ? json_integer(limit) : json_null(), "fds_ratio",
                      (double)(long long)(ratio * 10000) / 10000.0);
