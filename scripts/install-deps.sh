@@ -18,6 +18,8 @@ PACKAGES=(
   python3-bcrypt
   # benchmarks and process tools
   wrk procps curl util-linux
+  # metrics tests: promtool and a real Prometheus (tests/e2e/test_metrics.py)
+  prometheus
 )
 
 missing=()
@@ -54,5 +56,10 @@ $SUDO apt-get update -qq || true
 $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 if [ "$remove_policy" = 1 ]; then
   $SUDO rm -f /usr/sbin/policy-rc.d
+fi
+# The tests start their own Prometheus on a free port; a system one would
+# hold 9090, coredb's default PROMETHEUS_PORT, from the next boot on.
+if command -v systemctl >/dev/null 2>&1 && [ -d /run/systemd/system ]; then
+  $SUDO systemctl disable --now prometheus prometheus-node-exporter >/dev/null 2>&1 || true
 fi
 echo "install-deps: done" >&2

@@ -64,7 +64,8 @@ int cdb_monitor_tables(cdb_service *svc, const cdb_principal *caller, json_t **o
  *   mean_ms, max_ms, rows} -- or {status: "unavailable", reason} when the
  *   pg_stat_statements extension is not installed in this database, not
  *   loaded, or not readable,
- * coredb: {latency: {route: {count, p50_ms, p90_ms, p99_ms}} | null}}.
+ * coredb: {latency: {route: {count, p50_ms, p90_ms, p99_ms}}}} -- this
+ * process's own answers since it started, routes with requests only.
  */
 int cdb_monitor_performance(cdb_service *svc, const cdb_principal *caller, json_t **out,
                             cdb_error *err);
@@ -73,7 +74,9 @@ int cdb_monitor_performance(cdb_service *svc, const cdb_principal *caller, json_
  * {postgresql: {xact_rollback, deadlocks, conflicts, conflicts_by_type:
  * {tablespace, lock, snapshot, bufferpin, deadlock}, temp_files},
  * pool: {acquire_timeouts_total, connect_failures_total, server_up},
- * coredb: {by_code: [{code, route, count}], recent: [...]} | null}.
+ * coredb: {by_code: [{code, route, count}], recent: [{at, request_id, method,
+ * route, status, code}] (the last 50 error answers of this process, newest
+ * first)}}.
  */
 int cdb_monitor_errors(cdb_service *svc, const cdb_principal *caller, json_t **out,
                        cdb_error *err);

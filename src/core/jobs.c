@@ -6,6 +6,7 @@
  */
 #include "core/jobs.h"
 #include "coredb/log.h"
+#include "core/metrics.h"
 #include "core/timeutil.h"
 
 #include <pthread.h>
@@ -45,7 +46,10 @@ static void *jobs_main(void *arg)
             pthread_mutex_unlock(&jobs->lock);
             cdb_error err;
             cdb_error_init(&err);
-            if (j->run(j->arg, &err) < 0)
+            int64_t started_us = cdb_mono_us();
+            bool ok = j->run(j->arg, &err) >= 0;
+            cdb__metrics_op(CDB_MOP_JOB, j->name, ok, cdb_mono_us() - started_us);
+            if (!ok)
                 cdb_log_warn("jobs.failed", "%s: %s: %s", j->name, cdb_err_name(err.code), err.message);
             cdb_error_destroy(&err);
             pthread_mutex_lock(&jobs->lock);

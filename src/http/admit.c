@@ -9,6 +9,7 @@
  * X-RateLimit-Limit/-Remaining/-Reset; a refusal is 429 with Retry-After.
  */
 #include "http_internal.h"
+#include "core/metrics.h"
 #include "service/service_internal.h"
 
 #include <string.h>
@@ -44,6 +45,8 @@ static bool within_quota(cdb_request *r)
     cdb_request_header(r, "X-RateLimit-Reset", "%d", (int)ceil(rl.reset_after_s));
     if (rl.allowed)
         return true;
+    /* the roles' counters follow cdb_role's order (core/metrics.h) */
+    cdb__metrics_inc((cdb__metric)(CDB_M_RATELIMIT_ANON + (int)r->principal.role));
     int retry = (int)ceil(rl.retry_after_s);
     if (retry < 1)
         retry = 1;

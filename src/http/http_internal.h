@@ -192,6 +192,7 @@ struct cdb_loop {
     const cdb_config *cfg;
     cdb_service *svc;
     cdb_client_limit *limit;       /* shared by every loop */
+    const cdb_route *const *tables; /* what this loop's listener serves (NULL-terminated) */
     struct event_base *base;
     struct evconnlistener *listener;
     struct event *accept_pause;    /* re-enables the listener after running out of descriptors */
@@ -237,6 +238,10 @@ extern const cdb_route cdb_routes_data[];
 extern const cdb_route cdb_routes_admin[];
 extern const cdb_route cdb_routes_migrations[];
 extern const cdb_route cdb_routes_monitor[];
+extern const cdb_route cdb_routes_metrics[];        /* GET /metrics (admin) on the main port */
+extern const cdb_route cdb_routes_metrics_public[]; /* GET /metrics on PROMETHEUS_PORT */
+/* The metrics registry's index of a route's template (0 for none); any thread. */
+int cdb_server_route_metric(const cdb_http_server *srv, const cdb_route *route);
 
 /* admit.c: session liveness, role and quota of the caller (worker thread). */
 bool cdb_admit_caller(cdb_request *r);

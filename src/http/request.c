@@ -21,6 +21,7 @@
 
 #include "coredb/log.h"
 #include "coredb/result.h"
+#include "core/metrics.h"
 #include "core/timeutil.h"
 
 #define MEDIA_JSON "application/json"
@@ -510,6 +511,23 @@ static struct evbuffer *render(cdb_request *r, bool closing)
     return out;
 }
 
+/*
+ * Counts the answer (core/metrics.c: lock-free per-thread counters). The
+ * route label is the matched route's template, "unmatched" otherwise, so
+ * a path never becomes a label.
+ */
+static void record_metrics(cdb_request *r, int64_t elapsed_us)
+{
+    int route = cdb_server_route_metric(r->server, r->route);
+    const char *method = r->method ? r->head.method : NULL;  /* served methods only; others "other" */
+    cdb__metrics_http(route, method, r->status, elapsed_us);
+    if (r->status >= 400)
+        cdb__metrics_http_error(route, method, r->status, r->err.code, r->request_id);
+    const char *version = cdb_request_field(r, "X-Client-Version");
+    if (version)
+        cdb__metrics_client_version(version);
+}
+
 void cdb_request_send(cdb_request *r, bool closing)
 {
     if (r->status == 0)
@@ -521,5 +539,7 @@ void cdb_request_send(cdb_request *r, bool closing)
         cdb_conn_send(r->conn, gone ? NULL : render(r, closing), closing);
         r->conn = NULL;
     }
-    access_log(r, cdb_mono_us() - r->start_us, gone);
+    int64_t elapsed_us = cdb_mono_us() - r->start_us;
+    access_log(r, elapsed_us, gone);
+    record_metrics(r, elapsed_us);
 }

@@ -36,21 +36,65 @@
 #include <unistd.h>
 
 #include "coredb/log.h"
+#include "core/metrics.h"
 #include "core/timeutil.h"
 #include "core/workq.h"
 
 struct cdb_http_server {
     cdb_service *svc;
     int listen_fd;
+    int prom_fd;                   /* PROMETHEUS_PORT listener or -1; served by the last loop */
     int nloops;
     cdb_loop *loops;
     cdb_workq *workers;            /* blocking work: PostgreSQL, Redis, disk */
     cdb_workq *slow_workers;       /* password hashing (AUTH_THREADS) */
     cdb_client_limit *limit;       /* HTTP_MAX_CONNECTIONS_PER_IP */
     const cdb_route *tables[16];   /* NULL-terminated */
+    const cdb_route *prom_tables[2]; /* the PROMETHEUS_PORT listener: GET /metrics only */
+    int route_base[16];            /* index into route_ix of tables[t][0] */
+    int route_len[16];             /* rows of tables[t] */
+    int route_ix[256];
     atomic_int inflight;           /* requests accepted and not yet answered */
     atomic_bool stopping;
 };
+
+/*
+ * The metrics index of every route (its pattern's, metrics.c), computed
+ * once so the hot path finds a route's index from its address: tables[t]
+ * is an array, so route - tables[t] is the row.
+ */
+static void index_routes(cdb_http_server *srv)
+{
+    int k = 0;
+    for (int t = 0; srv->tables[t]; t++) {
+        srv->route_base[t] = k;
+        for (const cdb_route *rt = srv->tables[t]; rt->pattern; rt++) {
+            int ix = cdb__metrics_route_index(rt->pattern);
+            if (k < (int)(sizeof srv->route_ix / sizeof srv->route_ix[0]))
+                srv->route_ix[k] = ix;
+            k++;
+        }
+        srv->route_len[t] = k - srv->route_base[t];
+    }
+    /* the metrics listener's one route has the same pattern as the admin one */
+    cdb__metrics_route_index(cdb_routes_metrics_public[0].pattern);
+}
+
+int cdb_server_route_metric(const cdb_http_server *srv, const cdb_route *route)
+{
+    if (!route)
+        return 0;
+    uintptr_t at = (uintptr_t)route;
+    for (int t = 0; srv->tables[t]; t++) {
+        uintptr_t first = (uintptr_t)srv->tables[t];
+        if (at >= first && at < first + (size_t)srv->route_len[t] * sizeof *route) {
+            int k = srv->route_base[t] + (int)((at - first) / sizeof *route);
+            return k < (int)(sizeof srv->route_ix / sizeof srv->route_ix[0]) ? srv->route_ix[k] : 0;
+        }
+    }
+    /* the metrics listener's table: rare, so the registry's lookup is fine */
+    return cdb__metrics_route_index(route->pattern);
+}
 
 static void finish(cdb_request *r)
 {
@@ -58,6 +102,7 @@ static void finish(cdb_request *r)
     cdb_request_send(r, atomic_load(&srv->stopping));
     cdb_request_free(r);
     atomic_fetch_sub(&srv->inflight, 1);
+    cdb__metrics_inflight_add(-1);
 }
 
 /* Loop side of the worker hand-off: send every completed request. */
@@ -92,7 +137,8 @@ void cdb_server_dispatch(cdb_request *r)
 {
     cdb_http_server *srv = r->server;
     atomic_fetch_add(&srv->inflight, 1);
-    if (!cdb_request_prepare(r, srv->tables) || r->route->mode == CDB_RUN_INLINE) {
+    cdb__metrics_inflight_add(1);
+    if (!cdb_request_prepare(r, r->loop->tables) || r->route->mode == CDB_RUN_INLINE) {
         /* inline routes are public: admission only parses the body */
         if (r->status == 0 && cdb_request_admit(r))
             r->route->handler(r);
@@ -162,7 +208,8 @@ static void *loop_main(void *arg)
     return NULL;
 }
 
-static int open_listener(const char *host, int port, cdb_error *err)
+/* var: the setting named in errors ("" for HOST/PORT, "PROMETHEUS_" for the metrics listener) */
+static int open_listener(const char *var, const char *host, int port, cdb_error *err)
 {
     struct addrinfo hints = {.ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM, .ai_flags = AI_PASSIVE};
     struct addrinfo *res = NULL;
@@ -171,14 +218,14 @@ static int open_listener(const char *host, int port, cdb_error *err)
     int fd = -1;
     int rc = getaddrinfo(host, portstr, &hints, &res);
     if (rc != 0) {
-        cdb_error_set(err, CDB_ERR_CONFIG_INVALID, "HOST: cannot resolve %s: %s", host, gai_strerror(rc));
+        cdb_error_set(err, CDB_ERR_CONFIG_INVALID, "%sHOST: cannot resolve %s: %s", var, host, gai_strerror(rc));
         goto out;
     }
     fd = socket(res->ai_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
     int one = 1;
     if (fd < 0 || setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one) < 0 ||
         bind(fd, res->ai_addr, res->ai_addrlen) < 0 || listen(fd, 1024) < 0) {
-        cdb_error_set(err, CDB_ERR_CONFIG_INVALID, "PORT: cannot listen on %s:%d: %s", host, port,
+        cdb_error_set(err, CDB_ERR_CONFIG_INVALID, "%sPORT: cannot listen on %s:%d: %s", var, host, port,
                       strerror(errno));
         if (fd >= 0)
             close(fd);
@@ -190,9 +237,11 @@ out:
     return fd;
 }
 
-static int loop_init(cdb_loop *loop, cdb_http_server *srv, cdb_error *err)
+static int loop_init(cdb_loop *loop, cdb_http_server *srv, int fd, const cdb_route *const *tables,
+                     cdb_error *err)
 {
     loop->server = srv;
+    loop->tables = tables;
     loop->svc = srv->svc;
     loop->cfg = cdb_service_config(srv->svc);
     loop->limit = srv->limit;
@@ -202,7 +251,7 @@ static int loop_init(cdb_loop *loop, cdb_http_server *srv, cdb_error *err)
     if (!loop->done_ev)
         return cdb_error_set(err, CDB_ERR_INTERNAL_ERROR, "cannot create event loop");
     /* every loop accepts on the one socket; the kernel hands each connection to one */
-    loop->listener = evconnlistener_new(loop->base, on_accept, loop, LEV_OPT_CLOSE_ON_EXEC, -1, srv->listen_fd);
+    loop->listener = evconnlistener_new(loop->base, on_accept, loop, LEV_OPT_CLOSE_ON_EXEC, -1, fd);
     loop->accept_pause = evtimer_new(loop->base, resume_accepting, loop);
     if (!loop->listener || !loop->accept_pause)
         return cdb_error_set(err, CDB_ERR_INTERNAL_ERROR, "cannot accept on the listening socket");
@@ -242,6 +291,7 @@ cdb_http_server *cdb_http_server_new(cdb_service *svc, cdb_error *err)
     }
     srv->svc = svc;
     srv->listen_fd = -1;
+    srv->prom_fd = -1;
     int t = 0;
     srv->tables[t++] = cdb_routes_health;
     srv->tables[t++] = cdb_routes_users;
@@ -250,29 +300,42 @@ cdb_http_server *cdb_http_server_new(cdb_service *svc, cdb_error *err)
     srv->tables[t++] = cdb_routes_admin;
     srv->tables[t++] = cdb_routes_migrations;
     srv->tables[t++] = cdb_routes_monitor;
+    srv->tables[t++] = cdb_routes_metrics;
     if (getenv("COREDB_TEST_ROUTES") && strcmp(getenv("COREDB_TEST_ROUTES"), "1") == 0)
         srv->tables[t++] = cdb_routes_test;
     srv->tables[t] = NULL;
+    srv->prom_tables[0] = cdb_routes_metrics_public;
+    index_routes(srv);
 
     evthread_use_pthreads();
     raise_descriptor_limit();
-    srv->listen_fd = open_listener(cfg->host, cfg->port, err);
+    srv->listen_fd = open_listener("", cfg->host, cfg->port, err);
     if (srv->listen_fd < 0)
         goto fail;
+    if (cfg->prometheus_port > 0) {
+        srv->prom_fd = open_listener("PROMETHEUS_", cfg->prometheus_host, cfg->prometheus_port, err);
+        if (srv->prom_fd < 0)
+            goto fail;
+    }
     /* One worker per pooled connection plus headroom, so a request waiting
      * for a connection never keeps another from reaching the pool. */
     srv->workers = cdb_workq_new(cfg->db_pool_max + 4);
     srv->slow_workers = cdb_workq_new(cfg->auth_threads);
     srv->limit = cdb_client_limit_new(cfg->http_max_connections_per_ip);
-    srv->nloops = cfg->http_threads;
+    srv->nloops = cfg->http_threads + (srv->prom_fd >= 0);
     srv->loops = calloc((size_t)srv->nloops, sizeof *srv->loops);
     if (!srv->workers || !srv->slow_workers || !srv->limit || !srv->loops) {
         cdb_error_oom(err);
         goto fail;
     }
-    for (int i = 0; i < srv->nloops; i++)
-        if (loop_init(&srv->loops[i], srv, err) < 0)
+    for (int i = 0; i < cfg->http_threads; i++)
+        if (loop_init(&srv->loops[i], srv, srv->listen_fd, srv->tables, err) < 0)
             goto fail;
+    /* the metrics listener has a loop of its own, so a scrape is answered
+     * however busy the API's loops are */
+    if (srv->prom_fd >= 0 &&
+        loop_init(&srv->loops[srv->nloops - 1], srv, srv->prom_fd, srv->prom_tables, err) < 0)
+        goto fail;
     return srv;
 
 fail:
@@ -348,7 +411,11 @@ int cdb_http_server_run(cdb_http_server *srv)
     for (; started < srv->nloops; started++)
         if (pthread_create(&srv->loops[started].thread, NULL, loop_main, &srv->loops[started]) != 0)
             break;
-    cdb_log_info("http.listening", "serving on %s:%d with %d loops", cfg->host, cfg->port, started);
+    cdb_log_info("http.listening", "serving on %s:%d with %d loops", cfg->host, cfg->port,
+                 started - (srv->prom_fd >= 0));
+    if (srv->prom_fd >= 0)
+        cdb_log_info("http.metrics_listening", "serving /metrics on %s:%d", cfg->prometheus_host,
+                     cfg->prometheus_port);
 
     int sig = 0;
     if (started == srv->nloops)
@@ -384,5 +451,7 @@ void cdb_http_server_free(cdb_http_server *srv)
     cdb_client_limit_free(srv->limit);
     if (srv->listen_fd >= 0)
         close(srv->listen_fd);
+    if (srv->prom_fd >= 0)
+        close(srv->prom_fd);
     free(srv);
 }

@@ -14,6 +14,7 @@
 #include <string.h>
 
 #include "coredb/log.h"
+#include "core/metrics.h"
 #include "identity/identity_internal.h"
 #include "store/pg.h"
 
@@ -21,6 +22,8 @@
 
 void cdb__session_forget(cdb_service *svc, const char *session_id)
 {
+    /* every ending of a session passes here: logout, deletion, revocation, eviction, reuse */
+    cdb__metrics_inc(CDB_M_SESSION_REVOCATIONS);
     if (!svc->redis)
         return;
     cdb_error e;

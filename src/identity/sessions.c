@@ -32,6 +32,7 @@
 #include "identity/identity_internal.h"
 #include "coredb/log.h"
 #include "store/pg.h"
+#include "core/metrics.h"
 #include "core/timeutil.h"
 
 #define REFRESH_BYTES 32
@@ -260,8 +261,10 @@ int cdb_session_login(cdb_service *svc, const char *email, const char *password,
     int n = snprintf(acct_key, sizeof acct_key, "coredb:login:acct:%.255s", email);
     for (int i = (int)strlen("coredb:login:acct:"); i < n && acct_key[i]; i++)
         acct_key[i] = (char)tolower((unsigned char)acct_key[i]);
-    if ((rc = login_allowed(svc, addr_key, acct_key, err)) < 0)
+    if ((rc = login_allowed(svc, addr_key, acct_key, err)) < 0) {
+        cdb__metrics_inc(rc == CDB_ERR_RATE_LIMITED ? CDB_M_LOGIN_LOCKED : CDB_M_LOGIN_ERROR);
         return rc;
+    }
 
     /* the connection is not held while argon2id runs */
     size_t len = strlen(password);
@@ -346,6 +349,8 @@ int cdb_session_login(cdb_service *svc, const char *email, const char *password,
                      PQntuples(evicted));
 
 out_release:
+    cdb__metrics_inc(rc == 0 ? CDB_M_LOGIN_SUCCESS
+                     : rc == CDB_ERR_INVALID_CREDENTIALS ? CDB_M_LOGIN_FAILURE : CDB_M_LOGIN_ERROR);
     sodium_memzero(refresh, sizeof refresh);
     json_decref(user_json);
     PQclear(user);
@@ -403,6 +408,7 @@ int cdb_session_refresh(cdb_service *svc, const char *refresh_token, json_t **ou
             (rc = cdb_txn_commit(conn, err)) < 0)
             goto out_release;
         cdb__session_forget(svc, sid);
+        cdb__metrics_inc(CDB_M_SESSION_REUSE_DETECTIONS);
         cdb_log_warn("auth.refresh_reuse", "reused refresh token: session %s of user %s ended", sid, user_id);
         rc = cdb_error_set(err, CDB_ERR_TOKEN_REVOKED, "Refresh token reuse detected; the session has ended");
         goto out_release;
@@ -425,6 +431,8 @@ int cdb_session_refresh(cdb_service *svc, const char *refresh_token, json_t **ou
     cdb__session_remember(svc, sid, user_id, strtoll(PQgetvalue(sess, 0, 0), NULL, 10));
     rc = token_pair(svc, user_id, PQgetvalue(row, 0, 5), sid, refresh, user_json, out, err);
     user_json = NULL;
+    if (rc == 0)
+        cdb__metrics_inc(CDB_M_SESSION_REFRESHES);
 
 out_release:
     sodium_memzero(refresh, sizeof refresh);

@@ -25,6 +25,7 @@
 #include <unistd.h>
 
 #include "core/fsutil.h"
+#include "core/metrics.h"
 #include "core/timeutil.h"
 #include "coredb/log.h"
 #include "store/pg.h"
@@ -198,9 +199,10 @@ out:
 int cdb_backup_create(cdb_service *svc, json_t **out, cdb_error *err)
 {
     *out = NULL;
+    int64_t started_us = cdb_mono_us();
     int rc = cdb__backup_dir(svc, err);
     if (rc < 0)
-        return rc;
+        goto out;
     pthread_mutex_lock(&backup_mutex);
     PGconn *conn = PQconnectdb(svc->conninfo);
     if (PQstatus(conn) != CONNECTION_OK) {
@@ -212,6 +214,8 @@ int cdb_backup_create(cdb_service *svc, json_t **out, cdb_error *err)
     }
     PQfinish(conn);
     pthread_mutex_unlock(&backup_mutex);
+out:
+    cdb__metrics_op(CDB_MOP_BACKUP, NULL, rc == 0, cdb_mono_us() - started_us);
     return rc;
 }
 

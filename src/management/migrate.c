@@ -31,6 +31,7 @@
 #include "coredb/log.h"
 #include "coredb/result.h"
 #include "store/pg.h"
+#include "core/metrics.h"
 #include "core/timeutil.h"
 #include "management/migrate_internal.h"
 
@@ -442,8 +443,8 @@ out_unlock:
     return rc;
 }
 
-int cdb_migrate_up(PGconn *conn, const cdb_migration_set *set,
-                   const cdb_migrate_options *opt, json_t **out, cdb_error *err)
+static int migrate_up(PGconn *conn, const cdb_migration_set *set,
+                      const cdb_migrate_options *opt, json_t **out, cdb_error *err)
 {
     const char *target = opt ? opt->target_version : NULL;
     const cdb_migration **plan = NULL;
@@ -485,8 +486,8 @@ out_unlock:
     return rc;
 }
 
-int cdb_migrate_down(PGconn *conn, const cdb_migration_set *set, int steps,
-                     const cdb_migrate_options *opt, json_t **out, cdb_error *err)
+static int migrate_down(PGconn *conn, const cdb_migration_set *set, int steps,
+                        const cdb_migrate_options *opt, json_t **out, cdb_error *err)
 {
     const cdb_migration **plan = NULL;
     PGresult *hist = NULL;
@@ -630,3 +631,22 @@ int cdb_migrate_pending_count(PGconn *conn, const cdb_migration_set *set, cdb_er
     return pending;
 }
 
+
+/* The runs as the metrics count them (runs, failures, duration, last success). */
+int cdb_migrate_up(PGconn *conn, const cdb_migration_set *set,
+                   const cdb_migrate_options *opt, json_t **out, cdb_error *err)
+{
+    int64_t started_us = cdb_mono_us();
+    int rc = migrate_up(conn, set, opt, out, err);
+    cdb__metrics_op(CDB_MOP_MIGRATION, NULL, rc == 0, cdb_mono_us() - started_us);
+    return rc;
+}
+
+int cdb_migrate_down(PGconn *conn, const cdb_migration_set *set, int steps,
+                     const cdb_migrate_options *opt, json_t **out, cdb_error *err)
+{
+    int64_t started_us = cdb_mono_us();
+    int rc = migrate_down(conn, set, steps, opt, out, err);
+    cdb__metrics_op(CDB_MOP_MIGRATION, NULL, rc == 0, cdb_mono_us() - started_us);
+    return rc;
+}

@@ -25,6 +25,7 @@
 #include <string.h>
 
 #include "core/fsutil.h"
+#include "core/metrics.h"
 #include "core/timeutil.h"
 #include "management/admin_sql.h"
 #include "store/pg.h"
@@ -241,9 +242,10 @@ static int collect_performance(cdb_service *svc, PGconn *conn, json_t **out, cdb
         json_decref(db);
         return cdb_error_oom(err);
     }
-    /* coredb's own request latency comes from the metrics registry
-     * (branch i12-prom, cdb__metrics_latency_json): null until it is wired. */
-    json_t *coredb = json_pack("{s:n}", "latency");
+    /* coredb's own request latency: this process's metrics registry (the
+     * same histograms GET /metrics exposes), per route with requests. */
+    json_t *latency = cdb__metrics_latency_json();
+    json_t *coredb = latency ? json_pack("{s:o}", "latency", latency) : NULL;
     if ((rc = put(o, "database", db, err)) < 0 || (rc = put(o, "pool", pool_json(svc->pool), err)) < 0 ||
         (rc = put(o, "statements", statements_report(conn), err)) < 0 ||
         (rc = put(o, "coredb", coredb, err)) < 0) {
@@ -265,12 +267,11 @@ static int collect_errors(cdb_service *svc, PGconn *conn, json_t **out, cdb_erro
         json_decref(pg);
         return cdb_error_oom(err);
     }
-    /* coredb's errors by code and route and its recent error events come from
-     * the metrics registry (branch i12-prom, cdb__metrics_errors_json): null
-     * until it is wired. */
+    /* coredb's error answers by code and route and the recent ones: this
+     * process's metrics registry (what GET /metrics counts). */
     if ((rc = put(o, "postgresql", pg, err)) < 0 ||
         (rc = put(o, "pool", pool_errors_json(svc->pool), err)) < 0 ||
-        (rc = put(o, "coredb", json_null(), err)) < 0) {
+        (rc = put(o, "coredb", cdb__metrics_errors_json(), err)) < 0) {
         json_decref(o);
         return rc;
     }

@@ -133,6 +133,7 @@ void cdb_service_close(cdb_service *svc)
 {
     if (!svc)
         return;
+    cdb__service_metrics_stop(svc);  /* scrapes read the pool and Redis */
     cdb__migration_runs_stop(svc);   /* a run thread uses the catalog, cache and files */
     cdb_jobs_free(svc->jobs);      /* first: the jobs use everything below */
     cdb_qcache_free(svc->qcache);

@@ -23,5 +23,12 @@ cdb_ratelimit *cdb_service_ratelimit(cdb_service *svc);
 /* Since when (Unix seconds) a restore holds this deployment in maintenance; 0 = not. */
 int64_t cdb_service_maintenance_since(cdb_service *svc);
 int cdb_service_test_sleep(cdb_service *svc, double seconds, cdb_error *err);
+/*
+ * metrics.c: registers the service's scrape-time gauges (pool, Redis,
+ * PostgreSQL) with the process's registry; stop unregisters them, before
+ * the service is freed and after the last scrape (the HTTP server stopped).
+ */
+int cdb__service_metrics_start(cdb_service *svc);
+void cdb__service_metrics_stop(cdb_service *svc);
 
 #endif

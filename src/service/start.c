@@ -16,6 +16,7 @@
 #include "identity/jobs.h"
 #include "management/jobs.h"
 #include "security/service_state.h"
+#include "service/service_internal.h"
 
 int cdb_service_migrate_on_start(cdb_service *svc, const char *applied_by, cdb_error *err)
 {
@@ -66,6 +67,9 @@ int cdb_service_start(cdb_service *svc, cdb_error *err)
         cdb_log_info("serve.loopback_only",
                      "listening on 127.0.0.1 only (development database: trust auth, generated admin); "
                      "set HOST=0.0.0.0 to accept other machines");
+
+    if (cdb__service_metrics_start(svc) < 0)
+        cdb_log_warn("serve.metrics", "too many metrics collectors: the service's gauges are not scraped");
 
     cdb_jobs *jobs = cdb_jobs_new();
     if (!jobs || cdb_identity_register_jobs(svc, jobs) < 0 || cdb_data_register_jobs(svc, jobs) < 0 ||

@@ -17,6 +17,7 @@
 #include <string.h>
 
 #include "coredb/log.h"
+#include "core/metrics.h"
 #include "store/ledger.h"
 #include "store/outbox.h"
 #include "store/pg.h"
@@ -59,6 +60,8 @@ cdb_outbox_rc cdb_outbox_apply(cdb_cache *cache, const char *op, const char *key
     }
     if (rc < 0)
         snprintf(why, whylen, "%s", e.message);
+    else
+        cdb__metrics_inc(CDB_M_OUTBOX_APPLIED);
     cdb_error_destroy(&e);
     return rc == 0 ? CDB_OUTBOX_DONE : rc == CDB_ERR_VALIDATION_FAILED ? CDB_OUTBOX_REFUSED : CDB_OUTBOX_DOWN;
 }
@@ -105,6 +108,7 @@ int cdb_outbox_flush(cdb_pool *pool, cdb_cache *cache, int *applied, int *pendin
         cdb_outbox_rc ar = cdb_outbox_apply(cache, op, key, value, ttl, NULL, why, sizeof why);
         if (ar == CDB_OUTBOX_DOWN) {
             /* keep the order: nothing after a row that did not apply */
+            cdb__metrics_inc(CDB_M_OUTBOX_RETRIES);
             params[0] = PQgetvalue(res, r, 0);
             params[1] = why;
             if ((rc = cdb_pg_exec(conn, "UPDATE coredb.redis_outbox SET attempts = attempts + 1, "

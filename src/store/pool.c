@@ -58,6 +58,7 @@
 
 #include "coredb/log.h"
 #include "store/pg.h"
+#include "core/metrics.h"
 #include "core/timeutil.h"
 
 enum {
@@ -496,6 +497,7 @@ cdb_pool_conn *cdb_pool_acquire(cdb_pool *p, int64_t deadline_ms, cdb_error *err
 {
     cdb_pool_conn *c = NULL;
     cdb_err code = CDB_OK;
+    int64_t started_us = cdb_mono_us();
     if (deadline_ms == 0)
         deadline_ms = cdb_mono_ms() + p->opt.acquire_timeout_ms;
 
@@ -583,6 +585,7 @@ cdb_pool_conn *cdb_pool_acquire(cdb_pool *p, int64_t deadline_ms, cdb_error *err
         cdb_error_set(err, code, "Database did not answer in time");
         cdb_error_detail(err, "database", json_string("postgresql"));
     }
+    cdb__metrics_pool_wait(cdb_mono_us() - started_us);
     return code == CDB_OK ? c : NULL;
 }
 

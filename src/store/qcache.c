@@ -38,6 +38,7 @@
 #include "coredb/log.h"
 #include "store/pg.h"
 #include "store/txn.h"
+#include "core/metrics.h"
 #include "core/timeutil.h"
 
 #define FLIGHT_WAIT_MS 5000
@@ -307,8 +308,10 @@ void cdb_qcache_get(cdb_qcache *qc, const char *table, const char *key, cdb_qcac
         return;
     bool cache_ok = read_cached(qc, table, ekey, out);
     free(ekey);
-    if (out->hit)
+    if (out->hit) {
+        cdb__metrics_inc(CDB_M_CACHE_HITS);
         return;
+    }
 
     int64_t now = cdb_mono_ms();
     pthread_mutex_lock(&qc->mu);
@@ -348,6 +351,8 @@ void cdb_qcache_get(cdb_qcache *qc, const char *table, const char *key, cdb_qcac
 
 out_unlock:
     pthread_mutex_unlock(&qc->mu);
+    /* a follower handed the leader's bytes was served without a query: a hit */
+    cdb__metrics_inc(out->hit ? CDB_M_CACHE_HITS : CDB_M_CACHE_MISSES);
 }
 
 /* Ends the flight of id (if it is the one at generation gen), handing value over. */
@@ -395,6 +400,8 @@ void cdb_qcache_store(cdb_qcache *qc, const char *table, const char *key, int64_
         memcpy(buf + n, value, len);
         if (cdb_cache_set(qc->cache, ekey, buf, (size_t)n + len, qc->ttl_s, &err) < 0)
             cdb_log_debug("qcache.store", "result not cached: %s", err.message);
+        else
+            cdb__metrics_inc(CDB_M_CACHE_STORES);
         cdb_error_destroy(&err);
     }
     free(buf);
@@ -421,6 +428,7 @@ int cdb_qcache_bump(cdb_qcache *qc, const char *table)
         return -1;
     /* first locally: flights of this process begun before now are not joined */
     atomic_fetch_add(&qc->epoch, 1);
+    cdb__metrics_inc(CDB_M_CACHE_INVALIDATIONS);
     cdb_error_init(&err);
     cdb_qcache_generation_key(qc, table, key, sizeof key);
     int rc = cdb_cache_incr(qc->cache, key, &v, &err);

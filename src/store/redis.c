@@ -27,6 +27,7 @@
 #include <time.h>
 
 #include "coredb/log.h"
+#include "core/metrics.h"
 #include "core/timeutil.h"
 
 #define BACKOFF_MIN_MS 100
@@ -339,6 +340,8 @@ static const char *broken_reason(const redisContext *c, const redisReply *reply)
 static redisReply *finish(cdb_redis *r, redisContext *c, redisReply *reply, cdb_error *err)
 {
     const char *broken = broken_reason(c, reply);
+    if (broken || reply->type == REDIS_REPLY_ERROR)
+        cdb__metrics_inc(CDB_M_REDIS_COMMAND_ERRORS);
     if (broken) {
         freeReplyObject(reply);
         reply = NULL;
@@ -419,8 +422,10 @@ redisReply *cdb_redis_command_argv(cdb_redis *r, int argc, const char **argv,
                                    const size_t *argvlen, cdb_error *err)
 {
     redisContext *c = acquire(r, err);
-    if (!c)
+    if (!c) {
+        cdb__metrics_inc(CDB_M_REDIS_COMMAND_ERRORS);
         return NULL;
+    }
     return finish(r, c, redisCommandArgv(c, argc, argv, argvlen), err);
 }
 
@@ -430,8 +435,10 @@ redisReply *cdb_redis_command(cdb_redis *r, cdb_error *err, const char *fmt, ...
     redisReply *reply;
     va_list ap;
 
-    if (!c)
+    if (!c) {
+        cdb__metrics_inc(CDB_M_REDIS_COMMAND_ERRORS);
         return NULL;
+    }
     va_start(ap, fmt);
     reply = redisvCommand(c, fmt, ap);
     va_end(ap);
@@ -495,6 +502,16 @@ out_release:
 const char *cdb_redis_display_url(const cdb_redis *r)
 {
     return r->display_url;
+}
+
+bool cdb_redis_up(cdb_redis *r)
+{
+    if (!r)
+        return false;
+    pthread_mutex_lock(&r->mu);
+    bool up = !r->down;
+    pthread_mutex_unlock(&r->mu);
+    return up;
 }
 
 uint64_t cdb_redis_recoveries(cdb_redis *r)

@@ -53,6 +53,8 @@ int cdb_redis_ping(cdb_redis *r, int64_t *rtt_us, char *memory, size_t memory_le
  * NULL gives 0.
  */
 uint64_t cdb_redis_recoveries(cdb_redis *r);
+/* False while the last connection attempt or command failed (backing off); NULL gives false. */
+bool cdb_redis_up(cdb_redis *r);
 
 /* The URL with the password redacted (owned by r). */
 const char *cdb_redis_display_url(const cdb_redis *r);
