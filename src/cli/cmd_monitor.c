@@ -83,10 +83,10 @@ static void print_performance(json_t *p)
     section("pool:", json_object_get(p, "pool"));
     print_statements(json_object_get(p, "statements"));
     json_t *lat = json_object_get(json_object_get(p, "coredb"), "latency");
-    if (json_is_object(lat))
-        section("coredb request latency:", lat);
+    if (json_object_size(lat) > 0)
+        section("coredb request latency (this process):", lat);
     else
-        printf("\ncoredb request latency: not available\n");
+        printf("\ncoredb request latency: none (this process served no requests)\n");
 }
 
 static void print_errors(json_t *e)
@@ -95,9 +95,9 @@ static void print_errors(json_t *e)
     section("pool:", json_object_get(e, "pool"));
     json_t *c = json_object_get(e, "coredb");
     if (json_is_object(c))
-        section("coredb:", c);
+        section("coredb error answers (this process):", c);
     else
-        printf("\ncoredb errors: not available\n");
+        printf("\ncoredb error answers: not available\n");
 }
 
 int cmd_monitor(int argc, char **argv)

@@ -237,7 +237,8 @@ def test_performance_shape_and_transactions_grow(mon, root):
                                              rel=0.05)
     assert set(body["pool"]) == {"active", "idle", "waiting", "total", "max", "acquired_total"}
     assert body["pool"]["max"] == 5
-    assert body["coredb"] == {"latency": None}   # the metrics registry is not wired yet
+    lat = body["coredb"]["latency"]
+    assert isinstance(lat, dict) and lat, lat   # this process's own requests (the module made some)
 
     # known transactions from a session of our own, flushed: counted exactly (at least)
     conn = mon.pg.connect(mon.db)
@@ -256,10 +257,16 @@ def test_performance_shape_and_transactions_grow(mon, root):
 
     # and requests served through coredb show up once the pool's sessions flush (<= 10 s idle)
     before = after["xact_commit"]
+    route = "/users/{user_id}"
+    seen = get_ok(mon, root, f"{M}/performance")["coredb"]["latency"].get(route, {"count": 0})["count"]
     for _ in range(5):
         assert root.me().status_code == 200
     assert wait_for(lambda: get_ok(mon, root, f"{M}/performance")["database"]["xact_commit"] >= before + 5,
                     timeout=15)
+    # coredb's own latency percentiles count exactly those five requests of the route
+    lat = get_ok(mon, root, f"{M}/performance")["coredb"]["latency"][route]
+    assert lat["count"] == seen + 5, lat
+    assert 0 < lat["p50_ms"] <= lat["p90_ms"] <= lat["p99_ms"] < 30000, lat
 
 
 def test_performance_lists_slowest_statements(mon, root):
@@ -309,7 +316,18 @@ def test_errors_count_a_real_deadlock(mon, root):
     assert all(v == 0 for v in pgx["conflicts_by_type"].values())   # a primary has none
     assert set(before["pool"]) == {"acquire_timeouts_total", "connect_failures_total", "server_up"}
     assert before["pool"]["server_up"] is True
-    assert before["coredb"] is None   # the metrics registry is not wired yet
+
+    # coredb's own error answers: three known 401s show up by code and route, and as the
+    # newest recent events with their request ids
+    def count_of(body, code, route):
+        return sum(e["count"] for e in body["coredb"]["by_code"] if e["code"] == code and e["route"] == route)
+    n = count_of(before, "UNAUTHORIZED", f"{M}/errors")
+    ids = [mon.get(f"{M}/errors").headers["X-Request-ID"] for _ in range(3)]
+    now = get_ok(mon, root, f"{M}/errors")
+    assert count_of(now, "UNAUTHORIZED", f"{M}/errors") == n + 3, now["coredb"]["by_code"]
+    recent = now["coredb"]["recent"][:3]
+    assert [e["request_id"] for e in recent] == ids[::-1], recent
+    assert all(e["status"] == 401 and e["method"] == "GET" and e["route"] == f"{M}/errors" for e in recent)
 
     name = "mon_dl_" + uuid.uuid4().hex[:6]
     mon.pg.query(mon.db, f"CREATE TABLE {name} (id int PRIMARY KEY, v int); INSERT INTO {name} VALUES (1, 0), (2, 0)")
