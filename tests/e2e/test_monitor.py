@@ -467,6 +467,50 @@ def test_missing_backup_dir_is_reported_not_fatal(pg):
         inst.stop_clean()
 
 
+def test_a_full_backup_disk_is_degraded_then_unhealthy(pg):
+    """BACKUP_DIR on a 4 MiB tmpfs filled to 95 % and then 99 %: degraded,
+    then unhealthy (HTTP 200 with the verdict; the CLI exits 1)."""
+    import json
+    import subprocess
+    mnt = os.path.join(scratch_dir(), "smalldisk-" + uuid.uuid4().hex[:8])
+    os.makedirs(mnt)
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", mnt],
+                      capture_output=True).returncode != 0:
+        pytest.skip("cannot mount a tmpfs here (needs root)")
+    inst = None
+    try:
+        inst = start_instance(pg, BACKUP_DIR=mnt)
+        admin = admin_of(inst)
+        body = get_ok(inst, admin, f"{H}/resource")
+        disk = [d for d in body["disks"] if d["name"] == "backup_dir"][0]
+        assert disk["total_bytes"] == 4 * 1024 * 1024 and disk["free_ratio"] > 0.99, disk
+        assert not any(r.startswith("disk: backup_dir") for r in body["reasons"])
+
+        def fill(name, kib):
+            with open(os.path.join(mnt, name), "wb") as f:
+                f.write(b"\0" * (kib * 1024))
+        fill("a", 4096 * 95 // 100)
+        body = get_ok(inst, admin, f"{H}/resource")
+        # the instance's ./var does not exist, so the small disk is the only finding
+        assert [d["exists"] for d in body["disks"] if d["name"] == "var_dir"] == [False]
+        assert body["health"] == "degraded", body
+        assert len(body["reasons"]) == 1 and body["reasons"][0].startswith("disk: backup_dir has ")
+        assert body["reasons"][0].endswith("% free") and body["reason"] == body["reasons"][0]
+        fill("b", 4096 * 4 // 100)
+        body = get_ok(inst, admin, f"{H}/resource")
+        assert body["health"] == "unhealthy", body
+        assert any(r.startswith("disk: backup_dir has ") for r in body["reasons"]), body
+        disk = [d for d in body["disks"] if d["name"] == "backup_dir"][0]
+        assert disk["free_ratio"] < 0.02
+        assert get_ok(inst, admin, H)["health"] == "unhealthy"
+        r = run_cli(["health", "resource", "--json"], cli_env(inst, BACKUP_DIR=mnt))
+        assert r.returncode == 1 and json.loads(r.stdout)["health"] == "unhealthy", r.stdout
+    finally:
+        if inst:
+            inst.stop_clean()
+        subprocess.run(["umount", mnt])
+
+
 def test_descriptors_near_the_limit_are_degraded(pg):
     """With the open-file limit just above what coredb holds, /resource says so."""
     probe = start_instance(pg)
