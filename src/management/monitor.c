@@ -32,6 +32,9 @@
 
 #define COREDB_SCHEMA "coredb"
 
+/* The server-side statement_timeout of a monitoring transaction, as a share of the client's budget. */
+#define MONITOR_SERVER_TIMEOUT_PCT 80
+
 static const char TABLES_SQL[] =
     "SELECT coalesce(json_agg(t ORDER BY t.schema, t.name), '[]')::text FROM ("
     " SELECT s.schemaname AS schema, s.relname AS name, s.schemaname = '" COREDB_SCHEMA "' AS coredb_own,"
@@ -102,9 +105,38 @@ cdb_pool_conn *cdb__monitor_acquire(cdb_service *svc, int acquire_ms, int query_
         return NULL;
     }
     cdb_pool_conn *conn = cdb_pool_acquire(svc->pool, cdb_mono_ms() + acquire_ms, err);
-    if (conn)
-        cdb_pg_set_deadline(cdb_pool_conn_pg(conn), cdb_mono_ms() + query_ms);
+    if (!conn)
+        return NULL;
+    PGconn *pg = cdb_pool_conn_pg(conn);
+    cdb_pg_set_deadline(pg, cdb_mono_ms() + query_ms);
+    /* The server's own timeout, inside the client's deadline: a slow
+     * statistics query (pg_total_relation_size over many tables, a large
+     * pg_stat_statements) is then cancelled by PostgreSQL (504
+     * DATABASE_TIMEOUT) on a connection that stays usable, instead of
+     * tripping the client deadline, which closes the connection and marks
+     * the server down for every request. */
+    char sql[96];
+    snprintf(sql, sizeof sql, "BEGIN READ ONLY; SET LOCAL statement_timeout = %d",
+             query_ms * MONITOR_SERVER_TIMEOUT_PCT / 100);
+    PGresult *res = cdb_pg_query(pg, sql);   /* simple protocol: both statements, one round trip */
+    if (!res || PQresultStatus(res) != PGRES_COMMAND_OK) {
+        cdb_pg_error_from_result(pg, res, err);
+        PQclear(res);
+        cdb_pool_release(svc->pool, conn);
+        return NULL;
+    }
+    PQclear(res);
     return conn;
+}
+
+void cdb__monitor_release(cdb_service *svc, cdb_pool_conn *conn)
+{
+    /* COMMIT, not ROLLBACK: the transaction only read, and a rollback would
+     * count in pg_stat_database.xact_rollback, which the reports show. A
+     * failed COMMIT leaves the connection in a transaction, and the pool
+     * closes such a connection. */
+    cdb_pg_exec(cdb_pool_conn_pg(conn), "COMMIT", 0, NULL, NULL, NULL);
+    cdb_pool_release(svc->pool, conn);
 }
 
 int cdb__monitor_json(PGconn *conn, const char *sql, int nparams, const char *const *params,
@@ -132,9 +164,8 @@ static json_t *unavailable(const char *reason)
 
 /*
  * pg_stat_statements, or why not. Never fails the report: a statement that
- * fails here is an answer ("unavailable"), and the connection stays usable
- * because it is not inside a transaction (a client deadline closes it, but
- * this runs last).
+ * fails here is an answer ("unavailable"), undone to a savepoint so the
+ * monitoring transaction carries on.
  */
 static json_t *statements_report(PGconn *conn)
 {
@@ -157,8 +188,19 @@ static json_t *statements_report(PGconn *conn)
     if (!(schema = cdb__admin_quote(conn, PQgetvalue(res, 0, 0))) ||
         !(sql = cdb_xasprintf(STATEMENTS_FMT, schema)))
         goto out;
+    /* in a savepoint: a failure (not loaded, not readable) is then undone
+     * without aborting the transaction or counting as a rollback */
+    if (cdb_pg_exec(conn, "SAVEPOINT monitor_statements", 0, NULL, NULL, &err) < 0) {
+        out = unavailable("the monitoring transaction failed");
+        goto out;
+    }
     if (cdb__monitor_json(conn, sql, 0, NULL, &out, &err) == 0)
         goto out;
+    cdb_error stmt_err = err;   /* the statement's error, kept for the reason below */
+    cdb_error_init(&err);
+    cdb_pg_exec(conn, "ROLLBACK TO SAVEPOINT monitor_statements", 0, NULL, NULL, &err);
+    cdb_error_destroy(&err);
+    err = stmt_err;
     const char *state = err.details ? json_string_value(json_object_get(err.details, "sqlstate")) : NULL;
     if (state && strcmp(state, "55000") == 0)
         out = unavailable("pg_stat_statements is installed but not loaded"
@@ -294,7 +336,7 @@ static int run_collect(cdb_service *svc, const cdb_principal *caller, collect_fn
     if (!conn)
         return err ? err->code : CDB_ERR_DATABASE_UNAVAILABLE;
     rc = fn(svc, cdb_pool_conn_pg(conn), out, err);
-    cdb_pool_release(svc->pool, conn);
+    cdb__monitor_release(svc, conn);
     return rc;
 }
 

@@ -96,7 +96,7 @@ static json_t *postgresql_facts(cdb_service *svc, cdb_error *err)
                           " 'max_connections', current_setting('max_connections')::int)::text",
                           0, NULL, &facts, err) < 0)
         facts = NULL;
-    cdb_pool_release(svc->pool, conn);
+    cdb__monitor_release(svc, conn);
     return facts;
 }
 
@@ -228,7 +228,7 @@ static int query_report(cdb_service *svc, json_t **out, cdb_error *err)
     if (ok && cdb__monitor_json(cdb_pool_conn_pg(conn), LONGEST_SQL, 0, NULL, &longest, &qerr) < 0)
         verdict_add(&v, CDB_HEALTH_DEGRADED, "longest_running: not readable (%s)", cdb_err_name(qerr.code));
     if (conn)
-        cdb_pool_release(svc->pool, conn);
+        cdb__monitor_release(svc, conn);
     size_t i;
     json_t *s;
     json_array_foreach(longest, i, s) {
@@ -354,7 +354,7 @@ static json_t *database_json(cdb_service *svc, verdict *v)
         if (cdb__monitor_json(cdb_pool_conn_pg(conn), "SELECT pg_database_size(current_database())::text",
                               0, NULL, &size, &qerr) < 0)
             size = NULL;
-        cdb_pool_release(svc->pool, conn);
+        cdb__monitor_release(svc, conn);
     }
     json_t *o;
     if (json_is_integer(size)) {

@@ -34,10 +34,14 @@ int cdb__monitor_require_admin(const cdb_principal *caller, cdb_error *err);
 /*
  * A pooled connection of svc within acquire_ms, whose round trips end within
  * query_ms after it is handed out (cdb_pg_set_deadline; the release clears
- * it). NULL with err set (DATABASE_UNAVAILABLE without a pool, or the
- * pool's error). Give it back with cdb_pool_release(svc->pool, conn).
+ * it), inside a READ ONLY transaction whose statements PostgreSQL itself
+ * cancels after 80 % of query_ms. NULL with err set (DATABASE_UNAVAILABLE
+ * without a pool, or the pool's error). Give it back with
+ * cdb__monitor_release.
  */
 cdb_pool_conn *cdb__monitor_acquire(cdb_service *svc, int acquire_ms, int query_ms, cdb_error *err);
+/* Ends the transaction and gives conn back to svc's pool. */
+void cdb__monitor_release(cdb_service *svc, cdb_pool_conn *conn);
 
 /*
  * Runs sql (one row, one column of JSON text, built by PostgreSQL so that
