@@ -31,8 +31,9 @@ const char cli_help_health[] =
 static void print_report(const char *title, json_t *r)
 {
     const char *reason = json_string_value(json_object_get(r, "reason"));
-    printf("%s%s: %s%s%s\n", title, title[0] ? " health" : "health",
-           json_string_value(json_object_get(r, "health")) ?: "?", reason ? " - " : "", reason ? reason : "");
+    const char *health = json_string_value(json_object_get(r, "health"));
+    printf("%s%s: %s%s%s\n", title, title[0] ? " health" : "health", health ? health : "?",
+           reason ? " - " : "", reason ? reason : "");
     json_t *rest = json_deep_copy(r);
     json_object_del(rest, "health");
     json_object_del(rest, "reason");
@@ -82,8 +83,8 @@ int cmd_health(int argc, char **argv)
 
     if (cli_open_service(&cfg, true, &svc, &err) == 0)
         fn(svc, &operator, &result, &err);
-    bool unhealthy = result && strcmp(json_string_value(json_object_get(result, "health")) ?: "",
-                                      "unhealthy") == 0;
+    const char *verdict = json_string_value(json_object_get(result, "health"));
+    bool unhealthy = verdict && strcmp(verdict, "unhealthy") == 0;
     if (as_json || err.code != CDB_OK) {
         rc = cli_print_result(result, &err, as_json);
     } else {

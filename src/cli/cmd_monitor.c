@@ -67,8 +67,10 @@ static void print_tables(json_t *t)
 
 static void print_statements(json_t *st)
 {
-    if (strcmp(json_string_value(json_object_get(st, "status")) ?: "", "available") != 0) {
-        printf("\nstatements: unavailable (%s)\n", json_string_value(json_object_get(st, "reason")) ?: "?");
+    const char *status = json_string_value(json_object_get(st, "status"));
+    const char *reason = json_string_value(json_object_get(st, "reason"));
+    if (!status || strcmp(status, "available") != 0) {
+        printf("\nstatements: unavailable (%s)\n", reason ? reason : "?");
         return;
     }
     static const char *const keys[] = {"calls", "total_ms", "mean_ms", "max_ms", "rows", "query", NULL};
