@@ -306,6 +306,14 @@ def test_statements_unavailable_without_the_extension(plain, pg):
         st = get_ok(plain, admin, f"{M}/performance")["statements"]
         assert st["status"] == "unavailable" and "not loaded" in st["reason"], st
         assert get_ok(plain, admin, f"{M}/all")["performance"]["statements"]["status"] == "unavailable"
+        # the failed read is undone to a savepoint and the monitoring transaction
+        # committed: asking counts no rollback in the statistics it reports
+        q = "SELECT xact_commit, xact_rollback FROM pg_stat_database WHERE datname = current_database()"
+        commits, rollbacks = pg.query(plain.db, q)[0]
+        for _ in range(5):
+            assert get_ok(plain, admin, f"{M}/all")["performance"]["statements"]["status"] == "unavailable"
+        assert wait_for(lambda: pg.query(plain.db, q)[0][0] >= commits + 5, timeout=15)
+        assert pg.query(plain.db, q)[0][1] == rollbacks
     finally:
         pg.query(plain.db, "DROP EXTENSION pg_stat_statements")
 
