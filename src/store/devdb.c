@@ -64,6 +64,7 @@ extern char **environ;
 
 #define DEVDB_PORT  "5432"
 #define DEVDB_DB    "coredb"
+#define DEVDB_STATS_SCHEMA "coredb_stats"   /* where pg_stat_statements is created */
 #define MAX_GROUPS  64
 #define LOCK_WAIT_MS 180000    /* another coredb's initdb + pg_ctl start (-t 60), or its stop */
 
@@ -513,6 +514,9 @@ out_conn:
  * changes, so a failure is logged, not returned. Here rather than in a
  * migration because only the embedded cluster is known to be ours to
  * change (a production database's extensions are its operator's choice).
+ * In a schema of its own, not in public: the data API offers the views of
+ * POSTGRES_SCHEMA that a role may read, and the extension's views are
+ * readable by PUBLIC.
  */
 static void ensure_stat_statements(const cdb_devdb *db)
 {
@@ -525,7 +529,8 @@ static void ensure_stat_statements(const cdb_devdb *db)
     if (!conn || PQstatus(conn) != CONNECTION_OK)
         goto out;
     res = PQexec(conn, "SET client_min_messages = warning;"
-                       " CREATE EXTENSION IF NOT EXISTS pg_stat_statements");
+                       " CREATE SCHEMA IF NOT EXISTS " DEVDB_STATS_SCHEMA ";"
+                       " CREATE EXTENSION IF NOT EXISTS pg_stat_statements SCHEMA " DEVDB_STATS_SCHEMA);
     if (PQresultStatus(res) != PGRES_COMMAND_OK)
         cdb_log_warn("devdb.pg_stat_statements", "not installed (monitoring shows it unavailable): %s",
                      PQerrorMessage(conn));
