@@ -591,6 +591,42 @@ def test_postgresql_stopped_is_unhealthy_in_bounded_time(redis_server):
         server.destroy()
 
 
+def test_postgresql_hung_is_unhealthy_in_bounded_time(redis_server):
+    """Every PostgreSQL process SIGSTOPped (the kernel still accepts
+    connections, nothing answers): the detailed health answers unhealthy
+    within its budgets, the metrics with an error, never a hang; after
+    SIGCONT all is healthy again without a restart."""
+    from test_deadlines import stopped
+    server = PgServer("pg-monitor-hang")
+    inst = None
+    try:
+        inst = start_instance(server, redis_server, REDIS_DB, DB_STATEMENT_TIMEOUT="3000")
+        admin = admin_of(inst)
+        assert get_ok(inst, admin, f"{H}/connection")["health"] == "healthy"
+        with stopped(server):
+            t0 = time.monotonic()
+            body = get_ok(inst, admin, f"{H}/connection", timeout=30)
+            took = time.monotonic() - t0
+            print(f"health/connection with PostgreSQL hung: {took:.2f} s")
+            assert took < 6, took   # 2 s pool + 1 s query, and the facts query skipped
+            assert body["health"] == "unhealthy" and body["reason"].startswith("postgresql: unreachable"), body
+            t0 = time.monotonic()
+            q = get_ok(inst, admin, f"{H}/query", timeout=30)
+            assert time.monotonic() - t0 < 6 and q["health"] == "unhealthy", q
+            t0 = time.monotonic()
+            r = inst.get(f"{M}/tables", headers=admin.headers, timeout=30)
+            assert time.monotonic() - t0 < 10
+            assert r.status_code in (503, 504) and r.json()["error"]["code"] in (
+                "DATABASE_UNAVAILABLE", "DATABASE_TIMEOUT", "POOL_EXHAUSTED"), r.text
+            assert inst.get("/health/live", timeout=2).status_code == 200
+        assert wait_for(lambda: get_ok(inst, admin, f"{H}/connection")["health"] == "healthy", timeout=20)
+        assert get_ok(inst, admin, f"{M}/tables")["count"] > 0
+    finally:
+        if inst:
+            inst.stop_clean()
+        server.destroy()
+
+
 def test_redis_down_is_degraded(pg):
     rs = RedisServer()
     inst = None
