@@ -43,6 +43,7 @@ PUBLIC = {
     "migrate_runs.h": "management",
     "dbauth.h": "management",
     "access.h": "management",
+    "monitor.h": "management",
     "service.h": "service",
     "http.h": "http",
     "coredb.h": "embedder",   # the umbrella: for programs using the library, never for its own files

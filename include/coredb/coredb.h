@@ -17,7 +17,7 @@
 #include "coredb/audit.h"        /* the tamper-evident log of administrative actions */
 #include "coredb/idempotency.h"  /* Idempotency-Key answers */
 #include "coredb/service.h"      /* open, start, close; health; migrations */
-#include "coredb/health.h"       /* UP / DEGRADED / DOWN (DatabaseHealth) */
+#include "coredb/health.h"       /* UP / DEGRADED / DOWN; detailed connection, query, resource health */
 #include "coredb/migrate.h"      /* the migration engine */
 #include "coredb/migrate_runs.h" /* migration runs in the background (HTTP) */
 #include "coredb/users.h"        /* UserService */
@@ -28,6 +28,7 @@
 #include "coredb/backup.h"       /* backups: create, list, verify, cleanup */
 #include "coredb/dbauth.h"       /* database roles and users (DatabaseAuth) */
 #include "coredb/restore.h"      /* restoring a backup archive (maintenance mode) */
+#include "coredb/monitor.h"      /* monitoring: table, performance and error metrics (DatabaseMonitor) */
 #include "coredb/http.h"         /* the HTTP/JSON front end, for a program that serves it itself */
 #include "coredb/metrics.h"      /* the Prometheus text of the process's metrics */
 

@@ -49,6 +49,10 @@ static const cli_command commands[] = {
      "--json --actor --action --since --until --limit --cursor --permission --description --role "
      "--connection-limit --using --command --restrictive --force --replace --to",
      cli_help_admin, cmd_admin},
+    {"monitor", "database monitoring: table statistics, performance, errors (JSON with --json)",
+     "tables performance errors all", "--json", cli_help_monitor, cmd_monitor},
+    {"health", "detailed health: connection, query, resource (healthy/degraded/unhealthy)",
+     "connection query resource", "--json", cli_help_health, cmd_health},
     {"completion", "print a shell completion script (bash)", "bash", NULL, cli_help_completion,
      cmd_completion},
     {"help", "describe a command, or print the man page (--man)", NULL, "--man", cli_help_help,

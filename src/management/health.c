@@ -62,9 +62,10 @@ static void check_outbox(PGconn *conn, json_t *checks)
 
 /*
  * Runs SELECT 1 on a pooled connection; *pending gets the pending count when
- * asked, and checks gets the outbox backlog when outbox is set.
+ * asked, and checks gets the outbox backlog when outbox is set. Shared with
+ * the detailed health of monitor_health.c (health.h).
  */
-static bool check_postgresql(const cdb_health_deps *d, json_t *checks, int *pending, bool outbox)
+bool cdb__health_check_postgresql(const cdb_health_deps *d, json_t *checks, int *pending, bool outbox)
 {
     cdb_error err;
     cdb_error_init(&err);
@@ -112,7 +113,7 @@ static bool check_postgresql(const cdb_health_deps *d, json_t *checks, int *pend
     return up;
 }
 
-static bool check_redis(cdb_redis *redis, json_t *checks)
+bool cdb__health_check_redis(cdb_redis *redis, json_t *checks)
 {
     cdb_error err;
     cdb_error_init(&err);
@@ -153,8 +154,8 @@ const char *cdb_health_status_name(cdb_health_status s)
 cdb_health_status cdb_health_check(const cdb_health_deps *d, json_t **out)
 {
     json_t *checks = json_object();
-    bool pg_up = check_postgresql(d, checks, NULL, true);
-    bool redis_up = d->redis ? check_redis(d->redis, checks) : true;
+    bool pg_up = cdb__health_check_postgresql(d, checks, NULL, true);
+    bool redis_up = d->redis ? cdb__health_check_redis(d->redis, checks) : true;
     cdb_health_status s = !pg_up ? CDB_HEALTH_DOWN : redis_up ? CDB_HEALTH_UP : CDB_HEALTH_DEGRADED;
     *out = report_skeleton(cdb_health_status_name(s), checks);
     return s;
@@ -164,7 +165,7 @@ cdb_health_status cdb_health_check_ready(const cdb_health_deps *d, json_t **out)
 {
     json_t *checks = json_object();
     int pending = -1;
-    bool pg_up = check_postgresql(d, checks, &pending, false);
+    bool pg_up = cdb__health_check_postgresql(d, checks, &pending, false);
     json_t *mig = json_object();
     json_object_set_new(mig, "pending", pending >= 0 ? json_integer(pending) : json_null());
     json_object_set_new(checks, "migrations", mig);

@@ -32,4 +32,15 @@ cdb_health_status cdb_health_check(const cdb_health_deps *d, json_t **out);
  */
 cdb_health_status cdb_health_check_ready(const cdb_health_deps *d, json_t **out);
 
+/*
+ * The two checks both reports run, for the detailed health
+ * (monitor_health.c) to build on: each adds its object ("postgresql":
+ * {status, responseTime, connections, error?}, "redis": {status,
+ * responseTime?, memory?, error?}) to checks and returns whether the
+ * backend answered, within the budgets above. pending and outbox as for
+ * the reports (NULL / false: not asked).
+ */
+bool cdb__health_check_postgresql(const cdb_health_deps *d, json_t *checks, int *pending, bool outbox);
+bool cdb__health_check_redis(cdb_redis *redis, json_t *checks);
+
 #endif

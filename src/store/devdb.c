@@ -64,6 +64,7 @@ extern char **environ;
 
 #define DEVDB_PORT  "5432"
 #define DEVDB_DB    "coredb"
+#define DEVDB_STATS_SCHEMA "coredb_stats"   /* where pg_stat_statements is created */
 #define MAX_GROUPS  64
 #define LOCK_WAIT_MS 180000    /* another coredb's initdb + pg_ctl start (-t 60), or its stop */
 
@@ -332,10 +333,26 @@ static void record_starter(const cdb_devdb *db, int lock_fd, bool starting)
         cdb_log_warn("devdb.lock", "cannot record the pid in %s: %s", db->lock_path, strerror(errno));
 }
 
-static int pg_ctl_start(cdb_devdb *db, cdb_error *err)
+/*
+ * pg_stat_statements (the slowest statements of /api/v1/admin/metrics/performance)
+ * must be preloaded when the server starts. It is preloaded only when the
+ * installation has it (Debian's postgresql-15 does, in BINDIR/../lib): a
+ * preload of a missing library would keep the cluster from starting.
+ */
+static bool has_stat_statements(const char *bindir)
+{
+    char *lib = cdb_xasprintf("%s/../lib/pg_stat_statements.so", bindir);
+    bool found = lib && access(lib, R_OK) == 0;
+    free(lib);
+    return found;
+}
+
+static int pg_ctl_start(cdb_devdb *db, const char *bindir, cdb_error *err)
 {
     int rc = -1;
-    char *opts = cdb_xasprintf("-c listen_addresses='' -k '\"%s\"' -c port=" DEVDB_PORT, db->run_dir);
+    char *opts = cdb_xasprintf("-c listen_addresses='' -k '\"%s\"' -c port=" DEVDB_PORT "%s", db->run_dir,
+                               has_stat_statements(bindir)
+                                   ? " -c shared_preload_libraries=pg_stat_statements" : "");
     if (!opts)
         return cdb_error_oom(err);
     int fd = open_log(db->log_path, &db->as, err);
@@ -386,7 +403,7 @@ static int join_cluster(cdb_devdb *db, const char *bindir, const char *var_dir, 
     if (!cluster_running(db)) {
         if (!file_exists(db->pgdata, "PG_VERSION") && initdb(db, bindir, var_dir, err) < 0)
             goto out_unlock;
-        if (pg_ctl_start(db, err) < 0)
+        if (pg_ctl_start(db, bindir, err) < 0)
             goto out_unlock;
         record_starter(db, lock_fd, true);
     } else if (alone) {
@@ -489,6 +506,37 @@ out_conn:
     PQclear(res);
     PQfinish(conn);
     return rc;
+}
+
+/*
+ * CREATE EXTENSION pg_stat_statements in the service's database, once; best
+ * effort: without it the monitoring says "unavailable" and nothing else
+ * changes, so a failure is logged, not returned. Here rather than in a
+ * migration because only the embedded cluster is known to be ours to
+ * change (a production database's extensions are its operator's choice).
+ * In a schema of its own, not in public: the data API offers the views of
+ * POSTGRES_SCHEMA that a role may read, and the extension's views are
+ * readable by PUBLIC.
+ */
+static void ensure_stat_statements(const cdb_devdb *db)
+{
+    const char *keys[] = {"host", "port", "user", "dbname", "connect_timeout", "sslmode",
+                          "application_name", NULL};
+    const char *vals[] = {db->run_dir, DEVDB_PORT, "postgres", DEVDB_DB, "10", "disable",
+                          "coredb-devdb", NULL};
+    PGresult *res = NULL;
+    PGconn *conn = PQconnectdbParams(keys, vals, 0);
+    if (!conn || PQstatus(conn) != CONNECTION_OK)
+        goto out;
+    res = PQexec(conn, "SET client_min_messages = warning;"
+                       " CREATE SCHEMA IF NOT EXISTS " DEVDB_STATS_SCHEMA ";"
+                       " CREATE EXTENSION IF NOT EXISTS pg_stat_statements SCHEMA " DEVDB_STATS_SCHEMA);
+    if (PQresultStatus(res) != PGRES_COMMAND_OK)
+        cdb_log_warn("devdb.pg_stat_statements", "not installed (monitoring shows it unavailable): %s",
+                     PQerrorMessage(conn));
+out:
+    PQclear(res);
+    PQfinish(conn);
 }
 
 /* postgresql://postgres@/coredb?host=<run dir, percent-encoded>&port=5432 */
@@ -598,6 +646,7 @@ cdb_devdb *cdb_devdb_start(const char *var_dir, const char *pg_bindir,
 
     if (join_cluster(db, pg_bindir, dir, err) < 0 || ensure_database(db, err) < 0)
         goto fail;
+    ensure_stat_statements(db);
     *conninfo = make_uri(db->run_dir);
     if (!*conninfo) {
         cdb_error_oom(err);
