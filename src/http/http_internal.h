@@ -236,6 +236,9 @@ extern const cdb_route cdb_routes_auth[];
 extern const cdb_route cdb_routes_data[];
 extern const cdb_route cdb_routes_admin[];
 extern const cdb_route cdb_routes_migrations[];
+extern const cdb_route cdb_routes_openapi[];
+/* routes_openapi.c: the embedded docs/openapi.json (NUL-terminated) and its length. */
+const char *cdb__openapi_document(size_t *len);
 
 /* admit.c: session liveness, role and quota of the caller (worker thread). */
 bool cdb_admit_caller(cdb_request *r);
