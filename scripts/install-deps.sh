@@ -19,6 +19,20 @@ PACKAGES=(
   # benchmarks and process tools
   wrk procps curl util-linux
 )
+# node and npm for the OpenAPI validator (tools/, tests/e2e/test_openapi.py):
+# Debian's, unless a node with its npm is already there (NodeSource's nodejs
+# ships npm and conflicts with Debian's npm package).
+if ! command -v node >/dev/null || ! command -v npm >/dev/null; then
+  PACKAGES+=(nodejs npm)
+fi
+
+# The pinned npm packages of tools/ (package-lock.json), once.
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+tools_install() {
+  [ -d "$ROOT/tools/node_modules/@apidevtools/swagger-parser" ] && return 0
+  echo "install-deps: npm ci --prefix tools" >&2
+  npm ci --prefix "$ROOT/tools" --no-audit --no-fund >/dev/null
+}
 
 missing=()
 for pkg in "${PACKAGES[@]}"; do
@@ -27,6 +41,7 @@ for pkg in "${PACKAGES[@]}"; do
 done
 
 if [ ${#missing[@]} -eq 0 ]; then
+  tools_install
   exit 0
 fi
 
@@ -55,4 +70,5 @@ $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 if [ "$remove_policy" = 1 ]; then
   $SUDO rm -f /usr/sbin/policy-rc.d
 fi
+tools_install
 echo "install-deps: done" >&2
