@@ -16,6 +16,7 @@ PACKAGES=(
   # end-to-end tests (Debian's python3, not a pyenv one)
   python3 python3-pytest python3-requests python3-psycopg2 python3-redis python3-jwt
   python3-bcrypt
+  python3-yaml   # tests/e2e/test_dashboards.py reads the alert rules
   # benchmarks and process tools
   wrk procps curl util-linux
 )
