@@ -27,10 +27,11 @@ if ! command -v node >/dev/null || ! command -v npm >/dev/null; then
   PACKAGES+=(nodejs npm)
 fi
 
-# The pinned npm packages of tools/ (package-lock.json), once.
+# The pinned npm packages of tools/ (package-lock.json), again only when the
+# lock file is newer than what npm last installed.
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 tools_install() {
-  [ -d "$ROOT/tools/node_modules/@apidevtools/swagger-parser" ] && return 0
+  [ "$ROOT/tools/node_modules/.package-lock.json" -nt "$ROOT/tools/package-lock.json" ] && return 0
   echo "install-deps: npm ci --prefix tools" >&2
   npm ci --prefix "$ROOT/tools" --no-audit --no-fund >/dev/null
 }

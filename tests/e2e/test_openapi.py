@@ -188,3 +188,107 @@ def test_documented_security_holds_on_the_running_routes(coredb_shared):
         if auth == "public" and method == "get":
             assert coredb_shared.get(url).status_code in (200, 503)
     assert tried > 80, tried
+
+
+def check_samples(samples, tmp_path):
+    """Runs tools/check-responses.js on recorded answers: (exit code, output)."""
+    path = tmp_path / "samples.json"
+    path.write_text(json.dumps(samples))
+    proc = subprocess.run(["node", os.path.join(ROOT, "tools", "check-responses.js"), DOC_PATH, str(path)],
+                          capture_output=True, text=True, timeout=120)
+    return proc.returncode, proc.stdout + proc.stderr
+
+
+def test_real_answers_match_the_documented_schemas(pg, redis_server, tmp_path):
+    """A session of real calls (successes and refusals) on a fresh instance:
+    every status is documented for its operation and every JSON body
+    validates against that response's schema (ajv, JSON Schema 2020-12)."""
+    from datahelp import admin_of, start_instance
+    from identity import PASSWORD, unique
+
+    inst = start_instance(pg, redis_server, 10, BACKUP_DIR=str(tmp_path / "backups"))
+    samples = []
+
+    def call(method, pattern, url=None, **kw):
+        resp = inst.request(method, url or pattern, **kw)
+        body = resp.json() if resp.content else None
+        samples.append({"method": method, "path": pattern, "status": resp.status_code, "body": body})
+        return resp
+
+    try:
+        admin = admin_of(inst)
+        name = unique()
+        reg = {"email": f"{name}@example.com", "username": name, "password": PASSWORD}
+        assert call("POST", "/users/", json=reg).status_code == 201
+        assert call("POST", "/users/", json=reg).status_code == 409
+        assert call("POST", "/users/", data="{not json", headers={"Content-Type": "application/json"}
+                    ).status_code == 400
+        login = call("POST", "/api/v1/auth/login", json={"email": reg["email"], "password": PASSWORD})
+        assert login.status_code == 200
+        assert call("POST", "/api/v1/auth/login", json={"email": reg["email"], "password": "wrong-" + PASSWORD}
+                    ).status_code == 401
+        tokens = login.json()
+        me = bearer(tokens["access_token"])
+        uid = tokens["user"]["user_id"]
+        call("GET", "/users/{user_id}", f"/users/{uid}", headers=me)
+        call("GET", "/api/v1/users/{user_id}", f"/api/v1/users/{uid}", headers=me)
+        call("GET", "/users/email/{email}", f"/users/email/{reg['email']}", headers=me)
+        call("GET", "/users/username/{username}", f"/users/username/{name}", headers=me)
+        call("GET", "/users/{user_id}", f"/users/{admin.id}", headers=me)           # 403
+        call("GET", "/users/{user_id}", "/users/not-a-uuid", headers=me)             # 404
+        call("PUT", "/users/{user_id}", f"/users/{uid}", json={"display_name": "Ada L."}, headers=me)
+        call("PUT", "/users/{user_id}", f"/users/{uid}", json={"display_name": 7}, headers=me)  # 400
+        call("GET", "/users", headers=bearer(admin.token))
+        call("GET", "/users/", "/users/?limit=1", headers=bearer(admin.token))
+        call("GET", "/users", headers=me)                                           # 403
+        call("GET", "/api/v1/auth/sessions", headers=me)
+        call("GET", "/api/v1/auth/sessions", headers={})                            # 401
+        tx = call("POST", "/api/v1/data/transaction", headers=me, json={"operations": [
+            {"database": "postgresql", "operation": "insert", "table": "projects",
+             "data": {"title": "First project", "user_id": uid}},
+            {"database": "redis", "operation": "set", "key": "project:status", "value": "created", "ttl": 3600}]})
+        assert tx.status_code == 200, tx.text
+        call("GET", "/api/v1/data/transactions/{transaction_id}",
+             f"/api/v1/data/transactions/{tx.json()['transaction_id']}", headers=me)
+        call("POST", "/api/v1/data/transaction", headers=me, json={"operations": [
+            {"operation": "insert", "table": "projects", "data": {"title": "x", "user_id": admin.id}}]})  # 403
+        q = call("POST", "/api/v1/data/query", headers=me, json={
+            "table": "projects", "select": ["id", "title", "status", "created_at"],
+            "filters": {"status": "draft", "title": {"ilike": "%project%"}},
+            "order_by": [{"column": "created_at", "direction": "desc"}], "pagination": {"page": 1, "limit": 20}})
+        assert q.status_code == 200 and q.json()["data"], q.text
+        call("POST", "/api/v1/data/query", headers=me,
+             json={"database": "redis", "query_type": "get", "key": "project:status"})
+        call("POST", "/api/v1/data/query", headers=me, json={"table": "no_such_table"})          # 404
+        call("POST", "/api/v1/data/query", headers=me, json={"table": "projects", "select": ["nope"]})  # 400
+        call("GET", "/api/v1/data/tables", headers=me)
+        call("GET", "/api/v1/migrations/status", headers=bearer(admin.token))
+        call("GET", "/api/v1/migrations/status", headers=me)                         # 403
+        call("GET", "/api/v1/admin/tables", headers=bearer(admin.token))
+        call("GET", "/api/v1/admin/backups", headers=bearer(admin.token))
+        call("GET", "/health")
+        call("GET", "/health/live")
+        call("GET", "/health/ready")
+        refreshed = call("POST", "/api/v1/auth/refresh", json={"refresh_token": tokens["refresh_token"]})
+        assert refreshed.status_code == 200
+        call("POST", "/api/v1/auth/refresh", json={"refresh_token": tokens["refresh_token"]})  # reuse: 401
+        second = bearer(admin.relogin()["access_token"])
+        call("POST", "/api/v1/auth/logout", headers=second)
+        call("POST", "/api/v1/auth/revoke", headers=bearer(admin.token), json={"user_id": uid})
+        statuses = {s["status"] for s in samples}
+        assert {200, 201, 400, 401, 403, 404, 409} <= statuses, statuses
+        code, out = check_samples(samples, tmp_path)
+        assert code == 0, out
+        assert f"ok {len(samples)}" in out
+    finally:
+        inst.stop_clean()
+
+
+def test_the_response_checker_can_fail(tmp_path):
+    samples = [{"method": "get", "path": "/health/live", "status": 200, "body": {"status": 7}},
+               {"method": "post", "path": "/api/v1/auth/login", "status": 418, "body": None},
+               {"method": "post", "path": "/api/v1/auth/login", "status": 401,
+                "body": {"error": {"code": "INVALID_CREDENTIALS", "message": "x"}}}]
+    code, out = check_samples(samples, tmp_path)
+    assert code == 1, out
+    assert "/health/live -> 200" in out and "status not documented" in out and "request_id" in out, out
