@@ -65,7 +65,7 @@ def test_promtool_check_rules():
 def test_promtool_refuses_a_broken_rule(tmp_path):
     """The check above can fail: a rule with a broken expression is refused."""
     doc = load_rules()
-    rules_of(doc)[0]["expr"] = "sum by (instance (coredb_pg_up"
+    rules_of(doc)[0]["expr"] = "sum by (instance (coredb_postgres_up"
     bad = tmp_path / "bad.yml"
     bad.write_text(yaml.safe_dump(doc))
     code, out = promtool("check", "rules", str(bad))
@@ -90,8 +90,8 @@ CASES = [
     ("CoredbDown", "1m", [('up{job="coredb",instance="a"}', "1 1 0 0 0 0 0 0"),
                           ('up{job="coredb",instance="b"}', "1 1 1 1 1 1 1 1")], "6m", ["a"]),
     ("CoredbDown", "1m", [('up{job="coredb",instance="a"}', "1 1 1 1 0 0 0 0")], "4m", []),
-    ("CoredbDatabaseDown", "1m", [('coredb_pg_up{job="coredb",instance="a"}', "1 0 0 0 0"),
-                                  ('coredb_pg_up{job="coredb",instance="b"}', "1 1 1 1 1")], "4m", ["a"]),
+    ("CoredbDatabaseDown", "1m", [('coredb_postgres_up{job="coredb",instance="a"}', "1 0 0 0 0"),
+                                  ('coredb_postgres_up{job="coredb",instance="b"}', "1 1 1 1 1")], "4m", ["a"]),
     ("CoredbPoolSaturated", "1m", [('coredb_pool_waiting{job="coredb",instance="a"}', "0 3x10"),
                                    ('coredb_pool_acquire_timeouts_total{job="coredb",instance="a"}', "0x10")],
      "8m", ["a"]),

@@ -195,21 +195,33 @@ static void test_every_operation_is_routed(void **state)
     assert_int_equal(failures, 0);
 }
 
-/* Every table http_internal.h declares is in the list above (but the test routes). */
+/*
+ * Tables the API port does not serve: the test routes (COREDB_TEST_ROUTES=1
+ * only) and /metrics without a token on the PROMETHEUS_PORT listener (the
+ * document describes the main port's admin /metrics and mentions it).
+ */
+static const char *const not_described[] = {"test", "metrics_public"};
+
+/* Every table http_internal.h declares is in the list above (but those). */
 static void test_every_table_is_checked(void **state)
 {
     FILE *f = fopen(CDB_SOURCE_DIR "/src/http/http_internal.h", "r");
     assert_non_null(f);
     char line[512];
-    int declared = 0;
+    int declared = 0, skipped = 0;
     failures = 0;
     while (fgets(line, sizeof line, f)) {
         char name[64];
         if (sscanf(line, "extern const cdb_route cdb_routes_%63[a-z0-9_][];", name) != 1)
             continue;
         declared++;
-        if (strcmp(name, "test") == 0)
+        bool skip = false;
+        for (size_t i = 0; i < sizeof not_described / sizeof not_described[0]; i++)
+            skip = skip || strcmp(name, not_described[i]) == 0;
+        if (skip) {
+            skipped++;
             continue;
+        }
         size_t t = 0;
         while (t < NTABLES && strcmp(tables[t].name, name) != 0)
             t++;
@@ -217,7 +229,8 @@ static void test_every_table_is_checked(void **state)
             PROBLEM("cdb_routes_%s is not checked: add it to tables[] in tests/unit/http/openapi.c", name);
     }
     fclose(f);
-    assert_int_equal(declared, (int)NTABLES + 1);
+    assert_true(skipped >= 1);               /* cdb_routes_test at least */
+    assert_int_equal(declared, (int)NTABLES + skipped);
     assert_int_equal(failures, 0);
 }
 
