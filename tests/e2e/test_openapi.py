@@ -211,7 +211,8 @@ def test_real_answers_match_the_documented_schemas(pg, redis_server, tmp_path):
 
     def call(method, pattern, url=None, **kw):
         resp = inst.request(method, url or pattern, **kw)
-        body = resp.json() if resp.content else None
+        json_answer = resp.headers.get("Content-Type", "").startswith("application/json")
+        body = resp.json() if resp.content and json_answer else None
         samples.append({"method": method, "path": pattern, "status": resp.status_code, "body": body})
         return resp
 
@@ -275,6 +276,15 @@ def test_real_answers_match_the_documented_schemas(pg, redis_server, tmp_path):
         second = bearer(admin.relogin()["access_token"])
         call("POST", "/api/v1/auth/logout", headers=second)
         call("POST", "/api/v1/auth/revoke", headers=bearer(admin.token), json={"user_id": uid})
+        # every admin GET without parameters, those of other branches included
+        # once merged (until then their 404 is not recorded)
+        for path, method, op in operations(load_doc()):
+            if method != "get" or op["x-coredb-auth"] != "admin" or "{" in path or path in ("/users", "/users/"):
+                continue
+            resp = inst.get(path, headers=bearer(admin.token))
+            if op.get("x-coredb-pending") and resp.status_code == 404:
+                continue
+            call("GET", path, headers=bearer(admin.token))
         statuses = {s["status"] for s in samples}
         assert {200, 201, 400, 401, 403, 404, 409} <= statuses, statuses
         code, out = check_samples(samples, tmp_path)
