@@ -112,11 +112,20 @@ CASES = [
        "0+1x30")], "20m", []),
     ("CoredbOutboxBacklog", "1m", [('coredb_outbox_backlog{job="coredb",instance="a"}', "0 500x20")], "15m", ["a"]),
     ("CoredbOutboxBacklog", "1m", [('coredb_outbox_backlog{job="coredb",instance="a"}', "0 50x20")], "15m", []),
-    # time() in promtool starts at 0: a last success at 0 is 28 h old at 28 h
+    # time() in promtool starts at 0: a last success at 0 is 28 h old at 28 h.
+    # Per job: one instance taking the backups keeps the job quiet, and a
+    # restart (the gauge back to 0) does not make the last backup forgotten.
     ("CoredbBackupTooOld", "5m",
-     [('coredb_backup_last_success_timestamp_seconds{job="coredb",instance="a"}', "0x400")], "28h", ["a"]),
+     [('coredb_backup_last_success_timestamp_seconds{job="coredb",instance="a"}', "0x400"),
+      ('coredb_backup_last_success_timestamp_seconds{job="coredb",instance="b"}', "0x400")], "28h", ["coredb"]),
     ("CoredbBackupTooOld", "5m",
-     [('coredb_backup_last_success_timestamp_seconds{job="coredb",instance="a"}', "0+300x400")], "28h", []),
+     [('coredb_backup_last_success_timestamp_seconds{job="coredb",instance="a"}', "0x400"),
+      ('coredb_backup_last_success_timestamp_seconds{job="coredb",instance="b"}', "0+300x400")], "28h", []),
+    ("CoredbBackupTooOld", "5m",
+     [('coredb_backup_last_success_timestamp_seconds{job="coredb",instance="a"}', "3600x120 0x300")], "20h", []),
+    ("CoredbBackupTooOld", "5m",
+     [('coredb_backup_last_success_timestamp_seconds{job="coredb",instance="a"}', "3600x120 0x300")], "28h",
+     ["coredb"]),
     ("CoredbRedisDown", "1m", [('coredb_redis_up{job="coredb",instance="a"}', "1 0x10")], "7m", ["a"]),
 ]
 
@@ -131,10 +140,14 @@ def test_alerts_fire_on_synthetic_series(tmp_path):
     tests = []
     for alert, interval, series, at, fired in CASES:
         exp = []
-        for inst in fired:
-            labels = {"instance": inst, "severity": severity[alert]}
-            if alert in ("CoredbDown", "CoredbDatabaseDown", "CoredbRedisDown"):
-                labels["job"] = "coredb"    # kept: these rules do not aggregate
+        for who in fired:
+            if alert == "CoredbBackupTooOld":
+                labels = {"job": who}           # aggregated by job
+            else:
+                labels = {"instance": who}
+                if alert in ("CoredbDown", "CoredbDatabaseDown", "CoredbRedisDown"):
+                    labels["job"] = "coredb"    # kept: these rules do not aggregate
+            labels["severity"] = severity[alert]
             exp.append({"exp_labels": labels})
         tests.append({"interval": interval,
                       "input_series": [{"series": s, "values": v} for s, v in series],
