@@ -21,6 +21,8 @@ CLI_OBJ := $(CLI_SRC:%.c=$(BUILD)/%.o)
 EXAMPLES := $(BUILD)/examples/embed
 UNIT_SRC := $(wildcard tests/unit/*/*.c)
 UNIT_BIN := $(UNIT_SRC:tests/unit/%.c=$(BUILD)/tests/%)
+# generated includes (openapi_doc.inc, below)
+ALL_CFLAGS += -I$(BUILD)/gen
 
 ifeq ($(V),1)
 Q :=
@@ -48,6 +50,14 @@ $(BUILD)/commit.txt: FORCE
 $(BUILD)/src/core/metrics.o: $(BUILD)/commit.txt
 $(BUILD)/src/core/metrics.o: ALL_CFLAGS += -DCDB_COMMIT='"$(COMMIT)"'
 FORCE:
+# The binary serves docs/openapi.json (src/http/routes_openapi.c): embedded
+# at build time, so a deployed binary needs no source tree.
+$(BUILD)/gen/openapi_doc.inc: docs/openapi.json scripts/embed-file.py
+	@mkdir -p $(dir $@)
+	@[ "$(V)" = 1 ] || echo "  GEN $@"
+	$(Q)python3 scripts/embed-file.py docs/openapi.json openapi_doc $@
+
+$(BUILD)/src/http/routes_openapi.o: $(BUILD)/gen/openapi_doc.inc
 
 $(BUILD)/libcoredb.a: $(LIB_OBJ)
 	@[ "$(V)" = 1 ] || echo "  AR  $@"

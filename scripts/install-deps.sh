@@ -16,11 +16,27 @@ PACKAGES=(
   # end-to-end tests (Debian's python3, not a pyenv one)
   python3 python3-pytest python3-requests python3-psycopg2 python3-redis python3-jwt
   python3-bcrypt
+  python3-yaml   # tests/e2e/test_dashboards.py reads the alert rules
   # benchmarks and process tools
   wrk procps curl util-linux
   # metrics tests: promtool and a real Prometheus (tests/e2e/test_metrics.py)
   prometheus
 )
+# node and npm for the OpenAPI validator (tools/, tests/e2e/test_openapi.py):
+# Debian's, unless a node with its npm is already there (NodeSource's nodejs
+# ships npm and conflicts with Debian's npm package).
+if ! command -v node >/dev/null || ! command -v npm >/dev/null; then
+  PACKAGES+=(nodejs npm)
+fi
+
+# The pinned npm packages of tools/ (package-lock.json), again only when the
+# lock file is newer than what npm last installed.
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+tools_install() {
+  [ "$ROOT/tools/node_modules/.package-lock.json" -nt "$ROOT/tools/package-lock.json" ] && return 0
+  echo "install-deps: npm ci --prefix tools" >&2
+  npm ci --prefix "$ROOT/tools" --no-audit --no-fund >/dev/null
+}
 
 missing=()
 for pkg in "${PACKAGES[@]}"; do
@@ -29,6 +45,7 @@ for pkg in "${PACKAGES[@]}"; do
 done
 
 if [ ${#missing[@]} -eq 0 ]; then
+  tools_install
   exit 0
 fi
 
@@ -62,4 +79,5 @@ fi
 if command -v systemctl >/dev/null 2>&1 && [ -d /run/systemd/system ]; then
   $SUDO systemctl disable --now prometheus prometheus-node-exporter >/dev/null 2>&1 || true
 fi
+tools_install
 echo "install-deps: done" >&2

@@ -35,7 +35,7 @@
  */
 static bool reply_missing(cdb_request *r, int status, const void *body)
 {
-    if (body || status == 204)
+    if (body || status == 204 || status == 304)
         return false;
     cdb_error e;
     cdb_error_init(&e);
@@ -439,6 +439,7 @@ static const char *reason_phrase(int status)
     case 200: return "OK";
     case 201: return "Created";
     case 204: return "No Content";
+    case 304: return "Not Modified";
     case 400: return "Bad Request";
     case 401: return "Unauthorized";
     case 403: return "Forbidden";
@@ -482,7 +483,7 @@ static struct evbuffer *render(cdb_request *r, bool closing)
     else if (!failed && r->response_text)
         text = r->response_text, r->response_text = NULL;
     json_decref(body);
-    if (r->status == 204) {
+    if (r->status == 204 || r->status == 304) {    /* never a body (RFC 9110 15.3.5, 15.4.5) */
         free(text);
         text = NULL;
     }
@@ -498,7 +499,7 @@ static struct evbuffer *render(cdb_request *r, bool closing)
         evbuffer_add_printf(out, "%s: %s\r\n", r->headers[i].name, r->headers[i].value);
     if (text)
         evbuffer_add_printf(out, "Content-Type: %s\r\n", r->media_type);
-    if (r->status != 204)
+    if (r->status != 204 && r->status != 304)
         evbuffer_add_printf(out, "Content-Length: %zu\r\n", len);
     if (closing)
         evbuffer_add(out, "Connection: close\r\n", 19);
