@@ -121,31 +121,3 @@ int cdb__access_bool(const json_t *request, const char *key, bool def, bool *out
     return 0;
 }
 
-void cdb__access_announce(cdb_service *svc, const char *table)
-{
-    if (svc->catalog) {
-        cdb_error e;
-        cdb_error_init(&e);
-        if (cdb_catalog_cache_refresh(svc->catalog, &e) < 0)
-            cdb_log_warn("access.catalog_refresh_failed", "%s (the listener reloads it)", e.message);
-        cdb_error_destroy(&e);
-    }
-    if (svc->qcache && table)
-        cdb_qcache_bump(svc->qcache, table);
-}
-
-int cdb__access_audit_failure(cdb_service *svc, const cdb_principal *caller, const char *action,
-                              const char *target, const json_t *request, int rc, const cdb_error *err)
-{
-    if (rc >= 0)
-        return rc;
-    cdb_error fallback;
-    cdb_error_init(&fallback);
-    if (!err) {
-        cdb_error_set(&fallback, (cdb_err)rc, "failed");
-        err = &fallback;
-    }
-    cdb_audit_record(svc, caller, action, target, json_is_object(request) ? request : NULL, err);
-    cdb_error_destroy(&fallback);
-    return rc;
-}

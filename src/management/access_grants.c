@@ -214,7 +214,7 @@ int cdb_access_set_schema_permissions(cdb_service *svc, const cdb_principal *cal
     /* the connection goes back first: the catalog reload takes one of its own */
     cdb_txn_release(svc->pool, pc);
     pc = NULL;
-    cdb__access_announce(svc, NULL);
+    cdb__admin_announce(svc, NULL);
     cdb_log_info("access.schema_permissions", "role %s on schema %s: %s; tables: %s", q.role, q.schema,
                  q.slist[0] ? q.slist : "-", q.tlist[0] ? q.tlist : "-");
 
@@ -224,7 +224,7 @@ out:
         *out = NULL;
     }
     cdb_txn_release(svc->pool, pc);
-    rc = cdb__access_audit_failure(svc, caller, ACTION, schema, request, rc, err);
+    rc = cdb__admin_audit_failure(svc, caller, ACTION, schema, request, rc, err);
     json_decref(q.sarr);
     json_decref(q.tarr);
     json_decref(jschema);

@@ -66,15 +66,6 @@ int cdb__access_fields(const json_t *request, const char *const *allowed, cdb_er
 /* Optional boolean member: *out = its value or def; VALIDATION_FAILED for another type. */
 int cdb__access_bool(const json_t *request, const char *key, bool def, bool *out, cdb_error *err);
 
-/* After a commit: this instance's catalog reloaded, the query cache of table (may be NULL) cleared. */
-void cdb__access_announce(cdb_service *svc, const char *table);
 
-/*
- * Ends an operation: when rc < 0 the refusal or failure is written to the
- * audit log on a connection of its own (the operation's transaction was
- * rolled back). Returns rc.
- */
-int cdb__access_audit_failure(cdb_service *svc, const cdb_principal *caller, const char *action,
-                              const char *target, const json_t *request, int rc, const cdb_error *err);
 
 #endif

@@ -200,11 +200,9 @@ static int owner_in_tx(cdb_service *svc, PGconn *conn, const cdb_principal *call
         goto out;
     }
     bool borrow = PQntuples(res) == 1 && PQgetvalue(res, 0, 0)[0] != 't';
+    /* PostgreSQL 15: ALTER ... OWNER TO needs membership in the new owner */
     if (borrow && (rc = run(conn, err, "GRANT %s TO CURRENT_USER", qo)) < 0) {
-        rc = cdb_error_set_detail(err, CDB_ERR_FORBIDDEN, "field", "new_owner",
-                                  "coredb's database login cannot become a member of %s for the transfer "
-                                  "(PostgreSQL 15 requires it; it needs CREATEROLE or ADMIN OPTION on the role)",
-                                  new_owner);
+        rc = cdb__admin_privilege_error(rc, "become a member of the new owner for the transfer", err);
         goto out;
     }
     if ((rc = run(conn, err, "ALTER %s %s OWNER TO %s", o->keyword, o->sql_name, qo)) < 0 ||
@@ -259,7 +257,7 @@ int cdb_access_transfer_ownership(cdb_service *svc, const cdb_principal *caller,
     /* the connection goes back first: the catalog reload takes one of its own */
     cdb_txn_release(svc->pool, pc);
     pc = NULL;
-    cdb__access_announce(svc, o.table);
+    cdb__admin_announce(svc, o.table);
     cdb_log_info("access.ownership_transferred", "%s %s: owner %s -> %s", TYPES[t], o.name, o.owner, new_owner);
 
 out:
@@ -269,7 +267,7 @@ out:
     }
     cdb_txn_release(svc->pool, pc);
     const json_t *jn = json_is_object(request) ? json_object_get(request, "object_name") : NULL;
-    rc = cdb__access_audit_failure(svc, caller, ACTION, o.name ? o.name : json_string_value(jn), request, rc, err);
+    rc = cdb__admin_audit_failure(svc, caller, ACTION, o.name ? o.name : json_string_value(jn), request, rc, err);
     owned_obj_destroy(&o);
     return rc;
 }

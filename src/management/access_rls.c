@@ -373,7 +373,7 @@ int cdb_access_enable_row_level_security(cdb_service *svc, const cdb_principal *
     /* the connection goes back first: the catalog reload takes one of its own */
     cdb_txn_release(svc->pool, pc);
     pc = NULL;
-    cdb__access_announce(svc, t.name);
+    cdb__admin_announce(svc, t.name);
     cdb_log_info("access.rls_created", "policy %s on %s.%s", q.policy_name, t.schema, t.name);
 
 out:
@@ -383,7 +383,7 @@ out:
     }
     cdb_txn_release(svc->pool, pc);
     const json_t *target = json_is_object(request) ? json_object_get(request, "table_name") : NULL;
-    rc = cdb__access_audit_failure(svc, caller, ACTION, t.name ? t.name : json_string_value(target), request,
+    rc = cdb__admin_audit_failure(svc, caller, ACTION, t.name ? t.name : json_string_value(target), request,
                                    rc, err);
     cdb__access_rel_destroy(&t);
     return rc;

@@ -9,23 +9,76 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "coredb/audit.h"
 #include "coredb/log.h"
+#include "security/service_state.h"
 #include "store/pg.h"
 
 int cdb__admin_run(PGconn *conn, const char *event, cdb_error *err, const char *fmt, ...)
 {
-    char *sql = NULL;
     va_list ap;
     va_start(ap, fmt);
-    int n = vasprintf(&sql, fmt, ap);
+    int rc = cdb__admin_runv(conn, event, err, fmt, ap);
     va_end(ap);
-    if (n < 0)
+    return rc;
+}
+
+int cdb__admin_runv(PGconn *conn, const char *event, cdb_error *err, const char *fmt, va_list ap)
+{
+    char *sql = NULL;
+    if (vasprintf(&sql, fmt, ap) < 0)
         return cdb_error_oom(err);
     int rc = cdb_pg_exec(conn, sql, 0, NULL, NULL, err);
     if (rc < 0)
         cdb_log_warn(event, "%s", err ? err->message : "failed");
     free(sql);
     return rc;
+}
+
+const char *cdb__admin_sqlstate(const cdb_error *err)
+{
+    json_t *s = err && err->details ? json_object_get(err->details, "sqlstate") : NULL;
+    return json_is_string(s) ? json_string_value(s) : "";
+}
+
+int cdb__admin_privilege_error(int rc, const char *what, cdb_error *err)
+{
+    if (rc < 0 && strcmp(cdb__admin_sqlstate(err), "42501") == 0)
+        rc = cdb_error_set_detail(err, CDB_ERR_DATABASE_PRIVILEGE_MISSING, "statement", what,
+                                  "coredb's database login may not %s: it needs CREATEROLE and "
+                                  "pg_signal_backend; run the SQL of `coredb setup-sql --administration` "
+                                  "as a superuser (docs/production.md)",
+                                  what);
+    return rc;
+}
+
+int cdb__admin_audit_failure(cdb_service *svc, const cdb_principal *caller, const char *action,
+                             const char *target, const json_t *request, int rc, const cdb_error *err)
+{
+    if (rc >= 0)
+        return rc;
+    cdb_error fallback;
+    cdb_error_init(&fallback);
+    if (!err) {
+        cdb_error_set(&fallback, (cdb_err)rc, "failed");
+        err = &fallback;
+    }
+    cdb_audit_record(svc, caller, action, target, json_is_object(request) ? request : NULL, err);
+    cdb_error_destroy(&fallback);
+    return rc;
+}
+
+void cdb__admin_announce(cdb_service *svc, const char *table)
+{
+    if (svc->catalog) {
+        cdb_error e;
+        cdb_error_init(&e);
+        if (cdb_catalog_cache_refresh(svc->catalog, &e) < 0)
+            cdb_log_warn("admin.catalog_refresh_failed", "%s (the listener reloads it)", e.message);
+        cdb_error_destroy(&e);
+    }
+    if (svc->qcache && table)
+        cdb_qcache_bump(svc->qcache, table);
 }
 
 char *cdb__admin_quote(PGconn *conn, const char *ident)

@@ -14,10 +14,13 @@
 
 #include <jansson.h>
 #include <libpq-fe.h>
+#include <stdarg.h>
 #include <stdbool.h>
 
 #include "coredb/error.h"
 #include "coredb/principal.h"
+
+typedef struct cdb_service cdb_service;
 
 /* NAMEDATALEN - 1 */
 #define CDB_ADMIN_IDENT_MAX 63
@@ -29,6 +32,34 @@
  */
 int cdb__admin_run(PGconn *conn, const char *event, cdb_error *err, const char *fmt, ...)
     __attribute__((format(printf, 4, 5)));
+int cdb__admin_runv(PGconn *conn, const char *event, cdb_error *err, const char *fmt, va_list ap)
+    __attribute__((format(printf, 4, 0)));
+
+/* details.sqlstate of a failed call's error, "" without one. */
+const char *cdb__admin_sqlstate(const cdb_error *err);
+
+/*
+ * For a failed rc (< 0) whose cause is PostgreSQL's permission denied
+ * (42501) on what coredb's own login did: DATABASE_PRIVILEGE_MISSING, naming
+ * the statement (`what`, for a person: "CREATE ROLE") and the fix (the SQL of
+ * `coredb setup-sql --administration`). Any other rc is returned as it is.
+ */
+int cdb__admin_privilege_error(int rc, const char *what, cdb_error *err);
+
+/*
+ * Ends an operation: when rc < 0 its refusal or failure is written to the
+ * audit log on a connection of its own (the operation's transaction was
+ * rolled back). Never fails the caller; returns rc.
+ */
+int cdb__admin_audit_failure(cdb_service *svc, const cdb_principal *caller, const char *action,
+                             const char *target, const json_t *request, int rc, const cdb_error *err);
+
+/*
+ * After a commit that changed what the data API may see: this instance's
+ * catalog reloaded now (the others follow the NOTIFY), and the query
+ * cache's entries of `table` (NULL: none) dropped everywhere.
+ */
+void cdb__admin_announce(cdb_service *svc, const char *table);
 
 /* PQescapeIdentifier of ident (PQfreemem), NULL on out of memory. */
 char *cdb__admin_quote(PGconn *conn, const char *ident);

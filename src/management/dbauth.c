@@ -58,36 +58,21 @@ static const char EXISTS_SQL[] = "SELECT 1 FROM pg_roles WHERE rolname = $1";
 
 /* ---- shared helpers (dbauth_internal.h) ---- */
 
-const char *cdb__dbauth_sqlstate(const cdb_error *err)
-{
-    json_t *s = err && err->details ? json_object_get(err->details, "sqlstate") : NULL;
-    return json_is_string(s) ? json_string_value(s) : "";
-}
-
 int cdb__dbauth_privilege_error(int rc, const char *what, cdb_error *err)
 {
-    if (rc < 0 && strcmp(cdb__dbauth_sqlstate(err), "42501") == 0)
-        rc = cdb_error_set_detail(err, CDB_ERR_DATABASE_PRIVILEGE_MISSING, "statement", what,
-                                  "coredb's database login may not %s: it needs CREATEROLE and "
-                                  "pg_signal_backend; run the SQL of `coredb setup-sql --administration` "
-                                  "as a superuser (docs/production.md)",
-                                  what);
-    else if (rc < 0 && strcmp(cdb__dbauth_sqlstate(err), "42710") == 0)
+    if (rc < 0 && strcmp(cdb__admin_sqlstate(err), "42710") == 0)
         rc = cdb_error_set(err, CDB_ERR_CONFLICT, "A role of that name exists already");
+    else
+        rc = cdb__admin_privilege_error(rc, what, err);
     return rc;
 }
 
 int cdb__dbauth_run(PGconn *conn, const char *what, cdb_error *err, const char *fmt, ...)
 {
-    char *sql = NULL;
     va_list ap;
     va_start(ap, fmt);
-    int n = vasprintf(&sql, fmt, ap);
+    int rc = cdb__admin_runv(conn, "dbauth.statement_failed", err, fmt, ap);
     va_end(ap);
-    if (n < 0)
-        return cdb_error_oom(err);
-    int rc = cdb__admin_run(conn, "dbauth.statement_failed", err, "%s", sql);
-    free(sql);
     return cdb__dbauth_privilege_error(rc, what, err);
 }
 
@@ -153,13 +138,6 @@ int cdb__dbauth_absent(PGconn *conn, const char *field, const char *name, cdb_er
     return rc;
 }
 
-void cdb__dbauth_audit_failure(cdb_service *svc, const cdb_principal *who, const char *action,
-                               const char *target, const json_t *params, const cdb_error *err)
-{
-    if (!err || err->code == CDB_OK)
-        return;
-    cdb_audit_record(svc, who, action, target, json_is_object(params) ? params : NULL, err);
-}
 
 /* The username of a path as a name: valid UTF-8 and the strict pattern. */
 int cdb__dbauth_path_name(const char *username, json_t **holder, const char **out, cdb_error *err)
@@ -494,8 +472,7 @@ out:
         *out = NULL;
     }
     cdb_txn_release(svc->pool, pc);    /* rolls back what did not commit */
-    if (rc < 0)
-        cdb__dbauth_audit_failure(svc, caller, "role.create", target, request, err);
+    cdb__admin_audit_failure(svc, caller, "role.create", target, request, rc, err);
     role_req_destroy(&r);
     return rc;
 }

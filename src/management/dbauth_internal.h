@@ -21,8 +21,6 @@
  * cdb__dbauth_privilege_error does that mapping for a failed rc of any call.
  */
 int cdb__dbauth_privilege_error(int rc, const char *what, cdb_error *err);
-/* details.sqlstate of a failed call's error, "" without one. */
-const char *cdb__dbauth_sqlstate(const cdb_error *err);
 int cdb__dbauth_run(PGconn *conn, const char *what, cdb_error *err, const char *fmt, ...)
     __attribute__((format(printf, 4, 5)));
 
@@ -63,11 +61,5 @@ int cdb__dbauth_path_name(const char *username, json_t **holder, const char **ou
  */
 int cdb__dbauth_role_list(const json_t *request, bool optional, json_t **roles, cdb_error *err);
 
-/*
- * After a failure or refusal (and the rollback): the audit entry with the
- * error, when an action was named. Never fails the caller.
- */
-void cdb__dbauth_audit_failure(cdb_service *svc, const cdb_principal *who, const char *action,
-                               const char *target, const json_t *params, const cdb_error *err);
 
 #endif

@@ -162,7 +162,7 @@ static int revoke_guarded(PGconn *conn, const char *sql, cdb_error *err)
     cdb_error_init(&e);
     int rc = cdb_pg_exec(conn, "SAVEPOINT dbauth_revoke", 0, NULL, NULL, &e);
     if (rc == 0 && (rc = cdb_pg_exec(conn, sql, 0, NULL, NULL, &e)) < 0 &&
-        strcmp(cdb__dbauth_sqlstate(&e), "42501") == 0) {
+        strcmp(cdb__admin_sqlstate(&e), "42501") == 0) {
         cdb_log_warn("dbauth.revoke_not_permitted",
                      "a privilege coredb's login may not revoke is left in place (reported as remaining)");
         cdb_error_destroy(&e);
@@ -369,9 +369,8 @@ out:
     }
     PQclear(res);
     cdb_txn_release(svc->pool, pc);
-    if (rc < 0)
-        cdb__dbauth_audit_failure(svc, caller, "db_user.revoke", holder ? username : NULL,
-                                  params ? params : request, err);
+    cdb__admin_audit_failure(svc, caller, "db_user.revoke", holder ? username : NULL,
+                             params ? params : request, rc, err);
     PQfreemem(quser);
     json_decref(holder);
     json_decref(params);

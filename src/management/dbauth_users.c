@@ -125,8 +125,7 @@ out:
         *out = NULL;
     }
     cdb_txn_release(svc->pool, pc);
-    if (rc < 0)
-        cdb__dbauth_audit_failure(svc, caller, "db_user.create", target, request, err);
+    cdb__admin_audit_failure(svc, caller, "db_user.create", target, request, rc, err);
     json_decref(empty);
     return rc;
 }
@@ -180,9 +179,8 @@ out:
         *out = NULL;
     }
     cdb_txn_release(svc->pool, pc);
-    if (rc < 0)
-        cdb__dbauth_audit_failure(svc, caller, "db_user.password", username && holder ? username : NULL,
-                                  NULL, err);
+    cdb__admin_audit_failure(svc, caller, "db_user.password", username && holder ? username : NULL, NULL,
+                             rc, err);
     PQfreemem(quser);
     PQfreemem(verifier);
     json_decref(holder);

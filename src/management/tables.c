@@ -306,20 +306,6 @@ out:
     return rc;
 }
 
-/* After a commit: this instance's catalog now, the query cache's entries of the table gone. */
-static void announce(cdb_service *svc, const char *table)
-{
-    if (svc->catalog) {
-        cdb_error e;
-        cdb_error_init(&e);
-        if (cdb_catalog_cache_refresh(svc->catalog, &e) < 0)
-            cdb_log_warn("tables.catalog_refresh_failed", "%s (the listener reloads it)", e.message);
-        cdb_error_destroy(&e);
-    }
-    if (svc->qcache)
-        cdb_qcache_bump(svc->qcache, table);
-}
-
 static json_t *grants_json(const expose_opts *o)
 {
     json_t *g = json_object();
@@ -402,7 +388,7 @@ int cdb_tables_expose(cdb_service *svc, const cdb_principal *caller, const char 
        both, a few concurrent calls starved the pool (each waited for the acquire timeout) */
     cdb_txn_release(svc->pool, pc);
     pc = NULL;
-    announce(svc, t.name);
+    cdb__admin_announce(svc, t.name);
 
     json_t *ro = json_array(), *grants = grants_json(&o);
     for (int i = 0; ro && i < NROLES; i++)
@@ -484,7 +470,7 @@ int cdb_tables_unexpose(cdb_service *svc, const cdb_principal *caller, const cha
        both, a few concurrent calls starved the pool (each waited for the acquire timeout) */
     cdb_txn_release(svc->pool, pc);
     pc = NULL;
-    announce(svc, t.name);
+    cdb__admin_announce(svc, t.name);
     if (!(*out = json_pack("{s:s, s:s, s:b}", "table", t.name, "schema", schema, "exposed", 0))) {
         rc = cdb_error_oom(err);
         goto out;

@@ -726,8 +726,8 @@ def test_audit_entry_of_the_cli_names_cli(inst):
 
 def test_ownership_with_a_non_superuser_login_borrows_membership_in_one_transaction(pg, redis_server):
     """PostgreSQL 15: ALTER ... OWNER TO needs membership in the new owner. coredb's
-    login (made by `coredb setup-sql`: NOCREATEROLE) cannot take it: 403 and nothing
-    changes. Given CREATEROLE, the membership is granted for the statement and
+    login (made by `coredb setup-sql` without --administration: NOCREATEROLE) cannot
+    take it: 503 DATABASE_PRIVILEGE_MISSING naming the fix, and nothing changes. Given CREATEROLE, the membership is granted for the statement and
     revoked in the same transaction: the login is not left a member."""
     import test_defaults_prod as prod
     from conftest import base_env
@@ -754,8 +754,9 @@ def test_ownership_with_a_non_superuser_login_borrows_membership_in_one_transact
         members = "SELECT count(*) FROM pg_auth_members WHERE roleid = %s::regrole AND member = %s::regrole"
 
         body = {"object_type": "table", "object_name": "handed", "new_owner": owner}
-        err = assert_error(inst.post(OWNERSHIP, json=body, headers=adm.headers), 403, "FORBIDDEN")
-        assert "member" in err["message"] and "CREATEROLE" in err["message"], err
+        err = assert_error(inst.post(OWNERSHIP, json=body, headers=adm.headers), 503,
+                           "DATABASE_PRIVILEGE_MISSING")
+        assert "member" in err["message"] and "setup-sql --administration" in err["message"], err
         assert pg.query(db, "SELECT tableowner FROM pg_tables WHERE tablename = 'handed'") == [(login,)]
         assert pg.query(db, members, (owner, login)) == [(0,)]
 
@@ -763,7 +764,7 @@ def test_ownership_with_a_non_superuser_login_borrows_membership_in_one_transact
         # the membership is granted, then ALTER fails (a non-superuser's new owner needs CREATE on
         # the schema): the whole transaction rolls back, grant included
         err = assert_error(inst.post(OWNERSHIP, json=body, headers=adm.headers), 403, "FORBIDDEN")
-        assert "cannot become a member" not in err["message"] and err["details"].get("sqlstate") == "42501", err
+        assert "member of the new owner" not in err["message"] and err["details"].get("sqlstate") == "42501", err
         assert pg.query(db, "SELECT tableowner FROM pg_tables WHERE tablename = 'handed'") == [(login,)]
         assert pg.query(db, members, (owner, login)) == [(0,)]
 
