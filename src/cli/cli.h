@@ -93,6 +93,29 @@ void cli_quiet_logs(const cdb_config *cfg);
 int cli_open_service(cdb_config *cfg, bool with_pool, cdb_service **svc, cdb_error *err);
 
 /*
+ * What a command acting as the operator holds between cli_operator_open
+ * and cli_operator_close: the configuration, the service, and the
+ * operator's principal (the admin role). Meanwhile the audit log's origin
+ * is "cli", so what the command does is recorded with that actor.
+ */
+typedef struct cli_operator {
+    cdb_config cfg;
+    cdb_service *svc;              /* NULL when it could not be opened (err says why) */
+    cdb_principal principal;       /* {.role = CDB_ROLE_ADMIN} */
+} cli_operator;
+
+/*
+ * Loads the configuration: on error it is printed and the exit code (2)
+ * returned, with nothing to close. Then opens the service (with_pool) and,
+ * when applied_by is given, applies pending migrations (MIGRATE_ON_START)
+ * recorded as applied_by. Failing that, op->svc is NULL and err says why
+ * (returns 0: the caller prints it as its result). Then cli_operator_close.
+ */
+int cli_operator_open(cli_operator *op, bool as_json, bool with_pool, const char *applied_by,
+                      cdb_error *err);
+void cli_operator_close(cli_operator *op);
+
+/*
  * Prints the library's result form (coredb/result.h) {status, error,
  * timestamp, ...data}: as JSON on stdout with --json, else data as
  * human-readable text (cli_print_human) on stdout or the error on stderr. Returns the exit code
@@ -149,5 +172,14 @@ int cli_admin_role_run(cdb_service *svc, const cdb_principal *operator, json_t *
 json_t *cli_admin_db_user_parse(int argc, char **argv);
 int cli_admin_db_user_run(cdb_service *svc, const cdb_principal *operator, json_t *request,
                           json_t **out, cdb_error *err);
+json_t *cli_admin_rls_parse(int argc, char **argv);
+int cli_admin_rls_run(cdb_service *svc, const cdb_principal *operator, json_t *request, json_t **out,
+                      cdb_error *err);
+json_t *cli_admin_schema_permissions_parse(int argc, char **argv);
+int cli_admin_schema_permissions_run(cdb_service *svc, const cdb_principal *operator, json_t *request,
+                                     json_t **out, cdb_error *err);
+json_t *cli_admin_ownership_parse(int argc, char **argv);
+int cli_admin_ownership_run(cdb_service *svc, const cdb_principal *operator, json_t *request, json_t **out,
+                            cdb_error *err);
 
 #endif

@@ -15,9 +15,6 @@
 #include <string.h>
 
 #include "cli.h"
-#include "cmd_admin_access.h"
-#include "coredb/audit.h"
-#include "coredb/principal.h"
 
 const char cli_help_admin[] =
     "usage: coredb admin VERB ... [--json]\n"
@@ -81,27 +78,18 @@ int cmd_admin(int argc, char **argv)
     if (!request)
         return cli_usage_error("admin", cli_help_admin, as_json);
 
-    cdb_config cfg;
-    int rc = cli_load_config(&cfg, as_json);
-    if (rc != CLI_EXIT_OK) {
-        json_decref(request);
-        return rc;
-    }
     cdb_error err;
     cdb_error_init(&err);
-    cdb_service *svc = NULL;
     json_t *result = NULL;
-    cdb_principal operator = {.role = CDB_ROLE_ADMIN};
-
-    cdb_audit_origin_set(NULL, NULL, "cli");
-    if (cli_open_service(&cfg, true, &svc, &err) == 0 &&
-        cdb_service_migrate_on_start(svc, "coredb admin", &err) == 0)
-        verb->run(svc, &operator, request, &result, &err);
-    rc = cli_print_result(result, &err, as_json);
-    cdb_audit_origin_clear();
+    cli_operator op;
+    int rc = cli_operator_open(&op, as_json, true, "coredb admin", &err);
+    if (rc == CLI_EXIT_OK) {
+        if (op.svc)
+            verb->run(op.svc, &op.principal, request, &result, &err);
+        rc = cli_print_result(result, &err, as_json);
+        cli_operator_close(&op);
+    }
     json_decref(request);
-    cdb_service_close(svc);
     cdb_error_destroy(&err);
-    cdb_config_destroy(&cfg);
     return rc;
 }

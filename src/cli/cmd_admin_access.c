@@ -9,7 +9,6 @@
 #include <string.h>
 
 #include "cli.h"
-#include "cmd_admin_access.h"
 #include "coredb/access.h"
 
 /* argv[*i] is opt and has a value after it: *value = that value, *i moves past it. */

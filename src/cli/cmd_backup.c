@@ -9,7 +9,6 @@
 #include <unistd.h>
 
 #include "cli.h"
-#include "coredb/audit.h"
 #include "coredb/backup.h"
 
 const char cli_help_backup[] =
@@ -31,6 +30,27 @@ const char cli_help_backup[] =
     "\n"
     CLI_JSON_HELP;
 
+/* One backup action as the operator, with a progress line when a person watches stderr. */
+static void run_action(cli_operator *op, const char *action, const char *name, json_t **result,
+                       cdb_error *err)
+{
+    bool is_verify = strcmp(action, "verify") == 0;
+    bool progress = isatty(STDERR_FILENO) && (is_verify || strcmp(action, "create") == 0);
+    if (progress)
+        fprintf(stderr, "coredb backup %s%s%s: running (pg_%s)...", action, name ? " " : "", name ? name : "",
+                is_verify ? "restore" : "dump");
+    if (strcmp(action, "create") == 0)
+        cdb_backup_create(op->svc, &op->principal, result, err);
+    else if (strcmp(action, "list") == 0)
+        cdb_backup_list(op->svc, result, err);
+    else if (is_verify)
+        cdb_backup_verify(op->svc, &op->principal, name, result, err);
+    else
+        cdb_backup_cleanup(op->svc, &op->principal, result, err);
+    if (progress)
+        fputs(" done\n", stderr);
+}
+
 int cmd_backup(int argc, char **argv)
 {
     bool as_json = cli_flag(argc, argv, "--json");
@@ -51,39 +71,17 @@ int cmd_backup(int argc, char **argv)
     if (!known || is_verify != (name != NULL))
         return cli_usage_error("backup", cli_help_backup, as_json);
 
-    cdb_config cfg;
-    int rc = cli_load_config(&cfg, as_json);
-    if (rc != CLI_EXIT_OK)
-        return rc;
     cdb_error err;
     cdb_error_init(&err);
-    cdb_service *svc = NULL;
     json_t *result = NULL;
-    cdb_principal operator = {.role = CDB_ROLE_ADMIN};
-    bool progress = isatty(STDERR_FILENO) && (is_verify || strcmp(action, "create") == 0);
-
-    cdb_audit_origin_set(NULL, NULL, "cli");   /* the audit log's actor */
-    if (cli_open_service(&cfg, false, &svc, &err) < 0)
-        goto out;
-    if (progress)
-        fprintf(stderr, "coredb backup %s%s%s: running (pg_%s)...", action, name ? " " : "", name ? name : "",
-                is_verify ? "restore" : "dump");
-    if (strcmp(action, "create") == 0)
-        cdb_backup_create(svc, &operator, &result, &err);
-    else if (strcmp(action, "list") == 0)
-        cdb_backup_list(svc, &result, &err);
-    else if (is_verify)
-        cdb_backup_verify(svc, &operator, name, &result, &err);
-    else
-        cdb_backup_cleanup(svc, &operator, &result, &err);
-    if (progress)
-        fputs(" done\n", stderr);
-
-out:
-    rc = cli_print_result(result, &err, as_json);
-    cdb_audit_origin_clear();
-    cdb_service_close(svc);
+    cli_operator op;
+    int rc = cli_operator_open(&op, as_json, false, NULL, &err);
+    if (rc == CLI_EXIT_OK) {
+        if (op.svc)
+            run_action(&op, action, name, &result, &err);
+        rc = cli_print_result(result, &err, as_json);
+        cli_operator_close(&op);
+    }
     cdb_error_destroy(&err);
-    cdb_config_destroy(&cfg);
     return rc;
 }

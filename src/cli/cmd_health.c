@@ -71,18 +71,17 @@ int cmd_health(int argc, char **argv)
     if (!fn)
         return cli_usage_error("health", cli_help_health, as_json);
 
-    cdb_config cfg;
-    int rc = cli_load_config(&cfg, as_json);
-    if (rc != CLI_EXIT_OK)
-        return rc;
     cdb_error err;
     cdb_error_init(&err);
-    cdb_service *svc = NULL;
     json_t *result = NULL;
-    cdb_principal operator = {.role = CDB_ROLE_ADMIN};
-
-    if (cli_open_service(&cfg, true, &svc, &err) == 0)
-        fn(svc, &operator, &result, &err);
+    cli_operator op;
+    int rc = cli_operator_open(&op, as_json, true, NULL, &err);
+    if (rc != CLI_EXIT_OK) {
+        cdb_error_destroy(&err);
+        return rc;
+    }
+    if (op.svc)
+        fn(op.svc, &op.principal, &result, &err);
     const char *verdict = json_string_value(json_object_get(result, "health"));
     bool unhealthy = verdict && strcmp(verdict, "unhealthy") == 0;
     if (as_json || err.code != CDB_OK) {
@@ -104,8 +103,7 @@ int cmd_health(int argc, char **argv)
     }
     if (rc == CLI_EXIT_OK && unhealthy)
         rc = CLI_EXIT_FAILED;
-    cdb_service_close(svc);
+    cli_operator_close(&op);
     cdb_error_destroy(&err);
-    cdb_config_destroy(&cfg);
     return rc;
 }

@@ -123,18 +123,17 @@ int cmd_monitor(int argc, char **argv)
     if (!fn)
         return cli_usage_error("monitor", cli_help_monitor, as_json);
 
-    cdb_config cfg;
-    int rc = cli_load_config(&cfg, as_json);
-    if (rc != CLI_EXIT_OK)
-        return rc;
     cdb_error err;
     cdb_error_init(&err);
-    cdb_service *svc = NULL;
     json_t *result = NULL;
-    cdb_principal operator = {.role = CDB_ROLE_ADMIN};
-
-    if (cli_open_service(&cfg, true, &svc, &err) == 0)
-        fn(svc, &operator, &result, &err);
+    cli_operator op;
+    int rc = cli_operator_open(&op, as_json, true, NULL, &err);
+    if (rc != CLI_EXIT_OK) {
+        cdb_error_destroy(&err);
+        return rc;
+    }
+    if (op.svc)
+        fn(op.svc, &op.principal, &result, &err);
     if (as_json || err.code != CDB_OK) {
         rc = cli_print_result(result, &err, as_json);
         goto out;
@@ -157,8 +156,7 @@ int cmd_monitor(int argc, char **argv)
     json_decref(result);
     rc = CLI_EXIT_OK;
 out:
-    cdb_service_close(svc);
+    cli_operator_close(&op);
     cdb_error_destroy(&err);
-    cdb_config_destroy(&cfg);
     return rc;
 }

@@ -10,8 +10,6 @@
 #include <string.h>
 
 #include "cli.h"
-#include "coredb/audit.h"
-#include "coredb/principal.h"
 #include "coredb/restore.h"
 
 const char cli_help_restore[] =
@@ -42,23 +40,17 @@ int cmd_restore(int argc, char **argv)
     }
     if (bad || !name)
         return cli_usage_error("restore", cli_help_restore, as_json);
-    cdb_config cfg;
-    int rc = cli_load_config(&cfg, as_json);
-    if (rc != CLI_EXIT_OK)
-        return rc;
-
     cdb_error err;
     cdb_error_init(&err);
-    cdb_service *svc = NULL;
     json_t *result = NULL;
-    cdb_principal operator = {.role = CDB_ROLE_ADMIN};
-    cdb_audit_origin_set(NULL, NULL, "cli");   /* the audit log's actor */
-    if (cli_open_service(&cfg, true, &svc, &err) == 0)
-        cdb_backup_restore(svc, &operator, name, yes, &result, &err);
-    cdb_audit_origin_clear();
-    rc = cli_print_result(result, &err, as_json);
-    cdb_service_close(svc);
+    cli_operator op;
+    int rc = cli_operator_open(&op, as_json, true, NULL, &err);
+    if (rc == CLI_EXIT_OK) {
+        if (op.svc)
+            cdb_backup_restore(op.svc, &op.principal, name, yes, &result, &err);
+        rc = cli_print_result(result, &err, as_json);
+        cli_operator_close(&op);
+    }
     cdb_error_destroy(&err);
-    cdb_config_destroy(&cfg);
     return rc;
 }

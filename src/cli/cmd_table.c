@@ -9,7 +9,6 @@
 #include <string.h>
 
 #include "cli.h"
-#include "coredb/principal.h"
 #include "coredb/tables.h"
 
 const char cli_help_table[] =
@@ -98,41 +97,39 @@ fail_free_request:
     return NULL;
 }
 
+/* The action of a, as the operator. */
+static void run_action(cli_operator *op, const table_args *a, json_t **result, cdb_error *err)
+{
+    if (strcmp(a->action, "expose") == 0) {
+        json_t *request = expose_request(a);
+        if (!request)
+            cdb_error_set(err, CDB_ERR_VALIDATION_FAILED, "arguments must be UTF-8");
+        else
+            cdb_tables_expose(op->svc, &op->principal, a->name, request, result, err);
+        json_decref(request);
+    } else if (strcmp(a->action, "unexpose") == 0) {
+        cdb_tables_unexpose(op->svc, &op->principal, a->name, result, err);
+    } else {
+        cdb_tables_list(op->svc, &op->principal, result, err);
+    }
+}
+
 int cmd_table(int argc, char **argv)
 {
     table_args a;
     if (parse_args(argc, argv, &a) < 0)
         return cli_usage_error("table", cli_help_table, cli_flag(argc, argv, "--json"));
-    cdb_config cfg;
-    int rc = cli_load_config(&cfg, a.as_json);
-    if (rc != CLI_EXIT_OK)
-        return rc;
-
     cdb_error err;
     cdb_error_init(&err);
-    cdb_service *svc = NULL;
-    json_t *request = NULL, *result = NULL;
-    cdb_principal operator = {.role = CDB_ROLE_ADMIN};
-
-    if (cli_open_service(&cfg, true, &svc, &err) < 0 ||
-        cdb_service_migrate_on_start(svc, "coredb table", &err) < 0)
-        goto out;
-    if (strcmp(a.action, "expose") == 0) {
-        if (!(request = expose_request(&a)))
-            cdb_error_set(&err, CDB_ERR_VALIDATION_FAILED, "arguments must be UTF-8");
-        else
-            cdb_tables_expose(svc, &operator, a.name, request, &result, &err);
-    } else if (strcmp(a.action, "unexpose") == 0) {
-        cdb_tables_unexpose(svc, &operator, a.name, &result, &err);
-    } else {
-        cdb_tables_list(svc, &operator, &result, &err);
+    json_t *result = NULL;
+    cli_operator op;
+    int rc = cli_operator_open(&op, a.as_json, true, "coredb table", &err);
+    if (rc == CLI_EXIT_OK) {
+        if (op.svc)
+            run_action(&op, &a, &result, &err);
+        rc = cli_print_result(result, &err, a.as_json);
+        cli_operator_close(&op);
     }
-
-out:
-    rc = cli_print_result(result, &err, a.as_json);
-    json_decref(request);
-    cdb_service_close(svc);
     cdb_error_destroy(&err);
-    cdb_config_destroy(&cfg);
     return rc;
 }

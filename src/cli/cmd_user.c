@@ -16,7 +16,6 @@
 #include <sodium.h>
 
 #include "cli.h"
-#include "coredb/audit.h"
 #include "coredb/users.h"
 #include "coredb/service.h"
 
@@ -72,6 +71,24 @@ static int parse_args(int argc, char **argv, user_args *a)
 
 static int cmd_user_list(int argc, char **argv);
 
+/* The user of a and password, as the operator (a role given is recorded with the actor "cli"). */
+static void create_user(cli_operator *op, const user_args *a, const char *password, json_t **result,
+                        cdb_error *err)
+{
+    json_t *body = json_pack("{s:s, s:s, s:s}", "email", a->email, "username", a->username, "password",
+                             password);
+    if (!body) {
+        cdb_error_set(err, CDB_ERR_VALIDATION_FAILED, "arguments and password must be UTF-8");
+        return;
+    }
+    if (a->role)
+        json_object_set_new(body, "role", json_string(a->role));
+    if (a->display_name)
+        json_object_set_new(body, "display_name", json_string(a->display_name));
+    cdb_users_create(op->svc, &op->principal, body, result, err);
+    json_decref(body);
+}
+
 int cmd_user(int argc, char **argv)
 {
     user_args a;
@@ -89,43 +106,19 @@ int cmd_user(int argc, char **argv)
         cdb_error_destroy(&err);
         return CLI_EXIT_USAGE;
     }
-    cdb_config cfg;
-    int rc = cli_load_config(&cfg, a.as_json);
-    if (rc != CLI_EXIT_OK) {
-        sodium_memzero(password, sizeof password);
-        return rc;
-    }
-
     cdb_error err;
     cdb_error_init(&err);
-    cdb_service *svc = NULL;
-    json_t *body = NULL, *result = NULL;
-    cdb_principal operator = {.role = CDB_ROLE_ADMIN};
-
-    if (cli_open_service(&cfg, true, &svc, &err) < 0)
-        goto out;
-    if (cdb_service_migrate_on_start(svc, "coredb user", &err) < 0)
-        goto out;
-    body = json_pack("{s:s, s:s, s:s}", "email", a.email, "username", a.username, "password", password);
-    if (!body) {
-        cdb_error_set(&err, CDB_ERR_VALIDATION_FAILED, "arguments and password must be UTF-8");
-        goto out;
+    json_t *result = NULL;
+    cli_operator op;
+    int rc = cli_operator_open(&op, a.as_json, true, "coredb user", &err);
+    if (rc == CLI_EXIT_OK) {
+        if (op.svc)
+            create_user(&op, &a, password, &result, &err);
+        rc = cli_print_result(result, &err, a.as_json);
+        cli_operator_close(&op);
     }
-    if (a.role)
-        json_object_set_new(body, "role", json_string(a.role));
-    if (a.display_name)
-        json_object_set_new(body, "display_name", json_string(a.display_name));
-    cdb_audit_origin_set(NULL, NULL, "cli");   /* a role given here is recorded with the actor "cli" */
-    cdb_users_create(svc, &operator, body, &result, &err);
-    cdb_audit_origin_clear();
-
-out:
-    rc = cli_print_result(result, &err, a.as_json);
     sodium_memzero(password, sizeof password);
-    json_decref(body);
-    cdb_service_close(svc);
     cdb_error_destroy(&err);
-    cdb_config_destroy(&cfg);
     return rc;
 }
 
@@ -174,28 +167,18 @@ static int cmd_user_list(int argc, char **argv)
     list_args a;
     if (parse_list_args(argc, argv, &a) < 0 || (a.limit && parse_limit(a.limit) < 0))
         return cli_usage_error("user list", cli_help_user, cli_flag(argc, argv, "--json"));
-    cdb_config cfg;
-    int rc = cli_load_config(&cfg, a.as_json);
-    if (rc != CLI_EXIT_OK)
-        return rc;
-
     cdb_error err;
     cdb_error_init(&err);
-    cdb_service *svc = NULL;
     json_t *result = NULL;
-    cdb_principal operator = {.role = CDB_ROLE_ADMIN};
     cdb_users_list_options opt = {.limit = parse_limit(a.limit), .cursor = a.cursor, .email = a.email};
-
-    if (cli_open_service(&cfg, true, &svc, &err) < 0)
-        goto out;
-    if (cdb_service_migrate_on_start(svc, "coredb user", &err) < 0)
-        goto out;
-    cdb_users_list(svc, &operator, &opt, &result, &err);
-
-out:
-    rc = cli_print_result(result, &err, a.as_json);
-    cdb_service_close(svc);
+    cli_operator op;
+    int rc = cli_operator_open(&op, a.as_json, true, "coredb user", &err);
+    if (rc == CLI_EXIT_OK) {
+        if (op.svc)
+            cdb_users_list(op.svc, &op.principal, &opt, &result, &err);
+        rc = cli_print_result(result, &err, a.as_json);
+        cli_operator_close(&op);
+    }
     cdb_error_destroy(&err);
-    cdb_config_destroy(&cfg);
     return rc;
 }

@@ -9,6 +9,7 @@
 #include <unistd.h>
 
 #include "cli.h"
+#include "coredb/audit.h"
 #include "coredb/log.h"
 #include "coredb/result.h"
 
@@ -199,6 +200,30 @@ int cli_open_service(cdb_config *cfg, bool with_pool, cdb_service **svc, cdb_err
 {
     cdb_service_options opt = {.with_pool = with_pool};
     return cdb_service_open(svc, cfg, &opt, err);
+}
+
+int cli_operator_open(cli_operator *op, bool as_json, bool with_pool, const char *applied_by,
+                      cdb_error *err)
+{
+    *op = (cli_operator){.principal = {.role = CDB_ROLE_ADMIN}};
+    int rc = cli_load_config(&op->cfg, as_json);
+    if (rc != CLI_EXIT_OK)
+        return rc;
+    cdb_audit_origin_set(NULL, NULL, "cli");
+    if (cli_open_service(&op->cfg, with_pool, &op->svc, err) < 0 ||
+        (applied_by && cdb_service_migrate_on_start(op->svc, applied_by, err) < 0)) {
+        cdb_service_close(op->svc);
+        op->svc = NULL;
+    }
+    return CLI_EXIT_OK;
+}
+
+void cli_operator_close(cli_operator *op)
+{
+    cdb_service_close(op->svc);
+    op->svc = NULL;
+    cdb_audit_origin_clear();
+    cdb_config_destroy(&op->cfg);
 }
 
 int cli_print_result(json_t *data, const cdb_error *err, bool as_json)
