@@ -49,6 +49,7 @@
 #include "core/fsutil.h"
 #include "core/timeutil.h"
 #include "management/tool_run.h"
+#include "security/audit_internal.h"
 #include "security/maintenance.h"
 #include "security/service_state.h"
 #include "store/outbox.h"
@@ -308,8 +309,11 @@ static int swap(restore_ctx *c, cdb_error *err)
     cdb__maintenance_begin(&svc->maintenance, svc->redis, svc->qcache);
     cdb_log_info("backup.maintenance_begin", "restoring %s: the data API is in maintenance", c->name);
     int rc = end_sessions(c, err);
-    if (rc == 0)
+    /* the audit log outlives the restore (security/audit_internal.h) */
+    if (rc == 0 && (rc = cdb__audit_carry_begin(c->conn, err)) == 0) {
         rc = restore_live(c, err);
+        cdb__audit_carry_end(c->conn);
+    }
     /* a rolled back restore changed nothing, but a bump costs little and is never wrong */
     invalidate_caches(c);
     cdb__maintenance_end(&svc->maintenance, svc->redis, svc->qcache);

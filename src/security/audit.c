@@ -454,3 +454,45 @@ out:
     own_conn_release(svc, pc, conn);
     return rc;
 }
+
+/* ---- across a restore (audit_internal.h) ---- */
+
+static const char CARRY_BEGIN_SQL[] =
+    "DROP SCHEMA IF EXISTS coredb_audit_carry CASCADE;"
+    "CREATE SCHEMA coredb_audit_carry;"
+    "CREATE TABLE coredb_audit_carry.audit_log AS SELECT * FROM coredb.audit_log";
+
+/* One transaction (a multi-statement simple query): all of it or nothing. */
+static const char CARRY_END_SQL[] =
+    "INSERT INTO coredb.audit_log OVERRIDING SYSTEM VALUE"
+    " SELECT * FROM coredb_audit_carry.audit_log"
+    " WHERE id > (SELECT coalesce(max(id), 0) FROM coredb.audit_log) ORDER BY id;"
+    "SELECT setval(pg_get_serial_sequence('coredb.audit_log', 'id'),"
+    " greatest((SELECT max(id) FROM coredb.audit_log), 1));"
+    "DROP SCHEMA coredb_audit_carry CASCADE";
+
+/* Several statements in one simple query: PostgreSQL runs them as one transaction. */
+static int run_script(PGconn *conn, const char *sql, cdb_error *err)
+{
+    PGresult *res = cdb_pg_query(conn, sql);
+    ExecStatusType st = res ? PQresultStatus(res) : PGRES_FATAL_ERROR;
+    int rc = st == PGRES_COMMAND_OK || st == PGRES_TUPLES_OK ? 0 : cdb_pg_error_from_result(conn, res, err);
+    PQclear(res);
+    return rc;
+}
+
+int cdb__audit_carry_begin(PGconn *conn, cdb_error *err)
+{
+    return run_script(conn, CARRY_BEGIN_SQL, err);
+}
+
+void cdb__audit_carry_end(PGconn *conn)
+{
+    cdb_error e;
+    cdb_error_init(&e);
+    if (run_script(conn, CARRY_END_SQL, &e) < 0)
+        cdb_log_error("audit.carry_failed",
+                      "the audit entries made since the restored backup could not be put back (%s); "
+                      "they are kept in coredb_audit_carry.audit_log", e.message);
+    cdb_error_destroy(&e);
+}
