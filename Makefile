@@ -30,7 +30,7 @@ else
 Q := @
 endif
 
-.PHONY: all run test san bench clean deps unit-bins lint man install
+.PHONY: all run test san bench bench-metrics clean deps unit-bins lint man install
 all: $(BUILD)/coredb $(EXAMPLES)
 
 deps:
@@ -125,7 +125,11 @@ san:
 bench: deps all
 	$(Q)bash bench/run.sh
 
+# the cost of recording metrics: the cache-hit path with and without them (issue 12)
+bench-metrics: deps all
+	$(Q)bash bench/metrics_cost.sh
+
 clean:
-	rm -rf build build-san
+	rm -rf build build-san build-nometrics
 
 -include $(LIB_OBJ:.o=.d) $(CLI_OBJ:.o=.d)
