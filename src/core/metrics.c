@@ -17,6 +17,7 @@
 #include "coredb/metrics.h"
 
 #include <dirent.h>
+#include <math.h>
 #include <pthread.h>
 #include <stdarg.h>
 #include <stdatomic.h>
@@ -718,6 +719,12 @@ char *cdb_metrics_render(void)
 /* ---- JSON for the monitoring routes ---- */
 
 /* The q-quantile (0..1) in ms, interpolated linearly inside its bucket. */
+/* An estimate interpolated within a bucket: microseconds are all it can claim. */
+static double to_ms(double seconds)
+{
+    return round(seconds * 1e6) / 1000.0;
+}
+
 static double quantile_ms(const hist_sum *h, double q)
 {
     if (!h->count)
@@ -729,13 +736,13 @@ static double quantile_ms(const hist_sum *h, double q)
         cum += h->bucket[b];
         if ((double)cum >= target && h->bucket[b]) {
             if (b == NBUCKETS)  /* over the last bound: all we can say is "at least" */
-                return bucket_s[NBUCKETS - 1] * 1000.0;
+                return to_ms(bucket_s[NBUCKETS - 1]);
             double lo = b ? bucket_s[b - 1] : 0, hi = bucket_s[b];
             double frac = ((target - (double)prev) / (double)h->bucket[b]);
-            return (lo + (hi - lo) * frac) * 1000.0;
+            return to_ms(lo + (hi - lo) * frac);
         }
     }
-    return bucket_s[NBUCKETS - 1] * 1000.0;
+    return to_ms(bucket_s[NBUCKETS - 1]);
 }
 
 json_t *cdb__metrics_latency_json(void)
