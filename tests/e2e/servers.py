@@ -6,6 +6,7 @@ refuses root, so initdb and postgres run as Debian's `postgres` account.
 initdb runs once into a template that each server copies, so a private
 server for a destructive test costs a copy, not an initdb.
 """
+import atexit
 import os
 import pwd
 import shutil
@@ -26,8 +27,11 @@ ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 def scratch_dir():
     base = os.environ.get("COREDB_TEST_TMP")
     if not base:
+        # pytest run by hand (scripts/run-tests.sh makes and removes its own):
+        # ours to remove at exit, after the fixtures stopped their servers
         base = tempfile.mkdtemp(prefix="coredb-test.")
         os.environ["COREDB_TEST_TMP"] = base
+        atexit.register(shutil.rmtree, base, True)
     os.chmod(base, 0o755)
     return base
 
