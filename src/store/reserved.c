@@ -26,6 +26,7 @@ typedef struct slot {
 static pthread_mutex_t mu = PTHREAD_MUTEX_INITIALIZER;
 static slot slots[CDB_RESERVED_MAX];
 static _Thread_local cdb_pool_conn *bound;
+static _Thread_local bool bound_taken;
 
 /*
  * The one place a slot changes state (under mu). Allowed: FREE->RESERVED
@@ -184,9 +185,21 @@ int cdb_reserved_count(void)
 void cdb_reserved_bind(cdb_pool_conn *pc)
 {
     bound = pc;
+    bound_taken = false;
 }
 
-cdb_pool_conn *cdb_reserved_bound(void)
+cdb_pool_conn *cdb_reserved_claim_bound(void)
 {
+    if (!bound || bound_taken)
+        return NULL;
+    bound_taken = true;
     return bound;
+}
+
+bool cdb_reserved_unclaim_bound(cdb_pool_conn *pc)
+{
+    if (!pc || pc != bound || !bound_taken)
+        return false;
+    bound_taken = false;
+    return true;
 }

@@ -13,6 +13,7 @@
 #ifndef COREDB_STORE_RESERVED_H
 #define COREDB_STORE_RESERVED_H
 
+#include <stdbool.h>
 #include <stdint.h>
 
 #include "coredb/error.h"
@@ -55,6 +56,10 @@ int cdb_reserved_count(void);
  * none): the data API sets it around a call with X-Connection-ID.
  */
 void cdb_reserved_bind(cdb_pool_conn *pc);
-cdb_pool_conn *cdb_reserved_bound(void);
+/* For cdb_txn_acquire: the bound connection when it is not in use by an
+ * outer acquire of this thread (a nested one gets a pool connection). */
+cdb_pool_conn *cdb_reserved_claim_bound(void);
+/* For cdb_txn_release: true (and no longer in use) when pc is the bound one. */
+bool cdb_reserved_unclaim_bound(cdb_pool_conn *pc);
 
 #endif
