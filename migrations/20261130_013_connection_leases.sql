@@ -67,7 +67,7 @@ CREATE OR REPLACE FUNCTION coredb.current_user_id() RETURNS uuid
 LANGUAGE sql STABLE AS $$
     SELECT CASE WHEN pg_catalog.starts_with(session_user::pg_catalog.text, 'coredb_lease_')
                 THEN coredb.lease_user_id()
-                ELSE pg_catalog.nullif(pg_catalog.current_setting('app.current_user_id', true), '')::pg_catalog.uuid
+                ELSE NULLIF(pg_catalog.current_setting('app.current_user_id', true), '')::pg_catalog.uuid
            END
 $$;
 

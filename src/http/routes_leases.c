@@ -38,7 +38,13 @@ static void lease_release(cdb_request *r)
     cdb_error_init(&err);
     json_t *out = NULL;
     int rc = cdb_lease_release(r->svc, &r->principal, r->body, &out, &err);
-    finish(r, rc, 200, out, &err);
+    json_t *body = NULL;
+    /* API.md: this answer's status says what happened to the lease */
+    if (rc == 0 && (!(body = cdb_result_object(NULL, out)) ||
+                    json_object_set_new(body, "status", json_string("released")) < 0))
+        rc = cdb_error_oom(&err);
+    json_decref(out);
+    cdb_request_finish(r, rc, 200, body, &err);
 }
 
 static void lease_renew(cdb_request *r)

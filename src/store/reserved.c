@@ -96,7 +96,7 @@ cdb_pool_conn *cdb_reserved_checkout(const char *id, const char *user_id, cdb_er
     cdb_pool_conn *pc = NULL;
     pthread_mutex_lock(&mu);
     slot *s = id ? find(id) : NULL;
-    if (!s || s->state == SLOT_RELEASED || strcmp(s->user_id, user_id) != 0 || cdb_wall_s() >= s->expires_s) {
+    if (!s || s->state == SLOT_RELEASED || (user_id && strcmp(s->user_id, user_id) != 0) || cdb_wall_s() >= s->expires_s) {
         cdb_error_set(err, CDB_ERR_NOT_FOUND, "No such connection lease");
     } else if (s->state == SLOT_IN_USE) {
         cdb_error_set(err, CDB_ERR_CONFLICT, "Another request is running on this connection lease");

@@ -31,7 +31,8 @@ int cdb_reserved_put(const char *id, const char *user_id, int64_t expires_s, cdb
 void cdb_reserved_extend(const char *id, int64_t expires_s);
 
 /*
- * Takes the lease's connection for one request of user_id: NOT_FOUND for
+ * Takes the lease's connection for one request of user_id (NULL: an
+ * admin's, any owner): NOT_FOUND for
  * an unknown, foreign, expired or released id (all alike), CONFLICT while
  * another request runs on it. Give it back with cdb_reserved_checkin.
  */
