@@ -91,6 +91,26 @@ ALTER POLICY content_analysis_own ON public.content_analysis
 ALTER POLICY media_assets_own ON public.media_assets
     TO coredb_user, coredb_premium, coredb_user_ro, coredb_premium_ro;
 
+-- tables exposed before this migration (src/management/tables.c names the
+-- _ro roles from now on): SELECT and the same policies for the _ro roles
+DO $$
+DECLARE
+    p record;
+BEGIN
+    FOR p IN SELECT c.oid::regclass AS tbl, pol.polname
+               FROM pg_policy pol JOIN pg_class c ON c.oid = pol.polrelid
+              WHERE pol.polname IN ('coredb_admin', 'coredb_rows') OR left(pol.polname, 11) = 'coredb_own_' LOOP
+        IF p.polname = 'coredb_admin' THEN
+            EXECUTE format('ALTER POLICY coredb_admin ON %s TO coredb_admin, coredb_admin_ro', p.tbl);
+            EXECUTE format('GRANT SELECT ON %s TO coredb_user_ro, coredb_premium_ro, coredb_admin_ro', p.tbl);
+        ELSE
+            EXECUTE format('ALTER POLICY %I ON %s TO coredb_user, coredb_premium, coredb_user_ro, coredb_premium_ro',
+                           p.polname, p.tbl);
+        END IF;
+    END LOOP;
+END
+$$;
+
 -- migrate:down
 ALTER POLICY users_admin ON public.users TO coredb_admin;
 ALTER POLICY projects_admin ON public.projects TO coredb_admin;

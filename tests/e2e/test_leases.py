@@ -510,3 +510,30 @@ def test_hostile_inputs(inst, alice):
     assert_error(inst.post(f"{LIST}/{uuid.uuid4()}/renew", json={"ttl_seconds": "x"}, headers=alice.headers), 400,
                  "VALIDATION_FAILED")
     assert q(inst, "SELECT count(*) FROM coredb.leases")[0][0] == leases_before
+
+
+def test_exposed_table_read_and_write_leases(inst, admin, alice, bob):
+    q(inst, "CREATE TABLE lease_notes (id bigserial PRIMARY KEY, user_id uuid, body text NOT NULL)")
+    resp = inst.post("/api/v1/admin/tables/lease_notes/expose", json={"owner_column": "user_id"},
+                     headers=admin.headers)
+    assert resp.status_code == 200, resp.text
+    q(inst, "INSERT INTO lease_notes (user_id, body) VALUES (%s, 'alice-note'), (%s, 'bob-note')",
+      (alice.id, bob.id))
+    read = acquire(inst, alice, mode="read")
+    conn = connect(read["database_url"])
+    assert [r[0] for r in rows(conn, "SELECT body FROM lease_notes")] == ["alice-note"]
+    with pytest.raises(psycopg2.errors.InsufficientPrivilege):
+        rows(conn, "INSERT INTO lease_notes (user_id, body) VALUES (%s, 'x')", (alice.id,))
+    conn.close()
+    write = acquire(inst, alice)
+    conn = connect(write["database_url"])
+    rows(conn, "SET app.current_user_id = %s", (bob.id,))
+    assert rows(conn, "INSERT INTO lease_notes (body) VALUES ('alice-2')") == 1   # owner default: alice
+    assert [r[0] for r in rows(conn, "SELECT body FROM lease_notes ORDER BY id")] == ["alice-note", "alice-2"]
+    conn.close()
+    assert q(inst, "SELECT user_id::text FROM lease_notes WHERE body = 'alice-2'") == [(alice.id,)]
+    for lease in (read, write):
+        assert release(inst, alice, lease["connection_id"]).status_code == 200
+    resp = inst.post("/api/v1/admin/tables/lease_notes/unexpose", headers=admin.headers)
+    assert resp.status_code == 200, resp.text
+    assert q(inst, "SELECT has_table_privilege('coredb_user_ro', 'public.lease_notes', 'SELECT')") == [(False,)]
