@@ -203,7 +203,10 @@ static int create_in_tx(PGconn *conn, const cdb_principal *caller, const acquire
                               "CREATE ROLE \"%s\" LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION "
                               "NOBYPASSRLS INHERIT CONNECTION LIMIT %d VALID UNTIL '%s' PASSWORD %s",
                               role, CDB_LEASE_CONNECTION_LIMIT, until, verifier)) < 0 ||
-        (rc = cdb__dbauth_run(conn, "grant role memberships", err, "GRANT %s TO \"%s\"", group, role)) < 0)
+        (rc = cdb__dbauth_run(conn, "grant role memberships", err, "GRANT %s TO \"%s\"", group, role)) < 0 ||
+        /* REASSIGN / DROP OWNED at release need coredb's login to have the
+         * lease role's privileges; PostgreSQL 15 gives a CREATEROLE creator none */
+        (rc = cdb__dbauth_run(conn, "grant role memberships", err, "GRANT \"%s\" TO CURRENT_USER", role)) < 0)
         goto out;
     const char *params[] = {id, role, caller->user_id, cdb_role_name(caller->role), a->service_name, a->mode, exp_s};
     if ((rc = cdb_pg_exec(conn, INSERT_SQL, 7, params, NULL, err)) < 0)

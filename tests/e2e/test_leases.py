@@ -537,3 +537,36 @@ def test_exposed_table_read_and_write_leases(inst, admin, alice, bob):
     resp = inst.post("/api/v1/admin/tables/lease_notes/unexpose", headers=admin.headers)
     assert resp.status_code == 200, resp.text
     assert q(inst, "SELECT has_table_privilege('coredb_user_ro', 'public.lease_notes', 'SELECT')") == [(False,)]
+
+
+def test_login_without_createrole_gets_an_error_naming_the_fix(cluster):
+    from test_defaults_prod import role_url, run_setup_sql, setup_sql
+    tag = uuid.uuid4().hex[:8]
+    role, db, password = f"cdbla_{tag}", f"cdbladb_{tag}", f"pw-{tag}"
+    run_setup_sql(cluster, setup_sql("--role", role, "--database", db, password=password))
+    env = base_env(cluster, db, None, **admin_env())
+    env["DATABASE_URL"] = role_url(cluster, role, password, db)
+    server = Coredb(env)
+    server.db, server.pg = db, cluster
+    try:
+        a = new_account(server)
+        before = q(server, "SELECT count(*) FROM pg_roles")[0][0]
+        err = assert_error(server.post(ACQ, json={"service_name": "s", "database_type": "postgresql",
+                                                  "operation_type": "write"}, headers=a.headers),
+                           503, "DATABASE_PRIVILEGE_MISSING")
+        assert "coredb setup-sql --administration" in err["message"]
+        assert q(server, "SELECT count(*) FROM pg_roles")[0][0] == before
+        assert q(server, "SELECT count(*) FROM coredb.leases")[0][0] == 0
+        # the fix: the same calls work for a non-superuser login, release included
+        cluster.query("postgres", f'ALTER ROLE "{role}" CREATEROLE')
+        cluster.query("postgres", f'GRANT pg_signal_backend TO "{role}"')
+        out = acquire(server, a)
+        conn = connect(out["database_url"])
+        rows(conn, "CREATE TEMP TABLE t (id int)")
+        resp = server.post(REL, json={"connection_id": out["connection_id"], "service_name": "svc-a"},
+                           headers=a.headers)
+        assert resp.status_code == 200, resp.text
+        assert not session_alive(conn)
+        assert q(server, "SELECT count(*) FROM pg_roles")[0][0] == before
+    finally:
+        server.stop_clean()
