@@ -570,3 +570,40 @@ def test_login_without_createrole_gets_an_error_naming_the_fix(cluster):
         assert q(server, "SELECT count(*) FROM pg_roles")[0][0] == before
     finally:
         server.stop_clean()
+
+
+def test_x_connection_id_runs_on_the_reserved_backend(inst, alice):
+    out = acquire(inst, alice)
+    pid = q(inst, "SELECT backend_pid FROM coredb.leases WHERE id = %s", (out["connection_id"],))[0][0]
+
+    def last_change():
+        return q(inst, "SELECT state_change FROM pg_stat_activity WHERE pid = %s", (pid,))[0][0]
+
+    body = {"table": "projects", "filters": {"title": uuid.uuid4().hex}}   # never cached: a fresh filter
+    before = last_change()
+    assert inst.post("/api/v1/data/query", json=body, headers=alice.headers).status_code == 200
+    assert last_change() == before                         # without the header: not that backend
+    hdr = dict(alice.headers, **{"X-Connection-ID": out["connection_id"]})
+    body = {"table": "projects", "filters": {"title": uuid.uuid4().hex}}
+    assert inst.post("/api/v1/data/query", json=body, headers=hdr).status_code == 200
+    assert last_change() > before
+    assert release(inst, alice, out["connection_id"]).status_code == 200
+
+
+def test_another_instance_refuses_the_header_but_may_release(inst, alice):
+    other = start(inst.pg, db=inst.db)
+    try:
+        out = acquire(inst, alice)
+        lid = out["connection_id"]
+        hdr = dict(alice.headers, **{"X-Connection-ID": lid})
+        assert_error(other.post("/api/v1/data/query", json={"table": "projects"}, headers=hdr), 404, "NOT_FOUND")
+        active = lambda: inst.get(LIST, headers=admin_of(inst).headers).json()["pool_stats"]["active"]  # noqa: E731
+        assert active() >= 1
+        resp = other.post(REL, json={"connection_id": lid, "service_name": "svc-a"}, headers=alice.headers)
+        assert resp.status_code == 200, resp.text
+        assert not role_exists(inst, role_of(inst, lid))
+        # the acquiring instance notices on its reaper's next tick and gives the connection back
+        assert wait_for(lambda: active() == 0, timeout=5)
+        assert_error(inst.post("/api/v1/data/query", json={"table": "projects"}, headers=hdr), 404, "NOT_FOUND")
+    finally:
+        other.stop_clean()
