@@ -267,7 +267,10 @@ out:
 static int reap_leases(void *arg, cdb_error *err)
 {
     int ended = 0;
+    /* the audit entries of what the reaper ends name it as their actor */
+    cdb_audit_origin_set(NULL, NULL, "reaper");
     int rc = cdb_lease_reap(arg, &ended, err);
+    cdb_audit_origin_clear();
     if (rc == 0 && ended > 0)
         cdb_log_info("jobs.leases_reaped", "ended %d expired or orphaned connection leases", ended);
     return rc;

@@ -10,7 +10,7 @@
 
 #include "coredb/leases.h"
 
-/* The principal the reaper acts as in the audit log (role: none). */
+/* The principal the reaper acts as (no user, no role; its audit actor is "reaper"). */
 extern const cdb_principal cdb__lease_reaper;
 
 /* An integer ttl_seconds of request (absent: LEASE_TTL) within 1..LEASE_MAX_TTL, else VALIDATION_FAILED. */

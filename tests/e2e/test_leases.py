@@ -291,6 +291,9 @@ def test_expiry_ends_sessions_within_the_reaper_delay(inst, alice):
         connect(out["database_url"])
     assert q(inst, "SELECT state FROM coredb.leases WHERE id = %s", (out["connection_id"],)) == [("expired",)]
     assert_error(release(inst, alice, out["connection_id"]), 404, "NOT_FOUND")
+    audit = q(inst, "SELECT actor, outcome, params->>'reason' FROM coredb.audit_log"
+                    " WHERE action = 'lease.release' AND target = %s", (out["connection_id"],))
+    assert audit == [("reaper", "success", "expired")], audit
 
 
 def test_renew_extends_up_to_the_max(cluster):
