@@ -121,12 +121,11 @@ static void url_part(char *buf, size_t cap, const char *s)
 }
 
 /*
- * postgresql://role:password@host:port/db for the server the reserved
- * connection reached (a socket directory goes in ?host=, as libpq reads it).
+ * postgresql://role:password@host:port/db (a socket directory goes in
+ * ?host=, as libpq reads it).
  */
-static char *lease_url(PGconn *conn, const char *role, const char *password)
+static char *lease_url(const char *host, const char *port, const char *db, const char *role, const char *password)
 {
-    const char *host = PQhost(conn), *port = PQport(conn), *db = PQdb(conn);
     size_t cap = 1024 + 3 * (strlen(host ? host : "") + strlen(db ? db : ""));
     char *url = malloc(cap);
     if (!url)
@@ -145,6 +144,45 @@ static char *lease_url(PGconn *conn, const char *role, const char *password)
         if (port && *port)
             snprintf(url + strlen(url), cap - strlen(url), "&port=%s", port);
     }
+    return url;
+}
+
+/*
+ * Where the lease's login connects: for read with DATABASE_READ_URLS, one
+ * of the replicas (picked at random; the role and its lease row reach it
+ * by replication), else the server the reserved connection reached.
+ */
+static char *lease_target_url(const cdb_config *cfg, PGconn *conn, const char *mode, const char *role,
+                              const char *password)
+{
+    const char *urls = cfg->database_read_urls;
+    if (strcmp(mode, "read") != 0 || !urls || !*urls)
+        return lease_url(PQhost(conn), PQport(conn), PQdb(conn), role, password);
+    char *list = strdup(urls), *save = NULL, *pick = NULL, *url = NULL;
+    int n = 0;
+    if (!list)
+        return NULL;
+    for (char *tok = strtok_r(list, ",", &save); tok; tok = strtok_r(NULL, ",", &save)) {
+        if (randombytes_uniform((uint32_t)++n) == 0)   /* reservoir sampling: each with 1/n */
+            pick = tok;
+    }
+    PQconninfoOption *opts = pick ? PQconninfoParse(pick, NULL) : NULL;
+    if (opts) {
+        const char *host = NULL, *port = NULL, *db = NULL;
+        for (PQconninfoOption *o = opts; o->keyword; o++) {
+            if (strcmp(o->keyword, "host") == 0)
+                host = o->val;
+            else if (strcmp(o->keyword, "port") == 0)
+                port = o->val;
+            else if (strcmp(o->keyword, "dbname") == 0)
+                db = o->val;
+        }
+        url = lease_url(host, port, db ? db : PQdb(conn), role, password);
+        PQconninfoFree(opts);
+    } else {
+        url = lease_url(PQhost(conn), PQport(conn), PQdb(conn), role, password);
+    }
+    free(list);
     return url;
 }
 
@@ -271,7 +309,7 @@ int cdb_lease_acquire(cdb_service *svc, const cdb_principal *caller, const json_
     }
     reserved = true;
     cdb__metrics_inc(CDB_M_LEASE_ACQUIRES);
-    if (!(url = lease_url(conn, role, password)) || pool_stats_json(svc, &stats, err) < 0) {
+    if (!(url = lease_target_url(svc->cfg, conn, a.mode, role, password)) || pool_stats_json(svc, &stats, err) < 0) {
         rc = cdb_error_oom(err);
         goto out;
     }

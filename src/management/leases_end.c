@@ -43,7 +43,35 @@ static const char KILL_SQL[] =
  * live lease) or "reap" (also an expired or half-released one). NOT_FOUND
  * when there is nothing to end. *duration_ms: the lease's age.
  */
-static int end_lease(PGconn *conn, const cdb_principal *who, const char *id, const char *user_id,
+/*
+ * Ends the role's sessions on each server of DATABASE_READ_URLS, on a
+ * connection of its own. A replica that cannot be reached is logged and
+ * skipped: the role is NOLOGIN there too (by replication), its lease row
+ * stops binding it to a user, and DROP ROLE takes its rights.
+ */
+static void kill_on_replicas(const cdb_config *cfg, const char *role)
+{
+    if (!cfg || !cfg->database_read_urls || !*cfg->database_read_urls)
+        return;
+    char *list = strdup(cfg->database_read_urls), *save = NULL;
+    for (char *url = list ? strtok_r(list, ",", &save) : NULL; url; url = strtok_r(NULL, ",", &save)) {
+        cdb_error err;
+        cdb_error_init(&err);
+        cdb_pg_settings s = {.conninfo = url, .sslmode = cfg->db_sslmode, .connect_timeout_s = 5,
+                             .statement_timeout_ms = 10000};
+        PGconn *conn = cdb_pg_connect(&s, &err);
+        const char *kp[] = {role};
+        if (!conn || cdb_pg_exec(conn, KILL_SQL, 1, kp, NULL, &err) < 0)
+            cdb_log_warn("lease.replica_sessions", "could not end the sessions of %s on a read replica: %s", role,
+                         err.message);
+        if (conn)
+            PQfinish(conn);
+        cdb_error_destroy(&err);
+    }
+    free(list);
+}
+
+static int end_lease(const cdb_config *cfg, PGconn *conn, const cdb_principal *who, const char *id, const char *user_id,
                      const char *service_name, const char *reason, long long *duration_ms, cdb_error *err)
 {
     PGresult *res = NULL, *killed = NULL;
@@ -78,6 +106,7 @@ static int end_lease(PGconn *conn, const cdb_principal *who, const char *id, con
     if ((rc = cdb__dbauth_privilege_error(cdb_pg_exec(conn, KILL_SQL, 1, kp, &killed, err),
                                           "end other sessions (pg_terminate_backend)", err)) < 0)
         goto out;
+    kill_on_replicas(cfg, role);
 
     if ((rc = cdb_txn_begin(conn, err)) < 0)
         goto out;
@@ -153,7 +182,7 @@ int cdb_lease_release(cdb_service *svc, const cdb_principal *caller, const json_
         rc = err ? err->code : CDB_ERR_DATABASE_UNAVAILABLE;
         goto out;
     }
-    if ((rc = end_lease(cdb_pool_conn_pg(own ? own : pc), caller, id, admin ? NULL : caller->user_id, service_name,
+    if ((rc = end_lease(svc->cfg, cdb_pool_conn_pg(own ? own : pc), caller, id, admin ? NULL : caller->user_id, service_name,
                         "release", &duration_ms, err)) < 0)
         goto out;
     cdb__metrics_inc(CDB_M_LEASE_RELEASES);
@@ -249,7 +278,7 @@ int cdb_lease_reap(cdb_service *svc, int *ended, cdb_error *err)
         cdb_error one;
         cdb_error_init(&one);
         long long ms = 0;
-        if (end_lease(conn, &cdb__lease_reaper, PQgetvalue(due, i, 0), NULL, NULL, "reap", &ms, &one) == 0) {
+        if (end_lease(svc->cfg, conn, &cdb__lease_reaper, PQgetvalue(due, i, 0), NULL, NULL, "reap", &ms, &one) == 0) {
             (*ended)++;
             cdb__metrics_inc(CDB_M_LEASE_EXPIRIES);
         } else if (one.code != CDB_ERR_NOT_FOUND) {

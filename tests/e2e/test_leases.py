@@ -611,3 +611,24 @@ def test_another_instance_refuses_the_header_but_may_release(inst, alice):
         assert_error(inst.post("/api/v1/data/query", json={"table": "projects"}, headers=hdr), 404, "NOT_FOUND")
     finally:
         other.stop_clean()
+
+
+def test_read_leases_point_at_a_read_url(cluster):
+    # a "replica" that is the primary under another name: the read lease's URL must name it,
+    # and release must reach it to end the sessions there
+    db = cluster.create_database("lease")
+    inst = start(cluster, db=db, DATABASE_READ_URLS=f"postgresql://postgres@localhost:{cluster.port}/{db}")
+    try:
+        a = new_account(inst)
+        read = acquire(inst, a, mode="read")
+        write = acquire(inst, a, mode="write")
+        assert f"@localhost:{cluster.port}/{db}" in read["database_url"], read["database_url"]
+        assert f"@127.0.0.1:{cluster.port}/{db}" in write["database_url"], write["database_url"]
+        conn = connect(read["database_url"])
+        assert rows(conn, "SELECT count(*) FROM public.projects")[0][0] == 0
+        for lease in (read, write):
+            assert release(inst, a, lease["connection_id"]).status_code == 200
+        assert not session_alive(conn)
+        assert "lease.replica_sessions" not in inst.log()
+    finally:
+        inst.stop_clean()
