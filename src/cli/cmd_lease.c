@@ -10,6 +10,7 @@
 #include <string.h>
 
 #include "cli.h"
+#include "coredb/audit.h"
 #include "coredb/leases.h"
 
 const char cli_help_lease[] =
@@ -58,6 +59,7 @@ int cmd_lease(int argc, char **argv)
     json_t *result = NULL, *request = NULL;
     cdb_principal operator = {.role = CDB_ROLE_ADMIN};
 
+    cdb_audit_origin_set(NULL, NULL, "cli");   /* the audit log's actor */
     if (cli_open_service(&cfg, true, &svc, &err) == 0) {
         if (list) {
             cdb_lease_list(svc, &operator, service, &result, &err);

@@ -632,3 +632,31 @@ def test_read_leases_point_at_a_read_url(cluster):
         assert "lease.replica_sessions" not in inst.log()
     finally:
         inst.stop_clean()
+
+
+def test_cli_lease_list_and_release(inst, alice):
+    import json
+    from identity import cli_env
+    from servers import run_cli
+    out = acquire(inst, alice, service_name="cli-svc")
+    lid = out["connection_id"]
+    conn = connect(out["database_url"])
+    run = run_cli(["lease", "list", "--service-name", "cli-svc", "--json"], cli_env(inst))
+    assert run.returncode == 0, run.stderr
+    listed = json.loads(run.stdout)
+    assert listed["status"] == "success" and [e["connection_id"] for e in listed["leases"]] == [lid]
+    run = run_cli(["lease", "list"], cli_env(inst))
+    assert run.returncode == 0 and lid in run.stdout, run.stdout + run.stderr
+    run = run_cli(["lease", "release", lid, "--json"], cli_env(inst))
+    assert run.returncode == 0, run.stderr
+    assert json.loads(run.stdout)["connection_id"] == lid
+    assert not session_alive(conn)
+    assert not role_exists(inst, role_of(inst, lid))
+    run = run_cli(["lease", "release", lid, "--json"], cli_env(inst))
+    assert run.returncode != 0 and json.loads(run.stdout)["error"]["code"] == "NOT_FOUND", run.stdout
+    run = run_cli(["lease", "frobnicate"], cli_env(inst))
+    assert run.returncode != 0
+    assert run_cli(["lease", "--help"], cli_env(inst)).returncode == 0
+    actors = q(inst, "SELECT actor FROM coredb.audit_log WHERE action = 'lease.release' AND target = %s"
+                     " AND outcome = 'success'", (lid,))
+    assert actors == [("cli",)]
