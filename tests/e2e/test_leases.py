@@ -192,6 +192,10 @@ def test_write_lease_writes_within_rls(inst, alice, bob):
         rows(conn, "INSERT INTO public.projects (user_id, title) VALUES (%s, 'forged')", (bob.id,))
     assert rows(conn, "UPDATE public.projects SET title = 'hijacked' WHERE title = 'bob-write'") == 0
     assert rows(conn, "DELETE FROM public.projects WHERE user_id = %s", (bob.id,)) == 0
+    for sql in ["CREATE TABLE public.lease_w (id int)", "CREATE SCHEMA lease_w",
+                "CREATE FUNCTION public.f() RETURNS int LANGUAGE sql AS 'SELECT 1'"]:
+        with pytest.raises(psycopg2.errors.InsufficientPrivilege):
+            rows(conn, sql)
     conn.close()
     assert q(inst, "SELECT user_id::text FROM public.projects WHERE title = 'alice-w'") == [(alice.id,)]
     assert q(inst, "SELECT count(*) FROM public.projects WHERE title = 'bob-write'")[0][0] == 1
