@@ -664,3 +664,20 @@ def test_cli_lease_list_and_release(inst, alice):
     actors = q(inst, "SELECT actor FROM coredb.audit_log WHERE action = 'lease.release' AND target = %s"
                      " AND outcome = 'success'", (lid,))
     assert actors == [("cli",)]
+
+
+def test_concurrent_calls_on_one_lease_are_refused_not_shared(inst, alice):
+    out = acquire(inst, alice)
+    hdr = dict(alice.headers, **{"X-Connection-ID": out["connection_id"]})
+
+    def call(i):
+        body = {"table": "projects", "filters": {"title": f"c-{i}-{uuid.uuid4().hex}"}}
+        return inst.post("/api/v1/data/query", json=body, headers=hdr).status_code
+
+    with concurrent.futures.ThreadPoolExecutor(12) as ex:
+        codes = list(ex.map(call, range(120)))
+    assert set(codes) <= {200, 409}, codes
+    assert 200 in codes and 409 in codes, codes         # 12 callers at once: some must meet a busy lease
+    # still usable, and only by one call at a time: afterwards it answers again
+    assert call("after") == 200
+    assert release(inst, alice, out["connection_id"]).status_code == 200
