@@ -69,8 +69,7 @@ int cmd_lease(int argc, char **argv)
             cdb_lease_release(svc, &operator, request, &result, &err);
         }
     }
-    rc = cli_print_result(result, &err, as_json);
-    json_decref(result);
+    rc = cli_print_result(result, &err, as_json);   /* takes result */
     json_decref(request);
     cdb_service_close(svc);
     cdb_error_destroy(&err);
