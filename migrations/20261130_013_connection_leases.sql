@@ -130,7 +130,8 @@ DO $$
 DECLARE
     r text;
 BEGIN
-    FOR r IN SELECT rolname FROM pg_roles WHERE starts_with(rolname, 'coredb_lease_') LOOP
+    -- this database's leases only: roles are cluster-wide, other databases may hold leases too
+    FOR r IN SELECT l.role_name FROM coredb.leases l JOIN pg_roles ON rolname = l.role_name LOOP
         EXECUTE format('DROP OWNED BY %I', r);
         EXECUTE format('DROP ROLE %I', r);
     END LOOP;
