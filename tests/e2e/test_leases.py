@@ -681,3 +681,22 @@ def test_concurrent_calls_on_one_lease_are_refused_not_shared(inst, alice):
     # still usable, and only by one call at a time: afterwards it answers again
     assert call("after") == 200
     assert release(inst, alice, out["connection_id"]).status_code == 200
+
+
+def test_migration_013_upgrades_tables_exposed_before_it(cluster):
+    from servers import run_cli
+    from servers import TEST_JWT_SECRET
+    db = cluster.create_database("lease")
+    env = {"DATABASE_URL": cluster.url(db), "JWT_SECRET": TEST_JWT_SECRET}
+    for args in (["migrate", "up", "--target", "20261130_012"], ["table", "expose", "old_notes", "--owner-column",
+                                                                 "user_id"], ["migrate", "up"]):
+        if args[0] == "table":
+            cluster.query(db, "CREATE TABLE old_notes (id serial PRIMARY KEY, user_id uuid, body text)")
+        run = run_cli(args, env)
+        assert run.returncode == 0, run.stdout + run.stderr
+    assert cluster.query(db, "SELECT has_table_privilege('coredb_user_ro', 'public.old_notes', 'SELECT'),"
+                             " has_table_privilege('coredb_user_ro', 'public.old_notes', 'INSERT')") == [(True, False)]
+    policies = dict(cluster.query(db, "SELECT policyname, roles::text FROM pg_policies WHERE tablename = 'old_notes'"))
+    assert policies == {"coredb_admin": "{coredb_admin,coredb_admin_ro}",
+                        "coredb_rows": "{coredb_premium,coredb_premium_ro,coredb_user,coredb_user_ro}",
+                        "coredb_own_user_id": "{coredb_premium,coredb_premium_ro,coredb_user,coredb_user_ro}"}
