@@ -53,6 +53,8 @@ static const cli_command commands[] = {
      "tables performance errors all", "--json", cli_help_monitor, cmd_monitor},
     {"health", "detailed health: connection, query, resource (healthy/degraded/unhealthy)",
      "connection query resource", "--json", cli_help_health, cmd_health},
+    {"lease", "connection leases: list the live ones, release one (as an admin)", "list release",
+     "--service-name --json", cli_help_lease, cmd_lease},
     {"completion", "print a shell completion script (bash)", "bash", NULL, cli_help_completion,
      cmd_completion},
     {"help", "describe a command, or print the man page (--man)", NULL, "--man", cli_help_help,

@@ -139,6 +139,7 @@ static const struct var vars[] = {
     SECS("JWT_CLOCK_SKEW", jwt_clock_skew_s, "5", 0, 60),
 
     SECS("LEASE_TTL", lease_ttl_s, "300", 1, INT_MAX),
+    SECS("LEASE_MAX_TTL", lease_max_ttl_s, "3600", 1, INT_MAX),
     SECS("CACHE_TTL", cache_ttl_s, "300", 0, INT_MAX),
     INT("RATE_LIMIT_ANON", rate_limit_anon, "20", 0, 1000000),
     INT("RATE_LIMIT_USER", rate_limit_user, "50", 0, 1000000),

@@ -106,6 +106,11 @@ static const struct {
     [CDB_M_OUTBOX_APPLIED] = {"coredb_outbox_applied_total", "Redis outbox operations applied.", ""},
     [CDB_M_OUTBOX_RETRIES] = {"coredb_outbox_retries_total",
                               "Redis outbox operations left for a later flush after a failure.", ""},
+    [CDB_M_LEASE_ACQUIRES] = {"coredb_lease_acquires_total", "Connection leases acquired.", ""},
+    [CDB_M_LEASE_RELEASES] = {"coredb_lease_releases_total", "Connection leases released by their holder or an admin.",
+                              ""},
+    [CDB_M_LEASE_EXPIRIES] = {"coredb_lease_expiries_total",
+                              "Connection leases ended by the reaper (expired, or their instance gone).", ""},
 };
 
 /* ---- state behind a mutex (rare events, registration) ---- */

@@ -52,6 +52,9 @@ typedef enum cdb__metric {
     CDB_M_RATELIMIT_ADMIN,
     CDB_M_OUTBOX_APPLIED,
     CDB_M_OUTBOX_RETRIES,
+    CDB_M_LEASE_ACQUIRES,          /* connection leases (coredb/leases.h) */
+    CDB_M_LEASE_RELEASES,
+    CDB_M_LEASE_EXPIRIES,
     CDB_M__COUNT
 } cdb__metric;
 

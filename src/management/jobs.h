@@ -15,4 +15,11 @@ typedef struct cdb_service cdb_service;
  */
 int cdb_management_register_jobs(cdb_service *svc, cdb_jobs *jobs);
 
+/*
+ * The connection lease reaper (cdb_lease_reap) every second: expired
+ * leases, and at start-up those a crashed instance left. -1 when the job
+ * table is full.
+ */
+int cdb_lease_register_jobs(cdb_service *svc, cdb_jobs *jobs);
+
 #endif

@@ -37,6 +37,9 @@
 #define run(conn, err, ...) cdb__admin_run((conn), "tables.statement_failed", (err), __VA_ARGS__)
 
 #define OWN_PREFIX "coredb_own_"
+/* The SELECT-only counterparts of the three roles (migration 013): read
+ * connection leases (coredb/leases.h) log in as members of them. */
+#define RO_ROLES "coredb_user_ro, coredb_premium_ro, coredb_admin_ro"
 /* NAMEDATALEN - 1: a policy name must hold OWN_PREFIX and the column */
 #define IDENT_MAX CDB_ADMIN_IDENT_MAX
 #define OWNER_MAX (IDENT_MAX - (int)(sizeof OWN_PREFIX - 1))
@@ -331,8 +334,9 @@ static int expose_in_tx(PGconn *conn, const table_ref *t, const expose_opts *o, 
         return cdb_error_oom(err);
 
     if ((rc = owner_column(conn, t, o->owner_column, qowner, default_state, err)) < 0 ||
-        (rc = run(conn, err, "REVOKE ALL ON %s.%s FROM %s, %s, %s", t->qschema, t->qtable, t->qroles[0],
-                  t->qroles[1], t->qroles[2])) < 0)
+        (rc = run(conn, err, "REVOKE ALL ON %s.%s FROM %s, %s, %s, " RO_ROLES, t->qschema, t->qtable,
+                  t->qroles[0], t->qroles[1], t->qroles[2])) < 0 ||
+        (rc = run(conn, err, "GRANT SELECT ON %s.%s TO " RO_ROLES, t->qschema, t->qtable)) < 0)
         goto out;
     for (int i = 0; i < NROLES; i++) {
         rc = run(conn, err, "GRANT %s ON %s.%s TO %s",
@@ -345,12 +349,15 @@ static int expose_in_tx(PGconn *conn, const table_ref *t, const expose_opts *o, 
     if ((rc = sequences(conn, t, true, err)) < 0 ||
         (rc = run(conn, err, "ALTER TABLE %s.%s ENABLE ROW LEVEL SECURITY", t->qschema, t->qtable)) < 0 ||
         (rc = drop_policies(conn, t, err)) < 0 ||
-        (rc = run(conn, err, "CREATE POLICY coredb_admin ON %s.%s TO %s USING (true) WITH CHECK (true)",
+        (rc = run(conn, err,
+                  "CREATE POLICY coredb_admin ON %s.%s TO %s, coredb_admin_ro USING (true) WITH CHECK (true)",
                   t->qschema, t->qtable, t->qroles[2])) < 0 ||
-        (rc = run(conn, err, "CREATE POLICY coredb_rows ON %s.%s TO %s, %s USING (true) WITH CHECK (true)",
+        (rc = run(conn, err,
+                  "CREATE POLICY coredb_rows ON %s.%s TO %s, %s, coredb_user_ro, coredb_premium_ro"
+                  " USING (true) WITH CHECK (true)",
                   t->qschema, t->qtable, t->qroles[0], t->qroles[1])) < 0 ||
         (rc = run(conn, err,
-                  "CREATE POLICY %s ON %s.%s AS RESTRICTIVE TO %s, %s"
+                  "CREATE POLICY %s ON %s.%s AS RESTRICTIVE TO %s, %s, coredb_user_ro, coredb_premium_ro"
                   " USING (%s = " OWNER_DEFAULT_EXPR ") WITH CHECK (%s = " OWNER_DEFAULT_EXPR ")",
                   qpolicy, t->qschema, t->qtable, t->qroles[0], t->qroles[1], own, own)) < 0)
         goto out;
@@ -429,8 +436,8 @@ static int unexpose_in_tx(PGconn *conn, const table_ref *t, cdb_error *err)
     int rc;
     if ((rc = drop_policies(conn, t, err)) < 0 ||
         (rc = run(conn, err, "ALTER TABLE %s.%s DISABLE ROW LEVEL SECURITY", t->qschema, t->qtable)) < 0 ||
-        (rc = run(conn, err, "REVOKE ALL ON %s.%s FROM %s, %s, %s", t->qschema, t->qtable, t->qroles[0],
-                  t->qroles[1], t->qroles[2])) < 0 ||
+        (rc = run(conn, err, "REVOKE ALL ON %s.%s FROM %s, %s, %s, " RO_ROLES, t->qschema, t->qtable,
+                  t->qroles[0], t->qroles[1], t->qroles[2])) < 0 ||
         (rc = sequences(conn, t, false, err)) < 0 ||
         (rc = cdb_pg_exec(conn, OWNER_DEFAULTS_SQL, 1, params, &res, err)) < 0)
         goto out;

@@ -21,6 +21,7 @@
 #include "identity/identity_internal.h"  /* CDB__SESSION_LIVE: what a live session is, said once */
 #include "store/pg.h"
 #include "store/pool.h"
+#include "store/reserved.h"
 #include "store/redis.h"
 
 enum { SCRAPE_DEADLINE_MS = 2000 };
@@ -47,6 +48,9 @@ static void collect_pool(cdb__metrics_out *out, cdb_service *svc)
     cdb__metrics_sample(out, "coredb_pool_connections_max", NULL, st.max);
     cdb__metrics_family(out, "coredb_pool_waiting", "gauge", "Threads waiting for a pooled connection.");
     cdb__metrics_sample(out, "coredb_pool_waiting", NULL, st.waiting);
+    cdb__metrics_family(out, "coredb_leases_active", "gauge",
+                        "Connection leases holding a pooled connection of this instance.");
+    cdb__metrics_sample(out, "coredb_leases_active", NULL, cdb_reserved_count());
     cdb__metrics_family(out, "coredb_pool_acquire_timeouts_total", "counter",
                         "Waits for a pooled connection that ended at the deadline (POOL_EXHAUSTED).");
     cdb__metrics_sample(out, "coredb_pool_acquire_timeouts_total", NULL, (double)st.acquire_timeouts_total);

@@ -73,7 +73,7 @@ int cdb_service_start(cdb_service *svc, cdb_error *err)
 
     cdb_jobs *jobs = cdb_jobs_new();
     if (!jobs || cdb_identity_register_jobs(svc, jobs) < 0 || cdb_data_register_jobs(svc, jobs) < 0 ||
-        cdb_management_register_jobs(svc, jobs) < 0 ||
+        cdb_management_register_jobs(svc, jobs) < 0 || cdb_lease_register_jobs(svc, jobs) < 0 ||
         cdb_jobs_start(jobs) < 0) {
         /* as before: the service runs without its jobs rather than not at all */
         cdb_log_warn("serve.jobs", "background jobs not started");

@@ -5,10 +5,14 @@
 #include "store/txn.h"
 #include "coredb/log.h"
 #include "store/pg.h"
+#include "store/reserved.h"
 
 PGconn *cdb_txn_acquire(cdb_pool *pool, cdb_pool_conn **pc, cdb_error *err)
 {
     *pc = NULL;
+    /* a data call with X-Connection-ID runs on its lease's connection */
+    if ((*pc = cdb_reserved_claim_bound()))
+        return cdb_pool_conn_pg(*pc);
     if (!pool) {
         cdb_error_set(err, CDB_ERR_DATABASE_UNAVAILABLE, "Database unavailable");
         return NULL;
@@ -32,6 +36,8 @@ void cdb_txn_release(cdb_pool *pool, cdb_pool_conn *pc)
     PGTransactionStatusType ts = PQtransactionStatus(conn);
     if (ts == PQTRANS_INTRANS || ts == PQTRANS_INERROR)
         PQclear(cdb_pg_query(conn, "ROLLBACK"));
+    if (cdb_reserved_unclaim_bound(pc))
+        return;                    /* stays with its lease (reserved.h) */
     cdb_pool_release(pool, pc);
 }
 

@@ -32,6 +32,7 @@ static const struct {
     {"openapi", cdb_routes_openapi},       {"metrics", cdb_routes_metrics},
     {"audit", cdb_routes_audit},           {"dbauth", cdb_routes_dbauth},
     {"access", cdb_routes_access},         {"monitor", cdb_routes_monitor},
+    {"leases", cdb_routes_leases},
 };
 #define NTABLES (sizeof tables / sizeof tables[0])
 
