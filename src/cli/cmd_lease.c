@@ -10,7 +10,6 @@
 #include <string.h>
 
 #include "cli.h"
-#include "coredb/audit.h"
 #include "coredb/leases.h"
 
 const char cli_help_lease[] =
@@ -49,30 +48,24 @@ int cmd_lease(int argc, char **argv)
     if (!list && !release)
         return cli_usage_error("lease", cli_help_lease, as_json);
 
-    cdb_config cfg;
-    int rc = cli_load_config(&cfg, as_json);
-    if (rc != CLI_EXIT_OK)
-        return rc;
     cdb_error err;
     cdb_error_init(&err);
-    cdb_service *svc = NULL;
     json_t *result = NULL, *request = NULL;
-    cdb_principal operator = {.role = CDB_ROLE_ADMIN};
-
-    cdb_audit_origin_set(NULL, NULL, "cli");   /* the audit log's actor */
-    if (cli_open_service(&cfg, true, &svc, &err) == 0) {
-        if (list) {
-            cdb_lease_list(svc, &operator, service, &result, &err);
-        } else if (!(request = json_pack("{s:s}", "connection_id", id))) {
-            cdb_error_oom(&err);
-        } else {
-            cdb_lease_release(svc, &operator, request, &result, &err);
-        }
+    cli_operator op;
+    int rc = cli_operator_open(&op, as_json, true, NULL, &err);
+    if (rc != CLI_EXIT_OK) {
+        cdb_error_destroy(&err);
+        return rc;
     }
+    if (op.svc && list)
+        cdb_lease_list(op.svc, &op.principal, service, &result, &err);
+    else if (op.svc && !(request = json_pack("{s:s}", "connection_id", id)))
+        cdb_error_oom(&err);
+    else if (op.svc)
+        cdb_lease_release(op.svc, &op.principal, request, &result, &err);
     rc = cli_print_result(result, &err, as_json);   /* takes result */
     json_decref(request);
-    cdb_service_close(svc);
+    cli_operator_close(&op);
     cdb_error_destroy(&err);
-    cdb_config_destroy(&cfg);
     return rc;
 }
