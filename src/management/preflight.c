@@ -13,7 +13,9 @@
  *     CREATEROLE, since 002 creates missing roles and grants all three to
  *     the login role;
  *   - once 002 is applied: membership in the three roles, because every
- *     data request runs SET LOCAL ROLE to one of them.
+ *     data request runs SET LOCAL ROLE to one of them;
+ *   - for 013 (connection leases): the read-only roles coredb_admin_ro,
+ *     coredb_user_ro and coredb_premium_ro created up front, or CREATEROLE.
  * A superuser has all of it. Without a superuser, 006 cannot create its
  * event trigger, so catalog changes reach running services through the
  * 30 s periodic reload instead of at once: a warning, not an error (a DBA
@@ -30,8 +32,12 @@
 #include "store/pg.h"
 
 #define APP_ROLES_VERSION "20261122_002"
+#define READ_ROLES_VERSION "20261130_013"
 
-static const char *const app_roles[] = {"coredb_admin", "coredb_user", "coredb_premium"};
+/* The application roles (migration 002), then their SELECT-only counterparts (013). */
+static const char *const app_roles[] = {"coredb_admin", "coredb_user", "coredb_premium",
+                                        "coredb_admin_ro", "coredb_user_ro", "coredb_premium_ro"};
+enum { NAPP_ROLES = 3, NROLES = 6 };
 
 #define FACTS_SQL                                                                              \
     "SELECT current_user, r.rolsuper, r.rolcreaterole,"                                        \
@@ -51,7 +57,8 @@ enum { F_USER, F_SUPER, F_CREATEROLE, F_DB_CREATE, F_PUBLIC_CREATE, F_COREDB_CRE
     "SELECT w.name, a.oid IS NOT NULL,"                                                        \
     " COALESCE(pg_has_role(current_user, a.oid, 'MEMBER'), false),"                            \
     " COALESCE(pg_has_role(current_user, a.oid, 'MEMBER WITH ADMIN OPTION'), false)"           \
-    " FROM unnest(ARRAY['coredb_admin', 'coredb_user', 'coredb_premium']) WITH ORDINALITY AS w(name, i)" \
+    " FROM unnest(ARRAY['coredb_admin', 'coredb_user', 'coredb_premium', 'coredb_admin_ro', 'coredb_user_ro',"  \
+    " 'coredb_premium_ro']) WITH ORDINALITY AS w(name, i)" \
     " LEFT JOIN pg_roles a ON a.rolname = w.name ORDER BY w.i"
 
 static bool yes(const PGresult *res, int row, int col)
@@ -123,7 +130,7 @@ int cdb_migrate_preflight(PGconn *conn, const cdb_migration_set *set, const char
     }
     /* What is pending, as cdb_migrate_up would plan it. */
     size_t pending = 0;
-    bool roles_pending = false, trigger_pending = false;
+    bool roles_pending = false, read_roles_pending = false, trigger_pending = false;
     for (size_t i = 0; i < set->count; i++) {
         const char *v = set->items[i].version;
         if (target && strcmp(v, target) > 0)
@@ -135,11 +142,12 @@ int cdb_migrate_preflight(PGconn *conn, const cdb_migration_set *set, const char
             continue;
         pending++;
         roles_pending |= strcmp(v, APP_ROLES_VERSION) == 0;
+        read_roles_pending |= strcmp(v, READ_ROLES_VERSION) == 0;
         trigger_pending |= strstr(set->items[i].up_sql, "CREATE EVENT TRIGGER") != NULL;
     }
 
     roles = cdb_pg_query(conn, ROLES_SQL);
-    if (PQresultStatus(roles) != PGRES_TUPLES_OK || PQntuples(roles) != 3) {
+    if (PQresultStatus(roles) != PGRES_TUPLES_OK || PQntuples(roles) != NROLES) {
         rc = query_fail(conn, roles, "the application roles", err);
         goto out;
     }
@@ -158,7 +166,7 @@ int cdb_migrate_preflight(PGconn *conn, const cdb_migration_set *set, const char
     if (pending && !yes(facts, 0, F_PUBLIC_CREATE))
         lacks_add(&l, "CREATE on schema public",
                   "CREATE on schema public (migrations create the users and data tables there)");
-    for (int i = 0; i < 3; i++) {
+    for (int i = 0; i < NAPP_ROLES; i++) {
         const char *name = app_roles[i];
         char brief[64];
         bool exists = yes(roles, i, 1), member = yes(roles, i, 2), admin = yes(roles, i, 3);
@@ -176,6 +184,15 @@ int cdb_migrate_preflight(PGconn *conn, const cdb_migration_set *set, const char
         } else if (!roles_pending && hist && !member) {
             snprintf(brief, sizeof brief, "membership in %s", name);
             lacks_add(&l, brief, "membership in role %s (data requests SET ROLE to it)", name);
+        }
+    }
+    /* 013 creates the SELECT-only roles; leases grant them (CREATEROLE or ADMIN OPTION) */
+    for (int i = NAPP_ROLES; read_roles_pending && i < NROLES; i++) {
+        char brief[64];
+        if (!yes(roles, i, 1) && !createrole) {
+            snprintf(brief, sizeof brief, "role %s", app_roles[i]);
+            lacks_add(&l, brief, "role %s does not exist and %s lacks CREATEROLE to create it "
+                      "(migration 013 creates the read-only roles)", app_roles[i], user);
         }
     }
     if (l.oom) {

@@ -9,6 +9,9 @@
  *   - the application roles coredb_admin, coredb_user and coredb_premium,
  *     created up front and granted WITH ADMIN OPTION: migration 002 grants
  *     them to the login role, and every data request SETs ROLE to one;
+ *   - their SELECT-only counterparts coredb_admin_ro, coredb_user_ro and
+ *     coredb_premium_ro, likewise: migration 013 creates them otherwise,
+ *     and a read connection lease's login is made a member of one;
  *   - a database owned by the role: CREATE on it (the coredb schema) and on
  *     its public schema (in PostgreSQL 15 only the database owner may
  *     create there by default), where migrations create tables;
@@ -110,15 +113,19 @@ int cdb_setup_sql(const cdb_setup_sql_options *opt, char **out, cdb_error *err)
             "DECLARE\n"
             "    r text;\n"
             "BEGIN\n"
-            "    FOREACH r IN ARRAY ARRAY['coredb_admin', 'coredb_user', 'coredb_premium'] LOOP\n"
+            "    FOREACH r IN ARRAY ARRAY['coredb_admin', 'coredb_user', 'coredb_premium',\n"
+            "                             'coredb_admin_ro', 'coredb_user_ro', 'coredb_premium_ro'] LOOP\n"
             "        IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = r) THEN\n"
             "            EXECUTE format('CREATE ROLE %%I NOLOGIN', r);\n"
             "        END IF;\n"
             "    END LOOP;\n"
             "END\n"
             "$$;\n"
-            "GRANT coredb_admin, coredb_user, coredb_premium TO \"%s\" WITH ADMIN OPTION;\n",
-            role);
+            "GRANT coredb_admin, coredb_user, coredb_premium TO \"%s\" WITH ADMIN OPTION;\n"
+            "-- the SELECT-only counterparts of migration 013, which connection leases\n"
+            "-- grant to their read logins\n"
+            "GRANT coredb_admin_ro, coredb_user_ro, coredb_premium_ro TO \"%s\" WITH ADMIN OPTION;\n",
+            role, role);
     if (administration)
         fprintf(f,
                 "-- --administration: database roles and users through coredb (coredb admin role,\n"

@@ -22,7 +22,7 @@ import psycopg2
 from conftest import base_env
 from datahelp import pg_insert, query_ok, tx_ok
 from identity import new_account
-from servers import COREDB_BIN, Coredb, run_cli, scratch_dir
+from servers import COREDB_BIN, Coredb, PgServer, run_cli, scratch_dir
 
 LISTEN = "0A"
 
@@ -136,7 +136,18 @@ def migration_count():
                 if f.endswith(".sql")])
 
 
-def test_setup_sql_prepares_a_role_that_starts_migrates_and_serves(pg, redis_server):
+def test_setup_sql_prepares_a_role_that_starts_migrates_and_serves(redis_server):
+    # a cluster of its own: roles are cluster-wide, and other tests' superuser
+    # logins create coredb's roles in the shared one, which would hide a role
+    # that setup-sql forgets (the read-only roles of migration 013 once were)
+    pg = PgServer("prod-fresh")
+    try:
+        setup_sql_role_runs_coredb(pg, redis_server)
+    finally:
+        pg.destroy()
+
+
+def setup_sql_role_runs_coredb(pg, redis_server):
     tag = uuid.uuid4().hex[:8]
     role, db, password = f"cdb_{tag}", f"cdbdb_{tag}", f"pw'{tag}"
     text = setup_sql("--role", role, "--database", db, password=password)
@@ -170,6 +181,9 @@ def test_setup_sql_prepares_a_role_that_starts_migrates_and_serves(pg, redis_ser
         log = inst.log()
         assert "migrate.no_event_trigger" not in log
         assert "must have admin option" not in log
+        # every role the migrations name exists, made by the DBA's script
+        assert pg.query("postgres", "SELECT count(*) FROM pg_roles WHERE rolname IN ('coredb_admin_ro',"
+                                    " 'coredb_user_ro', 'coredb_premium_ro')") == [(3,)]
     finally:
         inst.stop_clean()
 
