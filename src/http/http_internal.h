@@ -256,6 +256,12 @@ bool cdb_admit_caller(cdb_request *r);
 /* Fails the request with err when rc < 0, else answers status with body. */
 void cdb_request_finish(cdb_request *r, int rc, int status, json_t *body, cdb_error *err);
 /*
+ * The same with the library's result form (coredb/result.h): status with
+ * {status: "success", error: null, timestamp, ...data} (data is taken), as
+ * the administration routes answer.
+ */
+void cdb_request_finish_result(cdb_request *r, int rc, int status, json_t *data, cdb_error *err);
+/*
  * The same for a call that answers through a cdb_idempotency (its body is
  * taken): a replayed answer gets the header Idempotent-Replayed: true.
  */

@@ -76,6 +76,15 @@ void cdb_request_finish(cdb_request *r, int rc, int status, json_t *body, cdb_er
     cdb_error_destroy(err);
 }
 
+void cdb_request_finish_result(cdb_request *r, int rc, int status, json_t *data, cdb_error *err)
+{
+    json_t *body = NULL;
+    if (rc == 0 && !(body = cdb_result_object(NULL, data)))
+        rc = cdb_error_oom(err);
+    json_decref(data);
+    cdb_request_finish(r, rc, status, body, err);
+}
+
 void cdb_request_finish_idem(cdb_request *r, int rc, cdb_idempotency *idem, cdb_error *err)
 {
     if (rc < 0) {

@@ -9,17 +9,7 @@
  * bodies are the library's result form.
  */
 #include "coredb/access.h"
-#include "coredb/result.h"
 #include "http_internal.h"
-
-static void finish(cdb_request *r, int rc, json_t *data, cdb_error *err)
-{
-    json_t *body = NULL;
-    if (rc == 0 && !(body = cdb_result_object(NULL, data)))
-        rc = cdb_error_oom(err);
-    json_decref(data);
-    cdb_request_finish(r, rc, 200, body, err);
-}
 
 static void rls_create(cdb_request *r)
 {
@@ -27,7 +17,7 @@ static void rls_create(cdb_request *r)
     cdb_error_init(&err);
     json_t *out = NULL;
     int rc = cdb_access_enable_row_level_security(r->svc, &r->principal, r->body, &out, &err);
-    finish(r, rc, out, &err);
+    cdb_request_finish_result(r, rc, 200, out, &err);
 }
 
 static void schema_permissions(cdb_request *r)
@@ -36,7 +26,7 @@ static void schema_permissions(cdb_request *r)
     cdb_error_init(&err);
     json_t *out = NULL;
     int rc = cdb_access_set_schema_permissions(r->svc, &r->principal, r->params[0], r->body, &out, &err);
-    finish(r, rc, out, &err);
+    cdb_request_finish_result(r, rc, 200, out, &err);
 }
 
 static void ownership(cdb_request *r)
@@ -45,7 +35,7 @@ static void ownership(cdb_request *r)
     cdb_error_init(&err);
     json_t *out = NULL;
     int rc = cdb_access_transfer_ownership(r->svc, &r->principal, r->body, &out, &err);
-    finish(r, rc, out, &err);
+    cdb_request_finish_result(r, rc, 200, out, &err);
 }
 
 const cdb_route cdb_routes_access[] = {

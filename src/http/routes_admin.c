@@ -14,24 +14,8 @@
  */
 #include "coredb/backup.h"
 #include "coredb/restore.h"
-#include "coredb/result.h"
 #include "coredb/tables.h"
 #include "http_internal.h"
-
-/* Answers status with {status, error: null, timestamp, ...data} or the error envelope; data is taken. */
-static void finish_status(cdb_request *r, int rc, int status, json_t *data, cdb_error *err)
-{
-    json_t *body = NULL;
-    if (rc == 0 && !(body = cdb_result_object(NULL, data)))
-        rc = cdb_error_oom(err);
-    json_decref(data);
-    cdb_request_finish(r, rc, status, body, err);
-}
-
-static void finish_result(cdb_request *r, int rc, json_t *data, cdb_error *err)
-{
-    finish_status(r, rc, 200, data, err);
-}
 
 static void tables_expose(cdb_request *r)
 {
@@ -39,7 +23,7 @@ static void tables_expose(cdb_request *r)
     cdb_error_init(&err);
     json_t *out = NULL;
     int rc = cdb_tables_expose(r->svc, &r->principal, r->params[0], r->body, &out, &err);
-    finish_result(r, rc, out, &err);
+    cdb_request_finish_result(r, rc, 200, out, &err);
 }
 
 static void tables_unexpose(cdb_request *r)
@@ -48,7 +32,7 @@ static void tables_unexpose(cdb_request *r)
     cdb_error_init(&err);
     json_t *out = NULL;
     int rc = cdb_tables_unexpose(r->svc, &r->principal, r->params[0], &out, &err);
-    finish_result(r, rc, out, &err);
+    cdb_request_finish_result(r, rc, 200, out, &err);
 }
 
 static void tables_list(cdb_request *r)
@@ -57,7 +41,7 @@ static void tables_list(cdb_request *r)
     cdb_error_init(&err);
     json_t *out = NULL;
     int rc = cdb_tables_list(r->svc, &r->principal, &out, &err);
-    finish_result(r, rc, out, &err);
+    cdb_request_finish_result(r, rc, 200, out, &err);
 }
 
 /* ---- backups (issue 13): blocking calls, on a worker ---- */
@@ -68,7 +52,7 @@ static void backups_create(cdb_request *r)
     cdb_error_init(&err);
     json_t *out = NULL;
     int rc = cdb_backup_create(r->svc, &r->principal, &out, &err);
-    finish_status(r, rc, 201, out, &err);
+    cdb_request_finish_result(r, rc, 201, out, &err);
 }
 
 static void backups_list(cdb_request *r)
@@ -77,7 +61,7 @@ static void backups_list(cdb_request *r)
     cdb_error_init(&err);
     json_t *out = NULL;
     int rc = cdb_backup_list(r->svc, &out, &err);
-    finish_result(r, rc, out, &err);
+    cdb_request_finish_result(r, rc, 200, out, &err);
 }
 
 static void backups_verify(cdb_request *r)
@@ -86,7 +70,7 @@ static void backups_verify(cdb_request *r)
     cdb_error_init(&err);
     json_t *out = NULL;
     int rc = cdb_backup_verify(r->svc, &r->principal, r->params[0], &out, &err);
-    finish_result(r, rc, out, &err);
+    cdb_request_finish_result(r, rc, 200, out, &err);
 }
 
 static void backups_cleanup(cdb_request *r)
@@ -95,7 +79,7 @@ static void backups_cleanup(cdb_request *r)
     cdb_error_init(&err);
     json_t *out = NULL;
     int rc = cdb_backup_cleanup(r->svc, &r->principal, &out, &err);
-    finish_result(r, rc, out, &err);
+    cdb_request_finish_result(r, rc, 200, out, &err);
 }
 
 /* {confirm: true} exactly: anything else (absent, false, "yes") is refused by the library. */
@@ -113,7 +97,7 @@ static void backup_restore(cdb_request *r)
                                   "confirm must be a boolean");
     else
         rc = cdb_backup_restore(r->svc, &r->principal, r->params[0], json_is_true(confirm), &out, &err);
-    finish_result(r, rc, out, &err);
+    cdb_request_finish_result(r, rc, 200, out, &err);
 }
 
 const cdb_route cdb_routes_admin[] = {

@@ -11,17 +11,7 @@
 #include <string.h>
 
 #include "coredb/audit.h"
-#include "coredb/result.h"
 #include "http_internal.h"
-
-static void finish_result(cdb_request *r, int rc, json_t *data, cdb_error *err)
-{
-    json_t *body = NULL;
-    if (rc == 0 && !(body = cdb_result_object(NULL, data)))
-        rc = cdb_error_oom(err);
-    json_decref(data);
-    cdb_request_finish(r, rc, 200, body, err);
-}
 
 /*
  * limit as the query string gives it: decimal digits only. A number beyond
@@ -55,7 +45,7 @@ static void audit_list(cdb_request *r)
     int rc = parse_limit(limit, &q.limit, &err);
     if (rc == 0)
         rc = cdb_audit_list(r->svc, &r->principal, &q, &out, &err);
-    finish_result(r, rc, out, &err);
+    cdb_request_finish_result(r, rc, 200, out, &err);
     free(actor);
     free(action);
     free(since);
@@ -70,7 +60,7 @@ static void audit_verify(cdb_request *r)
     cdb_error_init(&err);
     json_t *out = NULL;
     int rc = cdb_audit_verify(r->svc, &r->principal, &out, &err);
-    finish_result(r, rc, out, &err);
+    cdb_request_finish_result(r, rc, 200, out, &err);
 }
 
 const cdb_route cdb_routes_audit[] = {

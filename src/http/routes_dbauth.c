@@ -9,18 +9,7 @@
  * DDL, so on a worker. Success bodies are the library's result form.
  */
 #include "coredb/dbauth.h"
-#include "coredb/result.h"
 #include "http_internal.h"
-
-/* Answers status with {status, error: null, timestamp, ...data} or the error envelope; data is taken. */
-static void finish(cdb_request *r, int rc, int status, json_t *data, cdb_error *err)
-{
-    json_t *body = NULL;
-    if (rc == 0 && !(body = cdb_result_object(NULL, data)))
-        rc = cdb_error_oom(err);
-    json_decref(data);
-    cdb_request_finish(r, rc, status, body, err);
-}
 
 static void role_create(cdb_request *r)
 {
@@ -28,7 +17,7 @@ static void role_create(cdb_request *r)
     cdb_error_init(&err);
     json_t *out = NULL;
     int rc = cdb_dbauth_create_role(r->svc, &r->principal, r->body, &out, &err);
-    finish(r, rc, 201, out, &err);
+    cdb_request_finish_result(r, rc, 201, out, &err);
 }
 
 static void user_create(cdb_request *r)
@@ -37,7 +26,7 @@ static void user_create(cdb_request *r)
     cdb_error_init(&err);
     json_t *out = NULL;
     int rc = cdb_dbauth_create_user(r->svc, &r->principal, r->body, &out, &err);
-    finish(r, rc, 201, out, &err);
+    cdb_request_finish_result(r, rc, 201, out, &err);
 }
 
 static void user_password(cdb_request *r)
@@ -46,7 +35,7 @@ static void user_password(cdb_request *r)
     cdb_error_init(&err);
     json_t *out = NULL;
     int rc = cdb_dbauth_update_user_password(r->svc, &r->principal, r->params[0], r->body, &out, &err);
-    finish(r, rc, 200, out, &err);
+    cdb_request_finish_result(r, rc, 200, out, &err);
 }
 
 static void user_revoke(cdb_request *r)
@@ -55,7 +44,7 @@ static void user_revoke(cdb_request *r)
     cdb_error_init(&err);
     json_t *out = NULL;
     int rc = cdb_dbauth_revoke_user_access(r->svc, &r->principal, r->params[0], r->body, &out, &err);
-    finish(r, rc, 200, out, &err);
+    cdb_request_finish_result(r, rc, 200, out, &err);
 }
 
 const cdb_route cdb_routes_dbauth[] = {

@@ -13,23 +13,13 @@
 #include "coredb/result.h"
 #include "http_internal.h"
 
-/* Answers status with {status, error: null, timestamp, ...data} or the error envelope; data is taken. */
-static void finish(cdb_request *r, int rc, int status, json_t *data, cdb_error *err)
-{
-    json_t *body = NULL;
-    if (rc == 0 && !(body = cdb_result_object(NULL, data)))
-        rc = cdb_error_oom(err);
-    json_decref(data);
-    cdb_request_finish(r, rc, status, body, err);
-}
-
 static void lease_acquire(cdb_request *r)
 {
     cdb_error err;
     cdb_error_init(&err);
     json_t *out = NULL;
     int rc = cdb_lease_acquire(r->svc, &r->principal, r->body, &out, &err);
-    finish(r, rc, 201, out, &err);
+    cdb_request_finish_result(r, rc, 201, out, &err);
 }
 
 static void lease_release(cdb_request *r)
@@ -53,7 +43,7 @@ static void lease_renew(cdb_request *r)
     cdb_error_init(&err);
     json_t *out = NULL;
     int rc = cdb_lease_renew(r->svc, &r->principal, r->params[0], r->body, &out, &err);
-    finish(r, rc, 200, out, &err);
+    cdb_request_finish_result(r, rc, 200, out, &err);
 }
 
 static void lease_list(cdb_request *r)
@@ -64,7 +54,7 @@ static void lease_list(cdb_request *r)
     char *service = cdb_request_query_param(r, "service_name");
     int rc = cdb_lease_list(r->svc, &r->principal, service, &out, &err);
     free(service);
-    finish(r, rc, 200, out, &err);
+    cdb_request_finish_result(r, rc, 200, out, &err);
 }
 
 const cdb_route cdb_routes_leases[] = {

@@ -9,18 +9,8 @@
  * other two in the result form.
  */
 #include "coredb/migrate_runs.h"
-#include "coredb/result.h"
 #include "coredb/service.h"
 #include "http_internal.h"
-
-static void finish_result(cdb_request *r, int rc, json_t *data, cdb_error *err)
-{
-    json_t *body = NULL;
-    if (rc == 0 && !(body = cdb_result_object(NULL, data)))
-        rc = cdb_error_oom(err);
-    json_decref(data);
-    cdb_request_finish(r, rc, 200, body, err);
-}
 
 static void status(cdb_request *r)
 {
@@ -28,7 +18,7 @@ static void status(cdb_request *r)
     cdb_error_init(&err);
     json_t *out = NULL;
     int rc = cdb_service_migration(r->svc, CDB_MIGRATION_STATUS, NULL, 0, &out, &err);
-    finish_result(r, rc, out, &err);
+    cdb_request_finish_result(r, rc, 200, out, &err);
 }
 
 static void run(cdb_request *r)
@@ -55,7 +45,7 @@ static void rollback(cdb_request *r)
     cdb_error_init(&err);
     json_t *out = NULL;
     int rc = cdb_migration_rollback(r->svc, &r->principal, r->body, &out, &err);
-    finish_result(r, rc, out, &err);
+    cdb_request_finish_result(r, rc, 200, out, &err);
 }
 
 const cdb_route cdb_routes_migrations[] = {

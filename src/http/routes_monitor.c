@@ -12,7 +12,6 @@
  */
 #include "coredb/health.h"
 #include "coredb/monitor.h"
-#include "coredb/result.h"
 #include "http_internal.h"
 
 typedef int (*monitor_fn)(cdb_service *svc, const cdb_principal *caller, json_t **out, cdb_error *err);
@@ -21,12 +20,9 @@ static void answer(cdb_request *r, monitor_fn fn)
 {
     cdb_error err;
     cdb_error_init(&err);
-    json_t *data = NULL, *body = NULL;
+    json_t *data = NULL;
     int rc = fn(r->svc, &r->principal, &data, &err);
-    if (rc == 0 && !(body = cdb_result_object(NULL, data)))
-        rc = cdb_error_oom(&err);
-    json_decref(data);
-    cdb_request_finish(r, rc, 200, body, &err);
+    cdb_request_finish_result(r, rc, 200, data, &err);
 }
 
 static void metrics_tables(cdb_request *r) { answer(r, cdb_monitor_tables); }
