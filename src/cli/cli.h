@@ -116,6 +116,23 @@ int cli_operator_open(cli_operator *op, bool as_json, bool with_pool, const char
                       cdb_error *err);
 void cli_operator_close(cli_operator *op);
 
+/* One report of a `coredb NAME [WORD] [--json]` command: WORD ("" for none) and its library call. */
+typedef int (*cli_report_fn)(cdb_service *svc, const cdb_principal *caller, json_t **out, cdb_error *err);
+typedef struct cli_report {
+    const char *word;
+    cli_report_fn fn;
+} cli_report;
+
+/*
+ * Runs such a command up to its result: parses [WORD] [--json], finds
+ * WORD's row in reports (terminated by {NULL}), calls it as the operator.
+ * Returns the exit code when it ends there (a usage error, printed with
+ * help; a configuration error); else CLI_EXIT_OK with *row, *result (the
+ * caller's) and err filled, for the caller to print.
+ */
+int cli_report_call(int argc, char **argv, const char *name, const char *help, const cli_report *reports,
+                    const cli_report **row, json_t **result, cdb_error *err);
+
 /*
  * Prints the library's result form (coredb/result.h) {status, error,
  * timestamp, ...data}: as JSON on stdout with --json, else data as

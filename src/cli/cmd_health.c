@@ -51,46 +51,29 @@ static void print_report(const char *title, json_t *r)
     json_decref(rest);
 }
 
+static const cli_report reports[] = {
+    {"", cdb_health_detailed},       {"connection", cdb_health_connection},
+    {"query", cdb_health_query},     {"resource", cdb_health_resource},
+    {NULL, NULL},
+};
+
 int cmd_health(int argc, char **argv)
 {
     bool as_json = cli_flag(argc, argv, "--json");
-    const char *part = NULL;
-    for (int i = 1; i < argc; i++) {
-        if (strcmp(argv[i], "--json") == 0)
-            continue;
-        if (part || argv[i][0] == '-')
-            return cli_usage_error("health", cli_help_health, as_json);
-        part = argv[i];
-    }
-    int (*fn)(cdb_service *, const cdb_principal *, json_t **, cdb_error *) =
-        !part ? cdb_health_detailed
-        : strcmp(part, "connection") == 0 ? cdb_health_connection
-        : strcmp(part, "query") == 0      ? cdb_health_query
-        : strcmp(part, "resource") == 0   ? cdb_health_resource
-                                          : NULL;
-    if (!fn)
-        return cli_usage_error("health", cli_help_health, as_json);
-
     cdb_error err;
     cdb_error_init(&err);
     json_t *result = NULL;
-    cli_operator op;
-    int rc = cli_operator_open(&op, as_json, true, NULL, &err);
-    if (rc != CLI_EXIT_OK) {
-        cdb_error_destroy(&err);
-        return rc;
-    }
-    if (op.svc)
-        fn(op.svc, &op.principal, &result, &err);
+    const cli_report *row;
+    int rc = cli_report_call(argc, argv, "health", cli_help_health, reports, &row, &result, &err);
+    if (rc != CLI_EXIT_OK)
+        goto out;
     const char *verdict = json_string_value(json_object_get(result, "health"));
     bool unhealthy = verdict && strcmp(verdict, "unhealthy") == 0;
     if (as_json || err.code != CDB_OK) {
         rc = cli_print_result(result, &err, as_json);
     } else {
-        if (part) {
-            print_report(part, result);
-        } else {
-            print_report("", result);
+        print_report(row->word, result);
+        if (!row->word[0]) {
             static const char *const parts[] = {"connection", "query", "resource"};
             for (size_t i = 0; i < 3; i++) {
                 putchar('\n');
@@ -99,11 +82,10 @@ int cmd_health(int argc, char **argv)
         }
         fflush(stdout);
         json_decref(result);
-        rc = CLI_EXIT_OK;
     }
     if (rc == CLI_EXIT_OK && unhealthy)
         rc = CLI_EXIT_FAILED;
-    cli_operator_close(&op);
+out:
     cdb_error_destroy(&err);
     return rc;
 }

@@ -102,61 +102,43 @@ static void print_errors(json_t *e)
         printf("\ncoredb error answers: not available\n");
 }
 
+/* `coredb monitor all`: the three reports, each under its heading. */
+static void print_all(json_t *all)
+{
+    printf("== tables ==\n");
+    print_tables(json_object_get(all, "tables"));
+    printf("\n== performance ==\n");
+    print_performance(json_object_get(all, "performance"));
+    printf("\n== errors ==\n");
+    print_errors(json_object_get(all, "errors"));
+}
+
+static const cli_report reports[] = {
+    {"tables", cdb_monitor_tables},  {"performance", cdb_monitor_performance},
+    {"errors", cdb_monitor_errors},  {"all", cdb_monitor_all},
+    {NULL, NULL},
+};
+/* The human form of each row of reports[], in the same order. */
+static void (*const printers[])(json_t *) = {print_tables, print_performance, print_errors, print_all};
+
 int cmd_monitor(int argc, char **argv)
 {
     bool as_json = cli_flag(argc, argv, "--json");
-    const char *what = NULL;
-    for (int i = 1; i < argc; i++) {
-        if (strcmp(argv[i], "--json") == 0)
-            continue;
-        if (what || argv[i][0] == '-')
-            return cli_usage_error("monitor", cli_help_monitor, as_json);
-        what = argv[i];
-    }
-    int (*fn)(cdb_service *, const cdb_principal *, json_t **, cdb_error *) =
-        !what ? NULL
-        : strcmp(what, "tables") == 0      ? cdb_monitor_tables
-        : strcmp(what, "performance") == 0 ? cdb_monitor_performance
-        : strcmp(what, "errors") == 0      ? cdb_monitor_errors
-        : strcmp(what, "all") == 0         ? cdb_monitor_all
-                                           : NULL;
-    if (!fn)
-        return cli_usage_error("monitor", cli_help_monitor, as_json);
-
     cdb_error err;
     cdb_error_init(&err);
     json_t *result = NULL;
-    cli_operator op;
-    int rc = cli_operator_open(&op, as_json, true, NULL, &err);
-    if (rc != CLI_EXIT_OK) {
-        cdb_error_destroy(&err);
-        return rc;
-    }
-    if (op.svc)
-        fn(op.svc, &op.principal, &result, &err);
+    const cli_report *row;
+    int rc = cli_report_call(argc, argv, "monitor", cli_help_monitor, reports, &row, &result, &err);
+    if (rc != CLI_EXIT_OK)
+        goto out;
     if (as_json || err.code != CDB_OK) {
         rc = cli_print_result(result, &err, as_json);
-        goto out;
-    }
-    if (fn == cdb_monitor_tables) {
-        print_tables(result);
-    } else if (fn == cdb_monitor_performance) {
-        print_performance(result);
-    } else if (fn == cdb_monitor_errors) {
-        print_errors(result);
     } else {
-        printf("== tables ==\n");
-        print_tables(json_object_get(result, "tables"));
-        printf("\n== performance ==\n");
-        print_performance(json_object_get(result, "performance"));
-        printf("\n== errors ==\n");
-        print_errors(json_object_get(result, "errors"));
+        printers[row - reports](result);
+        fflush(stdout);
+        json_decref(result);
     }
-    fflush(stdout);
-    json_decref(result);
-    rc = CLI_EXIT_OK;
 out:
-    cli_operator_close(&op);
     cdb_error_destroy(&err);
     return rc;
 }

@@ -226,6 +226,34 @@ void cli_operator_close(cli_operator *op)
     cdb_config_destroy(&op->cfg);
 }
 
+int cli_report_call(int argc, char **argv, const char *name, const char *help, const cli_report *reports,
+                    const cli_report **row, json_t **result, cdb_error *err)
+{
+    bool as_json = cli_flag(argc, argv, "--json");
+    const char *word = "";
+    for (int i = 1; i < argc; i++) {
+        if (strcmp(argv[i], "--json") == 0)
+            continue;
+        if (word[0] || argv[i][0] == '-')
+            return cli_usage_error(name, help, as_json);
+        word = argv[i];
+    }
+    *row = NULL;
+    for (const cli_report *r = reports; r->word && !*row; r++)
+        if (strcmp(r->word, word) == 0)
+            *row = r;
+    if (!*row)
+        return cli_usage_error(name, help, as_json);
+    cli_operator op;
+    int rc = cli_operator_open(&op, as_json, true, NULL, err);
+    if (rc != CLI_EXIT_OK)
+        return rc;
+    if (op.svc)
+        (*row)->fn(op.svc, &op.principal, result, err);
+    cli_operator_close(&op);
+    return CLI_EXIT_OK;
+}
+
 int cli_print_result(json_t *data, const cdb_error *err, bool as_json)
 {
     bool ok = !err || err->code == CDB_OK;
