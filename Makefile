@@ -133,6 +133,14 @@ bench-metrics: deps all
 bench-leases: deps all
 	$(Q)/usr/bin/python3 bench/lease_rls.py
 
+# faults under load with a client-side ledger (issue 16, tests/chaos): two
+# instances, eight faults, each followed by a steady phase of CHAOS_SECONDS
+.PHONY: chaos
+CHAOS_SECONDS ?= 15
+chaos: deps all
+	$(Q)CHAOS_SECONDS=$(CHAOS_SECONDS) COREDB_BIN=$(CURDIR)/$(BUILD)/coredb \
+	  /usr/bin/python3 -m pytest -q -p no:cacheprovider -s tests/chaos
+
 clean:
 	rm -rf build build-san build-nometrics
 
