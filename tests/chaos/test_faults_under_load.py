@@ -135,6 +135,11 @@ class Run:
                 self.problem(label, f"{e.marker} written {n} times: {_attempts(e)}")
                 tally["duplicated"] += 1
             elif e.answered_2xx:
+                if e.replayed and all(a.code in KNOWN_ROLLBACK for a in e.attempts[:-1]):
+                    # a replay means an earlier attempt committed: it cannot have been a rollback
+                    self.problem(label, f"{e.marker} replayed a commit after only known "
+                                        f"rollbacks: {_attempts(e)}")
+                    tally["replay after rollbacks"] += 1
                 if n == 1:
                     tally["2xx, present once"] += 1
                 else:
@@ -291,6 +296,10 @@ class Run:
             cells = [f"{p.recovered[i]:.2f}" if i in p.recovered else
                      ("—" if i not in p.insts else "NOT BACK") for i in "AB"]
             out.append(f"| {p.name} | {cells[0]} | {cells[1]} | {'; '.join(p.notes)} |")
+        retried = [e for e in entries if e.keyed and len(e.attempts) > 1]
+        out += ["", f"keyed writes retried: {len(retried)} "
+                    f"({sum(e.answered_2xx for e in retried)} ended 2xx, of which "
+                    f"{sum(e.replayed for e in retried)} replays of an earlier commit)"]
         redis_answers = Counter(e.redis_status for e in entries if e.answered_2xx)
         out += ["", "Redis op of 2xx writes answered: " + ", ".join(
             f"{k}: {v}" for k, v in sorted(redis_answers.items(), key=lambda kv: -kv[1]))]

@@ -53,6 +53,7 @@ class Entry:
         self.attempts = []          # Records, with .tid / .redis_status set on the side
         self.tids = []
         self.redis_status = None    # the Redis op's result status in a 200 answer
+        self.replayed = False       # the 2xx was an Idempotency-Key replay of an earlier commit
         self.t_first = None
         self.done = False
 
@@ -130,12 +131,13 @@ class Client:
         n = 0
         while True:
             target = inst if not insts else insts[n % len(insts)]
-            rec, out, _ = self.call(target, kind, "POST", TX, {"operations": ops}, headers)
+            rec, out, resp = self.call(target, kind, "POST", TX, {"operations": ops}, headers)
             if entry.t_first is None:
                 entry.t_first = rec.t0
             entry.attempts.append(rec)
             if rec.status == 200 and isinstance(out, dict):
                 entry.tids.append(out.get("transaction_id"))
+                entry.replayed = resp.headers.get("Idempotent-Replayed") == "true"
                 results = out.get("results") or []
                 if len(results) == 2:
                     entry.redis_status = results[1].get("status")
