@@ -53,14 +53,18 @@ class World:
         self.redis = None
         self.inst = {}
         self.envs = {}
-        self.pg = PgServer("pg-chaos", extra_opts="-c synchronous_commit=on")
-        self.redis = RedisServer()
-        self.db = self.pg.create_database("chaos")
-        self.admin_email = f"chaos-root-{uuid.uuid4().hex[:8]}@example.com"
-        # one after the other: the first applies the migrations and creates the admin
-        for name in ("A", "B"):
-            self.envs[name] = self._env(name)
-            self.start(name)
+        try:
+            self.pg = PgServer("pg-chaos", extra_opts="-c synchronous_commit=on")
+            self.redis = RedisServer()
+            self.db = self.pg.create_database("chaos")
+            self.admin_email = f"chaos-root-{uuid.uuid4().hex[:8]}@example.com"
+            # one after the other: the first applies the migrations and creates the admin
+            for name in ("A", "B"):
+                self.envs[name] = self._env(name)
+                self.start(name)
+        except BaseException:
+            self.stop()      # what did start is stopped, then the failure goes on up
+            raise
 
     def _env(self, name):
         return {
