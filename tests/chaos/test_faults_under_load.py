@@ -10,7 +10,9 @@ after another, each followed by a steady phase:
   redis-kill          Redis SIGKILLed and started again empty (data lost)
   redis-sigstop       Redis paused past the timeouts
   coredb-B-sigkill    instance B SIGKILLed with transactions in flight, restarted
+  log-full-B          B restarted with its stdout and stderr on /dev/full, then back
   backup-dir-broken   a regular file where BACKUP_DIR should be (root ignores chmod)
+  (log-stalled-B      with CHAOS_LOG_STALL=1: B's log on a pipe nobody reads)
 
 After each fault and at the end the ledger is checked: a write answered 2xx
 is in PostgreSQL exactly once; any other answer (5xx, timeout, connection
@@ -46,8 +48,9 @@ KNOWN_ROLLBACK = {"DATABASE_UNAVAILABLE", "DATABASE_TIMEOUT", "POOL_EXHAUSTED"}
 
 
 class Phase:
-    def __init__(self, name, insts="AB", kinds=None):
+    def __init__(self, name, insts="AB", kinds=None, restarts=False):
         self.name, self.insts, self.kinds = name, insts, kinds
+        self.restarts = restarts   # the instance itself goes away: lost connections expected
         self.start = time.time()
         self.back = None
         self.recovered = {}        # inst -> seconds from back to the first good probe
@@ -220,8 +223,7 @@ class Run:
                     (phase is None or (rec.status, rec.code) not in FAULT_CODES):
                 self.problem(name, f"{rec.label} on {rec.inst} {rec.kind}")
             elif rec.status is None:
-                killed = phase is not None and phase.name.startswith("coredb-") and \
-                    rec.inst in phase.insts
+                killed = phase is not None and phase.restarts and rec.inst in phase.insts
                 if not killed:
                     self.problem(name, f"{rec.label} ({rec.error}) on {rec.inst} {rec.kind}")
             elif rec.status == 401 and rec.kind != "check":
@@ -361,8 +363,8 @@ def test_faults_under_load():
         time.sleep(knobs.STEADY_S)
         run.check_ledger("steady")
 
-        def fault(name, action, insts="AB", kinds=None, probe="write"):
-            phase = Phase(name, insts, kinds)
+        def fault(name, action, insts="AB", kinds=None, probe="write", restarts=False):
+            phase = Phase(name, insts, kinds, restarts)
             run.phases.append(phase)
             phase.back = action(phase)
             run.recover(phase, probe)
@@ -397,7 +399,23 @@ def test_faults_under_load():
             phase.notes.append(f"{client.inflight_tx['B']} transactions in flight at the kill")
             phase.start = time.time()
             return world.coredb_kill_restart("B")
-        fault("coredb-B-sigkill", coredb_kill, insts="B")
+        fault("coredb-B-sigkill", coredb_kill, insts="B", restarts=True)
+
+        def log_sink(sink):
+            def action(phase):
+                back, code = world.coredb_log_sink("B", sink)
+                phase.notes.append(f"B stopped with exit code {code} before the switch")
+                if code != 0:
+                    run.problem(phase.name, f"B exited {code} on SIGTERM (killed if negative)")
+                return back
+            return action
+        # the log destination full: B serves with every log write failing (ENOSPC)
+        fault("log-full-B", log_sink("/dev/full"), insts="B", restarts=True)
+        fault("log-restored-B", log_sink(None), insts="B", restarts=True)
+        if knobs.LOG_STALL:
+            # a log reader that stopped reading (known to hang coredb: see docs/reliability.md)
+            fault("log-stalled-B", log_sink("stall"), insts="B", restarts=True)
+            fault("log-unstalled-B", log_sink(None), insts="B", restarts=True)
 
         def backup_broken(phase):
             world.backup_dir_broken()

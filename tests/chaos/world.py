@@ -11,13 +11,14 @@ The faults are methods here; each returns when the broken backend is back
 import os
 import shutil
 import signal
+import subprocess
 import time
 import uuid
 
 import psycopg2
 import redis as redis_py
 
-from servers import TEST_JWT_SECRET, Coredb, PgServer, RedisServer, scratch_dir
+from servers import COREDB_BIN, TEST_JWT_SECRET, Coredb, PgServer, RedisServer, scratch_dir
 
 PASSWORD = "correct-horse-battery"
 STATEMENT_TIMEOUT_MS = 1000
@@ -79,10 +80,13 @@ class World:
             "LOGIN_MAX_FAILURES": "1000", "LOGIN_MAX_FAILURES_PER_ADDRESS": "1000",
         }
 
-    def start(self, name):
+    def start(self, name, sink=None):
         # same port and directory on a restart: the clients keep their URLs
         cwd = os.path.join(self.dir, f"coredb-{name}")
-        self.inst[name] = Coredb(self.envs[name], cwd=cwd)
+        if sink is None:
+            self.inst[name] = Coredb(self.envs[name], cwd=cwd)
+        else:
+            self.inst[name] = SinkCoredb(self.envs[name], cwd, sink)
 
     def base(self, name):
         return f"http://127.0.0.1:{self.envs[name]['PORT']}"
@@ -153,6 +157,16 @@ class World:
         self.start(name)     # waits for /health/live
         return back
 
+    def coredb_log_sink(self, name, sink):
+        """Restarts instance name (SIGTERM, must exit 0) with its log (stdout
+        and stderr) going to sink: "/dev/full" (every write fails ENOSPC),
+        "stall" (a pipe nobody reads: writes block once 64 KiB are queued) or
+        None (its log file again). Returns (back, exit code of the stop)."""
+        code = self.inst[name].stop(timeout=15)
+        back = time.time()
+        self.start(name, sink)
+        return back, code
+
     def backup_dir_broken(self):
         """Root ignores permission bits, so chmod cannot make the directory
         unwritable here: the directory is moved away and a regular file put
@@ -211,6 +225,44 @@ class World:
             os.unlink(self.backup_dir)
         shutil.rmtree(self.backup_dir + ".away", ignore_errors=True)
         return problems
+
+
+class SinkCoredb(Coredb):
+    """Coredb with its stdout and stderr on a sink instead of its log file
+    (the log destination fault); log() reads a note saying where it went."""
+
+    def __init__(self, env, cwd, sink):
+        self.port = int(env["PORT"])
+        self.dir = cwd
+        os.makedirs(cwd, exist_ok=True)
+        self.log_path = os.path.join(cwd, f"coredb-{self.port}-sink.log")
+        with open(self.log_path, "w") as f:
+            f.write(f"(the log of this run went to {sink})\n")
+        self.env = dict(env)
+        self.base = f"http://127.0.0.1:{self.port}"
+        self.stall_read = None
+        if sink == "stall":
+            self.stall_read, write_end = os.pipe()   # the read end is kept and never read
+            out = os.fdopen(write_end, "wb")
+        else:
+            out = open(sink, "wb")
+        full_env = {k: v for k, v in os.environ.items()
+                    if not k.startswith(("DATABASE_", "POSTGRES_", "REDIS_", "DB_", "PG"))}
+        full_env.update({"PORT": str(self.port), "PROMETHEUS_PORT": "0", "HOST": "127.0.0.1",
+                         "HTTP_THREADS": "2", "COREDB_TEST_ROUTES": "1"})
+        full_env.update(self.env)
+        self.proc = subprocess.Popen([COREDB_BIN, "serve"], env=full_env, cwd=cwd, stdout=out,
+                                     stderr=subprocess.STDOUT)
+        out.close()
+        self.wait_live()
+
+    def stop(self, sig=signal.SIGTERM, timeout=30):
+        try:
+            return super().stop(sig, timeout)
+        finally:
+            if self.stall_read is not None:
+                os.close(self.stall_read)
+                self.stall_read = None
 
 
 def _free_port():
