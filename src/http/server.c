@@ -319,6 +319,7 @@ cdb_http_server *cdb_http_server_new(cdb_service *svc, cdb_error *err)
     srv->tables[t++] = cdb_routes_metrics;
     srv->tables[t++] = cdb_routes_openapi;
     srv->tables[t++] = cdb_routes_leases;
+    srv->tables[t++] = cdb_routes_encryption;
     if (getenv("COREDB_TEST_ROUTES") && strcmp(getenv("COREDB_TEST_ROUTES"), "1") == 0)
         srv->tables[t++] = cdb_routes_test;
     srv->tables[t] = NULL;
