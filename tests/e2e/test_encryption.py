@@ -1,0 +1,172 @@
+"""Column encryption (issue 11): application-side XChaCha20-Poly1305 for a
+chosen text column. What is checked where it lands: psycopg2 sees only
+ciphertext in the column and no test value anywhere in the table; the keys
+PostgreSQL holds are wrapped; the audit counts from the rows (a plaintext
+written behind coredb's back shows up); rotation moves every row to the new
+version; a value moved into another row does not decrypt (checked through
+the management job, which refuses to rewrite it); the admin routes refuse
+the hostile cases (no token, non-admin, SQL in names, wrong types)."""
+import base64
+import os
+
+import pytest
+
+from datahelp import admin_of, assert_error, scalar, start_instance, user
+from identity import unique
+
+REDIS_DB = 13
+KEY = base64.b64encode(os.urandom(32)).decode()
+SECRETS = [f"123-45-{i:04d}" for i in range(1200)]
+
+
+@pytest.fixture(scope="module")
+def inst(pg, redis_server):
+    server = start_instance(pg, redis_server, REDIS_DB, DB_ENCRYPTION_KEY=KEY)
+    yield server
+    server.stop_clean()
+
+
+@pytest.fixture(scope="module")
+def admin(inst):
+    return admin_of(inst)
+
+
+def people(inst, n=len(SECRETS), kind="text"):
+    """A table as an application's migration would create it, n rows of plaintext."""
+    name = unique("people")
+    inst.pg.query(inst.db, f"CREATE TABLE {name} (id bigserial PRIMARY KEY, name text, ssn {kind})")
+    inst.pg.query(inst.db, f"INSERT INTO {name} (name, ssn) SELECT 'p' || i,"
+                           f" '123-45-' || lpad(i::text, 4, '0') FROM generate_series(0, {n - 1}) i")
+    return name
+
+
+def encrypt(inst, admin, body, status=200, path="/api/v1/admin/encryption/columns"):
+    resp = inst.post(path, headers=admin.headers, json=body)
+    assert resp.status_code == status, resp.text
+    return resp.json()
+
+
+def audit(inst, admin, table):
+    resp = inst.get("/api/v1/admin/encryption/audit", headers=admin.headers, params={"table_name": table})
+    assert resp.status_code == 200, resp.text
+    cols = resp.json()["columns"]
+    assert len(cols) == 1, cols
+    return cols[0]
+
+
+def table_text(inst, table):
+    """Every column of every row, as text."""
+    return [" ".join(str(v) for v in row) for row in inst.pg.query(inst.db, f"SELECT * FROM {table}")]
+
+
+def test_setup_encrypts_every_row_and_audit_counts(inst, admin):
+    t = people(inst)
+    before = audit_plain = scalar(inst, f"SELECT count(*) FROM {t} WHERE ssn LIKE '123-45-%%'")
+    assert before == len(SECRETS) and audit_plain
+    out = encrypt(inst, admin, {"table_name": t, "column_name": "ssn"})
+    assert out["status"] == "success", out
+    assert out["key_version"] == 1 and out["job"]["state"] == "done", out
+    assert out["job"]["rows_done"] == len(SECRETS), out
+    # PostgreSQL holds only the value form, no test value anywhere in the table
+    rows = table_text(inst, t)
+    assert len(rows) == len(SECRETS)
+    assert not any("123-45-" in r for r in rows)
+    assert scalar(inst, f"SELECT count(*) FROM {t} WHERE ssn LIKE 'cdb1:1:%%'") == len(SECRETS)
+    # the key is stored wrapped: 24 + 32 + 16 bytes hex, never the master key
+    wrapped = inst.pg.query(inst.db, "SELECT wrapped FROM coredb.encryption_keys WHERE table_name = %s", (t,))
+    assert len(wrapped) == 1 and len(wrapped[0][0]) == 2 * (24 + 32 + 16)
+    assert base64.b64decode(KEY).hex() not in wrapped[0][0]
+    # job progress and the audit, counted from the rows
+    job = inst.get(f"/api/v1/admin/encryption/jobs/{out['job']['id']}", headers=admin.headers).json()
+    assert job["state"] == "done" and job["rows_done"] == len(SECRETS) and job["kind"] == "setup", job
+    a = audit(inst, admin, t)
+    assert a["plaintext_rows"] == 0 and a["rows_by_key_version"] == {"1": len(SECRETS)}, a
+    # a value written behind coredb's back shows up
+    inst.pg.query(inst.db, f"UPDATE {t} SET ssn = 'leaked' WHERE id = 1")
+    assert audit(inst, admin, t)["plaintext_rows"] == 1
+    # the audit log has the setup
+    n = scalar(inst, "SELECT count(*) FROM coredb.audit_log WHERE action = 'encryption.setup' AND target = %s",
+               (t,))
+    assert n == 1
+
+
+def test_rotation_moves_every_row_and_retires_the_old_key(inst, admin):
+    t = people(inst, 700)
+    encrypt(inst, admin, {"table_name": t, "column_name": "ssn"})
+    v1 = dict(inst.pg.query(inst.db, f"SELECT id, ssn FROM {t}"))
+    out = encrypt(inst, admin, {"table_name": t, "column_name": "ssn"},
+                  path="/api/v1/admin/encryption/columns/rotate")
+    assert out["key_version"] == 2 and out["job"]["rows_done"] == 700 and out["job"]["kind"] == "rotate", out
+    a = audit(inst, admin, t)
+    assert a["rows_by_key_version"] == {"2": 700} and a["plaintext_rows"] == 0, a
+    assert a["last_rotated_at"], a
+    after = dict(inst.pg.query(inst.db, f"SELECT id, ssn FROM {t}"))
+    assert all(after[i] != v1[i] and after[i].startswith("cdb1:2:") for i in v1)
+    retired = inst.pg.query(inst.db, "SELECT version, retired_at IS NOT NULL FROM coredb.encryption_keys"
+                                     " WHERE table_name = %s ORDER BY version", (t,))
+    assert retired == [(1, True), (2, False)], retired
+    assert scalar(inst, "SELECT count(*) FROM coredb.audit_log WHERE action = 'encryption.rotate'"
+                        " AND target = %s", (t,)) == 1
+
+
+def test_swapped_ciphertext_is_not_decrypted(inst, admin):
+    """A ciphertext copied into another row is bound to its own row: rotation
+    cannot decrypt it and leaves it alone (the audit shows it on version 1)."""
+    t = people(inst, 3)
+    encrypt(inst, admin, {"table_name": t, "column_name": "ssn"})
+    inst.pg.query(inst.db, f"UPDATE {t} SET ssn = (SELECT ssn FROM {t} WHERE id = 1) WHERE id = 2")
+    out = encrypt(inst, admin, {"table_name": t, "column_name": "ssn"},
+                  path="/api/v1/admin/encryption/columns/rotate")
+    assert out["job"]["rows_done"] == 2, out
+    a = audit(inst, admin, t)
+    assert a["rows_by_key_version"] == {"1": 1, "2": 2}, a
+    keys = inst.pg.query(inst.db, "SELECT version FROM coredb.encryption_keys WHERE table_name = %s"
+                                  " AND retired_at IS NULL ORDER BY 1", (t,))
+    assert keys == [(1,), (2,)]   # still used by a row: not retired
+
+
+def test_varchar_is_widened_and_other_types_refused(inst, admin):
+    t = people(inst, 5, "varchar(11)")
+    encrypt(inst, admin, {"table_name": t, "column_name": "ssn"})
+    assert scalar(inst, "SELECT format_type(atttypid, atttypmod) FROM pg_attribute"
+                        " WHERE attrelid = %s::regclass AND attname = 'ssn'", (t,)) == "text"
+    n = unique("nums")
+    inst.pg.query(inst.db, f"CREATE TABLE {n} (id int PRIMARY KEY, v integer)")
+    err = assert_error(inst.post("/api/v1/admin/encryption/columns", headers=admin.headers,
+                                 json={"table_name": n, "column_name": "v"}), 400, "VALIDATION_FAILED")
+    assert "integer" in err["message"], err
+    # again on an encrypted column: 409
+    assert_error(inst.post("/api/v1/admin/encryption/columns", headers=admin.headers,
+                           json={"table_name": t, "column_name": "ssn"}), 409, "CONFLICT")
+
+
+def test_hostile_requests(inst, admin):
+    t = people(inst, 2)
+    path = "/api/v1/admin/encryption/columns"
+    good = {"table_name": t, "column_name": "ssn"}
+    assert_error(inst.post(path, json=good), 401, "UNAUTHORIZED")
+    u = user(inst)
+    assert_error(inst.post(path, headers=u.headers, json=good), 403, "FORBIDDEN")
+    assert_error(inst.get("/api/v1/admin/encryption/audit", headers=u.headers), 403, "FORBIDDEN")
+    assert_error(inst.post(path, headers={**admin.headers, "Authorization": "Bearer x.y.z"}, json=good),
+                 401, "UNAUTHORIZED")
+    for body in ({"table_name": f"{t}; DROP TABLE {t}", "column_name": "ssn"},
+                 {"table_name": t, "column_name": "ssn' OR '1'='1"},
+                 {"table_name": 5, "column_name": "ssn"}, {"table_name": t},
+                 {"table_name": t, "column_name": "ssn", "searchable": "yes"}, [1, 2]):
+        assert_error(inst.post(path, headers=admin.headers, json=body), 400, "VALIDATION_FAILED")
+    resp = inst.post(path, headers={**admin.headers, "Content-Type": "application/json"}, data="{not json")
+    assert resp.status_code == 400, resp.text
+    resp = inst.post(path, headers={**admin.headers, "Content-Type": "application/json"},
+                     data='{"table_name": "' + "a" * (2 << 20) + '"}')
+    assert resp.status_code == 413, resp.status_code
+    assert_error(inst.post(path, headers=admin.headers, json={"table_name": "nope", "column_name": "x"}),
+                 404, "UNKNOWN_TABLE")
+    assert_error(inst.post(path + "/rotate", headers=admin.headers, json=good), 404, "NOT_FOUND")
+    assert_error(inst.get("/api/v1/admin/encryption/jobs/1%27%20OR%201=1", headers=admin.headers), 404, "NOT_FOUND")
+    assert_error(inst.get("/api/v1/admin/encryption/jobs/99999999", headers=admin.headers), 404, "NOT_FOUND")
+    # nothing happened to the table
+    assert scalar(inst, f"SELECT count(*) FROM {t} WHERE ssn LIKE '123-45-%%'") == 2
+    refused = scalar(inst, "SELECT count(*) FROM coredb.audit_log WHERE action = 'encryption.setup'"
+                           " AND outcome <> 'success'")
+    assert refused >= 1
