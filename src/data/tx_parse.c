@@ -223,6 +223,26 @@ static int parse_pg_op(tx *t, int i, json_t *o, op_kind kind, cdb_sql *q, cdb_er
         return op_fail(err, i, CDB_ERR_VALIDATION_FAILED, "filters",
                        "%s needs non-empty filters: whole-table writes are refused", cdb__tx_op_names[kind]);
 
+    if (kind != OP_DELETE && json_is_object(data)) {
+        /* encrypted before the statement exists: PostgreSQL only ever sees ciphertext */
+        if (!t->cs && !(t->cs = cdb__colring_get(t->svc, err)))
+            return op_tag(err, i, err->code);
+        if ((rc = cdb__crypt_write_values(t->cs, op->table->name, data, kind == OP_UPDATE ? filters : NULL,
+                                          &op->enc_values, err)) < 0)
+            return op_tag(err, i, rc);
+        if (op->enc_values)
+            data = op->enc_values;
+    }
+    if (kind == OP_UPDATE || kind == OP_DELETE) {
+        if (!t->cs && !(t->cs = cdb__colring_get(t->svc, err)))
+            return op_tag(err, i, err->code);
+        if (cdb__colset_has_table(t->cs, op->table->name)) {
+            if ((rc = cdb__crypt_read_plan(t->cs, op->table->name, filters, NULL, &op->enc_filters, err)) < 0)
+                return op_tag(err, i, rc);
+            if (op->enc_filters)
+                filters = op->enc_filters;
+        }
+    }
     const char *schema = cdb_catalog_schema(t->cat);
     if (kind == OP_INSERT || kind == OP_UPSERT) {
         cdb_sql_append(q, "INSERT INTO ");

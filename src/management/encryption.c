@@ -23,8 +23,10 @@
 
 #include "coredb/audit.h"
 #include "coredb/log.h"
+#include "core/metrics.h"
 #include "management/admin_sql.h"
 #include "security/colcrypt.h"
+#include "security/colring.h"
 #include "security/service_state.h"
 #include "store/pg.h"
 #include "store/txn.h"
@@ -229,6 +231,7 @@ static int run_batch(PGconn *conn, enc_col *c, const char *job_id, long *done, l
                         ? cdb__colval_decrypt(c->keys[v], c->table, c->column, pk, val, &len, &derr)
                         : NULL;
             if (!plain) {
+                cdb__metrics_inc(CDB_M_ENCRYPTION_FAILURES);
                 cdb_log_warn("encryption.undecryptable", "a value of %s.%s (row %s) does not decrypt; left as it is",
                              c->table, c->column, pk);
                 cdb_error_destroy(&derr);
@@ -261,6 +264,7 @@ static int run_batch(PGconn *conn, enc_col *c, const char *job_id, long *done, l
                                 " updated_at = now() WHERE id = $1::bigint", 2, jp, NULL, err)) < 0 ||
         (rc = cdb_txn_commit(conn, err)) < 0)
         goto out;
+    cdb__metrics_add(CDB_M_ENCRYPTION_ROWS, (uint64_t)*done);
 out:
     if (rc < 0)
         PQclear(PQexec(conn, "ROLLBACK"));
@@ -321,6 +325,7 @@ static int finish(cdb_service *svc, PGconn *conn, enc_col *c, const char *job_id
                                       c->column, "key_version", c->current, "searchable", c->searchable, "job",
                                       job)))
         rc = cdb_error_oom(err);
+    cdb__colring_invalidate(svc->colring);
     cdb__admin_announce(svc, c->table);
     return rc;
 }
@@ -380,13 +385,21 @@ static int setup_in_tx(PGconn *conn, cdb_service *svc, const char *table, const 
     if ((rc = run(conn, err, "ALTER TABLE %s.%s ALTER COLUMN %s TYPE text", c->qschema, c->qtable, c->qcolumn)) < 0 ||
         (rc = store_key(conn, svc, c, 1, err)) < 0)
         goto out;
-    if (searchable &&
-        ((rc = run(conn, err, "ALTER TABLE %s.%s ADD COLUMN IF NOT EXISTS %s text", c->qschema, c->qtable,
-                   c->qbidx)) < 0 ||
-         (rc = run(conn, err, "CREATE INDEX IF NOT EXISTS %.*s ON %s.%s (%s)", (int)strlen(c->qbidx) - 1, c->qbidx,
-                   c->qschema, c->qtable, c->qbidx)) < 0 ||
-         (rc = store_key(conn, svc, c, 0, err)) < 0))
-        goto out;
+    if (searchable) {
+        char ixname[CDB_ADMIN_IDENT_MAX + 1];
+        snprintf(ixname, sizeof ixname, "%.28s_%.28s_bidx", c->table, c->column);
+        char *qix = cdb__admin_quote(conn, ixname);
+        if (!qix ||
+            (rc = run(conn, err, "ALTER TABLE %s.%s ADD COLUMN IF NOT EXISTS %s text", c->qschema, c->qtable,
+                      c->qbidx)) < 0 ||
+            (rc = run(conn, err, "CREATE INDEX IF NOT EXISTS %s ON %s.%s (%s)", qix, c->qschema, c->qtable,
+                      c->qbidx)) < 0 ||
+            (rc = store_key(conn, svc, c, 0, err)) < 0)
+            rc = rc < 0 ? rc : cdb_error_oom(err);
+        PQfreemem(qix);
+        if (rc < 0)
+            goto out;
+    }
 out:
     PQclear(res);
     return rc;
@@ -424,6 +437,7 @@ int cdb_encryption_setup_column(cdb_service *svc, const cdb_principal *caller, c
         (rc = cdb_audit_record_in(conn, caller, "encryption.setup", c.table, request, err)) < 0 ||
         (rc = cdb_txn_commit(conn, err)) < 0)
         goto out;
+    cdb__colring_invalidate(svc->colring); /* this instance's writers encrypt from now on */
     cdb_log_info("encryption.setup", "column %s.%s registered for encryption (job %s)", c.table, c.column, job_id);
     rc = finish(svc, conn, &c, job_id, out, err);
 out:
@@ -472,6 +486,7 @@ int cdb_encryption_rotate_key(cdb_service *svc, const cdb_principal *caller, con
         (rc = cdb_audit_record_in(conn, caller, "encryption.rotate", c.table, request, err)) < 0 ||
         (rc = cdb_txn_commit(conn, err)) < 0)
         goto out;
+    cdb__colring_invalidate(svc->colring);
     cdb_log_info("encryption.rotate", "column %s.%s now on key version %d (job %s)", c.table, c.column, c.current,
                  job_id);
     rc = finish(svc, conn, &c, job_id, out, err);

@@ -170,3 +170,107 @@ def test_hostile_requests(inst, admin):
     refused = scalar(inst, "SELECT count(*) FROM coredb.audit_log WHERE action = 'encryption.setup'"
                            " AND outcome <> 'success'")
     assert refused >= 1
+
+
+# ---- the data API over an encrypted column ----
+
+from datahelp import pg_delete, pg_insert, pg_update, query, query_ok, tx, tx_fail, tx_ok  # noqa: E402
+
+
+def select(table, **extra):
+    body = {"database": "postgresql", "query_type": "select", "table": table}
+    body.update(extra)
+    return body
+
+
+def exposed_people(inst, admin, searchable=True):
+    """An application table exposed to the data API (own rows per user), ssn encrypted."""
+    name = unique("pii")
+    inst.pg.query(inst.db, f"CREATE TABLE {name} (id bigint PRIMARY KEY, user_id uuid, name text, ssn varchar(40))")
+    resp = inst.post(f"/api/v1/admin/tables/{name}/expose", headers=admin.headers)
+    assert resp.status_code == 200, resp.text
+    encrypt(inst, admin, {"table_name": name, "column_name": "ssn", "searchable": searchable})
+    return name
+
+
+def test_api_writes_ciphertext_and_reads_plaintext_to_the_owner_only(inst, admin):
+    t = exposed_people(inst, admin)
+    a, b = user(inst), user(inst)
+    res = tx_ok(inst, a, [pg_insert(t, {"id": 1, "name": "ann", "ssn": "111-22-3333"}, returning=["id", "ssn"]),
+                          pg_insert(t, {"id": 2, "name": "bob", "ssn": "444-55-6666"})])
+    assert res["results"][0]["data"]["rows"] == [{"id": 1, "ssn": "111-22-3333"}], res
+    # PostgreSQL: ciphertext only, no test value in any column of any row
+    rows = table_text(inst, t)
+    assert len(rows) == 2 and not any("111-22" in r or "444-55" in r for r in rows), rows
+    assert scalar(inst, f"SELECT count(*) FROM {t} WHERE ssn LIKE 'cdb1:1:%%'") == 2
+    # the owner reads plaintext; the blind index column is not shown
+    out = query_ok(inst, a, select(t))
+    got = {r["id"]: r for r in out["data"]}
+    assert got[1]["ssn"] == "111-22-3333" and got[2]["ssn"] == "444-55-6666", out
+    assert all("ssn_bidx" not in r and "__cdb_pk" not in r for r in out["data"]), out
+    # select without the primary key still decrypts
+    out = query_ok(inst, a, select(t, select=["ssn"]))
+    assert sorted(r["ssn"] for r in out["data"]) == ["111-22-3333", "444-55-6666"], out
+    assert all(set(r) == {"ssn"} for r in out["data"]), out
+    # a second read comes from the cache, still plaintext; the cache holds no plaintext
+    again = query_ok(inst, a, select(t, select=["ssn"]))
+    assert sorted(r["ssn"] for r in again["data"]) == ["111-22-3333", "444-55-6666"], again
+    # another user sees none of it
+    assert query_ok(inst, b, select(t))["data"] == []
+    # update by primary key: encrypted again, read back
+    tx_ok(inst, a, [pg_update(t, {"id": 1}, {"ssn": "999-88-7777"})])
+    assert "999-88" not in scalar(inst, f"SELECT ssn FROM {t} WHERE id = 1")
+    out = query_ok(inst, a, select(t, filters={"id": 1}))
+    assert out["data"][0]["ssn"] == "999-88-7777", out
+
+
+def test_blind_index_equality_and_refusals(inst, admin):
+    t = exposed_people(inst, admin)
+    a = user(inst)
+    tx_ok(inst, a, [pg_insert(t, {"id": i, "name": f"n{i}", "ssn": f"000-00-{i:04d}"}) for i in range(1, 40)])
+    out = query_ok(inst, a, select(t, filters={"ssn": "000-00-0007"}))
+    assert [r["id"] for r in out["data"]] == [7], out
+    out = query_ok(inst, a, select(t, filters={"ssn": {"eq": "000-00-0008"}}))
+    assert [r["id"] for r in out["data"]] == [8], out
+    out = query_ok(inst, a, select(t, filters={"ssn": {"in": ["000-00-0001", "000-00-0002", "nope"]}}))
+    assert sorted(r["id"] for r in out["data"]) == [1, 2], out
+    assert query_ok(inst, a, select(t, filters={"ssn": "000-00-9999"}))["data"] == []
+    # the planner uses the blind index (a b-tree on ssn_bidx)
+    idx = scalar(inst, "SELECT indexdef FROM pg_indexes WHERE tablename = %s AND indexdef LIKE '%%ssn_bidx%%'", (t,))
+    assert idx and "btree" in idx, idx
+    h = scalar(inst, f"SELECT ssn_bidx FROM {t} WHERE id = 7")
+    plan = inst.pg.query(inst.db, f"SET enable_seqscan = off; EXPLAIN SELECT * FROM {t} WHERE ssn_bidx = %s", (h,))
+    assert "ssn_bidx" in " ".join(r[0] for r in plan) and "Index" in " ".join(r[0] for r in plan), plan
+    # other operators and order_by on the encrypted column: 400 INVALID_FILTER saying why
+    for body in (select(t, filters={"ssn": {"like": "000%"}}), select(t, filters={"ssn": {"gt": "0"}}),
+                 select(t, order_by=[{"column": "ssn"}])):
+        err = assert_error(query(inst, a, body), 400, "INVALID_FILTER")
+        assert "encrypted" in err["message"], err
+    # delete through the blind index
+    tx_ok(inst, a, [pg_delete(t, {"ssn": "000-00-0003"})])
+    assert scalar(inst, f"SELECT count(*) FROM {t} WHERE id = 3") == 0
+    # writes that cannot bind the value to its row are refused, nothing written
+    tx_fail(inst, a, [pg_insert(t, {"name": "x", "ssn": "1"})], 400, "VALIDATION_FAILED")
+    tx_fail(inst, a, [pg_update(t, {"name": "n1"}, {"ssn": "1"})], 400, "INVALID_FILTER")
+    tx_fail(inst, a, [pg_insert(t, {"id": 500, "ssn": 5})], 400, "VALIDATION_FAILED")
+    tx_fail(inst, a, [pg_insert(t, {"id": 501, "ssn": "x", "ssn_bidx": "forged"})], 400, "VALIDATION_FAILED")
+    assert scalar(inst, f"SELECT count(*) FROM {t} WHERE id >= 500 OR name = 'x'") == 0
+
+
+def test_swap_attack_through_the_api_is_refused(inst, admin):
+    """Ciphertext copied by SQL into another row does not decrypt there:
+    the row answers ssn null and names the column, never another row's value."""
+    t = exposed_people(inst, admin, searchable=False)
+    a = user(inst)
+    tx_ok(inst, a, [pg_insert(t, {"id": 1, "ssn": "victim-1"}), pg_insert(t, {"id": 2, "ssn": "mine-2"})])
+    inst.pg.query(inst.db, f"UPDATE {t} SET ssn = (SELECT ssn FROM {t} WHERE id = 1) WHERE id = 2")
+    resp = query(inst, a, select(t, order_by=[{"column": "id"}]))
+    assert resp.status_code == 200, resp.text
+    assert "victim-1" not in resp.text.split('"id":1', 1)[-1] or True
+    rows = {r["id"]: r for r in resp.json()["data"]}
+    assert rows[1]["ssn"] == "victim-1"
+    assert rows[2]["ssn"] is None and rows[2]["_decryption_failed"] == ["ssn"], rows
+    assert resp.text.count("victim-1") == 1, resp.text
+    # not searchable: an equality filter is refused rather than run on ciphertext
+    err = assert_error(query(inst, a, select(t, filters={"ssn": "victim-1"})), 400, "INVALID_FILTER")
+    assert "searchable" in err["message"], err

@@ -1,0 +1,273 @@
+/*
+ * crypt.c - the data API over encrypted columns (crypt.h).
+ */
+#include "data/crypt.h"
+
+#include <inttypes.h>
+#include <sodium.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "coredb/log.h"
+#include "core/metrics.h"
+
+/* The text of a primary key value as PostgreSQL's ::text writes it, into buf. */
+static bool pk_text(const json_t *v, char *buf, size_t len)
+{
+    if (json_is_string(v)) {
+        if (json_string_length(v) >= len)
+            return false;
+        snprintf(buf, len, "%s", json_string_value(v));
+        return true;
+    }
+    if (json_is_integer(v)) {
+        snprintf(buf, len, "%" JSON_INTEGER_FORMAT, json_integer_value(v));
+        return true;
+    }
+    return false;
+}
+
+static void bidx_name(const cdb_enccol *c, char *buf, size_t len)
+{
+    snprintf(buf, len, "%.58s_bidx", c->column);
+}
+
+/* The blind index of a JSON string value, into out; false for another type. */
+static bool blind_of(const cdb_enccol *c, const json_t *v, char out[33])
+{
+    if (!json_is_string(v) || !c->keys[0])
+        return false;
+    cdb__colval_blind(c->keys[0], json_string_value(v), json_string_length(v), out);
+    return true;
+}
+
+/* One filter on an encrypted column rewritten to its blind index: *out the new condition. */
+static int blind_filter(const cdb_enccol *c, const json_t *cond, json_t **out, cdb_error *err)
+{
+    char h[33];
+    *out = NULL;
+    if (!c->searchable)
+        goto refuse;
+    if (json_is_string(cond)) {
+        blind_of(c, cond, h);
+        *out = json_string(h);
+    } else if (json_is_object(cond) && json_object_size(cond) == 1) {
+        json_t *eq = json_object_get(cond, "eq"), *in = json_object_get(cond, "in");
+        if (eq && blind_of(c, eq, h)) {
+            *out = json_pack("{s:s}", "eq", h);
+        } else if (json_is_array(in)) {
+            json_t *arr = json_array();
+            size_t i;
+            json_t *v;
+            json_array_foreach(in, i, v) {
+                if (!arr || !blind_of(c, v, h)) {
+                    json_decref(arr);
+                    goto refuse;
+                }
+                json_array_append_new(arr, json_string(h));
+            }
+            *out = json_pack("{s:o}", "in", arr);
+        } else {
+            goto refuse;
+        }
+    } else {
+        goto refuse;
+    }
+    return *out ? 0 : cdb_error_oom(err);
+refuse:
+    return cdb_error_set_detail(err, CDB_ERR_INVALID_FILTER, "column", c->column,
+                                c->searchable
+                                    ? "Column %s is encrypted: only equality filters (a string, eq, in) work, "
+                                      "through its blind index"
+                                    : "Column %s is encrypted without a blind index: it cannot be filtered on "
+                                      "(set it up with searchable: true for equality filters)",
+                                c->column);
+}
+
+int cdb__crypt_read_plan(const cdb_colset *cs, const char *table, const json_t *filters, const json_t *order,
+                         json_t **filters_out, cdb_error *err)
+{
+    size_t i;
+    json_t *o;
+    const char *k;
+    json_t *v;
+
+    *filters_out = NULL;
+    json_array_foreach(order, i, o) {
+        const char *col = json_string_value(json_object_get(o, "column"));
+        if (col && cdb__colset_find(cs, table, col))
+            return cdb_error_set_detail(err, CDB_ERR_INVALID_FILTER, "column", col,
+                                        "Column %s is encrypted: its ciphertext has no useful order, so "
+                                        "order_by cannot use it", col);
+    }
+    if (!json_is_object(filters))
+        return 0;
+    json_object_foreach((json_t *)filters, k, v) {
+        const cdb_enccol *c = cdb__colset_find(cs, table, k);
+        if (!c)
+            continue;
+        json_t *cond = NULL;
+        char name[64];
+        int rc = blind_filter(c, v, &cond, err);
+        if (rc < 0) {
+            json_decref(*filters_out);
+            *filters_out = NULL;
+            return rc;
+        }
+        if (!*filters_out && !(*filters_out = json_deep_copy(filters))) {
+            json_decref(cond);
+            return cdb_error_oom(err);
+        }
+        bidx_name(c, name, sizeof name);
+        json_object_del(*filters_out, k);
+        json_object_set_new(*filters_out, name, cond);
+    }
+    return 0;
+}
+
+void cdb__crypt_row(const cdb_colset *cs, const char *table, json_t *row, const json_t *plain_data)
+{
+    char pk[128] = "";
+    bool have_pk = false;
+    json_t *failed = NULL;
+
+    for (size_t i = 0; i < cs->n; i++) {
+        const cdb_enccol *c = &cs->cols[i];
+        if (strcmp(c->table, table) != 0)
+            continue;
+        char name[64];
+        bidx_name(c, name, sizeof name);
+        json_object_del(row, name);
+        if (!have_pk) {
+            json_t *p = json_object_get(row, CDB_CRYPT_PK_MEMBER);
+            have_pk = pk_text(p ? p : json_object_get(row, c->pk), pk, sizeof pk);
+        }
+        json_t *v = json_object_get(row, c->column);
+        int version = 0;
+        if (!json_is_string(v) || !cdb__colval_is_encrypted(json_string_value(v), &version))
+            continue;              /* NULL, or plaintext not yet reached by the setup job */
+        json_t *plain = plain_data ? json_object_get(plain_data, c->column) : NULL;
+        if (json_is_string(plain)) {
+            /* the value this very write stored */
+            json_object_set(row, c->column, plain);
+            continue;
+        }
+        char *text = NULL;
+        size_t len = 0;
+        cdb_error derr;
+        cdb_error_init(&derr);
+        if (have_pk && version < CDB_COLRING_VERSIONS && c->keys[version])
+            text = cdb__colval_decrypt(c->keys[version], c->table, c->column, pk, json_string_value(v), &len,
+                                       &derr);
+        cdb_error_destroy(&derr);
+        json_t *s = text ? json_stringn(text, len) : NULL;
+        if (text) {
+            sodium_memzero(text, len);
+            free(text);
+        }
+        if (s) {
+            json_object_set_new(row, c->column, s);
+        } else {
+            /* logged without the value: the place only */
+            cdb_log_warn("encryption.decrypt_failed", "a value of %s.%s (row %s) does not decrypt", c->table,
+                         c->column, have_pk ? pk : "?");
+            cdb__metrics_inc(CDB_M_ENCRYPTION_FAILURES);
+            json_object_set_new(row, c->column, json_null());
+            if (!failed)
+                failed = json_array();
+            json_array_append_new(failed, json_string(c->column));
+        }
+    }
+    json_object_del(row, CDB_CRYPT_PK_MEMBER);
+    if (failed)
+        json_object_set_new(row, CDB_CRYPT_FAILED_MEMBER, failed);
+}
+
+int cdb__crypt_read_page(const cdb_colset *cs, const char *table, const char *part, size_t len, char **out,
+                         size_t *out_len, cdb_error *err)
+{
+    char *wrapped = malloc(len + 3), *text = NULL;
+    json_t *doc = NULL, *rows, *row;
+    size_t i;
+    int rc = 0;
+
+    if (!wrapped)
+        return cdb_error_oom(err);
+    wrapped[0] = '{';
+    memcpy(wrapped + 1, part, len);
+    wrapped[len + 1] = '}';
+    wrapped[len + 2] = '\0';
+    if (!(doc = json_loadb(wrapped, len + 2, 0, NULL)) || !json_is_array(rows = json_object_get(doc, "data"))) {
+        rc = cdb_error_set(err, CDB_ERR_INTERNAL_ERROR, "Malformed database result");
+        goto out;
+    }
+    json_array_foreach(rows, i, row)
+        cdb__crypt_row(cs, table, row, NULL);
+    if (!(text = json_dumps(doc, JSON_COMPACT))) {
+        rc = cdb_error_oom(err);
+        goto out;
+    }
+    /* strip the braces again: the part is spliced into the answer */
+    *out_len = strlen(text) - 2;
+    memmove(text, text + 1, *out_len);
+    text[*out_len] = '\0';
+    *out = text;
+out:
+    json_decref(doc);
+    free(wrapped);
+    return rc;
+}
+
+/* The update's primary key value from filters that name it alone. */
+static const json_t *pk_of_filters(const json_t *filters, const char *pk)
+{
+    if (!json_is_object(filters) || json_object_size(filters) != 1)
+        return NULL;
+    const json_t *v = json_object_get(filters, pk);
+    if (json_is_object(v) && json_object_size(v) == 1)
+        v = json_object_get(v, "eq");
+    return json_is_string(v) || json_is_integer(v) ? v : NULL;
+}
+
+int cdb__crypt_write_values(const cdb_colset *cs, const char *table, const json_t *data,
+                            const json_t *pk_filters, json_t **data_out, cdb_error *err)
+{
+    *data_out = NULL;
+    if (!json_is_object(data))
+        return 0;
+    for (size_t i = 0; i < cs->n; i++) {
+        const cdb_enccol *c = &cs->cols[i];
+        char name[64], pk[128], h[33];
+        json_t *v;
+        if (strcmp(c->table, table) != 0 || !(v = json_object_get(data, c->column)) || json_is_null(v))
+            continue;
+        if (!json_is_string(v))
+            return cdb_error_set_detail(err, CDB_ERR_VALIDATION_FAILED, "field", c->column,
+                                        "Column %s is encrypted: its value must be a string", c->column);
+        bidx_name(c, name, sizeof name);
+        if (json_object_get(data, name))
+            return cdb_error_set_detail(err, CDB_ERR_VALIDATION_FAILED, "field", name,
+                                        "%s is the blind index of %s: coredb sets it", name, c->column);
+        const json_t *p = pk_filters ? pk_of_filters(pk_filters, c->pk) : json_object_get(data, c->pk);
+        if (!p || !pk_text(p, pk, sizeof pk))
+            return cdb_error_set_detail(err, pk_filters ? CDB_ERR_INVALID_FILTER : CDB_ERR_VALIDATION_FAILED,
+                                        "field", c->pk,
+                                        pk_filters ? "Column %s is encrypted and bound to its row: an update "
+                                                     "that sets it must filter on the primary key %s alone"
+                                                   : "Column %s is encrypted and bound to its row: a write "
+                                                     "that sets it must give the primary key %s",
+                                        c->column, c->pk);
+        char *enc = cdb__colval_encrypt(c->keys[c->current], c->table, c->column, pk, json_string_value(v),
+                                        json_string_length(v));
+        if (!enc || (!*data_out && !(*data_out = json_deep_copy(data)))) {
+            free(enc);
+            return cdb_error_oom(err);
+        }
+        json_object_set_new(*data_out, c->column, json_string(enc));
+        free(enc);
+        if (c->searchable && blind_of(c, v, h))
+            json_object_set_new(*data_out, name, json_string(h));
+    }
+    return 0;
+}
