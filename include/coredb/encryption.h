@@ -59,4 +59,20 @@ int cdb_encryption_audit(cdb_service *svc, const cdb_principal *caller, const ch
 int cdb_encryption_job(cdb_service *svc, const cdb_principal *caller, const char *id, json_t **out,
                        cdb_error *err);
 
+/*
+ * After a change of DB_ENCRYPTION_KEY: every data key that
+ * DB_ENCRYPTION_KEY_PREVIOUS unwraps is rewrapped with the new key in one
+ * transaction (no row is touched); keys already under the new key are left.
+ * *out = {rewrapped, keys}. CONFIG_INVALID naming the first key neither
+ * unwraps. Audited as encryption.rewrap.
+ */
+int cdb_encryption_rewrap(cdb_service *svc, const cdb_principal *caller, json_t **out, cdb_error *err);
+
+/*
+ * At start (cdb_service_start): rewraps when DB_ENCRYPTION_KEY_PREVIOUS is
+ * set, then checks that every live data key unwraps with DB_ENCRYPTION_KEY.
+ * CONFIG_INVALID otherwise (`coredb serve` exits 2), nothing changed.
+ */
+int cdb_encryption_check_start(cdb_service *svc, cdb_error *err);
+
 #endif

@@ -25,6 +25,7 @@
 #include "coredb/log.h"
 #include "core/metrics.h"
 #include "management/admin_sql.h"
+#include "management/jobs.h"
 #include "security/colcrypt.h"
 #include "security/colring.h"
 #include "security/service_state.h"
@@ -318,7 +319,12 @@ static int job_json(PGconn *conn, const char *id, json_t **out, cdb_error *err)
 static int finish(cdb_service *svc, PGconn *conn, enc_col *c, const char *job_id, json_t **out, cdb_error *err)
 {
     json_t *job = NULL;
-    int rc = run_job(conn, c, job_id, err);
+    const char *p[] = {job_id};
+    /* the resumer (resume_jobs) leaves a job alone while its runner holds this */
+    int rc = cdb_pg_exec(conn, "SELECT pg_advisory_lock(7011, $1::int)", 1, p, NULL, err);
+    if (rc == 0)
+        rc = run_job(conn, c, job_id, err);
+    PQclear(cdb_pg_query(conn, "SELECT pg_advisory_unlock_all()"));
     if (rc == 0)
         rc = job_json(conn, job_id, &job, err);
     if (rc == 0 && !(*out = json_pack("{s:s, s:s, s:i, s:b, s:o}", "table_name", c->table, "column_name",
@@ -600,4 +606,156 @@ int cdb_encryption_job(cdb_service *svc, const cdb_principal *caller, const char
 out:
     cdb_txn_release(svc->pool, pc);
     return rc;
+}
+
+/* ---- master key changes, the start check, resuming jobs ---- */
+
+int cdb_encryption_rewrap(cdb_service *svc, const cdb_principal *caller, json_t **out, cdb_error *err)
+{
+    unsigned char cur[CDB_COLKEY_BYTES], prev[CDB_COLKEY_BYTES];
+    bool have_prev = false;
+    cdb_pool_conn *pc = NULL;
+    PGconn *conn = NULL;
+    PGresult *res = NULL;
+    long rewrapped = 0;
+    int rc, nkeys = 0;
+
+    *out = NULL;
+    sodium_memzero(prev, sizeof prev);
+    if ((rc = cdb__admin_require(caller, "rewrap encryption keys", err)) < 0 || (rc = master_key(svc, cur, err)) < 0)
+        goto out;
+    if (svc->cfg->db_encryption_key_previous) {
+        if ((rc = cdb__colcrypt_master(svc->cfg->db_encryption_key_previous, "DB_ENCRYPTION_KEY_PREVIOUS", prev,
+                                       err)) < 0)
+            goto out;
+        have_prev = true;
+    }
+    if (!(conn = cdb_txn_acquire(svc->pool, &pc, err))) {
+        rc = err ? err->code : CDB_ERR_DATABASE_UNAVAILABLE;
+        goto out;
+    }
+    if ((rc = cdb_txn_begin(conn, err)) < 0 ||
+        (rc = cdb_pg_exec(conn, "SELECT table_name, column_name, version::text, wrapped FROM coredb.encryption_keys"
+                                " ORDER BY 1, 2, 3 FOR UPDATE", 0, NULL, &res, err)) < 0)
+        goto out;
+    nkeys = PQntuples(res);
+    for (int i = 0; i < nkeys && rc == 0; i++) {
+        const char *table = PQgetvalue(res, i, 0), *column = PQgetvalue(res, i, 1), *ver = PQgetvalue(res, i, 2);
+        int v = atoi(ver);
+        cdb_error ignored;
+        cdb_error_init(&ignored);
+        cdb_colkey *k = cdb__colkey_unwrap(cur, PQgetvalue(res, i, 3), v, table, column, &ignored);
+        cdb_error_destroy(&ignored);
+        if (k) {                   /* already under the current key */
+            cdb__colkey_free(k);
+            continue;
+        }
+        if (!have_prev || !(k = cdb__colkey_unwrap(prev, PQgetvalue(res, i, 3), v, table, column, err))) {
+            rc = cdb_error_set(err, CDB_ERR_CONFIG_INVALID,
+                               "DB_ENCRYPTION_KEY does not unwrap the data key %d of %s.%s%s: wrong master key? "
+                               "(after a change, give the former one as DB_ENCRYPTION_KEY_PREVIOUS)",
+                               v, table, column, have_prev ? ", nor does DB_ENCRYPTION_KEY_PREVIOUS" : "");
+            break;
+        }
+        char *w = cdb__colkey_wrap(cur, k, table, column);
+        cdb__colkey_free(k);
+        const char *p[] = {table, column, ver, w};
+        rc = w ? cdb_pg_exec(conn, "UPDATE coredb.encryption_keys SET wrapped = $4 WHERE table_name = $1"
+                                   " AND column_name = $2 AND version = $3::int", 4, p, NULL, err)
+               : cdb_error_oom(err);
+        free(w);
+        if (rc == 0)
+            rewrapped++;
+    }
+    json_t *params = NULL;
+    if (rc == 0 && rewrapped > 0 &&
+        (!(params = json_pack("{s:I}", "rewrapped", (json_int_t)rewrapped)) ||
+         (rc = cdb_audit_record_in(conn, caller, "encryption.rewrap", "encryption_keys", params, err)) < 0)) {
+        rc = rc < 0 ? rc : cdb_error_oom(err);
+    }
+    json_decref(params);
+    if (rc < 0 || (rc = cdb_txn_commit(conn, err)) < 0)
+        goto out;
+    cdb__colring_invalidate(svc->colring);
+    if (rewrapped)
+        cdb_log_info("encryption.rewrap", "%ld data keys rewrapped with the new DB_ENCRYPTION_KEY", rewrapped);
+    if (!(*out = json_pack("{s:I, s:i}", "rewrapped", (json_int_t)rewrapped, "keys", nkeys)))
+        rc = cdb_error_oom(err);
+out:
+    sodium_memzero(cur, sizeof cur);
+    sodium_memzero(prev, sizeof prev);
+    PQclear(res);
+    cdb_txn_release(svc->pool, pc);
+    if (rc < 0 && rc != CDB_ERR_CONFIG_INVALID)
+        return cdb__admin_audit_failure(svc, caller, "encryption.rewrap", "encryption_keys", NULL, rc, err);
+    return rc;
+}
+
+int cdb_encryption_check_start(cdb_service *svc, cdb_error *err)
+{
+    const cdb_principal service = {.role = CDB_ROLE_ADMIN};
+    json_t *out = NULL;
+    cdb_colset *cs = NULL;
+    int rc = 0;
+
+    if (svc->cfg->db_encryption_key_previous) {
+        if ((rc = cdb_encryption_rewrap(svc, &service, &out, err)) < 0)
+            return rc;
+        json_decref(out);
+    }
+    /* every live data key must unwrap: a wrong key stops here, before a row is read or written */
+    if (!(cs = cdb__colring_get(svc, err)))
+        return err->code;
+    cdb__colring_put(svc, cs);
+    return 0;
+}
+
+/* Background: jobs left running by a crash or restart (untouched for a while) are taken up again. */
+static int resume_jobs(void *arg, cdb_error *err)
+{
+    cdb_service *svc = arg;
+    cdb_pool_conn *pc = NULL;
+    PGresult *res = NULL;
+    PGconn *conn = cdb_txn_acquire(svc->pool, &pc, err);
+    int rc = 0;
+
+    if (!conn)
+        return err->code;
+    if ((rc = cdb_pg_exec(conn, "SELECT id::text, table_name, column_name, target_version FROM coredb.encryption_jobs"
+                                " WHERE state = 'running' AND updated_at < now() - interval '3 seconds' ORDER BY id",
+                          0, NULL, &res, err)) < 0)
+        goto out;
+    for (int i = 0; i < PQntuples(res) && rc == 0; i++) {
+        enc_col c = {0};
+        const char *id = PQgetvalue(res, i, 0);
+        /* one runner per job across instances: a session lock, released below */
+        PGresult *lk = NULL;
+        const char *p[] = {id};
+        if ((rc = cdb_pg_exec(conn, "SELECT pg_try_advisory_lock(7011, $1::int)", 1, p, &lk, err)) < 0)
+            break;
+        bool mine = PQgetvalue(lk, 0, 0)[0] == 't';
+        PQclear(lk);
+        if (!mine)
+            continue;
+        rc = load_column(conn, svc, PQgetvalue(res, i, 1), PQgetvalue(res, i, 2), false, &c, err);
+        if (rc == 0 && c.current != atoi(PQgetvalue(res, i, 3)))
+            /* a later rotation took over */
+            rc = cdb_pg_exec(conn, "UPDATE coredb.encryption_jobs SET state = 'failed', updated_at = now()"
+                                   " WHERE id = $1::bigint", 1, p, NULL, err);
+        else if (rc == 0) {
+            cdb_log_info("encryption.resume", "resuming encryption job %s on %s.%s", id, c.table, c.column);
+            rc = run_job(conn, &c, id, err);
+        }
+        enc_col_destroy(&c);
+        PQclear(cdb_pg_query(conn, "SELECT pg_advisory_unlock_all()"));
+    }
+out:
+    PQclear(res);
+    cdb_txn_release(svc->pool, pc);
+    return rc;
+}
+
+int cdb_encryption_register_jobs(cdb_service *svc, cdb_jobs *jobs)
+{
+    return cdb_jobs_add(jobs, "encryption_resume", 2, resume_jobs, svc);
 }

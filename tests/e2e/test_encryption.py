@@ -274,3 +274,103 @@ def test_swap_attack_through_the_api_is_refused(inst, admin):
     # not searchable: an equality filter is refused rather than run on ciphertext
     err = assert_error(query(inst, a, select(t, filters={"ssn": "victim-1"})), 400, "INVALID_FILTER")
     assert "searchable" in err["message"], err
+
+
+# ---- crashes, restarts and master keys: instances of their own ----
+
+import signal  # noqa: E402
+import threading  # noqa: E402
+import time  # noqa: E402
+
+from datahelp import wait_for  # noqa: E402
+from servers import Coredb  # noqa: E402
+
+
+def own_instance(pg, redis_server, db=None, **env):
+    return start_instance(pg, redis_server, REDIS_DB, db=db, **env)
+
+
+def kill_mid_job(inst, admin, path, body):
+    """Starts a job by HTTP and SIGKILLs coredb while it runs; the job row says running."""
+    threading.Thread(target=lambda: _post_quietly(inst, path, admin, body), daemon=True).start()
+    assert wait_for(lambda: (scalar(inst, "SELECT max(rows_done) FROM coredb.encryption_jobs WHERE state = 'running'")
+                             or 0) >= 1000, timeout=30)
+    inst.stop(signal.SIGKILL)
+
+
+def _post_quietly(inst, path, admin, body):
+    try:
+        inst.post(path, headers=admin.headers, json=body, timeout=120)
+    except Exception:   # the server is killed under it
+        pass
+
+
+def test_sigkill_during_setup_and_rotation_resumes(pg, redis_server):
+    key = base64.b64encode(os.urandom(32)).decode()
+    first = own_instance(pg, redis_server, DB_ENCRYPTION_KEY=key)
+    adm = admin_of(first)
+    n = 30000
+    t = people(first, n)
+    kill_mid_job(first, adm, "/api/v1/admin/encryption/columns", {"table_name": t, "column_name": "ssn"})
+    plain = scalar(first, f"SELECT count(*) FROM {t} WHERE ssn LIKE '123-45-%%'")
+    assert 0 < plain < n, plain      # cut in the middle
+    second = own_instance(pg, redis_server, db=first.db, DB_ENCRYPTION_KEY=key)
+    try:
+        assert wait_for(lambda: audit(second, adm, t)["plaintext_rows"] == 0, timeout=120), audit(second, adm, t)
+        a = audit(second, adm, t)
+        assert a["rows_by_key_version"] == {"1": n} and a["job"]["state"] == "done", a
+        assert a["job"]["rows_done"] == n, a   # progress committed with each batch: no row counted twice
+        kill_mid_job(second, adm, "/api/v1/admin/encryption/columns/rotate", {"table_name": t, "column_name": "ssn"})
+        on2 = scalar(second, f"SELECT count(*) FROM {t} WHERE ssn LIKE 'cdb1:2:%%'")
+        assert 0 < on2 < n, on2
+    finally:
+        second.stop()
+    third = own_instance(pg, redis_server, db=first.db, DB_ENCRYPTION_KEY=key)
+    try:
+        assert wait_for(lambda: audit(third, adm, t)["rows_by_key_version"] == {"2": n}, timeout=120)
+        a = audit(third, adm, t)
+        assert a["plaintext_rows"] == 0 and a["key_version"] == 2 and a["job"]["state"] == "done", a
+        assert not any("123-45-" in r for r in table_text(third, t))
+    finally:
+        third.stop_clean()
+
+
+def test_wrong_master_key_stops_the_start_and_rewrap_changes_it(pg, redis_server):
+    old, new = base64.b64encode(os.urandom(32)).decode(), os.urandom(32).hex()
+    first = own_instance(pg, redis_server, DB_ENCRYPTION_KEY=old)
+    adm = admin_of(first)
+    t = exposed_people(first, adm)
+    owner = user(first)
+    tx_ok(first, owner, [pg_insert(t, {"id": 1, "ssn": "555-44-3333"})])
+    first.stop_clean()
+    rows_before = first.pg.query(first.db, f"SELECT * FROM {t} ORDER BY id")
+    keys_before = first.pg.query(first.db, "SELECT * FROM coredb.encryption_keys ORDER BY 1, 2, 3")
+
+    # a wrong key: exit 2, a clear message, nothing changed
+    from conftest import base_env
+    env = base_env(pg, first.db, None, DB_ENCRYPTION_KEY=new)
+    bad = Coredb(env, wait=False)
+    assert bad.proc.wait(timeout=60) == 2, bad.log()[-2000:]
+    assert "DB_ENCRYPTION_KEY does not unwrap" in bad.log(), bad.log()[-2000:]
+    assert new not in bad.log() and old not in bad.log()
+    assert first.pg.query(first.db, f"SELECT * FROM {t} ORDER BY id") == rows_before
+    assert first.pg.query(first.db, "SELECT * FROM coredb.encryption_keys ORDER BY 1, 2, 3") == keys_before
+
+    # the new key with the old one as PREVIOUS: keys rewrapped, no row touched
+    second = own_instance(pg, redis_server, db=first.db, DB_ENCRYPTION_KEY=new, DB_ENCRYPTION_KEY_PREVIOUS=old)
+    second.stop_clean()
+    assert first.pg.query(first.db, f"SELECT * FROM {t} ORDER BY id") == rows_before
+    keys_after = first.pg.query(first.db, "SELECT * FROM coredb.encryption_keys ORDER BY 1, 2, 3")
+    assert len(keys_after) == len(keys_before) and all(a[3] != b[3] for a, b in zip(keys_after, keys_before))
+    assert scalar(first, "SELECT count(*) FROM coredb.audit_log WHERE action = 'encryption.rewrap'") == 1
+    # from now on the new key alone serves, and reads decrypt
+    third = own_instance(pg, redis_server, db=first.db, DB_ENCRYPTION_KEY=new)
+    try:
+        out = query_ok(third, owner, select(t, filters={"ssn": "555-44-3333"}))
+        assert [r["ssn"] for r in out["data"]] == ["555-44-3333"], out
+    finally:
+        third.stop_clean()
+    # and the old key alone no longer starts
+    env = base_env(pg, first.db, None, DB_ENCRYPTION_KEY=old)
+    again = Coredb(env, wait=False)
+    assert again.proc.wait(timeout=60) == 2
