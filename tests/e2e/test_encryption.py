@@ -374,3 +374,30 @@ def test_wrong_master_key_stops_the_start_and_rewrap_changes_it(pg, redis_server
     env = base_env(pg, first.db, None, DB_ENCRYPTION_KEY=old)
     again = Coredb(env, wait=False)
     assert again.proc.wait(timeout=60) == 2
+
+
+def test_cli_setup_rotate_audit_rewrap(inst, admin):
+    import json
+    from identity import cli_env
+    from servers import run_cli
+    env = {**cli_env(inst), "DB_ENCRYPTION_KEY": KEY}
+    t = people(inst, 600)
+    run = run_cli(["encryption", "setup", t, "ssn", "--searchable", "--json"], env)
+    assert run.returncode == 0, run.stdout + run.stderr
+    out = json.loads(run.stdout)
+    assert out["status"] == "success" and out["job"]["rows_done"] == 600 and out["searchable"] is True, out
+    run = run_cli(["encryption", "rotate", t, "ssn"], env)
+    assert run.returncode == 0 and "rotating" in run.stderr, run.stdout + run.stderr
+    run = run_cli(["encryption", "audit", t, "--json"], env)
+    col, = json.loads(run.stdout)["columns"]
+    assert col["rows_by_key_version"] == {"2": 600} and col["plaintext_rows"] == 0, col
+    run = run_cli(["encryption", "rewrap", "--json"], env)
+    assert run.returncode == 0 and json.loads(run.stdout)["rewrapped"] == 0, run.stdout
+    assert scalar(inst, "SELECT count(*) FROM coredb.audit_log WHERE action LIKE 'encryption.%%' AND target = %s"
+                        " AND actor = 'cli'", (t,)) == 2
+    for bad in (["encryption"], ["encryption", "setup", t], ["encryption", "frob"], ["encryption", "rotate", t, "ssn", "--searchable"]):
+        assert run_cli(bad, env).returncode != 0
+    assert run_cli(["encryption", "--help"], env).returncode == 0
+    # without the master key the CLI refuses clearly
+    run = run_cli(["encryption", "audit", "--json"], {**cli_env(inst), "DB_ENCRYPTION_KEY": ""})
+    assert KEY not in run.stdout + run.stderr
