@@ -20,6 +20,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "coredb/audit.h"
 #include "coredb/log.h"
@@ -135,7 +136,7 @@ static int load_column(PGconn *conn, const cdb_service *svc, const char *table, 
     res = NULL;
     if ((rc = cdb_pg_exec(conn,
                           "SELECT version, wrapped FROM coredb.encryption_keys WHERE table_name = $1"
-                          " AND column_name = $2 AND retired_at IS NULL",
+                          " AND column_name = $2",
                           2, params, &res, err)) < 0)
         goto out;
     for (int i = 0; i < PQntuples(res); i++) {
@@ -278,21 +279,37 @@ static int run_job(PGconn *conn, enc_col *c, const char *job_id, cdb_error *err)
 {
     long done = 0, skipped = 0;
     int rc;
-    do {
-        if ((rc = run_batch(conn, c, job_id, &done, &skipped, err)) < 0)
-            return rc;
-    } while (done > 0);
-    char ver[16];
-    snprintf(ver, sizeof ver, "%d", c->current);
-    const char *p[] = {job_id, c->table, c->column, ver};
+    /* two passes: the second after every instance's key snapshot has expired
+       (colring.h), for values written meanwhile with the previous state */
+    for (int pass = 0; pass < 2; pass++) {
+        if (pass)
+            usleep((CDB_COLRING_TTL_MS + 500) * 1000);
+        skipped = 0;
+        do {
+            if ((rc = run_batch(conn, c, job_id, &done, &skipped, err)) < 0)
+                return rc;
+        } while (done > 0);
+    }
+    const char *p[] = {job_id};
     rc = cdb_pg_exec(conn, "UPDATE coredb.encryption_jobs SET state = 'done', finished_at = now(), updated_at = now()"
                            " WHERE id = $1::bigint", 1, p, NULL, err);
-    if (rc == 0 && skipped == 0)
-        /* no row uses an older version any more */
-        rc = cdb_pg_exec(conn, "UPDATE coredb.encryption_keys SET retired_at = now() WHERE table_name = $2"
-                               " AND column_name = $3 AND version > 0 AND version < $4::int AND retired_at IS NULL"
-                               " AND $1::text IS NOT NULL",
-                         4, p, NULL, err);
+    /* an older version is retired once no row uses it (still kept: retired keys still decrypt) */
+    for (int v = 1; v < c->current && rc == 0; v++) {
+        char like[32], ver[16], sql[512];
+        PGresult *res = NULL;
+        if (!c->keys[v])
+            continue;
+        snprintf(like, sizeof like, CDB_COLVAL_PREFIX "%d:%%", v);
+        snprintf(ver, sizeof ver, "%d", v);
+        snprintf(sql, sizeof sql, "SELECT EXISTS (SELECT 1 FROM %s.%s WHERE %s LIKE $1)", c->qschema, c->qtable,
+                 c->qcolumn);
+        const char *lp[] = {like}, *kp[] = {c->table, c->column, ver};
+        if ((rc = cdb_pg_exec(conn, sql, 1, lp, &res, err)) == 0 && PQgetvalue(res, 0, 0)[0] == 'f')
+            rc = cdb_pg_exec(conn, "UPDATE coredb.encryption_keys SET retired_at = now() WHERE table_name = $1"
+                                   " AND column_name = $2 AND version = $3::int AND retired_at IS NULL",
+                             3, kp, NULL, err);
+        PQclear(res);
+    }
     return rc;
 }
 

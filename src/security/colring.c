@@ -25,7 +25,8 @@ struct cdb_colring {
 static const char LOAD_SQL[] =
     "SELECT c.table_name, c.column_name, c.pk_column, c.searchable, c.current_version, k.version, k.wrapped"
     " FROM coredb.encryption_columns c JOIN coredb.encryption_keys k USING (table_name, column_name)"
-    " WHERE k.retired_at IS NULL ORDER BY 1, 2";
+    /* retired keys too: a value a stale writer stored with one still reads */
+    " ORDER BY 1, 2";
 
 static void colset_free(cdb_colset *s)
 {
