@@ -393,6 +393,8 @@ static int setup_in_tx(PGconn *conn, cdb_service *svc, const char *table, const 
         rc = cdb_error_oom(err);
         goto out;
     }
+    PQclear(res);
+    res = NULL;
     const char *reg[] = {c->table, c->column, c->pk, searchable ? "t" : "f"};
     if ((rc = quote_names(conn, svc->cfg->postgres_schema, c, err)) < 0 ||
         (rc = cdb_pg_exec(conn, "INSERT INTO coredb.encryption_columns (table_name, column_name, pk_column,"
