@@ -71,7 +71,7 @@ def main():
         ah = {"Authorization": f"Bearer {admin}"}
         u, pw = register(inst)
         sess = login(inst, u["email"], pw)
-        token, uid = sess["access_token"], sess["user"]["id"]
+        token, uid = sess["access_token"], sess["user"]["user_id"]
         for name in ("plain_t", "enc_t", "rot_t"):
             n = ROTATE_ROWS if name == "rot_t" else ROWS
             pg.query(db, f"CREATE TABLE {name} (id bigint PRIMARY KEY, user_id uuid, name text, ssn text);"
