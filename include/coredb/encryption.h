@@ -26,14 +26,15 @@ typedef struct cdb_service cdb_service;
 #define CDB_ENCRYPTION_BATCH 500
 
 /*
- * request {table_name, column_name, searchable?}: registers the column (a
+ * request {table_name, column_name, searchable?, wait?}: registers the column (a
  * text or varchar column of a table of POSTGRES_SCHEMA with a one-column
  * primary key; varchar is widened to text), creates key version 1, and
  * encrypts the existing rows. *out = {table_name, column_name, key_version,
  * job: {id, kind, state, rows_done}}. VALIDATION_FAILED for another type
  * (naming it) or no usable primary key, UNKNOWN_TABLE / UNKNOWN_COLUMN,
  * CONFLICT when the column is already encrypted, CONFIG_INVALID without a
- * usable DB_ENCRYPTION_KEY.
+ * usable DB_ENCRYPTION_KEY. wait (default true) false: answers at once with
+ * the job running; the resumer of a serving instance (`coredb serve`) runs it.
  */
 int cdb_encryption_setup_column(cdb_service *svc, const cdb_principal *caller, const json_t *request,
                                 json_t **out, cdb_error *err);

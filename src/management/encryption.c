@@ -101,6 +101,16 @@ static int parse_names(const json_t *request, const char **table, const char **c
     return 0;
 }
 
+/* request's wait (default true): false answers at once, the serving instances run the job. */
+static int parse_wait(const json_t *request, bool *wait, cdb_error *err)
+{
+    json_t *w = json_object_get(request, "wait");
+    if (w && !json_is_boolean(w))
+        return cdb_error_set_detail(err, CDB_ERR_VALIDATION_FAILED, "field", "wait", "wait must be a boolean");
+    *wait = !w || json_is_true(w);
+    return 0;
+}
+
 /* Loads the registered column (coredb.encryption_columns) and unwraps its keys. */
 static int load_column(PGconn *conn, const cdb_service *svc, const char *table, const char *column,
                        bool lock, enc_col *c, cdb_error *err)
@@ -333,15 +343,23 @@ static int job_json(PGconn *conn, const char *id, json_t **out, cdb_error *err)
 }
 
 /* After setup or rotation's first transaction: the job to its end, the answer. */
-static int finish(cdb_service *svc, PGconn *conn, enc_col *c, const char *job_id, json_t **out, cdb_error *err)
+static int finish(cdb_service *svc, PGconn *conn, enc_col *c, const char *job_id, bool wait, json_t **out,
+                  cdb_error *err)
 {
     json_t *job = NULL;
     const char *p[] = {job_id};
-    /* the resumer (resume_jobs) leaves a job alone while its runner holds this */
-    int rc = cdb_pg_exec(conn, "SELECT pg_advisory_lock(7011, $1::int)", 1, p, NULL, err);
-    if (rc == 0)
-        rc = run_job(conn, c, job_id, err);
-    PQclear(cdb_pg_query(conn, "SELECT pg_advisory_unlock_all()"));
+    int rc;
+    if (wait) {
+        /* the resumer (resume_jobs) leaves a job alone while its runner holds this */
+        rc = cdb_pg_exec(conn, "SELECT pg_advisory_lock(7011, $1::int)", 1, p, NULL, err);
+        if (rc == 0)
+            rc = run_job(conn, c, job_id, err);
+        PQclear(cdb_pg_query(conn, "SELECT pg_advisory_unlock_all()"));
+    } else {
+        /* left to the serving instances' resumer, at its next tick */
+        rc = cdb_pg_exec(conn, "UPDATE coredb.encryption_jobs SET updated_at = now() - interval '1 hour'"
+                               " WHERE id = $1::bigint", 1, p, NULL, err);
+    }
     if (rc == 0)
         rc = job_json(conn, job_id, &job, err);
     if (rc == 0 && !(*out = json_pack("{s:s, s:s, s:i, s:b, s:o}", "table_name", c->table, "column_name",
@@ -443,8 +461,11 @@ int cdb_encryption_setup_column(cdb_service *svc, const cdb_principal *caller, c
 
     *out = NULL;
     json_t *s = json_is_object(request) ? json_object_get(request, "searchable") : NULL;
+    bool wait = true;
     if ((rc = cdb__admin_require(caller, "encrypt columns", err)) < 0 ||
         (rc = parse_names(request, &table, &column, err)) < 0)
+        goto out;
+    if ((rc = parse_wait(request, &wait, err)) < 0)
         goto out;
     if (s && !json_is_boolean(s)) {
         rc = cdb_error_set_detail(err, CDB_ERR_VALIDATION_FAILED, "field", "searchable", "searchable must be a boolean");
@@ -464,7 +485,7 @@ int cdb_encryption_setup_column(cdb_service *svc, const cdb_principal *caller, c
         goto out;
     cdb__colring_invalidate(svc->colring); /* this instance's writers encrypt from now on */
     cdb_log_info("encryption.setup", "column %s.%s registered for encryption (job %s)", c.table, c.column, job_id);
-    rc = finish(svc, conn, &c, job_id, out, err);
+    rc = finish(svc, conn, &c, job_id, wait, out, err);
 out:
     sodium_memzero(m, sizeof m);
     cdb_txn_release(svc->pool, pc);
@@ -482,9 +503,10 @@ int cdb_encryption_rotate_key(cdb_service *svc, const cdb_principal *caller, con
     char job_id[24] = "";
     int rc;
 
+    bool wait = true;
     *out = NULL;
     if ((rc = cdb__admin_require(caller, "rotate encryption keys", err)) < 0 ||
-        (rc = parse_names(request, &table, &column, err)) < 0)
+        (rc = parse_names(request, &table, &column, err)) < 0 || (rc = parse_wait(request, &wait, err)) < 0)
         goto out;
     if (!(conn = cdb_txn_acquire(svc->pool, &pc, err))) {
         rc = err ? err->code : CDB_ERR_DATABASE_UNAVAILABLE;
@@ -514,7 +536,7 @@ int cdb_encryption_rotate_key(cdb_service *svc, const cdb_principal *caller, con
     cdb__colring_invalidate(svc->colring);
     cdb_log_info("encryption.rotate", "column %s.%s now on key version %d (job %s)", c.table, c.column, c.current,
                  job_id);
-    rc = finish(svc, conn, &c, job_id, out, err);
+    rc = finish(svc, conn, &c, job_id, wait, out, err);
 out:
     cdb_txn_release(svc->pool, pc);
     enc_col_destroy(&c);

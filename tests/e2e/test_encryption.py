@@ -468,3 +468,21 @@ def test_rotation_under_load_loses_no_write_and_never_answers_a_wrong_value(inst
     assert got == last
     a = audit(inst, admin, t)
     assert a["rows_by_key_version"] == {"2": n} and a["plaintext_rows"] == 0, a
+
+
+def test_wait_false_answers_202_and_the_job_runs_in_the_background(inst, admin):
+    t = people(inst, 3000)
+    resp = inst.post("/api/v1/admin/encryption/columns", headers=admin.headers,
+                     json={"table_name": t, "column_name": "ssn", "wait": False})
+    assert resp.status_code == 202, resp.text
+    job = resp.json()["job"]
+    assert job["state"] == "running" and job["rows_done"] == 0, job
+
+    def state():
+        return inst.get(f"/api/v1/admin/encryption/jobs/{job['id']}", headers=admin.headers).json()
+    assert wait_for(lambda: state()["state"] == "done", timeout=60), state()
+    assert state()["rows_done"] == 3000
+    a = audit(inst, admin, t)
+    assert a["plaintext_rows"] == 0 and a["rows_by_key_version"] == {"1": 3000}, a
+    assert_error(inst.post("/api/v1/admin/encryption/columns/rotate", headers=admin.headers,
+                           json={"table_name": t, "column_name": "ssn", "wait": "no"}), 400, "VALIDATION_FAILED")
