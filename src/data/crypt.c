@@ -271,3 +271,27 @@ int cdb__crypt_write_values(const cdb_colset *cs, const char *table, const json_
     }
     return 0;
 }
+
+int cdb__crypt_write_check(const cdb_colset *cs, const char *table, const json_t *data, bool upsert,
+                           bool update, const json_t *conflict_columns, bool sets_encrypted, cdb_error *err)
+{
+    const char *pk = NULL;
+    for (size_t i = 0; i < cs->n && !pk; i++)
+        if (strcmp(cs->cols[i].table, table) == 0)
+            pk = cs->cols[i].pk;
+    if (!pk)
+        return 0;
+    if (upsert && sets_encrypted) {
+        const json_t *c = json_is_array(conflict_columns) ? json_array_get(conflict_columns, 0) : conflict_columns;
+        if ((json_is_array(conflict_columns) && json_array_size(conflict_columns) != 1) || !json_is_string(c) ||
+            strcmp(json_string_value(c), pk) != 0)
+            return cdb_error_set_detail(err, CDB_ERR_VALIDATION_FAILED, "field", "conflict_columns",
+                                        "Table %s has encrypted columns bound to the primary key: an upsert that "
+                                        "sets one must conflict on %s alone", table, pk);
+    }
+    if (update && json_is_object(data) && json_object_get(data, pk))
+        return cdb_error_set_detail(err, CDB_ERR_VALIDATION_FAILED, "field", pk,
+                                    "Table %s has encrypted columns bound to the primary key: %s cannot be "
+                                    "changed", table, pk);
+    return 0;
+}

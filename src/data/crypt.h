@@ -52,6 +52,16 @@ int cdb__crypt_read_page(const cdb_colset *cs, const char *table, const char *pa
 int cdb__crypt_write_values(const cdb_colset *cs, const char *table, const json_t *data,
                             const json_t *pk_filters, json_t **data_out, cdb_error *err);
 
+/*
+ * The checks a write of table needs beyond its values: an upsert that sets
+ * an encrypted column must conflict on the primary key alone (another key
+ * would update a row whose primary key differs from the one the value is
+ * bound to), and no write may change the primary key of a row with
+ * encrypted values (they would no longer decrypt). VALIDATION_FAILED.
+ */
+int cdb__crypt_write_check(const cdb_colset *cs, const char *table, const json_t *data, bool upsert,
+                           bool update, const json_t *conflict_columns, bool sets_encrypted, cdb_error *err);
+
 /* Decrypts the encrypted values of one returned row in place (needs its primary key member). */
 void cdb__crypt_row(const cdb_colset *cs, const char *table, json_t *row, const json_t *plain_data);
 

@@ -230,6 +230,9 @@ static int parse_pg_op(tx *t, int i, json_t *o, op_kind kind, cdb_sql *q, cdb_er
         if ((rc = cdb__crypt_write_values(t->cs, op->table->name, data, kind == OP_UPDATE ? filters : NULL,
                                           &op->enc_values, err)) < 0)
             return op_tag(err, i, rc);
+        if ((rc = cdb__crypt_write_check(t->cs, op->table->name, data, kind == OP_UPSERT, kind == OP_UPDATE,
+                                         json_object_get(o, "conflict_columns"), op->enc_values != NULL, err)) < 0)
+            return op_tag(err, i, rc);
         if (op->enc_values)
             data = op->enc_values;
     }

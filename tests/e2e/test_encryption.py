@@ -486,3 +486,20 @@ def test_wait_false_answers_202_and_the_job_runs_in_the_background(inst, admin):
     assert a["plaintext_rows"] == 0 and a["rows_by_key_version"] == {"1": 3000}, a
     assert_error(inst.post("/api/v1/admin/encryption/columns/rotate", headers=admin.headers,
                            json={"table_name": t, "column_name": "ssn", "wait": "no"}), 400, "VALIDATION_FAILED")
+
+
+def test_upsert_and_key_changes_on_an_encrypted_table(inst, admin):
+    from datahelp import pg_upsert
+    t = exposed_people(inst, admin)
+    inst.pg.query(inst.db, f"CREATE UNIQUE INDEX ON {t} (name)")
+    a = user(inst)
+    tx_ok(inst, a, [pg_upsert(t, {"id": 1, "name": "ann", "ssn": "s-1"}, ["id"])])
+    tx_ok(inst, a, [pg_upsert(t, {"id": 1, "name": "ann", "ssn": "s-2"}, ["id"])])
+    out = query_ok(inst, a, select(t, filters={"ssn": "s-2"}))
+    assert [(r["id"], r["ssn"]) for r in out["data"]] == [(1, "s-2")], out
+    assert "s-2" not in scalar(inst, f"SELECT ssn FROM {t} WHERE id = 1")
+    # conflict on another key would bind the value to the wrong row: refused
+    tx_fail(inst, a, [pg_upsert(t, {"id": 2, "name": "ann", "ssn": "s-3"}, ["name"])], 400, "VALIDATION_FAILED")
+    # changing the primary key would orphan the row's encrypted values: refused
+    tx_fail(inst, a, [pg_update(t, {"id": 1}, {"id": 5})], 400, "VALIDATION_FAILED")
+    assert query_ok(inst, a, select(t))["data"] == [{"id": 1, "user_id": a.id, "name": "ann", "ssn": "s-2"}]
