@@ -503,3 +503,22 @@ def test_upsert_and_key_changes_on_an_encrypted_table(inst, admin):
     # changing the primary key would orphan the row's encrypted values: refused
     tx_fail(inst, a, [pg_update(t, {"id": 1}, {"id": 5})], 400, "VALIDATION_FAILED")
     assert query_ok(inst, a, select(t))["data"] == [{"id": 1, "user_id": a.id, "name": "ann", "ssn": "s-2"}]
+
+
+def test_metrics_count_job_rows_and_decryption_failures(inst, admin):
+    import re
+
+    def metric(name):
+        text = inst.get("/metrics", headers=admin.headers).text
+        m = re.search(rf"^{name} ([0-9.e+]+)$", text, re.M)
+        assert m, text[:2000]
+        return float(m.group(1))
+    rows0, fail0 = metric("coredb_encryption_rows_total"), metric("coredb_encryption_failures_total")
+    t = exposed_people(inst, admin, searchable=False)
+    a = user(inst)
+    tx_ok(inst, a, [pg_insert(t, {"id": 1, "ssn": "one"}), pg_insert(t, {"id": 2, "ssn": "two"})])
+    encrypt(inst, admin, {"table_name": t, "column_name": "ssn"}, path="/api/v1/admin/encryption/columns/rotate")
+    assert metric("coredb_encryption_rows_total") >= rows0 + 2
+    inst.pg.query(inst.db, f"UPDATE {t} SET ssn = (SELECT ssn FROM {t} WHERE id = 1) WHERE id = 2")
+    query_ok(inst, a, select(t))
+    assert metric("coredb_encryption_failures_total") >= fail0 + 1
