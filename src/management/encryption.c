@@ -52,6 +52,7 @@ static const char COLUMN_SQL[] =
 typedef struct enc_col {
     char *table, *column, *pk;     /* catalog names, malloc'd */
     char *qschema, *qtable, *qcolumn, *qpk, *qbidx; /* quoted (PQfreemem) */
+    char *pktype;                  /* format_type of the primary key (catalog text), malloc'd */
     bool searchable;
     int current;
     cdb_colkey *keys[MAX_VERSIONS]; /* by version; [0] the blind-index key */
@@ -67,6 +68,7 @@ static void enc_col_destroy(enc_col *c)
     PQfreemem(c->qcolumn);
     PQfreemem(c->qpk);
     PQfreemem(c->qbidx);
+    free(c->pktype);
     for (int i = 0; i < MAX_VERSIONS; i++)
         cdb__colkey_free(c->keys[i]);
     memset(c, 0, sizeof *c);
@@ -86,7 +88,16 @@ static int quote_names(PGconn *conn, const char *schema, enc_col *c, cdb_error *
         !(c->qcolumn = cdb__admin_quote(conn, c->column)) || !(c->qpk = cdb__admin_quote(conn, c->pk)) ||
         !(c->qbidx = cdb__admin_quote(conn, bidx)))
         return cdb_error_oom(err);
-    return 0;
+    /* the primary key's type, for the batch update's join (catalog text, safe to splice) */
+    PGresult *res = NULL;
+    const char *p[] = {schema, c->table, c->pk};
+    int rc = cdb_pg_exec(conn, "SELECT format_type(a.atttypid, a.atttypmod) FROM pg_attribute a"
+                               " JOIN pg_class r ON r.oid = a.attrelid JOIN pg_namespace n ON n.oid = r.relnamespace"
+                               " WHERE n.nspname = $1 AND r.relname = $2 AND a.attname = $3", 3, p, &res, err);
+    if (rc == 0 && PQntuples(res) == 1 && !(c->pktype = strdup(PQgetvalue(res, 0, 0))))
+        rc = cdb_error_oom(err);
+    PQclear(res);
+    return rc;
 }
 
 /* table_name and column_name of request, checked. */
@@ -211,6 +222,7 @@ static int start_job(PGconn *conn, const enc_col *c, const char *kind, char *id,
 static int run_batch(PGconn *conn, enc_col *c, const char *job_id, long *done, long *skipped, cdb_error *err)
 {
     PGresult *res = NULL;
+    json_t *batch = NULL;
     char prefix[32], sql[1024], n[24];
     int rc;
 
@@ -224,13 +236,21 @@ static int run_batch(PGconn *conn, enc_col *c, const char *job_id, long *done, l
     const char *sel[] = {prefix, n};
     if ((rc = cdb_txn_begin(conn, err)) < 0 || (rc = cdb_pg_exec(conn, sql, 2, sel, &res, err)) < 0)
         goto out;
-    char upd[512];
-    if (c->searchable)
-        snprintf(upd, sizeof upd, "UPDATE %s.%s SET %s = $2, %s = $3 WHERE %s = $1", c->qschema, c->qtable,
-                 c->qcolumn, c->qbidx, c->qpk);
-    else
-        snprintf(upd, sizeof upd, "UPDATE %s.%s SET %s = $2 WHERE %s = $1", c->qschema, c->qtable,
-                 c->qcolumn, c->qpk);
+    /* the whole batch in one statement: its rows as JSON records, joined on the primary key */
+    char upd[1024];
+    if (!c->pktype) {
+        rc = cdb_error_set(err, CDB_ERR_INTERNAL_ERROR, "The primary key of %s is gone", c->table);
+        goto out;
+    }
+    snprintf(upd, sizeof upd,
+             "UPDATE %s.%s AS t SET %s = v.c%s%s%s FROM json_to_recordset($1::json) AS v(pk text, c text, b text)"
+             " WHERE t.%s = v.pk::%s",
+             c->qschema, c->qtable, c->qcolumn, c->searchable ? ", " : "", c->searchable ? c->qbidx : "",
+             c->searchable ? " = v.b" : "", c->qpk, c->pktype);
+    if (!(batch = json_array())) {
+        rc = cdb_error_oom(err);
+        goto out;
+    }
     for (int i = 0; i < PQntuples(res) && rc == 0; i++) {
         const char *pk = PQgetvalue(res, i, 0), *val = PQgetvalue(res, i, 1);
         char *plain = NULL, *enc = NULL, bidx[33] = "";
@@ -262,14 +282,24 @@ static int run_batch(PGconn *conn, enc_col *c, const char *job_id, long *done, l
             rc = cdb_error_oom(err);
             break;
         }
-        const char *up[] = {pk, enc, bidx};
-        rc = cdb_pg_exec(conn, upd, c->searchable ? 3 : 2, up, NULL, err);
+        json_t *rec = json_pack("{s:s, s:s, s:s}", "pk", pk, "c", enc, "b", bidx);
         free(enc);
-        if (rc == 0)
-            (*done)++;
+        if (!rec || json_array_append_new(batch, rec) < 0) {
+            rc = cdb_error_oom(err);
+            break;
+        }
+        (*done)++;
     }
     if (rc < 0)
         goto out;
+    if (*done > 0) {
+        char *text = json_dumps(batch, JSON_COMPACT);
+        const char *up[] = {text};
+        rc = text ? cdb_pg_exec(conn, upd, 1, up, NULL, err) : cdb_error_oom(err);
+        free(text);
+        if (rc < 0)
+            goto out;
+    }
     snprintf(n, sizeof n, "%ld", *done);
     const char *jp[] = {job_id, n};
     if ((rc = cdb_pg_exec(conn, "UPDATE coredb.encryption_jobs SET rows_done = rows_done + $2::bigint,"
@@ -281,6 +311,7 @@ out:
     if (rc < 0)
         PQclear(PQexec(conn, "ROLLBACK"));
     PQclear(res);
+    json_decref(batch);
     return rc;
 }
 
