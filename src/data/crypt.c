@@ -170,7 +170,7 @@ void cdb__crypt_row(const cdb_colset *cs, const char *table, json_t *row, const 
             json_object_set_new(row, c->column, s);
         } else {
             /* logged without the value: the place only */
-            cdb_log_warn("encryption.decrypt_failed", "a value of %s.%s (row %s) does not decrypt", c->table,
+            cdb_log_warn("encryption.decrypt_failed", "DECRYPTION_FAILED: a value of %s.%s (row %s) does not decrypt", c->table,
                          c->column, have_pk ? pk : "?");
             cdb__metrics_inc(CDB_M_ENCRYPTION_FAILURES);
             json_object_set_new(row, c->column, json_null());
