@@ -42,22 +42,6 @@ static const char MIGRATION_SQL[] =
     "SELECT CASE WHEN to_regclass('coredb.schema_migrations') IS NULL THEN NULL"
     " ELSE (SELECT max(version) FROM coredb.schema_migrations) END";
 
-static int exec(PGconn *conn, const char *sql, PGresult **out, cdb_error *err)
-{
-    PGresult *res = PQexec(conn, sql);
-    ExecStatusType st = PQresultStatus(res);
-    if (st != PGRES_COMMAND_OK && st != PGRES_TUPLES_OK) {
-        cdb_log_warn("backup.sql", "%s", PQerrorMessage(conn));
-        PQclear(res);
-        return cdb_error_set(err, CDB_ERR_INTERNAL_ERROR, "backup: a catalog query failed");
-    }
-    if (out)
-        *out = res;
-    else
-        PQclear(res);
-    return 0;
-}
-
 /* coredb-YYYYMMDDTHHMMSSmmmZ of now, one not used yet in BACKUP_DIR. */
 static char *new_name(const cdb_service *svc, char iso[32])
 {
@@ -102,8 +86,9 @@ static int dump(cdb_service *svc, PGconn *conn, json_t **out, cdb_error *err)
         rc = cdb_error_oom(err);
         goto out;
     }
-    if ((rc = exec(conn, "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY", NULL, err)) < 0 ||
-        (rc = exec(conn, "SELECT pg_export_snapshot(), current_setting('server_version')", &res, err)) < 0)
+    if ((rc = cdb_pg_exec(conn, "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY", 0, NULL, NULL, err)) < 0 ||
+        (rc = cdb_pg_exec(conn, "SELECT pg_export_snapshot(), current_setting('server_version')", 0, NULL,
+                             &res, err)) < 0)
         goto out;
     snapshot = cdb_xasprintf("--snapshot=%s", PQgetvalue(res, 0, 0));
     char *server_version = strdup(PQgetvalue(res, 0, 1));
@@ -117,7 +102,7 @@ static int dump(cdb_service *svc, PGconn *conn, json_t **out, cdb_error *err)
         goto out;
     }
     free(server_version);
-    if ((rc = exec(conn, MIGRATION_SQL, &res, err)) < 0)
+    if ((rc = cdb_pg_exec(conn, MIGRATION_SQL, 0, NULL, &res, err)) < 0)
         goto out;
     json_object_set_new(manifest, "migration_version",
                         PQgetisnull(res, 0, 0) ? json_null() : json_string(PQgetvalue(res, 0, 0)));
@@ -139,7 +124,7 @@ static int dump(cdb_service *svc, PGconn *conn, json_t **out, cdb_error *err)
     const char *args[] = {"--format=custom", "--no-password", snapshot, "-f", encrypt ? plain : tmp, NULL};
     if ((rc = cdb__backup_run(svc, "pg_dump", args, NULL, DUMP_TIMEOUT_S, err)) < 0)
         goto out;
-    exec(conn, "COMMIT", NULL, NULL);
+    cdb_pg_exec(conn, "COMMIT", 0, NULL, NULL, NULL);
     /* the checksum is of the file as stored: the encrypted one when encrypting */
     if (encrypt && (rc = cdb__backup_encrypt(svc, plain, tmp, err)) < 0)
         goto out;
@@ -179,7 +164,7 @@ out:
         unlink(plain);
     free(plain);
     if (rc < 0) {
-        exec(conn, "ROLLBACK", NULL, NULL);
+        cdb_pg_exec(conn, "ROLLBACK", 0, NULL, NULL, NULL);
         if (tmp)
             unlink(tmp);
         if (mtmp)
@@ -208,10 +193,10 @@ static int create_backup(cdb_service *svc, json_t **out, cdb_error *err)
     PGconn *conn = PQconnectdb(svc->conninfo);
     if (PQstatus(conn) != CONNECTION_OK) {
         rc = cdb_error_set(err, CDB_ERR_DATABASE_UNAVAILABLE, "backup: cannot connect to PostgreSQL");
-    } else if ((rc = exec(conn, "SET lock_timeout = '30min'", NULL, err)) == 0 &&
-               (rc = exec(conn, LOCK_SQL, NULL, err)) == 0) {
+    } else if ((rc = cdb_pg_exec(conn, "SET lock_timeout = '30min'", 0, NULL, NULL, err)) == 0 &&
+               (rc = cdb_pg_exec(conn, LOCK_SQL, 0, NULL, NULL, err)) == 0) {
         rc = dump(svc, conn, out, err);
-        exec(conn, UNLOCK_SQL, NULL, NULL);
+        cdb_pg_exec(conn, UNLOCK_SQL, 0, NULL, NULL, NULL);
     }
     PQfinish(conn);
     pthread_mutex_unlock(&backup_mutex);

@@ -19,6 +19,7 @@
 
 #include "core/fsutil.h"
 #include "coredb/log.h"
+#include "store/pg.h"
 
 #define PREFIX "coredb-"
 #define NAME_LEN (sizeof PREFIX - 1 + 8 + 1 + 9 + 1)
@@ -189,31 +190,17 @@ static const char TABLES_SQL[] =
     " WHERE c.relkind IN ('r', 'p') AND n.nspname <> 'information_schema' AND n.nspname NOT LIKE 'pg\\_%'"
     " ORDER BY 2";
 
-/* One statement's result or INTERNAL_ERROR (the server's message goes to the log only). */
-static int exec(PGconn *conn, const char *sql, PGresult **out, cdb_error *err)
-{
-    PGresult *res = PQexec(conn, sql);
-    ExecStatusType st = PQresultStatus(res);
-    if (st != PGRES_COMMAND_OK && st != PGRES_TUPLES_OK) {
-        cdb_log_warn("backup.sql", "%s", PQerrorMessage(conn));
-        PQclear(res);
-        return cdb_error_set(err, CDB_ERR_INTERNAL_ERROR, "backup: a catalog query failed");
-    }
-    *out = res;
-    return 0;
-}
-
 /* Every table's row count, in the transaction's snapshot. */
 int cdb__backup_count_rows(PGconn *conn, json_t *tables, cdb_error *err)
 {
     PGresult *list = NULL;
-    int rc = exec(conn, TABLES_SQL, &list, err);
+    int rc = cdb_pg_exec(conn, TABLES_SQL, 0, NULL, &list, err);
     for (int i = 0; rc == 0 && i < PQntuples(list); i++) {
         char *sql = cdb_xasprintf("SELECT count(*) FROM %s", PQgetvalue(list, i, 0));
         PGresult *res = NULL;
         if (!sql)
             rc = cdb_error_oom(err);
-        else if ((rc = exec(conn, sql, &res, err)) == 0)
+        else if ((rc = cdb_pg_exec(conn, sql, 0, NULL, &res, err)) == 0)
             json_object_set_new(tables, PQgetvalue(list, i, 1),
                                 json_integer(strtoll(PQgetvalue(res, 0, 0), NULL, 10)));
         PQclear(res);

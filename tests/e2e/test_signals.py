@@ -8,8 +8,9 @@ is adopted by the next coredb on the same ./var and stopped at its exit.
 
 Each test runs an embedded instance in its own temp cwd (as
 test_embedded.py does) and, whatever happens, kills what is left of its
-PostgreSQL by postmaster.pid in a finally.
+coredbs and its PostgreSQL (by postmaster.pid) on the way out: embedded_case.
 """
+import contextlib
 import os
 import shutil
 import signal
@@ -89,6 +90,41 @@ def wait_exit(inst, timeout=60):
                              f"{inst.log()[-4000:]}")
 
 
+class EmbeddedCase:
+    """One test's ./var: its cwd, its pgdata, and the coredbs it started."""
+
+    def __init__(self, name):
+        self.cwd = embedded_cwd(name)
+        self.pgdata = pgdata_of(self.cwd)
+        self.started = []
+
+    def start(self, env=None):
+        inst = Coredb(env or {}, cwd=self.cwd, wait=False)
+        self.started.append(inst)
+        return inst
+
+
+@contextlib.contextmanager
+def embedded_case(name):
+    """Whatever happens in the test, nothing of its coredbs and cluster survives it."""
+    case = EmbeddedCase(name)
+    try:
+        yield case
+    finally:
+        for inst in case.started:
+            kill_coredb(inst)
+        kill_postgres(case.pgdata)
+
+
+def stop_cleanly(inst, pgdata, sig=signal.SIGTERM):
+    """sig, then: exit 0, no sanitizer report, the cluster stopped."""
+    inst.proc.send_signal(sig)
+    code = wait_exit(inst)
+    assert code == 0, f"coredb exited {code}:\n{inst.log()[-4000:]}"
+    assert_clean_log(inst)
+    assert_no_postgres(pgdata)
+
+
 def wait_for(predicate, timeout, what):
     deadline = time.time() + timeout
     while time.time() < deadline:
@@ -139,29 +175,19 @@ def assert_clean_log(inst):
 
 
 def two_signals_with_request_in_flight(first, second):
-    cwd = embedded_cwd("signals")
-    pgdata = pgdata_of(cwd)
-    inst = None
-    try:
+    with embedded_case("signals") as case:
         # a long grace period: only the second signal can end it early
-        inst = Coredb({"SHUTDOWN_GRACE_MS": "30000"}, cwd=cwd, wait=False)
+        inst = case.start({"SHUTDOWN_GRACE_MS": "30000"})
         inst.wait_live(120)
-        assert postmaster_pid(pgdata) is not None
-        client = request_in_flight(inst, cwd)
+        assert postmaster_pid(case.pgdata) is not None
+        client = request_in_flight(inst, case.cwd)
         inst.proc.send_signal(first)
         time.sleep(0.01)
-        inst.proc.send_signal(second)
-        code = wait_exit(inst)
+        stop_cleanly(inst, case.pgdata, second)
         client.join(30)
         log = inst.log()
-        assert code == 0, f"coredb exited {code}:\n{log[-4000:]}"
-        assert_clean_log(inst)
         assert f"signal {int(second)} again: ending the grace period" in log, log[-4000:]
         assert log_has(inst, "devdb.stop"), log[-4000:]
-        assert_no_postgres(pgdata)
-    finally:
-        kill_coredb(inst)
-        kill_postgres(pgdata)
 
 
 def test_two_sigterms_with_a_request_in_flight_stop_postgres_and_exit_0():
@@ -182,11 +208,8 @@ def blocked_signals(pid, tid):
 
 def test_every_thread_blocks_the_stop_signals():
     """Blocked in main() before any thread: a stop signal can reach no thread but sigwait's."""
-    cwd = embedded_cwd("sigmask")
-    pgdata = pgdata_of(cwd)
-    inst = None
-    try:
-        inst = Coredb({}, cwd=cwd, wait=False)
+    with embedded_case("sigmask") as case:
+        inst = case.start()
         inst.wait_live(120)
         stop = 0
         for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
@@ -196,42 +219,24 @@ def test_every_thread_blocks_the_stop_signals():
         assert len(tids) > 4  # loops, workers, pool, jobs
         for tid in tids:
             assert blocked_signals(inst.proc.pid, tid) & stop == stop, f"thread {tid}"
-        inst.proc.send_signal(signal.SIGTERM)
-        assert wait_exit(inst) == 0, inst.log()[-4000:]
-        assert_no_postgres(pgdata)
-    finally:
-        kill_coredb(inst)
-        kill_postgres(pgdata)
+        stop_cleanly(inst, case.pgdata)
 
 
 def test_sighup_stops_like_sigterm():
     """Closing the terminal sends SIGHUP: a clean stop, not an orphaned cluster."""
-    cwd = embedded_cwd("sighup")
-    pgdata = pgdata_of(cwd)
-    inst = None
-    try:
-        inst = Coredb({}, cwd=cwd, wait=False)
+    with embedded_case("sighup") as case:
+        inst = case.start()
         inst.wait_live(120)
-        inst.proc.send_signal(signal.SIGHUP)
-        code = wait_exit(inst)
-        assert code == 0, inst.log()[-4000:]
-        assert_clean_log(inst)
-        assert_no_postgres(pgdata)
-    finally:
-        kill_coredb(inst)
-        kill_postgres(pgdata)
+        stop_cleanly(inst, case.pgdata, signal.SIGHUP)
 
 
 def test_sighup_ignored_at_start_stays_ignored():
     """Under nohup (SIGHUP ignored) coredb keeps serving after a SIGHUP."""
-    cwd = embedded_cwd("nohup")
-    pgdata = pgdata_of(cwd)
-    inst = None
-    try:
+    with embedded_case("nohup") as case:
         # as nohup does: ignored before exec, and exec keeps it ignored
         previous = signal.signal(signal.SIGHUP, signal.SIG_IGN)
         try:
-            inst = Coredb({}, cwd=cwd, wait=False)
+            inst = case.start()
         finally:
             signal.signal(signal.SIGHUP, previous)
         inst.wait_live(120)
@@ -239,40 +244,23 @@ def test_sighup_ignored_at_start_stays_ignored():
         time.sleep(0.5)
         assert inst.proc.poll() is None, inst.log()[-4000:]
         assert inst.get("/health/live").status_code == 200
-        inst.proc.send_signal(signal.SIGTERM)
-        assert wait_exit(inst) == 0, inst.log()[-4000:]
-        assert_no_postgres(pgdata)
-    finally:
-        kill_coredb(inst)
-        kill_postgres(pgdata)
+        stop_cleanly(inst, case.pgdata)
 
 
 def test_sigterm_during_start_up_still_stops_postgres():
     """A signal before the server listens waits for it, then stops cleanly."""
-    cwd = embedded_cwd("early")
-    pgdata = pgdata_of(cwd)
-    inst = None
-    try:
-        inst = Coredb({}, cwd=cwd, wait=False)
+    with embedded_case("early") as case:
+        inst = case.start()
         # the cluster is up and the service is starting (migrations, admin, jobs)
         wait_for(lambda: log_has(inst, "devdb.start") or inst.proc.poll() is not None, 120,
                  "the embedded PostgreSQL to start")
-        inst.proc.send_signal(signal.SIGTERM)
-        code = wait_exit(inst)
-        assert code == 0, inst.log()[-4000:]
-        assert_clean_log(inst)
-        assert_no_postgres(pgdata)
-    finally:
-        kill_coredb(inst)
-        kill_postgres(pgdata)
+        stop_cleanly(inst, case.pgdata)
 
 
 def test_cluster_orphaned_by_sigkill_is_adopted_and_stopped():
-    cwd = embedded_cwd("adopt")
-    pgdata = pgdata_of(cwd)
-    inst = second = None
-    try:
-        inst = Coredb({}, cwd=cwd, wait=False)
+    with embedded_case("adopt") as case:
+        pgdata = case.pgdata
+        inst = case.start()
         inst.wait_live(120)
         orphan = postmaster_pid(pgdata)
         inst.proc.kill()
@@ -280,7 +268,7 @@ def test_cluster_orphaned_by_sigkill_is_adopted_and_stopped():
         # the precondition: SIGKILL leaves the cluster running with nobody to stop it
         assert postmaster_pid(pgdata) == orphan and orphan in postgres_processes(pgdata)
 
-        second = Coredb({}, cwd=cwd, wait=False)
+        second = case.start()
         second.wait_live(120)
         log = second.log()
         assert log_has(second, "devdb.adopt"), log[-4000:]
@@ -288,24 +276,14 @@ def test_cluster_orphaned_by_sigkill_is_adopted_and_stopped():
         assert not log_has(second, "devdb.reuse")
         assert postmaster_pid(pgdata) == orphan  # the same cluster, not a new one
         assert second.get("/health").json()["status"] == "UP"
-        second.proc.send_signal(signal.SIGTERM)
-        code = wait_exit(second)
-        assert code == 0, second.log()[-4000:]
-        assert_clean_log(second)
-        assert_no_postgres(pgdata)
-    finally:
-        kill_coredb(inst)
-        kill_coredb(second)
-        kill_postgres(pgdata)
+        stop_cleanly(second, pgdata)
 
 
 def test_one_shot_command_adopts_an_orphan_and_leaves_nothing():
     """`coredb migrate status` after a SIGKILLed serve: adopts, answers, stops it."""
-    cwd = embedded_cwd("adopt-cli")
-    pgdata = pgdata_of(cwd)
-    inst = None
-    try:
-        inst = Coredb({}, cwd=cwd, wait=False)
+    with embedded_case("adopt-cli") as case:
+        cwd, pgdata = case.cwd, case.pgdata
+        inst = case.start()
         inst.wait_live(120)
         inst.proc.kill()
         inst.proc.wait(10)
@@ -316,9 +294,6 @@ def test_one_shot_command_adopts_an_orphan_and_leaves_nothing():
         assert proc.returncode == 0, proc.stderr
         assert '"event":"devdb.adopt"' in proc.stderr, proc.stderr
         assert_no_postgres(pgdata)
-    finally:
-        kill_coredb(inst)
-        kill_postgres(pgdata)
 
 
 def test_the_last_coredb_out_stops_the_cluster_whoever_started_it():
