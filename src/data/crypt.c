@@ -3,6 +3,8 @@
  */
 #include "data/crypt.h"
 
+#include <ctype.h>
+#include <errno.h>
 #include <inttypes.h>
 #include <sodium.h>
 #include <stdio.h>
@@ -11,19 +13,71 @@
 
 #include "coredb/log.h"
 #include "core/metrics.h"
+#include "store/pg.h"
+#include "store/txn.h"
 
-/* The text of a primary key value as PostgreSQL's ::text writes it, into buf. */
-static bool pk_text(const json_t *v, char *buf, size_t len)
+#define PK_TEXT_MAX 128
+
+/*
+ * The text of a primary key value as PostgreSQL's ::text writes it, into
+ * buf: what a value is bound to, so that the binding a write computes from
+ * the caller's JSON is the one a read computes from the row. False when v
+ * is not a value of the key's type.
+ */
+static bool pk_canon(const cdb_enccol *c, const json_t *v, char buf[PK_TEXT_MAX])
 {
-    if (json_is_string(v)) {
-        if (json_string_length(v) >= len)
+    const char *s = json_string_value(v);
+    switch (c->pk_kind) {
+    case CDB_PK_INT: {
+        long long n;
+        char *end;
+        if (json_is_integer(v)) {
+            n = json_integer_value(v);
+        } else if (s && *s) {
+            errno = 0;
+            n = strtoll(s, &end, 10);
+            while (*end == ' ')
+                end++;
+            if (errno || *end)
+                return false;
+        } else {
             return false;
-        snprintf(buf, len, "%s", json_string_value(v));
+        }
+        snprintf(buf, PK_TEXT_MAX, "%lld", n);
         return true;
     }
-    if (json_is_integer(v)) {
-        snprintf(buf, len, "%" JSON_INTEGER_FORMAT, json_integer_value(v));
+    case CDB_PK_UUID: {
+        /* uuid_in's forms: braces, hyphens between groups, either case */
+        char hex[33];
+        size_t n = 0, len = s ? strlen(s) : 0;
+        if (len >= 2 && s[0] == '{' && s[len - 1] == '}') {
+            s++;
+            len -= 2;
+        }
+        for (size_t i = 0; i < len; i++) {
+            if (s[i] == '-' && i > 0 && i + 1 < len && s[i - 1] != '-')
+                continue;
+            if (!isxdigit((unsigned char)s[i]) || n == 32)
+                return false;
+            hex[n++] = (char)tolower((unsigned char)s[i]);
+        }
+        if (n != 32)
+            return false;
+        hex[32] = '\0';
+        snprintf(buf, PK_TEXT_MAX, "%.8s-%.4s-%.4s-%.4s-%.12s", hex, hex + 8, hex + 12, hex + 16, hex + 20);
         return true;
+    }
+    case CDB_PK_TEXT:
+        if (json_is_integer(v)) {
+            snprintf(buf, PK_TEXT_MAX, "%" JSON_INTEGER_FORMAT, json_integer_value(v));
+            return true;
+        }
+        if (!s || json_string_length(v) >= PK_TEXT_MAX)
+            return false;
+        snprintf(buf, PK_TEXT_MAX, "%s", s);
+        return true;
+    case CDB_PK_OTHER:
+        break;
     }
     return false;
 }
@@ -128,7 +182,7 @@ int cdb__crypt_read_plan(const cdb_colset *cs, const char *table, const json_t *
 
 void cdb__crypt_row(const cdb_colset *cs, const char *table, json_t *row, const json_t *plain_data)
 {
-    char pk[128] = "";
+    char pk[PK_TEXT_MAX] = "";
     bool have_pk = false;
     json_t *failed = NULL;
 
@@ -141,7 +195,7 @@ void cdb__crypt_row(const cdb_colset *cs, const char *table, json_t *row, const 
         json_object_del(row, name);
         if (!have_pk) {
             json_t *p = json_object_get(row, CDB_CRYPT_PK_MEMBER);
-            have_pk = pk_text(p ? p : json_object_get(row, c->pk), pk, sizeof pk);
+            have_pk = pk_canon(c, p ? p : json_object_get(row, c->pk), pk);
         }
         json_t *v = json_object_get(row, c->column);
         int version = 0;
@@ -230,55 +284,162 @@ static const json_t *pk_of_filters(const json_t *filters, const char *pk)
     return json_is_string(v) || json_is_integer(v) ? v : NULL;
 }
 
-int cdb__crypt_write_values(const cdb_colset *cs, const char *table, const json_t *data,
-                            const json_t *pk_filters, json_t **data_out, cdb_error *err)
+/* A random (version 4) uuid, for a uuid key whose default coredb stands in for. */
+static void random_uuid(char buf[PK_TEXT_MAX])
 {
-    *data_out = NULL;
-    if (!json_is_object(data))
+    unsigned char b[16];
+    randombytes_buf(b, sizeof b);
+    b[6] = (unsigned char)((b[6] & 0x0f) | 0x40);
+    b[8] = (unsigned char)((b[8] & 0x3f) | 0x80);
+    snprintf(buf, PK_TEXT_MAX, "%02x%02x%02x%02x-%02x%02x-%02x%02x-%02x%02x-%02x%02x%02x%02x%02x%02x", b[0], b[1],
+             b[2], b[3], b[4], b[5], b[6], b[7], b[8], b[9], b[10], b[11], b[12], b[13], b[14], b[15]);
+}
+
+/* The next value of the key's sequence, drawn on a pooled connection (as the service: see docs/http.md). */
+static int next_in_sequence(cdb_pool *pool, const cdb_enccol *c, char buf[PK_TEXT_MAX], cdb_error *err)
+{
+    cdb_pool_conn *pc = NULL;
+    PGresult *res = NULL;
+    const char *params[] = {c->pk_sequence};
+    PGconn *conn = pool ? cdb_txn_acquire(pool, &pc, err) : NULL;
+    int rc = -1;
+
+    if (!conn) {
+        rc = pool ? -1 : cdb_error_set(err, CDB_ERR_INTERNAL_ERROR, "No pool to draw a key from");
+        goto out;
+    }
+    if ((rc = cdb_pg_exec(conn, "SELECT nextval($1::regclass)", 1, params, &res, err)) < 0)
+        goto out;
+    snprintf(buf, PK_TEXT_MAX, "%s", PQgetvalue(res, 0, 0));
+out:
+    PQclear(res);
+    if (conn)
+        cdb_txn_release(pool, pc);
+    return rc;
+}
+
+/*
+ * The key the write's values are bound to, into pk: given (canonical), or
+ * drawn for an insert without one (*drawn). What cannot be bound is refused.
+ */
+static int write_key(const cdb_enccol *c, cdb_pool *pool, cdb_crypt_write_kind kind, const json_t *data,
+                     const json_t *filters, char pk[PK_TEXT_MAX], bool *drawn, cdb_error *err)
+{
+    *drawn = false;
+    if (c->pk_kind == CDB_PK_OTHER)
+        return cdb_error_set_detail(err, CDB_ERR_VALIDATION_FAILED, "field", c->pk,
+                                    "The primary key %s of %s no longer has a type encrypted values can be bound to",
+                                    c->pk, c->table);
+    if (kind == CDB_CRYPT_UPDATE) {
+        const json_t *v = pk_of_filters(filters, c->pk);
+        if (v && pk_canon(c, v, pk))
+            return 0;
+        return cdb_error_set_detail(err, CDB_ERR_INVALID_FILTER, "field", c->pk,
+                                    "Column %s is encrypted and bound to its row: an update that sets it must "
+                                    "filter on the primary key %s alone",
+                                    c->column, c->pk);
+    }
+    const json_t *v = json_object_get(data, c->pk);
+    if (v && !json_is_null(v)) {
+        if (pk_canon(c, v, pk))
+            return 0;
+        return cdb_error_set_detail(err, CDB_ERR_VALIDATION_FAILED, "field", c->pk,
+                                    "The value of the primary key %s is not a valid key of its type", c->pk);
+    }
+    if (kind == CDB_CRYPT_INSERT && c->pk_sequence) {
+        *drawn = true;
+        return next_in_sequence(pool, c, pk, err);
+    }
+    if (kind == CDB_CRYPT_INSERT && c->pk_kind == CDB_PK_UUID && c->pk_has_default) {
+        *drawn = true;
+        random_uuid(pk);
         return 0;
+    }
+    return cdb_error_set_detail(err, CDB_ERR_VALIDATION_FAILED, "field", c->pk,
+                                "Column %s is encrypted and bound to its row: a write that sets it must give the "
+                                "primary key %s",
+                                c->column, c->pk);
+}
+
+/* The encrypted columns of table that data sets (to a string; another type refused), first one into *first. */
+static int written_columns(const cdb_colset *cs, const char *table, const json_t *data, const cdb_enccol **first,
+                           cdb_error *err)
+{
+    *first = NULL;
     for (size_t i = 0; i < cs->n; i++) {
         const cdb_enccol *c = &cs->cols[i];
-        char name[64], pk[128], h[33];
+        char name[64];
         json_t *v;
-        if (strcmp(c->table, table) != 0 || !(v = json_object_get(data, c->column)) || json_is_null(v))
+        if (strcmp(c->table, table) != 0)
             continue;
-        if (!json_is_string(v))
-            return cdb_error_set_detail(err, CDB_ERR_VALIDATION_FAILED, "field", c->column,
-                                        "Column %s is encrypted: its value must be a string", c->column);
         bidx_name(c, name, sizeof name);
         if (json_object_get(data, name))
             return cdb_error_set_detail(err, CDB_ERR_VALIDATION_FAILED, "field", name,
                                         "%s is the blind index of %s: coredb sets it", name, c->column);
-        const json_t *p = pk_filters ? pk_of_filters(pk_filters, c->pk) : json_object_get(data, c->pk);
-        if (!p || !pk_text(p, pk, sizeof pk))
-            return cdb_error_set_detail(err, pk_filters ? CDB_ERR_INVALID_FILTER : CDB_ERR_VALIDATION_FAILED,
-                                        "field", c->pk,
-                                        pk_filters ? "Column %s is encrypted and bound to its row: an update "
-                                                     "that sets it must filter on the primary key %s alone"
-                                                   : "Column %s is encrypted and bound to its row: a write "
-                                                     "that sets it must give the primary key %s",
-                                        c->column, c->pk);
-        char *enc = cdb__colval_encrypt(c->keys[c->current], c->table, c->column, pk, json_string_value(v),
-                                        json_string_length(v));
-        if (!enc || (!*data_out && !(*data_out = json_deep_copy(data)))) {
-            free(enc);
-            return cdb_error_oom(err);
-        }
-        json_object_set_new(*data_out, c->column, json_string(enc));
-        free(enc);
-        if (c->searchable && blind_of(c, v, h))
-            json_object_set_new(*data_out, name, json_string(h));
+        if (!(v = json_object_get(data, c->column)) || json_is_null(v))
+            continue;
+        if (!json_is_string(v))
+            return cdb_error_set_detail(err, CDB_ERR_VALIDATION_FAILED, "field", c->column,
+                                        "Column %s is encrypted: its value must be a string", c->column);
+        if (!*first)
+            *first = c;
     }
     return 0;
+}
+
+int cdb__crypt_write_values(const cdb_colset *cs, cdb_pool *pool, const char *table, cdb_crypt_write_kind kind,
+                            const json_t *data, const json_t *filters, json_t **data_out, bool *override_identity,
+                            cdb_error *err)
+{
+    const cdb_enccol *first;
+    char pk[PK_TEXT_MAX];
+    bool drawn;
+    json_t *out = NULL;
+    int rc;
+
+    *data_out = NULL;
+    *override_identity = false;
+    if (!json_is_object(data))
+        return 0;
+    if ((rc = written_columns(cs, table, data, &first, err)) < 0 || !first)
+        return rc;
+    if ((rc = write_key(first, pool, kind, data, filters, pk, &drawn, err)) < 0)
+        return rc;
+    if (!(out = json_deep_copy(data)))
+        return cdb_error_oom(err);
+    /* an insert stores the very key its values are bound to */
+    if (kind != CDB_CRYPT_UPDATE &&
+        json_object_set_new(out, first->pk, first->pk_kind == CDB_PK_INT ? json_integer(strtoll(pk, NULL, 10))
+                                                                         : json_string(pk)) < 0)
+        goto oom;
+    for (size_t i = 0; i < cs->n; i++) {
+        const cdb_enccol *c = &cs->cols[i];
+        char name[64], h[33];
+        json_t *v;
+        if (strcmp(c->table, table) != 0 || !(v = json_object_get(data, c->column)) || json_is_null(v))
+            continue;
+        char *enc = cdb__colval_encrypt(c->keys[c->current], c->table, c->column, pk, json_string_value(v),
+                                        json_string_length(v));
+        if (!enc)
+            goto oom;
+        json_object_set_new(out, c->column, json_string(enc));
+        free(enc);
+        bidx_name(c, name, sizeof name);
+        if (c->searchable && blind_of(c, v, h))
+            json_object_set_new(out, name, json_string(h));
+    }
+    *override_identity = drawn && first->pk_identity_always;
+    *data_out = out;
+    return 0;
+oom:
+    json_decref(out);
+    return cdb_error_oom(err);
 }
 
 int cdb__crypt_write_check(const cdb_colset *cs, const char *table, const json_t *data, bool upsert,
                            bool update, const json_t *conflict_columns, bool sets_encrypted, cdb_error *err)
 {
-    const char *pk = NULL;
-    for (size_t i = 0; i < cs->n && !pk; i++)
-        if (strcmp(cs->cols[i].table, table) == 0)
-            pk = cs->cols[i].pk;
+    const char *pk = cdb__colset_pk_of(cs, table);
     if (!pk)
         return 0;
     if (upsert && sets_encrypted) {

@@ -20,6 +20,7 @@
 
 #include "coredb/error.h"
 #include "security/colring.h"
+#include "store/pool.h"
 
 /* The member each row carries while the page is decrypted (removed after). */
 #define CDB_CRYPT_PK_MEMBER "__cdb_pk"
@@ -43,14 +44,22 @@ int cdb__crypt_read_plan(const cdb_colset *cs, const char *table, const json_t *
 int cdb__crypt_read_page(const cdb_colset *cs, const char *table, const char *part, size_t len, char **out,
                          size_t *out_len, cdb_error *err);
 
+typedef enum cdb_crypt_write_kind { CDB_CRYPT_INSERT, CDB_CRYPT_UPSERT, CDB_CRYPT_UPDATE } cdb_crypt_write_kind;
+
 /*
  * For a write of table: *data_out is a copy of data with encrypted columns'
- * values encrypted (and their blind indexes set), NULL when the table has
- * no encrypted column in data. pk_filters: the update's filters, NULL for an
- * insert or upsert (the key is then read from data).
+ * values encrypted (and their blind indexes set), NULL when the write sets
+ * no encrypted column. The values are bound to the row's primary key in
+ * the text PostgreSQL gives it (an upper-case uuid is bound as lower case):
+ * an update's key comes from its filters; an insert's from data, or, when
+ * data lacks it, coredb draws it first: a uuid at random, a serial or
+ * identity key from its sequence (one nextval on a pooled connection;
+ * *override_identity then says the INSERT needs OVERRIDING SYSTEM VALUE),
+ * and *data_out carries it.
  */
-int cdb__crypt_write_values(const cdb_colset *cs, const char *table, const json_t *data,
-                            const json_t *pk_filters, json_t **data_out, cdb_error *err);
+int cdb__crypt_write_values(const cdb_colset *cs, cdb_pool *pool, const char *table, cdb_crypt_write_kind kind,
+                            const json_t *data, const json_t *filters, json_t **data_out, bool *override_identity,
+                            cdb_error *err);
 
 /*
  * The checks a write of table needs beyond its values: an upsert that sets

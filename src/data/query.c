@@ -441,15 +441,12 @@ static int query_postgresql(cdb_service *svc, const cdb_principal *p, json_t *r,
         rc = err->code;
         goto out;
     }
-    const char *hidden_pk = NULL;
-    if (cdb__colset_has_table(cs, t->name)) {
+    const char *hidden_pk = cdb__colset_pk_of(cs, t->name);
+    if (hidden_pk) {
         if ((rc = cdb__crypt_read_plan(cs, t->name, req.filters, req.order, &blind_filters, err)) < 0)
             goto out;
         if (blind_filters)
             req.filters = blind_filters;
-        for (size_t i = 0; i < cs->n && !hidden_pk; i++)
-            if (strcmp(cs->cols[i].table, t->name) == 0)
-                hidden_pk = cs->cols[i].pk;
     }
     if ((rc = build_sql(cat, t, &req, &q, &count_sql, cols, hidden_pk, err)) < 0 ||
         (rc = cdb_qcache_ensure_namespace(svc->qcache, svc->pool, err)) < 0)

@@ -36,14 +36,18 @@
 #define run(conn, err, ...) cdb__admin_run((conn), "encryption.statement_failed", (err), __VA_ARGS__)
 #define MAX_VERSIONS 64
 
-/* $1 schema, $2 table, $3 column: relname, attname, its type, the one-column primary key. */
+/* $1 schema, $2 table, $3 column: relname, attname, its type, whether text, the primary key, its
+ * number of columns, its type. */
 static const char COLUMN_SQL[] =
     "SELECT c.relname, a.attname, format_type(a.atttypid, a.atttypmod),"
     " a.atttypid IN ('text'::regtype, 'varchar'::regtype),"
     " (SELECT string_agg(pa.attname, ',') FROM pg_index i"
     "   JOIN pg_attribute pa ON pa.attrelid = i.indrelid AND pa.attnum = ANY (i.indkey)"
     "   WHERE i.indrelid = c.oid AND i.indisprimary),"
-    " (SELECT i.indnatts FROM pg_index i WHERE i.indrelid = c.oid AND i.indisprimary)"
+    " (SELECT i.indnatts FROM pg_index i WHERE i.indrelid = c.oid AND i.indisprimary),"
+    " (SELECT format_type(pa.atttypid, NULL) FROM pg_index i"
+    "   JOIN pg_attribute pa ON pa.attrelid = i.indrelid AND pa.attnum = i.indkey[0]"
+    "   WHERE i.indrelid = c.oid AND i.indisprimary)"
     " FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace"
     " LEFT JOIN pg_attribute a ON a.attrelid = c.oid AND a.attname = $3 AND a.attnum > 0 AND NOT a.attisdropped"
     " WHERE n.nspname = $1 AND c.relname = $2 AND c.relkind IN ('r', 'p')";
@@ -431,6 +435,18 @@ static int setup_in_tx(PGconn *conn, cdb_service *svc, const char *table, const 
         rc = cdb_error_set_detail(err, CDB_ERR_VALIDATION_FAILED, "field", "table_name",
                                   "An encrypted column needs a one-column primary key other than itself "
                                   "(it binds each value to its row)");
+        goto out;
+    }
+    /* the types whose text coredb can write as PostgreSQL does (data/crypt.c, pk_canon) */
+    static const char *const key_types[] = {"smallint", "integer", "bigint", "uuid", "text", "character varying"};
+    bool key_type_ok = false;
+    for (size_t i = 0; i < sizeof key_types / sizeof *key_types; i++)
+        key_type_ok |= strcmp(PQgetvalue(res, 0, 6), key_types[i]) == 0;
+    if (!key_type_ok) {
+        rc = cdb_error_set_detail(err, CDB_ERR_VALIDATION_FAILED, "field", "table_name",
+                                  "The primary key of %s is %s: an encrypted column's table needs a primary key "
+                                  "of type smallint, integer, bigint, uuid, text or varchar",
+                                  table, PQgetvalue(res, 0, 6));
         goto out;
     }
     c->table = strdup(PQgetvalue(res, 0, 0));

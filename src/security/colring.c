@@ -22,11 +22,29 @@ struct cdb_colring {
     int64_t loaded_us;
 };
 
+/* $1 the service schema. Columns 7-10 describe the primary key, which writes bind values to. */
 static const char LOAD_SQL[] =
-    "SELECT c.table_name, c.column_name, c.pk_column, c.searchable, c.current_version, k.version, k.wrapped"
+    "SELECT c.table_name, c.column_name, c.pk_column, c.searchable, c.current_version, k.version, k.wrapped,"
+    " format_type(a.atttypid, NULL), a.attidentity = 'a', a.atthasdef OR a.attidentity <> '',"
+    /* guarded: pg_get_serial_sequence raises for a table dropped since */
+    " CASE WHEN a.attrelid IS NOT NULL THEN pg_get_serial_sequence(format('%I.%I', $1::text, c.table_name),"
+    "   c.pk_column) END"
     " FROM coredb.encryption_columns c JOIN coredb.encryption_keys k USING (table_name, column_name)"
+    " LEFT JOIN pg_attribute a ON a.attrelid = to_regclass(format('%I.%I', $1::text, c.table_name))"
+    "   AND a.attname = c.pk_column AND a.attnum > 0 AND NOT a.attisdropped"
     /* retired keys too: a value a stale writer stored with one still reads */
     " ORDER BY 1, 2";
+
+static cdb_pk_kind pk_kind_of(const char *type)
+{
+    if (!strcmp(type, "smallint") || !strcmp(type, "integer") || !strcmp(type, "bigint"))
+        return CDB_PK_INT;
+    if (!strcmp(type, "uuid"))
+        return CDB_PK_UUID;
+    if (!strcmp(type, "text") || !strcmp(type, "character varying"))
+        return CDB_PK_TEXT;
+    return CDB_PK_OTHER;
+}
 
 static void colset_free(cdb_colset *s)
 {
@@ -36,6 +54,7 @@ static void colset_free(cdb_colset *s)
         free(s->cols[i].table);
         free(s->cols[i].column);
         free(s->cols[i].pk);
+        free(s->cols[i].pk_sequence);
         for (int v = 0; v < CDB_COLRING_VERSIONS; v++)
             cdb__colkey_free(s->cols[i].keys[v]);
     }
@@ -91,7 +110,8 @@ static cdb_colset *load(cdb_service *svc, cdb_error *err)
     }
     cdb_error probe;
     cdb_error_init(&probe);
-    if (cdb_pg_exec(conn, LOAD_SQL, 0, NULL, &res, &probe) < 0) {
+    const char *schema[] = {svc->cfg->postgres_schema};
+    if (cdb_pg_exec(conn, LOAD_SQL, 1, schema, &res, &probe) < 0) {
         /* before migration 014: nothing is encrypted */
         const char *state = json_string_value(json_object_get(probe.details, "sqlstate"));
         if (!state || strcmp(state, "42P01") != 0) {
@@ -121,7 +141,11 @@ static cdb_colset *load(cdb_service *svc, cdb_error *err)
             c->pk = strdup(PQgetvalue(res, i, 2));
             c->searchable = PQgetvalue(res, i, 3)[0] == 't';
             c->current = atoi(PQgetvalue(res, i, 4));
-            if (!c->table || !c->column || !c->pk) {
+            c->pk_kind = pk_kind_of(PQgetvalue(res, i, 7));
+            c->pk_identity_always = PQgetvalue(res, i, 8)[0] == 't';
+            c->pk_has_default = PQgetvalue(res, i, 9)[0] == 't';
+            c->pk_sequence = PQgetisnull(res, i, 10) ? NULL : strdup(PQgetvalue(res, i, 10));
+            if (!c->table || !c->column || !c->pk || (!PQgetisnull(res, i, 10) && !c->pk_sequence)) {
                 rc = cdb_error_oom(err);
                 goto out;
             }
@@ -194,10 +218,15 @@ const cdb_enccol *cdb__colset_find(const cdb_colset *s, const char *table, const
     return NULL;
 }
 
-bool cdb__colset_has_table(const cdb_colset *s, const char *table)
+const char *cdb__colset_pk_of(const cdb_colset *s, const char *table)
 {
     for (size_t i = 0; s && i < s->n; i++)
         if (strcmp(s->cols[i].table, table) == 0)
-            return true;
-    return false;
+            return s->cols[i].pk;
+    return NULL;
+}
+
+bool cdb__colset_has_table(const cdb_colset *s, const char *table)
+{
+    return cdb__colset_pk_of(s, table) != NULL;
 }

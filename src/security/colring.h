@@ -22,8 +22,20 @@ typedef struct cdb_colring cdb_colring;
 #define CDB_COLRING_TTL_MS 2000
 #define CDB_COLRING_VERSIONS 64
 
+/* The type of a table's primary key, as encrypted values bind to its text. */
+typedef enum cdb_pk_kind {
+    CDB_PK_OTHER = 0,              /* not one setup accepts (the type was changed since): writes refused */
+    CDB_PK_INT,                    /* smallint, integer, bigint */
+    CDB_PK_UUID,
+    CDB_PK_TEXT,                   /* text, varchar */
+} cdb_pk_kind;
+
 typedef struct cdb_enccol {
     char *table, *column, *pk;
+    cdb_pk_kind pk_kind;
+    char *pk_sequence;             /* serial or identity: its sequence (catalog text), else NULL */
+    bool pk_identity_always;       /* GENERATED ALWAYS AS IDENTITY */
+    bool pk_has_default;           /* any default (a uuid's is then drawn by coredb) */
     bool searchable;
     int current;                   /* the version new writes use */
     cdb_colkey *keys[CDB_COLRING_VERSIONS]; /* by version; [0] the blind-index key */
@@ -50,5 +62,7 @@ void cdb__colring_put(cdb_service *svc, cdb_colset *s);
 const cdb_enccol *cdb__colset_find(const cdb_colset *s, const char *table, const char *column);
 /* Whether any column of table is encrypted. */
 bool cdb__colset_has_table(const cdb_colset *s, const char *table);
+/* The primary key the encrypted values of table are bound to, or NULL (no encrypted column). */
+const char *cdb__colset_pk_of(const cdb_colset *s, const char *table);
 
 #endif
