@@ -52,6 +52,28 @@ static const char COLUMN_SQL[] =
     " LEFT JOIN pg_attribute a ON a.attrelid = c.oid AND a.attname = $3 AND a.attnum > 0 AND NOT a.attisdropped"
     " WHERE n.nspname = $1 AND c.relname = $2 AND c.relkind IN ('r', 'p')";
 
+/*
+ * $1 schema, $2 table, $3 column: the first object that depends on the
+ * column, described, or no row. Each would see ciphertext once the column
+ * is encrypted: a policy or view comparing values, a constraint or index on
+ * them, a default that writes plaintext.
+ */
+static const char DEPENDENT_SQL[] =
+    "SELECT CASE d.classid"
+    "  WHEN 'pg_policy'::regclass THEN 'policy ' || (SELECT quote_ident(polname) FROM pg_policy WHERE oid = d.objid)"
+    "  WHEN 'pg_rewrite'::regclass THEN 'view ' || (SELECT ev_class::regclass::text FROM pg_rewrite WHERE oid = d.objid)"
+    "  WHEN 'pg_constraint'::regclass THEN 'constraint '"
+    "    || (SELECT quote_ident(conname) FROM pg_constraint WHERE oid = d.objid)"
+    "  WHEN 'pg_class'::regclass THEN 'index ' || d.objid::regclass::text"
+    "  WHEN 'pg_trigger'::regclass THEN 'trigger ' || (SELECT quote_ident(tgname) FROM pg_trigger WHERE oid = d.objid)"
+    "  WHEN 'pg_attrdef'::regclass THEN 'the default of '"
+    "    || (SELECT quote_ident(a.attname) FROM pg_attrdef ad JOIN pg_attribute a"
+    "        ON a.attrelid = ad.adrelid AND a.attnum = ad.adnum WHERE ad.oid = d.objid)"
+    "  ELSE d.classid::regclass::text END"
+    " FROM pg_depend d JOIN pg_attribute a ON a.attrelid = d.refobjid AND a.attnum = d.refobjsubid"
+    " WHERE d.refclassid = 'pg_class'::regclass AND d.refobjid = to_regclass(format('%I.%I', $1::text, $2::text))"
+    "   AND a.attname = $3 AND d.deptype IN ('n', 'a') ORDER BY 1 LIMIT 1";
+
 /* The column, quoted, with its keys. */
 typedef struct enc_col {
     char *table, *column, *pk;     /* catalog names, malloc'd */
@@ -458,6 +480,17 @@ static int setup_in_tx(PGconn *conn, cdb_service *svc, const char *table, const 
         rc = cdb_error_oom(err);
         goto out;
     }
+    bool widen = strcmp(PQgetvalue(res, 0, 2), "text") != 0;
+    PQclear(res);
+    res = NULL;
+    if ((rc = cdb_pg_exec(conn, DEPENDENT_SQL, 3, params, &res, err)) < 0)
+        goto out;
+    if (PQntuples(res) == 1) {
+        rc = cdb_error_set_detail(err, CDB_ERR_VALIDATION_FAILED, "field", "column_name",
+                                  "Column %s of %s is used by %s, which would see ciphertext once it is "
+                                  "encrypted: drop or change it first", column, table, PQgetvalue(res, 0, 0));
+        goto out;
+    }
     PQclear(res);
     res = NULL;
     const char *reg[] = {c->table, c->column, c->pk, searchable ? "t" : "f"};
@@ -471,8 +504,9 @@ static int setup_in_tx(PGconn *conn, cdb_service *svc, const char *table, const 
                                   column);
         goto out;
     }
-    /* varchar(n) could not hold the longer ciphertext */
-    if ((rc = run(conn, err, "ALTER TABLE %s.%s ALTER COLUMN %s TYPE text", c->qschema, c->qtable, c->qcolumn)) < 0 ||
+    /* varchar(n) could not hold the longer ciphertext (text is left alone: no ACCESS EXCLUSIVE lock) */
+    if ((widen && (rc = run(conn, err, "ALTER TABLE %s.%s ALTER COLUMN %s TYPE text", c->qschema, c->qtable,
+                            c->qcolumn)) < 0) ||
         (rc = store_key(conn, svc, c, 1, err)) < 0)
         goto out;
     if (searchable) {

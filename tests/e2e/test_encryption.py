@@ -274,6 +274,26 @@ def test_keys_are_bound_in_postgresql_s_own_text(inst, admin):
     assert scalar(inst, "SELECT count(*) FROM coredb.encryption_columns WHERE table_name = %s", (name,)) == 0
 
 
+@pytest.mark.parametrize("dependent, named", [
+    ("CREATE POLICY no_drafts ON {t} USING (ssn NOT LIKE 'draft%%')", "policy no_drafts"),
+    ("CREATE VIEW {t}_v AS SELECT ssn FROM {t}", "view"),
+    ("CREATE UNIQUE INDEX {t}_ssn ON {t} (ssn)", "index"),
+    ("ALTER TABLE {t} ADD CONSTRAINT ssn_shape CHECK (ssn LIKE '___-__-____')", "constraint ssn_shape"),
+    ("ALTER TABLE {t} ALTER COLUMN ssn SET DEFAULT 'none'", "the default of ssn"),
+])
+def test_setup_refuses_a_column_other_objects_compare(inst, admin, dependent, named):
+    """A policy, view, index, check or default on the column would see (or
+    write) ciphertext: setup refuses, naming it, and changes nothing."""
+    t = people(inst, 5, kind="varchar(20)")
+    inst.pg.query(inst.db, dependent.format(t=t))
+    err = encrypt(inst, admin, {"table_name": t, "column_name": "ssn"}, status=400)["error"]
+    assert err["code"] == "VALIDATION_FAILED" and named in err["message"], err
+    assert scalar(inst, "SELECT count(*) FROM coredb.encryption_columns WHERE table_name = %s", (t,)) == 0
+    assert scalar(inst, f"SELECT format_type(atttypid, atttypmod) FROM pg_attribute WHERE attrelid = '{t}'::regclass"
+                        " AND attname = 'ssn'") == "character varying(20)"
+    assert scalar(inst, f"SELECT count(*) FROM {t} WHERE ssn LIKE '123-45-%%'") == 5
+
+
 def test_blind_index_equality_and_refusals(inst, admin):
     t = exposed_people(inst, admin)
     a = user(inst)
