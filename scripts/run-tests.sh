@@ -34,6 +34,7 @@ trap cleanup EXIT
 
 passed=0
 failed=0
+failures=() # one line per failed test, printed again just above the total
 count() { # $1 = passed, $2 = failed
   passed=$((passed + $1)); failed=$((failed + $2))
 }
@@ -47,6 +48,7 @@ for t in $(find build/tests -type f -perm -u+x | sort); do
   f=$(echo "$out" | sed -n 's/^\[  FAILED  \] \([0-9]*\) test.*/\1/p' | tail -1)
   [ $rc -ne 0 ] && [ -z "$f" ] && f=1
   count "${p:-0}" "${f:-0}"
+  [ "${f:-0}" -ne 0 ] && failures+=("unit ${t#build/tests/}: $(echo "$out" | grep -E '^\[  FAILED  \] [^0-9]' | sed 's/^\[  FAILED  \] //' | tr '\n' ' ')")
 done
 
 PYTEST=(/usr/bin/python3 -m pytest -q -p no:cacheprovider tests/e2e)
@@ -62,6 +64,8 @@ run_e2e() { # $1 = label, $2 = binary
   e=$(echo "$line" | grep -oE "[0-9]+ error" | grep -oE "[0-9]+")
   [ -z "$line" ] && f=1
   count "${p:-0}" "$(( ${f:-0} + ${e:-0} ))"
+  local name
+  while IFS= read -r name; do failures+=("$1 $name"); done < <(grep -E "^(FAILED|ERROR) " "$log")
 }
 
 run_e2e release build/coredb
@@ -73,5 +77,7 @@ if [ "${CI:-}" = "true" ] || [ "${COREDB_TEST_SAN:-}" = "1" ]; then
 fi
 
 echo
+# the failures again, so that the last lines of a long log name them
+for line in "${failures[@]}"; do echo "failed: $line"; done
 echo "total: $passed passed, $failed failed"
 [ "$failed" -eq 0 ] && [ "$passed" -gt 0 ]
