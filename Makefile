@@ -30,7 +30,7 @@ else
 Q := @
 endif
 
-.PHONY: all run test san bench bench-metrics bench-leases clean deps unit-bins lint man install
+.PHONY: all run test san bench bench-metrics bench-leases bench-encryption clean deps unit-bins lint man install
 all: $(BUILD)/coredb $(EXAMPLES)
 
 deps:
@@ -128,6 +128,10 @@ bench: deps all
 # the cost of recording metrics: the cache-hit path with and without them (issue 12)
 bench-metrics: deps all
 	$(Q)bash bench/metrics_cost.sh
+
+# column encryption: encrypted vs plain column through the data API, rotation rows/s (issue 11)
+bench-encryption: deps all
+	$(Q)/usr/bin/python3 bench/encryption.py
 
 # the API path with the lease-aware coredb.current_user_id() against the one before (issue 9)
 bench-leases: deps all
