@@ -88,6 +88,14 @@ void cdb__colring_invalidate(cdb_colring *r)
     pthread_mutex_unlock(&r->lock);
 }
 
+/*
+ * The snapshot's statement is small but runs at start and every 2 s; it gets
+ * at least this long even when DB_STATEMENT_TIMEOUT is set lower for the
+ * requests (a 10 ms request budget must not stop the instance from starting).
+ */
+#define LOAD_TIMEOUT_FLOOR_MS 1000
+#define LOAD_TIMEOUT_FLOOR_SQL "SET LOCAL statement_timeout = 1000"
+
 /* Reads the tables into a new snapshot. */
 static cdb_colset *load(cdb_service *svc, cdb_error *err)
 {
@@ -108,6 +116,11 @@ static cdb_colset *load(cdb_service *svc, cdb_error *err)
         rc = -1;
         goto out;
     }
+    int request_ms = cdb_pool_statement_timeout_ms(svc->pool);
+    if (request_ms > 0 && request_ms < LOAD_TIMEOUT_FLOOR_MS &&
+        ((rc = cdb_txn_begin(conn, err)) < 0 ||
+         (rc = cdb_pg_exec(conn, LOAD_TIMEOUT_FLOOR_SQL, 0, NULL, NULL, err)) < 0))
+        goto out;                  /* the release rolls the transaction back, also after success */
     cdb_error probe;
     cdb_error_init(&probe);
     const char *schema[] = {svc->cfg->postgres_schema};
@@ -185,9 +198,26 @@ cdb_colset *cdb__colring_get(cdb_service *svc, cdb_error *err)
     if (s)
         return s;
     /* loaded outside the lock: a slow database does not stall the readers of a fresh snapshot */
-    cdb_colset *fresh = load(svc, err);
-    if (!fresh)
-        return NULL;
+    cdb_error load_err;
+    cdb_error_init(&load_err);
+    cdb_colset *fresh = load(svc, &load_err);
+    if (!fresh) {
+        /* a failed reload keeps the snapshot there is (tried again in CDB_COLRING_TTL_MS): the
+           data API should not fail with it; only with none at all is the error the caller's */
+        pthread_mutex_lock(&r->lock);
+        if ((s = r->current)) {
+            s->refs++;
+            r->loaded_us = now;
+        }
+        pthread_mutex_unlock(&r->lock);
+        if (s)
+            cdb_log_warn("encryption.reload_failed", "%s: the encrypted columns' snapshot is kept",
+                         load_err.message);
+        else
+            cdb_error_move(err, &load_err);
+        cdb_error_destroy(&load_err);
+        return s;
+    }
     pthread_mutex_lock(&r->lock);
     cdb_colset *old = r->current;
     r->current = fresh;

@@ -591,3 +591,28 @@ def test_metrics_count_job_rows_and_decryption_failures(inst, admin):
     inst.pg.query(inst.db, f"UPDATE {t} SET ssn = (SELECT ssn FROM {t} WHERE id = 1) WHERE id = 2")
     query_ok(inst, a, select(t))
     assert metric("coredb_encryption_failures_total") >= fail0 + 1
+
+
+def test_a_failed_key_reload_keeps_the_snapshot(pg, redis_server):
+    """The snapshot of keys is reloaded every 2 s; when a reload fails (here:
+    the key table locked past the statement timeout) requests go on with the
+    snapshot there is instead of failing with it."""
+    inst = own_instance(pg, redis_server, DB_ENCRYPTION_KEY=KEY, DB_STATEMENT_TIMEOUT="1500", CACHE_TTL="0")
+    try:
+        admin = admin_of(inst)
+        t = exposed_people(inst, admin)
+        a = user(inst)
+        tx_ok(inst, a, [pg_insert(t, {"id": 1, "ssn": "111-22-3333"})])
+        locker = inst.pg.connect(inst.db)
+        try:
+            with locker.cursor() as cur:
+                cur.execute("BEGIN; LOCK TABLE coredb.encryption_keys IN ACCESS EXCLUSIVE MODE")
+                time.sleep(2.2)  # the snapshot is now due for a reload, which waits on the lock
+                out = query_ok(inst, a, select(t))
+                assert [r["ssn"] for r in out["data"]] == ["111-22-3333"], out
+        finally:
+            locker.close()  # ends the transaction, and the lock
+        assert "encryption.reload_failed" in inst.log()
+        assert query_ok(inst, a, select(t))["data"][0]["ssn"] == "111-22-3333"
+    finally:
+        inst.stop_clean()
