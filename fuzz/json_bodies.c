@@ -12,6 +12,8 @@
  *               expression, command, roles, flags) and parse_permissions of grants
  *               (access_grants.c)
  *   encryption  parse_names and parse_wait (encryption.c: table_name, column_name)
+ *   tables      parse_opts and check_name of the expose routes (tables.c:
+ *               owner_column, read_only_for, the table name)
  *   migrations  parse_request of the migration run routes (migrate_runs.c:
  *               target_version, dry_run)
  * The private files are included to reach their statics (renamed around
@@ -46,6 +48,12 @@
 #include "management/migrate_runs.c"
 #undef parse_request
 #undef finish
+#undef run
+#define check_name tables_check_name
+#define LIST_SQL tables_LIST_SQL
+#include "management/tables.c"
+#undef check_name
+#undef LIST_SQL
 
 static cdb_config cfg;
 static struct cdb_service svc;
@@ -127,6 +135,10 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     const char *target = NULL;
     bool dry = false;
     check(migrate_parse_request(body, &target, &dry, &err), &err, "migrations");
+
+    expose_opts eo;
+    check(parse_opts(body, &eo, &err), &err, "tables expose");
+    check(tables_check_name(json_string_value(json_object_get(body, "table")), &err), &err, "tables name");
 
     cdb_error_destroy(&err);
     json_decref(body);

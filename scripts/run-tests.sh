@@ -72,6 +72,28 @@ if [ "${CI:-}" = "true" ] || [ "${COREDB_TEST_SAN:-}" = "1" ]; then
     run_e2e sanitizer build-san/coredb
 fi
 
+# The libFuzzer harnesses of fuzz/ (make fuzz), briefly: ~12 s each, build
+# included about 3 minutes; a crash fails the run and keeps its input in
+# build-fuzz/crashes/. In CI or with COREDB_TEST_FUZZ=1.
+if [ "${CI:-}" = "true" ] || [ "${COREDB_TEST_FUZZ:-}" = "1" ]; then
+  echo "== fuzz (${COREDB_FUZZ_SECONDS:-12} s per harness)"
+  if make -s fuzz-bins; then
+    fuzz_log=$(mktemp /tmp/coredb-fuzz.XXXXXX)
+    FUZZ_SECONDS=${COREDB_FUZZ_SECONDS:-12} bash scripts/fuzz.sh 2>&1 | tee "$fuzz_log"
+    fuzz_ok=$(grep -cE " ok$" "$fuzz_log")
+    fuzz_bad=$(grep -cE "  (CRASH|NOT BUILT)" "$fuzz_log")
+    [ "$fuzz_ok" -eq 0 ] && [ "$fuzz_bad" -eq 0 ] && fuzz_bad=1
+    while IFS= read -r line; do
+      failures+=("fuzz: $line")
+    done < <(grep -E "  (CRASH|NOT BUILT)" "$fuzz_log")
+    count "$fuzz_ok" "$fuzz_bad"
+    rm -f "$fuzz_log"
+  else
+    failures+=("fuzz: make fuzz-bins failed")
+    count 0 1
+  fi
+fi
+
 echo
 echo "total: $passed passed, $failed failed"
 [ "$failed" -eq 0 ] && [ "$passed" -gt 0 ]
