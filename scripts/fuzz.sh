@@ -3,9 +3,9 @@
 # by `make fuzz-bins`) for FUZZ_SECONDS (default 60) each, one after the
 # other, and prints per harness its executions, coverage (cov: edges, ft:
 # features, from -print_final_stats and the DONE line) and whether it
-# crashed. Exits 1 when any harness crashed, leaked, timed out or did not
-# run; the input that did it is kept as build-fuzz/crashes/<harness>-crash-*
-# (reproduce: build-fuzz/fuzz/<harness> FILE).
+# crashed. Exits 1 when any harness crashed, leaked, timed out (CRASH: an
+# input broke it, kept as build-fuzz/crashes/<harness>-crash-*; reproduce:
+# build-fuzz/fuzz/<harness> FILE) or did not run (FAILED, NOT BUILT).
 #
 # The seeds of fuzz/corpus/<harness>/ are read, never written: what a run
 # finds goes to build-fuzz/corpus/<harness>/, which the next run starts from.
@@ -44,7 +44,7 @@ for name in $TARGETS; do
   if [ $rc -eq 0 ] && [ -z "$crash" ]; then
     result=ok
   else
-    result="CRASH (exit $rc) ${crash:-see $log}"
+    if [ -n "$crash" ]; then result="CRASH (exit $rc) $crash"; else result="FAILED (exit $rc) see $log"; fi
     status=1
     # the sanitizer's or the oracle's own words, so CI's log says what broke
     grep -aE "ERROR: |SUMMARY: |oracle|runtime error" "$log" | head -5 | sed "s|^|  $name: |"
