@@ -72,8 +72,9 @@ if [ "${CI:-}" = "true" ] || [ "${COREDB_TEST_SAN:-}" = "1" ]; then
     run_e2e sanitizer build-san/coredb
 fi
 
-# The libFuzzer harnesses of fuzz/ (make fuzz), briefly: 10 s each, about
-# 2.5 minutes with the build (4.7 on a loaded 2-core machine); a crash fails
+# The libFuzzer harnesses of fuzz/ (make fuzz), briefly: 10 s each, 3.5
+# minutes with the build from a clean build-fuzz/ (measured on the shared
+# 2-core machine; 4.7 with a sequential build under load); a crash fails
 # the run and keeps its input in build-fuzz/crashes/. In CI or with
 # COREDB_TEST_FUZZ=1 (COREDB_FUZZ_SECONDS sets the time per harness).
 if [ "${CI:-}" = "true" ] || [ "${COREDB_TEST_FUZZ:-}" = "1" ]; then
