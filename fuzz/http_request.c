@@ -7,19 +7,29 @@
  * chunked decoder, then cdb_request_new (X-Request-ID, User-Agent, the
  * target split into path and query), negotiate (Accept), the router with
  * the server's real route tables (percent-decoded {params}, 404/405/501),
- * take_bearer (Authorization, for the routes that look at a token; the
- * signature check itself is fuzz/jwt_verify.c), check_body_type
- * (Content-Type), parse_body (JSON), a query parameter, Connection, and
- * render, the answer's bytes. Up to four pipelined requests per input.
+ * check_token (Authorization: the Bearer scheme, then the signature and
+ * claims with the service key below; fuzz/jwt_verify.c goes deeper),
+ * check_body_type (Content-Type) - all of cdb_request_prepare - then
+ * parse_body (JSON), a query parameter, Connection, and render, the
+ * answer's bytes. Up to four pipelined requests per input.
  *
- * Oracles: no answer is a 5xx but 501 (nothing here may fail inside); the answer's
- * head is CRLF-terminated lines of printable characters (no header
- * injection through X-Request-ID or Allow); X-Request-ID is 1..128 bytes.
+ * Oracles: no answer is a 5xx but 501 (nothing here may fail inside); the
+ * answer's head is CRLF-terminated lines of printable characters (no
+ * header injection through X-Request-ID or Allow); X-Request-ID is 1..128
+ * bytes; a route that needs a token never goes on without a principal.
  */
 #include <stdint.h>
 
 #include "http/conn.c"
 #include "http/request.c"
+#include "security/service_state.h"
+
+/* The token key of the service (fuzz/make-corpus.py signs seeds with it). */
+static const unsigned char jwt_key[] = "fuzz-secret-fuzz-secret-fuzz-secret-0123";
+static struct cdb_service svc = {
+    .jwt = {.secret = jwt_key, .secret_len = sizeof jwt_key - 1, .issuer = "coredb", .audience = "coredb-api",
+            .leeway_s = 5},
+};
 
 static const cdb_route *const *route_tables(void)
 {
@@ -118,10 +128,10 @@ static size_t one_request(cdb_conn *c, const uint8_t *data, size_t size)
     head_clear(&c->head);
     if (!r)
         abort();
-    bool ok = negotiate(r) && cdb_router_match(r, route_tables());
-    if (ok && r->route->auth >= CDB_AUTH_OPTIONAL)
-        ok = take_bearer(r);
-    ok = ok && check_body_type(r) && parse_body(r);
+    /* what the loop runs before admission, then the body parse of cdb_request_admit */
+    bool ok = cdb_request_prepare(r, route_tables()) && parse_body(r);
+    if (ok && r->route->auth >= CDB_AUTH_USER && r->principal.role == CDB_ROLE_ANON)
+        die("a route that needs a token admitted no one", r->head.bytes, 0);
     char *limit = cdb_request_query_param(r, "limit");
     free(limit);
     bool closing = cdb_request_wants_close(r);
@@ -146,7 +156,7 @@ int LLVMFuzzerInitialize(int *argc, char ***argv)
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
-    static cdb_loop loop;
+    static cdb_loop loop = {.svc = &svc};
     static cdb_conn c;
     memset(&c, 0, sizeof c);
     c.loop = &loop;

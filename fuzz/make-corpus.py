@@ -90,10 +90,24 @@ for req in [
 ]:
     add("http_request", req)
 
-# tokens: the fixture key and clock of fuzz/jwt_verify.c
+# tokens: the fixture key and clock of fuzz/jwt_verify.c (and the key of fuzz/http_request.c)
 KEY = b"fuzz-secret-fuzz-secret-fuzz-secret-0123"
 NOW = 1800000000
 b64 = lambda b: base64.urlsafe_b64encode(b).rstrip(b"=")
+
+
+def token(cl):
+    signing = b64(json.dumps({"alg": "HS256", "typ": "JWT"}).encode()) + b"." + b64(json.dumps(cl).encode())
+    return signing + b"." + b64(hmac.new(KEY, signing, hashlib.sha256).digest())
+
+
+# requests with a token valid until 2100 (http_request checks it against the real clock)
+for role in ("user", "admin"):
+    t = token({"iss": "coredb", "aud": "coredb-api", "sub": UUID, "role": role, "sid": UUID, "jti": "j",
+               "iat": 1700000000, "nbf": 1700000000, "exp": 4102444800})
+    add("http_request", b"POST /api/v1/data/transaction HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer " + t +
+        b"\r\nContent-Type: application/json\r\nContent-Length: 16\r\n\r\n{\"operations\":[]}")
+    add("http_request", b"GET /api/v1/admin/backups HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer " + t + b"\r\n\r\n")
 claims = {"iss": "coredb", "aud": "coredb-api", "sub": UUID, "role": "user", "sid": UUID, "jti": "j1",
           "iat": NOW - 10, "nbf": NOW - 10, "exp": NOW + 900}
 for hdr, cl in [({"alg": "HS256", "typ": "JWT"}, claims),
