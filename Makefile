@@ -31,6 +31,7 @@ Q := @
 endif
 
 .PHONY: all run test san bench bench-metrics bench-leases bench-encryption clean deps unit-bins lint man install
+.PHONY: fuzz fuzz-bins
 all: $(BUILD)/coredb $(EXAMPLES)
 
 deps:
@@ -137,7 +138,25 @@ bench-encryption: deps all
 bench-leases: deps all
 	$(Q)/usr/bin/python3 bench/lease_rls.py
 
+# libFuzzer harnesses (fuzz/, issue 16): clang with libFuzzer + ASan + UBSan,
+# the library rebuilt in build-fuzz/ with coverage instrumentation. `make
+# fuzz` runs each for FUZZ_SECONDS (default 60, scripts/fuzz.sh).
+FUZZ_SRC := $(wildcard fuzz/*.c)
+FUZZ_SAN := -fsanitize=address,undefined -fno-sanitize-recover=undefined -fno-omit-frame-pointer
+$(BUILD)/fuzz/%: fuzz/%.c $(wildcard fuzz/*.h) $(BUILD)/libcoredb.a
+	@mkdir -p $(dir $@)
+	@[ "$(V)" = 1 ] || echo "  FUZ $<"
+	$(Q)$(CC) $(ALL_CFLAGS) -Wno-unused-function -fsanitize=fuzzer -o $@ $< $(BUILD)/libcoredb.a $(LDLIBS)
+
+fuzz-bins:
+	$(Q)$(MAKE) --no-print-directory BUILD=build-fuzz CC=clang CFLAGS="-O1 -g" \
+	  EXTRA_CFLAGS="-Wno-format-nonliteral -fsanitize=fuzzer-no-link $(FUZZ_SAN)" \
+	  $(FUZZ_SRC:fuzz/%.c=build-fuzz/fuzz/%)
+
+fuzz: deps fuzz-bins
+	$(Q)FUZZ_SECONDS=$(or $(FUZZ_SECONDS),60) bash scripts/fuzz.sh
+
 clean:
-	rm -rf build build-san build-nometrics
+	rm -rf build build-san build-nometrics build-fuzz
 
 -include $(LIB_OBJ:.o=.d) $(CLI_OBJ:.o=.d)
