@@ -21,6 +21,8 @@ PACKAGES=(
   wrk procps curl util-linux
   # metrics tests: promtool and a real Prometheus (tests/e2e/test_metrics.py)
   prometheus
+  # make fuzz: clang and its libFuzzer runtime (libclang_rt.fuzzer is in libclang-rt-14-dev)
+  clang libclang-rt-14-dev
 )
 # node and npm for the OpenAPI validator (tools/, tests/e2e/test_openapi.py):
 # Debian's, unless a node with its npm is already there (NodeSource's nodejs

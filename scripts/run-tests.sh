@@ -76,6 +76,30 @@ if [ "${CI:-}" = "true" ] || [ "${COREDB_TEST_SAN:-}" = "1" ]; then
     run_e2e sanitizer build-san/coredb
 fi
 
+# The libFuzzer harnesses of fuzz/ (make fuzz), briefly: 10 s each, 3.5
+# minutes with the build from a clean build-fuzz/ (measured on the shared
+# 2-core machine; 4.7 with a sequential build under load); a crash fails
+# the run and keeps its input in build-fuzz/crashes/. In CI or with
+# COREDB_TEST_FUZZ=1 (COREDB_FUZZ_SECONDS sets the time per harness).
+if [ "${CI:-}" = "true" ] || [ "${COREDB_TEST_FUZZ:-}" = "1" ]; then
+  echo "== fuzz (${COREDB_FUZZ_SECONDS:-10} s per harness)"
+  if make -s -j2 fuzz-bins; then
+    fuzz_log=$(mktemp /tmp/coredb-fuzz.XXXXXX)
+    FUZZ_SECONDS=${COREDB_FUZZ_SECONDS:-10} bash scripts/fuzz.sh 2>&1 | tee "$fuzz_log"
+    fuzz_ok=$(grep -cE " ok$" "$fuzz_log")
+    fuzz_bad=$(grep -cE "  (CRASH|FAILED|NOT BUILT)" "$fuzz_log")
+    [ "$fuzz_ok" -eq 0 ] && [ "$fuzz_bad" -eq 0 ] && fuzz_bad=1
+    while IFS= read -r line; do
+      failures+=("fuzz: $line")
+    done < <(grep -E "  (CRASH|FAILED|NOT BUILT)" "$fuzz_log")
+    count "$fuzz_ok" "$fuzz_bad"
+    rm -f "$fuzz_log"
+  else
+    failures+=("fuzz: make fuzz-bins failed")
+    count 0 1
+  fi
+fi
+
 # faults under load (tests/chaos, make chaos) in short: in CI or with COREDB_TEST_CHAOS=1
 if [ "${CI:-}" = "true" ] || [ "${COREDB_TEST_CHAOS:-}" = "1" ]; then
   echo "== chaos (faults under load, 3 s steady phases)"
