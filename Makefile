@@ -156,6 +156,14 @@ fuzz-bins:
 fuzz: deps fuzz-bins
 	$(Q)FUZZ_SECONDS=$(or $(FUZZ_SECONDS),60) bash scripts/fuzz.sh
 
+# faults under load with a client-side ledger (issue 16, tests/chaos): two
+# instances, ten faults, each followed by a steady phase of CHAOS_SECONDS
+.PHONY: chaos
+CHAOS_SECONDS ?= 15
+chaos: deps all
+	$(Q)CHAOS_SECONDS=$(CHAOS_SECONDS) COREDB_BIN=$(CURDIR)/$(BUILD)/coredb \
+	  /usr/bin/python3 -m pytest -q -p no:cacheprovider -s tests/chaos
+
 clean:
 	rm -rf build build-san build-nometrics build-fuzz
 

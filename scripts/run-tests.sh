@@ -100,6 +100,22 @@ if [ "${CI:-}" = "true" ] || [ "${COREDB_TEST_FUZZ:-}" = "1" ]; then
   fi
 fi
 
+# faults under load (tests/chaos, make chaos) in short: in CI or with COREDB_TEST_CHAOS=1
+if [ "${CI:-}" = "true" ] || [ "${COREDB_TEST_CHAOS:-}" = "1" ]; then
+  echo "== chaos (faults under load, 3 s steady phases)"
+  chaos_log="$COREDB_TEST_TMP/chaos.log"
+  CHAOS_SECONDS=3 COREDB_BIN="$PWD/build/coredb" timeout 290 \
+    /usr/bin/python3 -m pytest -q -p no:cacheprovider -s tests/chaos 2>&1 | tee "$chaos_log"
+  chaos_line=$(grep -E "[0-9]+ (passed|failed)" "$chaos_log" | tail -1)
+  chaos_p=$(echo "$chaos_line" | grep -oE "[0-9]+ passed" | grep -oE "[0-9]+")
+  chaos_f=$(echo "$chaos_line" | grep -oE "[0-9]+ failed" | grep -oE "[0-9]+")
+  chaos_e=$(echo "$chaos_line" | grep -oE "[0-9]+ error" | grep -oE "[0-9]+")
+  [ -z "$chaos_line" ] && chaos_f=1   # killed by the timeout, or pytest never ran
+  count "${chaos_p:-0}" "$(( ${chaos_f:-0} + ${chaos_e:-0} ))"
+  while IFS= read -r name; do failures+=("chaos $name"); done < <(grep -E "^(FAILED|ERROR) " "$chaos_log")
+  [ -z "$chaos_line" ] && failures+=("chaos: no result (timeout 290 s?)")
+fi
+
 echo
 # the failures again, so that the last lines of a long log name them
 for line in "${failures[@]}"; do echo "failed: $line"; done
