@@ -49,7 +49,8 @@
     X(IDEMPOTENCY_KEY_IN_PROGRESS, -31, 409)       \
     X(MAINTENANCE,                 -32, 503)       \
     X(DATABASE_PRIVILEGE_MISSING,  -33, 503)       \
-    X(DECRYPTION_FAILED,           -34, 422)
+    X(DECRYPTION_FAILED,           -34, 422)       \
+    X(BACKUP_STORAGE_UNAVAILABLE,  -35, 503)
 
 typedef enum cdb_err {
     CDB_OK = 0,

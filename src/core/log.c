@@ -3,11 +3,22 @@
  *
  * The level is a process-wide atomic so the hot path (a disabled debug line)
  * costs one load. Each line is serialized first and written with a single
- * write(2), which keeps lines whole across threads without a lock.
+ * write(2) (up to PIPE_BUF bytes, which a pipe keeps whole across threads
+ * without a lock).
+ *
+ * A destination that stops reading (a log shipper that hangs, a full pipe,
+ * a terminal on hold) must not stop the service: a blocking write(2) would
+ * hold the thread that logs, and soon every worker and the loops. So a line
+ * is written only when poll(2) says stderr takes it within LOG_WAIT_MS;
+ * otherwise it is dropped and counted (coredb_log_lines_dropped_total).
  */
 #include "coredb/log.h"
+#include "core/metrics.h"
 #include "core/timeutil.h"
 
+#include <errno.h>
+#include <limits.h>
+#include <poll.h>
 #include <stdarg.h>
 #include <stdatomic.h>
 #include <stdio.h>
@@ -17,6 +28,38 @@
 #include <unistd.h>
 
 static _Atomic int log_level = CDB_LOG_INFO;
+
+/* How long a line waits for a destination that does not take it at once. */
+#define LOG_WAIT_MS 50
+
+/* Set by a drop, cleared by a line that goes through: while the destination is stalled, lines do
+   not wait for it at all (one wait per stall, not one per line). */
+static atomic_bool log_stalled;
+
+/* Writes buf to stderr in pieces a writable pipe takes without blocking; false when it was dropped. */
+static bool write_line(const char *buf, size_t len)
+{
+    struct pollfd p = {.fd = STDERR_FILENO, .events = POLLOUT};
+    size_t off = 0;
+    while (off < len) {
+        int ready;
+        do
+            ready = poll(&p, 1, atomic_load(&log_stalled) ? 0 : LOG_WAIT_MS);
+        while (ready < 0 && errno == EINTR);
+        ssize_t w = -1;
+        if (ready == 1 && (p.revents & POLLOUT)) {
+            size_t piece = len - off < PIPE_BUF ? len - off : PIPE_BUF;
+            w = write(STDERR_FILENO, buf + off, piece);
+        }
+        if (w <= 0) {
+            atomic_store(&log_stalled, true); /* a longer line than PIPE_BUF may then end cut short */
+            return false;
+        }
+        off += (size_t)w;
+    }
+    atomic_store(&log_stalled, false);
+    return true;
+}
 
 static const char *const level_names[] = {"debug", "info", "warn", "error"};
 
@@ -69,8 +112,8 @@ void cdb_log_fields(cdb_log_level level, const char *event, json_t *fields)
         return;
     size_t n = strlen(text);
     text[n] = '\n'; /* replaces the NUL; we write n + 1 bytes and never read it as a string */
-    ssize_t unused = write(STDERR_FILENO, text, n + 1);
-    (void)unused;
+    if (!write_line(text, n + 1))
+        cdb__metrics_inc(CDB_M_LOG_DROPPED);
     free(text);
 }
 

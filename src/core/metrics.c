@@ -116,6 +116,8 @@ static const struct {
                                    ""},
     [CDB_M_ENCRYPTION_ROWS] = {"coredb_encryption_rows_total",
                                "Rows encrypted or re-encrypted by column encryption setup and rotation jobs.", ""},
+    [CDB_M_LOG_DROPPED] = {"coredb_log_lines_dropped_total",
+                           "Log lines dropped because their destination (stderr) did not take them in time.", ""},
 };
 
 /* ---- state behind a mutex (rare events, registration) ---- */

@@ -57,6 +57,7 @@ typedef enum cdb__metric {
     CDB_M_LEASE_EXPIRIES,
     CDB_M_ENCRYPTION_FAILURES,     /* column encryption (issue 11) */
     CDB_M_ENCRYPTION_ROWS,
+    CDB_M_LOG_DROPPED,             /* core/log.c: lines a stalled destination could not take */
     CDB_M__COUNT
 } cdb__metric;
 

@@ -132,7 +132,7 @@ static int dump(cdb_service *svc, PGconn *conn, json_t **out, cdb_error *err)
     char hex[65];
     long long size = 0;
     if (cdb__backup_sha256(tmp, hex, &size) < 0) {
-        rc = cdb_error_set(err, CDB_ERR_INTERNAL_ERROR, "backup: cannot read %s: %s", tmp, strerror(errno));
+        rc = cdb__backup_storage_error(err, "reading the new archive", tmp, errno);
         goto out;
     }
     json_object_set_new(manifest, "name", json_string(name));
@@ -151,7 +151,7 @@ static int dump(cdb_service *svc, PGconn *conn, json_t **out, cdb_error *err)
     /* archive first, manifest last: a listed backup always has its whole file */
     if (json_dump_file(manifest, mtmp, JSON_INDENT(2) | JSON_SORT_KEYS) < 0 || chmod(mtmp, 0600) < 0 ||
         rename(tmp, final) < 0 || rename(mtmp, mfinal) < 0) {
-        rc = cdb_error_set(err, CDB_ERR_INTERNAL_ERROR, "backup: cannot write %s: %s", mfinal, strerror(errno));
+        rc = cdb__backup_storage_error(err, "writing the manifest", mfinal, errno);
         unlink(final);
         goto out;
     }
@@ -254,7 +254,7 @@ static int cleanup(cdb_service *svc, json_t **out, cdb_error *err)
         if (!dump || !man || (unlink(dump) < 0 && errno != ENOENT) || unlink(man) < 0) {
             free(dump);
             free(man);
-            rc = cdb_error_set(err, CDB_ERR_INTERNAL_ERROR, "cleanup: cannot remove %s: %s", name, strerror(errno));
+            rc = cdb__backup_storage_error(err, "removing a backup", name, errno);
             goto out;
         }
         free(dump);

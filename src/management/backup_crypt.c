@@ -138,7 +138,7 @@ int cdb__backup_encrypt(const cdb_service *svc, const char *src, const char *dst
     goto out;
 
 io_error:
-    rc = cdb_error_set(err, CDB_ERR_INTERNAL_ERROR, "backup: cannot encrypt into %s: %s", dst, strerror(errno));
+    rc = cdb__backup_storage_error(err, "encrypting the archive", dst, errno);
 out:
     sodium_memzero(key, sizeof key);
     free(in_buf);
@@ -146,7 +146,7 @@ out:
     if (in >= 0)
         close(in);
     if (out >= 0 && close(out) != 0 && rc == 0)
-        rc = cdb_error_set(err, CDB_ERR_INTERNAL_ERROR, "backup: cannot write %s", dst);
+        rc = cdb__backup_storage_error(err, "writing the archive", dst, errno);
     return rc;
 }
 
@@ -204,7 +204,7 @@ int cdb_backup_decrypt_to_path(cdb_service *svc, const char *src, const char *ds
     int out = open(dst, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
     int rc = 0;
     if (in < 0 || out < 0) {
-        rc = cdb_error_set(err, CDB_ERR_INTERNAL_ERROR, "backup: cannot copy %s: %s", src, strerror(errno));
+        rc = cdb__backup_storage_error(err, "copying the archive", src, errno);
         goto out;
     }
     if (is_encrypted(in)) {

@@ -45,11 +45,17 @@ char *cdb__backup_path(const cdb_service *svc, const char *name, const char *suf
     return cdb_xasprintf("%s/%s%s", svc->cfg->backup_dir, name, suffix);
 }
 
+int cdb__backup_storage_error(cdb_error *err, const char *what, const char *path, int errnum)
+{
+    cdb_log_error("backup.storage", "%s failed (%s): %s", what, path, strerror(errnum));
+    return cdb_error_set_detail(err, CDB_ERR_BACKUP_STORAGE_UNAVAILABLE, "reason", strerror(errnum),
+                                "The backup storage (BACKUP_DIR) is not usable: %s failed", what);
+}
+
 int cdb__backup_dir(const cdb_service *svc, cdb_error *err)
 {
     if (cdb_mkdir_p(svc->cfg->backup_dir, 0700) < 0)
-        return cdb_error_set(err, CDB_ERR_INTERNAL_ERROR, "BACKUP_DIR %s: %s", svc->cfg->backup_dir,
-                             strerror(errno));
+        return cdb__backup_storage_error(err, "creating the directory", svc->cfg->backup_dir, errno);
     return 0;
 }
 
@@ -124,8 +130,7 @@ int cdb__backup_manifests(const cdb_service *svc, json_t **out, cdb_error *err)
     DIR *d = opendir(svc->cfg->backup_dir);
     if (!d) {
         if (errno != ENOENT)
-            rc = cdb_error_set(err, CDB_ERR_INTERNAL_ERROR, "BACKUP_DIR %s: %s", svc->cfg->backup_dir,
-                               strerror(errno));
+            rc = cdb__backup_storage_error(err, "listing the directory", svc->cfg->backup_dir, errno);
         goto out;
     }
     struct dirent *de;

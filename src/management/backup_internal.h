@@ -52,5 +52,12 @@ int cdb__backup_count_rows(PGconn *conn, json_t *tables, cdb_error *err);
 int cdb__backup_encrypt(const cdb_service *svc, const char *src, const char *dst, cdb_error *err);
 /* BACKUP_DIR, created (0700) when missing. */
 int cdb__backup_dir(const cdb_service *svc, cdb_error *err);
+/*
+ * A file of BACKUP_DIR that cannot be read or written (missing, read-only,
+ * full, a file where the directory should be): logged with its path and
+ * errno, answered BACKUP_STORAGE_UNAVAILABLE (503) without the path.
+ * what: the step, as "writing the manifest". Returns the code.
+ */
+int cdb__backup_storage_error(cdb_error *err, const char *what, const char *path, int errnum);
 
 #endif

@@ -12,7 +12,7 @@ after another, each followed by a steady phase:
   coredb-B-sigkill    instance B SIGKILLed with transactions in flight, restarted
   log-full-B          B restarted with its stdout and stderr on /dev/full, then back
   backup-dir-broken   a regular file where BACKUP_DIR should be (root ignores chmod)
-  (log-stalled-B      with CHAOS_LOG_STALL=1: B's log on a pipe nobody reads)
+  (log-stalled-B      B's log on a pipe nobody reads; CHAOS_LOG_STALL=0 leaves it out)
 
 After each fault and at the end the ledger is checked: a write answered 2xx
 is in PostgreSQL exactly once; any other answer (5xx, timeout, connection
@@ -43,7 +43,7 @@ OUTBOX_DRAIN_S = 15.0
 # the contract's codes for a backend that is down or slow (API.md, docs/http.md)
 FAULT_CODES = {(503, "DATABASE_UNAVAILABLE"), (503, "POOL_EXHAUSTED"),
                (503, "TRANSACTION_OUTCOME_UNKNOWN"), (503, "CACHE_UNAVAILABLE"),
-               (504, "DATABASE_TIMEOUT")}
+               (504, "DATABASE_TIMEOUT"), (503, "BACKUP_STORAGE_UNAVAILABLE")}
 KNOWN_ROLLBACK = {"DATABASE_UNAVAILABLE", "DATABASE_TIMEOUT", "POOL_EXHAUSTED"}
 
 
@@ -328,12 +328,7 @@ class Run:
 # Findings reported to the lead and printed, but not failing the run until
 # the contract gives them a code (CHAOS_STRICT=1 makes them fail):
 # (phase, request kind, answer) -> why.
-KNOWN_FINDINGS = {} if knobs.STRICT else {
-    ("backup-dir-broken", "backup", "500 INTERNAL_ERROR"):
-        "an unusable BACKUP_DIR is answered 500: the contract has no code for backup "
-        "storage that is full, read-only or missing (src/management/backup_files.c "
-        "cdb__backup_dir)",
-}
+KNOWN_FINDINGS = {}  # none today: the backup storage 500 now has its code (BACKUP_STORAGE_UNAVAILABLE)
 
 
 def _attempts(e):

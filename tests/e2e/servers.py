@@ -185,7 +185,7 @@ TEST_JWT_SECRET = "test-secret-0123456789abcdef0123456789abcdef"
 class Coredb:
     """The real coredb binary serving HTTP on a free port."""
 
-    def __init__(self, env, cwd=None, wait=True, args=("serve",), max_files=None):
+    def __init__(self, env, cwd=None, wait=True, args=("serve",), max_files=None, log_fd=None):
         self.port = int(env.get("PORT") or free_port())
         self.dir = cwd or os.path.join(scratch_dir(), f"coredb-{uuid.uuid4().hex[:8]}")
         os.makedirs(self.dir, exist_ok=True)
@@ -200,8 +200,10 @@ class Coredb:
         def limit_files():  # max_files: the open-file limit, soft and hard
             import resource
             resource.setrlimit(resource.RLIMIT_NOFILE, (max_files, max_files))
+        # log_fd: where its log goes instead of log_path (a pipe, say)
         self.proc = subprocess.Popen([COREDB_BIN] + list(args), env=full_env, cwd=self.dir,
-                                     stdout=open(self.log_path, "ab"), stderr=subprocess.STDOUT,
+                                     stdout=log_fd if log_fd is not None else open(self.log_path, "ab"),
+                                     stderr=subprocess.STDOUT,
                                      preexec_fn=limit_files if max_files else None)
         if wait:
             self.wait_live()

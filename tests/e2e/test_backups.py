@@ -418,3 +418,29 @@ def test_an_encrypted_backup_restores(pg):
         assert not glob.glob(os.path.join(d, ".*")), os.listdir(d)   # the decrypted copy is gone
     finally:
         inst.stop_clean()
+
+
+def test_unusable_storage_is_503_without_the_path(pg):
+    """A BACKUP_DIR that cannot be used (here a file where the directory
+    should be: root ignores permission bits) is the storage's fault, not an
+    internal error: 503 BACKUP_STORAGE_UNAVAILABLE naming the step, the path
+    only in the log; once the directory is back, backups work again."""
+    d = backup_dir()
+    os.rmdir(d)
+    with open(d, "w") as f:
+        f.write("not a directory")
+    inst = start_instance(pg, BACKUP_DIR=d)
+    try:
+        a = admin_of(inst)
+        for resp in (inst.post(BK, headers=a.headers, timeout=120), inst.get(BK, headers=a.headers)):
+            err = assert_error(resp, 503, "BACKUP_STORAGE_UNAVAILABLE")
+            assert err["details"]["reason"] == "Not a directory", err
+            assert d not in resp.text and "backups-" not in resp.text, resp.text
+        assert "backup.storage" in inst.log() and d in inst.log()
+        assert open(d).read() == "not a directory"           # nothing there was touched
+        os.remove(d)
+        os.makedirs(d)
+        b = create(inst, a)
+        assert os.path.exists(os.path.join(d, b["name"] + ".json"))
+    finally:
+        inst.stop_clean()
