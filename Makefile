@@ -31,6 +31,7 @@ Q := @
 endif
 
 .PHONY: all run test san bench bench-metrics bench-leases clean deps unit-bins lint man install
+.PHONY: soak valgrind
 all: $(BUILD)/coredb $(EXAMPLES)
 
 deps:
@@ -132,6 +133,15 @@ bench-metrics: deps all
 # the API path with the lease-aware coredb.current_user_id() against the one before (issue 9)
 bench-leases: deps all
 	$(Q)/usr/bin/python3 bench/lease_rls.py
+
+# soak and resource bounds (issue 16): connection bounds, then SOAK_MINUTES
+# (default 60) of steady load with RSS/fds/threads/pool/backends sampled
+soak: deps all
+	$(Q)/usr/bin/python3 -m pytest -q -s -p no:cacheprovider tests/soak
+
+# the e2e tests (a subset: VALGRIND_TESTS) with coredb under valgrind memcheck
+valgrind: deps
+	$(Q)bash tests/soak/valgrind.sh
 
 clean:
 	rm -rf build build-san build-nometrics

@@ -22,6 +22,10 @@ PACKAGES=(
   # metrics tests: promtool and a real Prometheus (tests/e2e/test_metrics.py)
   prometheus
 )
+# valgrind only for `make valgrind` (tests/soak/valgrind.sh), not for CI
+if [ "${COREDB_DEPS_VALGRIND:-}" = "1" ]; then
+  PACKAGES+=(valgrind)
+fi
 # node and npm for the OpenAPI validator (tools/, tests/e2e/test_openapi.py):
 # Debian's, unless a node with its npm is already there (NodeSource's nodejs
 # ships npm and conflicts with Debian's npm package).

@@ -1,0 +1,72 @@
+#!/usr/bin/env bash
+# `make valgrind`: the end-to-end tests with the coredb binary under
+# valgrind's memcheck, and a summary of the errors and definite leaks it found.
+#
+# Builds a debug binary without sanitizers (build-vg/, -O0 -g: ASan and
+# memcheck cannot share a process), and points COREDB_BIN at a wrapper that
+# runs it under memcheck, so every coredb the tests start (serve, and every
+# CLI call) is checked, each into its own log (build-vg/valgrind/vg.<pid>.log).
+# An error or a definite leak makes that process exit 99 (--error-exitcode),
+# which the tests' clean-stop check (servers.py stop_clean) also reports.
+#
+# Memcheck slows coredb 20-50x, so the whole suite does not fit a sitting;
+# VALGRIND_TESTS names the subset (default below: the HTTP parser and
+# hostile requests, auth, users, data query/transaction, health). Tests with
+# tight timing (test_deadlines, test_ratelimit, test_signals, ...) would fail
+# on the slowness alone, not on memory. Not run in CI (too slow).
+set -uo pipefail
+cd "$(dirname "$0")/../.."
+
+COREDB_DEPS_VALGRIND=1 bash scripts/install-deps.sh || exit 1
+make -s BUILD=build-vg CFLAGS="-O0 -g" all || exit 1
+
+VGDIR="$PWD/build-vg/valgrind"
+rm -rf "$VGDIR"
+mkdir -p "$VGDIR"
+chmod 755 "$PWD/build-vg" "$VGDIR"
+cat > build-vg/coredb-vg <<EOF
+#!/bin/sh
+# coredb under memcheck (written by tests/soak/valgrind.sh)
+exec valgrind --quiet --tool=memcheck --error-exitcode=99 --leak-check=full \\
+  --show-leak-kinds=definite --errors-for-leak-kinds=definite --num-callers=30 \\
+  --log-file="$VGDIR/vg.%p.log" "$PWD/build-vg/coredb" "\$@"
+EOF
+chmod 755 build-vg/coredb-vg
+
+TESTS=${VALGRIND_TESTS:-"tests/e2e/test_health.py tests/e2e/test_http.py tests/e2e/test_http_hostile.py
+  tests/e2e/test_auth.py tests/e2e/test_users.py tests/e2e/test_data_query.py tests/e2e/test_data_transaction.py"}
+export COREDB_TEST_TMP
+COREDB_TEST_TMP=$(mktemp -d /tmp/coredb-vg.XXXXXX)
+chmod 755 "$COREDB_TEST_TMP"
+cleanup() { # the servers the tests started and left behind on failure, found by their pid files
+  local pidfile
+  while IFS= read -r pidfile; do
+    kill -KILL "$(head -n 1 "$pidfile")" 2>/dev/null
+  done < <(find "$COREDB_TEST_TMP" \( -name redis.pid -o -name postmaster.pid \) 2>/dev/null)
+  rm -rf "$COREDB_TEST_TMP"
+}
+trap cleanup EXIT
+
+start=$(date +%s)
+# shellcheck disable=SC2086
+COREDB_BIN="$PWD/build-vg/coredb-vg" /usr/bin/python3 -m pytest -q -p no:cacheprovider $TESTS 2>&1 |
+  tee "$VGDIR/pytest.log"
+secs=$(( $(date +%s) - start ))
+
+# The summary: processes checked, and those with errors or definite leaks.
+procs=0
+bad=0
+for log in "$VGDIR"/vg.*.log; do
+  [ -e "$log" ] || continue
+  procs=$((procs + 1))
+  [ -s "$log" ] || continue # --quiet: an empty log is a clean process
+  echo "== $log"
+  head -n 60 "$log"
+  if grep -qE "Invalid |uninitialised|definitely lost in|Mismatched free|Syscall param|overlap|Process terminating" "$log"; then
+    bad=$((bad + 1))
+  fi
+done
+result=$(grep -E "[0-9]+ (passed|failed)" "$VGDIR/pytest.log" | tail -1)
+echo
+echo "valgrind: $procs coredb processes under memcheck, $bad with errors or definite leaks; pytest: $result; ${secs} s"
+[ "$procs" -gt 0 ] && [ "$bad" -eq 0 ] && ! echo "$result" | grep -qE "failed|error"
