@@ -8,6 +8,8 @@
 # CLI call) is checked, each into its own log (build-vg/valgrind/vg.<pid>.log).
 # An error or a definite leak makes that process exit 99 (--error-exitcode),
 # which the tests' clean-stop check (servers.py stop_clean) also reports.
+# Logs of processes that exited clean are kept too (they end in a zero
+# ERROR SUMMARY), so the summary can tell them from killed ones.
 #
 # Memcheck slows coredb 20-50x, so the whole suite does not fit a sitting;
 # VALGRIND_TESTS names the subset (default below: the HTTP parser and
@@ -27,7 +29,7 @@ chmod 755 "$PWD/build-vg" "$VGDIR"
 cat > build-vg/coredb-vg <<EOF
 #!/bin/sh
 # coredb under memcheck (written by tests/soak/valgrind.sh)
-exec valgrind --quiet --tool=memcheck --error-exitcode=99 --leak-check=full \\
+exec valgrind --tool=memcheck --error-exitcode=99 --leak-check=full \\
   --show-leak-kinds=definite --errors-for-leak-kinds=definite --num-callers=30 \\
   --log-file="$VGDIR/vg.%p.log" "$PWD/build-vg/coredb" "\$@"
 EOF
@@ -53,20 +55,29 @@ COREDB_BIN="$PWD/build-vg/coredb-vg" /usr/bin/python3 -m pytest -q -p no:cachepr
   tee "$VGDIR/pytest.log"
 secs=$(( $(date +%s) - start ))
 
-# The summary: processes checked, and those with errors or definite leaks.
+# The summary. A process that ran to its exit ends its log with memcheck's
+# ERROR SUMMARY (the leak check runs just before it); one killed with
+# SIGKILL (by a test, or by the stop timeout) has none and was not checked
+# for leaks, so it is counted apart rather than as clean.
 procs=0
+checked=0
 bad=0
 for log in "$VGDIR"/vg.*.log; do
   [ -e "$log" ] || continue
   procs=$((procs + 1))
-  [ -s "$log" ] || continue # --quiet: an empty log is a clean process
-  echo "== $log"
-  head -n 60 "$log"
-  if grep -qE "Invalid |uninitialised|definitely lost in|Mismatched free|Syscall param|overlap|Process terminating" "$log"; then
+  summary=$(grep -E "ERROR SUMMARY: [0-9]+ errors" "$log" | tail -1)
+  [ -n "$summary" ] || continue
+  checked=$((checked + 1))
+  errors=$(echo "$summary" | sed -E 's/.*ERROR SUMMARY: ([0-9]+) errors.*/\1/')
+  if [ "$errors" -ne 0 ] || grep -q "definitely lost in" "$log"; then
     bad=$((bad + 1))
+    echo "== $log ($errors errors)"
+    grep -vE "^==[0-9]+== (Memcheck|Copyright|Using Valgrind|Command|Parent PID|$)" "$log" | head -n 80
   fi
 done
 result=$(grep -E "[0-9]+ (passed|failed)" "$VGDIR/pytest.log" | tail -1)
 echo
-echo "valgrind: $procs coredb processes under memcheck, $bad with errors or definite leaks; pytest: $result; ${secs} s"
-[ "$procs" -gt 0 ] && [ "$bad" -eq 0 ] && ! echo "$result" | grep -qE "failed|error"
+echo "valgrind: $procs coredb processes under memcheck, $checked ran to exit and were checked" \
+  "($((procs - checked)) killed before: not leak-checked), $bad with errors or definite leaks;" \
+  "pytest: $result; ${secs} s"
+[ "$checked" -gt 0 ] && [ "$bad" -eq 0 ] && ! echo "$result" | grep -qE "failed|error"
