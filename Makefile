@@ -31,7 +31,6 @@ Q := @
 endif
 
 .PHONY: all run test san bench bench-metrics bench-leases clean deps unit-bins lint man install
-.PHONY: soak valgrind
 all: $(BUILD)/coredb $(EXAMPLES)
 
 deps:
@@ -136,6 +135,7 @@ bench-leases: deps all
 
 # soak and resource bounds (issue 16): connection bounds, then SOAK_MINUTES
 # (default 60) of steady load with RSS/fds/threads/pool/backends sampled
+.PHONY: soak valgrind
 soak: deps all
 	$(Q)/usr/bin/python3 -m pytest -q -s -p no:cacheprovider tests/soak
 
