@@ -72,6 +72,14 @@ def sample(pid, reads=5, gap=0.05):
     return {"rss_kib": rss, "threads": st["Threads"], "fds": fd_count(pid)}
 
 
+def sanitized(pid):
+    """True when the process runs with AddressSanitizer (make san): its
+    quarantine keeps freed memory resident, so RSS says nothing about leaks
+    there (ASan's own leak check at exit does)."""
+    with open(f"/proc/{pid}/maps") as f:
+        return any("libasan" in line for line in f)
+
+
 def wait_fds_at_most(pid, bound, timeout):
     """Waits until the process holds at most bound descriptors; returns the last count."""
     deadline = time.time() + timeout

@@ -19,7 +19,7 @@ from datahelp import QUERY, start_instance, user
 from servers import Coredb
 from conftest import base_env
 from soakutil import (get_once, nofile_limit, percentile, pg, raise_nofile,  # noqa: F401
-                      read_response, redis_server, sample, source_address, wait_fds_at_most)
+                      read_response, redis_server, sample, sanitized, source_address, wait_fds_at_most)
 
 IDLE_CONNS = int(os.environ.get("SOAK_IDLE_CONNS", "10000"))
 PER_IP_CAP = 256  # HTTP_MAX_CONNECTIONS_PER_IP's default (docs/configuration.md)
@@ -319,7 +319,10 @@ def test_a_thousand_connections_dropped_mid_request(pg, redis_server):
         # growing with every round: over the second half (4,000 connections)
         # 1 MiB is 256 bytes per dropped connection.
         half = rounds // 2
-        assert rss_after[-1] - rss_after[half - 1] <= 1024, \
-            f"RSS kept growing round after round: {rss_after}"
+        if sanitized(pid):
+            print("[dropped] ASan build: its quarantine holds freed memory, RSS not checked")
+        else:
+            assert rss_after[-1] - rss_after[half - 1] <= 1024, \
+                f"RSS kept growing round after round: {rss_after}"
     finally:
         inst.stop_clean()
