@@ -21,6 +21,8 @@ PACKAGES=(
   wrk procps curl util-linux
   # metrics tests: promtool and a real Prometheus (tests/e2e/test_metrics.py)
   prometheus
+  # make fuzz: clang and its libFuzzer runtime (libclang_rt.fuzzer is in libclang-rt-14-dev)
+  clang libclang-rt-14-dev
 )
 # valgrind only for `make valgrind` (tests/soak/valgrind.sh), not for CI
 if [ "${COREDB_DEPS_VALGRIND:-}" = "1" ]; then

@@ -76,18 +76,58 @@ if [ "${CI:-}" = "true" ] || [ "${COREDB_TEST_SAN:-}" = "1" ]; then
     run_e2e sanitizer build-san/coredb
 fi
 
+# The libFuzzer harnesses of fuzz/ (make fuzz), briefly: 10 s each, 3.5
+# minutes with the build from a clean build-fuzz/ (measured on the shared
+# 2-core machine; 4.7 with a sequential build under load); a crash fails
+# the run and keeps its input in build-fuzz/crashes/. In CI or with
+# COREDB_TEST_FUZZ=1 (COREDB_FUZZ_SECONDS sets the time per harness).
+if [ "${CI:-}" = "true" ] || [ "${COREDB_TEST_FUZZ:-}" = "1" ]; then
+  echo "== fuzz (${COREDB_FUZZ_SECONDS:-10} s per harness)"
+  if make -s -j2 fuzz-bins; then
+    fuzz_log=$(mktemp /tmp/coredb-fuzz.XXXXXX)
+    FUZZ_SECONDS=${COREDB_FUZZ_SECONDS:-10} bash scripts/fuzz.sh 2>&1 | tee "$fuzz_log"
+    fuzz_ok=$(grep -cE " ok$" "$fuzz_log")
+    fuzz_bad=$(grep -cE "  (CRASH|FAILED|NOT BUILT)" "$fuzz_log")
+    [ "$fuzz_ok" -eq 0 ] && [ "$fuzz_bad" -eq 0 ] && fuzz_bad=1
+    while IFS= read -r line; do
+      failures+=("fuzz: $line")
+    done < <(grep -E "  (CRASH|FAILED|NOT BUILT)" "$fuzz_log")
+    count "$fuzz_ok" "$fuzz_bad"
+    rm -f "$fuzz_log"
+  else
+    failures+=("fuzz: make fuzz-bins failed")
+    count 0 1
+  fi
+fi
+
+# faults under load (tests/chaos, make chaos) in short: in CI or with COREDB_TEST_CHAOS=1
+if [ "${CI:-}" = "true" ] || [ "${COREDB_TEST_CHAOS:-}" = "1" ]; then
+  echo "== chaos (faults under load, 3 s steady phases)"
+  chaos_log="$COREDB_TEST_TMP/chaos.log"
+  CHAOS_SECONDS=3 COREDB_BIN="$PWD/build/coredb" timeout 290 \
+    /usr/bin/python3 -m pytest -q -p no:cacheprovider -s tests/chaos 2>&1 | tee "$chaos_log"
+  chaos_line=$(grep -E "[0-9]+ (passed|failed)" "$chaos_log" | tail -1)
+  chaos_p=$(echo "$chaos_line" | grep -oE "[0-9]+ passed" | grep -oE "[0-9]+")
+  chaos_f=$(echo "$chaos_line" | grep -oE "[0-9]+ failed" | grep -oE "[0-9]+")
+  chaos_e=$(echo "$chaos_line" | grep -oE "[0-9]+ error" | grep -oE "[0-9]+")
+  [ -z "$chaos_line" ] && chaos_f=1   # killed by the timeout, or pytest never ran
+  count "${chaos_p:-0}" "$(( ${chaos_f:-0} + ${chaos_e:-0} ))"
+  while IFS= read -r name; do failures+=("chaos $name"); done < <(grep -E "^(FAILED|ERROR) " "$chaos_log")
+  [ -z "$chaos_line" ] && failures+=("chaos: no result (timeout 290 s?)")
+fi
+
 # soak and resource bounds, short (tests/soak, issue 16): the connection
 # bounds and a 3-minute soak, about 4 minutes
 if [ "${CI:-}" = "true" ] || [ "${COREDB_TEST_SOAK:-}" = "1" ]; then
   echo "== soak (tests/soak: connection bounds, SOAK_MINUTES=${SOAK_MINUTES:-3})"
   soak_log="$COREDB_TEST_TMP/pytest-soak.log"
-  SOAK_MINUTES=${SOAK_MINUTES:-3} COREDB_BIN="$PWD/build/coredb" \
+  SOAK_MINUTES=${SOAK_MINUTES:-3} COREDB_BIN="$PWD/build/coredb" timeout 420 \
     /usr/bin/python3 -m pytest -q -s -p no:cacheprovider tests/soak 2>&1 | tee "$soak_log"
   soak_line=$(grep -E "[0-9]+ (passed|failed)" "$soak_log" | tail -1)
   soak_p=$(echo "$soak_line" | grep -oE "[0-9]+ passed" | grep -oE "[0-9]+")
   soak_f=$(echo "$soak_line" | grep -oE "[0-9]+ failed" | grep -oE "[0-9]+")
   soak_e=$(echo "$soak_line" | grep -oE "[0-9]+ error" | grep -oE "[0-9]+")
-  [ -z "$soak_line" ] && soak_f=1
+  [ -z "$soak_line" ] && soak_f=1   # killed by the timeout, or pytest never ran
   count "${soak_p:-0}" "$(( ${soak_f:-0} + ${soak_e:-0} ))"
   while IFS= read -r name; do failures+=("soak $name"); done < <(grep -E "^(FAILED|ERROR) " "$soak_log")
   [ -z "$soak_line" ] && failures+=("soak: pytest gave no result line")

@@ -61,6 +61,7 @@ typedef struct cdb_config {
     /* Secrets (may be NULL until the embedded mode generates them) */
     char *jwt_secret;
     char *db_encryption_key;       /* as given: base64 or hex */
+    char *db_encryption_key_previous; /* the former master key: data keys are rewrapped at start */
     char *admin_email;             /* COREDB_ADMIN_EMAIL */
     char *admin_password;          /* COREDB_ADMIN_PASSWORD */
 

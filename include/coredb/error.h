@@ -48,7 +48,8 @@
     X(IDEMPOTENCY_KEY_REUSED,      -30, 422)       \
     X(IDEMPOTENCY_KEY_IN_PROGRESS, -31, 409)       \
     X(MAINTENANCE,                 -32, 503)       \
-    X(DATABASE_PRIVILEGE_MISSING,  -33, 503)
+    X(DATABASE_PRIVILEGE_MISSING,  -33, 503)       \
+    X(DECRYPTION_FAILED,           -34, 422)
 
 typedef enum cdb_err {
     CDB_OK = 0,

@@ -65,6 +65,7 @@ extern const char cli_help_serve[], cli_help_config[], cli_help_migrate[], cli_h
     cli_help_completion[], cli_help_version[], cli_help_backup[], cli_help_admin[];
 extern const char cli_help_monitor[], cli_help_health[];
 extern const char cli_help_lease[];
+extern const char cli_help_encryption[];
 
 /* True when flag (e.g. "--json") is one of argv[1..argc). */
 bool cli_flag(int argc, char **argv, const char *flag);
@@ -166,6 +167,7 @@ int cmd_admin(int argc, char **argv);
 int cmd_monitor(int argc, char **argv);
 int cmd_health(int argc, char **argv);
 int cmd_lease(int argc, char **argv);
+int cmd_encryption(int argc, char **argv);
 
 /*
  * One verb of `coredb admin` (cmd_admin.c's table; each verb in its own

@@ -55,6 +55,8 @@ static const cli_command commands[] = {
      "connection query resource", "--json", cli_help_health, cmd_health},
     {"lease", "connection leases: list the live ones, release one (as an admin)", "list release",
      "--service-name --json", cli_help_lease, cmd_lease},
+    {"encryption", "column encryption: encrypt a column, rotate its key, audit, rewrap (as an admin)",
+     "setup rotate audit rewrap", "--searchable --json", cli_help_encryption, cmd_encryption},
     {"completion", "print a shell completion script (bash)", "bash", NULL, cli_help_completion,
      cmd_completion},
     {"help", "describe a command, or print the man page (--man)", NULL, "--man", cli_help_help,

@@ -117,6 +117,7 @@ static const struct var vars[] = {
 
     SECRET("JWT_SECRET", jwt_secret, check_jwt_secret),
     SECRET("DB_ENCRYPTION_KEY", db_encryption_key, check_key),
+    SECRET("DB_ENCRYPTION_KEY_PREVIOUS", db_encryption_key_previous, check_key),
     STR("COREDB_ADMIN_EMAIL", admin_email, NULL, check_email),
     SECRET("COREDB_ADMIN_PASSWORD", admin_password, NULL),
 

@@ -56,6 +56,16 @@ int cdb_mkdir_p(const char *path, mode_t mode)
                 return -1;
         } else if (errno != EEXIST) {
             return -1;
+        } else {
+            /* a file where the directory should be (found by tests/chaos: a
+             * BACKUP_DIR that is a file passed here and failed later, in pg_dump) */
+            struct stat st;
+            if (stat(buf, &st) < 0)
+                return -1;
+            if (!S_ISDIR(st.st_mode)) {
+                errno = ENOTDIR;
+                return -1;
+            }
         }
         *p = saved;
         if (saved == '\0')

@@ -111,6 +111,11 @@ static const struct {
                               ""},
     [CDB_M_LEASE_EXPIRIES] = {"coredb_lease_expiries_total",
                               "Connection leases ended by the reaper (expired, or their instance gone).", ""},
+    [CDB_M_ENCRYPTION_FAILURES] = {"coredb_encryption_failures_total",
+                                   "Encrypted column values that did not decrypt (altered, or moved to another row).",
+                                   ""},
+    [CDB_M_ENCRYPTION_ROWS] = {"coredb_encryption_rows_total",
+                               "Rows encrypted or re-encrypted by column encryption setup and rotation jobs.", ""},
 };
 
 /* ---- state behind a mutex (rare events, registration) ---- */

@@ -55,6 +55,8 @@ typedef enum cdb__metric {
     CDB_M_LEASE_ACQUIRES,          /* connection leases (coredb/leases.h) */
     CDB_M_LEASE_RELEASES,
     CDB_M_LEASE_EXPIRIES,
+    CDB_M_ENCRYPTION_FAILURES,     /* column encryption (issue 11) */
+    CDB_M_ENCRYPTION_ROWS,
     CDB_M__COUNT
 } cdb__metric;
 

@@ -23,6 +23,7 @@
 
 #include "data/data_internal.h"
 #include "data/sqlbuild.h"
+#include "data/crypt.h"
 #include "coredb/data.h"
 #include "coredb/log.h"
 #include "core/timeutil.h"
@@ -209,10 +210,12 @@ static bool has_string(const json_t *array, const char *s)
 /*
  * Builds the rows statement into q (its text and params) and the count
  * statement's text into *count_sql (same params minus the last two), and
- * the resolved select list into cols (for the cache key).
+ * the resolved select list into cols (for the cache key). hidden_pk (a
+ * table with encrypted columns): its primary key is added to each row as
+ * CDB_CRYPT_PK_MEMBER, which decryption binds values to (and removes).
  */
 static int build_sql(const cdb_catalog *cat, const cdb_table *t, const query_req *req, cdb_sql *q,
-                     char **count_sql, json_t *cols, cdb_error *err)
+                     char **count_sql, json_t *cols, const char *hidden_pk, cdb_error *err)
 {
     const char *schema = cdb_catalog_schema(cat);
     size_t i, from, where_end;
@@ -237,6 +240,11 @@ static int build_sql(const cdb_catalog *cat, const cdb_table *t, const query_req
         if (i)
             cdb_sql_append(q, ", ");
         cdb_sql_ident(q, json_string_value(v));
+    }
+    if (hidden_pk) {
+        cdb_sql_append(q, json_array_size(cols) ? ", " : "");
+        cdb_sql_ident(q, hidden_pk);
+        cdb_sql_append(q, "::text AS \"" CDB_CRYPT_PK_MEMBER "\"");
     }
     from = q->len;
     cdb_sql_append(q, " FROM ");
@@ -402,8 +410,10 @@ static int query_postgresql(cdb_service *svc, const cdb_principal *p, json_t *r,
     query_req req = {0};
     cdb_catalog *cat = NULL;
     cdb_sql q;
-    char *count_sql = NULL, *key = NULL, *part = NULL;
+    char *count_sql = NULL, *key = NULL, *part = NULL, *plain = NULL;
     size_t len = 0;
+    cdb_colset *cs = NULL;
+    json_t *blind_filters = NULL;
     cdb_qcache_lookup lk = {0};
     json_t *cols = json_array();
     int rc;
@@ -426,7 +436,19 @@ static int query_postgresql(cdb_service *svc, const cdb_principal *p, json_t *r,
         rc = cdb_error_set_detail(err, CDB_ERR_UNKNOWN_TABLE, "table", req.table, "Unknown table");
         goto out;
     }
-    if ((rc = build_sql(cat, t, &req, &q, &count_sql, cols, err)) < 0 ||
+    /* encrypted columns: filters through blind indexes, the primary key for decryption */
+    if (!(cs = cdb__colring_get(svc, err))) {
+        rc = err->code;
+        goto out;
+    }
+    const char *hidden_pk = cdb__colset_pk_of(cs, t->name);
+    if (hidden_pk) {
+        if ((rc = cdb__crypt_read_plan(cs, t->name, req.filters, req.order, &blind_filters, err)) < 0)
+            goto out;
+        if (blind_filters)
+            req.filters = blind_filters;
+    }
+    if ((rc = build_sql(cat, t, &req, &q, &count_sql, cols, hidden_pk, err)) < 0 ||
         (rc = cdb_qcache_ensure_namespace(svc->qcache, svc->pool, err)) < 0)
         goto out;
 
@@ -435,8 +457,15 @@ static int query_postgresql(cdb_service *svc, const cdb_principal *p, json_t *r,
             goto fail_oom;
         cdb_qcache_get(svc->qcache, t->name, key, &lk);
         if (lk.hit) {
-            if (!(*body_out = wrap(lk.value, lk.len, start_us, true)))
+            /* the cache holds ciphertext, as PostgreSQL does: decrypted per answer */
+            if (hidden_pk) {
+                if ((rc = cdb__crypt_read_page(cs, t->name, lk.value, lk.len, &plain, &len, err)) < 0)
+                    goto out;
+                if (!(*body_out = wrap(plain, len, start_us, true)))
+                    goto fail_oom;
+            } else if (!(*body_out = wrap(lk.value, lk.len, start_us, true))) {
                 goto fail_oom;
+            }
             goto out;
         }
     }
@@ -447,7 +476,11 @@ static int query_postgresql(cdb_service *svc, const cdb_principal *p, json_t *r,
         else
             cdb_qcache_abandon(svc->qcache, key);
     }
-    if (rc == 0 && !(*body_out = wrap(part, len, start_us, false)))
+    if (rc == 0 && hidden_pk) {
+        if ((rc = cdb__crypt_read_page(cs, t->name, part, len, &plain, &len, err)) < 0)
+            goto out;
+    }
+    if (rc == 0 && !(*body_out = wrap(plain ? plain : part, len, start_us, false)))
         goto fail_oom;
     goto out;
 
@@ -456,6 +489,9 @@ fail_oom:
 out:
     free(lk.value);
     free(part);
+    free(plain);
+    json_decref(blind_filters);
+    cdb__colring_put(svc, cs);
     free(key);
     free(count_sql);
     cdb_sql_destroy(&q);

@@ -88,7 +88,7 @@ static int build_outbox_insert(tx *t, cdb_sql *q)
 }
 
 /* The JSON rows of a RETURNING result, or the count of a command without one. */
-static int collect_result(tx_op *op, PGresult *res, int i, cdb_error *err)
+static int collect_result(tx *t, tx_op *op, PGresult *res, int i, cdb_error *err)
 {
     json_t *rows = NULL;
     long count = op->rows ? PQntuples(res) : strtol(PQcmdTuples(res), NULL, 10);
@@ -98,6 +98,8 @@ static int collect_result(tx_op *op, PGresult *res, int i, cdb_error *err)
             return cdb_error_oom(err);
         for (int r = 0; r < PQntuples(res); r++) {
             json_t *row = json_loads(PQgetvalue(res, r, 0), JSON_DECODE_ANY, NULL);
+            if (json_is_object(row) && t->cs && cdb__colset_has_table(t->cs, op->table->name))
+                cdb__crypt_row(t->cs, op->table->name, row, op->values);
             if (!row || json_array_append_new(rows, row) < 0) {
                 json_decref(rows);
                 return op_fail(err, i, CDB_ERR_INTERNAL_ERROR, NULL, "Malformed database result");
@@ -141,7 +143,8 @@ static void name_bad_value(PGconn *conn, const tx_op *op, cdb_error *err)
     PQclear(cdb_pg_query(conn, "ROLLBACK"));
     const char *name;
     json_t *v;
-    json_object_foreach(op->values, name, v) {
+    /* the values as sent: ciphertext for encrypted columns, never their plaintext */
+    json_object_foreach(op->enc_values ? op->enc_values : op->values, name, v) {
         const cdb_column *c = cdb_catalog_column(op->table, name);
         char *text = NULL;
         cdb_error ignored;
@@ -307,7 +310,7 @@ static int run_pipeline(tx *t, cdb_pool_conn *pc, cdb_idempotency *idem, cdb_err
         goto out_clear;
     }
     for (int k = 0; k < t->npg && rc == 0; k++)
-        rc = collect_result(&t->ops[t->pg_ops[k]], res[first_op + k], t->pg_ops[k], err);
+        rc = collect_result(t, &t->ops[t->pg_ops[k]], res[first_op + k], t->pg_ops[k], err);
     if (rc < 0) {
         /* Unkeyed, it has committed: only a result we cannot read remains.
          * Keyed, nothing is committed yet and the release rolls it back. */
@@ -465,7 +468,11 @@ static void tx_free(tx *t)
         free(op->full_key);
         free(op->refusal);
         json_decref(op->data);
+        json_decref(op->enc_values);
+        json_decref(op->enc_filters);
     }
+    if (t->cs)
+        cdb__colring_put(t->svc, t->cs);
     if (t->cat)
         cdb_catalog_unref(t->cat);
     free(t->stored);

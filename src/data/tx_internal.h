@@ -13,6 +13,7 @@
 #include "data/data_internal.h"
 #include "store/ledger.h"
 #include "data/sqlbuild.h"
+#include "data/crypt.h"
 #include "coredb/data.h"
 #include "coredb/log.h"
 #include "store/pg.h"
@@ -45,6 +46,8 @@ typedef struct tx_op {
     json_t *data;                  /* the result's data, owned */
     const char *status;            /* "success" | "pending" | "failed" */
     char *refusal;                 /* "failed": what Redis said, owned */
+    json_t *enc_values;            /* PostgreSQL: values with encrypted columns encrypted, owned, or NULL */
+    json_t *enc_filters;           /* PostgreSQL: filters through blind indexes, owned, or NULL */
 } tx_op;
 
 /* One coredb.redis_outbox row of this transaction; seq = index + 1. */
@@ -60,6 +63,7 @@ typedef struct tx {
     cdb_service *svc;
     const cdb_principal *caller;
     cdb_catalog *cat;              /* ref'd on the first PostgreSQL op */
+    cdb_colset *cs;                /* encrypted columns, ref'd on the first write of values */
     char id[37];
     tx_op ops[TX_MAX_OPS];
     int nops;

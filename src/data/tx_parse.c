@@ -56,7 +56,7 @@ static int take_sql(cdb_sql *q, tx_op *op, cdb_error *err)
  * fit its column.
  */
 static int append_values(cdb_sql *q, const cdb_table *t, json_t *data, unsigned priv, bool set_list,
-                         int i, cdb_error *err)
+                         bool override_identity, int i, cdb_error *err)
 {
     const char *name;
     json_t *v;
@@ -75,7 +75,8 @@ static int append_values(cdb_sql *q, const cdb_table *t, json_t *data, unsigned 
             cdb_sql_ident(q, c->name);
             first = false;
         }
-        cdb_sql_append(q, ") VALUES (");
+        /* a key coredb drew from a GENERATED ALWAYS identity (data/crypt.h) */
+        cdb_sql_append(q, override_identity ? ") OVERRIDING SYSTEM VALUE VALUES (" : ") VALUES (");
         first = true;
     }
     json_object_foreach(data, name, v) {
@@ -152,8 +153,8 @@ static int append_conflict(cdb_sql *q, const cdb_table *t, json_t *cols, json_t 
  * the columns asked for (returning: absent/true = every readable column,
  * false = none, or an array of names); op->rows tells whether any.
  */
-static int append_returning(cdb_sql *q, const cdb_table *t, json_t *returning, tx_op *op, int i,
-                            cdb_error *err)
+static int append_returning(cdb_sql *q, const cdb_table *t, json_t *returning, const char *hidden_pk, tx_op *op,
+                            int i, cdb_error *err)
 {
     bool first = true;
 
@@ -182,6 +183,12 @@ static int append_returning(cdb_sql *q, const cdb_table *t, json_t *returning, t
             cdb_sql_ident(q, t->columns[k].name);
             first = false;
         }
+    }
+    if (!first && hidden_pk) {
+        /* what the returned row's encrypted values are bound to (data/crypt.h removes it) */
+        cdb_sql_append(q, ", t.");
+        cdb_sql_ident(q, hidden_pk);
+        cdb_sql_append(q, "::text AS \"" CDB_CRYPT_PK_MEMBER "\"");
     }
     if (!first)
         cdb_sql_append(q, ") x)::text");
@@ -223,12 +230,39 @@ static int parse_pg_op(tx *t, int i, json_t *o, op_kind kind, cdb_sql *q, cdb_er
         return op_fail(err, i, CDB_ERR_VALIDATION_FAILED, "filters",
                        "%s needs non-empty filters: whole-table writes are refused", cdb__tx_op_names[kind]);
 
+    bool override_identity = false;
+    if (kind != OP_DELETE && json_is_object(data)) {
+        /* encrypted before the statement exists: PostgreSQL only ever sees ciphertext */
+        static const cdb_crypt_write_kind crypt_kind[] = {
+            [OP_INSERT] = CDB_CRYPT_INSERT, [OP_UPSERT] = CDB_CRYPT_UPSERT, [OP_UPDATE] = CDB_CRYPT_UPDATE,
+        };
+        if (!t->cs && !(t->cs = cdb__colring_get(t->svc, err)))
+            return op_tag(err, i, err->code);
+        if ((rc = cdb__crypt_write_values(t->cs, t->svc->pool, op->table->name, crypt_kind[kind], data, filters,
+                                          &op->enc_values, &override_identity, err)) < 0)
+            return op_tag(err, i, rc);
+        if ((rc = cdb__crypt_write_check(t->cs, op->table->name, data, kind == OP_UPSERT, kind == OP_UPDATE,
+                                         json_object_get(o, "conflict_columns"), op->enc_values != NULL, err)) < 0)
+            return op_tag(err, i, rc);
+        if (op->enc_values)
+            data = op->enc_values;
+    }
+    if (kind == OP_UPDATE || kind == OP_DELETE) {
+        if (!t->cs && !(t->cs = cdb__colring_get(t->svc, err)))
+            return op_tag(err, i, err->code);
+        if (cdb__colset_has_table(t->cs, op->table->name)) {
+            if ((rc = cdb__crypt_read_plan(t->cs, op->table->name, filters, NULL, &op->enc_filters, err)) < 0)
+                return op_tag(err, i, rc);
+            if (op->enc_filters)
+                filters = op->enc_filters;
+        }
+    }
     const char *schema = cdb_catalog_schema(t->cat);
     if (kind == OP_INSERT || kind == OP_UPSERT) {
         cdb_sql_append(q, "INSERT INTO ");
         cdb_sql_table(q, schema, op->table->name);
         cdb_sql_append(q, " AS t");
-        if ((rc = append_values(q, op->table, data, CDB_PRIV_INSERT, false, i, err)) < 0)
+        if ((rc = append_values(q, op->table, data, CDB_PRIV_INSERT, false, override_identity, i, err)) < 0)
             return rc;
         if (kind == OP_UPSERT &&
             (rc = append_conflict(q, op->table, json_object_get(o, "conflict_columns"), data, i, err)) < 0)
@@ -237,7 +271,7 @@ static int parse_pg_op(tx *t, int i, json_t *o, op_kind kind, cdb_sql *q, cdb_er
         cdb_sql_append(q, "UPDATE ");
         cdb_sql_table(q, schema, op->table->name);
         cdb_sql_append(q, " AS t SET ");
-        if ((rc = append_values(q, op->table, data, CDB_PRIV_UPDATE, true, i, err)) < 0)
+        if ((rc = append_values(q, op->table, data, CDB_PRIV_UPDATE, true, false, i, err)) < 0)
             return rc;
     } else {
         cdb_sql_append(q, "DELETE FROM ");
@@ -246,7 +280,8 @@ static int parse_pg_op(tx *t, int i, json_t *o, op_kind kind, cdb_sql *q, cdb_er
     }
     if ((kind == OP_UPDATE || kind == OP_DELETE) && (rc = cdb_sql_where(q, op->table, filters, err)) < 0)
         return op_tag(err, i, rc);
-    if ((rc = append_returning(q, op->table, json_object_get(o, "returning"), op, i, err)) < 0)
+    if ((rc = append_returning(q, op->table, json_object_get(o, "returning"),
+                               cdb__colset_pk_of(t->cs, op->table->name), op, i, err)) < 0)
         return rc;
     return take_sql(q, op, err);
 }

@@ -41,6 +41,17 @@
 #include "core/timeutil.h"
 #include "core/workq.h"
 
+/* route tables of one listener, the terminating NULL included */
+#define CDB_ROUTE_TABLES_MAX 32
+
+/* the main listener's route tables, in matching order */
+static const cdb_route *const ROUTE_TABLES[] = {
+    cdb_routes_health,  cdb_routes_users,   cdb_routes_auth,    cdb_routes_data,
+    cdb_routes_admin,   cdb_routes_migrations, cdb_routes_audit, cdb_routes_dbauth,
+    cdb_routes_access,  cdb_routes_monitor, cdb_routes_metrics, cdb_routes_openapi,
+    cdb_routes_leases,  cdb_routes_encryption,
+};
+
 struct cdb_http_server {
     cdb_service *svc;
     int listen_fd;
@@ -50,10 +61,10 @@ struct cdb_http_server {
     cdb_workq *workers;            /* blocking work: PostgreSQL, Redis, disk */
     cdb_workq *slow_workers;       /* password hashing (AUTH_THREADS) */
     cdb_client_limit *limit;       /* HTTP_MAX_CONNECTIONS_PER_IP */
-    const cdb_route *tables[16];   /* NULL-terminated */
+    const cdb_route *tables[CDB_ROUTE_TABLES_MAX]; /* NULL-terminated */
     const cdb_route *prom_tables[2]; /* the PROMETHEUS_PORT listener: GET /metrics only */
-    int route_base[16];            /* index into route_ix of tables[t][0] */
-    int route_len[16];             /* rows of tables[t] */
+    int route_base[CDB_ROUTE_TABLES_MAX]; /* index into route_ix of tables[t][0] */
+    int route_len[CDB_ROUTE_TABLES_MAX];  /* rows of tables[t] */
     int route_ix[256];             /* metrics index of every row of tables (more rows: "unmatched") */
     atomic_int inflight;           /* requests accepted and not yet answered */
     atomic_bool stopping;
@@ -305,20 +316,11 @@ cdb_http_server *cdb_http_server_new(cdb_service *svc, cdb_error *err)
     srv->svc = svc;
     srv->listen_fd = -1;
     srv->prom_fd = -1;
-    int t = 0;
-    srv->tables[t++] = cdb_routes_health;
-    srv->tables[t++] = cdb_routes_users;
-    srv->tables[t++] = cdb_routes_auth;
-    srv->tables[t++] = cdb_routes_data;
-    srv->tables[t++] = cdb_routes_admin;
-    srv->tables[t++] = cdb_routes_migrations;
-    srv->tables[t++] = cdb_routes_audit;
-    srv->tables[t++] = cdb_routes_dbauth;
-    srv->tables[t++] = cdb_routes_access;
-    srv->tables[t++] = cdb_routes_monitor;
-    srv->tables[t++] = cdb_routes_metrics;
-    srv->tables[t++] = cdb_routes_openapi;
-    srv->tables[t++] = cdb_routes_leases;
+    /* the test routes and the terminating NULL come on top */
+    _Static_assert(sizeof ROUTE_TABLES / sizeof *ROUTE_TABLES + 2 <= CDB_ROUTE_TABLES_MAX, "room for the route tables");
+    size_t t = 0;
+    for (; t < sizeof ROUTE_TABLES / sizeof *ROUTE_TABLES; t++)
+        srv->tables[t] = ROUTE_TABLES[t];
     if (getenv("COREDB_TEST_ROUTES") && strcmp(getenv("COREDB_TEST_ROUTES"), "1") == 0)
         srv->tables[t++] = cdb_routes_test;
     srv->tables[t] = NULL;

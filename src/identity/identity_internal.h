@@ -56,8 +56,9 @@ void cdb__session_remember(cdb_service *svc, const char *session_id, const char 
 /* What Redis says of p's session: 1 alive, 0 ended, -1 unknown (Redis absent, down, or no copy). */
 int cdb__session_liveness(cdb_service *svc, const cdb_principal *p);
 
-/* Marks these sessions dead in Redis (column col of res); no-op without Redis. */
-void cdb__sessions_forget(cdb_service *svc, const PGresult *res, int col);
-void cdb__session_forget(cdb_service *svc, const char *session_id);
+/* Marks these sessions dead in Redis (column col of res); no-op without Redis.
+ * A mark Redis does not take is queued in the outbox on conn (may be NULL). */
+void cdb__sessions_forget(cdb_service *svc, PGconn *conn, const PGresult *res, int col);
+void cdb__session_forget(cdb_service *svc, PGconn *conn, const char *session_id);
 
 #endif

@@ -9,39 +9,62 @@
  * session overwrites it with a "revoked" tombstone rather than deleting it:
  * a request that read "alive" from PostgreSQL just before the revocation
  * commits stores its copy with SET NX, which cannot overwrite the
- * tombstone, so no stale "alive" survives a revocation.
+ * tombstone, so no stale "alive" survives a revocation. A tombstone Redis
+ * does not take goes to the outbox (store/outbox.h) and is written as soon
+ * as Redis is back, so a stored "alive" copy cannot outlive a revocation
+ * made while Redis was unreachable by more than the outbox job's second.
  */
+#include <stdio.h>
 #include <string.h>
 
 #include "coredb/log.h"
 #include "core/metrics.h"
 #include "identity/identity_internal.h"
+#include "store/outbox.h"
 #include "store/pg.h"
 
 #define REVOKED_MARK "revoked"
 
-void cdb__session_forget(cdb_service *svc, const char *session_id)
+void cdb__session_forget(cdb_service *svc, PGconn *conn, const char *session_id)
 {
     /* every ending of a session passes here: logout, deletion, revocation, eviction, reuse */
     cdb__metrics_inc(CDB_M_SESSION_REVOCATIONS);
     if (!svc->redis)
         return;
+    char key[64];
     cdb_error e;
     cdb_error_init(&e);
-    redisReply *r = cdb_redis_command(svc->redis, &e, "SET coredb:session:%s %s EX %d", session_id,
-                                      REVOKED_MARK, CDB_SESSION_CACHE_TTL_S);
-    if (!r || r->type == REDIS_REPLY_ERROR)
+    snprintf(key, sizeof key, "coredb:session:%s", session_id);
+    redisReply *r = cdb_redis_command(svc->redis, &e, "SET %s %s EX %d", key, REVOKED_MARK,
+                                      CDB_SESSION_CACHE_TTL_S);
+    if (r && r->type != REDIS_REPLY_ERROR)
+        goto out;
+    /*
+     * Without the tombstone, a positive copy another request stored earlier
+     * (or one that reaches Redis when it returns) would keep the ended session
+     * alive for up to CDB_SESSION_CACHE_TTL_S on every instance. The outbox
+     * job (every second, on every instance) writes it as soon as any instance
+     * reaches Redis: a late tombstone is harmless, the session is dead.
+     */
+    cdb_error_destroy(&e);
+    cdb_error_init(&e);
+    if (conn && cdb_outbox_queue(conn, "set", key, REVOKED_MARK, CDB_SESSION_CACHE_TTL_S, &e) == 0)
+        cdb_log_warn("auth.session_forget_queued",
+                     "could not mark session %s ended in Redis; queued in the outbox", session_id);
+    else
         cdb_log_warn("auth.session_forget_failed",
-                     "could not mark session %s ended in Redis; PostgreSQL still refuses it", session_id);
+                     "could not mark session %s ended in Redis nor queue it; a cached copy may accept "
+                     "it for up to %d s", session_id, CDB_SESSION_CACHE_TTL_S);
+out:
     if (r)
         freeReplyObject(r);
     cdb_error_destroy(&e);
 }
 
-void cdb__sessions_forget(cdb_service *svc, const PGresult *res, int col)
+void cdb__sessions_forget(cdb_service *svc, PGconn *conn, const PGresult *res, int col)
 {
     for (int i = 0; res && i < PQntuples(res); i++)
-        cdb__session_forget(svc, PQgetvalue(res, i, col));
+        cdb__session_forget(svc, conn, PQgetvalue(res, i, col));
 }
 
 void cdb__session_remember(cdb_service *svc, const char *session_id, const char *user_id,

@@ -341,7 +341,7 @@ int cdb_session_login(cdb_service *svc, const char *email, const char *password,
         (rc = refresh_store(svc, conn, sid, refresh_hash, err)) < 0 ||
         (rc = cdb_txn_commit(conn, err)) < 0)
         goto out_release;
-    cdb__sessions_forget(svc, evicted, 0);
+    cdb__sessions_forget(svc, conn, evicted, 0);
     cdb__session_remember(svc, sid, user_id, strtoll(PQgetvalue(sess, 0, 1), NULL, 10));
     rc = token_pair(svc, user_id, role, sid, refresh, user_json, out, err);
     user_json = NULL;
@@ -408,7 +408,7 @@ int cdb_session_refresh(cdb_service *svc, const char *refresh_token, json_t **ou
                               1, by_sid, NULL, err)) < 0 ||
             (rc = cdb_txn_commit(conn, err)) < 0)
             goto out_release;
-        cdb__session_forget(svc, sid);
+        cdb__session_forget(svc, conn, sid);
         cdb__metrics_inc(CDB_M_SESSION_REUSE_DETECTIONS);
         cdb_log_warn("auth.refresh_reuse", "reused refresh token: session %s of user %s ended", sid, user_id);
         rc = cdb_error_set(err, CDB_ERR_TOKEN_REVOKED, "Refresh token reuse detected; the session has ended");
@@ -463,7 +463,7 @@ int cdb_session_logout(cdb_service *svc, const cdb_principal *caller, json_t **o
                      2, params, NULL, err);
     if (rc < 0)
         goto out_release;
-    cdb__session_forget(svc, caller->session_id);
+    cdb__session_forget(svc, conn, caller->session_id);
     *out = json_pack("{s:s, s:s}", "status", "logged_out", "session_id", caller->session_id);
     if (!*out)
         rc = cdb_error_oom(err);
@@ -489,7 +489,7 @@ int cdb_session_revoke_user(cdb_service *svc, const cdb_principal *caller, const
         return err->code;
     if ((rc = cdb__end_user_sessions(conn, id, NULL, "revoked", &ended, err)) < 0)
         goto out_release;
-    cdb__sessions_forget(svc, ended, 0);
+    cdb__sessions_forget(svc, conn, ended, 0);
     if (PQntuples(ended) == 0) {
         const char *params[] = {id};
         if ((rc = cdb_pg_exec(conn, "SELECT 1 FROM public.users WHERE user_id = $1", 1, params,
@@ -590,7 +590,7 @@ int cdb_session_delete(cdb_service *svc, const cdb_principal *caller,
         rc = cdb_error_set(err, CDB_ERR_NOT_FOUND, "Session not found");
         goto out_release;
     }
-    cdb__session_forget(svc, sid);
+    cdb__session_forget(svc, conn, sid);
     if (strcmp(PQgetvalue(res, 0, 0), caller->user_id) != 0) {
         /* an admin ending someone else's session is recorded (coredb/audit.h) */
         json_t *owner = json_pack("{s:s}", "user_id", PQgetvalue(res, 0, 0));
@@ -628,7 +628,7 @@ int cdb_session_reap(cdb_service *svc, int *reaped, cdb_error *err)
                           " RETURNING session_id::text",
                           1, params, &ended, err)) < 0)
         goto out_release;
-    cdb__sessions_forget(svc, ended, 0);
+    cdb__sessions_forget(svc, conn, ended, 0);
     *reaped = PQntuples(ended);
     /* refresh tokens of deleted sessions go by cascade; expired ones are useless */
     if ((rc = cdb_pg_exec(conn, "DELETE FROM coredb.sessions"

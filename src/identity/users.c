@@ -337,7 +337,7 @@ int cdb_users_update(cdb_service *svc, const cdb_principal *caller, const char *
     }
     if ((rc = cdb_txn_commit(conn, err)) < 0)
         goto out_release;
-    cdb__sessions_forget(svc, ended, 0);
+    cdb__sessions_forget(svc, conn, ended, 0);
     rc = cdb_pg_json_parse(PQgetvalue(res, 0, 0), out, err);
 
 out_release:
@@ -379,7 +379,7 @@ int cdb_users_delete(cdb_service *svc, const cdb_principal *caller, const char *
     }
     if ((rc = cdb_txn_commit(conn, err)) < 0)
         goto out_release;
-    cdb__sessions_forget(svc, sessions, 0);
+    cdb__sessions_forget(svc, conn, sessions, 0);
     cdb_log_info("users.deleted", "user %s deleted, %d sessions ended", id, PQntuples(sessions));
 
 out_release:

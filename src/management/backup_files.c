@@ -93,7 +93,11 @@ int cdb__backup_manifest(const cdb_service *svc, const char *name, json_t **out,
     json_t *m = json_load_file(path, 0, &jerr);
     bool exists = access(path, F_OK) == 0;
     free(path);
-    if (!m || !json_is_object(m)) {
+    /* A manifest must name its own file: the retention cleanup builds the
+     * paths it unlinks from this member, so any other text (found by
+     * fuzz/backup_manifest.c: "../x", another backup, none) is refused. */
+    const char *own = json_string_value(json_object_get(m, "name"));
+    if (!m || !json_is_object(m) || !own || strcmp(own, name) != 0) {
         json_decref(m);
         if (!exists)
             return cdb_error_set(err, CDB_ERR_NOT_FOUND, "No backup named %s", name);

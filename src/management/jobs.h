@@ -22,4 +22,10 @@ int cdb_management_register_jobs(cdb_service *svc, cdb_jobs *jobs);
  */
 int cdb_lease_register_jobs(cdb_service *svc, cdb_jobs *jobs);
 
+/*
+ * Column encryption jobs left running by a crash or restart (untouched for
+ * 3 s) are taken up again every 2 s (coredb/encryption.h).
+ */
+int cdb_encryption_register_jobs(cdb_service *svc, cdb_jobs *jobs);
+
 #endif

@@ -189,6 +189,7 @@ int cdb_audit_record(cdb_service *svc, const cdb_principal *who, const char *act
     cdb_pool_conn *pc = NULL;
     PGconn *conn = NULL;
     int rc;
+    const char *state;   /* declared here: C11 allows no declaration right after a label (clang refuses it) */
     const char *result = outcome && outcome->code != CDB_OK ? cdb_err_name(outcome->code) : "success";
 
     if (!svc || !action || !action[0]) {
@@ -202,7 +203,7 @@ int cdb_audit_record(cdb_service *svc, const cdb_principal *who, const char *act
     rc = append(conn, who, action, target, params, result, &e);
 out:
     /* no audit table (yet, or any more): a database before migration 012 or after its down */
-    const char *state = json_string_value(json_object_get(e.details, "sqlstate"));
+    state = json_string_value(json_object_get(e.details, "sqlstate"));
     if (rc < 0 && state && (strcmp(state, "42P01") == 0 || strcmp(state, "42883") == 0))
         cdb_log_info("audit.no_table", "%s not recorded: this database has no audit log (migration 012)",
                      action);

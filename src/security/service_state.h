@@ -45,6 +45,7 @@ struct cdb_service {
     cdb_password_params password;  /* argon2id parameters */
     struct cdb_jobs *jobs;         /* background jobs once started, else NULL */
     cdb_maintenance maintenance;   /* set by a restore (management/restore.c), atomic */
+    struct cdb_colring *colring;   /* encrypted columns and their keys (security/colring.h) */
 };
 
 #endif

@@ -14,6 +14,7 @@
 #include "core/timeutil.h"
 #include "management/health.h"
 #include "management/migrate_internal.h"
+#include "security/colring.h"
 #include "security/service_state.h"
 #include "service/service_internal.h"
 #include "store/devsecrets.h"
@@ -118,7 +119,8 @@ int cdb_service_open(cdb_service **out, cdb_config *cfg,
     svc->cache = cdb_cache_new(svc->redis, CACHE_MAX_ENTRIES);
     svc->ratelimit = cdb_ratelimit_new(svc->redis);
     svc->qcache = cdb_qcache_new(svc->cache, cfg->cache_ttl_s);
-    if (!svc->cache || !svc->ratelimit || !svc->qcache) {
+    svc->colring = cdb__colring_new();
+    if (!svc->cache || !svc->ratelimit || !svc->qcache || !svc->colring) {
         cdb_error_oom(err);
         goto fail;
     }
@@ -140,6 +142,7 @@ void cdb_service_close(cdb_service *svc)
     cdb__migration_runs_stop(svc);   /* a run thread uses the catalog, cache and files */
     cdb_jobs_free(svc->jobs);      /* first: the jobs use everything below */
     cdb_qcache_free(svc->qcache);
+    cdb__colring_free(svc->colring);
     cdb_ratelimit_free(svc->ratelimit);
     cdb_catalog_cache_free(svc->catalog);
     cdb_cache_free(svc->cache);

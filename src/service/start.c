@@ -9,6 +9,7 @@
 #include <string.h>
 
 #include "coredb/users.h"
+#include "coredb/encryption.h"
 #include "coredb/log.h"
 #include "coredb/service.h"
 #include "core/jobs.h"
@@ -38,6 +39,8 @@ int cdb_service_start(cdb_service *svc, cdb_error *err)
     if (svc->jobs)
         return cdb_error_set(err, CDB_ERR_INTERNAL_ERROR, "The service is already started");
     if (cdb_service_migrate_on_start(svc, "coredb serve", err) < 0)
+        return err->code;
+    if (cdb_encryption_check_start(svc, err) < 0)
         return err->code;
     if (cfg->admin_email && cfg->admin_password) {
         bool created = false;
@@ -74,6 +77,7 @@ int cdb_service_start(cdb_service *svc, cdb_error *err)
     cdb_jobs *jobs = cdb_jobs_new();
     if (!jobs || cdb_identity_register_jobs(svc, jobs) < 0 || cdb_data_register_jobs(svc, jobs) < 0 ||
         cdb_management_register_jobs(svc, jobs) < 0 || cdb_lease_register_jobs(svc, jobs) < 0 ||
+        cdb_encryption_register_jobs(svc, jobs) < 0 ||
         cdb_jobs_start(jobs) < 0) {
         /* as before: the service runs without its jobs rather than not at all */
         cdb_log_warn("serve.jobs", "background jobs not started");

@@ -154,6 +154,18 @@ out_release:
 
 /* ---- writes made outside /data/transaction ---- */
 
+int cdb_outbox_queue(PGconn *conn, const char *op, const char *key, const char *value, int ttl,
+                     cdb_error *err)
+{
+    char id[37], ttl_text[12];
+    cdb_ledger_new_id(id);
+    snprintf(ttl_text, sizeof ttl_text, "%d", ttl);
+    const char *params[] = {id, op, key, value, ttl > 0 ? ttl_text : NULL};
+    return cdb_pg_exec(conn, "INSERT INTO coredb.redis_outbox (transaction_id, seq, op, key, value, ttl)"
+                             " VALUES ($1::uuid, 1, $2, $3, $4, $5::int)",
+                       5, params, NULL, err);
+}
+
 void cdb_outbox_note_write(cdb_pool *pool, cdb_qcache *qcache, cdb_catalog_cache *catalog,
                            const char *table)
 {

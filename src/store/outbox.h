@@ -50,6 +50,15 @@ void cdb_outbox_array_add(char *buf, size_t len, long long n);
 int cdb_outbox_flush(cdb_pool *pool, cdb_cache *cache, int *applied, int *pending, cdb_error *err);
 
 /*
+ * Queues one Redis operation on conn (autocommit, or inside the caller's
+ * transaction, committing or vanishing with it) for cdb_outbox_flush: for a
+ * write outside the data API that Redis did not take and that must not be
+ * lost (a session's "ended" mark, identity/liveness.c).
+ */
+int cdb_outbox_queue(PGconn *conn, const char *op, const char *key, const char *value, int ttl,
+                     cdb_error *err);
+
+/*
  * Tells the query cache that table changed outside /data/transaction: bumps
  * its generation and those of the tables its foreign keys cascade into,
  * before the writer answers. A bump Redis does not take is queued in the

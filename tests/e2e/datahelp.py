@@ -125,9 +125,10 @@ def pg_insert(table, data, **extra):
     return op
 
 
-def pg_update(table, filters, data):
-    return {"database": "postgresql", "operation": "update", "table": table,
-            "filters": filters, "data": data}
+def pg_update(table, filters, data, **extra):
+    op = {"database": "postgresql", "operation": "update", "table": table, "filters": filters, "data": data}
+    op.update(extra)
+    return op
 
 
 def pg_delete(table, filters):

@@ -33,6 +33,7 @@ static const struct {
     {"audit", cdb_routes_audit},           {"dbauth", cdb_routes_dbauth},
     {"access", cdb_routes_access},         {"monitor", cdb_routes_monitor},
     {"leases", cdb_routes_leases},
+    {"encryption", cdb_routes_encryption},
 };
 #define NTABLES (sizeof tables / sizeof tables[0])
 
