@@ -164,6 +164,16 @@ chaos: deps all
 	$(Q)CHAOS_SECONDS=$(CHAOS_SECONDS) COREDB_BIN=$(CURDIR)/$(BUILD)/coredb \
 	  /usr/bin/python3 -m pytest -q -p no:cacheprovider -s tests/chaos
 
+# soak and resource bounds (issue 16): connection bounds, then SOAK_MINUTES
+# (default 60) of steady load with RSS/fds/threads/pool/backends sampled
+.PHONY: soak valgrind
+soak: deps all
+	$(Q)/usr/bin/python3 -m pytest -q -s -p no:cacheprovider tests/soak
+
+# the e2e tests (a subset: VALGRIND_TESTS) with coredb under valgrind memcheck
+valgrind: deps
+	$(Q)bash tests/soak/valgrind.sh
+
 clean:
 	rm -rf build build-san build-nometrics build-fuzz
 

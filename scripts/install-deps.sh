@@ -24,6 +24,10 @@ PACKAGES=(
   # make fuzz: clang and its libFuzzer runtime (libclang_rt.fuzzer is in libclang-rt-14-dev)
   clang libclang-rt-14-dev
 )
+# valgrind only for `make valgrind` (tests/soak/valgrind.sh), not for CI
+if [ "${COREDB_DEPS_VALGRIND:-}" = "1" ]; then
+  PACKAGES+=(valgrind)
+fi
 # node and npm for the OpenAPI validator (tools/, tests/e2e/test_openapi.py):
 # Debian's, unless a node with its npm is already there (NodeSource's nodejs
 # ships npm and conflicts with Debian's npm package).

@@ -116,6 +116,23 @@ if [ "${CI:-}" = "true" ] || [ "${COREDB_TEST_CHAOS:-}" = "1" ]; then
   [ -z "$chaos_line" ] && failures+=("chaos: no result (timeout 290 s?)")
 fi
 
+# soak and resource bounds, short (tests/soak, issue 16): the connection
+# bounds and a 3-minute soak, about 4 minutes
+if [ "${CI:-}" = "true" ] || [ "${COREDB_TEST_SOAK:-}" = "1" ]; then
+  echo "== soak (tests/soak: connection bounds, SOAK_MINUTES=${SOAK_MINUTES:-3})"
+  soak_log="$COREDB_TEST_TMP/pytest-soak.log"
+  SOAK_MINUTES=${SOAK_MINUTES:-3} COREDB_BIN="$PWD/build/coredb" timeout 420 \
+    /usr/bin/python3 -m pytest -q -s -p no:cacheprovider tests/soak 2>&1 | tee "$soak_log"
+  soak_line=$(grep -E "[0-9]+ (passed|failed)" "$soak_log" | tail -1)
+  soak_p=$(echo "$soak_line" | grep -oE "[0-9]+ passed" | grep -oE "[0-9]+")
+  soak_f=$(echo "$soak_line" | grep -oE "[0-9]+ failed" | grep -oE "[0-9]+")
+  soak_e=$(echo "$soak_line" | grep -oE "[0-9]+ error" | grep -oE "[0-9]+")
+  [ -z "$soak_line" ] && soak_f=1   # killed by the timeout, or pytest never ran
+  count "${soak_p:-0}" "$(( ${soak_f:-0} + ${soak_e:-0} ))"
+  while IFS= read -r name; do failures+=("soak $name"); done < <(grep -E "^(FAILED|ERROR) " "$soak_log")
+  [ -z "$soak_line" ] && failures+=("soak: pytest gave no result line")
+fi
+
 echo
 # the failures again, so that the last lines of a long log name them
 for line in "${failures[@]}"; do echo "failed: $line"; done
