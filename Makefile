@@ -175,6 +175,6 @@ valgrind: deps
 	$(Q)bash tests/soak/valgrind.sh
 
 clean:
-	rm -rf build build-san build-nometrics build-fuzz
+	rm -rf build build-san build-nometrics build-fuzz build-vg
 
 -include $(LIB_OBJ:.o=.d) $(CLI_OBJ:.o=.d)

@@ -51,21 +51,28 @@ for t in $(find build/tests -type f -perm -u+x | sort); do
   [ "${f:-0}" -ne 0 ] && failures+=("unit ${t#build/tests/}: $(echo "$out" | grep -E '^\[  FAILED  \] [^0-9]' | sed 's/^\[  FAILED  \] //' | tr '\n' ' ')")
 done
 
-PYTEST=(/usr/bin/python3 -m pytest -q -p no:cacheprovider tests/e2e)
-run_e2e() { # $1 = label, $2 = binary
-  echo "== end-to-end ($1: $2)"
-  local log="$COREDB_TEST_TMP/pytest-$1.log"
-  COREDB_BIN="$PWD/$2" "${PYTEST[@]}" -o junit_family=xunit2 --junitxml="$COREDB_TEST_TMP/$1.xml" 2>&1 | tee "$log"
-  local line
+# run_pytest LABEL SECONDS ARGS...: one pytest run under a timeout, its
+# result line added to the totals and its failed tests to the failures
+run_pytest() {
+  local label=$1 limit=$2 log="$COREDB_TEST_TMP/pytest-$1.log"
+  shift 2
+  timeout "$limit" /usr/bin/python3 -m pytest -q -p no:cacheprovider "$@" 2>&1 | tee "$log"
+  local line p f e name
   line=$(grep -E "[0-9]+ (passed|failed)" "$log" | tail -1)
-  local p f e
   p=$(echo "$line" | grep -oE "[0-9]+ passed" | grep -oE "[0-9]+")
   f=$(echo "$line" | grep -oE "[0-9]+ failed" | grep -oE "[0-9]+")
   e=$(echo "$line" | grep -oE "[0-9]+ error" | grep -oE "[0-9]+")
-  [ -z "$line" ] && f=1
+  if [ -z "$line" ]; then   # killed by the timeout, or pytest never ran
+    f=1
+    failures+=("$label: no pytest result (timeout $limit s?)")
+  fi
   count "${p:-0}" "$(( ${f:-0} + ${e:-0} ))"
-  local name
-  while IFS= read -r name; do failures+=("$1 $name"); done < <(grep -E "^(FAILED|ERROR) " "$log")
+  while IFS= read -r name; do failures+=("$label $name"); done < <(grep -E "^(FAILED|ERROR) " "$log")
+}
+
+run_e2e() { # $1 = label, $2 = binary
+  echo "== end-to-end ($1: $2)"
+  COREDB_BIN="$PWD/$2" run_pytest "$1" 3600 tests/e2e -o junit_family=xunit2 --junitxml="$COREDB_TEST_TMP/$1.xml"
 }
 
 run_e2e release build/coredb
@@ -84,7 +91,7 @@ fi
 if [ "${CI:-}" = "true" ] || [ "${COREDB_TEST_FUZZ:-}" = "1" ]; then
   echo "== fuzz (${COREDB_FUZZ_SECONDS:-10} s per harness)"
   if make -s -j2 fuzz-bins; then
-    fuzz_log=$(mktemp /tmp/coredb-fuzz.XXXXXX)
+    fuzz_log="$COREDB_TEST_TMP/fuzz.log"
     FUZZ_SECONDS=${COREDB_FUZZ_SECONDS:-10} bash scripts/fuzz.sh 2>&1 | tee "$fuzz_log"
     fuzz_ok=$(grep -cE " ok$" "$fuzz_log")
     fuzz_bad=$(grep -cE "  (CRASH|FAILED|NOT BUILT)" "$fuzz_log")
@@ -93,7 +100,6 @@ if [ "${CI:-}" = "true" ] || [ "${COREDB_TEST_FUZZ:-}" = "1" ]; then
       failures+=("fuzz: $line")
     done < <(grep -E "  (CRASH|FAILED|NOT BUILT)" "$fuzz_log")
     count "$fuzz_ok" "$fuzz_bad"
-    rm -f "$fuzz_log"
   else
     failures+=("fuzz: make fuzz-bins failed")
     count 0 1
@@ -103,34 +109,14 @@ fi
 # faults under load (tests/chaos, make chaos) in short: in CI or with COREDB_TEST_CHAOS=1
 if [ "${CI:-}" = "true" ] || [ "${COREDB_TEST_CHAOS:-}" = "1" ]; then
   echo "== chaos (faults under load, 3 s steady phases)"
-  chaos_log="$COREDB_TEST_TMP/chaos.log"
-  CHAOS_SECONDS=3 COREDB_BIN="$PWD/build/coredb" timeout 290 \
-    /usr/bin/python3 -m pytest -q -p no:cacheprovider -s tests/chaos 2>&1 | tee "$chaos_log"
-  chaos_line=$(grep -E "[0-9]+ (passed|failed)" "$chaos_log" | tail -1)
-  chaos_p=$(echo "$chaos_line" | grep -oE "[0-9]+ passed" | grep -oE "[0-9]+")
-  chaos_f=$(echo "$chaos_line" | grep -oE "[0-9]+ failed" | grep -oE "[0-9]+")
-  chaos_e=$(echo "$chaos_line" | grep -oE "[0-9]+ error" | grep -oE "[0-9]+")
-  [ -z "$chaos_line" ] && chaos_f=1   # killed by the timeout, or pytest never ran
-  count "${chaos_p:-0}" "$(( ${chaos_f:-0} + ${chaos_e:-0} ))"
-  while IFS= read -r name; do failures+=("chaos $name"); done < <(grep -E "^(FAILED|ERROR) " "$chaos_log")
-  [ -z "$chaos_line" ] && failures+=("chaos: no result (timeout 290 s?)")
+  CHAOS_SECONDS=3 COREDB_BIN="$PWD/build/coredb" run_pytest chaos 290 -s tests/chaos
 fi
 
 # soak and resource bounds, short (tests/soak, issue 16): the connection
 # bounds and a 3-minute soak, about 4 minutes
 if [ "${CI:-}" = "true" ] || [ "${COREDB_TEST_SOAK:-}" = "1" ]; then
   echo "== soak (tests/soak: connection bounds, SOAK_MINUTES=${SOAK_MINUTES:-3})"
-  soak_log="$COREDB_TEST_TMP/pytest-soak.log"
-  SOAK_MINUTES=${SOAK_MINUTES:-3} COREDB_BIN="$PWD/build/coredb" timeout 420 \
-    /usr/bin/python3 -m pytest -q -s -p no:cacheprovider tests/soak 2>&1 | tee "$soak_log"
-  soak_line=$(grep -E "[0-9]+ (passed|failed)" "$soak_log" | tail -1)
-  soak_p=$(echo "$soak_line" | grep -oE "[0-9]+ passed" | grep -oE "[0-9]+")
-  soak_f=$(echo "$soak_line" | grep -oE "[0-9]+ failed" | grep -oE "[0-9]+")
-  soak_e=$(echo "$soak_line" | grep -oE "[0-9]+ error" | grep -oE "[0-9]+")
-  [ -z "$soak_line" ] && soak_f=1   # killed by the timeout, or pytest never ran
-  count "${soak_p:-0}" "$(( ${soak_f:-0} + ${soak_e:-0} ))"
-  while IFS= read -r name; do failures+=("soak $name"); done < <(grep -E "^(FAILED|ERROR) " "$soak_log")
-  [ -z "$soak_line" ] && failures+=("soak: pytest gave no result line")
+  SOAK_MINUTES=${SOAK_MINUTES:-3} COREDB_BIN="$PWD/build/coredb" run_pytest soak 420 -s tests/soak
 fi
 
 echo
