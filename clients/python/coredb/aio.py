@@ -13,6 +13,8 @@ them per loop so that one client (and the module-level one of the seed API)
 survives several asyncio.run() calls."""
 import asyncio
 import base64
+import contextlib
+import contextvars
 import json
 import time
 import uuid
@@ -23,9 +25,25 @@ import httpx
 from ._version import __version__
 from .errors import AuthenticationError, CoreDBError, TransportError, error_class
 
-CLIENT_VERSION = f"coredb-python/{__version__}"
+# the service keeps short [0-9A-Za-z._+-] values as a metrics label (no "/")
+CLIENT_VERSION = f"python-{__version__}"
 IDEMPOTENT = frozenset({"GET", "HEAD", "PUT", "DELETE", "OPTIONS"})
 REFRESH_MARGIN_S = 5   # refresh this long before the access token's exp
+
+
+# The X-Request-ID of the calls made inside `with request_id("..."):`, so that a
+# service can pass on the id of the request it is serving.
+current_request_id = contextvars.ContextVar("coredb_request_id", default=None)
+
+
+@contextlib.contextmanager
+def request_id(rid):
+    """Calls made in this block carry X-Request-ID: rid."""
+    token = current_request_id.set(rid)
+    try:
+        yield rid
+    finally:
+        current_request_id.reset(token)
 
 
 def _jwt_exp(token):
@@ -109,7 +127,7 @@ class AsyncClient:
         Raises a CoreDBError subclass for every non-2xx answer."""
         method = method.upper()
         state = self._loop_state()
-        rid = request_id or f"py-{uuid.uuid4().hex}"
+        rid = request_id or current_request_id.get() or f"py-{uuid.uuid4().hex}"
         refreshed = False
         attempt = 0
         while True:

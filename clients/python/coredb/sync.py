@@ -6,7 +6,12 @@ import asyncio
 import inspect
 import threading
 
-from .aio import AsyncClient
+from .aio import AsyncClient, current_request_id
+
+
+async def _with_request_id(rid, coro):
+    current_request_id.set(rid)
+    return await coro
 
 
 class _LoopThread:
@@ -17,7 +22,9 @@ class _LoopThread:
         self.thread.start()
 
     def run(self, coro):
-        return asyncio.run_coroutine_threadsafe(coro, self.loop).result()
+        # the caller's request id (aio.request_id) travels to the loop's thread
+        return asyncio.run_coroutine_threadsafe(_with_request_id(current_request_id.get(), coro),
+                                                self.loop).result()
 
     def stop(self):
         self.loop.call_soon_threadsafe(self.loop.stop)
