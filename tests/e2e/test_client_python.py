@@ -607,3 +607,25 @@ def test_seed_examples_run_as_written(private_cluster, monkeypatch):
     finally:
         _seed.reset_env_client()
         inst.stop_clean()
+
+
+# ---- the client README's quick start ----
+
+def test_readme_quick_start_runs(inst):
+    acct = user(inst)
+    root_dir = os.path.join(HERE, "..", "..")
+    with open(os.path.join(root_dir, "clients", "python", "README.md")) as f:
+        text = f.read()
+    block = text.split("## Quick start", 1)[1].split("```python\n", 1)[1].split("```", 1)[0]
+    assert len(block.strip().splitlines()) == 5, block
+    script = (block.replace("http://127.0.0.1:8095", inst.base)
+              .replace("me@example.com", acct.email).replace("my-password", PASSWORD))
+    out = subprocess.run([sys.executable, "-c", script], cwd=root_dir, capture_output=True, text=True,
+                         timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert "'title': 'First'" in out.stdout, out.stdout
+    assert scalar(inst, "SELECT count(*) FROM projects WHERE user_id = %s AND title = 'First'", (acct.id,)) == 1
+    async def main():   # the async one-liner of the README
+        async with await AsyncClient.login(inst.base, acct.email, PASSWORD) as db:
+            return await db.query("projects")
+    assert run(main())["data"][0]["title"] == "First"
