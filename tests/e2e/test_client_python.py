@@ -153,6 +153,13 @@ def test_typed_errors_carry_the_envelope(inst, root):
         with pytest.raises(ValidationError) as e:
             c.query("projects", select=["id", "no_such_col"])
         assert e.value.code == "UNKNOWN_COLUMN"
+        # wrong types: 400 naming the field
+        with pytest.raises(ValidationError) as e:
+            c.query("projects", limit="ten")
+        assert e.value.code == "VALIDATION_FAILED" and e.value.details, e.value
+        with pytest.raises(ValidationError):
+            c.run_transaction([{"database": "postgresql", "operation": "insert", "table": "projects",
+                                "data": "not-an-object"}])
         # SQL in an identifier: refused, the table still there
         with pytest.raises(NotFoundError) as e:
             c.query("projects; DROP TABLE projects")
@@ -317,6 +324,10 @@ def test_seed_auth_roles_and_users(inst, seed_env):
     assert scalar(inst, "SELECT pg_has_role(%s, %s, 'MEMBER')", (login, role)) is False
     bad = run(auth.create_role("x; DROP TABLE projects", ["SELECT"]))
     assert bad["status"] == "failure" and bad["http_status"] == 400
+    typed = run(auth.create_role(unique("r_"), "SELECT"))      # a string, not a list
+    assert typed["status"] == "failure" and typed["http_status"] == 400, typed
+    typed = run(auth.create_user(unique("u_"), 12345678901, [role]))
+    assert typed["status"] == "failure" and typed["code"] == "VALIDATION_FAILED", typed
     assert scalar(inst, "SELECT count(*) FROM pg_class WHERE relname = 'projects'") == 1
 
 
@@ -625,6 +636,15 @@ def test_readme_quick_start_runs(inst):
     assert out.returncode == 0, out.stderr
     assert "'title': 'First'" in out.stdout, out.stdout
     assert scalar(inst, "SELECT count(*) FROM projects WHERE user_id = %s AND title = 'First'", (acct.id,)) == 1
+    os.environ["COREDB_URL"] = inst.base    # login(email, password): the URL from the environment
+    try:
+        with Client.login(acct.email, PASSWORD) as c:
+            assert c.base_url == inst.base and c.user["user_id"] == acct.id
+    finally:
+        del os.environ["COREDB_URL"]
+    with pytest.raises(TypeError):
+        Client.login("only-one-arg")
+
     async def main():   # the async one-liner of the README
         async with await AsyncClient.login(inst.base, acct.email, PASSWORD) as db:
             return await db.query("projects")

@@ -16,6 +16,7 @@ import base64
 import contextlib
 import contextvars
 import json
+import os
 import time
 import uuid
 from urllib.parse import quote
@@ -56,9 +57,26 @@ def _jwt_exp(token):
         return None
 
 
+def _seq(value):
+    """Tuples and sets as JSON arrays; anything else as given, so that the
+    service (not the client) judges a wrong type."""
+    return list(value) if isinstance(value, (tuple, set, frozenset)) else value
+
+
 def _seg(value):
     """One path segment, percent-encoded (ids and names come from callers)."""
     return quote(str(value), safe="")
+
+
+def login_args(args, kw):
+    if len(args) == 2:
+        base_url = kw.pop("base_url", None) or os.environ.get("COREDB_URL")
+        if not base_url:
+            raise TypeError("login(email, password) needs COREDB_URL (or login(base_url, email, password))")
+        return (base_url,) + tuple(args)
+    if len(args) == 3:
+        return tuple(args)
+    raise TypeError("login(base_url, email, password) or login(email, password)")
 
 
 class _LoopState:
@@ -93,7 +111,10 @@ class AsyncClient:
     # ---- life cycle ----
 
     @classmethod
-    async def login(cls, base_url, email, password, **kw):
+    async def login(cls, *args, **kw):
+        """login(base_url, email, password) or login(email, password) with the
+        URL from COREDB_URL; keyword arguments as for the constructor."""
+        base_url, email, password = login_args(args, kw)
         client = cls(base_url, **kw)
         try:
             await client.sign_in(email, password)
@@ -309,7 +330,7 @@ class AsyncClient:
         if table is not None:
             body["table"] = table
         if select is not None:
-            body["select"] = list(select)
+            body["select"] = _seq(select)
         if filters is not None:
             body["filters"] = filters
         if order_by is not None:
@@ -327,7 +348,7 @@ class AsyncClient:
 
     async def run_transaction(self, operations, connection_id=None):
         return await self.request("POST", "/api/v1/data/transaction",
-                                  json_body={"operations": list(operations)},
+                                  json_body={"operations": _seq(operations)},
                                   headers={"X-Connection-ID": connection_id} if connection_id else None)
 
     # ---- connection leases (/api/v1/connections) ----
@@ -365,14 +386,14 @@ class AsyncClient:
         return await self.request(method, "/api/v1/admin" + path, json_body=json_body, params=params)
 
     async def create_role(self, role_name, permissions, description=None):
-        body = {"role_name": role_name, "permissions": list(permissions)}
+        body = {"role_name": role_name, "permissions": _seq(permissions)}
         if description is not None:
             body["description"] = description
         return await self.admin("POST", "/roles", body)
 
     async def create_db_user(self, username, password, roles, connection_limit=5):
         return await self.admin("POST", "/db-users", {"username": username, "password": password,
-                                                      "roles": list(roles),
+                                                      "roles": _seq(roles),
                                                       "connection_limit": connection_limit})
 
     async def update_db_user_password(self, username, new_password):
@@ -381,7 +402,7 @@ class AsyncClient:
 
     async def revoke_db_user(self, username, roles=None):
         return await self.admin("POST", f"/db-users/{_seg(username)}/revoke",
-                                {} if roles is None else {"roles": list(roles)})
+                                {} if roles is None else {"roles": _seq(roles)})
 
     async def encrypt_column(self, table_name, column_name, **extra):
         return await self.admin("POST", "/encryption/columns",
@@ -398,12 +419,12 @@ class AsyncClient:
     async def enable_rls(self, table_name, policy_name, policy, roles=None):
         body = {"table_name": table_name, "policy_name": policy_name, "policy": policy}
         if roles is not None:
-            body["roles"] = list(roles)
+            body["roles"] = _seq(roles)
         return await self.admin("POST", "/rls", body)
 
     async def set_schema_permissions(self, schema_name, role, permissions):
         return await self.admin("PUT", f"/schemas/{_seg(schema_name)}/permissions",
-                                {"role": role, "permissions": list(permissions)})
+                                {"role": role, "permissions": _seq(permissions)})
 
     async def transfer_ownership(self, object_type, object_name, new_owner):
         return await self.admin("POST", "/ownership", {"object_type": object_type,
@@ -462,7 +483,7 @@ class Transaction:
         return self._pg("delete", table, filters=filters)
 
     def upsert(self, table, data, conflict_columns):
-        return self._pg("upsert", table, data=data, conflict_columns=list(conflict_columns))
+        return self._pg("upsert", table, data=data, conflict_columns=_seq(conflict_columns))
 
     def _redis(self, operation, key, **fields):
         op = {"database": "redis", "operation": operation, "key": key}

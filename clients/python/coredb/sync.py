@@ -6,7 +6,7 @@ import asyncio
 import inspect
 import threading
 
-from .aio import AsyncClient, current_request_id
+from .aio import AsyncClient, current_request_id, login_args
 
 
 async def _with_request_id(rid, coro):
@@ -41,7 +41,10 @@ class Client:
         self._async = AsyncClient(base_url, token=token, refresh_token=refresh_token, **kw)
 
     @classmethod
-    def login(cls, base_url, email, password, **kw):
+    def login(cls, *args, **kw):
+        """login(base_url, email, password) or login(email, password) with the
+        URL from COREDB_URL."""
+        base_url, email, password = login_args(args, kw)
         client = cls(base_url, **kw)
         try:
             client.sign_in(email, password)
