@@ -649,3 +649,91 @@ def test_readme_quick_start_runs(inst):
         async with await AsyncClient.login(inst.base, acct.email, PASSWORD) as db:
             return await db.query("projects")
     assert run(main())["data"][0]["title"] == "First"
+
+
+# ---- the rest of the methods: builder operations, sessions, lease renewal, audit ----
+
+def test_builder_operations_sessions_and_lease_renewal(inst, root, redis_server):
+    acct = user(inst)
+    rds = redis_client(redis_server, REDIS_DB)
+    pid = str(uuid.uuid4())
+    with Client.login(inst.base, acct.email, PASSWORD) as c:
+        # the sync builder: every operation, effects read in PostgreSQL and Redis
+        c.transaction().insert("projects", {"id": pid, "title": "v1", "user_id": acct.id}) \
+            .redis_set("n", "1").commit()
+        out = c.transaction().update("projects", {"id": pid}, {"status": "active"}) \
+            .upsert("projects", {"id": pid, "user_id": acct.id, "title": "v2"}, ["id"]) \
+            .redis_incr("n").redis_expire("n", 100).commit()
+        assert out["status"] == "committed" and len(out["results"]) == 4
+        assert q(inst, "SELECT title, status FROM projects WHERE id = %s", (pid,)) == [("v2", "active")]
+        key = f"app:user:{acct.id}:n"
+        assert rds.get(key) == "2" and 0 < rds.ttl(key) <= 100
+        c.transaction().delete("projects", {"id": pid}).redis_del("n").commit()
+        assert scalar(inst, "SELECT count(*) FROM projects WHERE id = %s", (pid,)) == 0
+        assert rds.exists(key) == 0
+        # ConnectionAPI.execute_query is the same call
+        api = ConnectionAPI(client=c)
+        api.execute_query([{"database": "postgresql", "operation": "insert", "table": "projects",
+                            "data": {"title": "via-api", "user_id": acct.id}}])
+        assert scalar(inst, "SELECT count(*) FROM projects WHERE title = 'via-api'") == 1
+        assert any(s["current"] for s in api.check_active_sessions())
+        # lease renewal, and the admin's view of the leases
+        with c.lease("py-renew", "read", ttl_seconds=30) as lease:
+            before = lease.expires_at
+            time.sleep(1.1)
+            lease.renew(120)
+            assert lease.expires_at > before
+            with Client(inst.base, token=root.token) as admin:
+                assert lease.connection_id in str(admin.list_connections())
+        # an explicit refresh rotates both tokens
+        old = (c.access_token, c.refresh_token)
+        new = c.refresh()
+        assert new["access_token"] != old[0] and new["refresh_token"] != old[1]
+        assert c.get_user(acct.id)["user_id"] == acct.id
+        # another session, listed, then ended from this one
+        other = Client.login(inst.base, acct.email, PASSWORD)
+        try:
+            assert other.session_id in [s["session_id"] for s in c.sessions()]
+            c.end_session(other.session_id)
+            with pytest.raises(AuthenticationError) as e:
+                other.get_user(acct.id)
+            assert e.value.code == "TOKEN_REVOKED"
+        finally:
+            other.close()
+        token = c.access_token
+        c.logout()
+        assert c.access_token is None
+    with Client(inst.base, token=token) as gone:
+        with pytest.raises(AuthenticationError):
+            gone.get_user(acct.id)
+    with Client(inst.base, token=root.token) as admin:
+        assert admin.health()["status"] in ("UP", "DEGRADED")
+        role = unique("r_")
+        admin.create_role(role, ["SELECT"])
+        entries = admin.audit_log(limit=50)["entries"]
+        assert any(role in str(e) for e in entries), entries[:3]
+        assert admin.admin("GET", "/metrics/errors")["status"] == "success"
+
+
+def test_backup_restore_through_the_seed_class(pg, monkeypatch):
+    d = os.path.join(scratch_dir(), f"pyclient-restore-{uuid.uuid4().hex[:8]}")
+    os.makedirs(d)
+    inst = start_instance(pg, BACKUP_DIR=d)
+    try:
+        monkeypatch.setenv("COREDB_URL", inst.base)
+        monkeypatch.setenv("COREDB_EMAIL", inst.admin_email)
+        monkeypatch.setenv("COREDB_PASSWORD", PASSWORD)
+        monkeypatch.delenv("COREDB_TOKEN", raising=False)
+        _seed.reset_env_client()
+        q(inst, "CREATE TABLE restore_marker (v text)")
+        q(inst, "INSERT INTO restore_marker VALUES ('before')")
+        bm = BackupManager()
+        made = run(bm.create_backup())
+        assert made["status"] == "success", made
+        q(inst, "INSERT INTO restore_marker VALUES ('after')")
+        out = run(bm.restore_backup(made["name"]))
+        assert out["status"] == "success", out
+        assert [r[0] for r in q(inst, "SELECT v FROM restore_marker")] == ["before"]
+    finally:
+        _seed.reset_env_client()
+        inst.stop_clean()

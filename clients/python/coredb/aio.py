@@ -281,7 +281,9 @@ class AsyncClient:
         return await self.request("POST", "/api/v1/auth/revoke", json_body={"user_id": user_id})
 
     async def sessions(self):
-        return await self.request("GET", "/api/v1/auth/sessions")
+        """The caller's active sessions, a list (the body's "sessions")."""
+        body = await self.request("GET", "/api/v1/auth/sessions")
+        return body["sessions"] if isinstance(body, dict) and "sessions" in body else body
 
     async def end_session(self, session_id):
         return await self.request("DELETE", f"/api/v1/auth/sessions/{_seg(session_id)}")
