@@ -737,3 +737,45 @@ def test_backup_restore_through_the_seed_class(pg, monkeypatch):
     finally:
         _seed.reset_env_client()
         inst.stop_clean()
+
+
+def test_seed_get_session(inst, monkeypatch):
+    """Seed 000's "Database Connection" and "Connection Management" blocks,
+    with structured queries in place of SQL text."""
+    from coredb.infrastructure.database import get_session
+    acct = user(inst)
+    monkeypatch.setenv("COREDB_URL", inst.base)
+    monkeypatch.setenv("COREDB_TOKEN", acct.token)
+    _seed.reset_env_client()
+    insert = {"database": "postgresql", "operation": "insert", "table": "projects",
+              "data": {"title": "in-session", "user_id": acct.id}}
+    bad = {"database": "postgresql", "operation": "insert", "table": "projects", "data": {"nope": 1}}
+
+    async def main():
+        async with get_session() as session:
+            await session.execute(insert)
+            await session.commit()
+        async with get_session() as session:
+            result = await session.execute({"table": "projects", "select": ["title"]})
+            assert [r["title"] for r in result["data"]] == ["in-session"]
+        # the seed's rollback pattern: the failing commit writes nothing
+        with pytest.raises(ValidationError):
+            async with get_session() as session:
+                try:
+                    await session.execute(insert)
+                    await session.execute(bad)
+                    await session.commit()
+                except Exception:
+                    await session.rollback()
+                    raise
+        # left without commit: nothing sent
+        async with get_session() as session:
+            await session.execute(insert)
+        with pytest.raises(TypeError):
+            async with get_session() as session:
+                await session.execute("SELECT 1")
+    try:
+        run(main())
+    finally:
+        _seed.reset_env_client()
+    assert scalar(inst, "SELECT count(*) FROM projects WHERE user_id = %s", (acct.id,)) == 1
