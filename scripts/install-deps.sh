@@ -17,6 +17,7 @@ PACKAGES=(
   python3 python3-pytest python3-requests python3-psycopg2 python3-redis python3-jwt
   python3-bcrypt
   python3-yaml   # tests/e2e/test_dashboards.py reads the alert rules
+  python3-httpx  # the Python client, clients/python (tests/e2e/test_client_python.py)
   # benchmarks and process tools
   wrk procps curl util-linux
   # metrics tests: promtool and a real Prometheus (tests/e2e/test_metrics.py)

@@ -1,0 +1,1 @@
+"""Seed 000's security API: auth, encryption, access."""
