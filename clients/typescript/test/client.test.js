@@ -1,0 +1,257 @@
+// @coredb/client against a real coredb (started by tests/e2e/test_client_typescript.py
+// with ACCESS_TOKEN_TTL=2, DB_POOL_MAX=4, DB_POOL_ACQUIRE_TIMEOUT=700 ms).
+import { test } from "node:test";
+import assert from "node:assert/strict";
+import { CoreDB, CoreDBError, VERSION } from "../dist/index.js";
+import { ADMIN_EMAIL, ADMIN_PASSWORD, BASE, report, sleep, unique } from "./helpers.js";
+
+const PASSWORD = "Ts-client-pass-9!";
+
+async function rejects(promise, status, code) {
+    await assert.rejects(promise, (err) => {
+        assert.ok(err instanceof CoreDBError, `not a CoreDBError: ${err}`);
+        assert.equal(err.status, status, `${err.code}: ${err.message}`);
+        if (code)
+            assert.equal(err.code, code);
+        assert.match(err.requestId ?? "", /\S/);
+        return true;
+    });
+}
+
+/** A fresh user account, logged in. */
+async function newUser() {
+    const anon = new CoreDB({ baseUrl: BASE });
+    const name = unique("ts");
+    const user = await anon.createUser({ email: `${name}@example.com`, username: name, password: PASSWORD });
+    const client = await CoreDB.login({ baseUrl: BASE, email: user.email, password: PASSWORD });
+    return { client, user };
+}
+
+const admin = await CoreDB.login({ baseUrl: BASE, email: ADMIN_EMAIL, password: ADMIN_PASSWORD });
+
+test("version is the service's", async () => {
+    assert.equal(VERSION, "1.0.0");
+    const health = await admin.health();
+    assert.equal(health.version, VERSION);
+    assert.equal(health.status, "UP");
+});
+
+test("login answers a token pair; bad credentials are a typed 401", async () => {
+    const c = new CoreDB({ baseUrl: BASE });
+    const pair = await c.login(ADMIN_EMAIL, ADMIN_PASSWORD);
+    assert.equal(pair.token_type, "Bearer");
+    assert.equal(pair.user.role, "admin");
+    assert.ok(c.tokens.accessToken && c.tokens.refreshToken);
+    await rejects(new CoreDB({ baseUrl: BASE }).login(ADMIN_EMAIL, "wrong-password-1"), 401, "INVALID_CREDENTIALS");
+});
+
+test("X-Request-ID is sent and comes back in the error", async () => {
+    const c = new CoreDB({ baseUrl: BASE, token: "not.a.jwt" });
+    await assert.rejects(c.request("GET", "/api/v1/auth/sessions", { requestId: "ts-req-12345" }), (err) => {
+        assert.equal(err.status, 401);
+        assert.equal(err.code, "UNAUTHORIZED");
+        assert.equal(err.requestId, "ts-req-12345");
+        return true;
+    });
+});
+
+test("forged, absent and non-admin tokens: 401, 401, 403", async () => {
+    await rejects(new CoreDB({ baseUrl: BASE }).listSessions(), 401, "UNAUTHORIZED");
+    const forged = admin.tokens.accessToken.slice(0, -4) + "AAAA";
+    await rejects(new CoreDB({ baseUrl: BASE, token: forged }).listSessions(), 401, "UNAUTHORIZED");
+    const { client } = await newUser();
+    await rejects(client.createRole({ role_name: unique("ts_r"), permissions: ["SELECT"] }), 403, "FORBIDDEN");
+    await rejects(client.connectionHealth(), 403, "FORBIDDEN");
+    await rejects(client.metricsText(), 403, "FORBIDDEN");
+});
+
+test("an expired access token is refreshed once, the rotated refresh token kept", async () => {
+    const seen = [];
+    const c = await CoreDB.login({ baseUrl: BASE, email: ADMIN_EMAIL, password: ADMIN_PASSWORD,
+        onTokens: (t) => seen.push(t) });
+    const first = c.tokens;
+    await sleep(2600);            // ACCESS_TOKEN_TTL=2, JWT_CLOCK_SKEW=0
+    // the old token really is expired
+    await rejects(new CoreDB({ baseUrl: BASE, token: first.accessToken }).listSessions(), 401, "TOKEN_EXPIRED");
+    // five concurrent calls share one refresh (a second one would present a used token and end the session)
+    const answers = await Promise.all([1, 2, 3, 4, 5].map(() => c.listSessions()));
+    assert.equal(answers.length, 5);
+    assert.equal(seen.length, 2, "login + exactly one refresh");
+    assert.notEqual(c.tokens.refreshToken, first.refreshToken);
+    // rotation: the old refresh token no longer works
+    await rejects(new CoreDB({ baseUrl: BASE }).request("POST", "/api/v1/auth/refresh",
+        { body: { refresh_token: first.refreshToken }, auth: false }), 401);
+});
+
+test("without a refresh token an expired token is a TOKEN_EXPIRED error", async () => {
+    const pair = await new CoreDB({ baseUrl: BASE }).login(ADMIN_EMAIL, ADMIN_PASSWORD);
+    await sleep(2600);
+    await rejects(new CoreDB({ baseUrl: BASE, token: pair.access_token }).listSessions(), 401, "TOKEN_EXPIRED");
+});
+
+test("users: get, by email, by username, update, 404, 409, other user's id, delete", async () => {
+    const { client, user } = await newUser();
+    assert.equal((await client.getUser(user.user_id)).email, user.email);
+    assert.equal((await client.getUserByEmail(user.email)).user_id, user.user_id);
+    assert.equal((await client.getUserByUsername(user.username)).user_id, user.user_id);
+    const updated = await client.updateUser(user.user_id, { display_name: "TS Client" });
+    assert.equal(updated.display_name, "TS Client");
+    await rejects(admin.getUser("00000000-0000-4000-8000-000000000000"), 404, "NOT_FOUND");
+    await rejects(admin.getUser("1' OR '1'='1"), 404);
+    await rejects(new CoreDB({ baseUrl: BASE }).createUser({ email: user.email, username: unique("ts"),
+        password: PASSWORD }), 409, "CONFLICT");
+    const other = await newUser();
+    await rejects(client.getUser(other.user.user_id), 403);
+    const page = await admin.listUsers({ limit: 5 });
+    assert.ok(Array.isArray(page.data ?? page.users ?? page));
+    await other.client.deleteUser(other.user.user_id);
+    await rejects(admin.getUser(other.user.user_id), 404, "NOT_FOUND");
+});
+
+test("sessions: list, revoke, logout", async () => {
+    const { client, user } = await newUser();
+    const sessions = await client.listSessions();
+    const list = sessions.sessions ?? sessions;
+    assert.ok(list.length >= 1);
+    await client.logout();
+    const second = await CoreDB.login({ baseUrl: BASE, email: user.email, password: PASSWORD });
+    await admin.revokeSessions(user.user_id);
+    await rejects(second.listSessions(), 401, "TOKEN_REVOKED");
+});
+
+test("data: transaction then query (user), hostile values bound, unknown table 404", async () => {
+    const { client, user } = await newUser();
+    const title = "ts'); DROP TABLE projects; --";
+    const key = unique("tskey");
+    const tx = await client.transaction([
+        { database: "postgresql", operation: "insert", table: "projects", data: { title, user_id: user.user_id } },
+        { database: "redis", operation: "set", key, value: "ts-value", ttl: 600 },
+    ]);
+    assert.equal(tx.status, "committed");
+    assert.equal(tx.results.length, 2);
+    const id = tx.results[0].data.id;
+    const res = await client.query({ database: "postgresql", query_type: "select", table: "projects",
+        select: ["id", "title"], filters: { title } });
+    assert.deepEqual(res.data.map((r) => r.id), [id]);
+    assert.equal(res.pagination.total, 1);
+    const got = await client.query({ database: "redis", query_type: "get", key });
+    assert.equal(got.data.value, "ts-value");
+    const status = await client.transactionStatus(tx.transaction_id);
+    assert.equal(status.status, "committed");
+    await rejects(client.query({ database: "postgresql", query_type: "select", table: "no_such_table" }), 404, "UNKNOWN_TABLE");
+    await rejects(client.query({ database: "postgresql", query_type: "select", table: "projects",
+        select: ["title; DROP TABLE users"] }), 400, "UNKNOWN_COLUMN");
+    await rejects(client.query({ database: "postgresql", query_type: "select", table: "projects",
+        pagination: { page: 1, limit: 101 } }), 400, "VALIDATION_FAILED");
+    report("project_id", id);
+    report("project_title", title);
+    report("user_id", user.user_id);
+    report("redis_key", key);
+});
+
+test("leases: withLease runs on the leased connection and releases it, even on a throw", async () => {
+    const { client } = await newUser();
+    let role;
+    const n = await client.withLease({ service_name: "ts-test", database_type: "postgresql", operation_type: "read" },
+        async (lease) => {
+            assert.match(lease.connection_id, /\S/);
+            role = new URL(lease.database_url).username;
+            const r = await client.query({ database: "postgresql", query_type: "select", table: "projects" },
+                { connectionId: lease.connection_id });
+            return r.pagination.total;
+        });
+    assert.equal(n, 0);
+    report("lease_role", decodeURIComponent(role));
+    let leaseId;
+    await assert.rejects(client.withLease({ service_name: "ts-test", database_type: "postgresql",
+        operation_type: "write" }, async (lease) => { leaseId = lease.connection_id; throw new Error("boom"); }), /boom/);
+    // released: the id no longer works
+    await rejects(client.query({ database: "postgresql", query_type: "select", table: "projects" },
+        { connectionId: leaseId }), 404, "NOT_FOUND");
+    await rejects(client.release(leaseId, "ts-test"), 404, "NOT_FOUND");
+});
+
+test("503 POOL_EXHAUSTED on an idempotent call is retried after the hinted wait", async () => {
+    const { client } = await newUser();
+    const held = [];
+    // take every pooled connection (DB_POOL_MAX=4) with leases
+    for (;;) {
+        try {
+            held.push(await admin.acquire({ service_name: "ts-hold", database_type: "postgresql",
+                operation_type: "read" }));
+        } catch (err) {
+            assert.equal(err.code, "POOL_EXHAUSTED");
+            assert.equal(err.status, 503);
+            assert.ok(err.retryAfter >= 1, "retry_after in the details");
+            break;
+        }
+        assert.ok(held.length <= 4, "the pool bound held");
+    }
+    const noRetry = new CoreDB({ baseUrl: BASE, token: client.tokens.accessToken, maxRetries: 0 });
+    await rejects(noRetry.query({ database: "postgresql", query_type: "select", table: "projects",
+        filters: { title: unique("x") } }), 503, "POOL_EXHAUSTED");
+    // free one lease while the client waits out its first Retry-After
+    const started = Date.now();
+    const pending = client.query({ database: "postgresql", query_type: "select", table: "projects",
+        filters: { title: unique("y") } });
+    setTimeout(() => { admin.release(held.pop().connection_id, "ts-hold"); }, 300);
+    const res = await pending;
+    assert.equal(res.pagination.total, 0);
+    assert.ok(Date.now() - started >= 1000, "waited the hinted retry_after before retrying");
+    for (const lease of held)
+        await admin.release(lease.connection_id, "ts-hold");
+});
+
+test("admin: role (and 409 when it exists), db user, password, revoke, rls, schema grants", async () => {
+    const role = unique("ts_role");
+    const made = await admin.createRole({ role_name: role, permissions: ["SELECT"], description: "ts" });
+    assert.equal(made.status, "success");
+    await rejects(admin.createRole({ role_name: role, permissions: ["SELECT"] }), 409, "CONFLICT");
+    await rejects(admin.createRole({ role_name: "x; DROP ROLE postgres", permissions: ["SELECT"] }), 400, "VALIDATION_FAILED");
+    const dbUser = unique("ts_user");
+    assert.equal((await admin.createDbUser({ username: dbUser, password: "Db-pass-0123456789", roles: [role],
+        connection_limit: 2 })).status, "success");
+    assert.equal((await admin.changeDbUserPassword(dbUser, "Db-pass-9876543210")).status, "success");
+    assert.equal((await admin.revokeDbUser(dbUser)).status, "success");
+    await rejects(admin.changeDbUserPassword(unique("ts_absent"), "Db-pass-9876543210"), 404, "NOT_FOUND");
+    const policy = unique("ts_pol");
+    assert.equal((await admin.enableRls({ table_name: "media_assets", policy_name: policy,
+        policy: "true", roles: [role] })).status, "success");
+    assert.equal((await admin.setSchemaPermissions("public", { role, permissions: ["USAGE"] })).status, "success");
+    report("role", role);
+    report("db_user", dbUser);
+    report("rls_table", "media_assets");
+    report("rls_policy", policy);
+});
+
+test("backups: create, list, verify, 404; audit log and its chain", async () => {
+    const b = await admin.createBackup();
+    assert.match(b.name, /\S/);
+    assert.match(b.sha256, /^[0-9a-f]{64}$/);
+    const list = await admin.listBackups();
+    assert.ok(JSON.stringify(list).includes(b.name));
+    const v = await admin.verifyBackup(b.name);
+    assert.equal(v.valid, true);
+    await rejects(admin.verifyBackup("no-such-backup"), 404);
+    const audit = await admin.auditLog();
+    assert.ok(JSON.stringify(audit).includes("role"), "role creation audited");
+    const chain = await admin.auditVerify();
+    assert.equal(chain.status, "success");
+});
+
+test("health and monitoring: detailed checks, metrics JSON and Prometheus text", async () => {
+    assert.equal((await admin.live()).status, "UP");
+    for (const check of [admin.connectionHealth(), admin.queryHealth(), admin.resourceHealth(), admin.adminHealth()])
+        assert.ok((await check).status);
+    for (const m of [admin.tableMetrics(), admin.performanceMetrics(), admin.errorMetrics(), admin.allMetrics()])
+        assert.equal((await m).status, "success");
+    const text = await admin.metricsText();
+    assert.match(text, /^# (HELP|TYPE) /m);
+    const line = text.split("\n").find((l) => l.startsWith('coredb_client_requests_total{client_version="1.0.0"}'));
+    assert.ok(line, "X-Client-Version counted");
+    report("metrics_excerpt", line);
+    const status = await admin.migrationStatus();
+    assert.ok("current_version" in status);
+    const doc = await admin.openapi();
+    assert.equal(doc.info.version, VERSION);
+});
