@@ -62,14 +62,22 @@ def test_version_agrees_with_the_service(built):
 
 def test_node_tests_against_a_real_coredb(built, pg, redis_server, tmp_path):
     # A short access-token lifetime makes the client's refresh path run for real;
-    # a small pool with a short acquire timeout lets leases provoke 503 POOL_EXHAUSTED.
+    # a small pool with a short acquire timeout lets the test route /test/sleep provoke 503 POOL_EXHAUSTED.
     inst = start_instance(pg, redis_server, REDIS_DB, ACCESS_TOKEN_TTL="2", JWT_CLOCK_SKEW="0",
-                          DB_POOL_MAX="4", DB_POOL_ACQUIRE_TIMEOUT="700",
-                          BACKUP_DIR=str(tmp_path / "backups"))
+                          DB_POOL_MAX="3", DB_POOL_ACQUIRE_TIMEOUT="700",
+                          HTTP_THREADS="8", COREDB_TEST_ROUTES="1",
+                          BACKUP_DIR=str(tmp_path / "backups"), DB_ENCRYPTION_KEY=os.urandom(32).hex())
     report = tmp_path / "report.json"
     try:
+        # an application table for the admin calls (coredb's own tables are refused)
+        conn = inst.pg.connect(inst.db)
+        conn.autocommit = True
+        with conn.cursor() as cur:
+            cur.execute("CREATE TABLE ts_notes (id uuid PRIMARY KEY DEFAULT gen_random_uuid(), ssn text)")
+            cur.execute("INSERT INTO ts_notes (ssn) SELECT '123-45-' || g FROM generate_series(1000, 1004) g")
+        conn.close()
         env = dict(os.environ, COREDB_URL=inst.base, COREDB_ADMIN_EMAIL=inst.admin_email,
-                   COREDB_ADMIN_PASSWORD=PASSWORD, COREDB_TS_REPORT=str(report))
+                   COREDB_ADMIN_PASSWORD=PASSWORD, COREDB_TS_REPORT=str(report), COREDB_TS_TABLE="ts_notes")
         proc = subprocess.run(["node", "--test", "--test-concurrency=1", "test/"], cwd=CLIENT, env=env,
                               capture_output=True, text=True, timeout=600)
         assert proc.returncode == 0, f"node --test failed:\n{proc.stdout[-20000:]}\n{proc.stderr[-5000:]}"
@@ -86,6 +94,11 @@ def test_node_tests_against_a_real_coredb(built, pg, redis_server, tmp_path):
         assert (made["rls_policy"],) in pol, pol
         assert inst.pg.query(inst.db, "SELECT relrowsecurity FROM pg_class WHERE relname = %s",
                              (made["rls_table"],)) == [(True,)]
+        assert inst.pg.query(inst.db, "SELECT pg_get_userbyid(relowner) FROM pg_class WHERE relname = %s",
+                             (made["rls_table"],)) == [(role,)]
+        # encrypted by the service: no plaintext left in PostgreSQL
+        ssn = [r[0] for r in inst.pg.query(inst.db, "SELECT ssn FROM ts_notes")]
+        assert len(ssn) == 5 and not any(v.startswith("123-45-") for v in ssn), ssn
         # the lease helper released its lease: the temporary login role is gone
         assert inst.pg.query(inst.db, "SELECT count(*) FROM pg_roles WHERE rolname = %s",
                              (made["lease_role"],)) == [(0,)]
@@ -93,7 +106,7 @@ def test_node_tests_against_a_real_coredb(built, pg, redis_server, tmp_path):
         assert inst.pg.query(inst.db, "SELECT title FROM projects WHERE id = %s",
                              (made["project_id"],)) == [(made["project_title"],)]
         r = redis_client(redis_server, REDIS_DB)
-        assert r.get(f"app:user:{made['user_id']}:{made['redis_key']}") == b"ts-value"
+        assert r.get(f"app:user:{made['user_id']}:{made['redis_key']}") == "ts-value"
         # X-Client-Version reached the service's metrics
         assert 'coredb_client_requests_total{client_version="1.0.0"}' in made["metrics_excerpt"]
     finally:

@@ -1,11 +1,13 @@
 // @coredb/client against a real coredb (started by tests/e2e/test_client_typescript.py
-// with ACCESS_TOKEN_TTL=2, DB_POOL_MAX=4, DB_POOL_ACQUIRE_TIMEOUT=700 ms).
+// with ACCESS_TOKEN_TTL=2, DB_POOL_MAX=3, DB_POOL_ACQUIRE_TIMEOUT=700 ms, COREDB_TEST_ROUTES=1).
 import { test } from "node:test";
 import assert from "node:assert/strict";
 import { CoreDB, CoreDBError, VERSION } from "../dist/index.js";
 import { ADMIN_EMAIL, ADMIN_PASSWORD, BASE, report, sleep, unique } from "./helpers.js";
 
 const PASSWORD = "Ts-client-pass-9!";
+// a table the pytest file created for the admin calls (rls, ownership, encryption)
+const TABLE = process.env.COREDB_TS_TABLE;
 
 async function rejects(promise, status, code) {
     await assert.rejects(promise, (err) => {
@@ -129,7 +131,7 @@ test("data: transaction then query (user), hostile values bound, unknown table 4
     ]);
     assert.equal(tx.status, "committed");
     assert.equal(tx.results.length, 2);
-    const id = tx.results[0].data.id;
+    const id = tx.results[0].data.rows[0].id;
     const res = await client.query({ database: "postgresql", query_type: "select", table: "projects",
         select: ["id", "title"], filters: { title } });
     assert.deepEqual(res.data.map((r) => r.id), [id]);
@@ -173,33 +175,35 @@ test("leases: withLease runs on the leased connection and releases it, even on a
 
 test("503 POOL_EXHAUSTED on an idempotent call is retried after the hinted wait", async () => {
     const { client } = await newUser();
-    const held = [];
-    // take every pooled connection (DB_POOL_MAX=4) with leases
-    for (;;) {
-        try {
-            held.push(await admin.acquire({ service_name: "ts-hold", database_type: "postgresql",
-                operation_type: "read" }));
-        } catch (err) {
-            assert.equal(err.code, "POOL_EXHAUSTED");
-            assert.equal(err.status, 503);
-            assert.ok(err.retryAfter >= 1, "retry_after in the details");
-            break;
-        }
-        assert.ok(held.length <= 4, "the pool bound held");
-    }
+    // hold every pooled connection (DB_POOL_MAX=3) for 2.5 s with the test route (COREDB_TEST_ROUTES=1)
+    const anon = new CoreDB({ baseUrl: BASE, maxRetries: 0 });
+    const sleeps = [1, 2, 3, 4, 5].map(() => anon.request("POST", "/test/sleep", { body: { seconds: 2.5 } })
+        .catch((err) => err));
+    await sleep(300);
+    // without retries: the 503 itself, typed, with the hint
     const noRetry = new CoreDB({ baseUrl: BASE, token: client.tokens.accessToken, maxRetries: 0 });
-    await rejects(noRetry.query({ database: "postgresql", query_type: "select", table: "projects",
-        filters: { title: unique("x") } }), 503, "POOL_EXHAUSTED");
-    // free one lease while the client waits out its first Retry-After
+    await assert.rejects(noRetry.query({ database: "postgresql", query_type: "select", table: "projects",
+        filters: { title: unique("x") } }), (err) => {
+        assert.equal(err.status, 503);
+        assert.equal(err.code, "POOL_EXHAUSTED");
+        assert.ok(err.retryAfter >= 1, "retry_after in the details");
+        return true;
+    });
+    // with retries (default 3): waits the hinted second between attempts until the sleeps end
     const started = Date.now();
-    const pending = client.query({ database: "postgresql", query_type: "select", table: "projects",
+    const res = await client.query({ database: "postgresql", query_type: "select", table: "projects",
         filters: { title: unique("y") } });
-    setTimeout(() => { admin.release(held.pop().connection_id, "ts-hold"); }, 300);
-    const res = await pending;
     assert.equal(res.pagination.total, 0);
     assert.ok(Date.now() - started >= 1000, "waited the hinted retry_after before retrying");
-    for (const lease of held)
-        await admin.release(lease.connection_id, "ts-hold");
+    // a write (POST transaction) is not idempotent: never retried, the 503 comes back at once
+    const again = [1, 2, 3, 4].map(() => anon.request("POST", "/test/sleep", { body: { seconds: 2 } })
+        .catch((err) => err));
+    await sleep(300);
+    const t0 = Date.now();
+    await rejects(client.transaction([{ database: "postgresql", operation: "insert", table: "projects",
+        data: { title: unique("w") } }]), 503, "POOL_EXHAUSTED");
+    assert.ok(Date.now() - t0 < 1500, "no retry of a write");
+    await Promise.all([...sleeps, ...again]);
 });
 
 test("admin: role (and 409 when it exists), db user, password, revoke, rls, schema grants", async () => {
@@ -215,13 +219,37 @@ test("admin: role (and 409 when it exists), db user, password, revoke, rls, sche
     assert.equal((await admin.revokeDbUser(dbUser)).status, "success");
     await rejects(admin.changeDbUserPassword(unique("ts_absent"), "Db-pass-9876543210"), 404, "NOT_FOUND");
     const policy = unique("ts_pol");
-    assert.equal((await admin.enableRls({ table_name: "media_assets", policy_name: policy,
+    await rejects(admin.enableRls({ table_name: "media_assets", policy_name: policy, policy: "true" }), 403, "FORBIDDEN");
+    assert.equal((await admin.enableRls({ table_name: TABLE, policy_name: policy,
         policy: "true", roles: [role] })).status, "success");
     assert.equal((await admin.setSchemaPermissions("public", { role, permissions: ["USAGE"] })).status, "success");
     report("role", role);
     report("db_user", dbUser);
-    report("rls_table", "media_assets");
+    assert.equal((await admin.transferOwnership({ object_type: "table", object_name: TABLE, new_owner: role })).status,
+        "success");
+    await rejects(admin.transferOwnership({ object_type: "table", object_name: "users", new_owner: role }), 403, "FORBIDDEN");
+    report("rls_table", TABLE);
     report("rls_policy", policy);
+});
+
+test("encryption: a column encrypted by the service, its audit, 404 for an unknown job", async () => {
+    const setup = await admin.encryptColumn({ table_name: TABLE, column_name: "ssn" });
+    assert.equal(setup.status, "success");
+    let audit;
+    for (let i = 0; i < 50; i++) {
+        audit = await admin.encryptionAudit(TABLE);
+        const col = audit.columns.find((c) => c.column_name === "ssn");
+        if (col && col.plaintext_rows === 0)
+            break;
+        await sleep(200);
+    }
+    const col = audit.columns.find((c) => c.column_name === "ssn");
+    assert.equal(col.plaintext_rows, 0, JSON.stringify(audit));
+    const rotated = await admin.rotateColumnKey({ table_name: TABLE, column_name: "ssn" });
+    assert.equal(rotated.status, "success");
+    await rejects(admin.encryptColumn({ table_name: TABLE, column_name: "no_such_col" }), 400, "UNKNOWN_COLUMN");
+    await rejects(admin.encryptionJob("00000000-0000-4000-8000-000000000000"), 404, "NOT_FOUND");
+    report("encrypted", { table: TABLE, column: "ssn" });
 });
 
 test("backups: create, list, verify, 404; audit log and its chain", async () => {
@@ -232,7 +260,8 @@ test("backups: create, list, verify, 404; audit log and its chain", async () => 
     assert.ok(JSON.stringify(list).includes(b.name));
     const v = await admin.verifyBackup(b.name);
     assert.equal(v.valid, true);
-    await rejects(admin.verifyBackup("no-such-backup"), 404);
+    await rejects(admin.verifyBackup("coredb-20000101T000000000Z"), 404, "NOT_FOUND");
+    await rejects(admin.verifyBackup("../../etc/passwd"), 400, "VALIDATION_FAILED");
     const audit = await admin.auditLog();
     assert.ok(JSON.stringify(audit).includes("role"), "role creation audited");
     const chain = await admin.auditVerify();
