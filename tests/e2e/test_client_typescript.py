@@ -74,10 +74,13 @@ def test_node_tests_against_a_real_coredb(built, pg, redis_server, tmp_path):
         conn.autocommit = True
         with conn.cursor() as cur:
             cur.execute("CREATE TABLE ts_notes (id uuid PRIMARY KEY DEFAULT gen_random_uuid(), ssn text)")
+            cur.execute("CREATE TABLE ts_exposed (id uuid PRIMARY KEY DEFAULT gen_random_uuid(), "
+                        "user_id uuid NOT NULL, note text)")
             cur.execute("INSERT INTO ts_notes (ssn) SELECT '123-45-' || g FROM generate_series(1000, 1004) g")
         conn.close()
         env = dict(os.environ, COREDB_URL=inst.base, COREDB_ADMIN_EMAIL=inst.admin_email,
-                   COREDB_ADMIN_PASSWORD=PASSWORD, COREDB_TS_REPORT=str(report), COREDB_TS_TABLE="ts_notes")
+                   COREDB_ADMIN_PASSWORD=PASSWORD, COREDB_TS_REPORT=str(report), COREDB_TS_TABLE="ts_notes",
+                   COREDB_TS_EXPOSE="ts_exposed")
         proc = subprocess.run(["node", "--test", "--test-concurrency=1", "test/"], cwd=CLIENT, env=env,
                               capture_output=True, text=True, timeout=600)
         assert proc.returncode == 0, f"node --test failed:\n{proc.stdout[-20000:]}\n{proc.stderr[-5000:]}"

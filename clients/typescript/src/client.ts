@@ -93,6 +93,8 @@ export class CoreDB {
     private accessToken: string | undefined;
     private refreshToken: string | undefined;
     private refreshing: Promise<void> | undefined;
+    /** The user this client logged in as (from the login answer); undefined for a token-only client. */
+    user: User | undefined;
     private readonly maxRetries: number;
     private readonly maxRetryDelayMs: number;
     private readonly timeoutMs: number;
@@ -238,6 +240,7 @@ export class CoreDB {
         const pair = await this.send<TokenPair>("POST", "/api/v1/auth/login",
             { body: { email, password }, auth: false });
         this.setTokens(pair);
+        this.user = pair.user;
         return pair;
     }
     /** Exchanges the refresh token for a new pair now (rotation: the old one stops working). */
@@ -246,6 +249,7 @@ export class CoreDB {
         await this.request("POST", "/api/v1/auth/logout");
         this.accessToken = undefined;
         this.refreshToken = undefined;
+        this.user = undefined;
     }
     revokeSessions(userId: string): Promise<Answer<"revokeSessions">> {
         return this.request("POST", "/api/v1/auth/revoke", { body: { user_id: userId } });
@@ -379,7 +383,7 @@ export class CoreDB {
             { body: { confirm: true } });
     }
     cleanupBackups(): Promise<Answer<"adminBackupCleanup">> {
-        return this.request("POST", "/api/v1/admin/backups/cleanup", { body: {} });
+        return this.request("POST", "/api/v1/admin/backups/cleanup");
     }
 
     /* audit log */

@@ -284,3 +284,66 @@ test("health and monitoring: detailed checks, metrics JSON and Prometheus text",
     const doc = await admin.openapi();
     assert.equal(doc.info.version, VERSION);
 });
+
+test("README quick start runs as written (as a user)", async () => {
+    const { user } = await newUser();
+    const db = await CoreDB.login({ baseUrl: BASE, email: user.email, password: PASSWORD });
+    await db.transaction([{ database: "postgresql", operation: "insert", table: "projects",
+        data: { title: "Hello", user_id: db.user?.user_id } }]);
+    const { data } = await db.query({ database: "postgresql", query_type: "select", table: "projects" });
+    assert.deepEqual(data.map((p) => [p.title, p.user_id]), [["Hello", user.user_id]]);
+});
+
+test("sessions: delete one session by id (its token stops working), 404 for an unknown one", async () => {
+    const { client, user } = await newUser();
+    const second = await CoreDB.login({ baseUrl: BASE, email: user.email, password: PASSWORD });
+    const mine = await second.listSessions();
+    const list = mine.sessions ?? mine;
+    const current = list.find((s) => s.current) ?? list[list.length - 1];
+    const other = list.find((s) => s.session_id !== current.session_id);
+    assert.ok(other, JSON.stringify(list));
+    await second.deleteSession(other.session_id);
+    await rejects(client.listSessions(), 401, "TOKEN_REVOKED");
+    await rejects(second.deleteSession("00000000-0000-4000-8000-000000000000"), 404, "NOT_FOUND");
+});
+
+test("leases: renew extends a live lease; another user's lease id is 404", async () => {
+    const { client } = await newUser();
+    const lease = await client.acquire({ service_name: "ts-renew", database_type: "postgresql", operation_type: "read",
+        ttl_seconds: 30 });
+    const renewed = await client.renew(lease.connection_id, { ttl_seconds: 120 });
+    assert.ok(Date.parse(renewed.expires_at) > Date.parse(lease.expires_at), JSON.stringify(renewed));
+    const stranger = await newUser();
+    await rejects(stranger.client.renew(lease.connection_id, { ttl_seconds: 60 }), 404, "NOT_FOUND");
+    await rejects(stranger.client.release(lease.connection_id, "ts-renew"), 404, "NOT_FOUND");
+    const all = await admin.listConnections();
+    assert.ok(JSON.stringify(all).includes(lease.connection_id));
+    assert.equal((await client.release(lease.connection_id, "ts-renew")).status, "released");
+});
+
+test("own tables: expose makes a table usable through the data API, unexpose takes it away", async () => {
+    const name = process.env.COREDB_TS_EXPOSE;
+    const { client, user } = await newUser();
+    await rejects(client.query({ database: "postgresql", query_type: "select", table: name }), 404, "UNKNOWN_TABLE");
+    assert.equal((await admin.exposeTable(name)).status, "success");
+    const listed = await admin.listTables();
+    assert.ok(JSON.stringify(listed).includes(name));
+    await client.transaction([{ database: "postgresql", operation: "insert", table: name,
+        data: { note: "mine", user_id: user.user_id } }]);
+    const rows = await client.query({ database: "postgresql", query_type: "select", table: name });
+    assert.deepEqual(rows.data.map((r) => r.note), ["mine"]);
+    const tables = await client.tables();
+    assert.ok(JSON.stringify(tables).includes(name));
+    assert.equal((await admin.unexposeTable(name)).status, "success");
+    await rejects(client.query({ database: "postgresql", query_type: "select", table: name,
+        filters: { note: "again" } }), 404, "UNKNOWN_TABLE");
+    await rejects(admin.exposeTable("users; DROP TABLE users"), 404, "UNKNOWN_TABLE");
+});
+
+test("ready, backup cleanup, restore of an unknown backup", async () => {
+    assert.ok(await admin.ready());
+    assert.equal((await admin.cleanupBackups()).status, "success");
+    await rejects(admin.restoreBackup("coredb-20000101T000000000Z"), 404, "NOT_FOUND");
+    const { client } = await newUser();
+    await rejects(client.createBackup(), 403, "FORBIDDEN");
+});
