@@ -1149,7 +1149,7 @@ export interface components {
                 code: string;
                 message: string;
                 /** @description e.g. `field`, `column`, `operation`, `retry_after` */
-                details?: Record<string, never> | null;
+                details?: Record<string, unknown> | null;
                 /** Format: date-time */
                 timestamp: string;
                 request_id: string;
@@ -1174,7 +1174,7 @@ export interface components {
             service?: string;
             version?: string;
             checks?: {
-                [key: string]: Record<string, never>;
+                [key: string]: Record<string, unknown>;
             };
         };
         User: {
@@ -1252,7 +1252,7 @@ export interface components {
             collection?: string;
             select?: string[];
             /** @description column: value (equality) or {operator: value}; operators eq neq gt gte lt lte in like ilike is_null */
-            filters?: Record<string, never>;
+            filters?: Record<string, unknown>;
             order_by?: components["schemas"]["OrderBy"] | components["schemas"]["OrderBy"][];
             pagination?: {
                 page?: number;
@@ -1287,8 +1287,8 @@ export interface components {
             /** @enum {unknown} */
             operation: "insert" | "update" | "delete" | "upsert" | "set" | "del" | "expire" | "incr" | "replace" | "patch";
             table?: string;
-            data?: Record<string, never>;
-            filters?: Record<string, never>;
+            data?: Record<string, unknown>;
+            filters?: Record<string, unknown>;
             conflict_columns?: string[];
             returning?: boolean | string[];
             key?: string;
@@ -1309,14 +1309,14 @@ export interface components {
         };
         MigrationStatus: {
             current_version?: string | null;
-            pending_migrations?: Record<string, never>[];
-            last_migration?: Record<string, never> | null;
+            pending_migrations?: Record<string, unknown>[];
+            last_migration?: Record<string, unknown> | null;
         };
         MigrationRun: {
             migration_id?: string;
             /** @enum {unknown} */
             status?: "running" | "completed" | "failed";
-            progress?: Record<string, never>;
+            progress?: Record<string, unknown>;
             dry_run?: boolean;
             would_succeed?: boolean;
         };
@@ -1335,7 +1335,7 @@ export interface components {
             actor_role?: string;
             action?: string;
             target?: string | null;
-            params?: Record<string, never>;
+            params?: Record<string, unknown>;
             outcome?: string;
             request_id?: string | null;
             client_addr?: string | null;
@@ -1520,7 +1520,7 @@ export interface operations {
                     "application/json": components["schemas"]["Result"] & {
                         valid?: boolean;
                         rows_checked?: number;
-                        first_broken?: Record<string, never> | null;
+                        first_broken?: Record<string, unknown> | null;
                     };
                 };
             };
@@ -1714,7 +1714,7 @@ export interface operations {
                 content: {
                     "application/json": components["schemas"]["Result"] & {
                         /** @description `username` and what the operation did */
-                        db_user?: Record<string, never>;
+                        db_user?: Record<string, unknown>;
                     };
                 };
             };
@@ -1764,7 +1764,7 @@ export interface operations {
                 content: {
                     "application/json": components["schemas"]["Result"] & {
                         /** @description `username` and what the operation did */
-                        db_user?: Record<string, never>;
+                        db_user?: Record<string, unknown>;
                     };
                 };
             };
@@ -1813,7 +1813,7 @@ export interface operations {
                 content: {
                     "application/json": components["schemas"]["Result"] & {
                         /** @description `username` and what the operation did */
-                        db_user?: Record<string, never>;
+                        db_user?: Record<string, unknown>;
                     };
                 };
             };
@@ -2260,7 +2260,7 @@ export interface operations {
                 };
                 content: {
                     "application/json": components["schemas"]["Result"] & {
-                        tables?: Record<string, never>[];
+                        tables?: Record<string, unknown>[];
                     };
                 };
             };
@@ -2838,7 +2838,7 @@ export interface operations {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": Record<string, never>;
+                    "application/json": Record<string, unknown>;
                 };
             };
             401: components["responses"]["Unauthorized"];
@@ -3074,7 +3074,7 @@ export interface operations {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": Record<string, never>;
+                    "application/json": Record<string, unknown>;
                 };
             };
             /** @description Not modified: `If-None-Match` named the current ETag. */
