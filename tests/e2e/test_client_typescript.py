@@ -19,7 +19,7 @@ from datahelp import PASSWORD, redis_client, start_instance
 from servers import ROOT
 
 CLIENT = os.path.join(ROOT, "clients", "typescript")
-REDIS_DB = 13
+REDIS_DB = 15
 
 
 def npm(*args, timeout=600):

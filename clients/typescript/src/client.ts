@@ -70,9 +70,16 @@ export interface RequestOptions {
     auth?: boolean;
     /** Return the body as text instead of JSON. */
     text?: boolean;
+    /**
+     * Retry a non-idempotent call too, but only on the 503s that say it never
+     * ran (POOL_EXHAUSTED, MAINTENANCE). Used for the token refresh.
+     */
+    retryUnexecuted?: boolean;
 }
 
 const IDEMPOTENT = new Set(["GET", "HEAD", "PUT", "DELETE"]);
+/* 503 codes answered before the operation ran: the pool gave no connection, or a restore is running */
+const UNEXECUTED = new Set(["POOL_EXHAUSTED", "MAINTENANCE"]);
 
 function sleep(ms: number): Promise<void> {
     return new Promise((resolve) => setTimeout(resolve, ms));
@@ -147,7 +154,7 @@ export class CoreDB {
                     throw new CoreDBError({ code: "TOKEN_EXPIRED", status: 401,
                         message: "The access token expired and the client has no refresh token" });
                 this.setTokens(await this.send<TokenPair>("POST", "/api/v1/auth/refresh",
-                    { body: { refresh_token: used }, auth: false }));
+                    { body: { refresh_token: used }, auth: false, retryUnexecuted: true }));
             })().finally(() => { this.refreshing = undefined; });
         }
         return this.refreshing;
@@ -204,7 +211,8 @@ export class CoreDB {
                 return (opts.text ? await resp.text() : await resp.json()) as T;
             }
             const err = await this.toError(resp, headers["X-Request-ID"]);
-            if (resp.status !== 503 || !retryable || attempt >= this.maxRetries)
+            if (resp.status !== 503 || attempt >= this.maxRetries
+                || !(retryable || (opts.retryUnexecuted === true && UNEXECUTED.has(err.code))))
                 throw err;
             /* the service's hint, else a short exponential backoff; bounded either way */
             const waitMs = err.retryAfter !== undefined ? err.retryAfter * 1000 : 250 * 2 ** attempt;

@@ -174,36 +174,44 @@ test("leases: withLease runs on the leased connection and releases it, even on a
 });
 
 test("503 POOL_EXHAUSTED on an idempotent call is retried after the hinted wait", async () => {
-    const { client } = await newUser();
-    // hold every pooled connection (DB_POOL_MAX=3) for 2.5 s with the test route (COREDB_TEST_ROUTES=1)
+    const { client, user } = await newUser();
+    // hold every pooled connection (DB_POOL_MAX=3) for 3.5 s with the test route (COREDB_TEST_ROUTES=1)
     const anon = new CoreDB({ baseUrl: BASE, maxRetries: 0 });
-    const sleeps = [1, 2, 3, 4, 5].map(() => anon.request("POST", "/test/sleep", { body: { seconds: 2.5 } })
+    const sleeps = [1, 2, 3, 4, 5].map(() => anon.request("POST", "/test/sleep", { body: { seconds: 3.5 } })
         .catch((err) => err));
-    await sleep(300);
-    // without retries: the 503 itself, typed, with the hint
-    const noRetry = new CoreDB({ baseUrl: BASE, token: client.tokens.accessToken, maxRetries: 0 });
-    await assert.rejects(noRetry.query({ database: "postgresql", query_type: "select", table: "projects",
-        filters: { title: unique("x") } }), (err) => {
-        assert.equal(err.status, 503);
-        assert.equal(err.code, "POOL_EXHAUSTED");
-        assert.ok(err.retryAfter >= 1, "retry_after in the details");
-        return true;
-    });
-    // with retries (default 3): waits the hinted second between attempts until the sleeps end
-    const started = Date.now();
-    const res = await client.query({ database: "postgresql", query_type: "select", table: "projects",
-        filters: { title: unique("y") } });
-    assert.equal(res.pagination.total, 0);
-    assert.ok(Date.now() - started >= 1000, "waited the hinted retry_after before retrying");
-    // a write (POST transaction) is not idempotent: never retried, the 503 comes back at once
-    const again = [1, 2, 3, 4].map(() => anon.request("POST", "/test/sleep", { body: { seconds: 2 } })
-        .catch((err) => err));
-    await sleep(300);
-    const t0 = Date.now();
-    await rejects(client.transaction([{ database: "postgresql", operation: "insert", table: "projects",
-        data: { title: unique("w") } }]), 503, "POOL_EXHAUSTED");
-    assert.ok(Date.now() - t0 < 1500, "no retry of a write");
-    await Promise.all([...sleeps, ...again]);
+    let again = [];
+    try {
+        await sleep(500);
+        // without retries: the 503 itself, typed, with the hint
+        const noRetry = new CoreDB({ baseUrl: BASE, token: client.tokens.accessToken, maxRetries: 0 });
+        await assert.rejects(noRetry.query({ database: "postgresql", query_type: "select", table: "projects",
+            filters: { title: unique("x") } }), (err) => {
+            assert.equal(err.status, 503);
+            assert.equal(err.code, "POOL_EXHAUSTED");
+            assert.ok(err.retryAfter >= 1, "retry_after in the details");
+            return true;
+        });
+        // with retries (default 3): waits the hinted second between attempts until the sleeps end
+        const started = Date.now();
+        const res = await client.query({ database: "postgresql", query_type: "select", table: "projects",
+            filters: { title: unique("y") } });
+        assert.equal(res.pagination.total, 0);
+        assert.ok(Date.now() - started >= 1000, "waited the hinted retry_after before retrying");
+        // a write (POST transaction) is not idempotent: never retried, the 503 comes back at once
+        // (a fresh login first, so that no token refresh is due while the pool is held: ACCESS_TOKEN_TTL=2)
+        const writer = await CoreDB.login({ baseUrl: BASE, email: user.email, password: PASSWORD });
+        again = [1, 2, 3, 4].map(() => anon.request("POST", "/test/sleep", { body: { seconds: 3 } })
+            .catch((err) => err));
+        await sleep(500);
+        const t0 = Date.now();
+        await rejects(writer.transaction([{ database: "postgresql", operation: "insert", table: "projects",
+            data: { title: unique("w"), user_id: user.user_id } }]), 503, "POOL_EXHAUSTED");
+        // one attempt is the 700 ms acquire timeout; a retry would add at least 1 s of wait and another 700 ms
+        assert.ok(Date.now() - t0 < 2200, "no retry of a write");
+    } finally {
+        // never leave the pool held for the next test
+        await Promise.all([...sleeps, ...again]);
+    }
 });
 
 test("admin: role (and 409 when it exists), db user, password, revoke, rls, schema grants", async () => {
