@@ -75,6 +75,8 @@ export interface RequestOptions {
      * ran (POOL_EXHAUSTED, MAINTENANCE). Used for the token refresh.
      */
     retryUnexecuted?: boolean;
+    /** Non-2xx statuses whose body is the answer rather than an error (GET /health's 503). */
+    answerStatuses?: number[];
 }
 
 const IDEMPOTENT = new Set(["GET", "HEAD", "PUT", "DELETE"]);
@@ -205,7 +207,7 @@ export class CoreDB {
                 throw new CoreDBError({ code: "NETWORK_ERROR", status: 0, requestId: headers["X-Request-ID"],
                     message: `${method} ${path}: ${(cause as Error).message}`, cause });
             }
-            if (resp.ok) {
+            if (resp.ok || opts.answerStatuses?.includes(resp.status)) {
                 if (resp.status === 204)
                     return undefined as T;
                 return (opts.text ? await resp.text() : await resp.json()) as T;
@@ -405,15 +407,9 @@ export class CoreDB {
 
     /* ---- health and monitoring ---- */
 
-    /** GET /health; a 503 (a check DOWN) is answered as the body, not thrown. */
-    async health(): Promise<Health> {
-        try {
-            return await this.request<Health>("GET", "/health", { auth: false, idempotent: false });
-        } catch (err) {
-            if (err instanceof CoreDBError && err.status === 503 && "status" in err.details)
-                return err.details as unknown as Health;
-            throw err;
-        }
+    /** GET /health; its 503 (an essential check DOWN) is answered as the body, not thrown. */
+    health(): Promise<Health> {
+        return this.request("GET", "/health", { auth: false, answerStatuses: [503] });
     }
     live(): Promise<Answer<"healthLive">> { return this.request("GET", "/health/live", { auth: false }); }
     ready(): Promise<Answer<"healthReady">> { return this.request("GET", "/health/ready", { auth: false }); }
