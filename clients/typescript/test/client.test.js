@@ -355,3 +355,34 @@ test("ready, backup cleanup, restore of an unknown backup", async () => {
     const { client } = await newUser();
     await rejects(client.createBackup(), 403, "FORBIDDEN");
 });
+
+// Last: a restore ends every session and puts the data API in maintenance.
+test("restore: the data API answers 503 MAINTENANCE with Retry-After, which the client waits out", async () => {
+    const { user } = await newUser();
+    const root = await CoreDB.login({ baseUrl: BASE, email: ADMIN_EMAIL, password: ADMIN_PASSWORD });
+    const backup = await root.createBackup();
+    const probe = await CoreDB.login({ baseUrl: BASE, email: user.email, password: PASSWORD, maxRetries: 0 });
+    const client = await CoreDB.login({ baseUrl: BASE, email: user.email, password: PASSWORD });
+    const restoring = root.restoreBackup(backup.name).then((r) => ({ r }), (e) => ({ e }));
+    let seen;
+    for (let i = 0; i < 400 && seen === undefined; i++) {
+        try {
+            await probe.query({ database: "postgresql", query_type: "select", table: "projects" });
+        } catch (err) {
+            if (err.code === "MAINTENANCE")
+                seen = err;
+        }
+        await sleep(25);
+    }
+    assert.ok(seen, "no 503 MAINTENANCE seen during the restore");
+    assert.equal(seen.status, 503);
+    assert.equal(seen.retryAfter, 5);
+    const started = Date.now();
+    // retried after Retry-After (5 s): by then the restore has ended every session
+    await assert.rejects(client.query({ database: "postgresql", query_type: "select", table: "projects" }),
+        (err) => { assert.equal(err.status, 401, `${err.code}: ${err.message}`); return true; });
+    assert.ok(Date.now() - started >= 4900, `retried after ${Date.now() - started} ms`);
+    const outcome = await restoring;
+    assert.equal(outcome.e, undefined, String(outcome.e));
+    assert.equal(outcome.r.status, "success");
+});
