@@ -80,6 +80,11 @@ test("an expired access token is refreshed once, the rotated refresh token kept"
     assert.equal(answers.length, 5);
     assert.equal(seen.length, 2, "login + exactly one refresh");
     assert.notEqual(c.tokens.refreshToken, first.refreshToken);
+    // an explicit refresh rotates again
+    const before = c.tokens.refreshToken;
+    await c.refresh();
+    assert.notEqual(c.tokens.refreshToken, before);
+    assert.equal(seen.length, 3);
     // rotation: the old refresh token no longer works
     await rejects(new CoreDB({ baseUrl: BASE }).request("POST", "/api/v1/auth/refresh",
         { body: { refresh_token: first.refreshToken }, auth: false }), 401);
