@@ -44,6 +44,20 @@ tools_install() {
   echo "install-deps: npm ci --prefix tools" >&2
   npm ci --prefix "$ROOT/tools" --no-audit --no-fund >/dev/null
 }
+# The TypeScript client (clients/typescript, tests/e2e/test_client_typescript.py):
+# its pinned dev dependencies (openapi-typescript, typescript) and its build,
+# again only when the lock file or a source is newer than what was done last.
+client_ts_install() {
+  local dir="$ROOT/clients/typescript"
+  if [ ! "$dir/node_modules/.package-lock.json" -nt "$dir/package-lock.json" ]; then
+    echo "install-deps: npm ci --prefix clients/typescript" >&2
+    npm ci --prefix "$dir" --no-audit --no-fund >/dev/null
+  fi
+  if [ ! -e "$dir/dist/index.js" ] || [ -n "$(find "$dir/src" -newer "$dir/dist/index.js" -print -quit)" ]; then
+    echo "install-deps: npm run build --prefix clients/typescript" >&2
+    npm run build --prefix "$dir" >/dev/null
+  fi
+}
 
 missing=()
 for pkg in "${PACKAGES[@]}"; do
@@ -53,6 +67,7 @@ done
 
 if [ ${#missing[@]} -eq 0 ]; then
   tools_install
+  client_ts_install
   exit 0
 fi
 
@@ -87,4 +102,5 @@ if command -v systemctl >/dev/null 2>&1 && [ -d /run/systemd/system ]; then
   $SUDO systemctl disable --now prometheus prometheus-node-exporter >/dev/null 2>&1 || true
 fi
 tools_install
+client_ts_install
 echo "install-deps: done" >&2
