@@ -33,6 +33,48 @@ CREATE TABLE coredb.collections (
 -- the data API reads the registry as the caller's role
 GRANT SELECT ON coredb.collections TO coredb_admin, coredb_user, coredb_premium;
 
+-- JSON merge patch (RFC 7396) of the data API's document "patch": members
+-- of patch replace target's, null removes one, objects merge recursively.
+-- Depth is bounded by the data API's document depth limit.
+CREATE FUNCTION coredb.jsonb_merge_patch(target jsonb, patch jsonb) RETURNS jsonb
+LANGUAGE plpgsql IMMUTABLE AS $$
+DECLARE
+    k text;
+    v jsonb;
+    r jsonb;
+BEGIN
+    IF patch IS NULL OR jsonb_typeof(patch) <> 'object' THEN
+        RETURN patch;
+    END IF;
+    r := CASE WHEN jsonb_typeof(target) = 'object' THEN target ELSE '{}'::jsonb END;
+    FOR k, v IN SELECT * FROM jsonb_each(patch) LOOP
+        IF jsonb_typeof(v) = 'null' THEN
+            r := r - k;
+        ELSE
+            r := jsonb_set(r, ARRAY[k], coredb.jsonb_merge_patch(r -> k, v));
+        END IF;
+    END LOOP;
+    RETURN r;
+END
+$$;
+
+-- The answer of a conditional document write (replace, patch, delete):
+-- the written row's JSON, or an error the data API maps: CD404 when no
+-- document of that id is visible to the caller (NOT_FOUND), CD412 when it
+-- is but its etag differs from if_match (PRECONDITION_FAILED).
+CREATE FUNCTION coredb.doc_written(found bigint, written text) RETURNS text
+LANGUAGE plpgsql AS $$
+BEGIN
+    IF written IS NOT NULL THEN
+        RETURN written;
+    END IF;
+    IF found = 0 THEN
+        RAISE EXCEPTION 'document not found' USING ERRCODE = 'CD404';
+    END IF;
+    RAISE EXCEPTION 'document etag differs from if_match' USING ERRCODE = 'CD412';
+END
+$$;
+
 -- migrate:down
 DO $$
 DECLARE
@@ -44,3 +86,5 @@ BEGIN
 END
 $$;
 DROP TABLE IF EXISTS coredb.collections;
+DROP FUNCTION IF EXISTS coredb.doc_written(bigint, text);
+DROP FUNCTION IF EXISTS coredb.jsonb_merge_patch(jsonb, jsonb);

@@ -24,6 +24,7 @@
 #include "data/data_internal.h"
 #include "data/sqlbuild.h"
 #include "data/crypt.h"
+#include "data/documents.h"
 #include "coredb/data.h"
 #include "coredb/log.h"
 #include "core/timeutil.h"
@@ -105,6 +106,18 @@ static int parse_order(const json_t *v, query_req *req, cdb_error *err)
                                                     strcasecmp(d, "asc") == 0 ? "asc" : "desc"));
     }
     json_decref(single);
+    return rc;
+}
+
+static int parse_pagination(const json_t *v, cdb_role role, query_req *req, cdb_error *err);
+
+int cdb__query_pagination(const json_t *v, cdb_role role, json_int_t *page, json_int_t *limit,
+                          cdb_error *err)
+{
+    query_req req = {0};
+    int rc = parse_pagination(v, role, &req, err);
+    *page = req.page;
+    *limit = req.limit;
     return rc;
 }
 
@@ -352,7 +365,7 @@ static char *page_body(const PGresult *rows, const PGresult *count, const query_
 }
 
 /* {<part>,"execution_time_ms":..,"cached":..} */
-static char *wrap(const char *part, size_t len, int64_t start_us, bool cached)
+char *cdb__query_wrap(const char *part, size_t len, int64_t start_us, bool cached)
 {
     char *out = NULL;
     double ms = (double)(cdb_mono_us() - start_us) / 1000.0;
@@ -363,10 +376,11 @@ static char *wrap(const char *part, size_t len, int64_t start_us, bool cached)
 }
 
 /* Runs the pipeline; *part gets the cacheable body. */
-static int run_query(cdb_service *svc, const cdb_principal *p, const cdb_sql *q,
-                     const char *count_sql, const query_req *req, char **part, size_t *len,
-                     cdb_error *err)
+int cdb__query_run(cdb_service *svc, const cdb_principal *p, const cdb_sql *q, const char *count_sql,
+                   int count_nparams, json_int_t page, json_int_t limit, char **part, size_t *len, cdb_error *err)
 {
+    query_req pg = {.page = page, .limit = limit};
+    const query_req *req = &pg;
     PGresult *res[NSTMTS] = {0};
     cdb_pool_conn *pc = NULL;
     int failed = -1, rc;
@@ -377,7 +391,7 @@ static int run_query(cdb_service *svc, const cdb_principal *p, const cdb_sql *q,
         return err->code;
     /* Each query shape is parsed and planned once per connection. */
     if ((rc = cdb_pool_conn_prepare(pc, q->text, q->nparams, &rows_stmt, err)) < 0 ||
-        (rc = cdb_pool_conn_prepare(pc, count_sql, q->nparams - 2, &count_stmt, err)) < 0) {
+        (rc = cdb_pool_conn_prepare(pc, count_sql, count_nparams, &count_stmt, err)) < 0) {
         rc = query_error(STMT_ROWS, err); /* a type problem of a filter shows at PREPARE */
         goto out_release;
     }
@@ -385,7 +399,7 @@ static int run_query(cdb_service *svc, const cdb_principal *p, const cdb_sql *q,
         goto out_release;
     const char *const *params = (const char *const *)q->params;
     if (!cdb_txn_send(conn, rows_stmt, q->text, q->nparams, params) ||
-        !cdb_txn_send(conn, count_stmt, count_sql, q->nparams - 2, params) ||
+        !cdb_txn_send(conn, count_stmt, count_sql, count_nparams, params) ||
         !cdb_txn_send(conn, NULL, "COMMIT", 0, NULL) || !PQpipelineSync(conn)) {
         rc = cdb_data_pg_error(conn, NULL, NULL, err);
         goto out_release;
@@ -461,15 +475,15 @@ static int query_postgresql(cdb_service *svc, const cdb_principal *p, json_t *r,
             if (hidden_pk) {
                 if ((rc = cdb__crypt_read_page(cs, t->name, lk.value, lk.len, &plain, &len, err)) < 0)
                     goto out;
-                if (!(*body_out = wrap(plain, len, start_us, true)))
+                if (!(*body_out = cdb__query_wrap(plain, len, start_us, true)))
                     goto fail_oom;
-            } else if (!(*body_out = wrap(lk.value, lk.len, start_us, true))) {
+            } else if (!(*body_out = cdb__query_wrap(lk.value, lk.len, start_us, true))) {
                 goto fail_oom;
             }
             goto out;
         }
     }
-    rc = run_query(svc, p, &q, count_sql, &req, &part, &len, err);
+    rc = cdb__query_run(svc, p, &q, count_sql, q.nparams - 2, req.page, req.limit, &part, &len, err);
     if (lk.leader) {
         if (rc == 0)
             cdb_qcache_store(svc->qcache, t->name, key, lk.generation, part, len);
@@ -480,7 +494,7 @@ static int query_postgresql(cdb_service *svc, const cdb_principal *p, json_t *r,
         if ((rc = cdb__crypt_read_page(cs, t->name, part, len, &plain, &len, err)) < 0)
             goto out;
     }
-    if (rc == 0 && !(*body_out = wrap(plain ? plain : part, len, start_us, false)))
+    if (rc == 0 && !(*body_out = cdb__query_wrap(plain ? plain : part, len, start_us, false)))
         goto fail_oom;
     goto out;
 
@@ -565,5 +579,7 @@ int cdb_data_query(cdb_service *svc, const cdb_principal *caller, json_t *reques
         return query_postgresql(svc, caller, request, start_us, body_out, err);
     if (name && strcmp(name, "redis") == 0)
         return query_redis(svc, caller, request, body_out, err);
-    return invalid(err, "database", "database must be \"postgresql\" or \"redis\"");
+    if (cdb__doc_database(db))
+        return cdb__doc_query(svc, caller, request, start_us, body_out, err);
+    return invalid(err, "database", "database must be \"postgresql\", \"redis\" or \"documents\"");
 }

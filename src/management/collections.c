@@ -57,6 +57,15 @@ typedef struct coll_req {
     const char *metric;            /* NULL unless vectors */
 } coll_req;
 
+/* The query cache's answers of collection `name` are dropped: its generation
+ * counter is "documents:<name>" (the data API's, src/data/documents.h). */
+static void announce(cdb_service *svc, const char *name)
+{
+    char gen[CDB_ADMIN_IDENT_MAX + 16];
+    snprintf(gen, sizeof gen, "documents:%s", name);
+    cdb__admin_announce(svc, gen);
+}
+
 static int field_fail(cdb_error *err, const char *field, const char *msg)
 {
     return cdb_error_set_detail(err, CDB_ERR_VALIDATION_FAILED, "field", field, "%s", msg);
@@ -240,7 +249,7 @@ int cdb_collections_create(cdb_service *svc, const cdb_principal *caller, json_t
         goto out;
     cdb_txn_release(svc->pool, pc);
     pc = NULL;
-    cdb__admin_announce(svc, table);
+    announce(svc, c.name);
     cdb_log_info("collections.created", "collection %s (%s) created", c.name, c.kind);
 
 out:
@@ -325,7 +334,7 @@ int cdb_collections_drop(cdb_service *svc, const cdb_principal *caller, const ch
         goto out;
     cdb_txn_release(svc->pool, pc);
     pc = NULL;
-    cdb__admin_announce(svc, table);
+    announce(svc, name);
     if (!(*out = json_pack("{s:s, s:b}", "name", name, "dropped", 1)))
         rc = cdb_error_oom(err);
     cdb_log_info("collections.dropped", "collection %s dropped", name);

@@ -6,14 +6,22 @@ coredb.collections and one table coredb.coll_<name> with the layout
 include/coredb/collections.h documents, checked here in PostgreSQL's
 catalogs (columns, CHECK on the vector length, generated partition key,
 GIN index, row-level security policies), audited, admin only, and hostile
-names and bodies refused with a 400 that changes nothing."""
+names and bodies refused with a 400 that changes nothing.
+
+The document store through the data API (database "documents", alias
+"cosmosdb"): CRUD, each path filter operator, projection and ordering,
+ETag conditions (409 PRECONDITION_FAILED), JSON merge patch, one atomic
+transaction with a table row, documents and a Redis key, row-level
+security between users, the query cache's invalidation, and hostile
+paths, ids and bodies. Effects are checked in PostgreSQL and Redis."""
 import json
 import urllib.parse
 
 import psycopg2
 import pytest
 
-from datahelp import admin_of, assert_error, scalar, user
+from datahelp import (assert_error, pg_insert, query, query_ok, rset, scalar, tx, tx_fail, tx_ok, user,
+                      wait_for)
 from identity import unique
 
 # the module fixtures inst, admin and rds (conftest.py) use this Redis database
@@ -206,3 +214,308 @@ def test_admin_routes_need_an_admin(inst, admin):
     assert inst.post(ADMIN_PATH, json=body, headers=forged).status_code == 401
     assert table_exists(inst, f"coredb.coll_{name}")
     assert body["name"] not in [r[0] for r in registry(inst)]
+
+
+# ---- documents through the data API ----
+
+def dins(coll, document, **extra):
+    op = {"database": "documents", "operation": "insert", "collection": coll, "document": document}
+    op.update(extra)
+    return op
+
+
+def dop(operation, coll, **extra):
+    op = {"database": "documents", "operation": operation, "collection": coll}
+    op.update(extra)
+    return op
+
+
+def dq(inst, acct, coll, **body):
+    body.update({"database": "documents", "collection": coll})
+    return query_ok(inst, acct, body)
+
+
+def ids(out):
+    return [r["id"] for r in out["data"]]
+
+
+def stored(inst, coll, doc_id):
+    rows = inst.pg.query(inst.db, f"SELECT doc, etag, user_id::text FROM coredb.coll_{coll} WHERE id = %s",
+                         (doc_id,))
+    return rows[0] if rows else None
+
+
+@pytest.fixture(scope="module")
+def people(inst, admin):
+    """A collection of six documents owned by one user."""
+    name = unique("people")
+    create(inst, admin, {"name": name, "kind": "documents", "partition_key": "address.country"})
+    owner = user(inst)
+    docs = [
+        {"id": "p1", "name": "Ann", "age": 31, "address": {"city": "Lyon", "country": "FR"}, "tags": ["a", "b"]},
+        {"id": "p2", "name": "Bob", "age": 25, "address": {"city": "Paris", "country": "FR"}, "tags": ["b"]},
+        {"id": "p3", "name": "Cid", "age": 40, "address": {"city": "Lyon", "country": "FR"}, "vip": None},
+        {"id": "p4", "name": "Dee", "age": 19, "address": {"city": "Berlin", "country": "DE"}, "tags": []},
+        {"id": "p5", "name": "Eve", "age": "unknown", "address": {"city": "Rome", "country": "IT"}},
+        {"id": "p6", "name": "Fay", "age": 52.5, "address": {"city": "Lyon", "country": "FR"}, "tags": ["c"]},
+    ]
+    tx_ok(inst, owner, [dins(name, d) for d in docs])
+    return name, owner
+
+
+def test_insert_stores_document_owner_etag_and_partition(inst, people):
+    coll, owner = people
+    doc, etag, uid = stored(inst, coll, "p1")
+    assert doc["address"]["city"] == "Lyon" and uid == owner.id and len(etag) == 32
+    assert scalar(inst, f"SELECT partition_key FROM coredb.coll_{coll} WHERE id = 'p4'") == "DE"
+    out = tx_ok(inst, owner, [dins(coll, {"x": 1}), dins(coll, {"y": 2}, id="given")])
+    gen_id = out["results"][0]["data"]["rows"][0]["id"]
+    assert len(gen_id) == 36 and stored(inst, coll, gen_id)[0] == {"x": 1}
+    row = out["results"][1]["data"]["rows"][0]
+    assert row["id"] == "given" and row["doc"] == {"y": 2} and row["etag"] == stored(inst, coll, "given")[1]
+    tx_ok(inst, owner, [dop("delete", coll, id=gen_id), dop("delete", coll, id="given")])
+    assert stored(inst, coll, gen_id) is None
+
+
+def test_duplicate_insert_conflicts(inst, people):
+    coll, owner = people
+    tx_fail(inst, owner, [dins(coll, {"id": "p1", "dup": True})], 409, "CONFLICT", operation=1)
+    assert "dup" not in stored(inst, coll, "p1")[0]
+
+
+@pytest.mark.parametrize("filters,expected", [
+    ({"address.city": "Lyon"}, ["p1", "p3", "p6"]),
+    ({"address.city": {"eq": "Lyon"}, "age": {"gt": 35}}, ["p3", "p6"]),
+    ({"address.city": {"neq": "Lyon"}}, ["p2", "p4", "p5"]),
+    ({"age": {"gt": 31}}, ["p3", "p6"]),
+    ({"age": {"gte": 31}}, ["p1", "p3", "p6"]),
+    ({"age": {"lt": 25}}, ["p4"]),
+    ({"age": {"lte": 25}}, ["p2", "p4"]),
+    ({"age": {"gte": 20, "lt": 45}}, ["p1", "p2", "p3"]),
+    ({"name": {"gt": "Dee"}}, ["p5", "p6"]),
+    ({"address.country": {"in": ["DE", "IT"]}}, ["p4", "p5"]),
+    ({"age": {"in": [19, 40, "31"]}}, ["p3", "p4"]),
+    ({"tags": {"exists": True}}, ["p1", "p2", "p4", "p6"]),
+    ({"tags": {"exists": False}}, ["p3", "p5"]),
+    ({"vip": {"exists": True}}, ["p3"]),
+    ({"tags": {"contains": "b"}}, ["p1", "p2"]),
+    ({"tags": {"contains": ["a", "b"]}}, ["p1"]),
+    ({"address": {"contains": {"country": "FR", "city": "Lyon"}}}, ["p1", "p3", "p6"]),
+    ({"address": {"eq": {"city": "Rome", "country": "IT"}}}, ["p5"]),
+    ({"no.such.path": "x"}, []),
+])
+def test_each_filter_operator(inst, people, filters, expected):
+    coll, owner = people
+    assert ids(dq(inst, owner, coll, filters=filters)) == expected
+
+
+def test_projection_order_and_pagination(inst, people):
+    coll, owner = people
+    out = dq(inst, owner, coll, select=["name", "address.city"], filters={"age": {"gte": 0}},
+             order_by={"path": "age", "direction": "desc"}, pagination={"page": 1, "limit": 2})
+    assert out["data"] == [{"id": "p6", "etag": out["data"][0]["etag"], "name": "Fay", "address.city": "Lyon"},
+                           {"id": "p3", "etag": out["data"][1]["etag"], "name": "Cid", "address.city": "Lyon"}]
+    assert out["pagination"] == {"page": 1, "limit": 2, "total": 5, "pages": 3}
+    page3 = dq(inst, owner, coll, filters={"age": {"gte": 0}}, order_by=[{"path": "age"}],
+               pagination={"page": 3, "limit": 2})
+    assert ids(page3) == ["p6"] and page3["pagination"]["total"] == 5
+    whole = dq(inst, owner, coll, filters={"name": "Ann"})["data"][0]
+    assert set(whole) == {"id", "partition_key", "doc", "etag", "created_at", "updated_at"}
+    assert whole["partition_key"] == "FR" and whole["doc"]["age"] == 31
+    # the alias
+    alias = query_ok(inst, owner, {"database": "cosmosdb", "collection": coll, "filters": {"name": "Bob"}})
+    assert ids(alias) == ["p2"]
+
+
+def test_replace_patch_delete_with_etags(inst, admin):
+    coll = unique("etag")
+    create(inst, admin, {"name": coll, "kind": "documents"})
+    u = user(inst)
+    e1 = tx_ok(inst, u, [dins(coll, {"id": "d", "a": {"b": 1, "c": 2}, "keep": True})])["results"][0]["data"]["rows"][0]["etag"]
+    # replace with the right etag
+    e2 = tx_ok(inst, u, [dop("replace", coll, id="d", document={"a": {"b": 5}}, if_match=e1)])["results"][0]["data"]["rows"][0]["etag"]
+    assert e2 != e1 and stored(inst, coll, "d")[:2] == ({"a": {"b": 5}}, e2)
+    # a stale etag: 409 PRECONDITION_FAILED and nothing changes
+    for op in (dop("replace", coll, id="d", document={"z": 1}, if_match=e1),
+               dop("patch", coll, id="d", patch={"z": 1}, if_match=e1),
+               dop("delete", coll, id="d", if_match=e1)):
+        err = tx_fail(inst, u, [op], 409, "PRECONDITION_FAILED", operation=1)
+        assert err["details"]["field"] == "if_match", err
+        assert stored(inst, coll, "d")[:2] == ({"a": {"b": 5}}, e2)
+    # merge patch: objects merge, null removes, arrays and scalars replace
+    tx_ok(inst, u, [dop("replace", coll, id="d", document={"a": {"b": 1, "c": 2}, "l": [1, 2], "s": "x"})])
+    out = tx_ok(inst, u, [dop("patch", coll, id="d", patch={"a": {"c": None, "d": {"e": 3}}, "l": [9], "s": None,
+                                                              "n": 1})])
+    assert out["results"][0]["data"]["rows"][0]["doc"] == {"a": {"b": 1, "d": {"e": 3}}, "l": [9], "n": 1}
+    assert stored(inst, coll, "d")[0] == {"a": {"b": 1, "d": {"e": 3}}, "l": [9], "n": 1}
+    # unknown ids
+    for op in (dop("replace", coll, id="nope", document={}), dop("patch", coll, id="nope", patch={}),
+               dop("delete", coll, id="nope")):
+        tx_fail(inst, u, [op], 404, "NOT_FOUND", operation=1)
+    # upsert overwrites by id, and creates
+    tx_ok(inst, u, [dop("upsert", coll, id="d", document={"fresh": True}), dop("upsert", coll, document={"id": "n2"})])
+    assert stored(inst, coll, "d")[0] == {"fresh": True} and stored(inst, coll, "n2")[0] == {"id": "n2"}
+    etag = stored(inst, coll, "d")[1]
+    tx_ok(inst, u, [dop("delete", coll, id="d", if_match=etag)])
+    assert stored(inst, coll, "d") is None
+
+
+def test_atomic_transaction_with_table_row_document_and_redis(inst, admin, rds):
+    coll = unique("atomic")
+    create(inst, admin, {"name": coll, "kind": "documents"})
+    u = user(inst)
+    key = unique("k")
+    title = unique("t")
+    ops = [pg_insert("projects", {"title": title, "user_id": u.id}), dins(coll, {"id": "one", "v": 1}),
+           rset(key, "set"), dins(coll, {"id": "two", "v": 2})]
+    out = tx_ok(inst, u, ops)
+    assert stored(inst, coll, "one") and stored(inst, coll, "two")
+    assert scalar(inst, "SELECT count(*) FROM projects WHERE title = %s", (title,)) == 1
+    assert wait_for(lambda: rds.get(f"app:user:{u.id}:{key}") == "set"), out
+    # a failing document op (duplicate id) rolls back the table row, the other document and the Redis key
+    title2, key2 = unique("t"), unique("k")
+    ops = [pg_insert("projects", {"title": title2, "user_id": u.id}), dins(coll, {"id": "three"}),
+           rset(key2, "never"), dins(coll, {"id": "one"})]
+    tx_fail(inst, u, ops, 409, "CONFLICT", operation=4)
+    # a failing table op after document writes rolls them back too
+    ops = [dop("patch", coll, id="one", patch={"v": 100}), dins(coll, {"id": "four"}),
+           pg_insert("projects", {"user_id": u.id})]               # title is NOT NULL
+    tx_fail(inst, u, ops, 400, "VALIDATION_FAILED", operation=3)
+    # and a stale etag in the middle
+    ops = [pg_insert("projects", {"title": title2, "user_id": u.id}), dins(coll, {"id": "five"}),
+           dop("replace", coll, id="one", document={}, if_match="0" * 32)]
+    tx_fail(inst, u, ops, 409, "PRECONDITION_FAILED", operation=3)
+    assert scalar(inst, "SELECT count(*) FROM projects WHERE title = %s", (title2,)) == 0
+    for gone in ("three", "four", "five"):
+        assert stored(inst, coll, gone) is None
+    assert stored(inst, coll, "one")[0] == {"id": "one", "v": 1}
+    import time
+    time.sleep(1.2)       # longer than one background outbox pass
+    assert rds.get(f"app:user:{u.id}:{key2}") is None
+
+
+def test_other_users_documents_are_invisible_and_unwritable(inst, people):
+    coll, owner = people
+    other = user(inst)
+    assert dq(inst, other, coll)["data"] == []
+    assert dq(inst, other, coll, filters={"address.city": "Lyon"})["pagination"]["total"] == 0
+    etag = stored(inst, coll, "p1")[1]
+    for op in (dop("replace", coll, id="p1", document={"stolen": True}),
+               dop("replace", coll, id="p1", document={"stolen": True}, if_match=etag),
+               dop("patch", coll, id="p1", patch={"stolen": True}),
+               dop("delete", coll, id="p1")):
+        tx_fail(inst, other, [op], 404, "NOT_FOUND", operation=1)
+    # upsert onto someone else's id is refused by the policy, not turned into a takeover
+    resp = tx(inst, other, [dop("upsert", coll, id="p1", document={"stolen": True})])
+    assert resp.status_code in (403, 409), resp.text
+    doc, etag2, uid = stored(inst, coll, "p1")
+    assert "stolen" not in doc and etag2 == etag and uid == owner.id
+    # the other user's own documents are theirs alone; the admin sees all
+    tx_ok(inst, other, [dins(coll, {"id": "o1", "address": {"city": "Lyon"}})])
+    assert ids(dq(inst, other, coll)) == ["o1"]
+    assert "o1" not in ids(dq(inst, owner, coll, pagination={"limit": 100}))
+    tx_ok(inst, other, [dop("delete", coll, id="o1")])
+
+
+def test_query_cache_is_invalidated_by_document_writes(inst, admin):
+    coll = unique("cache")
+    create(inst, admin, {"name": coll, "kind": "documents"})
+    u = user(inst)
+    tx_ok(inst, u, [dins(coll, {"id": "c1", "n": 1})])
+    first = dq(inst, u, coll, filters={"n": {"gte": 1}})
+    second = dq(inst, u, coll, filters={"n": {"gte": 1}})
+    assert ids(first) == ids(second) == ["c1"]
+    assert second["cached"] is True, second
+    tx_ok(inst, u, [dop("upsert", coll, id="c2", document={"n": 2})])
+    third = dq(inst, u, coll, filters={"n": {"gte": 1}})
+    assert third["cached"] is False and ids(third) == ["c1", "c2"], third
+    tx_ok(inst, u, [dop("patch", coll, id="c1", patch={"n": 0})])
+    assert ids(dq(inst, u, coll, filters={"n": {"gte": 1}})) == ["c2"]
+
+
+BAD_PATHS = ["a..b", ".a", "a.", "a b", "a'b", "a\"b", "a;DROP TABLE users", "a)--", "$.a", "a[0]",
+             "{a,b}", ".".join(["x"] * 17), "x" * 65, "", "ä"]
+
+
+@pytest.mark.parametrize("path", BAD_PATHS, ids=range(len(BAD_PATHS)))
+def test_hostile_paths_are_refused_naming_the_field(inst, people, path):
+    coll, owner = people
+    before = scalar(inst, f"SELECT count(*) FROM coredb.coll_{coll}")
+    err = assert_error(query(inst, owner, {"database": "documents", "collection": coll, "filters": {path: 1}}),
+                       400, "VALIDATION_FAILED")
+    assert err["details"]["field"] == "filters", err
+    err = assert_error(query(inst, owner, {"database": "documents", "collection": coll, "select": [path]}),
+                       400, "VALIDATION_FAILED")
+    assert err["details"]["field"] == "select", err
+    err = assert_error(query(inst, owner, {"database": "documents", "collection": coll,
+                                           "order_by": {"path": path}}), 400, "VALIDATION_FAILED")
+    assert err["details"]["field"] == "order_by", err
+    assert scalar(inst, f"SELECT count(*) FROM coredb.coll_{coll}") == before
+    assert scalar(inst, "SELECT to_regclass('public.users') IS NOT NULL")
+
+
+HOSTILE_COLLECTIONS = ["x'; DROP TABLE users --", "coll_x", "../users", "users", "PEOPLE", "a\"b", "", 7, None,
+                       ["a"]]
+
+
+@pytest.mark.parametrize("name", HOSTILE_COLLECTIONS, ids=range(len(HOSTILE_COLLECTIONS)))
+def test_hostile_collection_names_in_the_data_api(inst, people, name):
+    _, owner = people
+    resp = query(inst, owner, {"database": "documents", "collection": name})
+    assert resp.status_code in (400, 404), resp.text
+    assert resp.json()["error"]["code"] in ("VALIDATION_FAILED", "UNKNOWN_TABLE")
+    resp = tx(inst, owner, [dins(name, {"a": 1})])
+    assert resp.status_code in (400, 404), resp.text
+    assert scalar(inst, "SELECT to_regclass('public.users') IS NOT NULL")
+
+
+def test_vector_collection_is_not_a_document_collection(inst, admin, people):
+    _, owner = people
+    name = unique("vec")
+    create(inst, admin, {"name": name, "kind": "vectors", "dimensions": 2})
+    assert_error(query(inst, owner, {"database": "documents", "collection": name}), 404, "UNKNOWN_TABLE")
+
+
+@pytest.mark.parametrize("filters", [
+    {"age": {"gt": [1]}}, {"age": {"gt": None}}, {"age": {"in": []}}, {"age": {"in": 3}},
+    {"age": {"exists": "yes"}}, {"age": {"like": "x"}}, {"age": {}}, ["age"],
+], ids=range(8))
+def test_bad_filter_values(inst, people, filters):
+    coll, owner = people
+    resp = query(inst, owner, {"database": "documents", "collection": coll, "filters": filters})
+    err = assert_error(resp, 400)
+    assert err["code"] in ("INVALID_FILTER", "VALIDATION_FAILED"), err
+
+
+def test_hostile_document_bodies(inst, people):
+    coll, owner = people
+    deep = {}
+    cur = deep
+    for _ in range(40):
+        cur["d"] = {}
+        cur = cur["d"]
+    cases = [
+        (dins(coll, deep), "document"),
+        (dins(coll, {"big": "x" * (2 * 1024 * 1024 + 10)}), "document"),
+        (dins(coll, ["not", "an", "object"]), "document"),
+        (dins(coll, "text"), "document"),
+        (dop("insert", coll), "document"),
+        (dins(coll, {"a": 1}, id=5), "id"),
+        (dins(coll, {"a": 1}, id="x" * 256), "id"),
+        (dop("replace", coll, document={"a": 1}), "id"),
+        (dop("patch", coll, id="p1", patch=[1]), "patch"),
+        (dop("delete", coll, id="p1", if_match=7), "if_match"),
+        (dins(coll, {"a": 1}, filters={}), "filters"),
+        (dop("merge", coll, id="p1"), "operation"),
+    ]
+    before = scalar(inst, f"SELECT count(*) FROM coredb.coll_{coll}")
+    for op, field in cases:
+        resp = tx(inst, owner, [op])
+        if resp.status_code == 413:
+            continue
+        err = assert_error(resp, 400, "VALIDATION_FAILED")
+        assert err["details"]["field"] == field, (op.get("operation"), err)
+    assert scalar(inst, f"SELECT count(*) FROM coredb.coll_{coll}") == before
+    assert_error(query(inst, None, {"database": "documents", "collection": coll}), 401, "UNAUTHORIZED")
+    assert_error(inst.post("/api/v1/data/transaction", json={"operations": [dins(coll, {"a": 1})]}), 401,
+                 "UNAUTHORIZED")
