@@ -62,13 +62,13 @@ $$;
 -- the written row's JSON, or an error the data API maps: CD404 when no
 -- document of that id is visible to the caller (NOT_FOUND), CD412 when it
 -- is but its etag differs from if_match (PRECONDITION_FAILED).
-CREATE FUNCTION coredb.doc_written(found bigint, written text) RETURNS text
+CREATE FUNCTION coredb.doc_written(visible bigint, written text) RETURNS text
 LANGUAGE plpgsql AS $$
 BEGIN
     IF written IS NOT NULL THEN
         RETURN written;
     END IF;
-    IF found = 0 THEN
+    IF visible = 0 THEN
         RAISE EXCEPTION 'document not found' USING ERRCODE = 'CD404';
     END IF;
     RAISE EXCEPTION 'document etag differs from if_match' USING ERRCODE = 'CD412';
