@@ -44,11 +44,12 @@
 #ifndef COREDB_DOCUMENTS_H
 #define COREDB_DOCUMENTS_H
 
-#include "coredb/collections.h"
 #include "coredb/data.h"
 
 #define CDB_DOC_MAX_BYTES (2 * 1024 * 1024)
 #define CDB_DOC_MAX_DEPTH 32
 #define CDB_DOC_ID_MAX 255
+/* = CDB_COLLECTION_NAME_MAX of collections.h (management), which data may not include */
+#define CDB_DOC_COLLECTION_NAME_MAX 58
 
 #endif

@@ -37,7 +37,7 @@ int cdb__doc_collection(cdb_service *svc, const json_t *name, char table[64], cd
         return cdb_error_set_detail(err, CDB_ERR_VALIDATION_FAILED, "field", "collection",
                                     "collection must be a non-empty string");
     /* a name the registry cannot hold is no collection: answered without a query */
-    if (n > CDB_COLLECTION_NAME_MAX || strspn(s, "abcdefghijklmnopqrstuvwxyz0123456789_") != n)
+    if (n > CDB_DOC_COLLECTION_NAME_MAX || strspn(s, "abcdefghijklmnopqrstuvwxyz0123456789_") != n)
         goto unknown;
     PGconn *conn = cdb_txn_acquire(svc->pool, &pc, err);
     if (!conn)

@@ -14,6 +14,7 @@
 #include "coredb/principal.h"
 #include <stdint.h>
 #include "data/sqlbuild.h"
+#include "data/query_run.h"
 #include "security/service_state.h"
 
 /* The prefix of a collection's query-cache generation counter. */
@@ -42,12 +43,5 @@ int cdb__doc_check(const char *field, const json_t *doc, cdb_error *err);
 /* POST /data/query with a documents database (doc_query.c). */
 int cdb__doc_query(cdb_service *svc, const cdb_principal *p, json_t *request, int64_t start_us,
                    char **body_out, cdb_error *err);
-
-/* What doc_query.c shares with query.c: pagination, the pipeline, the answer's wrapping. */
-int cdb__query_pagination(const json_t *v, cdb_role role, json_int_t *page, json_int_t *limit,
-                          cdb_error *err);
-int cdb__query_run(cdb_service *svc, const cdb_principal *p, const cdb_sql *q, const char *count_sql,
-                   int count_nparams, json_int_t page, json_int_t limit, char **part, size_t *len, cdb_error *err);
-char *cdb__query_wrap(const char *part, size_t len, int64_t start_us, bool cached);
 
 #endif
