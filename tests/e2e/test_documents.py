@@ -519,3 +519,44 @@ def test_hostile_document_bodies(inst, people):
     assert_error(query(inst, None, {"database": "documents", "collection": coll}), 401, "UNAUTHORIZED")
     assert_error(inst.post("/api/v1/data/transaction", json={"operations": [dins(coll, {"a": 1})]}), 401,
                  "UNAUTHORIZED")
+
+
+# ---- CLI and health ----
+
+def test_cli_collections_create_list_drop(inst):
+    from identity import cli_env
+    from servers import run_cli
+    env = cli_env(inst)
+    name = unique("clicoll")
+    proc = run_cli(["collections", "create", name, "--kind", "vectors", "--dimensions", "8", "--metric", "dot",
+                    "--json"], env)
+    assert proc.returncode == 0, proc.stderr
+    out = json.loads(proc.stdout)
+    assert out["status"] == "success" and out["name"] == name and out["dimensions"] == 8, out
+    assert scalar(inst, "SELECT metric FROM coredb.collections WHERE name = %s", (name,)) == "dot"
+    proc = run_cli(["collections", "list", "--json"], env)
+    assert proc.returncode == 0 and name in [c["name"] for c in json.loads(proc.stdout)["collections"]]
+    proc = run_cli(["collections", "list"], env)
+    assert proc.returncode == 0 and name in proc.stdout
+    proc = run_cli(["collections", "create", name, "--kind", "documents", "--json"], env)
+    assert proc.returncode != 0 and json.loads(proc.stdout)["error"]["code"] == "CONFLICT", proc.stdout
+    proc = run_cli(["collections", "create", "bad name", "--kind", "documents", "--json"], env)
+    assert proc.returncode != 0 and json.loads(proc.stdout)["error"]["code"] == "VALIDATION_FAILED"
+    proc = run_cli(["collections", "drop", name, "--json"], env)
+    assert proc.returncode == 0 and json.loads(proc.stdout)["dropped"] is True, proc.stdout
+    assert not table_exists(inst, f"coredb.coll_{name}")
+    # the refused create is audited too (as a failure)
+    assert audit_actions(inst, name) == ["collection.create", "collection.create", "collection.drop"]
+    proc = run_cli(["collections", "frobnicate", "--json"], env)
+    assert proc.returncode != 0
+    proc = run_cli(["collections", "--help"], {})
+    assert proc.returncode == 0 and "coredb collections create NAME" in proc.stdout
+
+
+def test_health_shows_documents_backed_by_postgresql(inst, admin):
+    resp = inst.get("/health")
+    assert resp.status_code == 200, resp.text
+    doc = resp.json()["checks"]["documents"]
+    assert doc["status"] == "UP" and doc["backend"] == "postgresql", doc
+    n = scalar(inst, "SELECT count(*) FROM coredb.collections WHERE kind = 'documents'")
+    assert doc["collections"] == n, doc
