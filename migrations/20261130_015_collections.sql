@@ -22,7 +22,8 @@
 CREATE TABLE coredb.collections (
     name          text PRIMARY KEY CHECK (name ~ '^[a-z_][a-z0-9_]{0,57}$'),
     kind          text NOT NULL CHECK (kind IN ('documents', 'vectors')),
-    table_name    text NOT NULL UNIQUE,
+    -- spliced (quoted) into the data API's statements: only ever coll_<name>
+    table_name    text NOT NULL UNIQUE CHECK (table_name = 'coll_' || name),
     partition_key text,
     dimensions    integer CHECK (dimensions BETWEEN 1 AND 4096),
     metric        text CHECK (metric IN ('cosine', 'l2', 'dot')),

@@ -406,8 +406,9 @@ def test_other_users_documents_are_invisible_and_unwritable(inst, people):
                dop("delete", coll, id="p1")):
         tx_fail(inst, other, [op], 404, "NOT_FOUND", operation=1)
     # upsert onto someone else's id is refused by the policy, not turned into a takeover
-    resp = tx(inst, other, [dop("upsert", coll, id="p1", document={"stolen": True})])
-    assert resp.status_code in (403, 409), resp.text
+    err = tx_fail(inst, other, [dop("upsert", coll, id="p1", document={"stolen": True})], 403, "FORBIDDEN",
+                  operation=1)
+    assert "user_id" in err["message"] or err["details"].get("policy") == "coredb_own_user_id", err
     doc, etag2, uid = stored(inst, coll, "p1")
     assert "stolen" not in doc and etag2 == etag and uid == owner.id
     # the other user's own documents are theirs alone; the admin sees all
