@@ -91,6 +91,53 @@ static int append_value(cdb_sql *q, const json_t *v)
     return rc;
 }
 
+/*
+ * eq on a scalar: "doc @> {a:{b:v}} AND (doc #> path) = v". The containment
+ * lets PostgreSQL use the collection's GIN index (jsonb_path_ops); the
+ * equality keeps eq exact (containment alone would also match v inside an
+ * array). Not for paths with a numeric segment (#> reads those as array
+ * indexes, which containment cannot express). Appends "doc @> $n::jsonb AND "
+ * or nothing; < 0 on failure.
+ */
+static int append_containment(cdb_sql *q, const char *path, const json_t *v)
+{
+    if (!json_is_string(v) && !json_is_number(v) && !json_is_boolean(v))
+        return 0;
+    for (const char *seg = path; seg; seg = strchr(seg, '.') ? strchr(seg, '.') + 1 : NULL) {
+        size_t n = strcspn(seg, ".");
+        if (strspn(seg, "-0123456789") >= n)
+            return 0;
+    }
+    char *copy = strdup(path);
+    json_t *nested = json_deep_copy(v);
+    for (char *dot; copy && nested && (dot = strrchr(copy, '.')) != NULL; *dot = '\0') {
+        json_t *up = json_object();
+        if (!up || json_object_set_new(up, dot + 1, nested) < 0) {
+            json_decref(up);
+            nested = NULL;
+            break;
+        }
+        nested = up;
+    }
+    json_t *top = copy && nested ? json_object() : NULL;
+    if (top && json_object_set_new(top, copy, nested) < 0) {
+        json_decref(top);
+        top = NULL;
+    } else if (!top) {
+        json_decref(nested);
+    }
+    free(copy);
+    if (!top) {
+        q->oom = true;
+        return -1;
+    }
+    cdb_sql_append(q, "doc @> ");
+    int rc = append_value(q, top);
+    cdb_sql_append(q, " AND ");
+    json_decref(top);
+    return rc < 0 ? -1 : 0;
+}
+
 static int condition(cdb_sql *q, const char *path, const char *lit, const char *op, const json_t *v,
                      cdb_error *err)
 {
@@ -99,6 +146,8 @@ static int condition(cdb_sql *q, const char *path, const char *lit, const char *
     };
     int rc = 0;
 
+    if (strcmp(op, "eq") == 0 && append_containment(q, path, v) < 0)
+        return -1;
     if (strcmp(op, "eq") == 0 || strcmp(op, "neq") == 0 || strcmp(op, "contains") == 0) {
         rc = append_path(q, lit);
         cdb_sql_append(q, op[0] == 'e' ? " = " : op[0] == 'n' ? " IS DISTINCT FROM " : " @> ");

@@ -303,6 +303,10 @@ def test_duplicate_insert_conflicts(inst, people):
     ({"address": {"contains": {"country": "FR", "city": "Lyon"}}}, ["p1", "p3", "p6"]),
     ({"address": {"eq": {"city": "Rome", "country": "IT"}}}, ["p5"]),
     ({"no.such.path": "x"}, []),
+    ({"tags.0": "b"}, ["p2"]),                          # an array index in the path
+    ({"tags": "b"}, []),                                # eq is exact: an element of an array is not equal
+    ({"age": 31}, ["p1"]),
+    ({"age": "31"}, []),                                # JSON types differ
 ])
 def test_each_filter_operator(inst, people, filters, expected):
     coll, owner = people

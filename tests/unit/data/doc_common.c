@@ -90,8 +90,15 @@ static void where_is(const char *filters, const char *sql, int nparams, const ch
 static void test_where(void **state)
 {
     (void)state;
-    where_is("{\"a.b\": \"x'); DROP TABLE t; --\"}", " WHERE (doc #> $1::text[]) = $2::jsonb", 2,
-             (const char *[]){"{a,b}", "\"x'); DROP TABLE t; --\""});
+    /* eq on a scalar: containment first (the GIN index), then exact equality */
+    where_is("{\"a.b\": \"x'); DROP TABLE t; --\"}",
+             " WHERE doc @> $1::jsonb AND (doc #> $2::text[]) = $3::jsonb", 3,
+             (const char *[]){"{\"a\":{\"b\":\"x'); DROP TABLE t; --\"}}", "{a,b}", "\"x'); DROP TABLE t; --\""});
+    /* an array index in the path: equality only */
+    where_is("{\"tags.0\": \"a\"}", " WHERE (doc #> $1::text[]) = $2::jsonb", 2,
+             (const char *[]){"{tags,0}", "\"a\""});
+    where_is("{\"o\": {\"eq\": {\"k\": 1}}}", " WHERE (doc #> $1::text[]) = $2::jsonb", 2,
+             (const char *[]){"{o}", "{\"k\":1}"});
     where_is("{\"n\": {\"gt\": 3}}",
              " WHERE (jsonb_typeof(doc #> $1::text[]) = 'number' AND (doc #> $2::text[]) > $3::jsonb)", 3,
              (const char *[]){"{n}", "{n}", "3"});
