@@ -48,6 +48,7 @@ PUBLIC = {
     "encryption.h": "management",
     "collections.h": "management",
     "documents.h": "data",
+    "vectors.h": "data",
     "service.h": "service",
     "http.h": "http",
     "coredb.h": "embedder",   # the umbrella: for programs using the library, never for its own files

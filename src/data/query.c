@@ -25,6 +25,7 @@
 #include "data/sqlbuild.h"
 #include "data/crypt.h"
 #include "data/documents.h"
+#include "data/vectors.h"
 #include "coredb/data.h"
 #include "coredb/log.h"
 #include "core/timeutil.h"
@@ -427,5 +428,7 @@ int cdb_data_query(cdb_service *svc, const cdb_principal *caller, json_t *reques
         return query_redis(svc, caller, request, body_out, err);
     if (cdb__doc_database(db))
         return cdb__doc_query(svc, caller, request, start_us, body_out, err);
-    return invalid(err, "database", "database must be \"postgresql\", \"redis\" or \"documents\"");
+    if (cdb__vec_database(db))
+        return cdb__vec_query(svc, caller, request, start_us, body_out, err);
+    return invalid(err, "database", "database must be \"postgresql\", \"redis\", \"documents\" or \"vectors\"");
 }

@@ -119,4 +119,7 @@ int cdb__tx_parse_request(tx *t, json_t *request, cdb_error *err);
  */
 int cdb__doc_tx_op(tx *t, int i, json_t *o, cdb_error *err);
 
+/* The same for database "vectors" (vec_tx.c, coredb/vectors.h): upsert, delete. */
+int cdb__vec_tx_op(tx *t, int i, json_t *o, cdb_error *err);
+
 #endif

@@ -12,6 +12,7 @@
 
 #include "data/tx_internal.h"
 #include "data/documents.h"
+#include "data/vectors.h"
 
 const char *const cdb__tx_op_names[] = {
     [OP_INSERT] = "insert", [OP_UPDATE] = "update", [OP_DELETE] = "delete", [OP_UPSERT] = "upsert",
@@ -361,10 +362,15 @@ static int parse_op(tx *t, int i, json_t *o, cdb_sql *q, cdb_error *err)
         t->pg_ops[t->npg++] = i;
         return cdb__doc_tx_op(t, i, o, err);
     }
+    if (cdb__vec_database(db)) {
+        t->ops[i].status = "success";
+        t->pg_ops[t->npg++] = i;
+        return cdb__vec_tx_op(t, i, o, err);
+    }
     if (db && !(json_is_string(db) && (!strcmp(json_string_value(db), "postgresql") ||
                                        !strcmp(json_string_value(db), "redis"))))
         return op_fail(err, i, CDB_ERR_VALIDATION_FAILED, "database",
-                       "database must be \"postgresql\", \"redis\" or \"documents\"");
+                       "database must be \"postgresql\", \"redis\", \"documents\" or \"vectors\"");
     redis = db && !strcmp(json_string_value(db), "redis");
     for (int k = redis ? OP_SET : OP_INSERT; json_is_string(opname) && k <= (redis ? OP_INCR : OP_UPSERT); k++)
         if (!strcmp(json_string_value(opname), cdb__tx_op_names[k]))
