@@ -2,15 +2,14 @@
  * vec_query.c - POST /data/query with database "vectors": exact k-NN
  * search over one collection (coredb/vectors.h). The candidates are the
  * points the caller may see, read from PostgreSQL under the caller's role
- * in one pipelined round trip (so row-level security decides visibility),
- * with the payload filter applied there, before ranking. The ranking is
- * here, in C: the candidates' vectors are parsed into one contiguous
- * float32 array, scored with loops of independent accumulators the
- * compiler can vectorize, and kept in a bounded heap of the k best.
- *
- * Not done (issue 15's design): an in-memory copy of each collection's
- * vectors kept fresh by the cache generation counters; every search
- * reads its candidates from PostgreSQL.
+ * (so row-level security decides visibility), with the payload filter
+ * applied there, before ranking: their ids and etags (and payloads), in
+ * id order. Their vectors come from the in-memory copy (vec_cache.c) when
+ * its etag is the row's; the others (new, changed, or never read) are read
+ * in a second round trip, as the caller too, and merged into a new
+ * snapshot. The ranking is here, in C: contiguous float32 vectors scored
+ * with loops of independent accumulators the compiler can vectorize, and
+ * a bounded heap of the k best.
  */
 #include <math.h>
 #include <stdio.h>
@@ -125,6 +124,33 @@ static void sift_up(hit *h, int i, const PGresult *res)
     }
 }
 
+/* Appends v to a PostgreSQL text[] literal being built in *buf: "a","b\\"c". */
+static bool array_item(char **buf, size_t *len, size_t *cap, const char *v)
+{
+    size_t need = *len + 2 * strlen(v) + 4;
+    if (need > *cap) {
+        size_t ncap = need * 2;
+        char *nb = realloc(*buf, ncap);
+        if (!nb)
+            return false;
+        *buf = nb;
+        *cap = ncap;
+    }
+    char *p = *buf + *len;
+    if (*len > 1)
+        *p++ = ',';
+    *p++ = '"';
+    for (; *v; v++) {
+        if (*v == '"' || *v == '\\')
+            *p++ = '\\';
+        *p++ = *v;
+    }
+    *p++ = '"';
+    *p = '\0';
+    *len = (size_t)(p - *buf);
+    return true;
+}
+
 /* Parses a real[] text "{1,2.5,...}" of dims elements into x; false if it is not one. */
 static bool parse_array(const char *s, float *x, int dims)
 {
@@ -180,7 +206,8 @@ static int parse_request(json_t *r, search_req *s, cdb_error *err)
 }
 
 /* The candidates: one pipelined round trip under p's role. */
-static int fetch(cdb_service *svc, const cdb_principal *p, const cdb_sql *q, PGresult **res, cdb_error *err)
+static int fetch(cdb_service *svc, const cdb_principal *p, const char *sql, int nparams,
+                 const char *const *params, PGresult **res, cdb_error *err)
 {
     cdb_pool_conn *pc = NULL;
     const char *stmt = NULL;
@@ -188,10 +215,10 @@ static int fetch(cdb_service *svc, const cdb_principal *p, const cdb_sql *q, PGr
     PGconn *conn = cdb_txn_acquire(svc->pool, &pc, err);
     if (!conn)
         return err->code;
-    if ((rc = cdb_pool_conn_prepare(pc, q->text, q->nparams, &stmt, err)) < 0 ||
+    if ((rc = cdb_pool_conn_prepare(pc, sql, nparams, &stmt, err)) < 0 ||
         (rc = cdb_data_start_pipeline(pc, p, err)) < 0)
         goto out;
-    if (!cdb_txn_send(conn, stmt, q->text, q->nparams, (const char *const *)q->params) ||
+    if (!cdb_txn_send(conn, stmt, sql, nparams, params) ||
         !cdb_txn_send(conn, NULL, "COMMIT", 0, NULL) || !PQpipelineSync(conn)) {
         rc = cdb_data_pg_error(conn, NULL, NULL, err);
         goto out;
@@ -203,7 +230,8 @@ out:
 }
 
 /* The answer's JSON for the ranked hits. */
-static json_t *answer(const PGresult *res, const hit *h, int n, const float *xs, int dims, const search_req *s)
+static json_t *answer(const PGresult *res, const hit *h, int n, const float *const *vecs, int dims,
+                      const search_req *s)
 {
     json_t *data = json_array(), *out = NULL;
     for (int i = 0; data && i < n; i++) {
@@ -213,7 +241,7 @@ static json_t *answer(const PGresult *res, const hit *h, int n, const float *xs,
         if (pt && s->with_vector) {
             json_t *vec = json_array();
             for (int d = 0; vec && d < dims; d++)
-                json_array_append_new(vec, json_real((double)xs[(size_t)h[i].row * (size_t)dims + (size_t)d]));
+                json_array_append_new(vec, json_real((double)vecs[h[i].row][d]));
             json_object_set_new(pt, "vector", vec);
         }
         if (!pt || json_array_append_new(data, pt) < 0) {
@@ -226,13 +254,124 @@ static json_t *answer(const PGresult *res, const hit *h, int n, const float *xs,
     return out;
 }
 
+/*
+ * Points rows (res: id, etag, payload in id order) at their vectors in
+ * snap where the etags agree; NULL elsewhere. Returns how many are NULL.
+ */
+static int map_rows(const cdb_vec_snap *snap, const PGresult *res, const float **vecs)
+{
+    int rows = PQntuples(res), missing = 0, j = 0;
+    for (int i = 0; i < rows; i++) {
+        const char *id = PQgetvalue(res, i, 0);
+        int c = 1;
+        while (snap && j < snap->n && (c = strcmp(snap->ids[j], id)) < 0)
+            j++;
+        vecs[i] = snap && j < snap->n && c == 0 && strcmp(snap->etags[j], PQgetvalue(res, i, 1)) == 0
+                      ? snap->xs + (size_t)j * (size_t)snap->dims
+                      : NULL;
+        missing += !vecs[i];
+    }
+    return missing;
+}
+
+/* Copies point (id, etag, x) into slot k of s. */
+static bool snap_set(cdb_vec_snap *s, int k, const char *id, const char *etag, const float *x)
+{
+    s->ids[k] = strdup(id);
+    s->etags[k] = strdup(etag);
+    memcpy(s->xs + (size_t)k * (size_t)s->dims, x, (size_t)s->dims * sizeof *x);
+    s->n = k + 1;
+    return s->ids[k] && s->etags[k];
+}
+
+/*
+ * Reads the vectors of the rows vecs lacks (as the caller) and makes a new
+ * snapshot of old's points and them (theirs win), installed in the cache;
+ * *out gets it (a ref).
+ */
+static int load_missing(cdb_service *svc, const cdb_principal *p, const cdb_vec_coll *c, const PGresult *res,
+                        const float **vecs, const cdb_vec_snap *old, cdb_vec_snap **out, cdb_error *err)
+{
+    static const char SQL_FMT[] = "SELECT id, etag, vector::text FROM coredb.\"%s\" WHERE id = ANY($1::text[])"
+                                  " ORDER BY id COLLATE \"C\"";
+    PGresult *got[NSTMTS] = {0};
+    char *list = NULL, *sql = NULL;
+    size_t len = 1, cap = 64;
+    float *x = NULL;
+    cdb_vec_snap *s = NULL;
+    int rc = 0, dims = c->dimensions;
+
+    *out = NULL;
+    if (!(list = malloc(cap)) || !(x = malloc((size_t)dims * sizeof *x))) {
+        rc = cdb_error_oom(err);
+        goto out;
+    }
+    strcpy(list, "{");
+    for (int i = 0; i < PQntuples(res); i++)
+        if (!vecs[i] && !array_item(&list, &len, &cap, PQgetvalue(res, i, 0))) {
+            rc = cdb_error_oom(err);
+            goto out;
+        }
+    strcpy(list + len, "}");
+    /* the registry's table name, [a-z0-9_] by its CHECK, quoted */
+    if (asprintf(&sql, SQL_FMT, c->table) < 0) {
+        sql = NULL;
+        rc = cdb_error_oom(err);
+        goto out;
+    }
+    const char *params[] = {list};
+    if ((rc = fetch(svc, p, sql, 1, params, got, err)) < 0)
+        goto out;
+    const PGresult *g = got[STMT_ROWS];
+    int n = PQntuples(g), a = 0, b = 0, k = 0;
+    if (!(s = cdb__vec_snap_new((old ? old->n : 0) + n, dims))) {
+        rc = cdb_error_oom(err);
+        goto out;
+    }
+    /* merge by id; a row read now replaces the old copy of its id */
+    while ((old && a < old->n) || b < n) {
+        int cmp = !(old && a < old->n) ? 1 : b >= n ? -1 : strcmp(old->ids[a], PQgetvalue(g, b, 0));
+        bool ok;
+        if (cmp < 0) {
+            ok = snap_set(s, k++, old->ids[a], old->etags[a], old->xs + (size_t)a * (size_t)dims);
+            a++;
+        } else {
+            if (cmp == 0)
+                a++;
+            if (!parse_array(PQgetvalue(g, b, 2), x, dims)) {
+                b++;
+                continue; /* cannot happen: the table's CHECK fixes the length */
+            }
+            ok = snap_set(s, k++, PQgetvalue(g, b, 0), PQgetvalue(g, b, 1), x);
+            b++;
+        }
+        if (!ok) {
+            rc = cdb_error_oom(err);
+            goto out;
+        }
+    }
+    cdb__vec_cache_put(svc, c->table, s);
+    *out = s;
+    s = NULL;
+out:
+    for (int i = 0; i < NSTMTS; i++)
+        PQclear(got[i]);
+    cdb__vec_snap_unref(s);
+    free(sql);
+    free(list);
+    free(x);
+    return rc;
+}
+
 int cdb__vec_query(cdb_service *svc, const cdb_principal *p, json_t *r, int64_t start_us, char **body_out,
                    cdb_error *err)
 {
     search_req s = {0};
     PGresult *res[NSTMTS] = {0};
     cdb_vec_coll c;
-    float *q = NULL, *xs = NULL;
+    cdb_vec_snap *snap = NULL;
+    const float **vecs = NULL;
+    float *q = NULL;
     hit *heap = NULL;
     json_t *out = NULL;
     char *text = NULL;
@@ -264,13 +403,14 @@ int cdb__vec_query(cdb_service *svc, const cdb_principal *p, json_t *r, int64_t 
         goto out;
     }
     /* payload exposed as doc so the documents' filter SQL applies; RLS applies to the table below */
-    cdb_sql_append(&sql, "SELECT d.id, d.vector::text");
+    cdb_sql_append(&sql, "SELECT d.id, d.etag");
     cdb_sql_append(&sql, s.with_payload ? ", d.payload::text" : ", NULL");
-    cdb_sql_append(&sql, " FROM (SELECT id, vector, payload, payload AS doc FROM coredb.\"");
+    cdb_sql_append(&sql, " FROM (SELECT id, etag, payload, payload AS doc FROM coredb.\"");
     cdb_sql_append(&sql, c.table); /* the registry's name, [a-z0-9_] by its CHECK */
     cdb_sql_append(&sql, "\") d");
     if (w.text)
         cdb_sql_append(&sql, w.text);
+    cdb_sql_append(&sql, " ORDER BY d.id COLLATE \"C\"");
     for (int k = 0; k < w.nparams; k++) {
         sql.params[k] = w.params[k];
         w.params[k] = NULL;
@@ -280,20 +420,28 @@ int cdb__vec_query(cdb_service *svc, const cdb_principal *p, json_t *r, int64_t 
         rc = cdb_error_oom(err);
         goto out;
     }
-    if ((rc = fetch(svc, p, &sql, res, err)) < 0)
+    if ((rc = fetch(svc, p, sql.text, sql.nparams, (const char *const *)sql.params, res, err)) < 0)
         goto out;
 
     int rows = PQntuples(res[STMT_ROWS]), dims = c.dimensions;
-    if (!(xs = malloc((size_t)(rows ? rows : 1) * (size_t)dims * sizeof *xs)) ||
+    if (!(vecs = malloc((size_t)(rows ? rows : 1) * sizeof *vecs)) ||
         !(heap = malloc((size_t)s.k * sizeof *heap))) {
         rc = cdb_error_oom(err);
         goto out;
     }
+    snap = cdb__vec_cache_get(svc, c.table, dims);
+    if (map_rows(snap, res[STMT_ROWS], vecs) > 0) {
+        cdb_vec_snap *fresh = NULL;
+        if ((rc = load_missing(svc, p, &c, res[STMT_ROWS], vecs, snap, &fresh, err)) < 0)
+            goto out;
+        cdb__vec_snap_unref(snap);
+        snap = fresh;
+        map_rows(snap, res[STMT_ROWS], vecs); /* a row written in between stays out (NULL) */
+    }
     for (int i = 0; i < rows; i++) {
-        float *x = xs + (size_t)i * (size_t)dims;
-        if (!parse_array(PQgetvalue(res[STMT_ROWS], i, 1), x, dims))
-            continue; /* cannot happen: the table's CHECK fixes the length */
-        hit h = {score_of(c.metric, x, q, dims, qnorm), i};
+        if (!vecs[i])
+            continue;
+        hit h = {score_of(c.metric, vecs[i], q, dims, qnorm), i};
         if (s.has_min && (double)h.score < s.min_score)
             continue;
         if (n < s.k) {
@@ -311,7 +459,7 @@ int cdb__vec_query(cdb_service *svc, const cdb_principal *p, json_t *r, int64_t 
         heap[m] = t;
         sift_down(heap, m, 0, res[STMT_ROWS]);
     }
-    if (!(out = answer(res[STMT_ROWS], heap, n, xs, dims, &s)) ||
+    if (!(out = answer(res[STMT_ROWS], heap, n, vecs, dims, &s)) ||
         json_object_set_new(out, "execution_time_ms",
                             json_real((double)(cdb_mono_us() - start_us) / 1000.0)) < 0 ||
         json_object_set_new(out, "cached", json_false()) < 0 || !(text = json_dumps(out, JSON_COMPACT))) {
@@ -322,9 +470,10 @@ int cdb__vec_query(cdb_service *svc, const cdb_principal *p, json_t *r, int64_t 
 out:
     for (int i = 0; i < NSTMTS; i++)
         PQclear(res[i]);
+    cdb__vec_snap_unref(snap);
     json_decref(out);
     free(heap);
-    free(xs);
+    free(vecs);
     free(q);
     cdb_sql_destroy(&w);
     cdb_sql_destroy(&sql);

@@ -43,6 +43,27 @@ int cdb__vec_collection(cdb_service *svc, const json_t *name, cdb_vec_coll *c, c
  */
 int cdb__vec_check(const char *field, const json_t *v, int dims, float *out, cdb_error *err);
 
+/*
+ * The in-memory copy (vec_cache.c): an immutable snapshot of points sorted
+ * by id (strcmp order), n of them, vector i at xs + i * dims.
+ */
+typedef struct cdb_vec_snap {
+    int refs;
+    int n, dims;
+    char **ids, **etags;
+    float *xs;
+} cdb_vec_snap;
+
+/* A snapshot with room for n points (n is set by the caller as it fills), 1 ref. */
+cdb_vec_snap *cdb__vec_snap_new(int n, int dims);
+void cdb__vec_snap_unref(cdb_vec_snap *s);
+/* The current snapshot of (svc, table) with a ref, or NULL. */
+cdb_vec_snap *cdb__vec_cache_get(const void *svc, const char *table, int dims);
+/* Makes s (the cache takes its own ref) the current snapshot of (svc, table). */
+void cdb__vec_cache_put(const void *svc, const char *table, cdb_vec_snap *s);
+/* Drops every snapshot of svc (at its destruction). */
+void cdb__vec_cache_forget(const void *svc);
+
 /* POST /data/query with database "vectors" (vec_query.c). */
 int cdb__vec_query(cdb_service *svc, const cdb_principal *p, json_t *request, int64_t start_us,
                    char **body_out, cdb_error *err);

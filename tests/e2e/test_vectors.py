@@ -349,3 +349,29 @@ def test_health_shows_vectors_backed_by_postgresql(inst, points):
     vec = checks["vectors"]
     assert vec["status"] == "UP" and vec["backend"] == "postgresql", vec
     assert vec["collections"] == scalar(inst, "SELECT count(*) FROM coredb.collections WHERE kind = 'vectors'")
+
+
+def test_in_memory_copy_follows_every_write(inst, admin):
+    """Searches reuse coredb's in-memory copy of the vectors only while each row's etag is unchanged:
+    an overwrite, a delete, a new point and a write straight into PostgreSQL show at once."""
+    coll = unique("vfresh")
+    create(inst, admin, coll, dims=2, metric="l2")
+    u = user(inst)
+    odd = ['q"uote', "back\\slash", "com,ma", "{brace}", "späce é", "NULL"]
+    tx_ok(inst, u, [vup(coll, [float(i), 0.0], pid) for i, pid in enumerate(odd)])
+    got = search(inst, u, coll, [0.0, 0.0], k=10)
+    assert [p["id"] for p in got["data"]] == odd
+    assert search(inst, u, coll, [0.0, 0.0], k=10)["data"] == got["data"]      # from the copy now
+    tx_ok(inst, u, [vup(coll, [-0.5, 0.0], "NULL")])
+    assert [p["id"] for p in search(inst, u, coll, [-1.0, 0.0], k=1)["data"]] == ["NULL"]
+    assert search(inst, u, coll, [-1.0, 0.0], k=1)["data"][0]["score"] == pytest.approx(-0.5)
+    tx_ok(inst, u, [vdel(coll, "NULL"), vup(coll, [-9.0, 0.0], "new")])
+    ids = [p["id"] for p in search(inst, u, coll, [-9.0, 0.0], k=10)["data"]]
+    assert ids[0] == "new" and "NULL" not in ids and len(ids) == 6
+    inst.pg.query(inst.db, f"UPDATE coredb.coll_{coll} SET vector = '{{100,100}}', etag = md5(random()::text)"
+                           " WHERE id = 'new'")
+    out = search(inst, u, coll, [100.0, 100.0], k=1, with_vector=True)["data"][0]
+    assert out["id"] == "new" and out["vector"] == [100.0, 100.0] and out["score"] == 0.0
+    # another user meanwhile: the copy is shared, what is visible is not
+    other = user(inst)
+    assert search(inst, other, coll, [0.0, 0.0], k=10)["data"] == []
