@@ -127,8 +127,9 @@ def main():
         out = [f"\n### Vector search, exact (coredb vs numpy) — {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}"
                f" — {os.cpu_count()} cores, {mem:.0f} GiB, Linux {platform.release()}",
                f"bench/vectors.py: {N} vectors of {DIM} dimensions (normal random, float32), cosine, k={K}, one "
-               f"user owning all; release build. coredb reads the visible points from PostgreSQL on every search "
-               f"(no in-memory copy yet) and ranks them in C; numpy ranks a float32 matrix already in memory "
+               f"user owning all; release build. Each coredb search reads the visible points' ids and etags from "
+               f"PostgreSQL under the caller's role and takes their vectors from its in-memory copy (warm after "
+               f"the first search), ranking in C; numpy ranks a float32 matrix already in memory "
                f"(pre-normalized), so the ratio includes coredb's whole HTTP + PostgreSQL round trip. "
                f"Load average after: {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}.",
                "", "| measure | value |", "|---|---|",

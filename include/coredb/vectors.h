@@ -31,8 +31,11 @@
  *   l2      the negative Euclidean distance -|x - q| (0 = identical)
  *   dot     the dot product x.q
  * Search is exact: the candidates (the points the caller may see, filter
- * applied) come from PostgreSQL under the caller's role, and coredb ranks
- * them in C (float32, contiguous, a bounded heap of k).
+ * applied) are named by PostgreSQL under the caller's role (id, etag), their
+ * vectors come from coredb's in-memory copy while each row's etag is
+ * unchanged (read again otherwise), and coredb ranks them in C (float32,
+ * contiguous, a bounded heap of k). A write that bypasses coredb must change
+ * the row's etag for a search to see its new vector.
  * Bad input (wrong dimension, a non-number, a number outside float32, k out
  * of range, ...) is VALIDATION_FAILED naming the field.
  */
