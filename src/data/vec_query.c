@@ -127,7 +127,7 @@ static void sift_up(hit *h, int i, const PGresult *res)
 /* Appends v to a PostgreSQL text[] literal being built in *buf: "a","b\\"c". */
 static bool array_item(char **buf, size_t *len, size_t *cap, const char *v)
 {
-    size_t need = *len + 2 * strlen(v) + 4;
+    size_t need = *len + 2 * strlen(v) + 6; /* ,"..." escaped, then room for "}" and NUL */
     if (need > *cap) {
         size_t ncap = need * 2;
         char *nb = realloc(*buf, ncap);
