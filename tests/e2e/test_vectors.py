@@ -375,3 +375,46 @@ def test_in_memory_copy_follows_every_write(inst, admin):
     # another user meanwhile: the copy is shared, what is visible is not
     other = user(inst)
     assert search(inst, other, coll, [0.0, 0.0], k=10)["data"] == []
+
+
+def test_concurrent_searches_and_writes(inst, admin):
+    """Searches in several threads while points are overwritten: every answer is 200 and ranked,
+    and once the writes stop the answer equals the numpy reference (the shared copy holds up)."""
+    import threading
+    coll = unique("vconc")
+    create(inst, admin, coll, dims=8, metric="dot")
+    u = user(inst)
+    rng = np.random.default_rng(8)
+    xs = rng.normal(size=(200, 8)).astype(np.float32)
+    ids = [f"c{i:03d}" for i in range(200)]
+    tx_ok(inst, u, [vup(coll, xs[i].tolist(), ids[i]) for i in range(100)])
+    tx_ok(inst, u, [vup(coll, xs[i].tolist(), ids[i]) for i in range(100, 200)])
+    errors, stop = [], time.time() + 2.0
+
+    def reader():
+        while time.time() < stop:
+            r = query(inst, u, {"database": "vectors", "collection": coll, "query_type": "search",
+                                "vector": [1.0] * 8, "k": 5})
+            if r.status_code != 200:
+                errors.append(r.text)
+                continue
+            scores = [p["score"] for p in r.json()["data"]]
+            if scores != sorted(scores, reverse=True) or len(scores) != 5:
+                errors.append(scores)
+
+    def writer():
+        i = 0
+        while time.time() < stop:
+            j = i % 200
+            xs[j] = rng.normal(size=8).astype(np.float32)
+            tx_ok(inst, u, [vup(coll, xs[j].tolist(), ids[j])])
+            i += 1
+
+    threads = [threading.Thread(target=reader) for _ in range(3)] + [threading.Thread(target=writer)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    q = np.ones(8, dtype=np.float32)
+    assert_same(search(inst, u, coll, q.tolist(), k=20), top_k(ids, reference("dot", xs, q), 20))
