@@ -256,9 +256,10 @@ static json_t *answer(const PGresult *res, const hit *h, int n, const float *con
 
 /*
  * Points rows (res: id, etag, payload in id order) at their vectors in
- * snap where the etags agree; NULL elsewhere. Returns how many are NULL.
+ * snap where the etags agree (any_etag: where the id is there at all);
+ * NULL elsewhere. Returns how many are NULL.
  */
-static int map_rows(const cdb_vec_snap *snap, const PGresult *res, const float **vecs)
+static int map_rows(const cdb_vec_snap *snap, const PGresult *res, const float **vecs, bool any_etag)
 {
     int rows = PQntuples(res), missing = 0, j = 0;
     for (int i = 0; i < rows; i++) {
@@ -266,7 +267,7 @@ static int map_rows(const cdb_vec_snap *snap, const PGresult *res, const float *
         int c = 1;
         while (snap && j < snap->n && (c = strcmp(snap->ids[j], id)) < 0)
             j++;
-        vecs[i] = snap && j < snap->n && c == 0 && strcmp(snap->etags[j], PQgetvalue(res, i, 1)) == 0
+        vecs[i] = snap && j < snap->n && c == 0 && (any_etag || strcmp(snap->etags[j], PQgetvalue(res, i, 1)) == 0)
                       ? snap->xs + (size_t)j * (size_t)snap->dims
                       : NULL;
         missing += !vecs[i];
@@ -430,13 +431,15 @@ int cdb__vec_query(cdb_service *svc, const cdb_principal *p, json_t *r, int64_t 
         goto out;
     }
     snap = cdb__vec_cache_get(svc, c.table, dims);
-    if (map_rows(snap, res[STMT_ROWS], vecs) > 0) {
+    if (map_rows(snap, res[STMT_ROWS], vecs, false) > 0) {
         cdb_vec_snap *fresh = NULL;
         if ((rc = load_missing(svc, p, &c, res[STMT_ROWS], vecs, snap, &fresh, err)) < 0)
             goto out;
         cdb__vec_snap_unref(snap);
         snap = fresh;
-        map_rows(snap, res[STMT_ROWS], vecs); /* a row written in between stays out (NULL) */
+        /* a row written between the two reads: its newer vector (the second read, as the caller, saw it);
+         * one deleted in between stays out */
+        map_rows(snap, res[STMT_ROWS], vecs, true);
     }
     for (int i = 0; i < rows; i++) {
         if (!vecs[i])

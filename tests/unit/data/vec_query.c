@@ -100,12 +100,14 @@ static void test_map_rows_uses_only_current_etags(void **state)
     PGresult *r = candidates((const char *const[]){"a", "b", "c", "d"}, (const char *const[]){"e1", "e2", "X", "e4"},
                              4);
     const float *vecs[4];
-    assert_int_equal(map_rows(s, r, vecs), 2);     /* b: not cached; c: changed since */
+    assert_int_equal(map_rows(s, r, vecs, false), 2);     /* b: not cached; c: changed since */
     assert_float_equal(vecs[0][0], 10, 0);
     assert_null(vecs[1]);
     assert_null(vecs[2]);
     assert_float_equal(vecs[3][0], 30, 0);
-    assert_int_equal(map_rows(NULL, r, vecs), 4);
+    assert_int_equal(map_rows(s, r, vecs, true), 1);    /* c: the copy's (newer) vector */
+    assert_float_equal(vecs[2][0], 20, 0);
+    assert_int_equal(map_rows(NULL, r, vecs, false), 4);
     PQclear(r);
     cdb__vec_snap_unref(s);
 }
