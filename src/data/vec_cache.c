@@ -38,7 +38,8 @@ cdb_vec_snap *cdb__vec_snap_new(int n, int dims)
     s->ids = calloc((size_t)(n ? n : 1), sizeof *s->ids);
     s->etags = calloc((size_t)(n ? n : 1), sizeof *s->etags);
     s->xs = malloc((size_t)(n ? n : 1) * (size_t)dims * sizeof *s->xs);
-    if (!s->ids || !s->etags || !s->xs) {
+    s->norms = malloc((size_t)(n ? n : 1) * sizeof *s->norms);
+    if (!s->ids || !s->etags || !s->xs || !s->norms) {
         cdb__vec_snap_unref(s);
         return NULL;
     }
@@ -56,6 +57,7 @@ void cdb__vec_snap_unref(cdb_vec_snap *s)
     free(s->ids);
     free(s->etags);
     free(s->xs);
+    free(s->norms);
     free(s);
 }
 

@@ -75,14 +75,14 @@ static float l2sq(const float *a, const float *b, int n)
     return s;
 }
 
-/* The metric's score (coredb/vectors.h): higher = closer. qnorm: |q| for cosine. */
-static float score_of(cdb_vec_metric m, const float *x, const float *q, int n, float qnorm)
+/* The metric's score (coredb/vectors.h): higher = closer. qnorm, xnorm: |q|, |x| for cosine (xnorm < 0: compute it). */
+static float score_of(cdb_vec_metric m, const float *x, const float *q, int n, float qnorm, float xnorm)
 {
     switch (m) {
     case CDB_VEC_L2: return -sqrtf(l2sq(x, q, n));
     case CDB_VEC_DOT: return dot(x, q, n);
     default: {
-        float xn = sqrtf(dot(x, x, n));
+        float xn = xnorm >= 0 ? xnorm : sqrtf(dot(x, x, n));
         return xn > 0 ? dot(x, q, n) / (xn * qnorm) : 0.0f;
     }
     }
@@ -281,6 +281,7 @@ static bool snap_set(cdb_vec_snap *s, int k, const char *id, const char *etag, c
     s->ids[k] = strdup(id);
     s->etags[k] = strdup(etag);
     memcpy(s->xs + (size_t)k * (size_t)s->dims, x, (size_t)s->dims * sizeof *x);
+    s->norms[k] = sqrtf(dot(x, x, s->dims)); /* once per point, for cosine */
     s->n = k + 1;
     return s->ids[k] && s->etags[k];
 }
@@ -444,7 +445,9 @@ int cdb__vec_query(cdb_service *svc, const cdb_principal *p, json_t *r, int64_t 
     for (int i = 0; i < rows; i++) {
         if (!vecs[i])
             continue;
-        hit h = {score_of(c.metric, vecs[i], q, dims, qnorm), i};
+        /* every vector points into snap now */
+        float xnorm = snap->norms[(size_t)(vecs[i] - snap->xs) / (size_t)dims];
+        hit h = {score_of(c.metric, vecs[i], q, dims, qnorm, xnorm), i};
         if (s.has_min && (double)h.score < s.min_score)
             continue;
         if (n < s.k) {

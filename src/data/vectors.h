@@ -45,13 +45,15 @@ int cdb__vec_check(const char *field, const json_t *v, int dims, float *out, cdb
 
 /*
  * The in-memory copy (vec_cache.c): an immutable snapshot of points sorted
- * by id (strcmp order), n of them, vector i at xs + i * dims.
+ * by id (strcmp order), n of them, vector i at xs + i * dims, its
+ * Euclidean norm at norms[i].
  */
 typedef struct cdb_vec_snap {
     int refs;
     int n, dims;
     char **ids, **etags;
     float *xs;
+    float *norms;
 } cdb_vec_snap;
 
 /* A snapshot with room for n points (n is set by the caller as it fills), 1 ref. */

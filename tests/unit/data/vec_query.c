@@ -39,11 +39,12 @@ static void test_scores(void **state)
 {
     (void)state;
     float x[2] = {3, 4}, q[2] = {3, 0}, z[2] = {0, 0};
-    assert_float_equal(score_of(CDB_VEC_DOT, x, q, 2, 3), 9, 1e-6);
-    assert_float_equal(score_of(CDB_VEC_L2, x, q, 2, 3), -4, 1e-6);
-    assert_float_equal(score_of(CDB_VEC_COSINE, x, q, 2, 3), 0.6, 1e-6);
-    assert_float_equal(score_of(CDB_VEC_COSINE, z, q, 2, 3), 0, 0);   /* a stored zero vector */
-    assert_float_equal(score_of(CDB_VEC_L2, q, q, 2, 3), 0, 0);
+    assert_float_equal(score_of(CDB_VEC_DOT, x, q, 2, 3, -1), 9, 1e-6);
+    assert_float_equal(score_of(CDB_VEC_L2, x, q, 2, 3, -1), -4, 1e-6);
+    assert_float_equal(score_of(CDB_VEC_COSINE, x, q, 2, 3, -1), 0.6, 1e-6);
+    assert_float_equal(score_of(CDB_VEC_COSINE, x, q, 2, 3, 5), 0.6, 1e-6);  /* |x| given */
+    assert_float_equal(score_of(CDB_VEC_COSINE, z, q, 2, 3, -1), 0, 0);   /* a stored zero vector */
+    assert_float_equal(score_of(CDB_VEC_L2, q, q, 2, 3, -1), 0, 0);
 }
 
 static void test_parse_array(void **state)
