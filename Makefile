@@ -138,6 +138,11 @@ bench-encryption: deps all
 bench-leases: deps all
 	$(Q)/usr/bin/python3 bench/lease_rls.py
 
+# the vector store's exact search vs numpy: QPS, p99, recall (issue 15)
+.PHONY: bench-vectors
+bench-vectors: deps all
+	$(Q)/usr/bin/python3 bench/vectors.py
+
 # libFuzzer harnesses (fuzz/, issue 16): clang with libFuzzer + ASan + UBSan,
 # the library rebuilt in build-fuzz/ with coverage instrumentation. `make
 # fuzz` runs each for FUZZ_SECONDS (default 60, scripts/fuzz.sh).

@@ -18,6 +18,7 @@ PACKAGES=(
   python3-bcrypt
   python3-yaml   # tests/e2e/test_dashboards.py reads the alert rules
   python3-httpx  # the Python client, clients/python (tests/e2e/test_client_python.py)
+  python3-numpy  # vector search reference (tests/e2e/test_vectors.py, bench/vectors.py)
   # benchmarks and process tools
   wrk procps curl util-linux
   # metrics tests: promtool and a real Prometheus (tests/e2e/test_metrics.py)

@@ -50,7 +50,8 @@
     X(MAINTENANCE,                 -32, 503)       \
     X(DATABASE_PRIVILEGE_MISSING,  -33, 503)       \
     X(DECRYPTION_FAILED,           -34, 422)       \
-    X(BACKUP_STORAGE_UNAVAILABLE,  -35, 503)
+    X(BACKUP_STORAGE_UNAVAILABLE,  -35, 503)       \
+    X(PRECONDITION_FAILED,         -36, 409)
 
 typedef enum cdb_err {
     CDB_OK = 0,

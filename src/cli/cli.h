@@ -66,6 +66,7 @@ extern const char cli_help_serve[], cli_help_config[], cli_help_migrate[], cli_h
 extern const char cli_help_monitor[], cli_help_health[];
 extern const char cli_help_lease[];
 extern const char cli_help_encryption[];
+extern const char cli_help_collections[];
 
 /* True when flag (e.g. "--json") is one of argv[1..argc). */
 bool cli_flag(int argc, char **argv, const char *flag);
@@ -168,6 +169,7 @@ int cmd_monitor(int argc, char **argv);
 int cmd_health(int argc, char **argv);
 int cmd_lease(int argc, char **argv);
 int cmd_encryption(int argc, char **argv);
+int cmd_collections(int argc, char **argv);
 
 /*
  * One verb of `coredb admin` (cmd_admin.c's table; each verb in its own

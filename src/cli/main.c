@@ -57,6 +57,8 @@ static const cli_command commands[] = {
      "--service-name --json", cli_help_lease, cmd_lease},
     {"encryption", "column encryption: encrypt a column, rotate its key, audit, rewrap (as an admin)",
      "setup rotate audit rewrap", "--searchable --json", cli_help_encryption, cmd_encryption},
+    {"collections", "document and vector collections: list, create, drop (as an admin)", "list create drop",
+     "--kind --partition-key --dimensions --metric --json", cli_help_collections, cmd_collections},
     {"completion", "print a shell completion script (bash)", "bash", NULL, cli_help_completion,
      cmd_completion},
     {"help", "describe a command, or print the man page (--man)", NULL, "--man", cli_help_help,

@@ -188,6 +188,12 @@ cdb_err cdb_data_pg_error(PGconn *conn, const PGresult *res, const char *context
 
     if (!state || !err)
         return code;
+    /* raised by coredb.doc_written (migration 015) for a document write */
+    if (strcmp(state, "CD404") == 0)
+        return cdb_error_set_detail(err, CDB_ERR_NOT_FOUND, "field", "id", "Document not found");
+    if (strcmp(state, "CD412") == 0)
+        return cdb_error_set_detail(err, CDB_ERR_PRECONDITION_FAILED, "field", "if_match",
+                                    "The document's etag differs from if_match: it changed since it was read");
     if (strcmp(state, "42501") == 0) {
         /* A restrictive policy is named in the message (permissive ones are
          * not): `coredb table expose` makes the own-rows rule one, named

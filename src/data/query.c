@@ -24,16 +24,14 @@
 #include "data/data_internal.h"
 #include "data/sqlbuild.h"
 #include "data/crypt.h"
+#include "data/documents.h"
+#include "data/vectors.h"
 #include "coredb/data.h"
 #include "coredb/log.h"
 #include "core/timeutil.h"
 
-#define DEFAULT_LIMIT 20
-#define USER_MAX_LIMIT 100
-#define PRIVILEGED_MAX_LIMIT 1000
 
 /* Statements of the pipeline after the prelude: rows, count, COMMIT. */
-enum { STMT_ROWS = CDB_DATA_PRELUDE_COUNT, STMT_COUNT, STMT_COMMIT, NSTMTS };
 
 /* A validated request, pointing into the request JSON. */
 typedef struct query_req {
@@ -108,42 +106,6 @@ static int parse_order(const json_t *v, query_req *req, cdb_error *err)
     return rc;
 }
 
-static int parse_pagination(const json_t *v, cdb_role role, query_req *req, cdb_error *err)
-{
-    static const char *const members[] = {"page", "limit", NULL};
-    json_int_t max = role == CDB_ROLE_USER ? USER_MAX_LIMIT : PRIVILEGED_MAX_LIMIT;
-
-    req->page = 1;
-    req->limit = DEFAULT_LIMIT;
-    if (!v || json_is_null(v))
-        return 0;
-    if (!json_is_object(v))
-        return invalid(err, "pagination", "pagination must be an object {page, limit}");
-    const char *bad = unknown_member(v, members);
-    if (bad)
-        return cdb_error_set_detail(err, CDB_ERR_VALIDATION_FAILED, "field", "pagination",
-                                    "Unknown pagination field");
-    json_t *page = json_object_get(v, "page"), *limit = json_object_get(v, "limit");
-    if (limit) {
-        if (!json_is_integer(limit) || json_integer_value(limit) < 1)
-            return invalid(err, "pagination.limit", "limit must be an integer >= 1");
-        if (json_integer_value(limit) > max) {
-            cdb_error_set_detail(err, CDB_ERR_VALIDATION_FAILED, "field", "pagination.limit",
-                                 "limit must be at most %" JSON_INTEGER_FORMAT " for this role", max);
-            cdb_error_detail(err, "max", json_integer(max));
-            return CDB_ERR_VALIDATION_FAILED;
-        }
-        req->limit = json_integer_value(limit);
-    }
-    if (page) {
-        /* the offset (page - 1) * limit must fit a bigint */
-        if (!json_is_integer(page) || json_integer_value(page) < 1 ||
-            json_integer_value(page) > INT64_MAX / req->limit)
-            return invalid(err, "pagination.page", "page must be an integer >= 1");
-        req->page = json_integer_value(page);
-    }
-    return 0;
-}
 
 /* Everything that can be checked without the catalog. */
 static int validate_select(const json_t *r, cdb_role role, query_req *req, cdb_error *err)
@@ -183,7 +145,7 @@ static int validate_select(const json_t *r, cdb_role role, query_req *req, cdb_e
     }
     int rc = parse_order(json_object_get(r, "order_by"), req, err);
     if (rc == 0)
-        rc = parse_pagination(json_object_get(r, "pagination"), role, req, err);
+        rc = cdb__query_pagination(json_object_get(r, "pagination"), role, &req->page, &req->limit, err);
     return rc;
 }
 
@@ -303,107 +265,6 @@ static char *cache_key(const cdb_principal *p, const cdb_table *t, const query_r
     return key;
 }
 
-/* The error of a failed pipeline, with bad filter values made INVALID_FILTER. */
-static int query_error(int failed, cdb_error *err)
-{
-    static const char *const value_states[] = {"22P02", "22007", "22008", "22003", "22025", "42883", NULL};
-    const char *state = json_string_value(json_object_get(err->details, "sqlstate"));
-    if (state && (failed == STMT_ROWS || failed == STMT_COUNT)) {
-        for (const char *const *s = value_states; *s; s++)
-            if (strcmp(state, *s) == 0)
-                return cdb_error_set_detail(err, CDB_ERR_INVALID_FILTER, NULL, NULL,
-                                            "A filter value does not fit its column");
-    }
-    return err->code;
-}
-
-/*
- * The cacheable part of the answer, `"data":[...],"pagination":{...}`,
- * from the rows and the count.
- */
-static char *page_body(const PGresult *rows, const PGresult *count, const query_req *req,
-                       size_t *len_out)
-{
-    int n = PQntuples(rows);
-    long long total = PQntuples(count) == 1 ? strtoll(PQgetvalue(count, 0, 0), NULL, 10) : 0;
-    long long pages = (total + req->limit - 1) / req->limit;
-    char tail[160];
-    int tail_len = snprintf(tail, sizeof tail,
-                            "],\"pagination\":{\"page\":%" JSON_INTEGER_FORMAT ",\"limit\":%"
-                            JSON_INTEGER_FORMAT ",\"total\":%lld,\"pages\":%lld}",
-                            req->page, req->limit, total, pages);
-    size_t size = sizeof "\"data\":[" + (size_t)tail_len + (size_t)n;
-    for (int i = 0; i < n; i++)
-        size += (size_t)PQgetlength(rows, i, 0);
-    char *buf = malloc(size), *p = buf;
-    if (!buf)
-        return NULL;
-    p += sprintf(p, "\"data\":[");
-    for (int i = 0; i < n; i++) {
-        if (i)
-            *p++ = ',';
-        size_t l = (size_t)PQgetlength(rows, i, 0);
-        memcpy(p, PQgetvalue(rows, i, 0), l);
-        p += l;
-    }
-    memcpy(p, tail, (size_t)tail_len + 1);
-    *len_out = (size_t)(p - buf) + (size_t)tail_len;
-    return buf;
-}
-
-/* {<part>,"execution_time_ms":..,"cached":..} */
-static char *wrap(const char *part, size_t len, int64_t start_us, bool cached)
-{
-    char *out = NULL;
-    double ms = (double)(cdb_mono_us() - start_us) / 1000.0;
-    if (asprintf(&out, "{%.*s,\"execution_time_ms\":%.2f,\"cached\":%s}", (int)len, part, ms,
-                 cached ? "true" : "false") < 0)
-        return NULL;
-    return out;
-}
-
-/* Runs the pipeline; *part gets the cacheable body. */
-static int run_query(cdb_service *svc, const cdb_principal *p, const cdb_sql *q,
-                     const char *count_sql, const query_req *req, char **part, size_t *len,
-                     cdb_error *err)
-{
-    PGresult *res[NSTMTS] = {0};
-    cdb_pool_conn *pc = NULL;
-    int failed = -1, rc;
-
-    const char *rows_stmt = NULL, *count_stmt = NULL;
-    PGconn *conn = cdb_txn_acquire(svc->pool, &pc, err);
-    if (!conn)
-        return err->code;
-    /* Each query shape is parsed and planned once per connection. */
-    if ((rc = cdb_pool_conn_prepare(pc, q->text, q->nparams, &rows_stmt, err)) < 0 ||
-        (rc = cdb_pool_conn_prepare(pc, count_sql, q->nparams - 2, &count_stmt, err)) < 0) {
-        rc = query_error(STMT_ROWS, err); /* a type problem of a filter shows at PREPARE */
-        goto out_release;
-    }
-    if ((rc = cdb_data_start_pipeline(pc, p, err)) < 0)
-        goto out_release;
-    const char *const *params = (const char *const *)q->params;
-    if (!cdb_txn_send(conn, rows_stmt, q->text, q->nparams, params) ||
-        !cdb_txn_send(conn, count_stmt, count_sql, q->nparams - 2, params) ||
-        !cdb_txn_send(conn, NULL, "COMMIT", 0, NULL) || !PQpipelineSync(conn)) {
-        rc = cdb_data_pg_error(conn, NULL, NULL, err);
-        goto out_release;
-    }
-    if ((rc = cdb_data_pipeline_read(conn, res, NSTMTS, &failed, NULL, err)) < 0) {
-        rc = query_error(failed, err);
-        goto out_release;
-    }
-    if (!(*part = page_body(res[STMT_ROWS], res[STMT_COUNT], req, len)))
-        rc = cdb_error_oom(err);
-
-out_release:
-    for (int i = 0; i < NSTMTS; i++)
-        PQclear(res[i]);
-    cdb_txn_release(svc->pool, pc);
-    return rc;
-}
-
 static int query_postgresql(cdb_service *svc, const cdb_principal *p, json_t *r, int64_t start_us,
                             char **body_out, cdb_error *err)
 {
@@ -461,15 +322,15 @@ static int query_postgresql(cdb_service *svc, const cdb_principal *p, json_t *r,
             if (hidden_pk) {
                 if ((rc = cdb__crypt_read_page(cs, t->name, lk.value, lk.len, &plain, &len, err)) < 0)
                     goto out;
-                if (!(*body_out = wrap(plain, len, start_us, true)))
+                if (!(*body_out = cdb__query_wrap(plain, len, start_us, true)))
                     goto fail_oom;
-            } else if (!(*body_out = wrap(lk.value, lk.len, start_us, true))) {
+            } else if (!(*body_out = cdb__query_wrap(lk.value, lk.len, start_us, true))) {
                 goto fail_oom;
             }
             goto out;
         }
     }
-    rc = run_query(svc, p, &q, count_sql, &req, &part, &len, err);
+    rc = cdb__query_run(svc, p, &q, count_sql, q.nparams - 2, req.page, req.limit, &part, &len, err);
     if (lk.leader) {
         if (rc == 0)
             cdb_qcache_store(svc->qcache, t->name, key, lk.generation, part, len);
@@ -480,7 +341,7 @@ static int query_postgresql(cdb_service *svc, const cdb_principal *p, json_t *r,
         if ((rc = cdb__crypt_read_page(cs, t->name, part, len, &plain, &len, err)) < 0)
             goto out;
     }
-    if (rc == 0 && !(*body_out = wrap(plain ? plain : part, len, start_us, false)))
+    if (rc == 0 && !(*body_out = cdb__query_wrap(plain ? plain : part, len, start_us, false)))
         goto fail_oom;
     goto out;
 
@@ -565,5 +426,9 @@ int cdb_data_query(cdb_service *svc, const cdb_principal *caller, json_t *reques
         return query_postgresql(svc, caller, request, start_us, body_out, err);
     if (name && strcmp(name, "redis") == 0)
         return query_redis(svc, caller, request, body_out, err);
-    return invalid(err, "database", "database must be \"postgresql\" or \"redis\"");
+    if (cdb__doc_database(db))
+        return cdb__doc_query(svc, caller, request, start_us, body_out, err);
+    if (cdb__vec_database(db))
+        return cdb__vec_query(svc, caller, request, start_us, body_out, err);
+    return invalid(err, "database", "database must be \"postgresql\", \"redis\", \"documents\" or \"vectors\"");
 }

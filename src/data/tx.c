@@ -98,7 +98,7 @@ static int collect_result(tx *t, tx_op *op, PGresult *res, int i, cdb_error *err
             return cdb_error_oom(err);
         for (int r = 0; r < PQntuples(res); r++) {
             json_t *row = json_loads(PQgetvalue(res, r, 0), JSON_DECODE_ANY, NULL);
-            if (json_is_object(row) && t->cs && cdb__colset_has_table(t->cs, op->table->name))
+            if (json_is_object(row) && t->cs && op->table && cdb__colset_has_table(t->cs, op->table->name))
                 cdb__crypt_row(t->cs, op->table->name, row, op->values);
             if (!row || json_array_append_new(rows, row) < 0) {
                 json_decref(rows);

@@ -48,6 +48,8 @@ typedef struct tx_op {
     char *refusal;                 /* "failed": what Redis said, owned */
     json_t *enc_values;            /* PostgreSQL: values with encrypted columns encrypted, owned, or NULL */
     json_t *enc_filters;           /* PostgreSQL: filters through blind indexes, owned, or NULL */
+    bool doc;                      /* a document operation (doc_tx.c): table is NULL */
+    char gen[96];                  /* doc: the collection's cache generation name */
 } tx_op;
 
 /* One coredb.redis_outbox row of this transaction; seq = index + 1. */
@@ -110,5 +112,14 @@ static inline int op_tag(cdb_error *err, int i, int rc)
  * namespace (the generation keys are named here).
  */
 int cdb__tx_parse_request(tx *t, json_t *request, cdb_error *err);
+
+/*
+ * Validates operation i, of database "documents", into t->ops[i] (doc_tx.c,
+ * coredb/documents.h): its statement, params and generation name.
+ */
+int cdb__doc_tx_op(tx *t, int i, json_t *o, cdb_error *err);
+
+/* The same for database "vectors" (vec_tx.c, coredb/vectors.h): upsert, delete. */
+int cdb__vec_tx_op(tx *t, int i, json_t *o, cdb_error *err);
 
 #endif

@@ -11,6 +11,8 @@
 #include <string.h>
 
 #include "data/tx_internal.h"
+#include "data/documents.h"
+#include "data/vectors.h"
 
 const char *const cdb__tx_op_names[] = {
     [OP_INSERT] = "insert", [OP_UPDATE] = "update", [OP_DELETE] = "delete", [OP_UPSERT] = "upsert",
@@ -355,10 +357,20 @@ static int parse_op(tx *t, int i, json_t *o, cdb_sql *q, cdb_error *err)
 
     if (!json_is_object(o))
         return op_fail(err, i, CDB_ERR_VALIDATION_FAILED, "operations", "Each operation must be an object");
+    if (cdb__doc_database(db)) {
+        t->ops[i].status = "success";
+        t->pg_ops[t->npg++] = i;
+        return cdb__doc_tx_op(t, i, o, err);
+    }
+    if (cdb__vec_database(db)) {
+        t->ops[i].status = "success";
+        t->pg_ops[t->npg++] = i;
+        return cdb__vec_tx_op(t, i, o, err);
+    }
     if (db && !(json_is_string(db) && (!strcmp(json_string_value(db), "postgresql") ||
                                        !strcmp(json_string_value(db), "redis"))))
         return op_fail(err, i, CDB_ERR_VALIDATION_FAILED, "database",
-                       "database must be \"postgresql\" or \"redis\"");
+                       "database must be \"postgresql\", \"redis\", \"documents\" or \"vectors\"");
     redis = db && !strcmp(json_string_value(db), "redis");
     for (int k = redis ? OP_SET : OP_INSERT; json_is_string(opname) && k <= (redis ? OP_INCR : OP_UPSERT); k++)
         if (!strcmp(json_string_value(opname), cdb__tx_op_names[k]))
@@ -405,8 +417,9 @@ static int plan_outbox(tx *t, cdb_error *err)
 {
     const char *cascades[TX_MAX_GEN];
     for (int k = 0; k < t->npg; k++) {
-        const char *name = t->ops[t->pg_ops[k]].table->name;
-        size_t n = cdb_catalog_cascades(t->cat, name, cascades, TX_MAX_GEN);
+        const tx_op *op = &t->ops[t->pg_ops[k]];
+        const char *name = op->doc ? op->gen : op->table->name;
+        size_t n = op->doc ? 0 : cdb_catalog_cascades(t->cat, name, cascades, TX_MAX_GEN);
         int rc = plan_bump(t, name, err);
         for (size_t c = 0; c < n && rc == 0; c++)
             rc = plan_bump(t, cascades[c], err);

@@ -243,6 +243,7 @@ extern const cdb_route cdb_routes_access[];
 extern const cdb_route cdb_routes_monitor[];
 extern const cdb_route cdb_routes_leases[];
 extern const cdb_route cdb_routes_encryption[];
+extern const cdb_route cdb_routes_collections[];
 extern const cdb_route cdb_routes_metrics[];        /* GET /metrics (admin) on the main port */
 extern const cdb_route cdb_routes_metrics_public[]; /* GET /metrics on PROMETHEUS_PORT */
 /* The metrics registry's index of a route's template (0 for none); any thread. */

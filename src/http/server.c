@@ -49,7 +49,7 @@ static const cdb_route *const ROUTE_TABLES[] = {
     cdb_routes_health,  cdb_routes_users,   cdb_routes_auth,    cdb_routes_data,
     cdb_routes_admin,   cdb_routes_migrations, cdb_routes_audit, cdb_routes_dbauth,
     cdb_routes_access,  cdb_routes_monitor, cdb_routes_metrics, cdb_routes_openapi,
-    cdb_routes_leases,  cdb_routes_encryption,
+    cdb_routes_leases,  cdb_routes_encryption, cdb_routes_collections,
 };
 
 struct cdb_http_server {

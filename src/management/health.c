@@ -61,6 +61,51 @@ static void check_outbox(PGconn *conn, json_t *checks)
 }
 
 /*
+ * The document store (issue 15): PostgreSQL-backed, so it is up when
+ * PostgreSQL is and its registry (migration 015) answers; the count of
+ * document collections says it is in use. Its name "cosmosdb" is the role
+ * seed 003 gives it; "backend" says where it really lives.
+ */
+static void check_documents(PGconn *conn, bool pg_up, json_t *checks)
+{
+    PGresult *res = NULL;
+    cdb_error err;
+    cdb_error_init(&err);
+    bool up = pg_up && cdb_pg_exec(conn, "SELECT count(*) FROM coredb.collections WHERE kind = 'documents'", 0,
+                                   NULL, &res, &err) == 0;
+    json_t *doc = json_pack("{s:s, s:s, s:s}", "status", up ? "UP" : "DOWN", "backend", "postgresql", "role",
+                            "cosmosdb");
+    if (doc && up)
+        json_object_set_new(doc, "collections", json_integer(strtoll(PQgetvalue(res, 0, 0), NULL, 10)));
+    if (doc)
+        json_object_set_new(checks, "documents", doc);
+    PQclear(res);
+    cdb_error_destroy(&err);
+}
+
+/*
+ * The vector store (issue 15): PostgreSQL-backed like the document store
+ * (real[] columns, ranked in coredb), up when PostgreSQL and the registry
+ * answer; the count of vector collections says it is in use.
+ */
+static void check_vectors(PGconn *conn, bool pg_up, json_t *checks)
+{
+    PGresult *res = NULL;
+    cdb_error err;
+    cdb_error_init(&err);
+    bool up = pg_up && cdb_pg_exec(conn, "SELECT count(*) FROM coredb.collections WHERE kind = 'vectors'", 0,
+                                   NULL, &res, &err) == 0;
+    json_t *vec = json_pack("{s:s, s:s, s:s}", "status", up ? "UP" : "DOWN", "backend", "postgresql", "search",
+                            "exact");
+    if (vec && up)
+        json_object_set_new(vec, "collections", json_integer(strtoll(PQgetvalue(res, 0, 0), NULL, 10)));
+    if (vec)
+        json_object_set_new(checks, "vectors", vec);
+    PQclear(res);
+    cdb_error_destroy(&err);
+}
+
+/*
  * Runs SELECT 1 on a pooled connection; *pending gets the pending count when
  * asked, and checks gets the outbox backlog when outbox is set. Shared with
  * the detailed health of monitor_health.c (health.h).
@@ -90,6 +135,10 @@ bool cdb__health_check_postgresql(const cdb_health_deps *d, json_t *checks, int 
         }
         if (up && outbox)
             check_outbox(pgc, checks);
+        if (outbox)
+            check_documents(pgc, up, checks);
+        if (outbox)
+            check_vectors(pgc, up, checks);
         cdb_pool_release(d->pool, conn);
     }
     int64_t elapsed = cdb_mono_us() - start;
@@ -109,6 +158,10 @@ bool cdb__health_check_postgresql(const cdb_health_deps *d, json_t *checks, int 
     if (!up)
         json_object_set_new(pg, "error", json_string(cdb_err_name(err.code)));
     json_object_set_new(checks, "postgresql", pg);
+    if (outbox && !conn)
+        check_documents(NULL, false, checks);
+    if (outbox && !conn)
+        check_vectors(NULL, false, checks);
     cdb_error_destroy(&err);
     return up;
 }

@@ -16,6 +16,7 @@
 #include "management/migrate_internal.h"
 #include "security/colring.h"
 #include "security/service_state.h"
+#include "data/vectors.h"
 #include "service/service_internal.h"
 #include "store/devsecrets.h"
 #include "store/outbox.h"
@@ -142,6 +143,7 @@ void cdb_service_close(cdb_service *svc)
     cdb__migration_runs_stop(svc);   /* a run thread uses the catalog, cache and files */
     cdb_jobs_free(svc->jobs);      /* first: the jobs use everything below */
     cdb_qcache_free(svc->qcache);
+    cdb__vec_cache_forget(svc);     /* the vector store's in-memory copy */
     cdb__colring_free(svc->colring);
     cdb_ratelimit_free(svc->ratelimit);
     cdb_catalog_cache_free(svc->catalog);

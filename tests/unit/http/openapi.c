@@ -34,6 +34,7 @@ static const struct {
     {"access", cdb_routes_access},         {"monitor", cdb_routes_monitor},
     {"leases", cdb_routes_leases},
     {"encryption", cdb_routes_encryption},
+    {"collections", cdb_routes_collections},
 };
 #define NTABLES (sizeof tables / sizeof tables[0])
 

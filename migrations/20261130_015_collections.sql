@@ -1,0 +1,91 @@
+-- Collections (include/coredb/collections.h, src/management/collections.c):
+-- the registry of the document and vector collections. Each registered
+-- collection is one table coredb.coll_<name>, created and dropped by the
+-- admin routes (POST/DELETE /api/v1/admin/collections), never by a
+-- migration: this file only holds the registry. The data API finds a
+-- collection's table here, by name as a bound parameter, so a request's
+-- name never reaches SQL as text.
+--
+-- Table layout (what the data API and the vector engine rely on):
+--   documents: id text PK, user_id uuid (owner, default
+--              coredb.current_user_id()), partition_key text (generated from
+--              the document at the registered path, NULL without one),
+--              doc jsonb, etag text, created_at, updated_at; GIN index on doc.
+--   vectors:   id text PK, user_id uuid, vector real[] (CHECK: one
+--              dimension of exactly `dimensions` elements), payload jsonb,
+--              etag, created_at, updated_at; GIN index on payload.
+-- Both: row-level security as `coredb table expose` sets it (coredb_admin
+-- every row; coredb_user/coredb_premium only rows whose user_id is
+-- coredb.current_user_id()).
+
+-- migrate:up
+CREATE TABLE coredb.collections (
+    name          text PRIMARY KEY CHECK (name ~ '^[a-z_][a-z0-9_]{0,57}$'),
+    kind          text NOT NULL CHECK (kind IN ('documents', 'vectors')),
+    -- spliced (quoted) into the data API's statements: only ever coll_<name>
+    table_name    text NOT NULL UNIQUE CHECK (table_name = 'coll_' || name),
+    partition_key text,
+    dimensions    integer CHECK (dimensions BETWEEN 1 AND 4096),
+    metric        text CHECK (metric IN ('cosine', 'l2', 'dot')),
+    created_at    timestamptz NOT NULL DEFAULT now(),
+    created_by    text,
+    CHECK ((kind = 'vectors') = (dimensions IS NOT NULL AND metric IS NOT NULL))
+);
+-- the data API reads the registry as the caller's role
+GRANT SELECT ON coredb.collections TO coredb_admin, coredb_user, coredb_premium;
+
+-- JSON merge patch (RFC 7396) of the data API's document "patch": members
+-- of patch replace target's, null removes one, objects merge recursively.
+-- Depth is bounded by the data API's document depth limit.
+CREATE FUNCTION coredb.jsonb_merge_patch(target jsonb, patch jsonb) RETURNS jsonb
+LANGUAGE plpgsql IMMUTABLE AS $$
+DECLARE
+    k text;
+    v jsonb;
+    r jsonb;
+BEGIN
+    IF patch IS NULL OR jsonb_typeof(patch) <> 'object' THEN
+        RETURN patch;
+    END IF;
+    r := CASE WHEN jsonb_typeof(target) = 'object' THEN target ELSE '{}'::jsonb END;
+    FOR k, v IN SELECT * FROM jsonb_each(patch) LOOP
+        IF jsonb_typeof(v) = 'null' THEN
+            r := r - k;
+        ELSE
+            r := jsonb_set(r, ARRAY[k], coredb.jsonb_merge_patch(r -> k, v));
+        END IF;
+    END LOOP;
+    RETURN r;
+END
+$$;
+
+-- The answer of a conditional document write (replace, patch, delete):
+-- the written row's JSON, or an error the data API maps: CD404 when no
+-- document of that id is visible to the caller (NOT_FOUND), CD412 when it
+-- is but its etag differs from if_match (PRECONDITION_FAILED).
+CREATE FUNCTION coredb.doc_written(visible bigint, written text) RETURNS text
+LANGUAGE plpgsql AS $$
+BEGIN
+    IF written IS NOT NULL THEN
+        RETURN written;
+    END IF;
+    IF visible = 0 THEN
+        RAISE EXCEPTION 'document not found' USING ERRCODE = 'CD404';
+    END IF;
+    RAISE EXCEPTION 'document etag differs from if_match' USING ERRCODE = 'CD412';
+END
+$$;
+
+-- migrate:down
+DO $$
+DECLARE
+    t text;
+BEGIN
+    FOR t IN SELECT table_name FROM coredb.collections LOOP
+        EXECUTE format('DROP TABLE IF EXISTS coredb.%I', t);
+    END LOOP;
+END
+$$;
+DROP TABLE IF EXISTS coredb.collections;
+DROP FUNCTION IF EXISTS coredb.doc_written(bigint, text);
+DROP FUNCTION IF EXISTS coredb.jsonb_merge_patch(jsonb, jsonb);

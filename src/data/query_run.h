@@ -1,0 +1,36 @@
+/*
+ * query_run.h - what the table query (query.c) and the document query
+ * (doc_query.c) share, in query_run.c: pagination, the pipelined round
+ * trip of a page and its count, the answer's wrapping.
+ */
+#ifndef COREDB_DATA_QUERY_RUN_H
+#define COREDB_DATA_QUERY_RUN_H
+
+#include <jansson.h>
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "coredb/error.h"
+#include "coredb/principal.h"
+#include "data/sqlbuild.h"
+#include "security/service_state.h"
+
+#define DEFAULT_LIMIT 20
+#define USER_MAX_LIMIT 100
+#define PRIVILEGED_MAX_LIMIT 1000
+
+/* pagination {page, limit}: defaults 1 and DEFAULT_LIMIT, limit capped by role. */
+int cdb__query_pagination(const json_t *v, cdb_role role, json_int_t *page, json_int_t *limit,
+                          cdb_error *err);
+/*
+ * One round trip under p's role: q (the rows, as JSON text) and count_sql
+ * (binding q's first count_nparams parameters); *part gets
+ * `"data":[...],"pagination":{...}` (malloc'd, *len bytes).
+ */
+int cdb__query_run(cdb_service *svc, const cdb_principal *p, const cdb_sql *q, const char *count_sql,
+                   int count_nparams, json_int_t page, json_int_t limit, char **part, size_t *len,
+                   cdb_error *err);
+/* {<part>,"execution_time_ms":..,"cached":..}, malloc'd. */
+char *cdb__query_wrap(const char *part, size_t len, int64_t start_us, bool cached);
+
+#endif

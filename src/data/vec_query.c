@@ -1,0 +1,487 @@
+/*
+ * vec_query.c - POST /data/query with database "vectors": exact k-NN
+ * search over one collection (coredb/vectors.h). The candidates are the
+ * points the caller may see, read from PostgreSQL under the caller's role
+ * (so row-level security decides visibility), with the payload filter
+ * applied there, before ranking: their ids and etags (and payloads), in
+ * id order. Their vectors come from the in-memory copy (vec_cache.c) when
+ * its etag is the row's; the others (new, changed, or never read) are read
+ * in a second round trip, as the caller too, and merged into a new
+ * snapshot. The ranking is here, in C: contiguous float32 vectors scored
+ * with loops of independent accumulators the compiler can vectorize, and
+ * a bounded heap of the k best.
+ */
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "data/vectors.h"
+#include "data/documents.h"
+#include "data/data_internal.h"
+#include "data/query_run.h"
+#include "core/timeutil.h"
+#include "store/pg.h"
+
+enum { STMT_ROWS = CDB_DATA_PRELUDE_COUNT, STMT_COMMIT, NSTMTS };
+
+typedef struct search_req {
+    const json_t *filter;
+    int k;
+    bool has_min, with_payload, with_vector;
+    double min_score;
+} search_req;
+
+typedef struct hit {
+    float score;
+    int row;
+} hit;
+
+static int invalid(cdb_error *err, const char *field, const char *msg)
+{
+    return cdb_error_set_detail(err, CDB_ERR_VALIDATION_FAILED, "field", field, "%s", msg);
+}
+
+/* Dot product with 8 independent accumulators (vectorizable without -ffast-math). */
+static float dot(const float *a, const float *b, int n)
+{
+    float acc[8] = {0};
+    int i = 0;
+    for (; i + 8 <= n; i += 8)
+        for (int j = 0; j < 8; j++)
+            acc[j] += a[i + j] * b[i + j];
+    float s = 0;
+    for (; i < n; i++)
+        s += a[i] * b[i];
+    for (int j = 0; j < 8; j++)
+        s += acc[j];
+    return s;
+}
+
+static float l2sq(const float *a, const float *b, int n)
+{
+    float acc[8] = {0};
+    int i = 0;
+    for (; i + 8 <= n; i += 8)
+        for (int j = 0; j < 8; j++) {
+            float d = a[i + j] - b[i + j];
+            acc[j] += d * d;
+        }
+    float s = 0;
+    for (; i < n; i++)
+        s += (a[i] - b[i]) * (a[i] - b[i]);
+    for (int j = 0; j < 8; j++)
+        s += acc[j];
+    return s;
+}
+
+/* The metric's score (coredb/vectors.h): higher = closer. qnorm, xnorm: |q|, |x| for cosine (xnorm < 0: compute it). */
+static float score_of(cdb_vec_metric m, const float *x, const float *q, int n, float qnorm, float xnorm)
+{
+    switch (m) {
+    case CDB_VEC_L2: return -sqrtf(l2sq(x, q, n));
+    case CDB_VEC_DOT: return dot(x, q, n);
+    default: {
+        float xn = xnorm >= 0 ? xnorm : sqrtf(dot(x, x, n));
+        return xn > 0 ? dot(x, q, n) / (xn * qnorm) : 0.0f;
+    }
+    }
+}
+
+/* a ranks below b: lower score, or the same score and a larger id. */
+static bool worse(const hit *a, const hit *b, const PGresult *res)
+{
+    if (a->score != b->score)
+        return a->score < b->score;
+    return strcmp(PQgetvalue(res, a->row, 0), PQgetvalue(res, b->row, 0)) > 0;
+}
+
+/* Min-heap of the k best so far, the worst at the root. */
+static void sift_down(hit *h, int n, int i, const PGresult *res)
+{
+    for (;;) {
+        int l = 2 * i + 1, r = l + 1, m = i;
+        if (l < n && worse(&h[l], &h[m], res))
+            m = l;
+        if (r < n && worse(&h[r], &h[m], res))
+            m = r;
+        if (m == i)
+            return;
+        hit t = h[i];
+        h[i] = h[m];
+        h[m] = t;
+        i = m;
+    }
+}
+
+static void sift_up(hit *h, int i, const PGresult *res)
+{
+    while (i > 0 && worse(&h[i], &h[(i - 1) / 2], res)) {
+        hit t = h[i];
+        h[i] = h[(i - 1) / 2];
+        h[(i - 1) / 2] = t;
+        i = (i - 1) / 2;
+    }
+}
+
+/* Appends v to a PostgreSQL text[] literal being built in *buf: "a","b\\"c". */
+static bool array_item(char **buf, size_t *len, size_t *cap, const char *v)
+{
+    size_t need = *len + 2 * strlen(v) + 6; /* ,"..." escaped, then room for "}" and NUL */
+    if (need > *cap) {
+        size_t ncap = need * 2;
+        char *nb = realloc(*buf, ncap);
+        if (!nb)
+            return false;
+        *buf = nb;
+        *cap = ncap;
+    }
+    char *p = *buf + *len;
+    if (*len > 1)
+        *p++ = ',';
+    *p++ = '"';
+    for (; *v; v++) {
+        if (*v == '"' || *v == '\\')
+            *p++ = '\\';
+        *p++ = *v;
+    }
+    *p++ = '"';
+    *p = '\0';
+    *len = (size_t)(p - *buf);
+    return true;
+}
+
+/* Parses a real[] text "{1,2.5,...}" of dims elements into x; false if it is not one. */
+static bool parse_array(const char *s, float *x, int dims)
+{
+    if (*s++ != '{')
+        return false;
+    for (int i = 0; i < dims; i++) {
+        char *end;
+        x[i] = strtof(s, &end);
+        if (end == s || (*end != (i + 1 < dims ? ',' : '}')))
+            return false;
+        s = end + 1;
+    }
+    return true;
+}
+
+static int parse_request(json_t *r, search_req *s, cdb_error *err)
+{
+    static const char *const members[] = {"database", "query_type", "collection", "vector", "k", "filter",
+                                          "min_score", "with_payload", "with_vector", NULL};
+    const char *k;
+    json_t *v, *qt = json_object_get(r, "query_type"), *jk = json_object_get(r, "k");
+    json_t *ms = json_object_get(r, "min_score"), *wp = json_object_get(r, "with_payload");
+    json_t *wv = json_object_get(r, "with_vector");
+
+    json_object_foreach(r, k, v) {
+        const char *const *m = members;
+        while (*m && strcmp(*m, k))
+            m++;
+        if (!*m)
+            return cdb_error_set_detail(err, CDB_ERR_VALIDATION_FAILED, "field", k, "Unknown field");
+    }
+    if (!json_is_string(qt) || strcmp(json_string_value(qt), "search") != 0)
+        return invalid(err, "query_type", "query_type must be \"search\" for vectors");
+    if (jk && !(json_is_integer(jk) && json_integer_value(jk) >= 1 &&
+                json_integer_value(jk) <= CDB_VECTOR_K_MAX))
+        return invalid(err, "k", "k must be an integer from 1 to 1000");
+    s->k = jk ? (int)json_integer_value(jk) : 10;
+    if (ms && !json_is_null(ms) && !json_is_number(ms))
+        return invalid(err, "min_score", "min_score must be a number");
+    s->has_min = ms && !json_is_null(ms);
+    s->min_score = json_number_value(ms);
+    if ((wp && !json_is_boolean(wp)) || (wv && !json_is_boolean(wv)))
+        return invalid(err, wp && !json_is_boolean(wp) ? "with_payload" : "with_vector",
+                       "with_payload and with_vector must be true or false");
+    s->with_payload = !wp || json_is_true(wp);
+    s->with_vector = wv && json_is_true(wv);
+    s->filter = json_object_get(r, "filter");
+    if (json_is_null(s->filter))
+        s->filter = NULL;
+    if (!json_is_array(json_object_get(r, "vector")))
+        return invalid(err, "vector", "vector must be an array of numbers");
+    return 0;
+}
+
+/* The candidates: one pipelined round trip under p's role. */
+static int fetch(cdb_service *svc, const cdb_principal *p, const char *sql, int nparams,
+                 const char *const *params, PGresult **res, cdb_error *err)
+{
+    cdb_pool_conn *pc = NULL;
+    const char *stmt = NULL;
+    int rc;
+    PGconn *conn = cdb_txn_acquire(svc->pool, &pc, err);
+    if (!conn)
+        return err->code;
+    if ((rc = cdb_pool_conn_prepare(pc, sql, nparams, &stmt, err)) < 0 ||
+        (rc = cdb_data_start_pipeline(pc, p, err)) < 0)
+        goto out;
+    if (!cdb_txn_send(conn, stmt, sql, nparams, params) ||
+        !cdb_txn_send(conn, NULL, "COMMIT", 0, NULL) || !PQpipelineSync(conn)) {
+        rc = cdb_data_pg_error(conn, NULL, NULL, err);
+        goto out;
+    }
+    rc = cdb_data_pipeline_read(conn, res, NSTMTS, NULL, NULL, err);
+out:
+    cdb_txn_release(svc->pool, pc);
+    return rc;
+}
+
+/* The answer's JSON for the ranked hits. */
+static json_t *answer(const PGresult *res, const hit *h, int n, const float *const *vecs, int dims,
+                      const search_req *s)
+{
+    json_t *data = json_array(), *out = NULL;
+    for (int i = 0; data && i < n; i++) {
+        json_t *pt = json_pack("{s:s, s:f}", "id", PQgetvalue(res, h[i].row, 0), "score", (double)h[i].score);
+        if (pt && s->with_payload)
+            json_object_set_new(pt, "payload", json_loads(PQgetvalue(res, h[i].row, 2), JSON_DECODE_ANY, NULL));
+        if (pt && s->with_vector) {
+            json_t *vec = json_array();
+            for (int d = 0; vec && d < dims; d++)
+                json_array_append_new(vec, json_real((double)vecs[h[i].row][d]));
+            json_object_set_new(pt, "vector", vec);
+        }
+        if (!pt || json_array_append_new(data, pt) < 0) {
+            json_decref(data);
+            return NULL;
+        }
+    }
+    if (data)
+        out = json_pack("{s:o, s:i}", "data", data, "count", n);
+    return out;
+}
+
+/*
+ * Points rows (res: id, etag, payload in id order) at their vectors in
+ * snap where the etags agree (any_etag: where the id is there at all);
+ * NULL elsewhere. Returns how many are NULL.
+ */
+static int map_rows(const cdb_vec_snap *snap, const PGresult *res, const float **vecs, bool any_etag)
+{
+    int rows = PQntuples(res), missing = 0, j = 0;
+    for (int i = 0; i < rows; i++) {
+        const char *id = PQgetvalue(res, i, 0);
+        int c = 1;
+        while (snap && j < snap->n && (c = strcmp(snap->ids[j], id)) < 0)
+            j++;
+        vecs[i] = snap && j < snap->n && c == 0 && (any_etag || strcmp(snap->etags[j], PQgetvalue(res, i, 1)) == 0)
+                      ? snap->xs + (size_t)j * (size_t)snap->dims
+                      : NULL;
+        missing += !vecs[i];
+    }
+    return missing;
+}
+
+/* Copies point (id, etag, x) into slot k of s. */
+static bool snap_set(cdb_vec_snap *s, int k, const char *id, const char *etag, const float *x)
+{
+    s->ids[k] = strdup(id);
+    s->etags[k] = strdup(etag);
+    memcpy(s->xs + (size_t)k * (size_t)s->dims, x, (size_t)s->dims * sizeof *x);
+    s->norms[k] = sqrtf(dot(x, x, s->dims)); /* once per point, for cosine */
+    s->n = k + 1;
+    return s->ids[k] && s->etags[k];
+}
+
+/*
+ * Reads the vectors of the rows vecs lacks (as the caller) and makes a new
+ * snapshot of old's points and them (theirs win), installed in the cache;
+ * *out gets it (a ref).
+ */
+static int load_missing(cdb_service *svc, const cdb_principal *p, const cdb_vec_coll *c, const PGresult *res,
+                        const float **vecs, const cdb_vec_snap *old, cdb_vec_snap **out, cdb_error *err)
+{
+    static const char SQL_FMT[] = "SELECT id, etag, vector::text FROM coredb.\"%s\" WHERE id = ANY($1::text[])"
+                                  " ORDER BY id COLLATE \"C\"";
+    PGresult *got[NSTMTS] = {0};
+    char *list = NULL, *sql = NULL;
+    size_t len = 1, cap = 64;
+    float *x = NULL;
+    cdb_vec_snap *s = NULL;
+    int rc = 0, dims = c->dimensions;
+
+    *out = NULL;
+    if (!(list = malloc(cap)) || !(x = malloc((size_t)dims * sizeof *x))) {
+        rc = cdb_error_oom(err);
+        goto out;
+    }
+    strcpy(list, "{");
+    for (int i = 0; i < PQntuples(res); i++)
+        if (!vecs[i] && !array_item(&list, &len, &cap, PQgetvalue(res, i, 0))) {
+            rc = cdb_error_oom(err);
+            goto out;
+        }
+    strcpy(list + len, "}");
+    /* the registry's table name, [a-z0-9_] by its CHECK, quoted */
+    if (asprintf(&sql, SQL_FMT, c->table) < 0) {
+        sql = NULL;
+        rc = cdb_error_oom(err);
+        goto out;
+    }
+    const char *params[] = {list};
+    if ((rc = fetch(svc, p, sql, 1, params, got, err)) < 0)
+        goto out;
+    const PGresult *g = got[STMT_ROWS];
+    int n = PQntuples(g), a = 0, b = 0, k = 0;
+    if (!(s = cdb__vec_snap_new((old ? old->n : 0) + n, dims))) {
+        rc = cdb_error_oom(err);
+        goto out;
+    }
+    /* merge by id; a row read now replaces the old copy of its id */
+    while ((old && a < old->n) || b < n) {
+        int cmp = !(old && a < old->n) ? 1 : b >= n ? -1 : strcmp(old->ids[a], PQgetvalue(g, b, 0));
+        bool ok;
+        if (cmp < 0) {
+            ok = snap_set(s, k++, old->ids[a], old->etags[a], old->xs + (size_t)a * (size_t)dims);
+            a++;
+        } else {
+            if (cmp == 0)
+                a++;
+            if (!parse_array(PQgetvalue(g, b, 2), x, dims)) {
+                b++;
+                continue; /* cannot happen: the table's CHECK fixes the length */
+            }
+            ok = snap_set(s, k++, PQgetvalue(g, b, 0), PQgetvalue(g, b, 1), x);
+            b++;
+        }
+        if (!ok) {
+            rc = cdb_error_oom(err);
+            goto out;
+        }
+    }
+    cdb__vec_cache_put(svc, c->table, s);
+    *out = s;
+    s = NULL;
+out:
+    for (int i = 0; i < NSTMTS; i++)
+        PQclear(got[i]);
+    cdb__vec_snap_unref(s);
+    free(sql);
+    free(list);
+    free(x);
+    return rc;
+}
+
+int cdb__vec_query(cdb_service *svc, const cdb_principal *p, json_t *r, int64_t start_us, char **body_out,
+                   cdb_error *err)
+{
+    search_req s = {0};
+    PGresult *res[NSTMTS] = {0};
+    cdb_vec_coll c;
+    cdb_vec_snap *snap = NULL;
+    const float **vecs = NULL;
+    float *q = NULL;
+    hit *heap = NULL;
+    json_t *out = NULL;
+    char *text = NULL;
+    int rc, n = 0;
+    cdb_sql sql, w;
+
+    cdb_sql_init(&sql);
+    cdb_sql_init(&w);
+    if ((rc = parse_request(r, &s, err)) < 0)
+        goto out;
+    /* the filter is checked (paths, operators) before anything is looked up */
+    if ((rc = cdb__doc_where(&w, s.filter, err)) < 0) {
+        if (json_is_string(json_object_get(err->details, "field")) &&
+            strcmp(json_string_value(json_object_get(err->details, "field")), "filters") == 0)
+            cdb_error_detail(err, "field", json_string("filter"));
+        goto out;
+    }
+    if ((rc = cdb__vec_collection(svc, json_object_get(r, "collection"), &c, err)) < 0)
+        goto out;
+    if (!(q = malloc((size_t)c.dimensions * sizeof *q))) {
+        rc = cdb_error_oom(err);
+        goto out;
+    }
+    if ((rc = cdb__vec_check("vector", json_object_get(r, "vector"), c.dimensions, q, err)) < 0)
+        goto out;
+    float qnorm = sqrtf(dot(q, q, c.dimensions));
+    if (c.metric == CDB_VEC_COSINE && !(qnorm > 0)) {
+        rc = invalid(err, "vector", "A cosine search needs a non-zero vector");
+        goto out;
+    }
+    /* payload exposed as doc so the documents' filter SQL applies; RLS applies to the table below */
+    cdb_sql_append(&sql, "SELECT d.id, d.etag");
+    cdb_sql_append(&sql, s.with_payload ? ", d.payload::text" : ", NULL");
+    cdb_sql_append(&sql, " FROM (SELECT id, etag, payload, payload AS doc FROM coredb.\"");
+    cdb_sql_append(&sql, c.table); /* the registry's name, [a-z0-9_] by its CHECK */
+    cdb_sql_append(&sql, "\") d");
+    if (w.text)
+        cdb_sql_append(&sql, w.text);
+    cdb_sql_append(&sql, " ORDER BY d.id COLLATE \"C\"");
+    for (int k = 0; k < w.nparams; k++) {
+        sql.params[k] = w.params[k];
+        w.params[k] = NULL;
+    }
+    sql.nparams = w.nparams;
+    if (sql.oom || w.oom) {
+        rc = cdb_error_oom(err);
+        goto out;
+    }
+    if ((rc = fetch(svc, p, sql.text, sql.nparams, (const char *const *)sql.params, res, err)) < 0)
+        goto out;
+
+    int rows = PQntuples(res[STMT_ROWS]), dims = c.dimensions;
+    if (!(vecs = malloc((size_t)(rows ? rows : 1) * sizeof *vecs)) ||
+        !(heap = malloc((size_t)s.k * sizeof *heap))) {
+        rc = cdb_error_oom(err);
+        goto out;
+    }
+    snap = cdb__vec_cache_get(svc, c.table, dims);
+    if (map_rows(snap, res[STMT_ROWS], vecs, false) > 0) {
+        cdb_vec_snap *fresh = NULL;
+        if ((rc = load_missing(svc, p, &c, res[STMT_ROWS], vecs, snap, &fresh, err)) < 0)
+            goto out;
+        cdb__vec_snap_unref(snap);
+        snap = fresh;
+        /* a row written between the two reads: its newer vector (the second read, as the caller, saw it);
+         * one deleted in between stays out */
+        map_rows(snap, res[STMT_ROWS], vecs, true);
+    }
+    for (int i = 0; i < rows; i++) {
+        if (!vecs[i])
+            continue;
+        /* every vector points into snap now */
+        float xnorm = snap->norms[(size_t)(vecs[i] - snap->xs) / (size_t)dims];
+        hit h = {score_of(c.metric, vecs[i], q, dims, qnorm, xnorm), i};
+        if (s.has_min && (double)h.score < s.min_score)
+            continue;
+        if (n < s.k) {
+            heap[n] = h;
+            sift_up(heap, n++, res[STMT_ROWS]);
+        } else if (worse(&heap[0], &h, res[STMT_ROWS])) {
+            heap[0] = h;
+            sift_down(heap, n, 0, res[STMT_ROWS]);
+        }
+    }
+    /* heap sort: the worst goes last each time, leaving the best first */
+    for (int m = n - 1; m > 0; m--) {
+        hit t = heap[0];
+        heap[0] = heap[m];
+        heap[m] = t;
+        sift_down(heap, m, 0, res[STMT_ROWS]);
+    }
+    if (!(out = answer(res[STMT_ROWS], heap, n, vecs, dims, &s)) ||
+        json_object_set_new(out, "execution_time_ms",
+                            json_real((double)(cdb_mono_us() - start_us) / 1000.0)) < 0 ||
+        json_object_set_new(out, "cached", json_false()) < 0 || !(text = json_dumps(out, JSON_COMPACT))) {
+        rc = cdb_error_oom(err);
+        goto out;
+    }
+    *body_out = text;
+out:
+    for (int i = 0; i < NSTMTS; i++)
+        PQclear(res[i]);
+    cdb__vec_snap_unref(snap);
+    json_decref(out);
+    free(heap);
+    free(vecs);
+    free(q);
+    cdb_sql_destroy(&w);
+    cdb_sql_destroy(&sql);
+    return rc;
+}

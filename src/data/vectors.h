@@ -1,0 +1,73 @@
+/*
+ * vectors.h - what the vector store's search (vec_query.c) and transaction
+ * operations (vec_tx.c) share (vec_common.c): the registry look-up of a
+ * vector collection and the check of a vector.
+ */
+#ifndef COREDB_DATA_VECTORS_H
+#define COREDB_DATA_VECTORS_H
+
+#include <jansson.h>
+#include <stdint.h>
+
+#include "coredb/vectors.h"
+#include "coredb/error.h"
+#include "coredb/principal.h"
+#include "data/sqlbuild.h"
+#include "security/service_state.h"
+
+/* The prefix of a vector collection's query-cache generation counter. */
+#define CDB_VEC_GEN_PREFIX "vectors:"
+
+typedef enum cdb_vec_metric { CDB_VEC_COSINE, CDB_VEC_L2, CDB_VEC_DOT } cdb_vec_metric;
+
+/* The registry's row of a vector collection. */
+typedef struct cdb_vec_coll {
+    char table[64];
+    int dimensions;
+    cdb_vec_metric metric;
+} cdb_vec_coll;
+
+/* True for "vectors". */
+bool cdb__vec_database(const json_t *db);
+
+/*
+ * Vector collection `name` (a JSON string) from the registry into *c.
+ * UNKNOWN_TABLE naming details.collection when there is none or it is not
+ * of kind vectors; VALIDATION_FAILED (field "collection") for a bad name.
+ */
+int cdb__vec_collection(cdb_service *svc, const json_t *name, cdb_vec_coll *c, cdb_error *err);
+
+/*
+ * Checks v (field `field`): an array of exactly dims numbers, each finite
+ * in float32. out (dims floats) gets them when not NULL.
+ */
+int cdb__vec_check(const char *field, const json_t *v, int dims, float *out, cdb_error *err);
+
+/*
+ * The in-memory copy (vec_cache.c): an immutable snapshot of points sorted
+ * by id (strcmp order), n of them, vector i at xs + i * dims, its
+ * Euclidean norm at norms[i].
+ */
+typedef struct cdb_vec_snap {
+    int refs;
+    int n, dims;
+    char **ids, **etags;
+    float *xs;
+    float *norms;
+} cdb_vec_snap;
+
+/* A snapshot with room for n points (n is set by the caller as it fills), 1 ref. */
+cdb_vec_snap *cdb__vec_snap_new(int n, int dims);
+void cdb__vec_snap_unref(cdb_vec_snap *s);
+/* The current snapshot of (svc, table) with a ref, or NULL. */
+cdb_vec_snap *cdb__vec_cache_get(const void *svc, const char *table, int dims);
+/* Makes s (the cache takes its own ref) the current snapshot of (svc, table). */
+void cdb__vec_cache_put(const void *svc, const char *table, cdb_vec_snap *s);
+/* Drops every snapshot of svc (at its destruction). */
+void cdb__vec_cache_forget(const void *svc);
+
+/* POST /data/query with database "vectors" (vec_query.c). */
+int cdb__vec_query(cdb_service *svc, const cdb_principal *p, json_t *request, int64_t start_us,
+                   char **body_out, cdb_error *err);
+
+#endif
