@@ -194,7 +194,7 @@ cdb_err cdb_data_pg_error(PGconn *conn, const PGresult *res, const char *context
         return cdb_error_set_detail(err, CDB_ERR_NOT_FOUND, "field", "id", "Document not found");
     if (strcmp(state, "CD413") == 0)
         return cdb_error_set_detail(err, CDB_ERR_VALIDATION_FAILED, "field", "patch",
-                                    "The patched document would be larger than %d bytes", CDB_DOC_MAX_BYTES);
+                                    "The patched document would be larger than DOC_MAX_BYTES allows");
     if (strcmp(state, "CD412") == 0)
         return cdb_error_set_detail(err, CDB_ERR_PRECONDITION_FAILED, "field", "if_match",
                                     "The document's etag differs from if_match: it changed since it was read");

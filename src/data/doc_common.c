@@ -278,25 +278,30 @@ static int depth_of(const json_t *v, int limit)
     return 0;
 }
 
+typedef struct size_count {
+    size_t total, max;
+} size_count;
+
+/* Stops the dump as soon as it passes the limit. */
 static int count_size(const char *buffer, size_t size, void *data)
 {
     (void)buffer;
-    size_t *total = data;
-    *total += size;
-    return *total > CDB_DOC_MAX_BYTES ? -1 : 0;
+    size_count *c = data;
+    c->total += size;
+    return c->total > c->max ? -1 : 0;
 }
 
-int cdb__doc_check(const char *field, const json_t *doc, cdb_error *err)
+int cdb__doc_check(const char *field, const json_t *doc, size_t max_bytes, cdb_error *err)
 {
-    size_t size = 0;
+    size_count size = {0, max_bytes};
     if (!json_is_object(doc))
         return cdb_error_set_detail(err, CDB_ERR_VALIDATION_FAILED, "field", field, "%s must be a JSON object",
                                     field);
     if (depth_of(doc, CDB_DOC_MAX_DEPTH) > CDB_DOC_MAX_DEPTH)
         return cdb_error_set_detail(err, CDB_ERR_VALIDATION_FAILED, "field", field,
                                     "%s is nested deeper than %d levels", field, CDB_DOC_MAX_DEPTH);
-    if (json_dump_callback(doc, count_size, &size, JSON_COMPACT) < 0 || size > CDB_DOC_MAX_BYTES)
+    if (json_dump_callback(doc, count_size, &size, JSON_COMPACT) < 0 || size.total > max_bytes)
         return cdb_error_set_detail(err, CDB_ERR_VALIDATION_FAILED, "field", field,
-                                    "%s is larger than %d bytes", field, CDB_DOC_MAX_BYTES);
+                                    "%s is larger than %zu bytes (DOC_MAX_BYTES)", field, max_bytes);
     return 0;
 }

@@ -80,7 +80,7 @@ int cdb__doc_tx_op(tx *t, int i, json_t *o, cdb_error *err)
     if (kind != D_DELETE) {
         const char *field = kind == D_PATCH ? "patch" : "document";
         body = json_object_get(o, field);
-        if ((rc = cdb__doc_check(field, body, err)) < 0)
+        if ((rc = cdb__doc_check(field, body, (size_t)t->svc->cfg->doc_max_bytes, err)) < 0)
             return op_tag(err, i, rc);
     }
     /* insert/upsert: the id given, else the document's own "id" member, else a new one */
@@ -101,7 +101,7 @@ int cdb__doc_tx_op(tx *t, int i, json_t *o, cdb_error *err)
     /* the table name comes from the registry (its CHECK keeps it to [a-z0-9_]) and is quoted */
     const char *sid = id ? json_string_value(id) : NULL, *etag = json_string_value(if_match);
     char max_bytes[16];
-    snprintf(max_bytes, sizeof max_bytes, "%d", CDB_DOC_MAX_BYTES);
+    snprintf(max_bytes, sizeof max_bytes, "%d", t->svc->cfg->doc_max_bytes);
     int n;
     switch (kind) {
     case D_INSERT:

@@ -536,7 +536,7 @@ def test_patch_cannot_grow_a_document_past_the_size_limit(inst, admin):
     tx_ok(inst, u, [dop("patch", coll, id="g", patch={"b": chunk})])
     before = stored(inst, coll, "g")
     err = tx_fail(inst, u, [dop("patch", coll, id="g", patch={"c": chunk})], 400, "VALIDATION_FAILED", operation=1)
-    assert err["details"]["field"] == "patch" and "2097152 bytes" in err["message"], err
+    assert err["details"]["field"] == "patch" and "DOC_MAX_BYTES" in err["message"], err
     assert stored(inst, coll, "g") == before and set(before[0]) == {"id", "a", "b"}
     # a patch that shrinks it is fine
     tx_ok(inst, u, [dop("patch", coll, id="g", patch={"a": None})])
@@ -563,6 +563,31 @@ def test_a_collection_table_dropped_behind_coredb_is_unknown_not_an_error(inst, 
     err = assert_error(query(inst, u, {"database": "documents", "collection": coll, "filters": {"id": "b"}}), 404,
                        "UNKNOWN_TABLE")
     assert "coll_" not in json.dumps(err)
+
+
+def test_doc_max_bytes_is_configurable(pg):
+    """DOC_MAX_BYTES lowers the limit for documents, patches and vector payloads alike."""
+    from datahelp import admin_of, start_instance
+    small = start_instance(pg, DOC_MAX_BYTES="2048")
+    try:
+        adm = admin_of(small)
+        docs, vecs = unique("small"), unique("smallv")
+        create(small, adm, {"name": docs, "kind": "documents"})
+        create(small, adm, {"name": vecs, "kind": "vectors", "dimensions": 2, "metric": "l2"})
+        u = user(small)
+        tx_ok(small, u, [dins(docs, {"id": "s", "v": "x" * 1500})])
+        err = tx_fail(small, u, [dins(docs, {"id": "t", "v": "x" * 2100})], 400, "VALIDATION_FAILED", operation=1)
+        assert err["details"]["field"] == "document" and "DOC_MAX_BYTES" in err["message"], err
+        err = tx_fail(small, u, [dop("patch", docs, id="s", patch={"w": "y" * 1000})], 400, "VALIDATION_FAILED",
+                      operation=1)
+        assert err["details"]["field"] == "patch", err
+        assert small.pg.query(small.db, f"SELECT doc->>'w' FROM coredb.coll_{docs} WHERE id = 's'") == [(None,)]
+        err = tx_fail(small, u, [{"database": "vectors", "operation": "upsert", "collection": vecs, "id": "p",
+                                  "vector": [1, 2], "payload": {"v": "x" * 2100}}], 400, "VALIDATION_FAILED",
+                      operation=1)
+        assert err["details"]["field"] == "payload", err
+    finally:
+        small.stop_clean()
 
 
 # ---- CLI and health ----
