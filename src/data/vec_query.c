@@ -151,7 +151,11 @@ static bool array_item(char **buf, size_t *len, size_t *cap, const char *v)
     return true;
 }
 
-/* Parses a real[] text "{1,2.5,...}" of dims elements into x; false if it is not one. */
+/*
+ * Parses a real[] text "{1,2.5,...}" of dims elements into x; false if it
+ * is not one, or not all finite (a real[] written by SQL may hold NaN or
+ * Infinity, which no score or JSON answer can carry).
+ */
 static bool parse_array(const char *s, float *x, int dims)
 {
     if (*s++ != '{')
@@ -159,7 +163,7 @@ static bool parse_array(const char *s, float *x, int dims)
     for (int i = 0; i < dims; i++) {
         char *end;
         x[i] = strtof(s, &end);
-        if (end == s || (*end != (i + 1 < dims ? ',' : '}')))
+        if (end == s || !isfinite(x[i]) || (*end != (i + 1 < dims ? ',' : '}')))
             return false;
         s = end + 1;
     }

@@ -58,6 +58,11 @@ static void test_parse_array(void **state)
     assert_false(parse_array("{1,2,3,4}", x, 3));
     assert_false(parse_array("1,2,3", x, 3));
     assert_false(parse_array("{1,x,3}", x, 3));
+    /* found by fuzz/vec_search.c: real[] written by SQL may hold these; no score can carry them */
+    assert_false(parse_array("{1,NaN,3}", x, 3));
+    assert_false(parse_array("{Infinity,2,3}", x, 3));
+    assert_false(parse_array("{1,2,-Infinity}", x, 3));
+    assert_false(parse_array("{1,2,1e39}", x, 3));
 }
 
 static void test_array_item_escapes(void **state)
