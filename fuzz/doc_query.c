@@ -174,12 +174,12 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     cdb_error_init(&err);
     int rc = cdb__doc_where(&w, r, &err);
     check_code("cdb__doc_where", rc, false);
-    if (rc == 0 && w.text) {
+    if (rc == 0 && w.text && *w.text) {
         if (w.oom || strncmp(w.text, " WHERE ", 7) != 0)
             abort();
         fuzz_doc_sql_check(w.text, w.nparams, w.params);
     }
-    if (rc == 0 && json_object_size(r) > 0 && !w.text)
+    if (rc == 0 && json_object_size(r) > 0 && !(w.text && *w.text))
         abort(); /* filters given, none applied */
     cdb_sql_destroy(&w);
 

@@ -156,7 +156,9 @@ static void fuzz_doc_real_array_check(const char *lit, int dims, const float *wa
         char *end;
         errno = 0;
         float f = t ? strtof(t, &end) : 0;
-        if (!t || *end || errno || !isfinite(f) || (want && f != want[i])) {
+        /* as PostgreSQL's float4in: ERANGE is an error only for an overflow or an underflow to 0 */
+        bool range = errno == ERANGE && (f == 0 || !isfinite(f));
+        if (!t || end == t || *end || range || !isfinite(f) || (want && f != want[i])) {
             fprintf(stderr, "vector oracle: element %d of %s is not the finite float32 given\n", i, lit);
             abort();
         }
