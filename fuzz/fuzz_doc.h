@@ -78,7 +78,7 @@ static json_t *fuzz_pg_array_read(const char *s)
             }
             s++;
             buf[n] = '\0';
-            json_array_append_new(out, json_string(buf));
+            json_array_append_new(out, json_string_nocheck(buf));
         } else {
             while (*s && !strchr(",{}\"\\", *s))
                 buf[n++] = *s++;
@@ -87,7 +87,7 @@ static json_t *fuzz_pg_array_read(const char *s)
             buf[n] = '\0';
             if (n == 0)
                 goto bad;
-            json_array_append_new(out, strcasecmp(buf, "NULL") == 0 ? json_null() : json_string(buf));
+            json_array_append_new(out, strcasecmp(buf, "NULL") == 0 ? json_null() : json_string_nocheck(buf));
         }
         while (*s == ' ')
             s++;

@@ -88,3 +88,39 @@ def test_non_finite_stored_vectors_do_not_break_search(inst, admin, bad):
         assert [p["id"] for p in out["data"]] == ["p1", "p2"], out
         assert out["data"][0]["score"] == 0.0, out
     drop(inst, admin, coll)
+
+
+BIG = 3.0e38   # finite in float32 (FLT_MAX is 3.4028235e38): accepted, but sums of two squares overflow
+
+
+@pytest.mark.parametrize("metric", ["cosine", "l2", "dot"])
+def test_vectors_near_float32_max_score_finitely(inst, admin, metric):
+    """3. Found by fuzz/vec_search.c: the float32 kernels overflowed on vectors
+    with components near FLT_MAX (which the API accepts), and an infinite or
+    NaN score failed the whole search with a 500. Fixed in vec_query.c: such a
+    score is computed again in double and clamped to float32."""
+    coll = unique("bigvec")
+    create(inst, admin, {"name": coll, "kind": "vectors", "dimensions": 3, "metric": metric})
+    owner = user(inst)
+    pts = {"big": [BIG, BIG, 0], "neg": [-BIG, -BIG, 0], "unit": [0, 0, 1]}
+    tx_ok(inst, owner, [{"database": "vectors", "operation": "upsert", "collection": coll, "id": pid,
+                         "vector": v} for pid, v in pts.items()])
+    top = 3.4028234663852886e38   # FLT_MAX: a score past it is clamped there
+    expected = {
+        # query -> {id: score}, the answer's order being by score then id
+        "cosine": {(BIG, BIG, 0): {"big": 1.0, "unit": 0.0, "neg": -1.0},
+                   (1, 1, 0): {"big": 1.0, "unit": 0.0, "neg": -1.0}},
+        "l2": {(BIG, BIG, 0): {"big": 0.0, "neg": -top, "unit": -top},
+               (1, 1, 0): {"unit": -(3 ** 0.5), "big": -top, "neg": -top}},
+        "dot": {(BIG, BIG, 0): {"big": top, "unit": 0.0, "neg": -top},
+                (1, 1, 0): {"big": top, "unit": 0.0, "neg": -top}},
+    }[metric]
+    for q, want in expected.items():
+        resp = query(inst, owner, {"database": "vectors", "collection": coll, "query_type": "search",
+                                   "vector": list(q), "k": 3})
+        assert resp.status_code == 200, resp.text
+        data = resp.json()["data"]
+        assert [p["id"] for p in data] == list(want), data
+        for p in data:
+            assert p["score"] == pytest.approx(want[p["id"]], rel=1e-6, abs=1e-6), data
+    drop(inst, admin, coll)

@@ -1,0 +1,226 @@
+/*
+ * vec_search.c - libFuzzer harness: a vector search body of POST
+ * /data/query (database "vectors") through every step before the
+ * database (src/data/vec_query.c, included to reach its statics), the
+ * vector check (cdb__vec_check, src/data/vec_common.c), the scoring
+ * kernels, and the two text codecs of the candidates' round trips: the
+ * PostgreSQL real[] text parser (parse_array) and the text[] literal of
+ * ids (array_item).
+ *
+ * The first byte picks the collection's dimensions (1 + bits 0-2), its
+ * metric (bits 3-4: cosine, l2, dot, cosine), the caller's role (bit 5)
+ * and the mode (bit 6: the rest is text, else JSON).
+ * - JSON: cdb__vec_query with a service without a pool (the whole shape
+ *   check, ending at the registry look-up), then parse_request, the
+ *   filter's SQL (cdb__doc_where), cdb__vec_check of "vector" against the
+ *   dimensions, and the scores of that vector against itself, its
+ *   negation and a few fixed vectors.
+ * - text: parse_array of the text as a real[] of the dimensions; the text's
+ *   lines as ids through array_item.
+ *
+ * Oracles: errors are the route's 4xx codes, a filter's errors name
+ * "filter"; a vector is accepted exactly when it is an array of dims
+ * numbers each finite in float32, and holds those numbers as float32; a
+ * parsed real[] has exactly dims finite floats; every score of accepted
+ * vectors is finite (a score is sent as JSON, which has no NaN or
+ * infinity), a cosine within [-1, 1]; the ids' literal reads back in
+ * PostgreSQL as exactly the ids; the filter's SQL passes fuzz_doc.h.
+ */
+#include <float.h>
+#include <stdint.h>
+
+#include "data/vec_query.c"
+#include "fuzz_doc.h"
+
+static const cdb_principal users[] = {
+    {.role = CDB_ROLE_USER, .user_id = "0b8f7a2e-2f6a-4c55-9d0c-5a4f1c2d3e4f"},
+    {.role = CDB_ROLE_ADMIN},
+};
+
+static const float fixed[][8] = {
+    {1, 0, 0, 0, 0, 0, 0, 0},
+    {-0.5f, 0.25f, 3, -7, 1e-3f, 2, 0, 1},
+    {FLT_MAX, FLT_MAX, -FLT_MAX, FLT_MAX, FLT_MAX, -FLT_MAX, FLT_MAX, FLT_MAX},
+    {1e-38f, -1e-40f, 1e-45f, 0, 0, 1e-38f, 0, 1e-30f},
+    {0, 0, 0, 0, 0, 0, 0, 0},
+};
+
+static void die(const char *why)
+{
+    fprintf(stderr, "vec_search oracle: %s\n", why);
+    abort();
+}
+
+static void check_code(const char *what, int rc, cdb_error *err, const json_t *r, bool db_reached)
+{
+    const char *field = json_string_value(json_object_get(err->details, "field"));
+    /* "filters" only for a body that sends that (unknown) member */
+    if (rc != 0 && field && strcmp(field, "filters") == 0 && !json_object_get(r, "filters"))
+        die("an error of the search names \"filters\", not \"filter\"");
+    if (rc == CDB_ERR_VALIDATION_FAILED || rc == CDB_ERR_INVALID_FILTER ||
+        (db_reached && (rc == CDB_ERR_DATABASE_UNAVAILABLE || rc == CDB_ERR_UNKNOWN_TABLE)) ||
+        (!db_reached && rc == 0))
+        return;
+    fprintf(stderr, "%s: unexpected error code %s\n", what, cdb_err_name((cdb_err)rc));
+    abort();
+}
+
+/* What a vector must be, said independently of cdb__vec_check. */
+static bool vector_valid(const json_t *v, int dims)
+{
+    size_t i;
+    json_t *x;
+    if (!json_is_array(v) || json_array_size(v) != (size_t)dims)
+        return false;
+    json_array_foreach(v, i, x) {
+        if (!json_is_number(x))
+            return false;
+        double d = json_number_value(x);
+        if (!(d >= -FLT_MAX && d <= FLT_MAX))
+            return false;
+    }
+    return true;
+}
+
+static void check_scores(cdb_vec_metric m, const float *q, int dims)
+{
+    float qnorm = sqrtf(dot(q, q, dims)), neg[8];
+    for (int i = 0; i < dims; i++)
+        neg[i] = -q[i];
+    /* the search refuses a zero query for cosine */
+    if (m == CDB_VEC_COSINE && !(qnorm > 0))
+        return;
+    const float *xs[8] = {q, neg};
+    int n = 2;
+    for (size_t f = 0; f < sizeof fixed / sizeof fixed[0]; f++)
+        xs[n++] = fixed[f];
+    for (int j = 0; j < n; j++) {
+        float xnorm = sqrtf(dot(xs[j], xs[j], dims)); /* as snap_set keeps it */
+        for (int given = 0; given < 2; given++) {
+            float s = score_of(m, xs[j], q, dims, qnorm, given ? xnorm : -1);
+            if (!isfinite(s)) {
+                fprintf(stderr, "metric %d, dims %d, vector %d: score %g\n", (int)m, dims, j, (double)s);
+                die("a score of finite float32 vectors is not finite (no JSON answer can carry it)");
+            }
+            if (m == CDB_VEC_COSINE && (s < -1.001f || s > 1.001f)) {
+                fprintf(stderr, "vector %d: cosine %g\n", j, (double)s);
+                die("a cosine outside [-1, 1]");
+            }
+        }
+    }
+}
+
+static void fuzz_json(const uint8_t *data, size_t size, int dims, cdb_vec_metric m, const cdb_principal *who)
+{
+    static struct cdb_service svc; /* no pool: the collection look-up answers DATABASE_UNAVAILABLE */
+    json_t *r = json_loadb((const char *)data, size, JSON_REJECT_DUPLICATES, NULL);
+    cdb_error err;
+    char *body = NULL;
+    if (!r || !json_is_object(r)) {
+        json_decref(r);
+        return;
+    }
+    cdb_error_init(&err);
+    int rc = cdb__vec_query(&svc, who, r, 0, &body, &err);
+    check_code("cdb__vec_query", rc, &err, r, true);
+    if (body)
+        die("an answer without a database");
+    cdb_error_destroy(&err);
+
+    search_req s = {0};
+    cdb_error_init(&err);
+    rc = parse_request(r, &s, &err);
+    check_code("parse_request", rc, &err, r, false);
+    if (rc == 0) {
+        json_t *jk = json_object_get(r, "k");
+        if (s.k < 1 || s.k > CDB_VECTOR_K_MAX || (jk && s.k != json_integer_value(jk)) || (!jk && s.k != 10))
+            die("k is not the one sent (or 10)");
+        cdb_sql w;
+        cdb_sql_init(&w);
+        cdb_error_destroy(&err);
+        cdb_error_init(&err);
+        rc = cdb__doc_where(&w, s.filter, &err);
+        if (rc == 0 && w.text && *w.text)
+            fuzz_doc_sql_check(w.text, w.nparams, w.params);
+        cdb_sql_destroy(&w);
+    }
+    cdb_error_destroy(&err);
+
+    /* the vector against the collection's dimensions */
+    json_t *v = json_object_get(r, "vector");
+    float q[8];
+    cdb_error_init(&err);
+    rc = cdb__vec_check("vector", v, dims, q, &err);
+    if ((rc == 0) != vector_valid(v, dims))
+        die(rc == 0 ? "an invalid vector accepted" : "a valid vector refused");
+    if (rc != 0 && (rc != CDB_ERR_VALIDATION_FAILED ||
+                    strcmp(json_string_value(json_object_get(err.details, "field")), "vector") != 0))
+        die("a vector refusal that is not VALIDATION_FAILED naming \"vector\"");
+    if (rc == 0) {
+        for (int i = 0; i < dims; i++)
+            if (!isfinite(q[i]) || q[i] != (float)json_number_value(json_array_get(v, (size_t)i)))
+                die("an accepted vector does not hold the numbers sent as float32");
+        check_scores(m, q, dims);
+    }
+    cdb_error_destroy(&err);
+    json_decref(r);
+}
+
+static void fuzz_text(const uint8_t *data, size_t size, int dims, cdb_vec_metric m)
+{
+    char *text = malloc(size + 1);
+    float x[8];
+    if (!text)
+        abort();
+    memcpy(text, data, size);
+    text[size] = '\0';
+    if (parse_array(text, x, dims)) {
+        for (int i = 0; i < dims; i++)
+            if (!isfinite(x[i])) {
+                fprintf(stderr, "%s -> element %d = %g\n", text, i, (double)x[i]);
+                die("parse_array took a non-finite float");
+            }
+        check_scores(m, x, dims);
+    }
+
+    /* the text's lines as candidate ids: their text[] literal reads back as exactly them */
+    size_t len = 1, cap = 8;
+    char *lit = malloc(cap);
+    json_t *want = json_array();
+    if (!lit || !want)
+        abort();
+    strcpy(lit, "{");
+    for (char *line = text, *next; line; line = next) {
+        next = strchr(line, '\n');
+        if (next)
+            *next++ = '\0';
+        if (!array_item(&lit, &len, &cap, line))
+            abort();
+        json_array_append_new(want, json_string_nocheck(line));
+    }
+    strcpy(lit + len, "}");
+    json_t *got = fuzz_pg_array_read(lit);
+    if (!got || !json_equal(got, want)) {
+        fprintf(stderr, "ids literal %s\n", lit);
+        die("the ids' text[] literal does not read back as the ids");
+    }
+    json_decref(got);
+    json_decref(want);
+    free(lit);
+    free(text);
+}
+
+int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
+{
+    static const cdb_vec_metric metrics[] = {CDB_VEC_COSINE, CDB_VEC_L2, CDB_VEC_DOT, CDB_VEC_COSINE};
+    if (size < 1)
+        return 0;
+    int dims = 1 + (data[0] & 7);
+    cdb_vec_metric m = metrics[(data[0] >> 3) & 3];
+    const cdb_principal *who = &users[(data[0] >> 5) & 1];
+    if (data[0] & 0x40)
+        fuzz_text(data + 1, size - 1, dims, m);
+    else
+        fuzz_json(data + 1, size - 1, dims, m, who);
+    return 0;
+}
