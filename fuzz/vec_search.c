@@ -13,15 +13,17 @@
  * - JSON: cdb__vec_query with a service without a pool (the whole shape
  *   check, ending at the registry look-up), then parse_request, the
  *   filter's SQL (cdb__doc_where), cdb__vec_check of "vector" against the
- *   dimensions, and the scores of that vector against itself, its
- *   negation and a few fixed vectors.
+ *   dimensions, the scores of that vector against itself, its negation
+ *   and a few fixed vectors, and their top k.
  * - text: parse_array of the text as a real[] of the dimensions; the text's
  *   lines as ids through array_item.
  *
  * Oracles: errors are the route's 4xx codes, a filter's errors name
  * "filter"; a vector is accepted exactly when it is an array of dims
  * numbers each finite in float32, and holds those numbers as float32; a
- * parsed real[] has exactly dims finite floats; every score of accepted
+ * parsed real[] has exactly dims finite floats; the bounded heap's k best
+ * (the ranking loop of cdb__vec_query over its sift functions, with
+ * min_score and equal scores tied by id) are a full sort's first k; every score of accepted
  * vectors is finite (a score is sent as JSON, which has no NaN or
  * infinity), a cosine within [-1, 1]; the ids' literal reads back in
  * PostgreSQL as exactly the ids; the filter's SQL passes fuzz_doc.h.
@@ -110,6 +112,79 @@ static void check_scores(cdb_vec_metric m, const float *q, int dims)
     }
 }
 
+/* Reference order: better score first, ties by smaller id. */
+static const PGresult *ref_res;
+static int ref_cmp(const void *a, const void *b)
+{
+    const hit *x = a, *y = b;
+    if (x->score != y->score)
+        return x->score > y->score ? -1 : 1;
+    return strcmp(PQgetvalue(ref_res, x->row, 0), PQgetvalue(ref_res, y->row, 0));
+}
+
+/*
+ * The ranking of cdb__vec_query (its loop, repeated here over its statics
+ * worse, sift_up, sift_down) on candidates q, -q and the fixed vectors,
+ * each twice under two ids (equal scores: the tie by id decides), against a
+ * full sort: the same k best, in the same order.
+ */
+static void check_top_k(const search_req *s, cdb_vec_metric m, const float *q, int dims)
+{
+    float qnorm = sqrtf(dot(q, q, dims)), neg[8];
+    if (m == CDB_VEC_COSINE && !(qnorm > 0))
+        return;
+    for (int i = 0; i < dims; i++)
+        neg[i] = -q[i];
+    const float *xs[8] = {q, neg};
+    int nx = 2;
+    for (size_t f = 0; f < sizeof fixed / sizeof fixed[0]; f++)
+        xs[nx++] = fixed[f];
+    PGresAttDesc attr = {.name = (char *)"id", .format = 0, .typid = 25, .typlen = -1, .atttypmod = -1};
+    PGresult *res = PQmakeEmptyPGresult(NULL, PGRES_TUPLES_OK);
+    int rows = 2 * nx, n = 0, all = 0;
+    hit *heap = malloc((size_t)s->k * sizeof *heap), every[16];
+    if (!res || !heap || !PQsetResultAttrs(res, 1, &attr))
+        abort();
+    for (int i = 0; i < rows; i++) {
+        char id[8];
+        snprintf(id, sizeof id, "%c%d", 'a' + i % 2, i / 2); /* a0 b0 a1 b1 ...: twins with equal scores */
+        if (!PQsetvalue(res, i, 0, id, (int)strlen(id)))
+            abort();
+    }
+    for (int i = 0; i < rows; i++) {
+        const float *x = xs[i / 2];
+        hit h = {score_of(m, x, q, dims, qnorm, sqrtf(dot(x, x, dims))), i};
+        if (s->has_min && (double)h.score < s->min_score)
+            continue;
+        every[all++] = h;
+        if (n < s->k) {
+            heap[n] = h;
+            sift_up(heap, n++, res);
+        } else if (worse(&heap[0], &h, res)) {
+            heap[0] = h;
+            sift_down(heap, n, 0, res);
+        }
+    }
+    for (int j = n - 1; j > 0; j--) {
+        hit t = heap[0];
+        heap[0] = heap[j];
+        heap[j] = t;
+        sift_down(heap, j, 0, res);
+    }
+    ref_res = res;
+    qsort(every, (size_t)all, sizeof *every, ref_cmp);
+    if (n != (all < s->k ? all : s->k))
+        die("the heap kept a wrong number of hits");
+    for (int i = 0; i < n; i++)
+        if (heap[i].row != every[i].row) {
+            fprintf(stderr, "rank %d: heap %s (%g), reference %s (%g)\n", i, PQgetvalue(res, heap[i].row, 0),
+                    (double)heap[i].score, PQgetvalue(res, every[i].row, 0), (double)every[i].score);
+            die("the top k differ from a full sort");
+        }
+    free(heap);
+    PQclear(res);
+}
+
 static void fuzz_json(const uint8_t *data, size_t size, int dims, cdb_vec_metric m, const cdb_principal *who)
 {
     static struct cdb_service svc; /* no pool: the collection look-up answers DATABASE_UNAVAILABLE */
@@ -146,7 +221,7 @@ static void fuzz_json(const uint8_t *data, size_t size, int dims, cdb_vec_metric
     }
     cdb_error_destroy(&err);
 
-    /* the vector against the collection's dimensions */
+    /* the vector against the collection's dimensions, then scores and the top k of a valid request */
     json_t *v = json_object_get(r, "vector");
     float q[8];
     cdb_error_init(&err);
@@ -161,6 +236,8 @@ static void fuzz_json(const uint8_t *data, size_t size, int dims, cdb_vec_metric
             if (!isfinite(q[i]) || q[i] != (float)json_number_value(json_array_get(v, (size_t)i)))
                 die("an accepted vector does not hold the numbers sent as float32");
         check_scores(m, q, dims);
+        if (parse_request(r, &s, &err) == 0)
+            check_top_k(&s, m, q, dims);
     }
     cdb_error_destroy(&err);
     json_decref(r);
