@@ -16,7 +16,8 @@
  *   dimensions, the scores of that vector against itself, its negation
  *   and a few fixed vectors, and their top k.
  * - text: parse_array of the text as a real[] of the dimensions; the text's
- *   lines as ids through array_item.
+ *   lines as ids through array_item, and as a cached snapshot and the
+ *   candidates of a search through map_rows.
  *
  * Oracles: errors are the route's 4xx codes, a filter's errors name
  * "filter"; a vector is accepted exactly when it is an array of dims
@@ -26,7 +27,9 @@
  * min_score and equal scores tied by id) are a full sort's first k; every score of accepted
  * vectors is finite (a score is sent as JSON, which has no NaN or
  * infinity), a cosine within [-1, 1]; the ids' literal reads back in
- * PostgreSQL as exactly the ids; the filter's SQL passes fuzz_doc.h.
+ * PostgreSQL as exactly the ids; map_rows points each candidate at its
+ * own id's cached vector exactly when the etags agree (or any_etag) and
+ * counts the rest; the filter's SQL passes fuzz_doc.h.
  */
 #include <float.h>
 #include <stdint.h>
@@ -243,6 +246,85 @@ static void fuzz_json(const uint8_t *data, size_t size, int dims, cdb_vec_metric
     json_decref(r);
 }
 
+static int str_cmp(const void *a, const void *b)
+{
+    return strcmp(*(char *const *)a, *(char *const *)b);
+}
+
+/* Sorts ids (strcmp order, PostgreSQL's COLLATE "C") and drops repeats; returns how many are left. */
+static int sort_unique(char **ids, int n)
+{
+    int m = 0;
+    qsort(ids, (size_t)n, sizeof *ids, str_cmp);
+    for (int i = 0; i < n; i++)
+        if (m == 0 || strcmp(ids[m - 1], ids[i]) != 0)
+            ids[m++] = ids[i];
+    return m;
+}
+
+/*
+ * map_rows on lines as ids: the even ones a cached snapshot, the odd ones
+ * the candidates PostgreSQL answered (both in id order, unique, as the
+ * primary key and ORDER BY make them), etags by the id's first byte so
+ * some agree and some do not. Each candidate must point at its own id's
+ * vector in the snapshot exactly when the etags agree (or any_etag), and
+ * the count of the others be returned.
+ */
+static void check_map_rows(char **lines, int n, int dims)
+{
+    char **a = malloc((size_t)(n + 1) * sizeof *a), **b = malloc((size_t)(n + 1) * sizeof *b);
+    int na = 0, nb = 0;
+    if (!a || !b)
+        abort();
+    for (int i = 0; i < n; i++) {
+        if (i % 2)
+            b[nb++] = lines[i];
+        else
+            a[na++] = lines[i];
+    }
+    na = sort_unique(a, na);
+    nb = sort_unique(b, nb);
+    cdb_vec_snap *snap = cdb__vec_snap_new(na, dims);
+    PGresAttDesc attrs[2] = {{.name = (char *)"id", .typid = 25, .typlen = -1, .atttypmod = -1},
+                             {.name = (char *)"etag", .typid = 25, .typlen = -1, .atttypmod = -1}};
+    PGresult *res = PQmakeEmptyPGresult(NULL, PGRES_TUPLES_OK);
+    const float **vecs = malloc((size_t)(nb + 1) * sizeof *vecs);
+    float x[8] = {0};
+    if (!snap || !res || !vecs || !PQsetResultAttrs(res, 2, attrs))
+        abort();
+    for (int j = 0; j < na; j++) {
+        x[0] = (float)j;
+        if (!snap_set(snap, j, a[j], (unsigned char)a[j][0] % 2 ? "e1" : "e0", x))
+            abort();
+    }
+    for (int i = 0; i < nb; i++)
+        if (!PQsetvalue(res, i, 0, b[i], (int)strlen(b[i])) ||
+            !PQsetvalue(res, i, 1, (unsigned char)b[i][0] % 3 ? "e1" : "e0", 2))
+            abort();
+    for (int any = 0; any < 2; any++) {
+        int missing = map_rows(snap, res, vecs, any), want_missing = 0;
+        for (int i = 0; i < nb; i++) {
+            char **found = bsearch(&b[i], a, (size_t)na, sizeof *a, str_cmp);
+            int j = found ? (int)(found - a) : -1;
+            bool same = j >= 0 && (any || strcmp(snap->etags[j], PQgetvalue(res, i, 1)) == 0);
+            const float *want = same ? snap->xs + (size_t)j * (size_t)dims : NULL;
+            want_missing += !want;
+            if (vecs[i] != want) {
+                fprintf(stderr, "candidate %s: vector of %s, want %s\n", b[i],
+                        vecs[i] ? snap->ids[(vecs[i] - snap->xs) / dims] : "none", want ? a[j] : "none");
+                die("map_rows pointed a candidate at the wrong cached vector");
+            }
+        }
+        if (missing != want_missing)
+            die("map_rows miscounted the candidates it lacks");
+    }
+    PQclear(res);
+    cdb__vec_snap_unref(snap);
+    free(vecs);
+    free(a);
+    free(b);
+}
+
 static void fuzz_text(const uint8_t *data, size_t size, int dims, cdb_vec_metric m)
 {
     char *text = malloc(size + 1);
@@ -262,9 +344,10 @@ static void fuzz_text(const uint8_t *data, size_t size, int dims, cdb_vec_metric
 
     /* the text's lines as candidate ids: their text[] literal reads back as exactly them */
     size_t len = 1, cap = 8;
-    char *lit = malloc(cap);
+    char *lit = malloc(cap), **lines = malloc((size + 1) * sizeof *lines);
     json_t *want = json_array();
-    if (!lit || !want)
+    int nlines = 0;
+    if (!lit || !want || !lines)
         abort();
     strcpy(lit, "{");
     for (char *line = text, *next; line; line = next) {
@@ -274,7 +357,10 @@ static void fuzz_text(const uint8_t *data, size_t size, int dims, cdb_vec_metric
         if (!array_item(&lit, &len, &cap, line))
             abort();
         json_array_append_new(want, json_string_nocheck(line));
+        lines[nlines++] = line;
     }
+    check_map_rows(lines, nlines, dims);
+    free(lines);
     strcpy(lit + len, "}");
     json_t *got = fuzz_pg_array_read(lit);
     if (!got || !json_equal(got, want)) {
