@@ -18,7 +18,9 @@
  * fixture table, the fragments' literals and $n parameters, each bound to
  * what its cast says (a path literal PostgreSQL reads back as exactly the
  * path's segments, JSON, an integer); the count statement binds a prefix
- * of the rows statement's parameters; a path is accepted exactly when it
+ * of the rows statement's parameters; the filters' text is the same with
+ * every string value "s" and every number 1 (no value is spliced, even one
+ * spelling SQL words only); a path is accepted exactly when it
  * is 1..16 segments of [A-Za-z0-9_-]{1,64}, 256 bytes at most; a document
  * is accepted exactly when it is an object nested at most 32 deep; errors
  * are the route's 4xx codes.
@@ -91,6 +93,67 @@ static void fuzz_path(const uint8_t *data, size_t size)
     free(lit);
     cdb_error_destroy(&err);
     json_decref(p);
+}
+
+/* v with every string made "s" and every number 1, shapes and booleans kept. */
+static json_t *canon_value(const json_t *v)
+{
+    size_t i;
+    const char *k;
+    json_t *c, *out;
+    if (json_is_string(v))
+        return json_string("s");
+    if (json_is_number(v))
+        return json_integer(1);
+    if (json_is_array(v)) {
+        out = json_array();
+        json_array_foreach(v, i, c) json_array_append_new(out, canon_value(c));
+        return out;
+    }
+    if (json_is_object(v)) {
+        out = json_object();
+        json_object_foreach((json_t *)v, k, c) json_object_set_new(out, k, canon_value(c));
+        return out;
+    }
+    return json_incref((json_t *)v);
+}
+
+/* filters with their values canonical: paths and operators kept. */
+static json_t *canon_filters(const json_t *filters)
+{
+    json_t *out = json_object(), *v, *operand;
+    const char *path, *op;
+    json_object_foreach((json_t *)filters, path, v) {
+        if (!json_is_object(v)) {
+            json_object_set_new(out, path, canon_value(v));
+            continue;
+        }
+        json_t *ops = json_object();
+        json_object_foreach(v, op, operand) json_object_set_new(ops, op, canon_value(operand));
+        json_object_set_new(out, path, ops);
+    }
+    return out;
+}
+
+/*
+ * The values of filters never reach the statement's text: the same filters
+ * with every string "s" and every number 1 give the same text (a value
+ * spliced in, even one spelling only SQL words, would differ).
+ */
+static void check_values_bound(const json_t *filters, const char *text)
+{
+    json_t *canon = canon_filters(filters);
+    cdb_sql w;
+    cdb_error err;
+    cdb_sql_init(&w);
+    cdb_error_init(&err);
+    if (cdb__doc_where(&w, canon, &err) != 0 || strcmp(w.text ? w.text : "", text) != 0) {
+        fprintf(stderr, "filters' SQL depends on their values:\n%s\nvs\n%s\n", text, w.text ? w.text : "");
+        abort();
+    }
+    cdb_sql_destroy(&w);
+    cdb_error_destroy(&err);
+    json_decref(canon);
 }
 
 /* The rows and count statements of a body cdb__doc_query let through to the registry. */
@@ -178,6 +241,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         if (w.oom || strncmp(w.text, " WHERE ", 7) != 0)
             abort();
         fuzz_doc_sql_check(w.text, w.nparams, w.params);
+        check_values_bound(r, w.text);
     }
     if (rc == 0 && json_object_size(r) > 0 && !(w.text && *w.text))
         abort(); /* filters given, none applied */
