@@ -250,7 +250,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     /* the whole body as a document: accepted exactly when an object at most 32 deep */
     cdb_error_destroy(&err);
     cdb_error_init(&err);
-    rc = cdb__doc_check("document", r, &err);
+    rc = cdb__doc_check("document", r, CDB_DOC_MAX_BYTES, &err);
     bool ok = json_is_object(r) && fuzz_json_depth(r) <= CDB_DOC_MAX_DEPTH;
     if ((rc == 0) != ok || (rc != 0 && rc != CDB_ERR_VALIDATION_FAILED)) {
         fprintf(stderr, "document of depth %d %s\n", fuzz_json_depth(r), rc == 0 ? "accepted" : "refused");

@@ -184,8 +184,11 @@ static void check_vec_op(const tx_op *op, json_t *o)
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
     /* no pool, no catalog, no Redis: the parse stops before any I/O; a query cache as the service
-     * always has one (its generation keys are planned for each collection written) */
+     * always has one (its generation keys are planned for each collection written), and the
+     * configuration's document limit */
     static struct cdb_service svc;
+    static cdb_config cfg = {.doc_max_bytes = CDB_DOC_MAX_BYTES};
+    svc.cfg = &cfg;
     if (!svc.qcache && !(svc.qcache = cdb_qcache_new(NULL, 0)))
         abort();
     if (size < 1)

@@ -32,8 +32,8 @@ static const char *const fuzz_doc_words[] = {
     "ORDER", "BY", "ASC", "DESC", "LIMIT", "OFFSET", "COLLATE", "WITH", "INSERT", "INTO", "VALUES",
     "CONFLICT", "DO", "UPDATE", "SET", "EXCLUDED", "DELETE", "RETURNING", "ANY", "coredb", "count",
     "jsonb_array_elements", "jsonb_typeof", "json_build_object", "jsonb_build_object", "jsonb_merge_patch",
-    "doc_written", "coalesce", "gen_random_uuid", "md5", "random", "clock_timestamp", "now", "text",
-    "jsonb", "bigint", "real", "d", "e", "v", "r", "w", "cur", "id", "doc", "etag", "payload",
+    "doc_sized", "doc_written", "coalesce", "gen_random_uuid", "md5", "random", "clock_timestamp", "now", "text",
+    "jsonb", "bigint", "int", "real", "d", "e", "v", "r", "w", "cur", "id", "doc", "etag", "payload",
     "partition_key", "created_at", "updated_at", "vector", NULL,
 };
 
@@ -193,9 +193,9 @@ static void fuzz_doc_param_check(const char *sql, size_t at, const char *cast, c
         if (!j)
             fuzz_doc_die("a jsonb parameter that is not JSON", sql, at);
         json_decref(j);
-    } else if (strncmp(cast, "::bigint", 8) == 0) {
+    } else if (strncmp(cast, "::bigint", 8) == 0 || strncmp(cast, "::int", 5) == 0) {
         if (!v || !*v || strspn(v + (*v == '-'), "0123456789") != strlen(v + (*v == '-')))
-            fuzz_doc_die("a bigint parameter that is not an integer", sql, at);
+            fuzz_doc_die("an integer parameter that is not an integer", sql, at);
     } else if (strncmp(cast, "::text", 6) == 0 || strncmp(cast, "::real[]", 8) == 0) {
         /* any text (ids, etags, select keys); real[] is checked by the harness against its vector */
     } else {
