@@ -100,6 +100,7 @@ static const struct var vars[] = {
     SECS("HTTP_BODY_TIMEOUT", http_body_timeout_s, "30", 1, 3600),
     INT("HTTP_MAX_CONNECTIONS_PER_IP", http_max_connections_per_ip, "256", 0, 1000000),
     MSEC("SHUTDOWN_GRACE_MS", shutdown_grace_ms, "10000", 0, 3600000),
+    MSEC("SHUTDOWN_DRAIN_MS", shutdown_drain_ms, "0", 0, 600000),
 
     URL("DATABASE_URL", database_url, F_FILE, check_database_url),
     URL("DATABASE_READ_URLS", database_read_urls, 0, check_read_urls),
