@@ -195,7 +195,7 @@ def test_login_on_one_works_on_all_and_logout_on_one_is_refused_by_all(farm, bos
         assert_error(inst.post("/api/v1/auth/refresh",
                                json={"refresh_token": acct.session["refresh_token"]}), 401)
     # where it landed: PostgreSQL's row and Redis' tombstone
-    assert farm.q("SELECT revoked_at IS NOT NULL FROM coredb.sessions WHERE id = %s", (sid,)) == [(True,)]
+    assert farm.q("SELECT revoked_at IS NOT NULL FROM coredb.sessions WHERE session_id = %s", (sid,)) == [(True,)]
     assert farm.rds().get(f"coredb:session:{sid}") == "revoked"
     # the other session (made through haproxy) still works on every instance
     for inst in farm.insts:
@@ -333,7 +333,7 @@ def test_500_mixed_requests_through_haproxy_without_error(farm, boss):
             return farm.lb.post(TX, headers=u.headers, json={"operations": [
                 pg_update("projects", {"id": pid}, {"status": f"s{i}"})]}), 200
         return farm.lb.post(QUERY, headers=u.headers, json={
-            "table": "projects", "select": ["id"], "filters": {"user_id": u.id}, "limit": 5}), 200
+            "table": "projects", "select": ["id"], "filters": {"user_id": u.id}, "pagination": {"page": 1, "limit": 5}}), 200
 
     start = time.monotonic()
     with ThreadPoolExecutor(4) as pool:
