@@ -267,9 +267,10 @@ def run_cli(args, env, cwd=None, timeout=120):
 
 class Haproxy:
     """Debian's haproxy in the foreground (-db) in front of coredb instances
-    on 127.0.0.1: roundrobin, health checks on GET /health/ready (the
-    configuration of docs/deployment.md, with test ports and timings), and a
-    stats listener whose CSV says each server's state and request count."""
+    on 127.0.0.1, run with the configuration docs/deployment.md shows
+    (roundrobin, health checks on GET /health/ready) where only the
+    addresses and the check timings are changed, and its stats listener,
+    whose CSV says each server's state and request count."""
 
     def __init__(self, backends, inter_ms=500, fall=2, rise=2):
         self.dir = os.path.join(scratch_dir(), f"haproxy-{uuid.uuid4().hex[:8]}")
@@ -290,35 +291,25 @@ class Haproxy:
         self.wait_up(len(self.backends))
 
     def config(self, inter_ms, fall, rise):
-        servers = "\n".join(f"    server {name} 127.0.0.1:{port} check" for name, port in self.backends)
-        return f"""global
-    maxconn 1024
-
-defaults
-    mode http
-    timeout connect 2s
-    timeout client 30s
-    timeout server 30s
-    timeout http-request 10s
-    option redispatch
-    retries 2
-
-frontend coredb
-    bind 127.0.0.1:{self.port}
-    default_backend coredb
-
-backend coredb
-    balance roundrobin
-    option httpchk GET /health/ready
-    http-check expect status 200
-    default-server inter {inter_ms}ms fall {fall} rise {rise}
-{servers}
-
-listen stats
-    bind 127.0.0.1:{self.stats_port}
-    stats enable
-    stats uri /stats
-"""
+        """The configuration docs/deployment.md shows, with test addresses and timings."""
+        import re
+        with open(os.path.join(ROOT, "docs", "deployment.md")) as f:
+            doc = f.read()
+        blocks = re.findall(r"```haproxy\n(.*?)```", doc, re.S)
+        assert len(blocks) == 1, "docs/deployment.md: one haproxy block"
+        cfg = blocks[0]
+        servers = "".join(f"    server {name} 127.0.0.1:{port} check\n" for name, port in self.backends)
+        changes = [
+            (r"^    bind 127\.0\.0\.1:\d+\n", f"    bind 127.0.0.1:{self.stats_port}\n"),
+            (r"^    bind :\d+\n", f"    bind 127.0.0.1:{self.port}\n"),
+            (r"^    default-server inter \S+ fall \d+ rise \d+\n",
+             f"    default-server inter {inter_ms}ms fall {fall} rise {rise}\n"),
+            (r"(?:^    server c\d+ \S+ check\n)+", servers),
+        ]
+        for pattern, replacement in changes:
+            cfg, n = re.subn(pattern, lambda m: replacement, cfg, flags=re.M)
+            assert n == 1, f"docs/deployment.md's haproxy block: {pattern!r} matched {n} times"
+        return cfg
 
     def stats(self):
         """{server name: {"status": "UP"/"DOWN"/..., "stot": requests served}} from the CSV."""

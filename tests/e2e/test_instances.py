@@ -1,7 +1,8 @@
 """Many instances behind a load balancer (issue 14, docs/deployment.md):
 three coredb processes on one PostgreSQL database and one Redis, Debian's
-haproxy in front of them with the configuration the docs show (roundrobin,
-health checks on GET /health/ready).
+haproxy in front of them with the configuration docs/deployment.md shows,
+read from that file (roundrobin, health checks on GET /health/ready; only
+addresses and check timings changed).
 
 Everything an instance knows that another needs lives in PostgreSQL or
 Redis, and each test proves one piece of it by sending requests straight to
@@ -298,6 +299,12 @@ def test_lease_taken_on_one_is_listed_and_released_on_another(farm, boss):
                               json={"connection_id": lid, "service_name": "farm-svc"})
     assert resp.status_code == 200, resp.text
     assert farm.q("SELECT 1 FROM pg_roles WHERE rolname = %s", (role,)) == []
+    # the pooled connection the lease held is instance 1's: its reaper (every
+    # second) sees the lease ended elsewhere and gives the connection back
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline and f"lease {lid} ended" not in farm.insts[0].log():
+        time.sleep(0.1)
+    assert f"lease {lid} ended: its pooled connection is back" in farm.insts[0].log()
     listed = farm.insts[0].get("/api/v1/connections", headers=boss_on[0].headers,
                                params={"service_name": "farm-svc"})
     assert listed.json()["leases"] == []
