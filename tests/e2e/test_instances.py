@@ -313,54 +313,111 @@ def test_lease_taken_on_one_is_listed_and_released_on_another(farm, boss):
 # ---- 500 mixed requests through haproxy ----
 
 def test_500_mixed_requests_through_haproxy_without_error(farm, boss):
+    """Reads, cached reads, inserts, read-after-write on another instance,
+    login/use/logout/refused cycles, and a plain user over its quota, four
+    clients at once, all through haproxy: every answer is the expected one."""
     before = {n: s["stot"] for n, s in farm.proxy.stats().items()}
     users = [premium_on(farm, boss, k) for k in range(3)]
     lb_users = [farm.via(u) for u in users]
     pids = [add_project(farm.insts[0], u.id, title="load", status="draft") for u in users]
+    # one project per read-after-write unit, so concurrent units never share one
+    from datahelp import add_projects
+    own = [add_projects(farm.insts[0], u.id, 20, prefix=f"raw{k}-") for k, u in enumerate(users)]
+    limited = new_account(farm.insts[1])       # a plain user: RATE_LIMIT_USER=5 across the farm
+    time.sleep(1.2)
     inserted = [0] * 3
     lock = threading.Lock()
+    http = threading.local()
 
-    def one(i):
+    def session():
+        if not hasattr(http, "s"):
+            http.s = requests.Session()
+        return http.s
+
+    def call(method, path, **kw):
+        kw.setdefault("timeout", 30)
+        return session().request(method, farm.base + path, **kw)
+
+    def unit(i):
+        """One unit of work: a list of (response, accepted statuses)."""
         k = i % 3
         u, pid = lb_users[k], pids[k]
-        kind = i % 5
-        if kind == 0:
-            return farm.lb.get(f"/users/{u.id}", headers=u.headers), 200
-        if kind == 1:
-            return farm.lb.post(QUERY, headers=u.headers, json={
-                "table": "projects", "select": ["id", "status"], "filters": {"id": pid}}), 200
-        if kind == 2:
-            resp = farm.lb.post(TX, headers=u.headers, json={"operations": [
+        kind = i % 10
+        if kind in (0, 5):
+            return [(call("GET", f"/users/{u.id}", headers=u.headers), {200})]
+        if kind in (1, 6):
+            return [(call("POST", QUERY, headers=u.headers, json={
+                "table": "projects", "select": ["id", "status"], "filters": {"id": pid}}), {200})]
+        if kind in (2, 7):
+            resp = call("POST", TX, headers=u.headers, json={"operations": [
                 pg_insert("projects", {"user_id": u.id, "title": f"mixed-{i}"})]})
             if resp.status_code == 200:
                 with lock:
                     inserted[k] += 1
-            return resp, 200
+            return [(resp, {200})]
         if kind == 3:
-            return farm.lb.post(TX, headers=u.headers, json={"operations": [
-                pg_update("projects", {"id": pid}, {"status": f"s{i}"})]}), 200
-        return farm.lb.post(QUERY, headers=u.headers, json={
-            "table": "projects", "select": ["id"], "filters": {"user_id": u.id}, "pagination": {"page": 1, "limit": 5}}), 200
+            # read (cached by whichever instance), write, read again: the
+            # second read, likely on another instance, sees the write
+            mine = own[k][(i // 30) % 20]
+            body = {"table": "projects", "select": ["id", "status"], "filters": {"id": mine}}
+            r1 = call("POST", QUERY, headers=u.headers, json=body)
+            r2 = call("POST", TX, headers=u.headers, json={"operations": [
+                pg_update("projects", {"id": mine}, {"status": f"w{i}"})]})
+            r3 = call("POST", QUERY, headers=u.headers, json=body)
+            assert r3.status_code != 200 or r3.json()["data"][0]["status"] == f"w{i}", (i, r3.text)
+            return [(r1, {200}), (r2, {200}), (r3, {200})]
+        if kind == 4:
+            # a session's whole life, each step wherever haproxy sends it
+            acct = users[k]
+            r1 = call("POST", "/api/v1/auth/login", json={"email": acct.email, "password": acct.password})
+            token = r1.json().get("access_token", "") if r1.status_code == 200 else ""
+            r2 = call("GET", f"/users/{acct.id}", headers=bearer(token))
+            r3 = call("POST", "/api/v1/auth/logout", headers=bearer(token))
+            r4 = call("GET", f"/users/{acct.id}", headers=bearer(token))
+            return [(r1, {200}), (r2, {200}), (r3, {200}), (r4, {401})]
+        if kind == 8:
+            return [(call("POST", QUERY, headers=u.headers, json={
+                "table": "projects", "select": ["id"], "filters": {"user_id": u.id},
+                "pagination": {"page": 1, "limit": 5}}), {200})]
+        return [(call("GET", f"/users/{limited.id}", headers=limited.headers), {200, 429})]
 
     start = time.monotonic()
+    results = []
     with ThreadPoolExecutor(4) as pool:
-        results = list(pool.map(one, range(500)))
+        i = 0
+        # units until 500 requests are made (a unit makes 1 to 4)
+        while len(results) < 500:
+            batch = list(pool.map(unit, range(i, i + 40)))
+            i += 40
+            for r in batch:
+                results.extend(r)
     took = time.monotonic() - start
-    bad = [(i, r.status_code, r.text[:200]) for i, (r, want) in enumerate(results) if r.status_code != want]
+    bad = [(r.status_code, r.text[:200]) for r, want in results if r.status_code not in want]
     assert bad == [], bad[:10]
     assert took < 90, took
     # the inserts landed, once each
     for k, u in enumerate(users):
         n = farm.q("SELECT count(*) FROM projects WHERE user_id = %s AND title LIKE 'mixed-%%'", (u.id,))[0][0]
         assert n == inserted[k], (k, n, inserted)
-    assert sum(inserted) == 100
+    # the logouts are in PostgreSQL: every session a unit made is revoked
+    cycles = sum(1 for r, want in results if want == {401})
+    revoked = farm.q("SELECT count(*) FROM coredb.sessions WHERE user_id::text = ANY(%s) "
+                     "AND revoked_reason = 'logout' AND revoked_at IS NOT NULL",
+                     ([u.id for u in users],))[0][0]
+    assert cycles > 0 and revoked == cycles, (cycles, revoked)
+    # the plain user had one quota of 5/s across the three instances
+    limited_codes = [r.status_code for r, want in results if want == {200, 429}]
+    allowed = limited_codes.count(200)
+    assert 429 in limited_codes, limited_codes
+    assert allowed <= USER_QUOTA + USER_QUOTA * took + 1, (allowed, took)
     # each instance served a share (roundrobin: about a third each)
     after = {n: s["stot"] for n, s in farm.proxy.stats().items()}
     served = {n: after[n] - before.get(n, 0) for n in NAMES}
-    assert sum(served.values()) >= 500, served
+    assert sum(served.values()) >= len(results) >= 500, served
     for n in NAMES:
-        assert served[n] >= 100, served
-    print(f"500 mixed requests through haproxy in {took:.2f} s; per instance {served}")
+        assert served[n] >= len(results) // 4, served
+    print(f"{len(results)} mixed requests through haproxy in {took:.2f} s; per instance {served}; "
+          f"plain user {allowed} allowed of {len(limited_codes)}")
 
 
 # ---- rolling restart ----
@@ -411,7 +468,7 @@ def test_rolling_restart_under_load_loses_no_request(farm, boss):
             farm.proxy.wait_status(name, "DOWN", timeout=5)
             assert old.proc.wait(20) == 0, old.log()[-3000:]
             log = old.log()
-            assert "http.draining" in log and "AddressSanitizer" not in log and "runtime error:" not in log
+            assert "http.draining" in log and "Sanitizer" not in log and "runtime error:" not in log
             farm.restart(k)
             farm.proxy.wait_status(name, "UP", timeout=15)
         time.sleep(0.5)
