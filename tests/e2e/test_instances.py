@@ -485,6 +485,41 @@ def test_rolling_restart_under_load_loses_no_request(farm, boss):
         assert inst.get("/health/ready").status_code == 200
 
 
+def test_drain_serves_everything_but_readiness_and_a_second_signal_ends_it(pg):
+    """SHUTDOWN_DRAIN_MS on a lone instance: during the drain every route but
+    /health/ready answers as before; a second SIGTERM ends a long drain at
+    once and the exit is still clean."""
+    db = pg.create_database("drain")
+    inst = Coredb(base_env(pg, db, None, SHUTDOWN_DRAIN_MS=60000, **admin_env()))
+    inst.db, inst.pg = db, pg
+    try:
+        acct = new_account(inst)
+        assert inst.get("/health/ready").status_code == 200
+        inst.proc.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline and inst.get("/health/ready", timeout=2).status_code != 503:
+            time.sleep(0.05)
+        ready = inst.get("/health/ready", timeout=2)
+        assert ready.status_code == 503 and ready.json()["checks"]["shutdown"] == \
+            {"status": "DOWN", "draining": True}, ready.text
+        assert ready.json()["checks"]["postgresql"]["status"] == "UP", ready.text
+        # still serving: liveness, the full report, an authenticated read, a write
+        assert inst.get("/health/live").status_code == 200
+        assert inst.get(f"/users/{acct.id}", headers=acct.headers).status_code == 200
+        resp = inst.request("PUT", f"/users/{acct.id}", headers=acct.headers, json={"display_name": "draining"})
+        assert resp.status_code == 200, resp.text
+        assert inst.pg.query(db, "SELECT display_name FROM public.users WHERE user_id = %s",
+                             (acct.id,)) == [("draining",)]
+        assert inst.proc.poll() is None                  # 60 s drain: still running
+        started = time.monotonic()
+        inst.proc.send_signal(signal.SIGTERM)
+        assert inst.proc.wait(10) == 0
+        assert time.monotonic() - started < 10
+        assert "ending the drain" in inst.log()
+    finally:
+        inst.stop_clean()
+
+
 # ---- sizing ----
 
 def test_start_logs_the_headroom(farm):
