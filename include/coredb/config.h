@@ -39,6 +39,7 @@ typedef struct cdb_config {
     int   http_header_timeout_s;   /* HTTP_HEADER_TIMEOUT, 10: whole request head, absolute */
     int   http_body_timeout_s;     /* HTTP_BODY_TIMEOUT, 30: whole request body, absolute */
     int   http_max_connections_per_ip; /* HTTP_MAX_CONNECTIONS_PER_IP, 256 (0 = no cap) */
+    char *trusted_proxies;         /* TRUSTED_PROXIES: peers whose X-Forwarded-For is believed; may be NULL */
     int   shutdown_grace_ms;       /* SHUTDOWN_GRACE_MS, 10000 */
     int   shutdown_drain_ms;       /* SHUTDOWN_DRAIN_MS, 0: /health/ready 503 before closing */
 

@@ -18,6 +18,7 @@
  */
 #include "coredb/config.h"
 #include "core/config_internal.h"
+#include "core/netaddr.h"
 
 #include <ctype.h>
 #include <errno.h>
@@ -79,6 +80,7 @@ static int check_redis_url(const struct var *v, char **val, cdb_error *err);
 static int check_jwt_secret(const struct var *v, char **val, cdb_error *err);
 static int check_key(const struct var *v, char **val, cdb_error *err);
 static int check_email(const struct var *v, char **val, cdb_error *err);
+static int check_proxies(const struct var *v, char **val, cdb_error *err);
 
 #define OFF(f) offsetof(cdb_config, f)
 #define INT(n, f, d, lo, hi)  {n, K_INT, OFF(f), d, lo, hi, U_COUNT, 0, NULL}
@@ -99,6 +101,7 @@ static const struct var vars[] = {
     SECS("HTTP_HEADER_TIMEOUT", http_header_timeout_s, "10", 1, 3600),
     SECS("HTTP_BODY_TIMEOUT", http_body_timeout_s, "30", 1, 3600),
     INT("HTTP_MAX_CONNECTIONS_PER_IP", http_max_connections_per_ip, "256", 0, 1000000),
+    STR("TRUSTED_PROXIES", trusted_proxies, NULL, check_proxies),
     MSEC("SHUTDOWN_GRACE_MS", shutdown_grace_ms, "10000", 0, 3600000),
     MSEC("SHUTDOWN_DRAIN_MS", shutdown_drain_ms, "0", 0, 600000),
 
@@ -466,6 +469,16 @@ static int check_email(const struct var *v, char **val, cdb_error *err)
     if (at && at != *val && at[1] && !strchr(*val, ' '))
         return 0;
     return cdb_error_set(err, CDB_ERR_CONFIG_INVALID, "%s: not an email address", v->name);
+}
+
+static int check_proxies(const struct var *v, char **val, cdb_error *err)
+{
+    cdb_netmask list[CDB_NETMASK_MAX];
+    if (cdb_netmask_parse_list(*val, list, CDB_NETMASK_MAX) >= 0)
+        return 0;
+    return cdb_error_set(err, CDB_ERR_CONFIG_INVALID,
+                         "%s: not a comma-separated list of IP addresses or CIDR ranges (at most %d)",
+                         v->name, CDB_NETMASK_MAX);
 }
 
 /* ---- loading ---- */

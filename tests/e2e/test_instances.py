@@ -22,6 +22,7 @@ DB_POOL_MAX alone exceeds what the server accepts.
 
 Timings are kept short (checks every 300 ms, a 1.5 s drain) so the module
 runs in well under two minutes."""
+import json
 import os
 import re
 import signal
@@ -58,6 +59,7 @@ class Farm:
         self.env = base_env(pg, self.db, rds_server, RATE_LIMIT_USER=USER_QUOTA,
                             RATE_LIMIT_ANON=100000, RATE_LIMIT_PREMIUM=100000, RATE_LIMIT_ADMIN=0,
                             SHUTDOWN_DRAIN_MS=DRAIN_MS, SHUTDOWN_GRACE_MS=10000,
+                            TRUSTED_PROXIES="127.0.0.1",     # haproxy connects from 127.0.0.1
                             **self.admin_extra)
         # all three at once on an empty database: the migration lock decides
         self.insts = [self._spawn(None) for _ in NAMES]
@@ -271,6 +273,60 @@ def test_one_quota_whichever_instance_counts(farm, boss):
         if r.status_code == 429:
             assert_error(r, 429, "RATE_LIMITED")
             assert int(r.headers["Retry-After"]) >= 1
+
+
+# ---- client addresses behind the balancer (TRUSTED_PROXIES) ----
+
+def raw_request(port, method, path, source, body=None, headers=None):
+    """One request from a chosen loopback source address (127.0.0.0/8 is all
+    loopback), so haproxy's X-Forwarded-For names a client other than itself."""
+    import http.client
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=15, source_address=(source, 0))
+    try:
+        hdrs = {"Content-Type": "application/json"}
+        hdrs.update(headers or {})
+        conn.request(method, path, body=json.dumps(body) if body is not None else None, headers=hdrs)
+        resp = conn.getresponse()
+        return resp.status, resp.read().decode()
+    finally:
+        conn.close()
+
+
+def test_client_address_comes_from_the_balancer_only(farm, boss):
+    acct = premium_on(farm, boss, 0)
+    creds = {"email": acct.email, "password": acct.password}
+
+    def login_ip(port, source, headers=None):
+        status, text = raw_request(port, "POST", "/api/v1/auth/login", source, creds, headers)
+        assert status == 200, text
+        sid = json.loads(text)["session_id"]
+        return farm.q("SELECT ip_address FROM coredb.sessions WHERE session_id = %s", (sid,))[0][0]
+
+    # through haproxy (option forwardfor) from 127.0.0.5: the session records the client
+    assert login_ip(farm.proxy.port, "127.0.0.5") == "127.0.0.5"
+    # a client cannot choose its address: what it sends is left of haproxy's entry
+    assert login_ip(farm.proxy.port, "127.0.0.6", {"X-Forwarded-For": "203.0.113.7"}) == "127.0.0.6"
+    assert login_ip(farm.proxy.port, "127.0.0.6",
+                    {"X-Forwarded-For": "203.0.113.7, 127.0.0.1"}) == "127.0.0.6"
+    # straight to an instance from an address that is not a trusted proxy: the header is ignored
+    port = farm.insts[1].port
+    assert login_ip(port, "127.0.0.7", {"X-Forwarded-For": "203.0.113.8"}) == "127.0.0.7"
+    # from the trusted proxy's address the rightmost untrusted entry counts; garbage, SQL or a
+    # port in it stops the walk at the proxy itself
+    assert login_ip(port, "127.0.0.1", {"X-Forwarded-For": "198.51.100.1, 203.0.113.9"}) == "203.0.113.9"
+    for junk in ("x' OR 1=1 --", "203.0.113.9:443", "[::1]", "", "a" * 300):
+        assert login_ip(port, "127.0.0.1", {"X-Forwarded-For": junk}) == "127.0.0.1", junk
+    # limits per client address see the client, counted across instances: three failed
+    # logins through haproxy (one per instance, roundrobin) from 127.0.0.8 are its three
+    rds = farm.rds()
+    for _ in range(3):
+        status, text = raw_request(farm.proxy.port, "POST", "/api/v1/auth/login", "127.0.0.8",
+                                   {"email": acct.email, "password": "wrong-password-1"})
+        assert status == 401, text
+    key = "coredb:login:addr:127.0.0.8"
+    kind = rds.type(key)
+    count = rds.zcard(key) if kind == "zset" else rds.llen(key) if kind == "list" else int(rds.get(key))
+    assert count == 3, (kind, count)
 
 
 # ---- connection leases ----

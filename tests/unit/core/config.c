@@ -695,6 +695,19 @@ static void test_durations(void **state)
     nenv = 0;
     set("SHUTDOWN_DRAIN_MS", "soon");
     assert_invalid("SHUTDOWN_DRAIN_MS:", NULL);
+
+    /* TRUSTED_PROXIES: addresses and ranges; anything else is refused at start */
+    nenv = 0;
+    set("TRUSTED_PROXIES", "10.0.0.0/8, 127.0.0.1,::1");
+    assert_loads(&cfg);
+    assert_string_equal(cfg.trusted_proxies, "10.0.0.0/8, 127.0.0.1,::1");
+    cdb_config_destroy(&cfg);
+    nenv = 0;
+    set("TRUSTED_PROXIES", "balancer.internal");
+    assert_invalid("TRUSTED_PROXIES:", NULL);
+    nenv = 0;
+    set("TRUSTED_PROXIES", "10.0.0.0/40");
+    assert_invalid("TRUSTED_PROXIES:", NULL);
 }
 
 static void test_booleans_and_log_level(void **state)
