@@ -12,7 +12,9 @@ it lands: three instances starting at once apply each migration once
 logout on one is refused by all (coredb.sessions.revoked_at and the
 "revoked" tombstone in Redis); a write through one invalidates the cached
 answer on the others (the generation counter in Redis); one user's quota is
-one quota whichever instance counts it (coredb:rl:user:<id>); a lease taken
+one quota whichever instance counts it (coredb:rl:user:<id>); behind haproxy (option forwardfor, TRUSTED_PROXIES) the client address is the
+client's, never one a client chose (coredb.sessions.ip_address, the
+per-address login counter); a lease taken
 on one is listed and released on the others (coredb.leases, pg_roles); 500
 mixed requests through haproxy have no error and every instance serves some
 (haproxy's stats); a rolling restart under load loses no request
