@@ -12,15 +12,17 @@ it lands: three instances starting at once apply each migration once
 logout on one is refused by all (coredb.sessions.revoked_at and the
 "revoked" tombstone in Redis); a write through one invalidates the cached
 answer on the others (the generation counter in Redis); one user's quota is
-one quota whichever instance counts it (coredb:rl:user:<id>); behind haproxy (option forwardfor, TRUSTED_PROXIES) the client address is the
-client's, never one a client chose (coredb.sessions.ip_address, the
-per-address login counter); a lease taken
-on one is listed and released on the others (coredb.leases, pg_roles); 500
-mixed requests through haproxy have no error and every instance serves some
-(haproxy's stats); a rolling restart under load loses no request
-(SHUTDOWN_DRAIN_MS: /health/ready says 503 while the instance still
-serves); and the start-up sizing check logs its headroom, and warns when
-DB_POOL_MAX alone exceeds what the server accepts.
+one quota whichever instance counts it (coredb:rl:user:<id>); behind
+haproxy (option forwardfor, TRUSTED_PROXIES) the client address is the
+client's and never one a client chose (coredb.sessions.ip_address, the
+per-address login counter); a lease taken on one is listed and released on
+the others (coredb.leases, pg_roles); 500 mixed requests through haproxy
+have no error and every instance serves some (haproxy's stats); a rolling
+restart under load loses no request (SHUTDOWN_DRAIN_MS: /health/ready says
+503 while the instance still serves); and the start-up sizing check logs
+its headroom, and warns when DB_POOL_MAX alone exceeds what the server
+accepts. Scheduled backups running once across instances are proven in
+test_backups.py (test_schedule_runs_once_across_two_instances).
 
 Timings are kept short (checks every 300 ms, a 1.5 s drain) so the module
 runs in well under two minutes."""
