@@ -420,7 +420,7 @@ static void wait_for_inflight(cdb_http_server *srv, const sigset_t *stop_signals
 
 bool cdb_server_draining(const cdb_http_server *srv)
 {
-    return atomic_load(&((cdb_http_server *)srv)->draining);
+    return atomic_load(&srv->draining);
 }
 
 /*
