@@ -470,10 +470,10 @@ int cdb_http_server_run(cdb_http_server *srv)
                      cfg->prometheus_port);
 
     int sig = 0;
-    if (started == srv->nloops)
+    if (started == srv->nloops) {
         sigwait(&stop_signals, &sig);
-    if (started == srv->nloops)
         drain(srv, &stop_signals, cfg->shutdown_drain_ms);
+    }
     cdb_log_info("http.stopping", "signal %d: stop accepting, finishing in-flight requests", sig);
     atomic_store(&srv->stopping, true);
     struct timeval now = {0, 0};
