@@ -607,6 +607,20 @@ def test_pool_larger_than_max_connections_warns_at_start():
         assert "max_connections 20" in warn[0] and "lower DB_POOL_MAX" in warn[0], warn[0]
         # a warning, not a refusal: the instance serves
         assert inst.get("/health/ready").status_code == 200
+        # a pool that fits the server but not what others leave free now
+        held = [server.connect() for _ in range(5)]
+        try:
+            second = Coredb(base_env(server, db, None, DB_POOL_MAX=5, DB_POOL_MIN=1))
+            try:
+                log = second.log()
+                assert not [l for l in log.splitlines() if "serve.sizing" in l and "PostgreSQL has" in l]
+                warn = [l for l in log.splitlines() if "serve.sizing" in l and "free now" in l]
+                assert len(warn) == 1 and "DB_POOL_MAX 5" in warn[0], log[-3000:]
+            finally:
+                second.stop_clean()
+        finally:
+            for c in held:
+                c.close()
     finally:
         if inst is not None:
             inst.stop_clean()
