@@ -32,7 +32,6 @@ import re
 import signal
 import threading
 import time
-import uuid
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
@@ -42,8 +41,7 @@ import requests
 from conftest import base_env
 from datahelp import (QUERY, TX, add_project, admin_env, admin_of, pg_insert, pg_update, premium,
                       query_ok)
-from identity import (PASSWORD, Account, assert_error, bearer, claims_of, login, login_resp,
-                      new_account, register)
+from identity import Account, assert_error, bearer, login, new_account
 from servers import ROOT, Coredb, Haproxy, PgServer, RedisServer
 
 NAMES = ("c1", "c2", "c3")
