@@ -23,6 +23,8 @@ PACKAGES=(
   wrk procps curl util-linux
   # metrics tests: promtool and a real Prometheus (tests/e2e/test_metrics.py)
   prometheus
+  # many instances behind a balancer (tests/e2e/test_instances.py, docs/deployment.md)
+  haproxy
   # make fuzz: clang and its libFuzzer runtime (libclang_rt.fuzzer is in libclang-rt-14-dev)
   clang libclang-rt-14-dev
 )

@@ -40,7 +40,9 @@ typedef struct cdb_config {
     int   http_body_timeout_s;     /* HTTP_BODY_TIMEOUT, 30: whole request body, absolute */
     int   http_max_connections_per_ip; /* HTTP_MAX_CONNECTIONS_PER_IP, 256 (0 = no cap) */
     int   doc_max_bytes;           /* DOC_MAX_BYTES, 2097152: a document, patch or vector payload */
+    char *trusted_proxies;         /* TRUSTED_PROXIES: peers whose X-Forwarded-For is believed; may be NULL */
     int   shutdown_grace_ms;       /* SHUTDOWN_GRACE_MS, 10000 */
+    int   shutdown_drain_ms;       /* SHUTDOWN_DRAIN_MS, 0: /health/ready 503 before closing */
 
     /* PostgreSQL */
     char *database_url;            /* normalized libpq URI; NULL => embedded */

@@ -18,6 +18,7 @@
  */
 #include "coredb/config.h"
 #include "core/config_internal.h"
+#include "core/netaddr.h"
 
 #include <ctype.h>
 #include <errno.h>
@@ -79,6 +80,7 @@ static int check_redis_url(const struct var *v, char **val, cdb_error *err);
 static int check_jwt_secret(const struct var *v, char **val, cdb_error *err);
 static int check_key(const struct var *v, char **val, cdb_error *err);
 static int check_email(const struct var *v, char **val, cdb_error *err);
+static int check_proxies(const struct var *v, char **val, cdb_error *err);
 
 #define OFF(f) offsetof(cdb_config, f)
 #define INT(n, f, d, lo, hi)  {n, K_INT, OFF(f), d, lo, hi, U_COUNT, 0, NULL}
@@ -100,7 +102,9 @@ static const struct var vars[] = {
     SECS("HTTP_BODY_TIMEOUT", http_body_timeout_s, "30", 1, 3600),
     INT("HTTP_MAX_CONNECTIONS_PER_IP", http_max_connections_per_ip, "256", 0, 1000000),
     INT("DOC_MAX_BYTES", doc_max_bytes, "2097152", 1024, 67108864),
+    STR("TRUSTED_PROXIES", trusted_proxies, NULL, check_proxies),
     MSEC("SHUTDOWN_GRACE_MS", shutdown_grace_ms, "10000", 0, 3600000),
+    MSEC("SHUTDOWN_DRAIN_MS", shutdown_drain_ms, "0", 0, 600000),
 
     URL("DATABASE_URL", database_url, F_FILE, check_database_url),
     URL("DATABASE_READ_URLS", database_read_urls, 0, check_read_urls),
@@ -466,6 +470,16 @@ static int check_email(const struct var *v, char **val, cdb_error *err)
     if (at && at != *val && at[1] && !strchr(*val, ' '))
         return 0;
     return cdb_error_set(err, CDB_ERR_CONFIG_INVALID, "%s: not an email address", v->name);
+}
+
+static int check_proxies(const struct var *v, char **val, cdb_error *err)
+{
+    cdb_netmask list[CDB_NETMASK_MAX];
+    if (cdb_netmask_parse_list(*val, list, CDB_NETMASK_MAX) >= 0)
+        return 0;
+    return cdb_error_set(err, CDB_ERR_CONFIG_INVALID,
+                         "%s: not a comma-separated list of IP addresses or CIDR ranges (at most %d)",
+                         v->name, CDB_NETMASK_MAX);
 }
 
 /* ---- loading ---- */

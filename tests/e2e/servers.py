@@ -263,3 +263,95 @@ def run_cli(args, env, cwd=None, timeout=120):
     full_env.update({k: str(v) for k, v in env.items()})
     return subprocess.run([COREDB_BIN] + list(args), env=full_env, cwd=cwd or scratch_dir(),
                           capture_output=True, text=True, timeout=timeout)
+
+
+class Haproxy:
+    """Debian's haproxy in the foreground (-db) in front of coredb instances
+    on 127.0.0.1, run with the configuration docs/deployment.md shows
+    (roundrobin, health checks on GET /health/ready) where only the
+    addresses and the check timings are changed, and its stats listener,
+    whose CSV says each server's state and request count."""
+
+    def __init__(self, backends, inter_ms=500, fall=2, rise=2):
+        self.dir = os.path.join(scratch_dir(), f"haproxy-{uuid.uuid4().hex[:8]}")
+        os.makedirs(self.dir)
+        self.port = free_port()
+        self.stats_port = free_port()
+        self.backends = list(backends)          # [(name, port)]
+        self.cfg_path = os.path.join(self.dir, "haproxy.cfg")
+        with open(self.cfg_path, "w") as f:
+            f.write(self.config(inter_ms, fall, rise))
+        check = subprocess.run(["haproxy", "-c", "-q", "-f", self.cfg_path], capture_output=True, text=True)
+        if check.returncode != 0:
+            raise RuntimeError(f"haproxy -c: {check.stdout}{check.stderr}")
+        self.log_path = os.path.join(self.dir, "log")
+        self.proc = subprocess.Popen(["haproxy", "-db", "-f", self.cfg_path],
+                                     stdout=open(self.log_path, "ab"), stderr=subprocess.STDOUT)
+        self.base = f"http://127.0.0.1:{self.port}"
+        self.wait_up(len(self.backends))
+
+    def config(self, inter_ms, fall, rise):
+        """The configuration docs/deployment.md shows, with test addresses and timings."""
+        import re
+        with open(os.path.join(ROOT, "docs", "deployment.md")) as f:
+            doc = f.read()
+        blocks = re.findall(r"```haproxy\n(.*?)```", doc, re.S)
+        assert len(blocks) == 1, "docs/deployment.md: one haproxy block"
+        cfg = blocks[0]
+        servers = "".join(f"    server {name} 127.0.0.1:{port} check\n" for name, port in self.backends)
+        changes = [
+            (r"^    bind 127\.0\.0\.1:\d+\n", f"    bind 127.0.0.1:{self.stats_port}\n"),
+            (r"^    bind :\d+\n", f"    bind 127.0.0.1:{self.port}\n"),
+            (r"^    default-server inter \S+ fall \d+ rise \d+\n",
+             f"    default-server inter {inter_ms}ms fall {fall} rise {rise}\n"),
+            (r"(?:^    server c\d+ \S+ check\n)+", servers),
+        ]
+        for pattern, replacement in changes:
+            cfg, n = re.subn(pattern, lambda m: replacement, cfg, flags=re.M)
+            assert n == 1, f"docs/deployment.md's haproxy block: {pattern!r} matched {n} times"
+        return cfg
+
+    def stats(self):
+        """{server name: {"status": "UP"/"DOWN"/..., "stot": requests served}} from the CSV."""
+        text = requests.get(f"http://127.0.0.1:{self.stats_port}/stats;csv", timeout=5).text
+        lines = text.splitlines()
+        head = lines[0].lstrip("# ").split(",")
+        out = {}
+        for line in lines[1:]:
+            row = dict(zip(head, line.split(",")))
+            if row.get("pxname") == "coredb" and row.get("svname") not in ("FRONTEND", "BACKEND"):
+                out[row["svname"]] = {"status": row["status"], "stot": int(row["stot"] or 0)}
+        return out
+
+    def wait_up(self, count, timeout=30):
+        """Until count servers are UP (health checks passed)."""
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"haproxy exited {self.proc.returncode}: {open(self.log_path).read()}")
+            try:
+                if sum(1 for s in self.stats().values() if s["status"] == "UP") >= count:
+                    return
+            except requests.RequestException:
+                pass
+            time.sleep(0.1)
+        raise RuntimeError(f"haproxy: fewer than {count} servers UP: {self.stats()}")
+
+    def wait_status(self, name, status, timeout=30):
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            if self.stats().get(name, {}).get("status", "").startswith(status):
+                return
+            time.sleep(0.05)
+        raise RuntimeError(f"haproxy: {name} not {status}: {self.stats()}")
+
+    def stop(self):
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+    destroy = stop

@@ -676,6 +676,38 @@ static void test_durations(void **state)
     nenv = 0;
     set("DB_STATEMENT_TIMEOUT", "30d"); /* beyond INT_MAX ms */
     assert_invalid("DB_STATEMENT_TIMEOUT:", NULL);
+
+    /* SHUTDOWN_DRAIN_MS: off by default, a duration up to 10 min */
+    nenv = 0;
+    assert_loads(&cfg);
+    assert_int_equal(cfg.shutdown_drain_ms, 0);
+    cdb_config_destroy(&cfg);
+    set("SHUTDOWN_DRAIN_MS", "3s");
+    assert_loads(&cfg);
+    assert_int_equal(cfg.shutdown_drain_ms, 3000);
+    cdb_config_destroy(&cfg);
+    nenv = 0;
+    set("SHUTDOWN_DRAIN_MS", "11m");
+    assert_invalid("SHUTDOWN_DRAIN_MS:", NULL);
+    nenv = 0;
+    set("SHUTDOWN_DRAIN_MS", "-1");
+    assert_invalid("SHUTDOWN_DRAIN_MS:", NULL);
+    nenv = 0;
+    set("SHUTDOWN_DRAIN_MS", "soon");
+    assert_invalid("SHUTDOWN_DRAIN_MS:", NULL);
+
+    /* TRUSTED_PROXIES: addresses and ranges; anything else is refused at start */
+    nenv = 0;
+    set("TRUSTED_PROXIES", "10.0.0.0/8, 127.0.0.1,::1");
+    assert_loads(&cfg);
+    assert_string_equal(cfg.trusted_proxies, "10.0.0.0/8, 127.0.0.1,::1");
+    cdb_config_destroy(&cfg);
+    nenv = 0;
+    set("TRUSTED_PROXIES", "balancer.internal");
+    assert_invalid("TRUSTED_PROXIES:", NULL);
+    nenv = 0;
+    set("TRUSTED_PROXIES", "10.0.0.0/40");
+    assert_invalid("TRUSTED_PROXIES:", NULL);
 }
 
 static void test_booleans_and_log_level(void **state)
