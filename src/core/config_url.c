@@ -283,7 +283,12 @@ int cdb__config_check_sentinels(const char *name, const char *list, cdb_error *e
         const char *colon = n > 0 ? memrchr(p, ':', n) : NULL;
         if (i > 16)
             return cdb_error_set(err, CDB_ERR_CONFIG_INVALID, "%s: at most 16 sentinels", name);
-        if (!colon || colon == p + n - 1 || !cdb__config_hostport_ok(p, n) ||
+        /* a host name or address: nothing that could be read as more than one */
+        size_t hl = colon ? (size_t)(colon - p) : 0;
+        bool chars_ok = p[0] == '[' ? strspn(p, "[]:.0123456789abcdefABCDEF") >= hl
+                                    : strspn(p, "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
+                                                "0123456789.-_") == hl;
+        if (!colon || colon == p + n - 1 || !chars_ok || !cdb__config_hostport_ok(p, n) ||
             (p[0] == '[' && colon < (const char *)memchr(p, ']', n)))
             return cdb_error_set(err, CDB_ERR_CONFIG_INVALID,
                                  "%s: sentinel %d must be host:port", name, i);
