@@ -69,6 +69,7 @@ struct cdb_redis {
     char master_host[CDB_SENTINEL_HOST_MAX]; /* the last master a connect verified */
     int master_port;
     _Atomic uint64_t master_changes;
+    _Atomic int64_t no_replica_until; /* cdb_redis_sync_replica does not wait before this */
 };
 
 /* ---- URL parsing --------------------------------------------------------- */
@@ -656,4 +657,45 @@ void cdb_redis_topology_get(cdb_redis *r, cdb_redis_topology *t)
         snprintf(t->problem, sizeof t->problem, "%s", r->last_why);
     pthread_mutex_unlock(&r->mu);
     t->master_changes = atomic_load(&r->master_changes);
+}
+
+/*
+ * WAIT counts what the calling connection wrote, and the writes to protect
+ * were made on others: a PUBLISH (replicated, touches no key) on this one
+ * puts a mark in the replication stream after all of them, and a replica
+ * that acknowledged the mark has everything before it.
+ */
+int cdb_redis_sync_replica(cdb_redis *r, cdb_error *err)
+{
+    redisReply *mark = NULL, *acked = NULL;
+    const char *broken = NULL;
+    redisContext *c;
+    int rc = 0;
+
+    if (!r || !r->sentinels || cdb_mono_ms() < atomic_load(&r->no_replica_until))
+        return 0;
+    if (!(c = acquire(r, err)))
+        return CDB_ERR_CACHE_UNAVAILABLE;
+    if (redisAppendCommand(c, "PUBLISH coredb:replication-mark 1") != REDIS_OK ||
+        redisAppendCommand(c, "WAIT 1 %d", CDB_REDIS_REPLICA_WAIT_MS) != REDIS_OK ||
+        redisGetReply(c, (void **)&mark) != REDIS_OK || (broken = broken_reason(r, c, mark)) ||
+        redisGetReply(c, (void **)&acked) != REDIS_OK || (broken = broken_reason(r, c, acked))) {
+        if (!broken)
+            broken = c->errstr[0] ? c->errstr : "no reply";
+        rc = cdb_error_set(err, CDB_ERR_CACHE_UNAVAILABLE, "Redis unavailable");
+        goto out_release;
+    }
+    if (acked->type == REDIS_REPLY_INTEGER && acked->integer >= 1) {
+        rc = 1;
+    } else {
+        atomic_store(&r->no_replica_until, cdb_mono_ms() + CDB_REDIS_REPLICA_PAUSE_MS);
+        cdb_log_warn("redis_no_replica", "no Redis replica acknowledged writes within %d ms; "
+                     "a failover now may lose the latest ones (not waiting again for %d s)",
+                     CDB_REDIS_REPLICA_WAIT_MS, CDB_REDIS_REPLICA_PAUSE_MS / 1000);
+    }
+out_release:
+    freeReplyObject(mark);
+    freeReplyObject(acked);
+    release(r, c, broken);
+    return rc;
 }

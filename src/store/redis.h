@@ -63,6 +63,18 @@ uint64_t cdb_redis_recoveries(cdb_redis *r);
 /* False while the last connection attempt or command failed (backing off); NULL gives false. */
 bool cdb_redis_up(cdb_redis *r);
 
+/*
+ * With sentinels: waits (up to CDB_REDIS_REPLICA_WAIT_MS) until a replica
+ * has every write any connection made so far, so a failover cannot drop
+ * them. 1 when one has, 0 when none did in time or there are no sentinels
+ * (after a 0 it does not wait again for CDB_REDIS_REPLICA_PAUSE_MS: a
+ * master without replicas must not slow every write), CACHE_UNAVAILABLE
+ * when the connection failed (the writes may be lost with the master).
+ */
+#define CDB_REDIS_REPLICA_WAIT_MS 250
+#define CDB_REDIS_REPLICA_PAUSE_MS 5000
+int cdb_redis_sync_replica(cdb_redis *r, cdb_error *err);
+
 /* Where the pool's connections go, for /health and metrics. */
 typedef struct cdb_redis_topology {
     bool sentinel;              /* addresses come from Redis Sentinel */
