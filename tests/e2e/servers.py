@@ -270,7 +270,8 @@ class RedisSentinel:
     this one sentinel alone decides a failover), with short timeouts so a
     failover takes seconds. The sentinel rewrites its own config file."""
 
-    def __init__(self, master_port, name="mymaster", down_after_ms=1000, failover_timeout_ms=3000):
+    def __init__(self, master_port, name="mymaster", down_after_ms=1000, failover_timeout_ms=3000,
+                 password=None):
         self.dir = os.path.join(scratch_dir(), f"sentinel-{uuid.uuid4().hex[:8]}")
         os.makedirs(self.dir)
         self.port = free_port()
@@ -282,6 +283,9 @@ class RedisSentinel:
                     f"sentinel down-after-milliseconds {name} {down_after_ms}\n"
                     f"sentinel failover-timeout {name} {failover_timeout_ms}\n"
                     f"sentinel parallel-syncs {name} 1\n")
+            if password:
+                f.write(f"requirepass {password}\n")
+        self.password = password
         self.proc = None
         self.start()
 
@@ -294,7 +298,7 @@ class RedisSentinel:
             try:
                 with socket.create_connection(("127.0.0.1", self.port), timeout=0.2) as s:
                     s.sendall(b"PING\r\n")
-                    if s.recv(16).startswith(b"+PONG"):
+                    if s.recv(16).startswith((b"+PONG", b"-NOAUTH")):
                         return
             except OSError:
                 time.sleep(0.05)
@@ -303,7 +307,7 @@ class RedisSentinel:
     def client(self):
         import redis
         return redis.Redis(host="127.0.0.1", port=self.port, decode_responses=True,
-                           socket_timeout=2)
+                           socket_timeout=2, password=self.password)
 
     def master_port(self):
         """The master's port as this sentinel sees it now."""

@@ -221,6 +221,38 @@ def test_hostile_sentinel_replies(pg, redis_server):
         real_sentinel.destroy()
 
 
+def test_sentinel_password(pg, redis_server, tmp_path):
+    """REDIS_SENTINEL_PASSWORD(_FILE) is sent to the sentinels; a wrong one is
+    a clear reason that never shows the password."""
+    sentinel = RedisSentinel(redis_server.port, name="pwmaster", down_after_ms=5000,
+                             password="sentinel-pw-1")
+    try:
+        wrong = start_instance(pg, REDIS_SENTINELS=sentinel.address, REDIS_MASTER_NAME="pwmaster",
+                               REDIS_SENTINEL_PASSWORD="not-the-pw-2")
+        try:
+            status, rd = redis_check(wrong)
+            assert status == "DEGRADED" and "AUTH: authentication failed" in rd["detail"], rd
+            assert "not-the-pw-2" not in wrong.log() and "not-the-pw-2" not in json.dumps(rd)
+        finally:
+            wrong.stop_clean()
+        pwfile = tmp_path / "pw"
+        pwfile.write_text("sentinel-pw-1\n")
+        inst = start_instance(pg, REDIS_SENTINELS=sentinel.address, REDIS_MASTER_NAME="pwmaster",
+                              REDIS_SENTINEL_PASSWORD_FILE=str(pwfile), REDIS_URL="redis://x:1/5")
+        try:
+            a = user(inst)
+            out = tx(inst, a, [rset("pw", "ok")])
+            assert out.json()["results"][0]["status"] == "success", out.text
+            assert client(redis_server.port, 5).get(f"app:user:{a.id}:pw") == "ok"
+            status, rd = redis_check(inst)
+            assert rd["status"] == "UP" and rd["master"] == f"127.0.0.1:{redis_server.port}", rd
+            assert "sentinel-pw-1" not in inst.log()
+        finally:
+            inst.stop_clean()
+    finally:
+        sentinel.destroy()
+
+
 # ---- failover ----
 
 def metric(inst, admin, name):
