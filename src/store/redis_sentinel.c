@@ -12,6 +12,7 @@
 #include "store/redis_sentinel.h"
 
 #include <ctype.h>
+#include <errno.h>
 #include <hiredis/hiredis.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -205,7 +206,11 @@ static int ask_one(const cdb__sentinel_set *s, const struct sentinel *sn, int ti
     }
     rep = redisCommand(c, "SENTINEL get-master-addr-by-name %s", s->master_name);
     if (!rep || c->err) {
-        snprintf(why, whylen, "%s", c->err ? c->errstr : "no reply");
+        /* a read timeout is reported by hiredis as EAGAIN's text: say what it means */
+        if (c->err == REDIS_ERR_IO && (errno == EAGAIN || errno == EWOULDBLOCK))
+            snprintf(why, whylen, "no answer within %d ms", timeout_ms);
+        else
+            snprintf(why, whylen, "%s", c->err ? c->errstr : "no reply");
         goto out;
     }
     rc = read_address(s, rep, host, port, why, whylen);

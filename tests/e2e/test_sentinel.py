@@ -129,7 +129,8 @@ def test_unreachable_sentinels_start_degraded(pg):
 
 class FakeSentinel:
     """A TCP server on loopback that answers every command with one fixed
-    RESP reply: a hostile or broken "sentinel"."""
+    RESP reply: a hostile or broken "sentinel"; reply None: one that never
+    answers (holds each connection 2 s)."""
 
     def __init__(self, reply):
         self.reply = reply
@@ -152,7 +153,10 @@ class FakeSentinel:
                 conn.settimeout(1)
                 try:
                     if conn.recv(4096):
-                        conn.sendall(self.reply)
+                        if self.reply is None:
+                            time.sleep(2)
+                        else:
+                            conn.sendall(self.reply)
                 except OSError:
                     pass
 
@@ -174,6 +178,7 @@ def test_hostile_sentinel_replies(pg, redis_server):
         "replica": FakeSentinel(f"*2\r\n$9\r\n127.0.0.1\r\n${len(str(replica.port))}\r\n"
                                 f"{replica.port}\r\n".encode()),
         "nested": FakeSentinel(b"*2\r\n*1\r\n:1\r\n$1\r\n1\r\n"),
+        "silent": FakeSentinel(None),
     }
     cases = [
         (real_sentinel.address, "does not know master \"othername\""),
@@ -181,6 +186,8 @@ def test_hostile_sentinel_replies(pg, redis_server):
         (f"127.0.0.1:{fakes['garbage'].port}", "not a host and port"),
         (f"127.0.0.1:{fakes['nested'].port}", "not a host and port"),
         (f"127.0.0.1:{fakes['replica'].port}", "is not a master"),
+        # a sentinel that never answers costs its 500 ms timeout, not a hang
+        (f"127.0.0.1:{fakes['silent'].port}", f"127.0.0.1:{fakes['silent'].port}: no answer within 500 ms"),
     ]
     try:
         for sentinels, reason in cases:
@@ -188,7 +195,9 @@ def test_hostile_sentinel_replies(pg, redis_server):
             try:
                 a = user(inst)
                 assert a.me().status_code == 200
+                t0 = time.time()
                 status, rd = redis_check(inst)
+                assert time.time() - t0 < 3, (sentinels, time.time() - t0)
                 assert status == "DEGRADED" and rd["status"] == "DOWN", (sentinels, rd)
                 assert reason in rd.get("detail", ""), (sentinels, rd)
                 # the log is JSON lines: quotes inside a message are escaped
