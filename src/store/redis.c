@@ -70,6 +70,7 @@ struct cdb_redis {
     int master_port;
     _Atomic uint64_t master_changes;
     _Atomic int64_t no_replica_until; /* cdb_redis_sync_replica does not wait before this */
+    _Atomic int64_t last_ack_ms;      /* when a replica last confirmed; 0: never */
 };
 
 /* ---- URL parsing --------------------------------------------------------- */
@@ -424,10 +425,18 @@ static const char *broken_reason(const cdb_redis *r, const redisContext *c, cons
     return c->errstr[0] ? c->errstr : "no reply";
 }
 
+static const char *master_moved(cdb_redis *r, char *buf, size_t len);
+
 /* Releases c after a command and turns an I/O failure into CACHE_UNAVAILABLE. */
 static redisReply *finish(cdb_redis *r, redisContext *c, redisReply *reply, cdb_error *err)
 {
+    char moved[CDB_SENTINEL_HOST_MAX + 64];
     const char *broken = broken_reason(r, c, reply);
+    /* a master with min-replicas-to-write whose replica left: maybe because
+     * it was promoted (a planned failover); if so, follow it */
+    if (!broken && r->sentinels && reply->type == REDIS_REPLY_ERROR &&
+        strncmp(reply->str, "NOREPLICAS", 10) == 0)
+        broken = master_moved(r, moved, sizeof moved);
     if (broken || reply->type == REDIS_REPLY_ERROR)
         cdb__metrics_inc(CDB_M_REDIS_COMMAND_ERRORS);
     if (broken) {
@@ -660,6 +669,30 @@ void cdb_redis_topology_get(cdb_redis *r, cdb_redis_topology *t)
 }
 
 /*
+ * No replica confirmed a write: either the master has none, or one of them
+ * was just promoted and this server is a master about to be demoted. The
+ * sentinels tell which. A reason (in buf) when they name another master;
+ * NULL when they confirm this one or cannot be asked.
+ */
+static const char *master_moved(cdb_redis *r, char *buf, size_t len)
+{
+    char host[CDB_SENTINEL_HOST_MAX], why[240], cur[CDB_SENTINEL_HOST_MAX];
+    int port = 0, cur_port;
+    int t = r->connect_timeout_ms < SENTINEL_TIMEOUT_MS ? r->connect_timeout_ms : SENTINEL_TIMEOUT_MS;
+
+    if (cdb__sentinel_master(r->sentinels, t, host, &port, why, sizeof why) < 0)
+        return NULL;
+    pthread_mutex_lock(&r->mu);
+    snprintf(cur, sizeof cur, "%s", r->master_host);
+    cur_port = r->master_port;
+    pthread_mutex_unlock(&r->mu);
+    if (port == cur_port && strcmp(host, cur) == 0)
+        return NULL;
+    snprintf(buf, len, "the sentinels moved the master to %.80s:%d", host, port);
+    return buf;
+}
+
+/*
  * WAIT counts what the calling connection wrote, and the writes to protect
  * were made on others: a PUBLISH (replicated, touches no key) on this one
  * puts a mark in the replication stream after all of them, and a replica
@@ -669,6 +702,7 @@ int cdb_redis_sync_replica(cdb_redis *r, cdb_error *err)
 {
     redisReply *mark = NULL, *acked = NULL;
     const char *broken = NULL;
+    char moved[CDB_SENTINEL_HOST_MAX + 64];
     redisContext *c;
     int rc = 0;
 
@@ -687,6 +721,18 @@ int cdb_redis_sync_replica(cdb_redis *r, cdb_error *err)
     }
     if (acked->type == REDIS_REPLY_INTEGER && acked->integer >= 1) {
         rc = 1;
+        atomic_store(&r->last_ack_ms, cdb_mono_ms());
+    } else if ((broken = master_moved(r, moved, sizeof moved))) {
+        /* the replica was promoted while this server still takes writes
+         * (a planned failover): what it took dies with its demotion */
+        rc = cdb_error_set(err, CDB_ERR_CACHE_UNAVAILABLE, "Redis master moved");
+    } else if (atomic_load(&r->last_ack_ms) &&
+               cdb_mono_ms() - atomic_load(&r->last_ack_ms) < CDB_REDIS_REPLICA_GRACE_MS) {
+        /* a replica confirmed a moment ago: it may be being promoted and the
+         * sentinels not say so yet. Unconfirmed writes are kept (applied
+         * again, at least once) rather than risked, for a short while only:
+         * a replica that simply died must not repeat them for long. */
+        rc = cdb_error_set(err, CDB_ERR_CACHE_UNAVAILABLE, "no replica confirmed the writes");
     } else {
         atomic_store(&r->no_replica_until, cdb_mono_ms() + CDB_REDIS_REPLICA_PAUSE_MS);
         cdb_log_warn("redis_no_replica", "no Redis replica acknowledged writes within %d ms; "

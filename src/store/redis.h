@@ -68,11 +68,15 @@ bool cdb_redis_up(cdb_redis *r);
  * has every write any connection made so far, so a failover cannot drop
  * them. 1 when one has, 0 when none did in time or there are no sentinels
  * (after a 0 it does not wait again for CDB_REDIS_REPLICA_PAUSE_MS: a
- * master without replicas must not slow every write), CACHE_UNAVAILABLE
- * when the connection failed (the writes may be lost with the master).
+ * master without replicas must not slow every write). CACHE_UNAVAILABLE
+ * when the writes may be lost with the master: the connection failed, the
+ * sentinels name another master, or no replica confirmed although one did
+ * less than CDB_REDIS_REPLICA_GRACE_MS ago (a promotion the sentinels have
+ * not published yet looks like that).
  */
 #define CDB_REDIS_REPLICA_WAIT_MS 250
 #define CDB_REDIS_REPLICA_PAUSE_MS 5000
+#define CDB_REDIS_REPLICA_GRACE_MS 3000
 int cdb_redis_sync_replica(cdb_redis *r, cdb_error *err);
 
 /* Where the pool's connections go, for /health and metrics. */

@@ -262,6 +262,41 @@ def test_sentinel_password(pg, redis_server, tmp_path):
         sentinel.destroy()
 
 
+def test_demoted_master_is_dropped(pg):
+    """A master demoted behind coredb's back (REPLICAOF, connections kept)
+    answers writes with READONLY: coredb drops the connection, asks the
+    sentinel again, refuses the server its ROLE check finds a replica, keeps
+    the operations in the outbox, and applies them when there is a master."""
+    node = RedisServer()
+    sentinel = RedisSentinel(node.port, down_after_ms=5000)
+    try:
+        inst = start_instance(pg, REDIS_SENTINELS=sentinel.address)
+        try:
+            a = user(inst)
+            ns = f"app:user:{a.id}:"
+            out = tx(inst, a, [rset("before", "1")])
+            assert out.json()["results"][0]["status"] == "success", out.text
+            client(node.port).execute_command("REPLICAOF", "127.0.0.1", str(free_port()))
+            statuses = [tx(inst, a, [rset(f"during{i}", "2")]).json()["results"][0]["status"]
+                        for i in range(3)]
+            assert statuses == ["pending"] * 3, statuses
+            assert "READONLY" in inst.log()
+            assert wait_for(lambda: "is not a master" in (redis_check(inst)[1].get("detail") or ""),
+                            timeout=10), redis_check(inst)
+            client(node.port).execute_command("REPLICAOF", "NO", "ONE")
+            node_client = client(node.port)
+            assert wait_for(lambda: all(node_client.get(ns + f"during{i}") == "2" for i in range(3)),
+                            timeout=15), scalar(inst, "SELECT count(*) FROM coredb.redis_outbox")
+            out = tx(inst, a, [rset("after", "3")])
+            assert out.json()["results"][0]["status"] == "success", out.text
+            assert node_client.get(ns + "after") == "3"
+        finally:
+            inst.stop_clean()
+    finally:
+        sentinel.destroy()
+        node.destroy()
+
+
 # ---- failover ----
 
 def metric(inst, admin, name):
@@ -374,6 +409,68 @@ def test_failover_keeps_sessions_and_outbox_loses_nothing(pg):
         print(f"\nfailover: promoted {t_promoted - t_kill:.1f} s after the kill, "
               f"coredb on the new master {t_followed - t_promoted:.1f} s later; "
               f"{len(committed)} transactions committed")
+    finally:
+        if inst is not None:
+            inst.stop_clean()
+        sentinel.destroy()
+        replica.destroy()
+        master.destroy()
+
+
+@pytest.mark.parametrize("min_replicas", [False, True])
+def test_planned_failover_old_master_alive(pg, min_replicas):
+    """SENTINEL FAILOVER (maintenance): the old master stays up, and a master,
+    until the sentinel demotes it (~10 s later). Writes coredb made there
+    after the promotion are not confirmed by a replica (WAIT), so their
+    outbox rows stay until coredb reaches the new master. With
+    min-replicas-to-write 1 (docs/redis-ha.md) the old master refuses them
+    outright (NOREPLICAS). Either way every committed operation ends up on
+    the new master."""
+    master, replica = RedisServer(), RedisServer()
+    if min_replicas:
+        # on the old master only, so the new one (without a replica until
+        # the sentinel demotes the old one) takes writes at once
+        client(master.port).config_set("min-replicas-to-write", 1)
+    client(replica.port).execute_command("REPLICAOF", "127.0.0.1", str(master.port))
+    sentinel = RedisSentinel(master.port, down_after_ms=5000)
+    inst = None
+    try:
+        wait_replica_known(sentinel, master, replica)
+        inst = start_instance(pg, REDIS_SENTINELS=sentinel.address)
+        a = user(inst)
+        ns = f"app:user:{a.id}:"
+        committed, stop = [], threading.Event()
+
+        def writer():
+            i, deadline = 0, time.time() + 40
+            while not stop.is_set() and time.time() < deadline:
+                resp = tx(inst, a, [rset(f"p{i}", str(i))], timeout=15)
+                assert resp.status_code == 200, resp.text
+                committed.append(i)
+                i += 1
+                time.sleep(0.03)
+
+        w = threading.Thread(target=writer)
+        w.start()
+        time.sleep(0.5)
+        sentinel.client().execute_command("SENTINEL", "FAILOVER", sentinel.name)
+        assert wait_for(lambda: sentinel.master_port() == replica.port, timeout=20, step=0.2), \
+            sentinel.log()[-3000:]
+
+        def following():
+            _, rd = redis_check(inst)
+            return rd["status"] == "UP" and rd["master"] == f"127.0.0.1:{replica.port}"
+        assert wait_for(following, timeout=15, step=0.2), redis_check(inst)
+        time.sleep(1)
+        stop.set()
+        w.join(30)
+        assert not w.is_alive() and len(committed) >= 20, len(committed)
+        new = client(replica.port)
+        assert wait_for(lambda: scalar(inst, "SELECT count(*) FROM coredb.redis_outbox") == 0, timeout=15)
+        missing = [i for i in committed if new.get(ns + f"p{i}") != str(i)]
+        assert missing == [], (len(committed), missing)
+        _, rd = redis_check(inst)
+        assert rd["masterChanges"] >= 1, rd
     finally:
         if inst is not None:
             inst.stop_clean()
