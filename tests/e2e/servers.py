@@ -271,7 +271,7 @@ class RedisSentinel:
     failover takes seconds. The sentinel rewrites its own config file."""
 
     def __init__(self, master_port, name="mymaster", down_after_ms=1000, failover_timeout_ms=3000,
-                 password=None):
+                 password=None, auth_pass=None):
         self.dir = os.path.join(scratch_dir(), f"sentinel-{uuid.uuid4().hex[:8]}")
         os.makedirs(self.dir)
         self.port = free_port()
@@ -285,6 +285,8 @@ class RedisSentinel:
                     f"sentinel parallel-syncs {name} 1\n")
             if password:
                 f.write(f"requirepass {password}\n")
+            if auth_pass:   # the Redis servers' requirepass
+                f.write(f"sentinel auth-pass {name} {auth_pass}\n")
         self.password = password
         self.proc = None
         self.start()

@@ -230,11 +230,14 @@ def test_hostile_sentinel_replies(pg, redis_server):
         real_sentinel.destroy()
 
 
-def test_sentinel_password(pg, redis_server, tmp_path):
-    """REDIS_SENTINEL_PASSWORD(_FILE) is sent to the sentinels; a wrong one is
-    a clear reason that never shows the password."""
+def test_sentinel_password(pg, tmp_path):
+    """REDIS_SENTINEL_PASSWORD(_FILE) is sent to the sentinels, REDIS_URL's
+    password to the Redis server; a wrong one is a clear reason that never
+    shows a password."""
+    redis_server = RedisServer()
+    client(redis_server.port).config_set("requirepass", "server-pw-3")
     sentinel = RedisSentinel(redis_server.port, name="pwmaster", down_after_ms=5000,
-                             password="sentinel-pw-1")
+                             password="sentinel-pw-1", auth_pass="server-pw-3")
     try:
         wrong = start_instance(pg, REDIS_SENTINELS=sentinel.address, REDIS_MASTER_NAME="pwmaster",
                                REDIS_SENTINEL_PASSWORD="not-the-pw-2")
@@ -246,20 +249,34 @@ def test_sentinel_password(pg, redis_server, tmp_path):
             wrong.stop_clean()
         pwfile = tmp_path / "pw"
         pwfile.write_text("sentinel-pw-1\n")
+        # the sentinel is right, the server's password is not
+        bad = start_instance(pg, REDIS_SENTINELS=sentinel.address, REDIS_MASTER_NAME="pwmaster",
+                             REDIS_SENTINEL_PASSWORD_FILE=str(pwfile), REDIS_URL="redis://:wrong-pw-4@x:1/5")
+        try:
+            status, rd = redis_check(bad)
+            assert status == "DEGRADED" and rd["detail"] == "AUTH: authentication failed", rd
+            assert "wrong-pw-4" not in bad.log() and "sentinel-pw-1" not in bad.log()
+        finally:
+            bad.stop_clean()
         inst = start_instance(pg, REDIS_SENTINELS=sentinel.address, REDIS_MASTER_NAME="pwmaster",
-                              REDIS_SENTINEL_PASSWORD_FILE=str(pwfile), REDIS_URL="redis://x:1/5")
+                              REDIS_SENTINEL_PASSWORD_FILE=str(pwfile),
+                              REDIS_URL="redis://:server-pw-3@x:1/5")
         try:
             a = user(inst)
             out = tx(inst, a, [rset("pw", "ok")])
             assert out.json()["results"][0]["status"] == "success", out.text
-            assert client(redis_server.port, 5).get(f"app:user:{a.id}:pw") == "ok"
+            authed = redis.Redis(host="127.0.0.1", port=redis_server.port, db=5, password="server-pw-3",
+                                 decode_responses=True)
+            assert authed.get(f"app:user:{a.id}:pw") == "ok"
             status, rd = redis_check(inst)
             assert rd["status"] == "UP" and rd["master"] == f"127.0.0.1:{redis_server.port}", rd
-            assert "sentinel-pw-1" not in inst.log()
+            text = inst.log() + json.dumps(rd)
+            assert "sentinel-pw-1" not in text and "server-pw-3" not in text
         finally:
             inst.stop_clean()
     finally:
         sentinel.destroy()
+        redis_server.destroy()
 
 
 def test_demoted_master_is_dropped(pg):
