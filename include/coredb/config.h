@@ -60,6 +60,9 @@ typedef struct cdb_config {
     /* Redis */
     char *redis_url;               /* NULL => in-process cache */
     int   redis_pool_size;         /* 10 */
+    char *redis_sentinels;         /* REDIS_SENTINELS: host:port,...; NULL => REDIS_URL's host */
+    char *redis_master_name;       /* REDIS_MASTER_NAME, "mymaster" */
+    char *redis_sentinel_password; /* REDIS_SENTINEL_PASSWORD(_FILE): AUTH to the sentinels */
 
     /* Secrets (may be NULL until the embedded mode generates them) */
     char *jwt_secret;

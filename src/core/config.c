@@ -77,6 +77,23 @@ static int check_schema(const struct var *v, char **val, cdb_error *err);
 static int check_database_url(const struct var *v, char **val, cdb_error *err);
 static int check_read_urls(const struct var *v, char **val, cdb_error *err);
 static int check_redis_url(const struct var *v, char **val, cdb_error *err);
+static int check_sentinels(const struct var *v, char **val, cdb_error *err);
+static int check_master_name(const struct var *v, char **val, cdb_error *err);
+static int check_sentinels(const struct var *v, char **val, cdb_error *err)
+{
+    return cdb__config_check_sentinels(v->name, *val, err);
+}
+
+/* Sentinel's own rule for a master name: no blanks, nothing to quote. */
+static int check_master_name(const struct var *v, char **val, cdb_error *err)
+{
+    size_t n = strlen(*val);
+    if (n >= 1 && n <= 64 && strspn(*val, "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789.-_") == n)
+        return 0;
+    return cdb_error_set(err, CDB_ERR_CONFIG_INVALID,
+                         "%s: must be 1 to 64 letters, digits, '.', '-' or '_'", v->name);
+}
+
 static int check_jwt_secret(const struct var *v, char **val, cdb_error *err);
 static int check_key(const struct var *v, char **val, cdb_error *err);
 static int check_email(const struct var *v, char **val, cdb_error *err);
@@ -119,6 +136,9 @@ static const struct var vars[] = {
 
     URL("REDIS_URL", redis_url, F_FILE, check_redis_url),
     INT("REDIS_POOL_SIZE", redis_pool_size, "10", 1, 1000),
+    STR("REDIS_SENTINELS", redis_sentinels, NULL, check_sentinels),
+    STR("REDIS_MASTER_NAME", redis_master_name, "mymaster", check_master_name),
+    SECRET("REDIS_SENTINEL_PASSWORD", redis_sentinel_password, NULL),
 
     SECRET("JWT_SECRET", jwt_secret, check_jwt_secret),
     SECRET("DB_ENCRYPTION_KEY", db_encryption_key, check_key),
@@ -617,6 +637,9 @@ static int derive(cdb_config *cfg, cdb_env_lookup lookup, void *ud, cdb_error *e
     if (cfg->admin_password && !cfg->admin_email)
         return cdb_error_set(err, CDB_ERR_CONFIG_INVALID,
                              "COREDB_ADMIN_EMAIL: required when COREDB_ADMIN_PASSWORD is set");
+    if (cfg->redis_sentinel_password && !cfg->redis_sentinels)
+        return cdb_error_set(err, CDB_ERR_CONFIG_INVALID,
+                             "REDIS_SENTINEL_PASSWORD: set without REDIS_SENTINELS");
     if (cfg->debug && !nonempty(lookup("LOG_LEVEL", ud)))
         cfg->log_level = CDB_LOG_DEBUG;
     return 0;

@@ -389,6 +389,9 @@ static void apply_outbox(tx *t, PGconn *conn)
                                              : row->from->kind == OP_EXPIRE ? "applied" : "value", value);
         json_decref(value);
     }
+    /* kept, not deleted, when the master may have died before a replica had them */
+    if (strcmp(done, "{}") != 0 && cdb_outbox_replicated(t->svc->cache) < 0)
+        strcpy(done, "{}");
     if (strcmp(done, "{}") != 0 &&
         cdb_pg_exec(conn, "DELETE FROM coredb.redis_outbox WHERE transaction_id = $1 AND seq = ANY($2::int[])",
                     2, params, NULL, &e) < 0)

@@ -37,7 +37,9 @@ void cdb__session_forget(cdb_service *svc, PGconn *conn, const char *session_id)
     snprintf(key, sizeof key, "coredb:session:%s", session_id);
     redisReply *r = cdb_redis_command(svc->redis, &e, "SET %s %s EX %d", key, REVOKED_MARK,
                                       CDB_SESSION_CACHE_TTL_S);
-    if (r && r->type != REDIS_REPLY_ERROR)
+    /* with Redis Sentinel, a tombstone only the dying master had would let a
+     * failover bring back an "alive" copy: unconfirmed, it is queued too */
+    if (r && r->type != REDIS_REPLY_ERROR && cdb_redis_sync_replica(svc->redis, &e) >= 0)
         goto out;
     /*
      * Without the tombstone, a positive copy another request stored earlier

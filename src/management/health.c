@@ -181,6 +181,16 @@ bool cdb__health_check_redis(cdb_redis *redis, json_t *checks)
     } else {
         json_object_set_new(rd, "error", json_string(cdb_err_name(err.code)));
     }
+    cdb_redis_topology t;
+    cdb_redis_topology_get(redis, &t);
+    if (t.sentinel) {
+        /* where the connections go: the address only, the URL's password never */
+        json_object_set_new(rd, "masterName", json_string(t.master_name));
+        json_object_set_new(rd, "master", t.master[0] ? json_string(t.master) : json_null());
+        json_object_set_new(rd, "masterChanges", json_integer((json_int_t)t.master_changes));
+    }
+    if (!up && t.problem[0])
+        json_object_set_new(rd, "detail", json_string(t.problem));
     json_object_set_new(checks, "redis", rd);
     cdb_error_destroy(&err);
     return up;

@@ -71,6 +71,11 @@ static void collect_redis(cdb__metrics_out *out, cdb_service *svc)
     cdb__metrics_family(out, "coredb_redis_reconnects_total", "counter",
                         "Times Redis came back after this process saw it down.");
     cdb__metrics_sample(out, "coredb_redis_reconnects_total", NULL, (double)cdb_redis_recoveries(svc->redis));
+    cdb_redis_topology t;
+    cdb_redis_topology_get(svc->redis, &t);
+    cdb__metrics_family(out, "coredb_redis_master_changes_total", "counter",
+                        "Times a new connection found the Redis master (from Redis Sentinel) at another address.");
+    cdb__metrics_sample(out, "coredb_redis_master_changes_total", NULL, (double)t.master_changes);
 }
 
 static void collect_postgres(cdb__metrics_out *out, cdb_service *svc)

@@ -111,8 +111,11 @@ int cdb_service_open(cdb_service **out, cdb_config *cfg,
         }
     }
 
-    if (cfg->redis_url) {
-        cdb_redis_options ro = {.url = cfg->redis_url, .pool_size = cfg->redis_pool_size};
+    if (cfg->redis_url || cfg->redis_sentinels) {
+        cdb_redis_options ro = {.url = cfg->redis_url, .pool_size = cfg->redis_pool_size,
+                                .sentinels = cfg->redis_sentinels,
+                                .master_name = cfg->redis_master_name,
+                                .sentinel_password = cfg->redis_sentinel_password};
         svc->redis = cdb_redis_new(&ro, err);
         if (!svc->redis)
             goto fail;

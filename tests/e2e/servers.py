@@ -355,3 +355,70 @@ class Haproxy:
                 self.proc.wait()
 
     destroy = stop
+
+
+class RedisSentinel:
+    """Debian's redis-sentinel on loopback watching one master (quorum 1, so
+    this one sentinel alone decides a failover), with short timeouts so a
+    failover takes seconds. The sentinel rewrites its own config file."""
+
+    def __init__(self, master_port, name="mymaster", down_after_ms=1000, failover_timeout_ms=3000,
+                 password=None, auth_pass=None):
+        self.dir = os.path.join(scratch_dir(), f"sentinel-{uuid.uuid4().hex[:8]}")
+        os.makedirs(self.dir)
+        self.port = free_port()
+        self.name = name
+        self.conf = os.path.join(self.dir, "sentinel.conf")
+        with open(self.conf, "w") as f:
+            f.write(f"port {self.port}\nbind 127.0.0.1\ndir {self.dir}\n"
+                    f"sentinel monitor {name} 127.0.0.1 {master_port} 1\n"
+                    f"sentinel down-after-milliseconds {name} {down_after_ms}\n"
+                    f"sentinel failover-timeout {name} {failover_timeout_ms}\n"
+                    f"sentinel parallel-syncs {name} 1\n")
+            if password:
+                f.write(f"requirepass {password}\n")
+            if auth_pass:   # the Redis servers' requirepass
+                f.write(f"sentinel auth-pass {name} {auth_pass}\n")
+        self.password = password
+        self.proc = None
+        self.start()
+
+    def start(self):
+        self.proc = subprocess.Popen(["redis-sentinel", self.conf],
+                                     stdout=open(os.path.join(self.dir, "log"), "ab"),
+                                     stderr=subprocess.STDOUT)
+        deadline = time.time() + 10
+        while time.time() < deadline:
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=0.2) as s:
+                    s.sendall(b"PING\r\n")
+                    if s.recv(16).startswith((b"+PONG", b"-NOAUTH")):
+                        return
+            except OSError:
+                time.sleep(0.05)
+        raise RuntimeError("redis-sentinel did not start")
+
+    def client(self):
+        import redis
+        return redis.Redis(host="127.0.0.1", port=self.port, decode_responses=True,
+                           socket_timeout=2, password=self.password)
+
+    def master_port(self):
+        """The master's port as this sentinel sees it now."""
+        host, port = self.client().execute_command("SENTINEL", "get-master-addr-by-name", self.name)
+        return int(port)
+
+    def log(self):
+        with open(os.path.join(self.dir, "log"), errors="replace") as f:
+            return f.read()
+
+    def stop(self):
+        if self.proc and self.proc.poll() is None:
+            self.proc.terminate()
+            self.proc.wait(10)
+
+    destroy = stop
+
+    @property
+    def address(self):
+        return f"127.0.0.1:{self.port}"
