@@ -166,7 +166,7 @@ bool cdb__health_check_postgresql(const cdb_health_deps *d, json_t *checks, int 
     return up;
 }
 
-bool cdb__health_check_redis(cdb_redis *redis, json_t *checks)
+bool cdb__health_check_redis(cdb_redis *redis, bool detailed, json_t *checks)
 {
     cdb_error err;
     cdb_error_init(&err);
@@ -184,12 +184,14 @@ bool cdb__health_check_redis(cdb_redis *redis, json_t *checks)
     cdb_redis_topology t;
     cdb_redis_topology_get(redis, &t);
     if (t.sentinel) {
-        /* where the connections go: the address only, the URL's password never */
         json_object_set_new(rd, "masterName", json_string(t.master_name));
-        json_object_set_new(rd, "master", t.master[0] ? json_string(t.master) : json_null());
         json_object_set_new(rd, "masterChanges", json_integer((json_int_t)t.master_changes));
     }
-    if (!up && t.problem[0])
+    /* where the connections go (the address only, the URL's password never) and why
+     * not: for admins, not on the public /health */
+    if (detailed && t.sentinel)
+        json_object_set_new(rd, "master", t.master[0] ? json_string(t.master) : json_null());
+    if (detailed && !up && t.problem[0])
         json_object_set_new(rd, "detail", json_string(t.problem));
     json_object_set_new(checks, "redis", rd);
     cdb_error_destroy(&err);
@@ -218,7 +220,7 @@ cdb_health_status cdb_health_check(const cdb_health_deps *d, json_t **out)
 {
     json_t *checks = json_object();
     bool pg_up = cdb__health_check_postgresql(d, checks, NULL, true);
-    bool redis_up = d->redis ? cdb__health_check_redis(d->redis, checks) : true;
+    bool redis_up = d->redis ? cdb__health_check_redis(d->redis, false, checks) : true;
     cdb_health_status s = !pg_up ? CDB_HEALTH_DOWN : redis_up ? CDB_HEALTH_UP : CDB_HEALTH_DEGRADED;
     *out = report_skeleton(cdb_health_status_name(s), checks);
     return s;

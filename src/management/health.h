@@ -41,6 +41,7 @@ cdb_health_status cdb_health_check_ready(const cdb_health_deps *d, json_t **out)
  * the reports (NULL / false: not asked).
  */
 bool cdb__health_check_postgresql(const cdb_health_deps *d, json_t *checks, int *pending, bool outbox);
-bool cdb__health_check_redis(cdb_redis *redis, json_t *checks);
+/* detailed (admins): with Sentinel, the master's address and why it is down */
+bool cdb__health_check_redis(cdb_redis *redis, bool detailed, json_t *checks);
 
 #endif

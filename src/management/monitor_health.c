@@ -156,7 +156,9 @@ static int connection_report(cdb_service *svc, json_t **out, cdb_error *err)
     json_t *redis = json_pack("{s:b}", "configured", svc->redis != NULL);
     if (svc->redis && redis) {
         t0 = cdb_mono_us();
-        bool up = cdb__health_check_redis(svc->redis, checks);
+        bool up = cdb__health_check_redis(svc->redis, true, checks);
+        /* status, masterName, master, masterChanges, detail: what the public /health leaves out */
+        json_object_update_missing(redis, json_object_get(checks, "redis"));
         json_object_set_new(redis, "reachable", json_boolean(up));
         json_object_set_new(redis, "latency_ms", json_real(ms_of_us(cdb_mono_us() - t0)));
         if (!up) {
