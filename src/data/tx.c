@@ -480,6 +480,29 @@ static void tx_free(tx *t)
     free(t);
 }
 
+/*
+ * Read-your-writes (docs/replicas.md): the WAL position after this commit,
+ * which a replica must have replayed before it may answer this caller. Read
+ * after COMMIT on the same connection, so it is at or past the commit
+ * record's end (a value read before COMMIT would come before it). One round
+ * trip, only with replicas; failing it sends the caller's reads to the
+ * primary for a while, which is safe.
+ */
+static void record_commit_lsn(cdb_service *svc, PGconn *conn, const cdb_principal *caller)
+{
+    PGresult *res = NULL;
+    cdb_error e;
+    if (!svc->commit_lsn)
+        return;
+    cdb_error_init(&e);
+    uint64_t lsn = UINT64_MAX >> 1;
+    if (cdb_pg_exec(conn, "SELECT pg_current_wal_lsn()", 0, NULL, &res, &e) == 0 && PQntuples(res) == 1)
+        lsn = cdb_lsn_parse(PQgetvalue(res, 0, 0));
+    cdb_commit_lsn_record(svc->commit_lsn, caller->user_id, lsn);
+    PQclear(res);
+    cdb_error_destroy(&e);
+}
+
 int cdb_data_transaction_idem(cdb_service *svc, const cdb_principal *caller, json_t *request,
                               cdb_idempotency *idem, cdb_error *err)
 {
@@ -517,6 +540,7 @@ int cdb_data_transaction_idem(cdb_service *svc, const cdb_principal *caller, jso
         goto out_release;
     if (t->nrows)
         apply_outbox(t, conn);
+    record_commit_lsn(svc, conn, caller);
     /* keyed: the stored answer, or the one that replaced it after the outbox ran */
     if (!t->key) {
         idem->body = response_text(t);

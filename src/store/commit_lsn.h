@@ -1,0 +1,34 @@
+/*
+ * commit_lsn.h - read-your-writes: the WAL position of each caller's last
+ * committed write, so that a read goes to a replica only once that replica
+ * has replayed it.
+ *
+ * Kept in Redis (key coredb:lsn:<user id>, the highest LSN wins, expiring
+ * after SESSION_TIMEOUT like an idle session) so every instance sees it,
+ * and in a small in-process map so it also works without Redis. Every
+ * function is thread-safe.
+ */
+#ifndef COREDB_STORE_COMMIT_LSN_H
+#define COREDB_STORE_COMMIT_LSN_H
+
+#include <stdint.h>
+
+#include "store/redis.h"
+
+typedef struct cdb_commit_lsn cdb_commit_lsn;
+
+/* redis may be NULL (in-process only); ttl_s: how long a recorded LSN lives in Redis. */
+cdb_commit_lsn *cdb_commit_lsn_new(cdb_redis *redis, int ttl_s);
+void cdb_commit_lsn_free(cdb_commit_lsn *c);
+
+/* user_id committed a write at lsn (best effort in Redis; the local map always). */
+void cdb_commit_lsn_record(cdb_commit_lsn *c, const char *user_id, uint64_t lsn);
+/*
+ * The LSN a replica must have replayed before it may answer user_id: 0 when
+ * the caller wrote nothing recently, UINT64_MAX when Redis could not be
+ * asked (the primary then answers: never a stale read for want of Redis).
+ * One Redis round trip.
+ */
+uint64_t cdb_commit_lsn_get(cdb_commit_lsn *c, const char *user_id);
+
+#endif
