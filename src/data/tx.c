@@ -481,12 +481,15 @@ static void tx_free(tx *t)
 }
 
 /*
- * Read-your-writes (docs/replicas.md): the WAL position after this commit,
- * which a replica must have replayed before it may answer this caller. Read
- * after COMMIT on the same connection, so it is at or past the commit
- * record's end (a value read before COMMIT would come before it). One round
- * trip, only with replicas; failing it sends the caller's reads to the
- * primary for a while, which is safe.
+ * Read-your-writes (docs/replicas.md): the WAL position this commit ends
+ * at or before, which a replica must have replayed before it may answer
+ * this caller. Read after COMMIT on the same connection, so it is at or past
+ * the commit record's end (a value read before COMMIT would come before
+ * it). The insert position, not pg_current_wal_lsn(): with
+ * synchronous_commit off the commit record may not be written yet, and
+ * the write position would then come before it. One round trip, only with
+ * replicas; failing it sends the caller's reads to the primary for a while,
+ * which is safe.
  */
 static void record_commit_lsn(cdb_service *svc, PGconn *conn, const cdb_principal *caller)
 {
@@ -496,7 +499,7 @@ static void record_commit_lsn(cdb_service *svc, PGconn *conn, const cdb_principa
         return;
     cdb_error_init(&e);
     uint64_t lsn = UINT64_MAX >> 1;
-    if (cdb_pg_exec(conn, "SELECT pg_current_wal_lsn()", 0, NULL, &res, &e) == 0 && PQntuples(res) == 1)
+    if (cdb_pg_exec(conn, "SELECT pg_current_wal_insert_lsn()", 0, NULL, &res, &e) == 0 && PQntuples(res) == 1)
         lsn = cdb_lsn_parse(PQgetvalue(res, 0, 0));
     cdb_commit_lsn_record(svc->commit_lsn, caller->user_id, lsn);
     PQclear(res);
