@@ -203,9 +203,13 @@ static bool replica_retryable(const cdb_error *err)
  * has replayed the caller's last commit (store/commit_lsn.h: one Redis
  * round trip, skipped when no replica is in rotation), else the primary.
  * A replica that fails the read hands it to the primary once: a replica
- * never causes an error. *cacheable says whether the answer may be cached
- * for others to reuse: not when it came from a replica that was behind
- * the primary, whose stale answer would outlive its lag in the cache.
+ * never causes an error. *cacheable says whether the answer may be cached:
+ * not when it came from a replica that had not replayed the last commit
+ * anyone recorded before this read (commit_lsn.h). The caller read the
+ * table's cache generation before this; a write whose bump it saw may be
+ * missing from such a replica, and its answer stored under that generation
+ * would be served stale until the next write or CACHE_TTL, long after the
+ * replica caught up.
  */
 int cdb__query_run(cdb_service *svc, const cdb_principal *p, const cdb_sql *q, const char *count_sql,
                    int count_nparams, json_int_t page, json_int_t limit, char **part, size_t *len,
@@ -213,19 +217,19 @@ int cdb__query_run(cdb_service *svc, const cdb_principal *p, const cdb_sql *q, c
 {
     const page_req req = {.page = page, .limit = limit};
     int replica = -1, rc;
-    bool ryw = false, caught_up = false;
+    bool ryw = false, fresh = false;
 
     *cacheable = true;
     if (svc->replicas && !cdb_reserved_has_bound() && cdb_replicas_any_up(svc->replicas)) {
-        uint64_t min_lsn = cdb_commit_lsn_get(svc->commit_lsn, p->user_id);
-        replica = cdb_replicas_pick(svc->replicas, min_lsn, &ryw, &caught_up);
+        uint64_t last_lsn = 0, min_lsn = cdb_commit_lsn_get(svc->commit_lsn, p->user_id, &last_lsn);
+        replica = cdb_replicas_pick(svc->replicas, min_lsn, last_lsn, &ryw, &fresh);
     }
     if (replica >= 0) {
         rc = run_on(cdb_replicas_pool(svc->replicas, replica), p, q, count_sql, count_nparams, &req, part, len,
                     err);
         if (rc == 0 || !replica_retryable(err)) {
             cdb_replicas_count_read(svc->replicas, replica, false, false);
-            *cacheable = caught_up;
+            *cacheable = fresh;
             return rc;
         }
         cdb_log_warn("replica.read_failed", "a read failed on a replica (%s); the primary answers it",

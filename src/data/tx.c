@@ -541,9 +541,10 @@ int cdb_data_transaction_idem(cdb_service *svc, const cdb_principal *caller, jso
     }
     if ((rc = run_pipeline(t, pc, idem, err)) < 0 || idem->replayed)
         goto out_release;
+    /* before the generation bumps: a reader who sees a bump sees this LSN (query_run.c) */
+    record_commit_lsn(svc, conn, caller);
     if (t->nrows)
         apply_outbox(t, conn);
-    record_commit_lsn(svc, conn, caller);
     /* keyed: the stored answer, or the one that replaced it after the outbox ran */
     if (!t->key) {
         idem->body = response_text(t);

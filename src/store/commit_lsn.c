@@ -20,10 +20,12 @@
 
 enum { SLOTS = 4096, USER_ID_MAX = 64 };
 
+/* KEYS: the caller's key, the last-commit key; each keeps the highest LSN. */
 static const char KEEP_MAX_LUA[] =
-    "local c = redis.call('GET', KEYS[1])"
-    " if (not c) or c < ARGV[1] then redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2])"
-    " else redis.call('EXPIRE', KEYS[1], ARGV[2]) end return 1";
+    "for _, k in ipairs(KEYS) do local c = redis.call('GET', k)"
+    " if (not c) or c < ARGV[1] then redis.call('SET', k, ARGV[1], 'EX', ARGV[2])"
+    " else redis.call('EXPIRE', k, ARGV[2]) end end return 1";
+static const char LAST_KEY[] = "coredb:lsn:_last";
 
 typedef struct slot {
     char user_id[USER_ID_MAX];
@@ -35,6 +37,7 @@ struct cdb_commit_lsn {
     int ttl_s;
     pthread_mutex_t mu;
     uint64_t floor;
+    uint64_t last;                 /* highest LSN recorded in this process */
     slot slots[SLOTS];
 };
 
@@ -79,6 +82,8 @@ void cdb_commit_lsn_record(cdb_commit_lsn *c, const char *user_id, uint64_t lsn)
     }
     if (lsn > s->lsn)
         s->lsn = lsn;
+    if (lsn > c->last)
+        c->last = lsn;
     pthread_mutex_unlock(&c->mu);
 
     if (!c->redis)
@@ -87,43 +92,56 @@ void cdb_commit_lsn_record(cdb_commit_lsn *c, const char *user_id, uint64_t lsn)
     snprintf(key, sizeof key, "coredb:lsn:%s", user_id);
     snprintf(val, sizeof val, "%016" PRIX64, lsn);
     snprintf(ttl, sizeof ttl, "%d", c->ttl_s);
-    const char *argv[] = {"EVAL", KEEP_MAX_LUA, "1", key, val, ttl};
+    const char *argv[] = {"EVAL", KEEP_MAX_LUA, "2", key, LAST_KEY, val, ttl};
     cdb_error err;
     cdb_error_init(&err);
     /* best effort: another instance then reads the primary only if Redis is down (get's UINT64_MAX) */
-    redisReply *reply = cdb_redis_command_argv(c->redis, 6, argv, NULL, &err);
+    redisReply *reply = cdb_redis_command_argv(c->redis, 7, argv, NULL, &err);
     if (reply)
         freeReplyObject(reply);
     cdb_error_destroy(&err);
 }
 
-uint64_t cdb_commit_lsn_get(cdb_commit_lsn *c, const char *user_id)
+static uint64_t hex_lsn(const redisReply *r)
 {
-    uint64_t lsn = 0;
-    if (!c || !user_id || !*user_id || strlen(user_id) >= USER_ID_MAX)
+    return r && r->type == REDIS_REPLY_STRING ? strtoull(r->str, NULL, 16) : 0;
+}
+
+uint64_t cdb_commit_lsn_get(cdb_commit_lsn *c, const char *user_id, uint64_t *last)
+{
+    uint64_t lsn = 0, all = 0;
+    if (!c || !user_id || !*user_id || strlen(user_id) >= USER_ID_MAX) {
+        if (last)
+            *last = c ? UINT64_MAX : 0;
         return c ? UINT64_MAX : 0;
+    }
     pthread_mutex_lock(&c->mu);
     slot *s = slot_of(c, user_id);
     lsn = strcmp(s->user_id, user_id) == 0 ? s->lsn : c->floor;
+    all = c->last;
     pthread_mutex_unlock(&c->mu);
-    if (!c->redis)
-        return lsn;
 
-    char key[USER_ID_MAX + 16];
-    snprintf(key, sizeof key, "coredb:lsn:%s", user_id);
-    const char *argv[] = {"GET", key};
-    cdb_error err;
-    cdb_error_init(&err);
-    redisReply *reply = cdb_redis_command_argv(c->redis, 2, argv, NULL, &err);
-    if (!reply || reply->type == REDIS_REPLY_ERROR) {
-        lsn = UINT64_MAX;
-    } else if (reply->type == REDIS_REPLY_STRING) {
-        uint64_t remote = strtoull(reply->str, NULL, 16);
-        if (remote > lsn)
-            lsn = remote;
+    if (c->redis) {
+        char key[USER_ID_MAX + 16];
+        snprintf(key, sizeof key, "coredb:lsn:%s", user_id);
+        const char *argv[] = {"MGET", key, LAST_KEY};
+        cdb_error err;
+        cdb_error_init(&err);
+        redisReply *reply = cdb_redis_command_argv(c->redis, 3, argv, NULL, &err);
+        if (!reply || reply->type != REDIS_REPLY_ARRAY || reply->elements != 2) {
+            lsn = all = UINT64_MAX;
+        } else {
+            uint64_t mine = hex_lsn(reply->element[0]), anyone = hex_lsn(reply->element[1]);
+            if (mine > lsn)
+                lsn = mine;
+            if (anyone > all)
+                all = anyone;
+        }
+        if (reply)
+            freeReplyObject(reply);
+        cdb_error_destroy(&err);
     }
-    if (reply)
-        freeReplyObject(reply);
-    cdb_error_destroy(&err);
+    if (last)
+        *last = all;
     return lsn;
 }

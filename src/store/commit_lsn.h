@@ -5,8 +5,11 @@
  *
  * Kept in Redis (key coredb:lsn:<user id>, the highest LSN wins, expiring
  * after SESSION_TIMEOUT like an idle session) so every instance sees it,
- * and in a small in-process map so it also works without Redis. Every
- * function is thread-safe.
+ * and in a small in-process map so it also works without Redis. Next to it,
+ * the highest commit LSN of anyone (coredb:lsn:_last): an answer from a
+ * replica that has not replayed it may miss a write whose cache generation
+ * bump the reader already saw, so it must not be cached (query_run.c).
+ * Every function is thread-safe.
  */
 #ifndef COREDB_STORE_COMMIT_LSN_H
 #define COREDB_STORE_COMMIT_LSN_H
@@ -21,14 +24,18 @@ typedef struct cdb_commit_lsn cdb_commit_lsn;
 cdb_commit_lsn *cdb_commit_lsn_new(cdb_redis *redis, int ttl_s);
 void cdb_commit_lsn_free(cdb_commit_lsn *c);
 
-/* user_id committed a write at lsn (best effort in Redis; the local map always). */
+/*
+ * user_id committed a write at lsn (best effort in Redis; the local map
+ * always). Call it before the write's cache generations are bumped.
+ */
 void cdb_commit_lsn_record(cdb_commit_lsn *c, const char *user_id, uint64_t lsn);
 /*
  * The LSN a replica must have replayed before it may answer user_id: 0 when
  * the caller wrote nothing recently, UINT64_MAX when Redis could not be
  * asked (the primary then answers: never a stale read for want of Redis).
- * One Redis round trip.
+ * *last (may be NULL) gets the highest commit LSN recorded by anyone
+ * (UINT64_MAX likewise). One Redis round trip (MGET).
  */
-uint64_t cdb_commit_lsn_get(cdb_commit_lsn *c, const char *user_id);
+uint64_t cdb_commit_lsn_get(cdb_commit_lsn *c, const char *user_id, uint64_t *last);
 
 #endif

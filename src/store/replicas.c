@@ -351,7 +351,7 @@ cdb_pool *cdb_replicas_pool(cdb_replicas *rs, int i)
     return rs && i >= 0 && i < rs->n ? rs->r[i].pool : NULL;
 }
 
-int cdb_replicas_pick(cdb_replicas *rs, uint64_t min_lsn, bool *behind, bool *caught_up)
+int cdb_replicas_pick(cdb_replicas *rs, uint64_t min_lsn, uint64_t fresh_lsn, bool *behind, bool *fresh)
 {
     int pick = -1;
     bool late = false, current = false;
@@ -368,15 +368,15 @@ int cdb_replicas_pick(cdb_replicas *rs, uint64_t min_lsn, bool *behind, bool *ca
             continue;
         }
         pick = (int)(rep - rs->r);
-        current = rep->lag_bytes == 0;
+        current = rep->replay_lsn >= fresh_lsn;
         break;
     }
     pthread_mutex_unlock(&rs->mu);
 out:
     if (behind)
         *behind = pick < 0 && late;
-    if (caught_up)
-        *caught_up = current;
+    if (fresh)
+        *fresh = current;
     return pick;
 }
 

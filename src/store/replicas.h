@@ -68,11 +68,10 @@ cdb_pool *cdb_replicas_pool(cdb_replicas *r, int i);
  * The replica a read whose caller last committed at min_lsn (0: never
  * wrote) should use, round robin over the replicas in rotation whose
  * sampled replay LSN has reached min_lsn; -1 = the primary. *behind (may be
- * NULL) says a replica was in rotation but behind min_lsn. *caught_up (may
- * be NULL) says the chosen replica had replayed everything the primary had
- * written at the last sample.
+ * NULL) says a replica was in rotation but behind min_lsn. *fresh (may be
+ * NULL) says the chosen replica had also replayed fresh_lsn.
  */
-int cdb_replicas_pick(cdb_replicas *r, uint64_t min_lsn, bool *behind, bool *caught_up);
+int cdb_replicas_pick(cdb_replicas *r, uint64_t min_lsn, uint64_t fresh_lsn, bool *behind, bool *fresh);
 /* True when at least one replica is in rotation (a caller LSN is worth fetching). */
 bool cdb_replicas_any_up(cdb_replicas *r);
 /* A read failed on replica i for want of a connection: out of rotation until sampled back. */

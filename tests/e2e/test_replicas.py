@@ -193,6 +193,35 @@ def test_read_your_writes_across_instances_with_replay_paused(pair, admin, repli
     assert metric(metrics(b, admin), "coredb_db_reads_total", 'target="replica"') == before + 1
 
 
+def test_stale_replica_answers_are_not_cached(pair, admin, replica):
+    """A replica that has not replayed the last write anyone made must not
+    fill the query cache: its stale answer would outlive its lag."""
+    a, b = pair
+    wait_state(b, "up")
+    ivy, jack = user(a), user(a)
+    body = {"database": "postgresql", "query_type": "select", "table": "projects",
+            "filters": {"status": "draft"}, "pagination": {"page": 1, "limit": 7}}
+    replica.wait_caught_up()
+    replica.pause()
+    try:
+        hidden = unique("late")
+        add_project(a, jack.id, title=hidden)                 # on the primary only
+        tx_ok(a, ivy, [pg_insert("projects", {"user_id": ivy.id, "title": unique("w")})])  # bumps the generation
+        for _ in range(2):
+            out = query_ok(b, jack, body)
+            assert out["cached"] is False, out                # served by the paused replica, never stored
+            assert hidden not in {r["title"] for r in out["data"]}
+    finally:
+        replica.resume()
+    replica.wait_caught_up()
+    assert wait_for(lambda: replica_state(b)["lag_bytes"] == 0, timeout=5), health(b)
+    time.sleep(0.5)                                           # one more sample after the catch-up
+    first = query_ok(b, jack, body)
+    assert hidden in {r["title"] for r in first["data"]}, first
+    again = query_ok(b, jack, body)
+    assert again["cached"] is True and again["data"] == first["data"], again
+
+
 def test_replica_down_reads_keep_working_and_health_degraded(pair, admin, replica):
     a, _ = pair
     wait_state(a, "up")

@@ -19,17 +19,20 @@ static void test_record_and_get(void **state)
     (void)state;
     cdb_commit_lsn *c = cdb_commit_lsn_new(NULL, 60);
     assert_non_null(c);
-    assert_int_equal(cdb_commit_lsn_get(c, "alice"), 0);
+    assert_int_equal(cdb_commit_lsn_get(c, "alice", NULL), 0);
     cdb_commit_lsn_record(c, "alice", 500);
-    assert_int_equal(cdb_commit_lsn_get(c, "alice"), 500);
+    assert_int_equal(cdb_commit_lsn_get(c, "alice", NULL), 500);
     cdb_commit_lsn_record(c, "alice", 300);          /* an older answer never lowers it */
-    assert_int_equal(cdb_commit_lsn_get(c, "alice"), 500);
+    assert_int_equal(cdb_commit_lsn_get(c, "alice", NULL), 500);
     cdb_commit_lsn_record(c, "alice", 900);
-    assert_int_equal(cdb_commit_lsn_get(c, "alice"), 900);
-    assert_int_equal(cdb_commit_lsn_get(c, "bob"), 0);
+    assert_int_equal(cdb_commit_lsn_get(c, "alice", NULL), 900);
+    assert_int_equal(cdb_commit_lsn_get(c, "bob", NULL), 0);
+    uint64_t last = 0;
+    assert_int_equal(cdb_commit_lsn_get(c, "bob", &last), 0);
+    assert_int_equal(last, 900);                     /* anyone's last commit */
     cdb_commit_lsn_record(c, "", 5);                 /* nobody: ignored */
     cdb_commit_lsn_record(NULL, "alice", 5);
-    assert_int_equal(cdb_commit_lsn_get(c, ""), UINT64_MAX);   /* an unknown caller: the primary */
+    assert_int_equal(cdb_commit_lsn_get(c, "", NULL), UINT64_MAX);   /* an unknown caller: the primary */
     cdb_commit_lsn_free(c);
 }
 
@@ -47,9 +50,9 @@ static void test_displaced_caller_waits_for_the_floor(void **state)
     }
     cdb_commit_lsn_record(c, a, 700);
     cdb_commit_lsn_record(c, b, 100);                /* displaces a */
-    assert_int_equal(cdb_commit_lsn_get(c, b), 100);
-    assert_true(cdb_commit_lsn_get(c, a) >= 700);    /* never below its own write */
-    assert_int_equal(cdb_commit_lsn_get(c, "someone-else"), 700);  /* careful, not stale */
+    assert_int_equal(cdb_commit_lsn_get(c, b, NULL), 100);
+    assert_true(cdb_commit_lsn_get(c, a, NULL) >= 700);    /* never below its own write */
+    assert_int_equal(cdb_commit_lsn_get(c, "someone-else", NULL), 700);  /* careful, not stale */
     cdb_commit_lsn_free(c);
 }
 

@@ -97,7 +97,7 @@ static cdb_replicas *two(uint64_t lsn0, cdb_replica_state s0, uint64_t lsn1, cdb
     rs.r = r;
     rs.n = 2;
     r[0] = (replica){.state = s0, .replay_lsn = lsn0};
-    r[1] = (replica){.state = s1, .replay_lsn = lsn1, .lag_bytes = 10};
+    r[1] = (replica){.state = s1, .replay_lsn = lsn1};
     return &rs;
 }
 
@@ -106,29 +106,31 @@ static void test_pick(void **state)
     (void)state;
     bool behind, current;
     cdb_replicas *rs = two(500, CDB_REPLICA_UP, 400, CDB_REPLICA_UP);
-    int first = cdb_replicas_pick(rs, 0, &behind, &current);
-    int second = cdb_replicas_pick(rs, 0, &behind, &current);
+    int first = cdb_replicas_pick(rs, 0, 0, &behind, &current);
+    int second = cdb_replicas_pick(rs, 0, 0, &behind, &current);
     assert_true(first >= 0 && second >= 0 && first != second);  /* round robin */
     assert_false(behind);
     for (int i = 0; i < 4; i++) {                                /* only replica 0 has replayed 450 */
-        assert_int_equal(cdb_replicas_pick(rs, 450, &behind, &current), 0);
-        assert_true(current);                                    /* its lag_bytes is 0 */
+        assert_int_equal(cdb_replicas_pick(rs, 450, 500, &behind, &current), 0);
+        assert_true(current);                                    /* it has replayed 500 too */
+        assert_int_equal(cdb_replicas_pick(rs, 450, 501, &behind, &current), 0);
+        assert_false(current);                                   /* not 501: not to be cached */
     }
-    assert_int_equal(cdb_replicas_pick(rs, 600, &behind, &current), -1);
+    assert_int_equal(cdb_replicas_pick(rs, 600, 0, &behind, &current), -1);
     assert_true(behind);                                         /* the primary, for read-your-writes */
-    assert_int_equal(cdb_replicas_pick(rs, UINT64_MAX, &behind, NULL), -1);
+    assert_int_equal(cdb_replicas_pick(rs, UINT64_MAX, 0, &behind, NULL), -1);
 
     rs = two(500, CDB_REPLICA_DOWN, 900, CDB_REPLICA_LAGGING);  /* none in rotation */
     assert_false(cdb_replicas_any_up(rs));
-    assert_int_equal(cdb_replicas_pick(rs, 0, &behind, &current), -1);
+    assert_int_equal(cdb_replicas_pick(rs, 0, 0, &behind, &current), -1);
     assert_false(behind);                                        /* not a read-your-writes case */
 
     rs = two(500, CDB_REPLICA_UP, 900, CDB_REPLICA_UNKNOWN);
     assert_true(cdb_replicas_any_up(rs));
     cdb_replicas_report_failure(rs, 0);                          /* a read lost its connection */
     assert_int_equal(rs->r[0].state, CDB_REPLICA_DOWN);
-    assert_int_equal(cdb_replicas_pick(rs, 0, NULL, NULL), -1);
-    assert_int_equal(cdb_replicas_pick(NULL, 0, &behind, NULL), -1);
+    assert_int_equal(cdb_replicas_pick(rs, 0, 0, NULL, NULL), -1);
+    assert_int_equal(cdb_replicas_pick(NULL, 0, 0, &behind, NULL), -1);
 }
 
 static void test_counts(void **state)
