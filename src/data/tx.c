@@ -480,32 +480,6 @@ static void tx_free(tx *t)
     free(t);
 }
 
-/*
- * Read-your-writes (docs/replicas.md): the WAL position this commit ends
- * at or before, which a replica must have replayed before it may answer
- * this caller. Read after COMMIT on the same connection, so it is at or past
- * the commit record's end (a value read before COMMIT would come before
- * it). The insert position, not pg_current_wal_lsn(): with
- * synchronous_commit off the commit record may not be written yet, and
- * the write position would then come before it. One round trip, only with
- * replicas; failing it sends the caller's reads to the primary for a while,
- * which is safe.
- */
-static void record_commit_lsn(cdb_service *svc, PGconn *conn, const cdb_principal *caller)
-{
-    PGresult *res = NULL;
-    cdb_error e;
-    if (!svc->commit_lsn)
-        return;
-    cdb_error_init(&e);
-    uint64_t lsn = UINT64_MAX >> 1;
-    if (cdb_pg_exec(conn, "SELECT pg_current_wal_insert_lsn()", 0, NULL, &res, &e) == 0 && PQntuples(res) == 1)
-        lsn = cdb_lsn_parse(PQgetvalue(res, 0, 0));
-    cdb_commit_lsn_record(svc->commit_lsn, caller->user_id, lsn);
-    PQclear(res);
-    cdb_error_destroy(&e);
-}
-
 int cdb_data_transaction_idem(cdb_service *svc, const cdb_principal *caller, json_t *request,
                               cdb_idempotency *idem, cdb_error *err)
 {
@@ -542,7 +516,7 @@ int cdb_data_transaction_idem(cdb_service *svc, const cdb_principal *caller, jso
     if ((rc = run_pipeline(t, pc, idem, err)) < 0 || idem->replayed)
         goto out_release;
     /* before the generation bumps: a reader who sees a bump sees this LSN (query_run.c) */
-    record_commit_lsn(svc, conn, caller);
+    cdb_commit_lsn_note(svc->commit_lsn, conn, caller->user_id);
     if (t->nrows)
         apply_outbox(t, conn);
     /* keyed: the stored answer, or the one that replaced it after the outbox ran */

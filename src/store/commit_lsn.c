@@ -5,12 +5,17 @@
  * Redis holds the LSN as 16 hex digits so that the script that keeps the
  * highest one compares strings (Lua numbers are doubles; an LSN is 64 bits).
  *
+ * Recorded for /data/transaction (data/tx.c) and the users API
+ * (identity/users.c): every write through coredb that a routed read can see.
+ *
  * The in-process map has a fixed number of slots, one user each. A user
  * displaced by another raises `floor`, the LSN every user without a slot
  * must wait for: a displaced entry can only make reads more careful, never
  * stale. The floor is an old LSN that replicas pass within their lag.
  */
 #include "store/commit_lsn.h"
+
+#include "store/pg.h"
 
 #include <inttypes.h>
 #include <pthread.h>
@@ -70,17 +75,21 @@ static slot *slot_of(cdb_commit_lsn *c, const char *user_id)
 
 void cdb_commit_lsn_record(cdb_commit_lsn *c, const char *user_id, uint64_t lsn)
 {
-    if (!c || !user_id || !*user_id || lsn == 0 || strlen(user_id) >= USER_ID_MAX)
+    if (user_id && (!*user_id || strlen(user_id) >= USER_ID_MAX))
+        user_id = NULL;
+    if (!c || lsn == 0)
         return;
     pthread_mutex_lock(&c->mu);
-    slot *s = slot_of(c, user_id);
-    if (strcmp(s->user_id, user_id) != 0) {
+    slot *s = user_id ? slot_of(c, user_id) : NULL;
+    if (!s) {
+        /* anonymous: only the last-commit LSN below */
+    } else if (strcmp(s->user_id, user_id) != 0) {
         if (s->lsn > c->floor)
             c->floor = s->lsn;     /* the displaced user now waits for the floor */
         snprintf(s->user_id, sizeof s->user_id, "%s", user_id);
         s->lsn = 0;
     }
-    if (lsn > s->lsn)
+    if (s && lsn > s->lsn)
         s->lsn = lsn;
     if (lsn > c->last)
         c->last = lsn;
@@ -89,17 +98,34 @@ void cdb_commit_lsn_record(cdb_commit_lsn *c, const char *user_id, uint64_t lsn)
     if (!c->redis)
         return;
     char key[USER_ID_MAX + 16], val[17], ttl[16];
-    snprintf(key, sizeof key, "coredb:lsn:%s", user_id);
+    snprintf(key, sizeof key, "coredb:lsn:%s", user_id ? user_id : "");
     snprintf(val, sizeof val, "%016" PRIX64, lsn);
     snprintf(ttl, sizeof ttl, "%d", c->ttl_s);
-    const char *argv[] = {"EVAL", KEEP_MAX_LUA, "2", key, LAST_KEY, val, ttl};
+    const char *with_user[] = {"EVAL", KEEP_MAX_LUA, "2", key, LAST_KEY, val, ttl};
+    const char *last_only[] = {"EVAL", KEEP_MAX_LUA, "1", LAST_KEY, val, ttl};
     cdb_error err;
     cdb_error_init(&err);
     /* best effort: another instance then reads the primary only if Redis is down (get's UINT64_MAX) */
-    redisReply *reply = cdb_redis_command_argv(c->redis, 7, argv, NULL, &err);
+    redisReply *reply = user_id ? cdb_redis_command_argv(c->redis, 7, with_user, NULL, &err)
+                                : cdb_redis_command_argv(c->redis, 6, last_only, NULL, &err);
     if (reply)
         freeReplyObject(reply);
     cdb_error_destroy(&err);
+}
+
+void cdb_commit_lsn_note(cdb_commit_lsn *c, PGconn *conn, const char *user_id)
+{
+    if (!c || !conn)
+        return;
+    uint64_t lsn = UINT64_MAX >> 1;
+    PGresult *res = cdb_pg_query(conn, "SELECT pg_current_wal_insert_lsn()");
+    if (res && PQresultStatus(res) == PGRES_TUPLES_OK && PQntuples(res) == 1) {
+        unsigned int hi, lo;
+        if (sscanf(PQgetvalue(res, 0, 0), "%X/%X", &hi, &lo) == 2)
+            lsn = ((uint64_t)hi << 32) | lo;
+    }
+    PQclear(res);
+    cdb_commit_lsn_record(c, user_id, lsn);
 }
 
 static uint64_t hex_lsn(const redisReply *r)

@@ -14,6 +14,7 @@
 #ifndef COREDB_STORE_COMMIT_LSN_H
 #define COREDB_STORE_COMMIT_LSN_H
 
+#include <libpq-fe.h>
 #include <stdint.h>
 
 #include "store/redis.h"
@@ -27,8 +28,19 @@ void cdb_commit_lsn_free(cdb_commit_lsn *c);
 /*
  * user_id committed a write at lsn (best effort in Redis; the local map
  * always). Call it before the write's cache generations are bumped.
+ * user_id NULL (an anonymous or bootstrap write): only the last-commit LSN.
  */
 void cdb_commit_lsn_record(cdb_commit_lsn *c, const char *user_id, uint64_t lsn);
+/*
+ * Records, for user_id (may be NULL), the commit just made on conn (out of
+ * any transaction): pg_current_wal_insert_lsn(), at or past the end of the
+ * commit record. Not pg_current_wal_lsn(): with synchronous_commit off the
+ * commit record may not be written yet and the write position would come
+ * before it. One round trip; c NULL (no replicas) costs nothing. A failed
+ * read records a far LSN: that caller reads from the primary for a while,
+ * which is safe.
+ */
+void cdb_commit_lsn_note(cdb_commit_lsn *c, PGconn *conn, const char *user_id);
 /*
  * The LSN a replica must have replayed before it may answer user_id: 0 when
  * the caller wrote nothing recently, UINT64_MAX when Redis could not be

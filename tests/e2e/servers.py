@@ -310,8 +310,9 @@ class PgReplica(PgServer):
         raise RuntimeError("replica did not start streaming")
 
     def wait_caught_up(self, timeout=30):
-        """Until this standby has replayed everything the primary wrote so far."""
-        target = self.primary.query("postgres", "SELECT pg_current_wal_lsn()::text")[0][0]
+        """Until this standby has replayed everything the primary committed so far (the insert
+        position: with synchronous_commit=off the write position may not include the last commits)."""
+        target = self.primary.query("postgres", "SELECT pg_current_wal_insert_lsn()::text")[0][0]
         deadline = time.time() + timeout
         while time.time() < deadline:
             done = self.query("postgres", "SELECT pg_last_wal_replay_lsn() >= %s::pg_lsn", (target,))[0][0]
