@@ -148,25 +148,19 @@ static char *lease_url(const char *host, const char *port, const char *db, const
 }
 
 /*
- * Where the lease's login connects: for read with DATABASE_READ_URLS, one
- * of the replicas (picked at random; the role and its lease row reach it
- * by replication), else the server the reserved connection reached.
+ * Where the lease's login connects: for read with DATABASE_READ_URLS, a
+ * replica in rotation (store/replicas.h, round robin; the role and its
+ * lease row reach it by replication), or the server the reserved
+ * connection reached when none is (all down or lagging: reads then go to
+ * the primary, as the data API's do).
  */
-static char *lease_target_url(const cdb_config *cfg, PGconn *conn, const char *mode, const char *role,
+static char *lease_target_url(cdb_service *svc, PGconn *conn, const char *mode, const char *role,
                               const char *password)
 {
-    const char *urls = cfg->database_read_urls;
-    if (strcmp(mode, "read") != 0 || !urls || !*urls)
-        return lease_url(PQhost(conn), PQport(conn), PQdb(conn), role, password);
-    char *list = strdup(urls), *save = NULL, *pick = NULL, *url = NULL;
-    int n = 0;
-    if (!list)
-        return NULL;
-    for (char *tok = strtok_r(list, ",", &save); tok; tok = strtok_r(NULL, ",", &save)) {
-        if (randombytes_uniform((uint32_t)++n) == 0)   /* reservoir sampling: each with 1/n */
-            pick = tok;
-    }
-    PQconninfoOption *opts = pick ? PQconninfoParse(pick, NULL) : NULL;
+    int pick = strcmp(mode, "read") == 0 ? cdb_replicas_pick(svc->replicas, 0, 0, NULL, NULL) : -1;
+    const char *target = pick >= 0 ? cdb_pool_conninfo(cdb_replicas_pool(svc->replicas, pick)) : NULL;
+    PQconninfoOption *opts = target ? PQconninfoParse(target, NULL) : NULL;
+    char *url = NULL;
     if (opts) {
         const char *host = NULL, *port = NULL, *db = NULL;
         for (PQconninfoOption *o = opts; o->keyword; o++) {
@@ -182,7 +176,6 @@ static char *lease_target_url(const cdb_config *cfg, PGconn *conn, const char *m
     } else {
         url = lease_url(PQhost(conn), PQport(conn), PQdb(conn), role, password);
     }
-    free(list);
     return url;
 }
 
@@ -309,7 +302,7 @@ int cdb_lease_acquire(cdb_service *svc, const cdb_principal *caller, const json_
     }
     reserved = true;
     cdb__metrics_inc(CDB_M_LEASE_ACQUIRES);
-    if (!(url = lease_target_url(svc->cfg, conn, a.mode, role, password)) || pool_stats_json(svc, &stats, err) < 0) {
+    if (!(url = lease_target_url(svc, conn, a.mode, role, password)) || pool_stats_json(svc, &stats, err) < 0) {
         rc = cdb_error_oom(err);
         goto out;
     }

@@ -290,13 +290,23 @@ def test_read_lease_connects_to_the_replica(pair, replica):
             time.sleep(0.1)
     try:
         with conn.cursor() as cur:
-            cur.execute("SELECT pg_is_in_recovery()")
-            assert cur.fetchone()[0] is True
+            cur.execute("SELECT pg_is_in_recovery(), current_user")
+            in_recovery, who = cur.fetchone()
+            assert in_recovery is True and who.startswith("coredb_lease_"), who
+        rel = a.post("/api/v1/connections/release", headers=frank.headers,
+                     json={"connection_id": out["connection_id"], "service_name": "svc-r"})
+        assert rel.status_code == 200, rel.text
+        # the release ends the lease's sessions on the standby too
+        def ended():
+            try:
+                with conn.cursor() as cur:
+                    cur.execute("SELECT 1")
+                return False
+            except psycopg2.Error:
+                return True
+        assert wait_for(ended, timeout=5, step=0.2)
     finally:
         conn.close()
-    rel = a.post("/api/v1/connections/release", headers=frank.headers,
-                 json={"connection_id": out["connection_id"], "service_name": "svc-r"})
-    assert rel.status_code == 200, rel.text
 
 
 def test_unreachable_replica_at_start_does_not_prevent_start(primary, rserver):
