@@ -263,7 +263,8 @@ int cdb__doc_query(cdb_service *svc, const cdb_principal *p, json_t *r, int64_t 
             goto out;
         }
     }
-    rc = cdb__query_run(svc, p, &q, count_sql, count_nparams, page, limit, &part, &len, &cacheable, err);
+    rc = cdb__query_run(svc, p, &q, count_sql, count_nparams, page, limit, &part, &len,
+                        lk.leader ? lk.lsn_seen : UINT64_MAX, &cacheable, err);
     if (lk.leader) {
         if (rc == 0 && cacheable)
             cdb_qcache_store(svc->qcache, gen, key, lk.generation, part, len);

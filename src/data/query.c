@@ -331,7 +331,8 @@ static int query_postgresql(cdb_service *svc, const cdb_principal *p, json_t *r,
             goto out;
         }
     }
-    rc = cdb__query_run(svc, p, &q, count_sql, q.nparams - 2, req.page, req.limit, &part, &len, &cacheable, err);
+    rc = cdb__query_run(svc, p, &q, count_sql, q.nparams - 2, req.page, req.limit, &part, &len,
+                        lk.leader ? lk.lsn_seen : UINT64_MAX, &cacheable, err);
     if (lk.leader) {
         if (rc == 0 && cacheable)
             cdb_qcache_store(svc->qcache, t->name, key, lk.generation, part, len);

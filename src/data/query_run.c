@@ -204,16 +204,16 @@ static bool replica_retryable(const cdb_error *err)
  * round trip, skipped when no replica is in rotation), else the primary.
  * A replica that fails the read hands it to the primary once: a replica
  * never causes an error. *cacheable says whether the answer may be cached:
- * not when it came from a replica that had not replayed the last commit
- * anyone recorded before this read (commit_lsn.h). The caller read the
- * table's cache generation before this; a write whose bump it saw may be
- * missing from such a replica, and its answer stored under that generation
- * would be served stale until the next write or CACHE_TTL, long after the
- * replica caught up.
+ * not when it came from a replica that had not replayed lsn_seen (the last
+ * commit anyone had recorded when the caller read the table's cache
+ * generation: qcache.h) nor this process's last commit. A write whose bump
+ * the caller saw may be missing from such a replica, and its answer stored
+ * under that generation would be served stale until the next write or
+ * CACHE_TTL, long after the replica caught up.
  */
 int cdb__query_run(cdb_service *svc, const cdb_principal *p, const cdb_sql *q, const char *count_sql,
                    int count_nparams, json_int_t page, json_int_t limit, char **part, size_t *len,
-                   bool *cacheable, cdb_error *err)
+                   uint64_t lsn_seen, bool *cacheable, cdb_error *err)
 {
     const page_req req = {.page = page, .limit = limit};
     int replica = -1, rc;
@@ -222,7 +222,8 @@ int cdb__query_run(cdb_service *svc, const cdb_principal *p, const cdb_sql *q, c
     *cacheable = true;
     if (svc->replicas && !cdb_reserved_has_bound() && cdb_replicas_any_up(svc->replicas)) {
         uint64_t last_lsn = 0, min_lsn = cdb_commit_lsn_get(svc->commit_lsn, p->user_id, &last_lsn);
-        replica = cdb_replicas_pick(svc->replicas, min_lsn, last_lsn, &ryw, &fresh);
+        replica = cdb_replicas_pick(svc->replicas, min_lsn, lsn_seen > last_lsn ? lsn_seen : last_lsn, &ryw,
+                                    &fresh);
     }
     if (replica >= 0) {
         rc = run_on(cdb_replicas_pool(svc->replicas, replica), p, q, count_sql, count_nparams, &req, part, len,

@@ -72,6 +72,9 @@ static int open_replicas(cdb_service *svc, const cdb_config *cfg, cdb_error *err
         return cdb_error_oom(err);
     if (!(svc->replicas = cdb_replicas_new(&ro, err)))
         return err->code ? err->code : CDB_ERR_INTERNAL_ERROR;
+    /* every cache lookup reads the last commit LSN with the generation (docs/replicas.md) */
+    if (svc->redis)
+        cdb_qcache_track_lsn(svc->qcache, CDB_COMMIT_LSN_LAST_KEY);
     return 0;
 }
 

@@ -19,6 +19,7 @@
 
 #include <inttypes.h>
 #include <pthread.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -30,7 +31,14 @@ static const char KEEP_MAX_LUA[] =
     "for _, k in ipairs(KEYS) do local c = redis.call('GET', k)"
     " if (not c) or c < ARGV[1] then redis.call('SET', k, ARGV[1], 'EX', ARGV[2])"
     " else redis.call('EXPIRE', k, ARGV[2]) end end return 1";
-static const char LAST_KEY[] = "coredb:lsn:_last";
+static const char LAST_KEY[] = CDB_COMMIT_LSN_LAST_KEY;
+
+/* What this thread's last session check fetched (commit_lsn.h). */
+static _Thread_local struct {
+    bool set;
+    char user_id[USER_ID_MAX];
+    uint64_t mine;
+} prefetch;
 
 typedef struct slot {
     char user_id[USER_ID_MAX];
@@ -133,6 +141,27 @@ static uint64_t hex_lsn(const redisReply *r)
     return r && r->type == REDIS_REPLY_STRING ? strtoull(r->str, NULL, 16) : 0;
 }
 
+void cdb_commit_lsn_key(const char *user_id, char *buf, size_t len)
+{
+    snprintf(buf, len, "coredb:lsn:%s", user_id ? user_id : "");
+}
+
+void cdb_commit_lsn_prefetch_clear(void)
+{
+    prefetch.set = false;
+}
+
+void cdb_commit_lsn_prefetched(const char *user_id, const redisReply *mine)
+{
+    prefetch.set = false;
+    if (!user_id || strlen(user_id) >= USER_ID_MAX || !mine ||
+        (mine->type != REDIS_REPLY_STRING && mine->type != REDIS_REPLY_NIL))
+        return;
+    snprintf(prefetch.user_id, sizeof prefetch.user_id, "%s", user_id);
+    prefetch.mine = hex_lsn(mine);
+    prefetch.set = true;
+}
+
 uint64_t cdb_commit_lsn_get(cdb_commit_lsn *c, const char *user_id, uint64_t *last)
 {
     uint64_t lsn = 0, all = 0;
@@ -147,26 +176,26 @@ uint64_t cdb_commit_lsn_get(cdb_commit_lsn *c, const char *user_id, uint64_t *la
     all = c->last;
     pthread_mutex_unlock(&c->mu);
 
-    if (c->redis) {
+    if (c->redis && prefetch.set && strcmp(prefetch.user_id, user_id) == 0) {
+        /* this request's session check brought it: no second round trip */
+        if (prefetch.mine > lsn)
+            lsn = prefetch.mine;
+    } else if (c->redis) {
         char key[USER_ID_MAX + 16];
-        snprintf(key, sizeof key, "coredb:lsn:%s", user_id);
-        const char *argv[] = {"MGET", key, LAST_KEY};
+        cdb_commit_lsn_key(user_id, key, sizeof key);
+        const char *argv[] = {"GET", key};
         cdb_error err;
         cdb_error_init(&err);
-        redisReply *reply = cdb_redis_command_argv(c->redis, 3, argv, NULL, &err);
-        if (!reply || reply->type != REDIS_REPLY_ARRAY || reply->elements != 2) {
-            lsn = all = UINT64_MAX;
-        } else {
-            uint64_t mine = hex_lsn(reply->element[0]), anyone = hex_lsn(reply->element[1]);
-            if (mine > lsn)
-                lsn = mine;
-            if (anyone > all)
-                all = anyone;
-        }
+        redisReply *reply = cdb_redis_command_argv(c->redis, 2, argv, NULL, &err);
+        if (!reply || (reply->type != REDIS_REPLY_STRING && reply->type != REDIS_REPLY_NIL))
+            lsn = UINT64_MAX;
+        else if (hex_lsn(reply) > lsn)
+            lsn = hex_lsn(reply);
         if (reply)
             freeReplyObject(reply);
         cdb_error_destroy(&err);
     }
+    prefetch.set = false;
     if (last)
         *last = all;
     return lsn;

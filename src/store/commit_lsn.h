@@ -6,7 +6,8 @@
  * Kept in Redis (key coredb:lsn:<user id>, the highest LSN wins, expiring
  * after SESSION_TIMEOUT like an idle session) so every instance sees it,
  * and in a small in-process map so it also works without Redis. Next to it,
- * the highest commit LSN of anyone (coredb:lsn:_last): an answer from a
+ * the highest commit LSN of anyone (coredb:lsn:_last, read by the query
+ * cache with each table generation: store/qcache.h): an answer from a
  * replica that has not replayed it may miss a write whose cache generation
  * bump the reader already saw, so it must not be cached (query_run.c).
  * Every function is thread-safe.
@@ -45,9 +46,25 @@ void cdb_commit_lsn_note(cdb_commit_lsn *c, PGconn *conn, const char *user_id);
  * The LSN a replica must have replayed before it may answer user_id: 0 when
  * the caller wrote nothing recently, UINT64_MAX when Redis could not be
  * asked (the primary then answers: never a stale read for want of Redis).
- * *last (may be NULL) gets the highest commit LSN recorded by anyone
- * (UINT64_MAX likewise). One Redis round trip (MGET).
+ * One Redis GET, none when this request's session check prefetched it.
+ * *last (may be NULL) gets the highest commit LSN recorded in this process
+ * (the query cache reads the shared one: CDB_COMMIT_LSN_LAST_KEY).
  */
 uint64_t cdb_commit_lsn_get(cdb_commit_lsn *c, const char *user_id, uint64_t *last);
+
+/*
+ * Piggybacking on the session check (identity/liveness.c), which already
+ * asks Redis once per authenticated request: it calls _clear first, then,
+ * when it fetched the caller's key (cdb_commit_lsn_key) in its own MGET,
+ * _prefetched with that reply. The next cdb_commit_lsn_get for that user on
+ * this thread takes it instead of asking Redis again, once. Per thread: a
+ * request's session check and its query run on the same worker; a value
+ * read at the start of the request is recent enough, since the caller's
+ * own writes were answered before the request was sent.
+ */
+#define CDB_COMMIT_LSN_LAST_KEY "coredb:lsn:_last"
+void cdb_commit_lsn_key(const char *user_id, char *buf, size_t len);
+void cdb_commit_lsn_prefetch_clear(void);
+void cdb_commit_lsn_prefetched(const char *user_id, const redisReply *mine);
 
 #endif

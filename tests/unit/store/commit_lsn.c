@@ -56,11 +56,38 @@ static void test_displaced_caller_waits_for_the_floor(void **state)
     cdb_commit_lsn_free(c);
 }
 
+static void test_prefetch_from_the_session_check(void **state)
+{
+    (void)state;
+    cdb_commit_lsn *c = cdb_commit_lsn_new(NULL, 60);
+    char hex[] = "00000000000003E8";
+    redisReply mine = {.type = REDIS_REPLY_STRING, .str = hex, .len = 16};
+    cdb_commit_lsn_record(c, "alice", 10);             /* this process saw 10 */
+    c->redis = (cdb_redis *)0x1;      /* never called: the prefetched value answers */
+    cdb_commit_lsn_prefetched("alice", &mine);
+    assert_true(prefetch.set);
+    assert_int_equal(cdb_commit_lsn_get(c, "alice", NULL), 1000);   /* the higher of Redis and local */
+    assert_false(prefetch.set);                                     /* used once */
+    redisReply nil = {.type = REDIS_REPLY_NIL};
+    cdb_commit_lsn_prefetched("alice", &nil);
+    assert_int_equal(cdb_commit_lsn_get(c, "alice", NULL), 10);     /* never wrote elsewhere: local */
+    char errtext[] = "ERR";
+    redisReply bad = {.type = REDIS_REPLY_ERROR, .str = errtext, .len = 3};
+    cdb_commit_lsn_prefetched("alice", &bad);
+    assert_false(prefetch.set);                                     /* not a value: ask again */
+    cdb_commit_lsn_prefetched("alice", &mine);
+    cdb_commit_lsn_prefetch_clear();                                /* the next request's check */
+    assert_false(prefetch.set);
+    c->redis = NULL;
+    cdb_commit_lsn_free(c);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_record_and_get),
         cmocka_unit_test(test_displaced_caller_waits_for_the_floor),
+        cmocka_unit_test(test_prefetch_from_the_session_check),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
