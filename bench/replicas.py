@@ -10,11 +10,12 @@ show what routing costs, not what a replica on its own host would gain.
 
 Rows (CACHE_TTL=0: every query is a cache miss, i.e. a routed read):
   0 replicas            - coredb without DATABASE_READ_URLS: no LSN look-up, primary
-  1 replica, no LSN     - a caller who never wrote: one Redis GET (nil), replica
-  1 replica, LSN        - a caller with a recorded commit LSN the replica has replayed:
-                          one Redis GET (a value), replica
-  1 replica, LSN ahead  - replay paused after the caller's write: Redis GET, the
-                          replica is behind the caller, primary
+  1 replica, no LSN     - a caller who never wrote: the session check's Redis GET becomes
+                          an MGET with the caller's LSN key (nil), replica
+  1 replica, LSN        - a caller with a recorded commit LSN the replica has replayed
+                          (the MGET brings a value), replica
+  1 replica, LSN ahead  - replay paused after the caller's write: the replica is behind
+                          the caller, primary
 Throughput: CLIENTS threads for SECONDS; latency: one client, LAT_N requests,
 p50/p90. ROUNDS rounds, medians. Appends a section to bench/RESULTS.md.
 Usage: make && bench/replicas.py"""
@@ -118,10 +119,10 @@ def main():
         time.sleep(1)   # a sample after the catch-up
 
         rows = [("0 replicas", plain, "reader", "primary"),
-                ("1 replica, caller never wrote (Redis GET: nil)", routed, "reader", "replica"),
-                ("1 replica, caller's LSN replayed (Redis GET: a value)", routed, "writer", "replica")]
+                ("1 replica, caller never wrote (LSN key: nil)", routed, "reader", "replica"),
+                ("1 replica, caller's LSN replayed (LSN key: a value)", routed, "writer", "replica")]
         res = {label: {"rps": [], "p50": [], "p90": []} for label, *_ in rows}
-        ahead = "1 replica, caller's LSN ahead of the paused replica (Redis GET, primary)"
+        ahead = "1 replica, caller's LSN ahead of the paused replica (primary)"
         res[ahead] = {"rps": [], "p50": [], "p90": []}
         errs = []
         targets = {}
