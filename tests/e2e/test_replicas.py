@@ -349,3 +349,15 @@ def test_hostile_queries_on_replicas_keep_their_errors(pair):
     assert a.post(QUERY, json=body).status_code == 401
     assert a.post(QUERY, json=body, headers=bearer("x.y.z")).status_code == 401
     assert_error(a.post(QUERY, data=b"{not json", headers={**hank.headers, "Content-Type": "application/json"}), 400)
+
+
+@pytest.mark.parametrize("name,value", [("DB_REPLICA_SAMPLE_MS", "0"), ("DB_REPLICA_MAX_LAG", "-5"),
+                                        ("DB_READ_POOL_MAX", "lots"), ("DATABASE_READ_URLS", "mysql://x@h/db")])
+def test_bad_replica_settings_stop_start(primary, rserver, name, value):
+    db = primary.create_database("repbad")
+    env = base_env(primary, db, None, **{"DATABASE_READ_URLS": f"postgresql://postgres@127.0.0.1:1/{db}",
+                                         "REDIS_URL": rserver.url, name: value})
+    inst = Coredb(env, wait=False)
+    code = inst.proc.wait(timeout=30)
+    assert code == 2, inst.log()
+    assert name in inst.log()
