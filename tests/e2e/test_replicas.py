@@ -279,15 +279,8 @@ def test_read_lease_connects_to_the_replica(pair, replica):
     assert resp.status_code == 201, resp.text
     out = resp.json()
     assert f":{replica.port}/" in out["database_url"], "read lease not on the replica"
-    deadline = time.time() + 10
-    while True:      # the lease role reaches the standby by replication
-        try:
-            conn = psycopg2.connect(out["database_url"], connect_timeout=5)
-            break
-        except psycopg2.OperationalError:
-            if time.time() > deadline:
-                raise
-            time.sleep(0.1)
+    # handed out once the standby has replayed the lease's role: usable at once
+    conn = psycopg2.connect(out["database_url"], connect_timeout=5)
     try:
         with conn.cursor() as cur:
             cur.execute("SELECT pg_is_in_recovery(), current_user")
@@ -307,6 +300,32 @@ def test_read_lease_connects_to_the_replica(pair, replica):
         assert wait_for(ended, timeout=5, step=0.2)
     finally:
         conn.close()
+
+
+def test_read_lease_falls_back_to_the_primary_while_the_replica_lags(pair, replica, primary):
+    a, _ = pair
+    wait_state(a, "up")
+    lena = user(a)
+    replica.pause()
+    try:
+        resp = a.post("/api/v1/connections/acquire", headers=lena.headers,
+                      json={"service_name": "svc-r2", "database_type": "postgresql", "operation_type": "read"})
+        assert resp.status_code == 201, resp.text
+        out = resp.json()
+        assert f"@127.0.0.1:{primary.port}/" in out["database_url"], "lease handed to a replica without its role"
+        conn = psycopg2.connect(out["database_url"], connect_timeout=5)
+        try:
+            with conn.cursor() as cur:
+                cur.execute("SELECT pg_is_in_recovery()")
+                assert cur.fetchone()[0] is False
+        finally:
+            conn.close()
+        assert "lease.replica_behind" in a.log()
+    finally:
+        replica.resume()
+    rel = a.post("/api/v1/connections/release", headers=lena.headers,
+                 json={"connection_id": out["connection_id"], "service_name": "svc-r2"})
+    assert rel.status_code == 200, rel.text
 
 
 def test_unreachable_replica_at_start_does_not_prevent_start(primary, rserver):
