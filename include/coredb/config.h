@@ -54,6 +54,9 @@ typedef struct cdb_config {
     int   db_pool_idle_timeout_ms; /* 30000 */
     int   db_pool_acquire_timeout_ms; /* 5000 */
     int   db_statement_timeout_ms; /* 30000 */
+    int   db_read_pool_max;        /* DB_READ_POOL_MAX per replica; 0 = db_pool_max */
+    int   db_replica_max_lag_s;    /* DB_REPLICA_MAX_LAG, 5: further behind = out of rotation */
+    int   db_replica_sample_ms;    /* DB_REPLICA_SAMPLE_MS, 1000: replica sampling period */
     char *db_sslmode;              /* prefer */
     int   db_connect_retries;      /* 5 */
 

@@ -131,6 +131,9 @@ static const struct var vars[] = {
     MSEC("DB_POOL_IDLE_TIMEOUT", db_pool_idle_timeout_ms, "30000", 1, INT_MAX),
     MSEC("DB_POOL_ACQUIRE_TIMEOUT", db_pool_acquire_timeout_ms, "5000", 1, INT_MAX),
     MSEC("DB_STATEMENT_TIMEOUT", db_statement_timeout_ms, "30000", 0, INT_MAX),
+    INT("DB_READ_POOL_MAX", db_read_pool_max, "0", 0, 10000),
+    SECS("DB_REPLICA_MAX_LAG", db_replica_max_lag_s, "5", 1, 86400),
+    MSEC("DB_REPLICA_SAMPLE_MS", db_replica_sample_ms, "1000", 50, 600000),
     STR("DB_SSLMODE", db_sslmode, "prefer", check_sslmode),
     INT("DB_CONNECT_RETRIES", db_connect_retries, "5", 0, 1000),
 

@@ -518,6 +518,8 @@ int cdb_data_transaction_idem(cdb_service *svc, const cdb_principal *caller, jso
     }
     if ((rc = run_pipeline(t, pc, idem, err)) < 0 || idem->replayed)
         goto out_release;
+    /* before the generation bumps: a reader who sees a bump sees this LSN (query_run.c) */
+    cdb_commit_lsn_note(svc->commit_lsn, conn, caller->user_id);
     if (t->nrows)
         apply_outbox(t, conn);
     /* keyed: the stored answer, or the one that replaced it after the outbox ran */

@@ -198,6 +198,34 @@ bool cdb__health_check_redis(cdb_redis *redis, bool detailed, json_t *checks)
     return up;
 }
 
+bool cdb__health_check_replicas(cdb_replicas *rs, bool detailed, json_t *checks)
+{
+    json_t *list = json_array(), *obj = json_object();
+    int n = cdb_replicas_count(rs), in_rotation = 0;
+    for (int i = 0; i < n; i++) {
+        cdb_replica_info in;
+        char lsn[20] = "";
+        cdb_replicas_info(rs, i, &in);
+        if (in.replay_lsn)
+            cdb_lsn_format(in.replay_lsn, lsn);
+        in_rotation += in.state == CDB_REPLICA_UP;
+        json_t *r = json_pack("{s:i, s:s, s:f, s:I, s:o}", "replica", i, "state",
+                              cdb_replica_state_name(in.state), "lag_seconds", in.lag_seconds, "lag_bytes",
+                              (json_int_t)in.lag_bytes, "replay_lsn", in.replay_lsn ? json_string(lsn) : json_null());
+        /* where it is and why it is out: for admins, not on the public /health */
+        if (r && detailed)
+            json_object_set_new(r, "target", json_string(in.label));
+        if (r && detailed && in.reason)
+            json_object_set_new(r, "reason", json_string(in.reason));
+        json_array_append_new(list, r);
+    }
+    json_object_set_new(obj, "status", json_string(in_rotation ? "UP" : "DOWN"));
+    json_object_set_new(obj, "in_rotation", json_integer(in_rotation));
+    json_object_set_new(obj, "replicas", list);
+    json_object_set_new(checks, "replicas", obj);
+    return in_rotation > 0;
+}
+
 static json_t *report_skeleton(const char *status, json_t *checks)
 {
     char ts[32];
@@ -221,7 +249,9 @@ cdb_health_status cdb_health_check(const cdb_health_deps *d, json_t **out)
     json_t *checks = json_object();
     bool pg_up = cdb__health_check_postgresql(d, checks, NULL, true);
     bool redis_up = d->redis ? cdb__health_check_redis(d->redis, false, checks) : true;
-    cdb_health_status s = !pg_up ? CDB_HEALTH_DOWN : redis_up ? CDB_HEALTH_UP : CDB_HEALTH_DEGRADED;
+    /* no replica in rotation: reads go to the primary, nothing fails (docs/replicas.md) */
+    bool replicas_up = d->replicas ? cdb__health_check_replicas(d->replicas, false, checks) : true;
+    cdb_health_status s = !pg_up ? CDB_HEALTH_DOWN : redis_up && replicas_up ? CDB_HEALTH_UP : CDB_HEALTH_DEGRADED;
     *out = report_skeleton(cdb_health_status_name(s), checks);
     return s;
 }

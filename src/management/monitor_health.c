@@ -166,6 +166,9 @@ static int connection_report(cdb_service *svc, json_t **out, cdb_error *err)
             verdict_add(&v, CDB_HEALTH_DEGRADED, "redis: unreachable (%s)", check_error(checks, "redis"));
         }
     }
+    /* each replica's state, lag, address and reason; out of rotation is degraded (reads on the primary) */
+    if (svc->replicas && !cdb__health_check_replicas(svc->replicas, true, checks))
+        verdict_add(&v, CDB_HEALTH_DEGRADED, "replicas: none in rotation, reads go to the primary");
     if (!pool || !redis || json_object_set_new(o, "postgresql", pg) < 0) {
         json_decref(pool);
         json_decref(redis);
@@ -174,6 +177,7 @@ static int connection_report(cdb_service *svc, json_t **out, cdb_error *err)
     }
     pg = NULL;
     if (json_object_set_new(o, "pool", pool) < 0 || json_object_set_new(o, "redis", redis) < 0 ||
+        (svc->replicas && json_object_set(o, "replicas", json_object_get(checks, "replicas")) < 0) ||
         (rc = verdict_finish(&v, o, err)) < 0) {
         rc = cdb_error_oom(err);
         goto out;

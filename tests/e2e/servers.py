@@ -422,3 +422,60 @@ class RedisSentinel:
     @property
     def address(self):
         return f"127.0.0.1:{self.port}"
+
+
+class PgReplica(PgServer):
+    """A streaming hot standby of a PgServer on its own free port (issue 14):
+    pg_basebackup -R (PostgreSQL 15 defaults already give the primary
+    wal_level=replica and max_wal_senders, and initdb's pg_hba.conf lets
+    127.0.0.1 replicate), started like PgServer as the postgres account."""
+
+    def __init__(self, primary, name="pg-replica"):
+        self.primary = primary
+        self.extra_opts = "-c hot_standby=on -c max_standby_streaming_delay=5s"
+        self.dir = os.path.join(scratch_dir(), f"{name}-{uuid.uuid4().hex[:8]}")
+        self.data = os.path.join(self.dir, "data")
+        self.port = free_port()
+        os.makedirs(self.dir)
+        uid, gid = _as_pg_user()
+        if uid is not None:
+            os.chown(self.dir, uid, gid)
+        _run_pg([f"{PG_BIN}/pg_basebackup", "-h", "127.0.0.1", "-p", str(primary.port), "-U", "postgres",
+                 "-D", self.data, "-R", "-X", "stream", "-c", "fast"], timeout=120)
+        os.chmod(self.data, 0o700)
+        self.start()
+        self.wait_streaming()
+
+    def in_recovery(self):
+        return self.query("postgres", "SELECT pg_is_in_recovery()")[0][0]
+
+    def pause(self):
+        self.query("postgres", "SELECT pg_wal_replay_pause()")
+
+    def resume(self):
+        self.query("postgres", "SELECT pg_wal_replay_resume()")
+
+    def replay_lsn(self):
+        return self.query("postgres", "SELECT pg_last_wal_replay_lsn()::text")[0][0]
+
+    def wait_streaming(self, timeout=30):
+        """Until the primary sees this standby streaming."""
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            rows = self.primary.query("postgres", "SELECT count(*) FROM pg_stat_replication WHERE state = 'streaming'")
+            if rows[0][0] > 0:
+                return
+            time.sleep(0.1)
+        raise RuntimeError("replica did not start streaming")
+
+    def wait_caught_up(self, timeout=30):
+        """Until this standby has replayed everything the primary committed so far (the insert
+        position: with synchronous_commit=off the write position may not include the last commits)."""
+        target = self.primary.query("postgres", "SELECT pg_current_wal_insert_lsn()::text")[0][0]
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            done = self.query("postgres", "SELECT pg_last_wal_replay_lsn() >= %s::pg_lsn", (target,))[0][0]
+            if done:
+                return
+            time.sleep(0.05)
+        raise RuntimeError("replica did not catch up")
