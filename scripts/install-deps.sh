@@ -13,6 +13,7 @@ PACKAGES=(
   libh2o-dev   # picohttpparser (src/http/conn.c)
   # runtime: embedded PostgreSQL and tools (pg_dump, pg_restore)
   postgresql-15 postgresql-contrib postgresql-client-15 redis-server
+  redis-sentinel   # Redis high availability tests (tests/e2e/test_sentinel.py)
   # end-to-end tests (Debian's python3, not a pyenv one)
   python3 python3-pytest python3-requests python3-psycopg2 python3-redis python3-jwt
   python3-bcrypt
@@ -23,6 +24,8 @@ PACKAGES=(
   wrk procps curl util-linux
   # metrics tests: promtool and a real Prometheus (tests/e2e/test_metrics.py)
   prometheus
+  # many instances behind a balancer (tests/e2e/test_instances.py, docs/deployment.md)
+  haproxy
   # make fuzz: clang and its libFuzzer runtime (libclang_rt.fuzzer is in libclang-rt-14-dev)
   clang libclang-rt-14-dev
 )

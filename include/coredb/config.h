@@ -40,7 +40,9 @@ typedef struct cdb_config {
     int   http_body_timeout_s;     /* HTTP_BODY_TIMEOUT, 30: whole request body, absolute */
     int   http_max_connections_per_ip; /* HTTP_MAX_CONNECTIONS_PER_IP, 256 (0 = no cap) */
     int   doc_max_bytes;           /* DOC_MAX_BYTES, 2097152: a document, patch or vector payload */
+    char *trusted_proxies;         /* TRUSTED_PROXIES: peers whose X-Forwarded-For is believed; may be NULL */
     int   shutdown_grace_ms;       /* SHUTDOWN_GRACE_MS, 10000 */
+    int   shutdown_drain_ms;       /* SHUTDOWN_DRAIN_MS, 0: /health/ready 503 before closing */
 
     /* PostgreSQL */
     char *database_url;            /* normalized libpq URI; NULL => embedded */
@@ -52,12 +54,18 @@ typedef struct cdb_config {
     int   db_pool_idle_timeout_ms; /* 30000 */
     int   db_pool_acquire_timeout_ms; /* 5000 */
     int   db_statement_timeout_ms; /* 30000 */
+    int   db_read_pool_max;        /* DB_READ_POOL_MAX per replica; 0 = db_pool_max */
+    int   db_replica_max_lag_s;    /* DB_REPLICA_MAX_LAG, 5: further behind = out of rotation */
+    int   db_replica_sample_ms;    /* DB_REPLICA_SAMPLE_MS, 1000: replica sampling period */
     char *db_sslmode;              /* prefer */
     int   db_connect_retries;      /* 5 */
 
     /* Redis */
     char *redis_url;               /* NULL => in-process cache */
     int   redis_pool_size;         /* 10 */
+    char *redis_sentinels;         /* REDIS_SENTINELS: host:port,...; NULL => REDIS_URL's host */
+    char *redis_master_name;       /* REDIS_MASTER_NAME, "mymaster" */
+    char *redis_sentinel_password; /* REDIS_SENTINEL_PASSWORD(_FILE): AUTH to the sentinels */
 
     /* Secrets (may be NULL until the embedded mode generates them) */
     char *jwt_secret;

@@ -18,6 +18,7 @@
  */
 #include "coredb/config.h"
 #include "core/config_internal.h"
+#include "core/netaddr.h"
 
 #include <ctype.h>
 #include <errno.h>
@@ -76,9 +77,27 @@ static int check_schema(const struct var *v, char **val, cdb_error *err);
 static int check_database_url(const struct var *v, char **val, cdb_error *err);
 static int check_read_urls(const struct var *v, char **val, cdb_error *err);
 static int check_redis_url(const struct var *v, char **val, cdb_error *err);
+static int check_sentinels(const struct var *v, char **val, cdb_error *err);
+static int check_master_name(const struct var *v, char **val, cdb_error *err);
+static int check_sentinels(const struct var *v, char **val, cdb_error *err)
+{
+    return cdb__config_check_sentinels(v->name, *val, err);
+}
+
+/* Sentinel's own rule for a master name: no blanks, nothing to quote. */
+static int check_master_name(const struct var *v, char **val, cdb_error *err)
+{
+    size_t n = strlen(*val);
+    if (n >= 1 && n <= 64 && strspn(*val, "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789.-_") == n)
+        return 0;
+    return cdb_error_set(err, CDB_ERR_CONFIG_INVALID,
+                         "%s: must be 1 to 64 letters, digits, '.', '-' or '_'", v->name);
+}
+
 static int check_jwt_secret(const struct var *v, char **val, cdb_error *err);
 static int check_key(const struct var *v, char **val, cdb_error *err);
 static int check_email(const struct var *v, char **val, cdb_error *err);
+static int check_proxies(const struct var *v, char **val, cdb_error *err);
 
 #define OFF(f) offsetof(cdb_config, f)
 #define INT(n, f, d, lo, hi)  {n, K_INT, OFF(f), d, lo, hi, U_COUNT, 0, NULL}
@@ -100,7 +119,9 @@ static const struct var vars[] = {
     SECS("HTTP_BODY_TIMEOUT", http_body_timeout_s, "30", 1, 3600),
     INT("HTTP_MAX_CONNECTIONS_PER_IP", http_max_connections_per_ip, "256", 0, 1000000),
     INT("DOC_MAX_BYTES", doc_max_bytes, "2097152", 1024, 67108864),
+    STR("TRUSTED_PROXIES", trusted_proxies, NULL, check_proxies),
     MSEC("SHUTDOWN_GRACE_MS", shutdown_grace_ms, "10000", 0, 3600000),
+    MSEC("SHUTDOWN_DRAIN_MS", shutdown_drain_ms, "0", 0, 600000),
 
     URL("DATABASE_URL", database_url, F_FILE, check_database_url),
     URL("DATABASE_READ_URLS", database_read_urls, 0, check_read_urls),
@@ -110,11 +131,17 @@ static const struct var vars[] = {
     MSEC("DB_POOL_IDLE_TIMEOUT", db_pool_idle_timeout_ms, "30000", 1, INT_MAX),
     MSEC("DB_POOL_ACQUIRE_TIMEOUT", db_pool_acquire_timeout_ms, "5000", 1, INT_MAX),
     MSEC("DB_STATEMENT_TIMEOUT", db_statement_timeout_ms, "30000", 0, INT_MAX),
+    INT("DB_READ_POOL_MAX", db_read_pool_max, "0", 0, 10000),
+    SECS("DB_REPLICA_MAX_LAG", db_replica_max_lag_s, "5", 1, 86400),
+    MSEC("DB_REPLICA_SAMPLE_MS", db_replica_sample_ms, "1000", 50, 600000),
     STR("DB_SSLMODE", db_sslmode, "prefer", check_sslmode),
     INT("DB_CONNECT_RETRIES", db_connect_retries, "5", 0, 1000),
 
     URL("REDIS_URL", redis_url, F_FILE, check_redis_url),
     INT("REDIS_POOL_SIZE", redis_pool_size, "10", 1, 1000),
+    STR("REDIS_SENTINELS", redis_sentinels, NULL, check_sentinels),
+    STR("REDIS_MASTER_NAME", redis_master_name, "mymaster", check_master_name),
+    SECRET("REDIS_SENTINEL_PASSWORD", redis_sentinel_password, NULL),
 
     SECRET("JWT_SECRET", jwt_secret, check_jwt_secret),
     SECRET("DB_ENCRYPTION_KEY", db_encryption_key, check_key),
@@ -468,6 +495,16 @@ static int check_email(const struct var *v, char **val, cdb_error *err)
     return cdb_error_set(err, CDB_ERR_CONFIG_INVALID, "%s: not an email address", v->name);
 }
 
+static int check_proxies(const struct var *v, char **val, cdb_error *err)
+{
+    cdb_netmask list[CDB_NETMASK_MAX];
+    if (cdb_netmask_parse_list(*val, list, CDB_NETMASK_MAX) >= 0)
+        return 0;
+    return cdb_error_set(err, CDB_ERR_CONFIG_INVALID,
+                         "%s: not a comma-separated list of IP addresses or CIDR ranges (at most %d)",
+                         v->name, CDB_NETMASK_MAX);
+}
+
 /* ---- loading ---- */
 
 static int load_var(cdb_config *cfg, const struct var *v, cdb_env_lookup lookup, void *ud, cdb_error *err)
@@ -603,6 +640,9 @@ static int derive(cdb_config *cfg, cdb_env_lookup lookup, void *ud, cdb_error *e
     if (cfg->admin_password && !cfg->admin_email)
         return cdb_error_set(err, CDB_ERR_CONFIG_INVALID,
                              "COREDB_ADMIN_EMAIL: required when COREDB_ADMIN_PASSWORD is set");
+    if (cfg->redis_sentinel_password && !cfg->redis_sentinels)
+        return cdb_error_set(err, CDB_ERR_CONFIG_INVALID,
+                             "REDIS_SENTINEL_PASSWORD: set without REDIS_SENTINELS");
     if (cfg->debug && !nonempty(lookup("LOG_LEVEL", ud)))
         cfg->log_level = CDB_LOG_DEBUG;
     return 0;

@@ -23,5 +23,7 @@ const char *cdb__config_url_end(const char *s);
 char *cdb__config_pct_encode(const char *s);
 /* REDIS_URL's syntax: redis://[[user]:password@]host[:port][/db]; errors name `name`. */
 int cdb__config_check_redis_url(const char *name, const char *url, cdb_error *err);
+/* REDIS_SENTINELS: host:port[,host:port...], a port required, at most 16; errors name `name`. */
+int cdb__config_check_sentinels(const char *name, const char *list, cdb_error *err);
 
 #endif

@@ -268,3 +268,36 @@ char *cdb_config_redact_url(const char *url)
     }
     return out;
 }
+
+/* ---- REDIS_SENTINELS ---- */
+
+int cdb__config_check_sentinels(const char *name, const char *list, cdb_error *err)
+{
+    int i = 1;
+    /* A URL or credentials here would be logged and shown by `coredb config`
+     * as is: the sentinels' password has its own secret variable. */
+    if (!cdb__config_url_chars_ok(list) || strpbrk(list, "@/?#%"))
+        goto fail_syntax;
+    for (const char *p = list;; i++) {
+        size_t n = strcspn(p, ",");
+        const char *colon = n > 0 ? memrchr(p, ':', n) : NULL;
+        if (i > 16)
+            return cdb_error_set(err, CDB_ERR_CONFIG_INVALID, "%s: at most 16 sentinels", name);
+        /* a host name or address: nothing that could be read as more than one */
+        size_t hl = colon ? (size_t)(colon - p) : 0;
+        bool chars_ok = p[0] == '[' ? strspn(p, "[]:.0123456789abcdefABCDEF") >= hl
+                                    : strspn(p, "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
+                                                "0123456789.-_") == hl;
+        if (!colon || colon == p + n - 1 || !chars_ok || !cdb__config_hostport_ok(p, n) ||
+            (p[0] == '[' && colon < (const char *)memchr(p, ']', n)))
+            return cdb_error_set(err, CDB_ERR_CONFIG_INVALID,
+                                 "%s: sentinel %d must be host:port", name, i);
+        if (!p[n])
+            return 0;
+        p += n + 1;
+    }
+fail_syntax:
+    return cdb_error_set(err, CDB_ERR_CONFIG_INVALID,
+                         "%s: must be a comma-separated host:port list, without credentials "
+                         "(REDIS_SENTINEL_PASSWORD holds the sentinels' password)", name);
+}

@@ -202,6 +202,7 @@ int cdb__doc_query(cdb_service *svc, const cdb_principal *p, json_t *r, int64_t 
     cdb_qcache_lookup lk = {0};
     char table[64], gen[96], *qtable = NULL, *count_sql = NULL, *key = NULL, *part = NULL;
     size_t len = 0;
+    bool cacheable = true;
     int count_nparams = 0, rc;
     const char *k;
     json_t *v;
@@ -262,9 +263,10 @@ int cdb__doc_query(cdb_service *svc, const cdb_principal *p, json_t *r, int64_t 
             goto out;
         }
     }
-    rc = cdb__query_run(svc, p, &q, count_sql, count_nparams, page, limit, &part, &len, err);
+    rc = cdb__query_run(svc, p, &q, count_sql, count_nparams, page, limit, &part, &len,
+                        lk.leader ? lk.lsn_seen : UINT64_MAX, &cacheable, err);
     if (lk.leader) {
-        if (rc == 0)
+        if (rc == 0 && cacheable)
             cdb_qcache_store(svc->qcache, gen, key, lk.generation, part, len);
         else
             cdb_qcache_abandon(svc->qcache, key);

@@ -273,6 +273,7 @@ static int query_postgresql(cdb_service *svc, const cdb_principal *p, json_t *r,
     cdb_sql q;
     char *count_sql = NULL, *key = NULL, *part = NULL, *plain = NULL;
     size_t len = 0;
+    bool cacheable = true;
     cdb_colset *cs = NULL;
     json_t *blind_filters = NULL;
     cdb_qcache_lookup lk = {0};
@@ -330,9 +331,10 @@ static int query_postgresql(cdb_service *svc, const cdb_principal *p, json_t *r,
             goto out;
         }
     }
-    rc = cdb__query_run(svc, p, &q, count_sql, q.nparams - 2, req.page, req.limit, &part, &len, err);
+    rc = cdb__query_run(svc, p, &q, count_sql, q.nparams - 2, req.page, req.limit, &part, &len,
+                        lk.leader ? lk.lsn_seen : UINT64_MAX, &cacheable, err);
     if (lk.leader) {
-        if (rc == 0)
+        if (rc == 0 && cacheable)
             cdb_qcache_store(svc->qcache, t->name, key, lk.generation, part, len);
         else
             cdb_qcache_abandon(svc->qcache, key);

@@ -11,7 +11,9 @@
 
 #include "data/data_internal.h"
 #include "data/query_run.h"
+#include "coredb/log.h"
 #include "core/timeutil.h"
+#include "store/reserved.h"
 
 /* Statements of the pipeline after the prelude: rows, count, COMMIT. */
 enum { STMT_ROWS = CDB_DATA_PRELUDE_COUNT, STMT_COUNT, STMT_COMMIT, NSTMTS };
@@ -141,18 +143,16 @@ char *cdb__query_wrap(const char *part, size_t len, int64_t start_us, bool cache
     return out;
 }
 
-/* Runs the pipeline; *part gets the cacheable body. */
-int cdb__query_run(cdb_service *svc, const cdb_principal *p, const cdb_sql *q, const char *count_sql,
-                   int count_nparams, json_int_t page, json_int_t limit, char **part, size_t *len, cdb_error *err)
+/* Runs the pipeline on a connection of pool; *part gets the cacheable body. */
+static int run_on(cdb_pool *pool, const cdb_principal *p, const cdb_sql *q, const char *count_sql,
+                  int count_nparams, const page_req *req, char **part, size_t *len, cdb_error *err)
 {
-    const page_req pg = {.page = page, .limit = limit};
-    const page_req *req = &pg;
     PGresult *res[NSTMTS] = {0};
     cdb_pool_conn *pc = NULL;
     int failed = -1, rc;
 
     const char *rows_stmt = NULL, *count_stmt = NULL;
-    PGconn *conn = cdb_txn_acquire(svc->pool, &pc, err);
+    PGconn *conn = cdb_txn_acquire(pool, &pc, err);
     if (!conn)
         return err->code;
     /* Each query shape is parsed and planned once per connection. */
@@ -180,6 +180,68 @@ int cdb__query_run(cdb_service *svc, const cdb_principal *p, const cdb_sql *q, c
 out_release:
     for (int i = 0; i < NSTMTS; i++)
         PQclear(res[i]);
-    cdb_txn_release(svc->pool, pc);
+    cdb_txn_release(pool, pc);
+    return rc;
+}
+
+/*
+ * Whether a read that failed on a replica is worth asking the primary: yes
+ * unless the caller's own input is at fault (a filter value, a query the
+ * primary would refuse the same way). A replica that
+ * lost its connection, timed out, was cancelled by recovery (40001) or has
+ * not replayed a new table yet (42P01, 42703) is the replica's problem.
+ */
+static bool replica_retryable(const cdb_error *err)
+{
+    return err->code != CDB_ERR_INVALID_FILTER && err->code != CDB_ERR_VALIDATION_FAILED &&
+           err->code != CDB_ERR_FORBIDDEN;
+}
+
+/*
+ * Where a read runs (docs/replicas.md): a connection bound by
+ * X-Connection-ID stays where it is; otherwise a replica in rotation that
+ * has replayed the caller's last commit (store/commit_lsn.h: one Redis
+ * round trip, skipped when no replica is in rotation), else the primary.
+ * A replica that fails the read hands it to the primary once: a replica
+ * never causes an error. *cacheable says whether the answer may be cached:
+ * not when it came from a replica that had not replayed lsn_seen (the last
+ * commit anyone had recorded when the caller read the table's cache
+ * generation: qcache.h) nor this process's last commit. A write whose bump
+ * the caller saw may be missing from such a replica, and its answer stored
+ * under that generation would be served stale until the next write or
+ * CACHE_TTL, long after the replica caught up.
+ */
+int cdb__query_run(cdb_service *svc, const cdb_principal *p, const cdb_sql *q, const char *count_sql,
+                   int count_nparams, json_int_t page, json_int_t limit, char **part, size_t *len,
+                   uint64_t lsn_seen, bool *cacheable, cdb_error *err)
+{
+    const page_req req = {.page = page, .limit = limit};
+    int replica = -1, rc;
+    bool ryw = false, fresh = false;
+
+    *cacheable = true;
+    if (svc->replicas && !cdb_reserved_has_bound() && cdb_replicas_any_up(svc->replicas)) {
+        uint64_t last_lsn = 0, min_lsn = cdb_commit_lsn_get(svc->commit_lsn, p->user_id, &last_lsn);
+        replica = cdb_replicas_pick(svc->replicas, min_lsn, lsn_seen > last_lsn ? lsn_seen : last_lsn, &ryw,
+                                    &fresh);
+    }
+    if (replica >= 0) {
+        rc = run_on(cdb_replicas_pool(svc->replicas, replica), p, q, count_sql, count_nparams, &req, part, len,
+                    err);
+        if (rc == 0 || !replica_retryable(err)) {
+            cdb_replicas_count_read(svc->replicas, replica, false, false);
+            *cacheable = fresh;
+            return rc;
+        }
+        cdb_log_warn("replica.read_failed", "a read failed on a replica (%s); the primary answers it",
+                     cdb_err_name(err->code));
+        if (err->code == CDB_ERR_DATABASE_UNAVAILABLE || err->code == CDB_ERR_DATABASE_TIMEOUT ||
+            err->code == CDB_ERR_POOL_EXHAUSTED)
+            cdb_replicas_report_failure(svc->replicas, replica);
+        cdb_error_destroy(err);
+        cdb_error_init(err);
+    }
+    rc = run_on(svc->pool, p, q, count_sql, count_nparams, &req, part, len, err);
+    cdb_replicas_count_read(svc->replicas, -1, ryw, replica >= 0);
     return rc;
 }

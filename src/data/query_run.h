@@ -25,11 +25,15 @@ int cdb__query_pagination(const json_t *v, cdb_role role, json_int_t *page, json
 /*
  * One round trip under p's role: q (the rows, as JSON text) and count_sql
  * (binding q's first count_nparams parameters); *part gets
- * `"data":[...],"pagination":{...}` (malloc'd, *len bytes).
+ * `"data":[...],"pagination":{...}` (malloc'd, *len bytes). Runs on a
+ * replica when one may answer (query_run.c); lsn_seen is the query cache
+ * lookup's (cdb_qcache_lookup.lsn_seen; UINT64_MAX when the answer will not
+ * be stored anyway); *cacheable is false when the answer must not be
+ * stored in the query cache.
  */
 int cdb__query_run(cdb_service *svc, const cdb_principal *p, const cdb_sql *q, const char *count_sql,
                    int count_nparams, json_int_t page, json_int_t limit, char **part, size_t *len,
-                   cdb_error *err);
+                   uint64_t lsn_seen, bool *cacheable, cdb_error *err);
 /* {<part>,"execution_time_ms":..,"cached":..}, malloc'd. */
 char *cdb__query_wrap(const char *part, size_t len, int64_t start_us, bool cached);
 

@@ -389,6 +389,9 @@ static void apply_outbox(tx *t, PGconn *conn)
                                              : row->from->kind == OP_EXPIRE ? "applied" : "value", value);
         json_decref(value);
     }
+    /* kept, not deleted, when the master may have died before a replica had them */
+    if (strcmp(done, "{}") != 0 && cdb_outbox_replicated(t->svc->cache) < 0)
+        strcpy(done, "{}");
     if (strcmp(done, "{}") != 0 &&
         cdb_pg_exec(conn, "DELETE FROM coredb.redis_outbox WHERE transaction_id = $1 AND seq = ANY($2::int[])",
                     2, params, NULL, &e) < 0)
@@ -515,6 +518,8 @@ int cdb_data_transaction_idem(cdb_service *svc, const cdb_principal *caller, jso
     }
     if ((rc = run_pipeline(t, pc, idem, err)) < 0 || idem->replayed)
         goto out_release;
+    /* before the generation bumps: a reader who sees a bump sees this LSN (query_run.c) */
+    cdb_commit_lsn_note(svc->commit_lsn, conn, caller->user_id);
     if (t->nrows)
         apply_outbox(t, conn);
     /* keyed: the stored answer, or the one that replaced it after the outbox ran */

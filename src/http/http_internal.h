@@ -248,6 +248,10 @@ extern const cdb_route cdb_routes_metrics[];        /* GET /metrics (admin) on t
 extern const cdb_route cdb_routes_metrics_public[]; /* GET /metrics on PROMETHEUS_PORT */
 /* The metrics registry's index of a route's template (0 for none); any thread. */
 int cdb_server_route_metric(const cdb_http_server *srv, const cdb_route *route);
+/* server.c: true once a stop signal came (SHUTDOWN_DRAIN_MS: /health/ready says 503) */
+bool cdb_server_draining(const cdb_http_server *srv);
+/* forwarded.c: from a TRUSTED_PROXIES peer, client_addr is the client X-Forwarded-For names */
+void cdb__forwarded_client(cdb_request *r);
 extern const cdb_route cdb_routes_openapi[];
 /* routes_openapi.c: the embedded docs/openapi.json (NUL-terminated) and its length. */
 const char *cdb__openapi_document(size_t *len);

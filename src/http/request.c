@@ -368,6 +368,7 @@ cdb_request *cdb_request_new(cdb_conn *conn, cdb_http_head *head, char *body, si
     cdb_error_init(&r->err);
     assign_request_id(r);
     snprintf(r->client_addr, sizeof r->client_addr, "%s", cdb_conn_peer(conn));
+    cdb__forwarded_client(r);
     const char *ua = cdb_request_field(r, "User-Agent");
     if (ua)
         r->user_agent = strndup(ua, 256);

@@ -22,6 +22,13 @@ static void health_ready(cdb_request *r)
 {
     json_t *body = NULL;
     cdb_health_status s = cdb_service_ready(r->svc, &body);
+    /* stopping (SHUTDOWN_DRAIN_MS): not ready, so the balancer drains us */
+    if (cdb_server_draining(r->server)) {
+        s = CDB_HEALTH_DOWN;
+        json_object_set_new(body, "status", json_string(cdb_health_status_name(s)));
+        json_object_set_new(json_object_get(body, "checks"), "shutdown",
+                            json_pack("{s:s,s:b}", "status", "DOWN", "draining", 1));
+    }
     cdb_request_reply(r, s == CDB_HEALTH_UP ? 200 : 503, body);
 }
 

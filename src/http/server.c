@@ -68,6 +68,7 @@ struct cdb_http_server {
     int route_ix[256];             /* metrics index of every row of tables (more rows: "unmatched") */
     atomic_int inflight;           /* requests accepted and not yet answered */
     atomic_bool stopping;
+    atomic_bool draining;          /* a stop signal came: /health/ready answers 503 */
 };
 
 /*
@@ -417,6 +418,37 @@ static void wait_for_inflight(cdb_http_server *srv, const sigset_t *stop_signals
         cdb_log_warn("http.stopping", "%d requests still running at the deadline", left);
 }
 
+bool cdb_server_draining(const cdb_http_server *srv)
+{
+    return atomic_load(&srv->draining);
+}
+
+/*
+ * SHUTDOWN_DRAIN_MS: after the stop signal and before the listener closes,
+ * every request is still served but /health/ready answers 503, so a load
+ * balancer that checks it takes the instance out of rotation while it still
+ * answers whatever the balancer sends meanwhile (closing first would make
+ * those requests fail). Another stop signal ends the drain at once.
+ */
+static void drain(cdb_http_server *srv, const sigset_t *stop_signals, int64_t drain_ms)
+{
+    atomic_store(&srv->draining, true);
+    if (drain_ms <= 0)
+        return;
+    cdb_log_info("http.draining", "/health/ready answers 503 for %lld ms before the listener closes",
+                 (long long)drain_ms);
+    int64_t deadline = cdb_mono_ms() + drain_ms;
+    for (int64_t left = drain_ms; left > 0; left = deadline - cdb_mono_ms()) {
+        int64_t step = left < 100 ? left : 100;
+        const struct timespec tick = {0, (long)step * 1000 * 1000};
+        int sig = sigtimedwait(stop_signals, NULL, &tick);
+        if (sig > 0) {
+            cdb_log_warn("http.draining", "signal %d again: ending the drain", sig);
+            return;
+        }
+    }
+}
+
 int cdb_http_server_run(cdb_http_server *srv)
 {
     const cdb_config *cfg = cdb_service_config(srv->svc);
@@ -438,8 +470,10 @@ int cdb_http_server_run(cdb_http_server *srv)
                      cfg->prometheus_port);
 
     int sig = 0;
-    if (started == srv->nloops)
+    if (started == srv->nloops) {
         sigwait(&stop_signals, &sig);
+        drain(srv, &stop_signals, cfg->shutdown_drain_ms);
+    }
     cdb_log_info("http.stopping", "signal %d: stop accepting, finishing in-flight requests", sig);
     atomic_store(&srv->stopping, true);
     struct timeval now = {0, 0};

@@ -37,7 +37,9 @@ void cdb__session_forget(cdb_service *svc, PGconn *conn, const char *session_id)
     snprintf(key, sizeof key, "coredb:session:%s", session_id);
     redisReply *r = cdb_redis_command(svc->redis, &e, "SET %s %s EX %d", key, REVOKED_MARK,
                                       CDB_SESSION_CACHE_TTL_S);
-    if (r && r->type != REDIS_REPLY_ERROR)
+    /* with Redis Sentinel, a tombstone only the dying master had would let a
+     * failover bring back an "alive" copy: unconfirmed, it is queued too */
+    if (r && r->type != REDIS_REPLY_ERROR && cdb_redis_sync_replica(svc->redis, &e) >= 0)
         goto out;
     /*
      * Without the tombstone, a positive copy another request stored earlier
@@ -103,14 +105,29 @@ int cdb__end_user_sessions(PGconn *conn, const char *user_id, const char *except
 
 int cdb__session_liveness(cdb_service *svc, const cdb_principal *p)
 {
+    cdb_commit_lsn_prefetch_clear();
     if (!svc->redis)
         return -1;
     cdb_error e;
     cdb_error_init(&e);
     int state = -1;
-    redisReply *r = cdb_redis_command(svc->redis, &e, "GET coredb:session:%s", p->session_id);
-    if (r && r->type == REDIS_REPLY_STRING)
-        state = strcmp(r->str, p->user_id) == 0 ? 1 : strcmp(r->str, REVOKED_MARK) == 0 ? 0 : -1;
+    redisReply *r, *live;
+    if (svc->commit_lsn && cdb_replicas_any_up(svc->replicas)) {
+        /* read-your-writes (docs/replicas.md): the caller's commit LSN in the same round trip */
+        char session_key[64], lsn_key[64];
+        snprintf(session_key, sizeof session_key, "coredb:session:%s", p->session_id);
+        cdb_commit_lsn_key(p->user_id, lsn_key, sizeof lsn_key);
+        const char *argv[] = {"MGET", session_key, lsn_key};
+        r = cdb_redis_command_argv(svc->redis, 3, argv, NULL, &e);
+        bool two = r && r->type == REDIS_REPLY_ARRAY && r->elements == 2;
+        live = two ? r->element[0] : NULL;
+        if (two)
+            cdb_commit_lsn_prefetched(p->user_id, r->element[1]);
+    } else {
+        live = r = cdb_redis_command(svc->redis, &e, "GET coredb:session:%s", p->session_id);
+    }
+    if (live && live->type == REDIS_REPLY_STRING)
+        state = strcmp(live->str, p->user_id) == 0 ? 1 : strcmp(live->str, REVOKED_MARK) == 0 ? 0 : -1;
     if (r)
         freeReplyObject(r);
     cdb_error_destroy(&e);

@@ -94,6 +94,8 @@ int cdb_users_create(cdb_service *svc, const cdb_principal *caller, json_t *body
         rc = conflict_field(err);
         goto out_release;
     }
+    /* read-your-writes (docs/replicas.md), before the cache generation bump */
+    cdb_commit_lsn_note(svc->commit_lsn, conn, caller ? caller->user_id : NULL);
     rc = cdb_pg_json_parse(PQgetvalue(res, 0, 0), out, err);
     if (rc == 0)
         cdb_log_info("users.created", "user %s created with role %s", in.username, params[5]);
@@ -160,6 +162,7 @@ static int create_keyed(cdb_service *svc, const cdb_principal *caller, json_t *b
             rc = cdb_ledger_fail_unknown(err, tx_id);
         goto out_release;
     }
+    cdb_commit_lsn_note(svc->commit_lsn, conn, anon ? NULL : caller->user_id);
     idem->status = 201;
     if (!(idem->body = strdup(PQgetvalue(res, 0, 0))))
         rc = cdb_error_oom(err);
@@ -337,6 +340,7 @@ int cdb_users_update(cdb_service *svc, const cdb_principal *caller, const char *
     }
     if ((rc = cdb_txn_commit(conn, err)) < 0)
         goto out_release;
+    cdb_commit_lsn_note(svc->commit_lsn, conn, caller->user_id);
     cdb__sessions_forget(svc, conn, ended, 0);
     rc = cdb_pg_json_parse(PQgetvalue(res, 0, 0), out, err);
 
@@ -379,6 +383,7 @@ int cdb_users_delete(cdb_service *svc, const cdb_principal *caller, const char *
     }
     if ((rc = cdb_txn_commit(conn, err)) < 0)
         goto out_release;
+    cdb_commit_lsn_note(svc->commit_lsn, conn, caller->user_id);
     cdb__sessions_forget(svc, conn, sessions, 0);
     cdb_log_info("users.deleted", "user %s deleted, %d sessions ended", id, PQntuples(sessions));
 
@@ -476,6 +481,7 @@ int cdb_users_ensure_admin(cdb_service *svc, const char *email, const char *user
     if ((rc = cdb_txn_commit(conn, err)) < 0)
         goto out_release;
     *created = true;
+    cdb_commit_lsn_note(svc->commit_lsn, conn, NULL);
     cdb_log_info("users.admin_created", "first admin '%s' created", name);
 
 out_release:

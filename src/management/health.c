@@ -166,7 +166,7 @@ bool cdb__health_check_postgresql(const cdb_health_deps *d, json_t *checks, int 
     return up;
 }
 
-bool cdb__health_check_redis(cdb_redis *redis, json_t *checks)
+bool cdb__health_check_redis(cdb_redis *redis, bool detailed, json_t *checks)
 {
     cdb_error err;
     cdb_error_init(&err);
@@ -181,9 +181,49 @@ bool cdb__health_check_redis(cdb_redis *redis, json_t *checks)
     } else {
         json_object_set_new(rd, "error", json_string(cdb_err_name(err.code)));
     }
+    cdb_redis_topology t;
+    cdb_redis_topology_get(redis, &t);
+    if (t.sentinel) {
+        json_object_set_new(rd, "masterName", json_string(t.master_name));
+        json_object_set_new(rd, "masterChanges", json_integer((json_int_t)t.master_changes));
+    }
+    /* where the connections go (the address only, the URL's password never) and why
+     * not: for admins, not on the public /health */
+    if (detailed && t.sentinel)
+        json_object_set_new(rd, "master", t.master[0] ? json_string(t.master) : json_null());
+    if (detailed && !up && t.problem[0])
+        json_object_set_new(rd, "detail", json_string(t.problem));
     json_object_set_new(checks, "redis", rd);
     cdb_error_destroy(&err);
     return up;
+}
+
+bool cdb__health_check_replicas(cdb_replicas *rs, bool detailed, json_t *checks)
+{
+    json_t *list = json_array(), *obj = json_object();
+    int n = cdb_replicas_count(rs), in_rotation = 0;
+    for (int i = 0; i < n; i++) {
+        cdb_replica_info in;
+        char lsn[20] = "";
+        cdb_replicas_info(rs, i, &in);
+        if (in.replay_lsn)
+            cdb_lsn_format(in.replay_lsn, lsn);
+        in_rotation += in.state == CDB_REPLICA_UP;
+        json_t *r = json_pack("{s:i, s:s, s:f, s:I, s:o}", "replica", i, "state",
+                              cdb_replica_state_name(in.state), "lag_seconds", in.lag_seconds, "lag_bytes",
+                              (json_int_t)in.lag_bytes, "replay_lsn", in.replay_lsn ? json_string(lsn) : json_null());
+        /* where it is and why it is out: for admins, not on the public /health */
+        if (r && detailed)
+            json_object_set_new(r, "target", json_string(in.label));
+        if (r && detailed && in.reason)
+            json_object_set_new(r, "reason", json_string(in.reason));
+        json_array_append_new(list, r);
+    }
+    json_object_set_new(obj, "status", json_string(in_rotation ? "UP" : "DOWN"));
+    json_object_set_new(obj, "in_rotation", json_integer(in_rotation));
+    json_object_set_new(obj, "replicas", list);
+    json_object_set_new(checks, "replicas", obj);
+    return in_rotation > 0;
 }
 
 static json_t *report_skeleton(const char *status, json_t *checks)
@@ -208,8 +248,10 @@ cdb_health_status cdb_health_check(const cdb_health_deps *d, json_t **out)
 {
     json_t *checks = json_object();
     bool pg_up = cdb__health_check_postgresql(d, checks, NULL, true);
-    bool redis_up = d->redis ? cdb__health_check_redis(d->redis, checks) : true;
-    cdb_health_status s = !pg_up ? CDB_HEALTH_DOWN : redis_up ? CDB_HEALTH_UP : CDB_HEALTH_DEGRADED;
+    bool redis_up = d->redis ? cdb__health_check_redis(d->redis, false, checks) : true;
+    /* no replica in rotation: reads go to the primary, nothing fails (docs/replicas.md) */
+    bool replicas_up = d->replicas ? cdb__health_check_replicas(d->replicas, false, checks) : true;
+    cdb_health_status s = !pg_up ? CDB_HEALTH_DOWN : redis_up && replicas_up ? CDB_HEALTH_UP : CDB_HEALTH_DEGRADED;
     *out = report_skeleton(cdb_health_status_name(s), checks);
     return s;
 }

@@ -12,12 +12,14 @@
 #include "coredb/migrate.h"
 #include "store/pool.h"
 #include "store/redis.h"
+#include "store/replicas.h"
 
 typedef struct cdb_health_deps {
     cdb_pool *pool;                          /* may be NULL: DOWN */
     cdb_redis *redis;                        /* NULL without REDIS_URL: not checked */
     int acquire_timeout_ms;                  /* DB_POOL_ACQUIRE_TIMEOUT */
     const cdb_migration_set *migrations;     /* for readiness */
+    cdb_replicas *replicas;                  /* NULL without DATABASE_READ_URLS: not reported */
 } cdb_health_deps;
 
 /*
@@ -41,6 +43,14 @@ cdb_health_status cdb_health_check_ready(const cdb_health_deps *d, json_t **out)
  * the reports (NULL / false: not asked).
  */
 bool cdb__health_check_postgresql(const cdb_health_deps *d, json_t *checks, int *pending, bool outbox);
-bool cdb__health_check_redis(cdb_redis *redis, json_t *checks);
+/* detailed (admins): with Sentinel, the master's address and why it is down */
+bool cdb__health_check_redis(cdb_redis *redis, bool detailed, json_t *checks);
+/*
+ * checks.replicas (from the sampler, no query): {status, in_rotation,
+ * replicas: [{replica, target, state, lag_seconds, lag_bytes, replay_lsn,
+ * reason?}]} (target and reason only when detailed: admins); false when every replica is out of rotation (reads then go
+ * to the primary: DEGRADED, not DOWN).
+ */
+bool cdb__health_check_replicas(cdb_replicas *replicas, bool detailed, json_t *checks);
 
 #endif

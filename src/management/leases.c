@@ -147,26 +147,69 @@ static char *lease_url(const char *host, const char *port, const char *db, const
     return url;
 }
 
+enum { REPLICA_CATCH_UP_MS = 2000, REPLICA_POLL_MS = 10 };
+
 /*
- * Where the lease's login connects: for read with DATABASE_READ_URLS, one
- * of the replicas (picked at random; the role and its lease row reach it
- * by replication), else the server the reserved connection reached.
+ * Whether replica i has replayed what conn (the lease's connection, its
+ * role committed) has written, waiting up to REPLICA_CATCH_UP_MS: a client
+ * handed the replica's URL at once could otherwise find no such role
+ * there for as long as the replica lags.
  */
-static char *lease_target_url(const cdb_config *cfg, PGconn *conn, const char *mode, const char *role,
+static bool replica_has_lease(cdb_replicas *rs, int i, PGconn *conn)
+{
+    PGresult *res = cdb_pg_query(conn, "SELECT pg_current_wal_insert_lsn()::text");
+    char lsn[32] = "";
+    bool ok = false;
+    if (res && PQresultStatus(res) == PGRES_TUPLES_OK && PQntuples(res) == 1)
+        snprintf(lsn, sizeof lsn, "%s", PQgetvalue(res, 0, 0));
+    PQclear(res);
+    if (!*lsn)
+        return false;
+    cdb_pool *pool = cdb_replicas_pool(rs, i);
+    cdb_error e;
+    cdb_error_init(&e);
+    int64_t deadline = cdb_mono_ms() + REPLICA_CATCH_UP_MS;
+    cdb_pool_conn *held = cdb_pool_acquire(pool, deadline, &e);
+    if (held) {
+        PGconn *rconn = cdb_pool_conn_pg(held);
+        const char *params[] = {lsn};
+        /* the loop ends by the clock; the cap only bounds a silent replica (an expired
+         * cap would mark the replica's pool down) */
+        cdb_pg_set_deadline(rconn, deadline + REPLICA_CATCH_UP_MS);
+        while (!ok && cdb_mono_ms() < deadline) {
+            res = cdb_pg_query_params(rconn, "SELECT pg_last_wal_replay_lsn() >= $1::pg_lsn", 1, params);
+            bool answered = res && PQresultStatus(res) == PGRES_TUPLES_OK && PQntuples(res) == 1;
+            ok = answered && strcmp(PQgetvalue(res, 0, 0), "t") == 0;
+            PQclear(res);
+            if (!answered)
+                break;
+            if (!ok)
+                nanosleep(&(struct timespec){.tv_nsec = REPLICA_POLL_MS * 1000000L}, NULL);
+        }
+        cdb_pool_release(pool, held);
+    }
+    cdb_error_destroy(&e);
+    return ok;
+}
+
+/*
+ * Where the lease's login connects: for read with DATABASE_READ_URLS, a
+ * replica in rotation (store/replicas.h, round robin) once it has replayed
+ * the lease's role, or the server the reserved connection reached when
+ * none is in rotation or it did not catch up in time (reads then go to the
+ * primary, as the data API's do).
+ */
+static char *lease_target_url(cdb_service *svc, PGconn *conn, const char *mode, const char *role,
                               const char *password)
 {
-    const char *urls = cfg->database_read_urls;
-    if (strcmp(mode, "read") != 0 || !urls || !*urls)
-        return lease_url(PQhost(conn), PQport(conn), PQdb(conn), role, password);
-    char *list = strdup(urls), *save = NULL, *pick = NULL, *url = NULL;
-    int n = 0;
-    if (!list)
-        return NULL;
-    for (char *tok = strtok_r(list, ",", &save); tok; tok = strtok_r(NULL, ",", &save)) {
-        if (randombytes_uniform((uint32_t)++n) == 0)   /* reservoir sampling: each with 1/n */
-            pick = tok;
+    int pick = strcmp(mode, "read") == 0 ? cdb_replicas_pick(svc->replicas, 0, 0, NULL, NULL) : -1;
+    if (pick >= 0 && !replica_has_lease(svc->replicas, pick, conn)) {
+        cdb_log_warn("lease.replica_behind", "the replica has not replayed the lease's role; the lease reads the primary");
+        pick = -1;
     }
-    PQconninfoOption *opts = pick ? PQconninfoParse(pick, NULL) : NULL;
+    const char *target = pick >= 0 ? cdb_pool_conninfo(cdb_replicas_pool(svc->replicas, pick)) : NULL;
+    PQconninfoOption *opts = target ? PQconninfoParse(target, NULL) : NULL;
+    char *url = NULL;
     if (opts) {
         const char *host = NULL, *port = NULL, *db = NULL;
         for (PQconninfoOption *o = opts; o->keyword; o++) {
@@ -182,7 +225,6 @@ static char *lease_target_url(const cdb_config *cfg, PGconn *conn, const char *m
     } else {
         url = lease_url(PQhost(conn), PQport(conn), PQdb(conn), role, password);
     }
-    free(list);
     return url;
 }
 
@@ -309,7 +351,7 @@ int cdb_lease_acquire(cdb_service *svc, const cdb_principal *caller, const json_
     }
     reserved = true;
     cdb__metrics_inc(CDB_M_LEASE_ACQUIRES);
-    if (!(url = lease_target_url(svc->cfg, conn, a.mode, role, password)) || pool_stats_json(svc, &stats, err) < 0) {
+    if (!(url = lease_target_url(svc, conn, a.mode, role, password)) || pool_stats_json(svc, &stats, err) < 0) {
         rc = cdb_error_oom(err);
         goto out;
     }

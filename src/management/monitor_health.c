@@ -156,7 +156,9 @@ static int connection_report(cdb_service *svc, json_t **out, cdb_error *err)
     json_t *redis = json_pack("{s:b}", "configured", svc->redis != NULL);
     if (svc->redis && redis) {
         t0 = cdb_mono_us();
-        bool up = cdb__health_check_redis(svc->redis, checks);
+        bool up = cdb__health_check_redis(svc->redis, true, checks);
+        /* status, masterName, master, masterChanges, detail: what the public /health leaves out */
+        json_object_update_missing(redis, json_object_get(checks, "redis"));
         json_object_set_new(redis, "reachable", json_boolean(up));
         json_object_set_new(redis, "latency_ms", json_real(ms_of_us(cdb_mono_us() - t0)));
         if (!up) {
@@ -164,6 +166,9 @@ static int connection_report(cdb_service *svc, json_t **out, cdb_error *err)
             verdict_add(&v, CDB_HEALTH_DEGRADED, "redis: unreachable (%s)", check_error(checks, "redis"));
         }
     }
+    /* each replica's state, lag, address and reason; out of rotation is degraded (reads on the primary) */
+    if (svc->replicas && !cdb__health_check_replicas(svc->replicas, true, checks))
+        verdict_add(&v, CDB_HEALTH_DEGRADED, "replicas: none in rotation, reads go to the primary");
     if (!pool || !redis || json_object_set_new(o, "postgresql", pg) < 0) {
         json_decref(pool);
         json_decref(redis);
@@ -172,6 +177,7 @@ static int connection_report(cdb_service *svc, json_t **out, cdb_error *err)
     }
     pg = NULL;
     if (json_object_set_new(o, "pool", pool) < 0 || json_object_set_new(o, "redis", redis) < 0 ||
+        (svc->replicas && json_object_set(o, "replicas", json_object_get(checks, "replicas")) < 0) ||
         (rc = verdict_finish(&v, o, err)) < 0) {
         rc = cdb_error_oom(err);
         goto out;

@@ -20,10 +20,12 @@
 #include "security/ratelimit.h"
 #include "store/cache.h"
 #include "store/catalog.h"
+#include "store/commit_lsn.h"
 #include "store/devdb.h"
 #include "store/pool.h"
 #include "store/qcache.h"
 #include "store/redis.h"
+#include "store/replicas.h"
 
 struct cdb_jobs;
 struct cdb_migration_set;
@@ -46,6 +48,8 @@ struct cdb_service {
     struct cdb_jobs *jobs;         /* background jobs once started, else NULL */
     cdb_maintenance maintenance;   /* set by a restore (management/restore.c), atomic */
     struct cdb_colring *colring;   /* encrypted columns and their keys (security/colring.h) */
+    cdb_replicas *replicas;        /* DATABASE_READ_URLS, or NULL (store/replicas.h) */
+    cdb_commit_lsn *commit_lsn;    /* callers' last commit LSNs, with replicas only */
 };
 
 #endif

@@ -23,6 +23,7 @@
 #include "store/pool.h"
 #include "store/reserved.h"
 #include "store/redis.h"
+#include "store/replicas.h"
 
 enum { SCRAPE_DEADLINE_MS = 2000 };
 
@@ -71,6 +72,11 @@ static void collect_redis(cdb__metrics_out *out, cdb_service *svc)
     cdb__metrics_family(out, "coredb_redis_reconnects_total", "counter",
                         "Times Redis came back after this process saw it down.");
     cdb__metrics_sample(out, "coredb_redis_reconnects_total", NULL, (double)cdb_redis_recoveries(svc->redis));
+    cdb_redis_topology t;
+    cdb_redis_topology_get(svc->redis, &t);
+    cdb__metrics_family(out, "coredb_redis_master_changes_total", "counter",
+                        "Times a new connection found the Redis master (from Redis Sentinel) at another address.");
+    cdb__metrics_sample(out, "coredb_redis_master_changes_total", NULL, (double)t.master_changes);
 }
 
 static void collect_postgres(cdb__metrics_out *out, cdb_service *svc)
@@ -130,10 +136,50 @@ static void collect_postgres(cdb__metrics_out *out, cdb_service *svc)
     cdb_error_destroy(&err);
 }
 
+/* Replicas as the sampler last saw them, and where routed reads went (docs/replicas.md). */
+static void collect_replicas(cdb__metrics_out *out, cdb_service *svc)
+{
+    int n = cdb_replicas_count(svc->replicas);
+    if (!svc->replicas)
+        return;
+    cdb_replica_info in[n > 0 ? n : 1];
+    char labels[64];
+    for (int i = 0; i < n; i++)
+        cdb_replicas_info(svc->replicas, i, &in[i]);
+    /* labels are indexes: a URL may hold a password; /health maps an index to host:port */
+    cdb__metrics_family(out, "coredb_replica_up", "gauge", "1 when the read replica is in rotation.");
+    for (int i = 0; i < n; i++) {
+        snprintf(labels, sizeof labels, "replica=\"%d\"", i);
+        cdb__metrics_sample(out, "coredb_replica_up", labels, in[i].state == CDB_REPLICA_UP);
+    }
+    cdb__metrics_family(out, "coredb_replica_lag_seconds", "gauge", "Replay lag of the read replica, last sample.");
+    for (int i = 0; i < n; i++) {
+        snprintf(labels, sizeof labels, "replica=\"%d\"", i);
+        cdb__metrics_sample(out, "coredb_replica_lag_seconds", labels, in[i].lag_seconds);
+    }
+    cdb__metrics_family(out, "coredb_replica_lag_bytes", "gauge", "WAL bytes the read replica has not replayed, last sample.");
+    for (int i = 0; i < n; i++) {
+        snprintf(labels, sizeof labels, "replica=\"%d\"", i);
+        cdb__metrics_sample(out, "coredb_replica_lag_bytes", labels, (double)in[i].lag_bytes);
+    }
+    cdb_replicas_counts c;
+    cdb_replicas_get_counts(svc->replicas, &c);
+    cdb__metrics_family(out, "coredb_db_reads_total", "counter", "Routed reads (cache-miss queries) by the server that answered.");
+    cdb__metrics_sample(out, "coredb_db_reads_total", "target=\"primary\"", (double)c.reads_primary);
+    cdb__metrics_sample(out, "coredb_db_reads_total", "target=\"replica\"", (double)c.reads_replica);
+    cdb__metrics_family(out, "coredb_read_your_writes_primary_total", "counter",
+                        "Reads sent to the primary because every replica in rotation was behind the caller's last commit.");
+    cdb__metrics_sample(out, "coredb_read_your_writes_primary_total", NULL, (double)c.ryw_primary);
+    cdb__metrics_family(out, "coredb_replica_read_failures_total", "counter",
+                        "Reads a replica failed and the primary answered instead.");
+    cdb__metrics_sample(out, "coredb_replica_read_failures_total", NULL, (double)c.replica_failures);
+}
+
 static void collect(cdb__metrics_out *out, void *arg)
 {
     cdb_service *svc = arg;
     collect_pool(out, svc);
+    collect_replicas(out, svc);
     collect_redis(out, svc);
     collect_postgres(out, svc);
 }

@@ -45,6 +45,39 @@ static int resync_outbox(void *arg)
     return rc == 0 && pending == 0 ? 0 : -1;
 }
 
+/*
+ * One pool per DATABASE_READ_URLS replica, with the primary's settings
+ * (DB_READ_POOL_MAX, when set, sizes them). A replica that is down does not
+ * fail this: it stays out of rotation until the sampler reaches it.
+ */
+static int open_replicas(cdb_service *svc, const cdb_config *cfg, cdb_error *err)
+{
+    int max = cfg->db_read_pool_max > 0 ? cfg->db_read_pool_max : cfg->db_pool_max;
+    cdb_replicas_options ro = {
+        .urls = cfg->database_read_urls,
+        .pool = {
+            .sslmode = cfg->db_sslmode,
+            .application_name = "coredb-read",
+            .min_size = cfg->db_pool_min < max ? cfg->db_pool_min : max,
+            .max_size = max,
+            .idle_timeout_ms = cfg->db_pool_idle_timeout_ms,
+            .acquire_timeout_ms = cfg->db_pool_acquire_timeout_ms,
+            .statement_timeout_ms = cfg->db_statement_timeout_ms,
+        },
+        .primary = svc->pool,
+        .max_lag_s = cfg->db_replica_max_lag_s,
+        .sample_ms = cfg->db_replica_sample_ms,
+    };
+    if (!(svc->commit_lsn = cdb_commit_lsn_new(svc->redis, cfg->session_timeout_s)))
+        return cdb_error_oom(err);
+    if (!(svc->replicas = cdb_replicas_new(&ro, err)))
+        return err->code ? err->code : CDB_ERR_INTERNAL_ERROR;
+    /* every cache lookup reads the last commit LSN with the generation (docs/replicas.md) */
+    if (svc->redis)
+        cdb_qcache_track_lsn(svc->qcache, CDB_COMMIT_LSN_LAST_KEY);
+    return 0;
+}
+
 int cdb_service_open(cdb_service **out, cdb_config *cfg,
                      const cdb_service_options *opt, cdb_error *err)
 {
@@ -111,8 +144,11 @@ int cdb_service_open(cdb_service **out, cdb_config *cfg,
         }
     }
 
-    if (cfg->redis_url) {
-        cdb_redis_options ro = {.url = cfg->redis_url, .pool_size = cfg->redis_pool_size};
+    if (cfg->redis_url || cfg->redis_sentinels) {
+        cdb_redis_options ro = {.url = cfg->redis_url, .pool_size = cfg->redis_pool_size,
+                                .sentinels = cfg->redis_sentinels,
+                                .master_name = cfg->redis_master_name,
+                                .sentinel_password = cfg->redis_sentinel_password};
         svc->redis = cdb_redis_new(&ro, err);
         if (!svc->redis)
             goto fail;
@@ -125,6 +161,9 @@ int cdb_service_open(cdb_service **out, cdb_config *cfg,
         cdb_error_oom(err);
         goto fail;
     }
+    if (svc->pool && cfg->database_read_urls && *cfg->database_read_urls &&
+        open_replicas(svc, cfg, err) < 0)
+        goto fail;
     if (svc->pool)
         cdb_qcache_set_resync(svc->qcache, svc->redis, resync_outbox, svc);
     *out = svc;
@@ -148,6 +187,8 @@ void cdb_service_close(cdb_service *svc)
     cdb_ratelimit_free(svc->ratelimit);
     cdb_catalog_cache_free(svc->catalog);
     cdb_cache_free(svc->cache);
+    cdb_replicas_free(svc->replicas);  /* its sampler reads the primary pool */
+    cdb_commit_lsn_free(svc->commit_lsn);
     cdb_redis_free(svc->redis);
     cdb_pool_free(svc->pool);
     if (svc->migrations)
@@ -258,6 +299,7 @@ static cdb_health_deps health_deps(const cdb_service *svc)
         .redis = svc->redis,
         .acquire_timeout_ms = svc->cfg->db_pool_acquire_timeout_ms,
         .migrations = svc->migrations,
+        .replicas = svc->replicas,
     };
 }
 

@@ -16,6 +16,7 @@
 #include "data/jobs.h"
 #include "identity/jobs.h"
 #include "management/jobs.h"
+#include "management/sizing.h"
 #include "security/service_state.h"
 #include "service/service_internal.h"
 
@@ -42,6 +43,8 @@ int cdb_service_start(cdb_service *svc, cdb_error *err)
         return err->code;
     if (cdb_encryption_check_start(svc, err) < 0)
         return err->code;
+    /* how many instances of this pool the server has room for (docs/deployment.md) */
+    cdb_sizing_check_start(svc);
     if (cfg->admin_email && cfg->admin_password) {
         bool created = false;
         if (cdb_users_ensure_admin(svc, cfg->admin_email, NULL, cfg->admin_password, &created, err) < 0)

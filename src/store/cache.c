@@ -377,6 +377,11 @@ bool cdb_cache_is_redis(const cdb_cache *c)
     return c->redis != NULL;
 }
 
+cdb_redis *cdb_cache_redis(const cdb_cache *c)
+{
+    return c->redis;
+}
+
 int cdb_cache_get(cdb_cache *c, const char *key, char **value, size_t *len, cdb_error *err)
 {
     entry *e;

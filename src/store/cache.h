@@ -27,6 +27,8 @@ cdb_cache *cdb_cache_new(cdb_redis *redis, size_t max_entries);
 void cdb_cache_free(cdb_cache *c);
 
 bool cdb_cache_is_redis(const cdb_cache *c);
+/* The Redis pool behind the cache, NULL for the in-process table. */
+cdb_redis *cdb_cache_redis(const cdb_cache *c);
 
 /*
  * 1 and *value (malloc'd, caller frees) + *len on a hit, 0 on a miss,

@@ -71,6 +71,18 @@ cdb_outbox_rc cdb_outbox_apply(cdb_cache *cache, const char *op, const char *key
     return rc == 0 ? CDB_OUTBOX_DONE : rc == CDB_ERR_VALIDATION_FAILED ? CDB_OUTBOX_REFUSED : CDB_OUTBOX_DOWN;
 }
 
+int cdb_outbox_replicated(cdb_cache *cache)
+{
+    cdb_error e;
+    cdb_error_init(&e);
+    int rc = cache ? cdb_redis_sync_replica(cdb_cache_redis(cache), &e) : 0;
+    if (rc < 0)
+        cdb_log_warn("data.outbox_unconfirmed", "Redis failed before a replica confirmed the applied "
+                     "outbox rows; they stay and are applied again");
+    cdb_error_destroy(&e);
+    return rc < 0 ? rc : 0;
+}
+
 /* Appends n to the array literal "{1,2,...}" being built in buf. */
 void cdb_outbox_array_add(char *buf, size_t len, long long n)
 {
@@ -129,6 +141,9 @@ int cdb_outbox_flush(cdb_pool *pool, cdb_cache *cache, int *applied, int *pendin
         snprintf(id, sizeof id, "%s", PQgetvalue(res, r, 0));
         cdb_outbox_array_add(done, (size_t)PQntuples(res) * 21 + 3, strtoll(id, NULL, 10));
     }
+    /* kept, not deleted, when the master may have died before a replica had them */
+    if (napplied > 0 && cdb_outbox_replicated(cache) < 0)
+        strcpy(done, "{}");
     params[0] = done;
     if ((strcmp(done, "{}") != 0 &&
          (rc = cdb_pg_exec(conn, "DELETE FROM coredb.redis_outbox WHERE id = ANY($1::bigint[])",

@@ -39,6 +39,15 @@ typedef enum cdb_outbox_rc {
 cdb_outbox_rc cdb_outbox_apply(cdb_cache *cache, const char *op, const char *key, const char *value,
                                int ttl, json_t **result, char *why, size_t whylen);
 
+/*
+ * Between applying rows and deleting them: with Redis Sentinel, waits until
+ * a replica has the writes (cdb_redis_sync_replica), so a failover keeps
+ * what the outbox deleted. < 0 when the connection failed: the master may
+ * have died with them, so the caller keeps the rows and they are applied
+ * again on the new master (at least once, as always). 0 otherwise.
+ */
+int cdb_outbox_replicated(cdb_cache *cache);
+
 /* Appends n to the PostgreSQL array literal "{1,2,...}" being built in buf. */
 void cdb_outbox_array_add(char *buf, size_t len, long long n);
 

@@ -74,7 +74,14 @@ struct cdb_qcache {
     pthread_mutex_t mu;
     flight *flights[NBUCKETS];  /* running and recently finished flights (mu) */
     unsigned sweep;             /* the next bucket to sweep (mu) */
+    const char *lsn_key;        /* cdb_qcache_track_lsn, or NULL */
 };
+
+void cdb_qcache_track_lsn(cdb_qcache *qc, const char *key)
+{
+    if (qc)
+        qc->lsn_key = key;
+}
 
 cdb_qcache *cdb_qcache_new(cdb_cache *cache, int ttl_s)
 {
@@ -180,18 +187,24 @@ static char *entry_key(const cdb_qcache *qc, const char *table, const char id[HA
 static bool read_cached(cdb_qcache *qc, const char *table, const char *ekey, cdb_qcache_lookup *out)
 {
     char gkey[256];
-    char *v[2];
-    size_t len[2];
+    char *v[3];
+    size_t len[3];
     cdb_error err;
 
     cdb_error_init(&err);
     cdb_qcache_generation_key(qc, table, gkey, sizeof gkey);
-    const char *keys[2] = {gkey, ekey};
-    int rc = cdb_cache_get_many(qc->cache, 2, keys, v, len, &err);
+    const char *keys[3] = {gkey, ekey, qc->lsn_key};
+    int nkeys = qc->lsn_key ? 3 : 2;
+    int rc = cdb_cache_get_many(qc->cache, nkeys, keys, v, len, &err);
     cdb_error_destroy(&err);
     out->generation = 0;
+    out->lsn_seen = qc->lsn_key ? UINT64_MAX : 0;   /* untracked: nothing to wait for */
     if (rc < 0)
         return false;
+    if (nkeys == 3) {
+        out->lsn_seen = v[2] ? strtoull(v[2], NULL, 16) : 0;
+        free(v[2]);
+    }
     char *end;
     if (v[0]) {
         errno = 0;

@@ -42,7 +42,17 @@ typedef struct cdb_qcache_lookup {
     int64_t generation;    /* on a miss: pass to cdb_qcache_store */
     bool leader;           /* on a miss: true = run the query and call cdb_qcache_store
                               or cdb_qcache_abandon; false = the cache is unusable, just query */
+    uint64_t lsn_seen;     /* on a miss, with cdb_qcache_track_lsn: that key's hex LSN, read with
+                              the generation (0 when unset or untracked); UINT64_MAX when not read */
 } cdb_qcache_lookup;
+
+/*
+ * Read replicas (docs/replicas.md): key (static, not copied) holds the last
+ * commit LSN anyone recorded, as hex; every lookup reads it in the same
+ * round trip as the generation, so a miss knows which writes its
+ * generation may reflect (lsn_seen). Set once, before lookups.
+ */
+void cdb_qcache_track_lsn(cdb_qcache *qc, const char *key);
 
 /*
  * Looks up key (the caller's identity + canonical query) for table. On a miss

@@ -13,6 +13,14 @@
  * connect timeout each; when the interval is over one caller probes with a
  * real connect and the others keep failing fast until it answers. A
  * successful command resets the backoff. Only transitions are logged.
+ *
+ * With Redis Sentinel every new connection first asks the sentinels where
+ * the master is (redis_sentinel.c) and then checks with ROLE that the
+ * server it reached says "master": a failover is followed on the next
+ * reconnect, which the failure that a dead master causes triggers anyway.
+ * A demoted master that still answers is caught by its READONLY replies,
+ * which count as a broken connection here, and a connection released to
+ * the pool after the master moved is closed instead of kept.
  */
 #include "store/redis.h"
 
@@ -29,6 +37,7 @@
 #include "coredb/log.h"
 #include "core/metrics.h"
 #include "core/timeutil.h"
+#include "store/redis_sentinel.h"
 
 #define BACKOFF_MIN_MS 100
 #define BACKOFF_MAX_MS 2000
@@ -54,6 +63,14 @@ struct cdb_redis {
     int backoff_ms;              /* next down interval */
     _Atomic uint64_t recoveries; /* times Redis came back after being down */
     int64_t retry_at_ms;         /* while down, no connect before this */
+    char last_why[240];          /* the last failure's reason, log-safe */
+
+    cdb__sentinel_set *sentinels; /* NULL: host and port are the server */
+    char master_host[CDB_SENTINEL_HOST_MAX]; /* the last master a connect verified */
+    int master_port;
+    _Atomic uint64_t master_changes;
+    _Atomic int64_t no_replica_until; /* cdb_redis_sync_replica does not wait before this */
+    _Atomic int64_t last_ack_ms;      /* when a replica last confirmed; 0: never */
 };
 
 /* ---- URL parsing --------------------------------------------------------- */
@@ -182,10 +199,57 @@ static int parse_url(cdb_redis *r, const char *url, cdb_error *err)
 
 /* ---- the pool ------------------------------------------------------------ */
 
+#define SENTINEL_TIMEOUT_MS 500
+
 static struct timeval ms_tv(int ms)
 {
     struct timeval tv = { .tv_sec = ms / 1000, .tv_usec = (ms % 1000) * 1000 };
     return tv;
+}
+
+/*
+ * With sentinels: whether c, just connected to host:port, is the master
+ * (ROLE), and if so records the address, counting a move. A sentinel that
+ * has not yet seen a failover, or a hostile one, can name a replica; it is
+ * refused, and the pool backs off and asks again.
+ */
+static int check_master(cdb_redis *r, redisContext *c, const char *host, int port, char *why,
+                        size_t whylen)
+{
+    redisReply *reply = redisCommand(c, "ROLE");
+    char old[CDB_SENTINEL_HOST_MAX + 8] = "";
+    bool moved = false;
+    int rc = -1;
+
+    if (!reply || c->err) {
+        snprintf(why, whylen, "ROLE at %.80s:%d: %.60s", host, port, c->err ? c->errstr : "no reply");
+        goto out;
+    }
+    if (reply->type != REDIS_REPLY_ARRAY || reply->elements < 1 ||
+        reply->element[0]->type != REDIS_REPLY_STRING || strcmp(reply->element[0]->str, "master") != 0) {
+        snprintf(why, whylen, "%.80s:%d, named by the sentinels, is not a master", host, port);
+        goto out;
+    }
+    pthread_mutex_lock(&r->mu);
+    if (r->master_port != port || strcmp(r->master_host, host) != 0) {
+        moved = r->master_port != 0;
+        snprintf(old, sizeof old, "%s:%d", r->master_host, r->master_port);
+        snprintf(r->master_host, sizeof r->master_host, "%s", host);
+        r->master_port = port;
+        if (moved)
+            atomic_fetch_add(&r->master_changes, 1);
+    }
+    pthread_mutex_unlock(&r->mu);
+    if (moved)
+        cdb_log_warn("redis_master_changed", "Redis master \"%s\" moved from %s to %s:%d",
+                     cdb__sentinel_master_name(r->sentinels), old, host, port);
+    else if (old[0])
+        cdb_log_info("redis_master", "Redis master \"%s\" is %s:%d",
+                     cdb__sentinel_master_name(r->sentinels), host, port);
+    rc = 0;
+out:
+    freeReplyObject(reply);
+    return rc;
 }
 
 /*
@@ -195,9 +259,20 @@ static struct timeval ms_tv(int ms)
  */
 static redisContext *connect_one(cdb_redis *r, char *why, size_t whylen)
 {
-    redisContext *c = redisConnectWithTimeout(r->host, r->port, ms_tv(r->connect_timeout_ms));
+    char host[CDB_SENTINEL_HOST_MAX];
+    int port = r->port;
+    redisContext *c;
     redisReply *reply = NULL;
 
+    if (r->sentinels) {
+        /* a sentinel that does not answer must not cost the full connect timeout */
+        int t = r->connect_timeout_ms < SENTINEL_TIMEOUT_MS ? r->connect_timeout_ms : SENTINEL_TIMEOUT_MS;
+        if (cdb__sentinel_master(r->sentinels, t, host, &port, why, whylen) < 0)
+            return NULL;
+    } else {
+        snprintf(host, sizeof host, "%s", r->host);
+    }
+    c = redisConnectWithTimeout(host, port, ms_tv(r->connect_timeout_ms));
     if (!c) {
         snprintf(why, whylen, "out of memory");
         return NULL;
@@ -226,7 +301,10 @@ static redisContext *connect_one(cdb_redis *r, char *why, size_t whylen)
             goto fail_free_ctx;
         }
         freeReplyObject(reply);
+        reply = NULL;
     }
+    if (r->sentinels && check_master(r, c, host, port, why, whylen) < 0)
+        goto fail_free_ctx;
     return c;
 
 fail_free_ctx:
@@ -249,6 +327,7 @@ static void mark_down_locked(cdb_redis *r, const char *why)
         cdb_log_debug("redis_unavailable", "Redis %s still unavailable (%s); retrying in %d ms",
                       r->display_url, why, r->backoff_ms);
     r->down = true;
+    snprintf(r->last_why, sizeof r->last_why, "%s", why);
     r->retry_at_ms = cdb_mono_ms() + r->backoff_ms;
     r->backoff_ms = r->backoff_ms * 2 > BACKOFF_MAX_MS ? BACKOFF_MAX_MS : r->backoff_ms * 2;
     pthread_cond_broadcast(&r->cv);
@@ -262,6 +341,7 @@ static void mark_up_locked(cdb_redis *r)
         atomic_fetch_add(&r->recoveries, 1);
     }
     r->down = false;
+    r->last_why[0] = '\0';
     r->backoff_ms = BACKOFF_MIN_MS;
 }
 
@@ -282,7 +362,7 @@ static redisContext *acquire(cdb_redis *r, cdb_error *err)
             break;
         }
         if (r->total < r->pool_size) {
-            char why[160];
+            char why[240];
             bool probe = r->down;
             if (r->down && (r->probing || cdb_mono_ms() < r->retry_at_ms))
                 break;
@@ -320,6 +400,11 @@ static void release(cdb_redis *r, redisContext *c, const char *broken)
         mark_down_locked(r, broken);
         redisFree(c);
         r->total--;
+    } else if (r->sentinels && (c->tcp.port != r->master_port || !c->tcp.host ||
+                                strcmp(c->tcp.host, r->master_host) != 0)) {
+        /* made before the master moved: it still works, but at the wrong server */
+        redisFree(c);
+        r->total--;
     } else {
         r->idle[r->nidle++] = c;
         mark_up_locked(r);
@@ -329,17 +414,29 @@ static void release(cdb_redis *r, redisContext *c, const char *broken)
 }
 
 /* A connection is broken when a command got no reply or left c->err set. */
-static const char *broken_reason(const redisContext *c, const redisReply *reply)
+static const char *broken_reason(const cdb_redis *r, const redisContext *c, const redisReply *reply)
 {
+    /* a demoted master: reconnect, which asks the sentinels again */
+    if (r->sentinels && reply && !c->err && reply->type == REDIS_REPLY_ERROR &&
+        strncmp(reply->str, "READONLY", 8) == 0)
+        return "the server is no longer the master (READONLY)";
     if (reply && !c->err)
         return NULL;
     return c->errstr[0] ? c->errstr : "no reply";
 }
 
+static const char *master_moved(cdb_redis *r, char *buf, size_t len);
+
 /* Releases c after a command and turns an I/O failure into CACHE_UNAVAILABLE. */
 static redisReply *finish(cdb_redis *r, redisContext *c, redisReply *reply, cdb_error *err)
 {
-    const char *broken = broken_reason(c, reply);
+    char moved[CDB_SENTINEL_HOST_MAX + 64];
+    const char *broken = broken_reason(r, c, reply);
+    /* a master with min-replicas-to-write whose replica left: maybe because
+     * it was promoted (a planned failover); if so, follow it */
+    if (!broken && r->sentinels && reply->type == REDIS_REPLY_ERROR &&
+        strncmp(reply->str, "NOREPLICAS", 10) == 0)
+        broken = master_moved(r, moved, sizeof moved);
     if (broken || reply->type == REDIS_REPLY_ERROR)
         cdb__metrics_inc(CDB_M_REDIS_COMMAND_ERRORS);
     if (broken) {
@@ -352,6 +449,19 @@ static redisReply *finish(cdb_redis *r, redisContext *c, redisReply *reply, cdb_
 }
 
 /* ---- public API ---------------------------------------------------------- */
+
+/* The logged name of a pool behind sentinels: no host of its own, the URL's credentials redacted. */
+static int set_sentinel_display(cdb_redis *r)
+{
+    free(r->display_url);
+    if (asprintf(&r->display_url, "master \"%s\" via sentinels %s (%s%sdb %d)",
+                 cdb__sentinel_master_name(r->sentinels), cdb__sentinel_list(r->sentinels),
+                 r->user ? r->user : "", r->user || r->password ? ":[redacted], " : "", r->db) < 0) {
+        r->display_url = NULL;
+        return -1;
+    }
+    return 0;
+}
 
 cdb_redis *cdb_redis_new(const cdb_redis_options *opt, cdb_error *err)
 {
@@ -372,8 +482,25 @@ cdb_redis *cdb_redis_new(const cdb_redis_options *opt, cdb_error *err)
     r->connect_timeout_ms = opt->connect_timeout_ms ? opt->connect_timeout_ms : 1000;
     r->command_timeout_ms = opt->command_timeout_ms ? opt->command_timeout_ms : 1000;
     r->backoff_ms = BACKOFF_MIN_MS;
-    if (parse_url(r, opt->url, err) < 0)
+    if (opt->sentinels) {
+        if (!opt->master_name || !*opt->master_name) {
+            cdb_error_set(err, CDB_ERR_CONFIG_INVALID, "REDIS_MASTER_NAME: required with REDIS_SENTINELS");
+            goto fail_free_fields;
+        }
+        r->sentinels = cdb__sentinel_set_new(opt->sentinels, opt->master_name, opt->sentinel_password, err);
+        if (!r->sentinels)
+            goto fail_free_fields;
+    }
+    if (opt->url && parse_url(r, opt->url, err) < 0)
         goto fail_free_fields;
+    if (!opt->url && !r->sentinels) {
+        cdb_error_set(err, CDB_ERR_CONFIG_INVALID, "Redis needs a URL or sentinels");
+        goto fail_free_fields;
+    }
+    if (r->sentinels && set_sentinel_display(r) < 0) {
+        cdb_error_oom(err);
+        goto fail_free_fields;
+    }
     r->idle = calloc((size_t)r->pool_size, sizeof *r->idle);
     if (!r->idle) {
         cdb_error_oom(err);
@@ -388,6 +515,7 @@ cdb_redis *cdb_redis_new(const cdb_redis_options *opt, cdb_error *err)
     return r;
 
 fail_free_fields:
+    cdb__sentinel_set_free(r->sentinels);
     if (r->password)
         explicit_bzero(r->password, strlen(r->password));
     free(r->password);
@@ -408,6 +536,7 @@ void cdb_redis_free(cdb_redis *r)
         redisFree(r->idle[--r->nidle]);
     pthread_mutex_destroy(&r->mu);
     pthread_cond_destroy(&r->cv);
+    cdb__sentinel_set_free(r->sentinels);
     if (r->password)
         explicit_bzero(r->password, strlen(r->password));
     free(r->password);
@@ -476,7 +605,7 @@ int cdb_redis_ping(cdb_redis *r, int64_t *rtt_us, char *memory, size_t memory_le
     reply = redisCommand(c, "PING");
     if (rtt_us)
         *rtt_us = cdb_mono_us() - t0;
-    broken = broken_reason(c, reply);
+    broken = broken_reason(r, c, reply);
     if (broken)
         goto out_release;
     if (reply->type == REDIS_REPLY_ERROR) {
@@ -486,7 +615,7 @@ int cdb_redis_ping(cdb_redis *r, int64_t *rtt_us, char *memory, size_t memory_le
     if (memory && memory_len > 0) {
         freeReplyObject(reply);
         reply = redisCommand(c, "INFO memory");
-        broken = broken_reason(c, reply);
+        broken = broken_reason(r, c, reply);
         if (!broken)
             copy_used_memory(reply, memory, memory_len);
     }
@@ -517,4 +646,102 @@ bool cdb_redis_up(cdb_redis *r)
 uint64_t cdb_redis_recoveries(cdb_redis *r)
 {
     return r ? atomic_load(&r->recoveries) : 0;
+}
+
+void cdb_redis_topology_get(cdb_redis *r, cdb_redis_topology *t)
+{
+    memset(t, 0, sizeof *t);
+    if (!r)
+        return;
+    pthread_mutex_lock(&r->mu);
+    t->sentinel = r->sentinels != NULL;
+    if (r->sentinels) {
+        snprintf(t->master_name, sizeof t->master_name, "%s", cdb__sentinel_master_name(r->sentinels));
+        if (r->master_port)
+            snprintf(t->master, sizeof t->master, "%s:%d", r->master_host, r->master_port);
+    } else {
+        snprintf(t->master, sizeof t->master, "%s:%d", r->host, r->port);
+    }
+    if (r->down)
+        snprintf(t->problem, sizeof t->problem, "%s", r->last_why);
+    pthread_mutex_unlock(&r->mu);
+    t->master_changes = atomic_load(&r->master_changes);
+}
+
+/*
+ * No replica confirmed a write: either the master has none, or one of them
+ * was just promoted and this server is a master about to be demoted. The
+ * sentinels tell which. A reason (in buf) when they name another master;
+ * NULL when they confirm this one or cannot be asked.
+ */
+static const char *master_moved(cdb_redis *r, char *buf, size_t len)
+{
+    char host[CDB_SENTINEL_HOST_MAX], why[240], cur[CDB_SENTINEL_HOST_MAX];
+    int port = 0, cur_port;
+    int t = r->connect_timeout_ms < SENTINEL_TIMEOUT_MS ? r->connect_timeout_ms : SENTINEL_TIMEOUT_MS;
+
+    if (cdb__sentinel_master(r->sentinels, t, host, &port, why, sizeof why) < 0)
+        return NULL;
+    pthread_mutex_lock(&r->mu);
+    snprintf(cur, sizeof cur, "%s", r->master_host);
+    cur_port = r->master_port;
+    pthread_mutex_unlock(&r->mu);
+    if (port == cur_port && strcmp(host, cur) == 0)
+        return NULL;
+    snprintf(buf, len, "the sentinels moved the master to %.80s:%d", host, port);
+    return buf;
+}
+
+/*
+ * WAIT counts what the calling connection wrote, and the writes to protect
+ * were made on others: a PUBLISH (replicated, touches no key) on this one
+ * puts a mark in the replication stream after all of them, and a replica
+ * that acknowledged the mark has everything before it.
+ */
+int cdb_redis_sync_replica(cdb_redis *r, cdb_error *err)
+{
+    redisReply *mark = NULL, *acked = NULL;
+    const char *broken = NULL;
+    char moved[CDB_SENTINEL_HOST_MAX + 64];
+    redisContext *c;
+    int rc = 0;
+
+    if (!r || !r->sentinels || cdb_mono_ms() < atomic_load(&r->no_replica_until))
+        return 0;
+    if (!(c = acquire(r, err)))
+        return CDB_ERR_CACHE_UNAVAILABLE;
+    if (redisAppendCommand(c, "PUBLISH coredb:replication-mark 1") != REDIS_OK ||
+        redisAppendCommand(c, "WAIT 1 %d", CDB_REDIS_REPLICA_WAIT_MS) != REDIS_OK ||
+        redisGetReply(c, (void **)&mark) != REDIS_OK || (broken = broken_reason(r, c, mark)) ||
+        redisGetReply(c, (void **)&acked) != REDIS_OK || (broken = broken_reason(r, c, acked))) {
+        if (!broken)
+            broken = c->errstr[0] ? c->errstr : "no reply";
+        rc = cdb_error_set(err, CDB_ERR_CACHE_UNAVAILABLE, "Redis unavailable");
+        goto out_release;
+    }
+    if (acked->type == REDIS_REPLY_INTEGER && acked->integer >= 1) {
+        rc = 1;
+        atomic_store(&r->last_ack_ms, cdb_mono_ms());
+    } else if ((broken = master_moved(r, moved, sizeof moved))) {
+        /* the replica was promoted while this server still takes writes
+         * (a planned failover): what it took dies with its demotion */
+        rc = cdb_error_set(err, CDB_ERR_CACHE_UNAVAILABLE, "Redis master moved");
+    } else if (atomic_load(&r->last_ack_ms) &&
+               cdb_mono_ms() - atomic_load(&r->last_ack_ms) < CDB_REDIS_REPLICA_GRACE_MS) {
+        /* a replica confirmed a moment ago: it may be being promoted and the
+         * sentinels not say so yet. Unconfirmed writes are kept (applied
+         * again, at least once) rather than risked, for a short while only:
+         * a replica that simply died must not repeat them for long. */
+        rc = cdb_error_set(err, CDB_ERR_CACHE_UNAVAILABLE, "no replica confirmed the writes");
+    } else {
+        atomic_store(&r->no_replica_until, cdb_mono_ms() + CDB_REDIS_REPLICA_PAUSE_MS);
+        cdb_log_warn("redis_no_replica", "no Redis replica acknowledged writes within %d ms; "
+                     "a failover now may lose the latest ones (not waiting again for %d s)",
+                     CDB_REDIS_REPLICA_WAIT_MS, CDB_REDIS_REPLICA_PAUSE_MS / 1000);
+    }
+out_release:
+    freeReplyObject(mark);
+    freeReplyObject(acked);
+    release(r, c, broken);
+    return rc;
 }

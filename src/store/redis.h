@@ -20,10 +20,17 @@
 typedef struct cdb_redis cdb_redis;
 
 typedef struct cdb_redis_options {
-    const char *url;               /* redis://[:password@]host:port[/db]; copied */
+    const char *url;               /* redis://[:password@]host:port[/db]; copied; may be
+                                    * NULL with sentinels (no password, db 0) */
     int pool_size;                 /* connections kept, >= 1 */
     int connect_timeout_ms;        /* 0: 1000 */
     int command_timeout_ms;        /* 0: 1000 */
+    /* Redis Sentinel: "host:port,..." or NULL. With it the master's address
+     * comes from the sentinels before every new connection (url's host and
+     * port are ignored, its credentials and db still apply). */
+    const char *sentinels;
+    const char *master_name;       /* the sentinels' name of the master; needed with sentinels */
+    const char *sentinel_password; /* AUTH to the sentinels, or NULL */
 } cdb_redis_options;
 
 /* Parses the URL and creates the pool; connects lazily. NULL + err on a bad URL. */
@@ -55,6 +62,33 @@ int cdb_redis_ping(cdb_redis *r, int64_t *rtt_us, char *memory, size_t memory_le
 uint64_t cdb_redis_recoveries(cdb_redis *r);
 /* False while the last connection attempt or command failed (backing off); NULL gives false. */
 bool cdb_redis_up(cdb_redis *r);
+
+/*
+ * With sentinels: waits (up to CDB_REDIS_REPLICA_WAIT_MS) until a replica
+ * has every write any connection made so far, so a failover cannot drop
+ * them. 1 when one has, 0 when none did in time or there are no sentinels
+ * (after a 0 it does not wait again for CDB_REDIS_REPLICA_PAUSE_MS: a
+ * master without replicas must not slow every write). CACHE_UNAVAILABLE
+ * when the writes may be lost with the master: the connection failed, the
+ * sentinels name another master, or no replica confirmed although one did
+ * less than CDB_REDIS_REPLICA_GRACE_MS ago (a promotion the sentinels have
+ * not published yet looks like that).
+ */
+#define CDB_REDIS_REPLICA_WAIT_MS 250
+#define CDB_REDIS_REPLICA_PAUSE_MS 5000
+#define CDB_REDIS_REPLICA_GRACE_MS 3000
+int cdb_redis_sync_replica(cdb_redis *r, cdb_error *err);
+
+/* Where the pool's connections go, for /health and metrics. */
+typedef struct cdb_redis_topology {
+    bool sentinel;              /* addresses come from Redis Sentinel */
+    char master_name[80];       /* with sentinel */
+    char master[280];           /* host:port of the current master; "" before the first connect */
+    uint64_t master_changes;    /* times a connect found a master at another address */
+    char problem[240];          /* why the last connect or command failed, while down; log-safe */
+} cdb_redis_topology;
+/* Fills *t; a NULL r gives zeros. */
+void cdb_redis_topology_get(cdb_redis *r, cdb_redis_topology *t);
 
 /* The URL with the password redacted (owned by r). */
 const char *cdb_redis_display_url(const cdb_redis *r);

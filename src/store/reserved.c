@@ -196,6 +196,11 @@ cdb_pool_conn *cdb_reserved_claim_bound(void)
     return bound;
 }
 
+bool cdb_reserved_has_bound(void)
+{
+    return bound && !bound_taken;
+}
+
 bool cdb_reserved_unclaim_bound(cdb_pool_conn *pc)
 {
     if (!pc || pc != bound || !bound_taken)

@@ -60,6 +60,8 @@ void cdb_reserved_bind(cdb_pool_conn *pc);
 /* For cdb_txn_acquire: the bound connection when it is not in use by an
  * outer acquire of this thread (a nested one gets a pool connection). */
 cdb_pool_conn *cdb_reserved_claim_bound(void);
+/* True when this thread has a connection bound (a read then stays on it, not on a replica). */
+bool cdb_reserved_has_bound(void);
 /* For cdb_txn_release: true (and no longer in use) when pc is the bound one. */
 bool cdb_reserved_unclaim_bound(cdb_pool_conn *pc);
 

@@ -263,3 +263,219 @@ def run_cli(args, env, cwd=None, timeout=120):
     full_env.update({k: str(v) for k, v in env.items()})
     return subprocess.run([COREDB_BIN] + list(args), env=full_env, cwd=cwd or scratch_dir(),
                           capture_output=True, text=True, timeout=timeout)
+
+
+class Haproxy:
+    """Debian's haproxy in the foreground (-db) in front of coredb instances
+    on 127.0.0.1, run with the configuration docs/deployment.md shows
+    (roundrobin, health checks on GET /health/ready) where only the
+    addresses and the check timings are changed, and its stats listener,
+    whose CSV says each server's state and request count."""
+
+    def __init__(self, backends, inter_ms=500, fall=2, rise=2):
+        self.dir = os.path.join(scratch_dir(), f"haproxy-{uuid.uuid4().hex[:8]}")
+        os.makedirs(self.dir)
+        self.port = free_port()
+        self.stats_port = free_port()
+        self.backends = list(backends)          # [(name, port)]
+        self.cfg_path = os.path.join(self.dir, "haproxy.cfg")
+        with open(self.cfg_path, "w") as f:
+            f.write(self.config(inter_ms, fall, rise))
+        check = subprocess.run(["haproxy", "-c", "-q", "-f", self.cfg_path], capture_output=True, text=True)
+        if check.returncode != 0:
+            raise RuntimeError(f"haproxy -c: {check.stdout}{check.stderr}")
+        self.log_path = os.path.join(self.dir, "log")
+        self.proc = subprocess.Popen(["haproxy", "-db", "-f", self.cfg_path],
+                                     stdout=open(self.log_path, "ab"), stderr=subprocess.STDOUT)
+        self.base = f"http://127.0.0.1:{self.port}"
+        self.wait_up(len(self.backends))
+
+    def config(self, inter_ms, fall, rise):
+        """The configuration docs/deployment.md shows, with test addresses and timings."""
+        import re
+        with open(os.path.join(ROOT, "docs", "deployment.md")) as f:
+            doc = f.read()
+        blocks = re.findall(r"```haproxy\n(.*?)```", doc, re.S)
+        assert len(blocks) == 1, "docs/deployment.md: one haproxy block"
+        cfg = blocks[0]
+        servers = "".join(f"    server {name} 127.0.0.1:{port} check\n" for name, port in self.backends)
+        changes = [
+            (r"^    bind 127\.0\.0\.1:\d+\n", f"    bind 127.0.0.1:{self.stats_port}\n"),
+            (r"^    bind :\d+\n", f"    bind 127.0.0.1:{self.port}\n"),
+            (r"^    default-server inter \S+ fall \d+ rise \d+\n",
+             f"    default-server inter {inter_ms}ms fall {fall} rise {rise}\n"),
+            (r"(?:^    server c\d+ \S+ check\n)+", servers),
+        ]
+        for pattern, replacement in changes:
+            cfg, n = re.subn(pattern, lambda m: replacement, cfg, flags=re.M)
+            assert n == 1, f"docs/deployment.md's haproxy block: {pattern!r} matched {n} times"
+        return cfg
+
+    def stats(self):
+        """{server name: {"status": "UP"/"DOWN"/..., "stot": requests served}} from the CSV."""
+        text = requests.get(f"http://127.0.0.1:{self.stats_port}/stats;csv", timeout=5).text
+        lines = text.splitlines()
+        head = lines[0].lstrip("# ").split(",")
+        out = {}
+        for line in lines[1:]:
+            row = dict(zip(head, line.split(",")))
+            if row.get("pxname") == "coredb" and row.get("svname") not in ("FRONTEND", "BACKEND"):
+                out[row["svname"]] = {"status": row["status"], "stot": int(row["stot"] or 0)}
+        return out
+
+    def wait_up(self, count, timeout=30):
+        """Until count servers are UP (health checks passed)."""
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"haproxy exited {self.proc.returncode}: {open(self.log_path).read()}")
+            try:
+                if sum(1 for s in self.stats().values() if s["status"] == "UP") >= count:
+                    return
+            except requests.RequestException:
+                pass
+            time.sleep(0.1)
+        raise RuntimeError(f"haproxy: fewer than {count} servers UP: {self.stats()}")
+
+    def wait_status(self, name, status, timeout=30):
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            if self.stats().get(name, {}).get("status", "").startswith(status):
+                return
+            time.sleep(0.05)
+        raise RuntimeError(f"haproxy: {name} not {status}: {self.stats()}")
+
+    def stop(self):
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+    destroy = stop
+
+
+class RedisSentinel:
+    """Debian's redis-sentinel on loopback watching one master (quorum 1, so
+    this one sentinel alone decides a failover), with short timeouts so a
+    failover takes seconds. The sentinel rewrites its own config file."""
+
+    def __init__(self, master_port, name="mymaster", down_after_ms=1000, failover_timeout_ms=3000,
+                 password=None, auth_pass=None):
+        self.dir = os.path.join(scratch_dir(), f"sentinel-{uuid.uuid4().hex[:8]}")
+        os.makedirs(self.dir)
+        self.port = free_port()
+        self.name = name
+        self.conf = os.path.join(self.dir, "sentinel.conf")
+        with open(self.conf, "w") as f:
+            f.write(f"port {self.port}\nbind 127.0.0.1\ndir {self.dir}\n"
+                    f"sentinel monitor {name} 127.0.0.1 {master_port} 1\n"
+                    f"sentinel down-after-milliseconds {name} {down_after_ms}\n"
+                    f"sentinel failover-timeout {name} {failover_timeout_ms}\n"
+                    f"sentinel parallel-syncs {name} 1\n")
+            if password:
+                f.write(f"requirepass {password}\n")
+            if auth_pass:   # the Redis servers' requirepass
+                f.write(f"sentinel auth-pass {name} {auth_pass}\n")
+        self.password = password
+        self.proc = None
+        self.start()
+
+    def start(self):
+        self.proc = subprocess.Popen(["redis-sentinel", self.conf],
+                                     stdout=open(os.path.join(self.dir, "log"), "ab"),
+                                     stderr=subprocess.STDOUT)
+        deadline = time.time() + 10
+        while time.time() < deadline:
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=0.2) as s:
+                    s.sendall(b"PING\r\n")
+                    if s.recv(16).startswith((b"+PONG", b"-NOAUTH")):
+                        return
+            except OSError:
+                time.sleep(0.05)
+        raise RuntimeError("redis-sentinel did not start")
+
+    def client(self):
+        import redis
+        return redis.Redis(host="127.0.0.1", port=self.port, decode_responses=True,
+                           socket_timeout=2, password=self.password)
+
+    def master_port(self):
+        """The master's port as this sentinel sees it now."""
+        host, port = self.client().execute_command("SENTINEL", "get-master-addr-by-name", self.name)
+        return int(port)
+
+    def log(self):
+        with open(os.path.join(self.dir, "log"), errors="replace") as f:
+            return f.read()
+
+    def stop(self):
+        if self.proc and self.proc.poll() is None:
+            self.proc.terminate()
+            self.proc.wait(10)
+
+    destroy = stop
+
+    @property
+    def address(self):
+        return f"127.0.0.1:{self.port}"
+
+
+class PgReplica(PgServer):
+    """A streaming hot standby of a PgServer on its own free port (issue 14):
+    pg_basebackup -R (PostgreSQL 15 defaults already give the primary
+    wal_level=replica and max_wal_senders, and initdb's pg_hba.conf lets
+    127.0.0.1 replicate), started like PgServer as the postgres account."""
+
+    def __init__(self, primary, name="pg-replica"):
+        self.primary = primary
+        self.extra_opts = "-c hot_standby=on -c max_standby_streaming_delay=5s"
+        self.dir = os.path.join(scratch_dir(), f"{name}-{uuid.uuid4().hex[:8]}")
+        self.data = os.path.join(self.dir, "data")
+        self.port = free_port()
+        os.makedirs(self.dir)
+        uid, gid = _as_pg_user()
+        if uid is not None:
+            os.chown(self.dir, uid, gid)
+        _run_pg([f"{PG_BIN}/pg_basebackup", "-h", "127.0.0.1", "-p", str(primary.port), "-U", "postgres",
+                 "-D", self.data, "-R", "-X", "stream", "-c", "fast"], timeout=120)
+        os.chmod(self.data, 0o700)
+        self.start()
+        self.wait_streaming()
+
+    def in_recovery(self):
+        return self.query("postgres", "SELECT pg_is_in_recovery()")[0][0]
+
+    def pause(self):
+        self.query("postgres", "SELECT pg_wal_replay_pause()")
+
+    def resume(self):
+        self.query("postgres", "SELECT pg_wal_replay_resume()")
+
+    def replay_lsn(self):
+        return self.query("postgres", "SELECT pg_last_wal_replay_lsn()::text")[0][0]
+
+    def wait_streaming(self, timeout=30):
+        """Until the primary sees this standby streaming."""
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            rows = self.primary.query("postgres", "SELECT count(*) FROM pg_stat_replication WHERE state = 'streaming'")
+            if rows[0][0] > 0:
+                return
+            time.sleep(0.1)
+        raise RuntimeError("replica did not start streaming")
+
+    def wait_caught_up(self, timeout=30):
+        """Until this standby has replayed everything the primary committed so far (the insert
+        position: with synchronous_commit=off the write position may not include the last commits)."""
+        target = self.primary.query("postgres", "SELECT pg_current_wal_insert_lsn()::text")[0][0]
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            done = self.query("postgres", "SELECT pg_last_wal_replay_lsn() >= %s::pg_lsn", (target,))[0][0]
+            if done:
+                return
+            time.sleep(0.05)
+        raise RuntimeError("replica did not catch up")

@@ -127,6 +127,11 @@ CASES = [
      [('coredb_backup_last_success_timestamp_seconds{job="coredb",instance="a"}', "3600x120 0x300")], "28h",
      ["coredb"]),
     ("CoredbRedisDown", "1m", [('coredb_redis_up{job="coredb",instance="a"}', "1 0x10")], "7m", ["a"]),
+    ("CoredbRedisMasterChanged", "1m",
+     [('coredb_redis_master_changes_total{job="coredb",instance="a"}', "0 0 1x10"),
+      ('coredb_redis_master_changes_total{job="coredb",instance="b"}', "0x12")], "5m", ["a"]),
+    ("CoredbRedisMasterChanged", "1m",
+     [('coredb_redis_master_changes_total{job="coredb",instance="a"}', "0 0 1x40")], "30m", []),
 ]
 
 

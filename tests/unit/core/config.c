@@ -260,6 +260,18 @@ static void test_invalid_values(void **state)
         {"REDIS_URL", "redis://h:6379/x", "REDIS_URL:"},
         {"REDIS_URL", "redis://secretpw@h", "REDIS_URL:"},
         {"REDIS_URL", "rediss://h:6380", "REDIS_URL: TLS to Redis is not supported"},
+        {"REDIS_SENTINELS", "h1:26379,[::1]:26380,s-2.example_x:1", NULL},
+        {"REDIS_SENTINELS", "h1", "REDIS_SENTINELS: sentinel 1 must be host:port"},
+        {"REDIS_SENTINELS", "h1:26379,h2", "REDIS_SENTINELS: sentinel 2 must be host:port"},
+        {"REDIS_SENTINELS", "h1:26379,", "REDIS_SENTINELS: sentinel 2 must be host:port"},
+        {"REDIS_SENTINELS", "[::1]", "REDIS_SENTINELS: sentinel 1 must be host:port"},
+        {"REDIS_SENTINELS", "h1:0", "REDIS_SENTINELS:"},
+        {"REDIS_SENTINELS", "h;x:1", "REDIS_SENTINELS:"},
+        {"REDIS_SENTINELS", ":secretpw@h1:26379", "REDIS_SENTINELS:"},
+        {"REDIS_SENTINELS", "redis://h1:26379", "REDIS_SENTINELS:"},
+        {"REDIS_MASTER_NAME", "bad name", "REDIS_MASTER_NAME:"},
+        {"REDIS_MASTER_NAME", "", NULL}, /* empty = unset: the default */
+        {"REDIS_SENTINEL_PASSWORD", "secretpw", "REDIS_SENTINEL_PASSWORD: set without REDIS_SENTINELS"},
         {"DATABASE_URL", "mysql://u:pw@h/db", "DATABASE_URL:"},
         {"DB_ENCRYPTION_KEY", "tooshort", "DB_ENCRYPTION_KEY:"},
         {"DB_ENCRYPTION_KEY", "zz23456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef",
@@ -676,6 +688,38 @@ static void test_durations(void **state)
     nenv = 0;
     set("DB_STATEMENT_TIMEOUT", "30d"); /* beyond INT_MAX ms */
     assert_invalid("DB_STATEMENT_TIMEOUT:", NULL);
+
+    /* SHUTDOWN_DRAIN_MS: off by default, a duration up to 10 min */
+    nenv = 0;
+    assert_loads(&cfg);
+    assert_int_equal(cfg.shutdown_drain_ms, 0);
+    cdb_config_destroy(&cfg);
+    set("SHUTDOWN_DRAIN_MS", "3s");
+    assert_loads(&cfg);
+    assert_int_equal(cfg.shutdown_drain_ms, 3000);
+    cdb_config_destroy(&cfg);
+    nenv = 0;
+    set("SHUTDOWN_DRAIN_MS", "11m");
+    assert_invalid("SHUTDOWN_DRAIN_MS:", NULL);
+    nenv = 0;
+    set("SHUTDOWN_DRAIN_MS", "-1");
+    assert_invalid("SHUTDOWN_DRAIN_MS:", NULL);
+    nenv = 0;
+    set("SHUTDOWN_DRAIN_MS", "soon");
+    assert_invalid("SHUTDOWN_DRAIN_MS:", NULL);
+
+    /* TRUSTED_PROXIES: addresses and ranges; anything else is refused at start */
+    nenv = 0;
+    set("TRUSTED_PROXIES", "10.0.0.0/8, 127.0.0.1,::1");
+    assert_loads(&cfg);
+    assert_string_equal(cfg.trusted_proxies, "10.0.0.0/8, 127.0.0.1,::1");
+    cdb_config_destroy(&cfg);
+    nenv = 0;
+    set("TRUSTED_PROXIES", "balancer.internal");
+    assert_invalid("TRUSTED_PROXIES:", NULL);
+    nenv = 0;
+    set("TRUSTED_PROXIES", "10.0.0.0/40");
+    assert_invalid("TRUSTED_PROXIES:", NULL);
 }
 
 static void test_booleans_and_log_level(void **state)
