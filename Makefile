@@ -143,6 +143,11 @@ bench-leases: deps all
 bench-vectors: deps all
 	$(Q)/usr/bin/python3 bench/vectors.py
 
+# cache-miss reads with 0 and 1 replica, the read-your-writes check (issue 14)
+.PHONY: bench-replicas
+bench-replicas: deps all
+	$(Q)/usr/bin/python3 bench/replicas.py
+
 # libFuzzer harnesses (fuzz/, issue 16): clang with libFuzzer + ASan + UBSan,
 # the library rebuilt in build-fuzz/ with coverage instrumentation. `make
 # fuzz` runs each for FUZZ_SECONDS (default 60, scripts/fuzz.sh).
