@@ -11,12 +11,18 @@ CFLAGS  ?= -O2 -g
 ALL_CFLAGS = -std=c11 -D_GNU_SOURCE $(WARN) $(CFLAGS) $(EXTRA_CFLAGS) -Iinclude -Isrc $(PKG_CFLAGS) \
              -DCDB_SOURCE_DIR='"$(CURDIR)"' -DCDB_PG_BINDIR='"$(PG_BINDIR)"' -MMD -MP
 LDLIBS  := $(PKG_LIBS) -lh2o -lpthread -lm  # libh2o: picohttpparser only (no .pc without libuv-dev)
+LDLIBS  += -lstdc++  # src/data/vec_hnsw.cc (hnswlib)
 
 BUILD   ?= build
 LIB_SRC := $(wildcard src/core/*.c src/store/*.c src/security/*.c src/identity/*.c src/data/*.c \
                      src/management/*.c src/service/*.c src/http/*.c)
 CLI_SRC := $(wildcard src/cli/*.c)
 LIB_OBJ := $(LIB_SRC:%.c=$(BUILD)/%.o)
+# the one C++ file: the hnswlib shim (src/data/vec_hnsw.cc, issue 15)
+CXX     ?= c++
+LIB_CXX_SRC := $(wildcard src/data/*.cc)
+LIB_OBJ += $(LIB_CXX_SRC:%.cc=$(BUILD)/%.o)
+ALL_CXXFLAGS = -std=c++14 -D_GNU_SOURCE -Wall -Wextra -Werror $(CFLAGS) $(EXTRA_CFLAGS) -Iinclude -Isrc -MMD -MP
 CLI_OBJ := $(CLI_SRC:%.c=$(BUILD)/%.o)
 EXAMPLES := $(BUILD)/examples/embed
 UNIT_SRC := $(wildcard tests/unit/*/*.c)
@@ -41,6 +47,11 @@ $(BUILD)/%.o: %.c
 	@mkdir -p $(dir $@)
 	@[ "$(V)" = 1 ] || echo "  CC  $<"
 	$(Q)$(CC) $(ALL_CFLAGS) -c $< -o $@
+
+$(BUILD)/%.o: %.cc
+	@mkdir -p $(dir $@)
+	@[ "$(V)" = 1 ] || echo "  CXX $<"
+	$(Q)$(CXX) $(ALL_CXXFLAGS) -c $< -o $@
 
 # coredb_build_info's commit label (src/core/metrics.c): metrics.o is rebuilt
 # when the commit changes, through a stamp rewritten only then.
@@ -154,7 +165,7 @@ $(BUILD)/fuzz/%: fuzz/%.c $(wildcard fuzz/*.h) $(BUILD)/libcoredb.a
 	$(Q)$(CC) $(ALL_CFLAGS) -Wno-unused-function -fsanitize=fuzzer -o $@ $< $(BUILD)/libcoredb.a $(LDLIBS)
 
 fuzz-bins:
-	$(Q)$(MAKE) --no-print-directory BUILD=build-fuzz CC=clang CFLAGS="-O1 -g" \
+	$(Q)$(MAKE) --no-print-directory BUILD=build-fuzz CC=clang CXX=clang++ CFLAGS="-O1 -g" \
 	  EXTRA_CFLAGS="-Wno-format-nonliteral -fsanitize=fuzzer-no-link $(FUZZ_SAN)" \
 	  $(FUZZ_SRC:fuzz/%.c=build-fuzz/fuzz/%)
 
