@@ -297,3 +297,31 @@ def test_index_options_on_documents_and_hostile(inst, admin, coll):
             "vector": [0.5] * DIMS, "exact": "yes"}
     err = assert_error(query(inst, coll["a"], body), 400, "VALIDATION_FAILED")
     assert err["details"]["field"] == "exact"
+
+
+def test_cli_create_hnsw(inst):
+    import json
+    from identity import cli_env
+    from servers import run_cli
+    env = cli_env(inst)
+    name = unique("clihnsw")
+    proc = run_cli(["collections", "create", name, "--kind", "vectors", "--dimensions", "8", "--index", "hnsw",
+                    "--hnsw-m", "8", "--ef-construction", "64", "--ef-search", "40", "--json"], env)
+    assert proc.returncode == 0, proc.stderr
+    out = json.loads(proc.stdout)
+    assert out["status"] == "success" and out["index"] == "hnsw", out
+    assert out["hnsw"] == {"m": 8, "ef_construction": 64, "ef_search": 40}, out
+    row = inst.pg.query(inst.db, "SELECT vector_index, hnsw_m, hnsw_ef_construction, hnsw_ef_search"
+                                 " FROM coredb.collections WHERE name = %s", (name,))
+    assert row == [("hnsw", 8, 64, 40)]
+    for args, field in ((["--index", "hnsw", "--hnsw-m", "99"], "hnsw.m"),
+                        (["--index", "hnsw", "--ef-search", "x"], "hnsw.ef_search"),
+                        (["--hnsw-m", "8"], "hnsw"),
+                        (["--index", "annoy"], "index")):
+        proc = run_cli(["collections", "create", unique("clibad"), "--kind", "vectors", "--dimensions", "8"]
+                       + args + ["--json"], env)
+        assert proc.returncode != 0
+        err = json.loads(proc.stdout)["error"]
+        assert err["code"] == "VALIDATION_FAILED" and err["details"]["field"] == field, err
+    proc = run_cli(["collections", "--help"], {})
+    assert proc.returncode == 0 and "--ef-search N" in proc.stdout
