@@ -25,6 +25,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "data/vec_hnsw.h"
 #include "data/vectors.h"
@@ -243,17 +244,64 @@ static int grow(cdb_vec_index *ix, size_t need, cdb_error *err)
     return 0;
 }
 
+/* The points read by load_vectors, added to the graph by add_all's threads. */
+typedef struct batch {
+    cdb_vec_index *ix;
+    float *xs;        /* n x dims */
+    point **pts;      /* their points in ix->pts */
+    int n, next;      /* next: the next point to add, taken atomically */
+    int failed;
+} batch;
+
+static void *add_worker(void *arg)
+{
+    batch *b = arg;
+    for (;;) {
+        int i = __atomic_fetch_add(&b->next, 1, __ATOMIC_RELAXED);
+        if (i >= b->n)
+            break;
+        if (cdb__vec_hnsw_add(b->ix->h, b->pts[i]->label, b->xs + (size_t)i * (size_t)b->ix->dims) < 0)
+            __atomic_store_n(&b->failed, 1, __ATOMIC_RELAXED);
+    }
+    return NULL;
+}
+
 /*
- * Reads the vectors of the points flagged in need (all of them when all)
- * and puts them into the graph. Rows gone since the (id, etag) read are
- * skipped: the next catch-up marks them deleted.
+ * Adds the batch to the graph: hnswlib takes concurrent inserts of distinct
+ * labels, so a large batch (the first build) uses every core; the request
+ * waits for it either way.
  */
-static int load_vectors(cdb_vec_index *ix, PGconn *conn, const bool *need, bool all, cdb_error *err)
+static int add_all(batch *b, cdb_error *err)
+{
+    pthread_t tids[8];
+    long cores = sysconf(_SC_NPROCESSORS_ONLN);
+    int nt = b->n < 2000 ? 1 : cores < 1 ? 1 : cores > 8 ? 8 : (int)cores, started = 0;
+    for (; started < nt - 1; started++)
+        if (pthread_create(&tids[started], NULL, add_worker, b) != 0)
+            break; /* fewer threads: the others and this one do the rest */
+    add_worker(b);
+    for (int i = 0; i < started; i++)
+        pthread_join(tids[i], NULL);
+    if (b->failed)
+        return cdb_error_oom(err);
+    for (int i = 0; i < b->n; i++)
+        b->ix->by_label[b->pts[i]->label] = b->pts[i];
+    return 0;
+}
+
+/*
+ * Reads the vectors of the points flagged in need (nneed of them; every
+ * row when all) and puts them into the graph. The rows are read to the end
+ * first (binary, one at a time into one float array), then added: the
+ * statement never waits on the graph (DB_STATEMENT_TIMEOUT). Rows gone
+ * since the (id, etag) read are skipped: the next catch-up deletes them.
+ */
+static int load_vectors(cdb_vec_index *ix, PGconn *conn, const bool *need, int nneed, bool all, cdb_error *err)
 {
     char *sql = NULL, *list = NULL;
-    float *x = NULL, *xn = NULL;
     size_t len = 0, cap = 0;
     PGresult *r = NULL;
+    batch b = {.ix = ix};
     int rc = 0;
 
     if (asprintf(&sql, "SELECT id, vector FROM coredb.\"%s\"%s", ix->table, all ? "" : " WHERE id = ANY($1::text[])") < 0) {
@@ -287,7 +335,8 @@ static int load_vectors(cdb_vec_index *ix, PGconn *conn, const bool *need, bool 
         list[len++] = '}';
         list[len] = '\0';
     }
-    if (!(x = malloc((size_t)ix->dims * sizeof *x)) || !(xn = malloc((size_t)ix->dims * sizeof *xn))) {
+    if (!(b.xs = malloc((size_t)nneed * (size_t)ix->dims * sizeof *b.xs)) ||
+        !(b.pts = malloc((size_t)nneed * sizeof *b.pts))) {
         rc = cdb_error_oom(err);
         goto out;
     }
@@ -299,27 +348,27 @@ static int load_vectors(cdb_vec_index *ix, PGconn *conn, const bool *need, bool 
     }
     while ((r = PQgetResult(conn))) {
         ExecStatusType st = PQresultStatus(r);
-        if (st == PGRES_SINGLE_TUPLE && rc == 0) {
+        if (st == PGRES_SINGLE_TUPLE && rc == 0 && b.n < nneed) {
             point key = {.id = PQgetvalue(r, 0, 0)};
             point *p = bsearch(&key, ix->pts, (size_t)ix->n, sizeof *ix->pts, cmp_point);
+            float *x = b.xs + (size_t)b.n * (size_t)ix->dims;
             if (p && parse_binary(PQgetvalue(r, 0, 1), PQgetlength(r, 0, 1), x, ix->dims)) {
                 if (ix->metric == CDB_VEC_COSINE)
-                    normalize(x, xn, ix->dims);
-                if (cdb__vec_hnsw_add(ix->h, p->label, ix->metric == CDB_VEC_COSINE ? xn : x) < 0)
-                    rc = cdb_error_oom(err);
-                else
-                    ix->by_label[p->label] = p;
+                    normalize(x, x, ix->dims);
+                b.pts[b.n++] = p;
             }
         } else if (st != PGRES_SINGLE_TUPLE && st != PGRES_TUPLES_OK && rc == 0) {
             rc = cdb_pg_error_from_result(conn, r, err);
         }
         PQclear(r); /* drained to the end: the connection goes back idle */
     }
+    if (rc == 0)
+        rc = add_all(&b, err);
 out:
     free(sql);
     free(list);
-    free(x);
-    free(xn);
+    free(b.xs);
+    free(b.pts);
     return rc;
 }
 
@@ -411,7 +460,7 @@ static int catch_up(cdb_service *svc, cdb_vec_index *ix, long long version, cdb_
     for (int i = 0; i < n; i++)
         ix->by_label[ix->pts[i].label] = need[i] ? NULL : &ix->pts[i];
     ix->nlabels += (size_t)added;
-    if (nneed && (rc = load_vectors(ix, conn, need, nneed == n, err)) < 0)
+    if (nneed && (rc = load_vectors(ix, conn, need, nneed, nneed == n, err)) < 0)
         goto out;
     ix->version = version;
 out:
