@@ -149,7 +149,7 @@ bench-encryption: deps all
 bench-leases: deps all
 	$(Q)/usr/bin/python3 bench/lease_rls.py
 
-# the vector store's exact search vs numpy: QPS, p99, recall (issue 15)
+# the vector store: exact and HNSW search vs numpy and FAISS flat: QPS, p99, recall@10 (issue 15)
 .PHONY: bench-vectors
 bench-vectors: deps all
 	$(Q)/usr/bin/python3 bench/vectors.py
