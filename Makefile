@@ -23,6 +23,8 @@ CXX     ?= c++
 LIB_CXX_SRC := $(wildcard src/data/*.cc)
 LIB_OBJ += $(LIB_CXX_SRC:%.cc=$(BUILD)/%.o)
 ALL_CXXFLAGS = -std=c++14 -D_GNU_SOURCE -Wall -Wextra -Werror $(CFLAGS) $(EXTRA_CFLAGS) -Iinclude -Isrc -MMD -MP
+# UBSan's vptr check needs the C++ UBSan runtime, which the C link (cc/clang) does not bring
+ALL_CXXFLAGS += $(if $(findstring undefined,$(EXTRA_CFLAGS)),-fno-sanitize=vptr)
 CLI_OBJ := $(CLI_SRC:%.c=$(BUILD)/%.o)
 EXAMPLES := $(BUILD)/examples/embed
 UNIT_SRC := $(wildcard tests/unit/*/*.c)
