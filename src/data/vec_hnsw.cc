@@ -29,7 +29,7 @@ cdb_vec_hnsw *cdb__vec_hnsw_new(int dims, cdb_vec_hnsw_space space, size_t max_e
             h->space = new hnswlib::L2Space((size_t)dims);
         else
             h->space = new hnswlib::InnerProductSpace((size_t)dims);
-        /* a fixed seed: the same points give the same graph (reproducible recall) */
+        /* a fixed seed (inserts from several threads, the first build, still vary the graph) */
         h->graph = new hnswlib::HierarchicalNSW<float>(h->space, max_elements ? max_elements : 1, (size_t)m,
                                                        (size_t)ef_construction, 100);
         h->graph->setEf((size_t)ef_search);
