@@ -34,6 +34,18 @@ from identity import PASSWORD, login, register  # noqa: E402
 from servers import Coredb, PgServer  # noqa: E402
 
 NS = [int(n) for n in os.environ.get("VEC_NS", "10000,100000").split(",")]
+# ef_search of the hnsw collection, then of further copies of it (same points, each index built on its own)
+EFS = [int(e) for e in os.environ.get("VEC_EF_SEARCH", "100").split(",")]
+# lowrank (default): 32 latent dimensions mapped to 384 plus noise, like real embeddings (low intrinsic
+# dimension); gauss: i.i.d. normal in all 384, the worst case of any graph index (distances concentrate)
+DATA = os.environ.get("VEC_DATA", "lowrank")
+
+
+def generate(rng, n):
+    if DATA == "gauss":
+        return rng.normal(size=(n, DIM)).astype(np.float32)
+    w = np.random.default_rng(32).normal(size=(32, DIM)).astype(np.float32)
+    return (rng.normal(size=(n, 32)).astype(np.float32) @ w + 0.5 * rng.normal(size=(n, DIM))).astype(np.float32)
 DIM, K, SECONDS, CLIENTS, BATCH, API_POINTS = 384, 10, 8, 2, 50, 1000
 QUERY, TX = "/api/v1/data/query", "/api/v1/data/transaction"
 
@@ -56,14 +68,15 @@ def timed_loop(fn, queries, seconds):
 
 
 def one_size(pg, inst, admin, n, rng):
-    xs = rng.normal(size=(n, DIM)).astype(np.float32)
-    queries = rng.normal(size=(200, DIM)).astype(np.float32)
+    xs = generate(rng, n)
+    queries = generate(rng, 200)
     name = f"emb{n}"
     u, pw = register(inst)
     sess = login(inst, u["email"], pw)
     token, uid = sess["access_token"], sess["user"]["user_id"]
     r = inst.post("/api/v1/admin/collections", headers={"Authorization": f"Bearer {admin}"},
-                  json={"name": name, "kind": "vectors", "dimensions": DIM, "metric": "cosine", "index": "hnsw"})
+                  json={"name": name, "kind": "vectors", "dimensions": DIM, "metric": "cosine", "index": "hnsw",
+                        "hnsw": {"ef_search": EFS[0]}})
     assert r.status_code == 201, r.text
     s = requests.Session()
     s.headers["Authorization"] = f"Bearer {token}"
@@ -79,6 +92,13 @@ def one_size(pg, inst, admin, n, rng):
         rows = ",".join(f"('p{i}', '{uid}', '{{{','.join(map(str, xs[i].tolist()))}}}',"
                         f" '{{\"n\": {i}}}')" for i in range(b, min(n, b + 1000)))
         pg.query(inst.db, f"INSERT INTO coredb.coll_{name} (id, user_id, vector, payload) VALUES {rows}")
+    for ef in EFS[1:]:
+        r = inst.post("/api/v1/admin/collections", headers={"Authorization": f"Bearer {admin}"},
+                      json={"name": f"{name}_ef{ef}", "kind": "vectors", "dimensions": DIM, "metric": "cosine",
+                            "index": "hnsw", "hnsw": {"ef_search": ef}})
+        assert r.status_code == 201, r.text
+        pg.query(inst.db, f"INSERT INTO coredb.coll_{name}_ef{ef} SELECT * FROM coredb.coll_{name}")
+        pg.query(inst.db, f"ANALYZE coredb.coll_{name}_ef{ef}")
     pg.query(inst.db, f"ANALYZE coredb.coll_{name}")
     ids = np.array([f"p{i}" for i in range(n)])
     xn = xs / np.linalg.norm(xs, axis=1, keepdims=True)
@@ -87,21 +107,22 @@ def one_size(pg, inst, admin, n, rng):
         sc = xn @ (q / np.linalg.norm(q))
         truth.append(set(ids[np.argpartition(-sc, K)[:K]]))
 
-    def body(q, exact):
-        return {"database": "vectors", "collection": name, "query_type": "search", "vector": q.tolist(),
-                "k": K, "with_payload": False, "exact": exact}
-
     res = {"n": n, "upserts": upserts}
-    for mode in ("exact", "hnsw"):
+    for mode in ["exact"] + [f"hnsw{ef}" for ef in EFS]:
         exact = mode == "exact"
+        coll = name if exact or mode == f"hnsw{EFS[0]}" else f"{name}_ef{mode[4:]}"
+
+        def body(q, exact, coll=coll):
+            return {"database": "vectors", "collection": coll, "query_type": "search", "vector": q.tolist(),
+                    "k": K, "with_payload": False, "exact": exact}
         # the first search fills the exact path's copy / builds the index: timed on its own
         t = time.perf_counter()
         r = s.post(inst.base + QUERY, json=body(queries[-1], exact), timeout=1200)
         res[f"{mode}_cold"] = time.perf_counter() - t
         assert r.status_code == 200, r.text[:300]
-        assert r.json()["index"] == mode, r.json()
+        assert r.json()["index"] == ("exact" if exact else "hnsw"), r.json()
         if not exact:
-            res["build_ms"] = r.json().get("index_build_ms", 0)
+            res[f"{mode}_build_ms"] = r.json().get("index_build_ms", 0)
         hits = [0, 0]
 
         def call(q, i):
@@ -157,9 +178,10 @@ def report(results):
     out = [f"\n### Vector search: coredb exact and HNSW vs numpy and FAISS flat — "
            f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} — {os.cpu_count()} cores, {mem:.0f} GiB, "
            f"Linux {platform.release()}",
-           f"bench/vectors.py: {', '.join(str(r['n']) for r in results)} vectors of {DIM} dimensions (normal random, "
-           f"float32), cosine, k={K}, one user owning all, one hnsw collection per size (m=16, ef_construction=200, "
-           f"ef_search=100); coredb exact = the same collection searched with `exact: true`. Release build; "
+           f"bench/vectors.py: {', '.join(str(r['n']) for r in results)} vectors of {DIM} dimensions (VEC_DATA={DATA}: "
+           + ("i.i.d. normal" if DATA == "gauss" else "32 normal latent dimensions x a fixed 32x384 normal matrix "
+              "+ N(0, 0.5) noise") + f", float32), cosine, k={K}, one user owning all; per size one hnsw collection per ef_search "
+           f"({', '.join(map(str, EFS))}; m=16, ef_construction=200, the defaults; same points); coredb exact = the same collection searched with `exact: true`. Release build; "
            f"coredb, PostgreSQL and the client share the machine. One client unless said; numpy (reference BLAS) and "
            f"FAISS IndexFlatIP (1 OpenMP thread, one query per call) rank in-memory normalized float32 matrices, "
            f"without HTTP or PostgreSQL. Recall@10 against numpy's exact top 10. Load average after: "
@@ -173,18 +195,24 @@ def report(results):
     row("coredb exact: QPS / p50 / p99 ms", lambda r: "{:.1f} / {:.1f} / {:.1f}".format(*r["exact"]))
     row(f"coredb exact, {CLIENTS} clients: QPS", lambda r: f"{r['exact_qps_n']:.1f}")
     row("coredb exact: recall@10", lambda r: f"{r['exact_recall'][0]:.3f} ({r['exact_recall'][1]} q)")
-    row("coredb hnsw: first search (index build) ms / build ms reported", lambda r:
-        f"{r['hnsw_cold'] * 1e3:.0f} / {r['build_ms']:.0f}")
-    row("coredb hnsw: QPS / p50 / p99 ms", lambda r: "{:.1f} / {:.1f} / {:.1f}".format(*r["hnsw"]))
-    row(f"coredb hnsw, {CLIENTS} clients: QPS", lambda r: f"{r['hnsw_qps_n']:.1f}")
-    row("coredb hnsw: recall@10", lambda r: f"{r['hnsw_recall'][0]:.3f} ({r['hnsw_recall'][1]} q)")
+    for ef in EFS:
+        m = f"hnsw{ef}"
+        row(f"coredb hnsw ef_search={ef}: first search (index build) ms / build ms reported", lambda r, m=m:
+            f"{r[m + '_cold'] * 1e3:.0f} / {r[m + '_build_ms']:.0f}")
+        row(f"coredb hnsw ef_search={ef}: QPS / p50 / p99 ms", lambda r, m=m:
+            "{:.1f} / {:.1f} / {:.1f}".format(*r[m]))
+        row(f"coredb hnsw ef_search={ef}, {CLIENTS} clients: QPS", lambda r, m=m: f"{r[m + '_qps_n']:.1f}")
+        row(f"coredb hnsw ef_search={ef}: **recall@10**", lambda r, m=m:
+            f"**{r[m + '_recall'][0]:.3f}** ({r[m + '_recall'][1]} q)")
     row("numpy exact: QPS / p50 / p99 ms", lambda r: "{:.0f} / {:.2f} / {:.2f}".format(*r["numpy"]))
     row("FAISS IndexFlatIP: QPS / p50 / p99 ms (recall@10)", lambda r:
         "{:.0f} / {:.2f} / {:.2f}".format(*r["faiss"]) + f" ({r['faiss_recall']:.3f})")
     row("**ratio coredb exact / FAISS flat (QPS)**", lambda r: f"**{r['exact'][0] / r['faiss'][0]:.4f}**")
     row("ratio coredb exact / numpy (QPS)", lambda r: f"{r['exact'][0] / r['numpy'][0]:.4f}")
-    row("ratio coredb hnsw / FAISS flat (QPS)", lambda r: f"{r['hnsw'][0] / r['faiss'][0]:.4f}")
-    row("ratio coredb hnsw / coredb exact (QPS)", lambda r: f"{r['hnsw'][0] / r['exact'][0]:.2f}")
+    for ef in EFS:
+        m = f"hnsw{ef}"
+        row(f"ratio coredb hnsw ef_search={ef} / FAISS flat (QPS)", lambda r, m=m: f"{r[m][0] / r['faiss'][0]:.4f}")
+        row(f"ratio coredb hnsw ef_search={ef} / coredb exact (QPS)", lambda r, m=m: f"{r[m][0] / r['exact'][0]:.2f}")
     row(f"upserts/s through /data/transaction ({BATCH} points per transaction)", lambda r: f"{r['upserts']:.0f}")
     text = "\n".join(out) + "\n"
     print(text)

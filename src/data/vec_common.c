@@ -63,6 +63,8 @@ int cdb__vec_collection(cdb_service *svc, const json_t *name, cdb_vec_coll *c, c
     c->ef_search = atoi(PQgetvalue(res, 0, 7));
     c->version = strtoll(PQgetvalue(res, 0, 8), NULL, 10);
     snprintf(c->incarnation, sizeof c->incarnation, "%s", PQgetvalue(res, 0, 9));
+    if (!c->hnsw)
+        cdb__vec_index_drop(svc, c->table); /* one left by an hnsw collection of this name, dropped since */
 out:
     PQclear(res);
     return rc;
