@@ -14,7 +14,10 @@
  * replaces the points whose etag is new (reading their vectors, binary, in
  * single-row mode), marks deleted the ids that are gone, then takes the
  * version read before it started (so a write racing the catch-up is caught
- * by the next search). Searches take the read lock. The first build is the
+ * by the next search). Searches take the read lock. Only one request
+ * catches up at a time; while it does (a first build of 100k points takes
+ * minutes), the other searches of that collection do not wait: they are
+ * answered by the exact path, which is always correct. The first build is the
  * same catch-up from an empty index, done in the request that needs it.
  * Deleted points stay in the graph (hnswlib marks them); when they outnumber
  * the live ones the index is rebuilt from scratch.
@@ -44,6 +47,7 @@ typedef struct point {
 
 struct cdb_vec_index {
     int refs;
+    int updating;       /* a request is catching up (atomic) */
     pthread_rwlock_t lock;
     const void *svc;
     char table[64], incarnation[64];
@@ -92,7 +96,14 @@ static cdb_vec_index *index_new(const void *svc, const cdb_vec_coll *c)
     cdb_vec_index *ix = calloc(1, sizeof *ix);
     if (!ix)
         return NULL;
-    if (pthread_rwlock_init(&ix->lock, NULL) != 0) {
+    /* writers first: a catch-up is not starved by a steady stream of searches
+     * (which meanwhile fail their tryrdlock and take the exact path) */
+    pthread_rwlockattr_t attr;
+    pthread_rwlockattr_init(&attr);
+    pthread_rwlockattr_setkind_np(&attr, PTHREAD_RWLOCK_PREFER_WRITER_NONRECURSIVE_NP);
+    int ok = pthread_rwlock_init(&ix->lock, &attr) == 0;
+    pthread_rwlockattr_destroy(&attr);
+    if (!ok) {
         free(ix);
         return NULL;
     }
@@ -489,11 +500,25 @@ int cdb__vec_index_get(cdb_service *svc, const cdb_vec_coll *c, cdb_vec_index **
     cdb_vec_index *ix = slot_get(svc, c);
     if (!ix)
         return cdb_error_oom(err);
-    pthread_rwlock_rdlock(&ix->lock);
+    /*
+     * Another request building or updating the index holds the write lock
+     * (a first build of 100k points takes minutes): rather than parking a
+     * worker thread behind it, this request takes the exact path.
+     */
+    if (pthread_rwlock_tryrdlock(&ix->lock) != 0) {
+        rc = 1;
+        goto out;
+    }
     bool fresh = ix->version == c->version;
     pthread_rwlock_unlock(&ix->lock);
     if (!fresh) {
-        pthread_rwlock_wrlock(&ix->lock);
+        /* one request catches up; the others meanwhile take the exact path */
+        int idle = 0;
+        if (!__atomic_compare_exchange_n(&ix->updating, &idle, 1, false, __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE)) {
+            rc = 1;
+            goto out;
+        }
+        pthread_rwlock_wrlock(&ix->lock); /* waits only for the searches under way (milliseconds) */
         /* another request may have caught up meanwhile */
         if (ix->version != c->version) {
             int64_t t0 = cdb_mono_us();
@@ -501,8 +526,10 @@ int cdb__vec_index_get(cdb_service *svc, const cdb_vec_coll *c, cdb_vec_index **
             *ms_built = (double)(cdb_mono_us() - t0) / 1000.0;
         }
         pthread_rwlock_unlock(&ix->lock);
+        __atomic_store_n(&ix->updating, 0, __ATOMIC_RELEASE);
     }
-    if (rc < 0) {
+out:
+    if (rc != 0) {
         cdb__vec_index_unref(ix);
         return rc;
     }
@@ -529,7 +556,8 @@ int cdb__vec_index_search(cdb_vec_index *ix, const float *q, int kq, cdb_vec_can
     int rc = 0, got;
 
     memset(out, 0, sizeof *out);
-    pthread_rwlock_rdlock(&ix->lock);
+    if (pthread_rwlock_tryrdlock(&ix->lock) != 0)
+        return 1; /* being updated by another request: the exact path answers */
     out->live = (size_t)ix->n;
     if ((size_t)kq > out->live)
         kq = (int)out->live; /* more than every point cannot be found */

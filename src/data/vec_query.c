@@ -420,8 +420,8 @@ static int hnsw_search(cdb_service *svc, const cdb_principal *p, const cdb_vec_c
     const char *params[CDB_SQL_MAX_PARAMS + 3];
 
     *out = NULL;
-    if ((rc = cdb__vec_index_get(svc, c, &ix, build_ms, err)) < 0)
-        goto out;
+    if ((rc = cdb__vec_index_get(svc, c, &ix, build_ms, err)) != 0)
+        goto out; /* an error, or 1: the index is busy, the exact path answers */
     if (!(heap = malloc((size_t)s->k * sizeof *heap)) ||
         asprintf(&sql,
                  "SELECT d.id, d.etag, %s, CASE WHEN $%d::boolean OR d.etag IS DISTINCT FROM hc.etag"
@@ -450,7 +450,7 @@ static int hnsw_search(cdb_service *svc, const cdb_principal *p, const cdb_vec_c
         free(ids);
         free(etags);
         ids = etags = NULL;
-        if ((rc = cdb__vec_index_search(ix, q, kq, &cands, err)) < 0)
+        if ((rc = cdb__vec_index_search(ix, q, kq, &cands, err)) != 0)
             goto out;
         if (!(ids = malloc(icap)) || !(etags = malloc(ecap))) {
             rc = cdb_error_oom(err);

@@ -88,11 +88,14 @@ typedef struct cdb_vec_cands {
  * The index of c (built, or brought up to date when the registry's version
  * moved: read with the service's own connection, every row), with a ref.
  * *ms_built: milliseconds spent building/updating (0 when already fresh).
+ * 1 (no index) when another request is building or updating it: the
+ * caller answers with the exact path instead of waiting.
  */
 int cdb__vec_index_get(cdb_service *svc, const cdb_vec_coll *c, cdb_vec_index **out, double *ms_built,
                        cdb_error *err);
 void cdb__vec_index_unref(cdb_vec_index *ix);
-/* The kq nearest points to q (normalized for cosine by the callee) into *out (free with cdb__vec_cands_free). */
+/* The kq nearest points to q (normalized for cosine by the callee) into *out (free with cdb__vec_cands_free);
+ * 1 when another request is updating the index (as cdb__vec_index_get). */
 int cdb__vec_index_search(cdb_vec_index *ix, const float *q, int kq, cdb_vec_cands *out, cdb_error *err);
 void cdb__vec_cands_free(cdb_vec_cands *c);
 /* Drops every index of svc (at its destruction). */

@@ -325,3 +325,46 @@ def test_cli_create_hnsw(inst):
         assert err["code"] == "VALIDATION_FAILED" and err["details"]["field"] == field, err
     proc = run_cli(["collections", "--help"], {})
     assert proc.returncode == 0 and "--ef-search N" in proc.stdout
+
+
+def test_searches_during_a_build_take_the_exact_path(inst, admin):
+    """One request builds the index; searches meanwhile do not wait for it: the exact path answers them."""
+    import threading
+    name = unique("hbusy")
+    create(inst, admin, name, dimensions=64, hnsw={"ef_construction": 400, "m": 32})
+    u = user(inst)
+    rng = np.random.default_rng(11)
+    n = 20000  # a build of a few seconds
+    xs = rng.normal(size=(n, 64)).astype(np.float32)
+    tx_ok(inst, u, [vup(name, xs[0], "x0")])
+    for s in range(1, n, 2000):
+        rows = ",".join(f"('x{i}', '{u.id}', '{{{','.join(map(str, xs[i].tolist()))}}}')"
+                        for i in range(s, min(n, s + 2000)))
+        inst.pg.query(inst.db, f"INSERT INTO coredb.coll_{name} (id, user_id, vector) VALUES {rows}")
+    q = xs[5]
+    first = {}
+
+    def build():
+        try:
+            resp = query(inst, u, {"database": "vectors", "collection": name, "query_type": "search",
+                                   "vector": [float(v) for v in q], "k": 3}, timeout=300)
+            assert resp.status_code == 200, resp.text
+            first["out"] = resp.json()
+        except AssertionError as e:  # reported below, from the test's thread
+            first["error"] = str(e)
+    t = threading.Thread(target=build)
+    t.start()
+    during = []
+    while t.is_alive():
+        during.append(search(inst, u, name, q, k=3))
+    t.join()
+    assert "error" not in first, first
+    answers = [first["out"]] + during
+    # whichever request came first built the index (in the request); every other one was answered
+    # by the exact path meanwhile, none waited
+    built = [o for o in answers if "index_build_ms" in o]
+    assert len(built) == 1 and built[0]["index"] == "hnsw", [(o["index"], "index_build_ms" in o) for o in answers]
+    assert sum(o["index"] == "exact" for o in answers) >= 1, [(o["index"], o["execution_time_ms"]) for o in answers]
+    assert all(o["data"][0]["id"] == "x5" for o in answers)
+    out = search(inst, u, name, q, k=3)
+    assert out["index"] == "hnsw" and "index_build_ms" not in out and out["data"][0]["id"] == "x5"
