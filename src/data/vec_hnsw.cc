@@ -5,6 +5,13 @@
  * index, unknown label, failed allocations of its own) and the standard
  * library std::bad_alloc, and an exception unwinding into C frames would
  * be undefined behaviour.
+ *
+ * Known in hnswlib 0.6.2: with SSE, searchBaseLayer prefetches the address
+ * of the link after a full neighbour list, reading 4 bytes past an upper
+ * layer's list (only to compute a prefetch address). ASan and valgrind
+ * builds compile this file with NO_MANUAL_VECTORIZATION (Makefile).
+ * Concurrent inserts (the first build, vec_index.c) share hnswlib's level
+ * generator without a lock, as its Python binding does.
  */
 #include "data/vec_hnsw.h"
 
