@@ -23,8 +23,10 @@ CXX     ?= c++
 LIB_CXX_SRC := $(wildcard src/data/*.cc)
 LIB_OBJ += $(LIB_CXX_SRC:%.cc=$(BUILD)/%.o)
 ALL_CXXFLAGS = -std=c++14 -D_GNU_SOURCE -Wall -Wextra -Werror $(CFLAGS) $(EXTRA_CFLAGS) -Iinclude -Isrc -MMD -MP
-# UBSan's vptr check needs the C++ UBSan runtime, which the C link (cc/clang) does not bring
-ALL_CXXFLAGS += $(if $(findstring undefined,$(EXTRA_CFLAGS)),-fno-sanitize=vptr)
+# UBSan's vptr (and clang's function) checks need the C++ UBSan runtime, which the C link
+# (cc/clang) does not bring
+ALL_CXXFLAGS += $(if $(findstring undefined,$(EXTRA_CFLAGS)),-fno-sanitize=vptr \
+                  $(if $(findstring clang,$(CXX)),-fno-sanitize=function))
 # hnswlib 0.6.2's SSE prefetches read one link past a neighbour list (searchBaseLayer, only an
 # address to prefetch): ASan and valgrind (build-vg) builds use its plain loops, so they check
 # hnswlib and the shim without that report
