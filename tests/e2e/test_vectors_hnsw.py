@@ -371,3 +371,16 @@ def test_searches_during_a_build_take_the_exact_path(inst, admin):
     assert all(o["data"][0]["id"] == "x5" for o in answers)
     out = search(inst, u, name, q, k=3)
     assert out["index"] == "hnsw" and "index_build_ms" not in out and out["data"][0]["id"] == "x5"
+
+
+def test_with_vector_and_empty_collection(inst, admin, coll):
+    xs, a, name = coll["xs"], coll["a"], coll["name"]
+    out = search(inst, a, name, xs[100], k=3, with_vector=True, with_payload=True)
+    assert out["index"] == "hnsw" and out["data"][0]["id"] == "h00100"
+    # the stored vector itself (not the index's normalized copy), as float32
+    assert np.array_equal(np.array(out["data"][0]["vector"], dtype=np.float32), xs[100])
+    assert out["data"][0]["payload"] == {"g": 0}
+    empty = unique("hempty")
+    create(inst, admin, empty)
+    out = search(inst, a, empty, xs[0], k=5)
+    assert out["data"] == [] and out["index"] == "hnsw"
