@@ -9,9 +9,15 @@ the e2e tests grow). Seeds come from what the end-to-end tests send:
 - every raw request (bytes starting with a method) in tests/e2e/test_http*.py
   -> http_request;
 - the migrations of migrations/ -> migration_file;
+- document and vector bodies (doc_query, doc_tx, vec_search,
+  collections_create): dict literals naming those databases, the bodies the
+  helpers dq() and search() send, the filters, vectors and bad search
+  members of parametrize lists, and the injection lists BAD_PATHS and
+  HOSTILE_COLLECTIONS as paths, collection names and partition keys;
 plus a few hand-made ones where the tests build the input at run time
 (tokens signed with the harness's fixture key, configuration, manifests,
-encrypted values). Usage: python3 fuzz/make-corpus.py
+encrypted values, every filter operator, real[] texts, float32 edges).
+Usage: python3 fuzz/make-corpus.py
 """
 import ast
 import base64
@@ -150,6 +156,136 @@ add("backup_manifest", json.dumps(dict(manifest, encrypted=True, created_at="199
 for v in [b"42\x00cdb1:3:" + base64.b64encode(bytes(64)), b"7\x00cdb1:1:AAAA", b"\x00cdb1:1000000:",
           b"pk\x00" + b"ab" * 72, b"x\x00" + base64.b64encode(bytes(32)), b"plain text"]:
     add("colcrypt_value", v)
+
+# ---- documents and vectors (issue 15): fuzz/doc_query.c, doc_tx.c, vec_search.c, collections_create.c ----
+# First bytes: doc_query role (bits 0-1) and raw-path mode (0x10); doc_tx role and vector dimensions
+# ((dims - 1) << 2); vec_search dimensions (dims - 1), metric (bits 3-4), role (bit 5), text mode (0x40).
+DOC_DBS = ("documents", "cosmosdb")
+OPERATORS = ("eq", "neq", "gt", "gte", "lt", "lte", "in", "exists", "contains")
+
+
+def dims_byte(vec, base=0):
+    n = len(vec) if isinstance(vec, list) and 1 <= len(vec) <= 8 else 3
+    return bytes([base | (n - 1)])
+
+
+def doc_query(body):
+    for role in (b"\x00", b"\x02"):
+        add("doc_query", role + json.dumps(body).encode())
+
+
+def doc_tx(ops):
+    vec = next((o.get("vector") for o in ops if isinstance(o, dict) and "vector" in o), None)
+    n = len(vec) if isinstance(vec, list) and 1 <= len(vec) <= 8 else 3
+    add("doc_tx", bytes([(n - 1) << 2]) + json.dumps({"operations": ops}).encode())
+
+
+def vec_search(body, metric=0):
+    add("vec_search", dims_byte(body.get("vector"), metric << 3) + json.dumps(body).encode())
+
+
+def hostile_path(path):
+    add("doc_query", b"\x10" + str(path).encode())
+    doc_query({"database": "documents", "collection": "people", "filters": {str(path): 1}})
+    doc_query({"database": "documents", "collection": "people", "select": [path]})
+    doc_query({"database": "documents", "collection": "people", "order_by": {"path": path}})
+    add("collections_create", json.dumps({"name": "orders", "kind": "documents", "partition_key": path}))
+
+
+def hostile_collection(name):
+    doc_query({"database": "documents", "collection": name})
+    doc_tx([{"database": "documents", "operation": "insert", "collection": name, "document": {"a": 1}}])
+    vec_search({"database": "vectors", "collection": name, "query_type": "search", "vector": [0.0, 0.0, 0.0]})
+    add("collections_create", json.dumps({"name": name, "kind": "documents"}))
+
+
+for path in sorted(glob.glob(os.path.join(ROOT, "tests", "e2e", "test_*.py"))):
+    tree = ast.parse(open(path).read())
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Assign) and any(isinstance(t, ast.Name) and t.id in (
+                "BAD_PATHS", "HOSTILE_COLLECTIONS") for t in node.targets):
+            for v in value(node.value):
+                (hostile_path if node.targets[0].id == "BAD_PATHS" else hostile_collection)(v)
+        if isinstance(node, ast.Dict):
+            d = value(node)
+            if d.get("database") in DOC_DBS + ("vectors",) and "operation" in d:
+                doc_tx([d])
+            elif d.get("database") in DOC_DBS:
+                doc_query(d)
+            elif d.get("database") == "vectors":
+                vec_search(d)
+            elif "name" in d and "kind" in d:
+                add("collections_create", json.dumps(d))
+        if not isinstance(node, ast.Call):
+            continue
+        fn = node.func.id if isinstance(node.func, ast.Name) else node.func.attr if isinstance(
+            node.func, ast.Attribute) else ""
+        kw = {k.arg: value(k.value) for k in node.keywords if k.arg}
+        if fn == "dq":
+            doc_query(dict({"database": "documents", "collection": "people"}, **kw))
+        elif fn == "search" and len(node.args) >= 4:
+            vec = value(node.args[3])
+            for metric in range(3):
+                vec_search(dict({"database": "vectors", "collection": "emb", "query_type": "search",
+                                 "vector": vec if isinstance(vec, list) else [0.5, -1.0, 2.0]}, **kw), metric)
+        elif fn == "parametrize" and len(node.args) == 2 and isinstance(node.args[1], ast.List):
+            names = value(node.args[0])
+            for case in value(node.args[1]):
+                first = case[0] if isinstance(case, list) and case else case
+                if names.startswith("filters"):
+                    doc_query({"database": "documents", "collection": "people", "filters": first})
+                    vec_search({"database": "vectors", "collection": "emb", "query_type": "search",
+                                "vector": [1.0, 0.0, 0.0], "filter": first})
+                elif names.startswith("vec"):
+                    vec_search({"database": "vectors", "collection": "emb", "query_type": "search",
+                                "vector": first})
+                    doc_tx([{"database": "vectors", "operation": "upsert", "collection": "emb", "id": "x",
+                             "vector": first}])
+                elif names.startswith("extra") and isinstance(first, dict):
+                    vec_search(dict({"database": "vectors", "collection": "emb", "query_type": "search",
+                                     "vector": [0.0, 1.0, 0.0]}, **first))
+                elif names == "name":
+                    hostile_collection(first)
+
+# by hand: every operator, the NULL-spelled key, paths at their limits, every document operation with
+# if_match, vectors at the float32 edges, real[] texts as PostgreSQL prints them (and NaN, Infinity), ids
+for op in OPERATORS:
+    operand = {"in": ["a", 1, None], "exists": True, "contains": {"k": [1]}}.get(op, 3)
+    doc_query({"database": "documents", "collection": "c", "filters": {"a.b": {op: operand}, "null": {op: operand}}})
+doc_query({"database": "cosmosdb", "collection": "c", "query_type": "select", "select": ["NULL", "a.Null.b"],
+           "order_by": [{"path": "x.0", "direction": "DESC"}, {"path": "y"}], "pagination": {"page": 3, "limit": 50},
+           "filters": {"n": {"gte": 1, "lt": 9.5}, "s": {"gt": "m"}, "x.0": True, "o": {"eq": {"k": "v"}}}})
+long_path = ".".join(["s" * 64] * 4)
+for p in (long_path, ".".join(["x"] * 16), "null", "a-b_9.NULL.c", "\u00e9", "a\u0000b"):
+    add("doc_query", b"\x10" + p.encode())
+add("doc_query", b"\x00" + json.dumps({"a": {"b": {"c": {"d": [[[{"e": 1}]]]}}}}).encode())
+for role in (0, 1, 2):
+    doc_tx([{"database": "documents", "operation": "insert", "collection": "c", "document": {"id": "d1", "x": 1}},
+            {"database": "documents", "operation": "upsert", "collection": "c", "id": "d2", "document": {}},
+            {"database": "documents", "operation": "replace", "collection": "c", "id": "d1", "if_match": "e",
+             "document": {"y": [1, {"z": None}]}},
+            {"database": "cosmosdb", "operation": "patch", "collection": "c", "id": "d1", "patch": {"y": None}},
+            {"database": "documents", "operation": "delete", "collection": "c", "id": "d2", "if_match": "e2"},
+            {"database": "vectors", "operation": "upsert", "collection": "v", "id": "p", "vector": [1, -2.5, 3e38],
+             "payload": {"tag": "a"}},
+            {"database": "vectors", "operation": "delete", "collection": "v", "id": "p"},
+            {"database": "redis", "operation": "set", "key": "k", "value": "v"},
+            {"database": "postgresql", "operation": "insert", "table": "projects", "data": {"title": "t"}}])
+for vec in ([3.4028234e38, -3.4028234e38, 1e-45], [1e-38, 0, -0.0], [1, 2, 3, 4, 5, 6, 7, 8]):
+    for metric in range(3):
+        vec_search({"database": "vectors", "collection": "v", "query_type": "search", "vector": vec, "k": 1000,
+                    "min_score": -1e30, "with_payload": False, "with_vector": True,
+                    "filter": {"tag": {"in": ["a", "b"]}, "n": {"lt": 2}}}, metric)
+for text in ("{1,-2.5,3e-05}", "{NaN,1,2}", "{Infinity,-Infinity,0}", "{3.40282347e+38,1.17549435e-38,1e-45}",
+             "{1,2}", "{1,2,3,4}", "{NULL,1,2}", "p1\np\"2\nback\\slash\n\nNULL"):
+    add("vec_search", b"\x42" + text.encode())
+for body in ({"name": "orders", "kind": "documents", "partition_key": "customer.id"},
+             {"name": "_" + "a" * 57, "kind": "documents", "partition_key": "meta.null"},
+             {"name": "emb", "kind": "vectors", "dimensions": 384, "metric": "l2"},
+             {"name": "e", "kind": "vectors", "dimensions": 4096, "metric": "dot"},
+             {"name": "pg_x", "kind": "vectors", "dimensions": 4097},
+             {"name": "d", "kind": "documents", "dimensions": None, "metric": "cosine"}):
+    add("collections_create", json.dumps(body))
 
 for name, items in seeds.items():
     d = os.path.join(OUT, name)

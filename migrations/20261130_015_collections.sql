@@ -88,6 +88,21 @@ BEGIN
 END
 $$;
 
+-- A patched document within the data API's size limit (max_bytes, the
+-- limit of its compact JSON text; jsonb's text adds a space after each ':'
+-- and ',', so this over-counts a little and never lets a larger one in):
+-- the merge of two documents within the limit may exceed it, and only
+-- PostgreSQL sees the merge. CD413 maps to VALIDATION_FAILED on "patch".
+CREATE FUNCTION coredb.doc_sized(doc jsonb, max_bytes integer) RETURNS jsonb
+LANGUAGE plpgsql IMMUTABLE AS $$
+BEGIN
+    IF octet_length(doc::text) > max_bytes THEN
+        RAISE EXCEPTION 'patched document larger than % bytes', max_bytes USING ERRCODE = 'CD413';
+    END IF;
+    RETURN doc;
+END
+$$;
+
 -- The answer of a conditional document write (replace, patch, delete):
 -- the written row's JSON, or an error the data API maps: CD404 when no
 -- document of that id is visible to the caller (NOT_FOUND), CD412 when it
@@ -119,3 +134,4 @@ DROP TABLE IF EXISTS coredb.collections;
 DROP FUNCTION IF EXISTS coredb.collection_version_bump();
 DROP FUNCTION IF EXISTS coredb.doc_written(bigint, text);
 DROP FUNCTION IF EXISTS coredb.jsonb_merge_patch(jsonb, jsonb);
+DROP FUNCTION IF EXISTS coredb.doc_sized(jsonb, integer);

@@ -39,6 +39,7 @@ typedef struct cdb_config {
     int   http_header_timeout_s;   /* HTTP_HEADER_TIMEOUT, 10: whole request head, absolute */
     int   http_body_timeout_s;     /* HTTP_BODY_TIMEOUT, 30: whole request body, absolute */
     int   http_max_connections_per_ip; /* HTTP_MAX_CONNECTIONS_PER_IP, 256 (0 = no cap) */
+    int   doc_max_bytes;           /* DOC_MAX_BYTES, 2097152: a document, patch or vector payload */
     int   shutdown_grace_ms;       /* SHUTDOWN_GRACE_MS, 10000 */
 
     /* PostgreSQL */

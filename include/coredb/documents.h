@@ -37,15 +37,20 @@
  *   if_match differing from the document's etag: 409 PRECONDITION_FAILED.
  *   Each result is {"rows": [{"id", "partition_key", "doc", "etag",
  *   "created_at", "updated_at"}], "count"}; every write changes the etag.
- * Limits: a document (or patch) of at most CDB_DOC_MAX_BYTES as compact
+ * Limits: a document (or patch) of at most DOC_MAX_BYTES (default
+ * CDB_DOC_MAX_BYTES) as compact
  * JSON and CDB_DOC_MAX_DEPTH levels of nesting (VALIDATION_FAILED naming the
- * field); bad paths are VALIDATION_FAILED naming the field.
+ * field); bad paths are VALIDATION_FAILED naming the field. The document a
+ * patch produces is measured by PostgreSQL as jsonb text (a space after each
+ * ':' and ',' more than compact JSON), so a document filled to the last
+ * bytes may take no patch; too large is VALIDATION_FAILED naming "patch".
  */
 #ifndef COREDB_DOCUMENTS_H
 #define COREDB_DOCUMENTS_H
 
 #include "coredb/data.h"
 
+/* DOC_MAX_BYTES's default (configuration.md) */
 #define CDB_DOC_MAX_BYTES (2 * 1024 * 1024)
 #define CDB_DOC_MAX_DEPTH 32
 #define CDB_DOC_ID_MAX 255

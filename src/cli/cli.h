@@ -105,17 +105,23 @@ typedef struct cli_operator {
     cdb_config cfg;
     cdb_service *svc;              /* NULL when it could not be opened (err says why) */
     cdb_principal principal;       /* {.role = CDB_ROLE_ADMIN} */
+    cdb_error err;                 /* why the service did not open, or what the command's call said */
+    json_t *result;                /* the command's result, printed by cli_operator_finish */
+    bool as_json;
 } cli_operator;
 
 /*
  * Loads the configuration: on error it is printed and the exit code (2)
  * returned, with nothing to close. Then opens the service (with_pool) and,
  * when applied_by is given, applies pending migrations (MIGRATE_ON_START)
- * recorded as applied_by. Failing that, op->svc is NULL and err says why
- * (returns 0: the caller prints it as its result). Then cli_operator_close.
+ * recorded as applied_by. Failing that, op->svc is NULL and op->err says
+ * why (returns 0). The command then calls the library with &op->result and
+ * &op->err when op->svc is set, and ends with cli_operator_finish.
  */
-int cli_operator_open(cli_operator *op, bool as_json, bool with_pool, const char *applied_by,
-                      cdb_error *err);
+int cli_operator_open(cli_operator *op, bool as_json, bool with_pool, const char *applied_by);
+/* Prints op->result or op->err in the result form, closes, returns the exit code. */
+int cli_operator_finish(cli_operator *op);
+/* Closes without printing (op->err and op->result are freed). */
 void cli_operator_close(cli_operator *op);
 
 /* One report of a `coredb NAME [WORD] [--json]` command: WORD ("" for none) and its library call. */

@@ -78,18 +78,13 @@ int cmd_admin(int argc, char **argv)
     if (!request)
         return cli_usage_error("admin", cli_help_admin, as_json);
 
-    cdb_error err;
-    cdb_error_init(&err);
-    json_t *result = NULL;
     cli_operator op;
-    int rc = cli_operator_open(&op, as_json, true, "coredb admin", &err);
+    int rc = cli_operator_open(&op, as_json, true, "coredb admin");
     if (rc == CLI_EXIT_OK) {
         if (op.svc)
-            verb->run(op.svc, &op.principal, request, &result, &err);
-        rc = cli_print_result(result, &err, as_json);
-        cli_operator_close(&op);
+            verb->run(op.svc, &op.principal, request, &op.result, &op.err);
+        rc = cli_operator_finish(&op);
     }
     json_decref(request);
-    cdb_error_destroy(&err);
     return rc;
 }

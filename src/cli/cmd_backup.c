@@ -71,17 +71,11 @@ int cmd_backup(int argc, char **argv)
     if (!known || is_verify != (name != NULL))
         return cli_usage_error("backup", cli_help_backup, as_json);
 
-    cdb_error err;
-    cdb_error_init(&err);
-    json_t *result = NULL;
     cli_operator op;
-    int rc = cli_operator_open(&op, as_json, false, NULL, &err);
-    if (rc == CLI_EXIT_OK) {
-        if (op.svc)
-            run_action(&op, action, name, &result, &err);
-        rc = cli_print_result(result, &err, as_json);
-        cli_operator_close(&op);
-    }
-    cdb_error_destroy(&err);
-    return rc;
+    int rc = cli_operator_open(&op, as_json, false, NULL);
+    if (rc != CLI_EXIT_OK)
+        return rc;
+    if (op.svc)
+        run_action(&op, action, name, &op.result, &op.err);
+    return cli_operator_finish(&op);
 }

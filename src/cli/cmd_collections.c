@@ -162,17 +162,11 @@ int cmd_collections(int argc, char **argv)
     coll_args a;
     if (parse_args(argc, argv, &a) < 0)
         return cli_usage_error("collections", cli_help_collections, cli_flag(argc, argv, "--json"));
-    cdb_error err;
-    cdb_error_init(&err);
-    json_t *result = NULL;
     cli_operator op;
-    int rc = cli_operator_open(&op, a.as_json, true, "coredb collections", &err);
-    if (rc == CLI_EXIT_OK) {
-        if (op.svc)
-            run_action(&op, &a, &result, &err);
-        rc = cli_print_result(result, &err, a.as_json);
-        cli_operator_close(&op);
-    }
-    cdb_error_destroy(&err);
-    return rc;
+    int rc = cli_operator_open(&op, a.as_json, true, "coredb collections");
+    if (rc != CLI_EXIT_OK)
+        return rc;
+    if (op.svc)
+        run_action(&op, &a, &op.result, &op.err);
+    return cli_operator_finish(&op);
 }

@@ -48,19 +48,15 @@ int cmd_encryption(int argc, char **argv)
     if (!setup && !rotate && !audit && !rewrap)
         return cli_usage_error("encryption", cli_help_encryption, as_json);
 
-    cdb_error err;
-    cdb_error_init(&err);
-    json_t *result = NULL, *request = NULL;
+    json_t *request = NULL;
     cli_operator op;
-    int rc = cli_operator_open(&op, as_json, true, NULL, &err);
-    if (rc != CLI_EXIT_OK) {
-        cdb_error_destroy(&err);
+    int rc = cli_operator_open(&op, as_json, true, NULL);
+    if (rc != CLI_EXIT_OK)
         return rc;
-    }
     if ((setup || rotate) &&
         !(request = json_pack("{s:s, s:s, s:b}", "table_name", pos[1], "column_name", pos[2], "searchable",
                               searchable))) {
-        cdb_error_oom(&err);
+        cdb_error_oom(&op.err);
     } else if (op.svc && (setup || rotate)) {
         if (rotate)
             json_object_del(request, "searchable");
@@ -68,17 +64,15 @@ int cmd_encryption(int argc, char **argv)
             fprintf(stderr, "%s %s.%s: re-encrypting rows in batches of %d...\n", setup ? "encrypting" : "rotating",
                     pos[1], pos[2], CDB_ENCRYPTION_BATCH);
         if (setup)
-            cdb_encryption_setup_column(op.svc, &op.principal, request, &result, &err);
+            cdb_encryption_setup_column(op.svc, &op.principal, request, &op.result, &op.err);
         else
-            cdb_encryption_rotate_key(op.svc, &op.principal, request, &result, &err);
+            cdb_encryption_rotate_key(op.svc, &op.principal, request, &op.result, &op.err);
     } else if (op.svc && audit) {
-        cdb_encryption_audit(op.svc, &op.principal, pos[1], &result, &err);
+        cdb_encryption_audit(op.svc, &op.principal, pos[1], &op.result, &op.err);
     } else if (op.svc) {
-        cdb_encryption_rewrap(op.svc, &op.principal, &result, &err);
+        cdb_encryption_rewrap(op.svc, &op.principal, &op.result, &op.err);
     }
-    rc = cli_print_result(result, &err, as_json);   /* takes result */
+    rc = cli_operator_finish(&op);
     json_decref(request);
-    cli_operator_close(&op);
-    cdb_error_destroy(&err);
     return rc;
 }

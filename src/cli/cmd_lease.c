@@ -48,24 +48,18 @@ int cmd_lease(int argc, char **argv)
     if (!list && !release)
         return cli_usage_error("lease", cli_help_lease, as_json);
 
-    cdb_error err;
-    cdb_error_init(&err);
-    json_t *result = NULL, *request = NULL;
+    json_t *request = NULL;
     cli_operator op;
-    int rc = cli_operator_open(&op, as_json, true, NULL, &err);
-    if (rc != CLI_EXIT_OK) {
-        cdb_error_destroy(&err);
+    int rc = cli_operator_open(&op, as_json, true, NULL);
+    if (rc != CLI_EXIT_OK)
         return rc;
-    }
     if (op.svc && list)
-        cdb_lease_list(op.svc, &op.principal, service, &result, &err);
+        cdb_lease_list(op.svc, &op.principal, service, &op.result, &op.err);
     else if (op.svc && !(request = json_pack("{s:s}", "connection_id", id)))
-        cdb_error_oom(&err);
+        cdb_error_oom(&op.err);
     else if (op.svc)
-        cdb_lease_release(op.svc, &op.principal, request, &result, &err);
-    rc = cli_print_result(result, &err, as_json);   /* takes result */
+        cdb_lease_release(op.svc, &op.principal, request, &op.result, &op.err);
+    rc = cli_operator_finish(&op);
     json_decref(request);
-    cli_operator_close(&op);
-    cdb_error_destroy(&err);
     return rc;
 }

@@ -40,17 +40,11 @@ int cmd_restore(int argc, char **argv)
     }
     if (bad || !name)
         return cli_usage_error("restore", cli_help_restore, as_json);
-    cdb_error err;
-    cdb_error_init(&err);
-    json_t *result = NULL;
     cli_operator op;
-    int rc = cli_operator_open(&op, as_json, true, NULL, &err);
-    if (rc == CLI_EXIT_OK) {
-        if (op.svc)
-            cdb_backup_restore(op.svc, &op.principal, name, yes, &result, &err);
-        rc = cli_print_result(result, &err, as_json);
-        cli_operator_close(&op);
-    }
-    cdb_error_destroy(&err);
-    return rc;
+    int rc = cli_operator_open(&op, as_json, true, NULL);
+    if (rc != CLI_EXIT_OK)
+        return rc;
+    if (op.svc)
+        cdb_backup_restore(op.svc, &op.principal, name, yes, &op.result, &op.err);
+    return cli_operator_finish(&op);
 }

@@ -119,17 +119,11 @@ int cmd_table(int argc, char **argv)
     table_args a;
     if (parse_args(argc, argv, &a) < 0)
         return cli_usage_error("table", cli_help_table, cli_flag(argc, argv, "--json"));
-    cdb_error err;
-    cdb_error_init(&err);
-    json_t *result = NULL;
     cli_operator op;
-    int rc = cli_operator_open(&op, a.as_json, true, "coredb table", &err);
-    if (rc == CLI_EXIT_OK) {
-        if (op.svc)
-            run_action(&op, &a, &result, &err);
-        rc = cli_print_result(result, &err, a.as_json);
-        cli_operator_close(&op);
-    }
-    cdb_error_destroy(&err);
-    return rc;
+    int rc = cli_operator_open(&op, a.as_json, true, "coredb table");
+    if (rc != CLI_EXIT_OK)
+        return rc;
+    if (op.svc)
+        run_action(&op, &a, &op.result, &op.err);
+    return cli_operator_finish(&op);
 }

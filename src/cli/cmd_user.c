@@ -106,19 +106,14 @@ int cmd_user(int argc, char **argv)
         cdb_error_destroy(&err);
         return CLI_EXIT_USAGE;
     }
-    cdb_error err;
-    cdb_error_init(&err);
-    json_t *result = NULL;
     cli_operator op;
-    int rc = cli_operator_open(&op, a.as_json, true, "coredb user", &err);
+    int rc = cli_operator_open(&op, a.as_json, true, "coredb user");
     if (rc == CLI_EXIT_OK) {
         if (op.svc)
-            create_user(&op, &a, password, &result, &err);
-        rc = cli_print_result(result, &err, a.as_json);
-        cli_operator_close(&op);
+            create_user(&op, &a, password, &op.result, &op.err);
+        rc = cli_operator_finish(&op);
     }
     sodium_memzero(password, sizeof password);
-    cdb_error_destroy(&err);
     return rc;
 }
 
@@ -167,18 +162,12 @@ static int cmd_user_list(int argc, char **argv)
     list_args a;
     if (parse_list_args(argc, argv, &a) < 0 || (a.limit && parse_limit(a.limit) < 0))
         return cli_usage_error("user list", cli_help_user, cli_flag(argc, argv, "--json"));
-    cdb_error err;
-    cdb_error_init(&err);
-    json_t *result = NULL;
     cdb_users_list_options opt = {.limit = parse_limit(a.limit), .cursor = a.cursor, .email = a.email};
     cli_operator op;
-    int rc = cli_operator_open(&op, a.as_json, true, "coredb user", &err);
-    if (rc == CLI_EXIT_OK) {
-        if (op.svc)
-            cdb_users_list(op.svc, &op.principal, &opt, &result, &err);
-        rc = cli_print_result(result, &err, a.as_json);
-        cli_operator_close(&op);
-    }
-    cdb_error_destroy(&err);
-    return rc;
+    int rc = cli_operator_open(&op, a.as_json, true, "coredb user");
+    if (rc != CLI_EXIT_OK)
+        return rc;
+    if (op.svc)
+        cdb_users_list(op.svc, &op.principal, &opt, &op.result, &op.err);
+    return cli_operator_finish(&op);
 }

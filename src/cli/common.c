@@ -202,20 +202,28 @@ int cli_open_service(cdb_config *cfg, bool with_pool, cdb_service **svc, cdb_err
     return cdb_service_open(svc, cfg, &opt, err);
 }
 
-int cli_operator_open(cli_operator *op, bool as_json, bool with_pool, const char *applied_by,
-                      cdb_error *err)
+int cli_operator_open(cli_operator *op, bool as_json, bool with_pool, const char *applied_by)
 {
-    *op = (cli_operator){.principal = {.role = CDB_ROLE_ADMIN}};
+    *op = (cli_operator){.principal = {.role = CDB_ROLE_ADMIN}, .as_json = as_json};
     int rc = cli_load_config(&op->cfg, as_json);
     if (rc != CLI_EXIT_OK)
         return rc;
+    cdb_error_init(&op->err);
     cdb_audit_origin_set(NULL, NULL, "cli");
-    if (cli_open_service(&op->cfg, with_pool, &op->svc, err) < 0 ||
-        (applied_by && cdb_service_migrate_on_start(op->svc, applied_by, err) < 0)) {
+    if (cli_open_service(&op->cfg, with_pool, &op->svc, &op->err) < 0 ||
+        (applied_by && cdb_service_migrate_on_start(op->svc, applied_by, &op->err) < 0)) {
         cdb_service_close(op->svc);
         op->svc = NULL;
     }
     return CLI_EXIT_OK;
+}
+
+int cli_operator_finish(cli_operator *op)
+{
+    int rc = cli_print_result(op->result, &op->err, op->as_json);   /* takes the result */
+    op->result = NULL;
+    cli_operator_close(op);
+    return rc;
 }
 
 void cli_operator_close(cli_operator *op)
@@ -224,6 +232,9 @@ void cli_operator_close(cli_operator *op)
     op->svc = NULL;
     cdb_audit_origin_clear();
     cdb_config_destroy(&op->cfg);
+    json_decref(op->result);
+    op->result = NULL;
+    cdb_error_destroy(&op->err);
 }
 
 int cli_report_call(int argc, char **argv, const char *name, const char *help, const cli_report *reports,
@@ -245,11 +256,12 @@ int cli_report_call(int argc, char **argv, const char *name, const char *help, c
     if (!*row)
         return cli_usage_error(name, help, as_json);
     cli_operator op;
-    int rc = cli_operator_open(&op, as_json, true, NULL, err);
+    int rc = cli_operator_open(&op, as_json, true, NULL);
     if (rc != CLI_EXIT_OK)
         return rc;
     if (op.svc)
-        (*row)->fn(op.svc, &op.principal, result, err);
+        (*row)->fn(op.svc, &op.principal, result, &op.err);
+    cdb_error_move(err, &op.err);
     cli_operator_close(&op);
     return CLI_EXIT_OK;
 }

@@ -99,6 +99,7 @@ static const struct var vars[] = {
     SECS("HTTP_HEADER_TIMEOUT", http_header_timeout_s, "10", 1, 3600),
     SECS("HTTP_BODY_TIMEOUT", http_body_timeout_s, "30", 1, 3600),
     INT("HTTP_MAX_CONNECTIONS_PER_IP", http_max_connections_per_ip, "256", 0, 1000000),
+    INT("DOC_MAX_BYTES", doc_max_bytes, "2097152", 1024, 67108864),
     MSEC("SHUTDOWN_GRACE_MS", shutdown_grace_ms, "10000", 0, 3600000),
 
     URL("DATABASE_URL", database_url, F_FILE, check_database_url),

@@ -9,6 +9,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "coredb/documents.h"
 #include "data/data_internal.h"
 #include "store/catalog.h"
 #include "store/txn.h"
@@ -191,6 +192,9 @@ cdb_err cdb_data_pg_error(PGconn *conn, const PGresult *res, const char *context
     /* raised by coredb.doc_written (migration 015) for a document write */
     if (strcmp(state, "CD404") == 0)
         return cdb_error_set_detail(err, CDB_ERR_NOT_FOUND, "field", "id", "Document not found");
+    if (strcmp(state, "CD413") == 0)
+        return cdb_error_set_detail(err, CDB_ERR_VALIDATION_FAILED, "field", "patch",
+                                    "The patched document would be larger than DOC_MAX_BYTES allows");
     if (strcmp(state, "CD412") == 0)
         return cdb_error_set_detail(err, CDB_ERR_PRECONDITION_FAILED, "field", "if_match",
                                     "The document's etag differs from if_match: it changed since it was read");

@@ -13,6 +13,7 @@
 #include <string.h>
 
 #include "coredb/log.h"
+#include "store/catalog.h"
 #include "store/jsonpath.h"
 #include "store/pg.h"
 #include "store/txn.h"
@@ -25,13 +26,30 @@ bool cdb__doc_database(const json_t *db)
     return s && (strcmp(s, "documents") == 0 || strcmp(s, "cosmosdb") == 0);
 }
 
-int cdb__doc_collection(cdb_service *svc, const json_t *name, char table[64], cdb_error *err)
+/* The registry's row of `name`, read now: a collection the catalog snapshot does not know yet. */
+static int lookup_registry(cdb_service *svc, const char *name, char table[64], cdb_error *err)
 {
-    const char *s = json_string_value(name);
-    size_t n = s ? strlen(s) : 0;
     cdb_pool_conn *pc = NULL;
     PGresult *res = NULL;
-    int rc;
+    PGconn *conn = cdb_txn_acquire(svc->pool, &pc, err);
+    if (!conn)
+        return err->code;
+    const char *params[] = {name};
+    int rc = cdb_pg_exec(conn, LOOKUP_SQL, 1, params, &res, err);
+    cdb_txn_release(svc->pool, pc);
+    if (rc == 0 && PQntuples(res) == 1 && strcmp(PQgetvalue(res, 0, 1), "documents") == 0)
+        snprintf(table, 64, "%s", PQgetvalue(res, 0, 0));
+    else if (rc == 0)
+        rc = 1;
+    PQclear(res);
+    return rc;
+}
+
+int cdb__doc_collection(cdb_service *svc, const json_t *name, char table[64], cdb_error *err)
+{
+    const char *s = json_string_value(name), *kind = NULL, *known = NULL;
+    size_t n = s ? strlen(s) : 0;
+    int rc = 1;
 
     if (!s || n == 0 || n != json_string_length(name))
         return cdb_error_set_detail(err, CDB_ERR_VALIDATION_FAILED, "field", "collection",
@@ -39,22 +57,19 @@ int cdb__doc_collection(cdb_service *svc, const json_t *name, char table[64], cd
     /* a name the registry cannot hold is no collection: answered without a query */
     if (n > CDB_DOC_COLLECTION_NAME_MAX || strspn(s, "abcdefghijklmnopqrstuvwxyz0123456789_") != n)
         goto unknown;
-    PGconn *conn = cdb_txn_acquire(svc->pool, &pc, err);
-    if (!conn)
+    /* the catalog snapshot holds the registry: no round trip for a known collection */
+    cdb_catalog *cat = svc->catalog ? cdb_catalog_cache_get(svc->catalog, err) : NULL;
+    if (svc->catalog && !cat)
         return err->code;
-    const char *params[] = {s};
-    rc = cdb_pg_exec(conn, LOOKUP_SQL, 1, params, &res, err);
-    cdb_txn_release(svc->pool, pc);
-    if (rc < 0)
-        goto out;
-    if (PQntuples(res) != 1 || strcmp(PQgetvalue(res, 0, 1), "documents") != 0) {
-        PQclear(res);
-        goto unknown;
+    if (cat && (known = cdb_catalog_collection(cat, s, &kind)) != NULL && strcmp(kind, "documents") == 0) {
+        snprintf(table, 64, "%s", known);
+        rc = 0;
     }
-    snprintf(table, 64, "%s", PQgetvalue(res, 0, 0));
-out:
-    PQclear(res);
-    return rc;
+    cdb_catalog_unref(cat);
+    if (!known && (rc = lookup_registry(svc, s, table, err)) < 0)
+        return rc;
+    if (rc == 0)
+        return 0;
 unknown:
     return cdb_error_set_detail(err, CDB_ERR_UNKNOWN_TABLE, "collection", s, "Unknown document collection");
 }
@@ -263,25 +278,30 @@ static int depth_of(const json_t *v, int limit)
     return 0;
 }
 
+typedef struct size_count {
+    size_t total, max;
+} size_count;
+
+/* Stops the dump as soon as it passes the limit. */
 static int count_size(const char *buffer, size_t size, void *data)
 {
     (void)buffer;
-    size_t *total = data;
-    *total += size;
-    return *total > CDB_DOC_MAX_BYTES ? -1 : 0;
+    size_count *c = data;
+    c->total += size;
+    return c->total > c->max ? -1 : 0;
 }
 
-int cdb__doc_check(const char *field, const json_t *doc, cdb_error *err)
+int cdb__doc_check(const char *field, const json_t *doc, size_t max_bytes, cdb_error *err)
 {
-    size_t size = 0;
+    size_count size = {0, max_bytes};
     if (!json_is_object(doc))
         return cdb_error_set_detail(err, CDB_ERR_VALIDATION_FAILED, "field", field, "%s must be a JSON object",
                                     field);
     if (depth_of(doc, CDB_DOC_MAX_DEPTH) > CDB_DOC_MAX_DEPTH)
         return cdb_error_set_detail(err, CDB_ERR_VALIDATION_FAILED, "field", field,
                                     "%s is nested deeper than %d levels", field, CDB_DOC_MAX_DEPTH);
-    if (json_dump_callback(doc, count_size, &size, JSON_COMPACT) < 0 || size > CDB_DOC_MAX_BYTES)
+    if (json_dump_callback(doc, count_size, &size, JSON_COMPACT) < 0 || size.total > max_bytes)
         return cdb_error_set_detail(err, CDB_ERR_VALIDATION_FAILED, "field", field,
-                                    "%s is larger than %d bytes", field, CDB_DOC_MAX_BYTES);
+                                    "%s is larger than %zu bytes (DOC_MAX_BYTES)", field, max_bytes);
     return 0;
 }

@@ -80,7 +80,7 @@ int cdb__doc_tx_op(tx *t, int i, json_t *o, cdb_error *err)
     if (kind != D_DELETE) {
         const char *field = kind == D_PATCH ? "patch" : "document";
         body = json_object_get(o, field);
-        if ((rc = cdb__doc_check(field, body, err)) < 0)
+        if ((rc = cdb__doc_check(field, body, (size_t)t->svc->cfg->doc_max_bytes, err)) < 0)
             return op_tag(err, i, rc);
     }
     /* insert/upsert: the id given, else the document's own "id" member, else a new one */
@@ -100,6 +100,8 @@ int cdb__doc_tx_op(tx *t, int i, json_t *o, cdb_error *err)
 
     /* the table name comes from the registry (its CHECK keeps it to [a-z0-9_]) and is quoted */
     const char *sid = id ? json_string_value(id) : NULL, *etag = json_string_value(if_match);
+    char max_bytes[16];
+    snprintf(max_bytes, sizeof max_bytes, "%d", t->svc->cfg->doc_max_bytes);
     int n;
     switch (kind) {
     case D_INSERT:
@@ -120,8 +122,9 @@ int cdb__doc_tx_op(tx *t, int i, json_t *o, cdb_error *err)
                       " w AS (UPDATE coredb.\"%s\" AS r SET doc = %s, etag = " NEW_ETAG ", updated_at = now()"
                       " WHERE r.id = $1::text AND ($2::text IS NULL OR r.etag = $2::text) RETURNING r.*)"
                       " SELECT coredb.doc_written((SELECT count(*) FROM cur), (SELECT " ROW_JSON " FROM w r))",
-                      table, table, kind == D_PATCH ? "coredb.jsonb_merge_patch(r.doc, $3::jsonb)" : "$3::jsonb");
-        rc = n < 0 ? -1 : set_params(op, (const char *const[]){sid, etag, text}, 3, err);
+                      table, table, kind == D_PATCH ? "coredb.doc_sized(coredb.jsonb_merge_patch(r.doc, $3::jsonb), $4::int)"
+                                      : "$3::jsonb");
+        rc = n < 0 ? -1 : set_params(op, (const char *const[]){sid, etag, text, max_bytes}, kind == D_PATCH ? 4 : 3, err);
         break;
     default:
         n = asprintf(&op->sql,

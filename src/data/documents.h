@@ -37,8 +37,8 @@ int cdb__doc_collection(cdb_service *svc, const json_t *name, char table[64], cd
 /* Appends " WHERE ..." (nothing for no filters) for filters on doc. */
 int cdb__doc_where(cdb_sql *q, const json_t *filters, cdb_error *err);
 
-/* Checks a document or patch: an object, within the size and depth limits. */
-int cdb__doc_check(const char *field, const json_t *doc, cdb_error *err);
+/* Checks a document or patch: an object of at most max_bytes as compact JSON and CDB_DOC_MAX_DEPTH levels. */
+int cdb__doc_check(const char *field, const json_t *doc, size_t max_bytes, cdb_error *err);
 
 /* POST /data/query with a documents database (doc_query.c). */
 int cdb__doc_query(cdb_service *svc, const cdb_principal *p, json_t *request, int64_t start_us,

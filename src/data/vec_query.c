@@ -11,6 +11,7 @@
  * with loops of independent accumulators the compiler can vectorize, and
  * a bounded heap of the k best.
  */
+#include <float.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -75,17 +76,39 @@ static float l2sq(const float *a, const float *b, int n)
     return s;
 }
 
+/*
+ * The score in double, clamped to float32: for components near FLT_MAX,
+ * whose float32 sums overflow (an infinite or NaN score has no JSON form).
+ */
+static float score_wide(cdb_vec_metric m, const float *x, const float *q, int n)
+{
+    double xy = 0, xx = 0, qq = 0, dd = 0, s;
+    for (int i = 0; i < n; i++) {
+        double d = (double)x[i] - (double)q[i];
+        xy += (double)x[i] * q[i];
+        xx += (double)x[i] * x[i];
+        qq += (double)q[i] * q[i];
+        dd += d * d;
+    }
+    s = m == CDB_VEC_L2 ? -sqrt(dd) : m == CDB_VEC_DOT ? xy : xx > 0 && qq > 0 ? xy / (sqrt(xx) * sqrt(qq)) : 0;
+    return (float)(s > FLT_MAX ? FLT_MAX : s < -FLT_MAX ? -FLT_MAX : s);
+}
+
 /* The metric's score (coredb/vectors.h): higher = closer. qnorm, xnorm: |q|, |x| for cosine (xnorm < 0: compute it). */
 static float score_of(cdb_vec_metric m, const float *x, const float *q, int n, float qnorm, float xnorm)
 {
+    float s;
     switch (m) {
-    case CDB_VEC_L2: return -sqrtf(l2sq(x, q, n));
-    case CDB_VEC_DOT: return dot(x, q, n);
+    case CDB_VEC_L2: s = -sqrtf(l2sq(x, q, n)); break;
+    case CDB_VEC_DOT: s = dot(x, q, n); break;
     default: {
         float xn = xnorm >= 0 ? xnorm : sqrtf(dot(x, x, n));
-        return xn > 0 ? dot(x, q, n) / (xn * qnorm) : 0.0f;
+        s = xn > 0 ? dot(x, q, n) / (xn * qnorm) : 0.0f;
+        if (isinf(xn * qnorm))
+            s = NAN; /* x/inf would be a wrong 0 */
     }
     }
+    return isfinite(s) ? s : score_wide(m, x, q, n);
 }
 
 /* a ranks below b: lower score, or the same score and a larger id. */
@@ -151,7 +174,11 @@ static bool array_item(char **buf, size_t *len, size_t *cap, const char *v)
     return true;
 }
 
-/* Parses a real[] text "{1,2.5,...}" of dims elements into x; false if it is not one. */
+/*
+ * Parses a real[] text "{1,2.5,...}" of dims elements into x; false if it
+ * is not one, or not all finite (a real[] written by SQL may hold NaN or
+ * Infinity, which no score or JSON answer can carry).
+ */
 static bool parse_array(const char *s, float *x, int dims)
 {
     if (*s++ != '{')
@@ -159,7 +186,7 @@ static bool parse_array(const char *s, float *x, int dims)
     for (int i = 0; i < dims; i++) {
         char *end;
         x[i] = strtof(s, &end);
-        if (end == s || (*end != (i + 1 < dims ? ',' : '}')))
+        if (end == s || !isfinite(x[i]) || (*end != (i + 1 < dims ? ',' : '}')))
             return false;
         s = end + 1;
     }

@@ -72,7 +72,7 @@ int cdb__vec_tx_op(tx *t, int i, json_t *o, cdb_error *err)
     if (id ? !good_id(id) : !upsert)
         return op_fail(err, i, CDB_ERR_VALIDATION_FAILED, "id", "id must be a string of 1 to %d bytes",
                        CDB_DOC_ID_MAX);
-    if (upsert && payload && !json_is_null(payload) && (rc = cdb__doc_check("payload", payload, err)) < 0)
+    if (upsert && payload && !json_is_null(payload) && (rc = cdb__doc_check("payload", payload, (size_t)t->svc->cfg->doc_max_bytes, err)) < 0)
         return op_tag(err, i, rc);
     if (upsert && !json_is_array(json_object_get(o, "vector")))
         return op_fail(err, i, CDB_ERR_VALIDATION_FAILED, "vector", "vector must be an array of numbers");

@@ -62,6 +62,7 @@ struct cdb_catalog {
     char *schema;
     PGresult *res;                 /* owns every name and type_name string */
     PGresult *cascades;            /* (table, table it cascades into), sorted by the first */
+    PGresult *collections;         /* (name, kind, table_name) of coredb.collections by name; NULL before 015 */
     cdb_column *columns;           /* all roles' columns; tables point into it */
     role_tables roles[NROLES];
 };
@@ -147,6 +148,25 @@ static bool starts_table(const PGresult *res, int row)
            strcmp(PQgetvalue(res, row, L_TABLE), PQgetvalue(res, row - 1, L_TABLE)) != 0;
 }
 
+/*
+ * The registry of document and vector collections (migration 015), read
+ * only when it exists: a service may load its catalog before migrating.
+ * Names sort in strcmp order (COLLATE "C") for the binary search.
+ */
+static const char COLLECTIONS_EXIST_SQL[] = "SELECT to_regclass('coredb.collections') IS NOT NULL";
+static const char COLLECTIONS_SQL[] =
+    "SELECT name, kind, table_name FROM coredb.collections ORDER BY name COLLATE \"C\"";
+
+static int load_collections(cdb_catalog *cat, PGconn *conn, cdb_error *err)
+{
+    PGresult *exists = NULL;
+    int rc = cdb_pg_exec(conn, COLLECTIONS_EXIST_SQL, 0, NULL, &exists, err);
+    if (rc == 0 && PQntuples(exists) == 1 && strcmp(PQgetvalue(exists, 0, 0), "t") == 0)
+        rc = cdb_pg_exec(conn, COLLECTIONS_SQL, 0, NULL, &cat->collections, err);
+    PQclear(exists);
+    return rc;
+}
+
 static void catalog_free(cdb_catalog *cat)
 {
     for (int i = 0; i < NROLES; i++)
@@ -154,6 +174,7 @@ static void catalog_free(cdb_catalog *cat)
     free(cat->columns);
     PQclear(cat->res);
     PQclear(cat->cascades);
+    PQclear(cat->collections);
     free(cat->schema);
     free(cat);
 }
@@ -231,7 +252,8 @@ cdb_catalog *cdb_catalog_load(PGconn *conn, const char *schema, cdb_error *err)
         cdb_role_db_name(CDB_ROLE_ADMIN),
     };
     if (cdb_pg_exec(conn, LOAD_SQL, 4, params, &cat->res, err) < 0 || build(cat, err) < 0 ||
-        cdb_pg_exec(conn, CASCADES_SQL, 1, params, &cat->cascades, err) < 0)
+        cdb_pg_exec(conn, CASCADES_SQL, 1, params, &cat->cascades, err) < 0 ||
+        load_collections(cat, conn, err) < 0)
         goto fail_free_catalog;
     return cat;
 
@@ -284,6 +306,23 @@ const cdb_column *cdb_catalog_column(const cdb_table *t, const char *name)
     for (size_t i = 0; t && name && i < t->ncolumns; i++)
         if (strcmp(t->columns[i].name, name) == 0)
             return &t->columns[i];
+    return NULL;
+}
+
+const char *cdb_catalog_collection(const cdb_catalog *cat, const char *name, const char **kind)
+{
+    int lo = 0, hi = cat->collections ? PQntuples(cat->collections) : 0;
+    while (lo < hi) {
+        int mid = lo + (hi - lo) / 2, c = strcmp(name, PQgetvalue(cat->collections, mid, 0));
+        if (c == 0) {
+            *kind = PQgetvalue(cat->collections, mid, 1);
+            return PQgetvalue(cat->collections, mid, 2);
+        }
+        if (c < 0)
+            hi = mid;
+        else
+            lo = mid + 1;
+    }
     return NULL;
 }
 

@@ -74,6 +74,18 @@ const cdb_column *cdb_catalog_column(const cdb_table *t, const char *name);
 const char *cdb_catalog_schema(const cdb_catalog *cat);
 
 /*
+ * The table of the document or vector collection `name` (the registry of
+ * migration 015, coredb.collections, read with the rest of the snapshot)
+ * and its kind ("documents" or "vectors") into *kind; NULL when the
+ * snapshot has no such collection. Valid while cat is. The snapshot is
+ * refreshed by the same DDL notifications as the tables (creating or
+ * dropping a collection creates or drops its table), so a collection made
+ * by another instance without the event trigger may be missing for up to
+ * 30 s: callers look a miss up in the registry itself.
+ */
+const char *cdb_catalog_collection(const cdb_catalog *cat, const char *name, const char **kind);
+
+/*
  * The other tables of the schema a write to table can change through
  * cascading foreign keys (ON DELETE/UPDATE CASCADE, SET NULL, SET DEFAULT,
  * transitively): up to max names into out (valid while cat is). Returns the

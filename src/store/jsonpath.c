@@ -1,12 +1,14 @@
 /*
  * jsonpath.c - checking and splitting the document store's JSON paths
  * (jsonpath.h). Segments are restricted to [A-Za-z0-9_-] so the text[]
- * literal needs no quoting; the literal is still only ever bound.
+ * literal needs no quoting but for NULL; the literal is still only ever bound.
  */
 #include "store/jsonpath.h"
 
+#include <stdbool.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 
 #define SEGMENT_CHARS "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_-"
 
@@ -30,14 +32,28 @@ int cdb_jsonpath_parse(const char *field, const json_t *path, char **out, cdb_er
         if (*p != '.')
             goto bad;
     }
-    /* "{" + segments with ',' for '.' + "}" */
-    if (!(lit = malloc(n + 3)))
+    /* "{" + segments with ',' for '.' + "}"; a segment spelled NULL (any case) is
+     * quoted, else PostgreSQL reads it as an SQL NULL element, not the key "null" */
+    if (!(lit = malloc(n + 3 + 2 * (size_t)depth)))
         return cdb_error_oom(err);
-    lit[0] = '{';
-    for (size_t i = 0; i < n; i++)
-        lit[i + 1] = s[i] == '.' ? ',' : s[i];
-    lit[n + 1] = '}';
-    lit[n + 2] = '\0';
+    size_t len = 0;
+    lit[len++] = '{';
+    for (const char *p = s;; p++) {
+        size_t seg = strcspn(p, ".");
+        bool quote = seg == 4 && strncasecmp(p, "null", 4) == 0;
+        if (quote)
+            lit[len++] = '"';
+        memcpy(lit + len, p, seg);
+        len += seg;
+        if (quote)
+            lit[len++] = '"';
+        p += seg;
+        if (*p == '\0')
+            break;
+        lit[len++] = ',';
+    }
+    lit[len++] = '}';
+    lit[len] = '\0';
     *out = lit;
     return 0;
 bad:

@@ -516,6 +516,9 @@ cdb_err cdb_pg_error_from_result(PGconn *conn, const PGresult *res, cdb_error *e
         code = cdb_error_set(err, CDB_ERR_VALIDATION_FAILED, "%s", "Invalid value");
     } else if (strcmp(state, "42501") == 0) {
         code = cdb_error_set(err, CDB_ERR_FORBIDDEN, "%s", "Permission denied");
+    } else if (strcmp(state, "42P01") == 0) {
+        /* a table or collection dropped after the request looked it up */
+        code = cdb_error_set(err, CDB_ERR_UNKNOWN_TABLE, "%s", "The table or collection no longer exists");
     } else {
         code = cdb_error_set(err, CDB_ERR_INTERNAL_ERROR, "%s", "Internal database error");
     }

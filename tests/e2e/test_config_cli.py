@@ -20,6 +20,7 @@ GOOD = {"DATABASE_URL": "postgresql://u:hunter2secret@127.0.0.1:5/db", "JWT_SECR
     ("JWT_SECRET", "short"),
     ("REDIS_URL", "http://nope"),
     ("MIGRATE_ON_START", "perhaps"),
+    ("DOC_MAX_BYTES", "10"),
 ])
 def test_invalid_value_exits_2_naming_variable(name, value):
     env = dict(GOOD, **{name: value})

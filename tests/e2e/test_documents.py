@@ -526,6 +526,70 @@ def test_hostile_document_bodies(inst, people):
                  "UNAUTHORIZED")
 
 
+def test_patch_cannot_grow_a_document_past_the_size_limit(inst, admin):
+    """Each request is within the HTTP limit; only the merged document is too large."""
+    coll = unique("grow")
+    create(inst, admin, {"name": coll, "kind": "documents"})
+    u = user(inst)
+    chunk = "x" * (900 * 1024)
+    tx_ok(inst, u, [dins(coll, {"id": "g", "a": chunk})])
+    tx_ok(inst, u, [dop("patch", coll, id="g", patch={"b": chunk})])
+    before = stored(inst, coll, "g")
+    err = tx_fail(inst, u, [dop("patch", coll, id="g", patch={"c": chunk})], 400, "VALIDATION_FAILED", operation=1)
+    assert err["details"]["field"] == "patch" and "DOC_MAX_BYTES" in err["message"], err
+    assert stored(inst, coll, "g") == before and set(before[0]) == {"id", "a", "b"}
+    # a patch that shrinks it is fine
+    tx_ok(inst, u, [dop("patch", coll, id="g", patch={"a": None})])
+    assert set(stored(inst, coll, "g")[0]) == {"id", "b"}
+
+
+def test_a_collection_table_dropped_behind_coredb_is_unknown_not_an_error(inst, admin):
+    """The registry row stays but the table is gone (dropped by hand): the
+    statement fails in PostgreSQL with undefined_table, which the data API
+    answers as 404 UNKNOWN_TABLE, never 500."""
+    coll = unique("gone")
+    create(inst, admin, {"name": coll, "kind": "documents"})
+    u = user(inst)
+    tx_ok(inst, u, [dins(coll, {"id": "a"})])
+    assert ids(dq(inst, u, coll)) == ["a"]
+    inst.pg.query(inst.db, f"DROP TABLE coredb.coll_{coll}")
+    # (a query answered before stays in the query cache until its TTL, like any
+    # change made behind coredb's back: this one was never asked)
+    assert_error(query(inst, u, {"database": "documents", "collection": coll, "filters": {"id": "a"}}), 404,
+                 "UNKNOWN_TABLE")
+    resp = tx(inst, u, [dins(coll, {"id": "b"})])
+    assert_error(resp, 404, "UNKNOWN_TABLE")
+    inst.pg.query(inst.db, "DELETE FROM coredb.collections WHERE name = %s", (coll,))
+    err = assert_error(query(inst, u, {"database": "documents", "collection": coll, "filters": {"id": "b"}}), 404,
+                       "UNKNOWN_TABLE")
+    assert "coll_" not in json.dumps(err)
+
+
+def test_doc_max_bytes_is_configurable(pg):
+    """DOC_MAX_BYTES lowers the limit for documents, patches and vector payloads alike."""
+    from datahelp import admin_of, start_instance
+    small = start_instance(pg, DOC_MAX_BYTES="2048")
+    try:
+        adm = admin_of(small)
+        docs, vecs = unique("small"), unique("smallv")
+        create(small, adm, {"name": docs, "kind": "documents"})
+        create(small, adm, {"name": vecs, "kind": "vectors", "dimensions": 2, "metric": "l2"})
+        u = user(small)
+        tx_ok(small, u, [dins(docs, {"id": "s", "v": "x" * 1500})])
+        err = tx_fail(small, u, [dins(docs, {"id": "t", "v": "x" * 2100})], 400, "VALIDATION_FAILED", operation=1)
+        assert err["details"]["field"] == "document" and "DOC_MAX_BYTES" in err["message"], err
+        err = tx_fail(small, u, [dop("patch", docs, id="s", patch={"w": "y" * 1000})], 400, "VALIDATION_FAILED",
+                      operation=1)
+        assert err["details"]["field"] == "patch", err
+        assert small.pg.query(small.db, f"SELECT doc->>'w' FROM coredb.coll_{docs} WHERE id = 's'") == [(None,)]
+        err = tx_fail(small, u, [{"database": "vectors", "operation": "upsert", "collection": vecs, "id": "p",
+                                  "vector": [1, 2], "payload": {"v": "x" * 2100}}], 400, "VALIDATION_FAILED",
+                      operation=1)
+        assert err["details"]["field"] == "payload", err
+    finally:
+        small.stop_clean()
+
+
 # ---- CLI and health ----
 
 def test_cli_collections_create_list_drop(inst):

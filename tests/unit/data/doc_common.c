@@ -143,7 +143,7 @@ static void test_document_limits(void **state)
     cdb_error err;
     cdb_error_init(&err);
     json_t *ok = json_pack("{s:{s:[i]}}", "a", "b", 1);
-    assert_int_equal(cdb__doc_check("document", ok, &err), 0);
+    assert_int_equal(cdb__doc_check("document", ok, CDB_DOC_MAX_BYTES, &err), 0);
     json_decref(ok);
 
     json_t *deep = json_object(), *cur = deep;
@@ -155,7 +155,7 @@ static void test_document_limits(void **state)
         if (i * 2 > CDB_DOC_MAX_DEPTH + 2)
             break;
     }
-    assert_int_equal(cdb__doc_check("document", deep, &err), CDB_ERR_VALIDATION_FAILED);
+    assert_int_equal(cdb__doc_check("document", deep, CDB_DOC_MAX_BYTES, &err), CDB_ERR_VALIDATION_FAILED);
     assert_string_equal(json_string_value(json_object_get(err.details, "field")), "document");
     json_decref(deep);
 
@@ -163,17 +163,22 @@ static void test_document_limits(void **state)
     memset(big, 'x', CDB_DOC_MAX_BYTES);
     big[CDB_DOC_MAX_BYTES] = '\0';
     json_t *large = json_pack("{s:s}", "v", big);
-    assert_int_equal(cdb__doc_check("patch", large, &err), CDB_ERR_VALIDATION_FAILED);
+    assert_int_equal(cdb__doc_check("patch", large, CDB_DOC_MAX_BYTES, &err), CDB_ERR_VALIDATION_FAILED);
     assert_string_equal(json_string_value(json_object_get(err.details, "field")), "patch");
     json_decref(large);
     big[CDB_DOC_MAX_BYTES - 100] = '\0';
     json_t *fits = json_pack("{s:s}", "v", big);
-    assert_int_equal(cdb__doc_check("document", fits, &err), 0);
+    assert_int_equal(cdb__doc_check("document", fits, CDB_DOC_MAX_BYTES, &err), 0);
     json_decref(fits);
     free(big);
+    /* a smaller configured limit (DOC_MAX_BYTES) */
+    json_t *small = json_pack("{s:s}", "v", "0123456789");
+    assert_int_equal(cdb__doc_check("document", small, 17, &err), CDB_ERR_VALIDATION_FAILED);
+    assert_int_equal(cdb__doc_check("document", small, 18, &err), 0); /* {"v":"0123456789"} */
+    json_decref(small);
 
     json_t *arr = json_array();
-    assert_int_equal(cdb__doc_check("document", arr, &err), CDB_ERR_VALIDATION_FAILED);
+    assert_int_equal(cdb__doc_check("document", arr, CDB_DOC_MAX_BYTES, &err), CDB_ERR_VALIDATION_FAILED);
     json_decref(arr);
     cdb_error_destroy(&err);
 }

@@ -45,6 +45,13 @@ static void test_scores(void **state)
     assert_float_equal(score_of(CDB_VEC_COSINE, x, q, 2, 3, 5), 0.6, 1e-6);  /* |x| given */
     assert_float_equal(score_of(CDB_VEC_COSINE, z, q, 2, 3, -1), 0, 0);   /* a stored zero vector */
     assert_float_equal(score_of(CDB_VEC_L2, q, q, 2, 3, -1), 0, 0);
+    /* found by fuzz/vec_search.c: float32 sums overflow near FLT_MAX; the score is redone in double, clamped */
+    float big[2] = {3e38f, 3e38f}, nbig[2] = {-3e38f, -3e38f}, one[2] = {1, 1};
+    float bn = sqrtf(dot(big, big, 2)); /* inf, as the snapshot keeps it */
+    assert_float_equal(score_of(CDB_VEC_COSINE, big, big, 2, bn, bn), 1, 1e-6);
+    assert_float_equal(score_of(CDB_VEC_COSINE, nbig, one, 2, sqrtf(2), -1), -1, 1e-6);
+    assert_float_equal(score_of(CDB_VEC_DOT, big, one, 2, 0, -1), FLT_MAX, 0);
+    assert_float_equal(score_of(CDB_VEC_L2, big, nbig, 2, 0, -1), -FLT_MAX, 0);
 }
 
 static void test_parse_array(void **state)
@@ -58,6 +65,11 @@ static void test_parse_array(void **state)
     assert_false(parse_array("{1,2,3,4}", x, 3));
     assert_false(parse_array("1,2,3", x, 3));
     assert_false(parse_array("{1,x,3}", x, 3));
+    /* found by fuzz/vec_search.c: real[] written by SQL may hold these; no score can carry them */
+    assert_false(parse_array("{1,NaN,3}", x, 3));
+    assert_false(parse_array("{Infinity,2,3}", x, 3));
+    assert_false(parse_array("{1,2,-Infinity}", x, 3));
+    assert_false(parse_array("{1,2,1e39}", x, 3));
 }
 
 static void test_array_item_escapes(void **state)
