@@ -151,6 +151,21 @@ def one_size(pg, inst, admin, n, rng):
         for t in threads:
             t.join()
         res[f"{mode}_qps_n"] = sum(counts) / SECONDS
+        if mode == f"hnsw{EFS[0]}":
+            # freshness: after one upsert the next search catches the index up (reads every row's id and
+            # etag, then the changed vector) before answering
+            catch, total = [], []
+            for j in range(5):
+                r = s.post(inst.base + TX, json={"operations": [
+                    {"database": "vectors", "operation": "upsert", "collection": name, "id": f"p{j}",
+                     "vector": xs[(j + 1) % n].tolist(), "payload": {"n": j}}]}, timeout=60)
+                assert r.status_code == 200, r.text[:300]
+                t = time.perf_counter()
+                r = s.post(inst.base + QUERY, json=body(queries[j], False), timeout=120)
+                total.append((time.perf_counter() - t) * 1e3)
+                assert r.status_code == 200 and r.json()["index"] == "hnsw", r.text[:300]
+                catch.append(r.json().get("index_build_ms", 0))
+            res["catch_up"] = (statistics.median(catch), statistics.median(total))
 
     # numpy exact search, same vectors, same queries
     def np_search(q, i):
@@ -204,6 +219,8 @@ def report(results):
         row(f"coredb hnsw ef_search={ef}, {CLIENTS} clients: QPS", lambda r, m=m: f"{r[m + '_qps_n']:.1f}")
         row(f"coredb hnsw ef_search={ef}: **recall@10**", lambda r, m=m:
             f"**{r[m + '_recall'][0]:.3f}** ({r[m + '_recall'][1]} q)")
+    row(f"coredb hnsw ef_search={EFS[0]}: search after one upsert: catch-up ms / whole search ms (median of 5)",
+        lambda r: "{:.0f} / {:.0f}".format(*r["catch_up"]))
     row("numpy exact: QPS / p50 / p99 ms", lambda r: "{:.0f} / {:.2f} / {:.2f}".format(*r["numpy"]))
     row("FAISS IndexFlatIP: QPS / p50 / p99 ms (recall@10)", lambda r:
         "{:.0f} / {:.2f} / {:.2f}".format(*r["faiss"]) + f" ({r['faiss_recall']:.3f})")
