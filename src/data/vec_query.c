@@ -420,6 +420,9 @@ static void heap_sort(hit *heap, int n, const PGresult *res)
 
 /* Retries with 4x the candidates after the first index search, before the exact scan. */
 #define HNSW_RETRIES 3
+/* Beyond this many candidates a retry costs more than the exact scan (which shares the in-memory copy
+ * instead of copying each candidate's vector): the exact path answers. */
+#define HNSW_MAX_CANDIDATES 16384
 
 /*
  * The approximate path of an hnsw collection (coredb/vectors.h): the
@@ -429,7 +432,7 @@ static void heap_sort(hit *heap, int n, const PGresult *res)
  * of any row whose etag is not the indexed one, or of every row with
  * with_vector); each survivor is scored exactly as the exact path scores
  * it, min_score applies, the best k remain. Fewer than k, while the index
- * holds more points: kq x 4, up to HNSW_RETRIES times. Returns 0 with *out
+ * holds more points: kq x 4, up to HNSW_RETRIES times (and HNSW_MAX_CANDIDATES). Returns 0 with *out
  * the answer, 1 when the exact scan must answer instead, or an error.
  */
 static int hnsw_search(cdb_service *svc, const cdb_principal *p, const cdb_vec_coll *c, const search_req *s,
@@ -536,7 +539,7 @@ static int hnsw_search(cdb_service *svc, const cdb_principal *p, const cdb_vec_c
         }
         if (n >= s->k || (size_t)cands.n >= cands.live || cut)
             break;
-        if (attempt == HNSW_RETRIES) {
+        if (attempt == HNSW_RETRIES || kq > HNSW_MAX_CANDIDATES / 4) {
             rc = 1;
             goto out;
         }
