@@ -14,6 +14,11 @@
 --   vectors:   id text PK, user_id uuid, vector real[] (CHECK: one
 --              dimension of exactly `dimensions` elements), payload jsonb,
 --              etag, created_at, updated_at; GIN index on payload.
+--   hnsw vector collections also carry the statement-level trigger
+--   coredb_version (AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE) calling
+--   coredb.collection_version_bump(), which counts the writes in the
+--   registry's `version`: coredb's in-process HNSW index compares it with
+--   its own before a search and catches up when it moved.
 -- Both: row-level security as `coredb table expose` sets it (coredb_admin
 -- every row; coredb_user/coredb_premium only rows whose user_id is
 -- coredb.current_user_id()).
@@ -29,10 +34,34 @@ CREATE TABLE coredb.collections (
     metric        text CHECK (metric IN ('cosine', 'l2', 'dot')),
     created_at    timestamptz NOT NULL DEFAULT now(),
     created_by    text,
-    CHECK ((kind = 'vectors') = (dimensions IS NOT NULL AND metric IS NOT NULL))
+    -- vectors: the search index, exact scan or approximate HNSW with its
+    -- parameters (include/coredb/collections.h)
+    vector_index  text CHECK (vector_index IN ('exact', 'hnsw')),
+    hnsw_m        integer CHECK (hnsw_m BETWEEN 4 AND 64),
+    hnsw_ef_construction integer CHECK (hnsw_ef_construction BETWEEN 8 AND 1000),
+    hnsw_ef_search integer CHECK (hnsw_ef_search BETWEEN 10 AND 2000),
+    -- bumped by coredb.collection_version_bump() on every write statement
+    -- to an hnsw collection's table
+    version       bigint NOT NULL DEFAULT 0,
+    CHECK ((kind = 'vectors') = (dimensions IS NOT NULL AND metric IS NOT NULL)),
+    CHECK ((kind = 'vectors') = (vector_index IS NOT NULL)),
+    CHECK ((vector_index IS NOT DISTINCT FROM 'hnsw') =
+           (hnsw_m IS NOT NULL AND hnsw_ef_construction IS NOT NULL AND hnsw_ef_search IS NOT NULL))
 );
 -- the data API reads the registry as the caller's role
 GRANT SELECT ON coredb.collections TO coredb_admin, coredb_user, coredb_premium;
+
+-- The trigger function of hnsw collections' tables (statement level, so a
+-- bulk write bumps once): the writer's role may only read the registry,
+-- hence SECURITY DEFINER, owned by the service; search_path pinned.
+CREATE FUNCTION coredb.collection_version_bump() RETURNS trigger
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog AS $$
+BEGIN
+    UPDATE coredb.collections SET version = version + 1 WHERE table_name = TG_TABLE_NAME;
+    RETURN NULL;
+END
+$$;
+REVOKE ALL ON FUNCTION coredb.collection_version_bump() FROM PUBLIC;
 
 -- JSON merge patch (RFC 7396) of the data API's document "patch": members
 -- of patch replace target's, null removes one, objects merge recursively.
@@ -102,6 +131,7 @@ BEGIN
 END
 $$;
 DROP TABLE IF EXISTS coredb.collections;
+DROP FUNCTION IF EXISTS coredb.collection_version_bump();
 DROP FUNCTION IF EXISTS coredb.doc_written(bigint, text);
 DROP FUNCTION IF EXISTS coredb.jsonb_merge_patch(jsonb, jsonb);
 DROP FUNCTION IF EXISTS coredb.doc_sized(jsonb, integer);

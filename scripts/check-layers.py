@@ -111,7 +111,7 @@ def sources():
     for top in ("src", "include/coredb"):
         for dirpath, _, files in os.walk(os.path.join(ROOT, top)):
             for f in sorted(files):
-                if f.endswith((".c", ".h")):
+                if f.endswith((".c", ".cc", ".h")):     # .cc: src/data/vec_hnsw.cc, layer data
                     yield os.path.relpath(os.path.join(dirpath, f), ROOT)
 
 
@@ -188,7 +188,7 @@ def check_objects(build):
             if f.endswith(".o"):
                 path = os.path.join(dirpath, f)
                 unit = os.path.relpath(path, base)[:-2]     # "identity/users"
-                if os.path.exists(os.path.join(ROOT, "src", unit + ".c")):
+                if any(os.path.exists(os.path.join(ROOT, "src", unit + ext)) for ext in (".c", ".cc")):
                     objs[unit] = nm_symbols(path)
     owner = {}
     for unit, (defined, _) in objs.items():

@@ -11,6 +11,7 @@ PACKAGES=(
   libpq-dev libevent-dev libhiredis-dev libjansson-dev libsodium-dev
   libjwt-dev libcrypt-dev libcmocka-dev
   libh2o-dev   # picohttpparser (src/http/conn.c)
+  libhnswlib-dev  # the approximate vector index (src/data/vec_hnsw.cc, header-only C++)
   # runtime: embedded PostgreSQL and tools (pg_dump, pg_restore)
   postgresql-15 postgresql-contrib postgresql-client-15 redis-server
   redis-sentinel   # Redis high availability tests (tests/e2e/test_sentinel.py)
@@ -20,6 +21,7 @@ PACKAGES=(
   python3-yaml   # tests/e2e/test_dashboards.py reads the alert rules
   python3-httpx  # the Python client, clients/python (tests/e2e/test_client_python.py)
   python3-numpy  # vector search reference (tests/e2e/test_vectors.py, bench/vectors.py)
+  python3-faiss  # FAISS flat index, the exact-search reference of bench/vectors.py
   # benchmarks and process tools
   wrk procps curl util-linux
   # metrics tests: promtool and a real Prometheus (tests/e2e/test_metrics.py)

@@ -24,7 +24,11 @@
  *                 `dimensions` elements
  *   payload       jsonb NOT NULL DEFAULT '{}'
  *   etag, created_at, updated_at as for documents; GIN index on payload.
- *   The registry row records dimensions (1..4096) and metric (cosine, l2, dot).
+ *   The registry row records dimensions (1..4096), metric (cosine, l2, dot),
+ *   vector_index ("exact" or "hnsw") with hnsw_m, hnsw_ef_construction,
+ *   hnsw_ef_search, and version. An hnsw collection's table has the
+ *   statement trigger coredb_version (coredb.collection_version_bump(),
+ *   SECURITY DEFINER) adding 1 to version per write statement.
  * Row-level security on both, as `coredb table expose` sets it: policies
  * coredb_admin (every row), coredb_rows (permissive) and the RESTRICTIVE
  * coredb_own_user_id (user_id = coredb.current_user_id()) for coredb_user
@@ -47,7 +51,10 @@ typedef struct cdb_service cdb_service;
 /*
  * Creates a collection. request: {"name", "kind": "documents"|"vectors",
  * "partition_key"?: path (documents), "dimensions"?: 1..4096 (vectors,
- * required), "metric"?: "cosine" (default) | "l2" | "dot" (vectors)}.
+ * required), "metric"?: "cosine" (default) | "l2" | "dot" (vectors),
+ * "index"?: "exact" (default) | "hnsw" (vectors), "hnsw"?: {"m"?: 4..64
+ * (16), "ef_construction"?: 8..1000 (200), "ef_search"?: 10..2000 (100)}
+ * (index "hnsw" only)}.
  * VALIDATION_FAILED naming the field for bad input; CONFLICT when the
  * name is taken. Audited as collection.create. *out: the collection as
  * cdb_collections_list shows it.
@@ -58,6 +65,7 @@ int cdb_collections_create(cdb_service *svc, const cdb_principal *caller, json_t
 /*
  * {"collections": [{"name", "kind", "table", "schema": "coredb",
  * "partition_key"|null, "dimensions"|null, "metric"|null, "created_at",
+ * "index"|null, "hnsw": {"m", "ef_construction", "ef_search"}|null, "version",
  * "count" (rows, every owner's)}]}, by name.
  */
 int cdb_collections_list(cdb_service *svc, const cdb_principal *caller, json_t **out, cdb_error *err);

@@ -1,6 +1,7 @@
 /*
  * cmd_collections.c - `coredb collections list | create NAME --kind KIND
- * [--partition-key PATH] [--dimensions N] [--metric M] | drop NAME`, over
+ * [--partition-key PATH] [--dimensions N] [--metric M] [--index exact|hnsw]
+ * [--hnsw-m N] [--ef-construction N] [--ef-search N] | drop NAME`, over
  * the library's cdb_collections_* (coredb/collections.h), acting as the
  * operator (admin). The same calls serve /api/v1/admin/collections.
  */
@@ -15,7 +16,9 @@
 const char cli_help_collections[] =
     "usage: coredb collections list [--json]\n"
     "       coredb collections create NAME --kind documents|vectors [--partition-key PATH]\n"
-    "                                 [--dimensions N] [--metric cosine|l2|dot] [--json]\n"
+    "                                 [--dimensions N] [--metric cosine|l2|dot]\n"
+    "                                 [--index exact|hnsw] [--hnsw-m N] [--ef-construction N]\n"
+    "                                 [--ef-search N] [--json]\n"
     "       coredb collections drop NAME [--json]\n"
     "\n"
     "  list        the document and vector collections, with their table and row count\n"
@@ -25,12 +28,18 @@ const char cli_help_collections[] =
     "    --partition-key PATH   documents: the JSON path of the partition key (a.b)\n"
     "    --dimensions N         vectors: 1 to 4096 (required)\n"
     "    --metric M             vectors: cosine (default), l2 or dot\n"
+    "    --index I              vectors: exact (default: scan every visible point) or hnsw\n"
+    "                           (approximate in-process HNSW index, for large collections)\n"
+    "    --hnsw-m N             hnsw: graph links per point, 4 to 64 (default 16)\n"
+    "    --ef-construction N    hnsw: build-time candidate list, 8 to 1000 (default 200)\n"
+    "    --ef-search N          hnsw: search-time candidate list, 10 to 2000 (default 100)\n"
     "  drop        drop a collection and every document in it\n"
     "\n"
     CLI_JSON_HELP;
 
 typedef struct coll_args {
     const char *action, *name, *kind, *partition_key, *dimensions, *metric;
+    const char *index, *hnsw_m, *ef_construction, *ef_search;
     bool as_json;
 } coll_args;
 
@@ -51,6 +60,14 @@ static int parse_args(int argc, char **argv, coll_args *a)
             a->dimensions = argv[++i];
         else if (strcmp(argv[i], "--metric") == 0 && i + 1 < argc)
             a->metric = argv[++i];
+        else if (strcmp(argv[i], "--index") == 0 && i + 1 < argc)
+            a->index = argv[++i];
+        else if (strcmp(argv[i], "--hnsw-m") == 0 && i + 1 < argc)
+            a->hnsw_m = argv[++i];
+        else if (strcmp(argv[i], "--ef-construction") == 0 && i + 1 < argc)
+            a->ef_construction = argv[++i];
+        else if (strcmp(argv[i], "--ef-search") == 0 && i + 1 < argc)
+            a->ef_search = argv[++i];
         else if (!a->name && argv[i][0] != '-')
             a->name = argv[i];
         else
@@ -64,9 +81,25 @@ static int parse_args(int argc, char **argv, coll_args *a)
         return -1;
     if (create && !a->kind)
         return -1;
-    if (!create && (a->kind || a->partition_key || a->dimensions || a->metric))
+    if (!create && (a->kind || a->partition_key || a->dimensions || a->metric || a->index || a->hnsw_m ||
+                    a->ef_construction || a->ef_search))
         return -1;
     return 0;
+}
+
+/* obj[key] = the integer text v (field names the request's field); false when v is not an integer. */
+static bool set_int(json_t *obj, const char *key, const char *v, const char *flag, const char *field,
+                    cdb_error *err)
+{
+    char *end = NULL;
+    errno = 0;
+    long long n = strtoll(v, &end, 10);
+    if (errno || !*v || *end) {
+        cdb_error_set_detail(err, CDB_ERR_VALIDATION_FAILED, "field", field, "%s must be an integer", flag);
+        return false;
+    }
+    json_object_set_new(obj, key, json_integer(n));
+    return true;
 }
 
 /* The JSON body of POST /api/v1/admin/collections; NULL on out of memory or a bad number. */
@@ -92,6 +125,20 @@ static json_t *create_request(const coll_args *a, cdb_error *err)
             return NULL;
         }
         json_object_set_new(req, "dimensions", json_integer(n));
+    }
+    if (a->index)
+        json_object_set_new(req, "index", json_string(a->index));
+    if (a->hnsw_m || a->ef_construction || a->ef_search) {
+        /* the library says VALIDATION_FAILED (field "hnsw") when --index is not hnsw */
+        json_t *h = json_object();
+        json_object_set_new(req, "hnsw", h);
+        if ((a->hnsw_m && !set_int(h, "m", a->hnsw_m, "--hnsw-m", "hnsw.m", err)) ||
+            (a->ef_construction &&
+             !set_int(h, "ef_construction", a->ef_construction, "--ef-construction", "hnsw.ef_construction", err)) ||
+            (a->ef_search && !set_int(h, "ef_search", a->ef_search, "--ef-search", "hnsw.ef_search", err))) {
+            json_decref(req);
+            return NULL;
+        }
     }
     return req;
 }

@@ -109,6 +109,7 @@ void cdb__vec_cache_put(const void *svc, const char *table, cdb_vec_snap *s)
 
 void cdb__vec_cache_forget(const void *svc)
 {
+    cdb__vec_index_forget(svc); /* the approximate indexes (vec_index.c) go with the service too */
     pthread_mutex_lock(&lock);
     for (int i = 0; i < CACHE_SLOTS; i++)
         if (slots[i].snap && slots[i].svc == svc) {

@@ -14,7 +14,8 @@
 #include "store/txn.h"
 
 static const char LOOKUP_SQL[] =
-    "SELECT table_name, kind, dimensions, metric FROM coredb.collections WHERE name = $1";
+    "SELECT table_name, kind, dimensions, metric, vector_index, hnsw_m, hnsw_ef_construction,"
+    " hnsw_ef_search, version, created_at::text FROM coredb.collections WHERE name = $1";
 
 bool cdb__vec_database(const json_t *db)
 {
@@ -46,12 +47,24 @@ int cdb__vec_collection(cdb_service *svc, const json_t *name, cdb_vec_coll *c, c
         goto out;
     if (PQntuples(res) != 1 || strcmp(PQgetvalue(res, 0, 1), "vectors") != 0) {
         PQclear(res);
+        /* a dropped collection's index goes with it (management cannot call the data layer) */
+        char table[64];
+        snprintf(table, sizeof table, "coll_%s", s);
+        cdb__vec_index_drop(svc, table);
         goto unknown;
     }
     snprintf(c->table, sizeof c->table, "%s", PQgetvalue(res, 0, 0));
     c->dimensions = atoi(PQgetvalue(res, 0, 2));
     const char *m = PQgetvalue(res, 0, 3);
     c->metric = strcmp(m, "l2") == 0 ? CDB_VEC_L2 : strcmp(m, "dot") == 0 ? CDB_VEC_DOT : CDB_VEC_COSINE;
+    c->hnsw = strcmp(PQgetvalue(res, 0, 4), "hnsw") == 0;
+    c->m = atoi(PQgetvalue(res, 0, 5));
+    c->ef_construction = atoi(PQgetvalue(res, 0, 6));
+    c->ef_search = atoi(PQgetvalue(res, 0, 7));
+    c->version = strtoll(PQgetvalue(res, 0, 8), NULL, 10);
+    snprintf(c->incarnation, sizeof c->incarnation, "%s", PQgetvalue(res, 0, 9));
+    if (!c->hnsw)
+        cdb__vec_index_drop(svc, c->table); /* one left by an hnsw collection of this name, dropped since */
 out:
     PQclear(res);
     return rc;

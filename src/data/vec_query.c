@@ -29,7 +29,7 @@ enum { STMT_ROWS = CDB_DATA_PRELUDE_COUNT, STMT_COMMIT, NSTMTS };
 typedef struct search_req {
     const json_t *filter;
     int k;
-    bool has_min, with_payload, with_vector;
+    bool has_min, with_payload, with_vector, exact;
     double min_score;
 } search_req;
 
@@ -196,11 +196,11 @@ static bool parse_array(const char *s, float *x, int dims)
 static int parse_request(json_t *r, search_req *s, cdb_error *err)
 {
     static const char *const members[] = {"database", "query_type", "collection", "vector", "k", "filter",
-                                          "min_score", "with_payload", "with_vector", NULL};
+                                          "min_score", "with_payload", "with_vector", "exact", NULL};
     const char *k;
     json_t *v, *qt = json_object_get(r, "query_type"), *jk = json_object_get(r, "k");
     json_t *ms = json_object_get(r, "min_score"), *wp = json_object_get(r, "with_payload");
-    json_t *wv = json_object_get(r, "with_vector");
+    json_t *wv = json_object_get(r, "with_vector"), *ex = json_object_get(r, "exact");
 
     json_object_foreach(r, k, v) {
         const char *const *m = members;
@@ -224,6 +224,9 @@ static int parse_request(json_t *r, search_req *s, cdb_error *err)
                        "with_payload and with_vector must be true or false");
     s->with_payload = !wp || json_is_true(wp);
     s->with_vector = wv && json_is_true(wv);
+    if (ex && !json_is_boolean(ex))
+        return invalid(err, "exact", "exact must be true or false");
+    s->exact = ex && json_is_true(ex);
     s->filter = json_object_get(r, "filter");
     if (json_is_null(s->filter))
         s->filter = NULL;
@@ -392,6 +395,173 @@ out:
     return rc;
 }
 
+/* Adds a hit to the min-heap of the k best (n so far). */
+static void heap_push(hit *heap, int *n, int k, hit h, const PGresult *res)
+{
+    if (*n < k) {
+        heap[*n] = h;
+        sift_up(heap, (*n)++, res);
+    } else if (worse(&heap[0], &h, res)) {
+        heap[0] = h;
+        sift_down(heap, *n, 0, res);
+    }
+}
+
+/* Heap sort: the worst goes last each time, leaving the best first. */
+static void heap_sort(hit *heap, int n, const PGresult *res)
+{
+    for (int m = n - 1; m > 0; m--) {
+        hit t = heap[0];
+        heap[0] = heap[m];
+        heap[m] = t;
+        sift_down(heap, m, 0, res);
+    }
+}
+
+/* Retries with 4x the candidates after the first index search, before the exact scan. */
+#define HNSW_RETRIES 3
+/* Beyond this many candidates a retry costs more than the exact scan (which shares the in-memory copy
+ * instead of copying each candidate's vector): the exact path answers. */
+#define HNSW_MAX_CANDIDATES 16384
+
+/*
+ * The approximate path of an hnsw collection (coredb/vectors.h): the
+ * index names its kq nearest points (kq = max(k, ef_search)); PostgreSQL,
+ * as the caller and in one statement, says which of them the caller may
+ * see and which pass the filter (and hands their payloads, and the vector
+ * of any row whose etag is not the indexed one, or of every row with
+ * with_vector); each survivor is scored exactly as the exact path scores
+ * it, min_score applies, the best k remain. Fewer than k, while the index
+ * holds more points: kq x 4, up to HNSW_RETRIES times (and HNSW_MAX_CANDIDATES). Returns 0 with *out
+ * the answer, 1 when the exact scan must answer instead, or an error.
+ */
+static int hnsw_search(cdb_service *svc, const cdb_principal *p, const cdb_vec_coll *c, const search_req *s,
+                       const cdb_sql *w, const float *q, float qnorm, json_t **out, double *build_ms,
+                       cdb_error *err)
+{
+    cdb_vec_index *ix = NULL;
+    cdb_vec_cands cands = {0};
+    PGresult *res[NSTMTS] = {0};
+    char *sql = NULL, *ids = NULL, *etags = NULL;
+    const float **vecs = NULL;
+    float *xbuf = NULL;
+    hit *heap = NULL;
+    int rc, n = 0, dims = c->dimensions, nw = w->nparams;
+    const char *params[CDB_SQL_MAX_PARAMS + 3];
+
+    *out = NULL;
+    if ((rc = cdb__vec_index_get(svc, c, &ix, build_ms, err)) != 0)
+        goto out; /* an error, or 1: the index is busy, the exact path answers */
+    if (!(heap = malloc((size_t)s->k * sizeof *heap)) ||
+        asprintf(&sql,
+                 "SELECT d.id, d.etag, %s, CASE WHEN $%d::boolean OR d.etag IS DISTINCT FROM hc.etag"
+                 " THEN d.vector::text END, hc.ord"
+                 " FROM (SELECT id, etag, payload, payload AS doc, vector FROM coredb.\"%s\""
+                 " WHERE id = ANY($%d::text[])) d"
+                 " JOIN unnest($%d::text[], $%d::text[]) WITH ORDINALITY AS hc(id, etag, ord) ON hc.id = d.id%s",
+                 s->with_payload ? "d.payload::text" : "NULL", nw + 3, c->table /* [a-z0-9_], registry CHECK */,
+                 nw + 1, nw + 1, nw + 2, w->text ? w->text : "") < 0) {
+        sql = NULL;
+        rc = cdb_error_oom(err);
+        goto out;
+    }
+    for (int i = 0; i < nw; i++)
+        params[i] = w->params[i];
+    params[nw + 2] = s->with_vector ? "true" : "false";
+    int kq = s->k > c->ef_search ? s->k : c->ef_search;
+    for (int attempt = 0;; attempt++) {
+        size_t ilen = 1, icap = 64, elen = 1, ecap = 64;
+        bool cut = false;
+        cdb__vec_cands_free(&cands);
+        for (int i = 0; i < NSTMTS; i++) {
+            PQclear(res[i]);
+            res[i] = NULL;
+        }
+        free(ids);
+        free(etags);
+        ids = etags = NULL;
+        if ((rc = cdb__vec_index_search(ix, q, kq, &cands, err)) != 0)
+            goto out;
+        if (!(ids = malloc(icap)) || !(etags = malloc(ecap))) {
+            rc = cdb_error_oom(err);
+            goto out;
+        }
+        strcpy(ids, "{");
+        strcpy(etags, "{");
+        for (int i = 0; i < cands.n; i++)
+            if (!array_item(&ids, &ilen, &icap, cands.ids[i]) || !array_item(&etags, &elen, &ecap, cands.etags[i])) {
+                rc = cdb_error_oom(err);
+                goto out;
+            }
+        strcpy(ids + ilen, "}");
+        strcpy(etags + elen, "}");
+        params[nw] = ids;
+        params[nw + 1] = etags;
+        if ((rc = fetch(svc, p, sql, nw + 3, params, res, err)) < 0)
+            goto out;
+        const PGresult *r = res[STMT_ROWS];
+        int rows = PQntuples(r), ntext = 0;
+        for (int i = 0; i < rows; i++)
+            ntext += !PQgetisnull(r, i, 3);
+        free(vecs);
+        free(xbuf);
+        xbuf = NULL;
+        if (!(vecs = malloc((size_t)(rows > 0 ? rows : 1) * sizeof *vecs)) ||
+            (ntext && !(xbuf = malloc((size_t)ntext * (size_t)dims * sizeof *xbuf)))) {
+            rc = cdb_error_oom(err);
+            goto out;
+        }
+        n = 0;
+        ntext = 0;
+        for (int i = 0; i < rows; i++) {
+            long ord = strtol(PQgetvalue(r, i, 4), NULL, 10) - 1;
+            float score;
+            if (!PQgetisnull(r, i, 3)) {
+                /* written since the index read it, or asked for: the row's own vector */
+                float *x = xbuf + (size_t)ntext++ * (size_t)dims;
+                if (!parse_array(PQgetvalue(r, i, 3), x, dims))
+                    continue; /* cannot happen: the table's CHECK fixes the length */
+                vecs[i] = x;
+                score = score_of(c->metric, x, q, dims, qnorm, -1);
+            } else if (ord >= 0 && ord < cands.n) {
+                vecs[i] = cands.xs + (size_t)ord * (size_t)dims;
+                /* cosine: the index holds x / |x|, so x.q / (|x| |q|) = (x / |x|).q / |q| */
+                score = c->metric == CDB_VEC_COSINE ? dot(vecs[i], q, dims) / qnorm
+                                                     : score_of(c->metric, vecs[i], q, dims, qnorm, -1);
+            } else {
+                continue;
+            }
+            if (s->has_min && (double)score < s->min_score) {
+                cut = true; /* the index's later candidates are farther still */
+                continue;
+            }
+            heap_push(heap, &n, s->k, (hit){score, i}, r);
+        }
+        if (n >= s->k || (size_t)cands.n >= cands.live || cut)
+            break;
+        if (attempt == HNSW_RETRIES || kq > HNSW_MAX_CANDIDATES / 4) {
+            rc = 1;
+            goto out;
+        }
+        kq *= 4;
+    }
+    heap_sort(heap, n, res[STMT_ROWS]);
+    if (!(*out = answer(res[STMT_ROWS], heap, n, vecs, dims, s)))
+        rc = cdb_error_oom(err);
+out:
+    for (int i = 0; i < NSTMTS; i++)
+        PQclear(res[i]);
+    cdb__vec_cands_free(&cands);
+    cdb__vec_index_unref(ix);
+    free(sql);
+    free(ids);
+    free(etags);
+    free(vecs);
+    free(xbuf);
+    free(heap);
+    return rc;
+}
+
 int cdb__vec_query(cdb_service *svc, const cdb_principal *p, json_t *r, int64_t start_us, char **body_out,
                    cdb_error *err)
 {
@@ -406,6 +576,8 @@ int cdb__vec_query(cdb_service *svc, const cdb_principal *p, json_t *r, int64_t 
     char *text = NULL;
     int rc, n = 0;
     cdb_sql sql, w;
+    const char *index_name = "exact";
+    double build_ms = 0;
 
     cdb_sql_init(&sql);
     cdb_sql_init(&w);
@@ -431,6 +603,15 @@ int cdb__vec_query(cdb_service *svc, const cdb_principal *p, json_t *r, int64_t 
         rc = invalid(err, "vector", "A cosine search needs a non-zero vector");
         goto out;
     }
+    if (c.hnsw && !s.exact) {
+        if ((rc = hnsw_search(svc, p, &c, &s, &w, q, qnorm, &out, &build_ms, err)) < 0)
+            goto out;
+        if (rc == 0) {
+            index_name = "hnsw";
+            goto respond;
+        }
+        rc = 0; /* too few visible survivors: the exact scan answers */
+    }
     /* payload exposed as doc so the documents' filter SQL applies; RLS applies to the table below */
     cdb_sql_append(&sql, "SELECT d.id, d.etag");
     cdb_sql_append(&sql, s.with_payload ? ", d.payload::text" : ", NULL");
@@ -453,7 +634,7 @@ int cdb__vec_query(cdb_service *svc, const cdb_principal *p, json_t *r, int64_t 
         goto out;
 
     int rows = PQntuples(res[STMT_ROWS]), dims = c.dimensions;
-    if (!(vecs = malloc((size_t)(rows ? rows : 1) * sizeof *vecs)) ||
+    if (!(vecs = malloc((size_t)(rows > 0 ? rows : 1) * sizeof *vecs)) ||
         !(heap = malloc((size_t)s.k * sizeof *heap))) {
         rc = cdb_error_oom(err);
         goto out;
@@ -477,22 +658,16 @@ int cdb__vec_query(cdb_service *svc, const cdb_principal *p, json_t *r, int64_t 
         hit h = {score_of(c.metric, vecs[i], q, dims, qnorm, xnorm), i};
         if (s.has_min && (double)h.score < s.min_score)
             continue;
-        if (n < s.k) {
-            heap[n] = h;
-            sift_up(heap, n++, res[STMT_ROWS]);
-        } else if (worse(&heap[0], &h, res[STMT_ROWS])) {
-            heap[0] = h;
-            sift_down(heap, n, 0, res[STMT_ROWS]);
-        }
+        heap_push(heap, &n, s.k, h, res[STMT_ROWS]);
     }
-    /* heap sort: the worst goes last each time, leaving the best first */
-    for (int m = n - 1; m > 0; m--) {
-        hit t = heap[0];
-        heap[0] = heap[m];
-        heap[m] = t;
-        sift_down(heap, m, 0, res[STMT_ROWS]);
+    heap_sort(heap, n, res[STMT_ROWS]);
+    if (!(out = answer(res[STMT_ROWS], heap, n, vecs, dims, &s))) {
+        rc = cdb_error_oom(err);
+        goto out;
     }
-    if (!(out = answer(res[STMT_ROWS], heap, n, vecs, dims, &s)) ||
+respond:
+    if (json_object_set_new(out, "index", json_string(index_name)) < 0 ||
+        (build_ms > 0 && json_object_set_new(out, "index_build_ms", json_real(build_ms)) < 0) ||
         json_object_set_new(out, "execution_time_ms",
                             json_real((double)(cdb_mono_us() - start_us) / 1000.0)) < 0 ||
         json_object_set_new(out, "cached", json_false()) < 0 || !(text = json_dumps(out, JSON_COMPACT))) {

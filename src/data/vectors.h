@@ -25,6 +25,10 @@ typedef struct cdb_vec_coll {
     char table[64];
     int dimensions;
     cdb_vec_metric metric;
+    bool hnsw;                         /* index "hnsw" (else "exact") */
+    int m, ef_construction, ef_search; /* hnsw parameters */
+    long long version;                 /* write statements so far (hnsw collections' trigger) */
+    char incarnation[64];              /* created_at: tells a collection from one dropped and made again */
 } cdb_vec_coll;
 
 /* True for "vectors". */
@@ -65,6 +69,39 @@ cdb_vec_snap *cdb__vec_cache_get(const void *svc, const char *table, int dims);
 void cdb__vec_cache_put(const void *svc, const char *table, cdb_vec_snap *s);
 /* Drops every snapshot of svc (at its destruction). */
 void cdb__vec_cache_forget(const void *svc);
+
+/*
+ * The approximate index (vec_index.c over the hnswlib shim vec_hnsw.h): one
+ * per service and hnsw collection, holding every point of the collection.
+ */
+typedef struct cdb_vec_index cdb_vec_index;
+
+/* The candidates of one index search, nearest first. */
+typedef struct cdb_vec_cands {
+    int n;
+    char **ids, **etags;  /* the index's etag of each: its vector is that row version's */
+    float *xs;            /* n x dims: the indexed vectors (normalized for cosine) */
+    size_t live;          /* points in the index: a search of at least this many saw them all */
+} cdb_vec_cands;
+
+/*
+ * The index of c (built, or brought up to date when the registry's version
+ * moved: read with the service's own connection, every row), with a ref.
+ * *ms_built: milliseconds spent building/updating (0 when already fresh).
+ * 1 (no index) when another request is building or updating it: the
+ * caller answers with the exact path instead of waiting.
+ */
+int cdb__vec_index_get(cdb_service *svc, const cdb_vec_coll *c, cdb_vec_index **out, double *ms_built,
+                       cdb_error *err);
+void cdb__vec_index_unref(cdb_vec_index *ix);
+/* The kq nearest points to q (normalized for cosine by the callee) into *out (free with cdb__vec_cands_free);
+ * 1 when another request is updating the index (as cdb__vec_index_get). */
+int cdb__vec_index_search(cdb_vec_index *ix, const float *q, int kq, cdb_vec_cands *out, cdb_error *err);
+void cdb__vec_cands_free(cdb_vec_cands *c);
+/* Drops every index of svc (at its destruction). */
+void cdb__vec_index_forget(const void *svc);
+/* Drops the index of (svc, table) (its collection is gone). */
+void cdb__vec_index_drop(const void *svc, const char *table);
 
 /* POST /data/query with database "vectors" (vec_query.c). */
 int cdb__vec_query(cdb_service *svc, const cdb_principal *p, json_t *request, int64_t start_us,

@@ -33,14 +33,19 @@
 #define RO_ROLES "coredb_user_ro, coredb_premium_ro, coredb_admin_ro"
 
 static const char INSERT_SQL[] =
-    "INSERT INTO coredb.collections (name, kind, table_name, partition_key, dimensions, metric, created_by)"
-    " VALUES ($1, $2, $3, $4, $5::integer, $6, $7) ON CONFLICT (name) DO NOTHING RETURNING name";
+    "INSERT INTO coredb.collections (name, kind, table_name, partition_key, dimensions, metric, created_by,"
+    "  vector_index, hnsw_m, hnsw_ef_construction, hnsw_ef_search)"
+    " VALUES ($1, $2, $3, $4, $5::integer, $6, $7, $8, $9::integer, $10::integer, $11::integer)"
+    " ON CONFLICT (name) DO NOTHING RETURNING name";
 
 /* $1 name (NULL: all) */
 static const char LIST_SQL[] =
     "SELECT coalesce(json_agg(json_build_object('name', c.name, 'kind', c.kind, 'table', c.table_name,"
     "  'schema', 'coredb', 'partition_key', c.partition_key, 'dimensions', c.dimensions,"
-    "  'metric', c.metric, 'created_at', c.created_at,"
+    "  'metric', c.metric, 'created_at', c.created_at, 'index', c.vector_index,"
+    "  'hnsw', CASE WHEN c.vector_index = 'hnsw' THEN json_build_object('m', c.hnsw_m,"
+    "    'ef_construction', c.hnsw_ef_construction, 'ef_search', c.hnsw_ef_search) END,"
+    "  'version', c.version,"
     "  'count', (SELECT coalesce(s.n_live_tup, 0) FROM pg_stat_user_tables s"
     "            WHERE s.schemaname = 'coredb' AND s.relname = c.table_name))"
     "  ORDER BY c.name COLLATE \"C\"), '[]')::text"
@@ -55,6 +60,8 @@ typedef struct coll_req {
     const char *partition_path;    /* as given */
     char dims[16];                 /* "" unless vectors */
     const char *metric;            /* NULL unless vectors */
+    const char *index;             /* "exact" | "hnsw" for vectors, else NULL */
+    char m[16], efc[16], efs[16];  /* hnsw parameters, "" unless hnsw */
 } coll_req;
 
 /* The query cache's answers of collection `name` are dropped: its generation
@@ -79,6 +86,56 @@ static int check_name(const json_t *v, const char **out, cdb_error *err)
     return rc;
 }
 
+/* One hnsw option: absent -> def; else an integer in [lo, hi]. */
+static int hnsw_option(const json_t *opts, const char *key, int lo, int hi, int def, char *out, size_t outlen,
+                       cdb_error *err)
+{
+    json_t *v = json_object_get(opts, key);
+    char field[32];
+    snprintf(field, sizeof field, "hnsw.%s", key);
+    if (v && !(json_is_integer(v) && json_integer_value(v) >= lo && json_integer_value(v) <= hi))
+        return cdb_error_set_detail(err, CDB_ERR_VALIDATION_FAILED, "field", field,
+                                    "%s must be an integer from %d to %d", field, lo, hi);
+    snprintf(out, outlen, "%d", v ? (int)json_integer_value(v) : def);
+    return 0;
+}
+
+/* index and hnsw of a vector collection (collections.h). */
+static int parse_index(const json_t *r, coll_req *c, cdb_error *err)
+{
+    json_t *index = json_object_get(r, "index"), *opts = json_object_get(r, "hnsw");
+    const char *key;
+    json_t *v;
+    char field[80];
+    c->index = "exact";
+    if (index && !json_is_null(index)) {
+        const char *ix = json_is_string(index) ? json_string_value(index) : "";
+        if (strcmp(ix, "exact") && strcmp(ix, "hnsw"))
+            return field_fail(err, "index", "index must be \"exact\" or \"hnsw\"");
+        c->index = ix;
+    }
+    if (opts && !json_is_null(opts) && strcmp(c->index, "hnsw"))
+        return field_fail(err, "hnsw", "hnsw options need index \"hnsw\"");
+    if (strcmp(c->index, "hnsw"))
+        return 0;
+    if (opts && !json_is_null(opts) && !json_is_object(opts))
+        return field_fail(err, "hnsw", "hnsw must be an object {m, ef_construction, ef_search}");
+    json_object_foreach((json_t *)opts, key, v) {
+        if (strcmp(key, "m") && strcmp(key, "ef_construction") && strcmp(key, "ef_search")) {
+            snprintf(field, sizeof field, "hnsw.%.64s", key);
+            return cdb_error_set_detail(err, CDB_ERR_VALIDATION_FAILED, "field", field,
+                                        "Unknown field %s (expected m, ef_construction, ef_search)", field);
+        }
+    }
+    static const struct { const char *key; int lo, hi, def; } o[] = {
+        {"m", 4, 64, 16}, {"ef_construction", 8, 1000, 200}, {"ef_search", 10, 2000, 100}};
+    char *outs[] = {c->m, c->efc, c->efs};
+    for (int i = 0; i < 3; i++)
+        if (hnsw_option(opts, o[i].key, o[i].lo, o[i].hi, o[i].def, outs[i], sizeof c->m, err) < 0)
+            return err->code;
+    return 0;
+}
+
 static int parse_request(const json_t *r, coll_req *c, cdb_error *err)
 {
     if (!json_is_object(r))
@@ -87,9 +144,10 @@ static int parse_request(const json_t *r, coll_req *c, cdb_error *err)
     json_t *v;
     json_object_foreach((json_t *)r, key, v) {
         if (strcmp(key, "name") && strcmp(key, "kind") && strcmp(key, "partition_key") &&
-            strcmp(key, "dimensions") && strcmp(key, "metric"))
+            strcmp(key, "dimensions") && strcmp(key, "metric") && strcmp(key, "index") && strcmp(key, "hnsw"))
             return cdb_error_set_detail(err, CDB_ERR_VALIDATION_FAILED, "field", key,
-                                        "Unknown field %s (expected name, kind, partition_key, dimensions, metric)",
+                                        "Unknown field %s (expected name, kind, partition_key, dimensions, metric,"
+                                        " index, hnsw)",
                                         key);
     }
     int rc = check_name(json_object_get(r, "name"), &c->name, err);
@@ -113,6 +171,9 @@ static int parse_request(const json_t *r, coll_req *c, cdb_error *err)
         if (dims || metric)
             return field_fail(err, dims ? "dimensions" : "metric",
                               "dimensions and metric are for vector collections");
+        if (json_object_get(r, "index") || json_object_get(r, "hnsw"))
+            return field_fail(err, json_object_get(r, "index") ? "index" : "hnsw",
+                              "index and hnsw are for vector collections");
         return 0;
     }
     if (!json_is_integer(dims) || json_integer_value(dims) < 1 ||
@@ -126,7 +187,7 @@ static int parse_request(const json_t *r, coll_req *c, cdb_error *err)
             return field_fail(err, "metric", "metric must be \"cosine\", \"l2\" or \"dot\"");
         c->metric = m;
     }
-    return 0;
+    return parse_index(r, c, err);
 }
 
 /* The table, its indexes, grants and policies: the caller's transaction is open. */
@@ -188,6 +249,12 @@ static int create_table(PGconn *conn, const coll_req *c, const char *qt, cdb_err
                   " USING (user_id = coredb.current_user_id()) WITH CHECK (user_id = coredb.current_user_id())",
                   qt)) < 0)
         goto out;
+    /* hnsw: every write statement bumps the registry's version, which the index follows */
+    if (c->index && strcmp(c->index, "hnsw") == 0 &&
+        (rc = run(conn, err,
+                  "CREATE TRIGGER coredb_version AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON coredb.%s"
+                  " FOR EACH STATEMENT EXECUTE FUNCTION coredb.collection_version_bump()", qt)) < 0)
+        goto out;
 out:
     PQfreemem(qpart);
     return rc;
@@ -234,9 +301,11 @@ int cdb_collections_create(cdb_service *svc, const cdb_principal *caller, json_t
         rc = cdb_error_oom(err);
         goto out;
     }
+    bool hnsw = c.index && strcmp(c.index, "hnsw") == 0;
     const char *params[] = {c.name, c.kind, table, c.partition_path, c.metric ? c.dims : NULL, c.metric,
-                            caller->user_id[0] ? caller->user_id : "cli"};
-    if ((rc = cdb_txn_begin(conn, err)) < 0 || (rc = cdb_pg_exec(conn, INSERT_SQL, 7, params, &res, err)) < 0)
+                            caller->user_id[0] ? caller->user_id : "cli", c.index, hnsw ? c.m : NULL,
+                            hnsw ? c.efc : NULL, hnsw ? c.efs : NULL};
+    if ((rc = cdb_txn_begin(conn, err)) < 0 || (rc = cdb_pg_exec(conn, INSERT_SQL, 11, params, &res, err)) < 0)
         goto out;
     if (PQntuples(res) != 1) {
         rc = cdb_error_set_detail(err, CDB_ERR_CONFLICT, "field", "name", "Collection %s exists already",

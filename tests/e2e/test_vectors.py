@@ -50,6 +50,7 @@ def search(inst, acct, coll, vec, **kw):
     assert resp.status_code == 200, f"{resp.status_code} {resp.text[:800]}"
     out = resp.json()
     assert out["count"] == len(out["data"]) and out["cached"] is False, out
+    assert out["index"] == "exact", out  # these collections have no hnsw index
     return out
 
 
