@@ -13,6 +13,7 @@
 #include <string.h>
 
 #include "coredb/log.h"
+#include "data/tx_internal.h"
 #include "store/catalog.h"
 #include "store/jsonpath.h"
 #include "store/pg.h"
@@ -303,5 +304,22 @@ int cdb__doc_check(const char *field, const json_t *doc, size_t max_bytes, cdb_e
     if (json_dump_callback(doc, count_size, &size, JSON_COMPACT) < 0 || size.total > max_bytes)
         return cdb_error_set_detail(err, CDB_ERR_VALIDATION_FAILED, "field", field,
                                     "%s is larger than %zu bytes (DOC_MAX_BYTES)", field, max_bytes);
+    return 0;
+}
+
+bool cdb__doc_id_valid(const json_t *v)
+{
+    return json_is_string(v) && json_string_length(v) > 0 && json_string_length(v) <= CDB_DOC_ID_MAX &&
+           strlen(json_string_value(v)) == json_string_length(v);
+}
+
+int cdb__doc_op_params(tx_op *op, const char *const *values, int n, cdb_error *err)
+{
+    if (!(op->params = calloc((size_t)n + 1, sizeof *op->params)))
+        return cdb_error_oom(err);
+    op->nparams = n;
+    for (int k = 0; k < n; k++)
+        if (values[k] && !(op->params[k] = strdup(values[k])))
+            return cdb_error_oom(err);
     return 0;
 }

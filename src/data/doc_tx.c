@@ -34,24 +34,6 @@ static bool allowed(int kind, const char *f)
     }
 }
 
-/* A document id: 1..255 bytes of UTF-8 without NUL. */
-static bool good_id(const json_t *v)
-{
-    return json_is_string(v) && json_string_length(v) > 0 && json_string_length(v) <= CDB_DOC_ID_MAX &&
-           strlen(json_string_value(v)) == json_string_length(v);
-}
-
-static int set_params(tx_op *op, const char *const *values, int n, cdb_error *err)
-{
-    if (!(op->params = calloc((size_t)n + 1, sizeof *op->params)))
-        return cdb_error_oom(err);
-    op->nparams = n;
-    for (int k = 0; k < n; k++)
-        if (values[k] && !(op->params[k] = strdup(values[k])))
-            return cdb_error_oom(err);
-    return 0;
-}
-
 int cdb__doc_tx_op(tx *t, int i, json_t *o, cdb_error *err)
 {
     tx_op *op = &t->ops[i];
@@ -84,9 +66,9 @@ int cdb__doc_tx_op(tx *t, int i, json_t *o, cdb_error *err)
             return op_tag(err, i, rc);
     }
     /* insert/upsert: the id given, else the document's own "id" member, else a new one */
-    if ((kind == D_INSERT || kind == D_UPSERT) && !id && good_id(json_object_get(body, "id")))
+    if ((kind == D_INSERT || kind == D_UPSERT) && !id && cdb__doc_id_valid(json_object_get(body, "id")))
         id = json_object_get(body, "id");
-    if (id ? !good_id(id) : (kind != D_INSERT && kind != D_UPSERT))
+    if (id ? !cdb__doc_id_valid(id) : (kind != D_INSERT && kind != D_UPSERT))
         return op_fail(err, i, CDB_ERR_VALIDATION_FAILED, "id", "id must be a string of 1 to %d bytes",
                        CDB_DOC_ID_MAX);
     if (if_match && !(json_is_string(if_match) && json_string_length(if_match) > 0 &&
@@ -113,7 +95,7 @@ int cdb__doc_tx_op(tx *t, int i, json_t *o, cdb_error *err)
                       kind == D_UPSERT ? " ON CONFLICT (id) DO UPDATE SET doc = EXCLUDED.doc, etag = " NEW_ETAG
                                          ", updated_at = now()"
                                        : "");
-        rc = n < 0 ? -1 : set_params(op, (const char *const[]){sid, text}, 2, err);
+        rc = n < 0 ? -1 : cdb__doc_op_params(op, (const char *const[]){sid, text}, 2, err);
         break;
     case D_REPLACE:
     case D_PATCH:
@@ -124,7 +106,7 @@ int cdb__doc_tx_op(tx *t, int i, json_t *o, cdb_error *err)
                       " SELECT coredb.doc_written((SELECT count(*) FROM cur), (SELECT " ROW_JSON " FROM w r))",
                       table, table, kind == D_PATCH ? "coredb.doc_sized(coredb.jsonb_merge_patch(r.doc, $3::jsonb), $4::int)"
                                       : "$3::jsonb");
-        rc = n < 0 ? -1 : set_params(op, (const char *const[]){sid, etag, text, max_bytes}, kind == D_PATCH ? 4 : 3, err);
+        rc = n < 0 ? -1 : cdb__doc_op_params(op, (const char *const[]){sid, etag, text, max_bytes}, kind == D_PATCH ? 4 : 3, err);
         break;
     default:
         n = asprintf(&op->sql,
@@ -133,7 +115,7 @@ int cdb__doc_tx_op(tx *t, int i, json_t *o, cdb_error *err)
                       " WHERE r.id = $1::text AND ($2::text IS NULL OR r.etag = $2::text) RETURNING r.*)"
                       " SELECT coredb.doc_written((SELECT count(*) FROM cur), (SELECT " ROW_JSON " FROM w r))",
                       table, table);
-        rc = n < 0 ? -1 : set_params(op, (const char *const[]){sid, etag}, 2, err);
+        rc = n < 0 ? -1 : cdb__doc_op_params(op, (const char *const[]){sid, etag}, 2, err);
         break;
     }
     if (n < 0) {

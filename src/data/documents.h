@@ -37,6 +37,13 @@ int cdb__doc_collection(cdb_service *svc, const json_t *name, char table[64], cd
 /* Appends " WHERE ..." (nothing for no filters) for filters on doc. */
 int cdb__doc_where(cdb_sql *q, const json_t *filters, cdb_error *err);
 
+/* A document or point id: 1..CDB_DOC_ID_MAX bytes of UTF-8 without NUL. */
+bool cdb__doc_id_valid(const json_t *v);
+
+/* op's n bound values (a NULL value binds SQL NULL), copied; for document and vector operations. */
+struct tx_op;
+int cdb__doc_op_params(struct tx_op *op, const char *const *values, int n, cdb_error *err);
+
 /* Checks a document or patch: an object of at most max_bytes as compact JSON and CDB_DOC_MAX_DEPTH levels. */
 int cdb__doc_check(const char *field, const json_t *doc, size_t max_bytes, cdb_error *err);
 

@@ -48,21 +48,6 @@ static bool plain_string(const json_t *v)
            strlen(json_string_value(v)) == json_string_length(v);
 }
 
-/* The first member of obj not in allowed (NULL-terminated), or NULL. */
-static const char *unknown_member(const json_t *obj, const char *const *allowed)
-{
-    const char *k;
-    json_t *v;
-    json_object_foreach((json_t *)obj, k, v) {
-        const char *const *a = allowed;
-        while (*a && strcmp(*a, k) != 0)
-            a++;
-        if (!*a)
-            return k;
-    }
-    return NULL;
-}
-
 static int invalid(cdb_error *err, const char *field, const char *msg)
 {
     return cdb_error_set_detail(err, CDB_ERR_VALIDATION_FAILED, "field", field, "%s", msg);
@@ -90,7 +75,7 @@ static int parse_order(const json_t *v, query_req *req, cdb_error *err)
     json_array_foreach(v, i, o) {
         json_t *col = json_object_get(o, "column"), *dir = json_object_get(o, "direction");
         const char *d = dir ? json_string_value(dir) : "asc";
-        if (!json_is_object(o) || unknown_member(o, members) || !plain_string(col) ||
+        if (!json_is_object(o) || cdb__query_unknown_member(o, members) || !plain_string(col) ||
             (dir && !json_is_string(dir))) {
             rc = invalid(err, "order_by", "order_by must be an array of {column, direction}");
             break;
@@ -112,7 +97,7 @@ static int validate_select(const json_t *r, cdb_role role, query_req *req, cdb_e
 {
     static const char *const members[] = {"database", "query_type", "table", "select",
                                           "filters", "order_by", "pagination", NULL};
-    const char *bad = unknown_member(r, members);
+    const char *bad = cdb__query_unknown_member(r, members);
     json_t *v;
     size_t i;
 
@@ -370,7 +355,7 @@ static int query_redis(cdb_service *svc, const cdb_principal *p, json_t *r, char
                        cdb_error *err)
 {
     static const char *const members[] = {"database", "query_type", "key", NULL};
-    const char *bad = unknown_member(r, members);
+    const char *bad = cdb__query_unknown_member(r, members);
     json_t *qt = json_object_get(r, "query_type"), *jkey = json_object_get(r, "key");
     json_t *value = NULL, *body = NULL;
     char *key = NULL, *v = NULL;

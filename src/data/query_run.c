@@ -27,8 +27,7 @@ static int invalid(cdb_error *err, const char *field, const char *msg)
     return cdb_error_set_detail(err, CDB_ERR_VALIDATION_FAILED, "field", field, "%s", msg);
 }
 
-/* The first member of obj not in allowed (NULL-terminated), or NULL. */
-static const char *unknown_member(const json_t *obj, const char *const *allowed)
+const char *cdb__query_unknown_member(const json_t *obj, const char *const *allowed)
 {
     const char *k;
     json_t *v;
@@ -55,7 +54,7 @@ int cdb__query_pagination(const json_t *v, cdb_role role, json_int_t *page_out, 
         return 0;
     if (!json_is_object(v))
         return invalid(err, "pagination", "pagination must be an object {page, limit}");
-    const char *bad = unknown_member(v, members);
+    const char *bad = cdb__query_unknown_member(v, members);
     if (bad)
         return cdb_error_set_detail(err, CDB_ERR_VALIDATION_FAILED, "field", "pagination",
                                     "Unknown pagination field");

@@ -20,6 +20,9 @@
 #define PRIVILEGED_MAX_LIMIT 1000
 
 /* pagination {page, limit}: defaults 1 and DEFAULT_LIMIT, limit capped by role. */
+/* The first member of obj not in allowed (NULL-terminated), or NULL. */
+const char *cdb__query_unknown_member(const json_t *obj, const char *const *allowed);
+
 int cdb__query_pagination(const json_t *v, cdb_role role, json_int_t *page, json_int_t *limit,
                           cdb_error *err);
 /*

@@ -197,18 +197,13 @@ static int parse_request(json_t *r, search_req *s, cdb_error *err)
 {
     static const char *const members[] = {"database", "query_type", "collection", "vector", "k", "filter",
                                           "min_score", "with_payload", "with_vector", "exact", NULL};
-    const char *k;
-    json_t *v, *qt = json_object_get(r, "query_type"), *jk = json_object_get(r, "k");
+    json_t *qt = json_object_get(r, "query_type"), *jk = json_object_get(r, "k");
     json_t *ms = json_object_get(r, "min_score"), *wp = json_object_get(r, "with_payload");
     json_t *wv = json_object_get(r, "with_vector"), *ex = json_object_get(r, "exact");
 
-    json_object_foreach(r, k, v) {
-        const char *const *m = members;
-        while (*m && strcmp(*m, k))
-            m++;
-        if (!*m)
-            return cdb_error_set_detail(err, CDB_ERR_VALIDATION_FAILED, "field", k, "Unknown field");
-    }
+    const char *unknown = cdb__query_unknown_member(r, members);
+    if (unknown)
+        return cdb_error_set_detail(err, CDB_ERR_VALIDATION_FAILED, "field", unknown, "Unknown field");
     if (!json_is_string(qt) || strcmp(json_string_value(qt), "search") != 0)
         return invalid(err, "query_type", "query_type must be \"search\" for vectors");
     if (jk && !(json_is_integer(jk) && json_integer_value(jk) >= 1 &&

@@ -15,12 +15,6 @@
     "json_build_object('id', r.id, 'payload', r.payload, 'etag', r.etag,"                                \
     " 'created_at', r.created_at, 'updated_at', r.updated_at)::text"
 
-static bool good_id(const json_t *v)
-{
-    return json_is_string(v) && json_string_length(v) > 0 && json_string_length(v) <= CDB_DOC_ID_MAX &&
-           strlen(json_string_value(v)) == json_string_length(v);
-}
-
 /* "{x1,x2,...}" with float32 round-trip precision, malloc'd. */
 static char *array_literal(const float *x, int n)
 {
@@ -34,17 +28,6 @@ static char *array_literal(const float *x, int n)
     s[len++] = '}';
     s[len] = '\0';
     return s;
-}
-
-static int set_params(tx_op *op, const char *const *values, int n, cdb_error *err)
-{
-    if (!(op->params = calloc((size_t)n + 1, sizeof *op->params)))
-        return cdb_error_oom(err);
-    op->nparams = n;
-    for (int k = 0; k < n; k++)
-        if (values[k] && !(op->params[k] = strdup(values[k])))
-            return cdb_error_oom(err);
-    return 0;
 }
 
 int cdb__vec_tx_op(tx *t, int i, json_t *o, cdb_error *err)
@@ -69,7 +52,7 @@ int cdb__vec_tx_op(tx *t, int i, json_t *o, cdb_error *err)
         if (!ok)
             return op_fail(err, i, CDB_ERR_VALIDATION_FAILED, f, "%.64s is not a field of a vector %s", f, name);
     }
-    if (id ? !good_id(id) : !upsert)
+    if (id ? !cdb__doc_id_valid(id) : !upsert)
         return op_fail(err, i, CDB_ERR_VALIDATION_FAILED, "id", "id must be a string of 1 to %d bytes",
                        CDB_DOC_ID_MAX);
     if (upsert && payload && !json_is_null(payload) && (rc = cdb__doc_check("payload", payload, (size_t)t->svc->cfg->doc_max_bytes, err)) < 0)
@@ -102,14 +85,14 @@ int cdb__vec_tx_op(tx *t, int i, json_t *o, cdb_error *err)
                      " ON CONFLICT (id) DO UPDATE SET vector = EXCLUDED.vector, payload = EXCLUDED.payload,"
                      " etag = " NEW_ETAG ", updated_at = now() RETURNING " ROW_JSON,
                      c.table);
-        rc = n < 0 ? 0 : set_params(op, (const char *const[]){sid, vtext, ptext}, 3, err);
+        rc = n < 0 ? 0 : cdb__doc_op_params(op, (const char *const[]){sid, vtext, ptext}, 3, err);
     } else {
         /* coredb.doc_written (migration 015) raises CD404 when nothing of that id is visible */
         n = asprintf(&op->sql,
                      "WITH w AS (DELETE FROM coredb.\"%s\" AS r WHERE r.id = $1::text RETURNING r.*)"
                      " SELECT coredb.doc_written((SELECT count(*) FROM w), (SELECT " ROW_JSON " FROM w r))",
                      c.table);
-        rc = n < 0 ? 0 : set_params(op, (const char *const[]){sid}, 1, err);
+        rc = n < 0 ? 0 : cdb__doc_op_params(op, (const char *const[]){sid}, 1, err);
     }
     if (n < 0) {
         op->sql = NULL; /* asprintf leaves it undefined */
