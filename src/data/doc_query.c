@@ -182,13 +182,7 @@ static char *cache_key(const cdb_principal *p, const char *collection, const jso
     json_t *canon = json_pack("{s:s, s:s, s:O?, s:O?, s:O, s:{s:I, s:I}}", "database", "documents",
                               "collection", collection, "select", select, "filters", filters, "order_by",
                               order, "pagination", "page", page, "limit", limit);
-    char *text = canon ? json_dumps(canon, JSON_SORT_KEYS | JSON_COMPACT) : NULL, *key = NULL;
-    json_decref(canon);
-    if (text && asprintf(&key, "%s:%s\n%s", p->role == CDB_ROLE_ADMIN ? "admin" : cdb_role_name(p->role),
-                         p->role == CDB_ROLE_ADMIN ? "" : p->user_id, text) < 0)
-        key = NULL;
-    free(text);
-    return key;
+    return cdb__query_cache_key(p, canon);
 }
 
 int cdb__doc_query(cdb_service *svc, const cdb_principal *p, json_t *r, int64_t start_us, char **body_out,

@@ -241,13 +241,7 @@ static char *cache_key(const cdb_principal *p, const cdb_table *t, const query_r
                               "select", cols, "filters", req->filters, "order_by", req->order,
                               "pagination", "page", (json_int_t)req->page, "limit",
                               (json_int_t)req->limit);
-    char *text = canon ? json_dumps(canon, JSON_SORT_KEYS | JSON_COMPACT) : NULL, *key = NULL;
-    json_decref(canon);
-    if (text && asprintf(&key, "%s:%s\n%s", p->role == CDB_ROLE_ADMIN ? "admin" : cdb_role_name(p->role),
-                         p->role == CDB_ROLE_ADMIN ? "" : p->user_id, text) < 0)
-        key = NULL;
-    free(text);
-    return key;
+    return cdb__query_cache_key(p, canon);
 }
 
 static int query_postgresql(cdb_service *svc, const cdb_principal *p, json_t *r, int64_t start_us,

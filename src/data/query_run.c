@@ -244,3 +244,15 @@ int cdb__query_run(cdb_service *svc, const cdb_principal *p, const cdb_sql *q, c
     cdb_replicas_count_read(svc->replicas, -1, ryw, replica >= 0);
     return rc;
 }
+
+char *cdb__query_cache_key(const cdb_principal *p, json_t *canon)
+{
+    char *text = canon ? json_dumps(canon, JSON_SORT_KEYS | JSON_COMPACT) : NULL, *key = NULL;
+    json_decref(canon);
+    /* admins see every row: one key for all of them; others per user */
+    if (text && asprintf(&key, "%s:%s\n%s", p->role == CDB_ROLE_ADMIN ? "admin" : cdb_role_name(p->role),
+                         p->role == CDB_ROLE_ADMIN ? "" : p->user_id, text) < 0)
+        key = NULL;
+    free(text);
+    return key;
+}

@@ -20,6 +20,13 @@
 #define PRIVILEGED_MAX_LIMIT 1000
 
 /* pagination {page, limit}: defaults 1 and DEFAULT_LIMIT, limit capped by role. */
+/*
+ * The query cache's key of a request: the caller's identity and the
+ * canonical request (canon, taken; NULL gives NULL): what a cached answer
+ * may be reused for. NULL when out of memory.
+ */
+char *cdb__query_cache_key(const cdb_principal *p, json_t *canon);
+
 /* The first member of obj not in allowed (NULL-terminated), or NULL. */
 const char *cdb__query_unknown_member(const json_t *obj, const char *const *allowed);
 
