@@ -48,8 +48,10 @@ CREATE TABLE coredb.collections (
     CHECK ((vector_index IS NOT DISTINCT FROM 'hnsw') =
            (hnsw_m IS NOT NULL AND hnsw_ef_construction IS NOT NULL AND hnsw_ef_search IS NOT NULL))
 );
--- the data API reads the registry as the caller's role
-GRANT SELECT ON coredb.collections TO coredb_admin, coredb_user, coredb_premium;
+-- No grant to the application roles: the data API reads the registry on the
+-- service's own connection (and from its catalog snapshot), never as the
+-- caller, so no coredb.* table is reachable by an app role
+-- (tests/e2e/test_identity_columns.py audits that).
 
 -- The trigger function of hnsw collections' tables (statement level, so a
 -- bulk write bumps once): the writer's role may only read the registry,

@@ -1138,6 +1138,41 @@ export interface paths {
         patch?: never;
         trace?: never;
     };
+    "/api/v1/admin/collections": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /** Document and vector collections */
+        get: operations["adminCollectionsList"];
+        put?: never;
+        /** Create a collection (its table coredb.coll_NAME with row-level security); audited */
+        post: operations["adminCollectionsCreate"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/api/v1/admin/collections/{name}": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        post?: never;
+        /** Drop a collection and its documents; audited */
+        delete: operations["adminCollectionsDrop"];
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
 }
 export type webhooks = Record<string, never>;
 export interface components {
@@ -1251,8 +1286,9 @@ export interface components {
             key?: string;
             collection?: string;
             select?: string[];
-            /** @description column: value (equality) or {operator: value}; operators eq neq gt gte lt lte in like ilike is_null */
+            /** @description column: value (equality) or {operator: value}; operators eq neq gt gte lt lte in like ilike is_null; documents: path: value or {operator: value} with eq neq gt gte lt lte in exists contains */
             filters?: Record<string, unknown>;
+            /** @description tables: {column, direction}; documents: {path, direction} */
             order_by?: components["schemas"]["OrderBy"] | components["schemas"]["OrderBy"][];
             pagination?: {
                 page?: number;
@@ -1294,6 +1330,16 @@ export interface components {
             key?: string;
             value?: string;
             ttl?: number;
+            /** @description documents: the collection */
+            collection?: string;
+            /** @description documents: the document id (1..255 bytes) */
+            id?: string;
+            /** @description documents: insert, upsert, replace */
+            document?: Record<string, unknown>;
+            /** @description documents: JSON merge patch (RFC 7396) */
+            patch?: Record<string, unknown>;
+            /** @description documents: replace/patch/delete only when the etag is this one (else 409 PRECONDITION_FAILED) */
+            if_match?: string;
         };
         TransactionResult: {
             transaction_id?: string;
@@ -4111,6 +4157,152 @@ export interface operations {
             404: components["responses"]["NotFound"];
             429: components["responses"]["RateLimited"];
             500: components["responses"]["InternalError"];
+        };
+    };
+    adminCollectionsList: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description The library's result form: `status`, `error` (null), `timestamp`, then the operation's data. */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Result"] & {
+                        collections?: {
+                            name?: string;
+                            /** @enum {unknown} */
+                            kind?: "documents" | "vectors";
+                            table?: string;
+                            schema?: string;
+                            partition_key?: string | null;
+                            dimensions?: number | null;
+                            metric?: string | null;
+                            created_at?: string;
+                            count?: number;
+                            index?: string | null;
+                            hnsw?: Record<string, unknown> | null;
+                            version?: number;
+                        }[];
+                    };
+                };
+            };
+            401: components["responses"]["Unauthorized"];
+            403: components["responses"]["Forbidden"];
+            429: components["responses"]["RateLimited"];
+            500: components["responses"]["InternalError"];
+            503: components["responses"]["Unavailable"];
+        };
+    };
+    adminCollectionsCreate: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": {
+                    name: string;
+                    /** @enum {unknown} */
+                    kind: "documents" | "vectors";
+                    /** @description documents: a JSON path (a.b) */
+                    partition_key?: string;
+                    dimensions?: number;
+                    /**
+                     * @default cosine
+                     * @enum {unknown}
+                     */
+                    metric?: "cosine" | "l2" | "dot";
+                    /**
+                     * @description vectors: exact scan, or the approximate in-process HNSW index
+                     * @default exact
+                     * @enum {unknown}
+                     */
+                    index?: "exact" | "hnsw";
+                    /** @description index hnsw only: hnswlib's parameters */
+                    hnsw?: {
+                        /** @default 16 */
+                        m?: number;
+                        /** @default 200 */
+                        ef_construction?: number;
+                        /** @default 100 */
+                        ef_search?: number;
+                    };
+                };
+            };
+        };
+        responses: {
+            /** @description The collection, in the library's result form. */
+            201: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Result"] & {
+                        name?: string;
+                        /** @enum {unknown} */
+                        kind?: "documents" | "vectors";
+                        table?: string;
+                        schema?: string;
+                        partition_key?: string | null;
+                        dimensions?: number | null;
+                        metric?: string | null;
+                        created_at?: string;
+                        count?: number;
+                        index?: string | null;
+                        hnsw?: Record<string, unknown> | null;
+                        version?: number;
+                    };
+                };
+            };
+            400: components["responses"]["BadRequest"];
+            401: components["responses"]["Unauthorized"];
+            403: components["responses"]["Forbidden"];
+            409: components["responses"]["Conflict"];
+            413: components["responses"]["PayloadTooLarge"];
+            429: components["responses"]["RateLimited"];
+            500: components["responses"]["InternalError"];
+            503: components["responses"]["Unavailable"];
+        };
+    };
+    adminCollectionsDrop: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description A collection name */
+                name: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description The library's result form. */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Result"] & {
+                        name?: string;
+                        dropped?: boolean;
+                    };
+                };
+            };
+            401: components["responses"]["Unauthorized"];
+            403: components["responses"]["Forbidden"];
+            404: components["responses"]["NotFound"];
+            429: components["responses"]["RateLimited"];
+            500: components["responses"]["InternalError"];
+            503: components["responses"]["Unavailable"];
         };
     };
 }
