@@ -242,6 +242,56 @@ def test_query_and_transaction_builder(inst, redis_server):
     assert rds.get(f"app:user:{acct.id}:client:py") == "hello"
 
 
+def test_collections_documents_and_vectors(inst, root):
+    """The admin's collection methods, the document and vector operations of
+    the builder in one transaction with a table row, a document query with a
+    path filter, a vector search, and the errors typed (sync facade)."""
+    docs, vecs = unique("pydocs"), unique("pyvecs")
+    acct = user(inst)
+    with Client(inst.base, token=root.token) as admin:
+        made = admin.create_collection(docs, "documents", partition_key="address.city")
+        assert made["name"] == docs and made["kind"] == "documents", made
+        admin.create_collection(vecs, "vectors", dimensions=3, metric="cosine")
+        names = {c["name"] for c in admin.list_collections()["collections"]}
+        assert {docs, vecs} <= names
+        with pytest.raises(ValidationError) as e:
+            admin.create_collection("x; DROP TABLE users; --", "documents")
+        assert e.value.details.get("field") == "name"
+    with Client(inst.base, token=acct.token) as c:
+        out = (c.transaction()
+               .insert("projects", {"title": "with-docs", "user_id": acct.id})
+               .doc_insert(docs, {"name": "Ann", "address": {"city": "Lyon"}}, id="ann")
+               .doc_insert(docs, {"name": "Bob", "address": {"city": "Paris"}}, id="bob")
+               .vector_upsert(vecs, [1, 0, 0], payload={"tag": "x"}, id="p1")
+               .vector_upsert(vecs, [0, 1, 0], payload={"tag": "y"}, id="p2")
+               .commit())
+        assert out["status"] == "committed" and len(out["results"]) == 5
+        etag = out["results"][1]["data"]["rows"][0]["etag"]
+        got = c.query_documents(docs, filters={"address.city": "Lyon"})
+        assert [d["id"] for d in got["data"]] == ["ann"]
+        c.transaction().doc_patch(docs, "ann", {"age": 31, "name": None}, if_match=etag).commit()
+        assert q(inst, f"SELECT doc FROM coredb.coll_{docs} WHERE id = 'ann'")[0][0] == {
+            "address": {"city": "Lyon"}, "age": 31}
+        with pytest.raises(ConflictError) as e:
+            c.transaction().doc_delete(docs, "ann", if_match=etag).commit()
+        assert e.value.code == "PRECONDITION_FAILED"
+        hits = c.search_vectors(vecs, [0.9, 0.1, 0], k=2)
+        assert [h["id"] for h in hits["data"]] == ["p1", "p2"] and hits["data"][0]["payload"] == {"tag": "x"}
+        assert c.search_vectors(vecs, [0, 1, 0], k=1, filter={"tag": "x"})["data"][0]["id"] == "p1"
+        c.transaction().vector_delete(vecs, "p1").commit()
+        assert [h["id"] for h in c.search_vectors(vecs, [1, 0, 0], k=5)["data"]] == ["p2"]
+        with pytest.raises(ValidationError) as e:
+            c.search_vectors(vecs, [1, 0])
+        assert e.value.details.get("field") == "vector"
+        with pytest.raises(PermissionDeniedError):
+            c.list_collections()
+    with Client(inst.base, token=root.token) as admin:
+        admin.drop_collection(docs)
+        with pytest.raises(NotFoundError):
+            admin.drop_collection(docs)
+    assert scalar(inst, "SELECT to_regclass(%s) IS NULL", (f"coredb.coll_{docs}",))
+
+
 # ---- leases ----
 
 def test_lease_context_manager_dsn_and_release(inst):

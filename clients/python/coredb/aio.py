@@ -344,6 +344,31 @@ class AsyncClient:
         return await self.request("POST", "/api/v1/data/query", json_body=body,
                                   headers={"X-Connection-ID": connection_id} if connection_id else None)
 
+    async def query_documents(self, collection, *, filters=None, select=None, order_by=None,
+                              page=None, limit=None, connection_id=None):
+        """POST /data/query on a document collection: path filters ("a.b"),
+        projection of paths, order by a path ({path, direction})."""
+        body = {"database": "documents", "collection": collection}
+        for name, value in (("filters", filters), ("select", None if select is None else _seq(select)),
+                            ("order_by", order_by)):
+            if value is not None:
+                body[name] = value
+        if page is not None or limit is not None:
+            body["pagination"] = {k: v for k, v in (("page", page), ("limit", limit)) if v is not None}
+        return await self.request("POST", "/api/v1/data/query", json_body=body,
+                                  headers={"X-Connection-ID": connection_id} if connection_id else None)
+
+    async def search_vectors(self, collection, vector, *, k=None, filter=None, min_score=None,
+                             with_payload=None, with_vector=None, exact=None):
+        """POST /data/query k-NN search: {data: [{id, score, payload?, vector?}], count, index}."""
+        body = {"database": "vectors", "query_type": "search", "collection": collection,
+                "vector": _seq(vector)}
+        for name, value in (("k", k), ("filter", filter), ("min_score", min_score),
+                            ("with_payload", with_payload), ("with_vector", with_vector), ("exact", exact)):
+            if value is not None:
+                body[name] = value
+        return await self.request("POST", "/api/v1/data/query", json_body=body)
+
     def transaction(self, connection_id=None):
         """A Transaction builder: add operations, then await .commit()."""
         return Transaction(self, connection_id)
@@ -459,6 +484,16 @@ class AsyncClient:
     async def audit_log(self, **params):
         return await self.admin("GET", "/audit", params=params or None)
 
+    async def create_collection(self, name, kind="documents", **options):
+        """POST /admin/collections: options partition_key, dimensions, metric, index, hnsw."""
+        return await self.admin("POST", "/collections", {"name": name, "kind": kind, **options})
+
+    async def list_collections(self):
+        return await self.admin("GET", "/collections")
+
+    async def drop_collection(self, name):
+        return await self.admin("DELETE", "/collections/" + quote(name, safe=""))
+
 
 class Transaction:
     """A small builder for POST /data/transaction: PostgreSQL operations commit
@@ -486,6 +521,34 @@ class Transaction:
 
     def upsert(self, table, data, conflict_columns):
         return self._pg("upsert", table, data=data, conflict_columns=_seq(conflict_columns))
+
+    def _coll(self, database, operation, collection, **fields):
+        op = {"database": database, "operation": operation, "collection": collection}
+        op.update({k: v for k, v in fields.items() if v is not None})
+        self.operations.append(op)
+        return self
+
+    def doc_insert(self, collection, document, id=None):
+        return self._coll("documents", "insert", collection, document=document, id=id)
+
+    def doc_upsert(self, collection, document, id=None):
+        return self._coll("documents", "upsert", collection, document=document, id=id)
+
+    def doc_replace(self, collection, id, document, if_match=None):
+        return self._coll("documents", "replace", collection, id=id, document=document, if_match=if_match)
+
+    def doc_patch(self, collection, id, patch, if_match=None):
+        """JSON merge patch (RFC 7396): None removes a member."""
+        return self._coll("documents", "patch", collection, id=id, patch=patch, if_match=if_match)
+
+    def doc_delete(self, collection, id, if_match=None):
+        return self._coll("documents", "delete", collection, id=id, if_match=if_match)
+
+    def vector_upsert(self, collection, vector, payload=None, id=None):
+        return self._coll("vectors", "upsert", collection, vector=_seq(vector), payload=payload, id=id)
+
+    def vector_delete(self, collection, id):
+        return self._coll("vectors", "delete", collection, id=id)
 
     def _redis(self, operation, key, **fields):
         op = {"database": "redis", "operation": operation, "key": key}
