@@ -365,6 +365,13 @@ export class CoreDB {
     unexposeTable(name: string): Promise<Answer<"adminTableUnexpose">> {
         return this.request("POST", `/api/v1/admin/tables/${encodeURIComponent(name)}/unexpose`, { body: {} });
     }
+    listCollections(): Promise<Answer<"adminCollectionsList">> { return this.request("GET", "/api/v1/admin/collections"); }
+    createCollection(body: Body<"adminCollectionsCreate">): Promise<Answer<"adminCollectionsCreate">> {
+        return this.request("POST", "/api/v1/admin/collections", { body });
+    }
+    dropCollection(name: string): Promise<Answer<"adminCollectionsDrop">> {
+        return this.request("DELETE", `/api/v1/admin/collections/${encodeURIComponent(name)}`);
+    }
 
     /* encryption (keys stay in the service) */
     encryptColumn(body: Body<"adminEncryptionSetup">): Promise<Answer<"adminEncryptionSetup">> {

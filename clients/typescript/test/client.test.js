@@ -353,6 +353,34 @@ test("own tables: expose makes a table usable through the data API, unexpose tak
     await rejects(admin.exposeTable("users; DROP TABLE users"), 404, "UNKNOWN_TABLE");
 });
 
+test("collections: documents and vectors through the data API, admin create/list/drop", async () => {
+    const docs = `tsdocs_${Date.now()}`, vecs = `tsvecs_${Date.now()}`;
+    assert.equal((await admin.createCollection({ name: docs, kind: "documents" })).name, docs);
+    await admin.createCollection({ name: vecs, kind: "vectors", dimensions: 2, metric: "l2" });
+    const listed = await admin.listCollections();
+    assert.ok(JSON.stringify(listed).includes(docs) && JSON.stringify(listed).includes(vecs));
+    await rejects(admin.createCollection({ name: "x; DROP TABLE users", kind: "documents" }), 400, "VALIDATION_FAILED");
+    const { client } = await newUser();
+    await rejects(client.listCollections(), 403, "FORBIDDEN");
+    const out = await client.transaction([
+        { database: "documents", operation: "insert", collection: docs, id: "d1", document: { city: "Lyon", n: 1 } },
+        { database: "documents", operation: "insert", collection: docs, id: "d2", document: { city: "Paris", n: 2 } },
+        { database: "vectors", operation: "upsert", collection: vecs, id: "v1", vector: [0, 0], payload: { k: "a" } },
+        { database: "vectors", operation: "upsert", collection: vecs, id: "v2", vector: [3, 4], payload: { k: "b" } },
+    ]);
+    assert.equal(out.results.length, 4);
+    const found = await client.query({ database: "documents", collection: docs, filters: { city: "Lyon" } });
+    assert.deepEqual(found.data.map((d) => d.id), ["d1"]);
+    const hits = await client.query({ database: "vectors", query_type: "search", collection: vecs, vector: [3, 4], k: 2 });
+    assert.deepEqual(hits.data.map((h) => h.id), ["v2", "v1"]);
+    assert.equal(hits.data[1].score, -5);
+    await rejects(client.query({ database: "vectors", query_type: "search", collection: vecs, vector: [1] }), 400,
+        "VALIDATION_FAILED");
+    assert.equal((await admin.dropCollection(docs)).status, "success");
+    await rejects(admin.dropCollection(docs), 404, "NOT_FOUND");
+    await rejects(client.query({ database: "documents", collection: docs }), 404, "UNKNOWN_TABLE");
+});
+
 test("ready, backup cleanup, restore of an unknown backup", async () => {
     assert.ok(await admin.ready());
     assert.equal((await admin.cleanupBackups()).status, "success");
