@@ -26,7 +26,10 @@
 
 /* The token key of the service (fuzz/make-corpus.py signs seeds with it). */
 static const unsigned char jwt_key[] = "fuzz-secret-fuzz-secret-fuzz-secret-0123";
+/* every peer a trusted proxy: the X-Forwarded-For walk (http/forwarded.c) runs on every request */
+static cdb_config cfg = {.trusted_proxies = (char *)"0.0.0.0/0, ::/0"};
 static struct cdb_service svc = {
+    .cfg = &cfg,
     .jwt = {.secret = jwt_key, .secret_len = sizeof jwt_key - 1, .issuer = "coredb", .audience = "coredb-api",
             .leeway_s = 5},
 };
