@@ -279,6 +279,11 @@ static int read_env(const char *name, bool allow_file, cdb_env_lookup lookup, vo
         *src = path ? CDB_CONFIG_FILE : plain ? CDB_CONFIG_ENV : CDB_CONFIG_DEFAULT;
     if (path)
         return read_secret_file(fname, path, out, err);
+    /* the environment is text: `coredb config` prints every value as JSON */
+    json_t *probe = plain ? json_string(plain) : NULL;
+    if (plain && !probe)
+        return cdb_error_set(err, CDB_ERR_CONFIG_INVALID, "%s: not valid UTF-8", name);
+    json_decref(probe);
     if (plain && !(*out = strdup(plain)))
         return cdb_error_oom(err);
     return 0;
@@ -574,6 +579,13 @@ static int assemble_database_url(cdb_config *cfg, cdb_env_lookup lookup, void *u
     if (!host)
         host = "localhost";
     bool socket = host[0] == '/', ipv6 = strchr(host, ':') != NULL;
+    char literal[CDB_IP_TEXT_MAX];
+    /* an IPv6 host goes into the URL as is, between brackets: it must be one */
+    if (ipv6 && !socket && !cdb_ip_canonical(host, strlen(host), literal)) {
+        rc = cdb_error_set(err, CDB_ERR_CONFIG_INVALID,
+                           "POSTGRES_HOST: a host with ':' must be an IPv6 address");
+        goto out;
+    }
     if ((user && !(euser = cdb__config_pct_encode(user))) || (pw && !(epw = cdb__config_pct_encode(pw))) ||
         !(ehost = ipv6 ? strdup(host) : cdb__config_pct_encode(host)) || !(edb = cdb__config_pct_encode(db ? db : ""))) {
         rc = cdb_error_oom(err);
