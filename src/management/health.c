@@ -61,46 +61,30 @@ static void check_outbox(PGconn *conn, json_t *checks)
 }
 
 /*
- * The document store (issue 15): PostgreSQL-backed, so it is up when
- * PostgreSQL is and its registry (migration 015) answers; the count of
- * document collections says it is in use. Its name "cosmosdb" is the role
- * seed 003 gives it; "backend" says where it really lives.
+ * The document and vector stores (issue 15), one registry query for both:
+ * PostgreSQL-backed, so each is up when PostgreSQL is and the registry
+ * (migration 015) answers; the count of its collections says it is in use.
+ * The document store's "role" is the one seed 003 gives it (cosmosdb);
+ * "backend" says where both really live; "search" the vectors' default path.
  */
-static void check_documents(PGconn *conn, bool pg_up, json_t *checks)
+static void check_collections(PGconn *conn, bool pg_up, json_t *checks)
 {
     PGresult *res = NULL;
     cdb_error err;
     cdb_error_init(&err);
-    bool up = pg_up && cdb_pg_exec(conn, "SELECT count(*) FROM coredb.collections WHERE kind = 'documents'", 0,
-                                   NULL, &res, &err) == 0;
+    bool up = pg_up && cdb_pg_exec(conn, "SELECT count(*) FILTER (WHERE kind = 'documents'),"
+                                         " count(*) FILTER (WHERE kind = 'vectors') FROM coredb.collections",
+                                   0, NULL, &res, &err) == 0;
     json_t *doc = json_pack("{s:s, s:s, s:s}", "status", up ? "UP" : "DOWN", "backend", "postgresql", "role",
                             "cosmosdb");
-    if (doc && up)
-        json_object_set_new(doc, "collections", json_integer(strtoll(PQgetvalue(res, 0, 0), NULL, 10)));
-    if (doc)
-        json_object_set_new(checks, "documents", doc);
-    PQclear(res);
-    cdb_error_destroy(&err);
-}
-
-/*
- * The vector store (issue 15): PostgreSQL-backed like the document store
- * (real[] columns, ranked in coredb), up when PostgreSQL and the registry
- * answer; the count of vector collections says it is in use.
- */
-static void check_vectors(PGconn *conn, bool pg_up, json_t *checks)
-{
-    PGresult *res = NULL;
-    cdb_error err;
-    cdb_error_init(&err);
-    bool up = pg_up && cdb_pg_exec(conn, "SELECT count(*) FROM coredb.collections WHERE kind = 'vectors'", 0,
-                                   NULL, &res, &err) == 0;
     json_t *vec = json_pack("{s:s, s:s, s:s}", "status", up ? "UP" : "DOWN", "backend", "postgresql", "search",
                             "exact");
+    if (doc && up)
+        json_object_set_new(doc, "collections", json_integer(strtoll(PQgetvalue(res, 0, 0), NULL, 10)));
     if (vec && up)
-        json_object_set_new(vec, "collections", json_integer(strtoll(PQgetvalue(res, 0, 0), NULL, 10)));
-    if (vec)
-        json_object_set_new(checks, "vectors", vec);
+        json_object_set_new(vec, "collections", json_integer(strtoll(PQgetvalue(res, 0, 1), NULL, 10)));
+    json_object_set_new(checks, "documents", doc);
+    json_object_set_new(checks, "vectors", vec);
     PQclear(res);
     cdb_error_destroy(&err);
 }
@@ -136,9 +120,7 @@ bool cdb__health_check_postgresql(const cdb_health_deps *d, json_t *checks, int 
         if (up && outbox)
             check_outbox(pgc, checks);
         if (outbox)
-            check_documents(pgc, up, checks);
-        if (outbox)
-            check_vectors(pgc, up, checks);
+            check_collections(pgc, up, checks);
         cdb_pool_release(d->pool, conn);
     }
     int64_t elapsed = cdb_mono_us() - start;
@@ -159,9 +141,7 @@ bool cdb__health_check_postgresql(const cdb_health_deps *d, json_t *checks, int 
         json_object_set_new(pg, "error", json_string(cdb_err_name(err.code)));
     json_object_set_new(checks, "postgresql", pg);
     if (outbox && !conn)
-        check_documents(NULL, false, checks);
-    if (outbox && !conn)
-        check_vectors(NULL, false, checks);
+        check_collections(NULL, false, checks);
     cdb_error_destroy(&err);
     return up;
 }
