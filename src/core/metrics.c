@@ -118,6 +118,13 @@ static const struct {
                                "Rows encrypted or re-encrypted by column encryption setup and rotation jobs.", ""},
     [CDB_M_LOG_DROPPED] = {"coredb_log_lines_dropped_total",
                            "Log lines dropped because their destination (stderr) did not take them in time.", ""},
+    [CDB_M_LOOP_ANSWERED] = {"coredb_http_loop_admissions_total",
+                             "Requests whose admission (session, quota, cache lookup) ran on an event loop with "
+                             "asynchronous Redis, by what followed: answered there, run on a worker, or admitted "
+                             "on a worker because the loop's Redis connection was not ready.",
+                             "outcome=\"answered\""},
+    [CDB_M_LOOP_HANDED_OFF] = {"coredb_http_loop_admissions_total", NULL, "outcome=\"worker\""},
+    [CDB_M_LOOP_FALLBACK] = {"coredb_http_loop_admissions_total", NULL, "outcome=\"fallback\""},
 };
 
 /* ---- state behind a mutex (rare events, registration) ---- */

@@ -58,6 +58,9 @@ typedef enum cdb__metric {
     CDB_M_ENCRYPTION_FAILURES,     /* column encryption (issue 11) */
     CDB_M_ENCRYPTION_ROWS,
     CDB_M_LOG_DROPPED,             /* core/log.c: lines a stalled destination could not take */
+    CDB_M_LOOP_ANSWERED,           /* http/loop_admit.c: admitted on a loop and answered there */
+    CDB_M_LOOP_HANDED_OFF,         /* ... admitted on a loop, then run on a worker */
+    CDB_M_LOOP_FALLBACK,           /* ... the loop's Redis was not ready: admitted on a worker */
     CDB_M__COUNT
 } cdb__metric;
 

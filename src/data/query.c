@@ -26,6 +26,7 @@
 #include "data/crypt.h"
 #include "data/documents.h"
 #include "data/vectors.h"
+#include "data/query_probe.h"
 #include "coredb/data.h"
 #include "coredb/log.h"
 #include "core/timeutil.h"
@@ -244,63 +245,103 @@ static char *cache_key(const cdb_principal *p, const cdb_table *t, const query_r
     return cdb__query_cache_key(p, canon);
 }
 
+/* What a request resolves to before any round trip: table, statements, cache key. */
+typedef struct query_plan {
+    query_req req;
+    cdb_catalog *cat;
+    const cdb_table *t;
+    cdb_colset *cs;
+    const char *hidden_pk;     /* encrypted columns bound to this primary key, or NULL */
+    json_t *blind_filters;
+    cdb_sql q;
+    char *count_sql;
+    json_t *cols;
+    char *key;                 /* the cache key, or NULL when caching is off */
+} query_plan;
+
+static void plan_destroy(cdb_service *svc, query_plan *pl)
+{
+    free(pl->key);
+    free(pl->count_sql);
+    cdb_sql_destroy(&pl->q);
+    json_decref(pl->cols);
+    json_decref(pl->blind_filters);
+    json_decref(pl->req.order);
+    if (pl->cs)
+        cdb__colring_put(svc, pl->cs);
+    if (pl->cat)
+        cdb_catalog_unref(pl->cat);
+}
+
+/* plan() could not finish without loading something (may_block false). */
+enum { PLAN_LATER = 1 };
+
+/*
+ * Resolves r: its shape, the caller role's catalog snapshot, encrypted
+ * columns (filters through blind indexes, the primary key for decryption),
+ * the statements and the cache key. With may_block false (the event loops)
+ * nothing is loaded: a snapshot not in memory or the cache namespace not
+ * known yet gives PLAN_LATER, and the blocking path loads it.
+ */
+static int plan(cdb_service *svc, const cdb_principal *p, json_t *r, bool may_block, query_plan *pl,
+                cdb_error *err)
+{
+    int rc;
+
+    memset(pl, 0, sizeof *pl);
+    cdb_sql_init(&pl->q);
+    if (!(pl->cols = json_array()))
+        return cdb_error_oom(err);
+    if ((rc = validate_select(r, p->role, &pl->req, err)) < 0)
+        return rc;
+    if (!svc->catalog)
+        return cdb_error_set(err, CDB_ERR_DATABASE_UNAVAILABLE, "Database unavailable");
+    pl->cat = may_block ? cdb_catalog_cache_get(svc->catalog, err) : cdb_catalog_cache_peek(svc->catalog);
+    if (!pl->cat)
+        return may_block ? err->code : PLAN_LATER;
+    pl->t = cdb_catalog_table(pl->cat, p->role, pl->req.table);
+    if (!pl->t || !(pl->t->privs & CDB_PRIV_SELECT))
+        return cdb_error_set_detail(err, CDB_ERR_UNKNOWN_TABLE, "table", pl->req.table, "Unknown table");
+    pl->cs = may_block ? cdb__colring_get(svc, err) : cdb__colring_peek(svc);
+    if (!pl->cs)
+        return may_block ? err->code : PLAN_LATER;
+    if ((pl->hidden_pk = cdb__colset_pk_of(pl->cs, pl->t->name))) {
+        if ((rc = cdb__crypt_read_plan(pl->cs, pl->t->name, pl->req.filters, pl->req.order, &pl->blind_filters,
+                                       err)) < 0)
+            return rc;
+        if (pl->blind_filters)
+            pl->req.filters = pl->blind_filters;
+    }
+    if ((rc = build_sql(pl->cat, pl->t, &pl->req, &pl->q, &pl->count_sql, pl->cols, pl->hidden_pk, err)) < 0)
+        return rc;
+    if (!may_block && !cdb_qcache_has_namespace(svc->qcache))
+        return PLAN_LATER;
+    if ((rc = cdb_qcache_ensure_namespace(svc->qcache, svc->pool, err)) < 0)
+        return rc;
+    if (cdb_qcache_enabled(svc->qcache) && !(pl->key = cache_key(p, pl->t, &pl->req, pl->cols)))
+        return cdb_error_oom(err);
+    return 0;
+}
+
 static int query_postgresql(cdb_service *svc, const cdb_principal *p, json_t *r, int64_t start_us,
                             char **body_out, cdb_error *err)
 {
-    query_req req = {0};
-    cdb_catalog *cat = NULL;
-    cdb_sql q;
-    char *count_sql = NULL, *key = NULL, *part = NULL, *plain = NULL;
+    query_plan pl;
+    char *part = NULL, *plain = NULL;
     size_t len = 0;
     bool cacheable = true;
-    cdb_colset *cs = NULL;
-    json_t *blind_filters = NULL;
     cdb_qcache_lookup lk = {0};
-    json_t *cols = json_array();
     int rc;
 
-    cdb_sql_init(&q);
-    if (!cols)
-        goto fail_oom;
-    if ((rc = validate_select(r, p->role, &req, err)) < 0)
+    if ((rc = plan(svc, p, r, true, &pl, err)) < 0)
         goto out;
-    if (!svc->catalog) {
-        rc = cdb_error_set(err, CDB_ERR_DATABASE_UNAVAILABLE, "Database unavailable");
-        goto out;
-    }
-    if (!(cat = cdb_catalog_cache_get(svc->catalog, err))) {
-        rc = err->code;
-        goto out;
-    }
-    const cdb_table *t = cdb_catalog_table(cat, p->role, req.table);
-    if (!t || !(t->privs & CDB_PRIV_SELECT)) {
-        rc = cdb_error_set_detail(err, CDB_ERR_UNKNOWN_TABLE, "table", req.table, "Unknown table");
-        goto out;
-    }
-    /* encrypted columns: filters through blind indexes, the primary key for decryption */
-    if (!(cs = cdb__colring_get(svc, err))) {
-        rc = err->code;
-        goto out;
-    }
-    const char *hidden_pk = cdb__colset_pk_of(cs, t->name);
-    if (hidden_pk) {
-        if ((rc = cdb__crypt_read_plan(cs, t->name, req.filters, req.order, &blind_filters, err)) < 0)
-            goto out;
-        if (blind_filters)
-            req.filters = blind_filters;
-    }
-    if ((rc = build_sql(cat, t, &req, &q, &count_sql, cols, hidden_pk, err)) < 0 ||
-        (rc = cdb_qcache_ensure_namespace(svc->qcache, svc->pool, err)) < 0)
-        goto out;
-
-    if (cdb_qcache_enabled(svc->qcache)) {
-        if (!(key = cache_key(p, t, &req, cols)))
-            goto fail_oom;
-        cdb_qcache_get(svc->qcache, t->name, key, &lk);
+    const cdb_table *t = pl.t;
+    if (pl.key) {
+        cdb_qcache_get(svc->qcache, t->name, pl.key, &lk);
         if (lk.hit) {
             /* the cache holds ciphertext, as PostgreSQL does: decrypted per answer */
-            if (hidden_pk) {
-                if ((rc = cdb__crypt_read_page(cs, t->name, lk.value, lk.len, &plain, &len, err)) < 0)
+            if (pl.hidden_pk) {
+                if ((rc = cdb__crypt_read_page(pl.cs, t->name, lk.value, lk.len, &plain, &len, err)) < 0)
                     goto out;
                 if (!(*body_out = cdb__query_wrap(plain, len, start_us, true)))
                     goto fail_oom;
@@ -310,16 +351,16 @@ static int query_postgresql(cdb_service *svc, const cdb_principal *p, json_t *r,
             goto out;
         }
     }
-    rc = cdb__query_run(svc, p, &q, count_sql, q.nparams - 2, req.page, req.limit, &part, &len,
+    rc = cdb__query_run(svc, p, &pl.q, pl.count_sql, pl.q.nparams - 2, pl.req.page, pl.req.limit, &part, &len,
                         lk.leader ? lk.lsn_seen : UINT64_MAX, &cacheable, err);
     if (lk.leader) {
         if (rc == 0 && cacheable)
-            cdb_qcache_store(svc->qcache, t->name, key, lk.generation, part, len);
+            cdb_qcache_store(svc->qcache, t->name, pl.key, lk.generation, part, len);
         else
-            cdb_qcache_abandon(svc->qcache, key);
+            cdb_qcache_abandon(svc->qcache, pl.key);
     }
-    if (rc == 0 && hidden_pk) {
-        if ((rc = cdb__crypt_read_page(cs, t->name, part, len, &plain, &len, err)) < 0)
+    if (rc == 0 && pl.hidden_pk) {
+        if ((rc = cdb__crypt_read_page(pl.cs, t->name, part, len, &plain, &len, err)) < 0)
             goto out;
     }
     if (rc == 0 && !(*body_out = cdb__query_wrap(plain ? plain : part, len, start_us, false)))
@@ -332,16 +373,50 @@ out:
     free(lk.value);
     free(part);
     free(plain);
-    json_decref(blind_filters);
-    cdb__colring_put(svc, cs);
-    free(key);
-    free(count_sql);
-    cdb_sql_destroy(&q);
-    json_decref(cols);
-    json_decref(req.order);
-    if (cat)
-        cdb_catalog_unref(cat);
+    plan_destroy(svc, &pl);
     return rc;
+}
+
+int cdb__data_query_probe(cdb_service *svc, const cdb_principal *p, json_t *request, cdb__query_probe *probe)
+{
+    query_plan pl;
+    cdb_error err;
+    int ok = 0;
+
+    memset(probe, 0, sizeof *probe);
+    probe->start_us = cdb_mono_us();
+    cdb_error_init(&err);
+    json_t *db = json_object_get(request, "database");
+    if (!cdb_principal_known(p) || !json_is_object(request) ||
+        (db && !(json_is_string(db) && strcmp(json_string_value(db), "postgresql") == 0)))
+        goto out;
+    /* a request the blocking path would refuse is refused there, with its error */
+    if (plan(svc, p, request, false, &pl, &err) != 0 || !pl.key || pl.hidden_pk)
+        goto out_plan;
+    if (!cdb_qcache_probe_keys(svc->qcache, pl.t->name, pl.key, probe->gen_key, &probe->entry_key))
+        goto out_plan;
+    ok = 1;
+out_plan:
+    plan_destroy(svc, &pl);
+out:
+    cdb_error_destroy(&err);
+    return ok;
+}
+
+char *cdb__data_query_probe_answer(const cdb__query_probe *probe, const char *generation, const char *entry,
+                                   size_t len)
+{
+    const char *value;
+    size_t value_len;
+    if (!cdb_qcache_probe_hit(generation, entry, len, &value, &value_len))
+        return NULL;
+    return cdb__query_wrap(value, value_len, probe->start_us, true);
+}
+
+void cdb__data_query_probe_destroy(cdb__query_probe *probe)
+{
+    free(probe->entry_key);
+    probe->entry_key = NULL;
 }
 
 /* database "redis", query_type "get": one key of the caller's namespace. */

@@ -12,6 +12,7 @@
 #include "http_internal.h"
 #include "core/metrics.h"
 #include "service/service_internal.h"
+#include "store/commit_lsn.h"
 
 #include <string.h>
 
@@ -29,26 +30,30 @@ static int quota_for(const cdb_config *cfg, cdb_role role)
     return cfg->rate_limit_anon;
 }
 
-static bool within_quota(cdb_request *r)
+int cdb__admit_quota_rate(const cdb_request *r)
 {
-    int rate = quota_for(cdb_service_config(r->svc), r->principal.role);
-    if (rate <= 0)
-        return true;
-    char key[128];
+    return quota_for(cdb_service_config(r->svc), r->principal.role);
+}
+
+void cdb__admit_quota_key(const cdb_request *r, char *key, size_t len)
+{
     if (r->principal.role == CDB_ROLE_ANON)
-        snprintf(key, sizeof key, "coredb:rl:anon:%s", r->client_addr);
+        snprintf(key, len, "coredb:rl:anon:%s", r->client_addr);
     else
-        snprintf(key, sizeof key, "coredb:rl:user:%s", r->principal.user_id);
-    cdb_rl_result rl;
-    cdb_ratelimit_check(cdb_service_ratelimit(r->svc), key, rate, rate, &rl);
-    cdb_request_header(r, "X-RateLimit-Limit", "%d", rl.limit);
-    cdb_request_header(r, "X-RateLimit-Remaining", "%d", rl.remaining);
-    cdb_request_header(r, "X-RateLimit-Reset", "%d", (int)ceil(rl.reset_after_s));
-    if (rl.allowed)
+        snprintf(key, len, "coredb:rl:user:%s", r->principal.user_id);
+}
+
+bool cdb__admit_quota_apply(cdb_request *r, const cdb_rl_result *rl)
+{
+    r->quota_checked = true;
+    cdb_request_header(r, "X-RateLimit-Limit", "%d", rl->limit);
+    cdb_request_header(r, "X-RateLimit-Remaining", "%d", rl->remaining);
+    cdb_request_header(r, "X-RateLimit-Reset", "%d", (int)ceil(rl->reset_after_s));
+    if (rl->allowed)
         return true;
     /* the roles' counters follow cdb_role's order (core/metrics.h) */
     cdb__metrics_inc((cdb__metric)(CDB_M_RATELIMIT_ANON + (int)r->principal.role));
-    int retry = (int)ceil(rl.retry_after_s);
+    int retry = (int)ceil(rl->retry_after_s);
     if (retry < 1)
         retry = 1;
     cdb_request_header(r, "Retry-After", "%d", retry);
@@ -56,9 +61,21 @@ static bool within_quota(cdb_request *r)
     cdb_error_init(&e);
     cdb_error_set(&e, CDB_ERR_RATE_LIMITED, "Rate limit exceeded; retry in %d s", retry);
     cdb_error_detail(&e, "retry_after", json_integer(retry));
-    cdb_error_detail(&e, "limit", json_integer(rl.limit));
+    cdb_error_detail(&e, "limit", json_integer(rl->limit));
     cdb_request_fail(r, &e);
     return false;
+}
+
+static bool within_quota(cdb_request *r)
+{
+    int rate = cdb__admit_quota_rate(r);
+    if (rate <= 0 || r->quota_checked)
+        return true;
+    char key[128];
+    cdb__admit_quota_key(r, key, sizeof key);
+    cdb_rl_result rl;
+    cdb_ratelimit_check(cdb_service_ratelimit(r->svc), key, rate, rate, &rl);
+    return cdb__admit_quota_apply(r, &rl);
 }
 
 /*
@@ -106,7 +123,11 @@ bool cdb_admit_caller(cdb_request *r)
         return false;
     if (mode == CDB_AUTH_PUBLIC)
         return true;
-    if (r->bearer && mode >= CDB_AUTH_OPTIONAL) {
+    if (r->session_checked) {
+        /* the loop read the session's liveness (loop_admit.c), without the
+           read-your-writes prefetch: forget one an earlier request left here */
+        cdb_commit_lsn_prefetch_clear();
+    } else if (r->bearer && mode >= CDB_AUTH_OPTIONAL) {
         /* the signature was checked on the loop (request.c); now the session */
         cdb_error e;
         cdb_error_init(&e);

@@ -24,6 +24,8 @@
 #include "coredb/config.h"
 #include "coredb/error.h"
 #include "coredb/service.h"
+#include "security/ratelimit.h"
+#include "store/redis_async.h"
 
 #define CDB_HTTP_BODY_LIMIT     (1024 * 1024)     /* API.md: bodies over 1 MiB -> 413 */
 #define CDB_HTTP_HEAD_LIMIT     (64 * 1024)       /* request line + header fields */
@@ -80,6 +82,8 @@ typedef enum cdb_run_mode {
     CDB_RUN_WORKER,   /* may block: runs on a worker thread */
     CDB_RUN_SLOW,     /* password hashing: runs on the AUTH_THREADS queue, so a
                          login storm cannot occupy the workers everyone else needs */
+    CDB_RUN_CACHED,   /* a worker route whose answer the data API's query cache
+                         may give on the loop (loop_admit.c) */
 } cdb_run_mode;
 
 /* Who may call a route, and whether it counts against a quota. */
@@ -118,6 +122,8 @@ struct cdb_request {
     char client_addr[64];          /* peer address */
     char *user_agent;              /* owned or NULL */
     cdb_principal principal;       /* who is calling (CDB_ROLE_ANON until authenticated) */
+    bool session_checked;          /* the loop found the session alive (loop_admit.c) */
+    bool quota_checked;            /* the caller's quota was charged and its headers set */
     char request_id[CDB_REQUEST_ID_MAX + 1];
     const char *media_type;        /* response Content-Type */
     int64_t start_us;
@@ -200,6 +206,7 @@ struct cdb_loop {
     pthread_mutex_t done_lock;
     cdb_request *done_head;        /* answered by a worker, not yet sent */
     cdb_conn *conns;               /* every open connection of this loop */
+    cdb_aredis *aredis;            /* this loop's asynchronous Redis (loop_admit.c), NULL without Redis */
     time_t date_at;                /* second of the cached Date header */
     char date[40];
     pthread_t thread;
@@ -256,8 +263,28 @@ extern const cdb_route cdb_routes_openapi[];
 /* routes_openapi.c: the embedded docs/openapi.json (NUL-terminated) and its length. */
 const char *cdb__openapi_document(size_t *len);
 
-/* admit.c: session liveness, role and quota of the caller (worker thread). */
+/*
+ * admit.c: session liveness, role and quota of the caller (worker thread),
+ * skipping what the loop already did (session_checked, quota_checked).
+ */
 bool cdb_admit_caller(cdb_request *r);
+/* The caller's quota (requests per second, 0 = none) and its key (len >= 128). */
+int cdb__admit_quota_rate(const cdb_request *r);
+void cdb__admit_quota_key(const cdb_request *r, char *key, size_t len);
+/* A quota check's result: the X-RateLimit-* headers; false with 429 answered when refused. */
+bool cdb__admit_quota_apply(cdb_request *r, const cdb_rl_result *rl);
+
+/*
+ * loop_admit.c: admission on the loop with one pipelined asynchronous
+ * Redis round trip, and a cache hit of a CDB_RUN_CACHED route answered there.
+ * True when it took the request: it will answer it or hand it to a worker
+ * (cdb_server_hand_off). False: take the blocking path now.
+ */
+bool cdb__loop_admit(cdb_request *r);
+/* server.c: runs a prepared request's admission and handler on its worker queue. */
+void cdb_server_hand_off(cdb_request *r);
+/* server.c: sends the request's answer and frees it (loop thread). */
+void cdb_server_finish(cdb_request *r);
 
 /* Fails the request with err when rc < 0, else answers status with body. */
 void cdb_request_finish(cdb_request *r, int rc, int status, json_t *body, cdb_error *err);

@@ -229,7 +229,7 @@ static bool check_body_type(cdb_request *r)
 /* Parses the copied body (after authentication, see cdb_request_admit). */
 static bool parse_body(cdb_request *r)
 {
-    if (r->raw_body_len == 0)
+    if (r->raw_body_len == 0 || r->body)   /* the loop may have parsed it (loop_admit.c) */
         return true;
     json_error_t jerr;
     r->body = json_loadb(r->raw_body, r->raw_body_len, JSON_REJECT_DUPLICATES, &jerr);

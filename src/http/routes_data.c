@@ -83,7 +83,7 @@ static void data_tables(cdb_request *r)
 
 const cdb_route cdb_routes_data[] = {
     {EVHTTP_REQ_GET, "/api/v1/data/tables", data_tables, CDB_RUN_WORKER, CDB_AUTH_USER},
-    {EVHTTP_REQ_POST, "/api/v1/data/query", data_query, CDB_RUN_WORKER, CDB_AUTH_USER},
+    {EVHTTP_REQ_POST, "/api/v1/data/query", data_query, CDB_RUN_CACHED, CDB_AUTH_USER},
     {EVHTTP_REQ_POST, "/api/v1/data/transaction", data_transaction, CDB_RUN_WORKER, CDB_AUTH_USER},
     {EVHTTP_REQ_GET, "/api/v1/data/transactions/{transaction_id}", data_transaction_status,
      CDB_RUN_WORKER, CDB_AUTH_USER},

@@ -40,6 +40,7 @@
 #include "core/metrics.h"
 #include "core/timeutil.h"
 #include "core/workq.h"
+#include "service/service_internal.h"
 
 /* route tables of one listener, the terminating NULL included */
 #define CDB_ROUTE_TABLES_MAX 32
@@ -109,7 +110,7 @@ int cdb_server_route_metric(const cdb_http_server *srv, const cdb_route *route)
     return cdb__metrics_route_index(route->pattern);
 }
 
-static void finish(cdb_request *r)
+void cdb_server_finish(cdb_request *r)
 {
     cdb_http_server *srv = r->server;
     cdb_request_send(r, atomic_load(&srv->stopping));
@@ -128,7 +129,7 @@ static void on_done(evutil_socket_t fd, short what, void *arg)
     pthread_mutex_unlock(&loop->done_lock);
     while (list) {
         cdb_request *next = list->next;
-        finish(list);
+        cdb_server_finish(list);
         list = next;
     }
 }
@@ -158,6 +159,18 @@ static void run_on_worker(void *arg)
     event_active(loop->done_ev, EV_READ, 0);
 }
 
+void cdb_server_hand_off(cdb_request *r)
+{
+    cdb_http_server *srv = r->server;
+    cdb_workq *queue = r->route->mode == CDB_RUN_SLOW ? srv->slow_workers : srv->workers;
+    /* no queue: the loops stopped and the workers are gone (loop_admit.c's
+       replies that arrive while a loop is freed) */
+    if (!queue || cdb_workq_submit(queue, run_on_worker, r) != 0) {
+        cdb_request_failf(r, CDB_ERR_DATABASE_UNAVAILABLE, "Service is shutting down");
+        cdb_server_finish(r);
+    }
+}
+
 void cdb_server_dispatch(cdb_request *r)
 {
     cdb_http_server *srv = r->server;
@@ -167,14 +180,11 @@ void cdb_server_dispatch(cdb_request *r)
         /* inline routes are public: admission only parses the body */
         if (r->status == 0)
             admit_and_run(r);
-        finish(r);
+        cdb_server_finish(r);
         return;
     }
-    cdb_workq *queue = r->route->mode == CDB_RUN_SLOW ? srv->slow_workers : srv->workers;
-    if (cdb_workq_submit(queue, run_on_worker, r) != 0) {
-        cdb_request_failf(r, CDB_ERR_DATABASE_UNAVAILABLE, "Service is shutting down");
-        finish(r);
-    }
+    if (!cdb__loop_admit(r))
+        cdb_server_hand_off(r);
 }
 
 static void on_accept(struct evconnlistener *listener, evutil_socket_t fd, struct sockaddr *sa, int salen,
@@ -184,6 +194,9 @@ static void on_accept(struct evconnlistener *listener, evutil_socket_t fd, struc
 }
 
 enum { ACCEPT_PAUSE_MS = 100 };
+/* a loop's Redis command with no reply by then fails, and the request takes
+   the blocking path (the same bound as the blocking pool's commands) */
+enum { LOOP_REDIS_TIMEOUT_MS = 1000 };
 
 /*
  * accept() failed. Out of descriptors (or memory) the pending connection
@@ -281,11 +294,17 @@ static int loop_init(cdb_loop *loop, cdb_http_server *srv, int fd, const cdb_rou
     if (!loop->listener || !loop->accept_pause)
         return cdb_error_set(err, CDB_ERR_INTERNAL_ERROR, "cannot accept on the listening socket");
     evconnlistener_set_error_cb(loop->listener, on_accept_error);
+    cdb_redis *redis = cdb_service_redis(srv->svc);
+    if (redis && !(loop->aredis = cdb_aredis_new(loop->base, redis, LOOP_REDIS_TIMEOUT_MS)))
+        return cdb_error_oom(err);
     return 0;
 }
 
 static void loop_destroy(cdb_loop *loop)
 {
+    /* requests waiting for its replies are answered first (their callbacks
+       run with no reply), while their connections still exist */
+    cdb_aredis_free(loop->aredis);
     if (loop->listener)
         evconnlistener_free(loop->listener);
     if (loop->accept_pause)

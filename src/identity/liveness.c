@@ -20,6 +20,7 @@
 #include "coredb/log.h"
 #include "core/metrics.h"
 #include "identity/identity_internal.h"
+#include "identity/liveness.h"
 #include "store/outbox.h"
 #include "store/pg.h"
 
@@ -112,10 +113,11 @@ int cdb__session_liveness(cdb_service *svc, const cdb_principal *p)
     cdb_error_init(&e);
     int state = -1;
     redisReply *r, *live;
+    char session_key[64];
+    cdb__session_liveness_key(p, session_key, sizeof session_key);
     if (svc->commit_lsn && cdb_replicas_any_up(svc->replicas)) {
         /* read-your-writes (docs/replicas.md): the caller's commit LSN in the same round trip */
-        char session_key[64], lsn_key[64];
-        snprintf(session_key, sizeof session_key, "coredb:session:%s", p->session_id);
+        char lsn_key[64];
         cdb_commit_lsn_key(p->user_id, lsn_key, sizeof lsn_key);
         const char *argv[] = {"MGET", session_key, lsn_key};
         r = cdb_redis_command_argv(svc->redis, 3, argv, NULL, &e);
@@ -124,12 +126,25 @@ int cdb__session_liveness(cdb_service *svc, const cdb_principal *p)
         if (two)
             cdb_commit_lsn_prefetched(p->user_id, r->element[1]);
     } else {
-        live = r = cdb_redis_command(svc->redis, &e, "GET coredb:session:%s", p->session_id);
+        const char *argv[] = {"GET", session_key};
+        live = r = cdb_redis_command_argv(svc->redis, 2, argv, NULL, &e);
     }
     if (live && live->type == REDIS_REPLY_STRING)
-        state = strcmp(live->str, p->user_id) == 0 ? 1 : strcmp(live->str, REVOKED_MARK) == 0 ? 0 : -1;
+        state = cdb__session_liveness_of(p, live->str);
     if (r)
         freeReplyObject(r);
     cdb_error_destroy(&e);
     return state;
+}
+
+void cdb__session_liveness_key(const cdb_principal *p, char *buf, size_t len)
+{
+    snprintf(buf, len, "coredb:session:%s", p->session_id);
+}
+
+int cdb__session_liveness_of(const cdb_principal *p, const char *value)
+{
+    if (!value)
+        return -1;
+    return strcmp(value, p->user_id) == 0 ? 1 : strcmp(value, REVOKED_MARK) == 0 ? 0 : -1;
 }

@@ -183,19 +183,27 @@ out:
     return s;
 }
 
-cdb_colset *cdb__colring_get(cdb_service *svc, cdb_error *err)
+cdb_colset *cdb__colring_peek(cdb_service *svc)
 {
     cdb_colring *r = svc->colring;
     cdb_colset *s = NULL;
     int64_t now = cdb_mono_us();
-
     pthread_mutex_lock(&r->lock);
     if (r->current && r->loaded_us && now - r->loaded_us < CDB_COLRING_TTL_MS * 1000LL) {
         s = r->current;
         s->refs++;
     }
     pthread_mutex_unlock(&r->lock);
-    if (s)
+    return s;
+}
+
+cdb_colset *cdb__colring_get(cdb_service *svc, cdb_error *err)
+{
+    cdb_colring *r = svc->colring;
+    cdb_colset *s = NULL;
+    int64_t now = cdb_mono_us();
+
+    if ((s = cdb__colring_peek(svc)))
         return s;
     /* loaded outside the lock: a slow database does not stall the readers of a fresh snapshot */
     cdb_error load_err;

@@ -58,6 +58,8 @@ void cdb__colring_invalidate(cdb_colring *r);
  */
 cdb_colset *cdb__colring_get(cdb_service *svc, cdb_error *err);
 void cdb__colring_put(cdb_service *svc, cdb_colset *s);
+/* The current snapshot when it is fresh, else NULL; never loads (the event loops). */
+cdb_colset *cdb__colring_peek(cdb_service *svc);
 /* The column of s, or NULL. */
 const cdb_enccol *cdb__colset_find(const cdb_colset *s, const char *table, const char *column);
 /* Whether any column of table is encrypted. */

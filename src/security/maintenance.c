@@ -12,9 +12,15 @@
 
 #include "core/timeutil.h"
 
+/* The flag is shared through Redis once the deployment's namespace is known. */
+static bool shared(cdb_redis *redis, cdb_qcache *qc)
+{
+    return redis && qc && cdb_qcache_has_namespace(qc);
+}
+
 static bool redis_key(cdb_redis *redis, cdb_qcache *qc, char *buf, size_t len)
 {
-    if (!redis || !qc || !cdb_qcache_has_namespace(qc))
+    if (!shared(redis, qc))
         return false;
     cdb_qcache_key(qc, "maintenance", buf, len);
     return true;
@@ -62,27 +68,29 @@ void cdb__maintenance_end(cdb_maintenance *m, cdb_redis *redis, cdb_qcache *qc)
     cdb_error_destroy(&err);
 }
 
+bool cdb__maintenance_since_known(cdb_maintenance *m, cdb_redis *redis, cdb_qcache *qc, int64_t *since)
+{
+    int64_t last = atomic_load(&m->remote_checked_ms);
+    if ((*since = atomic_load(&m->local_since)) || !shared(redis, qc))
+        return true;
+    *since = atomic_load(&m->remote_since);
+    return last && cdb_mono_ms() - last < CDB_MAINTENANCE_POLL_MS;
+}
+
 int64_t cdb__maintenance_since(cdb_maintenance *m, cdb_redis *redis, cdb_qcache *qc)
 {
-    int64_t local = atomic_load(&m->local_since);
-    if (local)
-        return local;
+    int64_t since;
+    if (cdb__maintenance_since_known(m, redis, qc, &since))
+        return since;
     char key[256];
-    if (!redis_key(redis, qc, key, sizeof key))
-        return 0;
+    redis_key(redis, qc, key, sizeof key);
     int64_t now = cdb_mono_ms();
-    int64_t last = atomic_load(&m->remote_checked_ms);
-    if (last && now - last < CDB_MAINTENANCE_POLL_MS)
-        return atomic_load(&m->remote_since);
     atomic_store(&m->remote_checked_ms, now);
     cdb_error err;
     cdb_error_init(&err);
     redisReply *rep = cdb_redis_command(redis, &err, "GET %s", key);
     if (rep) {
-        int64_t since = 0;
-        if (rep->type == REDIS_REPLY_STRING)
-            since = strtoll(rep->str, NULL, 10);
-        atomic_store(&m->remote_since, since);
+        atomic_store(&m->remote_since, rep->type == REDIS_REPLY_STRING ? strtoll(rep->str, NULL, 10) : 0);
         freeReplyObject(rep);
     }
     cdb_error_destroy(&err);

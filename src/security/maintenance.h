@@ -44,5 +44,8 @@ void cdb__maintenance_refresh(cdb_maintenance *m, cdb_redis *redis, cdb_qcache *
 void cdb__maintenance_end(cdb_maintenance *m, cdb_redis *redis, cdb_qcache *qc);
 /* Since when (Unix seconds) this or another instance is in maintenance; 0 = not. */
 int64_t cdb__maintenance_since(cdb_maintenance *m, cdb_redis *redis, cdb_qcache *qc);
+/* The same without a round trip (the event loops): false when the key is due to be
+ * re-read (then ask cdb__maintenance_since), else true with *since. */
+bool cdb__maintenance_since_known(cdb_maintenance *m, cdb_redis *redis, cdb_qcache *qc, int64_t *since);
 
 #endif

@@ -389,22 +389,11 @@ static bool int_array(const redisReply *reply, size_t n, int64_t *v)
     return true;
 }
 
-static bool redis_gcra(cdb_ratelimit *rl, const char *key, int rate, int burst,
-                       cdb_rl_result *out)
+/* The GCRA script's reply [allowed, remaining, retry_after_us, reset_after_us] into out. */
+static bool gcra_result(const redisReply *reply, int rate, cdb_rl_result *out)
 {
-    char t[24], b[16];
     int64_t v[4];
-    redisReply *reply;
-    bool ok;
-
-    snprintf(t, sizeof t, "%lld", (long long)emission_interval_us(rate));
-    snprintf(b, sizeof b, "%d", burst);
-    reply = run_script(rl, SCRIPT_GCRA, key, t, b);
-    if (!reply)
-        return false;
-    ok = int_array(reply, 4, v);
-    freeReplyObject(reply);
-    if (!ok)
+    if (!int_array(reply, 4, v))
         return false;
     memset(out, 0, sizeof *out);
     out->allowed = v[0] != 0;
@@ -413,6 +402,59 @@ static bool redis_gcra(cdb_ratelimit *rl, const char *key, int rate, int burst,
     out->retry_after_s = (double)v[2] / 1e6;
     out->reset_after_s = (double)v[3] / 1e6;
     return true;
+}
+
+static bool redis_gcra(cdb_ratelimit *rl, const char *key, int rate, int burst,
+                       cdb_rl_result *out)
+{
+    char t[24], b[16];
+    redisReply *reply;
+    bool ok;
+
+    snprintf(t, sizeof t, "%lld", (long long)emission_interval_us(rate));
+    snprintf(b, sizeof b, "%d", burst);
+    reply = run_script(rl, SCRIPT_GCRA, key, t, b);
+    if (!reply)
+        return false;
+    ok = gcra_result(reply, rate, out);
+    freeReplyObject(reply);
+    return ok;
+}
+
+bool cdb_ratelimit_gcra_command(cdb_ratelimit *rl, const char *key, int rate, int burst,
+                                cdb_rl_command *cmd)
+{
+    if (!rl->redis || rate <= 0)
+        return false;
+    pthread_mutex_lock(&rl->mu);
+    memcpy(cmd->sha, rl->sha[SCRIPT_GCRA], sizeof cmd->sha);
+    pthread_mutex_unlock(&rl->mu);
+    if (!cmd->sha[0])
+        return false;
+    snprintf(cmd->interval, sizeof cmd->interval, "%lld", (long long)emission_interval_us(rate));
+    snprintf(cmd->burst, sizeof cmd->burst, "%d", burst < 1 ? 1 : burst);
+    cmd->argv[0] = "EVALSHA";
+    cmd->argv[1] = cmd->sha;
+    cmd->argv[2] = "1";
+    cmd->argv[3] = key;
+    cmd->argv[4] = cmd->interval;
+    cmd->argv[5] = cmd->burst;
+    cmd->argc = 6;
+    return true;
+}
+
+bool cdb_ratelimit_gcra_reply(cdb_ratelimit *rl, const redisReply *reply, int rate, cdb_rl_result *out)
+{
+    if (!reply)
+        return false;
+    if (reply->type == REDIS_REPLY_ERROR) {
+        /* NOSCRIPT included: the blocking path reloads the script */
+        if (strncmp(reply->str, "NOSCRIPT", 8) != 0)
+            note_script_result(rl, reply);
+        return false;
+    }
+    note_script_result(rl, NULL);
+    return gcra_result(reply, rate, out);
 }
 
 /* ---- public API ---------------------------------------------------------- */

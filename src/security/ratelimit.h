@@ -44,6 +44,24 @@ void cdb_ratelimit_check(cdb_ratelimit *rl, const char *key, int rate, int burst
                          cdb_rl_result *out);
 
 /*
+ * The same check sent without blocking (the event loops' asynchronous
+ * Redis: http/loop_admit.c). _command fills cmd with the EVALSHA to send
+ * for key; false when there is no Redis, no limit or the script is not
+ * loaded yet (then use cdb_ratelimit_check, which loads it). The command
+ * points into cmd and key: keep both until it is sent. _reply reads what
+ * Redis answered (NULL: no answer); false when it cannot be used (an error
+ * reply such as NOSCRIPT, which ran nothing): then cdb_ratelimit_check.
+ */
+typedef struct cdb_rl_command {
+    const char *argv[6];
+    int argc;
+    char sha[41], interval[24], burst[16];
+} cdb_rl_command;
+bool cdb_ratelimit_gcra_command(cdb_ratelimit *rl, const char *key, int rate, int burst,
+                                cdb_rl_command *cmd);
+bool cdb_ratelimit_gcra_reply(cdb_ratelimit *rl, const redisReply *reply, int rate, cdb_rl_result *out);
+
+/*
  * Fixed-window counters (login failures). _count reads the count of the
  * current window; _hit adds one and returns the new count; _clear resets.
  * *reset_after_s (may be NULL) gets the seconds left in the window.

@@ -292,6 +292,11 @@ cdb_ratelimit *cdb_service_ratelimit(cdb_service *svc)
     return svc->ratelimit;
 }
 
+cdb_redis *cdb_service_redis(cdb_service *svc)
+{
+    return svc->redis;
+}
+
 static cdb_health_deps health_deps(const cdb_service *svc)
 {
     return (cdb_health_deps){
@@ -306,6 +311,11 @@ static cdb_health_deps health_deps(const cdb_service *svc)
 int64_t cdb_service_maintenance_since(cdb_service *svc)
 {
     return cdb__maintenance_since(&svc->maintenance, svc->redis, svc->qcache);
+}
+
+bool cdb_service_maintenance_known(cdb_service *svc, int64_t *since)
+{
+    return cdb__maintenance_since_known(&svc->maintenance, svc->redis, svc->qcache, since);
 }
 
 /* checks.maintenance: {status: "ACTIVE", since} while a restore runs, else {status: "OFF"}. */

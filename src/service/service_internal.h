@@ -13,6 +13,9 @@
 
 /* The rate limiter of per-caller quotas (not owned). */
 cdb_ratelimit *cdb_service_ratelimit(cdb_service *svc);
+/* The blocking Redis pool (not owned), NULL without Redis: the event loops' asynchronous
+ * connections take its address from it (store/redis_async.h). */
+cdb_redis *cdb_service_redis(cdb_service *svc);
 
 /*
  * POST /test/sleep (test builds of the HTTP API): holds a pooled connection
@@ -22,6 +25,8 @@ cdb_ratelimit *cdb_service_ratelimit(cdb_service *svc);
 #define CDB_SERVICE_RETRY_AFTER_S 5
 /* Since when (Unix seconds) a restore holds this deployment in maintenance; 0 = not. */
 int64_t cdb_service_maintenance_since(cdb_service *svc);
+/* Without a round trip: false when a poll of the shared flag is due (see maintenance.h). */
+bool cdb_service_maintenance_known(cdb_service *svc, int64_t *since);
 int cdb_service_test_sleep(cdb_service *svc, double seconds, cdb_error *err);
 /*
  * metrics.c: registers the service's scrape-time gauges (pool, Redis,

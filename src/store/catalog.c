@@ -445,6 +445,11 @@ static cdb_catalog *current(cdb_catalog_cache *cc)
     return cat;
 }
 
+cdb_catalog *cdb_catalog_cache_peek(cdb_catalog_cache *cc)
+{
+    return current(cc);
+}
+
 cdb_catalog *cdb_catalog_cache_get(cdb_catalog_cache *cc, cdb_error *err)
 {
     cdb_catalog *cat = current(cc);

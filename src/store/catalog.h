@@ -103,6 +103,8 @@ void cdb_catalog_cache_free(cdb_catalog_cache *cc);
 
 /* The current snapshot (ref'd: cdb_catalog_unref it); loads it the first time. */
 cdb_catalog *cdb_catalog_cache_get(cdb_catalog_cache *cc, cdb_error *err);
+/* The current snapshot (ref'd) or NULL before the first load; never loads (the event loops). */
+cdb_catalog *cdb_catalog_cache_peek(cdb_catalog_cache *cc);
 /* Loads a new snapshot now and swaps it in. */
 int cdb_catalog_cache_refresh(cdb_catalog_cache *cc, cdb_error *err);
 

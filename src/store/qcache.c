@@ -178,6 +178,32 @@ static char *entry_key(const cdb_qcache *qc, const char *table, const char id[HA
     return k;
 }
 
+/* A generation counter's value (NULL: unset); 0 when unset or not a number. */
+static int64_t parse_generation(const char *v)
+{
+    if (!v)
+        return 0;
+    char *end;
+    errno = 0;
+    int64_t g = strtoll(v, &end, 10);
+    return errno || end == v ? 0 : g;
+}
+
+/*
+ * An entry is "<generation>\n<bytes>": the offset of the bytes when it was
+ * computed at generation, else 0 (a stale or malformed entry is a miss).
+ */
+static size_t entry_payload(const char *entry, size_t len, int64_t generation)
+{
+    const char *nl = memchr(entry, '\n', len);
+    char *end;
+    errno = 0;
+    int64_t at = nl ? strtoll(entry, &end, 10) : -1;
+    if (!nl || errno || end != nl || at != generation)
+        return 0;
+    return (size_t)(nl + 1 - entry);
+}
+
 /*
  * The table's generation and the entry of ekey in one round trip (MGET: the
  * entry's key does not depend on the generation). out->generation gets the
@@ -205,30 +231,48 @@ static bool read_cached(cdb_qcache *qc, const char *table, const char *ekey, cdb
         out->lsn_seen = v[2] ? strtoull(v[2], NULL, 16) : 0;
         free(v[2]);
     }
-    char *end;
-    if (v[0]) {
-        errno = 0;
-        out->generation = strtoll(v[0], &end, 10);
-        if (errno || end == v[0])
-            out->generation = 0;
-        free(v[0]);
-    }
+    out->generation = parse_generation(v[0]);
+    free(v[0]);
     if (!v[1])
         return true;
-    /* an entry is "<generation>\n<bytes>" */
-    char *nl = memchr(v[1], '\n', len[1]);
-    errno = 0;
-    int64_t at = nl ? strtoll(v[1], &end, 10) : -1;
-    if (!nl || errno || end != nl || at != out->generation) {
+    size_t skip = entry_payload(v[1], len[1], out->generation);
+    if (!skip) {
         free(v[1]);
         return true;
     }
     /* hand the bytes after the tag over in place of a copy */
-    size_t skip = (size_t)(nl + 1 - v[1]);
-    memmove(v[1], nl + 1, len[1] - skip + 1);
+    memmove(v[1], v[1] + skip, len[1] - skip + 1);
     out->hit = true;
     out->value = v[1];
     out->len = len[1] - skip;
+    return true;
+}
+
+bool cdb_qcache_probe_keys(cdb_qcache *qc, const char *table, const char *key, char gen_key[256],
+                           char **ekey)
+{
+    *ekey = NULL;
+    if (!cdb_qcache_enabled(qc) || !table || !key || !atomic_load(&qc->ns_set) ||
+        !cdb_cache_is_redis(qc->cache))
+        return false;
+    /* a resync is pending (cache_trusted would run it): that is blocking work */
+    if (qc->resync && cdb_redis_recoveries(qc->redis) != atomic_load(&qc->synced_recoveries))
+        return false;
+    char id[HASH_HEX];
+    key_id(key, id);
+    cdb_qcache_generation_key(qc, table, gen_key, 256);
+    return (*ekey = entry_key(qc, table, id)) != NULL;
+}
+
+bool cdb_qcache_probe_hit(const char *generation, const char *entry, size_t len, const char **value,
+                          size_t *value_len)
+{
+    size_t skip = entry ? entry_payload(entry, len, parse_generation(generation)) : 0;
+    if (!skip)
+        return false;
+    *value = entry + skip;
+    *value_len = len - skip;
+    cdb__metrics_inc(CDB_M_CACHE_HITS);
     return true;
 }
 

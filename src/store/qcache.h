@@ -67,6 +67,23 @@ void cdb_qcache_store(cdb_qcache *qc, const char *table, const char *key, int64_
 void cdb_qcache_abandon(cdb_qcache *qc, const char *key);
 
 /*
+ * A lookup made elsewhere, without blocking (the event loops ask Redis
+ * asynchronously: http/loop_admit.c). _probe_keys gives the two keys to
+ * read in one MGET, the table's generation (gen_key, 256 bytes) and the
+ * entry (*ekey, malloc'd); false when no lookup can be made now without
+ * blocking work (caching off, the namespace not loaded yet, the in-process
+ * cache, a resync pending after a Redis outage): the caller then uses
+ * cdb_qcache_get. _probe_hit judges the two values read (NULL = unset):
+ * true when the entry was computed at that generation, with *value and *len
+ * pointing into entry (counted as a hit). A miss here joins no flight: the
+ * caller then runs cdb_qcache_get, which does.
+ */
+bool cdb_qcache_probe_keys(cdb_qcache *qc, const char *table, const char *key, char gen_key[256],
+                           char **ekey);
+bool cdb_qcache_probe_hit(const char *generation, const char *entry, size_t len, const char **value,
+                          size_t *value_len);
+
+/*
  * Every key lives under "coredb:<ns>:", ns being the deployment's id (the
  * coredb.deployment row of its database), so deployments sharing one Redis
  * never read each other's results. Set once, before any key is used (the

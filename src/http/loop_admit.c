@@ -1,0 +1,205 @@
+/*
+ * loop_admit.c - admission on the event loop that parsed the request, and
+ * the answer of a data-API cache hit there, without a worker thread.
+ *
+ * The token's signature was checked on the loop already (request.c). What
+ * admission still needs from Redis is sent on the loop's asynchronous
+ * connection (store/redis_async.h) as one pipeline: the session's
+ * liveness copy (GET), the caller's quota (EVALSHA of the GCRA script) and,
+ * for a CDB_RUN_CACHED route, the table's generation and the cached answer
+ * (MGET, data/query_probe.h). When every reply is in, the loop decides:
+ *
+ *   - session ended: 401 TOKEN_REVOKED, on the loop;
+ *   - session alive and quota refused: 429, on the loop;
+ *   - session alive, quota fine, a cache hit: 200, on the loop;
+ *   - anything else goes to a worker as before, keeping what the loop
+ *     learnt (session_checked, quota_checked) so nothing is asked twice;
+ *     what the loop could not settle (no liveness copy, a failed reply) the
+ *     worker settles the blocking way, PostgreSQL included.
+ *
+ * So the promises are the blocking path's: the same keys are read, and a
+ * request whose replies are missing or odd is simply admitted the old way.
+ * The loop never waits: with its connection down (cdb_aredis_ready false)
+ * every request takes the blocking path at once.
+ */
+#include "http_internal.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+#include "core/metrics.h"
+#include "data/query_probe.h"
+#include "identity/liveness.h"
+#include "service/service_internal.h"
+
+/* One request's pipeline on the loop. */
+typedef struct loop_admission {
+    cdb_request *r;
+    int pending;                   /* replies still to come */
+    int liveness;                  /* 1 alive, 0 ended, -1 unknown */
+    int rate;                      /* the caller's quota, 0 = none */
+    bool quota_known;              /* rl holds Redis's answer */
+    cdb_rl_result rl;
+    bool probed;                   /* probe's keys were sent */
+    cdb__query_probe probe;
+    char *answer;                  /* a cache hit's body */
+    char session_key[64];
+    char quota_key[128];
+    cdb_rl_command quota_cmd;
+} loop_admission;
+
+static void admission_free(loop_admission *a)
+{
+    if (a->probed)
+        cdb__data_query_probe_destroy(&a->probe);
+    free(a->answer);
+    free(a);
+}
+
+/* Every reply is in: answer on the loop or hand the request to a worker. */
+static void decide(loop_admission *a)
+{
+    cdb_request *r = a->r;
+    cdb__metric outcome = CDB_M_LOOP_ANSWERED;
+
+    if (a->liveness == 0) {
+        memset(&r->principal, 0, sizeof r->principal);   /* role ANON: nobody */
+        cdb_request_header(r, "WWW-Authenticate", "Bearer");
+        cdb_request_failf(r, CDB_ERR_TOKEN_REVOKED, "Session has ended");
+        goto answer;
+    }
+    r->session_checked = a->liveness == 1;
+    /*
+     * A quota refusal charges nothing, so with the session unknown the
+     * worker checks both again (a refused caller is told after its
+     * session, as the blocking path orders them).
+     */
+    if (a->quota_known && (a->rl.allowed || r->session_checked) && !cdb__admit_quota_apply(r, &a->rl))
+        goto answer;
+    if (a->answer && r->session_checked && (r->quota_checked || a->rate <= 0)) {
+        cdb_request_reply_text(r, 200, a->answer);
+        a->answer = NULL;
+        goto answer;
+    }
+    outcome = CDB_M_LOOP_HANDED_OFF;
+    cdb__metrics_inc(outcome);
+    admission_free(a);
+    cdb_server_hand_off(r);
+    return;
+
+answer:
+    cdb__metrics_inc(outcome);
+    admission_free(a);
+    cdb_server_finish(r);
+}
+
+static void reply_done(loop_admission *a)
+{
+    if (--a->pending == 0)
+        decide(a);
+}
+
+static void on_liveness(redisReply *reply, void *arg)
+{
+    loop_admission *a = arg;
+    if (reply && reply->type == REDIS_REPLY_STRING)
+        a->liveness = cdb__session_liveness_of(&a->r->principal, reply->str);
+    reply_done(a);
+}
+
+static void on_quota(redisReply *reply, void *arg)
+{
+    loop_admission *a = arg;
+    a->quota_known = cdb_ratelimit_gcra_reply(cdb_service_ratelimit(a->r->svc), reply,
+                                              cdb__admit_quota_rate(a->r), &a->rl);
+    reply_done(a);
+}
+
+static void on_probe(redisReply *reply, void *arg)
+{
+    loop_admission *a = arg;
+    if (reply && reply->type == REDIS_REPLY_ARRAY && reply->elements == 2) {
+        const redisReply *gen = reply->element[0], *entry = reply->element[1];
+        if ((gen->type == REDIS_REPLY_STRING || gen->type == REDIS_REPLY_NIL) &&
+            entry->type == REDIS_REPLY_STRING)
+            a->answer = cdb__data_query_probe_answer(
+                &a->probe, gen->type == REDIS_REPLY_STRING ? gen->str : NULL, entry->str, entry->len);
+    }
+    reply_done(a);
+}
+
+/* Queues one command of a's pipeline; false when it could not be queued. */
+static bool pipeline(loop_admission *a, cdb_aredis_cb cb, int argc, const char **argv)
+{
+    if (!cdb_aredis_send(a->r->loop->aredis, cb, a, argc, argv, NULL))
+        return false;
+    a->pending++;
+    return true;
+}
+
+/*
+ * The body is parsed here (the cache key is built from it); a body that
+ * does not parse is left for the worker, which reports it after admission.
+ */
+static void probe_cache(loop_admission *a)
+{
+    cdb_request *r = a->r;
+    /* a leased connection's request must first prove the lease (routes_data.c) */
+    if (r->route->mode != CDB_RUN_CACHED || r->raw_body_len == 0 || cdb_request_field(r, "X-Connection-ID"))
+        return;
+    if (!r->body && !(r->body = json_loadb(r->raw_body, r->raw_body_len, JSON_REJECT_DUPLICATES, NULL)))
+        return;
+    if (!cdb__data_query_probe(r->svc, &r->principal, r->body, &a->probe))
+        return;
+    const char *argv[] = {"MGET", a->probe.gen_key, a->probe.entry_key};
+    if (pipeline(a, on_probe, 3, argv))
+        a->probed = true;
+    else
+        cdb__data_query_probe_destroy(&a->probe);
+}
+
+/* What the loop can take on: an authenticated caller of a worker route, Redis ready. */
+static bool eligible(cdb_request *r)
+{
+    const cdb_route *route = r->route;
+    int64_t maintenance_since;
+    if ((route->mode != CDB_RUN_WORKER && route->mode != CDB_RUN_CACHED) || route->auth < CDB_AUTH_USER || !r->bearer)
+        return false;
+    /* a refused admin call is audited: the worker does that */
+    if (route->auth == CDB_AUTH_ADMIN && r->principal.role != CDB_ROLE_ADMIN)
+        return false;
+    /* a restore (503 MAINTENANCE) or a poll of its flag that is due: the worker's business */
+    if (!cdb_service_maintenance_known(r->svc, &maintenance_since) || maintenance_since)
+        return false;
+    return r->loop->aredis != NULL;
+}
+
+bool cdb__loop_admit(cdb_request *r)
+{
+    if (!eligible(r))
+        return false;
+    loop_admission *a = NULL;
+    if (!cdb_aredis_ready(r->loop->aredis) || !(a = calloc(1, sizeof *a)))
+        goto fallback;
+    a->r = r;
+    a->liveness = -1;
+    /* replies arrive once this returns: the loop runs the callbacks */
+    cdb__session_liveness_key(&r->principal, a->session_key, sizeof a->session_key);
+    const char *get[] = {"GET", a->session_key};
+    if (!pipeline(a, on_liveness, 2, get))
+        goto fallback;
+    if ((a->rate = cdb__admit_quota_rate(r)) > 0) {
+        cdb__admit_quota_key(r, a->quota_key, sizeof a->quota_key);
+        /* not sent (the script not loaded yet): the worker charges the quota */
+        if (cdb_ratelimit_gcra_command(cdb_service_ratelimit(r->svc), a->quota_key, a->rate, a->rate,
+                                       &a->quota_cmd))
+            pipeline(a, on_quota, a->quota_cmd.argc, a->quota_cmd.argv);
+    }
+    probe_cache(a);
+    return true;
+
+fallback:
+    free(a);
+    cdb__metrics_inc(CDB_M_LOOP_FALLBACK);
+    return false;
+}
