@@ -668,6 +668,46 @@ void cdb_redis_topology_get(cdb_redis *r, cdb_redis_topology *t)
     t->master_changes = atomic_load(&r->master_changes);
 }
 
+int cdb_redis_endpoint_get(cdb_redis *r, cdb_redis_endpoint *ep)
+{
+    int rc = -1;
+
+    memset(ep, 0, sizeof *ep);
+    pthread_mutex_lock(&r->mu);
+    if (r->sentinels && r->master_port == 0)
+        goto out_unlock;
+    ep->host = strdup(r->sentinels ? r->master_host : r->host);
+    ep->port = r->sentinels ? r->master_port : r->port;
+    ep->user = r->user ? strdup(r->user) : NULL;
+    ep->password = r->password ? strdup(r->password) : NULL;
+    ep->db = r->db;
+    ep->sentinel = r->sentinels != NULL;
+    ep->connect_timeout_ms = r->connect_timeout_ms;
+    if (!ep->host || (r->user && !ep->user) || (r->password && !ep->password))
+        goto out_unlock;
+    rc = 0;
+out_unlock:
+    pthread_mutex_unlock(&r->mu);
+    if (rc < 0)
+        cdb_redis_endpoint_destroy(ep);
+    return rc;
+}
+
+void cdb_redis_endpoint_destroy(cdb_redis_endpoint *ep)
+{
+    if (ep->password)
+        explicit_bzero(ep->password, strlen(ep->password));
+    free(ep->password);
+    free(ep->user);
+    free(ep->host);
+    memset(ep, 0, sizeof *ep);
+}
+
+uint64_t cdb_redis_master_changes(cdb_redis *r)
+{
+    return r ? atomic_load(&r->master_changes) : 0;
+}
+
 /*
  * No replica confirmed a write: either the master has none, or one of them
  * was just promoted and this server is a master about to be demoted. The

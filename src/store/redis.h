@@ -90,6 +90,30 @@ typedef struct cdb_redis_topology {
 /* Fills *t; a NULL r gives zeros. */
 void cdb_redis_topology_get(cdb_redis *r, cdb_redis_topology *t);
 
+/*
+ * Where the pool's connections go now, for a connection made outside the
+ * pool (store/redis_async.c): the URL's host and port, or with sentinels
+ * the master the pool last verified (never asks the sentinels: it does not
+ * block, it only takes the pool's lock), plus the URL's credentials and db.
+ * The strings are copies owned by *ep; cdb_redis_endpoint_destroy wipes the
+ * password and frees them. 0, or -1 when there is no address yet (sentinels
+ * not asked yet: a pool command asks them) or on out of memory (*ep then
+ * holds nothing to free).
+ */
+typedef struct cdb_redis_endpoint {
+    char *host;
+    int port;
+    char *user;                 /* NULL: AUTH with the password alone */
+    char *password;             /* NULL: no AUTH; a secret, never log it */
+    int db;
+    bool sentinel;              /* the address came from the sentinels */
+    int connect_timeout_ms;     /* the pool's connect timeout */
+} cdb_redis_endpoint;
+int cdb_redis_endpoint_get(cdb_redis *r, cdb_redis_endpoint *ep);
+void cdb_redis_endpoint_destroy(cdb_redis_endpoint *ep);
+/* Times a connect found the sentinels' master at a new address (lock-free); NULL gives 0. */
+uint64_t cdb_redis_master_changes(cdb_redis *r);
+
 /* The URL with the password redacted (owned by r). */
 const char *cdb_redis_display_url(const cdb_redis *r);
 
