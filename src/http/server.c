@@ -242,6 +242,9 @@ static void raise_descriptor_limit(void)
 static void *loop_main(void *arg)
 {
     cdb_loop *loop = arg;
+    /* connect now rather than on the first request (a no-op without Redis) */
+    if (loop->aredis)
+        cdb_aredis_ready(loop->aredis);
     event_base_loop(loop->base, EVLOOP_NO_EXIT_ON_EMPTY);
     return NULL;
 }
