@@ -171,6 +171,9 @@ static bool eligible(cdb_request *r)
     /* a restore (503 MAINTENANCE) or a poll of its flag that is due: the worker's business */
     if (!cdb_service_maintenance_known(r->svc, &maintenance_since) || maintenance_since)
         return false;
+    /* Redis came back and the outbox is not applied yet: its copies are not trusted */
+    if (cdb_qcache_resync_pending(cdb_service_qcache(r->svc)))
+        return false;
     return r->loop->aredis != NULL;
 }
 

@@ -297,6 +297,11 @@ cdb_redis *cdb_service_redis(cdb_service *svc)
     return svc->redis;
 }
 
+cdb_qcache *cdb_service_qcache(cdb_service *svc)
+{
+    return svc->qcache;
+}
+
 static cdb_health_deps health_deps(const cdb_service *svc)
 {
     return (cdb_health_deps){

@@ -8,6 +8,7 @@
 
 #include "coredb/service.h"
 #include "security/ratelimit.h"
+#include "store/qcache.h"
 
 #include <stdint.h>
 
@@ -16,6 +17,8 @@ cdb_ratelimit *cdb_service_ratelimit(cdb_service *svc);
 /* The blocking Redis pool (not owned), NULL without Redis: the event loops' asynchronous
  * connections take its address from it (store/redis_async.h). */
 cdb_redis *cdb_service_redis(cdb_service *svc);
+/* The data API's query cache (not owned). */
+cdb_qcache *cdb_service_qcache(cdb_service *svc);
 
 /*
  * POST /test/sleep (test builds of the HTTP API): holds a pooled connection

@@ -12,13 +12,9 @@
  * Redis backend: GET, SET ... EX, DEL and INCR through the cdb_redis pool;
  * I/O failures come back as CACHE_UNAVAILABLE.
  *
- * In-process backend (no REDIS_URL): a chained hash table under one mutex,
- * with a fixed bucket array sized from max_entries (0 means 65536) and a
- * list of entries from least to most recently written. Expiry is lazy: an
- * expired entry is dropped when it is read or when room is needed. When the
- * table is full a write first drops the expired entries among the oldest few,
- * else the oldest entry: bounded memory and O(1) work per write, at the price
- * of sometimes evicting a live entry while an expired one sits further on.
+ * In-process backend (no REDIS_URL): a bounded table (core/kvtable.h) under
+ * one mutex, max_entries entries (0 means 65536), expiry lazy, the oldest
+ * writes evicted first.
  */
 #include "store/cache.h"
 
@@ -29,160 +25,16 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "core/kvtable.h"
 #include "core/timeutil.h"
 
 #define DEFAULT_MAX_ENTRIES 65536
-#define MAX_BUCKETS (1u << 20)
-#define EVICT_SCAN 16            /* oldest entries examined for expiry on a full write */
-
-typedef struct entry {
-    struct entry *next;          /* bucket chain */
-    struct entry *older, *newer; /* write-order list */
-    uint64_t hash;
-    int64_t expires_ms;          /* cdb_mono_ms deadline; 0: never */
-    char *value;                 /* len bytes plus a NUL */
-    size_t len;
-    char key[];
-} entry;
 
 struct cdb_cache {
     cdb_redis *redis;            /* not owned; NULL: in-process table */
-    pthread_mutex_t mu;          /* guards the table below */
-    entry **buckets;
-    size_t nbuckets;             /* a power of two */
-    size_t count;
-    size_t max_entries;
-    entry *oldest, *newest;      /* every entry, by last write */
+    pthread_mutex_t mu;          /* guards table */
+    cdb_kvtable *table;
 };
-
-/* ---- in-process table ---------------------------------------------------- */
-
-/* FNV-1a: short keys, no adversarial input worth a keyed hash here. */
-static uint64_t hash_key(const char *key)
-{
-    uint64_t h = 14695981039346656037ULL;
-    for (const unsigned char *p = (const unsigned char *)key; *p; p++)
-        h = (h ^ *p) * 1099511628211ULL;
-    return h;
-}
-
-static bool expired(const entry *e, int64_t now)
-{
-    return e->expires_ms != 0 && now >= e->expires_ms;
-}
-
-static void list_unlink(cdb_cache *c, entry *e)
-{
-    if (e->older)
-        e->older->newer = e->newer;
-    else
-        c->oldest = e->newer;
-    if (e->newer)
-        e->newer->older = e->older;
-    else
-        c->newest = e->older;
-    e->older = e->newer = NULL;
-}
-
-static void list_append(cdb_cache *c, entry *e)
-{
-    e->older = c->newest;
-    e->newer = NULL;
-    if (c->newest)
-        c->newest->newer = e;
-    else
-        c->oldest = e;
-    c->newest = e;
-}
-
-/* The entry for key, or NULL; *slot is the link pointing at it (or the end). */
-static entry *find(cdb_cache *c, const char *key, uint64_t h, entry ***slot)
-{
-    entry **pp = &c->buckets[h & (c->nbuckets - 1)];
-    for (; *pp; pp = &(*pp)->next)
-        if ((*pp)->hash == h && strcmp((*pp)->key, key) == 0)
-            break;
-    *slot = pp;
-    return *pp;
-}
-
-static void remove_entry(cdb_cache *c, entry *e)
-{
-    entry **pp;
-    find(c, e->key, e->hash, &pp);
-    *pp = e->next;
-    list_unlink(c, e);
-    c->count--;
-    free(e->value);
-    free(e);
-}
-
-/* Makes room for one more entry; caller holds c->mu. */
-static void evict_for_insert(cdb_cache *c, int64_t now)
-{
-    entry *e = c->oldest;
-    for (int i = 0; e && i < EVICT_SCAN; i++) {
-        entry *newer = e->newer;
-        if (expired(e, now))
-            remove_entry(c, e);
-        e = newer;
-    }
-    if (c->count >= c->max_entries && c->oldest)
-        remove_entry(c, c->oldest);
-}
-
-/* A live entry for key, dropping it if it has expired; caller holds c->mu. */
-static entry *lookup_live(cdb_cache *c, const char *key, uint64_t h, int64_t now)
-{
-    entry **pp;
-    entry *e = find(c, key, h, &pp);
-    if (e && expired(e, now)) {
-        remove_entry(c, e);
-        e = NULL;
-    }
-    return e;
-}
-
-/* Stores a copy of value under key as the newest entry; caller holds c->mu. */
-static int put_locked(cdb_cache *c, const char *key, const char *value, size_t len,
-                      int64_t expires_ms, int64_t now, cdb_error *err)
-{
-    uint64_t h = hash_key(key);
-    entry **pp;
-    entry *e = find(c, key, h, &pp);
-    char *copy = malloc(len + 1);
-
-    if (!copy)
-        return cdb_error_oom(err);
-    if (len > 0)
-        memcpy(copy, value, len);
-    copy[len] = '\0';
-
-    if (e) {
-        list_unlink(c, e);
-        free(e->value);
-    } else {
-        size_t klen = strlen(key);
-        if (c->count >= c->max_entries)
-            evict_for_insert(c, now);
-        e = malloc(sizeof *e + klen + 1);
-        if (!e) {
-            free(copy);
-            return cdb_error_oom(err);
-        }
-        memcpy(e->key, key, klen + 1);
-        e->hash = h;
-        /* Eviction may have rewired the chain under pp: insert at the head. */
-        e->next = c->buckets[h & (c->nbuckets - 1)];
-        c->buckets[h & (c->nbuckets - 1)] = e;
-        c->count++;
-    }
-    e->value = copy;
-    e->len = len;
-    e->expires_ms = expires_ms;
-    list_append(c, e);
-    return 0;
-}
 
 /* Parses exactly an optional '-' and 1..19 digits into an int64. */
 static bool parse_i64(const char *s, size_t len, int64_t *out)
@@ -342,17 +194,9 @@ cdb_cache *cdb_cache_new(cdb_redis *redis, size_t max_entries)
     if (!c)
         return NULL;
     c->redis = redis;
-    c->max_entries = max_entries ? max_entries : DEFAULT_MAX_ENTRIES;
-    if (!redis) {
-        /* Load factor <= 1 up to MAX_BUCKETS; the chains grow past that. */
-        c->nbuckets = 16;
-        while (c->nbuckets < c->max_entries && c->nbuckets < MAX_BUCKETS)
-            c->nbuckets *= 2;
-        c->buckets = calloc(c->nbuckets, sizeof *c->buckets);
-        if (!c->buckets) {
-            free(c);
-            return NULL;
-        }
+    if (!redis && !(c->table = cdb_kvtable_new(max_entries ? max_entries : DEFAULT_MAX_ENTRIES, 0))) {
+        free(c);
+        return NULL;
     }
     pthread_mutex_init(&c->mu, NULL);
     return c;
@@ -362,12 +206,7 @@ void cdb_cache_free(cdb_cache *c)
 {
     if (!c)
         return;
-    for (entry *e = c->oldest, *newer; e; e = newer) {
-        newer = e->newer;
-        free(e->value);
-        free(e);
-    }
-    free(c->buckets);
+    cdb_kvtable_free(c->table);
     pthread_mutex_destroy(&c->mu);
     free(c);
 }
@@ -384,27 +223,18 @@ cdb_redis *cdb_cache_redis(const cdb_cache *c)
 
 int cdb_cache_get(cdb_cache *c, const char *key, char **value, size_t *len, cdb_error *err)
 {
-    entry *e;
-    char *copy = NULL;
     int rc = 0;
 
     if (c->redis)
         return redis_get(c, key, value, len, err);
     pthread_mutex_lock(&c->mu);
-    e = lookup_live(c, key, hash_key(key), cdb_mono_ms());
-    if (!e)
-        goto out_unlock;
-    copy = malloc(e->len + 1);
-    if (!copy) {
+    const char *v = cdb_kvtable_get(c->table, key, len, NULL, cdb_mono_ms());
+    if (v && !(*value = malloc(*len + 1)))
         rc = cdb_error_oom(err);
-        goto out_unlock;
+    else if (v) {
+        memcpy(*value, v, *len + 1);
+        rc = 1;
     }
-    memcpy(copy, e->value, e->len + 1);
-    *value = copy;
-    *len = e->len;
-    rc = 1;
-
-out_unlock:
     pthread_mutex_unlock(&c->mu);
     return rc;
 }
@@ -466,52 +296,42 @@ int cdb_cache_get_many(cdb_cache *c, int n, const char *const *keys, char **valu
 int cdb_cache_set(cdb_cache *c, const char *key, const char *value, size_t len, int ttl_s,
                   cdb_error *err)
 {
-    int64_t now;
-    int rc;
+    int rc = 0;
 
     if (c->redis)
         return redis_set(c, key, value, len, ttl_s, err);
     pthread_mutex_lock(&c->mu);
-    now = cdb_mono_ms();
-    rc = put_locked(c, key, value, len, ttl_s > 0 ? now + (int64_t)ttl_s * 1000 : 0, now, err);
+    int64_t now = cdb_mono_ms();
+    if (cdb_kvtable_put(c->table, key, value, len, ttl_s > 0 ? now + (int64_t)ttl_s * 1000 : 0, now) < 0)
+        rc = cdb_error_oom(err);
     pthread_mutex_unlock(&c->mu);
     return rc;
 }
 
 int cdb_cache_del(cdb_cache *c, const char *key, int *deleted, cdb_error *err)
 {
-    entry **pp;
-    entry *e;
-
     if (c->redis)
         return redis_del(c, key, deleted, err);
     pthread_mutex_lock(&c->mu);
-    e = find(c, key, hash_key(key), &pp);
-    if (deleted)
-        *deleted = e && !expired(e, cdb_mono_ms());
-    if (e)
-        remove_entry(c, e);
+    bool live = cdb_kvtable_del(c->table, key, cdb_mono_ms());
     pthread_mutex_unlock(&c->mu);
+    if (deleted)
+        *deleted = live;
     return 0;
 }
 
 int cdb_cache_expire(cdb_cache *c, const char *key, int ttl_s, bool *applied, cdb_error *err)
 {
-    int64_t now;
-    entry *e;
-
     if (c->redis)
         return redis_expire(c, key, ttl_s, applied, err);
     pthread_mutex_lock(&c->mu);
-    now = cdb_mono_ms();
-    e = lookup_live(c, key, hash_key(key), now);
-    if (e && ttl_s <= 0)
-        remove_entry(c, e);        /* as Redis: a TTL in the past deletes */
-    else if (e)
-        e->expires_ms = now + (int64_t)ttl_s * 1000;
-    if (applied)
-        *applied = e != NULL;
+    int64_t now = cdb_mono_ms();
+    /* as Redis: a TTL in the past deletes */
+    bool found = ttl_s <= 0 ? cdb_kvtable_del(c->table, key, now)
+                            : cdb_kvtable_expire(c->table, key, now + (int64_t)ttl_s * 1000, now);
     pthread_mutex_unlock(&c->mu);
+    if (applied)
+        *applied = found;
     return 0;
 }
 
@@ -519,29 +339,24 @@ int cdb_cache_expire(cdb_cache *c, const char *key, int ttl_s, bool *applied, cd
 int cdb_cache_incr(cdb_cache *c, const char *key, int64_t *out, cdb_error *err)
 {
     char buf[24];
-    int64_t now, v = 0, expires_ms = 0;
-    entry *e;
-    int rc;
+    int64_t v = 0, expires_ms = 0;
+    size_t len;
+    int rc = 0;
 
     if (c->redis)
         return redis_incr(c, key, out, err);
     pthread_mutex_lock(&c->mu);
-    now = cdb_mono_ms();
-    e = lookup_live(c, key, hash_key(key), now);
-    if (e) {
-        if (!parse_i64(e->value, e->len, &v) || v == INT64_MAX) {
-            rc = cdb_error_set(err, CDB_ERR_VALIDATION_FAILED,
-                               "cached value is not an integer or would overflow");
-            goto out_unlock;
-        }
-        expires_ms = e->expires_ms;
+    int64_t now = cdb_mono_ms();
+    const char *cur = cdb_kvtable_get(c->table, key, &len, &expires_ms, now);
+    if (cur && (!parse_i64(cur, len, &v) || v == INT64_MAX)) {
+        rc = cdb_error_set(err, CDB_ERR_VALIDATION_FAILED, "cached value is not an integer or would overflow");
+        goto out_unlock;
     }
     v++;
-    rc = put_locked(c, key, buf, (size_t)snprintf(buf, sizeof buf, "%" PRId64, v),
-                    expires_ms, now, err);
-    if (rc == 0)
+    if (cdb_kvtable_put(c->table, key, buf, (size_t)snprintf(buf, sizeof buf, "%" PRId64, v), expires_ms, now) < 0)
+        rc = cdb_error_oom(err);
+    else
         *out = v;
-
 out_unlock:
     pthread_mutex_unlock(&c->mu);
     return rc;

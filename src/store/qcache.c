@@ -152,11 +152,16 @@ void cdb_qcache_key(const cdb_qcache *qc, const char *suffix, char *buf, size_t 
  * have kept entries those writes made stale. Until the resync hook has
  * applied them, no hit is trusted.
  */
-static bool cache_trusted(cdb_qcache *qc)
+bool cdb_qcache_resync_pending(cdb_qcache *qc)
 {
-    uint64_t now = cdb_redis_recoveries(qc->redis);
-    if (!qc->resync || now == atomic_load(&qc->synced_recoveries))
+    return qc && qc->resync && cdb_redis_recoveries(qc->redis) != atomic_load(&qc->synced_recoveries);
+}
+
+bool cdb_qcache_trusted(cdb_qcache *qc)
+{
+    if (!cdb_qcache_resync_pending(qc))
         return true;
+    uint64_t now = cdb_redis_recoveries(qc->redis);
     if (qc->resync(qc->resync_arg) != 0)
         return false;
     atomic_store(&qc->synced_recoveries, now);
@@ -255,8 +260,8 @@ bool cdb_qcache_probe_keys(cdb_qcache *qc, const char *table, const char *key, c
     if (!cdb_qcache_enabled(qc) || !table || !key || !atomic_load(&qc->ns_set) ||
         !cdb_cache_is_redis(qc->cache))
         return false;
-    /* a resync is pending (cache_trusted would run it): that is blocking work */
-    if (qc->resync && cdb_redis_recoveries(qc->redis) != atomic_load(&qc->synced_recoveries))
+    /* a resync is pending (cdb_qcache_trusted would run it): that is blocking work */
+    if (cdb_qcache_resync_pending(qc))
         return false;
     char id[HASH_HEX];
     key_id(key, id);
@@ -356,7 +361,7 @@ void cdb_qcache_get(cdb_qcache *qc, const char *table, const char *key, cdb_qcac
     *out = (cdb_qcache_lookup){0};
     if (!qc || !table || !key || qc->ttl_s <= 0) /* CACHE_TTL=0: caching is off */
         return;
-    if (!cache_trusted(qc))
+    if (!cdb_qcache_trusted(qc))
         return;
     uint64_t epoch = atomic_load(&qc->epoch);
     key_id(key, id);

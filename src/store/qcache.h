@@ -107,6 +107,15 @@ bool cdb_qcache_has_namespace(cdb_qcache *qc);
  */
 typedef int (*cdb_qcache_resync_fn)(void *arg);
 void cdb_qcache_set_resync(cdb_qcache *qc, cdb_redis *redis, cdb_qcache_resync_fn fn, void *arg);
+/*
+ * Whether what Redis holds may be trusted: false until the resync after its
+ * last recovery has succeeded (_trusted runs it, blocking; _resync_pending
+ * only tells). Session liveness copies follow the same rule: a Redis back
+ * from an old snapshot may hold an "alive" copy of a session ended while it
+ * was down, whose tombstone still waits in the outbox.
+ */
+bool cdb_qcache_trusted(cdb_qcache *qc);
+bool cdb_qcache_resync_pending(cdb_qcache *qc);
 
 /* Redis key of a table's generation counter ("coredb:<ns>:gen:<table>"); buf >= 200. */
 void cdb_qcache_generation_key(const cdb_qcache *qc, const char *table, char *buf, size_t len);

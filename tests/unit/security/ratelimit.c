@@ -316,6 +316,38 @@ static void test_window_counters(void **state)
     assert_int_equal(cdb_ratelimit_window_count(rl, "win:b", 1, NULL), 0);
 }
 
+
+/* The loops' asynchronous form: what is sent, and how an answer is read. */
+static void test_async_command_and_reply(void **state)
+{
+    cdb_ratelimit *rl = cdb_ratelimit_new(NULL);
+    cdb_rl_command cmd;
+    cdb_rl_result out;
+    /* without Redis (or without a limit) there is nothing to send */
+    assert_false(cdb_ratelimit_gcra_command(rl, "k", 5, 5, &cmd));
+    assert_false(cdb_ratelimit_gcra_command(rl, "k", 0, 5, &cmd));
+    /* no answer, an error answer (NOSCRIPT ran nothing), a malformed one */
+    assert_false(cdb_ratelimit_gcra_reply(rl, NULL, 5, &out));
+    redisReply err = {.type = REDIS_REPLY_ERROR, .str = "NOSCRIPT No matching script", .len = 27};
+    assert_false(cdb_ratelimit_gcra_reply(rl, &err, 5, &out));
+    redisReply one = {.type = REDIS_REPLY_INTEGER, .integer = 1};
+    assert_false(cdb_ratelimit_gcra_reply(rl, &one, 5, &out));
+    /* [allowed, remaining, retry_after_us, reset_after_us] */
+    redisReply v[4] = {{.type = REDIS_REPLY_INTEGER, .integer = 0}, {.type = REDIS_REPLY_INTEGER, .integer = 0},
+                       {.type = REDIS_REPLY_INTEGER, .integer = 1500000},
+                       {.type = REDIS_REPLY_INTEGER, .integer = 2000000}};
+    redisReply *elems[4] = {&v[0], &v[1], &v[2], &v[3]};
+    redisReply arr = {.type = REDIS_REPLY_ARRAY, .elements = 4, .element = elems};
+    assert_true(cdb_ratelimit_gcra_reply(rl, &arr, 5, &out));
+    assert_false(out.allowed);
+    assert_int_equal(out.limit, 5);
+    assert_true(out.retry_after_s > 1.49 && out.retry_after_s < 1.51);
+    assert_true(out.reset_after_s > 1.99 && out.reset_after_s < 2.01);
+    arr.elements = 3;
+    assert_false(cdb_ratelimit_gcra_reply(rl, &arr, 5, &out));
+    cdb_ratelimit_free(rl);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -324,6 +356,7 @@ int main(void)
         cmocka_unit_test(test_long_pause_refills),
         cmocka_unit_test(test_rate_one_burst_one),
         cmocka_unit_test(test_edge_arguments),
+        cmocka_unit_test(test_async_command_and_reply),
         cmocka_unit_test_setup_teardown(test_fallback_check, setup, teardown),
         cmocka_unit_test_setup_teardown(test_fallback_table_bound, setup, teardown),
         cmocka_unit_test_setup_teardown(test_fallback_threads, setup, teardown),

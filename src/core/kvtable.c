@@ -1,0 +1,235 @@
+/*
+ * kvtable.c - the bounded key/value table of kvtable.h: a chained hash
+ * table with a fixed bucket array sized from max_entries, and a list of the
+ * entries from least to most recently written.
+ */
+#include "core/kvtable.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+#define MAX_BUCKETS (1u << 20)
+#define EVICT_SCAN 16            /* oldest entries examined for expiry when room is needed */
+
+typedef struct entry {
+    struct entry *next;          /* bucket chain */
+    struct entry *older, *newer; /* write-order list */
+    uint64_t hash;
+    int64_t expires_ms;          /* deadline; 0: never */
+    char *value;                 /* len bytes plus a NUL */
+    size_t len;
+    char key[];
+} entry;
+
+struct cdb_kvtable {
+    entry **buckets;
+    size_t nbuckets;             /* a power of two */
+    size_t count, max_entries;
+    size_t bytes, max_bytes;     /* keys and values; max 0: unbounded */
+    entry *oldest, *newest;
+};
+
+/* FNV-1a: short keys, no adversarial input worth a keyed hash here. */
+static uint64_t hash_key(const char *key)
+{
+    uint64_t h = 14695981039346656037ULL;
+    for (const unsigned char *p = (const unsigned char *)key; *p; p++)
+        h = (h ^ *p) * 1099511628211ULL;
+    return h;
+}
+
+static bool expired(const entry *e, int64_t now)
+{
+    return e->expires_ms != 0 && now >= e->expires_ms;
+}
+
+static size_t entry_bytes(const entry *e)
+{
+    return strlen(e->key) + e->len;
+}
+
+static void list_unlink(cdb_kvtable *t, entry *e)
+{
+    if (e->older)
+        e->older->newer = e->newer;
+    else
+        t->oldest = e->newer;
+    if (e->newer)
+        e->newer->older = e->older;
+    else
+        t->newest = e->older;
+    e->older = e->newer = NULL;
+}
+
+static void list_append(cdb_kvtable *t, entry *e)
+{
+    e->older = t->newest;
+    e->newer = NULL;
+    if (t->newest)
+        t->newest->newer = e;
+    else
+        t->oldest = e;
+    t->newest = e;
+}
+
+/* The entry for key, or NULL; *slot is the link pointing at it (or the end). */
+static entry *find(cdb_kvtable *t, const char *key, uint64_t h, entry ***slot)
+{
+    entry **pp = &t->buckets[h & (t->nbuckets - 1)];
+    for (; *pp; pp = &(*pp)->next)
+        if ((*pp)->hash == h && strcmp((*pp)->key, key) == 0)
+            break;
+    *slot = pp;
+    return *pp;
+}
+
+static void remove_entry(cdb_kvtable *t, entry *e)
+{
+    entry **pp;
+    find(t, e->key, e->hash, &pp);
+    *pp = e->next;
+    list_unlink(t, e);
+    t->count--;
+    t->bytes -= entry_bytes(e);
+    free(e->value);
+    free(e);
+}
+
+/* A live entry for key, dropping it if it has expired. */
+static entry *lookup_live(cdb_kvtable *t, const char *key, int64_t now)
+{
+    entry **pp;
+    entry *e = find(t, key, hash_key(key), &pp);
+    if (e && expired(e, now)) {
+        remove_entry(t, e);
+        e = NULL;
+    }
+    return e;
+}
+
+static bool over(const cdb_kvtable *t, size_t more_entries, size_t more_bytes)
+{
+    return t->count + more_entries > t->max_entries ||
+           (t->max_bytes && t->bytes + more_bytes > t->max_bytes);
+}
+
+/* Makes room for an entry of `bytes` more: expired ones among the oldest first, then the oldest. */
+static void make_room(cdb_kvtable *t, size_t bytes, int64_t now)
+{
+    entry *e = t->oldest;
+    for (int i = 0; e && i < EVICT_SCAN; i++) {
+        entry *newer = e->newer;
+        if (expired(e, now))
+            remove_entry(t, e);
+        e = newer;
+    }
+    while (t->oldest && over(t, 1, bytes))
+        remove_entry(t, t->oldest);
+}
+
+cdb_kvtable *cdb_kvtable_new(size_t max_entries, size_t max_bytes)
+{
+    cdb_kvtable *t = calloc(1, sizeof *t);
+    if (!t)
+        return NULL;
+    t->max_entries = max_entries ? max_entries : 1;
+    t->max_bytes = max_bytes;
+    /* load factor <= 1 up to MAX_BUCKETS; the chains grow past that */
+    t->nbuckets = 16;
+    while (t->nbuckets < t->max_entries && t->nbuckets < MAX_BUCKETS)
+        t->nbuckets *= 2;
+    if (!(t->buckets = calloc(t->nbuckets, sizeof *t->buckets))) {
+        free(t);
+        return NULL;
+    }
+    return t;
+}
+
+void cdb_kvtable_clear(cdb_kvtable *t)
+{
+    while (t->oldest)
+        remove_entry(t, t->oldest);
+}
+
+void cdb_kvtable_free(cdb_kvtable *t)
+{
+    if (!t)
+        return;
+    cdb_kvtable_clear(t);
+    free(t->buckets);
+    free(t);
+}
+
+const char *cdb_kvtable_get(cdb_kvtable *t, const char *key, size_t *len, int64_t *expires_ms, int64_t now_ms)
+{
+    entry *e = lookup_live(t, key, now_ms);
+    if (!e)
+        return NULL;
+    *len = e->len;
+    if (expires_ms)
+        *expires_ms = e->expires_ms;
+    return e->value;
+}
+
+int cdb_kvtable_put(cdb_kvtable *t, const char *key, const char *value, size_t len, int64_t expires_ms,
+                    int64_t now_ms)
+{
+    size_t klen = strlen(key);
+    char *copy = malloc(len + 1);
+    entry *e = copy ? malloc(sizeof *e + klen + 1) : NULL;
+    if (!e) {
+        free(copy);
+        return -1;
+    }
+    if (len > 0)
+        memcpy(copy, value, len);
+    copy[len] = '\0';
+    memcpy(e->key, key, klen + 1);
+    e->hash = hash_key(key);
+    e->value = copy;
+    e->len = len;
+    e->expires_ms = expires_ms;
+
+    entry **pp, *old = find(t, key, e->hash, &pp);
+    if (old)
+        remove_entry(t, old);
+    if (over(t, 1, klen + len))
+        make_room(t, klen + len, now_ms);
+    /* eviction may have rewired the chains: insert at the head of the bucket */
+    entry **head = &t->buckets[e->hash & (t->nbuckets - 1)];
+    e->next = *head;
+    *head = e;
+    t->count++;
+    t->bytes += klen + len;
+    list_append(t, e);
+    return 0;
+}
+
+bool cdb_kvtable_del(cdb_kvtable *t, const char *key, int64_t now_ms)
+{
+    entry **pp;
+    entry *e = find(t, key, hash_key(key), &pp);
+    if (!e)
+        return false;
+    bool live = !expired(e, now_ms);
+    remove_entry(t, e);
+    return live;
+}
+
+bool cdb_kvtable_expire(cdb_kvtable *t, const char *key, int64_t expires_ms, int64_t now_ms)
+{
+    entry *e = lookup_live(t, key, now_ms);
+    if (e)
+        e->expires_ms = expires_ms;
+    return e != NULL;
+}
+
+size_t cdb_kvtable_count(const cdb_kvtable *t)
+{
+    return t->count;
+}
+
+size_t cdb_kvtable_bytes(const cdb_kvtable *t)
+{
+    return t->bytes;
+}

@@ -1,0 +1,44 @@
+/*
+ * kvtable.h - a bounded table of string keys to byte values with deadlines,
+ * for one thread (no lock: the owner serializes). The in-process backend of
+ * the cache (store/cache.c, under its mutex) and each event loop's
+ * first-level cache (http/loop_cache.c, its loop only) are built on it.
+ *
+ * Bounds: at most max_entries entries and max_bytes of keys and values
+ * (0 = no byte bound). Expiry is lazy: an expired entry is dropped when it
+ * is read or when room is needed. A write that needs room first drops the
+ * expired entries among the oldest few, then the oldest entries: bounded
+ * memory and O(1) work per write, at the price of sometimes evicting a live
+ * entry while an expired one sits further on.
+ */
+#ifndef COREDB_CORE_KVTABLE_H
+#define COREDB_CORE_KVTABLE_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+typedef struct cdb_kvtable cdb_kvtable;
+
+/* NULL on out of memory. */
+cdb_kvtable *cdb_kvtable_new(size_t max_entries, size_t max_bytes);
+void cdb_kvtable_free(cdb_kvtable *t);
+
+/*
+ * The live value of key (NUL-terminated after len bytes; valid until the
+ * table next changes) and its deadline (0: none; may be NULL), or NULL.
+ */
+const char *cdb_kvtable_get(cdb_kvtable *t, const char *key, size_t *len, int64_t *expires_ms, int64_t now_ms);
+/* Stores a copy of value under key as the newest entry; -1 on out of memory (nothing changed). */
+int cdb_kvtable_put(cdb_kvtable *t, const char *key, const char *value, size_t len, int64_t expires_ms,
+                    int64_t now_ms);
+/* Drops key; true when it had a live entry. */
+bool cdb_kvtable_del(cdb_kvtable *t, const char *key, int64_t now_ms);
+/* A new deadline for key's live entry; false when there is none. */
+bool cdb_kvtable_expire(cdb_kvtable *t, const char *key, int64_t expires_ms, int64_t now_ms);
+/* Drops every entry. */
+void cdb_kvtable_clear(cdb_kvtable *t);
+size_t cdb_kvtable_count(const cdb_kvtable *t);
+size_t cdb_kvtable_bytes(const cdb_kvtable *t);
+
+#endif
