@@ -118,6 +118,12 @@ static const struct {
                                "Rows encrypted or re-encrypted by column encryption setup and rotation jobs.", ""},
     [CDB_M_LOG_DROPPED] = {"coredb_log_lines_dropped_total",
                            "Log lines dropped because their destination (stderr) did not take them in time.", ""},
+    [CDB_M_INVAL_RECEIVED] = {"coredb_cache_invalidation_messages_received_total",
+                              "First-level cache invalidations received through Redis pub/sub.", ""},
+    [CDB_M_INVAL_SUBSCRIPTION_LOSSES] = {"coredb_cache_invalidation_subscription_losses_total",
+                                         "Invalidation subscriptions lost (the first-level cache was flushed).", ""},
+    [CDB_M_INVAL_PUBLISH_FAILURES] = {"coredb_cache_invalidation_publish_failures_total",
+                                      "Invalidations that could not be published to the other instances.", ""},
 };
 
 /* ---- state behind a mutex (rare events, registration) ---- */

@@ -58,6 +58,9 @@ typedef enum cdb__metric {
     CDB_M_ENCRYPTION_FAILURES,     /* column encryption (issue 11) */
     CDB_M_ENCRYPTION_ROWS,
     CDB_M_LOG_DROPPED,             /* core/log.c: lines a stalled destination could not take */
+    CDB_M_INVAL_RECEIVED,          /* store/invalidation.c: pub/sub messages applied */
+    CDB_M_INVAL_SUBSCRIPTION_LOSSES,
+    CDB_M_INVAL_PUBLISH_FAILURES,
     CDB_M__COUNT
 } cdb__metric;
 
