@@ -125,6 +125,12 @@ static const struct {
                              "outcome=\"answered\""},
     [CDB_M_LOOP_HANDED_OFF] = {"coredb_http_loop_admissions_total", NULL, "outcome=\"worker\""},
     [CDB_M_LOOP_FALLBACK] = {"coredb_http_loop_admissions_total", NULL, "outcome=\"fallback\""},
+    [CDB_M_INVAL_RECEIVED] = {"coredb_cache_invalidation_messages_received_total",
+                              "First-level cache invalidations received through Redis pub/sub.", ""},
+    [CDB_M_INVAL_SUBSCRIPTION_LOSSES] = {"coredb_cache_invalidation_subscription_losses_total",
+                                         "Invalidation subscriptions lost (the first-level cache was flushed).", ""},
+    [CDB_M_INVAL_PUBLISH_FAILURES] = {"coredb_cache_invalidation_publish_failures_total",
+                                      "Invalidations that could not be published to the other instances.", ""},
 };
 
 /* ---- state behind a mutex (rare events, registration) ---- */

@@ -61,6 +61,9 @@ typedef enum cdb__metric {
     CDB_M_LOOP_ANSWERED,           /* http/loop_admit.c: admitted on a loop and answered there */
     CDB_M_LOOP_HANDED_OFF,         /* ... admitted on a loop, then run on a worker */
     CDB_M_LOOP_FALLBACK,           /* ... the loop's Redis was not ready: admitted on a worker */
+    CDB_M_INVAL_RECEIVED,          /* store/invalidation.c: pub/sub messages applied */
+    CDB_M_INVAL_SUBSCRIPTION_LOSSES,
+    CDB_M_INVAL_PUBLISH_FAILURES,
     CDB_M__COUNT
 } cdb__metric;
 

@@ -56,22 +56,23 @@ typedef struct pending {
     bool internal;              /* a handshake command: not a caller's failure when NULL */
 } pending;
 
-typedef enum state {
+typedef enum ar_state {
     AR_IDLE,        /* no context; a connect may start (after retry_at_ms) */
     AR_CONNECTING,  /* context made, handshake replies outstanding */
     AR_READY,       /* takes commands */
     AR_CLOSING,     /* the context is being torn down; its callbacks may still run */
-} state;
+} ar_state;
 
 struct cdb_aredis {
     struct event_base *base;
     cdb_redis *sync;
     int command_timeout_ms;
 
-    state st;
+    ar_state st;
     redisAsyncContext *ac;      /* non-NULL in CONNECTING, READY and most of CLOSING */
     pending *head, *tail;       /* commands sent on ac and not answered, oldest first */
-    struct event *timer;        /* fires at (or after) the oldest deadline */
+    struct event *timer;        /* when pending, fires at timer_at_ms, never after the oldest deadline */
+    int64_t timer_at_ms;
     int handshake_left;         /* handshake replies still expected */
     bool sentinel;              /* the address came from the sentinels */
     uint64_t master_changes;    /* the pool's count when this connection was made */
@@ -131,6 +132,7 @@ static void arm_timer(cdb_aredis *a, int64_t now)
         return;
     if (ms < 0)
         ms = 0;
+    a->timer_at_ms = now + ms;
     tv.tv_sec = (time_t)(ms / 1000);
     tv.tv_usec = (suseconds_t)(ms % 1000) * 1000;
     evtimer_add(a->timer, &tv);
@@ -312,7 +314,9 @@ static int enqueue(cdb_aredis *a, cdb_aredis_cb cb, void *arg, bool internal, in
     else
         a->head = p;
     a->tail = p;
-    if (!evtimer_pending(a->timer, NULL))
+    /* the timer may already fire before this deadline (commands' deadlines only grow;
+     * the handshake's, the connect timeout, may be later) */
+    if (!evtimer_pending(a->timer, NULL) || a->timer_at_ms > deadline_ms)
         arm_timer(a, now);
     return 0;
 }

@@ -1,0 +1,630 @@
+/*
+ * invalidation.c - cross-instance invalidation through Redis pub/sub: the
+ * striped counters and epoch that first-level caches read, the subscriber
+ * thread that keeps them, and publishing (see invalidation.h for the
+ * contract and the message format).
+ *
+ * Memory order: every access to the epoch, the usable flag and the stripes
+ * is sequentially consistent. A loss stores usable = false BEFORE bumping
+ * the epoch, a confirmation bumps the epoch BEFORE storing usable = true, so
+ * whichever order a reader sees them in, a ticket that spans a loss fails:
+ * either its epoch is stale or it reads usable == false. (On x86 these loads
+ * are plain loads; only the rare stores pay.)
+ *
+ * The subscriber never blocks in hiredis while subscribed: it polls the
+ * socket and a stop pipe (CDB_INVAL_READ_TIMEOUT_MS), reads only what poll
+ * said is there (redisBufferRead) and parses whole replies from hiredis's
+ * buffer (redisGetReplyFromReader). A read timeout inside hiredis 0.14 on a
+ * blocking context would set c->err for good (EAGAIN is an error there), so
+ * the loop never relies on one; the handshake (AUTH, SUBSCRIBE) does use a
+ * blocking read with the connect timeout, and any failure there, timeout
+ * included, drops the context and reconnects.
+ */
+#include "store/invalidation.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <poll.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "coredb/log.h"
+#include "core/metrics.h"
+#include "core/timeutil.h"
+
+#define STRIPE_MASK (CDB_INVAL_STRIPES - 1)
+_Static_assert((CDB_INVAL_STRIPES & STRIPE_MASK) == 0, "CDB_INVAL_STRIPES must be a power of two");
+
+/* Delay histogram: values < 16 µs exactly, then 16 sub-buckets per octave. */
+#define HIST_SUB 16
+#define HIST_OCTAVES 36                      /* up to 2^40 µs: anything later lands in the last */
+#define HIST_N (HIST_SUB + HIST_OCTAVES * HIST_SUB)
+
+/* The process-wide Prometheus histogram's bounds (µs and their le text). */
+static const int64_t prom_le_us[] = {50,    100,    250,    500,    1000,   2500,    5000,   10000,
+                                     25000, 50000, 100000, 250000, 500000, 1000000, 2500000};
+static const char *const prom_le[] = {"5e-05", "0.0001", "0.00025", "0.0005", "0.001", "0.0025", "0.005", "0.01",
+                                      "0.025", "0.05",   "0.1",     "0.25",   "0.5",   "1",      "2.5"};
+#define PROM_N ((int)(sizeof prom_le_us / sizeof prom_le_us[0]))
+_Static_assert(sizeof prom_le_us / sizeof prom_le_us[0] == sizeof prom_le / sizeof prom_le[0], "one le per bound");
+
+static _Atomic uint64_t prom_bucket[PROM_N + 1];   /* not cumulative; last = +Inf */
+static _Atomic uint64_t prom_sum_us;
+static pthread_once_t prom_once = PTHREAD_ONCE_INIT;
+
+struct cdb_inval {
+    cdb_redis *sync;
+    _Atomic uint64_t epoch;
+    atomic_bool usable;
+    _Atomic uint64_t tables[CDB_INVAL_STRIPES];
+    _Atomic uint64_t sessions[CDB_INVAL_STRIPES];
+    _Atomic uint64_t delay[HIST_N];
+
+    pthread_mutex_t start_lock;     /* cdb_inval_start only: it is idempotent */
+    bool started;
+    pthread_t thread;
+    int stop_pipe[2];               /* a byte written to [1] wakes the thread's polls */
+    atomic_bool stopping;
+    _Atomic(char *) channel;        /* "coredb:<ns>:inval", set once before the thread starts */
+
+    /* the subscriber thread's own */
+    bool outage_logged;
+    int64_t last_malformed_warn_ms;
+};
+
+/* ---- names and stripes ---- */
+
+static size_t stripe_of(const char *name, size_t len)
+{
+    uint64_t h = 1469598103934665603ULL;   /* FNV-1a 64 */
+    for (size_t i = 0; i < len; i++) {
+        h ^= (unsigned char)name[i];
+        h *= 1099511628211ULL;
+    }
+    return (size_t)(h ^ (h >> 32)) & STRIPE_MASK;
+}
+
+static void bump_all(_Atomic uint64_t *stripes)
+{
+    for (size_t i = 0; i < CDB_INVAL_STRIPES; i++)
+        atomic_fetch_add(&stripes[i], 1);
+}
+
+static void apply(_Atomic uint64_t *stripes, const char *name, size_t len)
+{
+    if (len > CDB_INVAL_NAME_MAX)
+        bump_all(stripes);
+    else
+        atomic_fetch_add(&stripes[stripe_of(name, len)], 1);
+}
+
+/* ---- the delay histogram ---- */
+
+static int hist_index(uint64_t us)
+{
+    if (us < HIST_SUB)
+        return (int)us;
+    int e = 63 - __builtin_clzll(us);         /* >= 4 */
+    int sub = (int)((us >> (e - 4)) & (HIST_SUB - 1));
+    int b = HIST_SUB + (e - 4) * HIST_SUB + sub;
+    return b < HIST_N ? b : HIST_N - 1;
+}
+
+/* The middle of bucket b, in µs. */
+static int64_t hist_value(int b)
+{
+    if (b < HIST_SUB)
+        return b;
+    int e = (b - HIST_SUB) / HIST_SUB + 4, sub = (b - HIST_SUB) % HIST_SUB;
+    int64_t lo = (int64_t)(HIST_SUB + sub) << (e - 4), width = (int64_t)1 << (e - 4);
+    return lo + width / 2;
+}
+
+static int64_t wall_us(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    return (int64_t)ts.tv_sec * 1000000 + ts.tv_nsec / 1000;
+}
+
+static void record_delay(cdb_inval *inv, int64_t sent_us)
+{
+    int64_t d = wall_us() - sent_us;
+    if (d < 0)
+        d = 0;   /* clocks of two hosts: never a negative delay */
+    atomic_fetch_add_explicit(&inv->delay[hist_index((uint64_t)d)], 1, memory_order_relaxed);
+    int p = 0;
+    while (p < PROM_N && d > prom_le_us[p])
+        p++;
+    atomic_fetch_add_explicit(&prom_bucket[p], 1, memory_order_relaxed);
+    atomic_fetch_add_explicit(&prom_sum_us, (uint64_t)d, memory_order_relaxed);
+}
+
+static void collect(cdb__metrics_out *out, void *arg)
+{
+    (void)arg;
+    uint64_t cum = 0;
+    char labels[32];
+    cdb__metrics_family(out, "coredb_cache_invalidation_delay_seconds", "histogram",
+                        "Delay from a publisher's clock to this instance applying an invalidation.");
+    for (int p = 0; p < PROM_N; p++) {
+        cum += atomic_load_explicit(&prom_bucket[p], memory_order_relaxed);
+        snprintf(labels, sizeof labels, "le=\"%s\"", prom_le[p]);
+        cdb__metrics_sample(out, "coredb_cache_invalidation_delay_seconds_bucket", labels, (double)cum);
+    }
+    cum += atomic_load_explicit(&prom_bucket[PROM_N], memory_order_relaxed);
+    cdb__metrics_sample(out, "coredb_cache_invalidation_delay_seconds_bucket", "le=\"+Inf\"", (double)cum);
+    cdb__metrics_sample(out, "coredb_cache_invalidation_delay_seconds_sum", NULL,
+                        (double)atomic_load_explicit(&prom_sum_us, memory_order_relaxed) / 1e6);
+    cdb__metrics_sample(out, "coredb_cache_invalidation_delay_seconds_count", NULL, (double)cum);
+}
+
+static void register_collector(void)
+{
+    /* process-wide statics: registered once, never removed (nothing to free) */
+    if (cdb__metrics_add_collector(collect, NULL) < 0)
+        cdb_log_warn("inval_metrics", "no room for the invalidation delay histogram in the metrics registry");
+}
+
+void cdb_inval_delay_quantiles(cdb_inval *inv, int64_t *p50_us, int64_t *p99_us, uint64_t *count)
+{
+    uint64_t h[HIST_N], n = 0;
+    int64_t q50 = 0, q99 = 0;
+
+    if (inv) {
+        for (int b = 0; b < HIST_N; b++)
+            n += h[b] = atomic_load_explicit(&inv->delay[b], memory_order_relaxed);
+    }
+    if (n) {
+        /* the smallest bucket whose cumulative count reaches q * n */
+        uint64_t t50 = (n + 1) / 2, t99 = n - n / 100, cum = 0;
+        bool got50 = false;
+        for (int b = 0; b < HIST_N; b++) {
+            cum += h[b];
+            if (!got50 && cum >= t50) {
+                q50 = hist_value(b);
+                got50 = true;
+            }
+            if (cum >= t99) {
+                q99 = hist_value(b);
+                break;
+            }
+        }
+    }
+    if (p50_us)
+        *p50_us = q50;
+    if (p99_us)
+        *p99_us = q99;
+    if (count)
+        *count = n;
+}
+
+/* ---- tickets ---- */
+
+static bool ticket(cdb_inval *inv, _Atomic uint64_t *stripes, const char *name, cdb_inval_ticket *t)
+{
+    if (!inv || !name || !t)
+        return false;
+    t->epoch = atomic_load(&inv->epoch);
+    if (!atomic_load(&inv->usable))
+        return false;
+    t->seq = atomic_load(&stripes[stripe_of(name, strlen(name))]);
+    return true;
+}
+
+static bool valid(cdb_inval *inv, _Atomic uint64_t *stripes, const char *name, const cdb_inval_ticket *t)
+{
+    if (!inv || !name || !t)
+        return false;
+    /* stripe first, epoch last: a loss between the two reads still fails */
+    if (atomic_load(&stripes[stripe_of(name, strlen(name))]) != t->seq)
+        return false;
+    if (!atomic_load(&inv->usable))
+        return false;
+    return atomic_load(&inv->epoch) == t->epoch;
+}
+
+bool cdb_inval_ticket_table(cdb_inval *inv, const char *table, cdb_inval_ticket *t)
+{
+    return inv && ticket(inv, inv->tables, table, t);
+}
+
+bool cdb_inval_ticket_session(cdb_inval *inv, const char *session_id, cdb_inval_ticket *t)
+{
+    return inv && ticket(inv, inv->sessions, session_id, t);
+}
+
+bool cdb_inval_valid_table(cdb_inval *inv, const char *table, const cdb_inval_ticket *t)
+{
+    return inv && valid(inv, inv->tables, table, t);
+}
+
+bool cdb_inval_valid_session(cdb_inval *inv, const char *session_id, const cdb_inval_ticket *t)
+{
+    return inv && valid(inv, inv->sessions, session_id, t);
+}
+
+uint64_t cdb_inval_epoch(cdb_inval *inv)
+{
+    return inv ? atomic_load(&inv->epoch) : 0;
+}
+
+bool cdb_inval_usable(cdb_inval *inv)
+{
+    return inv && atomic_load(&inv->usable);
+}
+
+/* ---- publishing ---- */
+
+static void publish(cdb_inval *inv, char kind, const char *name)
+{
+    char msg[CDB_INVAL_NAME_MAX + 64];
+    size_t len;
+    cdb_error err;
+    redisReply *reply;
+    const char *channel;
+
+    if (!inv || !name)
+        return;
+    len = strlen(name);
+    /* here first: this instance never waits for its own message */
+    apply(kind == 't' ? inv->tables : inv->sessions, name, len);
+    channel = atomic_load(&inv->channel);
+    if (!channel)
+        return;   /* not started: no other instance can be listening on our behalf yet */
+    if (len > CDB_INVAL_NAME_MAX)
+        len = (size_t)snprintf(msg, sizeof msg, "%c %lld", kind == 't' ? 'T' : 'S', (long long)wall_us());
+    else
+        len = (size_t)snprintf(msg, sizeof msg, "%c %lld %s", kind, (long long)wall_us(), name);
+    cdb_error_init(&err);
+    reply = cdb_redis_command(inv->sync, &err, "PUBLISH %s %b", channel, msg, len);
+    if (!reply || reply->type == REDIS_REPLY_ERROR) {
+        cdb__metrics_inc(CDB_M_INVAL_PUBLISH_FAILURES);
+        /* the name may be a session id: never logged */
+        cdb_log_warn("inval_publish_failed", "could not publish a %s invalidation: %s",
+                     kind == 't' ? "table" : "session",
+                     reply ? "Redis refused PUBLISH" : err.message);
+    }
+    freeReplyObject(reply);
+    cdb_error_destroy(&err);
+}
+
+void cdb_inval_table(cdb_inval *inv, const char *table)
+{
+    publish(inv, 't', table);
+}
+
+void cdb_inval_session(cdb_inval *inv, const char *session_id)
+{
+    publish(inv, 's', session_id);
+}
+
+/* ---- the subscriber thread ---- */
+
+/* Sleeps ms, or less when asked to stop; true when stopping. */
+static bool nap(cdb_inval *inv, int ms)
+{
+    struct pollfd p = {.fd = inv->stop_pipe[0], .events = POLLIN};
+    if (atomic_load(&inv->stopping))
+        return true;
+    if (poll(&p, 1, ms) < 0 && errno != EINTR)
+        usleep((useconds_t)ms * 1000);
+    return atomic_load(&inv->stopping);
+}
+
+static void mark_lost(cdb_inval *inv, const char *why)
+{
+    bool was = atomic_exchange(&inv->usable, false);
+    atomic_fetch_add(&inv->epoch, 1);     /* after usable = false: see the header comment */
+    if (was)
+        cdb__metrics_inc(CDB_M_INVAL_SUBSCRIPTION_LOSSES);
+    if (!inv->outage_logged) {
+        cdb_log_warn("inval_subscription_lost",
+                     "cache invalidation subscription unavailable (%s): first-level caches bypassed", why);
+        inv->outage_logged = true;
+    }
+}
+
+static void mark_confirmed(cdb_inval *inv)
+{
+    atomic_fetch_add(&inv->epoch, 1);     /* before usable = true: see the header comment */
+    atomic_store(&inv->usable, true);
+    if (inv->outage_logged) {
+        cdb_log_info("inval_subscription_recovered", "cache invalidation subscription back");
+        inv->outage_logged = false;
+    }
+}
+
+static void malformed(cdb_inval *inv)
+{
+    int64_t now = cdb_mono_ms();
+    if (now - inv->last_malformed_warn_ms >= 10000 || !inv->last_malformed_warn_ms) {
+        cdb_log_warn("inval_malformed", "ignored a malformed message on the invalidation channel");
+        inv->last_malformed_warn_ms = now;
+    }
+}
+
+/* One message's payload: "t|s <usec> <name>" or "T|S <usec>". */
+static void on_message(cdb_inval *inv, const char *p, size_t len)
+{
+    char kind;
+    long long sent = 0;
+    size_t i = 2, digits = 0;
+    _Atomic uint64_t *stripes;
+
+    if (len < 3 || len > CDB_INVAL_NAME_MAX + 64 || p[1] != ' ')
+        goto bad;
+    kind = p[0];
+    if (kind != 't' && kind != 's' && kind != 'T' && kind != 'S')
+        goto bad;
+    for (; i < len && p[i] >= '0' && p[i] <= '9' && digits < 18; i++, digits++)
+        sent = sent * 10 + (p[i] - '0');
+    if (!digits)
+        goto bad;
+    stripes = (kind == 't' || kind == 'T') ? inv->tables : inv->sessions;
+    if (kind == 'T' || kind == 'S') {
+        if (i != len)
+            goto bad;
+        bump_all(stripes);
+    } else {
+        if (i >= len || p[i] != ' ' || len - i - 1 == 0 || len - i - 1 > CDB_INVAL_NAME_MAX)
+            goto bad;
+        apply(stripes, p + i + 1, len - i - 1);
+    }
+    cdb__metrics_inc(CDB_M_INVAL_RECEIVED);
+    record_delay(inv, sent);
+    return;
+bad:
+    malformed(inv);
+}
+
+/*
+ * One reply in subscribed mode. 1: the SUBSCRIBE confirmation, 0: anything
+ * else fine (a message, PING's pong), -1: a reply that cannot be (an error).
+ */
+static int on_reply(cdb_inval *inv, redisReply *r)
+{
+    if (r->type == REDIS_REPLY_ERROR)
+        return -1;
+    if (r->type != REDIS_REPLY_ARRAY || r->elements < 2 || r->element[0]->type != REDIS_REPLY_STRING)
+        return 0;
+    const char *what = r->element[0]->str;
+    if (!strcmp(what, "subscribe"))
+        return 1;
+    if (!strcmp(what, "message") && r->elements == 3 && r->element[2]->type == REDIS_REPLY_STRING)
+        on_message(inv, r->element[2]->str, r->element[2]->len);
+    return 0;
+}
+
+/* A connected, authenticated context (blocking, with the connect timeout on
+ * reads and writes), or NULL with why filled. */
+static redisContext *connect_redis(cdb_inval *inv, char *why, size_t whylen)
+{
+    cdb_redis_endpoint ep;
+    redisContext *c = NULL;
+    redisReply *r = NULL;
+
+    if (cdb_redis_endpoint_get(inv->sync, &ep) < 0) {
+        /* no address yet: let the pool connect (it asks the sentinels or resolves the name) */
+        cdb_error err;
+        cdb_error_init(&err);
+        freeReplyObject(cdb_redis_command(inv->sync, &err, "PING"));
+        cdb_error_destroy(&err);
+        if (cdb_redis_endpoint_get(inv->sync, &ep) < 0) {
+            snprintf(why, whylen, "no Redis address known yet");
+            return NULL;
+        }
+    }
+    int ms = ep.connect_timeout_ms > 0 ? ep.connect_timeout_ms : 1000;
+    struct timeval tv = {.tv_sec = ms / 1000, .tv_usec = (ms % 1000) * 1000};
+    c = redisConnectWithTimeout(ep.host, ep.port, tv);
+    if (!c || c->err) {
+        snprintf(why, whylen, "connect to %s:%d: %s", ep.host, ep.port, c ? c->errstr : "out of memory");
+        goto fail;
+    }
+    if (redisSetTimeout(c, tv) != REDIS_OK) {
+        snprintf(why, whylen, "setting the timeout: %s", c->errstr);
+        goto fail;
+    }
+    if (ep.password) {
+        if (ep.user)
+            r = redisCommand(c, "AUTH %s %s", ep.user, ep.password);
+        else
+            r = redisCommand(c, "AUTH %s", ep.password);
+        if (!r || r->type == REDIS_REPLY_ERROR) {
+            snprintf(why, whylen, "AUTH %s", r ? "refused" : "failed");   /* never the reply: no secret */
+            goto fail;
+        }
+        freeReplyObject(r);
+        r = NULL;
+    }
+    cdb_redis_endpoint_destroy(&ep);
+    return c;
+fail:
+    freeReplyObject(r);
+    redisFree(c);
+    cdb_redis_endpoint_destroy(&ep);
+    return NULL;
+}
+
+static bool flush_out(redisContext *c)
+{
+    int done = 0;
+    while (!done)
+        if (redisBufferWrite(c, &done) != REDIS_OK)
+            return false;
+    return true;
+}
+
+/*
+ * Subscribes and applies messages until the connection fails (returns with
+ * why filled) or a stop is asked (returns with why empty).
+ */
+static void subscribed(cdb_inval *inv, redisContext *c, const char *channel, char *why, size_t whylen)
+{
+    int64_t last_rx = cdb_mono_ms(), last_ping = last_rx;
+    bool confirmed = false;
+
+    why[0] = '\0';
+    if (redisAppendCommand(c, "SUBSCRIBE %s", channel) != REDIS_OK || !flush_out(c)) {
+        snprintf(why, whylen, "SUBSCRIBE: %s", c->errstr);
+        return;
+    }
+    while (!atomic_load(&inv->stopping)) {
+        void *reply;
+        for (;;) {
+            if (redisGetReplyFromReader(c, &reply) != REDIS_OK) {
+                snprintf(why, whylen, "protocol: %s", c->errstr);
+                return;
+            }
+            if (!reply)
+                break;
+            int k = on_reply(inv, reply);
+            freeReplyObject(reply);
+            if (k < 0) {
+                snprintf(why, whylen, "error reply on the subscription");
+                return;
+            }
+            if (k == 1 && !confirmed) {
+                confirmed = true;
+                mark_confirmed(inv);
+            }
+        }
+        int64_t now = cdb_mono_ms();
+        if (now - last_rx > (confirmed ? CDB_INVAL_DEAD_MS : CDB_INVAL_DEAD_MS / 3)) {
+            snprintf(why, whylen, "no answer from Redis for %lld ms", (long long)(now - last_rx));
+            return;
+        }
+        if (confirmed && now - last_ping >= CDB_INVAL_PING_MS && now - last_rx >= CDB_INVAL_PING_MS) {
+            /* a quiet channel: PING proves the subscription still reaches Redis */
+            if (redisAppendCommand(c, "PING") != REDIS_OK || !flush_out(c)) {
+                snprintf(why, whylen, "PING: %s", c->errstr);
+                return;
+            }
+            last_ping = now;
+        }
+        struct pollfd p[2] = {{.fd = c->fd, .events = POLLIN}, {.fd = inv->stop_pipe[0], .events = POLLIN}};
+        int n = poll(p, 2, CDB_INVAL_READ_TIMEOUT_MS);
+        if (n < 0 && errno != EINTR) {
+            snprintf(why, whylen, "poll: %s", strerror(errno));
+            return;
+        }
+        if (n > 0 && p[0].revents) {
+            /* poll said there is data (or EOF, an error): this read does not block */
+            if (redisBufferRead(c) != REDIS_OK) {
+                snprintf(why, whylen, "%s", c->errstr[0] ? c->errstr : "connection lost");
+                return;
+            }
+            last_rx = cdb_mono_ms();
+        }
+    }
+}
+
+static void *subscriber(void *arg)
+{
+    cdb_inval *inv = arg;
+    const char *channel = atomic_load(&inv->channel);
+    int backoff = CDB_INVAL_BACKOFF_MIN_MS;
+    char why[256];
+
+    while (!atomic_load(&inv->stopping)) {
+        redisContext *c = connect_redis(inv, why, sizeof why);
+        if (c) {
+            subscribed(inv, c, channel, why, sizeof why);
+            if (atomic_load(&inv->usable))
+                backoff = CDB_INVAL_BACKOFF_MIN_MS;   /* it worked for a while: retry soon */
+            redisFree(c);
+            if (atomic_load(&inv->stopping))
+                break;
+        }
+        mark_lost(inv, why);
+        if (nap(inv, backoff))
+            break;
+        backoff = backoff * 2 > CDB_INVAL_BACKOFF_MAX_MS ? CDB_INVAL_BACKOFF_MAX_MS : backoff * 2;
+    }
+    /* stopped: nothing keeps the counters exact any more */
+    atomic_store(&inv->usable, false);
+    atomic_fetch_add(&inv->epoch, 1);
+    return NULL;
+}
+
+/* ---- life ---- */
+
+cdb_inval *cdb_inval_new(cdb_redis *sync)
+{
+    cdb_inval *inv = calloc(1, sizeof *inv);
+    if (!inv)
+        return NULL;
+    inv->sync = sync;
+    inv->stop_pipe[0] = inv->stop_pipe[1] = -1;
+    pthread_mutex_init(&inv->start_lock, NULL);
+    return inv;
+}
+
+int cdb_inval_start(cdb_inval *inv, const char *ns, cdb_error *err)
+{
+    int rc = -1;
+    char *channel = NULL;
+
+    if (!inv || !ns || !*ns || strlen(ns) > 200) {
+        cdb_error_set(err, CDB_ERR_INTERNAL_ERROR, "Invalid invalidation namespace");
+        return -1;
+    }
+    pthread_mutex_lock(&inv->start_lock);
+    if (inv->started) {
+        rc = 0;
+        goto out;
+    }
+    size_t n = strlen(ns) + sizeof "coredb::inval";
+    channel = malloc(n);
+    if (!channel) {
+        cdb_error_oom(err);
+        goto out;
+    }
+    snprintf(channel, n, "coredb:%s:inval", ns);
+    if (pipe(inv->stop_pipe) < 0) {
+        cdb_error_set(err, CDB_ERR_INTERNAL_ERROR, "Could not start the invalidation subscriber");
+        goto out;
+    }
+    fcntl(inv->stop_pipe[0], F_SETFD, FD_CLOEXEC);
+    fcntl(inv->stop_pipe[1], F_SETFD, FD_CLOEXEC);
+    atomic_store(&inv->channel, channel);
+    if (pthread_create(&inv->thread, NULL, subscriber, inv) != 0) {
+        atomic_store(&inv->channel, NULL);
+        close(inv->stop_pipe[0]);
+        close(inv->stop_pipe[1]);
+        inv->stop_pipe[0] = inv->stop_pipe[1] = -1;
+        cdb_error_set(err, CDB_ERR_INTERNAL_ERROR, "Could not start the invalidation subscriber");
+        goto out;
+    }
+    channel = NULL;   /* owned by inv now */
+    inv->started = true;
+    pthread_once(&prom_once, register_collector);
+    rc = 0;
+out:
+    pthread_mutex_unlock(&inv->start_lock);
+    free(channel);
+    return rc;
+}
+
+void cdb_inval_free(cdb_inval *inv)
+{
+    if (!inv)
+        return;
+    if (inv->started) {
+        atomic_store(&inv->stopping, true);
+        while (write(inv->stop_pipe[1], "x", 1) < 0 && errno == EINTR)
+            ;
+        pthread_join(inv->thread, NULL);
+        close(inv->stop_pipe[0]);
+        close(inv->stop_pipe[1]);
+    }
+    free(atomic_load(&inv->channel));
+    pthread_mutex_destroy(&inv->start_lock);
+    free(inv);
+}

@@ -1,0 +1,116 @@
+/*
+ * invalidation.h - cross-instance invalidation through Redis pub/sub, for
+ * the first-level (in-process, per event loop) caches of session liveness,
+ * table generations and cached data-API answers.
+ *
+ * Every instance of one namespace subscribes to the channel
+ * "coredb:<ns>:inval" (channels are global to a Redis server, whatever the
+ * db: that is why the name carries the namespace). A logout or revocation
+ * publishes "s <usec> <session_id>", a table write "t <usec> <table>"
+ * (<usec>: the publisher's CLOCK_REALTIME in microseconds, to measure the
+ * delay; at most CDB_INVAL_NAME_MAX bytes of name), or for a longer name
+ * "T <usec>" / "S <usec>" (every stripe of the kind). Anything else on the
+ * channel is ignored with a rate-limited warning. The publisher applies
+ * the invalidation to its own process first, so an instance never depends
+ * on its own subscription for its own writes; it also sees its own message
+ * come back, which only invalidates once more.
+ *
+ * What a reader holds is not a copy of the state but a ticket:
+ *
+ *  - Striped counters: CDB_INVAL_STRIPES atomic counters per kind (tables,
+ *    sessions), indexed by a hash (FNV-1a) of the name. An invalidation
+ *    increments its name's stripe; a collision only invalidates more than
+ *    needed, never less.
+ *  - An epoch, incremented when the subscription is lost AND again when a
+ *    new one is confirmed by SUBSCRIBE's reply; "usable" is true only
+ *    between that confirmation and the next loss. Messages published while
+ *    no subscription was in place are lost, and the epoch makes every
+ *    ticket taken before the loss invalid at once: that is the flush.
+ *  - A reader takes a ticket BEFORE it reads the value from Redis (or
+ *    PostgreSQL), keeps what it read with the ticket, and may use it only
+ *    while cdb_inval_valid_* says the ticket is valid: same epoch, usable,
+ *    and that stripe's counter unchanged. Taking a ticket fails (false)
+ *    while not usable: the first-level cache must then be bypassed.
+ *
+ * Loss detection: any read/write error, a close by the server (CLIENT KILL
+ * TYPE pubsub, a restart), or no answer to a PING (sent every
+ * CDB_INVAL_PING_MS while the channel is quiet) within CDB_INVAL_DEAD_MS
+ * marks the subscription lost (logged once per outage, counted in
+ * coredb_cache_invalidation_subscription_losses_total), then the thread
+ * reconnects with backoff (100 ms doubling to 2 s). A partition that shows
+ * no error is thus noticed within CDB_INVAL_DEAD_MS.
+ *
+ * Where it connects: the blocking pool's endpoint (cdb_redis_endpoint_get:
+ * the URL's address or the sentinels' master the pool verified last, with
+ * its credentials). When the pool has no address yet, the thread makes the
+ * pool connect (one PING through it) and asks again.
+ *
+ * Threads: one subscriber thread per cdb_inval (its own blocking hiredis
+ * connection, polled with a timeout and a stop pipe, so cdb_inval_free
+ * returns at once, or after at most a connect timeout while a connect is
+ * under way). Ticket functions are lock-free (atomic loads only) and may
+ * run on any thread, as may publishing (blocking: one PUBLISH through the
+ * pool). Every function accepts a NULL inv: tickets are then refused,
+ * publishing does nothing.
+ */
+#ifndef COREDB_STORE_INVALIDATION_H
+#define COREDB_STORE_INVALIDATION_H
+
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "coredb/error.h"
+#include "store/redis.h"
+
+#define CDB_INVAL_STRIPES 4096      /* per kind; a power of two */
+#define CDB_INVAL_NAME_MAX 512      /* bytes of a table name or session id */
+#define CDB_INVAL_READ_TIMEOUT_MS 500
+#define CDB_INVAL_PING_MS 1000
+#define CDB_INVAL_DEAD_MS 3000
+#define CDB_INVAL_BACKOFF_MIN_MS 100
+#define CDB_INVAL_BACKOFF_MAX_MS 2000
+
+typedef struct cdb_inval cdb_inval;
+
+/* sync: the blocking pool (must outlive inv). NULL only on out of memory. */
+cdb_inval *cdb_inval_new(cdb_redis *sync);
+/* Starts the subscriber thread on "coredb:<ns>:inval" (idempotent: a second
+ * call, whatever its ns, does nothing). 0, or -1 with err (bad ns, out of
+ * memory, thread not started). */
+int cdb_inval_start(cdb_inval *inv, const char *ns, cdb_error *err);
+/* Stops and joins the thread; NULL is a no-op. */
+void cdb_inval_free(cdb_inval *inv);
+
+/* Publishing (any thread, blocking): applies the invalidation here, then one
+ * PUBLISH through the pool. Failures are logged (rate-limited), never fatal.
+ * A name longer than CDB_INVAL_NAME_MAX (none coredb uses) is published as
+ * "T <usec>" / "S <usec>": every stripe of that kind, on every instance. */
+void cdb_inval_table(cdb_inval *inv, const char *table);
+void cdb_inval_session(cdb_inval *inv, const char *session_id);
+
+typedef struct cdb_inval_ticket {
+    uint64_t epoch;
+    uint64_t seq;
+} cdb_inval_ticket;
+
+/* Takes a ticket (before reading the value); false when the first-level
+ * cache must not be used now (not subscribed yet, subscription lost,
+ * resubscribed but not yet confirmed). */
+bool cdb_inval_ticket_table(cdb_inval *inv, const char *table, cdb_inval_ticket *t);
+bool cdb_inval_ticket_session(cdb_inval *inv, const char *session_id, cdb_inval_ticket *t);
+/* Still valid: same epoch, usable now, and no invalidation of that name (or
+ * of anything in its stripe) since the ticket was taken. */
+bool cdb_inval_valid_table(cdb_inval *inv, const char *table, const cdb_inval_ticket *t);
+bool cdb_inval_valid_session(cdb_inval *inv, const char *session_id, const cdb_inval_ticket *t);
+
+/* The epoch now (a per-loop cache may flush itself when it changed); 0 for NULL. */
+uint64_t cdb_inval_epoch(cdb_inval *inv);
+/* True while subscribed and confirmed. */
+bool cdb_inval_usable(cdb_inval *inv);
+
+/* Delay between a publisher's clock and this instance applying a message
+ * (every message received, own ones included), estimated from a histogram
+ * with 1/16-octave buckets (about 6 % precision). Zeros before any. */
+void cdb_inval_delay_quantiles(cdb_inval *inv, int64_t *p50_us, int64_t *p99_us, uint64_t *count);
+
+#endif
