@@ -170,6 +170,7 @@ static const struct var vars[] = {
     SECS("LEASE_TTL", lease_ttl_s, "300", 1, INT_MAX),
     SECS("LEASE_MAX_TTL", lease_max_ttl_s, "3600", 1, INT_MAX),
     SECS("CACHE_TTL", cache_ttl_s, "300", 0, INT_MAX),
+    INT("CACHE_L1_MB", cache_l1_mb, "32", 0, 65536),
     INT("RATE_LIMIT_ANON", rate_limit_anon, "20", 0, 1000000),
     INT("RATE_LIMIT_USER", rate_limit_user, "50", 0, 1000000),
     INT("RATE_LIMIT_PREMIUM", rate_limit_premium, "200", 0, 1000000),

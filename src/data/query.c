@@ -29,6 +29,7 @@
 #include "data/query_probe.h"
 #include "coredb/data.h"
 #include "coredb/log.h"
+#include "core/metrics.h"
 #include "core/timeutil.h"
 
 
@@ -395,6 +396,7 @@ int cdb__data_query_probe(cdb_service *svc, const cdb_principal *p, json_t *requ
         goto out_plan;
     if (!cdb_qcache_probe_keys(svc->qcache, pl.t->name, pl.key, probe->gen_key, &probe->entry_key))
         goto out_plan;
+    snprintf(probe->table, sizeof probe->table, "%s", pl.t->name);
     ok = 1;
 out_plan:
     plan_destroy(svc, &pl);
@@ -403,14 +405,10 @@ out:
     return ok;
 }
 
-char *cdb__data_query_probe_answer(const cdb__query_probe *probe, const char *generation, const char *entry,
-                                   size_t len)
+char *cdb__data_query_probe_answer(const cdb__query_probe *probe, const char *value, size_t len)
 {
-    const char *value;
-    size_t value_len;
-    if (!cdb_qcache_probe_hit(generation, entry, len, &value, &value_len))
-        return NULL;
-    return cdb__query_wrap(value, value_len, probe->start_us, true);
+    cdb__metrics_inc(CDB_M_CACHE_HITS);
+    return cdb__query_wrap(value, len, probe->start_us, true);
 }
 
 void cdb__data_query_probe_destroy(cdb__query_probe *probe)

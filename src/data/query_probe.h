@@ -16,6 +16,7 @@
 #include "coredb/service.h"
 
 typedef struct cdb__query_probe {
+    char table[128];               /* the table's name (NAMEDATALEN is 64) */
     char gen_key[256];             /* the table's generation counter */
     char *entry_key;               /* the cached answer (owned) */
     int64_t start_us;              /* for execution_time_ms */
@@ -28,9 +29,12 @@ typedef struct cdb__query_probe {
  * input, another database). Nothing to destroy after 0.
  */
 int cdb__data_query_probe(cdb_service *svc, const cdb_principal *p, json_t *request, cdb__query_probe *probe);
-/* The answer (malloc'd) when the values read (NULL: unset) are a hit, else NULL. */
-char *cdb__data_query_probe_answer(const cdb__query_probe *probe, const char *generation, const char *entry,
-                                   size_t len);
+/*
+ * The answer (malloc'd; NULL on out of memory) around the cached bytes
+ * found for probe (cdb_qcache_probe_hit judged the values read), counted
+ * as a cache hit.
+ */
+char *cdb__data_query_probe_answer(const cdb__query_probe *probe, const char *value, size_t len);
 void cdb__data_query_probe_destroy(cdb__query_probe *probe);
 
 #endif

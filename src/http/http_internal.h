@@ -26,6 +26,7 @@
 #include "coredb/service.h"
 #include "security/ratelimit.h"
 #include "store/redis_async.h"
+#include "store/l1cache.h"
 
 #define CDB_HTTP_BODY_LIMIT     (1024 * 1024)     /* API.md: bodies over 1 MiB -> 413 */
 #define CDB_HTTP_HEAD_LIMIT     (64 * 1024)       /* request line + header fields */
@@ -207,6 +208,7 @@ struct cdb_loop {
     cdb_request *done_head;        /* answered by a worker, not yet sent */
     cdb_conn *conns;               /* every open connection of this loop */
     cdb_aredis *aredis;            /* this loop's asynchronous Redis (loop_admit.c), NULL without Redis */
+    cdb_l1 *l1;                    /* this loop's first-level cache (loop_admit.c), NULL when off */
     time_t date_at;                /* second of the cached Date header */
     char date[40];
     pthread_t thread;

@@ -31,17 +31,21 @@
 #include "data/query_probe.h"
 #include "identity/liveness.h"
 #include "service/service_internal.h"
+#include "core/timeutil.h"
 
 /* One request's pipeline on the loop. */
 typedef struct loop_admission {
     cdb_request *r;
     int pending;                   /* replies still to come */
     int liveness;                  /* 1 alive, 0 ended, -1 unknown */
+    cdb_inval_ticket session_ticket; /* taken before the session's copy was read (L1) */
     int rate;                      /* the caller's quota, 0 = none */
     bool quota_known;              /* rl holds Redis's answer */
     cdb_rl_result rl;
     bool probed;                   /* probe's keys were sent */
     cdb__query_probe probe;
+    bool table_ticket_ok;
+    cdb_inval_ticket table_ticket;
     char *answer;                  /* a cache hit's body */
     char session_key[64];
     char quota_key[128];
@@ -107,23 +111,51 @@ static void on_liveness(redisReply *reply, void *arg)
     reply_done(a);
 }
 
+/* PTTL of the session's copy, after its GET: how long the L1 may keep "alive". */
+static void on_session_ttl(redisReply *reply, void *arg)
+{
+    loop_admission *a = arg;
+    if (a->liveness == 1 && reply && reply->type == REDIS_REPLY_INTEGER)
+        cdb_l1_session_store(a->r->loop->l1, a->session_key, &a->r->principal, &a->session_ticket,
+                             reply->integer, cdb_mono_ms());
+    reply_done(a);
+}
+
 static void on_quota(redisReply *reply, void *arg)
 {
     loop_admission *a = arg;
-    a->quota_known = cdb_ratelimit_gcra_reply(cdb_service_ratelimit(a->r->svc), reply,
-                                              cdb__admit_quota_rate(a->r), &a->rl);
+    a->quota_known = cdb_ratelimit_gcra_reply(cdb_service_ratelimit(a->r->svc), reply, a->rate, &a->rl);
     reply_done(a);
+}
+
+/* The answer around value (a hit at its generation). */
+static void take_answer(loop_admission *a, const char *value, size_t len)
+{
+    a->answer = cdb__data_query_probe_answer(&a->probe, value, len);
 }
 
 static void on_probe(redisReply *reply, void *arg)
 {
     loop_admission *a = arg;
+    cdb_l1 *l1 = a->r->loop->l1;
     if (reply && reply->type == REDIS_REPLY_ARRAY && reply->elements == 2) {
         const redisReply *gen = reply->element[0], *entry = reply->element[1];
-        if ((gen->type == REDIS_REPLY_STRING || gen->type == REDIS_REPLY_NIL) &&
-            entry->type == REDIS_REPLY_STRING)
-            a->answer = cdb__data_query_probe_answer(
-                &a->probe, gen->type == REDIS_REPLY_STRING ? gen->str : NULL, entry->str, entry->len);
+        const char *value;
+        size_t len;
+        int64_t generation, now = cdb_mono_ms();
+        bool entry_ok = entry->type == REDIS_REPLY_STRING;
+        bool hit = cdb_qcache_probe_hit(gen->type == REDIS_REPLY_STRING ? gen->str : NULL,
+                                        entry_ok ? entry->str : NULL, entry_ok ? entry->len : 0, &generation,
+                                        &value, &len);
+        if (gen->type == REDIS_REPLY_STRING || gen->type == REDIS_REPLY_NIL) {
+            if (a->table_ticket_ok) {
+                cdb_l1_generation_store(l1, a->probe.gen_key, a->probe.table, &a->table_ticket, generation, now);
+                if (hit)
+                    cdb_l1_answer_store(l1, a->probe.entry_key, generation, value, len, now);
+            }
+            if (hit)
+                take_answer(a, value, len);
+        }
     }
     reply_done(a);
 }
@@ -140,10 +172,13 @@ static bool pipeline(loop_admission *a, cdb_aredis_cb cb, int argc, const char *
 /*
  * The body is parsed here (the cache key is built from it); a body that
  * does not parse is left for the worker, which reports it after admission.
+ * The first-level cache answers when it knows the table's generation and
+ * holds the answer at it; otherwise Redis is asked for both.
  */
 static void probe_cache(loop_admission *a)
 {
     cdb_request *r = a->r;
+    cdb_l1 *l1 = r->loop->l1;
     /* a leased connection's request must first prove the lease (routes_data.c) */
     if (r->route->mode != CDB_RUN_CACHED || r->raw_body_len == 0 || cdb_request_field(r, "X-Connection-ID"))
         return;
@@ -151,19 +186,48 @@ static void probe_cache(loop_admission *a)
         return;
     if (!cdb__data_query_probe(r->svc, &r->principal, r->body, &a->probe))
         return;
+    a->probed = true;
+    int64_t generation, now = cdb_mono_ms();
+    size_t len;
+    const char *value;
+    if (l1 && cdb_l1_generation(l1, a->probe.gen_key, a->probe.table, &generation, now) &&
+        (value = cdb_l1_answer(l1, a->probe.entry_key, generation, &len, now))) {
+        take_answer(a, value, len);
+        return;
+    }
+    /* the ticket comes before the read: an invalidation after it voids what is read */
+    a->table_ticket_ok = l1 && cdb_inval_ticket_table(cdb_service_inval(r->svc), a->probe.table,
+                                                      &a->table_ticket);
     const char *argv[] = {"MGET", a->probe.gen_key, a->probe.entry_key};
-    if (pipeline(a, on_probe, 3, argv))
-        a->probed = true;
-    else
-        cdb__data_query_probe_destroy(&a->probe);
+    pipeline(a, on_probe, 3, argv);
 }
 
-/* What the loop can take on: an authenticated caller of a worker route, Redis ready. */
+/* The session: from the first-level cache, else its copy in Redis (with PTTL for the L1). */
+static bool check_session(loop_admission *a)
+{
+    cdb_request *r = a->r;
+    cdb_l1 *l1 = r->loop->l1;
+    cdb__session_liveness_key(&r->principal, a->session_key, sizeof a->session_key);
+    if (l1 && cdb_l1_session_alive(l1, a->session_key, &r->principal, cdb_mono_ms())) {
+        a->liveness = 1;
+        return true;
+    }
+    const char *get[] = {"GET", a->session_key}, *pttl[] = {"PTTL", a->session_key};
+    if (!pipeline(a, on_liveness, 2, get))
+        return false;
+    /* the ticket comes before the read: a revocation after it voids what is read */
+    if (l1 && cdb_inval_ticket_session(cdb_service_inval(r->svc), r->principal.session_id, &a->session_ticket))
+        pipeline(a, on_session_ttl, 2, pttl);
+    return true;
+}
+
+/* What the loop can take on: an authenticated caller of a worker route, with Redis. */
 static bool eligible(cdb_request *r)
 {
     const cdb_route *route = r->route;
     int64_t maintenance_since;
-    if ((route->mode != CDB_RUN_WORKER && route->mode != CDB_RUN_CACHED) || route->auth < CDB_AUTH_USER || !r->bearer)
+    if ((route->mode != CDB_RUN_WORKER && route->mode != CDB_RUN_CACHED) || route->auth < CDB_AUTH_USER ||
+        !r->bearer || !r->loop->aredis)
         return false;
     /* a refused admin call is audited: the worker does that */
     if (route->auth == CDB_AUTH_ADMIN && r->principal.role != CDB_ROLE_ADMIN)
@@ -172,9 +236,7 @@ static bool eligible(cdb_request *r)
     if (!cdb_service_maintenance_known(r->svc, &maintenance_since) || maintenance_since)
         return false;
     /* Redis came back and the outbox is not applied yet: its copies are not trusted */
-    if (cdb_qcache_resync_pending(cdb_service_qcache(r->svc)))
-        return false;
-    return r->loop->aredis != NULL;
+    return !cdb_qcache_resync_pending(cdb_service_qcache(r->svc));
 }
 
 bool cdb__loop_admit(cdb_request *r)
@@ -186,10 +248,8 @@ bool cdb__loop_admit(cdb_request *r)
         goto fallback;
     a->r = r;
     a->liveness = -1;
-    /* replies arrive once this returns: the loop runs the callbacks */
-    cdb__session_liveness_key(&r->principal, a->session_key, sizeof a->session_key);
-    const char *get[] = {"GET", a->session_key};
-    if (!pipeline(a, on_liveness, 2, get))
+    a->pending = 1;                /* held until every command is queued */
+    if (!check_session(a))
         goto fallback;
     if ((a->rate = cdb__admit_quota_rate(r)) > 0) {
         cdb__admit_quota_key(r, a->quota_key, sizeof a->quota_key);
@@ -199,9 +259,16 @@ bool cdb__loop_admit(cdb_request *r)
             pipeline(a, on_quota, a->quota_cmd.argc, a->quota_cmd.argv);
     }
     probe_cache(a);
+    /* replies come on later turns of the loop; with none asked, this decides now */
+    reply_done(a);
     return true;
 
 fallback:
+    if (a && a->pending > 1) {
+        /* a command is out: its reply decides (the worker admits it the blocking way) */
+        reply_done(a);
+        return true;
+    }
     free(a);
     cdb__metrics_inc(CDB_M_LOOP_FALLBACK);
     return false;

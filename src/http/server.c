@@ -300,6 +300,12 @@ static int loop_init(cdb_loop *loop, cdb_http_server *srv, int fd, const cdb_rou
     cdb_redis *redis = cdb_service_redis(srv->svc);
     if (redis && !(loop->aredis = cdb_aredis_new(loop->base, redis, LOOP_REDIS_TIMEOUT_MS)))
         return cdb_error_oom(err);
+    /* CACHE_L1_MB is shared by the API's loops */
+    cdb_inval *inval = cdb_service_inval(srv->svc);
+    size_t l1_bytes = (size_t)loop->cfg->cache_l1_mb * 1024 * 1024 / (size_t)loop->cfg->http_threads;
+    if (loop->aredis && inval && l1_bytes &&
+        !(loop->l1 = cdb_l1_new(inval, l1_bytes, (int64_t)loop->cfg->cache_ttl_s * 1000)))
+        return cdb_error_oom(err);
     return 0;
 }
 
@@ -308,6 +314,7 @@ static void loop_destroy(cdb_loop *loop)
     /* requests waiting for its replies are answered first (their callbacks
        run with no reply), while their connections still exist */
     cdb_aredis_free(loop->aredis);
+    cdb_l1_free(loop->l1);
     if (loop->listener)
         evconnlistener_free(loop->listener);
     if (loop->accept_pause)

@@ -40,8 +40,11 @@ void cdb__session_forget(cdb_service *svc, PGconn *conn, const char *session_id)
                                       CDB_SESSION_CACHE_TTL_S);
     /* with Redis Sentinel, a tombstone only the dying master had would let a
      * failover bring back an "alive" copy: unconfirmed, it is queued too */
-    if (r && r->type != REDIS_REPLY_ERROR && cdb_redis_sync_replica(svc->redis, &e) >= 0)
+    if (r && r->type != REDIS_REPLY_ERROR && cdb_redis_sync_replica(svc->redis, &e) >= 0) {
+        /* every instance's first-level cache forgets it too (a queued one: when applied) */
+        cdb_inval_session(cdb_cache_inval(svc->cache), session_id);
         goto out;
+    }
     /*
      * Without the tombstone, a positive copy another request stored earlier
      * (or one that reaches Redis when it returns) would keep the ended session

@@ -302,6 +302,11 @@ cdb_qcache *cdb_service_qcache(cdb_service *svc)
     return svc->qcache;
 }
 
+cdb_inval *cdb_service_inval(cdb_service *svc)
+{
+    return cdb_cache_inval(svc->cache);
+}
+
 static cdb_health_deps health_deps(const cdb_service *svc)
 {
     return (cdb_health_deps){

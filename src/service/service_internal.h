@@ -19,6 +19,8 @@ cdb_ratelimit *cdb_service_ratelimit(cdb_service *svc);
 cdb_redis *cdb_service_redis(cdb_service *svc);
 /* The data API's query cache (not owned). */
 cdb_qcache *cdb_service_qcache(cdb_service *svc);
+/* The invalidations of the first-level caches (store/invalidation.h); NULL without Redis. */
+cdb_inval *cdb_service_inval(cdb_service *svc);
 
 /*
  * POST /test/sleep (test builds of the HTTP API): holds a pooled connection

@@ -32,6 +32,7 @@
 
 struct cdb_cache {
     cdb_redis *redis;            /* not owned; NULL: in-process table */
+    cdb_inval *inval;            /* with Redis: invalidations of first-level caches (owned) */
     pthread_mutex_t mu;          /* guards table */
     cdb_kvtable *table;
 };
@@ -194,7 +195,8 @@ cdb_cache *cdb_cache_new(cdb_redis *redis, size_t max_entries)
     if (!c)
         return NULL;
     c->redis = redis;
-    if (!redis && !(c->table = cdb_kvtable_new(max_entries ? max_entries : DEFAULT_MAX_ENTRIES, 0))) {
+    if ((!redis && !(c->table = cdb_kvtable_new(max_entries ? max_entries : DEFAULT_MAX_ENTRIES, 0))) ||
+        (redis && !(c->inval = cdb_inval_new(redis)))) {
         free(c);
         return NULL;
     }
@@ -206,6 +208,7 @@ void cdb_cache_free(cdb_cache *c)
 {
     if (!c)
         return;
+    cdb_inval_free(c->inval);
     cdb_kvtable_free(c->table);
     pthread_mutex_destroy(&c->mu);
     free(c);
@@ -219,6 +222,11 @@ bool cdb_cache_is_redis(const cdb_cache *c)
 cdb_redis *cdb_cache_redis(const cdb_cache *c)
 {
     return c->redis;
+}
+
+cdb_inval *cdb_cache_inval(const cdb_cache *c)
+{
+    return c ? c->inval : NULL;
 }
 
 int cdb_cache_get(cdb_cache *c, const char *key, char **value, size_t *len, cdb_error *err)

@@ -19,6 +19,7 @@
 
 #include "coredb/error.h"
 #include "store/redis.h"
+#include "store/invalidation.h"
 
 typedef struct cdb_cache cdb_cache;
 
@@ -26,6 +27,13 @@ typedef struct cdb_cache cdb_cache;
 cdb_cache *cdb_cache_new(cdb_redis *redis, size_t max_entries);
 void cdb_cache_free(cdb_cache *c);
 
+/*
+ * With Redis: the invalidations of the first-level caches of every instance
+ * (store/invalidation.h), owned by the cache; NULL with the in-process table
+ * (one instance: nothing to tell). Whoever changes a table generation or
+ * ends a session in Redis publishes it there.
+ */
+cdb_inval *cdb_cache_inval(const cdb_cache *c);
 bool cdb_cache_is_redis(const cdb_cache *c);
 /* The Redis pool behind the cache, NULL for the in-process table. */
 cdb_redis *cdb_cache_redis(const cdb_cache *c);

@@ -112,9 +112,11 @@ bool cdb_l1_generation(cdb_l1 *l1, const char *gen_key, const char *table, int64
     return true;
 }
 
-void cdb_l1_generation_store(cdb_l1 *l1, const char *gen_key, const cdb_inval_ticket *t, int64_t generation,
-                             int64_t now_ms)
+void cdb_l1_generation_store(cdb_l1 *l1, const char *gen_key, const char *table, const cdb_inval_ticket *t,
+                             int64_t generation, int64_t now_ms)
 {
+    if (!cdb_inval_valid_table(l1->inv, table, t))
+        return;
     header h = {.ticket = *t, .generation = generation};
     store(l1, gen_key, &h, NULL, 0, now_ms + CDB_L1_GENERATION_MAX_MS, now_ms);
 }

@@ -47,8 +47,9 @@ void cdb_l1_session_store(cdb_l1 *l1, const char *session_key, const cdb_princip
 
 /* The generation of table (gen_key: its Redis key) when known; false otherwise. */
 bool cdb_l1_generation(cdb_l1 *l1, const char *gen_key, const char *table, int64_t *generation, int64_t now_ms);
-void cdb_l1_generation_store(cdb_l1 *l1, const char *gen_key, const cdb_inval_ticket *t, int64_t generation,
-                             int64_t now_ms);
+/* table's generation was read from Redis under ticket t (taken before the read). */
+void cdb_l1_generation_store(cdb_l1 *l1, const char *gen_key, const char *table, const cdb_inval_ticket *t,
+                             int64_t generation, int64_t now_ms);
 
 /* The answer cached under entry_key at generation (pointer valid until the next store), or NULL. */
 const char *cdb_l1_answer(cdb_l1 *l1, const char *entry_key, int64_t generation, size_t *len, int64_t now_ms);

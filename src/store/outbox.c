@@ -28,6 +28,23 @@
 /* ---- applying one row ---- */
 
 /*
+ * What an applied row changed that first-level caches may hold: a query
+ * cache generation ("coredb:<ns>:gen:<table>", qcache.c) or a session's
+ * liveness copy ("coredb:session:<sid>", a tombstone: identity/liveness.c).
+ * Applications' keys live under "app:" and cannot look like either.
+ */
+static void publish_invalidation(cdb_cache *cache, const char *op, const char *key)
+{
+    const char *gen = strncmp(key, "coredb:", 7) == 0 ? strstr(key, ":gen:") : NULL;
+    if (strcmp(op, "incr") == 0 && gen) {
+        cdb__metrics_inc(CDB_M_CACHE_INVALIDATIONS);
+        cdb_inval_table(cdb_cache_inval(cache), gen + 5);
+    } else if (strcmp(op, "set") == 0 && strncmp(key, "coredb:session:", 15) == 0) {
+        cdb_inval_session(cdb_cache_inval(cache), key + 15);
+    }
+}
+
+/*
  * Through cdb_cache, so Redis and the in-process table (no REDIS_URL) are
  * one path: the cache says whether a failure is worth retrying
  * (CACHE_UNAVAILABLE: Redis down, LOADING, BUSY, ...) or final
@@ -62,10 +79,7 @@ cdb_outbox_rc cdb_outbox_apply(cdb_cache *cache, const char *op, const char *key
         snprintf(why, whylen, "%s", e.message);
     } else {
         cdb__metrics_inc(CDB_M_OUTBOX_APPLIED);
-        /* a query cache generation ("coredb:<ns>:gen:<table>", qcache.c): cached reads invalidated;
-         * applications' keys live under "app:" and cannot look like one */
-        if (strcmp(op, "incr") == 0 && strncmp(key, "coredb:", 7) == 0 && strstr(key, ":gen:"))
-            cdb__metrics_inc(CDB_M_CACHE_INVALIDATIONS);
+        publish_invalidation(cache, op, key);
     }
     cdb_error_destroy(&e);
     return rc == 0 ? CDB_OUTBOX_DONE : rc == CDB_ERR_VALIDATION_FAILED ? CDB_OUTBOX_REFUSED : CDB_OUTBOX_DOWN;

@@ -116,6 +116,12 @@ void cdb_qcache_set_namespace(cdb_qcache *qc, const char *ns)
 {
     snprintf(qc->ns, sizeof qc->ns, "%s", ns);
     atomic_store(&qc->ns_set, true);
+    /* the first-level caches' invalidations are namespaced alike */
+    cdb_error err;
+    cdb_error_init(&err);
+    if (cdb_inval_start(cdb_cache_inval(qc->cache), ns, &err) < 0)
+        cdb_log_warn("cache.invalidation_not_started", "first-level caches stay off: %s", err.message);
+    cdb_error_destroy(&err);
 }
 
 bool cdb_qcache_enabled(const cdb_qcache *qc)
@@ -269,15 +275,15 @@ bool cdb_qcache_probe_keys(cdb_qcache *qc, const char *table, const char *key, c
     return (*ekey = entry_key(qc, table, id)) != NULL;
 }
 
-bool cdb_qcache_probe_hit(const char *generation, const char *entry, size_t len, const char **value,
-                          size_t *value_len)
+bool cdb_qcache_probe_hit(const char *generation, const char *entry, size_t len, int64_t *gen_out,
+                          const char **value, size_t *value_len)
 {
-    size_t skip = entry ? entry_payload(entry, len, parse_generation(generation)) : 0;
+    *gen_out = parse_generation(generation);
+    size_t skip = entry ? entry_payload(entry, len, *gen_out) : 0;
     if (!skip)
         return false;
     *value = entry + skip;
     *value_len = len - skip;
-    cdb__metrics_inc(CDB_M_CACHE_HITS);
     return true;
 }
 
@@ -494,8 +500,10 @@ int cdb_qcache_bump(cdb_qcache *qc, const char *table)
     cdb_qcache_generation_key(qc, table, key, sizeof key);
     int rc = cdb_cache_incr(qc->cache, key, &v, &err);
     cdb_error_destroy(&err);
-    if (rc == 0)  /* one that failed is queued in the outbox and counted when applied there */
+    if (rc == 0) { /* one that failed is queued in the outbox, counted and published when applied there */
         cdb__metrics_inc(CDB_M_CACHE_INVALIDATIONS);
+        cdb_inval_table(cdb_cache_inval(qc->cache), table);
+    }
     return rc < 0 ? -1 : 0;
 }
 

@@ -74,14 +74,14 @@ void cdb_qcache_abandon(cdb_qcache *qc, const char *key);
  * blocking work (caching off, the namespace not loaded yet, the in-process
  * cache, a resync pending after a Redis outage): the caller then uses
  * cdb_qcache_get. _probe_hit judges the two values read (NULL = unset):
- * true when the entry was computed at that generation, with *value and *len
- * pointing into entry (counted as a hit). A miss here joins no flight: the
+ * *gen_out gets the generation; true when the entry was computed at it,
+ * with *value and *len pointing into entry. A miss here joins no flight: the
  * caller then runs cdb_qcache_get, which does.
  */
 bool cdb_qcache_probe_keys(cdb_qcache *qc, const char *table, const char *key, char gen_key[256],
                            char **ekey);
-bool cdb_qcache_probe_hit(const char *generation, const char *entry, size_t len, const char **value,
-                          size_t *value_len);
+bool cdb_qcache_probe_hit(const char *generation, const char *entry, size_t len, int64_t *gen_out,
+                          const char **value, size_t *value_len);
 
 /*
  * Every key lives under "coredb:<ns>:", ns being the deployment's id (the
