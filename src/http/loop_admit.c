@@ -192,6 +192,7 @@ static void probe_cache(loop_admission *a)
     const char *value;
     if (l1 && cdb_l1_generation(l1, a->probe.gen_key, a->probe.table, &generation, now) &&
         (value = cdb_l1_answer(l1, a->probe.entry_key, generation, &len, now))) {
+        cdb__metrics_inc(CDB_M_L1_ANSWER_HITS);
         take_answer(a, value, len);
         return;
     }
@@ -209,6 +210,7 @@ static bool check_session(loop_admission *a)
     cdb_l1 *l1 = r->loop->l1;
     cdb__session_liveness_key(&r->principal, a->session_key, sizeof a->session_key);
     if (l1 && cdb_l1_session_alive(l1, a->session_key, &r->principal, cdb_mono_ms())) {
+        cdb__metrics_inc(CDB_M_L1_SESSION_HITS);
         a->liveness = 1;
         return true;
     }

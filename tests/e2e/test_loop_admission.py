@@ -199,3 +199,120 @@ def test_redis_outage_falls_back_then_recovers(pg):
     finally:
         inst.stop_clean()
         own.destroy()
+
+
+# ---- the first-level cache (store/l1cache.h) and its invalidation through pub/sub ----
+
+def l1_hits(inst, admin):
+    text = inst.get("/metrics", headers=admin.headers).text
+    found = dict(re.findall(r'^coredb_cache_l1_hits_total\{kind="(\w+)"\} (\S+)$', text, re.M))
+    return {k: float(found.get(k, 0)) for k in ("answer", "session")}
+
+
+def mgets(redis_server):
+    """How many MGET commands the Redis server has run (the loops' cache lookups)."""
+    import redis
+    stats = redis.Redis(host="127.0.0.1", port=redis_server.port).info("commandstats")
+    return stats.get("cmdstat_mget", {}).get("calls", 0)
+
+
+def test_first_level_cache_answers_without_redis(linst, ladmin, own_redis):
+    a = user(linst)
+    pid = add_project(linst, a.id, title="l1")
+    first = query_ok(linst, a, body_for(pid))
+    before, calls = l1_hits(linst, ladmin), mgets(own_redis)
+    for _ in range(20):
+        hit = query_ok(linst, a, body_for(pid))
+        assert hit["cached"] is True and hit["data"] == first["data"]
+    after = l1_hits(linst, ladmin)
+    # each of the 2 loops reads Redis once, then answers from its first-level cache
+    assert mgets(own_redis) - calls <= 2
+    assert after["answer"] - before["answer"] >= 18, (before, after)
+    assert after["session"] - before["session"] >= 18, (before, after)
+
+
+@pytest.fixture(scope="module")
+def pair(pg, own_redis):
+    """Two instances on one database and one Redis: the first-level caches of
+    both must learn of each other's writes and logouts."""
+    a = start_instance(pg, own_redis, REDIS_DB + 2, HTTP_THREADS="2", RATE_LIMIT_USER="0")
+    b = start_instance(pg, own_redis, REDIS_DB + 2, db=a.db, HTTP_THREADS="2", RATE_LIMIT_USER="0")
+    b.admin_email = a.admin_email
+    yield a, b
+    b.stop_clean()
+    a.stop_clean()
+
+
+def as_on(inst, acct):
+    from identity import Account
+    return Account(inst, acct.user, acct.password, acct.session)
+
+
+def test_write_on_one_instance_is_seen_on_the_other(pair):
+    a_inst, b_inst = pair
+    b_admin = admin_of(b_inst)
+    owner = user(a_inst)
+    on_b = as_on(b_inst, owner)
+    pid = add_project(a_inst, owner.id, title="v0")
+    before = l1_hits(b_inst, b_admin)
+    for i in range(1, 21):
+        # B serves the page from its first-level cache ...
+        for _ in range(3):
+            assert query_ok(b_inst, on_b, body_for(pid))["data"][0]["title"] == f"v{i - 1}"
+        # ... until A's write, published through Redis, voids it
+        tx_ok(a_inst, owner, [pg_update("projects", {"id": pid}, {"title": f"v{i}"})])
+        out = query_ok(b_inst, on_b, body_for(pid))
+        assert out["data"][0]["title"] == f"v{i}" and out["cached"] is False, (i, out)
+    assert l1_hits(b_inst, b_admin)["answer"] - before["answer"] >= 20
+
+
+def test_logout_on_one_instance_is_refused_on_the_other(pair):
+    a_inst, b_inst = pair
+    for i in range(20):
+        acct = user(a_inst)
+        pid = add_project(a_inst, acct.id)
+        on_b = as_on(b_inst, acct)
+        for _ in range(3):   # B knows the session alive (first-level cache)
+            query_ok(b_inst, on_b, body_for(pid))
+        out = a_inst.post("/api/v1/auth/logout", headers=acct.headers)
+        assert out.status_code in (200, 204), out.text
+        assert_error(query(b_inst, on_b, body_for(pid)), 401, "TOKEN_REVOKED")
+
+
+def test_without_a_subscription_the_first_level_cache_is_bypassed(pair, own_redis):
+    import redis
+    a_inst, b_inst = pair
+    b_admin = admin_of(b_inst)
+    owner = user(a_inst)
+    on_b = as_on(b_inst, owner)
+    pid = add_project(a_inst, owner.id, title="s0")
+    for _ in range(3):
+        query_ok(b_inst, on_b, body_for(pid))
+    rds = redis.Redis(host="127.0.0.1", port=own_redis.port)
+    # no instance may subscribe again while this lasts
+    rds.execute_command("ACL", "SETUSER", "default", "-subscribe")
+    try:
+        rds.execute_command("CLIENT", "KILL", "TYPE", "pubsub")
+        # a write B cannot hear of: its first-level cache must not answer
+        tx_ok(a_inst, owner, [pg_update("projects", {"id": pid}, {"title": "s1"})])
+        before, calls = l1_hits(b_inst, b_admin), mgets(own_redis)
+        for _ in range(10):
+            assert query_ok(b_inst, on_b, body_for(pid))["data"][0]["title"] == "s1"
+        after = l1_hits(b_inst, b_admin)
+        assert after == before, (before, after)
+        assert mgets(own_redis) - calls >= 10
+        losses = re.search(r"^coredb_cache_invalidation_subscription_losses_total (\S+)$",
+                           b_inst.get("/metrics", headers=b_admin.headers).text, re.M)
+        assert losses and float(losses.group(1)) >= 1
+    finally:
+        rds.execute_command("ACL", "SETUSER", "default", "+subscribe")
+    # subscribed again (backoff at most 2 s): the first-level cache serves again
+
+    def served_from_l1():
+        was = l1_hits(b_inst, b_admin)["answer"]
+        query_ok(b_inst, on_b, body_for(pid))
+        query_ok(b_inst, on_b, body_for(pid))
+        return l1_hits(b_inst, b_admin)["answer"] > was
+    wait_for(served_from_l1, timeout=15, step=0.3)
+    tx_ok(a_inst, owner, [pg_update("projects", {"id": pid}, {"title": "s2"})])
+    assert query_ok(b_inst, on_b, body_for(pid))["data"][0]["title"] == "s2"
