@@ -9,32 +9,40 @@ or on the event loops with asynchronous Redis (the engine of issue 8).
   (200, or 503/504 in the error envelope), none hangs, none gets a 500 or a
   closed connection; queries succeed again soon after;
 - Redis killed and restarted from its snapshot under load: every request
-  answered, hits resume, and a session ended while Redis was down stays
-  refused after Redis comes back with its old positive copy of that session;
+  answered, no page older than a write made during the outage, hits resume,
+  and a session ended while Redis was down is refused after Redis comes back
+  with its old positive copy of that session (today: once the outbox job has
+  written the tombstone, within OUTBOX_WINDOW; the promise of issue 8, the
+  very next request, is the xfail test_ended_session_is_not_revived_...);
 - SIGTERM with 32 requests in flight (slow statements, hits, misses): each
   gets an answer (completed, or 503 in the envelope), the process exits 0;
 - two instances sharing PostgreSQL and Redis: a logout on one is refused on
   the very next request on the other, and a write through one is seen by the
-  next read of a query the other had cached (20 rounds each, both ways).
+  next read of a query the other had cached (20 rounds each, both ways);
+  the same with the subscriptions cut (CLIENT KILL TYPE pubsub: a no-op
+  today, the first-level cache's weak spot after issue 8) and with Redis
+  killed under both instances.
+
+Two tests are xfail(strict=True) against today's code and must flip when the
+engine lands: hits behind slow work (they wait for a worker today), and an
+ended session revived by a Redis snapshot before the outbox writes its mark.
 
 Every load loop is bounded in count and in time; every request has a client
 timeout, and a timeout is a failure (a hang), never a pass.
 """
 import http.client
 import json
-import os
 import signal
 import threading
 import time
 import uuid
 
 import pytest
-import redis
 import requests
 
 from datahelp import (QUERY, add_projects, pg_insert, pg_update, query, query_ok, redis_client,
                       start_instance, tx_ok, user, wait_for)
-from identity import Account, PASSWORD, assert_error, bearer, login
+from identity import Account, PASSWORD, assert_error, login
 
 # Redis database of this module on the shared Redis (no other module uses 2)
 REDIS_DB = 2
@@ -306,8 +314,8 @@ def test_postgresql_restart_with_requests_in_flight(private_pg, redis_server):
               f"{sorted({(o.status, o.code) for o in refused})}; slowest "
               f"{max(o.t1 - o.t0 for o in outcomes):.2f} s")
         assert len(across) >= 32, f"only {len(across)} requests overlapped the restart"
-        assert any(o.kind == "sleep" and o.status != 200 for o in across), \
-            "no statement was cut by the restart: nothing is tested"
+        assert any(o.status != 200 for o in across), \
+            "no request felt the restart: nothing is tested"
         assert sum(o.status == 200 for o in outcomes) > len(outcomes) // 4, refused[:8]
 
         # after PostgreSQL is back, a fresh miss succeeds within a bound, then every kind does
