@@ -47,6 +47,8 @@ typedef struct loop_admission {
     bool table_ticket_ok;
     cdb_inval_ticket table_ticket;
     char *answer;                  /* a cache hit's body */
+    bool maintenance;              /* the poll of the restore flag found one running */
+    char maintenance_key[256];
     char session_key[64];
     char quota_key[128];
     cdb_rl_command quota_cmd;
@@ -73,6 +75,11 @@ static void decide(loop_admission *a)
         goto answer;
     }
     r->session_checked = a->liveness == 1;
+    /* a restore began elsewhere: the worker answers 503 MAINTENANCE */
+    if (a->maintenance) {
+        free(a->answer);
+        a->answer = NULL;
+    }
     /*
      * A quota refusal charges nothing, so with the session unknown the
      * worker checks both again (a refused caller is told after its
@@ -118,6 +125,16 @@ static void on_session_ttl(redisReply *reply, void *arg)
     if (a->liveness == 1 && reply && reply->type == REDIS_REPLY_INTEGER)
         cdb_l1_session_store(a->r->loop->l1, a->session_key, &a->r->principal, &a->session_ticket,
                              reply->integer, cdb_mono_ms());
+    reply_done(a);
+}
+
+static void on_maintenance(redisReply *reply, void *arg)
+{
+    loop_admission *a = arg;
+    if (reply && (reply->type == REDIS_REPLY_STRING || reply->type == REDIS_REPLY_NIL)) {
+        cdb_service_maintenance_polled(a->r->svc, reply->type == REDIS_REPLY_STRING ? reply->str : NULL);
+        a->maintenance = reply->type == REDIS_REPLY_STRING;
+    }
     reply_done(a);
 }
 
@@ -227,18 +244,25 @@ static bool check_session(loop_admission *a)
 static bool eligible(cdb_request *r)
 {
     const cdb_route *route = r->route;
-    int64_t maintenance_since;
     if ((route->mode != CDB_RUN_WORKER && route->mode != CDB_RUN_CACHED) || route->auth < CDB_AUTH_USER ||
         !r->bearer || !r->loop->aredis)
         return false;
     /* a refused admin call is audited: the worker does that */
-    if (route->auth == CDB_AUTH_ADMIN && r->principal.role != CDB_ROLE_ADMIN)
-        return false;
-    /* a restore (503 MAINTENANCE) or a poll of its flag that is due: the worker's business */
-    if (!cdb_service_maintenance_known(r->svc, &maintenance_since) || maintenance_since)
-        return false;
-    /* Redis came back and the outbox is not applied yet: its copies are not trusted */
-    return !cdb_qcache_resync_pending(cdb_service_qcache(r->svc));
+    return route->auth != CDB_AUTH_ADMIN || r->principal.role == CDB_ROLE_ADMIN;
+}
+
+/*
+ * Whether what Redis says may be trusted now: its loop connection ready,
+ * and no recovery pending. Redis came back and the outbox is not applied
+ * yet: its copies are not trusted. The blocking pool notices a recovery on
+ * its next command, so until it is up again the loop does not trust what
+ * its own connection reads either (every revocation or write made while
+ * Redis was away failed on that pool and left it down).
+ */
+static bool redis_trusted(cdb_request *r)
+{
+    return cdb_redis_up(cdb_service_redis(r->svc)) && !cdb_qcache_resync_pending(cdb_service_qcache(r->svc)) &&
+           cdb_aredis_ready(r->loop->aredis);
 }
 
 bool cdb__loop_admit(cdb_request *r)
@@ -246,13 +270,24 @@ bool cdb__loop_admit(cdb_request *r)
     if (!eligible(r))
         return false;
     loop_admission *a = NULL;
-    if (!cdb_aredis_ready(r->loop->aredis) || !(a = calloc(1, sizeof *a)))
+    if (!redis_trusted(r) || !(a = calloc(1, sizeof *a)))
         goto fallback;
     a->r = r;
     a->liveness = -1;
     a->pending = 1;                /* held until every command is queued */
+    /* a restore running (503 MAINTENANCE) is the worker's business; a due poll of its flag rides along */
+    int64_t since;
+    bool poll = cdb_service_maintenance_poll_due(r->svc, &since, a->maintenance_key, sizeof a->maintenance_key);
+    if (since) {
+        free(a);
+        return false;
+    }
     if (!check_session(a))
         goto fallback;
+    if (poll) {
+        const char *get[] = {"GET", a->maintenance_key};
+        pipeline(a, on_maintenance, 2, get);
+    }
     if ((a->rate = cdb__admit_quota_rate(r)) > 0) {
         cdb__admit_quota_key(r, a->quota_key, sizeof a->quota_key);
         /* not sent (the script not loaded yet): the worker charges the quota */

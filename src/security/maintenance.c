@@ -68,29 +68,37 @@ void cdb__maintenance_end(cdb_maintenance *m, cdb_redis *redis, cdb_qcache *qc)
     cdb_error_destroy(&err);
 }
 
-bool cdb__maintenance_since_known(cdb_maintenance *m, cdb_redis *redis, cdb_qcache *qc, int64_t *since)
+bool cdb__maintenance_poll_due(cdb_maintenance *m, cdb_redis *redis, cdb_qcache *qc, int64_t *since, char *key,
+                               size_t len)
 {
-    int64_t last = atomic_load(&m->remote_checked_ms);
     if ((*since = atomic_load(&m->local_since)) || !shared(redis, qc))
-        return true;
+        return false;
     *since = atomic_load(&m->remote_since);
-    return last && cdb_mono_ms() - last < CDB_MAINTENANCE_POLL_MS;
+    int64_t now = cdb_mono_ms(), last = atomic_load(&m->remote_checked_ms);
+    /* the caller that moves the timestamp polls; the others go by the last value */
+    if ((last && now - last < CDB_MAINTENANCE_POLL_MS) ||
+        !atomic_compare_exchange_strong(&m->remote_checked_ms, &last, now))
+        return false;
+    redis_key(redis, qc, key, len);
+    return true;
+}
+
+void cdb__maintenance_polled(cdb_maintenance *m, const char *value)
+{
+    atomic_store(&m->remote_since, value ? strtoll(value, NULL, 10) : 0);
 }
 
 int64_t cdb__maintenance_since(cdb_maintenance *m, cdb_redis *redis, cdb_qcache *qc)
 {
     int64_t since;
-    if (cdb__maintenance_since_known(m, redis, qc, &since))
-        return since;
     char key[256];
-    redis_key(redis, qc, key, sizeof key);
-    int64_t now = cdb_mono_ms();
-    atomic_store(&m->remote_checked_ms, now);
+    if (!cdb__maintenance_poll_due(m, redis, qc, &since, key, sizeof key))
+        return since;
     cdb_error err;
     cdb_error_init(&err);
     redisReply *rep = cdb_redis_command(redis, &err, "GET %s", key);
     if (rep) {
-        atomic_store(&m->remote_since, rep->type == REDIS_REPLY_STRING ? strtoll(rep->str, NULL, 10) : 0);
+        cdb__maintenance_polled(m, rep->type == REDIS_REPLY_STRING ? rep->str : NULL);
         freeReplyObject(rep);
     }
     cdb_error_destroy(&err);

@@ -44,8 +44,15 @@ void cdb__maintenance_refresh(cdb_maintenance *m, cdb_redis *redis, cdb_qcache *
 void cdb__maintenance_end(cdb_maintenance *m, cdb_redis *redis, cdb_qcache *qc);
 /* Since when (Unix seconds) this or another instance is in maintenance; 0 = not. */
 int64_t cdb__maintenance_since(cdb_maintenance *m, cdb_redis *redis, cdb_qcache *qc);
-/* The same without a round trip (the event loops): false when the key is due to be
- * re-read (then ask cdb__maintenance_since), else true with *since. */
-bool cdb__maintenance_since_known(cdb_maintenance *m, cdb_redis *redis, cdb_qcache *qc, int64_t *since);
+/*
+ * The same for a caller that reads the key itself (the event loops'
+ * asynchronous Redis): *since as known now, and true when a re-read is due,
+ * with the key (len >= 256) in key and the poll claimed (other callers go
+ * by the last value meanwhile); give what GET returned (NULL: nil) to
+ * _polled. A poll that gets no answer is retried after CDB_MAINTENANCE_POLL_MS.
+ */
+bool cdb__maintenance_poll_due(cdb_maintenance *m, cdb_redis *redis, cdb_qcache *qc, int64_t *since, char *key,
+                               size_t len);
+void cdb__maintenance_polled(cdb_maintenance *m, const char *value);
 
 #endif

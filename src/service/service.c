@@ -323,9 +323,14 @@ int64_t cdb_service_maintenance_since(cdb_service *svc)
     return cdb__maintenance_since(&svc->maintenance, svc->redis, svc->qcache);
 }
 
-bool cdb_service_maintenance_known(cdb_service *svc, int64_t *since)
+bool cdb_service_maintenance_poll_due(cdb_service *svc, int64_t *since, char *key, size_t len)
 {
-    return cdb__maintenance_since_known(&svc->maintenance, svc->redis, svc->qcache, since);
+    return cdb__maintenance_poll_due(&svc->maintenance, svc->redis, svc->qcache, since, key, len);
+}
+
+void cdb_service_maintenance_polled(cdb_service *svc, const char *value)
+{
+    cdb__maintenance_polled(&svc->maintenance, value);
 }
 
 /* checks.maintenance: {status: "ACTIVE", since} while a restore runs, else {status: "OFF"}. */

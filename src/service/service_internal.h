@@ -30,8 +30,9 @@ cdb_inval *cdb_service_inval(cdb_service *svc);
 #define CDB_SERVICE_RETRY_AFTER_S 5
 /* Since when (Unix seconds) a restore holds this deployment in maintenance; 0 = not. */
 int64_t cdb_service_maintenance_since(cdb_service *svc);
-/* Without a round trip: false when a poll of the shared flag is due (see maintenance.h). */
-bool cdb_service_maintenance_known(cdb_service *svc, int64_t *since);
+/* For the event loops, which read the shared flag themselves (security/maintenance.h). */
+bool cdb_service_maintenance_poll_due(cdb_service *svc, int64_t *since, char *key, size_t len);
+void cdb_service_maintenance_polled(cdb_service *svc, const char *value);
 int cdb_service_test_sleep(cdb_service *svc, double seconds, cdb_error *err);
 /*
  * metrics.c: registers the service's scrape-time gauges (pool, Redis,

@@ -11,21 +11,20 @@ or on the event loops with asynchronous Redis (the engine of issue 8).
 - Redis killed and restarted from its snapshot under load: every request
   answered, no page older than a write made during the outage, hits resume,
   and a session ended while Redis was down is refused after Redis comes back
-  with its old positive copy of that session (today: once the outbox job has
-  written the tombstone, within OUTBOX_WINDOW; the promise of issue 8, the
-  very next request, is the xfail test_ended_session_is_not_revived_...);
+  with its old positive copy of that session (test_ended_session_is_not_
+  revived_... proves the very next request is refused);
 - SIGTERM with 32 requests in flight (slow statements, hits, misses): each
   gets an answer (completed, or 503 in the envelope), the process exits 0;
 - two instances sharing PostgreSQL and Redis: a logout on one is refused on
   the very next request on the other, and a write through one is seen by the
   next read of a query the other had cached (20 rounds each, both ways);
-  the same with the subscriptions cut (CLIENT KILL TYPE pubsub: a no-op
-  today, the first-level cache's weak spot after issue 8) and with Redis
-  killed under both instances.
+  the same with the subscriptions cut (CLIENT KILL TYPE pubsub: the
+  first-level caches' weak spot) and with Redis killed under both instances.
 
-Two tests are xfail(strict=True) against today's code and must flip when the
-engine lands: hits behind slow work (they wait for a worker today), and an
-ended session revived by a Redis snapshot before the outbox writes its mark.
+Two tests failed before the engine of issue 8 (they were xfail until it
+landed): hits behind slow work (they waited for a worker), and an ended
+session revived by a Redis snapshot before the outbox wrote its mark (session
+copies are now trusted only once the outbox is applied after a recovery).
 
 Every load loop is bounded in count and in time; every request has a client
 timeout, and a timeout is a failure (a hang), never a pass.
@@ -199,12 +198,6 @@ def sleeping_statements(pg_server, db):
     return rows[0][0]
 
 
-# the outbox job writes a queued "revoked" mark every second on every instance
-# (docs/http.md, "Liveness"): the longest an ended session's live copy brought
-# back by a Redis snapshot is documented to survive
-OUTBOX_WINDOW = 2.0
-
-
 def ended_session_answers(checks, since, seconds=3.0):
     """Runs every check (label, callable -> Response) in turn for `seconds`:
     [(label, s after `since`, status)] of every answer, in order."""
@@ -220,13 +213,11 @@ def ended_session_answers(checks, since, seconds=3.0):
 
 
 def assert_ended_session_refused(seen):
-    """Every answer 401 TOKEN_REVOKED, except (today) within the outbox window."""
-    late = [x for x in seen if x[2:] != (401, "TOKEN_REVOKED") and x[1] >= OUTBOX_WINDOW]
-    early = [x for x in seen if x[2:] != (401, "TOKEN_REVOKED") and x[1] < OUTBOX_WINDOW]
-    assert not late, f"an ended session served after Redis returned (instance, s, status): {late}"
-    assert all(x[2] in (200, 401) for x in early), early
-    assert sum(x[1] >= OUTBOX_WINDOW for x in seen) >= 5, "too few checks after the window"
-    return early
+    """Every answer 401 TOKEN_REVOKED: a Redis back from an old snapshot is not
+    trusted until the outbox has written the ended session's mark."""
+    served = [x for x in seen if x[2:] != (401, "TOKEN_REVOKED")]
+    assert not served, f"an ended session served after Redis returned (instance, s, status): {served}"
+    assert len(seen) >= 5, "too few checks"
 
 
 # ---- 1. cache hits are not delayed by slow work on the same loop ----
@@ -234,7 +225,6 @@ def assert_ended_session_refused(seen):
 HIT_P99_BOUND = 0.100    # s; unloaded hits measure ~2-4 ms here, today's loaded hits ~1 s
 
 
-@pytest.mark.xfail(strict=True, reason="issue 8: hits still run on workers")
 def test_hits_are_not_delayed_by_slow_work_on_the_same_loop(pg, redis_server):
     inst = start_instance(pg, redis_server, REDIS_DB, HTTP_THREADS=1, DB_POOL_MIN=4,
                           DB_POOL_MAX=4, DB_POOL_ACQUIRE_TIMEOUT=10000)
@@ -375,10 +365,8 @@ def test_redis_killed_and_restarted_under_load(pg, private_redis):
         restored = rds.get(sid_key)      # the old positive copy, unless the outbox already ran
         assert restored in (victim.id, "revoked"), restored
 
-        # once Redis is back, the ended session is refused (today: after the outbox
-        # window at the latest; test_ended_session_is_not_revived_by_a_redis_snapshot
-        # holds the promise of issue 8, the very next request)
-        early = assert_ended_session_refused(ended_session_answers(
+        # once Redis is back, the ended session is refused from the very next request
+        assert_ended_session_refused(ended_session_answers(
             [("A", lambda: query(inst, victim, projects_body(), timeout=CLIENT_TIMEOUT))], k1))
         assert wait_for(lambda: rds.get(sid_key) == "revoked", timeout=8), rds.get(sid_key)
         assert_error(query(inst, victim, projects_body()), 401, "TOKEN_REVOKED")
@@ -397,7 +385,7 @@ def test_redis_killed_and_restarted_under_load(pg, private_redis):
         assert not bad, f"{len(bad)} requests lost, hung or badly answered: {bad[:8]}"
         during = [o for o in outcomes if o.t0 >= k0 and o.t1 <= k1]
         hits_after = [o for o in outcomes if o.kind == "hit" and o.t0 > k1 + 3 and o.cached]
-        print(f"\nsession copy restored as {restored!r}, served in the outbox window: {early}; "
+        print(f"\nsession copy restored as {restored!r}; "
               f"{len(outcomes)} requests, {len(during)} while Redis was down "
               f"({k1 - k0:.2f} s), {sum(o.status != 200 for o in outcomes)} refused, "
               f"{len(hits_after)} hits after it returned")
@@ -641,9 +629,8 @@ def test_two_instances_while_redis_is_away(pg, private_redis):
             if page["data"] != [{"id": pid, "title": "r-down"}]:
                 stale.append((label, round(time.time() - k1, 2), page["data"]))
             return query(inst, other, projects_body())
-        early = assert_ended_session_refused(ended_session_answers(
+        assert_ended_session_refused(ended_session_answers(
             [("B", lambda: page_of("B", b)), ("A", lambda: page_of("A", a))], k1))
-        print(f"\nended session served in the outbox window after Redis returned: {early}")
         assert not stale, f"pages older than the write (instance, s after, data): {stale}"
         assert wait_for(lambda: query_ok(b, on(b, acct), body)["cached"], timeout=10), \
             "B serves no hit 10 s after Redis returned"
@@ -652,8 +639,6 @@ def test_two_instances_while_redis_is_away(pg, private_redis):
         a.stop_clean()
 
 
-@pytest.mark.xfail(strict=True, reason="issue 8: a session copy brought back by a Redis snapshot "
-                                       "is trusted until the outbox writes its tombstone")
 def test_ended_session_is_not_revived_by_a_redis_snapshot(pg, private_redis):
     """The promise of issue 8, deterministically: a session ended while Redis was
     away is refused on the very next request after Redis returns, even when Redis
