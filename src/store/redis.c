@@ -24,6 +24,7 @@
  */
 #include "store/redis.h"
 
+#include <arpa/inet.h>
 #include <ctype.h>
 #include <limits.h>
 #include <pthread.h>
@@ -71,6 +72,11 @@ struct cdb_redis {
     _Atomic uint64_t master_changes;
     _Atomic int64_t no_replica_until; /* cdb_redis_sync_replica does not wait before this */
     _Atomic int64_t last_ack_ms;      /* when a replica last confirmed; 0: never */
+    /* the numeric address a connect to peer_of:peer_port last reached, so that a
+     * connection made on an event loop (cdb_redis_endpoint_get) needs no name lookup */
+    char peer_addr[INET6_ADDRSTRLEN];
+    char peer_of[CDB_SENTINEL_HOST_MAX];
+    int peer_port;
 };
 
 /* ---- URL parsing --------------------------------------------------------- */
@@ -252,6 +258,28 @@ out:
     return rc;
 }
 
+/* Remembers the numeric address c reached for host:port (see peer_addr). */
+static void record_peer(cdb_redis *r, const redisContext *c, const char *host, int port)
+{
+    struct sockaddr_storage ss;
+    socklen_t len = sizeof ss;
+    char addr[INET6_ADDRSTRLEN] = "";
+
+    if (getpeername(c->fd, (struct sockaddr *)&ss, &len) != 0)
+        return;
+    if (ss.ss_family == AF_INET)
+        inet_ntop(AF_INET, &((struct sockaddr_in *)&ss)->sin_addr, addr, sizeof addr);
+    else if (ss.ss_family == AF_INET6)
+        inet_ntop(AF_INET6, &((struct sockaddr_in6 *)&ss)->sin6_addr, addr, sizeof addr);
+    if (!addr[0])
+        return;
+    pthread_mutex_lock(&r->mu);
+    snprintf(r->peer_addr, sizeof r->peer_addr, "%s", addr);
+    snprintf(r->peer_of, sizeof r->peer_of, "%s", host);
+    r->peer_port = port;
+    pthread_mutex_unlock(&r->mu);
+}
+
 /*
  * A new connection, authenticated and on the right database, or NULL with a
  * log-safe reason in why. AUTH's error text is not copied: the reason is
@@ -305,6 +333,7 @@ static redisContext *connect_one(cdb_redis *r, char *why, size_t whylen)
     }
     if (r->sentinels && check_master(r, c, host, port, why, whylen) < 0)
         goto fail_free_ctx;
+    record_peer(r, c, host, port);
     return c;
 
 fail_free_ctx:
@@ -668,16 +697,31 @@ void cdb_redis_topology_get(cdb_redis *r, cdb_redis_topology *t)
     t->master_changes = atomic_load(&r->master_changes);
 }
 
+static bool is_numeric_host(const char *host)
+{
+    unsigned char buf[sizeof(struct in6_addr)];
+    return inet_pton(AF_INET, host, buf) == 1 || inet_pton(AF_INET6, host, buf) == 1;
+}
+
 int cdb_redis_endpoint_get(cdb_redis *r, cdb_redis_endpoint *ep)
 {
-    int rc = -1;
+    const char *host;
+    int port, rc = -1;
 
     memset(ep, 0, sizeof *ep);
     pthread_mutex_lock(&r->mu);
     if (r->sentinels && r->master_port == 0)
         goto out_unlock;
-    ep->host = strdup(r->sentinels ? r->master_host : r->host);
-    ep->port = r->sentinels ? r->master_port : r->port;
+    host = r->sentinels ? r->master_host : r->host;
+    port = r->sentinels ? r->master_port : r->port;
+    if (!is_numeric_host(host)) {
+        /* a name: the address a pool connect found for it, never a lookup here */
+        if (!r->peer_addr[0] || r->peer_port != port || strcmp(r->peer_of, host) != 0)
+            goto out_unlock;
+        host = r->peer_addr;
+    }
+    ep->host = strdup(host);
+    ep->port = port;
     ep->user = r->user ? strdup(r->user) : NULL;
     ep->password = r->password ? strdup(r->password) : NULL;
     ep->db = r->db;

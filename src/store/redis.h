@@ -93,15 +93,17 @@ void cdb_redis_topology_get(cdb_redis *r, cdb_redis_topology *t);
 /*
  * Where the pool's connections go now, for a connection made outside the
  * pool (store/redis_async.c): the URL's host and port, or with sentinels
- * the master the pool last verified (never asks the sentinels: it does not
- * block, it only takes the pool's lock), plus the URL's credentials and db.
- * The strings are copies owned by *ep; cdb_redis_endpoint_destroy wipes the
- * password and frees them. 0, or -1 when there is no address yet (sentinels
- * not asked yet: a pool command asks them) or on out of memory (*ep then
- * holds nothing to free).
+ * the master the pool last verified, plus the URL's credentials and db.
+ * It never blocks: no sentinel is asked and no name looked up, only the
+ * pool's lock taken; a host name is given as the numeric address the
+ * pool's last connect to it reached. The strings are copies owned by *ep;
+ * cdb_redis_endpoint_destroy wipes the password and frees them. 0, or -1
+ * when there is no address yet (sentinels not asked or the name not
+ * resolved yet: the pool's next connect does it) or on out of memory (*ep
+ * then holds nothing to free).
  */
 typedef struct cdb_redis_endpoint {
-    char *host;
+    char *host;                 /* a numeric IPv4 or IPv6 address */
     int port;
     char *user;                 /* NULL: AUTH with the password alone */
     char *password;             /* NULL: no AUTH; a secret, never log it */

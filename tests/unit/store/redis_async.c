@@ -666,6 +666,44 @@ static void test_reply_out_of_order(void **state)
     fx_close(&f);
 }
 
+/* A host name in the URL: no lookup on the loop; the address the pool's connect reached is used. */
+static void test_host_name(void **state)
+{
+    fx f = {.port = free_port()};
+    char url[80];
+    cdb_error err;
+    cdb_redis_endpoint ep;
+    cdb_aredis_stats st;
+    seen s;
+    int n = 0;
+    (void)state;
+
+    f.pid = start_redis(f.port, NULL);
+    snprintf(url, sizeof url, "redis://localhost:%d", f.port);
+    cdb_redis_options opt = {.url = url, .pool_size = 1};
+    cdb_error_init(&err);
+    f.base = event_base_new();
+    f.sync = cdb_redis_new(&opt, &err);
+    assert_non_null(f.sync);
+    f.a = cdb_aredis_new(f.base, f.sync, 1000);
+    assert_int_equal(cdb_redis_endpoint_get(f.sync, &ep), -1);   /* not resolved yet */
+    assert_false(wait_ready(&f, 300));
+    cdb_aredis_stats_get(f.a, &st);
+    assert_int_equal(st.failures, 0);
+    freeReplyObject(cdb_redis_command(f.sync, &err, "PING"));
+    assert_int_equal(cdb_redis_endpoint_get(f.sync, &ep), 0);
+    assert_string_equal(ep.host, "127.0.0.1");
+    assert_int_equal(ep.port, f.port);
+    assert_null(ep.password);
+    cdb_redis_endpoint_destroy(&ep);
+    assert_true(wait_ready(&f, 2000));
+    assert_true(send_cmd(&f, &s, &n, 1, (const char *[]){"PING"}));
+    run_for(f.base, 2000, &n, 1);
+    assert_string_equal(s.str, "PONG");
+    cdb_error_destroy(&err);
+    fx_close(&f);
+}
+
 /* ---- Redis Sentinel ------------------------------------------------------ */
 
 /* Debian's redis-sentinel watching 127.0.0.1:master_port as "mymaster" (quorum 1). */
@@ -853,6 +891,7 @@ int main(void)
         cmocka_unit_test(test_send_from_callback),
         cmocka_unit_test(test_refused_commands),
         cmocka_unit_test(test_reply_out_of_order),
+        cmocka_unit_test(test_host_name),
         cmocka_unit_test(test_sentinel),
     };
     signal(SIGPIPE, SIG_IGN);
