@@ -30,6 +30,9 @@
 
 /* ---- a real redis-server ------------------------------------------------- */
 
+/* The servers' working directory (a replica writes dump.rdb there), removed at the end. */
+static char scratch[64];
+
 static int free_port(void)
 {
     struct sockaddr_in sa = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
@@ -57,11 +60,11 @@ static pid_t start_redis(int port, const char *password)
         dup2(devnull, 1);
         dup2(devnull, 2);
         if (password)
-            execlp("redis-server", "redis-server", "--port", portstr, "--bind", "127.0.0.1",
-                   "--save", "", "--appendonly", "no", "--requirepass", password, (char *)NULL);
+            execlp("redis-server", "redis-server", "--port", portstr, "--bind", "127.0.0.1", "--dir",
+                   scratch, "--save", "", "--appendonly", "no", "--requirepass", password, (char *)NULL);
         else
-            execlp("redis-server", "redis-server", "--port", portstr, "--bind", "127.0.0.1",
-                   "--save", "", "--appendonly", "no", (char *)NULL);
+            execlp("redis-server", "redis-server", "--port", portstr, "--bind", "127.0.0.1", "--dir",
+                   scratch, "--save", "", "--appendonly", "no", (char *)NULL);
         _exit(127);
     }
     for (int i = 0; i < 500; i++) {
@@ -894,6 +897,16 @@ int main(void)
         cmocka_unit_test(test_host_name),
         cmocka_unit_test(test_sentinel),
     };
+    char cmd[100];
+    int rc;
+
     signal(SIGPIPE, SIG_IGN);
-    return cmocka_run_group_tests(tests, NULL, NULL);
+    snprintf(scratch, sizeof scratch, "/tmp/aredis-unit-XXXXXX");
+    if (!mkdtemp(scratch))
+        return 1;
+    rc = cmocka_run_group_tests(tests, NULL, NULL);
+    snprintf(cmd, sizeof cmd, "rm -rf '%s'", scratch);
+    if (system(cmd) != 0)
+        fprintf(stderr, "could not remove %s\n", scratch);
+    return rc;
 }
