@@ -13,7 +13,8 @@
 #include <stdint.h>
 
 #include "coredb/principal.h"
-#include "coredb/service.h"
+
+typedef struct cdb_service cdb_service;
 
 typedef struct cdb__query_probe {
     char table[128];               /* the table's name (NAMEDATALEN is 64) */

@@ -123,8 +123,8 @@ static void on_session_ttl(redisReply *reply, void *arg)
 {
     loop_admission *a = arg;
     if (a->liveness == 1 && reply && reply->type == REDIS_REPLY_INTEGER)
-        cdb_l1_session_store(a->r->loop->l1, a->session_key, &a->r->principal, &a->session_ticket,
-                             reply->integer, cdb_mono_ms());
+        cdb_l1_session_store(a->r->loop->l1, a->session_key, a->r->principal.session_id, a->r->principal.user_id,
+                             &a->session_ticket, reply->integer, cdb_mono_ms());
     reply_done(a);
 }
 
@@ -226,7 +226,8 @@ static bool check_session(loop_admission *a)
     cdb_request *r = a->r;
     cdb_l1 *l1 = r->loop->l1;
     cdb__session_liveness_key(&r->principal, a->session_key, sizeof a->session_key);
-    if (l1 && cdb_l1_session_alive(l1, a->session_key, &r->principal, cdb_mono_ms())) {
+    if (l1 && cdb_l1_session_alive(l1, a->session_key, r->principal.session_id, r->principal.user_id,
+                                   cdb_mono_ms())) {
         cdb__metrics_inc(CDB_M_L1_SESSION_HITS);
         a->liveness = 1;
         return true;

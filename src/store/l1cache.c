@@ -74,28 +74,29 @@ static void store(cdb_l1 *l1, const char *key, const header *h, const char *byte
     free(v);
 }
 
-bool cdb_l1_session_alive(cdb_l1 *l1, const char *session_key, const cdb_principal *p, int64_t now_ms)
+bool cdb_l1_session_alive(cdb_l1 *l1, const char *session_key, const char *session_id, const char *user_id,
+                          int64_t now_ms)
 {
     header h;
     size_t len;
     const char *user = lookup(l1, session_key, &h, &len, now_ms);
     if (!user)
         return false;
-    if (!cdb_inval_valid_session(l1->inv, p->session_id, &h.ticket)) {
+    if (!cdb_inval_valid_session(l1->inv, session_id, &h.ticket)) {
         cdb_kvtable_del(l1->table, session_key, now_ms);
         return false;
     }
-    return len == strlen(p->user_id) && memcmp(user, p->user_id, len) == 0;
+    return len == strlen(user_id) && memcmp(user, user_id, len) == 0;
 }
 
-void cdb_l1_session_store(cdb_l1 *l1, const char *session_key, const cdb_principal *p,
+void cdb_l1_session_store(cdb_l1 *l1, const char *session_key, const char *session_id, const char *user_id,
                           const cdb_inval_ticket *t, int64_t ttl_ms, int64_t now_ms)
 {
-    if (ttl_ms <= 0 || !cdb_inval_valid_session(l1->inv, p->session_id, t))
+    if (ttl_ms <= 0 || !cdb_inval_valid_session(l1->inv, session_id, t))
         return;
     header h = {.ticket = *t};
     int64_t life = ttl_ms < CDB_L1_SESSION_MAX_MS ? ttl_ms : CDB_L1_SESSION_MAX_MS;
-    store(l1, session_key, &h, p->user_id, strlen(p->user_id), now_ms + life, now_ms);
+    store(l1, session_key, &h, user_id, strlen(user_id), now_ms + life, now_ms);
 }
 
 bool cdb_l1_generation(cdb_l1 *l1, const char *gen_key, const char *table, int64_t *generation, int64_t now_ms)

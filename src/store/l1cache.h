@@ -27,7 +27,6 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#include "coredb/principal.h"
 #include "store/invalidation.h"
 
 #define CDB_L1_SESSION_MAX_MS 5000
@@ -39,10 +38,11 @@ typedef struct cdb_l1 cdb_l1;
 cdb_l1 *cdb_l1_new(cdb_inval *inv, size_t max_bytes, int64_t answer_ttl_ms);
 void cdb_l1_free(cdb_l1 *l1);
 
-/* True when p's session is known alive (session_key: its Redis key). */
-bool cdb_l1_session_alive(cdb_l1 *l1, const char *session_key, const cdb_principal *p, int64_t now_ms);
-/* p's session was read alive from Redis with ttl_ms left, under ticket t (taken before the read). */
-void cdb_l1_session_store(cdb_l1 *l1, const char *session_key, const cdb_principal *p,
+/* True when session_id is known alive for user_id (session_key: its Redis key). */
+bool cdb_l1_session_alive(cdb_l1 *l1, const char *session_key, const char *session_id, const char *user_id,
+                          int64_t now_ms);
+/* The session was read alive from Redis with ttl_ms left, under ticket t (taken before the read). */
+void cdb_l1_session_store(cdb_l1 *l1, const char *session_key, const char *session_id, const char *user_id,
                           const cdb_inval_ticket *t, int64_t ttl_ms, int64_t now_ms);
 
 /* The generation of table (gen_key: its Redis key) when known; false otherwise. */
