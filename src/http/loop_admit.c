@@ -2,25 +2,30 @@
  * loop_admit.c - admission on the event loop that parsed the request, and
  * the answer of a data-API cache hit there, without a worker thread.
  *
- * The token's signature was checked on the loop already (request.c). What
- * admission still needs from Redis is sent on the loop's asynchronous
- * connection (store/redis_async.h) as one pipeline: the session's
- * liveness copy (GET), the caller's quota (EVALSHA of the GCRA script) and,
- * for a CDB_RUN_CACHED route, the table's generation and the cached answer
- * (MGET, data/query_probe.h). When every reply is in, the loop decides:
+ * The token's signature was checked on the loop already (request.c). The
+ * rest of admission, and a CDB_RUN_CACHED route's cache lookup, first ask
+ * the loop's first-level cache (store/l1cache.h: session liveness, table
+ * generations and answers, kept exact across instances by pub/sub
+ * invalidation), then Redis for what it does not know, on the loop's
+ * asynchronous connection (store/redis_async.h) as one pipeline: the
+ * session's copy (GET, and PTTL for the L1), the restore flag when its poll
+ * is due (GET), the caller's quota (EVALSHA of the GCRA script) and the
+ * table's generation with the cached answer (MGET, data/query_probe.h).
+ * A repeat by a known session with no quota needs no round trip at all.
+ * When every reply is in, the loop decides:
  *
  *   - session ended: 401 TOKEN_REVOKED, on the loop;
  *   - session alive and quota refused: 429, on the loop;
  *   - session alive, quota fine, a cache hit: 200, on the loop;
  *   - anything else goes to a worker as before, keeping what the loop
  *     learnt (session_checked, quota_checked) so nothing is asked twice;
- *     what the loop could not settle (no liveness copy, a failed reply) the
- *     worker settles the blocking way, PostgreSQL included.
+ *     what the loop could not settle (no liveness copy, a failed reply, a
+ *     restore running) the worker settles the blocking way.
  *
  * So the promises are the blocking path's: the same keys are read, and a
  * request whose replies are missing or odd is simply admitted the old way.
- * The loop never waits: with its connection down (cdb_aredis_ready false)
- * every request takes the blocking path at once.
+ * The loop never waits: with its connection down, or Redis not trusted yet
+ * after an outage, every request takes the blocking path at once.
  */
 #include "http_internal.h"
 
@@ -232,11 +237,13 @@ static bool check_session(loop_admission *a)
         a->liveness = 1;
         return true;
     }
+    /* the ticket comes before the read: a revocation after it voids what is read */
+    bool ticket = l1 && cdb_inval_ticket_session(cdb_service_inval(r->svc), r->principal.session_id,
+                                                 &a->session_ticket);
     const char *get[] = {"GET", a->session_key}, *pttl[] = {"PTTL", a->session_key};
     if (!pipeline(a, on_liveness, 2, get))
         return false;
-    /* the ticket comes before the read: a revocation after it voids what is read */
-    if (l1 && cdb_inval_ticket_session(cdb_service_inval(r->svc), r->principal.session_id, &a->session_ticket))
+    if (ticket)
         pipeline(a, on_session_ttl, 2, pttl);
     return true;
 }
