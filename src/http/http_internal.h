@@ -27,6 +27,7 @@
 #include "security/ratelimit.h"
 #include "store/redis_async.h"
 #include "store/l1cache.h"
+#include "core/kvtable.h"
 
 #define CDB_HTTP_BODY_LIMIT     (1024 * 1024)     /* API.md: bodies over 1 MiB -> 413 */
 #define CDB_HTTP_HEAD_LIMIT     (64 * 1024)       /* request line + header fields */
@@ -34,6 +35,8 @@
 #define CDB_HTTP_MAX_PARAMS     4
 #define CDB_HTTP_MAX_HEADERS    8
 #define CDB_REQUEST_ID_MAX      128
+#define CDB_VERIFIED_TOKENS     8192              /* tokens a loop remembers as verified */
+#define CDB_VERIFIED_TOKEN_MAX  2048              /* a longer one is verified every time */
 
 /*
  * Methods are bits so a route can take several. libevent's EVHTTP_REQ_*
@@ -209,6 +212,7 @@ struct cdb_loop {
     cdb_conn *conns;               /* every open connection of this loop */
     cdb_aredis *aredis;            /* this loop's asynchronous Redis (loop_admit.c), NULL without Redis */
     cdb_l1 *l1;                    /* this loop's first-level cache (loop_admit.c), NULL when off */
+    cdb_kvtable *verified;         /* tokens this loop verified, until they expire (request.c) */
     time_t date_at;                /* second of the cached Date header */
     char date[40];
     pthread_t thread;

@@ -300,6 +300,8 @@ static int loop_init(cdb_loop *loop, cdb_http_server *srv, int fd, const cdb_rou
     cdb_redis *redis = cdb_service_redis(srv->svc);
     if (redis && !(loop->aredis = cdb_aredis_new(loop->base, redis, LOOP_REDIS_TIMEOUT_MS)))
         return cdb_error_oom(err);
+    if (!(loop->verified = cdb_kvtable_new(CDB_VERIFIED_TOKENS, 0)))
+        return cdb_error_oom(err);
     /* CACHE_L1_MB is shared by the API's loops */
     cdb_inval *inval = cdb_service_inval(srv->svc);
     size_t l1_bytes = (size_t)loop->cfg->cache_l1_mb * 1024 * 1024 / (size_t)loop->cfg->http_threads;
@@ -315,6 +317,7 @@ static void loop_destroy(cdb_loop *loop)
        run with no reply), while their connections still exist */
     cdb_aredis_free(loop->aredis);
     cdb_l1_free(loop->l1);
+    cdb_kvtable_free(loop->verified);
     if (loop->listener)
         evconnlistener_free(loop->listener);
     if (loop->accept_pause)

@@ -41,7 +41,12 @@ void cdb__session_forget(cdb_service *svc, PGconn *conn, const char *session_id)
     /* with Redis Sentinel, a tombstone only the dying master had would let a
      * failover bring back an "alive" copy: unconfirmed, it is queued too */
     if (r && r->type != REDIS_REPLY_ERROR && cdb_redis_sync_replica(svc->redis, &e) >= 0) {
-        /* every instance's first-level cache forgets it too (a queued one: when applied) */
+        /* every instance's first-level cache forgets it too (a queued one: when applied);
+           the channel is named by the namespace, loaded at start or here */
+        cdb_error_destroy(&e);
+        cdb_error_init(&e);
+        if (conn)
+            cdb_qcache_ensure_namespace_on(svc->qcache, conn, &e);
         cdb_inval_session(cdb_cache_inval(svc->cache), session_id);
         goto out;
     }

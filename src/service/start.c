@@ -65,6 +65,14 @@ int cdb_service_start(cdb_service *svc, cdb_error *err)
     }
     if (cdb_catalog_cache_listen(svc->catalog, svc->conninfo, err) < 0)
         return err->code;
+    /* The deployment's namespace names the cache keys and the channel of the
+     * first-level caches' invalidations: known now, this instance hears (and
+     * tells) every write and ended session from its first request on. */
+    if (cdb_qcache_ensure_namespace(svc->qcache, svc->pool, err) < 0) {
+        cdb_log_warn("serve.namespace", "deployment namespace not loaded yet (%s); retried on first use",
+                     err->message);
+        cdb_error_destroy(err);
+    }
     /* Builds the dummy hash unknown emails are checked against, so the first
      * such login costs what every later one does. */
     cdb_password_burn(&svc->password, "", 0);

@@ -507,23 +507,30 @@ int cdb_qcache_bump(cdb_qcache *qc, const char *table)
     return rc < 0 ? -1 : 0;
 }
 
-int cdb_qcache_ensure_namespace(cdb_qcache *qc, cdb_pool *pool, cdb_error *err)
+int cdb_qcache_ensure_namespace_on(cdb_qcache *qc, PGconn *conn, cdb_error *err)
 {
+    PGresult *res = NULL;
     if (cdb_qcache_has_namespace(qc))
         return 0;
-    cdb_pool_conn *pc = NULL;
-    PGresult *res = NULL;
-    int rc;
-    PGconn *conn = cdb_txn_acquire(pool, &pc, err);
-    if (!conn)
-        return err->code;
-    rc = cdb_pg_exec(conn, "SELECT id::text FROM coredb.deployment", 0, NULL, &res, err);
+    int rc = cdb_pg_exec(conn, "SELECT id::text FROM coredb.deployment", 0, NULL, &res, err);
     if (rc == 0 && PQntuples(res) == 1)
         cdb_qcache_set_namespace(qc, PQgetvalue(res, 0, 0));
     else if (rc == 0)
         rc = cdb_error_set_detail(err, CDB_ERR_DATABASE_UNAVAILABLE, NULL, NULL,
                                   "Database not ready: migrations pending");
     PQclear(res);
+    return rc;
+}
+
+int cdb_qcache_ensure_namespace(cdb_qcache *qc, cdb_pool *pool, cdb_error *err)
+{
+    if (cdb_qcache_has_namespace(qc))
+        return 0;
+    cdb_pool_conn *pc = NULL;
+    PGconn *conn = cdb_txn_acquire(pool, &pc, err);
+    if (!conn)
+        return err->code;
+    int rc = cdb_qcache_ensure_namespace_on(qc, conn, err);
     cdb_txn_release(pool, pc);
     return rc;
 }

@@ -97,6 +97,8 @@ void cdb_qcache_set_namespace(cdb_qcache *qc, const char *ns);
  * tell (down, or migrations pending).
  */
 int cdb_qcache_ensure_namespace(cdb_qcache *qc, cdb_pool *pool, cdb_error *err);
+/* The same on a connection the caller holds (outside a failed transaction). */
+int cdb_qcache_ensure_namespace_on(cdb_qcache *qc, PGconn *conn, cdb_error *err);
 bool cdb_qcache_has_namespace(cdb_qcache *qc);
 
 /*
