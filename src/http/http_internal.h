@@ -37,6 +37,7 @@
 #define CDB_REQUEST_ID_MAX      128
 #define CDB_VERIFIED_TOKENS     8192              /* tokens a loop remembers as verified */
 #define CDB_VERIFIED_TOKEN_MAX  2048              /* a longer one is verified every time */
+#define CDB_LOOP_MEMO_ENTRIES   4096              /* request bodies a loop remembers resolving */
 
 /*
  * Methods are bits so a route can take several. libevent's EVHTTP_REQ_*
@@ -213,6 +214,7 @@ struct cdb_loop {
     cdb_aredis *aredis;            /* this loop's asynchronous Redis (loop_admit.c), NULL without Redis */
     cdb_l1 *l1;                    /* this loop's first-level cache (loop_admit.c), NULL when off */
     cdb_kvtable *verified;         /* tokens this loop verified, until they expire (request.c) */
+    cdb_kvtable *memo;             /* request bodies this loop resolved to cache keys (loop_admit.c) */
     time_t date_at;                /* second of the cached Date header */
     char date[40];
     pthread_t thread;

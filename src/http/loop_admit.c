@@ -29,6 +29,7 @@
  */
 #include "http_internal.h"
 
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -182,6 +183,62 @@ static void on_probe(redisReply *reply, void *arg)
     reply_done(a);
 }
 
+/*
+ * The loop's memo of what a request body resolves to (the table and the two
+ * Redis keys of data/query_probe.h), keyed by the caller's identity and the
+ * body's exact bytes, so a repeat skips parsing the JSON, the catalog and
+ * the cache key's hashing. Kept while the catalog snapshot it was resolved
+ * against is current, and at most MEMO_TTL_MS (below the encrypted columns'
+ * CDB_COLRING_TTL_MS, the other thing a resolution reads).
+ */
+enum { MEMO_BODY_MAX = 4096, MEMO_TTL_MS = 1000 };
+
+typedef struct memo_value {
+    uint64_t catalog_version;
+    char table[sizeof ((cdb__query_probe *)0)->table];
+    char gen_key[sizeof ((cdb__query_probe *)0)->gen_key];
+    char entry_key[];              /* NUL-terminated */
+} memo_value;
+
+/* The memo's key for r: role, user id, body; false when the body is too long to keep. */
+static bool memo_key(const cdb_request *r, char *key, size_t len)
+{
+    if (r->raw_body_len > MEMO_BODY_MAX || memchr(r->raw_body, '\0', r->raw_body_len))
+        return false;
+    snprintf(key, len, "%d:%s\n%.*s", (int)r->principal.role, r->principal.user_id, (int)r->raw_body_len,
+             r->raw_body);
+    return true;
+}
+
+static bool memo_lookup(loop_admission *a, const char *key)
+{
+    size_t len;
+    int64_t now = cdb_mono_ms();
+    const memo_value *v = (const memo_value *)cdb_kvtable_get(a->r->loop->memo, key, &len, NULL, now);
+    if (!v || v->catalog_version != cdb_service_catalog_version(a->r->svc) ||
+        !(a->probe.entry_key = strdup(v->entry_key)))
+        return false;
+    memcpy(a->probe.table, v->table, sizeof a->probe.table);
+    memcpy(a->probe.gen_key, v->gen_key, sizeof a->probe.gen_key);
+    a->probe.start_us = a->r->start_us;
+    return true;
+}
+
+static void memo_store(loop_admission *a, const char *key, uint64_t catalog_version)
+{
+    size_t elen = strlen(a->probe.entry_key) + 1;
+    memo_value *v = malloc(sizeof *v + elen);
+    if (!v)
+        return;
+    v->catalog_version = catalog_version;
+    memcpy(v->table, a->probe.table, sizeof v->table);
+    memcpy(v->gen_key, a->probe.gen_key, sizeof v->gen_key);
+    memcpy(v->entry_key, a->probe.entry_key, elen);
+    int64_t now = cdb_mono_ms();
+    cdb_kvtable_put(a->r->loop->memo, key, (const char *)v, sizeof *v + elen, now + MEMO_TTL_MS, now);
+    free(v);
+}
+
 /* Queues one command of a's pipeline; false when it could not be queued. */
 static bool pipeline(loop_admission *a, cdb_aredis_cb cb, int argc, const char **argv)
 {
@@ -204,10 +261,18 @@ static void probe_cache(loop_admission *a)
     /* a leased connection's request must first prove the lease (routes_data.c) */
     if (r->route->mode != CDB_RUN_CACHED || r->raw_body_len == 0 || cdb_request_field(r, "X-Connection-ID"))
         return;
-    if (!r->body && !(r->body = json_loadb(r->raw_body, r->raw_body_len, JSON_REJECT_DUPLICATES, NULL)))
-        return;
-    if (!cdb__data_query_probe(r->svc, &r->principal, r->body, &a->probe))
-        return;
+    char key[MEMO_BODY_MAX + 128];
+    bool memo = r->loop->memo && memo_key(r, key, sizeof key);
+    if (!memo || !memo_lookup(a, key)) {
+        /* read before resolving: a swap meanwhile only makes the memo miss */
+        uint64_t catalog_version = cdb_service_catalog_version(r->svc);
+        if (!r->body && !(r->body = json_loadb(r->raw_body, r->raw_body_len, JSON_REJECT_DUPLICATES, NULL)))
+            return;
+        if (!cdb__data_query_probe(r->svc, &r->principal, r->body, &a->probe))
+            return;
+        if (memo)
+            memo_store(a, key, catalog_version);
+    }
     a->probed = true;
     int64_t generation, now = cdb_mono_ms();
     size_t len;

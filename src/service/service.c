@@ -307,6 +307,11 @@ cdb_inval *cdb_service_inval(cdb_service *svc)
     return cdb_cache_inval(svc->cache);
 }
 
+uint64_t cdb_service_catalog_version(cdb_service *svc)
+{
+    return cdb_catalog_cache_version(svc->catalog);
+}
+
 static cdb_health_deps health_deps(const cdb_service *svc)
 {
     return (cdb_health_deps){

@@ -21,6 +21,8 @@ cdb_redis *cdb_service_redis(cdb_service *svc);
 cdb_qcache *cdb_service_qcache(cdb_service *svc);
 /* The invalidations of the first-level caches (store/invalidation.h); NULL without Redis. */
 cdb_inval *cdb_service_inval(cdb_service *svc);
+/* The data API's catalog snapshots swapped in so far (store/catalog.h). */
+uint64_t cdb_service_catalog_version(cdb_service *svc);
 
 /*
  * POST /test/sleep (test builds of the HTTP API): holds a pooled connection

@@ -340,6 +340,7 @@ struct cdb_catalog_cache {
     pthread_mutex_t mu;            /* guards cur */
     cdb_catalog *cur;              /* NULL until the first load */
     pthread_mutex_t load_mu;       /* one load at a time, so swaps follow load order */
+    _Atomic uint64_t version;      /* swaps so far: what was resolved against cur may be kept while it holds */
 
     bool listening;                /* thread, conninfo and wake pipe are set up */
     pthread_t thread;
@@ -390,6 +391,7 @@ static void swap_in(cdb_catalog_cache *cc, cdb_catalog *cat)
     pthread_mutex_lock(&cc->mu);
     cdb_catalog *old = cc->cur;
     cc->cur = cat;
+    atomic_fetch_add(&cc->version, 1);
     pthread_mutex_unlock(&cc->mu);
     cdb_catalog_unref(old);
 }
@@ -443,6 +445,11 @@ static cdb_catalog *current(cdb_catalog_cache *cc)
     cdb_catalog *cat = cdb_catalog_ref(cc->cur);
     pthread_mutex_unlock(&cc->mu);
     return cat;
+}
+
+uint64_t cdb_catalog_cache_version(cdb_catalog_cache *cc)
+{
+    return cc ? atomic_load(&cc->version) : 0;
 }
 
 cdb_catalog *cdb_catalog_cache_peek(cdb_catalog_cache *cc)

@@ -24,6 +24,8 @@
 #include "coredb/error.h"
 #include "coredb/role.h"
 
+#include <stdint.h>
+
 struct cdb_pool;
 
 enum {
@@ -105,6 +107,8 @@ void cdb_catalog_cache_free(cdb_catalog_cache *cc);
 cdb_catalog *cdb_catalog_cache_get(cdb_catalog_cache *cc, cdb_error *err);
 /* The current snapshot (ref'd) or NULL before the first load; never loads (the event loops). */
 cdb_catalog *cdb_catalog_cache_peek(cdb_catalog_cache *cc);
+/* Changes with every snapshot swapped in (lock-free): a resolution made against one stays right while it does not. */
+uint64_t cdb_catalog_cache_version(cdb_catalog_cache *cc);
 /* Loads a new snapshot now and swaps it in. */
 int cdb_catalog_cache_refresh(cdb_catalog_cache *cc, cdb_error *err);
 
