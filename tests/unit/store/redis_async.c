@@ -33,6 +33,29 @@
 /* The servers' working directory (a replica writes dump.rdb there), removed at the end. */
 static char scratch[64];
 
+/* Every server started and not stopped yet: a failed assertion skips a test's cleanup,
+ * so main() kills what is left. */
+static pid_t children[16];
+
+static void track(pid_t pid, bool add)
+{
+    for (size_t i = 0; i < sizeof children / sizeof *children; i++)
+        if (add ? children[i] == 0 : children[i] == pid) {
+            children[i] = add ? pid : 0;
+            return;
+        }
+}
+
+static void kill_children(void)
+{
+    for (size_t i = 0; i < sizeof children / sizeof *children; i++)
+        if (children[i] > 0) {
+            kill(children[i], SIGKILL);
+            waitpid(children[i], NULL, 0);
+            children[i] = 0;
+        }
+}
+
 static int free_port(void)
 {
     struct sockaddr_in sa = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
@@ -67,6 +90,7 @@ static pid_t start_redis(int port, const char *password)
                    scratch, "--save", "", "--appendonly", "no", (char *)NULL);
         _exit(127);
     }
+    track(pid, true);
     for (int i = 0; i < 500; i++) {
         struct timeval tv = {.tv_sec = 0, .tv_usec = 200000};
         redisContext *c = redisConnectWithTimeout("127.0.0.1", port, tv);
@@ -89,6 +113,7 @@ static void stop_redis(pid_t pid)
 {
     kill(pid, SIGKILL);
     waitpid(pid, NULL, 0);
+    track(pid, false);
 }
 
 /* A blocking connection of the test's own, to look at Redis or pause it. */
@@ -707,6 +732,70 @@ static void test_host_name(void **state)
     fx_close(&f);
 }
 
+/* A server that answers every read with canned bytes (and keeps the connection open). */
+static pid_t fake_server(int *port, const char *answer)
+{
+    struct sockaddr_in sa = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+    socklen_t len = sizeof sa;
+    int lfd = socket(AF_INET, SOCK_STREAM, 0);
+    pid_t pid;
+
+    assert_int_equal(bind(lfd, (struct sockaddr *)&sa, sizeof sa), 0);
+    assert_int_equal(listen(lfd, 16), 0);
+    assert_int_equal(getsockname(lfd, (struct sockaddr *)&sa, &len), 0);
+    *port = ntohs(sa.sin_port);
+    pid = fork();
+    assert_true(pid >= 0);
+    if (pid == 0) {
+        int devnull = open("/dev/null", O_WRONLY);
+        dup2(devnull, 1);
+        dup2(devnull, 2);
+        for (;;) {
+            int c = accept(lfd, NULL, NULL);
+            char buf[4096];
+            if (c < 0)
+                _exit(0);
+            if (fork() == 0) {
+                while (read(c, buf, sizeof buf) > 0)
+                    if (write(c, answer, strlen(answer)) < 0)
+                        break;
+                _exit(0);
+            }
+            close(c);
+        }
+    }
+    close(lfd);
+    track(pid, true);
+    return pid;
+}
+
+/*
+ * Servers that break the protocol: a reply no command asked for (hiredis
+ * 0.14 would abort the process on it), a reply that is not RESP, an error
+ * sent unasked. Each is a failed connection, backing off, never a crash.
+ */
+static void test_hostile_server(void **state)
+{
+    static const char *answers[] = {"+PONG\r\n+EXTRA\r\n:5\r\n", "HTTP/1.1 400 Bad Request\r\n\r\n",
+                                    "-ERR max number of clients reached\r\n", "*2\r\n$1\r\na\r\n"};
+    (void)state;
+
+    for (size_t i = 0; i < sizeof answers / sizeof *answers; i++) {
+        fx f = {0};
+        cdb_aredis_stats st;
+        pid_t server = fake_server(&f.port, answers[i]);
+        fx_open(&f, "", "", 300, 300);
+        assert_false(wait_ready(&f, 700));
+        cdb_aredis_stats_get(f.a, &st);
+        /* the first one completes its handshake and fails at the extra reply: the backoff
+         * still grows (it is reset by a reply to a caller's command, not by a handshake) */
+        assert_true(st.connects <= (i == 0 ? 4u : 0u));
+        assert_true(st.failures >= 1 && st.failures <= 4);
+        fx_close(&f);
+        stop_redis(server);
+    }
+}
+
 /* ---- Redis Sentinel ------------------------------------------------------ */
 
 /* Debian's redis-sentinel watching 127.0.0.1:master_port as "mymaster" (quorum 1). */
@@ -734,6 +823,7 @@ static pid_t start_sentinel(int port, int master_port, char *dir, size_t dirlen)
         execlp("redis-sentinel", "redis-sentinel", conf, (char *)NULL);
         _exit(127);
     }
+    track(pid, true);
     for (int i = 0; i < 500; i++) {
         struct timeval tv = {.tv_sec = 0, .tv_usec = 200000};
         redisContext *c = redisConnectWithTimeout("127.0.0.1", port, tv);
@@ -895,6 +985,7 @@ int main(void)
         cmocka_unit_test(test_refused_commands),
         cmocka_unit_test(test_reply_out_of_order),
         cmocka_unit_test(test_host_name),
+        cmocka_unit_test(test_hostile_server),
         cmocka_unit_test(test_sentinel),
     };
     char cmd[100];
@@ -905,6 +996,7 @@ int main(void)
     if (!mkdtemp(scratch))
         return 1;
     rc = cmocka_run_group_tests(tests, NULL, NULL);
+    kill_children();
     snprintf(cmd, sizeof cmd, "rm -rf '%s'", scratch);
     if (system(cmd) != 0)
         fprintf(stderr, "could not remove %s\n", scratch);
