@@ -165,10 +165,8 @@ static void on_reply(redisAsyncContext *ac, void *r, void *privdata)
     pending *p = privdata;
     redisReply *reply = r;
 
-    if (!a) {               /* cannot happen: cleanup runs after every callback */
-        free(p);
+    if (!a)                 /* cannot happen: the cleanup hook runs after every callback */
         return;
-    }
     if (reply && p != a->head) {
         /* a reply for another record than the oldest: the stream is out of step */
         reply = NULL;
