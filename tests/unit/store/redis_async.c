@@ -336,6 +336,21 @@ static void test_auth_and_select(void **state)
 
         f.pid = start_redis(f.port, f.password);
         fx_open(&f, creds[u], dbpaths[u], 1000, 0);
+        {
+            cdb_redis_endpoint ep;
+            assert_int_equal(cdb_redis_endpoint_get(f.sync, &ep), 0);
+            assert_string_equal(ep.host, "127.0.0.1");
+            assert_int_equal(ep.port, f.port);
+            assert_string_equal(ep.password, "s3cret");
+            if (u == 0)
+                assert_null(ep.user);
+            else
+                assert_string_equal(ep.user, "default");
+            assert_int_equal(ep.db, dbs[u]);
+            assert_false(ep.sentinel);
+            cdb_redis_endpoint_destroy(&ep);
+            assert_null(ep.password);
+        }
         assert_true(wait_ready(&f, 2000));
         assert_true(send_cmd(&f, &s, &n, 3, (const char *[]){"SET", "where", "here"}));
         run_for(f.base, 2000, &n, 1);
@@ -384,10 +399,35 @@ static void assert_never_ready(fx *f, int ms)
 static void test_wrong_password(void **state)
 {
     fx f = {.port = free_port(), .password = "s3cret"};
+    char logname[] = "/tmp/aredis-log-XXXXXX", logbuf[8192];
+    int logfd = mkstemp(logname), saved = dup(2);
+    ssize_t got;
     (void)state;
+
+    assert_true(logfd >= 0 && saved >= 0);
     f.pid = start_redis(f.port, f.password);
-    fx_open(&f, ":wrong@", "", 1000, 0);
+    fx_open(&f, ":wrongpw@", "", 1000, 0);
+    dup2(logfd, 2);                         /* what the log says about it */
     assert_never_ready(&f, 1500);
+    dup2(saved, 2);
+    close(saved);
+    got = pread(logfd, logbuf, sizeof logbuf - 1, 0);
+    close(logfd);
+    unlink(logname);
+    assert_true(got > 0);
+    logbuf[got] = '\0';
+    assert_non_null(strstr(logbuf, "AUTH refused"));
+    assert_non_null(strstr(logbuf, "redis_async_unavailable"));
+    assert_null(strstr(logbuf, "wrongpw"));   /* neither password, nor Redis's answer to it */
+    assert_null(strstr(logbuf, "s3cret"));
+    assert_null(strstr(logbuf, "WRONGPASS"));
+    /* logged once for the outage, not per attempt (the retries are debug lines) */
+    {
+        int warns = 0;
+        for (const char *p = logbuf; (p = strstr(p, "\"level\":\"warn\"")); p++)
+            warns++;
+        assert_int_equal(warns, 1);
+    }
     fx_close(&f);
 
     /* no password at all against a server that wants one: PING answers NOAUTH */
