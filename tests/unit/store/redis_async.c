@@ -845,7 +845,7 @@ static pid_t start_sentinel(int port, int master_port, char *dir, size_t dirlen)
     FILE *f;
     pid_t pid;
 
-    snprintf(dir, dirlen, "/tmp/aredis-sentinel-XXXXXX");
+    snprintf(dir, dirlen, "%s/sentinel-XXXXXX", scratch);   /* removed with scratch, even after a failure */
     assert_non_null(mkdtemp(dir));
     snprintf(conf, sizeof conf, "%s/sentinel.conf", dir);
     f = fopen(conf, "w");
@@ -921,7 +921,7 @@ static void test_sentinel(void **state)
 {
     int mport = free_port(), rport = free_port(), sport = free_port();
     pid_t master = start_redis(mport, NULL), replica = start_redis(rport, NULL), sentinel;
-    char dir[64], list[64], cmd[300];
+    char dir[96], list[64], cmd[300];
     cdb_error err;
     cdb_redis *sync;
     cdb_aredis *a, *b;
