@@ -28,6 +28,11 @@
  *    memory goes; it is wrapped to move the connection back to idle there.
  *    Until then the connection is "closing": sends are refused and no
  *    reconnect starts, even from a callback.
+ *  - A reply nobody asked for. hiredis 0.14 aborts the process (assert)
+ *    when a server sends a reply while no callback waits. The reply
+ *    parser's object constructors are wrapped: a top-level reply while no
+ *    record waits is refused there, which hiredis turns into a read error
+ *    and a closed connection.
  */
 #include "store/redis_async.h"
 
@@ -70,6 +75,7 @@ struct cdb_aredis {
 
     ar_state st;
     redisAsyncContext *ac;      /* non-NULL in CONNECTING, READY and most of CLOSING */
+    redisReplyObjectFunctions *reader_fn; /* hiredis's reply constructors, which ours wrap */
     pending *head, *tail;       /* commands sent on ac and not answered, oldest first */
     struct event *timer;        /* when pending, fires at timer_at_ms, never after the oldest deadline */
     int64_t timer_at_ms;
@@ -88,6 +94,7 @@ struct cdb_aredis {
 };
 
 static void on_timer(evutil_socket_t fd, short what, void *arg);
+static void recovered(cdb_aredis *a);
 
 /* ---- records ------------------------------------------------------------- */
 
@@ -111,6 +118,8 @@ static void unlink_record(cdb_aredis *a, pending *p)
 static void run_record(cdb_aredis *a, pending *p, redisReply *reply)
 {
     if (!p->internal) {
+        if (reply && (a->down || a->backoff_ms != BACKOFF_MIN_MS))
+            recovered(a);
         if (!reply) {
             atomic_fetch_add_explicit(&a->failed_commands, 1, memory_order_relaxed);
             cdb__metrics_inc(CDB_M_REDIS_COMMAND_ERRORS);
@@ -156,10 +165,8 @@ static void on_reply(redisAsyncContext *ac, void *r, void *privdata)
     pending *p = privdata;
     redisReply *reply = r;
 
-    if (!a) {               /* cannot happen: cleanup runs after every callback */
-        free(p);
+    if (!a)                 /* cannot happen: the cleanup hook runs after every callback */
         return;
-    }
     if (reply && p != a->head) {
         /* a reply for another record than the oldest: the stream is out of step */
         reply = NULL;
@@ -171,6 +178,49 @@ static void on_reply(redisAsyncContext *ac, void *r, void *privdata)
     unlink_record(a, p);
     run_record(a, p, reply);
 }
+
+/* ---- the reply parser's guard --------------------------------------------- */
+
+/* A top-level reply is parsed only after the one before it was handed out, so
+ * a record must be waiting for it; when none is, the server sent it unasked. */
+static bool unasked(const redisReadTask *t)
+{
+    cdb_aredis *a = t->privdata;
+    if (t->parent || !a || a->head)
+        return false;
+    if (!a->why[0])
+        snprintf(a->why, sizeof a->why, "the server sent a reply no command asked for");
+    return true;
+}
+
+static void *guard_string(const redisReadTask *t, char *str, size_t len)
+{
+    cdb_aredis *a = t->privdata;
+    return unasked(t) ? NULL : a->reader_fn->createString(t, str, len);
+}
+
+static void *guard_array(const redisReadTask *t, int elements)
+{
+    cdb_aredis *a = t->privdata;
+    return unasked(t) ? NULL : a->reader_fn->createArray(t, elements);
+}
+
+static void *guard_integer(const redisReadTask *t, long long value)
+{
+    cdb_aredis *a = t->privdata;
+    return unasked(t) ? NULL : a->reader_fn->createInteger(t, value);
+}
+
+static void *guard_nil(const redisReadTask *t)
+{
+    cdb_aredis *a = t->privdata;
+    return unasked(t) ? NULL : a->reader_fn->createNil(t);
+}
+
+/* NULL from a constructor is a parse error to hiredis: the connection closes. The objects
+ * are hiredis's own, so they are freed with its function (no reader context there). */
+static redisReplyObjectFunctions guard_fn = {guard_string, guard_array, guard_integer, guard_nil,
+                                             freeReplyObject};
 
 /* ---- connection life ----------------------------------------------------- */
 
@@ -229,8 +279,14 @@ static void handshake_step(cdb_aredis *a)
     if (--a->handshake_left > 0 || a->st != AR_CONNECTING)
         return;
     a->st = AR_READY;
-    a->backoff_ms = BACKOFF_MIN_MS;
     atomic_fetch_add_explicit(&a->connects, 1, memory_order_relaxed);
+}
+
+/* The first reply to a caller's command after a failure: Redis works again. Not at the
+ * handshake: a server that fails right after it would reconnect every 100 ms and log twice each. */
+static void recovered(cdb_aredis *a)
+{
+    a->backoff_ms = BACKOFF_MIN_MS;
     if (a->down)
         cdb_log_info("redis_async_recovered", "Redis %s available to the event loop again",
                      cdb_redis_display_url(a->sync));
@@ -382,6 +438,9 @@ static void start_connect(cdb_aredis *a)
         goto out;
     }
     ac->data = a;
+    a->reader_fn = ac->c.reader->fn;
+    ac->c.reader->fn = &guard_fn;
+    ac->c.reader->privdata = a;
     /* the 0.14 adapter does not check its allocations; it cannot fail otherwise */
     redisLibeventAttach(ac, a->base);
     ac->ev.cleanup = on_cleanup;

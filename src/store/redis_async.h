@@ -17,7 +17,7 @@
  * -> idle. Only a ready connection takes commands; callers that find it not
  * ready take the slow (blocking, worker) path. cdb_aredis_ready starts a
  * connect when the connection is idle and the backoff allows it (100 ms
- * after a failure, doubling to 2 s, reset by a successful handshake): no
+ * after a failure, doubling to 2 s, reset by the first reply to a command): no
  * timer, no busy loop, and a dead Redis costs each caller one branch.
  *
  * Failures: a lost connection, a refused connect or handshake, a reply out

@@ -33,6 +33,29 @@
 /* The servers' working directory (a replica writes dump.rdb there), removed at the end. */
 static char scratch[64];
 
+/* Every server started and not stopped yet: a failed assertion skips a test's cleanup,
+ * so main() kills what is left. */
+static pid_t children[16];
+
+static void track(pid_t pid, bool add)
+{
+    for (size_t i = 0; i < sizeof children / sizeof *children; i++)
+        if (add ? children[i] == 0 : children[i] == pid) {
+            children[i] = add ? pid : 0;
+            return;
+        }
+}
+
+static void kill_children(void)
+{
+    for (size_t i = 0; i < sizeof children / sizeof *children; i++)
+        if (children[i] > 0) {
+            kill(children[i], SIGKILL);
+            waitpid(children[i], NULL, 0);
+            children[i] = 0;
+        }
+}
+
 static int free_port(void)
 {
     struct sockaddr_in sa = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
@@ -67,6 +90,7 @@ static pid_t start_redis(int port, const char *password)
                    scratch, "--save", "", "--appendonly", "no", (char *)NULL);
         _exit(127);
     }
+    track(pid, true);
     for (int i = 0; i < 500; i++) {
         struct timeval tv = {.tv_sec = 0, .tv_usec = 200000};
         redisContext *c = redisConnectWithTimeout("127.0.0.1", port, tv);
@@ -89,6 +113,7 @@ static void stop_redis(pid_t pid)
 {
     kill(pid, SIGKILL);
     waitpid(pid, NULL, 0);
+    track(pid, false);
 }
 
 /* A blocking connection of the test's own, to look at Redis or pause it. */
@@ -311,6 +336,21 @@ static void test_auth_and_select(void **state)
 
         f.pid = start_redis(f.port, f.password);
         fx_open(&f, creds[u], dbpaths[u], 1000, 0);
+        {
+            cdb_redis_endpoint ep;
+            assert_int_equal(cdb_redis_endpoint_get(f.sync, &ep), 0);
+            assert_string_equal(ep.host, "127.0.0.1");
+            assert_int_equal(ep.port, f.port);
+            assert_string_equal(ep.password, "s3cret");
+            if (u == 0)
+                assert_null(ep.user);
+            else
+                assert_string_equal(ep.user, "default");
+            assert_int_equal(ep.db, dbs[u]);
+            assert_false(ep.sentinel);
+            cdb_redis_endpoint_destroy(&ep);
+            assert_null(ep.password);
+        }
         assert_true(wait_ready(&f, 2000));
         assert_true(send_cmd(&f, &s, &n, 3, (const char *[]){"SET", "where", "here"}));
         run_for(f.base, 2000, &n, 1);
@@ -359,10 +399,35 @@ static void assert_never_ready(fx *f, int ms)
 static void test_wrong_password(void **state)
 {
     fx f = {.port = free_port(), .password = "s3cret"};
+    char logname[] = "/tmp/aredis-log-XXXXXX", logbuf[8192];
+    int logfd = mkstemp(logname), saved = dup(2);
+    ssize_t got;
     (void)state;
+
+    assert_true(logfd >= 0 && saved >= 0);
     f.pid = start_redis(f.port, f.password);
-    fx_open(&f, ":wrong@", "", 1000, 0);
+    fx_open(&f, ":wrongpw@", "", 1000, 0);
+    dup2(logfd, 2);                         /* what the log says about it */
     assert_never_ready(&f, 1500);
+    dup2(saved, 2);
+    close(saved);
+    got = pread(logfd, logbuf, sizeof logbuf - 1, 0);
+    close(logfd);
+    unlink(logname);
+    assert_true(got > 0);
+    logbuf[got] = '\0';
+    assert_non_null(strstr(logbuf, "AUTH refused"));
+    assert_non_null(strstr(logbuf, "redis_async_unavailable"));
+    assert_null(strstr(logbuf, "wrongpw"));   /* neither password, nor Redis's answer to it */
+    assert_null(strstr(logbuf, "s3cret"));
+    assert_null(strstr(logbuf, "WRONGPASS"));
+    /* logged once for the outage, not per attempt (the retries are debug lines) */
+    {
+        int warns = 0;
+        for (const char *p = logbuf; (p = strstr(p, "\"level\":\"warn\"")); p++)
+            warns++;
+        assert_int_equal(warns, 1);
+    }
     fx_close(&f);
 
     /* no password at all against a server that wants one: PING answers NOAUTH */
@@ -707,6 +772,70 @@ static void test_host_name(void **state)
     fx_close(&f);
 }
 
+/* A server that answers every read with canned bytes (and keeps the connection open). */
+static pid_t fake_server(int *port, const char *answer)
+{
+    struct sockaddr_in sa = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+    socklen_t len = sizeof sa;
+    int lfd = socket(AF_INET, SOCK_STREAM, 0);
+    pid_t pid;
+
+    assert_int_equal(bind(lfd, (struct sockaddr *)&sa, sizeof sa), 0);
+    assert_int_equal(listen(lfd, 16), 0);
+    assert_int_equal(getsockname(lfd, (struct sockaddr *)&sa, &len), 0);
+    *port = ntohs(sa.sin_port);
+    pid = fork();
+    assert_true(pid >= 0);
+    if (pid == 0) {
+        int devnull = open("/dev/null", O_WRONLY);
+        dup2(devnull, 1);
+        dup2(devnull, 2);
+        for (;;) {
+            int c = accept(lfd, NULL, NULL);
+            char buf[4096];
+            if (c < 0)
+                _exit(0);
+            if (fork() == 0) {
+                while (read(c, buf, sizeof buf) > 0)
+                    if (write(c, answer, strlen(answer)) < 0)
+                        break;
+                _exit(0);
+            }
+            close(c);
+        }
+    }
+    close(lfd);
+    track(pid, true);
+    return pid;
+}
+
+/*
+ * Servers that break the protocol: a reply no command asked for (hiredis
+ * 0.14 would abort the process on it), a reply that is not RESP, an error
+ * sent unasked. Each is a failed connection, backing off, never a crash.
+ */
+static void test_hostile_server(void **state)
+{
+    static const char *answers[] = {"+PONG\r\n+EXTRA\r\n:5\r\n", "HTTP/1.1 400 Bad Request\r\n\r\n",
+                                    "-ERR max number of clients reached\r\n", "*2\r\n$1\r\na\r\n"};
+    (void)state;
+
+    for (size_t i = 0; i < sizeof answers / sizeof *answers; i++) {
+        fx f = {0};
+        cdb_aredis_stats st;
+        pid_t server = fake_server(&f.port, answers[i]);
+        fx_open(&f, "", "", 300, 300);
+        assert_false(wait_ready(&f, 700));
+        cdb_aredis_stats_get(f.a, &st);
+        /* the first one completes its handshake and fails at the extra reply: the backoff
+         * still grows (it is reset by a reply to a caller's command, not by a handshake) */
+        assert_true(st.connects <= (i == 0 ? 4u : 0u));
+        assert_true(st.failures >= 1 && st.failures <= 4);
+        fx_close(&f);
+        stop_redis(server);
+    }
+}
+
 /* ---- Redis Sentinel ------------------------------------------------------ */
 
 /* Debian's redis-sentinel watching 127.0.0.1:master_port as "mymaster" (quorum 1). */
@@ -716,7 +845,7 @@ static pid_t start_sentinel(int port, int master_port, char *dir, size_t dirlen)
     FILE *f;
     pid_t pid;
 
-    snprintf(dir, dirlen, "/tmp/aredis-sentinel-XXXXXX");
+    snprintf(dir, dirlen, "%s/sentinel-XXXXXX", scratch);   /* removed with scratch, even after a failure */
     assert_non_null(mkdtemp(dir));
     snprintf(conf, sizeof conf, "%s/sentinel.conf", dir);
     f = fopen(conf, "w");
@@ -734,6 +863,7 @@ static pid_t start_sentinel(int port, int master_port, char *dir, size_t dirlen)
         execlp("redis-sentinel", "redis-sentinel", conf, (char *)NULL);
         _exit(127);
     }
+    track(pid, true);
     for (int i = 0; i < 500; i++) {
         struct timeval tv = {.tv_sec = 0, .tv_usec = 200000};
         redisContext *c = redisConnectWithTimeout("127.0.0.1", port, tv);
@@ -791,7 +921,7 @@ static void test_sentinel(void **state)
 {
     int mport = free_port(), rport = free_port(), sport = free_port();
     pid_t master = start_redis(mport, NULL), replica = start_redis(rport, NULL), sentinel;
-    char dir[64], list[64], cmd[300];
+    char dir[96], list[64], cmd[300];
     cdb_error err;
     cdb_redis *sync;
     cdb_aredis *a, *b;
@@ -843,7 +973,18 @@ static void test_sentinel(void **state)
     for (int i = 0; i < 200 && !replica_known(sport, rport); i++)
         usleep(100000);
     assert_true(replica_known(sport, rport));
-    freeReplyObject(side_command(sport, NULL, "SENTINEL FAILOVER mymaster"));
+    /* the sentinel may not find the replica good enough yet (NOGOODSLAVE right after
+     * it resynced): ask again until it starts the failover */
+    for (int i = 0; i < 100; i++) {
+        r = side_command(sport, NULL, "SENTINEL FAILOVER mymaster");
+        bool started = r->type == REDIS_REPLY_STATUS;
+        if (!started && i % 10 == 9)
+            fprintf(stderr, "SENTINEL FAILOVER: %s\n", r->str ? r->str : "?");
+        freeReplyObject(r);
+        if (started)
+            break;
+        usleep(200000);
+    }
     for (int i = 0; i < 200 && sentinel_master_port(sport) != rport; i++)
         usleep(100000);
     assert_int_equal(sentinel_master_port(sport), rport);
@@ -895,6 +1036,7 @@ int main(void)
         cmocka_unit_test(test_refused_commands),
         cmocka_unit_test(test_reply_out_of_order),
         cmocka_unit_test(test_host_name),
+        cmocka_unit_test(test_hostile_server),
         cmocka_unit_test(test_sentinel),
     };
     char cmd[100];
@@ -905,6 +1047,7 @@ int main(void)
     if (!mkdtemp(scratch))
         return 1;
     rc = cmocka_run_group_tests(tests, NULL, NULL);
+    kill_children();
     snprintf(cmd, sizeof cmd, "rm -rf '%s'", scratch);
     if (system(cmd) != 0)
         fprintf(stderr, "could not remove %s\n", scratch);
