@@ -65,6 +65,16 @@ int cdb_service_start(cdb_service *svc, cdb_error *err)
     }
     if (cdb_catalog_cache_listen(svc->catalog, svc->conninfo, err) < 0)
         return err->code;
+    /* The loops' Redis connections go where the pool's last connect went (a
+     * Sentinel master, a name resolved): connect it once now. */
+    if (svc->redis) {
+        int64_t rtt;
+        cdb_error ping_err;
+        cdb_error_init(&ping_err);
+        if (cdb_redis_ping(svc->redis, &rtt, NULL, 0, &ping_err) < 0)
+            cdb_log_warn("serve.redis", "Redis not reachable yet (%s); the loops wait for it", ping_err.message);
+        cdb_error_destroy(&ping_err);
+    }
     /* The deployment's namespace names the cache keys and the channel of the
      * first-level caches' invalidations: known now, this instance hears (and
      * tells) every write and ended session from its first request on. */
