@@ -290,10 +290,11 @@ static bool verified_before(cdb_request *r)
 
 static void remember_verified(cdb_request *r)
 {
+    if (!r->loop->verified || strlen(r->bearer) > CDB_VERIFIED_TOKEN_MAX)
+        return;
     int64_t until_ms = (r->principal.token_exp + r->loop->cfg->jwt_clock_skew_s) * 1000;
-    if (r->loop->verified && strlen(r->bearer) <= CDB_VERIFIED_TOKEN_MAX)
-        cdb_kvtable_put(r->loop->verified, r->bearer, (const char *)&r->principal, sizeof r->principal, until_ms,
-                        cdb_wall_s() * 1000);
+    cdb_kvtable_put(r->loop->verified, r->bearer, (const char *)&r->principal, sizeof r->principal, until_ms,
+                    cdb_wall_s() * 1000);
 }
 
 /*
