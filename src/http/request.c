@@ -12,6 +12,7 @@
 #include <event2/keyvalq_struct.h>
 #include <sodium.h>
 #include <stdarg.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -292,7 +293,10 @@ static void remember_verified(cdb_request *r)
 {
     if (!r->loop->verified || strlen(r->bearer) > CDB_VERIFIED_TOKEN_MAX)
         return;
-    int64_t until_ms = (r->principal.token_exp + r->loop->cfg->jwt_clock_skew_s) * 1000;
+    /* exp is ours (signed by this secret), but keep the arithmetic in range whatever it says */
+    int64_t until_s = r->principal.token_exp < INT64_MAX / 2000 ? r->principal.token_exp + r->loop->cfg->jwt_clock_skew_s
+                                                                : INT64_MAX / 2000;
+    int64_t until_ms = until_s * 1000;
     cdb_kvtable_put(r->loop->verified, r->bearer, (const char *)&r->principal, sizeof r->principal, until_ms,
                     cdb_wall_s() * 1000);
 }
