@@ -134,11 +134,17 @@ static char *page_body(const PGresult *rows, const PGresult *count, const page_r
 /* {<part>,"execution_time_ms":..,"cached":..} */
 char *cdb__query_wrap(const char *part, size_t len, int64_t start_us, bool cached)
 {
-    char *out = NULL;
+    char tail[96];
     double ms = (double)(cdb_mono_us() - start_us) / 1000.0;
-    if (asprintf(&out, "{%.*s,\"execution_time_ms\":%.2f,\"cached\":%s}", (int)len, part, ms,
-                 cached ? "true" : "false") < 0)
+    /* the part is copied, not formatted: it is most of the answer (a page of rows) */
+    int tail_len = snprintf(tail, sizeof tail, ",\"execution_time_ms\":%.2f,\"cached\":%s}", ms,
+                            cached ? "true" : "false");
+    char *out = tail_len > 0 && (size_t)tail_len < sizeof tail ? malloc(1 + len + (size_t)tail_len + 1) : NULL;
+    if (!out)
         return NULL;
+    out[0] = '{';
+    memcpy(out + 1, part, len);
+    memcpy(out + 1 + len, tail, (size_t)tail_len + 1);
     return out;
 }
 
