@@ -44,6 +44,7 @@ unset REDIS_URL
   { echo "engine.sh: the open-file limit is $(ulimit -n); $IDLE_CONNS idle connections need more (raise the hard limit)" >&2; exit 2; }
 # every coredb of this run: no per-address connection cap (wrk's 1,000
 # connections all come from 127.0.0.1), idle connections kept 5 minutes
+# (the hit runs' coredb also serves GET /metrics on a second port)
 CDB_ENV+=(HTTP_MAX_CONNECTIONS_PER_IP=0 HTTP_IDLE_TIMEOUT=300)
 PERF=$(command -v perf || true)
 if [ "$PROFILE" = 1 ] && [ -z "$PERF" ]; then
@@ -55,6 +56,12 @@ started=$(date -u '+%Y-%m-%d %H:%M UTC')
 # wrk against the data query at C connections for D
 wrk_at() { # conns duration
   echo wrk -t$THREADS -c"$1" -d"$2" --latency -s "$BENCH_DIR/data_query.lua" "http://127.0.0.1:$CDB_PORT/"
+}
+
+# coredb's query cache counters (hits, misses) from its Prometheus listener
+cache_counters() {
+  curl -sf "http://127.0.0.1:$PROM_PORT/metrics" |
+    awk '$1 ~ /^coredb_cache_hits_total({|$)/ {h+=$2} $1 ~ /^coredb_cache_misses_total({|$)/ {m+=$2} END {printf "%d %d\n", h, m}'
 }
 
 # perf record of coredb for PROFILE_SECS while wrk ($@) runs, reduced to the
@@ -77,6 +84,10 @@ profile() { # key wrk-cmd...
   local rep=("$PERF" report -i "$BENCH_TMP/perf.$key" --stdio -g none --sort symbol --percent-limit 0.3)
   "${rep[@]}" --no-children >"$BENCH_TMP/rep_self_$key" 2>/dev/null || true
   "${rep[@]}" --children >"$BENCH_TMP/rep_children_$key" 2>/dev/null || true
+  "$PERF" report -i "$BENCH_TMP/perf.$key" --stdio -g none --children --sort dso,symbol --percent-limit 0.3 2>/dev/null |
+    awk -v b="$(basename "$CDB")" '$3 == b { l = $0; sub(/ +- +- *$/, "", l); sub(/^ *[^ ]+ +[^ ]+ +[^ ]+ +/, "", l)
+      printf "%9s %9s  %s\n", $1, $2, l }' >"$BENCH_TMP/rep_own_$key" || true
+  "$PERF" report -i "$BENCH_TMP/perf.$key" --stdio -g none --no-children --sort dso >"$BENCH_TMP/rep_dso_$key" 2>/dev/null || true
   # the top rows, without perf's empty IPC columns (no hardware counters in a VM)
   top() { grep -E '^ +[0-9.]+%' "$1" | sed -E 's/ +- +- *$//; s/ +$//' | head -15 || true; }
   {
@@ -86,6 +97,10 @@ profile() { # key wrk-cmd...
     top "$BENCH_TMP/rep_self_$key"
     echo "-- by children (perf report --children): % of samples in the symbol and what it calls, then self"
     top "$BENCH_TMP/rep_children_$key"
+    echo "-- coredb's own functions by children (perf report --children --sort dso,symbol, the rows of $(basename "$CDB")), then self"
+    head -15 "$BENCH_TMP/rep_own_$key"
+    echo "-- by binary (perf report --sort dso): where the samples fell"
+    top "$BENCH_TMP/rep_dso_$key" | head -8
   } >"$out"
   rm -f "$BENCH_TMP/perf.$key"
 }
@@ -111,12 +126,13 @@ profile miss $(wrk_at 64 $((PROFILE_SECS + 3))s)
 bench_stop_coredb
 
 # --- coredb, every request a hit; the HTTP floor ---
-bench_start_coredb REDIS_URL="$REDIS_URL" CACHE_TTL=300 "${CDB_ENV[@]}"
-$(wrk_at 64 2s) >/dev/null   # untimed: stores every user's page
-sets0=$(redis_sets)
+PROM_PORT=$(free_port)
+bench_start_coredb REDIS_URL="$REDIS_URL" CACHE_TTL=300 "${CDB_ENV[@]}" PROMETHEUS_PORT="$PROM_PORT"
+$(wrk_at 64 3s) >/dev/null   # untimed: stores every user's page
+read -r hits0 misses0 <<<"$(cache_counters)"
 accounted_run hit64 wrk "coredb hit, c64" "POST /api/v1/data/query, CACHE_TTL=300, every page cached" $(wrk_at 64 "$DURATION")
 accounted_run hit1000 wrk "coredb hit, c1000" "the same at 1,000 connections" $(wrk_at 1000 "$DURATION")
-stores=$(( $(redis_sets) - sets0 ))
+read -r hits1 misses1 <<<"$(cache_counters)"
 accounted_run live64 wrk "coredb /health/live, c64" "GET /health/live: the HTTP floor (no token, no Redis, no PostgreSQL)" \
   wrk -t$THREADS -c64 -d"$DURATION" --latency "http://127.0.0.1:$CDB_PORT/health/live"
 profile hit $(wrk_at 64 $((PROFILE_SECS + 3))s)
@@ -155,7 +171,7 @@ $(target "RSS with $IDLE_CONNS idle keep-alive connections, MiB" "$idle_mib" "<=
 shared=""
 [ "$other_max" -gt 10 ] && shared=": the machine was shared, read the rows with that in mind"
 notes="- PostgreSQL CPU per miss (c64): ${CPU_PG[miss64]} µs, against ${CPU_PG[fast]} µs for the fastest shape and ${CPU_PG[exact]} µs for the exact SQL under pgbench; Redis per hit ${CPU_REDIS[hit64]} µs.
-- Cache stores during the hit runs: $stores (0 = every request was a hit).
+- Query cache during the two hit runs (coredb_cache_hits_total / _misses_total): $((hits1 - hits0)) hits, $((misses1 - misses0)) misses.
 $idle_line
 - Other processes (other sessions on this machine) took up to $other_max% of all cores during a run$shared; load average at the start: $load_at_start, at the end: $(cut -d' ' -f1-3 /proc/loadavg)."
 
@@ -163,7 +179,7 @@ section=$(
   echo "### Request engine (issue 8): $TITLE — $started — $(machine_line)"
   echo "\`$(basename "$CDB")\` at commit $(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo '?'); run with \`DURATION=$DURATION make bench-engine\` (bench/engine.sh)."
   echo "The work: POST /api/v1/data/query \`$(tr -d '\n' <"$BODY")\` as a \`user\` caller (row-level security), $NUSERS users × $NPROJECTS projects ($((NUSERS * NPROJECTS)) rows),"
-  echo "users round robin (wrk, data_query.lua) or at random (pgbench \\set, bench.users); answer $answer_bytes bytes. wrk -t$THREADS and pgbench -j$THREADS at the connections named in each row, -d/-T $DURATION each, after 2 s untimed warm-ups."
+  echo "users round robin (wrk, data_query.lua) or at random (pgbench \\set, bench.users); answer $answer_bytes bytes. wrk -t$THREADS and pgbench -j$THREADS at the connections named in each row, -d/-T $DURATION each (coredb runs after 2-3 s untimed warm-ups; the hit warm-up stores every page)."
   echo "Release build, HTTP_THREADS=$http_threads, DB_POOL_MAX=$pool_max, REDIS_POOL_SIZE=$redis_pool, RATE_LIMIT_USER=0, HTTP_MAX_CONNECTIONS_PER_IP=0; PostgreSQL 15 (defaults, max_connections=300) and $(redis-server --version | awk '{print $1, $2, $3}') on the same machine."
   accounted_table_head
   printf "%s" "$rows"

@@ -139,7 +139,7 @@ pg_backends_mem() {
   local p hwm=0 anon=0 n=0 cs=0 h a c
   for p in $(pg_backend_pids); do
     read -r h a c < <(awk '/VmHWM/ {h=$2} /RssAnon/ {a=$2} /ctxt_switches/ {c+=$2}
-      END {print h+0, a+0, c+0}' "/proc/$p/status" 2>/dev/null)
+      END {print h+0, a+0, c+0}' "/proc/$p/status" 2>/dev/null) || continue  # the backend exited meanwhile
     [ "${h:-0}" -gt "$hwm" ] && hwm=$h
     anon=$((anon + ${a:-0})) n=$((n + 1)) cs=$((cs + ${c:-0}))
   done
