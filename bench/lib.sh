@@ -190,11 +190,14 @@ accounted_run() { # key kind label what cmd...
   shift 4
   local load m0 m1 pg0 pg1 r0 r1 c0=0 c1=0 x0=0 x1=0 out rps p50 p99 errs n
   load=$(cut -d' ' -f1 /proc/loadavg)
-  # PostgreSQL's client backends are sampled near the end, while they exist
-  # (their context switches: from now, or from their start for pgbench's)
-  local pgcs0
+  # PostgreSQL's client backends are sampled 5 s before the end (the middle
+  # of a run of 6 s or less), while they surely exist: on a loaded machine
+  # reading 64 backends' /proc takes a second or more, and pgbench's exit
+  # with it (their context switches: from now, or from their start for
+  # pgbench's)
+  local pgcs0 sample_s=$(( dur_s > 6 ? dur_s - 5 : (dur_s + 1) / 2 ))
   pgcs0=$(pg_backends_mem | awk '{print $4}')
-  (sleep $((dur_s - 1)); pg_backends_mem >"$BENCH_TMP/pgmem") &
+  (sleep "$sample_s"; pg_backends_mem >"$BENCH_TMP/pgmem") &
   SAMPLER_PID=$!
   local mt0 mt1 st0 st1
   read -r m0 mt0 st0 <<<"$(machine_ticks)"
@@ -223,7 +226,7 @@ accounted_run() { # key kind label what cmd...
   read -r pgmem <<<"$(awk '{printf "%s / %s (%d)", $1, $2, $3}' "$BENCH_TMP/pgmem")"
   # requests in the sampled window, taken as evenly spread over the run
   local pgctx
-  pgctx=$(awk -v c0="$pgcs0" -v n="$n" -v d="$dur_s" '{printf "%.1f", ($4 - c0) / (n * (d - 1) / d)}' "$BENCH_TMP/pgmem")
+  pgctx=$(awk -v c0="$pgcs0" -v n="$n" -v d="$dur_s" -v s="$sample_s" '{printf "%.1f", ($4 - c0) / (n * s / d)}' "$BENCH_TMP/pgmem")
   if [ "$kind" = wrk ]; then
     cdb_rss=$(peak_rss_mb "$CDB_PID")
     ctx=$(awk -v a="$x0" -v b="$x1" -v n="$n" 'BEGIN {printf "%.1f", (b - a) / n}')
@@ -247,7 +250,7 @@ accounted_run() { # key kind label what cmd...
 accounted_table_head() {
   echo "CPU µs/req: CPU time each party used during the run ÷ requests (coredb process; PostgreSQL = postmaster and every backend; Redis; the load generator;"
   echo "\"other\" = every other process, e.g. other sessions' builds and tests; \"machine\" = all busy CPU ÷ requests). \"busy\" = share of all cores in use (in brackets: stolen by the hypervisor). ctx sw/req: context switches per request of coredb and of PostgreSQL's client backends."
-  echo "PG backends: largest VmHWM of a client backend (includes shared buffers it touched) / sum of their private RSS (count), sampled 1 s before the end."
+  echo "PG backends: largest VmHWM of a client backend (includes shared buffers it touched) / sum of their private RSS (count), sampled 5 s before the end (in the middle of runs of 6 s or less)."
   echo "Load average (1 min) is taken just before each run; the previous run's load is still in it."
   echo
   echo "| run | work | req/s | p50 ms | p99 ms | errors | load | CPU µs/req coredb | PG | Redis | load gen | other | machine | busy | ctx sw/req coredb | PG | coredb peak RSS MiB | PG backends MiB |"
