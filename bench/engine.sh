@@ -51,6 +51,9 @@ if [ "$PROFILE" = 1 ] && [ -z "$PERF" ]; then
   echo "engine.sh: perf not found, no profiles this run (Debian: apt-get install linux-perf)" >&2
 fi
 load_at_start=$(cut -d' ' -f1-3 /proc/loadavg)
+# the last commit that changed what the binary is built from
+src_commit=$(git -C "$ROOT" log -1 --format=%h -- src include 2>/dev/null || echo '?')
+[ -n "$(git -C "$ROOT" status --porcelain -- src include 2>/dev/null)" ] && src_commit+=" plus uncommitted changes"
 started=$(date -u '+%Y-%m-%d %H:%M UTC')
 
 # wrk against the data query at C connections for D
@@ -177,7 +180,7 @@ $idle_line
 
 section=$(
   echo "### Request engine (issue 8): $TITLE — $started — $(machine_line)"
-  echo "\`$(basename "$CDB")\` at commit $(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo '?'); run with \`DURATION=$DURATION make bench-engine\` (bench/engine.sh)."
+  echo "\`$(basename "$CDB")\` built from the sources of commit $src_commit; run with \`DURATION=$DURATION make bench-engine\` (bench/engine.sh)."
   echo "The work: POST /api/v1/data/query \`$(tr -d '\n' <"$BODY")\` as a \`user\` caller (row-level security), $NUSERS users × $NPROJECTS projects ($((NUSERS * NPROJECTS)) rows),"
   echo "users round robin (wrk, data_query.lua) or at random (pgbench \\set, bench.users); answer $answer_bytes bytes. wrk -t$THREADS and pgbench -j$THREADS at the connections named in each row, -d/-T $DURATION each (coredb runs after 2-3 s untimed warm-ups; the hit warm-up stores every page)."
   echo "Release build, HTTP_THREADS=$http_threads, DB_POOL_MAX=$pool_max, REDIS_POOL_SIZE=$redis_pool, RATE_LIMIT_USER=0, HTTP_MAX_CONNECTIONS_PER_IP=0; PostgreSQL 15 (defaults, max_connections=300) and $(redis-server --version | awk '{print $1, $2, $3}') on the same machine."
