@@ -98,26 +98,20 @@ wrk_pct() {
 
 # --- CPU and memory accounting of a run (data.sh) ---
 
-# utime+stime of the given pids, in clock ticks.
+# utime+stime of the given pids, in clock ticks. One cat and one awk for
+# all of them (a fork per pid took seconds for 64 backends on a loaded
+# machine); a pid that exited meanwhile is skipped.
 cpu_ticks() {
-  local p t=0
-  for p in "$@"; do
-    [ -r "/proc/$p/stat" ] || continue
-    t=$((t + $(sed 's/.*) //' "/proc/$p/stat" | awk '{print $12 + $13}')))
-  done
-  echo "$t"
+  [ $# -gt 0 ] || { echo 0; return 0; }
+  { (cd /proc && cat $(printf '%s/stat ' "$@") 2>/dev/null) || true; } |
+    sed 's/.*) //' | awk '{ t += $12 + $13 } END { print t + 0 }'
 }
 
 postmaster_pid() { head -1 "$BENCH_TMP/pg/data/postmaster.pid"; }
 
 # Client backends of the throw-away PostgreSQL (not its auxiliary processes).
 pg_backend_pids() {
-  local pm p
-  pm=$(postmaster_pid)
-  for p in $(pgrep -P "$pm"); do
-    tr '\0' ' ' 2>/dev/null <"/proc/$p/cmdline" | grep -q '127\.0\.0\.1(\|\[local\]' && echo "$p"
-  done
-  return 0
+  ps -o pid=,args= --ppid "$(postmaster_pid)" | awk '/127\.0\.0\.1\(|\[local\]/ { print $1 }'
 }
 
 # All CPU PostgreSQL used so far, in ticks: the postmaster with its reaped
@@ -136,14 +130,11 @@ machine_ticks() { awk '/^cpu / { print $2+$3+$4+$7+$8, $2+$3+$4+$5+$6+$7+$8+$9, 
 # "<max VmHWM MiB of a client backend> <sum of their RssAnon MiB> <count>
 # <sum of their context switches>".
 pg_backends_mem() {
-  local p hwm=0 anon=0 n=0 cs=0 h a c
-  for p in $(pg_backend_pids); do
-    read -r h a c < <(awk '/VmHWM/ {h=$2} /RssAnon/ {a=$2} /ctxt_switches/ {c+=$2}
-      END {print h+0, a+0, c+0}' "/proc/$p/status" 2>/dev/null) || continue  # the backend exited meanwhile
-    [ "${h:-0}" -gt "$hwm" ] && hwm=$h
-    anon=$((anon + ${a:-0})) n=$((n + 1)) cs=$((cs + ${c:-0}))
-  done
-  awk -v h="$hwm" -v a="$anon" -v n="$n" -v c="$cs" 'BEGIN { printf "%.1f %.1f %d %d\n", h/1024, a/1024, n, c }'
+  local pids
+  pids=$(pg_backend_pids)
+  { [ -n "$pids" ] && (cd /proc && cat $(printf '%s/status ' $pids) 2>/dev/null) || true; } |
+    awk '/^Name:/ { n++ } /^VmHWM/ { if ($2 > h) h = $2 } /^RssAnon/ { a += $2 } /ctxt_switches/ { c += $2 }
+      END { printf "%.1f %.1f %d %d\n", h/1024, a/1024, n, c }'
 }
 
 # p50 and p99 in ms from pgbench per-transaction logs (-l --log-prefix=PREFIX).
