@@ -16,9 +16,12 @@
 # 20 projects, newest first, plus the total (≈ 9 KB answer), 1,000 users ×
 # 100 projects (100,000 rows) by default, users round robin.
 #
-# Run:   make bench-engine                  (DURATION=20s, ≈ 6 minutes)
-#        DURATION=5s make bench-engine      (smoke run)
-#        bash bench/engine.sh               (the same without the build)
+# Run:   RESULTS_TITLE=after make bench-engine   (DURATION=20s, ≈ 4-5 minutes)
+#        DURATION=5s make bench-engine           (smoke run)
+#        bash bench/engine.sh                    (the same without the build)
+# Needs wrk, pgbench, PostgreSQL 15, redis-server, curl, /usr/bin/time
+# (Debian: apt-get install time) and, for the profiles, perf (apt-get
+# install linux-perf; as root, or kernel.perf_event_paranoid <= 1).
 # Settings: DURATION (per timed run, default 20s), BENCH_DATA_USERS (1000),
 # BENCH_DATA_PROJECTS (per user, 100), IDLE_CONNS (10000), PROFILE=0 skips
 # perf, CDB_BIN (default build/coredb). Appends a section to bench/RESULTS.md
@@ -35,6 +38,9 @@ TITLE=${RESULTS_TITLE:-run}
 THREADS=2
 BODY=$BENCH_DIR/data_query.json
 CDB=${CDB_BIN:-$ROOT/build/coredb}
+for tool in wrk pgbench redis-server redis-cli curl /usr/bin/time "$PG_BIN/initdb"; do
+  command -v "$tool" >/dev/null || { echo "engine.sh: $tool not found (see the header of this script)" >&2; exit 2; }
+done
 data_init
 trap data_cleanup EXIT
 trap 'echo "engine.sh: failed at line $LINENO" >&2' ERR
