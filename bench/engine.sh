@@ -62,9 +62,10 @@ src_commit=$(git -C "$ROOT" log -1 --format=%h -- src include 2>/dev/null || ech
 [ -n "$(git -C "$ROOT" status --porcelain -- src include 2>/dev/null)" ] && src_commit+=" plus uncommitted changes"
 started=$(date -u '+%Y-%m-%d %H:%M UTC')
 
-# wrk against the data query at C connections for D
+# WRK = wrk against the data query at C connections for D (an array, so
+# that accounted_run can run it under /usr/bin/time)
 wrk_at() { # conns duration
-  echo wrk -t$THREADS -c"$1" -d"$2" --latency -s "$BENCH_DIR/data_query.lua" "http://127.0.0.1:$CDB_PORT/"
+  WRK=(wrk -t"$THREADS" -c"$1" -d"$2" --latency -s "$BENCH_DIR/data_query.lua" "http://127.0.0.1:$CDB_PORT/")
 }
 
 # coredb's query cache counters (hits, misses) from its Prometheus listener
@@ -121,35 +122,42 @@ answer_bytes=$(curl -s -H "Authorization: Bearer $(python3 -c 'import re,sys; pr
 
 # --- PostgreSQL alone (no coredb running: its pool's backends would count as pgbench's) ---
 bench_stop_coredb
+# shellcheck disable=SC2034  # read by pgbench_run (lib.sh)
 CONNS=64
 pgbench_run fast prepared pgbench_fast_json.sql "pgbench -c64, fastest shape" "one statement building page + total as JSON, owner filtering by user_id, no role switch (-M prepared)"
 pgbench_run exact prepared pgbench_coredb.sql "pgbench -c64, exact SQL" "the exact SQL of a coredb miss: BEGIN, role + settings, row_to_json page, count, COMMIT (pipelined, prepared as coredb does)"
 
 # --- coredb, every request a miss ---
 bench_start_coredb REDIS_URL="$REDIS_URL" CACHE_TTL=0 "${CDB_ENV[@]}"
-$(wrk_at 64 2s) >/dev/null   # untimed: fills the pools, warms PostgreSQL's caches
-accounted_run miss64 wrk "coredb miss, c64" "POST /api/v1/data/query, CACHE_TTL=0" $(wrk_at 64 "$DURATION")
-$(wrk_at 1000 2s) >/dev/null   # untimed: opens the 1,000 connections' buffers once
-accounted_run miss1000 wrk "coredb miss, c1000" "the same at 1,000 connections" $(wrk_at 1000 "$DURATION")
-profile miss $(wrk_at 64 $((PROFILE_SECS + 3))s)
+wrk_at 64 2s; "${WRK[@]}" >/dev/null   # untimed: fills the pools, warms PostgreSQL's caches
+wrk_at 64 "$DURATION"
+accounted_run miss64 wrk "coredb miss, c64" "POST /api/v1/data/query, CACHE_TTL=0" "${WRK[@]}"
+wrk_at 1000 2s; "${WRK[@]}" >/dev/null   # untimed: opens the 1,000 connections' buffers once
+wrk_at 1000 "$DURATION"
+accounted_run miss1000 wrk "coredb miss, c1000" "the same at 1,000 connections" "${WRK[@]}"
+wrk_at 64 $((PROFILE_SECS + 3))s
+profile miss "${WRK[@]}"
 bench_stop_coredb
 
 # --- coredb, every request a hit; the HTTP floor ---
 PROM_PORT=$(free_port)
 bench_start_coredb REDIS_URL="$REDIS_URL" CACHE_TTL=300 "${CDB_ENV[@]}" PROMETHEUS_PORT="$PROM_PORT"
-$(wrk_at 64 3s) >/dev/null   # untimed: stores every user's page
+wrk_at 64 3s; "${WRK[@]}" >/dev/null   # untimed: stores every user's page
 read -r hits0 misses0 <<<"$(cache_counters)"
-accounted_run hit64 wrk "coredb hit, c64" "POST /api/v1/data/query, CACHE_TTL=300, every page cached" $(wrk_at 64 "$DURATION")
-accounted_run hit1000 wrk "coredb hit, c1000" "the same at 1,000 connections" $(wrk_at 1000 "$DURATION")
+wrk_at 64 "$DURATION"
+accounted_run hit64 wrk "coredb hit, c64" "POST /api/v1/data/query, CACHE_TTL=300, every page cached" "${WRK[@]}"
+wrk_at 1000 "$DURATION"
+accounted_run hit1000 wrk "coredb hit, c1000" "the same at 1,000 connections" "${WRK[@]}"
 read -r hits1 misses1 <<<"$(cache_counters)"
 accounted_run live64 wrk "coredb /health/live, c64" "GET /health/live: the HTTP floor (no token, no Redis, no PostgreSQL)" \
   wrk -t$THREADS -c64 -d"$DURATION" --latency "http://127.0.0.1:$CDB_PORT/health/live"
-profile hit $(wrk_at 64 $((PROFILE_SECS + 3))s)
+wrk_at 64 $((PROFILE_SECS + 3))s
+profile hit "${WRK[@]}"
 bench_stop_coredb
 
 # --- 10,000 idle keep-alive connections, on a fresh coredb that served hits ---
 bench_start_coredb REDIS_URL="$REDIS_URL" CACHE_TTL=300 "${CDB_ENV[@]}"
-$(wrk_at 64 2s) >/dev/null
+wrk_at 64 2s; "${WRK[@]}" >/dev/null
 read -r rss0 rss1 opened held open_secs <<<"$(python3 "$BENCH_DIR/idle_conns.py" "$CDB_PORT" "$CDB_PID" "$IDLE_CONNS")"
 idle_mib=$(awk -v k="$rss1" 'BEGIN {printf "%.1f", k/1024}')
 idle_line="- $IDLE_CONNS idle keep-alive connections (bench/idle_conns.py, each served one GET /health/live, opened in $open_secs s, $held of $opened still held and answering a second request): coredb VmRSS $(awk -v k="$rss0" 'BEGIN {printf "%.1f", k/1024}') MiB before (after a 2 s hit warm-up) → **$idle_mib MiB** held ($(awk -v a="$rss0" -v b="$rss1" -v n="$opened" 'BEGIN {printf "%.2f", (b-a)/n}') KiB per connection)."
