@@ -167,6 +167,12 @@ bench-vectors: deps all
 bench-replicas: deps all
 	$(Q)/usr/bin/python3 bench/replicas.py
 
+# the request engine's Targets in one run: pgbench, miss, hit, /health/live at 64 and
+# 1,000 connections, 10,000 idle connections, perf profiles (issue 8); DURATION=5s for a smoke run
+.PHONY: bench-engine
+bench-engine: deps all
+	$(Q)bash bench/engine.sh
+
 # libFuzzer harnesses (fuzz/, issue 16): clang with libFuzzer + ASan + UBSan,
 # the library rebuilt in build-fuzz/ with coverage instrumentation. `make
 # fuzz` runs each for FUZZ_SECONDS (default 60, scripts/fuzz.sh).

@@ -121,7 +121,6 @@ measure revoked_nr  "GET /users/{id}" "JWT verify, worker hop, PG UPDATE matches
 measure user_nr     "GET /users/{id}" "JWT verify, worker hop, PG UPDATE last_seen (a commit), PG SELECT user → 200" - "/users/{id}" auth_get.lua "$T/tokens.lua"
 measure sessions_nr "GET /api/v1/auth/sessions" "JWT verify, worker hop, PG UPDATE (a commit), PG SELECT sessions → 200" - /api/v1/auth/sessions auth_get.lua "$T/tokens.lua"
 
-ratio() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.2f", (b > 0 ? a / b : 0) }'; }
 us() { awk -v r="$1" 'BEGIN { printf "%.0f", (r > 0 ? 1e6 / r : 0) }'; }
 summary="- Logins: ${RPS[login]}/s alone (p99 ${P99[login]} ms); ${RPS[login_bg1]}/s and ${RPS[login_bg2]}/s while the other route was measured.
 - p99 with / without login load: GET /health/live ${P99[live_load]} / ${P99[live]} ms = **$(ratio "${P99[live_load]}" "${P99[live]}")×**; GET /users/{id} ${P99[user_load]} / ${P99[user]} ms = **$(ratio "${P99[user_load]}" "${P99[user]}")×** (req/s $(ratio "${RPS[user_load]}" "${RPS[user]}")× of unloaded).

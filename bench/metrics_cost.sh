@@ -9,7 +9,6 @@
 # machine is shared. Appends the run to bench/RESULTS.md.
 set -euo pipefail
 source "$(dirname "$0")/lib.sh"
-BENCH_DIR=$(cd "$(dirname "$0")" && pwd)
 DURATION=${DURATION:-5s}
 ROUNDS=${ROUNDS:-3}
 NUSERS=${BENCH_DATA_USERS:-50}
@@ -30,7 +29,6 @@ cc -O2 -std=c11 -D_GNU_SOURCE -I"$ROOT/include" -I"$ROOT/src" $(pkg-config --cfl
 micro=$("$BENCH_TMP/metrics_micro")
 CDB_ENV=(RATE_LIMIT_USER=0 RATE_LIMIT_ANON=0 PASSWORD_HASH_OPSLIMIT=1 PASSWORD_HASH_MEMLIMIT_KIB=8 CACHE_TTL=300)
 
-psql_pg() { as_pg psql -q -X -v ON_ERROR_STOP=1 -h "$BENCH_TMP/pg" -p "$PG_PORT" -U postgres "$@"; }
 wrk_run() { wrk -t$THREADS -c$CONNS -d"$1" --latency -s "$BENCH_DIR/data_query.lua" "http://127.0.0.1:$CDB_PORT/"; }
 
 bench_start_pg
