@@ -1,0 +1,96 @@
+#!/usr/bin/env bash
+# bench/sql_shapes.sh - issue 8 item 4: the SQL shapes of a data-API miss
+# (one page of 20 + total of a user-role caller's projects under row-level
+# security) side by side under pgbench, pipelined (\startpipeline) and
+# prepared (-M prepared) as coredb sends them: tx/s and PostgreSQL CPU per
+# transaction for each shape, at -c16 and -c64 (-j2), same run. Before the
+# runs every shape is executed once by psql for one caller and its total
+# checked: a shape that loses row-level security shows the wrong total and
+# is marked UNSOUND. Throw-away PostgreSQL (lib.sh); coredb runs once to
+# migrate and register the first user, rows seeded by data_seed.sql.
+# Prints the table and appends it to bench/RESULTS.md.
+set -euo pipefail
+source "$(dirname "$0")/lib.sh"
+BENCH_DIR=$(cd "$(dirname "$0")" && pwd)
+DURATION=${DURATION:-10}
+NUSERS=${BENCH_DATA_USERS:-200}
+NPROJECTS=45
+CLIENTS=${CLIENTS:-"16 64"}
+trap bench_cleanup EXIT
+TCK=$(getconf CLK_TCK)
+
+# key | script | what | PGOPTIONS
+SHAPES=(
+  "a|pgbench_coredb.sql|(a) today: BEGIN, role + settings, page (row_to_json), count, COMMIT|"
+  "b|pgbench_shape_nobegin.sql|(b) no BEGIN/COMMIT: role + settings, page, count (one implicit transaction up to the Sync)|"
+  "c|pgbench_shape_one.sql|(c) no BEGIN/COMMIT, page + total in one statement (scalar subquery total, string_agg of row_to_json)|"
+  "d|pgbench_shape_one_jsonagg.sql|(d) as (c) with json_agg building the page|"
+  "c1|pgbench_shape_rows_total.sql|(c') rows + the total as a scalar subquery column (empty page loses the total)|"
+  "c2|pgbench_shape_window.sql|(c'') rows + count(*) OVER () (empty page loses the total)|"
+  "e|pgbench_shape_folded.sql|(e) settings folded into the page statement (one statement in all)|"
+  "p|pgbench_shape_pinned.sql|(p) connection pinned to the role (per-role sub-pool): user id settings + (c)|-c role=coredb_user"
+)
+
+psql_pg() { as_pg psql -q -X -v ON_ERROR_STOP=1 -h "$BENCH_TMP/pg" -p "$PG_PORT" -U postgres "$@"; }
+
+bench_start_pg
+bench_start_coredb "PASSWORD_HASH_OPSLIMIT=1" "PASSWORD_HASH_MEMLIMIT_KIB=8" "RATE_LIMIT_ANON=0"
+curl -sf -o /dev/null -H 'Content-Type: application/json' \
+  -d '{"email":"data0@bench.example.com","username":"data0","password":"bench-data-password"}' \
+  "http://127.0.0.1:$CDB_PORT/users/" || { echo "registering data0 failed"; exit 1; }
+bench_stop_coredb
+psql_pg -v nusers="$NUSERS" -v nprojects="$NPROJECTS" -f "$BENCH_DIR/data_seed.sql" >/dev/null
+
+# --- the guarantee check: caller n=1 must see its own 45 projects, no more ---
+declare -A SOUND
+for s in "${SHAPES[@]}"; do
+  IFS='|' read -r key script what opts <<<"$s"
+  # the script's SQL for psql: meta-commands dropped, variables given, one
+  # transaction (-1) standing in for the pipeline's implicit one
+  out=$(grep -v '^\\\|^--' "$BENCH_DIR/$script" | grep -vi '^BEGIN;\|^COMMIT;' |
+        PGOPTIONS="$opts" psql_pg -At -1 -v n=1 -v lim=20 -v off=0 -v role="'user'" -f - 2>&1) || true
+  if grep -qw "$NPROJECTS" <<<"$out" && ! grep -qw "$((NUSERS * NPROJECTS))" <<<"$out" &&
+     grep -q 'of user 1"' <<<"$out" && ! grep -q 'of user 2"' <<<"$out"; then
+    SOUND[$key]=yes
+  else
+    SOUND[$key]="**UNSOUND**"
+  fi
+done
+
+# --- the runs ---
+rows=""
+for c in $CLIENTS; do
+  for s in "${SHAPES[@]}"; do
+    IFS='|' read -r key script what opts <<<"$s"
+    load=$(cut -d' ' -f1 /proc/loadavg)
+    read -r m0 mt0 _ <<<"$(machine_ticks)"
+    pg0=$(pg_cpu_ticks)
+    out=$(PGOPTIONS="$opts" pgbench -n -h 127.0.0.1 -p "$PG_PORT" -U postgres -c "$c" -j 2 -T "$DURATION" \
+          -M prepared -D nusers="$NUSERS" -D role=user -f "$BENCH_DIR/$script" postgres 2>&1) ||
+      { echo "$script failed:"; echo "$out"; exit 1; }
+    pg1=$(pg_cpu_ticks)
+    read -r m1 mt1 _ <<<"$(machine_ticks)"
+    tps=$(awk '/^tps = / {printf "%.0f", $3}' <<<"$out")
+    n=$(awk '/number of transactions actually processed/ {print $NF}' <<<"$out")
+    lat=$(awk '/^latency average/ {print $4}' <<<"$out")
+    fails=$(awk '/number of failed transactions/ {print $5; f=1} END {if (!f) print 0}' <<<"$out")
+    cpu=$(awk -v t="$TCK" -v n="$n" -v p=$((pg1 - pg0)) -v m=$((m1 - m0)) -v mt=$((mt1 - mt0)) \
+          'BEGIN { printf "%.0f | %.0f%%", p * 1e6 / t / n, 100 * m / mt }')
+    row="| $what | ${SOUND[$key]} | $c | $tps | $lat | $fails | $cpu | $load |"
+    echo "$row"
+    rows+="$row"$'\n'
+  done
+done
+
+{
+  echo
+  echo "### SQL shapes of a data-API miss under pgbench — $(date -u +%Y-%m-%d) — $(machine_line)"
+  echo "bench/sql_shapes.sh: pgbench -n -M prepared -j2 -T$DURATION, each script pipelined (\\\\startpipeline/\\\\endpipeline = one Sync, as coredb sends it),"
+  echo "$NUSERS users × $NPROJECTS projects, a random user-role caller per transaction (row-level security as coredb_user), page of 20 newest + total."
+  echo "PostgreSQL 15 (defaults, max_connections=300), throw-away, same machine. PG µs/tx = CPU of the postmaster and all its processes during the run ÷ transactions."
+  echo "\"sound\": the shape run once by psql for caller 1 shows its own $NPROJECTS projects and no one else's. busy = share of all cores in use (other sessions included); load = 1-min load average before the run."
+  echo
+  echo "| shape | sound | clients | tx/s | latency ms | failed | PG µs/tx | busy | load |"
+  echo "|---|---|---|---|---|---|---|---|---|"
+  printf "%s" "$rows"
+} | tee -a "$BENCH_DIR/RESULTS.md"
