@@ -16,6 +16,7 @@ DURATION=${DURATION:-10}
 NUSERS=${BENCH_DATA_USERS:-200}
 NPROJECTS=45
 CLIENTS=${CLIENTS:-"16 64"}
+ROUNDS=${ROUNDS:-3}
 trap bench_cleanup EXIT
 TCK=$(getconf CLK_TCK)
 
@@ -30,6 +31,19 @@ SHAPES=(
   "e|pgbench_shape_folded.sql|(e) settings folded into the page statement (one statement in all)|"
   "p|pgbench_shape_pinned.sql|(p) connection pinned to the role (per-role sub-pool): user id settings + (c)|-c role=coredb_user"
 )
+
+# lib.sh's pg_cpu_ticks, tolerant of a backend that exits while it is read
+# (pgbench's connections come and go between runs)
+pg_cpu_ticks() {
+  local pm p v t
+  pm=$(postmaster_pid)
+  t=$(sed 's/.*) //' "/proc/$pm/stat" | awk '{print $12 + $13 + $14 + $15}')
+  for p in $(pgrep -P "$pm"); do
+    v=$(sed 's/.*) //' "/proc/$p/stat" 2>/dev/null | awk '{print $12 + $13}')
+    t=$((t + ${v:-0}))
+  done
+  echo "$t"
+}
 
 psql_pg() { as_pg psql -q -X -v ON_ERROR_STOP=1 -h "$BENCH_TMP/pg" -p "$PG_PORT" -U postgres "$@"; }
 
@@ -57,40 +71,52 @@ for s in "${SHAPES[@]}"; do
   fi
 done
 
-# --- the runs ---
+# --- the runs: ROUNDS rounds, the shapes in a rotated order each round (so
+# a burst of load from elsewhere does not fall on one shape), medians kept ---
+declare -A TPS PGUS LAT LOADS
+median() { tr ' ' '\n' | grep . | sort -n | awk '{ v[NR]=$1 } END { print (NR % 2 ? v[(NR+1)/2] : (v[NR/2] + v[NR/2+1]) / 2) }'; }
+range() { tr ' ' '\n' | grep . | sort -n | awk 'NR==1 {lo=$1} {hi=$1} END {print lo "–" hi}'; }
+nshapes=${#SHAPES[@]}
+for ((r = 0; r < ROUNDS; r++)); do
+  for c in $CLIENTS; do
+    for ((i = 0; i < nshapes; i++)); do
+      IFS='|' read -r key script what opts <<<"${SHAPES[$(((i + r * 3) % nshapes))]}"
+      load=$(cut -d' ' -f1 /proc/loadavg)
+      pg0=$(pg_cpu_ticks)
+      out=$(PGOPTIONS="$opts" pgbench -n -h 127.0.0.1 -p "$PG_PORT" -U postgres -c "$c" -j 2 -T "$DURATION" \
+            -M prepared -D nusers="$NUSERS" -D role=user -f "$BENCH_DIR/$script" postgres 2>&1) ||
+        { echo "$script failed:"; echo "$out"; exit 1; }
+      # pgbench's backends exit after it does: their CPU counts once reaped
+      for _ in $(seq 1 50); do [ -z "$(pg_backend_pids)" ] && break; sleep 0.1; done
+      pg1=$(pg_cpu_ticks)
+      n=$(awk '/number of transactions actually processed/ {print $NF}' <<<"$out")
+      fails=$(awk '/number of failed transactions/ {print $5; f=1} END {if (!f) print 0}' <<<"$out")
+      [ "$fails" = 0 ] || { echo "$script: $fails failed transactions"; echo "$out"; exit 1; }
+      TPS[$key.$c]+=" $(awk '/^tps = / {printf "%.0f", $3}' <<<"$out")"
+      LAT[$key.$c]+=" $(awk '/^latency average/ {print $4}' <<<"$out")"
+      PGUS[$key.$c]+=" $(awk -v t="$TCK" -v n="$n" -v p=$((pg1 - pg0)) 'BEGIN { printf "%.0f", p * 1e6 / t / n }')"
+      LOADS[$key.$c]+=" $load"
+      echo "round $r -c$c $key: tps${TPS[$key.$c]##* } PG µs/tx${PGUS[$key.$c]##* } load $load" >&2
+    done
+  done
+done
 rows=""
 for c in $CLIENTS; do
   for s in "${SHAPES[@]}"; do
     IFS='|' read -r key script what opts <<<"$s"
-    load=$(cut -d' ' -f1 /proc/loadavg)
-    read -r m0 mt0 _ <<<"$(machine_ticks)"
-    pg0=$(pg_cpu_ticks)
-    out=$(PGOPTIONS="$opts" pgbench -n -h 127.0.0.1 -p "$PG_PORT" -U postgres -c "$c" -j 2 -T "$DURATION" \
-          -M prepared -D nusers="$NUSERS" -D role=user -f "$BENCH_DIR/$script" postgres 2>&1) ||
-      { echo "$script failed:"; echo "$out"; exit 1; }
-    pg1=$(pg_cpu_ticks)
-    read -r m1 mt1 _ <<<"$(machine_ticks)"
-    tps=$(awk '/^tps = / {printf "%.0f", $3}' <<<"$out")
-    n=$(awk '/number of transactions actually processed/ {print $NF}' <<<"$out")
-    lat=$(awk '/^latency average/ {print $4}' <<<"$out")
-    fails=$(awk '/number of failed transactions/ {print $5; f=1} END {if (!f) print 0}' <<<"$out")
-    cpu=$(awk -v t="$TCK" -v n="$n" -v p=$((pg1 - pg0)) -v m=$((m1 - m0)) -v mt=$((mt1 - mt0)) \
-          'BEGIN { printf "%.0f | %.0f%%", p * 1e6 / t / n, 100 * m / mt }')
-    row="| $what | ${SOUND[$key]} | $c | $tps | $lat | $fails | $cpu | $load |"
-    echo "$row"
-    rows+="$row"$'\n'
+    rows+="| $what | ${SOUND[$key]} | $c | $(median <<<"${TPS[$key.$c]}") | $(median <<<"${LAT[$key.$c]}") | $(median <<<"${PGUS[$key.$c]}") | $(range <<<"${PGUS[$key.$c]}") | $(range <<<"${LOADS[$key.$c]}") |"$'\n'
   done
 done
 
 {
   echo
   echo "### SQL shapes of a data-API miss under pgbench — $(date -u +%Y-%m-%d) — $(machine_line)"
-  echo "bench/sql_shapes.sh: pgbench -n -M prepared -j2 -T$DURATION, each script pipelined (\\\\startpipeline/\\\\endpipeline = one Sync, as coredb sends it),"
+  echo "bench/sql_shapes.sh: pgbench -n -M prepared -j2 -T$DURATION (no failed transaction allowed), each script pipelined (\\\\startpipeline/\\\\endpipeline = one Sync, as coredb sends it),"
   echo "$NUSERS users × $NPROJECTS projects, a random user-role caller per transaction (row-level security as coredb_user), page of 20 newest + total."
   echo "PostgreSQL 15 (defaults, max_connections=300), throw-away, same machine. PG µs/tx = CPU of the postmaster and all its processes during the run ÷ transactions."
-  echo "\"sound\": the shape run once by psql for caller 1 shows its own $NPROJECTS projects and no one else's. busy = share of all cores in use (other sessions included); load = 1-min load average before the run."
+  echo "\"sound\": the shape run once by psql for caller 1 shows its own $NPROJECTS projects and no one else's. $ROUNDS rounds, shapes in rotated order: medians, with the range of PG µs/tx and of the 1-min load average before each run (the machine is shared)."
   echo
-  echo "| shape | sound | clients | tx/s | latency ms | failed | PG µs/tx | busy | load |"
-  echo "|---|---|---|---|---|---|---|---|---|"
+  echo "| shape | sound | clients | tx/s | latency ms | PG µs/tx | PG µs/tx range | load range |"
+  echo "|---|---|---|---|---|---|---|---|"
   printf "%s" "$rows"
 } | tee -a "$BENCH_DIR/RESULTS.md"
