@@ -100,11 +100,58 @@ for ((r = 0; r < ROUNDS; r++)); do
     done
   done
 done
+# --- instructions per transaction (IR=0 skips): CPU time on a shared machine
+# swings with everyone else's load, instructions do not. PostgreSQL runs
+# under valgrind's callgrind (its backends are forks: each writes its own
+# count at exit), and each shape runs twice on one connection (-c1), N1 and
+# N2 transactions: (Ir(N2) - Ir(N1)) / (N2 - N1) is the cost of one
+# transaction, the connection's start and prepares cancelled out. ---
+declare -A IRTX
+if [ "${IR:-1}" = 1 ] && command -v valgrind >/dev/null; then
+  N1=${IR_N1:-100} N2=${IR_N2:-600}
+  as_pg "$PG_BIN/pg_ctl" -D "$BENCH_TMP/pg/data" -m fast -w stop >/dev/null
+  mkdir -p "$BENCH_TMP/cg"
+  [ "$(id -u)" = 0 ] && chown postgres "$BENCH_TMP/cg"
+  as_pg valgrind --tool=callgrind --callgrind-out-file="$BENCH_TMP/cg/cg.%p" "$PG_BIN/postgres" \
+    -D "$BENCH_TMP/pg/data" -p "$PG_PORT" -k "$BENCH_TMP/pg" -c listen_addresses=127.0.0.1 -c autovacuum=off \
+    >"$BENCH_TMP/cg/log" 2>&1 &
+  VG_PID=$!
+  for _ in $(seq 1 600); do pg_isready -q -h 127.0.0.1 -p "$PG_PORT" && break; sleep 0.2; done
+  ir_of_run() { # script opts n -> Ir of the backends pgbench used for n transactions
+    local before sum last=-1
+    before=$(ls "$BENCH_TMP/cg")
+    PGOPTIONS="$2" pgbench -n -h 127.0.0.1 -p "$PG_PORT" -U postgres -c 1 -j 1 -t "$3" -M prepared \
+      -D nusers="$NUSERS" -D role=user -f "$BENCH_DIR/$1" postgres >/dev/null 2>&1 || { echo "valgrind run of $1 failed" >&2; return 1; }
+    # pgbench opens a short connection of its own besides the client's: sum
+    # every backend that ended since, once their counts stop changing
+    local files n
+    for _ in $(seq 1 120); do
+      sleep 1
+      files=$(comm -13 <(echo "$before") <(ls "$BENCH_TMP/cg") | sed "s#^#$BENCH_TMP/cg/#")
+      n=$(echo "$files" | grep -c . || true)
+      # a file's count is its "totals:" (or older valgrinds' "summary:") line, once
+      sum=$(echo "$files" | xargs -r awk '/^(totals|summary):/ {s += $2; nextfile} END {printf "%.0f", s}')
+      [ "$n" -ge 2 ] && [ "$sum" = "$last" ] && break
+      last=$sum
+    done
+    echo "$sum"
+  }
+  # the first backends after a start build the relation cache files: not counted
+  ir_of_run pgbench_coredb.sql "" 20 >/dev/null
+  for s in "${SHAPES[@]}"; do
+    IFS='|' read -r key script what opts <<<"$s"
+    i1=$(ir_of_run "$script" "$opts" "$N1") && i2=$(ir_of_run "$script" "$opts" "$N2") &&
+      IRTX[$key]=$(awk -v a="$i1" -v b="$i2" -v n=$((N2 - N1)) 'BEGIN { printf "%.0f", (b - a) / n / 1000 }')
+    echo "Ir $key: ${IRTX[$key]:-?} k instructions/tx" >&2
+  done
+  as_pg "$PG_BIN/pg_ctl" -D "$BENCH_TMP/pg/data" -m fast -w stop >/dev/null || kill "$VG_PID" 2>/dev/null
+  wait "$VG_PID" 2>/dev/null || true
+fi
 rows=""
 for c in $CLIENTS; do
   for s in "${SHAPES[@]}"; do
     IFS='|' read -r key script what opts <<<"$s"
-    rows+="| $what | ${SOUND[$key]} | $c | $(median <<<"${TPS[$key.$c]}") | $(median <<<"${LAT[$key.$c]}") | $(median <<<"${PGUS[$key.$c]}") | $(range <<<"${PGUS[$key.$c]}") | $(range <<<"${LOADS[$key.$c]}") |"$'\n'
+    rows+="| $what | ${SOUND[$key]} | ${IRTX[$key]:--} | $c | $(median <<<"${TPS[$key.$c]}") | $(median <<<"${LAT[$key.$c]}") | $(median <<<"${PGUS[$key.$c]}") | $(range <<<"${PGUS[$key.$c]}") | $(range <<<"${LOADS[$key.$c]}") |"$'\n'
   done
 done
 
@@ -115,8 +162,9 @@ done
   echo "$NUSERS users × $NPROJECTS projects, a random user-role caller per transaction (row-level security as coredb_user), page of 20 newest + total."
   echo "PostgreSQL 15 (defaults, max_connections=300), throw-away, same machine. PG µs/tx = CPU of the postmaster and all its processes during the run ÷ transactions."
   echo "\"sound\": the shape run once by psql for caller 1 shows its own $NPROJECTS projects and no one else's. $ROUNDS rounds, shapes in rotated order: medians, with the range of PG µs/tx and of the 1-min load average before each run (the machine is shared)."
+  echo "PG k instr/tx: thousands of instructions PostgreSQL executes per transaction (callgrind, one connection, see the script): independent of the machine's load."
   echo
-  echo "| shape | sound | clients | tx/s | latency ms | PG µs/tx | PG µs/tx range | load range |"
-  echo "|---|---|---|---|---|---|---|---|"
+  echo "| shape | sound | PG k instr/tx | clients | tx/s | latency ms | PG µs/tx | PG µs/tx range | load range |"
+  echo "|---|---|---|---|---|---|---|---|---|"
   printf "%s" "$rows"
 } | tee -a "$BENCH_DIR/RESULTS.md"
