@@ -30,6 +30,8 @@ SHAPES=(
   "c2|pgbench_shape_window.sql|(c'') rows + count(*) OVER () (empty page loses the total)|"
   "e|pgbench_shape_folded.sql|(e) settings folded into the page statement (one statement in all)|"
   "p|pgbench_shape_pinned.sql|(p) connection pinned to the role (per-role sub-pool): user id settings + (c)|-c role=coredb_user"
+  "fj|pgbench_fast_json.sql|reference (data.sh): one statement building page + total as JSON as the table owner, no role, no RLS|"
+  "fp|pgbench_fast_plain.sql|reference (data.sh): two plain statements as the table owner, no role, no RLS|"
 )
 
 # lib.sh's pg_cpu_ticks, tolerant of a backend that exits while it is read
