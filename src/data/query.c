@@ -6,10 +6,10 @@
  * the caller role's catalog snapshot (only catalog names reach SQL); the
  * result cache is asked (qcache.h, keyed by caller identity + the canonical
  * request); and only then PostgreSQL runs it. The whole database part is
- * ONE round trip: the caller's role with the settings RLS reads, then the
- * page of rows as JSON built by PostgreSQL with its total count in one
- * statement, pipelined up to one Sync (their implicit transaction) and read
- * back together (query_run.c); both are prepared statements of the pooled
+ * ONE round trip: the caller's role with the settings RLS reads, the page
+ * of rows as JSON built by PostgreSQL and the total count, pipelined up to
+ * one Sync (their one implicit transaction: no BEGIN/COMMIT, query_run.c)
+ * and read back together; all are prepared statements of the pooled
  * connection, parsed and planned once per shape. Rows are spliced into the response as
  * PostgreSQL wrote them; the cached bytes are the response minus
  * execution_time_ms and cached.

@@ -4,13 +4,15 @@
  * a page of rows and the total count under the caller's role, and the
  * answer's wrapping. Moved out of query.c so neither calls the other.
  *
- * The round trip is two prepared statements and a Sync: the caller's role
- * + settings (data_internal.h, read prelude), then the page and its total
- * in ONE statement. No BEGIN/COMMIT: up to the Sync the pipeline is one
- * implicit transaction, so the transaction-local role and settings cover
- * the page and end with it. One statement reads page and total from one
- * snapshot and costs PostgreSQL one Bind/Execute instead of four
- * (bench/RESULTS.md, "SQL shapes of a data-API miss").
+ * The round trip is three prepared statements and one Sync: the caller's
+ * role + settings (data_internal.h, the read prelude), the page, the count.
+ * No BEGIN/COMMIT: up to the Sync the pipeline is one implicit transaction,
+ * so the transaction-local role and settings cover the page and the count
+ * and end with them, committed or failed (tests/e2e/test_data_read_shape.py).
+ * Of the shapes measured (bench/sql_shapes.sh, bench/RESULTS.md "SQL shapes
+ * of a data-API miss") this is the cheapest for PostgreSQL that keeps a
+ * total on an empty page; one statement reading page and total together
+ * (string_agg or json_agg of the rows) costs it more, not less.
  */
 #include <inttypes.h>
 #include <stdio.h>
@@ -23,8 +25,8 @@
 #include "core/timeutil.h"
 #include "store/reserved.h"
 
-/* Statements of the pipeline after the read prelude: the page with its total. */
-enum { STMT_PAGE = CDB_DATA_READ_PRELUDE_COUNT, NSTMTS };
+/* Statements of the pipeline after the read prelude: rows, count. */
+enum { STMT_ROWS = CDB_DATA_READ_PRELUDE_COUNT, STMT_COUNT, NSTMTS };
 
 typedef struct page_req {
     json_int_t page, limit;
@@ -96,7 +98,7 @@ static int query_error(int failed, cdb_error *err)
 {
     static const char *const value_states[] = {"22P02", "22007", "22008", "22003", "22025", "42883", NULL};
     const char *state = json_string_value(json_object_get(err->details, "sqlstate"));
-    if (state && failed == STMT_PAGE) {
+    if (state && (failed == STMT_ROWS || failed == STMT_COUNT)) {
         for (const char *const *s = value_states; *s; s++)
             if (strcmp(state, *s) == 0)
                 return cdb_error_set_detail(err, CDB_ERR_INVALID_FILTER, NULL, NULL,
@@ -106,40 +108,36 @@ static int query_error(int failed, cdb_error *err)
 }
 
 /*
- * The page statement: one row, the total (count_sql as a scalar subquery)
- * and the rows' JSON texts joined by ',' in the rows statement's order
- * (NULL for an empty page, whose total still counts). The rows statement
- * ends in LIMIT/OFFSET, so PostgreSQL cannot flatten it into the aggregate
- * and string_agg reads its rows in their order. Both bind the same
- * parameters: count_sql uses the first ones of rows_sql.
- */
-static char *page_sql(const char *rows_sql, const char *count_sql)
-{
-    char *sql = NULL;
-    if (asprintf(&sql, "SELECT (%s), (SELECT string_agg(r.j, ',') FROM (%s) r(j))", count_sql, rows_sql) < 0)
-        return NULL;
-    return sql;
-}
-
-/*
  * The cacheable part of the answer, `"data":[...],"pagination":{...}`,
- * from the page statement's row: the same bytes as splicing the rows.
+ * from the rows and the count.
  */
-static char *page_body(const PGresult *page, const page_req *req, size_t *len_out)
+static char *page_body(const PGresult *rows, const PGresult *count, const page_req *req,
+                       size_t *len_out)
 {
-    bool one = PQntuples(page) == 1 && PQnfields(page) == 2;
-    long long total = one ? strtoll(PQgetvalue(page, 0, 0), NULL, 10) : 0;
+    int n = PQntuples(rows);
+    long long total = PQntuples(count) == 1 ? strtoll(PQgetvalue(count, 0, 0), NULL, 10) : 0;
     long long pages = (total + req->limit - 1) / req->limit;
-    const char *rows = one && !PQgetisnull(page, 0, 1) ? PQgetvalue(page, 0, 1) : "";
-    size_t rows_len = *rows ? (size_t)PQgetlength(page, 0, 1) : 0;
-    char *buf = NULL;
-    int n = asprintf(&buf,
-                     "\"data\":[%.*s],\"pagination\":{\"page\":%" JSON_INTEGER_FORMAT ",\"limit\":%"
-                     JSON_INTEGER_FORMAT ",\"total\":%lld,\"pages\":%lld}",
-                     (int)rows_len, rows, req->page, req->limit, total, pages);
-    if (n < 0)
+    char tail[160];
+    int tail_len = snprintf(tail, sizeof tail,
+                            "],\"pagination\":{\"page\":%" JSON_INTEGER_FORMAT ",\"limit\":%"
+                            JSON_INTEGER_FORMAT ",\"total\":%lld,\"pages\":%lld}",
+                            req->page, req->limit, total, pages);
+    size_t size = sizeof "\"data\":[" + (size_t)tail_len + (size_t)n;
+    for (int i = 0; i < n; i++)
+        size += (size_t)PQgetlength(rows, i, 0);
+    char *buf = malloc(size), *p = buf;
+    if (!buf)
         return NULL;
-    *len_out = (size_t)n;
+    p += sprintf(p, "\"data\":[");
+    for (int i = 0; i < n; i++) {
+        if (i)
+            *p++ = ',';
+        size_t l = (size_t)PQgetlength(rows, i, 0);
+        memcpy(p, PQgetvalue(rows, i, 0), l);
+        p += l;
+    }
+    memcpy(p, tail, (size_t)tail_len + 1);
+    *len_out = (size_t)(p - buf) + (size_t)tail_len;
     return buf;
 }
 
@@ -155,26 +153,28 @@ char *cdb__query_wrap(const char *part, size_t len, int64_t start_us, bool cache
 }
 
 /* Runs the pipeline on a connection of pool; *part gets the cacheable body. */
-static int run_on(cdb_pool *pool, const cdb_principal *p, const char *sql, const cdb_sql *q,
-                  const page_req *req, char **part, size_t *len, cdb_error *err)
+static int run_on(cdb_pool *pool, const cdb_principal *p, const cdb_sql *q, const char *count_sql,
+                  int count_nparams, const page_req *req, char **part, size_t *len, cdb_error *err)
 {
     PGresult *res[NSTMTS] = {0};
     cdb_pool_conn *pc = NULL;
     int failed = -1, rc;
 
-    const char *page_stmt = NULL;
+    const char *rows_stmt = NULL, *count_stmt = NULL;
     PGconn *conn = cdb_txn_acquire(pool, &pc, err);
     if (!conn)
         return err->code;
     /* Each query shape is parsed and planned once per connection. */
-    if ((rc = cdb_pool_conn_prepare(pc, sql, q->nparams, &page_stmt, err)) < 0) {
-        rc = query_error(STMT_PAGE, err); /* a type problem of a filter shows at PREPARE */
+    if ((rc = cdb_pool_conn_prepare(pc, q->text, q->nparams, &rows_stmt, err)) < 0 ||
+        (rc = cdb_pool_conn_prepare(pc, count_sql, count_nparams, &count_stmt, err)) < 0) {
+        rc = query_error(STMT_ROWS, err); /* a type problem of a filter shows at PREPARE */
         goto out_release;
     }
     if ((rc = cdb_data_start_read_pipeline(pc, p, err)) < 0)
         goto out_release;
-    if (!cdb_txn_send(conn, page_stmt, sql, q->nparams, (const char *const *)q->params) ||
-        !PQpipelineSync(conn)) {
+    const char *const *params = (const char *const *)q->params;
+    if (!cdb_txn_send(conn, rows_stmt, q->text, q->nparams, params) ||
+        !cdb_txn_send(conn, count_stmt, count_sql, count_nparams, params) || !PQpipelineSync(conn)) {
         rc = cdb_data_pg_error(conn, NULL, NULL, err);
         goto out_release;
     }
@@ -182,7 +182,7 @@ static int run_on(cdb_pool *pool, const cdb_principal *p, const char *sql, const
         rc = query_error(failed, err);
         goto out_release;
     }
-    if (!(*part = page_body(res[STMT_PAGE], req, len)))
+    if (!(*part = page_body(res[STMT_ROWS], res[STMT_COUNT], req, len)))
         rc = cdb_error_oom(err);
 
 out_release:
@@ -226,23 +226,20 @@ int cdb__query_run(cdb_service *svc, const cdb_principal *p, const cdb_sql *q, c
     const page_req req = {.page = page, .limit = limit};
     int replica = -1, rc;
     bool ryw = false, fresh = false;
-    char *sql = page_sql(q->text, count_sql);
 
-    (void)count_nparams; /* the page statement binds all of q's parameters */
     *cacheable = true;
-    if (!sql)
-        return cdb_error_oom(err);
     if (svc->replicas && !cdb_reserved_has_bound() && cdb_replicas_any_up(svc->replicas)) {
         uint64_t last_lsn = 0, min_lsn = cdb_commit_lsn_get(svc->commit_lsn, p->user_id, &last_lsn);
         replica = cdb_replicas_pick(svc->replicas, min_lsn, lsn_seen > last_lsn ? lsn_seen : last_lsn, &ryw,
                                     &fresh);
     }
     if (replica >= 0) {
-        rc = run_on(cdb_replicas_pool(svc->replicas, replica), p, sql, q, &req, part, len, err);
+        rc = run_on(cdb_replicas_pool(svc->replicas, replica), p, q, count_sql, count_nparams, &req, part, len,
+                    err);
         if (rc == 0 || !replica_retryable(err)) {
             cdb_replicas_count_read(svc->replicas, replica, false, false);
             *cacheable = fresh;
-            goto out;
+            return rc;
         }
         cdb_log_warn("replica.read_failed", "a read failed on a replica (%s); the primary answers it",
                      cdb_err_name(err->code));
@@ -252,10 +249,8 @@ int cdb__query_run(cdb_service *svc, const cdb_principal *p, const cdb_sql *q, c
         cdb_error_destroy(err);
         cdb_error_init(err);
     }
-    rc = run_on(svc->pool, p, sql, q, &req, part, len, err);
+    rc = run_on(svc->pool, p, q, count_sql, count_nparams, &req, part, len, err);
     cdb_replicas_count_read(svc->replicas, -1, ryw, replica >= 0);
-out:
-    free(sql);
     return rc;
 }
 

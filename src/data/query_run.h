@@ -34,8 +34,7 @@ int cdb__query_pagination(const json_t *v, cdb_role role, json_int_t *page, json
                           cdb_error *err);
 /*
  * One round trip under p's role: q (the rows, as JSON text) and count_sql
- * (binding q's first count_nparams parameters), run as ONE statement
- * reading both (query_run.c); *part gets
+ * (binding q's first count_nparams parameters); *part gets
  * `"data":[...],"pagination":{...}` (malloc'd, *len bytes). Runs on a
  * replica when one may answer (query_run.c); lsn_seen is the query cache
  * lookup's (cdb_qcache_lookup.lsn_seen; UINT64_MAX when the answer will not
