@@ -7,15 +7,19 @@
 # runs every shape is executed once by psql for one caller and its total
 # checked: a shape that loses row-level security shows the wrong total and
 # is marked UNSOUND. Throw-away PostgreSQL (lib.sh); coredb runs once to
-# migrate and register the first user, rows seeded by data_seed.sql.
-# Prints the table and appends it to bench/RESULTS.md.
+# migrate and register the first user, rows seeded by data_seed.sql. Then
+# PostgreSQL's instructions per transaction of each shape under callgrind
+# (load-independent; IR=0 skips) and the profile of one shape (IR_PROFILE).
+# Knobs: DURATION (s per run), ROUNDS, CLIENTS ("16 64"; "" = no timed
+# runs), ONLY ("a b": those shapes), IR_N1/IR_N2 (transactions of the two
+# callgrind runs). Prints the table and appends it to bench/RESULTS.md.
 set -euo pipefail
 source "$(dirname "$0")/lib.sh"
 BENCH_DIR=$(cd "$(dirname "$0")" && pwd)
 DURATION=${DURATION:-10}
 NUSERS=${BENCH_DATA_USERS:-200}
 NPROJECTS=45
-CLIENTS=${CLIENTS:-"16 64"}
+CLIENTS=${CLIENTS-"16 64"}
 ROUNDS=${ROUNDS:-3}
 trap bench_cleanup EXIT
 TCK=$(getconf CLK_TCK)
@@ -46,6 +50,13 @@ pg_cpu_ticks() {
   done
   echo "$t"
 }
+
+# ONLY="a b": just those shapes
+if [ -n "${ONLY:-}" ]; then
+  kept=()
+  for s in "${SHAPES[@]}"; do [[ " $ONLY " == *" ${s%%|*} "* ]] && kept+=("$s"); done
+  SHAPES=("${kept[@]}")
+fi
 
 psql_pg() { as_pg psql -q -X -v ON_ERROR_STOP=1 -h "$BENCH_TMP/pg" -p "$PG_PORT" -U postgres "$@"; }
 
@@ -136,6 +147,7 @@ if [ "${IR:-1}" = 1 ] && command -v valgrind >/dev/null; then
       [ "$n" -ge 2 ] && [ "$sum" = "$last" ] && break
       last=$sum
     done
+    echo "$files" >"$BENCH_TMP/cg_last"
     echo "$sum"
   }
   # the first backends after a start build the relation cache files: not counted
@@ -144,6 +156,13 @@ if [ "${IR:-1}" = 1 ] && command -v valgrind >/dev/null; then
     IFS='|' read -r key script what opts <<<"$s"
     i1=$(ir_of_run "$script" "$opts" "$N1") && i2=$(ir_of_run "$script" "$opts" "$N2") &&
       IRTX[$key]=$(awk -v a="$i1" -v b="$i2" -v n=$((N2 - N1)) 'BEGIN { printf "%.0f", (b - a) / n / 1000 }')
+    # the profile of one shape's backend (IR_PROFILE, default b): its top
+    # functions by own instructions
+    if [ "$key" = "${IR_PROFILE:-b}" ]; then
+      big=$(xargs -r ls -S <"$BENCH_TMP/cg_last" | head -1)
+      PROFILE=$(callgrind_annotate --threshold=100 "$big" 2>/dev/null |
+        awk '/file:function/ {f = 1; next} f && /^ *[0-9,]+ \(/ && n < 25 {sub(/ \[.*\]$/, ""); print; n++}')
+    fi
     echo "Ir $key: ${IRTX[$key]:-?} k instructions/tx" >&2
   done
   as_pg "$PG_BIN/pg_ctl" -D "$BENCH_TMP/pg/data" -m fast -w stop >/dev/null || kill "$VG_PID" 2>/dev/null
@@ -169,4 +188,12 @@ done
   echo "| shape | sound | PG k instr/tx | clients | tx/s | latency ms | PG µs/tx | PG µs/tx range | load range |"
   echo "|---|---|---|---|---|---|---|---|---|"
   printf "%s" "$rows"
+  if [ -n "${PROFILE:-}" ]; then
+    echo
+    echo "Where a backend's instructions go, shape (${IR_PROFILE:-b}), $N2 transactions + the connection's start (callgrind_annotate, own instructions, top 25):"
+    echo
+    echo '```'
+    echo "$PROFILE"
+    echo '```'
+  fi
 } | tee -a "$BENCH_DIR/RESULTS.md"
