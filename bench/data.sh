@@ -129,7 +129,7 @@ curl -sf -o /dev/null -H 'Content-Type: application/json' \
   "http://127.0.0.1:$CDB_PORT/users/" || { echo "registering data0 failed"; exit 1; }
 psql_pg -v nusers="$NUSERS" -v nprojects="$NPROJECTS" -f "$BENCH_DIR/data_seed.sql"
 python3 "$BENCH_DIR/data_setup.py" "http://127.0.0.1:$CDB_PORT" "$NUSERS" "$BENCH_TMP" "$BODY"
-threads=$(env -u JWT_SECRET -u DATABASE_URL "${CDB_ENV[@]}" "$ROOT/build/coredb" config |
+threads=$(env -u JWT_SECRET -u DATABASE_URL "${CDB_ENV[@]}" "$ROOT/build/coredb" config --json |
   python3 -c 'import json,sys; c=json.load(sys.stdin); print(c["HTTP_THREADS"], c["DB_POOL_MAX"], c["REDIS_POOL_SIZE"])')
 read -r http_threads pool_max redis_pool <<<"$threads"
 
