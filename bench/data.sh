@@ -140,7 +140,7 @@ pgbench_run exact prepared pgbench_coredb.sql "pgbench -M prepared" "the exact S
 bench_start_coredb REDIS_URL="$REDIS_URL" CACHE_TTL=0 "${CDB_ENV[@]}"
 # shellcheck disable=SC2046
 $(wrk_cmd 2s) >/dev/null   # untimed: fills the pools, warms PostgreSQL's caches
-accounted_run miss wrk "coredb, CACHE_TTL=0" "POST /api/v1/data/query: HTTP, JWT, Redis session GET, worker, pipeline of 5 prepared statements (BEGIN, role + settings, page, count, COMMIT)" $(wrk_cmd "$DURATION")
+accounted_run miss wrk "coredb, CACHE_TTL=0" "POST /api/v1/data/query: HTTP, JWT, Redis session GET, worker, pipeline of 3 prepared statements up to one Sync (role + settings, page, count; no BEGIN/COMMIT since issue 8)" $(wrk_cmd "$DURATION")
 bench_stop_coredb
 
 # --- coredb, every request a hit ---
