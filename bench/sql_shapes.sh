@@ -26,8 +26,8 @@ TCK=$(getconf CLK_TCK)
 
 # key | script | what | PGOPTIONS
 SHAPES=(
-  "a|pgbench_coredb.sql|(a) today: BEGIN, role + settings, page (row_to_json), count, COMMIT|"
-  "b|pgbench_shape_nobegin.sql|(b) no BEGIN/COMMIT: role + settings, page, count (one implicit transaction up to the Sync)|"
+  "a|pgbench_coredb.sql|(a) coredb before issue 8: BEGIN, role + settings, page (row_to_json), count, COMMIT|"
+  "b|pgbench_shape_nobegin.sql|(b) coredb since issue 8, no BEGIN/COMMIT: role + settings, page, count (one implicit transaction up to the Sync)|"
   "c|pgbench_shape_one.sql|(c) no BEGIN/COMMIT, page + total in one statement (scalar subquery total, string_agg of row_to_json)|"
   "d|pgbench_shape_one_jsonagg.sql|(d) as (c) with json_agg building the page|"
   "c1|pgbench_shape_rows_total.sql|(c') rows + the total as a scalar subquery column (empty page loses the total)|"
