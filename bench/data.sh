@@ -136,7 +136,7 @@ read -r http_threads pool_max redis_pool <<<"$threads"
 # --- the exact SQL in PostgreSQL alone, then the same work through coredb ---
 # (no coredb runs while pgbench does: its pool's backends would count as pgbench's)
 bench_stop_coredb
-pgbench_run exact prepared pgbench_coredb.sql "pgbench -M prepared" "the exact SQL of a miss: BEGIN, role + settings, row_to_json page, count, COMMIT (pipelined, prepared as coredb does)"
+pgbench_run exact prepared pgbench_coredb.sql "pgbench -M prepared" "the exact SQL of a miss: role + settings, row_to_json page, count up to one Sync, no BEGIN/COMMIT (pipelined, prepared as coredb does)"
 bench_start_coredb REDIS_URL="$REDIS_URL" CACHE_TTL=0 "${CDB_ENV[@]}"
 # shellcheck disable=SC2046
 $(wrk_cmd 2s) >/dev/null   # untimed: fills the pools, warms PostgreSQL's caches

@@ -26,8 +26,8 @@ TCK=$(getconf CLK_TCK)
 
 # key | script | what | PGOPTIONS
 SHAPES=(
-  "a|pgbench_coredb.sql|(a) coredb before issue 8: BEGIN, role + settings, page (row_to_json), count, COMMIT|"
-  "b|pgbench_shape_nobegin.sql|(b) coredb since issue 8, no BEGIN/COMMIT: role + settings, page, count (one implicit transaction up to the Sync)|"
+  "a|pgbench_shape_begin.sql|(a) coredb before issue 8: BEGIN, role + settings, page (row_to_json), count, COMMIT|"
+  "b|pgbench_coredb.sql|(b) coredb since issue 8, no BEGIN/COMMIT: role + settings, page, count (one implicit transaction up to the Sync)|"
   "c|pgbench_shape_one.sql|(c) no BEGIN/COMMIT, page + total in one statement (scalar subquery total, string_agg of row_to_json)|"
   "d|pgbench_shape_one_jsonagg.sql|(d) as (c) with json_agg building the page|"
   "c1|pgbench_shape_rows_total.sql|(c') rows + the total as a scalar subquery column (empty page loses the total)|"
@@ -153,7 +153,7 @@ if [ "${IR:-1}" = 1 ] && command -v valgrind >/dev/null; then
     echo "$sum"
   }
   # the first backends after a start build the relation cache files: not counted
-  ir_of_run pgbench_coredb.sql "" 20 >/dev/null
+  ir_of_run pgbench_shape_begin.sql "" 20 >/dev/null
   for s in "${SHAPES[@]}"; do
     IFS='|' read -r key script what opts <<<"$s"
     i1=$(ir_of_run "$script" "$opts" "$N1") && i2=$(ir_of_run "$script" "$opts" "$N2") &&
