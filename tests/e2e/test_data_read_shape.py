@@ -17,14 +17,17 @@ What must hold, checked here against the real binary and PostgreSQL:
   documents);
 - a bad filter value fails mid-pipeline with 400 INVALID_FILTER and leaves
   the one connection idle and usable for the next caller;
+- what the next request on that connection sees before it sets anything
+  (an Idempotency-Key claim, probed by a trigger): the login role, no user
+  id, no app role;
 - the rows come back in the page's order."""
 import ctypes
 import ctypes.util
 
 import pytest
 
-from datahelp import (add_project, add_projects, admin_of, assert_error, query, query_ok, start_instance, tx_ok,
-                      user, wait_for)
+from datahelp import (add_project, add_projects, admin_of, assert_error, query, query_ok, scalar, start_instance,
+                      tx_ok, user, wait_for)
 from identity import unique
 
 # the module fixture rds (conftest.py) uses this Redis database; the instance
@@ -172,6 +175,63 @@ def test_callers_on_one_connection_see_only_their_rows(one):
     # the count was the last statement on the pool's backend: no COMMIT followed it
     last = [r[2] for r in backends(one)]
     assert 'SELECT count(*) FROM "public"."projects"' in last and "COMMIT" not in last, last
+
+
+PROBE_SQL = """
+CREATE TABLE IF NOT EXISTS public.shape_probe (seen_at timestamptz DEFAULT clock_timestamp(), who text,
+                                               uid text, app_role text);
+CREATE OR REPLACE FUNCTION public.shape_probe_fn() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    INSERT INTO public.shape_probe (who, uid, app_role)
+    VALUES (current_user, current_setting('app.current_user_id', true), current_setting('app.current_role', true));
+    RETURN NULL;
+END $$;
+DROP TRIGGER IF EXISTS shape_probe ON coredb.tx_ledger;
+CREATE TRIGGER shape_probe AFTER DELETE ON coredb.tx_ledger FOR EACH STATEMENT EXECUTE FUNCTION public.shape_probe_fn();
+"""
+
+
+def test_nothing_a_read_sets_is_left_on_the_connection(one):
+    """What the next request on the connection sees BEFORE it sets anything.
+    An Idempotency-Key transaction runs its key's claim right after BEGIN as
+    coredb's login role, before the caller's role is set; the claim DELETEs
+    from coredb.tx_ledger, and a statement trigger put there by this test
+    records the role and settings it ran with. On the one pooled connection,
+    after user A's reads, user B's claim must run as the login (postgres)
+    with no user id and no app role: a setting or role a read had left at
+    session level would show here (the first block shows the probe sees a
+    session setting)."""
+    conn = one.pg.connect(one.db)
+    try:
+        with conn.cursor() as cur:
+            cur.execute(PROBE_SQL)
+            # the probe itself: a session-level setting is what it records
+            cur.execute("SELECT set_config('app.current_user_id', 'leaked', false)")
+            cur.execute("DELETE FROM coredb.tx_ledger WHERE false")
+            cur.execute("SELECT uid FROM public.shape_probe")
+            assert cur.fetchall() == [("leaked",)]
+            cur.execute("TRUNCATE public.shape_probe")
+        a, b = user(one), user(one)
+        add_projects(one, a.id, 2, prefix="k")
+        for i in range(3):
+            out = query_ok(one, a, {"table": "projects", "select": ["user_id"]})
+            assert out["pagination"]["total"] == 2, out
+            # a failed read too: its implicit transaction is rolled back at the Sync
+            assert_error(query(one, a, {"table": "projects", "filters": {"id": "nope"}}), 400, "INVALID_FILTER")
+            resp = one.post("/api/v1/data/transaction", headers={**b.headers, "Idempotency-Key": unique("k")},
+                            json={"operations": [{"database": "postgresql", "operation": "insert", "table": "projects",
+                                                  "data": {"user_id": b.id, "title": f"b{i}"}}]})
+            assert resp.status_code == 200, resp.text
+        with conn.cursor() as cur:
+            cur.execute("SELECT who, coalesce(uid, ''), coalesce(app_role, '') FROM public.shape_probe")
+            seen = cur.fetchall()
+        assert len(seen) == 3 and set(seen) == {("postgres", "", "")}, seen
+        # B's rows were written as B (its own role came after the claim)
+        assert scalar(one, "SELECT count(*) FROM projects WHERE user_id = %s", (b.id,)) == 3
+    finally:
+        with conn.cursor() as cur:
+            cur.execute("DROP TRIGGER IF EXISTS shape_probe ON coredb.tx_ledger")
+        conn.close()
 
 
 def test_page_past_the_end_keeps_the_total(one):
