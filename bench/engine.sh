@@ -125,7 +125,7 @@ bench_stop_coredb
 # shellcheck disable=SC2034  # read by pgbench_run (lib.sh)
 CONNS=64
 pgbench_run fast prepared pgbench_fast_json.sql "pgbench -c64, fastest shape" "one statement building page + total as JSON, owner filtering by user_id, no role switch (-M prepared)"
-pgbench_run exact prepared pgbench_coredb.sql "pgbench -c64, exact SQL" "the exact SQL of a coredb miss: BEGIN, role + settings, row_to_json page, count, COMMIT (pipelined, prepared as coredb does)"
+pgbench_run exact prepared pgbench_coredb.sql "pgbench -c64, exact SQL" "the exact SQL of a coredb miss: role + settings, row_to_json page, count up to one Sync, no BEGIN/COMMIT (pipelined, prepared as coredb does)"
 
 # --- coredb, every request a miss ---
 bench_start_coredb REDIS_URL="$REDIS_URL" CACHE_TTL=0 "${CDB_ENV[@]}"

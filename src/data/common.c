@@ -32,6 +32,15 @@ int cdb_data_start_pipeline_after(cdb_pool_conn *pc, const cdb_principal *p, con
                                      nparams, params, err);
 }
 
+int cdb_data_start_read_pipeline(cdb_pool_conn *pc, const cdb_principal *p, cdb_error *err)
+{
+    const char *db_role = cdb_principal_db_role(p);
+
+    if (!db_role)
+        return cdb_principal_require(NULL, err);
+    return cdb_txn_pipeline_read_as(pc, db_role, p->user_id, cdb_role_name(p->role), err);
+}
+
 /*
  * The next result within the connection's deadline (pg.h), counted afresh
  * for each: a long pipeline whose statements each answer in time is not cut

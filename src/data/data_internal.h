@@ -10,7 +10,8 @@
  *   SELECT set_config('role', <db role>, true), set_config('app.current_user_id', ...),
  *          set_config('app.current_role', ...);   -- prepared, = SET LOCAL ROLE + settings
  *   ...statements...; COMMIT
- * and the SQL of that prelude lives only in store/txn.c.
+ * (a read drops BEGIN and COMMIT: the pipeline up to its Sync is one
+ * implicit transaction), and the SQL of that prelude lives only in store/txn.c.
  */
 #ifndef COREDB_DATA_INTERNAL_H
 #define COREDB_DATA_INTERNAL_H
@@ -30,6 +31,9 @@
 /* How many results cdb_data_start_pipeline queues (BEGIN, role + settings). */
 #define CDB_DATA_PRELUDE_COUNT CDB_TXN_PRELUDE_COUNT
 
+/* How many results cdb_data_start_read_pipeline queues (role + settings). */
+#define CDB_DATA_READ_PRELUDE_COUNT CDB_TXN_READ_PRELUDE_COUNT
+
 /*
  * Enters pipeline mode on pc and queues the prelude: BEGIN, then one
  * statement that switches to the caller's database role (SET LOCAL) and
@@ -48,6 +52,15 @@ int cdb_data_start_pipeline(cdb_pool_conn *pc, const cdb_principal *p, cdb_error
  */
 int cdb_data_start_pipeline_after(cdb_pool_conn *pc, const cdb_principal *p, const char *first,
                                   int nparams, const char *const *params, cdb_error *err);
+
+/*
+ * The prelude of a read (the query path): the role + settings statement
+ * without BEGIN; every statement queued after it up to PQpipelineSync is
+ * ONE implicit transaction under the caller's role, whose settings end at
+ * the Sync (store/txn.h cdb_txn_pipeline_read_as). No COMMIT to queue.
+ * CDB_DATA_READ_PRELUDE_COUNT results follow.
+ */
+int cdb_data_start_read_pipeline(cdb_pool_conn *pc, const cdb_principal *p, cdb_error *err);
 
 /*
  * After PQpipelineSync: reads the results of n queued statements and the

@@ -6,10 +6,11 @@
  * the caller role's catalog snapshot (only catalog names reach SQL); the
  * result cache is asked (qcache.h, keyed by caller identity + the canonical
  * request); and only then PostgreSQL runs it. The whole database part is
- * ONE round trip: BEGIN, the caller's role with the settings RLS reads, the
- * page of rows as JSON built by PostgreSQL, the total count and COMMIT are
- * pipelined and read back together; all but BEGIN and COMMIT are prepared
- * statements of the pooled connection, parsed and planned once per shape. Rows are spliced into the response as
+ * ONE round trip: the caller's role with the settings RLS reads, the page
+ * of rows as JSON built by PostgreSQL and the total count, pipelined up to
+ * one Sync (their one implicit transaction: no BEGIN/COMMIT, query_run.c)
+ * and read back together; all are prepared statements of the pooled
+ * connection, parsed and planned once per shape. Rows are spliced into the response as
  * PostgreSQL wrote them; the cached bytes are the response minus
  * execution_time_ms and cached.
  *
@@ -32,8 +33,6 @@
 #include "core/metrics.h"
 #include "core/timeutil.h"
 
-
-/* Statements of the pipeline after the prelude: rows, count, COMMIT. */
 
 /* A validated request, pointing into the request JSON. */
 typedef struct query_req {

@@ -3,6 +3,16 @@
  * (doc_query.c) share: pagination, the one pipelined round trip that reads
  * a page of rows and the total count under the caller's role, and the
  * answer's wrapping. Moved out of query.c so neither calls the other.
+ *
+ * The round trip is three prepared statements and one Sync: the caller's
+ * role + settings (data_internal.h, the read prelude), the page, the count.
+ * No BEGIN/COMMIT: up to the Sync the pipeline is one implicit transaction,
+ * so the transaction-local role and settings cover the page and the count
+ * and end with them, committed or failed (tests/e2e/test_data_read_shape.py).
+ * Of the shapes measured (bench/sql_shapes.sh, bench/RESULTS.md "SQL shapes
+ * of a data-API miss") this is the cheapest for PostgreSQL that keeps a
+ * total on an empty page; one statement reading page and total together
+ * (string_agg or json_agg of the rows) costs it more, not less.
  */
 #include <inttypes.h>
 #include <stdio.h>
@@ -15,8 +25,8 @@
 #include "core/timeutil.h"
 #include "store/reserved.h"
 
-/* Statements of the pipeline after the prelude: rows, count, COMMIT. */
-enum { STMT_ROWS = CDB_DATA_PRELUDE_COUNT, STMT_COUNT, STMT_COMMIT, NSTMTS };
+/* Statements of the pipeline after the read prelude: rows, count. */
+enum { STMT_ROWS = CDB_DATA_READ_PRELUDE_COUNT, STMT_COUNT, NSTMTS };
 
 typedef struct page_req {
     json_int_t page, limit;
@@ -166,12 +176,11 @@ static int run_on(cdb_pool *pool, const cdb_principal *p, const cdb_sql *q, cons
         rc = query_error(STMT_ROWS, err); /* a type problem of a filter shows at PREPARE */
         goto out_release;
     }
-    if ((rc = cdb_data_start_pipeline(pc, p, err)) < 0)
+    if ((rc = cdb_data_start_read_pipeline(pc, p, err)) < 0)
         goto out_release;
     const char *const *params = (const char *const *)q->params;
     if (!cdb_txn_send(conn, rows_stmt, q->text, q->nparams, params) ||
-        !cdb_txn_send(conn, count_stmt, count_sql, count_nparams, params) ||
-        !cdb_txn_send(conn, NULL, "COMMIT", 0, NULL) || !PQpipelineSync(conn)) {
+        !cdb_txn_send(conn, count_stmt, count_sql, count_nparams, params) || !PQpipelineSync(conn)) {
         rc = cdb_data_pg_error(conn, NULL, NULL, err);
         goto out_release;
     }

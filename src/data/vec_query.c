@@ -24,7 +24,8 @@
 #include "core/timeutil.h"
 #include "store/pg.h"
 
-enum { STMT_ROWS = CDB_DATA_PRELUDE_COUNT, STMT_COMMIT, NSTMTS };
+/* A read: the role + settings, then the candidates, one implicit transaction up to the Sync. */
+enum { STMT_ROWS = CDB_DATA_READ_PRELUDE_COUNT, NSTMTS };
 
 typedef struct search_req {
     const json_t *filter;
@@ -241,10 +242,9 @@ static int fetch(cdb_service *svc, const cdb_principal *p, const char *sql, int 
     if (!conn)
         return err->code;
     if ((rc = cdb_pool_conn_prepare(pc, sql, nparams, &stmt, err)) < 0 ||
-        (rc = cdb_data_start_pipeline(pc, p, err)) < 0)
+        (rc = cdb_data_start_read_pipeline(pc, p, err)) < 0)
         goto out;
-    if (!cdb_txn_send(conn, stmt, sql, nparams, params) ||
-        !cdb_txn_send(conn, NULL, "COMMIT", 0, NULL) || !PQpipelineSync(conn)) {
+    if (!cdb_txn_send(conn, stmt, sql, nparams, params) || !PQpipelineSync(conn)) {
         rc = cdb_data_pg_error(conn, NULL, NULL, err);
         goto out;
     }

@@ -67,9 +67,10 @@ bool cdb_txn_send(PGconn *conn, const char *name, const char *sql, int nparams,
                 : PQsendQueryParams(conn, sql, nparams, NULL, params, NULL, NULL, 0) == 1;
 }
 
-int cdb_txn_pipeline_begin_as(cdb_pool_conn *pc, const char *db_role, const char *user_id,
-                              const char *app_role, const char *first, int nparams,
-                              const char *const *params, cdb_error *err)
+/* The pipeline's start: [BEGIN, [first,]] role + settings. */
+static int pipeline_start(cdb_pool_conn *pc, bool begin, const char *db_role, const char *user_id,
+                          const char *app_role, const char *first, int nparams,
+                          const char *const *params, cdb_error *err)
 {
     PGconn *conn = cdb_pool_conn_pg(pc);
     const char *prelude = NULL;
@@ -78,9 +79,27 @@ int cdb_txn_pipeline_begin_as(cdb_pool_conn *pc, const char *db_role, const char
     if ((rc = cdb_pool_conn_prepare(pc, PRELUDE_SQL, 3, &prelude, err)) < 0)
         return rc;
     const char *settings[3] = {db_role, user_id, app_role};
-    if (!PQenterPipelineMode(conn) || !cdb_txn_send(conn, NULL, "BEGIN", 0, NULL) ||
+    if (!PQenterPipelineMode(conn) || (begin && !cdb_txn_send(conn, NULL, "BEGIN", 0, NULL)) ||
         (first && !cdb_txn_send(conn, NULL, first, nparams, params)) ||
         !cdb_txn_send(conn, prelude, PRELUDE_SQL, 3, settings))
         return cdb_pg_error_from_result(conn, NULL, err);
     return 0;
+}
+
+int cdb_txn_pipeline_begin_as(cdb_pool_conn *pc, const char *db_role, const char *user_id,
+                              const char *app_role, const char *first, int nparams,
+                              const char *const *params, cdb_error *err)
+{
+    return pipeline_start(pc, true, db_role, user_id, app_role, first, nparams, params, err);
+}
+
+int cdb_txn_pipeline_read_as(cdb_pool_conn *pc, const char *db_role, const char *user_id,
+                             const char *app_role, cdb_error *err)
+{
+    /* libpq knows the state from the last ReadyForQuery: no round trip. A
+     * pooled or lease connection is always given back idle (cdb_txn_release),
+     * so this only trips on a bug, which must not widen a caller's rights. */
+    if (PQtransactionStatus(cdb_pool_conn_pg(pc)) != PQTRANS_IDLE)
+        return cdb_error_set(err, CDB_ERR_INTERNAL_ERROR, "Internal error");
+    return pipeline_start(pc, false, db_role, user_id, app_role, NULL, 0, NULL, err);
 }

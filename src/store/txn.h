@@ -21,6 +21,9 @@
 /* How many results cdb_txn_pipeline_begin_as queues (BEGIN, role + settings). */
 #define CDB_TXN_PRELUDE_COUNT 2
 
+/* How many results cdb_txn_pipeline_read_as queues (role + settings). */
+#define CDB_TXN_READ_PRELUDE_COUNT 1
+
 /* A pooled connection; NULL + DATABASE_UNAVAILABLE without a pool, or the pool's error. */
 PGconn *cdb_txn_acquire(cdb_pool *pool, cdb_pool_conn **pc, cdb_error *err);
 /*
@@ -47,5 +50,19 @@ bool cdb_txn_send(PGconn *conn, const char *name, const char *sql, int nparams,
 int cdb_txn_pipeline_begin_as(cdb_pool_conn *pc, const char *db_role, const char *user_id,
                               const char *app_role, const char *first, int nparams,
                               const char *const *params, cdb_error *err);
+
+/*
+ * The same for a read that needs no transaction block: enters pipeline
+ * mode and queues the prepared role + settings statement alone (no BEGIN).
+ * Everything queued after it up to PQpipelineSync runs in ONE implicit
+ * transaction (the extended query protocol closes a transaction at Sync,
+ * PostgreSQL 15 docs 55.2.4 "Pipelining"), so the transaction-local role
+ * and settings hold for exactly those statements and are undone at the
+ * Sync, committed or failed. Only on an idle connection: inside an open
+ * transaction they would outlive the request (INTERNAL_ERROR then).
+ * CDB_TXN_READ_PRELUDE_COUNT results follow.
+ */
+int cdb_txn_pipeline_read_as(cdb_pool_conn *pc, const char *db_role, const char *user_id,
+                             const char *app_role, cdb_error *err);
 
 #endif
