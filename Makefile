@@ -173,6 +173,11 @@ bench-replicas: deps all
 bench-engine: deps all
 	$(Q)bash bench/engine.sh
 
+# issue 8: the delay between a write on one instance and another's first-level cache
+.PHONY: bench-invalidation
+bench-invalidation: deps all
+	$(Q)COREDB_BIN=$(CURDIR)/build/coredb /usr/bin/python3 bench/invalidation.py
+
 # libFuzzer harnesses (fuzz/, issue 16): clang with libFuzzer + ASan + UBSan,
 # the library rebuilt in build-fuzz/ with coverage instrumentation. `make
 # fuzz` runs each for FUZZ_SECONDS (default 60, scripts/fuzz.sh).

@@ -183,18 +183,23 @@ out:
     return s;
 }
 
-cdb_colset *cdb__colring_peek(cdb_service *svc)
+/* The current snapshot, fresh (younger than the TTL) or, when any_age, as old as it is. */
+static cdb_colset *current(cdb_colring *r, bool any_age)
 {
-    cdb_colring *r = svc->colring;
     cdb_colset *s = NULL;
     int64_t now = cdb_mono_us();
     pthread_mutex_lock(&r->lock);
-    if (r->current && r->loaded_us && now - r->loaded_us < CDB_COLRING_TTL_MS * 1000LL) {
+    if (r->current && r->loaded_us && (any_age || now - r->loaded_us < CDB_COLRING_TTL_MS * 1000LL)) {
         s = r->current;
         s->refs++;
     }
     pthread_mutex_unlock(&r->lock);
     return s;
+}
+
+cdb_colset *cdb__colring_peek(cdb_service *svc)
+{
+    return current(svc->colring, true);
 }
 
 cdb_colset *cdb__colring_get(cdb_service *svc, cdb_error *err)
@@ -203,7 +208,7 @@ cdb_colset *cdb__colring_get(cdb_service *svc, cdb_error *err)
     cdb_colset *s = NULL;
     int64_t now = cdb_mono_us();
 
-    if ((s = cdb__colring_peek(svc)))
+    if ((s = current(r, false)))
         return s;
     /* loaded outside the lock: a slow database does not stall the readers of a fresh snapshot */
     cdb_error load_err;

@@ -58,7 +58,12 @@ void cdb__colring_invalidate(cdb_colring *r);
  */
 cdb_colset *cdb__colring_get(cdb_service *svc, cdb_error *err);
 void cdb__colring_put(cdb_service *svc, cdb_colset *s);
-/* The current snapshot when it is fresh, else NULL; never loads (the event loops). */
+/*
+ * The current snapshot whatever its age, NULL before the first load; never
+ * loads (the event loops). The one every worker of this process sees too:
+ * the job refresh_encryption_snapshot (data/jobs.c) reloads it every second,
+ * and a failed reload keeps it, as cdb__colring_get does.
+ */
 cdb_colset *cdb__colring_peek(cdb_service *svc);
 /* The column of s, or NULL. */
 const cdb_enccol *cdb__colset_find(const cdb_colset *s, const char *table, const char *column);
