@@ -135,6 +135,8 @@ static const struct {
                                          "Invalidation subscriptions lost (the first-level cache was flushed).", ""},
     [CDB_M_INVAL_PUBLISH_FAILURES] = {"coredb_cache_invalidation_publish_failures_total",
                                       "Invalidations that could not be published to the other instances.", ""},
+    [CDB_M_INVAL_ACK_TIMEOUTS] = {"coredb_cache_invalidation_ack_timeouts_total",
+                                  "Invalidations published whose every acknowledgement did not come in time.", ""},
 };
 
 /* ---- state behind a mutex (rare events, registration) ---- */

@@ -64,6 +64,7 @@ typedef enum cdb__metric {
     CDB_M_INVAL_RECEIVED,          /* store/invalidation.c: pub/sub messages applied */
     CDB_M_INVAL_SUBSCRIPTION_LOSSES,
     CDB_M_INVAL_PUBLISH_FAILURES,
+    CDB_M_INVAL_ACK_TIMEOUTS,
     CDB_M_L1_ANSWER_HITS,          /* store/l1cache.c via http/loop_admit.c: answers from a loop's L1 */
     CDB_M_L1_SESSION_HITS,         /* ... session liveness from a loop's L1 */
     CDB_M__COUNT

@@ -72,9 +72,13 @@ struct cdb_inval {
     atomic_bool stopping;
     _Atomic(char *) channel;        /* "coredb:<ns>:inval", set once before the thread starts */
 
+    _Atomic int64_t alive_ms;       /* cdb_mono_ms of the last read whose messages are all applied */
+
     /* the subscriber thread's own */
     bool outage_logged;
     int64_t last_malformed_warn_ms;
+    redisContext *acks;             /* its second connection: acknowledgements, pipelined */
+    int nacks;                      /* acknowledgements of the messages of this read, not sent yet */
 };
 
 /* ---- names and stripes ---- */
@@ -206,12 +210,24 @@ void cdb_inval_delay_quantiles(cdb_inval *inv, int64_t *p50_us, int64_t *p99_us,
 
 /* ---- tickets ---- */
 
+/*
+ * The subscription proved itself within CDB_INVAL_FRESH_MS: every message
+ * published before then is applied here. A publisher waits for every
+ * subscriber's acknowledgement up to CDB_INVAL_ACK_WAIT_MS, longer than
+ * that; so when a writer has its answer, an instance that did not apply its
+ * invalidation has not proved itself for that long, and uses no ticket.
+ */
+static bool fresh(cdb_inval *inv)
+{
+    return cdb_mono_ms() - atomic_load(&inv->alive_ms) < CDB_INVAL_FRESH_MS;
+}
+
 static bool ticket(cdb_inval *inv, _Atomic uint64_t *stripes, const char *name, cdb_inval_ticket *t)
 {
     if (!inv || !name || !t)
         return false;
     t->epoch = atomic_load(&inv->epoch);
-    if (!atomic_load(&inv->usable))
+    if (!atomic_load(&inv->usable) || !fresh(inv))
         return false;
     t->seq = atomic_load(&stripes[stripe_of(name, strlen(name))]);
     return true;
@@ -224,7 +240,7 @@ static bool valid(cdb_inval *inv, _Atomic uint64_t *stripes, const char *name, c
     /* stripe first, epoch last: a loss between the two reads still fails */
     if (atomic_load(&stripes[stripe_of(name, strlen(name))]) != t->seq)
         return false;
-    if (!atomic_load(&inv->usable))
+    if (!atomic_load(&inv->usable) || !fresh(inv))
         return false;
     return atomic_load(&inv->epoch) == t->epoch;
 }
@@ -256,10 +272,54 @@ uint64_t cdb_inval_epoch(cdb_inval *inv)
 
 bool cdb_inval_usable(cdb_inval *inv)
 {
-    return inv && atomic_load(&inv->usable);
+    return inv && atomic_load(&inv->usable) && fresh(inv);
 }
 
 /* ---- publishing ---- */
+
+/* The list every subscriber of a message pushes its acknowledgement to. */
+static int ack_key(const char *channel, const char *msg, size_t len, char *key, size_t keylen)
+{
+    return snprintf(key, keylen, "%s:ack:%.*s", channel, (int)len, msg);
+}
+
+/*
+ * Waits until the n subscribers PUBLISH reached have applied msg (each
+ * pushes to its ack list), at most CDB_INVAL_ACK_WAIT_MS: then the writer
+ * answers knowing no instance serves what msg voids (see fresh()).
+ */
+static void await_acks(cdb_inval *inv, const char *channel, const char *msg, size_t len, long long n)
+{
+    char key[CDB_INVAL_NAME_MAX + 400];
+    cdb_error err;
+    ack_key(channel, msg, len, key, sizeof key);
+    int64_t deadline = cdb_mono_ms() + CDB_INVAL_ACK_WAIT_MS;
+    long long got = 0;
+    cdb_error_init(&err);
+    while (got < n) {
+        int64_t left = deadline - cdb_mono_ms();
+        if (left <= 0)
+            break;
+        char timeout[32];
+        snprintf(timeout, sizeof timeout, "%.3f", (double)left / 1000.0);
+        const char *argv[] = {"BLPOP", key, timeout};
+        redisReply *r = cdb_redis_command_argv(inv->sync, 3, argv, NULL, &err);
+        bool popped = r && r->type == REDIS_REPLY_ARRAY;
+        freeReplyObject(r);
+        if (!popped)
+            break;        /* timed out, or Redis failed: the laggards' tickets expire on their own */
+        got++;
+    }
+    if (got < n) {
+        cdb__metrics_inc(CDB_M_INVAL_ACK_TIMEOUTS);
+        cdb_log_warn("inval_ack_timeout", "%lld of %lld instances acknowledged an invalidation within %d ms; "
+                     "the others use no first-level cache until their subscription proves itself again",
+                     got, n, CDB_INVAL_ACK_WAIT_MS);
+    }
+    const char *del[] = {"DEL", key};
+    freeReplyObject(cdb_redis_command_argv(inv->sync, 2, del, NULL, &err));
+    cdb_error_destroy(&err);
+}
 
 static void publish(cdb_inval *inv, char kind, const char *name)
 {
@@ -289,6 +349,8 @@ static void publish(cdb_inval *inv, char kind, const char *name)
         cdb_log_warn("inval_publish_failed", "could not publish a %s invalidation: %s",
                      kind == 't' ? "table" : "session",
                      reply ? "Redis refused PUBLISH" : err.message);
+    } else if (reply->type == REDIS_REPLY_INTEGER && reply->integer > 0) {
+        await_acks(inv, channel, msg, len, reply->integer);
     }
     freeReplyObject(reply);
     cdb_error_destroy(&err);
@@ -349,6 +411,31 @@ static void malformed(cdb_inval *inv)
     }
 }
 
+/* The acknowledgement of an applied message, sent with the others of its read (send_acks). */
+static void queue_ack(cdb_inval *inv, const char *msg, size_t len)
+{
+    char key[CDB_INVAL_NAME_MAX + 400];
+    if (!inv->acks)
+        return;
+    ack_key(atomic_load(&inv->channel), msg, len, key, sizeof key);
+    if (redisAppendCommand(inv->acks, "RPUSH %s 1", key) == REDIS_OK &&
+        redisAppendCommand(inv->acks, "PEXPIRE %s %d", key, CDB_INVAL_ACK_WAIT_MS * 4) == REDIS_OK)
+        inv->nacks += 2;
+}
+
+/* Sends the queued acknowledgements and reads their replies; false when that connection failed. */
+static bool send_acks(cdb_inval *inv)
+{
+    bool ok = true;
+    for (; inv->nacks > 0; inv->nacks--) {
+        void *r = NULL;
+        if (ok && (redisGetReply(inv->acks, &r) != REDIS_OK || !r))
+            ok = false;
+        freeReplyObject(r);
+    }
+    return ok;
+}
+
 /* One message's payload: "t|s <usec> <name>" or "T|S <usec>". */
 static void on_message(cdb_inval *inv, const char *p, size_t len)
 {
@@ -378,6 +465,7 @@ static void on_message(cdb_inval *inv, const char *p, size_t len)
     }
     cdb__metrics_inc(CDB_M_INVAL_RECEIVED);
     record_delay(inv, sent);
+    queue_ack(inv, p, len);
     return;
 bad:
     malformed(inv);
@@ -467,7 +555,7 @@ static bool flush_out(redisContext *c)
  */
 static void subscribed(cdb_inval *inv, redisContext *c, const char *channel, char *why, size_t whylen)
 {
-    int64_t last_rx = cdb_mono_ms(), last_ping = last_rx;
+    int64_t last_rx = cdb_mono_ms(), last_ping = last_rx, read_ms = last_rx;
     bool confirmed = false;
 
     why[0] = '\0';
@@ -492,9 +580,17 @@ static void subscribed(cdb_inval *inv, redisContext *c, const char *channel, cha
             }
             if (k == 1 && !confirmed) {
                 confirmed = true;
+                atomic_store(&inv->alive_ms, read_ms);
                 mark_confirmed(inv);
             }
         }
+        if (!send_acks(inv)) {
+            snprintf(why, whylen, "acknowledgements: %s", inv->acks->errstr);
+            return;
+        }
+        /* everything read so far is applied (and acknowledged) */
+        if (confirmed)
+            atomic_store(&inv->alive_ms, read_ms);
         int64_t now = cdb_mono_ms();
         if (now - last_rx > (confirmed ? CDB_INVAL_DEAD_MS : CDB_INVAL_DEAD_MS / 3)) {
             snprintf(why, whylen, "no answer from Redis for %lld ms", (long long)(now - last_rx));
@@ -509,18 +605,19 @@ static void subscribed(cdb_inval *inv, redisContext *c, const char *channel, cha
             last_ping = now;
         }
         struct pollfd p[2] = {{.fd = c->fd, .events = POLLIN}, {.fd = inv->stop_pipe[0], .events = POLLIN}};
-        int n = poll(p, 2, CDB_INVAL_READ_TIMEOUT_MS);
+        int n = poll(p, 2, confirmed ? CDB_INVAL_PING_MS : CDB_INVAL_READ_TIMEOUT_MS);
         if (n < 0 && errno != EINTR) {
             snprintf(why, whylen, "poll: %s", strerror(errno));
             return;
         }
         if (n > 0 && p[0].revents) {
             /* poll said there is data (or EOF, an error): this read does not block */
+            read_ms = cdb_mono_ms();
             if (redisBufferRead(c) != REDIS_OK) {
                 snprintf(why, whylen, "%s", c->errstr[0] ? c->errstr : "connection lost");
                 return;
             }
-            last_rx = cdb_mono_ms();
+            last_rx = read_ms;
         }
     }
 }
@@ -534,14 +631,20 @@ static void *subscriber(void *arg)
 
     while (!atomic_load(&inv->stopping)) {
         redisContext *c = connect_redis(inv, why, sizeof why);
-        if (c) {
+        inv->acks = c ? connect_redis(inv, why, sizeof why) : NULL;
+        if (c && inv->acks) {
             subscribed(inv, c, channel, why, sizeof why);
             if (atomic_load(&inv->usable))
                 backoff = CDB_INVAL_BACKOFF_MIN_MS;   /* it worked for a while: retry soon */
-            redisFree(c);
-            if (atomic_load(&inv->stopping))
-                break;
         }
+        if (inv->acks)
+            redisFree(inv->acks);
+        inv->acks = NULL;
+        inv->nacks = 0;
+        if (c)
+            redisFree(c);
+        if (c && atomic_load(&inv->stopping))
+            break;
         mark_lost(inv, why);
         if (nap(inv, backoff))
             break;

@@ -65,7 +65,9 @@
 #define CDB_INVAL_STRIPES 4096      /* per kind; a power of two */
 #define CDB_INVAL_NAME_MAX 512      /* bytes of a table name or session id */
 #define CDB_INVAL_READ_TIMEOUT_MS 500
-#define CDB_INVAL_PING_MS 1000
+#define CDB_INVAL_PING_MS 100         /* a quiet subscription proves itself this often */
+#define CDB_INVAL_FRESH_MS 300        /* ... and gives no ticket when it has not for this long */
+#define CDB_INVAL_ACK_WAIT_MS 500     /* a publisher waits this long for every acknowledgement */
 #define CDB_INVAL_DEAD_MS 3000
 #define CDB_INVAL_BACKOFF_MIN_MS 100
 #define CDB_INVAL_BACKOFF_MAX_MS 2000

@@ -59,7 +59,7 @@ struct cdb_redis {
     redisContext **idle;         /* stack of healthy unused connections */
     int nidle;
     int total;                   /* connections existing or being made */
-    bool down;                   /* last outcome was a failure */
+    _Atomic bool down;           /* last outcome was a failure (written under mu, read anywhere) */
     bool probing;                /* a caller is trying to reconnect */
     int backoff_ms;              /* next down interval */
     _Atomic uint64_t recoveries; /* times Redis came back after being down */
@@ -666,10 +666,8 @@ bool cdb_redis_up(cdb_redis *r)
 {
     if (!r)
         return false;
-    pthread_mutex_lock(&r->mu);
-    bool up = !r->down;
-    pthread_mutex_unlock(&r->mu);
-    return up;
+    /* lock-free: the event loops ask on every request (http/loop_admit.c) */
+    return !atomic_load(&r->down);
 }
 
 uint64_t cdb_redis_recoveries(cdb_redis *r)
