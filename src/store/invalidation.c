@@ -55,6 +55,7 @@ _Static_assert(sizeof prom_le_us / sizeof prom_le_us[0] == sizeof prom_le / size
 
 static _Atomic uint64_t prom_bucket[PROM_N + 1];   /* not cumulative; last = +Inf */
 static _Atomic uint64_t prom_sum_us;
+static _Atomic int64_t last_publish_warn_ms;   /* process-wide: one warning per 10 s */
 static pthread_once_t prom_once = PTHREAD_ONCE_INIT;
 
 struct cdb_inval {
@@ -344,11 +345,13 @@ static void publish(cdb_inval *inv, char kind, const char *name)
     cdb_error_init(&err);
     reply = cdb_redis_command(inv->sync, &err, "PUBLISH %s %b", channel, msg, len);
     if (!reply || reply->type == REDIS_REPLY_ERROR) {
+        int64_t now = cdb_mono_ms(), last = atomic_load(&last_publish_warn_ms);
         cdb__metrics_inc(CDB_M_INVAL_PUBLISH_FAILURES);
-        /* the name may be a session id: never logged */
-        cdb_log_warn("inval_publish_failed", "could not publish a %s invalidation: %s",
-                     kind == 't' ? "table" : "session",
-                     reply ? "Redis refused PUBLISH" : err.message);
+        /* every write fails while Redis is down: one line per 10 s, the counter has the rest;
+         * the name may be a session id: never logged */
+        if ((last == 0 || now - last >= 10000) && atomic_compare_exchange_strong(&last_publish_warn_ms, &last, now))
+            cdb_log_warn("inval_publish_failed", "could not publish a %s invalidation: %s",
+                         kind == 't' ? "table" : "session", reply ? "Redis refused PUBLISH" : err.message);
     } else if (reply->type == REDIS_REPLY_INTEGER && reply->integer > 0) {
         await_acks(inv, channel, msg, len, reply->integer);
     }
@@ -557,6 +560,7 @@ static void subscribed(cdb_inval *inv, redisContext *c, const char *channel, cha
 {
     int64_t last_rx = cdb_mono_ms(), last_ping = last_rx, read_ms = last_rx;
     bool confirmed = false;
+    uint64_t master_changes = cdb_redis_master_changes(inv->sync);
 
     why[0] = '\0';
     if (redisAppendCommand(c, "SUBSCRIBE %s", channel) != REDIS_OK || !flush_out(c)) {
@@ -591,6 +595,11 @@ static void subscribed(cdb_inval *inv, redisContext *c, const char *channel, cha
         /* everything read so far is applied (and acknowledged) */
         if (confirmed)
             atomic_store(&inv->alive_ms, read_ms);
+        if (cdb_redis_master_changes(inv->sync) != master_changes) {
+            /* a Sentinel failover the pool has seen: publishers now reach the new master */
+            snprintf(why, whylen, "the Redis master moved");
+            return;
+        }
         int64_t now = cdb_mono_ms();
         if (now - last_rx > (confirmed ? CDB_INVAL_DEAD_MS : CDB_INVAL_DEAD_MS / 3)) {
             snprintf(why, whylen, "no answer from Redis for %lld ms", (long long)(now - last_rx));

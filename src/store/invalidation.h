@@ -35,8 +35,11 @@
  * Loss detection: any read/write error, a close by the server (CLIENT KILL
  * TYPE pubsub, a restart), or no answer to a PING (sent every
  * CDB_INVAL_PING_MS while the channel is quiet) within CDB_INVAL_DEAD_MS
- * marks the subscription lost (logged once per outage, counted in
- * coredb_cache_invalidation_subscription_losses_total), then the thread
+ * marks the subscription lost, and so does a Sentinel failover the pool
+ * has seen (cdb_redis_master_changes: publishers now reach the new master;
+ * a demoted master that replicates from it still relays PUBLISH, so the
+ * window is small). A loss is logged once per outage and counted in
+ * coredb_cache_invalidation_subscription_losses_total; then the thread
  * reconnects with backoff (100 ms doubling to 2 s). A partition that shows
  * no error is thus noticed within CDB_INVAL_DEAD_MS.
  *
@@ -47,8 +50,8 @@
  *
  * Threads: one subscriber thread per cdb_inval (its own blocking hiredis
  * connection, polled with a timeout and a stop pipe, so cdb_inval_free
- * returns at once, or after at most a connect timeout while a connect is
- * under way). Ticket functions are lock-free (atomic loads only) and may
+ * returns at once, or while a connect or handshake is under way after at
+ * most the pool's connect timeout plus its command timeout). Ticket functions are lock-free (atomic loads only) and may
  * run on any thread, as may publishing (blocking: one PUBLISH through the
  * pool). Every function accepts a NULL inv: tickets are then refused,
  * publishing does nothing.
