@@ -592,6 +592,8 @@ static void test_readers_race_writer(void **state)
 
     assert_non_null(r.inv);
     atomic_store(&r.inv->usable, true);
+    /* no subscriber thread proves the subscription fresh here: proved for the next hour */
+    atomic_store(&r.inv->alive_ms, cdb_mono_ms() + 3600 * 1000);
     for (int i = 0; i < 2; i++)
         assert_int_equal(pthread_create(&rd[i], NULL, race_reader, &out[i]), 0);
     assert_int_equal(pthread_create(&w, NULL, race_writer, &r), 0);
