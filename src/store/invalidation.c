@@ -534,6 +534,16 @@ static redisContext *connect_redis(cdb_inval *inv, char *why, size_t whylen)
         freeReplyObject(r);
         r = NULL;
     }
+    /* channels ignore the db, but acknowledgements are lists the publisher reads in its own */
+    if (ep.db != 0) {
+        r = redisCommand(c, "SELECT %d", ep.db);
+        if (!r || r->type == REDIS_REPLY_ERROR) {
+            snprintf(why, whylen, "SELECT %d %s", ep.db, r ? "refused" : "failed");
+            goto fail;
+        }
+        freeReplyObject(r);
+        r = NULL;
+    }
     cdb_redis_endpoint_destroy(&ep);
     return c;
 fail:
