@@ -32,6 +32,15 @@
  *    and that stripe's counter unchanged. Taking a ticket fails (false)
  *    while not usable: the first-level cache must then be bypassed.
  *
+ * Acknowledged: every subscriber, once it has applied a message, pushes to
+ * the list "<channel>:ack:<message>" (pipelined on its second connection);
+ * the publisher waits until as many have as PUBLISH reached, at most
+ * CDB_INVAL_ACK_WAIT_MS. A subscription proves itself at least every
+ * CDB_INVAL_PING_MS (messages, or a PING) and gives no ticket once it has
+ * not for CDB_INVAL_FRESH_MS (< the ack wait): when a publisher returns,
+ * every instance applied its message or uses no ticket. So a writer's
+ * answer means no instance serves what the write voided.
+ *
  * Loss detection: any read/write error, a close by the server (CLIENT KILL
  * TYPE pubsub, a restart), or no answer to a PING (sent every
  * CDB_INVAL_PING_MS while the channel is quiet) within CDB_INVAL_DEAD_MS
