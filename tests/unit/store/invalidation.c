@@ -31,78 +31,7 @@
 
 #define PASSWORD "s3cret-inval"
 
-/* ---- a real redis-server ------------------------------------------------- */
-
-static int free_port(void)
-{
-    struct sockaddr_in sa = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
-    socklen_t len = sizeof sa;
-    int fd = socket(AF_INET, SOCK_STREAM, 0), port;
-    assert_true(fd >= 0);
-    assert_int_equal(bind(fd, (struct sockaddr *)&sa, sizeof sa), 0);
-    assert_int_equal(getsockname(fd, (struct sockaddr *)&sa, &len), 0);
-    port = ntohs(sa.sin_port);
-    close(fd);
-    return port;
-}
-
-static pid_t start_redis(int port)
-{
-    char portstr[16];
-    pid_t pid;
-
-    snprintf(portstr, sizeof portstr, "%d", port);
-    pid = fork();
-    assert_true(pid >= 0);
-    if (pid == 0) {
-        int devnull = open("/dev/null", O_WRONLY);
-        dup2(devnull, 1);
-        dup2(devnull, 2);
-        execlp("redis-server", "redis-server", "--port", portstr, "--bind", "127.0.0.1", "--save", "",
-               "--appendonly", "no", "--requirepass", PASSWORD, (char *)NULL);
-        _exit(127);
-    }
-    for (int i = 0; i < 500; i++) {
-        struct timeval tv = {.tv_sec = 0, .tv_usec = 200000};
-        redisContext *c = redisConnectWithTimeout("127.0.0.1", port, tv);
-        bool up = false;
-        if (c && !c->err) {
-            redisReply *r = redisCommand(c, "PING");
-            up = r != NULL;
-            freeReplyObject(r);
-        }
-        redisFree(c);
-        if (up)
-            return pid;
-        usleep(10000);
-    }
-    fail_msg("redis-server did not start on port %d", port);
-    return -1;
-}
-
-static void stop_redis(pid_t pid)
-{
-    kill(pid, SIGKILL);
-    waitpid(pid, NULL, 0);
-}
-
-static redisReply *side_command(int port, const char *fmt, ...)
-{
-    struct timeval tv = {.tv_sec = 2, .tv_usec = 0};
-    redisContext *c = redisConnectWithTimeout("127.0.0.1", port, tv);
-    redisReply *r = NULL;
-    va_list ap;
-
-    assert_non_null(c);
-    assert_int_equal(c->err, 0);
-    freeReplyObject(redisCommand(c, "AUTH %s", PASSWORD));
-    va_start(ap, fmt);
-    r = redisvCommand(c, fmt, ap);
-    va_end(ap);
-    redisFree(c);
-    assert_non_null(r);
-    return r;
-}
+#include "../redis_server.h"
 
 /* ---- fixture: one Redis, two instances ------------------------------------ */
 
@@ -156,7 +85,7 @@ static bool wait_usable(cdb_inval *inv, bool want, int ms)
 static void fx_open(fx *f)
 {
     f->port = free_port();
-    f->pid = start_redis(f->port);
+    f->pid = start_redis(f->port, PASSWORD);
     inst_open(&f->a, f->port, "unit", true);
     inst_open(&f->b, f->port, "unit", true);
     assert_true(wait_usable(f->a.inv, true, 3000));
@@ -300,7 +229,7 @@ static void test_cross_instance(void **state)
     cdb_inval_ticket b_acc;
     assert_true(cdb_inval_ticket_table(f.b.inv, "accounts", &b_acc));
     assert_true(cdb_inval_ticket_table(f.b.inv, "users", &b_users));
-    freeReplyObject(side_command(f.port, "PUBLISH coredb:unit:inval %s", "t 1 accounts"));
+    freeReplyObject(side_command(f.port, PASSWORD, "PUBLISH coredb:unit:inval %s", "t 1 accounts"));
     assert_true(wait_invalid(f.b.inv, false, "accounts", &b_acc, 2000) >= 0);
     assert_true(cdb_inval_valid_table(f.b.inv, "users", &b_users));
 
@@ -309,14 +238,14 @@ static void test_cross_instance(void **state)
     assert_true(cdb_inval_ticket_table(f.b.inv, "users", &b_users));
     const char *junk[] = {"", "x", "t", "t ", "t 12", "t abc users", "q 1 users", "t 1 ", "T 1 users", "t 1users"};
     for (size_t i = 0; i < sizeof junk / sizeof junk[0]; i++)
-        freeReplyObject(side_command(f.port, "PUBLISH coredb:unit:inval %s", junk[i]));
+        freeReplyObject(side_command(f.port, PASSWORD, "PUBLISH coredb:unit:inval %s", junk[i]));
     char big[CDB_INVAL_NAME_MAX + 200];
     memset(big, 'u', sizeof big - 1);
     big[sizeof big - 1] = '\0';
     memcpy(big, "t 1 ", 4);
-    freeReplyObject(side_command(f.port, "PUBLISH coredb:unit:inval %s", big));
+    freeReplyObject(side_command(f.port, PASSWORD, "PUBLISH coredb:unit:inval %s", big));
     /* another namespace's channel is not ours */
-    freeReplyObject(side_command(f.port, "PUBLISH coredb:other:inval %s", "t 1 users"));
+    freeReplyObject(side_command(f.port, PASSWORD, "PUBLISH coredb:other:inval %s", "t 1 users"));
     usleep(200000);
     assert_true(cdb_inval_usable(f.b.inv));
     assert_int_equal(cdb_inval_epoch(f.b.inv), epoch);
@@ -413,7 +342,7 @@ static void check_loss(fx *f, void (*kill_fn)(fx *), int lost_within_ms, int bac
 
 static void kill_pubsub(fx *f)
 {
-    redisReply *r = side_command(f->port, "CLIENT KILL TYPE pubsub");
+    redisReply *r = side_command(f->port, PASSWORD, "CLIENT KILL TYPE pubsub");
     assert_int_equal(r->type, REDIS_REPLY_INTEGER);
     assert_int_equal(r->integer, 2);   /* A's and B's subscriptions */
     freeReplyObject(r);
@@ -424,13 +353,13 @@ static void restart_redis(fx *f)
     stop_redis(f->pid);
     f->pid = -1;
     usleep(300000);   /* down long enough for a reconnect attempt to fail */
-    f->pid = start_redis(f->port);
+    f->pid = start_redis(f->port, PASSWORD);
 }
 
 static void pause_redis(fx *f)
 {
     /* no error, no close: only the unanswered PING can tell */
-    freeReplyObject(side_command(f->port, "CLIENT PAUSE 6000 ALL"));
+    freeReplyObject(side_command(f->port, PASSWORD, "CLIENT PAUSE 6000 ALL"));
 }
 
 static void test_client_kill(void **state)
@@ -636,5 +565,9 @@ int main(void)
         cmocka_unit_test(test_free_bounded),
     };
     signal(SIGPIPE, SIG_IGN);
-    return cmocka_run_group_tests(tests, NULL, NULL);
+    if (!redis_scratch_make("inval-unit"))
+        return 1;
+    int rc = cmocka_run_group_tests(tests, NULL, NULL);
+    redis_scratch_remove();
+    return rc;
 }
