@@ -300,8 +300,8 @@ static int loop_init(cdb_loop *loop, cdb_http_server *srv, int fd, const cdb_rou
     cdb_redis *redis = cdb_service_redis(srv->svc);
     if (redis && !(loop->aredis = cdb_aredis_new(loop->base, redis, LOOP_REDIS_TIMEOUT_MS)))
         return cdb_error_oom(err);
-    if (!(loop->verified = cdb_kvtable_new(CDB_VERIFIED_TOKENS, 0)) ||
-        !(loop->memo = cdb_kvtable_new(CDB_LOOP_MEMO_ENTRIES, 0)))
+    if (!(loop->verified = cdb_kvtable_new(CDB_VERIFIED_TOKENS, CDB_LOOP_TABLE_BYTES)) ||
+        !(loop->memo = cdb_kvtable_new(CDB_LOOP_MEMO_ENTRIES, CDB_LOOP_TABLE_BYTES)))
         return cdb_error_oom(err);
     /* CACHE_L1_MB is shared by the API's loops */
     cdb_inval *inval = cdb_service_inval(srv->svc);
