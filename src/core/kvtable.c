@@ -113,8 +113,8 @@ static bool over(const cdb_kvtable *t, size_t more_entries, size_t more_bytes)
            (t->max_bytes && t->bytes + more_bytes > t->max_bytes);
 }
 
-/* Makes room for an entry of `bytes` more: expired ones among the oldest first, then the oldest. */
-static void make_room(cdb_kvtable *t, size_t bytes, int64_t now)
+/* Drops the expired entries among the oldest EVICT_SCAN. */
+static void drop_expired(cdb_kvtable *t, int64_t now)
 {
     entry *e = t->oldest;
     for (int i = 0; e && i < EVICT_SCAN; i++) {
@@ -123,6 +123,12 @@ static void make_room(cdb_kvtable *t, size_t bytes, int64_t now)
             remove_entry(t, e);
         e = newer;
     }
+}
+
+/* Makes room for an entry of `bytes` more: expired ones among the oldest first, then the oldest. */
+static void make_room(cdb_kvtable *t, size_t bytes, int64_t now)
+{
+    drop_expired(t, now);
     while (t->oldest && over(t, 1, bytes))
         remove_entry(t, t->oldest);
 }
@@ -193,8 +199,12 @@ int cdb_kvtable_put(cdb_kvtable *t, const char *key, const char *value, size_t l
     entry **pp, *old = find(t, key, e->hash, &pp);
     if (old)
         remove_entry(t, old);
+    /* every write also drops what expired among the oldest, so a table of
+       short-lived entries stays as small as what is live, not its bound */
     if (over(t, 1, klen + len))
         make_room(t, klen + len, now_ms);
+    else
+        drop_expired(t, now_ms);
     /* eviction may have rewired the chains: insert at the head of the bucket */
     entry **head = &t->buckets[e->hash & (t->nbuckets - 1)];
     e->next = *head;

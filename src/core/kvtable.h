@@ -6,7 +6,8 @@
  *
  * Bounds: at most max_entries entries and max_bytes of keys and values
  * (0 = no byte bound). Expiry is lazy: an expired entry is dropped when it
- * is read or when room is needed. A write that needs room first drops the
+ * is read, and every write drops the expired ones among the oldest few (a
+ * table of short-lived entries holds what is live). A write that needs room first drops the
  * expired entries among the oldest few, then the oldest entries: bounded
  * memory and O(1) work per write, at the price of sometimes evicting a live
  * entry while an expired one sits further on.

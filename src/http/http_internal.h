@@ -38,7 +38,7 @@
 #define CDB_VERIFIED_TOKENS     8192              /* tokens a loop remembers as verified */
 #define CDB_VERIFIED_TOKEN_MAX  2048              /* a longer one is verified every time */
 #define CDB_LOOP_MEMO_ENTRIES   4096              /* request bodies a loop remembers resolving */
-#define CDB_LOOP_TABLE_BYTES    (4 * 1024 * 1024) /* each of those two tables, keys and values */
+#define CDB_LOOP_TABLE_MIN_BYTES (64 * 1024)      /* each of those two, at least (else CACHE_L1_MB / 8) */
 
 /*
  * Methods are bits so a route can take several. libevent's EVHTTP_REQ_*

@@ -300,12 +300,14 @@ static int loop_init(cdb_loop *loop, cdb_http_server *srv, int fd, const cdb_rou
     cdb_redis *redis = cdb_service_redis(srv->svc);
     if (redis && !(loop->aredis = cdb_aredis_new(loop->base, redis, LOOP_REDIS_TIMEOUT_MS)))
         return cdb_error_oom(err);
-    if (!(loop->verified = cdb_kvtable_new(CDB_VERIFIED_TOKENS, CDB_LOOP_TABLE_BYTES)) ||
-        !(loop->memo = cdb_kvtable_new(CDB_LOOP_MEMO_ENTRIES, CDB_LOOP_TABLE_BYTES)))
-        return cdb_error_oom(err);
-    /* CACHE_L1_MB is shared by the API's loops */
-    cdb_inval *inval = cdb_service_inval(srv->svc);
+    /* CACHE_L1_MB is shared by the API's loops; an eighth of a loop's share
+       bounds each of its two memos (at least CDB_LOOP_TABLE_MIN_BYTES) */
     size_t l1_bytes = (size_t)loop->cfg->cache_l1_mb * 1024 * 1024 / (size_t)loop->cfg->http_threads;
+    size_t memo_bytes = l1_bytes / 8 > CDB_LOOP_TABLE_MIN_BYTES ? l1_bytes / 8 : CDB_LOOP_TABLE_MIN_BYTES;
+    if (!(loop->verified = cdb_kvtable_new(CDB_VERIFIED_TOKENS, memo_bytes)) ||
+        !(loop->memo = cdb_kvtable_new(CDB_LOOP_MEMO_ENTRIES, memo_bytes)))
+        return cdb_error_oom(err);
+    cdb_inval *inval = cdb_service_inval(srv->svc);
     if (loop->aredis && inval && l1_bytes &&
         !(loop->l1 = cdb_l1_new(inval, l1_bytes, (int64_t)loop->cfg->cache_ttl_s * 1000)))
         return cdb_error_oom(err);
