@@ -8,8 +8,11 @@
  * the worker runs the handler with blocking libpq, then appends the request
  * to its loop's completion list and activates the loop's completion event
  * (event_active is thread-safe once evthread_use_pthreads() ran). The loop
- * sends the answer. docs/architecture.md says why we chose workers with
- * blocking libpq over asynchronous libpq on the loops.
+ * sends the answer. Before that hand-off, an authenticated request is
+ * admitted on its loop (loop_admit.c: session, quota and a cache hit, with
+ * the loop's asynchronous Redis and first-level cache), which answers it
+ * there when it can. docs/architecture.md says why the rest runs on workers
+ * with blocking libpq.
  *
  * A client may go away while its request is on a worker: its connection
  * drops the socket and stays until the completion, which only logs.
