@@ -4,6 +4,7 @@
  * entries from least to most recently written.
  */
 #include "core/kvtable.h"
+#include "core/hash.h"
 
 #include <stdlib.h>
 #include <string.h>
@@ -29,13 +30,9 @@ struct cdb_kvtable {
     entry *oldest, *newest;
 };
 
-/* FNV-1a: short keys, no adversarial input worth a keyed hash here. */
 static uint64_t hash_key(const char *key)
 {
-    uint64_t h = 14695981039346656037ULL;
-    for (const unsigned char *p = (const unsigned char *)key; *p; p++)
-        h = (h ^ *p) * 1099511628211ULL;
-    return h;
+    return cdb__fnv1a_str(key);
 }
 
 static bool expired(const entry *e, int64_t now)

@@ -47,6 +47,7 @@
  * cannot leave a counter that never expires.
  */
 #include "security/ratelimit.h"
+#include "core/hash.h"
 
 #include <pthread.h>
 #include <stdatomic.h>
@@ -132,13 +133,9 @@ struct cdb_ratelimit {
     rl_table windows;                /* key -> count, expires at window end */
 };
 
-/* FNV-1a: short keys, and a collision only costs a longer chain. */
 static uint64_t hash_key(const char *key)
 {
-    uint64_t h = 14695981039346656037ULL;
-    for (const unsigned char *p = (const unsigned char *)key; *p; p++)
-        h = (h ^ *p) * 1099511628211ULL;
-    return h;
+    return cdb__fnv1a_str(key);
 }
 
 static int table_init(rl_table *t)

@@ -14,6 +14,7 @@
  * stale. The floor is an old LSN that replicas pass within their lag.
  */
 #include "store/commit_lsn.h"
+#include "core/hash.h"
 
 #include "store/pg.h"
 
@@ -75,10 +76,7 @@ void cdb_commit_lsn_free(cdb_commit_lsn *c)
 
 static slot *slot_of(cdb_commit_lsn *c, const char *user_id)
 {
-    uint64_t h = 1469598103934665603ULL;
-    for (const char *s = user_id; *s; s++)
-        h = (h ^ (unsigned char)*s) * 1099511628211ULL;
-    return &c->slots[h % SLOTS];
+    return &c->slots[cdb__fnv1a_str(user_id) % SLOTS];
 }
 
 void cdb_commit_lsn_record(cdb_commit_lsn *c, const char *user_id, uint64_t lsn)

@@ -21,6 +21,7 @@
  * included, drops the context and reconnects.
  */
 #include "store/invalidation.h"
+#include "core/hash.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -86,11 +87,7 @@ struct cdb_inval {
 
 static size_t stripe_of(const char *name, size_t len)
 {
-    uint64_t h = 1469598103934665603ULL;   /* FNV-1a 64 */
-    for (size_t i = 0; i < len; i++) {
-        h ^= (unsigned char)name[i];
-        h *= 1099511628211ULL;
-    }
+    uint64_t h = cdb__fnv1a(name, len);
     return (size_t)(h ^ (h >> 32)) & STRIPE_MASK;
 }
 

@@ -50,6 +50,7 @@
  * idle_timeout_ms down to min_size, and ticks every 200 ms.
  */
 #include "store/pool.h"
+#include "core/hash.h"
 
 #include <pthread.h>
 #include <stdlib.h>
@@ -161,13 +162,10 @@ static void conn_close(cdb_pool_conn *c)
     free(c);
 }
 
-/* FNV-1a: statements are compared by hash first, then by text. */
+/* Statements are compared by hash first, then by text. */
 static uint64_t sql_hash(const char *s)
 {
-    uint64_t h = 1469598103934665603ULL;
-    for (; *s; s++)
-        h = (h ^ (unsigned char)*s) * 1099511628211ULL;
-    return h;
+    return cdb__fnv1a_str(s);
 }
 
 int cdb_pool_conn_prepare(cdb_pool_conn *c, const char *sql, int nparams, const char **name,
