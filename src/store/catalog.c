@@ -50,6 +50,9 @@ enum {
     POLL_MS = 1000,
     BACKOFF_MIN_MS = 100,
     BACKOFF_MAX_MS = 5000,
+    /* any role may NOTIFY coredb_catalog (a lease holder too): a flood of
+     * them reloads at most this often, not back to back */
+    NOTIFIED_MIN_GAP_MS = 100,
 };
 
 typedef struct role_tables {
@@ -550,6 +553,9 @@ static void *listen_main(void *arg)
         for (PGnotify *n; (n = PQnotifies(conn)); notes++)
             PQfreemem(n);
         if (notes || cdb_mono_ms() - last_load >= FALLBACK_REFRESH_MS) {
+            int64_t gap = last_load + NOTIFIED_MIN_GAP_MS - cdb_mono_ms();
+            if (notes && gap > 0)
+                wait_for(cc, NULL, (int)gap);   /* the notes are drained: the reload below still runs */
             int rc = listener_load(cc, conn, notes ? "notified" : "periodic");
             last_load = cdb_mono_ms();
             if (rc < 0 && PQstatus(conn) != CONNECTION_OK) {
