@@ -6,11 +6,19 @@
  * too: who (a user id, else "cli", else the role), what (an action name
  * from the list below), on what (target), with which parameters (secrets
  * removed: see cdb_audit_record), the outcome (success or the error code),
- * the request id and the client address. Rows are only ever appended:
- * coredb's own login has no UPDATE, DELETE or TRUNCATE on the table, and
- * each row carries sha256(previous row's hash || this row's canonical
- * form), so cdb_audit_verify finds the first row changed after the fact,
- * even by a superuser.
+ * the request id and the client address. Each row carries
+ * sha256(previous row's hash || this row's canonical form), so
+ * cdb_audit_verify finds the first row changed after the fact, even by a
+ * superuser.
+ *
+ * "Append-only" is a guard against mistakes, not against coredb's own
+ * login: that login has no UPDATE, DELETE or TRUNCATE on the table and
+ * triggers refuse them, but it OWNS coredb.audit_log, so it (or whoever
+ * holds its password) can GRANT itself UPDATE/DELETE again or ALTER TABLE
+ * ... DISABLE TRIGGER. Against that login only the hash chain plus a copy
+ * of the head hash (cdb_audit_verify's head.hash) kept outside coredb
+ * protects the log: a rewrite of the whole chain after the last copy, or
+ * the loss of the newest rows, is visible only against that copy.
  *
  * Action names (dotted, lower case; the docs list the same):
  *   role.create  db_user.create  db_user.password  db_user.revoke
@@ -19,8 +27,13 @@
  *   backup.create  backup.verify  backup.cleanup  backup.restore
  *   migration.up  migration.down
  *   user.role  session.revoke  admin.refused
+ *   user.update  user.delete    (an admin on someone else's account;
+ *                                user.update names the fields set, never
+ *                                a value; a user's own edits are not
+ *                                recorded, a role change always is)
  *   lease.acquire  lease.release  lease.renew      (connection leases)
- *   encryption.*                                   (column encryption)
+ *   encryption.setup  encryption.rotate  encryption.rewrap
+ *   collection.create  collection.drop             (document collections)
  */
 #ifndef COREDB_AUDIT_H
 #define COREDB_AUDIT_H

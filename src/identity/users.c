@@ -10,7 +10,11 @@
  * lock is held during the slow part. Changing a password ends the user's
  * other sessions; changing a role or deleting the user ends all of them
  * (tokens carry the role), in the same transaction, and their Redis
- * liveness keys are dropped after commit. A creation with an
+ * liveness keys are dropped after commit. An admin updating or deleting
+ * someone else's account is recorded in the audit log in the same
+ * transaction (user.update / user.role with the names of the fields set,
+ * user.delete), failures after the rollback; own edits are not recorded.
+ * A creation with an
  * Idempotency-Key (create_keyed) commits the user and the key with its
  * answer in one transaction (coredb.tx_ledger, store/ledger.h).
  */
@@ -255,6 +259,49 @@ out_release:
     return rc;
 }
 
+/*
+ * The names of the fields a PUT body sets, never their values: what an
+ * update's audit entry says was changed (the password only as "password").
+ */
+static json_t *body_fields(const json_t *body)
+{
+    static const char *const names[] = {"email", "username", "password", "display_name",
+                                        "profile_picture_url", "role"};
+    json_t *fields = json_array();
+    for (size_t i = 0; fields && i < sizeof names / sizeof names[0]; i++)
+        if (json_object_get(body, names[i]) && json_array_append_new(fields, json_string(names[i])) < 0) {
+            json_decref(fields);
+            fields = NULL;
+        }
+    return fields;
+}
+
+/*
+ * An admin acting on someone else's account is an administrative action
+ * (coredb/audit.h); a user editing their own account, an admin included,
+ * is not. A role change is recorded whoever makes it (only an admin can).
+ */
+static bool admin_on_other(const cdb_principal *caller, const char *id)
+{
+    return cdb_principal_is_admin(caller) && strcmp(caller->user_id, id) != 0;
+}
+
+/* A failed or refused action of an admin on someone else's account, recorded after the rollback. */
+static void record_failure(cdb_service *svc, const cdb_principal *caller, const char *action,
+                           const char *id, json_t *params, int rc, const cdb_error *err)
+{
+    if (rc >= 0 || !admin_on_other(caller, id))
+        return;
+    cdb_error fallback;
+    cdb_error_init(&fallback);
+    if (!err || err->code == CDB_OK) {
+        cdb_error_set(&fallback, (cdb_err)rc, "failed");
+        err = &fallback;
+    }
+    cdb_audit_record(svc, caller, action, id, params, err);
+    cdb_error_destroy(&fallback);
+}
+
 int cdb_users_update(cdb_service *svc, const cdb_principal *caller, const char *user_id,
                      json_t *body, json_t **out, cdb_error *err)
 {
@@ -262,19 +309,26 @@ int cdb_users_update(cdb_service *svc, const cdb_principal *caller, const char *
     char id[37], hash[CDB_PASSWORD_HASH_MAX];
     cdb_pool_conn *pc = NULL;
     PGresult *res = NULL, *ended = NULL;
+    json_t *fields = NULL, *entry = NULL;
+    PGconn *conn = NULL;
     int rc;
 
     *out = NULL;
     if ((rc = cdb_principal_authorize_target(caller, user_id, id, err)) < 0)
         return rc;
-    if (json_object_get(body, "role") && !cdb_principal_is_admin(caller))
-        return cdb_error_set_detail(err, CDB_ERR_FORBIDDEN, "field", "role", "Only an admin may change a role");
+    if (!(fields = body_fields(body)))
+        return cdb_error_oom(err);
+    if (json_object_get(body, "role") && !cdb_principal_is_admin(caller)) {
+        rc = cdb_error_set_detail(err, CDB_ERR_FORBIDDEN, "field", "role", "Only an admin may change a role");
+        goto out_release;
+    }
     if ((rc = cdb_user_input_parse(svc->cfg, body, false, &in, err)) < 0)
-        return rc;
+        goto out_release;
 
-    PGconn *conn = cdb_txn_acquire(svc->pool, &pc, err);
-    if (!conn)
-        return err->code;
+    if (!(conn = cdb_txn_acquire(svc->pool, &pc, err))) {
+        rc = err->code;
+        goto out_release;
+    }
     if (in.password) {
         if (!in.has_email) {
             /* the new password must differ from the address that stays */
@@ -330,11 +384,13 @@ int cdb_users_update(cdb_service *svc, const cdb_principal *caller, const char *
         if (rc < 0)
             goto out_release;
     }
-    if (role_changed) {
-        /* an admin's role change is recorded with the change itself (coredb/audit.h) */
-        json_t *change = json_pack("{s:s, s:s}", "old_role", PQgetvalue(res, 0, 2), "new_role", PQgetvalue(res, 0, 3));
-        rc = change ? cdb_audit_record_in(conn, caller, "user.role", id, change, err) : cdb_error_oom(err);
-        json_decref(change);
+    if (role_changed || admin_on_other(caller, id)) {
+        /* recorded with the change itself, one entry per update: user.role when the role changed */
+        entry = role_changed ? json_pack("{s:s, s:s, s:O}", "old_role", PQgetvalue(res, 0, 2),
+                                         "new_role", PQgetvalue(res, 0, 3), "fields", fields)
+                             : json_pack("{s:O}", "fields", fields);
+        rc = entry ? cdb_audit_record_in(conn, caller, role_changed ? "user.role" : "user.update", id, entry, err)
+                   : cdb_error_oom(err);
         if (rc < 0)
             goto out_release;
     }
@@ -350,6 +406,14 @@ out_release:
     cdb_txn_release(svc->pool, pc);
     if (rc == 0)
         cdb_outbox_note_write(svc->pool, svc->qcache, svc->catalog, "users");
+    if (rc < 0) {
+        /* a failed attempt: user.update with the fields asked for, the role among them */
+        json_decref(entry);
+        entry = json_pack("{s:O}", "fields", fields);
+        record_failure(svc, caller, "user.update", id, entry, rc, err);
+    }
+    json_decref(entry);
+    json_decref(fields);
     return rc;
 }
 
@@ -359,13 +423,16 @@ int cdb_users_delete(cdb_service *svc, const cdb_principal *caller, const char *
     char id[37];
     cdb_pool_conn *pc = NULL;
     PGresult *sessions = NULL, *res = NULL;
+    json_t *entry = NULL;
     int rc;
 
     if ((rc = cdb_principal_authorize_target(caller, user_id, id, err)) < 0)
         return rc;
     PGconn *conn = cdb_txn_acquire(svc->pool, &pc, err);
-    if (!conn)
-        return err->code;
+    if (!conn) {
+        rc = err->code;
+        goto out_release;
+    }
     const char *params[] = {id};
     /* the lock logins take: no session can appear between the list and the delete */
     if ((rc = cdb_txn_begin(conn, err)) < 0 ||
@@ -374,12 +441,19 @@ int cdb_users_delete(cdb_service *svc, const cdb_principal *caller, const char *
         (rc = cdb_pg_exec(conn, "SELECT session_id::text FROM coredb.sessions"
                                 " WHERE user_id = $1 AND revoked_at IS NULL", 1, params,
                           &sessions, err)) < 0 ||
-        (rc = cdb_pg_exec(conn, "DELETE FROM public.users WHERE user_id = $1 RETURNING 1", 1, params,
+        (rc = cdb_pg_exec(conn, "DELETE FROM public.users WHERE user_id = $1 RETURNING username", 1, params,
                           &res, err)) < 0)
         goto out_release;
     if (PQntuples(res) == 0) {
         rc = cdb_error_set(err, CDB_ERR_NOT_FOUND, "User not found");
         goto out_release;
+    }
+    if (admin_on_other(caller, id)) {
+        /* the name too: the id alone points at nothing once the row is gone */
+        entry = json_pack("{s:s, s:i}", "username", PQgetvalue(res, 0, 0),
+                          "sessions_ended", (json_int_t)PQntuples(sessions));
+        if ((rc = entry ? cdb_audit_record_in(conn, caller, "user.delete", id, entry, err) : cdb_error_oom(err)) < 0)
+            goto out_release;
     }
     if ((rc = cdb_txn_commit(conn, err)) < 0)
         goto out_release;
@@ -393,6 +467,8 @@ out_release:
     cdb_txn_release(svc->pool, pc);
     if (rc == 0)
         cdb_outbox_note_write(svc->pool, svc->qcache, svc->catalog, "users"); /* and the tables the delete cascaded into */
+    record_failure(svc, caller, "user.delete", id, NULL, rc, err);
+    json_decref(entry);
     return rc;
 }
 

@@ -22,7 +22,7 @@ import pytest
 
 from datahelp import admin_of, premium, start_instance, user
 from identity import (PASSWORD, assert_error, bearer, cli_env, cli_user_create, craft, live_claims, login,
-                      unique)
+                      new_account, unique)
 from servers import ROOT, TEST_JWT_SECRET, Coredb, run_cli, scratch_dir
 from conftest import base_env
 from test_defaults_prod import run_setup_sql, setup_sql, role_url
@@ -171,7 +171,7 @@ def test_user_role_change_and_session_revocation(inst, admin):
     assert resp.status_code == 200, resp.text
     e = one(inst, r1)
     assert (e["actor"], e["action"], e["target"], e["outcome"]) == (admin.id, "user.role", acct.id, "success")
-    assert e["params"] == {"old_role": "user", "new_role": "premium"}
+    assert e["params"] == {"old_role": "user", "new_role": "premium", "fields": ["role"]}
 
     # a user's own change (display name) is no administrative action
     acct2 = user(inst)
@@ -202,6 +202,126 @@ def test_user_role_change_and_session_revocation(inst, admin):
                         headers={**bearer(own["access_token"]), "X-Request-ID": r5})
     assert resp.status_code == 204, resp.text
     assert by_rid(inst, r5) == []
+
+
+def put_user(inst, acct, target_id, body, request_id):
+    return inst.request("PUT", f"/users/{target_id}", headers=hdrs(acct, request_id), json=body)
+
+
+def delete_user(inst, acct, target_id, request_id):
+    return inst.request("DELETE", f"/users/{target_id}", headers=hdrs(acct, request_id))
+
+
+def password_hash(inst, user_id):
+    return inst.pg.query(inst.db, "SELECT password_hash FROM public.users WHERE user_id = %s", (user_id,))[0][0]
+
+
+def test_admin_update_and_delete_of_another_account_are_recorded(inst, admin):
+    acct = user(inst)
+    before = verify(inst, admin)["valid"]
+    new_pw = f"Reset-{uuid.uuid4().hex}"
+    new_email = f"{unique('upd')}@example.com"
+
+    # email, password and display name: one user.update row naming the fields, no value
+    r1 = rid()
+    resp = put_user(inst, admin, acct.id, {"email": new_email, "password": new_pw, "display_name": "Reset"}, r1)
+    assert resp.status_code == 200, resp.text
+    e = one(inst, r1)
+    assert (e["actor"], e["actor_role"], e["action"], e["target"], e["outcome"]) == \
+        (admin.id, "admin", "user.update", acct.id, "success")
+    assert e["params"] == {"fields": ["email", "password", "display_name"]}, e["params"]
+    assert e["request_id"] == r1 and e["client_addr"] == "127.0.0.1"
+    new_hash = password_hash(inst, acct.id)
+    assert login(inst, new_email, new_pw)["user"]["user_id"] == acct.id
+
+    # a role change with another field: still one row, user.role, with the field names
+    r2 = rid()
+    name = unique("renamed")
+    resp = put_user(inst, admin, acct.id, {"username": name, "role": "premium"}, r2)
+    assert resp.status_code == 200, resp.text
+    e = one(inst, r2)
+    assert (e["action"], e["target"], e["outcome"]) == ("user.role", acct.id, "success")
+    assert e["params"] == {"old_role": "user", "new_role": "premium", "fields": ["username", "role"]}
+
+    # the same role again changes nothing of the role: user.update naming it
+    r3 = rid()
+    resp = put_user(inst, admin, acct.id, {"role": "premium"}, r3)
+    assert resp.status_code == 200, resp.text
+    e = one(inst, r3)
+    assert (e["action"], e["params"]) == ("user.update", {"fields": ["role"]})
+
+    # a failed attempt (the admin's own address is taken): recorded with its code, nothing changed
+    r4 = rid()
+    taken = admin.user["email"]
+    resp = put_user(inst, admin, acct.id, {"email": taken, "password": f"Other-{uuid.uuid4().hex}"}, r4)
+    assert_error(resp, 409, "CONFLICT")
+    e = one(inst, r4)
+    assert (e["action"], e["target"], e["outcome"], e["params"]) == \
+        ("user.update", acct.id, "CONFLICT", {"fields": ["email", "password"]})
+    assert password_hash(inst, acct.id) == new_hash
+
+    # a refused body (unknown field) too
+    r5 = rid()
+    assert_error(put_user(inst, admin, acct.id, {"nope": 1}, r5), 400, "VALIDATION_FAILED")
+    e = one(inst, r5)
+    assert (e["action"], e["outcome"], e["params"]) == ("user.update", "VALIDATION_FAILED", {"fields": []})
+
+    # delete: one user.delete row with the name the id no longer leads to, and the sessions ended
+    login(inst, new_email, new_pw)
+    live = inst.pg.query(inst.db, "SELECT count(*) FROM coredb.sessions WHERE user_id = %s AND revoked_at IS NULL",
+                         (acct.id,))[0][0]
+    assert live >= 1
+    r6 = rid()
+    resp = delete_user(inst, admin, acct.id, r6)
+    assert resp.status_code == 204, resp.text
+    e = one(inst, r6)
+    assert (e["actor"], e["action"], e["target"], e["outcome"]) == (admin.id, "user.delete", acct.id, "success")
+    assert e["params"] == {"username": name, "sessions_ended": live}
+    assert inst.pg.query(inst.db, "SELECT count(*) FROM public.users WHERE user_id = %s", (acct.id,))[0][0] == 0
+
+    # deleting it again: 404, recorded
+    r7 = rid()
+    assert_error(delete_user(inst, admin, acct.id, r7), 404, "NOT_FOUND")
+    e = one(inst, r7)
+    assert (e["action"], e["target"], e["outcome"], e["params"]) == ("user.delete", acct.id, "NOT_FOUND", None)
+
+    # no password nor its hash anywhere in the table or the log; the chain still verifies
+    text, log = all_text(inst), inst.log()
+    for secret in (new_pw, new_hash, acct.password):
+        assert secret not in text
+        assert secret not in log
+    assert before is True and verify(inst, admin)["valid"] is True
+
+
+def test_own_account_changes_are_not_recorded(inst, admin):
+    """Only administrative actions are recorded: a user, or an admin, editing or
+    deleting their own account is not one (a role change always is)."""
+    acct = user(inst)
+    r1 = rid()
+    resp = put_user(inst, acct, acct.id,
+                    {"email": f"{unique('own')}@example.com", "password": f"Own-{uuid.uuid4().hex}"}, r1)
+    assert resp.status_code == 200, resp.text
+    assert by_rid(inst, r1) == []
+    # a user acting on someone else is refused before anything happens: 403, no row (no admin action)
+    other = user(inst)
+    r2 = rid()
+    assert_error(delete_user(inst, acct, other.id, r2), 403, "FORBIDDEN")
+    assert by_rid(inst, r2) == []
+    r3 = rid()
+    assert delete_user(inst, acct, acct.id, r3).status_code == 204
+    assert by_rid(inst, r3) == []
+
+    # a second admin: their own profile is no administrative action, their own role change is
+    adm2 = new_account(inst, token=admin.token, role="admin")
+    r4 = rid()
+    assert put_user(inst, adm2, adm2.id, {"display_name": "Second"}, r4).status_code == 200
+    assert by_rid(inst, r4) == []
+    r5 = rid()
+    assert put_user(inst, adm2, adm2.id, {"role": "user"}, r5).status_code == 200
+    e = one(inst, r5)
+    assert (e["actor"], e["action"], e["target"], e["params"]) == \
+        (adm2.id, "user.role", adm2.id, {"old_role": "admin", "new_role": "user", "fields": ["role"]})
+    assert verify(inst, admin)["valid"] is True
 
 
 def test_role_given_with_an_idempotency_key_is_recorded_once(inst, admin):
