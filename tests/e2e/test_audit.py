@@ -283,7 +283,7 @@ def test_admin_update_and_delete_of_another_account_are_recorded(inst, admin):
     r7 = rid()
     assert_error(delete_user(inst, admin, acct.id, r7), 404, "NOT_FOUND")
     e = one(inst, r7)
-    assert (e["action"], e["target"], e["outcome"], e["params"]) == ("user.delete", acct.id, "NOT_FOUND", None)
+    assert (e["action"], e["target"], e["outcome"], e["params"]) == ("user.delete", acct.id, "NOT_FOUND", {})
 
     # no password nor its hash anywhere in the table or the log; the chain still verifies
     text, log = all_text(inst), inst.log()
