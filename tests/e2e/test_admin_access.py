@@ -20,6 +20,7 @@ import pytest
 import requests
 
 from datahelp import assert_error, pg_insert, premium, query_ok, scalar, tx_ok, user
+from hostile import HOSTILE_NAMES, WRONG_TYPES, no_sql_in
 from identity import bearer, cli_env, craft, live_claims, unique
 from servers import run_cli
 
@@ -580,6 +581,79 @@ def test_ownership_hostile_input_changes_nothing(inst, admin, canary, body, stat
     check_refused(inst.post(OWNERSHIP, json=body, headers=admin.headers), body, status, field)
     canary_alive(inst)
     assert snapshot(inst) == before
+
+
+# ---- the shared hostile-name corpus (hostile.py) over every identifier field ----
+
+def check_hostile(resp, value, field, in_body=True):
+    """A 400 (or a 404 where the name is looked up in the catalog) naming field, without SQL; a NUL in
+    a JSON body is INVALID_JSON (jansson refuses it before any field is read)."""
+    assert resp.status_code in (400, 404), resp.text[:500]
+    err = assert_error(resp, resp.status_code)
+    no_sql_in(err)
+    if in_body and isinstance(value, str) and "\u0000" in value:
+        assert err["code"] == "INVALID_JSON", err
+        return
+    assert err["code"] == ("VALIDATION_FAILED" if resp.status_code == 400 else "NOT_FOUND"), err
+    assert err["details"].get("field") == field, err
+
+
+def refused_whole(inst, before, resp, value, field, in_body=True):
+    check_hostile(resp, value, field, in_body)
+    canary_alive(inst)
+    assert snapshot(inst) == before
+
+
+@pytest.mark.parametrize("value", [v for v in HOSTILE_NAMES if v])
+def test_hostile_schema_path_changes_nothing(inst, admin, canary, value):
+    role = make_role(inst, "victim")
+    before = snapshot(inst)
+    resp = inst.request("PUT", perms_path(value), json={"role": role, "permissions": ["USAGE"]},
+                        headers=admin.headers)
+    refused_whole(inst, before, resp, value, "schema_name", in_body=False)
+
+
+def test_empty_schema_path_matches_no_route(inst, admin, canary):
+    before = snapshot(inst)
+    resp = inst.request("PUT", perms_path(""), json={"role": "nobody_x", "permissions": ["USAGE"]},
+                        headers=admin.headers)
+    assert resp.status_code in (400, 404, 405), resp.text
+    no_sql_in(assert_error(resp, resp.status_code))
+    assert snapshot(inst) == before
+
+
+@pytest.mark.parametrize("value", HOSTILE_NAMES + WRONG_TYPES)
+def test_hostile_schema_permission_role_changes_nothing(inst, admin, canary, value):
+    before = snapshot(inst)
+    resp = inst.request("PUT", perms_path("public"), json={"role": value, "permissions": ["USAGE"]},
+                        headers=admin.headers)
+    refused_whole(inst, before, resp, value, "role")
+
+
+@pytest.mark.parametrize("value", HOSTILE_NAMES + WRONG_TYPES)
+def test_hostile_new_owner_changes_nothing(inst, admin, canary, value):
+    before = snapshot(inst)
+    resp = inst.post(OWNERSHIP, json={"object_type": "table", "object_name": "canary", "new_owner": value},
+                     headers=admin.headers)
+    refused_whole(inst, before, resp, value, "new_owner")
+
+
+@pytest.mark.parametrize("object_type", ["table", "view", "sequence", "function", "schema", "database"])
+@pytest.mark.parametrize("value", HOSTILE_NAMES + WRONG_TYPES)
+def test_hostile_object_name_changes_nothing(inst, admin, canary, object_type, value):
+    owner = make_role(inst, "victim")
+    before = snapshot(inst)
+    resp = inst.post(OWNERSHIP, json={"object_type": object_type, "object_name": value, "new_owner": owner},
+                     headers=admin.headers)
+    refused_whole(inst, before, resp, value, "object_name")
+
+
+@pytest.mark.parametrize("value", HOSTILE_NAMES + WRONG_TYPES[1:])
+def test_hostile_rls_roles_change_nothing(inst, admin, canary, value):
+    before = snapshot(inst)
+    resp = inst.post(RLS, json={"table_name": "canary", "policy_name": "p", "policy": "true", "roles": [value]},
+                     headers=admin.headers)
+    refused_whole(inst, before, resp, value, "roles")
 
 
 # ---- who may call ----

@@ -21,6 +21,7 @@ import psycopg2
 import pytest
 
 from datahelp import admin_of, premium, scalar, start_instance, user
+from hostile import HOSTILE_NAMES, WRONG_TYPES
 from identity import assert_error, bearer, cli_env, craft, unique
 from servers import COREDB_BIN, Coredb, scratch_dir
 from conftest import base_env
@@ -418,16 +419,6 @@ def test_revoke_unknown_user_is_404(inst, admin):
 
 # ---- hostile input ----
 
-HOSTILE_NAMES = [
-    "x'); DROP TABLE dbauth_canary; --",
-    "true); DROP TABLE dbauth_canary; --",
-    'a"b', "a'b", '"', "a--b", "a/*b*/", "a\u0000b", "\u0000",
-    "\u0430dmin",                 # Cyrillic а
-    "coredb_\u0430dmin",
-    "Upper", "1abc", "a b", "a;b", "pg_evil", "", "a" * 64, "a" * 5000,
-    "é", "\u202eevil",
-]
-WRONG_TYPES = [None, 1, 1.5, True, [], {}, ["a"]]
 
 
 @pytest.mark.parametrize("value", HOSTILE_NAMES + WRONG_TYPES)
