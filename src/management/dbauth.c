@@ -6,10 +6,13 @@
  * A permission names a privilege from a fixed list (compared as words, so
  * nothing but a list entry ever reaches SQL) and optionally a table, which
  * is looked up in POSTGRES_SCHEMA as a bound parameter; the catalog's own
- * name, quoted, is what GRANT gets. Each grant is checked afterwards with
- * has_table_privilege, because PostgreSQL answers a GRANT its issuer may
- * not make with a warning, not an error: a role silently missing what was
- * asked for would be worse than a refusal.
+ * name, quoted, is what GRANT gets. Each grant is checked before (may
+ * coredb's login grant it at all: otherwise PostgreSQL fails it as a
+ * missing privilege, which is not the login lacking CREATEROLE) and
+ * afterwards with has_table_privilege, because PostgreSQL answers a GRANT
+ * its issuer may not fully make with a warning, not an error: a role
+ * silently missing what was asked for would be worse than a refusal. Both
+ * are a 403 naming the table.
  */
 #include "management/dbauth_internal.h"
 
@@ -42,6 +45,21 @@ static const char MISSED_SQL[] =
     "SELECT c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace"
     " WHERE n.nspname = $3 AND c.relkind IN ('r', 'p', 'v', 'm', 'f')"
     " AND ($4::oid IS NULL OR c.oid = $4::oid) AND NOT has_table_privilege($1, c.oid, $2)"
+    " ORDER BY c.relname LIMIT 1";
+
+/*
+ * $1 privilege, $2 schema, $3 table oid or NULL (every table): a table
+ * coredb's login may not grant that privilege on: it neither owns it (nor
+ * inherits from its owner) nor holds the privilege WITH GRANT OPTION.
+ * Asked before the GRANT, because such a GRANT fails outright (42501) when
+ * the login holds no privilege at all on the table, and only warns when it
+ * holds some: either way the answer is a 403 naming the table.
+ */
+static const char UNGRANTABLE_SQL[] =
+    "SELECT c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace"
+    " WHERE n.nspname = $2 AND c.relkind IN ('r', 'p', 'v', 'm', 'f')"
+    " AND ($3::oid IS NULL OR c.oid = $3::oid) AND NOT pg_has_role(current_user, c.relowner, 'USAGE')"
+    " AND NOT has_table_privilege(current_user, c.oid, $1 || ' WITH GRANT OPTION')"
     " ORDER BY c.relname LIMIT 1";
 
 /*
@@ -338,6 +356,27 @@ static int parse_role_request(const json_t *request, role_req *r, cdb_error *err
     return 0;
 }
 
+/*
+ * Runs a query naming a table (UNGRANTABLE_SQL, MISSED_SQL): one row = 403
+ * naming it, the same answer whether the GRANT would fail or only warn.
+ * *res is the caller's scratch, cleared here.
+ */
+static int refuse_missed(PGconn *conn, const char *sql, int n, const char *const *params, const char *privilege,
+                         PGresult **res, cdb_error *err)
+{
+    PQclear(*res);
+    *res = NULL;
+    int rc = cdb_pg_exec(conn, sql, n, params, res, err);
+    if (rc == 0 && PQntuples(*res) > 0)
+        rc = cdb_error_set_detail(err, CDB_ERR_FORBIDDEN, "table", PQgetvalue(*res, 0, 0),
+                                  "coredb's database login cannot grant %s on table %s: it neither owns "
+                                  "it nor holds that privilege WITH GRANT OPTION",
+                                  privilege, PQgetvalue(*res, 0, 0));
+    PQclear(*res);
+    *res = NULL;
+    return rc;
+}
+
 /* Inside the transaction: the role, its grants (each verified), its comment. */
 static int create_role_in_tx(PGconn *conn, const char *schema, const json_t *perms, role_req *r,
                              cdb_error *err)
@@ -371,6 +410,9 @@ static int create_role_in_tx(PGconn *conn, const char *schema, const json_t *per
         goto out;
     for (i = 0; i < r->nperms; i++) {
         const perm *p = &r->perms[i];
+        const char *asked[] = {p->privilege, schema, p->table ? p->oid : NULL};
+        if ((rc = refuse_missed(conn, UNGRANTABLE_SQL, 3, asked, p->privilege, &res, err)) < 0)
+            goto out;
         if (p->table) {
             PQfreemem(qtable);
             if (!(qtable = cdb__admin_quote(conn, p->table))) {
@@ -387,17 +429,8 @@ static int create_role_in_tx(PGconn *conn, const char *schema, const json_t *per
             goto out;
         /* a GRANT its issuer may not make is only a warning: check what the role holds */
         const char *params[] = {r->name, p->privilege, schema, p->table ? p->oid : NULL};
-        if ((rc = cdb_pg_exec(conn, MISSED_SQL, 4, params, &res, err)) < 0)
+        if ((rc = refuse_missed(conn, MISSED_SQL, 4, params, p->privilege, &res, err)) < 0)
             goto out;
-        if (PQntuples(res) > 0) {
-            rc = cdb_error_set_detail(err, CDB_ERR_FORBIDDEN, "table", PQgetvalue(res, 0, 0),
-                                      "coredb's database login cannot grant %s on table %s: it neither owns "
-                                      "it nor holds that privilege WITH GRANT OPTION",
-                                      p->privilege, PQgetvalue(res, 0, 0));
-            goto out;
-        }
-        PQclear(res);
-        res = NULL;
     }
     if (r->description) {
         if (!(comment = PQescapeLiteral(conn, r->description, strlen(r->description)))) {

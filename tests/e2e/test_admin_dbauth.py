@@ -522,10 +522,26 @@ def test_malformed_and_oversized_json(inst, admin, path, method):
 SERVICE_ROLES = ["coredb_admin", "coredb_user", "coredb_premium", "postgres"]
 
 
-@pytest.mark.parametrize("role", SERVICE_ROLES + ["login"])
+def lease_role(inst):
+    """A real connection lease (issue 9) of a fresh user: the coredb_lease_* role it created, and its id."""
+    acct = user(inst)
+    resp = inst.post("/api/v1/connections/acquire", headers=acct.headers,
+                     json={"service_name": "dbauth", "database_type": "postgresql", "operation_type": "read"})
+    assert resp.status_code == 201, resp.text
+    lease_id = resp.json()["connection_id"]
+    role = q(inst, "SELECT role_name FROM coredb.leases WHERE id = %s", (lease_id,))[0][0]
+    assert role.startswith("coredb_lease_") and role_row(inst, role) is not None
+    return acct, lease_id, role
+
+
+@pytest.mark.parametrize("role", SERVICE_ROLES + ["login", "lease"])
 def test_service_roles_are_protected(inst, admin, role):
+    lease = None
     if role == "login":
         role = scalar(inst, "SELECT current_user")     # coredb's login here (as DATABASE_URL says)
+    elif role == "lease":
+        lease = lease_role(inst)
+        role = lease[2]
     before = role_count(inst)
     attrs_before = q(inst, "SELECT rolcanlogin, rolconnlimit, rolpassword FROM pg_authid WHERE rolname = %s",
                      (role,))
@@ -549,6 +565,30 @@ def test_service_roles_are_protected(inst, admin, role):
     assert q(inst, "SELECT rolcanlogin, rolconnlimit, rolpassword FROM pg_authid WHERE rolname = %s",
              (role,)) == attrs_before
     assert members_of(inst, role) == members_before
+    if lease:
+        acct, lease_id, _ = lease
+        resp = inst.post("/api/v1/connections/release", headers=acct.headers,
+                         json={"connection_id": lease_id, "service_name": "dbauth"})
+        assert resp.status_code == 200, resp.text
+
+
+def test_select_on_every_table_sees_no_row_of_coredbs_users(inst, admin):
+    """docs/http.md: row-level security still applies to a role made here, so SELECT on every
+    table of the schema reads no row of coredb's own users (checked through a real login)."""
+    reader, name = unique("r_"), unique("u_")
+    create_role(inst, admin, {"role_name": reader, "permissions": ["SELECT"]})
+    create_user(inst, admin, {"username": name, "password": PW, "roles": [reader]})
+    assert scalar(inst, "SELECT has_table_privilege(%s, 'public.users', 'SELECT')", (name,)) is True
+    assert scalar(inst, "SELECT count(*) FROM public.users") >= 1        # as the superuser: rows exist
+    conn = connect_as(inst, name, PW)
+    try:
+        with conn.cursor() as cur:
+            cur.execute("SELECT count(*) FROM public.users")
+            assert cur.fetchone()[0] == 0
+            cur.execute("SELECT count(*) FROM public.users WHERE true OR role = 'admin'")
+            assert cur.fetchone()[0] == 0
+    finally:
+        conn.close()
 
 
 def test_powerful_roles_are_not_granted(inst, admin):
@@ -735,6 +775,14 @@ def test_login_without_createrole_gets_an_error_naming_the_fix(pg):
         pg.query(db, f"GRANT UPDATE ON public.users TO {uname}")
         pg.query(db, "CREATE TABLE su_owned (id int)")
         pg.query(db, f"GRANT SELECT ON su_owned TO {uname}")
+        # a role whose GRANT fails after its CREATE ROLE (su_owned is a superuser's table, which
+        # coredb's login may not grant) leaves no role behind: one transaction
+        bad = unique("r_")
+        err = assert_error(server.post("/api/v1/admin/roles", headers=adm.headers,
+                                       json={"role_name": bad, "permissions": ["SELECT ON su_owned"]}),
+                           403, "FORBIDDEN")
+        assert "su_owned" in err["message"], err
+        assert role_row(server, bad) is None
         session = connect_as(server, uname, PW)
 
         # without pg_signal_backend its open session cannot be ended: the whole revoke is undone
