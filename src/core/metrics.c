@@ -621,7 +621,7 @@ static void render_ops(cdb__metrics_out *o)
                 char esc[OP_NAME_MAX * 2];
                 cdb__metrics_escape(copy[i].name, esc, sizeof esc);
                 if (k == CDB_MOP_JOB)
-                    snprintf(labels, sizeof labels, "job=\"%s\"", esc);
+                    snprintf(labels, sizeof labels, "job_name=\"%s\"", esc);
                 else
                     labels[0] = '\0';
                 const char *sep = *labels ? "{" : "", *end = *labels ? "}" : "";

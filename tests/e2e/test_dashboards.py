@@ -1,15 +1,15 @@
 """docs/prometheus/alerts.yml and docs/grafana/coredb.json: the rules pass
 `promtool check rules`, fire (and stay quiet) on synthetic series under
 `promtool test rules`, every dashboard query compiles with promtool, and
-every metric the two name is in a scrape of a running coredb's /metrics.
-
-The last check needs the Prometheus metrics (branch i12-prom): until they
-are merged, /metrics does not exist and it fails, by design."""
+every metric the two name is in a scrape of a running coredb's /metrics,
+with the labels the queries group by (and none named `job` or `instance`,
+which Prometheus keeps for the target and would rename `exported_*`)."""
 import json
 import os
 import re
 import shutil
 import subprocess
+import time
 
 import pytest
 import yaml
@@ -212,7 +212,8 @@ def metric_names(exprs):
 
 
 def test_every_metric_used_is_exposed(pg, redis_server):
-    """Needs /metrics (branch i12-prom): fails until it is merged."""
+    """Every coredb_* name and grouping label the dashboard and the alerts use
+    is in a real scrape of /metrics."""
     with open(ALERTS, encoding="utf-8") as fh:
         rule_exprs = [r["expr"] for r in rules_of(yaml.safe_load(fh))]
     used = metric_names(dashboard_exprs() + rule_exprs)
@@ -220,7 +221,14 @@ def test_every_metric_used_is_exposed(pg, redis_server):
     inst = start_instance(pg, redis_server, 9)
     try:
         admin = admin_of(inst)
-        resp = inst.get("/metrics", headers=bearer(admin.token))
+        # series that exist once something happened: a client version, a job run
+        assert inst.get("/health/live", headers={"X-Client-Version": "dashboard-1.0"}).status_code == 200
+        deadline = time.time() + 20
+        while True:
+            resp = inst.get("/metrics", headers=bearer(admin.token))
+            if "coredb_job_runs_total{" in resp.text or time.time() > deadline:
+                break
+            time.sleep(0.5)
         assert resp.status_code == 200, f"/metrics answered {resp.status_code}: {resp.text[:300]}"
         assert resp.headers["Content-Type"].startswith("text/plain")
         exposed = set()
@@ -234,5 +242,22 @@ def test_every_metric_used_is_exposed(pg, redis_server):
                 exposed.add(re.match(r"[a-zA-Z_:][a-zA-Z0-9_:]*", line).group(0))
         missing = sorted(used - exposed)
         assert not missing, f"named by the dashboard or the alerts but not exposed: {missing}"
+        # labels per series name, from the sample lines
+        labels_of = {}
+        for line in resp.text.splitlines():
+            m = re.match(r"([a-zA-Z_:][a-zA-Z0-9_:]*)\{(.*)\} ", line)
+            if m and not line.startswith("#"):
+                labels_of.setdefault(m.group(1), set()).update(re.findall(r'([a-zA-Z_][a-zA-Z0-9_]*)="', m.group(2)))
+        clash = sorted(n for n, ls in labels_of.items() if ls & {"job", "instance"})
+        assert not clash, f"series with a label Prometheus reserves for the target (renamed exported_*): {clash}"
+        for expr in dashboard_exprs() + rule_exprs:
+            names = re.findall(r"\bcoredb_[a-z0-9_]+", expr)
+            have = set().union(*(labels_of.get(n, set()) for n in names)) | {"job", "instance", "le"}
+            for group in re.findall(r"\b(?:by|without)\s*\(([^)]*)\)", expr):
+                for label in filter(None, (g.strip() for g in group.split(","))):
+                    assert label in have, f"{expr}: groups by {label!r}, which no series of {names} carries"
+        # the jobs panel draws one line per background job, not one per scrape job
+        job_exprs = [e for e in dashboard_exprs() if "coredb_job_" in e]
+        assert job_exprs and all("by (job_name)" in e for e in job_exprs), job_exprs
     finally:
         inst.stop_clean()

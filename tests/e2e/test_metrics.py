@@ -3,7 +3,9 @@ main port and without one on PROMETHEUS_PORT (which serves nothing else);
 counters that move by exactly what known requests should add (a 404, a
 429, a cache hit); `promtool check metrics` on a scrape after mixed
 traffic; a real Prometheus scraping PROMETHEUS_PORT; no id, email or token
-in any label; the PostgreSQL and pool gauges read at scrape time."""
+in any label; the PostgreSQL and pool gauges read at scrape time; the
+listener's PROMETHEUS_PORT=0 and PROMETHEUS_HOST; the Redis outage counters;
+and docs/operations.md's table against the rendered families, both ways."""
 import os
 import re
 import shutil
@@ -16,7 +18,8 @@ import uuid
 import pytest
 import requests
 
-from datahelp import add_project, admin_of, pg_update, query_ok, rset, start_instance, tx_ok, user
+from datahelp import (add_project, admin_of, pg_update, query_ok, redis_client, rset, start_instance, tx_ok,
+                      user)
 from identity import b64url, bearer, login_resp
 from servers import ROOT, TEST_JWT_SECRET, Coredb, free_port, run_cli, scratch_dir
 from conftest import base_env
@@ -461,6 +464,25 @@ scrape_configs:
         targets = requests.get(f"http://127.0.0.1:{port}/api/v1/targets", timeout=5).json()
         health = [t["health"] for t in targets["data"]["activeTargets"]]
         assert health == ["up"], targets
+        # the background jobs keep their own label through a real scrape: a
+        # label named `job` would be renamed `exported_job` and every series
+        # would carry job="coredb" (one line on the dashboard's jobs panel)
+        series_api = f"http://127.0.0.1:{port}/api/v1/series"
+        names, series = set(), []
+        deadline = time.time() + 30
+        while time.time() < deadline:
+            series = requests.get(series_api, params={"match[]": "coredb_job_runs_total"}, timeout=5).json()["data"]
+            names = {m.get("job_name") for m in series}
+            if len(names) >= 2 and None not in names:
+                break
+            time.sleep(0.5)
+        assert series, "Prometheus stored no coredb_job_runs_total series"
+        assert None not in names and len(names) >= 2, series
+        assert {"flush_outbox", "reap_sessions"} <= names, names
+        for m in series:
+            assert m["job"] == "coredb" and "exported_job" not in m, m
+        by = requests.get(api, params={"query": "count by (job_name) (coredb_job_runs_total)"}, timeout=5).json()
+        assert {r["metric"]["job_name"] for r in by["data"]["result"]} == names, by
     finally:
         proc.terminate()
         proc.wait(30)
@@ -477,3 +499,155 @@ def test_metrics_port_taken_exits_2(pg):
         inst = Coredb(base_env(pg, name, None, PROMETHEUS_PORT=str(taken)), wait=False)
         assert inst.proc.wait(60) == 2, inst.log()[-2000:]
         assert "PROMETHEUS_PORT" in inst.log()
+
+
+# ---- the metrics listener's configuration ----
+
+def listening_ports(pid):
+    """{(address, port)} of the TCP sockets the process listens on, read from
+    /proc (its socket inodes matched against /proc/net/tcp, state 0A)."""
+    inodes = set()
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        try:
+            target = os.readlink(f"/proc/{pid}/fd/{fd}")
+        except OSError:
+            continue
+        if target.startswith("socket:["):
+            inodes.add(target[8:-1])
+    out = set()
+    with open(f"/proc/{pid}/net/tcp") as f:
+        next(f)
+        for line in f:
+            cols = line.split()
+            if cols[3] != "0A" or cols[9] not in inodes:
+                continue
+            addr, port = cols[1].split(":")
+            # /proc/net/tcp holds the IPv4 address as a little-endian hex word
+            octets = [str(int(addr[i:i + 2], 16)) for i in (6, 4, 2, 0)]
+            out.add((".".join(octets), int(port, 16)))
+    return out
+
+
+def refused(host, port):
+    try:
+        with socket.create_connection((host, port), timeout=3):
+            return False
+    except ConnectionRefusedError:
+        return True
+
+
+def test_the_listener_helper_sees_both_ports(minst):
+    # the control for the two tests below: with PROMETHEUS_PORT set there are two
+    assert listening_ports(minst.proc.pid) == {("127.0.0.1", minst.port), ("127.0.0.1", minst.prom_port)}
+
+
+def test_prometheus_port_0_opens_no_listener(pg):
+    inst = start_instance(pg, PROMETHEUS_PORT="0", PROMETHEUS_HOST="127.0.0.1")
+    try:
+        # the API port is the only one: not 9090 (the default), not an ephemeral one
+        assert listening_ports(inst.proc.pid) == {("127.0.0.1", inst.port)}
+        # /metrics on the main port still serves an admin, and only an admin
+        admin = admin_of(inst)
+        assert inst.get("/metrics").status_code == 401
+        assert inst.get("/metrics", headers=user(inst).headers).status_code == 403
+        ok = inst.get("/metrics", headers=admin.headers)
+        assert ok.status_code == 200 and ok.headers["Content-Type"].startswith(PROM_MEDIA)
+        assert "coredb_build_info{" in ok.text
+    finally:
+        inst.stop_clean()
+
+
+def test_prometheus_host_binds_the_address_it_names(pg):
+    port = free_port()
+    inst = start_instance(pg, PROMETHEUS_PORT=str(port), PROMETHEUS_HOST="127.0.0.2")
+    try:
+        assert listening_ports(inst.proc.pid) == {("127.0.0.1", inst.port), ("127.0.0.2", port)}
+        resp = requests.get(f"http://127.0.0.2:{port}/metrics", timeout=30)
+        assert resp.status_code == 200 and resp.headers["Content-Type"].startswith(PROM_MEDIA)
+        assert "coredb_build_info{" in resp.text
+        assert refused("127.0.0.1", port), "the metrics listener is on 127.0.0.1 too"
+    finally:
+        inst.stop_clean()
+
+
+# ---- counters of a Redis outage ----
+
+def test_redis_reconnects_and_outbox_retries_move_across_an_outage(pg, private_redis):
+    inst = start_instance(pg, private_redis, 0, PROMETHEUS_PORT=str(free_port()))
+    inst.prom_port = int(inst.env["PROMETHEUS_PORT"])
+    try:
+        a = user(inst)
+        tx_ok(inst, a, [rset("warm", "1")])
+        before = scrape(inst)
+        assert value(before, "coredb_redis_up") == 1
+        private_redis.stop()
+        out = tx_ok(inst, a, [rset("during", "outage", ttl=600)])
+        assert out["results"][0]["status"] == "pending", out
+        # the outbox job (every second) tries the row and leaves it for later
+        deadline = time.time() + 15
+        while value(scrape(inst), "coredb_outbox_retries_total") == value(before, "coredb_outbox_retries_total"):
+            assert time.time() < deadline, "no outbox retry counted while Redis was down"
+            time.sleep(0.5)
+        down = scrape(inst)
+        assert value(down, "coredb_redis_up") == 0
+        assert value(down, "coredb_redis_reconnects_total") == value(before, "coredb_redis_reconnects_total")
+        private_redis.start()
+        deadline = time.time() + 20
+        while True:
+            after = scrape(inst)
+            if value(after, "coredb_outbox_backlog") == 0 and value(after, "coredb_redis_up") == 1:
+                break
+            assert time.time() < deadline, "Redis never came back in the metrics"
+            time.sleep(0.5)
+        assert value(after, "coredb_redis_reconnects_total") >= value(before, "coredb_redis_reconnects_total") + 1
+        assert value(after, "coredb_outbox_retries_total") > value(before, "coredb_outbox_retries_total")
+        assert value(after, "coredb_outbox_applied_total") >= value(before, "coredb_outbox_applied_total") + 1
+        assert redis_client(private_redis, 0).get(f"app:user:{a.id}:during") == "outage"
+    finally:
+        if private_redis.proc.poll() is not None:
+            private_redis.start()
+        inst.stop_clean()
+
+
+# ---- the documented table ----
+
+def documented_families():
+    """Family names in docs/operations.md's metrics table (first column)."""
+    lines = open(os.path.join(ROOT, "docs", "operations.md")).read().splitlines()
+    start = lines.index("| family | type | labels | what |")
+    names = set()
+    for line in lines[start + 2:]:
+        if not line.startswith("|"):
+            break
+        first = line.split("|")[1]
+        found = re.findall(r"`([a-z_:][a-z0-9_:]*)`", first)
+        assert found, line
+        names.update(found)
+    return names
+
+
+# families that exist only with read replicas configured (DATABASE_READ_URLS)
+NEEDS_REPLICAS = {
+    "coredb_replica_up", "coredb_replica_lag_seconds", "coredb_replica_lag_bytes",
+    "coredb_db_reads_total", "coredb_read_your_writes_primary_total", "coredb_replica_read_failures_total",
+}
+
+
+def test_every_rendered_family_is_documented_and_back(pg, minst, madmin):
+    text = minst.get("/metrics", headers=madmin.headers).text
+    rendered = set(re.findall(r"^# TYPE (\S+) ", text, re.M))
+    assert len(rendered) > 50, rendered
+    assert not rendered & NEEDS_REPLICAS, rendered & NEEDS_REPLICAS
+    # the replica families: a "replica" that is the primary itself is taken
+    # out of rotation, but its families are rendered all the same
+    inst = start_instance(pg, DATABASE_READ_URLS=pg.url(minst.db), PROMETHEUS_PORT=str(free_port()))
+    inst.prom_port = int(inst.env["PROMETHEUS_PORT"])
+    try:
+        with_replicas = set(re.findall(r"^# TYPE (\S+) ", scrape_public(inst), re.M))
+    finally:
+        inst.stop_clean()
+    assert NEEDS_REPLICAS <= with_replicas, NEEDS_REPLICAS - with_replicas
+    rendered |= with_replicas
+    documented = documented_families()
+    assert rendered - documented == set(), "rendered by /metrics, missing from docs/operations.md"
+    assert documented - rendered == set(), "in docs/operations.md, not rendered by /metrics"

@@ -1180,7 +1180,7 @@ export interface components {
         /** @description Every non-2xx answer. Messages never carry SQL, stacks or secrets. */
         ErrorEnvelope: {
             error: {
-                /** @description One of: INVALID_JSON, VALIDATION_FAILED, UNKNOWN_COLUMN, INVALID_FILTER, UNAUTHORIZED, TOKEN_EXPIRED, TOKEN_REVOKED, INVALID_CREDENTIALS, FORBIDDEN, NOT_FOUND, UNKNOWN_TABLE, METHOD_NOT_ALLOWED, NOT_ACCEPTABLE, CONFLICT, MIGRATION_CHECKSUM_MISMATCH, PAYLOAD_TOO_LARGE, UNSUPPORTED_MEDIA_TYPE, BACKUP_INVALID, RATE_LIMITED, DATABASE_UNAVAILABLE, POOL_EXHAUSTED, CACHE_UNAVAILABLE, DATABASE_TIMEOUT, CONFIG_INVALID, MIGRATION_FAILED, MIGRATION_LOCKED, TRANSACTION_OUTCOME_UNKNOWN, NOT_IMPLEMENTED, IDEMPOTENCY_KEY_REUSED, IDEMPOTENCY_KEY_IN_PROGRESS, MAINTENANCE, INTERNAL_ERROR, PRECONDITION_FAILED, DATABASE_PRIVILEGE_MISSING */
+                /** @description One of: INVALID_JSON, VALIDATION_FAILED, UNKNOWN_COLUMN, INVALID_FILTER, UNAUTHORIZED, TOKEN_EXPIRED, TOKEN_REVOKED, INVALID_CREDENTIALS, FORBIDDEN, NOT_FOUND, UNKNOWN_TABLE, METHOD_NOT_ALLOWED, NOT_ACCEPTABLE, CONFLICT, MIGRATION_CHECKSUM_MISMATCH, PAYLOAD_TOO_LARGE, UNSUPPORTED_MEDIA_TYPE, BACKUP_INVALID, BACKUP_STORAGE_UNAVAILABLE, RATE_LIMITED, DATABASE_UNAVAILABLE, POOL_EXHAUSTED, CACHE_UNAVAILABLE, DATABASE_TIMEOUT, CONFIG_INVALID, MIGRATION_FAILED, MIGRATION_LOCKED, TRANSACTION_OUTCOME_UNKNOWN, NOT_IMPLEMENTED, IDEMPOTENCY_KEY_REUSED, IDEMPOTENCY_KEY_IN_PROGRESS, MAINTENANCE, INTERNAL_ERROR, PRECONDITION_FAILED, DATABASE_PRIVILEGE_MISSING */
                 code: string;
                 message: string;
                 /** @description e.g. `field`, `column`, `operation`, `retry_after` */
@@ -1487,6 +1487,15 @@ export interface components {
                 "application/json": components["schemas"]["ErrorEnvelope"];
             };
         };
+        /** @description `BACKUP_STORAGE_UNAVAILABLE` (`BACKUP_DIR` cannot be created, listed, read or written: missing and not creatable, read-only, full, a file where the directory should be; `details.reason` is the system's word, the path is only in coredb's log), `DATABASE_UNAVAILABLE`, `POOL_EXHAUSTED` (details carry `retry_after`), `MAINTENANCE` (a restore is running; with `Retry-After`) */
+        BackupUnavailable: {
+            headers: {
+                [name: string]: unknown;
+            };
+            content: {
+                "application/json": components["schemas"]["ErrorEnvelope"];
+            };
+        };
         /** @description `DATABASE_TIMEOUT` */
         Timeout: {
             headers: {
@@ -1600,7 +1609,7 @@ export interface operations {
             403: components["responses"]["Forbidden"];
             429: components["responses"]["RateLimited"];
             500: components["responses"]["InternalError"];
-            503: components["responses"]["Unavailable"];
+            503: components["responses"]["BackupUnavailable"];
         };
     };
     adminBackupCreate: {
@@ -1632,7 +1641,7 @@ export interface operations {
             403: components["responses"]["Forbidden"];
             429: components["responses"]["RateLimited"];
             500: components["responses"]["InternalError"];
-            503: components["responses"]["Unavailable"];
+            503: components["responses"]["BackupUnavailable"];
         };
     };
     adminBackupCleanup: {
@@ -1657,7 +1666,7 @@ export interface operations {
             403: components["responses"]["Forbidden"];
             429: components["responses"]["RateLimited"];
             500: components["responses"]["InternalError"];
-            503: components["responses"]["Unavailable"];
+            503: components["responses"]["BackupUnavailable"];
         };
     };
     adminBackupRestore: {
@@ -1697,7 +1706,7 @@ export interface operations {
             422: components["responses"]["Unprocessable"];
             429: components["responses"]["RateLimited"];
             500: components["responses"]["InternalError"];
-            503: components["responses"]["Unavailable"];
+            503: components["responses"]["BackupUnavailable"];
         };
     };
     adminBackupVerify: {
@@ -1729,7 +1738,7 @@ export interface operations {
             422: components["responses"]["Unprocessable"];
             429: components["responses"]["RateLimited"];
             500: components["responses"]["InternalError"];
-            503: components["responses"]["Unavailable"];
+            503: components["responses"]["BackupUnavailable"];
         };
     };
     adminDbUserCreate: {

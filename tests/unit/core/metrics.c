@@ -166,9 +166,9 @@ static void test_render_has_families_and_collectors(void **state)
     assert_non_null(strstr(text, "# TYPE coredb_http_requests_total counter\n"));
     assert_non_null(strstr(text, "coredb_http_requests_total{method=\"GET\",route=\"/unit/threads\",status=\"200\"}"));
     assert_non_null(strstr(text, "coredb_http_request_duration_seconds_bucket{route=\"/unit/latency\",le=\"+Inf\"} 100\n"));
-    assert_non_null(strstr(text, "coredb_job_runs_total{job=\"unit_job\"} 2\n"));
-    assert_non_null(strstr(text, "coredb_job_failures_total{job=\"unit_job\"} 1\n"));
-    assert_non_null(strstr(text, "coredb_job_duration_seconds_sum{job=\"unit_job\"} 2.000000\n"));
+    assert_non_null(strstr(text, "coredb_job_runs_total{job_name=\"unit_job\"} 2\n"));
+    assert_non_null(strstr(text, "coredb_job_failures_total{job_name=\"unit_job\"} 1\n"));
+    assert_non_null(strstr(text, "coredb_job_duration_seconds_sum{job_name=\"unit_job\"} 2.000000\n"));
     assert_non_null(strstr(text, "coredb_backup_runs_total 0\n"));
     assert_non_null(strstr(text, "coredb_build_info{version=\"" CDB_VERSION "\""));
     assert_non_null(strstr(text, "process_resident_memory_bytes "));
