@@ -247,7 +247,8 @@ static const char INSERT_SQL[] =
  * LEASE_MAX_PER_USER is counted on the rows, so across instances. The
  * advisory lock (per user, held to the end of the acquire's transaction)
  * makes two concurrent acquires of one user count one after the other:
- * without it both could see cap - 1 live rows and both insert.
+ * without it both could see cap - 1 live rows and both insert. The first
+ * key, 20261209, keeps it apart from identity's per-user lock (20261122).
  */
 static const char CAP_LOCK_SQL[] = "SELECT pg_advisory_xact_lock(20261209, hashtext($1))";
 static const char CAP_COUNT_SQL[] =
