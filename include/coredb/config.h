@@ -94,6 +94,7 @@ typedef struct cdb_config {
     /* Data */
     int   lease_ttl_s;             /* 300 */
     int   lease_max_ttl_s;         /* LEASE_MAX_TTL, 3600: cap of a lease's life from its creation */
+    int   lease_max_per_user;      /* LEASE_MAX_PER_USER, 4: live leases one user may hold; 0 = no cap */
     int   cache_ttl_s;             /* 300; 0 turns the data API cache off */
     int   cache_l1_mb;             /* 32: the first-level caches of the event loops (all of them), MiB; 0 = off */
     int   rate_limit_anon;         /* 20 req/s */

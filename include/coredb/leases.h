@@ -43,7 +43,10 @@ typedef struct cdb_service cdb_service;
  * "read"|"write", ttl_seconds?} by any known caller. *out: {connection_id,
  * database_url, expires_at, service_name, operation_type, pool_stats:
  * {active, idle, waiting}}. POOL_EXHAUSTED (details.retry_after) when no
- * pooled connection is free within DB_POOL_ACQUIRE_TIMEOUT.
+ * pooled connection is free within DB_POOL_ACQUIRE_TIMEOUT. RATE_LIMITED
+ * (details {limit, retry_after}: seconds until the caller's earliest live
+ * lease ends, at least 1) when the caller already holds LEASE_MAX_PER_USER
+ * live leases, counted on coredb.leases so across instances.
  */
 int cdb_lease_acquire(cdb_service *svc, const cdb_principal *caller, const json_t *request, json_t **out,
                       cdb_error *err);

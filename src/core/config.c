@@ -169,6 +169,7 @@ static const struct var vars[] = {
 
     SECS("LEASE_TTL", lease_ttl_s, "300", 1, INT_MAX),
     SECS("LEASE_MAX_TTL", lease_max_ttl_s, "3600", 1, INT_MAX),
+    INT("LEASE_MAX_PER_USER", lease_max_per_user, "4", 0, 100000),
     SECS("CACHE_TTL", cache_ttl_s, "300", 0, INT_MAX),
     INT("CACHE_L1_MB", cache_l1_mb, "32", 0, 65536),
     INT("RATE_LIMIT_ANON", rate_limit_anon, "20", 0, 1000000),

@@ -129,6 +129,13 @@ static const struct {
                               "Lookups answered by an event loop's first-level cache without Redis, by kind.",
                               "kind=\"answer\""},
     [CDB_M_L1_SESSION_HITS] = {"coredb_cache_l1_hits_total", NULL, "kind=\"session\""},
+    [CDB_M_CATALOG_RELOAD_NOTIFIED] = {"coredb_catalog_reloads_total",
+                                       "Catalog (tables, columns, grants) loads, by reason: notified (NOTIFY "
+                                       "coredb_catalog, at most one per 100 ms), periodic, connected, requested.",
+                                       "reason=\"notified\""},
+    [CDB_M_CATALOG_RELOAD_PERIODIC] = {"coredb_catalog_reloads_total", NULL, "reason=\"periodic\""},
+    [CDB_M_CATALOG_RELOAD_CONNECTED] = {"coredb_catalog_reloads_total", NULL, "reason=\"connected\""},
+    [CDB_M_CATALOG_RELOAD_REQUESTED] = {"coredb_catalog_reloads_total", NULL, "reason=\"requested\""},
     [CDB_M_INVAL_RECEIVED] = {"coredb_cache_invalidation_messages_received_total",
                               "First-level cache invalidations received through Redis pub/sub.", ""},
     [CDB_M_INVAL_SUBSCRIPTION_LOSSES] = {"coredb_cache_invalidation_subscription_losses_total",

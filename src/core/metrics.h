@@ -67,6 +67,10 @@ typedef enum cdb__metric {
     CDB_M_INVAL_ACK_TIMEOUTS,
     CDB_M_L1_ANSWER_HITS,          /* store/l1cache.c via http/loop_admit.c: answers from a loop's L1 */
     CDB_M_L1_SESSION_HITS,         /* ... session liveness from a loop's L1 */
+    CDB_M_CATALOG_RELOAD_NOTIFIED, /* store/catalog.c: catalog loads, by reason (NOTIFY coredb_catalog) */
+    CDB_M_CATALOG_RELOAD_PERIODIC, /* ... the listener's fallback refresh */
+    CDB_M_CATALOG_RELOAD_CONNECTED, /* ... the listener (re)connected */
+    CDB_M_CATALOG_RELOAD_REQUESTED, /* ... first use, or asked for after DDL */
     CDB_M__COUNT
 } cdb__metric;
 

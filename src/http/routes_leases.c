@@ -19,6 +19,10 @@ static void lease_acquire(cdb_request *r)
     cdb_error_init(&err);
     json_t *out = NULL;
     int rc = cdb_lease_acquire(r->svc, &r->principal, r->body, &out, &err);
+    if (rc < 0 && err.code == CDB_ERR_RATE_LIMITED) {   /* LEASE_MAX_PER_USER: details carry the seconds */
+        json_t *ra = err.details ? json_object_get(err.details, "retry_after") : NULL;
+        cdb_request_header(r, "Retry-After", "%lld", json_is_integer(ra) ? (long long)json_integer_value(ra) : 1);
+    }
     cdb_request_finish_result(r, rc, 201, out, &err);
 }
 

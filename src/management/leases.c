@@ -243,6 +243,45 @@ static const char INSERT_SQL[] =
     " SELECT $1, $2, $3, $4, $5, $6, pg_backend_pid(), a.backend_start, to_timestamp($7::bigint)"
     " FROM pg_stat_activity a WHERE a.pid = pg_backend_pid()";
 
+/*
+ * LEASE_MAX_PER_USER is counted on the rows, so across instances. The
+ * advisory lock (per user, held to the end of the acquire's transaction)
+ * makes two concurrent acquires of one user count one after the other:
+ * without it both could see cap - 1 live rows and both insert. The first
+ * key, 20261209, keeps it apart from identity's per-user lock (20261122).
+ */
+static const char CAP_LOCK_SQL[] = "SELECT pg_advisory_xact_lock(20261209, hashtext($1))";
+static const char CAP_COUNT_SQL[] =
+    "SELECT count(*), coalesce(ceil(extract(epoch FROM min(expires_at) - now())), 0)::bigint"
+    " FROM coredb.leases WHERE user_id::text = $1 AND state = 'active' AND expires_at > now()";
+
+/* RATE_LIMITED when the caller already holds cap live leases (cap 0: no cap). */
+static int check_cap(PGconn *conn, const cdb_principal *caller, int cap, cdb_error *err)
+{
+    PGresult *res = NULL;
+    const char *params[] = {caller->user_id};
+    int rc;
+    if (cap <= 0)
+        return 0;
+    if ((rc = cdb_pg_exec(conn, CAP_LOCK_SQL, 1, params, NULL, err)) < 0 ||
+        (rc = cdb_pg_exec(conn, CAP_COUNT_SQL, 1, params, &res, err)) < 0)
+        goto out;
+    if (PQntuples(res) == 1 && strtoll(PQgetvalue(res, 0, 0), NULL, 10) >= cap) {
+        long long retry = strtoll(PQgetvalue(res, 0, 1), NULL, 10);
+        if (retry < 1)
+            retry = 1;
+        rc = cdb_error_set(err, CDB_ERR_RATE_LIMITED,
+                           "At most %d live connection leases per user (LEASE_MAX_PER_USER); release one or retry "
+                           "after %lld s",
+                           cap, retry);
+        cdb_error_detail(err, "limit", json_integer(cap));
+        cdb_error_detail(err, "retry_after", json_integer(retry));
+    }
+out:
+    PQclear(res);
+    return rc;
+}
+
 typedef struct acquire_req {
     const char *service_name, *mode;
     int ttl;
@@ -264,7 +303,7 @@ static int parse_acquire(cdb_service *svc, const json_t *request, acquire_req *a
 }
 
 /* The role, its rights and its lease row, on the reserved connection, in one transaction. */
-static int create_in_tx(PGconn *conn, const cdb_principal *caller, const acquire_req *a, const char *id,
+static int create_in_tx(PGconn *conn, const cdb_principal *caller, const acquire_req *a, int cap, const char *id,
                         const char *role, const char *password, int64_t expires_s, cdb_error *err)
 {
     char *verifier = NULL, *group = NULL;
@@ -278,7 +317,8 @@ static int create_in_tx(PGconn *conn, const cdb_principal *caller, const acquire
         goto out;
     }
     /* the role name and the timestamp are ours: hex and digits, quoted anyway by construction */
-    if ((rc = cdb_txn_begin(conn, err)) < 0 || (rc = cdb__dbauth_verifier(conn, role, password, &verifier, err)) < 0 ||
+    if ((rc = cdb_txn_begin(conn, err)) < 0 || (rc = check_cap(conn, caller, cap, err)) < 0 ||
+        (rc = cdb__dbauth_verifier(conn, role, password, &verifier, err)) < 0 ||
         (rc = cdb__dbauth_run(conn, "create roles (CREATE ROLE)", err,
                               "CREATE ROLE \"%s\" LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION "
                               "NOBYPASSRLS INHERIT CONNECTION LIMIT %d VALID UNTIL '%s' PASSWORD %s",
@@ -341,7 +381,7 @@ int cdb_lease_acquire(cdb_service *svc, const cdb_principal *caller, const json_
     iso_utc(expires_s, until);
 
     PGconn *conn = cdb_pool_conn_pg(pc);
-    if ((rc = create_in_tx(conn, caller, &a, id, role, password, expires_s, err)) < 0)
+    if ((rc = create_in_tx(conn, caller, &a, svc->cfg->lease_max_per_user, id, role, password, expires_s, err)) < 0)
         goto out;
     if (cdb_reserved_put(id, caller->user_id, expires_s, pc) < 0) {
         /* the role exists with its row: the reaper ends it at its expiry */

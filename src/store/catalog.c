@@ -42,6 +42,7 @@
 #include "coredb/log.h"
 #include "store/pg.h"
 #include "store/pool.h"
+#include "core/metrics.h"
 #include "core/timeutil.h"
 
 enum {
@@ -399,6 +400,18 @@ static void swap_in(cdb_catalog_cache *cc, cdb_catalog *cat)
     cdb_catalog_unref(old);
 }
 
+/* The coredb_catalog_reloads_total sample a load counts in: why is one of this file's own strings. */
+static cdb__metric reload_metric(const char *why)
+{
+    if (strcmp(why, "notified") == 0)
+        return CDB_M_CATALOG_RELOAD_NOTIFIED;
+    if (strcmp(why, "periodic") == 0)
+        return CDB_M_CATALOG_RELOAD_PERIODIC;
+    if (strcmp(why, "listener connected") == 0)
+        return CDB_M_CATALOG_RELOAD_CONNECTED;
+    return CDB_M_CATALOG_RELOAD_REQUESTED;
+}
+
 /* Loads on conn and swaps in; the caller holds load_mu. */
 static int load_locked(cdb_catalog_cache *cc, PGconn *conn, const char *why, cdb_error *err)
 {
@@ -415,6 +428,7 @@ static int load_locked(cdb_catalog_cache *cc, PGconn *conn, const char *why, cdb
                              "admin_tables", (json_int_t)cat->roles[CDB_ROLE_ADMIN - 1].ntables,
                              "duration_ms", (json_int_t)(cdb_mono_ms() - t0)));
     swap_in(cc, cat);
+    cdb__metrics_inc(reload_metric(why));
     return 0;
 }
 

@@ -4,7 +4,8 @@ change only through the users API (migration 20261130_009).
 Through /api/v1/data/transaction no application role may write them: the
 update, insert and upsert are refused with the error envelope, and nothing
 changes — the row in PostgreSQL, the password that logs in, the live
-sessions and their tokens. password_hash is readable by no role. The users
+sessions and their tokens. password_hash is readable by no role, the
+read-only roles of connection leases included (migration 016). The users
 API still changes all four (with its validation, argon2id and the end of the
 other sessions). PostgreSQL's own catalog shows the grants the data API works
 from, and migrating down restores the grants of 004 exactly."""
@@ -24,8 +25,12 @@ REDIS_DB = 14
 
 IDENTITY = ["password_hash", "email", "username", "role"]
 APP_ROLES = ["coredb_user", "coredb_premium", "coredb_admin"]
+# the SELECT-only counterparts a read lease joins (migration 013; 016 narrowed admin's)
+RO_ROLES = ["coredb_user_ro", "coredb_premium_ro", "coredb_admin_ro"]
 MIGRATION = "20261130_009"
 PREVIOUS = "20261122_008"
+RO_MIGRATION = "20261201_016"
+RO_PREVIOUS = "20261130_015"
 INJECTED_PASSWORD = "injected-password-1"
 USERS_COLS = ["user_id", "email", "username", "password_hash", "display_name",
               "profile_picture_url", "role", "is_active", "created_at", "updated_at"]
@@ -295,11 +300,11 @@ SELECT r.rolname, n.nspname || '.' || c.relname, p.priv, NULL
 """
 
 
-def privileges(pg, db, schemas):
+def privileges(pg, db, schemas, roles=None):
     """{role: {table: {privilege: sorted columns (or [] for table-only privileges)}}},
     effective privileges as PostgreSQL computes them (memberships included)."""
     out = {}
-    for role, table, priv, col in pg.query(db, PRIVS_SQL, {"roles": APP_ROLES, "schemas": schemas}):
+    for role, table, priv, col in pg.query(db, PRIVS_SQL, {"roles": roles or APP_ROLES, "schemas": schemas}):
         cols = out.setdefault(role, {}).setdefault(table, {}).setdefault(priv, [])
         if col:
             cols.append(col)
@@ -318,22 +323,22 @@ def test_catalog_no_app_role_writes_identity_columns(inst):
         " WHERE r.rolname = ANY(%s) AND a.attrelid = 'public.users'::regclass"
         " AND a.attname = ANY(%s) AND (p.priv <> 'SELECT' OR a.attname = 'password_hash')"
         " AND has_column_privilege(r.oid, a.attrelid, a.attnum, p.priv)",
-        (APP_ROLES, IDENTITY))
+        (APP_ROLES + RO_ROLES, IDENTITY))
     assert rows == [], f"application roles may still write (or read the hash): {rows}"
     # the same from the standard view (table-level grants show per column there too)
     rows = inst.pg.query(
         inst.db,
         "SELECT grantee, column_name, privilege_type FROM information_schema.column_privileges"
         " WHERE table_schema = 'public' AND table_name = 'users'"
-        " AND grantee IN ('coredb_user', 'coredb_premium', 'coredb_admin', 'PUBLIC')"
+        " AND grantee = ANY(%s)"
         " AND (privilege_type IN ('INSERT', 'UPDATE') AND column_name = ANY(%s)"
-        "      OR column_name = 'password_hash')", (IDENTITY,))
+        "      OR column_name = 'password_hash')", (APP_ROLES + RO_ROLES + ["PUBLIC"], IDENTITY))
     assert rows == [], rows
     assert inst.pg.query(
         inst.db, "SELECT grantee, privilege_type FROM information_schema.table_privileges"
                  " WHERE table_schema = 'public' AND table_name = 'users'"
                  " AND privilege_type IN ('SELECT', 'INSERT', 'UPDATE')"
-                 " AND grantee IN ('coredb_user', 'coredb_premium', 'coredb_admin', 'PUBLIC')") == []
+                 " AND grantee = ANY(%s)", (APP_ROLES + RO_ROLES + ["PUBLIC"],)) == []
 
 
 def expected_privileges():
@@ -373,6 +378,69 @@ def test_catalog_grants_of_the_app_roles(inst):
     for table in ("sessions", "refresh_tokens", "redis_outbox", "deployment", "audit_log",
                   "schema_migrations", "coredb.sessions"):
         assert_error(query(inst, acct, {"table": table}), 404, "UNKNOWN_TABLE")
+
+
+def test_catalog_grants_of_the_read_only_roles(inst):
+    """What a read lease's role may do, exactly: SELECT of the readable
+    users columns (no password_hash, migration 016 for admin's) and of the
+    seed tables, nothing else on public, nothing at all on coredb.*."""
+    got = privileges(inst.pg, inst.db, ["public", "coredb"], RO_ROLES)
+    readable = sorted(c for c in USERS_COLS if c != "password_hash")
+    seed_cols = {t: sorted(r[0] for r in inst.pg.query(
+        inst.db, "SELECT attname FROM pg_attribute WHERE attrelid = %s::regclass AND attnum > 0"
+                 " AND NOT attisdropped", (t,)))
+        for t in ("public.projects", "public.content_analysis", "public.media_assets")}
+    want = {role: {"public.users": {"SELECT": readable}, **{t: {"SELECT": c} for t, c in seed_cols.items()}}
+            for role in RO_ROLES}
+    assert {r: {t: p for t, p in got.get(r, {}).items() if t.startswith("coredb.")} for r in RO_ROLES} == \
+        {r: {} for r in RO_ROLES}
+    known = {"public.users", *seed_cols}
+    assert {r: {t: p for t, p in got.get(r, {}).items() if t in known} for r in RO_ROLES} == want
+
+
+def test_016_down_restores_013s_grant_exactly(pg):
+    """Migration 016 down gives coredb_admin_ro back exactly what 013 granted
+    (the whole table: the defect 016 fixes), and up again takes it away."""
+    db = pg.create_database()
+    env = {"DATABASE_URL": pg.url(db), "JWT_SECRET": TEST_JWT_SECRET,
+           "MIGRATIONS_DIR": os.path.join(ROOT, "migrations")}
+
+    def migrate(*args):
+        proc = run_cli(["migrate", *args, "--json"], env)
+        assert proc.returncode == 0, (proc.stdout, proc.stderr)
+        return json.loads(proc.stdout)
+
+    def acl():
+        return sorted(pg.query(db, """
+            SELECT g.rolname, x.privilege_type, NULL::name
+              FROM pg_class c, aclexplode(c.relacl) x JOIN pg_roles g ON g.oid = x.grantee
+             WHERE c.oid = 'public.users'::regclass
+            UNION ALL
+            SELECT g.rolname, x.privilege_type, a.attname
+              FROM pg_attribute a, aclexplode(a.attacl) x JOIN pg_roles g ON g.oid = x.grantee
+             WHERE a.attrelid = 'public.users'::regclass""") or [], key=str)
+
+    def hash_readers():
+        return [r[0] for r in pg.query(
+            db, "SELECT rolname FROM pg_roles WHERE rolname = ANY(%s) AND has_column_privilege("
+                "oid, 'public.users'::regclass, 'password_hash', 'SELECT') ORDER BY 1", (APP_ROLES + RO_ROLES,))]
+
+    migrate("up", "--target", RO_PREVIOUS)
+    before, before_eff = acl(), privileges(pg, db, ["public", "coredb"], APP_ROLES + RO_ROLES)
+    assert hash_readers() == ["coredb_admin_ro"]          # 013's grant: what 016 fixes
+    applied = migrate("up", "--target", RO_MIGRATION)["applied"]
+    assert [m["version"] for m in applied] == [RO_MIGRATION]
+    assert acl() != before
+    assert hash_readers() == []
+    admin_ro = privileges(pg, db, ["public"], RO_ROLES)["coredb_admin_ro"]["public.users"]
+    assert admin_ro == {"SELECT": sorted(c for c in USERS_COLS if c != "password_hash")}, admin_ro
+    migrate("down", "--steps", "1")
+    assert migrate("status")["current_version"] == RO_PREVIOUS
+    assert acl() == before
+    assert privileges(pg, db, ["public", "coredb"], APP_ROLES + RO_ROLES) == before_eff
+    # and up again from there
+    assert [m["version"] for m in migrate("up", "--target", RO_MIGRATION)["applied"]] == [RO_MIGRATION]
+    assert hash_readers() == []
 
 
 def test_down_restores_the_previous_grants_exactly(pg):

@@ -55,7 +55,10 @@ def start(cluster, db=None, redis=None, **extra):
 
 @pytest.fixture(scope="module")
 def inst(cluster):
-    server = start(cluster, DB_POOL_MAX=20)
+    # LEASE_MAX_PER_USER=16: test_fifty_concurrent_pairs_leave_nothing_behind runs its pairs 8 at a
+    # time for one user (alice), over the default cap of 4; the cap itself is tested on instances
+    # of its own below
+    server = start(cluster, DB_POOL_MAX=20, LEASE_MAX_PER_USER=16)
     yield server
     server.stop_clean()
 
@@ -183,6 +186,28 @@ def test_read_lease_reads_and_cannot_write(inst, alice, bob):
     assert release(inst, alice, out["connection_id"]).status_code == 200
 
 
+def test_admin_leases_cannot_read_password_hashes(inst, admin, alice):
+    # migration 016: 013 had granted coredb_admin_ro SELECT on the whole of public.users
+    for mode in ("read", "write"):
+        out = acquire(inst, admin, mode=mode)
+        role = role_of(inst, out["connection_id"])
+        member = q(inst, "SELECT r.rolname FROM pg_auth_members m JOIN pg_roles r ON r.oid = m.roleid "
+                         "JOIN pg_roles u ON u.oid = m.member WHERE u.rolname = %s", (role,))
+        assert member == [("coredb_admin_ro" if mode == "read" else "coredb_admin",)], member
+        conn = connect(out["database_url"])
+        for sql in ["SELECT password_hash FROM public.users",
+                    "SELECT * FROM public.users",
+                    "SELECT count(*) FROM public.users WHERE password_hash LIKE '$argon2%%'",
+                    "SELECT user_id FROM public.users ORDER BY password_hash"]:
+            with pytest.raises(psycopg2.errors.InsufficientPrivilege):
+                rows(conn, sql)
+        # the admin policy still shows every user, without the hash
+        emails = {r[0] for r in rows(conn, "SELECT email FROM public.users")}
+        assert {alice.email, inst.admin_email} <= emails, emails
+        conn.close()
+        assert release(inst, admin, out["connection_id"]).status_code == 200
+
+
 def test_write_lease_writes_within_rls(inst, alice, bob):
     project(inst, bob, "bob-write")
     out = acquire(inst, alice)
@@ -283,7 +308,13 @@ def test_release_of_another_users_lease_is_not_found(inst, alice, bob):
     assert release(inst, alice, out["connection_id"]).status_code == 200
 
 
-def test_expiry_ends_sessions_within_the_reaper_delay(inst, alice):
+def expiries(inst, admin):
+    text = inst.get("/metrics", headers=admin.headers).text
+    return float(re.search(r"^coredb_lease_expiries_total (\S+)$", text, re.M).group(1))
+
+
+def test_expiry_ends_sessions_within_the_reaper_delay(inst, admin, alice):
+    expired_before = expiries(inst, admin)
     out = acquire(inst, alice, ttl_seconds=2)
     role = role_of(inst, out["connection_id"])
     conn = connect(out["database_url"])
@@ -295,6 +326,7 @@ def test_expiry_ends_sessions_within_the_reaper_delay(inst, alice):
         connect(out["database_url"])
     assert q(inst, "SELECT state FROM coredb.leases WHERE id = %s", (out["connection_id"],)) == [("expired",)]
     assert_error(release(inst, alice, out["connection_id"]), 404, "NOT_FOUND")
+    assert expiries(inst, admin) >= expired_before + 1      # this module's only instance reaped it
     audit = q(inst, "SELECT actor, outcome, params->>'reason' FROM coredb.audit_log"
                     " WHERE action = 'lease.release' AND target = %s ORDER BY id", (out["connection_id"],))
     # the reaper's release, then the refused second one (refusals are audited too)
@@ -367,7 +399,15 @@ def test_pool_max_two_exhausted_while_holder_is_served(cluster, redis_server):
     inst = start(cluster, redis=redis_server, DB_POOL_MAX=2, DB_POOL_MIN=1, DB_POOL_ACQUIRE_TIMEOUT="1s")
     try:
         a = new_account(inst)
+        other = new_account(inst)
         first = acquire(inst, a)
+        # one lease held: another caller's queries are served on the connection that is left
+        # (a fresh filter each time, so no answer can come from the cache)
+        for _ in range(5):
+            resp = inst.post("/api/v1/data/query", headers=other.headers,
+                             json={"table": "projects", "filters": {"title": uuid.uuid4().hex}})
+            assert resp.status_code == 200, resp.text
+            assert resp.json()["data"] == []
         second = acquire(inst, a)
         t0 = time.time()
         err = assert_error(inst.post(ACQ, json={"service_name": "s", "database_type": "postgresql",
@@ -383,6 +423,181 @@ def test_pool_max_two_exhausted_while_holder_is_served(cluster, redis_server):
         third = acquire(inst, a)
         for lease in (second, third):
             assert release(inst, a, lease["connection_id"]).status_code == 200
+    finally:
+        inst.stop_clean()
+
+
+# ---- the per-user cap (LEASE_MAX_PER_USER) ----
+
+def lease_roles(inst):
+    return q(inst, "SELECT count(*) FROM pg_roles WHERE rolname LIKE 'coredb\\_lease\\_%%'")[0][0]
+
+
+def test_cap_default_four_then_429_with_retry_after(cluster):
+    inst = start(cluster, DB_POOL_MAX=10)          # LEASE_MAX_PER_USER left at its default
+    try:
+        a, b = new_account(inst), new_account(inst)
+        held = [acquire(inst, a, ttl_seconds=ttl) for ttl in (60, 300, 600, 900)]
+        roles, rows_before = lease_roles(inst), q(inst, "SELECT count(*) FROM coredb.leases")[0][0]
+        body = {"service_name": "svc-a", "database_type": "postgresql", "operation_type": "read"}
+        resp = inst.post(ACQ, json=body, headers=a.headers)
+        err = assert_error(resp, 429, "RATE_LIMITED")
+        assert err["details"]["limit"] == 4, err
+        # seconds until the earliest live lease (ttl 60) ends
+        assert 50 <= err["details"]["retry_after"] <= 60, err
+        assert resp.headers["Retry-After"] == str(err["details"]["retry_after"]), resp.headers
+        assert "SELECT" not in resp.text and "coredb.leases" not in resp.text
+        # nothing was created for the refused acquire, and its connection went back to the pool
+        assert lease_roles(inst) == roles
+        assert q(inst, "SELECT count(*) FROM coredb.leases")[0][0] == rows_before
+        assert wait_for(lambda: inst.get(LIST, headers=admin_of(inst).headers).json()["pool_stats"]["active"]
+                        == 4, timeout=5)
+        # the cap is per user: another caller still gets one
+        other = acquire(inst, b)
+        # release one: the next acquire works again, and the one after is refused again
+        assert release(inst, a, held[0]["connection_id"]).status_code == 200
+        held[0] = acquire(inst, a)
+        err = assert_error(inst.post(ACQ, json=body, headers=a.headers), 429, "RATE_LIMITED")
+        assert 1 <= err["details"]["retry_after"] <= 300, err
+        # the refusal is audited like any other
+        assert q(inst, "SELECT count(*) FROM coredb.audit_log WHERE action = 'lease.acquire' AND actor = %s"
+                       " AND outcome = 'RATE_LIMITED'", (a.id,))[0][0] == 2
+        for lease in held:
+            assert release(inst, a, lease["connection_id"]).status_code == 200
+        assert release(inst, b, other["connection_id"]).status_code == 200
+    finally:
+        inst.stop_clean()
+
+
+def test_cap_counts_expired_leases_out(cluster):
+    inst = start(cluster, DB_POOL_MAX=10, LEASE_MAX_PER_USER=1)
+    try:
+        a = new_account(inst)
+        # expires_at is whole seconds: a ttl of 2 lives between 1 and 2 s
+        short = acquire(inst, a, ttl_seconds=2)
+        err = assert_error(inst.post(ACQ, json={"service_name": "s", "database_type": "postgresql",
+                                                "operation_type": "write"}, headers=a.headers), 429, "RATE_LIMITED")
+        assert err["details"]["limit"] == 1 and err["details"]["retry_after"] in (1, 2), err
+        time.sleep(2.2)
+        # past its expiry the lease no longer counts, reaped or not
+        again = acquire(inst, a)
+        assert_error(release(inst, a, short["connection_id"]), 404, "NOT_FOUND")
+        assert release(inst, a, again["connection_id"]).status_code == 200
+    finally:
+        inst.stop_clean()
+
+
+def test_cap_holds_across_instances_under_concurrent_acquires(cluster):
+    one = start(cluster, DB_POOL_MAX=10, LEASE_MAX_PER_USER=2)
+    two = start(cluster, db=one.db, DB_POOL_MAX=10, LEASE_MAX_PER_USER=2)
+    try:
+        a = new_account(one)
+        body = {"service_name": "race", "database_type": "postgresql", "operation_type": "write"}
+        barrier = __import__("threading").Barrier(8)
+
+        def attempt(i):
+            barrier.wait()
+            server = one if i % 2 else two
+            return server.post(ACQ, json=body, headers=a.headers)
+
+        with concurrent.futures.ThreadPoolExecutor(8) as ex:
+            answers = list(ex.map(attempt, range(8)))
+        codes = sorted(r.status_code for r in answers)
+        assert codes == [201, 201] + [429] * 6, [(r.status_code, r.text[:200]) for r in answers]
+        for r in answers:
+            if r.status_code == 429:
+                assert_error(r, 429, "RATE_LIMITED")
+                assert int(r.headers["Retry-After"]) >= 1
+        live = q(one, "SELECT count(*) FROM coredb.leases WHERE user_id = %s AND state = 'active'", (a.id,))
+        assert live == [(2,)], live
+        won = [r.json()["connection_id"] for r in answers if r.status_code == 201]
+        assert q(one, "SELECT count(*) FROM pg_roles WHERE rolname IN (SELECT role_name FROM coredb.leases"
+                      " WHERE user_id = %s)", (a.id,)) == [(2,)]
+        for lid in won:                   # either instance may release
+            assert release(two, a, lid, service="race").status_code == 200
+        assert acquire(one, a, service_name="race")["connection_id"]
+    finally:
+        two.stop_clean()
+        one.stop_clean()
+
+
+def test_cap_zero_is_off(cluster):
+    inst = start(cluster, DB_POOL_MAX=10, LEASE_MAX_PER_USER=0)
+    try:
+        a = new_account(inst)
+        held = [acquire(inst, a) for _ in range(6)]
+        assert q(inst, "SELECT count(*) FROM coredb.leases WHERE user_id = %s AND state = 'active'",
+                 (a.id,)) == [(6,)]
+        for lease in held:
+            assert release(inst, a, lease["connection_id"]).status_code == 200
+    finally:
+        inst.stop_clean()
+
+
+def test_cap_setting_is_validated(cluster):
+    from servers import run_cli
+    db = cluster.create_database("lease")
+    for bad in ("-1", "many", "100001"):
+        env = base_env(cluster, db, None, LEASE_MAX_PER_USER=bad)
+        run = run_cli(["config"], env)
+        assert run.returncode != 0 and "LEASE_MAX_PER_USER" in run.stdout + run.stderr, (bad, run.stdout, run.stderr)
+
+
+# ---- NOTIFY coredb_catalog from a lease ----
+
+def reloads(inst, admin, reason="notified"):
+    text = inst.get("/metrics", headers=admin.headers).text
+    m = re.search(r'^coredb_catalog_reloads_total\{reason="%s"\} (\S+)$' % reason, text, re.M)
+    assert m, text[-2000:]
+    return float(m.group(1))
+
+
+def test_notify_flood_from_a_lease_is_rate_bounded(cluster):
+    import threading
+    inst = start(cluster, DB_POOL_MAX=10)
+    try:
+        admin, a = admin_of(inst), new_account(inst)
+        out = acquire(inst, a, mode="read")           # a read lease: NOTIFY needs no privilege
+        conn = connect(out["database_url"])
+        before = reloads(inst, admin)
+        answers, stop = [], threading.Event()
+
+        def serve():
+            while not stop.is_set():
+                t = time.time()
+                resp = inst.post("/api/v1/data/query", headers=a.headers,
+                                 json={"table": "projects", "filters": {"title": uuid.uuid4().hex}})
+                answers.append((resp.status_code, time.time() - t))
+
+        reader = threading.Thread(target=serve)
+        reader.start()
+        t0 = time.time()
+        try:
+            for i in range(300):          # a burst in a tight loop
+                rows(conn, "NOTIFY coredb_catalog, %s", (str(i),))
+            # then a stream spaced by 2 ms: long enough that, unbounded, each note would reload on its own
+            for i in range(300):
+                rows(conn, "NOTIFY coredb_catalog, %s", (f"s{i}",))
+                time.sleep(0.002)
+            flood = time.time() - t0
+            # the last notes reload at most one gap after the flood; let that happen
+            last, settled_at = reloads(inst, admin), time.time()
+            while time.time() - settled_at < 0.5:
+                time.sleep(0.1)
+                now = reloads(inst, admin)
+                if now != last:
+                    last, settled_at = now, time.time()
+        finally:
+            stop.set()
+            reader.join(30)
+        elapsed = settled_at - t0
+        count = last - before
+        assert count >= 1, "the notifications never reached coredb"
+        assert count <= elapsed / 0.1 + 3, (count, elapsed, flood)
+        assert answers and all(code == 200 for code, _ in answers), answers
+        assert max(took for _, took in answers) < 5, max(answers, key=lambda x: x[1])
+        conn.close()
+        assert release(inst, a, out["connection_id"]).status_code == 200
     finally:
         inst.stop_clean()
 

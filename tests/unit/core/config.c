@@ -152,6 +152,7 @@ static void test_defaults(void **state)
     assert_int_equal(cfg.password_min_length, 10);
     assert_int_equal(cfg.login_max_failures, 10);
     assert_int_equal(cfg.lease_ttl_s, 300);
+    assert_int_equal(cfg.lease_max_per_user, 4);
     assert_int_equal(cfg.cache_ttl_s, 300);
     assert_int_equal(cfg.rate_limit_anon, 20);
     assert_int_equal(cfg.rate_limit_user, 50);
