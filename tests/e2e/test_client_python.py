@@ -114,7 +114,7 @@ def test_request_id_and_client_version_reach_the_service(inst, root):
         assert first.startswith("py-") and c.last_request_id.startswith("py-") and first != c.last_request_id
     metrics = inst.get("/metrics", headers=root.headers).text
     line = [ln for ln in metrics.splitlines()
-            if ln.startswith("coredb_client_requests_total") and f'client_version="python-{coredb.__version__}"' in ln]
+            if ln.startswith("coredb_client_requests_total") and f'client_version="coredb-py/{coredb.__version__}"' in ln]
     assert line and float(line[0].split()[-1]) >= 3, line
     assert "py-test-rid-404" in inst.log()
 
@@ -589,6 +589,65 @@ def test_idempotent_calls_retry_on_503(private_cluster):
             assert e.value.code == "POOL_EXHAUSTED" and e.value.retry_after == 1, e.value
     finally:
         inst.stop_clean()
+
+
+def test_retry_waits_for_retry_after(inst, redis_server):
+    """A 503 MAINTENANCE carries Retry-After: N (5 s). The client waits N
+    before it retries: a client that ignored the header (0.25 s back-off)
+    would fail the lower bound. The maintenance is the real one, set as a
+    restore on another instance sets it: the deployment's Redis key, which
+    every instance polls (src/security/maintenance.c)."""
+    acct = user(inst)
+    deployment = q(inst, "SELECT id::text FROM coredb.deployment")[0][0]
+    r = redis_client(redis_server, REDIS_DB)
+    key = f"coredb:{deployment}:maintenance"
+    path = "/api/v1/data/tables"
+    timer = None
+    r.set(key, int(time.time()), ex=120)
+    try:
+        deadline = time.time() + 10
+        while True:
+            resp = inst.get(path, headers=acct.headers)
+            if resp.status_code == 503 or time.time() > deadline:
+                break
+            time.sleep(0.1)
+        assert resp.status_code == 503 and resp.json()["error"]["code"] == "MAINTENANCE", resp.text
+        wait = int(resp.headers["Retry-After"])
+        assert wait >= 2, wait      # long enough to tell from the 0.25 s back-off
+        with Client(inst.base, token=acct.token, max_retries=1, max_retry_wait=60) as c:
+            # still in maintenance after one retry: the error, after waiting Retry-After once
+            started = time.time()
+            with pytest.raises(ServiceUnavailableError) as e:
+                c.request("GET", path)
+            took = time.time() - started
+            assert e.value.code == "MAINTENANCE" and e.value.retry_after == wait, e.value
+            assert wait <= took < wait + 3, took
+            # the maintenance ends while the client waits: the retry succeeds
+            c.max_retries = 3
+            timer = threading.Timer(1.0, r.delete, (key,))
+            timer.start()
+            started = time.time()
+            tables = c.request("GET", path)
+            took = time.time() - started
+            assert isinstance(tables, (dict, list)), tables
+            assert wait <= took < wait + 3, took
+            # the wait is bounded by max_retry_wait, whatever the service asks
+            r.set(key, int(time.time()), ex=120)
+            deadline = time.time() + 10
+            while inst.get(path, headers=acct.headers).status_code != 503 and time.time() < deadline:
+                time.sleep(0.1)
+            c.max_retries, c.max_retry_wait = 2, 0.5
+            started = time.time()
+            with pytest.raises(ServiceUnavailableError):
+                c.request("GET", path)
+            assert 1.0 <= time.time() - started < wait, time.time() - started
+    finally:
+        if timer is not None:
+            timer.join()
+        r.delete(key)
+    deadline = time.time() + 10
+    while inst.get(path, headers=acct.headers).status_code == 503 and time.time() < deadline:
+        time.sleep(0.1)
 
 
 def _pg_up(server):
