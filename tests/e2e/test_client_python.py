@@ -292,6 +292,71 @@ def test_collections_documents_and_vectors(inst, root):
     assert scalar(inst, "SELECT to_regclass(%s) IS NULL", (f"coredb.coll_{docs}",))
 
 
+def test_doc_upsert_and_replace(inst, root):
+    """The builder's doc_upsert and doc_replace against the real service,
+    each effect read in the collection's table: an upsert inserts, then
+    overwrites the whole document with a new etag; the id may come from the
+    document; a replace needs the current etag when given one, a stale one
+    is PRECONDITION_FAILED and changes nothing, a missing id is 404, and a
+    failing replace takes the transaction's other operations with it."""
+    docs = unique("pyups")
+    acct = user(inst)
+
+    def row(i):
+        rows = q(inst, f"SELECT doc, etag FROM coredb.coll_{docs} WHERE id = %s", (i,))
+        return rows[0] if rows else None
+
+    with Client(inst.base, token=root.token) as admin:
+        admin.create_collection(docs, "documents")
+    try:
+        with Client(inst.base, token=acct.token) as c:
+            out = c.transaction().doc_upsert(docs, {"name": "Ann", "n": 1}, id="ann").commit()
+            e1 = out["results"][0]["data"]["rows"][0]["etag"]
+            assert row("ann") == ({"name": "Ann", "n": 1}, e1)
+            # an upsert of an existing id replaces the whole document (no merge), with a new etag
+            out = c.transaction().doc_upsert(docs, {"n": 2}, id="ann").commit()
+            e2 = out["results"][0]["data"]["rows"][0]["etag"]
+            assert e2 != e1 and row("ann") == ({"n": 2}, e2)
+            assert scalar(inst, f"SELECT count(*) FROM coredb.coll_{docs}") == 1
+            # without id=, the document's own "id" member names it
+            c.transaction().doc_upsert(docs, {"id": "bob", "n": 7}).commit()
+            assert row("bob")[0] == {"id": "bob", "n": 7}
+            # replace with the current etag
+            out = c.transaction().doc_replace(docs, "ann", {"name": "Ann", "n": 3}, if_match=e2).commit()
+            e3 = out["results"][0]["data"]["rows"][0]["etag"]
+            assert e3 != e2 and row("ann") == ({"name": "Ann", "n": 3}, e3)
+            # a stale etag: refused, nothing changed
+            with pytest.raises(ConflictError) as e:
+                c.transaction().doc_replace(docs, "ann", {"n": 99}, if_match=e2).commit()
+            assert e.value.code == "PRECONDITION_FAILED" and e.value.status == 409, e.value
+            assert row("ann") == ({"name": "Ann", "n": 3}, e3)
+            # without if_match a replace overwrites; a missing id is 404
+            c.transaction().doc_replace(docs, "ann", {"n": 4}).commit()
+            assert row("ann")[0] == {"n": 4}
+            with pytest.raises(NotFoundError):
+                c.transaction().doc_replace(docs, "nobody", {"n": 1}).commit()
+            assert row("nobody") is None
+            # all or nothing: the upsert before a failing replace is rolled back
+            with pytest.raises(ConflictError):
+                (c.transaction().doc_upsert(docs, {"n": 1}, id="carl")
+                 .doc_replace(docs, "ann", {"n": 5}, if_match="stale-etag").commit())
+            assert row("carl") is None and row("ann")[0] == {"n": 4}
+            # hostile input: typed 4xx, no effect
+            with pytest.raises(ValidationError) as e:
+                c.transaction().doc_replace(docs, "", {"n": 1}).commit()
+            assert e.value.details.get("field") == "id", e.value.details
+            with pytest.raises(ValidationError):
+                c.transaction().doc_upsert(docs, ["not", "an", "object"], id="dan").commit()
+            with pytest.raises(CoreDBError) as e:
+                c.transaction().doc_upsert("x; DROP TABLE users; --", {"n": 1}, id="eve").commit()
+            assert 400 <= e.value.status < 500, e.value
+            assert row("dan") is None and row("eve") is None
+            assert scalar(inst, "SELECT to_regclass('public.users') IS NOT NULL")
+    finally:
+        with Client(inst.base, token=root.token) as admin:
+            admin.drop_collection(docs)
+
+
 # ---- leases ----
 
 def test_lease_context_manager_dsn_and_release(inst):
@@ -323,6 +388,37 @@ def test_lease_context_manager_dsn_and_release(inst):
             cid = lease.connection_id
         with pytest.raises(NotFoundError):
             c.query("projects", connection_id=cid)
+
+
+def test_lease_dsn_with_asyncpg(inst):
+    """The lease's DSN with a second driver, asyncpg (Debian's
+    python3-asyncpg): it connects as the lease's role, reads and writes as
+    the user (row-level security), and the release ends the connection and
+    drops the role."""
+    import asyncpg
+
+    acct = user(inst)
+    title = unique("asyncpg-")
+
+    async def main():
+        async with AsyncClient(inst.base, token=acct.token) as c:
+            async with c.lease("py-asyncpg", "write") as lease:
+                conn = await asyncpg.connect(lease.dsn)
+                role = await conn.fetchval("SELECT current_user")
+                assert role.startswith("coredb_lease_"), role
+                pid = await conn.fetchval("INSERT INTO projects (title, user_id) VALUES ($1, $2) RETURNING id",
+                                          title, uuid.UUID(acct.id))
+                assert await conn.fetchval("SELECT title FROM projects WHERE id = $1", pid) == title
+            assert lease.released["status"] == "released"
+            # the release ended the session: the next statement fails
+            with pytest.raises((asyncpg.PostgresError, asyncpg.InterfaceError, ConnectionError, OSError)):
+                await conn.fetchval("SELECT 1")
+            await conn.close(timeout=5)
+            return role, pid
+
+    role, pid = run(main())
+    assert scalar(inst, "SELECT count(*) FROM pg_roles WHERE rolname = %s", (role,)) == 0
+    assert q(inst, "SELECT title, user_id::text FROM projects WHERE id = %s", (str(pid),)) == [(title, acct.id)]
 
 
 def _current_user(dsn):

@@ -26,7 +26,7 @@ import httpx
 from ._version import __version__
 from .errors import AuthenticationError, CoreDBError, TransportError, error_class
 
-# the service keeps short [0-9A-Za-z._+-] values as a metrics label (no "/")
+# the service keeps short [0-9A-Za-z._+/-] values as a metrics label (no "@")
 CLIENT_VERSION = f"coredb-py/{__version__}"
 IDEMPOTENT = frozenset({"GET", "HEAD", "PUT", "DELETE", "OPTIONS"})
 REFRESH_MARGIN_S = 5   # refresh this long before the access token's exp
