@@ -626,6 +626,49 @@ def test_refresh_single_flight_and_rotation(pg):
         inst.stop_clean()
 
 
+def test_refresh_single_flight_across_threads(pg):
+    """One client shared by threads that each run their own event loop (the
+    seed API's module-level client used from a thread pool): after the access
+    token expires, one refresh in all, so the refresh token is never
+    presented twice and the session survives (the service ends a session
+    whose used refresh token comes back)."""
+    # 8 s tokens: after 3.5 s one is within the client's 5 s margin, a fresh one is not
+    inst = start_instance(pg, ACCESS_TOKEN_TTL=8, JWT_CLOCK_SKEW=0)
+    try:
+        acct = user(inst)
+
+        async def login():
+            return await AsyncClient.login(inst.base, acct.email, PASSWORD)
+        c = run(login())
+        for round_ in range(3):
+            time.sleep(3.5)                                # the access token is due for refresh
+            start = threading.Barrier(8)
+            results, errors = [], []
+
+            def worker():
+                async def calls():
+                    start.wait()
+                    return await asyncio.gather(*[c.get_user(acct.id) for _ in range(3)])
+                try:
+                    results.extend(asyncio.run(calls()))
+                except Exception as e:                     # noqa: BLE001 - reported below
+                    errors.append(e)
+            threads = [threading.Thread(target=worker) for _ in range(8)]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join(60)
+            assert not errors, errors
+            assert len(results) == 24 and all(r["user_id"] == acct.id for r in results)
+            assert c.refreshes == round_ + 1, c.refreshes
+        # the session is still alive: no refresh token was presented twice
+        assert run(c.get_user(acct.id))["user_id"] == acct.id
+        assert scalar(inst, "SELECT count(*) FROM coredb.sessions WHERE session_id = %s AND revoked_at IS NULL",
+                      (c.session_id,)) == 1
+    finally:
+        inst.stop_clean()
+
+
 # ---- retries on 503 ----
 
 @pytest.fixture(scope="module")
