@@ -20,6 +20,7 @@ PACKAGES=(
   python3-bcrypt
   python3-yaml   # tests/e2e/test_dashboards.py reads the alert rules
   python3-httpx  # the Python client, clients/python (tests/e2e/test_client_python.py)
+  python3-asyncpg  # the lease DSN with a second driver (tests/e2e/test_client_python.py)
   python3-numpy  # vector search reference (tests/e2e/test_vectors.py, bench/vectors.py)
   python3-faiss  # FAISS flat index, the exact-search reference of bench/vectors.py
   # benchmarks and process tools

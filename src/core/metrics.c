@@ -278,8 +278,9 @@ void cdb__metrics_http_error(int route, const char *method, int status, cdb_err 
 
 /*
  * A version label must not carry an id, an email or a token: only short
- * values of [0-9A-Za-z._+-] are kept (no '@'; under 24 characters, too
+ * values of [0-9A-Za-z._+/-] are kept (no '@'; under 24 characters, too
  * few for a token or a UUID, even without its dashes); the rest is "other".
+ * '/' is for the name/version form the clients send (coredb-py/1.0.0).
  */
 static bool version_ok(const char *v)
 {
@@ -287,7 +288,7 @@ static bool version_ok(const char *v)
     for (; v[n]; n++) {
         char c = v[n];
         if (n >= 24 || !((c >= '0' && c <= '9') || (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') ||
-                         c == '.' || c == '_' || c == '+' || c == '-'))
+                         c == '.' || c == '_' || c == '+' || c == '-' || c == '/'))
             return false;
     }
     return n > 0;

@@ -348,10 +348,15 @@ bool cdb__loop_admit(cdb_request *r)
     a->r = r;
     a->liveness = -1;
     a->pending = 1;                /* held until every command is queued */
-    /* a restore running (503 MAINTENANCE) is the worker's business; a due poll of its flag rides along */
+    /*
+     * A restore running (503 MAINTENANCE) is the worker's business; a due poll of its flag rides along.
+     * A due poll is sent even while the flag is on: poll_due has claimed it, so the worker will not
+     * poll for CDB_MAINTENANCE_POLL_MS, and dropping it here kept a flag another instance had
+     * cleared on for as long as data requests kept coming.
+     */
     int64_t since;
     bool poll = cdb_service_maintenance_poll_due(r->svc, &since, a->maintenance_key, sizeof a->maintenance_key);
-    if (since) {
+    if (since && !poll) {
         free(a);
         return false;
     }

@@ -114,7 +114,7 @@ def test_request_id_and_client_version_reach_the_service(inst, root):
         assert first.startswith("py-") and c.last_request_id.startswith("py-") and first != c.last_request_id
     metrics = inst.get("/metrics", headers=root.headers).text
     line = [ln for ln in metrics.splitlines()
-            if ln.startswith("coredb_client_requests_total") and f'client_version="python-{coredb.__version__}"' in ln]
+            if ln.startswith("coredb_client_requests_total") and f'client_version="coredb-py/{coredb.__version__}"' in ln]
     assert line and float(line[0].split()[-1]) >= 3, line
     assert "py-test-rid-404" in inst.log()
 
@@ -292,6 +292,71 @@ def test_collections_documents_and_vectors(inst, root):
     assert scalar(inst, "SELECT to_regclass(%s) IS NULL", (f"coredb.coll_{docs}",))
 
 
+def test_doc_upsert_and_replace(inst, root):
+    """The builder's doc_upsert and doc_replace against the real service,
+    each effect read in the collection's table: an upsert inserts, then
+    overwrites the whole document with a new etag; the id may come from the
+    document; a replace needs the current etag when given one, a stale one
+    is PRECONDITION_FAILED and changes nothing, a missing id is 404, and a
+    failing replace takes the transaction's other operations with it."""
+    docs = unique("pyups")
+    acct = user(inst)
+
+    def row(i):
+        rows = q(inst, f"SELECT doc, etag FROM coredb.coll_{docs} WHERE id = %s", (i,))
+        return rows[0] if rows else None
+
+    with Client(inst.base, token=root.token) as admin:
+        admin.create_collection(docs, "documents")
+    try:
+        with Client(inst.base, token=acct.token) as c:
+            out = c.transaction().doc_upsert(docs, {"name": "Ann", "n": 1}, id="ann").commit()
+            e1 = out["results"][0]["data"]["rows"][0]["etag"]
+            assert row("ann") == ({"name": "Ann", "n": 1}, e1)
+            # an upsert of an existing id replaces the whole document (no merge), with a new etag
+            out = c.transaction().doc_upsert(docs, {"n": 2}, id="ann").commit()
+            e2 = out["results"][0]["data"]["rows"][0]["etag"]
+            assert e2 != e1 and row("ann") == ({"n": 2}, e2)
+            assert scalar(inst, f"SELECT count(*) FROM coredb.coll_{docs}") == 1
+            # without id=, the document's own "id" member names it
+            c.transaction().doc_upsert(docs, {"id": "bob", "n": 7}).commit()
+            assert row("bob")[0] == {"id": "bob", "n": 7}
+            # replace with the current etag
+            out = c.transaction().doc_replace(docs, "ann", {"name": "Ann", "n": 3}, if_match=e2).commit()
+            e3 = out["results"][0]["data"]["rows"][0]["etag"]
+            assert e3 != e2 and row("ann") == ({"name": "Ann", "n": 3}, e3)
+            # a stale etag: refused, nothing changed
+            with pytest.raises(ConflictError) as e:
+                c.transaction().doc_replace(docs, "ann", {"n": 99}, if_match=e2).commit()
+            assert e.value.code == "PRECONDITION_FAILED" and e.value.status == 409, e.value
+            assert row("ann") == ({"name": "Ann", "n": 3}, e3)
+            # without if_match a replace overwrites; a missing id is 404
+            c.transaction().doc_replace(docs, "ann", {"n": 4}).commit()
+            assert row("ann")[0] == {"n": 4}
+            with pytest.raises(NotFoundError):
+                c.transaction().doc_replace(docs, "nobody", {"n": 1}).commit()
+            assert row("nobody") is None
+            # all or nothing: the upsert before a failing replace is rolled back
+            with pytest.raises(ConflictError):
+                (c.transaction().doc_upsert(docs, {"n": 1}, id="carl")
+                 .doc_replace(docs, "ann", {"n": 5}, if_match="stale-etag").commit())
+            assert row("carl") is None and row("ann")[0] == {"n": 4}
+            # hostile input: typed 4xx, no effect
+            with pytest.raises(ValidationError) as e:
+                c.transaction().doc_replace(docs, "", {"n": 1}).commit()
+            assert e.value.details.get("field") == "id", e.value.details
+            with pytest.raises(ValidationError):
+                c.transaction().doc_upsert(docs, ["not", "an", "object"], id="dan").commit()
+            with pytest.raises(CoreDBError) as e:
+                c.transaction().doc_upsert("x; DROP TABLE users; --", {"n": 1}, id="eve").commit()
+            assert 400 <= e.value.status < 500, e.value
+            assert row("dan") is None and row("eve") is None
+            assert scalar(inst, "SELECT to_regclass('public.users') IS NOT NULL")
+    finally:
+        with Client(inst.base, token=root.token) as admin:
+            admin.drop_collection(docs)
+
+
 # ---- leases ----
 
 def test_lease_context_manager_dsn_and_release(inst):
@@ -323,6 +388,37 @@ def test_lease_context_manager_dsn_and_release(inst):
             cid = lease.connection_id
         with pytest.raises(NotFoundError):
             c.query("projects", connection_id=cid)
+
+
+def test_lease_dsn_with_asyncpg(inst):
+    """The lease's DSN with a second driver, asyncpg (Debian's
+    python3-asyncpg): it connects as the lease's role, reads and writes as
+    the user (row-level security), and the release ends the connection and
+    drops the role."""
+    import asyncpg
+
+    acct = user(inst)
+    title = unique("asyncpg-")
+
+    async def main():
+        async with AsyncClient(inst.base, token=acct.token) as c:
+            async with c.lease("py-asyncpg", "write") as lease:
+                conn = await asyncpg.connect(lease.dsn)
+                role = await conn.fetchval("SELECT current_user")
+                assert role.startswith("coredb_lease_"), role
+                pid = await conn.fetchval("INSERT INTO projects (title, user_id) VALUES ($1, $2) RETURNING id",
+                                          title, uuid.UUID(acct.id))
+                assert await conn.fetchval("SELECT title FROM projects WHERE id = $1", pid) == title
+            assert lease.released["status"] == "released"
+            # the release ended the session: the next statement fails
+            with pytest.raises((asyncpg.PostgresError, asyncpg.InterfaceError, ConnectionError, OSError)):
+                await conn.fetchval("SELECT 1")
+            await conn.close(timeout=5)
+            return role, pid
+
+    role, pid = run(main())
+    assert scalar(inst, "SELECT count(*) FROM pg_roles WHERE rolname = %s", (role,)) == 0
+    assert q(inst, "SELECT title, user_id::text FROM projects WHERE id = %s", (str(pid),)) == [(title, acct.id)]
 
 
 def _current_user(dsn):
@@ -530,6 +626,49 @@ def test_refresh_single_flight_and_rotation(pg):
         inst.stop_clean()
 
 
+def test_refresh_single_flight_across_threads(pg):
+    """One client shared by threads that each run their own event loop (the
+    seed API's module-level client used from a thread pool): after the access
+    token expires, one refresh in all, so the refresh token is never
+    presented twice and the session survives (the service ends a session
+    whose used refresh token comes back)."""
+    # 8 s tokens: after 3.5 s one is within the client's 5 s margin, a fresh one is not
+    inst = start_instance(pg, ACCESS_TOKEN_TTL=8, JWT_CLOCK_SKEW=0)
+    try:
+        acct = user(inst)
+
+        async def login():
+            return await AsyncClient.login(inst.base, acct.email, PASSWORD)
+        c = run(login())
+        for round_ in range(3):
+            time.sleep(3.5)                                # the access token is due for refresh
+            start = threading.Barrier(8)
+            results, errors = [], []
+
+            def worker():
+                async def calls():
+                    start.wait()
+                    return await asyncio.gather(*[c.get_user(acct.id) for _ in range(3)])
+                try:
+                    results.extend(asyncio.run(calls()))
+                except Exception as e:                     # noqa: BLE001 - reported below
+                    errors.append(e)
+            threads = [threading.Thread(target=worker) for _ in range(8)]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join(60)
+            assert not errors, errors
+            assert len(results) == 24 and all(r["user_id"] == acct.id for r in results)
+            assert c.refreshes == round_ + 1, c.refreshes
+        # the session is still alive: no refresh token was presented twice
+        assert run(c.get_user(acct.id))["user_id"] == acct.id
+        assert scalar(inst, "SELECT count(*) FROM coredb.sessions WHERE session_id = %s AND revoked_at IS NULL",
+                      (c.session_id,)) == 1
+    finally:
+        inst.stop_clean()
+
+
 # ---- retries on 503 ----
 
 @pytest.fixture(scope="module")
@@ -589,6 +728,65 @@ def test_idempotent_calls_retry_on_503(private_cluster):
             assert e.value.code == "POOL_EXHAUSTED" and e.value.retry_after == 1, e.value
     finally:
         inst.stop_clean()
+
+
+def test_retry_waits_for_retry_after(inst, redis_server):
+    """A 503 MAINTENANCE carries Retry-After: N (5 s). The client waits N
+    before it retries: a client that ignored the header (0.25 s back-off)
+    would fail the lower bound. The maintenance is the real one, set as a
+    restore on another instance sets it: the deployment's Redis key, which
+    every instance polls (src/security/maintenance.c)."""
+    acct = user(inst)
+    deployment = q(inst, "SELECT id::text FROM coredb.deployment")[0][0]
+    r = redis_client(redis_server, REDIS_DB)
+    key = f"coredb:{deployment}:maintenance"
+    path = "/api/v1/data/tables"
+    timer = None
+    r.set(key, int(time.time()), ex=120)
+    try:
+        deadline = time.time() + 10
+        while True:
+            resp = inst.get(path, headers=acct.headers)
+            if resp.status_code == 503 or time.time() > deadline:
+                break
+            time.sleep(0.1)
+        assert resp.status_code == 503 and resp.json()["error"]["code"] == "MAINTENANCE", resp.text
+        wait = int(resp.headers["Retry-After"])
+        assert wait >= 2, wait      # long enough to tell from the 0.25 s back-off
+        with Client(inst.base, token=acct.token, max_retries=1, max_retry_wait=60) as c:
+            # still in maintenance after one retry: the error, after waiting Retry-After once
+            started = time.time()
+            with pytest.raises(ServiceUnavailableError) as e:
+                c.request("GET", path)
+            took = time.time() - started
+            assert e.value.code == "MAINTENANCE" and e.value.retry_after == wait, e.value
+            assert wait <= took < wait + 3, took
+            # the maintenance ends while the client waits: the retry succeeds
+            c.max_retries = 3
+            timer = threading.Timer(1.0, r.delete, (key,))
+            timer.start()
+            started = time.time()
+            tables = c.request("GET", path)
+            took = time.time() - started
+            assert isinstance(tables, (dict, list)), tables
+            assert wait <= took < wait + 3, took
+            # the wait is bounded by max_retry_wait, whatever the service asks
+            r.set(key, int(time.time()), ex=120)
+            deadline = time.time() + 10
+            while inst.get(path, headers=acct.headers).status_code != 503 and time.time() < deadline:
+                time.sleep(0.1)
+            c.max_retries, c.max_retry_wait = 2, 0.5
+            started = time.time()
+            with pytest.raises(ServiceUnavailableError):
+                c.request("GET", path)
+            assert 1.0 <= time.time() - started < wait, time.time() - started
+    finally:
+        if timer is not None:
+            timer.join()
+        r.delete(key)
+    deadline = time.time() + 10
+    while inst.get(path, headers=acct.headers).status_code == 503 and time.time() < deadline:
+        time.sleep(0.1)
 
 
 def _pg_up(server):

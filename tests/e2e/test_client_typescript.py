@@ -77,6 +77,40 @@ def test_readme_quick_start_type_checks(built):
         shutil.rmtree(scratch)
 
 
+def strict_tsc(*files):
+    """tsc --noEmit --strict on files inside the package, so that "@coredb/client" resolves to it."""
+    return subprocess.run([os.path.join(CLIENT, "node_modules", ".bin", "tsc"), "--noEmit", "--strict",
+                           "--module", "nodenext", "--moduleResolution", "nodenext", "--target", "es2022",
+                           "--types", "node", *files], cwd=CLIENT, capture_output=True, text=True, timeout=120)
+
+
+def test_document_and_vector_bodies_type_check(built):
+    """typecheck/documents_vectors.ts (a vector search with every member
+    vec_query.c accepts, vector upserts with vector and payload, a document
+    query with path filters and order_by {path, direction}, and a table
+    order_by {column}) compiles under strict tsc against the generated
+    types: a field the schema lacks is an excess-property error. The check
+    can fail: the same file with one misspelt member is refused."""
+    src = os.path.join(CLIENT, "typecheck", "documents_vectors.ts")
+    proc = strict_tsc(src)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    with open(src, encoding="utf-8") as fh:
+        text = fh.read()
+    scratch = tempfile.mkdtemp(prefix=".typecheck-", dir=CLIENT)
+    try:
+        for good, bad in (("with_vector: false", "with_vectors: false"),
+                          ('payload: { lang: "en" }', 'payloads: { lang: "en" }'),
+                          ('{ path: "title" }', '{ paths: "title" }')):
+            assert good in text, good
+            broken = os.path.join(scratch, "broken.ts")
+            with open(broken, "w", encoding="utf-8") as fh:
+                fh.write(text.replace(good, bad, 1))
+            proc = strict_tsc(broken)
+            assert proc.returncode != 0 and "error TS" in proc.stdout, (bad, proc.stdout + proc.stderr)
+    finally:
+        shutil.rmtree(scratch)
+
+
 def test_version_agrees_with_the_service(built):
     with open(os.path.join(CLIENT, "package.json"), encoding="utf-8") as fh:
         pkg = json.load(fh)
@@ -138,6 +172,11 @@ def test_node_tests_against_a_real_coredb(built, pg, redis_server, tmp_path):
         r = redis_client(redis_server, REDIS_DB)
         assert r.get(f"app:user:{made['user_id']}:{made['redis_key']}") == "ts-value"
         # X-Client-Version reached the service's metrics
-        assert 'coredb_client_requests_total{client_version="1.0.0"}' in made["metrics_excerpt"]
+        # as coredb-ts/<version>, so that the metric tells it from the Python client (coredb-py/<version>)
+        with open(os.path.join(CLIENT, "package.json"), encoding="utf-8") as fh:
+            version = json.load(fh)["version"]
+        assert made["metrics_excerpt"].startswith(
+            f'coredb_client_requests_total{{client_version="coredb-ts/{version}"}} '), made["metrics_excerpt"]
+        assert int(made["metrics_excerpt"].split()[-1]) > 0
     finally:
         inst.stop_clean()

@@ -10,13 +10,17 @@ count and wait), and error answers raised as typed exceptions (errors.py).
 
 httpx connections and asyncio locks belong to one event loop; the client keeps
 them per loop so that one client (and the module-level one of the seed API)
-survives several asyncio.run() calls."""
+survives several asyncio.run() calls. The refresh is also guarded by a
+threading.Lock: threads that share one client, each running its own loop,
+would otherwise each refresh with the same refresh token, and the service
+ends a session whose used refresh token comes back (reuse detection)."""
 import asyncio
 import base64
 import contextlib
 import contextvars
 import json
 import os
+import threading
 import time
 import uuid
 from urllib.parse import quote
@@ -26,8 +30,8 @@ import httpx
 from ._version import __version__
 from .errors import AuthenticationError, CoreDBError, TransportError, error_class
 
-# the service keeps short [0-9A-Za-z._+-] values as a metrics label (no "/")
-CLIENT_VERSION = f"python-{__version__}"
+# the service keeps short [0-9A-Za-z._+/-] values as a metrics label (no "@")
+CLIENT_VERSION = f"coredb-py/{__version__}"
 IDEMPOTENT = frozenset({"GET", "HEAD", "PUT", "DELETE", "OPTIONS"})
 REFRESH_MARGIN_S = 5   # refresh this long before the access token's exp
 
@@ -106,6 +110,7 @@ class AsyncClient:
         self.last_request_id = None
         self._client_kw = {"base_url": self.base_url, "timeout": timeout}
         self._state = None
+        self._refresh_guard = threading.Lock()   # one refresh across loops (threads), see _refresh
         self.refreshes = 0   # how many refreshes this client made (observable in tests)
 
     # ---- life cycle ----
@@ -242,10 +247,20 @@ class AsyncClient:
         async with state.refresh_lock:
             if self.access_token != stale_token:
                 return
-            body = await self.request("POST", "/api/v1/auth/refresh", auth=False,
-                                      json_body={"refresh_token": self.refresh_token})
-            self._take_tokens(body)
-            self.refreshes += 1
+            # another thread's loop may hold the same refresh token: one refresh at a time
+            # across loops too. Polled, not a blocking acquire, so this loop's other tasks
+            # keep running (and a cancelled wait leaves the lock free).
+            while not self._refresh_guard.acquire(blocking=False):
+                await asyncio.sleep(0.005)
+            try:
+                if self.access_token != stale_token:
+                    return
+                body = await self.request("POST", "/api/v1/auth/refresh", auth=False,
+                                          json_body={"refresh_token": self.refresh_token})
+                self._take_tokens(body)
+                self.refreshes += 1
+            finally:
+                self._refresh_guard.release()
 
     async def sign_in(self, email, password):
         """POST /api/v1/auth/login; this client then uses and refreshes the tokens."""

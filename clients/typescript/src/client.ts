@@ -186,7 +186,7 @@ export class CoreDB {
         const headers: Record<string, string> = {
             "Accept": "application/json",
             "X-Request-ID": opts.requestId ?? randomUUID(),
-            "X-Client-Version": VERSION,
+            "X-Client-Version": `coredb-ts/${VERSION}`,
         };
         if (opts.auth !== false && this.accessToken !== undefined)
             headers["Authorization"] = `Bearer ${this.accessToken}`;

@@ -1294,10 +1294,31 @@ export interface components {
                 page?: number;
                 limit?: number;
             };
+            /** @description vectors: the query point, as many finite float32 numbers as the collection's dimensions */
+            vector?: number[];
+            /** @description vectors: how many nearest points (10 when left out) */
+            k?: number;
+            /** @description vectors: a payload filter, the documents' filters form (path: value or {operator: value}) */
+            filter?: Record<string, unknown>;
+            /** @description vectors: leave out points scoring below this */
+            min_score?: number | null;
+            /** @description vectors: answer each point's payload (true when left out) */
+            with_payload?: boolean;
+            /** @description vectors: answer each point's vector (false when left out) */
+            with_vector?: boolean;
+            /** @description vectors: rank every candidate even when the collection has an HNSW index (false when left out) */
+            exact?: boolean;
         };
         OrderBy: {
             column: string;
             /** @enum {unknown} */
+            direction?: "asc" | "desc";
+        } | {
+            path: string;
+            /**
+             * @description asc when left out
+             * @enum {unknown}
+             */
             direction?: "asc" | "desc";
         };
         QueryResult: {
@@ -1340,6 +1361,10 @@ export interface components {
             patch?: Record<string, unknown>;
             /** @description documents: replace/patch/delete only when the etag is this one (else 409 PRECONDITION_FAILED) */
             if_match?: string;
+            /** @description vectors: upsert, the point (as many finite float32 numbers as the collection's dimensions) */
+            vector?: number[];
+            /** @description vectors: upsert, the point's JSON payload (the documents' size and depth limits) */
+            payload?: Record<string, unknown> | null;
         };
         TransactionResult: {
             transaction_id?: string;

@@ -289,7 +289,7 @@ test("health and monitoring: detailed checks, metrics JSON and Prometheus text",
         assert.equal((await m).status, "success");
     const text = await admin.metricsText();
     assert.match(text, /^# (HELP|TYPE) /m);
-    const line = text.split("\n").find((l) => l.startsWith('coredb_client_requests_total{client_version="1.0.0"}'));
+    const line = text.split("\n").find((l) => l.startsWith('coredb_client_requests_total{client_version="coredb-ts/' + VERSION + '"}'));
     assert.ok(line, "X-Client-Version counted");
     report("metrics_excerpt", line);
     const status = await admin.migrationStatus();

@@ -95,6 +95,16 @@ static void test_client_versions_bounded(void **state)
     }
 }
 
+/* The clients' name/version form is a label; '@', spaces and quotes are not. */
+static void test_client_version_name_slash_version(void **state)
+{
+    assert_true(version_ok("coredb-py/1.0.0"));
+    assert_true(version_ok("coredb-ts/1.0.0"));
+    assert_false(version_ok("coredb-ts/1.0.0 linux"));
+    assert_false(version_ok("me@example.com/1.0"));
+    assert_false(version_ok("coredb-ts/1.0.0/extra/extra"));  /* 27 characters: too long */
+}
+
 static void test_latency_quantiles(void **state)
 {
     int route = cdb__metrics_route_index("/unit/latency");
@@ -201,6 +211,7 @@ int main(void)
         cmocka_unit_test(test_route_index_is_stable_and_unmatched_is_zero),
         cmocka_unit_test(test_label_sets_are_fixed),
         cmocka_unit_test(test_client_versions_bounded),
+        cmocka_unit_test(test_client_version_name_slash_version),
         cmocka_unit_test(test_latency_quantiles),
         cmocka_unit_test(test_errors_json_and_ring),
         cmocka_unit_test(test_render_has_families_and_collectors),
