@@ -53,7 +53,7 @@ typedef struct loop_admission {
     bool table_ticket_ok;
     cdb_inval_ticket table_ticket;
     char *answer;                  /* a cache hit's body */
-    bool maintenance;              /* the poll of the restore flag found one running */
+    bool maintenance;              /* a restore runs: known before, or found by its poll */
     char maintenance_key[256];
     char session_key[64];
     char quota_key[128];
@@ -360,6 +360,8 @@ bool cdb__loop_admit(cdb_request *r)
         free(a);
         return false;
     }
+    /* on until the poll's reply says otherwise: a failed reply answers nothing from the cache */
+    a->maintenance = since != 0;
     if (!check_session(a))
         goto fallback;
     if (poll) {
