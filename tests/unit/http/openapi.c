@@ -8,7 +8,8 @@
  *     x-coredb-auth names the route's auth mode and whose `security` fits
  *     it (public and anonymous: none; optional: none or bearer; user and
  *     admin: bearer), with 401 (and 403 for admin) documented;
- *   - every operation has such a route.
+ *   - every operation has such a route;
+ *   - every error code of coredb/error.h is in the envelope's list of codes.
  * The route tables are listed below; every table declared in
  * http_internal.h must be in that list (checked too).
  */
@@ -244,6 +245,33 @@ static void test_test_routes_are_not_described(void **state)
     json_decref(doc);
 }
 
+/* The envelope's code lists every code of CDB_ERROR_TABLE (a new code is documented with it). */
+static void test_every_error_code_is_listed(void **state)
+{
+    json_t *doc = load_document();
+    json_t *code = json_object_get(json_object_get(json_object_get(json_object_get(json_object_get(
+        json_object_get(json_object_get(doc, "components"), "schemas"), "ErrorEnvelope"), "properties"),
+        "error"), "properties"), "code");
+    const char *list = json_string_value(json_object_get(code, "description"));
+    assert_non_null(list);
+    static const char *const names[] = {
+#define NAME_(name, value, status) #name,
+        CDB_ERROR_TABLE(NAME_)
+#undef NAME_
+    };
+    for (size_t i = 0; i < sizeof names / sizeof names[0]; i++) {
+        size_t n = strlen(names[i]);
+        const char *at = list;
+        /* a whole item of the list: preceded by ' ' and followed by ',' or its end */
+        while ((at = strstr(at, names[i])) && !(at[-1] == ' ' && (at[n] == ',' || at[n] == '\0')))
+            at += n;
+        if (!at)
+            PROBLEM("error code %s is not in ErrorEnvelope's list of codes", names[i]);
+    }
+    assert_int_equal(failures, 0);
+    json_decref(doc);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -251,6 +279,7 @@ int main(void)
         cmocka_unit_test(test_every_operation_is_routed),
         cmocka_unit_test(test_every_table_is_checked),
         cmocka_unit_test(test_test_routes_are_not_described),
+        cmocka_unit_test(test_every_error_code_is_listed),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
