@@ -206,15 +206,20 @@ out:
 /* ---- the reaper ---- */
 
 /*
- * Leases to end: expired ones, live ones whose reserved connection's
- * backend is gone (its instance crashed or lost it), and releases that
- * stopped half-way more than 30 s ago. A backend whose start time is hidden
+ * Leases to end: expired ones, live ones whose user is gone, deactivated or
+ * no longer has the role the lease was granted under (a lease must not
+ * outlive the rights it was cut from: the users API ends sessions on those
+ * changes, the reaper ends leases within its tick), live ones whose
+ * reserved connection's backend is gone (its instance crashed or lost it),
+ * and releases that stopped half-way more than 30 s ago. A backend whose start time is hidden
  * (another login's, without pg_read_all_stats) counts as alive: a lease is
  * never ended on a guess.
  */
 static const char DUE_SQL[] =
     "SELECT l.id::text FROM coredb.leases l"
     " WHERE (l.state = 'active' AND (l.expires_at <= now() OR NOT EXISTS ("
+    "   SELECT 1 FROM public.users u WHERE u.user_id = l.user_id AND u.is_active AND u.role = l.app_role)"
+    "  OR NOT EXISTS ("
     "   SELECT 1 FROM pg_stat_activity a WHERE a.pid = l.backend_pid"
     "    AND (a.backend_start = l.backend_start OR a.backend_start IS NULL))))"
     "  OR (l.state = 'releasing' AND l.released_at < now() - interval '30 seconds')"

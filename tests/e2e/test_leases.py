@@ -18,7 +18,7 @@ import psycopg2.errors
 import pytest
 
 from conftest import base_env
-from datahelp import admin_env, admin_of, new_account, wait_for
+from datahelp import admin_env, admin_of, new_account, pg_update, tx, wait_for
 from identity import PASSWORD, assert_error, bearer, craft, live_claims
 from servers import Coredb, PgServer
 
@@ -331,6 +331,33 @@ def test_expiry_ends_sessions_within_the_reaper_delay(inst, admin, alice):
                     " WHERE action = 'lease.release' AND target = %s ORDER BY id", (out["connection_id"],))
     # the reaper's release, then the refused second one (refusals are audited too)
     assert audit == [("reaper", "success", "expired"), (alice.id, "NOT_FOUND", None)], audit
+
+
+@pytest.mark.parametrize("change", ["deactivate", "role", "delete"])
+def test_lease_ends_when_its_user_loses_the_rights(inst, admin, change):
+    """A lease is cut from its user's rights at acquire: deactivating the
+    user, changing their role or deleting them ends it within the reaper's
+    tick, as the users API ends their sessions (a lease of an old admin
+    kept admin's rights until expiry before)."""
+    holder = new_account(inst)
+    out = acquire(inst, holder, ttl_seconds=600)
+    role = role_of(inst, out["connection_id"])
+    conn = connect(out["database_url"])
+    assert session_alive(conn)
+    if change == "deactivate":
+        resp = tx(inst, admin, [pg_update("users", {"user_id": holder.id}, {"is_active": False})])
+    elif change == "role":
+        resp = inst.request("PUT", f"/users/{holder.id}", headers=admin.headers, json={"role": "premium"})
+    else:
+        resp = inst.request("DELETE", f"/users/{holder.id}", headers=admin.headers)
+    assert resp.status_code in (200, 204), resp.text
+    t0 = time.time()
+    assert wait_for(lambda: not role_exists(inst, role), timeout=1 + 5 + 1), change
+    assert time.time() - t0 < 1 + 5 + 1
+    assert not session_alive(conn)
+    with pytest.raises(psycopg2.OperationalError):
+        connect(out["database_url"])
+    assert q(inst, "SELECT state FROM coredb.leases WHERE id = %s", (out["connection_id"],)) == [("expired",)]
 
 
 def test_renew_extends_up_to_the_max(cluster):
