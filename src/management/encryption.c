@@ -31,6 +31,7 @@
 #include "security/colring.h"
 #include "security/service_state.h"
 #include "store/pg.h"
+#include "store/qcache.h"
 #include "store/txn.h"
 
 #define run(conn, err, ...) cdb__admin_run((conn), "encryption.statement_failed", (err), __VA_ARGS__)
@@ -399,6 +400,27 @@ static int job_json(PGconn *conn, const char *id, json_t **out, cdb_error *err)
     return rc;
 }
 
+/*
+ * A job's end (or a wait:false setup's start): the table's cached answers go.
+ * The bump makes them unreachable on every instance; the purge deletes their
+ * bytes from Redis, since pages cached before the setup or while the job ran
+ * hold rows that were still plaintext then.
+ */
+static void clear_table_cache(cdb_service *svc, const char *table)
+{
+    long deleted = 0;
+    cdb_error e;
+    cdb_error_init(&e);
+    cdb__colring_invalidate(svc->colring);
+    cdb__admin_announce(svc, table);
+    if (cdb_qcache_purge(svc->qcache, table, &deleted, &e) < 0)
+        cdb_log_warn("encryption.cache_purge_failed", "%s: cached answers of %s stay until CACHE_TTL", e.message,
+                     table);
+    else if (deleted > 0)
+        cdb_log_info("encryption.cache_purged", "%ld cached answers of %s deleted", deleted, table);
+    cdb_error_destroy(&e);
+}
+
 /* After setup or rotation's first transaction: the job to its end, the answer. */
 static int finish(cdb_service *svc, PGconn *conn, enc_col *c, const char *job_id, bool wait, json_t **out,
                   cdb_error *err)
@@ -423,8 +445,7 @@ static int finish(cdb_service *svc, PGconn *conn, enc_col *c, const char *job_id
                                       c->column, "key_version", c->current, "searchable", c->searchable, "job",
                                       job)))
         rc = cdb_error_oom(err);
-    cdb__colring_invalidate(svc->colring);
-    cdb__admin_announce(svc, c->table);
+    clear_table_cache(svc, c->table);
     return rc;
 }
 
@@ -867,6 +888,9 @@ static int resume_jobs(void *arg, cdb_error *err)
         else if (rc == 0) {
             cdb_log_info("encryption.resume", "resuming encryption job %s on %s.%s", id, c.table, c.column);
             rc = run_job(conn, &c, id, err);
+            /* as finish() does after a job it waited for: nothing cached meanwhile stays */
+            if (rc == 0)
+                clear_table_cache(svc, c.table);
         }
         enc_col_destroy(&c);
         PQclear(cdb_pg_query(conn, "SELECT pg_advisory_unlock_all()"));
