@@ -342,20 +342,52 @@ out:
     return rc;
 }
 
+void cdb_encryption_on_progress(cdb_service *svc, cdb_encryption_progress_fn fn, void *arg)
+{
+    svc->encryption_progress = fn;
+    svc->encryption_progress_arg = arg;
+}
+
+/* The rows a pass has to do (only counted when someone watches the progress). */
+static int rows_to_do(PGconn *conn, const enc_col *c, long *total, cdb_error *err)
+{
+    PGresult *res = NULL;
+    char prefix[32], sql[512];
+    snprintf(prefix, sizeof prefix, CDB_COLVAL_PREFIX "%d:%%", c->current);
+    snprintf(sql, sizeof sql, "SELECT count(*) FROM %s.%s WHERE %s IS NOT NULL AND %s NOT LIKE $1", c->qschema,
+             c->qtable, c->qcolumn, c->qcolumn);
+    const char *p[] = {prefix};
+    int rc = cdb_pg_exec(conn, sql, 1, p, &res, err);
+    if (rc == 0)
+        *total = atol(PQgetvalue(res, 0, 0));
+    PQclear(res);
+    return rc;
+}
+
 /* Runs a job to its end: batches until none is left, then marks it done and retires unused keys. */
-static int run_job(PGconn *conn, enc_col *c, const char *job_id, cdb_error *err)
+static int run_job(cdb_service *svc, PGconn *conn, enc_col *c, const char *job_id, cdb_error *err)
 {
     long done = 0, skipped = 0;
     int rc;
     /* two passes: the second after every instance's key snapshot has expired
        (colring.h), for values written meanwhile with the previous state */
     for (int pass = 0; pass < 2; pass++) {
+        long total = 0, so_far = 0;
         if (pass)
             usleep((CDB_COLRING_TTL_MS + 500) * 1000);
+        if (svc->encryption_progress) {
+            if ((rc = rows_to_do(conn, c, &total, err)) < 0)
+                return rc;
+            svc->encryption_progress(svc->encryption_progress_arg, 0, total, pass);
+        }
         skipped = 0;
         do {
             if ((rc = run_batch(conn, c, job_id, &done, &skipped, err)) < 0)
                 return rc;
+            so_far += done;
+            if (svc->encryption_progress && done > 0)
+                svc->encryption_progress(svc->encryption_progress_arg, so_far, total > so_far ? total : so_far,
+                                         pass);
         } while (done > 0);
     }
     const char *p[] = {job_id};
@@ -432,7 +464,7 @@ static int finish(cdb_service *svc, PGconn *conn, enc_col *c, const char *job_id
         /* the resumer (resume_jobs) leaves a job alone while its runner holds this */
         rc = cdb_pg_exec(conn, "SELECT pg_advisory_lock(7011, $1::int)", 1, p, NULL, err);
         if (rc == 0)
-            rc = run_job(conn, c, job_id, err);
+            rc = run_job(svc, conn, c, job_id, err);
         PQclear(cdb_pg_query(conn, "SELECT pg_advisory_unlock_all()"));
     } else {
         /* left to the serving instances' resumer, at its next tick */
@@ -887,7 +919,7 @@ static int resume_jobs(void *arg, cdb_error *err)
                                    " WHERE id = $1::bigint", 1, p, NULL, err);
         else if (rc == 0) {
             cdb_log_info("encryption.resume", "resuming encryption job %s on %s.%s", id, c.table, c.column);
-            rc = run_job(conn, &c, id, err);
+            rc = run_job(svc, conn, &c, id, err);
             /* as finish() does after a job it waited for: nothing cached meanwhile stays */
             if (rc == 0)
                 clear_table_cache(svc, c.table);
