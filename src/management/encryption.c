@@ -617,6 +617,10 @@ int cdb_encryption_setup_column(cdb_service *svc, const cdb_principal *caller, c
         (rc = cdb_audit_record_in(conn, caller, "encryption.setup", c.table, request, err)) < 0 ||
         (rc = cdb_txn_commit(conn, err)) < 0)
         goto out;
+    /* the catalog first (the blind-index column, the widened type), then the keys: a request that
+       learns the column is encrypted finds the catalog that goes with it (data/tx_parse.c copes
+       with one that began just before) */
+    cdb__admin_announce(svc, c.table);
     cdb__colring_invalidate(svc->colring); /* this instance's writers encrypt from now on */
     cdb_log_info("encryption.setup", "column %s.%s registered for encryption (job %s)", c.table, c.column, job_id);
     rc = finish(svc, conn, &c, job_id, wait, out, err);
