@@ -736,3 +736,47 @@ def test_cli_prints_progress_while_the_job_runs(inst, admin):
     assert run.returncode == 0, run.stdout + run.stderr
     assert json.loads(run.stdout)["key_version"] == 3
     assert f"rotating {t}.ssn: {n}/{n} rows (100%)" in run.stderr.splitlines(), run.stderr
+
+
+def test_a_job_reads_each_key_about_once_not_once_per_batch(inst, admin):
+    """Batches walk the primary key (each reads the next 500 keys after the
+    previous batch's last, then its rows among them), so a job over n rows
+    reads each row a few times in all (two passes, each a sweep), not once
+    per batch. Measured on 20,000 rows: 61,000 rows read (PostgreSQL's
+    counters); searching from the first key every batch read 1,172,000."""
+    n = 20000
+    t = people(inst, n)
+
+    def rows_read():
+        return scalar(inst, "SELECT coalesce(seq_tup_read, 0) + coalesce(idx_tup_fetch, 0) FROM pg_stat_user_tables"
+                            " WHERE relname = %s", (t,))
+    time.sleep(1.5)                # the load's own reads reach the statistics first
+    before = rows_read()
+    out = encrypt(inst, admin, {"table_name": t, "column_name": "ssn"})
+    assert out["job"]["rows_done"] == n, out
+    assert wait_for(lambda: rows_read() - before >= n, timeout=15), rows_read() - before
+    time.sleep(1.5)
+    read = rows_read() - before
+    print(f"setup of {n} rows read {read} rows ({read / n:.1f} per row)")
+    assert n <= read <= 8 * n, read
+    a = audit(inst, admin, t)
+    assert a["rows_by_key_version"] == {"1": n} and a["plaintext_rows"] == 0, a
+
+
+@pytest.mark.parametrize("key,expr", [("uuid", "gen_random_uuid()"), ("text", "'K' || i"),
+                                      ("varchar(20)", "lpad(i::text, 5, 'z') || 'a'")])
+def test_jobs_walk_every_key_type(inst, admin, key, expr):
+    """The batches' key ranges for uuid (no max()) and text keys (the
+    collation's order): setup and rotation reach every row."""
+    n = 1234
+    t = unique("keys")
+    inst.pg.query(inst.db, f"CREATE TABLE {t} (id {key} PRIMARY KEY, ssn text)")
+    inst.pg.query(inst.db, f"INSERT INTO {t} SELECT {expr}, 'kv-' || i FROM generate_series(1, {n}) i")
+    out = encrypt(inst, admin, {"table_name": t, "column_name": "ssn"})
+    assert out["job"]["rows_done"] == n, out
+    assert audit(inst, admin, t)["rows_by_key_version"] == {"1": n}
+    out = encrypt(inst, admin, {"table_name": t, "column_name": "ssn"}, path="/api/v1/admin/encryption/columns/rotate")
+    assert out["job"]["rows_done"] == n, out
+    a = audit(inst, admin, t)
+    assert a["rows_by_key_version"] == {"2": n} and a["plaintext_rows"] == 0, a
+    assert not any("kv-" in r for r in table_text(inst, t))
