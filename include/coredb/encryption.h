@@ -49,6 +49,17 @@ int cdb_encryption_rotate_key(cdb_service *svc, const cdb_principal *caller, con
                               json_t **out, cdb_error *err);
 
 /*
+ * Progress of the jobs that setup and rotate run in this process (the CLI's
+ * progress line): called after every batch with the rows re-encrypted so far
+ * by this run and the rows there were to do when its pass began, pass 0 the
+ * main one and 1 the last one (after the other instances' key snapshots have
+ * expired: values they wrote meanwhile). fn NULL = none. Not thread safe:
+ * set it before the call.
+ */
+typedef void (*cdb_encryption_progress_fn)(void *arg, long rows_done, long rows_total, int pass);
+void cdb_encryption_on_progress(cdb_service *svc, cdb_encryption_progress_fn fn, void *arg);
+
+/*
  * table_name NULL = every encrypted column. Counted from the rows:
  * *out = {columns: [{table_name, column_name, key_version,
  * rows_by_key_version: {"1": n, ...}, plaintext_rows, last_rotated_at, job}]}.

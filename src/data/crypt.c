@@ -87,6 +87,19 @@ static void bidx_name(const cdb_enccol *c, char *buf, size_t len)
     snprintf(buf, len, "%.58s_bidx", c->column);
 }
 
+bool cdb__crypt_is_blind_index(const cdb_colset *cs, const char *table, const char *name)
+{
+    for (size_t i = 0; cs && i < cs->n; i++) {
+        char bidx[64];
+        if (!cs->cols[i].searchable || strcmp(cs->cols[i].table, table) != 0)
+            continue;
+        bidx_name(&cs->cols[i], bidx, sizeof bidx);
+        if (strcmp(bidx, name) == 0)
+            return true;
+    }
+    return false;
+}
+
 /* The blind index of a JSON string value, into out; false for another type. */
 static bool blind_of(const cdb_enccol *c, const json_t *v, char out[33])
 {

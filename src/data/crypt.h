@@ -71,6 +71,9 @@ int cdb__crypt_write_values(const cdb_colset *cs, cdb_pool *pool, const char *ta
 int cdb__crypt_write_check(const cdb_colset *cs, const char *table, const json_t *data, bool upsert,
                            bool update, const json_t *conflict_columns, bool sets_encrypted, cdb_error *err);
 
+/* Whether name is the blind-index column of a searchable encrypted column of table (coredb sets it). */
+bool cdb__crypt_is_blind_index(const cdb_colset *cs, const char *table, const char *name);
+
 /* Decrypts the encrypted values of one returned row in place (needs its primary key member). */
 void cdb__crypt_row(const cdb_colset *cs, const char *table, json_t *row, const json_t *plain_data);
 

@@ -41,7 +41,8 @@ static int expire_ledger(void *arg, cdb_error *err)
 static int refresh_encryption_snapshot(void *arg, cdb_error *err)
 {
     cdb_service *svc = arg;
-    cdb_colset *cs = cdb__colring_get(svc, err);
+    /* every tick, not only past the TTL: the loops use it only while it is younger than that */
+    cdb_colset *cs = cdb__colring_refresh(svc, err);
     if (!cs)
         return err->code;
     cdb__colring_put(svc, cs);

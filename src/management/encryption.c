@@ -31,6 +31,7 @@
 #include "security/colring.h"
 #include "security/service_state.h"
 #include "store/pg.h"
+#include "store/qcache.h"
 #include "store/txn.h"
 
 #define run(conn, err, ...) cdb__admin_run((conn), "encryption.statement_failed", (err), __VA_ARGS__)
@@ -242,10 +243,15 @@ static int start_job(PGconn *conn, const enc_col *c, const char *kind, char *id,
 
 /*
  * One batch: rewrites up to CDB_ENCRYPTION_BATCH rows not on the current
- * version. *done = how many. A value that does not decrypt is left as it is
- * (and counted by the audit as not on the current version); the job goes on.
+ * version whose keys come after last (its text; "" = from the first key),
+ * in key order; last becomes the batch's last key (so the next batch reads
+ * only keys of its own: a job reads the table about once per sweep, not once
+ * per batch). *fetched = the rows read (0: the sweep is at the end), *done =
+ * the rows rewritten. A value that does not decrypt is left as it is (and
+ * counted by the audit as not on the current version); the job goes on.
  */
-static int run_batch(PGconn *conn, enc_col *c, const char *job_id, long *done, long *skipped, cdb_error *err)
+static int run_batch(PGconn *conn, enc_col *c, const char *job_id, char **last, long *fetched, long *done,
+                     cdb_error *err)
 {
     PGresult *res = NULL;
     json_t *batch = NULL;
@@ -253,26 +259,53 @@ static int run_batch(PGconn *conn, enc_col *c, const char *job_id, long *done, l
     int rc;
 
     *done = 0;
-    snprintf(prefix, sizeof prefix, CDB_COLVAL_PREFIX "%d:%%", c->current);
-    snprintf(sql, sizeof sql,
-             "SELECT %s::text, %s FROM %s.%s WHERE %s IS NOT NULL AND %s NOT LIKE $1 ORDER BY %s"
-             " LIMIT %d OFFSET $2::int FOR UPDATE SKIP LOCKED",
-             c->qpk, c->qcolumn, c->qschema, c->qtable, c->qcolumn, c->qcolumn, c->qpk, CDB_ENCRYPTION_BATCH);
-    snprintf(n, sizeof n, "%ld", *skipped);
-    const char *sel[] = {prefix, n};
-    if ((rc = cdb_txn_begin(conn, err)) < 0 || (rc = cdb_pg_exec(conn, sql, 2, sel, &res, err)) < 0)
-        goto out;
-    /* the whole batch in one statement: its rows as JSON records, joined on the primary key */
-    char upd[1024];
+    *fetched = 0;
     if (!c->pktype) {
         rc = cdb_error_set(err, CDB_ERR_INTERNAL_ERROR, "The primary key of %s is gone", c->table);
         goto out;
     }
+    /* the batch's key range first (the next CDB_ENCRYPTION_BATCH keys, read from the primary key's
+       index whatever their state), then its rows in that range still to do: a range the planner
+       cannot turn into a scan of the whole table */
+    snprintf(sql, sizeof sql,
+             /* the last by ORDER BY, not max(): uuid has no max */
+             "SELECT count(*) OVER (), k::text FROM (SELECT %s AS k FROM %s.%s%s%s%s%s ORDER BY %s LIMIT %d) s"
+             " ORDER BY k DESC LIMIT 1",
+             c->qpk, c->qschema, c->qtable, **last ? " WHERE " : "", **last ? c->qpk : "", **last ? " > $1::" : "",
+             **last ? c->pktype : "", c->qpk, CDB_ENCRYPTION_BATCH);
+    const char *lp[] = {*last};
+    if ((rc = cdb_txn_begin(conn, err)) < 0 || (rc = cdb_pg_exec(conn, sql, **last ? 1 : 0, lp, &res, err)) < 0)
+        goto out;
+    if (PQntuples(res) == 0 || (*fetched = atol(PQgetvalue(res, 0, 0))) == 0)
+        goto progress;
+    char *end = strdup(PQgetvalue(res, 0, 1));
+    PQclear(res);
+    res = NULL;
+    if (!end) {
+        rc = cdb_error_oom(err);
+        goto out;
+    }
+    snprintf(prefix, sizeof prefix, CDB_COLVAL_PREFIX "%d:%%", c->current);
+    snprintf(sql, sizeof sql,
+             /* t.: ORDER BY a bare name would sort by the output column of that name, the key's text */
+             "SELECT t.%s::text, t.%s FROM %s.%s AS t WHERE %s IS NOT NULL AND %s NOT LIKE $1%s%s%s%s AND %s <= $2::%s"
+             " ORDER BY t.%s FOR UPDATE SKIP LOCKED",
+             c->qpk, c->qcolumn, c->qschema, c->qtable, c->qcolumn, c->qcolumn, **last ? " AND " : "",
+             **last ? c->qpk : "", **last ? " > $3::" : "", **last ? c->pktype : "", c->qpk, c->pktype, c->qpk);
+    const char *sel[] = {prefix, end, *last};
+    rc = cdb_pg_exec(conn, sql, **last ? 3 : 2, sel, &res, err);
+    free(*last);
+    *last = end;
+    if (rc < 0)
+        goto out;
+    /* the whole batch in one statement: its rows as JSON records, joined on the primary key */
+    char upd[1024];
     snprintf(upd, sizeof upd,
              "UPDATE %s.%s AS t SET %s = v.c%s%s%s FROM json_to_recordset($1::json) AS v(pk text, c text, b text)"
-             " WHERE t.%s = v.pk::%s",
+             /* the batch's range too: joined through the primary key's index, not a scan of the table */
+             " WHERE t.%s = v.pk::%s AND t.%s BETWEEN $2::%s AND $3::%s",
              c->qschema, c->qtable, c->qcolumn, c->searchable ? ", " : "", c->searchable ? c->qbidx : "",
-             c->searchable ? " = v.b" : "", c->qpk, c->pktype);
+             c->searchable ? " = v.b" : "", c->qpk, c->pktype, c->qpk, c->pktype, c->pktype);
     if (!(batch = json_array())) {
         rc = cdb_error_oom(err);
         goto out;
@@ -293,7 +326,6 @@ static int run_batch(PGconn *conn, enc_col *c, const char *job_id, long *done, l
                 cdb_log_warn("encryption.undecryptable", "a value of %s.%s (row %s) does not decrypt; left as it is",
                              c->table, c->column, pk);
                 cdb_error_destroy(&derr);
-                (*skipped)++;
                 continue;
             }
         }
@@ -320,12 +352,13 @@ static int run_batch(PGconn *conn, enc_col *c, const char *job_id, long *done, l
         goto out;
     if (*done > 0) {
         char *text = json_dumps(batch, JSON_COMPACT);
-        const char *up[] = {text};
-        rc = text ? cdb_pg_exec(conn, upd, 1, up, NULL, err) : cdb_error_oom(err);
+        const char *up[] = {text, PQgetvalue(res, 0, 0), *last};
+        rc = text ? cdb_pg_exec(conn, upd, 3, up, NULL, err) : cdb_error_oom(err);
         free(text);
         if (rc < 0)
             goto out;
     }
+progress:
     snprintf(n, sizeof n, "%ld", *done);
     const char *jp[] = {job_id, n};
     if ((rc = cdb_pg_exec(conn, "UPDATE coredb.encryption_jobs SET rows_done = rows_done + $2::bigint,"
@@ -341,21 +374,65 @@ out:
     return rc;
 }
 
-/* Runs a job to its end: batches until none is left, then marks it done and retires unused keys. */
-static int run_job(PGconn *conn, enc_col *c, const char *job_id, cdb_error *err)
+void cdb_encryption_on_progress(cdb_service *svc, cdb_encryption_progress_fn fn, void *arg)
 {
-    long done = 0, skipped = 0;
+    svc->encryption_progress = fn;
+    svc->encryption_progress_arg = arg;
+}
+
+/* The rows a pass has to do (only counted when someone watches the progress). */
+static int rows_to_do(PGconn *conn, const enc_col *c, long *total, cdb_error *err)
+{
+    PGresult *res = NULL;
+    char prefix[32], sql[512];
+    snprintf(prefix, sizeof prefix, CDB_COLVAL_PREFIX "%d:%%", c->current);
+    snprintf(sql, sizeof sql, "SELECT count(*) FROM %s.%s WHERE %s IS NOT NULL AND %s NOT LIKE $1", c->qschema,
+             c->qtable, c->qcolumn, c->qcolumn);
+    const char *p[] = {prefix};
+    int rc = cdb_pg_exec(conn, sql, 1, p, &res, err);
+    if (rc == 0)
+        *total = atol(PQgetvalue(res, 0, 0));
+    PQclear(res);
+    return rc;
+}
+
+/* Runs a job to its end: batches until none is left, then marks it done and retires unused keys. */
+static int run_job(cdb_service *svc, PGconn *conn, enc_col *c, const char *job_id, cdb_error *err)
+{
+    long done = 0, fetched = 0;
     int rc;
     /* two passes: the second after every instance's key snapshot has expired
        (colring.h), for values written meanwhile with the previous state */
     for (int pass = 0; pass < 2; pass++) {
+        long total = 0, so_far = 0, swept;
         if (pass)
             usleep((CDB_COLRING_TTL_MS + 500) * 1000);
-        skipped = 0;
-        do {
-            if ((rc = run_batch(conn, c, job_id, &done, &skipped, err)) < 0)
+        if (svc->encryption_progress) {
+            if ((rc = rows_to_do(conn, c, &total, err)) < 0)
                 return rc;
-        } while (done > 0);
+            svc->encryption_progress(svc->encryption_progress_arg, 0, total, pass);
+        }
+        /* one sweep in key order; the last pass sweeps until one rewrites nothing. A row an
+           API writer held (SKIP LOCKED) is passed over by its sweep and taken by the next
+           (every writer has the new key by the last pass) */
+        do {
+            char *last = strdup("");
+            swept = 0;
+            if (!last)
+                return cdb_error_oom(err);
+            do {
+                if ((rc = run_batch(conn, c, job_id, &last, &fetched, &done, err)) < 0)
+                    break;
+                swept += done;
+                so_far += done;
+                if (svc->encryption_progress && done > 0)
+                    svc->encryption_progress(svc->encryption_progress_arg, so_far,
+                                             total > so_far ? total : so_far, pass);
+            } while (fetched > 0);
+            free(last);
+            if (rc < 0)
+                return rc;
+        } while (pass == 1 && swept > 0);
     }
     const char *p[] = {job_id};
     rc = cdb_pg_exec(conn, "UPDATE coredb.encryption_jobs SET state = 'done', finished_at = now(), updated_at = now()"
@@ -399,6 +476,27 @@ static int job_json(PGconn *conn, const char *id, json_t **out, cdb_error *err)
     return rc;
 }
 
+/*
+ * A job's end (or a wait:false setup's start): the table's cached answers go.
+ * The bump makes them unreachable on every instance; the purge deletes their
+ * bytes from Redis, since pages cached before the setup or while the job ran
+ * hold rows that were still plaintext then.
+ */
+static void clear_table_cache(cdb_service *svc, const char *table)
+{
+    long deleted = 0;
+    cdb_error e;
+    cdb_error_init(&e);
+    cdb__colring_invalidate(svc->colring);
+    cdb__admin_announce(svc, table);
+    if (cdb_qcache_purge(svc->qcache, table, &deleted, &e) < 0)
+        cdb_log_warn("encryption.cache_purge_failed", "%s: cached answers of %s stay until CACHE_TTL", e.message,
+                     table);
+    else if (deleted > 0)
+        cdb_log_info("encryption.cache_purged", "%ld cached answers of %s deleted", deleted, table);
+    cdb_error_destroy(&e);
+}
+
 /* After setup or rotation's first transaction: the job to its end, the answer. */
 static int finish(cdb_service *svc, PGconn *conn, enc_col *c, const char *job_id, bool wait, json_t **out,
                   cdb_error *err)
@@ -410,7 +508,7 @@ static int finish(cdb_service *svc, PGconn *conn, enc_col *c, const char *job_id
         /* the resumer (resume_jobs) leaves a job alone while its runner holds this */
         rc = cdb_pg_exec(conn, "SELECT pg_advisory_lock(7011, $1::int)", 1, p, NULL, err);
         if (rc == 0)
-            rc = run_job(conn, c, job_id, err);
+            rc = run_job(svc, conn, c, job_id, err);
         PQclear(cdb_pg_query(conn, "SELECT pg_advisory_unlock_all()"));
     } else {
         /* left to the serving instances' resumer, at its next tick */
@@ -423,8 +521,7 @@ static int finish(cdb_service *svc, PGconn *conn, enc_col *c, const char *job_id
                                       c->column, "key_version", c->current, "searchable", c->searchable, "job",
                                       job)))
         rc = cdb_error_oom(err);
-    cdb__colring_invalidate(svc->colring);
-    cdb__admin_announce(svc, c->table);
+    clear_table_cache(svc, c->table);
     return rc;
 }
 
@@ -564,6 +661,10 @@ int cdb_encryption_setup_column(cdb_service *svc, const cdb_principal *caller, c
         (rc = cdb_audit_record_in(conn, caller, "encryption.setup", c.table, request, err)) < 0 ||
         (rc = cdb_txn_commit(conn, err)) < 0)
         goto out;
+    /* the catalog first (the blind-index column, the widened type), then the keys: a request that
+       learns the column is encrypted finds the catalog that goes with it (data/tx_parse.c copes
+       with one that began just before) */
+    cdb__admin_announce(svc, c.table);
     cdb__colring_invalidate(svc->colring); /* this instance's writers encrypt from now on */
     cdb_log_info("encryption.setup", "column %s.%s registered for encryption (job %s)", c.table, c.column, job_id);
     rc = finish(svc, conn, &c, job_id, wait, out, err);
@@ -866,10 +967,20 @@ static int resume_jobs(void *arg, cdb_error *err)
                                    " WHERE id = $1::bigint", 1, p, NULL, err);
         else if (rc == 0) {
             cdb_log_info("encryption.resume", "resuming encryption job %s on %s.%s", id, c.table, c.column);
-            rc = run_job(conn, &c, id, err);
+            rc = run_job(svc, conn, &c, id, err);
+            /* as finish() does after a job it waited for: nothing cached meanwhile stays */
+            if (rc == 0)
+                clear_table_cache(svc, c.table);
         }
         enc_col_destroy(&c);
         PQclear(cdb_pg_query(conn, "SELECT pg_advisory_unlock_all()"));
+        /* one job that fails (tried again next tick) does not hold up the jobs after it */
+        if (rc < 0 && i + 1 < PQntuples(res)) {
+            cdb_log_warn("encryption.resume_failed", "encryption job %s: %s", id, err ? err->message : "failed");
+            cdb_error_destroy(err);
+            cdb_error_init(err);
+            rc = 0;
+        }
     }
 out:
     PQclear(res);

@@ -183,13 +183,17 @@ out:
     return s;
 }
 
-/* The current snapshot, fresh (younger than the TTL) or, when any_age, as old as it is. */
-static cdb_colset *current(cdb_colring *r, bool any_age)
+/*
+ * The current snapshot when it is younger than max_age_us at now_us, else
+ * NULL. The workers and the loops use the same age (CDB_COLRING_TTL_MS): a
+ * loop never decides from a snapshot a worker would reload first (a setup
+ * made by another instance is seen by both within the TTL).
+ */
+static cdb_colset *current(cdb_colring *r, int64_t now_us, int64_t max_age_us)
 {
     cdb_colset *s = NULL;
-    int64_t now = cdb_mono_us();
     pthread_mutex_lock(&r->lock);
-    if (r->current && r->loaded_us && (any_age || now - r->loaded_us < CDB_COLRING_TTL_MS * 1000LL)) {
+    if (r->current && r->loaded_us && now_us - r->loaded_us < max_age_us) {
         s = r->current;
         s->refs++;
     }
@@ -197,19 +201,13 @@ static cdb_colset *current(cdb_colring *r, bool any_age)
     return s;
 }
 
-cdb_colset *cdb__colring_peek(cdb_service *svc)
-{
-    return current(svc->colring, true);
-}
-
-cdb_colset *cdb__colring_get(cdb_service *svc, cdb_error *err)
+/* A new snapshot from the tables, swapped in; a failed load keeps the one there is. */
+static cdb_colset *reload(cdb_service *svc, cdb_error *err)
 {
     cdb_colring *r = svc->colring;
     cdb_colset *s = NULL;
     int64_t now = cdb_mono_us();
 
-    if ((s = current(r, false)))
-        return s;
     /* loaded outside the lock: a slow database does not stall the readers of a fresh snapshot */
     cdb_error load_err;
     cdb_error_init(&load_err);
@@ -240,6 +238,22 @@ cdb_colset *cdb__colring_get(cdb_service *svc, cdb_error *err)
         colset_free(old);
     pthread_mutex_unlock(&r->lock);
     return fresh;
+}
+
+cdb_colset *cdb__colring_peek(cdb_service *svc)
+{
+    return current(svc->colring, cdb_mono_us(), CDB_COLRING_TTL_MS * 1000LL);
+}
+
+cdb_colset *cdb__colring_get(cdb_service *svc, cdb_error *err)
+{
+    cdb_colset *s = current(svc->colring, cdb_mono_us(), CDB_COLRING_TTL_MS * 1000LL);
+    return s ? s : reload(svc, err);
+}
+
+cdb_colset *cdb__colring_refresh(cdb_service *svc, cdb_error *err)
+{
+    return reload(svc, err);
 }
 
 void cdb__colring_put(cdb_service *svc, cdb_colset *s)

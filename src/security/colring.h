@@ -59,12 +59,17 @@ void cdb__colring_invalidate(cdb_colring *r);
 cdb_colset *cdb__colring_get(cdb_service *svc, cdb_error *err);
 void cdb__colring_put(cdb_service *svc, cdb_colset *s);
 /*
- * The current snapshot whatever its age, NULL before the first load; never
- * loads (the event loops). The one every worker of this process sees too:
- * the job refresh_encryption_snapshot (data/jobs.c) reloads it every second,
- * and a failed reload keeps it, as cdb__colring_get does.
+ * The current snapshot if it is younger than CDB_COLRING_TTL_MS, else NULL
+ * (also before the first load); never loads (the event loops: NULL sends the
+ * request to a worker, which reloads). The loops thus never use a snapshot a
+ * worker would refuse as too old. The job refresh_encryption_snapshot
+ * (data/jobs.c) reloads it every second (cdb__colring_refresh), so it is
+ * fresh unless that job is held up; a failed reload keeps it, as
+ * cdb__colring_get does.
  */
 cdb_colset *cdb__colring_peek(cdb_service *svc);
+/* Reloads now whatever the snapshot's age (the refresh job), as cdb__colring_get does when it is stale. */
+cdb_colset *cdb__colring_refresh(cdb_service *svc, cdb_error *err);
 /* The column of s, or NULL. */
 const cdb_enccol *cdb__colset_find(const cdb_colset *s, const char *table, const char *column);
 /* Whether any column of table is encrypted. */

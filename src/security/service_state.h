@@ -50,6 +50,9 @@ struct cdb_service {
     struct cdb_colring *colring;   /* encrypted columns and their keys (security/colring.h) */
     cdb_replicas *replicas;        /* DATABASE_READ_URLS, or NULL (store/replicas.h) */
     cdb_commit_lsn *commit_lsn;    /* callers' last commit LSNs, with replicas only */
+    /* cdb_encryption_on_progress (the CLI's progress line), or NULL */
+    void (*encryption_progress)(void *arg, long rows_done, long rows_total, int pass);
+    void *encryption_progress_arg;
 };
 
 #endif

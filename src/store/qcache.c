@@ -37,6 +37,7 @@
 
 #include "coredb/log.h"
 #include "store/pg.h"
+#include "store/redis.h"
 #include "store/txn.h"
 #include "core/metrics.h"
 #include "core/timeutil.h"
@@ -505,6 +506,70 @@ int cdb_qcache_bump(cdb_qcache *qc, const char *table)
         cdb_inval_table(cdb_cache_inval(qc->cache), table);
     }
     return rc < 0 ? -1 : 0;
+}
+
+/* s with Redis glob's special characters escaped, appended to out (size len). */
+static bool glob_escape(const char *s, char *out, size_t len)
+{
+    size_t o = strlen(out);
+    for (; *s; s++) {
+        if (strchr("*?[]\\", *s) && o + 1 < len)
+            out[o++] = '\\';
+        if (o + 1 >= len)
+            return false;
+        out[o++] = *s;
+    }
+    out[o] = '\0';
+    return true;
+}
+
+int cdb_qcache_purge(cdb_qcache *qc, const char *table, long *deleted, cdb_error *err)
+{
+    char pattern[512] = "coredb:", cursor[32] = "0";
+    redisReply *r = NULL;
+    int rc = 0;
+
+    *deleted = 0;
+    if (!qc || !table || !cdb_qcache_has_namespace(qc) || !cdb_cache_is_redis(qc->cache))
+        return 0;
+    if (!glob_escape(qc->ns, pattern, sizeof pattern) || !glob_escape(":q:", pattern, sizeof pattern) ||
+        !glob_escape(table, pattern, sizeof pattern) || !glob_escape(":", pattern, sizeof pattern) ||
+        strlen(pattern) + 2 > sizeof pattern)
+        return cdb_error_set(err, CDB_ERR_VALIDATION_FAILED, "Table name too long");
+    strcat(pattern, "*");
+    cdb_redis *redis = cdb_cache_redis(qc->cache);
+    do {
+        if (!(r = cdb_redis_command(redis, err, "SCAN %s MATCH %s COUNT 1000", cursor, pattern))) {
+            rc = err ? err->code : CDB_ERR_CACHE_UNAVAILABLE;
+            goto out;
+        }
+        if (r->type != REDIS_REPLY_ARRAY || r->elements != 2 || r->element[0]->type != REDIS_REPLY_STRING ||
+            r->element[1]->type != REDIS_REPLY_ARRAY) {
+            rc = cdb_error_set(err, CDB_ERR_CACHE_UNAVAILABLE, "Unexpected reply to SCAN");
+            goto out;
+        }
+        snprintf(cursor, sizeof cursor, "%s", r->element[0]->str);
+        redisReply *keys = r->element[1];
+        for (size_t i = 0; i < keys->elements; i++) {
+            if (keys->element[i]->type != REDIS_REPLY_STRING)
+                continue;
+            redisReply *d = cdb_redis_command(redis, err, "UNLINK %b", keys->element[i]->str,
+                                              (size_t)keys->element[i]->len);
+            if (!d) {
+                rc = err ? err->code : CDB_ERR_CACHE_UNAVAILABLE;
+                goto out;
+            }
+            if (d->type == REDIS_REPLY_INTEGER)
+                *deleted += (long)d->integer;
+            freeReplyObject(d);
+        }
+        freeReplyObject(r);
+        r = NULL;
+    } while (strcmp(cursor, "0") != 0);
+out:
+    if (r)
+        freeReplyObject(r);
+    return rc;
 }
 
 int cdb_qcache_ensure_namespace_on(cdb_qcache *qc, PGconn *conn, cdb_error *err)

@@ -127,4 +127,13 @@ void cdb_qcache_key(const cdb_qcache *qc, const char *suffix, char *buf, size_t 
 /* Bumps a table's generation now (returns -1 when the cache is unavailable). */
 int cdb_qcache_bump(cdb_qcache *qc, const char *table);
 
+/*
+ * Deletes a table's entries from Redis (SCAN + UNLINK of
+ * "coredb:<ns>:q:<table>:*"), live or dead: a bump only makes them
+ * unreachable, and they would keep their bytes until CACHE_TTL (encryption
+ * clears the plaintext pages cached before and during its job). *deleted =
+ * how many. 0 with nothing done without Redis; CACHE_UNAVAILABLE.
+ */
+int cdb_qcache_purge(cdb_qcache *qc, const char *table, long *deleted, cdb_error *err);
+
 #endif
