@@ -50,6 +50,7 @@ struct cdb_service {
     struct cdb_colring *colring;   /* encrypted columns and their keys (security/colring.h) */
     cdb_replicas *replicas;        /* DATABASE_READ_URLS, or NULL (store/replicas.h) */
     cdb_commit_lsn *commit_lsn;    /* callers' last commit LSNs, with replicas only */
+    int loop_connections;          /* PostgreSQL connections of each HTTP loop (0: off) */
 };
 
 #endif

@@ -70,6 +70,7 @@ typedef struct job {
     PGresult *res[CDB_APG_MAX_STMTS];
     int nres;
     bool failed;
+    bool cancelled;                /* 57014: the server's statement_timeout (or a cancel) ended it */
 } job;
 
 /* A statement prepared (or being prepared) on one connection. */
@@ -147,7 +148,7 @@ static void job_free(job *j)
 static void job_finish(job *j, cdb_apg_outcome outcome)
 {
     if (outcome == CDB_APG_OK && j->failed)
-        outcome = CDB_APG_FAILED;
+        outcome = j->cancelled ? CDB_APG_TIMEOUT : CDB_APG_FAILED;
     j->cb(outcome, outcome == CDB_APG_OK ? j->res : NULL, outcome == CDB_APG_OK ? j->nres : 0, j->arg);
     job_free(j);
 }
@@ -232,6 +233,9 @@ static bool take_result(apg_conn *c, PGresult *res)
         return true;
     }
     if ((st != PGRES_TUPLES_OK && st != PGRES_COMMAND_OK) || j->failed || j->nres == CDB_APG_MAX_STMTS) {
+        const char *state = PQresultErrorField(res, PG_DIAG_SQLSTATE);
+        if (!j->failed && state && strcmp(state, "57014") == 0)
+            j->cancelled = true;
         j->failed = true;
         PQclear(res);
         return true;

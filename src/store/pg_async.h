@@ -50,7 +50,9 @@ typedef struct cdb_apg_stmt {
 typedef enum cdb_apg_outcome {
     CDB_APG_OK,                    /* every statement succeeded: res holds their results */
     CDB_APG_FAILED,                /* an error result, the connection lost, or cdb_apg_free */
-    CDB_APG_TIMEOUT,               /* the job's deadline passed (its connection is closed) */
+    CDB_APG_TIMEOUT,               /* the job's deadline passed (its connection is closed), or the
+                                      server's statement_timeout cancelled it (57014: waiting twice,
+                                      on a worker, would not help) */
 } cdb_apg_outcome;
 
 /*

@@ -444,10 +444,28 @@ static void finish(cdb_qcache *qc, const char *id, bool match_gen, int64_t gen,
     pthread_mutex_unlock(&qc->mu);
 }
 
+char *cdb_qcache_entry_encode(int64_t generation, const char *value, size_t len, size_t *out_len)
+{
+    char tag[24];
+    int n = snprintf(tag, sizeof tag, "%" PRId64 "\n", generation);
+    char *buf = malloc((size_t)n + len);
+    if (!buf)
+        return NULL;
+    memcpy(buf, tag, (size_t)n);
+    memcpy(buf + n, value, len);
+    *out_len = (size_t)n + len;
+    return buf;
+}
+
+int cdb_qcache_ttl_s(const cdb_qcache *qc)
+{
+    return qc ? qc->ttl_s : 0;
+}
+
 void cdb_qcache_store(cdb_qcache *qc, const char *table, const char *key, int64_t generation,
                       const char *value, size_t len)
 {
-    char id[HASH_HEX], tag[24];
+    char id[HASH_HEX];
 
     if (!qc || !table || !key || !value)
         return;
@@ -458,15 +476,13 @@ void cdb_qcache_store(cdb_qcache *qc, const char *table, const char *key, int64_
     pthread_mutex_unlock(&qc->mu);
 
     /* stored before the flight ends, so a late misser finds either it or the flight */
-    int n = snprintf(tag, sizeof tag, "%" PRId64 "\n", generation);
     char *ekey = cache_ok ? entry_key(qc, table, id) : NULL;
-    char *buf = ekey ? malloc((size_t)n + len) : NULL;
+    size_t n;
+    char *buf = ekey ? cdb_qcache_entry_encode(generation, value, len, &n) : NULL;
     if (buf) {
         cdb_error err;
         cdb_error_init(&err);
-        memcpy(buf, tag, (size_t)n);
-        memcpy(buf + n, value, len);
-        if (cdb_cache_set(qc->cache, ekey, buf, (size_t)n + len, qc->ttl_s, &err) < 0)
+        if (cdb_cache_set(qc->cache, ekey, buf, n, qc->ttl_s, &err) < 0)
             cdb_log_debug("qcache.store", "result not cached: %s", err.message);
         else
             cdb__metrics_inc(CDB_M_CACHE_STORES);

@@ -84,6 +84,16 @@ bool cdb_qcache_probe_hit(const char *generation, const char *entry, size_t len,
                           const char **value, size_t *value_len);
 
 /*
+ * A stored entry's bytes, "<generation>\n<value>" (malloc'd, *out_len; NULL
+ * when out of memory): the one format cdb_qcache_store writes and
+ * cdb_qcache_probe_hit reads, for a store made elsewhere (the event loops'
+ * asynchronous SET of a miss they ran: http/loop_query.c), with EX
+ * cdb_qcache_ttl_s (CACHE_TTL).
+ */
+char *cdb_qcache_entry_encode(int64_t generation, const char *value, size_t len, size_t *out_len);
+int cdb_qcache_ttl_s(const cdb_qcache *qc);
+
+/*
  * Every key lives under "coredb:<ns>:", ns being the deployment's id (the
  * coredb.deployment row of its database), so deployments sharing one Redis
  * never read each other's results. Set once, before any key is used (the
