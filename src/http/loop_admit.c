@@ -279,6 +279,9 @@ static void probe_cache(loop_admission *a)
     /* a leased connection's request must first prove the lease (routes_data.c) */
     if (r->route->mode != CDB_RUN_CACHED || r->raw_body_len == 0 || cdb_request_field(r, "X-Connection-ID"))
         return;
+    /* caching off: nothing to look up (a miss is planned once, by loop_query.c) */
+    if (!cdb_qcache_enabled(cdb_service_qcache(r->svc)))
+        return;
     char key[MEMO_BODY_MAX + 128];
     bool memo = r->loop->memo && memo_key(r, key, sizeof key);
     if (!memo || !memo_lookup(a, key)) {
