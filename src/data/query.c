@@ -435,6 +435,10 @@ int cdb__data_query_loop_plan(cdb_service *svc, const cdb_principal *p, json_t *
         goto out_plan;
     if (pl.key && !cdb_qcache_probe_keys(svc->qcache, pl.t->name, pl.key, lp->gen_key, &lp->entry_key))
         lp->entry_key = NULL;      /* not stored: the loop cannot look it up either */
+    if (lp->entry_key) {
+        lp->cache_key = pl.key;
+        pl.key = NULL;
+    }
     snprintf(lp->table, sizeof lp->table, "%s", pl.t->name);
     /* the statements move to lp */
     lp->rows = pl.q;
@@ -463,7 +467,8 @@ void cdb__data_query_loop_destroy(cdb__query_loop *lp)
     cdb_sql_destroy(&lp->rows);
     free(lp->count_sql);
     free(lp->entry_key);
-    lp->count_sql = lp->entry_key = NULL;
+    free(lp->cache_key);
+    lp->count_sql = lp->entry_key = lp->cache_key = NULL;
 }
 
 char *cdb__data_query_loop_answer(const cdb__query_loop *lp, const PGresult *rows, const PGresult *count,

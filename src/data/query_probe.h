@@ -56,6 +56,7 @@ typedef struct cdb__query_loop {
     const char *settings[3];       /* its params: database role, user id, role name (point into p) */
     char gen_key[256];             /* with entry_key: where the answer is stored */
     char *entry_key;               /* NULL: not stored (caching off, or no lookup possible now) */
+    char *cache_key;               /* with entry_key: its flight's key (cdb_qcache_probe_lead) */
 } cdb__query_loop;
 
 /*

@@ -20,6 +20,11 @@
  *     blocking way and reports errors exactly as before. A read is
  *     idempotent, so running it twice is harmless, and the loop never has
  *     to map PostgreSQL's errors;
+ *   - identical misses run once: the loop leads the key's flight of
+ *     store/qcache.h without waiting (cdb_qcache_probe_lead), and a miss
+ *     that finds another flight running goes to a worker, which follows it
+ *     (and is served its bytes); the leader ends the flight with its answer,
+ *     or abandons it before any hand-off;
  *   - the job's deadline, or the server's statement_timeout: 504
  *     DATABASE_TIMEOUT on the loop (waiting again on a worker would double
  *     what the caller waits).
@@ -43,9 +48,18 @@
 typedef struct loop_query {
     cdb_request *r;
     bool store;                    /* the generation was read before the query: store the answer */
+    bool lead;                     /* this loop leads the key's flight (store/qcache.h): end it */
     int64_t generation;
     cdb__query_loop lp;            /* last: its statement buffer is large */
 } loop_query;
+
+/* Ends the flight this loop leads: part (stored) for its followers, or NULL (they query). */
+static void end_flight(loop_query *q, const char *part, size_t len)
+{
+    if (q->lead)
+        cdb_qcache_probe_finish(cdb_service_qcache(q->r->svc), q->lp.cache_key, q->generation, part, len);
+    q->lead = false;
+}
 
 static void query_free(loop_query *q)
 {
@@ -93,6 +107,7 @@ static void on_results(cdb_apg_outcome outcome, PGresult *const *res, int n, voi
         cdb_error_detail(&err, "database", json_string("postgresql"));
         cdb_request_fail(r, &err);
         cdb__metrics_inc(CDB_M_LOOP_QUERY_TIMEOUT);
+        end_flight(q, NULL, 0);
         goto finish;
     }
     /* [prelude, rows, count] */
@@ -100,6 +115,7 @@ static void on_results(cdb_apg_outcome outcome, PGresult *const *res, int n, voi
         body = cdb__data_query_loop_answer(&q->lp, res[1], res[2], r->start_us, &part, &len);
     if (!body) {
         cdb__metrics_inc(CDB_M_LOOP_QUERY_HANDED_OFF);
+        end_flight(q, NULL, 0);    /* before the hand-off: the worker must not wait for this flight */
         free(part);
         query_free(q);
         cdb_server_hand_off(r);
@@ -107,6 +123,7 @@ static void on_results(cdb_apg_outcome outcome, PGresult *const *res, int n, voi
     }
     if (q->store && q->lp.entry_key && r->loop->aredis)
         store(q, part, len);
+    end_flight(q, part, len);
     free(part);
     cdb_request_reply_text(r, 200, body);
     cdb__metrics_inc(CDB_M_LOOP_QUERY_ANSWERED);
@@ -129,9 +146,18 @@ bool cdb__loop_query(cdb_request *r, bool generation_read, int64_t generation)
     q->r = r;
     q->store = generation_read;
     q->generation = generation;
+    q->lead = false;
     if (!cdb__data_query_loop_plan(r->svc, &r->principal, r->body, &q->lp)) {
         free(q);
         return false;
+    }
+    /* identical misses run once (store/qcache.h single flight): another running it, a worker follows */
+    if (q->store && q->lp.cache_key) {
+        if (!cdb_qcache_probe_lead(cdb_service_qcache(r->svc), q->lp.cache_key, generation)) {
+            query_free(q);
+            return false;
+        }
+        q->lead = true;
     }
     const cdb__query_loop *lp = &q->lp;
     const cdb_apg_stmt stmts[] = {
@@ -140,6 +166,7 @@ bool cdb__loop_query(cdb_request *r, bool generation_read, int64_t generation)
         {lp->count_sql, lp->count_nparams, (const char *const *)lp->rows.params},
     };
     if (!cdb_apg_submit(loop->apg, stmts, 3, 0, on_results, q)) {
+        end_flight(q, NULL, 0);
         query_free(q);
         return false;
     }

@@ -360,6 +360,67 @@ static void follow_locked(cdb_qcache *qc, flight *f, cdb_qcache_lookup *out)
     flight_unref_locked(f);
 }
 
+static void finish(cdb_qcache *qc, const char *id, bool match_gen, int64_t gen, const char *value, size_t len);
+
+/* A new flight of id, led by the caller; false when out of memory. */
+static bool lead_locked(cdb_qcache *qc, const char *id, int64_t generation, uint64_t epoch, bool cache_ok)
+{
+    flight *f = calloc(1, sizeof *f);
+    if (!f)
+        return false;
+    memcpy(f->id, id, HASH_HEX);
+    f->generation = generation;
+    f->epoch = epoch;
+    f->cache_ok = cache_ok;
+    f->started_ms = cdb_mono_ms();
+    f->refs = 1;
+    pthread_condattr_t attr;
+    pthread_condattr_init(&attr);
+    pthread_condattr_setclock(&attr, CLOCK_MONOTONIC); /* follow_locked's deadline */
+    pthread_cond_init(&f->done_cv, &attr);
+    pthread_condattr_destroy(&attr);
+    flight **head = bucket(qc, id);
+    f->next = *head;
+    *head = f;
+    return true;
+}
+
+bool cdb_qcache_probe_lead(cdb_qcache *qc, const char *key, int64_t generation)
+{
+    char id[HASH_HEX];
+    if (!qc || !key)
+        return false;
+    key_id(key, id);
+    uint64_t epoch = atomic_load(&qc->epoch);
+    int64_t now = cdb_mono_ms();
+    bool led = false;
+    pthread_mutex_lock(&qc->mu);
+    sweep_locked(qc, now);
+    flight *f = find_locked(qc, id);
+    bool same = f && f->generation == generation && f->epoch == epoch && f->cache_ok;
+    /* another runs it, or just ran it at this generation: a worker follows it (never the loop: it waits) */
+    if (f && ((!f->done && same && now - f->started_ms < FLIGHT_WAIT_MS) ||
+              (f->done && same && f->value && now - f->done_ms < FLIGHT_GRACE_MS)))
+        goto out;
+    if (f && f->done)
+        drop_locked(qc, f);
+    else if (f)
+        goto out;                  /* a stale flight still running: leave it, run unregistered */
+    led = lead_locked(qc, id, generation, epoch, true);
+out:
+    pthread_mutex_unlock(&qc->mu);
+    return led;
+}
+
+void cdb_qcache_probe_finish(cdb_qcache *qc, const char *key, int64_t generation, const char *value, size_t len)
+{
+    char id[HASH_HEX];
+    if (!qc || !key)
+        return;
+    key_id(key, id);
+    finish(qc, id, value != NULL, generation, value, len);
+}
+
 void cdb_qcache_get(cdb_qcache *qc, const char *table, const char *key, cdb_qcache_lookup *out)
 {
     char id[HASH_HEX];
@@ -399,23 +460,7 @@ void cdb_qcache_get(cdb_qcache *qc, const char *table, const char *key, cdb_qcac
     }
     if (f)
         drop_locked(qc, f);
-    if (!(f = calloc(1, sizeof *f)))
-        goto out_unlock;
-    memcpy(f->id, id, sizeof id);
-    f->generation = out->generation;
-    f->epoch = epoch;
-    f->cache_ok = cache_ok;
-    f->started_ms = cdb_mono_ms();
-    f->refs = 1;
-    pthread_condattr_t attr;
-    pthread_condattr_init(&attr);
-    pthread_condattr_setclock(&attr, CLOCK_MONOTONIC); /* follow_locked's deadline */
-    pthread_cond_init(&f->done_cv, &attr);
-    pthread_condattr_destroy(&attr);
-    flight **head = bucket(qc, id);
-    f->next = *head;
-    *head = f;
-    out->leader = true;
+    out->leader = lead_locked(qc, id, out->generation, epoch, cache_ok);
 
 out_unlock:
     pthread_mutex_unlock(&qc->mu);

@@ -223,6 +223,34 @@ def test_cache_on_stores_the_miss_at_its_generation(pg, own_redis):
         inst.stop_clean()
 
 
+def test_concurrent_identical_misses_run_once(pg, own_redis):
+    """The loop leads the query cache's single flight; the others (a worker follows) get its bytes."""
+    inst = start_instance(pg, own_redis, REDIS_DB + 8, CACHE_TTL="60", **LOOP_ENV)
+    try:
+        a = user(inst)
+        add_projects(inst, a.id, 3)
+        slow = create_slow_view(inst, 0.3)
+        wait_table(inst, a, slow)
+        for round_ in range(3):
+            body = {"table": slow, "filters": {"id": {"gte": -round_}}}
+            start = threading.Barrier(20)
+
+            def one(_):
+                start.wait()
+                return query_ok(inst, a, body)
+            outs = []
+            threads = [threading.Thread(target=lambda: outs.append(one(0))) for _ in range(20)]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join(CLIENT_TIMEOUT)
+            assert len(outs) == 20 and all(o["data"] == [{"id": 1}] for o in outs), outs[:3]
+            misses = sum(1 for o in outs if not o["cached"])
+            assert misses == 1, f"round {round_}: {misses} of 20 identical reads queried PostgreSQL"
+    finally:
+        inst.stop_clean()
+
+
 def test_statement_timeout_answers_504_on_the_loop_once(pg, own_redis):
     inst = start_instance(pg, own_redis, REDIS_DB + 2, CACHE_TTL="0", DB_STATEMENT_TIMEOUT="1000",
                           **LOOP_ENV)
