@@ -21,6 +21,11 @@
  * fails only its job. Callers treat a failure as "run it the blocking way":
  * a read is idempotent, so this layer never maps PostgreSQL errors.
  *
+ * Name lookups: with a host name in DATABASE_URL, libpq resolves it when a
+ * connect starts (getaddrinfo, the system resolver: it may block the loop
+ * for as long as the resolver takes, once per connect, as for the loops'
+ * Redis: docs/architecture.md); an address or a Unix socket never waits.
+ *
  * Threads: everything runs on the loop's thread (cdb_apg_new and
  * cdb_apg_free also before the loop runs or after it stopped); only
  * cdb_apg_counts_get may be called from any thread.
