@@ -440,7 +440,8 @@ int cdb__data_query_loop_plan(cdb_service *svc, const cdb_principal *p, json_t *
         pl.key = NULL;
     }
     snprintf(lp->table, sizeof lp->table, "%s", pl.t->name);
-    /* the statements move to lp */
+    /* the statements move to lp (its own empty buffer goes first) */
+    cdb_sql_destroy(&lp->rows);
     lp->rows = pl.q;
     cdb_sql_init(&pl.q);
     lp->count_sql = pl.count_sql;

@@ -369,9 +369,10 @@ def test_slow_queries_on_the_loops_do_not_delay_hits(pg, own_redis):
         query_ok(inst, a, projects_body())
         assert query_ok(inst, a, projects_body())["cached"] is True
         # 16 clients, each a miss of its own (never cached: a new filter value every time)
-        load = Load(inst, [(lambda i, u=slow_users[j % 4]: ("slow", QUERY, {"table": slow,
-                                                                             "filters": {"id": {"gte": -i}}},
-                                                                u.headers)) for j in range(16)],
+        load = Load(inst, [(lambda i, u=slow_users[j % 4], j=j: ("slow", QUERY,
+                                                                  {"table": slow,
+                                                                   "filters": {"id": {"gte": -(i * 100 + j)}}},
+                                                                  u.headers)) for j in range(16)],
                     max_each=6).start()
         assert wait_for(lambda: inst.pg.query(inst.db, "SELECT count(*) FROM pg_stat_activity WHERE "
                                                        "query LIKE '%%row_to_json%%' AND state = 'active' "
