@@ -53,7 +53,8 @@ static void collect_pool(cdb__metrics_out *out, cdb_service *svc)
     cdb__metrics_sample(out, "coredb_pool_loop_connections", "state=\"ready\"", ac.ready);
     cdb__metrics_sample(out, "coredb_pool_loop_connections", "state=\"connecting\"", ac.connecting);
     cdb__metrics_sample(out, "coredb_pool_loop_connections", "state=\"down\"", ac.down);
-    cdb__metrics_family(out, "coredb_pool_connections_max", "gauge", "DB_POOL_MAX.");
+    cdb__metrics_family(out, "coredb_pool_connections_max", "gauge",
+                        "The blocking pool's size: DB_POOL_MAX minus the HTTP loops' share (DB_LOOP_CONNECTIONS).");
     cdb__metrics_sample(out, "coredb_pool_connections_max", NULL, st.max);
     cdb__metrics_family(out, "coredb_pool_waiting", "gauge", "Threads waiting for a pooled connection.");
     cdb__metrics_sample(out, "coredb_pool_waiting", NULL, st.waiting);
