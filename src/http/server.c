@@ -252,6 +252,7 @@ static void *loop_main(void *arg)
     if (loop->aredis)
         cdb_aredis_ready(loop->aredis);
     event_base_loop(loop->base, EVLOOP_NO_EXIT_ON_EMPTY);
+    cdb__loop_query_release();
     return NULL;
 }
 
@@ -328,6 +329,7 @@ static void loop_destroy(cdb_loop *loop)
     /* misses parked on its connections: each fails once, so a worker (or, with
        the workers gone, a 503) answers it */
     cdb_apg_free(loop->apg);
+    cdb__loop_query_release();     /* what those answers gave back, on this thread */
     cdb_l1_free(loop->l1);
     cdb_kvtable_free(loop->verified);
     cdb_kvtable_free(loop->memo);

@@ -532,12 +532,12 @@ bool cdb_apg_submit(cdb_apg *apg, const cdb_apg_stmt *stmts, int n, int timeout_
         c->head = j;
     c->tail = j;
     c->inflight++;
-    /* a write that fails now fails j on the next turn of the loop, never inside this call */
-    int r = PQflush(c->pg);
-    if (r < 0)
-        event_active(c->wr, EV_WRITE, 0);
-    else if (r == 1)
-        event_add(c->wr, NULL);
+    /*
+     * Sent when this turn of the loop has run its callbacks (on_writable):
+     * the jobs submitted meanwhile leave in one write, and a write that
+     * fails fails j later, never inside this call.
+     */
+    event_active(c->wr, EV_WRITE, 0);
     return true;
 
 fail_send:
