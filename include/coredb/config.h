@@ -51,6 +51,7 @@ typedef struct cdb_config {
     bool  embedded;                /* true when no database was configured */
     int   db_pool_min;             /* 5 */
     int   db_pool_max;             /* 20 */
+    int   db_loop_connections;     /* 2: PostgreSQL connections of each HTTP loop, out of db_pool_max; 0 = off */
     int   db_pool_idle_timeout_ms; /* 30000 */
     int   db_pool_acquire_timeout_ms; /* 5000 */
     int   db_statement_timeout_ms; /* 30000 */

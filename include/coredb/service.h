@@ -28,6 +28,7 @@ typedef struct cdb_service cdb_service;
 
 typedef struct cdb_service_options {
     bool with_pool;                /* false for one-shot CLI commands */
+    bool http_loops;               /* coredb serve: the HTTP loops take DB_LOOP_CONNECTIONS each of the pool */
 } cdb_service_options;
 
 /*

@@ -26,7 +26,8 @@ int cmd_serve(int argc, char **argv)
     cdb_http_server *srv = NULL;
     rc = CLI_EXIT_FAILED;
 
-    if (cli_open_service(&cfg, true, &svc, &err) < 0)
+    /* the HTTP loops own part of the pool (DB_LOOP_CONNECTIONS) */
+    if (cdb_service_open(&svc, &cfg, &(cdb_service_options){.with_pool = true, .http_loops = true}, &err) < 0)
         goto out;
     if (cdb_service_start(svc, &err) < 0)
         goto out;

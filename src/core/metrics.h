@@ -61,6 +61,7 @@ typedef enum cdb__metric {
     CDB_M_LOOP_ANSWERED,           /* http/loop_admit.c: admitted on a loop and answered there */
     CDB_M_LOOP_HANDED_OFF,         /* ... admitted on a loop, then run on a worker */
     CDB_M_LOOP_FALLBACK,           /* ... the loop's Redis was not ready: admitted on a worker */
+    CDB_M_LOOP_QUERY,              /* http/loop_admit.c: admitted on a loop, its miss run on the loop's connections */
     CDB_M_INVAL_RECEIVED,          /* store/invalidation.c: pub/sub messages applied */
     CDB_M_INVAL_SUBSCRIPTION_LOSSES,
     CDB_M_INVAL_PUBLISH_FAILURES,
@@ -71,6 +72,9 @@ typedef enum cdb__metric {
     CDB_M_CATALOG_RELOAD_PERIODIC, /* ... the listener's fallback refresh */
     CDB_M_CATALOG_RELOAD_CONNECTED, /* ... the listener (re)connected */
     CDB_M_CATALOG_RELOAD_REQUESTED, /* ... first use, or asked for after DDL */
+    CDB_M_LOOP_QUERY_ANSWERED,     /* http/loop_query.c: a miss answered on the loop */
+    CDB_M_LOOP_QUERY_HANDED_OFF,   /* ... the loop's run failed: a worker ran it */
+    CDB_M_LOOP_QUERY_TIMEOUT,      /* ... the loop's run passed its deadline: 504 on the loop */
     CDB_M__COUNT
 } cdb__metric;
 

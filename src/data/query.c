@@ -416,6 +416,73 @@ void cdb__data_query_probe_destroy(cdb__query_probe *probe)
     probe->entry_key = NULL;
 }
 
+int cdb__data_query_loop_plan(cdb_service *svc, const cdb_principal *p, json_t *request, cdb__query_loop *lp)
+{
+    query_plan pl;
+    cdb_error err;
+    int ok = 0;
+
+    memset(lp, 0, sizeof *lp);
+    cdb_sql_init(&lp->rows);
+    cdb_error_init(&err);
+    json_t *db = json_object_get(request, "database");
+    const char *db_role = cdb_principal_db_role(p);
+    /* replicas: choosing one reads Redis and its lag, blocking work (query_run.c) */
+    if (!cdb_principal_known(p) || !db_role || svc->replicas || !json_is_object(request) ||
+        (db && !(json_is_string(db) && strcmp(json_string_value(db), "postgresql") == 0)))
+        goto out;
+    if (plan(svc, p, request, false, &pl, &err) != 0 || pl.hidden_pk)
+        goto out_plan;
+    if (pl.key && !cdb_qcache_probe_keys(svc->qcache, pl.t->name, pl.key, lp->gen_key, &lp->entry_key))
+        lp->entry_key = NULL;      /* not stored: the loop cannot look it up either */
+    if (lp->entry_key) {
+        lp->cache_key = pl.key;
+        pl.key = NULL;
+    }
+    snprintf(lp->table, sizeof lp->table, "%s", pl.t->name);
+    /* the statements move to lp (its own empty buffer goes first) */
+    cdb_sql_destroy(&lp->rows);
+    lp->rows = pl.q;
+    cdb_sql_init(&pl.q);
+    lp->count_sql = pl.count_sql;
+    pl.count_sql = NULL;
+    lp->count_nparams = lp->rows.nparams - 2;
+    lp->page = pl.req.page;
+    lp->limit = pl.req.limit;
+    lp->prelude_sql = cdb_txn_read_prelude_sql();
+    lp->settings[0] = db_role;
+    lp->settings[1] = p->user_id;
+    lp->settings[2] = cdb_role_name(p->role);
+    ok = 1;
+out_plan:
+    plan_destroy(svc, &pl);
+out:
+    if (!ok)
+        cdb__data_query_loop_destroy(lp);
+    cdb_error_destroy(&err);
+    return ok;
+}
+
+void cdb__data_query_loop_destroy(cdb__query_loop *lp)
+{
+    cdb_sql_destroy(&lp->rows);
+    free(lp->count_sql);
+    free(lp->entry_key);
+    free(lp->cache_key);
+    lp->count_sql = lp->entry_key = lp->cache_key = NULL;
+}
+
+char *cdb__data_query_loop_answer(const cdb__query_loop *lp, const PGresult *rows, const PGresult *count,
+                                  int64_t start_us, char **part, size_t *part_len)
+{
+    char *body = NULL;
+    if ((*part = cdb__query_page_body(rows, count, lp->page, lp->limit, part_len)))
+        body = cdb__query_wrap(*part, *part_len, start_us, false);
+    if (lp->entry_key)
+        cdb__metrics_inc(CDB_M_CACHE_MISSES);
+    return body;
+}
+
 /* database "redis", query_type "get": one key of the caller's namespace. */
 static int query_redis(cdb_service *svc, const cdb_principal *p, json_t *r, char **body_out,
                        cdb_error *err)

@@ -13,6 +13,8 @@
 #include <stdint.h>
 
 #include "coredb/principal.h"
+#include "data/sqlbuild.h"
+#include <libpq-fe.h>
 
 typedef struct cdb_service cdb_service;
 
@@ -37,5 +39,40 @@ int cdb__data_query_probe(cdb_service *svc, const cdb_principal *p, json_t *requ
  */
 char *cdb__data_query_probe_answer(const cdb__query_probe *probe, const char *value, size_t len);
 void cdb__data_query_probe_destroy(cdb__query_probe *probe);
+
+/*
+ * A miss the event loop runs itself on its own connections (http/
+ * loop_query.c, store/pg_async.h): the statements the worker would run,
+ * from the same planner (query.c's plan, query_run.c's page body, the read
+ * prelude of store/txn.h), so the two paths cannot drift apart.
+ */
+typedef struct cdb__query_loop {
+    char table[128];
+    cdb_sql rows;                  /* the page: text and params */
+    char *count_sql;               /* the total: rows' first count_nparams params */
+    int count_nparams;
+    json_int_t page, limit;
+    const char *prelude_sql;       /* role + settings, run first (store/txn.h) */
+    const char *settings[3];       /* its params: database role, user id, role name (point into p) */
+    char gen_key[256];             /* with entry_key: where the answer is stored */
+    char *entry_key;               /* NULL: not stored (caching off, or no lookup possible now) */
+    char *cache_key;               /* with entry_key: its flight's key (cdb_qcache_probe_lead) */
+} cdb__query_loop;
+
+/*
+ * 1 with lp set when request is a table query the loop may run: valid, the
+ * catalog snapshot and namespace in memory, no encrypted columns, no read
+ * replicas (their choice blocks), a database role for the caller. 0
+ * otherwise (nothing to destroy): the worker runs it and reports errors.
+ */
+int cdb__data_query_loop_plan(cdb_service *svc, const cdb_principal *p, json_t *request, cdb__query_loop *lp);
+void cdb__data_query_loop_destroy(cdb__query_loop *lp);
+/*
+ * The answer (malloc'd; NULL on out of memory) from the rows and count
+ * results, `cached:false`, counted as a miss; *part and *part_len get the
+ * cacheable part (malloc'd), for the store.
+ */
+char *cdb__data_query_loop_answer(const cdb__query_loop *lp, const PGresult *rows, const PGresult *count,
+                                  int64_t start_us, char **part, size_t *part_len);
 
 #endif

@@ -111,9 +111,10 @@ static int query_error(int failed, cdb_error *err)
  * The cacheable part of the answer, `"data":[...],"pagination":{...}`,
  * from the rows and the count.
  */
-static char *page_body(const PGresult *rows, const PGresult *count, const page_req *req,
-                       size_t *len_out)
+char *cdb__query_page_body(const PGresult *rows, const PGresult *count, json_int_t page, json_int_t limit,
+                           size_t *len_out)
 {
+    const page_req r = {.page = page, .limit = limit}, *req = &r;
     int n = PQntuples(rows);
     long long total = PQntuples(count) == 1 ? strtoll(PQgetvalue(count, 0, 0), NULL, 10) : 0;
     long long pages = (total + req->limit - 1) / req->limit;
@@ -188,7 +189,7 @@ static int run_on(cdb_pool *pool, const cdb_principal *p, const cdb_sql *q, cons
         rc = query_error(failed, err);
         goto out_release;
     }
-    if (!(*part = page_body(res[STMT_ROWS], res[STMT_COUNT], req, len)))
+    if (!(*part = cdb__query_page_body(res[STMT_ROWS], res[STMT_COUNT], req->page, req->limit, len)))
         rc = cdb_error_oom(err);
 
 out_release:

@@ -7,6 +7,7 @@
 #define COREDB_DATA_QUERY_RUN_H
 
 #include <jansson.h>
+#include <libpq-fe.h>
 #include <stdbool.h>
 #include <stdint.h>
 
@@ -44,6 +45,14 @@ int cdb__query_pagination(const json_t *v, cdb_role role, json_int_t *page, json
 int cdb__query_run(cdb_service *svc, const cdb_principal *p, const cdb_sql *q, const char *count_sql,
                    int count_nparams, json_int_t page, json_int_t limit, char **part, size_t *len,
                    uint64_t lsn_seen, bool *cacheable, cdb_error *err);
+/*
+ * The cacheable part of an answer, `"data":[...],"pagination":{...}`
+ * (malloc'd, *len bytes; NULL when out of memory), from the rows statement's
+ * result (one JSON text per row) and the count's: for the worker's pipeline
+ * and the event loops' (http/loop_query.c) alike.
+ */
+char *cdb__query_page_body(const PGresult *rows, const PGresult *count, json_int_t page, json_int_t limit,
+                           size_t *len);
 /* {<part>,"execution_time_ms":..,"cached":..}, malloc'd. */
 char *cdb__query_wrap(const char *part, size_t len, int64_t start_us, bool cached);
 

@@ -27,6 +27,7 @@
 #include "security/ratelimit.h"
 #include "store/redis_async.h"
 #include "store/l1cache.h"
+#include "store/pg_async.h"
 #include "core/kvtable.h"
 
 #define CDB_HTTP_BODY_LIMIT     (1024 * 1024)     /* API.md: bodies over 1 MiB -> 413 */
@@ -214,6 +215,7 @@ struct cdb_loop {
     cdb_conn *conns;               /* every open connection of this loop */
     cdb_aredis *aredis;            /* this loop's asynchronous Redis (loop_admit.c), NULL without Redis */
     cdb_l1 *l1;                    /* this loop's first-level cache (loop_admit.c), NULL when off */
+    cdb_apg *apg;                  /* this loop's PostgreSQL connections (loop_query.c), NULL when off */
     cdb_kvtable *verified;         /* tokens this loop verified, until they expire (request.c) */
     cdb_kvtable *memo;             /* request bodies this loop resolved to cache keys (loop_admit.c) */
     time_t date_at;                /* second of the cached Date header */
@@ -290,6 +292,16 @@ bool cdb__admit_quota_apply(cdb_request *r, const cdb_rl_result *rl);
  * (cdb_server_hand_off). False: take the blocking path now.
  */
 bool cdb__loop_admit(cdb_request *r);
+/*
+ * loop_query.c: runs an admitted data-API miss on the loop's own
+ * PostgreSQL connections; generation_read: the loop's MGET read the
+ * table's generation (generation) before this call, so the answer may be
+ * stored at it. True: the request is answered later (on the loop, or by a
+ * worker after a failure). False: hand it to a worker now.
+ */
+bool cdb__loop_query(cdb_request *r, bool generation_read, int64_t generation);
+/* Frees the calling thread's spare query records (a loop thread at its end; loop_destroy after). */
+void cdb__loop_query_release(void);
 /* server.c: runs a prepared request's admission and handler on its worker queue. */
 void cdb_server_hand_off(cdb_request *r);
 /* server.c: sends the request's answer and frees it (loop thread). */

@@ -52,6 +52,8 @@ typedef struct loop_admission {
     cdb__query_probe probe;
     bool table_ticket_ok;
     cdb_inval_ticket table_ticket;
+    bool generation_read;          /* the MGET read the table's generation (a miss is stored at it) */
+    int64_t generation;
     char *answer;                  /* a cache hit's body */
     bool maintenance;              /* a restore runs: known before, or found by its poll */
     char maintenance_key[256];
@@ -97,6 +99,20 @@ static void decide(loop_admission *a)
         cdb_request_reply_text(r, 200, a->answer);
         a->answer = NULL;
         goto answer;
+    }
+    /* a miss (or caching off): the loop's own PostgreSQL connections run it (loop_query.c) */
+    if (!a->answer && !a->maintenance && r->session_checked && (r->quota_checked || a->rate <= 0) &&
+        r->loop->apg) {
+        bool generation_read = a->generation_read;
+        int64_t generation = a->generation;
+        admission_free(a);
+        if (cdb__loop_query(r, generation_read, generation)) {
+            cdb__metrics_inc(CDB_M_LOOP_QUERY);
+            return;
+        }
+        cdb__metrics_inc(CDB_M_LOOP_HANDED_OFF);
+        cdb_server_hand_off(r);
+        return;
     }
     outcome = CDB_M_LOOP_HANDED_OFF;
     cdb__metrics_inc(outcome);
@@ -171,6 +187,8 @@ static void on_probe(redisReply *reply, void *arg)
                                         entry_ok ? entry->str : NULL, entry_ok ? entry->len : 0, &generation,
                                         &value, &len);
         if (gen->type == REDIS_REPLY_STRING || gen->type == REDIS_REPLY_NIL) {
+            a->generation_read = true;
+            a->generation = generation;
             if (a->table_ticket_ok) {
                 cdb_l1_generation_store(l1, a->probe.gen_key, a->probe.table, &a->table_ticket, generation, now);
                 if (hit)
@@ -260,6 +278,9 @@ static void probe_cache(loop_admission *a)
     cdb_l1 *l1 = r->loop->l1;
     /* a leased connection's request must first prove the lease (routes_data.c) */
     if (r->route->mode != CDB_RUN_CACHED || r->raw_body_len == 0 || cdb_request_field(r, "X-Connection-ID"))
+        return;
+    /* caching off: nothing to look up (a miss is planned once, by loop_query.c) */
+    if (!cdb_qcache_enabled(cdb_service_qcache(r->svc)))
         return;
     char key[MEMO_BODY_MAX + 128];
     bool memo = r->loop->memo && memo_key(r, key, sizeof key);

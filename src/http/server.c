@@ -197,6 +197,9 @@ static void on_accept(struct evconnlistener *listener, evutil_socket_t fd, struc
 }
 
 enum { ACCEPT_PAUSE_MS = 100 };
+/* jobs in flight per loop connection: a backend runs its pipeline in order, so more only queue
+   in its socket; 32 keeps 64 concurrent misses of two loops on the loops (8 sent half to workers) */
+enum { LOOP_PG_INFLIGHT = 32 };
 /* a loop's Redis command with no reply by then fails, and the request takes
    the blocking path (the same bound as the blocking pool's commands) */
 enum { LOOP_REDIS_TIMEOUT_MS = 1000 };
@@ -249,6 +252,7 @@ static void *loop_main(void *arg)
     if (loop->aredis)
         cdb_aredis_ready(loop->aredis);
     event_base_loop(loop->base, EVLOOP_NO_EXIT_ON_EMPTY);
+    cdb__loop_query_release();
     return NULL;
 }
 
@@ -322,6 +326,10 @@ static void loop_destroy(cdb_loop *loop)
     /* requests waiting for its replies are answered first (their callbacks
        run with no reply), while their connections still exist */
     cdb_aredis_free(loop->aredis);
+    /* misses parked on its connections: each fails once, so a worker (or, with
+       the workers gone, a 503) answers it */
+    cdb_apg_free(loop->apg);
+    cdb__loop_query_release();     /* what those answers gave back, on this thread */
     cdb_l1_free(loop->l1);
     cdb_kvtable_free(loop->verified);
     cdb_kvtable_free(loop->memo);
@@ -388,9 +396,19 @@ cdb_http_server *cdb_http_server_new(cdb_service *svc, cdb_error *err)
         cdb_error_oom(err);
         goto fail;
     }
-    for (int i = 0; i < cfg->http_threads; i++)
+    /* the API's loops own their share of the pool (DB_LOOP_CONNECTIONS: service.c) */
+    int loop_conns = cdb_service_loop_connections(svc);
+    cdb_pool *pool = cdb_service_pool(svc);
+    for (int i = 0; i < cfg->http_threads; i++) {
         if (loop_init(&srv->loops[i], srv, srv->listen_fd, srv->tables, err) < 0)
             goto fail;
+        if (loop_conns > 0 && pool &&
+            !(srv->loops[i].apg = cdb_apg_new(srv->loops[i].base, cdb_pool_pg_settings(pool), loop_conns,
+                                              LOOP_PG_INFLIGHT))) {
+            cdb_error_oom(err);
+            goto fail;
+        }
+    }
     /* the metrics listener has a loop of its own, so the API's connections
      * cannot crowd out a scrape's (the rendering runs on the workers) */
     if (srv->prom_fd >= 0 &&

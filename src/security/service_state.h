@@ -53,6 +53,7 @@ struct cdb_service {
     /* cdb_encryption_on_progress (the CLI's progress line), or NULL */
     void (*encryption_progress)(void *arg, long rows_done, long rows_total, int pass);
     void *encryption_progress_arg;
+    int loop_connections;          /* PostgreSQL connections of each HTTP loop (0: off) */
 };
 
 #endif

@@ -20,6 +20,7 @@
 #include "core/timeutil.h"
 #include "identity/identity_internal.h"  /* CDB__SESSION_LIVE: what a live session is, said once */
 #include "store/pg.h"
+#include "store/pg_async.h"
 #include "store/pool.h"
 #include "store/reserved.h"
 #include "store/redis.h"
@@ -45,7 +46,15 @@ static void collect_pool(cdb__metrics_out *out, cdb_service *svc)
     cdb__metrics_family(out, "coredb_pool_connections", "gauge", "Pooled PostgreSQL connections by state.");
     cdb__metrics_sample(out, "coredb_pool_connections", "state=\"active\"", st.active);
     cdb__metrics_sample(out, "coredb_pool_connections", "state=\"idle\"", st.idle);
-    cdb__metrics_family(out, "coredb_pool_connections_max", "gauge", "DB_POOL_MAX.");
+    cdb_apg_counts ac;
+    cdb_apg_counts_get(&ac);
+    cdb__metrics_family(out, "coredb_pool_loop_connections", "gauge",
+                        "PostgreSQL connections the HTTP loops own (DB_LOOP_CONNECTIONS each), by state.");
+    cdb__metrics_sample(out, "coredb_pool_loop_connections", "state=\"ready\"", ac.ready);
+    cdb__metrics_sample(out, "coredb_pool_loop_connections", "state=\"connecting\"", ac.connecting);
+    cdb__metrics_sample(out, "coredb_pool_loop_connections", "state=\"down\"", ac.down);
+    cdb__metrics_family(out, "coredb_pool_connections_max", "gauge",
+                        "The blocking pool's size: DB_POOL_MAX minus the HTTP loops' share (DB_LOOP_CONNECTIONS).");
     cdb__metrics_sample(out, "coredb_pool_connections_max", NULL, st.max);
     cdb__metrics_family(out, "coredb_pool_waiting", "gauge", "Threads waiting for a pooled connection.");
     cdb__metrics_sample(out, "coredb_pool_waiting", NULL, st.waiting);

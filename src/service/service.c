@@ -78,6 +78,33 @@ static int open_replicas(cdb_service *svc, const cdb_config *cfg, cdb_error *err
     return 0;
 }
 
+/*
+ * The HTTP loops' share of DB_POOL_MAX (store/pg_async.h): each API loop
+ * owns DB_LOOP_CONNECTIONS (the Prometheus listener's loop none), and the
+ * blocking pool keeps the rest, returned. When that would leave the pool
+ * fewer than max(DB_POOL_MIN, 2) connections (the workers still run every
+ * write, every miss the loops hand off, and every admin call), the loops
+ * get none and the feature is off, said once in the log.
+ */
+static int pool_share(const cdb_config *cfg, bool http_loops, int *per_loop)
+{
+    *per_loop = 0;
+    if (!http_loops || cfg->db_loop_connections <= 0)
+        return cfg->db_pool_max;
+    long share = (long)cfg->http_threads * cfg->db_loop_connections;
+    long keep = cfg->db_pool_min > 2 ? cfg->db_pool_min : 2;
+    if (cfg->db_pool_max - share < keep) {
+        cdb_log_info("pool.loop_share_off", "DB_POOL_MAX %d cannot give %d loops %d connections each and keep "
+                     "%ld for the workers: misses run on workers", cfg->db_pool_max, cfg->http_threads,
+                     cfg->db_loop_connections, keep);
+        return cfg->db_pool_max;
+    }
+    *per_loop = cfg->db_loop_connections;
+    cdb_log_info("pool.loop_share", "%d loops own %d PostgreSQL connections each; the pool keeps %ld",
+                 cfg->http_threads, cfg->db_loop_connections, cfg->db_pool_max - share);
+    return (int)(cfg->db_pool_max - share);
+}
+
 int cdb_service_open(cdb_service **out, cdb_config *cfg,
                      const cdb_service_options *opt, cdb_error *err)
 {
@@ -124,12 +151,13 @@ int cdb_service_open(cdb_service **out, cdb_config *cfg,
         goto fail;
 
     if (opt && opt->with_pool) {
+        int blocking_max = pool_share(cfg, opt->http_loops, &svc->loop_connections);
         cdb_pool_options po = {
             .conninfo = svc->conninfo,
             .sslmode = cfg->embedded ? NULL : cfg->db_sslmode,
             .application_name = "coredb",
             .min_size = cfg->db_pool_min,
-            .max_size = cfg->db_pool_max,
+            .max_size = blocking_max,
             .idle_timeout_ms = cfg->db_pool_idle_timeout_ms,
             .acquire_timeout_ms = cfg->db_pool_acquire_timeout_ms,
             .statement_timeout_ms = cfg->db_statement_timeout_ms,
@@ -290,6 +318,16 @@ const cdb_migration_set *cdb_service_migrations(const cdb_service *svc)
 cdb_ratelimit *cdb_service_ratelimit(cdb_service *svc)
 {
     return svc->ratelimit;
+}
+
+int cdb_service_loop_connections(cdb_service *svc)
+{
+    return svc->loop_connections;
+}
+
+cdb_pool *cdb_service_pool(cdb_service *svc)
+{
+    return svc->pool;
 }
 
 cdb_redis *cdb_service_redis(cdb_service *svc)

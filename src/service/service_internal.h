@@ -21,6 +21,12 @@ cdb_redis *cdb_service_redis(cdb_service *svc);
 cdb_qcache *cdb_service_qcache(cdb_service *svc);
 /* The invalidations of the first-level caches (store/invalidation.h); NULL without Redis. */
 cdb_inval *cdb_service_inval(cdb_service *svc);
+/*
+ * The PostgreSQL connections each HTTP loop owns (store/pg_async.h), out of
+ * DB_POOL_MAX (0: off); the pool whose settings they copy, NULL without one.
+ */
+int cdb_service_loop_connections(cdb_service *svc);
+cdb_pool *cdb_service_pool(cdb_service *svc);
 /* The data API's catalog snapshots swapped in so far (store/catalog.h). */
 uint64_t cdb_service_catalog_version(cdb_service *svc);
 

@@ -347,28 +347,29 @@ static bool connect_poll(PGconn *conn, int64_t deadline, bool *timed_out)
     return true;
 }
 
-PGconn *cdb_pg_connect_until(const cdb_pg_settings *s, int64_t deadline_ms, cdb_error *err)
+/* The client deadline of each round trip (pg.h, cdb_pg_settings.round_trip_timeout_ms). */
+static int round_trip_ms_of(const cdb_pg_settings *s)
 {
-    char timeout[16], user_timeout[16], detail[512], first[256];
-    PGconn *conn = NULL;
+    return s->round_trip_timeout_ms > 0 ? s->round_trip_timeout_ms
+           : s->statement_timeout_ms > 0 ? s->statement_timeout_ms + CDB_PG_DEADLINE_MARGIN_MS
+           : 0;
+}
+
+PGconn *cdb_pg_connect_start(const cdb_pg_settings *s, cdb_error *err)
+{
+    char timeout[16], user_timeout[16];
     char *options = NULL;
-    conn_deadline *dl = NULL;
-    bool timed_out = false;
+    PGconn *conn = NULL;
 
     if (merged_options(s->conninfo, s->statement_timeout_ms, &options, err) < 0) {
         cdb_log_warn("pg.connect_failed", "%s", err ? err->message : "invalid connection string");
-        goto fail;
+        return NULL;
     }
     int connect_ms = (s->connect_timeout_s > 0 ? s->connect_timeout_s : 5) * 1000;
-    int64_t started = cdb_mono_ms(), deadline = started + connect_ms;
-    if (deadline_ms > 0 && deadline_ms < deadline)
-        deadline = deadline_ms;
-    int round_trip_ms = s->round_trip_timeout_ms > 0 ? s->round_trip_timeout_ms
-                        : s->statement_timeout_ms > 0 ? s->statement_timeout_ms + CDB_PG_DEADLINE_MARGIN_MS
-                        : 0;
+    int round_trip_ms = round_trip_ms_of(s);
     int user_ms = round_trip_ms == 0 ? USER_TIMEOUT_DEFAULT_MS
                   : round_trip_ms < USER_TIMEOUT_MIN_MS ? USER_TIMEOUT_MIN_MS : round_trip_ms;
-    /* Unused by PQconnectPoll (connect_poll keeps the time); kept for what libpq reports. */
+    /* Unused by PQconnectPoll (the caller keeps the time); kept for what libpq reports. */
     snprintf(timeout, sizeof timeout, "%d", connect_ms / 1000);
     snprintf(user_timeout, sizeof user_timeout, "%d", user_ms);
 
@@ -389,11 +390,42 @@ PGconn *cdb_pg_connect_until(const cdb_pg_settings *s, int64_t deadline_ms, cdb_
         s->application_name ? s->application_name : "coredb",
         s->sslmode ? s->sslmode : "", options ? options : "", NULL,
     };
-    conn = PQconnectStartParams(keys, vals, 1);
-    if (!conn) {
+    if (!(conn = PQconnectStartParams(keys, vals, 1)))
         cdb_error_oom(err);
-        goto fail;
+    free(options);
+    return conn;
+}
+
+int cdb_pg_connect_done(PGconn *conn, const cdb_pg_settings *s, cdb_error *err)
+{
+    conn_deadline *dl = calloc(1, sizeof *dl);
+    if (!dl || !PQregisterEventProc(conn, conn_event, "coredb-deadline", NULL) ||
+        !PQsetInstanceData(conn, conn_event, dl)) {
+        free(dl);
+        return cdb_error_oom(err);
     }
+    dl->round_trip_ms = round_trip_ms_of(s); /* the connection owns dl now: conn_event frees it */
+    PQsetNoticeProcessor(conn, log_notice, NULL);
+    return 0;
+}
+
+void cdb_pg_connect_failure(PGconn *conn, char *buf, size_t len)
+{
+    sanitize_pq_message(conn ? PQerrorMessage(conn) : "out of memory", false, buf, len);
+}
+
+PGconn *cdb_pg_connect_until(const cdb_pg_settings *s, int64_t deadline_ms, cdb_error *err)
+{
+    char detail[512], first[256];
+    bool timed_out = false;
+
+    int connect_ms = (s->connect_timeout_s > 0 ? s->connect_timeout_s : 5) * 1000;
+    int64_t started = cdb_mono_ms(), deadline = started + connect_ms;
+    if (deadline_ms > 0 && deadline_ms < deadline)
+        deadline = deadline_ms;
+    PGconn *conn = cdb_pg_connect_start(s, err);
+    if (!conn)
+        goto fail;
     if (!connect_poll(conn, deadline, &timed_out)) {
         if (timed_out) {
             snprintf(detail, sizeof detail, "no answer within %lld ms",
@@ -412,21 +444,12 @@ PGconn *cdb_pg_connect_until(const cdb_pg_settings *s, int64_t deadline_ms, cdb_
             cdb_error_detail(err, "reason", json_string("timeout"));
         goto fail;
     }
-    if (!(dl = calloc(1, sizeof *dl)) || !PQregisterEventProc(conn, conn_event, "coredb-deadline", NULL) ||
-        !PQsetInstanceData(conn, conn_event, dl)) {
-        cdb_error_oom(err);
+    if (cdb_pg_connect_done(conn, s, err) < 0)
         goto fail;
-    }
-    dl->round_trip_ms = round_trip_ms;
-    dl = NULL; /* the connection owns it now: conn_event frees it */
-    PQsetNoticeProcessor(conn, log_notice, NULL);
-    free(options);
     return conn;
 
 fail:
-    free(dl);
     PQfinish(conn);
-    free(options);
     return NULL;
 }
 

@@ -58,6 +58,18 @@ typedef struct cdb_pg_settings {
  * fails. Caller owns the connection (PQfinish).
  */
 PGconn *cdb_pg_connect_until(const cdb_pg_settings *s, int64_t deadline_ms, cdb_error *err);
+/*
+ * The same connection opened without blocking, for an event loop
+ * (store/pg_async.c): _start begins it (PQconnectStartParams with every
+ * setting above; NULL + err on a bad conninfo or out of memory), the
+ * caller drives PQconnectPoll on the socket and bounds it by
+ * connect_timeout_s itself, then calls _done once it is made (the
+ * deadline state and notice logging; < 0 on out of memory).
+ * _failure writes why a connect failed, without the password.
+ */
+PGconn *cdb_pg_connect_start(const cdb_pg_settings *s, cdb_error *err);
+int cdb_pg_connect_done(PGconn *conn, const cdb_pg_settings *s, cdb_error *err);
+void cdb_pg_connect_failure(PGconn *conn, char *buf, size_t len);
 /* cdb_pg_connect_until with no earlier limit than connect_timeout_s. */
 PGconn *cdb_pg_connect(const cdb_pg_settings *s, cdb_error *err);
 

@@ -650,3 +650,8 @@ int cdb_pool_statement_timeout_ms(const cdb_pool *pool)
 {
     return pool->opt.statement_timeout_ms;
 }
+
+const struct cdb_pg_settings *cdb_pool_pg_settings(const cdb_pool *pool)
+{
+    return &pool->pg;
+}

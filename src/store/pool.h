@@ -91,5 +91,11 @@ void cdb_pool_get_stats(cdb_pool *pool, cdb_pool_stats *out);
 const char *cdb_pool_conninfo(const cdb_pool *pool);
 /* The statement timeout its connections run with (0: none). */
 int cdb_pool_statement_timeout_ms(const cdb_pool *pool);
+/*
+ * The connection settings of its connections (store/pg.h), for the event
+ * loops' own connections (store/pg_async.h), opened and configured like
+ * the pool's. Valid while the pool lives; read-only.
+ */
+const struct cdb_pg_settings *cdb_pool_pg_settings(const cdb_pool *pool);
 
 #endif

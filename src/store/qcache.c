@@ -361,6 +361,67 @@ static void follow_locked(cdb_qcache *qc, flight *f, cdb_qcache_lookup *out)
     flight_unref_locked(f);
 }
 
+static void finish(cdb_qcache *qc, const char *id, bool match_gen, int64_t gen, const char *value, size_t len);
+
+/* A new flight of id, led by the caller; false when out of memory. */
+static bool lead_locked(cdb_qcache *qc, const char *id, int64_t generation, uint64_t epoch, bool cache_ok)
+{
+    flight *f = calloc(1, sizeof *f);
+    if (!f)
+        return false;
+    memcpy(f->id, id, HASH_HEX);
+    f->generation = generation;
+    f->epoch = epoch;
+    f->cache_ok = cache_ok;
+    f->started_ms = cdb_mono_ms();
+    f->refs = 1;
+    pthread_condattr_t attr;
+    pthread_condattr_init(&attr);
+    pthread_condattr_setclock(&attr, CLOCK_MONOTONIC); /* follow_locked's deadline */
+    pthread_cond_init(&f->done_cv, &attr);
+    pthread_condattr_destroy(&attr);
+    flight **head = bucket(qc, id);
+    f->next = *head;
+    *head = f;
+    return true;
+}
+
+bool cdb_qcache_probe_lead(cdb_qcache *qc, const char *key, int64_t generation)
+{
+    char id[HASH_HEX];
+    if (!qc || !key)
+        return false;
+    key_id(key, id);
+    uint64_t epoch = atomic_load(&qc->epoch);
+    int64_t now = cdb_mono_ms();
+    bool led = false;
+    pthread_mutex_lock(&qc->mu);
+    sweep_locked(qc, now);
+    flight *f = find_locked(qc, id);
+    bool same = f && f->generation == generation && f->epoch == epoch && f->cache_ok;
+    /* another runs it, or just ran it at this generation: a worker follows it (never the loop: it waits) */
+    if (f && ((!f->done && same && now - f->started_ms < FLIGHT_WAIT_MS) ||
+              (f->done && same && f->value && now - f->done_ms < FLIGHT_GRACE_MS)))
+        goto out;
+    if (f && f->done)
+        drop_locked(qc, f);
+    else if (f)
+        goto out;                  /* a stale flight still running: leave it, run unregistered */
+    led = lead_locked(qc, id, generation, epoch, true);
+out:
+    pthread_mutex_unlock(&qc->mu);
+    return led;
+}
+
+void cdb_qcache_probe_finish(cdb_qcache *qc, const char *key, int64_t generation, const char *value, size_t len)
+{
+    char id[HASH_HEX];
+    if (!qc || !key)
+        return;
+    key_id(key, id);
+    finish(qc, id, value != NULL, generation, value, len);
+}
+
 void cdb_qcache_get(cdb_qcache *qc, const char *table, const char *key, cdb_qcache_lookup *out)
 {
     char id[HASH_HEX];
@@ -400,23 +461,7 @@ void cdb_qcache_get(cdb_qcache *qc, const char *table, const char *key, cdb_qcac
     }
     if (f)
         drop_locked(qc, f);
-    if (!(f = calloc(1, sizeof *f)))
-        goto out_unlock;
-    memcpy(f->id, id, sizeof id);
-    f->generation = out->generation;
-    f->epoch = epoch;
-    f->cache_ok = cache_ok;
-    f->started_ms = cdb_mono_ms();
-    f->refs = 1;
-    pthread_condattr_t attr;
-    pthread_condattr_init(&attr);
-    pthread_condattr_setclock(&attr, CLOCK_MONOTONIC); /* follow_locked's deadline */
-    pthread_cond_init(&f->done_cv, &attr);
-    pthread_condattr_destroy(&attr);
-    flight **head = bucket(qc, id);
-    f->next = *head;
-    *head = f;
-    out->leader = true;
+    out->leader = lead_locked(qc, id, out->generation, epoch, cache_ok);
 
 out_unlock:
     pthread_mutex_unlock(&qc->mu);
@@ -445,10 +490,28 @@ static void finish(cdb_qcache *qc, const char *id, bool match_gen, int64_t gen,
     pthread_mutex_unlock(&qc->mu);
 }
 
+char *cdb_qcache_entry_encode(int64_t generation, const char *value, size_t len, size_t *out_len)
+{
+    char tag[24];
+    int n = snprintf(tag, sizeof tag, "%" PRId64 "\n", generation);
+    char *buf = malloc((size_t)n + len);
+    if (!buf)
+        return NULL;
+    memcpy(buf, tag, (size_t)n);
+    memcpy(buf + n, value, len);
+    *out_len = (size_t)n + len;
+    return buf;
+}
+
+int cdb_qcache_ttl_s(const cdb_qcache *qc)
+{
+    return qc ? qc->ttl_s : 0;
+}
+
 void cdb_qcache_store(cdb_qcache *qc, const char *table, const char *key, int64_t generation,
                       const char *value, size_t len)
 {
-    char id[HASH_HEX], tag[24];
+    char id[HASH_HEX];
 
     if (!qc || !table || !key || !value)
         return;
@@ -459,15 +522,13 @@ void cdb_qcache_store(cdb_qcache *qc, const char *table, const char *key, int64_
     pthread_mutex_unlock(&qc->mu);
 
     /* stored before the flight ends, so a late misser finds either it or the flight */
-    int n = snprintf(tag, sizeof tag, "%" PRId64 "\n", generation);
     char *ekey = cache_ok ? entry_key(qc, table, id) : NULL;
-    char *buf = ekey ? malloc((size_t)n + len) : NULL;
+    size_t n;
+    char *buf = ekey ? cdb_qcache_entry_encode(generation, value, len, &n) : NULL;
     if (buf) {
         cdb_error err;
         cdb_error_init(&err);
-        memcpy(buf, tag, (size_t)n);
-        memcpy(buf + n, value, len);
-        if (cdb_cache_set(qc->cache, ekey, buf, (size_t)n + len, qc->ttl_s, &err) < 0)
+        if (cdb_cache_set(qc->cache, ekey, buf, n, qc->ttl_s, &err) < 0)
             cdb_log_debug("qcache.store", "result not cached: %s", err.message);
         else
             cdb__metrics_inc(CDB_M_CACHE_STORES);

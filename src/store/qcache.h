@@ -84,6 +84,29 @@ bool cdb_qcache_probe_hit(const char *generation, const char *entry, size_t len,
                           const char **value, size_t *value_len);
 
 /*
+ * Single flight for a miss run elsewhere (the event loops: http/
+ * loop_query.c), without waiting. After a miss read at generation,
+ * _probe_lead makes the caller the leader of key's flight and returns true;
+ * false when another flight of key runs (or just ended with a result) at
+ * that generation, or one begun at another is still running: the caller
+ * then gives the request to a worker, whose cdb_qcache_get follows the
+ * flight. The leader ends it with _probe_finish: value (the stored bytes)
+ * hands them to the followers; NULL abandons it (they query themselves).
+ */
+bool cdb_qcache_probe_lead(cdb_qcache *qc, const char *key, int64_t generation);
+void cdb_qcache_probe_finish(cdb_qcache *qc, const char *key, int64_t generation, const char *value, size_t len);
+
+/*
+ * A stored entry's bytes, "<generation>\n<value>" (malloc'd, *out_len; NULL
+ * when out of memory): the one format cdb_qcache_store writes and
+ * cdb_qcache_probe_hit reads, for a store made elsewhere (the event loops'
+ * asynchronous SET of a miss they ran: http/loop_query.c), with EX
+ * cdb_qcache_ttl_s (CACHE_TTL).
+ */
+char *cdb_qcache_entry_encode(int64_t generation, const char *value, size_t len, size_t *out_len);
+int cdb_qcache_ttl_s(const cdb_qcache *qc);
+
+/*
  * Every key lives under "coredb:<ns>:", ns being the deployment's id (the
  * coredb.deployment row of its database), so deployments sharing one Redis
  * never read each other's results. Set once, before any key is used (the

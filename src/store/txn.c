@@ -60,6 +60,11 @@ static const char PRELUDE_SQL[] =
     "SELECT set_config('role', $1, true), set_config('app.current_user_id', $2, true),"
     " set_config('app.current_role', $3, true)";
 
+const char *cdb_txn_read_prelude_sql(void)
+{
+    return PRELUDE_SQL;
+}
+
 bool cdb_txn_send(PGconn *conn, const char *name, const char *sql, int nparams,
                   const char *const *params)
 {

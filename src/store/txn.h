@@ -65,4 +65,11 @@ int cdb_txn_pipeline_begin_as(cdb_pool_conn *pc, const char *db_role, const char
 int cdb_txn_pipeline_read_as(cdb_pool_conn *pc, const char *db_role, const char *user_id,
                              const char *app_role, cdb_error *err);
 
+/*
+ * The text of that role + settings statement ($1 database role, $2 user id,
+ * $3 application role), for a pipeline built elsewhere (the event loops'
+ * connections, store/pg_async.h): run it first, up to one Sync.
+ */
+const char *cdb_txn_read_prelude_sql(void);
+
 #endif

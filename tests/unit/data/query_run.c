@@ -33,7 +33,7 @@ static void test_page_body_splices_rows(void **state)
     const char *rows[] = {"{\"a\":3}", "{\"a\":4}"}, *total[] = {"5"};
     PGresult *page = text_rows(rows, 2), *count = text_rows(total, 1);
     size_t len = 0;
-    char *body = page_body(page, count, &req, &len);
+    char *body = cdb__query_page_body(page, count, req.page, req.limit, &len);
     const char *want = "\"data\":[{\"a\":3},{\"a\":4}],\"pagination\":{\"page\":2,\"limit\":2,\"total\":5,\"pages\":3}";
     assert_non_null(body);
     assert_string_equal(body, want);
@@ -51,7 +51,7 @@ static void test_empty_page_keeps_its_total(void **state)
     const char *total[] = {"41"};
     PGresult *page = text_rows(NULL, 0), *count = text_rows(total, 1);
     size_t len = 0;
-    char *body = page_body(page, count, &req, &len);
+    char *body = cdb__query_page_body(page, count, req.page, req.limit, &len);
     assert_non_null(body);
     assert_string_equal(body, "\"data\":[],\"pagination\":{\"page\":9,\"limit\":20,\"total\":41,\"pages\":3}");
     free(body);
@@ -66,7 +66,7 @@ static void test_no_count_row_reads_as_zero(void **state)
     page_req req = {.page = 1, .limit = 20};
     PGresult *page = text_rows(NULL, 0), *count = text_rows(NULL, 0);
     size_t len = 0;
-    char *body = page_body(page, count, &req, &len);
+    char *body = cdb__query_page_body(page, count, req.page, req.limit, &len);
     assert_non_null(body);
     assert_string_equal(body, "\"data\":[],\"pagination\":{\"page\":1,\"limit\":20,\"total\":0,\"pages\":0}");
     free(body);

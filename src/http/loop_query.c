@@ -1,0 +1,201 @@
+/*
+ * loop_query.c - a data-API miss run on the event loop that admitted it,
+ * on the loop's own PostgreSQL connections (store/pg_async.h), without a
+ * worker thread: the hand-off to a worker and back cost more CPU than the
+ * rest of a miss (bench/RESULTS.md, issue 8).
+ *
+ * loop_admit.c calls it once admission ended on the loop with the session
+ * alive, the quota fine and no cache hit. The statements are the worker's
+ * (data/query_probe.h: the same planner, read prelude and page body), sent
+ * as one pipeline segment: role + settings, page, count, Sync. Then:
+ *
+ *   - every result in: 200 on the loop (`cached:false`), and when the
+ *     table's generation was read by the loop's MGET before the query was
+ *     sent, the answer is stored at that generation in Redis (SET ... EX
+ *     CACHE_TTL on the loop's asynchronous connection, not waited for) and
+ *     in the loop's first-level cache: the rule of store/qcache.h, where a
+ *     generation read before the query tags its answer;
+ *   - any failure (the connection lost, an error result of any kind, no
+ *     connection free): the request goes to a worker, which runs it the
+ *     blocking way and reports errors exactly as before. A read is
+ *     idempotent, so running it twice is harmless, and the loop never has
+ *     to map PostgreSQL's errors;
+ *   - identical misses run once: the loop leads the key's flight of
+ *     store/qcache.h without waiting (cdb_qcache_probe_lead), and a miss
+ *     that finds another flight running goes to a worker, which follows it
+ *     (and is served its bytes); the leader ends the flight with its answer,
+ *     or abandons it before any hand-off;
+ *   - the job's deadline, or the server's statement_timeout: 504
+ *     DATABASE_TIMEOUT on the loop (waiting again on a worker would double
+ *     what the caller waits).
+ *
+ * What the loop does not run goes to a worker at once: encrypted columns,
+ * read replicas, X-Connection-ID (leases), a restore running (loop_admit.c
+ * knows: it never calls here then), a body that does not plan without
+ * blocking work.
+ */
+#include "http_internal.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "core/metrics.h"
+#include "core/timeutil.h"
+#include "data/query_probe.h"
+#include "service/service_internal.h"
+
+typedef struct loop_query {
+    cdb_request *r;
+    bool store;                    /* the generation was read before the query: store the answer */
+    bool lead;                     /* this loop leads the key's flight (store/qcache.h): end it */
+    int64_t generation;
+    cdb__query_loop lp;            /* last: its statement buffer is large */
+} loop_query;
+
+/* Ends the flight this loop leads: part (stored) for its followers, or NULL (they query). */
+static void end_flight(loop_query *q, const char *part, size_t len)
+{
+    if (q->lead)
+        cdb_qcache_probe_finish(cdb_service_qcache(q->r->svc), q->lp.cache_key, q->generation, part, len);
+    q->lead = false;
+}
+
+/*
+ * A loop_query holds a statement buffer of CDB_SQL_MAX_PARAMS pointers
+ * (16 KiB): a few are kept per loop thread for reuse, as allocating one that
+ * large on every miss cost malloc a consolidation each time (perf, bench/
+ * RESULTS.md).
+ */
+enum { SPARE_MAX = 64 };
+static __thread loop_query *spare[SPARE_MAX];
+static __thread int nspare;
+
+void cdb__loop_query_release(void)
+{
+    while (nspare > 0)
+        free(spare[--nspare]);
+}
+
+static loop_query *query_new(void)
+{
+    return nspare > 0 ? spare[--nspare] : malloc(sizeof(loop_query));
+}
+
+static void query_free(loop_query *q)
+{
+    cdb__data_query_loop_destroy(&q->lp);
+    if (nspare < SPARE_MAX)
+        spare[nspare++] = q;
+    else
+        free(q);
+}
+
+static void on_stored(redisReply *reply, void *arg)
+{
+    (void)arg;
+    if (reply && reply->type == REDIS_REPLY_STATUS)
+        cdb__metrics_inc(CDB_M_CACHE_STORES);
+}
+
+/* The answer at q's generation, into Redis (not waited for) and the loop's L1. */
+static void store(loop_query *q, const char *part, size_t len)
+{
+    cdb_request *r = q->r;
+    cdb_qcache *qc = cdb_service_qcache(r->svc);
+    size_t n;
+    char ttl[24];
+    char *entry = cdb_qcache_entry_encode(q->generation, part, len, &n);
+    if (!entry)
+        return;
+    snprintf(ttl, sizeof ttl, "%d", cdb_qcache_ttl_s(qc));
+    const char *argv[] = {"SET", q->lp.entry_key, entry, "EX", ttl};
+    const size_t argvlen[] = {3, strlen(q->lp.entry_key), n, 2, strlen(ttl)};
+    cdb_aredis_send(r->loop->aredis, on_stored, NULL, 5, argv, argvlen);
+    free(entry);
+    if (r->loop->l1)
+        cdb_l1_answer_store(r->loop->l1, q->lp.entry_key, q->generation, part, len, cdb_mono_ms());
+}
+
+static void on_results(cdb_apg_outcome outcome, PGresult *const *res, int n, void *arg)
+{
+    loop_query *q = arg;
+    cdb_request *r = q->r;
+    char *part = NULL, *body = NULL;
+    size_t len = 0;
+
+    if (outcome == CDB_APG_TIMEOUT) {
+        cdb_error err;
+        cdb_error_init(&err);
+        cdb_error_set(&err, CDB_ERR_DATABASE_TIMEOUT, "%s", "Database statement timed out");
+        cdb_error_detail(&err, "database", json_string("postgresql"));
+        cdb_request_fail(r, &err);
+        cdb__metrics_inc(CDB_M_LOOP_QUERY_TIMEOUT);
+        end_flight(q, NULL, 0);
+        goto finish;
+    }
+    /* [prelude, rows, count] */
+    if (outcome == CDB_APG_OK && n == 3)
+        body = cdb__data_query_loop_answer(&q->lp, res[1], res[2], r->start_us, &part, &len);
+    if (!body) {
+        cdb__metrics_inc(CDB_M_LOOP_QUERY_HANDED_OFF);
+        end_flight(q, NULL, 0);    /* before the hand-off: the worker must not wait for this flight */
+        free(part);
+        query_free(q);
+        cdb_server_hand_off(r);
+        return;
+    }
+    if (q->store && q->lp.entry_key && r->loop->aredis)
+        store(q, part, len);
+    end_flight(q, part, len);
+    free(part);
+    cdb_request_reply_text(r, 200, body);
+    cdb__metrics_inc(CDB_M_LOOP_QUERY_ANSWERED);
+finish:
+    query_free(q);
+    cdb_server_finish(r);
+}
+
+bool cdb__loop_query(cdb_request *r, bool generation_read, int64_t generation)
+{
+    cdb_loop *loop = r->loop;
+    if (!loop->apg || r->route->mode != CDB_RUN_CACHED || r->raw_body_len == 0 ||
+        cdb_request_field(r, "X-Connection-ID"))
+        return false;
+    if (!r->body && !(r->body = json_loadb(r->raw_body, r->raw_body_len, JSON_REJECT_DUPLICATES, NULL)))
+        return false;
+    loop_query *q = query_new();
+    if (!q)
+        return false;
+    q->r = r;
+    q->store = generation_read;
+    q->generation = generation;
+    q->lead = false;
+    if (!cdb__data_query_loop_plan(r->svc, &r->principal, r->body, &q->lp)) {
+        if (nspare < SPARE_MAX)
+            spare[nspare++] = q;   /* lp holds nothing after a 0 */
+        else
+            free(q);
+        return false;
+    }
+    /* identical misses run once (store/qcache.h single flight): another running it, a worker follows */
+    if (q->store && q->lp.cache_key) {
+        if (!cdb_qcache_probe_lead(cdb_service_qcache(r->svc), q->lp.cache_key, generation)) {
+            query_free(q);
+            return false;
+        }
+        q->lead = true;
+    }
+    const cdb__query_loop *lp = &q->lp;
+    const cdb_apg_stmt stmts[] = {
+        {lp->prelude_sql, 3, lp->settings},
+        {lp->rows.text, lp->rows.nparams, (const char *const *)lp->rows.params},
+        {lp->count_sql, lp->count_nparams, (const char *const *)lp->rows.params},
+    };
+    if (!cdb_apg_submit(loop->apg, stmts, 3, 0, on_results, q)) {
+        end_flight(q, NULL, 0);
+        query_free(q);
+        return false;
+    }
+    return true;
+}

@@ -1,0 +1,556 @@
+/*
+ * pg_async.c - an event loop's own PostgreSQL connections (see pg_async.h
+ * for the contract).
+ *
+ * States. Each connection is down (no PGconn; the retry timer waits out
+ * the backoff), connecting (PQconnectPoll driven by one-shot socket
+ * events; the same timer bounds the connect), ready (pipeline mode, the
+ * socket watched for reading, and for writing while PQflush says output is
+ * left) or closed (cdb_apg_free). set_state is the one place a state
+ * changes: a move the table below does not allow is a bug and aborts, as
+ * PgBouncer's change_server_state does.
+ *
+ * Jobs on a connection form a FIFO in the order they were sent; libpq
+ * returns their results in that order, so the oldest job owns the next
+ * result, and a PGRES_PIPELINE_SYNC ends it. A result with no job waiting
+ * means the stream is out of step: the connection is closed.
+ *
+ * Results are read until libpq would block: PQgetResult gives NULL after
+ * each statement's results, and NULL twice in a row (or PQisBusy) means
+ * nothing more is buffered, so the loop waits for the socket again.
+ */
+#include "store/pg_async.h"
+
+#include <event2/event.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "coredb/log.h"
+#include "core/hash.h"
+#include "core/timeutil.h"
+
+enum {
+    BACKOFF_MIN_MS = 100,
+    BACKOFF_MAX_MS = 5000,
+    NO_STATEMENT_TIMEOUT_DEADLINE_MS = 300000,   /* as the blocking pool's */
+    MAX_PREPARED = 64,
+};
+
+typedef enum conn_state { ST_DOWN, ST_CONNECTING, ST_READY, ST_CLOSED, ST__COUNT } conn_state;
+
+static const char *const STATE_NAMES[ST__COUNT] = {"down", "connecting", "ready", "closed"};
+
+/* allowed[from][to] */
+static const bool ALLOWED[ST__COUNT][ST__COUNT] = {
+    [ST_DOWN] = {[ST_CONNECTING] = true, [ST_CLOSED] = true},
+    [ST_CONNECTING] = {[ST_READY] = true, [ST_DOWN] = true, [ST_CLOSED] = true},
+    [ST_READY] = {[ST_DOWN] = true, [ST_CLOSED] = true},
+};
+
+/* process-wide, for /metrics: connections by state (closed ones are not counted) */
+static atomic_long g_count[ST__COUNT];
+static atomic_uint_fast64_t g_failures;
+
+typedef struct apg_conn apg_conn;
+
+/* One job: a pipeline segment and what came back of it so far. */
+typedef struct job {
+    struct job *next;
+    apg_conn *conn;
+    cdb_apg_cb cb;
+    void *arg;
+    struct event *timer;
+    int expect;                    /* results before the Sync, PQsendPrepare's included */
+    int got;
+    unsigned prepare_mask;         /* bit i: result i answers a PQsendPrepare */
+    int prepare_slot[CDB_APG_MAX_STMTS]; /* its slot, forgotten when the prepare fails */
+    int nprep;
+    PGresult *res[CDB_APG_MAX_STMTS];
+    int nres;
+    bool failed;
+    bool cancelled;                /* 57014: the server's statement_timeout (or a cancel) ended it */
+} job;
+
+/* A statement prepared (or being prepared) on one connection. */
+typedef struct prepared {
+    uint64_t hash;
+    char *sql;                     /* NULL: free slot */
+    char name[24];
+} prepared;
+
+struct apg_conn {
+    cdb_apg *apg;
+    int index;
+    conn_state state;
+    PGconn *pg;
+    struct event *io;              /* connecting: one-shot; ready: EV_READ|EV_PERSIST */
+    struct event *wr;              /* ready: EV_WRITE while PQflush has output left */
+    struct event *retry;           /* down: backoff; connecting: the connect deadline */
+    int backoff_ms;
+    bool outage_logged;
+    job *head, *tail;
+    int inflight;
+    prepared stmts[MAX_PREPARED];
+    unsigned next_name;
+};
+
+struct cdb_apg {
+    struct event_base *base;
+    const cdb_pg_settings *pg;
+    int nconns, max_inflight;
+    int default_timeout_ms;
+    bool freeing;
+    apg_conn *conns;
+};
+
+static void conn_start(apg_conn *c);
+
+static void set_state(apg_conn *c, conn_state to)
+{
+    if (!ALLOWED[c->state][to]) {
+        cdb_log_error("pg_async.bad_transition", "loop connection %d: %s -> %s", c->index,
+                      STATE_NAMES[c->state], STATE_NAMES[to]);
+        abort();
+    }
+    atomic_fetch_sub(&g_count[c->state], 1);
+    if (to != ST_CLOSED)
+        atomic_fetch_add(&g_count[to], 1);
+    c->state = to;
+}
+
+static void free_event(struct event **ev)
+{
+    if (*ev)
+        event_free(*ev);
+    *ev = NULL;
+}
+
+static void forget_statements(apg_conn *c)
+{
+    for (int i = 0; i < MAX_PREPARED; i++) {
+        free(c->stmts[i].sql);
+        c->stmts[i].sql = NULL;
+    }
+}
+
+static void job_free(job *j)
+{
+    if (j->timer)
+        event_free(j->timer);
+    for (int i = 0; i < j->nres; i++)
+        PQclear(j->res[i]);
+    free(j);
+}
+
+/* Runs j's callback (once) and frees it; j is off every list. */
+static void job_finish(job *j, cdb_apg_outcome outcome)
+{
+    if (outcome == CDB_APG_OK && j->failed)
+        outcome = j->cancelled ? CDB_APG_TIMEOUT : CDB_APG_FAILED;
+    j->cb(outcome, outcome == CDB_APG_OK ? j->res : NULL, outcome == CDB_APG_OK ? j->nres : 0, j->arg);
+    job_free(j);
+}
+
+static void on_retry(evutil_socket_t fd, short what, void *arg);
+
+/* Closes c's socket side and PGconn (no callbacks). */
+static void conn_close(apg_conn *c)
+{
+    free_event(&c->io);
+    free_event(&c->wr);
+    if (c->retry)
+        evtimer_del(c->retry);
+    PQfinish(c->pg);
+    c->pg = NULL;
+    forget_statements(c);
+}
+
+/*
+ * c failed (connect refused, lost, out of step, a job's deadline): closed,
+ * every job it carries fails once, and a reconnect waits out the backoff.
+ */
+static void conn_fail(apg_conn *c, const char *why)
+{
+    job *list = c->head;
+    c->head = c->tail = NULL;
+    c->inflight = 0;
+    conn_close(c);
+    atomic_fetch_add(&g_failures, 1);
+    if (!c->outage_logged) {
+        /* never the conninfo: it may hold the password */
+        cdb_log_warn("pg_async.unavailable", "a loop's PostgreSQL connection failed (%s); its requests run on "
+                     "workers until it reconnects", why);
+        c->outage_logged = true;
+    }
+    set_state(c, ST_DOWN);
+    c->backoff_ms = c->backoff_ms ? (c->backoff_ms * 2 > BACKOFF_MAX_MS ? BACKOFF_MAX_MS : c->backoff_ms * 2)
+                                  : BACKOFF_MIN_MS;
+    struct timeval tv = {c->backoff_ms / 1000, (c->backoff_ms % 1000) * 1000};
+    evtimer_add(c->retry, &tv);
+    while (list) {
+        job *next = list->next;
+        job_finish(list, CDB_APG_FAILED);
+        list = next;
+    }
+}
+
+/* One result for the oldest job; false when the stream is out of step. */
+static bool take_result(apg_conn *c, PGresult *res)
+{
+    job *j = c->head;
+    ExecStatusType st = PQresultStatus(res);
+    if (!j) {
+        PQclear(res);
+        return false;
+    }
+    if (st == PGRES_PIPELINE_SYNC) {
+        PQclear(res);
+        if (j->got != j->expect)
+            return false;
+        c->head = j->next;
+        if (!c->head)
+            c->tail = NULL;
+        c->inflight--;
+        job_finish(j, CDB_APG_OK);
+        return true;
+    }
+    if (j->got == j->expect) {
+        PQclear(res);
+        return false;
+    }
+    int i = j->got++;
+    if (j->prepare_mask & (1u << i)) {
+        if (st != PGRES_COMMAND_OK) {
+            /* not prepared after all: the next job prepares it again */
+            int slot = j->prepare_slot[__builtin_popcount(j->prepare_mask & ((1u << i) - 1))];
+            free(c->stmts[slot].sql);
+            c->stmts[slot].sql = NULL;
+            j->failed = true;
+        }
+        PQclear(res);
+        return true;
+    }
+    if ((st != PGRES_TUPLES_OK && st != PGRES_COMMAND_OK) || j->failed || j->nres == CDB_APG_MAX_STMTS) {
+        const char *state = PQresultErrorField(res, PG_DIAG_SQLSTATE);
+        if (!j->failed && state && strcmp(state, "57014") == 0)
+            j->cancelled = true;
+        j->failed = true;
+        PQclear(res);
+        return true;
+    }
+    j->res[j->nres++] = res;
+    return true;
+}
+
+/* Reads every result libpq has buffered; false when c failed (already handled). */
+static bool drain(apg_conn *c)
+{
+    int nulls = 0;
+    while (c->pg && !PQisBusy(c->pg)) {
+        PGresult *res = PQgetResult(c->pg);
+        if (!res) {
+            if (++nulls >= 2)
+                break;
+            continue;
+        }
+        nulls = 0;
+        if (!take_result(c, res)) {
+            conn_fail(c, "a result out of step");
+            return false;
+        }
+    }
+    if (c->pg && PQstatus(c->pg) == CONNECTION_BAD) {
+        conn_fail(c, "connection lost");
+        return false;
+    }
+    return c->pg != NULL;
+}
+
+/* Sends what libpq holds; waits for writability while output is left. */
+static bool flush(apg_conn *c)
+{
+    int r = PQflush(c->pg);
+    if (r < 0) {
+        conn_fail(c, "write failed");
+        return false;
+    }
+    if (r == 1 && !event_pending(c->wr, EV_WRITE, NULL))
+        event_add(c->wr, NULL);
+    return true;
+}
+
+static void on_readable(evutil_socket_t fd, short what, void *arg)
+{
+    apg_conn *c = arg;
+    (void)fd;
+    (void)what;
+    if (!PQconsumeInput(c->pg)) {
+        conn_fail(c, "connection lost");
+        return;
+    }
+    if (drain(c) && event_pending(c->wr, EV_WRITE, NULL))
+        flush(c);
+}
+
+static void on_writable(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
+    flush(arg);
+}
+
+/* The connect is made: pipeline mode, the socket watched. */
+static void conn_ready(apg_conn *c)
+{
+    cdb_error err;
+    cdb_error_init(&err);
+    int fd = PQsocket(c->pg);
+    evtimer_del(c->retry);
+    free_event(&c->io);
+    if (cdb_pg_connect_done(c->pg, c->apg->pg, &err) < 0 || PQsetnonblocking(c->pg, 1) != 0 ||
+        !PQenterPipelineMode(c->pg) ||
+        !(c->io = event_new(c->apg->base, fd, EV_READ | EV_PERSIST, on_readable, c)) ||
+        !(c->wr = event_new(c->apg->base, fd, EV_WRITE, on_writable, c)) || event_add(c->io, NULL) != 0) {
+        cdb_error_destroy(&err);
+        set_state(c, ST_READY);    /* conn_fail moves ready -> down */
+        conn_fail(c, "setting up the connection failed");
+        return;
+    }
+    cdb_error_destroy(&err);
+    set_state(c, ST_READY);
+    c->backoff_ms = 0;
+    if (c->outage_logged)
+        cdb_log_info("pg_async.recovered", "a loop's PostgreSQL connection is back");
+    c->outage_logged = false;
+}
+
+static void on_connect_io(evutil_socket_t fd, short what, void *arg);
+
+/* One step of PQconnectPoll, then wait for what it asks for. */
+static void connect_step(apg_conn *c, PostgresPollingStatusType st)
+{
+    char why[256];
+    if (st == PGRES_POLLING_OK) {
+        conn_ready(c);
+        return;
+    }
+    if (st == PGRES_POLLING_FAILED || PQstatus(c->pg) == CONNECTION_BAD || PQsocket(c->pg) < 0) {
+        cdb_pg_connect_failure(c->pg, why, sizeof why);
+        conn_fail(c, why);
+        return;
+    }
+    /* the socket may change between steps (another address of the host) */
+    free_event(&c->io);
+    c->io = event_new(c->apg->base, PQsocket(c->pg), st == PGRES_POLLING_READING ? EV_READ : EV_WRITE,
+                      on_connect_io, c);
+    if (!c->io || event_add(c->io, NULL) != 0)
+        conn_fail(c, "out of memory");
+}
+
+static void on_connect_io(evutil_socket_t fd, short what, void *arg)
+{
+    apg_conn *c = arg;
+    (void)fd;
+    (void)what;
+    connect_step(c, PQconnectPoll(c->pg));
+}
+
+/* down -> connecting; the retry timer bounds the connect. */
+static void conn_start(apg_conn *c)
+{
+    cdb_error err;
+    cdb_error_init(&err);
+    set_state(c, ST_CONNECTING);
+    c->pg = cdb_pg_connect_start(c->apg->pg, &err);
+    cdb_error_destroy(&err);
+    if (!c->pg) {
+        conn_fail(c, "cannot start a connect");
+        return;
+    }
+    int ms = (c->apg->pg->connect_timeout_s > 0 ? c->apg->pg->connect_timeout_s : 5) * 1000;
+    struct timeval tv = {ms / 1000, (ms % 1000) * 1000};
+    evtimer_add(c->retry, &tv);
+    connect_step(c, PGRES_POLLING_WRITING);   /* what libpq's docs start from */
+}
+
+static void on_retry(evutil_socket_t fd, short what, void *arg)
+{
+    apg_conn *c = arg;
+    (void)fd;
+    (void)what;
+    if (c->state == ST_CONNECTING)
+        conn_fail(c, "connect timed out");
+    else if (c->state == ST_DOWN && !c->apg->freeing)
+        conn_start(c);
+}
+
+static void on_job_deadline(evutil_socket_t fd, short what, void *arg)
+{
+    job *j = arg;
+    apg_conn *c = j->conn;
+    (void)fd;
+    (void)what;
+    /* take j out first: it is answered TIMEOUT, the others FAILED with the connection */
+    job **pp = &c->head, *prev = NULL;
+    while (*pp && *pp != j) {
+        prev = *pp;
+        pp = &(*pp)->next;
+    }
+    if (*pp) {
+        *pp = j->next;
+        if (c->tail == j)
+            c->tail = prev;
+        c->inflight--;
+    }
+    conn_fail(c, "a statement passed its deadline");
+    job_finish(j, CDB_APG_TIMEOUT);
+}
+
+cdb_apg *cdb_apg_new(struct event_base *base, const cdb_pg_settings *pg, int nconns, int max_inflight)
+{
+    if (nconns < 1 || max_inflight < 1)
+        return NULL;
+    cdb_apg *apg = calloc(1, sizeof *apg);
+    if (!apg || !(apg->conns = calloc((size_t)nconns, sizeof *apg->conns))) {
+        free(apg);
+        return NULL;
+    }
+    apg->base = base;
+    apg->pg = pg;
+    apg->nconns = nconns;
+    apg->max_inflight = max_inflight;
+    apg->default_timeout_ms = pg->statement_timeout_ms > 0 ? pg->statement_timeout_ms + CDB_PG_DEADLINE_MARGIN_MS
+                                                           : NO_STATEMENT_TIMEOUT_DEADLINE_MS;
+    for (int i = 0; i < nconns; i++) {
+        apg_conn *c = &apg->conns[i];
+        c->apg = apg;
+        c->index = i;
+        c->state = ST_DOWN;
+        atomic_fetch_add(&g_count[ST_DOWN], 1);
+        if (!(c->retry = evtimer_new(base, on_retry, c))) {
+            cdb_apg_free(apg);
+            return NULL;
+        }
+    }
+    for (int i = 0; i < nconns; i++)
+        conn_start(&apg->conns[i]);
+    return apg;
+}
+
+void cdb_apg_free(cdb_apg *apg)
+{
+    if (!apg)
+        return;
+    apg->freeing = true;
+    for (int i = 0; i < apg->nconns; i++) {
+        apg_conn *c = &apg->conns[i];
+        job *list = c->head;
+        c->head = c->tail = NULL;
+        c->inflight = 0;
+        if (c->retry || c->pg)
+            conn_close(c);
+        if (c->state != ST_CLOSED)
+            set_state(c, ST_CLOSED);
+        free_event(&c->retry);
+        while (list) {
+            job *next = list->next;
+            job_finish(list, CDB_APG_FAILED);
+            list = next;
+        }
+    }
+    free(apg->conns);
+    free(apg);
+}
+
+/* The slot of sql on c, or -1; *fresh: a free slot taken for it (prepare it now). */
+static int statement_slot(apg_conn *c, const char *sql, bool *fresh)
+{
+    uint64_t h = cdb__fnv1a_str(sql);
+    int free_slot = -1;
+    *fresh = false;
+    for (int i = 0; i < MAX_PREPARED; i++) {
+        if (!c->stmts[i].sql) {
+            if (free_slot < 0)
+                free_slot = i;
+        } else if (c->stmts[i].hash == h && strcmp(c->stmts[i].sql, sql) == 0) {
+            return i;
+        }
+    }
+    if (free_slot < 0 || !(c->stmts[free_slot].sql = strdup(sql)))
+        return -1;                 /* full: this shape runs unprepared */
+    c->stmts[free_slot].hash = h;
+    snprintf(c->stmts[free_slot].name, sizeof c->stmts[free_slot].name, "cdb_a%u", c->next_name++);
+    *fresh = true;
+    return free_slot;
+}
+
+bool cdb_apg_submit(cdb_apg *apg, const cdb_apg_stmt *stmts, int n, int timeout_ms, cdb_apg_cb cb, void *arg)
+{
+    if (!apg || apg->freeing || n < 1 || n > CDB_APG_MAX_STMTS)
+        return false;
+    apg_conn *c = NULL;
+    for (int i = 0; i < apg->nconns; i++) {
+        apg_conn *k = &apg->conns[i];
+        if (k->state == ST_READY && k->inflight < apg->max_inflight && (!c || k->inflight < c->inflight))
+            c = k;
+    }
+    job *j = c ? calloc(1, sizeof *j) : NULL;
+    if (!j || !(j->timer = evtimer_new(apg->base, on_job_deadline, j))) {
+        free(j);
+        return false;
+    }
+    j->conn = c;
+    j->cb = cb;
+    j->arg = arg;
+    for (int i = 0; i < n; i++) {
+        bool fresh;
+        int slot = statement_slot(c, stmts[i].sql, &fresh);
+        if (fresh) {
+            if (!PQsendPrepare(c->pg, c->stmts[slot].name, stmts[i].sql, stmts[i].nparams, NULL))
+                goto fail_send;
+            j->prepare_mask |= 1u << j->expect++;
+            j->prepare_slot[j->nprep++] = slot;
+        }
+        int ok = slot >= 0 ? PQsendQueryPrepared(c->pg, c->stmts[slot].name, stmts[i].nparams, stmts[i].params,
+                                                 NULL, NULL, 0)
+                           : PQsendQueryParams(c->pg, stmts[i].sql, stmts[i].nparams, NULL, stmts[i].params, NULL,
+                                               NULL, 0);
+        if (!ok)
+            goto fail_send;
+        j->expect++;
+    }
+    if (!PQpipelineSync(c->pg))
+        goto fail_send;
+    int ms = timeout_ms > 0 ? timeout_ms : apg->default_timeout_ms;
+    struct timeval tv = {ms / 1000, (ms % 1000) * 1000};
+    evtimer_add(j->timer, &tv);
+    if (c->tail)
+        c->tail->next = j;
+    else
+        c->head = j;
+    c->tail = j;
+    c->inflight++;
+    /*
+     * Sent when this turn of the loop has run its callbacks (on_writable):
+     * the jobs submitted meanwhile leave in one write, and a write that
+     * fails fails j later, never inside this call.
+     */
+    event_active(c->wr, EV_WRITE, 0);
+    return true;
+
+fail_send:
+    /* part of a segment may be queued: the connection's stream is unknown now */
+    job_free(j);
+    conn_fail(c, "sending failed");
+    return false;
+}
+
+void cdb_apg_counts_get(cdb_apg_counts *out)
+{
+    out->down = atomic_load_explicit(&g_count[ST_DOWN], memory_order_relaxed);
+    out->connecting = atomic_load_explicit(&g_count[ST_CONNECTING], memory_order_relaxed);
+    out->ready = atomic_load_explicit(&g_count[ST_READY], memory_order_relaxed);
+    out->failures = atomic_load_explicit(&g_failures, memory_order_relaxed);
+}

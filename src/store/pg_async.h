@@ -1,0 +1,99 @@
+/*
+ * pg_async.h - one event loop's own PostgreSQL connections: non-blocking
+ * libpq in pipeline mode, the socket watched by the loop, so a data-API
+ * read runs without handing its request to a worker thread (the miss path
+ * of http/loop_query.c).
+ *
+ * Connections are opened and configured like the blocking pool's
+ * (store/pg.h: the same settings, application_name, TimeZone, statement
+ * timeout), without blocking the loop: PQconnectStartParams, then
+ * PQconnectPoll driven by the socket's events, bounded by the pool's
+ * connect timeout. A job is a short list of statements sent as one
+ * pipeline segment ending with a Sync: its callback gets the results in
+ * order, or a failure, exactly once. Each statement is prepared once per
+ * connection (PQsendPrepare in the same pipeline, before its first use).
+ *
+ * Failures: a connection that is lost (server restart, reset), refused, or
+ * whose job passes its deadline is closed; every job it carries fails
+ * (the timed-out one with CDB_APG_TIMEOUT, the others CDB_APG_FAILED) and it
+ * reconnects after a backoff (100 ms doubling to 5 s, reset by a connect).
+ * An error result of any statement (a bad filter value, a permission)
+ * fails only its job. Callers treat a failure as "run it the blocking way":
+ * a read is idempotent, so this layer never maps PostgreSQL errors.
+ *
+ * Name lookups: with a host name in DATABASE_URL, libpq resolves it when a
+ * connect starts (getaddrinfo, the system resolver: it may block the loop
+ * for as long as the resolver takes, once per connect, as for the loops'
+ * Redis: docs/architecture.md); an address or a Unix socket never waits.
+ *
+ * Threads: everything runs on the loop's thread (cdb_apg_new and
+ * cdb_apg_free also before the loop runs or after it stopped); only
+ * cdb_apg_counts_get may be called from any thread.
+ */
+#ifndef COREDB_STORE_PG_ASYNC_H
+#define COREDB_STORE_PG_ASYNC_H
+
+#include <libpq-fe.h>
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "store/pg.h"
+
+struct event_base;
+
+typedef struct cdb_apg cdb_apg;
+
+enum { CDB_APG_MAX_STMTS = 4 };
+
+/* One statement of a job: its text (prepared under a name of the connection) and text parameters. */
+typedef struct cdb_apg_stmt {
+    const char *sql;
+    int nparams;
+    const char *const *params;     /* copied into libpq's buffer when sent */
+} cdb_apg_stmt;
+
+typedef enum cdb_apg_outcome {
+    CDB_APG_OK,                    /* every statement succeeded: res holds their results */
+    CDB_APG_FAILED,                /* an error result, the connection lost, or cdb_apg_free */
+    CDB_APG_TIMEOUT,               /* the job's deadline passed (its connection is closed), or the
+                                      server's statement_timeout cancelled it (57014: waiting twice,
+                                      on a worker, would not help) */
+} cdb_apg_outcome;
+
+/*
+ * res: the n results in statement order with CDB_APG_OK (owned by cdb_apg,
+ * valid during the call), NULL otherwise. Runs on the loop, never inside
+ * cdb_apg_submit. It may call cdb_apg_submit, never cdb_apg_free.
+ */
+typedef void (*cdb_apg_cb)(cdb_apg_outcome outcome, PGresult *const *res, int n, void *arg);
+
+/*
+ * nconns connections to the server of pg (copied by reference: it must
+ * outlive the cdb_apg; the blocking pool's settings, cdb_pool_pg_settings),
+ * each taking at most max_inflight jobs at once. Starts connecting at once
+ * (events on base). NULL on out of memory or nconns/max_inflight < 1.
+ */
+cdb_apg *cdb_apg_new(struct event_base *base, const cdb_pg_settings *pg, int nconns, int max_inflight);
+/* Fails every job still parked (CDB_APG_FAILED, exactly once) and closes. NULL is a no-op. */
+void cdb_apg_free(cdb_apg *apg);
+
+/*
+ * Sends stmts (1..CDB_APG_MAX_STMTS) as one pipeline segment on the ready
+ * connection with the fewest jobs in flight; cb runs later, once. The job
+ * ends by timeout_ms (0: the pool's statement timeout plus
+ * CDB_PG_DEADLINE_MARGIN_MS, 5 minutes without one). false (cb never runs)
+ * when no connection is ready, every ready one is full, or sending failed:
+ * the caller takes the blocking path.
+ */
+bool cdb_apg_submit(cdb_apg *apg, const cdb_apg_stmt *stmts, int n, int timeout_ms, cdb_apg_cb cb, void *arg);
+
+/* Process-wide counts of the loops' connections by state, for /metrics (any thread). */
+typedef struct cdb_apg_counts {
+    long down;                     /* closed, waiting for the backoff */
+    long connecting;
+    long ready;
+    uint64_t failures;             /* connections that failed (connect, lost, deadline) */
+} cdb_apg_counts;
+void cdb_apg_counts_get(cdb_apg_counts *out);
+
+#endif

@@ -1,0 +1,260 @@
+/*
+ * store/pg_async.c - an event loop's own PostgreSQL connections.
+ *
+ * Without a server: the state table (the moves a connection may make), a
+ * refused server (never ready, submit refused, a failure counted, backoff
+ * growing), a silent server that accepts TCP but never answers (the
+ * connect ends at connect_timeout_s), free with nothing connected.
+ *
+ * With a real PostgreSQL (COREDB_TEST_PG_CONNINFO set: tests/e2e starts
+ * one and runs this binary against it in test_loop_query.py): results in
+ * order, a statement prepared once per connection, an error result failing
+ * only its job (the next job on the same connection succeeds), a job's
+ * deadline (pg_sleep) answered TIMEOUT once while its neighbours fail once,
+ * then a reconnect, pg_terminate_backend of the connections with jobs in
+ * flight, and free with parked jobs (each fails exactly once).
+ */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
+#include <unistd.h>
+#include <cmocka.h>
+
+#include "store/pg_async.c"
+
+typedef struct seen {
+    int calls, ok, failed, timeout;
+    char first[64];                /* first value of the last statement of the last OK job */
+    int nres;
+} seen;
+
+static void on_job(cdb_apg_outcome outcome, PGresult *const *res, int n, void *arg)
+{
+    seen *s = arg;
+    s->calls++;
+    if (outcome == CDB_APG_OK) {
+        s->ok++;
+        s->nres = n;
+        snprintf(s->first, sizeof s->first, "%s", PQntuples(res[n - 1]) ? PQgetvalue(res[n - 1], 0, 0) : "");
+    } else if (outcome == CDB_APG_TIMEOUT) {
+        s->timeout++;
+    } else {
+        s->failed++;
+    }
+}
+
+/* Runs base until cond holds or ms pass; true when it held. */
+#define RUN_UNTIL(base, cond, ms)                                                                  \
+    ({                                                                                             \
+        int64_t _end = cdb_mono_ms() + (ms);                                                       \
+        struct timeval _tick = {0, 5000};                                                          \
+        while (!(cond) && cdb_mono_ms() < _end) {                                                  \
+            event_base_loopexit((base), &_tick);                                                   \
+            event_base_dispatch(base);                                                             \
+        }                                                                                          \
+        (bool)(cond);                                                                              \
+    })
+
+static bool all_ready(cdb_apg *apg)
+{
+    for (int i = 0; i < apg->nconns; i++)
+        if (apg->conns[i].state != ST_READY)
+            return false;
+    return true;
+}
+
+static void test_state_table(void **state)
+{
+    (void)state;
+    assert_true(ALLOWED[ST_DOWN][ST_CONNECTING]);
+    assert_true(ALLOWED[ST_CONNECTING][ST_READY]);
+    assert_true(ALLOWED[ST_CONNECTING][ST_DOWN]);
+    assert_true(ALLOWED[ST_READY][ST_DOWN]);
+    assert_false(ALLOWED[ST_DOWN][ST_READY]);      /* never ready without a connect */
+    assert_false(ALLOWED[ST_READY][ST_CONNECTING]);
+    assert_false(ALLOWED[ST_DOWN][ST_DOWN]);
+    for (int s = 0; s < ST__COUNT; s++)
+        assert_false(ALLOWED[ST_CLOSED][s]);      /* closed is the end */
+}
+
+static void test_refused(void **state)
+{
+    (void)state;
+    struct event_base *base = event_base_new();
+    cdb_pg_settings pg = {.conninfo = "host=127.0.0.1 port=1 dbname=x", .connect_timeout_s = 1};
+    cdb_apg_counts before, after;
+    cdb_apg_counts_get(&before);
+    cdb_apg *apg = cdb_apg_new(base, &pg, 2, 8);
+    assert_non_null(apg);
+    seen s = {0};
+    const char *const none[1] = {NULL};
+    cdb_apg_stmt st = {.sql = "SELECT 1", .nparams = 0, .params = none};
+    assert_true(RUN_UNTIL(base, apg->conns[0].backoff_ms >= 200 && apg->conns[1].backoff_ms >= 200, 3000));
+    assert_false(cdb_apg_submit(apg, &st, 1, 0, on_job, &s));
+    cdb_apg_counts_get(&after);
+    assert_true(after.failures >= before.failures + 4);  /* two connections, two attempts each */
+    assert_int_equal(s.calls, 0);
+    cdb_apg_free(apg);
+    event_base_free(base);
+}
+
+static void test_silent_server(void **state)
+{
+    (void)state;
+    int fd = socket(AF_INET, SOCK_STREAM, 0);
+    struct sockaddr_in sa = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+    socklen_t len = sizeof sa;
+    assert_int_equal(bind(fd, (struct sockaddr *)&sa, sizeof sa), 0);
+    assert_int_equal(listen(fd, 8), 0);
+    assert_int_equal(getsockname(fd, (struct sockaddr *)&sa, &len), 0);
+    char conninfo[128];
+    snprintf(conninfo, sizeof conninfo, "host=127.0.0.1 port=%d dbname=x sslmode=disable", ntohs(sa.sin_port));
+    struct event_base *base = event_base_new();
+    cdb_pg_settings pg = {.conninfo = conninfo, .connect_timeout_s = 1};
+    int64_t t0 = cdb_mono_ms();
+    cdb_apg *apg = cdb_apg_new(base, &pg, 1, 8);
+    assert_int_equal(apg->conns[0].state, ST_CONNECTING);
+    assert_true(RUN_UNTIL(base, apg->conns[0].state == ST_DOWN, 3000));
+    int64_t took = cdb_mono_ms() - t0;
+    assert_true(took >= 900 && took < 2500);
+    cdb_apg_free(apg);
+    event_base_free(base);
+    close(fd);
+}
+
+/* ---- against a real server ----------------------------------------------- */
+
+static const char *real_conninfo(void)
+{
+    const char *c = getenv("COREDB_TEST_PG_CONNINFO");
+    return c && *c ? c : NULL;
+}
+
+static void test_real_pipeline(void **state)
+{
+    (void)state;
+    if (!real_conninfo())
+        skip();
+    struct event_base *base = event_base_new();
+    cdb_pg_settings pg = {.conninfo = real_conninfo(), .statement_timeout_ms = 2000};
+    cdb_apg *apg = cdb_apg_new(base, &pg, 2, 8);
+    assert_true(RUN_UNTIL(base, all_ready(apg), 5000));
+    const char *p1[] = {"41"}, *p2[] = {"x"};
+    cdb_apg_stmt ok[] = {{"SELECT set_config('app.t', 'v', true)", 0, NULL},
+                         {"SELECT $1::int + 1", 1, p1},
+                         {"SELECT current_setting('app.t')", 0, NULL}};
+    cdb_apg_stmt bad[] = {{"SELECT $1::int + 1", 1, p2}};
+    seen a = {0}, b = {0}, c = {0};
+    assert_true(cdb_apg_submit(apg, ok, 3, 0, on_job, &a));
+    assert_true(cdb_apg_submit(apg, bad, 1, 0, on_job, &b));   /* 'x' is no int: an error result */
+    assert_true(RUN_UNTIL(base, a.calls && b.calls, 5000));
+    assert_int_equal(a.ok, 1);
+    assert_int_equal(a.nres, 3);
+    assert_string_equal(a.first, "v");      /* one implicit transaction up to the Sync */
+    assert_int_equal(b.failed, 1);
+    /* the same shape again, on whichever connection: prepared once per connection */
+    for (int i = 0; i < 16; i++)
+        assert_true(cdb_apg_submit(apg, ok, 3, 0, on_job, &c));
+    assert_true(RUN_UNTIL(base, c.calls == 16, 5000));
+    assert_int_equal(c.ok, 16);
+    int nprepared = 0;
+    for (int k = 0; k < apg->nconns; k++)
+        for (int i = 0; i < MAX_PREPARED; i++)
+            nprepared += apg->conns[k].stmts[i].sql != NULL;
+    assert_true(nprepared >= 3 && nprepared <= 2 * 3);
+    /* a full connection refuses: 2 connections x 8 in flight */
+    seen d = {0};
+    cdb_apg_stmt slow[] = {{"SELECT pg_sleep(0.3)::text", 0, NULL}};
+    int taken = 0;
+    while (taken < 40 && cdb_apg_submit(apg, slow, 1, 0, on_job, &d))
+        taken++;
+    assert_int_equal(taken, 16);
+    assert_true(RUN_UNTIL(base, d.calls == 16, 5000));
+    assert_int_equal(d.ok, 16);
+    cdb_apg_free(apg);
+    event_base_free(base);
+}
+
+static void test_real_deadline_and_free(void **state)
+{
+    (void)state;
+    if (!real_conninfo())
+        skip();
+    struct event_base *base = event_base_new();
+    cdb_pg_settings pg = {.conninfo = real_conninfo(), .statement_timeout_ms = 5000};
+    cdb_apg *apg = cdb_apg_new(base, &pg, 1, 8);
+    assert_true(RUN_UNTIL(base, all_ready(apg), 5000));
+    cdb_apg_stmt slow[] = {{"SELECT pg_sleep(2)::text", 0, NULL}};
+    seen t = {0}, n = {0};
+    assert_true(cdb_apg_submit(apg, slow, 1, 200, on_job, &t));
+    assert_true(cdb_apg_submit(apg, slow, 1, 0, on_job, &n));
+    assert_true(RUN_UNTIL(base, t.calls && n.calls, 3000));
+    assert_int_equal(t.timeout, 1);
+    assert_int_equal(n.failed, 1);
+    RUN_UNTIL(base, false, 300);            /* nothing more arrives: exactly once */
+    assert_int_equal(t.calls, 1);
+    assert_int_equal(n.calls, 1);
+    assert_true(RUN_UNTIL(base, all_ready(apg), 5000));   /* reconnected after the backoff */
+    /* free with jobs parked: each fails once */
+    seen p = {0};
+    for (int i = 0; i < 3; i++)
+        assert_true(cdb_apg_submit(apg, slow, 1, 0, on_job, &p));
+    cdb_apg_free(apg);
+    assert_int_equal(p.calls, 3);
+    assert_int_equal(p.failed, 3);
+    event_base_free(base);
+}
+
+static void test_real_terminated(void **state)
+{
+    (void)state;
+    if (!real_conninfo())
+        skip();
+    struct event_base *base = event_base_new();
+    cdb_pg_settings pg = {.conninfo = real_conninfo(), .application_name = "coredb-apg-unit"};
+    cdb_apg *apg = cdb_apg_new(base, &pg, 2, 8);
+    assert_true(RUN_UNTIL(base, all_ready(apg), 5000));
+    cdb_apg_stmt slow[] = {{"SELECT pg_sleep(1)::text", 0, NULL}};
+    seen s = {0};
+    for (int i = 0; i < 4; i++)
+        assert_true(cdb_apg_submit(apg, slow, 1, 0, on_job, &s));
+    PGconn *killer = PQconnectdb(real_conninfo());
+    assert_int_equal(PQstatus(killer), CONNECTION_OK);
+    PQclear(PQexec(killer, "SELECT pg_sleep(0.1)"));
+    PGresult *r = PQexec(killer, "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+                                 "WHERE application_name = 'coredb-apg-unit'");
+    assert_int_equal(PQresultStatus(r), PGRES_TUPLES_OK);
+    assert_string_equal(PQgetvalue(r, 0, 0), "2");
+    PQclear(r);
+    PQfinish(killer);
+    assert_true(RUN_UNTIL(base, s.calls == 4, 3000));
+    assert_int_equal(s.failed, 4);
+    assert_true(RUN_UNTIL(base, all_ready(apg), 5000));
+    seen again = {0};
+    cdb_apg_stmt one[] = {{"SELECT 'back'", 0, NULL}};
+    assert_true(cdb_apg_submit(apg, one, 1, 0, on_job, &again));
+    assert_true(RUN_UNTIL(base, again.calls == 1, 3000));
+    assert_string_equal(again.first, "back");
+    cdb_apg_free(apg);
+    event_base_free(base);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_state_table),
+        cmocka_unit_test(test_refused),
+        cmocka_unit_test(test_silent_server),
+        cmocka_unit_test(test_real_pipeline),
+        cmocka_unit_test(test_real_deadline_and_free),
+        cmocka_unit_test(test_real_terminated),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
