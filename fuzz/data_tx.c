@@ -58,14 +58,14 @@ static void build_pg(json_t *o)
         cdb_sql_append(&q, "INSERT INTO ");
         cdb_sql_table(&q, FUZZ_SCHEMA, fuzz_table.name);
         cdb_sql_append(&q, " AS t");
-        rc = append_values(&q, &fuzz_table, data, CDB_PRIV_INSERT, false, false, 0, &err);
+        rc = append_values(&q, &fuzz_table, NULL, data, CDB_PRIV_INSERT, false, false, 0, &err);
         if (rc == 0 && kind == OP_UPSERT)
-            rc = append_conflict(&q, &fuzz_table, json_object_get(o, "conflict_columns"), data, 0, &err);
+            rc = append_conflict(&q, &fuzz_table, NULL, json_object_get(o, "conflict_columns"), data, 0, &err);
     } else if (kind == OP_UPDATE) {
         cdb_sql_append(&q, "UPDATE ");
         cdb_sql_table(&q, FUZZ_SCHEMA, fuzz_table.name);
         cdb_sql_append(&q, " AS t SET ");
-        rc = append_values(&q, &fuzz_table, data, CDB_PRIV_UPDATE, true, false, 0, &err);
+        rc = append_values(&q, &fuzz_table, NULL, data, CDB_PRIV_UPDATE, true, false, 0, &err);
     } else {
         cdb_sql_append(&q, "DELETE FROM ");
         cdb_sql_table(&q, FUZZ_SCHEMA, fuzz_table.name);

@@ -121,11 +121,8 @@ static int build_sql(const char *qtable, const json_t *filters, const json_t *se
     cdb_sql_init(&w);
     if ((rc = cdb__doc_where(&w, filters, err)) < 0)
         goto out;
-    for (int k = 0; k < w.nparams; k++) {
-        q->params[k] = w.params[k];
-        w.params[k] = NULL;
-    }
-    q->nparams = *count_nparams = w.nparams;
+    *count_nparams = w.nparams;
+    cdb_sql_take_params(q, &w);
     if (w.oom || asprintf(count_sql, "SELECT count(*) FROM coredb.%s%s", qtable, w.text ? w.text : "") < 0) {
         *count_sql = NULL;
         rc = cdb_error_oom(err);

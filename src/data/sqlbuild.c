@@ -29,6 +29,7 @@ void cdb_sql_destroy(cdb_sql *q)
     free(q->text);
     for (int i = 0; i < q->nparams; i++)
         free(q->params[i]);
+    free(q->params);
     memset(q, 0, sizeof *q);
 }
 
@@ -91,6 +92,18 @@ int cdb_sql_param(cdb_sql *q, const char *value)
     char ref[16];
     if (q->nparams >= CDB_SQL_MAX_PARAMS)
         return -1;
+    if (q->nparams == q->pcap) {
+        int cap = q->pcap ? q->pcap * 2 : 16;
+        if (cap > CDB_SQL_MAX_PARAMS)
+            cap = CDB_SQL_MAX_PARAMS;
+        char **params = realloc(q->params, (size_t)cap * sizeof *params);
+        if (!params) {
+            q->oom = true;
+            return -1;
+        }
+        q->params = params;
+        q->pcap = cap;
+    }
     char *copy = NULL;
     if (value && !(copy = strdup(value))) {
         q->oom = true;
@@ -100,6 +113,18 @@ int cdb_sql_param(cdb_sql *q, const char *value)
     snprintf(ref, sizeof ref, "$%d", q->nparams);
     cdb_sql_append(q, ref);
     return 0;
+}
+
+void cdb_sql_take_params(cdb_sql *dst, cdb_sql *src)
+{
+    for (int i = 0; i < dst->nparams; i++)
+        free(dst->params[i]);
+    free(dst->params);
+    dst->params = src->params;
+    dst->nparams = src->nparams;
+    dst->pcap = src->pcap;
+    src->params = NULL;
+    src->nparams = src->pcap = 0;
 }
 
 /* Replaces err (details included) with code, message and details. */

@@ -22,8 +22,10 @@
 typedef struct cdb_sql {
     char *text;                  /* NUL-terminated statement, owned */
     size_t len, cap;
-    char *params[CDB_SQL_MAX_PARAMS]; /* owned; NULL = SQL NULL */
-    int nparams;
+    /* owned, grown on demand (16, 32, ... up to CDB_SQL_MAX_PARAMS) so that
+     * building a statement costs what it uses, not 16 KiB of pointers */
+    char **params;               /* NULL = SQL NULL */
+    int nparams, pcap;
     bool oom;                    /* an append failed: the statement is unusable */
 } cdb_sql;
 
@@ -39,6 +41,8 @@ void cdb_sql_ident(cdb_sql *q, const char *name);
 void cdb_sql_table(cdb_sql *q, const char *schema, const char *table);
 /* Adds a parameter (copied; NULL = SQL NULL) and appends $n. -1 when full. */
 int cdb_sql_param(cdb_sql *q, const char *value);
+/* Moves src's parameters to dst, which has none (dst's text unchanged). */
+void cdb_sql_take_params(cdb_sql *dst, cdb_sql *src);
 
 /*
  * The text form of a JSON value bound to column c: strings as they are,

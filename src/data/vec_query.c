@@ -616,11 +616,7 @@ int cdb__vec_query(cdb_service *svc, const cdb_principal *p, json_t *r, int64_t 
     if (w.text)
         cdb_sql_append(&sql, w.text);
     cdb_sql_append(&sql, " ORDER BY d.id COLLATE \"C\"");
-    for (int k = 0; k < w.nparams; k++) {
-        sql.params[k] = w.params[k];
-        w.params[k] = NULL;
-    }
-    sql.nparams = w.nparams;
+    cdb_sql_take_params(&sql, &w);
     if (sql.oom || w.oom) {
         rc = cdb_error_oom(err);
         goto out;
