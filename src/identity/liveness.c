@@ -140,6 +140,10 @@ int cdb__session_liveness(cdb_service *svc, const cdb_principal *p)
     }
     if (live && live->type == REDIS_REPLY_STRING)
         state = cdb__session_liveness_of(p, live->str);
+    /* the command itself may have found Redis back from an outage (the pool's probe): its copy
+     * waits for the resync like any other (an "alive" one may predate a queued tombstone) */
+    if (state != -1 && cdb_qcache_resync_pending(svc->qcache))
+        state = -1;
     if (r)
         freeReplyObject(r);
     cdb_error_destroy(&e);

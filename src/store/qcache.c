@@ -438,6 +438,13 @@ void cdb_qcache_get(cdb_qcache *qc, const char *table, const char *key, cdb_qcac
         return;
     bool cache_ok = read_cached(qc, table, ekey, out);
     free(ekey);
+    /* the read itself may have found Redis back from an outage (the pool's probe): nothing it
+     * read is trusted before the resync, and nothing is stored (not a leader) */
+    if (cdb_qcache_resync_pending(qc)) {
+        free(out->value);
+        *out = (cdb_qcache_lookup){0};
+        return;
+    }
     if (out->hit) {
         cdb__metrics_inc(CDB_M_CACHE_HITS);
         return;

@@ -254,8 +254,11 @@ static void context_gone(cdb_aredis *a, redisAsyncContext *ac)
         unlink_record(a, p);
         run_record(a, p, NULL);
     }
-    if (a->why[0] && !a->freeing)
+    if (a->why[0] && !a->freeing) {
         note_failure(a);
+        /* the loop's connection met an outage the blocking pool may not have: make it count */
+        cdb_redis_report_lost(a->sync, a->why);
+    }
     a->why[0] = '\0';
     a->handshake_left = 0;
     a->st = AR_IDLE;
