@@ -300,8 +300,6 @@ bool cdb__loop_admit(cdb_request *r);
  * worker after a failure). False: hand it to a worker now.
  */
 bool cdb__loop_query(cdb_request *r, bool generation_read, int64_t generation);
-/* Frees the calling thread's spare query records (a loop thread at its end; loop_destroy after). */
-void cdb__loop_query_release(void);
 /* server.c: runs a prepared request's admission and handler on its worker queue. */
 void cdb_server_hand_off(cdb_request *r);
 /* server.c: sends the request's answer and frees it (loop thread). */

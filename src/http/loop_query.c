@@ -50,7 +50,7 @@ typedef struct loop_query {
     bool store;                    /* the generation was read before the query: store the answer */
     bool lead;                     /* this loop leads the key's flight (store/qcache.h): end it */
     int64_t generation;
-    cdb__query_loop lp;            /* last: its statement buffer is large */
+    cdb__query_loop lp;
 } loop_query;
 
 /* Ends the flight this loop leads: part (stored) for its followers, or NULL (they query). */
@@ -61,34 +61,10 @@ static void end_flight(loop_query *q, const char *part, size_t len)
     q->lead = false;
 }
 
-/*
- * A loop_query holds a statement buffer of CDB_SQL_MAX_PARAMS pointers
- * (16 KiB): a few are kept per loop thread for reuse, as allocating one that
- * large on every miss cost malloc a consolidation each time (perf, bench/
- * RESULTS.md).
- */
-enum { SPARE_MAX = 64 };
-static __thread loop_query *spare[SPARE_MAX];
-static __thread int nspare;
-
-void cdb__loop_query_release(void)
-{
-    while (nspare > 0)
-        free(spare[--nspare]);
-}
-
-static loop_query *query_new(void)
-{
-    return nspare > 0 ? spare[--nspare] : malloc(sizeof(loop_query));
-}
-
 static void query_free(loop_query *q)
 {
     cdb__data_query_loop_destroy(&q->lp);
-    if (nspare < SPARE_MAX)
-        spare[nspare++] = q;
-    else
-        free(q);
+    free(q);
 }
 
 static void on_stored(redisReply *reply, void *arg)
@@ -164,7 +140,7 @@ bool cdb__loop_query(cdb_request *r, bool generation_read, int64_t generation)
         return false;
     if (!r->body && !(r->body = json_loadb(r->raw_body, r->raw_body_len, JSON_REJECT_DUPLICATES, NULL)))
         return false;
-    loop_query *q = query_new();
+    loop_query *q = malloc(sizeof *q);
     if (!q)
         return false;
     q->r = r;
@@ -172,10 +148,7 @@ bool cdb__loop_query(cdb_request *r, bool generation_read, int64_t generation)
     q->generation = generation;
     q->lead = false;
     if (!cdb__data_query_loop_plan(r->svc, &r->principal, r->body, &q->lp)) {
-        if (nspare < SPARE_MAX)
-            spare[nspare++] = q;   /* lp holds nothing after a 0 */
-        else
-            free(q);
+        free(q);                   /* lp holds nothing after a 0 */
         return false;
     }
     /* identical misses run once (store/qcache.h single flight): another running it, a worker follows */

@@ -252,7 +252,6 @@ static void *loop_main(void *arg)
     if (loop->aredis)
         cdb_aredis_ready(loop->aredis);
     event_base_loop(loop->base, EVLOOP_NO_EXIT_ON_EMPTY);
-    cdb__loop_query_release();
     return NULL;
 }
 
@@ -283,6 +282,12 @@ out:
     if (res)
         freeaddrinfo(res);
     return fd;
+}
+
+/* A loop's own connection reached PostgreSQL: the blocking pool need not wait out its backoff. */
+static void pool_server_answers(void *pool)
+{
+    cdb_pool_server_answers(pool);
 }
 
 static int loop_init(cdb_loop *loop, cdb_http_server *srv, int fd, const cdb_route *const *tables,
@@ -329,7 +334,6 @@ static void loop_destroy(cdb_loop *loop)
     /* misses parked on its connections: each fails once, so a worker (or, with
        the workers gone, a 503) answers it */
     cdb_apg_free(loop->apg);
-    cdb__loop_query_release();     /* what those answers gave back, on this thread */
     cdb_l1_free(loop->l1);
     cdb_kvtable_free(loop->verified);
     cdb_kvtable_free(loop->memo);
@@ -408,6 +412,8 @@ cdb_http_server *cdb_http_server_new(cdb_service *svc, cdb_error *err)
             cdb_error_oom(err);
             goto fail;
         }
+        if (srv->loops[i].apg)
+            cdb_apg_on_connected(srv->loops[i].apg, pool_server_answers, pool);
     }
     /* the metrics listener has a loop of its own, so the API's connections
      * cannot crowd out a scrape's (the rendering runs on the workers) */

@@ -15,6 +15,14 @@
  * result, and a PGRES_PIPELINE_SYNC ends it. A result with no job waiting
  * means the stream is out of step: the connection is closed.
  *
+ * A job whose deadline passes is answered TIMEOUT at once but stays in
+ * the FIFO, answered (its results are read and dropped when they come):
+ * the jobs behind it keep their own deadlines, as requests on the blocking
+ * pool do, instead of failing with the connection and being run again from
+ * the start by a worker (a second wait). A connection whose oldest job has
+ * stayed silent a whole deadline past its own is given up: the server is
+ * not answering, and what waits behind it is answered TIMEOUT too.
+ *
  * Results are read until libpq would block: PQgetResult gives NULL after
  * each statement's results, and NULL twice in a row (or PQisBusy) means
  * nothing more is buffered, so the loop waits for the socket again.
@@ -71,6 +79,7 @@ typedef struct job {
     int nres;
     bool failed;
     bool cancelled;                /* 57014: the server's statement_timeout (or a cancel) ended it */
+    int64_t answered_ms;           /* its deadline passed: answered TIMEOUT then, results dropped */
 } job;
 
 /* A statement prepared (or being prepared) on one connection. */
@@ -103,6 +112,8 @@ struct cdb_apg {
     int default_timeout_ms;
     bool freeing;
     apg_conn *conns;
+    void (*on_connected)(void *arg); /* cdb_apg_on_connected */
+    void *on_connected_arg;
 };
 
 static void conn_start(apg_conn *c);
@@ -144,12 +155,13 @@ static void job_free(job *j)
     free(j);
 }
 
-/* Runs j's callback (once) and frees it; j is off every list. */
+/* Runs j's callback unless its deadline answered it already, and frees it; j is off every list. */
 static void job_finish(job *j, cdb_apg_outcome outcome)
 {
     if (outcome == CDB_APG_OK && j->failed)
         outcome = j->cancelled ? CDB_APG_TIMEOUT : CDB_APG_FAILED;
-    j->cb(outcome, outcome == CDB_APG_OK ? j->res : NULL, outcome == CDB_APG_OK ? j->nres : 0, j->arg);
+    if (!j->answered_ms)
+        j->cb(outcome, outcome == CDB_APG_OK ? j->res : NULL, outcome == CDB_APG_OK ? j->nres : 0, j->arg);
     job_free(j);
 }
 
@@ -168,10 +180,12 @@ static void conn_close(apg_conn *c)
 }
 
 /*
- * c failed (connect refused, lost, out of step, a job's deadline): closed,
- * every job it carries fails once, and a reconnect waits out the backoff.
+ * c failed (connect refused, lost, out of step, silent past a deadline):
+ * closed, every job it carries is answered once (outcome: FAILED, or
+ * TIMEOUT when the server stopped answering), and a reconnect waits out the
+ * backoff.
  */
-static void conn_fail(apg_conn *c, const char *why)
+static void conn_fail_as(apg_conn *c, const char *why, cdb_apg_outcome outcome)
 {
     job *list = c->head;
     c->head = c->tail = NULL;
@@ -191,9 +205,14 @@ static void conn_fail(apg_conn *c, const char *why)
     evtimer_add(c->retry, &tv);
     while (list) {
         job *next = list->next;
-        job_finish(list, CDB_APG_FAILED);
+        job_finish(list, outcome);
         list = next;
     }
+}
+
+static void conn_fail(apg_conn *c, const char *why)
+{
+    conn_fail_as(c, why, CDB_APG_FAILED);
 }
 
 /* One result for the oldest job; false when the stream is out of step. */
@@ -324,6 +343,8 @@ static void conn_ready(apg_conn *c)
     if (c->outage_logged)
         cdb_log_info("pg_async.recovered", "a loop's PostgreSQL connection is back");
     c->outage_logged = false;
+    if (c->apg->on_connected)
+        c->apg->on_connected(c->apg->on_connected_arg);
 }
 
 static void on_connect_io(evutil_socket_t fd, short what, void *arg);
@@ -390,22 +411,14 @@ static void on_job_deadline(evutil_socket_t fd, short what, void *arg)
 {
     job *j = arg;
     apg_conn *c = j->conn;
+    int64_t now = cdb_mono_ms();
     (void)fd;
     (void)what;
-    /* take j out first: it is answered TIMEOUT, the others FAILED with the connection */
-    job **pp = &c->head, *prev = NULL;
-    while (*pp && *pp != j) {
-        prev = *pp;
-        pp = &(*pp)->next;
-    }
-    if (*pp) {
-        *pp = j->next;
-        if (c->tail == j)
-            c->tail = prev;
-        c->inflight--;
-    }
-    conn_fail(c, "a statement passed its deadline");
-    job_finish(j, CDB_APG_TIMEOUT);
+    j->cb(CDB_APG_TIMEOUT, NULL, 0, j->arg);
+    j->answered_ms = now;
+    /* the oldest job silent a whole deadline past its own: the server is not answering */
+    if (c->head && c->head->answered_ms && now - c->head->answered_ms >= c->apg->default_timeout_ms)
+        conn_fail_as(c, "the server stopped answering", CDB_APG_TIMEOUT);
 }
 
 cdb_apg *cdb_apg_new(struct event_base *base, const cdb_pg_settings *pg, int nconns, int max_inflight)
@@ -437,6 +450,12 @@ cdb_apg *cdb_apg_new(struct event_base *base, const cdb_pg_settings *pg, int nco
     for (int i = 0; i < nconns; i++)
         conn_start(&apg->conns[i]);
     return apg;
+}
+
+void cdb_apg_on_connected(cdb_apg *apg, void (*fn)(void *arg), void *arg)
+{
+    apg->on_connected = fn;
+    apg->on_connected_arg = arg;
 }
 
 void cdb_apg_free(cdb_apg *apg)

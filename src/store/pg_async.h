@@ -13,10 +13,14 @@
  * order, or a failure, exactly once. Each statement is prepared once per
  * connection (PQsendPrepare in the same pipeline, before its first use).
  *
- * Failures: a connection that is lost (server restart, reset), refused, or
- * whose job passes its deadline is closed; every job it carries fails
- * (the timed-out one with CDB_APG_TIMEOUT, the others CDB_APG_FAILED) and it
- * reconnects after a backoff (100 ms doubling to 5 s, reset by a connect).
+ * Failures: a connection that is lost (server restart, reset) or refused
+ * is closed; every job it carries fails (CDB_APG_FAILED) and it reconnects
+ * after a backoff (100 ms doubling to 5 s, reset by a connect). A job whose
+ * deadline passes is answered CDB_APG_TIMEOUT then; the jobs behind it keep
+ * their own deadlines (its late results are dropped), unless the oldest job
+ * stays silent a whole deadline past its own: then the server is taken as
+ * not answering, the connection is closed and every job it carries is
+ * answered CDB_APG_TIMEOUT.
  * An error result of any statement (a bad filter value, a permission)
  * fails only its job. Callers treat a failure as "run it the blocking way":
  * a read is idempotent, so this layer never maps PostgreSQL errors.
@@ -55,9 +59,9 @@ typedef struct cdb_apg_stmt {
 typedef enum cdb_apg_outcome {
     CDB_APG_OK,                    /* every statement succeeded: res holds their results */
     CDB_APG_FAILED,                /* an error result, the connection lost, or cdb_apg_free */
-    CDB_APG_TIMEOUT,               /* the job's deadline passed (its connection is closed), or the
-                                      server's statement_timeout cancelled it (57014: waiting twice,
-                                      on a worker, would not help) */
+    CDB_APG_TIMEOUT,               /* the job's deadline passed, the server's statement_timeout
+                                      cancelled it (57014), or its connection's server stopped
+                                      answering: waiting twice, on a worker, would not help */
 } cdb_apg_outcome;
 
 /*
@@ -74,6 +78,12 @@ typedef void (*cdb_apg_cb)(cdb_apg_outcome outcome, PGresult *const *res, int n,
  * (events on base). NULL on out of memory or nconns/max_inflight < 1.
  */
 cdb_apg *cdb_apg_new(struct event_base *base, const cdb_pg_settings *pg, int nconns, int max_inflight);
+/*
+ * fn(arg) runs on the loop after each connect that succeeded: the server
+ * answers (the HTTP server tells the blocking pool, which may be waiting out
+ * a backoff: cdb_pool_server_answers).
+ */
+void cdb_apg_on_connected(cdb_apg *apg, void (*fn)(void *arg), void *arg);
 /* Fails every job still parked (CDB_APG_FAILED, exactly once) and closes. NULL is a no-op. */
 void cdb_apg_free(cdb_apg *apg);
 

@@ -655,3 +655,13 @@ const struct cdb_pg_settings *cdb_pool_pg_settings(const cdb_pool *pool)
 {
     return &pool->pg;
 }
+
+void cdb_pool_server_answers(cdb_pool *pool)
+{
+    if (!pool)
+        return;
+    pthread_mutex_lock(&pool->mu);
+    if (!pool->server_up)
+        pool->next_connect_ms = cdb_mono_ms();
+    pthread_mutex_unlock(&pool->mu);
+}

@@ -97,5 +97,11 @@ int cdb_pool_statement_timeout_ms(const cdb_pool *pool);
  * the pool's. Valid while the pool lives; read-only.
  */
 const struct cdb_pg_settings *cdb_pool_pg_settings(const cdb_pool *pool);
+/*
+ * Someone else (a loop's own connection: store/pg_async.h) just connected
+ * to the server while the pool takes it for down: the next acquire may try
+ * a connect at once instead of failing until its backoff ends.
+ */
+void cdb_pool_server_answers(cdb_pool *pool);
 
 #endif

@@ -10,8 +10,10 @@
  * one and runs this binary against it in test_loop_query.py): results in
  * order, a statement prepared once per connection, an error result failing
  * only its job (the next job on the same connection succeeds), a job's
- * deadline (pg_sleep) answered TIMEOUT once while its neighbours fail once,
- * then a reconnect, pg_terminate_backend of the connections with jobs in
+ * deadline (pg_sleep) answered TIMEOUT once at its deadline while the job
+ * behind it keeps its own (and succeeds on the same connection), a server
+ * silent a whole deadline past the oldest job's (every job TIMEOUT, then a
+ * reconnect), pg_terminate_backend of the connections with jobs in
  * flight, and free with parked jobs (each fails exactly once).
  */
 #include <setjmp.h>
@@ -193,15 +195,34 @@ static void test_real_deadline_and_free(void **state)
     assert_true(RUN_UNTIL(base, all_ready(apg), 5000));
     cdb_apg_stmt slow[] = {{"SELECT pg_sleep(2)::text", 0, NULL}};
     seen t = {0}, n = {0};
+    int64_t t0 = cdb_mono_ms();
     assert_true(cdb_apg_submit(apg, slow, 1, 200, on_job, &t));
     assert_true(cdb_apg_submit(apg, slow, 1, 0, on_job, &n));
-    assert_true(RUN_UNTIL(base, t.calls && n.calls, 3000));
+    assert_true(RUN_UNTIL(base, t.calls, 1500));
     assert_int_equal(t.timeout, 1);
-    assert_int_equal(n.failed, 1);
+    assert_true(cdb_mono_ms() - t0 < 1500);        /* at its deadline, not after the sleep */
+    assert_int_equal(n.calls, 0);                   /* the job behind it keeps its own deadline */
+    assert_true(RUN_UNTIL(base, n.calls, 6000));    /* both sleeps: about 4 s */
+    assert_int_equal(n.ok, 1);
+    assert_string_equal(n.first, "");
     RUN_UNTIL(base, false, 300);            /* nothing more arrives: exactly once */
     assert_int_equal(t.calls, 1);
     assert_int_equal(n.calls, 1);
+    assert_true(all_ready(apg));            /* the same connection, never closed */
+
+    /* silent a whole deadline past the oldest job's: every job TIMEOUT, then a reconnect */
+    cdb_apg_stmt long_sleep[] = {{"SELECT pg_sleep(3)::text", 0, NULL}};
+    seen a = {0}, b = {0};
+    apg->default_timeout_ms = 300;          /* "a whole deadline" for this check */
+    assert_true(cdb_apg_submit(apg, long_sleep, 1, 200, on_job, &a));
+    assert_true(cdb_apg_submit(apg, long_sleep, 1, 700, on_job, &b));
+    assert_true(RUN_UNTIL(base, a.calls && b.calls, 2000));
+    assert_int_equal(a.timeout, 1);
+    assert_int_equal(b.timeout, 1);
+    RUN_UNTIL(base, false, 300);
+    assert_int_equal(a.calls + b.calls, 2);
     assert_true(RUN_UNTIL(base, all_ready(apg), 5000));   /* reconnected after the backoff */
+    apg->default_timeout_ms = 5000;
     /* free with jobs parked: each fails once */
     seen p = {0};
     for (int i = 0; i < 3; i++)
