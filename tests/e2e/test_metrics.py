@@ -346,7 +346,8 @@ def test_scrape_time_gauges(minst):
     assert total(s, "coredb_postgres_connections") >= 1
     assert value(s, "coredb_redis_up") == 1
     assert value(s, "coredb_pool_connections", state="idle") + value(s, "coredb_pool_connections", state="active") >= 1
-    assert value(s, "coredb_pool_connections_max") == 5
+    # the blocking pool: DB_POOL_MAX 5 minus the loops' share (2 loops x DB_LOOP_CONNECTIONS 1)
+    assert value(s, "coredb_pool_connections_max") == 3
     assert value(s, "coredb_pool_acquire_wait_seconds_count") >= 1
     assert value(s, "coredb_build_info", version="1.0.0", commit=dict(
         next(ls for (n, ls) in s if n == "coredb_build_info"))["commit"]) == 1
