@@ -662,14 +662,10 @@ const char *cdb_redis_display_url(const cdb_redis *r)
     return r->display_url;
 }
 
-void cdb_redis_report_lost(cdb_redis *r, const char *why)
+void cdb_redis_note_return(cdb_redis *r)
 {
-    if (!r)
-        return;
-    pthread_mutex_lock(&r->mu);
-    if (!r->down)
-        mark_down_locked(r, why);
-    pthread_mutex_unlock(&r->mu);
+    if (r)
+        atomic_fetch_add(&r->recoveries, 1);
 }
 
 bool cdb_redis_up(cdb_redis *r)

@@ -62,11 +62,10 @@ int cdb_redis_ping(cdb_redis *r, int64_t *rtt_us, char *memory, size_t memory_le
 uint64_t cdb_redis_recoveries(cdb_redis *r);
 /*
  * Another connection to the same Redis (an event loop's: redis_async.h)
- * lost it: the pool takes Redis for down as if its own command had failed,
- * so Redis coming back is counted as a recovery (and its copies wait for
- * the resync) even when no command of the pool met the outage.
+ * reached it again after losing it: counted as a recovery, so its copies
+ * wait for the resync even when no command of the pool met the outage.
  */
-void cdb_redis_report_lost(cdb_redis *r, const char *why);
+void cdb_redis_note_return(cdb_redis *r);
 /* False while the last connection attempt or command failed (backing off); NULL gives false. */
 bool cdb_redis_up(cdb_redis *r);
 

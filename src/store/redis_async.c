@@ -254,11 +254,8 @@ static void context_gone(cdb_aredis *a, redisAsyncContext *ac)
         unlink_record(a, p);
         run_record(a, p, NULL);
     }
-    if (a->why[0] && !a->freeing) {
+    if (a->why[0] && !a->freeing)
         note_failure(a);
-        /* the loop's connection met an outage the blocking pool may not have: make it count */
-        cdb_redis_report_lost(a->sync, a->why);
-    }
     a->why[0] = '\0';
     a->handshake_left = 0;
     a->st = AR_IDLE;
@@ -282,6 +279,10 @@ static void handshake_step(cdb_aredis *a)
     if (--a->handshake_left > 0 || a->st != AR_CONNECTING)
         return;
     a->st = AR_READY;
+    /* back after a failure the blocking pool may not have met: what Redis holds waits for the
+     * resync (the loop trusts it no sooner: cdb_qcache_resync_pending), as after the pool's own */
+    if (a->down)
+        cdb_redis_note_return(a->sync);
     atomic_fetch_add_explicit(&a->connects, 1, memory_order_relaxed);
 }
 
