@@ -398,10 +398,8 @@ def test_catalog_grants_of_the_read_only_roles(inst):
     assert {r: {t: p for t, p in got.get(r, {}).items() if t in known} for r in RO_ROLES} == want
 
 
-def test_016_down_restores_013s_grant_exactly(pg):
-    """Migration 016 down gives coredb_admin_ro back exactly what 013 granted
-    (the whole table: the defect 016 fixes), and up again takes it away."""
-    db = pg.create_database()
+def migrations_of(pg, db):
+    """`coredb migrate ... --json` on db, checked, its JSON answer."""
     env = {"DATABASE_URL": pg.url(db), "JWT_SECRET": TEST_JWT_SECRET,
            "MIGRATIONS_DIR": os.path.join(ROOT, "migrations")}
 
@@ -409,16 +407,26 @@ def test_016_down_restores_013s_grant_exactly(pg):
         proc = run_cli(["migrate", *args, "--json"], env)
         assert proc.returncode == 0, (proc.stdout, proc.stderr)
         return json.loads(proc.stdout)
+    return migrate
 
-    def acl():
-        return sorted(pg.query(db, """
-            SELECT g.rolname, x.privilege_type, NULL::name
-              FROM pg_class c, aclexplode(c.relacl) x JOIN pg_roles g ON g.oid = x.grantee
-             WHERE c.oid = 'public.users'::regclass
-            UNION ALL
-            SELECT g.rolname, x.privilege_type, a.attname
-              FROM pg_attribute a, aclexplode(a.attacl) x JOIN pg_roles g ON g.oid = x.grantee
-             WHERE a.attrelid = 'public.users'::regclass""") or [], key=str)
+
+def users_acl(pg, db):
+    """Every grant on public.users and its columns: (grantee, privilege, column or None)."""
+    return sorted(pg.query(db, """
+        SELECT g.rolname, x.privilege_type, NULL::name
+          FROM pg_class c, aclexplode(c.relacl) x JOIN pg_roles g ON g.oid = x.grantee
+         WHERE c.oid = 'public.users'::regclass
+        UNION ALL
+        SELECT g.rolname, x.privilege_type, a.attname
+          FROM pg_attribute a, aclexplode(a.attacl) x JOIN pg_roles g ON g.oid = x.grantee
+         WHERE a.attrelid = 'public.users'::regclass""") or [], key=str)
+
+
+def test_016_down_restores_013s_grant_exactly(pg):
+    """Migration 016 down gives coredb_admin_ro back exactly what 013 granted
+    (the whole table: the defect 016 fixes), and up again takes it away."""
+    db = pg.create_database()
+    migrate, acl = migrations_of(pg, db), lambda: users_acl(pg, db)
 
     def hash_readers():
         return [r[0] for r in pg.query(
@@ -445,23 +453,7 @@ def test_016_down_restores_013s_grant_exactly(pg):
 
 def test_down_restores_the_previous_grants_exactly(pg):
     db = pg.create_database()
-    env = {"DATABASE_URL": pg.url(db), "JWT_SECRET": TEST_JWT_SECRET,
-           "MIGRATIONS_DIR": os.path.join(ROOT, "migrations")}
-
-    def migrate(*args):
-        proc = run_cli(["migrate", *args, "--json"], env)
-        assert proc.returncode == 0, (proc.stdout, proc.stderr)
-        return json.loads(proc.stdout)
-
-    def acl():
-        return sorted(pg.query(db, """
-            SELECT g.rolname, x.privilege_type, NULL::name
-              FROM pg_class c, aclexplode(c.relacl) x JOIN pg_roles g ON g.oid = x.grantee
-             WHERE c.oid = 'public.users'::regclass
-            UNION ALL
-            SELECT g.rolname, x.privilege_type, a.attname
-              FROM pg_attribute a, aclexplode(a.attacl) x JOIN pg_roles g ON g.oid = x.grantee
-             WHERE a.attrelid = 'public.users'::regclass""") or [], key=str)
+    migrate, acl = migrations_of(pg, db), lambda: users_acl(pg, db)
 
     migrate("up", "--target", PREVIOUS)
     before, before_eff = acl(), privileges(pg, db, ["public", "coredb"])
