@@ -18,7 +18,7 @@ import requests
 from datahelp import QUERY, start_instance, user
 from servers import Coredb
 from conftest import base_env
-from soakutil import (get_once, nofile_limit, percentile, pg, raise_nofile,  # noqa: F401
+from soakutil import (DEFAULTS, get_once, nofile_limit, percentile, pg, raise_nofile,  # noqa: F401
                       read_response, redis_server, sample, source_address, wait_fds_at_most)
 
 IDLE_CONNS = int(os.environ.get("SOAK_IDLE_CONNS", "10000"))
@@ -39,7 +39,7 @@ def test_ten_thousand_idle_keepalive_connections(pg, redis_server):
     stays on: the clients come from 250 per loopback address."""
     have = raise_nofile(IDLE_CONNS + 2000)
     assert have >= IDLE_CONNS + 500, f"the test client's open-file limit is {have}: raise the hard limit"
-    inst = Coredb(base_env(pg, pg.create_database(), redis_server, HTTP_IDLE_TIMEOUT="600"))
+    inst = Coredb(base_env(pg, pg.create_database(), redis_server, HTTP_IDLE_TIMEOUT="600", **DEFAULTS))
     socks = []
     try:
         pid = inst.proc.pid
@@ -111,7 +111,7 @@ def test_one_connection_beyond_the_per_address_cap_is_refused_cleanly(pg, redis_
     answered 429 RATE_LIMITED in the error envelope and closed; other
     addresses are served meanwhile, and the address is served again once
     one of its connections closes."""
-    inst = Coredb(base_env(pg, pg.create_database(), redis_server, HTTP_IDLE_TIMEOUT="120"))
+    inst = Coredb(base_env(pg, pg.create_database(), redis_server, HTTP_IDLE_TIMEOUT="120", **DEFAULTS))
     socks = []
     try:
         addr = "127.0.9.1"
@@ -150,7 +150,7 @@ def test_slowloris_clients_are_cut_without_starving_others(pg, redis_server):
     timeout = 3
     n_head, n_body = 300, 60
     inst = Coredb(base_env(pg, pg.create_database(), redis_server,
-                           HTTP_HEADER_TIMEOUT=str(timeout), HTTP_BODY_TIMEOUT=str(timeout)))
+                           HTTP_HEADER_TIMEOUT=str(timeout), HTTP_BODY_TIMEOUT=str(timeout), **DEFAULTS))
     sel = selectors.DefaultSelector()
     opened = {}
     cut_after = []

@@ -29,7 +29,7 @@ import requests
 
 from datahelp import QUERY, TX, add_projects, admin_of, pg_insert, redis_client, rset, start_instance, user
 from identity import bearer
-from soakutil import pg, redis_server, sample, sanitized, slope  # noqa: F401
+from soakutil import DEFAULTS, pg, redis_server, sample, sanitized, slope  # noqa: F401
 
 MINUTES = float(os.environ.get("SOAK_MINUTES", "60"))
 CLIENTS = int(os.environ.get("SOAK_CLIENTS", "4"))
@@ -163,7 +163,7 @@ def test_soak(pg, redis_server):
     # bounded caches; this small a bound is reached during the warm-up, so what
     # grows after it is a leak, not a cache filling (and eviction runs all along)
     inst = start_instance(pg, redis_server, REDIS_DB, DB_POOL_MIN=str(POOL_MIN), DB_POOL_MAX=str(POOL_MAX),
-                          SESSION_MAX_PER_USER="3", CACHE_L1_MB="1")
+                          SESSION_MAX_PER_USER="3", CACHE_L1_MB="1", **DEFAULTS)
     try:
         pid = inst.proc.pid
         adm = admin_of(inst)
