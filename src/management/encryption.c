@@ -401,12 +401,14 @@ static int run_job(cdb_service *svc, PGconn *conn, enc_col *c, const char *job_i
 {
     long done = 0, fetched = 0;
     int rc;
-    /* two passes: the second after every instance's key snapshot has expired
-       (colring.h), for values written meanwhile with the previous state */
+    /* two passes, each after every instance's key snapshot has expired
+       (colring.h): the first so that no reader meets a row under a key its
+       snapshot does not hold yet (a rotation's new version: "decryption
+       failed" under load), the second for values written meanwhile with the
+       previous state */
     for (int pass = 0; pass < 2; pass++) {
         long total = 0, so_far = 0, swept;
-        if (pass)
-            usleep((CDB_COLRING_TTL_MS + 500) * 1000);
+        usleep((CDB_COLRING_TTL_MS + 500) * 1000);
         if (svc->encryption_progress) {
             if ((rc = rows_to_do(conn, c, &total, err)) < 0)
                 return rc;
