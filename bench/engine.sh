@@ -51,7 +51,7 @@ unset REDIS_URL
 # every coredb of this run: no per-address connection cap (wrk's 1,000
 # connections all come from 127.0.0.1), idle connections kept 5 minutes
 # (the hit runs' coredb also serves GET /metrics on a second port)
-# the loops' own PostgreSQL connections for misses (issue 8 item 3; off by default for now)
+# the loops' own PostgreSQL connections for misses (issue 8 item 3): the default, 2 per loop
 CDB_ENV+=(HTTP_MAX_CONNECTIONS_PER_IP=0 HTTP_IDLE_TIMEOUT=300 DB_LOOP_CONNECTIONS=${DB_LOOP_CONNECTIONS:-2})
 PERF=$(command -v perf || true)
 if [ "$PROFILE" = 1 ] && [ -z "$PERF" ]; then

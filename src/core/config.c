@@ -128,7 +128,7 @@ static const struct var vars[] = {
     STR("POSTGRES_SCHEMA", postgres_schema, "public", check_schema),
     INT("DB_POOL_MIN", db_pool_min, "5", 0, 10000),
     INT("DB_POOL_MAX", db_pool_max, "20", 1, 10000),
-    INT("DB_LOOP_CONNECTIONS", db_loop_connections, "0", 0, 64),
+    INT("DB_LOOP_CONNECTIONS", db_loop_connections, "2", 0, 64),
     MSEC("DB_POOL_IDLE_TIMEOUT", db_pool_idle_timeout_ms, "30000", 1, INT_MAX),
     MSEC("DB_POOL_ACQUIRE_TIMEOUT", db_pool_acquire_timeout_ms, "5000", 1, INT_MAX),
     MSEC("DB_STATEMENT_TIMEOUT", db_statement_timeout_ms, "30000", 0, INT_MAX),

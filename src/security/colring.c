@@ -1,7 +1,13 @@
 /*
  * colring.c - the snapshot of encrypted columns and their keys
- * (colring.h): loaded on a pooled connection, unwrapped with
- * DB_ENCRYPTION_KEY, swapped whole under a mutex.
+ * (colring.h): loaded on a pooled connection (a worker that found it stale)
+ * or on the refresh job's own connection, unwrapped with DB_ENCRYPTION_KEY,
+ * swapped whole under a mutex.
+ *
+ * The refresh job keeps a connection of its own: the loops use the snapshot
+ * only while it is younger than CDB_COLRING_TTL_MS, and a pooled connection
+ * was often a backend that had never run the statement (its catalog caches
+ * cold), which with the cores busy serving hits took up to a second.
  */
 #include "security/colring.h"
 
@@ -14,12 +20,17 @@
 #include "core/timeutil.h"
 #include "security/service_state.h"
 #include "store/pg.h"
+#include "store/pool.h"
 #include "store/txn.h"
 
 struct cdb_colring {
     pthread_mutex_t lock;
     cdb_colset *current;           /* NULL: load on the next get */
     int64_t loaded_us;
+    PGconn *refresh_conn;          /* the refresh job's own (its thread only), or NULL */
+    uint64_t invalidations;        /* cdb__colring_invalidate calls: a load begun before one is stale */
+    bool loading;                  /* a reload runs: others wait for it (one load, not one per worker) */
+    pthread_cond_t loaded;         /* signalled when it ends */
 };
 
 /* $1 the service schema. Columns 7-10 describe the primary key, which writes bind values to. */
@@ -65,8 +76,10 @@ static void colset_free(cdb_colset *s)
 cdb_colring *cdb__colring_new(void)
 {
     cdb_colring *r = calloc(1, sizeof *r);
-    if (r)
+    if (r) {
         pthread_mutex_init(&r->lock, NULL);
+        pthread_cond_init(&r->loaded, NULL);
+    }
     return r;
 }
 
@@ -75,6 +88,8 @@ void cdb__colring_free(cdb_colring *r)
     if (!r)
         return;
     colset_free(r->current);       /* every reference is given back by now */
+    PQfinish(r->refresh_conn);
+    pthread_cond_destroy(&r->loaded);
     pthread_mutex_destroy(&r->lock);
     free(r);
 }
@@ -85,6 +100,7 @@ void cdb__colring_invalidate(cdb_colring *r)
         return;
     pthread_mutex_lock(&r->lock);
     r->loaded_us = 0;
+    r->invalidations++;
     pthread_mutex_unlock(&r->lock);
 }
 
@@ -96,8 +112,8 @@ void cdb__colring_invalidate(cdb_colring *r)
 #define LOAD_TIMEOUT_FLOOR_MS 1000
 #define LOAD_TIMEOUT_FLOOR_SQL "SET LOCAL statement_timeout = 1000"
 
-/* Reads the tables into a new snapshot. */
-static cdb_colset *load(cdb_service *svc, cdb_error *err)
+/* Reads the tables into a new snapshot, on own (a connection outside any transaction) or a pooled one. */
+static cdb_colset *load(cdb_service *svc, PGconn *own, cdb_error *err)
 {
     unsigned char m[CDB_COLKEY_BYTES];
     bool have_master = false;
@@ -112,7 +128,7 @@ static cdb_colset *load(cdb_service *svc, cdb_error *err)
         return NULL;
     }
     s->refs = 1;
-    if (!(conn = cdb_txn_acquire(svc->pool, &pc, err))) {
+    if (!(conn = own ? own : cdb_txn_acquire(svc->pool, &pc, err))) {
         rc = -1;
         goto out;
     }
@@ -175,7 +191,10 @@ out:
     if (have_master)
         sodium_memzero(m, sizeof m);
     PQclear(res);
-    cdb_txn_release(svc->pool, pc);
+    if (pc)
+        cdb_txn_release(svc->pool, pc);  /* rolls back what is open */
+    else if (own && PQtransactionStatus(own) != PQTRANS_IDLE)
+        PQclear(PQexec(own, "ROLLBACK"));
     if (rc < 0) {
         colset_free(s);
         return NULL;
@@ -189,36 +208,70 @@ out:
  * loop never decides from a snapshot a worker would reload first (a setup
  * made by another instance is seen by both within the TTL).
  */
-static cdb_colset *current(cdb_colring *r, int64_t now_us, int64_t max_age_us)
+static cdb_colset *current_locked(cdb_colring *r, int64_t now_us, int64_t max_age_us)
 {
     cdb_colset *s = NULL;
-    pthread_mutex_lock(&r->lock);
     if (r->current && r->loaded_us && now_us - r->loaded_us < max_age_us) {
         s = r->current;
         s->refs++;
     }
+    return s;
+}
+
+static cdb_colset *current(cdb_colring *r, int64_t now_us, int64_t max_age_us)
+{
+    pthread_mutex_lock(&r->lock);
+    cdb_colset *s = current_locked(r, now_us, max_age_us);
     pthread_mutex_unlock(&r->lock);
     return s;
 }
 
-/* A new snapshot from the tables, swapped in; a failed load keeps the one there is. */
-static cdb_colset *reload(cdb_service *svc, cdb_error *err)
+/*
+ * Waits out a reload another thread runs. With fresh_ok, a snapshot that
+ * is fresh then is returned (a reference); otherwise this thread is marked
+ * as the one loading and NULL is returned: it must call end_load.
+ */
+static cdb_colset *begin_load(cdb_colring *r, bool fresh_ok)
+{
+    cdb_colset *s = NULL;
+    pthread_mutex_lock(&r->lock);
+    while (r->loading)
+        pthread_cond_wait(&r->loaded, &r->lock);
+    if (!fresh_ok || !(s = current_locked(r, cdb_mono_us(), CDB_COLRING_TTL_MS * 1000LL)))
+        r->loading = true;
+    pthread_mutex_unlock(&r->lock);
+    return s;
+}
+
+static void end_load(cdb_colring *r)
+{
+    pthread_mutex_lock(&r->lock);
+    r->loading = false;
+    pthread_cond_broadcast(&r->loaded);
+    pthread_mutex_unlock(&r->lock);
+}
+
+/* A new snapshot from the tables (on own, or a pooled connection), swapped in; a failed load keeps the one there is. */
+static cdb_colset *reload(cdb_service *svc, PGconn *own, cdb_error *err)
 {
     cdb_colring *r = svc->colring;
     cdb_colset *s = NULL;
     int64_t now = cdb_mono_us();
+    pthread_mutex_lock(&r->lock);
+    uint64_t invalidations = r->invalidations;
+    pthread_mutex_unlock(&r->lock);
 
     /* loaded outside the lock: a slow database does not stall the readers of a fresh snapshot */
     cdb_error load_err;
     cdb_error_init(&load_err);
-    cdb_colset *fresh = load(svc, &load_err);
+    cdb_colset *fresh = load(svc, own, &load_err);
     if (!fresh) {
         /* a failed reload keeps the snapshot there is (tried again in CDB_COLRING_TTL_MS): the
            data API should not fail with it; only with none at all is the error the caller's */
         pthread_mutex_lock(&r->lock);
         if ((s = r->current)) {
             s->refs++;
-            r->loaded_us = now;
+            r->loaded_us = r->invalidations == invalidations ? now : 0;
         }
         pthread_mutex_unlock(&r->lock);
         if (s)
@@ -232,7 +285,8 @@ static cdb_colset *reload(cdb_service *svc, cdb_error *err)
     pthread_mutex_lock(&r->lock);
     cdb_colset *old = r->current;
     r->current = fresh;
-    r->loaded_us = now;
+    /* an invalidation meanwhile may not be in what was read: the next get loads again */
+    r->loaded_us = r->invalidations == invalidations ? now : 0;
     fresh->refs++;                 /* the ring's own and the caller's */
     if (old && --old->refs == 0)
         colset_free(old);
@@ -248,12 +302,27 @@ cdb_colset *cdb__colring_peek(cdb_service *svc)
 cdb_colset *cdb__colring_get(cdb_service *svc, cdb_error *err)
 {
     cdb_colset *s = current(svc->colring, cdb_mono_us(), CDB_COLRING_TTL_MS * 1000LL);
-    return s ? s : reload(svc, err);
+    if (s || (s = begin_load(svc->colring, true)))
+        return s;
+    s = reload(svc, NULL, err);
+    end_load(svc->colring);
+    return s;
 }
 
 cdb_colset *cdb__colring_refresh(cdb_service *svc, cdb_error *err)
 {
-    return reload(svc, err);
+    cdb_colring *r = svc->colring;
+    if (r->refresh_conn && PQstatus(r->refresh_conn) != CONNECTION_OK) {
+        PQfinish(r->refresh_conn);
+        r->refresh_conn = NULL;
+    }
+    /* no connection of its own (the server refused one): a pooled one, as a worker does */
+    if (!r->refresh_conn && svc->pool)
+        r->refresh_conn = cdb_pg_connect(cdb_pool_pg_settings(svc->pool), NULL);
+    begin_load(r, false);
+    cdb_colset *s = reload(svc, r->refresh_conn, err);
+    end_load(r);
+    return s;
 }
 
 void cdb__colring_put(cdb_service *svc, cdb_colset *s)

@@ -63,12 +63,13 @@ void cdb__colring_put(cdb_service *svc, cdb_colset *s);
  * (also before the first load); never loads (the event loops: NULL sends the
  * request to a worker, which reloads). The loops thus never use a snapshot a
  * worker would refuse as too old. The job refresh_encryption_snapshot
- * (data/jobs.c) reloads it every second (cdb__colring_refresh), so it is
- * fresh unless that job is held up; a failed reload keeps it, as
+ * (data/jobs.c, on a job thread of its own) reloads it every 500 ms
+ * (cdb__colring_refresh), so it is fresh unless the database is slower
+ * than a second; a failed reload keeps it, as
  * cdb__colring_get does.
  */
 cdb_colset *cdb__colring_peek(cdb_service *svc);
-/* Reloads now whatever the snapshot's age (the refresh job), as cdb__colring_get does when it is stale. */
+/* Reloads now whatever the snapshot's age, on a connection of its own (the refresh job's thread only; a pooled one while the server refuses it), as cdb__colring_get does when it is stale. */
 cdb_colset *cdb__colring_refresh(cdb_service *svc, cdb_error *err);
 /* The column of s, or NULL. */
 const cdb_enccol *cdb__colset_find(const cdb_colset *s, const char *table, const char *column);

@@ -46,6 +46,7 @@ struct cdb_service {
     cdb_jwt_config jwt;            /* from JWT_SECRET / JWT_ISSUER / JWT_AUDIENCE */
     cdb_password_params password;  /* argon2id parameters */
     struct cdb_jobs *jobs;         /* background jobs once started, else NULL */
+    struct cdb_jobs *snapshot_jobs; /* the encrypted columns' snapshot refresh (data/jobs.h), idem */
     cdb_maintenance maintenance;   /* set by a restore (management/restore.c), atomic */
     struct cdb_colring *colring;   /* encrypted columns and their keys (security/colring.h) */
     cdb_replicas *replicas;        /* DATABASE_READ_URLS, or NULL (store/replicas.h) */

@@ -209,6 +209,7 @@ void cdb_service_close(cdb_service *svc)
     cdb__service_metrics_stop(svc);  /* scrapes read the pool and Redis */
     cdb__migration_runs_stop(svc);   /* a run thread uses the catalog, cache and files */
     cdb_jobs_free(svc->jobs);      /* first: the jobs use everything below */
+    cdb_jobs_free(svc->snapshot_jobs);
     cdb_qcache_free(svc->qcache);
     cdb__vec_cache_forget(svc);     /* the vector store's in-memory copy */
     cdb__colring_free(svc->colring);

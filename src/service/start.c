@@ -37,7 +37,7 @@ int cdb_service_start(cdb_service *svc, cdb_error *err)
 
     if (!svc->pool)
         return cdb_error_set(err, CDB_ERR_INTERNAL_ERROR, "cdb_service_start needs a service opened with a pool");
-    if (svc->jobs)
+    if (svc->jobs || svc->snapshot_jobs)
         return cdb_error_set(err, CDB_ERR_INTERNAL_ERROR, "The service is already started");
     if (cdb_service_migrate_on_start(svc, "coredb serve", err) < 0)
         return err->code;
@@ -95,6 +95,14 @@ int cdb_service_start(cdb_service *svc, cdb_error *err)
     if (cdb__service_metrics_start(svc) < 0)
         cdb_log_warn("serve.metrics", "too many metrics collectors: the service's gauges are not scraped");
 
+    cdb_jobs *snapshot = cdb_jobs_new();
+    if (!snapshot || cdb_data_register_snapshot_jobs(svc, snapshot) < 0 || cdb_jobs_start(snapshot) < 0) {
+        /* the loops then hand what they would plan to the workers, which load the snapshot themselves */
+        cdb_log_warn("serve.jobs", "the encrypted columns' snapshot refresh not started");
+        cdb_jobs_free(snapshot);
+        snapshot = NULL;
+    }
+    svc->snapshot_jobs = snapshot;
     cdb_jobs *jobs = cdb_jobs_new();
     if (!jobs || cdb_identity_register_jobs(svc, jobs) < 0 || cdb_data_register_jobs(svc, jobs) < 0 ||
         cdb_management_register_jobs(svc, jobs) < 0 || cdb_lease_register_jobs(svc, jobs) < 0 ||

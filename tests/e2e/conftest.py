@@ -22,10 +22,9 @@ def redis_server():
 def base_env(pg_server, db, redis=None, **extra):
     # Cheap argon2id and generous quotas keep the suite fast; the tests of
     # hashing cost and rate limits set their own values. DB_LOOP_CONNECTIONS=1
-    # turns the loops' own PostgreSQL connections on (off by default for now:
-    # docs/configuration.md) in a pool of 5: data-API misses run on the loops
-    # throughout the suite; tests of small pools (DB_POOL_MAX < 4) and the
-    # soak (tests/soak: the default configuration) run without them.
+    # keeps the loops' PostgreSQL connections on (as the default pool of 20
+    # has them) in a pool of 5: data-API misses run on the loops throughout
+    # the suite; tests of small pools (DB_POOL_MAX < 4) run without them.
     env = {"DATABASE_URL": pg_server.url(db), "JWT_SECRET": TEST_JWT_SECRET,
            "DB_POOL_MIN": "1", "DB_POOL_MAX": "5", "DB_LOOP_CONNECTIONS": "1", "LOG_LEVEL": "info",
            "PASSWORD_HASH_OPSLIMIT": "1", "PASSWORD_HASH_MEMLIMIT_KIB": "8192",

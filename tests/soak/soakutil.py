@@ -15,8 +15,9 @@ import pytest
 from servers import PgServer, RedisServer
 
 # The soak measures the default configuration: what tests/e2e/conftest.py's
-# base_env turns on for the e2e suite is set back to its default here.
-DEFAULTS = {"DB_LOOP_CONNECTIONS": "0"}
+# base_env sets for the e2e suite (1 loop connection each, in its pool of 5)
+# is set back to the default here (src/core/config.c).
+DEFAULTS = {"DB_LOOP_CONNECTIONS": "2"}
 
 
 @pytest.fixture(scope="module")
