@@ -555,21 +555,23 @@ void cdb_conn_accept(cdb_loop *loop, evutil_socket_t fd, const struct sockaddr *
     }
 }
 
-void cdb_conn_send(cdb_conn *c, struct evbuffer *out, bool closing)
+struct evbuffer *cdb_conn_output(cdb_conn *c)
+{
+    return c->bev ? bufferevent_get_output(c->bev) : NULL;
+}
+
+void cdb_conn_send(cdb_conn *c, bool written, bool closing)
 {
     c->request = NULL;
-    if (!c->bev || !out) {
-        if (out)
-            evbuffer_free(out);
-        conn_free(c);
+    if (!c->bev || !written) {
+        conn_free(c);              /* a half-written answer goes with the buffer */
         return;
     }
     c->close_after = c->close_after || closing;
     if (c->close_after)
         bufferevent_disable(c->bev, EV_READ);
+    /* the bytes are flushed when the socket is writable, after this turn of the loop */
     set_state(c, CONN_WRITING);
-    bufferevent_write_buffer(c->bev, out);
-    evbuffer_free(out);
 }
 
 bool cdb_conn_gone(const cdb_conn *c)

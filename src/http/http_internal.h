@@ -255,8 +255,10 @@ struct cdb_loop {
  */
 /* Takes an accepted socket; answers 429 and closes when its address is over the cap. */
 void cdb_conn_accept(cdb_loop *loop, evutil_socket_t fd, const struct sockaddr *sa, int salen);
-/* Queues an answer (ownership of out taken); conn may be one whose client has gone. */
-void cdb_conn_send(cdb_conn *conn, struct evbuffer *out, bool closing);
+/* Where an answer is written: the connection's output buffer, NULL once the client has gone. */
+struct evbuffer *cdb_conn_output(cdb_conn *conn);
+/* The answer is in the output buffer (written false: it failed, close); conn may be one whose client has gone. */
+void cdb_conn_send(cdb_conn *conn, bool written, bool closing);
 /* True when the client went away while its request was handled. */
 bool cdb_conn_gone(const cdb_conn *conn);
 /* The loop that owns the connection. */

@@ -135,7 +135,7 @@ def test_slow_reader_gets_the_old_answer_intact_while_the_entry_is_replaced(setu
     hits0 = l1_answer_hits(inst, admin)
     s = slow_request(inst, acct)
     length, got = read_head(s)
-    assert length == len(expected)
+    assert abs(length - len(expected)) < 10       # only execution_time_ms differs
     time.sleep(0.3)                 # coredb wrote what the kernel takes; the rest waits in its buffer
     waiting = length - len(got) - kernel_queued(inst, s)
     assert waiting > 1_000_000, f"only {waiting} bytes left in coredb: the test would prove nothing"

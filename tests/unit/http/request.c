@@ -26,6 +26,15 @@ static void count_release(const void *data, size_t len, void *arg)
 
 static cdb_loop test_loop;
 
+/* render() into a buffer of the test's (a connection's output in the server) */
+static struct evbuffer *render_new(cdb_request *r)
+{
+    struct evbuffer *out = evbuffer_new();
+    assert_non_null(out);
+    assert_true(render(r, false, out));
+    return out;
+}
+
 static cdb_request *request(unsigned method)
 {
     cdb_arena *a = cdb_arena_new(test_loop.arenas);
@@ -71,7 +80,7 @@ static void test_body_by_reference_released_once_written(void **state)
     memset(data, 'r', n);
     cdb_request *r = request(EVHTTP_REQ_POST);
     cdb_request_reply_ref(r, 200, "{", data, n, count_release, NULL, ",\"cached\":true}");
-    struct evbuffer *out = render(r, false);
+    struct evbuffer *out = render_new(r);
     assert_non_null(out);
     cdb_request_free(r);
     assert_int_equal(releases, 0);             /* libevent holds the bytes now, not a copy */
@@ -99,7 +108,7 @@ static void test_unsent_reference_released_with_the_request(void **state)
     /* HEAD: the length is said, no body sent */
     cdb_request *r = request(EVHTTP_REQ_HEAD);
     cdb_request_reply_ref(r, 200, "{", data, n, count_release, NULL, "}");
-    struct evbuffer *out = render(r, false);
+    struct evbuffer *out = render_new(r);
     char want[64];
     snprintf(want, sizeof want, "Content-Length: %zu\r\n\r\n", n + 2);
     size_t total = evbuffer_get_length(out);
@@ -116,7 +125,7 @@ static void test_unsent_reference_released_with_the_request(void **state)
     r = request(EVHTTP_REQ_POST);
     cdb_request_reply_ref(r, 200, "{", data, n, count_release, NULL, "}");
     cdb_request_failf(r, CDB_ERR_INTERNAL_ERROR, "Internal error");
-    out = render(r, false);
+    out = render_new(r);
     assert_int_equal(releases, 0);
     cdb_request_free(r);
     assert_int_equal(releases, 1);
@@ -142,7 +151,7 @@ static void test_small_bodies_copied_large_texts_referenced(void **state)
     char small[] = "\"small\"";
     cdb_request *r = request(EVHTTP_REQ_GET);
     cdb_request_reply_ref(r, 200, "[", small, strlen(small), count_release, NULL, "]");
-    struct evbuffer *out = render(r, false);
+    struct evbuffer *out = render_new(r);
     assert_int_equal(releases, 1);             /* copied: released at once */
     char *body = body_of(out, &len);
     assert_string_equal(body, "[\"small\"]");
@@ -157,7 +166,7 @@ static void test_small_bodies_copied_large_texts_referenced(void **state)
     text[0] = '"', text[n - 1] = '"', text[n] = '\0';
     r = request(EVHTTP_REQ_GET);
     cdb_request_reply_text(r, 200, text);
-    out = render(r, false);
+    out = render_new(r);
     cdb_request_free(r);
     body = body_of(out, &len);
     assert_int_equal(len, n);
@@ -172,7 +181,7 @@ static void test_small_bodies_copied_large_texts_referenced(void **state)
     r = request(EVHTTP_REQ_DELETE);
     char *data = calloc(1, 4000);
     cdb_request_reply_ref(r, 204, "", data, 4000, count_release, NULL, "");
-    out = render(r, false);
+    out = render_new(r);
     assert_int_equal(releases, 0);
     cdb_request_free(r);
     assert_int_equal(releases, 1);
