@@ -6,7 +6,12 @@
 # N identical hits are sent one at a time on one keep-alive connection
 # (hit_cost.py), and the counters dumped: instructions (Ir) and calls to
 # malloc/calloc/realloc/free of the whole process during those N hits.
-# Run: bash bench/hit_cost.sh [N]   (CDB_BIN: the binary, default build/coredb)
+# Run: bash bench/hit_cost.sh [N]   (CDB_BIN: the binary, default build/coredb;
+#      CG_KEEP=DIR keeps callgrind's files for callgrind_annotate)
+# Needs valgrind (apt-get install valgrind), PostgreSQL 15 and redis-server.
+# callgrind_control is run with HOST=127.0.0.1: valgrind names its control
+# pipe after $HOST, and coredb's environment sets it.
+# Figures (docs/architecture.md, "An answer's bytes and the request's arena").
 set -euo pipefail
 source "$(dirname "$0")/lib.sh"
 N=${1:-1000}
