@@ -222,7 +222,6 @@ static void on_quota(redisReply *reply, void *arg)
     reply_done(a);
 }
 
-
 static void on_probe(redisReply *reply, void *arg)
 {
     loop_admission *a = arg;
@@ -247,13 +246,14 @@ static void on_probe(redisReply *reply, void *arg)
             }
             /*
              * The reply's string is taken, not copied: hiredis 0.14 made it
-             * with malloc and its freeReplyObject frees str only when not
-             * NULL. value points into it (past the entry's generation).
+             * with malloc, and its freeReplyObject (run after this callback)
+             * frees str with free, a no-op once it is NULL. value points
+             * into it (past the entry's generation).
              */
             if (hit) {
                 answer_drop(a);
                 a->answer_reply = entry->str;
-                ((redisReply *)entry)->str = NULL;
+                entry->str = NULL;
                 a->answer = value;
                 a->answer_len = len;
             }
