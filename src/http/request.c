@@ -426,7 +426,7 @@ cdb_request *cdb_request_new(cdb_conn *conn, cdb_arena *arena, cdb_http_head *he
     }
     r->arena = arena;
     r->conn = conn;
-    r->loop = cdb_conn_loop(conn);
+    r->loop = loop;
     r->server = r->loop->server;
     r->svc = r->loop->svc;
     r->start_us = cdb_mono_us();
