@@ -6,18 +6,26 @@
 #include "core/kvtable.h"
 #include "core/hash.h"
 
+#include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
 
 #define MAX_BUCKETS (1u << 20)
 #define EVICT_SCAN 16            /* oldest entries examined for expiry when room is needed */
 
+/* A value: its bytes (len plus a NUL) after a reference count; the table's entry holds one. */
+struct cdb_kvref {
+    atomic_long refs;
+    size_t len;
+    _Alignas(16) char bytes[];     /* aligned for callers that cast (loop_admit.c's memo) */
+};
+
 typedef struct entry {
     struct entry *next;          /* bucket chain */
     struct entry *older, *newer; /* write-order list */
     uint64_t hash;
     int64_t expires_ms;          /* deadline; 0: never */
-    char *value;                 /* len bytes plus a NUL */
+    cdb_kvref *value;            /* len bytes plus a NUL */
     size_t len;
     char key[];
 } entry;
@@ -88,7 +96,7 @@ static void remove_entry(cdb_kvtable *t, entry *e)
     list_unlink(t, e);
     t->count--;
     t->bytes -= entry_bytes(e);
-    free(e->value);
+    cdb_kvref_release(e->value);
     free(e);
 }
 
@@ -171,22 +179,59 @@ const char *cdb_kvtable_get(cdb_kvtable *t, const char *key, size_t *len, int64_
     *len = e->len;
     if (expires_ms)
         *expires_ms = e->expires_ms;
-    return e->value;
+    return e->value->bytes;
+}
+
+const char *cdb_kvtable_get_ref(cdb_kvtable *t, const char *key, size_t *len, int64_t now_ms, cdb_kvref **ref)
+{
+    entry *e = lookup_live(t, key, now_ms);
+    if (!e)
+        return NULL;
+    /* relaxed: taking a reference orders nothing; the release below does */
+    atomic_fetch_add_explicit(&e->value->refs, 1, memory_order_relaxed);
+    *ref = e->value;
+    *len = e->len;
+    return e->value->bytes;
+}
+
+void cdb_kvref_release(cdb_kvref *ref)
+{
+    if (ref && atomic_fetch_sub_explicit(&ref->refs, 1, memory_order_acq_rel) == 1)
+        free(ref);
+}
+
+const char *cdb_kvref_bytes(const cdb_kvref *ref, size_t *len)
+{
+    *len = ref->len;
+    return ref->bytes;
 }
 
 int cdb_kvtable_put(cdb_kvtable *t, const char *key, const char *value, size_t len, int64_t expires_ms,
                     int64_t now_ms)
 {
-    size_t klen = strlen(key);
-    char *copy = malloc(len + 1);
+    return cdb_kvtable_put_ref(t, key, NULL, 0, value, len, expires_ms, now_ms, NULL);
+}
+
+int cdb_kvtable_put_ref(cdb_kvtable *t, const char *key, const void *head, size_t head_len, const char *value,
+                        size_t len, int64_t expires_ms, int64_t now_ms, cdb_kvref **ref)
+{
+    size_t klen = strlen(key), total = head_len + len;
+    cdb_kvref *copy = total >= head_len ? malloc(sizeof *copy + total + 1) : NULL;
     entry *e = copy ? malloc(sizeof *e + klen + 1) : NULL;
     if (!e) {
         free(copy);
         return -1;
     }
+    atomic_init(&copy->refs, ref ? 2 : 1);
+    copy->len = total;
+    if (head_len > 0)
+        memcpy(copy->bytes, head, head_len);
     if (len > 0)
-        memcpy(copy, value, len);
-    copy[len] = '\0';
+        memcpy(copy->bytes + head_len, value, len);
+    copy->bytes[total] = '\0';
+    if (ref)
+        *ref = copy;
+    len = total;
     memcpy(e->key, key, klen + 1);
     e->hash = hash_key(key);
     e->value = copy;
@@ -203,9 +248,9 @@ int cdb_kvtable_put(cdb_kvtable *t, const char *key, const char *value, size_t l
     else
         drop_expired(t, now_ms);
     /* eviction may have rewired the chains: insert at the head of the bucket */
-    entry **head = &t->buckets[e->hash & (t->nbuckets - 1)];
-    e->next = *head;
-    *head = e;
+    entry **bucket = &t->buckets[e->hash & (t->nbuckets - 1)];
+    e->next = *bucket;
+    *bucket = e;
     t->count++;
     t->bytes += klen + len;
     list_append(t, e);

@@ -404,10 +404,10 @@ out:
     return ok;
 }
 
-char *cdb__data_query_probe_answer(const cdb__query_probe *probe, const char *value, size_t len)
+size_t cdb__data_query_probe_tail(const cdb__query_probe *probe, char *tail, size_t size)
 {
     cdb__metrics_inc(CDB_M_CACHE_HITS);
-    return cdb__query_wrap(value, len, probe->start_us, true);
+    return cdb__query_wrap_tail(tail, size, probe->start_us, true);
 }
 
 void cdb__data_query_probe_destroy(cdb__query_probe *probe)

@@ -33,11 +33,13 @@ typedef struct cdb__query_probe {
  */
 int cdb__data_query_probe(cdb_service *svc, const cdb_principal *p, json_t *request, cdb__query_probe *probe);
 /*
- * The answer (malloc'd; NULL on out of memory) around the cached bytes
- * found for probe (cdb_qcache_probe_hit judged the values read), counted
- * as a cache hit.
+ * The answer around the cached bytes found for probe (cdb_qcache_probe_hit
+ * judged the values read), in pieces, for sending them without a copy:
+ * "{", the value, then the tail written here (its length; 0 when it does
+ * not fit: size CDB_QUERY_TAIL_MAX of data/query_run.h fits), counted as a
+ * cache hit.
  */
-char *cdb__data_query_probe_answer(const cdb__query_probe *probe, const char *value, size_t len);
+size_t cdb__data_query_probe_tail(const cdb__query_probe *probe, char *tail, size_t size);
 void cdb__data_query_probe_destroy(cdb__query_probe *probe);
 
 /*

@@ -143,19 +143,24 @@ char *cdb__query_page_body(const PGresult *rows, const PGresult *count, json_int
 }
 
 /* {<part>,"execution_time_ms":..,"cached":..} */
+size_t cdb__query_wrap_tail(char *tail, size_t size, int64_t start_us, bool cached)
+{
+    double ms = (double)(cdb_mono_us() - start_us) / 1000.0;
+    int n = snprintf(tail, size, ",\"execution_time_ms\":%.2f,\"cached\":%s}", ms, cached ? "true" : "false");
+    return n > 0 && (size_t)n < size ? (size_t)n : 0;
+}
+
 char *cdb__query_wrap(const char *part, size_t len, int64_t start_us, bool cached)
 {
-    char tail[96];
-    double ms = (double)(cdb_mono_us() - start_us) / 1000.0;
+    char tail[CDB_QUERY_TAIL_MAX];
     /* the part is copied, not formatted: it is most of the answer (a page of rows) */
-    int tail_len = snprintf(tail, sizeof tail, ",\"execution_time_ms\":%.2f,\"cached\":%s}", ms,
-                            cached ? "true" : "false");
-    char *out = tail_len > 0 && (size_t)tail_len < sizeof tail ? malloc(1 + len + (size_t)tail_len + 1) : NULL;
+    size_t tail_len = cdb__query_wrap_tail(tail, sizeof tail, start_us, cached);
+    char *out = tail_len ? malloc(1 + len + tail_len + 1) : NULL;
     if (!out)
         return NULL;
     out[0] = '{';
     memcpy(out + 1, part, len);
-    memcpy(out + 1 + len, tail, (size_t)tail_len + 1);
+    memcpy(out + 1 + len, tail, tail_len + 1);
     return out;
 }
 

@@ -55,5 +55,12 @@ char *cdb__query_page_body(const PGresult *rows, const PGresult *count, json_int
                            size_t *len);
 /* {<part>,"execution_time_ms":..,"cached":..}, malloc'd. */
 char *cdb__query_wrap(const char *part, size_t len, int64_t start_us, bool cached);
+/*
+ * The answer's end alone (what cdb__query_wrap puts after part; the answer
+ * is "{" part tail): its length, 0 when it does not fit in size. For an
+ * answer sent in pieces, part by reference (http/loop_admit.c).
+ */
+#define CDB_QUERY_TAIL_MAX 96
+size_t cdb__query_wrap_tail(char *tail, size_t size, int64_t start_us, bool cached);
 
 #endif

@@ -66,6 +66,7 @@ struct cdb_conn {
     char peer[64];
 
     /* the request being read (HEAD, BODY) */
+    cdb_arena *arena;              /* its arena from the head on (head bytes, body), then the request's */
     size_t head_seen;              /* input length at the last incomplete parse */
     cdb_http_head head;
     bool chunked;
@@ -82,9 +83,9 @@ static void on_read(struct bufferevent *bev, void *arg);
 
 /* ---- life ---- */
 
+/* Forgets the head; its bytes belong to the arena (the conn's, or the request's by now). */
 static void head_clear(cdb_http_head *h)
 {
-    free(h->bytes);
     memset(h, 0, sizeof *h);
 }
 
@@ -103,6 +104,7 @@ static void conn_free(cdb_conn *c)
     if (c->counted)
         cdb_client_limit_release(c->loop->limit, (const struct sockaddr *)&c->addr);
     head_clear(&c->head);
+    cdb_arena_free(c->arena);
     free(c->body);
     free(c);
 }
@@ -161,7 +163,8 @@ static void on_deadline(evutil_socket_t fd, short what, void *arg)
  */
 static void refuse(cdb_conn *c, cdb_err code, const char *message)
 {
-    cdb_request *r = cdb_request_new(c, c->head.bytes ? &c->head : NULL, NULL, 0);
+    cdb_request *r = cdb_request_new(c, c->arena, c->head.bytes ? &c->head : NULL, NULL, 0);
+    c->arena = NULL;
     head_clear(&c->head);
     if (!r) {
         conn_free(c);
@@ -215,7 +218,10 @@ static bool copy_head(cdb_conn *c, const char *buf, size_t len, const char *m, s
                       size_t pl, int minor, const struct phr_header *f, size_t nf)
 {
     cdb_http_head *h = &c->head;
-    h->bytes = malloc(len + 1);
+    /* the request's arena starts here: a spare block of the loop's, no malloc */
+    if (!c->arena && !(c->arena = cdb_arena_new(c->loop ? c->loop->arenas : NULL)))
+        return false;
+    h->bytes = cdb_arena_alloc(c->arena, len + 1);
     if (!h->bytes)
         return false;
     memcpy(h->bytes, buf, len);
@@ -294,7 +300,8 @@ static const char *head_field(const cdb_http_head *h, const char *name)
 
 static void dispatch(cdb_conn *c, char *body, size_t body_len)
 {
-    cdb_request *r = cdb_request_new(c, &c->head, body, body_len);
+    cdb_request *r = cdb_request_new(c, c->arena, &c->head, body, body_len);
+    c->arena = NULL;
     head_clear(&c->head);
     if (!r) {
         conn_free(c);
@@ -381,11 +388,18 @@ static bool body_reserve(cdb_conn *c, size_t more)
     return true;
 }
 
-/* Hands the finished body to the request (it owns it from here). */
+/* Hands the finished chunked body to the request, copied into its arena (chunked bodies are rare). */
 static void body_done(cdb_conn *c)
 {
-    char *body = c->body;
     size_t len = c->body_len;
+    char *body = cdb_arena_alloc(c->arena, len ? len : 1);
+    if (!body) {
+        conn_free(c);
+        return;
+    }
+    if (len)
+        memcpy(body, c->body, len);
+    free(c->body);
     c->body = NULL;
     c->body_len = c->body_cap = 0;
     dispatch(c, body, len);
@@ -398,13 +412,14 @@ static void read_body(cdb_conn *c)
     if (!c->chunked) {
         if (avail < c->content_length)
             return;
-        if (!body_reserve(c, c->content_length)) {
+        /* read straight into the request's arena: no copy after this one */
+        char *body = cdb_arena_alloc(c->arena, c->content_length);
+        if (!body) {
             conn_free(c);
             return;
         }
-        evbuffer_remove(in, c->body, c->content_length);
-        c->body_len = c->content_length;
-        body_done(c);
+        evbuffer_remove(in, body, c->content_length);
+        dispatch(c, body, c->content_length);
         return;
     }
     if (avail == 0)
@@ -540,21 +555,23 @@ void cdb_conn_accept(cdb_loop *loop, evutil_socket_t fd, const struct sockaddr *
     }
 }
 
-void cdb_conn_send(cdb_conn *c, struct evbuffer *out, bool closing)
+struct evbuffer *cdb_conn_output(cdb_conn *c)
+{
+    return c->bev ? bufferevent_get_output(c->bev) : NULL;
+}
+
+void cdb_conn_send(cdb_conn *c, bool written, bool closing)
 {
     c->request = NULL;
-    if (!c->bev || !out) {
-        if (out)
-            evbuffer_free(out);
-        conn_free(c);
+    if (!c->bev || !written) {
+        conn_free(c);              /* a half-written answer goes with the buffer */
         return;
     }
     c->close_after = c->close_after || closing;
     if (c->close_after)
         bufferevent_disable(c->bev, EV_READ);
+    /* the bytes are flushed when the socket is writable, after this turn of the loop */
     set_state(c, CONN_WRITING);
-    bufferevent_write_buffer(c->bev, out);
-    evbuffer_free(out);
 }
 
 bool cdb_conn_gone(const cdb_conn *c)

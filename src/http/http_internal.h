@@ -29,6 +29,7 @@
 #include "store/l1cache.h"
 #include "store/pg_async.h"
 #include "core/kvtable.h"
+#include "core/arena.h"
 
 #define CDB_HTTP_BODY_LIMIT     (1024 * 1024)     /* API.md: bodies over 1 MiB -> 413 */
 #define CDB_HTTP_HEAD_LIMIT     (64 * 1024)       /* request line + header fields */
@@ -40,6 +41,8 @@
 #define CDB_VERIFIED_TOKEN_MAX  2048              /* a longer one is verified every time */
 #define CDB_LOOP_MEMO_ENTRIES   4096              /* request bodies a loop remembers resolving */
 #define CDB_LOOP_TABLE_MIN_BYTES (64 * 1024)      /* each of those two, at least (else CACHE_L1_MB / 8) */
+#define CDB_LOOP_SPARE_ARENAS   64                /* request arenas' first blocks a loop keeps for reuse */
+#define CDB_HTTP_REF_MIN        1024              /* a body from this size on goes to the socket by reference */
 
 /*
  * Methods are bits so a route can take several. libevent's EVHTTP_REQ_*
@@ -73,7 +76,7 @@ extern const cdb_http_method cdb_http_methods[CDB_HTTP_NMETHODS];
  * token). The bytes are one owned copy; the strings below point into it.
  */
 typedef struct cdb_http_head {
-    char *bytes;                   /* owned */
+    char *bytes;                   /* in the arena of the request it becomes (conn.c) */
     const char *method;            /* the token as sent */
     unsigned method_bit;           /* EVHTTP_REQ_* or 0 for a method we do not serve */
     const char *target;            /* request-target as sent */
@@ -110,24 +113,28 @@ typedef struct cdb_route {
     cdb_route_auth auth;
 } cdb_route;
 
+/* Called once when bytes handed to the socket by reference are written or dropped (libevent's signature). */
+typedef void (*cdb_body_release)(const void *data, size_t len, void *arg);
+
 struct cdb_request {
+    cdb_arena *arena;              /* everything below marked "arena" lives in it, the request too */
     cdb_http_server *server;
     cdb_loop *loop;
     cdb_service *svc;
     cdb_conn *conn;                /* loop thread only; the answer goes there */
-    cdb_http_head head;            /* empty when the head could not be parsed */
+    cdb_http_head head;            /* empty when the head could not be parsed; bytes: arena */
     unsigned method;               /* head.method_bit */
-    char *path;                    /* decoded path, owned */
-    char *query;                   /* raw query string or NULL, owned */
+    char *path;                    /* decoded path, arena */
+    char *query;                   /* raw query string or NULL, arena */
     char *params[CDB_HTTP_MAX_PARAMS]; /* decoded {..} segments, owned */
     int nparams;
-    char *raw_body;                /* the body (owned), parsed after authentication */
+    char *raw_body;                /* the body (arena), parsed after authentication */
     size_t raw_body_len;
     json_t *body;                  /* parsed JSON body or NULL */
     const cdb_route *route;
-    char *bearer;                  /* token from Authorization, owned, or NULL */
+    char *bearer;                  /* token from Authorization (arena) or NULL */
     char client_addr[64];          /* peer address */
-    char *user_agent;              /* owned or NULL */
+    char *user_agent;              /* arena or NULL */
     cdb_principal principal;       /* who is calling (CDB_ROLE_ANON until authenticated) */
     bool session_checked;          /* the loop found the session alive (loop_admit.c) */
     bool quota_checked;            /* the caller's quota was charged and its headers set */
@@ -139,6 +146,13 @@ struct cdb_request {
     int status;                    /* 0 until answered */
     json_t *response;              /* body (owned) or NULL for none */
     char *response_text;           /* or an already serialized JSON body (owned) */
+    struct {                       /* or a body in three pieces (cdb_request_reply_ref) */
+        const char *prefix, *suffix; /* arena copies */
+        const char *data;          /* the middle, by reference until release */
+        size_t len;
+        cdb_body_release release;  /* NULL once the bytes are handed to the socket */
+        void *arg;
+    } response_ref;
     cdb_error err;                 /* err.code != OK: the error envelope */
     struct { const char *name; char value[64]; } headers[CDB_HTTP_MAX_HEADERS];
     int nheaders;
@@ -147,10 +161,11 @@ struct cdb_request {
 };
 
 /*
- * Request lifecycle (request.c), all on the loop thread. head (may be NULL
- * when the head was refused) and body are moved into the request.
+ * Request lifecycle (request.c), all on the loop thread. arena (NULL: a new
+ * one from the loop's spares) is taken, also on failure; head (may be NULL
+ * when the head was refused) and body live in it and move into the request.
  */
-cdb_request *cdb_request_new(cdb_conn *conn, cdb_http_head *head, char *body, size_t body_len);
+cdb_request *cdb_request_new(cdb_conn *conn, cdb_arena *arena, cdb_http_head *head, char *body, size_t body_len);
 /*
  * On the loop: negotiates, routes, checks the token's signature (cheap, so
  * forged tokens never cost a worker), checks body size and type and copies
@@ -178,6 +193,14 @@ bool cdb_request_wants_close(const cdb_request *r);
 void cdb_request_reply(cdb_request *r, int status, json_t *body);
 /* Answers with an already serialized JSON body (ownership taken). */
 void cdb_request_reply_text(cdb_request *r, int status, char *text);
+/*
+ * Answers with a body sent without a copy of its middle: prefix, the len
+ * bytes at data, suffix (prefix and suffix are copied). release(data, len,
+ * arg) is called exactly once, on the loop thread, when the bytes have been
+ * written or dropped (client gone, another answer set, out of memory).
+ */
+void cdb_request_reply_ref(cdb_request *r, int status, const char *prefix, const char *data, size_t len,
+                           cdb_body_release release, void *arg, const char *suffix);
 /* Answers with the error envelope built from err (which is moved). */
 void cdb_request_fail(cdb_request *r, cdb_error *err);
 /* Shorthand: code + message. */
@@ -218,6 +241,7 @@ struct cdb_loop {
     cdb_apg *apg;                  /* this loop's PostgreSQL connections (loop_query.c), NULL when off */
     cdb_kvtable *verified;         /* tokens this loop verified, until they expire (request.c) */
     cdb_kvtable *memo;             /* request bodies this loop resolved to cache keys (loop_admit.c) */
+    cdb_arena_pool *arenas;        /* spare first blocks of request arenas (conn.c, request.c) */
     time_t date_at;                /* second of the cached Date header */
     char date[40];
     pthread_t thread;
@@ -231,8 +255,10 @@ struct cdb_loop {
  */
 /* Takes an accepted socket; answers 429 and closes when its address is over the cap. */
 void cdb_conn_accept(cdb_loop *loop, evutil_socket_t fd, const struct sockaddr *sa, int salen);
-/* Queues an answer (ownership of out taken); conn may be one whose client has gone. */
-void cdb_conn_send(cdb_conn *conn, struct evbuffer *out, bool closing);
+/* Where an answer is written: the connection's output buffer, NULL once the client has gone. */
+struct evbuffer *cdb_conn_output(cdb_conn *conn);
+/* The answer is in the output buffer (written false: it failed, close); conn may be one whose client has gone. */
+void cdb_conn_send(cdb_conn *conn, bool written, bool closing);
 /* True when the client went away while its request was handled. */
 bool cdb_conn_gone(const cdb_conn *conn);
 /* The loop that owns the connection. */

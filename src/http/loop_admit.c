@@ -35,6 +35,7 @@
 
 #include "core/metrics.h"
 #include "data/query_probe.h"
+#include "data/query_run.h"
 #include "identity/liveness.h"
 #include "service/service_internal.h"
 #include "core/timeutil.h"
@@ -54,7 +55,17 @@ typedef struct loop_admission {
     cdb_inval_ticket table_ticket;
     bool generation_read;          /* the MGET read the table's generation (a miss is stored at it) */
     int64_t generation;
-    char *answer;                  /* a cache hit's body */
+    /*
+     * A cache hit's cached bytes (the answer is "{" bytes tail), held until
+     * they are handed to the request: by a reference on the L1's entry, or
+     * as the string taken out of Redis's reply. Never copied on their way
+     * to the socket (request.c sends them by reference).
+     */
+    const char *answer;
+    size_t answer_len;
+    cdb_kvref *answer_ref;         /* the L1's entry */
+    char *answer_reply;            /* Redis's reply string (malloc'd by hiredis; answer points into it) */
+    bool key_in_arena;             /* probe.entry_key is the memo's, copied into the arena */
     bool maintenance;              /* a restore runs: known before, or found by its poll */
     char maintenance_key[256];
     char session_key[64];
@@ -62,12 +73,59 @@ typedef struct loop_admission {
     cdb_rl_command quota_cmd;
 } loop_admission;
 
+/* Gives the held answer's bytes back. */
+static void answer_drop(loop_admission *a)
+{
+    cdb_kvref_release(a->answer_ref);
+    free(a->answer_reply);
+    a->answer_ref = NULL;
+    a->answer_reply = NULL;
+    a->answer = NULL;
+}
+
+static void release_kvref(const void *data, size_t len, void *arg)
+{
+    (void)data, (void)len;
+    cdb_kvref_release(arg);
+}
+
+static void release_reply(const void *data, size_t len, void *arg)
+{
+    (void)data, (void)len;
+    free(arg);
+}
+
+/*
+ * Answers 200 with the held bytes, by reference: "{", the cached part, and
+ * the tail with this request's execution time. The held bytes go to the
+ * request (which gives them back once they are written).
+ */
+static void answer_hit(loop_admission *a)
+{
+    char tail[CDB_QUERY_TAIL_MAX];
+    if (!cdb__data_query_probe_tail(&a->probe, tail, sizeof tail)) {
+        answer_drop(a);
+        cdb_request_failf(a->r, CDB_ERR_INTERNAL_ERROR, "Internal error");
+        return;
+    }
+    if (a->answer_ref)
+        cdb_request_reply_ref(a->r, 200, "{", a->answer, a->answer_len, release_kvref, a->answer_ref, tail);
+    else
+        cdb_request_reply_ref(a->r, 200, "{", a->answer, a->answer_len, release_reply, a->answer_reply, tail);
+    a->answer_ref = NULL;
+    a->answer_reply = NULL;
+    a->answer = NULL;
+}
+
+/* The admission record lives in the request's arena: nothing to free but what it holds. */
 static void admission_free(loop_admission *a)
 {
-    if (a->probed)
+    if (a->probed) {
+        if (a->key_in_arena)
+            a->probe.entry_key = NULL;
         cdb__data_query_probe_destroy(&a->probe);
-    free(a->answer);
-    free(a);
+    }
+    answer_drop(a);
 }
 
 /* Every reply is in: answer on the loop or hand the request to a worker. */
@@ -84,10 +142,8 @@ static void decide(loop_admission *a)
     }
     r->session_checked = a->liveness == 1;
     /* a restore began elsewhere: the worker answers 503 MAINTENANCE */
-    if (a->maintenance) {
-        free(a->answer);
-        a->answer = NULL;
-    }
+    if (a->maintenance)
+        answer_drop(a);
     /*
      * A quota refusal charges nothing, so with the session unknown the
      * worker checks both again (a refused caller is told after its
@@ -96,8 +152,7 @@ static void decide(loop_admission *a)
     if (a->quota_known && (a->rl.allowed || r->session_checked) && !cdb__admit_quota_apply(r, &a->rl))
         goto answer;
     if (a->answer && r->session_checked && (r->quota_checked || a->rate <= 0)) {
-        cdb_request_reply_text(r, 200, a->answer);
-        a->answer = NULL;
+        answer_hit(a);
         goto answer;
     }
     /* a miss (or caching off): the loop's own PostgreSQL connections run it (loop_query.c) */
@@ -167,18 +222,13 @@ static void on_quota(redisReply *reply, void *arg)
     reply_done(a);
 }
 
-/* The answer around value (a hit at its generation). */
-static void take_answer(loop_admission *a, const char *value, size_t len)
-{
-    a->answer = cdb__data_query_probe_answer(&a->probe, value, len);
-}
-
 static void on_probe(redisReply *reply, void *arg)
 {
     loop_admission *a = arg;
     cdb_l1 *l1 = a->r->loop->l1;
     if (reply && reply->type == REDIS_REPLY_ARRAY && reply->elements == 2) {
-        const redisReply *gen = reply->element[0], *entry = reply->element[1];
+        const redisReply *gen = reply->element[0];
+        redisReply *entry = reply->element[1];
         const char *value;
         size_t len;
         int64_t generation, now = cdb_mono_ms();
@@ -194,8 +244,19 @@ static void on_probe(redisReply *reply, void *arg)
                 if (hit)
                     cdb_l1_answer_store(l1, a->probe.entry_key, generation, value, len, now);
             }
-            if (hit)
-                take_answer(a, value, len);
+            /*
+             * The reply's string is taken, not copied: hiredis 0.14 made it
+             * with malloc, and its freeReplyObject (run after this callback)
+             * frees str with free, a no-op once it is NULL. value points
+             * into it (past the entry's generation).
+             */
+            if (hit) {
+                answer_drop(a);
+                a->answer_reply = entry->str;
+                entry->str = NULL;
+                a->answer = value;
+                a->answer_len = len;
+            }
         }
     }
     reply_done(a);
@@ -234,8 +295,9 @@ static bool memo_lookup(loop_admission *a, const char *key)
     int64_t now = cdb_mono_ms();
     const memo_value *v = (const memo_value *)cdb_kvtable_get(a->r->loop->memo, key, &len, NULL, now);
     if (!v || v->catalog_version != cdb_service_catalog_version(a->r->svc) ||
-        !(a->probe.entry_key = strdup(v->entry_key)))
+        !(a->probe.entry_key = cdb_arena_strdup(a->r->arena, v->entry_key)))
         return false;
+    a->key_in_arena = true;
     memcpy(a->probe.table, v->table, sizeof a->probe.table);
     memcpy(a->probe.gen_key, v->gen_key, sizeof a->probe.gen_key);
     a->probe.start_us = a->r->start_us;
@@ -298,10 +360,13 @@ static void probe_cache(loop_admission *a)
     int64_t generation, now = cdb_mono_ms();
     size_t len;
     const char *value;
+    cdb_kvref *ref;
     if (l1 && cdb_l1_generation(l1, a->probe.gen_key, a->probe.table, &generation, now) &&
-        (value = cdb_l1_answer(l1, a->probe.entry_key, generation, &len, now))) {
+        (value = cdb_l1_answer_ref(l1, a->probe.entry_key, generation, &len, now, &ref))) {
         cdb__metrics_inc(CDB_M_L1_ANSWER_HITS);
-        take_answer(a, value, len);
+        a->answer = value;
+        a->answer_len = len;
+        a->answer_ref = ref;       /* the entry may be replaced or evicted before the bytes are written */
         return;
     }
     /* the ticket comes before the read: an invalidation after it voids what is read */
@@ -364,7 +429,7 @@ bool cdb__loop_admit(cdb_request *r)
     if (!eligible(r))
         return false;
     loop_admission *a = NULL;
-    if (!redis_trusted(r) || !(a = calloc(1, sizeof *a)))
+    if (!redis_trusted(r) || !(a = cdb_arena_calloc(r->arena, sizeof *a)))
         goto fallback;
     a->r = r;
     a->liveness = -1;
@@ -377,10 +442,8 @@ bool cdb__loop_admit(cdb_request *r)
      */
     int64_t since;
     bool poll = cdb_service_maintenance_poll_due(r->svc, &since, a->maintenance_key, sizeof a->maintenance_key);
-    if (since && !poll) {
-        free(a);
-        return false;
-    }
+    if (since && !poll)
+        return false;              /* a stays in the arena, holding nothing */
     /* on until the poll's reply says otherwise: a failed reply answers nothing from the cache */
     a->maintenance = since != 0;
     if (!check_session(a))
@@ -407,7 +470,8 @@ fallback:
         reply_done(a);
         return true;
     }
-    free(a);
+    if (a)
+        admission_free(a);
     cdb__metrics_inc(CDB_M_LOOP_FALLBACK);
     return false;
 }

@@ -47,8 +47,17 @@ static bool reply_missing(cdb_request *r, int status, const void *body)
     return true;
 }
 
+/* Gives back the bytes of a body by reference not handed to the socket. */
+static void drop_ref(cdb_request *r)
+{
+    if (r->response_ref.release)
+        r->response_ref.release(r->response_ref.data, r->response_ref.len, r->response_ref.arg);
+    memset(&r->response_ref, 0, sizeof r->response_ref);
+}
+
 void cdb_request_reply(cdb_request *r, int status, json_t *body)
 {
+    drop_ref(r);
     json_decref(r->response);
     r->response = NULL;
     if (reply_missing(r, status, body))
@@ -59,12 +68,35 @@ void cdb_request_reply(cdb_request *r, int status, json_t *body)
 
 void cdb_request_reply_text(cdb_request *r, int status, char *text)
 {
+    drop_ref(r);
     free(r->response_text);
     r->response_text = NULL;
     if (reply_missing(r, status, text))
         return;
     r->status = status;
     r->response_text = text;
+}
+
+void cdb_request_reply_ref(cdb_request *r, int status, const char *prefix, const char *data, size_t len,
+                           cdb_body_release release, void *arg, const char *suffix)
+{
+    drop_ref(r);
+    free(r->response_text);
+    r->response_text = NULL;
+    json_decref(r->response);
+    r->response = NULL;
+    r->response_ref.data = data;
+    r->response_ref.len = len;
+    r->response_ref.release = release;
+    r->response_ref.arg = arg;
+    r->response_ref.prefix = cdb_arena_strdup(r->arena, prefix ? prefix : "");
+    r->response_ref.suffix = cdb_arena_strdup(r->arena, suffix ? suffix : "");
+    if (!r->response_ref.prefix || !r->response_ref.suffix) {
+        drop_ref(r);
+        reply_missing(r, status, NULL);
+        return;
+    }
+    r->status = status;
 }
 
 void cdb_request_finish(cdb_request *r, int rc, int status, json_t *body, cdb_error *err)
@@ -261,7 +293,7 @@ static bool take_bearer(cdb_request *r)
     const char *tok = h + 7;
     while (*tok == ' ')
         tok++;
-    r->bearer = strdup(tok);
+    r->bearer = cdb_arena_strdup(r->arena, tok);
     if (!r->bearer) {
         cdb_request_failf(r, CDB_ERR_INTERNAL_ERROR, "Internal error");
         return false;
@@ -377,20 +409,24 @@ static bool split_target(cdb_request *r)
         t += strcspn(t, "/?");
     }
     size_t path_len = strcspn(t, "?");
-    r->path = path_len ? strndup(t, path_len) : strdup("/");
-    r->query = t[path_len] == '?' ? strdup(t + path_len + 1) : NULL;
+    r->path = path_len ? cdb_arena_strndup(r->arena, t, path_len) : cdb_arena_strdup(r->arena, "/");
+    r->query = t[path_len] == '?' ? cdb_arena_strdup(r->arena, t + path_len + 1) : NULL;
     return r->path && (t[path_len] != '?' || r->query);
 }
 
-cdb_request *cdb_request_new(cdb_conn *conn, cdb_http_head *head, char *body, size_t body_len)
+cdb_request *cdb_request_new(cdb_conn *conn, cdb_arena *arena, cdb_http_head *head, char *body, size_t body_len)
 {
-    cdb_request *r = calloc(1, sizeof *r);
+    cdb_loop *loop = cdb_conn_loop(conn);
+    if (!arena && !(arena = cdb_arena_new(loop->arenas)))
+        return NULL;
+    cdb_request *r = cdb_arena_calloc(arena, sizeof *r);
     if (!r) {
-        free(body);
+        cdb_arena_free(arena);
         return NULL;
     }
+    r->arena = arena;
     r->conn = conn;
-    r->loop = cdb_conn_loop(conn);
+    r->loop = loop;
     r->server = r->loop->server;
     r->svc = r->loop->svc;
     r->start_us = cdb_mono_us();
@@ -408,7 +444,7 @@ cdb_request *cdb_request_new(cdb_conn *conn, cdb_http_head *head, char *body, si
     cdb__forwarded_client(r);
     const char *ua = cdb_request_field(r, "User-Agent");
     if (ua)
-        r->user_agent = strndup(ua, 256);
+        r->user_agent = cdb_arena_strndup(r->arena, ua, 256);
     if (!split_target(r)) {
         cdb_request_free(r);
         return NULL;
@@ -430,19 +466,14 @@ void cdb_request_free(cdb_request *r)
 {
     if (!r)
         return;
-    free(r->path);
-    free(r->query);
     for (int i = 0; i < r->nparams; i++)
         free(r->params[i]);
-    free(r->raw_body);
-    free(r->bearer);
-    free(r->user_agent);
     json_decref(r->body);
     json_decref(r->response);
     free(r->response_text);
-    free(r->head.bytes);
+    drop_ref(r);
     cdb_error_destroy(&r->err);
-    free(r);
+    cdb_arena_free(r->arena);      /* r, its head, body, path, token: all in it */
 }
 
 /* The error object of the library's result form (core/result.c), so the CLI
@@ -519,44 +550,121 @@ static const char *date_header(cdb_loop *loop)
     return loop->date;
 }
 
-/* The whole answer (status line, headers, body) or NULL on out of memory. */
-static struct evbuffer *render(cdb_request *r, bool closing)
+/*
+ * An answer's head, formatted on the stack and added to the connection's
+ * output in one piece: every add to that buffer runs its callbacks. The
+ * largest head (8 fields of 64 bytes, a 128-byte request id) takes about
+ * 1.2 KiB.
+ */
+typedef struct head_buf {
+    char bytes[4096];
+    size_t n;
+    bool over;                     /* did not fit: the answer fails (never seen) */
+} head_buf;
+
+static void head_add(head_buf *h, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static void head_add(head_buf *h, const char *fmt, ...)
+{
+    if (h->over)
+        return;
+    va_list ap;
+    va_start(ap, fmt);
+    int k = vsnprintf(h->bytes + h->n, sizeof h->bytes - h->n, fmt, ap);
+    va_end(ap);
+    if (k < 0 || (size_t)k >= sizeof h->bytes - h->n)
+        h->over = true;
+    else
+        h->n += (size_t)k;
+}
+
+static void release_text(const void *data, size_t len, void *arg)
+{
+    (void)data, (void)len;
+    free(arg);
+}
+
+/*
+ * Adds a body's bytes: a small one copied (cheaper than the chain a
+ * reference costs), a large one by reference, with release called when
+ * libevent has written or dropped them; release is called (or taken by
+ * libevent) in every case. False on out of memory.
+ */
+static bool add_body(struct evbuffer *out, const char *data, size_t len, cdb_body_release release, void *arg)
+{
+    if (len < CDB_HTTP_REF_MIN) {
+        int rc = len ? evbuffer_add(out, data, len) : 0;
+        release(data, len, arg);
+        return rc == 0;
+    }
+    if (evbuffer_add_reference(out, data, len, release, arg) == 0)
+        return true;
+    release(data, len, arg);       /* libevent calls it only once the reference is added */
+    return false;
+}
+
+/*
+ * The whole answer (status line, headers, body) appended to out (the
+ * connection's output buffer: no buffer of its own to allocate, fill and
+ * move); false on out of memory, when out may hold part of it.
+ * The body's bytes are not copied on their way to the socket from this
+ * size on (CDB_HTTP_REF_MIN): a serialized text is handed over with free as
+ * its release, a body by reference (a cache hit's bytes in the loop's
+ * first-level cache or taken from Redis's reply) with its own release.
+ */
+static bool render(cdb_request *r, bool closing, struct evbuffer *out)
 {
     bool failed = r->err.code != CDB_OK;
     json_t *body = failed ? error_envelope(r) : json_incref(r->response);
     char *text = NULL;
+    bool by_ref = false;
     if (body)
         text = json_dumps(body, JSON_COMPACT);
     else if (!failed && r->response_text)
         text = r->response_text, r->response_text = NULL;
+    else if (!failed && r->response_ref.release)
+        by_ref = true;
     json_decref(body);
-    if (r->status == 204 || r->status == 304) {    /* never a body (RFC 9110 15.3.5, 15.4.5) */
+    /* never a body (RFC 9110 15.3.5, 15.4.5); a HEAD answer says the body's length */
+    bool no_body = r->status == 204 || r->status == 304;
+    if (no_body) {
         free(text);
         text = NULL;
+        by_ref = false;
     }
-    struct evbuffer *out = evbuffer_new();
-    if (!out) {
-        free(text);
-        return NULL;
-    }
-    size_t len = text ? strlen(text) : 0;
-    evbuffer_add_printf(out, "HTTP/1.1 %d %s\r\nDate: %s\r\nX-Request-ID: %s\r\n", r->status,
-                        reason_phrase(r->status), date_header(r->loop), r->request_id);
+    size_t pre = by_ref ? strlen(r->response_ref.prefix) : 0, post = by_ref ? strlen(r->response_ref.suffix) : 0;
+    size_t len = text ? strlen(text) : by_ref ? pre + r->response_ref.len + post : 0;
+    bool has_body = text || by_ref;
+    head_buf h = {.n = 0};
+    head_add(&h, "HTTP/1.1 %d %s\r\nDate: %s\r\nX-Request-ID: %s\r\n", r->status, reason_phrase(r->status),
+             date_header(r->loop), r->request_id);
     for (int i = 0; i < r->nheaders; i++)
-        evbuffer_add_printf(out, "%s: %s\r\n", r->headers[i].name, r->headers[i].value);
-    if (text)
-        evbuffer_add_printf(out, "Content-Type: %s\r\n", r->media_type);
-    if (r->status != 204 && r->status != 304)
-        evbuffer_add_printf(out, "Content-Length: %zu\r\n", len);
+        head_add(&h, "%s: %s\r\n", r->headers[i].name, r->headers[i].value);
+    if (has_body)
+        head_add(&h, "Content-Type: %s\r\n", r->media_type);
+    if (!no_body)
+        head_add(&h, "Content-Length: %zu\r\n", len);
     if (closing)
-        evbuffer_add(out, "Connection: close\r\n", 19);
+        head_add(&h, "Connection: close\r\n");
     else if (r->head.minor_version == 0)
-        evbuffer_add(out, "Connection: keep-alive\r\n", 24);
-    evbuffer_add(out, "\r\n", 2);
+        head_add(&h, "Connection: keep-alive\r\n");
+    head_add(&h, "\r\n%s", by_ref && r->method != EVHTTP_REQ_HEAD ? r->response_ref.prefix : "");
+    if (h.over || evbuffer_add(out, h.bytes, h.n) != 0) {
+        free(text);
+        return false;              /* the reference is released with the request */
+    }
+    bool ok = true;
     if (text && r->method != EVHTTP_REQ_HEAD)
-        evbuffer_add(out, text, len);
-    free(text);
-    return out;
+        ok = add_body(out, text, len, release_text, text);
+    else
+        free(text);
+    if (by_ref && r->method != EVHTTP_REQ_HEAD) {
+        cdb_body_release release = r->response_ref.release;
+        r->response_ref.release = NULL;        /* libevent's from here (or released by add_body) */
+        /* the prefix went with the head */
+        ok = add_body(out, r->response_ref.data, r->response_ref.len, release, r->response_ref.arg) &&
+             evbuffer_add(out, r->response_ref.suffix, post) == 0;
+    }
+    return ok;                     /* what out references is released with it */
 }
 
 /*
@@ -584,7 +692,8 @@ void cdb_request_send(cdb_request *r, bool closing)
     if (r->conn) {
         gone = cdb_conn_gone(r->conn);
         closing = closing || cdb_request_wants_close(r);
-        cdb_conn_send(r->conn, gone ? NULL : render(r, closing), closing);
+        struct evbuffer *out = gone ? NULL : cdb_conn_output(r->conn);
+        cdb_conn_send(r->conn, out && render(r, closing, out), closing);
         r->conn = NULL;
     }
     int64_t elapsed_us = cdb_mono_us() - r->start_us;

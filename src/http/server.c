@@ -317,7 +317,8 @@ static int loop_init(cdb_loop *loop, cdb_http_server *srv, int fd, const cdb_rou
     size_t l1_bytes = (size_t)loop->cfg->cache_l1_mb * 1024 * 1024 / (size_t)loop->cfg->http_threads;
     size_t memo_bytes = l1_bytes / 8 > CDB_LOOP_TABLE_MIN_BYTES ? l1_bytes / 8 : CDB_LOOP_TABLE_MIN_BYTES;
     if (!(loop->verified = cdb_kvtable_new(CDB_VERIFIED_TOKENS, memo_bytes)) ||
-        !(loop->memo = cdb_kvtable_new(CDB_LOOP_MEMO_ENTRIES, memo_bytes)))
+        !(loop->memo = cdb_kvtable_new(CDB_LOOP_MEMO_ENTRIES, memo_bytes)) ||
+        !(loop->arenas = cdb_arena_pool_new(CDB_LOOP_SPARE_ARENAS)))
         return cdb_error_oom(err);
     cdb_inval *inval = cdb_service_inval(srv->svc);
     if (loop->aredis && inval && l1_bytes &&
@@ -354,6 +355,8 @@ static void loop_destroy(cdb_loop *loop)
         event_free(loop->done_ev);
     if (loop->base)
         event_base_free(loop->base);
+    /* last: every request's arena (freed above, or by the base's finalizers) gives its block back here */
+    cdb_arena_pool_free(loop->arenas);
     pthread_mutex_destroy(&loop->done_lock);
 }
 

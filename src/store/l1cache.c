@@ -61,17 +61,11 @@ static const char *lookup(cdb_l1 *l1, const char *key, header *h, size_t *len, i
     return v + sizeof *h;
 }
 
+/* The header and the bytes, copied once; a failed allocation keeps nothing (a cache that keeps nothing is still right). */
 static void store(cdb_l1 *l1, const char *key, const header *h, const char *bytes, size_t len,
                   int64_t expires_ms, int64_t now_ms)
 {
-    char *v = malloc(sizeof *h + len);
-    if (!v)
-        return;                    /* a cache that keeps nothing is still right */
-    memcpy(v, h, sizeof *h);
-    if (len)
-        memcpy(v + sizeof *h, bytes, len);
-    cdb_kvtable_put(l1->table, key, v, sizeof *h + len, expires_ms, now_ms);
-    free(v);
+    cdb_kvtable_put_ref(l1->table, key, h, sizeof *h, bytes, len, expires_ms, now_ms, NULL);
 }
 
 bool cdb_l1_session_alive(cdb_l1 *l1, const char *session_key, const char *session_id, const char *user_id,
@@ -127,6 +121,29 @@ const char *cdb_l1_answer(cdb_l1 *l1, const char *entry_key, int64_t generation,
     header h;
     const char *v = lookup(l1, entry_key, &h, len, now_ms);
     return v && h.generation == generation ? v : NULL;
+}
+
+const char *cdb_l1_answer_ref(cdb_l1 *l1, const char *entry_key, int64_t generation, size_t *len, int64_t now_ms,
+                              cdb_kvref **ref)
+{
+    header h;
+    size_t n;
+    cdb_kvref *got = NULL;
+    const char *v = cdb_kvtable_get_ref(l1->table, entry_key, &n, now_ms, &got);
+    if (!v)
+        return NULL;
+    if (n < sizeof h) {
+        cdb_kvref_release(got);
+        return NULL;
+    }
+    memcpy(&h, v, sizeof h);
+    if (h.generation != generation) {
+        cdb_kvref_release(got);
+        return NULL;
+    }
+    *ref = got;
+    *len = n - sizeof h;
+    return v + sizeof h;
 }
 
 void cdb_l1_answer_store(cdb_l1 *l1, const char *entry_key, int64_t generation, const char *value, size_t len,

@@ -27,6 +27,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "core/kvtable.h"
 #include "store/invalidation.h"
 
 #define CDB_L1_SESSION_MAX_MS 5000
@@ -53,6 +54,13 @@ void cdb_l1_generation_store(cdb_l1 *l1, const char *gen_key, const char *table,
 
 /* The answer cached under entry_key at generation (pointer valid until the next store), or NULL. */
 const char *cdb_l1_answer(cdb_l1 *l1, const char *entry_key, int64_t generation, size_t *len, int64_t now_ms);
+/*
+ * The same, for handing the bytes on without a copy (an answer's body to
+ * the socket): *ref holds them valid whatever the cache does meanwhile
+ * (replaced, evicted, freed) until cdb_kvref_release(*ref), on any thread.
+ */
+const char *cdb_l1_answer_ref(cdb_l1 *l1, const char *entry_key, int64_t generation, size_t *len, int64_t now_ms,
+                              cdb_kvref **ref);
 void cdb_l1_answer_store(cdb_l1 *l1, const char *entry_key, int64_t generation, const char *value, size_t len,
                          int64_t now_ms);
 

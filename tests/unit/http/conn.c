@@ -64,6 +64,7 @@ static void test_framing_accepts_plain_requests(void **state)
     assert_null(frame(&c, "get / HTTP/1.1\r\nHost: x\r\n\r\n"));
     assert_int_equal(c.head.method_bit, 0); /* methods are case-sensitive */
     head_clear(&c.head);
+    cdb_arena_free(c.arena);           /* the head bytes lived in it */
 }
 
 static void test_framing_refuses_smuggling_shapes(void **state)
@@ -89,6 +90,7 @@ static void test_framing_refuses_smuggling_shapes(void **state)
     assert_string_equal(frame(&c, "GET / HTTP/1.1\r\nHost: x\r\nX: a\r\n b\r\n\r\n"), "folded");
     assert_string_equal(frame(&c, "GET / HTTP/1.1\r\nHost: x\r\nX : a\r\n\r\n"), "unparsed");
     head_clear(&c.head);
+    cdb_arena_free(c.arena);
 }
 
 int main(void)
