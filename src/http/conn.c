@@ -222,7 +222,8 @@ static bool copy_head(cdb_conn *c, const char *buf, size_t len, const char *m, s
     if (!c->arena && !(c->arena = cdb_arena_new(c->loop ? c->loop->arenas : NULL)))
         return false;
     h->bytes = cdb_arena_alloc(c->arena, len + 1);
-    if (!h->bytes)
+    h->fields = nf ? cdb_arena_alloc(c->arena, nf * sizeof *h->fields) : NULL;
+    if (!h->bytes || (nf && !h->fields))
         return false;
     memcpy(h->bytes, buf, len);
     h->bytes[len] = '\0';
