@@ -40,7 +40,7 @@ struct cdb_kvtable {
 
 static uint64_t hash_key(const char *key)
 {
-    return cdb__fnv1a_str(key);
+    return cdb__hash_str(key);
 }
 
 static bool expired(const entry *e, int64_t now)

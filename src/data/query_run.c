@@ -145,8 +145,11 @@ char *cdb__query_page_body(const PGresult *rows, const PGresult *count, json_int
 /* {<part>,"execution_time_ms":..,"cached":..} */
 size_t cdb__query_wrap_tail(char *tail, size_t size, int64_t start_us, bool cached)
 {
-    double ms = (double)(cdb_mono_us() - start_us) / 1000.0;
-    int n = snprintf(tail, size, ",\"execution_time_ms\":%.2f,\"cached\":%s}", ms, cached ? "true" : "false");
+    /* hundredths of a millisecond, rounded, in integers: %.2f of a double cost a cache hit 1,900 instructions */
+    int64_t elapsed_us = cdb_mono_us() - start_us;
+    long long hundredths = (long long)((elapsed_us > 0 ? elapsed_us : 0) + 5) / 10;
+    int n = snprintf(tail, size, ",\"execution_time_ms\":%lld.%02lld,\"cached\":%s}", hundredths / 100,
+                     hundredths % 100, cached ? "true" : "false");
     return n > 0 && (size_t)n < size ? (size_t)n : 0;
 }
 

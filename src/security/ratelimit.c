@@ -135,7 +135,7 @@ struct cdb_ratelimit {
 
 static uint64_t hash_key(const char *key)
 {
-    return cdb__fnv1a_str(key);
+    return cdb__hash_str(key);
 }
 
 static int table_init(rl_table *t)

@@ -76,7 +76,7 @@ void cdb_commit_lsn_free(cdb_commit_lsn *c)
 
 static slot *slot_of(cdb_commit_lsn *c, const char *user_id)
 {
-    return &c->slots[cdb__fnv1a_str(user_id) % SLOTS];
+    return &c->slots[cdb__hash_str(user_id) % SLOTS];
 }
 
 void cdb_commit_lsn_record(cdb_commit_lsn *c, const char *user_id, uint64_t lsn)

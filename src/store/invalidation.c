@@ -87,7 +87,7 @@ struct cdb_inval {
 
 static size_t stripe_of(const char *name, size_t len)
 {
-    uint64_t h = cdb__fnv1a(name, len);
+    uint64_t h = cdb__hash(name, len);
     return (size_t)(h ^ (h >> 32)) & STRIPE_MASK;
 }
 

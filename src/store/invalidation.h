@@ -18,7 +18,7 @@
  * What a reader holds is not a copy of the state but a ticket:
  *
  *  - Striped counters: CDB_INVAL_STRIPES atomic counters per kind (tables,
- *    sessions), indexed by a hash (FNV-1a) of the name. An invalidation
+ *    sessions), indexed by a hash (core/hash.h) of the name. An invalidation
  *    increments its name's stripe; a collision only invalidates more than
  *    needed, never less.
  *  - An epoch, incremented when the subscription is lost AND again when a

@@ -486,7 +486,7 @@ void cdb_apg_free(cdb_apg *apg)
 /* The slot of sql on c, or -1; *fresh: a free slot taken for it (prepare it now). */
 static int statement_slot(apg_conn *c, const char *sql, bool *fresh)
 {
-    uint64_t h = cdb__fnv1a_str(sql);
+    uint64_t h = cdb__hash_str(sql);
     int free_slot = -1;
     *fresh = false;
     for (int i = 0; i < MAX_PREPARED; i++) {

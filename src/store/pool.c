@@ -165,7 +165,7 @@ static void conn_close(cdb_pool_conn *c)
 /* Statements are compared by hash first, then by text. */
 static uint64_t sql_hash(const char *s)
 {
-    return cdb__fnv1a_str(s);
+    return cdb__hash_str(s);
 }
 
 int cdb_pool_conn_prepare(cdb_pool_conn *c, const char *sql, int nparams, const char **name,
