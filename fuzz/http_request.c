@@ -75,6 +75,14 @@ static void check_answer(struct evbuffer *out)
         die("X-Request-ID length", b, len);
 }
 
+/* A head parsed but not turned into a request: its arena goes with it. */
+static void drop_head(cdb_conn *c)
+{
+    head_clear(&c->head);
+    cdb_arena_free(c->arena);
+    c->arena = NULL;
+}
+
 /* One request at data; returns the bytes it used, 0 when nothing more can be parsed. */
 static size_t one_request(cdb_conn *c, const uint8_t *data, size_t size)
 {
@@ -93,14 +101,14 @@ static size_t one_request(cdb_conn *c, const uint8_t *data, size_t size)
         abort();
     size_t used = (size_t)n;
     if (check_framing(c) || c->content_length > CDB_HTTP_BODY_LIMIT) {
-        head_clear(&c->head);
+        drop_head(c);
         return 0;
     }
     char *body = NULL;
     size_t body_len = 0;
     if (c->chunked) {
         size_t avail = size - used;
-        body = malloc(avail + 1);
+        body = cdb_arena_alloc(c->arena, avail + 1);   /* the request's arena, as conn.c reads it */
         if (!body)
             abort();
         memcpy(body, data + used, avail);
@@ -109,25 +117,25 @@ static size_t one_request(cdb_conn *c, const uint8_t *data, size_t size)
         size_t decoded = avail;
         ssize_t rest = phr_decode_chunked(&c->chunk, body, &decoded);
         if (rest < 0 || decoded > CDB_HTTP_BODY_LIMIT) {   /* malformed, or waits for more */
-            free(body);
-            head_clear(&c->head);
+            drop_head(c);
             return 0;
         }
         body_len = decoded;
         used = size - (size_t)rest;
     } else if (c->content_length) {
         if (size - used < c->content_length) {
-            head_clear(&c->head);
+            drop_head(c);
             return 0;
         }
-        body = malloc(c->content_length);
+        body = cdb_arena_alloc(c->arena, c->content_length);
         if (!body)
             abort();
         memcpy(body, data + used, c->content_length);
         body_len = c->content_length;
         used += c->content_length;
     }
-    cdb_request *r = cdb_request_new(c, &c->head, body, body_len);
+    cdb_request *r = cdb_request_new(c, c->arena, &c->head, body, body_len);
+    c->arena = NULL;               /* the request's now, freed with it */
     head_clear(&c->head);
     if (!r)
         abort();
@@ -140,8 +148,8 @@ static size_t one_request(cdb_conn *c, const uint8_t *data, size_t size)
     bool closing = cdb_request_wants_close(r);
     if (ok)
         cdb_request_reply(r, 200, json_pack("{s:b}", "handled", 1));  /* the handler's place */
-    struct evbuffer *out = render(r, closing);
-    if (!out)
+    struct evbuffer *out = evbuffer_new();
+    if (!out || !render(r, closing, out))
         abort();
     check_answer(out);
     evbuffer_free(out);

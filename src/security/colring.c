@@ -12,6 +12,7 @@
 #include "security/colring.h"
 
 #include <pthread.h>
+#include <stdio.h>
 #include <sodium.h>
 #include <stdlib.h>
 #include <string.h>
@@ -317,8 +318,14 @@ cdb_colset *cdb__colring_refresh(cdb_service *svc, cdb_error *err)
         r->refresh_conn = NULL;
     }
     /* no connection of its own (the server refused one): a pooled one, as a worker does */
-    if (!r->refresh_conn && svc->pool)
-        r->refresh_conn = cdb_pg_connect(cdb_pool_pg_settings(svc->pool), NULL);
+    if (!r->refresh_conn && svc->pool) {
+        /* named apart from the pool's in pg_stat_activity ("coredb-snapshot"), as replicas' are "-read" */
+        cdb_pg_settings own = *cdb_pool_pg_settings(svc->pool);
+        char name[128];
+        snprintf(name, sizeof name, "%s-snapshot", own.application_name ? own.application_name : "coredb");
+        own.application_name = name;
+        r->refresh_conn = cdb_pg_connect(&own, NULL);
+    }
     begin_load(r, false);
     cdb_colset *s = reload(svc, r->refresh_conn, err);
     end_load(r);
