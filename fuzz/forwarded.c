@@ -79,7 +79,9 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     check_canonical(peer, strlen(peer));
 
     cdb_request r;
+    cdb_http_field head_fields[CDB_HTTP_MAX_FIELDS];   /* the head's array, as conn.c sizes it */
     memset(&r, 0, sizeof r);
+    r.head.fields = head_fields;
     r.svc = &svc;
     cfg.trusted_proxies = proxies;
     snprintf(r.client_addr, sizeof r.client_addr, "%s", peer);

@@ -95,6 +95,13 @@ static float score_wide(cdb_vec_metric m, const float *x, const float *q, int n)
     return (float)(s > FLT_MAX ? FLT_MAX : s < -FLT_MAX ? -FLT_MAX : s);
 }
 
+/*
+ * Below this a float32 norm was summed from squares under FLT_MIN
+ * (subnormal: a few bits each), so a cosine from it can leave [-1, 1]
+ * (fuzz/vec_search found 1.076): such scores are taken in double.
+ */
+#define COSINE_NORM_MIN 1.1e-19f   /* just above sqrtf(FLT_MIN) */
+
 /* The metric's score (coredb/vectors.h): higher = closer. qnorm, xnorm: |q|, |x| for cosine (xnorm < 0: compute it). */
 static float score_of(cdb_vec_metric m, const float *x, const float *q, int n, float qnorm, float xnorm)
 {
@@ -105,8 +112,8 @@ static float score_of(cdb_vec_metric m, const float *x, const float *q, int n, f
     default: {
         float xn = xnorm >= 0 ? xnorm : sqrtf(dot(x, x, n));
         s = xn > 0 ? dot(x, q, n) / (xn * qnorm) : 0.0f;
-        if (isinf(xn * qnorm))
-            s = NAN; /* x/inf would be a wrong 0 */
+        if (xn > 0 && (isinf(xn * qnorm) || xn < COSINE_NORM_MIN || qnorm < COSINE_NORM_MIN))
+            s = NAN; /* x/inf would be a wrong 0; a norm from subnormal squares keeps few bits */
     }
     }
     return isfinite(s) ? s : score_wide(m, x, q, n);
@@ -521,8 +528,9 @@ static int hnsw_search(cdb_service *svc, const cdb_principal *p, const cdb_vec_c
             } else if (ord >= 0 && ord < cands.n) {
                 vecs[i] = cands.xs + (size_t)ord * (size_t)dims;
                 /* cosine: the index holds x / |x|, so x.q / (|x| |q|) = (x / |x|).q / |q| */
-                score = c->metric == CDB_VEC_COSINE ? dot(vecs[i], q, dims) / qnorm
-                                                     : score_of(c->metric, vecs[i], q, dims, qnorm, -1);
+                score = c->metric == CDB_VEC_COSINE && qnorm >= COSINE_NORM_MIN
+                            ? dot(vecs[i], q, dims) / qnorm
+                            : score_of(c->metric, vecs[i], q, dims, qnorm, -1);
             } else {
                 continue;
             }
