@@ -25,8 +25,7 @@ typedef struct entry {
     struct entry *older, *newer; /* write-order list */
     uint64_t hash;
     int64_t expires_ms;          /* deadline; 0: never */
-    cdb_kvref *value;            /* len bytes plus a NUL */
-    size_t len;
+    cdb_kvref *value;            /* its len bytes plus a NUL */
     char key[];
 } entry;
 
@@ -50,7 +49,7 @@ static bool expired(const entry *e, int64_t now)
 
 static size_t entry_bytes(const entry *e)
 {
-    return strlen(e->key) + e->len;
+    return strlen(e->key) + e->value->len;
 }
 
 static void list_unlink(cdb_kvtable *t, entry *e)
@@ -176,7 +175,7 @@ const char *cdb_kvtable_get(cdb_kvtable *t, const char *key, size_t *len, int64_
     entry *e = lookup_live(t, key, now_ms);
     if (!e)
         return NULL;
-    *len = e->len;
+    *len = e->value->len;
     if (expires_ms)
         *expires_ms = e->expires_ms;
     return e->value->bytes;
@@ -190,7 +189,7 @@ const char *cdb_kvtable_get_ref(cdb_kvtable *t, const char *key, size_t *len, in
     /* relaxed: taking a reference orders nothing; the release below does */
     atomic_fetch_add_explicit(&e->value->refs, 1, memory_order_relaxed);
     *ref = e->value;
-    *len = e->len;
+    *len = e->value->len;
     return e->value->bytes;
 }
 
@@ -231,11 +230,9 @@ int cdb_kvtable_put_ref(cdb_kvtable *t, const char *key, const void *head, size_
     copy->bytes[total] = '\0';
     if (ref)
         *ref = copy;
-    len = total;
     memcpy(e->key, key, klen + 1);
     e->hash = hash_key(key);
     e->value = copy;
-    e->len = len;
     e->expires_ms = expires_ms;
 
     entry **pp, *old = find(t, key, e->hash, &pp);
@@ -243,8 +240,8 @@ int cdb_kvtable_put_ref(cdb_kvtable *t, const char *key, const void *head, size_
         remove_entry(t, old);
     /* every write also drops what expired among the oldest, so a table of
        short-lived entries stays as small as what is live, not its bound */
-    if (over(t, 1, klen + len))
-        make_room(t, klen + len, now_ms);
+    if (over(t, 1, klen + total))
+        make_room(t, klen + total, now_ms);
     else
         drop_expired(t, now_ms);
     /* eviction may have rewired the chains: insert at the head of the bucket */
@@ -252,7 +249,7 @@ int cdb_kvtable_put_ref(cdb_kvtable *t, const char *key, const void *head, size_
     e->next = *bucket;
     *bucket = e;
     t->count++;
-    t->bytes += klen + len;
+    t->bytes += klen + total;
     list_append(t, e);
     return 0;
 }

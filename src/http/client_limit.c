@@ -16,6 +16,7 @@
 #include <string.h>
 
 #include "coredb/log.h"
+#include "core/hash.h"
 
 #define BUCKETS 4096
 
@@ -54,10 +55,7 @@ static addr_key key_of(const struct sockaddr *sa)
 
 static entry **slot_of(cdb_client_limit *limit, const addr_key *k)
 {
-    uint32_t h = 2166136261u; /* FNV-1a */
-    for (int i = 0; i < k->len; i++)
-        h = (h ^ k->bytes[i]) * 16777619u;
-    entry **e = &limit->buckets[h % BUCKETS];
+    entry **e = &limit->buckets[cdb__hash(k->bytes, (size_t)k->len) % BUCKETS];
     while (*e && ((*e)->key.len != k->len || memcmp((*e)->key.bytes, k->bytes, k->len) != 0))
         e = &(*e)->next;
     return e;

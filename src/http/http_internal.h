@@ -118,6 +118,8 @@ typedef struct cdb_route {
 
 /* Called once when bytes handed to the socket by reference are written or dropped (libevent's signature). */
 typedef void (*cdb_body_release)(const void *data, size_t len, void *arg);
+/* The release of bytes malloc'd as a whole, arg being that block (free(arg)). */
+void cdb_body_release_free(const void *data, size_t len, void *arg);
 
 struct cdb_request {
     cdb_arena *arena;              /* everything below marked "arena" lives in it, the request too */

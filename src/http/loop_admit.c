@@ -89,12 +89,6 @@ static void release_kvref(const void *data, size_t len, void *arg)
     cdb_kvref_release(arg);
 }
 
-static void release_reply(const void *data, size_t len, void *arg)
-{
-    (void)data, (void)len;
-    free(arg);
-}
-
 /*
  * Answers 200 with the held bytes, by reference: "{", the cached part, and
  * the tail with this request's execution time. The held bytes go to the
@@ -111,7 +105,7 @@ static void answer_hit(loop_admission *a)
     if (a->answer_ref)
         cdb_request_reply_ref(a->r, 200, "{", a->answer, a->answer_len, release_kvref, a->answer_ref, tail);
     else
-        cdb_request_reply_ref(a->r, 200, "{", a->answer, a->answer_len, release_reply, a->answer_reply, tail);
+        cdb_request_reply_ref(a->r, 200, "{", a->answer, a->answer_len, cdb_body_release_free, a->answer_reply, tail);
     a->answer_ref = NULL;
     a->answer_reply = NULL;
     a->answer = NULL;

@@ -595,7 +595,7 @@ static const char *decimal(char *buf, size_t n)
     return p;
 }
 
-static void release_text(const void *data, size_t len, void *arg)
+void cdb_body_release_free(const void *data, size_t len, void *arg)
 {
     (void)data, (void)len;
     free(arg);
@@ -673,7 +673,7 @@ static bool render(cdb_request *r, bool closing, struct evbuffer *out)
     }
     bool ok = true;
     if (text && r->method != EVHTTP_REQ_HEAD)
-        ok = add_body(out, text, len, release_text, text);
+        ok = add_body(out, text, len, cdb_body_release_free, text);
     else
         free(text);
     if (by_ref && r->method != EVHTTP_REQ_HEAD) {
