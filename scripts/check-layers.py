@@ -72,7 +72,9 @@ ALLOWED_CYCLES = {
                # admission on the loop hands requests to the server's workers and back
                "http/loop_admit",
                # a miss run on the loop answers there or goes to the workers, like admission
-               "http/loop_query"}),
+               "http/loop_query",
+               # a transaction run on the loop, finished on a worker, answered on the loop
+               "http/loop_tx"}),
 }
 
 INCLUDE = re.compile(r'^\s*#\s*include\s+"([^"]+)"', re.M)

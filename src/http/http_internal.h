@@ -143,6 +143,8 @@ struct cdb_request {
     cdb_principal principal;       /* who is calling (CDB_ROLE_ANON until authenticated) */
     bool session_checked;          /* the loop found the session alive (loop_admit.c) */
     bool quota_checked;            /* the caller's quota was charged and its headers set */
+    cdb_route_fn resume;           /* cdb_server_resume_on_worker: what the worker runs instead */
+    void *resume_arg;              /* its state (loop_tx.c), owned by resume */
     char request_id[CDB_REQUEST_ID_MAX + 1];
     const char *media_type;        /* response Content-Type */
     int64_t start_us;
@@ -331,8 +333,21 @@ bool cdb__loop_admit(cdb_request *r);
  * worker after a failure). False: hand it to a worker now.
  */
 bool cdb__loop_query(cdb_request *r, bool generation_read, int64_t generation);
+/*
+ * loop_tx.c: runs an admitted POST /data/transaction (unkeyed, no lease) on
+ * the loop's own PostgreSQL connections; the Redis side after the commit is
+ * finished on a worker. True: answered later. False: hand it to a worker now.
+ */
+bool cdb__loop_tx(cdb_request *r);
 /* server.c: runs a prepared request's admission and handler on its worker queue. */
 void cdb_server_hand_off(cdb_request *r);
+/*
+ * server.c: runs fn(r) on a worker WITHOUT admission (the loop admitted r and
+ * began its work: a restore that starts meanwhile must not refuse what
+ * already committed), then answers r on its loop. False when no worker
+ * queue takes it (shutting down): the caller answers.
+ */
+bool cdb_server_resume_on_worker(cdb_request *r, cdb_route_fn fn);
 /* server.c: sends the request's answer and frees it (loop thread). */
 void cdb_server_finish(cdb_request *r);
 

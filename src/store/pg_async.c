@@ -72,13 +72,16 @@ typedef struct job {
     struct event *timer;
     int expect;                    /* results before the Sync, PQsendPrepare's included */
     int got;
-    unsigned prepare_mask;         /* bit i: result i answers a PQsendPrepare */
-    int prepare_slot[CDB_APG_MAX_STMTS]; /* its slot, forgotten when the prepare fails */
-    int nprep;
-    PGresult *res[CDB_APG_MAX_STMTS];
+    short *prepare_slot;           /* [result]: the slot result answers a PQsendPrepare of, or -1 */
+    int nstmts;                    /* statements (results that are not a prepare's) */
+    int seen;                      /* statements' results read so far */
+    PGresult **res;                /* nstmts of them */
     int nres;
     bool failed;
     bool cancelled;                /* 57014: the server's statement_timeout (or a cancel) ended it */
+    bool exact;                    /* cdb_apg_submit_exact: its connection takes nothing behind it */
+    int error_at;                  /* exact: the statement of the first error result, -1 none */
+    bool server_error;             /* exact: that result carried a SQLSTATE (the server sent it) */
     int64_t answered_ms;           /* its deadline passed: answered TIMEOUT then, results dropped */
 } job;
 
@@ -101,6 +104,7 @@ struct apg_conn {
     bool outage_logged;
     job *head, *tail;
     int inflight;
+    job *held;                     /* an exact job in flight: no job is sent behind it */
     prepared stmts[MAX_PREPARED];
     unsigned next_name;
 };
@@ -146,6 +150,18 @@ static void forget_statements(apg_conn *c)
     }
 }
 
+/* A job for n statements (its arrays in the same block), or NULL. */
+static job *job_new(int n)
+{
+    job *j = calloc(1, sizeof *j + (size_t)n * sizeof(PGresult *) + (size_t)2 * n * sizeof(short));
+    if (!j)
+        return NULL;
+    j->res = (PGresult **)(j + 1);
+    j->prepare_slot = (short *)(j->res + n);
+    j->error_at = -1;
+    return j;
+}
+
 static void job_free(job *j)
 {
     if (j->timer)
@@ -155,10 +171,24 @@ static void job_free(job *j)
     free(j);
 }
 
+/*
+ * An exact job that saw an error result: REFUSED when the server sent it
+ * (a SQLSTATE) and then either answered the whole segment (synced) or the
+ * error was for a statement before the last, which then never ran.
+ */
+static cdb_apg_outcome exact_failure(const job *j, bool synced)
+{
+    if (j->error_at >= 0 && j->server_error && (synced || j->error_at < j->nstmts - 1))
+        return CDB_APG_REFUSED;
+    return CDB_APG_FAILED;
+}
+
 /* Runs j's callback unless its deadline answered it already, and frees it; j is off every list. */
 static void job_finish(job *j, cdb_apg_outcome outcome)
 {
-    if (outcome == CDB_APG_OK && j->failed)
+    if (j->exact && j->failed && (outcome == CDB_APG_OK || outcome == CDB_APG_FAILED))
+        outcome = exact_failure(j, outcome == CDB_APG_OK);
+    else if (outcome == CDB_APG_OK && j->failed)
         outcome = j->cancelled ? CDB_APG_TIMEOUT : CDB_APG_FAILED;
     if (!j->answered_ms)
         j->cb(outcome, outcome == CDB_APG_OK ? j->res : NULL, outcome == CDB_APG_OK ? j->nres : 0, j->arg);
@@ -190,6 +220,7 @@ static void conn_fail_as(apg_conn *c, const char *why, cdb_apg_outcome outcome)
     job *list = c->head;
     c->head = c->tail = NULL;
     c->inflight = 0;
+    c->held = NULL;
     conn_close(c);
     atomic_fetch_add(&g_failures, 1);
     if (!c->outage_logged) {
@@ -215,6 +246,8 @@ static void conn_fail(apg_conn *c, const char *why)
     conn_fail_as(c, why, CDB_APG_FAILED);
 }
 
+static void release_held(apg_conn *c, job *j);
+
 /* One result for the oldest job; false when the stream is out of step. */
 static bool take_result(apg_conn *c, PGresult *res)
 {
@@ -232,6 +265,8 @@ static bool take_result(apg_conn *c, PGresult *res)
         if (!c->head)
             c->tail = NULL;
         c->inflight--;
+        if (c->held == j)
+            release_held(c, j);
         job_finish(j, CDB_APG_OK);
         return true;
     }
@@ -240,21 +275,31 @@ static bool take_result(apg_conn *c, PGresult *res)
         return false;
     }
     int i = j->got++;
-    if (j->prepare_mask & (1u << i)) {
+    if (j->prepare_slot[i] >= 0) {
         if (st != PGRES_COMMAND_OK) {
             /* not prepared after all: the next job prepares it again */
-            int slot = j->prepare_slot[__builtin_popcount(j->prepare_mask & ((1u << i) - 1))];
+            int slot = j->prepare_slot[i];
             free(c->stmts[slot].sql);
             c->stmts[slot].sql = NULL;
+            if (!j->failed) {      /* the statement it prepares fails with it */
+                const char *state = PQresultErrorField(res, PG_DIAG_SQLSTATE);
+                j->error_at = j->seen;
+                j->server_error = state && *state;
+            }
             j->failed = true;
         }
         PQclear(res);
         return true;
     }
-    if ((st != PGRES_TUPLES_OK && st != PGRES_COMMAND_OK) || j->failed || j->nres == CDB_APG_MAX_STMTS) {
+    int stmt = j->seen++;
+    if ((st != PGRES_TUPLES_OK && st != PGRES_COMMAND_OK) || j->failed || j->nres == j->nstmts) {
         const char *state = PQresultErrorField(res, PG_DIAG_SQLSTATE);
         if (!j->failed && state && strcmp(state, "57014") == 0)
             j->cancelled = true;
+        if (!j->failed && st == PGRES_FATAL_ERROR) {
+            j->error_at = stmt;
+            j->server_error = state && *state;
+        }
         j->failed = true;
         PQclear(res);
         return true;
@@ -505,44 +550,38 @@ static int statement_slot(apg_conn *c, const char *sql, bool *fresh)
     return free_slot;
 }
 
-bool cdb_apg_submit(cdb_apg *apg, const cdb_apg_stmt *stmts, int n, int timeout_ms, cdb_apg_cb cb, void *arg)
+/*
+ * Queues j's statements and Sync on c (c->pg in pipeline mode); *all_queued
+ * tells whether every statement was queued. false when libpq refused: part
+ * of the segment may be queued, so the caller fails the connection.
+ */
+static bool send_job(apg_conn *c, job *j, const cdb_apg_stmt *stmts, int n, bool *all_queued)
 {
-    if (!apg || apg->freeing || n < 1 || n > CDB_APG_MAX_STMTS)
-        return false;
-    apg_conn *c = NULL;
-    for (int i = 0; i < apg->nconns; i++) {
-        apg_conn *k = &apg->conns[i];
-        if (k->state == ST_READY && k->inflight < apg->max_inflight && (!c || k->inflight < c->inflight))
-            c = k;
-    }
-    job *j = c ? calloc(1, sizeof *j) : NULL;
-    if (!j || !(j->timer = evtimer_new(apg->base, on_job_deadline, j))) {
-        free(j);
-        return false;
-    }
-    j->conn = c;
-    j->cb = cb;
-    j->arg = arg;
+    *all_queued = false;
     for (int i = 0; i < n; i++) {
-        bool fresh;
-        int slot = statement_slot(c, stmts[i].sql, &fresh);
+        bool fresh = false;
+        int slot = stmts[i].unnamed ? -1 : statement_slot(c, stmts[i].sql, &fresh);
         if (fresh) {
             if (!PQsendPrepare(c->pg, c->stmts[slot].name, stmts[i].sql, stmts[i].nparams, NULL))
-                goto fail_send;
-            j->prepare_mask |= 1u << j->expect++;
-            j->prepare_slot[j->nprep++] = slot;
+                return false;
+            j->prepare_slot[j->expect++] = (short)slot;
         }
         int ok = slot >= 0 ? PQsendQueryPrepared(c->pg, c->stmts[slot].name, stmts[i].nparams, stmts[i].params,
                                                  NULL, NULL, 0)
                            : PQsendQueryParams(c->pg, stmts[i].sql, stmts[i].nparams, NULL, stmts[i].params, NULL,
                                                NULL, 0);
         if (!ok)
-            goto fail_send;
-        j->expect++;
+            return false;
+        j->prepare_slot[j->expect++] = -1;
     }
-    if (!PQpipelineSync(c->pg))
-        goto fail_send;
-    int ms = timeout_ms > 0 ? timeout_ms : apg->default_timeout_ms;
+    *all_queued = true;
+    return PQpipelineSync(c->pg) == 1;
+}
+
+/* Puts j, sent, at the end of c's FIFO with its deadline, and has the segment written. */
+static void enqueue(apg_conn *c, job *j, int timeout_ms)
+{
+    int ms = timeout_ms > 0 ? timeout_ms : c->apg->default_timeout_ms;
     struct timeval tv = {ms / 1000, (ms % 1000) * 1000};
     evtimer_add(j->timer, &tv);
     if (c->tail)
@@ -557,13 +596,99 @@ bool cdb_apg_submit(cdb_apg *apg, const cdb_apg_stmt *stmts, int n, int timeout_
      * fails fails j later, never inside this call.
      */
     event_active(c->wr, EV_WRITE, 0);
-    return true;
+}
 
-fail_send:
-    /* part of a segment may be queued: the connection's stream is unknown now */
-    job_free(j);
-    conn_fail(c, "sending failed");
-    return false;
+static void on_rollback(cdb_apg_outcome outcome, PGresult *const *res, int n, void *arg)
+{
+    (void)outcome;
+    (void)res;
+    (void)n;
+    (void)arg;
+}
+
+/*
+ * The exact job j that held c ended (its Sync read): c takes jobs again.
+ * After an error result its transaction block is aborted (or still open),
+ * and every statement sent behind it would fail: a ROLLBACK goes first.
+ */
+static void release_held(apg_conn *c, job *j)
+{
+    static const char *const none[1] = {NULL};
+    const cdb_apg_stmt rollback = {.sql = "ROLLBACK", .nparams = 0, .params = none, .unnamed = true};
+    bool all_queued;
+    c->held = NULL;
+    if (!j->failed)
+        return;                    /* COMMIT's result came: the block is closed */
+    job *r = job_new(1);
+    if (!r || !(r->timer = evtimer_new(c->apg->base, on_job_deadline, r))) {
+        free(r);
+        conn_fail(c, "out of memory");
+        return;
+    }
+    r->conn = c;
+    r->cb = on_rollback;
+    r->nstmts = 1;
+    if (!send_job(c, r, &rollback, 1, &all_queued)) {
+        job_free(r);
+        conn_fail(c, "sending failed");
+        return;
+    }
+    enqueue(c, r, 0);
+}
+
+/* The ready connection with the fewest jobs in flight that may take one more, or NULL. */
+static apg_conn *pick(cdb_apg *apg)
+{
+    apg_conn *c = NULL;
+    for (int i = 0; i < apg->nconns; i++) {
+        apg_conn *k = &apg->conns[i];
+        if (k->state == ST_READY && !k->held && k->inflight < apg->max_inflight && (!c || k->inflight < c->inflight))
+            c = k;
+    }
+    return c;
+}
+
+static bool submit(cdb_apg *apg, const cdb_apg_stmt *stmts, int n, int timeout_ms, bool exact, cdb_apg_cb cb,
+                   void *arg, bool *maybe_sent)
+{
+    bool all_queued = false;
+    *maybe_sent = false;
+    if (!apg || apg->freeing || n < 1 || n > CDB_APG_MAX_STMTS)
+        return false;
+    apg_conn *c = pick(apg);
+    job *j = c ? job_new(n) : NULL;
+    if (!j || !(j->timer = evtimer_new(apg->base, on_job_deadline, j))) {
+        free(j);
+        return false;
+    }
+    j->conn = c;
+    j->cb = cb;
+    j->arg = arg;
+    j->nstmts = n;
+    j->exact = exact;
+    if (!send_job(c, j, stmts, n, &all_queued)) {
+        /* part of a segment may be queued: the connection's stream is unknown now */
+        *maybe_sent = all_queued;
+        job_free(j);
+        conn_fail(c, "sending failed");
+        return false;
+    }
+    if (exact)
+        c->held = j;
+    enqueue(c, j, timeout_ms);
+    return true;
+}
+
+bool cdb_apg_submit(cdb_apg *apg, const cdb_apg_stmt *stmts, int n, int timeout_ms, cdb_apg_cb cb, void *arg)
+{
+    bool maybe_sent;
+    return submit(apg, stmts, n, timeout_ms, false, cb, arg, &maybe_sent);
+}
+
+bool cdb_apg_submit_exact(cdb_apg *apg, const cdb_apg_stmt *stmts, int n, int timeout_ms, cdb_apg_cb cb, void *arg,
+                          bool *maybe_sent)
+{
+    return submit(apg, stmts, n, timeout_ms, true, cb, arg, maybe_sent);
 }
 
 void cdb_apg_counts_get(cdb_apg_counts *out)

@@ -47,13 +47,21 @@ struct event_base;
 
 typedef struct cdb_apg cdb_apg;
 
-enum { CDB_APG_MAX_STMTS = 4 };
+/* Statements of one job: a data-API transaction needs its prelude, 100 operations and 5 more. */
+enum { CDB_APG_MAX_STMTS = 128 };
 
-/* One statement of a job: its text (prepared under a name of the connection) and text parameters. */
+/*
+ * One statement of a job: its text and text parameters. Prepared under a
+ * name of the connection (once, before its first use), unless unnamed: a
+ * text that varies per request (a transaction's operations) is sent with
+ * PQsendQueryParams, so the connection's prepared set does not grow with
+ * every distinct text.
+ */
 typedef struct cdb_apg_stmt {
     const char *sql;
     int nparams;
     const char *const *params;     /* copied into libpq's buffer when sent */
+    bool unnamed;
 } cdb_apg_stmt;
 
 typedef enum cdb_apg_outcome {
@@ -62,6 +70,9 @@ typedef enum cdb_apg_outcome {
     CDB_APG_TIMEOUT,               /* the job's deadline passed, the server's statement_timeout
                                       cancelled it (57014), or its connection's server stopped
                                       answering: waiting twice, on a worker, would not help */
+    CDB_APG_REFUSED,               /* exact jobs only (cdb_apg_submit_exact): the server answered
+                                      an error result (57014 included) for a statement, and so
+                                      never ran the last one (see there) */
 } cdb_apg_outcome;
 
 /*
@@ -89,13 +100,40 @@ void cdb_apg_free(cdb_apg *apg);
 
 /*
  * Sends stmts (1..CDB_APG_MAX_STMTS) as one pipeline segment on the ready
- * connection with the fewest jobs in flight; cb runs later, once. The job
+ * connection with the fewest jobs in flight (and no exact job); cb runs later, once. The job
  * ends by timeout_ms (0: the pool's statement timeout plus
  * CDB_PG_DEADLINE_MARGIN_MS, 5 minutes without one). false (cb never runs)
  * when no connection is ready, every ready one is full, or sending failed:
  * the caller takes the blocking path.
  */
 bool cdb_apg_submit(cdb_apg *apg, const cdb_apg_stmt *stmts, int n, int timeout_ms, cdb_apg_cb cb, void *arg);
+
+/*
+ * An exact job: a transaction (BEGIN ... COMMIT) whose caller must tell "the
+ * server refused it" from "it may have committed". Its statements may be
+ * unnamed; it is sent on a ready connection that carries no other exact
+ * job, and no job is sent behind it until it ends (a failed transaction
+ * block would make every statement behind it fail): the connection is
+ * claimed by the transaction. When it ends with its block still open or
+ * aborted (an error result), a ROLLBACK is sent before the connection takes
+ * jobs again. Its outcomes:
+ *   CDB_APG_OK       every result in, none an error;
+ *   CDB_APG_REFUSED  the server sent an error result (one with a SQLSTATE)
+ *                    and then either the Sync (the server answered the whole
+ *                    segment) or, the connection lost after, the error was
+ *                    for a statement before the last: in a pipeline nothing
+ *                    runs after an error, so the last statement (COMMIT)
+ *                    never ran;
+ *   CDB_APG_FAILED   the connection was lost (or cdb_apg_free) otherwise:
+ *                    the last statement may have run;
+ *   CDB_APG_TIMEOUT  the deadline passed (or the server stopped answering):
+ *                    it may have run too.
+ * Returns false (cb never runs) when it was not sent; *maybe_sent then says
+ * whether every statement was already queued when sending failed (the
+ * last one may have reached the server: treat as FAILED), else nothing ran.
+ */
+bool cdb_apg_submit_exact(cdb_apg *apg, const cdb_apg_stmt *stmts, int n, int timeout_ms, cdb_apg_cb cb, void *arg,
+                          bool *maybe_sent);
 
 /* Process-wide counts of the loops' connections by state, for /metrics (any thread). */
 typedef struct cdb_apg_counts {
