@@ -342,7 +342,8 @@ def test_redis_killed_mid_run_leaves_rows_pending_then_applied(pg):
 
 
 def test_postgresql_restart_with_transactions_in_flight(own_redis):
-    private = PgServer("pg-looptx")
+    # commits must survive the crash-restart for the ledger comparison to mean anything
+    private = PgServer("pg-looptx", extra_opts="-c synchronous_commit=on")
     inst = start_instance(private, own_redis, REDIS_DB + 1, CACHE_TTL="60", DB_POOL_ACQUIRE_TIMEOUT="3000",
                           **LOOP_ENV)
     stop = threading.Event()

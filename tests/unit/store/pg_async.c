@@ -15,6 +15,12 @@
  * silent a whole deadline past the oldest job's (every job TIMEOUT, then a
  * reconnect), pg_terminate_backend of the connections with jobs in
  * flight, and free with parked jobs (each fails exactly once).
+ * Exact jobs (transactions, cdb_apg_submit_exact): committed (OK), refused
+ * by the server before COMMIT (REFUSED, nothing committed, the connection
+ * rolled back and usable at once), a server FATAL (pg_terminate_backend)
+ * before COMMIT (REFUSED), the deadline (TIMEOUT), the connection claimed
+ * while one runs (no job sent behind it), 128 unnamed statements of
+ * distinct texts without growing the prepared set, and 129 refused.
  */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -32,7 +38,7 @@
 #include "store/pg_async.c"
 
 typedef struct seen {
-    int calls, ok, failed, timeout;
+    int calls, ok, failed, timeout, refused;
     char first[64];                /* first value of the last statement of the last OK job */
     int nres;
 } seen;
@@ -47,6 +53,8 @@ static void on_job(cdb_apg_outcome outcome, PGresult *const *res, int n, void *a
         snprintf(s->first, sizeof s->first, "%s", PQntuples(res[n - 1]) ? PQgetvalue(res[n - 1], 0, 0) : "");
     } else if (outcome == CDB_APG_TIMEOUT) {
         s->timeout++;
+    } else if (outcome == CDB_APG_REFUSED) {
+        s->refused++;
     } else {
         s->failed++;
     }
@@ -149,10 +157,10 @@ static void test_real_pipeline(void **state)
     cdb_apg *apg = cdb_apg_new(base, &pg, 2, 8);
     assert_true(RUN_UNTIL(base, all_ready(apg), 5000));
     const char *p1[] = {"41"}, *p2[] = {"x"};
-    cdb_apg_stmt ok[] = {{"SELECT set_config('app.t', 'v', true)", 0, NULL},
-                         {"SELECT $1::int + 1", 1, p1},
-                         {"SELECT current_setting('app.t')", 0, NULL}};
-    cdb_apg_stmt bad[] = {{"SELECT $1::int + 1", 1, p2}};
+    cdb_apg_stmt ok[] = {{"SELECT set_config('app.t', 'v', true)", 0, NULL, false},
+                         {"SELECT $1::int + 1", 1, p1, false},
+                         {"SELECT current_setting('app.t')", 0, NULL, false}};
+    cdb_apg_stmt bad[] = {{"SELECT $1::int + 1", 1, p2, false}};
     seen a = {0}, b = {0}, c = {0};
     assert_true(cdb_apg_submit(apg, ok, 3, 0, on_job, &a));
     assert_true(cdb_apg_submit(apg, bad, 1, 0, on_job, &b));   /* 'x' is no int: an error result */
@@ -173,7 +181,7 @@ static void test_real_pipeline(void **state)
     assert_true(nprepared >= 3 && nprepared <= 2 * 3);
     /* a full connection refuses: 2 connections x 8 in flight */
     seen d = {0};
-    cdb_apg_stmt slow[] = {{"SELECT pg_sleep(0.3)::text", 0, NULL}};
+    cdb_apg_stmt slow[] = {{"SELECT pg_sleep(0.3)::text", 0, NULL, false}};
     int taken = 0;
     while (taken < 40 && cdb_apg_submit(apg, slow, 1, 0, on_job, &d))
         taken++;
@@ -193,7 +201,7 @@ static void test_real_deadline_and_free(void **state)
     cdb_pg_settings pg = {.conninfo = real_conninfo(), .statement_timeout_ms = 5000};
     cdb_apg *apg = cdb_apg_new(base, &pg, 1, 8);
     assert_true(RUN_UNTIL(base, all_ready(apg), 5000));
-    cdb_apg_stmt slow[] = {{"SELECT pg_sleep(2)::text", 0, NULL}};
+    cdb_apg_stmt slow[] = {{"SELECT pg_sleep(2)::text", 0, NULL, false}};
     seen t = {0}, n = {0};
     int64_t t0 = cdb_mono_ms();
     assert_true(cdb_apg_submit(apg, slow, 1, 200, on_job, &t));
@@ -211,7 +219,7 @@ static void test_real_deadline_and_free(void **state)
     assert_true(all_ready(apg));            /* the same connection, never closed */
 
     /* silent a whole deadline past the oldest job's: every job TIMEOUT, then a reconnect */
-    cdb_apg_stmt long_sleep[] = {{"SELECT pg_sleep(3)::text", 0, NULL}};
+    cdb_apg_stmt long_sleep[] = {{"SELECT pg_sleep(3)::text", 0, NULL, false}};
     seen a = {0}, b = {0};
     apg->default_timeout_ms = 300;          /* "a whole deadline" for this check */
     assert_true(cdb_apg_submit(apg, long_sleep, 1, 200, on_job, &a));
@@ -242,7 +250,7 @@ static void test_real_terminated(void **state)
     cdb_pg_settings pg = {.conninfo = real_conninfo(), .application_name = "coredb-apg-unit"};
     cdb_apg *apg = cdb_apg_new(base, &pg, 2, 8);
     assert_true(RUN_UNTIL(base, all_ready(apg), 5000));
-    cdb_apg_stmt slow[] = {{"SELECT pg_sleep(1)::text", 0, NULL}};
+    cdb_apg_stmt slow[] = {{"SELECT pg_sleep(1)::text", 0, NULL, false}};
     seen s = {0};
     for (int i = 0; i < 4; i++)
         assert_true(cdb_apg_submit(apg, slow, 1, 0, on_job, &s));
@@ -259,10 +267,126 @@ static void test_real_terminated(void **state)
     assert_int_equal(s.failed, 4);
     assert_true(RUN_UNTIL(base, all_ready(apg), 5000));
     seen again = {0};
-    cdb_apg_stmt one[] = {{"SELECT 'back'", 0, NULL}};
+    cdb_apg_stmt one[] = {{"SELECT 'back'", 0, NULL, false}};
     assert_true(cdb_apg_submit(apg, one, 1, 0, on_job, &again));
     assert_true(RUN_UNTIL(base, again.calls == 1, 3000));
     assert_string_equal(again.first, "back");
+    cdb_apg_free(apg);
+    event_base_free(base);
+}
+
+
+static int prepared_count(cdb_apg *apg)
+{
+    int n = 0;
+    for (int k = 0; k < apg->nconns; k++)
+        for (int i = 0; i < MAX_PREPARED; i++)
+            n += apg->conns[k].stmts[i].sql != NULL;
+    return n;
+}
+
+static char *scalar_text(PGconn *conn, const char *sql)
+{
+    static char buf[64];
+    PGresult *r = PQexec(conn, sql);
+    snprintf(buf, sizeof buf, "%s", PQresultStatus(r) == PGRES_TUPLES_OK ? PQgetvalue(r, 0, 0) : "error");
+    PQclear(r);
+    return buf;
+}
+
+static void test_real_exact(void **state)
+{
+    (void)state;
+    if (!real_conninfo())
+        skip();
+    struct event_base *base = event_base_new();
+    cdb_pg_settings pg = {.conninfo = real_conninfo(), .statement_timeout_ms = 5000,
+                          .application_name = "coredb-apg-exact"};
+    cdb_apg *apg = cdb_apg_new(base, &pg, 1, 8);
+    assert_true(RUN_UNTIL(base, all_ready(apg), 5000));
+    PGconn *admin = PQconnectdb(real_conninfo());
+    assert_int_equal(PQstatus(admin), CONNECTION_OK);
+    PQclear(PQexec(admin, "DROP TABLE IF EXISTS apg_exact; CREATE TABLE apg_exact (id int PRIMARY KEY)"));
+    const char *const none[1] = {NULL};
+    const char *one[] = {"1"}, *two[] = {"2"};
+    cdb_apg_stmt commit_ok[] = {{"BEGIN", 0, none, true},
+                                {"INSERT INTO apg_exact VALUES ($1::int)", 1, one, true},
+                                {"SELECT count(*)::text FROM apg_exact", 0, none, false},
+                                {"COMMIT", 0, none, true}};
+    seen a = {0}, b = {0}, c = {0}, d = {0};
+    bool maybe;
+    int prepared0 = prepared_count(apg);
+    assert_true(cdb_apg_submit_exact(apg, commit_ok, 4, 0, on_job, &a, &maybe));
+    /* claimed: nothing is sent behind a transaction */
+    cdb_apg_stmt select1[] = {{"SELECT 'after'", 0, none, false}};
+    assert_false(cdb_apg_submit(apg, select1, 1, 0, on_job, &d));
+    assert_false(cdb_apg_submit_exact(apg, commit_ok, 4, 0, on_job, &d, &maybe));
+    assert_false(maybe);
+    assert_true(RUN_UNTIL(base, a.calls, 5000));
+    assert_int_equal(a.ok, 1);
+    assert_int_equal(a.nres, 4);
+    assert_string_equal(scalar_text(admin, "SELECT count(*) FROM apg_exact"), "1");
+    /* a duplicate key before COMMIT: refused, nothing committed, the block rolled back */
+    cdb_apg_stmt dup[] = {{"BEGIN", 0, none, true},
+                          {"INSERT INTO apg_exact VALUES ($1::int)", 1, two, true},
+                          {"INSERT INTO apg_exact VALUES ($1::int)", 1, one, true},
+                          {"COMMIT", 0, none, true}};
+    assert_true(cdb_apg_submit_exact(apg, dup, 4, 0, on_job, &b, &maybe));
+    assert_true(RUN_UNTIL(base, b.calls, 5000));
+    assert_int_equal(b.refused, 1);
+    assert_string_equal(scalar_text(admin, "SELECT count(*) FROM apg_exact"), "1");
+    /* usable at once: the ROLLBACK went first */
+    assert_true(cdb_apg_submit(apg, select1, 1, 0, on_job, &c));
+    assert_true(RUN_UNTIL(base, c.calls, 5000));
+    assert_int_equal(c.ok, 1);
+    assert_string_equal(c.first, "after");
+    /* 128 distinct unnamed texts: the prepared set does not grow */
+    static char texts[CDB_APG_MAX_STMTS + 1][48];
+    cdb_apg_stmt many[CDB_APG_MAX_STMTS + 1];
+    for (int i = 0; i <= CDB_APG_MAX_STMTS; i++) {
+        snprintf(texts[i], sizeof texts[i], "SELECT %d::text", i);
+        many[i] = (cdb_apg_stmt){texts[i], 0, none, true};
+    }
+    many[0].sql = "BEGIN";
+    many[CDB_APG_MAX_STMTS - 1].sql = "COMMIT";
+    int prepared1 = prepared_count(apg);
+    seen m = {0};
+    assert_false(cdb_apg_submit_exact(apg, many, CDB_APG_MAX_STMTS + 1, 0, on_job, &m, &maybe));
+    assert_true(cdb_apg_submit_exact(apg, many, CDB_APG_MAX_STMTS, 0, on_job, &m, &maybe));
+    assert_true(RUN_UNTIL(base, m.calls, 5000));
+    assert_int_equal(m.ok, 1);
+    assert_int_equal(m.nres, CDB_APG_MAX_STMTS);
+    assert_int_equal(prepared_count(apg), prepared1);
+    assert_true(prepared1 <= prepared0 + 2);   /* only the named SELECT count and 'after' */
+    /* a server FATAL before COMMIT (terminated while sleeping): refused, never "maybe committed" */
+    cdb_apg_stmt sleepy[] = {{"BEGIN", 0, none, true},
+                             {"INSERT INTO apg_exact VALUES ($1::int)", 1, two, true},
+                             {"SELECT pg_sleep(2)::text", 0, none, true},
+                             {"COMMIT", 0, none, true}};
+    seen t = {0};
+    assert_true(cdb_apg_submit_exact(apg, sleepy, 4, 0, on_job, &t, &maybe));
+    RUN_UNTIL(base, false, 300);
+    PQclear(PQexec(admin, "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                          "WHERE application_name = 'coredb-apg-exact'"));
+    assert_true(RUN_UNTIL(base, t.calls, 5000));
+    assert_int_equal(t.refused, 1);
+    assert_string_equal(scalar_text(admin, "SELECT count(*) FROM apg_exact"), "1");
+    /* the deadline: TIMEOUT (the caller cannot know), and the claim ends with the segment */
+    assert_true(RUN_UNTIL(base, all_ready(apg), 5000));
+    seen late = {0}, after = {0};
+    assert_true(cdb_apg_submit_exact(apg, sleepy, 4, 300, on_job, &late, &maybe));
+    assert_true(RUN_UNTIL(base, late.calls, 2000));
+    assert_int_equal(late.timeout, 1);
+    assert_false(cdb_apg_submit(apg, select1, 1, 0, on_job, &after));   /* still claimed */
+    assert_true(RUN_UNTIL(base, apg->conns[0].held == NULL, 5000));
+    assert_string_equal(scalar_text(admin, "SELECT count(*) FROM apg_exact"), "2");  /* it did commit */
+    assert_true(cdb_apg_submit(apg, select1, 1, 0, on_job, &after));
+    assert_true(RUN_UNTIL(base, after.calls, 3000));
+    assert_int_equal(after.ok, 1);
+    RUN_UNTIL(base, false, 200);
+    assert_int_equal(late.calls, 1);                /* exactly once */
+    PQclear(PQexec(admin, "DROP TABLE apg_exact"));
+    PQfinish(admin);
     cdb_apg_free(apg);
     event_base_free(base);
 }
@@ -276,6 +400,7 @@ int main(void)
         cmocka_unit_test(test_real_pipeline),
         cmocka_unit_test(test_real_deadline_and_free),
         cmocka_unit_test(test_real_terminated),
+        cmocka_unit_test(test_real_exact),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
