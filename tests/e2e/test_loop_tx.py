@@ -470,3 +470,62 @@ def test_outcome_unknown_is_answered_when_the_connection_dies_after_sending(pair
 
 def tx_status(inst, acct, tid):
     return inst.get(f"/api/v1/data/transactions/{tid}", headers=acct.headers).status_code
+
+
+def test_silent_server_after_sending_answers_outcome_unknown(pg, own_redis):
+    """The loop connection's backend is stopped (SIGSTOP) while its transaction waits on a lock:
+    the job's deadline passes after the COMMIT was sent, so the answer is 503
+    TRANSACTION_OUTCOME_UNKNOWN, never a second run; GET /data/transactions/{id} then tells the
+    truth, whatever the backend did once resumed."""
+    import os
+    import signal
+    import psycopg2
+    inst = start_instance(pg, own_redis, REDIS_DB + 2, CACHE_TTL="60", DB_STATEMENT_TIMEOUT="1000",
+                          **{**LOOP_ENV, "HTTP_THREADS": "1", "DB_LOOP_CONNECTIONS": "1"})
+    holder = None
+    stopped = None
+    try:
+        admin = admin_of(inst)
+        a = user(inst)
+        warm(inst, a)
+        pid = add_project(inst, a.id, title="locked")
+        holder = psycopg2.connect(inst.pg.url(inst.db))
+        cur = holder.cursor()
+        cur.execute("BEGIN; SELECT 1 FROM projects WHERE id = %s FOR UPDATE", (pid,))
+        before = loop_txs(inst, admin)
+        results = []
+        t = threading.Thread(target=lambda: results.append(
+            tx(inst, a, [pg_update("projects", {"id": pid}, {"title": "waited"})], timeout=CLIENT_TIMEOUT)))
+        t0 = time.time()
+        t.start()
+        assert wait_for(lambda: scalar(inst, "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = "
+                                             "'Lock' AND application_name = 'coredb'") >= 1, timeout=10)
+        stopped = scalar(inst, "SELECT pid FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
+                               "AND application_name = 'coredb'")
+        os.kill(stopped, signal.SIGSTOP)
+        holder.rollback()
+        t.join(CLIENT_TIMEOUT)
+        took = time.time() - t0
+        assert results, "no answer"
+        err = assert_error(results[0], 503, "TRANSACTION_OUTCOME_UNKNOWN")
+        tid = err["details"]["transaction_id"]
+        assert took < 6, took
+        assert delta(before, loop_txs(inst, admin))["unknown"] == 1
+        os.kill(stopped, signal.SIGCONT)
+        stopped = None
+        # resumed, the backend either commits or is cancelled; the status route says which
+        time.sleep(1.5)
+        title = scalar(inst, "SELECT title FROM projects WHERE id = %s", (pid,))
+        status = inst.get(f"/api/v1/data/transactions/{tid}", headers=a.headers)
+        assert (status.status_code == 200) == (title == "waited"), (status.status_code, title)
+        assert status.status_code in (200, 404)
+        # the loop's connection comes back for the next transaction
+        assert wait_for(lambda: tx(inst, a, [pg_insert("projects", {"user_id": a.id, "title": "next"})])
+                        .status_code == 200 and loop_txs(inst, admin)["committed"] > before["committed"],
+                        timeout=20, step=0.3)
+    finally:
+        if stopped:
+            os.kill(stopped, signal.SIGCONT)
+        if holder is not None:
+            holder.close()
+        inst.stop_clean()
