@@ -83,6 +83,7 @@ typedef struct job {
     int error_at;                  /* exact: the statement of the first error result, -1 none */
     bool server_error;             /* exact: that result carried a SQLSTATE (the server sent it) */
     int64_t answered_ms;           /* its deadline passed: answered TIMEOUT then, results dropped */
+    int timeout_ms;                /* exact: counted afresh from each result, as the blocking path does */
 } job;
 
 /* A statement prepared (or being prepared) on one connection. */
@@ -275,6 +276,11 @@ static bool take_result(apg_conn *c, PGresult *res)
         return false;
     }
     int i = j->got++;
+    if (j->exact && !j->answered_ms) {
+        /* a long transaction whose statements each answer in time is not cut short */
+        struct timeval tv = {j->timeout_ms / 1000, (j->timeout_ms % 1000) * 1000};
+        evtimer_add(j->timer, &tv);
+    }
     if (j->prepare_slot[i] >= 0) {
         if (st != PGRES_COMMAND_OK) {
             /* not prepared after all: the next job prepares it again */
@@ -582,6 +588,7 @@ static bool send_job(apg_conn *c, job *j, const cdb_apg_stmt *stmts, int n, bool
 static void enqueue(apg_conn *c, job *j, int timeout_ms)
 {
     int ms = timeout_ms > 0 ? timeout_ms : c->apg->default_timeout_ms;
+    j->timeout_ms = ms;
     struct timeval tv = {ms / 1000, (ms % 1000) * 1000};
     evtimer_add(j->timer, &tv);
     if (c->tail)

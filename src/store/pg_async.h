@@ -127,7 +127,10 @@ bool cdb_apg_submit(cdb_apg *apg, const cdb_apg_stmt *stmts, int n, int timeout_
  *   CDB_APG_FAILED   the connection was lost (or cdb_apg_free) otherwise:
  *                    the last statement may have run;
  *   CDB_APG_TIMEOUT  the deadline passed (or the server stopped answering):
- *                    it may have run too.
+ *                    it may have run too. An exact job's deadline counts
+ *                    afresh from each result (as the blocking path reads a
+ *                    pipeline: store/pg.h), so a long transaction whose
+ *                    statements each answer in time is not cut short.
  * Returns false (cb never runs) when it was not sent; *maybe_sent then says
  * whether every statement was already queued when sending failed (the
  * last one may have reached the server: treat as FAILED), else nothing ran.

@@ -385,6 +385,17 @@ static void test_real_exact(void **state)
     assert_int_equal(after.ok, 1);
     RUN_UNTIL(base, false, 200);
     assert_int_equal(late.calls, 1);                /* exactly once */
+    /* each result in time: a segment longer than the deadline is not cut short (the server
+       sends a result before the Sync when it fills its 8 KiB output buffer, hence 20 KB each) */
+    cdb_apg_stmt steps[] = {{"BEGIN", 0, none, true},
+                            {"SELECT pg_sleep(0.25)::text || repeat('x', 20000)", 0, none, true},
+                            {"SELECT pg_sleep(0.25)::text || repeat('y', 20000)", 0, none, true},
+                            {"SELECT pg_sleep(0.25)::text || repeat('z', 20000)", 0, none, true},
+                            {"COMMIT", 0, none, true}};
+    seen longer = {0};
+    assert_true(cdb_apg_submit_exact(apg, steps, 5, 500, on_job, &longer, &maybe));
+    assert_true(RUN_UNTIL(base, longer.calls, 3000));
+    assert_int_equal(longer.ok, 1);
     PQclear(PQexec(admin, "DROP TABLE apg_exact"));
     PQfinish(admin);
     cdb_apg_free(apg);
