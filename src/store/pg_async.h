@@ -11,7 +11,11 @@
  * connect timeout. A job is a short list of statements sent as one
  * pipeline segment ending with a Sync: its callback gets the results in
  * order, or a failure, exactly once. Each statement is prepared once per
- * connection (PQsendPrepare in the same pipeline, before its first use).
+ * connection (PQsendPrepare in the same pipeline, before its first use),
+ * unless it is marked unnamed (a text that varies per request). A
+ * transaction is an exact job (cdb_apg_submit_exact, http/loop_tx.c): it
+ * claims its connection until it ends and its outcome tells a refusal by
+ * the server from "it may have committed".
  *
  * Failures: a connection that is lost (server restart, reset) or refused
  * is closed; every job it carries fails (CDB_APG_FAILED) and it reconnects
