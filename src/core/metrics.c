@@ -152,6 +152,13 @@ static const struct {
                                  "outcome=\"committed\""},
     [CDB_M_LOOP_TX_REFUSED] = {"coredb_http_loop_transactions_total", NULL, "outcome=\"refused\""},
     [CDB_M_LOOP_TX_UNKNOWN] = {"coredb_http_loop_transactions_total", NULL, "outcome=\"unknown\""},
+    [CDB_M_LOOP_TX_FINISH_LOOP] = {"coredb_http_loop_transaction_finishes_total",
+                                   "Transactions committed on an event loop's connection, by where their Redis "
+                                   "outbox was applied and their answer built: on the loop, or on a worker (the "
+                                   "fallback: replicas, Redis Sentinel, no Redis, the loop's Redis or "
+                                   "connections not free).",
+                                   "where=\"loop\""},
+    [CDB_M_LOOP_TX_FINISH_WORKER] = {"coredb_http_loop_transaction_finishes_total", NULL, "where=\"worker\""},
     [CDB_M_INVAL_RECEIVED] = {"coredb_cache_invalidation_messages_received_total",
                               "First-level cache invalidations received through Redis pub/sub.", ""},
     [CDB_M_INVAL_SUBSCRIPTION_LOSSES] = {"coredb_cache_invalidation_subscription_losses_total",

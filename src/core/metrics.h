@@ -79,6 +79,8 @@ typedef enum cdb__metric {
     CDB_M_LOOP_TX_COMMITTED,       /* http/loop_tx.c: a transaction committed on the loop's connection */
     CDB_M_LOOP_TX_REFUSED,         /* ... the server refused it (rolled back): a worker ran it again */
     CDB_M_LOOP_TX_UNKNOWN,         /* ... lost or past its deadline after sending: 503 OUTCOME_UNKNOWN */
+    CDB_M_LOOP_TX_FINISH_LOOP,     /* ... committed: its outbox applied and answer sent on the loop */
+    CDB_M_LOOP_TX_FINISH_WORKER,   /* ... committed: finished on a worker (replicas, Sentinel, no Redis, ...) */
     CDB_M__COUNT
 } cdb__metric;
 

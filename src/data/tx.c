@@ -573,13 +573,6 @@ int cdb_data_transaction(cdb_service *svc, const cdb_principal *caller, json_t *
 _Static_assert(CDB_DATA_PRELUDE_COUNT == 2, "the loop's prelude is BEGIN, role + settings");
 _Static_assert(CDB_DATA_PRELUDE_COUNT + TX_MAX_OPS + 4 <= CDB_APG_MAX_STMTS, "a transaction fits one loop job");
 
-struct cdb__tx_loop {
-    tx *t;
-    cdb_sql outbox;                /* the outbox rows' INSERT */
-    const char *settings[3];       /* the prelude's: database role, user id, role name */
-    const char *ledger[2];
-};
-
 static const char *const NO_PARAMS[1] = {NULL};
 
 /*
@@ -692,8 +685,6 @@ int cdb__tx_loop_unknown(cdb__tx_loop *lt, cdb_error *err)
     return cdb_ledger_fail_unknown(err, lt->t->id);
 }
 
-static int loop_answer(cdb__tx_loop *lt, cdb_idempotency *idem, cdb_error *err);
-
 int cdb__tx_loop_finish(cdb__tx_loop *lt, cdb_idempotency *idem, cdb_error *err)
 {
     tx *t = lt->t;
@@ -713,7 +704,7 @@ int cdb__tx_loop_finish(cdb__tx_loop *lt, cdb_idempotency *idem, cdb_error *err)
     }
     cdb_txn_release(t->svc->pool, pc);
     cdb_error_destroy(&e);
-    return loop_answer(lt, idem, err);
+    return cdb__tx_loop_answer(lt, idem, err);
 }
 
 int cdb__tx_loop_pending_answer(cdb__tx_loop *lt, cdb_idempotency *idem, cdb_error *err)
@@ -721,10 +712,10 @@ int cdb__tx_loop_pending_answer(cdb__tx_loop *lt, cdb_idempotency *idem, cdb_err
     for (int i = 0; i < lt->t->nops; i++)
         if (lt->t->ops[i].kind >= OP_SET)
             lt->t->ops[i].status = "pending";
-    return loop_answer(lt, idem, err);
+    return cdb__tx_loop_answer(lt, idem, err);
 }
 
-static int loop_answer(cdb__tx_loop *lt, cdb_idempotency *idem, cdb_error *err)
+int cdb__tx_loop_answer(cdb__tx_loop *lt, cdb_idempotency *idem, cdb_error *err)
 {
     idem->replayed = false;
     idem->status = 200;
@@ -738,6 +729,7 @@ void cdb__tx_loop_free(cdb__tx_loop *lt)
     if (!lt)
         return;
     cdb_sql_destroy(&lt->outbox);
+    free(lt->apply);
     tx_free(lt->t);
     free(lt);
 }

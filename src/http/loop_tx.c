@@ -71,11 +71,49 @@ static void finish_on_worker(cdb_request *r)
     cdb_request_finish_idem(r, rc, &idem, &err);
 }
 
+/* Answers r on the loop with x's answer (pending: its Redis operations left to the flush job), and frees x. */
+static void answer(loop_tx *x, bool pending)
+{
+    cdb_request *r = x->r;
+    cdb_idempotency idem = {.key = NULL};
+    cdb_error err;
+    cdb_error_init(&err);
+    int rc = pending ? cdb__tx_loop_pending_answer(x->lt, &idem, &err) : cdb__tx_loop_answer(x->lt, &idem, &err);
+    cdb_request_finish_idem(r, rc, &idem, &err);
+    cdb_error_destroy(&err);
+    cdb__tx_loop_free(x->lt);
+    free(x);
+    cdb_server_finish(r);
+}
+
+/* The loop cannot apply the outbox: a worker does (no worker queue: "pending", the flush job applies it). */
+static void finish_elsewhere(loop_tx *x)
+{
+    cdb_request *r = x->r;
+    cdb__metrics_inc(CDB_M_LOOP_TX_FINISH_WORKER);
+    r->resume_arg = x;
+    if (cdb_server_resume_on_worker(r, finish_on_worker))
+        return;
+    r->resume_arg = NULL;
+    answer(x, true);
+}
+
+/* cdb__tx_loop_apply is done: applied on the loop, or nothing applied and a worker takes over. */
+static void on_applied(bool applied, void *arg)
+{
+    loop_tx *x = arg;
+    if (!applied) {
+        finish_elsewhere(x);
+        return;
+    }
+    cdb__metrics_inc(CDB_M_LOOP_TX_FINISH_LOOP);
+    answer(x, false);
+}
+
 static void on_results(cdb_apg_outcome outcome, PGresult *const *res, int n, void *arg)
 {
     loop_tx *x = arg;
     cdb_request *r = x->r;
-    cdb_idempotency idem = {.key = NULL};
     cdb_error err;
     int rc;
 
@@ -100,12 +138,17 @@ static void on_results(cdb_apg_outcome outcome, PGresult *const *res, int n, voi
         cdb_request_fail(r, &err);
         goto finish;
     }
-    r->resume_arg = x;
-    if (cdb_server_resume_on_worker(r, finish_on_worker))
+    cdb_error_destroy(&err);
+    rc = cdb__tx_loop_apply(x->lt, r->loop->apg, r->loop->aredis, r->loop->base, on_applied, x);
+    if (rc > 0)
+        return;                    /* on_applied answers */
+    if (rc < 0) {
+        finish_elsewhere(x);
         return;
-    r->resume_arg = NULL;
-    rc = cdb__tx_loop_pending_answer(x->lt, &idem, &err);
-    cdb_request_finish_idem(r, rc, &idem, &err);
+    }
+    cdb__metrics_inc(CDB_M_LOOP_TX_FINISH_LOOP);
+    answer(x, false);              /* no outbox row: nothing to apply */
+    return;
 
 finish:
     cdb_error_destroy(&err);

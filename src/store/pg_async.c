@@ -80,6 +80,7 @@ typedef struct job {
     bool failed;
     bool cancelled;                /* 57014: the server's statement_timeout (or a cancel) ended it */
     bool exact;                    /* cdb_apg_submit_exact: its connection takes nothing behind it */
+    bool keep;                     /* exact, cdb_apg_claim_submit(.., keep): its block stays open, claimed */
     int error_at;                  /* exact: the statement of the first error result, -1 none */
     bool server_error;             /* exact: that result carried a SQLSTATE (the server sent it) */
     int64_t answered_ms;           /* its deadline passed: answered TIMEOUT then, results dropped */
@@ -106,6 +107,8 @@ struct apg_conn {
     job *head, *tail;
     int inflight;
     job *held;                     /* an exact job in flight: no job is sent behind it */
+    bool claimed;                  /* between a keep job's end and its claimant's next job */
+    uint64_t claim_gen;            /* bumped by every claim and every failure: stale handles refused */
     prepared stmts[MAX_PREPARED];
     unsigned next_name;
 };
@@ -222,6 +225,8 @@ static void conn_fail_as(apg_conn *c, const char *why, cdb_apg_outcome outcome)
     c->head = c->tail = NULL;
     c->inflight = 0;
     c->held = NULL;
+    c->claimed = false;
+    c->claim_gen++;
     conn_close(c);
     atomic_fetch_add(&g_failures, 1);
     if (!c->outage_logged) {
@@ -624,7 +629,11 @@ static void release_held(apg_conn *c, job *j)
     const cdb_apg_stmt rollback = {.sql = "ROLLBACK", .nparams = 0, .params = none, .unnamed = true};
     bool all_queued;
     c->held = NULL;
-    if (!j->failed)
+    if (j->keep && !j->failed && !j->answered_ms) {
+        c->claimed = true;         /* its claimant sends the next job (cdb_apg_claim_submit) */
+        return;
+    }
+    if (!j->failed && !j->keep)
         return;                    /* COMMIT's result came: the block is closed */
     job *r = job_new(1);
     if (!r || !(r->timer = evtimer_new(c->apg->base, on_job_deadline, r))) {
@@ -643,26 +652,33 @@ static void release_held(apg_conn *c, job *j)
     enqueue(c, r, 0);
 }
 
+/* A claim given up with its block open: ROLLBACK, then c takes jobs again. */
+static void release_claim(apg_conn *c)
+{
+    job fake = {.keep = true, .failed = true};
+    c->claimed = false;
+    c->claim_gen++;
+    release_held(c, &fake);
+}
+
 /* The ready connection with the fewest jobs in flight that may take one more, or NULL. */
 static apg_conn *pick(cdb_apg *apg)
 {
     apg_conn *c = NULL;
     for (int i = 0; i < apg->nconns; i++) {
         apg_conn *k = &apg->conns[i];
-        if (k->state == ST_READY && !k->held && k->inflight < apg->max_inflight && (!c || k->inflight < c->inflight))
+        if (k->state == ST_READY && !k->held && !k->claimed && k->inflight < apg->max_inflight && (!c || k->inflight < c->inflight))
             c = k;
     }
     return c;
 }
 
-static bool submit(cdb_apg *apg, const cdb_apg_stmt *stmts, int n, int timeout_ms, bool exact, cdb_apg_cb cb,
-                   void *arg, bool *maybe_sent)
+/* Sends a job on c (pick()'s, or a claimed one); keep: an exact job whose block stays open, c claimed after it. */
+static bool submit_on(cdb_apg *apg, apg_conn *c, const cdb_apg_stmt *stmts, int n, int timeout_ms, bool exact,
+                      bool keep, cdb_apg_cb cb, void *arg, bool *maybe_sent)
 {
     bool all_queued = false;
     *maybe_sent = false;
-    if (!apg || apg->freeing || n < 1 || n > CDB_APG_MAX_STMTS)
-        return false;
-    apg_conn *c = pick(apg);
     job *j = c ? job_new(n) : NULL;
     if (!j || !(j->timer = evtimer_new(apg->base, on_job_deadline, j))) {
         free(j);
@@ -673,6 +689,7 @@ static bool submit(cdb_apg *apg, const cdb_apg_stmt *stmts, int n, int timeout_m
     j->arg = arg;
     j->nstmts = n;
     j->exact = exact;
+    j->keep = keep;
     if (!send_job(c, j, stmts, n, &all_queued)) {
         /* part of a segment may be queued: the connection's stream is unknown now */
         *maybe_sent = all_queued;
@@ -686,16 +703,74 @@ static bool submit(cdb_apg *apg, const cdb_apg_stmt *stmts, int n, int timeout_m
     return true;
 }
 
+static bool submit(cdb_apg *apg, const cdb_apg_stmt *stmts, int n, int timeout_ms, bool exact, bool keep,
+                   cdb_apg_cb cb, void *arg, bool *maybe_sent, cdb_apg_claim *claim)
+{
+    *maybe_sent = false;
+    if (!apg || apg->freeing || n < 1 || n > CDB_APG_MAX_STMTS)
+        return false;
+    apg_conn *c = pick(apg);
+    if (!c)
+        return false;
+    if (claim) {
+        claim->conn = c;
+        claim->gen = ++c->claim_gen;
+    }
+    return submit_on(apg, c, stmts, n, timeout_ms, exact, keep, cb, arg, maybe_sent);
+}
+
 bool cdb_apg_submit(cdb_apg *apg, const cdb_apg_stmt *stmts, int n, int timeout_ms, cdb_apg_cb cb, void *arg)
 {
     bool maybe_sent;
-    return submit(apg, stmts, n, timeout_ms, false, cb, arg, &maybe_sent);
+    return submit(apg, stmts, n, timeout_ms, false, false, cb, arg, &maybe_sent, NULL);
 }
 
 bool cdb_apg_submit_exact(cdb_apg *apg, const cdb_apg_stmt *stmts, int n, int timeout_ms, cdb_apg_cb cb, void *arg,
                           bool *maybe_sent)
 {
-    return submit(apg, stmts, n, timeout_ms, true, cb, arg, maybe_sent);
+    return submit(apg, stmts, n, timeout_ms, true, false, cb, arg, maybe_sent, NULL);
+}
+
+bool cdb_apg_claim_open(cdb_apg *apg, const cdb_apg_stmt *stmts, int n, int timeout_ms, cdb_apg_cb cb, void *arg,
+                        cdb_apg_claim *claim)
+{
+    bool maybe_sent;
+    claim->conn = NULL;
+    claim->gen = 0;
+    return submit(apg, stmts, n, timeout_ms, true, true, cb, arg, &maybe_sent, claim);
+}
+
+/* The claimed connection of a live claim, or NULL (failed since, or never claimed). */
+static apg_conn *claimed_conn(cdb_apg *apg, const cdb_apg_claim *claim)
+{
+    apg_conn *c = claim->conn;
+    if (!apg || apg->freeing || !c || c->apg != apg || c->claim_gen != claim->gen || !c->claimed ||
+        c->state != ST_READY)
+        return NULL;
+    return c;
+}
+
+bool cdb_apg_claim_submit(cdb_apg *apg, cdb_apg_claim *claim, const cdb_apg_stmt *stmts, int n, int timeout_ms,
+                          bool keep, cdb_apg_cb cb, void *arg, bool *maybe_sent)
+{
+    *maybe_sent = false;
+    apg_conn *c = n >= 1 && n <= CDB_APG_MAX_STMTS ? claimed_conn(apg, claim) : NULL;
+    if (!c)
+        return false;
+    c->claimed = false;            /* the job holds it now (c->held), and keeps it or not */
+    if (submit_on(apg, c, stmts, n, timeout_ms, true, keep, cb, arg, maybe_sent))
+        return true;
+    if (c->state == ST_READY)      /* nothing sent (out of memory): the block is still open */
+        release_claim(c);
+    return false;
+}
+
+void cdb_apg_claim_release(cdb_apg *apg, cdb_apg_claim *claim)
+{
+    apg_conn *c = claimed_conn(apg, claim);
+    claim->conn = NULL;
+    if (c)
+        release_claim(c);
 }
 
 void cdb_apg_counts_get(cdb_apg_counts *out)

@@ -142,6 +142,34 @@ bool cdb_apg_submit(cdb_apg *apg, const cdb_apg_stmt *stmts, int n, int timeout_
 bool cdb_apg_submit_exact(cdb_apg *apg, const cdb_apg_stmt *stmts, int n, int timeout_ms, cdb_apg_cb cb, void *arg,
                           bool *maybe_sent);
 
+/*
+ * A claimed connection: a transaction block kept open across jobs, for a
+ * caller that must do other work (Redis, on the loop) between its
+ * statements and its COMMIT: data/tx.c's outbox rows locked FOR UPDATE,
+ * applied, deleted. cdb_apg_claim_open sends an exact job (typically
+ * BEGIN; SELECT ... FOR UPDATE) and, when it ends CDB_APG_OK, its
+ * connection stays claimed (it takes no other job) until the claimant
+ * sends the next job on it (cdb_apg_claim_submit: keep = true claims it
+ * again after that one, false ends the claim with that job, whose last
+ * statement is then COMMIT) or gives it up (cdb_apg_claim_release: a
+ * ROLLBACK is sent). Any other outcome ends the claim by itself (a ROLLBACK
+ * is sent when the block may be open), as does a connection failure: the
+ * handle is then stale, and cdb_apg_claim_submit refuses it. A claimant
+ * must end every claim it got (a kept connection takes nothing else).
+ */
+typedef struct cdb_apg_claim {
+    void *conn;                    /* opaque */
+    uint64_t gen;
+} cdb_apg_claim;
+/* false (cb never runs, nothing claimed) when not sent: no free connection. */
+bool cdb_apg_claim_open(cdb_apg *apg, const cdb_apg_stmt *stmts, int n, int timeout_ms, cdb_apg_cb cb, void *arg,
+                        cdb_apg_claim *claim);
+/* false (cb never runs) when the claim is stale or sending failed; *maybe_sent as cdb_apg_submit_exact's. */
+bool cdb_apg_claim_submit(cdb_apg *apg, cdb_apg_claim *claim, const cdb_apg_stmt *stmts, int n, int timeout_ms,
+                          bool keep, cdb_apg_cb cb, void *arg, bool *maybe_sent);
+/* Ends a live claim with a ROLLBACK; a stale one is a no-op. */
+void cdb_apg_claim_release(cdb_apg *apg, cdb_apg_claim *claim);
+
 /* Process-wide counts of the loops' connections by state, for /metrics (any thread). */
 typedef struct cdb_apg_counts {
     long down;                     /* closed, waiting for the backoff */
