@@ -529,3 +529,272 @@ def test_silent_server_after_sending_answers_outcome_unknown(pg, own_redis):
         if holder is not None:
             holder.close()
         inst.stop_clean()
+
+
+# ---- the outbox applied on the loop (no worker after the commit) ----
+
+def finishes(inst, admin):
+    got = metric(inst, admin, "coredb_http_loop_transaction_finishes_total", label="where")
+    return {k: got.get(k, 0.0) for k in ("loop", "worker")}
+
+
+def snapshot(inst, admin):
+    """Where transactions finished and how requests were admitted, from one GET /metrics (itself an
+    admin request, admitted on a worker: counted in its own admissions{worker})."""
+    text = inst.get("/metrics", headers=admin.headers).text
+    fin = dict(re.findall(r'^coredb_http_loop_transaction_finishes_total\{where="(\w+)"\} (\S+)$', text, re.M))
+    adm = dict(re.findall(r'^coredb_http_loop_admissions_total\{outcome="(\w+)"\} (\S+)$', text, re.M))
+    return ({k: float(fin.get(k, 0)) for k in ("loop", "worker")},
+            {k: float(adm.get(k, 0)) for k in ("worker", "fallback", "transaction")})
+
+
+def plain_metric(inst, admin, name):
+    found = re.search(r"^%s (\S+)$" % name, inst.get("/metrics", headers=admin.headers).text, re.M)
+    return float(found.group(1)) if found else 0.0
+
+
+def test_outbox_applied_on_the_loop_with_cache_invalidation(pair, own_redis):
+    """Redis operations and the cache invalidation of a write, applied on the loop: the answer equals the
+    worker path's, the cached page is voided before the answer, the outbox rows are gone, and no request
+    went to a worker (admissions{worker} and finishes{worker} unchanged)."""
+    loop, worker = pair
+    ladmin = admin_of(loop)
+    rds = redis_client(own_redis, REDIS_DB)
+    a = user(loop)
+    warm(loop, a)
+    warm(worker, a)
+    answers = []
+    for inst in (loop, worker):
+        tag = uuid.uuid4().hex[:8]
+        pid = add_project(inst, a.id, title=f"c0-{tag}")
+        body = {"table": "projects", "select": ["id", "title"], "filters": {"id": pid}}
+        query_ok(inst, a, body)
+        assert query_ok(inst, a, body)["cached"] is True
+        rds.set(f"app:user:{a.id}:ex-{tag}", "x")
+        (fin0, adm0), gen0 = snapshot(loop, ladmin), gen_of(rds, "projects")
+        ops = [pg_update("projects", {"id": pid}, {"title": f"c1-{tag}"}, returning=["title"]),
+               rset(f"s-{tag}", "v", ttl=60), rop("incr", f"i-{tag}"), rop("incr", f"i-{tag}"),
+               rop("expire", f"ex-{tag}", ttl=30), rop("expire", f"missing-{tag}", ttl=30),
+               rop("del", f"s-{tag}"), rop("del", f"never-{tag}"), rset(f"s2-{tag}", "w")]
+        out = tx_ok(inst, a, ops)
+        assert [r["status"] for r in out["results"]] == ["success"] * len(ops), out
+        data = [r["data"] for r in out["results"]]
+        assert data[2]["value"] == 1 and data[3]["value"] == 2, data
+        assert data[4]["applied"] is True and data[5]["applied"] is False, data
+        assert data[6]["deleted"] == 1 and data[7]["deleted"] == 0, data
+        # the effects, before any other request: Redis, the generation bump, the outbox, the cached page
+        assert rds.get(f"app:user:{a.id}:i-{tag}") == "2"
+        assert rds.get(f"app:user:{a.id}:s-{tag}") is None
+        assert rds.get(f"app:user:{a.id}:s2-{tag}") == "w"
+        assert 0 < rds.ttl(f"app:user:{a.id}:ex-{tag}") <= 30
+        assert gen_of(rds, "projects") == gen0 + 1
+        assert scalar(inst, "SELECT count(*) FROM coredb.redis_outbox WHERE transaction_id = %s",
+                      (out["transaction_id"],)) == 0
+        after = query_ok(inst, a, body)
+        assert after["data"][0]["title"] == f"c1-{tag}" and after["cached"] is False, after
+        fin, adm = snapshot(loop, ladmin)
+        if inst is loop:
+            assert fin["loop"] - fin0["loop"] == 1 and fin["worker"] == fin0["worker"], (fin0, fin)
+            # the one request admitted on a worker since the first snapshot is the second snapshot
+            assert adm["worker"] - adm0["worker"] == 1 and adm["transaction"] - adm0["transaction"] == 1, \
+                (adm0, adm)
+        answers.append((out, tag))
+    (lo, ltag), (wo, wtag) = answers
+    assert normalized(lo).replace(ltag, "TAG") == normalized(wo).replace(wtag, "TAG")
+
+
+def test_many_loop_transactions_never_reach_a_worker(pair):
+    loop, _ = pair
+    ladmin = admin_of(loop)
+    a = user(loop)
+    warm(loop, a)
+    tx0 = loop_txs(loop, ladmin)
+    fin0, adm0 = snapshot(loop, ladmin)
+    tag = uuid.uuid4().hex[:6]
+    for i in range(30):
+        tx_ok(loop, a, [pg_insert("projects", {"user_id": a.id, "title": f"w{tag}-{i}"}), rop("incr", f"w{tag}")])
+    fin, adm = snapshot(loop, ladmin)
+    assert delta(tx0, loop_txs(loop, ladmin))["committed"] == 30
+    assert fin["loop"] - fin0["loop"] == 30 and fin["worker"] == fin0["worker"], (fin0, fin)
+    assert adm["worker"] - adm0["worker"] == 1 and adm["transaction"] - adm0["transaction"] == 30, (adm0, adm)
+    assert scalar(loop, "SELECT count(*) FROM projects WHERE title LIKE %s", (f"w{tag}-%",)) == 30
+
+
+def test_second_instance_serves_fresh_data_at_once(pair):
+    """A write committed on A's loop: B (which holds the page in its first-level cache) serves the new
+    data on the very next request after A's answer; A waited for B's acknowledgement."""
+    loop, other = pair
+    ladmin = admin_of(loop)
+    a = user(loop)
+    warm(loop, a)
+    warm(other, a)
+    pid = add_project(loop, a.id, title="b-0")
+    body = {"table": "projects", "select": ["id", "title"], "filters": {"id": pid}}
+    timeouts0 = plain_metric(loop, ladmin, "coredb_cache_invalidation_ack_timeouts_total")
+    fin0 = finishes(loop, ladmin)
+    for n in range(1, 11):
+        for _ in range(3):
+            assert query_ok(other, a, body)["data"][0]["title"] == f"b-{n - 1}"
+        tx_ok(loop, a, [pg_update("projects", {"id": pid}, {"title": f"b-{n}"})])
+        out = query_ok(other, a, body)
+        assert out["data"][0]["title"] == f"b-{n}" and out["cached"] is False, (n, out)
+    assert finishes(loop, ladmin)["loop"] - fin0["loop"] == 10
+    assert plain_metric(loop, ladmin, "coredb_cache_invalidation_ack_timeouts_total") == timeouts0
+
+
+def test_missing_acknowledgement_is_waited_for_without_blocking_the_loop(pg):
+    """A subscriber that never acknowledges: the transaction's answer waits CDB_INVAL_ACK_WAIT_MS (500 ms)
+    and counts a timeout, while the same (single) loop keeps answering other requests meanwhile."""
+    private = RedisServer()
+    inst = start_instance(pg, private, 0, CACHE_TTL="60", **{**LOOP_ENV, "HTTP_THREADS": "1"})
+    rds = redis_client(private, 0)
+    mute = None
+    try:
+        admin = admin_of(inst)
+        a = user(inst)
+        warm(inst, a)
+        pid = add_project(inst, a.id, title="m-0")
+        body = {"table": "projects", "select": ["id", "title"], "filters": {"id": pid}}
+        query_ok(inst, a, body)
+        quick = tx_ok(inst, a, [pg_update("projects", {"id": pid}, {"title": "m-1"})])
+        assert quick["execution_time_ms"] < 400, quick
+        channels = rds.pubsub_channels("coredb:*:inval")
+        assert len(channels) == 1, channels
+        mute = rds.pubsub()
+        mute.subscribe(channels[0])          # hears every message, never pushes an acknowledgement
+        assert wait_for(lambda: rds.pubsub_numsub(channels[0])[0][1] == 2)
+        timeouts0 = plain_metric(inst, admin, "coredb_cache_invalidation_ack_timeouts_total")
+        fin0 = finishes(inst, admin)
+        assert query_ok(inst, a, body)["data"][0]["title"] == "m-1"
+        result = {}
+
+        def write():
+            t0 = time.monotonic()
+            result["out"] = tx_ok(inst, a, [pg_update("projects", {"id": pid}, {"title": "m-2"})])
+            result["s"] = time.monotonic() - t0
+        writer = threading.Thread(target=write)
+        writer.start()
+        time.sleep(0.1)
+        side = []
+        while writer.is_alive():
+            t0 = time.monotonic()
+            assert inst.get("/health/live").status_code == 200
+            side.append(time.monotonic() - t0)
+            time.sleep(0.02)
+        writer.join()
+        # one generation bump per table the write may change (projects and the tables its foreign keys
+        # cascade into), each waited for in turn, as on the worker path
+        waits = plain_metric(inst, admin, "coredb_cache_invalidation_ack_timeouts_total") - timeouts0
+        assert waits >= 1
+        assert 0.45 * waits <= result["s"] < 0.5 * waits + 2, (result, waits)
+        # the loop answered other requests while the transaction waited for the acknowledgements
+        assert len(side) >= 5 and max(side) < 0.3, side
+        assert finishes(inst, admin)["loop"] - fin0["loop"] == 1
+        assert query_ok(inst, a, body)["data"][0]["title"] == "m-2"
+        assert not [k for k in rds.keys("coredb:*:inval:ack:*")], "acknowledgement lists left behind"
+    finally:
+        if mute is not None:
+            mute.close()
+        inst.stop_clean()
+        private.destroy()
+
+
+def test_flush_job_running_concurrently_applies_nothing_twice(pair, own_redis):
+    """Transactions applied on the loop while the flush job runs (every second) and a competing locker
+    takes outbox rows FOR UPDATE SKIP LOCKED: every INCR is applied exactly once, a row another holds is
+    answered "pending" and applied later, and the outbox ends empty."""
+    loop, _ = pair
+    rds = redis_client(own_redis, REDIS_DB)
+    a = user(loop)
+    warm(loop, a)
+    stop = threading.Event()
+
+    def competing_locker():
+        conn = loop.pg.connect(loop.db)
+        conn.autocommit = False
+        try:
+            while not stop.is_set():
+                with conn.cursor() as cur:
+                    cur.execute("SELECT id FROM coredb.redis_outbox FOR UPDATE SKIP LOCKED")
+                time.sleep(0.005)
+                conn.rollback()
+        finally:
+            conn.close()
+    locker = threading.Thread(target=competing_locker)
+    locker.start()
+    tag = uuid.uuid4().hex[:6]
+    statuses = []
+    try:
+        def worker_thread(k):
+            for i in range(25):
+                out = tx_ok(loop, a, [rop("incr", f"x{tag}-{k}-{i}"), rop("incr", f"x{tag}-{k}-{i}")])
+                statuses.append([r["status"] for r in out["results"]])
+                if out["results"][0]["status"] == "success":
+                    # applied before the answer: the value is there now
+                    assert out["results"][1]["data"]["value"] == 2, out
+        threads = [threading.Thread(target=worker_thread, args=(k,)) for k in range(3)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    finally:
+        stop.set()
+        locker.join()
+    assert len(statuses) == 75
+    assert wait_for(lambda: scalar(loop, "SELECT count(*) FROM coredb.redis_outbox") == 0, timeout=15)
+    values = {f"{k}-{i}": rds.get(f"app:user:{a.id}:x{tag}-{k}-{i}") for k in range(3) for i in range(25)}
+    assert all(v == "2" for v in values.values()), {k: v for k, v in values.items() if v != "2"}
+
+
+def test_redis_killed_during_loop_transactions(pg):
+    """Redis SIGKILLed while transactions stream through the loop: each answer is 200 with its Redis
+    operations "success" or "pending" (as the worker path answers), none hangs, and once Redis is back the
+    pending ones are applied and the outbox empties."""
+    private = RedisServer()
+    inst = start_instance(pg, private, 0, CACHE_TTL="60", **LOOP_ENV)
+    try:
+        admin = admin_of(inst)
+        a = user(inst)
+        warm(inst, a)
+        tx_ok(inst, a, [rset("warm", "1")])
+        fin0 = finishes(inst, admin)
+        tag = uuid.uuid4().hex[:6]
+        outs, errors = [], []
+
+        def stream(k):
+            for i in range(40):
+                try:
+                    resp = tx(inst, a, [pg_insert("projects", {"user_id": a.id, "title": f"k{tag}-{k}-{i}"}),
+                                        rset(f"k{tag}-{k}-{i}", "v")], timeout=CLIENT_TIMEOUT)
+                except requests.RequestException as e:   # a hang would be a timeout here
+                    errors.append(repr(e))
+                    continue
+                outs.append((k, i, resp.status_code, resp.json()))
+                time.sleep(0.01)
+        threads = [threading.Thread(target=stream, args=(k,)) for k in range(2)]
+        for t in threads:
+            t.start()
+        time.sleep(0.3)
+        private.proc.send_signal(9)
+        private.proc.wait(10)
+        for t in threads:
+            t.join()
+        assert not errors, errors
+        assert len(outs) == 80
+        for k, i, status, out in outs:
+            assert status == 200, (status, out)
+            assert out["results"][1]["status"] in ("success", "pending"), out
+            assert scalar(inst, "SELECT count(*) FROM projects WHERE title = %s", (f"k{tag}-{k}-{i}",)) == 1
+        pending = [(k, i) for k, i, _, out in outs if out["results"][1]["status"] == "pending"]
+        assert pending, "Redis died and no answer says pending: the kill came too late to test anything"
+        fin = finishes(inst, admin)
+        assert fin["loop"] > fin0["loop"], (fin0, fin)
+        private.start()
+        rds = redis_client(private, 0)
+        assert wait_for(lambda: all(rds.get(f"app:user:{a.id}:k{tag}-{k}-{i}") == "v" for k, i in pending),
+                        timeout=20)
+        assert wait_for(lambda: scalar(inst, "SELECT count(*) FROM coredb.redis_outbox") == 0, timeout=15)
+        assert inst.get("/health/live").status_code == 200
+    finally:
+        inst.stop_clean()
+        private.destroy()
