@@ -21,6 +21,11 @@
  * before COMMIT (REFUSED), the deadline (TIMEOUT), the connection claimed
  * while one runs (no job sent behind it), 128 unnamed statements of
  * distinct texts without growing the prepared set, and 129 refused.
+ * Claims (cdb_apg_claim_*): a row locked by the opening job stays locked
+ * after it (another session's NOWAIT fails) and nothing else is sent on the
+ * connection; a kept job, then one that COMMITs and ends the claim (the
+ * handle stale after); a released claim rolls back; an error in a kept
+ * job ends the claim by itself; a connection lost while claimed.
  */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -402,6 +407,125 @@ static void test_real_exact(void **state)
     event_base_free(base);
 }
 
+
+/* Whether another session can lock row id of apg_claim at once (NOWAIT): false while a claim holds it. */
+static bool lockable(PGconn *admin, const char *id)
+{
+    const char *p[] = {id};
+    PQclear(PQexec(admin, "BEGIN"));
+    PGresult *r = PQexecParams(admin, "SELECT id FROM apg_claim WHERE id = $1::int FOR UPDATE NOWAIT", 1, NULL, p,
+                               NULL, NULL, 0);
+    bool ok = PQresultStatus(r) == PGRES_TUPLES_OK;
+    PQclear(r);
+    PQclear(PQexec(admin, "ROLLBACK"));
+    return ok;
+}
+
+static void test_real_claim(void **state)
+{
+    (void)state;
+    if (!real_conninfo())
+        skip();
+    struct event_base *base = event_base_new();
+    cdb_pg_settings pg = {.conninfo = real_conninfo(), .statement_timeout_ms = 5000};
+    cdb_apg *apg = cdb_apg_new(base, &pg, 1, 8);
+    assert_true(RUN_UNTIL(base, all_ready(apg), 5000));
+    PGconn *admin = PQconnectdb(real_conninfo());
+    assert_int_equal(PQstatus(admin), CONNECTION_OK);
+    PQclear(PQexec(admin, "DROP TABLE IF EXISTS apg_claim; CREATE TABLE apg_claim (id int PRIMARY KEY, n int);"
+                          "INSERT INTO apg_claim VALUES (1, 0), (2, 0)"));
+    const char *const none[1] = {NULL};
+    const char *one[] = {"1"};
+    cdb_apg_stmt lock[] = {{"BEGIN", 0, none, true},
+                           {"SELECT id::text FROM apg_claim WHERE id = $1::int FOR UPDATE SKIP LOCKED", 1, one, false}};
+    cdb_apg_stmt bump[] = {{"UPDATE apg_claim SET n = n + 1 WHERE id = $1::int", 1, one, false}};
+    cdb_apg_stmt finish[] = {{"DELETE FROM apg_claim WHERE id = $1::int", 1, one, false}, {"COMMIT", 0, none, true}};
+    cdb_apg_stmt select1[] = {{"SELECT 'after'", 0, none, false}};
+    cdb_apg_claim claim, stale;
+    seen a = {0}, b = {0}, c = {0}, d = {0}, e = {0};
+    bool maybe;
+
+    /* opened: the row stays locked after the job ended, and the connection takes nothing else */
+    assert_true(cdb_apg_claim_open(apg, lock, 2, 0, on_job, &a, &claim));
+    assert_true(RUN_UNTIL(base, a.calls, 5000));
+    assert_int_equal(a.ok, 1);
+    assert_string_equal(a.first, "1");
+    assert_false(lockable(admin, "1"));
+    assert_true(lockable(admin, "2"));
+    assert_false(cdb_apg_submit(apg, select1, 1, 0, on_job, &e));
+    assert_false(cdb_apg_claim_open(apg, lock, 2, 0, on_job, &e, &stale));
+    /* a job that keeps it, then one that ends it with COMMIT */
+    assert_true(cdb_apg_claim_submit(apg, &claim, bump, 1, 0, true, on_job, &b, &maybe));
+    assert_true(RUN_UNTIL(base, b.calls, 5000));
+    assert_int_equal(b.ok, 1);
+    assert_false(lockable(admin, "1"));
+    assert_false(cdb_apg_submit(apg, select1, 1, 0, on_job, &e));
+    stale = claim;
+    assert_true(cdb_apg_claim_submit(apg, &claim, finish, 2, 0, false, on_job, &c, &maybe));
+    assert_true(RUN_UNTIL(base, c.calls, 5000));
+    assert_int_equal(c.ok, 1);
+    assert_string_equal(scalar_text(admin, "SELECT count(*) FROM apg_claim WHERE id = 1"), "0");
+    /* ended: the handle is stale, the connection free */
+    assert_false(cdb_apg_claim_submit(apg, &stale, bump, 1, 0, true, on_job, &e, &maybe));
+    assert_true(cdb_apg_submit(apg, select1, 1, 0, on_job, &d));
+    assert_true(RUN_UNTIL(base, d.calls, 5000));
+    assert_int_equal(d.ok, 1);
+    assert_int_equal(e.calls, 0);
+
+    /* given up: ROLLBACK, nothing of it committed, the row free again */
+    const char *two[] = {"2"};
+    cdb_apg_stmt lock2[] = {{"BEGIN", 0, none, true},
+                            {"UPDATE apg_claim SET n = 7 WHERE id = $1::int RETURNING id::text", 1, two, false}};
+    seen f = {0}, g = {0};
+    assert_true(cdb_apg_claim_open(apg, lock2, 2, 0, on_job, &f, &claim));
+    assert_true(RUN_UNTIL(base, f.calls, 5000));
+    assert_int_equal(f.ok, 1);
+    assert_false(lockable(admin, "2"));
+    cdb_apg_claim_release(apg, &claim);
+    cdb_apg_claim_release(apg, &claim);          /* twice: a no-op */
+    assert_true(cdb_apg_submit(apg, select1, 1, 0, on_job, &g));
+    assert_true(RUN_UNTIL(base, g.calls, 5000));
+    assert_int_equal(g.ok, 1);
+    assert_true(lockable(admin, "2"));
+    assert_string_equal(scalar_text(admin, "SELECT n FROM apg_claim WHERE id = 2"), "0");
+
+    /* an error in a kept job: REFUSED, the claim ends by itself (rolled back), the connection usable */
+    const char *bad[] = {"x"};
+    cdb_apg_stmt broken[] = {{"UPDATE apg_claim SET n = $1::int WHERE id = 2", 1, bad, false}};
+    seen h = {0}, k = {0}, m = {0};
+    assert_true(cdb_apg_claim_open(apg, lock2, 2, 0, on_job, &h, &claim));
+    assert_true(RUN_UNTIL(base, h.calls, 5000));
+    assert_true(cdb_apg_claim_submit(apg, &claim, broken, 1, 0, true, on_job, &k, &maybe));
+    assert_true(RUN_UNTIL(base, k.calls, 5000));
+    assert_int_equal(k.refused, 1);
+    assert_false(cdb_apg_claim_submit(apg, &claim, bump, 1, 0, true, on_job, &e, &maybe));
+    assert_true(cdb_apg_submit(apg, select1, 1, 0, on_job, &m));
+    assert_true(RUN_UNTIL(base, m.calls, 5000));
+    assert_int_equal(m.ok, 1);
+    assert_string_equal(scalar_text(admin, "SELECT n FROM apg_claim WHERE id = 2"), "0");
+    assert_true(lockable(admin, "2"));
+
+    /* the connection lost while claimed: the handle is stale, the reconnect serves others */
+    seen n = {0}, q = {0};
+    assert_true(cdb_apg_claim_open(apg, lock2, 2, 0, on_job, &n, &claim));
+    assert_true(RUN_UNTIL(base, n.calls, 5000));
+    PQclear(PQexec(admin, "SELECT pg_terminate_backend(pid) FROM pg_locks WHERE relation = 'apg_claim'::regclass "
+                          "AND pid <> pg_backend_pid()"));
+    assert_true(RUN_UNTIL(base, apg->conns[0].state != ST_READY, 3000));
+    assert_false(cdb_apg_claim_submit(apg, &claim, bump, 1, 0, true, on_job, &e, &maybe));
+    assert_true(RUN_UNTIL(base, all_ready(apg), 5000));
+    assert_true(cdb_apg_submit(apg, select1, 1, 0, on_job, &q));
+    assert_true(RUN_UNTIL(base, q.calls, 5000));
+    assert_int_equal(q.ok, 1);
+    assert_int_equal(e.calls, 0);
+    assert_string_equal(scalar_text(admin, "SELECT n FROM apg_claim WHERE id = 2"), "0");
+
+    PQclear(PQexec(admin, "DROP TABLE apg_claim"));
+    PQfinish(admin);
+    cdb_apg_free(apg);
+    event_base_free(base);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -412,6 +536,7 @@ int main(void)
         cmocka_unit_test(test_real_deadline_and_free),
         cmocka_unit_test(test_real_terminated),
         cmocka_unit_test(test_real_exact),
+        cmocka_unit_test(test_real_claim),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
