@@ -335,8 +335,9 @@ bool cdb__loop_admit(cdb_request *r);
 bool cdb__loop_query(cdb_request *r, bool generation_read, int64_t generation);
 /*
  * loop_tx.c: runs an admitted POST /data/transaction (unkeyed, no lease) on
- * the loop's own PostgreSQL connections; the Redis side after the commit is
- * finished on a worker. True: answered later. False: hand it to a worker now.
+ * the loop's own PostgreSQL connections, and its outbox after the commit on
+ * the loop too (or on a worker where the loop cannot: loop_tx.c). True:
+ * answered later. False: hand it to a worker now.
  */
 bool cdb__loop_tx(cdb_request *r);
 /* server.c: runs a prepared request's admission and handler on its worker queue. */

@@ -17,16 +17,24 @@
  * ledger row, COMMIT. Then:
  *   - every result in: committed. The Redis side (the outbox rows: the
  *     caller's operations and the cache generation bumps, which are the
- *     cache invalidation) and the answer are finished on a worker without
- *     admission (cdb_server_resume_on_worker, cdb__tx_loop_finish): the
- *     worker's own apply_outbox, so rows are locked, applied in order,
- *     counted, deleted and reported exactly as on the worker path. Why a
- *     worker and not the loop: publishing a table invalidation waits for
- *     the other instances' acknowledgements (store/invalidation.c, BLPOP),
- *     which a loop must not do, and the answer must wait for the bump, or
- *     the caller's next read could be served the cached page from before
- *     its own write. With no worker queue (shutting down) the answer says
- *     the Redis operations are "pending" and the flush job applies them;
+ *     cache invalidation) is applied on this loop too (cdb__tx_loop_apply,
+ *     data/tx_loop.c): the rows locked on a claimed loop connection,
+ *     applied in order on the loop's asynchronous Redis, each bump's
+ *     invalidation published and every instance's acknowledgement awaited
+ *     on the loop's timers (store/invalidation.c, never a blocking BLPOP),
+ *     the applied rows deleted, exactly as the worker's apply_outbox does
+ *     it. The answer leaves only after that, so the caller's next read can
+ *     never be served the cached page from before its own write.
+ *     Fallback to a worker (cdb_server_resume_on_worker,
+ *     cdb__tx_loop_finish: the worker's own apply_outbox), counted in
+ *     coredb_http_loop_transaction_finishes_total{where="worker"}: read
+ *     replicas configured (the commit LSN note blocks), Redis Sentinel (the
+ *     replica wait blocks), no REDIS_URL (the in-process cache's mutex),
+ *     the loop's Redis not connected, no free loop connection for the lock,
+ *     or the lock's job failing (nothing applied yet). Redis failing while
+ *     rows are applied is handled on the loop as the worker handles it:
+ *     those rows "pending", left to the flush job. With no worker queue
+ *     (shutting down) the fallback answers "pending" at once;
  *   - the server refused it (an error result: constraint, bad value,
  *     permission, statement timeout): nothing committed, so the request
  *     goes to a worker, which runs it again from scratch and maps the
