@@ -582,7 +582,11 @@ static void on_tick(evutil_socket_t fd, short what, void *arg)
 static void loop_open(loop_fx *l, cdb_redis *sync)
 {
     memset(l, 0, sizeof *l);
-    l->base = event_base_new();
+    /* as the HTTP loops' (http/server.c): precise timers, not the coarse clock's ticks */
+    struct event_config *ec = event_config_new();
+    assert_int_equal(event_config_set_flag(ec, EVENT_BASE_FLAG_PRECISE_TIMER), 0);
+    l->base = event_base_new_with_config(ec);
+    event_config_free(ec);
     assert_non_null(l->base);
     l->a = cdb_aredis_new(l->base, sync, 1000);
     assert_non_null(l->a);
@@ -672,6 +676,20 @@ static void test_async_publish(void **state)
     event_base_loopexit(l.base, &spin);
     event_base_dispatch(l.base);
     assert_int_equal(ack_lists(f.port), 0);   /* the list was deleted */
+
+    /* the cost of the wait on loopback, two subscribers */
+    int64_t sum = 0, worst = 0;
+    for (int i = 0; i < 50; i++) {
+        int64_t t0 = cdb_mono_us();
+        assert_true(cdb_inval_table_async(f.a.inv, l.a, l.base, "orders", on_async_done, &l));
+        run_until_done(&l);
+        int64_t us = cdb_mono_us() - t0;
+        sum += us;
+        worst = us > worst ? us : worst;
+    }
+    print_message("async publish + acknowledgements, 2 subscribers: %.0f us on average, %lld us at worst (50 runs)\n",
+                  (double)sum / 50, (long long)worst);
+    l.done -= 50;
 
     /* a session, through the same path */
     assert_true(cdb_inval_session_async(f.a.inv, l.a, l.base, sid, on_async_done, &l));
