@@ -723,15 +723,18 @@ def test_flush_job_running_concurrently_applies_nothing_twice(pair, own_redis):
     locker = threading.Thread(target=competing_locker)
     locker.start()
     tag = uuid.uuid4().hex[:6]
-    statuses = []
+    statuses, failures = [], []
     try:
         def worker_thread(k):
             for i in range(25):
-                out = tx_ok(loop, a, [rop("incr", f"x{tag}-{k}-{i}"), rop("incr", f"x{tag}-{k}-{i}")])
-                statuses.append([r["status"] for r in out["results"]])
-                if out["results"][0]["status"] == "success":
-                    # applied before the answer: the value is there now
-                    assert out["results"][1]["data"]["value"] == 2, out
+                try:
+                    out = tx_ok(loop, a, [rop("incr", f"x{tag}-{k}-{i}"), rop("incr", f"x{tag}-{k}-{i}")])
+                    statuses.append([r["status"] for r in out["results"]])
+                    if out["results"][0]["status"] == "success":
+                        # applied before the answer: the value is there now
+                        assert out["results"][1]["data"]["value"] == 2, out
+                except Exception as e:   # reported below with the thread's details
+                    failures.append((k, i, repr(e)[:800]))
         threads = [threading.Thread(target=worker_thread, args=(k,)) for k in range(3)]
         for t in threads:
             t.start()
@@ -740,6 +743,7 @@ def test_flush_job_running_concurrently_applies_nothing_twice(pair, own_redis):
     finally:
         stop.set()
         locker.join()
+    assert not failures, failures
     assert len(statuses) == 75
     assert wait_for(lambda: scalar(loop, "SELECT count(*) FROM coredb.redis_outbox") == 0, timeout=15)
     values = {f"{k}-{i}": rds.get(f"app:user:{a.id}:x{tag}-{k}-{i}") for k in range(3) for i in range(25)}
