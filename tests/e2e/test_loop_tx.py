@@ -3,7 +3,7 @@ src/store/pg_async.c's exact jobs, issue 8 item 3): an unkeyed POST
 /api/v1/data/transaction is validated by the worker's code, sent by the loop
 that admitted it as one pipeline segment (BEGIN ... COMMIT) on its own
 PostgreSQL connection, and its outbox (Redis operations and cache generation
-bumps) is finished on a worker, as the worker path does it.
+bumps) is applied on that loop too, as the worker path applies it.
 
 coredb_http_loop_transactions_total{outcome} counts what the loop did with
 each (committed / refused / unknown), so these tests prove a transaction
@@ -19,6 +19,17 @@ PostgreSQL restart with transactions in flight (each answered 200, a 4xx,
 503 TRANSACTION_OUTCOME_UNKNOWN resolved by GET /data/transactions/{id}, or
 503, checked against the ledger); Redis killed mid-run (rows stay pending in
 the outbox and are applied after Redis is back); hostile bodies and tokens.
+
+The outbox on the loop (data/tx_loop.c; coredb_http_loop_transaction_finishes_total{where} counts where
+each committed transaction finished): answers with Redis results and cache invalidation identical to the
+worker path's, the generation bump and the Redis keys in place and the outbox rows gone before the
+answer, and no request admitted on a worker (coredb_http_loop_admissions_total{outcome="worker"}); 30
+in a row all finished on the loop; a second instance serving the new data on the very next request after
+A's answer; a subscriber that never acknowledges (the answer waits 500 ms per bump while the same single
+loop keeps answering); the flush job and a competing locker taking rows concurrently (every INCR applied
+exactly once, rows another holds answered "pending" and applied later); Redis SIGKILLed while
+transactions stream (200 with "success" or "pending", nothing hung, all applied after the restart);
+Redis refusing writes (NOREPLICAS: "pending" with the attempt counted, as the worker answers).
 """
 import re
 import threading
@@ -802,3 +813,44 @@ def test_redis_killed_during_loop_transactions(pg):
     finally:
         inst.stop_clean()
         private.destroy()
+
+
+def test_redis_refusing_writes_leaves_rows_pending_like_the_worker(pair, own_redis):
+    """Redis up but refusing writes with a transient error (NOREPLICAS): on the loop the first row is not
+    applied, so it and every row after it stay "pending" with the attempt counted, exactly as the worker
+    path answers; once Redis takes writes again the flush job applies them."""
+    loop, worker = pair
+    ladmin = admin_of(loop)
+    rds = redis_client(own_redis, REDIS_DB)
+    a = user(loop)
+    warm(loop, a)
+    warm(worker, a)
+    outs = []
+    try:
+        rds.config_set("min-replicas-to-write", 1)
+        for inst in (loop, worker):
+            tag = uuid.uuid4().hex[:8]
+            fin0, _ = snapshot(loop, ladmin)
+            out = tx_ok(inst, a, [pg_insert("projects", {"user_id": a.id, "title": f"nr-{tag}"}),
+                                  rset(f"nr-{tag}", "v"), rop("incr", f"nrn-{tag}")])
+            assert [r["status"] for r in out["results"]] == ["success", "pending", "pending"], out
+            assert scalar(inst, "SELECT count(*) FROM projects WHERE title = %s", (f"nr-{tag}",)) == 1
+            rows = loop.pg.query(loop.db, "SELECT seq, attempts, last_error FROM coredb.redis_outbox "
+                                          "WHERE transaction_id = %s ORDER BY seq", (out["transaction_id"],))
+            assert len(rows) >= 3, rows           # the bumps and both operations, none deleted
+            # counted once here (the flush job, every second, may have tried it again since; it stops at
+            # the first row too, so the rows after it are never tried)
+            assert rows[0][1] >= 1 and rows[0][2].startswith("NOREPLICAS"), rows
+            assert all(r[1] == 0 for r in rows[1:]), rows
+            if inst is loop:
+                fin, _ = snapshot(loop, ladmin)
+                assert fin["loop"] - fin0["loop"] == 1 and fin["worker"] == fin0["worker"], (fin0, fin)
+            outs.append((out, tag))
+    finally:
+        rds.config_set("min-replicas-to-write", 0)
+    (lo, ltag), (wo, wtag) = outs
+    assert normalized(lo).replace(ltag, "TAG") == normalized(wo).replace(wtag, "TAG")
+    assert wait_for(lambda: all(rds.get(f"app:user:{a.id}:nr-{t}") == "v" and
+                                rds.get(f"app:user:{a.id}:nrn-{t}") == "1" for _, t in outs), timeout=15)
+    assert wait_for(lambda: scalar(loop, "SELECT count(*) FROM coredb.redis_outbox WHERE transaction_id = ANY(%s::uuid[])",
+                                   ([o["transaction_id"] for o, _ in outs],)) == 0, timeout=10)
