@@ -16,7 +16,8 @@
  *     in the loop's first-level cache: the rule of store/qcache.h, where a
  *     generation read before the query tags its answer;
  *   - any failure (the connection lost, an error result of any kind, no
- *     connection free): the request goes to a worker, which runs it the
+ *     connection ready, or none with room within pg_async.c's park wait):
+ *     the request goes to a worker, which runs it the
  *     blocking way and reports errors exactly as before. A read is
  *     idempotent, so running it twice is harmless, and the loop never has
  *     to map PostgreSQL's errors;

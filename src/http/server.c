@@ -198,7 +198,7 @@ static void on_accept(struct evconnlistener *listener, evutil_socket_t fd, struc
 
 enum { ACCEPT_PAUSE_MS = 100 };
 /* jobs in flight per loop connection: a backend runs its pipeline in order, so more only queue
-   in its socket; 32 keeps 64 concurrent misses of two loops on the loops (8 sent half to workers) */
+   in its socket behind a slow one; beyond these, misses park on the loop (store/pg_async.c) */
 enum { LOOP_PG_INFLIGHT = 32 };
 /* a loop's Redis command with no reply by then fails, and the request takes
    the blocking path (the same bound as the blocking pool's commands) */

@@ -23,6 +23,17 @@
  * stayed silent a whole deadline past its own is given up: the server is
  * not answering, and what waits behind it is answered TIMEOUT too.
  *
+ * Parked jobs. A job submitted while every ready connection is full waits
+ * in the cdb_apg's FIFO (at most PARK_PER_SLOT jobs per slot in flight) and
+ * is sent, in order, by the first connection that has room again (pump,
+ * after each read): under a thousand clients the misses stay on the loop
+ * instead of spilling to the workers, whose blocking connections add
+ * backends for PostgreSQL to schedule on the same cores. A parked job
+ * waits at most PARK_WAIT_MS: a pipeline held up by slow queries must not
+ * hold the misses behind it, so it is answered FAILED then (its caller
+ * runs it on a worker), and so is every parked job once no connection is
+ * ready. Its deadline counts from when it is sent.
+ *
  * Results are read until libpq would block: PQgetResult gives NULL after
  * each statement's results, and NULL twice in a row (or PQisBusy) means
  * nothing more is buffered, so the loop waits for the socket again.
@@ -44,6 +55,8 @@ enum {
     BACKOFF_MAX_MS = 5000,
     NO_STATEMENT_TIMEOUT_DEADLINE_MS = 300000,   /* as the blocking pool's */
     MAX_PREPARED = 64,
+    PARK_PER_SLOT = 8,             /* parked jobs per job in flight a connection may carry */
+    PARK_WAIT_MS = 250,            /* then a parked job goes to a worker */
 };
 
 typedef enum conn_state { ST_DOWN, ST_CONNECTING, ST_READY, ST_CLOSED, ST__COUNT } conn_state;
@@ -60,13 +73,18 @@ static const bool ALLOWED[ST__COUNT][ST__COUNT] = {
 /* process-wide, for /metrics: connections by state (closed ones are not counted) */
 static atomic_long g_count[ST__COUNT];
 static atomic_uint_fast64_t g_failures;
+static atomic_uint_fast64_t g_parked, g_park_expired;
 
 typedef struct apg_conn apg_conn;
 
 /* One job: a pipeline segment and what came back of it so far. */
 typedef struct job {
     struct job *next;
-    apg_conn *conn;
+    cdb_apg *apg;
+    apg_conn *conn;                /* NULL while parked */
+    cdb_apg_stmt stmts[CDB_APG_MAX_STMTS]; /* the caller's, valid until cb: sent from here */
+    int nstmts;
+    int timeout_ms;
     cdb_apg_cb cb;
     void *arg;
     struct event *timer;
@@ -112,11 +130,14 @@ struct cdb_apg {
     int default_timeout_ms;
     bool freeing;
     apg_conn *conns;
+    job *park_head, *park_tail;    /* waiting for room on a ready connection */
+    int nparked, park_max;
     void (*on_connected)(void *arg); /* cdb_apg_on_connected */
     void *on_connected_arg;
 };
 
 static void conn_start(apg_conn *c);
+static void pump(cdb_apg *apg);
 
 static void set_state(apg_conn *c, conn_state to)
 {
@@ -165,6 +186,61 @@ static void job_finish(job *j, cdb_apg_outcome outcome)
     job_free(j);
 }
 
+/* Answers every job of list (linked by next) with outcome. */
+static void finish_all(job *list, cdb_apg_outcome outcome)
+{
+    while (list) {
+        job *next = list->next;
+        job_finish(list, outcome);
+        list = next;
+    }
+}
+
+/* The ready connection with the fewest jobs in flight that has room for one more, or NULL. */
+static apg_conn *roomiest(cdb_apg *apg)
+{
+    apg_conn *c = NULL;
+    for (int i = 0; i < apg->nconns; i++) {
+        apg_conn *k = &apg->conns[i];
+        if (k->state == ST_READY && k->inflight < apg->max_inflight && (!c || k->inflight < c->inflight))
+            c = k;
+    }
+    return c;
+}
+
+static bool any_ready(const cdb_apg *apg)
+{
+    for (int i = 0; i < apg->nconns; i++)
+        if (apg->conns[i].state == ST_READY)
+            return true;
+    return false;
+}
+
+/* Takes the parked job j out of the FIFO. */
+static void unpark(cdb_apg *apg, job *j)
+{
+    job **at = &apg->park_head, *prev = NULL;
+    while (*at != j) {
+        prev = *at;
+        at = &(*at)->next;
+    }
+    *at = j->next;
+    if (apg->park_tail == j)
+        apg->park_tail = prev;
+    j->next = NULL;
+    apg->nparked--;
+    evtimer_del(j->timer);
+}
+
+/* No connection is ready: every parked job goes to its caller's blocking path. */
+static void fail_parked(cdb_apg *apg)
+{
+    job *list = apg->park_head;
+    apg->park_head = apg->park_tail = NULL;
+    apg->nparked = 0;
+    finish_all(list, CDB_APG_FAILED);
+}
+
 static void on_retry(evutil_socket_t fd, short what, void *arg);
 
 /* Closes c's socket side and PGconn (no callbacks). */
@@ -203,11 +279,9 @@ static void conn_fail_as(apg_conn *c, const char *why, cdb_apg_outcome outcome)
                                   : BACKOFF_MIN_MS;
     struct timeval tv = {c->backoff_ms / 1000, (c->backoff_ms % 1000) * 1000};
     evtimer_add(c->retry, &tv);
-    while (list) {
-        job *next = list->next;
-        job_finish(list, outcome);
-        list = next;
-    }
+    finish_all(list, outcome);
+    if (!any_ready(c->apg))
+        fail_parked(c->apg);
 }
 
 static void conn_fail(apg_conn *c, const char *why)
@@ -305,12 +379,11 @@ static void on_readable(evutil_socket_t fd, short what, void *arg)
     apg_conn *c = arg;
     (void)fd;
     (void)what;
-    if (!PQconsumeInput(c->pg)) {
+    if (!PQconsumeInput(c->pg))
         conn_fail(c, "connection lost");
-        return;
-    }
-    if (drain(c) && event_pending(c->wr, EV_WRITE, NULL))
+    else if (drain(c) && event_pending(c->wr, EV_WRITE, NULL))
         flush(c);
+    pump(c->apg);    /* the jobs that ended made room */
 }
 
 static void on_writable(evutil_socket_t fd, short what, void *arg)
@@ -345,6 +418,7 @@ static void conn_ready(apg_conn *c)
     c->outage_logged = false;
     if (c->apg->on_connected)
         c->apg->on_connected(c->apg->on_connected_arg);
+    pump(c->apg);
 }
 
 static void on_connect_io(evutil_socket_t fd, short what, void *arg);
@@ -414,6 +488,13 @@ static void on_job_deadline(evutil_socket_t fd, short what, void *arg)
     int64_t now = cdb_mono_ms();
     (void)fd;
     (void)what;
+    if (!c) {
+        /* parked PARK_WAIT_MS: the connections are held up, a worker runs it */
+        unpark(j->apg, j);
+        atomic_fetch_add(&g_park_expired, 1);
+        job_finish(j, CDB_APG_FAILED);
+        return;
+    }
     j->cb(CDB_APG_TIMEOUT, NULL, 0, j->arg);
     j->answered_ms = now;
     /* the oldest job silent a whole deadline past its own: the server is not answering */
@@ -434,6 +515,7 @@ cdb_apg *cdb_apg_new(struct event_base *base, const cdb_pg_settings *pg, int nco
     apg->pg = pg;
     apg->nconns = nconns;
     apg->max_inflight = max_inflight;
+    apg->park_max = PARK_PER_SLOT * nconns * max_inflight;
     apg->default_timeout_ms = pg->statement_timeout_ms > 0 ? pg->statement_timeout_ms + CDB_PG_DEADLINE_MARGIN_MS
                                                            : NO_STATEMENT_TIMEOUT_DEADLINE_MS;
     for (int i = 0; i < nconns; i++) {
@@ -463,6 +545,7 @@ void cdb_apg_free(cdb_apg *apg)
     if (!apg)
         return;
     apg->freeing = true;
+    fail_parked(apg);
     for (int i = 0; i < apg->nconns; i++) {
         apg_conn *c = &apg->conns[i];
         job *list = c->head;
@@ -473,11 +556,7 @@ void cdb_apg_free(cdb_apg *apg)
         if (c->state != ST_CLOSED)
             set_state(c, ST_CLOSED);
         free_event(&c->retry);
-        while (list) {
-            job *next = list->next;
-            job_finish(list, CDB_APG_FAILED);
-            list = next;
-        }
+        finish_all(list, CDB_APG_FAILED);
     }
     free(apg->conns);
     free(apg);
@@ -505,44 +584,29 @@ static int statement_slot(apg_conn *c, const char *sql, bool *fresh)
     return free_slot;
 }
 
-bool cdb_apg_submit(cdb_apg *apg, const cdb_apg_stmt *stmts, int n, int timeout_ms, cdb_apg_cb cb, void *arg)
+/* Sends j's segment on c and queues it there; false when sending failed (c's stream is unknown then). */
+static bool send_job(apg_conn *c, job *j)
 {
-    if (!apg || apg->freeing || n < 1 || n > CDB_APG_MAX_STMTS)
-        return false;
-    apg_conn *c = NULL;
-    for (int i = 0; i < apg->nconns; i++) {
-        apg_conn *k = &apg->conns[i];
-        if (k->state == ST_READY && k->inflight < apg->max_inflight && (!c || k->inflight < c->inflight))
-            c = k;
-    }
-    job *j = c ? calloc(1, sizeof *j) : NULL;
-    if (!j || !(j->timer = evtimer_new(apg->base, on_job_deadline, j))) {
-        free(j);
-        return false;
-    }
     j->conn = c;
-    j->cb = cb;
-    j->arg = arg;
-    for (int i = 0; i < n; i++) {
+    for (int i = 0; i < j->nstmts; i++) {
+        const cdb_apg_stmt *st = &j->stmts[i];
         bool fresh;
-        int slot = statement_slot(c, stmts[i].sql, &fresh);
+        int slot = statement_slot(c, st->sql, &fresh);
         if (fresh) {
-            if (!PQsendPrepare(c->pg, c->stmts[slot].name, stmts[i].sql, stmts[i].nparams, NULL))
-                goto fail_send;
+            if (!PQsendPrepare(c->pg, c->stmts[slot].name, st->sql, st->nparams, NULL))
+                return false;
             j->prepare_mask |= 1u << j->expect++;
             j->prepare_slot[j->nprep++] = slot;
         }
-        int ok = slot >= 0 ? PQsendQueryPrepared(c->pg, c->stmts[slot].name, stmts[i].nparams, stmts[i].params,
-                                                 NULL, NULL, 0)
-                           : PQsendQueryParams(c->pg, stmts[i].sql, stmts[i].nparams, NULL, stmts[i].params, NULL,
-                                               NULL, 0);
+        int ok = slot >= 0 ? PQsendQueryPrepared(c->pg, c->stmts[slot].name, st->nparams, st->params, NULL, NULL, 0)
+                           : PQsendQueryParams(c->pg, st->sql, st->nparams, NULL, st->params, NULL, NULL, 0);
         if (!ok)
-            goto fail_send;
+            return false;
         j->expect++;
     }
     if (!PQpipelineSync(c->pg))
-        goto fail_send;
-    int ms = timeout_ms > 0 ? timeout_ms : apg->default_timeout_ms;
+        return false;
+    int ms = j->timeout_ms > 0 ? j->timeout_ms : c->apg->default_timeout_ms;
     struct timeval tv = {ms / 1000, (ms % 1000) * 1000};
     evtimer_add(j->timer, &tv);
     if (c->tail)
@@ -554,16 +618,65 @@ bool cdb_apg_submit(cdb_apg *apg, const cdb_apg_stmt *stmts, int n, int timeout_
     /*
      * Sent when this turn of the loop has run its callbacks (on_writable):
      * the jobs submitted meanwhile leave in one write, and a write that
-     * fails fails j later, never inside this call.
+     * fails fails j later, never inside cdb_apg_submit.
      */
     event_active(c->wr, EV_WRITE, 0);
     return true;
+}
 
-fail_send:
-    /* part of a segment may be queued: the connection's stream is unknown now */
-    job_free(j);
-    conn_fail(c, "sending failed");
-    return false;
+/* Sends parked jobs, oldest first, while a ready connection has room. */
+static void pump(cdb_apg *apg)
+{
+    apg_conn *c;
+    while (apg->park_head && (c = roomiest(apg))) {
+        job *j = apg->park_head;
+        unpark(apg, j);
+        if (!send_job(c, j)) {
+            /* part of a segment may be queued: the connection's stream is unknown now */
+            j->conn = NULL;
+            conn_fail(c, "sending failed");
+            job_finish(j, CDB_APG_FAILED);
+        }
+    }
+}
+
+bool cdb_apg_submit(cdb_apg *apg, const cdb_apg_stmt *stmts, int n, int timeout_ms, cdb_apg_cb cb, void *arg)
+{
+    if (!apg || apg->freeing || n < 1 || n > CDB_APG_MAX_STMTS)
+        return false;
+    /* the parked go first: a free slot while some wait is the pump's, at the end of this turn */
+    apg_conn *c = apg->park_head ? NULL : roomiest(apg);
+    if (!c && (apg->nparked >= apg->park_max || !any_ready(apg)))
+        return false;
+    job *j = calloc(1, sizeof *j);
+    if (!j || !(j->timer = evtimer_new(apg->base, on_job_deadline, j))) {
+        free(j);
+        return false;
+    }
+    j->apg = apg;
+    j->cb = cb;
+    j->arg = arg;
+    j->timeout_ms = timeout_ms;
+    j->nstmts = n;
+    memcpy(j->stmts, stmts, (size_t)n * sizeof *stmts);
+    if (!c) {
+        struct timeval tv = {PARK_WAIT_MS / 1000, (PARK_WAIT_MS % 1000) * 1000};
+        if (apg->park_tail)
+            apg->park_tail->next = j;
+        else
+            apg->park_head = j;
+        apg->park_tail = j;
+        apg->nparked++;
+        atomic_fetch_add(&g_parked, 1);
+        evtimer_add(j->timer, &tv);
+        return true;
+    }
+    if (!send_job(c, j)) {
+        job_free(j);
+        conn_fail(c, "sending failed");
+        return false;
+    }
+    return true;
 }
 
 void cdb_apg_counts_get(cdb_apg_counts *out)
@@ -572,4 +685,6 @@ void cdb_apg_counts_get(cdb_apg_counts *out)
     out->connecting = atomic_load_explicit(&g_count[ST_CONNECTING], memory_order_relaxed);
     out->ready = atomic_load_explicit(&g_count[ST_READY], memory_order_relaxed);
     out->failures = atomic_load_explicit(&g_failures, memory_order_relaxed);
+    out->parked = atomic_load_explicit(&g_parked, memory_order_relaxed);
+    out->park_expired = atomic_load_explicit(&g_park_expired, memory_order_relaxed);
 }

@@ -14,7 +14,10 @@
  * behind it keeps its own (and succeeds on the same connection), a server
  * silent a whole deadline past the oldest job's (every job TIMEOUT, then a
  * reconnect), pg_terminate_backend of the connections with jobs in
- * flight, and free with parked jobs (each fails exactly once).
+ * flight (the parked fail with them), free with jobs waiting (each fails
+ * exactly once), and parking: jobs beyond the slots in flight wait in
+ * order and are sent as slots free, fail after PARK_WAIT_MS when the
+ * slots stay held, and beyond park_max are refused.
  */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -171,15 +174,19 @@ static void test_real_pipeline(void **state)
         for (int i = 0; i < MAX_PREPARED; i++)
             nprepared += apg->conns[k].stmts[i].sql != NULL;
     assert_true(nprepared >= 3 && nprepared <= 2 * 3);
-    /* a full connection refuses: 2 connections x 8 in flight */
+    /* full connections park, a full FIFO refuses: 2 connections x 8 in flight + 4 parked */
     seen d = {0};
     cdb_apg_stmt slow[] = {{"SELECT pg_sleep(0.3)::text", 0, NULL}};
     int taken = 0;
+    apg->park_max = 4;
     while (taken < 40 && cdb_apg_submit(apg, slow, 1, 0, on_job, &d))
         taken++;
-    assert_int_equal(taken, 16);
-    assert_true(RUN_UNTIL(base, d.calls == 16, 5000));
+    assert_int_equal(taken, 20);
+    assert_int_equal(apg->nparked, 4);
+    /* no slot frees before 0.3 s: the parked wait out PARK_WAIT_MS and fail (a worker's then) */
+    assert_true(RUN_UNTIL(base, d.calls == 20, 5000));
     assert_int_equal(d.ok, 16);
+    assert_int_equal(d.failed, 4);
     cdb_apg_free(apg);
     event_base_free(base);
 }
@@ -240,12 +247,13 @@ static void test_real_terminated(void **state)
         skip();
     struct event_base *base = event_base_new();
     cdb_pg_settings pg = {.conninfo = real_conninfo(), .application_name = "coredb-apg-unit"};
-    cdb_apg *apg = cdb_apg_new(base, &pg, 2, 8);
+    cdb_apg *apg = cdb_apg_new(base, &pg, 2, 2);
     assert_true(RUN_UNTIL(base, all_ready(apg), 5000));
     cdb_apg_stmt slow[] = {{"SELECT pg_sleep(1)::text", 0, NULL}};
     seen s = {0};
-    for (int i = 0; i < 4; i++)
+    for (int i = 0; i < 6; i++)                 /* 4 in flight, 2 parked */
         assert_true(cdb_apg_submit(apg, slow, 1, 0, on_job, &s));
+    assert_int_equal(apg->nparked, 2);
     PGconn *killer = PQconnectdb(real_conninfo());
     assert_int_equal(PQstatus(killer), CONNECTION_OK);
     PQclear(PQexec(killer, "SELECT pg_sleep(0.1)"));
@@ -255,14 +263,89 @@ static void test_real_terminated(void **state)
     assert_string_equal(PQgetvalue(r, 0, 0), "2");
     PQclear(r);
     PQfinish(killer);
-    assert_true(RUN_UNTIL(base, s.calls == 4, 3000));
-    assert_int_equal(s.failed, 4);
+    assert_true(RUN_UNTIL(base, s.calls == 6, 3000));
+    assert_int_equal(s.failed, 6);             /* no connection ready: the parked fail too */
+    assert_int_equal(apg->nparked, 0);
     assert_true(RUN_UNTIL(base, all_ready(apg), 5000));
     seen again = {0};
     cdb_apg_stmt one[] = {{"SELECT 'back'", 0, NULL}};
     assert_true(cdb_apg_submit(apg, one, 1, 0, on_job, &again));
     assert_true(RUN_UNTIL(base, again.calls == 1, 3000));
     assert_string_equal(again.first, "back");
+    cdb_apg_free(apg);
+    event_base_free(base);
+}
+
+/* The order the parked jobs of test_real_park ended in. */
+typedef struct order {
+    int next;
+    int seen[8];
+    int ok;
+} order;
+typedef struct ticket {
+    order *o;
+    int id;
+} ticket;
+
+static void on_ordered(cdb_apg_outcome outcome, PGresult *const *res, int n, void *arg)
+{
+    ticket *t = arg;
+    (void)res;
+    (void)n;
+    t->o->seen[t->o->next++] = t->id;
+    t->o->ok += outcome == CDB_APG_OK;
+}
+
+static void test_real_park(void **state)
+{
+    (void)state;
+    if (!real_conninfo())
+        skip();
+    struct event_base *base = event_base_new();
+    cdb_pg_settings pg = {.conninfo = real_conninfo(), .statement_timeout_ms = 5000};
+    cdb_apg *apg = cdb_apg_new(base, &pg, 1, 2);
+    assert_int_equal(apg->park_max, PARK_PER_SLOT * 2);
+    assert_true(RUN_UNTIL(base, all_ready(apg), 5000));
+    cdb_apg_counts before, after;
+    cdb_apg_counts_get(&before);
+
+    /* parked jobs are sent in order as slots free, and succeed */
+    cdb_apg_stmt nap[] = {{"SELECT pg_sleep(0.05)::text", 0, NULL}};
+    cdb_apg_stmt quick[] = {{"SELECT 'p'", 0, NULL}};
+    order o = {0};
+    ticket t[5];
+    for (int i = 0; i < 5; i++) {
+        t[i] = (ticket){&o, i};
+        assert_true(cdb_apg_submit(apg, i < 2 ? nap : quick, 1, 0, on_ordered, &t[i]));
+    }
+    assert_int_equal(apg->conns[0].inflight, 2);
+    assert_int_equal(apg->nparked, 3);
+    assert_true(RUN_UNTIL(base, o.next == 5, 3000));
+    assert_int_equal(o.ok, 5);
+    for (int i = 0; i < 5; i++)
+        assert_int_equal(o.seen[i], i);
+    assert_int_equal(apg->nparked, 0);
+
+    /* held up past PARK_WAIT_MS: the parked job fails (its caller's worker runs it), the FIFO is bounded */
+    cdb_apg_stmt hold[] = {{"SELECT pg_sleep(0.8)::text", 0, NULL}};
+    seen h = {0}, p = {0}, extra = {0};
+    assert_true(cdb_apg_submit(apg, hold, 1, 0, on_job, &h));
+    assert_true(cdb_apg_submit(apg, hold, 1, 0, on_job, &h));
+    int64_t t0 = cdb_mono_ms();
+    for (int i = 0; i < apg->park_max; i++)
+        assert_true(cdb_apg_submit(apg, quick, 1, 0, on_job, &p));
+    assert_false(cdb_apg_submit(apg, quick, 1, 0, on_job, &extra));
+    assert_true(RUN_UNTIL(base, p.calls == apg->park_max, 3000));
+    int64_t waited = cdb_mono_ms() - t0;
+    assert_int_equal(p.failed, apg->park_max);
+    assert_true(waited >= PARK_WAIT_MS - 20 && waited < 750);
+    assert_int_equal(h.calls, 0);               /* the held ones keep their own deadline */
+    assert_true(RUN_UNTIL(base, h.calls == 2, 3000));
+    assert_int_equal(h.ok, 2);
+    assert_int_equal(extra.calls, 0);
+    cdb_apg_counts_get(&after);
+    assert_int_equal(after.parked - before.parked, 3 + (uint64_t)apg->park_max);
+    assert_int_equal(after.park_expired - before.park_expired, (uint64_t)apg->park_max);
     cdb_apg_free(apg);
     event_base_free(base);
 }
@@ -276,6 +359,7 @@ int main(void)
         cmocka_unit_test(test_real_pipeline),
         cmocka_unit_test(test_real_deadline_and_free),
         cmocka_unit_test(test_real_terminated),
+        cmocka_unit_test(test_real_park),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
