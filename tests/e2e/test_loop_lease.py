@@ -522,3 +522,52 @@ def test_sigterm_with_lease_reads_in_flight(pg, own_redis):
         else:
             assert isinstance(o["error"], requests.ConnectionError), statuses
     assert "requests still running at the deadline" in inst.log(), inst.log()[-2000:]
+
+
+def test_the_reaper_ends_a_lease_while_a_read_runs_on_it(pair):
+    loop, worker = pair
+    ladmin = admin_of(loop)
+    a = user(loop)
+    slow = create_slow_view(loop, 4)
+    wait_table(loop, a, slow)
+    active = lambda inst: inst.get("/api/v1/connections", headers=ladmin.headers).json()["pool_stats"]["active"]  # noqa
+    answers = {}
+    for name, inst in (("loop", loop), ("worker", worker)):
+        base = active(inst)
+        lid = acquire(inst, a, ttl=2)
+        pid = backend_of(inst, lid)
+        t, out = in_thread(lambda: lq(inst, a, lid, {"table": slow}, timeout=CLIENT_TIMEOUT))
+        assert wait_for(lambda: running_on(inst, pid), timeout=10)
+        # the lease expires and the reaper ends it while the read still runs
+        assert wait_for(lambda: inst.pg.query(inst.db, "SELECT state FROM coredb.leases WHERE id = %s",
+                                              (lid,))[0][0] != "active", timeout=8)
+        assert t.is_alive(), "the read ended before the reaper: make the view slower"
+        t.join(CLIENT_TIMEOUT)
+        answers[name] = (out["resp"].status_code, out["resp"].content.count(b'"id":1'))
+        # its checkin gave the connection back to the pool; the id is refused from then on
+        assert wait_for(lambda: active(inst) == base, timeout=5), (name, active(inst), base)
+        assert_error(lq(inst, a, lid, {"table": "projects"}), 404, "NOT_FOUND")
+    assert answers["loop"] == answers["worker"], answers
+
+
+def test_many_callers_on_one_lease_get_200_or_409_only(pair):
+    loop, _ = pair
+    ladmin = admin_of(loop)
+    a = user(loop)
+    query_ok(loop, a, {"table": "projects", "pagination": {"limit": 1}})
+    lid = acquire(loop, a)
+    before = lease_reads(loop, ladmin)
+
+    def call(i):
+        body = {"table": "projects", "filters": {"title": f"c-{i}-{uuid.uuid4().hex}"}}
+        return lq(loop, a, lid, body).status_code
+    import concurrent.futures
+    with concurrent.futures.ThreadPoolExecutor(12) as ex:
+        codes = list(ex.map(call, range(150)))
+    assert set(codes) <= {200, 409}, codes
+    assert 200 in codes, codes
+    d = delta(before, lease_reads(loop, ladmin))
+    # every 200 ran on the loop, every 409 was refused there; nothing reached a worker
+    assert d["answered"] == codes.count(200) and d["refused"] == codes.count(409) and d["handed_off"] == 0, d
+    assert call("after") == 200
+    assert release(loop, a, lid).status_code == 200
