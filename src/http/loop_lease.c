@@ -17,7 +17,8 @@
  *   3. a miss runs the worker's statements (data/query_probe.h: the read
  *      prelude of role + settings, the page, the count; no BEGIN, so the
  *      Sync ends the implicit transaction, as on a worker; never a replica,
- *      as a bound connection never reads one) on the borrowed connection.
+ *      as a bound connection never reads one, so read replicas configured
+ *      do not send it to a worker) on the borrowed connection.
  *      Every result in: 200 on the loop, stored in the cache at the
  *      generation admission read (the rule of loop_query.c: a lease read is
  *      cached as any read); the connection is checked in first.
@@ -180,7 +181,7 @@ bool cdb__loop_lease_query(cdb__loop_lease *l, bool generation_read, int64_t gen
         return false;
     l->store = generation_read;
     l->generation = generation;
-    if (!cdb__data_query_loop_plan(r->svc, &r->principal, r->body, &l->lp))
+    if (!cdb__data_query_loop_plan_bound(r->svc, &r->principal, r->body, &l->lp))
         return false;
     /* identical misses run once (store/qcache.h single flight): another running it, a worker follows */
     if (l->store && l->lp.cache_key) {

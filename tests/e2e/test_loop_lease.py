@@ -571,3 +571,33 @@ def test_many_callers_on_one_lease_get_200_or_409_only(pair):
     assert d["answered"] == codes.count(200) and d["refused"] == codes.count(409) and d["handed_off"] == 0, d
     assert call("after") == 200
     assert release(loop, a, lid).status_code == 200
+
+
+def test_read_replicas_configured_a_lease_read_still_runs_on_the_loop(pg, own_redis):
+    """A lease's connection never reads a replica (query_run.c), so DATABASE_READ_URLS does not send its
+    reads to a worker as it does plain misses. The "replica" is the primary under another name: no standby,
+    never in rotation (docs/replicas.md), which is enough to configure replicas."""
+    db = pg.create_database()
+    inst = start_instance(pg, own_redis, REDIS_DB + 6, db=db, CACHE_TTL="0",
+                          DATABASE_READ_URLS=f"postgresql://postgres@localhost:{pg.port}/{db}", **LOOP_ENV)
+    try:
+        admin = admin_of(inst)
+        a = user(inst)
+        add_projects(inst, a.id, 4, prefix="r")
+        query_ok(inst, a, {"table": "projects", "pagination": {"limit": 1}})
+        lid = acquire(inst, a)
+        before, plain = lease_reads(inst, admin), metric(inst, admin, "coredb_http_loop_queries_total")
+        body = {"table": "projects", "select": ["title"], "order_by": [{"column": "title"}]}
+        on_lease_resp = lq(inst, a, lid, body)
+        without = query(inst, a, body)
+        assert on_lease_resp.status_code == without.status_code == 200, on_lease_resp.text
+        assert without_time(on_lease_resp.content) == without_time(without.content)
+        assert [r["title"] for r in on_lease_resp.json()["data"]] == ["r000", "r001", "r002", "r003"]
+        d = delta(before, lease_reads(inst, admin))
+        assert d["answered"] == 1 and d["adm_lease"] == 1, d
+        # the plain miss went to a worker (replicas configured), as before
+        after = metric(inst, admin, "coredb_http_loop_queries_total")
+        assert after.get("answered", 0) == plain.get("answered", 0), (plain, after)
+        assert release(inst, a, lid).status_code == 200
+    finally:
+        inst.stop_clean()
