@@ -189,7 +189,8 @@ bool cdb__loop_lease_query(cdb__loop_lease *l, bool generation_read, int64_t gen
             return false;
         l->lead = true;
     }
-    int statement_ms = cdb_pool_statement_timeout_ms(cdb_service_pool(r->svc));
+    cdb_pool *pool = cdb_service_pool(r->svc);
+    int statement_ms = pool ? cdb_pool_statement_timeout_ms(pool) : 0;
     int timeout_ms = statement_ms > 0 ? statement_ms + CDB_PG_DEADLINE_MARGIN_MS : NO_STATEMENT_TIMEOUT_DEADLINE_MS;
     const cdb__query_loop *lp = &l->lp;
     const cdb_pgb_stmt stmts[] = {
