@@ -59,6 +59,8 @@ struct cdb__loop_lease {
     cdb_pool_conn *pc;             /* checked out; NULL once checked in */
     cdb_pgb *job;                  /* running on pc, or NULL */
     bool store, lead;              /* as loop_query.c's */
+    const char *fresh[3];          /* statements prepared by this job, in the order they were named */
+    char names[3][16];             /* names of fresh ones (the connection's table: store/pool.h) */
     int64_t generation;
     cdb__query_loop lp;
     cdb__loop_lease *prev, *next;  /* the loop's running jobs (loop->leases) */
@@ -136,7 +138,8 @@ static void timeout_answer(cdb_request *r, const char *sqlstate)
     cdb_error_destroy(&err);
 }
 
-static void on_results(cdb_pgb_outcome outcome, PGresult *const *res, int n, const char *sqlstate, void *arg)
+static void on_results(cdb_pgb_outcome outcome, PGresult *const *res, int n, const char *sqlstate, int prepared,
+                       void *arg)
 {
     cdb__loop_lease *l = arg;
     cdb_request *r = l->r;
@@ -145,6 +148,13 @@ static void on_results(cdb_pgb_outcome outcome, PGresult *const *res, int n, con
 
     l->job = NULL;
     unlist(l);
+    /* what the server prepared is the connection's now, whatever the outcome: into its table */
+    for (int i = 0; i < prepared; i++) {
+        if (cdb_pool_conn_prepared_record(l->pc, l->fresh[i]) < 0) {
+            cdb_pgb_break(cdb_pool_conn_pg(l->pc));    /* a name its table does not know: not reusable */
+            break;
+        }
+    }
     if (outcome == CDB_PGB_TIMEOUT) {
         timeout_answer(r, sqlstate);
         cdb__metrics_inc(CDB_M_LOOP_LEASE_TIMEOUT);
@@ -193,11 +203,24 @@ bool cdb__loop_lease_query(cdb__loop_lease *l, bool generation_read, int64_t gen
     int statement_ms = pool ? cdb_pool_statement_timeout_ms(pool) : 0;
     int timeout_ms = statement_ms > 0 ? statement_ms + CDB_PG_DEADLINE_MARGIN_MS : NO_STATEMENT_TIMEOUT_DEADLINE_MS;
     const cdb__query_loop *lp = &l->lp;
-    const cdb_pgb_stmt stmts[] = {
-        {lp->prelude_sql, 3, lp->settings},
-        {lp->rows.text, lp->rows.nparams, (const char *const *)lp->rows.params},
-        {lp->count_sql, lp->count_nparams, (const char *const *)lp->rows.params},
+    cdb_pgb_stmt stmts[] = {
+        {lp->prelude_sql, 3, lp->settings, NULL, false},
+        {lp->rows.text, lp->rows.nparams, (const char *const *)lp->rows.params, NULL, false},
+        {lp->count_sql, lp->count_nparams, (const char *const *)lp->rows.params, NULL, false},
     };
+    /*
+     * Prepared as the worker prepares them, under the names of the connection's own table
+     * (store/pool.h): parsed and planned once per connection, whichever path ran a shape first.
+     */
+    int nfresh = 0;
+    for (int i = 0; i < 3; i++) {
+        bool fresh = false;
+        stmts[i].name = cdb_pool_conn_prepared_name(l->pc, stmts[i].sql, nfresh, &fresh, l->names[i],
+                                                    sizeof l->names[i]);
+        stmts[i].prepare = fresh;
+        if (fresh)
+            l->fresh[nfresh++] = stmts[i].sql;
+    }
     if (!(l->job = cdb_pgb_start(loop->base, cdb_pool_conn_pg(l->pc), stmts, 3, timeout_ms, on_results, l)))
         return false;              /* the caller gives it back (end_flight first) and a worker runs it */
     l->next = loop->leases;

@@ -3,10 +3,12 @@
  * pg_borrow.h for the contract).
  *
  * One job per connection at a time, so the stream needs no FIFO: the job
- * owns every result until the Sync. libpq gives each statement's results
- * then a NULL; after an error result the statements left come back
- * PGRES_PIPELINE_ABORTED, and PGRES_PIPELINE_SYNC ends the segment. The
- * first result of statement i is kept as res[i] (a statement of ours gives
+ * owns every result until the Sync. What is sent is a list of items: the
+ * prepares first, then the statements. libpq gives each item's results
+ * then a NULL; after an error result the items left come back
+ * PGRES_PIPELINE_ABORTED, and PGRES_PIPELINE_SYNC ends the segment. A
+ * prepare answered OK (while none before it failed) is counted; the first
+ * result of statement i is kept as res[i] (a statement of ours gives
  * exactly one), anything else is dropped. Results are read until libpq
  * would block (PQisBusy); then the loop waits for the socket again.
  *
@@ -32,8 +34,10 @@ struct cdb_pgb {
     struct event *timer;           /* the deadline */
     bool want_write;               /* sock also waits for writability (PQflush left output) */
     int n;                         /* statements sent */
-    int next;                      /* the statement whose results come next */
-    bool in_stmt;                  /* a result of statement next came; its NULL has not */
+    int nprep;                     /* prepares sent ahead of them */
+    int prepared;                  /* prepares the server accepted (a prefix of them) */
+    int next;                      /* the item whose results come next: prepares, then statements */
+    bool in_stmt;                  /* a result of item next came; its NULL has not */
     PGresult *res[CDB_PGB_MAX_STMTS];
     char sqlstate[6];              /* the first error result's */
     cdb_pgb_cb cb;
@@ -45,7 +49,7 @@ struct cdb_pgb {
  * take the server for down): the socket is shut, libpq reads end-of-file
  * and says CONNECTION_BAD, and the pool closes it when it is given back.
  */
-static void break_conn(PGconn *conn)
+void cdb_pgb_break(PGconn *conn)
 {
     int fd = PQsocket(conn);
     if (fd >= 0)
@@ -61,7 +65,7 @@ static bool restore(PGconn *conn)
     if ((PQpipelineStatus(conn) != PQ_PIPELINE_OFF && !PQexitPipelineMode(conn)) || PQsetnonblocking(conn, 0) != 0 ||
         PQtransactionStatus(conn) != PQTRANS_IDLE) {
         cdb_log_warn("pg.borrow_state", "a borrowed connection was not left idle after its job; closing it");
-        break_conn(conn);
+        cdb_pgb_break(conn);
         return false;
     }
     return true;
@@ -81,12 +85,12 @@ static void finish(cdb_pgb *job, cdb_pgb_outcome outcome)
     } else if (outcome == CDB_PGB_TIMEOUT) {
         cdb_pg_expire(job->conn);
     } else if (PQstatus(job->conn) == CONNECTION_OK) {
-        break_conn(job->conn);     /* aborted, or out of step: never half-read for the next user */
+        cdb_pgb_break(job->conn);     /* aborted, or out of step: never half-read for the next user */
     }
     if (outcome != CDB_PGB_ERROR && !(outcome == CDB_PGB_TIMEOUT && job->sqlstate[0]))
         job->sqlstate[0] = '\0';
     job->cb(outcome, outcome == CDB_PGB_OK ? job->res : NULL, outcome == CDB_PGB_OK ? job->n : 0,
-            job->sqlstate, job->arg);
+            job->sqlstate, job->prepared, job->arg);
     for (int i = 0; i < job->n; i++)
         PQclear(job->res[i]);
     free(job);
@@ -129,11 +133,12 @@ static int read_results(cdb_pgb *job)
             continue;
         }
         ExecStatusType st = PQresultStatus(res);
+        int items = job->nprep + job->n;
         if (st == PGRES_PIPELINE_SYNC) {
             PQclear(res);
-            return job->next == job->n && !job->in_stmt ? 1 : -1;
+            return job->next == items && !job->in_stmt ? 1 : -1;
         }
-        if (job->next >= job->n) { /* a result nobody asked for */
+        if (job->next >= items) {  /* a result nobody asked for */
             PQclear(res);
             return -1;
         }
@@ -141,10 +146,16 @@ static int read_results(cdb_pgb *job)
             const char *state = PQresultErrorField(res, PG_DIAG_SQLSTATE);
             snprintf(job->sqlstate, sizeof job->sqlstate, "%s", state && *state ? state : "XX000");
         }
-        if (!job->in_stmt && !job->res[job->next])
-            job->res[job->next] = res;
-        else
+        int stmt = job->next - job->nprep;
+        if (stmt < 0) {            /* a prepare's answer */
+            if (!job->in_stmt && st == PGRES_COMMAND_OK && job->prepared == job->next)
+                job->prepared++;
             PQclear(res);
+        } else if (!job->in_stmt && !job->res[stmt]) {
+            job->res[stmt] = res;
+        } else {
+            PQclear(res);
+        }
         job->in_stmt = true;
         if (PQstatus(conn) == CONNECTION_BAD)
             return -1;
@@ -202,7 +213,18 @@ cdb_pgb *cdb_pgb_start(struct event_base *base, PGconn *conn, const cdb_pgb_stmt
     if (PQsetnonblocking(conn, 1) != 0 || !PQenterPipelineMode(conn))
         goto out_free;
     for (int i = 0; i < n; i++) {
-        if (PQsendQueryParams(conn, stmts[i].sql, stmts[i].nparams, NULL, stmts[i].params, NULL, NULL, 0) != 1)
+        if (stmts[i].name && stmts[i].prepare) {
+            if (PQsendPrepare(conn, stmts[i].name, stmts[i].sql, stmts[i].nparams, NULL) != 1)
+                goto out_free;
+            job->nprep++;
+        }
+    }
+    for (int i = 0; i < n; i++) {
+        int sent = stmts[i].name ? PQsendQueryPrepared(conn, stmts[i].name, stmts[i].nparams, stmts[i].params, NULL,
+                                                       NULL, 0)
+                                 : PQsendQueryParams(conn, stmts[i].sql, stmts[i].nparams, NULL, stmts[i].params,
+                                                     NULL, NULL, 0);
+        if (sent != 1)
             goto out_free;
     }
     struct timeval tv = {timeout_ms / 1000, (timeout_ms % 1000) * 1000};
@@ -214,7 +236,7 @@ out_free:
     if (touched) {
         /* something may have been queued or sent: nobody can read it back in step */
         cdb_log_warn("pg.borrow_failed", "a job could not be sent on a borrowed connection; closing it");
-        break_conn(conn);
+        cdb_pgb_break(conn);
     }
     if (job->sock)
         event_free(job->sock);

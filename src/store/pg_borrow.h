@@ -7,9 +7,11 @@
  *
  * The connection belongs to blocking code before and after the job
  * (store/txn.c, the worker path). So the job puts it in non-blocking
- * pipeline mode, sends its statements unnamed (PQsendQueryParams: never a
- * name of the connection's prepared statements, store/pool.h) as one
- * pipeline segment ending with a Sync, watches the socket with a libevent
+ * pipeline mode, sends its statements as one pipeline segment ending with
+ * a Sync — each unnamed (PQsendQueryParams), or under a name the caller
+ * took from the connection's own table of prepared statements
+ * (cdb_pool_conn_prepared_name, store/pool.h, so names never collide),
+ * prepared first in the same segment (PQsendPrepare) when it is new — watches the socket with a libevent
  * event on the loop, collects the results, and hands the connection back
  * as the blocking code expects it: blocking mode, pipeline off, nothing
  * pending, idle (the Sync closes the implicit transaction, committed or
@@ -35,6 +37,7 @@
 #define COREDB_STORE_PG_BORROW_H
 
 #include <libpq-fe.h>
+#include <stdbool.h>
 
 struct event_base;
 
@@ -42,11 +45,18 @@ typedef struct cdb_pgb cdb_pgb;
 
 enum { CDB_PGB_MAX_STMTS = 4 };
 
-/* One statement: its text (sent unnamed) and text parameters (copied by libpq when sent). */
+/*
+ * One statement: its text and text parameters (copied by libpq when sent);
+ * name NULL: sent unnamed; else run as that prepared statement, prepared
+ * first in the same segment when prepare (the prepares go ahead of every
+ * statement, in the order of stmts).
+ */
 typedef struct cdb_pgb_stmt {
     const char *sql;
     int nparams;
     const char *const *params;
+    const char *name;
+    bool prepare;
 } cdb_pgb_stmt;
 
 typedef enum cdb_pgb_outcome {
@@ -60,11 +70,14 @@ typedef enum cdb_pgb_outcome {
 /*
  * res: the n results in statement order with CDB_PGB_OK (owned by the job,
  * valid during the call), NULL otherwise; sqlstate: the error's with
- * CDB_PGB_ERROR and CDB_PGB_TIMEOUT from the server, "" otherwise. The job
- * is freed when the callback returns; the connection is the borrower's again.
+ * CDB_PGB_ERROR and CDB_PGB_TIMEOUT from the server, "" otherwise;
+ * prepared: how many of the statements to prepare (the first ones, in
+ * order) the server accepted, whatever the outcome (a prepared statement
+ * outlives a failed transaction): the caller records them. The job is
+ * freed when the callback returns; the connection is the borrower's again.
  */
 typedef void (*cdb_pgb_cb)(cdb_pgb_outcome outcome, PGresult *const *res, int n, const char *sqlstate,
-                           void *arg);
+                           int prepared, void *arg);
 
 /*
  * Starts stmts (1..CDB_PGB_MAX_STMTS) on conn, which must be usable and
@@ -75,6 +88,13 @@ typedef void (*cdb_pgb_cb)(cdb_pgb_outcome outcome, PGresult *const *res, int n,
  */
 cdb_pgb *cdb_pgb_start(struct event_base *base, PGconn *conn, const cdb_pgb_stmt *stmts, int n, int timeout_ms,
                        cdb_pgb_cb cb, void *arg);
+
+/*
+ * Breaks conn for good (CONNECTION_BAD, so the pool closes it when it is
+ * given back), without the deadline's mark: for a borrower that cannot
+ * vouch for its state.
+ */
+void cdb_pgb_break(PGconn *conn);
 
 /* Ends a running job now (shutdown): cb runs with CDB_PGB_ABORTED before this returns. */
 void cdb_pgb_abort(cdb_pgb *job);

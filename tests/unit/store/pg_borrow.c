@@ -8,7 +8,10 @@
  * and runs this binary against it in test_loop_lease.py), on a blocking
  * connection opened as the pool opens them: results in order with their
  * parameters, the connection handed back blocking, pipeline off and idle,
- * its prepared statements untouched (the job's are unnamed); an error
+ * its prepared statements untouched by unnamed statements; statements
+ * prepared in the segment (results in order, the prepares the server
+ * accepted counted even when a later statement fails, a refused one not,
+ * runnable by name afterwards, blocking too); an error
  * result (ERROR with its sqlstate, the connection clean, the next job
  * fine); the server's statement_timeout (TIMEOUT with 57014, clean); the
  * job's own deadline (TIMEOUT, the connection expired as pg.h's deadline
@@ -33,14 +36,17 @@ typedef struct seen {
     int n;
     char values[CDB_PGB_MAX_STMTS][64];
     char sqlstate[6];
+    int prepared;
 } seen;
 
-static void on_job(cdb_pgb_outcome outcome, PGresult *const *res, int n, const char *sqlstate, void *arg)
+static void on_job(cdb_pgb_outcome outcome, PGresult *const *res, int n, const char *sqlstate, int prepared,
+                   void *arg)
 {
     seen *s = arg;
     s->calls++;
     s->outcome = outcome;
     s->n = n;
+    s->prepared = prepared;
     snprintf(s->sqlstate, sizeof s->sqlstate, "%s", sqlstate);
     for (int i = 0; i < n; i++)
         snprintf(s->values[i], sizeof s->values[i], "%s", PQntuples(res[i]) ? PQgetvalue(res[i], 0, 0) : "");
@@ -95,7 +101,7 @@ static void test_refuses_what_it_cannot_take(void **state)
     (void)state;
     struct event_base *base = event_base_new();
     seen s = {0};
-    const cdb_pgb_stmt st = {"SELECT 1", 0, NULL};
+    const cdb_pgb_stmt st = {"SELECT 1", 0, NULL, NULL, false};
     assert_null(cdb_pgb_start(base, NULL, &st, 1, 1000, on_job, &s));
     PGconn *bad = PQconnectStart("host=127.0.0.1 port=1 dbname=x");
     assert_null(cdb_pgb_start(base, bad, &st, 1, 1000, on_job, &s));
@@ -119,9 +125,9 @@ static void test_real_results_in_order_and_clean(void **state)
     PQclear(prep);
     const char *p1[] = {"coredb_user_x", "a b"}, *p2[] = {"41"};
     const cdb_pgb_stmt stmts[] = {
-        {"SELECT set_config('app.t', $2, true), $1::text", 2, p1},
-        {"SELECT current_setting('app.t')", 0, NULL},
-        {"SELECT ($1::int + 1)::text", 1, p2},
+        {"SELECT set_config('app.t', $2, true), $1::text", 2, p1, NULL, false},
+        {"SELECT current_setting('app.t')", 0, NULL, NULL, false},
+        {"SELECT ($1::int + 1)::text", 1, p2, NULL, false},
     };
     for (int round = 0; round < 3; round++) {
         seen s = {0};
@@ -146,6 +152,63 @@ static void test_real_results_in_order_and_clean(void **state)
     event_base_free(base);
 }
 
+static void test_real_prepared_in_the_pipeline(void **state)
+{
+    (void)state;
+    if (!real_conninfo())
+        skip();
+    struct event_base *base = event_base_new();
+    PGconn *conn = connect_real(5000);
+    const char *p[] = {"7"};
+    /* two prepared in the segment, one unnamed: results in statement order */
+    const cdb_pgb_stmt first[] = {
+        {"SELECT ($1::int * 2)::text", 1, p, "cdb_s0", true},
+        {"SELECT 'plain'", 0, NULL, NULL, false},
+        {"SELECT ($1::int + 3)::text", 1, p, "cdb_s1", true},
+    };
+    seen s = {0};
+    assert_non_null(cdb_pgb_start(base, conn, first, 3, 3000, on_job, &s));
+    assert_true(RUN_UNTIL(base, s.calls > 0, 3000));
+    assert_int_equal(s.outcome, CDB_PGB_OK);
+    assert_int_equal(s.prepared, 2);
+    assert_string_equal(s.values[0], "14");
+    assert_string_equal(s.values[1], "plain");
+    assert_string_equal(s.values[2], "10");
+    assert_clean(conn);
+    /* run by name afterwards, by this path and by blocking code */
+    const cdb_pgb_stmt again[] = {{"SELECT ($1::int + 3)::text", 1, p, "cdb_s1", false}};
+    memset(&s, 0, sizeof s);
+    assert_non_null(cdb_pgb_start(base, conn, again, 1, 3000, on_job, &s));
+    assert_true(RUN_UNTIL(base, s.calls > 0, 3000));
+    assert_int_equal(s.outcome, CDB_PGB_OK);
+    assert_int_equal(s.prepared, 0);
+    assert_string_equal(s.values[0], "10");
+    PGresult *res = PQexecPrepared(conn, "cdb_s0", 1, p, NULL, NULL, 0);
+    assert_string_equal(PQgetvalue(res, 0, 0), "14");
+    PQclear(res);
+    /* a prepare the server accepts is counted even when a statement after it fails */
+    const cdb_pgb_stmt failing[] = {{"SELECT 1/$1::int", 1, (const char *[]){"0"}, "cdb_s2", true}};
+    memset(&s, 0, sizeof s);
+    assert_non_null(cdb_pgb_start(base, conn, failing, 1, 3000, on_job, &s));
+    assert_true(RUN_UNTIL(base, s.calls > 0, 3000));
+    assert_int_equal(s.outcome, CDB_PGB_ERROR);
+    assert_string_equal(s.sqlstate, "22012");
+    assert_int_equal(s.prepared, 1);
+    assert_clean(conn);
+    /* a prepare the server refuses is not: nothing after it runs */
+    const cdb_pgb_stmt refused[] = {{"SELECT nosuchcolumn", 0, NULL, "cdb_s3", true},
+                                    {"SELECT 'never'", 0, NULL, NULL, false}};
+    memset(&s, 0, sizeof s);
+    assert_non_null(cdb_pgb_start(base, conn, refused, 2, 3000, on_job, &s));
+    assert_true(RUN_UNTIL(base, s.calls > 0, 3000));
+    assert_int_equal(s.outcome, CDB_PGB_ERROR);
+    assert_string_equal(s.sqlstate, "42703");
+    assert_int_equal(s.prepared, 0);
+    assert_clean(conn);
+    PQfinish(conn);
+    event_base_free(base);
+}
+
 static void test_real_error_and_statement_timeout(void **state)
 {
     (void)state;
@@ -153,7 +216,7 @@ static void test_real_error_and_statement_timeout(void **state)
         skip();
     struct event_base *base = event_base_new();
     PGconn *conn = connect_real(500);
-    const cdb_pgb_stmt bad[] = {{"SELECT 1", 0, NULL}, {"SELECT 1/0", 0, NULL}, {"SELECT 2", 0, NULL}};
+    const cdb_pgb_stmt bad[] = {{"SELECT 1", 0, NULL, NULL, false}, {"SELECT 1/0", 0, NULL, NULL, false}, {"SELECT 2", 0, NULL, NULL, false}};
     seen s = {0};
     assert_non_null(cdb_pgb_start(base, conn, bad, 3, 3000, on_job, &s));
     assert_true(RUN_UNTIL(base, s.calls > 0, 3000));
@@ -162,7 +225,7 @@ static void test_real_error_and_statement_timeout(void **state)
     assert_int_equal(s.n, 0);
     assert_clean(conn);
     /* the server's statement_timeout: TIMEOUT with 57014, and the connection clean */
-    const cdb_pgb_stmt slow[] = {{"SELECT pg_sleep(3)", 0, NULL}};
+    const cdb_pgb_stmt slow[] = {{"SELECT pg_sleep(3)", 0, NULL, NULL, false}};
     memset(&s, 0, sizeof s);
     int64_t t0 = cdb_mono_ms();
     assert_non_null(cdb_pgb_start(base, conn, slow, 1, 2500, on_job, &s));
@@ -173,7 +236,7 @@ static void test_real_error_and_statement_timeout(void **state)
     assert_clean(conn);
     assert_false(cdb_pg_timed_out(conn));
     /* and the next job runs */
-    const cdb_pgb_stmt one[] = {{"SELECT 'next'", 0, NULL}};
+    const cdb_pgb_stmt one[] = {{"SELECT 'next'", 0, NULL, NULL, false}};
     memset(&s, 0, sizeof s);
     assert_non_null(cdb_pgb_start(base, conn, one, 1, 3000, on_job, &s));
     assert_true(RUN_UNTIL(base, s.calls > 0, 3000));
@@ -190,7 +253,7 @@ static void test_real_deadline_expires_the_connection(void **state)
         skip();
     struct event_base *base = event_base_new();
     PGconn *conn = connect_real(10000);
-    const cdb_pgb_stmt slow[] = {{"SELECT pg_sleep(3)", 0, NULL}};
+    const cdb_pgb_stmt slow[] = {{"SELECT pg_sleep(3)", 0, NULL, NULL, false}};
     seen s = {0};
     int64_t t0 = cdb_mono_ms();
     assert_non_null(cdb_pgb_start(base, conn, slow, 1, 300, on_job, &s));
@@ -218,7 +281,7 @@ static void test_real_terminated_and_abort(void **state)
     PGconn *conn = connect_real(10000), *killer = connect_real(10000);
     char pid[16];
     snprintf(pid, sizeof pid, "%d", PQbackendPID(conn));
-    const cdb_pgb_stmt slow[] = {{"SELECT pg_sleep(3)", 0, NULL}};
+    const cdb_pgb_stmt slow[] = {{"SELECT pg_sleep(3)", 0, NULL, NULL, false}};
     seen s = {0};
     assert_non_null(cdb_pgb_start(base, conn, slow, 1, 5000, on_job, &s));
     RUN_UNTIL(base, false, 200);
@@ -266,6 +329,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_refuses_what_it_cannot_take),
         cmocka_unit_test(test_real_results_in_order_and_clean),
+        cmocka_unit_test(test_real_prepared_in_the_pipeline),
         cmocka_unit_test(test_real_error_and_statement_timeout),
         cmocka_unit_test(test_real_deadline_expires_the_connection),
         cmocka_unit_test(test_real_terminated_and_abort),
