@@ -18,7 +18,9 @@
  *      prelude of role + settings, the page, the count; no BEGIN, so the
  *      Sync ends the implicit transaction, as on a worker; never a replica,
  *      as a bound connection never reads one, so read replicas configured
- *      do not send it to a worker) on the borrowed connection.
+ *      do not send it to a worker) on the borrowed connection, prepared
+ *      under names of the connection's own table (store/pool.h), so a
+ *      shape is parsed once per connection whichever path ran it first.
  *      Every result in: 200 on the loop, stored in the cache at the
  *      generation admission read (the rule of loop_query.c: a lease read is
  *      cached as any read); the connection is checked in first.
