@@ -18,8 +18,11 @@ wrong-type bodies, all as the worker answers them; 409 while a read runs on
 the lease; release while a read runs; the lease's backend terminated
 mid-read (the same answers as the worker path's, nothing hangs); the
 server's statement_timeout (504 on the loop, connection clean after);
-SIGTERM with lease reads in flight; and tests/unit/store/pg_borrow.c
-against this real PostgreSQL.
+SIGTERM with lease reads in flight; the reaper ending a lease while a read
+runs on it; many callers on one lease (200 or 409 only); read replicas
+configured (lease reads stay on the loop); prepared statement names shared
+with the worker path on one connection and past the table's 64 (unnamed);
+and tests/unit/store/pg_borrow.c against this real PostgreSQL.
 """
 import os
 import re
@@ -603,3 +606,46 @@ def test_read_replicas_configured_a_lease_read_still_runs_on_the_loop(pg, own_re
         assert release(inst, a, lid).status_code == 200
     finally:
         inst.stop_clean()
+
+
+def test_prepared_names_are_shared_with_the_worker_path_and_the_table_can_fill(pair):
+    """The loop prepares a lease read's statements under names of the connection's own table
+    (store/pool.h), which the worker path uses on the same connection too: interleaving loop reads,
+    worker transactions and worker reads on one lease never reuses a name (PostgreSQL would refuse it:
+    "prepared statement already exists"), and past CDB_POOL_MAX_STATEMENTS (64) shapes the loop runs
+    the rest unnamed; every answer equals the worker instance's."""
+    import itertools
+    loop, worker = pair
+    ladmin = admin_of(loop)
+    a = user(loop)
+    add_projects(loop, a.id, 3, prefix="n")
+    query_ok(loop, a, {"table": "projects", "pagination": {"limit": 1}})
+    llid, wlid = acquire(loop, a), acquire(worker, a)
+    cols = ["id", "title", "status", "description", "settings", "created_at", "updated_at", "user_id"]
+    shapes = [list(c) for k in (1, 2, 3) for c in itertools.combinations(cols, k)][:80]
+    before = lease_reads(loop, ladmin)
+    handed = 0
+    for i, sel in enumerate(shapes):
+        body = {"table": "projects", "select": sel, "order_by": [{"column": "title"}]}
+        on_loop, on_worker = lq(loop, a, llid, body), lq(worker, a, wlid, body)
+        assert on_loop.status_code == on_worker.status_code == 200, (sel, on_loop.text[:300])
+        assert without_time(on_loop.content) == without_time(on_worker.content), sel
+        if i % 10 == 3:
+            # a transaction on the lease (a worker: it prepares its own statements on the connection)
+            resp = loop.post("/api/v1/data/transaction", headers=on_lease(a, llid), json={"operations": [
+                pg_insert("projects", {"user_id": a.id, "title": f"zz-{i}"})]})
+            assert resp.status_code == 200, resp.text
+            resp = worker.post("/api/v1/data/transaction", headers=on_lease(a, wlid), json={"operations": [
+                {"database": "postgresql", "operation": "delete", "table": "projects",
+                 "filters": {"title": f"zz-{i}"}}]})
+            assert resp.status_code == 200, resp.text
+        if i % 10 == 6:
+            # a read the loop hands to a worker (a bad filter value): the worker runs it by the names
+            # the loop recorded, on the same connection
+            bad = {"table": "projects", "select": sel, "filters": {"created_at": "not a time"}}
+            err = assert_error(lq(loop, a, llid, bad), 400)
+            assert err["code"] == assert_error(lq(worker, a, wlid, bad), 400)["code"]
+            handed += 1
+    d = delta(before, lease_reads(loop, ladmin))
+    assert d["answered"] == len(shapes) and d["handed_off"] == handed, (d, len(shapes), handed)
+    assert release(loop, a, llid).status_code == 200 and release(worker, a, wlid).status_code == 200
