@@ -72,7 +72,9 @@ ALLOWED_CYCLES = {
                # admission on the loop hands requests to the server's workers and back
                "http/loop_admit",
                # a miss run on the loop answers there or goes to the workers, like admission
-               "http/loop_query"}),
+               "http/loop_query",
+               # a read on a lease's connection, run on the loop the same way
+               "http/loop_lease"}),
 }
 
 INCLUDE = re.compile(r'^\s*#\s*include\s+"([^"]+)"', re.M)

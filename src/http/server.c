@@ -335,6 +335,8 @@ static void loop_destroy(cdb_loop *loop)
     /* misses parked on its connections: each fails once, so a worker (or, with
        the workers gone, a 503) answers it */
     cdb_apg_free(loop->apg);
+    /* reads parked on lease connections likewise (loop_lease.c) */
+    cdb__loop_lease_abort_all(loop);
     cdb_l1_free(loop->l1);
     cdb_kvtable_free(loop->verified);
     cdb_kvtable_free(loop->memo);
