@@ -75,6 +75,21 @@ cache_counters() {
     awk '$1 ~ /^coredb_cache_hits_total({|$)/ {h+=$2} $1 ~ /^coredb_cache_misses_total({|$)/ {m+=$2} END {printf "%d %d\n", h, m}'
 }
 
+# where coredb's misses ran: "answered handed_off parked park_expired" (loop_query.c, pg_async.c)
+loop_counters() {
+  curl -sf "http://127.0.0.1:$PROM_PORT/metrics" |
+    awk '$1 == "coredb_http_loop_queries_total{outcome=\"answered\"}" {a=$2}
+         $1 == "coredb_http_loop_queries_total{outcome=\"handed_off\"}" {h=$2}
+         $1 == "coredb_pool_loop_parked_total" {p=$2} $1 == "coredb_pool_loop_park_expired_total" {e=$2}
+         END {printf "%d %d %d %d\n", a, h, p, e}'
+}
+# "<after - before> of loop_counters" as a sentence
+loop_moves() { # before after
+  read -r a0 h0 p0 e0 <<<"$1"
+  read -r a1 h1 p1 e1 <<<"$2"
+  echo "$((a1 - a0)) answered on the loops, $((h1 - h0)) handed to workers, $((p1 - p0)) parked on a loop ($((e1 - e0)) of them past the 250 ms park wait)"
+}
+
 # perf record of coredb for PROFILE_SECS while wrk ($@) runs, reduced to the
 # top symbols by self and by children; written to $BENCH_TMP/prof_<key>.
 profile() { # key wrk-cmd...
@@ -129,13 +144,18 @@ pgbench_run fast prepared pgbench_fast_json.sql "pgbench -c64, fastest shape" "o
 pgbench_run exact prepared pgbench_coredb.sql "pgbench -c64, exact SQL" "the exact SQL of a coredb miss: role + settings, row_to_json page, count up to one Sync, no BEGIN/COMMIT (pipelined, prepared as coredb does)"
 
 # --- coredb, every request a miss ---
-bench_start_coredb REDIS_URL="$REDIS_URL" CACHE_TTL=0 "${CDB_ENV[@]}"
+PROM_PORT=$(free_port)
+bench_start_coredb REDIS_URL="$REDIS_URL" CACHE_TTL=0 "${CDB_ENV[@]}" PROMETHEUS_PORT="$PROM_PORT"
 wrk_at 64 2s; "${WRK[@]}" >/dev/null   # untimed: fills the pools, warms PostgreSQL's caches
 wrk_at 64 "$DURATION"
+moves0=$(loop_counters)
 accounted_run miss64 wrk "coredb miss, c64" "POST /api/v1/data/query, CACHE_TTL=0" "${WRK[@]}"
+moves64=$(loop_moves "$moves0" "$(loop_counters)")
 wrk_at 1000 2s; "${WRK[@]}" >/dev/null   # untimed: opens the 1,000 connections' buffers once
 wrk_at 1000 "$DURATION"
+moves0=$(loop_counters)
 accounted_run miss1000 wrk "coredb miss, c1000" "the same at 1,000 connections" "${WRK[@]}"
+moves1000=$(loop_moves "$moves0" "$(loop_counters)")
 wrk_at 64 $((PROFILE_SECS + 3))s
 profile miss "${WRK[@]}"
 bench_stop_coredb
@@ -189,6 +209,7 @@ $(target "RSS with $IDLE_CONNS idle keep-alive connections, MiB" "$idle_mib" "<=
 shared=""
 [ "$other_max" -gt 10 ] && shared=": the machine was shared, read the rows with that in mind"
 notes="- PostgreSQL CPU per miss (c64): ${CPU_PG[miss64]} µs, against ${CPU_PG[fast]} µs for the fastest shape and ${CPU_PG[exact]} µs for the exact SQL under pgbench; Redis per hit ${CPU_REDIS[hit64]} µs.
+- Where the misses ran (coredb_http_loop_queries_total, coredb_pool_loop_parked_total): c64 $moves64; c1000 $moves1000.
 - Query cache during the two hit runs (coredb_cache_hits_total / _misses_total): $((hits1 - hits0)) hits, $((misses1 - misses0)) misses.
 $idle_line
 - Other processes (other sessions on this machine) took up to $other_max% of all cores during a run$shared; load average at the start: $load_at_start, at the end: $(cut -d' ' -f1-3 /proc/loadavg)."

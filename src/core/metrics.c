@@ -145,6 +145,15 @@ static const struct {
                                    "outcome=\"answered\""},
     [CDB_M_LOOP_QUERY_HANDED_OFF] = {"coredb_http_loop_queries_total", NULL, "outcome=\"handed_off\""},
     [CDB_M_LOOP_QUERY_TIMEOUT] = {"coredb_http_loop_queries_total", NULL, "outcome=\"timeout\""},
+    [CDB_M_LOOP_LEASE] = {"coredb_http_loop_admissions_total", NULL, "outcome=\"lease\""},
+    [CDB_M_LOOP_LEASE_ANSWERED] = {"coredb_http_loop_lease_queries_total",
+                                   "Data-API reads with X-Connection-ID an event loop ran on the lease's own "
+                                   "connection, by outcome: answered there, handed to a worker after a failure, "
+                                   "504 at the deadline, or the lease refused there (404, 409).",
+                                   "outcome=\"answered\""},
+    [CDB_M_LOOP_LEASE_HANDED_OFF] = {"coredb_http_loop_lease_queries_total", NULL, "outcome=\"handed_off\""},
+    [CDB_M_LOOP_LEASE_TIMEOUT] = {"coredb_http_loop_lease_queries_total", NULL, "outcome=\"timeout\""},
+    [CDB_M_LOOP_LEASE_REFUSED] = {"coredb_http_loop_lease_queries_total", NULL, "outcome=\"refused\""},
     [CDB_M_LOOP_TX_COMMITTED] = {"coredb_http_loop_transactions_total",
                                  "Data-API transactions an event loop sent on its own PostgreSQL connections, by "
                                  "outcome: committed there, refused by the server (a worker ran it again and "

@@ -76,6 +76,11 @@ typedef enum cdb__metric {
     CDB_M_LOOP_QUERY_ANSWERED,     /* http/loop_query.c: a miss answered on the loop */
     CDB_M_LOOP_QUERY_HANDED_OFF,   /* ... the loop's run failed: a worker ran it */
     CDB_M_LOOP_QUERY_TIMEOUT,      /* ... the loop's run passed its deadline: 504 on the loop */
+    CDB_M_LOOP_LEASE,              /* http/loop_admit.c: admitted on a loop, its read run on the lease's connection */
+    CDB_M_LOOP_LEASE_ANSWERED,     /* http/loop_lease.c: a read with X-Connection-ID answered on the loop */
+    CDB_M_LOOP_LEASE_HANDED_OFF,   /* ... the loop's run failed: a worker ran it */
+    CDB_M_LOOP_LEASE_TIMEOUT,      /* ... statement timeout or deadline: 504 on the loop */
+    CDB_M_LOOP_LEASE_REFUSED,      /* ... the lease refused on the loop (404, 409) */
     CDB_M_LOOP_TX_COMMITTED,       /* http/loop_tx.c: a transaction committed on the loop's connection */
     CDB_M_LOOP_TX_REFUSED,         /* ... the server refused it (rolled back): a worker ran it again */
     CDB_M_LOOP_TX_UNKNOWN,         /* ... lost or past its deadline after sending: 503 OUTCOME_UNKNOWN */

@@ -416,7 +416,8 @@ void cdb__data_query_probe_destroy(cdb__query_probe *probe)
     probe->entry_key = NULL;
 }
 
-int cdb__data_query_loop_plan(cdb_service *svc, const cdb_principal *p, json_t *request, cdb__query_loop *lp)
+/* bound: for a lease's connection, which never reads a replica (query_run.c), so replicas do not matter */
+static int loop_plan(cdb_service *svc, const cdb_principal *p, json_t *request, bool bound, cdb__query_loop *lp)
 {
     query_plan pl;
     cdb_error err;
@@ -428,7 +429,7 @@ int cdb__data_query_loop_plan(cdb_service *svc, const cdb_principal *p, json_t *
     json_t *db = json_object_get(request, "database");
     const char *db_role = cdb_principal_db_role(p);
     /* replicas: choosing one reads Redis and its lag, blocking work (query_run.c) */
-    if (!cdb_principal_known(p) || !db_role || svc->replicas || !json_is_object(request) ||
+    if (!cdb_principal_known(p) || !db_role || (svc->replicas && !bound) || !json_is_object(request) ||
         (db && !(json_is_string(db) && strcmp(json_string_value(db), "postgresql") == 0)))
         goto out;
     if (plan(svc, p, request, false, &pl, &err) != 0 || pl.hidden_pk)
@@ -461,6 +462,17 @@ out:
         cdb__data_query_loop_destroy(lp);
     cdb_error_destroy(&err);
     return ok;
+}
+
+int cdb__data_query_loop_plan(cdb_service *svc, const cdb_principal *p, json_t *request, cdb__query_loop *lp)
+{
+    return loop_plan(svc, p, request, false, lp);
+}
+
+int cdb__data_query_loop_plan_bound(cdb_service *svc, const cdb_principal *p, json_t *request,
+                                    cdb__query_loop *lp)
+{
+    return loop_plan(svc, p, request, true, lp);
 }
 
 void cdb__data_query_loop_destroy(cdb__query_loop *lp)

@@ -68,6 +68,12 @@ typedef struct cdb__query_loop {
  * otherwise (nothing to destroy): the worker runs it and reports errors.
  */
 int cdb__data_query_loop_plan(cdb_service *svc, const cdb_principal *p, json_t *request, cdb__query_loop *lp);
+/*
+ * The same for a read on a lease's connection (http/loop_lease.c): read
+ * replicas configured do not refuse it, as such a read never goes to one.
+ */
+int cdb__data_query_loop_plan_bound(cdb_service *svc, const cdb_principal *p, json_t *request,
+                                    cdb__query_loop *lp);
 void cdb__data_query_loop_destroy(cdb__query_loop *lp);
 /*
  * The answer (malloc'd; NULL on out of memory) from the rows and count

@@ -246,6 +246,7 @@ struct cdb_loop {
     cdb_aredis *aredis;            /* this loop's asynchronous Redis (loop_admit.c), NULL without Redis */
     cdb_l1 *l1;                    /* this loop's first-level cache (loop_admit.c), NULL when off */
     cdb_apg *apg;                  /* this loop's PostgreSQL connections (loop_query.c), NULL when off */
+    struct cdb__loop_lease *leases; /* reads running on lease connections (loop_lease.c) */
     cdb_kvtable *verified;         /* tokens this loop verified, until they expire (request.c) */
     cdb_kvtable *memo;             /* request bodies this loop resolved to cache keys (loop_admit.c) */
     cdb_arena_pool *arenas;        /* spare first blocks of request arenas (conn.c, request.c) */
@@ -333,6 +334,24 @@ bool cdb__loop_admit(cdb_request *r);
  * worker after a failure). False: hand it to a worker now.
  */
 bool cdb__loop_query(cdb_request *r, bool generation_read, int64_t generation);
+/* loop_query.c: an answer read at generation, into Redis (not waited for) and the loop's L1. */
+void cdb__loop_store_answer(cdb_request *r, const char *entry_key, int64_t generation, const char *part,
+                            size_t len);
+/*
+ * loop_lease.c: a data read with X-Connection-ID run on the loop, on the
+ * lease's connection. _wanted: r is one (and the loops run PostgreSQL).
+ * _take checks the lease out: 1 with *out, 0 refused (r's answer set),
+ * -1 out of memory (hand r to a worker). Then either _give_back (a hit was
+ * answered, or before a hand-off) or _query: true when r is answered later
+ * (on the loop, or by a worker), false: _give_back and hand it off now.
+ * _abort_all ends every job of a loop being torn down.
+ */
+typedef struct cdb__loop_lease cdb__loop_lease;
+bool cdb__loop_lease_wanted(const cdb_request *r);
+int cdb__loop_lease_take(cdb_request *r, cdb__loop_lease **out);
+bool cdb__loop_lease_query(cdb__loop_lease *l, bool generation_read, int64_t generation);
+void cdb__loop_lease_give_back(cdb__loop_lease *l);
+void cdb__loop_lease_abort_all(cdb_loop *loop);
 /*
  * loop_tx.c: runs an admitted POST /data/transaction (unkeyed, no lease) on
  * the loop's own PostgreSQL connections, and its outbox after the commit on

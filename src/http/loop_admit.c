@@ -145,12 +145,40 @@ static void decide(loop_admission *a)
      */
     if (a->quota_known && (a->rl.allowed || r->session_checked) && !cdb__admit_quota_apply(r, &a->rl))
         goto answer;
-    if (a->answer && r->session_checked && (r->quota_checked || a->rate <= 0)) {
+    /*
+     * X-Connection-ID: the lease first, as routes_data.c orders it (refused: 404 or 409 here), then a
+     * hit, or the read on the lease's connection (loop_lease.c); it never takes the branches below.
+     */
+    bool lease = cdb_request_field(r, "X-Connection-ID") != NULL;
+    if (lease && cdb__loop_lease_wanted(r) && !a->maintenance && r->session_checked &&
+        (r->quota_checked || a->rate <= 0)) {
+        cdb__loop_lease *l = NULL;
+        int taken = cdb__loop_lease_take(r, &l);
+        if (taken == 0)
+            goto answer;
+        if (taken > 0 && a->answer) {
+            answer_hit(a);
+            cdb__loop_lease_give_back(l);
+            goto answer;
+        }
+        bool generation_read = a->generation_read;
+        int64_t generation = a->generation;
+        admission_free(a);
+        if (taken > 0 && cdb__loop_lease_query(l, generation_read, generation)) {
+            cdb__metrics_inc(CDB_M_LOOP_LEASE);
+            return;
+        }
+        cdb__loop_lease_give_back(l);   /* checked in before the worker checks it out again */
+        cdb__metrics_inc(CDB_M_LOOP_HANDED_OFF);
+        cdb_server_hand_off(r);
+        return;
+    }
+    if (a->answer && !lease && r->session_checked && (r->quota_checked || a->rate <= 0)) {
         answer_hit(a);
         goto answer;
     }
     /* a miss (or caching off): the loop's own PostgreSQL connections run it (loop_query.c) */
-    if (!a->answer && !a->maintenance && r->session_checked && (r->quota_checked || a->rate <= 0) &&
+    if (!a->answer && !lease && !a->maintenance && r->session_checked && (r->quota_checked || a->rate <= 0) &&
         r->loop->apg) {
         bool generation_read = a->generation_read;
         int64_t generation = a->generation;
@@ -337,8 +365,10 @@ static void probe_cache(loop_admission *a)
 {
     cdb_request *r = a->r;
     cdb_l1 *l1 = r->loop->l1;
-    /* a leased connection's request must first prove the lease (routes_data.c) */
-    if (r->route->mode != CDB_RUN_CACHED || r->raw_body_len == 0 || cdb_request_field(r, "X-Connection-ID"))
+    /* a leased connection's request proves the lease before a hit is answered (decide, loop_lease.c);
+       without the loops running PostgreSQL it is the worker's alone */
+    if (r->route->mode != CDB_RUN_CACHED || r->raw_body_len == 0 ||
+        (cdb_request_field(r, "X-Connection-ID") && !cdb__loop_lease_wanted(r)))
         return;
     /* caching off: nothing to look up (a miss is planned once, by loop_query.c) */
     if (!cdb_qcache_enabled(cdb_service_qcache(r->svc)))

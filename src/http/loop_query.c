@@ -16,7 +16,8 @@
  *     in the loop's first-level cache: the rule of store/qcache.h, where a
  *     generation read before the query tags its answer;
  *   - any failure (the connection lost, an error result of any kind, no
- *     connection free): the request goes to a worker, which runs it the
+ *     connection ready, or none with room within pg_async.c's park wait):
+ *     the request goes to a worker, which runs it the
  *     blocking way and reports errors exactly as before. A read is
  *     idempotent, so running it twice is harmless, and the loop never has
  *     to map PostgreSQL's errors;
@@ -30,7 +31,8 @@
  *     what the caller waits).
  *
  * What the loop does not run goes to a worker at once: encrypted columns,
- * read replicas, X-Connection-ID (leases), a restore running (loop_admit.c
+ * read replicas, X-Connection-ID (leases: loop_lease.c runs those on the
+ * lease's own connection), a restore running (loop_admit.c
  * knows: it never calls here then), a body that does not plan without
  * blocking work.
  */
@@ -74,23 +76,28 @@ static void on_stored(redisReply *reply, void *arg)
         cdb__metrics_inc(CDB_M_CACHE_STORES);
 }
 
-/* The answer at q's generation, into Redis (not waited for) and the loop's L1. */
-static void store(loop_query *q, const char *part, size_t len)
+void cdb__loop_store_answer(cdb_request *r, const char *entry_key, int64_t generation, const char *part,
+                            size_t len)
 {
-    cdb_request *r = q->r;
     cdb_qcache *qc = cdb_service_qcache(r->svc);
     size_t n;
     char ttl[24];
-    char *entry = cdb_qcache_entry_encode(q->generation, part, len, &n);
+    char *entry = cdb_qcache_entry_encode(generation, part, len, &n);
     if (!entry)
         return;
     snprintf(ttl, sizeof ttl, "%d", cdb_qcache_ttl_s(qc));
-    const char *argv[] = {"SET", q->lp.entry_key, entry, "EX", ttl};
-    const size_t argvlen[] = {3, strlen(q->lp.entry_key), n, 2, strlen(ttl)};
+    const char *argv[] = {"SET", entry_key, entry, "EX", ttl};
+    const size_t argvlen[] = {3, strlen(entry_key), n, 2, strlen(ttl)};
     cdb_aredis_send(r->loop->aredis, on_stored, NULL, 5, argv, argvlen);
     free(entry);
     if (r->loop->l1)
-        cdb_l1_answer_store(r->loop->l1, q->lp.entry_key, q->generation, part, len, cdb_mono_ms());
+        cdb_l1_answer_store(r->loop->l1, entry_key, generation, part, len, cdb_mono_ms());
+}
+
+/* The answer at q's generation, into Redis (not waited for) and the loop's L1. */
+static void store(loop_query *q, const char *part, size_t len)
+{
+    cdb__loop_store_answer(q->r, q->lp.entry_key, q->generation, part, len);
 }
 
 static void on_results(cdb_apg_outcome outcome, PGresult *const *res, int n, void *arg)

@@ -220,7 +220,7 @@ static void on_accept(struct evconnlistener *listener, evutil_socket_t fd, struc
 
 enum { ACCEPT_PAUSE_MS = 100 };
 /* jobs in flight per loop connection: a backend runs its pipeline in order, so more only queue
-   in its socket; 32 keeps 64 concurrent misses of two loops on the loops (8 sent half to workers) */
+   in its socket behind a slow one; beyond these, misses park on the loop (store/pg_async.c) */
 enum { LOOP_PG_INFLIGHT = 32 };
 /* a loop's Redis command with no reply by then fails, and the request takes
    the blocking path (the same bound as the blocking pool's commands) */
@@ -363,6 +363,8 @@ static void loop_destroy(cdb_loop *loop)
     /* misses parked on its connections: each fails once, so a worker (or, with
        the workers gone, a 503) answers it */
     cdb_apg_free(loop->apg);
+    /* reads parked on lease connections likewise (loop_lease.c) */
+    cdb__loop_lease_abort_all(loop);
     cdb_l1_free(loop->l1);
     cdb_kvtable_free(loop->verified);
     cdb_kvtable_free(loop->memo);

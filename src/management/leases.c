@@ -545,18 +545,29 @@ out:
 
 /* ---- X-Connection-ID ---- */
 
+cdb_pool_conn *cdb__lease_checkout(const cdb_principal *caller, const char *id, char lid[37], cdb_error *err)
+{
+    if (cdb_principal_require(caller, err) < 0)
+        return NULL;
+    if (!id || !cdb_uuid_norm(id, lid)) {
+        cdb_error_set(err, CDB_ERR_NOT_FOUND, "No such connection lease");
+        return NULL;
+    }
+    return cdb_reserved_checkout(lid, caller->user_id, err);
+}
+
+void cdb__lease_checkin(cdb_service *svc, const char *lid)
+{
+    cdb_reserved_checkin(svc->pool, lid);
+}
+
 int cdb_lease_use_begin(cdb_service *svc, const cdb_principal *caller, const char *id, cdb_error *err)
 {
     (void)svc;
     char lid[37];
-    int rc = cdb_principal_require(caller, err);
-    if (rc < 0)
-        return rc;
-    if (!id || !cdb_uuid_norm(id, lid))
-        return cdb_error_set(err, CDB_ERR_NOT_FOUND, "No such connection lease");
-    cdb_pool_conn *pc = cdb_reserved_checkout(lid, caller->user_id, err);
+    cdb_pool_conn *pc = cdb__lease_checkout(caller, id, lid, err);
     if (!pc)
-        return err ? err->code : CDB_ERR_NOT_FOUND;
+        return err && err->code ? err->code : CDB_ERR_NOT_FOUND;
     cdb_reserved_bind(pc);
     return 0;
 }
@@ -566,5 +577,5 @@ void cdb_lease_use_end(cdb_service *svc, const char *id)
     char lid[37];
     cdb_reserved_bind(NULL);
     if (id && cdb_uuid_norm(id, lid))
-        cdb_reserved_checkin(svc->pool, lid);
+        cdb__lease_checkin(svc, lid);
 }

@@ -53,6 +53,12 @@ static void collect_pool(cdb__metrics_out *out, cdb_service *svc)
     cdb__metrics_sample(out, "coredb_pool_loop_connections", "state=\"ready\"", ac.ready);
     cdb__metrics_sample(out, "coredb_pool_loop_connections", "state=\"connecting\"", ac.connecting);
     cdb__metrics_sample(out, "coredb_pool_loop_connections", "state=\"down\"", ac.down);
+    cdb__metrics_family(out, "coredb_pool_loop_parked_total", "counter",
+                        "Loop queries that waited for room on the loop's PostgreSQL connections (all full).");
+    cdb__metrics_sample(out, "coredb_pool_loop_parked_total", NULL, (double)ac.parked);
+    cdb__metrics_family(out, "coredb_pool_loop_park_expired_total", "counter",
+                        "Of those, the ones that waited 250 ms without room and went to a worker.");
+    cdb__metrics_sample(out, "coredb_pool_loop_park_expired_total", NULL, (double)ac.park_expired);
     cdb__metrics_family(out, "coredb_pool_connections_max", "gauge",
                         "The blocking pool's size: DB_POOL_MAX minus the HTTP loops' share (DB_LOOP_CONNECTIONS).");
     cdb__metrics_sample(out, "coredb_pool_connections_max", NULL, st.max);

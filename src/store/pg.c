@@ -169,6 +169,11 @@ void cdb_pg_set_deadline(PGconn *conn, int64_t deadline_ms)
         d->cap_ms = deadline_ms;
 }
 
+void cdb_pg_expire(PGconn *conn)
+{
+    expire(conn);
+}
+
 bool cdb_pg_timed_out(PGconn *conn)
 {
     const conn_deadline *d = deadline_of(conn);

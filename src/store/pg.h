@@ -82,6 +82,11 @@ void cdb_pg_set_deadline(PGconn *conn, int64_t deadline_ms);
 
 /* True once a client-side deadline expired on conn (it is then closed). */
 bool cdb_pg_timed_out(PGconn *conn);
+/*
+ * Closes conn as an expired deadline does (marked timed out, CONNECTION_BAD),
+ * for a deadline kept by an event loop instead (store/pg_borrow.c).
+ */
+void cdb_pg_expire(PGconn *conn);
 
 /*
  * PQgetResult with the connection's deadline, counted from now: 0 and *out

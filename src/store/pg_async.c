@@ -23,6 +23,17 @@
  * stayed silent a whole deadline past its own is given up: the server is
  * not answering, and what waits behind it is answered TIMEOUT too.
  *
+ * Parked jobs. A job submitted while every ready connection is full waits
+ * in the cdb_apg's FIFO (at most PARK_PER_SLOT jobs per slot in flight) and
+ * is sent, in order, by the first connection that has room again (pump,
+ * after each read): under a thousand clients the misses stay on the loop
+ * instead of spilling to the workers, whose blocking connections add
+ * backends for PostgreSQL to schedule on the same cores. A parked job
+ * waits at most PARK_WAIT_MS: a pipeline held up by slow queries must not
+ * hold the misses behind it, so it is answered FAILED then (its caller
+ * runs it on a worker), and so is every parked job once no connection is
+ * ready. Its deadline counts from when it is sent.
+ *
  * Results are read until libpq would block: PQgetResult gives NULL after
  * each statement's results, and NULL twice in a row (or PQisBusy) means
  * nothing more is buffered, so the loop waits for the socket again.
@@ -44,6 +55,8 @@ enum {
     BACKOFF_MAX_MS = 5000,
     NO_STATEMENT_TIMEOUT_DEADLINE_MS = 300000,   /* as the blocking pool's */
     MAX_PREPARED = 64,
+    PARK_PER_SLOT = 8,             /* parked jobs per job in flight a connection may carry */
+    PARK_WAIT_MS = 250,            /* then a parked job goes to a worker */
 };
 
 typedef enum conn_state { ST_DOWN, ST_CONNECTING, ST_READY, ST_CLOSED, ST__COUNT } conn_state;
@@ -60,13 +73,16 @@ static const bool ALLOWED[ST__COUNT][ST__COUNT] = {
 /* process-wide, for /metrics: connections by state (closed ones are not counted) */
 static atomic_long g_count[ST__COUNT];
 static atomic_uint_fast64_t g_failures;
+static atomic_uint_fast64_t g_parked, g_park_expired;
 
 typedef struct apg_conn apg_conn;
 
 /* One job: a pipeline segment and what came back of it so far. */
 typedef struct job {
     struct job *next;
-    apg_conn *conn;
+    cdb_apg *apg;
+    apg_conn *conn;                /* NULL while parked */
+    cdb_apg_stmt *stmts;           /* the caller's (copied, in the same block), valid until cb: sent from here */
     cdb_apg_cb cb;
     void *arg;
     struct event *timer;
@@ -84,7 +100,8 @@ typedef struct job {
     int error_at;                  /* exact: the statement of the first error result, -1 none */
     bool server_error;             /* exact: that result carried a SQLSTATE (the server sent it) */
     int64_t answered_ms;           /* its deadline passed: answered TIMEOUT then, results dropped */
-    int timeout_ms;                /* exact: counted afresh from each result, as the blocking path does */
+    int timeout_ms;                /* as asked (0: the default), then as armed when sent; exact: counted
+                                      afresh from each result, as the blocking path does */
 } job;
 
 /* A statement prepared (or being prepared) on one connection. */
@@ -120,11 +137,14 @@ struct cdb_apg {
     int default_timeout_ms;
     bool freeing;
     apg_conn *conns;
+    job *park_head, *park_tail;    /* waiting for room on a ready connection */
+    int nparked, park_max;
     void (*on_connected)(void *arg); /* cdb_apg_on_connected */
     void *on_connected_arg;
 };
 
 static void conn_start(apg_conn *c);
+static void pump(cdb_apg *apg);
 
 static void set_state(apg_conn *c, conn_state to)
 {
@@ -154,15 +174,19 @@ static void forget_statements(apg_conn *c)
     }
 }
 
-/* A job for n statements (its arrays in the same block), or NULL. */
-static job *job_new(int n)
+/* A job for n statements (its arrays and a copy of stmts in the same block), or NULL. */
+static job *job_new(const cdb_apg_stmt *stmts, int n)
 {
-    job *j = calloc(1, sizeof *j + (size_t)n * sizeof(PGresult *) + (size_t)2 * n * sizeof(short));
+    job *j = calloc(1, sizeof *j + (size_t)n * sizeof(cdb_apg_stmt) + (size_t)n * sizeof(PGresult *) +
+                           (size_t)2 * n * sizeof(short));
     if (!j)
         return NULL;
-    j->res = (PGresult **)(j + 1);
+    j->stmts = (cdb_apg_stmt *)(j + 1);
+    j->res = (PGresult **)(j->stmts + n);
     j->prepare_slot = (short *)(j->res + n);
     j->error_at = -1;
+    j->nstmts = n;
+    memcpy(j->stmts, stmts, (size_t)n * sizeof *stmts);
     return j;
 }
 
@@ -197,6 +221,62 @@ static void job_finish(job *j, cdb_apg_outcome outcome)
     if (!j->answered_ms)
         j->cb(outcome, outcome == CDB_APG_OK ? j->res : NULL, outcome == CDB_APG_OK ? j->nres : 0, j->arg);
     job_free(j);
+}
+
+/* Answers every job of list (linked by next) with outcome. */
+static void finish_all(job *list, cdb_apg_outcome outcome)
+{
+    while (list) {
+        job *next = list->next;
+        job_finish(list, outcome);
+        list = next;
+    }
+}
+
+/* The ready connection with the fewest jobs in flight that has room for one more, or NULL. */
+static apg_conn *roomiest(cdb_apg *apg)
+{
+    apg_conn *c = NULL;
+    for (int i = 0; i < apg->nconns; i++) {
+        apg_conn *k = &apg->conns[i];
+        if (k->state == ST_READY && !k->held && !k->claimed && k->inflight < apg->max_inflight &&
+            (!c || k->inflight < c->inflight))
+            c = k;
+    }
+    return c;
+}
+
+static bool any_ready(const cdb_apg *apg)
+{
+    for (int i = 0; i < apg->nconns; i++)
+        if (apg->conns[i].state == ST_READY)
+            return true;
+    return false;
+}
+
+/* Takes the parked job j out of the FIFO. */
+static void unpark(cdb_apg *apg, job *j)
+{
+    job **at = &apg->park_head, *prev = NULL;
+    while (*at != j) {
+        prev = *at;
+        at = &(*at)->next;
+    }
+    *at = j->next;
+    if (apg->park_tail == j)
+        apg->park_tail = prev;
+    j->next = NULL;
+    apg->nparked--;
+    evtimer_del(j->timer);
+}
+
+/* No connection is ready: every parked job goes to its caller's blocking path. */
+static void fail_parked(cdb_apg *apg)
+{
+    job *list = apg->park_head;
+    apg->park_head = apg->park_tail = NULL;
+    apg->nparked = 0;
+    finish_all(list, CDB_APG_FAILED);
 }
 
 static void on_retry(evutil_socket_t fd, short what, void *arg);
@@ -240,11 +320,9 @@ static void conn_fail_as(apg_conn *c, const char *why, cdb_apg_outcome outcome)
                                   : BACKOFF_MIN_MS;
     struct timeval tv = {c->backoff_ms / 1000, (c->backoff_ms % 1000) * 1000};
     evtimer_add(c->retry, &tv);
-    while (list) {
-        job *next = list->next;
-        job_finish(list, outcome);
-        list = next;
-    }
+    finish_all(list, outcome);
+    if (!any_ready(c->apg))
+        fail_parked(c->apg);
 }
 
 static void conn_fail(apg_conn *c, const char *why)
@@ -361,12 +439,11 @@ static void on_readable(evutil_socket_t fd, short what, void *arg)
     apg_conn *c = arg;
     (void)fd;
     (void)what;
-    if (!PQconsumeInput(c->pg)) {
+    if (!PQconsumeInput(c->pg))
         conn_fail(c, "connection lost");
-        return;
-    }
-    if (drain(c) && event_pending(c->wr, EV_WRITE, NULL))
+    else if (drain(c) && event_pending(c->wr, EV_WRITE, NULL))
         flush(c);
+    pump(c->apg);    /* the jobs that ended made room */
 }
 
 static void on_writable(evutil_socket_t fd, short what, void *arg)
@@ -401,6 +478,7 @@ static void conn_ready(apg_conn *c)
     c->outage_logged = false;
     if (c->apg->on_connected)
         c->apg->on_connected(c->apg->on_connected_arg);
+    pump(c->apg);
 }
 
 static void on_connect_io(evutil_socket_t fd, short what, void *arg);
@@ -470,6 +548,13 @@ static void on_job_deadline(evutil_socket_t fd, short what, void *arg)
     int64_t now = cdb_mono_ms();
     (void)fd;
     (void)what;
+    if (!c) {
+        /* parked PARK_WAIT_MS: the connections are held up, a worker runs it */
+        unpark(j->apg, j);
+        atomic_fetch_add(&g_park_expired, 1);
+        job_finish(j, CDB_APG_FAILED);
+        return;
+    }
     j->cb(CDB_APG_TIMEOUT, NULL, 0, j->arg);
     j->answered_ms = now;
     /* the oldest job silent a whole deadline past its own: the server is not answering */
@@ -490,6 +575,7 @@ cdb_apg *cdb_apg_new(struct event_base *base, const cdb_pg_settings *pg, int nco
     apg->pg = pg;
     apg->nconns = nconns;
     apg->max_inflight = max_inflight;
+    apg->park_max = PARK_PER_SLOT * nconns * max_inflight;
     apg->default_timeout_ms = pg->statement_timeout_ms > 0 ? pg->statement_timeout_ms + CDB_PG_DEADLINE_MARGIN_MS
                                                            : NO_STATEMENT_TIMEOUT_DEADLINE_MS;
     for (int i = 0; i < nconns; i++) {
@@ -519,6 +605,7 @@ void cdb_apg_free(cdb_apg *apg)
     if (!apg)
         return;
     apg->freeing = true;
+    fail_parked(apg);
     for (int i = 0; i < apg->nconns; i++) {
         apg_conn *c = &apg->conns[i];
         job *list = c->head;
@@ -529,11 +616,7 @@ void cdb_apg_free(cdb_apg *apg)
         if (c->state != ST_CLOSED)
             set_state(c, ST_CLOSED);
         free_event(&c->retry);
-        while (list) {
-            job *next = list->next;
-            job_finish(list, CDB_APG_FAILED);
-            list = next;
-        }
+        finish_all(list, CDB_APG_FAILED);
     }
     free(apg->conns);
     free(apg);
@@ -566,21 +649,20 @@ static int statement_slot(apg_conn *c, const char *sql, bool *fresh)
  * tells whether every statement was queued. false when libpq refused: part
  * of the segment may be queued, so the caller fails the connection.
  */
-static bool send_job(apg_conn *c, job *j, const cdb_apg_stmt *stmts, int n, bool *all_queued)
+static bool send_job(apg_conn *c, job *j, bool *all_queued)
 {
     *all_queued = false;
-    for (int i = 0; i < n; i++) {
+    for (int i = 0; i < j->nstmts; i++) {
+        const cdb_apg_stmt *st = &j->stmts[i];
         bool fresh = false;
-        int slot = stmts[i].unnamed ? -1 : statement_slot(c, stmts[i].sql, &fresh);
+        int slot = st->unnamed ? -1 : statement_slot(c, st->sql, &fresh);
         if (fresh) {
-            if (!PQsendPrepare(c->pg, c->stmts[slot].name, stmts[i].sql, stmts[i].nparams, NULL))
+            if (!PQsendPrepare(c->pg, c->stmts[slot].name, st->sql, st->nparams, NULL))
                 return false;
             j->prepare_slot[j->expect++] = (short)slot;
         }
-        int ok = slot >= 0 ? PQsendQueryPrepared(c->pg, c->stmts[slot].name, stmts[i].nparams, stmts[i].params,
-                                                 NULL, NULL, 0)
-                           : PQsendQueryParams(c->pg, stmts[i].sql, stmts[i].nparams, NULL, stmts[i].params, NULL,
-                                               NULL, 0);
+        int ok = slot >= 0 ? PQsendQueryPrepared(c->pg, c->stmts[slot].name, st->nparams, st->params, NULL, NULL, 0)
+                           : PQsendQueryParams(c->pg, st->sql, st->nparams, NULL, st->params, NULL, NULL, 0);
         if (!ok)
             return false;
         j->prepare_slot[j->expect++] = -1;
@@ -589,10 +671,11 @@ static bool send_job(apg_conn *c, job *j, const cdb_apg_stmt *stmts, int n, bool
     return PQpipelineSync(c->pg) == 1;
 }
 
-/* Puts j, sent, at the end of c's FIFO with its deadline, and has the segment written. */
-static void enqueue(apg_conn *c, job *j, int timeout_ms)
+/* Puts j, sent on c, at the end of c's FIFO with its deadline (from now), and has the segment written. */
+static void enqueue(apg_conn *c, job *j)
 {
-    int ms = timeout_ms > 0 ? timeout_ms : c->apg->default_timeout_ms;
+    int ms = j->timeout_ms > 0 ? j->timeout_ms : c->apg->default_timeout_ms;
+    j->conn = c;
     j->timeout_ms = ms;
     struct timeval tv = {ms / 1000, (ms % 1000) * 1000};
     evtimer_add(j->timer, &tv);
@@ -605,7 +688,7 @@ static void enqueue(apg_conn *c, job *j, int timeout_ms)
     /*
      * Sent when this turn of the loop has run its callbacks (on_writable):
      * the jobs submitted meanwhile leave in one write, and a write that
-     * fails fails j later, never inside this call.
+     * fails fails j later, never inside cdb_apg_submit.
      */
     event_active(c->wr, EV_WRITE, 0);
 }
@@ -635,21 +718,20 @@ static void release_held(apg_conn *c, job *j)
     }
     if (!j->failed && !j->keep)
         return;                    /* COMMIT's result came: the block is closed */
-    job *r = job_new(1);
+    job *r = job_new(&rollback, 1);
     if (!r || !(r->timer = evtimer_new(c->apg->base, on_job_deadline, r))) {
         free(r);
         conn_fail(c, "out of memory");
         return;
     }
-    r->conn = c;
+    r->apg = c->apg;
     r->cb = on_rollback;
-    r->nstmts = 1;
-    if (!send_job(c, r, &rollback, 1, &all_queued)) {
+    if (!send_job(c, r, &all_queued)) {
         job_free(r);
         conn_fail(c, "sending failed");
         return;
     }
-    enqueue(c, r, 0);
+    enqueue(c, r);
 }
 
 /* A claim given up with its block open: ROLLBACK, then c takes jobs again. */
@@ -661,74 +743,119 @@ static void release_claim(apg_conn *c)
     release_held(c, &fake);
 }
 
-/* The ready connection with the fewest jobs in flight that may take one more, or NULL. */
-static apg_conn *pick(cdb_apg *apg)
+/* Sends parked jobs, oldest first, while a ready connection has room. */
+static void pump(cdb_apg *apg)
 {
-    apg_conn *c = NULL;
-    for (int i = 0; i < apg->nconns; i++) {
-        apg_conn *k = &apg->conns[i];
-        if (k->state == ST_READY && !k->held && !k->claimed && k->inflight < apg->max_inflight && (!c || k->inflight < c->inflight))
-            c = k;
+    apg_conn *c;
+    bool all_queued;
+    while (apg->park_head && (c = roomiest(apg))) {
+        job *j = apg->park_head;
+        unpark(apg, j);
+        if (!send_job(c, j, &all_queued)) {
+            /* part of a segment may be queued: the connection's stream is unknown now */
+            conn_fail(c, "sending failed");
+            job_finish(j, CDB_APG_FAILED);
+            continue;
+        }
+        enqueue(c, j);
     }
-    return c;
 }
 
-/* Sends a job on c (pick()'s, or a claimed one); keep: an exact job whose block stays open, c claimed after it. */
-static bool submit_on(cdb_apg *apg, apg_conn *c, const cdb_apg_stmt *stmts, int n, int timeout_ms, bool exact,
-                      bool keep, cdb_apg_cb cb, void *arg, bool *maybe_sent)
+/* A job of n statements with its timer, or NULL. */
+static job *job_make(cdb_apg *apg, const cdb_apg_stmt *stmts, int n, int timeout_ms, cdb_apg_cb cb, void *arg)
+{
+    job *j = job_new(stmts, n);
+    if (!j || !(j->timer = evtimer_new(apg->base, on_job_deadline, j))) {
+        free(j);
+        return NULL;
+    }
+    j->apg = apg;
+    j->cb = cb;
+    j->arg = arg;
+    j->timeout_ms = timeout_ms;
+    return j;
+}
+
+/* Sends an exact job on c (roomiest()'s, or a claimed one); keep: its block stays open, c claimed after it. */
+static bool submit_exact_on(cdb_apg *apg, apg_conn *c, const cdb_apg_stmt *stmts, int n, int timeout_ms, bool keep,
+                            cdb_apg_cb cb, void *arg, bool *maybe_sent)
 {
     bool all_queued = false;
     *maybe_sent = false;
-    job *j = c ? job_new(n) : NULL;
-    if (!j || !(j->timer = evtimer_new(apg->base, on_job_deadline, j))) {
-        free(j);
+    job *j = c ? job_make(apg, stmts, n, timeout_ms, cb, arg) : NULL;
+    if (!j)
         return false;
-    }
-    j->conn = c;
-    j->cb = cb;
-    j->arg = arg;
-    j->nstmts = n;
-    j->exact = exact;
+    j->exact = true;
     j->keep = keep;
-    if (!send_job(c, j, stmts, n, &all_queued)) {
+    if (!send_job(c, j, &all_queued)) {
         /* part of a segment may be queued: the connection's stream is unknown now */
         *maybe_sent = all_queued;
         job_free(j);
         conn_fail(c, "sending failed");
         return false;
     }
-    if (exact)
-        c->held = j;
-    enqueue(c, j, timeout_ms);
+    c->held = j;
+    enqueue(c, j);
     return true;
 }
 
-static bool submit(cdb_apg *apg, const cdb_apg_stmt *stmts, int n, int timeout_ms, bool exact, bool keep,
-                   cdb_apg_cb cb, void *arg, bool *maybe_sent, cdb_apg_claim *claim)
+/*
+ * An exact job is never parked: it needs a connection of its own now (the
+ * parked go first: none is taken while some wait).
+ */
+static bool submit_exact(cdb_apg *apg, const cdb_apg_stmt *stmts, int n, int timeout_ms, bool keep, cdb_apg_cb cb,
+                         void *arg, bool *maybe_sent, cdb_apg_claim *claim)
 {
     *maybe_sent = false;
-    if (!apg || apg->freeing || n < 1 || n > CDB_APG_MAX_STMTS)
+    if (!apg || apg->freeing || n < 1 || n > CDB_APG_MAX_STMTS || apg->park_head)
         return false;
-    apg_conn *c = pick(apg);
+    apg_conn *c = roomiest(apg);
     if (!c)
         return false;
     if (claim) {
         claim->conn = c;
         claim->gen = ++c->claim_gen;
     }
-    return submit_on(apg, c, stmts, n, timeout_ms, exact, keep, cb, arg, maybe_sent);
+    return submit_exact_on(apg, c, stmts, n, timeout_ms, keep, cb, arg, maybe_sent);
 }
 
 bool cdb_apg_submit(cdb_apg *apg, const cdb_apg_stmt *stmts, int n, int timeout_ms, cdb_apg_cb cb, void *arg)
 {
-    bool maybe_sent;
-    return submit(apg, stmts, n, timeout_ms, false, false, cb, arg, &maybe_sent, NULL);
+    if (!apg || apg->freeing || n < 1 || n > CDB_APG_MAX_STMTS)
+        return false;
+    /* the parked go first: a free slot while some wait is the pump's, at the end of this turn */
+    apg_conn *c = apg->park_head ? NULL : roomiest(apg);
+    bool all_queued;
+    if (!c && (apg->nparked >= apg->park_max || !any_ready(apg)))
+        return false;
+    job *j = job_make(apg, stmts, n, timeout_ms, cb, arg);
+    if (!j)
+        return false;
+    if (!c) {
+        struct timeval tv = {PARK_WAIT_MS / 1000, (PARK_WAIT_MS % 1000) * 1000};
+        if (apg->park_tail)
+            apg->park_tail->next = j;
+        else
+            apg->park_head = j;
+        apg->park_tail = j;
+        apg->nparked++;
+        atomic_fetch_add(&g_parked, 1);
+        evtimer_add(j->timer, &tv);
+        return true;
+    }
+    if (!send_job(c, j, &all_queued)) {
+        job_free(j);
+        conn_fail(c, "sending failed");
+        return false;
+    }
+    enqueue(c, j);
+    return true;
 }
 
 bool cdb_apg_submit_exact(cdb_apg *apg, const cdb_apg_stmt *stmts, int n, int timeout_ms, cdb_apg_cb cb, void *arg,
                           bool *maybe_sent)
 {
-    return submit(apg, stmts, n, timeout_ms, true, false, cb, arg, maybe_sent, NULL);
+    return submit_exact(apg, stmts, n, timeout_ms, false, cb, arg, maybe_sent, NULL);
 }
 
 bool cdb_apg_claim_open(cdb_apg *apg, const cdb_apg_stmt *stmts, int n, int timeout_ms, cdb_apg_cb cb, void *arg,
@@ -737,7 +864,7 @@ bool cdb_apg_claim_open(cdb_apg *apg, const cdb_apg_stmt *stmts, int n, int time
     bool maybe_sent;
     claim->conn = NULL;
     claim->gen = 0;
-    return submit(apg, stmts, n, timeout_ms, true, true, cb, arg, &maybe_sent, claim);
+    return submit_exact(apg, stmts, n, timeout_ms, true, cb, arg, &maybe_sent, claim);
 }
 
 /* The claimed connection of a live claim, or NULL (failed since, or never claimed). */
@@ -758,10 +885,12 @@ bool cdb_apg_claim_submit(cdb_apg *apg, cdb_apg_claim *claim, const cdb_apg_stmt
     if (!c)
         return false;
     c->claimed = false;            /* the job holds it now (c->held), and keeps it or not */
-    if (submit_on(apg, c, stmts, n, timeout_ms, true, keep, cb, arg, maybe_sent))
+    if (submit_exact_on(apg, c, stmts, n, timeout_ms, keep, cb, arg, maybe_sent))
         return true;
-    if (c->state == ST_READY)      /* nothing sent (out of memory): the block is still open */
+    if (c->state == ST_READY) {    /* nothing sent (out of memory): the block is still open */
         release_claim(c);
+        pump(apg);
+    }
     return false;
 }
 
@@ -769,8 +898,10 @@ void cdb_apg_claim_release(cdb_apg *apg, cdb_apg_claim *claim)
 {
     apg_conn *c = claimed_conn(apg, claim);
     claim->conn = NULL;
-    if (c)
+    if (c) {
         release_claim(c);
+        pump(apg);                 /* c has room again */
+    }
 }
 
 void cdb_apg_counts_get(cdb_apg_counts *out)
@@ -779,4 +910,6 @@ void cdb_apg_counts_get(cdb_apg_counts *out)
     out->connecting = atomic_load_explicit(&g_count[ST_CONNECTING], memory_order_relaxed);
     out->ready = atomic_load_explicit(&g_count[ST_READY], memory_order_relaxed);
     out->failures = atomic_load_explicit(&g_failures, memory_order_relaxed);
+    out->parked = atomic_load_explicit(&g_parked, memory_order_relaxed);
+    out->park_expired = atomic_load_explicit(&g_park_expired, memory_order_relaxed);
 }

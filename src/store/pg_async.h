@@ -104,11 +104,18 @@ void cdb_apg_free(cdb_apg *apg);
 
 /*
  * Sends stmts (1..CDB_APG_MAX_STMTS) as one pipeline segment on the ready
- * connection with the fewest jobs in flight (and no exact job); cb runs later, once. The job
- * ends by timeout_ms (0: the pool's statement timeout plus
+ * connection with the fewest jobs in flight (never one an exact job or a
+ * claim holds); cb runs later, once. When every ready connection is full
+ * the job is parked and sent, in order, by the first that has room; one
+ * parked too long (pg_async.c's PARK_WAIT_MS) or left with no ready
+ * connection fails (CDB_APG_FAILED). So stmts[] is copied, but its texts
+ * and parameters must stay valid until cb runs. The job ends by timeout_ms
+ * from when it is sent (0: the pool's statement timeout plus
  * CDB_PG_DEADLINE_MARGIN_MS, 5 minutes without one). false (cb never runs)
- * when no connection is ready, every ready one is full, or sending failed:
- * the caller takes the blocking path.
+ * when no connection is ready, the parking FIFO is full, or sending
+ * failed: the caller takes the blocking path. Exact jobs and claims are
+ * never parked: they are refused when no connection is free for them now,
+ * or while jobs are parked.
  */
 bool cdb_apg_submit(cdb_apg *apg, const cdb_apg_stmt *stmts, int n, int timeout_ms, cdb_apg_cb cb, void *arg);
 
@@ -176,6 +183,8 @@ typedef struct cdb_apg_counts {
     long connecting;
     long ready;
     uint64_t failures;             /* connections that failed (connect, lost, deadline) */
+    uint64_t parked;               /* jobs that waited for room on a connection */
+    uint64_t park_expired;         /* of those, the ones that waited too long and failed */
 } cdb_apg_counts;
 void cdb_apg_counts_get(cdb_apg_counts *out);
 

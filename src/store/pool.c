@@ -200,6 +200,35 @@ int cdb_pool_conn_prepare(cdb_pool_conn *c, const char *sql, int nparams, const 
     return 0;
 }
 
+const char *cdb_pool_conn_prepared_name(cdb_pool_conn *c, const char *sql, int k, bool *fresh, char *buf,
+                                        size_t len)
+{
+    uint64_t h = sql_hash(sql);
+    *fresh = false;
+    for (int i = 0; i < c->nstmts; i++) {
+        if (c->stmts[i].hash == h && strcmp(c->stmts[i].sql, sql) == 0)
+            return c->stmts[i].name;
+    }
+    if (c->nstmts + k >= CDB_POOL_MAX_STATEMENTS)
+        return NULL;
+    *fresh = true;
+    snprintf(buf, len, "cdb_s%d", c->nstmts + k);
+    return buf;
+}
+
+int cdb_pool_conn_prepared_record(cdb_pool_conn *c, const char *sql)
+{
+    if (c->nstmts == CDB_POOL_MAX_STATEMENTS)
+        return -1;
+    prepared_stmt *st = &c->stmts[c->nstmts];
+    if (!(st->sql = strdup(sql)))
+        return -1;
+    snprintf(st->name, sizeof st->name, "cdb_s%d", c->nstmts);
+    st->hash = sql_hash(sql);
+    c->nstmts++;
+    return 0;
+}
+
 static int total_locked(const cdb_pool *p)
 {
     return p->idle.count + p->active.count + p->opening;

@@ -80,6 +80,21 @@ PGconn *cdb_pool_conn_pg(cdb_pool_conn *conn);
 int cdb_pool_conn_prepare(cdb_pool_conn *conn, const char *sql, int nparams, const char **name,
                           cdb_error *err);
 /*
+ * For a holder that prepares in a pipeline of its own without blocking
+ * (http/loop_lease.c over store/pg_borrow.h), from the same table, so the
+ * names never collide: the name sql has on this connection (*fresh false),
+ * else the name the k-th statement recorded next will get (*fresh true; k
+ * counts the fresh ones of one pipeline from 0; written into buf), or NULL
+ * when the table would be full (run sql unnamed then). Record each fresh
+ * one the server accepted (its prepare answered OK) with
+ * cdb_pool_conn_prepared_record, in the order they were numbered: -1 on
+ * out of memory (the connection must then not be reused: it holds a name
+ * the table does not know).
+ */
+const char *cdb_pool_conn_prepared_name(cdb_pool_conn *conn, const char *sql, int k, bool *fresh, char *buf,
+                                        size_t len);
+int cdb_pool_conn_prepared_record(cdb_pool_conn *conn, const char *sql);
+/*
  * Gives a connection back. A connection that is broken or inside a
  * transaction is closed instead of being reused; one whose client-side
  * deadline expired (cdb_pg_timed_out) also marks the server down, as a

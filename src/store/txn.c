@@ -103,7 +103,11 @@ int cdb_txn_pipeline_read_as(cdb_pool_conn *pc, const char *db_role, const char 
 {
     /* libpq knows the state from the last ReadyForQuery: no round trip. A
      * pooled or lease connection is always given back idle (cdb_txn_release),
-     * so this only trips on a bug, which must not widen a caller's rights. */
+     * so this only trips on a bug, which must not widen a caller's rights.
+     * A lost connection (a lease's backend terminated: its status is
+     * unknown) is the database's failure, not a bug: 503 as any loss. */
+    if (PQstatus(cdb_pool_conn_pg(pc)) != CONNECTION_OK)
+        return cdb_pg_error_from_result(cdb_pool_conn_pg(pc), NULL, err);
     if (PQtransactionStatus(cdb_pool_conn_pg(pc)) != PQTRANS_IDLE)
         return cdb_error_set(err, CDB_ERR_INTERNAL_ERROR, "Internal error");
     return pipeline_start(pc, false, db_role, user_id, app_role, NULL, 0, NULL, err);

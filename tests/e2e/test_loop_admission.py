@@ -128,7 +128,8 @@ def test_other_users_entries_are_not_served(linst, ladmin):
     assert other["data"] == [] and other["cached"] is False, other
 
 
-def test_a_lease_header_is_checked_by_the_worker(linst, ladmin):
+def test_a_lease_header_is_checked_before_a_hit(linst, ladmin):
+    # the loop checks the lease itself (loop_lease.c) and refuses an unknown one there, before any hit
     a = user(linst)
     pid = add_project(linst, a.id)
     query_ok(linst, a, body_for(pid))
@@ -137,8 +138,10 @@ def test_a_lease_header_is_checked_by_the_worker(linst, ladmin):
     resp = query(linst, a, body_for(pid), headers={"X-Connection-ID": "00000000-0000-4000-8000-000000000000"})
     assert resp.status_code in (403, 404), resp.text
     assert resp.json()["error"]["code"] in ("NOT_FOUND", "FORBIDDEN", "LEASE_NOT_FOUND"), resp.text
+    assert "data" not in resp.json()
     d = delta(before, admissions(linst, ladmin))
-    assert d["answered"] == 0 and d["worker"] >= 1, d
+    # answered: the refusal; worker: the metrics scrape
+    assert d["answered"] == 1 and d["worker"] == 1, d
 
 
 def test_quota_on_the_loop(pg, own_redis):

@@ -16,13 +16,19 @@ twice the wait); pg_terminate_backend of the loop's connections and a
 PostgreSQL restart with misses in flight (each answered 200 or 503/504,
 none hangs, then recovery); hits not delayed by 16 clients running slow
 queries on the loops; SIGTERM with misses parked on the loops (each
-answered); DB_LOOP_CONNECTIONS=0 and a pool too small to share (as before);
+answered); misses beyond the loop connections' slots parked on the loop while
+the table is locked (sent as slots free, or after 250 ms handed to workers:
+every one answered right either way, counted in
+coredb_pool_loop_parked_total / _park_expired_total); DB_LOOP_CONNECTIONS=0
+and a pool too small to share (as before);
 and the store layer's unit test (tests/unit/store/pg_async.c) against this
 real PostgreSQL.
 """
+import json
 import os
 import re
 import signal
+import socket
 import subprocess
 import threading
 import time
@@ -449,5 +455,85 @@ def test_off_runs_every_miss_on_a_worker(pg, own_redis, extra):
         assert delta(before, loop_queries(inst, admin)) == {"answered": 0, "handed_off": 0, "timeout": 0}
         if "DB_POOL_MAX" in extra:
             assert "pool.loop_share_off" in inst.log()
+    finally:
+        inst.stop_clean()
+
+
+# one loop, one loop connection: 32 slots (server.c's LOOP_PG_INFLIGHT), the rest park
+PARK_ENV = {**LOOP_ENV, "HTTP_THREADS": "1", "DB_LOOP_CONNECTIONS": "1"}
+PARK_SLOTS = 32
+
+
+def raw_post(port, path, body, headers):
+    """One HTTP/1.1 request's bytes (sent all at once by the caller, so all arrive together)."""
+    data = json.dumps(body).encode()
+    head = "".join(f"{k}: {v}\r\n" for k, v in headers.items())
+    return (f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Type: application/json\r\n"
+            f"Content-Length: {len(data)}\r\nConnection: close\r\n{head}\r\n").encode() + data
+
+
+def read_answer(sock):
+    """Status and JSON body of a Connection: close answer."""
+    sock.settimeout(CLIENT_TIMEOUT)
+    chunks = []
+    while True:
+        chunk = sock.recv(65536)
+        if not chunk:
+            break
+        chunks.append(chunk)
+    raw = b"".join(chunks)
+    head, _, body = raw.partition(b"\r\n\r\n")
+    return int(head.split(b" ", 2)[1]), json.loads(body)
+
+
+@pytest.mark.parametrize("hold", [0.0, 1.0], ids=["released-at-once", "held-past-the-park-wait"])
+def test_misses_beyond_the_slots_park_on_the_loop(pg, own_redis, hold):
+    inst = start_instance(pg, own_redis, REDIS_DB + 8, CACHE_TTL="0", **PARK_ENV)
+    try:
+        admin = admin_of(inst)
+        a = user(inst)
+        titles = [f"k{i:03d}" for i in range(PARK_SLOTS + 16)]
+        for t in titles:
+            inst.pg.query(inst.db, "INSERT INTO projects (user_id, title) VALUES (%s, %s)", (a.id, t))
+        query_ok(inst, a, projects_body(titles[0]))     # the loop connection is up and the shape prepared
+        before = loop_queries(inst, admin)
+        parked0 = counter(inst, admin, "coredb_pool_loop_parked_total")
+        expired0 = counter(inst, admin, "coredb_pool_loop_park_expired_total")
+        locker = inst.pg.connect(inst.db)
+        socks = []
+        try:
+            with locker.cursor() as cur:
+                cur.execute("BEGIN; LOCK TABLE projects IN ACCESS EXCLUSIVE MODE")
+            # distinct misses (no single flight), all sent before any can finish
+            wires = [raw_post(inst.port, QUERY, projects_body(t), a.headers) for t in titles]
+            socks = [socket.create_connection(("127.0.0.1", inst.port), timeout=CLIENT_TIMEOUT) for _ in titles]
+            for sock, wire in zip(socks, wires):
+                sock.sendall(wire)
+            assert wait_for(lambda: counter(inst, admin, "coredb_pool_loop_parked_total") - parked0 >= 16,
+                            timeout=10, step=0.005), inst.log()[-2000:]
+            time.sleep(hold)
+        finally:
+            with locker.cursor() as cur:
+                cur.execute("ROLLBACK")
+            locker.close()
+        answers = [read_answer(sock) for sock in socks]
+        for sock in socks:
+            sock.close()
+        for t, (status, body) in zip(titles, answers):
+            assert status == 200, body
+            assert [row["title"] for row in body["data"]] == [t], body
+            assert body["pagination"]["total"] == 1, body
+        parked = counter(inst, admin, "coredb_pool_loop_parked_total") - parked0
+        expired = counter(inst, admin, "coredb_pool_loop_park_expired_total") - expired0
+        moved = delta(before, loop_queries(inst, admin))
+        assert parked == 16
+        if hold:
+            # held past PARK_WAIT_MS: every parked miss went to a worker, which waited for the lock too
+            assert expired == 16
+            assert moved == {"answered": PARK_SLOTS, "handed_off": 16, "timeout": 0}
+        else:
+            # released at once: the parked were sent on the loop as slots freed
+            assert expired == 0
+            assert moved == {"answered": PARK_SLOTS + 16, "handed_off": 0, "timeout": 0}
     finally:
         inst.stop_clean()

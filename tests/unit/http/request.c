@@ -5,10 +5,13 @@
  * (when libevent drops the bytes, or when the request is freed without
  * sending them: HEAD, an error set after, a 204), and copies small bodies.
  * The request lives in its arena. ASan (make san) checks every release.
+ * Request ids: "req_" and 24 hex digits, distinct across many draws and
+ * between threads (each draws its own key), a valid X-Request-ID echoed.
  */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
+#include <pthread.h>
 #include <stdint.h>
 #include <cmocka.h>
 
@@ -201,12 +204,48 @@ static int teardown(void **state)
     return 0;
 }
 
+static int compare_ids(const void *a, const void *b)
+{
+    return strcmp(a, b);
+}
+
+static void *draw_ids(void *arg)
+{
+    char (*ids)[CDB_REQUEST_ID_MAX + 1] = arg;
+    for (int i = 0; i < 2000; i++) {
+        cdb_request *r = request(EVHTTP_REQ_GET);
+        assign_request_id(r);
+        strcpy(ids[i], r->request_id);
+        cdb_request_free(r);
+    }
+    return NULL;
+}
+
+static void test_request_ids(void **state)
+{
+    (void)state;
+    static char ids[4000][CDB_REQUEST_ID_MAX + 1];
+    pthread_t other;
+    draw_ids(ids);
+    assert_int_equal(pthread_create(&other, NULL, draw_ids, ids[2000]), 0);
+    pthread_join(other, NULL);
+    for (int i = 0; i < 4000; i++) {
+        assert_int_equal(strlen(ids[i]), 4 + 24);
+        assert_memory_equal(ids[i], "req_", 4);
+        assert_int_equal(strspn(ids[i] + 4, "0123456789abcdef"), 24);
+    }
+    qsort(ids, 4000, sizeof ids[0], compare_ids);
+    for (int i = 1; i < 4000; i++)
+        assert_string_not_equal(ids[i - 1], ids[i]);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_body_by_reference_released_once_written),
         cmocka_unit_test(test_unsent_reference_released_with_the_request),
         cmocka_unit_test(test_small_bodies_copied_large_texts_referenced),
+        cmocka_unit_test(test_request_ids),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }

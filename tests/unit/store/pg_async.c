@@ -14,7 +14,10 @@
  * behind it keeps its own (and succeeds on the same connection), a server
  * silent a whole deadline past the oldest job's (every job TIMEOUT, then a
  * reconnect), pg_terminate_backend of the connections with jobs in
- * flight, and free with parked jobs (each fails exactly once).
+ * flight (the parked fail with them), free with jobs waiting (each fails
+ * exactly once), and parking: jobs beyond the slots in flight wait in
+ * order and are sent as slots free, fail after PARK_WAIT_MS when the
+ * slots stay held, and beyond park_max are refused.
  * Exact jobs (transactions, cdb_apg_submit_exact): committed (OK), refused
  * by the server before COMMIT (REFUSED, nothing committed, the connection
  * rolled back and usable at once), a server FATAL (pg_terminate_backend)
@@ -184,15 +187,19 @@ static void test_real_pipeline(void **state)
         for (int i = 0; i < MAX_PREPARED; i++)
             nprepared += apg->conns[k].stmts[i].sql != NULL;
     assert_true(nprepared >= 3 && nprepared <= 2 * 3);
-    /* a full connection refuses: 2 connections x 8 in flight */
+    /* full connections park, a full FIFO refuses: 2 connections x 8 in flight + 4 parked */
     seen d = {0};
     cdb_apg_stmt slow[] = {{"SELECT pg_sleep(0.3)::text", 0, NULL, false}};
     int taken = 0;
+    apg->park_max = 4;
     while (taken < 40 && cdb_apg_submit(apg, slow, 1, 0, on_job, &d))
         taken++;
-    assert_int_equal(taken, 16);
-    assert_true(RUN_UNTIL(base, d.calls == 16, 5000));
+    assert_int_equal(taken, 20);
+    assert_int_equal(apg->nparked, 4);
+    /* no slot frees before 0.3 s: the parked wait out PARK_WAIT_MS and fail (a worker's then) */
+    assert_true(RUN_UNTIL(base, d.calls == 20, 5000));
     assert_int_equal(d.ok, 16);
+    assert_int_equal(d.failed, 4);
     cdb_apg_free(apg);
     event_base_free(base);
 }
@@ -253,12 +260,13 @@ static void test_real_terminated(void **state)
         skip();
     struct event_base *base = event_base_new();
     cdb_pg_settings pg = {.conninfo = real_conninfo(), .application_name = "coredb-apg-unit"};
-    cdb_apg *apg = cdb_apg_new(base, &pg, 2, 8);
+    cdb_apg *apg = cdb_apg_new(base, &pg, 2, 2);
     assert_true(RUN_UNTIL(base, all_ready(apg), 5000));
     cdb_apg_stmt slow[] = {{"SELECT pg_sleep(1)::text", 0, NULL, false}};
     seen s = {0};
-    for (int i = 0; i < 4; i++)
+    for (int i = 0; i < 6; i++)                 /* 4 in flight, 2 parked */
         assert_true(cdb_apg_submit(apg, slow, 1, 0, on_job, &s));
+    assert_int_equal(apg->nparked, 2);
     PGconn *killer = PQconnectdb(real_conninfo());
     assert_int_equal(PQstatus(killer), CONNECTION_OK);
     PQclear(PQexec(killer, "SELECT pg_sleep(0.1)"));
@@ -268,8 +276,9 @@ static void test_real_terminated(void **state)
     assert_string_equal(PQgetvalue(r, 0, 0), "2");
     PQclear(r);
     PQfinish(killer);
-    assert_true(RUN_UNTIL(base, s.calls == 4, 3000));
-    assert_int_equal(s.failed, 4);
+    assert_true(RUN_UNTIL(base, s.calls == 6, 3000));
+    assert_int_equal(s.failed, 6);             /* no connection ready: the parked fail too */
+    assert_int_equal(apg->nparked, 0);
     assert_true(RUN_UNTIL(base, all_ready(apg), 5000));
     seen again = {0};
     cdb_apg_stmt one[] = {{"SELECT 'back'", 0, NULL, false}};
@@ -279,7 +288,6 @@ static void test_real_terminated(void **state)
     cdb_apg_free(apg);
     event_base_free(base);
 }
-
 
 static int prepared_count(cdb_apg *apg)
 {
@@ -318,18 +326,24 @@ static void test_real_exact(void **state)
                                 {"INSERT INTO apg_exact VALUES ($1::int)", 1, one, true},
                                 {"SELECT count(*)::text FROM apg_exact", 0, none, false},
                                 {"COMMIT", 0, none, true}};
-    seen a = {0}, b = {0}, c = {0}, d = {0};
+    seen a = {0}, b = {0}, c = {0}, d = {0}, e = {0};
     bool maybe;
     int prepared0 = prepared_count(apg);
     assert_true(cdb_apg_submit_exact(apg, commit_ok, 4, 0, on_job, &a, &maybe));
-    /* claimed: nothing is sent behind a transaction */
+    /* claimed: nothing is sent behind a transaction; a job waits parked, an exact one is refused */
     cdb_apg_stmt select1[] = {{"SELECT 'after'", 0, none, false}};
-    assert_false(cdb_apg_submit(apg, select1, 1, 0, on_job, &d));
-    assert_false(cdb_apg_submit_exact(apg, commit_ok, 4, 0, on_job, &d, &maybe));
+    assert_true(cdb_apg_submit(apg, select1, 1, 0, on_job, &d));
+    assert_int_equal(apg->nparked, 1);
+    assert_int_equal(apg->conns[0].inflight, 1);
+    assert_false(cdb_apg_submit_exact(apg, commit_ok, 4, 0, on_job, &e, &maybe));
     assert_false(maybe);
     assert_true(RUN_UNTIL(base, a.calls, 5000));
     assert_int_equal(a.ok, 1);
     assert_int_equal(a.nres, 4);
+    assert_true(RUN_UNTIL(base, d.calls, 5000));   /* sent once the transaction ended */
+    assert_int_equal(d.ok, 1);
+    assert_string_equal(d.first, "after");
+    assert_int_equal(e.calls, 0);
     assert_string_equal(scalar_text(admin, "SELECT count(*) FROM apg_exact"), "1");
     /* a duplicate key before COMMIT: refused, nothing committed, the block rolled back */
     cdb_apg_stmt dup[] = {{"BEGIN", 0, none, true},
@@ -382,7 +396,12 @@ static void test_real_exact(void **state)
     assert_true(cdb_apg_submit_exact(apg, sleepy, 4, 300, on_job, &late, &maybe));
     assert_true(RUN_UNTIL(base, late.calls, 2000));
     assert_int_equal(late.timeout, 1);
-    assert_false(cdb_apg_submit(apg, select1, 1, 0, on_job, &after));   /* still claimed */
+    /* still claimed: a job parks, and waits out PARK_WAIT_MS (a worker's then) */
+    seen parked = {0};
+    assert_true(cdb_apg_submit(apg, select1, 1, 0, on_job, &parked));
+    assert_int_equal(apg->nparked, 1);
+    assert_true(RUN_UNTIL(base, parked.calls, 2000));
+    assert_int_equal(parked.failed, 1);
     assert_true(RUN_UNTIL(base, apg->conns[0].held == NULL, 5000));
     assert_string_equal(scalar_text(admin, "SELECT count(*) FROM apg_exact"), "2");  /* it did commit */
     assert_true(cdb_apg_submit(apg, select1, 1, 0, on_job, &after));
@@ -452,14 +471,17 @@ static void test_real_claim(void **state)
     assert_string_equal(a.first, "1");
     assert_false(lockable(admin, "1"));
     assert_true(lockable(admin, "2"));
-    assert_false(cdb_apg_submit(apg, select1, 1, 0, on_job, &e));
+    seen parked = {0};
+    assert_true(cdb_apg_submit(apg, select1, 1, 0, on_job, &parked));   /* parked, not sent */
+    assert_int_equal(apg->nparked, 1);
+    assert_int_equal(apg->conns[0].inflight, 0);
     assert_false(cdb_apg_claim_open(apg, lock, 2, 0, on_job, &e, &stale));
     /* a job that keeps it, then one that ends it with COMMIT */
     assert_true(cdb_apg_claim_submit(apg, &claim, bump, 1, 0, true, on_job, &b, &maybe));
     assert_true(RUN_UNTIL(base, b.calls, 5000));
     assert_int_equal(b.ok, 1);
     assert_false(lockable(admin, "1"));
-    assert_false(cdb_apg_submit(apg, select1, 1, 0, on_job, &e));
+    assert_int_equal(parked.calls, 0);           /* never sent on the claimed connection */
     stale = claim;
     assert_true(cdb_apg_claim_submit(apg, &claim, finish, 2, 0, false, on_job, &c, &maybe));
     assert_true(RUN_UNTIL(base, c.calls, 5000));
@@ -471,6 +493,8 @@ static void test_real_claim(void **state)
     assert_true(RUN_UNTIL(base, d.calls, 5000));
     assert_int_equal(d.ok, 1);
     assert_int_equal(e.calls, 0);
+    assert_true(RUN_UNTIL(base, parked.calls, 2000));  /* run after the claim, or expired during it */
+    assert_int_equal(parked.calls, 1);
 
     /* given up: ROLLBACK, nothing of it committed, the row free again */
     const char *two[] = {"2"};
@@ -526,6 +550,80 @@ static void test_real_claim(void **state)
     event_base_free(base);
 }
 
+/* The order the parked jobs of test_real_park ended in. */
+typedef struct order {
+    int next;
+    int seen[8];
+    int ok;
+} order;
+typedef struct ticket {
+    order *o;
+    int id;
+} ticket;
+
+static void on_ordered(cdb_apg_outcome outcome, PGresult *const *res, int n, void *arg)
+{
+    ticket *t = arg;
+    (void)res;
+    (void)n;
+    t->o->seen[t->o->next++] = t->id;
+    t->o->ok += outcome == CDB_APG_OK;
+}
+
+static void test_real_park(void **state)
+{
+    (void)state;
+    if (!real_conninfo())
+        skip();
+    struct event_base *base = event_base_new();
+    cdb_pg_settings pg = {.conninfo = real_conninfo(), .statement_timeout_ms = 5000};
+    cdb_apg *apg = cdb_apg_new(base, &pg, 1, 2);
+    assert_int_equal(apg->park_max, PARK_PER_SLOT * 2);
+    assert_true(RUN_UNTIL(base, all_ready(apg), 5000));
+    cdb_apg_counts before, after;
+    cdb_apg_counts_get(&before);
+
+    /* parked jobs are sent in order as slots free, and succeed */
+    cdb_apg_stmt nap[] = {{"SELECT pg_sleep(0.05)::text", 0, NULL, false}};
+    cdb_apg_stmt quick[] = {{"SELECT 'p'", 0, NULL, false}};
+    order o = {0};
+    ticket t[5];
+    for (int i = 0; i < 5; i++) {
+        t[i] = (ticket){&o, i};
+        assert_true(cdb_apg_submit(apg, i < 2 ? nap : quick, 1, 0, on_ordered, &t[i]));
+    }
+    assert_int_equal(apg->conns[0].inflight, 2);
+    assert_int_equal(apg->nparked, 3);
+    assert_true(RUN_UNTIL(base, o.next == 5, 3000));
+    assert_int_equal(o.ok, 5);
+    for (int i = 0; i < 5; i++)
+        assert_int_equal(o.seen[i], i);
+    assert_int_equal(apg->nparked, 0);
+
+    /* held up past PARK_WAIT_MS: the parked job fails (its caller's worker runs it), the FIFO is bounded */
+    cdb_apg_stmt hold[] = {{"SELECT pg_sleep(0.8)::text", 0, NULL, false}};
+    seen h = {0}, p = {0}, extra = {0};
+    assert_true(cdb_apg_submit(apg, hold, 1, 0, on_job, &h));
+    assert_true(cdb_apg_submit(apg, hold, 1, 0, on_job, &h));
+    int64_t t0 = cdb_mono_ms();
+    for (int i = 0; i < apg->park_max; i++)
+        assert_true(cdb_apg_submit(apg, quick, 1, 0, on_job, &p));
+    assert_false(cdb_apg_submit(apg, quick, 1, 0, on_job, &extra));
+    assert_true(RUN_UNTIL(base, p.calls == apg->park_max, 3000));
+    int64_t waited = cdb_mono_ms() - t0;
+    assert_int_equal(p.failed, apg->park_max);
+    assert_true(waited >= PARK_WAIT_MS - 20 && waited < 750);
+    assert_int_equal(h.calls, 0);               /* the held ones keep their own deadline */
+    assert_true(RUN_UNTIL(base, h.calls == 2, 3000));
+    assert_int_equal(h.ok, 2);
+    assert_int_equal(extra.calls, 0);
+    cdb_apg_counts_get(&after);
+    assert_int_equal(after.parked - before.parked, 3 + (uint64_t)apg->park_max);
+    assert_int_equal(after.park_expired - before.park_expired, (uint64_t)apg->park_max);
+    cdb_apg_free(apg);
+    event_base_free(base);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -537,6 +635,7 @@ int main(void)
         cmocka_unit_test(test_real_terminated),
         cmocka_unit_test(test_real_exact),
         cmocka_unit_test(test_real_claim),
+        cmocka_unit_test(test_real_park),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
