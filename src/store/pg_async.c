@@ -34,6 +34,13 @@
  * runs it on a worker), and so is every parked job once no connection is
  * ready. Its deadline counts from when it is sent.
  *
+ * Exact jobs and claims (pg_async.h) hold a connection for themselves: a
+ * connection an exact job or a claim holds takes no other job (roomiest()
+ * skips it, so the parked wait for another, or for its end), and an exact
+ * job is never parked (refused, run by a worker, when no connection is
+ * free for it now or while jobs are parked: the parked go first). A claim
+ * given up outside a read pumps the parked at once.
+ *
  * Results are read until libpq would block: PQgetResult gives NULL after
  * each statement's results, and NULL twice in a row (or PQisBusy) means
  * nothing more is buffered, so the loop waits for the socket again.
