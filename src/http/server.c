@@ -321,13 +321,7 @@ static int loop_init(cdb_loop *loop, cdb_http_server *srv, int fd, const cdb_rou
     loop->cfg = cdb_service_config(srv->svc);
     loop->limit = srv->limit;
     pthread_mutex_init(&loop->done_lock, NULL);
-    /* precise timers: libevent's default clock is CLOCK_MONOTONIC_COARSE (a tick of 1-4 ms), and a
-       loop's wait for invalidation acknowledgements polls from 200 us (store/invalidation.c) */
-    struct event_config *ec = event_config_new();
-    if (ec && event_config_set_flag(ec, EVENT_BASE_FLAG_PRECISE_TIMER) == 0)
-        loop->base = event_base_new_with_config(ec);
-    if (ec)
-        event_config_free(ec);
+    loop->base = event_base_new();
     loop->done_ev = loop->base ? event_new(loop->base, -1, 0, on_done, loop) : NULL;
     if (!loop->done_ev)
         return cdb_error_set(err, CDB_ERR_INTERNAL_ERROR, "cannot create event loop");

@@ -395,13 +395,21 @@ void cdb_inval_session(cdb_inval *inv, const char *session_id)
 /*
  * The loop's publish: PUBLISH on the loop's asynchronous connection, then
  * the acknowledgements counted with LLEN (the subscribers' RPUSH, the same
- * list the blocking path pops) on a timer backing off from
- * ASYNC_POLL_FIRST_US, doubling up to ASYNC_POLL_MAX_US, until every one
- * is in or CDB_INVAL_ACK_WAIT_MS passed; then DEL. Never BLPOP: on a
- * connection the loop shares, a blocked command would hold up every
- * command behind it.
+ * list the blocking path pops) until every one is in or
+ * CDB_INVAL_ACK_WAIT_MS passed; then DEL. Never BLPOP: on a connection
+ * the loop shares, a blocked command would hold up every command behind
+ * it. For ASYNC_POLL_BURST_US after the PUBLISH each reply sends the next
+ * LLEN at once (a round trip on loopback is tens of µs, the subscribers'
+ * apply and acknowledgement a few hundred); after that a timer of the
+ * loop polls, from ASYNC_POLL_FIRST_US doubling up to ASYNC_POLL_MAX_US.
+ * Why replies and not a short timer first: libevent's clock on the loops
+ * is CLOCK_MONOTONIC_COARSE (a 4 ms tick here), so a 200 µs timer took
+ * 4 ms; precise timers (EVENT_BASE_FLAG_PRECISE_TIMER) cost a
+ * timerfd_settime(2) with every turn of every loop, about three per
+ * data-API miss (strace, bench of 2026-12-01), to serve transactions only.
  */
-#define ASYNC_POLL_FIRST_US 200
+#define ASYNC_POLL_BURST_US 2000
+#define ASYNC_POLL_FIRST_US 1000
 #define ASYNC_POLL_MAX_US 20000
 
 typedef struct async_pub {
@@ -411,7 +419,8 @@ typedef struct async_pub {
     char kind;
     long long n;                   /* subscribers PUBLISH reached */
     long long got;
-    int wait_us;                   /* the next poll's delay */
+    int wait_us;                   /* the next timed poll's delay */
+    int64_t burst_until_us;        /* until then, each reply polls again at once */
     int64_t deadline_ms;
     cdb_inval_done_cb done;
     void *arg;
@@ -456,12 +465,16 @@ static void on_poll_timer(evutil_socket_t fd, short what, void *arg)
         async_end(p);              /* the connection failed: as a failed BLPOP, stop waiting */
 }
 
-/* Polls again after the next delay, or ends the wait at its deadline. */
+/* Polls again (at once during the burst, else after the next delay), or ends the wait at its deadline. */
 static void poll_later(async_pub *p)
 {
     int64_t left_us = (p->deadline_ms - cdb_mono_ms()) * 1000;
     if (left_us <= 0) {
         async_end(p);
+        return;
+    }
+    if (cdb_mono_us() < p->burst_until_us) {
+        on_poll_timer(-1, 0, p);
         return;
     }
     int us = p->wait_us < left_us ? p->wait_us : (int)left_us;
@@ -521,6 +534,7 @@ static bool publish_async(cdb_inval *inv, cdb_aredis *a, struct event_base *base
     p->a = a;
     p->kind = kind;
     p->wait_us = ASYNC_POLL_FIRST_US;
+    p->burst_until_us = cdb_mono_us() + ASYNC_POLL_BURST_US;
     p->deadline_ms = cdb_mono_ms() + CDB_INVAL_ACK_WAIT_MS;
     p->done = done;
     p->arg = arg;

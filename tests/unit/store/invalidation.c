@@ -582,11 +582,7 @@ static void on_tick(evutil_socket_t fd, short what, void *arg)
 static void loop_open(loop_fx *l, cdb_redis *sync)
 {
     memset(l, 0, sizeof *l);
-    /* as the HTTP loops' (http/server.c): precise timers, not the coarse clock's ticks */
-    struct event_config *ec = event_config_new();
-    assert_int_equal(event_config_set_flag(ec, EVENT_BASE_FLAG_PRECISE_TIMER), 0);
-    l->base = event_base_new_with_config(ec);
-    event_config_free(ec);
+    l->base = event_base_new();   /* as the HTTP loops' (http/server.c): the coarse clock */
     assert_non_null(l->base);
     l->a = cdb_aredis_new(l->base, sync, 1000);
     assert_non_null(l->a);
