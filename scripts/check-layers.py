@@ -74,7 +74,9 @@ ALLOWED_CYCLES = {
                # a miss run on the loop answers there or goes to the workers, like admission
                "http/loop_query",
                # a read on a lease's connection, run on the loop the same way
-               "http/loop_lease"}),
+               "http/loop_lease",
+               # a transaction run on the loop, its outbox too (or finished on a worker), answered on the loop
+               "http/loop_tx"}),
 }
 
 INCLUDE = re.compile(r'^\s*#\s*include\s+"([^"]+)"', re.M)

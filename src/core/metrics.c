@@ -137,6 +137,7 @@ static const struct {
     [CDB_M_CATALOG_RELOAD_CONNECTED] = {"coredb_catalog_reloads_total", NULL, "reason=\"connected\""},
     [CDB_M_CATALOG_RELOAD_REQUESTED] = {"coredb_catalog_reloads_total", NULL, "reason=\"requested\""},
     [CDB_M_LOOP_QUERY] = {"coredb_http_loop_admissions_total", NULL, "outcome=\"query\""},
+    [CDB_M_LOOP_TRANSACTION] = {"coredb_http_loop_admissions_total", NULL, "outcome=\"transaction\""},
     [CDB_M_LOOP_QUERY_ANSWERED] = {"coredb_http_loop_queries_total",
                                    "Data-API misses an event loop ran on its own PostgreSQL connections, by "
                                    "outcome: answered there, handed to a worker after a failure, or 504 at the "
@@ -153,6 +154,20 @@ static const struct {
     [CDB_M_LOOP_LEASE_HANDED_OFF] = {"coredb_http_loop_lease_queries_total", NULL, "outcome=\"handed_off\""},
     [CDB_M_LOOP_LEASE_TIMEOUT] = {"coredb_http_loop_lease_queries_total", NULL, "outcome=\"timeout\""},
     [CDB_M_LOOP_LEASE_REFUSED] = {"coredb_http_loop_lease_queries_total", NULL, "outcome=\"refused\""},
+    [CDB_M_LOOP_TX_COMMITTED] = {"coredb_http_loop_transactions_total",
+                                 "Data-API transactions an event loop sent on its own PostgreSQL connections, by "
+                                 "outcome: committed there, refused by the server (a worker ran it again and "
+                                 "reported the error), or 503 TRANSACTION_OUTCOME_UNKNOWN.",
+                                 "outcome=\"committed\""},
+    [CDB_M_LOOP_TX_REFUSED] = {"coredb_http_loop_transactions_total", NULL, "outcome=\"refused\""},
+    [CDB_M_LOOP_TX_UNKNOWN] = {"coredb_http_loop_transactions_total", NULL, "outcome=\"unknown\""},
+    [CDB_M_LOOP_TX_FINISH_LOOP] = {"coredb_http_loop_transaction_finishes_total",
+                                   "Transactions committed on an event loop's connection, by where their Redis "
+                                   "outbox was applied and their answer built: on the loop, or on a worker (the "
+                                   "fallback: replicas, Redis Sentinel, no Redis, the loop's Redis or "
+                                   "connections not free).",
+                                   "where=\"loop\""},
+    [CDB_M_LOOP_TX_FINISH_WORKER] = {"coredb_http_loop_transaction_finishes_total", NULL, "where=\"worker\""},
     [CDB_M_INVAL_RECEIVED] = {"coredb_cache_invalidation_messages_received_total",
                               "First-level cache invalidations received through Redis pub/sub.", ""},
     [CDB_M_INVAL_SUBSCRIPTION_LOSSES] = {"coredb_cache_invalidation_subscription_losses_total",

@@ -62,6 +62,7 @@ typedef enum cdb__metric {
     CDB_M_LOOP_HANDED_OFF,         /* ... admitted on a loop, then run on a worker */
     CDB_M_LOOP_FALLBACK,           /* ... the loop's Redis was not ready: admitted on a worker */
     CDB_M_LOOP_QUERY,              /* http/loop_admit.c: admitted on a loop, its miss run on the loop's connections */
+    CDB_M_LOOP_TRANSACTION,        /* ... admitted on a loop, its transaction sent on the loop's connections */
     CDB_M_INVAL_RECEIVED,          /* store/invalidation.c: pub/sub messages applied */
     CDB_M_INVAL_SUBSCRIPTION_LOSSES,
     CDB_M_INVAL_PUBLISH_FAILURES,
@@ -80,6 +81,11 @@ typedef enum cdb__metric {
     CDB_M_LOOP_LEASE_HANDED_OFF,   /* ... the loop's run failed: a worker ran it */
     CDB_M_LOOP_LEASE_TIMEOUT,      /* ... statement timeout or deadline: 504 on the loop */
     CDB_M_LOOP_LEASE_REFUSED,      /* ... the lease refused on the loop (404, 409) */
+    CDB_M_LOOP_TX_COMMITTED,       /* http/loop_tx.c: a transaction committed on the loop's connection */
+    CDB_M_LOOP_TX_REFUSED,         /* ... the server refused it (rolled back): a worker ran it again */
+    CDB_M_LOOP_TX_UNKNOWN,         /* ... lost or past its deadline after sending: 503 OUTCOME_UNKNOWN */
+    CDB_M_LOOP_TX_FINISH_LOOP,     /* ... committed: its outbox applied and answer sent on the loop */
+    CDB_M_LOOP_TX_FINISH_WORKER,   /* ... committed: finished on a worker (replicas, Sentinel, no Redis, ...) */
     CDB_M__COUNT
 } cdb__metric;
 

@@ -55,6 +55,9 @@
 #include <string.h>
 
 #include "data/tx_internal.h"
+#include "data/tx_loop.h"
+#include "data/documents.h"
+#include "data/vectors.h"
 
 /* ---- running the transaction ---- */
 
@@ -429,6 +432,18 @@ out:
     cdb_error_destroy(&e);
 }
 
+/*
+ * Right after the commit, on the connection that committed or any other of
+ * the primary: the commit's LSN noted before the generation bumps (a reader
+ * who sees a bump sees this LSN, query_run.c), then the outbox rows.
+ */
+static void after_commit(tx *t, PGconn *conn)
+{
+    cdb_commit_lsn_note(t->svc->commit_lsn, conn, t->caller->user_id);
+    if (t->nrows)
+        apply_outbox(t, conn);
+}
+
 static json_t *build_response(const tx *t, int64_t started_ms)
 {
     json_t *results = json_array();
@@ -518,10 +533,7 @@ int cdb_data_transaction_idem(cdb_service *svc, const cdb_principal *caller, jso
     }
     if ((rc = run_pipeline(t, pc, idem, err)) < 0 || idem->replayed)
         goto out_release;
-    /* before the generation bumps: a reader who sees a bump sees this LSN (query_run.c) */
-    cdb_commit_lsn_note(svc->commit_lsn, conn, caller->user_id);
-    if (t->nrows)
-        apply_outbox(t, conn);
+    after_commit(t, conn);
     /* keyed: the stored answer, or the one that replaced it after the outbox ran */
     if (!t->key) {
         idem->body = response_text(t);
@@ -554,4 +566,170 @@ int cdb_data_transaction(cdb_service *svc, const cdb_principal *caller, json_t *
         rc = cdb_error_oom(err);
     cdb_idempotency_destroy(&idem);
     return rc;
+}
+
+/* ---- run on an event loop (tx_loop.h) ---- */
+
+_Static_assert(CDB_DATA_PRELUDE_COUNT == 2, "the loop's prelude is BEGIN, role + settings");
+_Static_assert(CDB_DATA_PRELUDE_COUNT + TX_MAX_OPS + 4 <= CDB_APG_MAX_STMTS, "a transaction fits one loop job");
+
+static const char *const NO_PARAMS[1] = {NULL};
+
+/*
+ * What only a worker may run: documents or vectors (their own stores), and
+ * a written table with encrypted columns (keys drawn and read through the
+ * blocking pool). Unknown tables and bad shapes are left to the parser,
+ * whose error sends the request to a worker too.
+ */
+static bool loop_may_run(const tx *t, json_t *request)
+{
+    json_t *ops = json_object_get(request, "operations"), *o;
+    size_t i;
+    if (!json_is_array(ops))
+        return true;
+    json_array_foreach(ops, i, o) {
+        json_t *db = json_object_get(o, "database");
+        const char *name = json_string_value(json_object_get(o, "table"));
+        if (cdb__doc_database(db) || cdb__vec_database(db))
+            return false;
+        const cdb_table *table = name ? cdb_catalog_table(t->cat, t->caller->role, name) : NULL;
+        if (table && cdb__colset_has_table(t->cs, table->name))
+            return false;
+    }
+    return true;
+}
+
+int cdb__tx_loop_plan(cdb_service *svc, const cdb_principal *p, json_t *request, cdb__tx_loop **out)
+{
+    const char *db_role = cdb_principal_db_role(p);
+    cdb__tx_loop *lt = NULL;
+    tx *t = NULL;
+    cdb_error err;
+
+    *out = NULL;
+    cdb_error_init(&err);
+    /* never blocks: what is not in memory yet is loaded by the worker */
+    if (!cdb_principal_known(p) || !db_role || !json_is_object(request) || !svc->catalog ||
+        !cdb_qcache_has_namespace(svc->qcache) || !(t = calloc(1, sizeof *t)))
+        goto refuse;
+    t->started_ms = cdb_mono_ms();
+    t->svc = svc;
+    t->caller = p;
+    cdb_ledger_new_id(t->id);
+    if (!(t->cat = cdb_catalog_cache_peek(svc->catalog)) || !(t->cs = cdb__colring_peek(svc)) ||
+        !loop_may_run(t, request) || cdb__tx_parse_request(t, request, &err) < 0 || !(lt = calloc(1, sizeof *lt)))
+        goto refuse;
+    cdb_sql_init(&lt->outbox);
+    lt->t = t;
+    if (t->nrows && build_outbox_insert(t, &lt->outbox) < 0)
+        goto refuse;
+    lt->settings[0] = db_role;
+    lt->settings[1] = p->user_id;
+    lt->settings[2] = cdb_role_name(p->role);
+    lt->ledger[0] = t->id;
+    lt->ledger[1] = p->user_id;
+    *out = lt;
+    cdb_error_destroy(&err);
+    return 1;
+
+refuse:
+    if (lt)
+        cdb__tx_loop_free(lt);     /* frees t too */
+    else
+        tx_free(t);
+    cdb_error_destroy(&err);
+    return 0;
+}
+
+/*
+ * The worker's pipeline (run_pipeline), unkeyed: BEGIN, role + settings,
+ * the operations, RESET ROLE, the outbox rows, the ledger row, COMMIT.
+ * Texts that vary per request are unnamed; the prelude and the ledger row
+ * are prepared once per connection.
+ */
+int cdb__tx_loop_statements(cdb__tx_loop *lt, cdb_apg_stmt *stmts)
+{
+    tx *t = lt->t;
+    int n = 0;
+    stmts[n++] = (cdb_apg_stmt){"BEGIN", 0, NO_PARAMS, true};
+    stmts[n++] = (cdb_apg_stmt){cdb_txn_read_prelude_sql(), 3, lt->settings, false};
+    for (int k = 0; k < t->npg; k++) {
+        const tx_op *op = &t->ops[t->pg_ops[k]];
+        stmts[n++] = (cdb_apg_stmt){op->sql, op->nparams, (const char *const *)op->params, true};
+    }
+    /* the service's own tables belong to the login role */
+    stmts[n++] = (cdb_apg_stmt){"RESET ROLE", 0, NO_PARAMS, true};
+    if (t->nrows)
+        stmts[n++] = (cdb_apg_stmt){lt->outbox.text, lt->outbox.nparams, (const char *const *)lt->outbox.params,
+                                    true};
+    stmts[n++] = (cdb_apg_stmt){LEDGER_SQL, 2, lt->ledger, false};
+    stmts[n++] = (cdb_apg_stmt){"COMMIT", 0, NO_PARAMS, true};
+    return n;
+}
+
+int cdb__tx_loop_collect(cdb__tx_loop *lt, PGresult *const *res, int n, cdb_error *err)
+{
+    tx *t = lt->t;
+    int rc = 0;
+    if (n < CDB_DATA_PRELUDE_COUNT + t->npg)
+        return cdb_error_set(err, CDB_ERR_INTERNAL_ERROR, "Malformed database result");
+    for (int k = 0; k < t->npg && rc == 0; k++)
+        rc = collect_result(t, &t->ops[t->pg_ops[k]], res[CDB_DATA_PRELUDE_COUNT + k], t->pg_ops[k], err);
+    if (rc < 0)
+        cdb_log_error("data.tx_result_unreadable", "transaction %s committed but its result could not be read", t->id);
+    return rc;
+}
+
+int cdb__tx_loop_unknown(cdb__tx_loop *lt, cdb_error *err)
+{
+    return cdb_ledger_fail_unknown(err, lt->t->id);
+}
+
+int cdb__tx_loop_finish(cdb__tx_loop *lt, cdb_idempotency *idem, cdb_error *err)
+{
+    tx *t = lt->t;
+    cdb_pool_conn *pc = NULL;
+    cdb_error e;
+    cdb_error_init(&e);
+    PGconn *conn = cdb_txn_acquire(t->svc->pool, &pc, &e);
+    if (conn) {
+        after_commit(t, conn);
+    } else {
+        /* committed, but the database is gone again: the flush job applies the rows */
+        for (int r = 0; r < t->nrows; r++)
+            if (t->rows[r].from)
+                t->rows[r].from->status = "pending";
+        cdb_log_warn("data.outbox_pending", "transaction %s: %d Redis operation(s) left for the retry job: %s",
+                     t->id, t->nrows, e.message);
+    }
+    cdb_txn_release(t->svc->pool, pc);
+    cdb_error_destroy(&e);
+    return cdb__tx_loop_answer(lt, idem, err);
+}
+
+int cdb__tx_loop_pending_answer(cdb__tx_loop *lt, cdb_idempotency *idem, cdb_error *err)
+{
+    for (int i = 0; i < lt->t->nops; i++)
+        if (lt->t->ops[i].kind >= OP_SET)
+            lt->t->ops[i].status = "pending";
+    return cdb__tx_loop_answer(lt, idem, err);
+}
+
+int cdb__tx_loop_answer(cdb__tx_loop *lt, cdb_idempotency *idem, cdb_error *err)
+{
+    idem->replayed = false;
+    idem->status = 200;
+    if (!(idem->body = response_text(lt->t)))
+        return cdb_error_oom(err);
+    return 0;
+}
+
+void cdb__tx_loop_free(cdb__tx_loop *lt)
+{
+    if (!lt)
+        return;
+    cdb_sql_destroy(&lt->outbox);
+    free(lt->apply);
+    tx_free(lt->t);
+    free(lt);
 }

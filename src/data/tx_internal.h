@@ -83,6 +83,16 @@ typedef struct tx {
     char *final;                   /* keyed: the answer with Redis results, once stored too, owned */
 } tx;
 
+/* A transaction run on an event loop (tx_loop.h): built in tx.c, its outbox applied by tx_loop.c. */
+typedef struct cdb__tx_apply cdb__tx_apply;
+struct cdb__tx_loop {
+    tx *t;
+    cdb_sql outbox;                /* the outbox rows' INSERT */
+    const char *settings[3];       /* the prelude's: database role, user id, role name */
+    const char *ledger[2];
+    cdb__tx_apply *apply;          /* tx_loop.c's state while it applies the outbox, owned */
+};
+
 /* Fails operation i (0-based) with details.operation and details.field. */
 static inline int op_fail(cdb_error *err, int i, cdb_err code, const char *field, const char *fmt, ...)
     __attribute__((format(printf, 5, 6)));

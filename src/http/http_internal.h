@@ -143,6 +143,8 @@ struct cdb_request {
     cdb_principal principal;       /* who is calling (CDB_ROLE_ANON until authenticated) */
     bool session_checked;          /* the loop found the session alive (loop_admit.c) */
     bool quota_checked;            /* the caller's quota was charged and its headers set */
+    cdb_route_fn resume;           /* cdb_server_resume_on_worker: what the worker runs instead */
+    void *resume_arg;              /* its state (loop_tx.c), owned by resume */
     char request_id[CDB_REQUEST_ID_MAX + 1];
     const char *media_type;        /* response Content-Type */
     int64_t start_us;
@@ -350,8 +352,22 @@ int cdb__loop_lease_take(cdb_request *r, cdb__loop_lease **out);
 bool cdb__loop_lease_query(cdb__loop_lease *l, bool generation_read, int64_t generation);
 void cdb__loop_lease_give_back(cdb__loop_lease *l);
 void cdb__loop_lease_abort_all(cdb_loop *loop);
+/*
+ * loop_tx.c: runs an admitted POST /data/transaction (unkeyed, no lease) on
+ * the loop's own PostgreSQL connections, and its outbox after the commit on
+ * the loop too (or on a worker where the loop cannot: loop_tx.c). True:
+ * answered later. False: hand it to a worker now.
+ */
+bool cdb__loop_tx(cdb_request *r);
 /* server.c: runs a prepared request's admission and handler on its worker queue. */
 void cdb_server_hand_off(cdb_request *r);
+/*
+ * server.c: runs fn(r) on a worker WITHOUT admission (the loop admitted r and
+ * began its work: a restore that starts meanwhile must not refuse what
+ * already committed), then answers r on its loop. False when no worker
+ * queue takes it (shutting down): the caller answers.
+ */
+bool cdb_server_resume_on_worker(cdb_request *r, cdb_route_fn fn);
 /* server.c: sends the request's answer and frees it (loop thread). */
 void cdb_server_finish(cdb_request *r);
 

@@ -187,6 +187,11 @@ static void decide(loop_admission *a)
             cdb__metrics_inc(CDB_M_LOOP_QUERY);
             return;
         }
+        /* an unkeyed transaction: the same connections run it (loop_tx.c) */
+        if (cdb__loop_tx(r)) {
+            cdb__metrics_inc(CDB_M_LOOP_TRANSACTION);
+            return;
+        }
         cdb__metrics_inc(CDB_M_LOOP_HANDED_OFF);
         cdb_server_hand_off(r);
         return;

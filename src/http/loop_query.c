@@ -168,9 +168,9 @@ bool cdb__loop_query(cdb_request *r, bool generation_read, int64_t generation)
     }
     const cdb__query_loop *lp = &q->lp;
     const cdb_apg_stmt stmts[] = {
-        {lp->prelude_sql, 3, lp->settings},
-        {lp->rows.text, lp->rows.nparams, (const char *const *)lp->rows.params},
-        {lp->count_sql, lp->count_nparams, (const char *const *)lp->rows.params},
+        {lp->prelude_sql, 3, lp->settings, false},
+        {lp->rows.text, lp->rows.nparams, (const char *const *)lp->rows.params, false},
+        {lp->count_sql, lp->count_nparams, (const char *const *)lp->rows.params, false},
     };
     if (!cdb_apg_submit(loop->apg, stmts, 3, 0, on_results, q)) {
         end_flight(q, NULL, 0);

@@ -150,16 +150,38 @@ static void admit_and_run(cdb_request *r)
     cdb_audit_origin_clear();
 }
 
-static void run_on_worker(void *arg)
+/* The worker is done with r: its loop sends the answer. */
+static void back_to_loop(cdb_request *r)
 {
-    cdb_request *r = arg;
-    admit_and_run(r);
     cdb_loop *loop = r->loop;
     pthread_mutex_lock(&loop->done_lock);
     r->next = loop->done_head;
     loop->done_head = r;
     pthread_mutex_unlock(&loop->done_lock);
     event_active(loop->done_ev, EV_READ, 0);
+}
+
+static void run_on_worker(void *arg)
+{
+    cdb_request *r = arg;
+    admit_and_run(r);
+    back_to_loop(r);
+}
+
+static void resume_on_worker(void *arg)
+{
+    cdb_request *r = arg;
+    cdb_audit_origin_set(r->request_id, r->client_addr, "http");
+    r->resume(r);
+    cdb_audit_origin_clear();
+    back_to_loop(r);
+}
+
+bool cdb_server_resume_on_worker(cdb_request *r, cdb_route_fn fn)
+{
+    cdb_workq *queue = r->server->workers;
+    r->resume = fn;
+    return queue && cdb_workq_submit(queue, resume_on_worker, r) == 0;
 }
 
 void cdb_server_hand_off(cdb_request *r)

@@ -73,6 +73,11 @@ static bool transient_reply(const char *s)
     return false;
 }
 
+bool cdb_cache_reply_transient(const char *s)
+{
+    return s && transient_reply(s);
+}
+
 /*
  * Maps a reply that is not the expected type to a failure: an error reply
  * retrying cannot cure (WRONGTYPE, not an integer) is VALIDATION_FAILED

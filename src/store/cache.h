@@ -68,4 +68,12 @@ int cdb_cache_expire(cdb_cache *c, const char *key, int ttl_s, bool *applied, cd
  */
 int cdb_cache_incr(cdb_cache *c, const char *key, int64_t *out, cdb_error *err);
 
+/*
+ * Whether a Redis error reply's text is one a retry may cure (LOADING,
+ * BUSY, READONLY, ...: CACHE_UNAVAILABLE above) rather than final
+ * (WRONGTYPE, not an integer: VALIDATION_FAILED), for a caller that sent
+ * the command itself (store/outbox.c's loop apply).
+ */
+bool cdb_cache_reply_transient(const char *s);
+
 #endif

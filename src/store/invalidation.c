@@ -22,6 +22,9 @@
  */
 #include "store/invalidation.h"
 #include "core/hash.h"
+#include "store/redis_async.h"
+
+#include <event2/event.h>
 
 #include <errno.h>
 #include <fcntl.h>
@@ -57,6 +60,7 @@ _Static_assert(sizeof prom_le_us / sizeof prom_le_us[0] == sizeof prom_le / size
 static _Atomic uint64_t prom_bucket[PROM_N + 1];   /* not cumulative; last = +Inf */
 static _Atomic uint64_t prom_sum_us;
 static _Atomic int64_t last_publish_warn_ms;   /* process-wide: one warning per 10 s */
+static _Atomic int64_t last_ack_warn_ms;       /* ... and one for missing acknowledgements */
 static pthread_once_t prom_once = PTHREAD_ONCE_INIT;
 
 struct cdb_inval {
@@ -281,6 +285,19 @@ static int ack_key(const char *channel, const char *msg, size_t len, char *key, 
     return snprintf(key, keylen, "%s:ack:%.*s", channel, (int)len, msg);
 }
 
+/* Fewer than n acknowledgements came in time: counted, one warning per 10 s. */
+static void acks_missing(long long got, long long n)
+{
+    if (got >= n)
+        return;
+    int64_t now = cdb_mono_ms(), last = atomic_load(&last_ack_warn_ms);
+    cdb__metrics_inc(CDB_M_INVAL_ACK_TIMEOUTS);
+    if ((last == 0 || now - last >= 10000) && atomic_compare_exchange_strong(&last_ack_warn_ms, &last, now))
+        cdb_log_warn("inval_ack_timeout", "%lld of %lld instances acknowledged an invalidation within %d ms; "
+                     "the others use no first-level cache until their subscription proves itself again",
+                     got, n, CDB_INVAL_ACK_WAIT_MS);
+}
+
 /*
  * Waits until the n subscribers PUBLISH reached have applied msg (each
  * pushes to its ack list), at most CDB_INVAL_ACK_WAIT_MS: then the writer
@@ -308,15 +325,39 @@ static void await_acks(cdb_inval *inv, const char *channel, const char *msg, siz
             break;        /* timed out, or Redis failed: the laggards' tickets expire on their own */
         got++;
     }
-    if (got < n) {
-        cdb__metrics_inc(CDB_M_INVAL_ACK_TIMEOUTS);
-        cdb_log_warn("inval_ack_timeout", "%lld of %lld instances acknowledged an invalidation within %d ms; "
-                     "the others use no first-level cache until their subscription proves itself again",
-                     got, n, CDB_INVAL_ACK_WAIT_MS);
-    }
+    acks_missing(got, n);
     const char *del[] = {"DEL", key};
     freeReplyObject(cdb_redis_command_argv(inv->sync, 2, del, NULL, &err));
     cdb_error_destroy(&err);
+}
+
+/*
+ * Applies the invalidation here first (this instance never waits for its
+ * own message) and formats its message into msg (CDB_INVAL_NAME_MAX + 64
+ * bytes): its length, or 0 when there is nothing to publish (not started:
+ * no other instance can be listening on our behalf yet). *channel gets the
+ * channel. Shared by the blocking and the loop's publish.
+ */
+static size_t prepare(cdb_inval *inv, char kind, const char *name, char *msg, const char **channel)
+{
+    size_t len = strlen(name);
+    apply(kind == 't' ? inv->tables : inv->sessions, name, len);
+    if (!(*channel = atomic_load(&inv->channel)))
+        return 0;
+    if (len > CDB_INVAL_NAME_MAX)
+        return (size_t)snprintf(msg, CDB_INVAL_NAME_MAX + 64, "%c %lld", kind == 't' ? 'T' : 'S', (long long)wall_us());
+    return (size_t)snprintf(msg, CDB_INVAL_NAME_MAX + 64, "%c %lld %s", kind, (long long)wall_us(), name);
+}
+
+/* A PUBLISH that failed: counted, and one warning per 10 s (every write fails while Redis is down). */
+static void publish_failed(char kind, const char *why)
+{
+    int64_t now = cdb_mono_ms(), last = atomic_load(&last_publish_warn_ms);
+    cdb__metrics_inc(CDB_M_INVAL_PUBLISH_FAILURES);
+    /* the name may be a session id: never logged */
+    if ((last == 0 || now - last >= 10000) && atomic_compare_exchange_strong(&last_publish_warn_ms, &last, now))
+        cdb_log_warn("inval_publish_failed", "could not publish a %s invalidation: %s",
+                     kind == 't' ? "table" : "session", why);
 }
 
 static void publish(cdb_inval *inv, char kind, const char *name)
@@ -327,31 +368,14 @@ static void publish(cdb_inval *inv, char kind, const char *name)
     redisReply *reply;
     const char *channel;
 
-    if (!inv || !name)
+    if (!inv || !name || !(len = prepare(inv, kind, name, msg, &channel)))
         return;
-    len = strlen(name);
-    /* here first: this instance never waits for its own message */
-    apply(kind == 't' ? inv->tables : inv->sessions, name, len);
-    channel = atomic_load(&inv->channel);
-    if (!channel)
-        return;   /* not started: no other instance can be listening on our behalf yet */
-    if (len > CDB_INVAL_NAME_MAX)
-        len = (size_t)snprintf(msg, sizeof msg, "%c %lld", kind == 't' ? 'T' : 'S', (long long)wall_us());
-    else
-        len = (size_t)snprintf(msg, sizeof msg, "%c %lld %s", kind, (long long)wall_us(), name);
     cdb_error_init(&err);
     reply = cdb_redis_command(inv->sync, &err, "PUBLISH %s %b", channel, msg, len);
-    if (!reply || reply->type == REDIS_REPLY_ERROR) {
-        int64_t now = cdb_mono_ms(), last = atomic_load(&last_publish_warn_ms);
-        cdb__metrics_inc(CDB_M_INVAL_PUBLISH_FAILURES);
-        /* every write fails while Redis is down: one line per 10 s, the counter has the rest;
-         * the name may be a session id: never logged */
-        if ((last == 0 || now - last >= 10000) && atomic_compare_exchange_strong(&last_publish_warn_ms, &last, now))
-            cdb_log_warn("inval_publish_failed", "could not publish a %s invalidation: %s",
-                         kind == 't' ? "table" : "session", reply ? "Redis refused PUBLISH" : err.message);
-    } else if (reply->type == REDIS_REPLY_INTEGER && reply->integer > 0) {
+    if (!reply || reply->type == REDIS_REPLY_ERROR)
+        publish_failed(kind, reply ? "Redis refused PUBLISH" : err.message);
+    else if (reply->type == REDIS_REPLY_INTEGER && reply->integer > 0)
         await_acks(inv, channel, msg, len, reply->integer);
-    }
     freeReplyObject(reply);
     cdb_error_destroy(&err);
 }
@@ -364,6 +388,178 @@ void cdb_inval_table(cdb_inval *inv, const char *table)
 void cdb_inval_session(cdb_inval *inv, const char *session_id)
 {
     publish(inv, 's', session_id);
+}
+
+/* ---- publishing on an event loop ---- */
+
+/*
+ * The loop's publish: PUBLISH on the loop's asynchronous connection, then
+ * the acknowledgements counted with LLEN (the subscribers' RPUSH, the same
+ * list the blocking path pops) until every one is in or
+ * CDB_INVAL_ACK_WAIT_MS passed; then DEL. Never BLPOP: on a connection
+ * the loop shares, a blocked command would hold up every command behind
+ * it. For ASYNC_POLL_BURST_US after the PUBLISH each reply sends the next
+ * LLEN at once (a round trip on loopback is tens of µs, the subscribers'
+ * apply and acknowledgement a few hundred); after that a timer of the
+ * loop polls, from ASYNC_POLL_FIRST_US doubling up to ASYNC_POLL_MAX_US.
+ * Why replies and not a short timer first: libevent's clock on the loops
+ * is CLOCK_MONOTONIC_COARSE (a 4 ms tick here), so a 200 µs timer took
+ * 4 ms; precise timers (EVENT_BASE_FLAG_PRECISE_TIMER) cost a
+ * timerfd_settime(2) with every turn of every loop, about three per
+ * data-API miss (strace, bench of 2026-12-01), to serve transactions only.
+ */
+#define ASYNC_POLL_BURST_US 2000
+#define ASYNC_POLL_FIRST_US 1000
+#define ASYNC_POLL_MAX_US 20000
+
+typedef struct async_pub {
+    cdb_inval *inv;
+    cdb_aredis *a;
+    struct event *timer;
+    char kind;
+    long long n;                   /* subscribers PUBLISH reached */
+    long long got;
+    int wait_us;                   /* the next timed poll's delay */
+    int64_t burst_until_us;        /* until then, each reply polls again at once */
+    int64_t deadline_ms;
+    cdb_inval_done_cb done;
+    void *arg;
+    size_t keylen;
+    char key[];                    /* "<channel>:ack:<msg>" */
+} async_pub;
+
+static void on_deleted(redisReply *reply, void *arg)
+{
+    (void)reply;
+    (void)arg;
+}
+
+/* The wait is over (all in, timed out, or Redis failed): DEL, count, tell the caller. */
+static void async_end(async_pub *p)
+{
+    const char *del[] = {"DEL", p->key};
+    size_t dellen[] = {3, p->keylen};
+    cdb_inval_done_cb done = p->done;
+    void *arg = p->arg;
+    if (p->n > 0) {
+        acks_missing(p->got, p->n);
+        /* fire and forget, as the blocking path's DEL: the list expires anyway (PEXPIRE by each subscriber) */
+        cdb_aredis_send(p->a, on_deleted, NULL, 2, del, dellen);
+    }
+    if (p->timer)
+        event_free(p->timer);
+    free(p);
+    done(arg);
+}
+
+static void on_llen(redisReply *reply, void *arg);
+
+static void on_poll_timer(evutil_socket_t fd, short what, void *arg)
+{
+    async_pub *p = arg;
+    const char *argv[] = {"LLEN", p->key};
+    size_t argvlen[] = {4, p->keylen};
+    (void)fd;
+    (void)what;
+    if (!cdb_aredis_send(p->a, on_llen, p, 2, argv, argvlen))
+        async_end(p);              /* the connection failed: as a failed BLPOP, stop waiting */
+}
+
+/* Polls again (at once during the burst, else after the next delay), or ends the wait at its deadline. */
+static void poll_later(async_pub *p)
+{
+    int64_t left_us = (p->deadline_ms - cdb_mono_ms()) * 1000;
+    if (left_us <= 0) {
+        async_end(p);
+        return;
+    }
+    if (cdb_mono_us() < p->burst_until_us) {
+        on_poll_timer(-1, 0, p);
+        return;
+    }
+    int us = p->wait_us < left_us ? p->wait_us : (int)left_us;
+    struct timeval tv = {us / 1000000, us % 1000000};
+    p->wait_us = p->wait_us * 2 > ASYNC_POLL_MAX_US ? ASYNC_POLL_MAX_US : p->wait_us * 2;
+    if (evtimer_add(p->timer, &tv) != 0)
+        async_end(p);
+}
+
+static void on_llen(redisReply *reply, void *arg)
+{
+    async_pub *p = arg;
+    if (!reply || reply->type != REDIS_REPLY_INTEGER) {
+        async_end(p);              /* Redis failed: the laggards' tickets expire on their own */
+        return;
+    }
+    p->got = reply->integer < p->n ? reply->integer : p->n;
+    if (p->got >= p->n)
+        async_end(p);
+    else
+        poll_later(p);
+}
+
+static void on_published(redisReply *reply, void *arg)
+{
+    async_pub *p = arg;
+    if (!reply || reply->type == REDIS_REPLY_ERROR) {
+        publish_failed(p->kind, reply ? "Redis refused PUBLISH" : "Redis unavailable");
+        async_end(p);
+        return;
+    }
+    if (reply->type != REDIS_REPLY_INTEGER || reply->integer <= 0) {
+        async_end(p);              /* nobody listens: nothing to wait for */
+        return;
+    }
+    p->n = reply->integer;
+    poll_later(p);
+}
+
+static bool publish_async(cdb_inval *inv, cdb_aredis *a, struct event_base *base, char kind, const char *name,
+                          cdb_inval_done_cb done, void *arg)
+{
+    char msg[CDB_INVAL_NAME_MAX + 64];
+    const char *channel;
+    size_t len;
+    async_pub *p = NULL;
+
+    if (!inv || !name || !(len = prepare(inv, kind, name, msg, &channel)))
+        return false;
+    size_t cap = strlen(channel) + len + 8;
+    if (!(p = calloc(1, sizeof *p + cap)) || !(p->timer = evtimer_new(base, on_poll_timer, p))) {
+        free(p);
+        publish_failed(kind, "out of memory");
+        return false;
+    }
+    p->inv = inv;
+    p->a = a;
+    p->kind = kind;
+    p->wait_us = ASYNC_POLL_FIRST_US;
+    p->burst_until_us = cdb_mono_us() + ASYNC_POLL_BURST_US;
+    p->deadline_ms = cdb_mono_ms() + CDB_INVAL_ACK_WAIT_MS;
+    p->done = done;
+    p->arg = arg;
+    p->keylen = (size_t)ack_key(channel, msg, len, p->key, cap);
+    const char *argv[] = {"PUBLISH", channel, msg};
+    size_t argvlen[] = {7, strlen(channel), len};
+    if (!cdb_aredis_send(a, on_published, p, 3, argv, argvlen)) {
+        publish_failed(kind, "Redis unavailable");
+        event_free(p->timer);
+        free(p);
+        return false;
+    }
+    return true;
+}
+
+bool cdb_inval_table_async(cdb_inval *inv, cdb_aredis *a, struct event_base *base, const char *table,
+                           cdb_inval_done_cb done, void *arg)
+{
+    return publish_async(inv, a, base, 't', table, done, arg);
+}
+
+bool cdb_inval_session_async(cdb_inval *inv, cdb_aredis *a, struct event_base *base, const char *session_id,
+                             cdb_inval_done_cb done, void *arg)
+{
+    return publish_async(inv, a, base, 's', session_id, done, arg);
 }
 
 /* ---- the subscriber thread ---- */

@@ -102,6 +102,25 @@ void cdb_inval_free(cdb_inval *inv);
 void cdb_inval_table(cdb_inval *inv, const char *table);
 void cdb_inval_session(cdb_inval *inv, const char *session_id);
 
+/*
+ * The same on an event loop (its thread only), never blocking it: applies
+ * the invalidation here, PUBLISHes on the loop's asynchronous Redis a, and
+ * waits for the acknowledgements by polling their list (LLEN, on timers of
+ * base backing off from 200 us) at most CDB_INVAL_ACK_WAIT_MS, with the
+ * blocking path's failure handling, counters and warnings; the wire
+ * protocol between instances is the same. true: done(arg) runs once, on
+ * the loop, when the wait is over. false: nothing to wait for (applied
+ * here; not started, or the PUBLISH could not be sent: counted and logged
+ * as a failed one); done never runs.
+ */
+struct event_base;
+struct cdb_aredis;
+typedef void (*cdb_inval_done_cb)(void *arg);
+bool cdb_inval_table_async(cdb_inval *inv, struct cdb_aredis *a, struct event_base *base, const char *table,
+                           cdb_inval_done_cb done, void *arg);
+bool cdb_inval_session_async(cdb_inval *inv, struct cdb_aredis *a, struct event_base *base,
+                             const char *session_id, cdb_inval_done_cb done, void *arg);
+
 typedef struct cdb_inval_ticket {
     uint64_t epoch;
     uint64_t seq;

@@ -20,6 +20,7 @@
 #include "core/metrics.h"
 #include "store/ledger.h"
 #include "store/outbox.h"
+#include "store/redis_async.h"
 #include "store/pg.h"
 #include "store/txn.h"
 
@@ -33,14 +34,29 @@
  * liveness copy ("coredb:session:<sid>", a tombstone: identity/liveness.c).
  * Applications' keys live under "app:" and cannot look like either.
  */
-static void publish_invalidation(cdb_cache *cache, const char *op, const char *key)
+static char invalidation_of(const char *op, const char *key, const char **name)
 {
     const char *gen = strncmp(key, "coredb:", 7) == 0 ? strstr(key, ":gen:") : NULL;
     if (strcmp(op, "incr") == 0 && gen) {
+        *name = gen + 5;
+        return 't';
+    }
+    if (strcmp(op, "set") == 0 && strncmp(key, "coredb:session:", 15) == 0) {
+        *name = key + 15;
+        return 's';
+    }
+    return 0;
+}
+
+static void publish_invalidation(cdb_cache *cache, const char *op, const char *key)
+{
+    const char *name = NULL;
+    char kind = invalidation_of(op, key, &name);
+    if (kind == 't') {
         cdb__metrics_inc(CDB_M_CACHE_INVALIDATIONS);
-        cdb_inval_table(cdb_cache_inval(cache), gen + 5);
-    } else if (strcmp(op, "set") == 0 && strncmp(key, "coredb:session:", 15) == 0) {
-        cdb_inval_session(cdb_cache_inval(cache), key + 15);
+        cdb_inval_table(cdb_cache_inval(cache), name);
+    } else if (kind == 's') {
+        cdb_inval_session(cdb_cache_inval(cache), name);
     }
 }
 
@@ -83,6 +99,113 @@ cdb_outbox_rc cdb_outbox_apply(cdb_cache *cache, const char *op, const char *key
     }
     cdb_error_destroy(&e);
     return rc == 0 ? CDB_OUTBOX_DONE : rc == CDB_ERR_VALIDATION_FAILED ? CDB_OUTBOX_REFUSED : CDB_OUTBOX_DOWN;
+}
+
+/* ---- applying one row on an event loop ---- */
+
+typedef struct async_apply {
+    cdb_inval *inv;
+    cdb_aredis *a;
+    struct event_base *base;
+    const char *op, *key;          /* the caller's: they outlive the apply */
+    bool want;                     /* the caller wants the command's result */
+    cdb_outbox_async_cb cb;
+    void *arg;
+    cdb_outbox_rc rc;
+    json_t *result;
+    char why[256];
+} async_apply;
+
+static void async_done(void *arg)
+{
+    async_apply *x = arg;
+    x->cb(x->rc, x->result, x->why, x->arg);
+    free(x);
+}
+
+/* The reply as cdb_outbox_apply's cache call would have judged it (cache.c's rules). */
+static cdb_outbox_rc judge(async_apply *x, const redisReply *reply)
+{
+    bool is_set = strcmp(x->op, "set") == 0;
+    if (!reply) {
+        snprintf(x->why, sizeof x->why, "Redis unavailable");
+        return CDB_OUTBOX_DOWN;
+    }
+    if (reply->type == REDIS_REPLY_ERROR && reply->str) {
+        snprintf(x->why, sizeof x->why, "%s", reply->str);
+        return cdb_cache_reply_transient(reply->str) ? CDB_OUTBOX_DOWN : CDB_OUTBOX_REFUSED;
+    }
+    if (reply->type != (is_set ? REDIS_REPLY_STATUS : REDIS_REPLY_INTEGER)) {
+        snprintf(x->why, sizeof x->why, "Redis %s failed", x->op);
+        return CDB_OUTBOX_DOWN;
+    }
+    if (x->want && !is_set)
+        x->result = strcmp(x->op, "expire") == 0 ? json_boolean(reply->integer == 1) : json_integer(reply->integer);
+    return CDB_OUTBOX_DONE;
+}
+
+static void on_applied(redisReply *reply, void *arg)
+{
+    async_apply *x = arg;
+    const char *name = NULL;
+    char kind;
+    if ((x->rc = judge(x, reply)) != CDB_OUTBOX_DONE) {
+        async_done(x);
+        return;
+    }
+    cdb__metrics_inc(CDB_M_OUTBOX_APPLIED);
+    /* as publish_invalidation: the answer waits for every instance's acknowledgement */
+    kind = invalidation_of(x->op, x->key, &name);
+    if (kind == 't')
+        cdb__metrics_inc(CDB_M_CACHE_INVALIDATIONS);
+    if (kind == 't' && cdb_inval_table_async(x->inv, x->a, x->base, name, async_done, x))
+        return;
+    if (kind == 's' && cdb_inval_session_async(x->inv, x->a, x->base, name, async_done, x))
+        return;
+    async_done(x);
+}
+
+bool cdb_outbox_apply_async(cdb_aredis *a, struct event_base *base, cdb_inval *inv, const char *op, const char *key,
+                            const char *value, int ttl, bool want_result, cdb_outbox_async_cb cb, void *arg)
+{
+    char ttl_text[16];
+    const char *argv[5] = {NULL, key, NULL, NULL, NULL};
+    size_t argvlen[5] = {0, strlen(key), 0, 0, 0};
+    int argc = 2;
+    async_apply *x;
+
+    if (strcmp(op, "set") == 0) {
+        argv[0] = "SET";
+        argv[2] = value ? value : "";
+        argvlen[2] = strlen(argv[2]);
+        argc = 3;
+        if (ttl > 0) {
+            argv[3] = "EX";
+            argvlen[3] = 2;
+            argvlen[4] = (size_t)snprintf(ttl_text, sizeof ttl_text, "%d", ttl);
+            argv[4] = ttl_text;
+            argc = 5;
+        }
+    } else if (strcmp(op, "incr") == 0) {
+        argv[0] = "INCR";
+    } else if (strcmp(op, "del") == 0) {
+        argv[0] = "DEL";
+    } else {
+        argv[0] = "EXPIRE";
+        argvlen[2] = (size_t)snprintf(ttl_text, sizeof ttl_text, "%d", ttl);
+        argv[2] = ttl_text;
+        argc = 3;
+    }
+    argvlen[0] = strlen(argv[0]);
+    if (!(x = calloc(1, sizeof *x)))
+        return false;
+    *x = (async_apply){.inv = inv, .a = a, .base = base, .op = op, .key = key, .want = want_result, .cb = cb,
+                       .arg = arg};
+    if (!cdb_aredis_send(a, on_applied, x, argc, argv, argvlen)) {
+        free(x);
+        return false;
+    }
+    return true;
 }
 
 int cdb_outbox_replicated(cdb_cache *cache)

@@ -40,6 +40,25 @@ cdb_outbox_rc cdb_outbox_apply(cdb_cache *cache, const char *op, const char *key
                                int ttl, json_t **result, char *why, size_t whylen);
 
 /*
+ * cdb_outbox_apply on an event loop (its thread only, data/tx.c's loop
+ * path): the command on the loop's asynchronous Redis a, judged as the
+ * cache judges it (DONE, REFUSED for good, DOWN: retry later), counted
+ * alike, and a table generation bump or a session's end published with
+ * cdb_inval_*_async (inv may be NULL): cb runs once, on the loop, after
+ * every instance acknowledged it (or the wait ended). result (NULL unless
+ * want_result; the callee's, cb takes it) as cdb_outbox_apply's; why: the
+ * reason when not DONE. op, key and value must outlive the call back.
+ * false (cb never runs): not sent (the connection not ready, or out of
+ * memory): the caller takes it as DOWN.
+ */
+struct cdb_aredis;
+struct event_base;
+typedef void (*cdb_outbox_async_cb)(cdb_outbox_rc rc, json_t *result, const char *why, void *arg);
+bool cdb_outbox_apply_async(struct cdb_aredis *a, struct event_base *base, cdb_inval *inv, const char *op,
+                            const char *key, const char *value, int ttl, bool want_result, cdb_outbox_async_cb cb,
+                            void *arg);
+
+/*
  * Between applying rows and deleting them: with Redis Sentinel, waits until
  * a replica has the writes (cdb_redis_sync_replica), so a failover keeps
  * what the outbox deleted. < 0 when the connection failed: the master may

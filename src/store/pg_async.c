@@ -34,6 +34,13 @@
  * runs it on a worker), and so is every parked job once no connection is
  * ready. Its deadline counts from when it is sent.
  *
+ * Exact jobs and claims (pg_async.h) hold a connection for themselves: a
+ * connection an exact job or a claim holds takes no other job (roomiest()
+ * skips it, so the parked wait for another, or for its end), and an exact
+ * job is never parked (refused, run by a worker, when no connection is
+ * free for it now or while jobs are parked: the parked go first). A claim
+ * given up outside a read pumps the parked at once.
+ *
  * Results are read until libpq would block: PQgetResult gives NULL after
  * each statement's results, and NULL twice in a row (or PQisBusy) means
  * nothing more is buffered, so the loop waits for the socket again.
@@ -82,22 +89,26 @@ typedef struct job {
     struct job *next;
     cdb_apg *apg;
     apg_conn *conn;                /* NULL while parked */
-    cdb_apg_stmt stmts[CDB_APG_MAX_STMTS]; /* the caller's, valid until cb: sent from here */
-    int nstmts;
-    int timeout_ms;
+    cdb_apg_stmt *stmts;           /* the caller's (copied, in the same block), valid until cb: sent from here */
     cdb_apg_cb cb;
     void *arg;
     struct event *timer;
     int expect;                    /* results before the Sync, PQsendPrepare's included */
     int got;
-    unsigned prepare_mask;         /* bit i: result i answers a PQsendPrepare */
-    int prepare_slot[CDB_APG_MAX_STMTS]; /* its slot, forgotten when the prepare fails */
-    int nprep;
-    PGresult *res[CDB_APG_MAX_STMTS];
+    short *prepare_slot;           /* [result]: the slot result answers a PQsendPrepare of, or -1 */
+    int nstmts;                    /* statements (results that are not a prepare's) */
+    int seen;                      /* statements' results read so far */
+    PGresult **res;                /* nstmts of them */
     int nres;
     bool failed;
     bool cancelled;                /* 57014: the server's statement_timeout (or a cancel) ended it */
+    bool exact;                    /* cdb_apg_submit_exact: its connection takes nothing behind it */
+    bool keep;                     /* exact, cdb_apg_claim_submit(.., keep): its block stays open, claimed */
+    int error_at;                  /* exact: the statement of the first error result, -1 none */
+    bool server_error;             /* exact: that result carried a SQLSTATE (the server sent it) */
     int64_t answered_ms;           /* its deadline passed: answered TIMEOUT then, results dropped */
+    int timeout_ms;                /* as asked (0: the default), then as armed when sent; exact: counted
+                                      afresh from each result, as the blocking path does */
 } job;
 
 /* A statement prepared (or being prepared) on one connection. */
@@ -119,6 +130,9 @@ struct apg_conn {
     bool outage_logged;
     job *head, *tail;
     int inflight;
+    job *held;                     /* an exact job in flight: no job is sent behind it */
+    bool claimed;                  /* between a keep job's end and its claimant's next job */
+    uint64_t claim_gen;            /* bumped by every claim and every failure: stale handles refused */
     prepared stmts[MAX_PREPARED];
     unsigned next_name;
 };
@@ -167,6 +181,22 @@ static void forget_statements(apg_conn *c)
     }
 }
 
+/* A job for n statements (its arrays and a copy of stmts in the same block), or NULL. */
+static job *job_new(const cdb_apg_stmt *stmts, int n)
+{
+    job *j = calloc(1, sizeof *j + (size_t)n * sizeof(cdb_apg_stmt) + (size_t)n * sizeof(PGresult *) +
+                           (size_t)2 * n * sizeof(short));
+    if (!j)
+        return NULL;
+    j->stmts = (cdb_apg_stmt *)(j + 1);
+    j->res = (PGresult **)(j->stmts + n);
+    j->prepare_slot = (short *)(j->res + n);
+    j->error_at = -1;
+    j->nstmts = n;
+    memcpy(j->stmts, stmts, (size_t)n * sizeof *stmts);
+    return j;
+}
+
 static void job_free(job *j)
 {
     if (j->timer)
@@ -176,10 +206,24 @@ static void job_free(job *j)
     free(j);
 }
 
+/*
+ * An exact job that saw an error result: REFUSED when the server sent it
+ * (a SQLSTATE) and then either answered the whole segment (synced) or the
+ * error was for a statement before the last, which then never ran.
+ */
+static cdb_apg_outcome exact_failure(const job *j, bool synced)
+{
+    if (j->error_at >= 0 && j->server_error && (synced || j->error_at < j->nstmts - 1))
+        return CDB_APG_REFUSED;
+    return CDB_APG_FAILED;
+}
+
 /* Runs j's callback unless its deadline answered it already, and frees it; j is off every list. */
 static void job_finish(job *j, cdb_apg_outcome outcome)
 {
-    if (outcome == CDB_APG_OK && j->failed)
+    if (j->exact && j->failed && (outcome == CDB_APG_OK || outcome == CDB_APG_FAILED))
+        outcome = exact_failure(j, outcome == CDB_APG_OK);
+    else if (outcome == CDB_APG_OK && j->failed)
         outcome = j->cancelled ? CDB_APG_TIMEOUT : CDB_APG_FAILED;
     if (!j->answered_ms)
         j->cb(outcome, outcome == CDB_APG_OK ? j->res : NULL, outcome == CDB_APG_OK ? j->nres : 0, j->arg);
@@ -202,7 +246,8 @@ static apg_conn *roomiest(cdb_apg *apg)
     apg_conn *c = NULL;
     for (int i = 0; i < apg->nconns; i++) {
         apg_conn *k = &apg->conns[i];
-        if (k->state == ST_READY && k->inflight < apg->max_inflight && (!c || k->inflight < c->inflight))
+        if (k->state == ST_READY && !k->held && !k->claimed && k->inflight < apg->max_inflight &&
+            (!c || k->inflight < c->inflight))
             c = k;
     }
     return c;
@@ -266,6 +311,9 @@ static void conn_fail_as(apg_conn *c, const char *why, cdb_apg_outcome outcome)
     job *list = c->head;
     c->head = c->tail = NULL;
     c->inflight = 0;
+    c->held = NULL;
+    c->claimed = false;
+    c->claim_gen++;
     conn_close(c);
     atomic_fetch_add(&g_failures, 1);
     if (!c->outage_logged) {
@@ -289,6 +337,8 @@ static void conn_fail(apg_conn *c, const char *why)
     conn_fail_as(c, why, CDB_APG_FAILED);
 }
 
+static void release_held(apg_conn *c, job *j);
+
 /* One result for the oldest job; false when the stream is out of step. */
 static bool take_result(apg_conn *c, PGresult *res)
 {
@@ -306,6 +356,8 @@ static bool take_result(apg_conn *c, PGresult *res)
         if (!c->head)
             c->tail = NULL;
         c->inflight--;
+        if (c->held == j)
+            release_held(c, j);
         job_finish(j, CDB_APG_OK);
         return true;
     }
@@ -314,21 +366,36 @@ static bool take_result(apg_conn *c, PGresult *res)
         return false;
     }
     int i = j->got++;
-    if (j->prepare_mask & (1u << i)) {
+    if (j->exact && !j->answered_ms) {
+        /* a long transaction whose statements each answer in time is not cut short */
+        struct timeval tv = {j->timeout_ms / 1000, (j->timeout_ms % 1000) * 1000};
+        evtimer_add(j->timer, &tv);
+    }
+    if (j->prepare_slot[i] >= 0) {
         if (st != PGRES_COMMAND_OK) {
             /* not prepared after all: the next job prepares it again */
-            int slot = j->prepare_slot[__builtin_popcount(j->prepare_mask & ((1u << i) - 1))];
+            int slot = j->prepare_slot[i];
             free(c->stmts[slot].sql);
             c->stmts[slot].sql = NULL;
+            if (!j->failed) {      /* the statement it prepares fails with it */
+                const char *state = PQresultErrorField(res, PG_DIAG_SQLSTATE);
+                j->error_at = j->seen;
+                j->server_error = state && *state;
+            }
             j->failed = true;
         }
         PQclear(res);
         return true;
     }
-    if ((st != PGRES_TUPLES_OK && st != PGRES_COMMAND_OK) || j->failed || j->nres == CDB_APG_MAX_STMTS) {
+    int stmt = j->seen++;
+    if ((st != PGRES_TUPLES_OK && st != PGRES_COMMAND_OK) || j->failed || j->nres == j->nstmts) {
         const char *state = PQresultErrorField(res, PG_DIAG_SQLSTATE);
         if (!j->failed && state && strcmp(state, "57014") == 0)
             j->cancelled = true;
+        if (!j->failed && st == PGRES_FATAL_ERROR) {
+            j->error_at = stmt;
+            j->server_error = state && *state;
+        }
         j->failed = true;
         PQclear(res);
         return true;
@@ -584,29 +651,39 @@ static int statement_slot(apg_conn *c, const char *sql, bool *fresh)
     return free_slot;
 }
 
-/* Sends j's segment on c and queues it there; false when sending failed (c's stream is unknown then). */
-static bool send_job(apg_conn *c, job *j)
+/*
+ * Queues j's statements and Sync on c (c->pg in pipeline mode); *all_queued
+ * tells whether every statement was queued. false when libpq refused: part
+ * of the segment may be queued, so the caller fails the connection.
+ */
+static bool send_job(apg_conn *c, job *j, bool *all_queued)
 {
-    j->conn = c;
+    *all_queued = false;
     for (int i = 0; i < j->nstmts; i++) {
         const cdb_apg_stmt *st = &j->stmts[i];
-        bool fresh;
-        int slot = statement_slot(c, st->sql, &fresh);
+        bool fresh = false;
+        int slot = st->unnamed ? -1 : statement_slot(c, st->sql, &fresh);
         if (fresh) {
             if (!PQsendPrepare(c->pg, c->stmts[slot].name, st->sql, st->nparams, NULL))
                 return false;
-            j->prepare_mask |= 1u << j->expect++;
-            j->prepare_slot[j->nprep++] = slot;
+            j->prepare_slot[j->expect++] = (short)slot;
         }
         int ok = slot >= 0 ? PQsendQueryPrepared(c->pg, c->stmts[slot].name, st->nparams, st->params, NULL, NULL, 0)
                            : PQsendQueryParams(c->pg, st->sql, st->nparams, NULL, st->params, NULL, NULL, 0);
         if (!ok)
             return false;
-        j->expect++;
+        j->prepare_slot[j->expect++] = -1;
     }
-    if (!PQpipelineSync(c->pg))
-        return false;
+    *all_queued = true;
+    return PQpipelineSync(c->pg) == 1;
+}
+
+/* Puts j, sent on c, at the end of c's FIFO with its deadline (from now), and has the segment written. */
+static void enqueue(apg_conn *c, job *j)
+{
     int ms = j->timeout_ms > 0 ? j->timeout_ms : c->apg->default_timeout_ms;
+    j->conn = c;
+    j->timeout_ms = ms;
     struct timeval tv = {ms / 1000, (ms % 1000) * 1000};
     evtimer_add(j->timer, &tv);
     if (c->tail)
@@ -621,23 +698,132 @@ static bool send_job(apg_conn *c, job *j)
      * fails fails j later, never inside cdb_apg_submit.
      */
     event_active(c->wr, EV_WRITE, 0);
-    return true;
+}
+
+static void on_rollback(cdb_apg_outcome outcome, PGresult *const *res, int n, void *arg)
+{
+    (void)outcome;
+    (void)res;
+    (void)n;
+    (void)arg;
+}
+
+/*
+ * The exact job j that held c ended (its Sync read): c takes jobs again.
+ * After an error result its transaction block is aborted (or still open),
+ * and every statement sent behind it would fail: a ROLLBACK goes first.
+ */
+static void release_held(apg_conn *c, job *j)
+{
+    static const char *const none[1] = {NULL};
+    const cdb_apg_stmt rollback = {.sql = "ROLLBACK", .nparams = 0, .params = none, .unnamed = true};
+    bool all_queued;
+    c->held = NULL;
+    if (j->keep && !j->failed && !j->answered_ms) {
+        c->claimed = true;         /* its claimant sends the next job (cdb_apg_claim_submit) */
+        return;
+    }
+    if (!j->failed && !j->keep)
+        return;                    /* COMMIT's result came: the block is closed */
+    job *r = job_new(&rollback, 1);
+    if (!r || !(r->timer = evtimer_new(c->apg->base, on_job_deadline, r))) {
+        free(r);
+        conn_fail(c, "out of memory");
+        return;
+    }
+    r->apg = c->apg;
+    r->cb = on_rollback;
+    if (!send_job(c, r, &all_queued)) {
+        job_free(r);
+        conn_fail(c, "sending failed");
+        return;
+    }
+    enqueue(c, r);
+}
+
+/* A claim given up with its block open: ROLLBACK, then c takes jobs again. */
+static void release_claim(apg_conn *c)
+{
+    job fake = {.keep = true, .failed = true};
+    c->claimed = false;
+    c->claim_gen++;
+    release_held(c, &fake);
 }
 
 /* Sends parked jobs, oldest first, while a ready connection has room. */
 static void pump(cdb_apg *apg)
 {
     apg_conn *c;
+    bool all_queued;
     while (apg->park_head && (c = roomiest(apg))) {
         job *j = apg->park_head;
         unpark(apg, j);
-        if (!send_job(c, j)) {
+        if (!send_job(c, j, &all_queued)) {
             /* part of a segment may be queued: the connection's stream is unknown now */
-            j->conn = NULL;
             conn_fail(c, "sending failed");
             job_finish(j, CDB_APG_FAILED);
+            continue;
         }
+        enqueue(c, j);
     }
+}
+
+/* A job of n statements with its timer, or NULL. */
+static job *job_make(cdb_apg *apg, const cdb_apg_stmt *stmts, int n, int timeout_ms, cdb_apg_cb cb, void *arg)
+{
+    job *j = job_new(stmts, n);
+    if (!j || !(j->timer = evtimer_new(apg->base, on_job_deadline, j))) {
+        free(j);
+        return NULL;
+    }
+    j->apg = apg;
+    j->cb = cb;
+    j->arg = arg;
+    j->timeout_ms = timeout_ms;
+    return j;
+}
+
+/* Sends an exact job on c (roomiest()'s, or a claimed one); keep: its block stays open, c claimed after it. */
+static bool submit_exact_on(cdb_apg *apg, apg_conn *c, const cdb_apg_stmt *stmts, int n, int timeout_ms, bool keep,
+                            cdb_apg_cb cb, void *arg, bool *maybe_sent)
+{
+    bool all_queued = false;
+    *maybe_sent = false;
+    job *j = c ? job_make(apg, stmts, n, timeout_ms, cb, arg) : NULL;
+    if (!j)
+        return false;
+    j->exact = true;
+    j->keep = keep;
+    if (!send_job(c, j, &all_queued)) {
+        /* part of a segment may be queued: the connection's stream is unknown now */
+        *maybe_sent = all_queued;
+        job_free(j);
+        conn_fail(c, "sending failed");
+        return false;
+    }
+    c->held = j;
+    enqueue(c, j);
+    return true;
+}
+
+/*
+ * An exact job is never parked: it needs a connection of its own now (the
+ * parked go first: none is taken while some wait).
+ */
+static bool submit_exact(cdb_apg *apg, const cdb_apg_stmt *stmts, int n, int timeout_ms, bool keep, cdb_apg_cb cb,
+                         void *arg, bool *maybe_sent, cdb_apg_claim *claim)
+{
+    *maybe_sent = false;
+    if (!apg || apg->freeing || n < 1 || n > CDB_APG_MAX_STMTS || apg->park_head)
+        return false;
+    apg_conn *c = roomiest(apg);
+    if (!c)
+        return false;
+    if (claim) {
+        claim->conn = c;
+        claim->gen = ++c->claim_gen;
+    }
+    return submit_exact_on(apg, c, stmts, n, timeout_ms, keep, cb, arg, maybe_sent);
 }
 
 bool cdb_apg_submit(cdb_apg *apg, const cdb_apg_stmt *stmts, int n, int timeout_ms, cdb_apg_cb cb, void *arg)
@@ -646,19 +832,12 @@ bool cdb_apg_submit(cdb_apg *apg, const cdb_apg_stmt *stmts, int n, int timeout_
         return false;
     /* the parked go first: a free slot while some wait is the pump's, at the end of this turn */
     apg_conn *c = apg->park_head ? NULL : roomiest(apg);
+    bool all_queued;
     if (!c && (apg->nparked >= apg->park_max || !any_ready(apg)))
         return false;
-    job *j = calloc(1, sizeof *j);
-    if (!j || !(j->timer = evtimer_new(apg->base, on_job_deadline, j))) {
-        free(j);
+    job *j = job_make(apg, stmts, n, timeout_ms, cb, arg);
+    if (!j)
         return false;
-    }
-    j->apg = apg;
-    j->cb = cb;
-    j->arg = arg;
-    j->timeout_ms = timeout_ms;
-    j->nstmts = n;
-    memcpy(j->stmts, stmts, (size_t)n * sizeof *stmts);
     if (!c) {
         struct timeval tv = {PARK_WAIT_MS / 1000, (PARK_WAIT_MS % 1000) * 1000};
         if (apg->park_tail)
@@ -671,12 +850,65 @@ bool cdb_apg_submit(cdb_apg *apg, const cdb_apg_stmt *stmts, int n, int timeout_
         evtimer_add(j->timer, &tv);
         return true;
     }
-    if (!send_job(c, j)) {
+    if (!send_job(c, j, &all_queued)) {
         job_free(j);
         conn_fail(c, "sending failed");
         return false;
     }
+    enqueue(c, j);
     return true;
+}
+
+bool cdb_apg_submit_exact(cdb_apg *apg, const cdb_apg_stmt *stmts, int n, int timeout_ms, cdb_apg_cb cb, void *arg,
+                          bool *maybe_sent)
+{
+    return submit_exact(apg, stmts, n, timeout_ms, false, cb, arg, maybe_sent, NULL);
+}
+
+bool cdb_apg_claim_open(cdb_apg *apg, const cdb_apg_stmt *stmts, int n, int timeout_ms, cdb_apg_cb cb, void *arg,
+                        cdb_apg_claim *claim)
+{
+    bool maybe_sent;
+    claim->conn = NULL;
+    claim->gen = 0;
+    return submit_exact(apg, stmts, n, timeout_ms, true, cb, arg, &maybe_sent, claim);
+}
+
+/* The claimed connection of a live claim, or NULL (failed since, or never claimed). */
+static apg_conn *claimed_conn(cdb_apg *apg, const cdb_apg_claim *claim)
+{
+    apg_conn *c = claim->conn;
+    if (!apg || apg->freeing || !c || c->apg != apg || c->claim_gen != claim->gen || !c->claimed ||
+        c->state != ST_READY)
+        return NULL;
+    return c;
+}
+
+bool cdb_apg_claim_submit(cdb_apg *apg, cdb_apg_claim *claim, const cdb_apg_stmt *stmts, int n, int timeout_ms,
+                          bool keep, cdb_apg_cb cb, void *arg, bool *maybe_sent)
+{
+    *maybe_sent = false;
+    apg_conn *c = n >= 1 && n <= CDB_APG_MAX_STMTS ? claimed_conn(apg, claim) : NULL;
+    if (!c)
+        return false;
+    c->claimed = false;            /* the job holds it now (c->held), and keeps it or not */
+    if (submit_exact_on(apg, c, stmts, n, timeout_ms, keep, cb, arg, maybe_sent))
+        return true;
+    if (c->state == ST_READY) {    /* nothing sent (out of memory): the block is still open */
+        release_claim(c);
+        pump(apg);
+    }
+    return false;
+}
+
+void cdb_apg_claim_release(cdb_apg *apg, cdb_apg_claim *claim)
+{
+    apg_conn *c = claimed_conn(apg, claim);
+    claim->conn = NULL;
+    if (c) {
+        release_claim(c);
+        pump(apg);                 /* c has room again */
+    }
 }
 
 void cdb_apg_counts_get(cdb_apg_counts *out)

@@ -11,7 +11,11 @@
  * connect timeout. A job is a short list of statements sent as one
  * pipeline segment ending with a Sync: its callback gets the results in
  * order, or a failure, exactly once. Each statement is prepared once per
- * connection (PQsendPrepare in the same pipeline, before its first use).
+ * connection (PQsendPrepare in the same pipeline, before its first use),
+ * unless it is marked unnamed (a text that varies per request). A
+ * transaction is an exact job (cdb_apg_submit_exact, http/loop_tx.c): it
+ * claims its connection until it ends and its outcome tells a refusal by
+ * the server from "it may have committed".
  *
  * Failures: a connection that is lost (server restart, reset) or refused
  * is closed; every job it carries fails (CDB_APG_FAILED) and it reconnects
@@ -47,13 +51,21 @@ struct event_base;
 
 typedef struct cdb_apg cdb_apg;
 
-enum { CDB_APG_MAX_STMTS = 4 };
+/* Statements of one job: a data-API transaction needs its prelude, 100 operations and 5 more. */
+enum { CDB_APG_MAX_STMTS = 128 };
 
-/* One statement of a job: its text (prepared under a name of the connection) and text parameters. */
+/*
+ * One statement of a job: its text and text parameters. Prepared under a
+ * name of the connection (once, before its first use), unless unnamed: a
+ * text that varies per request (a transaction's operations) is sent with
+ * PQsendQueryParams, so the connection's prepared set does not grow with
+ * every distinct text.
+ */
 typedef struct cdb_apg_stmt {
     const char *sql;
     int nparams;
     const char *const *params;     /* copied into libpq's buffer when sent */
+    bool unnamed;
 } cdb_apg_stmt;
 
 typedef enum cdb_apg_outcome {
@@ -62,6 +74,9 @@ typedef enum cdb_apg_outcome {
     CDB_APG_TIMEOUT,               /* the job's deadline passed, the server's statement_timeout
                                       cancelled it (57014), or its connection's server stopped
                                       answering: waiting twice, on a worker, would not help */
+    CDB_APG_REFUSED,               /* exact jobs only (cdb_apg_submit_exact): the server answered
+                                      an error result (57014 included) for a statement, and so
+                                      never ran the last one (see there) */
 } cdb_apg_outcome;
 
 /*
@@ -89,17 +104,78 @@ void cdb_apg_free(cdb_apg *apg);
 
 /*
  * Sends stmts (1..CDB_APG_MAX_STMTS) as one pipeline segment on the ready
- * connection with the fewest jobs in flight; cb runs later, once. When
- * every ready connection is full the job is parked and sent, in order, by
- * the first that has room; one parked too long (pg_async.c's PARK_WAIT_MS)
- * or left with no ready connection fails (CDB_APG_FAILED). So stmts[] is
- * copied, but its texts and parameters must stay valid until cb runs. The
- * job ends by timeout_ms from when it is sent (0: the pool's statement
- * timeout plus CDB_PG_DEADLINE_MARGIN_MS, 5 minutes without one). false
- * (cb never runs) when no connection is ready, the parking FIFO is full,
- * or sending failed: the caller takes the blocking path.
+ * connection with the fewest jobs in flight (never one an exact job or a
+ * claim holds); cb runs later, once. When every ready connection is full
+ * the job is parked and sent, in order, by the first that has room; one
+ * parked too long (pg_async.c's PARK_WAIT_MS) or left with no ready
+ * connection fails (CDB_APG_FAILED). So stmts[] is copied, but its texts
+ * and parameters must stay valid until cb runs. The job ends by timeout_ms
+ * from when it is sent (0: the pool's statement timeout plus
+ * CDB_PG_DEADLINE_MARGIN_MS, 5 minutes without one). false (cb never runs)
+ * when no connection is ready, the parking FIFO is full, or sending
+ * failed: the caller takes the blocking path. Exact jobs and claims are
+ * never parked: they are refused when no connection is free for them now,
+ * or while jobs are parked.
  */
 bool cdb_apg_submit(cdb_apg *apg, const cdb_apg_stmt *stmts, int n, int timeout_ms, cdb_apg_cb cb, void *arg);
+
+/*
+ * An exact job: a transaction (BEGIN ... COMMIT) whose caller must tell "the
+ * server refused it" from "it may have committed". Its statements may be
+ * unnamed; it is sent on a ready connection that carries no other exact
+ * job, and no job is sent behind it until it ends (a failed transaction
+ * block would make every statement behind it fail): the connection is
+ * claimed by the transaction. When it ends with its block still open or
+ * aborted (an error result), a ROLLBACK is sent before the connection takes
+ * jobs again. Its outcomes:
+ *   CDB_APG_OK       every result in, none an error;
+ *   CDB_APG_REFUSED  the server sent an error result (one with a SQLSTATE)
+ *                    and then either the Sync (the server answered the whole
+ *                    segment) or, the connection lost after, the error was
+ *                    for a statement before the last: in a pipeline nothing
+ *                    runs after an error, so the last statement (COMMIT)
+ *                    never ran;
+ *   CDB_APG_FAILED   the connection was lost (or cdb_apg_free) otherwise:
+ *                    the last statement may have run;
+ *   CDB_APG_TIMEOUT  the deadline passed (or the server stopped answering):
+ *                    it may have run too. An exact job's deadline counts
+ *                    afresh from each result (as the blocking path reads a
+ *                    pipeline: store/pg.h), so a long transaction whose
+ *                    statements each answer in time is not cut short.
+ * Returns false (cb never runs) when it was not sent; *maybe_sent then says
+ * whether every statement was already queued when sending failed (the
+ * last one may have reached the server: treat as FAILED), else nothing ran.
+ */
+bool cdb_apg_submit_exact(cdb_apg *apg, const cdb_apg_stmt *stmts, int n, int timeout_ms, cdb_apg_cb cb, void *arg,
+                          bool *maybe_sent);
+
+/*
+ * A claimed connection: a transaction block kept open across jobs, for a
+ * caller that must do other work (Redis, on the loop) between its
+ * statements and its COMMIT: data/tx.c's outbox rows locked FOR UPDATE,
+ * applied, deleted. cdb_apg_claim_open sends an exact job (typically
+ * BEGIN; SELECT ... FOR UPDATE) and, when it ends CDB_APG_OK, its
+ * connection stays claimed (it takes no other job) until the claimant
+ * sends the next job on it (cdb_apg_claim_submit: keep = true claims it
+ * again after that one, false ends the claim with that job, whose last
+ * statement is then COMMIT) or gives it up (cdb_apg_claim_release: a
+ * ROLLBACK is sent). Any other outcome ends the claim by itself (a ROLLBACK
+ * is sent when the block may be open), as does a connection failure: the
+ * handle is then stale, and cdb_apg_claim_submit refuses it. A claimant
+ * must end every claim it got (a kept connection takes nothing else).
+ */
+typedef struct cdb_apg_claim {
+    void *conn;                    /* opaque */
+    uint64_t gen;
+} cdb_apg_claim;
+/* false (cb never runs, nothing claimed) when not sent: no free connection. */
+bool cdb_apg_claim_open(cdb_apg *apg, const cdb_apg_stmt *stmts, int n, int timeout_ms, cdb_apg_cb cb, void *arg,
+                        cdb_apg_claim *claim);
+/* false (cb never runs) when the claim is stale or sending failed; *maybe_sent as cdb_apg_submit_exact's. */
+bool cdb_apg_claim_submit(cdb_apg *apg, cdb_apg_claim *claim, const cdb_apg_stmt *stmts, int n, int timeout_ms,
+                          bool keep, cdb_apg_cb cb, void *arg, bool *maybe_sent);
+/* Ends a live claim with a ROLLBACK; a stale one is a no-op. */
+void cdb_apg_claim_release(cdb_apg *apg, cdb_apg_claim *claim);
 
 /* Process-wide counts of the loops' connections by state, for /metrics (any thread). */
 typedef struct cdb_apg_counts {

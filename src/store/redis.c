@@ -681,6 +681,11 @@ uint64_t cdb_redis_recoveries(cdb_redis *r)
     return r ? atomic_load(&r->recoveries) : 0;
 }
 
+bool cdb_redis_uses_sentinels(const cdb_redis *r)
+{
+    return r && r->sentinels != NULL;   /* set when the pool is made, never changed: no lock */
+}
+
 void cdb_redis_topology_get(cdb_redis *r, cdb_redis_topology *t)
 {
     memset(t, 0, sizeof *t);

@@ -93,6 +93,8 @@ typedef struct cdb_redis_topology {
     uint64_t master_changes;    /* times a connect found a master at another address */
     char problem[240];          /* why the last connect or command failed, while down; log-safe */
 } cdb_redis_topology;
+/* Whether addresses come from Redis Sentinel (lock-free: fixed when r is made); false for NULL. */
+bool cdb_redis_uses_sentinels(const cdb_redis *r);
 /* Fills *t; a NULL r gives zeros. */
 void cdb_redis_topology_get(cdb_redis *r, cdb_redis_topology *t);
 

@@ -29,6 +29,8 @@
 
 #include "store/invalidation.c"
 
+#include <event2/event.h>
+
 #define PASSWORD "s3cret-inval"
 
 #include "../redis_server.h"
@@ -551,6 +553,187 @@ static void test_readers_race_writer(void **state)
     cdb_inval_free(r.inv);
 }
 
+
+/* ---- publishing on an event loop (cdb_inval_table_async) ---- */
+
+typedef struct loop_fx {
+    struct event_base *base;
+    cdb_aredis *a;
+    int done;
+    int ticks;                     /* a 5 ms timer of the same loop: proves it never blocks */
+    struct event *tick;
+} loop_fx;
+
+static void on_async_done(void *arg)
+{
+    loop_fx *l = arg;
+    l->done++;
+    event_base_loopbreak(l->base);
+}
+
+static void on_tick(evutil_socket_t fd, short what, void *arg)
+{
+    loop_fx *l = arg;
+    (void)fd;
+    (void)what;
+    l->ticks++;
+}
+
+static void loop_open(loop_fx *l, cdb_redis *sync)
+{
+    memset(l, 0, sizeof *l);
+    l->base = event_base_new();   /* as the HTTP loops' (http/server.c): the coarse clock */
+    assert_non_null(l->base);
+    l->a = cdb_aredis_new(l->base, sync, 1000);
+    assert_non_null(l->a);
+    /* connect: run the loop until the handshake answered */
+    int64_t until = cdb_mono_ms() + 3000;
+    while (!cdb_aredis_ready(l->a) && cdb_mono_ms() < until) {
+        struct timeval tv = {0, 5000};
+        event_base_loopexit(l->base, &tv);
+        event_base_dispatch(l->base);
+    }
+    assert_true(cdb_aredis_ready(l->a));
+    l->tick = event_new(l->base, -1, EV_PERSIST, on_tick, l);
+    struct timeval five = {0, 5000};
+    event_add(l->tick, &five);
+}
+
+static void loop_close(loop_fx *l)
+{
+    event_free(l->tick);
+    cdb_aredis_free(l->a);
+    event_base_free(l->base);
+}
+
+/* Runs the loop until done was called (or 3 s); the time it took, in ms. */
+static int64_t run_until_done(loop_fx *l)
+{
+    int64_t t0 = cdb_mono_ms();
+    struct timeval cap = {3, 0};
+    event_base_loopexit(l->base, &cap);
+    event_base_dispatch(l->base);
+    return cdb_mono_ms() - t0;
+}
+
+/* A counter's value in the exposition text (name with its labels, as printed); 0 when absent. */
+static double counter(const char *sample)
+{
+    char *text = cdb__metrics_render(), *at;
+    double v = 0;
+    size_t n = strlen(sample);
+    assert_non_null(text);
+    for (at = text; (at = strstr(at, sample)); at += n)
+        if ((at == text || at[-1] == '\n') && at[n] == ' ') {
+            v = strtod(at + n + 1, NULL);
+            break;
+        }
+    free(text);
+    return v;
+}
+
+static int ack_lists(int port)
+{
+    redisReply *r = side_command(port, PASSWORD, "EVAL %s 0", "redis.call('SELECT', 3) return #redis.call('KEYS', 'coredb:unit:inval:ack:*')");
+    int n = r && r->type == REDIS_REPLY_INTEGER ? (int)r->integer : -1;
+    freeReplyObject(r);
+    return n;
+}
+
+static void test_async_publish(void **state)
+{
+    (void)state;
+    fx f;
+    loop_fx l;
+    cdb_inval_ticket b_orders, b_users, a_orders, b_sid;
+    const char *sid = "5f0c9a7e-1b2d-4c3e-9f80-aa11bb22cc33";
+
+    fx_open(&f);
+    loop_open(&l, f.a.sync);
+    assert_true(cdb_inval_ticket_table(f.b.inv, "orders", &b_orders));
+    assert_true(cdb_inval_ticket_table(f.b.inv, "users", &b_users));
+    assert_true(cdb_inval_ticket_table(f.a.inv, "orders", &a_orders));
+    assert_true(cdb_inval_ticket_session(f.b.inv, sid, &b_sid));
+
+    double timeouts0 = counter("coredb_cache_invalidation_ack_timeouts_total");
+    assert_true(cdb_inval_table_async(f.a.inv, l.a, l.base, "orders", on_async_done, &l));
+    /* applied here at once, before any wait; done never runs inside the call */
+    assert_false(cdb_inval_valid_table(f.a.inv, "orders", &a_orders));
+    assert_int_equal(l.done, 0);
+    int64_t ms = run_until_done(&l);
+    assert_int_equal(l.done, 1);
+    assert_true(ms < CDB_INVAL_ACK_WAIT_MS);
+    /* both subscribers acknowledged: B's ticket is dead when done runs, others live */
+    assert_false(cdb_inval_valid_table(f.b.inv, "orders", &b_orders));
+    assert_true(cdb_inval_valid_table(f.b.inv, "users", &b_users));
+    assert_true(counter("coredb_cache_invalidation_ack_timeouts_total") == timeouts0);
+    /* the DEL leaves with the loop's next turn (fire and forget) */
+    struct timeval spin = {0, 50000};
+    event_base_loopexit(l.base, &spin);
+    event_base_dispatch(l.base);
+    assert_int_equal(ack_lists(f.port), 0);   /* the list was deleted */
+
+    /* the cost of the wait on loopback, two subscribers */
+    int64_t sum = 0, worst = 0;
+    for (int i = 0; i < 50; i++) {
+        int64_t t0 = cdb_mono_us();
+        assert_true(cdb_inval_table_async(f.a.inv, l.a, l.base, "orders", on_async_done, &l));
+        run_until_done(&l);
+        int64_t us = cdb_mono_us() - t0;
+        sum += us;
+        worst = us > worst ? us : worst;
+    }
+    print_message("async publish + acknowledgements, 2 subscribers: %.0f us on average, %lld us at worst (50 runs)\n",
+                  (double)sum / 50, (long long)worst);
+    l.done -= 50;
+
+    /* a session, through the same path */
+    assert_true(cdb_inval_session_async(f.a.inv, l.a, l.base, sid, on_async_done, &l));
+    run_until_done(&l);
+    assert_int_equal(l.done, 2);
+    assert_false(cdb_inval_valid_session(f.b.inv, sid, &b_sid));
+
+    /* a subscriber that never acknowledges: done after CDB_INVAL_ACK_WAIT_MS, counted, and the
+       loop ran its other events all along */
+    redisContext *mute = redisConnect("127.0.0.1", f.port);
+    assert_non_null(mute);
+    freeReplyObject(redisCommand(mute, "AUTH %s", PASSWORD));
+    freeReplyObject(redisCommand(mute, "SUBSCRIBE coredb:unit:inval"));
+    l.ticks = 0;
+    assert_true(cdb_inval_table_async(f.a.inv, l.a, l.base, "orders", on_async_done, &l));
+    ms = run_until_done(&l);
+    assert_int_equal(l.done, 3);
+    assert_true(ms >= CDB_INVAL_ACK_WAIT_MS - 5 && ms < CDB_INVAL_ACK_WAIT_MS + 300);
+    assert_true(l.ticks >= 40);
+    assert_true(counter("coredb_cache_invalidation_ack_timeouts_total") == timeouts0 + 1);
+    print_message("async publish with a mute subscriber: done after %lld ms, %d ticks of a 5 ms timer meanwhile\n",
+                  (long long)ms, l.ticks);
+    redisFree(mute);
+
+    /* not started: applied here, nothing to wait for */
+    inst c;
+    inst_open(&c, f.port, "unit", false);
+    cdb_inval_ticket c_t;
+    assert_false(cdb_inval_ticket_table(c.inv, "orders", &c_t));
+    assert_false(cdb_inval_table_async(c.inv, l.a, l.base, "orders", on_async_done, &l));
+    assert_false(cdb_inval_table_async(NULL, l.a, l.base, "orders", on_async_done, &l));
+    inst_close(&c);
+
+    /* Redis gone: the PUBLISH fails, counted; done still runs once (or the call says false) */
+    double failures0 = counter("coredb_cache_invalidation_publish_failures_total");
+    stop_redis(f.pid);
+    f.pid = -1;
+    int before = l.done;
+    if (cdb_inval_table_async(f.a.inv, l.a, l.base, "orders", on_async_done, &l))
+        run_until_done(&l);
+    assert_true(l.done - before <= 1);
+    assert_true(counter("coredb_cache_invalidation_publish_failures_total") == failures0 + 1);
+    assert_false(cdb_inval_table_async(f.a.inv, l.a, l.base, "orders", on_async_done, &l));
+
+    loop_close(&l);
+    fx_close(&f);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -558,6 +741,7 @@ int main(void)
         cmocka_unit_test(test_not_started_and_null),
         cmocka_unit_test(test_readers_race_writer),
         cmocka_unit_test(test_cross_instance),
+        cmocka_unit_test(test_async_publish),
         cmocka_unit_test(test_delay_1000),
         cmocka_unit_test(test_client_kill),
         cmocka_unit_test(test_redis_restart),

@@ -18,6 +18,17 @@
  * exactly once), and parking: jobs beyond the slots in flight wait in
  * order and are sent as slots free, fail after PARK_WAIT_MS when the
  * slots stay held, and beyond park_max are refused.
+ * Exact jobs (transactions, cdb_apg_submit_exact): committed (OK), refused
+ * by the server before COMMIT (REFUSED, nothing committed, the connection
+ * rolled back and usable at once), a server FATAL (pg_terminate_backend)
+ * before COMMIT (REFUSED), the deadline (TIMEOUT), the connection claimed
+ * while one runs (no job sent behind it), 128 unnamed statements of
+ * distinct texts without growing the prepared set, and 129 refused.
+ * Claims (cdb_apg_claim_*): a row locked by the opening job stays locked
+ * after it (another session's NOWAIT fails) and nothing else is sent on the
+ * connection; a kept job, then one that COMMITs and ends the claim (the
+ * handle stale after); a released claim rolls back; an error in a kept
+ * job ends the claim by itself; a connection lost while claimed.
  */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -35,7 +46,7 @@
 #include "store/pg_async.c"
 
 typedef struct seen {
-    int calls, ok, failed, timeout;
+    int calls, ok, failed, timeout, refused;
     char first[64];                /* first value of the last statement of the last OK job */
     int nres;
 } seen;
@@ -50,6 +61,8 @@ static void on_job(cdb_apg_outcome outcome, PGresult *const *res, int n, void *a
         snprintf(s->first, sizeof s->first, "%s", PQntuples(res[n - 1]) ? PQgetvalue(res[n - 1], 0, 0) : "");
     } else if (outcome == CDB_APG_TIMEOUT) {
         s->timeout++;
+    } else if (outcome == CDB_APG_REFUSED) {
+        s->refused++;
     } else {
         s->failed++;
     }
@@ -152,10 +165,10 @@ static void test_real_pipeline(void **state)
     cdb_apg *apg = cdb_apg_new(base, &pg, 2, 8);
     assert_true(RUN_UNTIL(base, all_ready(apg), 5000));
     const char *p1[] = {"41"}, *p2[] = {"x"};
-    cdb_apg_stmt ok[] = {{"SELECT set_config('app.t', 'v', true)", 0, NULL},
-                         {"SELECT $1::int + 1", 1, p1},
-                         {"SELECT current_setting('app.t')", 0, NULL}};
-    cdb_apg_stmt bad[] = {{"SELECT $1::int + 1", 1, p2}};
+    cdb_apg_stmt ok[] = {{"SELECT set_config('app.t', 'v', true)", 0, NULL, false},
+                         {"SELECT $1::int + 1", 1, p1, false},
+                         {"SELECT current_setting('app.t')", 0, NULL, false}};
+    cdb_apg_stmt bad[] = {{"SELECT $1::int + 1", 1, p2, false}};
     seen a = {0}, b = {0}, c = {0};
     assert_true(cdb_apg_submit(apg, ok, 3, 0, on_job, &a));
     assert_true(cdb_apg_submit(apg, bad, 1, 0, on_job, &b));   /* 'x' is no int: an error result */
@@ -176,7 +189,7 @@ static void test_real_pipeline(void **state)
     assert_true(nprepared >= 3 && nprepared <= 2 * 3);
     /* full connections park, a full FIFO refuses: 2 connections x 8 in flight + 4 parked */
     seen d = {0};
-    cdb_apg_stmt slow[] = {{"SELECT pg_sleep(0.3)::text", 0, NULL}};
+    cdb_apg_stmt slow[] = {{"SELECT pg_sleep(0.3)::text", 0, NULL, false}};
     int taken = 0;
     apg->park_max = 4;
     while (taken < 40 && cdb_apg_submit(apg, slow, 1, 0, on_job, &d))
@@ -200,7 +213,7 @@ static void test_real_deadline_and_free(void **state)
     cdb_pg_settings pg = {.conninfo = real_conninfo(), .statement_timeout_ms = 5000};
     cdb_apg *apg = cdb_apg_new(base, &pg, 1, 8);
     assert_true(RUN_UNTIL(base, all_ready(apg), 5000));
-    cdb_apg_stmt slow[] = {{"SELECT pg_sleep(2)::text", 0, NULL}};
+    cdb_apg_stmt slow[] = {{"SELECT pg_sleep(2)::text", 0, NULL, false}};
     seen t = {0}, n = {0};
     int64_t t0 = cdb_mono_ms();
     assert_true(cdb_apg_submit(apg, slow, 1, 200, on_job, &t));
@@ -218,7 +231,7 @@ static void test_real_deadline_and_free(void **state)
     assert_true(all_ready(apg));            /* the same connection, never closed */
 
     /* silent a whole deadline past the oldest job's: every job TIMEOUT, then a reconnect */
-    cdb_apg_stmt long_sleep[] = {{"SELECT pg_sleep(3)::text", 0, NULL}};
+    cdb_apg_stmt long_sleep[] = {{"SELECT pg_sleep(3)::text", 0, NULL, false}};
     seen a = {0}, b = {0};
     apg->default_timeout_ms = 300;          /* "a whole deadline" for this check */
     assert_true(cdb_apg_submit(apg, long_sleep, 1, 200, on_job, &a));
@@ -249,7 +262,7 @@ static void test_real_terminated(void **state)
     cdb_pg_settings pg = {.conninfo = real_conninfo(), .application_name = "coredb-apg-unit"};
     cdb_apg *apg = cdb_apg_new(base, &pg, 2, 2);
     assert_true(RUN_UNTIL(base, all_ready(apg), 5000));
-    cdb_apg_stmt slow[] = {{"SELECT pg_sleep(1)::text", 0, NULL}};
+    cdb_apg_stmt slow[] = {{"SELECT pg_sleep(1)::text", 0, NULL, false}};
     seen s = {0};
     for (int i = 0; i < 6; i++)                 /* 4 in flight, 2 parked */
         assert_true(cdb_apg_submit(apg, slow, 1, 0, on_job, &s));
@@ -268,10 +281,271 @@ static void test_real_terminated(void **state)
     assert_int_equal(apg->nparked, 0);
     assert_true(RUN_UNTIL(base, all_ready(apg), 5000));
     seen again = {0};
-    cdb_apg_stmt one[] = {{"SELECT 'back'", 0, NULL}};
+    cdb_apg_stmt one[] = {{"SELECT 'back'", 0, NULL, false}};
     assert_true(cdb_apg_submit(apg, one, 1, 0, on_job, &again));
     assert_true(RUN_UNTIL(base, again.calls == 1, 3000));
     assert_string_equal(again.first, "back");
+    cdb_apg_free(apg);
+    event_base_free(base);
+}
+
+static int prepared_count(cdb_apg *apg)
+{
+    int n = 0;
+    for (int k = 0; k < apg->nconns; k++)
+        for (int i = 0; i < MAX_PREPARED; i++)
+            n += apg->conns[k].stmts[i].sql != NULL;
+    return n;
+}
+
+static char *scalar_text(PGconn *conn, const char *sql)
+{
+    static char buf[64];
+    PGresult *r = PQexec(conn, sql);
+    snprintf(buf, sizeof buf, "%s", PQresultStatus(r) == PGRES_TUPLES_OK ? PQgetvalue(r, 0, 0) : "error");
+    PQclear(r);
+    return buf;
+}
+
+static void test_real_exact(void **state)
+{
+    (void)state;
+    if (!real_conninfo())
+        skip();
+    struct event_base *base = event_base_new();
+    cdb_pg_settings pg = {.conninfo = real_conninfo(), .statement_timeout_ms = 5000,
+                          .application_name = "coredb-apg-exact"};
+    cdb_apg *apg = cdb_apg_new(base, &pg, 1, 8);
+    assert_true(RUN_UNTIL(base, all_ready(apg), 5000));
+    PGconn *admin = PQconnectdb(real_conninfo());
+    assert_int_equal(PQstatus(admin), CONNECTION_OK);
+    PQclear(PQexec(admin, "DROP TABLE IF EXISTS apg_exact; CREATE TABLE apg_exact (id int PRIMARY KEY)"));
+    const char *const none[1] = {NULL};
+    const char *one[] = {"1"}, *two[] = {"2"};
+    cdb_apg_stmt commit_ok[] = {{"BEGIN", 0, none, true},
+                                {"INSERT INTO apg_exact VALUES ($1::int)", 1, one, true},
+                                {"SELECT count(*)::text FROM apg_exact", 0, none, false},
+                                {"COMMIT", 0, none, true}};
+    seen a = {0}, b = {0}, c = {0}, d = {0}, e = {0};
+    bool maybe;
+    int prepared0 = prepared_count(apg);
+    assert_true(cdb_apg_submit_exact(apg, commit_ok, 4, 0, on_job, &a, &maybe));
+    /* claimed: nothing is sent behind a transaction; a job waits parked, an exact one is refused */
+    cdb_apg_stmt select1[] = {{"SELECT 'after'", 0, none, false}};
+    assert_true(cdb_apg_submit(apg, select1, 1, 0, on_job, &d));
+    assert_int_equal(apg->nparked, 1);
+    assert_int_equal(apg->conns[0].inflight, 1);
+    assert_false(cdb_apg_submit_exact(apg, commit_ok, 4, 0, on_job, &e, &maybe));
+    assert_false(maybe);
+    assert_true(RUN_UNTIL(base, a.calls, 5000));
+    assert_int_equal(a.ok, 1);
+    assert_int_equal(a.nres, 4);
+    assert_true(RUN_UNTIL(base, d.calls, 5000));   /* sent once the transaction ended */
+    assert_int_equal(d.ok, 1);
+    assert_string_equal(d.first, "after");
+    assert_int_equal(e.calls, 0);
+    assert_string_equal(scalar_text(admin, "SELECT count(*) FROM apg_exact"), "1");
+    /* a duplicate key before COMMIT: refused, nothing committed, the block rolled back */
+    cdb_apg_stmt dup[] = {{"BEGIN", 0, none, true},
+                          {"INSERT INTO apg_exact VALUES ($1::int)", 1, two, true},
+                          {"INSERT INTO apg_exact VALUES ($1::int)", 1, one, true},
+                          {"COMMIT", 0, none, true}};
+    assert_true(cdb_apg_submit_exact(apg, dup, 4, 0, on_job, &b, &maybe));
+    assert_true(RUN_UNTIL(base, b.calls, 5000));
+    assert_int_equal(b.refused, 1);
+    assert_string_equal(scalar_text(admin, "SELECT count(*) FROM apg_exact"), "1");
+    /* usable at once: the ROLLBACK went first */
+    assert_true(cdb_apg_submit(apg, select1, 1, 0, on_job, &c));
+    assert_true(RUN_UNTIL(base, c.calls, 5000));
+    assert_int_equal(c.ok, 1);
+    assert_string_equal(c.first, "after");
+    /* 128 distinct unnamed texts: the prepared set does not grow */
+    static char texts[CDB_APG_MAX_STMTS + 1][48];
+    cdb_apg_stmt many[CDB_APG_MAX_STMTS + 1];
+    for (int i = 0; i <= CDB_APG_MAX_STMTS; i++) {
+        snprintf(texts[i], sizeof texts[i], "SELECT %d::text", i);
+        many[i] = (cdb_apg_stmt){texts[i], 0, none, true};
+    }
+    many[0].sql = "BEGIN";
+    many[CDB_APG_MAX_STMTS - 1].sql = "COMMIT";
+    int prepared1 = prepared_count(apg);
+    seen m = {0};
+    assert_false(cdb_apg_submit_exact(apg, many, CDB_APG_MAX_STMTS + 1, 0, on_job, &m, &maybe));
+    assert_true(cdb_apg_submit_exact(apg, many, CDB_APG_MAX_STMTS, 0, on_job, &m, &maybe));
+    assert_true(RUN_UNTIL(base, m.calls, 5000));
+    assert_int_equal(m.ok, 1);
+    assert_int_equal(m.nres, CDB_APG_MAX_STMTS);
+    assert_int_equal(prepared_count(apg), prepared1);
+    assert_true(prepared1 <= prepared0 + 2);   /* only the named SELECT count and 'after' */
+    /* a server FATAL before COMMIT (terminated while sleeping): refused, never "maybe committed" */
+    cdb_apg_stmt sleepy[] = {{"BEGIN", 0, none, true},
+                             {"INSERT INTO apg_exact VALUES ($1::int)", 1, two, true},
+                             {"SELECT pg_sleep(2)::text", 0, none, true},
+                             {"COMMIT", 0, none, true}};
+    seen t = {0};
+    assert_true(cdb_apg_submit_exact(apg, sleepy, 4, 0, on_job, &t, &maybe));
+    RUN_UNTIL(base, false, 300);
+    PQclear(PQexec(admin, "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                          "WHERE application_name = 'coredb-apg-exact'"));
+    assert_true(RUN_UNTIL(base, t.calls, 5000));
+    assert_int_equal(t.refused, 1);
+    assert_string_equal(scalar_text(admin, "SELECT count(*) FROM apg_exact"), "1");
+    /* the deadline: TIMEOUT (the caller cannot know), and the claim ends with the segment */
+    assert_true(RUN_UNTIL(base, all_ready(apg), 5000));
+    seen late = {0}, after = {0};
+    assert_true(cdb_apg_submit_exact(apg, sleepy, 4, 300, on_job, &late, &maybe));
+    assert_true(RUN_UNTIL(base, late.calls, 2000));
+    assert_int_equal(late.timeout, 1);
+    /* still claimed: a job parks, and waits out PARK_WAIT_MS (a worker's then) */
+    seen parked = {0};
+    assert_true(cdb_apg_submit(apg, select1, 1, 0, on_job, &parked));
+    assert_int_equal(apg->nparked, 1);
+    assert_true(RUN_UNTIL(base, parked.calls, 2000));
+    assert_int_equal(parked.failed, 1);
+    assert_true(RUN_UNTIL(base, apg->conns[0].held == NULL, 5000));
+    assert_string_equal(scalar_text(admin, "SELECT count(*) FROM apg_exact"), "2");  /* it did commit */
+    assert_true(cdb_apg_submit(apg, select1, 1, 0, on_job, &after));
+    assert_true(RUN_UNTIL(base, after.calls, 3000));
+    assert_int_equal(after.ok, 1);
+    RUN_UNTIL(base, false, 200);
+    assert_int_equal(late.calls, 1);                /* exactly once */
+    /* each result in time: a segment longer than the deadline is not cut short (the server
+       sends a result before the Sync when it fills its 8 KiB output buffer, hence 20 KB each) */
+    cdb_apg_stmt steps[] = {{"BEGIN", 0, none, true},
+                            {"SELECT pg_sleep(0.25)::text || repeat('x', 20000)", 0, none, true},
+                            {"SELECT pg_sleep(0.25)::text || repeat('y', 20000)", 0, none, true},
+                            {"SELECT pg_sleep(0.25)::text || repeat('z', 20000)", 0, none, true},
+                            {"COMMIT", 0, none, true}};
+    seen longer = {0};
+    assert_true(cdb_apg_submit_exact(apg, steps, 5, 500, on_job, &longer, &maybe));
+    assert_true(RUN_UNTIL(base, longer.calls, 3000));
+    assert_int_equal(longer.ok, 1);
+    PQclear(PQexec(admin, "DROP TABLE apg_exact"));
+    PQfinish(admin);
+    cdb_apg_free(apg);
+    event_base_free(base);
+}
+
+
+/* Whether another session can lock row id of apg_claim at once (NOWAIT): false while a claim holds it. */
+static bool lockable(PGconn *admin, const char *id)
+{
+    const char *p[] = {id};
+    PQclear(PQexec(admin, "BEGIN"));
+    PGresult *r = PQexecParams(admin, "SELECT id FROM apg_claim WHERE id = $1::int FOR UPDATE NOWAIT", 1, NULL, p,
+                               NULL, NULL, 0);
+    bool ok = PQresultStatus(r) == PGRES_TUPLES_OK;
+    PQclear(r);
+    PQclear(PQexec(admin, "ROLLBACK"));
+    return ok;
+}
+
+static void test_real_claim(void **state)
+{
+    (void)state;
+    if (!real_conninfo())
+        skip();
+    struct event_base *base = event_base_new();
+    cdb_pg_settings pg = {.conninfo = real_conninfo(), .statement_timeout_ms = 5000};
+    cdb_apg *apg = cdb_apg_new(base, &pg, 1, 8);
+    assert_true(RUN_UNTIL(base, all_ready(apg), 5000));
+    PGconn *admin = PQconnectdb(real_conninfo());
+    assert_int_equal(PQstatus(admin), CONNECTION_OK);
+    PQclear(PQexec(admin, "DROP TABLE IF EXISTS apg_claim; CREATE TABLE apg_claim (id int PRIMARY KEY, n int);"
+                          "INSERT INTO apg_claim VALUES (1, 0), (2, 0)"));
+    const char *const none[1] = {NULL};
+    const char *one[] = {"1"};
+    cdb_apg_stmt lock[] = {{"BEGIN", 0, none, true},
+                           {"SELECT id::text FROM apg_claim WHERE id = $1::int FOR UPDATE SKIP LOCKED", 1, one, false}};
+    cdb_apg_stmt bump[] = {{"UPDATE apg_claim SET n = n + 1 WHERE id = $1::int", 1, one, false}};
+    cdb_apg_stmt finish[] = {{"DELETE FROM apg_claim WHERE id = $1::int", 1, one, false}, {"COMMIT", 0, none, true}};
+    cdb_apg_stmt select1[] = {{"SELECT 'after'", 0, none, false}};
+    cdb_apg_claim claim, stale;
+    seen a = {0}, b = {0}, c = {0}, d = {0}, e = {0};
+    bool maybe;
+
+    /* opened: the row stays locked after the job ended, and the connection takes nothing else */
+    assert_true(cdb_apg_claim_open(apg, lock, 2, 0, on_job, &a, &claim));
+    assert_true(RUN_UNTIL(base, a.calls, 5000));
+    assert_int_equal(a.ok, 1);
+    assert_string_equal(a.first, "1");
+    assert_false(lockable(admin, "1"));
+    assert_true(lockable(admin, "2"));
+    seen parked = {0};
+    assert_true(cdb_apg_submit(apg, select1, 1, 0, on_job, &parked));   /* parked, not sent */
+    assert_int_equal(apg->nparked, 1);
+    assert_int_equal(apg->conns[0].inflight, 0);
+    assert_false(cdb_apg_claim_open(apg, lock, 2, 0, on_job, &e, &stale));
+    /* a job that keeps it, then one that ends it with COMMIT */
+    assert_true(cdb_apg_claim_submit(apg, &claim, bump, 1, 0, true, on_job, &b, &maybe));
+    assert_true(RUN_UNTIL(base, b.calls, 5000));
+    assert_int_equal(b.ok, 1);
+    assert_false(lockable(admin, "1"));
+    assert_int_equal(parked.calls, 0);           /* never sent on the claimed connection */
+    stale = claim;
+    assert_true(cdb_apg_claim_submit(apg, &claim, finish, 2, 0, false, on_job, &c, &maybe));
+    assert_true(RUN_UNTIL(base, c.calls, 5000));
+    assert_int_equal(c.ok, 1);
+    assert_string_equal(scalar_text(admin, "SELECT count(*) FROM apg_claim WHERE id = 1"), "0");
+    /* ended: the handle is stale, the connection free */
+    assert_false(cdb_apg_claim_submit(apg, &stale, bump, 1, 0, true, on_job, &e, &maybe));
+    assert_true(cdb_apg_submit(apg, select1, 1, 0, on_job, &d));
+    assert_true(RUN_UNTIL(base, d.calls, 5000));
+    assert_int_equal(d.ok, 1);
+    assert_int_equal(e.calls, 0);
+    assert_true(RUN_UNTIL(base, parked.calls, 2000));  /* run after the claim, or expired during it */
+    assert_int_equal(parked.calls, 1);
+
+    /* given up: ROLLBACK, nothing of it committed, the row free again */
+    const char *two[] = {"2"};
+    cdb_apg_stmt lock2[] = {{"BEGIN", 0, none, true},
+                            {"UPDATE apg_claim SET n = 7 WHERE id = $1::int RETURNING id::text", 1, two, false}};
+    seen f = {0}, g = {0};
+    assert_true(cdb_apg_claim_open(apg, lock2, 2, 0, on_job, &f, &claim));
+    assert_true(RUN_UNTIL(base, f.calls, 5000));
+    assert_int_equal(f.ok, 1);
+    assert_false(lockable(admin, "2"));
+    cdb_apg_claim_release(apg, &claim);
+    cdb_apg_claim_release(apg, &claim);          /* twice: a no-op */
+    assert_true(cdb_apg_submit(apg, select1, 1, 0, on_job, &g));
+    assert_true(RUN_UNTIL(base, g.calls, 5000));
+    assert_int_equal(g.ok, 1);
+    assert_true(lockable(admin, "2"));
+    assert_string_equal(scalar_text(admin, "SELECT n FROM apg_claim WHERE id = 2"), "0");
+
+    /* an error in a kept job: REFUSED, the claim ends by itself (rolled back), the connection usable */
+    const char *bad[] = {"x"};
+    cdb_apg_stmt broken[] = {{"UPDATE apg_claim SET n = $1::int WHERE id = 2", 1, bad, false}};
+    seen h = {0}, k = {0}, m = {0};
+    assert_true(cdb_apg_claim_open(apg, lock2, 2, 0, on_job, &h, &claim));
+    assert_true(RUN_UNTIL(base, h.calls, 5000));
+    assert_true(cdb_apg_claim_submit(apg, &claim, broken, 1, 0, true, on_job, &k, &maybe));
+    assert_true(RUN_UNTIL(base, k.calls, 5000));
+    assert_int_equal(k.refused, 1);
+    assert_false(cdb_apg_claim_submit(apg, &claim, bump, 1, 0, true, on_job, &e, &maybe));
+    assert_true(cdb_apg_submit(apg, select1, 1, 0, on_job, &m));
+    assert_true(RUN_UNTIL(base, m.calls, 5000));
+    assert_int_equal(m.ok, 1);
+    assert_string_equal(scalar_text(admin, "SELECT n FROM apg_claim WHERE id = 2"), "0");
+    assert_true(lockable(admin, "2"));
+
+    /* the connection lost while claimed: the handle is stale, the reconnect serves others */
+    seen n = {0}, q = {0};
+    assert_true(cdb_apg_claim_open(apg, lock2, 2, 0, on_job, &n, &claim));
+    assert_true(RUN_UNTIL(base, n.calls, 5000));
+    PQclear(PQexec(admin, "SELECT pg_terminate_backend(pid) FROM pg_locks WHERE relation = 'apg_claim'::regclass "
+                          "AND pid <> pg_backend_pid()"));
+    assert_true(RUN_UNTIL(base, apg->conns[0].state != ST_READY, 3000));
+    assert_false(cdb_apg_claim_submit(apg, &claim, bump, 1, 0, true, on_job, &e, &maybe));
+    assert_true(RUN_UNTIL(base, all_ready(apg), 5000));
+    assert_true(cdb_apg_submit(apg, select1, 1, 0, on_job, &q));
+    assert_true(RUN_UNTIL(base, q.calls, 5000));
+    assert_int_equal(q.ok, 1);
+    assert_int_equal(e.calls, 0);
+    assert_string_equal(scalar_text(admin, "SELECT n FROM apg_claim WHERE id = 2"), "0");
+
+    PQclear(PQexec(admin, "DROP TABLE apg_claim"));
+    PQfinish(admin);
     cdb_apg_free(apg);
     event_base_free(base);
 }
@@ -310,8 +584,8 @@ static void test_real_park(void **state)
     cdb_apg_counts_get(&before);
 
     /* parked jobs are sent in order as slots free, and succeed */
-    cdb_apg_stmt nap[] = {{"SELECT pg_sleep(0.05)::text", 0, NULL}};
-    cdb_apg_stmt quick[] = {{"SELECT 'p'", 0, NULL}};
+    cdb_apg_stmt nap[] = {{"SELECT pg_sleep(0.05)::text", 0, NULL, false}};
+    cdb_apg_stmt quick[] = {{"SELECT 'p'", 0, NULL, false}};
     order o = {0};
     ticket t[5];
     for (int i = 0; i < 5; i++) {
@@ -327,7 +601,7 @@ static void test_real_park(void **state)
     assert_int_equal(apg->nparked, 0);
 
     /* held up past PARK_WAIT_MS: the parked job fails (its caller's worker runs it), the FIFO is bounded */
-    cdb_apg_stmt hold[] = {{"SELECT pg_sleep(0.8)::text", 0, NULL}};
+    cdb_apg_stmt hold[] = {{"SELECT pg_sleep(0.8)::text", 0, NULL, false}};
     seen h = {0}, p = {0}, extra = {0};
     assert_true(cdb_apg_submit(apg, hold, 1, 0, on_job, &h));
     assert_true(cdb_apg_submit(apg, hold, 1, 0, on_job, &h));
@@ -359,6 +633,8 @@ int main(void)
         cmocka_unit_test(test_real_pipeline),
         cmocka_unit_test(test_real_deadline_and_free),
         cmocka_unit_test(test_real_terminated),
+        cmocka_unit_test(test_real_exact),
+        cmocka_unit_test(test_real_claim),
         cmocka_unit_test(test_real_park),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

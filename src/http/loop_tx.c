@@ -1,0 +1,205 @@
+/*
+ * loop_tx.c - POST /api/v1/data/transaction run on the event loop that
+ * admitted it, on the loop's own PostgreSQL connections (store/pg_async.h),
+ * instead of waiting on a worker thread for the database round trip.
+ *
+ * loop_admit.c calls it once admission ended on the loop with the session
+ * alive and the quota fine. The loop takes an unkeyed transaction (no
+ * Idempotency-Key, no X-Connection-ID lease) whose tables have no
+ * encrypted column and that touches no documents or vectors; the request
+ * is validated and its statements built by the worker's own code
+ * (data/tx_loop.h over tx_parse.c and tx.c). Anything else, and any request
+ * that does not validate, goes to a worker at once, which answers exactly
+ * as before.
+ *
+ * The statements go as one exact pipeline segment (cdb_apg_submit_exact):
+ * BEGIN, role + settings, the operations, RESET ROLE, the outbox rows, the
+ * ledger row, COMMIT. Then:
+ *   - every result in: committed. The Redis side (the outbox rows: the
+ *     caller's operations and the cache generation bumps, which are the
+ *     cache invalidation) is applied on this loop too (cdb__tx_loop_apply,
+ *     data/tx_loop.c): the rows locked on a claimed loop connection,
+ *     applied in order on the loop's asynchronous Redis, each bump's
+ *     invalidation published and every instance's acknowledgement awaited
+ *     on the loop's timers (store/invalidation.c, never a blocking BLPOP),
+ *     the applied rows deleted, exactly as the worker's apply_outbox does
+ *     it. The answer leaves only after that, so the caller's next read can
+ *     never be served the cached page from before its own write.
+ *     Fallback to a worker (cdb_server_resume_on_worker,
+ *     cdb__tx_loop_finish: the worker's own apply_outbox), counted in
+ *     coredb_http_loop_transaction_finishes_total{where="worker"}: read
+ *     replicas configured (the commit LSN note blocks), Redis Sentinel (the
+ *     replica wait blocks), no REDIS_URL (the in-process cache's mutex),
+ *     the loop's Redis not connected, no free loop connection for the lock,
+ *     or the lock's job failing (nothing applied yet). Redis failing while
+ *     rows are applied is handled on the loop as the worker handles it:
+ *     those rows "pending", left to the flush job. With no worker queue
+ *     (shutting down) the fallback answers "pending" at once;
+ *   - the server refused it (an error result: constraint, bad value,
+ *     permission, statement timeout): nothing committed, so the request
+ *     goes to a worker, which runs it again from scratch and maps the
+ *     error exactly as before (the loop's parse state is freed first);
+ *   - the connection lost, or the deadline passed, after the segment was
+ *     sent: the COMMIT may have run, so 503 TRANSACTION_OUTCOME_UNKNOWN
+ *     with the transaction_id (GET /data/transactions/{id} resolves it);
+ *     never run again. The outbox rows, if committed, are the flush job's.
+ *   - not sent (no free connection): a worker runs it as before.
+ */
+#include "http_internal.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+#include "core/metrics.h"
+#include "data/tx_loop.h"
+
+typedef struct loop_tx {
+    cdb_request *r;
+    cdb__tx_loop *lt;
+} loop_tx;
+
+/* Whether r is the transaction route (one pattern, one method). */
+static bool is_transaction(const cdb_request *r)
+{
+    return r->route->mode == CDB_RUN_WORKER && (r->route->methods & EVHTTP_REQ_POST) &&
+           strcmp(r->route->pattern, "/api/v1/data/transaction") == 0;
+}
+
+/* On a worker: the outbox and the answer, as the worker path does them after its commit. */
+static void finish_on_worker(cdb_request *r)
+{
+    loop_tx *x = r->resume_arg;
+    cdb_idempotency idem = {.key = NULL};
+    cdb_error err;
+    cdb_error_init(&err);
+    r->resume_arg = NULL;
+    int rc = cdb__tx_loop_finish(x->lt, &idem, &err);
+    cdb__tx_loop_free(x->lt);
+    free(x);
+    cdb_request_finish_idem(r, rc, &idem, &err);
+}
+
+/* Answers r on the loop with x's answer (pending: its Redis operations left to the flush job), and frees x. */
+static void answer(loop_tx *x, bool pending)
+{
+    cdb_request *r = x->r;
+    cdb_idempotency idem = {.key = NULL};
+    cdb_error err;
+    cdb_error_init(&err);
+    int rc = pending ? cdb__tx_loop_pending_answer(x->lt, &idem, &err) : cdb__tx_loop_answer(x->lt, &idem, &err);
+    cdb_request_finish_idem(r, rc, &idem, &err);
+    cdb_error_destroy(&err);
+    cdb__tx_loop_free(x->lt);
+    free(x);
+    cdb_server_finish(r);
+}
+
+/* The loop cannot apply the outbox: a worker does (no worker queue: "pending", the flush job applies it). */
+static void finish_elsewhere(loop_tx *x)
+{
+    cdb_request *r = x->r;
+    cdb__metrics_inc(CDB_M_LOOP_TX_FINISH_WORKER);
+    r->resume_arg = x;
+    if (cdb_server_resume_on_worker(r, finish_on_worker))
+        return;
+    r->resume_arg = NULL;
+    answer(x, true);
+}
+
+/* cdb__tx_loop_apply is done: applied on the loop, or nothing applied and a worker takes over. */
+static void on_applied(bool applied, void *arg)
+{
+    loop_tx *x = arg;
+    if (!applied) {
+        finish_elsewhere(x);
+        return;
+    }
+    cdb__metrics_inc(CDB_M_LOOP_TX_FINISH_LOOP);
+    answer(x, false);
+}
+
+static void on_results(cdb_apg_outcome outcome, PGresult *const *res, int n, void *arg)
+{
+    loop_tx *x = arg;
+    cdb_request *r = x->r;
+    cdb_error err;
+    int rc;
+
+    cdb_error_init(&err);
+    if (outcome == CDB_APG_REFUSED) {
+        /* rolled back by the server: the worker runs it afresh and reports the error */
+        cdb__metrics_inc(CDB_M_LOOP_TX_REFUSED);
+        cdb__tx_loop_free(x->lt);
+        free(x);
+        cdb_server_hand_off(r);
+        return;
+    }
+    if (outcome != CDB_APG_OK) {
+        /* lost or silent after COMMIT may have been sent: never run twice */
+        cdb__metrics_inc(CDB_M_LOOP_TX_UNKNOWN);
+        cdb__tx_loop_unknown(x->lt, &err);
+        cdb_request_fail(r, &err);
+        goto finish;
+    }
+    cdb__metrics_inc(CDB_M_LOOP_TX_COMMITTED);
+    if ((rc = cdb__tx_loop_collect(x->lt, res, n, &err)) < 0) {
+        cdb_request_fail(r, &err);
+        goto finish;
+    }
+    cdb_error_destroy(&err);
+    rc = cdb__tx_loop_apply(x->lt, r->loop->apg, r->loop->aredis, r->loop->base, on_applied, x);
+    if (rc > 0)
+        return;                    /* on_applied answers */
+    if (rc < 0) {
+        finish_elsewhere(x);
+        return;
+    }
+    cdb__metrics_inc(CDB_M_LOOP_TX_FINISH_LOOP);
+    answer(x, false);              /* no outbox row: nothing to apply */
+    return;
+
+finish:
+    cdb_error_destroy(&err);
+    cdb__tx_loop_free(x->lt);
+    free(x);
+    cdb_server_finish(r);
+}
+
+bool cdb__loop_tx(cdb_request *r)
+{
+    cdb_apg_stmt stmts[CDB_APG_MAX_STMTS];
+    bool maybe_sent = false;
+    loop_tx *x = NULL;
+
+    if (!r->loop->apg || !is_transaction(r) || r->raw_body_len == 0 ||
+        cdb_request_field(r, "Idempotency-Key") || cdb_request_field(r, "X-Connection-ID"))
+        return false;
+    if (!r->body && !(r->body = json_loadb(r->raw_body, r->raw_body_len, JSON_REJECT_DUPLICATES, NULL)))
+        return false;
+    if (!(x = calloc(1, sizeof *x)))
+        return false;
+    x->r = r;
+    if (!cdb__tx_loop_plan(r->svc, &r->principal, r->body, &x->lt)) {
+        free(x);
+        return false;
+    }
+    int n = cdb__tx_loop_statements(x->lt, stmts);
+    if (cdb_apg_submit_exact(r->loop->apg, stmts, n, 0, on_results, x, &maybe_sent))
+        return true;
+    if (maybe_sent) {
+        /* every statement was queued when sending failed: the COMMIT may have left */
+        cdb_error err;
+        cdb_error_init(&err);
+        cdb__metrics_inc(CDB_M_LOOP_TX_UNKNOWN);
+        cdb__tx_loop_unknown(x->lt, &err);
+        cdb_request_fail(r, &err);
+        cdb_error_destroy(&err);
+        cdb__tx_loop_free(x->lt);
+        free(x);
+        cdb_server_finish(r);
+        return true;
+    }
+    cdb__tx_loop_free(x->lt);
+    free(x);
+    return false;
+}
