@@ -87,7 +87,7 @@ loop_counters() {
 loop_moves() { # before after
   read -r a0 h0 p0 e0 <<<"$1"
   read -r a1 h1 p1 e1 <<<"$2"
-  echo "$((a1 - a0)) answered on the loops, $((h1 - h0)) handed to workers, $((p1 - p0)) parked on a loop ($((e1 - e0)) of them past the 250 ms park wait)"
+  echo "$((a1 - a0)) answered on the loops, $((h1 - h0)) handed to workers, $((p1 - p0)) parked on a loop ($((e1 - e0)) of them then sent to a worker: no job ended for 250 ms)"
 }
 
 # perf record of coredb for PROFILE_SECS while wrk ($@) runs, reduced to the

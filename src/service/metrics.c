@@ -57,7 +57,7 @@ static void collect_pool(cdb__metrics_out *out, cdb_service *svc)
                         "Loop queries that waited for room on the loop's PostgreSQL connections (all full).");
     cdb__metrics_sample(out, "coredb_pool_loop_parked_total", NULL, (double)ac.parked);
     cdb__metrics_family(out, "coredb_pool_loop_park_expired_total", "counter",
-                        "Of those, the ones that waited 250 ms without room and went to a worker.");
+                        "Of those, the ones that went to a worker: no job of their loop ended for 250 ms.");
     cdb__metrics_sample(out, "coredb_pool_loop_park_expired_total", NULL, (double)ac.park_expired);
     cdb__metrics_family(out, "coredb_pool_connections_max", "gauge",
                         "The blocking pool's size: DB_POOL_MAX minus the HTTP loops' share (DB_LOOP_CONNECTIONS).");

@@ -29,10 +29,16 @@
  * after each read): under a thousand clients the misses stay on the loop
  * instead of spilling to the workers, whose blocking connections add
  * backends for PostgreSQL to schedule on the same cores. A parked job
- * waits at most PARK_WAIT_MS: a pipeline held up by slow queries must not
- * hold the misses behind it, so it is answered FAILED then (its caller
- * runs it on a worker), and so is every parked job once no connection is
- * ready. Its deadline counts from when it is sent.
+ * waits while the connections make progress: once no job of the loop has
+ * ended for PARK_WAIT_MS (and it has waited that long), the pipelines are
+ * held up by slow queries, which must not hold the misses behind them, so
+ * it is answered FAILED (its caller runs it on a worker); so is every
+ * parked job once no connection is ready. Not a bound on its age alone: at
+ * a thousand clients a moving queue is longer than 250 ms, and sending
+ * its tail to the workers (the first measurement, 60 % of the parked)
+ * made them compete for the cores again. The FIFO's bound (park_max)
+ * bounds the wait of a moving queue. Its deadline counts from when it is
+ * sent.
  *
  * Exact jobs and claims (pg_async.h) hold a connection for themselves: a
  * connection an exact job or a claim holds takes no other job (roomiest()
@@ -63,7 +69,7 @@ enum {
     NO_STATEMENT_TIMEOUT_DEADLINE_MS = 300000,   /* as the blocking pool's */
     MAX_PREPARED = 64,
     PARK_PER_SLOT = 8,             /* parked jobs per job in flight a connection may carry */
-    PARK_WAIT_MS = 250,            /* then a parked job goes to a worker */
+    PARK_WAIT_MS = 250,            /* no job ended for that long: a parked job goes to a worker */
 };
 
 typedef enum conn_state { ST_DOWN, ST_CONNECTING, ST_READY, ST_CLOSED, ST__COUNT } conn_state;
@@ -146,6 +152,7 @@ struct cdb_apg {
     apg_conn *conns;
     job *park_head, *park_tail;    /* waiting for room on a ready connection */
     int nparked, park_max;
+    int64_t progress_ms;           /* when a job of this cdb_apg last ended (cdb_mono_ms) */
     void (*on_connected)(void *arg); /* cdb_apg_on_connected */
     void *on_connected_arg;
 };
@@ -356,6 +363,7 @@ static bool take_result(apg_conn *c, PGresult *res)
         if (!c->head)
             c->tail = NULL;
         c->inflight--;
+        c->apg->progress_ms = cdb_mono_ms();
         if (c->held == j)
             release_held(c, j);
         job_finish(j, CDB_APG_OK);
@@ -556,7 +564,14 @@ static void on_job_deadline(evutil_socket_t fd, short what, void *arg)
     (void)fd;
     (void)what;
     if (!c) {
-        /* parked PARK_WAIT_MS: the connections are held up, a worker runs it */
+        int64_t still = j->apg->progress_ms + PARK_WAIT_MS - now;
+        if (still > 0) {
+            /* a job ended meanwhile: the queue moves, wait for it */
+            struct timeval tv = {still / 1000, (still % 1000) * 1000};
+            evtimer_add(j->timer, &tv);
+            return;
+        }
+        /* no job ended for PARK_WAIT_MS: the connections are held up, a worker runs it */
         unpark(j->apg, j);
         atomic_fetch_add(&g_park_expired, 1);
         job_finish(j, CDB_APG_FAILED);

@@ -16,8 +16,9 @@
  * reconnect), pg_terminate_backend of the connections with jobs in
  * flight (the parked fail with them), free with jobs waiting (each fails
  * exactly once), and parking: jobs beyond the slots in flight wait in
- * order and are sent as slots free, fail after PARK_WAIT_MS when the
- * slots stay held, and beyond park_max are refused.
+ * order and are sent as slots free, wait longer than PARK_WAIT_MS while
+ * jobs keep ending, fail after PARK_WAIT_MS when the slots stay held, and
+ * beyond park_max are refused.
  * Exact jobs (transactions, cdb_apg_submit_exact): committed (OK), refused
  * by the server before COMMIT (REFUSED, nothing committed, the connection
  * rolled back and usable at once), a server FATAL (pg_terminate_backend)
@@ -600,6 +601,17 @@ static void test_real_park(void **state)
         assert_int_equal(o.seen[i], i);
     assert_int_equal(apg->nparked, 0);
 
+    /* a moving queue: parked longer than PARK_WAIT_MS, but a job ended within every 250 ms */
+    apg->max_inflight = 1;
+    cdb_apg_stmt step[] = {{"SELECT pg_sleep(0.12)::text", 0, NULL, false}};
+    seen m = {0};
+    for (int i = 0; i < 5; i++)
+        assert_true(cdb_apg_submit(apg, step, 1, 0, on_job, &m));
+    assert_int_equal(apg->nparked, 4);          /* the last waits about 0.5 s */
+    assert_true(RUN_UNTIL(base, m.calls == 5, 3000));
+    assert_int_equal(m.ok, 5);
+    apg->max_inflight = 2;
+
     /* held up past PARK_WAIT_MS: the parked job fails (its caller's worker runs it), the FIFO is bounded */
     cdb_apg_stmt hold[] = {{"SELECT pg_sleep(0.8)::text", 0, NULL, false}};
     seen h = {0}, p = {0}, extra = {0};
@@ -618,7 +630,7 @@ static void test_real_park(void **state)
     assert_int_equal(h.ok, 2);
     assert_int_equal(extra.calls, 0);
     cdb_apg_counts_get(&after);
-    assert_int_equal(after.parked - before.parked, 3 + (uint64_t)apg->park_max);
+    assert_int_equal(after.parked - before.parked, 3 + 4 + (uint64_t)apg->park_max);
     assert_int_equal(after.park_expired - before.park_expired, (uint64_t)apg->park_max);
     cdb_apg_free(apg);
     event_base_free(base);
