@@ -378,18 +378,7 @@ static void apply_outbox(tx *t, PGconn *conn)
             break;
         }
         cdb_outbox_array_add(done, sizeof done, r + 1);
-        if (!row->from)
-            continue;
-        if (ar == CDB_OUTBOX_REFUSED) {
-            row->from->status = "failed";
-            row->from->refusal = strdup(why);
-            cdb_log_warn("data.outbox_refused", "Redis refused %s of transaction %s: %s", row->op, t->id, why);
-        } else {
-            row->from->status = "success";
-        }
-        if (value && row->from->kind != OP_SET)
-            json_object_set(row->from->data, row->from->kind == OP_DEL ? "deleted"
-                                             : row->from->kind == OP_EXPIRE ? "applied" : "value", value);
+        cdb__tx_row_report(t, row, ar, why, value);
         json_decref(value);
     }
     /* kept, not deleted, when the master may have died before a replica had them */
@@ -597,6 +586,29 @@ static bool loop_may_run(const tx *t, json_t *request)
             return false;
     }
     return true;
+}
+
+/*
+ * Row r as Redis took it (applied or refused for good), into the answer:
+ * its operation's status, refusal and value. Shared by the worker's
+ * apply_outbox and the loop's (tx_loop.c); a generation bump has none.
+ */
+void cdb__tx_row_report(const tx *t, outbox_row *row, cdb_outbox_rc rc, const char *why, json_t *value)
+{
+    if (!row->from)
+        return;
+    if (rc == CDB_OUTBOX_REFUSED) {
+        row->from->status = "failed";
+        row->from->refusal = strdup(why);
+        cdb_log_warn("data.outbox_refused", "Redis refused %s of transaction %s: %s", row->op, t->id, why);
+    } else {
+        row->from->status = "success";
+    }
+    if (value && row->from->kind != OP_SET)
+        json_object_set(row->from->data, row->from->kind == OP_DEL      ? "deleted"
+                                         : row->from->kind == OP_EXPIRE ? "applied"
+                                                                        : "value",
+                        value);
 }
 
 int cdb__tx_loop_plan(cdb_service *svc, const cdb_principal *p, json_t *request, cdb__tx_loop **out)

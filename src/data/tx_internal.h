@@ -122,6 +122,8 @@ static inline int op_tag(cdb_error *err, int i, int rc)
  * namespace (the generation keys are named here).
  */
 int cdb__tx_parse_request(tx *t, json_t *request, cdb_error *err);
+/* Row as Redis took it (applied, or refused for good): its operation's status and value in the answer. */
+void cdb__tx_row_report(const tx *t, outbox_row *row, cdb_outbox_rc rc, const char *why, json_t *value);
 
 /*
  * Validates operation i, of database "documents", into t->ops[i] (doc_tx.c,

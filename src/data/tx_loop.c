@@ -124,20 +124,7 @@ static void on_row(cdb_outbox_rc rc, json_t *value, const char *why, void *arg)
         return;
     }
     cdb_outbox_array_add(x->applied, sizeof x->applied, x->next + 1);
-    if (row->from) {
-        if (rc == CDB_OUTBOX_REFUSED) {
-            row->from->status = "failed";
-            row->from->refusal = strdup(why);
-            cdb_log_warn("data.outbox_refused", "Redis refused %s of transaction %s: %s", row->op, t->id, why);
-        } else {
-            row->from->status = "success";
-        }
-        if (value && row->from->kind != OP_SET)
-            json_object_set(row->from->data, row->from->kind == OP_DEL      ? "deleted"
-                                             : row->from->kind == OP_EXPIRE ? "applied"
-                                                                            : "value",
-                            value);
-    }
+    cdb__tx_row_report(t, row, rc, why, value);
     json_decref(value);
     x->next++;
     next_row(x);
