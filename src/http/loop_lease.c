@@ -53,8 +53,6 @@
 #include "store/pg.h"
 #include "store/pg_borrow.h"
 
-enum { NO_STATEMENT_TIMEOUT_DEADLINE_MS = 300000 };   /* as the loops' own connections (pg_async.c) */
-
 struct cdb__loop_lease {
     cdb_request *r;
     char lid[37];                  /* the lease, normalized */
@@ -97,12 +95,9 @@ int cdb__loop_lease_take(cdb_request *r, cdb__loop_lease **out)
     return 1;
 }
 
-/* Ends the flight this loop leads: part (stored) for its followers, or NULL (they query). */
 static void end_flight(cdb__loop_lease *l, const char *part, size_t len)
 {
-    if (l->lead)
-        cdb_qcache_probe_finish(cdb_service_qcache(l->r->svc), l->lp.cache_key, l->generation, part, len);
-    l->lead = false;
+    cdb__loop_end_flight(l->r, &l->lead, l->lp.cache_key, l->generation, part, len);
 }
 
 void cdb__loop_lease_give_back(cdb__loop_lease *l)
@@ -128,18 +123,6 @@ static void unlist(cdb__loop_lease *l)
     l->prev = l->next = NULL;
 }
 
-static void timeout_answer(cdb_request *r, const char *sqlstate)
-{
-    cdb_error err;
-    cdb_error_init(&err);
-    /* the blocking path's words for each (store/pg.c cdb_pg_error_from_result) */
-    cdb_error_set(&err, CDB_ERR_DATABASE_TIMEOUT, "%s",
-                  sqlstate[0] ? "Database statement timed out" : "Database did not answer in time");
-    cdb_error_detail(&err, "database", json_string("postgresql"));
-    cdb_request_fail(r, &err);
-    cdb_error_destroy(&err);
-}
-
 static void on_results(cdb_pgb_outcome outcome, PGresult *const *res, int n, const char *sqlstate, int prepared,
                        void *arg)
 {
@@ -158,7 +141,7 @@ static void on_results(cdb_pgb_outcome outcome, PGresult *const *res, int n, con
         }
     }
     if (outcome == CDB_PGB_TIMEOUT) {
-        timeout_answer(r, sqlstate);
+        cdb__loop_fail_timeout(r, sqlstate[0] != '\0');
         cdb__metrics_inc(CDB_M_LOOP_LEASE_TIMEOUT);
         cdb__loop_lease_give_back(l);
         cdb_server_finish(r);
@@ -202,8 +185,7 @@ bool cdb__loop_lease_query(cdb__loop_lease *l, bool generation_read, int64_t gen
         l->lead = true;
     }
     cdb_pool *pool = cdb_service_pool(r->svc);
-    int statement_ms = pool ? cdb_pool_statement_timeout_ms(pool) : 0;
-    int timeout_ms = statement_ms > 0 ? statement_ms + CDB_PG_DEADLINE_MARGIN_MS : NO_STATEMENT_TIMEOUT_DEADLINE_MS;
+    int timeout_ms = cdb_pg_job_deadline_ms(pool ? cdb_pool_statement_timeout_ms(pool) : 0);
     const cdb__query_loop *lp = &l->lp;
     cdb_pgb_stmt stmts[] = {
         {lp->prelude_sql, 3, lp->settings, NULL, false},

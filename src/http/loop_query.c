@@ -55,12 +55,29 @@ typedef struct loop_query {
     cdb__query_loop lp;
 } loop_query;
 
-/* Ends the flight this loop leads: part (stored) for its followers, or NULL (they query). */
+void cdb__loop_end_flight(cdb_request *r, bool *lead, const char *cache_key, int64_t generation, const char *part,
+                          size_t len)
+{
+    if (*lead)
+        cdb_qcache_probe_finish(cdb_service_qcache(r->svc), cache_key, generation, part, len);
+    *lead = false;
+}
+
 static void end_flight(loop_query *q, const char *part, size_t len)
 {
-    if (q->lead)
-        cdb_qcache_probe_finish(cdb_service_qcache(q->r->svc), q->lp.cache_key, q->generation, part, len);
-    q->lead = false;
+    cdb__loop_end_flight(q->r, &q->lead, q->lp.cache_key, q->generation, part, len);
+}
+
+void cdb__loop_fail_timeout(cdb_request *r, bool by_server)
+{
+    cdb_error err;
+    cdb_error_init(&err);
+    /* the blocking path's words for each (store/pg.c cdb_pg_error_from_result) */
+    cdb_error_set(&err, CDB_ERR_DATABASE_TIMEOUT, "%s",
+                  by_server ? "Database statement timed out" : "Database did not answer in time");
+    cdb_error_detail(&err, "database", json_string("postgresql"));
+    cdb_request_fail(r, &err);
+    cdb_error_destroy(&err);
 }
 
 static void query_free(loop_query *q)
@@ -108,11 +125,7 @@ static void on_results(cdb_apg_outcome outcome, PGresult *const *res, int n, voi
     size_t len = 0;
 
     if (outcome == CDB_APG_TIMEOUT) {
-        cdb_error err;
-        cdb_error_init(&err);
-        cdb_error_set(&err, CDB_ERR_DATABASE_TIMEOUT, "%s", "Database statement timed out");
-        cdb_error_detail(&err, "database", json_string("postgresql"));
-        cdb_request_fail(r, &err);
+        cdb__loop_fail_timeout(r, true);   /* the loop's answer as before: the statement's words */
         cdb__metrics_inc(CDB_M_LOOP_QUERY_TIMEOUT);
         end_flight(q, NULL, 0);
         goto finish;

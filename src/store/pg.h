@@ -37,6 +37,15 @@
  * than one busy scheduler tick on a loaded host).
  */
 #define CDB_PG_DEADLINE_MARGIN_MS 1000
+#define CDB_PG_NO_TIMEOUT_DEADLINE_MS 300000   /* a job's deadline without a statement timeout */
+
+/* A job's client-side deadline on the event loops (pg_async.c, pg_borrow.c's callers):
+ * statement_timeout_ms + CDB_PG_DEADLINE_MARGIN_MS, or 5 minutes without a statement timeout. */
+static inline int cdb_pg_job_deadline_ms(int statement_timeout_ms)
+{
+    return statement_timeout_ms > 0 ? statement_timeout_ms + CDB_PG_DEADLINE_MARGIN_MS
+                                    : CDB_PG_NO_TIMEOUT_DEADLINE_MS;
+}
 
 typedef struct cdb_pg_settings {
     const char *conninfo;          /* libpq URI or key=value string */

@@ -66,7 +66,6 @@
 enum {
     BACKOFF_MIN_MS = 100,
     BACKOFF_MAX_MS = 5000,
-    NO_STATEMENT_TIMEOUT_DEADLINE_MS = 300000,   /* as the blocking pool's */
     MAX_PREPARED = 64,
     PARK_PER_SLOT = 8,             /* parked jobs per job in flight a connection may carry */
     PARK_WAIT_MS = 250,            /* no job ended for that long: a parked job goes to a worker */
@@ -598,8 +597,7 @@ cdb_apg *cdb_apg_new(struct event_base *base, const cdb_pg_settings *pg, int nco
     apg->nconns = nconns;
     apg->max_inflight = max_inflight;
     apg->park_max = PARK_PER_SLOT * nconns * max_inflight;
-    apg->default_timeout_ms = pg->statement_timeout_ms > 0 ? pg->statement_timeout_ms + CDB_PG_DEADLINE_MARGIN_MS
-                                                           : NO_STATEMENT_TIMEOUT_DEADLINE_MS;
+    apg->default_timeout_ms = cdb_pg_job_deadline_ms(pg->statement_timeout_ms);
     for (int i = 0; i < nconns; i++) {
         apg_conn *c = &apg->conns[i];
         c->apg = apg;
