@@ -61,14 +61,17 @@
 
 /* ---- running the transaction ---- */
 
-/* One multi-row INSERT of the outbox rows: 6 parameters a row. */
+/* One multi-row INSERT of the outbox rows: 6 parameters a row. created_at is
+ * the clock at the INSERT, the transaction's last statement before COMMIT,
+ * not now() (its start): the flush job leaves a row to its committer for
+ * CDB_OUTBOX_COMMITTER_GRACE after that (store/outbox.h). */
 _Static_assert(6 * (TX_MAX_OPS + TX_MAX_GEN) <= CDB_SQL_MAX_PARAMS, "outbox insert fits one statement");
 static int build_outbox_insert(tx *t, cdb_sql *q)
 {
     char seq[16], ttl[16];
     int bad = 0;
 
-    cdb_sql_append(q, "INSERT INTO coredb.redis_outbox (transaction_id, seq, op, key, value, ttl) VALUES ");
+    cdb_sql_append(q, "INSERT INTO coredb.redis_outbox (transaction_id, seq, op, key, value, ttl, created_at) VALUES ");
     for (int r = 0; r < t->nrows && !bad; r++) {
         const outbox_row *row = &t->rows[r];
         snprintf(seq, sizeof seq, "%d", r + 1);
@@ -85,7 +88,7 @@ static int build_outbox_insert(tx *t, cdb_sql *q)
         bad |= cdb_sql_param(q, row->value) < 0;
         cdb_sql_append(q, ", ");
         bad |= cdb_sql_param(q, row->ttl ? ttl : NULL) < 0;
-        cdb_sql_append(q, "::int)");
+        cdb_sql_append(q, "::int, clock_timestamp())");
     }
     return bad || q->oom ? -1 : 0;
 }

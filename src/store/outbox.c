@@ -245,8 +245,9 @@ int cdb_outbox_flush(cdb_pool *pool, cdb_cache *cache, int *applied, int *pendin
     if (!(conn = cdb_txn_acquire(pool, &pc, err)))
         return err->code ? err->code : CDB_ERR_DATABASE_UNAVAILABLE;
     if ((rc = cdb_pg_exec(conn, "BEGIN", 0, NULL, NULL, err)) < 0 ||
-        (rc = cdb_pg_exec(conn, "SELECT id, op, key, value, ttl FROM coredb.redis_outbox "
-                                "ORDER BY id LIMIT " OUTBOX_BATCH " FOR UPDATE SKIP LOCKED",
+        (rc = cdb_pg_exec(conn, "SELECT id, op, key, value, ttl FROM coredb.redis_outbox WHERE attempts > 0"
+                                " OR created_at < now() - interval '" CDB_OUTBOX_COMMITTER_GRACE "'"
+                                " ORDER BY id LIMIT " OUTBOX_BATCH " FOR UPDATE SKIP LOCKED",
                           0, NULL, &res, err)) < 0)
         goto out_release;
     /* "{id,id,...}": ids are at most 20 digits */
@@ -313,8 +314,9 @@ int cdb_outbox_queue(PGconn *conn, const char *op, const char *key, const char *
     cdb_ledger_new_id(id);
     snprintf(ttl_text, sizeof ttl_text, "%d", ttl);
     const char *params[] = {id, op, key, value, ttl > 0 ? ttl_text : NULL};
-    return cdb_pg_exec(conn, "INSERT INTO coredb.redis_outbox (transaction_id, seq, op, key, value, ttl)"
-                             " VALUES ($1::uuid, 1, $2, $3, $4, $5::int)",
+    /* attempts 1: Redis was just tried (the flush takes it at once, outbox.h) */
+    return cdb_pg_exec(conn, "INSERT INTO coredb.redis_outbox (transaction_id, seq, op, key, value, ttl, attempts)"
+                             " VALUES ($1::uuid, 1, $2, $3, $4, $5::int, 1)",
                        5, params, NULL, err);
 }
 
@@ -326,7 +328,7 @@ void cdb_outbox_note_write(cdb_pool *pool, cdb_qcache *qcache, cdb_catalog_cache
     char seqs[1 + CDB_OUTBOX_MAX_GEN][12];
     const char *params[1 + 2 * (1 + CDB_OUTBOX_MAX_GEN)];
     size_t n = 1, queued = 0, used = 0;
-    /* "($1::uuid, $NNN::int, 'incr', $NNN)" is at most 40 bytes a row */
+    /* ", ($1::uuid, $NNN::int, 'incr', $NNN, 1)" is at most 40 bytes a row */
     char *sql = NULL;
     cdb_catalog *cat = NULL;
     cdb_pool_conn *pc = NULL;
@@ -346,7 +348,7 @@ void cdb_outbox_note_write(cdb_pool *pool, cdb_qcache *qcache, cdb_catalog_cache
         cdb_error_oom(&err);
         goto out_log;
     }
-    used = (size_t)snprintf(sql, cap, "INSERT INTO coredb.redis_outbox (transaction_id, seq, op, key) VALUES ");
+    used = (size_t)snprintf(sql, cap, "INSERT INTO coredb.redis_outbox (transaction_id, seq, op, key, attempts) VALUES ");
     char id[37];
     cdb_ledger_new_id(id);
     params[0] = id;
@@ -357,7 +359,7 @@ void cdb_outbox_note_write(cdb_pool *pool, cdb_qcache *qcache, cdb_catalog_cache
         snprintf(seqs[queued], sizeof seqs[queued], "%zu", queued + 1);
         params[1 + 2 * queued] = seqs[queued];
         params[2 + 2 * queued] = keys[queued];
-        used += (size_t)snprintf(sql + used, cap - used, "%s($1::uuid, $%zu::int, 'incr', $%zu)",
+        used += (size_t)snprintf(sql + used, cap - used, "%s($1::uuid, $%zu::int, 'incr', $%zu, 1)",
                                  queued ? ", " : "", 2 + 2 * queued, 3 + 2 * queued);
         queued++;
     }

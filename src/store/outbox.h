@@ -71,9 +71,21 @@ int cdb_outbox_replicated(cdb_cache *cache);
 void cdb_outbox_array_add(char *buf, size_t len, long long n);
 
 /*
+ * A data transaction's rows belong to the request that committed them for
+ * this long after their INSERT: it locks and applies them right after its
+ * COMMIT, and a flush that took them in that gap would make it answer
+ * "pending" for operations applied a moment later. Rows whose committer
+ * already failed to apply them (attempts > 0, and every row queued by
+ * cdb_outbox_queue or cdb_outbox_note_write: they are queued because Redis
+ * just refused) are the flush's at once.
+ */
+#define CDB_OUTBOX_COMMITTER_GRACE "5 seconds"
+
+/*
  * Applies pending rows (oldest first, up to 500 a call, each locked FOR
- * UPDATE SKIP LOCKED so a transaction applying its own rows never races
- * it). *applied / *pending (may be NULL) report counts.
+ * UPDATE SKIP LOCKED: a committer applying its own rows, or another
+ * instance's flush, is never waited for), leaving fresh rows to their
+ * committer (above). *applied / *pending (may be NULL) report counts.
  */
 int cdb_outbox_flush(cdb_pool *pool, cdb_cache *cache, int *applied, int *pending, cdb_error *err);
 

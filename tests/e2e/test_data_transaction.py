@@ -514,6 +514,31 @@ def test_outbox_applies_after_redis_returns(pg, private_redis):
         inst.stop_clean()
 
 
+def test_flush_leaves_fresh_rows_to_their_committer(inst, rds):
+    """A committed row nobody has tried yet (attempts 0) belongs to the request that committed it for
+    CDB_OUTBOX_COMMITTER_GRACE (5 s): the flush job, which runs every second, takes it only after that,
+    so it never makes a committer answer "pending" for an operation applied a moment later. A row its
+    committer already failed to apply (attempts > 0) is taken by the next flush."""
+    tag = uuid.uuid4().hex[:8]
+    probe, fresh, retried = (f"app:outbox-test:{tag}:{name}" for name in ("probe", "fresh", "retried"))
+    ins = ("INSERT INTO coredb.redis_outbox (transaction_id, seq, op, key, value, ttl, attempts, created_at)"
+           " VALUES (%s::uuid, 1, 'set', %s, 'v', 60, %s, clock_timestamp())")
+    # the job's first run is 5 s after start (core/jobs.h): wait for it with a row it takes
+    scalar(inst, ins, (str(uuid.uuid4()), probe, 1))
+    assert wait_for(lambda: rds.get(probe) == "v", timeout=12), "the flush job never ran"
+    scalar(inst, ins, (str(uuid.uuid4()), fresh, 0))
+    scalar(inst, ins, (str(uuid.uuid4()), retried, 1))
+    t0 = time.time()
+    assert wait_for(lambda: rds.get(retried) == "v", timeout=4), "a retried row waited past the next flush"
+    time.sleep(max(0.0, 3.0 - (time.time() - t0)))
+    assert rds.get(fresh) is None, f"the flush took a fresh row after {time.time() - t0:.1f} s"
+    assert scalar(inst, "SELECT count(*) FROM coredb.redis_outbox WHERE key = %s", (fresh,)) == 1
+    assert wait_for(lambda: rds.get(fresh) == "v", timeout=10), "an orphaned row was never applied"
+    assert time.time() - t0 >= 4.5, "the grace is 5 s"
+    assert wait_for(lambda: scalar(inst, "SELECT count(*) FROM coredb.redis_outbox WHERE key LIKE %s",
+                                   (f"app:outbox-test:{tag}:%",)) == 0, timeout=5)
+
+
 # ---- injection corpus ----
 
 CORPUS = ["'", '"', ";", "--", "/* */", "projects; DROP TABLE users; --",
