@@ -22,8 +22,10 @@
  *   BUSY     the request is being handled; nothing more is parsed (bytes
  *            of a pipelined request wait in the input buffer, which stops
  *            growing at its watermark); no deadline of ours
- *   WRITING  the answer is queued; flushed: IDLE again, LINGER or closed;
- *            HTTP_IDLE_TIMEOUT for a client that does not read
+ *   WRITING  the answer is written at once (push_output); what the socket
+ *            does not take goes when it is writable; flushed: IDLE again,
+ *            LINGER or closed; HTTP_IDLE_TIMEOUT for a client that does
+ *            not read
  *   LINGER   we answered before the request was read whole (413, bad
  *            framing): our side is shut for writing and the client's bytes
  *            are discarded for LINGER_MS, so it reads our answer instead of
@@ -35,6 +37,7 @@
 #include "http_internal.h"
 
 #include <arpa/inet.h>
+#include <errno.h>
 #include <event2/buffer.h>
 #include <event2/bufferevent.h>
 #include <netinet/in.h>
@@ -80,6 +83,7 @@ struct cdb_conn {
 };
 
 static void on_read(struct bufferevent *bev, void *arg);
+static int push_output(cdb_conn *c);
 
 /* ---- life ---- */
 
@@ -364,7 +368,8 @@ static void parse_head(cdb_conn *c)
     }
     const char *expect = head_field(&c->head, "Expect");
     if (expect && strcasecmp(expect, "100-continue") == 0 && c->head.minor_version == 1)
-        bufferevent_write(c->bev, "HTTP/1.1 100 Continue\r\n\r\n", 25);
+        if (evbuffer_add(bufferevent_get_output(c->bev), "HTTP/1.1 100 Continue\r\n\r\n", 25) == 0)
+            push_output(c); /* a client gone meanwhile is seen by the read side */
     memset(&c->chunk, 0, sizeof c->chunk);
     c->chunk.consume_trailer = 1;
     c->body_len = 0;
@@ -473,23 +478,64 @@ static void on_read(struct bufferevent *bev, void *arg)
     }
 }
 
-static void on_written(struct bufferevent *bev, void *arg)
+/* The answer is out: next request, linger or close. */
+static void answer_written(cdb_conn *c)
 {
-    cdb_conn *c = arg;
-    if (c->state != CONN_WRITING)
-        return; /* "100 Continue" went out while the body is read */
+    bufferevent_disable(c->bev, EV_WRITE); /* the next answer is written inline again */
     if (!c->close_after) {
         set_state(c, CONN_IDLE);
-        on_read(bev, c); /* a pipelined request may be waiting */
+        /* a pipelined request may be waiting: read it after this turn, not nested in the answer */
+        if (evbuffer_get_length(bufferevent_get_input(c->bev)) > 0)
+            bufferevent_trigger(c->bev, EV_READ, BEV_TRIG_DEFER_CALLBACKS);
         return;
     }
     if (!c->linger) {
         conn_free(c);
         return;
     }
-    shutdown(bufferevent_getfd(bev), SHUT_WR);
-    bufferevent_enable(bev, EV_READ);
+    shutdown(bufferevent_getfd(c->bev), SHUT_WR);
+    bufferevent_enable(c->bev, EV_READ);
     set_state(c, CONN_LINGER);
+}
+
+/*
+ * Writes what the output holds now, on the caller's turn of the loop: 1 all
+ * written; 0 the socket is full, the rest goes when it is writable (on_written);
+ * -1 the client is gone. The bufferevent's own write event (EV_WRITE enabled
+ * from the start) would cost an epoll_ctl to watch the socket, a turn of the
+ * loop to learn it is writable, and an epoll_ctl to stop watching, for every
+ * answer; a socket almost always takes an answer whole.
+ */
+static int push_output(cdb_conn *c)
+{
+    struct evbuffer *out = bufferevent_get_output(c->bev);
+    evutil_socket_t fd = bufferevent_getfd(c->bev);
+    while (evbuffer_get_length(out) > 0) {
+        /* the bufferevent keeps its output's start frozen (only its writer drains it): thaw it
+           for the write, as that writer does */
+        evbuffer_unfreeze(out, 1);
+        int n = evbuffer_write(out, fd);
+        int write_errno = errno;
+        evbuffer_freeze(out, 1);
+        if (n > 0)
+            continue;
+        if (n < 0 && write_errno != EAGAIN && write_errno != EWOULDBLOCK && write_errno != EINTR)
+            return -1;
+        bufferevent_enable(c->bev, EV_WRITE);
+        return 0;
+    }
+    return 1;
+}
+
+/* The rest of an answer (or of "100 Continue") the socket did not take at once is out. */
+static void on_written(struct bufferevent *bev, void *arg)
+{
+    cdb_conn *c = arg;
+    if (c->state != CONN_WRITING) {
+        bufferevent_disable(bev, EV_WRITE); /* "100 Continue" went out while the body is read */
+        return;
+    }
+    answer_written(c);
 }
 
 static void on_event(struct bufferevent *bev, short what, void *arg)
@@ -545,7 +591,7 @@ void cdb_conn_accept(cdb_loop *loop, evutil_socket_t fd, const struct sockaddr *
     bufferevent_setcb(c->bev, on_read, on_written, on_event, c);
     /* bounds what one connection buffers: a head, a body, a little more */
     bufferevent_setwatermark(c->bev, EV_READ, 0, CDB_HTTP_HEAD_LIMIT + CDB_HTTP_BODY_LIMIT + 16384);
-    bufferevent_enable(c->bev, EV_READ | EV_WRITE);
+    bufferevent_enable(c->bev, EV_READ); /* EV_WRITE only for what push_output could not write */
     c->state = CONN_IDLE;
     set_state(c, CONN_HEAD); /* a new client's first byte is due within the header timeout */
     c->counted = cdb_client_limit_take(loop->limit, sa);
@@ -571,8 +617,12 @@ void cdb_conn_send(cdb_conn *c, bool written, bool closing)
     c->close_after = c->close_after || closing;
     if (c->close_after)
         bufferevent_disable(c->bev, EV_READ);
-    /* the bytes are flushed when the socket is writable, after this turn of the loop */
     set_state(c, CONN_WRITING);
+    int pushed = push_output(c);
+    if (pushed < 0)
+        conn_free(c);
+    else if (pushed > 0)
+        answer_written(c);
 }
 
 bool cdb_conn_gone(const cdb_conn *c)

@@ -265,7 +265,8 @@ struct cdb_loop {
 void cdb_conn_accept(cdb_loop *loop, evutil_socket_t fd, const struct sockaddr *sa, int salen);
 /* Where an answer is written: the connection's output buffer, NULL once the client has gone. */
 struct evbuffer *cdb_conn_output(cdb_conn *conn);
-/* The answer is in the output buffer (written false: it failed, close); conn may be one whose client has gone. */
+/* The answer is in the output buffer (written false: it failed, close); conn may be one whose client has gone.
+ * It is written at once and conn may be freed before this returns: the caller forgets it. */
 void cdb_conn_send(cdb_conn *conn, bool written, bool closing);
 /* True when the client went away while its request was handled. */
 bool cdb_conn_gone(const cdb_conn *conn);
