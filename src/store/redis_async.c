@@ -2,8 +2,9 @@
  * redis_async.c - one event loop's asynchronous Redis connection (see
  * redis_async.h for the contract).
  *
- * hiredis (0.14 in Debian 12) does the protocol and the libevent adapter
- * the socket events; this file adds what 0.14 lacks and the contract needs:
+ * hiredis (0.14 in Debian 12) does the protocol and redis_events.c the
+ * socket events (in place of hiredis's adapter, which pays four epoll_ctl
+ * calls a command); this file adds what 0.14 lacks and the contract needs:
  *
  *  - Exactly one callback per command. Every command has a record on
  *    a->head..a->tail (oldest first) that is hiredis's privdata. A record
@@ -22,7 +23,7 @@
  *    the same way. On expiry the context is freed from the timer (outside
  *    any hiredis callback, where that is allowed) and hiredis runs every
  *    pending callback with NULL.
- *  - Knowing when a context is gone. The libevent adapter's cleanup hook is
+ *  - Knowing when a context is gone. The event adapter's cleanup hook is
  *    the one call hiredis makes on every way a context ends (lost, refused,
  *    freed, closed gracefully), after the pending callbacks and before the
  *    memory goes; it is wrapped to move the connection back to idle there.
@@ -37,7 +38,6 @@
 #include "store/redis_async.h"
 
 #include <event2/event.h>
-#include <hiredis/adapters/libevent.h>
 #include <hiredis/async.h>
 #include <stdatomic.h>
 #include <stdio.h>
@@ -48,6 +48,7 @@
 #include "coredb/log.h"
 #include "core/metrics.h"
 #include "core/timeutil.h"
+#include "store/redis_events.h"
 
 #define BACKOFF_MIN_MS 100
 #define BACKOFF_MAX_MS 2000
@@ -261,14 +262,13 @@ static void context_gone(cdb_aredis *a, redisAsyncContext *ac)
     a->st = AR_IDLE;
 }
 
-/* Wraps the libevent adapter's cleanup: the adapter's events go, then we learn the context is gone. */
+/* Wraps the event adapter's cleanup: the adapter's events go, then we learn the context is gone. */
 static void on_cleanup(void *privdata)
 {
-    redisLibeventEvents *e = privdata;
-    redisAsyncContext *ac = e->context;
+    redisAsyncContext *ac = cdb__redis_events_context(privdata);
     cdb_aredis *a = ac->data;
 
-    redisLibeventCleanup(privdata);
+    cdb__redis_events_cleanup(privdata);
     ac->data = NULL;
     if (a)
         context_gone(a, ac);
@@ -433,8 +433,8 @@ static void start_connect(cdb_aredis *a)
     a->sentinel = ep.sentinel;
     a->why[0] = '\0';
     ac = redisAsyncConnect(ep.host, ep.port);
-    if (!ac || ac->err) {
-        snprintf(a->why, sizeof a->why, "connect: %s", ac ? ac->c.errstr : "out of memory");
+    if (!ac || ac->err || cdb__redis_events_attach(ac, a->base) < 0) {
+        snprintf(a->why, sizeof a->why, "connect: %s", ac && ac->err ? ac->c.errstr : "out of memory");
         if (ac)
             redisAsyncFree(ac);     /* not attached: no callbacks, no cleanup hook */
         note_failure(a);
@@ -445,8 +445,6 @@ static void start_connect(cdb_aredis *a)
     a->reader_fn = ac->c.reader->fn;
     ac->c.reader->fn = &guard_fn;
     ac->c.reader->privdata = a;
-    /* the 0.14 adapter does not check its allocations; it cannot fail otherwise */
-    redisLibeventAttach(ac, a->base);
     ac->ev.cleanup = on_cleanup;
     a->ac = ac;
     a->st = AR_CONNECTING;
