@@ -72,6 +72,14 @@ def private_pg():
     server.destroy()
 
 
+@pytest.fixture(scope="module")
+def own_redis():
+    """A Redis of the module's own, so stopping or killing it disturbs no other module."""
+    server = RedisServer()
+    yield server
+    server.destroy()
+
+
 @pytest.fixture
 def private_redis():
     server = RedisServer()

@@ -217,3 +217,24 @@ def wait_for(pred, timeout=8.0, step=0.1):
         if value or time.time() > deadline:
             return value
         time.sleep(step)
+
+
+# ---- /metrics ----
+
+def metric(inst, admin, family, label="outcome"):
+    """The samples of a labelled family: {label value: value}."""
+    resp = inst.get("/metrics", headers=admin.headers)
+    assert resp.status_code == 200, resp.text[:300]
+    return {k: float(v) for k, v in
+            re.findall(r'^%s\{%s="(\w+)"\} (\S+)$' % (family, label), resp.text, re.M)}
+
+
+def counter(inst, admin, name):
+    """An unlabelled sample (0 when absent)."""
+    resp = inst.get("/metrics", headers=admin.headers)
+    m = re.search(r"^%s (\S+)$" % name, resp.text, re.M)
+    return float(m.group(1)) if m else 0.0
+
+
+def delta(before, after):
+    return {k: after[k] - before[k] for k in before}

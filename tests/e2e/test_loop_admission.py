@@ -19,13 +19,6 @@ from servers import RedisServer
 REDIS_DB = 2
 
 
-@pytest.fixture(scope="module")
-def own_redis():
-    """A Redis of this module's own, so stopping it disturbs no other test."""
-    server = RedisServer()
-    yield server
-    server.destroy()
-
 
 @pytest.fixture(scope="module")
 def linst(pg, own_redis):

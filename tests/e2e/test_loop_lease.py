@@ -35,10 +35,10 @@ import uuid
 import pytest
 import requests
 
-from datahelp import add_projects, admin_of, pg_insert, premium, query, query_ok, start_instance, tx, user, \
-    wait_for
+from datahelp import (add_projects, admin_of, delta, metric, pg_insert, premium, query, query_ok, start_instance, tx,
+                      user, wait_for)
 from identity import assert_error
-from servers import COREDB_BIN, RedisServer
+from servers import COREDB_BIN
 
 REDIS_DB = 3
 CLIENT_TIMEOUT = 20
@@ -49,12 +49,6 @@ QUERY = "/api/v1/data/query"
 ACQ = "/api/v1/connections/acquire"
 REL = "/api/v1/connections/release"
 
-
-@pytest.fixture(scope="module")
-def own_redis():
-    server = RedisServer()
-    yield server
-    server.destroy()
 
 
 @pytest.fixture(scope="module")
@@ -71,12 +65,6 @@ def pair(pg, own_redis):
 
 # ---- helpers ----
 
-def metric(inst, admin, family, label="outcome"):
-    resp = inst.get("/metrics", headers=admin.headers)
-    assert resp.status_code == 200, resp.text[:300]
-    return {k: float(v) for k, v in
-            re.findall(r'^%s\{%s="(\w+)"\} (\S+)$' % (family, label), resp.text, re.M)}
-
 
 def lease_reads(inst, admin):
     got = metric(inst, admin, "coredb_http_loop_lease_queries_total")
@@ -85,9 +73,6 @@ def lease_reads(inst, admin):
     out.update({"adm_" + k: adm.get(k, 0.0) for k in ("lease", "worker", "answered")})
     return out
 
-
-def delta(before, after):
-    return {k: after[k] - before[k] for k in before}
 
 
 def without_time(content):

@@ -38,9 +38,10 @@ import pytest
 import redis
 import requests
 
-from datahelp import add_projects, admin_of, premium, query, query_ok, start_instance, user, wait_for
+from datahelp import (add_projects, admin_of, counter, delta, metric, premium, query, query_ok, start_instance,
+                      user, wait_for)
 from identity import assert_error
-from servers import COREDB_BIN, PgServer, RedisServer
+from servers import COREDB_BIN, PgServer
 from test_engine import DB_DOWN, Load, bad_outcomes, call, percentile, projects_body
 
 REDIS_DB = 5
@@ -50,18 +51,6 @@ LOOP_ENV = {"HTTP_THREADS": "2", "DB_POOL_MAX": "8", "DB_LOOP_CONNECTIONS": "2",
 QUERY = "/api/v1/data/query"
 
 
-@pytest.fixture(scope="module")
-def own_redis():
-    server = RedisServer()
-    yield server
-    server.destroy()
-
-
-def metric(inst, admin, family, label="outcome"):
-    resp = inst.get("/metrics", headers=admin.headers)
-    assert resp.status_code == 200, resp.text[:300]
-    return {k: float(v) for k, v in
-            re.findall(r'^%s\{%s="(\w+)"\} (\S+)$' % (family, label), resp.text, re.M)}
 
 
 def loop_queries(inst, admin):
@@ -69,14 +58,6 @@ def loop_queries(inst, admin):
     return {k: got.get(k, 0.0) for k in ("answered", "handed_off", "timeout")}
 
 
-def counter(inst, admin, name):
-    resp = inst.get("/metrics", headers=admin.headers)
-    m = re.search(r"^%s (\S+)$" % name, resp.text, re.M)
-    return float(m.group(1)) if m else 0.0
-
-
-def delta(before, after):
-    return {k: after[k] - before[k] for k in before}
 
 
 def without_time(content):

@@ -37,10 +37,9 @@ import time
 import uuid
 
 import pytest
-import redis
 import requests
 
-from datahelp import (TX, add_project, admin_of, pg_delete, pg_insert, pg_update, pg_upsert, query_ok,
+from datahelp import (TX, add_project, admin_of, delta, metric, pg_delete, pg_insert, pg_update, pg_upsert, query_ok,
                       redis_client, rop, rset, scalar, start_instance, tx, tx_ok, user, wait_for)
 from identity import assert_error
 from servers import PgServer, RedisServer
@@ -51,27 +50,12 @@ LOOP_ENV = {"HTTP_THREADS": "2", "DB_POOL_MAX": "8", "DB_LOOP_CONNECTIONS": "2",
 CLIENT_TIMEOUT = 20
 
 
-@pytest.fixture(scope="module")
-def own_redis():
-    server = RedisServer()
-    yield server
-    server.destroy()
-
-
-def metric(inst, admin, family, label="outcome"):
-    resp = inst.get("/metrics", headers=admin.headers)
-    assert resp.status_code == 200, resp.text[:300]
-    return {k: float(v) for k, v in
-            re.findall(r'^%s\{%s="(\w+)"\} (\S+)$' % (family, label), resp.text, re.M)}
 
 
 def loop_txs(inst, admin):
     got = metric(inst, admin, "coredb_http_loop_transactions_total")
     return {k: got.get(k, 0.0) for k in ("committed", "refused", "unknown")}
 
-
-def delta(before, after):
-    return {k: after[k] - before[k] for k in before}
 
 
 def normalized(out):

@@ -31,7 +31,6 @@ import time
 import pytest
 
 from datahelp import admin_of, pg_update, query_ok, start_instance, tx_ok, user
-from servers import RedisServer
 
 QUERY = "/api/v1/data/query"
 ROWS = 20
@@ -42,12 +41,6 @@ DESC = 400_000
 BODY = {"table": "projects", "select": ["id", "title", "description"],
         "order_by": [{"column": "title", "direction": "asc"}], "pagination": {"page": 1, "limit": ROWS}}
 
-
-@pytest.fixture(scope="module")
-def own_redis():
-    server = RedisServer()
-    yield server
-    server.destroy()
 
 
 @pytest.fixture(scope="module", params=["l1", "redis"])
