@@ -335,12 +335,14 @@ bool cdb__loop_admit(cdb_request *r);
  * worker after a failure). False: hand it to a worker now.
  */
 bool cdb__loop_query(cdb_request *r, bool generation_read, int64_t generation);
-/* loop_query.c: an answer read at generation, into Redis (not waited for) and the loop's L1. */
-/* Ends the query-cache flight a loop read leads (*lead): part (stored) for its followers, or NULL (they query). */
+/* loop_query.c: ends the query-cache flight a loop read leads (*lead): part (stored) for its followers, or NULL
+ * (they query). */
 void cdb__loop_end_flight(cdb_request *r, bool *lead, const char *cache_key, int64_t generation, const char *part,
                           size_t len);
-/* Answers 504 DATABASE_TIMEOUT as the blocking path words it: by_server, the statement_timeout; else our deadline. */
+/* loop_query.c: answers 504 DATABASE_TIMEOUT as the blocking path words it: by_server, the statement_timeout;
+ * else our deadline. */
 void cdb__loop_fail_timeout(cdb_request *r, bool by_server);
+/* loop_query.c: an answer read at generation, into Redis (not waited for) and the loop's L1. */
 void cdb__loop_store_answer(cdb_request *r, const char *entry_key, int64_t generation, const char *part,
                             size_t len);
 /*

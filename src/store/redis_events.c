@@ -23,7 +23,6 @@ typedef struct redis_events {
     struct event *read;         /* EV_READ | EV_PERSIST */
     struct event *write;        /* EV_WRITE, one-shot: a write left unfinished, or the connect */
     struct event *flush;        /* activated by hand: the write on this turn of the loop */
-    bool reading;
 } redis_events;
 
 /*
@@ -52,19 +51,15 @@ static void on_write(evutil_socket_t fd, short what, void *arg)
     flushing = NULL;
 }
 
+/* libevent touches epoll only when the event is not added yet (add) or is added (del). */
 static void add_read(void *privdata)
 {
-    redis_events *e = privdata;
-    if (!e->reading && event_add(e->read, NULL) == 0)
-        e->reading = true;
+    event_add(((redis_events *)privdata)->read, NULL);
 }
 
 static void del_read(void *privdata)
 {
-    redis_events *e = privdata;
-    if (e->reading)
-        event_del(e->read);
-    e->reading = false;
+    event_del(((redis_events *)privdata)->read);
 }
 
 static void add_write(void *privdata)

@@ -1,6 +1,7 @@
 """HTTP behaviour every route shares: envelopes, request ids, negotiation, limits."""
 import re
 import socket
+import time
 
 import requests
 
@@ -106,7 +107,6 @@ def test_keep_alive_reuses_connection(coredb_shared):
 
 def read_answers(s, n, deadline_s=20):
     """n HTTP/1.1 answers read off s: [(status line, X-Request-ID, body length)]."""
-    import time
     buf, answers, end = b"", [], time.time() + deadline_s
     while len(answers) < n and time.time() < end:
         while b"\r\n\r\n" in buf:
@@ -128,7 +128,6 @@ def test_pipelined_requests_are_answered_in_order(coredb_shared):
     """Answers are written at once when the socket takes them (conn.c push_output), and through the
     socket's write event when it does not: a 200 KB answer to a client with a 4 KB receive window
     goes out in pieces, and the requests pipelined behind it wait for it and are answered in order."""
-    import time
     get = ("GET {} HTTP/1.1\r\nHost: x\r\nX-Request-ID: {}\r\n\r\n").format
     with socket.create_connection(("127.0.0.1", coredb_shared.port), timeout=10) as s:
         s.sendall("".join(get("/health/live", f"pipe-{i}") for i in range(3)).encode())
@@ -153,7 +152,7 @@ def test_pipelined_requests_are_answered_in_order(coredb_shared):
 
 def test_access_log_line_per_request(coredb_shared):
     coredb_shared.get("/health/live", headers={"X-Request-ID": "log-check-42"})
-    import time, json
+    import json
     for _ in range(50):
         lines = [json.loads(l) for l in coredb_shared.log().splitlines() if "log-check-42" in l]
         if lines:
