@@ -440,7 +440,7 @@ cdb_http_server *cdb_http_server_new(cdb_service *svc, cdb_error *err)
             goto fail;
         }
         if (srv->loops[i].apg)
-            cdb_apg_on_connected(srv->loops[i].apg, pool_server_answers, pool);
+            cdb_apg_on_server_answers(srv->loops[i].apg, pool_server_answers, pool);
     }
     /* the metrics listener has a loop of its own, so the API's connections
      * cannot crowd out a scrape's (the rendering runs on the workers) */

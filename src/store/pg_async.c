@@ -15,13 +15,13 @@
  * result, and a PGRES_PIPELINE_SYNC ends it. A result with no job waiting
  * means the stream is out of step: the connection is closed.
  *
- * A job whose deadline passes is answered TIMEOUT at once but stays in
+ * A job whose deadline passes is answered DEADLINE at once but stays in
  * the FIFO, answered (its results are read and dropped when they come):
  * the jobs behind it keep their own deadlines, as requests on the blocking
  * pool do, instead of failing with the connection and being run again from
  * the start by a worker (a second wait). A connection whose oldest job has
  * stayed silent a whole deadline past its own is given up: the server is
- * not answering, and what waits behind it is answered TIMEOUT too.
+ * not answering, and what waits behind it is answered DEADLINE too.
  *
  * Parked jobs. A job submitted while every ready connection is full waits
  * in the cdb_apg's FIFO (at most PARK_PER_SLOT jobs per slot in flight) and
@@ -111,7 +111,7 @@ typedef struct job {
     bool keep;                     /* exact, cdb_apg_claim_submit(.., keep): its block stays open, claimed */
     int error_at;                  /* exact: the statement of the first error result, -1 none */
     bool server_error;             /* exact: that result carried a SQLSTATE (the server sent it) */
-    int64_t answered_ms;           /* its deadline passed: answered TIMEOUT then, results dropped */
+    int64_t answered_ms;           /* its deadline passed: answered DEADLINE then, results dropped */
     int timeout_ms;                /* as asked (0: the default), then as armed when sent; exact: counted
                                       afresh from each result, as the blocking path does */
 } job;
@@ -152,8 +152,9 @@ struct cdb_apg {
     job *park_head, *park_tail;    /* waiting for room on a ready connection */
     int nparked, park_max;
     int64_t progress_ms;           /* when a job of this cdb_apg last ended (cdb_mono_ms) */
-    void (*on_connected)(void *arg); /* cdb_apg_on_connected */
-    void *on_connected_arg;
+    void (*on_answers)(void *arg); /* cdb_apg_on_server_answers */
+    void *on_answers_arg;
+    bool silence_seen;             /* a sent job timed out: the next job that ends calls on_answers */
 };
 
 static void conn_start(apg_conn *c);
@@ -170,6 +171,14 @@ static void set_state(apg_conn *c, conn_state to)
     if (to != ST_CLOSED)
         atomic_fetch_add(&g_count[to], 1);
     c->state = to;
+}
+
+/* The server is seen answering again (cdb_apg_on_server_answers). */
+static void server_answers(cdb_apg *apg)
+{
+    apg->silence_seen = false;
+    if (apg->on_answers)
+        apg->on_answers(apg->on_answers_arg);
 }
 
 static void free_event(struct event **ev)
@@ -309,7 +318,7 @@ static void conn_close(apg_conn *c)
 /*
  * c failed (connect refused, lost, out of step, silent past a deadline):
  * closed, every job it carries is answered once (outcome: FAILED, or
- * TIMEOUT when the server stopped answering), and a reconnect waits out the
+ * DEADLINE when the server stopped answering), and a reconnect waits out the
  * backoff.
  */
 static void conn_fail_as(apg_conn *c, const char *why, cdb_apg_outcome outcome)
@@ -363,6 +372,8 @@ static bool take_result(apg_conn *c, PGresult *res)
             c->tail = NULL;
         c->inflight--;
         c->apg->progress_ms = cdb_mono_ms();
+        if (c->apg->silence_seen)
+            server_answers(c->apg);
         if (c->held == j)
             release_held(c, j);
         job_finish(j, CDB_APG_OK);
@@ -490,8 +501,7 @@ static void conn_ready(apg_conn *c)
     if (c->outage_logged)
         cdb_log_info("pg_async.recovered", "a loop's PostgreSQL connection is back");
     c->outage_logged = false;
-    if (c->apg->on_connected)
-        c->apg->on_connected(c->apg->on_connected_arg);
+    server_answers(c->apg);
     pump(c->apg);
 }
 
@@ -576,11 +586,12 @@ static void on_job_deadline(evutil_socket_t fd, short what, void *arg)
         job_finish(j, CDB_APG_FAILED);
         return;
     }
-    j->cb(CDB_APG_TIMEOUT, NULL, 0, j->arg);
+    j->cb(CDB_APG_DEADLINE, NULL, 0, j->arg);
     j->answered_ms = now;
+    c->apg->silence_seen = true;
     /* the oldest job silent a whole deadline past its own: the server is not answering */
     if (c->head && c->head->answered_ms && now - c->head->answered_ms >= c->apg->default_timeout_ms)
-        conn_fail_as(c, "the server stopped answering", CDB_APG_TIMEOUT);
+        conn_fail_as(c, "the server stopped answering", CDB_APG_DEADLINE);
 }
 
 cdb_apg *cdb_apg_new(struct event_base *base, const cdb_pg_settings *pg, int nconns, int max_inflight)
@@ -614,10 +625,10 @@ cdb_apg *cdb_apg_new(struct event_base *base, const cdb_pg_settings *pg, int nco
     return apg;
 }
 
-void cdb_apg_on_connected(cdb_apg *apg, void (*fn)(void *arg), void *arg)
+void cdb_apg_on_server_answers(cdb_apg *apg, void (*fn)(void *arg), void *arg)
 {
-    apg->on_connected = fn;
-    apg->on_connected_arg = arg;
+    apg->on_answers = fn;
+    apg->on_answers_arg = arg;
 }
 
 void cdb_apg_free(cdb_apg *apg)

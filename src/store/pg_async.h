@@ -20,11 +20,14 @@
  * Failures: a connection that is lost (server restart, reset) or refused
  * is closed; every job it carries fails (CDB_APG_FAILED) and it reconnects
  * after a backoff (100 ms doubling to 5 s, reset by a connect). A job whose
- * deadline passes is answered CDB_APG_TIMEOUT then; the jobs behind it keep
+ * deadline passes is answered CDB_APG_DEADLINE then; the jobs behind it keep
  * their own deadlines (its late results are dropped), unless the oldest job
  * stays silent a whole deadline past its own: then the server is taken as
  * not answering, the connection is closed and every job it carries is
- * answered CDB_APG_TIMEOUT.
+ * answered CDB_APG_DEADLINE. A statement the server's statement_timeout
+ * cancelled (57014) is answered CDB_APG_TIMEOUT: the caller's words differ
+ * ("statement timed out" against "did not answer in time", as on the
+ * blocking path: store/pg.c).
  * An error result of any statement (a bad filter value, a permission)
  * fails only its job. Callers treat a failure as "run it the blocking way":
  * a read is idempotent, so this layer never maps PostgreSQL errors.
@@ -71,9 +74,10 @@ typedef struct cdb_apg_stmt {
 typedef enum cdb_apg_outcome {
     CDB_APG_OK,                    /* every statement succeeded: res holds their results */
     CDB_APG_FAILED,                /* an error result, the connection lost, or cdb_apg_free */
-    CDB_APG_TIMEOUT,               /* the job's deadline passed, the server's statement_timeout
-                                      cancelled it (57014), or its connection's server stopped
-                                      answering: waiting twice, on a worker, would not help */
+    CDB_APG_TIMEOUT,               /* the server's statement_timeout cancelled it (57014): waiting
+                                      twice, on a worker, would not help */
+    CDB_APG_DEADLINE,              /* the job's own deadline passed, or its connection's server
+                                      stopped answering: nor would it here */
     CDB_APG_REFUSED,               /* exact jobs only (cdb_apg_submit_exact): the server answered
                                       an error result (57014 included) for a statement, and so
                                       never ran the last one (see there) */
@@ -94,11 +98,13 @@ typedef void (*cdb_apg_cb)(cdb_apg_outcome outcome, PGresult *const *res, int n,
  */
 cdb_apg *cdb_apg_new(struct event_base *base, const cdb_pg_settings *pg, int nconns, int max_inflight);
 /*
- * fn(arg) runs on the loop after each connect that succeeded: the server
- * answers (the HTTP server tells the blocking pool, which may be waiting out
- * a backoff: cdb_pool_server_answers).
+ * fn(arg) runs on the loop whenever the server is seen answering again:
+ * after each connect that succeeded, and when a job ends after one of the
+ * loop's jobs timed out (a server paused, then continued, whose connections
+ * survived). The HTTP server tells the blocking pool, which may be waiting
+ * out a backoff (cdb_pool_server_answers).
  */
-void cdb_apg_on_connected(cdb_apg *apg, void (*fn)(void *arg), void *arg);
+void cdb_apg_on_server_answers(cdb_apg *apg, void (*fn)(void *arg), void *arg);
 /* Fails every job still parked (CDB_APG_FAILED, exactly once) and closes. NULL is a no-op. */
 void cdb_apg_free(cdb_apg *apg);
 
@@ -137,7 +143,7 @@ bool cdb_apg_submit(cdb_apg *apg, const cdb_apg_stmt *stmts, int n, int timeout_
  *                    never ran;
  *   CDB_APG_FAILED   the connection was lost (or cdb_apg_free) otherwise:
  *                    the last statement may have run;
- *   CDB_APG_TIMEOUT  the deadline passed (or the server stopped answering):
+ *   CDB_APG_DEADLINE the deadline passed (or the server stopped answering):
  *                    it may have run too. An exact job's deadline counts
  *                    afresh from each result (as the blocking path reads a
  *                    pipeline: store/pg.h), so a long transaction whose

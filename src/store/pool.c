@@ -26,9 +26,12 @@
  *  - after a failed connect the server is marked down and connects back off
  *    exponentially (100 ms doubling to 5 s); while down, an acquire with
  *    nothing idle fails at once with DATABASE_UNAVAILABLE unless the backoff
- *    lets it make the next attempt itself, so the service recovers on the
- *    first request after PostgreSQL is back without anyone waiting out a
- *    timeout meanwhile.
+ *    lets it make the next attempt itself (or another thread's attempt is
+ *    in flight: it waits for that one's result), so the service recovers on
+ *    the first request after PostgreSQL is back without anyone waiting out
+ *    a timeout meanwhile. The loops' own connections tell the pool when
+ *    the server answers again (cdb_pool_server_answers), which ends the
+ *    backoff at once.
  *
  * Deadlines (pg.h). Every round trip on a pooled connection has the
  * client-side deadline of its statement timeout (5 minutes when
@@ -273,6 +276,8 @@ static void server_silent_locked(cdb_pool *p)
 
 static void connect_result_locked(cdb_pool *p, bool ok)
 {
+    if (!p->server_up)
+        pthread_cond_broadcast(&p->freed);   /* acquirers waiting for this probe's result */
     if (ok) {
         p->connects_total++;
         if (!p->server_up)
@@ -567,8 +572,18 @@ cdb_pool_conn *cdb_pool_acquire(cdb_pool *p, int64_t deadline_ms, cdb_error *err
         }
         if (total_locked(p) < p->opt.max_size) {
             if (!connect_allowed_locked(p, now)) {
-                code = CDB_ERR_DATABASE_UNAVAILABLE;
-                break;
+                /* A connect in flight while the server is down is the probe
+                 * that says whether it is back: wait for its result, so that
+                 * requests arriving together the moment it returns are not
+                 * all but one refused. None in flight: fail at once. */
+                if (p->opening == 0 || now >= deadline_ms) {
+                    code = CDB_ERR_DATABASE_UNAVAILABLE;
+                    break;
+                }
+                p->waiting++;
+                wait_until(&p->freed, &p->mu, deadline_ms);
+                p->waiting--;
+                continue;
             }
             p->opening++;
             pthread_mutex_unlock(&p->mu);

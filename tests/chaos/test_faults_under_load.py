@@ -220,29 +220,40 @@ class Run:
         for rec in records:
             phase = next((p for p in self.phases if p.covers(rec)), None)
             name = phase.name if phase else "steady"
+            where = name if phase else name + self._after_which(rec)
             known = KNOWN_FINDINGS.get((name, rec.kind, rec.label))
             if known:
                 self.known.append((name, rec.label, known))
                 continue
             if rec.status == 500:
-                self.problem(name, f"500 {rec.code} on {rec.inst} {rec.kind}")
+                self.problem(where, f"500 {rec.code} on {rec.inst} {rec.kind}")
             elif rec.status is not None and rec.status >= 500 and \
                     (phase is None or (rec.status, rec.code) not in FAULT_CODES):
-                self.problem(name, f"{rec.label} on {rec.inst} {rec.kind}")
+                self.problem(where, f"{rec.label} on {rec.inst} {rec.kind}")
             elif rec.status is None:
                 killed = phase is not None and phase.restarts and rec.inst in phase.insts
                 if not killed:
-                    self.problem(name, f"{rec.label} ({rec.error}) on {rec.inst} {rec.kind}")
+                    self.problem(where, f"{rec.label} ({rec.error}) on {rec.inst} {rec.kind}")
             elif rec.status == 401 and rec.kind != "check":
                 pass   # judged per worker below: only a live session's 401 is wrong
             elif rec.code == "NO_ENVELOPE":
-                self.problem(name, f"{rec.status} without the error envelope on {rec.inst}")
+                self.problem(where, f"{rec.status} without the error envelope on {rec.inst}")
         for w in workers:
             for rec in w.live_refused:
                 self.problem("any", f"a live session was refused: {rec.label} on {rec.inst} "
                                     f"{rec.kind}")
             if w.fatal:
                 self.problem("any", f"worker {w.index} died: {w.fatal}")
+
+    def _after_which(self, rec):
+        """For a record outside every fault window: how long after which
+        fault's window on its instance it started (where a finding comes from)."""
+        ended = [(p.end[rec.inst], p.name) for p in self.phases
+                 if rec.inst in p.end and p.end[rec.inst] <= rec.t0]
+        if not ended:
+            return ", before the first fault"
+        end, name = max(ended)
+        return f", {rec.t0 - end:.2f} s after {name} on {rec.inst}"
 
     def self_test(self):
         """Proves the checks can fail: sabotages a duplicate, a lost write, a

@@ -22,12 +22,10 @@ SIGTERM with lease reads in flight; the reaper ending a lease while a read
 runs on it; many callers on one lease (200 or 409 only); read replicas
 configured (lease reads stay on the loop); prepared statement names shared
 with the worker path on one connection and past the table's 64 (unnamed);
-and tests/unit/store/pg_borrow.c against this real PostgreSQL.
+and (test_store_units.py) tests/unit/store/pg_borrow.c on this real PostgreSQL.
 """
-import os
 import re
 import signal
-import subprocess
 import threading
 import time
 import uuid
@@ -38,7 +36,6 @@ import requests
 from datahelp import (add_projects, admin_of, delta, metric, pg_insert, premium, query, query_ok, start_instance, tx,
                       user, wait_for)
 from identity import assert_error
-from servers import COREDB_BIN
 
 REDIS_DB = 3
 CLIENT_TIMEOUT = 20
@@ -141,19 +138,6 @@ def in_thread(fn):
     t = threading.Thread(target=run, daemon=True)
     t.start()
     return t, out
-
-
-# ---- the store layer's unit test ----
-
-def test_unit_test_against_real_postgresql(pg):
-    """tests/unit/store/pg_borrow.c's real-server cases, on this PostgreSQL."""
-    binary = os.path.join(os.path.dirname(COREDB_BIN), "tests", "store", "pg_borrow")
-    if not os.path.exists(binary):
-        pytest.skip("unit binary not built (make unit-bins)")
-    proc = subprocess.run([binary], env={**os.environ, "COREDB_TEST_PG_CONNINFO": pg.url()},
-                          capture_output=True, text=True, timeout=120)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    assert "SKIPPED" not in proc.stdout, proc.stdout
 
 
 # ---- answers ----

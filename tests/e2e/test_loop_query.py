@@ -20,16 +20,13 @@ answered); misses beyond the loop connections' slots parked on the loop while
 the table is locked (sent as slots free, or after 250 ms handed to workers:
 every one answered right either way, counted in
 coredb_pool_loop_parked_total / _park_expired_total); DB_LOOP_CONNECTIONS=0
-and a pool too small to share (as before);
-and the store layer's unit test (tests/unit/store/pg_async.c) against this
-real PostgreSQL.
+and a pool too small to share (as before). The store layer's unit test
+(tests/unit/store/pg_async.c) runs on a real PostgreSQL in test_store_units.py.
 """
 import json
-import os
 import re
 import signal
 import socket
-import subprocess
 import threading
 import time
 import uuid
@@ -41,7 +38,7 @@ import requests
 from datahelp import (add_projects, admin_of, counter, delta, metric, premium, query, query_ok, start_instance,
                       user, wait_for)
 from identity import assert_error
-from servers import COREDB_BIN, PgServer
+from servers import PgServer
 from test_engine import DB_DOWN, Load, bad_outcomes, call, percentile, projects_body
 
 REDIS_DB = 5
@@ -87,17 +84,6 @@ def pair(pg, own_redis):
     yield loop, worker
     worker.stop_clean()
     loop.stop_clean()
-
-
-def test_unit_test_against_real_postgresql(pg):
-    """tests/unit/store/pg_async.c's real-server cases, on this PostgreSQL."""
-    binary = os.path.join(os.path.dirname(COREDB_BIN), "tests", "store", "pg_async")
-    if not os.path.exists(binary):
-        pytest.skip("unit binary not built (make unit-bins)")
-    proc = subprocess.run([binary], env={**os.environ, "COREDB_TEST_PG_CONNINFO": pg.url()},
-                          capture_output=True, text=True, timeout=120)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    assert "SKIPPED" not in proc.stdout, proc.stdout
 
 
 def test_misses_on_the_loop_equal_the_worker_path(pair):

@@ -10,9 +10,11 @@
  * one and runs this binary against it in test_loop_query.py): results in
  * order, a statement prepared once per connection, an error result failing
  * only its job (the next job on the same connection succeeds), a job's
- * deadline (pg_sleep) answered TIMEOUT once at its deadline while the job
- * behind it keeps its own (and succeeds on the same connection), a server
- * silent a whole deadline past the oldest job's (every job TIMEOUT, then a
+ * deadline (pg_sleep) answered DEADLINE once at its deadline while the job
+ * behind it keeps its own (and succeeds on the same connection; the server
+ * reported answering again once, when the late results came), a statement
+ * the server's statement_timeout cancelled (TIMEOUT), a server
+ * silent a whole deadline past the oldest job's (every job DEADLINE, then a
  * reconnect), pg_terminate_backend of the connections with jobs in
  * flight (the parked fail with them), free with jobs waiting (each fails
  * exactly once), and parking: jobs beyond the slots in flight wait in
@@ -22,7 +24,7 @@
  * Exact jobs (transactions, cdb_apg_submit_exact): committed (OK), refused
  * by the server before COMMIT (REFUSED, nothing committed, the connection
  * rolled back and usable at once), a server FATAL (pg_terminate_backend)
- * before COMMIT (REFUSED), the deadline (TIMEOUT), the connection claimed
+ * before COMMIT (REFUSED), the deadline (DEADLINE), the connection claimed
  * while one runs (no job sent behind it), 128 unnamed statements of
  * distinct texts without growing the prepared set, and 129 refused.
  * Claims (cdb_apg_claim_*): a row locked by the opening job stays locked
@@ -47,7 +49,7 @@
 #include "store/pg_async.c"
 
 typedef struct seen {
-    int calls, ok, failed, timeout, refused;
+    int calls, ok, failed, timeout, deadline, refused;
     char first[64];                /* first value of the last statement of the last OK job */
     int nres;
 } seen;
@@ -62,6 +64,8 @@ static void on_job(cdb_apg_outcome outcome, PGresult *const *res, int n, void *a
         snprintf(s->first, sizeof s->first, "%s", PQntuples(res[n - 1]) ? PQgetvalue(res[n - 1], 0, 0) : "");
     } else if (outcome == CDB_APG_TIMEOUT) {
         s->timeout++;
+    } else if (outcome == CDB_APG_DEADLINE) {
+        s->deadline++;
     } else if (outcome == CDB_APG_REFUSED) {
         s->refused++;
     } else {
@@ -80,6 +84,11 @@ static void on_job(cdb_apg_outcome outcome, PGresult *const *res, int n, void *a
         }                                                                                          \
         (bool)(cond);                                                                              \
     })
+
+static void count_answers(void *arg)
+{
+    ++*(int *)arg;
+}
 
 static bool all_ready(cdb_apg *apg)
 {
@@ -214,35 +223,49 @@ static void test_real_deadline_and_free(void **state)
     cdb_pg_settings pg = {.conninfo = real_conninfo(), .statement_timeout_ms = 5000};
     cdb_apg *apg = cdb_apg_new(base, &pg, 1, 8);
     assert_true(RUN_UNTIL(base, all_ready(apg), 5000));
+    int answers = 0;                        /* the server seen answering again (cdb_apg_on_server_answers) */
+    cdb_apg_on_server_answers(apg, count_answers, &answers);
     cdb_apg_stmt slow[] = {{"SELECT pg_sleep(2)::text", 0, NULL, false}};
     seen t = {0}, n = {0};
     int64_t t0 = cdb_mono_ms();
     assert_true(cdb_apg_submit(apg, slow, 1, 200, on_job, &t));
     assert_true(cdb_apg_submit(apg, slow, 1, 0, on_job, &n));
     assert_true(RUN_UNTIL(base, t.calls, 1500));
-    assert_int_equal(t.timeout, 1);
+    assert_int_equal(t.deadline, 1);
     assert_true(cdb_mono_ms() - t0 < 1500);        /* at its deadline, not after the sleep */
     assert_int_equal(n.calls, 0);                   /* the job behind it keeps its own deadline */
+    assert_int_equal(answers, 0);
     assert_true(RUN_UNTIL(base, n.calls, 6000));    /* both sleeps: about 4 s */
     assert_int_equal(n.ok, 1);
+    assert_int_equal(answers, 1);   /* once, when the timed-out job's results came: not per job after */
     assert_string_equal(n.first, "");
     RUN_UNTIL(base, false, 300);            /* nothing more arrives: exactly once */
     assert_int_equal(t.calls, 1);
     assert_int_equal(n.calls, 1);
     assert_true(all_ready(apg));            /* the same connection, never closed */
 
-    /* silent a whole deadline past the oldest job's: every job TIMEOUT, then a reconnect */
+    /* the server's statement_timeout (57014): TIMEOUT, not DEADLINE (the answer's words differ) */
+    cdb_apg_stmt cancelled[] = {{"SELECT set_config('statement_timeout', '100', true)", 0, NULL, false},
+                                {"SELECT pg_sleep(2)::text", 0, NULL, false}};
+    seen k = {0};
+    assert_true(cdb_apg_submit(apg, cancelled, 2, 0, on_job, &k));
+    assert_true(RUN_UNTIL(base, k.calls, 1500));
+    assert_int_equal(k.timeout, 1);
+    assert_int_equal(answers, 1);           /* no deadline passed: nothing to report */
+
+    /* silent a whole deadline past the oldest job's: every job DEADLINE, then a reconnect */
     cdb_apg_stmt long_sleep[] = {{"SELECT pg_sleep(3)::text", 0, NULL, false}};
     seen a = {0}, b = {0};
     apg->default_timeout_ms = 300;          /* "a whole deadline" for this check */
     assert_true(cdb_apg_submit(apg, long_sleep, 1, 200, on_job, &a));
     assert_true(cdb_apg_submit(apg, long_sleep, 1, 700, on_job, &b));
     assert_true(RUN_UNTIL(base, a.calls && b.calls, 2000));
-    assert_int_equal(a.timeout, 1);
-    assert_int_equal(b.timeout, 1);
+    assert_int_equal(a.deadline, 1);
+    assert_int_equal(b.deadline, 1);
     RUN_UNTIL(base, false, 300);
     assert_int_equal(a.calls + b.calls, 2);
     assert_true(RUN_UNTIL(base, all_ready(apg), 5000));   /* reconnected after the backoff */
+    assert_int_equal(answers, 2);                          /* the reconnect */
     apg->default_timeout_ms = 5000;
     /* free with jobs parked: each fails once */
     seen p = {0};
@@ -391,12 +414,12 @@ static void test_real_exact(void **state)
     assert_true(RUN_UNTIL(base, t.calls, 5000));
     assert_int_equal(t.refused, 1);
     assert_string_equal(scalar_text(admin, "SELECT count(*) FROM apg_exact"), "1");
-    /* the deadline: TIMEOUT (the caller cannot know), and the claim ends with the segment */
+    /* the deadline: DEADLINE (the caller cannot know), and the claim ends with the segment */
     assert_true(RUN_UNTIL(base, all_ready(apg), 5000));
     seen late = {0}, after = {0};
     assert_true(cdb_apg_submit_exact(apg, sleepy, 4, 300, on_job, &late, &maybe));
     assert_true(RUN_UNTIL(base, late.calls, 2000));
-    assert_int_equal(late.timeout, 1);
+    assert_int_equal(late.deadline, 1);
     /* still claimed: a job parks, and waits out PARK_WAIT_MS (a worker's then) */
     seen parked = {0};
     assert_true(cdb_apg_submit(apg, select1, 1, 0, on_job, &parked));
