@@ -137,6 +137,12 @@ run: deps
 test: deps
 	$(Q)bash scripts/run-tests.sh
 
+# the whole end-to-end suite on the ASan+UBSan build (CI runs a part of it:
+# SAN_SHORT in scripts/run-tests.sh), with the unit tests, without the release pass
+.PHONY: test-san
+test-san: deps
+	$(Q)COREDB_TEST_SAN=1 COREDB_TEST_RELEASE=0 bash scripts/run-tests.sh
+
 san:
 	$(Q)$(MAKE) --no-print-directory BUILD=build-san CFLAGS="-O1 -g -fno-omit-frame-pointer" \
 	  EXTRA_CFLAGS="-fsanitize=address,undefined -fno-sanitize-recover=undefined" \

@@ -7,6 +7,7 @@ initdb runs once into a template that each server copies, so a private
 server for a destructive test costs a copy, not an initdb.
 """
 import atexit
+import collections
 import os
 import pwd
 import shutil
@@ -14,6 +15,7 @@ import signal
 import socket
 import subprocess
 import tempfile
+import threading
 import time
 import uuid
 
@@ -106,10 +108,12 @@ class PgServer:
 
     def restart(self, mode="immediate"):
         """pg_ctl restart: with "immediate", every backend dies mid-statement (a crash)."""
+        self._forget_connections()
         _run_pg([f"{PG_BIN}/pg_ctl", "-D", self.data, "-l", os.path.join(self.dir, "log"),
                  "-m", mode, "-w", "-o", self._opts(), "restart"])
 
     def stop(self, mode="fast"):
+        self._forget_connections()
         _run_pg([f"{PG_BIN}/pg_ctl", "-D", self.data, "-m", mode, "-w", "stop"])
 
     def destroy(self):
@@ -131,14 +135,46 @@ class PgServer:
         self.query("postgres", f'CREATE DATABASE "{name}"')
         return name
 
+    # query() keeps its connections, per thread, to the last few databases:
+    # a connection per query (a backend forked, authenticated, its catalogs
+    # read) cost most of some modules' time on a slow machine.
+    KEPT_PER_THREAD = 4
+
+    def _kept(self):
+        local = self.__dict__.setdefault("_local", threading.local())
+        if not hasattr(local, "conns"):
+            local.conns = collections.OrderedDict()
+        return local.conns
+
+    def _forget_connections(self):
+        kept = self._kept()
+        for conn in kept.values():
+            conn.close()
+        kept.clear()
+
     def query(self, db, sql, params=None):
-        conn = self.connect(db)
+        """sql as the superuser on a kept autocommit connection to db. A kept
+        connection the server has ended since (a restart, pg_terminate_backend)
+        fails before anything runs on it: it is replaced and sql sent again."""
+        kept = self._kept()
+        conn = kept.pop(db, None)
+        reused = conn is not None and not conn.closed
+        if not reused:
+            conn = self.connect(db)
         try:
             with conn.cursor() as cur:
                 cur.execute(sql, params)
-                return cur.fetchall() if cur.description else None
-        finally:
-            conn.close()
+                rows = cur.fetchall() if cur.description else None
+        except (psycopg2.OperationalError, psycopg2.InterfaceError):
+            if not (reused and conn.closed):
+                if not conn.closed:
+                    kept[db] = conn
+                raise
+            return self.query(db, sql, params)
+        kept[db] = conn
+        while len(kept) > self.KEPT_PER_THREAD:
+            kept.popitem(last=False)[1].close()
+        return rows
 
 
 class RedisServer:

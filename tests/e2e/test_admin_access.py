@@ -17,7 +17,6 @@ import urllib.parse
 
 import psycopg2
 import pytest
-import requests
 
 from datahelp import assert_error, pg_insert, premium, query_ok, scalar, tx_ok, user
 from hostile import HOSTILE_NAMES, WRONG_TYPES, no_sql_in

@@ -325,7 +325,7 @@ def test_blind_index_equality_and_refusals(inst, admin):
     idx = scalar(inst, "SELECT indexdef FROM pg_indexes WHERE tablename = %s AND indexdef LIKE '%%ssn_bidx%%'", (t,))
     assert idx and "btree" in idx, idx
     h = scalar(inst, f"SELECT ssn_bidx FROM {t} WHERE id = 7")
-    plan = inst.pg.query(inst.db, f"SET enable_seqscan = off; EXPLAIN SELECT * FROM {t} WHERE ssn_bidx = %s", (h,))
+    plan = inst.pg.query(inst.db, f"SET LOCAL enable_seqscan = off; EXPLAIN SELECT * FROM {t} WHERE ssn_bidx = %s", (h,))
     assert "ssn_bidx" in " ".join(r[0] for r in plan) and "Index" in " ".join(r[0] for r in plan), plan
     # other operators and order_by on the encrypted column: 400 INVALID_FILTER saying why
     for body in (select(t, filters={"ssn": {"like": "000%"}}), select(t, filters={"ssn": {"gt": "0"}}),
