@@ -27,7 +27,8 @@
  *    exponentially (100 ms doubling to 5 s); while down, an acquire with
  *    nothing idle fails at once with DATABASE_UNAVAILABLE unless the backoff
  *    lets it make the next attempt itself (or another thread's attempt is
- *    in flight: it waits for that one's result), so the service recovers on
+ *    in flight and under 1 s old: it waits for that one's result, once),
+ *    so the service recovers on
  *    the first request after PostgreSQL is back without anyone waiting out
  *    a timeout meanwhile. The loops' own connections tell the pool when
  *    the server answers again (cdb_pool_server_answers), which ends the
@@ -74,6 +75,10 @@ enum {
     BACKOFF_MIN_MS = 100,
     BACKOFF_MAX_MS = 5000,
     TICK_MS = 200,
+    /* how long after its start a probe connect is waited for by other
+       acquirers (a healthy connect takes milliseconds; a stopped server
+       holds it for the connect timeout) */
+    PROBE_WAIT_MS = 1000,
 };
 
 typedef struct conn_list {
@@ -118,6 +123,7 @@ struct cdb_pool {
     bool server_up;                /* false after a failed connect, until one succeeds */
     int backoff_ms;                /* delay after the last failed connect; 0 while up */
     int64_t next_connect_ms;       /* while down: no connect attempt before this */
+    int64_t probe_started_ms;      /* while down: when the last connect attempt was claimed */
     uint64_t generation;           /* bumped whenever a connection is found broken */
     bool stopping;
 
@@ -255,6 +261,7 @@ static bool connect_allowed_locked(cdb_pool *p, int64_t now)
     if (now < p->next_connect_ms)
         return false;
     p->next_connect_ms = now + p->backoff_ms;
+    p->probe_started_ms = now;
     return true;
 }
 
@@ -530,6 +537,7 @@ cdb_pool_conn *cdb_pool_acquire(cdb_pool *p, int64_t deadline_ms, cdb_error *err
     cdb_pool_conn *c = NULL;
     cdb_err code = CDB_OK;
     int64_t started_us = cdb_mono_us();
+    bool probe_waited = false;     /* waited once for another thread's probe connect */
     if (deadline_ms == 0)
         deadline_ms = cdb_mono_ms() + p->opt.acquire_timeout_ms;
 
@@ -575,13 +583,20 @@ cdb_pool_conn *cdb_pool_acquire(cdb_pool *p, int64_t deadline_ms, cdb_error *err
                 /* A connect in flight while the server is down is the probe
                  * that says whether it is back: wait for its result, so that
                  * requests arriving together the moment it returns are not
-                 * all but one refused. None in flight: fail at once. */
-                if (p->opening == 0 || now >= deadline_ms) {
+                 * all but one refused. Once, and only while the probe is
+                 * young: a server that accepts TCP but never answers
+                 * (stopped) holds a probe for the whole connect timeout, and
+                 * then failing fast is the point. */
+                int64_t until = p->probe_started_ms + PROBE_WAIT_MS;
+                if (until > deadline_ms)
+                    until = deadline_ms;
+                if (p->opening == 0 || probe_waited || now >= until) {
                     code = CDB_ERR_DATABASE_UNAVAILABLE;
                     break;
                 }
+                probe_waited = true;
                 p->waiting++;
-                wait_until(&p->freed, &p->mu, deadline_ms);
+                wait_until(&p->freed, &p->mu, until);
                 p->waiting--;
                 continue;
             }

@@ -10,7 +10,10 @@
  * that arrive while another thread's connect probes a server taken for
  * down wait for that probe instead of failing (the chaos run's 503s the
  * moment PostgreSQL returned), and all get a connection when it succeeds;
- * when it fails they fail at once, long before their deadline; and a
+ * when it fails they fail at once, long before their deadline; a probe
+ * that hangs is waited for until a second after its start (PROBE_WAIT_MS),
+ * not the deadline, and not at all once older (PostgreSQL stopped: failing
+ * fast is the point then); and a
  * loop's word that the server answers (cdb_pool_server_answers) ends the
  * backoff, so the next acquire connects.
  *
@@ -59,6 +62,7 @@ static void mark_down(cdb_pool *p, bool probing)
     p->backoff_ms = BACKOFF_MAX_MS;
     p->next_connect_ms = cdb_mono_ms() + BACKOFF_MAX_MS;
     p->opening += probing;
+    p->probe_started_ms = cdb_mono_ms();
     pthread_mutex_unlock(&p->mu);
 }
 
@@ -181,6 +185,27 @@ static void test_waiters_follow_the_probe(void **state)
         assert_int_equal(a[i].code, CDB_ERR_DATABASE_UNAVAILABLE);
         assert_true(a[i].took_ms < 2000);
     }
+
+    /* a probe that hangs (a stopped server holds a connect for its whole timeout): waited for
+       until PROBE_WAIT_MS after its start, not the deadline; once it is older, not at all */
+    mark_down(p, true);
+    cdb_error hung;
+    cdb_error_init(&hung);
+    int64_t t0 = cdb_mono_ms();
+    assert_null(cdb_pool_acquire(p, t0 + 5000, &hung));
+    int64_t took = cdb_mono_ms() - t0;
+    assert_int_equal(hung.code, CDB_ERR_DATABASE_UNAVAILABLE);
+    assert_true(took >= PROBE_WAIT_MS - 50 && took < PROBE_WAIT_MS + 1000);
+    cdb_error_destroy(&hung);
+    cdb_error_init(&hung);
+    t0 = cdb_mono_ms();
+    assert_null(cdb_pool_acquire(p, t0 + 5000, &hung));
+    assert_int_equal(hung.code, CDB_ERR_DATABASE_UNAVAILABLE);
+    assert_true(cdb_mono_ms() - t0 < 200);
+    cdb_error_destroy(&hung);
+    pthread_mutex_lock(&p->mu);
+    p->opening--;                                  /* the simulated probe, never ended */
+    pthread_mutex_unlock(&p->mu);
 
     /* a loop connected meanwhile: the backoff ends, the next acquire connects */
     cdb_error err;
