@@ -81,9 +81,7 @@ static void on_booked(cdb_apg_outcome outcome, PGresult *const *res, int n, void
     if (outcome != CDB_APG_OK)
         /* rows applied here but not deleted are applied again by the flush: at least once */
         cdb_log_warn("data.outbox_bookkeeping_failed", "transaction %s: outbox update failed: %s", t->id,
-                     outcome == CDB_APG_TIMEOUT || outcome == CDB_APG_DEADLINE
-                         ? "timed out"
-                         : "the loop's connection failed or was refused");
+                     cdb_apg_timed_out(outcome) ? "timed out" : "the loop's connection failed or was refused");
     else if (x->failed_seq)
         cdb_log_warn("data.outbox_pending", "transaction %s: %d Redis operation(s) left for the retry job: %s",
                      t->id, t->nrows - x->stop, x->why);

@@ -124,7 +124,7 @@ static void on_results(cdb_apg_outcome outcome, PGresult *const *res, int n, voi
     char *part = NULL, *body = NULL;
     size_t len = 0;
 
-    if (outcome == CDB_APG_TIMEOUT || outcome == CDB_APG_DEADLINE) {
+    if (cdb_apg_timed_out(outcome)) {
         cdb__loop_fail_timeout(r, outcome == CDB_APG_TIMEOUT);
         cdb__metrics_inc(CDB_M_LOOP_QUERY_TIMEOUT);
         end_flight(q, NULL, 0);

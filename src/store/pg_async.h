@@ -83,6 +83,12 @@ typedef enum cdb_apg_outcome {
                                       never ran the last one (see there) */
 } cdb_apg_outcome;
 
+/* TIMEOUT or DEADLINE: the job took too long, by the server's clock or by ours */
+static inline bool cdb_apg_timed_out(cdb_apg_outcome outcome)
+{
+    return outcome == CDB_APG_TIMEOUT || outcome == CDB_APG_DEADLINE;
+}
+
 /*
  * res: the n results in statement order with CDB_APG_OK (owned by cdb_apg,
  * valid during the call), NULL otherwise. Runs on the loop, never inside

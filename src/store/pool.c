@@ -28,11 +28,10 @@
  *    nothing idle fails at once with DATABASE_UNAVAILABLE unless the backoff
  *    lets it make the next attempt itself (or another thread's attempt is
  *    in flight and under 1 s old: it waits for that one's result, once),
- *    so the service recovers on
- *    the first request after PostgreSQL is back without anyone waiting out
- *    a timeout meanwhile. The loops' own connections tell the pool when
- *    the server answers again (cdb_pool_server_answers), which ends the
- *    backoff at once.
+ *    so the service recovers on the first request after PostgreSQL is back
+ *    without anyone waiting out a timeout meanwhile. The loops' own
+ *    connections tell the pool when the server answers again
+ *    (cdb_pool_server_answers), which ends the backoff at once.
  *
  * Deadlines (pg.h). Every round trip on a pooled connection has the
  * client-side deadline of its statement timeout (5 minutes when

@@ -98,20 +98,24 @@ static void *acquire_once(void *arg)
     return NULL;
 }
 
-static void start_acquirers(cdb_pool *p, acquirer *a, atomic_int *done)
-{
-    for (int i = 0; i < ACQUIRERS; i++) {
-        a[i] = (acquirer){.pool = p, .done = done};
-        assert_int_equal(pthread_create(&a[i].thread, NULL, acquire_once, &a[i]), 0);
-    }
-}
-
 static int waiting_now(cdb_pool *p)
 {
     pthread_mutex_lock(&p->mu);
     int n = p->waiting;
     pthread_mutex_unlock(&p->mu);
     return n;
+}
+
+/* ACQUIRERS threads in cdb_pool_acquire, each asserted to be waiting there (on the probe) */
+static void start_waiting_acquirers(cdb_pool *p, acquirer *a, atomic_int *done)
+{
+    for (int i = 0; i < ACQUIRERS; i++) {
+        a[i] = (acquirer){.pool = p, .done = done};
+        assert_int_equal(pthread_create(&a[i].thread, NULL, acquire_once, &a[i]), 0);
+    }
+    for (int i = 0; i < 100 && waiting_now(p) < ACQUIRERS; i++)
+        usleep(10000);
+    assert_int_equal(waiting_now(p), ACQUIRERS);
 }
 
 static void test_bad_options(void **state)
@@ -152,10 +156,7 @@ static void test_waiters_follow_the_probe(void **state)
 
     /* the probe succeeds: everyone waited for it, then connected */
     mark_down(p, true);
-    start_acquirers(p, a, &done);
-    for (int i = 0; i < 100 && waiting_now(p) < ACQUIRERS; i++)
-        usleep(10000);
-    assert_int_equal(waiting_now(p), ACQUIRERS);
+    start_waiting_acquirers(p, a, &done);
     assert_int_equal(atomic_load(&done), 0);       /* none refused while the probe runs */
     probe_ends(p, true);
     for (int i = 0; i < ACQUIRERS; i++) {
@@ -175,10 +176,7 @@ static void test_waiters_follow_the_probe(void **state)
     pthread_mutex_unlock(&p->mu);
     atomic_store(&done, 0);
     mark_down(p, true);
-    start_acquirers(p, a, &done);
-    for (int i = 0; i < 100 && waiting_now(p) < ACQUIRERS; i++)
-        usleep(10000);
-    assert_int_equal(waiting_now(p), ACQUIRERS);
+    start_waiting_acquirers(p, a, &done);
     probe_ends(p, false);
     for (int i = 0; i < ACQUIRERS; i++) {
         pthread_join(a[i].thread, NULL);
