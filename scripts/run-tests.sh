@@ -93,7 +93,7 @@ run_e2e() { # $1 = label, $2 = binary, then the test files (all of tests/e2e whe
 # snapshot's waits. A file that proves a fix of a memory error belongs here.
 SAN_SHORT=(
   tests/e2e/test_http.py tests/e2e/test_http_hostile.py tests/e2e/test_zero_copy.py
-  tests/e2e/test_engine.py tests/e2e/test_loop_query.py tests/e2e/test_loop_tx.py
+  tests/e2e/test_engine.py tests/e2e/test_loop_query.py tests/e2e/test_loop_plan_memo.py tests/e2e/test_loop_tx.py
   tests/e2e/test_loop_lease.py tests/e2e/test_loop_admission.py tests/e2e/test_store_units.py
   tests/e2e/test_data_query.py tests/e2e/test_data_transaction.py tests/e2e/test_data_cache.py
   tests/e2e/test_documents.py tests/e2e/test_vectors.py tests/e2e/test_auth.py tests/e2e/test_users.py

@@ -76,6 +76,7 @@ typedef enum cdb__metric {
     CDB_M_LOOP_QUERY_ANSWERED,     /* http/loop_query.c: a miss answered on the loop */
     CDB_M_LOOP_QUERY_HANDED_OFF,   /* ... the loop's run failed: a worker ran it */
     CDB_M_LOOP_QUERY_TIMEOUT,      /* ... the loop's run passed its deadline: 504 on the loop */
+    CDB_M_LOOP_PLAN_MEMO_HITS,     /* ... its plan came from the loop's memo (no JSON parse, no planning) */
     CDB_M_LOOP_LEASE,              /* http/loop_admit.c: admitted on a loop, its read run on the lease's connection */
     CDB_M_LOOP_LEASE_ANSWERED,     /* http/loop_lease.c: a read with X-Connection-ID answered on the loop */
     CDB_M_LOOP_LEASE_HANDED_OFF,   /* ... the loop's run failed: a worker ran it */

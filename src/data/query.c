@@ -416,6 +416,26 @@ void cdb__data_query_probe_destroy(cdb__query_probe *probe)
     probe->entry_key = NULL;
 }
 
+/* The prelude's settings: the caller's database role, user id and role name (pointing into p). */
+static void loop_bind_caller(const cdb_principal *p, const char *db_role, cdb__query_loop *lp)
+{
+    lp->prelude_sql = cdb_txn_read_prelude_sql();
+    lp->settings[0] = db_role;
+    lp->settings[1] = p->user_id;
+    lp->settings[2] = cdb_role_name(p->role);
+}
+
+/* The answer's Redis keys from its cache key (taken; NULL: not cached); a key the loop cannot look up is not kept. */
+static void loop_take_keys(cdb_service *svc, char *key, cdb__query_loop *lp)
+{
+    if (key && cdb_qcache_probe_keys(svc->qcache, lp->table, key, lp->gen_key, &lp->entry_key)) {
+        lp->cache_key = key;
+        return;
+    }
+    lp->entry_key = NULL;
+    free(key);
+}
+
 /* bound: for a lease's connection, which never reads a replica (query_run.c), so replicas do not matter */
 static int loop_plan(cdb_service *svc, const cdb_principal *p, json_t *request, bool bound, cdb__query_loop *lp)
 {
@@ -434,13 +454,9 @@ static int loop_plan(cdb_service *svc, const cdb_principal *p, json_t *request, 
         goto out;
     if (plan(svc, p, request, false, &pl, &err) != 0 || pl.hidden_pk)
         goto out_plan;
-    if (pl.key && !cdb_qcache_probe_keys(svc->qcache, pl.t->name, pl.key, lp->gen_key, &lp->entry_key))
-        lp->entry_key = NULL;      /* not stored: the loop cannot look it up either */
-    if (lp->entry_key) {
-        lp->cache_key = pl.key;
-        pl.key = NULL;
-    }
     snprintf(lp->table, sizeof lp->table, "%s", pl.t->name);
+    loop_take_keys(svc, pl.key, lp);
+    pl.key = NULL;
     /* the statements move to lp (its own empty buffer goes first) */
     cdb_sql_destroy(&lp->rows);
     lp->rows = pl.q;
@@ -450,10 +466,7 @@ static int loop_plan(cdb_service *svc, const cdb_principal *p, json_t *request, 
     lp->count_nparams = lp->rows.nparams - 2;
     lp->page = pl.req.page;
     lp->limit = pl.req.limit;
-    lp->prelude_sql = cdb_txn_read_prelude_sql();
-    lp->settings[0] = db_role;
-    lp->settings[1] = p->user_id;
-    lp->settings[2] = cdb_role_name(p->role);
+    loop_bind_caller(p, db_role, lp);
     ok = 1;
 out_plan:
     plan_destroy(svc, &pl);
@@ -477,11 +490,124 @@ int cdb__data_query_loop_plan_bound(cdb_service *svc, const cdb_principal *p, js
 
 void cdb__data_query_loop_destroy(cdb__query_loop *lp)
 {
-    cdb_sql_destroy(&lp->rows);
-    free(lp->count_sql);
+    if (!lp->borrowed) {
+        cdb_sql_destroy(&lp->rows);
+        free(lp->count_sql);
+    }
     free(lp->entry_key);
     free(lp->cache_key);
     lp->count_sql = lp->entry_key = lp->cache_key = NULL;
+}
+
+/*
+ * A packed plan: this header, then the statement's text, the count's, the
+ * canonical request (when has_canon) and each param, each NUL-terminated;
+ * a param is preceded by one byte, 0 for SQL NULL (then no text) or 1.
+ */
+typedef struct packed_head {
+    uint64_t catalog_version;
+    json_int_t page, limit;
+    int32_t nparams, count_nparams;
+    uint8_t has_canon;
+    char table[sizeof ((cdb__query_loop *)0)->table];
+} packed_head;
+
+char *cdb__data_query_loop_pack(const cdb__query_loop *lp, uint64_t catalog_version, size_t *len)
+{
+    /* the canonical request is the cache key's part after its first newline (cdb__query_cache_key_of) */
+    const char *canon = lp->cache_key ? strchr(lp->cache_key, '\n') : NULL;
+    packed_head h = {.catalog_version = catalog_version, .page = lp->page, .limit = lp->limit,
+                     .nparams = lp->rows.nparams, .count_nparams = lp->count_nparams, .has_canon = canon != NULL};
+    memcpy(h.table, lp->table, sizeof h.table);
+    if (canon)
+        canon++;
+    size_t n = sizeof h + strlen(lp->rows.text) + 1 + strlen(lp->count_sql) + 1 + (canon ? strlen(canon) + 1 : 0);
+    for (int i = 0; i < lp->rows.nparams; i++)
+        n += 1 + (lp->rows.params[i] ? strlen(lp->rows.params[i]) + 1 : 0);
+    char *out = malloc(n), *at = out;
+    if (!out)
+        return NULL;
+    memcpy(at, &h, sizeof h);
+    at += sizeof h;
+    at = stpcpy(at, lp->rows.text) + 1;
+    at = stpcpy(at, lp->count_sql) + 1;
+    if (canon)
+        at = stpcpy(at, canon) + 1;
+    for (int i = 0; i < lp->rows.nparams; i++) {
+        *at++ = lp->rows.params[i] != NULL;
+        if (lp->rows.params[i])
+            at = stpcpy(at, lp->rows.params[i]) + 1;
+    }
+    *len = n;
+    return out;
+}
+
+/* The NUL-terminated string at *at within end, stepping past it; NULL when it does not end before end. */
+static const char *packed_string(const char **at, const char *end)
+{
+    const char *s = *at, *nul = memchr(s, '\0', (size_t)(end - s));
+    if (!nul)
+        return NULL;
+    *at = nul + 1;
+    return s;
+}
+
+/* Whether the table has no encrypted column in the current snapshot (which the loops may use now). */
+static bool plain_table_now(cdb_service *svc, const char *table)
+{
+    cdb_colset *cs = cdb__colring_peek(svc);
+    if (!cs)
+        return false;
+    bool plain = !cdb__colset_pk_of(cs, table);
+    cdb__colring_put(svc, cs);
+    return plain;
+}
+
+int cdb__data_query_loop_unpack(cdb_service *svc, const cdb_principal *p, cdb_arena *arena, const char *packed,
+                                size_t len, cdb__query_loop *lp)
+{
+    packed_head h;
+    const char *db_role = cdb_principal_db_role(p);
+
+    memset(lp, 0, sizeof *lp);
+    /* loop_plan's checks of the caller and of the moment (the request's own are in the memo's key) */
+    if (len < sizeof h || !cdb_principal_known(p) || !db_role || svc->replicas)
+        return 0;
+    memcpy(&h, packed, sizeof h);
+    if (h.catalog_version != cdb_catalog_cache_version(svc->catalog) || h.nparams < 2 ||
+        h.nparams > CDB_SQL_MAX_PARAMS || h.table[sizeof h.table - 1] != '\0' || !plain_table_now(svc, h.table) ||
+        !cdb_qcache_has_namespace(svc->qcache))
+        return 0;
+    char *bytes = cdb_arena_alloc(arena, len - sizeof h);
+    char **params = cdb_arena_alloc(arena, (size_t)h.nparams * sizeof *params);
+    if (!bytes || !params)
+        return 0;
+    memcpy(bytes, packed + sizeof h, len - sizeof h);
+    const char *at = bytes, *end = bytes + (len - sizeof h);
+    const char *text = packed_string(&at, end), *count_sql = text ? packed_string(&at, end) : NULL;
+    const char *canon = count_sql && h.has_canon ? packed_string(&at, end) : NULL;
+    if (!count_sql || (h.has_canon && !canon))
+        return 0;
+    for (int i = 0; i < h.nparams; i++) {
+        if (at >= end)
+            return 0;
+        params[i] = NULL;
+        if (*at++ && !(params[i] = (char *)packed_string(&at, end)))
+            return 0;
+    }
+    lp->borrowed = true;
+    lp->rows.text = (char *)text;
+    lp->rows.len = strlen(text);
+    lp->rows.params = params;
+    lp->rows.nparams = h.nparams;
+    lp->count_sql = (char *)count_sql;
+    lp->count_nparams = h.count_nparams;
+    lp->page = h.page;
+    lp->limit = h.limit;
+    memcpy(lp->table, h.table, sizeof lp->table);
+    loop_bind_caller(p, db_role, lp);
+    loop_take_keys(svc, canon ? cdb__query_cache_key_of(p, canon) : NULL, lp);
+    return 1;
 }
 
 char *cdb__data_query_loop_answer(const cdb__query_loop *lp, const PGresult *rows, const PGresult *count,

@@ -13,6 +13,7 @@
 #include <stdint.h>
 
 #include "coredb/principal.h"
+#include "core/arena.h"
 #include "data/sqlbuild.h"
 #include <libpq-fe.h>
 
@@ -59,6 +60,7 @@ typedef struct cdb__query_loop {
     char gen_key[256];             /* with entry_key: where the answer is stored */
     char *entry_key;               /* NULL: not stored (caching off, or no lookup possible now) */
     char *cache_key;               /* with entry_key: its flight's key (cdb_qcache_probe_lead) */
+    bool borrowed;                 /* rows' text and params and count_sql are not lp's (unpacked) */
 } cdb__query_loop;
 
 /*
@@ -75,6 +77,26 @@ int cdb__data_query_loop_plan(cdb_service *svc, const cdb_principal *p, json_t *
 int cdb__data_query_loop_plan_bound(cdb_service *svc, const cdb_principal *p, json_t *request,
                                     cdb__query_loop *lp);
 void cdb__data_query_loop_destroy(cdb__query_loop *lp);
+/*
+ * A plan's part that does not depend on the caller beyond their role (the
+ * statements, their params, page, limit, table, and the canonical request
+ * the cache key is made of), in one malloc'd block of *len bytes, for a
+ * loop's memo keyed by the role and the request's exact bytes
+ * (http/loop_query.c). catalog_version: cdb_service_catalog_version read
+ * BEFORE lp was planned. NULL on out of memory.
+ */
+char *cdb__data_query_loop_pack(const cdb__query_loop *lp, uint64_t catalog_version, size_t *len);
+/*
+ * lp for the caller p from a packed plan of a caller with p's role and the
+ * same request: 1, or 0 when it may not be used now (nothing to destroy):
+ * the catalog snapshot swapped since it was packed, or a check the planner
+ * makes per caller and per moment fails (p known with a database role, no
+ * read replicas, the table without encrypted columns in the current
+ * snapshot, the cache namespace loaded). The statements are copied into
+ * arena (lp->borrowed), the caller's settings and cache keys made afresh.
+ */
+int cdb__data_query_loop_unpack(cdb_service *svc, const cdb_principal *p, cdb_arena *arena, const char *packed,
+                                size_t len, cdb__query_loop *lp);
 /*
  * The answer (malloc'd; NULL on out of memory) from the rows and count
  * results, `cached:false`, counted as a miss; *part and *part_len get the

@@ -271,12 +271,19 @@ int cdb__query_run(cdb_service *svc, const cdb_principal *p, const cdb_sql *q, c
 
 char *cdb__query_cache_key(const cdb_principal *p, json_t *canon)
 {
-    char *text = canon ? json_dumps(canon, JSON_SORT_KEYS | JSON_COMPACT) : NULL, *key = NULL;
+    char *text = canon ? json_dumps(canon, JSON_SORT_KEYS | JSON_COMPACT) : NULL;
     json_decref(canon);
-    /* admins see every row: one key for all of them; others per user */
-    if (text && asprintf(&key, "%s:%s\n%s", p->role == CDB_ROLE_ADMIN ? "admin" : cdb_role_name(p->role),
-                         p->role == CDB_ROLE_ADMIN ? "" : p->user_id, text) < 0)
-        key = NULL;
+    char *key = text ? cdb__query_cache_key_of(p, text) : NULL;
     free(text);
+    return key;
+}
+
+char *cdb__query_cache_key_of(const cdb_principal *p, const char *canon_text)
+{
+    char *key;
+    /* admins see every row: one key for all of them; others per user */
+    if (asprintf(&key, "%s:%s\n%s", p->role == CDB_ROLE_ADMIN ? "admin" : cdb_role_name(p->role),
+                 p->role == CDB_ROLE_ADMIN ? "" : p->user_id, canon_text) < 0)
+        return NULL;
     return key;
 }

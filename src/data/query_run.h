@@ -27,6 +27,8 @@
  * may be reused for. NULL when out of memory.
  */
 char *cdb__query_cache_key(const cdb_principal *p, json_t *canon);
+/* The same from the canonical request's text (the part of a key after its first newline). */
+char *cdb__query_cache_key_of(const cdb_principal *p, const char *canon_text);
 
 /* The first member of obj not in allowed (NULL-terminated), or NULL. */
 const char *cdb__query_unknown_member(const json_t *obj, const char *const *allowed);

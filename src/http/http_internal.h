@@ -40,6 +40,8 @@
 #define CDB_VERIFIED_TOKENS     8192              /* tokens a loop remembers as verified */
 #define CDB_VERIFIED_TOKEN_MAX  2048              /* a longer one is verified every time */
 #define CDB_LOOP_MEMO_ENTRIES   4096              /* request bodies a loop remembers resolving */
+#define CDB_LOOP_MEMO_BODY_MAX  4096              /* a longer body is resolved every time */
+#define CDB_LOOP_MEMO_KEY_MAX   (CDB_LOOP_MEMO_BODY_MAX + 128)
 #define CDB_LOOP_TABLE_MIN_BYTES (64 * 1024)      /* each of those two, at least (else CACHE_L1_MB / 8) */
 #define CDB_LOOP_SPARE_ARENAS   64                /* request arenas' first blocks a loop keeps for reuse */
 #define CDB_HTTP_REF_MIN        1024              /* a body from this size on goes to the socket by reference */
@@ -248,7 +250,7 @@ struct cdb_loop {
     cdb_apg *apg;                  /* this loop's PostgreSQL connections (loop_query.c), NULL when off */
     struct cdb__loop_lease *leases; /* reads running on lease connections (loop_lease.c) */
     cdb_kvtable *verified;         /* tokens this loop verified, until they expire (request.c) */
-    cdb_kvtable *memo;             /* request bodies this loop resolved to cache keys (loop_admit.c) */
+    cdb_kvtable *memo;             /* request bodies resolved: to cache keys (loop_admit.c), plans (loop_query.c) */
     cdb_arena_pool *arenas;        /* spare first blocks of request arenas (conn.c, request.c) */
     time_t date_at;                /* second of the cached Date header */
     char date[40];
@@ -327,6 +329,13 @@ bool cdb__admit_quota_apply(cdb_request *r, const cdb_rl_result *rl);
  * (cdb_server_hand_off). False: take the blocking path now.
  */
 bool cdb__loop_admit(cdb_request *r);
+/*
+ * loop_admit.c: the key of r in its loop's memo (loop->memo) of what request
+ * bodies resolve to: the caller's role, with per_user their user id, and
+ * the body's exact bytes; false when the body is too long to keep (or holds
+ * a NUL). key: CDB_LOOP_MEMO_KEY_MAX bytes.
+ */
+bool cdb__loop_memo_key(const cdb_request *r, bool per_user, char *key, size_t len);
 /*
  * loop_query.c: runs an admitted data-API miss on the loop's own
  * PostgreSQL connections; generation_read: the loop's MGET read the

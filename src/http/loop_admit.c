@@ -297,7 +297,7 @@ static void on_probe(redisReply *reply, void *arg)
  * against is current, and at most MEMO_TTL_MS (below the encrypted columns'
  * CDB_COLRING_TTL_MS, the other thing a resolution reads).
  */
-enum { MEMO_BODY_MAX = 4096, MEMO_TTL_MS = 1000 };
+enum { MEMO_TTL_MS = 1000 };
 
 typedef struct memo_value {
     uint64_t catalog_version;
@@ -306,13 +306,16 @@ typedef struct memo_value {
     char entry_key[];              /* NUL-terminated */
 } memo_value;
 
-/* The memo's key for r: role, user id, body; false when the body is too long to keep. */
-static bool memo_key(const cdb_request *r, char *key, size_t len)
+bool cdb__loop_memo_key(const cdb_request *r, bool per_user, char *key, size_t len)
 {
-    if (r->raw_body_len > MEMO_BODY_MAX || memchr(r->raw_body, '\0', r->raw_body_len))
+    if (r->raw_body_len > CDB_LOOP_MEMO_BODY_MAX || memchr(r->raw_body, '\0', r->raw_body_len))
         return false;
-    snprintf(key, len, "%d:%s\n%.*s", (int)r->principal.role, r->principal.user_id, (int)r->raw_body_len,
-             r->raw_body);
+    /* "<role>:<user id>\n" or "P<role>\n": the two kinds never share a key */
+    if (per_user)
+        snprintf(key, len, "%d:%s\n%.*s", (int)r->principal.role, r->principal.user_id, (int)r->raw_body_len,
+                 r->raw_body);
+    else
+        snprintf(key, len, "P%d\n%.*s", (int)r->principal.role, (int)r->raw_body_len, r->raw_body);
     return true;
 }
 
@@ -373,8 +376,8 @@ static void probe_cache(loop_admission *a)
     /* caching off: nothing to look up (a miss is planned once, by loop_query.c) */
     if (!cdb_qcache_enabled(cdb_service_qcache(r->svc)))
         return;
-    char key[MEMO_BODY_MAX + 128];
-    bool memo = r->loop->memo && memo_key(r, key, sizeof key);
+    char key[CDB_LOOP_MEMO_KEY_MAX];
+    bool memo = r->loop->memo && cdb__loop_memo_key(r, true, key, sizeof key);
     if (!memo || !memo_lookup(a, key)) {
         /* read before resolving: a swap meanwhile only makes the memo miss */
         uint64_t catalog_version = cdb_service_catalog_version(r->svc);

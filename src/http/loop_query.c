@@ -30,6 +30,12 @@
  *     DATABASE_TIMEOUT on the loop (waiting again on a worker would double
  *     what the caller waits).
  *
+ * A plan (statements and params) is kept in the loop's memo under the
+ * caller's role and the body's exact bytes, so a repeated miss skips the
+ * JSON parse and the planner; each use checks what the planner would
+ * (data/query_probe.h: the catalog snapshot, the encrypted columns, the
+ * caller) and makes the caller's settings and cache keys afresh.
+ *
  * What the loop does not run goes to a worker at once: encrypted columns,
  * read replicas, X-Connection-ID (leases: loop_lease.c runs those on the
  * lease's own connection), a restore running (loop_admit.c
@@ -46,6 +52,9 @@
 #include "core/timeutil.h"
 #include "data/query_probe.h"
 #include "service/service_internal.h"
+
+/* A plan memo's entry is verified on each use; this bounds its life for anything unforeseen. */
+enum { PLAN_MEMO_TTL_MS = 10000 };
 
 typedef struct loop_query {
     cdb_request *r;
@@ -152,13 +161,41 @@ finish:
     cdb_server_finish(r);
 }
 
+/*
+ * The plan of r: from the loop's memo when a caller with r's role sent the
+ * same bytes before (data/query_probe.h's pack: the catalog snapshot and
+ * the per-moment checks are verified on each use), else planned from the
+ * parsed body and remembered. A repeated miss thus skips parsing the JSON,
+ * validating it against the catalog and building the SQL.
+ */
+static bool plan(cdb_request *r, cdb__query_loop *lp)
+{
+    char key[CDB_LOOP_MEMO_KEY_MAX];
+    size_t len;
+    int64_t now = cdb_mono_ms();
+    bool memo = r->loop->memo && cdb__loop_memo_key(r, false, key, sizeof key);
+    const char *packed = memo ? cdb_kvtable_get(r->loop->memo, key, &len, NULL, now) : NULL;
+    if (packed && cdb__data_query_loop_unpack(r->svc, &r->principal, r->arena, packed, len, lp)) {
+        cdb__metrics_inc(CDB_M_LOOP_PLAN_MEMO_HITS);
+        return true;
+    }
+    /* read before planning: a swap meanwhile only makes the memo miss */
+    uint64_t catalog_version = cdb_service_catalog_version(r->svc);
+    if ((!r->body && !(r->body = json_loadb(r->raw_body, r->raw_body_len, JSON_REJECT_DUPLICATES, NULL))) ||
+        !cdb__data_query_loop_plan(r->svc, &r->principal, r->body, lp))
+        return false;
+    char *bytes = memo ? cdb__data_query_loop_pack(lp, catalog_version, &len) : NULL;
+    if (bytes)
+        cdb_kvtable_put(r->loop->memo, key, bytes, len, now + PLAN_MEMO_TTL_MS, now);
+    free(bytes);
+    return true;
+}
+
 bool cdb__loop_query(cdb_request *r, bool generation_read, int64_t generation)
 {
     cdb_loop *loop = r->loop;
     if (!loop->apg || r->route->mode != CDB_RUN_CACHED || r->raw_body_len == 0 ||
         cdb_request_field(r, "X-Connection-ID"))
-        return false;
-    if (!r->body && !(r->body = json_loadb(r->raw_body, r->raw_body_len, JSON_REJECT_DUPLICATES, NULL)))
         return false;
     loop_query *q = malloc(sizeof *q);
     if (!q)
@@ -167,8 +204,8 @@ bool cdb__loop_query(cdb_request *r, bool generation_read, int64_t generation)
     q->store = generation_read;
     q->generation = generation;
     q->lead = false;
-    if (!cdb__data_query_loop_plan(r->svc, &r->principal, r->body, &q->lp)) {
-        free(q);                   /* lp holds nothing after a 0 */
+    if (!plan(r, &q->lp)) {
+        free(q);                   /* lp holds nothing after a failed plan */
         return false;
     }
     /* identical misses run once (store/qcache.h single flight): another running it, a worker follows */
