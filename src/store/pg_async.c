@@ -67,7 +67,7 @@ enum {
     BACKOFF_MIN_MS = 100,
     BACKOFF_MAX_MS = 5000,
     MAX_PREPARED = 64,
-    PARK_PER_SLOT = 8,             /* parked jobs per job in flight a connection may carry */
+    PARK_PER_SLOT = 16,            /* parked jobs per job in flight a connection may carry */
     PARK_WAIT_MS = 250,            /* no job ended for that long: a parked job goes to a worker */
 };
 
