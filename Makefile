@@ -179,6 +179,11 @@ bench-replicas: deps all
 bench-engine: deps all
 	$(Q)bash bench/engine.sh
 
+# issue 8: the kernel's price of a miss's loopback exchanges on this machine, without coredb
+.PHONY: bench-wake
+bench-wake:
+	$(Q)bash bench/wake_cost.sh
+
 # issue 8: the delay between a write on one instance and another's first-level cache
 .PHONY: bench-invalidation
 bench-invalidation: deps all
