@@ -146,8 +146,8 @@ static const struct {
     [CDB_M_LOOP_QUERY_HANDED_OFF] = {"coredb_http_loop_queries_total", NULL, "outcome=\"handed_off\""},
     [CDB_M_LOOP_QUERY_TIMEOUT] = {"coredb_http_loop_queries_total", NULL, "outcome=\"timeout\""},
     [CDB_M_LOOP_PLAN_MEMO_HITS] = {"coredb_http_loop_plan_memo_hits_total",
-                                   "Data-API misses run on an event loop whose plan (statements, params) came "
-                                   "from the loop's memo of request bodies, without parsing or planning.",
+                                   "Plans (statements, params) of data-API misses an event loop took from its "
+                                   "memo of request bodies, without parsing or planning.",
                                    ""},
     [CDB_M_LOOP_LEASE] = {"coredb_http_loop_admissions_total", NULL, "outcome=\"lease\""},
     [CDB_M_LOOP_LEASE_ANSWERED] = {"coredb_http_loop_lease_queries_total",
