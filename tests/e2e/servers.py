@@ -125,8 +125,12 @@ class PgServer:
     def url(self, db="postgres", user="postgres"):
         return f"postgresql://{user}@127.0.0.1:{self.port}/{db}"
 
+    # the tests' own connections, named so that a count of coredb's backends can leave them out
+    APPLICATION_NAME = "e2e-harness"
+
     def connect(self, db="postgres"):
-        conn = psycopg2.connect(host="127.0.0.1", port=self.port, user="postgres", dbname=db)
+        conn = psycopg2.connect(host="127.0.0.1", port=self.port, user="postgres", dbname=db,
+                                application_name=self.APPLICATION_NAME)
         conn.autocommit = True
         return conn
 
