@@ -119,9 +119,11 @@ static void *call(void *arg)
     long sent[MAX_CONNS] = {0}, answered = 0, total = (long)x->nconns * x->rounds;
     int ep = epoll_of(x->client_fd, x->nconns);
     double t0 = now_s(CLOCK_THREAD_CPUTIME_ID), deadline = now_s(CLOCK_MONOTONIC) + MAX_SECONDS;
-    for (int i = 0; i < x->nconns; i++, sent[i - 1]++)
+    for (int i = 0; i < x->nconns; i++) {
         if (write(x->client_fd[i], req, sizeof req) != (ssize_t)sizeof req)
             die("write");
+        sent[i] = 1;
+    }
     while (answered < total && now_s(CLOCK_MONOTONIC) < deadline) {
         struct epoll_event evs[MAX_CONNS];
         int n = epoll_wait(ep, evs, MAX_CONNS, 1000);
