@@ -21,7 +21,7 @@
  *   BODY     the head is accepted; HTTP_BODY_TIMEOUT for the whole body
  *   BUSY     the request is being handled; nothing more is parsed (bytes
  *            of a pipelined request wait in the input buffer, which stops
- *            growing at its watermark); no deadline of ours
+ *            growing at INPUT_MAX); no deadline of ours
  *   WRITING  the answer is written at once (push_output); what the socket
  *            does not take goes when it is writable; flushed: IDLE again,
  *            LINGER or closed; HTTP_IDLE_TIMEOUT for a client that does
@@ -39,7 +39,7 @@
 #include <arpa/inet.h>
 #include <errno.h>
 #include <event2/buffer.h>
-#include <event2/bufferevent.h>
+#include <event2/event.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <stdio.h>
@@ -47,11 +47,17 @@
 #include <string.h>
 #include <strings.h>
 #include <sys/socket.h>
+#include <sys/uio.h>
 
 #include "coredb/log.h"
 #include "picohttpparser.h"
 
-enum { LINGER_MS = 1000 };
+enum {
+    LINGER_MS = 1000,
+    READ_MAX = 16384,              /* bytes one read asks for */
+    /* what one connection buffers: a head, a body, a little more; reading pauses there */
+    INPUT_MAX = CDB_HTTP_HEAD_LIMIT + CDB_HTTP_BODY_LIMIT + 16384,
+};
 
 typedef enum conn_state { CONN_IDLE, CONN_HEAD, CONN_BODY, CONN_BUSY, CONN_WRITING, CONN_LINGER } conn_state;
 
@@ -59,7 +65,11 @@ static const char *const state_names[] = {"idle", "head", "body", "busy", "writi
 
 struct cdb_conn {
     cdb_loop *loop;
-    struct bufferevent *bev;       /* NULL once the client is gone (BUSY only) */
+    evutil_socket_t fd;            /* -1 once the client is gone (BUSY only) */
+    struct evbuffer *in;           /* bytes read and not yet taken by a request */
+    struct evbuffer *out;          /* the answer (or "100 Continue") being written */
+    struct event *rd;              /* readable: added while the connection reads */
+    struct event *wr;              /* writable: added only for what push_output could not write */
     struct event *deadline;        /* the current state's deadline */
     conn_state state;
     struct sockaddr_storage addr;
@@ -82,7 +92,6 @@ struct cdb_conn {
     cdb_conn *prev, *next;         /* loop->conns */
 };
 
-static void on_read(struct bufferevent *bev, void *arg);
 static int push_output(cdb_conn *c);
 
 /* ---- life ---- */
@@ -91,6 +100,24 @@ static int push_output(cdb_conn *c);
 static void head_clear(cdb_http_head *h)
 {
     memset(h, 0, sizeof *h);
+}
+
+/* Lets the client's socket go: closed, with its events and buffers; c->fd is -1 after. */
+static void close_socket(cdb_conn *c)
+{
+    if (c->rd)
+        event_free(c->rd);
+    if (c->wr)
+        event_free(c->wr);
+    if (c->in)
+        evbuffer_free(c->in);
+    if (c->out)
+        evbuffer_free(c->out); /* references to cache entries are released here */
+    if (c->fd >= 0)
+        evutil_closesocket(c->fd);
+    c->rd = c->wr = NULL;
+    c->in = c->out = NULL;
+    c->fd = -1;
 }
 
 static void conn_free(cdb_conn *c)
@@ -103,8 +130,7 @@ static void conn_free(cdb_conn *c)
         c->next->prev = c->prev;
     if (c->deadline)
         event_free(c->deadline);
-    if (c->bev)
-        bufferevent_free(c->bev); /* closes the socket */
+    close_socket(c);
     if (c->counted)
         cdb_client_limit_release(c->loop->limit, (const struct sockaddr *)&c->addr);
     head_clear(&c->head);
@@ -321,7 +347,7 @@ static void read_body(cdb_conn *c);
 
 static void parse_head(cdb_conn *c)
 {
-    struct evbuffer *in = bufferevent_get_input(c->bev);
+    struct evbuffer *in = c->in;
     size_t len = evbuffer_get_length(in);
     if (len > CDB_HTTP_HEAD_LIMIT)
         len = CDB_HTTP_HEAD_LIMIT;
@@ -368,7 +394,7 @@ static void parse_head(cdb_conn *c)
     }
     const char *expect = head_field(&c->head, "Expect");
     if (expect && strcasecmp(expect, "100-continue") == 0 && c->head.minor_version == 1)
-        if (evbuffer_add(bufferevent_get_output(c->bev), "HTTP/1.1 100 Continue\r\n\r\n", 25) == 0)
+        if (evbuffer_add(c->out, "HTTP/1.1 100 Continue\r\n\r\n", 25) == 0)
             push_output(c); /* a client gone meanwhile is seen by the read side */
     memset(&c->chunk, 0, sizeof c->chunk);
     c->chunk.consume_trailer = 1;
@@ -413,7 +439,7 @@ static void body_done(cdb_conn *c)
 
 static void read_body(cdb_conn *c)
 {
-    struct evbuffer *in = bufferevent_get_input(c->bev);
+    struct evbuffer *in = c->in;
     size_t avail = evbuffer_get_length(in);
     if (!c->chunked) {
         if (avail < c->content_length)
@@ -450,15 +476,80 @@ static void read_body(cdb_conn *c)
     }
 }
 
-/* ---- libevent callbacks ---- */
+/* ---- the socket ---- */
 
-static void on_read(struct bufferevent *bev, void *arg)
+typedef enum read_outcome { READ_SOME, READ_NONE, READ_EOF, READ_ERROR } read_outcome;
+
+/*
+ * One readv into the input, up to READ_MAX, pausing the reading when the
+ * input reaches INPUT_MAX (answer_written resumes it). Not evbuffer_read
+ * (nor a bufferevent, which calls it): that asks the socket how much it
+ * holds first (ioctl FIONREAD), a system call per read, and reads at most
+ * 4 KiB at a time.
+ */
+static read_outcome read_socket(cdb_conn *c)
 {
-    cdb_conn *c = arg;
-    struct evbuffer *in = bufferevent_get_input(bev);
+    size_t have = evbuffer_get_length(c->in);
+    size_t room = have < INPUT_MAX ? INPUT_MAX - have : 0;
+    if (room == 0) {
+        event_del(c->rd);
+        return READ_NONE;
+    }
+    struct evbuffer_iovec v[2];
+    int nv = evbuffer_reserve_space(c->in, (ev_ssize_t)(room < READ_MAX ? room : READ_MAX), v, 2);
+    if (nv <= 0)
+        return READ_ERROR;         /* out of memory: the connection goes */
+    struct iovec iov[2];
+    for (int i = 0; i < nv; i++)
+        iov[i] = (struct iovec){v[i].iov_base, v[i].iov_len};
+    ssize_t n = readv(c->fd, iov, nv);
+    if (n == 0)
+        return READ_EOF;
+    if (n < 0)
+        return errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR ? READ_NONE : READ_ERROR;
+    /* the space reserved and not filled is left out (libevent: commit only what was read) */
+    size_t left = (size_t)n;
+    int used = 0;
+    for (; used < nv && left > 0; used++) {
+        if (v[used].iov_len > left)
+            v[used].iov_len = left;
+        left -= v[used].iov_len;
+    }
+    if (evbuffer_commit_space(c->in, v, used) != 0)
+        return READ_ERROR;
+    if (evbuffer_get_length(c->in) >= INPUT_MAX)
+        event_del(c->rd);
+    return READ_SOME;
+}
+
+/*
+ * The client closed its side (eof_only) or the socket failed. A request
+ * being handled is still answered to a half-closed client, which may read
+ * it, and the connection closes after; a client gone for good takes its
+ * socket at once, and the connection lives until its request is answered.
+ */
+static void client_lost(cdb_conn *c, bool eof_only)
+{
+    if (c->state == CONN_BUSY || (c->state == CONN_WRITING && eof_only)) {
+        if (eof_only) {
+            c->close_after = true;
+            event_del(c->rd);
+            return;
+        }
+        if (c->state == CONN_BUSY) {
+            close_socket(c);
+            return;
+        }
+    }
+    conn_free(c);
+}
+
+/* What the input holds, taken as the state says. */
+static void take_input(cdb_conn *c)
+{
     switch (c->state) {
     case CONN_IDLE:
-        if (evbuffer_get_length(in) == 0)
+        if (evbuffer_get_length(c->in) == 0)
             return;
         set_state(c, CONN_HEAD);
         parse_head(c);
@@ -470,7 +561,7 @@ static void on_read(struct bufferevent *bev, void *arg)
         read_body(c);
         return;
     case CONN_LINGER:
-        evbuffer_drain(in, evbuffer_get_length(in));
+        evbuffer_drain(c->in, evbuffer_get_length(c->in));
         return;
     case CONN_BUSY:
     case CONN_WRITING:
@@ -478,84 +569,79 @@ static void on_read(struct bufferevent *bev, void *arg)
     }
 }
 
+/* The socket is readable; what == 0: activated by answer_written for a request already read. */
+static void on_readable(evutil_socket_t fd, short what, void *arg)
+{
+    cdb_conn *c = arg;
+    (void)fd;
+    if (what & EV_READ) {
+        switch (read_socket(c)) {
+        case READ_SOME: break;
+        case READ_NONE: return;
+        case READ_EOF: client_lost(c, true); return;
+        case READ_ERROR: client_lost(c, false); return;
+        }
+    }
+    take_input(c);
+}
+
 /* The answer is out: next request, linger or close. */
 static void answer_written(cdb_conn *c)
 {
-    bufferevent_disable(c->bev, EV_WRITE); /* the next answer is written inline again */
+    event_del(c->wr);              /* the next answer is written inline again */
     if (!c->close_after) {
         set_state(c, CONN_IDLE);
-        /* a pipelined request may be waiting: read it after this turn, not nested in the answer */
-        if (evbuffer_get_length(bufferevent_get_input(c->bev)) > 0)
-            bufferevent_trigger(c->bev, EV_READ, BEV_TRIG_DEFER_CALLBACKS);
+        event_add(c->rd, NULL);    /* reading paused at INPUT_MAX resumes */
+        /* a pipelined request may be waiting: read it after this callback, not nested in the answer */
+        if (evbuffer_get_length(c->in) > 0)
+            event_active(c->rd, 0, 0);
         return;
     }
     if (!c->linger) {
         conn_free(c);
         return;
     }
-    shutdown(bufferevent_getfd(c->bev), SHUT_WR);
-    bufferevent_enable(c->bev, EV_READ);
+    shutdown(c->fd, SHUT_WR);
+    event_add(c->rd, NULL);
     set_state(c, CONN_LINGER);
 }
 
 /*
  * Writes what the output holds now, on the caller's turn of the loop: 1 all
- * written; 0 the socket is full, the rest goes when it is writable (on_written);
- * -1 the client is gone. The bufferevent's own write event (EV_WRITE enabled
- * from the start) would cost an epoll_ctl to watch the socket, a turn of the
- * loop to learn it is writable, and an epoll_ctl to stop watching, for every
- * answer; a socket almost always takes an answer whole.
+ * written; 0 the socket is full, the rest goes when it is writable
+ * (on_writable); -1 the client is gone. Watching the socket for every
+ * answer would cost an epoll_ctl to watch it, a turn of the loop to learn
+ * it is writable, and an epoll_ctl to stop; a socket almost always takes an
+ * answer whole.
  */
 static int push_output(cdb_conn *c)
 {
-    struct evbuffer *out = bufferevent_get_output(c->bev);
-    evutil_socket_t fd = bufferevent_getfd(c->bev);
-    while (evbuffer_get_length(out) > 0) {
-        /* the bufferevent keeps its output's start frozen (only its writer drains it): thaw it
-           for the write, as that writer does */
-        evbuffer_unfreeze(out, 1);
-        int n = evbuffer_write(out, fd);
-        int write_errno = errno;
-        evbuffer_freeze(out, 1);
+    while (evbuffer_get_length(c->out) > 0) {
+        int n = evbuffer_write(c->out, c->fd);
         if (n > 0)
             continue;
-        if (n < 0 && write_errno != EAGAIN && write_errno != EWOULDBLOCK && write_errno != EINTR)
+        if (n < 0 && errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR)
             return -1;
-        bufferevent_enable(c->bev, EV_WRITE);
+        event_add(c->wr, NULL);
         return 0;
     }
     return 1;
 }
 
-/* The rest of an answer (or of "100 Continue") the socket did not take at once is out. */
-static void on_written(struct bufferevent *bev, void *arg)
+/* The rest of an answer (or of "100 Continue") the socket did not take at once. */
+static void on_writable(evutil_socket_t fd, short what, void *arg)
 {
     cdb_conn *c = arg;
-    if (c->state != CONN_WRITING) {
-        bufferevent_disable(bev, EV_WRITE); /* "100 Continue" went out while the body is read */
-        return;
+    (void)fd;
+    (void)what;
+    int pushed = push_output(c);
+    if (pushed < 0) {
+        client_lost(c, false);
+    } else if (pushed > 0) {
+        event_del(c->wr);
+        if (c->state == CONN_WRITING)
+            answer_written(c); /* else "100 Continue" went out while the body is read */
     }
-    answer_written(c);
-}
-
-static void on_event(struct bufferevent *bev, short what, void *arg)
-{
-    cdb_conn *c = arg;
-    bool eof_only = (what & BEV_EVENT_EOF) && !(what & BEV_EVENT_ERROR);
-    if (c->state == CONN_BUSY || (c->state == CONN_WRITING && eof_only)) {
-        if (eof_only) {
-            /* half-closed: the client may still read the answer */
-            c->close_after = true;
-            bufferevent_disable(bev, EV_READ);
-            return;
-        }
-        if (c->state == CONN_BUSY) {
-            bufferevent_free(c->bev); /* gone; freed when the request is answered */
-            c->bev = NULL;
-            return;
-        }
-    }
-    conn_free(c);
 }
 
 /* ---- the interface ---- */
@@ -568,6 +654,7 @@ void cdb_conn_accept(cdb_loop *loop, evutil_socket_t fd, const struct sockaddr *
         return;
     }
     c->loop = loop;
+    c->fd = fd;                    /* conn_free closes it from here on */
     c->next = loop->conns;
     if (c->next)
         c->next->prev = c;
@@ -580,18 +667,15 @@ void cdb_conn_accept(cdb_loop *loop, evutil_socket_t fd, const struct sockaddr *
         snprintf(c->peer, sizeof c->peer, "unknown");
     int one = 1; /* answers go out in one write; never wait for an ACK to send them */
     setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
-    c->bev = bufferevent_socket_new(loop->base, fd, BEV_OPT_CLOSE_ON_FREE);
+    c->in = evbuffer_new();
+    c->out = evbuffer_new();
+    c->rd = event_new(loop->base, fd, EV_READ | EV_PERSIST, on_readable, c);
+    c->wr = event_new(loop->base, fd, EV_WRITE | EV_PERSIST, on_writable, c);
     c->deadline = evtimer_new(loop->base, on_deadline, c);
-    if (!c->bev || !c->deadline) {
-        if (!c->bev)
-            evutil_closesocket(fd);
+    if (!c->in || !c->out || !c->rd || !c->wr || !c->deadline || event_add(c->rd, NULL) != 0) {
         conn_free(c);
         return;
     }
-    bufferevent_setcb(c->bev, on_read, on_written, on_event, c);
-    /* bounds what one connection buffers: a head, a body, a little more */
-    bufferevent_setwatermark(c->bev, EV_READ, 0, CDB_HTTP_HEAD_LIMIT + CDB_HTTP_BODY_LIMIT + 16384);
-    bufferevent_enable(c->bev, EV_READ); /* EV_WRITE only for what push_output could not write */
     c->state = CONN_IDLE;
     set_state(c, CONN_HEAD); /* a new client's first byte is due within the header timeout */
     c->counted = cdb_client_limit_take(loop->limit, sa);
@@ -604,19 +688,19 @@ void cdb_conn_accept(cdb_loop *loop, evutil_socket_t fd, const struct sockaddr *
 
 struct evbuffer *cdb_conn_output(cdb_conn *c)
 {
-    return c->bev ? bufferevent_get_output(c->bev) : NULL;
+    return c->fd >= 0 ? c->out : NULL;
 }
 
 void cdb_conn_send(cdb_conn *c, bool written, bool closing)
 {
     c->request = NULL;
-    if (!c->bev || !written) {
+    if (c->fd < 0 || !written) {
         conn_free(c);              /* a half-written answer goes with the buffer */
         return;
     }
     c->close_after = c->close_after || closing;
     if (c->close_after)
-        bufferevent_disable(c->bev, EV_READ);
+        event_del(c->rd);
     set_state(c, CONN_WRITING);
     int pushed = push_output(c);
     if (pushed < 0)
@@ -627,7 +711,7 @@ void cdb_conn_send(cdb_conn *c, bool written, bool closing)
 
 bool cdb_conn_gone(const cdb_conn *c)
 {
-    return c->bev == NULL;
+    return c->fd < 0;
 }
 
 cdb_loop *cdb_conn_loop(const cdb_conn *c)

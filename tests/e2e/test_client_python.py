@@ -632,8 +632,10 @@ def test_refresh_single_flight_across_threads(pg):
     token expires, one refresh in all, so the refresh token is never
     presented twice and the session survives (the service ends a session
     whose used refresh token comes back)."""
-    # 8 s tokens: after 3.5 s one is within the client's 5 s margin, a fresh one is not
-    inst = start_instance(pg, ACCESS_TOKEN_TTL=8, JWT_CLOCK_SKEW=0)
+    # 10 s tokens (exp in whole seconds: 9-10 s of life when issued): after 5.5 s one is within the
+    # client's 5 s margin, and a fresh one stays out of it for 4 s, however slowly a round's 24 calls
+    # run (with 8 s tokens and 3.5 s an ASan build on a loaded machine once took over 2 s and refreshed twice)
+    inst = start_instance(pg, ACCESS_TOKEN_TTL=10, JWT_CLOCK_SKEW=0)
     try:
         acct = user(inst)
 
@@ -641,7 +643,7 @@ def test_refresh_single_flight_across_threads(pg):
             return await AsyncClient.login(inst.base, acct.email, PASSWORD)
         c = run(login())
         for round_ in range(3):
-            time.sleep(3.5)                                # the access token is due for refresh
+            time.sleep(5.5)                                # the access token is due for refresh
             start = threading.Barrier(8)
             results, errors = [], []
 
