@@ -24,7 +24,7 @@
  * not answering, and what waits behind it is answered DEADLINE too.
  *
  * Parked jobs. A job submitted while every ready connection is full waits
- * in the cdb_apg's FIFO (at most PARK_PER_SLOT jobs per slot in flight) and
+ * in the cdb_apg's FIFO (at most PARK_PER_CONN jobs per connection) and
  * is sent, in order, by the first connection that has room again (pump,
  * after each read): under a thousand clients the misses stay on the loop
  * instead of spilling to the workers, whose blocking connections add
@@ -67,7 +67,7 @@ enum {
     BACKOFF_MIN_MS = 100,
     BACKOFF_MAX_MS = 5000,
     MAX_PREPARED = 64,
-    PARK_PER_SLOT = 16,            /* parked jobs per job in flight a connection may carry */
+    PARK_PER_CONN = 512,           /* parked jobs per connection of the cdb_apg (1,024 a loop by default) */
     PARK_WAIT_MS = 250,            /* no job ended for that long: a parked job goes to a worker */
 };
 
@@ -607,7 +607,7 @@ cdb_apg *cdb_apg_new(struct event_base *base, const cdb_pg_settings *pg, int nco
     apg->pg = pg;
     apg->nconns = nconns;
     apg->max_inflight = max_inflight;
-    apg->park_max = PARK_PER_SLOT * nconns * max_inflight;
+    apg->park_max = PARK_PER_CONN * nconns;
     apg->default_timeout_ms = cdb_pg_job_deadline_ms(pg->statement_timeout_ms);
     for (int i = 0; i < nconns; i++) {
         apg_conn *c = &apg->conns[i];

@@ -426,9 +426,9 @@ def test_off_runs_every_miss_on_a_worker(pg, own_redis, extra):
         inst.stop_clean()
 
 
-# one loop, one loop connection: 32 slots (server.c's LOOP_PG_INFLIGHT), the rest park
+# one loop, one loop connection: 4 slots (server.c's LOOP_PG_INFLIGHT), the rest park
 PARK_ENV = {**LOOP_ENV, "HTTP_THREADS": "1", "DB_LOOP_CONNECTIONS": "1"}
-PARK_SLOTS = 32
+PARK_SLOTS = 4
 
 
 def raw_post(port, path, body, headers):

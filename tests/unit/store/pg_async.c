@@ -602,7 +602,7 @@ static void test_real_park(void **state)
     struct event_base *base = event_base_new();
     cdb_pg_settings pg = {.conninfo = real_conninfo(), .statement_timeout_ms = 5000};
     cdb_apg *apg = cdb_apg_new(base, &pg, 1, 2);
-    assert_int_equal(apg->park_max, PARK_PER_SLOT * 2);
+    assert_int_equal(apg->park_max, PARK_PER_CONN);
     assert_true(RUN_UNTIL(base, all_ready(apg), 5000));
     cdb_apg_counts before, after;
     cdb_apg_counts_get(&before);
