@@ -361,16 +361,16 @@ def test_slow_queries_on_the_loops_do_not_delay_hits(pg, own_redis):
             o = call(session, inst, "hit", QUERY, projects_body(), a.headers)
             assert o.status == 200 and o.cached is True, o
             lat.append(o.t1 - o.t0)
-        running = loop_queries(inst, admin)
         outcomes = load.finish()
         load = None
         print(f"\nhits behind 16 slow loop queries: p50={percentile(lat, 50) * 1000:.1f} ms "
               f"p99={percentile(lat, 99) * 1000:.1f} ms")
         assert percentile(lat, 99) < 0.100, f"p99 {percentile(lat, 99) * 1000:.0f} ms"
         assert not bad_outcomes(outcomes, {}), bad_outcomes(outcomes, {})[:5]
-        # the slow ones really ran on the loops meanwhile
-        assert running["answered"] >= before["answered"], (before, running)
-        assert loop_queries(inst, admin)["answered"] >= before["answered"] + 16
+        # the slow ones really ran on the loops: at least one loop's 8 slots (2 connections x
+        # LOOP_PG_INFLIGHT 4) were taken by the first wave, however the 16 clients split over the two
+        # loops; a loop's slow ones beyond its slots park and, with no job ending for 250 ms, go to a worker
+        assert loop_queries(inst, admin)["answered"] >= before["answered"] + 8
     finally:
         if load is not None:
             load.stop.set()
