@@ -146,10 +146,9 @@ pgbench_run exact prepared pgbench_coredb.sql "pgbench -c64, exact SQL" "the exa
 # PostgreSQL's own best: on this 2-core guest 64 backends cost PostgreSQL far
 # more per query than a few do (2026-12-02: the exact SQL 1,172 tps at -c64,
 # 4,940-6,014 at -c2..-c8), and coredb's loops run their misses on 4 backends
-CONNS=4
-pgbench_run fast4 prepared pgbench_fast_json.sql "pgbench -c4, fastest shape" "the same at 4 connections (PostgreSQL's best concurrency here; coredb's loops use 4 backends)"
-pgbench_run exact4 prepared pgbench_coredb.sql "pgbench -c4, exact SQL" "the same at 4 connections"
-CONNS=64
+# (CONNS=4 for these two calls only: bash scopes an assignment before a function call to it)
+CONNS=4 pgbench_run fast4 prepared pgbench_fast_json.sql "pgbench -c4, fastest shape" "the same at 4 connections (PostgreSQL's best concurrency here; coredb's loops use 4 backends)"
+CONNS=4 pgbench_run exact4 prepared pgbench_coredb.sql "pgbench -c4, exact SQL" "the same at 4 connections"
 
 # --- coredb, every request a miss ---
 PROM_PORT=$(free_port)
