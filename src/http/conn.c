@@ -128,6 +128,7 @@ static void conn_free(cdb_conn *c)
         c->loop->conns = c->next;
     if (c->next)
         c->next->prev = c->prev;
+    atomic_fetch_sub_explicit(&c->loop->open_conns, 1, memory_order_relaxed);
     if (c->deadline)
         event_free(c->deadline);
     close_socket(c);
@@ -655,6 +656,7 @@ void cdb_conn_accept(cdb_loop *loop, evutil_socket_t fd, const struct sockaddr *
     }
     c->loop = loop;
     c->fd = fd;                    /* conn_free closes it from here on */
+    atomic_fetch_add_explicit(&loop->open_conns, 1, memory_order_relaxed);
     c->next = loop->conns;
     if (c->next)
         c->next->prev = c;

@@ -1,10 +1,14 @@
 """HTTP behaviour every route shares: envelopes, request ids, negotiation, limits."""
+import os
 import re
+import signal
 import socket
 import threading
 import time
 
 import requests
+
+from servers import free_port
 
 ENVELOPE_KEYS = {"code", "message", "details", "timestamp", "request_id"}
 
@@ -188,6 +192,50 @@ def test_pipelined_flood_behind_a_slow_request_is_buffered_within_bounds(coredb_
     ids = [m.decode() for m in re.findall(rb"(?i)\r\nx-request-id: (\S+)", data)]
     assert statuses == [b"200"] * (n + 1)
     assert ids == ["slow"] + [f"f{i:05d}" for i in range(n)]
+
+
+def loop_connections(prom_port):
+    text = requests.get(f"http://127.0.0.1:{prom_port}/metrics", timeout=10).text
+    return {int(m.group(1)): int(float(m.group(2)))
+            for m in re.finditer(r'^coredb_http_loop_connections\{loop="(\d+)"\} (\S+)$', text, re.M)}
+
+
+def test_a_burst_of_connections_is_spread_over_the_loops(start_coredb):
+    """100 connections queued in the backlog while coredb is stopped: the
+    loop that wakes first would drain the backlog whole (it accepts until
+    nothing is left, and keep-alive clients stay where they land); each
+    loop stops accepting while it is 2 ahead of another, so the two loops
+    end within 3 of each other (2, plus the one a loop may take when its
+    short pause ends), and every connection is served."""
+    prom = free_port()
+    srv = start_coredb(PROMETHEUS_PORT=prom)
+    assert loop_connections(prom) == {0: 0, 1: 0}
+    socks = []
+    os.kill(srv.proc.pid, signal.SIGSTOP)
+    try:
+        for _ in range(100):   # the kernel completes the handshake; accept waits for coredb
+            socks.append(socket.create_connection(("127.0.0.1", srv.port), timeout=5))
+    finally:
+        os.kill(srv.proc.pid, signal.SIGCONT)
+    try:
+        deadline = time.time() + 20
+        while sum(loop_connections(prom).values()) < 100 and time.time() < deadline:
+            time.sleep(0.05)
+        counts = loop_connections(prom)
+        assert sum(counts.values()) == 100, counts
+        assert max(counts.values()) - min(counts.values()) <= 3, counts
+        for s in socks:
+            s.sendall(b"GET /health/live HTTP/1.1\r\nHost: x\r\n\r\n")
+        for s in socks:
+            s.settimeout(10)
+            assert s.recv(4096).startswith(b"HTTP/1.1 200"), "a balanced connection was not served"
+    finally:
+        for s in socks:
+            s.close()
+    deadline = time.time() + 10
+    while sum(loop_connections(prom).values()) and time.time() < deadline:
+        time.sleep(0.05)
+    assert loop_connections(prom) == {0: 0, 1: 0}, "closed connections are uncounted"
 
 
 def test_access_log_line_per_request(coredb_shared):
