@@ -27,8 +27,9 @@
  * replicas configured (the commit's LSN is noted through the blocking
  * pool), Redis Sentinel (the replica wait, cdb_outbox_replicated, is a
  * blocking WAIT), no REDIS_URL (the in-process table is under a mutex), the
- * loop's Redis not connected at that moment, no free loop connection for
- * step 1, or step 1 failing (nothing applied yet). A Redis failure during
+ * loop's Redis not connected at that moment, every loop connection held
+ * by a transaction or a claim for step 1 (it parks behind misses), or
+ * step 1 failing or never sent (nothing applied yet). A Redis failure during
  * step 2 is handled on the loop as the worker handles it: "pending". A
  * failure in step 3 is logged as the worker's (the rows stay and are
  * applied again by the flush job: at least once).

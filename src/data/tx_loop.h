@@ -64,7 +64,7 @@ int cdb__tx_loop_answer(cdb__tx_loop *t, cdb_idempotency *idem, cdb_error *err);
  * (the lock could not be taken): finish on a worker (cdb__tx_loop_finish).
  * 0: nothing to apply, answer now. -1: the loop cannot finish it (commit
  * LSNs to note with replicas, Redis Sentinel's replica wait, the
- * in-process cache, the loop's Redis not ready, no free connection):
+ * in-process cache, the loop's Redis not ready, every loop connection held):
  * finish on a worker.
  */
 struct cdb_aredis;

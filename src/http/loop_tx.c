@@ -30,7 +30,8 @@
  *     coredb_http_loop_transaction_finishes_total{where="worker"}: read
  *     replicas configured (the commit LSN note blocks), Redis Sentinel (the
  *     replica wait blocks), no REDIS_URL (the in-process cache's mutex),
- *     the loop's Redis not connected, no free loop connection for the lock,
+ *     the loop's Redis not connected, every loop connection held (by
+ *     transactions or claims) for the lock,
  *     or the lock's job failing (nothing applied yet). Redis failing while
  *     rows are applied is handled on the loop as the worker handles it:
  *     those rows "pending", left to the flush job. With no worker queue
@@ -43,7 +44,9 @@
  *     sent: the COMMIT may have run, so 503 TRANSACTION_OUTCOME_UNKNOWN
  *     with the transaction_id (GET /data/transactions/{id} resolves it);
  *     never run again. The outbox rows, if committed, are the flush job's.
- *   - not sent (no free connection): a worker runs it as before.
+ *   - not sent: refused (no loop connection ready, the parked FIFO full),
+ *     or parked behind the loop's misses and never sent (none of the
+ *     loop's jobs ended for 250 ms): a worker runs it as before.
  */
 #include "http_internal.h"
 
@@ -126,9 +129,11 @@ static void on_results(cdb_apg_outcome outcome, PGresult *const *res, int n, voi
     int rc;
 
     cdb_error_init(&err);
-    if (outcome == CDB_APG_REFUSED) {
-        /* rolled back by the server: the worker runs it afresh and reports the error */
-        cdb__metrics_inc(CDB_M_LOOP_TX_REFUSED);
+    if (outcome == CDB_APG_REFUSED || outcome == CDB_APG_UNSENT) {
+        /* rolled back by the server, or parked and never sent: the worker runs it afresh
+           (and reports the error) */
+        if (outcome == CDB_APG_REFUSED)
+            cdb__metrics_inc(CDB_M_LOOP_TX_REFUSED);
         cdb__tx_loop_free(x->lt);
         free(x);
         cdb_server_hand_off(r);

@@ -32,7 +32,7 @@
  * waits while the connections make progress: once no job of the loop has
  * ended for PARK_WAIT_MS (and it has waited that long), the pipelines are
  * held up by slow queries, which must not hold the misses behind them, so
- * it is answered FAILED (its caller runs it on a worker); so is every
+ * it is answered UNSENT (its caller runs it on a worker); so is every
  * parked job once no connection is ready. Not a bound on its age alone: at
  * a thousand clients a moving queue is longer than 250 ms, and sending
  * its tail to the workers (the first measurement, 60 % of the parked)
@@ -42,10 +42,15 @@
  *
  * Exact jobs and claims (pg_async.h) hold a connection for themselves: a
  * connection an exact job or a claim holds takes no other job (roomiest()
- * skips it, so the parked wait for another, or for its end), and an exact
- * job is never parked (refused, run by a worker, when no connection is
- * free for it now or while jobs are parked: the parked go first). A claim
- * given up outside a read pumps the parked at once.
+ * skips it, so the parked wait for another, or for its end). They park
+ * in the same FIFO as the misses while some connection takes jobs (only
+ * full): with 4 jobs in flight per connection a handful of concurrent
+ * misses fills every slot, and a transaction refused whenever misses were
+ * parked ran on a worker under any read load. With every connection held
+ * they are refused, and run on a worker (submit_job says why). A parked
+ * job that is never sent ends UNSENT, which tells the caller of an exact
+ * job that nothing of it ran. A claim given up outside a read pumps the
+ * parked at once.
  *
  * Results are read until libpq would block: PQgetResult gives NULL after
  * each statement's results, and NULL twice in a row (or PQisBusy) means
@@ -109,6 +114,7 @@ typedef struct job {
     bool cancelled;                /* 57014: the server's statement_timeout (or a cancel) ended it */
     bool exact;                    /* cdb_apg_submit_exact: its connection takes nothing behind it */
     bool keep;                     /* exact, cdb_apg_claim_submit(.., keep): its block stays open, claimed */
+    cdb_apg_claim *claim;          /* cdb_apg_claim_open's: filled in when the job is sent */
     int error_at;                  /* exact: the statement of the first error result, -1 none */
     bool server_error;             /* exact: that result carried a SQLSTATE (the server sent it) */
     int64_t answered_ms;           /* its deadline passed: answered DEADLINE then, results dropped */
@@ -255,17 +261,31 @@ static void finish_all(job *list, cdb_apg_outcome outcome)
     }
 }
 
-/* The ready connection with the fewest jobs in flight that has room for one more, or NULL. */
+/* Ready, and held by no exact job or claim: it takes jobs when it has room. */
+static bool takes_jobs(const apg_conn *k)
+{
+    return k->state == ST_READY && !k->held && !k->claimed;
+}
+
+/* The connection taking jobs with the fewest in flight that has room for one more, or NULL. */
 static apg_conn *roomiest(cdb_apg *apg)
 {
     apg_conn *c = NULL;
     for (int i = 0; i < apg->nconns; i++) {
         apg_conn *k = &apg->conns[i];
-        if (k->state == ST_READY && !k->held && !k->claimed && k->inflight < apg->max_inflight &&
-            (!c || k->inflight < c->inflight))
+        if (takes_jobs(k) && k->inflight < apg->max_inflight && (!c || k->inflight < c->inflight))
             c = k;
     }
     return c;
+}
+
+/* Whether a parked j would be sent within a moment: some connection is ready (for an exact job: takes jobs). */
+static bool worth_parking(const cdb_apg *apg, const job *j)
+{
+    for (int i = 0; i < apg->nconns; i++)
+        if (j->exact ? takes_jobs(&apg->conns[i]) : apg->conns[i].state == ST_READY)
+            return true;
+    return false;
 }
 
 static bool any_ready(const cdb_apg *apg)
@@ -298,7 +318,7 @@ static void fail_parked(cdb_apg *apg)
     job *list = apg->park_head;
     apg->park_head = apg->park_tail = NULL;
     apg->nparked = 0;
-    finish_all(list, CDB_APG_FAILED);
+    finish_all(list, CDB_APG_UNSENT);
 }
 
 static void on_retry(evutil_socket_t fd, short what, void *arg);
@@ -583,7 +603,7 @@ static void on_job_deadline(evutil_socket_t fd, short what, void *arg)
         /* no job ended for PARK_WAIT_MS: the connections are held up, a worker runs it */
         unpark(j->apg, j);
         atomic_fetch_add(&g_park_expired, 1);
-        job_finish(j, CDB_APG_FAILED);
+        job_finish(j, CDB_APG_UNSENT);
         return;
     }
     j->cb(CDB_APG_DEADLINE, NULL, 0, j->arg);
@@ -774,6 +794,29 @@ static void release_claim(apg_conn *c)
     release_held(c, &fake);
 }
 
+/*
+ * Sends j on c (roomiest()'s, or the claimed one): an exact job holds c,
+ * a claim's handle is filled in. false when libpq refused: c failed, j is
+ * on no list, and *all_queued says whether every statement was queued
+ * (the last may have reached the server).
+ */
+static bool send_on(apg_conn *c, job *j, bool *all_queued)
+{
+    if (!send_job(c, j, all_queued)) {
+        /* part of a segment may be queued: the connection's stream is unknown now */
+        conn_fail(c, "sending failed");
+        return false;
+    }
+    if (j->exact)
+        c->held = j;
+    if (j->claim) {
+        j->claim->conn = c;
+        j->claim->gen = ++c->claim_gen;
+    }
+    enqueue(c, j);
+    return true;
+}
+
 /* Sends parked jobs, oldest first, while a ready connection has room. */
 static void pump(cdb_apg *apg)
 {
@@ -782,13 +825,8 @@ static void pump(cdb_apg *apg)
     while (apg->park_head && (c = roomiest(apg))) {
         job *j = apg->park_head;
         unpark(apg, j);
-        if (!send_job(c, j, &all_queued)) {
-            /* part of a segment may be queued: the connection's stream is unknown now */
-            conn_fail(c, "sending failed");
-            job_finish(j, CDB_APG_FAILED);
-            continue;
-        }
-        enqueue(c, j);
+        if (!send_on(c, j, &all_queued))
+            job_finish(j, all_queued ? CDB_APG_FAILED : CDB_APG_UNSENT);
     }
 }
 
@@ -807,80 +845,77 @@ static job *job_make(cdb_apg *apg, const cdb_apg_stmt *stmts, int n, int timeout
     return j;
 }
 
-/* Sends an exact job on c (roomiest()'s, or a claimed one); keep: its block stays open, c claimed after it. */
-static bool submit_exact_on(cdb_apg *apg, apg_conn *c, const cdb_apg_stmt *stmts, int n, int timeout_ms, bool keep,
-                            cdb_apg_cb cb, void *arg, bool *maybe_sent)
+/* Parks j at the end of the FIFO, its timer armed for PARK_WAIT_MS. */
+static void park(cdb_apg *apg, job *j)
 {
+    struct timeval tv = {PARK_WAIT_MS / 1000, (PARK_WAIT_MS % 1000) * 1000};
+    if (apg->park_tail)
+        apg->park_tail->next = j;
+    else
+        apg->park_head = j;
+    apg->park_tail = j;
+    apg->nparked++;
+    atomic_fetch_add(&g_parked, 1);
+    evtimer_add(j->timer, &tv);
+}
+
+/*
+ * Sends j on the ready connection with the most room, or parks it behind
+ * the jobs already parked (they go first: a free slot while some wait is
+ * the pump's, at the end of this turn). false (j freed, cb never runs)
+ * when neither can be done; *maybe_sent as cdb_apg_submit_exact's.
+ *
+ * An exact job parks only while some connection takes jobs (full of
+ * misses, which end within moments), not when every one is held by a
+ * transaction or a claim: a transaction holds its connection to the end
+ * (and a claim through its Redis phase), so behind the others on a loop's
+ * two connections the transactions would run one after another, where
+ * the workers' pool runs them side by side (bench/tx_loop.sh, 16 clients
+ * of transactions: 509 tx/s parked that way, 641 before).
+ */
+static bool submit_job(cdb_apg *apg, job *j, bool *maybe_sent)
+{
+    apg_conn *c = apg->park_head ? NULL : roomiest(apg);
     bool all_queued = false;
     *maybe_sent = false;
-    job *j = c ? job_make(apg, stmts, n, timeout_ms, cb, arg) : NULL;
+    if (!c && apg->nparked < apg->park_max && worth_parking(apg, j)) {
+        park(apg, j);
+        return true;
+    }
+    if (c && send_on(c, j, &all_queued))
+        return true;
+    *maybe_sent = all_queued;
+    job_free(j);
+    return false;
+}
+
+/* A job of stmts for cdb_apg's entry points, or NULL when apg takes none (closing, n out of range, memory). */
+static job *job_for(cdb_apg *apg, const cdb_apg_stmt *stmts, int n, int timeout_ms, cdb_apg_cb cb, void *arg)
+{
+    if (!apg || apg->freeing || n < 1 || n > CDB_APG_MAX_STMTS)
+        return NULL;
+    return job_make(apg, stmts, n, timeout_ms, cb, arg);
+}
+
+/* An exact job (keep: its block stays open, claimed after it; claim: filled in when sent), sent or parked. */
+static bool submit_exact(cdb_apg *apg, const cdb_apg_stmt *stmts, int n, int timeout_ms, bool keep, cdb_apg_cb cb,
+                         void *arg, bool *maybe_sent, cdb_apg_claim *claim)
+{
+    job *j = job_for(apg, stmts, n, timeout_ms, cb, arg);
+    *maybe_sent = false;
     if (!j)
         return false;
     j->exact = true;
     j->keep = keep;
-    if (!send_job(c, j, &all_queued)) {
-        /* part of a segment may be queued: the connection's stream is unknown now */
-        *maybe_sent = all_queued;
-        job_free(j);
-        conn_fail(c, "sending failed");
-        return false;
-    }
-    c->held = j;
-    enqueue(c, j);
-    return true;
-}
-
-/*
- * An exact job is never parked: it needs a connection of its own now (the
- * parked go first: none is taken while some wait).
- */
-static bool submit_exact(cdb_apg *apg, const cdb_apg_stmt *stmts, int n, int timeout_ms, bool keep, cdb_apg_cb cb,
-                         void *arg, bool *maybe_sent, cdb_apg_claim *claim)
-{
-    *maybe_sent = false;
-    if (!apg || apg->freeing || n < 1 || n > CDB_APG_MAX_STMTS || apg->park_head)
-        return false;
-    apg_conn *c = roomiest(apg);
-    if (!c)
-        return false;
-    if (claim) {
-        claim->conn = c;
-        claim->gen = ++c->claim_gen;
-    }
-    return submit_exact_on(apg, c, stmts, n, timeout_ms, keep, cb, arg, maybe_sent);
+    j->claim = claim;
+    return submit_job(apg, j, maybe_sent);
 }
 
 bool cdb_apg_submit(cdb_apg *apg, const cdb_apg_stmt *stmts, int n, int timeout_ms, cdb_apg_cb cb, void *arg)
 {
-    if (!apg || apg->freeing || n < 1 || n > CDB_APG_MAX_STMTS)
-        return false;
-    /* the parked go first: a free slot while some wait is the pump's, at the end of this turn */
-    apg_conn *c = apg->park_head ? NULL : roomiest(apg);
-    bool all_queued;
-    if (!c && (apg->nparked >= apg->park_max || !any_ready(apg)))
-        return false;
-    job *j = job_make(apg, stmts, n, timeout_ms, cb, arg);
-    if (!j)
-        return false;
-    if (!c) {
-        struct timeval tv = {PARK_WAIT_MS / 1000, (PARK_WAIT_MS % 1000) * 1000};
-        if (apg->park_tail)
-            apg->park_tail->next = j;
-        else
-            apg->park_head = j;
-        apg->park_tail = j;
-        apg->nparked++;
-        atomic_fetch_add(&g_parked, 1);
-        evtimer_add(j->timer, &tv);
-        return true;
-    }
-    if (!send_job(c, j, &all_queued)) {
-        job_free(j);
-        conn_fail(c, "sending failed");
-        return false;
-    }
-    enqueue(c, j);
-    return true;
+    bool maybe_sent;
+    job *j = job_for(apg, stmts, n, timeout_ms, cb, arg);
+    return j && submit_job(apg, j, &maybe_sent);
 }
 
 bool cdb_apg_submit_exact(cdb_apg *apg, const cdb_apg_stmt *stmts, int n, int timeout_ms, cdb_apg_cb cb, void *arg,
@@ -911,17 +946,24 @@ static apg_conn *claimed_conn(cdb_apg *apg, const cdb_apg_claim *claim)
 bool cdb_apg_claim_submit(cdb_apg *apg, cdb_apg_claim *claim, const cdb_apg_stmt *stmts, int n, int timeout_ms,
                           bool keep, cdb_apg_cb cb, void *arg, bool *maybe_sent)
 {
+    bool all_queued;
     *maybe_sent = false;
     apg_conn *c = n >= 1 && n <= CDB_APG_MAX_STMTS ? claimed_conn(apg, claim) : NULL;
     if (!c)
         return false;
     c->claimed = false;            /* the job holds it now (c->held), and keeps it or not */
-    if (submit_exact_on(apg, c, stmts, n, timeout_ms, keep, cb, arg, maybe_sent))
-        return true;
-    if (c->state == ST_READY) {    /* nothing sent (out of memory): the block is still open */
+    job *j = job_make(apg, stmts, n, timeout_ms, cb, arg);
+    if (!j) {                      /* nothing sent: the block is still open */
         release_claim(c);
         pump(apg);
+        return false;
     }
+    j->exact = true;
+    j->keep = keep;
+    if (send_on(c, j, &all_queued))
+        return true;
+    *maybe_sent = all_queued;
+    job_free(j);
     return false;
 }
 

@@ -81,6 +81,9 @@ typedef enum cdb_apg_outcome {
     CDB_APG_REFUSED,               /* exact jobs only (cdb_apg_submit_exact): the server answered
                                       an error result (57014 included) for a statement, and so
                                       never ran the last one (see there) */
+    CDB_APG_UNSENT,                /* parked, and never sent: nothing of it ran (no job ended for
+                                      pg_async.c's PARK_WAIT_MS, no connection left ready, or
+                                      cdb_apg_free) */
 } cdb_apg_outcome;
 
 /* TIMEOUT or DEADLINE: the job took too long, by the server's clock or by ours */
@@ -111,7 +114,7 @@ cdb_apg *cdb_apg_new(struct event_base *base, const cdb_pg_settings *pg, int nco
  * out a backoff (cdb_pool_server_answers).
  */
 void cdb_apg_on_server_answers(cdb_apg *apg, void (*fn)(void *arg), void *arg);
-/* Fails every job still parked (CDB_APG_FAILED, exactly once) and closes. NULL is a no-op. */
+/* Ends every job still parked (CDB_APG_UNSENT) and every job sent (CDB_APG_FAILED), exactly once, and closes. NULL is a no-op. */
 void cdb_apg_free(cdb_apg *apg);
 
 /*
@@ -120,14 +123,13 @@ void cdb_apg_free(cdb_apg *apg);
  * claim holds); cb runs later, once. When every ready connection is full
  * the job is parked and sent, in order, by the first that has room; one
  * parked too long (pg_async.c's PARK_WAIT_MS) or left with no ready
- * connection fails (CDB_APG_FAILED). So stmts[] is copied, but its texts
+ * connection ends CDB_APG_UNSENT. So stmts[] is copied, but its texts
  * and parameters must stay valid until cb runs. The job ends by timeout_ms
  * from when it is sent (0: the pool's statement timeout plus
  * CDB_PG_DEADLINE_MARGIN_MS, 5 minutes without one). false (cb never runs)
  * when no connection is ready, the parking FIFO is full, or sending
- * failed: the caller takes the blocking path. Exact jobs and claims are
- * never parked: they are refused when no connection is free for them now,
- * or while jobs are parked.
+ * failed: the caller takes the blocking path. Exact jobs and claims park
+ * in the same FIFO.
  */
 bool cdb_apg_submit(cdb_apg *apg, const cdb_apg_stmt *stmts, int n, int timeout_ms, cdb_apg_cb cb, void *arg);
 
@@ -147,13 +149,15 @@ bool cdb_apg_submit(cdb_apg *apg, const cdb_apg_stmt *stmts, int n, int timeout_
  *                    for a statement before the last: in a pipeline nothing
  *                    runs after an error, so the last statement (COMMIT)
  *                    never ran;
- *   CDB_APG_FAILED   the connection was lost (or cdb_apg_free) otherwise:
- *                    the last statement may have run;
+ *   CDB_APG_FAILED   the connection was lost (or cdb_apg_free) otherwise,
+ *                    or sending it from the FIFO failed with every
+ *                    statement queued: the last statement may have run;
  *   CDB_APG_DEADLINE the deadline passed (or the server stopped answering):
  *                    it may have run too. An exact job's deadline counts
  *                    afresh from each result (as the blocking path reads a
  *                    pipeline: store/pg.h), so a long transaction whose
- *                    statements each answer in time is not cut short.
+ *                    statements each answer in time is not cut short;
+ *   CDB_APG_UNSENT   parked and never sent (see cdb_apg_submit): nothing ran.
  * Returns false (cb never runs) when it was not sent; *maybe_sent then says
  * whether every statement was already queued when sending failed (the
  * last one may have reached the server: treat as FAILED), else nothing ran.
@@ -180,7 +184,7 @@ typedef struct cdb_apg_claim {
     void *conn;                    /* opaque */
     uint64_t gen;
 } cdb_apg_claim;
-/* false (cb never runs, nothing claimed) when not sent: no free connection. */
+/* false (cb never runs, nothing claimed) when neither sent nor parked; a parked one's claim is filled in when sent. */
 bool cdb_apg_claim_open(cdb_apg *apg, const cdb_apg_stmt *stmts, int n, int timeout_ms, cdb_apg_cb cb, void *arg,
                         cdb_apg_claim *claim);
 /* false (cb never runs) when the claim is stale or sending failed; *maybe_sent as cdb_apg_submit_exact's. */

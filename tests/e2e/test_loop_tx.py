@@ -18,7 +18,9 @@ leased-style and document transactions stay on the worker path; a
 PostgreSQL restart with transactions in flight (each answered 200, a 4xx,
 503 TRANSACTION_OUTCOME_UNKNOWN resolved by GET /data/transactions/{id}, or
 503, checked against the ledger); Redis killed mid-run (rows stay pending in
-the outbox and are applied after Redis is back); hostile bodies and tokens.
+the outbox and are applied after Redis is back); hostile bodies and tokens;
+a transaction sent while misses are parked parks behind them and commits on
+the loop in its turn.
 
 The outbox on the loop (data/tx_loop.c; coredb_http_loop_transaction_finishes_total{where} counts where
 each committed transaction finished): answers with Redis results and cache invalidation identical to the
@@ -39,8 +41,8 @@ import uuid
 import pytest
 import requests
 
-from datahelp import (TX, add_project, admin_of, delta, metric, pg_delete, pg_insert, pg_update, pg_upsert, query_ok,
-                      redis_client, rop, rset, scalar, start_instance, tx, tx_ok, user, wait_for)
+from datahelp import (TX, add_project, admin_of, counter, delta, metric, pg_delete, pg_insert, pg_update, pg_upsert,
+                      query, query_ok, redis_client, rop, rset, scalar, start_instance, tx, tx_ok, user, wait_for)
 from identity import assert_error
 from servers import PgServer, RedisServer
 
@@ -619,6 +621,48 @@ def test_many_loop_transactions_never_reach_a_worker(pair):
     assert fin["loop"] - fin0["loop"] == 30 and fin["worker"] == fin0["worker"], (fin0, fin)
     assert adm["worker"] - adm0["worker"] == 1 and adm["transaction"] - adm0["transaction"] == 30, (adm0, adm)
     assert scalar(loop, "SELECT count(*) FROM projects WHERE title LIKE %s", (f"w{tag}-%",)) == 30
+
+
+def test_a_transaction_behind_parked_misses_waits_its_turn_on_the_loop(pg, own_redis):
+    """One loop, one loop connection (4 slots): 12 slow misses fill the slots and park 8 behind them.
+    A transaction sent then parks behind them (a connection full of misses, not held, frees a slot
+    within moments) and commits on the loop in its turn, where before it went to a worker whenever
+    misses were parked: loop transactions{committed} +1, and the misses all answered."""
+    inst = start_instance(pg, own_redis, REDIS_DB + 3, CACHE_TTL="0",
+                          **{**LOOP_ENV, "HTTP_THREADS": "1", "DB_LOOP_CONNECTIONS": "1"})
+    try:
+        admin = admin_of(inst)
+        a = user(inst)
+        warm(inst, a)
+        slow = f"slow_{uuid.uuid4().hex[:8]}"
+        # a miss runs the page and the count: 2 x 0.05 s, so a job of the loop ends every 0.1 s,
+        # well within the 250 ms after which the parked would go to a worker
+        inst.pg.query(inst.db, f"CREATE VIEW {slow} AS SELECT g AS id FROM generate_series(1, 1) g, "
+                               f"LATERAL (SELECT pg_sleep(0.05) AS z OFFSET 0) s")
+        inst.pg.query(inst.db, f"GRANT SELECT ON {slow} TO coredb_user")
+        assert wait_for(lambda: query(inst, a, {"table": slow}).status_code == 200, timeout=15)
+        tx0, parked0 = loop_txs(inst, admin), counter(inst, admin, "coredb_pool_loop_parked_total")
+        statuses = []
+
+        def miss(i):
+            statuses.append(query(inst, a, {"table": slow, "filters": {"id": {"gte": -i}}},
+                                  timeout=CLIENT_TIMEOUT).status_code)
+        misses = [threading.Thread(target=miss, args=(i,)) for i in range(12)]
+        for t in misses:
+            t.start()
+        assert wait_for(lambda: scalar(inst, "SELECT count(*) FROM pg_stat_activity WHERE query LIKE %s "
+                                             "AND pid <> pg_backend_pid()", (f"%{slow}%",)) >= 1, timeout=10)
+        tag = uuid.uuid4().hex[:8]
+        out = tx_ok(inst, a, [pg_insert("projects", {"user_id": a.id, "title": f"behind-{tag}"})])
+        for t in misses:
+            t.join(CLIENT_TIMEOUT)
+        assert statuses == [200] * 12, statuses
+        assert delta(tx0, loop_txs(inst, admin))["committed"] == 1, "the transaction went to a worker"
+        assert counter(inst, admin, "coredb_pool_loop_parked_total") - parked0 >= 9   # 8 misses and it
+        assert scalar(inst, "SELECT count(*) FROM projects WHERE title = %s", (f"behind-{tag}",)) == 1
+        assert ledger_has(inst, out["transaction_id"])
+    finally:
+        inst.stop_clean()
 
 
 def test_second_instance_serves_fresh_data_at_once(pair):

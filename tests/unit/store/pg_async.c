@@ -26,7 +26,9 @@
  * rolled back and usable at once), a server FATAL (pg_terminate_backend)
  * before COMMIT (REFUSED), the deadline (DEADLINE), the connection claimed
  * while one runs (no job sent behind it), 128 unnamed statements of
- * distinct texts without growing the prepared set, and 129 refused.
+ * distinct texts without growing the prepared set, and 129 refused; parked
+ * behind misses and sent in their turn, refused when every connection is
+ * held, UNSENT (nothing ran) when parked too long.
  * Claims (cdb_apg_claim_*): a row locked by the opening job stays locked
  * after it (another session's NOWAIT fails) and nothing else is sent on the
  * connection; a kept job, then one that COMMITs and ends the claim (the
@@ -49,7 +51,7 @@
 #include "store/pg_async.c"
 
 typedef struct seen {
-    int calls, ok, failed, timeout, deadline, refused;
+    int calls, ok, failed, timeout, deadline, refused, unsent;
     char first[64];                /* first value of the last statement of the last OK job */
     int nres;
 } seen;
@@ -68,6 +70,8 @@ static void on_job(cdb_apg_outcome outcome, PGresult *const *res, int n, void *a
         s->deadline++;
     } else if (outcome == CDB_APG_REFUSED) {
         s->refused++;
+    } else if (outcome == CDB_APG_UNSENT) {
+        s->unsent++;
     } else {
         s->failed++;
     }
@@ -209,7 +213,7 @@ static void test_real_pipeline(void **state)
     /* no slot frees before 0.3 s: the parked wait out PARK_WAIT_MS and fail (a worker's then) */
     assert_true(RUN_UNTIL(base, d.calls == 20, 5000));
     assert_int_equal(d.ok, 16);
-    assert_int_equal(d.failed, 4);
+    assert_int_equal(d.unsent, 4);
     cdb_apg_free(apg);
     event_base_free(base);
 }
@@ -301,7 +305,8 @@ static void test_real_terminated(void **state)
     PQclear(r);
     PQfinish(killer);
     assert_true(RUN_UNTIL(base, s.calls == 6, 3000));
-    assert_int_equal(s.failed, 6);             /* no connection ready: the parked fail too */
+    assert_int_equal(s.failed, 4);             /* in flight: lost with the connection */
+    assert_int_equal(s.unsent, 2);             /* no connection ready: the parked end too, never sent */
     assert_int_equal(apg->nparked, 0);
     assert_true(RUN_UNTIL(base, all_ready(apg), 5000));
     seen again = {0};
@@ -425,7 +430,7 @@ static void test_real_exact(void **state)
     assert_true(cdb_apg_submit(apg, select1, 1, 0, on_job, &parked));
     assert_int_equal(apg->nparked, 1);
     assert_true(RUN_UNTIL(base, parked.calls, 2000));
-    assert_int_equal(parked.failed, 1);
+    assert_int_equal(parked.unsent, 1);
     assert_true(RUN_UNTIL(base, apg->conns[0].held == NULL, 5000));
     assert_string_equal(scalar_text(admin, "SELECT count(*) FROM apg_exact"), "2");  /* it did commit */
     assert_true(cdb_apg_submit(apg, select1, 1, 0, on_job, &after));
@@ -646,7 +651,7 @@ static void test_real_park(void **state)
     assert_false(cdb_apg_submit(apg, quick, 1, 0, on_job, &extra));
     assert_true(RUN_UNTIL(base, p.calls == apg->park_max, 3000));
     int64_t waited = cdb_mono_ms() - t0;
-    assert_int_equal(p.failed, apg->park_max);
+    assert_int_equal(p.unsent, apg->park_max);
     assert_true(waited >= PARK_WAIT_MS - 20 && waited < 750);
     assert_int_equal(h.calls, 0);               /* the held ones keep their own deadline */
     assert_true(RUN_UNTIL(base, h.calls == 2, 3000));
@@ -655,6 +660,111 @@ static void test_real_park(void **state)
     cdb_apg_counts_get(&after);
     assert_int_equal(after.parked - before.parked, 3 + 4 + (uint64_t)apg->park_max);
     assert_int_equal(after.park_expired - before.park_expired, (uint64_t)apg->park_max);
+    cdb_apg_free(apg);
+    event_base_free(base);
+}
+
+/*
+ * Exact jobs (and claims) park behind misses while a connection takes jobs
+ * (full, not held), in order with them; with every connection held they
+ * are refused, nothing parked; one parked and never sent ends UNSENT and
+ * nothing of it ran; a parked claim's handle is filled in when it is sent.
+ */
+static void test_real_exact_parks(void **state)
+{
+    (void)state;
+    if (!real_conninfo())
+        skip();
+    struct event_base *base = event_base_new();
+    cdb_pg_settings pg = {.conninfo = real_conninfo(), .statement_timeout_ms = 5000};
+    cdb_apg *apg = cdb_apg_new(base, &pg, 1, 2);
+    assert_true(RUN_UNTIL(base, all_ready(apg), 5000));
+    PGconn *admin = PQconnectdb(real_conninfo());
+    assert_int_equal(PQstatus(admin), CONNECTION_OK);
+    PQclear(PQexec(admin, "DROP TABLE IF EXISTS apg_parked; CREATE TABLE apg_parked (id int PRIMARY KEY)"));
+    const char *const none[1] = {NULL};
+    const char *one[] = {"1"}, *two[] = {"2"};
+    cdb_apg_stmt nap[] = {{"SELECT pg_sleep(0.1)::text", 0, NULL, false}};
+    cdb_apg_stmt quick[] = {{"SELECT 'p'", 0, NULL, false}};
+    cdb_apg_stmt insert1[] = {{"BEGIN", 0, none, true},
+                              {"INSERT INTO apg_parked VALUES ($1::int)", 1, one, true},
+                              {"COMMIT", 0, none, true}};
+    bool maybe = true;
+
+    /* behind two misses in flight: the transaction parks, and is sent in its turn */
+    order o = {0};
+    ticket t[5];
+    for (int i = 0; i < 5; i++) {
+        t[i] = (ticket){&o, i};
+        if (i == 3)
+            assert_true(cdb_apg_submit_exact(apg, insert1, 3, 0, on_ordered, &t[i], &maybe));
+        else
+            assert_true(cdb_apg_submit(apg, i < 2 ? nap : quick, 1, 0, on_ordered, &t[i]));
+    }
+    assert_false(maybe);
+    assert_int_equal(apg->conns[0].inflight, 2);
+    assert_int_equal(apg->nparked, 3);
+    assert_true(RUN_UNTIL(base, o.next == 5, 3000));
+    assert_int_equal(o.ok, 5);
+    for (int i = 0; i < 5; i++)
+        assert_int_equal(o.seen[i], i);
+    assert_string_equal(scalar_text(admin, "SELECT count(*) FROM apg_parked"), "1");
+
+    /* every connection held by a transaction: another is refused (a worker runs it), a miss parks
+       (and is sent once it ends, within PARK_WAIT_MS) */
+    cdb_apg_stmt long_tx[] = {{"BEGIN", 0, none, true}, {"SELECT pg_sleep(0.15)::text", 0, none, true},
+                              {"COMMIT", 0, none, true}};
+    seen a = {0}, b = {0}, m = {0};
+    assert_true(cdb_apg_submit_exact(apg, long_tx, 3, 0, on_job, &a, &maybe));
+    assert_false(cdb_apg_submit_exact(apg, insert1, 3, 0, on_job, &b, &maybe));
+    assert_false(maybe);
+    assert_int_equal(apg->nparked, 0);
+    assert_true(cdb_apg_submit(apg, quick, 1, 0, on_job, &m));
+    assert_int_equal(apg->nparked, 1);
+    assert_true(RUN_UNTIL(base, a.calls && m.calls, 3000));
+    assert_int_equal(a.ok, 1);
+    assert_int_equal(m.ok, 1);
+    assert_int_equal(b.calls, 0);
+
+    /* parked while no job ends for PARK_WAIT_MS: UNSENT, and nothing of it ran */
+    cdb_apg_stmt hold[] = {{"SELECT pg_sleep(0.6)::text", 0, NULL, false}};
+    cdb_apg_stmt insert2[] = {{"BEGIN", 0, none, true},
+                              {"INSERT INTO apg_parked VALUES ($1::int)", 1, two, true},
+                              {"COMMIT", 0, none, true}};
+    seen h = {0}, u = {0};
+    assert_true(cdb_apg_submit(apg, hold, 1, 0, on_job, &h));
+    assert_true(cdb_apg_submit(apg, hold, 1, 0, on_job, &h));
+    assert_true(cdb_apg_submit_exact(apg, insert2, 3, 0, on_job, &u, &maybe));
+    assert_int_equal(apg->nparked, 1);
+    assert_true(RUN_UNTIL(base, u.calls, 2000));
+    assert_int_equal(u.unsent, 1);
+    assert_true(RUN_UNTIL(base, h.calls == 2, 3000));
+    assert_int_equal(h.ok, 2);
+    assert_string_equal(scalar_text(admin, "SELECT count(*) FROM apg_parked WHERE id = 2"), "0");
+
+    /* a parked claim: its handle is filled in when it is sent, and works */
+    cdb_apg_stmt lock[] = {{"BEGIN", 0, none, true},
+                           {"SELECT id::text FROM apg_parked WHERE id = $1::int FOR UPDATE", 1, one, false}};
+    cdb_apg_stmt finish[] = {{"DELETE FROM apg_parked WHERE id = $1::int", 1, one, false},
+                             {"COMMIT", 0, none, true}};
+    cdb_apg_claim claim;
+    seen n = {0}, c = {0}, f = {0};
+    assert_true(cdb_apg_submit(apg, nap, 1, 0, on_job, &n));
+    assert_true(cdb_apg_submit(apg, nap, 1, 0, on_job, &n));
+    assert_true(cdb_apg_claim_open(apg, lock, 2, 0, on_job, &c, &claim));
+    assert_int_equal(apg->nparked, 1);
+    assert_null(claim.conn);                  /* not sent yet */
+    assert_true(RUN_UNTIL(base, c.calls, 3000));
+    assert_int_equal(c.ok, 1);
+    assert_string_equal(c.first, "1");
+    assert_ptr_equal(claim.conn, &apg->conns[0]);
+    assert_true(cdb_apg_claim_submit(apg, &claim, finish, 2, 0, false, on_job, &f, &maybe));
+    assert_true(RUN_UNTIL(base, f.calls, 3000));
+    assert_int_equal(f.ok, 1);
+    assert_string_equal(scalar_text(admin, "SELECT count(*) FROM apg_parked"), "0");
+    assert_int_equal(n.ok, 2);
+    PQclear(PQexec(admin, "DROP TABLE apg_parked"));
+    PQfinish(admin);
     cdb_apg_free(apg);
     event_base_free(base);
 }
@@ -671,6 +781,7 @@ int main(void)
         cmocka_unit_test(test_real_exact),
         cmocka_unit_test(test_real_claim),
         cmocka_unit_test(test_real_park),
+        cmocka_unit_test(test_real_exact_parks),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
