@@ -241,8 +241,8 @@ struct cdb_loop {
     const cdb_route *const *tables; /* what this loop's listener serves (NULL-terminated) */
     struct event_base *base;
     struct evconnlistener *listener;
-    struct event *accept_pause;    /* re-enables the listener after a pause (descriptors out, or balance) */
-    atomic_int open_conns;         /* its open client connections (conn.c); the other loops read it (server.c) */
+    struct event *accept_pause;    /* re-enables the listener after running out of descriptors */
+    atomic_int open_conns;         /* its open client connections (conn.c), for /metrics (server.c) */
     struct event *done_ev;         /* activated by workers */
     pthread_mutex_t done_lock;
     cdb_request *done_head;        /* answered by a worker, not yet sent */

@@ -212,47 +212,13 @@ void cdb_server_dispatch(cdb_request *r)
         cdb_server_hand_off(r);
 }
 
-enum { ACCEPT_PAUSE_MS = 100 };
-/* a loop this many connections ahead of another stops accepting for BALANCE_PAUSE_MS */
-enum { BALANCE_AHEAD = 2, BALANCE_PAUSE_MS = 1 };
-
-/*
- * Keeps the API's loops within BALANCE_AHEAD connections of each other.
- * Left to the kernel, one loop takes a burst of connects whole (its
- * listener accepts until the backlog is empty, and whichever loop wakes
- * first drains it), and a keep-alive client stays where it landed: wrk's
- * 64 connections came to 18 on one loop and 46 on the other. Each loop
- * has the same share of PostgreSQL, so the 46 waited 2.5 times as long
- * for a miss as the 18 did. A loop that is ahead pauses its
- * listener briefly and the others take the connects meanwhile (nginx's
- * accept_disabled does the same from a worker's own count); the emptiest
- * loop never pauses, so some loop always accepts, and a pause ends by
- * itself if the others are busy.
- */
-static void balance_accepting(cdb_loop *loop)
-{
-    cdb_http_server *srv = loop->server;
-    int napi = loop->cfg->http_threads;
-    if (loop - srv->loops >= napi)
-        return;                    /* the metrics listener's loop */
-    int mine = atomic_load_explicit(&loop->open_conns, memory_order_relaxed);
-    for (int i = 0; i < napi; i++) {
-        if (mine >= atomic_load_explicit(&srv->loops[i].open_conns, memory_order_relaxed) + BALANCE_AHEAD) {
-            struct timeval tv = {0, BALANCE_PAUSE_MS * 1000};
-            evconnlistener_disable(loop->listener);
-            evtimer_add(loop->accept_pause, &tv);
-            return;
-        }
-    }
-}
-
 static void on_accept(struct evconnlistener *listener, evutil_socket_t fd, struct sockaddr *sa, int salen,
                       void *arg)
 {
     cdb_conn_accept(arg, fd, sa, salen);
-    balance_accepting(arg);
 }
 
+enum { ACCEPT_PAUSE_MS = 100 };
 /* jobs in flight per loop connection: a backend runs its pipeline in order, so more only queue
    in its socket behind a slow one; beyond these, misses park on the loop's one FIFO
    (store/pg_async.c) and go to whichever connection frees a slot first. 4, not 32: p99 of a miss
@@ -421,13 +387,13 @@ static void loop_destroy(cdb_loop *loop)
     pthread_mutex_destroy(&loop->done_lock);
 }
 
-/* Scrape time (metrics.c's collectors): the API loops' open connections, to see the balance. */
+/* Scrape time (metrics.c's collectors): the API loops' open connections, to see how they are split. */
 static void collect_loops(cdb__metrics_out *out, void *arg)
 {
     cdb_http_server *srv = arg;
     char label[24];
     cdb__metrics_family(out, "coredb_http_loop_connections", "gauge",
-                        "Open client connections by API event loop (accepting keeps them within 3 of each other).");
+                        "Open client connections by API event loop (how the kernel split them: each stays on its loop).");
     for (int i = 0; i < cdb_service_config(srv->svc)->http_threads; i++) {
         snprintf(label, sizeof label, "loop=\"%d\"", i);
         cdb__metrics_sample(out, "coredb_http_loop_connections", label,
