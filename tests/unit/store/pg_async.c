@@ -336,19 +336,43 @@ static char *scalar_text(PGconn *conn, const char *sql)
     return buf;
 }
 
+/* A real server's cdb_apg (nconns x max_inflight, ready) and an admin connection that ran ddl. */
+typedef struct real_world {
+    cdb_pg_settings pg;            /* the cdb_apg holds it by reference */
+    struct event_base *base;
+    cdb_apg *apg;
+    PGconn *admin;
+} real_world;
+
+static void real_open(real_world *w, int nconns, int max_inflight, const char *app, const char *ddl)
+{
+    if (!real_conninfo())
+        skip();
+    w->pg = (cdb_pg_settings){.conninfo = real_conninfo(), .statement_timeout_ms = 5000, .application_name = app};
+    w->base = event_base_new();
+    w->apg = cdb_apg_new(w->base, &w->pg, nconns, max_inflight);
+    assert_true(RUN_UNTIL(w->base, all_ready(w->apg), 5000));
+    w->admin = PQconnectdb(real_conninfo());
+    assert_int_equal(PQstatus(w->admin), CONNECTION_OK);
+    PQclear(PQexec(w->admin, ddl));
+}
+
+static void real_close(real_world *w, const char *ddl)
+{
+    PQclear(PQexec(w->admin, ddl));
+    PQfinish(w->admin);
+    cdb_apg_free(w->apg);
+    event_base_free(w->base);
+}
+
 static void test_real_exact(void **state)
 {
     (void)state;
-    if (!real_conninfo())
-        skip();
-    struct event_base *base = event_base_new();
-    cdb_pg_settings pg = {.conninfo = real_conninfo(), .statement_timeout_ms = 5000,
-                          .application_name = "coredb-apg-exact"};
-    cdb_apg *apg = cdb_apg_new(base, &pg, 1, 8);
-    assert_true(RUN_UNTIL(base, all_ready(apg), 5000));
-    PGconn *admin = PQconnectdb(real_conninfo());
-    assert_int_equal(PQstatus(admin), CONNECTION_OK);
-    PQclear(PQexec(admin, "DROP TABLE IF EXISTS apg_exact; CREATE TABLE apg_exact (id int PRIMARY KEY)"));
+    real_world w;
+    real_open(&w, 1, 8, "coredb-apg-exact", "DROP TABLE IF EXISTS apg_exact; CREATE TABLE apg_exact (id int PRIMARY KEY)");
+    struct event_base *base = w.base;
+    cdb_apg *apg = w.apg;
+    PGconn *admin = w.admin;
     const char *const none[1] = {NULL};
     const char *one[] = {"1"}, *two[] = {"2"};
     cdb_apg_stmt commit_ok[] = {{"BEGIN", 0, none, true},
@@ -449,10 +473,7 @@ static void test_real_exact(void **state)
     assert_true(cdb_apg_submit_exact(apg, steps, 5, 500, on_job, &longer, &maybe));
     assert_true(RUN_UNTIL(base, longer.calls, 3000));
     assert_int_equal(longer.ok, 1);
-    PQclear(PQexec(admin, "DROP TABLE apg_exact"));
-    PQfinish(admin);
-    cdb_apg_free(apg);
-    event_base_free(base);
+    real_close(&w, "DROP TABLE apg_exact");
 }
 
 
@@ -472,16 +493,12 @@ static bool lockable(PGconn *admin, const char *id)
 static void test_real_claim(void **state)
 {
     (void)state;
-    if (!real_conninfo())
-        skip();
-    struct event_base *base = event_base_new();
-    cdb_pg_settings pg = {.conninfo = real_conninfo(), .statement_timeout_ms = 5000};
-    cdb_apg *apg = cdb_apg_new(base, &pg, 1, 8);
-    assert_true(RUN_UNTIL(base, all_ready(apg), 5000));
-    PGconn *admin = PQconnectdb(real_conninfo());
-    assert_int_equal(PQstatus(admin), CONNECTION_OK);
-    PQclear(PQexec(admin, "DROP TABLE IF EXISTS apg_claim; CREATE TABLE apg_claim (id int PRIMARY KEY, n int);"
-                          "INSERT INTO apg_claim VALUES (1, 0), (2, 0)"));
+    real_world w;
+    real_open(&w, 1, 8, NULL, "DROP TABLE IF EXISTS apg_claim; CREATE TABLE apg_claim (id int PRIMARY KEY, n int);"
+                             "INSERT INTO apg_claim VALUES (1, 0), (2, 0)");
+    struct event_base *base = w.base;
+    cdb_apg *apg = w.apg;
+    PGconn *admin = w.admin;
     const char *const none[1] = {NULL};
     const char *one[] = {"1"};
     cdb_apg_stmt lock[] = {{"BEGIN", 0, none, true},
@@ -573,10 +590,7 @@ static void test_real_claim(void **state)
     assert_int_equal(e.calls, 0);
     assert_string_equal(scalar_text(admin, "SELECT n FROM apg_claim WHERE id = 2"), "0");
 
-    PQclear(PQexec(admin, "DROP TABLE apg_claim"));
-    PQfinish(admin);
-    cdb_apg_free(apg);
-    event_base_free(base);
+    real_close(&w, "DROP TABLE apg_claim");
 }
 
 /* The order the parked jobs of test_real_park ended in. */
@@ -673,15 +687,11 @@ static void test_real_park(void **state)
 static void test_real_exact_parks(void **state)
 {
     (void)state;
-    if (!real_conninfo())
-        skip();
-    struct event_base *base = event_base_new();
-    cdb_pg_settings pg = {.conninfo = real_conninfo(), .statement_timeout_ms = 5000};
-    cdb_apg *apg = cdb_apg_new(base, &pg, 1, 2);
-    assert_true(RUN_UNTIL(base, all_ready(apg), 5000));
-    PGconn *admin = PQconnectdb(real_conninfo());
-    assert_int_equal(PQstatus(admin), CONNECTION_OK);
-    PQclear(PQexec(admin, "DROP TABLE IF EXISTS apg_parked; CREATE TABLE apg_parked (id int PRIMARY KEY)"));
+    real_world w;
+    real_open(&w, 1, 2, NULL, "DROP TABLE IF EXISTS apg_parked; CREATE TABLE apg_parked (id int PRIMARY KEY)");
+    struct event_base *base = w.base;
+    cdb_apg *apg = w.apg;
+    PGconn *admin = w.admin;
     const char *const none[1] = {NULL};
     const char *one[] = {"1"}, *two[] = {"2"};
     cdb_apg_stmt nap[] = {{"SELECT pg_sleep(0.1)::text", 0, NULL, false}};
@@ -763,10 +773,7 @@ static void test_real_exact_parks(void **state)
     assert_int_equal(f.ok, 1);
     assert_string_equal(scalar_text(admin, "SELECT count(*) FROM apg_parked"), "0");
     assert_int_equal(n.ok, 2);
-    PQclear(PQexec(admin, "DROP TABLE apg_parked"));
-    PQfinish(admin);
-    cdb_apg_free(apg);
-    event_base_free(base);
+    real_close(&w, "DROP TABLE apg_parked");
 }
 
 int main(void)
