@@ -393,7 +393,8 @@ static void collect_loops(cdb__metrics_out *out, void *arg)
     cdb_http_server *srv = arg;
     char label[24];
     cdb__metrics_family(out, "coredb_http_loop_connections", "gauge",
-                        "Open client connections by API event loop (how the kernel split them: each stays on its loop).");
+                        "Open client connections by API event loop "
+                        "(how the kernel split them: each stays on its loop).");
     for (int i = 0; i < cdb_service_config(srv->svc)->http_threads; i++) {
         snprintf(label, sizeof label, "loop=\"%d\"", i);
         cdb__metrics_sample(out, "coredb_http_loop_connections", label,

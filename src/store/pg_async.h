@@ -114,7 +114,8 @@ cdb_apg *cdb_apg_new(struct event_base *base, const cdb_pg_settings *pg, int nco
  * out a backoff (cdb_pool_server_answers).
  */
 void cdb_apg_on_server_answers(cdb_apg *apg, void (*fn)(void *arg), void *arg);
-/* Ends every job still parked (CDB_APG_UNSENT) and every job sent (CDB_APG_FAILED), exactly once, and closes. NULL is a no-op. */
+/* Ends every job still parked (CDB_APG_UNSENT) and every job sent (CDB_APG_FAILED), exactly once, and
+   closes. NULL is a no-op. */
 void cdb_apg_free(cdb_apg *apg);
 
 /*

@@ -369,7 +369,8 @@ static void test_real_exact(void **state)
 {
     (void)state;
     real_world w;
-    real_open(&w, 1, 8, "coredb-apg-exact", "DROP TABLE IF EXISTS apg_exact; CREATE TABLE apg_exact (id int PRIMARY KEY)");
+    real_open(&w, 1, 8, "coredb-apg-exact",
+              "DROP TABLE IF EXISTS apg_exact; CREATE TABLE apg_exact (id int PRIMARY KEY)");
     struct event_base *base = w.base;
     cdb_apg *apg = w.apg;
     PGconn *admin = w.admin;
@@ -626,15 +627,23 @@ static void test_real_park(void **state)
     cdb_apg_counts before, after;
     cdb_apg_counts_get(&before);
 
-    /* parked jobs are sent in order as slots free, and succeed */
+    /* parked jobs are sent in order as slots free, and succeed; a transaction (an exact job) among
+       them too: the connection is full of misses, not held, so it parks and goes in its turn */
     cdb_apg_stmt nap[] = {{"SELECT pg_sleep(0.05)::text", 0, NULL, false}};
     cdb_apg_stmt quick[] = {{"SELECT 'p'", 0, NULL, false}};
+    const char *const none[1] = {NULL};
+    cdb_apg_stmt block[] = {{"BEGIN", 0, none, true}, {"SELECT 'p'", 0, none, true}, {"COMMIT", 0, none, true}};
+    bool maybe = true;
     order o = {0};
     ticket t[5];
     for (int i = 0; i < 5; i++) {
         t[i] = (ticket){&o, i};
-        assert_true(cdb_apg_submit(apg, i < 2 ? nap : quick, 1, 0, on_ordered, &t[i]));
+        if (i == 3)
+            assert_true(cdb_apg_submit_exact(apg, block, 3, 0, on_ordered, &t[i], &maybe));
+        else
+            assert_true(cdb_apg_submit(apg, i < 2 ? nap : quick, 1, 0, on_ordered, &t[i]));
     }
+    assert_false(maybe);
     assert_int_equal(apg->conns[0].inflight, 2);
     assert_int_equal(apg->nparked, 3);
     assert_true(RUN_UNTIL(base, o.next == 5, 3000));
@@ -679,16 +688,18 @@ static void test_real_park(void **state)
 }
 
 /*
- * Exact jobs (and claims) park behind misses while a connection takes jobs
- * (full, not held), in order with them; with every connection held they
- * are refused, nothing parked; one parked and never sent ends UNSENT and
- * nothing of it ran; a parked claim's handle is filled in when it is sent.
+ * Exact jobs (and claims) behind misses (test_real_park: parked in order
+ * with them): with every connection held they are refused, nothing parked;
+ * one parked and never sent ends UNSENT and nothing of it ran; a parked
+ * claim's handle is filled in when it is sent.
  */
 static void test_real_exact_parks(void **state)
 {
     (void)state;
     real_world w;
-    real_open(&w, 1, 2, NULL, "DROP TABLE IF EXISTS apg_parked; CREATE TABLE apg_parked (id int PRIMARY KEY)");
+    real_open(&w, 1, 2, NULL,
+              "DROP TABLE IF EXISTS apg_parked; CREATE TABLE apg_parked (id int PRIMARY KEY);"
+              "INSERT INTO apg_parked VALUES (1)");
     struct event_base *base = w.base;
     cdb_apg *apg = w.apg;
     PGconn *admin = w.admin;
@@ -700,25 +711,6 @@ static void test_real_exact_parks(void **state)
                               {"INSERT INTO apg_parked VALUES ($1::int)", 1, one, true},
                               {"COMMIT", 0, none, true}};
     bool maybe = true;
-
-    /* behind two misses in flight: the transaction parks, and is sent in its turn */
-    order o = {0};
-    ticket t[5];
-    for (int i = 0; i < 5; i++) {
-        t[i] = (ticket){&o, i};
-        if (i == 3)
-            assert_true(cdb_apg_submit_exact(apg, insert1, 3, 0, on_ordered, &t[i], &maybe));
-        else
-            assert_true(cdb_apg_submit(apg, i < 2 ? nap : quick, 1, 0, on_ordered, &t[i]));
-    }
-    assert_false(maybe);
-    assert_int_equal(apg->conns[0].inflight, 2);
-    assert_int_equal(apg->nparked, 3);
-    assert_true(RUN_UNTIL(base, o.next == 5, 3000));
-    assert_int_equal(o.ok, 5);
-    for (int i = 0; i < 5; i++)
-        assert_int_equal(o.seen[i], i);
-    assert_string_equal(scalar_text(admin, "SELECT count(*) FROM apg_parked"), "1");
 
     /* every connection held by a transaction: another is refused (a worker runs it), a miss parks
        (and is sent once it ends, within PARK_WAIT_MS) */
