@@ -251,6 +251,16 @@ static void job_finish(job *j, cdb_apg_outcome outcome)
     job_free(j);
 }
 
+/* Puts j at the end of the FIFO head..tail (a connection's jobs, or the parked). */
+static void append(job **head, job **tail, job *j)
+{
+    if (*tail)
+        (*tail)->next = j;
+    else
+        *head = j;
+    *tail = j;
+}
+
 /* Answers every job of list (linked by next) with outcome. */
 static void finish_all(job *list, cdb_apg_outcome outcome)
 {
@@ -279,19 +289,21 @@ static apg_conn *roomiest(cdb_apg *apg)
     return c;
 }
 
-/* Whether a parked j would be sent within a moment: some connection is ready (for an exact job: takes jobs). */
-static bool worth_parking(const cdb_apg *apg, const job *j)
-{
-    for (int i = 0; i < apg->nconns; i++)
-        if (j->exact ? takes_jobs(&apg->conns[i]) : apg->conns[i].state == ST_READY)
-            return true;
-    return false;
-}
-
 static bool any_ready(const cdb_apg *apg)
 {
     for (int i = 0; i < apg->nconns; i++)
         if (apg->conns[i].state == ST_READY)
+            return true;
+    return false;
+}
+
+/* Whether a parked job would be sent within a moment: a connection is ready (for an exact job: takes jobs). */
+static bool worth_parking(const cdb_apg *apg, bool exact)
+{
+    if (!exact)
+        return any_ready(apg);
+    for (int i = 0; i < apg->nconns; i++)
+        if (takes_jobs(&apg->conns[i]))
             return true;
     return false;
 }
@@ -730,11 +742,7 @@ static void enqueue(apg_conn *c, job *j)
     j->timeout_ms = ms;
     struct timeval tv = {ms / 1000, (ms % 1000) * 1000};
     evtimer_add(j->timer, &tv);
-    if (c->tail)
-        c->tail->next = j;
-    else
-        c->head = j;
-    c->tail = j;
+    append(&c->head, &c->tail, j);
     c->inflight++;
     /*
      * Sent when this turn of the loop has run its callbacks (on_writable):
@@ -849,21 +857,33 @@ static job *job_make(cdb_apg *apg, const cdb_apg_stmt *stmts, int n, int timeout
 static void park(cdb_apg *apg, job *j)
 {
     struct timeval tv = {PARK_WAIT_MS / 1000, (PARK_WAIT_MS % 1000) * 1000};
-    if (apg->park_tail)
-        apg->park_tail->next = j;
-    else
-        apg->park_head = j;
-    apg->park_tail = j;
+    append(&apg->park_head, &apg->park_tail, j);
     apg->nparked++;
     atomic_fetch_add(&g_parked, 1);
     evtimer_add(j->timer, &tv);
 }
 
 /*
- * Sends j on the ready connection with the most room, or parks it behind
- * the jobs already parked (they go first: a free slot while some wait is
- * the pump's, at the end of this turn). false (j freed, cb never runs)
- * when neither can be done; *maybe_sent as cdb_apg_submit_exact's.
+ * Sends j on c; when libpq refused (c failed), frees j (its cb never runs)
+ * and says in *maybe_sent whether every statement was queued.
+ */
+static bool send_or_drop(apg_conn *c, job *j, bool *maybe_sent)
+{
+    bool all_queued = false;
+    if (send_on(c, j, &all_queued))
+        return true;
+    *maybe_sent = all_queued;
+    job_free(j);
+    return false;
+}
+
+/*
+ * Every entry point but cdb_apg_claim_submit: a job of stmts (exact, keep
+ * and claim as job's fields) sent on the ready connection with the most
+ * room, or parked behind the jobs already parked (they go first: a free
+ * slot while some wait is the pump's, at the end of this turn). false (cb
+ * never runs) when neither can be done, decided before anything is
+ * allocated; *maybe_sent as cdb_apg_submit_exact's.
  *
  * An exact job parks only while some connection takes jobs (full of
  * misses, which end within moments), not when every one is held by a
@@ -873,55 +893,37 @@ static void park(cdb_apg *apg, job *j)
  * the workers' pool runs them side by side (bench/tx_loop.sh, 16 clients
  * of transactions: 509 tx/s parked that way, 641 before).
  */
-static bool submit_job(cdb_apg *apg, job *j, bool *maybe_sent)
+static bool submit_job(cdb_apg *apg, const cdb_apg_stmt *stmts, int n, int timeout_ms, cdb_apg_cb cb, void *arg,
+                       bool exact, bool keep, cdb_apg_claim *claim, bool *maybe_sent)
 {
-    apg_conn *c = apg->park_head ? NULL : roomiest(apg);
-    bool all_queued = false;
     *maybe_sent = false;
-    if (!c && apg->nparked < apg->park_max && worth_parking(apg, j)) {
-        park(apg, j);
-        return true;
-    }
-    if (c && send_on(c, j, &all_queued))
-        return true;
-    *maybe_sent = all_queued;
-    job_free(j);
-    return false;
-}
-
-/* A job of stmts for cdb_apg's entry points, or NULL when apg takes none (closing, n out of range, memory). */
-static job *job_for(cdb_apg *apg, const cdb_apg_stmt *stmts, int n, int timeout_ms, cdb_apg_cb cb, void *arg)
-{
     if (!apg || apg->freeing || n < 1 || n > CDB_APG_MAX_STMTS)
-        return NULL;
-    return job_make(apg, stmts, n, timeout_ms, cb, arg);
-}
-
-/* An exact job (keep: its block stays open, claimed after it; claim: filled in when sent), sent or parked. */
-static bool submit_exact(cdb_apg *apg, const cdb_apg_stmt *stmts, int n, int timeout_ms, bool keep, cdb_apg_cb cb,
-                         void *arg, bool *maybe_sent, cdb_apg_claim *claim)
-{
-    job *j = job_for(apg, stmts, n, timeout_ms, cb, arg);
-    *maybe_sent = false;
+        return false;
+    apg_conn *c = apg->park_head ? NULL : roomiest(apg);
+    if (!c && (apg->nparked >= apg->park_max || !worth_parking(apg, exact)))
+        return false;
+    job *j = job_make(apg, stmts, n, timeout_ms, cb, arg);
     if (!j)
         return false;
-    j->exact = true;
+    j->exact = exact;
     j->keep = keep;
     j->claim = claim;
-    return submit_job(apg, j, maybe_sent);
+    if (c)
+        return send_or_drop(c, j, maybe_sent);
+    park(apg, j);
+    return true;
 }
 
 bool cdb_apg_submit(cdb_apg *apg, const cdb_apg_stmt *stmts, int n, int timeout_ms, cdb_apg_cb cb, void *arg)
 {
     bool maybe_sent;
-    job *j = job_for(apg, stmts, n, timeout_ms, cb, arg);
-    return j && submit_job(apg, j, &maybe_sent);
+    return submit_job(apg, stmts, n, timeout_ms, cb, arg, false, false, NULL, &maybe_sent);
 }
 
 bool cdb_apg_submit_exact(cdb_apg *apg, const cdb_apg_stmt *stmts, int n, int timeout_ms, cdb_apg_cb cb, void *arg,
                           bool *maybe_sent)
 {
-    return submit_exact(apg, stmts, n, timeout_ms, false, cb, arg, maybe_sent, NULL);
+    return submit_job(apg, stmts, n, timeout_ms, cb, arg, true, false, NULL, maybe_sent);
 }
 
 bool cdb_apg_claim_open(cdb_apg *apg, const cdb_apg_stmt *stmts, int n, int timeout_ms, cdb_apg_cb cb, void *arg,
@@ -930,7 +932,7 @@ bool cdb_apg_claim_open(cdb_apg *apg, const cdb_apg_stmt *stmts, int n, int time
     bool maybe_sent;
     claim->conn = NULL;
     claim->gen = 0;
-    return submit_exact(apg, stmts, n, timeout_ms, true, cb, arg, &maybe_sent, claim);
+    return submit_job(apg, stmts, n, timeout_ms, cb, arg, true, true, claim, &maybe_sent);
 }
 
 /* The claimed connection of a live claim, or NULL (failed since, or never claimed). */
@@ -946,7 +948,6 @@ static apg_conn *claimed_conn(cdb_apg *apg, const cdb_apg_claim *claim)
 bool cdb_apg_claim_submit(cdb_apg *apg, cdb_apg_claim *claim, const cdb_apg_stmt *stmts, int n, int timeout_ms,
                           bool keep, cdb_apg_cb cb, void *arg, bool *maybe_sent)
 {
-    bool all_queued;
     *maybe_sent = false;
     apg_conn *c = n >= 1 && n <= CDB_APG_MAX_STMTS ? claimed_conn(apg, claim) : NULL;
     if (!c)
@@ -960,11 +961,7 @@ bool cdb_apg_claim_submit(cdb_apg *apg, cdb_apg_claim *claim, const cdb_apg_stmt
     }
     j->exact = true;
     j->keep = keep;
-    if (send_on(c, j, &all_queued))
-        return true;
-    *maybe_sent = all_queued;
-    job_free(j);
-    return false;
+    return send_or_drop(c, j, maybe_sent);
 }
 
 void cdb_apg_claim_release(cdb_apg *apg, cdb_apg_claim *claim)

@@ -45,6 +45,7 @@ from datahelp import (TX, add_project, admin_of, counter, delta, metric, pg_dele
                       query, query_ok, redis_client, rop, rset, scalar, start_instance, tx, tx_ok, user, wait_for)
 from identity import assert_error
 from servers import PgServer, RedisServer
+from test_loop_query import create_slow_view, wait_table
 
 REDIS_DB = 9
 LOOP_ENV = {"HTTP_THREADS": "2", "DB_POOL_MAX": "8", "DB_LOOP_CONNECTIONS": "2",
@@ -634,13 +635,10 @@ def test_a_transaction_behind_parked_misses_waits_its_turn_on_the_loop(pg, own_r
         admin = admin_of(inst)
         a = user(inst)
         warm(inst, a)
-        slow = f"slow_{uuid.uuid4().hex[:8]}"
         # a miss runs the page and the count: 2 x 0.05 s, so a job of the loop ends every 0.1 s,
         # well within the 250 ms after which the parked would go to a worker
-        inst.pg.query(inst.db, f"CREATE VIEW {slow} AS SELECT g AS id FROM generate_series(1, 1) g, "
-                               f"LATERAL (SELECT pg_sleep(0.05) AS z OFFSET 0) s")
-        inst.pg.query(inst.db, f"GRANT SELECT ON {slow} TO coredb_user")
-        assert wait_for(lambda: query(inst, a, {"table": slow}).status_code == 200, timeout=15)
+        slow = create_slow_view(inst, 0.05)
+        wait_table(inst, a, slow)
         tx0, parked0 = loop_txs(inst, admin), counter(inst, admin, "coredb_pool_loop_parked_total")
         statuses = []
 
