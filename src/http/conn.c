@@ -647,7 +647,7 @@ static void on_writable(evutil_socket_t fd, short what, void *arg)
 
 /* ---- the interface ---- */
 
-void cdb_conn_accept(cdb_loop *loop, evutil_socket_t fd, const struct sockaddr *sa, int salen)
+void cdb_conn_accept(cdb_loop *loop, evutil_socket_t fd, const struct sockaddr *sa, int salen, bool read_now)
 {
     cdb_conn *c = calloc(1, sizeof *c);
     if (!c) {
@@ -685,6 +685,8 @@ void cdb_conn_accept(cdb_loop *loop, evutil_socket_t fd, const struct sockaddr *
         cdb_log_warn("http.client_limit", "refusing a connection from %s: %d open already", c->peer,
                      loop->cfg->http_max_connections_per_ip);
         refuse(c, CDB_ERR_RATE_LIMITED, "Too many connections from this address");
+    } else if (read_now) {
+        on_readable(fd, EV_READ, c);
     }
 }
 

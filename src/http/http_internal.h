@@ -242,6 +242,7 @@ struct cdb_loop {
     struct event_base *base;
     struct evconnlistener *listener;
     struct event *accept_pause;    /* re-enables the listener after running out of descriptors */
+    atomic_int *loops_on_socket;   /* loops still accepting on its listening socket (server.c's stop) */
     atomic_int open_conns;         /* its open client connections (conn.c), for /metrics (server.c) */
     struct event *done_ev;         /* activated by workers */
     pthread_mutex_t done_lock;
@@ -265,8 +266,10 @@ struct cdb_loop {
  * then hands the request to cdb_server_dispatch and reads nothing more
  * until the answer is sent.
  */
-/* Takes an accepted socket; answers 429 and closes when its address is over the cap. */
-void cdb_conn_accept(cdb_loop *loop, evutil_socket_t fd, const struct sockaddr *sa, int salen);
+/* Takes an accepted socket; answers 429 and closes when its address is over the cap. read_now:
+ * the client has had time to send its request (taken from the backlog at the stop), so it is read
+ * at once and counts as in flight before the grace period looks (server.c). */
+void cdb_conn_accept(cdb_loop *loop, evutil_socket_t fd, const struct sockaddr *sa, int salen, bool read_now);
 /* Where an answer is written: the connection's output buffer, NULL once the client has gone. */
 struct evbuffer *cdb_conn_output(cdb_conn *conn);
 /* The answer is in the output buffer (written false: it failed, close); conn may be one whose client has gone.

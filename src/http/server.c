@@ -71,6 +71,9 @@ struct cdb_http_server {
     int route_len[CDB_ROUTE_TABLES_MAX];  /* rows of tables[t] */
     int route_ix[256];             /* metrics index of every row of tables (more rows: "unmatched") */
     atomic_int inflight;           /* requests accepted and not yet answered */
+    atomic_int api_socket_loops;   /* loops accepting on listen_fd, then on prom_fd (stop_accepting) */
+    atomic_int prom_socket_loops;
+    atomic_int loops_accepting;    /* started loops that have not yet run stop_accepting */
     atomic_bool stopping;
     atomic_bool draining;          /* a stop signal came: /health/ready answers 503 */
 };
@@ -215,10 +218,10 @@ void cdb_server_dispatch(cdb_request *r)
 static void on_accept(struct evconnlistener *listener, evutil_socket_t fd, struct sockaddr *sa, int salen,
                       void *arg)
 {
-    cdb_conn_accept(arg, fd, sa, salen);
+    cdb_conn_accept(arg, fd, sa, salen, false);
 }
 
-enum { ACCEPT_PAUSE_MS = 100 };
+enum { ACCEPT_PAUSE_MS = 100, LISTEN_BACKLOG = 1024 };
 /* jobs in flight per loop connection: a backend runs its pipeline in order, so more only queue
    in its socket behind a slow one; beyond these, misses park on the loop's one FIFO
    (store/pg_async.c) and go to whichever connection frees a slot first. 4, not 32: p99 of a miss
@@ -296,7 +299,7 @@ static int open_listener(const char *var, const char *host, int port, cdb_error 
     fd = socket(res->ai_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
     int one = 1;
     if (fd < 0 || setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one) < 0 ||
-        bind(fd, res->ai_addr, res->ai_addrlen) < 0 || listen(fd, 1024) < 0) {
+        bind(fd, res->ai_addr, res->ai_addrlen) < 0 || listen(fd, LISTEN_BACKLOG) < 0) {
         cdb_error_set(err, CDB_ERR_CONFIG_INVALID, "%sPORT: cannot listen on %s:%d: %s", var, host, port,
                       strerror(errno));
         if (fd >= 0)
@@ -315,10 +318,12 @@ static void pool_server_answers(void *pool)
     cdb_pool_server_answers(pool);
 }
 
-static int loop_init(cdb_loop *loop, cdb_http_server *srv, int fd, const cdb_route *const *tables,
-                     cdb_error *err)
+static int loop_init(cdb_loop *loop, cdb_http_server *srv, int fd, atomic_int *loops_on_socket,
+                     const cdb_route *const *tables, cdb_error *err)
 {
     loop->server = srv;
+    loop->loops_on_socket = loops_on_socket;
+    atomic_fetch_add(loops_on_socket, 1);
     loop->tables = tables;
     loop->svc = srv->svc;
     loop->cfg = cdb_service_config(srv->svc);
@@ -449,7 +454,7 @@ cdb_http_server *cdb_http_server_new(cdb_service *svc, cdb_error *err)
     int loop_conns = cdb_service_loop_connections(svc);
     cdb_pool *pool = cdb_service_pool(svc);
     for (int i = 0; i < cfg->http_threads; i++) {
-        if (loop_init(&srv->loops[i], srv, srv->listen_fd, srv->tables, err) < 0)
+        if (loop_init(&srv->loops[i], srv, srv->listen_fd, &srv->api_socket_loops, srv->tables, err) < 0)
             goto fail;
         if (loop_conns > 0 && pool &&
             !(srv->loops[i].apg = cdb_apg_new(srv->loops[i].base, cdb_pool_pg_settings(pool), loop_conns,
@@ -463,7 +468,8 @@ cdb_http_server *cdb_http_server_new(cdb_service *svc, cdb_error *err)
     /* the metrics listener has a loop of its own, so the API's connections
      * cannot crowd out a scrape's (the rendering runs on the workers) */
     if (srv->prom_fd >= 0 &&
-        loop_init(&srv->loops[srv->nloops - 1], srv, srv->prom_fd, srv->prom_tables, err) < 0)
+        loop_init(&srv->loops[srv->nloops - 1], srv, srv->prom_fd, &srv->prom_socket_loops, srv->prom_tables,
+                  err) < 0)
         goto fail;
     if (cdb__metrics_add_collector(collect_loops, srv) < 0) {
         cdb_error_set(err, CDB_ERR_INTERNAL_ERROR, "too many metrics collectors");
@@ -476,12 +482,44 @@ fail:
     return NULL;
 }
 
+/*
+ * Clients that connected while the service still served, queued on the
+ * socket and not yet taken by a loop: they are served like the others.
+ * Bounded by what the backlog holds.
+ */
+static void accept_backlog(cdb_loop *loop, int socket_fd)
+{
+    for (int n = 0; n < LISTEN_BACKLOG; n++) {
+        struct sockaddr_storage ss;
+        socklen_t len = sizeof ss;
+        int fd = accept4(socket_fd, (struct sockaddr *)&ss, &len, SOCK_NONBLOCK | SOCK_CLOEXEC);
+        if (fd < 0)
+            return;
+        cdb_conn_accept(loop, fd, (struct sockaddr *)&ss, (int)len, true);
+    }
+}
+
+/*
+ * The stop (after SHUTDOWN_DRAIN_MS), on each loop: it stops watching its
+ * listening socket and closes its idle connections. The last loop on a
+ * socket then takes what is still queued on it and shuts it, so that a
+ * client connecting from now on is refused at once: left listening until
+ * the process exits, the kernel would complete its connection, queue it
+ * through the whole grace period and then reset it. (shutdown, not close:
+ * the other loops' listeners still hold the descriptor's number.)
+ */
 static void stop_accepting(evutil_socket_t fd, short what, void *arg)
 {
     cdb_loop *loop = arg;
     evconnlistener_disable(loop->listener);
     evtimer_del(loop->accept_pause);
     cdb_conn_close_idle(loop);
+    if (atomic_fetch_sub(loop->loops_on_socket, 1) == 1) {
+        int socket_fd = evconnlistener_get_fd(loop->listener);
+        accept_backlog(loop, socket_fd);
+        shutdown(socket_fd, SHUT_RDWR);
+    }
+    atomic_fetch_sub(&loop->server->loops_accepting, 1);
 }
 
 /*
@@ -507,7 +545,9 @@ int cdb_http_block_stop_signals(void)
 }
 
 /*
- * The grace period: until no request is in flight or the deadline. Another
+ * The grace period: until every loop has stopped accepting (the last ones'
+ * requests then count as in flight) and no request is in flight, or the
+ * deadline. Another
  * stop signal now (GNU make forwards SIGTERM to a child that got its own,
  * an impatient second Ctrl-C) ends the wait at once; the cleanup after it
  * (loops, workers, pool, the embedded PostgreSQL) still runs. sigtimedwait
@@ -517,7 +557,8 @@ static void wait_for_inflight(cdb_http_server *srv, const sigset_t *stop_signals
 {
     int64_t deadline = cdb_mono_ms() + grace_ms;
     const struct timespec tick = {0, 10 * 1000 * 1000};
-    while (atomic_load(&srv->inflight) > 0 && cdb_mono_ms() < deadline) {
+    while ((atomic_load(&srv->loops_accepting) > 0 || atomic_load(&srv->inflight) > 0) &&
+           cdb_mono_ms() < deadline) {
         int sig = sigtimedwait(stop_signals, NULL, &tick);
         if (sig > 0) {
             cdb_log_warn("http.stopping", "signal %d again: ending the grace period with %d "
@@ -588,6 +629,7 @@ int cdb_http_server_run(cdb_http_server *srv)
     }
     cdb_log_info("http.stopping", "signal %d: stop accepting, finishing in-flight requests", sig);
     atomic_store(&srv->stopping, true);
+    atomic_store(&srv->loops_accepting, started);
     struct timeval now = {0, 0};
     for (int i = 0; i < started; i++)
         event_base_once(srv->loops[i].base, -1, EV_TIMEOUT, stop_accepting, &srv->loops[i], &now);

@@ -379,6 +379,7 @@ def test_slow_queries_on_the_loops_do_not_delay_hits(pg, own_redis):
 
 def test_sigterm_with_misses_parked_on_the_loops(pg, own_redis):
     inst = start_instance(pg, own_redis, REDIS_DB + 6, CACHE_TTL="0", **LOOP_ENV)
+    admin = admin_of(inst)
     a = user(inst)
     slow = create_slow_view(inst, 1)
     wait_table(inst, a, slow)
@@ -395,6 +396,8 @@ def test_sigterm_with_misses_parked_on_the_loops(pg, own_redis):
     assert wait_for(lambda: inst.pg.query(inst.db, "SELECT count(*) FROM pg_stat_activity WHERE "
                                                    "query LIKE '%%row_to_json%%' AND state = 'active' "
                                                    "AND pid <> pg_backend_pid()")[0][0] >= 4, timeout=10)
+    # every client in (the scrape counts itself): one connecting after the signal is refused
+    assert wait_for(lambda: counter(inst, admin, "coredb_http_requests_in_flight") >= 13, timeout=10)
     t0 = time.time()
     inst.proc.send_signal(signal.SIGTERM)
     for t in threads:
