@@ -71,8 +71,8 @@ struct cdb_http_server {
     int route_len[CDB_ROUTE_TABLES_MAX];  /* rows of tables[t] */
     int route_ix[256];             /* metrics index of every row of tables (more rows: "unmatched") */
     atomic_int inflight;           /* requests accepted and not yet answered */
-    atomic_int api_socket_loops;   /* loops accepting on listen_fd, then on prom_fd (stop_accepting) */
-    atomic_int prom_socket_loops;
+    atomic_int api_socket_loops;   /* loops accepting on listen_fd (the last to stop shuts it) */
+    atomic_int prom_socket_loops;  /* ... on prom_fd */
     atomic_int loops_accepting;    /* started loops that have not yet run stop_accepting */
     atomic_bool stopping;
     atomic_bool draining;          /* a stop signal came: /health/ready answers 503 */
@@ -545,13 +545,12 @@ int cdb_http_block_stop_signals(void)
 }
 
 /*
- * The grace period: until every loop has stopped accepting (the last ones'
- * requests then count as in flight) and no request is in flight, or the
- * deadline. Another
- * stop signal now (GNU make forwards SIGTERM to a child that got its own,
- * an impatient second Ctrl-C) ends the wait at once; the cleanup after it
- * (loops, workers, pool, the embedded PostgreSQL) still runs. sigtimedwait
- * doubles as the 10 ms sleep.
+ * The grace period: until every loop has stopped accepting (the requests of
+ * the clients it took from the backlog then count as in flight) and no
+ * request is in flight, or the deadline. Another stop signal now (GNU make
+ * forwards SIGTERM to a child that got its own, an impatient second Ctrl-C)
+ * ends the wait at once; the cleanup after it (loops, workers, pool, the
+ * embedded PostgreSQL) still runs. sigtimedwait doubles as the 10 ms sleep.
  */
 static void wait_for_inflight(cdb_http_server *srv, const sigset_t *stop_signals, int64_t grace_ms)
 {
