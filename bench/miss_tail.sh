@@ -15,9 +15,7 @@ source "$(dirname "$0")/lib.sh"
 DURATION=${DURATION:-10s} ROUNDS=${ROUNDS:-3}
 NUSERS=${BENCH_DATA_USERS:-1000} NPROJECTS=${BENCH_DATA_PROJECTS:-100} BODY=$BENCH_DIR/data_query.json
 CONNS=64 THREADS=2
-declare -A OTHER CPU_CDB CPU_PG CPU_REDIS RPS P50 P99
-rows=""
-data_init
+data_init                          # also declares accounted_run's RPS, P50, P99 ... arrays
 trap data_cleanup EXIT
 raise_nofile
 unset REDIS_URL
@@ -26,15 +24,17 @@ data_setup CACHE_TTL=0 "${CDB_ENV[@]}"
 W=(wrk -t"$THREADS" -c"$CONNS" --latency -s "$BENCH_DIR/data_query.lua" "http://127.0.0.1:$CDB_PORT/")
 "${W[@]}" -d3s >/dev/null
 PERF=$(command -v perf || true)
+# wrk's output on stdin -> "req/s | p50 | p99"
+cells() { wrk_summary | awk '{print $1 " | " $2 " | " $3}'; }
 echo "| round | run | req/s | p50 ms | p99 ms |"
 echo "|---|---|---|---|---|"
 for i in $(seq 1 "$ROUNDS"); do
   accounted_run "a$i" wrk "accounted" "" "${W[@]}" -d"$DURATION" >/dev/null
   echo "| $i | accounted | ${RPS[a$i]} | ${P50[a$i]} | ${P99[a$i]} |"
-  echo "| $i | plain | $("${W[@]}" -d"$DURATION" | wrk_summary | awk '{print $1 " | " $2 " | " $3}') |"
+  echo "| $i | plain | $("${W[@]}" -d"$DURATION" | cells) |"
   if [ -n "$PERF" ]; then
     "$PERF" sched record -a -o "$BENCH_TMP/sched.data" -- "${W[@]}" -d"$DURATION" >"$BENCH_TMP/sched_wrk.txt" 2>/dev/null
-    echo "| $i | under perf sched | $(wrk_summary <"$BENCH_TMP/sched_wrk.txt" | awk '{print $1 " | " $2 " | " $3}') |"
+    echo "| $i | under perf sched | $(cells <"$BENCH_TMP/sched_wrk.txt") |"
     "$PERF" sched latency -i "$BENCH_TMP/sched.data" --sort max 2>/dev/null |
       awk -F'|' '$1 ~ /(postgres|coredb|wrk|redis-server)/ { gsub(/ +/, " "); print "  wait for a core:" $1 "mean" $4 "max" $5 }' |
       sed 's/avg://; s/max: //' >&2

@@ -631,7 +631,8 @@ int cdb_http_server_run(cdb_http_server *srv)
     atomic_store(&srv->loops_accepting, started);
     struct timeval now = {0, 0};
     for (int i = 0; i < started; i++)
-        event_base_once(srv->loops[i].base, -1, EV_TIMEOUT, stop_accepting, &srv->loops[i], &now);
+        if (event_base_once(srv->loops[i].base, -1, EV_TIMEOUT, stop_accepting, &srv->loops[i], &now) != 0)
+            atomic_fetch_sub(&srv->loops_accepting, 1); /* not waited for: it keeps its listener to the end */
 
     wait_for_inflight(srv, &stop_signals, cfg->shutdown_grace_ms);
 

@@ -65,29 +65,33 @@ def test_a_client_connecting_during_the_grace_period_is_refused_at_once(pg, redi
     name = pg.create_database()
     inst = Coredb(base_env(pg, name, redis_server, SHUTDOWN_GRACE_MS=10000))
     result = {}
-    slow = threading.Thread(target=lambda: result.update(resp=inst.post("/test/sleep", json={"seconds": 2})))
+    slow = threading.Thread(target=lambda: result.update(resp=inst.post("/test/sleep", json={"seconds": 3})))
     slow.start()
     time.sleep(0.4)
     inst.proc.send_signal(signal.SIGTERM)
     deadline = time.time() + 5
     refused = None
     while refused is None and time.time() < deadline:
+        began = time.time()
         try:
             # 3 s: a SYN that meets the socket while it is being shut may be dropped; the
             # client's retransmission (1 s later) is then refused
-            s = socket.create_connection(("127.0.0.1", inst.port), timeout=3)
-        except ConnectionRefusedError:
-            refused = True
-            break
-        with s:
-            s.settimeout(8)
-            s.sendall(b"GET /health/live HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-            try:
+            with socket.create_connection(("127.0.0.1", inst.port), timeout=3) as s:
+                s.settimeout(8)
+                s.sendall(b"GET /health/live HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
                 # taken before the listener stopped: answered; queued, it would be reset at exit
                 if not s.recv(100).startswith(b"HTTP/1.1 200"):
                     refused = False
-            except (ConnectionResetError, socket.timeout):
+        except ConnectionRefusedError:
+            refused = True
+        except ConnectionResetError:
+            # one that meets the socket between the last accept and its shutdown is reset at once
+            # (the kernel cannot stop listening and keep its queue); the defect was the reset at
+            # exit, after the request in flight
+            if time.time() - began > 1:
                 refused = False
+        except socket.timeout:
+            refused = False
         time.sleep(0.05)
     slow.join(15)
     assert refused is True, "a client connecting after SIGTERM was queued, not refused"
