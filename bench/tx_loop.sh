@@ -8,6 +8,9 @@
 #            answer all on the loop;
 #  - worker: DB_LOOP_CONNECTIONS=0: admission on the loop, the transaction
 #            and its outbox on a worker thread (the blocking path);
+#  - TX_KEYED=1: each transaction under its own Idempotency-Key (the
+#    loop's two segments on a claimed connection, or the worker's two
+#    round trips);
 #  - and, when PREV_BIN names another build (e.g. the branch before the
 #    outbox moved to the loop), that binary with DB_LOOP_CONNECTIONS=2.
 # Each run records CPU per transaction by party (coredb, PostgreSQL, Redis,
@@ -17,6 +20,7 @@
 set -euo pipefail
 source "$(dirname "$0")/lib.sh"
 DURATION=${DURATION:-10s}
+export TX_KEYED=${TX_KEYED:-}
 NUSERS=${BENCH_DATA_USERS:-200}
 NPROJECTS=45   # data_setup.py checks a full page of the caller's projects
 CONNS=${CONNS:-16}
@@ -79,7 +83,7 @@ fi
 
 echo
 echo "### Transactions on the loops vs the workers — $(date -u +%Y-%m-%d) — $(machine_line)"
-echo "wrk -t$THREADS -c$CONNS -d$DURATION, $NUSERS users round robin; each transaction: insert 1 project + Redis INCR. HTTP_THREADS=$http_threads, DB_POOL_MAX=$pool_max."
+echo "wrk -t$THREADS -c$CONNS -d$DURATION, $NUSERS users round robin; each transaction: insert 1 project + Redis INCR${TX_KEYED:+ (TX_KEYED=$TX_KEYED: 1 = each under its own Idempotency-Key)}. HTTP_THREADS=$http_threads, DB_POOL_MAX=$pool_max."
 accounted_table_head
 printf "%s" "$rows"
 for k in "${!REDIS_PER_TX[@]}"; do

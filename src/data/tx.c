@@ -180,7 +180,6 @@ static void name_bad_value(PGconn *conn, const tx_op *op, cdb_error *err)
     }
 }
 
-static char *response_text(tx *t);
 
 /* The ledger row of an unkeyed transaction: its id and owner, nothing to replay. */
 static const char LEDGER_SQL[] =
@@ -212,15 +211,21 @@ static int check_outcome(tx *t, PGconn *conn, int rc, int failed, int commit_at,
  * second round trip sends the ledger row holding it together with COMMIT.
  * One extra round trip, for keyed requests only.
  */
+/* Keyed, before the commit: t->stored, the answer with its Redis operations "pending"; false when out of memory. */
+static bool keyed_stored_answer(tx *t)
+{
+    for (int i = 0; i < t->nops; i++)
+        if (t->ops[i].kind >= OP_SET)
+            t->ops[i].status = "pending";
+    return (t->stored = cdb__tx_response_text(t)) != NULL;
+}
+
 static int commit_keyed(tx *t, PGconn *conn, cdb_error *err)
 {
     PGresult *res[2] = { NULL, NULL };
     int failed = -1, rc;
 
-    for (int i = 0; i < t->nops; i++)
-        if (t->ops[i].kind >= OP_SET)
-            t->ops[i].status = "pending";
-    if (!(t->stored = response_text(t)))
+    if (!keyed_stored_answer(t))
         return cdb_error_oom(err);
     const char *params[6] = {t->id, t->caller->user_id, t->scope, t->key, t->hash, t->stored};
     bool sent = PQsendQueryParams(conn, LEDGER_KEYED_SQL, 6, NULL, params, NULL, NULL, 0) == 1;
@@ -399,11 +404,10 @@ static void apply_outbox(tx *t, PGconn *conn)
             goto out_log;
     }
     if (t->key) {
-        if (!(final = response_text(t)))
+        if (!(final = cdb__tx_response_text(t)))
             goto out_log;
         const char *answer[2] = {t->id, final};
-        if (cdb_pg_exec(conn, "UPDATE coredb.tx_ledger SET response = $2 WHERE transaction_id = $1::uuid",
-                        2, answer, NULL, &e) < 0)
+        if (cdb_pg_exec(conn, CDB__TX_LEDGER_FINAL_SQL, 2, answer, NULL, &e) < 0)
             goto out_log;
     }
     if (cdb_pg_exec(conn, "COMMIT", 0, NULL, NULL, &e) < 0)
@@ -456,8 +460,7 @@ static json_t *build_response(const tx *t, int64_t started_ms)
     return out;
 }
 
-/* The answer, serialized as it is sent (and stored, keyed); malloc'd, NULL when out of memory. */
-static char *response_text(tx *t)
+char *cdb__tx_response_text(tx *t)
 {
     json_t *body = build_response(t, t->started_ms);
     char *text = body ? json_dumps(body, JSON_COMPACT) : NULL;
@@ -528,7 +531,7 @@ int cdb_data_transaction_idem(cdb_service *svc, const cdb_principal *caller, jso
     after_commit(t, conn);
     /* keyed: the stored answer, or the one that replaced it after the outbox ran */
     if (!t->key) {
-        idem->body = response_text(t);
+        idem->body = cdb__tx_response_text(t);
     } else if (t->final) {
         idem->body = t->final;
         t->final = NULL;
@@ -614,7 +617,8 @@ void cdb__tx_row_report(const tx *t, outbox_row *row, cdb_outbox_rc rc, const ch
                         value);
 }
 
-int cdb__tx_loop_plan(cdb_service *svc, const cdb_principal *p, json_t *request, cdb__tx_loop **out)
+int cdb__tx_loop_plan(cdb_service *svc, const cdb_principal *p, json_t *request, const char *key,
+                      cdb__tx_loop **out)
 {
     const char *db_role = cdb_principal_db_role(p);
     cdb__tx_loop *lt = NULL;
@@ -631,6 +635,14 @@ int cdb__tx_loop_plan(cdb_service *svc, const cdb_principal *p, json_t *request,
     t->svc = svc;
     t->caller = p;
     cdb_ledger_new_id(t->id);
+    if (key) {                     /* as cdb_data_transaction_idem: a bad key is the worker's to answer */
+        if (cdb_ledger_check_key(key, &err) < 0 ||
+            cdb_ledger_request_hash(svc->jwt.secret, svc->jwt.secret_len, "data.transaction", request, t->hash,
+                                    &err) < 0)
+            goto refuse;
+        t->key = key;
+        snprintf(t->scope, sizeof t->scope, "%s", p->user_id);
+    }
     if (!(t->cat = cdb_catalog_cache_peek(svc->catalog)) || !(t->cs = cdb__colring_peek(svc)) ||
         !loop_may_run(t, request) || cdb__tx_parse_request(t, request, &err) < 0 || !(lt = calloc(1, sizeof *lt)))
         goto refuse;
@@ -643,6 +655,9 @@ int cdb__tx_loop_plan(cdb_service *svc, const cdb_principal *p, json_t *request,
     lt->settings[2] = cdb_role_name(p->role);
     lt->ledger[0] = t->id;
     lt->ledger[1] = p->user_id;
+    lt->claim[0] = t->scope;
+    lt->claim[1] = t->key;
+    lt->claim[2] = t->hash;
     *out = lt;
     cdb_error_destroy(&err);
     return 1;
@@ -656,10 +671,16 @@ refuse:
     return 0;
 }
 
+bool cdb__tx_loop_keyed(const cdb__tx_loop *lt)
+{
+    return lt->t->key != NULL;
+}
+
 /*
- * The worker's pipeline (run_pipeline), unkeyed: BEGIN, role + settings,
- * the operations, RESET ROLE, the outbox rows, the ledger row, COMMIT.
- * Texts that vary per request are unnamed; the prelude and the ledger row
+ * The worker's pipeline (run_pipeline): BEGIN, [the key's claim], role +
+ * settings, the operations, RESET ROLE, the outbox rows, and unkeyed the
+ * ledger row and COMMIT (keyed: cdb__tx_loop_commit_statements). Texts that
+ * vary per request are unnamed; the claim, the prelude and the ledger row
  * are prepared once per connection.
  */
 int cdb__tx_loop_statements(cdb__tx_loop *lt, cdb_apg_stmt *stmts)
@@ -667,6 +688,8 @@ int cdb__tx_loop_statements(cdb__tx_loop *lt, cdb_apg_stmt *stmts)
     tx *t = lt->t;
     int n = 0;
     stmts[n++] = (cdb_apg_stmt){"BEGIN", 0, NO_PARAMS, true};
+    if (t->key)                    /* as the login role, before the caller's role is set */
+        stmts[n++] = (cdb_apg_stmt){CDB_LEDGER_CLAIM_SQL, 3, lt->claim, false};
     stmts[n++] = (cdb_apg_stmt){cdb_txn_read_prelude_sql(), 3, lt->settings, false};
     for (int k = 0; k < t->npg; k++) {
         const tx_op *op = &t->ops[t->pg_ops[k]];
@@ -677,20 +700,35 @@ int cdb__tx_loop_statements(cdb__tx_loop *lt, cdb_apg_stmt *stmts)
     if (t->nrows)
         stmts[n++] = (cdb_apg_stmt){lt->outbox.text, lt->outbox.nparams, (const char *const *)lt->outbox.params,
                                     true};
+    if (t->key)
+        return n;
     stmts[n++] = (cdb_apg_stmt){LEDGER_SQL, 2, lt->ledger, false};
     stmts[n++] = (cdb_apg_stmt){"COMMIT", 0, NO_PARAMS, true};
     return n;
 }
 
+int cdb__tx_loop_commit_statements(cdb__tx_loop *lt, cdb_apg_stmt *stmts)
+{
+    tx *t = lt->t;
+    if (!keyed_stored_answer(t))
+        return -1;
+    const char *const ledger[6] = {t->id, t->caller->user_id, t->scope, t->key, t->hash, t->stored};
+    memcpy(lt->keyed_ledger, ledger, sizeof ledger);
+    stmts[0] = (cdb_apg_stmt){LEDGER_KEYED_SQL, 6, lt->keyed_ledger, false};
+    stmts[1] = (cdb_apg_stmt){"COMMIT", 0, NO_PARAMS, true};
+    return 2;
+}
+
 int cdb__tx_loop_collect(cdb__tx_loop *lt, PGresult *const *res, int n, cdb_error *err)
 {
     tx *t = lt->t;
+    const int first_op = CDB_DATA_PRELUDE_COUNT + (t->key ? 1 : 0);
     int rc = 0;
-    if (n < CDB_DATA_PRELUDE_COUNT + t->npg)
+    if (n < first_op + t->npg)
         return cdb_error_set(err, CDB_ERR_INTERNAL_ERROR, "Malformed database result");
     for (int k = 0; k < t->npg && rc == 0; k++)
-        rc = collect_result(t, &t->ops[t->pg_ops[k]], res[CDB_DATA_PRELUDE_COUNT + k], t->pg_ops[k], err);
-    if (rc < 0)
+        rc = collect_result(t, &t->ops[t->pg_ops[k]], res[first_op + k], t->pg_ops[k], err);
+    if (rc < 0 && !t->key)         /* keyed, nothing is committed yet: the claim's release rolls it back */
         cdb_log_error("data.tx_result_unreadable", "transaction %s committed but its result could not be read", t->id);
     return rc;
 }
@@ -732,11 +770,19 @@ int cdb__tx_loop_pending_answer(cdb__tx_loop *lt, cdb_idempotency *idem, cdb_err
 
 int cdb__tx_loop_answer(cdb__tx_loop *lt, cdb_idempotency *idem, cdb_error *err)
 {
+    tx *t = lt->t;
     idem->replayed = false;
     idem->status = 200;
-    if (!(idem->body = response_text(lt->t)))
-        return cdb_error_oom(err);
-    return 0;
+    if (!t->key) {
+        idem->body = cdb__tx_response_text(t);
+    } else if (t->final) {         /* keyed: what a retry would replay (cdb_data_transaction_idem) */
+        idem->body = t->final;
+        t->final = NULL;
+    } else {
+        idem->body = t->stored;
+        t->stored = NULL;
+    }
+    return idem->body ? 0 : cdb_error_oom(err);
 }
 
 void cdb__tx_loop_free(cdb__tx_loop *lt)

@@ -90,6 +90,8 @@ struct cdb__tx_loop {
     cdb_sql outbox;                /* the outbox rows' INSERT */
     const char *settings[3];       /* the prelude's: database role, user id, role name */
     const char *ledger[2];
+    const char *claim[3];          /* keyed: the key's claim (scope, key, request hash) */
+    const char *keyed_ledger[6];   /* keyed: the ledger row with the stored answer (commit_keyed's) */
     cdb__tx_apply *apply;          /* tx_loop.c's state while it applies the outbox, owned */
 };
 
@@ -124,6 +126,10 @@ static inline int op_tag(cdb_error *err, int i, int rc)
 int cdb__tx_parse_request(tx *t, json_t *request, cdb_error *err);
 /* Row as Redis took it (applied, or refused for good): its operation's status and value in the answer. */
 void cdb__tx_row_report(const tx *t, outbox_row *row, cdb_outbox_rc rc, const char *why, json_t *value);
+/* The answer, serialized as it is sent (and stored, keyed); malloc'd, NULL when out of memory. */
+char *cdb__tx_response_text(tx *t);
+/* Keyed: the answer with the Redis results replaces the stored one ($1 transaction id, $2 answer). */
+#define CDB__TX_LEDGER_FINAL_SQL "UPDATE coredb.tx_ledger SET response = $2 WHERE transaction_id = $1::uuid"
 
 /*
  * Validates operation i, of database "documents", into t->ops[i] (doc_tx.c,

@@ -18,7 +18,9 @@
  *      (DOWN: it and the rest are "pending"); a row Redis refused for good
  *      is consumed and reported "failed";
  *   3. DELETE the applied rows, count the attempt of the row that stopped
- *      the run, COMMIT, in one round trip that ends the claim.
+ *      the run, keyed: replace the ledger's stored answer with the one
+ *      holding the Redis results, COMMIT, in one round trip that ends the
+ *      claim (keyed, the answer sent is then the one a retry replays).
  * The caller answers only after step 3, so a caller's next read never
  * sees the cached page from before its own write.
  *
@@ -66,9 +68,11 @@ struct cdb__tx_apply {
     char applied[ROWS_MAX * 4 + 3];  /* "{1,2,...}": seqs are at most 3 digits */
     char seq[16];
     char why[256];
+    char *final;                   /* keyed: the answer with the Redis results, stored by step 3 */
     const char *lock_params[1];
     const char *delete_params[2];
     const char *attempt_params[3];
+    const char *final_params[2];
 };
 
 static void next_row(cdb__tx_apply *x);
@@ -79,21 +83,33 @@ static void on_booked(cdb_apg_outcome outcome, PGresult *const *res, int n, void
     tx *t = x->lt->t;
     (void)res;
     (void)n;
-    if (outcome != CDB_APG_OK)
+    if (outcome != CDB_APG_OK) {
         /* rows applied here but not deleted are applied again by the flush: at least once */
         cdb_log_warn("data.outbox_bookkeeping_failed", "transaction %s: outbox update failed: %s", t->id,
                      cdb_apg_timed_out(outcome) ? "timed out" : "the loop's connection failed or was refused");
-    else if (x->failed_seq)
+        free(x->final);            /* not stored: the stored answer stays the one sent */
+        x->final = NULL;
+        x->done(true, x->arg);
+        return;
+    }
+    if (x->failed_seq)
         cdb_log_warn("data.outbox_pending", "transaction %s: %d Redis operation(s) left for the retry job: %s",
                      t->id, t->nrows - x->stop, x->why);
+    t->final = x->final;           /* committed: it is what a retry replays now */
+    x->final = NULL;
     x->done(true, x->arg);
 }
 
-/* Step 3: the applied rows deleted, the failed one's attempt counted, COMMIT; the claim ends with it. */
+/*
+ * Step 3: the applied rows deleted, the failed one's attempt counted, keyed
+ * the final answer stored, COMMIT; the claim ends with it. Keyed and out of
+ * memory for the answer: the stored one ("pending") stays, as the worker's
+ * apply_outbox leaves it.
+ */
 static void book(cdb__tx_apply *x)
 {
     tx *t = x->lt->t;
-    cdb_apg_stmt stmts[3];
+    cdb_apg_stmt stmts[4];
     int n = 0;
     bool maybe_sent;
     if (strcmp(x->applied, "{}") != 0)
@@ -102,11 +118,17 @@ static void book(cdb__tx_apply *x)
         snprintf(x->seq, sizeof x->seq, "%d", x->failed_seq);
         stmts[n++] = (cdb_apg_stmt){ATTEMPT_SQL, 3, x->attempt_params, false};
     }
+    if (t->key && (x->final = cdb__tx_response_text(t))) {
+        x->final_params[1] = x->final;
+        stmts[n++] = (cdb_apg_stmt){CDB__TX_LEDGER_FINAL_SQL, 2, x->final_params, false};
+    }
     stmts[n++] = (cdb_apg_stmt){"COMMIT", 0, NONE, true};
     if (cdb_apg_claim_submit(x->apg, &x->claim, stmts, n, 0, false, on_booked, x, &maybe_sent))
         return;
     cdb_log_warn("data.outbox_bookkeeping_failed", "transaction %s: outbox update failed: %s", t->id,
                  "the loop's connection was lost");
+    free(x->final);
+    x->final = NULL;
     x->done(true, x->arg);
 }
 
@@ -195,6 +217,7 @@ int cdb__tx_loop_apply(cdb__tx_loop *lt, cdb_apg *apg, cdb_aredis *a, struct eve
     x->attempt_params[0] = t->id;
     x->attempt_params[1] = x->seq;
     x->attempt_params[2] = x->why;
+    x->final_params[0] = t->id;
     /* what is not applied below stays for the flush job */
     for (int r = 0; r < t->nrows; r++)
         if (t->rows[r].from)

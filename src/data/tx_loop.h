@@ -26,17 +26,32 @@ typedef struct cdb_service cdb_service;
 typedef struct cdb__tx_loop cdb__tx_loop;
 
 /*
- * 1 with *out set when request is an unkeyed transaction the loop may run
- * without blocking: valid, only PostgreSQL tables (no documents or
- * vectors) and Redis operations, no encrypted column in a written table,
- * the catalog and encryption snapshots and the cache namespace in memory.
- * 0 otherwise (nothing to free): a worker runs it and reports any error, so
- * bad input is answered exactly as before. p must outlive *out.
+ * 1 with *out set when request is a transaction the loop may run without
+ * blocking: valid, only PostgreSQL tables (no documents or vectors) and
+ * Redis operations, no encrypted column in a written table, the catalog
+ * and encryption snapshots and the cache namespace in memory, and key (its
+ * Idempotency-Key, or NULL) well formed. 0 otherwise (nothing to free): a
+ * worker runs it and reports any error, so bad input is answered exactly
+ * as before. p and key must outlive *out.
  */
-int cdb__tx_loop_plan(cdb_service *svc, const cdb_principal *p, json_t *request, cdb__tx_loop **out);
-/* The transaction's statements (BEGIN ... COMMIT) into stmts (CDB_APG_MAX_STMTS), valid while t lives; their count. */
+int cdb__tx_loop_plan(cdb_service *svc, const cdb_principal *p, json_t *request, const char *key,
+                      cdb__tx_loop **out);
+/* Whether it carries an Idempotency-Key: two segments on a claimed connection (loop_tx.c). */
+bool cdb__tx_loop_keyed(const cdb__tx_loop *t);
+/*
+ * Its statements into stmts (CDB_APG_MAX_STMTS), valid while t lives; their
+ * count. Unkeyed: BEGIN ... COMMIT, one exact job. Keyed: BEGIN, the key's
+ * claim, ... the outbox rows, and no COMMIT: the first segment of a claim
+ * (cdb_apg_claim_open), whose results build the stored answer.
+ */
 int cdb__tx_loop_statements(cdb__tx_loop *t, cdb_apg_stmt *stmts);
-/* The committed results (n of them, from cdb_apg_submit_exact): 0, or < 0 with err set. */
+/*
+ * Keyed, after cdb__tx_loop_collect: the second segment (the ledger row
+ * holding the stored answer, COMMIT) into stmts; its count, -1 when out of
+ * memory.
+ */
+int cdb__tx_loop_commit_statements(cdb__tx_loop *t, cdb_apg_stmt *stmts);
+/* The operations' results (n of them, the first segment's): 0, or < 0 with err set. */
 int cdb__tx_loop_collect(cdb__tx_loop *t, PGresult *const *res, int n, cdb_error *err);
 /* The commit may or may not have happened: 503 TRANSACTION_OUTCOME_UNKNOWN with t's id into err. */
 int cdb__tx_loop_unknown(cdb__tx_loop *t, cdb_error *err);
@@ -48,7 +63,11 @@ int cdb__tx_loop_unknown(cdb__tx_loop *t, cdb_error *err);
 int cdb__tx_loop_finish(cdb__tx_loop *t, cdb_idempotency *idem, cdb_error *err);
 /* The answer without the outbox applied: its Redis operations "pending" (no worker to finish it). */
 int cdb__tx_loop_pending_answer(cdb__tx_loop *t, cdb_idempotency *idem, cdb_error *err);
-/* The answer as it stands (after cdb__tx_loop_apply's done): idem->body/status. < 0 only when out of memory. */
+/*
+ * The answer as it stands (after cdb__tx_loop_apply's done): idem->body/status;
+ * keyed, the one stored in the ledger (with the Redis results once they
+ * replaced the "pending" ones there). < 0 only when out of memory.
+ */
 int cdb__tx_loop_answer(cdb__tx_loop *t, cdb_idempotency *idem, cdb_error *err);
 
 /*

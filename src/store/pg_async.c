@@ -384,7 +384,7 @@ static void conn_fail(apg_conn *c, const char *why)
     conn_fail_as(c, why, CDB_APG_FAILED);
 }
 
-static void release_held(apg_conn *c, job *j);
+static bool release_held(apg_conn *c, job *j);
 
 /* One result for the oldest job; false when the stream is out of step. */
 static bool take_result(apg_conn *c, PGresult *res)
@@ -406,9 +406,8 @@ static bool take_result(apg_conn *c, PGresult *res)
         c->apg->progress_ms = cdb_mono_ms();
         if (c->apg->silence_seen)
             server_answers(c->apg);
-        if (c->held == j)
-            release_held(c, j);
-        job_finish(j, CDB_APG_OK);
+        if (c->held != j || !release_held(c, j))
+            job_finish(j, CDB_APG_OK);
         return true;
     }
     if (j->got == j->expect) {
@@ -752,20 +751,27 @@ static void enqueue(apg_conn *c, job *j)
     event_active(c->wr, EV_WRITE, 0);
 }
 
+/* The ROLLBACK behind a refused job ended (or its connection failed): the refused job is answered now. */
 static void on_rollback(cdb_apg_outcome outcome, PGresult *const *res, int n, void *arg)
 {
+    job *refused = arg;
     (void)outcome;
     (void)res;
     (void)n;
-    (void)arg;
+    if (refused)
+        job_finish(refused, CDB_APG_OK);   /* REFUSED: its error result and Sync were read */
 }
 
 /*
  * The exact job j that held c ended (its Sync read): c takes jobs again.
  * After an error result its transaction block is aborted (or still open),
  * and every statement sent behind it would fail: a ROLLBACK goes first.
+ * true when j's answer waits for that ROLLBACK (on_rollback gives it):
+ * a refused transaction's caller may run it again elsewhere at once, and
+ * must not meet its row locks or its Idempotency-Key's try-lock still
+ * held by the block being rolled back. false: the caller answers j now.
  */
-static void release_held(apg_conn *c, job *j)
+static bool release_held(apg_conn *c, job *j)
 {
     static const char *const none[1] = {NULL};
     const cdb_apg_stmt rollback = {.sql = "ROLLBACK", .nparams = 0, .params = none, .unnamed = true};
@@ -773,30 +779,35 @@ static void release_held(apg_conn *c, job *j)
     c->held = NULL;
     if (j->keep && !j->failed && !j->answered_ms) {
         c->claimed = true;         /* its claimant sends the next job (cdb_apg_claim_submit) */
-        return;
+        return false;
     }
     if (!j->failed && !j->keep)
-        return;                    /* COMMIT's result came: the block is closed */
+        return false;              /* COMMIT's result came: the block is closed */
     job *r = job_new(&rollback, 1);
     if (!r || !(r->timer = evtimer_new(c->apg->base, on_job_deadline, r))) {
         free(r);
         conn_fail(c, "out of memory");
-        return;
+        return false;
     }
     r->apg = c->apg;
     r->cb = on_rollback;
+    if (j->failed && !j->answered_ms) {
+        evtimer_del(j->timer);     /* off every list now: only the ROLLBACK's end answers it */
+        r->arg = j;
+    }
     if (!send_job(c, r, &all_queued)) {
         job_free(r);
         conn_fail(c, "sending failed");
-        return;
+        return false;
     }
     enqueue(c, r);
+    return r->arg != NULL;
 }
 
 /* A claim given up with its block open: ROLLBACK, then c takes jobs again. */
 static void release_claim(apg_conn *c)
 {
-    job fake = {.keep = true, .failed = true};
+    job fake = {.keep = true, .failed = true, .answered_ms = 1};   /* nobody to answer */
     c->claimed = false;
     c->claim_gen++;
     release_held(c, &fake);

@@ -149,7 +149,10 @@ bool cdb_apg_submit(cdb_apg *apg, const cdb_apg_stmt *stmts, int n, int timeout_
  *                    segment) or, the connection lost after, the error was
  *                    for a statement before the last: in a pipeline nothing
  *                    runs after an error, so the last statement (COMMIT)
- *                    never ran;
+ *                    never ran. Answered once the ROLLBACK sent behind it
+ *                    has ended (or its connection failed), so its locks
+ *                    are gone: the caller may run it again elsewhere at
+ *                    once without meeting them;
  *   CDB_APG_FAILED   the connection was lost (or cdb_apg_free) otherwise,
  *                    or sending it from the FIFO failed with every
  *                    statement queued: the last statement may have run;

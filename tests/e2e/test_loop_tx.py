@@ -13,11 +13,16 @@ updates, upserts, deletes and Redis operations committed on the loop (rows
 checked with psycopg2, keys and the tables' generation keys with redis-py);
 a read after the write is fresh (no stale cached page); a constraint
 violation, a bad value and a permission refusal give exactly the worker's
-error with nothing committed (the loop hands them to a worker); keyed,
-leased-style and document transactions stay on the worker path; a
+error with nothing committed (the loop hands them to a worker, once the
+refused block is rolled back); Idempotency-Key transactions commit on the
+loop in two segments on a claimed connection, their stored answer the one
+sent, a retry replayed by a worker, another body under the key 422, a
+refused one storing nothing, concurrent twins committing once; a
+malformed key and a validation error are the worker's to answer; a
 PostgreSQL restart with transactions in flight (each answered 200, a 4xx,
 503 TRANSACTION_OUTCOME_UNKNOWN resolved by GET /data/transactions/{id}, or
-503, checked against the ledger); Redis killed mid-run (rows stay pending in
+503, checked against the ledger; every keyed one retried after it, one
+row each); Redis killed mid-run (rows stay pending in
 the outbox and are applied after Redis is back); hostile bodies and tokens;
 a transaction sent while misses are parked parks behind them and commits on
 the loop in its turn.
@@ -33,6 +38,7 @@ exactly once, rows another holds answered "pending" and applied later); Redis SI
 transactions stream (200 with "success" or "pending", nothing hung, all applied after the restart);
 Redis refusing writes (NOREPLICAS: "pending" with the attempt counted, as the worker answers).
 """
+import json
 import re
 import threading
 import time
@@ -96,13 +102,17 @@ def warm(inst, acct):
     query_ok(inst, acct, {"table": "projects", "pagination": {"limit": 1}})
 
 
-def test_transactions_commit_on_the_loop_like_the_worker(pair, own_redis):
+def warmed_pair(pair, own_redis):
+    """Both instances, the loop's admin, the Redis client, and a caller warmed on both."""
     loop, worker = pair
-    ladmin = admin_of(loop)
-    rds = redis_client(own_redis, REDIS_DB)
     a = user(loop)
     warm(loop, a)
     warm(worker, a)
+    return loop, worker, admin_of(loop), redis_client(own_redis, REDIS_DB), a
+
+
+def test_transactions_commit_on_the_loop_like_the_worker(pair, own_redis):
+    loop, worker, ladmin, rds, a = warmed_pair(pair, own_redis)
     sessions = []
     for inst in (loop, worker):
         tag = uuid.uuid4().hex[:8]
@@ -240,20 +250,128 @@ def test_what_stays_on_the_worker(pair):
     a = user(loop)
     warm(loop, a)
     before = loop_txs(loop, ladmin)
-    # keyed: the worker's two round trips and replay
-    key = uuid.uuid4().hex
-    ops = [pg_insert("projects", {"user_id": a.id, "title": "keyed"})]
-    keyed = {**a.headers, "Idempotency-Key": key}
-    first = loop.post(TX, json={"operations": ops}, headers=keyed)
-    again = loop.post(TX, json={"operations": ops}, headers=keyed)
-    assert first.status_code == again.status_code == 200, first.text
-    assert again.headers.get("Idempotent-Replayed") == "true"
-    assert first.json()["transaction_id"] == again.json()["transaction_id"]
-    assert scalar(loop, "SELECT count(*) FROM projects WHERE title = 'keyed' AND user_id = %s", (a.id,)) == 1
-    # validation errors are answered by the worker too, exactly as before
+    # validation errors are answered by the worker, exactly as before
     assert_error(tx(loop, a, [{"database": "postgresql", "operation": "insert", "table": "nope",
                                "data": {"x": 1}}]), 404)
+    # so is a malformed Idempotency-Key (the loop's plan refuses it before anything is sent)
+    ops = [pg_insert("projects", {"user_id": a.id, "title": "bad-key"})]
+    assert_error(loop.post(TX, json={"operations": ops}, headers={**a.headers, "Idempotency-Key": "k" * 300}), 400)
     assert delta(before, loop_txs(loop, ladmin)) == {"committed": 0, "refused": 0, "unknown": 0}
+    assert scalar(loop, "SELECT count(*) FROM projects WHERE title = 'bad-key' AND user_id = %s", (a.id,)) == 0
+
+
+def keyed_tx(inst, acct, key, ops):
+    return inst.post(TX, json={"operations": ops}, headers={**acct.headers, "Idempotency-Key": key})
+
+
+def stored_answer(inst, acct, key):
+    return scalar(inst, "SELECT response FROM coredb.tx_ledger WHERE scope = %s AND idempotency_key = %s",
+                  (acct.id, key))
+
+
+def test_keyed_transactions_commit_on_the_loop_and_replay_like_the_worker(pair, own_redis):
+    """An Idempotency-Key transaction runs on the loop in two segments on one claimed connection (the
+    claim and the operations, then the ledger row with the stored answer and COMMIT); its outbox is
+    applied on the loop and the ledger's stored answer replaced by the one with the Redis results. The
+    retry is refused by the claim on the loop and replayed by a worker: the very same answer. The
+    same key with another body: 422 IDEMPOTENCY_KEY_REUSED, nothing run. Both answers match the
+    worker instance's."""
+    loop, worker, ladmin, rds, a = warmed_pair(pair, own_redis)
+    answers = []
+    for inst in (loop, worker):
+        tag = uuid.uuid4().hex[:8]
+        key = "key-" + tag
+        ops = [pg_insert("projects", {"user_id": a.id, "title": f"keyed-{tag}", "status": "active"},
+                         returning=["title", "status"]),
+               rop("incr", f"kn-{tag}")]
+        tx0, (fin0, _) = loop_txs(loop, ladmin), snapshot(loop, ladmin)
+        first = keyed_tx(inst, a, key, ops)
+        assert first.status_code == 200, first.text
+        assert first.headers.get("Idempotent-Replayed") != "true"
+        out = first.json()
+        assert [r["status"] for r in out["results"]] == ["success", "success"], out
+        assert out["results"][1]["data"]["value"] == 1, out
+        assert rds.get(f"app:user:{a.id}:kn-{tag}") == "1"
+        # the stored answer is the one sent, Redis results included (replaced on the loop, step 3)
+        assert json.loads(stored_answer(inst, a, key)) == out
+        if inst is loop:
+            fin = snapshot(loop, ladmin)[0]
+            assert delta(tx0, loop_txs(loop, ladmin)) == {"committed": 1, "refused": 0, "unknown": 0}
+            assert fin["loop"] - fin0["loop"] == 1 and fin["worker"] == fin0["worker"], (fin0, fin)
+        # the retry: refused by the claim (on the loop), replayed by a worker; nothing runs twice
+        tx1 = loop_txs(loop, ladmin)
+        again = keyed_tx(inst, a, key, ops)
+        assert again.status_code == 200, again.text
+        assert again.headers.get("Idempotent-Replayed") == "true"
+        assert again.json() == out
+        assert scalar(inst, "SELECT count(*) FROM projects WHERE title = %s", (f"keyed-{tag}",)) == 1
+        assert rds.get(f"app:user:{a.id}:kn-{tag}") == "1"
+        if inst is loop:
+            assert delta(tx1, loop_txs(loop, ladmin)) == {"committed": 0, "refused": 1, "unknown": 0}
+        # the same key, another body
+        other = [pg_insert("projects", {"user_id": a.id, "title": f"other-{tag}"})]
+        assert_error(keyed_tx(inst, a, key, other), 422, "IDEMPOTENCY_KEY_REUSED")
+        assert scalar(inst, "SELECT count(*) FROM projects WHERE title = %s", (f"other-{tag}",)) == 0
+        answers.append((out, tag))
+    (lo, ltag), (wo, wtag) = answers
+    assert normalized(lo).replace(ltag, "TAG") == normalized(wo).replace(wtag, "TAG")
+
+
+def test_keyed_transaction_refused_by_the_server_stores_nothing(pair):
+    """An operation the server refuses (a unique violation): the worker's error, no ledger row for the
+    key, no row written; the key stays free, so the corrected request under it commits on the loop."""
+    loop, _ = pair
+    ladmin = admin_of(loop)
+    a = user(loop)
+    warm(loop, a)
+    tag = uuid.uuid4().hex[:8]
+    key = "bad-" + tag
+    pid = add_project(loop, a.id, title=f"exists-{tag}")
+    dup = [pg_insert("projects", {"user_id": a.id, "title": f"half-{tag}"}),
+           pg_insert("projects", {"id": pid, "user_id": a.id, "title": "dup"})]
+    tx0 = loop_txs(loop, ladmin)
+    err = assert_error(keyed_tx(loop, a, key, dup), 409, "CONFLICT")
+    assert err["details"].get("operation") == 2, err
+    assert delta(tx0, loop_txs(loop, ladmin)) == {"committed": 0, "refused": 1, "unknown": 0}
+    assert stored_answer(loop, a, key) is None
+    assert scalar(loop, "SELECT count(*) FROM projects WHERE title = %s", (f"half-{tag}",)) == 0
+    fixed = keyed_tx(loop, a, "fixed-" + tag, dup[:1])
+    assert fixed.status_code == 200, fixed.text
+    assert delta(tx0, loop_txs(loop, ladmin))["committed"] == 1
+
+
+def test_concurrent_twins_under_one_key_commit_once(pair):
+    """Eight requests under one Idempotency-Key at once: exactly one commits; every other is the replay
+    of its answer or 409 IDEMPOTENCY_KEY_IN_PROGRESS (the claim's try-lock), never a second row, never
+    a 5xx."""
+    loop, _ = pair
+    a = user(loop)
+    warm(loop, a)
+    tag = uuid.uuid4().hex[:8]
+    key = "twin-" + tag
+    ops = [pg_insert("projects", {"user_id": a.id, "title": f"twin-{tag}"})]
+    results = [None] * 8
+    go = threading.Barrier(len(results))
+
+    def one(i):
+        go.wait(timeout=10)
+        results[i] = keyed_tx(loop, a, key, ops)
+
+    threads = [threading.Thread(target=one, args=(i,)) for i in range(len(results))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=CLIENT_TIMEOUT)
+    assert all(r is not None for r in results)
+    assert scalar(loop, "SELECT count(*) FROM projects WHERE title = %s", (f"twin-{tag}",)) == 1
+    ok = [r for r in results if r.status_code == 200]
+    assert ok and len({r.json()["transaction_id"] for r in ok}) == 1, [r.text for r in results]
+    assert sum(r.headers.get("Idempotent-Replayed") != "true" for r in ok) <= 1
+    for r in results:
+        if r.status_code != 200:
+            assert_error(r, 409, "IDEMPOTENCY_KEY_IN_PROGRESS")
+    stored = json.loads(stored_answer(loop, a, key))
+    assert stored["transaction_id"] == ok[0].json()["transaction_id"]
 
 
 def test_hostile_bodies_and_tokens(pair):
@@ -354,23 +472,27 @@ def test_postgresql_restart_with_transactions_in_flight(own_redis):
             warm(inst, acct)
         before = loop_txs(inst, admin)
 
-        def client(acct):
+        def ops_of(acct, title):
+            return [pg_insert("projects", {"user_id": acct.id, "title": title}), rop("incr", "restarts")]
+
+        def client(acct, keyed):
+            """keyed: each transaction under an Idempotency-Key (its title): the loop's two segments"""
             session = requests.Session()
             while not stop.is_set():
-                title = "rs-" + uuid.uuid4().hex
+                title = ("rk-" if keyed else "rs-") + uuid.uuid4().hex
+                headers = {**acct.headers, **({"Idempotency-Key": title} if keyed else {})}
                 t0 = time.time()
                 try:
-                    resp = session.post(inst.base + TX, headers=acct.headers, timeout=CLIENT_TIMEOUT,
-                                        json={"operations": [pg_insert("projects", {"user_id": acct.id,
-                                                                                    "title": title}),
-                                                             rop("incr", "restarts")]})
+                    resp = session.post(inst.base + TX, headers=headers, timeout=CLIENT_TIMEOUT,
+                                        json={"operations": ops_of(acct, title)})
                     status, body = resp.status_code, resp.json()
                 except requests.RequestException as exc:
                     status, body = None, repr(exc)
                 with lock:
-                    outcomes.append((title, status, body, time.time() - t0))
+                    outcomes.append((title, status, body, time.time() - t0, acct))
                 time.sleep(0.01)
-        threads = [threading.Thread(target=client, args=(accounts[i % 4],), daemon=True) for i in range(8)]
+        threads = [threading.Thread(target=client, args=(accounts[i % 4], i % 2 == 1), daemon=True)
+                   for i in range(8)]
         for t in threads:
             t.start()
         time.sleep(1.5)
@@ -387,12 +509,12 @@ def test_postgresql_restart_with_transactions_in_flight(own_redis):
         assert wait_for(lambda: inst.get("/health/ready").status_code == 200, timeout=20)
         # one query each for the rows and the ledger (a connection per outcome took 80 s)
         counts = dict(inst.pg.query(inst.db, "SELECT title, count(*) FROM projects "
-                                             "WHERE title LIKE 'rs-%%' GROUP BY title"))
+                                             "WHERE title LIKE 'rs-%%' OR title LIKE 'rk-%%' GROUP BY title"))
         ledger = {row[0] for row in inst.pg.query(
             inst.db, "SELECT transaction_id::text FROM coredb.tx_ledger WHERE transaction_id::text = ANY(%s)",
-            ([body["transaction_id"] for _, status, body, _ in outcomes if status == 200],))}
+            ([body["transaction_id"] for _, status, body, _, _ in outcomes if status == 200],))}
         unknown = 0
-        for title, status, body, _ in outcomes:
+        for title, status, body, _, _ in outcomes:
             present = counts.get(title, 0)
             if status == 200:
                 assert present == 1, (title, body)
@@ -409,10 +531,23 @@ def test_postgresql_restart_with_transactions_in_flight(own_redis):
             else:
                 assert status in (503, 504) or 400 <= status < 500, (status, body)
                 assert present == 0, (title, status, body)
+        # keyed: a retry of each under its key is safe whatever the first answer was: replayed when it
+        # had committed (the same transaction), run once when it had not; never a second row
+        keyed = [o for o in outcomes if o[0].startswith("rk-")]
+        assert keyed
+        for title, status, body, _, acct in keyed:
+            again = keyed_tx(inst, acct, title, ops_of(acct, title))
+            assert again.status_code == 200, (title, status, again.text)
+            if status == 200:
+                assert again.headers.get("Idempotent-Replayed") == "true"
+                assert again.json()["transaction_id"] == body["transaction_id"]
+        counts = dict(inst.pg.query(inst.db, "SELECT title, count(*) FROM projects WHERE title LIKE 'rk-%%' "
+                                             "GROUP BY title"))
+        assert all(counts.get(o[0]) == 1 for o in keyed), [(o[0], o[1], counts.get(o[0])) for o in keyed]
         after = loop_txs(inst, admin)
         d = delta(before, after)
         assert d["committed"] > 0, d
-        print(f"\nrestart: {len(outcomes)} transactions, loop {d}, unknown answered {unknown}")
+        print(f"\nrestart: {len(outcomes)} transactions ({len(keyed)} keyed), loop {d}, unknown answered {unknown}")
 
         # recovery: transactions commit on the loops again
         def on_loop_again():
@@ -561,12 +696,7 @@ def test_outbox_applied_on_the_loop_with_cache_invalidation(pair, own_redis):
     """Redis operations and the cache invalidation of a write, applied on the loop: the answer equals the
     worker path's, the cached page is voided before the answer, the outbox rows are gone, and no request
     went to a worker (admissions{worker} and finishes{worker} unchanged)."""
-    loop, worker = pair
-    ladmin = admin_of(loop)
-    rds = redis_client(own_redis, REDIS_DB)
-    a = user(loop)
-    warm(loop, a)
-    warm(worker, a)
+    loop, worker, ladmin, rds, a = warmed_pair(pair, own_redis)
     answers = []
     for inst in (loop, worker):
         tag = uuid.uuid4().hex[:8]
@@ -855,12 +985,7 @@ def test_redis_refusing_writes_leaves_rows_pending_like_the_worker(pair, own_red
     """Redis up but refusing writes with a transient error (NOREPLICAS): on the loop the first row is not
     applied, so it and every row after it stay "pending" with the attempt counted, exactly as the worker
     path answers; once Redis takes writes again the flush job applies them."""
-    loop, worker = pair
-    ladmin = admin_of(loop)
-    rds = redis_client(own_redis, REDIS_DB)
-    a = user(loop)
-    warm(loop, a)
-    warm(worker, a)
+    loop, worker, ladmin, rds, a = warmed_pair(pair, own_redis)
     outs = []
     try:
         rds.config_set("min-replicas-to-write", 1)

@@ -33,7 +33,9 @@
  * after it (another session's NOWAIT fails) and nothing else is sent on the
  * connection; a kept job, then one that COMMITs and ends the claim (the
  * handle stale after); a released claim rolls back; an error in a kept
- * job ends the claim by itself; a connection lost while claimed.
+ * job ends the claim by itself; a refused transaction is answered only
+ * once its ROLLBACK ended (its row lock free at the answer); a connection
+ * lost while claimed.
  */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -491,6 +493,23 @@ static bool lockable(PGconn *admin, const char *id)
     return ok;
 }
 
+/* A refused job's answer, and whether its row was lockable by another session when the answer came. */
+typedef struct refused_probe {
+    seen s;
+    PGconn *admin;
+    apg_conn *conn;
+    bool free_at_answer;
+    bool rollback_pending;         /* a job (the ROLLBACK) still in flight on conn at the answer */
+} refused_probe;
+
+static void on_refused_probe(cdb_apg_outcome outcome, PGresult *const *res, int n, void *arg)
+{
+    refused_probe *p = arg;
+    p->rollback_pending = p->conn->head != NULL;
+    p->free_at_answer = lockable(p->admin, "2");
+    on_job(outcome, res, n, &p->s);
+}
+
 static void test_real_claim(void **state)
 {
     (void)state;
@@ -570,6 +589,18 @@ static void test_real_claim(void **state)
     assert_true(RUN_UNTIL(base, k.calls, 5000));
     assert_int_equal(k.refused, 1);
     assert_false(cdb_apg_claim_submit(apg, &claim, bump, 1, 0, true, on_job, &e, &maybe));
+    /* ... and it is answered only once the ROLLBACK ended: its row lock is gone by then (a caller
+       running it again elsewhere at once must not meet it) */
+    refused_probe probe = {.admin = admin, .conn = &apg->conns[0]};
+    cdb_apg_stmt lock_then_fail[] = {{"BEGIN", 0, none, true},
+                                     {"UPDATE apg_claim SET n = 7 WHERE id = $1::int RETURNING id::text", 1, two, false},
+                                     {"UPDATE apg_claim SET n = $1::int WHERE id = 2", 1, bad, false},
+                                     {"COMMIT", 0, none, true}};
+    assert_true(cdb_apg_submit_exact(apg, lock_then_fail, 4, 0, on_refused_probe, &probe, &maybe));
+    assert_true(RUN_UNTIL(base, probe.s.calls, 5000));
+    assert_int_equal(probe.s.refused, 1);
+    assert_false(probe.rollback_pending);
+    assert_true(probe.free_at_answer);
     assert_true(cdb_apg_submit(apg, select1, 1, 0, on_job, &m));
     assert_true(RUN_UNTIL(base, m.calls, 5000));
     assert_int_equal(m.ok, 1);
