@@ -180,7 +180,6 @@ static void name_bad_value(PGconn *conn, const tx_op *op, cdb_error *err)
     }
 }
 
-
 /* The ledger row of an unkeyed transaction: its id and owner, nothing to replay. */
 static const char LEDGER_SQL[] =
     "INSERT INTO coredb.tx_ledger (transaction_id, user_id) VALUES ($1::uuid, $2::uuid)";
@@ -203,14 +202,6 @@ static int check_outcome(tx *t, PGconn *conn, int rc, int failed, int commit_at,
     return rc;
 }
 
-/*
- * Keyed: the answer depends on the operations' results, and PostgreSQL
- * cannot hand one pipelined statement's results to the next, so the first
- * round trip stops before COMMIT; the answer is built here (Redis
- * operations "pending": they are only applied after the commit) and a
- * second round trip sends the ledger row holding it together with COMMIT.
- * One extra round trip, for keyed requests only.
- */
 /* Keyed, before the commit: t->stored, the answer with its Redis operations "pending"; false when out of memory. */
 static bool keyed_stored_answer(tx *t)
 {
@@ -220,6 +211,14 @@ static bool keyed_stored_answer(tx *t)
     return (t->stored = cdb__tx_response_text(t)) != NULL;
 }
 
+/*
+ * Keyed: the answer depends on the operations' results, and PostgreSQL
+ * cannot hand one pipelined statement's results to the next, so the first
+ * round trip stops before COMMIT; the answer is built here (Redis
+ * operations "pending": they are only applied after the commit) and a
+ * second round trip sends the ledger row holding it together with COMMIT.
+ * One extra round trip, for keyed requests only.
+ */
 static int commit_keyed(tx *t, PGconn *conn, cdb_error *err)
 {
     PGresult *res[2] = { NULL, NULL };
@@ -493,6 +492,21 @@ static void tx_free(tx *t)
     free(t);
 }
 
+/*
+ * The committed transaction's answer, malloc'd (NULL when out of memory):
+ * keyed, the one stored in the ledger, which a retry replays (the one with
+ * the Redis results once the outbox step replaced it, else "pending").
+ */
+static char *take_answer(tx *t)
+{
+    if (!t->key)
+        return cdb__tx_response_text(t);
+    char **owner = t->final ? &t->final : &t->stored;
+    char *body = *owner;
+    *owner = NULL;
+    return body;
+}
+
 int cdb_data_transaction_idem(cdb_service *svc, const cdb_principal *caller, json_t *request,
                               cdb_idempotency *idem, cdb_error *err)
 {
@@ -529,16 +543,7 @@ int cdb_data_transaction_idem(cdb_service *svc, const cdb_principal *caller, jso
     if ((rc = run_pipeline(t, pc, idem, err)) < 0 || idem->replayed)
         goto out_release;
     after_commit(t, conn);
-    /* keyed: the stored answer, or the one that replaced it after the outbox ran */
-    if (!t->key) {
-        idem->body = cdb__tx_response_text(t);
-    } else if (t->final) {
-        idem->body = t->final;
-        t->final = NULL;
-    } else {
-        idem->body = t->stored;
-        t->stored = NULL;
-    }
+    idem->body = take_answer(t);
     idem->status = 200;
     if (!idem->body)
         rc = cdb_error_oom(err);
@@ -770,18 +775,9 @@ int cdb__tx_loop_pending_answer(cdb__tx_loop *lt, cdb_idempotency *idem, cdb_err
 
 int cdb__tx_loop_answer(cdb__tx_loop *lt, cdb_idempotency *idem, cdb_error *err)
 {
-    tx *t = lt->t;
     idem->replayed = false;
     idem->status = 200;
-    if (!t->key) {
-        idem->body = cdb__tx_response_text(t);
-    } else if (t->final) {         /* keyed: what a retry would replay (cdb_data_transaction_idem) */
-        idem->body = t->final;
-        t->final = NULL;
-    } else {
-        idem->body = t->stored;
-        t->stored = NULL;
-    }
+    idem->body = take_answer(lt->t);
     return idem->body ? 0 : cdb_error_oom(err);
 }
 

@@ -928,9 +928,11 @@ def test_flush_job_running_concurrently_applies_nothing_twice(pair, own_redis):
 
 
 def test_redis_killed_during_loop_transactions(pg):
-    """Redis SIGKILLed while transactions stream through the loop: each answer is 200 with its Redis
-    operations "success" or "pending" (as the worker path answers), none hangs, and once Redis is back the
-    pending ones are applied and the outbox empties."""
+    """Redis SIGKILLed while transactions stream through the loop, one stream unkeyed and one under an
+    Idempotency-Key each: each answer is 200 with its Redis operations "success" or "pending" (as the
+    worker path answers), none hangs; keyed, the answer sent is the one the ledger stores (what a retry
+    replays, "pending" included); once Redis is back the pending ones are applied and the outbox
+    empties."""
     private = RedisServer()
     inst = start_instance(pg, private, 0, CACHE_TTL="60", **LOOP_ENV)
     try:
@@ -943,10 +945,14 @@ def test_redis_killed_during_loop_transactions(pg):
         outs, errors = [], []
 
         def stream(k):
+            keyed = {"Idempotency-Key": "%s-%d" % (tag, k)} if k == 1 else {}
             for i in range(40):
                 try:
-                    resp = tx(inst, a, [pg_insert("projects", {"user_id": a.id, "title": f"k{tag}-{k}-{i}"}),
-                                        rset(f"k{tag}-{k}-{i}", "v")], timeout=CLIENT_TIMEOUT)
+                    resp = inst.post(TX, headers={**a.headers, **{h: f"{v}-{i}" for h, v in keyed.items()}},
+                                     timeout=CLIENT_TIMEOUT,
+                                     json={"operations": [pg_insert("projects", {"user_id": a.id,
+                                                                                 "title": f"k{tag}-{k}-{i}"}),
+                                                          rset(f"k{tag}-{k}-{i}", "v")]})
                 except requests.RequestException as e:   # a hang would be a timeout here
                     errors.append(repr(e))
                     continue
@@ -966,8 +972,11 @@ def test_redis_killed_during_loop_transactions(pg):
             assert status == 200, (status, out)
             assert out["results"][1]["status"] in ("success", "pending"), out
             assert scalar(inst, "SELECT count(*) FROM projects WHERE title = %s", (f"k{tag}-{k}-{i}",)) == 1
+            if k == 1:
+                assert json.loads(stored_answer(inst, a, f"{tag}-{k}-{i}")) == out, (i, out)
         pending = [(k, i) for k, i, _, out in outs if out["results"][1]["status"] == "pending"]
         assert pending, "Redis died and no answer says pending: the kill came too late to test anything"
+        assert any(k == 1 for k, _ in pending), "no keyed answer says pending: nothing keyed was tested"
         fin = finishes(inst, admin)
         assert fin["loop"] > fin0["loop"], (fin0, fin)
         private.start()
