@@ -202,13 +202,21 @@ static int check_outcome(tx *t, PGconn *conn, int rc, int failed, int commit_at,
     return rc;
 }
 
-/* Keyed, before the commit: t->stored, the answer with its Redis operations "pending"; false when out of memory. */
-static bool keyed_stored_answer(tx *t)
+/*
+ * Keyed, before the commit: t->stored, the answer with its Redis operations
+ * "pending", and into params the LEDGER_KEYED_SQL row holding it; false when
+ * out of memory.
+ */
+static bool keyed_stored_answer(tx *t, const char *params[6])
 {
     for (int i = 0; i < t->nops; i++)
         if (t->ops[i].kind >= OP_SET)
             t->ops[i].status = "pending";
-    return (t->stored = cdb__tx_response_text(t)) != NULL;
+    if (!(t->stored = cdb__tx_response_text(t)))
+        return false;
+    const char *row[6] = {t->id, t->caller->user_id, t->scope, t->key, t->hash, t->stored};
+    memcpy(params, row, sizeof row);
+    return true;
 }
 
 /*
@@ -224,9 +232,9 @@ static int commit_keyed(tx *t, PGconn *conn, cdb_error *err)
     PGresult *res[2] = { NULL, NULL };
     int failed = -1, rc;
 
-    if (!keyed_stored_answer(t))
+    const char *params[6];
+    if (!keyed_stored_answer(t, params))
         return cdb_error_oom(err);
-    const char *params[6] = {t->id, t->caller->user_id, t->scope, t->key, t->hash, t->stored};
     bool sent = PQsendQueryParams(conn, LEDGER_KEYED_SQL, 6, NULL, params, NULL, NULL, 0) == 1;
     bool commit_tried = sent;
     sent = sent && PQsendQueryParams(conn, "COMMIT", 0, NULL, NULL, NULL, NULL, 0) == 1;
@@ -507,6 +515,19 @@ static char *take_answer(tx *t)
     return body;
 }
 
+/* An Idempotency-Key for t (borrowed): checked, the request's keyed hash computed, scoped to the caller. */
+static int take_key(tx *t, const char *key, const json_t *request, cdb_error *err)
+{
+    int rc;
+    if ((rc = cdb_ledger_check_key(key, err)) < 0 ||
+        (rc = cdb_ledger_request_hash(t->svc->jwt.secret, t->svc->jwt.secret_len, "data.transaction", request,
+                                      t->hash, err)) < 0)
+        return rc;
+    t->key = key;
+    snprintf(t->scope, sizeof t->scope, "%s", t->caller->user_id);
+    return 0;
+}
+
 int cdb_data_transaction_idem(cdb_service *svc, const cdb_principal *caller, json_t *request,
                               cdb_idempotency *idem, cdb_error *err)
 {
@@ -526,13 +547,8 @@ int cdb_data_transaction_idem(cdb_service *svc, const cdb_principal *caller, jso
     cdb_ledger_new_id(t->id);
     if ((rc = cdb_principal_require(caller, err)) < 0)
         goto out_free;
-    if (idem->key) {
-        if ((rc = cdb_ledger_check_key(idem->key, err)) < 0 ||
-            (rc = cdb_ledger_request_hash(svc->jwt.secret, svc->jwt.secret_len, "data.transaction", request, t->hash, err)) < 0)
-            goto out_free;
-        t->key = idem->key;
-        snprintf(t->scope, sizeof t->scope, "%s", caller->user_id);
-    }
+    if (idem->key && (rc = take_key(t, idem->key, request, err)) < 0)
+        goto out_free;
     /* generation keys are named while parsing: they need the namespace */
     if ((rc = cdb_qcache_ensure_namespace(svc->qcache, svc->pool, err)) < 0 || (rc = cdb__tx_parse_request(t, request, err)) < 0)
         goto out_free;
@@ -640,16 +656,10 @@ int cdb__tx_loop_plan(cdb_service *svc, const cdb_principal *p, json_t *request,
     t->svc = svc;
     t->caller = p;
     cdb_ledger_new_id(t->id);
-    if (key) {                     /* as cdb_data_transaction_idem: a bad key is the worker's to answer */
-        if (cdb_ledger_check_key(key, &err) < 0 ||
-            cdb_ledger_request_hash(svc->jwt.secret, svc->jwt.secret_len, "data.transaction", request, t->hash,
-                                    &err) < 0)
-            goto refuse;
-        t->key = key;
-        snprintf(t->scope, sizeof t->scope, "%s", p->user_id);
-    }
+    /* the key last, after the cheaper refusals; a bad key is the worker's to answer, as any bad input */
     if (!(t->cat = cdb_catalog_cache_peek(svc->catalog)) || !(t->cs = cdb__colring_peek(svc)) ||
-        !loop_may_run(t, request) || cdb__tx_parse_request(t, request, &err) < 0 || !(lt = calloc(1, sizeof *lt)))
+        !loop_may_run(t, request) || cdb__tx_parse_request(t, request, &err) < 0 ||
+        (key && take_key(t, key, request, &err) < 0) || !(lt = calloc(1, sizeof *lt)))
         goto refuse;
     cdb_sql_init(&lt->outbox);
     lt->t = t;
@@ -714,11 +724,8 @@ int cdb__tx_loop_statements(cdb__tx_loop *lt, cdb_apg_stmt *stmts)
 
 int cdb__tx_loop_commit_statements(cdb__tx_loop *lt, cdb_apg_stmt *stmts)
 {
-    tx *t = lt->t;
-    if (!keyed_stored_answer(t))
+    if (!keyed_stored_answer(lt->t, lt->keyed_ledger))
         return -1;
-    const char *const ledger[6] = {t->id, t->caller->user_id, t->scope, t->key, t->hash, t->stored};
-    memcpy(lt->keyed_ledger, ledger, sizeof ledger);
     stmts[0] = (cdb_apg_stmt){LEDGER_KEYED_SQL, 6, lt->keyed_ledger, false};
     stmts[1] = (cdb_apg_stmt){"COMMIT", 0, NO_PARAMS, true};
     return 2;

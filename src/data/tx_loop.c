@@ -77,6 +77,15 @@ struct cdb__tx_apply {
 
 static void next_row(cdb__tx_apply *x);
 
+/* Step 3 did not commit: the rows applied here but not deleted are applied again by the flush (at least once). */
+static void book_failed(cdb__tx_apply *x, const char *why)
+{
+    cdb_log_warn("data.outbox_bookkeeping_failed", "transaction %s: outbox update failed: %s", x->lt->t->id, why);
+    free(x->final);                /* not stored: the stored answer stays the one sent */
+    x->final = NULL;
+    x->done(true, x->arg);
+}
+
 static void on_booked(cdb_apg_outcome outcome, PGresult *const *res, int n, void *arg)
 {
     cdb__tx_apply *x = arg;
@@ -84,12 +93,7 @@ static void on_booked(cdb_apg_outcome outcome, PGresult *const *res, int n, void
     (void)res;
     (void)n;
     if (outcome != CDB_APG_OK) {
-        /* rows applied here but not deleted are applied again by the flush: at least once */
-        cdb_log_warn("data.outbox_bookkeeping_failed", "transaction %s: outbox update failed: %s", t->id,
-                     cdb_apg_timed_out(outcome) ? "timed out" : "the loop's connection failed or was refused");
-        free(x->final);            /* not stored: the stored answer stays the one sent */
-        x->final = NULL;
-        x->done(true, x->arg);
+        book_failed(x, cdb_apg_timed_out(outcome) ? "timed out" : "the loop's connection failed or was refused");
         return;
     }
     if (x->failed_seq)
@@ -123,13 +127,8 @@ static void book(cdb__tx_apply *x)
         stmts[n++] = (cdb_apg_stmt){CDB__TX_LEDGER_FINAL_SQL, 2, x->final_params, false};
     }
     stmts[n++] = (cdb_apg_stmt){"COMMIT", 0, NONE, true};
-    if (cdb_apg_claim_submit(x->apg, &x->claim, stmts, n, 0, false, on_booked, x, &maybe_sent))
-        return;
-    cdb_log_warn("data.outbox_bookkeeping_failed", "transaction %s: outbox update failed: %s", t->id,
-                 "the loop's connection was lost");
-    free(x->final);
-    x->final = NULL;
-    x->done(true, x->arg);
+    if (!cdb_apg_claim_submit(x->apg, &x->claim, stmts, n, 0, false, on_booked, x, &maybe_sent))
+        book_failed(x, "the loop's connection was lost");
 }
 
 /* Row x->next (seq next + 1) as Redis took it: apply_outbox's loop body. */

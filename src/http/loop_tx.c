@@ -80,6 +80,12 @@ typedef struct loop_tx {
     cdb_apg_claim claim;           /* keyed: the connection between the two segments */
 } loop_tx;
 
+static void loop_tx_free(loop_tx *x)
+{
+    cdb__tx_loop_free(x->lt);
+    free(x);
+}
+
 /* Whether r is the transaction route (one pattern, one method). */
 static bool is_transaction(const cdb_request *r)
 {
@@ -96,8 +102,7 @@ static void finish_on_worker(cdb_request *r)
     cdb_error_init(&err);
     r->resume_arg = NULL;
     int rc = cdb__tx_loop_finish(x->lt, &idem, &err);
-    cdb__tx_loop_free(x->lt);
-    free(x);
+    loop_tx_free(x);
     cdb_request_finish_idem(r, rc, &idem, &err);
 }
 
@@ -111,8 +116,7 @@ static void answer(loop_tx *x, bool pending)
     int rc = pending ? cdb__tx_loop_pending_answer(x->lt, &idem, &err) : cdb__tx_loop_answer(x->lt, &idem, &err);
     cdb_request_finish_idem(r, rc, &idem, &err);
     cdb_error_destroy(&err);
-    cdb__tx_loop_free(x->lt);
-    free(x);
+    loop_tx_free(x);
     cdb_server_finish(r);
 }
 
@@ -140,14 +144,13 @@ static void on_applied(bool applied, void *arg)
     answer(x, false);
 }
 
-/* Nothing committed, or refused by the server: a worker runs it afresh (and reports any error). */
-static void rerun_on_worker(loop_tx *x, cdb_apg_outcome outcome)
+/* Nothing committed (refused: by the server, counted): a worker runs it afresh and reports any error. */
+static void rerun_on_worker(loop_tx *x, bool refused)
 {
     cdb_request *r = x->r;
-    if (outcome == CDB_APG_REFUSED)
+    if (refused)
         cdb__metrics_inc(CDB_M_LOOP_TX_REFUSED);
-    cdb__tx_loop_free(x->lt);
-    free(x);
+    loop_tx_free(x);
     cdb_server_hand_off(r);
 }
 
@@ -157,8 +160,7 @@ static void answer_error(loop_tx *x, cdb_error *err)
     cdb_request *r = x->r;
     cdb_request_fail(r, err);
     cdb_error_destroy(err);
-    cdb__tx_loop_free(x->lt);
-    free(x);
+    loop_tx_free(x);
     cdb_server_finish(r);
 }
 
@@ -195,7 +197,7 @@ static void on_results(cdb_apg_outcome outcome, PGresult *const *res, int n, voi
     cdb_error err;
 
     if (outcome == CDB_APG_REFUSED || outcome == CDB_APG_UNSENT) {
-        rerun_on_worker(x, outcome);   /* rolled back by the server, or parked and never sent */
+        rerun_on_worker(x, outcome == CDB_APG_REFUSED);   /* rolled back by the server, or parked and never sent */
         return;
     }
     if (outcome != CDB_APG_OK) {
@@ -222,7 +224,7 @@ static void on_keyed_commit(cdb_apg_outcome outcome, PGresult *const *res, int n
         after_commit(x);
     else if (outcome == CDB_APG_REFUSED || outcome == CDB_APG_UNSENT)
         /* rolled back: the key's row met another (the worker's claim replays it, or says in progress) */
-        rerun_on_worker(x, outcome);
+        rerun_on_worker(x, outcome == CDB_APG_REFUSED);
     else
         answer_unknown(x);
 }
@@ -243,7 +245,7 @@ static void on_claimed(cdb_apg_outcome outcome, PGresult *const *res, int n, voi
     cdb_error err;
 
     if (outcome != CDB_APG_OK) {
-        rerun_on_worker(x, outcome);
+        rerun_on_worker(x, outcome == CDB_APG_REFUSED);
         return;
     }
     cdb_error_init(&err);
@@ -263,7 +265,7 @@ static void on_claimed(cdb_apg_outcome outcome, PGresult *const *res, int n, voi
     if (maybe_sent)
         answer_unknown(x);         /* the COMMIT was queued when the connection failed */
     else
-        rerun_on_worker(x, CDB_APG_UNSENT);   /* the claimed connection failed meanwhile: rolled back */
+        rerun_on_worker(x, false);   /* the claimed connection failed meanwhile: rolled back */
 }
 
 bool cdb__loop_tx(cdb_request *r)
@@ -295,7 +297,6 @@ bool cdb__loop_tx(cdb_request *r)
         answer_unknown(x);         /* every statement was queued when sending failed: the COMMIT may have left */
         return true;
     }
-    cdb__tx_loop_free(x->lt);
-    free(x);
+    loop_tx_free(x);
     return false;
 }
